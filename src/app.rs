@@ -1,0 +1,339 @@
+//! Builds the application from the enabled roles and owns startup and ordered shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::{middleware, web, App, HttpResponse, HttpServer};
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa_actix_web::AppExt;
+
+use crate::clock::{random_token, SharedClock, SystemClock};
+use crate::config::{Mode, Secret, Settings};
+use crate::http::{self, auth::AdminTokens, metrics::Metrics, openapi::ApiDoc};
+use crate::roles::Role;
+use crate::state::{AppState, Readiness};
+use crate::store::seal::{load_or_generate_master_key, KeySource};
+use crate::store::{keyspaces, Cas, Sealer, SledStore, Store};
+use crate::tasks::Tasks;
+
+/// Things a caller (main or a test) may inject.
+pub struct RunOptions {
+    /// Written with `{"http": "<addr>", "public_url": ...}` once the node is listening and its roles are initialised.
+    pub ready_file: Option<PathBuf>,
+    pub clock: SharedClock,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            ready_file: None,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// The rendered OpenAPI document, shared by the `/openapi.json` handler.
+pub struct OpenApiJson(pub String);
+
+/// Builds the actix app for `state`, and the OpenAPI document of exactly the mounted handlers.
+pub fn build_app(
+    state: web::Data<AppState>,
+) -> (
+    App<
+        impl ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<impl MessageBody>,
+            Error = actix_web::Error,
+            InitError = (),
+        >,
+    >,
+    utoipa::openapi::OpenApi,
+) {
+    let (json, form, path, query, payload) =
+        http::extractor_configs(state.settings.raw.server.body_limit_bytes);
+    let roles_state = state.clone();
+    App::new()
+        .into_utoipa_app()
+        .openapi(ApiDoc::openapi())
+        .app_data(state.clone())
+        .app_data(json)
+        .app_data(form)
+        .app_data(path)
+        .app_data(query)
+        .app_data(payload)
+        .configure(http::health::configure)
+        .configure(move |cfg| crate::roles::configure(cfg, &roles_state))
+        .map(|app| {
+            app.configure(http::web::configure)
+                .route("/openapi.json", web::get().to(openapi_json))
+                .default_service(web::to(http::route_not_found))
+                .wrap(middleware::from_fn(http::observe::observe))
+        })
+        .split_for_parts()
+}
+
+async fn openapi_json(doc: web::Data<OpenApiJson>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(doc.0.clone())
+}
+
+/// Everything startup prepares before the listener opens; also used by the CLI store commands.
+pub struct Opened {
+    pub store: Arc<dyn Store>,
+    pub sealer: Sealer,
+}
+
+/// Opens the store and the sealer (with the sandbox master-key fallback) and checks that the
+/// master key is the one the data was sealed with.
+pub async fn open_store(settings: &Settings, clock: SharedClock) -> anyhow::Result<Opened> {
+    let store_cfg = &settings.raw.store;
+    let dir = store_cfg.path.clone();
+    let cache = store_cfg.cache_capacity_bytes;
+    let sled_clock = clock.clone();
+    let store = tokio::task::spawn_blocking(move || SledStore::open(&dir, cache, sled_clock))
+        .await
+        .context("store open task")?
+        .context("opening the store")?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    let sealer = match &settings.master_key {
+        Some(k) => Sealer::from_secret(k).context("store.master_key")?,
+        None if settings.raw.server.mode == Mode::Sandbox => {
+            let (s, src) = load_or_generate_master_key(&store_cfg.path)?;
+            if src == KeySource::Generated {
+                tracing::warn!(
+                    path = %store_cfg.path.join(crate::store::seal::MASTER_KEY_FILE).display(),
+                    "sandbox mode: generated a master key next to the data (0600). Anyone who can read it can open sealed secrets; set store.master_key_file for production"
+                );
+            }
+            s
+        }
+        None => anyhow::bail!(
+            "production mode needs store.master_key or store.master_key_file (32 bytes, base64 or hex)"
+        ),
+    };
+    check_master_key(&store, &sealer).await?;
+    Ok(Opened { store, sealer })
+}
+
+/// A sealed canary in the system keyspace: created once, and it must open with today's key.
+async fn check_master_key(store: &Arc<dyn Store>, sealer: &Sealer) -> anyhow::Result<()> {
+    const KEY: &str = "seal_canary";
+    const PLAINTEXT: &[u8] = b"idstack master key canary";
+    match store.get(keyspaces::SYSTEM, KEY).await? {
+        Some(sealed) => {
+            sealer.open(KEY.as_bytes(), &sealed).map_err(|_| {
+                anyhow::anyhow!(
+                    "the configured master key does not open this store's sealed data; refusing to start (wrong store.master_key or data dir?)"
+                )
+            })?;
+        }
+        None => {
+            let sealed = sealer.seal(KEY.as_bytes(), PLAINTEXT)?;
+            store
+                .compare_and_swap(keyspaces::SYSTEM, KEY, None, Some((sealed, None)))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+const ADMIN_TOKEN_KEY: &str = "sandbox_admin_token";
+
+/// Sandbox: one admin token generated on first start, stored sealed, printed once.
+async fn sandbox_admin_token(opened: &Opened) -> anyhow::Result<Secret> {
+    if let Some(t) = stored_admin_token(opened).await? {
+        tracing::info!(
+            "sandbox admin token loaded from the store (print it with `idstack admin-token`)"
+        );
+        return Ok(t);
+    }
+    let token = random_token(24);
+    let sealed = opened
+        .sealer
+        .seal(ADMIN_TOKEN_KEY.as_bytes(), token.as_bytes())?;
+    match opened
+        .store
+        .compare_and_swap(
+            keyspaces::SYSTEM,
+            ADMIN_TOKEN_KEY,
+            None,
+            Some((sealed, None)),
+        )
+        .await?
+    {
+        Cas::Swapped => {
+            // Printed once, to stderr, on purpose: the operator needs it.
+            eprintln!(
+                "\n  idstack sandbox admin token (shown once; `idstack admin-token` prints it again):\n\n      {token}\n"
+            );
+            Ok(Secret::new(token))
+        }
+        Cas::Conflict(_) => stored_admin_token(opened)
+            .await?
+            .context("admin token vanished"),
+    }
+}
+
+pub async fn stored_admin_token(opened: &Opened) -> anyhow::Result<Option<Secret>> {
+    match opened.store.get(keyspaces::SYSTEM, ADMIN_TOKEN_KEY).await? {
+        None => Ok(None),
+        Some(sealed) => {
+            let plain = opened.sealer.open(ADMIN_TOKEN_KEY.as_bytes(), &sealed)?;
+            Ok(Some(Secret::new(
+                String::from_utf8_lossy(&plain).into_owned(),
+            )))
+        }
+    }
+}
+
+fn derive_public_url(addr: SocketAddr) -> String {
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+    };
+    format!("http://{host}:{}", addr.port())
+}
+
+/// Runs the server until `shutdown` is cancelled, then stops in order: readiness goes 503, HTTP
+/// drains, background tasks stop, the store flushes.
+pub async fn run(
+    settings: Settings,
+    opts: RunOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let settings = Arc::new(settings);
+    let raw = &settings.raw;
+    let opened = open_store(&settings, opts.clock.clone()).await?;
+
+    let mut tokens = settings.admin_tokens.clone();
+    if tokens.is_empty() {
+        match raw.server.mode {
+            Mode::Sandbox => tokens.push(sandbox_admin_token(&opened).await?),
+            Mode::Production => tracing::warn!(
+                "no admin.tokens configured: the management API (/api/...) is disabled"
+            ),
+        }
+    }
+
+    let listener = std::net::TcpListener::bind(settings.bind)
+        .with_context(|| format!("cannot listen on {}", settings.bind))?;
+    let addr = listener.local_addr()?;
+    let public_url = if raw.server.public_url.is_empty() {
+        derive_public_url(addr)
+    } else {
+        raw.server.public_url.trim_end_matches('/').to_string()
+    };
+
+    let readiness = Arc::new(Readiness::default());
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(15))
+        .user_agent(concat!("idstack/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("http client")?;
+    let state = AppState {
+        settings: settings.clone(),
+        public_url: public_url.clone().into(),
+        roles: settings.roles.clone().into(),
+        store: opened.store.clone(),
+        sealer: opened.sealer.clone(),
+        clock: opts.clock.clone(),
+        http,
+        metrics: Arc::new(Metrics::new().context("metrics")?),
+        readiness: readiness.clone(),
+        admin: Arc::new(AdminTokens::new(&tokens)),
+    };
+    for role in settings.roles.iter() {
+        readiness.set_not_ready(role.as_str(), "initialising");
+    }
+    crate::roles::init(&state)
+        .await
+        .context("role initialisation")?;
+
+    let data = web::Data::new(state.clone());
+    let (_, api) = build_app(data.clone());
+    let doc = web::Data::new(OpenApiJson(
+        api.to_pretty_json().context("rendering OpenAPI")?,
+    ));
+
+    let workers = match raw.server.workers {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
+        n => n,
+    };
+    let app_data = data.clone();
+    let server = HttpServer::new(move || build_app(app_data.clone()).0.app_data(doc.clone()))
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(raw.server.shutdown_timeout_seconds)
+        .listen(listener)?
+        .run();
+    let handle = server.handle();
+    let server_task = tokio::spawn(server);
+
+    let mut tasks = Tasks::default();
+    spawn_sweeper(&mut tasks, &shutdown, &state);
+
+    let roles: Vec<&str> = settings.roles.iter().map(|r| Role::as_str(*r)).collect();
+    tracing::info!(%addr, %public_url, roles = ?roles, features = ?crate::roles::compiled_features(), "idstack listening");
+    if let Some(path) = &opts.ready_file {
+        let body = serde_json::json!({ "http": addr.to_string(), "public_url": public_url });
+        std::fs::write(path, body.to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        res = server_task => {
+            // The server stopped on its own: that is a failure.
+            res.context("http server task")?.context("http server")?;
+            anyhow::bail!("http server stopped unexpectedly");
+        }
+    }
+
+    tracing::info!("shutting down: not ready, draining HTTP");
+    readiness.begin_shutdown();
+    handle.stop(true).await;
+    tasks
+        .shutdown(Duration::from_secs(
+            raw.server.shutdown_timeout_seconds.max(1),
+        ))
+        .await;
+    state.store.flush().await.context("final store flush")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn spawn_sweeper(tasks: &mut Tasks, shutdown: &CancellationToken, state: &AppState) {
+    let store = state.store.clone();
+    let metrics = state.metrics.clone();
+    let every = Duration::from_secs(state.settings.raw.store.sweep_interval_seconds.max(1));
+    tasks.spawn("store-sweeper", shutdown, move |token| async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tick.tick() => {
+                    match store.sweep_expired().await {
+                        Ok(n) => metrics.store_swept.inc_by(n),
+                        Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+                    }
+                    if let Err(e) = store.flush().await {
+                        tracing::warn!(error = %e, "periodic flush failed");
+                    }
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,191 @@
+//! What each CLI command does. Startup code: `anyhow` is fine here.
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{self, RunOptions};
+use crate::cli::{Cli, Command, ConfigCommand, HealthcheckArgs, Probe, ServeArgs, StoreCommand};
+use crate::config::{self, Config, LogFormat, Settings};
+use crate::store::ExportRecord;
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let path = cli.config.as_deref();
+    match cli.command {
+        Command::Serve(args) => {
+            let settings = settings(path, &args)?;
+            init_tracing(&settings.raw);
+            install_panic_hook();
+            let shutdown = CancellationToken::new();
+            tokio::spawn(watch_signals(shutdown.clone()));
+            let opts = RunOptions {
+                ready_file: args.ready_file.clone(),
+                ..RunOptions::default()
+            };
+            app::run(settings, opts, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Healthcheck(args) => healthcheck(path, args).await,
+        Command::Config(ConfigCommand::Print(args)) => {
+            let cfg = config::load(path, &args.overrides())?;
+            cfg.clone().finish()?;
+            print!("{}", cfg.to_redacted_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Store(StoreCommand::Export { args, out }) => {
+            let settings = settings(path, &args)?;
+            let opened =
+                app::open_store(&settings, std::sync::Arc::new(crate::clock::SystemClock)).await?;
+            let records = opened.store.export_all().await?;
+            let mut w: Box<dyn Write> = match out {
+                Some(p) => Box::new(
+                    std::fs::File::create(&p)
+                        .with_context(|| format!("creating {}", p.display()))?,
+                ),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            for r in &records {
+                serde_json::to_writer(&mut w, r)?;
+                w.write_all(b"\n")?;
+            }
+            w.flush()?;
+            eprintln!("exported {} records", records.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Store(StoreCommand::Import { args, input }) => {
+            let settings = settings(path, &args)?;
+            let opened =
+                app::open_store(&settings, std::sync::Arc::new(crate::clock::SystemClock)).await?;
+            let reader: Box<dyn BufRead> = match input {
+                Some(p) => Box::new(std::io::BufReader::new(
+                    std::fs::File::open(&p).with_context(|| format!("opening {}", p.display()))?,
+                )),
+                None => Box::new(std::io::stdin().lock()),
+            };
+            let mut records = Vec::new();
+            for (i, line) in reader.lines().enumerate() {
+                let line = line?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let r: ExportRecord = serde_json::from_str(&line)
+                    .with_context(|| format!("line {}: not an export record", i + 1))?;
+                records.push(r);
+            }
+            let n = opened.store.import(records).await?;
+            opened.store.flush().await?;
+            eprintln!("imported {n} records");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::AdminToken(args) => {
+            let settings = settings(path, &args)?;
+            let opened =
+                app::open_store(&settings, std::sync::Arc::new(crate::clock::SystemClock)).await?;
+            match app::stored_admin_token(&opened).await? {
+                Some(t) => {
+                    println!("{}", t.expose());
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("no sandbox admin token in this store (admin.tokens configured, or never started)");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}
+
+fn settings(path: Option<&std::path::Path>, args: &ServeArgs) -> anyhow::Result<Settings> {
+    Ok(config::load(path, &args.overrides())?.finish()?)
+}
+
+fn init_tracing(cfg: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cfg.log.filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cfg.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Pretty => builder.compact().try_init(),
+    };
+}
+
+/// Logs panics with the version (the request span, when there is one, carries the request id).
+/// Handler panics are then contained by the observe middleware and answered 500.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "<non-string panic>".into());
+        tracing::error!(version = env!("CARGO_PKG_VERSION"), %location, panic = %msg, "panic");
+    }));
+}
+
+async fn watch_signals(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    token.cancel();
+}
+
+async fn healthcheck(
+    path: Option<&std::path::Path>,
+    args: HealthcheckArgs,
+) -> anyhow::Result<ExitCode> {
+    let base = match args.url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => {
+            let cfg = config::load(path, &[])?;
+            let bind = cfg.server.bind.replace("0.0.0.0", "127.0.0.1");
+            format!("http://{bind}")
+        }
+    };
+    let probe = match args.probe {
+        Probe::Live => "live",
+        Probe::Ready => "ready",
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()?;
+    match client.get(format!("{base}/health/{probe}")).send().await {
+        Ok(r) if r.status().is_success() => Ok(ExitCode::SUCCESS),
+        Ok(r) => {
+            eprintln!(
+                "{probe}: HTTP {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("{probe}: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,672 @@
+//! Configuration: built-in defaults → `config.toml` → `IDSTACK__SECTION__KEY` env → CLI flags.
+//!
+//! Two tiers, as in lldap/pict-rs: [`Config`] is the raw, serde-shaped document (unknown keys are an
+//! error), [`Settings`] is the validated form the server runs on. Secrets are [`Secret`]s: they can
+//! come from a `*_file` key instead of the value, and they are redacted whenever config is printed.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::roles::{parse_role_list, Role};
+
+pub const ENV_PREFIX: &str = "IDSTACK__";
+pub const CONFIG_VERSION: u32 = 1;
+
+/// A secret string: never printed, never logged.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"<redacted>\""
+        })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "<redacted>" })
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Secret(scalar_to_string(d)?))
+    }
+}
+
+/// Env values like `123` arrive as numbers; string-typed keys accept any scalar.
+fn scalar_to_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        S(String),
+        I(i64),
+        U(u64),
+        F(f64),
+        B(bool),
+    }
+    Ok(match Scalar::deserialize(d)? {
+        Scalar::S(s) => s,
+        Scalar::I(i) => i.to_string(),
+        Scalar::U(u) => u.to_string(),
+        Scalar::F(f) => f.to_string(),
+        Scalar::B(b) => b.to_string(),
+    })
+}
+
+/// A list that may be written as a TOML array or, in env vars, as one comma-separated string.
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString {
+        List(Vec<Secret>),
+        One(Secret),
+    }
+    Ok(match ListOrString::deserialize(d)? {
+        ListOrString::List(v) => v.into_iter().map(|s| s.0).collect(),
+        ListOrString::One(s) => {
+            s.0.split(',')
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect()
+        }
+    })
+}
+
+fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
+    Ok(string_list(d)?.into_iter().map(Secret).collect())
+}
+
+fn redact_list<S: Serializer>(v: &[Secret], s: S) -> Result<S::Ok, S::Error> {
+    v.serialize(s)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub version: u32,
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub store: StoreConfig,
+    pub admin: AdminConfig,
+    pub issuer: IssuerConfig,
+    pub verifier: VerifierConfig,
+    pub wallet: WalletConfig,
+    pub mediator: MediatorConfig,
+    pub cluster: ClusterConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            version: CONFIG_VERSION,
+            server: ServerConfig::default(),
+            log: LogConfig::default(),
+            store: StoreConfig::default(),
+            admin: AdminConfig::default(),
+            issuer: IssuerConfig::default(),
+            verifier: VerifierConfig::default(),
+            wallet: WalletConfig::default(),
+            mediator: MediatorConfig::default(),
+            cluster: ClusterConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Generates what is missing (master key, admin token) on first start and says so loudly.
+    Sandbox,
+    /// Refuses to start without a configured master key; no admin token means the admin API is off.
+    Production,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub bind: String,
+    pub public_url: String,
+    #[serde(deserialize_with = "scalar_to_string")]
+    pub roles: String,
+    pub mode: Mode,
+    pub body_limit_bytes: usize,
+    pub shutdown_timeout_seconds: u64,
+    pub workers: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            public_url: String::new(),
+            roles: "all".into(),
+            mode: Mode::Sandbox,
+            body_limit_bytes: 1024 * 1024,
+            shutdown_timeout_seconds: 10,
+            workers: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            filter: "info,sled=warn".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub master_key: Secret,
+    pub master_key_file: PathBuf,
+    pub sweep_interval_seconds: u64,
+    pub cache_capacity_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("./data"),
+            master_key: Secret::default(),
+            master_key_file: PathBuf::new(),
+            sweep_interval_seconds: 30,
+            cache_capacity_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    #[serde(deserialize_with = "secret_list", serialize_with = "redact_list")]
+    pub tokens: Vec<Secret>,
+    pub tokens_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IssuerConfig {
+    pub default_offer_ttl_seconds: u64,
+    pub max_offer_ttl_seconds: u64,
+}
+
+impl Default for IssuerConfig {
+    fn default() -> Self {
+        Self {
+            default_offer_ttl_seconds: 600,
+            max_offer_ttl_seconds: 7 * 24 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifierConfig {
+    pub default_session_ttl_seconds: u64,
+}
+
+impl Default for VerifierConfig {
+    fn default() -> Self {
+        Self {
+            default_session_ttl_seconds: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalletConfig {
+    pub max_open_sessions: usize,
+    pub max_sessions_per_tenant: usize,
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for WalletConfig {
+    fn default() -> Self {
+        Self {
+            max_open_sessions: 10_000,
+            max_sessions_per_tenant: 64,
+            acquire_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediatorConfig {
+    pub max_message_bytes: usize,
+    pub max_queue_per_recipient: usize,
+    pub message_ttl_seconds: u64,
+}
+
+impl Default for MediatorConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 256 * 1024,
+            max_queue_per_recipient: 10_000,
+            message_ttl_seconds: 14 * 24 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub enabled: bool,
+    pub node_id: String,
+    pub id: String,
+    pub gossip_addr: String,
+    pub rpc_addr: String,
+    #[serde(deserialize_with = "string_list")]
+    pub seeds: Vec<String>,
+    pub secret: Secret,
+    pub secret_file: PathBuf,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            node_id: String::new(),
+            id: "idstack".into(),
+            gossip_addr: "127.0.0.1:7946".into(),
+            rpc_addr: String::new(),
+            seeds: Vec::new(),
+            secret: Secret::default(),
+            secret_file: PathBuf::new(),
+        }
+    }
+}
+
+/// Where the config came from, for error messages.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Figment(#[from] Box<figment::Error>),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// Loads the layered configuration. `file` is the TOML file (a missing default `config.toml` is
+/// fine; an explicitly named missing file is an error). `cli` holds CLI overrides as dotted keys.
+pub fn load(file: Option<&Path>, cli: &[(&str, toml::Value)]) -> Result<Config, ConfigError> {
+    let mut fig = Figment::from(Serialized::defaults(Config::default()));
+    match file {
+        Some(p) => {
+            if !p.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    p.display()
+                )));
+            }
+            fig = fig.merge(Toml::file_exact(p));
+        }
+        None if Path::new("config.toml").exists() => {
+            fig = fig.merge(Toml::file_exact("config.toml"))
+        }
+        None => {}
+    }
+    fig = fig.merge(env_provider(std::env::vars()));
+    for (k, v) in cli {
+        fig = fig.merge(Serialized::global(k, v.clone()));
+    }
+    let cfg: Config = fig.extract().map_err(Box::new)?;
+    if cfg.version != CONFIG_VERSION {
+        return Err(ConfigError::Invalid(format!(
+            "config version {} is not supported (this build reads version {CONFIG_VERSION})",
+            cfg.version
+        )));
+    }
+    Ok(cfg)
+}
+
+/// `IDSTACK__SECTION__KEY` env vars, restricted to keys the schema knows; others are warned about.
+fn env_provider(vars: impl Iterator<Item = (String, String)>) -> figment::providers::Env {
+    let known = known_keys();
+    let unknown: Vec<String> = vars
+        .filter_map(|(k, _)| k.strip_prefix(ENV_PREFIX).map(|r| r.to_ascii_lowercase()))
+        .map(|k| k.replace("__", "."))
+        .filter(|k| !known.contains(k))
+        .collect();
+    for k in unknown {
+        // Logging may not be set up yet; config problems go to stderr.
+        eprintln!(
+            "warning: ignoring unknown environment variable {ENV_PREFIX}{}",
+            k.to_ascii_uppercase().replace('.', "__")
+        );
+    }
+    Env::prefixed(ENV_PREFIX)
+        .split("__")
+        .filter(move |k| known.contains(&k.as_str().to_ascii_lowercase()))
+}
+
+/// Every dotted leaf key of the schema, derived from the defaults.
+pub fn known_keys() -> Vec<String> {
+    fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            _ => out.push(prefix.to_string()),
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(v) = toml::Value::try_from(Config::default()) {
+        walk("", &v, &mut out);
+    }
+    out
+}
+
+/// The validated configuration the server runs on.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub raw: Config,
+    pub bind: SocketAddr,
+    pub roles: Vec<Role>,
+    pub admin_tokens: Vec<Secret>,
+    pub master_key: Option<Secret>,
+    pub cluster_secret: Option<Secret>,
+}
+
+impl Config {
+    /// Cross-field checks and secret resolution (`*_file` keys).
+    pub fn finish(self) -> Result<Settings, ConfigError> {
+        let bind: SocketAddr = self.server.bind.parse().map_err(|e| {
+            ConfigError::Invalid(format!("server.bind `{}`: {e}", self.server.bind))
+        })?;
+        let roles = parse_role_list(&self.server.roles)
+            .map_err(|e| ConfigError::Invalid(format!("server.roles: {e}")))?;
+        if !self.server.public_url.is_empty() {
+            let u = &self.server.public_url;
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "server.public_url `{u}` must start with http:// or https://"
+                )));
+            }
+        }
+        if self.server.body_limit_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "server.body_limit_bytes must be at least 1024".into(),
+            ));
+        }
+        let mut admin_tokens: Vec<Secret> = self
+            .admin
+            .tokens
+            .iter()
+            .filter(|t| !t.is_empty())
+            .cloned()
+            .collect();
+        if !self.admin.tokens_file.as_os_str().is_empty() {
+            let s = read_secret_file(&self.admin.tokens_file)?;
+            admin_tokens.extend(
+                s.expose()
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(Secret::new),
+            );
+        }
+        if admin_tokens.iter().any(|t| t.expose().len() < 16) {
+            return Err(ConfigError::Invalid(
+                "admin.tokens: every token must be at least 16 characters".into(),
+            ));
+        }
+        let master_key = secret_from(
+            &self.store.master_key,
+            &self.store.master_key_file,
+            "store.master_key",
+        )?;
+        let cluster_secret = secret_from(
+            &self.cluster.secret,
+            &self.cluster.secret_file,
+            "cluster.secret",
+        )?;
+        if self.cluster.enabled {
+            if !cfg!(feature = "cluster") {
+                return Err(ConfigError::Invalid(
+                    "cluster.enabled is set but this build has no `cluster` feature".into(),
+                ));
+            }
+            if cluster_secret.is_none() {
+                return Err(ConfigError::Invalid(
+                    "cluster mode needs cluster.secret (or cluster.secret_file)".into(),
+                ));
+            }
+        }
+        Ok(Settings {
+            raw: self,
+            bind,
+            roles,
+            admin_tokens,
+            master_key,
+            cluster_secret,
+        })
+    }
+
+    /// TOML of the effective config with secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+fn secret_from(value: &Secret, file: &Path, key: &str) -> Result<Option<Secret>, ConfigError> {
+    match (value.is_empty(), file.as_os_str().is_empty()) {
+        (true, true) => Ok(None),
+        (false, true) => Ok(Some(value.clone())),
+        (true, false) => read_secret_file(file).map(Some),
+        (false, false) => Err(ConfigError::Invalid(format!(
+            "{key} and {key}_file are both set; choose one"
+        ))),
+    }
+}
+
+/// Reads a secret file, refusing one that other users can read.
+pub fn read_secret_file(path: &Path) -> Result<Secret, ConfigError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| ConfigError::Invalid(format!("secret file {}: {e}", path.display())))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(ConfigError::Invalid(format!(
+                "secret file {} is readable by group or others; chmod 600 it",
+                path.display()
+            )));
+        }
+    }
+    let s = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Invalid(format!("secret file {}: {e}", path.display())))?;
+    Ok(Secret::new(s.trim_end_matches(['\n', '\r']).to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_file(body: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), body).unwrap();
+        f
+    }
+
+    /// `load` inside a figment Jail: a private cwd holding `config.toml` and a private env.
+    fn extract(
+        toml_body: &str,
+        env: &[(&str, &str)],
+        cli: &[(&str, toml::Value)],
+    ) -> Result<Config, String> {
+        let mut out = Err("jail did not run".to_string());
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("config.toml", toml_body)?;
+            for (k, v) in env {
+                jail.set_env(k, v);
+            }
+            out = load(None, cli).map_err(|e| e.to_string());
+            Ok(())
+        });
+        out
+    }
+
+    #[test]
+    fn defaults_then_file_then_env_then_cli() {
+        let c = extract(
+            "[server]\nbind = \"127.0.0.1:9000\"\nroles = \"issuer\"\n[store]\npath = \"/tmp/x\"\n",
+            &[
+                ("IDSTACK__SERVER__BIND", "127.0.0.1:9100"),
+                ("IDSTACK__LOG__FORMAT", "json"),
+            ],
+            &[("server.bind", toml::Value::String("127.0.0.1:9200".into()))],
+        )
+        .unwrap();
+        assert_eq!(c.server.bind, "127.0.0.1:9200"); // CLI wins
+        assert_eq!(c.log.format, LogFormat::Json); // env over default
+        assert_eq!(c.store.path, PathBuf::from("/tmp/x")); // file over default
+        assert_eq!(c.server.roles, "issuer");
+        assert_eq!(c.server.body_limit_bytes, 1024 * 1024); // default
+    }
+
+    #[test]
+    fn env_lists_are_comma_separated_and_numbers_are_strings() {
+        let c = extract(
+            "",
+            &[
+                (
+                    "IDSTACK__ADMIN__TOKENS",
+                    "aaaaaaaaaaaaaaaa1,bbbbbbbbbbbbbbbb2",
+                ),
+                ("IDSTACK__CLUSTER__SECRET", "12345"),
+                ("IDSTACK__SERVER__ROLES", "issuer,verifier"),
+                ("IDSTACK__NOT__A_KEY", "x"),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.admin.tokens.len(), 2);
+        assert_eq!(c.admin.tokens[1].expose(), "bbbbbbbbbbbbbbbb2");
+        assert_eq!(c.cluster.secret.expose(), "12345");
+        assert_eq!(c.server.roles, "issuer,verifier");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_an_error() {
+        let f = with_file("[server]\nbindd = \"x\"\n");
+        let e = load(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(e.contains("bindd"), "{e}");
+        let f = with_file("[nosuchsection]\na = 1\n");
+        assert!(load(Some(f.path()), &[]).is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted_when_printed() {
+        let mut c = Config::default();
+        c.admin.tokens = vec![Secret::new("super-secret-token-123")];
+        c.store.master_key = Secret::new("another-secret");
+        let out = c.to_redacted_toml();
+        assert!(!out.contains("super-secret"), "{out}");
+        assert!(!out.contains("another-secret"), "{out}");
+        assert!(out.contains("<redacted>"));
+        assert!(!format!("{c:?}").contains("super-secret"));
+    }
+
+    #[test]
+    fn secret_files_are_read_and_loose_permissions_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let f = with_file("tok-from-file-0123456789\n");
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut c = Config::default();
+        c.admin.tokens_file = f.path().to_path_buf();
+        let s = c.clone().finish().unwrap();
+        assert_eq!(s.admin_tokens[0].expose(), "tok-from-file-0123456789");
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(c.finish().is_err());
+    }
+
+    #[test]
+    fn finish_validates_cross_fields() {
+        let mut c = Config::default();
+        c.server.bind = "not-an-addr".into();
+        assert!(c.finish().is_err());
+        let mut c = Config::default();
+        c.store.master_key = Secret::new("x");
+        c.store.master_key_file = PathBuf::from("/nonexistent");
+        assert!(c.finish().unwrap_err().to_string().contains("both set"));
+        let mut c = Config::default();
+        c.admin.tokens = vec![Secret::new("short")];
+        assert!(c.finish().is_err());
+    }
+
+    #[test]
+    fn repo_config_toml_has_every_key_and_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+        let body = std::fs::read_to_string(&path).unwrap();
+        let parsed: Config = toml::from_str(&body).unwrap();
+        assert_eq!(parsed.version, CONFIG_VERSION);
+        let table: toml::Value = toml::from_str(&body).unwrap();
+        for key in known_keys() {
+            let mut v = &table;
+            for part in key.split('.') {
+                v = v
+                    .get(part)
+                    .unwrap_or_else(|| panic!("config.toml lacks `{key}`"));
+            }
+            // every key is preceded by a comment line
+            let leaf = key.rsplit('.').next().unwrap();
+            let lines: Vec<&str> = body.lines().collect();
+            let idx = lines
+                .iter()
+                .position(|l| l.trim_start().starts_with(&format!("{leaf} =")))
+                .unwrap_or_else(|| panic!("no line for `{key}`"));
+            assert!(
+                idx > 0 && lines[idx - 1].trim_start().starts_with('#'),
+                "`{key}` has no comment above it"
+            );
+        }
+    }
+}

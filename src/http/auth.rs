@@ -1,0 +1,105 @@
+//! Management API authentication. Handlers that need it take an [`Admin`] argument: the only way
+//! to obtain one is this extractor's decision, so a privileged handler cannot forget the check.
+//! No configured token means the management API is off, never open.
+
+use std::future::{ready, Ready};
+
+use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::Secret;
+use crate::error::{ApiError, Code};
+use crate::state::AppState;
+
+/// Accepted admin tokens, held as SHA-256 digests and compared in constant time.
+pub struct AdminTokens {
+    digests: Vec<[u8; 32]>,
+}
+
+impl AdminTokens {
+    pub fn new(tokens: &[Secret]) -> Self {
+        Self {
+            digests: tokens
+                .iter()
+                .filter(|t| !t.is_empty())
+                .map(|t| Sha256::digest(t.expose().as_bytes()).into())
+                .collect(),
+        }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        !self.digests.is_empty()
+    }
+
+    pub fn check(&self, presented: &str) -> bool {
+        let d: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        // Compare against every token so timing does not reveal which one matched.
+        self.digests
+            .iter()
+            .fold(false, |acc, t| acc | bool::from(t.ct_eq(&d)))
+    }
+}
+
+/// Proof that the request carried a valid admin bearer token.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin(());
+
+impl Admin {
+    /// For code paths that are privileged by construction (CLI, startup). Named to stand out.
+    pub fn unsafe_internal() -> Self {
+        Admin(())
+    }
+}
+
+pub fn bearer_token(req: &HttpRequest) -> Option<&str> {
+    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+impl FromRequest for Admin {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let Some(state) = req.app_data::<web::Data<AppState>>() else {
+            return ready(Err(ApiError::internal("application state missing")));
+        };
+        if !state.admin.is_enabled() {
+            return ready(Err(ApiError::new(
+                Code::AdminDisabled,
+                "set admin.tokens (IDSTACK__ADMIN__TOKENS) to enable the management API",
+            )));
+        }
+        ready(match bearer_token(req) {
+            None => Err(ApiError::new(
+                Code::Unauthorized,
+                "send Authorization: Bearer <admin token>",
+            )),
+            Some(t) if state.admin.check(t) => Ok(Admin(())),
+            Some(_) => Err(ApiError::new(Code::Unauthorized, "invalid admin token")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_match_exactly() {
+        let t = AdminTokens::new(&[
+            Secret::new("token-one-0123456789"),
+            Secret::new("token-two-0123456789"),
+        ]);
+        assert!(t.is_enabled());
+        assert!(t.check("token-two-0123456789"));
+        assert!(!t.check("token-two-012345678"));
+        assert!(!t.check(""));
+        assert!(!AdminTokens::new(&[]).is_enabled());
+    }
+}

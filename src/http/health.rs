@@ -1,0 +1,100 @@
+//! Liveness, readiness and metrics.
+
+use std::time::Duration;
+
+use actix_web::{get, web, HttpResponse};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::state::AppState;
+
+#[derive(Serialize, ToSchema)]
+pub struct Live {
+    status: &'static str,
+    version: &'static str,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Ready {
+    /// `ready` or `not_ready`.
+    status: &'static str,
+    roles: Vec<&'static str>,
+    /// Components that are not ready, with the reason.
+    failing: Vec<Failing>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Failing {
+    component: String,
+    reason: String,
+}
+
+/// Liveness: the process is up and serving HTTP. Checks no dependency.
+#[utoipa::path(tag = "system", responses((status = 200, body = Live)))]
+#[get("/health/live")]
+pub async fn live() -> web::Json<Live> {
+    web::Json(Live {
+        status: "live",
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// Readiness: 200 when a store write probe passes and every enabled role is ready, else 503
+/// naming the failing components. Load balancers route on this.
+#[utoipa::path(tag = "system", responses(
+    (status = 200, body = Ready), (status = 503, body = Ready)))]
+#[get("/health/ready")]
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let mut failing: Vec<Failing> = state
+        .readiness
+        .failing()
+        .into_iter()
+        .map(|(component, reason)| Failing { component, reason })
+        .collect();
+    match tokio::time::timeout(Duration::from_secs(2), state.store.probe()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => failing.push(Failing {
+            component: "store".into(),
+            reason: e.to_string(),
+        }),
+        Err(_) => failing.push(Failing {
+            component: "store".into(),
+            reason: "write probe timed out".into(),
+        }),
+    }
+    let body = Ready {
+        status: if failing.is_empty() {
+            "ready"
+        } else {
+            "not_ready"
+        },
+        roles: state.roles.iter().map(|r| r.as_str()).collect(),
+        failing,
+    };
+    if body.failing.is_empty() {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .json(body)
+    }
+}
+
+/// Prometheus metrics in text exposition format.
+#[utoipa::path(tag = "system", responses((status = 200, content_type = "text/plain", body = String)))]
+#[get("/metrics")]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    if let Ok(stats) = state.store.stats().await {
+        state
+            .metrics
+            .store_size_bytes
+            .set(i64::try_from(stats.size_on_disk_bytes).unwrap_or(i64::MAX));
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
+}
+
+pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(live).service(ready).service(metrics);
+}

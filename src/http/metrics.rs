@@ -1,0 +1,67 @@
+//! Prometheus metrics: request counts and latency by route pattern and status, store and process
+//! gauges. Roles register their own collectors on [`Metrics::registry`].
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub panics: IntCounter,
+    pub store_size_bytes: IntGauge,
+    pub store_swept: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("idstack".into()), None)?;
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by method, route and status",
+            ),
+            &["method", "route", "status"],
+        )?;
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP request latency by route",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["method", "route"],
+        )?;
+        let panics = IntCounter::new("handler_panics_total", "handler panics caught")?;
+        let store_size_bytes = IntGauge::new("store_size_bytes", "store size on disk")?;
+        let store_swept = IntCounter::new("store_expired_swept_total", "expired records swept")?;
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(http_duration.clone()))?;
+        registry.register(Box::new(panics.clone()))?;
+        registry.register(Box::new(store_size_bytes.clone()))?;
+        registry.register(Box::new(store_swept.clone()))?;
+        // process_* gauges (RSS, CPU, open fds) on Linux; unprefixed as Prometheus convention wants.
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            registry.register(Box::new(pc))?;
+        }
+        Ok(Self {
+            registry,
+            http_requests,
+            http_duration,
+            panics,
+            store_size_bytes,
+            store_swept,
+        })
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

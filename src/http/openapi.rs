@@ -1,0 +1,44 @@
+//! The OpenAPI document: assembled by utoipa from the handlers each enabled role mounts.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+pub const ADMIN_SCHEME: &str = "admin_token";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "idstack",
+        description = "Identity server stack: OpenID4VCI issuer, OpenID4VP verifier, cloud wallet and DIDComm mediator in one binary. Management endpoints (`/api/...`) need `Authorization: Bearer <admin token>`.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&SecurityAddon),
+    tags(
+        (name = "system", description = "Health, readiness and metrics"),
+        (name = "issuer", description = "OpenID4VCI credential issuer"),
+        (name = "verifier", description = "OpenID4VP verifier"),
+        (name = "wallet", description = "Cloud wallet"),
+        (name = "mediator", description = "DIDComm mediator"),
+    )
+)]
+pub struct ApiDoc;
+
+struct SecurityAddon;
+
+impl Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        openapi.info.version = env!("CARGO_PKG_VERSION").to_string();
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            ADMIN_SCHEME,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "Admin token (admin.tokens; printed on first sandbox start)",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}

@@ -1,0 +1,45 @@
+//! The embedded console (web/) and Swagger UI, served from the binary: no CDN, no network.
+
+use actix_web::{get, web, HttpResponse};
+use rust_embed::RustEmbed;
+
+#[derive(RustEmbed)]
+#[folder = "web/"]
+struct Assets;
+
+fn serve(path: &str) -> HttpResponse {
+    match Assets::get(path) {
+        Some(file) => HttpResponse::Ok()
+            .content_type(file.metadata.mimetype())
+            .insert_header(("Cache-Control", "no-cache"))
+            .insert_header(("X-Content-Type-Options", "nosniff"))
+            .body(file.data.into_owned()),
+        None => HttpResponse::NotFound()
+            .content_type("application/problem+json")
+            .body(r#"{"type":"tag:idstack.dev,2026:problem:not_found","title":"Not found","status":404,"code":"not_found"}"#),
+    }
+}
+
+#[get("/")]
+async fn index() -> HttpResponse {
+    serve("index.html")
+}
+
+#[get("/console/{file:.*}")]
+async fn asset(path: web::Path<String>) -> HttpResponse {
+    serve(&path.into_inner())
+}
+
+/// Mounts the console (outside the OpenAPI document: these are pages, not API).
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(index).service(asset);
+    #[cfg(feature = "swagger-ui")]
+    {
+        cfg.service(
+            utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}").config(
+                utoipa_swagger_ui::Config::from("/openapi.json").persist_authorization(false),
+            ),
+        );
+        cfg.service(web::redirect("/docs", "/docs/"));
+    }
+}

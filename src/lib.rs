@@ -1,0 +1,19 @@
+//! idstack: one binary that is the whole identity server stack.
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo)
+)]
+#![deny(clippy::await_holding_lock)]
+
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod roles;
+pub mod state;
+pub mod store;
+pub mod tasks;

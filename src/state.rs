@@ -1,0 +1,77 @@
+//! Shared application state handed to every handler.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::clock::SharedClock;
+use crate::config::Settings;
+use crate::http::auth::AdminTokens;
+use crate::http::metrics::Metrics;
+use crate::roles::Role;
+use crate::store::{Sealer, Store};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    /// Base URL handed to wallets (`server.public_url`, or derived from the bound address).
+    pub public_url: Arc<str>,
+    pub roles: Arc<[Role]>,
+    pub store: Arc<dyn Store>,
+    pub sealer: Sealer,
+    pub clock: SharedClock,
+    /// Outbound HTTP (did:web, status lists, webhooks, other issuers), with timeouts set.
+    pub http: reqwest::Client,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+    pub admin: Arc<AdminTokens>,
+}
+
+impl AppState {
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+/// Per-component readiness, reported by `/health/ready`.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    components: RwLock<BTreeMap<String, Result<(), String>>>,
+    shutting_down: AtomicBool,
+}
+
+impl Readiness {
+    pub fn set_ready(&self, component: &str) {
+        self.set(component, Ok(()));
+    }
+    pub fn set_not_ready(&self, component: &str, reason: impl Into<String>) {
+        self.set(component, Err(reason.into()));
+    }
+    fn set(&self, component: &str, state: Result<(), String>) {
+        if let Ok(mut m) = self.components.write() {
+            m.insert(component.to_string(), state);
+        }
+    }
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+    /// Failing components with their reasons; empty = ready.
+    pub fn failing(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .components
+            .read()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| v.as_ref().err().map(|e| (k.clone(), e.clone())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if self.is_shutting_down() {
+            out.push(("server".into(), "shutting down".into()));
+        }
+        out
+    }
+}

@@ -1,0 +1,241 @@
+//! The store: a small trait over named keyspaces that every role talks to, never to sled itself.
+//!
+//! Semantics every backend keeps (sled today; Redis and the cluster layer later):
+//! - a record may carry a deadline; once past it the record is absent for every read and CAS,
+//!   and a background sweep deletes it;
+//! - `compare_and_swap` is the one primitive for single-use transitions (codes, nonces, sessions);
+//! - `batch` applies several writes atomically, across keyspaces;
+//! - values are opaque bytes; secrets are sealed by the caller with [`seal::Sealer`] before `put`.
+
+pub mod seal;
+pub mod sled_store;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use seal::Sealer;
+pub use sled_store::SledStore;
+
+/// On-disk layout version; bumped (with a migration) whenever the record encoding changes.
+pub const LAYOUT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store backend error: {0}")]
+    Backend(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("corrupt record in {keyspace}/{key}: {reason}")]
+    Corrupt {
+        keyspace: String,
+        key: String,
+        reason: String,
+    },
+    #[error("sealing: {0}")]
+    Seal(String),
+    #[error("store layout: {0}")]
+    Layout(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Outcome of a compare-and-swap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cas {
+    /// The expected value matched and the new value is in place.
+    Swapped,
+    /// Someone else got there first; this is what is there now (`None` = absent or expired).
+    Conflict(Option<Vec<u8>>),
+}
+
+/// One write of an atomic batch.
+#[derive(Debug, Clone)]
+pub enum BatchOp {
+    Put {
+        keyspace: &'static str,
+        key: String,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    },
+    Delete {
+        keyspace: &'static str,
+        key: String,
+    },
+}
+
+/// A record as exported: keyspace, key, value (base64, still sealed where it was), deadline.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExportRecord {
+    pub keyspace: String,
+    pub key: String,
+    pub value_b64: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub expires_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct StoreStats {
+    pub size_on_disk_bytes: u64,
+    pub keyspaces: Vec<(String, u64)>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get(&self, keyspace: &'static str, key: &str) -> StoreResult<Option<Vec<u8>>>;
+    async fn put(
+        &self,
+        keyspace: &'static str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> StoreResult<()>;
+    /// Removes the record; returns whether a live record was there.
+    async fn delete(&self, keyspace: &'static str, key: &str) -> StoreResult<bool>;
+    /// Replaces `expected` (None = absent/expired) by `new` (None = delete), atomically.
+    async fn compare_and_swap(
+        &self,
+        keyspace: &'static str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Option<(Vec<u8>, Option<Duration>)>,
+    ) -> StoreResult<Cas>;
+    /// Live records whose key starts with `prefix`, in key order, at most `limit`.
+    async fn scan_prefix(
+        &self,
+        keyspace: &'static str,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, Vec<u8>)>>;
+    async fn batch(&self, ops: Vec<BatchOp>) -> StoreResult<()>;
+    /// Deletes expired records; returns how many.
+    async fn sweep_expired(&self) -> StoreResult<u64>;
+    /// A real write + read + flush, for readiness.
+    async fn probe(&self) -> StoreResult<()>;
+    async fn flush(&self) -> StoreResult<()>;
+    async fn stats(&self) -> StoreResult<StoreStats>;
+    /// Every live record, for `idstack store export`.
+    async fn export_all(&self) -> StoreResult<Vec<ExportRecord>>;
+    /// Writes exported records back (overwriting same keys).
+    async fn import(&self, records: Vec<ExportRecord>) -> StoreResult<u64>;
+}
+
+/// JSON helpers over any store.
+impl dyn Store {
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        keyspace: &'static str,
+        key: &str,
+    ) -> StoreResult<Option<T>> {
+        match self.get(keyspace, key).await? {
+            None => Ok(None),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt {
+                        keyspace: keyspace.to_string(),
+                        key: key.to_string(),
+                        reason: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    pub async fn put_json<T: Serialize + ?Sized>(
+        &self,
+        keyspace: &'static str,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> StoreResult<()> {
+        let bytes = to_json(value)?;
+        self.put(keyspace, key, bytes, ttl).await
+    }
+
+    /// Inserts only if absent; `false` when something live is already there.
+    pub async fn insert_new_json<T: Serialize + ?Sized>(
+        &self,
+        keyspace: &'static str,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> StoreResult<bool> {
+        let bytes = to_json(value)?;
+        Ok(matches!(
+            self.compare_and_swap(keyspace, key, None, Some((bytes, ttl)))
+                .await?,
+            Cas::Swapped
+        ))
+    }
+
+    /// Read-modify-write with compare-and-swap, retried on conflict. `f` returns the new value
+    /// (or an error that aborts with nothing written). Returns `None` when the record is absent.
+    pub async fn update_json<T, E, F>(
+        &self,
+        keyspace: &'static str,
+        key: &str,
+        ttl: Option<Duration>,
+        mut f: F,
+    ) -> Result<Option<T>, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<StoreError>,
+        F: FnMut(T) -> Result<T, E>,
+    {
+        for _ in 0..64 {
+            let Some(old) = self.get(keyspace, key).await? else {
+                return Ok(None);
+            };
+            let value: T = serde_json::from_slice(&old).map_err(|e| StoreError::Corrupt {
+                keyspace: keyspace.to_string(),
+                key: key.to_string(),
+                reason: e.to_string(),
+            })?;
+            let new = f(value)?;
+            let bytes = to_json(&new)?;
+            match self
+                .compare_and_swap(keyspace, key, Some(old), Some((bytes, ttl)))
+                .await?
+            {
+                Cas::Swapped => return Ok(Some(new)),
+                Cas::Conflict(_) => continue,
+            }
+        }
+        Err(StoreError::Backend(format!("update of {keyspace}/{key} kept conflicting")).into())
+    }
+
+    pub async fn scan_json<T: DeserializeOwned>(
+        &self,
+        keyspace: &'static str,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, T)>> {
+        self.scan_prefix(keyspace, prefix, limit)
+            .await?
+            .into_iter()
+            .map(|(k, v)| {
+                serde_json::from_slice(&v)
+                    .map(|t| (k.clone(), t))
+                    .map_err(|e| StoreError::Corrupt {
+                        keyspace: keyspace.to_string(),
+                        key: k,
+                        reason: e.to_string(),
+                    })
+            })
+            .collect()
+    }
+}
+
+pub fn to_json<T: Serialize + ?Sized>(value: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Backend(format!("encode: {e}")))
+}
+
+/// Keyspaces the foundation owns. Roles declare their own next to their code.
+pub mod keyspaces {
+    /// Server-wide records: admin token, key fingerprints, layout version.
+    pub const SYSTEM: &str = "system";
+    /// Readiness write probe.
+    pub const HEALTH: &str = "health";
+}

@@ -1,0 +1,198 @@
+//! Secret sealing: XChaCha20-Poly1305 under a 256-bit master key that never enters the store or
+//! the logs. Sealed blobs are `[1][24-byte nonce][ciphertext+tag]`, bound to their location by AAD
+//! (keyspace and key), so a sealed value copied to another record does not open.
+
+use std::path::Path;
+
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use zeroize::Zeroizing;
+
+use super::StoreError;
+use crate::config::Secret;
+
+const SEAL_VERSION: u8 = 1;
+const NONCE_LEN: usize = 24;
+pub const MASTER_KEY_FILE: &str = "master.key";
+
+#[derive(Clone)]
+pub struct Sealer {
+    cipher: XChaCha20Poly1305,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer(<key>)")
+    }
+}
+
+impl Sealer {
+    pub fn new(key: &[u8; 32]) -> Self {
+        Self {
+            cipher: XChaCha20Poly1305::new(key.into()),
+        }
+    }
+
+    /// Parses a master key given as base64 (standard or URL-safe) or 64 hex digits.
+    pub fn from_secret(secret: &Secret) -> Result<Self, StoreError> {
+        let s = secret.expose().trim();
+        let bytes = Zeroizing::new(
+            if s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit()) {
+                (0..32)
+                    .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16))
+                    .collect::<Result<Vec<u8>, _>>()
+                    .map_err(|e| StoreError::Seal(format!("master key: {e}")))?
+            } else {
+                base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s))
+                    .map_err(|_| {
+                        StoreError::Seal("master key must be 32 bytes as base64 or hex".into())
+                    })?
+            },
+        );
+        let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+            StoreError::Seal(format!("master key must be 32 bytes, got {}", bytes.len()))
+        })?;
+        let key = Zeroizing::new(key);
+        Ok(Self::new(&key))
+    }
+
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let ct = self
+            .cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
+            .map_err(|_| StoreError::Seal("encryption failed".into()))?;
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
+        out.push(SEAL_VERSION);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        if sealed.len() < 1 + NONCE_LEN + 16 || sealed[0] != SEAL_VERSION {
+            return Err(StoreError::Seal("not a sealed value".into()));
+        }
+        let nonce = XNonce::from_slice(&sealed[1..1 + NONCE_LEN]);
+        self.cipher
+            .decrypt(
+                nonce,
+                Payload {
+                    msg: &sealed[1 + NONCE_LEN..],
+                    aad,
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| {
+                StoreError::Seal(
+                    "cannot open sealed value: wrong master key or tampered data".into(),
+                )
+            })
+    }
+}
+
+/// How the master key was obtained, so startup can warn about generated keys.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeySource {
+    Configured,
+    ExistingFile,
+    Generated,
+}
+
+/// Sandbox fallback: use `data_dir/master.key`, creating it (0600) when absent.
+pub fn load_or_generate_master_key(data_dir: &Path) -> Result<(Sealer, KeySource), StoreError> {
+    let path = data_dir.join(MASTER_KEY_FILE);
+    if path.exists() {
+        let secret =
+            crate::config::read_secret_file(&path).map_err(|e| StoreError::Seal(e.to_string()))?;
+        return Ok((Sealer::from_secret(&secret)?, KeySource::ExistingFile));
+    }
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| StoreError::Seal(format!("cannot create {}: {e}", data_dir.display())))?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(key.as_mut());
+    let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(key.as_ref()));
+    write_private_file(&path, encoded.as_bytes())?;
+    Ok((Sealer::new(&key), KeySource::Generated))
+}
+
+fn write_private_file(path: &Path, data: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .map_err(|e| StoreError::Seal(format!("cannot write {}: {e}", path.display())))?;
+    f.write_all(data)
+        .and_then(|_| f.write_all(b"\n"))
+        .and_then(|_| f.sync_all())
+        .map_err(|e| StoreError::Seal(format!("cannot write {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_tamper_detection() {
+        let s = Sealer::new(&[7u8; 32]);
+        let sealed = s.seal(b"keys/k1", b"private jwk").unwrap();
+        assert_eq!(
+            s.open(b"keys/k1", &sealed).unwrap().as_slice(),
+            b"private jwk"
+        );
+        // a flipped ciphertext bit
+        let mut bad = sealed.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(s.open(b"keys/k1", &bad).is_err());
+        // moved to another record
+        assert!(s.open(b"keys/k2", &sealed).is_err());
+        // another master key
+        assert!(Sealer::new(&[8u8; 32]).open(b"keys/k1", &sealed).is_err());
+        // two seals of the same plaintext differ (random nonce)
+        assert_ne!(sealed, s.seal(b"keys/k1", b"private jwk").unwrap());
+    }
+
+    #[test]
+    fn master_key_formats() {
+        let hex = "00".repeat(32);
+        assert!(Sealer::from_secret(&Secret::new(hex)).is_ok());
+        let b64 = base64::engine::general_purpose::STANDARD.encode([1u8; 32]);
+        assert!(Sealer::from_secret(&Secret::new(b64)).is_ok());
+        assert!(Sealer::from_secret(&Secret::new("short")).is_err());
+    }
+
+    #[test]
+    fn generated_key_file_is_private_and_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, src) = load_or_generate_master_key(dir.path()).unwrap();
+        assert_eq!(src, KeySource::Generated);
+        let mode = std::fs::metadata(dir.path().join(MASTER_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (b, src) = load_or_generate_master_key(dir.path()).unwrap();
+        assert_eq!(src, KeySource::ExistingFile);
+        let sealed = a.seal(b"x", b"y").unwrap();
+        assert_eq!(b.open(b"x", &sealed).unwrap().as_slice(), b"y");
+    }
+}

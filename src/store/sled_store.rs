@@ -1,0 +1,618 @@
+//! The embedded sled backend. One tree per keyspace (`idstack-<keyspace>`), every call on the
+//! blocking pool, records framed as `[layout][deadline ms, i64 BE, 0 = none][payload]`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine;
+
+use super::{
+    BatchOp, Cas, ExportRecord, Store, StoreError, StoreResult, StoreStats, LAYOUT_VERSION,
+};
+use crate::clock::SharedClock;
+
+const TREE_PREFIX: &str = "idstack-";
+const HEADER: usize = 9;
+const RECORD_FORMAT: u8 = 1;
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+#[derive(Clone)]
+pub struct SledStore {
+    db: sled::Db,
+    trees: Arc<RwLock<HashMap<String, sled::Tree>>>,
+    clock: SharedClock,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn encode(value: &[u8], expires_at_ms: Option<i64>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + value.len());
+    out.push(RECORD_FORMAT);
+    out.extend_from_slice(&expires_at_ms.unwrap_or(0).to_be_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+/// Splits a raw record into (deadline, payload).
+fn decode(raw: &[u8]) -> Option<(Option<i64>, &[u8])> {
+    if raw.len() < HEADER || raw[0] != RECORD_FORMAT {
+        return None;
+    }
+    let mut d = [0u8; 8];
+    d.copy_from_slice(&raw[1..HEADER]);
+    let deadline = i64::from_be_bytes(d);
+    Some(((deadline != 0).then_some(deadline), &raw[HEADER..]))
+}
+
+/// The payload of a raw record if it is well-formed and not expired at `now`.
+fn live(raw: &[u8], now: i64) -> Option<&[u8]> {
+    match decode(raw) {
+        Some((Some(deadline), _)) if deadline <= now => None,
+        Some((_, payload)) => Some(payload),
+        None => None,
+    }
+}
+
+fn deadline(now: i64, ttl: Option<Duration>) -> Option<i64> {
+    ttl.map(|t| {
+        now.saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
+            .max(1)
+    })
+}
+
+async fn blocking<T, F>(f: F) -> StoreResult<T>
+where
+    F: FnOnce() -> StoreResult<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+}
+
+impl SledStore {
+    /// Opens (or creates) the store under `data_dir/sled-v<LAYOUT_VERSION>`.
+    pub fn open(data_dir: &Path, cache_capacity: u64, clock: SharedClock) -> StoreResult<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
+        })?;
+        let path = data_dir.join(format!("sled-v{LAYOUT_VERSION}"));
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(cache_capacity)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        Self::from_db(db, path, clock)
+    }
+
+    /// A store in a temporary directory that disappears on drop. For tests.
+    pub fn temporary(clock: SharedClock) -> StoreResult<Self> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .open()
+            .map_err(backend)?;
+        Self::from_db(db, PathBuf::from("<temporary>"), clock)
+    }
+
+    fn from_db(db: sled::Db, path: PathBuf, clock: SharedClock) -> StoreResult<Self> {
+        let meta = db.open_tree("meta").map_err(backend)?;
+        match meta.get("layout_version").map_err(backend)? {
+            None => {
+                meta.insert("layout_version", &LAYOUT_VERSION.to_be_bytes())
+                    .map_err(backend)?;
+            }
+            Some(v) if v.as_ref() == LAYOUT_VERSION.to_be_bytes() => {}
+            Some(v) => {
+                return Err(StoreError::Layout(format!(
+                    "data at {} has layout {:?}, this build reads {LAYOUT_VERSION}; export with the older version and import",
+                    path.display(),
+                    v.as_ref()
+                )))
+            }
+        }
+        Ok(Self {
+            db,
+            trees: Arc::default(),
+            clock,
+            path,
+        })
+    }
+
+    fn tree(&self, keyspace: &str) -> StoreResult<sled::Tree> {
+        if let Ok(map) = self.trees.read() {
+            if let Some(t) = map.get(keyspace) {
+                return Ok(t.clone());
+            }
+        }
+        let tree = self
+            .db
+            .open_tree(format!("{TREE_PREFIX}{keyspace}"))
+            .map_err(backend)?;
+        if let Ok(mut map) = self.trees.write() {
+            map.insert(keyspace.to_string(), tree.clone());
+        }
+        Ok(tree)
+    }
+
+    fn all_trees(&self) -> Vec<(String, sled::Tree)> {
+        self.db
+            .tree_names()
+            .into_iter()
+            .filter_map(|n| {
+                let name = String::from_utf8(n.to_vec()).ok()?;
+                let ks = name.strip_prefix(TREE_PREFIX)?.to_string();
+                let tree = self.tree(&ks).ok()?;
+                Some((ks, tree))
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn get(&self, keyspace: &'static str, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        let tree = self.tree(keyspace)?;
+        let key = key.to_string();
+        let now = self.clock.now_ms();
+        blocking(move || {
+            Ok(tree
+                .get(key.as_bytes())
+                .map_err(backend)?
+                .and_then(|raw| live(&raw, now).map(<[u8]>::to_vec)))
+        })
+        .await
+    }
+
+    async fn put(
+        &self,
+        keyspace: &'static str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> StoreResult<()> {
+        let tree = self.tree(keyspace)?;
+        let key = key.to_string();
+        let raw = encode(&value, deadline(self.clock.now_ms(), ttl));
+        blocking(move || {
+            tree.insert(key.as_bytes(), raw)
+                .map(|_| ())
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn delete(&self, keyspace: &'static str, key: &str) -> StoreResult<bool> {
+        let tree = self.tree(keyspace)?;
+        let key = key.to_string();
+        let now = self.clock.now_ms();
+        blocking(move || {
+            Ok(tree
+                .remove(key.as_bytes())
+                .map_err(backend)?
+                .is_some_and(|raw| live(&raw, now).is_some()))
+        })
+        .await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        keyspace: &'static str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Option<(Vec<u8>, Option<Duration>)>,
+    ) -> StoreResult<Cas> {
+        let tree = self.tree(keyspace)?;
+        let key = key.to_string();
+        let now = self.clock.now_ms();
+        let new_raw = new.map(|(v, ttl)| encode(&v, deadline(now, ttl)));
+        blocking(move || loop {
+            let current = tree.get(key.as_bytes()).map_err(backend)?;
+            let current_live = current.as_deref().and_then(|raw| live(raw, now));
+            if current_live != expected.as_deref() {
+                return Ok(Cas::Conflict(current_live.map(<[u8]>::to_vec)));
+            }
+            match tree
+                .compare_and_swap(key.as_bytes(), current, new_raw.clone())
+                .map_err(backend)?
+            {
+                Ok(()) => return Ok(Cas::Swapped),
+                Err(_) => continue, // raced with a writer between get and CAS: re-evaluate
+            }
+        })
+        .await
+    }
+
+    async fn scan_prefix(
+        &self,
+        keyspace: &'static str,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        let tree = self.tree(keyspace)?;
+        let prefix = prefix.to_string();
+        let now = self.clock.now_ms();
+        blocking(move || {
+            let mut out = Vec::new();
+            for item in tree.scan_prefix(prefix.as_bytes()) {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, raw) = item.map_err(backend)?;
+                if let Some(v) = live(&raw, now) {
+                    out.push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn batch(&self, ops: Vec<BatchOp>) -> StoreResult<()> {
+        use sled::Transactional;
+        let now = self.clock.now_ms();
+        let mut names: Vec<&'static str> = Vec::new();
+        for op in &ops {
+            let ks = match op {
+                BatchOp::Put { keyspace, .. } | BatchOp::Delete { keyspace, .. } => *keyspace,
+            };
+            if !names.contains(&ks) {
+                names.push(ks);
+            }
+        }
+        let trees = names
+            .iter()
+            .map(|n| self.tree(n))
+            .collect::<StoreResult<Vec<_>>>()?;
+        blocking(move || {
+            trees
+                .as_slice()
+                .transaction(|tx| {
+                    for op in &ops {
+                        match op {
+                            BatchOp::Put {
+                                keyspace,
+                                key,
+                                value,
+                                ttl,
+                            } => {
+                                let i = names.iter().position(|n| n == keyspace).unwrap_or(0);
+                                tx[i].insert(key.as_bytes(), encode(value, deadline(now, *ttl)))?;
+                            }
+                            BatchOp::Delete { keyspace, key } => {
+                                let i = names.iter().position(|n| n == keyspace).unwrap_or(0);
+                                tx[i].remove(key.as_bytes())?;
+                            }
+                        }
+                    }
+                    Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| backend(format!("{e:?}")))
+        })
+        .await
+    }
+
+    async fn sweep_expired(&self) -> StoreResult<u64> {
+        let trees = self.all_trees();
+        let now = self.clock.now_ms();
+        blocking(move || {
+            let mut n = 0u64;
+            for (_, tree) in trees {
+                for item in tree.iter() {
+                    let (k, raw) = item.map_err(backend)?;
+                    if live(&raw, now).is_none() && decode(&raw).is_some() {
+                        // CAS so a record rewritten since we read it is left alone.
+                        if tree
+                            .compare_and_swap(&k, Some(raw), None as Option<&[u8]>)
+                            .map_err(backend)?
+                            .is_ok()
+                        {
+                            n += 1;
+                        }
+                    }
+                }
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn probe(&self) -> StoreResult<()> {
+        let tree = self.tree(super::keyspaces::HEALTH)?;
+        let stamp = self.clock.now_ms().to_be_bytes();
+        blocking(move || {
+            tree.insert("probe", &stamp)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            match tree
+                .get("probe")
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?
+            {
+                Some(v) if v.as_ref() == stamp => Ok(()),
+                _ => Err(StoreError::Unavailable(
+                    "probe read back a different value".into(),
+                )),
+            }
+        })
+        .await
+    }
+
+    async fn flush(&self) -> StoreResult<()> {
+        self.db.flush_async().await.map(|_| ()).map_err(backend)
+    }
+
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        let db = self.db.clone();
+        blocking(move || {
+            Ok(StoreStats {
+                size_on_disk_bytes: db.size_on_disk().map_err(backend)?,
+                keyspaces: Vec::new(),
+            })
+        })
+        .await
+    }
+
+    async fn export_all(&self) -> StoreResult<Vec<ExportRecord>> {
+        let trees = self.all_trees();
+        let now = self.clock.now_ms();
+        blocking(move || {
+            let mut out = Vec::new();
+            for (ks, tree) in trees {
+                if ks == super::keyspaces::HEALTH {
+                    continue;
+                }
+                for item in tree.iter() {
+                    let (k, raw) = item.map_err(backend)?;
+                    let Some((deadline, payload)) = decode(&raw) else {
+                        continue;
+                    };
+                    if live(&raw, now).is_none() {
+                        continue;
+                    }
+                    out.push(ExportRecord {
+                        keyspace: ks.clone(),
+                        key: String::from_utf8_lossy(&k).into_owned(),
+                        value_b64: B64.encode(payload),
+                        expires_at_ms: deadline,
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn import(&self, records: Vec<ExportRecord>) -> StoreResult<u64> {
+        let mut prepared = Vec::with_capacity(records.len());
+        for r in records {
+            let value = B64.decode(&r.value_b64).map_err(|e| StoreError::Corrupt {
+                keyspace: r.keyspace.clone(),
+                key: r.key.clone(),
+                reason: e.to_string(),
+            })?;
+            let tree = self.tree(&r.keyspace)?;
+            prepared.push((tree, r.key, encode(&value, r.expires_at_ms)));
+        }
+        blocking(move || {
+            let n = prepared.len() as u64;
+            for (tree, key, raw) in prepared {
+                tree.insert(key.as_bytes(), raw).map_err(backend)?;
+            }
+            Ok(n)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FakeClock;
+
+    const KS: &str = "test";
+
+    fn store() -> (SledStore, Arc<FakeClock>) {
+        let clock = FakeClock::new(1_000_000);
+        (SledStore::temporary(clock.clone()).unwrap(), clock)
+    }
+
+    #[tokio::test]
+    async fn put_get_delete() {
+        let (s, _) = store();
+        s.put(KS, "a", b"1".to_vec(), None).await.unwrap();
+        assert_eq!(s.get(KS, "a").await.unwrap().as_deref(), Some(&b"1"[..]));
+        assert!(s.delete(KS, "a").await.unwrap());
+        assert!(!s.delete(KS, "a").await.unwrap());
+        assert_eq!(s.get(KS, "a").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn expired_records_are_absent_then_swept() {
+        let (s, clock) = store();
+        s.put(KS, "t", b"x".to_vec(), Some(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        s.put(KS, "p", b"y".to_vec(), None).await.unwrap();
+        clock.advance_ms(9_999);
+        assert!(s.get(KS, "t").await.unwrap().is_some());
+        clock.advance_ms(1);
+        assert_eq!(s.get(KS, "t").await.unwrap(), None);
+        assert!(s.scan_prefix(KS, "", 10).await.unwrap().len() == 1);
+        assert_eq!(s.sweep_expired().await.unwrap(), 1);
+        assert_eq!(s.sweep_expired().await.unwrap(), 0);
+        assert!(s.get(KS, "p").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn cas_is_single_use() {
+        let (s, clock) = store();
+        let dyn_s: Arc<dyn Store> = Arc::new(s.clone());
+        assert!(dyn_s
+            .insert_new_json(KS, "code", "fresh", None)
+            .await
+            .unwrap());
+        assert!(!dyn_s
+            .insert_new_json(KS, "code", "again", None)
+            .await
+            .unwrap());
+        let fresh = serde_json::to_vec("fresh").unwrap();
+        // two redeemers race: exactly one wins
+        let (a, b) = tokio::join!(
+            s.compare_and_swap(
+                KS,
+                "code",
+                Some(fresh.clone()),
+                Some((b"used-a".to_vec(), None))
+            ),
+            s.compare_and_swap(
+                KS,
+                "code",
+                Some(fresh.clone()),
+                Some((b"used-b".to_vec(), None))
+            )
+        );
+        let wins = [a.unwrap(), b.unwrap()]
+            .iter()
+            .filter(|c| **c == Cas::Swapped)
+            .count();
+        assert_eq!(wins, 1);
+        // an expired record counts as absent for CAS
+        s.put(KS, "n", b"v".to_vec(), Some(Duration::from_millis(5)))
+            .await
+            .unwrap();
+        clock.advance_ms(10);
+        assert_eq!(
+            s.compare_and_swap(KS, "n", Some(b"v".to_vec()), None)
+                .await
+                .unwrap(),
+            Cas::Conflict(None)
+        );
+        assert_eq!(
+            s.compare_and_swap(KS, "n", None, Some((b"w".to_vec(), None)))
+                .await
+                .unwrap(),
+            Cas::Swapped
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_updates_do_not_lose_writes() {
+        let (s, _) = store();
+        let s: Arc<dyn Store> = Arc::new(s);
+        s.put_json(KS, "ctr", &0u64, None).await.unwrap();
+        let mut handles = Vec::new();
+        for _ in 0..8 {
+            let s = s.clone();
+            handles.push(tokio::spawn(async move {
+                for _ in 0..25 {
+                    s.update_json::<u64, StoreError, _>(KS, "ctr", None, |n| Ok(n + 1))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        assert_eq!(s.get_json::<u64>(KS, "ctr").await.unwrap(), Some(200));
+    }
+
+    #[tokio::test]
+    async fn prefix_scan_and_atomic_batch() {
+        let (s, _) = store();
+        s.batch(vec![
+            BatchOp::Put {
+                keyspace: KS,
+                key: "u/1".into(),
+                value: b"a".to_vec(),
+                ttl: None,
+            },
+            BatchOp::Put {
+                keyspace: KS,
+                key: "u/2".into(),
+                value: b"b".to_vec(),
+                ttl: None,
+            },
+            BatchOp::Put {
+                keyspace: "other",
+                key: "u/3".into(),
+                value: b"c".to_vec(),
+                ttl: None,
+            },
+            BatchOp::Put {
+                keyspace: KS,
+                key: "v/1".into(),
+                value: b"d".to_vec(),
+                ttl: None,
+            },
+        ])
+        .await
+        .unwrap();
+        let got = s.scan_prefix(KS, "u/", 10).await.unwrap();
+        assert_eq!(
+            got.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["u/1", "u/2"]
+        );
+        assert_eq!(s.scan_prefix(KS, "u/", 1).await.unwrap().len(), 1);
+        s.batch(vec![
+            BatchOp::Delete {
+                keyspace: KS,
+                key: "u/1".into(),
+            },
+            BatchOp::Delete {
+                keyspace: "other",
+                key: "u/3".into(),
+            },
+        ])
+        .await
+        .unwrap();
+        assert_eq!(s.get(KS, "u/1").await.unwrap(), None);
+        assert_eq!(s.get("other", "u/3").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn export_import_round_trip() {
+        let (a, _) = store();
+        a.put(KS, "k1", b"v1".to_vec(), None).await.unwrap();
+        a.put("ks2", "k2", vec![0, 255, 7], Some(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        let dump = a.export_all().await.unwrap();
+        assert_eq!(dump.len(), 2);
+        let (b, _) = store();
+        assert_eq!(b.import(dump.clone()).await.unwrap(), 2);
+        assert_eq!(b.get("ks2", "k2").await.unwrap(), Some(vec![0, 255, 7]));
+        let mut again = b.export_all().await.unwrap();
+        again.sort_by(|x, y| x.key.cmp(&y.key));
+        let mut dump = dump;
+        dump.sort_by(|x, y| x.key.cmp(&y.key));
+        assert_eq!(again, dump);
+    }
+
+    #[tokio::test]
+    async fn reopen_keeps_data_and_checks_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = FakeClock::new(0);
+        {
+            let s = SledStore::open(dir.path(), 1 << 20, clock.clone()).unwrap();
+            s.put(KS, "k", b"v".to_vec(), None).await.unwrap();
+            s.flush().await.unwrap();
+        }
+        let s = SledStore::open(dir.path(), 1 << 20, clock).unwrap();
+        assert_eq!(s.get(KS, "k").await.unwrap(), Some(b"v".to_vec()));
+        assert!(dir.path().join("sled-v1").exists());
+    }
+}
