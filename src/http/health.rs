@@ -96,5 +96,8 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 }
 
 pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
-    cfg.service(live).service(ready).service(metrics);
+    cfg.service(live)
+        .service(ready)
+        .service(metrics)
+        .service(super::system::system_info);
 }

@@ -6,6 +6,7 @@ pub mod health;
 pub mod metrics;
 pub mod observe;
 pub mod openapi;
+pub mod system;
 pub mod web;
 
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError, UrlencodedError};
@@ -69,4 +70,107 @@ pub async fn route_not_found(req: HttpRequest) -> Result<actix_web::HttpResponse
         Code::RouteNotFound,
         format!("no endpoint for {} {}", req.method(), req.path()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::{middleware::from_fn, test, web, App, HttpResponse};
+
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[allow(dead_code)]
+        name: String,
+    }
+
+    async fn echo(_b: web::Json<Body>) -> HttpResponse {
+        HttpResponse::Ok().finish()
+    }
+
+    async fn boom() -> HttpResponse {
+        panic!("handler bug")
+    }
+
+    async fn call(req: test::TestRequest) -> (u16, serde_json::Value, Option<String>) {
+        let (json, form, path, query, payload) = extractor_configs(1024);
+        let app = test::init_service(
+            App::new()
+                .app_data(json)
+                .app_data(form)
+                .app_data(path)
+                .app_data(query)
+                .app_data(payload)
+                .route("/echo", web::post().to(echo))
+                .route("/boom", web::get().to(boom))
+                .default_service(web::to(route_not_found))
+                .wrap(from_fn(observe::observe)),
+        )
+        .await;
+        let resp = match test::try_call_service(&app, req.to_request()).await {
+            Ok(r) => r.into_parts().1,
+            Err(e) => e.error_response(),
+        };
+        let status = resp.status().as_u16();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap_or("").to_string());
+        let body = actix_web::body::to_bytes(resp.into_body()).await.unwrap();
+        let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        (status, v, ct)
+    }
+
+    #[actix_web::test]
+    async fn bad_bodies_are_problem_json_4xx() {
+        let (s, v, ct) = call(
+            test::TestRequest::post()
+                .uri("/echo")
+                .insert_header(("content-type", "application/json"))
+                .set_payload("{not json"),
+        )
+        .await;
+        assert_eq!((s, v["code"].as_str()), (400, Some("invalid_json")));
+        assert_eq!(ct.as_deref(), Some("application/problem+json"));
+        let big = format!("{{\"name\":\"{}\"}}", "x".repeat(4096));
+        let (s, v, _) = call(
+            test::TestRequest::post()
+                .uri("/echo")
+                .insert_header(("content-type", "application/json"))
+                .set_payload(big),
+        )
+        .await;
+        assert_eq!((s, v["code"].as_str()), (413, Some("payload_too_large")));
+        let (s, v, _) = call(
+            test::TestRequest::post()
+                .uri("/echo")
+                .insert_header(("content-type", "text/plain"))
+                .set_payload("{}"),
+        )
+        .await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (415, Some("unsupported_media_type"))
+        );
+        let (s, v, _) = call(
+            test::TestRequest::post()
+                .uri("/echo")
+                .insert_header(("content-type", "application/json"))
+                .set_payload("{\"nom\":1}"),
+        )
+        .await;
+        assert_eq!((s, v["code"].as_str()), (400, Some("invalid_json")));
+    }
+
+    #[actix_web::test]
+    async fn a_panicking_handler_answers_500_without_internals() {
+        let (s, v, ct) = call(test::TestRequest::get().uri("/boom")).await;
+        assert_eq!(s, 500);
+        assert_eq!(v["code"], "internal_error");
+        assert!(!v.to_string().contains("handler bug"));
+        assert_eq!(ct.as_deref(), Some("application/problem+json"));
+        // and the app keeps serving
+        let (s, v, _) = call(test::TestRequest::get().uri("/nope")).await;
+        assert_eq!((s, v["code"].as_str()), (404, Some("route_not_found")));
+    }
 }

@@ -1,0 +1,248 @@
+//! Test fixture: the real `idstack` binary on port 0 in a temp data dir, polled until ready and
+//! stopped with SIGTERM (its exit status checked) at the end.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_idstack")
+}
+
+pub struct Server {
+    pub child: Option<Child>,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+}
+
+pub struct Builder {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    dir: Option<tempfile::TempDir>,
+    admin: bool,
+}
+
+impl Builder {
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    /// Reuse a data dir (restart tests).
+    pub fn dir(mut self, d: tempfile::TempDir) -> Self {
+        self.dir = Some(d);
+        self
+    }
+    /// Don't configure an admin token (sandbox generation tests).
+    pub fn no_admin_token(mut self) -> Self {
+        self.admin = false;
+        self
+    }
+
+    pub fn spawn(self) -> (Child, tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = self.dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+        let ready = dir.path().join("ready.json");
+        let _ = std::fs::remove_file(&ready);
+        let log = dir
+            .path()
+            .join(format!("server-{}.log", std::process::id()));
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.current_dir(dir.path())
+            .arg("serve")
+            .arg("--bind")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(&self.args)
+            .env_remove("RUST_LOG")
+            .env("IDSTACK__LOG__FILTER", "info,sled=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(logf));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("IDSTACK__") {
+                cmd.env_remove(k);
+            }
+        }
+        if self.admin {
+            cmd.env("IDSTACK__ADMIN__TOKENS", ADMIN_TOKEN);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn idstack");
+        (child, dir, ready, log)
+    }
+
+    pub async fn start(self) -> Server {
+        let (mut child, dir, ready, log) = self.spawn();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let base = loop {
+            if let Ok(body) = std::fs::read_to_string(&ready) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
+                    break format!("http://{}", v["http"].as_str().unwrap());
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "idstack exited early ({status}):\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "idstack did not start:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(r) = client.get(format!("{base}/health/ready")).send().await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "idstack never became ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Server {
+            child: Some(child),
+            base,
+            dir,
+            log,
+        }
+    }
+}
+
+impl Server {
+    pub fn builder() -> Builder {
+        Builder {
+            args: Vec::new(),
+            env: Vec::new(),
+            dir: None,
+            admin: true,
+        }
+    }
+
+    pub async fn start() -> Server {
+        Self::builder().start().await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait; asserts a clean exit. Returns the data dir for restarts.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        self.terminate();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    assert!(
+                        status.success(),
+                        "idstack did not exit cleanly: {status}\n{}",
+                        self.log()
+                    );
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("idstack did not stop after SIGTERM\n{}", self.log());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            return;
+        }
+        self.terminate();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// Asserts an RFC 9457 problem with the given status and code; returns the body.
+pub async fn expect_problem(resp: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    assert!(
+        ct.starts_with("application/problem+json"),
+        "content-type {ct}"
+    );
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status);
+    assert!(body["type"].as_str().unwrap().ends_with(code));
+    assert!(body["title"].is_string());
+    body
+}
+
+/// Runs the binary with arguments in `dir`, returning (status, stdout, stderr).
+pub fn run_cli(
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::ExitStatus, String, String) {
+    let mut cmd = Command::new(bin());
+    cmd.current_dir(dir).args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("IDSTACK__") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,12 @@
+//! One integration binary: every test starts the real idstack on port 0.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
+
+mod common;
+mod foundation;
+mod openapi_coverage;
