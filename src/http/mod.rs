@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod health;
 pub mod metrics;
+pub mod oauth;
 pub mod observe;
 pub mod openapi;
 pub mod system;

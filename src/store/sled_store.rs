@@ -333,14 +333,15 @@ impl Store for SledStore {
 
     async fn probe(&self) -> StoreResult<()> {
         let tree = self.tree(super::keyspaces::HEALTH)?;
+        // A key per probe: concurrent probes must not read each other's stamp.
+        let key = crate::clock::random_id();
         let stamp = self.clock.now_ms().to_be_bytes();
+        let unavailable = |e: sled::Error| StoreError::Unavailable(e.to_string());
         blocking(move || {
-            tree.insert("probe", &stamp)
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            match tree
-                .get("probe")
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?
-            {
+            tree.insert(key.as_bytes(), &stamp).map_err(unavailable)?;
+            let back = tree.get(key.as_bytes()).map_err(unavailable)?;
+            tree.remove(key.as_bytes()).map_err(unavailable)?;
+            match back {
                 Some(v) if v.as_ref() == stamp => Ok(()),
                 _ => Err(StoreError::Unavailable(
                     "probe read back a different value".into(),
@@ -600,6 +601,21 @@ mod tests {
         let mut dump = dump;
         dump.sort_by(|x, y| x.key.cmp(&y.key));
         assert_eq!(again, dump);
+    }
+
+    #[tokio::test]
+    async fn concurrent_probes_all_pass() {
+        let (s, _) = store();
+        let s = Arc::new(s);
+        let probes: Vec<_> = (0..64)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move { s.probe().await })
+            })
+            .collect();
+        for p in probes {
+            p.await.unwrap().unwrap();
+        }
     }
 
     #[tokio::test]

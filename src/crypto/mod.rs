@@ -1,0 +1,50 @@
+//! Cryptography for the roles: keys (Ed25519, P-256, secp256k1), JWK, did:key / did:jwk / did:web,
+//! compact JWS, SD-JWT with key binding, and the two status-list encodings.
+//!
+//! Built directly on RustCrypto primitives (ed25519-dalek, p256, k256, sha2) rather than the `ssi`
+//! crate: see docs/ARCHITECTURE.md ("Crypto") for the reasons and the plan for Data Integrity.
+
+pub mod did;
+pub mod jws;
+pub mod keys;
+pub mod sdjwt;
+pub mod status;
+
+pub use keys::{KeyType, SigningKey, VerifyingKey};
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum CryptoError {
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    #[error("unresolvable DID: {0}")]
+    Did(String),
+}
+
+pub type CryptoResult<T> = Result<T, CryptoError>;
+
+use base64::Engine;
+
+pub fn b64url(data: impl AsRef<[u8]>) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+pub fn b64url_decode(s: &str) -> CryptoResult<Vec<u8>> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .map_err(|e| CryptoError::Malformed(format!("base64url: {e}")))
+}
+
+pub fn sha256(data: impl AsRef<[u8]>) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data.as_ref()).into()
+}
+
+pub fn sha256_hex(data: impl AsRef<[u8]>) -> String {
+    sha256(data).iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,154 @@
+//! Status lists: IETF Token Status List (`status_list: {bits, lst}`, zlib, LSB-first) and W3C
+//! Bitstring Status List (`encodedList`, gzip + multibase base64url, MSB-first).
+
+use std::io::{Read, Write};
+
+use super::{b64url, b64url_decode, CryptoError, CryptoResult};
+
+/// A status array of `size` entries of `bits` bits each (1, 2, 4 or 8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusArray {
+    pub bits: u8,
+    pub bytes: Vec<u8>,
+}
+
+impl StatusArray {
+    pub fn new(bits: u8, size: u64) -> CryptoResult<Self> {
+        if ![1, 2, 4, 8].contains(&bits) {
+            return Err(CryptoError::Unsupported(format!("{bits} bits per status")));
+        }
+        let len = (size * u64::from(bits)).div_ceil(8);
+        Ok(Self { bits, bytes: vec![0; usize::try_from(len).map_err(|_| CryptoError::Unsupported("size".into()))?] })
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.bytes.len() as u64 * 8 / u64::from(self.bits)
+    }
+
+    fn locate(&self, index: u64) -> CryptoResult<(usize, u32)> {
+        if index >= self.capacity() {
+            return Err(CryptoError::Malformed(format!("status index {index} out of range")));
+        }
+        let bit = index * u64::from(self.bits);
+        Ok(((bit / 8) as usize, (bit % 8) as u32))
+    }
+
+    /// Token Status List order: entry 0 in the least significant bits of byte 0.
+    pub fn get_lsb(&self, index: u64) -> CryptoResult<u8> {
+        let (byte, shift) = self.locate(index)?;
+        let mask = ((1u16 << self.bits) - 1) as u8;
+        Ok((self.bytes[byte] >> shift) & mask)
+    }
+
+    pub fn set_lsb(&mut self, index: u64, value: u8) -> CryptoResult<()> {
+        let (byte, shift) = self.locate(index)?;
+        let mask = ((1u16 << self.bits) - 1) as u8;
+        if value > mask {
+            return Err(CryptoError::Malformed(format!("status value {value} needs more than {} bits", self.bits)));
+        }
+        self.bytes[byte] = (self.bytes[byte] & !(mask << shift)) | (value << shift);
+        Ok(())
+    }
+
+    /// Bitstring Status List order (1 bit): entry 0 is the most significant bit of byte 0.
+    pub fn get_msb(&self, index: u64) -> CryptoResult<bool> {
+        let (byte, shift) = self.locate(index)?;
+        Ok(self.bytes[byte] & (0x80 >> shift) != 0)
+    }
+
+    pub fn set_msb(&mut self, index: u64, on: bool) -> CryptoResult<()> {
+        let (byte, shift) = self.locate(index)?;
+        if on {
+            self.bytes[byte] |= 0x80 >> shift;
+        } else {
+            self.bytes[byte] &= !(0x80 >> shift);
+        }
+        Ok(())
+    }
+
+    /// `lst` of a Token Status List: base64url(zlib(bytes)).
+    pub fn to_token_lst(&self) -> String {
+        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        let _ = enc.write_all(&self.bytes);
+        b64url(enc.finish().unwrap_or_default())
+    }
+
+    pub fn from_token_lst(bits: u8, lst: &str) -> CryptoResult<Self> {
+        let bytes = inflate(flate2::read::ZlibDecoder::new(b64url_decode(lst)?.as_slice()))?;
+        Ok(Self { bits, bytes })
+    }
+
+    /// `encodedList` of a Bitstring Status List: multibase base64url ("u") of gzip(bytes).
+    pub fn to_encoded_list(&self) -> String {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let _ = enc.write_all(&self.bytes);
+        format!("u{}", b64url(enc.finish().unwrap_or_default()))
+    }
+
+    pub fn from_encoded_list(encoded: &str) -> CryptoResult<Self> {
+        let data = encoded
+            .strip_prefix('u')
+            .ok_or_else(|| CryptoError::Malformed("encodedList must be multibase base64url (u...)".into()))?;
+        let bytes = inflate(flate2::read::GzDecoder::new(b64url_decode(data)?.as_slice()))?;
+        Ok(Self { bits: 1, bytes })
+    }
+}
+
+/// Decompresses with a ceiling (a status list is never above 16 MiB).
+fn inflate(r: impl Read) -> CryptoResult<Vec<u8>> {
+    let mut out = Vec::new();
+    r.take(16 * 1024 * 1024 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| CryptoError::Malformed(format!("status list compression: {e}")))?;
+    if out.len() > 16 * 1024 * 1024 {
+        return Err(CryptoError::Malformed("status list too large".into()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_status_list_two_bits_round_trip() {
+        let mut a = StatusArray::new(2, 131_072).unwrap();
+        a.set_lsb(0, 1).unwrap();
+        a.set_lsb(5, 2).unwrap();
+        a.set_lsb(131_071, 3).unwrap();
+        assert!(a.set_lsb(131_072, 1).is_err());
+        assert!(a.set_lsb(1, 4).is_err());
+        let b = StatusArray::from_token_lst(2, &a.to_token_lst()).unwrap();
+        assert_eq!(b.get_lsb(0).unwrap(), 1);
+        assert_eq!(b.get_lsb(1).unwrap(), 0);
+        assert_eq!(b.get_lsb(5).unwrap(), 2);
+        assert_eq!(b.get_lsb(131_071).unwrap(), 3);
+        // first byte: entry 0 in the low bits
+        assert_eq!(b.bytes[0], 0b0000_0001);
+    }
+
+    #[test]
+    fn token_status_list_spec_example() {
+        // draft-ietf-oauth-status-list 1-bit example: byte 0 = 0xB9, byte 1 = 0xA3
+        let mut a = StatusArray::new(1, 16).unwrap();
+        for (i, v) in [1, 0, 0, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0, 1, 0, 1].iter().enumerate() {
+            a.set_lsb(i as u64, *v).unwrap();
+        }
+        assert_eq!(a.bytes, vec![0xB9, 0xA3]);
+    }
+
+    #[test]
+    fn bitstring_round_trip_msb_first() {
+        let mut a = StatusArray::new(1, 131_072).unwrap();
+        a.set_msb(0, true).unwrap();
+        a.set_msb(9, true).unwrap();
+        assert_eq!(a.bytes[0], 0x80);
+        assert_eq!(a.bytes[1], 0x40);
+        let enc = a.to_encoded_list();
+        assert!(enc.starts_with('u'));
+        let b = StatusArray::from_encoded_list(&enc).unwrap();
+        assert!(b.get_msb(0).unwrap() && b.get_msb(9).unwrap() && !b.get_msb(1).unwrap());
+        a.set_msb(9, false).unwrap();
+        assert!(!a.get_msb(9).unwrap());
+    }
+}

@@ -1,0 +1,285 @@
+//! Issuer records and API shapes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::crypto::KeyType;
+
+/// Credential formats this issuer can produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum Format {
+    #[serde(rename = "jwt_vc_json")]
+    JwtVcJson,
+    #[serde(rename = "dc+sd-jwt")]
+    SdJwt,
+    #[serde(rename = "ldp_vc")]
+    LdpVc,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::JwtVcJson => "jwt_vc_json",
+            Format::SdJwt => "dc+sd-jwt",
+            Format::LdpVc => "ldp_vc",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DidMethod {
+    Key,
+    Jwk,
+    Web,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Display {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// One claim a credential configuration carries.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct ClaimSpec {
+    pub name: String,
+    #[serde(default)]
+    pub mandatory: bool,
+    /// SD-JWT: whether the holder may withhold it (default true).
+    #[serde(default = "yes")]
+    pub selectively_disclosable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A credential configuration (`credential_configurations_supported` entry).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct CredentialConfig {
+    pub format: Format,
+    /// W3C formats: the credential type after `VerifiableCredential`; SD-JWT: informational.
+    pub credential_type: String,
+    /// SD-JWT VC type; defaults to `<public_url>/issuers/<issuer>/vct/<credential_type>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vct: Option<String>,
+    pub claims: Vec<ClaimSpec>,
+    #[serde(default)]
+    pub display: Vec<Display>,
+    /// Default validity of issued credentials, seconds (none = no `exp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validity_seconds: Option<u64>,
+}
+
+/// An issuer tenant.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Issuer {
+    pub id: String,
+    pub display_name: String,
+    pub key_type: KeyType,
+    pub did_method: DidMethod,
+    pub did: String,
+    /// `kid` used in JWS headers and Data Integrity `verificationMethod`.
+    pub verification_method: String,
+    pub key_fingerprint: String,
+    pub credential_configurations: BTreeMap<String, CredentialConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    pub created_at: i64,
+}
+
+/// `POST /api/issuers`
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateIssuer {
+    pub id: String,
+    pub display_name: Option<String>,
+    pub key_type: Option<KeyType>,
+    pub did_method: Option<DidMethod>,
+    #[serde(default)]
+    pub credential_configurations: BTreeMap<String, CredentialConfig>,
+    pub webhook_url: Option<String>,
+}
+
+/// `PUT /api/issuers/{issuer}`: what may change after creation (the key and DID may not).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateIssuer {
+    pub display_name: Option<String>,
+    pub credential_configurations: Option<BTreeMap<String, CredentialConfig>>,
+    /// Empty string clears it.
+    pub webhook_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OfferState {
+    Offered,
+    TokenIssued,
+    CredentialIssued,
+    Expired,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TxCodeSpec {
+    /// `numeric` or `text`.
+    #[serde(default = "numeric")]
+    pub input_mode: String,
+    #[serde(default = "six")]
+    pub length: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+fn numeric() -> String {
+    "numeric".into()
+}
+fn six() -> u32 {
+    6
+}
+
+/// `POST /api/issuers/{issuer}/offers`
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOffer {
+    pub credential_configuration_ids: Vec<String>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub claims: serde_json::Map<String, Value>,
+    /// Ask for a transaction code; it is generated and returned once.
+    pub tx_code: Option<TxCodeSpec>,
+    /// Offer lifetime (default issuer.default_offer_ttl_seconds, max issuer.max_offer_ttl_seconds).
+    pub ttl_seconds: Option<u64>,
+    /// Validity of the issued credential, seconds from issuance (overrides the configuration).
+    pub credential_validity_seconds: Option<u64>,
+    /// Also offer the authorization code flow (with this `issuer_state`-bound pre-identified holder).
+    #[serde(default)]
+    pub authorization_code: bool,
+}
+
+/// 201 answer to an offer creation.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OfferCreated {
+    pub id: String,
+    /// `openid-credential-offer://?credential_offer_uri=...`
+    pub offer_uri: String,
+    /// The same offer by value: `openid-credential-offer://?credential_offer=...`
+    pub offer_uri_by_value: String,
+    #[schema(value_type = Object)]
+    pub credential_offer: Value,
+    /// Only when requested; shown once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tx_code: Option<String>,
+    pub expires_at: i64,
+}
+
+/// A stored offer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Offer {
+    pub id: String,
+    pub issuer: String,
+    pub credential_configuration_ids: Vec<String>,
+    pub claims: serde_json::Map<String, Value>,
+    /// SHA-256 of the pre-authorized code (the code itself is never stored).
+    pub pre_auth_code_hash: String,
+    pub issuer_state: Option<String>,
+    pub tx_code: Option<StoredTxCode>,
+    pub tx_code_failures: u32,
+    pub state: OfferState,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub credential_validity_seconds: Option<u64>,
+    /// Ids of credentials issued from this offer.
+    #[serde(default)]
+    pub issued: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredTxCode {
+    pub hash: String,
+    pub input_mode: String,
+    pub length: u32,
+    pub description: Option<String>,
+}
+
+/// `GET /api/issuers/{issuer}/offers/{id}`
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OfferView {
+    pub id: String,
+    pub issuer: String,
+    pub state: OfferState,
+    pub credential_configuration_ids: Vec<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub issued_credentials: Vec<String>,
+}
+
+impl Offer {
+    pub fn view(&self, now_ms: i64) -> OfferView {
+        let expired = self.expires_at * 1000 <= now_ms && self.state == OfferState::Offered;
+        OfferView {
+            id: self.id.clone(),
+            issuer: self.issuer.clone(),
+            state: if expired { OfferState::Expired } else { self.state },
+            credential_configuration_ids: self.credential_configuration_ids.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            issued_credentials: self.issued.clone(),
+        }
+    }
+}
+
+/// An access token's record (opaque token; the store key is its hash).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessGrant {
+    pub offer_id: String,
+    pub issuer: String,
+    pub credential_configuration_ids: Vec<String>,
+    pub expires_at: i64,
+}
+
+/// Authorization-code flow state between /authorize and /token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthCodeGrant {
+    pub offer_id: String,
+    pub issuer: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub code_challenge: String,
+    pub credential_configuration_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialStatus {
+    Valid,
+    Revoked,
+    Suspended,
+}
+
+/// What is kept of an issued credential: metadata, not the claims.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IssuedCredential {
+    pub id: String,
+    pub issuer: String,
+    pub credential_configuration_id: String,
+    pub format: Format,
+    pub offer_id: String,
+    /// SHA-256 of the holder key / subject, hex.
+    pub subject_hash: String,
+    pub status_list: String,
+    pub status_index: u64,
+    pub status: CredentialStatus,
+    pub issued_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
