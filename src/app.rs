@@ -251,6 +251,7 @@ pub async fn run(
         metrics: Arc::new(Metrics::new().context("metrics")?),
         readiness: readiness.clone(),
         admin: Arc::new(AdminTokens::new(&tokens)),
+        services: Arc::default(),
     };
     for role in settings.roles.iter() {
         readiness.set_not_ready(role.as_str(), "initialising");

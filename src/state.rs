@@ -25,6 +25,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     pub admin: Arc<AdminTokens>,
+    /// Role services, filled by each role's `init`.
+    pub services: Arc<crate::roles::Services>,
 }
 
 impl AppState {

@@ -68,7 +68,11 @@ pub fn did_web(base_url: &str, path: &str) -> String {
         .trim_start_matches("http://")
         .trim_end_matches('/');
     let mut parts: Vec<String> = host.split('/').map(|s| s.replace(':', "%3A")).collect();
-    parts.extend(path.split('/').filter(|s| !s.is_empty()).map(str::to_string));
+    parts.extend(
+        path.split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+    );
     format!("did:web:{}", parts.join(":"))
 }
 
@@ -156,15 +160,25 @@ pub async fn resolve(kid: &str, http: &reqwest::Client) -> CryptoResult<Verifyin
     if body.len() > 256 * 1024 {
         return Err(CryptoError::Did("DID document too large".into()));
     }
-    let doc: Value = serde_json::from_slice(&body).map_err(|e| CryptoError::Did(format!("{url}: {e}")))?;
+    let doc: Value =
+        serde_json::from_slice(&body).map_err(|e| CryptoError::Did(format!("{url}: {e}")))?;
     if doc["id"].as_str() != Some(did) {
         return Err(CryptoError::Did("DID document id does not match".into()));
     }
-    let methods = doc["verificationMethod"].as_array().cloned().unwrap_or_default();
+    let methods = doc["verificationMethod"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let vm = methods
         .iter()
         .find(|m| kid.contains('#') && m["id"].as_str() == Some(kid))
-        .or_else(|| if kid.contains('#') { None } else { methods.first() })
+        .or_else(|| {
+            if kid.contains('#') {
+                None
+            } else {
+                methods.first()
+            }
+        })
         .ok_or_else(|| CryptoError::Did(format!("{kid} not in the DID document")))?;
     VerifyingKey::from_jwk(&vm["publicKeyJwk"])
 }
@@ -178,7 +192,10 @@ mod tests {
     fn did_key_spec_vector() {
         // did:key spec test vector (Ed25519)
         let did = "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp";
-        let k = resolve_offline(&format!("{did}#z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp")).unwrap();
+        let k = resolve_offline(&format!(
+            "{did}#z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp"
+        ))
+        .unwrap();
         assert_eq!(did_key(&k), did);
     }
 
@@ -191,15 +208,27 @@ mod tests {
             let j = did_jwk(&vk);
             assert_eq!(resolve_offline(&verification_method(&j)).unwrap(), vk);
         }
-        assert!(did_key(&SigningKey::generate(KeyType::P256).verifying_key()).starts_with("did:key:zDn"));
-        assert!(did_key(&SigningKey::generate(KeyType::Ed25519).verifying_key()).starts_with("did:key:z6Mk"));
+        assert!(
+            did_key(&SigningKey::generate(KeyType::P256).verifying_key())
+                .starts_with("did:key:zDn")
+        );
+        assert!(
+            did_key(&SigningKey::generate(KeyType::Ed25519).verifying_key())
+                .starts_with("did:key:z6Mk")
+        );
     }
 
     #[test]
     fn did_web_forms() {
         let d = did_web("http://127.0.0.1:8080", "issuers/default");
         assert_eq!(d, "did:web:127.0.0.1%3A8080:issuers:default");
-        assert_eq!(did_web_url(&d).unwrap(), "http://127.0.0.1:8080/issuers/default/did.json");
-        assert_eq!(did_web_url("did:web:example.com").unwrap(), "https://example.com/.well-known/did.json");
+        assert_eq!(
+            did_web_url(&d).unwrap(),
+            "http://127.0.0.1:8080/issuers/default/did.json"
+        );
+        assert_eq!(
+            did_web_url("did:web:example.com").unwrap(),
+            "https://example.com/.well-known/did.json"
+        );
     }
 }

@@ -23,15 +23,21 @@ pub fn sign(key: &SigningKey, header: Value, payload: &Value) -> String {
 /// Splits and decodes without verifying: (header, payload, signing input, signature).
 pub fn decode_unverified(token: &str) -> CryptoResult<(Value, Value, String, Vec<u8>)> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return Err(CryptoError::Malformed("a compact JWS has three parts".into()));
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(CryptoError::Malformed(
+            "a compact JWS has three parts".into(),
+        ));
     };
     let header: Value = serde_json::from_slice(&b64url_decode(h)?)
         .map_err(|e| CryptoError::Malformed(format!("header: {e}")))?;
     let payload: Value = serde_json::from_slice(&b64url_decode(p)?)
         .map_err(|e| CryptoError::Malformed(format!("payload: {e}")))?;
     if !header.is_object() || !payload.is_object() {
-        return Err(CryptoError::Malformed("header and payload must be JSON objects".into()));
+        return Err(CryptoError::Malformed(
+            "header and payload must be JSON objects".into(),
+        ));
     }
     Ok((header, payload, format!("{h}.{p}"), b64url_decode(s)?))
 }
@@ -42,7 +48,8 @@ pub fn verify(token: &str, key: &VerifyingKey) -> CryptoResult<(Value, Value)> {
     if header["alg"].as_str() != Some(key.alg()) {
         return Err(CryptoError::Unsupported(format!(
             "alg {} does not match the {:?} key",
-            header["alg"], key.key_type()
+            header["alg"],
+            key.key_type()
         )));
     }
     key.verify(input.as_bytes(), &sig)?;
@@ -53,8 +60,13 @@ pub fn verify(token: &str, key: &VerifyingKey) -> CryptoResult<(Value, Value)> {
 /// Returns the key and, when given by DID, the DID URL.
 pub fn header_key(header: &Value) -> CryptoResult<(VerifyingKey, Option<String>)> {
     if let Some(jwk) = header.get("jwk") {
-        if header.get("kid").is_some_and(|k| k.as_str().is_some_and(|k| k.starts_with("did:"))) {
-            return Err(CryptoError::Malformed("use either jwk or a DID kid, not both".into()));
+        if header
+            .get("kid")
+            .is_some_and(|k| k.as_str().is_some_and(|k| k.starts_with("did:")))
+        {
+            return Err(CryptoError::Malformed(
+                "use either jwk or a DID kid, not both".into(),
+            ));
         }
         return Ok((VerifyingKey::from_jwk(jwk)?, None));
     }
@@ -62,8 +74,12 @@ pub fn header_key(header: &Value) -> CryptoResult<(VerifyingKey, Option<String>)
         return Err(CryptoError::Unsupported("x5c key identification".into()));
     }
     match header["kid"].as_str() {
-        Some(kid) if kid.starts_with("did:") => Ok((did::resolve_offline(kid)?, Some(kid.to_string()))),
-        _ => Err(CryptoError::Malformed("the header names no key (jwk or did kid)".into())),
+        Some(kid) if kid.starts_with("did:") => {
+            Ok((did::resolve_offline(kid)?, Some(kid.to_string())))
+        }
+        _ => Err(CryptoError::Malformed(
+            "the header names no key (jwk or did kid)".into(),
+        )),
     }
 }
 
@@ -83,8 +99,16 @@ mod tests {
             assert_eq!(p["n"], 1);
             // tampered payload
             let parts: Vec<&str> = t.split('.').collect();
-            let forged = format!("{}.{}.{}", parts[0], b64url(json!({"sub": "x", "n": 2}).to_string()), parts[2]);
-            assert_eq!(verify(&forged, &k.verifying_key()), Err(CryptoError::BadSignature));
+            let forged = format!(
+                "{}.{}.{}",
+                parts[0],
+                b64url(json!({"sub": "x", "n": 2}).to_string()),
+                parts[2]
+            );
+            assert_eq!(
+                verify(&forged, &k.verifying_key()),
+                Err(CryptoError::BadSignature)
+            );
             // wrong key
             assert!(verify(&t, &SigningKey::generate(kt).verifying_key()).is_err());
         }

@@ -106,9 +106,12 @@ impl SigningKey {
     }
 
     pub fn from_private_jwk(jwk: &str) -> CryptoResult<Self> {
-        let v: Value = serde_json::from_str(jwk).map_err(|e| CryptoError::InvalidKey(e.to_string()))?;
+        let v: Value =
+            serde_json::from_str(jwk).map_err(|e| CryptoError::InvalidKey(e.to_string()))?;
         let d = Zeroizing::new(b64url_decode(
-            v["d"].as_str().ok_or_else(|| CryptoError::InvalidKey("no `d`".into()))?,
+            v["d"]
+                .as_str()
+                .ok_or_else(|| CryptoError::InvalidKey("no `d`".into()))?,
         )?);
         let key = match (v["kty"].as_str(), v["crv"].as_str()) {
             (Some("OKP"), Some("Ed25519")) => {
@@ -134,7 +137,9 @@ impl SigningKey {
             m.remove("d");
         }
         if v.get("x").is_some() && VerifyingKey::from_jwk(&public)? != key.verifying_key() {
-            return Err(CryptoError::InvalidKey("public part does not match d".into()));
+            return Err(CryptoError::InvalidKey(
+                "public part does not match d".into(),
+            ));
         }
         Ok(key)
     }
@@ -175,7 +180,9 @@ impl VerifyingKey {
     /// Public JWK (`kty`, `crv`, `x`, `y`).
     pub fn to_jwk(&self) -> Value {
         match self {
-            VerifyingKey::Ed25519(k) => json!({"kty": "OKP", "crv": "Ed25519", "x": b64url(k.as_bytes())}),
+            VerifyingKey::Ed25519(k) => {
+                json!({"kty": "OKP", "crv": "Ed25519", "x": b64url(k.as_bytes())})
+            }
             VerifyingKey::P256(k) => {
                 let p = k.to_encoded_point(false);
                 json!({"kty": "EC", "crv": "P-256", "x": b64url(p.x().map(|x| x.as_slice()).unwrap_or_default()), "y": b64url(p.y().map(|y| y.as_slice()).unwrap_or_default())})
@@ -189,7 +196,9 @@ impl VerifyingKey {
 
     pub fn from_jwk(jwk: &Value) -> CryptoResult<Self> {
         if jwk.get("d").is_some() {
-            return Err(CryptoError::InvalidKey("a public JWK must not contain `d`".into()));
+            return Err(CryptoError::InvalidKey(
+                "a public JWK must not contain `d`".into(),
+            ));
         }
         let field = |name: &str| -> CryptoResult<Vec<u8>> {
             b64url_decode(
@@ -210,7 +219,9 @@ impl VerifyingKey {
             (Some("EC"), Some(crv @ ("P-256" | "secp256k1"))) => {
                 let (x, y) = (field("x")?, field("y")?);
                 if x.len() != 32 || y.len() != 32 {
-                    return Err(CryptoError::InvalidKey("EC coordinates must be 32 bytes".into()));
+                    return Err(CryptoError::InvalidKey(
+                        "EC coordinates must be 32 bytes".into(),
+                    ));
                 }
                 let mut sec1 = Vec::with_capacity(65);
                 sec1.push(4);
@@ -290,9 +301,13 @@ mod tests {
     #[test]
     fn rfc7638_thumbprint_vector() {
         // RFC 8037 appendix A.3: thumbprint of the Ed25519 example key
-        let jwk = json!({"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
+        let jwk =
+            json!({"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
         let vk = VerifyingKey::from_jwk(&jwk).unwrap();
-        assert_eq!(vk.thumbprint(), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
+        assert_eq!(
+            vk.thumbprint(),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@ use std::collections::HashSet;
 
 use serde_json::{json, Map, Value};
 
-use super::{b64url, b64url_decode, jws, sha256, CryptoError, CryptoResult, SigningKey, VerifyingKey};
+use super::{
+    b64url, b64url_decode, jws, sha256, CryptoError, CryptoResult, SigningKey, VerifyingKey,
+};
 
 fn digest(disclosure: &str) -> String {
     b64url(sha256(disclosure.as_bytes()))
@@ -57,7 +59,9 @@ pub struct Parsed {
 pub fn parse(sd_jwt: &str) -> CryptoResult<Parsed> {
     let parts: Vec<&str> = sd_jwt.split('~').collect();
     if parts.len() < 2 {
-        return Err(CryptoError::Malformed("an SD-JWT has at least one `~`".into()));
+        return Err(CryptoError::Malformed(
+            "an SD-JWT has at least one `~`".into(),
+        ));
     }
     let last = parts[parts.len() - 1];
     Ok(Parsed {
@@ -76,8 +80,12 @@ pub fn decode_disclosure(d: &str) -> CryptoResult<(String, Value)> {
     let v: Value = serde_json::from_slice(&b64url_decode(d)?)
         .map_err(|e| CryptoError::Malformed(format!("disclosure: {e}")))?;
     match v.as_array().map(Vec::as_slice) {
-        Some([Value::String(_salt), Value::String(name), value]) => Ok((name.clone(), value.clone())),
-        _ => Err(CryptoError::Malformed("object-property disclosure must be [salt, name, value]".into())),
+        Some([Value::String(_salt), Value::String(name), value]) => {
+            Ok((name.clone(), value.clone()))
+        }
+        _ => Err(CryptoError::Malformed(
+            "object-property disclosure must be [salt, name, value]".into(),
+        )),
     }
 }
 
@@ -102,7 +110,13 @@ pub fn sd_hash(presentation_without_kb: &str) -> String {
 }
 
 /// Appends a KB-JWT signed by the holder.
-pub fn add_key_binding(presentation: &str, holder: &SigningKey, aud: &str, nonce: &str, iat: i64) -> String {
+pub fn add_key_binding(
+    presentation: &str,
+    holder: &SigningKey,
+    aud: &str,
+    nonce: &str,
+    iat: i64,
+) -> String {
     let base = if presentation.ends_with('~') {
         presentation.to_string()
     } else {
@@ -142,21 +156,29 @@ pub fn verify(sd_jwt: &str, issuer_key: &VerifyingKey) -> CryptoResult<Verified>
     let digests: HashSet<String> = claims
         .get("_sd")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| d.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     let mut seen = HashSet::new();
     let mut disclosed = Vec::new();
     for d in &p.disclosures {
         let dg = digest(d);
         if !digests.contains(&dg) {
-            return Err(CryptoError::Malformed("a disclosure is not referenced by the issuer JWT".into()));
+            return Err(CryptoError::Malformed(
+                "a disclosure is not referenced by the issuer JWT".into(),
+            ));
         }
         if !seen.insert(dg) {
             return Err(CryptoError::Malformed("duplicate disclosure".into()));
         }
         let (name, value) = decode_disclosure(d)?;
         if name == "_sd" || name == "..." || claims.contains_key(&name) {
-            return Err(CryptoError::Malformed(format!("disclosure for `{name}` collides")));
+            return Err(CryptoError::Malformed(format!(
+                "disclosure for `{name}` collides"
+            )));
         }
         claims.insert(name.clone(), value);
         disclosed.push(name);
@@ -177,12 +199,19 @@ pub fn verify(sd_jwt: &str, issuer_key: &VerifyingKey) -> CryptoResult<Verified>
             }
             let base = &sd_jwt[..sd_jwt.len() - kb.len()];
             if kp["sd_hash"].as_str() != Some(sd_hash(base).as_str()) {
-                return Err(CryptoError::Malformed("KB-JWT sd_hash does not match the presentation".into()));
+                return Err(CryptoError::Malformed(
+                    "KB-JWT sd_hash does not match the presentation".into(),
+                ));
             }
             Some(kp)
         }
     };
-    Ok(Verified { header, claims, disclosed, key_binding })
+    Ok(Verified {
+        header,
+        claims,
+        disclosed,
+        key_binding,
+    })
 }
 
 #[cfg(test)]
@@ -196,7 +225,10 @@ mod tests {
         let mut payload = Map::new();
         payload.insert("iss".into(), json!("did:example:issuer"));
         payload.insert("vct".into(), json!("https://example.com/id"));
-        payload.insert("cnf".into(), json!({"jwk": holder.verifying_key().to_jwk()}));
+        payload.insert(
+            "cnf".into(),
+            json!({"jwk": holder.verifying_key().to_jwk()}),
+        );
         let mut sd = Map::new();
         sd.insert("given_name".into(), json!("Erika"));
         sd.insert("family_name".into(), json!("Mustermann"));
@@ -232,7 +264,10 @@ mod tests {
     fn tampering_is_detected() {
         let (issuer, holder, s) = sample();
         // a forged disclosure
-        let forged = format!("{s}{}~", b64url(json!(["salt", "given_name", "Mallory"]).to_string()));
+        let forged = format!(
+            "{s}{}~",
+            b64url(json!(["salt", "given_name", "Mallory"]).to_string())
+        );
         assert!(verify(&forged, &issuer.verifying_key()).is_err());
         // a KB-JWT computed over another disclosure set
         let sel = select(&s, &["email"]).unwrap();

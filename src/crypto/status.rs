@@ -18,7 +18,13 @@ impl StatusArray {
             return Err(CryptoError::Unsupported(format!("{bits} bits per status")));
         }
         let len = (size * u64::from(bits)).div_ceil(8);
-        Ok(Self { bits, bytes: vec![0; usize::try_from(len).map_err(|_| CryptoError::Unsupported("size".into()))?] })
+        Ok(Self {
+            bits,
+            bytes: vec![
+                0;
+                usize::try_from(len).map_err(|_| CryptoError::Unsupported("size".into()))?
+            ],
+        })
     }
 
     pub fn capacity(&self) -> u64 {
@@ -27,7 +33,9 @@ impl StatusArray {
 
     fn locate(&self, index: u64) -> CryptoResult<(usize, u32)> {
         if index >= self.capacity() {
-            return Err(CryptoError::Malformed(format!("status index {index} out of range")));
+            return Err(CryptoError::Malformed(format!(
+                "status index {index} out of range"
+            )));
         }
         let bit = index * u64::from(self.bits);
         Ok(((bit / 8) as usize, (bit % 8) as u32))
@@ -44,7 +52,10 @@ impl StatusArray {
         let (byte, shift) = self.locate(index)?;
         let mask = ((1u16 << self.bits) - 1) as u8;
         if value > mask {
-            return Err(CryptoError::Malformed(format!("status value {value} needs more than {} bits", self.bits)));
+            return Err(CryptoError::Malformed(format!(
+                "status value {value} needs more than {} bits",
+                self.bits
+            )));
         }
         self.bytes[byte] = (self.bytes[byte] & !(mask << shift)) | (value << shift);
         Ok(())
@@ -74,7 +85,9 @@ impl StatusArray {
     }
 
     pub fn from_token_lst(bits: u8, lst: &str) -> CryptoResult<Self> {
-        let bytes = inflate(flate2::read::ZlibDecoder::new(b64url_decode(lst)?.as_slice()))?;
+        let bytes = inflate(flate2::read::ZlibDecoder::new(
+            b64url_decode(lst)?.as_slice(),
+        ))?;
         Ok(Self { bits, bytes })
     }
 
@@ -86,10 +99,12 @@ impl StatusArray {
     }
 
     pub fn from_encoded_list(encoded: &str) -> CryptoResult<Self> {
-        let data = encoded
-            .strip_prefix('u')
-            .ok_or_else(|| CryptoError::Malformed("encodedList must be multibase base64url (u...)".into()))?;
-        let bytes = inflate(flate2::read::GzDecoder::new(b64url_decode(data)?.as_slice()))?;
+        let data = encoded.strip_prefix('u').ok_or_else(|| {
+            CryptoError::Malformed("encodedList must be multibase base64url (u...)".into())
+        })?;
+        let bytes = inflate(flate2::read::GzDecoder::new(
+            b64url_decode(data)?.as_slice(),
+        ))?;
         Ok(Self { bits: 1, bytes })
     }
 }
@@ -131,7 +146,10 @@ mod tests {
     fn token_status_list_spec_example() {
         // draft-ietf-oauth-status-list 1-bit example: byte 0 = 0xB9, byte 1 = 0xA3
         let mut a = StatusArray::new(1, 16).unwrap();
-        for (i, v) in [1, 0, 0, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0, 1, 0, 1].iter().enumerate() {
+        for (i, v) in [1, 0, 0, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0, 1, 0, 1]
+            .iter()
+            .enumerate()
+        {
             a.set_lsb(i as u64, *v).unwrap();
         }
         assert_eq!(a.bytes, vec![0xB9, 0xA3]);

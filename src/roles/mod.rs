@@ -20,6 +20,13 @@ pub mod verifier;
 #[cfg(feature = "wallet")]
 pub mod wallet;
 
+/// The service objects of the enabled roles, set once by `init`.
+#[derive(Default)]
+pub struct Services {
+    #[cfg(feature = "issuer")]
+    pub issuer: std::sync::OnceLock<std::sync::Arc<issuer::IssuerService>>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
     Issuer,

@@ -60,6 +60,24 @@ impl Sealer {
         Ok(Self::new(&key))
     }
 
+    /// A deterministic 32-byte subkey for another purpose (HMAC keys), never the master key itself.
+    pub fn derive_subkey(&self, label: &[u8]) -> Vec<u8> {
+        // Encrypting a fixed block under a label-derived nonce is a PRF of the master key.
+        let mut nonce = [0u8; NONCE_LEN];
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(label);
+        nonce.copy_from_slice(&digest[..NONCE_LEN]);
+        self.cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &[0u8; 32],
+                    aad: label,
+                },
+            )
+            .map(|ct| ct[..32].to_vec())
+            .unwrap_or_default()
+    }
+
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);

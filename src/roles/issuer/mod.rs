@@ -1,10 +1,44 @@
-//! The issuer role. Not built yet: it initialises nothing and mounts no routes, but its config
-//! section, feature flag and role gating exist so deployments can already name it.
+//! The issuer role: OpenID4VCI 1.0 credential issuer with hosted status lists.
+
+pub mod formats;
+pub mod model;
+pub mod protocol;
+pub mod routes;
+pub mod service;
+
+use std::sync::Arc;
+
+use actix_web::web;
+
+pub use service::IssuerService;
 
 use crate::state::AppState;
 
-pub async fn init(_state: &AppState) -> anyhow::Result<()> {
+/// The issuer's keyspaces.
+pub mod ks {
+    pub const TENANTS: &str = "issuer_tenants";
+    pub const KEYS: &str = "issuer_keys";
+    pub const OFFERS: &str = "issuer_offers";
+    /// Pre-authorized codes, issuer_state values and authorization codes (by hash).
+    pub const CODES: &str = "issuer_codes";
+    pub const TOKENS: &str = "issuer_tokens";
+    pub const NONCES: &str = "issuer_nonces";
+    pub const CREDS: &str = "issuer_credentials";
+    pub const STATUS: &str = "issuer_status";
+    pub const COUNTERS: &str = "issuer_counters";
+}
+
+pub async fn init(state: &AppState) -> anyhow::Result<()> {
+    let svc = Arc::new(IssuerService::new(state.clone()));
+    svc.init().await?;
+    let _ = state.services.issuer.set(svc);
     Ok(())
 }
 
-pub fn configure(_cfg: &mut utoipa_actix_web::service_config::ServiceConfig, _state: &AppState) {}
+pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig, state: &AppState) {
+    if let Some(svc) = state.services.issuer.get() {
+        cfg.app_data(web::Data::from(svc.clone()));
+    }
+    routes::configure(cfg);
+    protocol::configure(cfg);
+}

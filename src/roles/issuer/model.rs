@@ -201,6 +201,8 @@ pub struct Offer {
     /// Ids of credentials issued from this offer.
     #[serde(default)]
     pub issued: Vec<String>,
+    /// The OpenID4VCI credential offer object (served by reference while redeemable).
+    pub credential_offer: Value,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -229,7 +231,11 @@ impl Offer {
         OfferView {
             id: self.id.clone(),
             issuer: self.issuer.clone(),
-            state: if expired { OfferState::Expired } else { self.state },
+            state: if expired {
+                OfferState::Expired
+            } else {
+                self.state
+            },
             credential_configuration_ids: self.credential_configuration_ids.clone(),
             created_at: self.created_at,
             expires_at: self.expires_at,

@@ -1,0 +1,57 @@
+//! Outbound webhooks: JSON POSTs signed with HMAC-SHA256 over the body (header
+//! `X-Idstack-Signature: sha256=<hex>`, keyed by a subkey of the master key, so every node of a
+//! deployment signs alike and receivers configure one secret),
+//! retried with back-off. Delivery is best effort and never blocks the request that caused it.
+
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::state::AppState;
+
+pub const SIGNATURE_HEADER: &str = "X-Idstack-Signature";
+
+/// The HMAC key: derived from the master-key sealer so every node of a deployment signs alike.
+fn signing_key(state: &AppState) -> Vec<u8> {
+    state.sealer.derive_subkey(b"idstack webhook signing v1")
+}
+
+pub fn sign(state: &AppState, body: &[u8]) -> String {
+    let key = signing_key(state);
+    let mut mac = match Hmac::<Sha256>::new_from_slice(&key) {
+        Ok(m) => m,
+        Err(_) => return String::new(),
+    };
+    mac.update(body);
+    let tag = mac.finalize().into_bytes();
+    format!(
+        "sha256={}",
+        tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+pub async fn deliver(state: &AppState, url: &str, event: &serde_json::Value) {
+    let body = event.to_string();
+    let signature = sign(state, body.as_bytes());
+    for attempt in 0..4u32 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(250 * 4u64.pow(attempt - 1))).await;
+        }
+        let res = state
+            .http
+            .post(url)
+            .header("Content-Type", "application/json")
+            .header(SIGNATURE_HEADER, &signature)
+            .timeout(Duration::from_secs(5))
+            .body(body.clone())
+            .send()
+            .await;
+        match res {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) => tracing::warn!(%url, status = %r.status(), attempt, "webhook rejected"),
+            Err(e) => tracing::warn!(%url, error = %e, attempt, "webhook failed"),
+        }
+    }
+    tracing::warn!(%url, "webhook given up after 4 attempts");
+}
