@@ -9,4 +9,6 @@
 
 mod common;
 mod foundation;
+mod holder;
+mod issuer;
 mod openapi_coverage;

@@ -1,0 +1,107 @@
+//! A minimal OID4VCI holder for replay and negative tests (the interop suite uses real wallets).
+
+use idstack::crypto::{did, jws, KeyType, SigningKey};
+use serde_json::{json, Value};
+
+use crate::common::{client, Server, ADMIN_TOKEN};
+
+pub const PRE_AUTH: &str = "urn:ietf:params:oauth:grant-type:pre-authorized_code";
+
+pub fn now() -> i64 {
+    #[allow(clippy::disallowed_methods)]
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    n
+}
+
+pub async fn create_offer(s: &Server, issuer: &str, body: Value) -> Value {
+    let r = client()
+        .post(s.url(&format!("/api/issuers/{issuer}/offers")))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    r.json().await.unwrap()
+}
+
+pub fn pre_auth_code(offer: &Value) -> String {
+    offer["credential_offer"]["grants"][PRE_AUTH]["pre-authorized_code"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+pub async fn token(s: &Server, issuer: &str, code: &str, tx_code: Option<&str>) -> (u16, Value) {
+    let mut form = vec![
+        ("grant_type", PRE_AUTH.to_string()),
+        ("pre-authorized_code", code.to_string()),
+    ];
+    if let Some(t) = tx_code {
+        form.push(("tx_code", t.to_string()));
+    }
+    let r = client()
+        .post(s.url(&format!("/issuers/{issuer}/token")))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+pub async fn nonce(s: &Server, issuer: &str) -> String {
+    let r: Value = client()
+        .post(s.url(&format!("/issuers/{issuer}/nonce")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["c_nonce"].as_str().unwrap().to_string()
+}
+
+pub fn proof(holder: &SigningKey, aud: &str, nonce: &str, by_did: bool) -> String {
+    let header = if by_did {
+        json!({"typ": "openid4vci-proof+jwt", "kid": did::verification_method(&did::did_key(&holder.verifying_key()))})
+    } else {
+        json!({"typ": "openid4vci-proof+jwt", "jwk": holder.verifying_key().to_jwk()})
+    };
+    jws::sign(
+        holder,
+        header,
+        &json!({"aud": aud, "iat": now(), "nonce": nonce}),
+    )
+}
+
+pub async fn credential(s: &Server, issuer: &str, access_token: &str, body: Value) -> (u16, Value) {
+    let r = client()
+        .post(s.url(&format!("/issuers/{issuer}/credential")))
+        .bearer_auth(access_token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// Offer → token → nonce → credential; returns (holder key, credential response).
+pub async fn full_flow(s: &Server, config: &str, claims: Value) -> (SigningKey, Value) {
+    let offer = create_offer(
+        s,
+        "default",
+        json!({"credential_configuration_ids": [config], "claims": claims}),
+    )
+    .await;
+    let (st, tok) = token(s, "default", &pre_auth_code(&offer), None).await;
+    assert_eq!(st, 200, "{tok}");
+    let holder = SigningKey::generate(KeyType::P256);
+    let n = nonce(s, "default").await;
+    let aud = s.url("/issuers/default");
+    let (st, cred) = credential(s, "default", tok["access_token"].as_str().unwrap(), json!({"credential_configuration_id": config, "proofs": {"jwt": [proof(&holder, &aud, &n, false)]}})).await;
+    assert_eq!(st, 200, "{cred}");
+    (holder, cred)
+}
