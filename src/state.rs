@@ -77,3 +77,25 @@ impl Readiness {
         out
     }
 }
+
+#[cfg(test)]
+impl AppState {
+    /// An in-memory state (temporary sled, fixed master key) on the given clock, for unit tests.
+    pub fn for_tests(clock: crate::clock::SharedClock) -> Self {
+        let settings = crate::config::Config::default().finish().unwrap();
+        let store = crate::store::SledStore::temporary(clock.clone()).unwrap();
+        Self {
+            settings: Arc::new(settings),
+            public_url: "http://127.0.0.1:8080".into(),
+            roles: crate::roles::Role::compiled_in().into(),
+            store: Arc::new(store),
+            sealer: Sealer::new(&[9u8; 32]),
+            clock,
+            http: reqwest::Client::new(),
+            metrics: Arc::new(Metrics::new().unwrap()),
+            readiness: Arc::default(),
+            admin: Arc::new(AdminTokens::new(&[])),
+            services: Arc::default(),
+        }
+    }
+}

@@ -1550,3 +1550,111 @@ pub fn default_issuer_request() -> CreateIssuer {
         webhook_url: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, FakeClock};
+
+    fn offer_req(ttl: Option<u64>) -> CreateOffer {
+        CreateOffer {
+            credential_configuration_ids: vec!["IdentityCredential_dc_sd_jwt".into()],
+            claims: serde_json::from_value(json!({"given_name": "A"})).unwrap(),
+            tx_code: None,
+            ttl_seconds: ttl,
+            credential_validity_seconds: None,
+            authorization_code: false,
+        }
+    }
+
+    fn token_req(code: &str) -> TokenRequest {
+        TokenRequest {
+            grant_type: Some(PRE_AUTH_GRANT.into()),
+            pre_authorized_code: Some(code.into()),
+            tx_code: None,
+            code: None,
+            code_verifier: None,
+            redirect_uri: None,
+            client_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn expired_offers_and_nonces_are_refused() {
+        let clock = FakeClock::new(1_800_000_000_000);
+        let svc = IssuerService::new(AppState::for_tests(clock.clone()));
+        svc.init().await.unwrap();
+        let o = svc
+            .create_offer("default", offer_req(Some(60)))
+            .await
+            .unwrap();
+        let code = o.credential_offer["grants"][PRE_AUTH_GRANT]["pre-authorized_code"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        clock.advance_ms(61_000);
+        let e = svc.token("default", token_req(&code)).await.unwrap_err();
+        assert_eq!(e.error, "invalid_grant");
+        assert_eq!(
+            svc.offer_view("default", &o.id).await.unwrap().state,
+            OfferState::Expired
+        );
+        let e = svc.offer_by_reference("default", &o.id).await.unwrap_err();
+        assert_eq!(e.code, Code::Gone);
+
+        // a nonce older than its TTL is gone
+        let o = svc.create_offer("default", offer_req(None)).await.unwrap();
+        let code = o.credential_offer["grants"][PRE_AUTH_GRANT]["pre-authorized_code"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let t = svc.token("default", token_req(&code)).await.unwrap();
+        let n = svc.nonce("default").await.unwrap();
+        clock.advance_ms((NONCE_TTL as i64 + 1) * 1000);
+        let holder = SigningKey::generate(KeyType::Ed25519);
+        let aud = svc.issuer_url("default");
+        let proof = jws::sign(
+            &holder,
+            json!({"typ": "openid4vci-proof+jwt", "jwk": holder.verifying_key().to_jwk()}),
+            &json!({"aud": aud, "iat": clock.now_secs(), "nonce": n}),
+        );
+        let req = CredentialRequest {
+            credential_configuration_id: Some("IdentityCredential_dc_sd_jwt".into()),
+            credential_identifier: None,
+            proofs: Some(Proofs { jwt: vec![proof] }),
+            proof: None,
+            format: None,
+            vct: None,
+        };
+        let e = svc
+            .credential("default", Some(&t.access_token), req)
+            .await
+            .unwrap_err();
+        assert_eq!(e.error, "invalid_nonce");
+    }
+
+    #[tokio::test]
+    async fn a_changed_signing_key_is_refused() {
+        let clock = FakeClock::new(1_800_000_000_000);
+        let state = AppState::for_tests(clock);
+        let svc = IssuerService::new(state.clone());
+        svc.init().await.unwrap();
+        // someone swaps the sealed key behind the issuer's back
+        let other = SigningKey::generate(KeyType::Ed25519);
+        let sealed = state
+            .sealer
+            .seal(
+                key_aad("default").as_bytes(),
+                other.to_private_jwk().as_bytes(),
+            )
+            .unwrap();
+        state
+            .store
+            .put(ks::KEYS, "default", sealed, None)
+            .await
+            .unwrap();
+        let fresh = IssuerService::new(state);
+        let e = fresh.init().await.unwrap_err().to_string();
+        assert!(e.contains("not the one recorded"), "{e}");
+    }
+}
