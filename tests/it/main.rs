@@ -10,5 +10,6 @@
 mod common;
 mod foundation;
 mod holder;
+mod interop;
 mod issuer;
 mod openapi_coverage;

@@ -1,0 +1,99 @@
+//! Real third-party clients (tests/interop, installed by tests/interop/install.sh) against idstack.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::common::Server;
+use crate::holder::create_offer;
+
+pub fn interop_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// Runs `node <script> args...`; returns the JSON line it printed. Panics with its stderr on failure.
+pub fn node(script: &str, args: &[&str]) -> Value {
+    let dir = interop_dir();
+    assert!(
+        dir.join("node_modules/@openid4vc/openid4vci").exists(),
+        "interop clients are not installed: run tests/interop/install.sh (scripts/test.sh does)"
+    );
+    let out = Command::new("node")
+        .current_dir(&dir)
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {stdout}"))
+}
+
+fn identity() -> Value {
+    json!({"given_name": "Erika", "family_name": "Mustermann", "birthdate": "1984-01-26", "email": "erika@example.org"})
+}
+
+#[tokio::test]
+async fn animo_client_pre_authorized_flow_every_format() {
+    let s = Server::start().await;
+    for (config, tx, alg, by_value) in [
+        ("IdentityCredential_dc_sd_jwt", true, "ES256", false),
+        ("IdentityCredential_dc_sd_jwt", false, "EdDSA", true),
+        ("IdentityCredential_jwt_vc_json", true, "EdDSA", false),
+        ("IdentityCredential_jwt_vc_json", false, "ES256", true),
+    ] {
+        let mut body = json!({"credential_configuration_ids": [config], "claims": identity()});
+        if tx {
+            body["tx_code"] = json!({"length": 6, "input_mode": "numeric"});
+        }
+        let offer = create_offer(&s, "default", body).await;
+        let uri = offer[if by_value {
+            "offer_uri_by_value"
+        } else {
+            "offer_uri"
+        }]
+        .as_str()
+        .unwrap();
+        let mut args = vec!["--offer", uri, "--key-alg", alg];
+        if tx {
+            args.extend(["--tx-code", offer["tx_code"].as_str().unwrap()]);
+        }
+        let out = node("oid4vci-holder.mjs", &args);
+        assert_eq!(out["independently_verified"], true, "{config}: {out}");
+        assert_eq!(out["credential_configuration_id"], config);
+        let claims = &out["claims"];
+        let given = if config.ends_with("sd_jwt") {
+            &claims["given_name"]
+        } else {
+            &claims["vc"]["credentialSubject"]["given_name"]
+        };
+        assert_eq!(given, "Erika", "{config}: {claims}");
+    }
+    s.stop();
+}
+
+#[tokio::test]
+async fn animo_client_authorization_code_flow() {
+    let s = Server::start().await;
+    let offer = create_offer(&s, "default", json!({"credential_configuration_ids": ["IdentityCredential_jwt_vc_json"], "claims": identity(), "authorization_code": true})).await;
+    let out = node(
+        "oid4vci-holder.mjs",
+        &[
+            "--offer",
+            offer["offer_uri"].as_str().unwrap(),
+            "--auth-code",
+        ],
+    );
+    assert_eq!(out["independently_verified"], true);
+    assert_eq!(
+        out["claims"]["vc"]["credentialSubject"]["email"],
+        "erika@example.org"
+    );
+    s.stop();
+}
