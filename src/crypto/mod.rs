@@ -5,6 +5,7 @@
 //! crate: see docs/ARCHITECTURE.md ("Crypto") for the reasons and the plan for Data Integrity.
 
 pub mod did;
+pub mod jwe;
 pub mod jws;
 pub mod keys;
 pub mod sdjwt;

@@ -66,6 +66,20 @@ fn form_error(err: UrlencodedError) -> ApiError {
     }
 }
 
+/// Percent-encodes everything but RFC 3986 unreserved characters (for query values in URIs we build).
+pub fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 /// The answer for every path no route matches.
 pub async fn route_not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::new(

@@ -25,6 +25,8 @@ pub mod wallet;
 pub struct Services {
     #[cfg(feature = "issuer")]
     pub issuer: std::sync::OnceLock<std::sync::Arc<issuer::IssuerService>>,
+    #[cfg(feature = "verifier")]
+    pub verifier: std::sync::OnceLock<std::sync::Arc<verifier::VerifierService>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -20,6 +20,17 @@ export const callbacks = {
       .sign(key.privateKey);
     return { jwt, signerJwk: key.publicJwk };
   },
+  encryptJwe: async (encryptor, data) => {
+    const key = await jose.importJWK(encryptor.publicJwk, 'ECDH-ES');
+    const enc = new jose.CompactEncrypt(new TextEncoder().encode(data))
+      .setProtectedHeader({ alg: 'ECDH-ES', enc: encryptor.enc, kid: encryptor.publicJwk.kid })
+      .setKeyManagementParameters({
+        ...(encryptor.apu ? { apu: Buffer.from(encryptor.apu, 'base64url') } : {}),
+        ...(encryptor.apv ? { apv: Buffer.from(encryptor.apv, 'base64url') } : {}),
+      });
+    return { jwe: await enc.encrypt(key), encryptionJwk: encryptor.publicJwk };
+  },
+  decryptJwe: async () => ({ decrypted: false }),
   verifyJwt: async (signer, { compact }) => {
     try {
       const jwk = signer.publicJwk ?? (await resolveKid(signer.didUrl));

@@ -15,6 +15,7 @@ use crate::clock::{random_id, random_token};
 use crate::crypto::{did, jws, sha256_hex, status::StatusArray, KeyType, SigningKey, VerifyingKey};
 use crate::error::{ApiError, ApiResult, Code};
 use crate::http::oauth::OAuthError;
+use crate::http::urlencode;
 use crate::state::AppState;
 use crate::store::Cas;
 
@@ -1466,19 +1467,6 @@ fn random_digits(n: u32) -> String {
     (0..n)
         .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
         .collect()
-}
-
-pub fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 fn validate_url(u: &str) -> ApiResult<()> {

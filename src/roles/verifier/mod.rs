@@ -1,10 +1,38 @@
-//! The verifier role. Not built yet: it initialises nothing and mounts no routes, but its config
-//! section, feature flag and role gating exist so deployments can already name it.
+//! The verifier role: OpenID4VP 1.0 with DCQL (and presentation definitions), named verification
+//! policies, single-use sessions, results by poll, SSE and webhook.
+
+pub mod model;
+pub mod protocol;
+pub mod query;
+pub mod routes;
+pub mod service;
+pub mod verify;
+
+use std::sync::Arc;
+
+use actix_web::web;
+
+pub use service::VerifierService;
 
 use crate::state::AppState;
 
-pub async fn init(_state: &AppState) -> anyhow::Result<()> {
+pub mod ks {
+    pub const TENANTS: &str = "verifier_tenants";
+    pub const KEYS: &str = "verifier_keys";
+    pub const SESSIONS: &str = "verifier_sessions";
+}
+
+pub async fn init(state: &AppState) -> anyhow::Result<()> {
+    let svc = Arc::new(VerifierService::new(state.clone()));
+    svc.init().await?;
+    let _ = state.services.verifier.set(svc);
     Ok(())
 }
 
-pub fn configure(_cfg: &mut utoipa_actix_web::service_config::ServiceConfig, _state: &AppState) {}
+pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig, state: &AppState) {
+    if let Some(svc) = state.services.verifier.get() {
+        cfg.app_data(web::Data::from(svc.clone()));
+    }
+    routes::configure(cfg);
+    protocol::configure(cfg);
+}

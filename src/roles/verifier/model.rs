@@ -1,0 +1,203 @@
+//! Verifier records and API shapes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use crate::crypto::KeyType;
+
+/// A verifier tenant. Without a signing key its requests are unsigned and its client identifier
+/// uses the `redirect_uri:` prefix; with one they are signed (`oauth-authz-req+jwt`) and the client
+/// identifier is `decentralized_identifier:<did>`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Verifier {
+    pub id: String,
+    pub display_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_type: Option<KeyType>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub did: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification_method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
+    /// Issuer DIDs accepted by the `issuer_allowlist` policy (empty: any issuer).
+    #[serde(default)]
+    pub trusted_issuers: Vec<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVerifier {
+    pub id: String,
+    pub display_name: Option<String>,
+    /// Give the verifier a key (signed request objects, `decentralized_identifier:` client id).
+    pub signing_key_type: Option<KeyType>,
+    #[serde(default)]
+    pub trusted_issuers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateVerifier {
+    pub display_name: Option<String>,
+    pub trusted_issuers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum ResponseMode {
+    #[serde(rename = "direct_post")]
+    DirectPost,
+    #[serde(rename = "direct_post.jwt")]
+    DirectPostJwt,
+}
+
+impl ResponseMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseMode::DirectPost => "direct_post",
+            ResponseMode::DirectPostJwt => "direct_post.jwt",
+        }
+    }
+}
+
+/// Names of the verification policies.
+pub const ALL_POLICIES: &[&str] = &[
+    "signature",
+    "holder_binding",
+    "nonce_audience",
+    "validity",
+    "status",
+    "issuer_allowlist",
+    "query_match",
+    "disclosure_integrity",
+];
+
+/// `POST /api/verifiers/{verifier}/sessions`
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    #[schema(value_type = Object)]
+    pub dcql_query: Option<Value>,
+    #[schema(value_type = Object)]
+    pub presentation_definition: Option<Value>,
+    pub response_mode: Option<ResponseMode>,
+    pub ttl_seconds: Option<u64>,
+    /// Policies to run (default: all). `signature`, `holder_binding`, `nonce_audience` and
+    /// `query_match` always run.
+    pub policies: Option<Vec<String>>,
+    pub webhook_url: Option<String>,
+    /// Where the wallet sends the user after a successful response.
+    pub success_redirect: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SessionCreated {
+    pub id: String,
+    /// `openid4vp://?client_id=...&request_uri=...`
+    pub authorization_request: String,
+    pub request_uri: String,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    Pending,
+    Completed,
+    Failed,
+    Expired,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct PolicyResult {
+    pub name: String,
+    pub passed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PresentedCredential {
+    pub query_id: String,
+    pub format: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// The disclosed claims.
+    #[schema(value_type = Object)]
+    pub claims: Map<String, Value>,
+}
+
+/// A stored session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub verifier: String,
+    pub nonce: String,
+    pub state_param: String,
+    pub client_id: String,
+    pub response_uri: String,
+    pub dcql_query: Option<Value>,
+    pub presentation_definition: Option<Value>,
+    pub response_mode: ResponseMode,
+    pub policies: Vec<String>,
+    pub webhook_url: Option<String>,
+    pub success_redirect: Option<String>,
+    /// Sealed ephemeral encryption key (direct_post.jwt).
+    pub encryption_key: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub state: SessionState,
+    #[serde(default)]
+    pub verified: bool,
+    #[serde(default)]
+    pub policy_results: Vec<PolicyResult>,
+    #[serde(default)]
+    pub credentials: Vec<PresentedCredential>,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Rejected responses (kept pending for the real wallet), with why.
+    #[serde(default)]
+    pub failed_attempts: Vec<String>,
+    pub completed_at: Option<i64>,
+}
+
+/// `GET /api/verifiers/{verifier}/sessions/{id}`
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SessionView {
+    pub id: String,
+    pub state: SessionState,
+    pub verified: bool,
+    pub policies: Vec<PolicyResult>,
+    pub credentials: Vec<PresentedCredential>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub failed_attempts: Vec<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<i64>,
+}
+
+impl Session {
+    pub fn view(&self, now: i64) -> SessionView {
+        let state = if self.state == SessionState::Pending && self.expires_at <= now {
+            SessionState::Expired
+        } else {
+            self.state
+        };
+        SessionView {
+            id: self.id.clone(),
+            state,
+            verified: self.verified,
+            policies: self.policy_results.clone(),
+            credentials: self.credentials.clone(),
+            error: self.error.clone(),
+            failed_attempts: self.failed_attempts.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            completed_at: self.completed_at,
+        }
+    }
+}

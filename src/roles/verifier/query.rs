@@ -1,0 +1,395 @@
+//! Running a response through verification and matching it against the session's DCQL query or
+//! presentation definition (`query_match`).
+
+use serde_json::Value;
+
+use super::verify::{self, resolve_path, Checked, Ctx, Outcome};
+
+/// Verifies every presentation in `vp_token` and checks the query is satisfied.
+pub async fn evaluate(ctx: &Ctx<'_>, vp_token: &Value, submission: Option<&Value>) -> Outcome {
+    let mut out = Outcome::default();
+    if let Some(q) = &ctx.session.dcql_query {
+        dcql(ctx, &mut out, q, vp_token).await;
+    } else if let Some(pd) = &ctx.session.presentation_definition {
+        pex(ctx, &mut out, pd, vp_token, submission).await;
+    }
+    out
+}
+
+async fn verify_one(
+    ctx: &Ctx<'_>,
+    out: &mut Outcome,
+    query_id: &str,
+    format: &str,
+    p: &Value,
+) -> Vec<Checked> {
+    let Some(s) = p.as_str() else {
+        out.fail(
+            "signature",
+            format!("{query_id}: only string presentations (JWT, SD-JWT) are supported"),
+        );
+        return Vec::new();
+    };
+    match format {
+        "dc+sd-jwt" | "vc+sd-jwt" => verify::sd_jwt(ctx, out, query_id, s)
+            .await
+            .into_iter()
+            .collect(),
+        "jwt_vc_json" | "jwt_vp" | "jwt_vp_json" | "jwt_vc" => {
+            verify::jwt_vp(ctx, out, query_id, s).await
+        }
+        other => {
+            out.fail(
+                "signature",
+                format!("{query_id}: format {other} cannot be verified by this build"),
+            );
+            Vec::new()
+        }
+    }
+}
+
+fn claim_ok(c: &Checked, claim: &Value) -> bool {
+    let Some(path) = claim["path"].as_array() else {
+        return false;
+    };
+    let found = resolve_path(&c.root, path);
+    if found.is_empty() {
+        return false;
+    }
+    match claim["values"].as_array() {
+        None => true,
+        Some(allowed) => found.iter().any(|v| allowed.contains(v)),
+    }
+}
+
+/// Why `c` does not satisfy credential query `cq`, if it does not.
+fn dcql_mismatch(c: &Checked, cq: &Value) -> Option<String> {
+    let id = &c.query_id;
+    let format = cq["format"].as_str().unwrap_or_default();
+    let same_format = format == c.format || (format == "vc+sd-jwt" && c.format == "dc+sd-jwt");
+    if !same_format {
+        return Some(format!(
+            "{id}: format {} but {format} was requested",
+            c.format
+        ));
+    }
+    if let Some(vcts) = cq["meta"]["vct_values"].as_array() {
+        if !vcts.iter().any(|v| v.as_str() == c.vct.as_deref()) {
+            return Some(format!("{id}: vct {:?} not among the requested", c.vct));
+        }
+    }
+    if let Some(sets) = cq["meta"]["type_values"].as_array() {
+        let ok = sets.iter().any(|set| {
+            set.as_array().is_some_and(|ts| {
+                ts.iter()
+                    .all(|t| t.as_str().is_some_and(|t| c.types.iter().any(|x| x == t)))
+            })
+        });
+        if !ok {
+            return Some(format!("{id}: credential types {:?} do not match", c.types));
+        }
+    }
+    let claims = cq["claims"].as_array().cloned().unwrap_or_default();
+    match cq["claim_sets"].as_array() {
+        Some(sets) => {
+            let ok = sets.iter().any(|set| {
+                set.as_array().is_some_and(|ids| {
+                    ids.iter().all(|cid| {
+                        claims
+                            .iter()
+                            .find(|cl| cl["id"] == *cid)
+                            .is_some_and(|cl| claim_ok(c, cl))
+                    })
+                })
+            });
+            (!ok).then(|| format!("{id}: no claim set is satisfied"))
+        }
+        None => claims.iter().find(|cl| !claim_ok(c, cl)).map(|cl| {
+            format!(
+                "{id}: requested claim {} missing or not an allowed value",
+                cl["path"]
+            )
+        }),
+    }
+}
+
+async fn dcql(ctx: &Ctx<'_>, out: &mut Outcome, query: &Value, vp_token: &Value) {
+    let Some(map) = vp_token.as_object() else {
+        out.fail(
+            "query_match",
+            "vp_token must be a JSON object keyed by credential query id (DCQL)",
+        );
+        return;
+    };
+    let queries = query["credentials"].as_array().cloned().unwrap_or_default();
+    let mut satisfied: Vec<String> = Vec::new();
+    for (qid, pres) in map {
+        let Some(cq) = queries
+            .iter()
+            .find(|q| q["id"].as_str() == Some(qid.as_str()))
+        else {
+            out.fail(
+                "query_match",
+                format!("{qid}: not a credential query of this request"),
+            );
+            continue;
+        };
+        let list: Vec<Value> = match pres {
+            Value::Array(a) => a.clone(),
+            other => vec![other.clone()],
+        };
+        if list.len() > 1 && cq["multiple"].as_bool() != Some(true) {
+            out.fail(
+                "query_match",
+                format!("{qid}: several presentations for a single-credential query"),
+            );
+        }
+        let format = cq["format"].as_str().unwrap_or_default().to_string();
+        let mut all_ok = !list.is_empty();
+        for p in &list {
+            let checked = verify_one(ctx, out, qid, &format, p).await;
+            if checked.is_empty() {
+                all_ok = false;
+            }
+            for c in &checked {
+                if let Some(why) = dcql_mismatch(c, cq) {
+                    out.fail("query_match", why);
+                    all_ok = false;
+                }
+            }
+        }
+        if all_ok {
+            satisfied.push(qid.clone());
+        }
+    }
+    // Which queries are required: credential_sets (required ones, any option) or all of them.
+    let missing: Vec<String> = match query["credential_sets"].as_array() {
+        Some(sets) => sets
+            .iter()
+            .filter(|s| s["required"].as_bool() != Some(false))
+            .filter(|s| {
+                !s["options"].as_array().is_some_and(|opts| {
+                    opts.iter().any(|o| {
+                        o.as_array().is_some_and(|ids| {
+                            ids.iter().all(|id| {
+                                id.as_str()
+                                    .is_some_and(|id| satisfied.iter().any(|x| x == id))
+                            })
+                        })
+                    })
+                })
+            })
+            .map(|s| format!("credential set {}", s["options"]))
+            .collect(),
+        None => queries
+            .iter()
+            .filter_map(|q| q["id"].as_str())
+            .filter(|id| !satisfied.iter().any(|s| s == id))
+            .map(str::to_string)
+            .collect(),
+    };
+    if missing.is_empty() {
+        out.pass("query_match");
+    } else {
+        out.fail(
+            "query_match",
+            format!("not satisfied: {}", missing.join(", ")),
+        );
+    }
+}
+
+/// `$`, `$[0]`, `$.a.b`, `$['a']` → path segments.
+fn parse_json_path(p: &str) -> Option<Vec<Value>> {
+    let rest = p.strip_prefix('$')?;
+    let mut out = Vec::new();
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '.' => {
+                let mut name = String::new();
+                while let Some(&n) = chars.peek() {
+                    if n == '.' || n == '[' {
+                        break;
+                    }
+                    name.push(n);
+                    chars.next();
+                }
+                out.push(Value::String(name));
+            }
+            '[' => {
+                let mut inner = String::new();
+                for n in chars.by_ref() {
+                    if n == ']' {
+                        break;
+                    }
+                    inner.push(n);
+                }
+                let inner = inner.trim_matches(|c| c == '\'' || c == '"');
+                out.push(match inner.parse::<u64>() {
+                    Ok(i) => Value::from(i),
+                    Err(_) if inner == "*" => Value::Null,
+                    Err(_) => Value::String(inner.to_string()),
+                });
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+async fn pex(
+    ctx: &Ctx<'_>,
+    out: &mut Outcome,
+    pd: &Value,
+    vp_token: &Value,
+    submission: Option<&Value>,
+) {
+    let Some(sub) = submission else {
+        out.fail("query_match", "presentation_submission is missing");
+        return;
+    };
+    let descriptors = pd["input_descriptors"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let map = sub["descriptor_map"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut missing = Vec::new();
+    for d in &descriptors {
+        let id = d["id"].as_str().unwrap_or_default();
+        let Some(entry) = map.iter().find(|m| m["id"].as_str() == Some(id)) else {
+            missing.push(id.to_string());
+            continue;
+        };
+        let path = parse_json_path(entry["path"].as_str().unwrap_or("$")).unwrap_or_default();
+        let Some(p) = resolve_path(vp_token, &path).first().cloned().cloned() else {
+            out.fail(
+                "query_match",
+                format!("{id}: descriptor path does not resolve in vp_token"),
+            );
+            continue;
+        };
+        let format = entry["format"].as_str().unwrap_or_default();
+        let checked = verify_one(ctx, out, id, format, &p).await;
+        if checked.is_empty() {
+            missing.push(id.to_string());
+            continue;
+        }
+        for c in checked {
+            let fields = d["constraints"]["fields"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for f in fields {
+                if f["optional"].as_bool() == Some(true) {
+                    continue;
+                }
+                let paths = f["path"].as_array().cloned().unwrap_or_default();
+                let found = paths
+                    .iter()
+                    .filter_map(|p| p.as_str())
+                    .filter_map(parse_json_path)
+                    .any(|segs| {
+                        // W3C paths may be written against the JWT payload ($.vc...) or the VC itself.
+                        let segs: Vec<Value> = if segs.first().and_then(Value::as_str) == Some("vc")
+                        {
+                            segs[1..].to_vec()
+                        } else {
+                            segs
+                        };
+                        let vals = resolve_path(&c.root, &segs);
+                        !vals.is_empty() && filter_ok(&f["filter"], vals[0])
+                    });
+                if !found {
+                    out.fail(
+                        "query_match",
+                        format!("{id}: field {} not satisfied", f["path"]),
+                    );
+                }
+            }
+        }
+    }
+    if missing.is_empty() {
+        out.pass("query_match");
+    } else {
+        out.fail(
+            "query_match",
+            format!("input descriptors not satisfied: {}", missing.join(", ")),
+        );
+    }
+}
+
+fn filter_ok(filter: &Value, v: &Value) -> bool {
+    if filter.is_null() {
+        return true;
+    }
+    if let Some(c) = filter.get("const") {
+        if c != v {
+            return false;
+        }
+    }
+    if let Some(e) = filter["enum"].as_array() {
+        if !e.contains(v) {
+            return false;
+        }
+    }
+    if let Some(t) = filter["type"].as_str() {
+        let ok = match t {
+            "string" => v.is_string(),
+            "number" => v.is_number(),
+            "integer" => v.is_i64() || v.is_u64(),
+            "boolean" => v.is_boolean(),
+            "array" => v.is_array(),
+            "object" => v.is_object(),
+            _ => true,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_paths() {
+        assert_eq!(parse_json_path("$").unwrap(), Vec::<Value>::new());
+        assert_eq!(parse_json_path("$[1]").unwrap(), vec![json!(1)]);
+        assert_eq!(
+            parse_json_path("$.vc.credentialSubject['given_name']").unwrap(),
+            vec![json!("vc"), json!("credentialSubject"), json!("given_name")]
+        );
+        assert!(parse_json_path("vc").is_none());
+    }
+
+    #[test]
+    fn dcql_claims_and_claim_sets() {
+        let c = Checked {
+            query_id: "q".into(),
+            format: "dc+sd-jwt".into(),
+            root: json!({"given_name": "E", "age": 40}),
+            vct: Some("urn:x".into()),
+            types: vec![],
+            issuer: None,
+        };
+        let base = json!({"id": "q", "format": "dc+sd-jwt", "meta": {"vct_values": ["urn:x"]}, "claims": [{"id": "a", "path": ["given_name"]}, {"id": "b", "path": ["email"]}]});
+        assert!(dcql_mismatch(&c, &base).is_some(), "email missing");
+        let mut sets = base.clone();
+        sets["claim_sets"] = json!([["b"], ["a"]]);
+        assert!(dcql_mismatch(&c, &sets).is_none());
+        let mut vct = base.clone();
+        vct["meta"]["vct_values"] = json!(["urn:y"]);
+        vct["claims"] = json!([{"path": ["given_name"]}]);
+        assert!(dcql_mismatch(&c, &vct).is_some());
+        let values = json!({"id": "q", "format": "dc+sd-jwt", "claims": [{"path": ["age"], "values": [40, 41]}]});
+        assert!(dcql_mismatch(&c, &values).is_none());
+        let values = json!({"id": "q", "format": "dc+sd-jwt", "claims": [{"path": ["age"], "values": [18]}]});
+        assert!(dcql_mismatch(&c, &values).is_some());
+    }
+}

@@ -1,0 +1,177 @@
+//! Verifier management API (`/api/verifiers...`, admin token): tenants, sessions, results, SSE.
+
+use std::time::Duration;
+
+use actix_web::{delete, get, post, put, web, HttpResponse};
+use futures_util::stream;
+
+use super::model::*;
+use super::service::VerifierService;
+use crate::error::{ApiResult, Problem};
+use crate::http::auth::Admin;
+
+type Svc = web::Data<VerifierService>;
+
+/// Create a verifier (optionally with a signing key for signed request objects).
+#[utoipa::path(tag = "verifier", security(("admin_token" = [])), request_body = CreateVerifier, responses((status = 201, body = Verifier), (status = 409, body = Problem), (status = 422, body = Problem)))]
+#[post("/api/verifiers")]
+pub async fn create_verifier(
+    _a: Admin,
+    svc: Svc,
+    body: web::Json<CreateVerifier>,
+) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Created().json(svc.create_verifier(body.into_inner()).await?))
+}
+
+/// List verifiers.
+#[utoipa::path(tag = "verifier", security(("admin_token" = [])), responses((status = 200, body = Vec<Verifier>)))]
+#[get("/api/verifiers")]
+pub async fn list_verifiers(_a: Admin, svc: Svc) -> ApiResult<web::Json<Vec<Verifier>>> {
+    Ok(web::Json(svc.list_verifiers().await?))
+}
+
+/// Get a verifier.
+#[utoipa::path(tag = "verifier", security(("admin_token" = [])), params(("verifier" = String, Path)), responses((status = 200, body = Verifier), (status = 404, body = Problem)))]
+#[get("/api/verifiers/{verifier}")]
+pub async fn get_verifier(
+    _a: Admin,
+    svc: Svc,
+    path: web::Path<String>,
+) -> ApiResult<web::Json<Verifier>> {
+    Ok(web::Json(svc.get_verifier(&path).await?))
+}
+
+/// Update a verifier's display name or trusted issuers.
+#[utoipa::path(tag = "verifier", security(("admin_token" = [])), params(("verifier" = String, Path)), request_body = UpdateVerifier, responses((status = 200, body = Verifier), (status = 404, body = Problem)))]
+#[put("/api/verifiers/{verifier}")]
+pub async fn update_verifier(
+    _a: Admin,
+    svc: Svc,
+    path: web::Path<String>,
+    body: web::Json<UpdateVerifier>,
+) -> ApiResult<web::Json<Verifier>> {
+    Ok(web::Json(
+        svc.update_verifier(&path, body.into_inner()).await?,
+    ))
+}
+
+/// Delete a verifier.
+#[utoipa::path(tag = "verifier", security(("admin_token" = [])), params(("verifier" = String, Path)), responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+#[delete("/api/verifiers/{verifier}")]
+pub async fn delete_verifier(
+    _a: Admin,
+    svc: Svc,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    svc.delete_verifier(&path).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Create a verification session from a DCQL query or a presentation definition.
+#[utoipa::path(tag = "verifier", security(("admin_token" = [])), params(("verifier" = String, Path)), request_body = CreateSession, responses((status = 201, body = SessionCreated), (status = 404, body = Problem), (status = 422, body = Problem)))]
+#[post("/api/verifiers/{verifier}/sessions")]
+pub async fn create_session(
+    _a: Admin,
+    svc: Svc,
+    path: web::Path<String>,
+    body: web::Json<CreateSession>,
+) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Created().json(svc.create_session(&path, body.into_inner()).await?))
+}
+
+/// Sessions of a verifier with their state.
+#[utoipa::path(tag = "verifier", security(("admin_token" = [])), params(("verifier" = String, Path)), responses((status = 200, body = Vec<SessionView>), (status = 404, body = Problem)))]
+#[get("/api/verifiers/{verifier}/sessions")]
+pub async fn list_sessions(
+    _a: Admin,
+    svc: Svc,
+    path: web::Path<String>,
+) -> ApiResult<web::Json<Vec<SessionView>>> {
+    Ok(web::Json(svc.list_sessions(&path).await?))
+}
+
+/// A session's result: state, verified, per-policy results, disclosed claims per credential query.
+#[utoipa::path(tag = "verifier", security(("admin_token" = [])), params(("verifier" = String, Path), ("id" = String, Path)), responses((status = 200, body = SessionView), (status = 404, body = Problem)))]
+#[get("/api/verifiers/{verifier}/sessions/{id}")]
+pub async fn get_session(
+    _a: Admin,
+    svc: Svc,
+    path: web::Path<(String, String)>,
+) -> ApiResult<web::Json<SessionView>> {
+    let (v, id) = path.into_inner();
+    Ok(web::Json(svc.session_view(&v, &id).await?))
+}
+
+/// Server-sent events: the session view now and at every change, until it is finished or expired.
+#[utoipa::path(tag = "verifier", security(("admin_token" = [])), params(("verifier" = String, Path), ("id" = String, Path)), responses((status = 200, content_type = "text/event-stream", body = String), (status = 404, body = Problem)))]
+#[get("/api/verifiers/{verifier}/sessions/{id}/events")]
+pub async fn session_events(
+    _a: Admin,
+    svc: Svc,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
+    let (v, id) = path.into_inner();
+    let first = svc.session_view(&v, &id).await?;
+    let rx = svc.subscribe();
+    // State: (service, ids, receiver, last sent state json, finished)
+    let init = (svc.clone(), v, id, rx, Some(first), false);
+    let events = stream::unfold(init, |(svc, v, id, mut rx, pending, done)| async move {
+        if done {
+            return None;
+        }
+        let view = match pending {
+            Some(view) => view,
+            None => loop {
+                // wake on a local change for this session, or re-read every second (other nodes)
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    loop {
+                        match rx.recv().await {
+                            Ok(changed) if changed == id => break,
+                            Ok(_) => continue,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                            Err(_) => {
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                break;
+                            }
+                        }
+                    }
+                })
+                .await;
+                match svc.session_view(&v, &id).await {
+                    Ok(view)
+                        if view.state != SessionState::Pending
+                            || !view.failed_attempts.is_empty() =>
+                    {
+                        break view
+                    }
+                    Ok(_) => continue,
+                    Err(_) => return None,
+                }
+            },
+        };
+        let finished = view.state != SessionState::Pending;
+        let data = serde_json::to_string(&view).unwrap_or_default();
+        let frame = web::Bytes::from(format!("event: session\ndata: {data}\n\n"));
+        Some((
+            Ok::<_, actix_web::Error>(frame),
+            (svc, v, id, rx, None, finished),
+        ))
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(events))
+}
+
+pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(create_verifier)
+        .service(list_verifiers)
+        .service(get_verifier)
+        .service(update_verifier)
+        .service(delete_verifier)
+        .service(create_session)
+        .service(list_sessions)
+        .service(get_session)
+        .service(session_events);
+}

@@ -1,0 +1,759 @@
+//! Verifier logic: tenants, sessions, request objects, responses, results.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+use super::ks;
+use super::model::*;
+use super::query;
+use super::verify::Ctx;
+use crate::clock::{random_id, random_token};
+use crate::crypto::jwe::{self, EncryptionKey};
+use crate::crypto::{did, jws, SigningKey};
+use crate::error::{ApiError, ApiResult, Code};
+use crate::http::oauth::OAuthError;
+use crate::http::urlencode;
+use crate::state::AppState;
+use crate::store::Cas;
+
+const MAX_FAILED_ATTEMPTS: usize = 3;
+
+pub struct VerifierService {
+    pub(crate) state: AppState,
+    keys: RwLock<HashMap<String, Arc<SigningKey>>>,
+    /// Session ids whose state changed, for SSE subscribers on this node.
+    events: broadcast::Sender<String>,
+}
+
+/// What the response endpoint answers the wallet.
+pub struct ResponseOutcome {
+    pub redirect_uri: Option<String>,
+}
+
+fn id_ok(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+impl VerifierService {
+    pub fn new(state: AppState) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        Self {
+            state,
+            keys: RwLock::default(),
+            events,
+        }
+    }
+
+    fn now(&self) -> i64 {
+        self.state.clock.now_secs()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.events.subscribe()
+    }
+
+    fn base(&self, verifier: &str) -> String {
+        format!("{}/verifiers/{verifier}", self.state.public_url)
+    }
+
+    // ---- tenants -------------------------------------------------------------------------------
+
+    pub async fn get_verifier(&self, id: &str) -> ApiResult<Verifier> {
+        self.state
+            .store
+            .get_json::<Verifier>(ks::TENANTS, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no verifier `{id}`")))
+    }
+
+    pub async fn list_verifiers(&self) -> ApiResult<Vec<Verifier>> {
+        Ok(self
+            .state
+            .store
+            .scan_json::<Verifier>(ks::TENANTS, "", 10_000)
+            .await?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    pub async fn create_verifier(&self, req: CreateVerifier) -> ApiResult<Verifier> {
+        if !id_ok(&req.id) {
+            return Err(ApiError::validation(
+                "verifier id: 1-64 characters of a-z, 0-9, - and _",
+            ));
+        }
+        if self.state.store.get(ks::TENANTS, &req.id).await?.is_some() {
+            return Err(ApiError::conflict(format!("verifier `{}` exists", req.id)));
+        }
+        let mut v = Verifier {
+            id: req.id.clone(),
+            display_name: req.display_name.unwrap_or_else(|| req.id.clone()),
+            key_type: None,
+            did: None,
+            verification_method: None,
+            key_fingerprint: None,
+            trusted_issuers: req.trusted_issuers,
+            created_at: self.now(),
+        };
+        if let Some(kt) = req.signing_key_type {
+            let key = SigningKey::generate(kt);
+            let did = did::did_key(&key.verifying_key());
+            v.key_type = Some(kt);
+            v.verification_method = Some(did::verification_method(&did));
+            v.did = Some(did);
+            v.key_fingerprint = Some(key.verifying_key().thumbprint());
+            let sealed = self
+                .state
+                .sealer
+                .seal(key_aad(&v.id).as_bytes(), key.to_private_jwk().as_bytes())
+                .map_err(ApiError::internal)?;
+            self.state.store.put(ks::KEYS, &v.id, sealed, None).await?;
+        }
+        if !self
+            .state
+            .store
+            .insert_new_json(ks::TENANTS, &v.id, &v, None)
+            .await?
+        {
+            return Err(ApiError::conflict(format!("verifier `{}` exists", v.id)));
+        }
+        Ok(v)
+    }
+
+    pub async fn update_verifier(&self, id: &str, req: UpdateVerifier) -> ApiResult<Verifier> {
+        self.state
+            .store
+            .update_json::<Verifier, ApiError, _>(ks::TENANTS, id, None, |mut v| {
+                if let Some(n) = &req.display_name {
+                    v.display_name = n.clone();
+                }
+                if let Some(t) = &req.trusted_issuers {
+                    v.trusted_issuers = t.clone();
+                }
+                Ok(v)
+            })
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no verifier `{id}`")))
+    }
+
+    pub async fn delete_verifier(&self, id: &str) -> ApiResult<()> {
+        if id == "default" {
+            return Err(ApiError::conflict("the default verifier cannot be deleted"));
+        }
+        if !self.state.store.delete(ks::TENANTS, id).await? {
+            return Err(ApiError::not_found(format!("no verifier `{id}`")));
+        }
+        self.state.store.delete(ks::KEYS, id).await?;
+        Ok(())
+    }
+
+    async fn signing_key(&self, v: &Verifier) -> anyhow::Result<Option<Arc<SigningKey>>> {
+        let Some(fp) = &v.key_fingerprint else {
+            return Ok(None);
+        };
+        if let Some(k) = self.keys.read().ok().and_then(|m| m.get(&v.id).cloned()) {
+            return Ok(Some(k));
+        }
+        let sealed = self
+            .state
+            .store
+            .get(ks::KEYS, &v.id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("verifier `{}` lost its key", v.id))?;
+        let jwk = self.state.sealer.open(key_aad(&v.id).as_bytes(), &sealed)?;
+        let key = SigningKey::from_private_jwk(&String::from_utf8_lossy(&jwk))?;
+        if &key.verifying_key().thumbprint() != fp {
+            anyhow::bail!("the signing key of verifier `{}` is not the one recorded at creation; refusing to use it", v.id);
+        }
+        let key = Arc::new(key);
+        if let Ok(mut m) = self.keys.write() {
+            m.insert(v.id.clone(), key.clone());
+        }
+        Ok(Some(key))
+    }
+
+    pub async fn init(&self) -> anyhow::Result<()> {
+        if self
+            .state
+            .store
+            .get(ks::TENANTS, "default")
+            .await?
+            .is_none()
+        {
+            // Signed request objects by default: wallets (e.g. the Animo client) refuse unsigned
+            // request objects fetched by reference.
+            let req = CreateVerifier {
+                id: "default".into(),
+                display_name: Some("idstack sandbox verifier".into()),
+                signing_key_type: Some(crate::crypto::KeyType::Ed25519),
+                trusted_issuers: Vec::new(),
+            };
+            match self.create_verifier(req).await {
+                Ok(_)
+                | Err(ApiError {
+                    code: Code::Conflict,
+                    ..
+                }) => {}
+                Err(e) => anyhow::bail!("creating the default verifier: {e}"),
+            }
+        }
+        for v in self
+            .list_verifiers()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+        {
+            self.signing_key(&v).await?;
+        }
+        Ok(())
+    }
+
+    // ---- sessions ------------------------------------------------------------------------------
+
+    pub async fn create_session(
+        &self,
+        verifier_id: &str,
+        req: CreateSession,
+    ) -> ApiResult<SessionCreated> {
+        let v = self.get_verifier(verifier_id).await?;
+        match (&req.dcql_query, &req.presentation_definition) {
+            (Some(q), None) => validate_dcql(q)?,
+            (None, Some(pd)) => {
+                if pd["input_descriptors"]
+                    .as_array()
+                    .is_none_or(Vec::is_empty)
+                {
+                    return Err(ApiError::validation(
+                        "presentation_definition needs input_descriptors",
+                    ));
+                }
+            }
+            _ => {
+                return Err(ApiError::validation(
+                    "send exactly one of dcql_query or presentation_definition",
+                ))
+            }
+        }
+        let ttl = req
+            .ttl_seconds
+            .unwrap_or(self.state.settings.raw.verifier.default_session_ttl_seconds);
+        if ttl == 0 || ttl > 7 * 86_400 {
+            return Err(ApiError::validation("ttl_seconds must be 1..=604800"));
+        }
+        let policies = match req.policies {
+            None => ALL_POLICIES.iter().map(|p| p.to_string()).collect(),
+            Some(list) => {
+                if let Some(bad) = list.iter().find(|p| !ALL_POLICIES.contains(&p.as_str())) {
+                    return Err(ApiError::validation(format!(
+                        "unknown policy `{bad}`; known: {}",
+                        ALL_POLICIES.join(", ")
+                    )));
+                }
+                let mut l: Vec<String> = list;
+                for must in [
+                    "signature",
+                    "holder_binding",
+                    "nonce_audience",
+                    "query_match",
+                ] {
+                    if !l.iter().any(|p| p == must) {
+                        l.push(must.into());
+                    }
+                }
+                l
+            }
+        };
+        for u in [&req.webhook_url, &req.success_redirect]
+            .into_iter()
+            .flatten()
+        {
+            if !(u.starts_with("https://") || u.starts_with("http://")) || u.len() > 2048 {
+                return Err(ApiError::validation(
+                    "webhook_url and success_redirect must be http(s) URLs",
+                ));
+            }
+        }
+        let id = random_id();
+        let response_uri = format!("{}/responses/{id}", self.base(verifier_id));
+        // OpenID4VP 1.0 client identifier prefixes; presentation_definition requests are for
+        // pre-1.0 wallets, which expect the draft form (plain id + client_id_scheme).
+        let legacy = req.presentation_definition.is_some();
+        let client_id = match (&v.did, legacy) {
+            (Some(d), false) => format!("decentralized_identifier:{d}"),
+            (None, false) => format!("redirect_uri:{response_uri}"),
+            (Some(d), true) => d.clone(),
+            (None, true) => response_uri.clone(),
+        };
+        let response_mode = req.response_mode.unwrap_or(ResponseMode::DirectPost);
+        let encryption_key = match response_mode {
+            ResponseMode::DirectPost => None,
+            ResponseMode::DirectPostJwt => {
+                let k = EncryptionKey::generate();
+                let sealed = self
+                    .state
+                    .sealer
+                    .seal(format!("session-enc/{id}").as_bytes(), &k.to_bytes())
+                    .map_err(ApiError::internal)?;
+                Some(crate::crypto::b64url(sealed))
+            }
+        };
+        let now = self.now();
+        let session = Session {
+            id: id.clone(),
+            verifier: verifier_id.to_string(),
+            nonce: random_token(24),
+            state_param: random_token(24),
+            client_id: client_id.clone(),
+            response_uri,
+            dcql_query: req.dcql_query,
+            presentation_definition: req.presentation_definition,
+            response_mode,
+            policies,
+            webhook_url: req.webhook_url,
+            success_redirect: req.success_redirect,
+            encryption_key,
+            created_at: now,
+            expires_at: now + ttl as i64,
+            state: SessionState::Pending,
+            verified: false,
+            policy_results: Vec::new(),
+            credentials: Vec::new(),
+            error: None,
+            failed_attempts: Vec::new(),
+            completed_at: None,
+        };
+        // Kept a day past expiry so the result (or "expired") stays readable.
+        self.state
+            .store
+            .put_json(
+                ks::SESSIONS,
+                &session_key(verifier_id, &id),
+                &session,
+                Some(Duration::from_secs(ttl + 86_400)),
+            )
+            .await?;
+        let request_uri = format!("{}/requests/{id}", self.base(verifier_id));
+        let authorization_request = if v.did.is_some() {
+            format!(
+                "openid4vp://?client_id={}&request_uri={}",
+                urlencode(&client_id),
+                urlencode(&request_uri)
+            )
+        } else {
+            // redirect_uri client identifiers cannot sign, and wallets refuse unsigned request
+            // objects by reference: pass the request by value.
+            let mut q = format!(
+                "openid4vp://?client_id={}&response_type=vp_token&response_mode={}&response_uri={}&nonce={}&state={}",
+                urlencode(&client_id),
+                response_mode.as_str(),
+                urlencode(&session.response_uri),
+                urlencode(&session.nonce),
+                urlencode(&session.state_param)
+            );
+            if let Some(dq) = &session.dcql_query {
+                q.push_str(&format!("&dcql_query={}", urlencode(&dq.to_string())));
+            }
+            if let Some(pd) = &session.presentation_definition {
+                q.push_str(&format!(
+                    "&presentation_definition={}&client_id_scheme=redirect_uri",
+                    urlencode(&pd.to_string())
+                ));
+            }
+            q.push_str(&format!(
+                "&client_metadata={}",
+                urlencode(&client_metadata(&v, &session, self)?.to_string())
+            ));
+            q
+        };
+        Ok(SessionCreated {
+            id,
+            authorization_request,
+            request_uri,
+            expires_at: session.expires_at,
+        })
+    }
+
+    async fn load_session(&self, verifier_id: &str, id: &str) -> ApiResult<Session> {
+        self.state
+            .store
+            .get_json::<Session>(ks::SESSIONS, &session_key(verifier_id, id))
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no session `{id}`")))
+    }
+
+    pub async fn session_view(&self, verifier_id: &str, id: &str) -> ApiResult<SessionView> {
+        self.get_verifier(verifier_id).await?;
+        Ok(self.load_session(verifier_id, id).await?.view(self.now()))
+    }
+
+    pub async fn list_sessions(&self, verifier_id: &str) -> ApiResult<Vec<SessionView>> {
+        self.get_verifier(verifier_id).await?;
+        let now = self.now();
+        Ok(self
+            .state
+            .store
+            .scan_json::<Session>(ks::SESSIONS, &format!("{verifier_id}/"), 1000)
+            .await?
+            .into_iter()
+            .map(|(_, s)| s.view(now))
+            .collect())
+    }
+
+    /// The request object (`request_uri`): signed when the verifier has a key, else `alg: none`.
+    pub async fn request_object(
+        &self,
+        verifier_id: &str,
+        id: &str,
+        wallet_nonce: Option<String>,
+    ) -> ApiResult<String> {
+        let v = self.get_verifier(verifier_id).await?;
+        let s = self.load_session(verifier_id, id).await?;
+        if s.expires_at <= self.now() {
+            return Err(ApiError::new(
+                Code::Gone,
+                "this verification session has expired",
+            ));
+        }
+        if s.state != SessionState::Pending {
+            return Err(ApiError::new(
+                Code::Gone,
+                "this verification session is already finished",
+            ));
+        }
+        let client_metadata = client_metadata(&v, &s, self)?;
+        let now = self.now();
+        let mut payload = json!({
+            "response_type": "vp_token",
+            "client_id": s.client_id,
+            "response_uri": s.response_uri,
+            "response_mode": s.response_mode.as_str(),
+            "nonce": s.nonce,
+            "state": s.state_param,
+            "client_metadata": client_metadata,
+            "iat": now,
+            "exp": s.expires_at,
+            "aud": "https://self-issued.me/v2",
+        });
+        if let Some(q) = &s.dcql_query {
+            payload["dcql_query"] = q.clone();
+        }
+        if let Some(pd) = &s.presentation_definition {
+            payload["presentation_definition"] = pd.clone();
+            payload["client_id_scheme"] = json!(if v.did.is_some() {
+                "did"
+            } else {
+                "redirect_uri"
+            });
+        }
+        if let Some(wn) = wallet_nonce {
+            payload["wallet_nonce"] = json!(wn);
+        }
+        match self.signing_key(&v).await.map_err(ApiError::internal)? {
+            Some(key) => Ok(jws::sign(
+                &key,
+                json!({"typ": "oauth-authz-req+jwt", "kid": v.verification_method}),
+                &payload,
+            )),
+            None => {
+                let h = crate::crypto::b64url(
+                    json!({"alg": "none", "typ": "oauth-authz-req+jwt"}).to_string(),
+                );
+                Ok(format!(
+                    "{h}.{}.",
+                    crate::crypto::b64url(payload.to_string())
+                ))
+            }
+        }
+    }
+
+    fn encryption_key(&self, id: &str, sealed_b64: &str) -> ApiResult<EncryptionKey> {
+        let sealed = crate::crypto::b64url_decode(sealed_b64).map_err(ApiError::internal)?;
+        let raw = self
+            .state
+            .sealer
+            .open(format!("session-enc/{id}").as_bytes(), &sealed)
+            .map_err(ApiError::internal)?;
+        EncryptionKey::from_bytes(&raw).map_err(ApiError::internal)
+    }
+
+    /// The wallet's authorization response (direct_post / direct_post.jwt form fields).
+    pub async fn handle_response(
+        &self,
+        verifier_id: &str,
+        id: &str,
+        form: HashMap<String, String>,
+    ) -> Result<ResponseOutcome, OAuthError> {
+        let v = self
+            .get_verifier(verifier_id)
+            .await
+            .map_err(|_| OAuthError::invalid_request("unknown verifier"))?;
+        let key = session_key(verifier_id, id);
+        let store = &self.state.store;
+        let Some(raw) = store.get(ks::SESSIONS, &key).await? else {
+            return Err(OAuthError::new(
+                actix_web::http::StatusCode::NOT_FOUND,
+                "invalid_request",
+                "unknown verification session",
+            ));
+        };
+        let session: Session = serde_json::from_slice(&raw).map_err(OAuthError::server)?;
+        let now = self.now();
+        if session.expires_at <= now {
+            return Err(OAuthError::new(
+                actix_web::http::StatusCode::GONE,
+                "invalid_request",
+                "this verification session has expired",
+            ));
+        }
+        if session.state != SessionState::Pending {
+            return Err(OAuthError::invalid_request(
+                "this verification session has already been answered",
+            ));
+        }
+        // direct_post.jwt: everything is inside the encrypted `response`.
+        let fields: HashMap<String, Value> = match (session.response_mode, form.get("response")) {
+            (ResponseMode::DirectPostJwt, Some(jwe_s)) => {
+                let sealed = session
+                    .encryption_key
+                    .as_deref()
+                    .ok_or_else(|| OAuthError::server("session has no encryption key"))?;
+                let k = self
+                    .encryption_key(&session.id, sealed)
+                    .map_err(OAuthError::server)?;
+                let (_, plain) = jwe::decrypt(jwe_s, &k)
+                    .map_err(|e| OAuthError::invalid_request(format!("response JWE: {e}")))?;
+                let v: Value = serde_json::from_slice(&plain)
+                    .map_err(|e| OAuthError::invalid_request(format!("decrypted response: {e}")))?;
+                v.as_object()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect()
+            }
+            (ResponseMode::DirectPostJwt, None) if !form.contains_key("error") => {
+                return Err(OAuthError::invalid_request(
+                    "this session expects an encrypted `response` (direct_post.jwt)",
+                ));
+            }
+            _ => form
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect(),
+        };
+        let state_ok =
+            fields.get("state").and_then(Value::as_str) == Some(session.state_param.as_str());
+        if !state_ok {
+            return Err(OAuthError::invalid_request(
+                "state does not match the session",
+            ));
+        }
+        let mut updated = session.clone();
+        if let Some(err) = fields.get("error").and_then(Value::as_str) {
+            // The wallet (user) declined or failed: a final answer per OpenID4VP.
+            updated.state = SessionState::Failed;
+            updated.error = Some(format!(
+                "{err}: {}",
+                fields
+                    .get("error_description")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+            ));
+        } else {
+            let vp_token = match fields.get("vp_token") {
+                Some(Value::String(s)) => {
+                    serde_json::from_str::<Value>(s).unwrap_or(Value::String(s.clone()))
+                }
+                Some(other) => other.clone(),
+                None => return Err(OAuthError::invalid_request("vp_token is missing")),
+            };
+            let submission = match fields.get("presentation_submission") {
+                Some(Value::String(s)) => serde_json::from_str::<Value>(s).ok(),
+                Some(other) => Some(other.clone()),
+                None => None,
+            };
+            let ctx = Ctx {
+                session: &session,
+                now,
+                http: &self.state.http,
+                trusted_issuers: &v.trusted_issuers,
+            };
+            let outcome = query::evaluate(&ctx, &vp_token, submission.as_ref()).await;
+            let results = outcome.results(&session.policies);
+            let verified = results.iter().all(|r| r.passed);
+            if !verified && session.failed_attempts.len() + 1 < MAX_FAILED_ATTEMPTS {
+                // Stay pending so the real wallet can still answer; remember why this one failed.
+                let reasons: Vec<String> = results
+                    .iter()
+                    .filter(|r| !r.passed)
+                    .map(|r| format!("{}: {}", r.name, r.reason.clone().unwrap_or_default()))
+                    .collect();
+                updated.failed_attempts.push(reasons.join("; "));
+                updated.policy_results = results;
+                let _ = store
+                    .compare_and_swap(
+                        ks::SESSIONS,
+                        &key,
+                        Some(raw),
+                        Some((
+                            crate::store::to_json(&updated)?,
+                            Some(Duration::from_secs(
+                                (session.expires_at - now).max(1) as u64 + 86_400,
+                            )),
+                        )),
+                    )
+                    .await?;
+                self.notify(&updated);
+                return Err(OAuthError::invalid_request(format!(
+                    "presentation rejected: {}",
+                    updated.failed_attempts.last().cloned().unwrap_or_default()
+                )));
+            }
+            updated.verified = verified;
+            updated.state = if verified {
+                SessionState::Completed
+            } else {
+                SessionState::Failed
+            };
+            updated.policy_results = results;
+            updated.credentials = outcome.credentials;
+            if !verified {
+                updated.error = Some("verification failed".into());
+            }
+        }
+        updated.completed_at = Some(now);
+        // Exactly once: only the response that moves this exact pending record wins.
+        let ttl = Duration::from_secs((session.expires_at - now).max(1) as u64 + 86_400);
+        if store
+            .compare_and_swap(
+                ks::SESSIONS,
+                &key,
+                Some(raw),
+                Some((crate::store::to_json(&updated)?, Some(ttl))),
+            )
+            .await?
+            != Cas::Swapped
+        {
+            return Err(OAuthError::invalid_request(
+                "this verification session has already been answered",
+            ));
+        }
+        self.notify(&updated);
+        tracing::info!(verifier = verifier_id, session = id, verified = updated.verified, state = ?updated.state, "verification session finished");
+        Ok(ResponseOutcome {
+            redirect_uri: if updated.verified {
+                updated.success_redirect.clone()
+            } else {
+                None
+            },
+        })
+    }
+
+    fn notify(&self, s: &Session) {
+        let _ = self.events.send(s.id.clone());
+        if s.state == SessionState::Pending {
+            return;
+        }
+        if let Some(url) = s.webhook_url.clone() {
+            let state = self.state.clone();
+            let event = json!({"type": "verification.finished", "verifier": s.verifier, "session": s.view(self.now())});
+            tokio::spawn(async move { crate::http::webhook::deliver(&state, &url, &event).await });
+        }
+    }
+}
+
+fn client_metadata(v: &Verifier, s: &Session, svc: &VerifierService) -> ApiResult<Value> {
+    let algs = json!(["EdDSA", "ES256", "ES256K"]);
+    let mut m = if s.presentation_definition.is_some() {
+        // the draft (pre-1.0) shape that presentation_definition wallets understand
+        json!({
+            "vp_formats": {
+                "vc+sd-jwt": {"sd-jwt_alg_values": algs, "kb-jwt_alg_values": algs},
+                "dc+sd-jwt": {"sd-jwt_alg_values": algs, "kb-jwt_alg_values": algs},
+                "jwt_vp_json": {"alg": algs},
+                "jwt_vc_json": {"alg": algs},
+            },
+            "client_name": v.display_name,
+        })
+    } else {
+        json!({
+            "vp_formats_supported": {
+                "dc+sd-jwt": {"sd-jwt_alg_values": algs, "kb-jwt_alg_values": algs},
+                "jwt_vc_json": {"alg_values": algs},
+            },
+            "client_name": v.display_name,
+        })
+    };
+    if let Some(sealed) = &s.encryption_key {
+        let k = svc.encryption_key(&s.id, sealed)?;
+        m["jwks"] = json!({"keys": [k.public_jwk(&format!("enc-{}", s.id))]});
+        m["encrypted_response_enc_values_supported"] = json!(["A128GCM", "A256GCM"]);
+        // pre-1.0 wallets read these
+        m["authorization_encrypted_response_alg"] = json!("ECDH-ES");
+        m["authorization_encrypted_response_enc"] = json!("A256GCM");
+    }
+    Ok(m)
+}
+
+fn validate_dcql(q: &Value) -> ApiResult<()> {
+    let creds = q["credentials"]
+        .as_array()
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| ApiError::validation("dcql_query.credentials must be a non-empty array"))?;
+    let mut ids = Vec::new();
+    for c in creds {
+        let id = c["id"]
+            .as_str()
+            .filter(|i| {
+                !i.is_empty()
+                    && i.chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+            })
+            .ok_or_else(|| {
+                ApiError::validation(
+                    "each credential query needs an id of letters, digits, _ and -",
+                )
+            })?;
+        if ids.contains(&id) {
+            return Err(ApiError::validation(format!(
+                "duplicate credential query id `{id}`"
+            )));
+        }
+        ids.push(id);
+        match c["format"].as_str() {
+            Some("dc+sd-jwt" | "vc+sd-jwt" | "jwt_vc_json" | "ldp_vc") => {}
+            other => {
+                return Err(ApiError::validation(format!(
+                    "credential query `{id}`: unsupported format {other:?}"
+                )))
+            }
+        }
+        if let Some(claims) = c.get("claims") {
+            let ok = claims.as_array().is_some_and(|a| {
+                a.iter()
+                    .all(|cl| cl["path"].as_array().is_some_and(|p| !p.is_empty()))
+            });
+            if !ok {
+                return Err(ApiError::validation(format!(
+                    "credential query `{id}`: every claim needs a non-empty path"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn key_aad(v: &str) -> String {
+    format!("{}/{v}", ks::KEYS)
+}
+
+fn session_key(verifier: &str, id: &str) -> String {
+    format!("{verifier}/{id}")
+}

@@ -1,0 +1,497 @@
+//! Verification of a wallet's presentation against a session: every check is a named policy whose
+//! result (passed, reason) goes into the session result.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::model::{PolicyResult, PresentedCredential, Session, ALL_POLICIES};
+use crate::crypto::{did, jws, sdjwt, status::StatusArray, VerifyingKey};
+
+const SKEW: i64 = 60;
+const KB_MAX_AGE: i64 = 300;
+
+/// Context a verification runs in.
+pub struct Ctx<'a> {
+    pub session: &'a Session,
+    pub now: i64,
+    pub http: &'a reqwest::Client,
+    pub trusted_issuers: &'a [String],
+}
+
+/// Accumulates policy outcomes: a policy passes when it ran and nothing failed it.
+#[derive(Default)]
+pub struct Outcome {
+    failures: BTreeMap<&'static str, Vec<String>>,
+    ran: std::collections::BTreeSet<&'static str>,
+    pub credentials: Vec<PresentedCredential>,
+}
+
+impl Outcome {
+    pub fn pass(&mut self, policy: &'static str) {
+        self.ran.insert(policy);
+    }
+    pub fn fail(&mut self, policy: &'static str, reason: impl Into<String>) {
+        self.ran.insert(policy);
+        self.failures.entry(policy).or_default().push(reason.into());
+    }
+    pub fn results(&self, enabled: &[String]) -> Vec<PolicyResult> {
+        ALL_POLICIES
+            .iter()
+            .filter(|p| enabled.iter().any(|e| e == *p))
+            .map(|p| match self.failures.get(p) {
+                Some(reasons) => PolicyResult {
+                    name: p.to_string(),
+                    passed: false,
+                    reason: Some(reasons.join("; ")),
+                },
+                None if self.ran.contains(p) => PolicyResult {
+                    name: p.to_string(),
+                    passed: true,
+                    reason: None,
+                },
+                None => PolicyResult {
+                    name: p.to_string(),
+                    passed: false,
+                    reason: Some("not evaluated: no credential reached this check".into()),
+                },
+            })
+            .collect()
+    }
+}
+
+/// A verified credential as the query matcher sees it.
+pub struct Checked {
+    pub query_id: String,
+    pub format: String,
+    /// The object DCQL claim paths are resolved against (SD-JWT: disclosed claims; W3C: the VC).
+    pub root: Value,
+    /// vct (SD-JWT) or types (W3C).
+    pub vct: Option<String>,
+    pub types: Vec<String>,
+    pub issuer: Option<String>,
+}
+
+async fn issuer_key(kid: &str, http: &reqwest::Client) -> Result<VerifyingKey, String> {
+    did::resolve(kid, http).await.map_err(|e| e.to_string())
+}
+
+fn check_time(out: &mut Outcome, payload: &Value, now: i64, what: &str) {
+    if let Some(exp) = payload["exp"].as_i64() {
+        if exp + SKEW <= now {
+            out.fail("validity", format!("{what} expired at {exp}"));
+            return;
+        }
+    }
+    if let Some(nbf) = payload["nbf"].as_i64() {
+        if nbf - SKEW > now {
+            out.fail("validity", format!("{what} not valid before {nbf}"));
+            return;
+        }
+    }
+    out.pass("validity");
+}
+
+fn check_issuer(out: &mut Outcome, ctx: &Ctx<'_>, iss: &str) {
+    if ctx.trusted_issuers.is_empty() || ctx.trusted_issuers.iter().any(|t| t == iss) {
+        out.pass("issuer_allowlist");
+    } else {
+        out.fail("issuer_allowlist", format!("issuer {iss} is not trusted"));
+    }
+}
+
+/// Fetches a status list token (size/time bounded) and verifies it with the issuer's key.
+async fn fetch_status(ctx: &Ctx<'_>, uri: &str, key: &VerifyingKey) -> Result<Value, String> {
+    if !(uri.starts_with("https://") || uri.starts_with("http://")) {
+        return Err(format!("status list URI {uri} is not http(s)"));
+    }
+    let r = ctx
+        .http
+        .get(uri)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map_err(|e| format!("fetching {uri}: {e}"))?;
+    if !r.status().is_success() {
+        return Err(format!("{uri}: HTTP {}", r.status()));
+    }
+    let body = r.bytes().await.map_err(|e| e.to_string())?;
+    if body.len() > 4 * 1024 * 1024 {
+        return Err("status list too large".into());
+    }
+    let token = String::from_utf8_lossy(&body).trim().to_string();
+    let (_, payload) =
+        jws::verify(&token, key).map_err(|e| format!("status list signature: {e}"))?;
+    Ok(payload)
+}
+
+/// dc+sd-jwt presentation with key binding.
+pub async fn sd_jwt(
+    ctx: &Ctx<'_>,
+    out: &mut Outcome,
+    query_id: &str,
+    presentation: &str,
+) -> Option<Checked> {
+    let parsed = match sdjwt::parse(presentation) {
+        Ok(p) => p,
+        Err(e) => {
+            out.fail("signature", format!("{query_id}: not an SD-JWT: {e}"));
+            return None;
+        }
+    };
+    let (header, payload) = match jws::decode_unverified(&parsed.jwt) {
+        Ok((h, p, _, _)) => (h, p),
+        Err(e) => {
+            out.fail("signature", format!("{query_id}: {e}"));
+            return None;
+        }
+    };
+    let kid = header["kid"]
+        .as_str()
+        .or(payload["iss"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let key = match issuer_key(&kid, ctx.http).await {
+        Ok(k) => k,
+        Err(e) => {
+            out.fail("signature", format!("{query_id}: issuer key: {e}"));
+            return None;
+        }
+    };
+    if let Err(e) = jws::verify(&parsed.jwt, &key) {
+        out.fail("signature", format!("{query_id}: issuer signature: {e}"));
+        return None;
+    }
+    out.pass("signature");
+    let verified = match sdjwt::verify(presentation, &key) {
+        Ok(v) => {
+            out.pass("disclosure_integrity");
+            v
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            if msg.contains("KB-JWT") || msg.contains("signature") {
+                out.fail("holder_binding", format!("{query_id}: {msg}"));
+            } else {
+                out.fail("disclosure_integrity", format!("{query_id}: {msg}"));
+            }
+            return None;
+        }
+    };
+    match &verified.key_binding {
+        None => out.fail("holder_binding", format!("{query_id}: no key-binding JWT")),
+        Some(kb) => {
+            out.pass("holder_binding");
+            let aud_ok = kb["aud"].as_str() == Some(ctx.session.client_id.as_str());
+            let nonce_ok = kb["nonce"].as_str() == Some(ctx.session.nonce.as_str());
+            let iat = kb["iat"].as_i64().unwrap_or(0);
+            if !nonce_ok {
+                out.fail(
+                    "nonce_audience",
+                    format!("{query_id}: KB-JWT nonce does not match the session"),
+                );
+            } else if !aud_ok {
+                out.fail(
+                    "nonce_audience",
+                    format!("{query_id}: KB-JWT aud is not {}", ctx.session.client_id),
+                );
+            } else if iat < ctx.now - KB_MAX_AGE || iat > ctx.now + SKEW {
+                out.fail(
+                    "nonce_audience",
+                    format!("{query_id}: KB-JWT iat outside the accepted window"),
+                );
+            } else {
+                out.pass("nonce_audience");
+            }
+        }
+    }
+    check_time(out, &payload, ctx.now, query_id);
+    let iss = payload["iss"].as_str().unwrap_or_default().to_string();
+    check_issuer(out, ctx, &iss);
+    match payload["status"]["status_list"].as_object() {
+        None => out.pass("status"),
+        Some(sl) => {
+            let idx = sl.get("idx").and_then(Value::as_u64);
+            let uri = sl.get("uri").and_then(Value::as_str).unwrap_or_default();
+            match (idx, fetch_status(ctx, uri, &key).await) {
+                (Some(idx), Ok(list)) => {
+                    let bits = list["status_list"]["bits"].as_u64().unwrap_or(1) as u8;
+                    let lst = list["status_list"]["lst"].as_str().unwrap_or_default();
+                    match StatusArray::from_token_lst(bits, lst).and_then(|a| a.get_lsb(idx)) {
+                        Ok(0) => out.pass("status"),
+                        Ok(1) => out.fail("status", format!("{query_id}: revoked")),
+                        Ok(2) => out.fail("status", format!("{query_id}: suspended")),
+                        Ok(v) => out.fail("status", format!("{query_id}: status {v}")),
+                        Err(e) => out.fail("status", format!("{query_id}: status list: {e}")),
+                    }
+                }
+                (None, _) => out.fail("status", format!("{query_id}: status entry has no idx")),
+                (_, Err(e)) => out.fail("status", format!("{query_id}: {e}")),
+            }
+        }
+    }
+    let mut claims: Map<String, Value> = verified.claims.clone();
+    for k in [
+        "cnf", "status", "iat", "nbf", "exp", "iss", "vct", "_sd", "_sd_alg",
+    ] {
+        claims.remove(k);
+    }
+    out.credentials.push(PresentedCredential {
+        query_id: query_id.to_string(),
+        format: "dc+sd-jwt".into(),
+        issuer: Some(iss.clone()),
+        claims: claims.clone(),
+    });
+    Some(Checked {
+        query_id: query_id.to_string(),
+        format: "dc+sd-jwt".into(),
+        root: Value::Object(verified.claims),
+        vct: payload["vct"].as_str().map(str::to_string),
+        types: Vec::new(),
+        issuer: Some(iss),
+    })
+}
+
+/// jwt_vc_json: a JWT VP (signed by the holder) carrying JWT VCs.
+pub async fn jwt_vp(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, vp: &str) -> Vec<Checked> {
+    let (header, payload) = match jws::decode_unverified(vp) {
+        Ok((h, p, _, _)) => (h, p),
+        Err(e) => {
+            out.fail(
+                "signature",
+                format!("{query_id}: presentation is not a JWT: {e}"),
+            );
+            return Vec::new();
+        }
+    };
+    if payload.get("vp").is_none() {
+        out.fail("holder_binding", format!("{query_id}: a bare credential was sent; a verifiable presentation signed by the holder is required"));
+        return Vec::new();
+    }
+    let (holder_key, holder_did) = match header_holder(&header, ctx.http).await {
+        Ok(v) => v,
+        Err(e) => {
+            out.fail("signature", format!("{query_id}: presentation key: {e}"));
+            return Vec::new();
+        }
+    };
+    if let Err(e) = jws::verify(vp, &holder_key) {
+        out.fail(
+            "signature",
+            format!("{query_id}: presentation signature: {e}"),
+        );
+        return Vec::new();
+    }
+    let aud_ok = match &payload["aud"] {
+        Value::String(a) => a == &ctx.session.client_id,
+        Value::Array(a) => a
+            .iter()
+            .any(|x| x.as_str() == Some(ctx.session.client_id.as_str())),
+        _ => false,
+    };
+    if payload["nonce"].as_str() != Some(ctx.session.nonce.as_str()) {
+        out.fail(
+            "nonce_audience",
+            format!("{query_id}: presentation nonce does not match the session"),
+        );
+    } else if !aud_ok {
+        out.fail(
+            "nonce_audience",
+            format!(
+                "{query_id}: presentation aud is not {}",
+                ctx.session.client_id
+            ),
+        );
+    } else {
+        out.pass("nonce_audience");
+    }
+    check_time(out, &payload, ctx.now, &format!("{query_id} presentation"));
+    let vcs: Vec<String> = match &payload["vp"]["verifiableCredential"] {
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        Value::String(s) => vec![s.clone()],
+        _ => Vec::new(),
+    };
+    if vcs.is_empty() {
+        out.fail(
+            "query_match",
+            format!("{query_id}: the presentation carries no JWT credential"),
+        );
+    }
+    let mut checked = Vec::new();
+    for vc in vcs {
+        let (h, p) = match jws::decode_unverified(&vc) {
+            Ok((h, p, _, _)) => (h, p),
+            Err(e) => {
+                out.fail("signature", format!("{query_id}: credential: {e}"));
+                continue;
+            }
+        };
+        let kid = h["kid"]
+            .as_str()
+            .or(p["iss"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        let key = match issuer_key(&kid, ctx.http).await {
+            Ok(k) => k,
+            Err(e) => {
+                out.fail("signature", format!("{query_id}: issuer key: {e}"));
+                continue;
+            }
+        };
+        if let Err(e) = jws::verify(&vc, &key) {
+            out.fail(
+                "signature",
+                format!("{query_id}: credential signature: {e}"),
+            );
+            continue;
+        }
+        out.pass("signature");
+        let subject = p["vc"]["credentialSubject"]["id"]
+            .as_str()
+            .or(p["sub"].as_str())
+            .unwrap_or_default();
+        if holder_did.as_deref() == Some(subject) {
+            out.pass("holder_binding");
+        } else {
+            out.fail(
+                "holder_binding",
+                format!("{query_id}: the presentation signer is not the credential subject"),
+            );
+        }
+        check_time(out, &p, ctx.now, query_id);
+        let iss = p["iss"].as_str().unwrap_or_default().to_string();
+        check_issuer(out, ctx, &iss);
+        w3c_status(ctx, out, query_id, &p["vc"]["credentialStatus"], &key).await;
+        out.pass("disclosure_integrity");
+        let vc_obj = p["vc"].clone();
+        let mut claims = vc_obj["credentialSubject"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        claims.remove("id");
+        out.credentials.push(PresentedCredential {
+            query_id: query_id.to_string(),
+            format: "jwt_vc_json".into(),
+            issuer: Some(iss.clone()),
+            claims,
+        });
+        checked.push(Checked {
+            query_id: query_id.to_string(),
+            format: "jwt_vc_json".into(),
+            types: vc_obj["type"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|t| t.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            root: vc_obj,
+            vct: None,
+            issuer: Some(iss),
+        });
+    }
+    checked
+}
+
+async fn w3c_status(
+    ctx: &Ctx<'_>,
+    out: &mut Outcome,
+    query_id: &str,
+    status: &Value,
+    key: &VerifyingKey,
+) {
+    let entries: Vec<&Value> = match status {
+        Value::Array(a) => a.iter().collect(),
+        Value::Object(_) => vec![status],
+        _ => {
+            out.pass("status");
+            return;
+        }
+    };
+    for e in entries {
+        let purpose = e["statusPurpose"].as_str().unwrap_or("revocation");
+        let idx = e["statusListIndex"]
+            .as_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            .or(e["statusListIndex"].as_u64());
+        let uri = e["statusListCredential"].as_str().unwrap_or_default();
+        match (idx, fetch_status(ctx, uri, key).await) {
+            (Some(idx), Ok(list)) => {
+                let subject = if list["credentialSubject"].is_object() {
+                    &list["credentialSubject"]
+                } else {
+                    &list["vc"]["credentialSubject"]
+                };
+                match StatusArray::from_encoded_list(
+                    subject["encodedList"].as_str().unwrap_or_default(),
+                )
+                .and_then(|a| a.get_msb(idx))
+                {
+                    Ok(false) => out.pass("status"),
+                    Ok(true) => out.fail(
+                        "status",
+                        format!(
+                            "{query_id}: {}",
+                            if purpose == "suspension" {
+                                "suspended"
+                            } else {
+                                "revoked"
+                            }
+                        ),
+                    ),
+                    Err(e) => out.fail("status", format!("{query_id}: status list: {e}")),
+                }
+            }
+            (None, _) => out.fail("status", format!("{query_id}: status entry without index")),
+            (_, Err(e)) => out.fail("status", format!("{query_id}: {e}")),
+        }
+    }
+}
+
+async fn header_holder(
+    header: &Value,
+    http: &reqwest::Client,
+) -> Result<(VerifyingKey, Option<String>), String> {
+    if let Some(kid) = header["kid"].as_str().filter(|k| k.starts_with("did:")) {
+        let key = did::resolve(kid, http).await.map_err(|e| e.to_string())?;
+        return Ok((key, Some(kid.split('#').next().unwrap_or(kid).to_string())));
+    }
+    let (key, _) = jws::header_key(header).map_err(|e| e.to_string())?;
+    let did = did::did_jwk(&key);
+    Ok((key, Some(did)))
+}
+
+/// Resolves a DCQL / JSON path (array of keys, `null` = every element) in `root`.
+pub fn resolve_path<'v>(root: &'v Value, path: &[Value]) -> Vec<&'v Value> {
+    let mut current = vec![root];
+    for seg in path {
+        let mut next = Vec::new();
+        for v in current {
+            match seg {
+                Value::String(k) => {
+                    if let Some(x) = v.get(k) {
+                        next.push(x);
+                    }
+                }
+                Value::Number(n) => {
+                    if let Some(x) = n.as_u64().and_then(|i| v.get(i as usize)) {
+                        next.push(x);
+                    }
+                }
+                Value::Null => {
+                    if let Some(a) = v.as_array() {
+                        next.extend(a.iter());
+                    }
+                }
+                _ => {}
+            }
+        }
+        current = next;
+    }
+    current
+}
