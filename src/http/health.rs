@@ -99,5 +99,6 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(live)
         .service(ready)
         .service(metrics)
-        .service(super::system::system_info);
+        .service(super::system::system_info)
+        .service(super::system::webhook_secret);
 }

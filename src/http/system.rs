@@ -39,3 +39,21 @@ pub async fn system_info(
         cluster_enabled: state.settings.raw.cluster.enabled,
     }))
 }
+
+#[derive(Serialize, ToSchema)]
+pub struct WebhookSecret {
+    /// Hex HMAC-SHA256 key: webhook bodies carry `X-Idstack-Signature: sha256=<hex HMAC of the body>`.
+    secret: String,
+}
+
+/// The key that signs outgoing webhooks (derived from the master key; the same on every node).
+#[utoipa::path(tag = "system", security(("admin_token" = [])), responses(
+    (status = 200, body = WebhookSecret),
+    (status = 401, body = crate::error::Problem, content_type = "application/problem+json")))]
+#[get("/api/system/webhook-secret")]
+pub async fn webhook_secret(_admin: Admin, state: web::Data<AppState>) -> web::Json<WebhookSecret> {
+    let key = crate::http::webhook::signing_key(&state);
+    web::Json(WebhookSecret {
+        secret: key.iter().map(|b| format!("{b:02x}")).collect(),
+    })
+}

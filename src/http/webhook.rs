@@ -13,7 +13,7 @@ use crate::state::AppState;
 pub const SIGNATURE_HEADER: &str = "X-Idstack-Signature";
 
 /// The HMAC key: derived from the master-key sealer so every node of a deployment signs alike.
-fn signing_key(state: &AppState) -> Vec<u8> {
+pub fn signing_key(state: &AppState) -> Vec<u8> {
     state.sealer.derive_subkey(b"idstack webhook signing v1")
 }
 

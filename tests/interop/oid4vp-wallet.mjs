@@ -12,7 +12,7 @@ import { callbacks, importHolder } from './lib.mjs';
 
 const { values } = parseArgs({ options: {
   request: { type: 'string' }, credential: { type: 'string' }, disclose: { type: 'string' },
-  tamper: { type: 'string' }, 'query-id': { type: 'string' },
+  tamper: { type: 'string' }, 'query-id': { type: 'string' }, replay: { type: 'boolean', default: false },
 } });
 const held = JSON.parse(fs.readFileSync(values.credential, 'utf8'));
 const holder = await importHolder(held.holder_private_jwk, held.holder_alg);
@@ -83,7 +83,19 @@ const submitted = await client.submitOpenid4vpAuthorizationResponse({
   authorizationResponsePayload: created.authorizationResponsePayload,
   jarm: created.jarm ? { responseJwt: created.jarm.responseJwt } : undefined,
 });
-const text = await submitted.response.text();
-let body;
-try { body = JSON.parse(text); } catch { body = text; }
-console.log(JSON.stringify({ status: submitted.response.status, body, response_mode: req.response_mode, client_id: req.client_id, signed: !!resolved.jar }));
+async function answer(response) {
+  const text = await response.text();
+  try { return JSON.parse(text); } catch { return text; }
+}
+const body = await answer(submitted.response);
+const result = { status: submitted.response.status, body, response_mode: req.response_mode, client_id: req.client_id, signed: !!resolved.jar };
+if (values.replay) {
+  // the same accepted response, sent again
+  const again = await client.submitOpenid4vpAuthorizationResponse({
+    authorizationRequestPayload: req,
+    authorizationResponsePayload: created.authorizationResponsePayload,
+    jarm: created.jarm ? { responseJwt: created.jarm.responseJwt } : undefined,
+  });
+  result.replay = { status: again.response.status, body: await answer(again.response) };
+}
+console.log(JSON.stringify(result));

@@ -13,3 +13,4 @@ mod holder;
 mod interop;
 mod issuer;
 mod openapi_coverage;
+mod verifier;

@@ -227,10 +227,7 @@ impl VerifierService {
         match (&req.dcql_query, &req.presentation_definition) {
             (Some(q), None) => validate_dcql(q)?,
             (None, Some(pd)) => {
-                if pd["input_descriptors"]
-                    .as_array()
-                    .is_none_or(Vec::is_empty)
-                {
+                if pd["input_descriptors"].as_array().is_none_or(Vec::is_empty) {
                     return Err(ApiError::validation(
                         "presentation_definition needs input_descriptors",
                     ));
@@ -756,4 +753,53 @@ fn key_aad(v: &str) -> String {
 
 fn session_key(verifier: &str, id: &str) -> String {
     format!("{verifier}/{id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FakeClock;
+
+    #[tokio::test]
+    async fn expired_sessions_are_410_and_reported_expired() {
+        let clock = FakeClock::new(1_800_000_000_000);
+        let svc = VerifierService::new(AppState::for_tests(clock.clone()));
+        svc.init().await.unwrap();
+        let req = CreateSession {
+            dcql_query: Some(json!({"credentials": [{"id": "a", "format": "dc+sd-jwt"}]})),
+            presentation_definition: None,
+            response_mode: None,
+            ttl_seconds: Some(30),
+            policies: None,
+            webhook_url: None,
+            success_redirect: None,
+        };
+        let created = svc.create_session("default", req).await.unwrap();
+        assert!(svc
+            .request_object("default", &created.id, None)
+            .await
+            .is_ok());
+        clock.advance_ms(31_000);
+        let e = svc
+            .request_object("default", &created.id, None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::Gone);
+        let mut form = HashMap::new();
+        form.insert("vp_token".to_string(), "{}".to_string());
+        form.insert("state".to_string(), "x".to_string());
+        let e = svc
+            .handle_response("default", &created.id, form)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.status.as_u16(), 410);
+        assert_eq!(
+            svc.session_view("default", &created.id)
+                .await
+                .unwrap()
+                .state,
+            SessionState::Expired
+        );
+    }
 }
