@@ -18,3 +18,4 @@ pub mod roles;
 pub mod state;
 pub mod store;
 pub mod tasks;
+pub mod tenancy;
