@@ -39,6 +39,7 @@ error_codes! {
     Conflict => ("conflict", CONFLICT, "Conflict with the current state"),
     Gone => ("gone", GONE, "No longer available"),
     TooManyRequests => ("too_many_requests", TOO_MANY_REQUESTS, "Too many requests"),
+    RemoteFailed => ("remote_party_failed", FAILED_DEPENDENCY, "The issuer or verifier failed, was unreachable or answered badly"),
     Unavailable => ("service_unavailable", SERVICE_UNAVAILABLE, "Service temporarily unavailable"),
     Internal => ("internal_error", INTERNAL_SERVER_ERROR, "Internal server error"),
 }

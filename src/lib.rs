@@ -8,10 +8,12 @@
 
 pub mod app;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod crypto;
+pub mod dcql;
 pub mod error;
 pub mod http;
 pub mod roles;

@@ -4,6 +4,7 @@
 //! Built directly on RustCrypto primitives (ed25519-dalek, p256, k256, sha2) rather than the `ssi`
 //! crate: see docs/ARCHITECTURE.md ("Crypto") for the reasons and the plan for Data Integrity.
 
+pub mod di;
 pub mod did;
 pub mod jwe;
 pub mod jws;
@@ -48,4 +49,11 @@ pub fn sha256(data: impl AsRef<[u8]>) -> [u8; 32] {
 
 pub fn sha256_hex(data: impl AsRef<[u8]>) -> String {
     sha256(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Unix seconds → RFC 3339 UTC (`2026-01-01T00:00:00Z`).
+pub fn rfc3339(secs: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp(secs, 0)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
 }

@@ -6,8 +6,11 @@ use prometheus::{
     TextEncoder,
 };
 
+type Refresher = Box<dyn Fn() + Send + Sync>;
+
 pub struct Metrics {
     pub registry: Registry,
+    refreshers: std::sync::Mutex<Vec<Refresher>>,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub panics: IntCounter,
@@ -51,6 +54,7 @@ impl Metrics {
         }
         Ok(Self {
             registry,
+            refreshers: std::sync::Mutex::default(),
             http_requests,
             http_duration,
             panics,
@@ -59,7 +63,19 @@ impl Metrics {
         })
     }
 
+    /// Registers a function that updates gauges just before each scrape.
+    pub fn add_refresher(&self, f: Refresher) {
+        if let Ok(mut r) = self.refreshers.lock() {
+            r.push(f);
+        }
+    }
+
     pub fn render(&self) -> String {
+        if let Ok(r) = self.refreshers.lock() {
+            for f in r.iter() {
+                f();
+            }
+        }
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()

@@ -27,6 +27,8 @@ pub struct Services {
     pub issuer: std::sync::OnceLock<std::sync::Arc<issuer::IssuerService>>,
     #[cfg(feature = "verifier")]
     pub verifier: std::sync::OnceLock<std::sync::Arc<verifier::VerifierService>>,
+    #[cfg(feature = "wallet")]
+    pub wallet: std::sync::OnceLock<std::sync::Arc<wallet::WalletService>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -3,7 +3,8 @@
 
 use serde_json::Value;
 
-use super::verify::{self, resolve_path, Checked, Ctx, Outcome};
+use super::verify::{self, Checked, Ctx, Outcome};
+use crate::dcql::{mismatch, resolve_path, CredentialView};
 
 /// Verifies every presentation in `vp_token` and checks the query is satisfied.
 pub async fn evaluate(ctx: &Ctx<'_>, vp_token: &Value, submission: Option<&Value>) -> Outcome {
@@ -48,68 +49,12 @@ async fn verify_one(
     }
 }
 
-fn claim_ok(c: &Checked, claim: &Value) -> bool {
-    let Some(path) = claim["path"].as_array() else {
-        return false;
-    };
-    let found = resolve_path(&c.root, path);
-    if found.is_empty() {
-        return false;
-    }
-    match claim["values"].as_array() {
-        None => true,
-        Some(allowed) => found.iter().any(|v| allowed.contains(v)),
-    }
-}
-
-/// Why `c` does not satisfy credential query `cq`, if it does not.
-fn dcql_mismatch(c: &Checked, cq: &Value) -> Option<String> {
-    let id = &c.query_id;
-    let format = cq["format"].as_str().unwrap_or_default();
-    let same_format = format == c.format || (format == "vc+sd-jwt" && c.format == "dc+sd-jwt");
-    if !same_format {
-        return Some(format!(
-            "{id}: format {} but {format} was requested",
-            c.format
-        ));
-    }
-    if let Some(vcts) = cq["meta"]["vct_values"].as_array() {
-        if !vcts.iter().any(|v| v.as_str() == c.vct.as_deref()) {
-            return Some(format!("{id}: vct {:?} not among the requested", c.vct));
-        }
-    }
-    if let Some(sets) = cq["meta"]["type_values"].as_array() {
-        let ok = sets.iter().any(|set| {
-            set.as_array().is_some_and(|ts| {
-                ts.iter()
-                    .all(|t| t.as_str().is_some_and(|t| c.types.iter().any(|x| x == t)))
-            })
-        });
-        if !ok {
-            return Some(format!("{id}: credential types {:?} do not match", c.types));
-        }
-    }
-    let claims = cq["claims"].as_array().cloned().unwrap_or_default();
-    match cq["claim_sets"].as_array() {
-        Some(sets) => {
-            let ok = sets.iter().any(|set| {
-                set.as_array().is_some_and(|ids| {
-                    ids.iter().all(|cid| {
-                        claims
-                            .iter()
-                            .find(|cl| cl["id"] == *cid)
-                            .is_some_and(|cl| claim_ok(c, cl))
-                    })
-                })
-            });
-            (!ok).then(|| format!("{id}: no claim set is satisfied"))
-        }
-        None => claims.iter().find(|cl| !claim_ok(c, cl)).map(|cl| {
-            format!(
-                "{id}: requested claim {} missing or not an allowed value",
-                cl["path"]
-            )
-        }),
+fn view(c: &Checked) -> CredentialView {
+    CredentialView {
+        format: c.format.clone(),
+        root: c.root.clone(),
+        vct: c.vct.clone(),
+        types: c.types.clone(),
     }
 }
 
@@ -152,7 +97,7 @@ async fn dcql(ctx: &Ctx<'_>, out: &mut Outcome, query: &Value, vp_token: &Value)
                 all_ok = false;
             }
             for c in &checked {
-                if let Some(why) = dcql_mismatch(c, cq) {
+                if let Some(why) = mismatch(&view(c), cq) {
                     out.fail("query_match", why);
                     all_ok = false;
                 }
@@ -366,30 +311,5 @@ mod tests {
             vec![json!("vc"), json!("credentialSubject"), json!("given_name")]
         );
         assert!(parse_json_path("vc").is_none());
-    }
-
-    #[test]
-    fn dcql_claims_and_claim_sets() {
-        let c = Checked {
-            query_id: "q".into(),
-            format: "dc+sd-jwt".into(),
-            root: json!({"given_name": "E", "age": 40}),
-            vct: Some("urn:x".into()),
-            types: vec![],
-            issuer: None,
-        };
-        let base = json!({"id": "q", "format": "dc+sd-jwt", "meta": {"vct_values": ["urn:x"]}, "claims": [{"id": "a", "path": ["given_name"]}, {"id": "b", "path": ["email"]}]});
-        assert!(dcql_mismatch(&c, &base).is_some(), "email missing");
-        let mut sets = base.clone();
-        sets["claim_sets"] = json!([["b"], ["a"]]);
-        assert!(dcql_mismatch(&c, &sets).is_none());
-        let mut vct = base.clone();
-        vct["meta"]["vct_values"] = json!(["urn:y"]);
-        vct["claims"] = json!([{"path": ["given_name"]}]);
-        assert!(dcql_mismatch(&c, &vct).is_some());
-        let values = json!({"id": "q", "format": "dc+sd-jwt", "claims": [{"path": ["age"], "values": [40, 41]}]});
-        assert!(dcql_mismatch(&c, &values).is_none());
-        let values = json!({"id": "q", "format": "dc+sd-jwt", "claims": [{"path": ["age"], "values": [18]}]});
-        assert!(dcql_mismatch(&c, &values).is_some());
     }
 }

@@ -465,33 +465,3 @@ async fn header_holder(
     let did = did::did_jwk(&key);
     Ok((key, Some(did)))
 }
-
-/// Resolves a DCQL / JSON path (array of keys, `null` = every element) in `root`.
-pub fn resolve_path<'v>(root: &'v Value, path: &[Value]) -> Vec<&'v Value> {
-    let mut current = vec![root];
-    for seg in path {
-        let mut next = Vec::new();
-        for v in current {
-            match seg {
-                Value::String(k) => {
-                    if let Some(x) = v.get(k) {
-                        next.push(x);
-                    }
-                }
-                Value::Number(n) => {
-                    if let Some(x) = n.as_u64().and_then(|i| v.get(i as usize)) {
-                        next.push(x);
-                    }
-                }
-                Value::Null => {
-                    if let Some(a) = v.as_array() {
-                        next.extend(a.iter());
-                    }
-                }
-                _ => {}
-            }
-        }
-        current = next;
-    }
-    current
-}

@@ -1,10 +1,67 @@
-//! The wallet role. Not built yet: it initialises nothing and mounts no routes, but its config
-//! section, feature flag and role gating exist so deployments can already name it.
+//! The wallet role: a multi-tenant cloud wallet (accounts, wallets, keys, DIDs, credentials) that
+//! receives from any OpenID4VCI issuer and presents to any OpenID4VP verifier.
+
+pub mod model;
+pub mod routes;
+pub mod service;
+
+use std::sync::Arc;
+
+use actix_web::web;
+
+pub use service::WalletService;
 
 use crate::state::AppState;
 
-pub async fn init(_state: &AppState) -> anyhow::Result<()> {
+pub mod ks {
+    pub const ACCOUNTS: &str = "wallet_accounts";
+    pub const EMAILS: &str = "wallet_emails";
+    pub const LOGIN_FAILURES: &str = "wallet_login_failures";
+    pub const SESSIONS: &str = "wallet_sessions";
+    pub const WALLETS: &str = "wallet_wallets";
+    /// `a/<account>/<wallet>` and `w/<wallet>/<account>` → role.
+    pub const MEMBERS: &str = "wallet_members";
+    pub const KEYS: &str = "wallet_keys";
+    pub const DIDS: &str = "wallet_dids";
+    pub const CREDS: &str = "wallet_credentials";
+    pub const HISTORY: &str = "wallet_history";
+}
+
+pub async fn init(state: &AppState) -> anyhow::Result<()> {
+    let svc = Arc::new(WalletService::new(state.clone()));
+    register_metrics(state, &svc)?;
+    let _ = state.services.wallet.set(svc);
     Ok(())
 }
 
-pub fn configure(_cfg: &mut utoipa_actix_web::service_config::ServiceConfig, _state: &AppState) {}
+/// Coordinator gauges, read at scrape time.
+fn register_metrics(state: &AppState, svc: &Arc<WalletService>) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    let c = svc.coordinator.clone();
+    let open = prometheus::IntGauge::new("wallet_open_sessions", "open wallet tenant sessions")?;
+    let waiters = prometheus::IntGauge::new(
+        "wallet_session_waiters",
+        "requests waiting for a wallet tenant session",
+    )?;
+    let evictions =
+        prometheus::IntGauge::new("wallet_context_evictions", "idle wallet contexts evicted")?;
+    state.metrics.registry.register(Box::new(open.clone()))?;
+    state.metrics.registry.register(Box::new(waiters.clone()))?;
+    state
+        .metrics
+        .registry
+        .register(Box::new(evictions.clone()))?;
+    state.metrics.add_refresher(Box::new(move || {
+        open.set(c.stats.open_sessions.load(Ordering::Relaxed));
+        waiters.set(c.stats.waiters.load(Ordering::Relaxed));
+        evictions.set(c.stats.evictions.load(Ordering::Relaxed) as i64);
+    }));
+    Ok(())
+}
+
+pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig, state: &AppState) {
+    if let Some(svc) = state.services.wallet.get() {
+        cfg.app_data(web::Data::from(svc.clone()));
+    }
+    routes::configure(cfg);
+}

@@ -1,0 +1,338 @@
+//! OpenID4VCI client: resolve an offer (by value or reference), discover metadata (both well-known
+//! forms), obtain a token (pre-authorized code with tx_code, or authorization code + PKCE against an
+//! issuer that consents for the offer's issuer_state), prove possession and fetch credentials.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::{body, check_url, get_json, query_params, truncate, ClientError, ClientResult};
+use crate::crypto::{b64url, jws, sha256, SigningKey};
+
+pub const PRE_AUTH_GRANT: &str = "urn:ietf:params:oauth:grant-type:pre-authorized_code";
+
+#[derive(Debug, Clone)]
+pub struct ResolvedOffer {
+    pub offer: Value,
+    pub issuer_metadata: Value,
+    pub as_metadata: Value,
+}
+
+impl ResolvedOffer {
+    pub fn issuer(&self) -> &str {
+        self.offer["credential_issuer"].as_str().unwrap_or_default()
+    }
+    pub fn config_ids(&self) -> Vec<String> {
+        self.offer["credential_configuration_ids"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    pub fn tx_code(&self) -> Option<&Value> {
+        self.offer["grants"][PRE_AUTH_GRANT].get("tx_code")
+    }
+}
+
+/// One received credential.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub configuration_id: String,
+    pub format: String,
+    pub credential: Value,
+}
+
+/// The holder's proof key: its signing key and, when it has one, the DID URL to name it by.
+pub struct Holder<'a> {
+    pub key: &'a SigningKey,
+    pub kid: Option<String>,
+}
+
+fn split_origin(url: &str) -> (String, String) {
+    let scheme_end = url.find("://").map(|i| i + 3).unwrap_or(0);
+    match url[scheme_end..].find('/') {
+        Some(i) => (
+            url[..scheme_end + i].to_string(),
+            url[scheme_end + i..].trim_end_matches('/').to_string(),
+        ),
+        None => (url.trim_end_matches('/').to_string(), String::new()),
+    }
+}
+
+/// Fetches `<origin>/.well-known/<name><path>`, falling back to `<url>/.well-known/<name>`.
+async fn well_known(http: &reqwest::Client, url: &str, name: &str) -> ClientResult<Value> {
+    let (origin, path) = split_origin(url);
+    match get_json(http, &format!("{origin}/.well-known/{name}{path}")).await {
+        Ok(v) => Ok(v),
+        Err(first) => get_json(
+            http,
+            &format!("{}/.well-known/{name}", url.trim_end_matches('/')),
+        )
+        .await
+        .map_err(|_| first),
+    }
+}
+
+pub async fn resolve_offer(http: &reqwest::Client, offer: &str) -> ClientResult<ResolvedOffer> {
+    let offer = offer.trim();
+    let obj: Value = if offer.starts_with('{') {
+        serde_json::from_str(offer)
+            .map_err(|e| ClientError::Input(format!("credential offer JSON: {e}")))?
+    } else {
+        let params = query_params(offer);
+        if let Some((_, v)) = params.iter().find(|(k, _)| k == "credential_offer") {
+            serde_json::from_str(v)
+                .map_err(|e| ClientError::Input(format!("credential_offer: {e}")))?
+        } else if let Some((_, u)) = params.iter().find(|(k, _)| k == "credential_offer_uri") {
+            get_json(http, u).await?
+        } else {
+            return Err(ClientError::Input(
+                "not a credential offer: needs credential_offer or credential_offer_uri".into(),
+            ));
+        }
+    };
+    let issuer = obj["credential_issuer"]
+        .as_str()
+        .ok_or_else(|| ClientError::Remote("credential offer without credential_issuer".into()))?
+        .to_string();
+    check_url(&issuer)?;
+    let issuer_metadata = well_known(http, &issuer, "openid-credential-issuer").await?;
+    if issuer_metadata["credential_issuer"].as_str() != Some(issuer.as_str()) {
+        return Err(ClientError::Remote(
+            "issuer metadata names another credential_issuer".into(),
+        ));
+    }
+    let as_url = issuer_metadata["authorization_servers"][0]
+        .as_str()
+        .unwrap_or(&issuer)
+        .to_string();
+    let as_metadata = match well_known(http, &as_url, "oauth-authorization-server").await {
+        Ok(m) => m,
+        Err(_) => well_known(http, &as_url, "openid-configuration").await?,
+    };
+    Ok(ResolvedOffer {
+        offer: obj,
+        issuer_metadata,
+        as_metadata,
+    })
+}
+
+async fn post_form(
+    http: &reqwest::Client,
+    url: &str,
+    form: &[(&str, &str)],
+) -> ClientResult<Value> {
+    check_url(url)?;
+    let r = http
+        .post(url)
+        .form(form)
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .map_err(|e| ClientError::Remote(format!("POST {url}: {e}")))?;
+    let (status, text) = body(r).await?;
+    if !(200..300).contains(&status) {
+        return Err(ClientError::Status {
+            status,
+            body: truncate(&text),
+        });
+    }
+    serde_json::from_str(&text).map_err(|e| ClientError::Remote(format!("{url}: not JSON: {e}")))
+}
+
+/// Gets an access token for the offer.
+pub async fn token(
+    http: &reqwest::Client,
+    r: &ResolvedOffer,
+    tx_code: Option<&str>,
+) -> ClientResult<String> {
+    let token_endpoint = r.as_metadata["token_endpoint"]
+        .as_str()
+        .ok_or_else(|| ClientError::Remote("no token_endpoint".into()))?;
+    let grants = &r.offer["grants"];
+    let resp = if let Some(code) = grants[PRE_AUTH_GRANT]["pre-authorized_code"].as_str() {
+        if grants[PRE_AUTH_GRANT].get("tx_code").is_some() && tx_code.is_none() {
+            return Err(ClientError::Input("this offer needs a tx_code".into()));
+        }
+        let mut form = vec![
+            ("grant_type", PRE_AUTH_GRANT),
+            ("pre-authorized_code", code),
+        ];
+        if let Some(t) = tx_code {
+            form.push(("tx_code", t));
+        }
+        post_form(http, token_endpoint, &form).await?
+    } else if let Some(state) = grants["authorization_code"]["issuer_state"].as_str() {
+        authorization_code(http, r, token_endpoint, state).await?
+    } else {
+        return Err(ClientError::Input(
+            "the offer carries no grant this wallet can use".into(),
+        ));
+    };
+    resp["access_token"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| ClientError::Remote("token response without access_token".into()))
+}
+
+/// Authorization code + PKCE where the issuer consents for the pre-identified holder (issuer_state):
+/// the redirect is followed without a browser. Issuers that need an interactive login are out of scope.
+async fn authorization_code(
+    http: &reqwest::Client,
+    r: &ResolvedOffer,
+    token_endpoint: &str,
+    issuer_state: &str,
+) -> ClientResult<Value> {
+    let authz = r.as_metadata["authorization_endpoint"]
+        .as_str()
+        .ok_or_else(|| ClientError::Remote("no authorization_endpoint".into()))?;
+    check_url(authz)?;
+    let verifier = crate::clock::random_token(32);
+    let challenge = b64url(sha256(verifier.as_bytes()));
+    let redirect = "https://wallet.idstack.invalid/callback";
+    let details = json!(r
+        .config_ids()
+        .iter()
+        .map(|c| json!({"type": "openid_credential", "credential_configuration_id": c}))
+        .collect::<Vec<_>>())
+    .to_string();
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(15))
+        .build()
+        .map_err(|e| ClientError::Remote(e.to_string()))?;
+    let resp = no_redirect
+        .get(authz)
+        .query(&[
+            ("response_type", "code"),
+            ("client_id", "idstack-wallet"),
+            ("redirect_uri", redirect),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("issuer_state", issuer_state),
+            ("authorization_details", details.as_str()),
+        ])
+        .send()
+        .await
+        .map_err(|e| ClientError::Remote(format!("authorization request: {e}")))?;
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let Some(location) = location.filter(|l| l.starts_with(redirect)) else {
+        let (status, text) = body(resp).await?;
+        return Err(ClientError::Remote(format!(
+            "the issuer wants interactive authorization (HTTP {status}): {}",
+            truncate(&text)
+        )));
+    };
+    let params = query_params(&location);
+    let code = params
+        .iter()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.clone())
+        .ok_or_else(|| ClientError::Remote("authorization response without code".into()))?;
+    post_form(
+        http,
+        token_endpoint,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("code_verifier", &verifier),
+            ("redirect_uri", redirect),
+            ("client_id", "idstack-wallet"),
+        ],
+    )
+    .await
+}
+
+async fn nonce(http: &reqwest::Client, r: &ResolvedOffer) -> ClientResult<Option<String>> {
+    let Some(url) = r.issuer_metadata["nonce_endpoint"].as_str() else {
+        return Ok(None);
+    };
+    check_url(url)?;
+    let resp = http
+        .post(url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| ClientError::Remote(format!("nonce: {e}")))?;
+    let (status, text) = body(resp).await?;
+    if !(200..300).contains(&status) {
+        return Err(ClientError::Status {
+            status,
+            body: truncate(&text),
+        });
+    }
+    let v: Value =
+        serde_json::from_str(&text).map_err(|e| ClientError::Remote(format!("nonce: {e}")))?;
+    Ok(v["c_nonce"].as_str().map(str::to_string))
+}
+
+pub fn proof_jwt(holder: &Holder<'_>, aud: &str, nonce: Option<&str>, now: i64) -> String {
+    let header = match &holder.kid {
+        Some(kid) => json!({"typ": "openid4vci-proof+jwt", "kid": kid}),
+        None => json!({"typ": "openid4vci-proof+jwt", "jwk": holder.key.verifying_key().to_jwk()}),
+    };
+    let mut claims = json!({"aud": aud, "iat": now});
+    if let Some(n) = nonce {
+        claims["nonce"] = json!(n);
+    }
+    jws::sign(holder.key, header, &claims)
+}
+
+/// Fetches one configuration's credential(s) with a fresh nonce and a proof by `holder`.
+pub async fn credential(
+    http: &reqwest::Client,
+    r: &ResolvedOffer,
+    access_token: &str,
+    config_id: &str,
+    holder: &Holder<'_>,
+    now: i64,
+) -> ClientResult<Vec<Received>> {
+    let endpoint = r.issuer_metadata["credential_endpoint"]
+        .as_str()
+        .ok_or_else(|| ClientError::Remote("no credential_endpoint".into()))?;
+    check_url(endpoint)?;
+    let format = r.issuer_metadata["credential_configurations_supported"][config_id]["format"]
+        .as_str()
+        .ok_or_else(|| ClientError::Remote(format!("issuer does not describe `{config_id}`")))?
+        .to_string();
+    let n = nonce(http, r).await?;
+    let proof = proof_jwt(holder, r.issuer(), n.as_deref(), now);
+    let resp = http
+        .post(endpoint)
+        .bearer_auth(access_token)
+        .json(&json!({"credential_configuration_id": config_id, "proofs": {"jwt": [proof]}}))
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .map_err(|e| ClientError::Remote(format!("credential request: {e}")))?;
+    let (status, text) = body(resp).await?;
+    if !(200..300).contains(&status) {
+        return Err(ClientError::Status {
+            status,
+            body: truncate(&text),
+        });
+    }
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| ClientError::Remote(format!("credential response: {e}")))?;
+    let creds = v["credentials"].as_array().cloned().ok_or_else(|| {
+        ClientError::Remote(
+            "credential response without credentials (deferred issuance is not supported)".into(),
+        )
+    })?;
+    Ok(creds
+        .into_iter()
+        .filter_map(|c| c.get("credential").cloned())
+        .map(|credential| Received {
+            configuration_id: config_id.to_string(),
+            format: format.clone(),
+            credential,
+        })
+        .collect())
+}

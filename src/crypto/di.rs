@@ -1,0 +1,261 @@
+//! W3C Data Integrity `eddsa-rdfc-2022` (VCDM 2.0 credentials and presentations, `ldp_vc`), via the
+//! `ssi` crate: RDF canonicalization and the cryptosuite are ssi's; JSON-LD contexts are bundled
+//! (ssi's own plus idstack's) and never fetched; verification methods are did:key / did:jwk only,
+//! checked before ssi sees them, so ssi's resolver never does I/O. ssi's API is async but CPU-only
+//! here, driven with `futures_executor::block_on` (callers run it on the blocking pool).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+use ssi::claims::data_integrity::{
+    AnyInputSuiteOptions, AnySuite, CryptographicSuite, DataIntegrity, DataIntegrityDocument,
+    ProofOptions,
+};
+use ssi::claims::{SignatureEnvironment, VerificationParameters};
+use ssi::dids::{AnyDidMethod, VerificationMethodDIDResolver};
+use ssi::json_ld::ContextLoader;
+use ssi::verification_methods::{AnyMethod, ProofPurpose, ReferenceOrOwned, SingleSecretSigner};
+
+use super::{did, CryptoError, CryptoResult, KeyType, SigningKey};
+
+pub const VCDM2_CONTEXT: &str = "https://www.w3.org/ns/credentials/v2";
+/// idstack's JSON-LD context for its claim terms; bundled, and served at `/contexts/credentials-v1`.
+pub const IDSTACK_CONTEXT_URL: &str = "https://w3id.org/idstack/credentials/v1";
+pub const IDSTACK_CONTEXT: &str = r#"{
+  "@context": {
+    "@version": 1.1,
+    "@vocab": "https://w3id.org/idstack/vocab#",
+    "IdentityCredential": "https://w3id.org/idstack/vocab#IdentityCredential",
+    "given_name": "https://schema.org/givenName",
+    "family_name": "https://schema.org/familyName",
+    "birthdate": "https://schema.org/birthDate",
+    "email": "https://schema.org/email"
+  }
+}"#;
+
+fn err(e: impl std::fmt::Display) -> CryptoError {
+    CryptoError::Malformed(format!("data integrity: {e}"))
+}
+
+fn loader() -> CryptoResult<ContextLoader> {
+    let mut map = HashMap::new();
+    map.insert(IDSTACK_CONTEXT_URL.to_string(), IDSTACK_CONTEXT.to_string());
+    ContextLoader::default()
+        .with_context_map_from(map)
+        .map_err(err)
+}
+
+fn resolver() -> VerificationMethodDIDResolver<AnyDidMethod, AnyMethod> {
+    VerificationMethodDIDResolver::new(AnyDidMethod::default())
+}
+
+fn timestamp(now: i64) -> CryptoResult<DateTime<Utc>> {
+    DateTime::<Utc>::from_timestamp(now, 0)
+        .ok_or_else(|| CryptoError::Malformed(format!("timestamp {now}")))
+}
+
+fn options(
+    vm: &str,
+    purpose: ProofPurpose,
+    now: i64,
+) -> CryptoResult<ProofOptions<AnyMethod, AnyInputSuiteOptions>> {
+    let vm: ReferenceOrOwned<AnyMethod> = ReferenceOrOwned::Reference(
+        vm.parse()
+            .map_err(|_| CryptoError::Did(format!("bad verification method {vm}")))?,
+    );
+    Ok(ProofOptions::new(
+        ssi::xsd::DateTimeStamp::from(timestamp(now)?).into(),
+        vm,
+        purpose,
+        Default::default(),
+    ))
+}
+
+fn sign(
+    key: &SigningKey,
+    vm: &str,
+    document: Value,
+    opts: ProofOptions<AnyMethod, AnyInputSuiteOptions>,
+) -> CryptoResult<Value> {
+    if key.key_type() != KeyType::Ed25519 {
+        return Err(CryptoError::Unsupported(
+            "eddsa-rdfc-2022 needs an Ed25519 key".into(),
+        ));
+    }
+    if did::resolve_offline(vm)? != key.verifying_key() {
+        return Err(CryptoError::InvalidKey(
+            "the verification method is not this key".into(),
+        ));
+    }
+    let jwk: ssi::JWK = serde_json::from_str(&key.to_private_jwk()).map_err(err)?;
+    let doc: DataIntegrityDocument = serde_json::from_value(document).map_err(err)?;
+    let env = SignatureEnvironment {
+        json_ld_loader: loader()?,
+        eip712_loader: (),
+    };
+    let signer = SingleSecretSigner::new(jwk).into_local();
+    let secured: DataIntegrity<DataIntegrityDocument, AnySuite> = futures_executor::block_on(
+        AnySuite::EdDsaRdfc2022.sign_with(env, doc, resolver(), signer, opts, Default::default()),
+    )
+    .map_err(err)?;
+    serde_json::to_value(&secured).map_err(err)
+}
+
+/// Verifies the single eddsa-rdfc-2022 proof of `document` with `purpose`; returns the proof.
+fn verify(document: &Value, purpose: &str, now: i64) -> CryptoResult<Value> {
+    let proof = match document.get("proof") {
+        Some(Value::Object(p)) => Value::Object(p.clone()),
+        Some(Value::Array(a)) if a.len() == 1 => a[0].clone(),
+        _ => return Err(CryptoError::Malformed("expected exactly one proof".into())),
+    };
+    if proof["type"] != "DataIntegrityProof" || proof["cryptosuite"] != "eddsa-rdfc-2022" {
+        return Err(CryptoError::Unsupported(
+            "only DataIntegrityProof / eddsa-rdfc-2022".into(),
+        ));
+    }
+    if proof["proofPurpose"].as_str() != Some(purpose) {
+        return Err(CryptoError::Malformed(format!(
+            "proofPurpose must be {purpose}"
+        )));
+    }
+    let vm = proof["verificationMethod"]
+        .as_str()
+        .ok_or_else(|| CryptoError::Malformed("no verificationMethod".into()))?;
+    did::resolve_offline(vm)?;
+    let secured: DataIntegrity<DataIntegrityDocument, AnySuite> =
+        serde_json::from_value(document.clone()).map_err(err)?;
+    let params = VerificationParameters::from_resolver(resolver())
+        .with_json_ld_loader(loader()?)
+        .with_date_time(timestamp(now)?);
+    futures_executor::block_on(secured.verify(params))
+        .map_err(err)?
+        .map_err(|_| CryptoError::BadSignature)?;
+    Ok(proof)
+}
+
+fn vm_did(vm: &str) -> &str {
+    vm.split('#').next().unwrap_or(vm)
+}
+
+/// Secures a VCDM 2.0 credential (`issuer` set to the method's DID, `validFrom` defaulted).
+pub fn issue_credential(
+    key: &SigningKey,
+    vm: &str,
+    credential: Map<String, Value>,
+    now: i64,
+) -> CryptoResult<Value> {
+    let mut vc = credential;
+    vc.entry("@context")
+        .or_insert_with(|| json!([VCDM2_CONTEXT, IDSTACK_CONTEXT_URL]));
+    vc.insert("issuer".into(), json!(vm_did(vm)));
+    vc.entry("validFrom")
+        .or_insert_with(|| json!(super::rfc3339(now)));
+    sign(
+        key,
+        vm,
+        Value::Object(vc),
+        options(vm, ProofPurpose::Assertion, now)?,
+    )
+}
+
+/// Verifies a Data Integrity credential: proof, issuer = the proof's DID. Returns it without `proof`.
+pub fn verify_credential(vc: &Value, now: i64) -> CryptoResult<Value> {
+    let proof = verify(vc, "assertionMethod", now)?;
+    let issuer = match &vc["issuer"] {
+        Value::String(s) => s.as_str(),
+        other => other["id"].as_str().unwrap_or_default(),
+    };
+    if issuer != vm_did(proof["verificationMethod"].as_str().unwrap_or_default()) {
+        return Err(CryptoError::Malformed(
+            "issuer is not the proof's DID".into(),
+        ));
+    }
+    let mut out = vc.as_object().cloned().unwrap_or_default();
+    out.remove("proof");
+    Ok(Value::Object(out))
+}
+
+/// A Data Integrity presentation (`authentication`, `challenge`, `domain`).
+pub fn issue_presentation(
+    key: &SigningKey,
+    vm: &str,
+    credentials: &[Value],
+    challenge: &str,
+    domain: &str,
+    now: i64,
+) -> CryptoResult<Value> {
+    let vp = json!({
+        "@context": [VCDM2_CONTEXT, IDSTACK_CONTEXT_URL],
+        "type": ["VerifiablePresentation"],
+        "holder": vm_did(vm),
+        "verifiableCredential": credentials,
+    });
+    let mut opts = options(vm, ProofPurpose::Authentication, now)?;
+    opts.challenge = Some(challenge.to_string());
+    opts.domains = vec![domain.to_string()];
+    sign(key, vm, vp, opts)
+}
+
+/// Verifies a Data Integrity presentation's proof, challenge and domain; returns (holder DID, proof).
+pub fn verify_presentation(
+    vp: &Value,
+    challenge: &str,
+    domain: &str,
+    now: i64,
+) -> CryptoResult<(String, Value)> {
+    let proof = verify(vp, "authentication", now)?;
+    if proof["challenge"].as_str() != Some(challenge) {
+        return Err(CryptoError::Malformed("challenge mismatch".into()));
+    }
+    let domain_ok = match &proof["domain"] {
+        Value::String(d) => d == domain,
+        Value::Array(a) => a.iter().any(|d| d == domain),
+        _ => false,
+    };
+    if !domain_ok {
+        return Err(CryptoError::Malformed("domain mismatch".into()));
+    }
+    Ok((
+        vm_did(proof["verificationMethod"].as_str().unwrap_or_default()).to_string(),
+        proof,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_and_presentation_round_trip_and_tamper() {
+        let now = 1_800_000_000;
+        let issuer = SigningKey::generate(KeyType::Ed25519);
+        let vm = did::verification_method(&did::did_key(&issuer.verifying_key()));
+        let mut cred = Map::new();
+        cred.insert(
+            "type".into(),
+            json!(["VerifiableCredential", "IdentityCredential"]),
+        );
+        cred.insert(
+            "credentialSubject".into(),
+            json!({"id": "did:example:holder", "given_name": "Erika", "email": "e@x.org"}),
+        );
+        let vc = issue_credential(&issuer, &vm, cred, now).unwrap();
+        assert_eq!(vc["proof"]["cryptosuite"], "eddsa-rdfc-2022");
+        verify_credential(&vc, now).unwrap();
+        let mut tampered = vc.clone();
+        tampered["credentialSubject"]["given_name"] = json!("Mallory");
+        assert!(verify_credential(&tampered, now).is_err());
+
+        let holder = SigningKey::generate(KeyType::Ed25519);
+        let hvm = did::verification_method(&did::did_key(&holder.verifying_key()));
+        let vp = issue_presentation(&holder, &hvm, &[vc], "nonce-1", "verifier", now).unwrap();
+        let (h, _) = verify_presentation(&vp, "nonce-1", "verifier", now).unwrap();
+        assert_eq!(h, vm_did(&hvm));
+        assert!(verify_presentation(&vp, "nonce-2", "verifier", now).is_err());
+        // P-256 keys are refused for this suite
+        let p = SigningKey::generate(KeyType::P256);
+        let pvm = did::verification_method(&did::did_key(&p.verifying_key()));
+        assert!(issue_credential(&p, &pvm, Map::new(), now).is_err());
+    }
+}

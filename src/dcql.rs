@@ -1,0 +1,140 @@
+//! DCQL (OpenID4VP 1.0 §6) matching shared by the verifier (does a presentation satisfy the query?)
+//! and the wallet (which held credentials can answer it?).
+
+use serde_json::Value;
+
+/// What a credential looks like to a query.
+#[derive(Debug, Clone)]
+pub struct CredentialView {
+    pub format: String,
+    /// Claim paths resolve against this (SD-JWT: the claims; W3C: the credential object).
+    pub root: Value,
+    pub vct: Option<String>,
+    pub types: Vec<String>,
+}
+
+/// Resolves a claims path (strings = keys, numbers = indexes, null = every element).
+pub fn resolve_path<'v>(root: &'v Value, path: &[Value]) -> Vec<&'v Value> {
+    let mut current = vec![root];
+    for seg in path {
+        let mut next = Vec::new();
+        for v in current {
+            match seg {
+                Value::String(k) => next.extend(v.get(k)),
+                Value::Number(n) => next.extend(n.as_u64().and_then(|i| v.get(i as usize))),
+                Value::Null => {
+                    if let Some(a) = v.as_array() {
+                        next.extend(a.iter());
+                    }
+                }
+                _ => {}
+            }
+        }
+        current = next;
+    }
+    current
+}
+
+fn claim_ok(c: &CredentialView, claim: &Value) -> bool {
+    let Some(path) = claim["path"].as_array() else {
+        return false;
+    };
+    let found = resolve_path(&c.root, path);
+    !found.is_empty()
+        && match claim["values"].as_array() {
+            None => true,
+            Some(allowed) => found.iter().any(|v| allowed.contains(v)),
+        }
+}
+
+/// `None` when `c` satisfies credential query `cq`, else why not.
+pub fn mismatch(c: &CredentialView, cq: &Value) -> Option<String> {
+    let id = cq["id"].as_str().unwrap_or("?");
+    let format = cq["format"].as_str().unwrap_or_default();
+    let same_format = format == c.format || (format == "vc+sd-jwt" && c.format == "dc+sd-jwt");
+    if !same_format {
+        return Some(format!(
+            "{id}: format {} but {format} was requested",
+            c.format
+        ));
+    }
+    if let Some(vcts) = cq["meta"]["vct_values"].as_array() {
+        if !vcts.iter().any(|v| v.as_str() == c.vct.as_deref()) {
+            return Some(format!("{id}: vct {:?} not among the requested", c.vct));
+        }
+    }
+    if let Some(sets) = cq["meta"]["type_values"].as_array() {
+        let ok = sets.iter().any(|set| {
+            set.as_array().is_some_and(|ts| {
+                ts.iter()
+                    .all(|t| t.as_str().is_some_and(|t| c.types.iter().any(|x| x == t)))
+            })
+        });
+        if !ok {
+            return Some(format!("{id}: credential types {:?} do not match", c.types));
+        }
+    }
+    let claims = cq["claims"].as_array().cloned().unwrap_or_default();
+    match cq["claim_sets"].as_array() {
+        Some(sets) => {
+            let ok = sets.iter().any(|set| {
+                set.as_array().is_some_and(|ids| {
+                    ids.iter().all(|cid| {
+                        claims
+                            .iter()
+                            .find(|cl| cl["id"] == *cid)
+                            .is_some_and(|cl| claim_ok(c, cl))
+                    })
+                })
+            });
+            (!ok).then(|| format!("{id}: no claim set is satisfied"))
+        }
+        None => claims.iter().find(|cl| !claim_ok(c, cl)).map(|cl| {
+            format!(
+                "{id}: requested claim {} missing or not an allowed value",
+                cl["path"]
+            )
+        }),
+    }
+}
+
+/// The first-level claim names a credential query asks for (what an SD-JWT must disclose).
+pub fn requested_claim_names(cq: &Value) -> Vec<String> {
+    cq["claims"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c["path"][0].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn claims_claim_sets_values_and_meta() {
+        let c = CredentialView {
+            format: "dc+sd-jwt".into(),
+            root: json!({"given_name": "E", "age": 40}),
+            vct: Some("urn:x".into()),
+            types: vec![],
+        };
+        let base = json!({"id": "q", "format": "dc+sd-jwt", "meta": {"vct_values": ["urn:x"]}, "claims": [{"id": "a", "path": ["given_name"]}, {"id": "b", "path": ["email"]}]});
+        assert!(mismatch(&c, &base).is_some(), "email missing");
+        let mut sets = base.clone();
+        sets["claim_sets"] = json!([["b"], ["a"]]);
+        assert!(mismatch(&c, &sets).is_none());
+        let mut vct = base.clone();
+        vct["meta"]["vct_values"] = json!(["urn:y"]);
+        vct["claims"] = json!([{"path": ["given_name"]}]);
+        assert!(mismatch(&c, &vct).is_some());
+        assert!(mismatch(&c, &json!({"id": "q", "format": "dc+sd-jwt", "claims": [{"path": ["age"], "values": [40, 41]}]})).is_none());
+        assert!(mismatch(&c, &json!({"id": "q", "format": "dc+sd-jwt", "claims": [{"path": ["age"], "values": [18]}]})).is_some());
+        assert!(mismatch(&c, &json!({"id": "q", "format": "jwt_vc_json"})).is_some());
+        assert_eq!(requested_claim_names(&base), vec!["given_name", "email"]);
+    }
+}

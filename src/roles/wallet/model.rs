@@ -1,0 +1,247 @@
+//! Wallet records and API shapes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use crate::crypto::KeyType;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Account {
+    pub id: String,
+    pub email: String,
+    pub password_hash: String,
+    pub created_at: i64,
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AccountView {
+    pub id: String,
+    pub email: String,
+    pub created_at: i64,
+    pub disabled: bool,
+}
+
+impl From<&Account> for AccountView {
+    fn from(a: &Account) -> Self {
+        Self {
+            id: a.id.clone(),
+            email: a.email.clone(),
+            created_at: a.created_at,
+            disabled: a.disabled,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LoginResponse {
+    pub token: String,
+    pub token_type: &'static str,
+    pub expires_at: i64,
+    pub account: AccountView,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LoginFailures {
+    pub failures: u32,
+    pub locked_until: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub account: String,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberRole {
+    Viewer,
+    Owner,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Wallet {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_did: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WalletView {
+    #[serde(flatten)]
+    pub wallet: Wallet,
+    pub role: MemberRole,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WalletName {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    pub email: String,
+    pub role: MemberRole,
+}
+
+/// A key; the private part is sealed in the store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub id: String,
+    pub key_type: KeyType,
+    #[serde(default)]
+    pub public_jwk: Value,
+    pub sealed: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct KeyView {
+    pub id: String,
+    pub key_type: KeyType,
+    #[schema(value_type = Object)]
+    pub public_jwk: Value,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateKey {
+    pub key_type: Option<KeyType>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportKey {
+    /// A private JWK (OKP Ed25519, EC P-256 or secp256k1 with `d`).
+    #[schema(value_type = Object)]
+    pub jwk: Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DidMethod {
+    Key,
+    Jwk,
+    Web,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DidRecord {
+    pub did: String,
+    pub method: DidMethod,
+    pub key_id: String,
+    pub verification_method: String,
+    pub created_at: i64,
+    #[serde(default)]
+    pub is_default: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDid {
+    pub method: Option<DidMethod>,
+    /// An existing key; a new Ed25519 key is generated when absent.
+    pub key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetDefaultDid {
+    pub did: String,
+}
+
+/// A stored credential: the raw credential is sealed; the summary drives listing and matching.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CredentialRecord {
+    pub id: String,
+    pub format: String,
+    pub sealed: String,
+    pub summary: CredentialSummary,
+    pub key_id: String,
+    pub received_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CredentialSummary {
+    pub id: String,
+    pub format: String,
+    pub issuer: String,
+    /// `vct` (SD-JWT) or the most specific W3C type.
+    pub credential_type: String,
+    pub configuration_id: Option<String>,
+    pub issued_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub received_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CredentialDetail {
+    #[serde(flatten)]
+    pub summary: CredentialSummary,
+    /// All claims the credential carries (SD-JWT: including the selectively disclosable ones).
+    #[schema(value_type = Object)]
+    pub claims: Map<String, Value>,
+    /// SD-JWT: the claim names that can be withheld.
+    pub disclosable: Vec<String>,
+    /// The credential as received (JWT, SD-JWT or JSON-LD).
+    #[schema(value_type = Object)]
+    pub raw: Value,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema, Default)]
+pub struct CredentialFilter {
+    #[serde(rename = "type")]
+    pub credential_type: Option<String>,
+    pub issuer: Option<String>,
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HistoryEntry {
+    pub at: i64,
+    /// `receive` or `present`.
+    pub kind: String,
+    pub counterparty: String,
+    pub credential_ids: Vec<String>,
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OfferInput {
+    /// `openid-credential-offer://...` (by value or reference), or the offer JSON.
+    pub offer: String,
+    pub tx_code: Option<String>,
+    /// Bind the credentials to this DID of the wallet (default: the wallet's default DID).
+    pub did: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestInput {
+    /// `openid4vp://...` authorization request (by value or with `request_uri`).
+    pub request: String,
+    /// Chosen credential per credential query id (default: the first match).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub selections: Map<String, Value>,
+    /// SD-JWT claim names to disclose per query id (default: what the query asks for).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub disclose: Map<String, Value>,
+}

@@ -1,0 +1,441 @@
+//! Cloud wallet API (`/wallet/...`, wallet session bearer tokens) and its admin part
+//! (`/api/wallet/...`, admin token).
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::{
+    delete, dev::Payload, get, post, put, web, FromRequest, HttpRequest, HttpResponse,
+};
+
+use super::model::*;
+use super::service::WalletService;
+use crate::error::{ApiError, ApiResult, Code, Problem};
+use crate::http::auth::{bearer_token, Admin};
+
+type Svc = web::Data<WalletService>;
+
+/// An authenticated wallet user (bearer token from `/wallet/auth/login`).
+pub struct WalletUser {
+    pub account: Account,
+    pub token: String,
+}
+
+impl FromRequest for WalletUser {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let svc = req.app_data::<Svc>().cloned();
+        let token = bearer_token(req).map(str::to_string);
+        Box::pin(async move {
+            let svc = svc.ok_or_else(|| ApiError::internal("wallet service missing"))?;
+            let token = token.ok_or_else(|| {
+                ApiError::new(
+                    Code::Unauthorized,
+                    "send Authorization: Bearer <wallet session token>",
+                )
+            })?;
+            let account = svc.authenticate(&token).await?;
+            Ok(WalletUser { account, token })
+        })
+    }
+}
+
+/// Create an account.
+#[utoipa::path(tag = "wallet", request_body = Credentials, responses((status = 201, body = AccountView), (status = 409, body = Problem), (status = 422, body = Problem)))]
+#[post("/wallet/auth/register")]
+pub async fn register(svc: Svc, body: web::Json<Credentials>) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Created().json(svc.register(body.into_inner()).await?))
+}
+
+/// Log in: an opaque bearer session token (24 h). Repeated failures lock the email with back-off.
+#[utoipa::path(tag = "wallet", request_body = Credentials, responses((status = 200, body = LoginResponse), (status = 401, body = Problem), (status = 429, body = Problem)))]
+#[post("/wallet/auth/login")]
+pub async fn login(svc: Svc, body: web::Json<Credentials>) -> ApiResult<web::Json<LoginResponse>> {
+    Ok(web::Json(svc.login(body.into_inner()).await?))
+}
+
+/// End the session (the token stops working at once).
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), responses((status = 204), (status = 401, body = Problem)))]
+#[post("/wallet/auth/logout")]
+pub async fn logout(svc: Svc, user: WalletUser) -> ApiResult<HttpResponse> {
+    svc.logout(&user.token).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// The logged-in account.
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), responses((status = 200, body = AccountView), (status = 401, body = Problem)))]
+#[get("/wallet/auth/me")]
+pub async fn me(user: WalletUser) -> web::Json<AccountView> {
+    web::Json(AccountView::from(&user.account))
+}
+
+/// Wallets this account is a member of.
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), responses((status = 200, body = Vec<WalletView>)))]
+#[get("/wallet/wallets")]
+pub async fn list_wallets(svc: Svc, user: WalletUser) -> ApiResult<web::Json<Vec<WalletView>>> {
+    Ok(web::Json(svc.list_wallets(&user.account).await?))
+}
+
+/// Create a wallet (the caller becomes its owner).
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), request_body = WalletName, responses((status = 201, body = WalletView), (status = 422, body = Problem)))]
+#[post("/wallet/wallets")]
+pub async fn create_wallet(
+    svc: Svc,
+    user: WalletUser,
+    body: web::Json<WalletName>,
+) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Created().json(svc.create_wallet(&user.account, &body.name).await?))
+}
+
+/// Rename a wallet (owner).
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = WalletName, responses((status = 200, body = Wallet), (status = 404, body = Problem)))]
+#[put("/wallet/wallets/{w}")]
+pub async fn rename_wallet(
+    svc: Svc,
+    user: WalletUser,
+    path: web::Path<String>,
+    body: web::Json<WalletName>,
+) -> ApiResult<web::Json<Wallet>> {
+    Ok(web::Json(
+        svc.rename_wallet(&user.account, &path, &body.name).await?,
+    ))
+}
+
+/// Delete a wallet and everything in it (owner).
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), responses((status = 204), (status = 404, body = Problem)))]
+#[delete("/wallet/wallets/{w}")]
+pub async fn delete_wallet(
+    svc: Svc,
+    user: WalletUser,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    svc.delete_wallet(&user.account, &path).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Share a wallet with another account as owner or viewer (owner).
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = AddMember, responses((status = 204), (status = 404, body = Problem)))]
+#[post("/wallet/wallets/{w}/members")]
+pub async fn add_member(
+    svc: Svc,
+    user: WalletUser,
+    path: web::Path<String>,
+    body: web::Json<AddMember>,
+) -> ApiResult<HttpResponse> {
+    svc.add_member(&user.account, &path, body.into_inner())
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Keys of a wallet (public parts).
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), responses((status = 200, body = Vec<KeyView>), (status = 404, body = Problem)))]
+#[get("/wallet/wallets/{w}/keys")]
+pub async fn list_keys(
+    svc: Svc,
+    user: WalletUser,
+    path: web::Path<String>,
+) -> ApiResult<web::Json<Vec<KeyView>>> {
+    let (w, _s) = svc.open(&user.account, &path, MemberRole::Viewer).await?;
+    Ok(web::Json(svc.list_keys(&w.id).await?))
+}
+
+/// Generate a key (Ed25519 by default); the private part is sealed.
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = GenerateKey, responses((status = 201, body = KeyView), (status = 404, body = Problem)))]
+#[post("/wallet/wallets/{w}/keys")]
+pub async fn generate_key(
+    svc: Svc,
+    user: WalletUser,
+    path: web::Path<String>,
+    body: web::Json<GenerateKey>,
+) -> ApiResult<HttpResponse> {
+    let (_, s) = svc.open(&user.account, &path, MemberRole::Owner).await?;
+    Ok(HttpResponse::Created().json(
+        svc.generate_key(&s, body.key_type.unwrap_or(crate::crypto::KeyType::Ed25519))
+            .await?,
+    ))
+}
+
+/// Import a private JWK.
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = ImportKey, responses((status = 201, body = KeyView), (status = 409, body = Problem), (status = 422, body = Problem)))]
+#[post("/wallet/wallets/{w}/keys/import")]
+pub async fn import_key(
+    svc: Svc,
+    user: WalletUser,
+    path: web::Path<String>,
+    body: web::Json<ImportKey>,
+) -> ApiResult<HttpResponse> {
+    let (_, s) = svc.open(&user.account, &path, MemberRole::Owner).await?;
+    Ok(HttpResponse::Created().json(svc.import_key(&s, &body.jwk).await?))
+}
+
+/// Export a key's public JWK.
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path), ("k" = String, Path)), responses((status = 200, body = KeyView), (status = 404, body = Problem)))]
+#[get("/wallet/wallets/{w}/keys/{k}")]
+pub async fn get_key(
+    svc: Svc,
+    user: WalletUser,
+    path: web::Path<(String, String)>,
+) -> ApiResult<web::Json<KeyView>> {
+    let (w, k) = path.into_inner();
+    let (w, _s) = svc.open(&user.account, &w, MemberRole::Viewer).await?;
+    Ok(web::Json(svc.get_key(&w.id, &k).await?))
+}
+
+/// Delete a key no DID uses.
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path), ("k" = String, Path)), responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+#[delete("/wallet/wallets/{w}/keys/{k}")]
+pub async fn delete_key(
+    svc: Svc,
+    user: WalletUser,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
+    let (w, k) = path.into_inner();
+    let (w, _s) = svc.open(&user.account, &w, MemberRole::Owner).await?;
+    svc.delete_key(&w.id, &k).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// DIDs of a wallet.
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), responses((status = 200, body = Vec<DidRecord>), (status = 404, body = Problem)))]
+#[get("/wallet/wallets/{w}/dids")]
+pub async fn list_dids(
+    svc: Svc,
+    user: WalletUser,
+    path: web::Path<String>,
+) -> ApiResult<web::Json<Vec<DidRecord>>> {
+    let (w, _s) = svc.open(&user.account, &path, MemberRole::Viewer).await?;
+    Ok(web::Json(svc.list_dids(&w.id).await?))
+}
+
+/// Create a DID (did:key, did:jwk or did:web) on an existing or new key; the first is the default.
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = CreateDid, responses((status = 201, body = DidRecord), (status = 404, body = Problem)))]
+#[post("/wallet/wallets/{w}/dids")]
+pub async fn create_did(
+    svc: Svc,
+    user: WalletUser,
+    path: web::Path<String>,
+    body: web::Json<CreateDid>,
+) -> ApiResult<HttpResponse> {
+    let (_, s) = svc.open(&user.account, &path, MemberRole::Owner).await?;
+    Ok(HttpResponse::Created().json(svc.create_did(&s, body.into_inner()).await?))
+}
+
+/// Make a DID the wallet's default.
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = SetDefaultDid, responses((status = 204), (status = 404, body = Problem)))]
+#[post("/wallet/wallets/{w}/dids/default")]
+pub async fn default_did(
+    svc: Svc,
+    user: WalletUser,
+    path: web::Path<String>,
+    body: web::Json<SetDefaultDid>,
+) -> ApiResult<HttpResponse> {
+    let (w, _s) = svc.open(&user.account, &path, MemberRole::Owner).await?;
+    svc.set_default_did(&w.id, &body.did).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Delete a DID.
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = SetDefaultDid, responses((status = 204), (status = 404, body = Problem)))]
+#[post("/wallet/wallets/{w}/dids/delete")]
+pub async fn delete_did(
+    svc: Svc,
+    user: WalletUser,
+    path: web::Path<String>,
+    body: web::Json<SetDefaultDid>,
+) -> ApiResult<HttpResponse> {
+    let (w, _s) = svc.open(&user.account, &path, MemberRole::Owner).await?;
+    svc.delete_did(&w.id, &body.did).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// did:web documents of wallet DIDs.
+#[utoipa::path(tag = "wallet", params(("w" = String, Path), ("k" = String, Path)), responses((status = 200, description = "DID document"), (status = 404, body = Problem)))]
+#[get("/wallets/{w}/dids/{k}/did.json")]
+pub async fn did_document(svc: Svc, path: web::Path<(String, String)>) -> ApiResult<HttpResponse> {
+    let (w, k) = path.into_inner();
+    Ok(HttpResponse::Ok()
+        .content_type("application/did+json")
+        .json(svc.did_web_document(&w, &k).await?))
+}
+
+/// Credentials, filtered by `type`, `issuer`, `format`.
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path), ("type" = Option<String>, Query), ("issuer" = Option<String>, Query), ("format" = Option<String>, Query)), responses((status = 200, body = Vec<CredentialSummary>), (status = 404, body = Problem)))]
+#[get("/wallet/wallets/{w}/credentials")]
+pub async fn list_credentials(
+    svc: Svc,
+    user: WalletUser,
+    path: web::Path<String>,
+    q: web::Query<CredentialFilter>,
+) -> ApiResult<web::Json<Vec<CredentialSummary>>> {
+    let (w, _s) = svc.open(&user.account, &path, MemberRole::Viewer).await?;
+    Ok(web::Json(svc.list_credentials(&w.id, &q).await?))
+}
+
+/// A credential decoded, with its selectively disclosable claims.
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path), ("c" = String, Path)), responses((status = 200, body = CredentialDetail), (status = 404, body = Problem)))]
+#[get("/wallet/wallets/{w}/credentials/{c}")]
+pub async fn get_credential(
+    svc: Svc,
+    user: WalletUser,
+    path: web::Path<(String, String)>,
+) -> ApiResult<web::Json<CredentialDetail>> {
+    let (w, c) = path.into_inner();
+    let (w, _s) = svc.open(&user.account, &w, MemberRole::Viewer).await?;
+    Ok(web::Json(svc.credential_detail(&w.id, &c).await?))
+}
+
+/// Delete a credential.
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path), ("c" = String, Path)), responses((status = 204), (status = 404, body = Problem)))]
+#[delete("/wallet/wallets/{w}/credentials/{c}")]
+pub async fn delete_credential(
+    svc: Svc,
+    user: WalletUser,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
+    let (w, c) = path.into_inner();
+    let (w, _s) = svc.open(&user.account, &w, MemberRole::Owner).await?;
+    svc.delete_credential(&w.id, &c).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Check a credential against its issuer's status list.
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path), ("c" = String, Path)), responses((status = 200, description = "{id, status: valid|revoked|suspended|no_status}"), (status = 404, body = Problem), (status = 424, body = Problem)))]
+#[post("/wallet/wallets/{w}/credentials/{c}/status")]
+pub async fn credential_status(
+    svc: Svc,
+    user: WalletUser,
+    path: web::Path<(String, String)>,
+) -> ApiResult<web::Json<serde_json::Value>> {
+    let (w, c) = path.into_inner();
+    let (w, _s) = svc.open(&user.account, &w, MemberRole::Viewer).await?;
+    Ok(web::Json(svc.credential_status(&w.id, &c).await?))
+}
+
+/// Exchanges of a wallet, newest first.
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), responses((status = 200, body = Vec<HistoryEntry>), (status = 404, body = Problem)))]
+#[get("/wallet/wallets/{w}/history")]
+pub async fn history(
+    svc: Svc,
+    user: WalletUser,
+    path: web::Path<String>,
+) -> ApiResult<web::Json<Vec<HistoryEntry>>> {
+    let (w, _s) = svc.open(&user.account, &path, MemberRole::Viewer).await?;
+    Ok(web::Json(svc.history(&w.id).await?))
+}
+
+/// Show what an OpenID4VCI offer contains (issuer display, offered credentials, grants).
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = OfferInput, responses((status = 200, description = "Resolved offer"), (status = 422, body = Problem), (status = 424, body = Problem)))]
+#[post("/wallet/wallets/{w}/exchange/resolve-offer")]
+pub async fn resolve_offer(
+    svc: Svc,
+    user: WalletUser,
+    path: web::Path<String>,
+    body: web::Json<OfferInput>,
+) -> ApiResult<web::Json<serde_json::Value>> {
+    let (_w, _s) = svc.open(&user.account, &path, MemberRole::Viewer).await?;
+    Ok(web::Json(svc.resolve_offer(&body.offer).await?))
+}
+
+/// Accept an offer: run the OpenID4VCI flow with the wallet's DID key and store the credentials.
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = OfferInput, responses((status = 200, body = Vec<CredentialSummary>), (status = 422, body = Problem), (status = 424, body = Problem)))]
+#[post("/wallet/wallets/{w}/exchange/accept-offer")]
+pub async fn accept_offer(
+    svc: Svc,
+    user: WalletUser,
+    path: web::Path<String>,
+    body: web::Json<OfferInput>,
+) -> ApiResult<web::Json<Vec<CredentialSummary>>> {
+    let (_, s) = svc.open(&user.account, &path, MemberRole::Owner).await?;
+    Ok(web::Json(svc.accept_offer(&s, body.into_inner()).await?))
+}
+
+/// Resolve an OpenID4VP request (verifying a signed request) and list matching credentials.
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = RequestInput, responses((status = 200, description = "Request and matches"), (status = 422, body = Problem), (status = 424, body = Problem)))]
+#[post("/wallet/wallets/{w}/exchange/resolve-request")]
+pub async fn resolve_request(
+    svc: Svc,
+    user: WalletUser,
+    path: web::Path<String>,
+    body: web::Json<RequestInput>,
+) -> ApiResult<web::Json<serde_json::Value>> {
+    let (_, s) = svc.open(&user.account, &path, MemberRole::Viewer).await?;
+    Ok(web::Json(svc.resolve_request(&s, &body.request).await?))
+}
+
+/// Present: build the vp_token from the chosen credentials (disclosing only what is chosen) and post it.
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = RequestInput, responses((status = 200, description = "Verifier answer"), (status = 422, body = Problem), (status = 424, body = Problem)))]
+#[post("/wallet/wallets/{w}/exchange/present")]
+pub async fn present(
+    svc: Svc,
+    user: WalletUser,
+    path: web::Path<String>,
+    body: web::Json<RequestInput>,
+) -> ApiResult<web::Json<serde_json::Value>> {
+    let (_, s) = svc.open(&user.account, &path, MemberRole::Owner).await?;
+    Ok(web::Json(svc.present(&s, body.into_inner()).await?))
+}
+
+/// All wallet accounts (admin).
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), responses((status = 200, body = Vec<AccountView>), (status = 401, body = Problem)))]
+#[get("/api/wallet/accounts")]
+pub async fn admin_accounts(_a: Admin, svc: Svc) -> ApiResult<web::Json<Vec<AccountView>>> {
+    Ok(web::Json(svc.list_accounts().await?))
+}
+
+/// Disable an account (its sessions stop working; it cannot log in).
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("id" = String, Path)), responses((status = 200, body = AccountView), (status = 404, body = Problem)))]
+#[post("/api/wallet/accounts/{id}/disable")]
+pub async fn admin_disable(
+    _a: Admin,
+    svc: Svc,
+    path: web::Path<String>,
+) -> ApiResult<web::Json<AccountView>> {
+    Ok(web::Json(svc.set_disabled(&path, true).await?))
+}
+
+/// Enable an account again.
+#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("id" = String, Path)), responses((status = 200, body = AccountView), (status = 404, body = Problem)))]
+#[post("/api/wallet/accounts/{id}/enable")]
+pub async fn admin_enable(
+    _a: Admin,
+    svc: Svc,
+    path: web::Path<String>,
+) -> ApiResult<web::Json<AccountView>> {
+    Ok(web::Json(svc.set_disabled(&path, false).await?))
+}
+
+pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(register)
+        .service(login)
+        .service(logout)
+        .service(me)
+        .service(list_wallets)
+        .service(create_wallet)
+        .service(rename_wallet)
+        .service(delete_wallet)
+        .service(add_member)
+        .service(list_keys)
+        .service(generate_key)
+        .service(import_key)
+        .service(get_key)
+        .service(delete_key)
+        .service(list_dids)
+        .service(create_did)
+        .service(default_did)
+        .service(delete_did)
+        .service(did_document)
+        .service(list_credentials)
+        .service(get_credential)
+        .service(delete_credential)
+        .service(credential_status)
+        .service(history)
+        .service(resolve_offer)
+        .service(accept_offer)
+        .service(resolve_request)
+        .service(present)
+        .service(admin_accounts)
+        .service(admin_disable)
+        .service(admin_enable);
+}

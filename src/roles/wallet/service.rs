@@ -1,0 +1,1478 @@
+//! Wallet logic: accounts and sessions, wallets and membership, keys, DIDs, credentials, history,
+//! and the OpenID4VCI / OpenID4VP exchanges. Everything touching one wallet runs under a tenant
+//! session from the coordinator.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use serde_json::{json, Map, Value};
+
+use super::ks;
+use super::model::*;
+use crate::client::oid4vci::{self, Holder};
+use crate::client::oid4vp::{self, Held};
+use crate::client::ClientError;
+use crate::clock::{random_id, random_token};
+use crate::crypto::{did, jws, sdjwt, sha256_hex, KeyType, SigningKey};
+use crate::dcql::{self, CredentialView};
+use crate::error::{ApiError, ApiResult, Code};
+use crate::state::AppState;
+use crate::store::BatchOp;
+use crate::tenancy::{AcquireError, Coordinator, CoordinatorConfig, TenantSession};
+
+const SESSION_TTL: i64 = 24 * 3600;
+const LOCK_AFTER: u32 = 5;
+const MAX_LOCK_SECS: i64 = 900;
+
+/// An opened wallet: its keys, unsealed once and shared by concurrent sessions.
+pub struct WalletContext {
+    pub wallet: String,
+    pub keys: HashMap<String, Arc<SigningKey>>,
+}
+
+pub type WalletSession = TenantSession<WalletContext>;
+
+pub struct WalletService {
+    pub(crate) state: AppState,
+    pub coordinator: Arc<Coordinator<WalletContext>>,
+}
+
+fn now_of(state: &AppState) -> i64 {
+    state.clock.now_secs()
+}
+
+fn client_err(e: ClientError) -> ApiError {
+    match e {
+        ClientError::Input(m) => ApiError::validation(m),
+        other => ApiError::new(Code::RemoteFailed, other.to_string()),
+    }
+}
+
+fn seal(state: &AppState, aad: &str, data: &[u8]) -> ApiResult<String> {
+    Ok(crate::crypto::b64url(
+        state
+            .sealer
+            .seal(aad.as_bytes(), data)
+            .map_err(ApiError::internal)?,
+    ))
+}
+
+fn unseal(state: &AppState, aad: &str, sealed: &str) -> ApiResult<zeroize::Zeroizing<Vec<u8>>> {
+    let raw = crate::crypto::b64url_decode(sealed).map_err(ApiError::internal)?;
+    state
+        .sealer
+        .open(aad.as_bytes(), &raw)
+        .map_err(ApiError::internal)
+}
+
+fn valid_email(e: &str) -> bool {
+    let e = e.trim();
+    e.len() <= 254
+        && e.contains('@')
+        && !e.starts_with('@')
+        && !e.ends_with('@')
+        && !e.contains(char::is_whitespace)
+}
+
+impl WalletService {
+    pub fn new(state: AppState) -> Self {
+        let w = &state.settings.raw.wallet;
+        let cfg = CoordinatorConfig {
+            max_open_sessions: w.max_open_sessions,
+            max_sessions_per_tenant: w.max_sessions_per_tenant,
+            acquire_timeout: Duration::from_millis(w.acquire_timeout_ms),
+            ..CoordinatorConfig::default()
+        };
+        Self {
+            coordinator: Coordinator::new(cfg),
+            state,
+        }
+    }
+
+    fn now(&self) -> i64 {
+        now_of(&self.state)
+    }
+
+    // ---- accounts ------------------------------------------------------------------------------
+
+    pub async fn register(&self, req: Credentials) -> ApiResult<AccountView> {
+        let email = req.email.trim().to_ascii_lowercase();
+        if !valid_email(&email) {
+            return Err(ApiError::validation("a valid email address is required"));
+        }
+        if req.password.len() < 8 || req.password.len() > 256 {
+            return Err(ApiError::validation(
+                "the password needs 8 to 256 characters",
+            ));
+        }
+        let password = req.password.clone();
+        let hash = tokio::task::spawn_blocking(move || {
+            let salt = SaltString::generate(&mut rand::rngs::OsRng);
+            Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+        let account = Account {
+            id: random_id(),
+            email: email.clone(),
+            password_hash: hash,
+            created_at: self.now(),
+            disabled: false,
+        };
+        // The email index is the uniqueness guard: insert-only.
+        if !self
+            .state
+            .store
+            .insert_new_json(ks::EMAILS, &email, &account.id, None)
+            .await?
+        {
+            return Err(ApiError::conflict("an account with this email exists"));
+        }
+        self.state
+            .store
+            .put_json(ks::ACCOUNTS, &account.id, &account, None)
+            .await?;
+        Ok(AccountView::from(&account))
+    }
+
+    pub async fn login(&self, req: Credentials) -> ApiResult<LoginResponse> {
+        let email = req.email.trim().to_ascii_lowercase();
+        let now = self.now();
+        let store = &self.state.store;
+        let failures: LoginFailures = store
+            .get_json(ks::LOGIN_FAILURES, &email)
+            .await?
+            .unwrap_or_default();
+        if failures.locked_until > now {
+            return Err(ApiError {
+                retry_after: Some((failures.locked_until - now) as u64),
+                ..ApiError::new(
+                    Code::TooManyRequests,
+                    "too many failed logins; try again later",
+                )
+            });
+        }
+        let account: Option<Account> = match store.get_json::<String>(ks::EMAILS, &email).await? {
+            Some(id) => store.get_json(ks::ACCOUNTS, &id).await?,
+            None => None,
+        };
+        // Verify against a real hash even for unknown emails, so timing does not reveal accounts.
+        let hash = account
+            .as_ref()
+            .map(|a| a.password_hash.clone())
+            .unwrap_or_else(|| DUMMY_HASH.to_string());
+        let password = req.password.clone();
+        let ok = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .map(|h| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &h)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .map_err(ApiError::internal)?;
+        let account = match account {
+            Some(a) if ok => a,
+            _ => {
+                let n = failures.failures + 1;
+                let locked_until = if n >= LOCK_AFTER {
+                    now + (1i64 << (n - LOCK_AFTER).min(10)).min(MAX_LOCK_SECS)
+                } else {
+                    0
+                };
+                store
+                    .put_json(
+                        ks::LOGIN_FAILURES,
+                        &email,
+                        &LoginFailures {
+                            failures: n,
+                            locked_until,
+                        },
+                        Some(Duration::from_secs(3600)),
+                    )
+                    .await?;
+                return Err(ApiError::new(Code::Unauthorized, "wrong email or password"));
+            }
+        };
+        if account.disabled {
+            return Err(ApiError::new(Code::Forbidden, "this account is disabled"));
+        }
+        store.delete(ks::LOGIN_FAILURES, &email).await?;
+        let token = random_token(32);
+        let expires_at = now + SESSION_TTL;
+        store
+            .put_json(
+                ks::SESSIONS,
+                &sha256_hex(&token),
+                &SessionRecord {
+                    account: account.id.clone(),
+                    expires_at,
+                },
+                Some(Duration::from_secs(SESSION_TTL as u64)),
+            )
+            .await?;
+        Ok(LoginResponse {
+            token,
+            token_type: "Bearer",
+            expires_at,
+            account: AccountView::from(&account),
+        })
+    }
+
+    pub async fn logout(&self, token: &str) -> ApiResult<()> {
+        self.state
+            .store
+            .delete(ks::SESSIONS, &sha256_hex(token))
+            .await?;
+        Ok(())
+    }
+
+    /// The account behind a bearer token, if the token is live and the account enabled.
+    pub async fn authenticate(&self, token: &str) -> ApiResult<Account> {
+        let unauthorized = || {
+            ApiError::new(
+                Code::Unauthorized,
+                "log in: the wallet session token is missing, expired or revoked",
+            )
+        };
+        let s: SessionRecord = self
+            .state
+            .store
+            .get_json(ks::SESSIONS, &sha256_hex(token))
+            .await?
+            .ok_or_else(unauthorized)?;
+        let a: Account = self
+            .state
+            .store
+            .get_json(ks::ACCOUNTS, &s.account)
+            .await?
+            .ok_or_else(unauthorized)?;
+        if a.disabled {
+            return Err(ApiError::new(Code::Forbidden, "this account is disabled"));
+        }
+        Ok(a)
+    }
+
+    pub async fn list_accounts(&self) -> ApiResult<Vec<AccountView>> {
+        Ok(self
+            .state
+            .store
+            .scan_json::<Account>(ks::ACCOUNTS, "", 100_000)
+            .await?
+            .iter()
+            .map(|(_, a)| AccountView::from(a))
+            .collect())
+    }
+
+    pub async fn set_disabled(&self, id: &str, disabled: bool) -> ApiResult<AccountView> {
+        let a = self
+            .state
+            .store
+            .update_json::<Account, ApiError, _>(ks::ACCOUNTS, id, None, |mut a| {
+                a.disabled = disabled;
+                Ok(a)
+            })
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no account `{id}`")))?;
+        Ok(AccountView::from(&a))
+    }
+
+    // ---- wallets -------------------------------------------------------------------------------
+
+    pub async fn create_wallet(&self, account: &Account, name: &str) -> ApiResult<WalletView> {
+        let name = check_name(name)?;
+        let wallet = Wallet {
+            id: random_id(),
+            name,
+            created_at: self.now(),
+            default_did: None,
+        };
+        self.state
+            .store
+            .batch(vec![
+                BatchOp::Put {
+                    keyspace: ks::WALLETS,
+                    key: wallet.id.clone(),
+                    value: crate::store::to_json(&wallet)?,
+                    ttl: None,
+                },
+                BatchOp::Put {
+                    keyspace: ks::MEMBERS,
+                    key: format!("a/{}/{}", account.id, wallet.id),
+                    value: crate::store::to_json(&MemberRole::Owner)?,
+                    ttl: None,
+                },
+                BatchOp::Put {
+                    keyspace: ks::MEMBERS,
+                    key: format!("w/{}/{}", wallet.id, account.id),
+                    value: crate::store::to_json(&MemberRole::Owner)?,
+                    ttl: None,
+                },
+            ])
+            .await?;
+        Ok(WalletView {
+            wallet,
+            role: MemberRole::Owner,
+        })
+    }
+
+    pub async fn list_wallets(&self, account: &Account) -> ApiResult<Vec<WalletView>> {
+        let mut out = Vec::new();
+        for (k, role) in self
+            .state
+            .store
+            .scan_json::<MemberRole>(ks::MEMBERS, &format!("a/{}/", account.id), 10_000)
+            .await?
+        {
+            let wid = k.rsplit('/').next().unwrap_or_default();
+            if let Some(wallet) = self
+                .state
+                .store
+                .get_json::<Wallet>(ks::WALLETS, wid)
+                .await?
+            {
+                out.push(WalletView { wallet, role });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The wallet if `account` is a member with at least `need`. Not a member → 404 (no probing).
+    pub async fn access(
+        &self,
+        account: &Account,
+        wallet: &str,
+        need: MemberRole,
+    ) -> ApiResult<(Wallet, MemberRole)> {
+        let not_found = || ApiError::not_found(format!("no wallet `{wallet}`"));
+        let role: MemberRole = self
+            .state
+            .store
+            .get_json(ks::MEMBERS, &format!("a/{}/{wallet}", account.id))
+            .await?
+            .ok_or_else(not_found)?;
+        let w: Wallet = self
+            .state
+            .store
+            .get_json(ks::WALLETS, wallet)
+            .await?
+            .ok_or_else(not_found)?;
+        if role < need {
+            return Err(ApiError::new(
+                Code::Forbidden,
+                "this needs the owner role on the wallet",
+            ));
+        }
+        Ok((w, role))
+    }
+
+    /// Opens a tenant session on the wallet (unsealing its keys on first open).
+    pub async fn open(
+        &self,
+        account: &Account,
+        wallet: &str,
+        need: MemberRole,
+    ) -> ApiResult<(Wallet, WalletSession)> {
+        let (w, _) = self.access(account, wallet, need).await?;
+        let state = self.state.clone();
+        let wid = w.id.clone();
+        let session = self
+            .coordinator
+            .acquire(&w.id, || async move {
+                load_context(&state, &wid).await.map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| match e {
+                AcquireError::Timeout => {
+                    ApiError::unavailable("the wallet service is at capacity; retry shortly", 1)
+                }
+                AcquireError::Open(m) => ApiError::internal(m),
+            })?;
+        Ok((w, session))
+    }
+
+    pub async fn rename_wallet(
+        &self,
+        account: &Account,
+        wallet: &str,
+        name: &str,
+    ) -> ApiResult<Wallet> {
+        let name = check_name(name)?;
+        self.access(account, wallet, MemberRole::Owner).await?;
+        self.state
+            .store
+            .update_json::<Wallet, ApiError, _>(ks::WALLETS, wallet, None, |mut w| {
+                w.name = name.clone();
+                Ok(w)
+            })
+            .await?
+            .ok_or_else(|| ApiError::not_found("no such wallet"))
+    }
+
+    pub async fn delete_wallet(&self, account: &Account, wallet: &str) -> ApiResult<()> {
+        self.access(account, wallet, MemberRole::Owner).await?;
+        let store = &self.state.store;
+        let mut ops = vec![BatchOp::Delete {
+            keyspace: ks::WALLETS,
+            key: wallet.to_string(),
+        }];
+        for (k, _) in store
+            .scan_prefix(ks::MEMBERS, &format!("w/{wallet}/"), 100_000)
+            .await?
+        {
+            let acc = k.rsplit('/').next().unwrap_or_default().to_string();
+            ops.push(BatchOp::Delete {
+                keyspace: ks::MEMBERS,
+                key: format!("a/{acc}/{wallet}"),
+            });
+            ops.push(BatchOp::Delete {
+                keyspace: ks::MEMBERS,
+                key: k,
+            });
+        }
+        for keyspace in [ks::KEYS, ks::DIDS, ks::CREDS, ks::HISTORY] {
+            for (k, _) in store
+                .scan_prefix(keyspace, &format!("{wallet}/"), 1_000_000)
+                .await?
+            {
+                ops.push(BatchOp::Delete { keyspace, key: k });
+            }
+        }
+        store.batch(ops).await?;
+        self.coordinator.invalidate(wallet);
+        Ok(())
+    }
+
+    pub async fn add_member(
+        &self,
+        account: &Account,
+        wallet: &str,
+        req: AddMember,
+    ) -> ApiResult<()> {
+        self.access(account, wallet, MemberRole::Owner).await?;
+        let email = req.email.trim().to_ascii_lowercase();
+        let other: String = self
+            .state
+            .store
+            .get_json(ks::EMAILS, &email)
+            .await?
+            .ok_or_else(|| ApiError::not_found("no account with this email"))?;
+        self.state
+            .store
+            .batch(vec![
+                BatchOp::Put {
+                    keyspace: ks::MEMBERS,
+                    key: format!("a/{other}/{wallet}"),
+                    value: crate::store::to_json(&req.role)?,
+                    ttl: None,
+                },
+                BatchOp::Put {
+                    keyspace: ks::MEMBERS,
+                    key: format!("w/{wallet}/{other}"),
+                    value: crate::store::to_json(&req.role)?,
+                    ttl: None,
+                },
+            ])
+            .await?;
+        Ok(())
+    }
+
+    // ---- keys and DIDs ---------------------------------------------------------------------------
+
+    async fn store_key(&self, wallet: &str, key: &SigningKey) -> ApiResult<KeyRecord> {
+        let id = key.verifying_key().thumbprint();
+        let rec = KeyRecord {
+            id: id.clone(),
+            key_type: key.key_type(),
+            public_jwk: key.verifying_key().to_jwk(),
+            sealed: seal(
+                &self.state,
+                &key_aad(wallet, &id),
+                key.to_private_jwk().as_bytes(),
+            )?,
+            created_at: self.now(),
+        };
+        if !self
+            .state
+            .store
+            .insert_new_json(ks::KEYS, &format!("{wallet}/{id}"), &rec, None)
+            .await?
+        {
+            return Err(ApiError::conflict("this key is already in the wallet"));
+        }
+        self.coordinator.invalidate(wallet);
+        Ok(rec)
+    }
+
+    pub async fn generate_key(&self, s: &WalletSession, kt: KeyType) -> ApiResult<KeyView> {
+        let rec = self.store_key(&s.wallet, &SigningKey::generate(kt)).await?;
+        Ok(key_view(&rec))
+    }
+
+    pub async fn import_key(&self, s: &WalletSession, jwk: &Value) -> ApiResult<KeyView> {
+        let key = SigningKey::from_private_jwk(&jwk.to_string())
+            .map_err(|e| ApiError::validation(format!("jwk: {e}")))?;
+        let rec = self.store_key(&s.wallet, &key).await?;
+        Ok(key_view(&rec))
+    }
+
+    pub async fn list_keys(&self, wallet: &str) -> ApiResult<Vec<KeyView>> {
+        Ok(self
+            .state
+            .store
+            .scan_json::<KeyRecord>(ks::KEYS, &format!("{wallet}/"), 10_000)
+            .await?
+            .iter()
+            .map(|(_, k)| key_view(k))
+            .collect())
+    }
+
+    pub async fn get_key(&self, wallet: &str, id: &str) -> ApiResult<KeyView> {
+        let k: KeyRecord = self
+            .state
+            .store
+            .get_json(ks::KEYS, &format!("{wallet}/{id}"))
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no key `{id}`")))?;
+        Ok(key_view(&k))
+    }
+
+    pub async fn delete_key(&self, wallet: &str, id: &str) -> ApiResult<()> {
+        let dids = self.list_dids(wallet).await?;
+        if dids.iter().any(|d| d.key_id == id) {
+            return Err(ApiError::conflict(
+                "a DID uses this key; delete the DID first",
+            ));
+        }
+        if !self
+            .state
+            .store
+            .delete(ks::KEYS, &format!("{wallet}/{id}"))
+            .await?
+        {
+            return Err(ApiError::not_found(format!("no key `{id}`")));
+        }
+        self.coordinator.invalidate(wallet);
+        Ok(())
+    }
+
+    pub async fn create_did(&self, s: &WalletSession, req: CreateDid) -> ApiResult<DidRecord> {
+        let wallet = s.wallet.clone();
+        let method = req.method.unwrap_or(DidMethod::Key);
+        let key_id = match req.key_id {
+            Some(k) => {
+                self.get_key(&wallet, &k).await?;
+                k
+            }
+            None => {
+                self.store_key(&wallet, &SigningKey::generate(KeyType::Ed25519))
+                    .await?
+                    .id
+            }
+        };
+        let krec: KeyRecord = self
+            .state
+            .store
+            .get_json(ks::KEYS, &format!("{wallet}/{key_id}"))
+            .await?
+            .ok_or_else(|| ApiError::not_found("no such key"))?;
+        let vk =
+            crate::crypto::VerifyingKey::from_jwk(&krec.public_jwk).map_err(ApiError::internal)?;
+        let did = match method {
+            DidMethod::Key => did::did_key(&vk),
+            DidMethod::Jwk => did::did_jwk(&vk),
+            DidMethod::Web => did::did_web(
+                &self.state.public_url,
+                &format!("wallets/{wallet}/dids/{key_id}"),
+            ),
+        };
+        let first = self.list_dids(&wallet).await?.is_empty();
+        let rec = DidRecord {
+            verification_method: did::verification_method(&did),
+            did: did.clone(),
+            method,
+            key_id,
+            created_at: self.now(),
+            is_default: false,
+        };
+        if !self
+            .state
+            .store
+            .insert_new_json(
+                ks::DIDS,
+                &format!("{wallet}/{}", sha256_hex(&did)),
+                &rec,
+                None,
+            )
+            .await?
+        {
+            return Err(ApiError::conflict("this DID exists in the wallet"));
+        }
+        if first {
+            self.set_default_did(&wallet, &did).await?;
+        }
+        Ok(DidRecord {
+            is_default: first,
+            ..rec
+        })
+    }
+
+    pub async fn list_dids(&self, wallet: &str) -> ApiResult<Vec<DidRecord>> {
+        let default = self
+            .state
+            .store
+            .get_json::<Wallet>(ks::WALLETS, wallet)
+            .await?
+            .and_then(|w| w.default_did);
+        Ok(self
+            .state
+            .store
+            .scan_json::<DidRecord>(ks::DIDS, &format!("{wallet}/"), 10_000)
+            .await?
+            .into_iter()
+            .map(|(_, mut d)| {
+                d.is_default = default.as_deref() == Some(d.did.as_str());
+                d
+            })
+            .collect())
+    }
+
+    pub async fn set_default_did(&self, wallet: &str, did: &str) -> ApiResult<()> {
+        if self
+            .state
+            .store
+            .get(ks::DIDS, &format!("{wallet}/{}", sha256_hex(did)))
+            .await?
+            .is_none()
+        {
+            return Err(ApiError::not_found("no such DID in this wallet"));
+        }
+        self.state
+            .store
+            .update_json::<Wallet, ApiError, _>(ks::WALLETS, wallet, None, |mut w| {
+                w.default_did = Some(did.to_string());
+                Ok(w)
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_did(&self, wallet: &str, did: &str) -> ApiResult<()> {
+        if !self
+            .state
+            .store
+            .delete(ks::DIDS, &format!("{wallet}/{}", sha256_hex(did)))
+            .await?
+        {
+            return Err(ApiError::not_found("no such DID in this wallet"));
+        }
+        self.state
+            .store
+            .update_json::<Wallet, ApiError, _>(ks::WALLETS, wallet, None, |mut w| {
+                if w.default_did.as_deref() == Some(did) {
+                    w.default_did = None;
+                }
+                Ok(w)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// DID document of a wallet's did:web.
+    pub async fn did_web_document(&self, wallet: &str, key_id: &str) -> ApiResult<Value> {
+        let did = did::did_web(
+            &self.state.public_url,
+            &format!("wallets/{wallet}/dids/{key_id}"),
+        );
+        let rec: DidRecord = self
+            .state
+            .store
+            .get_json(ks::DIDS, &format!("{wallet}/{}", sha256_hex(&did)))
+            .await?
+            .ok_or_else(|| ApiError::not_found("no such DID"))?;
+        let krec: KeyRecord = self
+            .state
+            .store
+            .get_json(ks::KEYS, &format!("{wallet}/{}", rec.key_id))
+            .await?
+            .ok_or_else(|| ApiError::not_found("no such key"))?;
+        let vk =
+            crate::crypto::VerifyingKey::from_jwk(&krec.public_jwk).map_err(ApiError::internal)?;
+        Ok(did::did_web_document(&did, &vk))
+    }
+
+    /// The holder key for an exchange: the named DID, the default DID, or a new Ed25519 did:key.
+    async fn holder(
+        &self,
+        s: &WalletSession,
+        did_name: Option<&str>,
+    ) -> ApiResult<(Arc<SigningKey>, DidRecord)> {
+        let dids = self.list_dids(&s.wallet).await?;
+        let chosen = match did_name {
+            Some(d) => dids
+                .into_iter()
+                .find(|r| r.did == d)
+                .ok_or_else(|| ApiError::not_found("no such DID in this wallet"))?,
+            None => match dids.into_iter().find(|d| d.is_default) {
+                Some(d) => d,
+                None => {
+                    self.create_did(
+                        s,
+                        CreateDid {
+                            method: Some(DidMethod::Key),
+                            key_id: None,
+                        },
+                    )
+                    .await?
+                }
+            },
+        };
+        let key = match s.keys.get(&chosen.key_id) {
+            Some(k) => k.clone(),
+            None => Arc::new(load_key(&self.state, &s.wallet, &chosen.key_id).await?),
+        };
+        Ok((key, chosen))
+    }
+
+    // ---- credentials -----------------------------------------------------------------------------
+
+    pub async fn list_credentials(
+        &self,
+        wallet: &str,
+        f: &CredentialFilter,
+    ) -> ApiResult<Vec<CredentialSummary>> {
+        Ok(self
+            .state
+            .store
+            .scan_json::<CredentialRecord>(ks::CREDS, &format!("{wallet}/"), 100_000)
+            .await?
+            .into_iter()
+            .map(|(_, c)| c.summary)
+            .filter(|c| f.format.as_deref().is_none_or(|x| x == c.format))
+            .filter(|c| f.issuer.as_deref().is_none_or(|x| x == c.issuer))
+            .filter(|c| {
+                f.credential_type.as_deref().is_none_or(|x| {
+                    c.credential_type == x || c.credential_type.ends_with(&format!("/{x}"))
+                })
+            })
+            .collect())
+    }
+
+    async fn load_credential(
+        &self,
+        wallet: &str,
+        id: &str,
+    ) -> ApiResult<(CredentialRecord, String)> {
+        let rec: CredentialRecord = self
+            .state
+            .store
+            .get_json(ks::CREDS, &format!("{wallet}/{id}"))
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no credential `{id}`")))?;
+        let raw = unseal(&self.state, &cred_aad(wallet, id), &rec.sealed)?;
+        Ok((rec, String::from_utf8_lossy(&raw).into_owned()))
+    }
+
+    pub async fn credential_detail(&self, wallet: &str, id: &str) -> ApiResult<CredentialDetail> {
+        let (rec, raw) = self.load_credential(wallet, id).await?;
+        let (view, disclosable) = decode(&rec.format, &raw);
+        let claims = match rec.format.as_str() {
+            "dc+sd-jwt" => view.root.as_object().cloned().unwrap_or_default(),
+            _ => view.root["credentialSubject"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        };
+        let raw_value = serde_json::from_str(&raw).unwrap_or(Value::String(raw));
+        Ok(CredentialDetail {
+            summary: rec.summary,
+            claims,
+            disclosable,
+            raw: raw_value,
+        })
+    }
+
+    pub async fn delete_credential(&self, wallet: &str, id: &str) -> ApiResult<()> {
+        if !self
+            .state
+            .store
+            .delete(ks::CREDS, &format!("{wallet}/{id}"))
+            .await?
+        {
+            return Err(ApiError::not_found(format!("no credential `{id}`")));
+        }
+        Ok(())
+    }
+
+    /// Checks the credential against its issuer's status list: `valid`, `revoked`, `suspended`.
+    pub async fn credential_status(&self, wallet: &str, id: &str) -> ApiResult<Value> {
+        let (rec, raw) = self.load_credential(wallet, id).await?;
+        let (view, _) = decode(&rec.format, &raw);
+        let issuer_kid = issuer_kid(&rec.format, &raw)
+            .ok_or_else(|| ApiError::validation("the credential names no issuer key"))?;
+        let key = did::resolve(&issuer_kid, &self.state.http)
+            .await
+            .map_err(|e| ApiError::new(Code::RemoteFailed, e.to_string()))?;
+        let fetch = |uri: String| {
+            let http = self.state.http.clone();
+            let key = key.clone();
+            async move {
+                let v = crate::client::get_text(&http, &uri)
+                    .await
+                    .map_err(client_err)?;
+                jws::verify(v.trim(), &key)
+                    .map(|(_, p)| p)
+                    .map_err(|e| ApiError::new(Code::RemoteFailed, format!("status list: {e}")))
+            }
+        };
+        let status = if rec.format == "dc+sd-jwt" {
+            let sl = &view.root["status"]["status_list"];
+            match (sl["uri"].as_str(), sl["idx"].as_u64()) {
+                (Some(uri), Some(idx)) => {
+                    let list = fetch(uri.to_string()).await?;
+                    let bits = list["status_list"]["bits"].as_u64().unwrap_or(1) as u8;
+                    let v = crate::crypto::status::StatusArray::from_token_lst(
+                        bits,
+                        list["status_list"]["lst"].as_str().unwrap_or_default(),
+                    )
+                    .and_then(|a| a.get_lsb(idx))
+                    .map_err(|e| ApiError::new(Code::RemoteFailed, e.to_string()))?;
+                    match v {
+                        0 => "valid",
+                        1 => "revoked",
+                        2 => "suspended",
+                        _ => "unknown",
+                    }
+                }
+                _ => "no_status",
+            }
+        } else {
+            let entries = match &view.root["credentialStatus"] {
+                Value::Array(a) => a.clone(),
+                Value::Null => Vec::new(),
+                other => vec![other.clone()],
+            };
+            let mut result = if entries.is_empty() {
+                "no_status"
+            } else {
+                "valid"
+            };
+            for e in entries {
+                let uri = e["statusListCredential"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let idx: u64 = e["statusListIndex"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                let list = fetch(uri).await?;
+                let set = crate::crypto::status::StatusArray::from_encoded_list(
+                    list["credentialSubject"]["encodedList"]
+                        .as_str()
+                        .unwrap_or_default(),
+                )
+                .and_then(|a| a.get_msb(idx))
+                .map_err(|e| ApiError::new(Code::RemoteFailed, e.to_string()))?;
+                if set {
+                    result = if e["statusPurpose"] == "suspension" {
+                        "suspended"
+                    } else {
+                        "revoked"
+                    };
+                }
+            }
+            result
+        };
+        Ok(json!({"id": id, "status": status, "checked_at": self.now()}))
+    }
+
+    pub async fn history(&self, wallet: &str) -> ApiResult<Vec<HistoryEntry>> {
+        let mut h: Vec<HistoryEntry> = self
+            .state
+            .store
+            .scan_json::<HistoryEntry>(ks::HISTORY, &format!("{wallet}/"), 10_000)
+            .await?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect();
+        h.reverse();
+        Ok(h)
+    }
+
+    async fn record(&self, wallet: &str, entry: HistoryEntry) -> ApiResult<()> {
+        let key = format!("{wallet}/{:020}-{}", entry.at, random_id());
+        self.state
+            .store
+            .put_json(ks::HISTORY, &key, &entry, None)
+            .await?;
+        Ok(())
+    }
+
+    // ---- exchanges -------------------------------------------------------------------------------
+
+    pub async fn resolve_offer(&self, offer: &str) -> ApiResult<Value> {
+        let r = oid4vci::resolve_offer(&self.state.http, offer)
+            .await
+            .map_err(client_err)?;
+        let configs = &r.issuer_metadata["credential_configurations_supported"];
+        let offered: Vec<Value> = r
+            .config_ids()
+            .iter()
+            .map(|id| {
+                let c = &configs[id];
+                json!({"id": id, "format": c["format"], "display": c["credential_metadata"]["display"].as_array().or(c["display"].as_array()).cloned().unwrap_or_default()})
+            })
+            .collect();
+        Ok(json!({
+            "credential_issuer": r.issuer(),
+            "display": r.issuer_metadata["display"],
+            "credentials": offered,
+            "tx_code": r.tx_code(),
+            "grants": r.offer["grants"].as_object().map(|g| g.keys().cloned().collect::<Vec<_>>()).unwrap_or_default(),
+        }))
+    }
+
+    pub async fn accept_offer(
+        &self,
+        s: &WalletSession,
+        input: OfferInput,
+    ) -> ApiResult<Vec<CredentialSummary>> {
+        let http = &self.state.http;
+        let r = oid4vci::resolve_offer(http, &input.offer)
+            .await
+            .map_err(client_err)?;
+        let (key, didrec) = self.holder(s, input.did.as_deref()).await?;
+        // did:web cannot be resolved by every issuer offline: name the key by JWK then.
+        let kid = (didrec.method != DidMethod::Web).then(|| didrec.verification_method.clone());
+        let holder = Holder { key: &key, kid };
+        let token = oid4vci::token(http, &r, input.tx_code.as_deref())
+            .await
+            .map_err(client_err)?;
+        let mut stored = Vec::new();
+        for config_id in r.config_ids() {
+            let received = oid4vci::credential(http, &r, &token, &config_id, &holder, self.now())
+                .await
+                .map_err(client_err)?;
+            for rc in received {
+                stored.push(
+                    self.store_credential(
+                        &s.wallet,
+                        &didrec.key_id,
+                        &config_id,
+                        &rc.format,
+                        &rc.credential,
+                    )
+                    .await?,
+                );
+            }
+        }
+        self.record(
+            &s.wallet,
+            HistoryEntry {
+                at: self.now(),
+                kind: "receive".into(),
+                counterparty: r.issuer().to_string(),
+                credential_ids: stored.iter().map(|c| c.id.clone()).collect(),
+                outcome: "received".into(),
+            },
+        )
+        .await?;
+        Ok(stored)
+    }
+
+    /// Verifies the issuer's signature, then seals and stores the credential.
+    async fn store_credential(
+        &self,
+        wallet: &str,
+        key_id: &str,
+        config_id: &str,
+        format: &str,
+        credential: &Value,
+    ) -> ApiResult<CredentialSummary> {
+        let raw = match credential {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let kid = issuer_kid(format, &raw).ok_or_else(|| {
+            ApiError::new(Code::RemoteFailed, "the credential names no issuer key")
+        })?;
+        let key = did::resolve(&kid, &self.state.http)
+            .await
+            .map_err(|e| ApiError::new(Code::RemoteFailed, format!("issuer key: {e}")))?;
+        match format {
+            "dc+sd-jwt" | "vc+sd-jwt" => {
+                sdjwt::verify(&raw, &key).map_err(|e| {
+                    ApiError::new(
+                        Code::RemoteFailed,
+                        format!("the issuer's credential does not verify: {e}"),
+                    )
+                })?;
+            }
+            "jwt_vc_json" => {
+                jws::verify(&raw, &key).map_err(|e| {
+                    ApiError::new(
+                        Code::RemoteFailed,
+                        format!("the issuer's credential does not verify: {e}"),
+                    )
+                })?;
+            }
+            "ldp_vc" => {
+                let v: Value = serde_json::from_str(&raw)
+                    .map_err(|e| ApiError::new(Code::RemoteFailed, e.to_string()))?;
+                let now = self.now();
+                tokio::task::spawn_blocking(move || crate::crypto::di::verify_credential(&v, now))
+                    .await
+                    .map_err(ApiError::internal)?
+                    .map_err(|e| {
+                        ApiError::new(
+                            Code::RemoteFailed,
+                            format!("the issuer's credential does not verify: {e}"),
+                        )
+                    })?;
+            }
+            other => {
+                return Err(ApiError::new(
+                    Code::RemoteFailed,
+                    format!("unsupported credential format {other}"),
+                ))
+            }
+        }
+        let (view, _) = decode(format, &raw);
+        let id = random_id();
+        let payload = jwt_payload(format, &raw);
+        let summary = CredentialSummary {
+            id: id.clone(),
+            format: if format == "vc+sd-jwt" {
+                "dc+sd-jwt".into()
+            } else {
+                format.to_string()
+            },
+            issuer: kid.split('#').next().unwrap_or(&kid).to_string(),
+            credential_type: view
+                .vct
+                .clone()
+                .or_else(|| view.types.last().cloned())
+                .unwrap_or_default(),
+            configuration_id: Some(config_id.to_string()),
+            issued_at: payload["iat"].as_i64().or(payload["nbf"].as_i64()),
+            expires_at: payload["exp"].as_i64(),
+            received_at: self.now(),
+        };
+        let rec = CredentialRecord {
+            id: id.clone(),
+            format: summary.format.clone(),
+            sealed: seal(&self.state, &cred_aad(wallet, &id), raw.as_bytes())?,
+            summary: summary.clone(),
+            key_id: key_id.to_string(),
+            received_at: summary.received_at,
+        };
+        self.state
+            .store
+            .put_json(ks::CREDS, &format!("{wallet}/{id}"), &rec, None)
+            .await?;
+        Ok(summary)
+    }
+
+    async fn held(
+        &self,
+        wallet: &str,
+    ) -> ApiResult<Vec<(CredentialRecord, String, CredentialView)>> {
+        let mut out = Vec::new();
+        for (_, rec) in self
+            .state
+            .store
+            .scan_json::<CredentialRecord>(ks::CREDS, &format!("{wallet}/"), 100_000)
+            .await?
+        {
+            let raw = unseal(&self.state, &cred_aad(wallet, &rec.id), &rec.sealed)?;
+            let raw = String::from_utf8_lossy(&raw).into_owned();
+            let (view, _) = decode(&rec.format, &raw);
+            out.push((rec, raw, view));
+        }
+        Ok(out)
+    }
+
+    pub async fn resolve_request(&self, s: &WalletSession, request: &str) -> ApiResult<Value> {
+        let req = oid4vp::resolve_request(&self.state.http, request)
+            .await
+            .map_err(client_err)?;
+        let held = self.held(&s.wallet).await?;
+        let mut matches = Map::new();
+        let mut satisfiable = true;
+        if let Some(q) = req.dcql() {
+            for cq in q["credentials"].as_array().cloned().unwrap_or_default() {
+                let ids: Vec<Value> = held
+                    .iter()
+                    .filter(|(_, _, v)| dcql::mismatch(v, &cq).is_none())
+                    .map(|(r, _, _)| json!(r.id))
+                    .collect();
+                satisfiable &= !ids.is_empty();
+                matches.insert(
+                    cq["id"].as_str().unwrap_or_default().to_string(),
+                    Value::Array(ids),
+                );
+            }
+        } else if let Some(pd) = req.params.get("presentation_definition") {
+            for d in pd["input_descriptors"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+            {
+                let ids: Vec<Value> = held
+                    .iter()
+                    .filter(|(_, _, v)| pex_match(v, &d))
+                    .map(|(r, _, _)| json!(r.id))
+                    .collect();
+                satisfiable &= !ids.is_empty();
+                matches.insert(
+                    d["id"].as_str().unwrap_or_default().to_string(),
+                    Value::Array(ids),
+                );
+            }
+        }
+        Ok(json!({
+            "client_id": req.client_id,
+            "verified_signer": req.signed_by,
+            "verifier": req.params["client_metadata"]["client_name"],
+            "response_mode": req.params["response_mode"],
+            "dcql_query": req.params.get("dcql_query"),
+            "presentation_definition": req.params.get("presentation_definition"),
+            "matches": matches,
+            "satisfiable": satisfiable,
+        }))
+    }
+
+    pub async fn present(&self, s: &WalletSession, input: RequestInput) -> ApiResult<Value> {
+        let http = &self.state.http;
+        let req = oid4vp::resolve_request(http, &input.request)
+            .await
+            .map_err(client_err)?;
+        let held = self.held(&s.wallet).await?;
+        let now = self.now();
+        let pick = |qid: &str, ok: &dyn Fn(&CredentialView) -> bool| -> ApiResult<usize> {
+            match input.selections.get(qid).and_then(Value::as_str) {
+                Some(chosen) => held
+                    .iter()
+                    .position(|(r, _, v)| r.id == chosen && ok(v))
+                    .ok_or_else(|| {
+                        ApiError::validation(format!(
+                            "credential `{chosen}` does not answer `{qid}`"
+                        ))
+                    }),
+                None => held.iter().position(|(_, _, v)| ok(v)).ok_or_else(|| {
+                    ApiError::validation(format!("no credential in this wallet answers `{qid}`"))
+                }),
+            }
+        };
+        let disclose_for = |qid: &str, default: Vec<String>| -> Vec<String> {
+            input
+                .disclose
+                .get(qid)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or(default)
+        };
+        let mut used = Vec::new();
+        let (vp_token, submission) = if let Some(q) = req.dcql() {
+            let mut token = Map::new();
+            for cq in q["credentials"].as_array().cloned().unwrap_or_default() {
+                let qid = cq["id"].as_str().unwrap_or_default().to_string();
+                let i = pick(&qid, &|v| dcql::mismatch(v, &cq).is_none())?;
+                let names = disclose_for(&qid, dcql::requested_claim_names(&cq));
+                token.insert(
+                    qid,
+                    json!([self.present_one(s, &req, &held[i], &names, now).await?]),
+                );
+                used.push(held[i].0.id.clone());
+            }
+            (Value::Object(token), None)
+        } else if let Some(pd) = req.params.get("presentation_definition").cloned() {
+            let descriptors = pd["input_descriptors"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let mut tokens = Vec::new();
+            let mut map = Vec::new();
+            for (n, d) in descriptors.iter().enumerate() {
+                let did_ = d["id"].as_str().unwrap_or_default().to_string();
+                let i = pick(&did_, &|v| pex_match(v, d))?;
+                let names = disclose_for(&did_, pex_claim_names(d));
+                tokens.push(json!(
+                    self.present_one(s, &req, &held[i], &names, now).await?
+                ));
+                let format = if held[i].0.format == "dc+sd-jwt" {
+                    "vc+sd-jwt"
+                } else {
+                    "jwt_vp_json"
+                };
+                map.push(json!({"id": did_, "format": format, "path": if descriptors.len() == 1 { "$".to_string() } else { format!("$[{n}]") }}));
+                used.push(held[i].0.id.clone());
+            }
+            let token = if tokens.len() == 1 {
+                tokens.remove(0)
+            } else {
+                Value::Array(tokens)
+            };
+            (
+                token,
+                Some(json!({"id": random_id(), "definition_id": pd["id"], "descriptor_map": map})),
+            )
+        } else {
+            return Err(ApiError::validation(
+                "the request carries neither dcql_query nor presentation_definition",
+            ));
+        };
+        let result = oid4vp::submit(http, &req, vp_token, submission).await;
+        let outcome = match &result {
+            Ok(_) => "accepted".to_string(),
+            Err(e) => format!("rejected: {e}"),
+        };
+        self.record(
+            &s.wallet,
+            HistoryEntry {
+                at: now,
+                kind: "present".into(),
+                counterparty: req.client_id.clone(),
+                credential_ids: used.clone(),
+                outcome,
+            },
+        )
+        .await?;
+        let answer = result.map_err(client_err)?;
+        Ok(
+            json!({"presented": used, "verifier_response": answer, "redirect_uri": answer.get("redirect_uri")}),
+        )
+    }
+
+    async fn present_one(
+        &self,
+        s: &WalletSession,
+        req: &oid4vp::ResolvedRequest,
+        h: &(CredentialRecord, String, CredentialView),
+        names: &[String],
+        now: i64,
+    ) -> ApiResult<String> {
+        let (rec, raw, view) = h;
+        let key = match s.keys.get(&rec.key_id) {
+            Some(k) => k.clone(),
+            None => Arc::new(load_key(&self.state, &s.wallet, &rec.key_id).await?),
+        };
+        let kid = view.root["credentialSubject"]["id"]
+            .as_str()
+            .filter(|d| d.starts_with("did:key:") || d.starts_with("did:jwk:"))
+            .map(did::verification_method);
+        let held = Held {
+            id: rec.id.clone(),
+            format: rec.format.clone(),
+            raw: raw.clone(),
+            view: view.clone(),
+            key: &key,
+            kid,
+        };
+        oid4vp::presentation(req, &held, names, now).map_err(client_err)
+    }
+}
+
+/// A valid argon2id hash of a random password, to spend the same time on unknown accounts.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0Mo2cmtJYmzd1tkd8kQbvo+X+2JXTuvUjBGi0XXpUn8";
+
+fn check_name(name: &str) -> ApiResult<String> {
+    let n = name.trim();
+    if n.is_empty() || n.len() > 100 {
+        return Err(ApiError::validation("name: 1 to 100 characters"));
+    }
+    Ok(n.to_string())
+}
+
+fn key_view(k: &KeyRecord) -> KeyView {
+    KeyView {
+        id: k.id.clone(),
+        key_type: k.key_type,
+        public_jwk: k.public_jwk.clone(),
+        created_at: k.created_at,
+    }
+}
+
+fn key_aad(wallet: &str, id: &str) -> String {
+    format!("{}/{wallet}/{id}", ks::KEYS)
+}
+
+fn cred_aad(wallet: &str, id: &str) -> String {
+    format!("{}/{wallet}/{id}", ks::CREDS)
+}
+
+async fn load_key(state: &AppState, wallet: &str, id: &str) -> ApiResult<SigningKey> {
+    let rec: KeyRecord = state
+        .store
+        .get_json(ks::KEYS, &format!("{wallet}/{id}"))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no key `{id}`")))?;
+    let jwk = unseal(state, &key_aad(wallet, id), &rec.sealed)?;
+    SigningKey::from_private_jwk(&String::from_utf8_lossy(&jwk)).map_err(ApiError::internal)
+}
+
+/// Opening a tenant: unseal every key of the wallet once.
+async fn load_context(state: &AppState, wallet: &str) -> ApiResult<WalletContext> {
+    let mut keys = HashMap::new();
+    for (_, rec) in state
+        .store
+        .scan_json::<KeyRecord>(ks::KEYS, &format!("{wallet}/"), 10_000)
+        .await?
+    {
+        keys.insert(
+            rec.id.clone(),
+            Arc::new(load_key(state, wallet, &rec.id).await?),
+        );
+    }
+    Ok(WalletContext {
+        wallet: wallet.to_string(),
+        keys,
+    })
+}
+
+fn jwt_payload(format: &str, raw: &str) -> Value {
+    let jwt = if format.ends_with("sd-jwt") {
+        raw.split('~').next().unwrap_or_default()
+    } else {
+        raw
+    };
+    jws::decode_unverified(jwt)
+        .map(|(_, p, _, _)| p)
+        .unwrap_or(Value::Null)
+}
+
+/// The issuer's key id (DID URL) of a stored credential.
+fn issuer_kid(format: &str, raw: &str) -> Option<String> {
+    if format == "ldp_vc" {
+        let v: Value = serde_json::from_str(raw).ok()?;
+        return v["proof"]["verificationMethod"]
+            .as_str()
+            .map(str::to_string);
+    }
+    let jwt = if format.ends_with("sd-jwt") {
+        raw.split('~').next()?
+    } else {
+        raw
+    };
+    let (h, p, _, _) = jws::decode_unverified(jwt).ok()?;
+    h["kid"].as_str().or(p["iss"].as_str()).map(str::to_string)
+}
+
+/// How a held credential looks to queries, and (SD-JWT) which claims can be withheld.
+fn decode(format: &str, raw: &str) -> (CredentialView, Vec<String>) {
+    match format {
+        "dc+sd-jwt" | "vc+sd-jwt" => {
+            let mut root = Map::new();
+            let mut disclosable = Vec::new();
+            if let Ok(p) = sdjwt::parse(raw) {
+                if let Ok((_, payload, _, _)) = jws::decode_unverified(&p.jwt) {
+                    root = payload.as_object().cloned().unwrap_or_default();
+                }
+                for d in &p.disclosures {
+                    if let Ok((name, value)) = sdjwt::decode_disclosure(d) {
+                        disclosable.push(name.clone());
+                        root.insert(name, value);
+                    }
+                }
+            }
+            root.remove("_sd");
+            root.remove("_sd_alg");
+            let vct = root.get("vct").and_then(Value::as_str).map(str::to_string);
+            (
+                CredentialView {
+                    format: "dc+sd-jwt".into(),
+                    root: Value::Object(root),
+                    vct,
+                    types: Vec::new(),
+                },
+                disclosable,
+            )
+        }
+        "ldp_vc" => {
+            let v: Value = serde_json::from_str(raw).unwrap_or(Value::Null);
+            let types = v["type"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|t| t.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                CredentialView {
+                    format: "ldp_vc".into(),
+                    root: v,
+                    vct: None,
+                    types,
+                },
+                Vec::new(),
+            )
+        }
+        _ => {
+            let p = jwt_payload(format, raw);
+            let vc = p["vc"].clone();
+            let types = vc["type"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|t| t.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                CredentialView {
+                    format: format.to_string(),
+                    root: vc,
+                    vct: None,
+                    types,
+                },
+                Vec::new(),
+            )
+        }
+    }
+}
+
+/// Presentation-definition input descriptor fields → first-level claim names.
+fn pex_claim_names(d: &Value) -> Vec<String> {
+    d["constraints"]["fields"]
+        .as_array()
+        .map(|fs| {
+            fs.iter()
+                .filter_map(|f| f["path"][0].as_str())
+                .filter_map(|p| {
+                    p.trim_start_matches("$.")
+                        .trim_start_matches("vc.")
+                        .trim_start_matches("credentialSubject.")
+                        .split('.')
+                        .next()
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether a held credential has every required field of an input descriptor.
+fn pex_match(v: &CredentialView, d: &Value) -> bool {
+    pex_claim_names(d).iter().all(|name| {
+        let root = if v.format == "dc+sd-jwt" {
+            &v.root
+        } else {
+            &v.root["credentialSubject"]
+        };
+        root.get(name).is_some()
+    })
+}
