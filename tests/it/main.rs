@@ -14,3 +14,4 @@ mod interop;
 mod issuer;
 mod openapi_coverage;
 mod verifier;
+mod wallet;
