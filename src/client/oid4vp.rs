@@ -140,7 +140,37 @@ pub struct Held<'a> {
 }
 
 /// Builds one presentation of `held` for the request, disclosing `disclose` (SD-JWT claim names).
+/// JWT and SD-JWT presentations are strings; `ldp_vc` ones are JSON objects (Data Integrity VP).
+/// Data Integrity signing is CPU-heavy: call this on the blocking pool for `ldp_vc`.
 pub fn presentation(
+    req: &ResolvedRequest,
+    held: &Held<'_>,
+    disclose: &[String],
+    now: i64,
+) -> ClientResult<Value> {
+    if held.format == "ldp_vc" {
+        let nonce = req.params["nonce"]
+            .as_str()
+            .ok_or_else(|| ClientError::Remote("request without nonce".into()))?;
+        let vm = held.kid.clone().ok_or_else(|| {
+            ClientError::Input("ldp_vc presentations need a did:key or did:jwk holder".into())
+        })?;
+        let vc: Value = serde_json::from_str(&held.raw)
+            .map_err(|e| ClientError::Input(format!("stored credential: {e}")))?;
+        return crate::crypto::di::issue_presentation(
+            held.key,
+            &vm,
+            &[vc],
+            nonce,
+            &req.client_id,
+            now,
+        )
+        .map_err(|e| ClientError::Input(format!("Data Integrity presentation: {e}")));
+    }
+    presentation_jwt(req, held, disclose, now).map(Value::String)
+}
+
+fn presentation_jwt(
     req: &ResolvedRequest,
     held: &Held<'_>,
     disclose: &[String],

@@ -57,5 +57,5 @@ console.log(JSON.stringify({
   holder_private_jwk: holder.privateJwk,
   holder_alg: values['key-alg'],
   claims,
-  independently_verified: true,
+  independently_verified: format !== 'ldp_vc',
 }));

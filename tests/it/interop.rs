@@ -79,6 +79,32 @@ async fn animo_client_pre_authorized_flow_every_format() {
 }
 
 #[tokio::test]
+async fn animo_client_receives_ldp_vc_verified_with_ssi() {
+    let s = Server::start().await;
+    let offer = create_offer(&s, "default", json!({"credential_configuration_ids": ["IdentityCredential_ldp_vc"], "claims": identity()})).await;
+    let out = node(
+        "oid4vci-holder.mjs",
+        &[
+            "--offer",
+            offer["offer_uri"].as_str().unwrap(),
+            "--key-alg",
+            "EdDSA",
+        ],
+    );
+    let vc = &out["credentials"][0];
+    assert_eq!(vc["proof"]["cryptosuite"], "eddsa-rdfc-2022", "{out}");
+    assert_eq!(vc["credentialSubject"]["given_name"], "Erika");
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    idstack::crypto::di::verify_credential(vc, now)
+        .expect("the Data Integrity proof verifies with ssi");
+    s.stop();
+}
+
+#[tokio::test]
 async fn animo_client_authorization_code_flow() {
     let s = Server::start().await;
     let offer = create_offer(&s, "default", json!({"credential_configuration_ids": ["IdentityCredential_jwt_vc_json"], "claims": identity(), "authorization_code": true})).await;

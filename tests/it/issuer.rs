@@ -671,7 +671,7 @@ async fn issuer_tenants_crud_did_web_and_bad_input() {
         "invalid_json",
     )
     .await;
-    expect_problem(mk(json!({"id": "y", "credential_configurations": {"L": {"format": "ldp_vc", "credential_type": "T", "claims": [{"name": "a"}]}}})).await.unwrap(), 422, "validation_failed").await;
+    expect_problem(mk(json!({"id": "y", "key_type": "P-256", "credential_configurations": {"L": {"format": "ldp_vc", "credential_type": "T", "claims": [{"name": "a"}]}}})).await.unwrap(), 422, "validation_failed").await;
     let r = c
         .put(s.url("/api/issuers/acme"))
         .bearer_auth(ADMIN_TOKEN)

@@ -104,6 +104,10 @@ async fn receive_and_present_every_format_with_selective_disclosure() {
             "IdentityCredential_jwt_vc_json",
             json!({"dcql_query": {"credentials": [{"id": "idc", "format": "jwt_vc_json", "claims": [{"path": ["credentialSubject", "email"]}]}]}, "response_mode": "direct_post.jwt"}),
         ),
+        (
+            "IdentityCredential_ldp_vc",
+            json!({"dcql_query": {"credentials": [{"id": "ldp", "format": "ldp_vc", "meta": {"type_values": [["IdentityCredential"]]}, "claims": [{"path": ["credentialSubject", "birthdate"]}]}]}}),
+        ),
     ] {
         let offer = create_offer(&s, "default", json!({"credential_configuration_ids": [config], "claims": identity(), "tx_code": {"length": 6}})).await;
         let resolved: Value = call(
@@ -178,6 +182,9 @@ async fn receive_and_present_every_format_with_selective_disclosure() {
                 claims.get("email").is_none() && claims.get("given_name").is_none(),
                 "only the requested claim: {claims}"
             );
+        } else if config.ends_with("ldp_vc") {
+            assert_eq!(claims["birthdate"], "1984-01-26");
+            assert_eq!(result["credentials"][0]["format"], "ldp_vc");
         } else {
             assert_eq!(claims["email"], "erika@example.org");
         }
@@ -189,7 +196,7 @@ async fn receive_and_present_every_format_with_selective_disclosure() {
         .json()
         .await
         .unwrap();
-    assert_eq!(all.len(), 2);
+    assert_eq!(all.len(), 3, "{all:?}");
     let sd: Vec<Value> = call(&s, &u, M::GET, "/credentials?format=dc%2Bsd-jwt", None)
         .await
         .json()
@@ -214,7 +221,7 @@ async fn receive_and_present_every_format_with_selective_disclosure() {
         .json()
         .await
         .unwrap();
-    assert_eq!(history.len(), 4);
+    assert_eq!(history.len(), 6);
     assert_eq!(history[0]["kind"], "present");
 
     // status check follows revocation at the issuer

@@ -35,8 +35,54 @@ pub fn issue(input: &IssueInput<'_>) -> Result<Value, String> {
     match input.config.format {
         Format::JwtVcJson => Ok(Value::String(jwt_vc_json(input))),
         Format::SdJwt => Ok(Value::String(sd_jwt_vc(input))),
-        Format::LdpVc => Err("ldp_vc issuance is not available in this build".into()),
+        Format::LdpVc => Err("ldp_vc is issued through `ldp_vc` on the blocking pool".into()),
     }
+}
+
+/// VCDM 2.0 credential with a Data Integrity `eddsa-rdfc-2022` proof (`ldp_vc`). CPU-heavy (RDF
+/// canonicalization): call it on the blocking pool. Owned arguments for that reason.
+#[allow(clippy::too_many_arguments)]
+pub fn ldp_vc(
+    issuer: Issuer,
+    key: std::sync::Arc<SigningKey>,
+    credential_type: String,
+    claims: Map<String, Value>,
+    holder_did: String,
+    credential_id: String,
+    now: i64,
+    expires_at: Option<i64>,
+    status: StatusRef,
+) -> Result<Value, String> {
+    let mut subject = claims;
+    subject.insert("id".into(), json!(holder_did));
+    let mut vc = Map::new();
+    vc.insert(
+        "id".into(),
+        json!(format!("urn:uuid:{}", uuid_like(&credential_id))),
+    );
+    vc.insert(
+        "type".into(),
+        json!(["VerifiableCredential", credential_type]),
+    );
+    vc.insert("credentialSubject".into(), Value::Object(subject));
+    vc.insert("validFrom".into(), json!(rfc3339(now)));
+    if let Some(exp) = expires_at {
+        vc.insert("validUntil".into(), json!(rfc3339(exp)));
+    }
+    vc.insert(
+        "credentialStatus".into(),
+        json!([
+            {"id": format!("{}#{}", status.revocation_list, status.index), "type": "BitstringStatusListEntry", "statusPurpose": "revocation", "statusListIndex": status.index.to_string(), "statusListCredential": status.revocation_list},
+            {"id": format!("{}#{}", status.suspension_list, status.index), "type": "BitstringStatusListEntry", "statusPurpose": "suspension", "statusListIndex": status.index.to_string(), "statusListCredential": status.suspension_list}
+        ]),
+    );
+    crate::crypto::di::issue_credential(&key, &issuer.verification_method, vc, now)
+        .map_err(|e| e.to_string())
+}
+
+/// The holder DID a credential is bound to: the proof's DID, or did:jwk of the proof key.
+pub fn holder_did_of(holder: &VerifyingKey, named: &Option<String>) -> String {
+    named.clone().unwrap_or_else(|| did::did_jwk(holder))
 }
 
 fn holder_did(input: &IssueInput<'_>) -> String {

@@ -150,6 +150,7 @@ impl IssuerService {
     fn validate_configs(
         &self,
         key_type: KeyType,
+        did_method: DidMethod,
         configs: &BTreeMap<String, CredentialConfig>,
     ) -> ApiResult<()> {
         for (id, c) in configs {
@@ -162,12 +163,13 @@ impl IssuerService {
                     "credential configuration id `{id}`: use letters, digits, - and _"
                 )));
             }
-            if c.format == Format::LdpVc {
+            if c.format == Format::LdpVc
+                && (key_type != KeyType::Ed25519 || did_method == DidMethod::Web)
+            {
                 return Err(ApiError::validation(format!(
-                    "credential configuration `{id}`: ldp_vc issuance is not available in this build"
+                    "credential configuration `{id}`: ldp_vc (eddsa-rdfc-2022) needs an Ed25519 key with did:key or did:jwk"
                 )));
             }
-            let _ = key_type;
             if c.credential_type.is_empty() || c.claims.is_empty() {
                 return Err(ApiError::validation(format!(
                     "credential configuration `{id}` needs credential_type and claims"
@@ -185,7 +187,7 @@ impl IssuerService {
         }
         let key_type = req.key_type.unwrap_or(KeyType::Ed25519);
         let did_method = req.did_method.unwrap_or(DidMethod::Key);
-        self.validate_configs(key_type, &req.credential_configurations)?;
+        self.validate_configs(key_type, did_method, &req.credential_configurations)?;
         if let Some(w) = &req.webhook_url {
             validate_url(w)?;
         }
@@ -240,7 +242,7 @@ impl IssuerService {
     pub async fn update_issuer(&self, id: &str, req: UpdateIssuer) -> ApiResult<Issuer> {
         let current = self.get_issuer(id).await?;
         if let Some(c) = &req.credential_configurations {
-            self.validate_configs(current.key_type, c)?;
+            self.validate_configs(current.key_type, current.did_method, c)?;
         }
         if let Some(w) = req.webhook_url.as_deref().filter(|w| !w.is_empty()) {
             validate_url(w)?;
@@ -401,8 +403,10 @@ impl IssuerService {
                         json!({"type": ["VerifiableCredential", c.credential_type]});
                 }
                 Format::LdpVc => {
+                    entry["cryptographic_binding_methods_supported"] =
+                        json!(["did:key", "did:jwk"]);
                     entry["credential_definition"] = json!({
-                        "@context": ["https://www.w3.org/ns/credentials/v2"],
+                        "@context": [crate::crypto::di::VCDM2_CONTEXT, crate::crypto::di::IDSTACK_CONTEXT_URL],
                         "type": ["VerifiableCredential", c.credential_type],
                     });
                 }
@@ -1155,8 +1159,29 @@ impl IssuerService {
                 expires_at: validity.map(|v| now + v as i64),
                 status: &status,
             };
-            let credential = formats::issue(&input)
-                .map_err(|e| OAuthError::bad("unsupported_credential_format", e))?;
+            let credential = if config.format == Format::LdpVc {
+                let args = (
+                    issuer.clone(),
+                    key.clone(),
+                    config.credential_type.clone(),
+                    claims.clone(),
+                    formats::holder_did_of(holder, holder_did),
+                    credential_id.clone(),
+                    input.expires_at,
+                    status.clone(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    formats::ldp_vc(
+                        args.0, args.1, args.2, args.3, args.4, args.5, now, args.6, args.7,
+                    )
+                })
+                .await
+                .map_err(OAuthError::server)?
+                .map_err(OAuthError::server)?
+            } else {
+                formats::issue(&input)
+                    .map_err(|e| OAuthError::bad("unsupported_credential_format", e))?
+            };
             let record = IssuedCredential {
                 id: credential_id.clone(),
                 issuer: issuer.id.clone(),
@@ -1511,6 +1536,17 @@ pub fn default_issuer_request() -> CreateIssuer {
         "IdentityCredential_jwt_vc_json".to_string(),
         CredentialConfig {
             format: Format::JwtVcJson,
+            credential_type: "IdentityCredential".into(),
+            vct: None,
+            claims: claims(false),
+            display: display.clone(),
+            validity_seconds: Some(365 * 86_400),
+        },
+    );
+    configs.insert(
+        "IdentityCredential_ldp_vc".to_string(),
+        CredentialConfig {
+            format: Format::LdpVc,
             credential_type: "IdentityCredential".into(),
             vct: None,
             claims: claims(false),

@@ -24,6 +24,13 @@ async fn verify_one(
     format: &str,
     p: &Value,
 ) -> Vec<Checked> {
+    if format == "ldp_vc" || format == "ldp_vp" {
+        let vp = match p {
+            Value::String(s) => serde_json::from_str(s).unwrap_or(Value::Null),
+            other => other.clone(),
+        };
+        return verify::ldp_vp(ctx, out, query_id, vp).await;
+    }
     let Some(s) = p.as_str() else {
         out.fail(
             "signature",

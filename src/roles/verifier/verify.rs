@@ -465,3 +465,131 @@ async fn header_holder(
     let did = did::did_jwk(&key);
     Ok((key, Some(did)))
 }
+
+/// ldp_vc: a Data Integrity presentation (challenge = nonce, domain = client_id) of DI credentials.
+pub async fn ldp_vp(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, vp: Value) -> Vec<Checked> {
+    if !vp.is_object() {
+        out.fail(
+            "signature",
+            format!("{query_id}: an ldp_vc presentation must be a JSON object"),
+        );
+        return Vec::new();
+    }
+    let (nonce, client_id, now) = (
+        ctx.session.nonce.clone(),
+        ctx.session.client_id.clone(),
+        ctx.now,
+    );
+    let vp2 = vp.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        let holder = crate::crypto::di::verify_presentation(&vp2, &nonce, &client_id, now);
+        let creds: Vec<Value> = match &vp2["verifiableCredential"] {
+            Value::Array(a) => a.clone(),
+            Value::Object(_) => vec![vp2["verifiableCredential"].clone()],
+            _ => Vec::new(),
+        };
+        let verified: Vec<Result<Value, String>> = creds
+            .iter()
+            .map(|c| crate::crypto::di::verify_credential(c, now).map_err(|e| e.to_string()))
+            .collect();
+        (holder.map_err(|e| e.to_string()), verified)
+    })
+    .await;
+    let Ok((holder, creds)) = checked else {
+        out.fail("signature", format!("{query_id}: verification task failed"));
+        return Vec::new();
+    };
+    let holder = match holder {
+        Ok((h, _)) => {
+            out.pass("nonce_audience");
+            h
+        }
+        Err(e) if e.contains("challenge") || e.contains("domain") => {
+            out.fail("nonce_audience", format!("{query_id}: {e}"));
+            return Vec::new();
+        }
+        Err(e) => {
+            out.fail("signature", format!("{query_id}: presentation proof: {e}"));
+            return Vec::new();
+        }
+    };
+    if creds.is_empty() {
+        out.fail(
+            "query_match",
+            format!("{query_id}: the presentation carries no credential"),
+        );
+    }
+    let mut checked = Vec::new();
+    for c in creds {
+        let vc = match c {
+            Ok(vc) => vc,
+            Err(e) => {
+                out.fail("signature", format!("{query_id}: credential proof: {e}"));
+                continue;
+            }
+        };
+        out.pass("signature");
+        out.pass("disclosure_integrity");
+        if vc["credentialSubject"]["id"].as_str() == Some(holder.as_str()) {
+            out.pass("holder_binding");
+        } else {
+            out.fail(
+                "holder_binding",
+                format!("{query_id}: the presentation signer is not the credential subject"),
+            );
+        }
+        let parse = |k: &str| {
+            vc[k]
+                .as_str()
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                .map(|d| d.timestamp())
+        };
+        let mut times = serde_json::json!({});
+        if let Some(e) = parse("validUntil") {
+            times["exp"] = e.into();
+        }
+        if let Some(n) = parse("validFrom") {
+            times["nbf"] = n.into();
+        }
+        check_time(out, &times, ctx.now, query_id);
+        let iss = match &vc["issuer"] {
+            Value::String(s) => s.clone(),
+            other => other["id"].as_str().unwrap_or_default().to_string(),
+        };
+        check_issuer(out, ctx, &iss);
+        match did::resolve(&iss, ctx.http).await {
+            Ok(key) => w3c_status(ctx, out, query_id, &vc["credentialStatus"], &key).await,
+            Err(e) => out.fail(
+                "status",
+                format!("{query_id}: issuer key for the status list: {e}"),
+            ),
+        }
+        let mut claims = vc["credentialSubject"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        claims.remove("id");
+        out.credentials.push(PresentedCredential {
+            query_id: query_id.to_string(),
+            format: "ldp_vc".into(),
+            issuer: Some(iss.clone()),
+            claims,
+        });
+        checked.push(Checked {
+            query_id: query_id.to_string(),
+            format: "ldp_vc".into(),
+            types: vc["type"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|t| t.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            root: vc,
+            vct: None,
+            issuer: Some(iss),
+        });
+    }
+    checked
+}

@@ -1210,13 +1210,11 @@ impl WalletService {
                 let did_ = d["id"].as_str().unwrap_or_default().to_string();
                 let i = pick(&did_, &|v| pex_match(v, d))?;
                 let names = disclose_for(&did_, pex_claim_names(d));
-                tokens.push(json!(
-                    self.present_one(s, &req, &held[i], &names, now).await?
-                ));
-                let format = if held[i].0.format == "dc+sd-jwt" {
-                    "vc+sd-jwt"
-                } else {
-                    "jwt_vp_json"
+                tokens.push(self.present_one(s, &req, &held[i], &names, now).await?);
+                let format = match held[i].0.format.as_str() {
+                    "dc+sd-jwt" => "vc+sd-jwt",
+                    "ldp_vc" => "ldp_vp",
+                    _ => "jwt_vp_json",
                 };
                 map.push(json!({"id": did_, "format": format, "path": if descriptors.len() == 1 { "$".to_string() } else { format!("$[{n}]") }}));
                 used.push(held[i].0.id.clone());
@@ -1264,7 +1262,7 @@ impl WalletService {
         h: &(CredentialRecord, String, CredentialView),
         names: &[String],
         now: i64,
-    ) -> ApiResult<String> {
+    ) -> ApiResult<Value> {
         let (rec, raw, view) = h;
         let key = match s.keys.get(&rec.key_id) {
             Some(k) => k.clone(),
@@ -1274,6 +1272,31 @@ impl WalletService {
             .as_str()
             .filter(|d| d.starts_with("did:key:") || d.starts_with("did:jwk:"))
             .map(did::verification_method);
+        if rec.format == "ldp_vc" {
+            // Data Integrity signing is CPU-heavy: off the async workers.
+            let (req, raw, view, names, format, id) = (
+                req.clone(),
+                raw.clone(),
+                view.clone(),
+                names.to_vec(),
+                rec.format.clone(),
+                rec.id.clone(),
+            );
+            return tokio::task::spawn_blocking(move || {
+                let held = Held {
+                    id,
+                    format,
+                    raw,
+                    view,
+                    key: &key,
+                    kid,
+                };
+                oid4vp::presentation(&req, &held, &names, now)
+            })
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(client_err);
+        }
         let held = Held {
             id: rec.id.clone(),
             format: rec.format.clone(),
