@@ -6,4 +6,8 @@ cd "$(dirname "$0")/.."
 if [ -x tests/interop/install.sh ]; then
   tests/interop/install.sh
 fi
+# PyNaCl (libsodium) is the independent implementation the DIDComm v1 envelope tests unpack with.
+if ! python3 -c 'import nacl' 2>/dev/null; then
+  python3 -m pip install --quiet -r tests/vectors/requirements.txt
+fi
 cargo test --all-targets "$@"
