@@ -31,6 +31,8 @@ pub enum Command {
     Store(StoreCommand),
     /// Print the sandbox admin token generated on first start.
     AdminToken(ServeArgs),
+    /// Load test a running node (or a balancer) with simulated holders.
+    Load(crate::load::LoadArgs),
 }
 
 /// Overrides shared by `serve` and the commands that read the effective config.

@@ -80,6 +80,14 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("imported {n} records");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Load(args) => {
+            let ok = crate::load::run(args).await?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::AdminToken(args) => {
             let settings = settings(path, &args)?;
             let opened =

@@ -12,6 +12,7 @@ mod foundation;
 mod holder;
 mod interop;
 mod issuer;
+mod load;
 mod openapi_coverage;
 mod verifier;
 mod wallet;

@@ -1,0 +1,596 @@
+//! `idstack load`: a load harness whose simulated holders are tokio tasks with their own keys, doing
+//! the holder crypto themselves (proofs, key binding) through the same clients the wallet uses.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::client::{oid4vci, oid4vp};
+use crate::crypto::{KeyType, SigningKey};
+use crate::dcql::CredentialView;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// GET /health/ready.
+    Health,
+    /// Full OpenID4VCI pre-authorized flow (offer via the admin API, token, nonce, proof, credential).
+    Issue,
+    /// OpenID4VP: session via the admin API, resolve the signed request, present an SD-JWT with key
+    /// binding, poll the result.
+    Verify,
+    /// Wallet API: list credentials and accept an offer, per logged-in user.
+    Wallet,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Base URL of a node or of a balancer in front of a cluster.
+    #[arg(long)]
+    pub target: String,
+    #[arg(long, value_enum)]
+    pub scenario: Scenario,
+    /// Concurrent simulated users.
+    #[arg(long, default_value_t = 10)]
+    pub users: usize,
+    /// How long to run, e.g. 30s, 2m.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Cap on flows per second across all users (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// Exit non-zero when errors / operations exceeds this.
+    #[arg(long, default_value_t = 0.0)]
+    pub max_error_rate: f64,
+    /// Admin token for creating offers and sessions.
+    #[arg(long, env = "IDSTACK_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.trim().split_at(
+        s.trim()
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.trim().len()),
+    );
+    let n: f64 = num.parse().map_err(|_| format!("bad duration `{s}`"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("bad duration unit in `{s}` (ms, s, m, h)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Per-operation latency histograms (µs) and errors by kind.
+#[derive(Default)]
+struct Stats {
+    ops: Mutex<BTreeMap<String, Histogram<u64>>>,
+    errors: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
+    done: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Stats {
+    fn record(&self, op: &str, took: Duration) {
+        if let Ok(mut m) = self.ops.lock() {
+            let h = m.entry(op.to_string()).or_insert_with(|| {
+                Histogram::new_with_bounds(1, 120_000_000, 3)
+                    .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable_hist()))
+            });
+            let _ = h.record(took.as_micros().clamp(1, 120_000_000) as u64);
+        }
+    }
+    fn error(&self, op: &str, kind: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.errors.lock() {
+            *m.entry(op.to_string())
+                .or_default()
+                .entry(kind)
+                .or_default() += 1;
+        }
+    }
+}
+
+#[allow(clippy::unwrap_used)]
+fn unreachable_hist() -> Histogram<u64> {
+    Histogram::new(1).unwrap()
+}
+
+/// Times `f` as operation `op`; errors are counted by a short kind.
+async fn timed<T, E: std::fmt::Display>(
+    stats: &Stats,
+    op: &str,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Option<T> {
+    let t = Instant::now();
+    match f.await {
+        Ok(v) => {
+            stats.record(op, t.elapsed());
+            Some(v)
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let kind: String = msg.chars().take(80).collect();
+            stats.error(op, kind);
+            None
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct OpReport {
+    pub operation: String,
+    pub count: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub throughput_per_s: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub target: String,
+    pub users: usize,
+    pub duration_s: f64,
+    pub flows: u64,
+    pub flows_per_s: f64,
+    pub failed: u64,
+    pub error_rate: f64,
+    pub operations: Vec<OpReport>,
+}
+
+struct Ctx {
+    http: reqwest::Client,
+    target: String,
+    admin: Option<String>,
+    stats: Stats,
+}
+
+impl Ctx {
+    async fn admin_post(&self, path: &str, body: Value) -> Result<Value, String> {
+        let token = self
+            .admin
+            .as_deref()
+            .ok_or("this scenario needs --admin-token (or IDSTACK_ADMIN_TOKEN)")?;
+        let r = self
+            .http
+            .post(format!("{}{path}", self.target))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| format!("POST {path}: {e}"))?;
+        let status = r.status();
+        let v: Value = r.json().await.map_err(|e| format!("POST {path}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("POST {path}: HTTP {status} {}", v["code"]));
+        }
+        Ok(v)
+    }
+
+    async fn offer(&self, config: &str) -> Result<String, String> {
+        let v = self.admin_post("/api/issuers/default/offers", json!({"credential_configuration_ids": [config], "claims": {"given_name": "Load", "family_name": "Tester", "email": "load@example.org"}})).await?;
+        v["offer_uri"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| "offer without offer_uri".into())
+    }
+}
+
+/// One OID4VCI flow; returns the credential.
+async fn issue_flow(
+    ctx: &Ctx,
+    key: &SigningKey,
+    config: &str,
+    now: i64,
+) -> Option<oid4vci::Received> {
+    let s = &ctx.stats;
+    let offer = timed(s, "admin: create offer", ctx.offer(config)).await?;
+    let resolved = timed(
+        s,
+        "resolve offer + metadata",
+        oid4vci::resolve_offer(&ctx.http, &offer),
+    )
+    .await?;
+    let token = timed(s, "token", oid4vci::token(&ctx.http, &resolved, None)).await?;
+    let holder = oid4vci::Holder { key, kid: None };
+    let mut got = timed(
+        s,
+        "nonce + proof + credential",
+        oid4vci::credential(&ctx.http, &resolved, &token, config, &holder, now),
+    )
+    .await?;
+    got.pop()
+}
+
+fn unix_now() -> i64 {
+    crate::clock::Clock::now_secs(&crate::clock::SystemClock)
+}
+
+async fn user_loop(
+    ctx: Arc<Ctx>,
+    scenario: Scenario,
+    duration: Duration,
+    pace: Option<Duration>,
+    user: usize,
+) {
+    let key = SigningKey::generate(if user % 2 == 0 {
+        KeyType::P256
+    } else {
+        KeyType::Ed25519
+    });
+    let s = &ctx.stats;
+    // per-user setup
+    let mut held: Option<String> = None;
+    let mut wallet_auth: Option<(String, String)> = None;
+    match scenario {
+        Scenario::Verify => {
+            held = issue_flow(&ctx, &key, "IdentityCredential_dc_sd_jwt", unix_now())
+                .await
+                .and_then(|r| r.credential.as_str().map(str::to_string))
+        }
+        Scenario::Wallet => wallet_auth = wallet_setup(&ctx, user).await,
+        _ => {}
+    }
+    // The measured window starts after this user's setup (registration, first credential).
+    let deadline = Instant::now() + duration;
+    let mut next = Instant::now();
+    while Instant::now() < deadline {
+        if let Some(p) = pace {
+            if next > Instant::now() {
+                tokio::time::sleep_until(next.into()).await;
+            }
+            next += p;
+        }
+        let t = Instant::now();
+        let ok = match scenario {
+            Scenario::Health => timed(s, "GET /health/ready", async {
+                let r = ctx
+                    .http
+                    .get(format!("{}/health/ready", ctx.target))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if r.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("HTTP {}", r.status()))
+                }
+            })
+            .await
+            .is_some(),
+            Scenario::Issue => issue_flow(
+                &ctx,
+                &key,
+                if user % 2 == 0 {
+                    "IdentityCredential_dc_sd_jwt"
+                } else {
+                    "IdentityCredential_jwt_vc_json"
+                },
+                unix_now(),
+            )
+            .await
+            .is_some(),
+            Scenario::Verify => match &held {
+                Some(cred) => verify_flow(&ctx, &key, cred).await.is_some(),
+                None => {
+                    s.error("setup", "no credential to present".into());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    false
+                }
+            },
+            Scenario::Wallet => match &wallet_auth {
+                Some((token, wallet)) => wallet_flow(&ctx, token, wallet).await.is_some(),
+                None => {
+                    s.error("setup", "no wallet session".into());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    false
+                }
+            },
+        };
+        if ok {
+            s.record("full flow", t.elapsed());
+            s.done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn verify_flow(ctx: &Ctx, key: &SigningKey, credential: &str) -> Option<()> {
+    let s = &ctx.stats;
+    let query = json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "claims": [{"path": ["given_name"]}]}]}});
+    let session = timed(
+        s,
+        "admin: create session",
+        ctx.admin_post("/api/verifiers/default/sessions", query),
+    )
+    .await?;
+    let uri = session["authorization_request"].as_str()?.to_string();
+    let id = session["id"].as_str()?.to_string();
+    let req = timed(
+        s,
+        "resolve request (signed)",
+        oid4vp::resolve_request(&ctx.http, &uri),
+    )
+    .await?;
+    let (view, _) = (
+        CredentialView {
+            format: "dc+sd-jwt".into(),
+            root: json!({}),
+            vct: None,
+            types: vec![],
+        },
+        (),
+    );
+    let held = oid4vp::Held {
+        id: "c".into(),
+        format: "dc+sd-jwt".into(),
+        raw: credential.to_string(),
+        view,
+        key,
+        kid: None,
+    };
+    let pres = oid4vp::presentation(&req, &held, &["given_name".to_string()], unix_now()).ok()?;
+    timed(
+        s,
+        "direct_post (verify)",
+        oid4vp::submit(&ctx.http, &req, json!({"pid": [pres]}), None),
+    )
+    .await?;
+    let result = timed(s, "admin: poll result", async {
+        let token = ctx.admin.as_deref().ok_or("no admin token")?;
+        let r = ctx
+            .http
+            .get(format!(
+                "{}/api/verifiers/default/sessions/{id}",
+                ctx.target
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        r.json::<Value>().await.map_err(|e| e.to_string())
+    })
+    .await?;
+    if result["verified"] != true {
+        s.error("result", format!("not verified: {}", result["policies"]));
+        return None;
+    }
+    Some(())
+}
+
+async fn wallet_setup(ctx: &Ctx, user: usize) -> Option<(String, String)> {
+    let s = &ctx.stats;
+    let email = format!("load-{}-{user}@example.org", crate::clock::random_id());
+    let body = json!({"email": email, "password": "load-test-password"});
+    let http = &ctx.http;
+    let t = &ctx.target;
+    timed(s, "wallet: register", async {
+        http.post(format!("{t}/wallet/auth/register"))
+            .json(&body)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| e.to_string())
+    })
+    .await?;
+    let login: Value = timed(s, "wallet: login", async {
+        http.post(format!("{t}/wallet/auth/login"))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json::<Value>()
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await?;
+    let token = login["token"].as_str()?.to_string();
+    let w: Value = timed(s, "wallet: create wallet", async {
+        http.post(format!("{t}/wallet/wallets"))
+            .bearer_auth(&token)
+            .json(&json!({"name": "load"}))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json::<Value>()
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await?;
+    Some((token, w["id"].as_str()?.to_string()))
+}
+
+async fn wallet_flow(ctx: &Ctx, token: &str, wallet: &str) -> Option<()> {
+    let s = &ctx.stats;
+    let (http, t) = (&ctx.http, &ctx.target);
+    timed(s, "wallet: list credentials", async {
+        http.get(format!("{t}/wallet/wallets/{wallet}/credentials"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| e.to_string())
+    })
+    .await?;
+    let offer = timed(
+        s,
+        "admin: create offer",
+        ctx.offer("IdentityCredential_dc_sd_jwt"),
+    )
+    .await?;
+    timed(s, "wallet: accept offer", async {
+        let r = http
+            .post(format!("{t}/wallet/wallets/{wallet}/exchange/accept-offer"))
+            .bearer_auth(token)
+            .json(&json!({"offer": offer}))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("HTTP {}", r.status()))
+        }
+    })
+    .await?;
+    Some(())
+}
+
+pub async fn run(args: LoadArgs) -> anyhow::Result<bool> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.users.max(8))
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let ctx = Arc::new(Ctx {
+        http,
+        target: args.target.trim_end_matches('/').to_string(),
+        admin: args.admin_token.clone(),
+        stats: Stats::default(),
+    });
+    let started = Instant::now();
+    let pace = args
+        .rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(args.users as f64 / r));
+    let bar = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(args.duration.as_secs().max(1))
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut handles = Vec::new();
+    for u in 0..args.users {
+        handles.push(tokio::spawn(user_loop(
+            ctx.clone(),
+            args.scenario,
+            args.duration,
+            pace,
+            u,
+        )));
+    }
+    let progress = {
+        let ctx = ctx.clone();
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let secs = started.elapsed().as_secs_f64().max(0.001);
+                let done = ctx.stats.done.load(Ordering::Relaxed);
+                bar.set_position(started.elapsed().as_secs());
+                bar.set_message(format!(
+                    "{done} flows, {:.0}/s, {} errors",
+                    done as f64 / secs,
+                    ctx.stats.failed.load(Ordering::Relaxed)
+                ));
+            }
+        })
+    };
+    for h in handles {
+        let _ = h.await;
+    }
+    progress.abort();
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    let report = build_report(&ctx, &args, elapsed);
+    print_table(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    if report.flows == 0 {
+        eprintln!("no flow completed");
+        return Ok(false);
+    }
+    Ok(report.error_rate <= args.max_error_rate)
+}
+
+fn build_report(ctx: &Ctx, args: &LoadArgs, elapsed: f64) -> Report {
+    let ops = ctx.stats.ops.lock().map(|m| m.clone()).unwrap_or_default();
+    let errors = ctx
+        .stats
+        .errors
+        .lock()
+        .map(|m| m.clone())
+        .unwrap_or_default();
+    let mut names: Vec<String> = ops.keys().chain(errors.keys()).cloned().collect();
+    names.sort();
+    names.dedup();
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let operations: Vec<OpReport> = names
+        .into_iter()
+        .map(|n| {
+            let h = ops.get(&n);
+            OpReport {
+                count: h.map(|h| h.len()).unwrap_or(0),
+                errors: errors.get(&n).cloned().unwrap_or_default(),
+                throughput_per_s: h.map(|h| h.len() as f64 / elapsed).unwrap_or(0.0),
+                p50_ms: h.map(|h| ms(h, 0.5)).unwrap_or(0.0),
+                p90_ms: h.map(|h| ms(h, 0.9)).unwrap_or(0.0),
+                p99_ms: h.map(|h| ms(h, 0.99)).unwrap_or(0.0),
+                max_ms: h.map(|h| h.max() as f64 / 1000.0).unwrap_or(0.0),
+                operation: n,
+            }
+        })
+        .collect();
+    let flows = ctx.stats.done.load(Ordering::Relaxed);
+    let failed = ctx.stats.failed.load(Ordering::Relaxed);
+    let total_ops: u64 = operations.iter().map(|o| o.count).sum::<u64>() + failed;
+    Report {
+        scenario: format!("{:?}", args.scenario).to_lowercase(),
+        target: ctx.target.clone(),
+        users: args.users,
+        duration_s: elapsed,
+        flows,
+        flows_per_s: flows as f64 / elapsed,
+        failed,
+        error_rate: if total_ops == 0 {
+            0.0
+        } else {
+            failed as f64 / total_ops as f64
+        },
+        operations,
+    }
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "scenario {} against {} — {} users, {:.1} s",
+        r.scenario, r.target, r.users, r.duration_s
+    );
+    println!(
+        "{:<32} {:>8} {:>7} {:>9} {:>8} {:>8} {:>8} {:>8}",
+        "operation", "count", "errors", "per s", "p50 ms", "p90 ms", "p99 ms", "max ms"
+    );
+    for o in &r.operations {
+        let errs: u64 = o.errors.values().sum();
+        println!(
+            "{:<32} {:>8} {:>7} {:>9.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            o.operation, o.count, errs, o.throughput_per_s, o.p50_ms, o.p90_ms, o.p99_ms, o.max_ms
+        );
+        for (kind, n) in &o.errors {
+            println!("    {n} × {kind}");
+        }
+    }
+    println!(
+        "flows: {} ({:.1}/s), failed operations: {}, error rate {:.4}",
+        r.flows, r.flows_per_s, r.failed, r.error_rate
+    );
+}
