@@ -123,3 +123,84 @@ async fn animo_client_authorization_code_flow() {
     );
     s.stop();
 }
+
+/// credo-ts 0.6.3 (a full agent) receives from our issuer and presents to our verifier.
+#[tokio::test]
+async fn credo_holder_receives_and_presents_both_jwt_formats() {
+    assert!(
+        interop_dir()
+            .join("credo/node_modules/@credo-ts/openid4vc")
+            .exists(),
+        "credo-ts is not installed: run tests/interop/install.sh"
+    );
+    let s = Server::start().await;
+    let vct = s.url("/issuers/default/vct/IdentityCredential");
+    for (config, format, path, meta) in [
+        (
+            "IdentityCredential_dc_sd_jwt",
+            "dc+sd-jwt",
+            json!(["given_name"]),
+            json!({"vct_values": [vct]}),
+        ),
+        (
+            "IdentityCredential_jwt_vc_json",
+            "jwt_vc_json",
+            json!(["credentialSubject", "given_name"]),
+            json!({"type_values": [["IdentityCredential"]]}),
+        ),
+    ] {
+        let offer = create_offer(&s, "default", json!({"credential_configuration_ids": [config], "claims": identity(), "tx_code": {"length": 6}})).await;
+        let session: Value = crate::common::client()
+            .post(s.url("/api/verifiers/default/sessions"))
+            .bearer_auth(crate::common::ADMIN_TOKEN)
+            .json(&json!({"dcql_query": {"credentials": [{"id": "q", "format": format, "meta": meta, "claims": [{"path": path}]}]}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let out = Command::new("node")
+            .current_dir(interop_dir())
+            .args([
+                "credo/credo-holder.mjs",
+                "--offer",
+                offer["offer_uri"].as_str().unwrap(),
+                "--tx-code",
+                offer["tx_code"].as_str().unwrap(),
+                "--present",
+                session["authorization_request"].as_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{config}: credo failed:\n{}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("\"ok\":true"), "{config}: {stdout}");
+        let result: Value = crate::common::client()
+            .get(s.url(&format!(
+                "/api/verifiers/default/sessions/{}",
+                session["id"].as_str().unwrap()
+            )))
+            .bearer_auth(crate::common::ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(result["verified"], true, "{config}: {result}");
+        let claims = &result["credentials"][0]["claims"];
+        assert_eq!(claims["given_name"], "Erika", "{config}: {claims}");
+        if format == "dc+sd-jwt" {
+            assert!(
+                claims.get("email").is_none(),
+                "credo disclosed only what was asked: {claims}"
+            );
+        }
+    }
+    s.stop();
+}

@@ -359,7 +359,7 @@ async fn revocation_and_suspension_show_in_both_status_lists() {
     let (_, p) = jws::decode_unverified(cred["credentials"][0]["credential"].as_str().unwrap())
         .map(|(h, p, _, _)| (h, p))
         .unwrap();
-    let entry = &p["vc"]["credentialStatus"][0];
+    let entry = &p["vc"]["credentialStatus"];
     let idx: u64 = entry["statusListIndex"].as_str().unwrap().parse().unwrap();
     let list_url = entry["statusListCredential"].as_str().unwrap().to_string();
     let (_, sd) = full_flow(&s, "IdentityCredential_dc_sd_jwt", identity()).await;

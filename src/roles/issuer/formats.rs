@@ -98,22 +98,15 @@ fn jwt_vc_json(input: &IssueInput<'_>) -> String {
     let mut subject = input.claims.clone();
     subject.insert("id".into(), json!(subject_id));
     let s = input.status;
-    let status = json!([
-        {
-            "id": format!("{}#{}", s.revocation_list, s.index),
-            "type": "BitstringStatusListEntry",
-            "statusPurpose": "revocation",
-            "statusListIndex": s.index.to_string(),
-            "statusListCredential": s.revocation_list,
-        },
-        {
-            "id": format!("{}#{}", s.suspension_list, s.index),
-            "type": "BitstringStatusListEntry",
-            "statusPurpose": "suspension",
-            "statusListIndex": s.index.to_string(),
-            "statusListCredential": s.suspension_list,
-        }
-    ]);
+    // VCDM 1.1 has one credentialStatus object (wallets such as credo-ts reject an array), so
+    // jwt_vc_json carries the revocation entry only; ldp_vc (VCDM 2.0) carries both purposes.
+    let status = json!({
+        "id": format!("{}#{}", s.revocation_list, s.index),
+        "type": "BitstringStatusListEntry",
+        "statusPurpose": "revocation",
+        "statusListIndex": s.index.to_string(),
+        "statusListCredential": s.revocation_list,
+    });
     let mut vc = json!({
         "@context": ["https://www.w3.org/2018/credentials/v1"],
         "id": format!("urn:uuid:{}", uuid_like(input.credential_id)),
