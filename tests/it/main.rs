@@ -14,5 +14,6 @@ mod interop;
 mod issuer;
 mod load;
 mod openapi_coverage;
+mod vc_api;
 mod verifier;
 mod wallet;

@@ -5,6 +5,7 @@ pub mod model;
 pub mod protocol;
 pub mod routes;
 pub mod service;
+pub mod vc_api;
 
 use std::sync::Arc;
 
@@ -41,4 +42,5 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig, stat
     }
     routes::configure(cfg);
     protocol::configure(cfg);
+    cfg.service(vc_api::issue);
 }

@@ -1384,7 +1384,7 @@ impl IssuerService {
         &self,
         issuer_id: &str,
         list: &str,
-    ) -> ApiResult<(&'static str, String)> {
+    ) -> ApiResult<(&'static str, String, String)> {
         let issuer = self.get_issuer(issuer_id).await?;
         let (kind, number) = list
             .rsplit_once('-')
@@ -1418,10 +1418,23 @@ impl IssuerService {
         let key = self.signing_key(&issuer).await?;
         let uri = format!("{}/status-lists/{list}", self.issuer_url(issuer_id));
         let now = self.now();
+        // The ETag names the list content (and key), not the signing time: unchanged → 304.
+        let etag = format!(
+            "\"{}\"",
+            &sha256_hex(
+                [
+                    list.as_bytes(),
+                    &arr.bytes,
+                    issuer.key_fingerprint.as_bytes()
+                ]
+                .concat()
+            )[..32]
+        );
         match kind {
             "token" => Ok((
                 "application/statuslist+jwt",
                 formats::token_status_list(&issuer, &key, &uri, bits, arr.to_token_lst(), now, 60),
+                etag,
             )),
             "revocation" | "suspension" => Ok((
                 "application/vc+jwt",
@@ -1433,6 +1446,7 @@ impl IssuerService {
                     arr.to_encoded_list(),
                     now,
                 ),
+                etag,
             )),
             _ => Err(ApiError::not_found("no such status list")),
         }

@@ -6,6 +6,7 @@ pub mod protocol;
 pub mod query;
 pub mod routes;
 pub mod service;
+pub mod vc_api;
 pub mod verify;
 
 use std::sync::Arc;
@@ -35,4 +36,6 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig, stat
     }
     routes::configure(cfg);
     protocol::configure(cfg);
+    cfg.service(vc_api::verify_credential)
+        .service(vc_api::verify_presentation);
 }

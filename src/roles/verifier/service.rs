@@ -27,6 +27,7 @@ pub struct VerifierService {
     keys: RwLock<HashMap<String, Arc<SigningKey>>>,
     /// Session ids whose state changed, for SSE subscribers on this node.
     events: broadcast::Sender<String>,
+    status_cache: super::verify::StatusCache,
 }
 
 /// What the response endpoint answers the wallet.
@@ -49,6 +50,7 @@ impl VerifierService {
             state,
             keys: RwLock::default(),
             events,
+            status_cache: Default::default(),
         }
     }
 
@@ -581,6 +583,7 @@ impl VerifierService {
                 now,
                 http: &self.state.http,
                 trusted_issuers: &v.trusted_issuers,
+                status_cache: &self.status_cache,
             };
             let outcome = query::evaluate(&ctx, &vp_token, submission.as_ref()).await;
             let results = outcome.results(&session.policies);

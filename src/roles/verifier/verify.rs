@@ -18,6 +18,29 @@ pub struct Ctx<'a> {
     pub now: i64,
     pub http: &'a reqwest::Client,
     pub trusted_issuers: &'a [String],
+    pub status_cache: &'a StatusCache,
+}
+
+/// Fetched status-list tokens by URI with their ETag: every use revalidates with `If-None-Match`
+/// (a revocation is seen at once; an unchanged list costs a 304 with no body). The signature is
+/// re-checked on every use.
+#[derive(Default)]
+pub struct StatusCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
+}
+
+impl StatusCache {
+    fn get(&self, uri: &str) -> Option<(String, String)> {
+        self.entries.lock().ok()?.get(uri).cloned()
+    }
+    fn put(&self, uri: &str, etag: String, token: String) {
+        if let Ok(mut m) = self.entries.lock() {
+            if m.len() > 10_000 {
+                m.clear();
+            }
+            m.insert(uri.to_string(), (etag, token));
+        }
+    }
 }
 
 /// Accumulates policy outcomes: a policy passes when it ran and nothing failed it.
@@ -106,21 +129,35 @@ async fn fetch_status(ctx: &Ctx<'_>, uri: &str, key: &VerifyingKey) -> Result<Va
     if !(uri.starts_with("https://") || uri.starts_with("http://")) {
         return Err(format!("status list URI {uri} is not http(s)"));
     }
-    let r = ctx
-        .http
-        .get(uri)
-        .timeout(Duration::from_secs(5))
+    let cached = ctx.status_cache.get(uri);
+    let mut req = ctx.http.get(uri).timeout(Duration::from_secs(5));
+    if let Some((etag, _)) = &cached {
+        req = req.header("If-None-Match", etag);
+    }
+    let r = req
         .send()
         .await
         .map_err(|e| format!("fetching {uri}: {e}"))?;
-    if !r.status().is_success() {
-        return Err(format!("{uri}: HTTP {}", r.status()));
-    }
-    let body = r.bytes().await.map_err(|e| e.to_string())?;
-    if body.len() > 4 * 1024 * 1024 {
-        return Err("status list too large".into());
-    }
-    let token = String::from_utf8_lossy(&body).trim().to_string();
+    let token = match (r.status().as_u16(), cached) {
+        (304, Some((_, t))) => t,
+        (s, _) if (200..300).contains(&s) => {
+            let etag = r
+                .headers()
+                .get("etag")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = r.bytes().await.map_err(|e| e.to_string())?;
+            if body.len() > 4 * 1024 * 1024 {
+                return Err("status list too large".into());
+            }
+            let t = String::from_utf8_lossy(&body).trim().to_string();
+            if let Some(etag) = etag {
+                ctx.status_cache.put(uri, etag, t.clone());
+            }
+            t
+        }
+        (s, _) => return Err(format!("{uri}: HTTP {s}")),
+    };
     let (_, payload) =
         jws::verify(&token, key).map_err(|e| format!("status list signature: {e}"))?;
     Ok(payload)

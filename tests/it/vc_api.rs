@@ -1,0 +1,152 @@
+//! W3C VC-API: issue as Data Integrity and JWT, verify credentials and presentations, tamper fails.
+
+use idstack::crypto::{did, jws, KeyType, SigningKey};
+use serde_json::{json, Value};
+
+use crate::common::{client, expect_problem, Server, ADMIN_TOKEN};
+
+fn credential(context: &str) -> Value {
+    json!({
+        "@context": [context, "https://w3id.org/idstack/credentials/v1"],
+        "type": ["VerifiableCredential", "IdentityCredential"],
+        "credentialSubject": {"id": "did:example:alice", "given_name": "Alice"}
+    })
+}
+
+async fn verify(s: &Server, path: &str, body: Value) -> Value {
+    let r = client().post(s.url(path)).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn issue_and_verify_ldp_and_jwt() {
+    let s = Server::start().await;
+    let c = client();
+    for (format, context) in [
+        ("ldp", "https://www.w3.org/ns/credentials/v2"),
+        ("jwt", "https://www.w3.org/2018/credentials/v1"),
+        ("jwt", "https://www.w3.org/ns/credentials/v2"),
+    ] {
+        let r = c
+            .post(s.url("/vc-api/credentials/issue"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"credential": credential(context), "options": {"format": format}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        let vc = r.json::<Value>().await.unwrap()["verifiableCredential"].clone();
+        let v = verify(
+            &s,
+            "/vc-api/credentials/verify",
+            json!({"verifiableCredential": vc}),
+        )
+        .await;
+        assert_eq!(v["verified"], true, "{format} {context}: {v}");
+        // tampered
+        let bad = match &vc {
+            Value::String(jwt) => {
+                let parts: Vec<&str> = jwt.split('.').collect();
+                json!(format!(
+                    "{}.{}.{}",
+                    parts[0],
+                    idstack::crypto::b64url(b"{\"iss\":\"x\"}"),
+                    parts[2]
+                ))
+            }
+            other => {
+                let mut o = other.clone();
+                o["credentialSubject"]["given_name"] = json!("Mallory");
+                o
+            }
+        };
+        let v = verify(
+            &s,
+            "/vc-api/credentials/verify",
+            json!({"verifiableCredential": bad}),
+        )
+        .await;
+        assert_eq!(v["verified"], false, "{format}: tampered accepted: {v}");
+        assert!(!v["errors"].as_array().unwrap().is_empty());
+    }
+
+    // a Data Integrity presentation of a Data Integrity credential
+    let vc = c
+        .post(s.url("/vc-api/credentials/issue"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"credential": credential("https://www.w3.org/ns/credentials/v2")}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["verifiableCredential"]
+        .clone();
+    let holder = SigningKey::generate(KeyType::Ed25519);
+    let vm = did::verification_method(&did::did_key(&holder.verifying_key()));
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let vp = idstack::crypto::di::issue_presentation(
+        &holder,
+        &vm,
+        std::slice::from_ref(&vc),
+        "chal-1",
+        "example.org",
+        now,
+    )
+    .unwrap();
+    let v = verify(&s, "/vc-api/presentations/verify", json!({"verifiablePresentation": vp, "options": {"challenge": "chal-1", "domain": "example.org"}})).await;
+    assert_eq!(v["verified"], true, "{v}");
+    let v = verify(&s, "/vc-api/presentations/verify", json!({"verifiablePresentation": vp, "options": {"challenge": "other", "domain": "example.org"}})).await;
+    assert_eq!(v["verified"], false);
+    // a JWT VP
+    let jwt_vc = c.post(s.url("/vc-api/credentials/issue")).bearer_auth(ADMIN_TOKEN).json(&json!({"credential": credential("https://www.w3.org/2018/credentials/v1"), "options": {"format": "jwt"}})).send().await.unwrap().json::<Value>().await.unwrap()["verifiableCredential"].clone();
+    let jvp = jws::sign(
+        &holder,
+        json!({"kid": vm}),
+        &json!({"nonce": "n1", "aud": "rp", "vp": {"verifiableCredential": [jwt_vc]}}),
+    );
+    let v = verify(
+        &s,
+        "/vc-api/presentations/verify",
+        json!({"verifiablePresentation": jvp, "options": {"challenge": "n1", "domain": "rp"}}),
+    )
+    .await;
+    assert_eq!(v["verified"], true, "{v}");
+
+    // bad input and auth
+    expect_problem(
+        c.post(s.url("/vc-api/credentials/issue"))
+            .json(&json!({"credential": {}}))
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "unauthorized",
+    )
+    .await;
+    expect_problem(
+        c.post(s.url("/vc-api/credentials/issue"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"credential": {"type": "x"}}))
+            .send()
+            .await
+            .unwrap(),
+        422,
+        "validation_failed",
+    )
+    .await;
+    expect_problem(c.post(s.url("/vc-api/credentials/issue")).bearer_auth(ADMIN_TOKEN).json(&json!({"credential": {"@context": ["https://www.w3.org/ns/credentials/v2", "https://unknown.example/ctx"], "type": ["VerifiableCredential"], "credentialSubject": {"x": 1}}})).send().await.unwrap(), 422, "validation_failed").await;
+    let v = verify(
+        &s,
+        "/vc-api/credentials/verify",
+        json!({"verifiableCredential": 42}),
+    )
+    .await;
+    assert_eq!(v["verified"], false);
+    s.stop();
+}
