@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod dcql;
 pub mod error;
 pub mod http;
+pub mod keystore;
 pub mod load;
 pub mod roles;
 pub mod state;

@@ -1,8 +1,8 @@
 //! Issuer logic: tenants and keys, offers, the OpenID4VCI grant/nonce/credential transitions, status.
 //! Handlers only translate HTTP; everything with a rule lives here.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -32,7 +32,7 @@ pub const MAX_BATCH: usize = 10;
 
 pub struct IssuerService {
     pub(crate) state: AppState,
-    keys: RwLock<HashMap<String, Arc<SigningKey>>>,
+    keys: crate::keystore::TenantKeys,
 }
 
 /// Token endpoint form (pre-authorized code and authorization code grants).
@@ -112,8 +112,8 @@ fn secs(d: u64) -> Duration {
 impl IssuerService {
     pub fn new(state: AppState) -> Self {
         Self {
+            keys: crate::keystore::TenantKeys::new(state.clone(), ks::KEYS, "issuer"),
             state,
-            keys: RwLock::default(),
         }
     }
 
@@ -215,18 +215,7 @@ impl IssuerService {
         };
         // Key first (insert-only), then the tenant: a crash between leaves an orphan key that the
         // next create with the same id reuses rather than a tenant without a key.
-        let sealed = self
-            .state
-            .sealer
-            .seal(
-                key_aad(&issuer.id).as_bytes(),
-                key.to_private_jwk().as_bytes(),
-            )
-            .map_err(ApiError::internal)?;
-        self.state
-            .store
-            .put(ks::KEYS, &issuer.id, sealed, None)
-            .await?;
+        self.keys.put(&issuer.id, &key).await?;
         if !self
             .state
             .store
@@ -272,52 +261,15 @@ impl IssuerService {
         if !self.state.store.delete(ks::TENANTS, id).await? {
             return Err(ApiError::not_found(format!("no issuer `{id}`")));
         }
-        self.state.store.delete(ks::KEYS, id).await?;
-        if let Ok(mut m) = self.keys.write() {
-            m.remove(id);
-        }
-        Ok(())
+        self.keys.remove(id).await
     }
 
     /// The tenant's signing key, unsealed once and cached; its fingerprint must match the record.
     pub async fn signing_key(&self, issuer: &Issuer) -> ApiResult<Arc<SigningKey>> {
-        if let Some(k) = self
-            .keys
-            .read()
-            .ok()
-            .and_then(|m| m.get(&issuer.id).cloned())
-        {
-            return Ok(k);
-        }
-        let key = Arc::new(self.load_key(issuer).await.map_err(ApiError::internal)?);
-        if let Ok(mut m) = self.keys.write() {
-            m.insert(issuer.id.clone(), key.clone());
-        }
-        Ok(key)
-    }
-
-    async fn load_key(&self, issuer: &Issuer) -> anyhow::Result<SigningKey> {
-        let sealed = self
-            .state
-            .store
-            .get(ks::KEYS, &issuer.id)
-            .await?
-            .ok_or_else(|| {
-                anyhow::anyhow!("issuer `{}` has no signing key in the store", issuer.id)
-            })?;
-        let jwk = self
-            .state
-            .sealer
-            .open(key_aad(&issuer.id).as_bytes(), &sealed)?;
-        let key = SigningKey::from_private_jwk(&String::from_utf8_lossy(&jwk))?;
-        if key.verifying_key().thumbprint() != issuer.key_fingerprint {
-            anyhow::bail!(
-                "the signing key of issuer `{}` is not the one recorded at creation (fingerprint {}): credentials it issued would no longer verify. Refusing to use it; restore the original key (store import) or delete and recreate the issuer",
-                issuer.id,
-                issuer.key_fingerprint
-            );
-        }
-        Ok(key)
+        self.keys
+            .get(&issuer.id, &issuer.key_fingerprint)
+            .await
+            .map_err(ApiError::internal)
     }
 
     /// Startup: the default issuer exists, and every issuer's key opens and matches its fingerprint.
@@ -343,10 +295,7 @@ impl IssuerService {
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?
         {
-            let key = self.load_key(&issuer).await?;
-            if let Ok(mut m) = self.keys.write() {
-                m.insert(issuer.id.clone(), Arc::new(key));
-            }
+            self.keys.get(&issuer.id, &issuer.key_fingerprint).await?;
         }
         Ok(())
     }
@@ -1492,10 +1441,6 @@ fn status_list_number_from(c: &IssuedCredential) -> String {
     c.status_list.clone()
 }
 
-fn key_aad(issuer: &str) -> String {
-    format!("{}/{issuer}", ks::KEYS)
-}
-
 fn offer_key(issuer: &str, id: &str) -> String {
     format!("{issuer}/{id}")
 }
@@ -1682,7 +1627,7 @@ mod tests {
         let sealed = state
             .sealer
             .seal(
-                key_aad("default").as_bytes(),
+                format!("{}/default", ks::KEYS).as_bytes(),
                 other.to_private_jwk().as_bytes(),
             )
             .unwrap();

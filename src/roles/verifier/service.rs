@@ -1,7 +1,7 @@
 //! Verifier logic: tenants, sessions, request objects, responses, results.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -24,7 +24,7 @@ const MAX_FAILED_ATTEMPTS: usize = 3;
 
 pub struct VerifierService {
     pub(crate) state: AppState,
-    keys: RwLock<HashMap<String, Arc<SigningKey>>>,
+    keys: crate::keystore::TenantKeys,
     /// Session ids whose state changed, for SSE subscribers on this node.
     events: broadcast::Sender<String>,
     status_cache: super::verify::StatusCache,
@@ -47,8 +47,8 @@ impl VerifierService {
     pub fn new(state: AppState) -> Self {
         let (events, _) = broadcast::channel(1024);
         Self {
+            keys: crate::keystore::TenantKeys::new(state.clone(), ks::KEYS, "verifier"),
             state,
-            keys: RwLock::default(),
             events,
             status_cache: Default::default(),
         }
@@ -113,12 +113,7 @@ impl VerifierService {
             v.verification_method = Some(did::verification_method(&did));
             v.did = Some(did);
             v.key_fingerprint = Some(key.verifying_key().thumbprint());
-            let sealed = self
-                .state
-                .sealer
-                .seal(key_aad(&v.id).as_bytes(), key.to_private_jwk().as_bytes())
-                .map_err(ApiError::internal)?;
-            self.state.store.put(ks::KEYS, &v.id, sealed, None).await?;
+            self.keys.put(&v.id, &key).await?;
         }
         if !self
             .state
@@ -154,33 +149,14 @@ impl VerifierService {
         if !self.state.store.delete(ks::TENANTS, id).await? {
             return Err(ApiError::not_found(format!("no verifier `{id}`")));
         }
-        self.state.store.delete(ks::KEYS, id).await?;
-        Ok(())
+        self.keys.remove(id).await
     }
 
     async fn signing_key(&self, v: &Verifier) -> anyhow::Result<Option<Arc<SigningKey>>> {
-        let Some(fp) = &v.key_fingerprint else {
-            return Ok(None);
-        };
-        if let Some(k) = self.keys.read().ok().and_then(|m| m.get(&v.id).cloned()) {
-            return Ok(Some(k));
+        match &v.key_fingerprint {
+            None => Ok(None),
+            Some(fp) => self.keys.get(&v.id, fp).await.map(Some),
         }
-        let sealed = self
-            .state
-            .store
-            .get(ks::KEYS, &v.id)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("verifier `{}` lost its key", v.id))?;
-        let jwk = self.state.sealer.open(key_aad(&v.id).as_bytes(), &sealed)?;
-        let key = SigningKey::from_private_jwk(&String::from_utf8_lossy(&jwk))?;
-        if &key.verifying_key().thumbprint() != fp {
-            anyhow::bail!("the signing key of verifier `{}` is not the one recorded at creation; refusing to use it", v.id);
-        }
-        let key = Arc::new(key);
-        if let Ok(mut m) = self.keys.write() {
-            m.insert(v.id.clone(), key.clone());
-        }
-        Ok(Some(key))
     }
 
     pub async fn init(&self) -> anyhow::Result<()> {
@@ -748,10 +724,6 @@ fn validate_dcql(q: &Value) -> ApiResult<()> {
         }
     }
     Ok(())
-}
-
-fn key_aad(v: &str) -> String {
-    format!("{}/{v}", ks::KEYS)
 }
 
 fn session_key(verifier: &str, id: &str) -> String {

@@ -1,0 +1,128 @@
+//! Tenant signing keys (issuers, verifiers): generated once, sealed in the store, unsealed on first
+//! use and cached. Every use checks the key against the fingerprint recorded in the tenant, so a key
+//! swapped behind a tenant's back (or a stale cache entry after delete + recreate) is refused.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use crate::crypto::SigningKey;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+pub struct TenantKeys {
+    state: AppState,
+    keyspace: &'static str,
+    /// What the tenants are called in messages ("issuer", "verifier").
+    what: &'static str,
+    cache: RwLock<HashMap<String, (String, Arc<SigningKey>)>>,
+}
+
+impl TenantKeys {
+    pub fn new(state: AppState, keyspace: &'static str, what: &'static str) -> Self {
+        Self {
+            state,
+            keyspace,
+            what,
+            cache: RwLock::default(),
+        }
+    }
+
+    fn aad(&self, id: &str) -> String {
+        format!("{}/{id}", self.keyspace)
+    }
+
+    /// Seals and stores the key of tenant `id` (replacing any earlier one).
+    pub async fn put(&self, id: &str, key: &SigningKey) -> ApiResult<()> {
+        let sealed = self
+            .state
+            .sealer
+            .seal(self.aad(id).as_bytes(), key.to_private_jwk().as_bytes())
+            .map_err(ApiError::internal)?;
+        self.state
+            .store
+            .put(self.keyspace, id, sealed, None)
+            .await?;
+        self.evict(id);
+        Ok(())
+    }
+
+    pub async fn remove(&self, id: &str) -> ApiResult<()> {
+        self.state.store.delete(self.keyspace, id).await?;
+        self.evict(id);
+        Ok(())
+    }
+
+    fn evict(&self, id: &str) {
+        if let Ok(mut m) = self.cache.write() {
+            m.remove(id);
+        }
+    }
+
+    /// The key of tenant `id`, which must have the thumbprint `fingerprint`.
+    pub async fn get(&self, id: &str, fingerprint: &str) -> anyhow::Result<Arc<SigningKey>> {
+        if let Some((fp, k)) = self.cache.read().ok().and_then(|m| m.get(id).cloned()) {
+            if fp == fingerprint {
+                return Ok(k);
+            }
+        }
+        let sealed = self
+            .state
+            .store
+            .get(self.keyspace, id)
+            .await?
+            .ok_or_else(|| {
+                anyhow::anyhow!("{} `{id}` has no signing key in the store", self.what)
+            })?;
+        let jwk = self.state.sealer.open(self.aad(id).as_bytes(), &sealed)?;
+        let key = SigningKey::from_private_jwk(&String::from_utf8_lossy(&jwk))?;
+        if key.verifying_key().thumbprint() != fingerprint {
+            anyhow::bail!(
+                "the signing key of {} `{id}` is not the one recorded at creation (fingerprint {fingerprint}): what it signed would no longer verify. Refusing to use it; restore the original key (store import) or delete and recreate the {}",
+                self.what,
+                self.what
+            );
+        }
+        let key = Arc::new(key);
+        if let Ok(mut m) = self.cache.write() {
+            m.insert(id.to_string(), (fingerprint.to_string(), key.clone()));
+        }
+        Ok(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FakeClock;
+    use crate::crypto::KeyType;
+
+    #[tokio::test]
+    async fn fingerprint_is_checked_on_every_use_and_replacement_evicts() {
+        let keys = TenantKeys::new(
+            AppState::for_tests(FakeClock::new(0)),
+            "test_keys",
+            "tenant",
+        );
+        let a = SigningKey::generate(KeyType::Ed25519);
+        let b = SigningKey::generate(KeyType::P256);
+        let (fa, fb) = (
+            a.verifying_key().thumbprint(),
+            b.verifying_key().thumbprint(),
+        );
+        keys.put("t", &a).await.unwrap();
+        assert_eq!(
+            keys.get("t", &fa).await.unwrap().verifying_key(),
+            a.verifying_key()
+        );
+        // recreated with another key: the cached one is not served
+        keys.put("t", &b).await.unwrap();
+        assert_eq!(
+            keys.get("t", &fb).await.unwrap().verifying_key(),
+            b.verifying_key()
+        );
+        let e = keys.get("t", &fa).await.unwrap_err().to_string();
+        assert!(e.contains("not the one recorded"), "{e}");
+        keys.remove("t").await.unwrap();
+        assert!(keys.get("t", &fb).await.is_err());
+    }
+}
