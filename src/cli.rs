@@ -33,6 +33,12 @@ pub enum Command {
     AdminToken(ServeArgs),
     /// Load test a running node (or a balancer) with simulated holders.
     Load(crate::load::LoadArgs),
+    /// A holder agent speaking the Aries Akrida agent.js protocol on stdin/stdout.
+    Agent {
+        /// Speak the protocol on stdin/stdout (the only transport).
+        #[arg(long)]
+        stdio: bool,
+    },
 }
 
 /// Overrides shared by `serve` and the commands that read the effective config.

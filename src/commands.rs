@@ -80,6 +80,13 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("imported {n} records");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Agent { stdio } => {
+            if !stdio {
+                anyhow::bail!("use `idstack agent --stdio`");
+            }
+            crate::load::agent::run_stdio().await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Load(args) => {
             let ok = crate::load::run(args).await?;
             Ok(if ok {

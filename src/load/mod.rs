@@ -1,6 +1,8 @@
 //! `idstack load`: a load harness whose simulated holders are tokio tasks with their own keys, doing
 //! the holder crypto themselves (proofs, key binding) through the same clients the wallet uses.
 
+pub mod agent;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

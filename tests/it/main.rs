@@ -7,6 +7,7 @@
     clippy::disallowed_methods
 )]
 
+mod agent;
 mod common;
 mod foundation;
 mod holder;
