@@ -1,19 +1,137 @@
-// Node status for the console: version, roles and readiness, refreshed every few seconds.
-async function refresh() {
+// idstack console: node status, tenants, live activity and a guided issue → accept → verify demo.
+// Plain JS, no dependencies, no network beyond this node. The admin token lives in sessionStorage.
+const $ = (id) => document.getElementById(id);
+const token = () => sessionStorage.getItem('idstack-admin-token') || '';
+const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
+
+async function api(path, opts = {}, auth = token()) {
+  const headers = { ...(opts.body ? { 'Content-Type': 'application/json' } : {}), ...(auth ? { Authorization: `Bearer ${auth}` } : {}) };
+  const r = await fetch(path, { ...opts, headers });
+  const text = await r.text();
+  let body; try { body = JSON.parse(text); } catch { body = text; }
+  if (!r.ok) throw new Error(body && body.detail ? `${body.code}: ${body.detail}` : `HTTP ${r.status}`);
+  return body;
+}
+
+async function refreshStatus() {
   try {
-    const live = await (await fetch('/health/live')).json();
-    document.getElementById('version').textContent = 'v' + live.version;
+    const live = await api('/health/live', {}, '');
+    $('version').textContent = 'v' + live.version;
     const r = await fetch('/health/ready');
     const ready = await r.json();
-    const h = document.getElementById('health');
-    h.textContent = ready.status;
-    h.className = r.ok ? 'ok' : 'bad';
-    document.getElementById('roles').textContent = ready.roles.join(', ');
-    document.getElementById('failing').textContent = ready.failing
-      .map((f) => f.component + ': ' + f.reason).join('; ');
-  } catch (e) {
-    document.getElementById('health').textContent = 'unreachable';
-  }
+    $('health').textContent = ready.status;
+    $('health').className = 'pill ' + (r.ok ? 'ok' : 'bad');
+    $('roles').textContent = ready.roles.join(', ');
+    $('failing').textContent = ready.failing.map((f) => f.component + ': ' + f.reason).join('; ');
+  } catch { $('health').textContent = 'unreachable'; $('health').className = 'pill bad'; }
+  if (!token()) return;
+  try {
+    const sys = await api('/api/system');
+    $('public-url').textContent = sys.public_url;
+    $('features').textContent = sys.features.join(', ');
+    $('store-size').textContent = `${(sys.store_size_bytes / 1048576).toFixed(1)} MiB on disk`;
+    $('token-state').textContent = 'token accepted';
+  } catch (e) { $('token-state').textContent = e.message; }
 }
-refresh();
-setInterval(refresh, 5000);
+
+async function refreshTenants() {
+  if (!token()) return;
+  try {
+    const issuers = await api('/api/issuers');
+    $('issuers').innerHTML = '<h3>Issuers</h3>' + issuers.map((i) => `<p><b>${esc(i.id)}</b> ${esc(i.display_name)} — <code>${esc(i.did)}</code><br>
+      <a href="/.well-known/openid-credential-issuer/issuers/${esc(i.id)}">issuer metadata</a> ·
+      <a href="/.well-known/oauth-authorization-server/issuers/${esc(i.id)}">AS metadata</a> ·
+      ${Object.keys(i.credential_configurations).map(esc).join(', ')}</p>`).join('');
+    const def = issuers.find((i) => i.id === 'default');
+    if (def && !$('demo-config').options.length) {
+      for (const id of Object.keys(def.credential_configurations)) $('demo-config').add(new Option(id, id));
+    }
+    const verifiers = await api('/api/verifiers');
+    $('verifiers').innerHTML = '<h3>Verifiers</h3>' + verifiers.map((v) => `<p><b>${esc(v.id)}</b> ${esc(v.display_name)} ${v.did ? '— <code>' + esc(v.did) + '</code>' : ''}</p>`).join('');
+  } catch (e) { $('issuers').textContent = e.message; }
+}
+
+async function refreshActivity() {
+  if (!token()) return;
+  try {
+    const offers = await api('/api/issuers/default/offers');
+    $('offers').tBodies[0].innerHTML = offers.slice(-10).reverse().map((o) => `<tr><td>${esc(o.id)}</td><td>${esc(o.state)}</td><td>${esc(o.credential_configuration_ids.join(', '))}</td></tr>`).join('');
+    const sessions = await api('/api/verifiers/default/sessions');
+    $('sessions').tBodies[0].innerHTML = sessions.slice(-10).reverse().map((s) => `<tr><td>${esc(s.id)}</td><td>${esc(s.state)}</td><td>${s.verified}</td></tr>`).join('');
+  } catch { /* shown elsewhere */ }
+}
+
+function qr(data) {
+  return `<img class="qr" alt="QR code" width="240" height="240" src="/console/qr.svg?data=${encodeURIComponent(data)}">`;
+}
+
+// ---- guided demo ----------------------------------------------------------------------------
+const demo = { offer: null, wallet: null, walletToken: null, request: null, session: null };
+
+async function demoWallet() {
+  if (demo.walletToken) return;
+  const email = `demo-${crypto.randomUUID()}@console.invalid`;
+  const password = crypto.randomUUID();
+  await api('/wallet/auth/register', { method: 'POST', body: JSON.stringify({ email, password }) }, '');
+  const login = await api('/wallet/auth/login', { method: 'POST', body: JSON.stringify({ email, password }) }, '');
+  demo.walletToken = login.token;
+  const w = await api('/wallet/wallets', { method: 'POST', body: JSON.stringify({ name: 'console demo' }) }, demo.walletToken);
+  demo.wallet = w.id;
+}
+
+function step(button, out, fn) {
+  $(button).addEventListener('click', async () => {
+    $(button).disabled = true;
+    $(out).textContent = 'working…';
+    try { await fn(); } catch (e) { $(out).innerHTML = `<span class="bad">${esc(e.message)}</span>`; $(button).disabled = false; }
+  });
+}
+
+step('demo-offer', 'offer-out', async () => {
+  const config = $('demo-config').value;
+  const o = await api('/api/issuers/default/offers', { method: 'POST', body: JSON.stringify({
+    credential_configuration_ids: [config], claims: { given_name: $('demo-given').value, family_name: 'Demo', email: $('demo-email').value } }) });
+  demo.offer = o;
+  $('offer-out').innerHTML = `${qr(o.offer_uri)}<br><a id="offer-link" href="${esc(o.offer_uri)}">${esc(o.offer_uri)}</a>`;
+  $('demo-offer').disabled = false;
+  $('demo-accept').disabled = false;
+});
+
+step('demo-accept', 'accept-out', async () => {
+  await demoWallet();
+  const got = await api(`/wallet/wallets/${demo.wallet}/exchange/accept-offer`, { method: 'POST', body: JSON.stringify({ offer: demo.offer.offer_uri }) }, demo.walletToken);
+  $('accept-out').innerHTML = `Stored: ${got.map((c) => `<b>${esc(c.format)}</b> from <code>${esc(c.issuer)}</code>`).join(', ')}`;
+  $('demo-request').disabled = false;
+});
+
+step('demo-request', 'request-out', async () => {
+  const claim = $('demo-claim').value;
+  const config = $('demo-config').value;
+  const format = config.endsWith('dc_sd_jwt') ? 'dc+sd-jwt' : config.endsWith('ldp_vc') ? 'ldp_vc' : 'jwt_vc_json';
+  const path = format === 'dc+sd-jwt' ? [claim] : ['credentialSubject', claim];
+  const s = await api('/api/verifiers/default/sessions', { method: 'POST', body: JSON.stringify({ dcql_query: { credentials: [{ id: 'demo', format, claims: [{ path }] }] } }) });
+  demo.session = s;
+  $('request-out').innerHTML = `${qr(s.authorization_request)}<br><code>${esc(s.authorization_request)}</code>`;
+  $('demo-request').disabled = false;
+  $('demo-present').disabled = false;
+});
+
+step('demo-present', 'present-out', async () => {
+  await api(`/wallet/wallets/${demo.wallet}/exchange/present`, { method: 'POST', body: JSON.stringify({ request: demo.session.authorization_request }) }, demo.walletToken);
+  $('present-out').textContent = 'Presented.';
+  // the result, as the relying party sees it (SSE would do too; one read suffices here)
+  const r = await api(`/api/verifiers/default/sessions/${demo.session.id}`);
+  const creds = r.credentials.map((c) => `<div class="claims"><b>${esc(c.format)}</b> from <code>${esc(c.issuer)}</code><pre id="disclosed">${esc(JSON.stringify(c.claims, null, 2))}</pre></div>`).join('');
+  $('result-out').innerHTML = `<p id="verdict" class="${r.verified ? 'ok' : 'bad'}">${r.verified ? 'Verified' : 'Not verified'} (${esc(r.state)})</p>` +
+    r.policies.map((p) => `${p.passed ? '✔' : '✘'} ${esc(p.name)}${p.reason ? ': ' + esc(p.reason) : ''}`).join('<br>') + creds;
+});
+
+$('save-token').addEventListener('click', () => {
+  sessionStorage.setItem('idstack-admin-token', $('admin-token').value.trim());
+  $('admin-token').value = '';
+  refreshAll();
+});
+
+function refreshAll() { refreshStatus(); refreshTenants(); refreshActivity(); }
+refreshAll();
+setInterval(refreshAll, 5000);

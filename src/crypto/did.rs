@@ -101,6 +101,20 @@ pub fn did_web_document(did: &str, key: &VerifyingKey) -> Value {
     })
 }
 
+/// The DID URL a JWS names its signer by: `kid` when it is absolute, `iss` + `kid` when `kid` is a
+/// relative reference (`#key-1`, as credo-ts writes), else `iss` alone.
+pub fn signer_kid(header: &Value, payload: &Value) -> String {
+    let iss = payload["iss"]
+        .as_str()
+        .or_else(|| payload["issuer"].as_str())
+        .unwrap_or_default();
+    match header["kid"].as_str() {
+        Some(k) if k.starts_with('#') && iss.starts_with("did:") => format!("{iss}{k}"),
+        Some(k) if k.starts_with("did:") => k.to_string(),
+        _ => iss.to_string(),
+    }
+}
+
 /// Resolves a DID or DID URL (kid) to its key without network: did:key and did:jwk.
 pub fn resolve_offline(kid: &str) -> CryptoResult<VerifyingKey> {
     let did = kid.split('#').next().unwrap_or(kid);

@@ -25,6 +25,30 @@ async fn index() -> HttpResponse {
     serve("index.html")
 }
 
+#[derive(serde::Deserialize)]
+struct QrQuery {
+    data: String,
+}
+
+/// A QR code (SVG) of `data`, for the console to show offers and requests; no network, no CDN.
+#[get("/console/qr.svg")]
+async fn qr(q: web::Query<QrQuery>) -> HttpResponse {
+    if q.data.len() > 2953 {
+        return HttpResponse::PayloadTooLarge().finish();
+    }
+    match qrcode::QrCode::new(q.data.as_bytes()) {
+        Ok(code) => HttpResponse::Ok()
+            .content_type("image/svg+xml")
+            .insert_header(("Cache-Control", "no-store"))
+            .body(
+                code.render::<qrcode::render::svg::Color<'_>>()
+                    .min_dimensions(240, 240)
+                    .build(),
+            ),
+        Err(_) => HttpResponse::UnprocessableEntity().finish(),
+    }
+}
+
 #[get("/console/{file:.*}")]
 async fn asset(path: web::Path<String>) -> HttpResponse {
     serve(&path.into_inner())
@@ -32,7 +56,7 @@ async fn asset(path: web::Path<String>) -> HttpResponse {
 
 /// Mounts the console (outside the OpenAPI document: these are pages, not API).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(index).service(asset);
+    cfg.service(index).service(qr).service(asset);
     #[cfg(feature = "swagger-ui")]
     {
         cfg.service(

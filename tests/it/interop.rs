@@ -204,3 +204,108 @@ async fn credo_holder_receives_and_presents_both_jwt_formats() {
     }
     s.stop();
 }
+
+/// Cross-vendor for the cloud wallet: credo-ts 0.6.3 as issuer and verifier, our wallet as holder.
+#[tokio::test]
+async fn wallet_receives_from_and_presents_to_credo() {
+    use std::io::{BufRead, BufReader, Write};
+    assert!(
+        interop_dir()
+            .join("credo/node_modules/@credo-ts/openid4vc")
+            .exists(),
+        "credo-ts is not installed: run tests/interop/install.sh"
+    );
+    let s = Server::start().await;
+    let c = crate::common::client();
+    c.post(s.url("/wallet/auth/register"))
+        .json(&json!({"email": "x@example.org", "password": "password-123"}))
+        .send()
+        .await
+        .unwrap();
+    let login: Value = c
+        .post(s.url("/wallet/auth/login"))
+        .json(&json!({"email": "x@example.org", "password": "password-123"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["token"].as_str().unwrap().to_string();
+    let w: Value = c
+        .post(s.url("/wallet/wallets"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "w"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let wid = w["id"].as_str().unwrap().to_string();
+
+    let mut party = Command::new("node")
+        .current_dir(interop_dir())
+        .arg("credo/credo-party.mjs")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = party.stdin.take().unwrap();
+    let mut stdout = BufReader::new(party.stdout.take().unwrap());
+    let mut ask = |cmd: Value| -> Value {
+        writeln!(stdin, "{cmd}").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("credo-party answered {line:?}: {e}"))
+    };
+    for format in ["dc+sd-jwt", "jwt_vc_json"] {
+        let offer = ask(json!({"cmd": "offer", "format": format}));
+        assert_eq!(offer["ok"], true, "{offer}");
+        let r = c
+            .post(s.url(&format!("/wallet/wallets/{wid}/exchange/accept-offer")))
+            .bearer_auth(&token)
+            .json(&json!({"offer": offer["offer_uri"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "{format}: accept from credo: {}",
+            r.text().await.unwrap()
+        );
+        let req = ask(json!({"cmd": "request", "format": format, "claims": ["given_name"]}));
+        assert_eq!(req["ok"], true, "{req}");
+        let r = c
+            .post(s.url(&format!("/wallet/wallets/{wid}/exchange/present")))
+            .bearer_auth(&token)
+            .json(&json!({"request": req["request_uri"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "{format}: present to credo: {}",
+            r.text().await.unwrap()
+        );
+        let result = ask(json!({"cmd": "result", "id": req["id"]}));
+        assert_eq!(result["verified"], true, "{format}: {result}");
+        assert_eq!(
+            result["claims"]["given_name"], "Erika",
+            "{format}: {result}"
+        );
+        if format == "dc+sd-jwt" {
+            assert!(
+                result["claims"].get("email").is_none(),
+                "only given_name disclosed: {result}"
+            );
+        }
+    }
+    ask(json!({"cmd": "shutdown"}));
+    let _ = party.wait();
+    s.stop();
+}

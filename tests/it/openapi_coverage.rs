@@ -37,7 +37,10 @@ fn every_route_macro_is_documented() {
         }
         let body = std::fs::read_to_string(&f).unwrap();
         // in-module unit tests (after `#[cfg(test)]`) mount throwaway routes: not part of the API
-        let lines: Vec<&str> = body.lines().take_while(|l| !l.trim_start().starts_with("#[cfg(test)]")).collect();
+        let lines: Vec<&str> = body
+            .lines()
+            .take_while(|l| !l.trim_start().starts_with("#[cfg(test)]"))
+            .collect();
         for (i, l) in lines.iter().enumerate() {
             let t = l.trim_start();
             let is_route = [

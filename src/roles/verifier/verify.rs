@@ -184,11 +184,7 @@ pub async fn sd_jwt(
             return None;
         }
     };
-    let kid = header["kid"]
-        .as_str()
-        .or(payload["iss"].as_str())
-        .unwrap_or_default()
-        .to_string();
+    let kid = did::signer_kid(&header, &payload);
     let key = match issuer_key(&kid, ctx.http).await {
         Ok(k) => k,
         Err(e) => {
@@ -306,7 +302,7 @@ pub async fn jwt_vp(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, vp: &str) 
         out.fail("holder_binding", format!("{query_id}: a bare credential was sent; a verifiable presentation signed by the holder is required"));
         return Vec::new();
     }
-    let (holder_key, holder_did) = match header_holder(&header, ctx.http).await {
+    let (holder_key, holder_did) = match header_holder(&header, &payload, ctx.http).await {
         Ok(v) => v,
         Err(e) => {
             out.fail("signature", format!("{query_id}: presentation key: {e}"));
@@ -367,11 +363,7 @@ pub async fn jwt_vp(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, vp: &str) 
                 continue;
             }
         };
-        let kid = h["kid"]
-            .as_str()
-            .or(p["iss"].as_str())
-            .unwrap_or_default()
-            .to_string();
+        let kid = did::signer_kid(&h, &p);
         let key = match issuer_key(&kid, ctx.http).await {
             Ok(k) => k,
             Err(e) => {
@@ -492,11 +484,15 @@ async fn w3c_status(
 
 async fn header_holder(
     header: &Value,
+    payload: &Value,
     http: &reqwest::Client,
 ) -> Result<(VerifyingKey, Option<String>), String> {
-    if let Some(kid) = header["kid"].as_str().filter(|k| k.starts_with("did:")) {
-        let key = did::resolve(kid, http).await.map_err(|e| e.to_string())?;
-        return Ok((key, Some(kid.split('#').next().unwrap_or(kid).to_string())));
+    if header.get("jwk").is_none() {
+        let kid = did::signer_kid(header, payload);
+        if kid.starts_with("did:") {
+            let key = did::resolve(&kid, http).await.map_err(|e| e.to_string())?;
+            return Ok((key, Some(kid.split('#').next().unwrap_or(&kid).to_string())));
+        }
     }
     let (key, _) = jws::header_key(header).map_err(|e| e.to_string())?;
     let did = did::did_jwk(&key);

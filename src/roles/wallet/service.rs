@@ -1391,7 +1391,7 @@ fn issuer_kid(format: &str, raw: &str) -> Option<String> {
         raw
     };
     let (h, p, _, _) = jws::decode_unverified(jwt).ok()?;
-    h["kid"].as_str().or(p["iss"].as_str()).map(str::to_string)
+    Some(did::signer_kid(&h, &p)).filter(|k| !k.is_empty())
 }
 
 /// How a held credential looks to queries, and (SD-JWT) which claims can be withheld.
@@ -1446,7 +1446,17 @@ fn decode(format: &str, raw: &str) -> (CredentialView, Vec<String>) {
         }
         _ => {
             let p = jwt_payload(format, raw);
-            let vc = p["vc"].clone();
+            let mut vc = p["vc"].clone();
+            // VC-JWT (VCDM 1.1) decoding: `sub` is credentialSubject.id, `iss` is issuer.
+            if vc["credentialSubject"].get("id").is_none() {
+                if let (Some(sub), Some(cs)) = (
+                    p["sub"].as_str(),
+                    vc.get_mut("credentialSubject")
+                        .and_then(Value::as_object_mut),
+                ) {
+                    cs.insert("id".into(), json!(sub));
+                }
+            }
             let types = vc["type"]
                 .as_array()
                 .map(|a| {

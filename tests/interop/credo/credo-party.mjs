@@ -1,0 +1,348 @@
+#!/usr/bin/env node
+// credo-ts 0.6.3 OID4VCI issuer + OID4VP verifier ("party") for idstack interop tests.
+//
+//   node credo/credo-party.mjs            (LIB_ASKAR_PATH defaults to ./lib/x/aries_askar)
+//
+// Line protocol: one JSON command per stdin line, exactly one JSON line per command on stdout.
+//   {"cmd":"offer","format":"dc+sd-jwt"|"jwt_vc_json"}
+//       -> {"ok":true,"offer_uri":"openid-credential-offer://..."}
+//   {"cmd":"request","format":"dc+sd-jwt"|"jwt_vc_json","claims":["given_name"]}
+//       -> {"ok":true,"request_uri":"openid4vp://...","id":"<verification session id>"}
+//   {"cmd":"result","id":"..."}   (waits up to 20 s)
+//       -> {"ok":true,"state":"ResponseVerified"|...,"verified":bool,"claims":{...}}
+//   {"cmd":"info"} -> {"ok":true, base_url, issuer_did, verifier_did, ...}
+//   {"cmd":"shutdown"} -> {"ok":true} and exit 0
+// Errors: {"ok":false,"error":"..."}; the process keeps running. Logs go to stderr only
+// (CREDO_PARTY_VERBOSE=1 for the credo debug logger).
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+if (!process.env.LIB_ASKAR_PATH) {
+  const local = path.join(here, 'lib', 'x', 'aries_askar');
+  if (fs.existsSync(path.join(local, 'libaries_askar.so'))) process.env.LIB_ASKAR_PATH = local;
+}
+
+// Anything written to stdout that is not a protocol answer would corrupt the protocol: send
+// console.log/info/debug to stderr, and keep a private handle on the real stdout.
+const out = process.stdout.write.bind(process.stdout);
+for (const m of ['log', 'info', 'debug', 'warn']) console[m] = (...a) => process.stderr.write(a.map(String).join(' ') + '\n');
+const log = (...a) => process.stderr.write(`[credo-party] ${a.map((x) => (typeof x === 'string' ? x : JSON.stringify(x))).join(' ')}\n`);
+const reply = (obj) => out(JSON.stringify(obj) + '\n');
+
+// askar-nodejs MUST be imported before @credo-ts/askar.
+const { askar } = await import('@openwallet-foundation/askar-nodejs');
+const { AskarModule } = await import('@credo-ts/askar');
+const core = await import('@credo-ts/core');
+const { Agent, ConsoleLogger, LogLevel, W3cCredential, W3cCredentialSubject, ClaimFormat } = core;
+const { agentDependencies } = await import('@credo-ts/node');
+const { OpenId4VcModule, OpenId4VcVerificationSessionState } = await import('@credo-ts/openid4vc');
+const express = (await import('express')).default;
+
+// ---------------------------------------------------------------------------------------------
+// Fixed credential data
+const CLAIMS = { given_name: 'Erika', family_name: 'Mustermann', email: 'erika@example.org' };
+const SD_JWT_CONFIG_ID = 'PersonSdJwt';
+const JWT_VC_CONFIG_ID = 'PersonJwtVc';
+const SD_JWT_VCT = 'https://credo-party.example/vct/person';
+const W3C_TYPE = ['VerifiableCredential', 'PersonCredential'];
+const ALGS = ['EdDSA', 'ES256'];
+
+// ---------------------------------------------------------------------------------------------
+// HTTP server first (port 0), so the base URLs are known before the agent is built.
+const app = express();
+app.use((req, _res, next) => {
+  log(`http ${req.method} ${req.originalUrl}`);
+  next();
+});
+// Keep the raw direct_post bodies the wallet sends to the verifier, keyed by URL (= response_uri),
+// so a failed `result` can show exactly what the wallet posted. Parsing here is harmless: credo's
+// own body parsers see a finished request and keep req.body.
+const postedResponses = new Map();
+const tapUrlencoded = express.urlencoded({ extended: false });
+const tapJson = express.json();
+app.use('/oid4vp', (req, res, next) => {
+  if (req.method !== 'POST') return next();
+  tapUrlencoded(req, res, (e1) => {
+    if (e1) return next(e1);
+    tapJson(req, res, (e2) => {
+      if (e2) return next(e2);
+      postedResponses.set(`${baseUrl}${req.originalUrl}`, { ...req.body });
+      next();
+    });
+  });
+});
+const server = await new Promise((resolve, reject) => {
+  const s = app.listen(0, '127.0.0.1', () => resolve(s));
+  s.on('error', reject);
+});
+const port = server.address().port;
+const baseUrl = `http://127.0.0.1:${port}`;
+const ISSUER_ID = 'party-issuer';
+const VERIFIER_ID = 'party-verifier';
+const issuerBaseUrl = `${baseUrl}/oid4vci`;
+const verifierBaseUrl = `${baseUrl}/oid4vp`;
+
+let issuerDidUrl; // set after agent init
+let issuerDid;
+
+function credentialMapper({ holderBinding, credentialConfigurationId, credentialConfiguration }) {
+  const now = Math.floor(Date.now() / 1000);
+  if (credentialConfigurationId === SD_JWT_CONFIG_ID) {
+    return {
+      type: 'credentials',
+      format: ClaimFormat.SdJwtDc,
+      credentials: holderBinding.keys.map((k) => ({
+        payload: { vct: credentialConfiguration.vct, iat: now, nbf: now, exp: now + 365 * 86400, ...CLAIMS },
+        holder: k.method === 'did' ? { method: 'did', didUrl: k.didUrl } : { method: 'jwk', jwk: k.jwk },
+        issuer: { method: 'did', didUrl: issuerDidUrl },
+        disclosureFrame: { _sd: Object.keys(CLAIMS) },
+      })),
+    };
+  }
+  if (credentialConfigurationId === JWT_VC_CONFIG_ID) {
+    return {
+      type: 'credentials',
+      format: ClaimFormat.JwtVc,
+      credentials: holderBinding.keys.map((k) => {
+        if (k.method !== 'did') throw new Error('jwt_vc_json requires did holder binding');
+        return {
+          verificationMethod: issuerDidUrl,
+          credential: new W3cCredential({
+            type: W3C_TYPE,
+            issuer: issuerDid,
+            issuanceDate: new Date().toISOString(),
+            expirationDate: new Date(Date.now() + 365 * 86400 * 1000).toISOString(),
+            credentialSubject: new W3cCredentialSubject({ id: k.didUrl.split('#')[0], claims: { ...CLAIMS } }),
+          }),
+        };
+      }),
+    };
+  }
+  throw new Error(`unknown credential configuration ${credentialConfigurationId}`);
+}
+
+const agent = new Agent({
+  config: {
+    allowInsecureHttpUrls: true,
+    ...(process.env.CREDO_PARTY_VERBOSE ? { logger: new ConsoleLogger(LogLevel.debug) } : {}),
+  },
+  dependencies: agentDependencies,
+  modules: {
+    askar: new AskarModule({
+      askar,
+      store: {
+        id: `party-${crypto.randomUUID()}`, key: 'party-test-key', keyDerivationMethod: 'kdf:argon2i:int',
+        database: { type: 'sqlite', config: { inMemory: true } },
+      },
+    }),
+    openid4vc: new OpenId4VcModule({
+      app,
+      issuer: {
+        baseUrl: issuerBaseUrl,
+        credentialRequestToCredentialMapper: credentialMapper,
+        statefulCredentialOfferExpirationInSeconds: 600,
+        accessTokenExpiresInSeconds: 600,
+        cNonceExpiresInSeconds: 300,
+      },
+      verifier: {
+        baseUrl: verifierBaseUrl,
+        authorizationRequestExpirationInSeconds: 600,
+      },
+    }),
+  },
+});
+await agent.initialize();
+
+// did:key Ed25519 for issuer and verifier (request signer).
+async function createDidKey() {
+  const r = await agent.dids.create({ method: 'key', options: { createKey: { type: { kty: 'OKP', crv: 'Ed25519' } } } });
+  if (r.didState.state !== 'finished') throw new Error(`did:key creation failed: ${JSON.stringify(r.didState)}`);
+  return { did: r.didState.did, didUrl: r.didState.didDocument.verificationMethod[0].id };
+}
+const issuerKey = await createDidKey();
+issuerDid = issuerKey.did;
+issuerDidUrl = issuerKey.didUrl;
+const verifierKey = await createDidKey();
+
+const proofTypes = { jwt: { proof_signing_alg_values_supported: ALGS } };
+await agent.openid4vc.issuer.createIssuer({
+  issuerId: ISSUER_ID,
+  display: [{ name: 'credo-party issuer', locale: 'en' }],
+  credentialConfigurationsSupported: {
+    [SD_JWT_CONFIG_ID]: {
+      format: 'dc+sd-jwt',
+      vct: SD_JWT_VCT,
+      scope: 'person_sd_jwt',
+      cryptographic_binding_methods_supported: ['jwk', 'did:key', 'did:jwk'],
+      credential_signing_alg_values_supported: ['EdDSA'],
+      proof_types_supported: proofTypes,
+      credential_metadata: {
+        display: [{ name: 'Person (SD-JWT)', locale: 'en' }],
+        claims: Object.keys(CLAIMS).map((c) => ({ path: [c], display: [{ name: c, locale: 'en' }] })),
+      },
+    },
+    [JWT_VC_CONFIG_ID]: {
+      format: 'jwt_vc_json',
+      scope: 'person_jwt_vc',
+      credential_definition: { type: W3C_TYPE },
+      cryptographic_binding_methods_supported: ['did:key', 'did:jwk'],
+      credential_signing_alg_values_supported: ['EdDSA'],
+      proof_types_supported: proofTypes,
+      credential_metadata: {
+        display: [{ name: 'Person (JWT VC)', locale: 'en' }],
+        claims: Object.keys(CLAIMS).map((c) => ({ path: ['credentialSubject', c], display: [{ name: c, locale: 'en' }] })),
+      },
+    },
+  },
+});
+await agent.openid4vc.verifier.createVerifier({ verifierId: VERIFIER_ID, clientMetadata: { client_name: 'credo-party verifier' } });
+
+log(`ready on ${baseUrl} issuer=${issuerDid} verifier=${verifierKey.did}`);
+
+// ---------------------------------------------------------------------------------------------
+const FORMATS = ['dc+sd-jwt', 'jwt_vc_json'];
+function checkFormat(f) {
+  if (!FORMATS.includes(f)) throw new Error(`format must be one of ${FORMATS.join(', ')}`);
+}
+
+async function cmdOffer({ format }) {
+  checkFormat(format);
+  const { credentialOffer, issuanceSession } = await agent.openid4vc.issuer.createCredentialOffer({
+    issuerId: ISSUER_ID,
+    credentialConfigurationIds: [format === 'dc+sd-jwt' ? SD_JWT_CONFIG_ID : JWT_VC_CONFIG_ID],
+    preAuthorizedCodeFlowConfig: {},
+    version: 'v1',
+  });
+  log(`offer session ${issuanceSession.id}: ${credentialOffer}`);
+  return { offer_uri: credentialOffer, issuance_session_id: issuanceSession.id };
+}
+
+async function cmdRequest({ format, claims }) {
+  checkFormat(format);
+  if (!Array.isArray(claims) || claims.length === 0 || !claims.every((c) => typeof c === 'string')) {
+    throw new Error('claims must be a non-empty array of claim names');
+  }
+  const credential = format === 'dc+sd-jwt'
+    ? { id: 'person', format: 'dc+sd-jwt', meta: { vct_values: [SD_JWT_VCT] }, claims: claims.map((c) => ({ path: [c] })) }
+    : { id: 'person', format: 'jwt_vc_json', meta: { type_values: [W3C_TYPE] }, claims: claims.map((c) => ({ path: ['credentialSubject', c] })) };
+  const { authorizationRequest, verificationSession } = await agent.openid4vc.verifier.createAuthorizationRequest({
+    verifierId: VERIFIER_ID,
+    requestSigner: { method: 'did', didUrl: verifierKey.didUrl },
+    dcql: { query: { credentials: [credential] } },
+    responseMode: 'direct_post',
+    version: 'v1',
+  });
+  log(`verification session ${verificationSession.id}: ${authorizationRequest}`);
+  return { request_uri: authorizationRequest, id: verificationSession.id };
+}
+
+function toPlain(v) {
+  return v === undefined ? undefined : JSON.parse(JSON.stringify(v));
+}
+
+// Disclosed claims out of the verified DCQL presentations.
+function extractClaims(dcql) {
+  const claims = {};
+  for (const [, presList] of Object.entries(dcql?.presentations ?? {})) {
+    for (const p of Array.isArray(presList) ? presList : [presList]) {
+      if (p?.prettyClaims) {
+        // SD-JWT VC: the disclosed payload (minus the registered JWT claims).
+        const { iss, iat, nbf, exp, cnf, vct, status, sub, _sd_alg, ...rest } = p.prettyClaims;
+        Object.assign(claims, rest);
+      } else if (p?.presentation?.verifiableCredential || p?.verifiableCredential) {
+        const vp = p.presentation ?? p;
+        const vcs = Array.isArray(vp.verifiableCredential) ? vp.verifiableCredential : [vp.verifiableCredential];
+        for (const vc of vcs) {
+          const cred = vc.credential ?? vc;
+          const subjects = Array.isArray(cred.credentialSubject) ? cred.credentialSubject : [cred.credentialSubject];
+          for (const s of subjects) Object.assign(claims, toPlain(s?.claims ?? s) ?? {});
+        }
+      }
+    }
+  }
+  delete claims.id;
+  return claims;
+}
+
+async function cmdResult({ id }) {
+  if (typeof id !== 'string') throw new Error('id must be a string');
+  const deadline = Date.now() + 20_000;
+  let session = await agent.openid4vc.verifier.getVerificationSessionById(id);
+  const done = (s) => s.state === OpenId4VcVerificationSessionState.ResponseVerified || s.state === OpenId4VcVerificationSessionState.Error;
+  while (!done(session) && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 250));
+    session = await agent.openid4vc.verifier.getVerificationSessionById(id);
+  }
+  const result = { state: session.state, verified: session.state === OpenId4VcVerificationSessionState.ResponseVerified, claims: {} };
+  if (session.errorMessage) result.error_message = session.errorMessage;
+  // On failure, hand back what the wallet posted (for diagnosing the wallet side).
+  if (session.state === OpenId4VcVerificationSessionState.Error) {
+    let payload = session.authorizationResponsePayload;
+    if (!payload) {
+      let responseUri = session.authorizationRequestPayload?.response_uri;
+      if (!responseUri && session.authorizationRequestJwt) {
+        responseUri = JSON.parse(Buffer.from(session.authorizationRequestJwt.split('.')[1], 'base64url')).response_uri;
+      }
+      payload = responseUri && postedResponses.get(responseUri);
+    }
+    if (payload) result.response_payload = toPlain(payload);
+  }
+  if (result.verified) {
+    const verified = await agent.openid4vc.verifier.getVerifiedAuthorizationResponse(id);
+    result.claims = extractClaims(verified.dcql);
+    if (verified.dcql?.presentationResult) result.dcql_can_be_satisfied = verified.dcql.presentationResult.can_be_satisfied;
+  } else if (!done(session)) {
+    result.timeout = true;
+  }
+  return result;
+}
+
+let shuttingDown = false;
+async function shutdown(code = 0) {
+  if (shuttingDown) return;
+  shuttingDown = true;
+  try { await agent.shutdown(); } catch (e) { log(`agent shutdown: ${e}`); }
+  server.close();
+  process.exit(code);
+}
+
+const handlers = { offer: cmdOffer, request: cmdRequest, result: cmdResult, info: async () => ({ base_url: baseUrl, issuer_did: issuerDid, verifier_did: verifierKey.did, issuer_url: `${issuerBaseUrl}/${ISSUER_ID}`, vct: SD_JWT_VCT, w3c_type: W3C_TYPE }) };
+
+// Commands are processed strictly in order (one answer line per command, in order).
+let chain = Promise.resolve();
+const rl = readline.createInterface({ input: process.stdin, terminal: false });
+rl.on('line', (line) => {
+  if (!line.trim()) return;
+  chain = chain.then(async () => {
+    let msg;
+    try {
+      msg = JSON.parse(line);
+    } catch (e) {
+      reply({ ok: false, error: `invalid JSON: ${e.message}` });
+      return;
+    }
+    if (msg?.cmd === 'shutdown') {
+      reply({ ok: true });
+      await shutdown(0);
+      return;
+    }
+    const h = handlers[msg?.cmd];
+    if (!h) {
+      reply({ ok: false, error: `unknown cmd ${JSON.stringify(msg?.cmd)}` });
+      return;
+    }
+    try {
+      reply({ ok: true, ...(await h(msg)) });
+    } catch (e) {
+      log(`${msg.cmd} failed: ${e?.stack ?? e}`);
+      reply({ ok: false, error: String(e?.message ?? e) });
+    }
+  });
+});
+rl.on('close', () => chain.then(() => shutdown(0)));
+process.on('SIGTERM', () => shutdown(0));
+process.on('unhandledRejection', (e) => log(`unhandled rejection: ${e?.stack ?? e}`));
