@@ -10,6 +10,8 @@ fi
 if ! python3 -c 'import nacl' 2>/dev/null; then
   python3 -m pip install --quiet -r tests/vectors/requirements.txt
 fi
+# The console demo runs in Debian's chromium driven by playwright-core.
+tests/browser/install.sh
 # Locust drives `idstack agent --stdio` the Akrida way in one test.
 if ! python3 -c 'import locust' 2>/dev/null; then
   python3 -m pip install --quiet -r loadtest/requirements.txt

@@ -9,6 +9,7 @@
 
 mod agent;
 mod common;
+mod console;
 mod foundation;
 mod holder;
 mod interop;

@@ -1,0 +1,46 @@
+// Runs the console's guided demo end to end in headless Chromium and saves a screenshot.
+// usage: node demo.mjs --url http://127.0.0.1:PORT --token <admin token> --screenshot out.png
+import { parseArgs } from 'node:util';
+import { chromium } from 'playwright-core';
+
+const { values } = parseArgs({ options: { url: { type: 'string' }, token: { type: 'string' }, screenshot: { type: 'string', default: 'console-demo.png' } } });
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+});
+const page = await browser.newPage({ viewport: { width: 1200, height: 2200 } });
+const failures = [];
+page.on('pageerror', (e) => failures.push(`page error: ${e.message}`));
+page.on('request', (r) => { if (!r.url().startsWith(values.url) && !r.url().startsWith('data:')) failures.push(`request off the node: ${r.url()}`); });
+try {
+  await page.goto(values.url + '/');
+  await page.waitForSelector('#health.ok', { timeout: 10000 });
+  await page.fill('#admin-token', values.token);
+  await page.click('#save-token');
+  await page.waitForSelector('#demo-config option', { state: 'attached', timeout: 10000 });
+  if (page.url().includes(values.token)) failures.push('the admin token appeared in the URL');
+  await page.selectOption('#demo-config', 'IdentityCredential_dc_sd_jwt');
+  await page.click('#demo-offer');
+  await page.waitForSelector('#offer-out img.qr', { timeout: 10000 });
+  const qrOk = await page.$eval('#offer-out img.qr', (img) => img.complete && img.naturalWidth > 0);
+  if (!qrOk) failures.push('the offer QR code did not render');
+  await page.click('#demo-accept');
+  await page.waitForFunction(() => document.querySelector('#accept-out').textContent.includes('Stored'), null, { timeout: 20000 });
+  await page.selectOption('#demo-claim', 'email');
+  await page.click('#demo-request');
+  await page.waitForSelector('#request-out img.qr', { timeout: 10000 });
+  await page.click('#demo-present');
+  await page.waitForSelector('#verdict', { timeout: 20000 });
+  const verdict = await page.textContent('#verdict');
+  const disclosed = JSON.parse(await page.textContent('#disclosed'));
+  if (!verdict.startsWith('Verified')) failures.push(`verdict: ${verdict}`);
+  if (disclosed.email !== 'erika@example.org') failures.push(`disclosed: ${JSON.stringify(disclosed)}`);
+  if ('given_name' in disclosed) failures.push('a claim that was not asked for was disclosed');
+  await page.screenshot({ path: values.screenshot, fullPage: true });
+  console.log(JSON.stringify({ ok: failures.length === 0, verdict, disclosed, failures, screenshot: values.screenshot }));
+} catch (e) {
+  await page.screenshot({ path: values.screenshot, fullPage: true }).catch(() => {});
+  console.log(JSON.stringify({ ok: false, failures: [...failures, String(e)] }));
+} finally {
+  await browser.close();
+}
