@@ -184,7 +184,7 @@ impl WalletService {
             _ => {
                 let n = failures.failures + 1;
                 let locked_until = if n >= LOCK_AFTER {
-                    now + (1i64 << (n - LOCK_AFTER).min(10)).min(MAX_LOCK_SECS)
+                    now + (30i64 << (n - LOCK_AFTER).min(5)).min(MAX_LOCK_SECS)
                 } else {
                     0
                 };
@@ -909,7 +909,7 @@ impl WalletService {
     }
 
     async fn record(&self, wallet: &str, entry: HistoryEntry) -> ApiResult<()> {
-        let key = format!("{wallet}/{:020}-{}", entry.at, random_id());
+        let key = format!("{wallet}/{:020}-{}", self.state.clock.now_ms(), random_id());
         self.state
             .store
             .put_json(ks::HISTORY, &key, &entry, None)
