@@ -1,7 +1,7 @@
 //! DCQL (OpenID4VP 1.0 §6) matching shared by the verifier (does a presentation satisfy the query?)
 //! and the wallet (which held credentials can answer it?).
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// What a credential looks like to a query.
 #[derive(Debug, Clone)]
@@ -108,6 +108,102 @@ pub fn requested_claim_names(cq: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The (unverified) payload of a JWT or of an SD-JWT's issuer JWT.
+pub fn jwt_payload(format: &str, raw: &str) -> Value {
+    let jwt = if format.ends_with("sd-jwt") {
+        raw.split('~').next().unwrap_or_default()
+    } else {
+        raw
+    };
+    crate::crypto::jws::decode_unverified(jwt)
+        .map(|(_, p, _, _)| p)
+        .unwrap_or(Value::Null)
+}
+
+/// How a held credential looks to queries, and (SD-JWT) which claims can be withheld.
+pub fn credential_view(format: &str, raw: &str) -> (CredentialView, Vec<String>) {
+    match format {
+        "dc+sd-jwt" | "vc+sd-jwt" => {
+            let mut root = Map::new();
+            let mut disclosable = Vec::new();
+            if let Ok(p) = crate::crypto::sdjwt::parse(raw) {
+                if let Ok((_, payload, _, _)) = crate::crypto::jws::decode_unverified(&p.jwt) {
+                    root = payload.as_object().cloned().unwrap_or_default();
+                }
+                for d in &p.disclosures {
+                    if let Ok((name, value)) = crate::crypto::sdjwt::decode_disclosure(d) {
+                        disclosable.push(name.clone());
+                        root.insert(name, value);
+                    }
+                }
+            }
+            root.remove("_sd");
+            root.remove("_sd_alg");
+            let vct = root.get("vct").and_then(Value::as_str).map(str::to_string);
+            (
+                CredentialView {
+                    format: "dc+sd-jwt".into(),
+                    root: Value::Object(root),
+                    vct,
+                    types: Vec::new(),
+                },
+                disclosable,
+            )
+        }
+        "ldp_vc" => {
+            let v: Value = serde_json::from_str(raw).unwrap_or(Value::Null);
+            let types = v["type"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|t| t.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                CredentialView {
+                    format: "ldp_vc".into(),
+                    root: v,
+                    vct: None,
+                    types,
+                },
+                Vec::new(),
+            )
+        }
+        _ => {
+            let p = jwt_payload(format, raw);
+            let mut vc = p["vc"].clone();
+            // VC-JWT (VCDM 1.1) decoding: `sub` is credentialSubject.id, `iss` is issuer.
+            if vc["credentialSubject"].get("id").is_none() {
+                if let (Some(sub), Some(cs)) = (
+                    p["sub"].as_str(),
+                    vc.get_mut("credentialSubject")
+                        .and_then(Value::as_object_mut),
+                ) {
+                    cs.insert("id".into(), serde_json::json!(sub));
+                }
+            }
+            let types = vc["type"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|t| t.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                CredentialView {
+                    format: format.to_string(),
+                    root: vc,
+                    vct: None,
+                    types,
+                },
+                Vec::new(),
+            )
+        }
+    }
 }
 
 #[cfg(test)]

@@ -77,7 +77,7 @@ impl Agent {
                             json!({"credential_configuration_id": config, "format": rc.format}),
                         );
                         self.held.push(Held {
-                            view: view_of(&rc.format, &raw),
+                            view: dcql::credential_view(&rc.format, &raw).0,
                             format: rc.format,
                             raw,
                         });
@@ -126,68 +126,6 @@ impl Agent {
                     .map_err(|e| e.to_string())
             }
             other => Err(format!("unknown command `{other}`")),
-        }
-    }
-}
-
-fn view_of(format: &str, raw: &str) -> CredentialView {
-    use crate::crypto::{jws, sdjwt};
-    match format {
-        "dc+sd-jwt" => {
-            let mut root = serde_json::Map::new();
-            if let Ok(p) = sdjwt::parse(raw) {
-                if let Ok((_, payload, _, _)) = jws::decode_unverified(&p.jwt) {
-                    root = payload.as_object().cloned().unwrap_or_default();
-                }
-                for d in &p.disclosures {
-                    if let Ok((n, v)) = sdjwt::decode_disclosure(d) {
-                        root.insert(n, v);
-                    }
-                }
-            }
-            let vct = root.get("vct").and_then(Value::as_str).map(str::to_string);
-            CredentialView {
-                format: format.into(),
-                root: Value::Object(root),
-                vct,
-                types: vec![],
-            }
-        }
-        "ldp_vc" => {
-            let v: Value = serde_json::from_str(raw).unwrap_or_default();
-            let types = v["type"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|t| t.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
-            CredentialView {
-                format: format.into(),
-                root: v,
-                vct: None,
-                types,
-            }
-        }
-        _ => {
-            let vc = jws::decode_unverified(raw)
-                .map(|(_, p, _, _)| p["vc"].clone())
-                .unwrap_or_default();
-            let types = vc["type"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|t| t.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
-            CredentialView {
-                format: format.into(),
-                root: vc,
-                vct: None,
-                types,
-            }
         }
     }
 }

@@ -783,7 +783,7 @@ impl WalletService {
 
     pub async fn credential_detail(&self, wallet: &str, id: &str) -> ApiResult<CredentialDetail> {
         let (rec, raw) = self.load_credential(wallet, id).await?;
-        let (view, disclosable) = decode(&rec.format, &raw);
+        let (view, disclosable) = dcql::credential_view(&rec.format, &raw);
         let claims = match rec.format.as_str() {
             "dc+sd-jwt" => view.root.as_object().cloned().unwrap_or_default(),
             _ => view.root["credentialSubject"]
@@ -815,7 +815,7 @@ impl WalletService {
     /// Checks the credential against its issuer's status list: `valid`, `revoked`, `suspended`.
     pub async fn credential_status(&self, wallet: &str, id: &str) -> ApiResult<Value> {
         let (rec, raw) = self.load_credential(wallet, id).await?;
-        let (view, _) = decode(&rec.format, &raw);
+        let (view, _) = dcql::credential_view(&rec.format, &raw);
         let issuer_kid = issuer_kid(&rec.format, &raw)
             .ok_or_else(|| ApiError::validation("the credential names no issuer key"))?;
         let key = did::resolve(&issuer_kid, &self.state.http)
@@ -1046,9 +1046,9 @@ impl WalletService {
                 ))
             }
         }
-        let (view, _) = decode(format, &raw);
+        let (view, _) = dcql::credential_view(format, &raw);
         let id = random_id();
-        let payload = jwt_payload(format, &raw);
+        let payload = dcql::jwt_payload(format, &raw);
         let summary = CredentialSummary {
             id: id.clone(),
             format: if format == "vc+sd-jwt" {
@@ -1095,7 +1095,7 @@ impl WalletService {
         {
             let raw = unseal(&self.state, &cred_aad(wallet, &rec.id), &rec.sealed)?;
             let raw = String::from_utf8_lossy(&raw).into_owned();
-            let (view, _) = decode(&rec.format, &raw);
+            let (view, _) = dcql::credential_view(&rec.format, &raw);
             out.push((rec, raw, view));
         }
         Ok(out)
@@ -1366,17 +1366,6 @@ async fn load_context(state: &AppState, wallet: &str) -> ApiResult<WalletContext
     })
 }
 
-fn jwt_payload(format: &str, raw: &str) -> Value {
-    let jwt = if format.ends_with("sd-jwt") {
-        raw.split('~').next().unwrap_or_default()
-    } else {
-        raw
-    };
-    jws::decode_unverified(jwt)
-        .map(|(_, p, _, _)| p)
-        .unwrap_or(Value::Null)
-}
-
 /// The issuer's key id (DID URL) of a stored credential.
 fn issuer_kid(format: &str, raw: &str) -> Option<String> {
     if format == "ldp_vc" {
@@ -1392,90 +1381,6 @@ fn issuer_kid(format: &str, raw: &str) -> Option<String> {
     };
     let (h, p, _, _) = jws::decode_unverified(jwt).ok()?;
     Some(did::signer_kid(&h, &p)).filter(|k| !k.is_empty())
-}
-
-/// How a held credential looks to queries, and (SD-JWT) which claims can be withheld.
-fn decode(format: &str, raw: &str) -> (CredentialView, Vec<String>) {
-    match format {
-        "dc+sd-jwt" | "vc+sd-jwt" => {
-            let mut root = Map::new();
-            let mut disclosable = Vec::new();
-            if let Ok(p) = sdjwt::parse(raw) {
-                if let Ok((_, payload, _, _)) = jws::decode_unverified(&p.jwt) {
-                    root = payload.as_object().cloned().unwrap_or_default();
-                }
-                for d in &p.disclosures {
-                    if let Ok((name, value)) = sdjwt::decode_disclosure(d) {
-                        disclosable.push(name.clone());
-                        root.insert(name, value);
-                    }
-                }
-            }
-            root.remove("_sd");
-            root.remove("_sd_alg");
-            let vct = root.get("vct").and_then(Value::as_str).map(str::to_string);
-            (
-                CredentialView {
-                    format: "dc+sd-jwt".into(),
-                    root: Value::Object(root),
-                    vct,
-                    types: Vec::new(),
-                },
-                disclosable,
-            )
-        }
-        "ldp_vc" => {
-            let v: Value = serde_json::from_str(raw).unwrap_or(Value::Null);
-            let types = v["type"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|t| t.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
-            (
-                CredentialView {
-                    format: "ldp_vc".into(),
-                    root: v,
-                    vct: None,
-                    types,
-                },
-                Vec::new(),
-            )
-        }
-        _ => {
-            let p = jwt_payload(format, raw);
-            let mut vc = p["vc"].clone();
-            // VC-JWT (VCDM 1.1) decoding: `sub` is credentialSubject.id, `iss` is issuer.
-            if vc["credentialSubject"].get("id").is_none() {
-                if let (Some(sub), Some(cs)) = (
-                    p["sub"].as_str(),
-                    vc.get_mut("credentialSubject")
-                        .and_then(Value::as_object_mut),
-                ) {
-                    cs.insert("id".into(), json!(sub));
-                }
-            }
-            let types = vc["type"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|t| t.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
-            (
-                CredentialView {
-                    format: format.to_string(),
-                    root: vc,
-                    vct: None,
-                    types,
-                },
-                Vec::new(),
-            )
-        }
-    }
 }
 
 /// Presentation-definition input descriptor fields → first-level claim names.
