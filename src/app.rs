@@ -89,6 +89,8 @@ async fn openapi_json(doc: web::Data<OpenApiJson>) -> HttpResponse {
 pub struct Opened {
     pub store: Arc<dyn Store>,
     pub sealer: Sealer,
+    /// The event bus matching the store: in-process for sled; cluster/Redis replace it.
+    pub bus: Arc<dyn crate::bus::Bus>,
 }
 
 /// Opens the store and the sealer (with the sandbox master-key fallback) and checks that the
@@ -120,7 +122,11 @@ pub async fn open_store(settings: &Settings, clock: SharedClock) -> anyhow::Resu
         ),
     };
     check_master_key(&store, &sealer).await?;
-    Ok(Opened { store, sealer })
+    Ok(Opened {
+        store,
+        sealer,
+        bus: Arc::new(crate::bus::LocalBus::new()),
+    })
 }
 
 /// A sealed canary in the system keyspace: created once, and it must open with today's key.
@@ -245,6 +251,7 @@ pub async fn run(
         public_url: public_url.clone().into(),
         roles: settings.roles.clone().into(),
         store: opened.store.clone(),
+        bus: opened.bus.clone(),
         sealer: opened.sealer.clone(),
         clock: opts.clock.clone(),
         http,

@@ -7,6 +7,7 @@
 #![deny(clippy::await_holding_lock)]
 
 pub mod app;
+pub mod bus;
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -18,6 +18,8 @@ pub struct AppState {
     pub public_url: Arc<str>,
     pub roles: Arc<[Role]>,
     pub store: Arc<dyn Store>,
+    /// Notifications between nodes (in-process on one node).
+    pub bus: Arc<dyn crate::bus::Bus>,
     pub sealer: Sealer,
     pub clock: SharedClock,
     /// Outbound HTTP (did:web, status lists, webhooks, other issuers), with timeouts set.
@@ -89,6 +91,7 @@ impl AppState {
             public_url: "http://127.0.0.1:8080".into(),
             roles: crate::roles::Role::compiled_in().into(),
             store: Arc::new(store),
+            bus: Arc::new(crate::bus::LocalBus::new()),
             sealer: Sealer::new(&[9u8; 32]),
             clock,
             http: reqwest::Client::new(),
