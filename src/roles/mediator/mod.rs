@@ -2,9 +2,8 @@
 //! exchange 1.0/1.1 and connections 1.0, trust ping, coordinate-mediation 1.0, routing forward,
 //! message pickup 2.0 with live mode and 1.0) over HTTP and WebSocket.
 
-pub mod envelope;
 pub mod model;
-pub mod peer;
+pub use crate::didcomm::{envelope, peer};
 pub mod routes;
 pub mod service;
 

@@ -13,9 +13,10 @@
 //   {"cmd":"createInvitation"}                    -> {"ok":true,"invitation_url":...,"invitation":{...}}
 //   {"cmd":"receiveInvitation","invitationUrl":...,"timeoutMs":20000} -> {"ok":true,"connection_id":...}
 //   {"cmd":"sendMessage","connectionId":...,"content":"..."}        -> {"ok":true}
-//   {"cmd":"messages","expect":N,"timeoutMs":20000}
-//       waits until N basic messages have been received in total -> {"ok":true,"messages":[...]}
-//       (on timeout: {"ok":false,"error":...,"messages":[...]})
+//   {"cmd":"messages","expect":N,"contains":["..."],"timeoutMs":20000}
+//       waits until N basic messages have been received in total (and every `contains` content is among them;
+//       optional) -> {"ok":true,"messages":[all contents in arrival order],"duplicates":[contents seen twice+]}
+//       (on timeout: {"ok":false,"error":...,"messages":[...],"duplicates":[...]})
 //   {"cmd":"pingMediator","timeoutMs":10000}      -> {"ok":true,"rtt_ms":...}   (trust ping, response requested)
 //   {"cmd":"stopPickup"}    stop the pickup loop and close the WebSocket(s) to the mediator -> {"ok":true,"closed_sockets":n}
 //   {"cmd":"startPickup"}   restart pickup with the strategy given to start               -> {"ok":true}
@@ -23,7 +24,10 @@
 //   {"cmd":"shutdown"}      -> {"ok":true} and exit 0
 // Errors: {"ok":false,"error":"..."}; the process keeps running. Logs go to stderr only.
 // Env: CREDO_VERBOSE=1 credo debug logger; CREDO_TRACE=1 every decrypted DIDComm message this agent
-// packs or unpacks, as one `TRACE {"who","dir":"in"|"out","alg","to":[kids],"msg":{...}}` line on stderr.
+// packs or unpacks, as one `TRACE {"who","dir":"in"|"out","alg","from","to":[kids],"msg":{...}}` line on stderr
+// (credo packs per service tried: a message the transport restriction refused for the first service shows twice).
+// Transport restriction: on the mediator connection only `transport` is used (the other scheme is refused and
+// credo falls through to the next service of the mediator's DID document), so the mediator must offer it.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -288,23 +292,33 @@ async function cmdSendMessage({ connectionId, content }) {
   return { message_id: record.threadId };
 }
 
-async function cmdMessages({ expect, timeoutMs = 20000 }) {
+function duplicates() {
+  const seen = new Set();
+  const dup = new Set();
+  for (const m of received) (seen.has(m) ? dup : seen).add(m);
+  return [...dup];
+}
+
+async function cmdMessages({ expect = 0, contains = [], timeoutMs = 20000 }) {
   requireAgent();
   if (!Number.isInteger(expect) || expect < 0) throw new Error('expect must be a non-negative integer');
-  if (received.length < expect) {
+  if (!Array.isArray(contains) || !contains.every((c) => typeof c === 'string')) throw new Error('contains must be an array of strings');
+  const satisfied = () => received.length >= expect && contains.every((c) => received.includes(c));
+  if (!satisfied()) {
     await new Promise((resolve) => {
       const done = () => { clearTimeout(t); waiters.delete(check); resolve(); };
-      const check = () => { if (received.length >= expect) done(); };
+      const check = () => { if (satisfied()) done(); };
       const t = setTimeout(done, timeoutMs);
       waiters.add(check);
     });
   }
-  if (received.length < expect) {
-    const e = new Error(`timeout after ${timeoutMs} ms: received ${received.length} of ${expect} basic messages`);
-    e.extra = { messages: [...received] };
+  if (!satisfied()) {
+    const missing = contains.filter((c) => !received.includes(c));
+    const e = new Error(`timeout after ${timeoutMs} ms: received ${received.length} of ${expect} basic messages${missing.length ? `, missing ${JSON.stringify(missing)}` : ''}`);
+    e.extra = { messages: [...received], duplicates: duplicates() };
     throw e;
   }
-  return { messages: [...received] };
+  return { messages: [...received], duplicates: duplicates() };
 }
 
 async function cmdPingMediator({ timeoutMs = 10000 }) {
