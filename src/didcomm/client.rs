@@ -20,6 +20,7 @@ pub const CONTENT_TYPE: &str = "application/didcomm-envelope-enc";
 const DIDCOMM: &str = "https://didcomm.org/";
 
 /// A key pair acting as one DIDComm agent.
+#[derive(Clone)]
 pub struct AgentKey {
     key: SigningKey,
     pub verkey: String,
@@ -268,7 +269,7 @@ impl MediatorConnection {
     }
 
     /// Opens the mediator's WebSocket.
-    pub async fn websocket(&self) -> anyhow::Result<WsConnection<'_>> {
+    pub async fn websocket(&self) -> anyhow::Result<WsConnection> {
         let url = self
             .invitation
             .ws_endpoint
@@ -277,7 +278,11 @@ impl MediatorConnection {
         let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
             .await
             .context("WebSocket connect")?;
-        Ok(WsConnection { conn: self, ws })
+        Ok(WsConnection {
+            agent: self.agent.clone(),
+            mediator_key: self.mediator_key,
+            ws,
+        })
     }
 }
 
@@ -285,14 +290,15 @@ type WsStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A WebSocket to the mediator, for one [`MediatorConnection`].
-pub struct WsConnection<'a> {
-    conn: &'a MediatorConnection,
+pub struct WsConnection {
+    agent: AgentKey,
+    mediator_key: [u8; 32],
     ws: WsStream,
 }
 
-impl WsConnection<'_> {
+impl WsConnection {
     pub async fn send(&mut self, m: Value) -> anyhow::Result<()> {
-        let body = self.conn.agent.pack(&m, &self.conn.mediator_key)?;
+        let body = self.agent.pack(&m, &self.mediator_key)?;
         self.ws.send(WsMessage::binary(body)).await?;
         Ok(())
     }
@@ -312,11 +318,11 @@ impl WsConnection<'_> {
                 .map_err(|_| anyhow!("nothing received on the WebSocket within {timeout:?}"))?;
             let frame = next.ok_or_else(|| anyhow!("WebSocket closed"))??;
             match frame {
-                WsMessage::Binary(b) => return Ok(self.conn.agent.unpack(&b)?.0),
+                WsMessage::Binary(b) => return Ok(self.agent.unpack(&b)?.0),
                 WsMessage::Text(t) => {
                     let v: Value = serde_json::from_str(t.as_str())?;
                     if v.get("protected").is_some() {
-                        return Ok(self.conn.agent.unpack(t.as_bytes())?.0);
+                        return Ok(self.agent.unpack(t.as_bytes())?.0);
                     }
                     bail!("mediator refused a message: {v}");
                 }

@@ -522,3 +522,33 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
     );
     assert!(!s.log().contains("panicked"));
 }
+
+/// Older clients: connections 1.0 (the only handshake the invitation offers), single-use invitation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credo_recipient_over_connections_1_0() {
+    let s = Server::start().await;
+    let inv = invitation(&s, "?handshake=connections&single_use=true").await;
+    tokio::task::block_in_place(|| {
+        let mut alice = Credo::spawn("alice");
+        let started = alice.ok(json!({"cmd": "start", "mediatorInvitationUrl": inv, "pickup": "live", "transport": "ws"}));
+        assert!(
+            started["connection_protocol"]
+                .as_str()
+                .unwrap()
+                .contains("connections"),
+            "{started}"
+        );
+        alice.ok(json!({"cmd": "pingMediator", "timeoutMs": 10000}));
+    });
+    let conns: Value = crate::common::client()
+        .get(s.url("/api/mediator/connections"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(conns[0]["protocol"], "connections/1.0", "{conns}");
+    assert_eq!(conns[0]["mediation"], "granted", "{conns}");
+}

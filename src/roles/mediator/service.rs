@@ -31,6 +31,9 @@ const DIDCOMM: &str = "https://didcomm.org/";
 const LEGACY_PREFIX: &str = "did:sov:BzCbsNYhMrjHiqZDTUASHg;spec/";
 /// Most messages in one pickup `delivery`.
 const DELIVERY_BATCH: usize = 50;
+/// How long a message handed out over HTTP pickup waits for `messages-received` before it is
+/// offered again.
+const HTTP_LEASE_MS: i64 = 10_000;
 /// Most messages handed to one socket and not yet acknowledged; beyond it the pump waits.
 const MAX_INFLIGHT: usize = 500;
 
@@ -78,6 +81,10 @@ pub struct MediatorService {
     live: Mutex<HashMap<String, Weak<Socket>>>,
     open_sockets: AtomicU64,
     next_socket: AtomicU64,
+    /// Messages handed out over HTTP pickup and not acknowledged yet: connection → id → when.
+    /// Held back from later deliveries and counts for [`HTTP_LEASE_MS`], so a client polling
+    /// again before it acknowledged gets no duplicate; after that they are delivered again.
+    http_inflight: Mutex<HashMap<String, HashMap<String, i64>>>,
     counters: Counters,
     metrics: Option<Metrics>,
 }
@@ -151,6 +158,7 @@ impl MediatorService {
             live: Mutex::default(),
             open_sockets: AtomicU64::new(0),
             next_socket: AtomicU64::new(1),
+            http_inflight: Mutex::default(),
             counters: Counters::default(),
             metrics,
         })
@@ -1059,6 +1067,17 @@ impl MediatorService {
             .store
             .scan_prefix(ks::QUEUE, &prefix, limit + inflight_len)
             .await?;
+        let now = self.now();
+        let mut http_guard = if socket.is_none() {
+            self.http_inflight.lock().ok()
+        } else {
+            None
+        };
+        let mut http_leases = http_guard.as_mut().map(|g| {
+            let e = g.entry(conn.id.clone()).or_default();
+            e.retain(|_, at| now - *at < HTTP_LEASE_MS);
+            e
+        });
         let mut out = Vec::new();
         let mut guard = socket.and_then(|s| s.inflight.lock().ok());
         for (_, raw) in rows {
@@ -1076,9 +1095,17 @@ impl MediatorService {
                     continue;
                 }
             }
+            if let Some(l) = http_leases.as_mut() {
+                if l.contains_key(&m.id) {
+                    continue;
+                }
+                l.insert(m.id.clone(), now);
+            }
             out.push(m);
         }
         drop(guard);
+        drop(http_leases);
+        drop(http_guard);
         self.counters
             .delivered
             .fetch_add(out.len() as u64, Ordering::Relaxed);
@@ -1132,6 +1159,16 @@ impl MediatorService {
         if !ops.is_empty() {
             self.state.store.batch(ops).await?;
         }
+        if let Ok(mut g) = self.http_inflight.lock() {
+            if let Some(m) = g.get_mut(&conn.id) {
+                for id in ids {
+                    m.remove(id);
+                }
+                if m.is_empty() {
+                    g.remove(&conn.id);
+                }
+            }
+        }
         if let Some(s) = socket {
             if let Ok(mut g) = s.inflight.lock() {
                 for id in ids {
@@ -1160,9 +1197,23 @@ impl MediatorService {
             .store
             .scan_prefix(ks::QUEUE, &prefix, usize::MAX)
             .await?;
-        let inflight: HashSet<String> = socket
-            .and_then(|s| s.inflight.lock().ok().map(|g| g.clone()))
-            .unwrap_or_default();
+        let now = self.now();
+        let inflight: HashSet<String> = match socket {
+            Some(s) => s.inflight.lock().map(|g| g.clone()).unwrap_or_default(),
+            None => self
+                .http_inflight
+                .lock()
+                .ok()
+                .and_then(|g| {
+                    g.get(&conn.id).map(|m| {
+                        m.iter()
+                            .filter(|(_, at)| now - **at < HTTP_LEASE_MS)
+                            .map(|(id, _)| id.clone())
+                            .collect()
+                    })
+                })
+                .unwrap_or_default(),
+        };
         let mut count = 0u64;
         let mut bytes = 0u64;
         let mut oldest: Option<i64> = None;

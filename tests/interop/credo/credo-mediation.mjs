@@ -4,7 +4,8 @@
 //   node credo/credo-mediation.mjs --label alice     (LIB_ASKAR_PATH defaults to ./lib/x/aries_askar)
 //
 // Line protocol: one JSON command per stdin line, exactly one JSON line per command on stdout.
-//   {"cmd":"start","mediatorInvitationUrl":"<oob url>"|null,"pickup":"live"|"polling"|"none","transport":"ws"|"http"}
+//   {"cmd":"start","mediatorInvitationUrl":"<oob url>"|null,"pickup":"live"|"polling"|"none","transport":"ws"|"http",
+//    "handshake":"didexchange"|"connections"|null (optional: force that handshake family), "timeoutMs":20000}
 //       Builds the agent (askar in-memory, outbound WS + HTTP). With a mediator invitation: connects to the
 //       mediator (only over `transport`), requests and awaits the mediation grant, makes it the default
 //       mediator and starts pickup v2 (live mode over WebSocket, or polling every 500 ms).
@@ -20,7 +21,11 @@
 //   {"cmd":"pingMediator","timeoutMs":10000}      -> {"ok":true,"rtt_ms":...}   (trust ping, response requested)
 //   {"cmd":"stopPickup"}    stop the pickup loop and close the WebSocket(s) to the mediator -> {"ok":true,"closed_sockets":n}
 //   {"cmd":"startPickup"}   restart pickup with the strategy given to start               -> {"ok":true}
-//   {"cmd":"info"}          -> {"ok":true,label,started,mediator_connection_id,connections:[...],received:n}
+//   {"cmd":"dropNextDelivery","count":1}   fault injection for the loss test: the next `count` pickup deliveries
+//       are thrown away unprocessed and NOT acknowledged; on the first one the pickup stops and the WebSocket
+//       closes (as if the phone died). Then `startPickup`: the mediator must deliver them again. -> {"ok":true,"armed":n}
+//   {"cmd":"info"}          -> {"ok":true,label,started,mediator_connection_id,pickup_active,dropped_deliveries,
+//                               dropped_message_ids,connections:[...],received:n}
 //   {"cmd":"shutdown"}      -> {"ok":true} and exit 0
 // Errors: {"ok":false,"error":"..."}; the process keeps running. Logs go to stderr only.
 // Env: CREDO_VERBOSE=1 credo debug logger; CREDO_TRACE=1 every decrypted DIDComm message this agent
@@ -70,6 +75,7 @@ let mediatorOobId = null;
 let mediatorConnectionId = null;
 let pickupStrategy = DidCommMediatorPickupStrategy.None;
 let ownEndpoint = null;
+let pickupActive = false;
 const received = []; // basic message contents, in arrival order
 const waiters = new Set(); // () => void, re-checked on every received message
 const connectionOobCache = new Map(); // connectionId -> outOfBandId
@@ -122,22 +128,45 @@ class RestrictedWsOutboundTransport extends DidCommWsOutboundTransport {
 }
 let wsOutbound = null;
 
-function installTrace(a) {
-  if (!process.env.CREDO_TRACE) return;
+// Wraps credo's envelope service: optional tracing of every plaintext, and the `dropNextDelivery` fault
+// (a pickup `delivery` is thrown away unprocessed and unacknowledged, the pickup stops and the WebSocket
+// closes: a client that vanishes between delivery and messages-received).
+let dropDeliveries = 0; // armed drops left
+let droppedDeliveries = 0; // deliveries thrown away so far
+const droppedMessageIds = [];
+function installEnvelopeHooks(a) {
+  const trace = Boolean(process.env.CREDO_TRACE);
   const env = a.dependencyManager.resolve(DidCommEnvelopeService);
   const enc = env.encryptDidcommV1Message.bind(env);
   const dec = env.decryptDidcommV1Message.bind(env);
   const hdr = (p) => JSON.parse(Buffer.from(p, 'base64url').toString());
-  env.encryptDidcommV1Message = async (ctx, message, recipientKeys, senderKey) => {
-    const r = await enc(ctx, message, recipientKeys, senderKey);
-    const h = hdr(r.protected);
-    process.stderr.write(`TRACE ${JSON.stringify({ who: LABEL, dir: 'out', t: Date.now(), alg: h.alg, from: senderKey ? TypedArrayEncoder.toBase58(senderKey.publicKey.publicKey) : null, to: h.recipients.map((x) => x.header.kid), msg: message })}\n`);
-    return r;
-  };
+  if (trace) {
+    env.encryptDidcommV1Message = async (ctx, message, recipientKeys, senderKey) => {
+      const r = await enc(ctx, message, recipientKeys, senderKey);
+      const h = hdr(r.protected);
+      process.stderr.write(`TRACE ${JSON.stringify({ who: LABEL, dir: 'out', t: Date.now(), alg: h.alg, from: senderKey ? TypedArrayEncoder.toBase58(senderKey.publicKey.publicKey) : null, to: h.recipients.map((x) => x.header.kid), msg: message })}\n`);
+      return r;
+    };
+  }
   env.decryptDidcommV1Message = async (ctx, encrypted) => {
     const r = await dec(ctx, encrypted);
-    const h = hdr(encrypted.protected);
-    process.stderr.write(`TRACE ${JSON.stringify({ who: LABEL, dir: 'in', t: Date.now(), alg: h.alg, from: r.senderKey ? TypedArrayEncoder.toBase58(r.senderKey.publicKey.publicKey) : null, to: h.recipients.map((x) => x.header.kid), msg: r.plaintextMessage })}\n`);
+    if (trace) {
+      const h = hdr(encrypted.protected);
+      process.stderr.write(`TRACE ${JSON.stringify({ who: LABEL, dir: 'in', t: Date.now(), alg: h.alg, from: r.senderKey ? TypedArrayEncoder.toBase58(r.senderKey.publicKey.publicKey) : null, to: h.recipients.map((x) => x.header.kid), msg: r.plaintextMessage })}\n`);
+    }
+    const type = r.plaintextMessage?.['@type'] ?? '';
+    if (dropDeliveries > 0 && type.endsWith('/messagepickup/2.0/delivery')) {
+      dropDeliveries--;
+      droppedDeliveries++;
+      const ids = (r.plaintextMessage['~attach'] ?? []).map((x) => x['@id']);
+      droppedMessageIds.push(...ids);
+      log(`dropping delivery ${r.plaintextMessage['@id']} (attachments ${JSON.stringify(ids)}) without messages-received; stopping pickup`);
+      pickupActive = false;
+      a.didcomm.mediationRecipient.stopMessagePickup()
+        .then(() => wsOutbound.closeSockets(mediatorConnectionId))
+        .catch((e) => log(`drop: ${e}`));
+      throw new Error('delivery dropped on purpose (dropNextDelivery)');
+    }
     return r;
   };
 }
@@ -160,10 +189,11 @@ function requireMediator() {
 
 // ---------------------------------------------------------------------------------------------
 // Commands
-async function startAgent({ mediatorInvitationUrl = null, pickup = 'live', transport = 'ws', timeoutMs = 20000 }) {
+async function startAgent({ mediatorInvitationUrl = null, pickup = 'live', transport = 'ws', handshake = null, timeoutMs = 20000 }) {
   if (agent) throw new Error('already started');
   if (!['live', 'polling', 'none'].includes(pickup)) throw new Error('pickup must be live, polling or none');
   if (!['ws', 'http'].includes(transport)) throw new Error('transport must be ws or http');
+  if (handshake !== null && !['didexchange', 'connections'].includes(handshake)) throw new Error('handshake must be didexchange, connections or null');
   if (mediatorInvitationUrl != null && typeof mediatorInvitationUrl !== 'string') throw new Error('mediatorInvitationUrl must be a string or null');
   if (mediatorInvitationUrl && pickup === 'live' && transport !== 'ws') throw new Error('live pickup needs transport ws');
   const mediated = Boolean(mediatorInvitationUrl);
@@ -204,7 +234,7 @@ async function startAgent({ mediatorInvitationUrl = null, pickup = 'live', trans
       }),
     },
   });
-  installTrace(a);
+  installEnvelopeHooks(a);
   await a.initialize();
   agent = a;
 
@@ -222,6 +252,12 @@ async function startAgent({ mediatorInvitationUrl = null, pickup = 'live', trans
   }
 
   const invitation = await agent.didcomm.oob.parseInvitation(mediatorInvitationUrl);
+  if (handshake) {
+    // credo uses the first handshake protocol of the invitation it supports; keep only the requested family.
+    const kept = (invitation.handshakeProtocols ?? []).filter((p) => p.includes(`/${handshake}/`));
+    if (kept.length === 0) throw new Error(`mediator invitation offers no ${handshake} handshake: ${JSON.stringify(invitation.handshakeProtocols)}`);
+    invitation.handshakeProtocols = kept;
+  }
   const { outOfBandRecord } = await agent.didcomm.oob.receiveInvitation(invitation, { label: LABEL, autoAcceptInvitation: false });
   mediatorOobId = outOfBandRecord.id;
   const { connectionRecord } = await agent.didcomm.oob.acceptInvitation(outOfBandRecord.id, { label: LABEL, autoAcceptConnection: true, timeoutMs });
@@ -240,6 +276,7 @@ async function startAgent({ mediatorInvitationUrl = null, pickup = 'live', trans
   log(`mediation granted: endpoint ${mediation.endpoint} routing keys ${JSON.stringify(mediation.routingKeys)}`);
   if (pickupStrategy !== DidCommMediatorPickupStrategy.None) {
     await agent.didcomm.mediationRecipient.initiateMessagePickup(mediation, pickupStrategy);
+    pickupActive = true;
   }
   return {
     mediator_connection_id: conn.id,
@@ -258,7 +295,7 @@ async function cmdStart(msg) {
     return await startAgent(msg);
   } catch (e) {
     const a = agent;
-    agent = null; startOpts = null; mediatorOobId = null; mediatorConnectionId = null; ownEndpoint = null;
+    agent = null; startOpts = null; mediatorOobId = null; mediatorConnectionId = null; ownEndpoint = null; pickupActive = false;
     connectionOobCache.clear();
     if (a) {
       try { await a.didcomm.mediationRecipient.stopMessagePickup(); } catch {}
@@ -350,6 +387,7 @@ async function cmdPingMediator({ timeoutMs = 10000 }) {
 async function cmdStopPickup() {
   requireMediator();
   await agent.didcomm.mediationRecipient.stopMessagePickup();
+  pickupActive = false;
   const closed = await wsOutbound.closeSockets(mediatorConnectionId);
   log(`pickup stopped, closed ${closed} WebSocket(s)`);
   return { closed_sockets: closed };
@@ -358,14 +396,23 @@ async function cmdStopPickup() {
 async function cmdStartPickup() {
   requireMediator();
   if (pickupStrategy === DidCommMediatorPickupStrategy.None) throw new Error('start was given pickup "none"');
+  if (pickupActive) throw new Error('pickup already running (send stopPickup first)');
   const mediation = await agent.didcomm.mediationRecipient.findDefaultMediator();
   await agent.didcomm.mediationRecipient.initiateMessagePickup(mediation, pickupStrategy);
+  pickupActive = true;
   return {};
+}
+
+async function cmdDropNextDelivery({ count = 1 }) {
+  requireMediator();
+  if (!Number.isInteger(count) || count < 1) throw new Error('count must be a positive integer');
+  dropDeliveries = count;
+  return { armed: count };
 }
 
 async function cmdInfo() {
   const connections = agent ? (await agent.didcomm.connections.getAll()).map((c) => ({ id: c.id, state: c.state, protocol: c.protocol, their_label: c.theirLabel, did: c.did, their_did: c.theirDid })) : [];
-  return { label: LABEL, started: Boolean(agent), ...startOpts, mediator_connection_id: mediatorConnectionId, own_endpoint: ownEndpoint, connections, received: received.length };
+  return { label: LABEL, started: Boolean(agent), ...startOpts, mediator_connection_id: mediatorConnectionId, pickup_active: pickupActive, dropped_deliveries: droppedDeliveries, dropped_message_ids: droppedMessageIds, own_endpoint: ownEndpoint, connections, received: received.length };
 }
 
 let shuttingDown = false;
@@ -383,7 +430,7 @@ async function shutdown(code = 0) {
 
 const handlers = {
   start: cmdStart, createInvitation: cmdCreateInvitation, receiveInvitation: cmdReceiveInvitation, sendMessage: cmdSendMessage,
-  messages: cmdMessages, pingMediator: cmdPingMediator, stopPickup: cmdStopPickup, startPickup: cmdStartPickup, info: cmdInfo,
+  messages: cmdMessages, pingMediator: cmdPingMediator, dropNextDelivery: cmdDropNextDelivery, stopPickup: cmdStopPickup, startPickup: cmdStartPickup, info: cmdInfo,
 };
 
 // Commands are processed strictly in order (one answer line per command, in order).
