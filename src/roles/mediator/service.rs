@@ -1104,7 +1104,6 @@ impl MediatorService {
             out.push(m);
         }
         drop(guard);
-        drop(http_leases);
         drop(http_guard);
         self.counters
             .delivered
