@@ -1364,6 +1364,11 @@ impl MediatorService {
             if room == 0 {
                 return Ok(());
             }
+            // The socket task that drains `tx` is the one running this pump: never wait on a full
+            // channel; what is left goes out on the next wake (every acknowledgement wakes it).
+            if s.tx.capacity() == 0 {
+                return Ok(());
+            }
             let batch = self
                 .claim(&conn, Some(s), room.min(DELIVERY_BATCH), None)
                 .await?;
@@ -1374,7 +1379,13 @@ impl MediatorService {
                 &self.delivery_message(&batch, None, None),
                 &conn.their_verkey,
             )?;
-            if s.tx.send(packed).await.is_err() {
+            if s.tx.try_send(packed).is_err() {
+                // Not expected (capacity checked, one producer): release the claim.
+                if let Ok(mut g) = s.inflight.lock() {
+                    for m in &batch {
+                        g.remove(&m.id);
+                    }
+                }
                 return Ok(());
             }
         }
