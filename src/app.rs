@@ -370,10 +370,16 @@ async fn join_cluster(
 ) -> anyhow::Result<Opened> {
     #[cfg(feature = "cluster")]
     {
-        let (opened, _) =
-            crate::cluster::start(settings, opened, opts.clock.clone(), readiness, tasks, shutdown)
-                .await
-                .context("joining the cluster")?;
+        let (opened, _) = crate::cluster::start(
+            settings,
+            opened,
+            opts.clock.clone(),
+            readiness,
+            tasks,
+            shutdown,
+        )
+        .await
+        .context("joining the cluster")?;
         Ok(opened)
     }
     #[cfg(not(feature = "cluster"))]

@@ -108,7 +108,10 @@ impl Verifier {
             return Err(AuthError::Stale);
         }
         let sig_bytes: Vec<u8> = (0..sig.len() / 2)
-            .map(|i| sig.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .map(|i| {
+                sig.get(2 * i..2 * i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
             .collect::<Option<_>>()
             .ok_or(AuthError::Malformed)?;
         let mut mac = HmacSha256::new_from_slice(&self.key).map_err(|_| AuthError::Malformed)?;
@@ -151,7 +154,10 @@ mod tests {
         let check = |path: &str, ts: &str, nonce: &str, sig: &str, body: &[u8], at: i64| {
             v.verify(at, "POST", path, Some(ts), Some(nonce), Some(sig), body)
         };
-        assert_eq!(check("/cluster/v1/apply", &ts, "n1", &sig, body, now), Ok(()));
+        assert_eq!(
+            check("/cluster/v1/apply", &ts, "n1", &sig, body, now),
+            Ok(())
+        );
         // the same request again is a replay
         assert_eq!(
             check("/cluster/v1/apply", &ts, "n1", &sig, body, now + 5),
@@ -173,18 +179,31 @@ mod tests {
         // too old / from the future
         let old = sign(&key, "POST", "/p", now - WINDOW_MS - 1, "n3", body);
         assert_eq!(
-            check("/p", &(now - WINDOW_MS - 1).to_string(), "n3", &old, body, now),
+            check(
+                "/p",
+                &(now - WINDOW_MS - 1).to_string(),
+                "n3",
+                &old,
+                body,
+                now
+            ),
             Err(AuthError::Stale)
         );
         // a key from another secret or another cluster id
         let other = derive_key(b"a cluster secret of some length", "other", "rpc");
         assert_ne!(other, key);
         let forged = sign(&other, "POST", "/p", now, "n4", body);
-        assert_eq!(check("/p", &ts, "n4", &forged, body, now), Err(AuthError::BadSignature));
+        assert_eq!(
+            check("/p", &ts, "n4", &forged, body, now),
+            Err(AuthError::BadSignature)
+        );
         assert_eq!(
             v.verify(now, "POST", "/p", None, Some("n"), Some("00"), body),
             Err(AuthError::Malformed)
         );
-        assert_eq!(check("/p", &ts, "n5", "zz", body, now), Err(AuthError::Malformed));
+        assert_eq!(
+            check("/p", &ts, "n5", "zz", body, now),
+            Err(AuthError::Malformed)
+        );
     }
 }

@@ -68,9 +68,18 @@ mod tests {
     #[test]
     fn derived_keys_depend_on_secret_cluster_and_purpose() {
         let a = super::derive_master_key("secret-one-0123456789", "idstack");
-        assert_eq!(a, super::derive_master_key("secret-one-0123456789", "idstack"));
-        assert_ne!(a, super::derive_master_key("secret-two-0123456789", "idstack"));
-        assert_ne!(a, super::derive_master_key("secret-one-0123456789", "other"));
+        assert_eq!(
+            a,
+            super::derive_master_key("secret-one-0123456789", "idstack")
+        );
+        assert_ne!(
+            a,
+            super::derive_master_key("secret-two-0123456789", "idstack")
+        );
+        assert_ne!(
+            a,
+            super::derive_master_key("secret-one-0123456789", "other")
+        );
         assert_ne!(a, super::derive_rpc_key("secret-one-0123456789", "idstack"));
     }
 }

@@ -80,7 +80,10 @@ impl ClusterMetrics {
                 ]),
             )?,
             rpc_errors: IntCounterVec::new(
-                Opts::new("cluster_rpc_errors_total", "failed internal RPC calls by operation"),
+                Opts::new(
+                    "cluster_rpc_errors_total",
+                    "failed internal RPC calls by operation",
+                ),
                 &["op"],
             )?,
             repairs: IntCounter::new(
@@ -408,7 +411,11 @@ impl Node {
     }
 
     /// Newest version of a key among the live peers (merged locally), for reads this node misses.
-    pub async fn fetch_from_peers(&self, ks: &'static str, key: &str) -> StoreResult<Option<Versioned>> {
+    pub async fn fetch_from_peers(
+        &self,
+        ks: &'static str,
+        key: &str,
+    ) -> StoreResult<Option<Versioned>> {
         let peers: Vec<_> = self
             .live_peers()
             .into_iter()
@@ -425,7 +432,11 @@ impl Node {
             .iter()
             .map(|(id, addr)| self.call::<_, GetResp>(id, addr, PATH_GET, &req));
         let mut newest: Option<Versioned> = None;
-        for r in futures_util::future::join_all(calls).await.into_iter().flatten() {
+        for r in futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+        {
             if let Some(rec) = r.record {
                 if newest.as_ref().is_none_or(|n| rec.version > n.version) {
                     newest = Some(rec);

@@ -31,7 +31,9 @@ pub fn intern(ks: &str) -> StoreResult<&'static str> {
         return Ok(s);
     }
     if t.len() >= 1024 || ks.is_empty() || ks.len() > 128 {
-        return Err(StoreError::Backend(format!("refusing keyspace name `{ks}`")));
+        return Err(StoreError::Backend(format!(
+            "refusing keyspace name `{ks}`"
+        )));
     }
     let leaked: &'static str = Box::leak(ks.to_string().into_boxed_str());
     t.insert(ks.to_string(), leaked);
@@ -318,10 +320,11 @@ impl Replica {
     }
 
     pub fn version_of(&self, ks: &str, key: &str) -> Option<Version> {
-        self.index
-            .lock()
-            .ok()
-            .and_then(|idx| idx.get(ks).and_then(|m| m.get(key)).map(|e| e.version.clone()))
+        self.index.lock().ok().and_then(|idx| {
+            idx.get(ks)
+                .and_then(|m| m.get(key))
+                .map(|e| e.version.clone())
+        })
     }
 
     /// Drops index entries past their deadline (the store's sweeper deletes the records).
@@ -375,8 +378,14 @@ mod tests {
         assert!(a.merge(ks, "k", &v2).await.unwrap());
         assert!(b.merge(ks, "k", &v2).await.unwrap());
         assert!(!b.merge(ks, "k", &v1).await.unwrap());
-        assert_eq!(a.read(ks, "k").await.unwrap().unwrap().value.unwrap(), b"two");
-        assert_eq!(b.read(ks, "k").await.unwrap().unwrap().value.unwrap(), b"two");
+        assert_eq!(
+            a.read(ks, "k").await.unwrap().unwrap().value.unwrap(),
+            b"two"
+        );
+        assert_eq!(
+            b.read(ks, "k").await.unwrap().unwrap().value.unwrap(),
+            b"two"
+        );
         assert_eq!(a.digest(), b.digest());
         // a delete on b; a stale write of v1 arriving later does not resurrect it
         clock.advance_ms(1);
@@ -420,7 +429,12 @@ mod tests {
     async fn index_is_rebuilt_from_disk() {
         let clock = FakeClock::new(5_000_000);
         let inner: Arc<dyn Store> = Arc::new(SledStore::temporary(clock.clone()).unwrap());
-        let a = Replica::new(inner.clone(), "a".into(), clock.clone(), Duration::from_secs(60));
+        let a = Replica::new(
+            inner.clone(),
+            "a".into(),
+            clock.clone(),
+            Duration::from_secs(60),
+        );
         let ks = intern("things").unwrap();
         let rec = Versioned {
             version: a.new_version(),

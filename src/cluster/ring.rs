@@ -19,7 +19,11 @@ pub fn weight(node: &str, keyspace: &str, key: &str) -> u64 {
 }
 
 /// `nodes` ordered by descending weight for the key (ties broken by node id).
-pub fn rank<'a>(nodes: impl IntoIterator<Item = &'a str>, keyspace: &str, key: &str) -> Vec<&'a str> {
+pub fn rank<'a>(
+    nodes: impl IntoIterator<Item = &'a str>,
+    keyspace: &str,
+    key: &str,
+) -> Vec<&'a str> {
     let mut v: Vec<(u64, &str)> = nodes
         .into_iter()
         .map(|n| (weight(n, keyspace, key), n))

@@ -62,7 +62,10 @@ fn ok<T: Serialize>(v: &T) -> HttpResponse {
 
 fn err(e: impl std::fmt::Display) -> HttpResponse {
     tracing::warn!(error = %e, "cluster RPC failed");
-    problem(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, "store error")
+    problem(
+        actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+        "store error",
+    )
 }
 
 type NodeData = web::Data<Arc<Node>>;
@@ -179,7 +182,10 @@ async fn publish(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResp
 }
 
 /// Binds the RPC listener and returns the running server (spawn it, stop it through its handle).
-pub fn server(node: Arc<Node>, listener: std::net::TcpListener) -> std::io::Result<actix_web::dev::Server> {
+pub fn server(
+    node: Arc<Node>,
+    listener: std::net::TcpListener,
+) -> std::io::Result<actix_web::dev::Server> {
     let data = web::Data::new(node);
     Ok(HttpServer::new(move || {
         App::new()
@@ -193,7 +199,10 @@ pub fn server(node: Arc<Node>, listener: std::net::TcpListener) -> std::io::Resu
             .route(PATH_FETCH, web::post().to(fetch))
             .route(PATH_PUBLISH, web::post().to(publish))
             .default_service(web::to(|| async {
-                problem(actix_web::http::StatusCode::NOT_FOUND, "no such cluster RPC")
+                problem(
+                    actix_web::http::StatusCode::NOT_FOUND,
+                    "no such cluster RPC",
+                )
             }))
     })
     .workers(2)

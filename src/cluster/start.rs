@@ -58,7 +58,9 @@ pub async fn start(
         .as_ref()
         .context("cluster mode needs cluster.secret")?;
 
-    let gossip_listen = resolve(&c.gossip_addr).await.context("cluster.gossip_addr")?;
+    let gossip_listen = resolve(&c.gossip_addr)
+        .await
+        .context("cluster.gossip_addr")?;
     let rpc_bind = if c.rpc_addr.is_empty() {
         c.gossip_addr.clone()
     } else {
@@ -92,7 +94,11 @@ pub async fn start(
     } else {
         c.node_id.clone()
     };
-    let roles: Vec<String> = settings.roles.iter().map(|r| r.as_str().to_string()).collect();
+    let roles: Vec<String> = settings
+        .roles
+        .iter()
+        .map(|r| r.as_str().to_string())
+        .collect();
 
     let ns = NodeSettings {
         node_id: node_id.clone(),
@@ -119,7 +125,10 @@ pub async fn start(
         clock.clone(),
         Duration::from_secs(c.tombstone_ttl_seconds.max(60)),
     ));
-    let n = replica.load_index().await.context("indexing the local store")?;
+    let n = replica
+        .load_index()
+        .await
+        .context("indexing the local store")?;
     tracing::info!(records = n, "cluster: local replica indexed");
 
     // A new generation on every start, so peers tell this incarnation from the one that died.
@@ -177,7 +186,11 @@ pub async fn start(
                 anyhow::bail!("shut down while waiting for the cluster to form");
             }
             if last_log.elapsed() > Duration::from_secs(5) {
-                tracing::info!(live = node.live_count(), expect = node.settings.bootstrap_expect, "cluster: waiting for bootstrap_expect members");
+                tracing::info!(
+                    live = node.live_count(),
+                    expect = node.settings.bootstrap_expect,
+                    "cluster: waiting for bootstrap_expect members"
+                );
                 last_log = tokio::time::Instant::now();
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -202,7 +215,9 @@ pub async fn start(
             break;
         }
         if tokio::time::Instant::now() > until || shutdown.is_cancelled() {
-            tracing::warn!("cluster: could not sync with every peer; going on with what was reached");
+            tracing::warn!(
+                "cluster: could not sync with every peer; going on with what was reached"
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -319,5 +334,216 @@ impl Cluster {
             }
         }
         self.rpc.stop(true).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Two or three nodes in one process over real UDP gossip and real RPC on localhost.
+
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::store::{SledStore, Store};
+
+    fn free_port() -> u16 {
+        loop {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let port = udp.local_addr().unwrap().port();
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
+
+    struct TestNode {
+        opened: Opened,
+        cluster: Arc<Cluster>,
+        token: CancellationToken,
+        _tasks: Tasks,
+    }
+
+    async fn node(id: &str, port: u16, seeds: &[u16], expect: usize) -> TestNode {
+        let mut cfg = crate::config::Config::default();
+        cfg.cluster.enabled = true;
+        cfg.cluster.node_id = id.into();
+        cfg.cluster.gossip_addr = format!("127.0.0.1:{port}");
+        cfg.cluster.seeds = seeds.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        cfg.cluster.secret = crate::config::Secret::new("unit-test-cluster-secret");
+        cfg.cluster.bootstrap_expect = expect;
+        cfg.cluster.gossip_interval_ms = 50;
+        cfg.cluster.anti_entropy_interval_seconds = 3600;
+        let settings = cfg.finish().unwrap();
+        let clock: SharedClock = Arc::new(SystemClock);
+        let store: Arc<dyn Store> = Arc::new(SledStore::temporary(clock.clone()).unwrap());
+        let opened = Opened {
+            store,
+            sealer: crate::store::Sealer::new(&[1u8; 32]),
+            bus: Arc::new(crate::bus::LocalBus::new()),
+            cluster: None,
+        };
+        let readiness = Arc::new(Readiness::default());
+        let mut tasks = Tasks::default();
+        let token = CancellationToken::new();
+        let (opened, cluster) = start(&settings, opened, clock, &readiness, &mut tasks, &token)
+            .await
+            .unwrap();
+        TestNode {
+            opened,
+            cluster,
+            token,
+            _tasks: tasks,
+        }
+    }
+
+    async fn three() -> Vec<TestNode> {
+        let ports = [free_port(), free_port(), free_port()];
+        let (a, b, c) = tokio::join!(
+            node("a", ports[0], &ports, 3),
+            node("b", ports[1], &ports, 3),
+            node("c", ports[2], &ports, 3)
+        );
+        vec![a, b, c]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn writes_replicate_cas_is_single_winner_and_events_reach_every_node() {
+        let nodes = three().await;
+        let ks = "unit_things";
+        // a write on one node is on the others before put returns (replication factor 3)
+        nodes[0]
+            .opened
+            .store
+            .put(ks, "k1", b"v1".to_vec(), None)
+            .await
+            .unwrap();
+        for n in &nodes[1..] {
+            let local = n.cluster.node.replica.read(ks, "k1").await.unwrap();
+            assert_eq!(local.unwrap().value.unwrap(), b"v1");
+        }
+        // delete is replicated as a tombstone
+        assert!(nodes[1].opened.store.delete(ks, "k1").await.unwrap());
+        for n in &nodes {
+            assert_eq!(n.opened.store.get(ks, "k1").await.unwrap(), None);
+        }
+
+        // concurrent single-use transitions from every node on the same keys: one winner each
+        for i in 0..30 {
+            let key = format!("code{i}");
+            nodes[0]
+                .opened
+                .store
+                .put(ks, &key, b"unused".to_vec(), None)
+                .await
+                .unwrap();
+            let attempts = nodes.iter().map(|n| {
+                let store = n.opened.store.clone();
+                let key = key.clone();
+                async move {
+                    store
+                        .compare_and_swap(ks, &key, Some(b"unused".to_vec()), None)
+                        .await
+                        .unwrap()
+                }
+            });
+            let results = futures_util::future::join_all(attempts).await;
+            let wins = results.iter().filter(|r| **r == Cas::Swapped).count();
+            assert_eq!(wins, 1, "{key}: {results:?}");
+        }
+        // create-if-absent from every node at once: one value cluster-wide
+        let attempts = nodes.iter().enumerate().map(|(i, n)| {
+            let store = n.opened.store.clone();
+            async move {
+                store
+                    .compare_and_swap(ks, "singleton", None, Some((vec![i as u8], None)))
+                    .await
+                    .unwrap()
+            }
+        });
+        let results = futures_util::future::join_all(attempts).await;
+        assert_eq!(results.iter().filter(|r| **r == Cas::Swapped).count(), 1);
+        let first = nodes[0].opened.store.get(ks, "singleton").await.unwrap();
+        for n in &nodes {
+            assert_eq!(n.opened.store.get(ks, "singleton").await.unwrap(), first);
+        }
+
+        // an event published on one node reaches subscribers on every node
+        let mut subs: Vec<_> = nodes.iter().map(|n| n.opened.bus.subscribe()).collect();
+        nodes[2]
+            .opened
+            .bus
+            .publish("mediator.queued", "recipient-key")
+            .await;
+        for rx in subs.iter_mut() {
+            let ev = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (ev.topic.as_str(), ev.payload.as_str()),
+                ("mediator.queued", "recipient-key")
+            );
+        }
+
+        // a record written only locally (as if replication had been missed) is found by a
+        // read on another node, and anti-entropy copies the rest
+        let rec = crate::cluster::version::Versioned {
+            version: nodes[0].cluster.node.replica.new_version(),
+            value: Some(b"missed".to_vec()),
+            deadline_ms: None,
+        };
+        for i in 0..5 {
+            nodes[0]
+                .cluster
+                .node
+                .replica
+                .merge(ks, &format!("only-a-{i}"), &rec)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            nodes[1]
+                .opened
+                .store
+                .get(ks, "only-a-0")
+                .await
+                .unwrap()
+                .unwrap(),
+            b"missed"
+        );
+        assert!(nodes[2]
+            .cluster
+            .node
+            .replica
+            .read(ks, "only-a-1")
+            .await
+            .unwrap()
+            .is_none());
+        let repaired = nodes[2]
+            .cluster
+            .node
+            .sync_with("a", &nodes[0].cluster.node.settings.rpc_advertise)
+            .await
+            .unwrap();
+        assert!(repaired >= 5, "{repaired}");
+        assert_eq!(
+            nodes[2].cluster.node.replica.digest(),
+            nodes[0].cluster.node.replica.digest()
+        );
+        // scans see what the cluster holds
+        let scanned = nodes[2]
+            .opened
+            .store
+            .scan_prefix(ks, "only-a-", 100)
+            .await
+            .unwrap();
+        assert_eq!(scanned.len(), 5);
+
+        // exactly one leader for singleton jobs
+        let leaders = nodes.iter().filter(|n| n.cluster.is_leader()).count();
+        assert_eq!(leaders, 1);
+        for n in &nodes {
+            n.token.cancel();
+            n.cluster.leave().await;
+        }
     }
 }

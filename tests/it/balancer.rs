@@ -138,7 +138,9 @@ async fn proxy(
     }
     let Some(mut backend) = backend else {
         client
-            .write_all(b"HTTP/1.1 502 Bad Gateway\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
+            .write_all(
+                b"HTTP/1.1 502 Bad Gateway\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            )
             .await?;
         return Ok(());
     };

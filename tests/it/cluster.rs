@@ -187,7 +187,10 @@ async fn present(lb: &Server, u: &User, sess: &Value) {
     assert_eq!(st, 200, "{v}");
     let (st, r) = admin_get(
         lb,
-        &format!("/api/verifiers/default/sessions/{}", sess["id"].as_str().unwrap()),
+        &format!(
+            "/api/verifiers/default/sessions/{}",
+            sess["id"].as_str().unwrap()
+        ),
     )
     .await;
     assert_eq!(st, 200, "{r}");
@@ -223,13 +226,19 @@ async fn three_nodes_behind_round_robin_act_as_one_and_survive_kill_9() {
     for s in [&a, &b, &c] {
         let v = wait_cluster(s, "three ready members", |v| {
             v["members"].as_array().is_some_and(|m| {
-                m.len() == 3 && m.iter().all(|m| m["state"] == "alive" && m["ready"] == true)
+                m.len() == 3
+                    && m.iter()
+                        .all(|m| m["state"] == "alive" && m["ready"] == true)
             })
         })
         .await;
         assert_eq!(v["enabled"], true);
         assert_eq!(v["caught_up"], true);
-        assert_eq!(member(&v, "n1")["roles"].as_array().unwrap().len(), 4, "{v}");
+        assert_eq!(
+            member(&v, "n1")["roles"].as_array().unwrap().len(),
+            4,
+            "{v}"
+        );
         let r = client().get(s.url("/health/ready")).send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
@@ -248,7 +257,10 @@ async fn three_nodes_behind_round_robin_act_as_one_and_survive_kill_9() {
 
     // internal RPC refuses unsigned requests
     let r = client()
-        .post(format!("http://127.0.0.1:{}/cluster/v1/digest", specs[0].port))
+        .post(format!(
+            "http://127.0.0.1:{}/cluster/v1/digest",
+            specs[0].port
+        ))
         .json(&json!({}))
         .send()
         .await
@@ -337,7 +349,10 @@ async fn three_nodes_behind_round_robin_act_as_one_and_survive_kill_9() {
         .and_then(|l| l.split_whitespace().last())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0.0);
-    assert!(repairs > 0.0, "the restarted node pulled what it missed:\n{metrics}");
+    assert!(
+        repairs > 0.0,
+        "the restarted node pulled what it missed:\n{metrics}"
+    );
     // the new user can work through the proxy, including on n3
     receive(&proxy, &u2).await;
 
@@ -347,7 +362,10 @@ async fn three_nodes_behind_round_robin_act_as_one_and_survive_kill_9() {
     for sess in before.iter().chain(during.iter()) {
         let (st, r) = admin_get(
             &c,
-            &format!("/api/verifiers/default/sessions/{}", sess["id"].as_str().unwrap()),
+            &format!(
+                "/api/verifiers/default/sessions/{}",
+                sess["id"].as_str().unwrap()
+            ),
         )
         .await;
         assert_eq!(st, 200, "{r}");
