@@ -520,7 +520,7 @@ impl Config {
                     "cluster: gossip_interval_ms >= 20, rpc_timeout_ms >= 50 and bootstrap_expect >= 1 are required".into(),
                 ));
             }
-            if !(c.phi_threshold > 0.0) {
+            if c.phi_threshold.is_nan() || c.phi_threshold <= 0.0 {
                 return Err(ConfigError::Invalid(
                     "cluster.phi_threshold must be positive".into(),
                 ));

@@ -72,10 +72,13 @@ pub enum AuthError {
     Replay,
 }
 
+/// Nonces seen inside the window, and the order they expire in.
+type Seen = (HashMap<String, i64>, VecDeque<(i64, String)>);
+
 /// Checks signatures and remembers nonces for the window.
 pub struct Verifier {
     key: [u8; 32],
-    seen: Mutex<(HashMap<String, i64>, VecDeque<(i64, String)>)>,
+    seen: Mutex<Seen>,
 }
 
 impl Verifier {

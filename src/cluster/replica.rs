@@ -311,7 +311,7 @@ impl Replica {
             .and_then(|idx| {
                 idx.get(ks).map(|m| {
                     m.iter()
-                        .filter(|(_, e)| !e.deadline.is_some_and(|d| d <= horizon))
+                        .filter(|(_, e)| e.deadline.is_none_or(|d| d > horizon))
                         .map(|(k, e)| (k.clone(), e.version.clone()))
                         .collect()
                 })
@@ -332,7 +332,7 @@ impl Replica {
         let now = self.clock.now_ms();
         if let Ok(mut idx) = self.index.lock() {
             for m in idx.values_mut() {
-                m.retain(|_, e| !e.deadline.is_some_and(|d| d <= now));
+                m.retain(|_, e| e.deadline.is_none_or(|d| d > now));
             }
         }
     }

@@ -33,6 +33,7 @@ fn problem(status: actix_web::http::StatusCode, detail: &str) -> HttpResponse {
 }
 
 /// Authenticates and decodes a request body.
+#[allow(clippy::result_large_err)] // the error is the response itself, built once per refusal
 fn open<T: DeserializeOwned>(
     node: &Node,
     req: &HttpRequest,
