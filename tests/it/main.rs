@@ -19,6 +19,7 @@ mod holder;
 mod interop;
 mod issuer;
 mod load;
+mod mediator;
 mod openapi_coverage;
 mod vc_api;
 mod verifier;
