@@ -202,24 +202,7 @@ async fn present(lb: &Server, u: &User, sess: &Value) {
 #[tokio::test]
 async fn three_nodes_behind_round_robin_act_as_one_and_survive_kill_9() {
     let lb = Balancer::start(Vec::new()).await;
-    let specs: Vec<Spec> = (1..=3)
-        .map(|i| Spec {
-            id: format!("n{i}"),
-            port: free_port(),
-        })
-        .collect();
-    let seeds = specs
-        .iter()
-        .map(|s| format!("127.0.0.1:{}", s.port))
-        .collect::<Vec<_>>()
-        .join(",");
-    // all three at once: bootstrap_expect=3 makes each wait for the others before creating defaults
-    let (a, b, c) = tokio::join!(
-        node_builder(&specs[0], &seeds, &lb.url()).start(),
-        node_builder(&specs[1], &seeds, &lb.url()).start(),
-        node_builder(&specs[2], &seeds, &lb.url()).start(),
-    );
-    lb.set_backends(vec![a.base.clone(), b.base.clone(), c.base.clone()]);
+    let (specs, seeds, a, b, c) = start_three(&lb).await;
     let proxy = via(&lb);
 
     // membership: every node sees three alive, caught-up members
@@ -376,4 +359,165 @@ async fn three_nodes_behind_round_robin_act_as_one_and_survive_kill_9() {
     assert_eq!(st, 200);
     assert_eq!((v["did"].clone(), v["key_fingerprint"].clone()), dids[0]);
     c.stop();
+}
+
+/// Starts three nodes at once behind `lb` (public URL = the proxy).
+async fn start_three(lb: &Balancer) -> (Vec<Spec>, String, Server, Server, Server) {
+    let specs: Vec<Spec> = (1..=3)
+        .map(|i| Spec {
+            id: format!("n{i}"),
+            port: free_port(),
+        })
+        .collect();
+    let seeds = specs
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let (a, b, c) = tokio::join!(
+        node_builder(&specs[0], &seeds, &lb.url()).start(),
+        node_builder(&specs[1], &seeds, &lb.url()).start(),
+        node_builder(&specs[2], &seeds, &lb.url()).start(),
+    );
+    lb.set_backends(vec![a.base.clone(), b.base.clone(), c.base.clone()]);
+    (specs, seeds, a, b, c)
+}
+
+#[cfg(feature = "mediator")]
+mod mediator {
+    use std::collections::BTreeMap;
+
+    use idstack::didcomm::client::{self, pickup, AgentKey, MediatorConnection};
+
+    use super::*;
+
+    async fn forward(base: &str, conn: &MediatorConnection, recipient: &AgentKey, text: &str) {
+        let sender = AgentKey::generate();
+        let inner = sender
+            .pack(&client::basic_message(text), &recipient.verkey_bytes())
+            .unwrap();
+        let env =
+            client::forward_envelope(&inner, &recipient.verkey, &conn.routing_keys[0]).unwrap();
+        let r = client()
+            .post(format!("{base}/didcomm"))
+            .header("content-type", client::CONTENT_TYPE)
+            .body(env)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "forward {text} via {base}");
+    }
+
+    /// Reads deliveries until `want` distinct messages arrived; returns id -> content.
+    async fn collect(
+        ws: &mut client::WsConnection<'_>,
+        recipient: &AgentKey,
+        want: usize,
+    ) -> BTreeMap<String, String> {
+        let mut got = BTreeMap::new();
+        while got.len() < want {
+            let m = ws.recv(Duration::from_secs(20)).await.unwrap();
+            if m["@type"].as_str().unwrap().ends_with("/delivery") {
+                for (id, env) in pickup::attachments(&m) {
+                    let (msg, _) = recipient.unpack(env.to_string().as_bytes()).unwrap();
+                    got.insert(id, msg["content"].as_str().unwrap().to_string());
+                }
+            }
+        }
+        got
+    }
+
+    /// credo-ts #1625: the recipient's live socket is on one node, forwards arrive on the others;
+    /// the socket's node is killed, the recipient reconnects through the proxy and gets everything
+    /// it had not acknowledged.
+    #[tokio::test]
+    async fn forwards_on_any_node_reach_the_live_socket_and_survive_its_node_dying() {
+        let lb = Balancer::start(Vec::new()).await;
+        let (_specs, _seeds, a, b, c) = start_three(&lb).await;
+        let proxy = via(&lb);
+
+        // connection, mediation and keylist through the proxy: each step may hit another node
+        let r: Value = client()
+            .get(proxy.url("/api/mediator/invitation"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let inv = r["invitation_url"].as_str().unwrap().to_string();
+        let mut conn = MediatorConnection::connect(reqwest::Client::new(), &inv, "raw")
+            .await
+            .unwrap();
+        assert_eq!(conn.mediate().await.unwrap().len(), 1);
+        let recipient = AgentKey::generate();
+        assert_eq!(
+            conn.keylist_update(&recipient.verkey, "add").await.unwrap(),
+            "success"
+        );
+
+        // the live socket on node n1 directly
+        let via_proxy_ws = conn.invitation.ws_endpoint.clone();
+        conn.invitation.ws_endpoint =
+            Some(format!("{}/didcomm/ws", a.base.replace("http://", "ws://")));
+        let mut sent = Vec::new();
+        {
+            let mut ws = conn.websocket().await.unwrap();
+            ws.live(true).await.unwrap();
+            for (i, base) in [&b.base, &c.base, &b.base, &c.base, &proxy.base]
+                .iter()
+                .enumerate()
+            {
+                let text = format!("live-{i}");
+                forward(base, &conn, &recipient, &text).await;
+                sent.push(text);
+            }
+            let got = collect(&mut ws, &recipient, sent.len()).await;
+            let mut contents: Vec<String> = got.into_values().collect();
+            contents.sort();
+            assert_eq!(contents, sent, "every forward reached the socket on n1");
+            // no messages-received: they stay queued
+        }
+
+        // the socket's node dies; two more forwards land on the survivors
+        let _dir = kill9(a);
+        for i in 0..2 {
+            let text = format!("after-{i}");
+            forward(&proxy.base, &conn, &recipient, &text).await;
+            sent.push(text);
+        }
+        // reconnect through the proxy: everything unacknowledged comes back
+        conn.invitation.ws_endpoint = via_proxy_ws;
+        let mut ws = conn.websocket().await.unwrap();
+        ws.live(true).await.unwrap();
+        let got = collect(&mut ws, &recipient, sent.len()).await;
+        let mut contents: Vec<String> = got.values().cloned().collect();
+        contents.sort();
+        let mut want = sent.clone();
+        want.sort();
+        assert_eq!(contents, want, "nothing lost with the socket's node");
+        let ids: Vec<String> = got.keys().cloned().collect();
+        let (status, _) = ws
+            .call(
+                pickup::messages_received(&ids),
+                "/status",
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status["message_count"], 0, "{status}");
+        ws.close().await;
+        // acknowledged on whichever node held the socket: the queue is empty cluster-wide
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (st, v) = admin_get(&proxy, "/api/mediator/stats").await;
+            if st == 200 && v["queued_messages"] == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "queue not drained: {v}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        drop((b, c));
+    }
 }
