@@ -261,6 +261,13 @@ async fn three_nodes_behind_round_robin_act_as_one_and_survive_kill_9() {
         assert!(lb.hits(&s.base) > 5, "round robin reached {}", s.base);
     }
 
+    // the load harness's real OID4VP and OID4VCI clients through the proxy: zero errors
+    for scenario in ["verify", "issue"] {
+        let report = load(&lb.url(), scenario, 4, "3s").await;
+        assert_eq!(report["failed"], 0, "{report}");
+        assert!(report["flows"].as_u64().unwrap() > 0, "{report}");
+    }
+
     // pre-authorized code replay with the two attempts on different nodes: exactly one wins
     let nodes = [&a, &b, &c];
     for i in 0..9 {
@@ -359,6 +366,126 @@ async fn three_nodes_behind_round_robin_act_as_one_and_survive_kill_9() {
     assert_eq!(st, 200);
     assert_eq!((v["did"].clone(), v["key_fingerprint"].clone()), dids[0]);
     c.stop();
+}
+
+/// Runs `idstack load` against `target`; returns its JSON report. (Async: the proxy runs on this
+/// test's runtime, so the wait must not block it.)
+async fn load(target: &str, scenario: &str, users: u32, duration: &str) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report.json");
+    let args: Vec<String> = [
+        "load",
+        "--target",
+        target,
+        "--scenario",
+        scenario,
+        "--users",
+        &users.to_string(),
+        "--duration",
+        duration,
+        "--quiet",
+        "--json",
+        out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(crate::common::bin())
+            .args(&args)
+            .env("IDSTACK_ADMIN_TOKEN", ADMIN_TOKEN)
+            .status()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap_or_default())
+        .unwrap_or_default();
+    assert!(
+        status.success(),
+        "load {scenario} exited {status}: {report}"
+    );
+    report
+}
+
+fn full_flow(report: &Value) -> (f64, f64, f64, f64) {
+    let flows = report["flows"].as_f64().unwrap_or(0.0);
+    let secs = report["duration_s"].as_f64().unwrap_or(1.0).max(0.001);
+    let op = report["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["operation"] == "full flow")
+        .cloned()
+        .unwrap_or_default();
+    (
+        flows / secs,
+        op["p50_ms"].as_f64().unwrap_or(0.0),
+        op["p90_ms"].as_f64().unwrap_or(0.0),
+        op["p99_ms"].as_f64().unwrap_or(0.0),
+    )
+}
+
+/// Numbers for BENCHMARKS.md (run by hand: `cargo test --release --test it cluster_benchmark --
+/// --ignored --nocapture`): one node vs three behind the proxy, kill -9 detection, restart.
+#[tokio::test]
+#[ignore]
+async fn cluster_benchmark() {
+    let users = 16;
+    let dur = "15s";
+    let single = Server::start().await;
+    let mut rows = Vec::new();
+    for scenario in ["verify", "issue"] {
+        let r = load(&single.base, scenario, users, dur).await;
+        assert_eq!(r["failed"], 0, "{r}");
+        rows.push((format!("1 node, {scenario}"), full_flow(&r)));
+    }
+    drop(single);
+    let lb = Balancer::start(Vec::new()).await;
+    let (specs, seeds, a, b, c) = start_three(&lb).await;
+    for scenario in ["verify", "issue"] {
+        let r = load(&lb.url(), scenario, users, dur).await;
+        assert_eq!(r["failed"], 0, "{r}");
+        rows.push((
+            format!("3 nodes behind round robin, {scenario}"),
+            full_flow(&r),
+        ));
+        let r = load(&a.base, scenario, users, dur).await;
+        assert_eq!(r["failed"], 0, "{r}");
+        rows.push((
+            format!("3 nodes, all load on one node, {scenario}"),
+            full_flow(&r),
+        ));
+    }
+    println!("| setup | flows/s | full flow p50 / p90 / p99 ms |");
+    for (name, (fps, p50, p90, p99)) in rows {
+        println!("| {name} | {fps:.0} | {p50:.1} / {p90:.1} / {p99:.1} |");
+    }
+    let metrics = client()
+        .get(a.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for l in metrics
+        .lines()
+        .filter(|l| l.starts_with("idstack_cluster_replication_seconds"))
+    {
+        println!("{l}");
+    }
+    let t = Instant::now();
+    let c_dir = kill9(c);
+    wait_cluster(&a, "dead", |v| member(v, "n3")["state"] == "dead").await;
+    println!("kill -9 to marked dead: {:?}", t.elapsed());
+    let t = Instant::now();
+    let c = node_builder(&specs[2], &seeds, &lb.url())
+        .dir(c_dir)
+        .start()
+        .await;
+    println!("restart to ready (caught up): {:?}", t.elapsed());
+    drop((a, b, c));
 }
 
 /// Starts three nodes at once behind `lb` (public URL = the proxy).
