@@ -141,6 +141,21 @@ pub async fn open_store(settings: &Settings, clock: SharedClock) -> anyhow::Resu
     })
 }
 
+/// [`open_store`] for the CLI commands that work on a stopped node's data (export, import,
+/// admin-token): on a cluster node, records are read and written through their version envelopes.
+pub async fn open_store_offline(settings: &Settings, clock: SharedClock) -> anyhow::Result<Opened> {
+    let opened = open_store(settings, clock.clone()).await?;
+    #[cfg(feature = "cluster")]
+    if settings.raw.cluster.enabled {
+        return Ok(Opened {
+            store: crate::cluster::offline::wrap(opened.store, settings, clock),
+            ..opened
+        });
+    }
+    let _ = clock;
+    Ok(opened)
+}
+
 /// A sealed canary in the system keyspace: created once, and it must open with today's key.
 async fn check_master_key(store: &Arc<dyn Store>, sealer: &Sealer) -> anyhow::Result<()> {
     const KEY: &str = "seal_canary";

@@ -28,6 +28,8 @@ pub mod bus;
 #[cfg(feature = "cluster")]
 pub mod node;
 #[cfg(feature = "cluster")]
+pub mod offline;
+#[cfg(feature = "cluster")]
 pub mod replica;
 #[cfg(feature = "cluster")]
 pub mod rpc;

@@ -114,21 +114,8 @@ impl Store for ClusterStore {
         if is_local_keyspace(keyspace) {
             return self.inner().scan_prefix(keyspace, prefix, limit).await;
         }
-        // Every node holds every record (full replication), so the local copy answers; tombstones
-        // take room in the underlying scan, so widen it until `limit` live records or the end.
-        let mut want = limit;
-        loop {
-            let raw = self.inner().scan_prefix(keyspace, prefix, want).await?;
-            let got = raw.len();
-            let live: Vec<(String, Vec<u8>)> = raw
-                .into_iter()
-                .filter_map(|(k, v)| decode(&v).value.map(|v| (k, v)))
-                .collect();
-            if live.len() >= limit || got < want {
-                return Ok(live.into_iter().take(limit).collect());
-            }
-            want = want.saturating_mul(2).max(16);
-        }
+        // Every node holds every record (full replication), so the local copy answers.
+        scan_decoded(self.inner(), keyspace, prefix, limit).await
     }
 
     async fn batch(&self, ops: Vec<BatchOp>) -> StoreResult<()> {
@@ -204,26 +191,7 @@ impl Store for ClusterStore {
     }
 
     async fn export_all(&self) -> StoreResult<Vec<ExportRecord>> {
-        let raw = self.inner().export_all().await?;
-        let mut out = Vec::with_capacity(raw.len());
-        for r in raw {
-            if is_local_keyspace(&r.keyspace) {
-                continue;
-            }
-            let bytes = B64
-                .decode(&r.value_b64)
-                .map_err(|e| crate::store::StoreError::Backend(e.to_string()))?;
-            let v = decode(&bytes);
-            if let Some(value) = v.value {
-                out.push(ExportRecord {
-                    keyspace: r.keyspace,
-                    key: r.key,
-                    value_b64: B64.encode(value),
-                    expires_at_ms: v.deadline_ms.or(r.expires_at_ms),
-                });
-            }
-        }
-        Ok(out)
+        export_decoded(self.inner()).await
     }
 
     async fn import(&self, records: Vec<ExportRecord>) -> StoreResult<u64> {
@@ -244,4 +212,54 @@ impl Store for ClusterStore {
         }
         Ok(n)
     }
+}
+
+/// A prefix scan of the local store with envelopes decoded and tombstones left out (they take room
+/// in the underlying scan, so it is widened until `limit` live records or the end).
+pub(super) async fn scan_decoded(
+    inner: &Arc<dyn Store>,
+    keyspace: &'static str,
+    prefix: &str,
+    limit: usize,
+) -> StoreResult<Vec<(String, Vec<u8>)>> {
+    if is_local_keyspace(keyspace) {
+        return inner.scan_prefix(keyspace, prefix, limit).await;
+    }
+    let mut want = limit;
+    loop {
+        let raw = inner.scan_prefix(keyspace, prefix, want).await?;
+        let got = raw.len();
+        let live: Vec<(String, Vec<u8>)> = raw
+            .into_iter()
+            .filter_map(|(k, v)| decode(&v).value.map(|v| (k, v)))
+            .collect();
+        if live.len() >= limit || got < want {
+            return Ok(live.into_iter().take(limit).collect());
+        }
+        want = want.saturating_mul(2).max(16);
+    }
+}
+
+/// Every live record of the local store, envelopes decoded (what `store export` writes).
+pub(super) async fn export_decoded(inner: &Arc<dyn Store>) -> StoreResult<Vec<ExportRecord>> {
+    let raw = inner.export_all().await?;
+    let mut out = Vec::with_capacity(raw.len());
+    for r in raw {
+        if is_local_keyspace(&r.keyspace) {
+            continue;
+        }
+        let bytes = B64
+            .decode(&r.value_b64)
+            .map_err(|e| crate::store::StoreError::Backend(e.to_string()))?;
+        let v = decode(&bytes);
+        if let Some(value) = v.value {
+            out.push(ExportRecord {
+                keyspace: r.keyspace,
+                key: r.key,
+                value_b64: B64.encode(value),
+                expires_at_ms: v.deadline_ms.or(r.expires_at_ms),
+            });
+        }
+    }
+    Ok(out)
 }

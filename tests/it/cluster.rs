@@ -365,7 +365,33 @@ async fn three_nodes_behind_round_robin_act_as_one_and_survive_kill_9() {
     let (st, v) = admin_get(&c, "/api/issuers/default").await;
     assert_eq!(st, 200);
     assert_eq!((v["did"].clone(), v["key_fingerprint"].clone()), dids[0]);
-    c.stop();
+    let dir = c.stop();
+
+    // offline CLI on a cluster node's data: records come out without their version envelopes
+    let data = dir.path().join("data");
+    let (st, out, err) = crate::common::run_cli(
+        dir.path(),
+        &["store", "export", "--data-dir", data.to_str().unwrap()],
+        &[
+            ("IDSTACK__CLUSTER__ENABLED", "true"),
+            ("IDSTACK__CLUSTER__SECRET", SECRET),
+            ("IDSTACK__CLUSTER__ID", "it-cluster"),
+            ("IDSTACK__CLUSTER__NODE_ID", "n3"),
+        ],
+    );
+    assert!(st.success(), "{err}");
+    let id = during[0]["id"].as_str().unwrap();
+    let rec: Value = out
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["keyspace"] == "verifier_sessions" && r["key"].as_str().unwrap().contains(id))
+        .unwrap_or_else(|| panic!("session {id} not exported:\n{err}"));
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(rec["value_b64"].as_str().unwrap())
+        .unwrap();
+    let session: Value = serde_json::from_slice(&bytes).unwrap();
+    assert!(session.is_object(), "{session}");
 }
 
 /// Runs `idstack load` against `target`; returns its JSON report. (Async: the proxy runs on this
