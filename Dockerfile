@@ -29,8 +29,8 @@ ENV IDSTACK__SERVER__BIND=0.0.0.0:8080 \
     IDSTACK__STORE__PATH=/data \
     IDSTACK__LOG__FORMAT=json
 VOLUME ["/data"]
-# 8080: HTTP (API, protocols, console); 7946/udp: cluster gossip (cluster mode only)
-EXPOSE 8080 7946/udp
+# 8080: HTTP (API, protocols, console); 7946/udp: cluster gossip, 7946/tcp: internal RPC (cluster mode only)
+EXPOSE 8080 7946/tcp 7946/udp
 HEALTHCHECK --interval=10s --timeout=4s --start-period=5s --retries=3 \
   CMD ["idstack", "healthcheck", "--url", "http://127.0.0.1:8080"]
 ENTRYPOINT ["idstack"]

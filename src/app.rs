@@ -91,6 +91,8 @@ pub struct Opened {
     pub sealer: Sealer,
     /// The event bus matching the store: in-process for sled; cluster/Redis replace it.
     pub bus: Arc<dyn crate::bus::Bus>,
+    /// Set once the node has joined its cluster (`app::run` in cluster mode).
+    pub cluster: Option<crate::cluster::Handle>,
 }
 
 /// Opens the store and the sealer (with the sandbox master-key fallback) and checks that the
@@ -105,9 +107,18 @@ pub async fn open_store(settings: &Settings, clock: SharedClock) -> anyhow::Resu
         .context("store open task")?
         .context("opening the store")?;
     let store: Arc<dyn Store> = Arc::new(store);
-    let sealer = match &settings.master_key {
-        Some(k) => Sealer::from_secret(k).context("store.master_key")?,
-        None if settings.raw.server.mode == Mode::Sandbox => {
+    let sealer = match (&settings.master_key, &settings.cluster_secret) {
+        (Some(k), _) => Sealer::from_secret(k).context("store.master_key")?,
+        // Cluster mode: records sealed on one node are opened on another, so every node needs the
+        // same key; without store.master_key it is derived from the cluster secret.
+        (None, Some(secret)) if settings.raw.cluster.enabled => {
+            tracing::info!("cluster mode: master key derived from cluster.secret (set store.master_key to decouple them)");
+            Sealer::new(&crate::cluster::derive_master_key(
+                secret.expose(),
+                &settings.raw.cluster.id,
+            ))
+        }
+        (None, _) if settings.raw.server.mode == Mode::Sandbox => {
             let (s, src) = load_or_generate_master_key(&store_cfg.path)?;
             if src == KeySource::Generated {
                 tracing::warn!(
@@ -117,7 +128,7 @@ pub async fn open_store(settings: &Settings, clock: SharedClock) -> anyhow::Resu
             }
             s
         }
-        None => anyhow::bail!(
+        (None, _) => anyhow::bail!(
             "production mode needs store.master_key or store.master_key_file (32 bytes, base64 or hex)"
         ),
     };
@@ -126,7 +137,23 @@ pub async fn open_store(settings: &Settings, clock: SharedClock) -> anyhow::Resu
         store,
         sealer,
         bus: Arc::new(crate::bus::LocalBus::new()),
+        cluster: None,
     })
+}
+
+/// [`open_store`] for the CLI commands that work on a stopped node's data (export, import,
+/// admin-token): on a cluster node, records are read and written through their version envelopes.
+pub async fn open_store_offline(settings: &Settings, clock: SharedClock) -> anyhow::Result<Opened> {
+    let opened = open_store(settings, clock.clone()).await?;
+    #[cfg(feature = "cluster")]
+    if settings.raw.cluster.enabled {
+        return Ok(Opened {
+            store: crate::cluster::offline::wrap(opened.store, settings, clock),
+            ..opened
+        });
+    }
+    let _ = clock;
+    Ok(opened)
 }
 
 /// A sealed canary in the system keyspace: created once, and it must open with today's key.
@@ -219,6 +246,13 @@ pub async fn run(
     let settings = Arc::new(settings);
     let raw = &settings.raw;
     let opened = open_store(&settings, opts.clock.clone()).await?;
+    let readiness = Arc::new(Readiness::default());
+    let mut tasks = Tasks::default();
+    let opened = if raw.cluster.enabled {
+        join_cluster(&settings, opened, &opts, &readiness, &mut tasks, &shutdown).await?
+    } else {
+        opened
+    };
 
     let mut tokens = settings.admin_tokens.clone();
     if tokens.is_empty() {
@@ -239,13 +273,20 @@ pub async fn run(
         raw.server.public_url.trim_end_matches('/').to_string()
     };
 
-    let readiness = Arc::new(Readiness::default());
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(15))
         .user_agent(concat!("idstack/", env!("CARGO_PKG_VERSION")))
         .build()
         .context("http client")?;
+    let metrics = Arc::new(Metrics::new().context("metrics")?);
+    #[cfg(feature = "cluster")]
+    if let Some(c) = &opened.cluster {
+        c.node
+            .metrics
+            .register(&metrics.registry)
+            .context("cluster metrics")?;
+    }
     let state = AppState {
         settings: settings.clone(),
         public_url: public_url.clone().into(),
@@ -255,17 +296,16 @@ pub async fn run(
         sealer: opened.sealer.clone(),
         clock: opts.clock.clone(),
         http,
-        metrics: Arc::new(Metrics::new().context("metrics")?),
+        metrics: metrics.clone(),
         readiness: readiness.clone(),
         admin: Arc::new(AdminTokens::new(&tokens)),
         services: Arc::default(),
+        cluster: opened.cluster.clone(),
     };
     for role in settings.roles.iter() {
         readiness.set_not_ready(role.as_str(), "initialising");
     }
-    crate::roles::init(&state)
-        .await
-        .context("role initialisation")?;
+    init_roles(&state).await?;
 
     let data = web::Data::new(state.clone());
     let (_, api) = build_app(data.clone());
@@ -289,8 +329,12 @@ pub async fn run(
     let handle = server.handle();
     let server_task = tokio::spawn(server);
 
-    let mut tasks = Tasks::default();
     spawn_sweeper(&mut tasks, &shutdown, &state);
+    #[cfg(feature = "cluster")]
+    if let Some(c) = &state.cluster {
+        c.set_ready(true).await;
+        readiness.set_ready("cluster");
+    }
 
     let roles: Vec<&str> = settings.roles.iter().map(|r| Role::as_str(*r)).collect();
     tracing::info!(%addr, %public_url, roles = ?roles, features = ?crate::roles::compiled_features(), "idstack listening");
@@ -311,7 +355,15 @@ pub async fn run(
 
     tracing::info!("shutting down: not ready, draining HTTP");
     readiness.begin_shutdown();
+    #[cfg(feature = "cluster")]
+    if let Some(c) = &state.cluster {
+        c.set_ready(false).await;
+    }
     handle.stop(true).await;
+    #[cfg(feature = "cluster")]
+    if let Some(c) = &state.cluster {
+        c.leave().await;
+    }
     tasks
         .shutdown(Duration::from_secs(
             raw.server.shutdown_timeout_seconds.max(1),
@@ -320,6 +372,51 @@ pub async fn run(
     state.store.flush().await.context("final store flush")?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Cluster mode: joins (or forms) the cluster and swaps in the replicated store and bus.
+async fn join_cluster(
+    settings: &Settings,
+    opened: Opened,
+    opts: &RunOptions,
+    readiness: &Arc<Readiness>,
+    tasks: &mut Tasks,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Opened> {
+    #[cfg(feature = "cluster")]
+    {
+        let (opened, _) = crate::cluster::start(
+            settings,
+            opened,
+            opts.clock.clone(),
+            readiness,
+            tasks,
+            shutdown,
+        )
+        .await
+        .context("joining the cluster")?;
+        Ok(opened)
+    }
+    #[cfg(not(feature = "cluster"))]
+    {
+        let _ = (settings, opened, opts, readiness, tasks, shutdown);
+        anyhow::bail!("cluster.enabled is set but this build has no `cluster` feature")
+    }
+}
+
+/// Initialises the roles; in a cluster one node at a time, so first-start defaults (tenants and
+/// their signing keys) are created exactly once cluster-wide.
+async fn init_roles(state: &AppState) -> anyhow::Result<()> {
+    #[cfg(feature = "cluster")]
+    if let Some(c) = &state.cluster {
+        let lease = c.init_lease().await?;
+        let res = crate::roles::init(state).await;
+        c.release_init_lease(lease).await;
+        return res.context("role initialisation");
+    }
+    crate::roles::init(state)
+        .await
+        .context("role initialisation")
 }
 
 fn spawn_sweeper(tasks: &mut Tasks, shutdown: &CancellationToken, state: &AppState) {

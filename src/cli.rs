@@ -77,6 +77,9 @@ pub struct ServeArgs {
     /// Comma-separated gossip addresses of seed nodes.
     #[arg(long)]
     pub seeds: Option<String>,
+    /// Cluster id: nodes only join peers with the same id.
+    #[arg(long)]
+    pub cluster_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -165,6 +168,9 @@ impl ServeArgs {
         }
         if let Some(s) = &self.seeds {
             v.push(("cluster.seeds", S(s.clone())));
+        }
+        if let Some(c) = &self.cluster_id {
+            v.push(("cluster.id", S(c.clone())));
         }
         v
     }

@@ -38,7 +38,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Store(StoreCommand::Export { args, out }) => {
             let settings = settings(path, &args)?;
             let opened =
-                app::open_store(&settings, std::sync::Arc::new(crate::clock::SystemClock)).await?;
+                app::open_store_offline(&settings, std::sync::Arc::new(crate::clock::SystemClock))
+                    .await?;
             let records = opened.store.export_all().await?;
             let mut w: Box<dyn Write> = match out {
                 Some(p) => Box::new(
@@ -58,7 +59,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Store(StoreCommand::Import { args, input }) => {
             let settings = settings(path, &args)?;
             let opened =
-                app::open_store(&settings, std::sync::Arc::new(crate::clock::SystemClock)).await?;
+                app::open_store_offline(&settings, std::sync::Arc::new(crate::clock::SystemClock))
+                    .await?;
             let reader: Box<dyn BufRead> = match input {
                 Some(p) => Box::new(std::io::BufReader::new(
                     std::fs::File::open(&p).with_context(|| format!("opening {}", p.display()))?,
@@ -98,7 +100,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::AdminToken(args) => {
             let settings = settings(path, &args)?;
             let opened =
-                app::open_store(&settings, std::sync::Arc::new(crate::clock::SystemClock)).await?;
+                app::open_store_offline(&settings, std::sync::Arc::new(crate::clock::SystemClock))
+                    .await?;
             match app::stored_admin_token(&opened).await? {
                 Some(t) => {
                     println!("{}", t.expose());

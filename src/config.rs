@@ -309,6 +309,24 @@ pub struct ClusterConfig {
     pub seeds: Vec<String>,
     pub secret: Secret,
     pub secret_file: PathBuf,
+    /// Host or IP other nodes use to reach this one when gossip_addr/rpc_addr bind 0.0.0.0.
+    pub advertise_host: String,
+    /// Copies of each write acknowledged before the client gets its answer (this node included); 0 = min(3, N).
+    pub replication_factor: usize,
+    /// A node with an empty data dir waits until this many members (itself included) are live before creating anything.
+    pub bootstrap_expect: usize,
+    /// A node that has joined before waits this long for a live peer from its seeds before going on alone.
+    pub join_timeout_seconds: u64,
+    /// Gossip round interval in milliseconds (failure detection takes roughly 20 rounds).
+    pub gossip_interval_ms: u64,
+    /// Phi-accrual threshold above which a silent node is marked dead.
+    pub phi_threshold: f64,
+    /// Timeout of one internal RPC call in milliseconds.
+    pub rpc_timeout_ms: u64,
+    /// Seconds between anti-entropy rounds (digest exchange with every live peer).
+    pub anti_entropy_interval_seconds: u64,
+    /// How long a delete is remembered (tombstone) so a node that was down cannot resurrect the record.
+    pub tombstone_ttl_seconds: u64,
 }
 
 impl Default for ClusterConfig {
@@ -322,6 +340,15 @@ impl Default for ClusterConfig {
             seeds: Vec::new(),
             secret: Secret::default(),
             secret_file: PathBuf::new(),
+            advertise_host: String::new(),
+            replication_factor: 0,
+            bootstrap_expect: 1,
+            join_timeout_seconds: 10,
+            gossip_interval_ms: 250,
+            phi_threshold: 8.0,
+            rpc_timeout_ms: 2000,
+            anti_entropy_interval_seconds: 10,
+            tombstone_ttl_seconds: 7 * 24 * 3600,
         }
     }
 }
@@ -482,9 +509,28 @@ impl Config {
                     "cluster.enabled is set but this build has no `cluster` feature".into(),
                 ));
             }
-            if cluster_secret.is_none() {
+            match &cluster_secret {
+                None => {
+                    return Err(ConfigError::Invalid(
+                        "cluster mode needs cluster.secret (or cluster.secret_file)".into(),
+                    ))
+                }
+                Some(s) if s.expose().len() < 16 => {
+                    return Err(ConfigError::Invalid(
+                        "cluster.secret must be at least 16 characters".into(),
+                    ))
+                }
+                Some(_) => {}
+            }
+            let c = &self.cluster;
+            if c.gossip_interval_ms < 20 || c.rpc_timeout_ms < 50 || c.bootstrap_expect == 0 {
                 return Err(ConfigError::Invalid(
-                    "cluster mode needs cluster.secret (or cluster.secret_file)".into(),
+                    "cluster: gossip_interval_ms >= 20, rpc_timeout_ms >= 50 and bootstrap_expect >= 1 are required".into(),
+                ));
+            }
+            if c.phi_threshold.is_nan() || c.phi_threshold <= 0.0 {
+                return Err(ConfigError::Invalid(
+                    "cluster.phi_threshold must be positive".into(),
                 ));
             }
         }

@@ -11,6 +11,7 @@ pub mod bus;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod crypto;

@@ -29,11 +29,23 @@ pub struct AppState {
     pub admin: Arc<AdminTokens>,
     /// Role services, filled by each role's `init`.
     pub services: Arc<crate::roles::Services>,
+    /// The cluster this node is part of (`None`: single node).
+    pub cluster: Option<crate::cluster::Handle>,
 }
 
 impl AppState {
     pub fn has_role(&self, role: Role) -> bool {
         self.roles.contains(&role)
+    }
+
+    /// Whether this node runs singleton jobs (always on a single node; in a cluster, only on the
+    /// live member with the lowest id).
+    pub fn runs_singletons(&self) -> bool {
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &self.cluster {
+            return c.is_leader();
+        }
+        true
     }
 }
 
@@ -99,6 +111,7 @@ impl AppState {
             readiness: Arc::default(),
             admin: Arc::new(AdminTokens::new(&[])),
             services: Arc::default(),
+            cluster: None,
         }
     }
 }

@@ -101,4 +101,6 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(metrics)
         .service(super::system::system_info)
         .service(super::system::webhook_secret);
+    #[cfg(feature = "cluster")]
+    cfg.service(crate::cluster::api::cluster_info);
 }

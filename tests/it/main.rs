@@ -8,6 +8,10 @@
 )]
 
 mod agent;
+#[cfg(feature = "cluster")]
+mod balancer;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod common;
 mod console;
 mod foundation;

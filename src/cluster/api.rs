@@ -1,0 +1,74 @@
+//! `GET /api/cluster`: this node's view of the cluster. Admin only.
+
+use std::collections::BTreeMap;
+
+use actix_web::{get, web};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::node::{Member, PeerSync};
+use crate::http::auth::Admin;
+use crate::state::AppState;
+
+#[derive(Serialize, ToSchema)]
+pub struct ClusterView {
+    /// Whether this node runs in cluster mode.
+    pub enabled: bool,
+    pub node_id: String,
+    pub cluster_id: String,
+    /// This node has pulled what it missed since it started.
+    pub caught_up: bool,
+    /// This node runs the singleton jobs.
+    pub leader: bool,
+    /// Records held locally (including tombstones).
+    pub records: usize,
+    pub members: Vec<MemberView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MemberView {
+    #[serde(flatten)]
+    pub member: Member,
+    /// Anti-entropy with this peer, as seen from this node (replication lag).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<PeerSync>,
+}
+
+/// Members (alive or dead), their roles and readiness, and anti-entropy lag per peer.
+#[utoipa::path(tag = "system", security(("admin_token" = [])), responses(
+    (status = 200, body = ClusterView),
+    (status = 401, body = crate::error::Problem, content_type = "application/problem+json")))]
+#[get("/api/cluster")]
+pub async fn cluster_info(_admin: Admin, state: web::Data<AppState>) -> web::Json<ClusterView> {
+    let Some(c) = &state.cluster else {
+        return web::Json(ClusterView {
+            enabled: false,
+            node_id: String::new(),
+            cluster_id: String::new(),
+            caught_up: false,
+            leader: true,
+            records: 0,
+            members: Vec::new(),
+        });
+    };
+    let node = &c.node;
+    let mut sync: BTreeMap<String, PeerSync> = node.peer_sync();
+    let members = node
+        .members()
+        .iter()
+        .cloned()
+        .map(|m| MemberView {
+            sync: sync.remove(&m.node_id),
+            member: m,
+        })
+        .collect();
+    web::Json(ClusterView {
+        enabled: true,
+        node_id: node.id().to_string(),
+        cluster_id: node.settings.cluster_id.clone(),
+        caught_up: node.is_caught_up(),
+        leader: node.is_leader(),
+        records: node.replica.record_count(),
+        members,
+    })
+}

@@ -1,0 +1,87 @@
+//! Cluster mode (feature `cluster`): several nodes behind a plain load balancer act as one.
+//!
+//! - Membership and failure detection: chitchat (UDP scuttlebutt gossip, phi-accrual). Each node
+//!   gossips its RPC address, roles, `caught_up` and `ready` flags — small values only.
+//! - Data: [`store::ClusterStore`] implements [`crate::store::Store`] over the local sled store, so
+//!   roles need no change. Every record carries a version (hybrid logical clock + node id; last
+//!   writer wins; deletes are tombstones). Every node holds every record (full replication); a
+//!   write returns after `replication_factor - 1` peers acknowledged it, the other peers get it
+//!   asynchronously. Reads are local, with a fall-back to the peers for a record not here yet.
+//! - Single-use transitions: compare-and-swap runs at the key's primary, the first live member
+//!   in rendezvous-hash order, so two concurrent attempts on different nodes serialise there;
+//!   when the primary is down the next one takes over (after pulling the key's newest version).
+//! - Anti-entropy: periodically, and before a (re)started node reports ready, each node compares
+//!   per-keyspace digests with every live peer and pulls what it is missing.
+//! - Events: [`bus::ClusterBus`] delivers every published event on every live node.
+//! - Internal RPC: its own HTTP listener, each request signed (HMAC-SHA256, timestamp, nonce).
+//!
+//! See docs/cluster.md for the consistency model (what holds during a partition and what not).
+
+pub mod auth;
+pub mod ring;
+pub mod version;
+
+#[cfg(feature = "cluster")]
+pub mod api;
+#[cfg(feature = "cluster")]
+pub mod bus;
+#[cfg(feature = "cluster")]
+pub mod node;
+#[cfg(feature = "cluster")]
+pub mod offline;
+#[cfg(feature = "cluster")]
+pub mod replica;
+#[cfg(feature = "cluster")]
+pub mod rpc;
+#[cfg(feature = "cluster")]
+pub mod store;
+#[cfg(feature = "cluster")]
+pub mod wire;
+
+#[cfg(feature = "cluster")]
+mod start;
+#[cfg(feature = "cluster")]
+pub use start::{start, Cluster};
+
+/// What [`crate::state::AppState`] holds about the cluster.
+#[cfg(feature = "cluster")]
+pub type Handle = std::sync::Arc<Cluster>;
+
+/// Without the `cluster` feature there is never a cluster handle.
+#[cfg(not(feature = "cluster"))]
+#[derive(Debug)]
+pub enum Disabled {}
+#[cfg(not(feature = "cluster"))]
+pub type Handle = std::sync::Arc<Disabled>;
+
+/// The master key every node derives from the cluster secret when `store.master_key` is not set,
+/// so sealed records replicated from another node open here too.
+pub fn derive_master_key(cluster_secret: &str, cluster_id: &str) -> [u8; 32] {
+    auth::derive_key(cluster_secret.as_bytes(), cluster_id, "master key")
+}
+
+/// The key internal RPC is signed with.
+pub fn derive_rpc_key(cluster_secret: &str, cluster_id: &str) -> [u8; 32] {
+    auth::derive_key(cluster_secret.as_bytes(), cluster_id, "rpc")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn derived_keys_depend_on_secret_cluster_and_purpose() {
+        let a = super::derive_master_key("secret-one-0123456789", "idstack");
+        assert_eq!(
+            a,
+            super::derive_master_key("secret-one-0123456789", "idstack")
+        );
+        assert_ne!(
+            a,
+            super::derive_master_key("secret-two-0123456789", "idstack")
+        );
+        assert_ne!(
+            a,
+            super::derive_master_key("secret-one-0123456789", "other")
+        );
+        assert_ne!(a, super::derive_rpc_key("secret-one-0123456789", "idstack"));
+    }
+}

@@ -1,0 +1,677 @@
+//! One cluster node: membership (chitchat), the internal RPC client, and the replication
+//! protocol on top of the local [`Replica`]: synchronous replication of writes, compare-and-swap
+//! at the key's primary, read fall-back to peers, and anti-entropy.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use chitchat::Chitchat;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::auth;
+use super::replica::{intern, is_local_keyspace, Replica};
+use super::ring;
+use super::version::Versioned;
+use super::wire::*;
+use crate::bus::LocalBus;
+use crate::store::{Cas, StoreError, StoreResult};
+
+/// How long a peer that failed an RPC is skipped for primary duties and sync replication.
+const SUSPECT_FOR: Duration = Duration::from_secs(3);
+
+pub struct NodeSettings {
+    pub node_id: String,
+    pub cluster_id: String,
+    pub gossip_listen: SocketAddr,
+    pub gossip_advertise: SocketAddr,
+    pub rpc_listen: SocketAddr,
+    pub rpc_advertise: String,
+    pub seeds: Vec<String>,
+    pub replication_factor: usize,
+    pub bootstrap_expect: usize,
+    pub join_timeout: Duration,
+    pub gossip_interval: Duration,
+    pub phi_threshold: f64,
+    pub rpc_timeout: Duration,
+    pub anti_entropy_interval: Duration,
+    pub roles: Vec<String>,
+}
+
+/// A member as this node sees it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Member {
+    pub node_id: String,
+    /// `alive` or `dead` (per the failure detector).
+    pub state: &'static str,
+    pub roles: Vec<String>,
+    /// Serving requests (joined, caught up, roles initialised).
+    pub ready: bool,
+    /// Has pulled what it missed from its peers since it (re)started.
+    pub caught_up: bool,
+    pub rpc_addr: String,
+    pub gossip_addr: String,
+    pub generation: u64,
+}
+
+pub struct ClusterMetrics {
+    pub replication_seconds: Histogram,
+    pub rpc_errors: IntCounterVec,
+    pub repairs: IntCounter,
+    pub cas_forwarded: IntCounter,
+    pub members_live: IntGauge,
+}
+
+impl ClusterMetrics {
+    fn new() -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            replication_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "cluster_replication_seconds",
+                    "time to get a write acknowledged by the synchronous replicas",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+            )?,
+            rpc_errors: IntCounterVec::new(
+                Opts::new(
+                    "cluster_rpc_errors_total",
+                    "failed internal RPC calls by operation",
+                ),
+                &["op"],
+            )?,
+            repairs: IntCounter::new(
+                "cluster_anti_entropy_repairs_total",
+                "records pulled from peers by anti-entropy",
+            )?,
+            cas_forwarded: IntCounter::new(
+                "cluster_cas_forwarded_total",
+                "compare-and-swap calls forwarded to the key's primary",
+            )?,
+            members_live: IntGauge::new("cluster_members_live", "live cluster members")?,
+        })
+    }
+
+    pub fn register(&self, r: &prometheus::Registry) -> Result<(), prometheus::Error> {
+        r.register(Box::new(self.replication_seconds.clone()))?;
+        r.register(Box::new(self.rpc_errors.clone()))?;
+        r.register(Box::new(self.repairs.clone()))?;
+        r.register(Box::new(self.cas_forwarded.clone()))?;
+        r.register(Box::new(self.members_live.clone()))?;
+        Ok(())
+    }
+}
+
+/// Anti-entropy bookkeeping per peer, for `/api/cluster`.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct PeerSync {
+    /// Unix ms of the last completed anti-entropy round with this peer.
+    pub last_sync_ms: Option<i64>,
+    /// Records this node was missing (or had older) at that round, i.e. replication lag in records.
+    pub last_repaired: u64,
+}
+
+#[derive(Debug)]
+pub enum RpcError {
+    /// Could not reach the peer (connect error, timeout): it may be down.
+    Transport(String),
+    /// The peer answered with an error.
+    Remote(String),
+}
+
+impl std::fmt::Display for RpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RpcError::Transport(e) => write!(f, "transport: {e}"),
+            RpcError::Remote(e) => write!(f, "remote: {e}"),
+        }
+    }
+}
+
+pub struct Node {
+    pub settings: NodeSettings,
+    pub replica: Arc<Replica>,
+    pub chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    pub metrics: ClusterMetrics,
+    pub local_bus: Arc<LocalBus>,
+    pub verifier: auth::Verifier,
+    rpc_key: [u8; 32],
+    http: reqwest::Client,
+    members: RwLock<Arc<Vec<Member>>>,
+    suspects: Mutex<HashMap<String, Instant>>,
+    caught_up: AtomicBool,
+    sync: Mutex<BTreeMap<String, PeerSync>>,
+}
+
+impl Node {
+    pub fn new(
+        settings: NodeSettings,
+        replica: Arc<Replica>,
+        chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+        rpc_key: [u8; 32],
+        local_bus: Arc<LocalBus>,
+    ) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.rpc_timeout)
+            .timeout(settings.rpc_timeout)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Self {
+            metrics: ClusterMetrics::new()?,
+            verifier: auth::Verifier::new(rpc_key),
+            settings,
+            replica,
+            chitchat,
+            local_bus,
+            rpc_key,
+            http,
+            members: RwLock::default(),
+            suspects: Mutex::default(),
+            caught_up: AtomicBool::new(false),
+            sync: Mutex::default(),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.settings.node_id
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.replica.clock.now_ms()
+    }
+
+    pub fn is_caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::SeqCst)
+    }
+
+    pub async fn set_gossip(&self, key: &str, value: &str) {
+        self.chitchat.lock().await.self_node_state().set(key, value);
+    }
+
+    pub async fn set_caught_up(&self) {
+        self.caught_up.store(true, Ordering::SeqCst);
+        self.set_gossip("caught_up", "true").await;
+    }
+
+    // ---------------------------------------------------------------- membership
+
+    /// Rebuilds the member snapshot from chitchat's state.
+    pub async fn refresh_members(&self) {
+        let snapshot = {
+            let cc = self.chitchat.lock().await;
+            let live: std::collections::HashSet<_> = cc.live_nodes().cloned().collect();
+            let mut by_id: BTreeMap<String, Member> = BTreeMap::new();
+            for (id, st) in cc.node_states() {
+                let Some(rpc) = st.get("rpc") else { continue };
+                let m = Member {
+                    node_id: id.node_id.to_string(),
+                    state: if live.contains(id) { "alive" } else { "dead" },
+                    roles: st
+                        .get("roles")
+                        .unwrap_or_default()
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                    ready: st.get("ready") == Some("true"),
+                    caught_up: st.get("caught_up") == Some("true"),
+                    rpc_addr: rpc.to_string(),
+                    gossip_addr: id.gossip_advertise_addr.to_string(),
+                    generation: id.generation_id,
+                };
+                // one entry per node id: a live incarnation beats a dead one, then the newest
+                let replace = match by_id.get(&m.node_id) {
+                    None => true,
+                    Some(old) => {
+                        (m.state == "alive", m.generation) > (old.state == "alive", old.generation)
+                    }
+                };
+                if replace {
+                    by_id.insert(m.node_id.clone(), m);
+                }
+            }
+            by_id.into_values().collect::<Vec<_>>()
+        };
+        let live = snapshot.iter().filter(|m| m.state == "alive").count();
+        self.metrics.members_live.set(live as i64);
+        if let Ok(mut w) = self.members.write() {
+            *w = Arc::new(snapshot);
+        }
+    }
+
+    pub fn members(&self) -> Arc<Vec<Member>> {
+        self.members.read().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    fn is_suspect(&self, id: &str) -> bool {
+        self.suspects
+            .lock()
+            .ok()
+            .and_then(|m| m.get(id).copied())
+            .is_some_and(|t| t.elapsed() < SUSPECT_FOR)
+    }
+
+    fn suspect(&self, id: &str) {
+        if let Ok(mut m) = self.suspects.lock() {
+            m.insert(id.to_string(), Instant::now());
+        }
+    }
+
+    /// Live members other than this node: (node id, rpc address).
+    pub fn live_peers(&self) -> Vec<(String, String)> {
+        self.members()
+            .iter()
+            .filter(|m| m.state == "alive" && m.node_id != self.id())
+            .map(|m| (m.node_id.clone(), m.rpc_addr.clone()))
+            .collect()
+    }
+
+    pub fn live_count(&self) -> usize {
+        1 + self.live_peers().len()
+    }
+
+    /// The singleton-job leader: the live, caught-up member with the lowest id.
+    pub fn is_leader(&self) -> bool {
+        let members = self.members();
+        let lowest = members
+            .iter()
+            .filter(|m| m.state == "alive" && (m.caught_up || m.node_id == self.id()))
+            .map(|m| m.node_id.as_str())
+            .chain(std::iter::once(self.id()))
+            .min();
+        lowest == Some(self.id())
+    }
+
+    pub fn peer_sync(&self) -> BTreeMap<String, PeerSync> {
+        self.sync.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    // ---------------------------------------------------------------- RPC client
+
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        peer: &str,
+        addr: &str,
+        path: &'static str,
+        req: &Req,
+    ) -> Result<Resp, RpcError> {
+        let res = self.call_inner(addr, path, req).await;
+        if let Err(e) = &res {
+            let op = path.rsplit('/').next().unwrap_or(path);
+            self.metrics.rpc_errors.with_label_values(&[op]).inc();
+            if matches!(e, RpcError::Transport(_)) {
+                self.suspect(peer);
+            }
+            tracing::debug!(peer, op, error = %e, "cluster rpc failed");
+        }
+        res
+    }
+
+    async fn call_inner<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &'static str,
+        req: &Req,
+    ) -> Result<Resp, RpcError> {
+        let body = serde_json::to_vec(req).map_err(|e| RpcError::Remote(e.to_string()))?;
+        let ts = self.now_ms();
+        let nonce = crate::clock::random_token(12);
+        let sig = auth::sign(&self.rpc_key, "POST", path, ts, &nonce, &body);
+        let resp = self
+            .http
+            .post(format!("http://{addr}{path}"))
+            .header("content-type", "application/json")
+            .header(auth::HEADER_TS, ts.to_string())
+            .header(auth::HEADER_NONCE, nonce)
+            .header(auth::HEADER_SIG, sig)
+            .header(auth::HEADER_NODE, self.id())
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| RpcError::Transport(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| RpcError::Transport(e.to_string()))?;
+        if !status.is_success() {
+            return Err(RpcError::Remote(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+            )));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| RpcError::Remote(format!("decode: {e}")))
+    }
+
+    // ---------------------------------------------------------------- replication
+
+    fn replication_factor(&self, live: usize) -> usize {
+        match self.settings.replication_factor {
+            0 => live.min(3),
+            n => n.min(live),
+        }
+    }
+
+    /// Sends records to every live peer; returns once `replication_factor - 1` of them
+    /// acknowledged (the others finish in the background). Fails when peers exist but none
+    /// acknowledged: the write is then only on this node.
+    pub async fn replicate(self: &Arc<Self>, records: Vec<Record>) -> StoreResult<()> {
+        let records: Vec<Record> = records
+            .into_iter()
+            .filter(|r| !is_local_keyspace(&r.ks))
+            .collect();
+        if records.is_empty() {
+            return Ok(());
+        }
+        let peers = self.live_peers();
+        if peers.is_empty() {
+            return Ok(());
+        }
+        let need = self.replication_factor(peers.len() + 1).saturating_sub(1);
+        let started = Instant::now();
+        let req = Arc::new(ApplyReq { records });
+        let mut pending: FuturesUnordered<_> = peers
+            .into_iter()
+            .map(|(id, addr)| {
+                let req = req.clone();
+                let node = self.clone();
+                tokio::spawn(async move {
+                    node.call::<_, ApplyResp>(&id, &addr, PATH_APPLY, &*req)
+                        .await
+                        .is_ok()
+                })
+            })
+            .collect();
+        let mut acks = 0usize;
+        let mut answered = 0usize;
+        while acks < need {
+            match pending.next().await {
+                Some(Ok(true)) => acks += 1,
+                Some(_) => answered += 1,
+                None => break,
+            }
+        }
+        // the rest keep running detached (a dropped JoinHandle does not cancel its task)
+        drop(pending);
+        self.metrics
+            .replication_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if need > 0 && acks == 0 {
+            return Err(StoreError::Unavailable(format!(
+                "write not acknowledged by any other live node ({answered} failed); retry"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Newest version of a key among the live peers (merged locally), for reads this node misses.
+    pub async fn fetch_from_peers(
+        &self,
+        ks: &'static str,
+        key: &str,
+    ) -> StoreResult<Option<Versioned>> {
+        let peers: Vec<_> = self
+            .live_peers()
+            .into_iter()
+            .filter(|(id, _)| !self.is_suspect(id))
+            .collect();
+        if peers.is_empty() {
+            return Ok(None);
+        }
+        let req = KeyReq {
+            ks: ks.to_string(),
+            key: key.to_string(),
+        };
+        let calls = peers
+            .iter()
+            .map(|(id, addr)| self.call::<_, GetResp>(id, addr, PATH_GET, &req));
+        let mut newest: Option<Versioned> = None;
+        for r in futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            if let Some(rec) = r.record {
+                if newest.as_ref().is_none_or(|n| rec.version > n.version) {
+                    newest = Some(rec);
+                }
+            }
+        }
+        if let Some(rec) = &newest {
+            self.replica.merge(ks, key, rec).await?;
+        }
+        Ok(newest)
+    }
+
+    // ---------------------------------------------------------------- compare-and-swap
+
+    /// Candidates to execute a CAS on the key, best first: live members in rendezvous order.
+    fn primary_order(&self, ks: &str, key: &str) -> Vec<(String, String)> {
+        let members = self.members();
+        let mut live: Vec<(&str, &str)> = members
+            .iter()
+            .filter(|m| m.state == "alive")
+            .map(|m| (m.node_id.as_str(), m.rpc_addr.as_str()))
+            .collect();
+        if !live.iter().any(|(id, _)| *id == self.id()) {
+            live.push((self.id(), ""));
+        }
+        let order = ring::rank(live.iter().map(|(id, _)| *id), ks, key);
+        order
+            .into_iter()
+            .filter_map(|id| {
+                live.iter()
+                    .find(|(i, _)| *i == id)
+                    .map(|(i, a)| (i.to_string(), a.to_string()))
+            })
+            .collect()
+    }
+
+    /// Whether this node is not the key's first choice among every member it knows (dead ones
+    /// included): it is then standing in for a dead or suspect primary, or it has not caught up,
+    /// and must first pull the key's newest version from the live peers.
+    fn standing_in(&self, ks: &str, key: &str) -> bool {
+        if !self.is_caught_up() {
+            return true;
+        }
+        let members = self.members();
+        let ids = members
+            .iter()
+            .map(|m| m.node_id.as_str())
+            .chain(std::iter::once(self.id()));
+        ring::rank(ids, ks, key).first().copied() != Some(self.id())
+    }
+
+    /// Compare-and-swap executed at the key's current primary (forwarded if that is another node).
+    pub async fn cas(
+        self: &Arc<Self>,
+        ks: &'static str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Option<(Vec<u8>, Option<Duration>)>,
+    ) -> StoreResult<Cas> {
+        let order = self.primary_order(ks, key);
+        let mut last_err = None;
+        for (id, addr) in order {
+            if id == self.id() {
+                return self.cas_local(ks, key, expected, new).await.map(|(c, _)| c);
+            }
+            if self.is_suspect(&id) {
+                continue;
+            }
+            self.metrics.cas_forwarded.inc();
+            let req = CasReq {
+                ks: ks.to_string(),
+                key: key.to_string(),
+                expected: expected.clone(),
+                new: new.as_ref().map(|(v, _)| v.clone()),
+                ttl_ms: new
+                    .as_ref()
+                    .and_then(|(_, t)| t.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
+            };
+            match self.call::<_, CasResp>(&id, &addr, PATH_CAS, &req).await {
+                Ok(resp) => {
+                    if let Some(cur) = &resp.current {
+                        self.replica.merge(ks, key, cur).await?;
+                    }
+                    return Ok(if resp.swapped {
+                        Cas::Swapped
+                    } else {
+                        Cas::Conflict(resp.current.and_then(|c| c.value))
+                    });
+                }
+                Err(RpcError::Transport(e)) => {
+                    tracing::warn!(primary = %id, error = %e, "primary unreachable; next replica takes over");
+                    last_err = Some(e);
+                }
+                Err(RpcError::Remote(e)) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "compare-and-swap at primary {id}: {e}"
+                    )))
+                }
+            }
+        }
+        // every node ranked above us was suspect; we are the last resort
+        let _ = last_err;
+        self.cas_local(ks, key, expected, new).await.map(|(c, _)| c)
+    }
+
+    /// Executes a CAS here, replicates it, and returns the outcome and the record now held.
+    pub async fn cas_local(
+        self: &Arc<Self>,
+        ks: &'static str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Option<(Vec<u8>, Option<Duration>)>,
+    ) -> StoreResult<(Cas, Option<Versioned>)> {
+        if self.standing_in(ks, key) {
+            self.fetch_from_peers(ks, key).await?;
+        }
+        let rec = {
+            let _g = self.replica.lock([(ks, key)]).await;
+            let cur = self.replica.read(ks, key).await?;
+            let cur_value = cur.as_ref().and_then(|c| c.value.clone());
+            if cur_value != expected {
+                return Ok((Cas::Conflict(cur_value), cur));
+            }
+            let rec = match new {
+                Some((v, ttl)) => Versioned {
+                    version: self.replica.new_version(),
+                    value: Some(v),
+                    deadline_ms: self.replica.deadline(ttl),
+                },
+                None => self.replica.tombstone(),
+            };
+            self.replica.write_locked(ks, key, &rec).await?;
+            rec
+        };
+        self.replicate(vec![Record {
+            ks: ks.to_string(),
+            key: key.to_string(),
+            rec: rec.clone(),
+        }])
+        .await?;
+        Ok((Cas::Swapped, Some(rec)))
+    }
+
+    // ---------------------------------------------------------------- anti-entropy
+
+    /// Pulls from one peer what this node misses or holds older; returns records repaired.
+    pub async fn sync_with(&self, id: &str, addr: &str) -> Result<u64, RpcError> {
+        let theirs: DigestResp = self.call(id, addr, PATH_DIGEST, &Empty {}).await?;
+        let mine = self.replica.digest();
+        let mut repaired = 0u64;
+        for (ks, d) in theirs.keyspaces {
+            if mine.get(&ks) == Some(&d) || is_local_keyspace(&ks) {
+                continue;
+            }
+            let Ok(ks_static) = intern(&ks) else { continue };
+            let v: VersionsResp = self
+                .call(id, addr, PATH_VERSIONS, &VersionsReq { ks: ks.clone() })
+                .await?;
+            let want: Vec<String> = v
+                .entries
+                .into_iter()
+                .filter(|(k, ver)| {
+                    self.replica
+                        .version_of(&ks, k)
+                        .is_none_or(|mine| *ver > mine)
+                })
+                .map(|(k, _)| k)
+                .collect();
+            for chunk in want.chunks(256) {
+                let f: FetchResp = self
+                    .call(
+                        id,
+                        addr,
+                        PATH_FETCH,
+                        &FetchReq {
+                            ks: ks.clone(),
+                            keys: chunk.to_vec(),
+                        },
+                    )
+                    .await?;
+                for r in f.records {
+                    if r.ks != ks {
+                        continue;
+                    }
+                    if self
+                        .replica
+                        .merge(ks_static, &r.key, &r.rec)
+                        .await
+                        .map_err(|e| RpcError::Remote(e.to_string()))?
+                    {
+                        repaired += 1;
+                    }
+                }
+            }
+        }
+        self.metrics.repairs.inc_by(repaired);
+        let now = self.now_ms();
+        if let Ok(mut m) = self.sync.lock() {
+            m.insert(
+                id.to_string(),
+                PeerSync {
+                    last_sync_ms: Some(now),
+                    last_repaired: repaired,
+                },
+            );
+        }
+        if repaired > 0 {
+            tracing::info!(peer = id, repaired, "anti-entropy repaired records");
+        }
+        Ok(repaired)
+    }
+
+    /// One anti-entropy round with every live peer; true when every peer answered.
+    pub async fn anti_entropy_round(&self) -> bool {
+        let mut all_ok = true;
+        for (id, addr) in self.live_peers() {
+            if let Err(e) = self.sync_with(&id, &addr).await {
+                tracing::debug!(peer = %id, error = %e, "anti-entropy round failed");
+                all_ok = false;
+            }
+        }
+        all_ok
+    }
+
+    // ---------------------------------------------------------------- bus
+
+    pub async fn broadcast(&self, topic: &str, payload: &str) {
+        let req = PublishReq {
+            topic: topic.to_string(),
+            payload: payload.to_string(),
+        };
+        let peers = self.live_peers();
+        let calls = peers
+            .iter()
+            .map(|(id, addr)| self.call::<_, Empty>(id, addr, PATH_PUBLISH, &req));
+        futures_util::future::join_all(calls).await;
+    }
+}

@@ -1,0 +1,451 @@
+//! This node's copy of the replicated data: the local store holding versioned envelopes, a
+//! per-key lock stripe so local writes and merges of remote writes never interleave, and an
+//! in-memory index of (keyspace, key) -> version that anti-entropy digests are computed from.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::version::{decode, encode, Hlc, Version, Versioned};
+use crate::clock::SharedClock;
+use crate::store::{keyspaces, BatchOp, Store, StoreError, StoreResult};
+
+/// Keyspaces that stay on this node (the readiness probe, cluster bookkeeping).
+pub const LOCAL_KEYSPACE: &str = "cluster_local";
+
+pub fn is_local_keyspace(ks: &str) -> bool {
+    ks == keyspaces::HEALTH || ks == LOCAL_KEYSPACE
+}
+
+/// Keyspace names arrive over RPC as strings; the store API wants `&'static str`. Names are
+/// interned once (there are a few dozen); the table is capped so a bad peer cannot grow it.
+pub fn intern(ks: &str) -> StoreResult<&'static str> {
+    static TABLE: OnceLock<Mutex<HashMap<String, &'static str>>> = OnceLock::new();
+    let table = TABLE.get_or_init(Mutex::default);
+    let mut t = table
+        .lock()
+        .map_err(|_| StoreError::Backend("keyspace table poisoned".into()))?;
+    if let Some(s) = t.get(ks) {
+        return Ok(s);
+    }
+    if t.len() >= 1024 || ks.is_empty() || ks.len() > 128 {
+        return Err(StoreError::Backend(format!(
+            "refusing keyspace name `{ks}`"
+        )));
+    }
+    let leaked: &'static str = Box::leak(ks.to_string().into_boxed_str());
+    t.insert(ks.to_string(), leaked);
+    Ok(leaked)
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    version: Version,
+    deadline: Option<i64>,
+    hash: u64,
+}
+
+fn entry_hash(key: &str, v: &Version) -> u64 {
+    let mut h = Sha256::new();
+    h.update(key.as_bytes());
+    h.update([0u8]);
+    h.update(v.hlc.to_be_bytes());
+    h.update(v.node.as_bytes());
+    let d = h.finalize();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// Per keyspace: how many records and an order-independent hash of their (key, version).
+pub type KsDigest = BTreeMap<String, (u64, u64)>;
+
+/// Records closer than this to their deadline are left out of digests: two nodes may disagree on
+/// whether they are still there, and repairing them is pointless.
+const NEAR_EXPIRY_MS: i64 = 5_000;
+
+pub struct Replica {
+    pub inner: Arc<dyn Store>,
+    pub hlc: Hlc,
+    pub node_id: String,
+    pub clock: SharedClock,
+    pub tombstone_ttl: Duration,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    index: Mutex<HashMap<&'static str, BTreeMap<String, Entry>>>,
+}
+
+impl Replica {
+    pub fn new(
+        inner: Arc<dyn Store>,
+        node_id: String,
+        clock: SharedClock,
+        tombstone_ttl: Duration,
+    ) -> Self {
+        Self {
+            inner,
+            hlc: Hlc::default(),
+            node_id,
+            clock,
+            tombstone_ttl,
+            stripes: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
+            index: Mutex::default(),
+        }
+    }
+
+    /// Builds the index from what is on disk (once, at start).
+    pub async fn load_index(&self) -> StoreResult<usize> {
+        let all = self.inner.export_all().await?;
+        let mut n = 0;
+        let mut max_hlc = 0;
+        if let Ok(mut idx) = self.index.lock() {
+            for r in all {
+                if is_local_keyspace(&r.keyspace) {
+                    continue;
+                }
+                let ks = intern(&r.keyspace)?;
+                let raw = base64::Engine::decode(
+                    &base64::engine::general_purpose::STANDARD,
+                    &r.value_b64,
+                )
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+                let v = decode(&raw);
+                max_hlc = max_hlc.max(v.version.hlc);
+                let deadline = v.deadline_ms.or(r.expires_at_ms);
+                idx.entry(ks).or_default().insert(
+                    r.key.clone(),
+                    Entry {
+                        hash: entry_hash(&r.key, &v.version),
+                        version: v.version,
+                        deadline,
+                    },
+                );
+                n += 1;
+            }
+        }
+        self.hlc.observe(max_hlc);
+        Ok(n)
+    }
+
+    pub fn new_version(&self) -> Version {
+        Version {
+            hlc: self.hlc.tick(self.clock.now_ms()),
+            node: self.node_id.clone(),
+        }
+    }
+
+    pub fn deadline(&self, ttl: Option<Duration>) -> Option<i64> {
+        ttl.map(|t| {
+            self.clock
+                .now_ms()
+                .saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
+                .max(1)
+        })
+    }
+
+    /// A tombstone version for a delete made now.
+    pub fn tombstone(&self) -> Versioned {
+        Versioned {
+            version: self.new_version(),
+            value: None,
+            deadline_ms: self.deadline(Some(self.tombstone_ttl)),
+        }
+    }
+
+    fn stripe_of(&self, ks: &str, key: &str) -> usize {
+        (super::ring::weight("", ks, key) % self.stripes.len() as u64) as usize
+    }
+
+    /// Locks the key's stripe (several keys: in stripe order, so two batches cannot deadlock).
+    pub async fn lock<'a>(
+        &'a self,
+        keys: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Vec<tokio::sync::MutexGuard<'a, ()>> {
+        let mut idx: Vec<usize> = keys
+            .into_iter()
+            .map(|(ks, k)| self.stripe_of(ks, k))
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        let mut guards = Vec::with_capacity(idx.len());
+        for i in idx {
+            if let Some(m) = self.stripes.get(i) {
+                guards.push(m.lock().await);
+            }
+        }
+        guards
+    }
+
+    /// What this node holds for the key: value, tombstone, or nothing (never held, or expired).
+    pub async fn read(&self, ks: &'static str, key: &str) -> StoreResult<Option<Versioned>> {
+        Ok(self.inner.get(ks, key).await?.map(|raw| decode(&raw)))
+    }
+
+    fn ttl_until(&self, deadline: Option<i64>) -> Option<Option<Duration>> {
+        match deadline {
+            None => Some(None),
+            Some(d) => {
+                let left = d - self.clock.now_ms();
+                (left > 0).then(|| Some(Duration::from_millis(left as u64)))
+            }
+        }
+    }
+
+    fn index_set(&self, ks: &'static str, key: &str, rec: Option<&Versioned>) {
+        if let Ok(mut idx) = self.index.lock() {
+            let m = idx.entry(ks).or_default();
+            match rec {
+                Some(r) => {
+                    m.insert(
+                        key.to_string(),
+                        Entry {
+                            hash: entry_hash(key, &r.version),
+                            version: r.version.clone(),
+                            deadline: r.deadline_ms,
+                        },
+                    );
+                }
+                None => {
+                    m.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Writes a record version (the caller holds the key's stripe lock).
+    pub async fn write_locked(
+        &self,
+        ks: &'static str,
+        key: &str,
+        rec: &Versioned,
+    ) -> StoreResult<()> {
+        self.hlc.observe(rec.version.hlc);
+        match self.ttl_until(rec.deadline_ms) {
+            Some(ttl) => {
+                self.inner.put(ks, key, encode(rec), ttl).await?;
+                self.index_set(ks, key, Some(rec));
+            }
+            None => {
+                // already past its deadline: absent everywhere
+                self.inner.delete(ks, key).await?;
+                self.index_set(ks, key, None);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes several versions atomically (the caller holds their stripe locks).
+    pub async fn write_batch_locked(
+        &self,
+        recs: &[(&'static str, String, Versioned)],
+    ) -> StoreResult<()> {
+        let mut ops = Vec::with_capacity(recs.len());
+        for (ks, key, rec) in recs {
+            self.hlc.observe(rec.version.hlc);
+            ops.push(match self.ttl_until(rec.deadline_ms) {
+                Some(ttl) => BatchOp::Put {
+                    keyspace: ks,
+                    key: key.clone(),
+                    value: encode(rec),
+                    ttl,
+                },
+                None => BatchOp::Delete {
+                    keyspace: ks,
+                    key: key.clone(),
+                },
+            });
+        }
+        self.inner.batch(ops).await?;
+        for (ks, key, rec) in recs {
+            let live = self.ttl_until(rec.deadline_ms).is_some();
+            self.index_set(ks, key, live.then_some(rec));
+        }
+        Ok(())
+    }
+
+    /// Merges a version from another node: kept only if newer than what is here (last writer wins).
+    pub async fn merge(&self, ks: &'static str, key: &str, rec: &Versioned) -> StoreResult<bool> {
+        if is_local_keyspace(ks) {
+            return Ok(false);
+        }
+        let _g = self.lock([(ks, key)]).await;
+        let newer = match self.read(ks, key).await? {
+            Some(cur) => rec.version > cur.version,
+            None => true,
+        };
+        if newer {
+            self.write_locked(ks, key, rec).await?;
+        }
+        Ok(newer)
+    }
+
+    /// Per-keyspace digest of the index.
+    pub fn digest(&self) -> KsDigest {
+        let horizon = self.clock.now_ms() + NEAR_EXPIRY_MS;
+        let mut out = BTreeMap::new();
+        if let Ok(idx) = self.index.lock() {
+            for (ks, m) in idx.iter() {
+                let (mut n, mut h) = (0u64, 0u64);
+                for e in m.values() {
+                    if e.deadline.is_some_and(|d| d <= horizon) {
+                        continue;
+                    }
+                    n += 1;
+                    h ^= e.hash;
+                }
+                if n > 0 {
+                    out.insert(ks.to_string(), (n, h));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every (key, version) of a keyspace, for anti-entropy.
+    pub fn versions(&self, ks: &str) -> Vec<(String, Version)> {
+        let horizon = self.clock.now_ms() + NEAR_EXPIRY_MS;
+        self.index
+            .lock()
+            .ok()
+            .and_then(|idx| {
+                idx.get(ks).map(|m| {
+                    m.iter()
+                        .filter(|(_, e)| e.deadline.is_none_or(|d| d > horizon))
+                        .map(|(k, e)| (k.clone(), e.version.clone()))
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn version_of(&self, ks: &str, key: &str) -> Option<Version> {
+        self.index.lock().ok().and_then(|idx| {
+            idx.get(ks)
+                .and_then(|m| m.get(key))
+                .map(|e| e.version.clone())
+        })
+    }
+
+    /// Drops index entries past their deadline (the store's sweeper deletes the records).
+    pub fn prune_index(&self) {
+        let now = self.clock.now_ms();
+        if let Ok(mut idx) = self.index.lock() {
+            for m in idx.values_mut() {
+                m.retain(|_, e| e.deadline.is_none_or(|d| d > now));
+            }
+        }
+    }
+
+    pub fn record_count(&self) -> usize {
+        self.index
+            .lock()
+            .map(|idx| idx.values().map(BTreeMap::len).sum())
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FakeClock;
+    use crate::store::SledStore;
+
+    fn replica(node: &str, clock: Arc<FakeClock>) -> Replica {
+        let inner: Arc<dyn Store> = Arc::new(SledStore::temporary(clock.clone()).unwrap());
+        Replica::new(inner, node.into(), clock, Duration::from_secs(3600))
+    }
+
+    #[tokio::test]
+    async fn merge_keeps_the_newest_version_and_tombstones_win_over_older_writes() {
+        let clock = FakeClock::new(1_000_000);
+        let a = replica("a", clock.clone());
+        let b = replica("b", clock.clone());
+        let ks = intern("things").unwrap();
+        let v1 = Versioned {
+            version: a.new_version(),
+            value: Some(b"one".to_vec()),
+            deadline_ms: None,
+        };
+        clock.advance_ms(1);
+        let v2 = Versioned {
+            version: b.new_version(),
+            value: Some(b"two".to_vec()),
+            deadline_ms: None,
+        };
+        // arrival order does not matter: both converge on v2
+        assert!(a.merge(ks, "k", &v1).await.unwrap());
+        assert!(a.merge(ks, "k", &v2).await.unwrap());
+        assert!(b.merge(ks, "k", &v2).await.unwrap());
+        assert!(!b.merge(ks, "k", &v1).await.unwrap());
+        assert_eq!(
+            a.read(ks, "k").await.unwrap().unwrap().value.unwrap(),
+            b"two"
+        );
+        assert_eq!(
+            b.read(ks, "k").await.unwrap().unwrap().value.unwrap(),
+            b"two"
+        );
+        assert_eq!(a.digest(), b.digest());
+        // a delete on b; a stale write of v1 arriving later does not resurrect it
+        clock.advance_ms(1);
+        let t = b.tombstone();
+        assert!(b.merge(ks, "k", &t).await.unwrap());
+        assert!(!b.merge(ks, "k", &v1).await.unwrap());
+        assert!(b.read(ks, "k").await.unwrap().unwrap().is_tombstone());
+        assert_ne!(a.digest(), b.digest());
+        a.merge(ks, "k", &t).await.unwrap();
+        assert_eq!(a.digest(), b.digest());
+        assert_eq!(a.versions("things"), b.versions("things"));
+    }
+
+    #[tokio::test]
+    async fn records_past_their_deadline_are_not_written_and_leave_the_digest() {
+        let clock = FakeClock::new(1_000_000);
+        let a = replica("a", clock.clone());
+        let ks = intern("sessions").unwrap();
+        let old = Versioned {
+            version: a.new_version(),
+            value: Some(b"x".to_vec()),
+            deadline_ms: Some(999_000),
+        };
+        a.merge(ks, "gone", &old).await.unwrap();
+        assert!(a.read(ks, "gone").await.unwrap().is_none());
+        let soon = Versioned {
+            version: a.new_version(),
+            value: Some(b"x".to_vec()),
+            deadline_ms: Some(1_060_000),
+        };
+        a.merge(ks, "live", &soon).await.unwrap();
+        assert_eq!(a.digest()["sessions"].0, 1);
+        clock.advance_ms(58_000); // within the near-expiry horizon
+        assert!(a.digest().is_empty());
+        clock.advance_ms(10_000);
+        a.prune_index();
+        assert_eq!(a.record_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn index_is_rebuilt_from_disk() {
+        let clock = FakeClock::new(5_000_000);
+        let inner: Arc<dyn Store> = Arc::new(SledStore::temporary(clock.clone()).unwrap());
+        let a = Replica::new(
+            inner.clone(),
+            "a".into(),
+            clock.clone(),
+            Duration::from_secs(60),
+        );
+        let ks = intern("things").unwrap();
+        let rec = Versioned {
+            version: a.new_version(),
+            value: Some(b"v".to_vec()),
+            deadline_ms: None,
+        };
+        a.merge(ks, "k1", &rec).await.unwrap();
+        let b = Replica::new(inner, "a".into(), clock, Duration::from_secs(60));
+        assert_eq!(b.load_index().await.unwrap(), 1);
+        assert_eq!(b.version_of("things", "k1"), Some(rec.version.clone()));
+        // the clock continues past what is on disk
+        assert!(b.new_version() > rec.version);
+    }
+}

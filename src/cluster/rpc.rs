@@ -1,0 +1,214 @@
+//! The internal RPC listener (`cluster.rpc_addr`): a small actix server of its own, up before the
+//! roles initialise (peers need it while they bootstrap), every request HMAC-authenticated.
+
+use std::sync::Arc;
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::auth;
+use super::node::Node;
+use super::replica::intern;
+use super::wire::*;
+use crate::bus::Event;
+
+/// Largest RPC body (a batch of records, or a chunk of anti-entropy fetches).
+const BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+fn problem(status: actix_web::http::StatusCode, detail: &str) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("application/problem+json")
+        .json(serde_json::json!({
+            "type": format!("{}cluster_rpc", crate::error::PROBLEM_TYPE_BASE),
+            "title": "cluster RPC refused",
+            "status": status.as_u16(),
+            "detail": detail,
+            "code": "cluster_rpc",
+        }))
+}
+
+/// Authenticates and decodes a request body.
+#[allow(clippy::result_large_err)] // the error is the response itself, built once per refusal
+fn open<T: DeserializeOwned>(
+    node: &Node,
+    req: &HttpRequest,
+    body: &[u8],
+) -> Result<T, HttpResponse> {
+    node.verifier
+        .verify(
+            node.now_ms(),
+            req.method().as_str(),
+            req.path(),
+            header(req, auth::HEADER_TS),
+            header(req, auth::HEADER_NONCE),
+            header(req, auth::HEADER_SIG),
+            body,
+        )
+        .map_err(|e| {
+            tracing::warn!(peer = ?req.peer_addr(), error = %e, "cluster RPC refused");
+            problem(actix_web::http::StatusCode::UNAUTHORIZED, &e.to_string())
+        })?;
+    serde_json::from_slice(body)
+        .map_err(|e| problem(actix_web::http::StatusCode::BAD_REQUEST, &e.to_string()))
+}
+
+fn ok<T: Serialize>(v: &T) -> HttpResponse {
+    HttpResponse::Ok().json(v)
+}
+
+fn err(e: impl std::fmt::Display) -> HttpResponse {
+    tracing::warn!(error = %e, "cluster RPC failed");
+    problem(
+        actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+        "store error",
+    )
+}
+
+type NodeData = web::Data<Arc<Node>>;
+
+async fn apply(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let r: ApplyReq = match open(&node, &req, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let mut applied = 0;
+    for rec in r.records {
+        let ks = match intern(&rec.ks) {
+            Ok(ks) => ks,
+            Err(e) => return err(e),
+        };
+        match node.replica.merge(ks, &rec.key, &rec.rec).await {
+            Ok(true) => applied += 1,
+            Ok(false) => {}
+            Err(e) => return err(e),
+        }
+    }
+    ok(&ApplyResp { applied })
+}
+
+async fn get(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let r: KeyReq = match open(&node, &req, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let ks = match intern(&r.ks) {
+        Ok(ks) => ks,
+        Err(e) => return err(e),
+    };
+    match node.replica.read(ks, &r.key).await {
+        Ok(record) => ok(&GetResp { record }),
+        Err(e) => err(e),
+    }
+}
+
+async fn cas(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let r: CasReq = match open(&node, &req, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let ks = match intern(&r.ks) {
+        Ok(ks) => ks,
+        Err(e) => return err(e),
+    };
+    let new = r
+        .new
+        .map(|v| (v, r.ttl_ms.map(std::time::Duration::from_millis)));
+    match node.cas_local(ks, &r.key, r.expected, new).await {
+        Ok((outcome, current)) => ok(&CasResp {
+            swapped: outcome == crate::store::Cas::Swapped,
+            current,
+        }),
+        Err(e) => err(e),
+    }
+}
+
+async fn digest(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    if let Err(resp) = open::<Empty>(&node, &req, &body) {
+        return resp;
+    }
+    ok(&DigestResp {
+        keyspaces: node.replica.digest(),
+    })
+}
+
+async fn versions(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let r: VersionsReq = match open(&node, &req, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    ok(&VersionsResp {
+        entries: node.replica.versions(&r.ks),
+    })
+}
+
+async fn fetch(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let r: FetchReq = match open(&node, &req, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let ks = match intern(&r.ks) {
+        Ok(ks) => ks,
+        Err(e) => return err(e),
+    };
+    let mut records = Vec::with_capacity(r.keys.len());
+    for key in r.keys.into_iter().take(1024) {
+        match node.replica.read(ks, &key).await {
+            Ok(Some(rec)) => records.push(Record {
+                ks: r.ks.clone(),
+                key,
+                rec,
+            }),
+            Ok(None) => {}
+            Err(e) => return err(e),
+        }
+    }
+    ok(&FetchResp { records })
+}
+
+async fn publish(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let r: PublishReq = match open(&node, &req, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    node.local_bus.deliver_local(Event {
+        topic: r.topic,
+        payload: r.payload,
+    });
+    ok(&Empty {})
+}
+
+/// Binds the RPC listener and returns the running server (spawn it, stop it through its handle).
+pub fn server(
+    node: Arc<Node>,
+    listener: std::net::TcpListener,
+) -> std::io::Result<actix_web::dev::Server> {
+    let data = web::Data::new(node);
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::PayloadConfig::new(BODY_LIMIT))
+            .route(PATH_APPLY, web::post().to(apply))
+            .route(PATH_GET, web::post().to(get))
+            .route(PATH_CAS, web::post().to(cas))
+            .route(PATH_DIGEST, web::post().to(digest))
+            .route(PATH_VERSIONS, web::post().to(versions))
+            .route(PATH_FETCH, web::post().to(fetch))
+            .route(PATH_PUBLISH, web::post().to(publish))
+            .default_service(web::to(|| async {
+                problem(
+                    actix_web::http::StatusCode::NOT_FOUND,
+                    "no such cluster RPC",
+                )
+            }))
+    })
+    .workers(2)
+    .disable_signals()
+    .shutdown_timeout(2)
+    .listen(listener)?
+    .run())
+}

@@ -1,0 +1,549 @@
+//! Joining: binds the RPC listener, starts gossip, waits for the bootstrap quorum, catches up, and
+//! hands back the cluster store and bus; owns the background loops and leaving.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chitchat::transport::UdpTransport;
+use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+use tokio_util::sync::CancellationToken;
+
+use super::node::{Node, NodeSettings};
+use super::replica::{Replica, LOCAL_KEYSPACE};
+use crate::app::Opened;
+use crate::clock::SharedClock;
+use crate::config::Settings;
+use crate::state::Readiness;
+use crate::store::{keyspaces, Cas, Store};
+use crate::tasks::Tasks;
+
+const JOINED_KEY: &str = "joined";
+const INIT_LOCK_KEY: &str = "cluster_init_lock";
+
+pub struct Cluster {
+    pub node: Arc<Node>,
+    chitchat: tokio::sync::Mutex<Option<ChitchatHandle>>,
+    rpc: actix_web::dev::ServerHandle,
+}
+
+async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("resolving {addr}"))?
+        .next()
+        .with_context(|| format!("{addr} resolves to nothing"))
+}
+
+fn port_of(addr: &str) -> anyhow::Result<u16> {
+    addr.rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .with_context(|| format!("`{addr}` needs a port"))
+}
+
+/// Joins the cluster (or forms it) and returns the replicated store and bus in place of `opened`'s.
+pub async fn start(
+    settings: &Settings,
+    opened: Opened,
+    clock: SharedClock,
+    readiness: &Arc<Readiness>,
+    tasks: &mut Tasks,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Opened, Arc<Cluster>)> {
+    let c = &settings.raw.cluster;
+    readiness.set_not_ready("cluster", "joining");
+    let secret = settings
+        .cluster_secret
+        .as_ref()
+        .context("cluster mode needs cluster.secret")?;
+
+    let gossip_listen = resolve(&c.gossip_addr)
+        .await
+        .context("cluster.gossip_addr")?;
+    let rpc_bind = if c.rpc_addr.is_empty() {
+        c.gossip_addr.clone()
+    } else {
+        c.rpc_addr.clone()
+    };
+    let rpc_listen = resolve(&rpc_bind).await.context("cluster.rpc_addr")?;
+    let rpc_listener = std::net::TcpListener::bind(rpc_listen)
+        .with_context(|| format!("cluster RPC cannot listen on {rpc_listen}"))?;
+    let rpc_bound = rpc_listener.local_addr()?;
+    let advertise_host = if !c.advertise_host.is_empty() {
+        c.advertise_host.clone()
+    } else if gossip_listen.ip().is_unspecified() {
+        anyhow::bail!("cluster.gossip_addr binds {gossip_listen}: set cluster.advertise_host to the address peers reach this node at");
+    } else {
+        gossip_listen.ip().to_string()
+    };
+    let gossip_advertise = if c.advertise_host.is_empty() {
+        gossip_listen
+    } else {
+        resolve(&format!("{advertise_host}:{}", port_of(&c.gossip_addr)?))
+            .await
+            .context("cluster.advertise_host")?
+    };
+    let rpc_advertise = if c.advertise_host.is_empty() && !rpc_bound.ip().is_unspecified() {
+        rpc_bound.to_string()
+    } else {
+        format!("{advertise_host}:{}", rpc_bound.port())
+    };
+    let node_id = if c.node_id.is_empty() {
+        gossip_advertise.to_string()
+    } else {
+        c.node_id.clone()
+    };
+    let roles: Vec<String> = settings
+        .roles
+        .iter()
+        .map(|r| r.as_str().to_string())
+        .collect();
+
+    let ns = NodeSettings {
+        node_id: node_id.clone(),
+        cluster_id: c.id.clone(),
+        gossip_listen,
+        gossip_advertise,
+        rpc_listen: rpc_bound,
+        rpc_advertise: rpc_advertise.clone(),
+        seeds: c.seeds.clone(),
+        replication_factor: c.replication_factor,
+        bootstrap_expect: c.bootstrap_expect.max(1),
+        join_timeout: Duration::from_secs(c.join_timeout_seconds),
+        gossip_interval: Duration::from_millis(c.gossip_interval_ms),
+        phi_threshold: c.phi_threshold,
+        rpc_timeout: Duration::from_millis(c.rpc_timeout_ms),
+        anti_entropy_interval: Duration::from_secs(c.anti_entropy_interval_seconds.max(1)),
+        roles: roles.clone(),
+    };
+
+    let inner = opened.store.clone();
+    let replica = Arc::new(Replica::new(
+        inner.clone(),
+        node_id.clone(),
+        clock.clone(),
+        Duration::from_secs(c.tombstone_ttl_seconds.max(60)),
+    ));
+    let n = replica
+        .load_index()
+        .await
+        .context("indexing the local store")?;
+    tracing::info!(records = n, "cluster: local replica indexed");
+
+    // A new generation on every start, so peers tell this incarnation from the one that died.
+    let generation = u64::try_from(clock.now_ms()).unwrap_or(0);
+    let gi = ns.gossip_interval;
+    let cc_config = ChitchatConfig {
+        chitchat_id: ChitchatId::new(node_id.clone(), generation, gossip_advertise),
+        cluster_id: c.id.clone(),
+        gossip_interval: gi,
+        listen_addr: gossip_listen,
+        seed_nodes: c.seeds.clone(),
+        failure_detector_config: FailureDetectorConfig {
+            phi_threshold: c.phi_threshold,
+            sampling_window_size: 1000,
+            max_interval: gi * 40,
+            initial_interval: gi * 2,
+            dead_node_grace_period: Duration::from_secs(3600),
+        },
+        marked_for_deletion_grace_period: Duration::from_secs(3600),
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+        protocol_version: chitchat::ProtocolVersion::V0,
+    };
+    let initial = vec![
+        ("rpc".to_string(), rpc_advertise.clone()),
+        ("roles".to_string(), roles.join(",")),
+        ("ready".to_string(), "false".to_string()),
+        ("caught_up".to_string(), "false".to_string()),
+    ];
+    let handle = spawn_chitchat(cc_config, initial, &UdpTransport)
+        .await
+        .with_context(|| format!("starting gossip on {gossip_listen} (udp)"))?;
+    let chitchat = handle.chitchat();
+
+    let local_bus = Arc::new(crate::bus::LocalBus::new());
+    let rpc_key = super::derive_rpc_key(secret.expose(), &c.id);
+    let node = Arc::new(Node::new(ns, replica, chitchat, rpc_key, local_bus)?);
+
+    let rpc_server = super::rpc::server(node.clone(), rpc_listener)?;
+    let rpc_handle = rpc_server.handle();
+    tokio::spawn(rpc_server);
+    tracing::info!(node = %node_id, gossip = %gossip_advertise, rpc = %rpc_advertise, seeds = ?c.seeds, "cluster: gossip and RPC up");
+
+    spawn_membership(tasks, shutdown, node.clone());
+    node.refresh_members().await;
+
+    // Bootstrap: a node that never joined waits for the initial quorum before it creates anything
+    // (so first-start defaults are created once, by one primary); one that did waits (bounded)
+    // for a peer, so it catches up before serving.
+    let joined_before = inner.get(LOCAL_KEYSPACE, JOINED_KEY).await?.is_some();
+    let mut last_log = tokio::time::Instant::now();
+    if !joined_before {
+        while node.live_count() < node.settings.bootstrap_expect {
+            if shutdown.is_cancelled() {
+                anyhow::bail!("shut down while waiting for the cluster to form");
+            }
+            if last_log.elapsed() > Duration::from_secs(5) {
+                tracing::info!(
+                    live = node.live_count(),
+                    expect = node.settings.bootstrap_expect,
+                    "cluster: waiting for bootstrap_expect members"
+                );
+                last_log = tokio::time::Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            node.refresh_members().await;
+        }
+    } else if !c.seeds.is_empty() {
+        let until = tokio::time::Instant::now() + node.settings.join_timeout;
+        while node.live_count() < 2 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            node.refresh_members().await;
+        }
+        if node.live_count() < 2 {
+            tracing::warn!("cluster: no live peer within join_timeout_seconds; going on alone");
+        }
+    }
+
+    // Catch up with every live peer before taking part as a primary or reporting ready.
+    readiness.set_not_ready("cluster", "catching up");
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if node.anti_entropy_round().await {
+            break;
+        }
+        if tokio::time::Instant::now() > until || shutdown.is_cancelled() {
+            tracing::warn!(
+                "cluster: could not sync with every peer; going on with what was reached"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        node.refresh_members().await;
+    }
+    node.set_caught_up().await;
+    inner
+        .put(LOCAL_KEYSPACE, JOINED_KEY, b"1".to_vec(), None)
+        .await?;
+    spawn_anti_entropy(tasks, shutdown, node.clone());
+    tracing::info!(live = node.live_count(), "cluster: joined and caught up");
+
+    let cluster = Arc::new(Cluster {
+        node: node.clone(),
+        chitchat: tokio::sync::Mutex::new(Some(handle)),
+        rpc: rpc_handle,
+    });
+    let opened = Opened {
+        store: Arc::new(super::store::ClusterStore::new(node.clone())),
+        sealer: opened.sealer,
+        bus: Arc::new(super::bus::ClusterBus::new(node)),
+        cluster: Some(cluster.clone()),
+    };
+    Ok((opened, cluster))
+}
+
+fn spawn_membership(tasks: &mut Tasks, shutdown: &CancellationToken, node: Arc<Node>) {
+    tasks.spawn("cluster-membership", shutdown, move |token| async move {
+        let mut watcher = node.chitchat.lock().await.live_nodes_watcher();
+        let mut tick = tokio::time::interval(node.settings.gossip_interval);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tick.tick() => {}
+                r = watcher.changed() => if r.is_err() { break },
+            }
+            node.refresh_members().await;
+        }
+    });
+}
+
+fn spawn_anti_entropy(tasks: &mut Tasks, shutdown: &CancellationToken, node: Arc<Node>) {
+    tasks.spawn("cluster-anti-entropy", shutdown, move |token| async move {
+        let mut tick = tokio::time::interval(node.settings.anti_entropy_interval);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tick.tick() => { node.anti_entropy_round().await; }
+            }
+        }
+    });
+}
+
+impl Cluster {
+    /// Serialises role initialisation across the cluster: first-start defaults (default tenants and
+    /// their signing keys) are created by exactly one node; the others find them when they get the
+    /// lease. The lease is a compare-and-swap at its key's primary, with a TTL in case its holder dies.
+    pub async fn init_lease(&self) -> anyhow::Result<Vec<u8>> {
+        let me = format!("{}/{}", self.node.id(), crate::clock::random_id()).into_bytes();
+        let store = super::store::ClusterStore::new(self.node.clone());
+        let mut waited = 0u32;
+        loop {
+            match store
+                .compare_and_swap(
+                    keyspaces::SYSTEM,
+                    INIT_LOCK_KEY,
+                    None,
+                    Some((me.clone(), Some(Duration::from_secs(60)))),
+                )
+                .await
+            {
+                Ok(Cas::Swapped) => return Ok(me),
+                Ok(Cas::Conflict(_)) => {}
+                Err(e) => tracing::warn!(error = %e, "cluster: init lease attempt failed"),
+            }
+            waited += 1;
+            if waited % 50 == 0 {
+                tracing::info!("cluster: waiting for another node to finish initialising");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn release_init_lease(&self, lease: Vec<u8>) {
+        let store = super::store::ClusterStore::new(self.node.clone());
+        if let Err(e) = store
+            .compare_and_swap(keyspaces::SYSTEM, INIT_LOCK_KEY, Some(lease), None)
+            .await
+        {
+            tracing::warn!(error = %e, "cluster: releasing the init lease failed (it expires)");
+        }
+    }
+
+    /// Tells the peers this node serves requests (or no longer does).
+    pub async fn set_ready(&self, ready: bool) {
+        self.node
+            .set_gossip("ready", if ready { "true" } else { "false" })
+            .await;
+    }
+
+    /// Singleton jobs run only where this is true: the live, caught-up member with the lowest id.
+    pub fn is_leader(&self) -> bool {
+        self.node.is_leader()
+    }
+
+    /// Leaves: not ready in gossip, a last gossip round, then gossip and RPC stop.
+    pub async fn leave(&self) {
+        self.set_ready(false).await;
+        tokio::time::sleep(self.node.settings.gossip_interval * 2).await;
+        if let Some(h) = self.chitchat.lock().await.take() {
+            if let Err(e) = h.shutdown().await {
+                tracing::debug!(error = %e, "gossip shutdown");
+            }
+        }
+        self.rpc.stop(true).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Two or three nodes in one process over real UDP gossip and real RPC on localhost.
+
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::store::{SledStore, Store};
+
+    fn free_port() -> u16 {
+        loop {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let port = udp.local_addr().unwrap().port();
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
+
+    struct TestNode {
+        opened: Opened,
+        cluster: Arc<Cluster>,
+        token: CancellationToken,
+        _tasks: Tasks,
+    }
+
+    async fn node(id: &str, port: u16, seeds: &[u16], expect: usize) -> TestNode {
+        let mut cfg = crate::config::Config::default();
+        cfg.cluster.enabled = true;
+        cfg.cluster.node_id = id.into();
+        cfg.cluster.gossip_addr = format!("127.0.0.1:{port}");
+        cfg.cluster.seeds = seeds.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        cfg.cluster.secret = crate::config::Secret::new("unit-test-cluster-secret");
+        cfg.cluster.bootstrap_expect = expect;
+        cfg.cluster.gossip_interval_ms = 50;
+        cfg.cluster.anti_entropy_interval_seconds = 3600;
+        let settings = cfg.finish().unwrap();
+        let clock: SharedClock = Arc::new(SystemClock);
+        let store: Arc<dyn Store> = Arc::new(SledStore::temporary(clock.clone()).unwrap());
+        let opened = Opened {
+            store,
+            sealer: crate::store::Sealer::new(&[1u8; 32]),
+            bus: Arc::new(crate::bus::LocalBus::new()),
+            cluster: None,
+        };
+        let readiness = Arc::new(Readiness::default());
+        let mut tasks = Tasks::default();
+        let token = CancellationToken::new();
+        let (opened, cluster) = start(&settings, opened, clock, &readiness, &mut tasks, &token)
+            .await
+            .unwrap();
+        TestNode {
+            opened,
+            cluster,
+            token,
+            _tasks: tasks,
+        }
+    }
+
+    async fn three() -> Vec<TestNode> {
+        let ports = [free_port(), free_port(), free_port()];
+        let (a, b, c) = tokio::join!(
+            node("a", ports[0], &ports, 3),
+            node("b", ports[1], &ports, 3),
+            node("c", ports[2], &ports, 3)
+        );
+        vec![a, b, c]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn writes_replicate_cas_is_single_winner_and_events_reach_every_node() {
+        let nodes = three().await;
+        let ks = "unit_things";
+        // a write on one node is on the others before put returns (replication factor 3)
+        nodes[0]
+            .opened
+            .store
+            .put(ks, "k1", b"v1".to_vec(), None)
+            .await
+            .unwrap();
+        for n in &nodes[1..] {
+            let local = n.cluster.node.replica.read(ks, "k1").await.unwrap();
+            assert_eq!(local.unwrap().value.unwrap(), b"v1");
+        }
+        // delete is replicated as a tombstone
+        assert!(nodes[1].opened.store.delete(ks, "k1").await.unwrap());
+        for n in &nodes {
+            assert_eq!(n.opened.store.get(ks, "k1").await.unwrap(), None);
+        }
+
+        // concurrent single-use transitions from every node on the same keys: one winner each
+        for i in 0..30 {
+            let key = format!("code{i}");
+            nodes[0]
+                .opened
+                .store
+                .put(ks, &key, b"unused".to_vec(), None)
+                .await
+                .unwrap();
+            let attempts = nodes.iter().map(|n| {
+                let store = n.opened.store.clone();
+                let key = key.clone();
+                async move {
+                    store
+                        .compare_and_swap(ks, &key, Some(b"unused".to_vec()), None)
+                        .await
+                        .unwrap()
+                }
+            });
+            let results = futures_util::future::join_all(attempts).await;
+            let wins = results.iter().filter(|r| **r == Cas::Swapped).count();
+            assert_eq!(wins, 1, "{key}: {results:?}");
+        }
+        // create-if-absent from every node at once: one value cluster-wide
+        let attempts = nodes.iter().enumerate().map(|(i, n)| {
+            let store = n.opened.store.clone();
+            async move {
+                store
+                    .compare_and_swap(ks, "singleton", None, Some((vec![i as u8], None)))
+                    .await
+                    .unwrap()
+            }
+        });
+        let results = futures_util::future::join_all(attempts).await;
+        assert_eq!(results.iter().filter(|r| **r == Cas::Swapped).count(), 1);
+        let first = nodes[0].opened.store.get(ks, "singleton").await.unwrap();
+        for n in &nodes {
+            assert_eq!(n.opened.store.get(ks, "singleton").await.unwrap(), first);
+        }
+
+        // an event published on one node reaches subscribers on every node
+        let mut subs: Vec<_> = nodes.iter().map(|n| n.opened.bus.subscribe()).collect();
+        nodes[2]
+            .opened
+            .bus
+            .publish("mediator.queued", "recipient-key")
+            .await;
+        for rx in subs.iter_mut() {
+            let ev = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (ev.topic.as_str(), ev.payload.as_str()),
+                ("mediator.queued", "recipient-key")
+            );
+        }
+
+        // a record written only locally (as if replication had been missed) is found by a
+        // read on another node, and anti-entropy copies the rest
+        let rec = crate::cluster::version::Versioned {
+            version: nodes[0].cluster.node.replica.new_version(),
+            value: Some(b"missed".to_vec()),
+            deadline_ms: None,
+        };
+        for i in 0..5 {
+            nodes[0]
+                .cluster
+                .node
+                .replica
+                .merge(ks, &format!("only-a-{i}"), &rec)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            nodes[1]
+                .opened
+                .store
+                .get(ks, "only-a-0")
+                .await
+                .unwrap()
+                .unwrap(),
+            b"missed"
+        );
+        assert!(nodes[2]
+            .cluster
+            .node
+            .replica
+            .read(ks, "only-a-1")
+            .await
+            .unwrap()
+            .is_none());
+        let repaired = nodes[2]
+            .cluster
+            .node
+            .sync_with("a", &nodes[0].cluster.node.settings.rpc_advertise)
+            .await
+            .unwrap();
+        assert!(repaired >= 5, "{repaired}");
+        assert_eq!(
+            nodes[2].cluster.node.replica.digest(),
+            nodes[0].cluster.node.replica.digest()
+        );
+        // scans see what the cluster holds
+        let scanned = nodes[2]
+            .opened
+            .store
+            .scan_prefix(ks, "only-a-", 100)
+            .await
+            .unwrap();
+        assert_eq!(scanned.len(), 5);
+
+        // exactly one leader for singleton jobs
+        let leaders = nodes.iter().filter(|n| n.cluster.is_leader()).count();
+        assert_eq!(leaders, 1);
+        for n in &nodes {
+            n.token.cancel();
+            n.cluster.leave().await;
+        }
+    }
+}

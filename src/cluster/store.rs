@@ -1,0 +1,265 @@
+//! [`ClusterStore`]: the [`Store`] every role talks to in cluster mode. Reads are local (with a
+//! fall-back to the peers for a record this node has not received yet), writes are versioned,
+//! applied locally and replicated synchronously, compare-and-swap runs at the key's primary.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine;
+
+use super::node::Node;
+use super::replica::is_local_keyspace;
+use super::version::{decode, Versioned};
+use super::wire::Record;
+use crate::store::{BatchOp, Cas, ExportRecord, Store, StoreResult, StoreStats};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+pub struct ClusterStore {
+    node: Arc<Node>,
+}
+
+impl ClusterStore {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    fn inner(&self) -> &Arc<dyn Store> {
+        &self.node.replica.inner
+    }
+
+    async fn write(&self, ks: &'static str, key: &str, rec: Versioned) -> StoreResult<()> {
+        {
+            let _g = self.node.replica.lock([(ks, key)]).await;
+            self.node.replica.write_locked(ks, key, &rec).await?;
+        }
+        self.node
+            .replicate(vec![Record {
+                ks: ks.to_string(),
+                key: key.to_string(),
+                rec,
+            }])
+            .await
+    }
+}
+
+#[async_trait]
+impl Store for ClusterStore {
+    async fn get(&self, keyspace: &'static str, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        if is_local_keyspace(keyspace) {
+            return self.inner().get(keyspace, key).await;
+        }
+        match self.node.replica.read(keyspace, key).await? {
+            Some(rec) => Ok(rec.value),
+            // not here (yet): a write that has not reached this node, or a node that was down
+            None => Ok(self
+                .node
+                .fetch_from_peers(keyspace, key)
+                .await?
+                .and_then(|r| r.value)),
+        }
+    }
+
+    async fn put(
+        &self,
+        keyspace: &'static str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> StoreResult<()> {
+        if is_local_keyspace(keyspace) {
+            return self.inner().put(keyspace, key, value, ttl).await;
+        }
+        let rec = Versioned {
+            version: self.node.replica.new_version(),
+            value: Some(value),
+            deadline_ms: self.node.replica.deadline(ttl),
+        };
+        self.write(keyspace, key, rec).await
+    }
+
+    async fn delete(&self, keyspace: &'static str, key: &str) -> StoreResult<bool> {
+        if is_local_keyspace(keyspace) {
+            return self.inner().delete(keyspace, key).await;
+        }
+        let existed = self.get(keyspace, key).await?.is_some();
+        let rec = self.node.replica.tombstone();
+        self.write(keyspace, key, rec).await?;
+        Ok(existed)
+    }
+
+    async fn compare_and_swap(
+        &self,
+        keyspace: &'static str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Option<(Vec<u8>, Option<Duration>)>,
+    ) -> StoreResult<Cas> {
+        if is_local_keyspace(keyspace) {
+            return self
+                .inner()
+                .compare_and_swap(keyspace, key, expected, new)
+                .await;
+        }
+        self.node.cas(keyspace, key, expected, new).await
+    }
+
+    async fn scan_prefix(
+        &self,
+        keyspace: &'static str,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        if is_local_keyspace(keyspace) {
+            return self.inner().scan_prefix(keyspace, prefix, limit).await;
+        }
+        // Every node holds every record (full replication), so the local copy answers.
+        scan_decoded(self.inner(), keyspace, prefix, limit).await
+    }
+
+    async fn batch(&self, ops: Vec<BatchOp>) -> StoreResult<()> {
+        let mut local_ops = Vec::new();
+        let mut recs: Vec<(&'static str, String, Versioned)> = Vec::new();
+        for op in ops {
+            match op {
+                BatchOp::Put { keyspace, .. } | BatchOp::Delete { keyspace, .. }
+                    if is_local_keyspace(keyspace) =>
+                {
+                    local_ops.push(op)
+                }
+                BatchOp::Put {
+                    keyspace,
+                    key,
+                    value,
+                    ttl,
+                } => recs.push((
+                    keyspace,
+                    key,
+                    Versioned {
+                        version: self.node.replica.new_version(),
+                        value: Some(value),
+                        deadline_ms: self.node.replica.deadline(ttl),
+                    },
+                )),
+                BatchOp::Delete { keyspace, key } => {
+                    recs.push((keyspace, key, self.node.replica.tombstone()))
+                }
+            }
+        }
+        if !local_ops.is_empty() {
+            self.inner().batch(local_ops).await?;
+        }
+        if recs.is_empty() {
+            return Ok(());
+        }
+        {
+            let keys: Vec<(&str, &str)> = recs.iter().map(|(ks, k, _)| (*ks, k.as_str())).collect();
+            let _g = self.node.replica.lock(keys).await;
+            self.node.replica.write_batch_locked(&recs).await?;
+        }
+        self.node
+            .replicate(
+                recs.into_iter()
+                    .map(|(ks, key, rec)| Record {
+                        ks: ks.to_string(),
+                        key,
+                        rec,
+                    })
+                    .collect(),
+            )
+            .await
+    }
+
+    async fn sweep_expired(&self) -> StoreResult<u64> {
+        // Local: every node drops its own expired copies (they are absent for reads anyway).
+        let n = self.inner().sweep_expired().await?;
+        self.node.replica.prune_index();
+        Ok(n)
+    }
+
+    async fn probe(&self) -> StoreResult<()> {
+        self.inner().probe().await
+    }
+
+    async fn flush(&self) -> StoreResult<()> {
+        self.inner().flush().await
+    }
+
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        self.inner().stats().await
+    }
+
+    async fn export_all(&self) -> StoreResult<Vec<ExportRecord>> {
+        export_decoded(self.inner()).await
+    }
+
+    async fn import(&self, records: Vec<ExportRecord>) -> StoreResult<u64> {
+        let now = self.node.now_ms();
+        let mut n = 0;
+        for r in records {
+            let ks = super::replica::intern(&r.keyspace)?;
+            let value = B64
+                .decode(&r.value_b64)
+                .map_err(|e| crate::store::StoreError::Backend(e.to_string()))?;
+            let ttl = match r.expires_at_ms {
+                Some(d) if d <= now => continue,
+                Some(d) => Some(Duration::from_millis((d - now) as u64)),
+                None => None,
+            };
+            self.put(ks, &r.key, value, ttl).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// A prefix scan of the local store with envelopes decoded and tombstones left out (they take room
+/// in the underlying scan, so it is widened until `limit` live records or the end).
+pub(super) async fn scan_decoded(
+    inner: &Arc<dyn Store>,
+    keyspace: &'static str,
+    prefix: &str,
+    limit: usize,
+) -> StoreResult<Vec<(String, Vec<u8>)>> {
+    if is_local_keyspace(keyspace) {
+        return inner.scan_prefix(keyspace, prefix, limit).await;
+    }
+    let mut want = limit;
+    loop {
+        let raw = inner.scan_prefix(keyspace, prefix, want).await?;
+        let got = raw.len();
+        let live: Vec<(String, Vec<u8>)> = raw
+            .into_iter()
+            .filter_map(|(k, v)| decode(&v).value.map(|v| (k, v)))
+            .collect();
+        if live.len() >= limit || got < want {
+            return Ok(live.into_iter().take(limit).collect());
+        }
+        want = want.saturating_mul(2).max(16);
+    }
+}
+
+/// Every live record of the local store, envelopes decoded (what `store export` writes).
+pub(super) async fn export_decoded(inner: &Arc<dyn Store>) -> StoreResult<Vec<ExportRecord>> {
+    let raw = inner.export_all().await?;
+    let mut out = Vec::with_capacity(raw.len());
+    for r in raw {
+        if is_local_keyspace(&r.keyspace) {
+            continue;
+        }
+        let bytes = B64
+            .decode(&r.value_b64)
+            .map_err(|e| crate::store::StoreError::Backend(e.to_string()))?;
+        let v = decode(&bytes);
+        if let Some(value) = v.value {
+            out.push(ExportRecord {
+                keyspace: r.keyspace,
+                key: r.key,
+                value_b64: B64.encode(value),
+                expires_at_ms: v.deadline_ms.or(r.expires_at_ms),
+            });
+        }
+    }
+    Ok(out)
+}

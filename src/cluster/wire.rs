@@ -1,0 +1,115 @@
+//! Bodies of the internal RPC calls (JSON; values base64).
+
+use serde::{Deserialize, Serialize};
+
+use super::version::{Version, Versioned};
+
+pub const PATH_APPLY: &str = "/cluster/v1/apply";
+pub const PATH_GET: &str = "/cluster/v1/get";
+pub const PATH_CAS: &str = "/cluster/v1/cas";
+pub const PATH_DIGEST: &str = "/cluster/v1/digest";
+pub const PATH_VERSIONS: &str = "/cluster/v1/versions";
+pub const PATH_FETCH: &str = "/cluster/v1/fetch";
+pub const PATH_PUBLISH: &str = "/cluster/v1/publish";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub ks: String,
+    pub key: String,
+    #[serde(flatten)]
+    pub rec: Versioned,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApplyReq {
+    pub records: Vec<Record>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApplyResp {
+    pub applied: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KeyReq {
+    pub ks: String,
+    pub key: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GetResp {
+    pub record: Option<Versioned>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CasReq {
+    pub ks: String,
+    pub key: String,
+    #[serde(with = "b64", default)]
+    pub expected: Option<Vec<u8>>,
+    #[serde(with = "b64", default)]
+    pub new: Option<Vec<u8>>,
+    /// TTL of the new value in milliseconds.
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CasResp {
+    pub swapped: bool,
+    /// What the primary holds after the call (for the caller to merge).
+    pub current: Option<Versioned>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DigestResp {
+    pub keyspaces: std::collections::BTreeMap<String, (u64, u64)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VersionsReq {
+    pub ks: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VersionsResp {
+    pub entries: Vec<(String, Version)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FetchReq {
+    pub ks: String,
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FetchResp {
+    pub records: Vec<Record>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PublishReq {
+    pub topic: String,
+    pub payload: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Empty {}
+
+mod b64 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+    const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&B64.encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| B64.decode(s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}

@@ -1,0 +1,676 @@
+//! Cluster mode: three real idstack processes behind a real round-robin reverse proxy
+//! ([`crate::balancer::Balancer`]), `server.public_url` set to the proxy, so every call of a flow
+//! (including the cloud wallet's own calls to the issuer and verifier) may land on any node.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::balancer::Balancer;
+use crate::common::{client, Server, ADMIN_TOKEN};
+use crate::holder::{create_offer, pre_auth_code, token};
+
+const SECRET: &str = "cluster-test-secret-0123456789";
+
+/// A port free for both UDP (gossip) and TCP (internal RPC uses the same number).
+fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+struct Spec {
+    id: String,
+    port: u16,
+}
+
+fn node_builder(spec: &Spec, seeds: &str, public_url: &str) -> crate::common::Builder {
+    Server::builder()
+        .arg("--cluster")
+        .env("IDSTACK__CLUSTER__NODE_ID", &spec.id)
+        .env(
+            "IDSTACK__CLUSTER__GOSSIP_ADDR",
+            &format!("127.0.0.1:{}", spec.port),
+        )
+        .env("IDSTACK__CLUSTER__SEEDS", seeds)
+        .env("IDSTACK__CLUSTER__SECRET", SECRET)
+        .env("IDSTACK__CLUSTER__ID", "it-cluster")
+        .env("IDSTACK__CLUSTER__BOOTSTRAP_EXPECT", "3")
+        .env("IDSTACK__CLUSTER__GOSSIP_INTERVAL_MS", "100")
+        .env("IDSTACK__CLUSTER__ANTI_ENTROPY_INTERVAL_SECONDS", "2")
+        .env("IDSTACK__SERVER__PUBLIC_URL", public_url)
+        .env("IDSTACK__SERVER__WORKERS", "2")
+}
+
+/// The proxy seen as a server, so the shared flow helpers can be pointed at it.
+fn via(b: &Balancer) -> Server {
+    Server {
+        child: None,
+        base: b.url(),
+        dir: tempfile::tempdir().unwrap(),
+        log: std::path::PathBuf::new(),
+    }
+}
+
+/// kill -9: no goodbye, no flush. Returns the data dir for a restart.
+fn kill9(mut s: Server) -> tempfile::TempDir {
+    let mut c = s.child.take().unwrap();
+    c.kill().unwrap();
+    c.wait().unwrap();
+    std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap())
+}
+
+async fn admin_get(s: &Server, path: &str) -> (u16, Value) {
+    let r = client()
+        .get(s.url(path))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let st = r.status().as_u16();
+    (st, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls `/api/cluster` on `s` until `pred` holds (bounded wait; the assertion is on the state).
+async fn wait_cluster(s: &Server, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (st, v) = admin_get(s, "/api/cluster").await;
+        if st == 200 && pred(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: last view {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn member<'a>(v: &'a Value, id: &str) -> &'a Value {
+    v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["node_id"] == id)
+        .unwrap_or(&Value::Null)
+}
+
+struct User {
+    token: String,
+    wallet: String,
+}
+
+async fn signup(s: &Server, email: &str) -> User {
+    let c = client();
+    let r = c
+        .post(s.url("/wallet/auth/register"))
+        .json(&json!({"email": email, "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let r = c
+        .post(s.url("/wallet/auth/login"))
+        .json(&json!({"email": email, "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let login: Value = r.json().await.unwrap();
+    let token = login["token"].as_str().unwrap().to_string();
+    let r = c
+        .post(s.url("/wallet/wallets"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "main"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let w: Value = r.json().await.unwrap();
+    User {
+        token,
+        wallet: w["id"].as_str().unwrap().to_string(),
+    }
+}
+
+async fn wallet_call(s: &Server, u: &User, path: &str, body: Value) -> (u16, Value) {
+    let r = client()
+        .post(s.url(&format!("/wallet/wallets/{}{path}", u.wallet)))
+        .bearer_auth(&u.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let st = r.status().as_u16();
+    (st, r.json().await.unwrap_or(Value::Null))
+}
+
+fn identity() -> Value {
+    json!({"given_name": "Erika", "family_name": "Mustermann", "birthdate": "1984-01-26", "email": "erika@example.org"})
+}
+
+fn query() -> Value {
+    json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "claims": [{"path": ["family_name"]}]}]}})
+}
+
+async fn new_session(s: &Server) -> Value {
+    let r = client()
+        .post(s.url("/api/verifiers/default/sessions"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&query())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    r.json().await.unwrap()
+}
+
+/// The wallet receives an SD-JWT (offer with tx_code) through the proxy.
+async fn receive(lb: &Server, u: &User) {
+    let offer = create_offer(lb, "default", json!({"credential_configuration_ids": ["IdentityCredential_dc_sd_jwt"], "claims": identity(), "tx_code": {"length": 6}})).await;
+    let (st, v) = wallet_call(
+        lb,
+        u,
+        "/exchange/accept-offer",
+        json!({"offer": offer["offer_uri"], "tx_code": offer["tx_code"]}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+}
+
+/// The wallet presents to an existing session through the proxy; the result is read back.
+async fn present(lb: &Server, u: &User, sess: &Value) {
+    let req = sess["authorization_request"].as_str().unwrap();
+    let (st, v) = wallet_call(lb, u, "/exchange/present", json!({"request": req})).await;
+    assert_eq!(st, 200, "{v}");
+    let (st, r) = admin_get(
+        lb,
+        &format!(
+            "/api/verifiers/default/sessions/{}",
+            sess["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["state"], "completed", "{r}");
+    assert_eq!(r["verified"], true, "{r}");
+    assert_eq!(r["credentials"][0]["claims"]["family_name"], "Mustermann");
+}
+
+#[tokio::test]
+async fn three_nodes_behind_round_robin_act_as_one_and_survive_kill_9() {
+    let lb = Balancer::start(Vec::new()).await;
+    let (specs, seeds, a, b, c) = start_three(&lb).await;
+    let proxy = via(&lb);
+
+    // membership: every node sees three alive, caught-up members
+    for s in [&a, &b, &c] {
+        let v = wait_cluster(s, "three ready members", |v| {
+            v["members"].as_array().is_some_and(|m| {
+                m.len() == 3
+                    && m.iter()
+                        .all(|m| m["state"] == "alive" && m["ready"] == true)
+            })
+        })
+        .await;
+        assert_eq!(v["enabled"], true);
+        assert_eq!(v["caught_up"], true);
+        assert_eq!(
+            member(&v, "n1")["roles"].as_array().unwrap().len(),
+            4,
+            "{v}"
+        );
+        let r = client().get(s.url("/health/ready")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // /api/cluster is an admin API
+    let r = client().get(a.url("/api/cluster")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+
+    // keys created once cluster-wide: the default issuer has the same DID and key on every node
+    let mut dids = Vec::new();
+    for s in [&a, &b, &c] {
+        let (st, v) = admin_get(s, "/api/issuers/default").await;
+        assert_eq!(st, 200, "{v}");
+        dids.push((v["did"].clone(), v["key_fingerprint"].clone()));
+    }
+    assert!(dids.iter().all(|d| *d == dids[0]), "{dids:?}");
+
+    // internal RPC refuses unsigned requests
+    let r = client()
+        .post(format!(
+            "http://127.0.0.1:{}/cluster/v1/digest",
+            specs[0].port
+        ))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // the walt.id scenario: sessions created on one node, every later call anywhere
+    let u = signup(&proxy, "erika@example.org").await;
+    receive(&proxy, &u).await;
+    for _ in 0..6 {
+        let sess = new_session(&proxy).await;
+        present(&proxy, &u, &sess).await;
+    }
+    for s in [&a, &b, &c] {
+        assert!(lb.hits(&s.base) > 5, "round robin reached {}", s.base);
+    }
+
+    // the load harness's real OID4VP and OID4VCI clients through the proxy: zero errors
+    for scenario in ["verify", "issue"] {
+        let report = load(&lb.url(), scenario, 4, "3s").await;
+        assert_eq!(report["failed"], 0, "{report}");
+        assert!(report["flows"].as_u64().unwrap() > 0, "{report}");
+    }
+
+    // pre-authorized code replay with the two attempts on different nodes: exactly one wins
+    let nodes = [&a, &b, &c];
+    for i in 0..9 {
+        let offer = create_offer(&proxy, "default", json!({"credential_configuration_ids": ["IdentityCredential_dc_sd_jwt"], "claims": identity()})).await;
+        let code = pre_auth_code(&offer);
+        let (x, y) = (nodes[i % 3], nodes[(i + 1) % 3]);
+        let ((s1, _), (s2, _)) = tokio::join!(
+            token(x, "default", &code, None),
+            token(y, "default", &code, None)
+        );
+        let mut got = [s1, s2];
+        got.sort();
+        assert_eq!(got, [200, 400], "one redemption of {code}");
+        // and a later attempt on the third node fails too
+        let (s3, e) = token(nodes[(i + 2) % 3], "default", &code, None).await;
+        assert_eq!((s3, e["error"].as_str()), (400, Some("invalid_grant")));
+    }
+
+    // sessions and offers created before the crash
+    let before: Vec<Value> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(new_session(&proxy).await);
+        }
+        v
+    };
+    let c_dir = kill9(c);
+    // everything still served through the proxy, nothing lost
+    for sess in &before {
+        present(&proxy, &u, sess).await;
+    }
+    receive(&proxy, &u).await;
+    let v = wait_cluster(&a, "n3 marked dead", |v| member(v, "n3")["state"] == "dead").await;
+    assert_eq!(member(&v, "n2")["state"], "alive");
+
+    // written while n3 is down: n3 must catch up on these
+    let mut during = Vec::new();
+    for _ in 0..4 {
+        let sess = new_session(&proxy).await;
+        present(&proxy, &u, &sess).await;
+        during.push(sess);
+    }
+    let u2 = signup(&proxy, "max@example.org").await;
+
+    // restart n3 on the same data dir: it rejoins and catches up before it reports ready
+    let c = node_builder(&specs[2], &seeds, &lb.url())
+        .dir(c_dir)
+        .start()
+        .await;
+    lb.set_backends(vec![a.base.clone(), b.base.clone(), c.base.clone()]);
+    let v = wait_cluster(&a, "n3 alive again", |v| {
+        member(v, "n3")["state"] == "alive" && member(v, "n3")["ready"] == true
+    })
+    .await;
+    assert_eq!(v["members"].as_array().unwrap().len(), 3, "{v}");
+    let (_, view) = admin_get(&c, "/api/cluster").await;
+    assert_eq!(view["caught_up"], true, "{view}");
+    let metrics = client()
+        .get(c.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let repairs: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("idstack_cluster_anti_entropy_repairs_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        repairs > 0.0,
+        "the restarted node pulled what it missed:\n{metrics}"
+    );
+    // the new user can work through the proxy, including on n3
+    receive(&proxy, &u2).await;
+
+    // prove the copy is local: with both other nodes gone, n3 alone still has every session
+    let _ = kill9(a);
+    let _ = kill9(b);
+    for sess in before.iter().chain(during.iter()) {
+        let (st, r) = admin_get(
+            &c,
+            &format!(
+                "/api/verifiers/default/sessions/{}",
+                sess["id"].as_str().unwrap()
+            ),
+        )
+        .await;
+        assert_eq!(st, 200, "{r}");
+        assert_eq!(r["state"], "completed", "{r}");
+    }
+    // and the default issuer's key is the one the cluster agreed on
+    let (st, v) = admin_get(&c, "/api/issuers/default").await;
+    assert_eq!(st, 200);
+    assert_eq!((v["did"].clone(), v["key_fingerprint"].clone()), dids[0]);
+    let dir = c.stop();
+
+    // offline CLI on a cluster node's data: records come out without their version envelopes
+    let data = dir.path().join("data");
+    let (st, out, err) = crate::common::run_cli(
+        dir.path(),
+        &["store", "export", "--data-dir", data.to_str().unwrap()],
+        &[
+            ("IDSTACK__CLUSTER__ENABLED", "true"),
+            ("IDSTACK__CLUSTER__SECRET", SECRET),
+            ("IDSTACK__CLUSTER__ID", "it-cluster"),
+            ("IDSTACK__CLUSTER__NODE_ID", "n3"),
+        ],
+    );
+    assert!(st.success(), "{err}");
+    let id = during[0]["id"].as_str().unwrap();
+    let rec: Value = out
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["keyspace"] == "verifier_sessions" && r["key"].as_str().unwrap().contains(id))
+        .unwrap_or_else(|| panic!("session {id} not exported:\n{err}"));
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(rec["value_b64"].as_str().unwrap())
+        .unwrap();
+    let session: Value = serde_json::from_slice(&bytes).unwrap();
+    assert!(session.is_object(), "{session}");
+}
+
+/// Runs `idstack load` against `target`; returns its JSON report. (Async: the proxy runs on this
+/// test's runtime, so the wait must not block it.)
+async fn load(target: &str, scenario: &str, users: u32, duration: &str) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report.json");
+    let args: Vec<String> = [
+        "load",
+        "--target",
+        target,
+        "--scenario",
+        scenario,
+        "--users",
+        &users.to_string(),
+        "--duration",
+        duration,
+        "--quiet",
+        "--json",
+        out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(crate::common::bin())
+            .args(&args)
+            .env("IDSTACK_ADMIN_TOKEN", ADMIN_TOKEN)
+            .status()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap_or_default())
+        .unwrap_or_default();
+    assert!(
+        status.success(),
+        "load {scenario} exited {status}: {report}"
+    );
+    report
+}
+
+fn full_flow(report: &Value) -> (f64, f64, f64, f64) {
+    let flows = report["flows"].as_f64().unwrap_or(0.0);
+    let secs = report["duration_s"].as_f64().unwrap_or(1.0).max(0.001);
+    let op = report["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["operation"] == "full flow")
+        .cloned()
+        .unwrap_or_default();
+    (
+        flows / secs,
+        op["p50_ms"].as_f64().unwrap_or(0.0),
+        op["p90_ms"].as_f64().unwrap_or(0.0),
+        op["p99_ms"].as_f64().unwrap_or(0.0),
+    )
+}
+
+/// Numbers for BENCHMARKS.md (run by hand: `cargo test --release --test it cluster_benchmark --
+/// --ignored --nocapture`): one node vs three behind the proxy, kill -9 detection, restart.
+#[tokio::test]
+#[ignore]
+async fn cluster_benchmark() {
+    let users = 16;
+    let dur = "15s";
+    let single = Server::start().await;
+    let mut rows = Vec::new();
+    for scenario in ["verify", "issue"] {
+        let r = load(&single.base, scenario, users, dur).await;
+        assert_eq!(r["failed"], 0, "{r}");
+        rows.push((format!("1 node, {scenario}"), full_flow(&r)));
+    }
+    drop(single);
+    let lb = Balancer::start(Vec::new()).await;
+    let (specs, seeds, a, b, c) = start_three(&lb).await;
+    for scenario in ["verify", "issue"] {
+        let r = load(&lb.url(), scenario, users, dur).await;
+        assert_eq!(r["failed"], 0, "{r}");
+        rows.push((
+            format!("3 nodes behind round robin, {scenario}"),
+            full_flow(&r),
+        ));
+        let r = load(&a.base, scenario, users, dur).await;
+        assert_eq!(r["failed"], 0, "{r}");
+        rows.push((
+            format!("3 nodes, all load on one node, {scenario}"),
+            full_flow(&r),
+        ));
+    }
+    println!("| setup | flows/s | full flow p50 / p90 / p99 ms |");
+    for (name, (fps, p50, p90, p99)) in rows {
+        println!("| {name} | {fps:.0} | {p50:.1} / {p90:.1} / {p99:.1} |");
+    }
+    let metrics = client()
+        .get(a.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for l in metrics
+        .lines()
+        .filter(|l| l.starts_with("idstack_cluster_replication_seconds"))
+    {
+        println!("{l}");
+    }
+    let t = Instant::now();
+    let c_dir = kill9(c);
+    wait_cluster(&a, "dead", |v| member(v, "n3")["state"] == "dead").await;
+    println!("kill -9 to marked dead: {:?}", t.elapsed());
+    let t = Instant::now();
+    let c = node_builder(&specs[2], &seeds, &lb.url())
+        .dir(c_dir)
+        .start()
+        .await;
+    println!("restart to ready (caught up): {:?}", t.elapsed());
+    drop((a, b, c));
+}
+
+/// Starts three nodes at once behind `lb` (public URL = the proxy).
+async fn start_three(lb: &Balancer) -> (Vec<Spec>, String, Server, Server, Server) {
+    let specs: Vec<Spec> = (1..=3)
+        .map(|i| Spec {
+            id: format!("n{i}"),
+            port: free_port(),
+        })
+        .collect();
+    let seeds = specs
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let (a, b, c) = tokio::join!(
+        node_builder(&specs[0], &seeds, &lb.url()).start(),
+        node_builder(&specs[1], &seeds, &lb.url()).start(),
+        node_builder(&specs[2], &seeds, &lb.url()).start(),
+    );
+    lb.set_backends(vec![a.base.clone(), b.base.clone(), c.base.clone()]);
+    (specs, seeds, a, b, c)
+}
+
+#[cfg(feature = "mediator")]
+mod mediator {
+    use std::collections::BTreeMap;
+
+    use idstack::didcomm::client::{self, pickup, AgentKey, MediatorConnection};
+
+    use super::*;
+
+    async fn forward(base: &str, conn: &MediatorConnection, recipient: &AgentKey, text: &str) {
+        let sender = AgentKey::generate();
+        let inner = sender
+            .pack(&client::basic_message(text), &recipient.verkey_bytes())
+            .unwrap();
+        let env =
+            client::forward_envelope(&inner, &recipient.verkey, &conn.routing_keys[0]).unwrap();
+        let r = client()
+            .post(format!("{base}/didcomm"))
+            .header("content-type", client::CONTENT_TYPE)
+            .body(env)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "forward {text} via {base}");
+    }
+
+    /// Reads deliveries until `want` distinct messages arrived; returns id -> content.
+    async fn collect(
+        ws: &mut client::WsConnection<'_>,
+        recipient: &AgentKey,
+        want: usize,
+    ) -> BTreeMap<String, String> {
+        let mut got = BTreeMap::new();
+        while got.len() < want {
+            let m = ws.recv(Duration::from_secs(20)).await.unwrap();
+            if m["@type"].as_str().unwrap().ends_with("/delivery") {
+                for (id, env) in pickup::attachments(&m) {
+                    let (msg, _) = recipient.unpack(env.to_string().as_bytes()).unwrap();
+                    got.insert(id, msg["content"].as_str().unwrap().to_string());
+                }
+            }
+        }
+        got
+    }
+
+    /// credo-ts #1625: the recipient's live socket is on one node, forwards arrive on the others;
+    /// the socket's node is killed, the recipient reconnects through the proxy and gets everything
+    /// it had not acknowledged.
+    #[tokio::test]
+    async fn forwards_on_any_node_reach_the_live_socket_and_survive_its_node_dying() {
+        let lb = Balancer::start(Vec::new()).await;
+        let (_specs, _seeds, a, b, c) = start_three(&lb).await;
+        let proxy = via(&lb);
+
+        // connection, mediation and keylist through the proxy: each step may hit another node
+        let r: Value = client()
+            .get(proxy.url("/api/mediator/invitation"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let inv = r["invitation_url"].as_str().unwrap().to_string();
+        let mut conn = MediatorConnection::connect(reqwest::Client::new(), &inv, "raw")
+            .await
+            .unwrap();
+        assert_eq!(conn.mediate().await.unwrap().len(), 1);
+        let recipient = AgentKey::generate();
+        assert_eq!(
+            conn.keylist_update(&recipient.verkey, "add").await.unwrap(),
+            "success"
+        );
+
+        // the live socket on node n1 directly
+        let via_proxy_ws = conn.invitation.ws_endpoint.clone();
+        conn.invitation.ws_endpoint =
+            Some(format!("{}/didcomm/ws", a.base.replace("http://", "ws://")));
+        let mut sent = Vec::new();
+        {
+            let mut ws = conn.websocket().await.unwrap();
+            ws.live(true).await.unwrap();
+            for (i, base) in [&b.base, &c.base, &b.base, &c.base, &proxy.base]
+                .iter()
+                .enumerate()
+            {
+                let text = format!("live-{i}");
+                forward(base, &conn, &recipient, &text).await;
+                sent.push(text);
+            }
+            let got = collect(&mut ws, &recipient, sent.len()).await;
+            let mut contents: Vec<String> = got.into_values().collect();
+            contents.sort();
+            assert_eq!(contents, sent, "every forward reached the socket on n1");
+            // no messages-received: they stay queued
+        }
+
+        // the socket's node dies; two more forwards land on the survivors
+        let _dir = kill9(a);
+        for i in 0..2 {
+            let text = format!("after-{i}");
+            forward(&proxy.base, &conn, &recipient, &text).await;
+            sent.push(text);
+        }
+        // reconnect through the proxy: everything unacknowledged comes back
+        conn.invitation.ws_endpoint = via_proxy_ws;
+        let mut ws = conn.websocket().await.unwrap();
+        ws.live(true).await.unwrap();
+        let got = collect(&mut ws, &recipient, sent.len()).await;
+        let mut contents: Vec<String> = got.values().cloned().collect();
+        contents.sort();
+        let mut want = sent.clone();
+        want.sort();
+        assert_eq!(contents, want, "nothing lost with the socket's node");
+        let ids: Vec<String> = got.keys().cloned().collect();
+        let (status, _) = ws
+            .call(
+                pickup::messages_received(&ids),
+                "/status",
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status["message_count"], 0, "{status}");
+        ws.close().await;
+        // acknowledged on whichever node held the socket: the queue is empty cluster-wide
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (st, v) = admin_get(&proxy, "/api/mediator/stats").await;
+            if st == 200 && v["queued_messages"] == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "queue not drained: {v}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        drop((b, c));
+    }
+}
