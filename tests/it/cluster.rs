@@ -563,7 +563,7 @@ mod mediator {
 
     /// Reads deliveries until `want` distinct messages arrived; returns id -> content.
     async fn collect(
-        ws: &mut client::WsConnection<'_>,
+        ws: &mut client::WsConnection,
         recipient: &AgentKey,
         want: usize,
     ) -> BTreeMap<String, String> {
