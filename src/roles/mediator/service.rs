@@ -488,31 +488,15 @@ impl MediatorService {
             ),
             None => None,
         };
-        let info = peer::resolve(did, attached.as_ref())
-            .map_err(|e| self.reject(Code::DidcommBadMessage, e))?;
-        if !info.verkeys.iter().any(|k| k == sender) {
-            return Err(self.reject(
-                Code::DidcommBadMessage,
-                "the request was not authcrypted with a key of the DID it presents",
-            ));
-        }
-        let conn = Connection {
-            id: random_id(),
-            their_did: did.to_string(),
-            their_verkey: sender.to_string(),
-            their_endpoint: info.endpoint.clone(),
-            their_label: msg
-                .get("label")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-            protocol: format!("didexchange/{version}"),
-            state: "response-sent".into(),
-            mediation: "none".into(),
+        self.open_connection(
+            msg,
+            sender,
+            did,
+            attached.as_ref(),
+            format!("didexchange/{version}"),
             invitation_id,
-            created_at_ms: self.now(),
-        };
-        self.save_connection(&conn).await?;
+        )
+        .await?;
         let rotate = self.signed_attachment(self.did.as_bytes(), None);
         Ok(json!({
             "@type": format!("{DIDCOMM}didexchange/{version}/response"),
@@ -569,30 +553,15 @@ impl MediatorService {
                 self.reject(Code::DidcommBadMessage, "connection request without DID")
             })?;
         let doc = c.get("DIDDoc").or_else(|| c.get("did_doc"));
-        let info = peer::resolve(did, doc).map_err(|e| self.reject(Code::DidcommBadMessage, e))?;
-        if !info.verkeys.iter().any(|k| k == sender) {
-            return Err(self.reject(
-                Code::DidcommBadMessage,
-                "the request was not authcrypted with a key of the DID it presents",
-            ));
-        }
-        let conn = Connection {
-            id: random_id(),
-            their_did: did.to_string(),
-            their_verkey: sender.to_string(),
-            their_endpoint: info.endpoint.clone(),
-            their_label: msg
-                .get("label")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-            protocol: "connections/1.0".into(),
-            state: "response-sent".into(),
-            mediation: "none".into(),
+        self.open_connection(
+            msg,
+            sender,
+            did,
+            doc,
+            "connections/1.0".into(),
             invitation_id,
-            created_at_ms: self.now(),
-        };
-        self.save_connection(&conn).await?;
+        )
+        .await?;
         // Legacy DID (first 16 bytes of the verkey, base58) and DIDDoc, as connections 1.0 wants.
         let vk = self.key.verifying_key().to_bytes();
         let our_did = bs58::encode(&vk[..16]).into_string();
@@ -639,6 +608,45 @@ impl MediatorService {
                 "signer": self.verkey,
             }
         }))
+    }
+
+    /// Records a connection from a handshake request, after checking that the authcrypt sender
+    /// is a key of the DID the request presents.
+    async fn open_connection(
+        &self,
+        msg: &Value,
+        sender: &str,
+        did: &str,
+        attached_doc: Option<&Value>,
+        protocol: String,
+        invitation_id: Option<String>,
+    ) -> ApiResult<Connection> {
+        let info = peer::resolve(did, attached_doc)
+            .map_err(|e| self.reject(Code::DidcommBadMessage, e))?;
+        if !info.verkeys.iter().any(|k| k == sender) {
+            return Err(self.reject(
+                Code::DidcommBadMessage,
+                "the request was not authcrypted with a key of the DID it presents",
+            ));
+        }
+        let conn = Connection {
+            id: random_id(),
+            their_did: did.to_string(),
+            their_verkey: sender.to_string(),
+            their_endpoint: info.endpoint,
+            their_label: msg
+                .get("label")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            protocol,
+            state: "response-sent".into(),
+            mediation: "none".into(),
+            invitation_id,
+            created_at_ms: self.now(),
+        };
+        self.save_connection(&conn).await?;
+        Ok(conn)
     }
 
     async fn save_connection(&self, conn: &Connection) -> ApiResult<()> {
