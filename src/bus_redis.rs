@@ -159,3 +159,79 @@ async fn connect(
         Err(_) => Err("timed out".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FakeClock;
+    use crate::store::redis_store::RedisStore;
+
+    async fn node(prefix: &str) -> (RedisBus, RedisStore) {
+        let url = tokio::task::spawn_blocking(crate::store::conformance::test_redis_url)
+            .await
+            .unwrap();
+        let opts = RedisOptions {
+            urls: vec![url],
+            cluster: false,
+            key_prefix: prefix.to_string(),
+            pool_size: 1,
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(5),
+            password: None,
+        };
+        let store = RedisStore::connect(opts.clone(), FakeClock::new(0))
+            .await
+            .unwrap();
+        (RedisBus::start(&opts, store.conn()), store)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_published_on_one_node_reach_every_node_of_the_prefix() {
+        let prefix = format!("bus-{}", crate::clock::random_id());
+        let (a, _sa) = node(&prefix).await;
+        let (b, _sb) = node(&prefix).await;
+        let (other, _so) = node("another-deployment").await;
+        let mut rx_a = a.subscribe();
+        let mut rx_b = b.subscribe();
+        let mut rx_other = other.subscribe();
+        // The subscriber connections come up asynchronously: publish until both nodes hear it.
+        let (mut heard_a, mut heard_b) = (None, None);
+        while heard_a.is_none() || heard_b.is_none() {
+            a.publish("mediator.queued", "recipient-key-1").await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while let Ok(ev) = rx_a.try_recv() {
+                heard_a = Some(ev);
+            }
+            while let Ok(ev) = rx_b.try_recv() {
+                heard_b = Some(ev);
+            }
+        }
+        let got = heard_b.unwrap();
+        assert_eq!(got.topic, "mediator.queued");
+        assert_eq!(got.payload, "recipient-key-1");
+        assert_eq!(heard_a.unwrap(), got, "the publishing node hears its own events");
+        // another key prefix is another deployment: it hears its own events, never ours
+        loop {
+            other.publish("x", "from-other").await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut done = false;
+            while let Ok(ev) = rx_other.try_recv() {
+                assert_ne!(ev.payload, "recipient-key-1");
+                done |= ev.payload == "from-other";
+            }
+            if done {
+                break;
+            }
+        }
+        a.publish("mediator.queued", "recipient-key-1").await;
+        b.publish("mediator.queued", "recipient-key-1").await;
+        other.publish("x", "marker").await;
+        loop {
+            let ev = rx_other.recv().await.unwrap();
+            assert_ne!(ev.payload, "recipient-key-1");
+            if ev.payload == "marker" {
+                break;
+            }
+        }
+    }
+}
