@@ -24,6 +24,7 @@ pub struct Builder {
     dir: Option<tempfile::TempDir>,
     admin: bool,
     store: StoreChoice,
+    bind: String,
 }
 
 /// Which store a spawned server uses.
@@ -185,6 +186,11 @@ impl Builder {
         self.admin = false;
         self
     }
+    /// Listen here instead of a port-0 address (nodes behind a balancer started before them).
+    pub fn bind(mut self, addr: &str) -> Self {
+        self.bind = addr.into();
+        self
+    }
     /// Always sled, whatever `IDSTACK_TEST_STORE` says (tests of the embedded store itself).
     pub fn sled(mut self) -> Self {
         self.store = StoreChoice::Sled;
@@ -215,7 +221,7 @@ impl Builder {
         cmd.current_dir(dir.path())
             .arg("serve")
             .arg("--bind")
-            .arg("127.0.0.1:0")
+            .arg(&self.bind)
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .arg("--ready-file")
@@ -306,6 +312,7 @@ impl Server {
             dir: None,
             admin: true,
             store: StoreChoice::FromEnv,
+            bind: "127.0.0.1:0".into(),
         }
     }
 

@@ -8,6 +8,7 @@
 )]
 
 mod agent;
+mod balancer;
 mod common;
 mod console;
 mod foundation;
@@ -16,6 +17,7 @@ mod interop;
 mod issuer;
 mod load;
 mod openapi_coverage;
+mod redis_backend;
 mod vc_api;
 mod verifier;
 mod wallet;
