@@ -81,7 +81,10 @@ impl Bus for RedisBus {
         )
         .await;
         if !matches!(sent, Ok(Ok(_))) {
-            tracing::warn!(topic, "redis bus: publish failed; delivering on this node only");
+            tracing::warn!(
+                topic,
+                "redis bus: publish failed; delivering on this node only"
+            );
             self.local.deliver_local(Event {
                 topic: topic.to_string(),
                 payload: payload.to_string(),
@@ -209,7 +212,11 @@ mod tests {
         let got = heard_b.unwrap();
         assert_eq!(got.topic, "mediator.queued");
         assert_eq!(got.payload, "recipient-key-1");
-        assert_eq!(heard_a.unwrap(), got, "the publishing node hears its own events");
+        assert_eq!(
+            heard_a.unwrap(),
+            got,
+            "the publishing node hears its own events"
+        );
         // another key prefix is another deployment: it hears its own events, never ours
         loop {
             other.publish("x", "from-other").await;

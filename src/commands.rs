@@ -225,12 +225,11 @@ async fn open_spec(
     if let Some(dir) = spec.strip_prefix("sled:") {
         let dir = std::path::PathBuf::from(dir);
         let cache = settings.raw.store.cache_capacity_bytes;
-        let store = tokio::task::spawn_blocking(move || {
-            crate::store::SledStore::open(&dir, cache, clock)
-        })
-        .await
-        .context("store open task")?
-        .with_context(|| format!("opening {spec}"))?;
+        let store =
+            tokio::task::spawn_blocking(move || crate::store::SledStore::open(&dir, cache, clock))
+                .await
+                .context("store open task")?
+                .with_context(|| format!("opening {spec}"))?;
         return Ok(std::sync::Arc::new(store));
     }
     if spec.starts_with("redis://") || spec.starts_with("rediss://") {

@@ -576,9 +576,7 @@ fn validate_redis(r: &RedisConfig, has_master_key: bool) -> Result<(), ConfigErr
             )));
         }
     }
-    if r.key_prefix.is_empty()
-        || r.key_prefix.len() > 64
-        || r.key_prefix.contains(['{', '}', ' '])
+    if r.key_prefix.is_empty() || r.key_prefix.len() > 64 || r.key_prefix.contains(['{', '}', ' '])
     {
         return Err(ConfigError::Invalid(
             "store.redis.key_prefix must be 1-64 characters without braces or spaces".into(),

@@ -258,7 +258,16 @@ pub async fn ttl_is_replaced_by_a_later_put(s: Arc<dyn Store>, clock: Arc<FakeCl
 }
 
 pub async fn awkward_keys(s: Arc<dyn Store>, _: Arc<FakeClock>) {
-    let keys = ["a:b:c", "ü/é/😀", "{tag}", "sp ace", "[x", "-", "+", "a\u{7f}"];
+    let keys = [
+        "a:b:c",
+        "ü/é/😀",
+        "{tag}",
+        "sp ace",
+        "[x",
+        "-",
+        "+",
+        "a\u{7f}",
+    ];
     for (i, k) in keys.iter().enumerate() {
         s.put(KS, k, vec![i as u8, b':', 0xff], None).await.unwrap();
     }
@@ -302,7 +311,10 @@ pub async fn concurrent_probes_all_pass(s: Arc<dyn Store>) {
     for p in probes {
         p.await.unwrap().unwrap();
     }
-    assert!(s.export_all().await.unwrap().is_empty(), "probes leave nothing behind");
+    assert!(
+        s.export_all().await.unwrap().is_empty(),
+        "probes leave nothing behind"
+    );
 }
 
 /// A redis-server for tests: `IDSTACK_TEST_REDIS_URL` when set, else one started once per test

@@ -424,9 +424,10 @@ impl RedisStore {
                     .map_err(|e| classify(&e))?;
                 conns.push(Conn::Cluster(conn));
             } else {
-                let info = infos.into_iter().next().ok_or_else(|| {
-                    StoreError::Unavailable("store.redis.url is empty".into())
-                })?;
+                let info = infos
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| StoreError::Unavailable("store.redis.url is empty".into()))?;
                 let client = redis::Client::open(info).map_err(|e| classify(&e))?;
                 for _ in 0..opts.pool_size {
                     let cfg = ConnectionManagerConfig::new()
@@ -447,7 +448,11 @@ impl RedisStore {
             .map_err(|_| {
                 StoreError::Unavailable(format!(
                     "redis at {} did not answer in time",
-                    opts.urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(",")
+                    opts.urls
+                        .iter()
+                        .map(|u| redact(u))
+                        .collect::<Vec<_>>()
+                        .join(",")
                 ))
             })??;
         let metrics =
@@ -528,7 +533,10 @@ impl RedisStore {
         let anchor = self.anchor();
         let mut names: Vec<String> = self
             .run("smembers", |mut c| async move {
-                redis::cmd("SMEMBERS").arg(&anchor).query_async(&mut c).await
+                redis::cmd("SMEMBERS")
+                    .arg(&anchor)
+                    .query_async(&mut c)
+                    .await
             })
             .await?;
         names.sort();
@@ -980,7 +988,10 @@ mod tests {
             .query_async(&mut c)
             .await
             .unwrap();
-        assert!(pttl > 0 && pttl <= 30, "Redis expiry carries the TTL: {pttl}");
+        assert!(
+            pttl > 0 && pttl <= 30,
+            "Redis expiry carries the TTL: {pttl}"
+        );
         // Redis expires the record on its own clock; the scan then drops the index member.
         loop {
             let exists: i64 = redis::cmd("EXISTS")

@@ -427,7 +427,10 @@ mod tests {
 
     async fn store() -> (Arc<dyn Store>, Arc<FakeClock>) {
         let clock = FakeClock::new(1_000_000);
-        (Arc::new(SledStore::temporary(clock.clone()).unwrap()), clock)
+        (
+            Arc::new(SledStore::temporary(clock.clone()).unwrap()),
+            clock,
+        )
     }
 
     crate::store::conformance::backend_tests!(store);

@@ -164,7 +164,12 @@ async fn serve(conn: TcpStream, backends: Arc<Vec<String>>, next: Arc<AtomicUsiz
         out.push_str(&head[0]);
         out.push_str("\r\n");
         for l in head.iter().skip(1) {
-            let name = l.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
+            let name = l
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             if !upgrade && (name == "connection" || name == "keep-alive") {
                 continue;
             }
@@ -202,7 +207,12 @@ async fn serve(conn: TcpStream, backends: Arc<Vec<String>>, next: Arc<AtomicUsiz
             || head[0].starts_with("HEAD ");
         let mut out = String::new();
         for l in &rhead {
-            let name = l.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
+            let name = l
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             if name == "connection" || name == "keep-alive" {
                 continue;
             }

@@ -35,11 +35,15 @@ enum StoreChoice {
     FromEnv,
     Sled,
     /// This Redis URL and key prefix (multi-node and outage tests).
-    Redis { url: String, prefix: String },
+    Redis {
+        url: String,
+        prefix: String,
+    },
 }
 
 /// Master key every Redis-backed test server shares (nodes of one deployment must).
-pub const TEST_MASTER_KEY: &str = "0101010101010101010101010101010101010101010101010101010101010101";
+pub const TEST_MASTER_KEY: &str =
+    "0101010101010101010101010101010101010101010101010101010101010101";
 
 /// `IDSTACK_TEST_STORE=redis`: every spawned server runs on Redis.
 pub fn redis_mode() -> bool {
@@ -157,7 +161,10 @@ impl RedisServer {
             std::mem::forget(c);
         }
         // keep the dir for the server's lifetime
-        std::mem::forget(std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()));
+        std::mem::forget(std::mem::replace(
+            &mut self.dir,
+            tempfile::tempdir().unwrap(),
+        ));
     }
 }
 
@@ -245,7 +252,11 @@ impl Builder {
                 // The prefix follows the data dir: a restart on the same dir finds its data.
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 std::hash::Hash::hash(&dir.path(), &mut h);
-                let prefix = format!("it-{}-{:016x}", std::process::id(), std::hash::Hasher::finish(&h));
+                let prefix = format!(
+                    "it-{}-{:016x}",
+                    std::process::id(),
+                    std::hash::Hasher::finish(&h)
+                );
                 Some((redis_url(), prefix))
             }
             _ => None,
