@@ -346,6 +346,8 @@ pub fn test_redis_url() -> String {
             dir.display(),
             pid = std::process::id()
         );
+        // The watchdog shell outlives this call on purpose (it stops redis when we exit).
+        #[allow(clippy::zombie_processes)]
         std::process::Command::new("sh")
             .arg("-c")
             .arg(script)
