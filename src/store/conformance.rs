@@ -352,6 +352,7 @@ pub fn test_redis_url() -> String {
             .arg("-c")
             .arg(script)
             .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .spawn()
             .expect("sh");
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -373,6 +374,88 @@ pub fn test_redis_url() -> String {
             std::thread::sleep(Duration::from_millis(50));
         }
         format!("redis://127.0.0.1:{port}")
+    })
+    .clone()
+}
+
+/// A 3-master Redis Cluster for tests on free 127.0.0.1 ports, started once per test process
+/// (`IDSTACK_TEST_REDIS_CLUSTER_URLS`, comma-separated, reuses an existing one). Stopped by a
+/// watchdog when the test process exits.
+#[cfg(feature = "redis")]
+#[allow(clippy::disallowed_methods, clippy::zombie_processes)]
+pub fn test_redis_cluster_urls() -> Vec<String> {
+    use std::sync::OnceLock;
+    static URLS: OnceLock<Vec<String>> = OnceLock::new();
+    URLS.get_or_init(|| {
+        if let Ok(u) = std::env::var("IDSTACK_TEST_REDIS_CLUSTER_URLS") {
+            if !u.is_empty() {
+                return u.split(',').map(str::to_string).collect();
+            }
+        }
+        let ports: Vec<u16> = (0..3)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port()
+            })
+            .collect();
+        let dir = std::env::temp_dir().join(format!("idstack-test-redis-cluster-{}", ports[0]));
+        let mut script = String::new();
+        for (i, p) in ports.iter().enumerate() {
+            let d = dir.join(p.to_string());
+            std::fs::create_dir_all(&d).unwrap();
+            script.push_str(&format!(
+                "redis-server --port {p} --bind 127.0.0.1 --dir '{}' --cluster-enabled yes --cluster-config-file nodes.conf --save '' --appendonly no --loglevel warning & r{i}=$!; ",
+                d.display()
+            ));
+        }
+        script.push_str(&format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; kill $r0 $r1 $r2 2>/dev/null; rm -rf '{}'",
+            dir.display(),
+            pid = std::process::id()
+        ));
+        // No inherited pipes: the servers must not keep the test runner's output open.
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("sh");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for p in &ports {
+            while std::net::TcpStream::connect(("127.0.0.1", *p)).is_err() {
+                assert!(std::time::Instant::now() < deadline, "redis-server (cluster) did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let mut args = vec!["--cluster".to_string(), "create".to_string()];
+        args.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"].map(String::from));
+        let out = std::process::Command::new("redis-cli")
+            .args(&args)
+            .output()
+            .expect("redis-cli");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        loop {
+            let ok = ports.iter().all(|p| {
+                std::process::Command::new("redis-cli")
+                    .args(["-p", &p.to_string(), "cluster", "info"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+            });
+            if ok {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "redis cluster never became ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
     })
     .clone()
 }

@@ -963,6 +963,60 @@ mod tests {
 
     crate::store::conformance::backend_tests!(store);
 
+    /// The same conformance tests on a 3-master Redis Cluster.
+    mod cluster {
+        use super::*;
+
+        async fn store() -> (Arc<dyn Store>, Arc<FakeClock>) {
+            let clock = FakeClock::new(1_000_000);
+            let urls =
+                tokio::task::spawn_blocking(crate::store::conformance::test_redis_cluster_urls)
+                    .await
+                    .unwrap();
+            let mut opts = options(String::new());
+            opts.urls = urls;
+            opts.cluster = true;
+            let s = RedisStore::connect(opts, clock.clone()).await.unwrap();
+            (Arc::new(s), clock)
+        }
+
+        crate::store::conformance::backend_tests!(store);
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn one_deployment_is_one_slot_and_deployments_spread_over_slots() {
+            let urls =
+                tokio::task::spawn_blocking(crate::store::conformance::test_redis_cluster_urls)
+                    .await
+                    .unwrap();
+            let mut opts = options(String::new());
+            opts.urls = urls;
+            opts.cluster = true;
+            let prefix = opts.key_prefix.clone();
+            let s = RedisStore::connect(opts, FakeClock::new(0)).await.unwrap();
+            let mut c = s.conn();
+            let mut slot = |key: String| {
+                let mut c = c.clone();
+                async move {
+                    redis::cmd("CLUSTER")
+                        .arg("KEYSLOT")
+                        .arg(key)
+                        .query_async::<i64>(&mut c)
+                        .await
+                        .unwrap()
+                }
+            };
+            let own = slot(format!("{{{prefix}}}:keyspaces")).await;
+            assert_eq!(slot(format!("{{{prefix}}}:r:ks:any:key")).await, own);
+            assert_eq!(slot(format!("{{{prefix}}}:i:other")).await, own);
+            let mut slots = std::collections::HashSet::new();
+            for i in 0..20 {
+                slots.insert(slot(format!("{{dep-{i}}}:keyspaces")).await);
+            }
+            assert!(slots.len() > 10, "{slots:?}");
+            let _ = &mut c;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn keys_are_hash_tagged_and_index_entries_of_expired_records_are_dropped() {
         let url = tokio::task::spawn_blocking(crate::store::conformance::test_redis_url)

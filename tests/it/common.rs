@@ -120,6 +120,7 @@ impl RedisServer {
         }
         let child = cmd
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is not installed (scripts/test.sh installs it)");
         self.child = Some(child);
@@ -157,7 +158,12 @@ impl RedisServer {
                 c.id(),
                 c.id()
             );
-            let _ = Command::new("sh").arg("-c").arg(script).spawn();
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
             std::mem::forget(c);
         }
         // keep the dir for the server's lifetime
