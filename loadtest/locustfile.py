@@ -4,9 +4,11 @@ over the agent.js JSON line protocol (one command per stdin line, one {"error","
     IDSTACK_TARGET=http://127.0.0.1:8080 IDSTACK_ADMIN_TOKEN=... IDSTACK_BIN=target/release/idstack \
       locust -f loadtest/locustfile.py --headless -u 10 -r 5 -t 30s
 
-Each iteration: the admin API creates an offer and a verification request (OpenID4VC), the agent
-receives the credential (`receiveOffer`) and presents it (`presentRequest`). DIDComm commands
-(`ping_mediator`, `receiveInvitation`) need the mediator role, which is not built yet.
+Each agent starts with mediation (`start` with `withMediation`, the mediator invitation fetched from
+`/api/mediator/invitation` and passed as Akrida passes MEDIATION_URL), then each iteration: the admin
+API creates an offer and a verification request (OpenID4VC), the agent receives the credential
+(`receiveOffer`) and presents it (`presentRequest`), and trust-pings its mediator over its WebSocket
+(`ping_mediator`). Set IDSTACK_MEDIATION=0 to run without the mediator role.
 """
 import json
 import os
@@ -48,7 +50,12 @@ class Holder(User):
 
     def on_start(self):
         self.agent = Agent()
-        self.measure("start", lambda: self.agent.call({"cmd": "start", "withMediation": False, "port": "0"}))
+        self.mediated = os.environ.get("IDSTACK_MEDIATION", "1") != "0"
+        cmd = {"cmd": "start", "withMediation": self.mediated, "port": "0"}
+        if self.mediated:
+            inv = requests.get(f"{TARGET}/api/mediator/invitation", headers=ADMIN, timeout=30).json()
+            cmd["mediatorUrl"] = inv["invitation_url"]
+        self.measure("start", lambda: self.agent.call(cmd))
 
     def on_stop(self):
         self.agent.shutdown()
@@ -72,3 +79,5 @@ class Holder(User):
         session = requests.post(f"{TARGET}/api/verifiers/default/sessions", headers=ADMIN, timeout=30, json={
             "dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "claims": [{"path": ["given_name"]}]}]}}).json()
         self.measure("presentRequest", lambda: self.agent.call({"cmd": "presentRequest", "requestUrl": session["authorization_request"]}))
+        if self.mediated:
+            self.measure("ping_mediator", lambda: self.agent.call({"cmd": "ping_mediator"}))

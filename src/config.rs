@@ -323,17 +323,25 @@ impl Default for WalletConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MediatorConfig {
+    pub label: String,
     pub max_message_bytes: usize,
     pub max_queue_per_recipient: usize,
     pub message_ttl_seconds: u64,
+    pub flush_before_ack: bool,
+    pub ws_ping_seconds: u64,
+    pub ws_idle_timeout_seconds: u64,
 }
 
 impl Default for MediatorConfig {
     fn default() -> Self {
         Self {
+            label: "idstack mediator".into(),
             max_message_bytes: 256 * 1024,
             max_queue_per_recipient: 10_000,
             message_ttl_seconds: 14 * 24 * 3600,
+            flush_before_ack: true,
+            ws_ping_seconds: 20,
+            ws_idle_timeout_seconds: 60,
         }
     }
 }

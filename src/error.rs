@@ -40,6 +40,11 @@ error_codes! {
     Gone => ("gone", GONE, "No longer available"),
     TooManyRequests => ("too_many_requests", TOO_MANY_REQUESTS, "Too many requests"),
     RemoteFailed => ("remote_party_failed", FAILED_DEPENDENCY, "The issuer or verifier failed, was unreachable or answered badly"),
+    DidcommUnpackFailed => ("didcomm_unpack_failed", BAD_REQUEST, "Not a DIDComm v1 envelope this mediator can open"),
+    DidcommUnknownRecipient => ("didcomm_unknown_recipient", NOT_FOUND, "No key or mediation here for the message's recipient"),
+    DidcommNoConnection => ("didcomm_no_connection", FORBIDDEN, "The sender has no connection with this mediator"),
+    DidcommBadMessage => ("didcomm_bad_message", BAD_REQUEST, "The DIDComm message is malformed or not acceptable"),
+    MediatorQueueFull => ("mediator_queue_full", INSUFFICIENT_STORAGE, "The recipient's message queue is full"),
     Unavailable => ("service_unavailable", SERVICE_UNAVAILABLE, "Service temporarily unavailable"),
     Internal => ("internal_error", INTERNAL_SERVER_ERROR, "Internal server error"),
 }

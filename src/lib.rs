@@ -17,6 +17,7 @@ pub mod commands;
 pub mod config;
 pub mod crypto;
 pub mod dcql;
+pub mod didcomm;
 pub mod error;
 pub mod http;
 pub mod keystore;

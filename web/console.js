@@ -87,6 +87,12 @@ function step(button, out, fn) {
   });
 }
 
+step('mediator-invite', 'mediator-invitation', async () => {
+  const inv = await api('/api/mediator/invitation');
+  $('mediator-invitation').innerHTML = `${qr(inv.invitation_url)}<br><code id="mediator-invitation-url">${esc(inv.invitation_url)}</code>`;
+  $('mediator-invite').disabled = false;
+});
+
 step('demo-offer', 'offer-out', async () => {
   const config = $('demo-config').value;
   const o = await api('/api/issuers/default/offers', { method: 'POST', body: JSON.stringify({
@@ -132,6 +138,18 @@ $('save-token').addEventListener('click', () => {
   refreshAll();
 });
 
-function refreshAll() { refreshStatus(); refreshTenants(); refreshActivity(); }
+async function refreshMediator() {
+  if (!token()) return;
+  try {
+    const m = await api('/api/mediator/stats');
+    $('mediator-did').textContent = m.routing_key;
+    $('mediator-connections').textContent = `${m.connections} (${m.mediations_granted} mediated, ${m.registered_keys} keys)`;
+    $('mediator-live').textContent = `${m.live_sockets} live of ${m.open_sockets} open`;
+    $('mediator-queued').textContent = String(m.queued_messages);
+    $('mediator-counters').textContent = `${m.forwarded_total} / ${m.delivered_total} / ${m.acknowledged_total}`;
+  } catch (e) { $('mediator-did').textContent = e.message.includes('route_not_found') ? 'mediator role not running' : e.message; }
+}
+
+function refreshAll() { refreshStatus(); refreshTenants(); refreshActivity(); refreshMediator(); }
 refreshAll();
 setInterval(refreshAll, 5000);

@@ -1,7 +1,10 @@
 //! `idstack agent --stdio`: a holder agent speaking the Aries Akrida agent.js protocol — one JSON
 //! command per stdin line, exactly one `{"error":0|1,"result":...}` line per command on stdout,
 //! logs on stderr only. OpenID4VC commands (`receiveOffer`, `presentRequest`) run the same clients
-//! as the wallet. DIDComm commands answer `error: 1` until the mediator role exists.
+//! as the wallet. DIDComm commands (`start` with `withMediation`, `ping_mediator`,
+//! `receiveInvitation`) run the DIDComm client the load harness uses: the mediator invitation comes
+//! from the command's `mediatorUrl` or, as in Akrida, the `MEDIATION_URL` environment variable.
+//! Credential exchange over DIDComm (`receiveCredential`) is not implemented: it answers `error: 1`.
 
 use std::sync::Arc;
 
@@ -11,6 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use crate::client::{oid4vci, oid4vp};
 use crate::crypto::{did, KeyType, SigningKey};
 use crate::dcql::{self, CredentialView};
+use crate::didcomm::client::{pickup, AgentKey, MediatorConnection, WsConnection};
 
 struct Held {
     format: String,
@@ -22,6 +26,15 @@ struct Agent {
     http: reqwest::Client,
     key: Option<Arc<SigningKey>>,
     held: Vec<Held>,
+    mediator: Option<Mediated>,
+    connections: Vec<MediatorConnection>,
+}
+
+/// The mediator connection and its live WebSocket.
+struct Mediated {
+    conn: MediatorConnection,
+    ws: WsConnection,
+    recipient: AgentKey,
 }
 
 fn now() -> i64 {
@@ -32,21 +45,52 @@ impl Agent {
     async fn handle(&mut self, cmd: &Value) -> Result<Value, String> {
         match cmd["cmd"].as_str().unwrap_or_default() {
             "start" => {
-                if cmd["withMediation"].as_bool() == Some(true) {
-                    return Err(
-                        "DIDComm mediation is not available in this build yet (no mediator role)"
-                            .into(),
-                    );
-                }
                 self.key = Some(Arc::new(SigningKey::generate(KeyType::Ed25519)));
+                if cmd["withMediation"].as_bool() == Some(true) {
+                    let url = cmd["mediatorUrl"]
+                        .as_str()
+                        .map(str::to_string)
+                        .or_else(|| std::env::var("MEDIATION_URL").ok())
+                        .ok_or("withMediation needs mediatorUrl or MEDIATION_URL (the mediator's invitation URL)")?;
+                    self.mediator = Some(self.mediate(&url).await.map_err(|e| e.to_string())?);
+                }
                 Ok(json!("Initialized agent..."))
             }
-            "shutdown" => Ok(json!("Shutting down agent")),
-            "ping_mediator"
-            | "receiveInvitation"
-            | "receiveCredential"
-            | "presentationExchange" => Err(format!(
-                "{} needs DIDComm, which this build does not support yet",
+            "shutdown" => {
+                if let Some(m) = self.mediator.take() {
+                    m.ws.close().await;
+                }
+                Ok(json!("Shutting down agent"))
+            }
+            "ping_mediator" => {
+                let m = self.mediator.as_mut().ok_or("start with withMediation first")?;
+                let t = std::time::Instant::now();
+                m.ws.call(pickup::ping(), "ping_response", std::time::Duration::from_secs(30))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(json!({"ping_ms": t.elapsed().as_secs_f64() * 1000.0}))
+            }
+            "info" => Ok(match &self.mediator {
+                Some(m) => json!({
+                    "mediated": true,
+                    "recipient_key": m.recipient.did_key(),
+                    "routing_keys": m.conn.routing_keys,
+                    "endpoint": m.conn.invitation.http_endpoint,
+                    "connections": self.connections.len(),
+                }),
+                None => json!({"mediated": false, "connections": self.connections.len()}),
+            }),
+            "receiveInvitation" => {
+                let url = cmd["invitationUrl"].as_str().ok_or("invitationUrl is required")?;
+                let c = MediatorConnection::connect(self.http.clone(), url, "idstack-agent")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let their = crate::didcomm::envelope::verkey_b58(&c.mediator_key);
+                self.connections.push(c);
+                Ok(json!({"connection": their}))
+            }
+            "receiveCredential" | "presentationExchange" => Err(format!(
+                "{} (DIDComm issue-credential / present-proof) is not implemented by this agent; use receiveOffer / presentRequest (OID4VC)",
                 cmd["cmd"]
             )),
             "receiveOffer" => {
@@ -130,6 +174,27 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// Connects to the mediator, gets mediation, registers a recipient key, opens live mode.
+    async fn mediate(&self, invitation_url: &str) -> anyhow::Result<Mediated> {
+        let mut conn =
+            MediatorConnection::connect(self.http.clone(), invitation_url, "idstack-agent").await?;
+        conn.mediate().await?;
+        let recipient = AgentKey::generate();
+        let r = conn.keylist_update(&recipient.verkey, "add").await?;
+        if r != "success" {
+            anyhow::bail!("keylist-update: {r}");
+        }
+        let mut ws = conn.websocket().await?;
+        ws.live(true).await?;
+        Ok(Mediated {
+            conn,
+            ws,
+            recipient,
+        })
+    }
+}
+
 /// Runs the stdio loop until `shutdown` or end of input.
 pub async fn run_stdio() -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
@@ -139,6 +204,8 @@ pub async fn run_stdio() -> anyhow::Result<()> {
         http,
         key: None,
         held: Vec::new(),
+        mediator: None,
+        connections: Vec::new(),
     };
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut out = tokio::io::stdout();

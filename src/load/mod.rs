@@ -2,6 +2,7 @@
 //! the holder crypto themselves (proofs, key binding) through the same clients the wallet uses.
 
 pub mod agent;
+mod mediator;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,14 @@ pub enum Scenario {
     Verify,
     /// Wallet API: list credentials and accept an offer, per logged-in user.
     Wallet,
+    /// DIDComm mediator: each user connects (out-of-band + DID exchange), gets mediation, registers
+    /// a key, opens a WebSocket with pickup 2.0 live mode and holds it open for the duration.
+    MediatorConnect,
+    /// DIDComm mediator: trust ping with response over each user's WebSocket, in a loop.
+    MediatorPing,
+    /// DIDComm mediator: a sender forwards a message to each user's key over HTTP; the user receives
+    /// it live on its WebSocket and acknowledges it (end-to-end latency per message).
+    MediatorMessage,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -248,6 +257,10 @@ async fn user_loop(
                 .and_then(|r| r.credential.as_str().map(str::to_string))
         }
         Scenario::Wallet => wallet_auth = wallet_setup(&ctx, user).await,
+        Scenario::MediatorConnect | Scenario::MediatorPing | Scenario::MediatorMessage => {
+            mediator::user(&ctx, scenario, duration, pace, user).await;
+            return;
+        }
         _ => {}
     }
     // The measured window starts after this user's setup (registration, first credential).
@@ -297,6 +310,7 @@ async fn user_loop(
                     false
                 }
             },
+            Scenario::MediatorConnect | Scenario::MediatorPing | Scenario::MediatorMessage => false,
             Scenario::Wallet => match &wallet_auth {
                 Some((token, wallet)) => wallet_flow(&ctx, token, wallet).await.is_some(),
                 None => {
@@ -556,7 +570,9 @@ fn build_report(ctx: &Ctx, args: &LoadArgs, elapsed: f64) -> Report {
     let failed = ctx.stats.failed.load(Ordering::Relaxed);
     let total_ops: u64 = operations.iter().map(|o| o.count).sum::<u64>() + failed;
     Report {
-        scenario: format!("{:?}", args.scenario).to_lowercase(),
+        scenario: clap::ValueEnum::to_possible_value(&args.scenario)
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default(),
         target: ctx.target.clone(),
         users: args.users,
         duration_s: elapsed,

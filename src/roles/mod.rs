@@ -29,6 +29,8 @@ pub struct Services {
     pub verifier: std::sync::OnceLock<std::sync::Arc<verifier::VerifierService>>,
     #[cfg(feature = "wallet")]
     pub wallet: std::sync::OnceLock<std::sync::Arc<wallet::WalletService>>,
+    #[cfg(feature = "mediator")]
+    pub mediator: std::sync::OnceLock<std::sync::Arc<mediator::MediatorService>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

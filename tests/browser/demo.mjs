@@ -36,6 +36,12 @@ try {
   if (!verdict.startsWith('Verified')) failures.push(`verdict: ${verdict}`);
   if (disclosed.email !== 'erika@example.org') failures.push(`disclosed: ${JSON.stringify(disclosed)}`);
   if ('given_name' in disclosed) failures.push('a claim that was not asked for was disclosed');
+  // Mediator panel: stats shown, invitation as QR and URL.
+  await page.waitForFunction(() => document.querySelector('#mediator-did').textContent.startsWith('did:key:'), null, { timeout: 10000 });
+  await page.click('#mediator-invite');
+  await page.waitForSelector('#mediator-invitation img.qr', { timeout: 10000 });
+  const invUrl = await page.textContent('#mediator-invitation-url');
+  if (!invUrl.includes('/didcomm?oob=')) failures.push(`mediator invitation: ${invUrl}`);
   await page.screenshot({ path: values.screenshot, fullPage: true });
   console.log(JSON.stringify({ ok: failures.length === 0, verdict, disclosed, failures, screenshot: values.screenshot }));
 } catch (e) {

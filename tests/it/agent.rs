@@ -22,6 +22,16 @@ async fn akrida_protocol_line_by_line() {
         .json()
         .await
         .unwrap();
+    let inv: Value = client()
+        .get(s.url("/api/mediator/invitation"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mediator_invitation = inv["invitation_url"].as_str().unwrap().to_string();
     let mut child = Command::new(bin())
         .args(["agent", "--stdio"])
         .stdin(Stdio::piped())
@@ -45,8 +55,24 @@ async fn akrida_protocol_line_by_line() {
             json!({"cmd": "presentRequest", "requestUrl": session["authorization_request"]}),
             0,
         ),
+        // not mediated yet
         (json!({"cmd": "ping_mediator"}), 1),
         (json!({"cmd": "no_such_command"}), 1),
+        (
+            json!({"cmd": "start", "withMediation": true, "mediatorUrl": mediator_invitation}),
+            0,
+        ),
+        (json!({"cmd": "ping_mediator"}), 0),
+        (json!({"cmd": "ping_mediator"}), 0),
+        (
+            json!({"cmd": "receiveInvitation", "invitationUrl": mediator_invitation}),
+            0,
+        ),
+        (
+            json!({"cmd": "receiveInvitation", "invitationUrl": "http://127.0.0.1:1/?oob=bm9wZQ"}),
+            1,
+        ),
+        (json!({"cmd": "receiveCredential"}), 1),
         (json!({"cmd": "shutdown"}), 0),
     ];
     // one command, one line: read each answer before sending the next
@@ -74,6 +100,18 @@ async fn akrida_protocol_line_by_line() {
         .await
         .unwrap();
     assert_eq!(result["verified"], true, "{result}");
+    // The agent was mediated: two connections (its own + receiveInvitation), one live socket gone.
+    let st: Value = client()
+        .get(s.url("/api/mediator/stats"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["connections"], 2, "{st}");
+    assert_eq!(st["mediations_granted"], 1, "{st}");
     s.stop();
 }
 
@@ -123,6 +161,13 @@ async fn locust_drives_agents() {
         cols[2].parse::<u64>().unwrap() > 0,
         "no presentations: {row}"
     );
+    assert_eq!(cols[3], "0", "failures: {row}");
+    let row = stats
+        .lines()
+        .find(|l| l.contains("ping_mediator"))
+        .unwrap_or_else(|| panic!("no mediator pings: {stats}"));
+    let cols: Vec<&str> = row.split(',').collect();
+    assert!(cols[2].parse::<u64>().unwrap() > 0, "{row}");
     assert_eq!(cols[3], "0", "failures: {row}");
     s.stop();
 }

@@ -11,7 +11,15 @@ use crate::common::{bin, Server, ADMIN_TOKEN};
 async fn every_scenario_runs_clean_and_reports_json() {
     let s = Server::start().await;
     let dir = tempfile::tempdir().unwrap();
-    for scenario in ["health", "issue", "verify", "wallet"] {
+    for scenario in [
+        "health",
+        "issue",
+        "verify",
+        "wallet",
+        "mediator-connect",
+        "mediator-ping",
+        "mediator-message",
+    ] {
         let out = dir.path().join(format!("{scenario}.json"));
         let status = Command::new(bin())
             .args([

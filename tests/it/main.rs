@@ -16,6 +16,7 @@ mod holder;
 mod interop;
 mod issuer;
 mod load;
+mod mediator;
 mod openapi_coverage;
 mod redis_backend;
 mod vc_api;

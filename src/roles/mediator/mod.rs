@@ -1,12 +1,68 @@
-//! The mediator role. Not built yet: it initialises nothing and mounts no routes, but its config
-//! section, feature flag and role gating exist so deployments can already name it.
+//! The mediator role: a DIDComm v1 mediator (Aries RFC 0019 envelopes, out-of-band 1.1, DID
+//! exchange 1.0/1.1 and connections 1.0, trust ping, coordinate-mediation 1.0, routing forward,
+//! message pickup 2.0 with live mode and 1.0) over HTTP and WebSocket.
 
-pub mod envelope;
+pub mod model;
+pub use crate::didcomm::{envelope, peer};
+pub mod routes;
+pub mod service;
+
+use std::sync::Arc;
+
+use actix_web::web;
+
+pub use service::MediatorService;
 
 use crate::state::AppState;
 
-pub async fn init(_state: &AppState) -> anyhow::Result<()> {
+/// The mediator's keyspaces.
+pub mod ks {
+    pub const KEYS: &str = "mediator_keys";
+    pub const INVITATIONS: &str = "mediator_invitations";
+    pub const CONNECTIONS: &str = "mediator_connections";
+    /// Peer verkey → connection id.
+    pub const BY_KEY: &str = "mediator_conn_by_key";
+    /// Registered recipient key → connection id (coordinate-mediation keylist).
+    pub const ROUTES: &str = "mediator_routes";
+    /// `{connection}/{key}` → empty, for keylist queries.
+    pub const ROUTE_BY_CONN: &str = "mediator_route_by_conn";
+    /// `{connection}/{message id}` → queued message (ids sort by arrival).
+    pub const QUEUE: &str = "mediator_queue";
+}
+
+pub async fn init(state: &AppState) -> anyhow::Result<()> {
+    let svc = Arc::new(MediatorService::new(state.clone()).await?);
+    // Bus events from any node wake the local socket holding that connection live.
+    let mut rx = state.bus.subscribe();
+    let weak = Arc::downgrade(&svc);
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) if ev.topic == service::BUS_TOPIC => match weak.upgrade() {
+                    Some(svc) => svc.wake(&ev.payload),
+                    None => break,
+                },
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    // Missed wake-ups: poke every live socket so none waits for the next event.
+                    tracing::warn!(missed = n, "mediator fell behind on bus events");
+                    match weak.upgrade() {
+                        Some(svc) => svc.wake_all(),
+                        None => break,
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+    tracing::info!(did = %svc.did, routing_key = %svc.did_key, "mediator ready");
+    let _ = state.services.mediator.set(svc);
     Ok(())
 }
 
-pub fn configure(_cfg: &mut utoipa_actix_web::service_config::ServiceConfig, _state: &AppState) {}
+pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig, state: &AppState) {
+    if let Some(svc) = state.services.mediator.get() {
+        cfg.app_data(web::Data::from(svc.clone()));
+    }
+    routes::configure(cfg);
+}

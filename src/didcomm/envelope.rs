@@ -387,7 +387,7 @@ pub fn unpack(
 mod tests {
     use super::*;
 
-    const VECTORS: &str = include_str!("../../../tests/vectors/didcomm_v1.json");
+    const VECTORS: &str = include_str!("../../tests/vectors/didcomm_v1.json");
 
     struct Vectors {
         keys: Vec<(String, SigningKey)>,

@@ -1,0 +1,447 @@
+//! An agent-side DIDComm v1 client, just enough to use a mediator the way a mobile wallet does:
+//! connect through an out-of-band invitation (DID exchange 1.1 with a `did:key`), request
+//! mediation, register keys, trust-ping, open a WebSocket for pickup 2.0 live mode, and send
+//! forwards as a sender. The load harness, the stdio agent and the tests drive mediators with it.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use ed25519_dalek::SigningKey;
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use super::{envelope, peer};
+use crate::clock::random_id;
+
+pub const CONTENT_TYPE: &str = "application/didcomm-envelope-enc";
+const DIDCOMM: &str = "https://didcomm.org/";
+
+/// A key pair acting as one DIDComm agent.
+#[derive(Clone)]
+pub struct AgentKey {
+    key: SigningKey,
+    pub verkey: String,
+}
+
+impl AgentKey {
+    pub fn generate() -> Self {
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let verkey = envelope::verkey_b58(&key.verifying_key().to_bytes());
+        Self { key, verkey }
+    }
+
+    pub fn verkey_bytes(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
+    pub fn did_key(&self) -> String {
+        peer::did_key_of(&self.verkey).unwrap_or_default()
+    }
+
+    /// Authcrypts `msg` to `to`.
+    pub fn pack(&self, msg: &Value, to: &[u8; 32]) -> anyhow::Result<Vec<u8>> {
+        Ok(envelope::pack(
+            msg.to_string().as_bytes(),
+            &[*to],
+            Some(&self.key),
+        )?)
+    }
+
+    /// Opens an envelope for this key: (message, authenticated sender verkey).
+    pub fn unpack(&self, env: &[u8]) -> anyhow::Result<(Value, Option<String>)> {
+        let own = &self.verkey;
+        let u = envelope::unpack(env, |kid| (kid == own).then(|| self.key.clone()))?;
+        Ok((serde_json::from_slice(&u.message)?, u.sender_verkey))
+    }
+}
+
+/// The parts of an out-of-band invitation a client needs.
+#[derive(Debug, Clone)]
+pub struct Invitation {
+    pub id: String,
+    pub recipient_key: [u8; 32],
+    pub http_endpoint: String,
+    pub ws_endpoint: Option<String>,
+}
+
+/// Parses an `…?oob=` (or legacy `…?c_i=`) invitation URL.
+pub fn parse_invitation(url: &str) -> anyhow::Result<Invitation> {
+    let parsed = reqwest::Url::parse(url).context("invitation URL")?;
+    let enc = parsed
+        .query_pairs()
+        .find(|(k, _)| k == "oob" || k == "c_i")
+        .map(|(_, v)| v.into_owned())
+        .ok_or_else(|| anyhow!("the invitation URL has no oob= parameter"))?;
+    let raw = URL_SAFE_NO_PAD
+        .decode(enc.trim_end_matches('='))
+        .or_else(|_| STANDARD.decode(&enc))
+        .context("invitation base64")?;
+    let inv: Value = serde_json::from_slice(&raw).context("invitation JSON")?;
+    let services = inv
+        .get("services")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut http_endpoint = None;
+    let mut ws_endpoint = None;
+    let mut recipient_key = None;
+    for s in &services {
+        let ep = s
+            .get("serviceEndpoint")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if recipient_key.is_none() {
+            recipient_key = s
+                .pointer("/recipientKeys/0")
+                .and_then(Value::as_str)
+                .and_then(|k| peer::normalize_key(k).ok());
+        }
+        if ep.starts_with("http") && http_endpoint.is_none() {
+            http_endpoint = Some(ep.to_string());
+        } else if ep.starts_with("ws") && ws_endpoint.is_none() {
+            ws_endpoint = Some(ep.to_string());
+        }
+    }
+    let rk = recipient_key
+        .ok_or_else(|| anyhow!("the invitation has no inline service with a recipient key"))?;
+    let rk: [u8; 32] = bs58::decode(&rk)
+        .into_vec()?
+        .try_into()
+        .map_err(|_| anyhow!("recipient key is not 32 bytes"))?;
+    Ok(Invitation {
+        id: inv
+            .get("@id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        recipient_key: rk,
+        http_endpoint: http_endpoint
+            .ok_or_else(|| anyhow!("the invitation has no http(s) endpoint"))?,
+        ws_endpoint,
+    })
+}
+
+/// A connection to a mediator, spoken over HTTP with return-route.
+pub struct MediatorConnection {
+    pub agent: AgentKey,
+    pub invitation: Invitation,
+    /// The mediator's connection key (from its DID exchange response).
+    pub mediator_key: [u8; 32],
+    pub routing_keys: Vec<String>,
+    http: reqwest::Client,
+}
+
+fn msg(t: &str, body: Value) -> Value {
+    let mut m = body;
+    m["@type"] = json!(format!("{DIDCOMM}{t}"));
+    m["@id"] = json!(random_id());
+    m["~transport"] = json!({"return_route": "all"});
+    m
+}
+
+fn typ(m: &Value) -> &str {
+    m.get("@type").and_then(Value::as_str).unwrap_or_default()
+}
+
+impl MediatorConnection {
+    /// DID exchange 1.1 with the invitation's key, over HTTP; ends with `complete`.
+    pub async fn connect(
+        http: reqwest::Client,
+        invitation_url: &str,
+        label: &str,
+    ) -> anyhow::Result<Self> {
+        let invitation = parse_invitation(invitation_url)?;
+        let agent = AgentKey::generate();
+        let mut conn = Self {
+            mediator_key: invitation.recipient_key,
+            agent,
+            invitation,
+            routing_keys: Vec::new(),
+            http,
+        };
+        let mut req = msg(
+            "didexchange/1.1/request",
+            json!({"label": label, "did": conn.agent.did_key()}),
+        );
+        req["~thread"] = json!({"thid": req["@id"], "pthid": conn.invitation.id});
+        let resp = conn
+            .post_to(&req, &conn.invitation.recipient_key.clone())
+            .await?
+            .ok_or_else(|| anyhow!("no DID exchange response (return-route)"))?;
+        if !typ(&resp).ends_with("didexchange/1.1/response") {
+            bail!("expected a DID exchange response, got {resp}");
+        }
+        let did = resp.get("did").and_then(Value::as_str).unwrap_or_default();
+        let info = peer::resolve(did, None).map_err(|e| anyhow!("mediator DID: {e}"))?;
+        let vk = info
+            .verkeys
+            .first()
+            .ok_or_else(|| anyhow!("mediator DID has no key"))?;
+        conn.mediator_key = bs58::decode(vk)
+            .into_vec()?
+            .try_into()
+            .map_err(|_| anyhow!("mediator key length"))?;
+        let mut complete = msg("didexchange/1.1/complete", json!({}));
+        complete["~thread"] = json!({"thid": req["@id"], "pthid": conn.invitation.id});
+        conn.request(complete).await?;
+        Ok(conn)
+    }
+
+    async fn post_to(&self, m: &Value, to: &[u8; 32]) -> anyhow::Result<Option<Value>> {
+        let body = self.agent.pack(m, to)?;
+        let resp = self
+            .http
+            .post(&self.invitation.http_endpoint)
+            .header("content-type", CONTENT_TYPE)
+            .body(body)
+            .send()
+            .await?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        if status.as_u16() == 202 || bytes.is_empty() {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            bail!(
+                "mediator answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        Ok(Some(self.agent.unpack(&bytes)?.0))
+    }
+
+    /// Sends `m` (with return-route) and returns the reply, if any.
+    pub async fn request(&self, m: Value) -> anyhow::Result<Option<Value>> {
+        let to = self.mediator_key;
+        self.post_to(&m, &to).await
+    }
+
+    /// coordinate-mediation: request → grant; remembers the routing keys.
+    pub async fn mediate(&mut self) -> anyhow::Result<Vec<String>> {
+        let grant = self
+            .request(msg("coordinate-mediation/1.0/mediate-request", json!({})))
+            .await?
+            .ok_or_else(|| anyhow!("no mediation answer"))?;
+        if !typ(&grant).ends_with("mediate-grant") {
+            bail!("mediation not granted: {grant}");
+        }
+        self.routing_keys = grant
+            .get("routing_keys")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k.as_str().and_then(|k| peer::normalize_key(k).ok()))
+            .collect();
+        Ok(self.routing_keys.clone())
+    }
+
+    /// keylist-update: add or remove `verkey`; returns the mediator's `result`.
+    pub async fn keylist_update(&self, verkey: &str, action: &str) -> anyhow::Result<String> {
+        let r = self
+            .request(msg(
+                "coordinate-mediation/1.0/keylist-update",
+                json!({"updates": [{"recipient_key": peer::did_key_of(verkey).map_err(anyhow::Error::msg)?, "action": action}]}),
+            ))
+            .await?
+            .ok_or_else(|| anyhow!("no keylist-update-response"))?;
+        Ok(r.pointer("/updated/0/result")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    /// Trust ping with response requested, over HTTP.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        let r = self
+            .request(msg(
+                "trust_ping/1.0/ping",
+                json!({"response_requested": true}),
+            ))
+            .await?
+            .ok_or_else(|| anyhow!("no ping response"))?;
+        if !typ(&r).ends_with("ping_response") {
+            bail!("expected ping_response, got {r}");
+        }
+        Ok(())
+    }
+
+    /// Opens the mediator's WebSocket.
+    pub async fn websocket(&self) -> anyhow::Result<WsConnection> {
+        let url = self
+            .invitation
+            .ws_endpoint
+            .clone()
+            .ok_or_else(|| anyhow!("the mediator lists no WebSocket endpoint"))?;
+        let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .context("WebSocket connect")?;
+        Ok(WsConnection {
+            agent: self.agent.clone(),
+            mediator_key: self.mediator_key,
+            ws,
+        })
+    }
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket to the mediator, for one [`MediatorConnection`].
+pub struct WsConnection {
+    agent: AgentKey,
+    mediator_key: [u8; 32],
+    ws: WsStream,
+}
+
+impl WsConnection {
+    pub async fn send(&mut self, m: Value) -> anyhow::Result<()> {
+        let body = self.agent.pack(&m, &self.mediator_key)?;
+        self.ws.send(WsMessage::binary(body)).await?;
+        Ok(())
+    }
+
+    /// Sends raw bytes as a binary frame (tests of bad input).
+    pub async fn send_raw(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.ws.send(WsMessage::binary(bytes)).await?;
+        Ok(())
+    }
+
+    /// The next DIDComm message on the socket (pings answered, problem documents as errors).
+    pub async fn recv(&mut self, timeout: Duration) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("nothing received on the WebSocket within {timeout:?}"))?;
+            let frame = next.ok_or_else(|| anyhow!("WebSocket closed"))??;
+            match frame {
+                WsMessage::Binary(b) => return Ok(self.agent.unpack(&b)?.0),
+                WsMessage::Text(t) => {
+                    let v: Value = serde_json::from_str(t.as_str())?;
+                    if v.get("protected").is_some() {
+                        return Ok(self.agent.unpack(t.as_bytes())?.0);
+                    }
+                    bail!("mediator refused a message: {v}");
+                }
+                WsMessage::Close(_) => bail!("WebSocket closed by the mediator"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends `m` and waits for the first message of type ending in `reply_suffix`; other
+    /// messages that arrive meanwhile (live deliveries) are returned too.
+    pub async fn call(
+        &mut self,
+        m: Value,
+        reply_suffix: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<(Value, Vec<Value>)> {
+        self.send(m).await?;
+        let mut others = Vec::new();
+        loop {
+            let r = self.recv(timeout).await?;
+            if typ(&r).ends_with(reply_suffix) {
+                return Ok((r, others));
+            }
+            others.push(r);
+        }
+    }
+
+    /// Turns pickup 2.0 live mode on.
+    pub async fn live(&mut self, on: bool) -> anyhow::Result<()> {
+        self.send(msg(
+            "messagepickup/2.0/live-delivery-change",
+            json!({"live_delivery": on}),
+        ))
+        .await
+    }
+
+    /// Acknowledges delivered messages by id.
+    pub async fn ack(&mut self, ids: &[String]) -> anyhow::Result<()> {
+        self.send(msg(
+            "messagepickup/2.0/messages-received",
+            json!({"message_id_list": ids}),
+        ))
+        .await
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// Helpers for pickup messages.
+pub mod pickup {
+    use super::*;
+
+    pub fn status_request() -> Value {
+        msg("messagepickup/2.0/status-request", json!({}))
+    }
+    pub fn delivery_request(limit: usize) -> Value {
+        msg(
+            "messagepickup/2.0/delivery-request",
+            json!({"limit": limit}),
+        )
+    }
+    pub fn messages_received(ids: &[String]) -> Value {
+        msg(
+            "messagepickup/2.0/messages-received",
+            json!({"message_id_list": ids}),
+        )
+    }
+    pub fn ping() -> Value {
+        msg("trust_ping/1.0/ping", json!({"response_requested": true}))
+    }
+    /// (attachment id, envelope) of a `delivery`.
+    pub fn attachments(delivery: &Value) -> Vec<(String, Value)> {
+        delivery
+            .get("~attach")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|a| {
+                let id = a.get("@id")?.as_str()?.to_string();
+                let data = a.pointer("/data/json").cloned().or_else(|| {
+                    let b = peer::attachment_bytes(a).ok()?;
+                    serde_json::from_slice(&b).ok()
+                })?;
+                Some((id, data))
+            })
+            .collect()
+    }
+}
+
+/// The envelope a sender posts to the mediator for `recipient` (packed inner message wrapped in a
+/// routing forward to the mediator's routing key, anoncrypted).
+pub fn forward_envelope(
+    inner: &[u8],
+    recipient_verkey: &str,
+    routing_key_b58: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let inner: Value = serde_json::from_slice(inner)?;
+    let fwd = json!({
+        "@type": format!("{DIDCOMM}routing/1.0/forward"),
+        "@id": random_id(),
+        "to": recipient_verkey,
+        "msg": inner,
+    });
+    let rk: [u8; 32] = bs58::decode(routing_key_b58)
+        .into_vec()?
+        .try_into()
+        .map_err(|_| anyhow!("routing key length"))?;
+    Ok(envelope::pack(fwd.to_string().as_bytes(), &[rk], None)?)
+}
+
+/// A plain basic message, for tests and load.
+pub fn basic_message(content: &str) -> Value {
+    json!({
+        "@type": format!("{DIDCOMM}basicmessage/1.0/message"),
+        "@id": random_id(),
+        "sent_time": "2026-01-01T00:00:00Z",
+        "content": content,
+    })
+}

@@ -1,0 +1,81 @@
+//! Mediator records (what the store holds) and the public API shapes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// A DIDComm connection with an agent (a mediation recipient, or anyone who connected).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Connection {
+    pub id: String,
+    pub their_did: String,
+    /// Base58 Ed25519 verkey the peer authcrypts with.
+    pub their_verkey: String,
+    /// The peer's DIDComm endpoint (`didcomm:transport/queue` for agents without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub their_endpoint: Option<String>,
+    #[serde(default)]
+    pub their_label: String,
+    /// `didexchange/1.1`, `didexchange/1.0` or `connections/1.0`.
+    pub protocol: String,
+    /// `response-sent` → `completed`.
+    pub state: String,
+    /// `none` or `granted`.
+    pub mediation: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invitation_id: Option<String>,
+    pub created_at_ms: i64,
+}
+
+/// A message waiting for its recipient: the forwarded envelope, untouched.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueuedMessage {
+    pub id: String,
+    /// The recipient key the sender addressed (base58).
+    pub recipient_key: String,
+    pub received_at_ms: i64,
+    pub msg: Value,
+}
+
+/// An out-of-band invitation we issued.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvitationRecord {
+    pub id: String,
+    pub multi_use: bool,
+    pub used: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InvitationResponse {
+    /// Out-of-band 1.1 invitation URL (`…/didcomm?oob=<base64url(invitation)>`).
+    pub invitation_url: String,
+    #[schema(value_type = Object)]
+    pub invitation: Value,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct InvitationQuery {
+    /// `true` for a single-use invitation; default is the reusable public invitation.
+    #[serde(default)]
+    pub single_use: bool,
+    /// Handshake protocols to offer, comma-separated: `didexchange`, `connections`
+    /// (default both, DID exchange first).
+    #[serde(default)]
+    pub handshake: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MediatorStats {
+    /// Mediator DID (did:peer:2) and its key (did:key).
+    pub did: String,
+    pub routing_key: String,
+    pub connections: u64,
+    pub mediations_granted: u64,
+    pub registered_keys: u64,
+    pub live_sockets: u64,
+    pub open_sockets: u64,
+    pub queued_messages: u64,
+    pub forwarded_total: u64,
+    pub delivered_total: u64,
+    pub acknowledged_total: u64,
+}

@@ -1,0 +1,215 @@
+//! Mediator transports and management API. Handlers only translate: bytes in, the service's
+//! replies out.
+//!
+//! - `POST /didcomm`: one envelope per request; 202, or 200 with the return-routed reply.
+//! - `GET /didcomm/ws`: WebSocket; every frame is an envelope, replies and live deliveries are
+//!   binary frames. Pings every `ws_ping_seconds`; closed after `ws_idle_timeout_seconds` of
+//!   silence; frames above `max_message_bytes` close the socket; outgoing frames go through a
+//!   bounded channel, so a client that does not read stops its own deliveries, nobody else's.
+
+use std::sync::Arc;
+
+use actix_web::http::header;
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use futures_util::StreamExt as _;
+use tokio::sync::mpsc;
+
+use super::model::*;
+use super::service::MediatorService;
+use crate::error::{ApiError, ApiResult, Code, Problem};
+use crate::http::auth::Admin;
+
+type Svc = web::Data<MediatorService>;
+
+pub const ENVELOPE_CT: &str = "application/didcomm-envelope-enc";
+const ACCEPTED_CT: &[&str] = &[
+    ENVELOPE_CT,
+    "application/ssi-agent-wire",
+    "application/json",
+    "application/didcomm-encrypted+json",
+];
+
+/// Receive a DIDComm v1 message (RFC 0019 envelope).
+#[utoipa::path(tag = "mediator", request_body(content = Object, content_type = "application/didcomm-envelope-enc"),
+    responses(
+        (status = 202, description = "Accepted (forwards: stored durably before this answer)"),
+        (status = 200, description = "The return-routed reply envelope", content_type = "application/didcomm-envelope-enc"),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 507, body = Problem, content_type = "application/problem+json")))]
+#[post("/didcomm")]
+pub async fn inbound(
+    req: HttpRequest,
+    svc: Svc,
+    mut payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    if let Some(ct) = &ct {
+        if !ACCEPTED_CT.contains(&ct.as_str()) {
+            return Err(ApiError::new(
+                Code::UnsupportedMediaType,
+                format!("DIDComm messages are sent as {ENVELOPE_CT}, not {ct}"),
+            ));
+        }
+    }
+    let max = svc.max_message_bytes();
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+        if body.len() + chunk.len() > max {
+            return Err(ApiError::new(
+                Code::PayloadTooLarge,
+                format!("DIDComm messages are limited to {max} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let replies = svc.receive(&body, None).await?;
+    let mut it = replies.envelopes.into_iter();
+    match it.next() {
+        None => Ok(HttpResponse::Accepted().finish()),
+        Some(first) => {
+            // HTTP carries one reply; any further ones wait in the sender's queue.
+            for extra in it {
+                svc.queue_reply_for_sender(&extra).await?;
+            }
+            Ok(HttpResponse::Ok().content_type(ENVELOPE_CT).body(first))
+        }
+    }
+}
+
+/// Open the DIDComm WebSocket (pickup 2.0 live mode; any message with return-route).
+#[utoipa::path(tag = "mediator", responses((status = 101, description = "Switching protocols"), (status = 400, description = "Not a WebSocket upgrade")))]
+#[get("/didcomm/ws")]
+pub async fn websocket(
+    req: HttpRequest,
+    svc: Svc,
+    body: web::Payload,
+) -> actix_web::Result<HttpResponse> {
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let max = svc.max_message_bytes();
+    let stream = stream
+        .max_frame_size(max)
+        .aggregate_continuations()
+        .max_continuation_size(max);
+    let svc = svc.into_inner();
+    actix_web::rt::spawn(run_socket(svc, session, stream));
+    Ok(response)
+}
+
+async fn run_socket(
+    svc: Arc<MediatorService>,
+    mut session: actix_ws::Session,
+    mut stream: actix_ws::AggregatedMessageStream,
+) {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+    let socket = svc.new_socket(tx);
+    let (ping_every, idle) = svc.ws_timers();
+    let mut ping = tokio::time::interval(ping_every);
+    ping.tick().await;
+    let mut last_seen = tokio::time::Instant::now();
+    // Inbound frames are handled one at a time, in order, so a client's flood only delays itself.
+    let close_reason = loop {
+        tokio::select! {
+            frame = stream.recv() => {
+                let Some(frame) = frame else { break None };
+                last_seen = tokio::time::Instant::now();
+                let bytes = match frame {
+                    Ok(actix_ws::AggregatedMessage::Binary(b)) => b.to_vec(),
+                    Ok(actix_ws::AggregatedMessage::Text(t)) => t.as_bytes().to_vec(),
+                    Ok(actix_ws::AggregatedMessage::Ping(p)) => {
+                        if session.pong(&p).await.is_err() { break None }
+                        continue;
+                    }
+                    Ok(actix_ws::AggregatedMessage::Pong(_)) => continue,
+                    Ok(actix_ws::AggregatedMessage::Close(_)) => break None,
+                    Err(e) => {
+                        break Some(actix_ws::CloseReason {
+                            code: actix_ws::CloseCode::Size,
+                            description: Some(format!("{e}")),
+                        })
+                    }
+                };
+                match svc.receive(&bytes, Some(&socket)).await {
+                    Ok(replies) => {
+                        let mut closed = false;
+                        for r in replies.envelopes {
+                            if session.binary(r).await.is_err() { closed = true; break }
+                        }
+                        if closed { break None }
+                    }
+                    Err(e) => {
+                        // No return channel for an error on a socket but a text frame with the
+                        // problem document; the socket stays open for the next message.
+                        tracing::info!(error = %e, "DIDComm message refused on WebSocket");
+                        let problem = serde_json::json!({"type": format!("{}{}", crate::error::PROBLEM_TYPE_BASE, e.code.as_str()), "code": e.code.as_str(), "status": e.code.status().as_u16(), "detail": e.detail});
+                        if session.text(problem.to_string()).await.is_err() { break None }
+                    }
+                }
+            }
+            out = rx.recv() => {
+                let Some(out) = out else { break None };
+                if session.binary(out).await.is_err() { break None }
+            }
+            _ = socket.wake.notified() => {
+                if let Err(e) = svc.pump(&socket).await {
+                    tracing::warn!(error = %e, "live delivery failed");
+                }
+            }
+            _ = ping.tick() => {
+                if last_seen.elapsed() > idle {
+                    break Some(actix_ws::CloseReason { code: actix_ws::CloseCode::Away, description: Some("idle".into()) });
+                }
+                if session.ping(b"").await.is_err() { break None }
+            }
+        }
+    };
+    svc.close_socket(&socket);
+    let _ = session.close(close_reason).await;
+}
+
+/// Get the mediator's out-of-band invitation.
+#[utoipa::path(tag = "mediator", security(("admin_token" = [])), params(InvitationQuery), responses((status = 200, body = InvitationResponse), (status = 401, body = Problem)))]
+#[get("/api/mediator/invitation")]
+pub async fn invitation(
+    _a: Admin,
+    svc: Svc,
+    q: web::Query<InvitationQuery>,
+) -> ApiResult<web::Json<InvitationResponse>> {
+    Ok(web::Json(svc.invitation(&q).await?))
+}
+
+/// Mediator statistics: connections, live sockets, queue, delivery counters.
+#[utoipa::path(tag = "mediator", security(("admin_token" = [])), responses((status = 200, body = MediatorStats), (status = 401, body = Problem)))]
+#[get("/api/mediator/stats")]
+pub async fn stats(_a: Admin, svc: Svc) -> ApiResult<web::Json<MediatorStats>> {
+    Ok(web::Json(svc.stats().await?))
+}
+
+/// List connections (first 1,000).
+#[utoipa::path(tag = "mediator", security(("admin_token" = [])), responses((status = 200, body = Vec<Connection>), (status = 401, body = Problem)))]
+#[get("/api/mediator/connections")]
+pub async fn connections(_a: Admin, svc: Svc) -> ApiResult<web::Json<Vec<Connection>>> {
+    Ok(web::Json(svc.connections(1000).await?))
+}
+
+pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(inbound)
+        .service(websocket)
+        .service(invitation)
+        .service(stats)
+        .service(connections);
+}

@@ -1,0 +1,1522 @@
+//! The mediator's protocol engine: unpacks an inbound envelope, runs the DIDComm v1 protocol it
+//! carries (handshakes, trust ping, coordinate-mediation, forward, pickup 1.0/2.0) and returns the
+//! replies to send back. Transport-free: `routes.rs` feeds it HTTP bodies and WebSocket frames.
+//!
+//! Delivery semantics (DESIGN.md §7): a forward is stored (and flushed) before the sender's 202;
+//! `mediator.queued` goes on the bus; whoever holds the recipient's live socket pushes a pickup
+//! `delivery`; a message leaves the queue only when `messages-received` names it; a new socket or
+//! live-mode switch redelivers everything unacknowledged.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use ed25519_dalek::{Signer as _, SigningKey};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Notify};
+
+use super::envelope::{self, EnvelopeError};
+use super::ks;
+use super::model::*;
+use super::peer;
+use crate::clock::random_id;
+use crate::error::{ApiError, ApiResult, Code};
+use crate::state::AppState;
+use crate::store::Cas;
+
+pub const BUS_TOPIC: &str = "mediator.queued";
+const DIDCOMM: &str = "https://didcomm.org/";
+const LEGACY_PREFIX: &str = "did:sov:BzCbsNYhMrjHiqZDTUASHg;spec/";
+/// Most messages in one pickup `delivery`.
+const DELIVERY_BATCH: usize = 50;
+/// How long a message handed out over HTTP pickup waits for `messages-received` before it is
+/// offered again.
+const HTTP_LEASE_MS: i64 = 10_000;
+/// Most messages handed to one socket and not yet acknowledged; beyond it the pump waits.
+const MAX_INFLIGHT: usize = 500;
+
+/// A live WebSocket, as the engine sees it.
+pub struct Socket {
+    pub id: u64,
+    /// Outgoing frames (bounded: a slow client backs up its own pump, nobody else's).
+    pub tx: mpsc::Sender<Vec<u8>>,
+    /// The connection whose queue is pushed here (set by live-delivery-change).
+    live: Mutex<Option<String>>,
+    /// Message ids delivered on this socket and not yet acknowledged.
+    inflight: Mutex<HashSet<String>>,
+    pub wake: Notify,
+}
+
+impl Socket {
+    pub fn new(id: u64, tx: mpsc::Sender<Vec<u8>>) -> Self {
+        Self {
+            id,
+            tx,
+            live: Mutex::new(None),
+            inflight: Mutex::default(),
+            wake: Notify::new(),
+        }
+    }
+    pub fn live_connection(&self) -> Option<String> {
+        self.live.lock().ok().and_then(|g| g.clone())
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    forwarded: AtomicU64,
+    delivered: AtomicU64,
+    acknowledged: AtomicU64,
+}
+
+pub struct MediatorService {
+    state: AppState,
+    key: SigningKey,
+    pub verkey: String,
+    pub did: String,
+    pub did_key: String,
+    /// Connection id → the socket that has live mode on for it (last one wins).
+    live: Mutex<HashMap<String, Weak<Socket>>>,
+    open_sockets: AtomicU64,
+    next_socket: AtomicU64,
+    /// Messages handed out over HTTP pickup and not acknowledged yet: connection → id → when.
+    /// Held back from later deliveries and counts for [`HTTP_LEASE_MS`], so a client polling
+    /// again before it acknowledged gets no duplicate; after that they are delivered again.
+    http_inflight: Mutex<HashMap<String, HashMap<String, i64>>>,
+    counters: Counters,
+    metrics: Option<Metrics>,
+}
+
+struct Metrics {
+    forwarded: prometheus::IntCounter,
+    delivered: prometheus::IntCounter,
+    acknowledged: prometheus::IntCounter,
+    rejected: prometheus::IntCounterVec,
+}
+
+/// What a message asked of the transport it came on.
+#[derive(Debug, Default)]
+pub struct Replies {
+    /// Packed envelopes to return on the same transport (`~transport.return_route`).
+    pub envelopes: Vec<Vec<u8>>,
+}
+
+fn didcomm_error(code: Code, detail: impl Into<String>) -> ApiError {
+    ApiError::new(code, detail)
+}
+
+/// `https://didcomm.org/<protocol>/<version>/<name>` with the legacy `did:sov:…;spec/` prefix
+/// mapped to the modern one.
+pub fn normalize_type(t: &str) -> String {
+    match t.strip_prefix(LEGACY_PREFIX) {
+        Some(rest) => format!("{DIDCOMM}{rest}"),
+        None => t.to_string(),
+    }
+}
+
+fn thread_id(msg: &Value) -> String {
+    msg.pointer("/~thread/thid")
+        .and_then(Value::as_str)
+        .or_else(|| msg.get("@id").and_then(Value::as_str))
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn wants_return_route(msg: &Value) -> bool {
+    matches!(
+        msg.pointer("/~transport/return_route")
+            .and_then(Value::as_str),
+        Some("all" | "thread")
+    )
+}
+
+fn verkey_bytes(b58: &str) -> ApiResult<[u8; 32]> {
+    bs58::decode(b58)
+        .into_vec()
+        .ok()
+        .and_then(|v| <[u8; 32]>::try_from(v).ok())
+        .ok_or_else(|| didcomm_error(Code::DidcommBadMessage, "not a base58 Ed25519 verkey"))
+}
+
+impl MediatorService {
+    pub async fn new(state: AppState) -> anyhow::Result<Self> {
+        let key = load_or_create_key(&state).await?;
+        let vk = key.verifying_key().to_bytes();
+        let verkey = envelope::verkey_b58(&vk);
+        let endpoints = endpoints(&state);
+        let did = peer::did_peer_2(&vk, &endpoints).map_err(anyhow::Error::msg)?;
+        let did_key = peer::did_key_of(&verkey).map_err(anyhow::Error::msg)?;
+        let metrics = register_metrics(&state).ok();
+        Ok(Self {
+            state,
+            key,
+            verkey,
+            did,
+            did_key,
+            live: Mutex::default(),
+            open_sockets: AtomicU64::new(0),
+            next_socket: AtomicU64::new(1),
+            http_inflight: Mutex::default(),
+            counters: Counters::default(),
+            metrics,
+        })
+    }
+
+    fn cfg(&self) -> &crate::config::MediatorConfig {
+        &self.state.settings.raw.mediator
+    }
+
+    fn now(&self) -> i64 {
+        self.state.clock.now_ms()
+    }
+
+    // ---- invitations -------------------------------------------------------------------------
+
+    pub async fn invitation(&self, q: &InvitationQuery) -> ApiResult<InvitationResponse> {
+        let mut protocols = Vec::new();
+        let wanted = q.handshake.as_deref().unwrap_or("didexchange,connections");
+        for p in wanted.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match p {
+                "didexchange" => {
+                    protocols.push(format!("{DIDCOMM}didexchange/1.1"));
+                    protocols.push(format!("{DIDCOMM}didexchange/1.0"));
+                }
+                "connections" => protocols.push(format!("{DIDCOMM}connections/1.0")),
+                other => {
+                    return Err(ApiError::new(
+                        Code::InvalidQuery,
+                        format!("unknown handshake protocol {other:?} (didexchange, connections)"),
+                    ))
+                }
+            }
+        }
+        let id = if q.single_use {
+            let id = random_id();
+            let rec = InvitationRecord {
+                id: id.clone(),
+                multi_use: false,
+                used: false,
+            };
+            self.state
+                .store
+                .put_json(
+                    ks::INVITATIONS,
+                    &id,
+                    &rec,
+                    Some(std::time::Duration::from_secs(7 * 86400)),
+                )
+                .await?;
+            id
+        } else {
+            self.public_invitation_id().await?
+        };
+        let services: Vec<Value> = endpoints(&self.state)
+            .into_iter()
+            .enumerate()
+            .map(|(i, ep)| {
+                json!({
+                    "id": format!("#inline-{i}"),
+                    "type": "did-communication",
+                    "recipientKeys": [self.did_key],
+                    "routingKeys": [],
+                    "serviceEndpoint": ep,
+                })
+            })
+            .collect();
+        let invitation = json!({
+            "@type": format!("{DIDCOMM}out-of-band/1.1/invitation"),
+            "@id": id,
+            "label": self.cfg().label,
+            "goal_code": "aries.vc.mediate",
+            "goal": "Mediation",
+            "accept": ["didcomm/aip1", "didcomm/aip2;env=rfc19"],
+            "handshake_protocols": protocols,
+            "services": services,
+        });
+        let invitation_url = format!(
+            "{}/didcomm?oob={}",
+            self.state.public_url,
+            URL_SAFE_NO_PAD.encode(invitation.to_string())
+        );
+        Ok(InvitationResponse {
+            invitation_url,
+            invitation,
+        })
+    }
+
+    /// The reusable invitation's id: created once, the same on every node and after restarts.
+    async fn public_invitation_id(&self) -> ApiResult<String> {
+        const KEY: &str = "public";
+        if let Some(rec) = self
+            .state
+            .store
+            .get_json::<InvitationRecord>(ks::INVITATIONS, KEY)
+            .await?
+        {
+            return Ok(rec.id);
+        }
+        let rec = InvitationRecord {
+            id: random_id(),
+            multi_use: true,
+            used: false,
+        };
+        let bytes = serde_json::to_vec(&rec).map_err(ApiError::internal)?;
+        match self
+            .state
+            .store
+            .compare_and_swap(ks::INVITATIONS, KEY, None, Some((bytes, None)))
+            .await?
+        {
+            Cas::Swapped => {
+                self.state
+                    .store
+                    .put_json(ks::INVITATIONS, &rec.id, &rec, None)
+                    .await?;
+                Ok(rec.id)
+            }
+            Cas::Conflict(Some(cur)) => serde_json::from_slice::<InvitationRecord>(&cur)
+                .map(|r| r.id)
+                .map_err(ApiError::internal),
+            Cas::Conflict(None) => Err(ApiError::internal("public invitation vanished")),
+        }
+    }
+
+    /// Accepts a handshake on invitation `pthid`: reusable ones always, single-use ones once.
+    async fn use_invitation(&self, pthid: Option<&str>) -> ApiResult<Option<String>> {
+        let Some(pthid) = pthid else {
+            return Err(didcomm_error(
+                Code::DidcommBadMessage,
+                "handshake request without ~thread.pthid naming our invitation",
+            ));
+        };
+        let store = &self.state.store;
+        let Some(raw) = store.get(ks::INVITATIONS, pthid).await? else {
+            return Err(didcomm_error(
+                Code::DidcommBadMessage,
+                "the invitation this request answers is unknown or expired",
+            ));
+        };
+        let mut rec: InvitationRecord = serde_json::from_slice(&raw).map_err(ApiError::internal)?;
+        if rec.multi_use {
+            return Ok(Some(rec.id));
+        }
+        if rec.used {
+            return Err(didcomm_error(
+                Code::Gone,
+                "this single-use invitation was already used",
+            ));
+        }
+        rec.used = true;
+        let new = serde_json::to_vec(&rec).map_err(ApiError::internal)?;
+        match store
+            .compare_and_swap(
+                ks::INVITATIONS,
+                pthid,
+                Some(raw),
+                Some((new, Some(std::time::Duration::from_secs(86400)))),
+            )
+            .await?
+        {
+            Cas::Swapped => Ok(Some(rec.id)),
+            Cas::Conflict(_) => Err(didcomm_error(
+                Code::Gone,
+                "this single-use invitation was already used",
+            )),
+        }
+    }
+
+    // ---- inbound -----------------------------------------------------------------------------
+
+    /// Handles one inbound envelope. `socket` is set when it came on a WebSocket.
+    pub async fn receive(&self, body: &[u8], socket: Option<&Arc<Socket>>) -> ApiResult<Replies> {
+        if body.len() > self.cfg().max_message_bytes {
+            return Err(self.reject(Code::PayloadTooLarge, "DIDComm message too large"));
+        }
+        let key = &self.key;
+        let own = &self.verkey;
+        let unpacked =
+            envelope::unpack(body, |kid| (kid == own).then(|| key.clone())).map_err(|e| {
+                let code = match e {
+                    EnvelopeError::UnknownRecipient => Code::DidcommUnknownRecipient,
+                    _ => Code::DidcommUnpackFailed,
+                };
+                self.reject(code, e.to_string())
+            })?;
+        let msg: Value = serde_json::from_slice(&unpacked.message).map_err(|e| {
+            self.reject(
+                Code::DidcommBadMessage,
+                format!("plaintext is not JSON: {e}"),
+            )
+        })?;
+        let typ = msg
+            .get("@type")
+            .and_then(Value::as_str)
+            .map(normalize_type)
+            .ok_or_else(|| self.reject(Code::DidcommBadMessage, "message has no @type"))?;
+        tracing::debug!(%typ, sender = ?unpacked.sender_verkey, "didcomm message");
+        let ty = typ.strip_prefix(DIDCOMM).unwrap_or(&typ);
+
+        if ty == "routing/1.0/forward" {
+            self.forward(&msg).await?;
+            return Ok(Replies::default());
+        }
+        let Some(sender) = unpacked.sender_verkey else {
+            return Err(self.reject(
+                Code::DidcommBadMessage,
+                "only forward messages may be anoncrypted; everything else must be authcrypted",
+            ));
+        };
+        let return_route = wants_return_route(&msg);
+        let mut replies: Vec<(Value, String)> = Vec::new(); // (message, recipient verkey)
+        let proto = ty.rsplit_once('/').map(|(p, _)| p).unwrap_or(ty);
+        let name = ty.rsplit('/').next().unwrap_or(ty);
+
+        match (proto, name) {
+            ("didexchange/1.1" | "didexchange/1.0", "request") => {
+                let v = if proto.ends_with("1.1") { "1.1" } else { "1.0" };
+                let resp = self.didexchange_request(&msg, &sender, v).await?;
+                replies.push((resp, sender.clone()));
+            }
+            ("connections/1.0", "request") => {
+                let resp = self.connections_request(&msg, &sender).await?;
+                replies.push((resp, sender.clone()));
+            }
+            ("out-of-band/1.1" | "out-of-band/1.0", "handshake-reuse") => {
+                self.connection_by_key(&sender).await?;
+                replies.push((
+                    json!({
+                        "@type": format!("{DIDCOMM}{proto}/handshake-reuse-accepted"),
+                        "@id": random_id(),
+                        "~thread": {"thid": thread_id(&msg), "pthid": msg.pointer("/~thread/pthid")},
+                    }),
+                    sender.clone(),
+                ));
+            }
+            _ => {
+                let conn = self.connection_by_key(&sender).await?;
+                if let Some(reply) = self.on_connection(&conn, proto, name, &msg, socket).await? {
+                    replies.push((reply, sender.clone()));
+                }
+            }
+        }
+
+        let mut out = Replies::default();
+        for (reply, to) in replies {
+            let packed = self.pack_for(&reply, &to)?;
+            if return_route {
+                out.envelopes.push(packed);
+            } else {
+                self.send_to_peer(&to, packed).await?;
+            }
+        }
+        if let Some(s) = socket {
+            if s.live_connection().is_some() {
+                s.wake.notify_one();
+            }
+        }
+        Ok(out)
+    }
+
+    fn reject(&self, code: Code, detail: impl Into<String>) -> ApiError {
+        if let Some(m) = &self.metrics {
+            m.rejected.with_label_values(&[code.as_str()]).inc();
+        }
+        didcomm_error(code, detail)
+    }
+
+    fn pack_for(&self, msg: &Value, verkey: &str) -> ApiResult<Vec<u8>> {
+        let vk = verkey_bytes(verkey)?;
+        envelope::pack(msg.to_string().as_bytes(), &[vk], Some(&self.key))
+            .map_err(ApiError::internal)
+    }
+
+    /// A reply that cannot go back on the inbound transport: POSTed to an http(s) endpoint, else
+    /// queued for the peer's own pickup.
+    async fn send_to_peer(&self, verkey: &str, packed: Vec<u8>) -> ApiResult<()> {
+        let conn = self.connection_by_key(verkey).await.ok();
+        let endpoint = conn.as_ref().and_then(|c| c.their_endpoint.clone());
+        match endpoint {
+            Some(ep) if ep.starts_with("http://") || ep.starts_with("https://") => {
+                let http = self.state.http.clone();
+                tokio::spawn(async move {
+                    let res = http
+                        .post(&ep)
+                        .header("content-type", "application/didcomm-envelope-enc")
+                        .body(packed)
+                        .send()
+                        .await;
+                    if let Err(e) = res {
+                        tracing::warn!(endpoint = %ep, error = %e, "could not deliver a DIDComm reply");
+                    }
+                });
+                Ok(())
+            }
+            _ => match conn {
+                Some(c) => {
+                    let msg: Value = serde_json::from_slice(&packed).map_err(ApiError::internal)?;
+                    self.enqueue(&c.id, &c.their_verkey, msg).await
+                }
+                None => Ok(()),
+            },
+        }
+    }
+
+    // ---- handshakes --------------------------------------------------------------------------
+
+    async fn didexchange_request(
+        &self,
+        msg: &Value,
+        sender: &str,
+        version: &str,
+    ) -> ApiResult<Value> {
+        let pthid = msg.pointer("/~thread/pthid").and_then(Value::as_str);
+        let invitation_id = self.use_invitation(pthid).await?;
+        let did = msg.get("did").and_then(Value::as_str).ok_or_else(|| {
+            self.reject(Code::DidcommBadMessage, "DID exchange request without did")
+        })?;
+        let attached = match msg.get("did_doc~attach") {
+            Some(att) => Some(
+                serde_json::from_slice::<Value>(
+                    &peer::attachment_bytes(att)
+                        .map_err(|e| self.reject(Code::DidcommBadMessage, e))?,
+                )
+                .map_err(|e| {
+                    self.reject(Code::DidcommBadMessage, format!("did_doc~attach: {e}"))
+                })?,
+            ),
+            None => None,
+        };
+        let info = peer::resolve(did, attached.as_ref())
+            .map_err(|e| self.reject(Code::DidcommBadMessage, e))?;
+        if !info.verkeys.iter().any(|k| k == sender) {
+            return Err(self.reject(
+                Code::DidcommBadMessage,
+                "the request was not authcrypted with a key of the DID it presents",
+            ));
+        }
+        let conn = Connection {
+            id: random_id(),
+            their_did: did.to_string(),
+            their_verkey: sender.to_string(),
+            their_endpoint: info.endpoint.clone(),
+            their_label: msg
+                .get("label")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            protocol: format!("didexchange/{version}"),
+            state: "response-sent".into(),
+            mediation: "none".into(),
+            invitation_id,
+            created_at_ms: self.now(),
+        };
+        self.save_connection(&conn).await?;
+        let rotate = self.signed_attachment(self.did.as_bytes(), None);
+        Ok(json!({
+            "@type": format!("{DIDCOMM}didexchange/{version}/response"),
+            "@id": random_id(),
+            "~thread": {"thid": thread_id(msg), "pthid": pthid},
+            "did": self.did,
+            "did_rotate~attach": rotate,
+        }))
+    }
+
+    /// A detached-payload JWS attachment signed with the mediator key, as RFC 0023 / credo do.
+    fn signed_attachment(&self, payload: &[u8], mime: Option<&str>) -> Value {
+        let jwk = json!({
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": URL_SAFE_NO_PAD.encode(self.key.verifying_key().to_bytes()),
+        });
+        let protected = URL_SAFE_NO_PAD.encode(json!({"alg": "EdDSA", "jwk": jwk}).to_string());
+        let payload_b64 = URL_SAFE_NO_PAD.encode(payload);
+        let sig = self
+            .key
+            .sign(format!("{protected}.{payload_b64}").as_bytes());
+        let mut att = json!({
+            "@id": random_id(),
+            "data": {
+                "base64": payload_b64,
+                "jws": {
+                    "header": {"kid": self.did_key},
+                    "protected": protected,
+                    "signature": URL_SAFE_NO_PAD.encode(sig.to_bytes()),
+                }
+            }
+        });
+        if let Some(m) = mime {
+            att["mime-type"] = json!(m);
+        }
+        att
+    }
+
+    async fn connections_request(&self, msg: &Value, sender: &str) -> ApiResult<Value> {
+        let pthid = msg.pointer("/~thread/pthid").and_then(Value::as_str);
+        let invitation_id = self.use_invitation(pthid).await?;
+        let c = msg.get("connection").ok_or_else(|| {
+            self.reject(
+                Code::DidcommBadMessage,
+                "connection request without connection",
+            )
+        })?;
+        let did = c
+            .get("DID")
+            .or_else(|| c.get("did"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                self.reject(Code::DidcommBadMessage, "connection request without DID")
+            })?;
+        let doc = c.get("DIDDoc").or_else(|| c.get("did_doc"));
+        let info = peer::resolve(did, doc).map_err(|e| self.reject(Code::DidcommBadMessage, e))?;
+        if !info.verkeys.iter().any(|k| k == sender) {
+            return Err(self.reject(
+                Code::DidcommBadMessage,
+                "the request was not authcrypted with a key of the DID it presents",
+            ));
+        }
+        let conn = Connection {
+            id: random_id(),
+            their_did: did.to_string(),
+            their_verkey: sender.to_string(),
+            their_endpoint: info.endpoint.clone(),
+            their_label: msg
+                .get("label")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            protocol: "connections/1.0".into(),
+            state: "response-sent".into(),
+            mediation: "none".into(),
+            invitation_id,
+            created_at_ms: self.now(),
+        };
+        self.save_connection(&conn).await?;
+        // Legacy DID (first 16 bytes of the verkey, base58) and DIDDoc, as connections 1.0 wants.
+        let vk = self.key.verifying_key().to_bytes();
+        let our_did = bs58::encode(&vk[..16]).into_string();
+        let services: Vec<Value> = endpoints(&self.state)
+            .into_iter()
+            .enumerate()
+            .map(|(i, ep)| {
+                json!({
+                    "id": format!("did:sov:{our_did};indy{}", if i == 0 { String::new() } else { i.to_string() }),
+                    "type": "IndyAgent",
+                    "priority": i,
+                    "recipientKeys": [self.verkey],
+                    "routingKeys": [],
+                    "serviceEndpoint": ep,
+                })
+            })
+            .collect();
+        let connection = json!({
+            "DID": our_did,
+            "DIDDoc": {
+                "@context": "https://w3id.org/did/v1",
+                "id": format!("did:sov:{our_did}"),
+                "publicKey": [{
+                    "id": format!("did:sov:{our_did}#1"),
+                    "type": "Ed25519VerificationKey2018",
+                    "controller": format!("did:sov:{our_did}"),
+                    "publicKeyBase58": self.verkey,
+                }],
+                "authentication": [{"type": "Ed25519SignatureAuthentication2018", "publicKey": format!("did:sov:{our_did}#1")}],
+                "service": services,
+            }
+        });
+        let mut sig_data = (self.now() / 1000).to_be_bytes().to_vec();
+        sig_data.extend_from_slice(connection.to_string().as_bytes());
+        let signature = self.key.sign(&sig_data);
+        Ok(json!({
+            "@type": format!("{DIDCOMM}connections/1.0/response"),
+            "@id": random_id(),
+            "~thread": {"thid": thread_id(msg)},
+            "connection~sig": {
+                "@type": format!("{DIDCOMM}signature/1.0/ed25519Sha512_single"),
+                "signature": URL_SAFE_NO_PAD.encode(signature.to_bytes()),
+                "sig_data": URL_SAFE_NO_PAD.encode(&sig_data),
+                "signer": self.verkey,
+            }
+        }))
+    }
+
+    async fn save_connection(&self, conn: &Connection) -> ApiResult<()> {
+        let bytes = serde_json::to_vec(conn).map_err(ApiError::internal)?;
+        self.state
+            .store
+            .batch(vec![
+                crate::store::BatchOp::Put {
+                    keyspace: ks::CONNECTIONS,
+                    key: conn.id.clone(),
+                    value: bytes,
+                    ttl: None,
+                },
+                crate::store::BatchOp::Put {
+                    keyspace: ks::BY_KEY,
+                    key: conn.their_verkey.clone(),
+                    value: conn.id.clone().into_bytes(),
+                    ttl: None,
+                },
+            ])
+            .await?;
+        Ok(())
+    }
+
+    async fn connection_by_key(&self, verkey: &str) -> ApiResult<Connection> {
+        let id = self
+            .state
+            .store
+            .get(ks::BY_KEY, verkey)
+            .await?
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| {
+                self.reject(
+                    Code::DidcommNoConnection,
+                    "no connection with the sender's key: connect through our invitation first",
+                )
+            })?;
+        self.state
+            .store
+            .get_json::<Connection>(ks::CONNECTIONS, &id)
+            .await?
+            .ok_or_else(|| {
+                self.reject(
+                    Code::DidcommNoConnection,
+                    "the sender's connection was removed",
+                )
+            })
+    }
+
+    async fn update_connection(
+        &self,
+        id: &str,
+        f: impl Fn(&mut Connection),
+    ) -> ApiResult<Connection> {
+        let store = &self.state.store;
+        for _ in 0..16 {
+            let Some(raw) = store.get(ks::CONNECTIONS, id).await? else {
+                return Err(didcomm_error(
+                    Code::DidcommNoConnection,
+                    "connection removed",
+                ));
+            };
+            let mut c: Connection = serde_json::from_slice(&raw).map_err(ApiError::internal)?;
+            f(&mut c);
+            let new = serde_json::to_vec(&c).map_err(ApiError::internal)?;
+            if store
+                .compare_and_swap(ks::CONNECTIONS, id, Some(raw), Some((new, None)))
+                .await?
+                == Cas::Swapped
+            {
+                return Ok(c);
+            }
+        }
+        Err(ApiError::new(
+            Code::Conflict,
+            "connection record kept changing; retry",
+        ))
+    }
+
+    // ---- protocols on an established connection ----------------------------------------------
+
+    async fn on_connection(
+        &self,
+        conn: &Connection,
+        proto: &str,
+        name: &str,
+        msg: &Value,
+        socket: Option<&Arc<Socket>>,
+    ) -> ApiResult<Option<Value>> {
+        let thid = thread_id(msg);
+        let reply = |t: &str, body: Value| -> Value {
+            let mut m = body;
+            m["@type"] = json!(format!("{DIDCOMM}{t}"));
+            m["@id"] = json!(random_id());
+            m["~thread"] = json!({"thid": thid});
+            m
+        };
+        if conn.state != "completed" {
+            // Any authenticated message on the connection completes the handshake (credo sends a
+            // DID exchange `complete`, connections 1.0 peers a trust ping as ack).
+            self.update_connection(&conn.id, |c| c.state = "completed".into())
+                .await?;
+        }
+        Ok(match (proto, name) {
+            ("didexchange/1.1" | "didexchange/1.0", "complete") => None,
+            ("notification/1.0", "ack") | ("connections/1.0", "ack") => None,
+            ("trust_ping/1.0", "ping") => {
+                let requested = msg
+                    .get("response_requested")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(true);
+                requested.then(|| reply("trust_ping/1.0/ping_response", json!({})))
+            }
+            ("trust_ping/1.0", "ping_response") => None,
+            ("coordinate-mediation/1.0", "mediate-request") => {
+                self.update_connection(&conn.id, |c| c.mediation = "granted".into())
+                    .await?;
+                Some(reply(
+                    "coordinate-mediation/1.0/mediate-grant",
+                    json!({
+                        "endpoint": endpoints(&self.state).into_iter().next().unwrap_or_default(),
+                        "routing_keys": [self.did_key],
+                    }),
+                ))
+            }
+            ("coordinate-mediation/1.0", "keylist-update") => Some(reply(
+                "coordinate-mediation/1.0/keylist-update-response",
+                self.keylist_update(conn, msg).await?,
+            )),
+            ("coordinate-mediation/1.0", "keylist-query") => {
+                let keys = self.keys_of(&conn.id).await?;
+                let keys: Vec<Value> = keys
+                    .iter()
+                    .filter_map(|k| peer::did_key_of(k).ok())
+                    .map(|k| json!({"recipient_key": k}))
+                    .collect();
+                let n = keys.len();
+                Some(reply(
+                    "coordinate-mediation/1.0/keylist",
+                    json!({"keys": keys, "pagination": {"count": n, "offset": 0, "remaining": 0}}),
+                ))
+            }
+            ("messagepickup/2.0", "status-request") => Some(reply(
+                "messagepickup/2.0/status",
+                self.status(conn, msg, socket).await?,
+            )),
+            ("messagepickup/2.0", "delivery-request") => {
+                let limit = msg
+                    .get("limit")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(10)
+                    .clamp(1, 1000) as usize;
+                let filter = recipient_filter(msg);
+                let batch = self.claim(conn, socket, limit, filter.as_deref()).await?;
+                if batch.is_empty() {
+                    Some(reply(
+                        "messagepickup/2.0/status",
+                        self.status(conn, msg, socket).await?,
+                    ))
+                } else {
+                    Some(self.delivery_message(&batch, Some(&thid), filter.as_deref()))
+                }
+            }
+            ("messagepickup/2.0", "messages-received") => {
+                let ids: Vec<String> = msg
+                    .get("message_id_list")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect();
+                self.acknowledge(conn, &ids, socket).await?;
+                Some(reply(
+                    "messagepickup/2.0/status",
+                    self.status(conn, &json!({}), socket).await?,
+                ))
+            }
+            ("messagepickup/2.0", "live-delivery-change") => {
+                let on = msg
+                    .get("live_delivery")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                let Some(s) = socket else {
+                    return Ok(Some(problem_report(
+                        &thid,
+                        "live-delivery-unsupported",
+                        "live delivery needs a persistent connection: use the WebSocket endpoint",
+                    )));
+                };
+                self.set_live(&conn.id, s, on);
+                let mut status = self.status(conn, &json!({}), socket).await?;
+                status["live_delivery"] = json!(on);
+                Some(reply("messagepickup/2.0/status", status))
+            }
+            ("messagepickup/1.0", "batch-pickup") => {
+                // Pickup 1.0 has no acknowledgement: a batch is the hand-over, so it is deleted
+                // once packed for the transport. Clients that can, use 2.0.
+                let size = msg
+                    .get("batch_size")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(10)
+                    .clamp(1, 1000) as usize;
+                let batch = self.claim(conn, None, size, None).await?;
+                let ids: Vec<String> = batch.iter().map(|m| m.id.clone()).collect();
+                let reply_msg = reply(
+                    "messagepickup/1.0/batch",
+                    json!({"messages~attach": batch.iter().map(|m| json!({"@id": m.id, "message": m.msg})).collect::<Vec<_>>()}),
+                );
+                self.acknowledge(conn, &ids, None).await?;
+                Some(reply_msg)
+            }
+            ("messagepickup/1.0", "status-request") => {
+                let n = self.count(&conn.id, None).await?;
+                Some(reply(
+                    "messagepickup/1.0/status",
+                    json!({"message_count": n}),
+                ))
+            }
+            (
+                "notification/1.0"
+                | "report-problem/1.0"
+                | "coordinate-mediation/1.0"
+                | "messagepickup/2.0",
+                "problem-report",
+            ) => {
+                tracing::info!(connection = %conn.id, report = %msg, "problem report from peer");
+                None
+            }
+            ("discover-features/1.0", "query") => Some(reply(
+                "discover-features/1.0/disclose",
+                json!({"protocols": [
+                    {"pid": format!("{DIDCOMM}coordinate-mediation/1.0"), "roles": ["mediator"]},
+                    {"pid": format!("{DIDCOMM}messagepickup/2.0"), "roles": ["mediator"]},
+                    {"pid": format!("{DIDCOMM}messagepickup/1.0"), "roles": ["mediator"]},
+                    {"pid": format!("{DIDCOMM}routing/1.0"), "roles": ["mediator"]},
+                    {"pid": format!("{DIDCOMM}trust_ping/1.0"), "roles": ["receiver"]},
+                ]}),
+            )),
+            _ => Some(problem_report(
+                &thid,
+                "unsupported-message-type",
+                &format!("this mediator does not handle {proto}/{name}"),
+            )),
+        })
+    }
+
+    async fn keylist_update(&self, conn: &Connection, msg: &Value) -> ApiResult<Value> {
+        let store = &self.state.store;
+        let mut updated = Vec::new();
+        for u in msg
+            .get("updates")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let given = u
+                .get("recipient_key")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let action = u.get("action").and_then(Value::as_str).unwrap_or_default();
+            let result = if conn.mediation != "granted" {
+                "client_error"
+            } else {
+                match (peer::normalize_key(given), action) {
+                    (Err(_), _) => "client_error",
+                    (Ok(k), "add") => {
+                        let res = store
+                            .compare_and_swap(
+                                ks::ROUTES,
+                                &k,
+                                None,
+                                Some((conn.id.clone().into_bytes(), None)),
+                            )
+                            .await?;
+                        match res {
+                            Cas::Swapped => {
+                                store
+                                    .put(
+                                        ks::ROUTE_BY_CONN,
+                                        &format!("{}/{k}", conn.id),
+                                        Vec::new(),
+                                        None,
+                                    )
+                                    .await?;
+                                "success"
+                            }
+                            Cas::Conflict(Some(owner)) if owner == conn.id.as_bytes() => {
+                                "no_change"
+                            }
+                            // Another connection registered this key: not ours to take.
+                            Cas::Conflict(_) => "client_error",
+                        }
+                    }
+                    (Ok(k), "remove") => {
+                        let res = store
+                            .compare_and_swap(
+                                ks::ROUTES,
+                                &k,
+                                Some(conn.id.clone().into_bytes()),
+                                None,
+                            )
+                            .await?;
+                        if res == Cas::Swapped {
+                            store
+                                .delete(ks::ROUTE_BY_CONN, &format!("{}/{k}", conn.id))
+                                .await?;
+                            "success"
+                        } else {
+                            "no_change"
+                        }
+                    }
+                    _ => "client_error",
+                }
+            };
+            updated.push(json!({"recipient_key": given, "action": action, "result": result}));
+        }
+        Ok(json!({"updated": updated}))
+    }
+
+    async fn keys_of(&self, conn_id: &str) -> ApiResult<Vec<String>> {
+        let prefix = format!("{conn_id}/");
+        Ok(self
+            .state
+            .store
+            .scan_prefix(ks::ROUTE_BY_CONN, &prefix, 10_000)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k[prefix.len()..].to_string())
+            .collect())
+    }
+
+    // ---- the queue ---------------------------------------------------------------------------
+
+    async fn forward(&self, msg: &Value) -> ApiResult<()> {
+        let to = msg
+            .get("to")
+            .and_then(Value::as_str)
+            .ok_or_else(|| self.reject(Code::DidcommBadMessage, "forward without to"))?;
+        let key = peer::normalize_key(to).map_err(|e| self.reject(Code::DidcommBadMessage, e))?;
+        let inner = msg
+            .get("msg")
+            .filter(|m| m.is_object() || m.is_string())
+            .ok_or_else(|| self.reject(Code::DidcommBadMessage, "forward without msg"))?;
+        let inner = match inner {
+            Value::String(s) => serde_json::from_str(s)
+                .map_err(|e| self.reject(Code::DidcommBadMessage, format!("forward msg: {e}")))?,
+            v => v.clone(),
+        };
+        let conn_id = self
+            .state
+            .store
+            .get(ks::ROUTES, &key)
+            .await?
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| {
+                self.reject(
+                    Code::DidcommUnknownRecipient,
+                    "no mediation registered for the forward's recipient key",
+                )
+            })?;
+        self.enqueue(&conn_id, &key, inner).await?;
+        self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.forwarded.inc();
+        }
+        Ok(())
+    }
+
+    /// Stores a message for connection `conn_id` durably, then announces it on the bus.
+    pub async fn enqueue(&self, conn_id: &str, recipient_key: &str, msg: Value) -> ApiResult<()> {
+        let max = self.cfg().max_queue_per_recipient;
+        if self.count(conn_id, Some(max + 1)).await? >= max as u64 {
+            return Err(self.reject(
+                Code::MediatorQueueFull,
+                format!("the recipient's queue holds {max} messages already; it must pick some up first"),
+            ));
+        }
+        // Sortable, unique id: millisecond time then randomness.
+        let id = format!("{:013}{}", self.now().max(0), random_id());
+        let rec = QueuedMessage {
+            id: id.clone(),
+            recipient_key: recipient_key.to_string(),
+            received_at_ms: self.now(),
+            msg,
+        };
+        let ttl = std::time::Duration::from_secs(self.cfg().message_ttl_seconds);
+        self.state
+            .store
+            .put_json(ks::QUEUE, &format!("{conn_id}/{id}"), &rec, Some(ttl))
+            .await?;
+        if self.cfg().flush_before_ack {
+            self.state.store.flush().await?;
+        }
+        self.state.bus.publish(BUS_TOPIC, conn_id).await;
+        Ok(())
+    }
+
+    async fn count(&self, conn_id: &str, limit: Option<usize>) -> ApiResult<u64> {
+        let n = self
+            .state
+            .store
+            .scan_prefix(
+                ks::QUEUE,
+                &format!("{conn_id}/"),
+                limit.unwrap_or(usize::MAX),
+            )
+            .await?
+            .len();
+        Ok(n as u64)
+    }
+
+    /// Messages not yet handed to `socket`, oldest first, marked as in flight there.
+    async fn claim(
+        &self,
+        conn: &Connection,
+        socket: Option<&Arc<Socket>>,
+        limit: usize,
+        recipient: Option<&str>,
+    ) -> ApiResult<Vec<QueuedMessage>> {
+        let prefix = format!("{}/", conn.id);
+        let inflight_len = socket
+            .and_then(|s| s.inflight.lock().ok().map(|g| g.len()))
+            .unwrap_or(0);
+        let rows = self
+            .state
+            .store
+            .scan_prefix(ks::QUEUE, &prefix, limit + inflight_len)
+            .await?;
+        let now = self.now();
+        let mut http_guard = if socket.is_none() {
+            self.http_inflight.lock().ok()
+        } else {
+            None
+        };
+        let mut http_leases = http_guard.as_mut().map(|g| {
+            let e = g.entry(conn.id.clone()).or_default();
+            e.retain(|_, at| now - *at < HTTP_LEASE_MS);
+            e
+        });
+        let mut out = Vec::new();
+        let mut guard = socket.and_then(|s| s.inflight.lock().ok());
+        for (_, raw) in rows {
+            if out.len() >= limit {
+                break;
+            }
+            let Ok(m) = serde_json::from_slice::<QueuedMessage>(&raw) else {
+                continue;
+            };
+            if recipient.is_some_and(|r| r != m.recipient_key) {
+                continue;
+            }
+            if let Some(g) = guard.as_mut() {
+                if !g.insert(m.id.clone()) {
+                    continue;
+                }
+            }
+            if let Some(l) = http_leases.as_mut() {
+                if l.contains_key(&m.id) {
+                    continue;
+                }
+                l.insert(m.id.clone(), now);
+            }
+            out.push(m);
+        }
+        drop(guard);
+        drop(http_guard);
+        self.counters
+            .delivered
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.delivered.inc_by(out.len() as u64);
+        }
+        Ok(out)
+    }
+
+    fn delivery_message(
+        &self,
+        batch: &[QueuedMessage],
+        thid: Option<&str>,
+        recipient: Option<&str>,
+    ) -> Value {
+        let mut m = json!({
+            "@type": format!("{DIDCOMM}messagepickup/2.0/delivery"),
+            "@id": random_id(),
+            "~attach": batch.iter().map(|q| json!({
+                "@id": q.id,
+                "lastmod_time": crate::crypto::rfc3339(q.received_at_ms / 1000),
+                "data": {"json": q.msg},
+            })).collect::<Vec<_>>(),
+        });
+        if let Some(t) = thid {
+            m["~thread"] = json!({"thid": t});
+        }
+        if let Some(r) = recipient.and_then(|r| peer::did_key_of(r).ok()) {
+            m["recipient_key"] = json!(r);
+        }
+        m
+    }
+
+    async fn acknowledge(
+        &self,
+        conn: &Connection,
+        ids: &[String],
+        socket: Option<&Arc<Socket>>,
+    ) -> ApiResult<()> {
+        let mut ops = Vec::new();
+        for id in ids {
+            if id.is_empty() || id.contains('/') {
+                continue;
+            }
+            ops.push(crate::store::BatchOp::Delete {
+                keyspace: ks::QUEUE,
+                key: format!("{}/{id}", conn.id),
+            });
+        }
+        let n = ops.len() as u64;
+        if !ops.is_empty() {
+            self.state.store.batch(ops).await?;
+        }
+        if let Ok(mut g) = self.http_inflight.lock() {
+            if let Some(m) = g.get_mut(&conn.id) {
+                for id in ids {
+                    m.remove(id);
+                }
+                if m.is_empty() {
+                    g.remove(&conn.id);
+                }
+            }
+        }
+        if let Some(s) = socket {
+            if let Ok(mut g) = s.inflight.lock() {
+                for id in ids {
+                    g.remove(id);
+                }
+            }
+            s.wake.notify_one();
+        }
+        self.counters.acknowledged.fetch_add(n, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.acknowledged.inc_by(n);
+        }
+        Ok(())
+    }
+
+    async fn status(
+        &self,
+        conn: &Connection,
+        req: &Value,
+        socket: Option<&Arc<Socket>>,
+    ) -> ApiResult<Value> {
+        let filter = recipient_filter(req);
+        let prefix = format!("{}/", conn.id);
+        let rows = self
+            .state
+            .store
+            .scan_prefix(ks::QUEUE, &prefix, usize::MAX)
+            .await?;
+        let now = self.now();
+        let inflight: HashSet<String> = match socket {
+            Some(s) => s.inflight.lock().map(|g| g.clone()).unwrap_or_default(),
+            None => self
+                .http_inflight
+                .lock()
+                .ok()
+                .and_then(|g| {
+                    g.get(&conn.id).map(|m| {
+                        m.iter()
+                            .filter(|(_, at)| now - **at < HTTP_LEASE_MS)
+                            .map(|(id, _)| id.clone())
+                            .collect()
+                    })
+                })
+                .unwrap_or_default(),
+        };
+        let mut count = 0u64;
+        let mut bytes = 0u64;
+        let mut oldest: Option<i64> = None;
+        for (_, raw) in rows {
+            let Ok(m) = serde_json::from_slice::<QueuedMessage>(&raw) else {
+                continue;
+            };
+            if inflight.contains(&m.id) || filter.as_deref().is_some_and(|r| r != m.recipient_key) {
+                continue;
+            }
+            count += 1;
+            bytes += raw.len() as u64;
+            oldest = Some(oldest.map_or(m.received_at_ms, |o| o.min(m.received_at_ms)));
+        }
+        let mut s = json!({"message_count": count, "total_bytes": bytes});
+        if let Some(o) = oldest {
+            s["longest_waited_seconds"] = json!(((self.now() - o) / 1000).max(0));
+        }
+        if let Some(r) = filter.and_then(|r| peer::did_key_of(&r).ok()) {
+            s["recipient_key"] = json!(r);
+        }
+        let live = socket
+            .and_then(|s| s.live_connection())
+            .is_some_and(|c| c == conn.id);
+        s["live_delivery"] = json!(live);
+        Ok(s)
+    }
+
+    // ---- live sockets ------------------------------------------------------------------------
+
+    pub fn new_socket(&self, tx: mpsc::Sender<Vec<u8>>) -> Arc<Socket> {
+        self.open_sockets.fetch_add(1, Ordering::Relaxed);
+        Arc::new(Socket::new(
+            self.next_socket.fetch_add(1, Ordering::Relaxed),
+            tx,
+        ))
+    }
+
+    pub fn close_socket(&self, s: &Arc<Socket>) {
+        self.open_sockets.fetch_sub(1, Ordering::Relaxed);
+        if let Some(conn) = s.live_connection() {
+            if let Ok(mut live) = self.live.lock() {
+                if live
+                    .get(&conn)
+                    .and_then(Weak::upgrade)
+                    .is_some_and(|cur| cur.id == s.id)
+                {
+                    live.remove(&conn);
+                }
+            }
+        }
+    }
+
+    fn set_live(&self, conn_id: &str, s: &Arc<Socket>, on: bool) {
+        if let Ok(mut g) = s.live.lock() {
+            *g = on.then(|| conn_id.to_string());
+        }
+        if let Ok(mut live) = self.live.lock() {
+            if on {
+                live.insert(conn_id.to_string(), Arc::downgrade(s));
+            } else if live
+                .get(conn_id)
+                .and_then(Weak::upgrade)
+                .is_some_and(|cur| cur.id == s.id)
+            {
+                live.remove(conn_id);
+            }
+        }
+        if on {
+            // Everything unacknowledged is delivered again on this socket.
+            if let Ok(mut g) = s.inflight.lock() {
+                g.clear();
+            }
+            s.wake.notify_one();
+        }
+    }
+
+    pub fn max_message_bytes(&self) -> usize {
+        self.cfg().max_message_bytes
+    }
+
+    /// (ping interval, idle timeout) for WebSockets.
+    pub fn ws_timers(&self) -> (std::time::Duration, std::time::Duration) {
+        (
+            std::time::Duration::from_secs(self.cfg().ws_ping_seconds.max(1)),
+            std::time::Duration::from_secs(self.cfg().ws_idle_timeout_seconds.max(2)),
+        )
+    }
+
+    /// Queues a reply that could not travel back on HTTP for the pickup of its recipient.
+    pub async fn queue_reply_for_sender(&self, packed: &[u8]) -> ApiResult<()> {
+        let v: Value = serde_json::from_slice(packed).map_err(ApiError::internal)?;
+        let kid = v
+            .get("protected")
+            .and_then(Value::as_str)
+            .and_then(|p| URL_SAFE_NO_PAD.decode(p.trim_end_matches('=')).ok())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|h| {
+                h.pointer("/recipients/0/header/kid")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            });
+        if let Some(kid) = kid {
+            if let Ok(c) = self.connection_by_key(&kid).await {
+                self.enqueue(&c.id, &c.their_verkey, v).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn wake_all(&self) {
+        let all: Vec<Arc<Socket>> = self
+            .live
+            .lock()
+            .map(|l| l.values().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default();
+        for s in all {
+            s.wake.notify_one();
+        }
+    }
+
+    /// Wakes the local socket holding `conn_id` live, if any (called for bus events).
+    pub fn wake(&self, conn_id: &str) {
+        let s = self
+            .live
+            .lock()
+            .ok()
+            .and_then(|l| l.get(conn_id).and_then(Weak::upgrade));
+        if let Some(s) = s {
+            s.wake.notify_one();
+        }
+    }
+
+    /// Pushes what the live connection of `s` has queued and `s` has not been handed yet.
+    pub async fn pump(&self, s: &Arc<Socket>) -> ApiResult<()> {
+        let Some(conn_id) = s.live_connection() else {
+            return Ok(());
+        };
+        let Some(conn) = self
+            .state
+            .store
+            .get_json::<Connection>(ks::CONNECTIONS, &conn_id)
+            .await?
+        else {
+            return Ok(());
+        };
+        loop {
+            let room = MAX_INFLIGHT.saturating_sub(s.inflight.lock().map(|g| g.len()).unwrap_or(0));
+            if room == 0 {
+                return Ok(());
+            }
+            // The socket task that drains `tx` is the one running this pump: never wait on a full
+            // channel; what is left goes out on the next wake (every acknowledgement wakes it).
+            if s.tx.capacity() == 0 {
+                return Ok(());
+            }
+            let batch = self
+                .claim(&conn, Some(s), room.min(DELIVERY_BATCH), None)
+                .await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let packed = self.pack_for(
+                &self.delivery_message(&batch, None, None),
+                &conn.their_verkey,
+            )?;
+            if s.tx.try_send(packed).is_err() {
+                // Not expected (capacity checked, one producer): release the claim.
+                if let Ok(mut g) = s.inflight.lock() {
+                    for m in &batch {
+                        g.remove(&m.id);
+                    }
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    // ---- admin -------------------------------------------------------------------------------
+
+    pub async fn stats(&self) -> ApiResult<MediatorStats> {
+        let store = &self.state.store;
+        let conns = store.scan_prefix(ks::CONNECTIONS, "", usize::MAX).await?;
+        let granted = conns
+            .iter()
+            .filter_map(|(_, v)| serde_json::from_slice::<Connection>(v).ok())
+            .filter(|c| c.mediation == "granted")
+            .count();
+        let live = self
+            .live
+            .lock()
+            .map(|l| l.values().filter(|w| w.strong_count() > 0).count())
+            .unwrap_or(0);
+        Ok(MediatorStats {
+            did: self.did.clone(),
+            routing_key: self.did_key.clone(),
+            connections: conns.len() as u64,
+            mediations_granted: granted as u64,
+            registered_keys: store.scan_prefix(ks::ROUTES, "", usize::MAX).await?.len() as u64,
+            live_sockets: live as u64,
+            open_sockets: self.open_sockets.load(Ordering::Relaxed),
+            queued_messages: store.scan_prefix(ks::QUEUE, "", usize::MAX).await?.len() as u64,
+            forwarded_total: self.counters.forwarded.load(Ordering::Relaxed),
+            delivered_total: self.counters.delivered.load(Ordering::Relaxed),
+            acknowledged_total: self.counters.acknowledged.load(Ordering::Relaxed),
+        })
+    }
+
+    pub async fn connections(&self, limit: usize) -> ApiResult<Vec<Connection>> {
+        Ok(self
+            .state
+            .store
+            .scan_prefix(ks::CONNECTIONS, "", limit)
+            .await?
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+            .collect())
+    }
+}
+
+fn recipient_filter(msg: &Value) -> Option<String> {
+    msg.get("recipient_key")
+        .and_then(Value::as_str)
+        .and_then(|k| peer::normalize_key(k).ok())
+}
+
+fn problem_report(thid: &str, code: &str, explain: &str) -> Value {
+    json!({
+        "@type": format!("{DIDCOMM}report-problem/1.0/problem-report"),
+        "@id": random_id(),
+        "~thread": {"thid": thid},
+        "description": {"en": explain, "code": code},
+    })
+}
+
+/// The mediator's endpoints: `public_url/didcomm` and its WebSocket form.
+pub fn endpoints(state: &AppState) -> Vec<String> {
+    let http = format!("{}/didcomm", state.public_url);
+    let ws = if let Some(rest) = http.strip_prefix("https://") {
+        format!("wss://{rest}/ws")
+    } else if let Some(rest) = http.strip_prefix("http://") {
+        format!("ws://{rest}/ws")
+    } else {
+        format!("{http}/ws")
+    };
+    vec![http, ws]
+}
+
+/// The mediator key: created once (compare-and-swap, so two nodes starting together agree),
+/// sealed at rest, stable across restarts.
+async fn load_or_create_key(state: &AppState) -> anyhow::Result<SigningKey> {
+    const ID: &str = "mediator";
+    const AAD: &[u8] = b"mediator_keys/mediator";
+    let open = |sealed: &[u8]| -> anyhow::Result<SigningKey> {
+        let seed = state.sealer.open(AAD, sealed)?;
+        let seed: [u8; 32] = seed
+            .as_slice()
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("mediator key has the wrong length"))?;
+        Ok(SigningKey::from_bytes(&seed))
+    };
+    if let Some(sealed) = state.store.get(ks::KEYS, ID).await? {
+        return open(&sealed);
+    }
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let sealed = state.sealer.seal(AAD, key.to_bytes().as_slice())?;
+    match state
+        .store
+        .compare_and_swap(ks::KEYS, ID, None, Some((sealed, None)))
+        .await?
+    {
+        Cas::Swapped => Ok(key),
+        Cas::Conflict(Some(other)) => open(&other),
+        Cas::Conflict(None) => anyhow::bail!("mediator key vanished while being created"),
+    }
+}
+
+fn register_metrics(state: &AppState) -> Result<Metrics, prometheus::Error> {
+    let forwarded =
+        prometheus::IntCounter::new("mediator_forwarded_total", "forward messages queued")?;
+    let delivered = prometheus::IntCounter::new(
+        "mediator_delivered_total",
+        "queued messages handed to recipients (redeliveries included)",
+    )?;
+    let acknowledged = prometheus::IntCounter::new(
+        "mediator_acknowledged_total",
+        "queued messages deleted on messages-received",
+    )?;
+    let rejected = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "mediator_rejected_total",
+            "inbound DIDComm messages refused, by error code",
+        ),
+        &["code"],
+    )?;
+    let r = &state.metrics.registry;
+    r.register(Box::new(forwarded.clone()))?;
+    r.register(Box::new(delivered.clone()))?;
+    r.register(Box::new(acknowledged.clone()))?;
+    r.register(Box::new(rejected.clone()))?;
+    Ok(Metrics {
+        forwarded,
+        delivered,
+        acknowledged,
+        rejected,
+    })
+}
