@@ -26,6 +26,6 @@ cargo test --all-targets "$@"
 # The role suites a second time with every spawned server on Redis (one redis-server for the run,
 # a key prefix per test server). Only when no test filter was given.
 if [ $# -eq 0 ]; then
-  echo "== issuer, verifier, wallet and VC-API suites on the Redis backend"
-  IDSTACK_TEST_STORE=redis cargo test --test it -- issuer:: verifier:: wallet:: vc_api::
+  echo "== issuer, verifier, wallet, VC-API and mediator suites on the Redis backend"
+  IDSTACK_TEST_STORE=redis cargo test --test it -- issuer:: verifier:: wallet:: vc_api:: mediator::
 fi

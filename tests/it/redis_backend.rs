@@ -520,3 +520,56 @@ async fn balancer_round_robins_per_request_and_passes_streams() {
     a.stop();
     b.stop();
 }
+
+/// credo-ts live delivery across nodes: the recipient's WebSocket is held by one node, the sender's
+/// forwards land on the others (round robin), and the Redis bus wakes the socket's node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn credo_live_delivery_across_three_nodes() {
+    let d = deployment(3).await;
+    let public = d.public();
+    let r: Value = guarded_client()
+        .get(format!("{public}/api/mediator/invitation"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let inv = r["invitation_url"].as_str().unwrap().to_string();
+    assert!(inv.starts_with(&public), "{inv}");
+    tokio::task::spawn_blocking(move || {
+        use crate::mediator::Credo;
+        let mut alice = Credo::spawn("alice");
+        let mut bob = Credo::spawn("bob");
+        alice.ok(json!({"cmd": "start", "mediatorInvitationUrl": inv, "pickup": "live", "transport": "ws"}));
+        bob.ok(json!({"cmd": "start", "mediatorInvitationUrl": null, "pickup": "none", "transport": "http"}));
+        let ainv = alice.ok(json!({"cmd": "createInvitation"}));
+        let conn = bob.ok(json!({"cmd": "receiveInvitation", "invitationUrl": ainv["invitation_url"]}));
+        let cid = conn["connection_id"].as_str().unwrap().to_string();
+        for i in 0..6 {
+            bob.ok(json!({"cmd": "sendMessage", "connectionId": cid, "content": format!("cross-{i}")}));
+        }
+        let got = alice.ok(json!({"cmd": "messages", "expect": 6, "timeoutMs": 20000}));
+        let texts: Vec<&str> = got["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap())
+            .collect();
+        for i in 0..6 {
+            assert!(texts.contains(&format!("cross-{i}").as_str()), "{texts:?}");
+        }
+    })
+    .await
+    .unwrap();
+    // the forwards really were spread: more than one node accepted inbound DIDComm
+    let inbound = d.served("/didcomm").await;
+    assert!(
+        inbound.iter().filter(|n| **n > 0).count() >= 2,
+        "{inbound:?}"
+    );
+    for n in d.nodes {
+        n.stop();
+    }
+}
