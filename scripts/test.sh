@@ -16,4 +16,16 @@ tests/browser/install.sh
 if ! python3 -c 'import locust' 2>/dev/null; then
   python3 -m pip install --quiet -r loadtest/requirements.txt
 fi
+# The Redis store backend is tested against a real redis-server (Debian package); the test harness
+# starts its own instances on free 127.0.0.1 ports.
+if ! command -v redis-server >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; fi
+fi
 cargo test --all-targets "$@"
+# The role suites a second time with every spawned server on Redis (one redis-server for the run,
+# a key prefix per test server). Only when no test filter was given.
+if [ $# -eq 0 ]; then
+  echo "== issuer, verifier, wallet, VC-API and mediator suites on the Redis backend"
+  IDSTACK_TEST_STORE=redis cargo test --test it -- issuer:: verifier:: wallet:: vc_api:: mediator::
+fi

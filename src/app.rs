@@ -14,7 +14,7 @@ use utoipa::OpenApi;
 use utoipa_actix_web::AppExt;
 
 use crate::clock::{random_token, SharedClock, SystemClock};
-use crate::config::{Mode, Secret, Settings};
+use crate::config::{Mode, Secret, Settings, StoreBackend};
 use crate::http::{self, auth::AdminTokens, metrics::Metrics, openapi::ApiDoc};
 use crate::roles::Role;
 use crate::state::{AppState, Readiness};
@@ -89,15 +89,21 @@ async fn openapi_json(doc: web::Data<OpenApiJson>) -> HttpResponse {
 pub struct Opened {
     pub store: Arc<dyn Store>,
     pub sealer: Sealer,
-    /// The event bus matching the store: in-process for sled; cluster/Redis replace it.
+    /// The event bus matching the store: in-process for sled, Redis pub/sub for Redis; cluster
+    /// mode replaces it.
     pub bus: Arc<dyn crate::bus::Bus>,
     /// Set once the node has joined its cluster (`app::run` in cluster mode).
     pub cluster: Option<crate::cluster::Handle>,
+    /// Backend-specific Prometheus collectors (Redis latency and errors), registered by `run`.
+    pub collectors: Vec<Box<dyn prometheus::core::Collector>>,
 }
 
 /// Opens the store and the sealer (with the sandbox master-key fallback) and checks that the
 /// master key is the one the data was sealed with.
 pub async fn open_store(settings: &Settings, clock: SharedClock) -> anyhow::Result<Opened> {
+    if settings.raw.store.backend == StoreBackend::Redis {
+        return open_redis(settings, clock).await;
+    }
     let store_cfg = &settings.raw.store;
     let dir = store_cfg.path.clone();
     let cache = store_cfg.cache_capacity_bytes;
@@ -138,6 +144,7 @@ pub async fn open_store(settings: &Settings, clock: SharedClock) -> anyhow::Resu
         sealer,
         bus: Arc::new(crate::bus::LocalBus::new()),
         cluster: None,
+        collectors: Vec::new(),
     })
 }
 
@@ -154,6 +161,37 @@ pub async fn open_store_offline(settings: &Settings, clock: SharedClock) -> anyh
     }
     let _ = clock;
     Ok(opened)
+}
+
+/// Redis: stateless nodes sharing one Redis, so the master key must come from config (the same on
+/// every node; a key generated next to a node's data dir cannot work) — sandbox mode included.
+#[cfg(feature = "redis")]
+async fn open_redis(settings: &Settings, clock: SharedClock) -> anyhow::Result<Opened> {
+    use crate::store::redis_store::{RedisOptions, RedisStore};
+    let key = settings.master_key.as_ref().context(
+        "store.backend = \"redis\" needs store.master_key or store.master_key_file, the same on every node",
+    )?;
+    let sealer = Sealer::from_secret(key).context("store.master_key")?;
+    let opts = RedisOptions::from_settings(settings);
+    let store = RedisStore::connect(opts.clone(), clock)
+        .await
+        .context("connecting to Redis (store.redis.url)")?;
+    let collectors = store.metrics().collectors();
+    let bus = crate::bus_redis::RedisBus::start(&opts, store.conn());
+    let store: Arc<dyn Store> = Arc::new(store);
+    check_master_key(&store, &sealer).await?;
+    Ok(Opened {
+        store,
+        sealer,
+        bus: Arc::new(bus),
+        cluster: None,
+        collectors,
+    })
+}
+
+#[cfg(not(feature = "redis"))]
+async fn open_redis(_settings: &Settings, _clock: SharedClock) -> anyhow::Result<Opened> {
+    anyhow::bail!("store.backend = \"redis\" but this build has no `redis` feature")
 }
 
 /// A sealed canary in the system keyspace: created once, and it must open with today's key.
@@ -248,7 +286,7 @@ pub async fn run(
     let opened = open_store(&settings, opts.clock.clone()).await?;
     let readiness = Arc::new(Readiness::default());
     let mut tasks = Tasks::default();
-    let opened = if raw.cluster.enabled {
+    let mut opened = if raw.cluster.enabled {
         join_cluster(&settings, opened, &opts, &readiness, &mut tasks, &shutdown).await?
     } else {
         opened
@@ -286,6 +324,12 @@ pub async fn run(
             .metrics
             .register(&metrics.registry)
             .context("cluster metrics")?;
+    }
+    for c in std::mem::take(&mut opened.collectors) {
+        metrics
+            .registry
+            .register(c)
+            .context("registering store metrics")?;
     }
     let state = AppState {
         settings: settings.clone(),
@@ -334,6 +378,9 @@ pub async fn run(
     if let Some(c) = &state.cluster {
         c.set_ready(true).await;
         readiness.set_ready("cluster");
+    }
+    if raw.store.backend == StoreBackend::Redis {
+        spawn_store_probe(&mut tasks, &shutdown, &state);
     }
 
     let roles: Vec<&str> = settings.roles.iter().map(|r| Role::as_str(*r)).collect();
@@ -436,6 +483,46 @@ fn spawn_sweeper(tasks: &mut Tasks, shutdown: &CancellationToken, state: &AppSta
                     }
                     if let Err(e) = store.flush().await {
                         tracing::warn!(error = %e, "periodic flush failed");
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// An external store can go away under a running node: probe it every second and report it as a
+/// readiness component (`/health/ready` then names it), so balancers route around the node until
+/// the store is back. Requests meanwhile fail fast with 503 (the backend's command timeout).
+fn spawn_store_probe(tasks: &mut Tasks, shutdown: &CancellationToken, state: &AppState) {
+    let store = state.store.clone();
+    let readiness = state.readiness.clone();
+    tasks.spawn("store-probe", shutdown, move |token| async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut was_ok = true;
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tick.tick() => {
+                    let res = tokio::time::timeout(Duration::from_secs(3), store.probe()).await;
+                    match res {
+                        Ok(Ok(())) => {
+                            if !was_ok {
+                                tracing::info!("store reachable again");
+                            }
+                            was_ok = true;
+                            readiness.set_ready("store_backend");
+                        }
+                        Ok(Err(e)) => {
+                            if was_ok {
+                                tracing::warn!(error = %e, "store unreachable");
+                            }
+                            was_ok = false;
+                            readiness.set_not_ready("store_backend", e.to_string());
+                        }
+                        Err(_) => {
+                            was_ok = false;
+                            readiness.set_not_ready("store_backend", "probe timed out");
+                        }
                     }
                 }
             }

@@ -1,4 +1,4 @@
-//! Command line: `serve | healthcheck | config print | store export|import | admin-token`.
+//! Command line: `serve | healthcheck | config print | store export|import|migrate | admin-token`.
 
 use std::path::PathBuf;
 
@@ -127,6 +127,22 @@ pub enum StoreCommand {
         /// Input file (default: stdin).
         #[arg(long = "in")]
         input: Option<PathBuf>,
+    },
+    /// Copy every live record from one store into another, e.g. a single node's sled data into
+    /// Redis: `store migrate --from sled:./data --to redis://10.0.0.5:6379`. Values stay sealed,
+    /// so the nodes on the target need the source's master key. Stop the nodes first.
+    Migrate {
+        #[command(flatten)]
+        args: ServeArgs,
+        /// Source: `sled:DATA_DIR`, or `redis://…` / `rediss://…` (comma-separated cluster nodes).
+        #[arg(long)]
+        from: String,
+        /// Target, in the same forms as --from.
+        #[arg(long)]
+        to: String,
+        /// Key prefix on a Redis side (default: store.redis.key_prefix).
+        #[arg(long)]
+        key_prefix: Option<String>,
     },
 }
 

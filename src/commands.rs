@@ -82,6 +82,16 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("imported {n} records");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Store(StoreCommand::Migrate {
+            args,
+            from,
+            to,
+            key_prefix,
+        }) => {
+            let settings = settings(path, &args)?;
+            migrate(&settings, &from, &to, key_prefix.as_deref()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Agent { stdio } => {
             if !stdio {
                 anyhow::bail!("use `idstack agent --stdio`");
@@ -206,4 +216,84 @@ async fn healthcheck(
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Opens `sled:DATA_DIR` or `redis://…` for `store migrate`.
+async fn open_spec(
+    settings: &Settings,
+    spec: &str,
+    key_prefix: Option<&str>,
+) -> anyhow::Result<std::sync::Arc<dyn crate::store::Store>> {
+    let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
+    if let Some(dir) = spec.strip_prefix("sled:") {
+        let dir = std::path::PathBuf::from(dir);
+        let cache = settings.raw.store.cache_capacity_bytes;
+        let store =
+            tokio::task::spawn_blocking(move || crate::store::SledStore::open(&dir, cache, clock))
+                .await
+                .context("store open task")?
+                .with_context(|| format!("opening {spec}"))?;
+        return Ok(std::sync::Arc::new(store));
+    }
+    if spec.starts_with("redis://") || spec.starts_with("rediss://") {
+        #[cfg(feature = "redis")]
+        {
+            use crate::store::redis_store::{RedisOptions, RedisStore};
+            let mut opts = RedisOptions::from_settings(settings);
+            opts.urls = spec
+                .split(',')
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .collect();
+            opts.cluster = settings.raw.store.redis.cluster || opts.urls.len() > 1;
+            if let Some(p) = key_prefix {
+                opts.key_prefix = p.to_string();
+            }
+            let store = RedisStore::connect(opts, clock)
+                .await
+                .context("connecting to Redis")?;
+            return Ok(std::sync::Arc::new(store));
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            let _ = key_prefix;
+            anyhow::bail!("this build has no `redis` feature");
+        }
+    }
+    anyhow::bail!("`{spec}`: expected sled:DATA_DIR, redis://… or rediss://…")
+}
+
+/// `idstack store migrate`: export from one store, import into the other. Refuses a target that
+/// already holds data sealed under a different master key (its seal canary differs).
+async fn migrate(
+    settings: &Settings,
+    from: &str,
+    to: &str,
+    key_prefix: Option<&str>,
+) -> anyhow::Result<()> {
+    const CANARY: &str = "seal_canary";
+    let src = open_spec(settings, from, key_prefix).await?;
+    let dst = open_spec(settings, to, key_prefix).await?;
+    let sys = crate::store::keyspaces::SYSTEM;
+    if let (Some(a), Some(b)) = (src.get(sys, CANARY).await?, dst.get(sys, CANARY).await?) {
+        if a != b {
+            anyhow::bail!(
+                "the target already holds data sealed under another master key; use an empty target (or another key prefix)"
+            );
+        }
+    }
+    let records = src.export_all().await?;
+    let n = dst.import(records).await?;
+    dst.flush().await?;
+    eprintln!("migrated {n} records");
+    if let Some(dir) = from.strip_prefix("sled:") {
+        let key = std::path::Path::new(dir).join(crate::store::seal::MASTER_KEY_FILE);
+        if key.exists() {
+            eprintln!(
+                "note: the data was sealed with the sandbox key {}; give the target's nodes that key (store.master_key_file)",
+                key.display()
+            );
+        }
+    }
+    Ok(())
 }

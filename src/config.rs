@@ -196,21 +196,70 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
+    pub backend: StoreBackend,
     pub path: PathBuf,
     pub master_key: Secret,
     pub master_key_file: PathBuf,
     pub sweep_interval_seconds: u64,
     pub cache_capacity_bytes: u64,
+    pub redis: RedisConfig,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
+            backend: StoreBackend::Sled,
             path: PathBuf::from("./data"),
             master_key: Secret::default(),
             master_key_file: PathBuf::new(),
             sweep_interval_seconds: 30,
             cache_capacity_bytes: 64 * 1024 * 1024,
+            redis: RedisConfig::default(),
+        }
+    }
+}
+
+/// Which engine holds the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// Embedded sled database under `store.path` (one node, or the built-in cluster).
+    Sled,
+    /// An external Redis / Valkey (single server or Redis Cluster); nodes are stateless.
+    Redis,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// One `redis://` / `rediss://` URL, or several: the seed nodes of a Redis Cluster.
+    #[serde(deserialize_with = "string_list")]
+    pub url: Vec<String>,
+    /// Treat a single URL as a Redis Cluster seed (several URLs always mean cluster).
+    pub cluster: bool,
+    /// Every key is `{<key_prefix>}:...`; deployments sharing a Redis use distinct prefixes.
+    #[serde(deserialize_with = "scalar_to_string")]
+    pub key_prefix: String,
+    /// Multiplexed connections per node (single-server mode).
+    pub pool_size: usize,
+    pub connect_timeout_ms: u64,
+    /// Upper bound for one store operation; past it the request fails with 503.
+    pub command_timeout_ms: u64,
+    pub password: Secret,
+    pub password_file: PathBuf,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: vec!["redis://127.0.0.1:6379".into()],
+            cluster: false,
+            key_prefix: "idstack".into(),
+            pool_size: 4,
+            connect_timeout_ms: 1_000,
+            command_timeout_ms: 2_000,
+            password: Secret::default(),
+            password_file: PathBuf::new(),
         }
     }
 }
@@ -448,6 +497,8 @@ pub struct Settings {
     pub admin_tokens: Vec<Secret>,
     pub master_key: Option<Secret>,
     pub cluster_secret: Option<Secret>,
+    /// `store.redis.password(_file)`, when set (a password in the URL also works).
+    pub redis_password: Option<Secret>,
 }
 
 impl Config {
@@ -534,6 +585,21 @@ impl Config {
                 ));
             }
         }
+        let redis_password = secret_from(
+            &self.store.redis.password,
+            &self.store.redis.password_file,
+            "store.redis.password",
+        )?;
+        if self.store.backend == StoreBackend::Redis {
+            if self.cluster.enabled {
+                // Redis already shares every record between nodes; the gossip cluster replicates
+                // a node's own embedded store. Running both would replicate Redis into itself.
+                return Err(ConfigError::Invalid(
+                    "cluster.enabled and store.backend = \"redis\" exclude each other: Redis nodes are already stateless; use one or the other".into(),
+                ));
+            }
+            validate_redis(&self.store.redis, master_key.is_some())?;
+        }
         Ok(Settings {
             raw: self,
             bind,
@@ -541,6 +607,7 @@ impl Config {
             admin_tokens,
             master_key,
             cluster_secret,
+            redis_password,
         })
     }
 
@@ -548,6 +615,51 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+}
+
+/// Checks a Redis backend configuration: the build, the URLs, the prefix, and a shared master key.
+fn validate_redis(r: &RedisConfig, has_master_key: bool) -> Result<(), ConfigError> {
+    if !cfg!(feature = "redis") {
+        return Err(ConfigError::Invalid(
+            "store.backend = \"redis\" but this build has no `redis` feature".into(),
+        ));
+    }
+    if r.url.is_empty() {
+        return Err(ConfigError::Invalid(
+            "store.redis.url is empty: give redis://host:port, rediss://host:port or the cluster nodes"
+                .into(),
+        ));
+    }
+    for u in &r.url {
+        if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+            return Err(ConfigError::Invalid(format!(
+                "store.redis.url `{u}` must start with redis:// or rediss://"
+            )));
+        }
+    }
+    if r.key_prefix.is_empty() || r.key_prefix.len() > 64 || r.key_prefix.contains(['{', '}', ' '])
+    {
+        return Err(ConfigError::Invalid(
+            "store.redis.key_prefix must be 1-64 characters without braces or spaces".into(),
+        ));
+    }
+    if r.pool_size == 0 || r.pool_size > 64 {
+        return Err(ConfigError::Invalid(
+            "store.redis.pool_size must be between 1 and 64".into(),
+        ));
+    }
+    if r.command_timeout_ms == 0 || r.connect_timeout_ms == 0 {
+        return Err(ConfigError::Invalid(
+            "store.redis.command_timeout_ms and connect_timeout_ms must be positive".into(),
+        ));
+    }
+    // Every node seals and opens the same records: a per-node generated key cannot work.
+    if !has_master_key {
+        return Err(ConfigError::Invalid(
+            "store.backend = \"redis\" needs store.master_key or store.master_key_file, the same on every node (also in sandbox mode)".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn secret_from(value: &Secret, file: &Path, key: &str) -> Result<Option<Secret>, ConfigError> {
@@ -695,6 +807,50 @@ mod tests {
         let mut c = Config::default();
         c.admin.tokens = vec![Secret::new("short")];
         assert!(c.finish().is_err());
+    }
+
+    #[test]
+    fn redis_backend_is_validated() {
+        let mut c = Config::default();
+        c.store.backend = StoreBackend::Redis;
+        let e = c.clone().finish().unwrap_err().to_string();
+        if cfg!(feature = "redis") {
+            assert!(e.contains("master_key"), "{e}");
+            c.store.master_key = Secret::new("k");
+            c.clone().finish().unwrap();
+            c.store.redis.url = vec!["http://x".into()];
+            assert!(c.clone().finish().is_err());
+            c.store.redis.url = vec![];
+            assert!(c.clone().finish().is_err());
+            c.store.redis.url = vec!["redis://a:1".into()];
+            c.store.redis.key_prefix = "a{b}".into();
+            assert!(c.finish().is_err());
+        } else {
+            assert!(e.contains("redis"), "{e}");
+        }
+    }
+
+    #[test]
+    fn redis_settings_come_from_env() {
+        let c = extract(
+            "",
+            &[
+                ("IDSTACK__STORE__BACKEND", "redis"),
+                (
+                    "IDSTACK__STORE__REDIS__URL",
+                    "redis://10.0.0.1:7000,redis://10.0.0.2:7000",
+                ),
+                ("IDSTACK__STORE__REDIS__KEY_PREFIX", "prod1"),
+                ("IDSTACK__STORE__REDIS__PASSWORD", "pw-123"),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.store.backend, StoreBackend::Redis);
+        assert_eq!(c.store.redis.url.len(), 2);
+        assert_eq!(c.store.redis.key_prefix, "prod1");
+        assert_eq!(c.store.redis.password.expose(), "pw-123");
+        assert!(!c.to_redacted_toml().contains("pw-123"));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 
 pub mod app;
 pub mod bus;
+#[cfg(feature = "redis")]
+pub mod bus_redis;
 pub mod cli;
 pub mod client;
 pub mod clock;

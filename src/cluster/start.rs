@@ -240,6 +240,7 @@ pub async fn start(
         sealer: opened.sealer,
         bus: Arc::new(super::bus::ClusterBus::new(node)),
         cluster: Some(cluster.clone()),
+        collectors: opened.collectors,
     };
     Ok((opened, cluster))
 }
@@ -380,6 +381,7 @@ mod tests {
             sealer: crate::store::Sealer::new(&[1u8; 32]),
             bus: Arc::new(crate::bus::LocalBus::new()),
             cluster: None,
+            collectors: Vec::new(),
         };
         let readiness = Arc::new(Readiness::default());
         let mut tasks = Tasks::default();

@@ -48,6 +48,15 @@ impl OAuthError {
             "internal error",
         )
     }
+    /// `fallback` for a lookup that failed, unless the store was unreachable: that stays a 503.
+    pub fn unless_unavailable(e: crate::error::ApiError, fallback: Self) -> Self {
+        if e.code == crate::error::Code::Unavailable {
+            Self::unavailable(e.detail)
+        } else {
+            fallback
+        }
+    }
+
     pub fn unavailable(description: impl Into<String>) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

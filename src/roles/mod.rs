@@ -135,6 +135,7 @@ pub fn compiled_features() -> Vec<&'static str> {
         (cfg!(feature = "wallet"), "wallet"),
         (cfg!(feature = "mediator"), "mediator"),
         (cfg!(feature = "cluster"), "cluster"),
+        (cfg!(feature = "redis"), "redis"),
         (cfg!(feature = "swagger-ui"), "swagger-ui"),
     ] {
         if on {

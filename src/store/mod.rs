@@ -1,12 +1,16 @@
 //! The store: a small trait over named keyspaces that every role talks to, never to sled itself.
 //!
-//! Semantics every backend keeps (sled today; Redis and the cluster layer later):
+//! Semantics every backend keeps (sled, Redis in `redis_store`, and the cluster layer):
 //! - a record may carry a deadline; once past it the record is absent for every read and CAS,
 //!   and a background sweep deletes it;
 //! - `compare_and_swap` is the one primitive for single-use transitions (codes, nonces, sessions);
 //! - `batch` applies several writes atomically, across keyspaces;
 //! - values are opaque bytes; secrets are sealed by the caller with [`seal::Sealer`] before `put`.
 
+#[cfg(test)]
+pub(crate) mod conformance;
+#[cfg(feature = "redis")]
+pub mod redis_store;
 pub mod seal;
 pub mod sled_store;
 

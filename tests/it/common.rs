@@ -23,6 +23,161 @@ pub struct Builder {
     env: Vec<(String, String)>,
     dir: Option<tempfile::TempDir>,
     admin: bool,
+    store: StoreChoice,
+    bind: String,
+}
+
+/// Which store a spawned server uses.
+#[derive(Clone)]
+enum StoreChoice {
+    /// `IDSTACK_TEST_STORE=redis` → the shared test Redis with a prefix derived from the data dir
+    /// (so a restart on the same dir sees its data, and no two test servers collide); else sled.
+    FromEnv,
+    Sled,
+    /// This Redis URL and key prefix (multi-node and outage tests).
+    Redis {
+        url: String,
+        prefix: String,
+    },
+}
+
+/// Master key every Redis-backed test server shares (nodes of one deployment must).
+pub const TEST_MASTER_KEY: &str =
+    "0101010101010101010101010101010101010101010101010101010101010101";
+
+/// `IDSTACK_TEST_STORE=redis`: every spawned server runs on Redis.
+pub fn redis_mode() -> bool {
+    std::env::var("IDSTACK_TEST_STORE").is_ok_and(|v| v == "redis")
+}
+
+/// The shared test Redis: `IDSTACK_TEST_REDIS_URL` (scripts/test.sh starts one), else a
+/// redis-server started once per test process on a free port (stopped by a watchdog when the
+/// test process exits).
+pub fn redis_url() -> String {
+    use std::sync::OnceLock;
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(u) = std::env::var("IDSTACK_TEST_REDIS_URL") {
+            if !u.is_empty() {
+                return u;
+            }
+        }
+        let r = RedisServer::start(false);
+        let url = r.url();
+        r.detach_with_watchdog();
+        url
+    })
+    .clone()
+}
+
+/// A redis-server child on a free 127.0.0.1 port in its own temp dir.
+pub struct RedisServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    persistent: bool,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// `persistent`: append-only file fsynced on every write, so a kill -9 loses nothing acknowledged.
+    pub fn start(persistent: bool) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = Self {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            persistent,
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the server on the same port and dir and waits until it answers PING.
+    pub fn restart(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--save")
+            .arg("")
+            .arg("--loglevel")
+            .arg("warning");
+        if self.persistent {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let mut buf = [0u8; 7];
+                if c.write_all(b"PING\r\n").is_ok()
+                    && c.read_exact(&mut buf).is_ok()
+                    && &buf == b"+PONG\r\n"
+                {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Leaves the server running until this test process exits.
+    fn detach_with_watchdog(mut self) {
+        if let Some(c) = self.child.take() {
+            let script = format!(
+                "while kill -0 {} 2>/dev/null && kill -0 {} 2>/dev/null; do sleep 1; done; kill {} 2>/dev/null",
+                std::process::id(),
+                c.id(),
+                c.id()
+            );
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            std::mem::forget(c);
+        }
+        // keep the dir for the server's lifetime
+        std::mem::forget(std::mem::replace(
+            &mut self.dir,
+            tempfile::tempdir().unwrap(),
+        ));
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 impl Builder {
@@ -44,6 +199,24 @@ impl Builder {
         self.admin = false;
         self
     }
+    /// Listen here instead of a port-0 address (nodes behind a balancer started before them).
+    pub fn bind(mut self, addr: &str) -> Self {
+        self.bind = addr.into();
+        self
+    }
+    /// Always sled, whatever `IDSTACK_TEST_STORE` says (tests of the embedded store itself).
+    pub fn sled(mut self) -> Self {
+        self.store = StoreChoice::Sled;
+        self
+    }
+    /// This Redis and key prefix, whatever `IDSTACK_TEST_STORE` says.
+    pub fn redis(mut self, url: &str, prefix: &str) -> Self {
+        self.store = StoreChoice::Redis {
+            url: url.into(),
+            prefix: prefix.into(),
+        };
+        self
+    }
 
     pub fn spawn(self) -> (Child, tempfile::TempDir, PathBuf, PathBuf) {
         let dir = self.dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
@@ -61,7 +234,7 @@ impl Builder {
         cmd.current_dir(dir.path())
             .arg("serve")
             .arg("--bind")
-            .arg("127.0.0.1:0")
+            .arg(&self.bind)
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .arg("--ready-file")
@@ -78,6 +251,27 @@ impl Builder {
         }
         if self.admin {
             cmd.env("IDSTACK__ADMIN__TOKENS", ADMIN_TOKEN);
+        }
+        let redis = match &self.store {
+            StoreChoice::Redis { url, prefix } => Some((url.clone(), prefix.clone())),
+            StoreChoice::FromEnv if redis_mode() => {
+                // The prefix follows the data dir: a restart on the same dir finds its data.
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::hash::Hash::hash(&dir.path(), &mut h);
+                let prefix = format!(
+                    "it-{}-{:016x}",
+                    std::process::id(),
+                    std::hash::Hasher::finish(&h)
+                );
+                Some((redis_url(), prefix))
+            }
+            _ => None,
+        };
+        if let Some((url, prefix)) = redis {
+            cmd.env("IDSTACK__STORE__BACKEND", "redis")
+                .env("IDSTACK__STORE__REDIS__URL", url)
+                .env("IDSTACK__STORE__REDIS__KEY_PREFIX", prefix)
+                .env("IDSTACK__STORE__MASTER_KEY", TEST_MASTER_KEY);
         }
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -134,6 +328,8 @@ impl Server {
             env: Vec::new(),
             dir: None,
             admin: true,
+            store: StoreChoice::FromEnv,
+            bind: "127.0.0.1:0".into(),
         }
     }
 

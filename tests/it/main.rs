@@ -8,7 +8,6 @@
 )]
 
 mod agent;
-#[cfg(feature = "cluster")]
 mod balancer;
 #[cfg(feature = "cluster")]
 mod cluster;
@@ -21,6 +20,7 @@ mod issuer;
 mod load;
 mod mediator;
 mod openapi_coverage;
+mod redis_backend;
 mod vc_api;
 mod verifier;
 mod wallet;

@@ -13,14 +13,14 @@ use crate::common::{expect_problem, Server, ADMIN_TOKEN};
 use crate::interop::interop_dir;
 
 /// A credo-mediation.mjs agent driven line by line.
-struct Credo {
+pub(crate) struct Credo {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
 }
 
 impl Credo {
-    fn spawn(label: &str) -> Self {
+    pub(crate) fn spawn(label: &str) -> Self {
         assert!(
             interop_dir()
                 .join("credo/node_modules/@credo-ts/didcomm")
@@ -44,7 +44,7 @@ impl Credo {
         }
     }
 
-    fn ask(&mut self, cmd: Value) -> Value {
+    pub(crate) fn ask(&mut self, cmd: Value) -> Value {
         writeln!(self.stdin, "{cmd}").unwrap();
         self.stdin.flush().unwrap();
         let mut line = String::new();
@@ -53,7 +53,7 @@ impl Credo {
             .unwrap_or_else(|e| panic!("credo answered {line:?} to {cmd}: {e}"))
     }
 
-    fn ok(&mut self, cmd: Value) -> Value {
+    pub(crate) fn ok(&mut self, cmd: Value) -> Value {
         let r = self.ask(cmd.clone());
         assert_eq!(r["ok"], true, "{cmd} -> {r}");
         r

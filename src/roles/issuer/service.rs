@@ -615,9 +615,9 @@ impl IssuerService {
         issuer_id: &str,
         req: TokenRequest,
     ) -> Result<TokenResponse, OAuthError> {
-        self.get_issuer(issuer_id)
-            .await
-            .map_err(|_| OAuthError::invalid_request("unknown issuer"))?;
+        self.get_issuer(issuer_id).await.map_err(|e| {
+            OAuthError::unless_unavailable(e, OAuthError::invalid_request("unknown issuer"))
+        })?;
         match req.grant_type.as_deref() {
             Some(PRE_AUTH_GRANT) => self.token_pre_authorized(issuer_id, req).await,
             Some("authorization_code") => self.token_authorization_code(issuer_id, req).await,
@@ -920,9 +920,9 @@ impl IssuerService {
     // ---- nonce endpoint ------------------------------------------------------------------------
 
     pub async fn nonce(&self, issuer_id: &str) -> Result<String, OAuthError> {
-        self.get_issuer(issuer_id)
-            .await
-            .map_err(|_| OAuthError::invalid_request("unknown issuer"))?;
+        self.get_issuer(issuer_id).await.map_err(|e| {
+            OAuthError::unless_unavailable(e, OAuthError::invalid_request("unknown issuer"))
+        })?;
         let n = random_token(24);
         self.state
             .store
@@ -960,10 +960,9 @@ impl IssuerService {
                 "the access token belongs to another issuer",
             ));
         }
-        let issuer = self
-            .get_issuer(issuer_id)
-            .await
-            .map_err(|_| OAuthError::invalid_token("unknown issuer"))?;
+        let issuer = self.get_issuer(issuer_id).await.map_err(|e| {
+            OAuthError::unless_unavailable(e, OAuthError::invalid_token("unknown issuer"))
+        })?;
         let config_id = match (&req.credential_configuration_id, &req.credential_identifier) {
             (Some(c), None) => c.clone(),
             (None, Some(i)) => i.clone(),

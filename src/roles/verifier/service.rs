@@ -466,10 +466,9 @@ impl VerifierService {
         id: &str,
         form: HashMap<String, String>,
     ) -> Result<ResponseOutcome, OAuthError> {
-        let v = self
-            .get_verifier(verifier_id)
-            .await
-            .map_err(|_| OAuthError::invalid_request("unknown verifier"))?;
+        let v = self.get_verifier(verifier_id).await.map_err(|e| {
+            OAuthError::unless_unavailable(e, OAuthError::invalid_request("unknown verifier"))
+        })?;
         let key = session_key(verifier_id, id);
         let store = &self.state.store;
         let Some(raw) = store.get(ks::SESSIONS, &key).await? else {

@@ -1,0 +1,575 @@
+//! The Redis store backend end to end: outage and recovery, `store migrate` from sled, and three
+//! stateless nodes on one Redis behind a per-request round-robin balancer.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::balancer;
+use crate::common::{expect_problem, redis_url, run_cli, RedisServer, Server, ADMIN_TOKEN};
+use crate::holder::{create_offer, pre_auth_code, token};
+
+fn identity() -> Value {
+    json!({"given_name": "Erika", "family_name": "Mustermann", "email": "erika@example.org"})
+}
+
+fn offer_body() -> Value {
+    json!({"credential_configuration_ids": ["IdentityCredential_dc_sd_jwt"], "claims": identity()})
+}
+
+/// A client whose timeout only guards against a hang; no assertion is about speed.
+fn guarded_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        idstack::clock::random_id()
+    )
+}
+
+async fn wait_ready(base: &str, want: u16) {
+    let c = guarded_client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = c.get(format!("{base}/health/ready")).send().await {
+            if r.status().as_u16() == want {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{base} never answered {want} on /health/ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_outage_answers_503_problems_then_recovers_with_nothing_acknowledged_lost() {
+    let mut redis = RedisServer::start(true);
+    let s = Server::builder()
+        .redis(&redis.url(), &unique("outage"))
+        .start()
+        .await;
+    let c = guarded_client();
+    let mut offers = Vec::new();
+    for _ in 0..5 {
+        offers.push(create_offer(&s, "default", offer_body()).await);
+    }
+    let ready: Value = c
+        .get(s.url("/health/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+
+    redis.kill();
+
+    // Reads and writes fail with 503 problem+json (and Retry-After), not a hang or a 500.
+    let id = offers[0]["id"].as_str().unwrap();
+    let r = c
+        .get(s.url(&format!("/issuers/default/offers/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("retry-after").is_some());
+    expect_problem(r, 503, "service_unavailable").await;
+    let r = c
+        .post(s.url("/api/issuers/default/offers"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&offer_body())
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 503, "service_unavailable").await;
+    let r = c
+        .post(s.url("/issuers/default/token"))
+        .form(&[
+            ("grant_type", crate::holder::PRE_AUTH),
+            ("pre-authorized_code", &pre_auth_code(&offers[1])),
+        ])
+        .send()
+        .await
+        .unwrap();
+    // OAuth endpoints answer OAuth errors (RFC 6749 JSON), with the same 503 status
+    assert_eq!(r.status(), 503, "{}", r.text().await.unwrap());
+    // readiness names the store; liveness is unaffected
+    let r = c.get(s.url("/health/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["failing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["component"].as_str().unwrap().starts_with("store")),
+        "{body}"
+    );
+    assert_eq!(
+        c.get(s.url("/health/live")).send().await.unwrap().status(),
+        200
+    );
+    let metrics = c
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("idstack_redis_errors_total{kind=\"unavailable\""),
+        "{metrics}"
+    );
+    assert!(metrics.contains("idstack_redis_up 0"), "{metrics}");
+
+    // Redis comes back: the node recovers by itself, and every acknowledged offer is still there.
+    redis.restart();
+    wait_ready(&s.base, 200).await;
+    for o in &offers {
+        let id = o["id"].as_str().unwrap();
+        let r = c
+            .get(s.url(&format!("/issuers/default/offers/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.json::<Value>().await.unwrap(), o["credential_offer"]);
+    }
+    // and still single-use: the code whose redemption failed during the outage works once
+    let (st, tok) = token(&s, "default", &pre_auth_code(&offers[1]), None).await;
+    assert_eq!(st, 200, "{tok}");
+    let (st, _) = token(&s, "default", &pre_auth_code(&offers[1]), None).await;
+    assert_eq!(st, 400);
+    s.stop();
+}
+
+#[tokio::test]
+async fn store_migrate_moves_a_sled_node_into_redis() {
+    let s = Server::builder().sled().start().await;
+    let offer = create_offer(&s, "default", offer_body()).await;
+    let dir = s.stop();
+    let data = dir.path().join("data");
+    let url = redis_url();
+    let prefix = unique("migrated");
+    let (st, _, err) = run_cli(
+        dir.path(),
+        &[
+            "store",
+            "migrate",
+            "--from",
+            &format!("sled:{}", data.display()),
+            "--to",
+            &url,
+            "--key-prefix",
+            &prefix,
+        ],
+        &[],
+    );
+    assert!(st.success(), "{err}");
+    assert!(err.contains("migrated"), "{err}");
+    assert!(
+        err.contains("master.key"),
+        "the sandbox key is pointed out: {err}"
+    );
+    // bad specs are refused
+    let (st, _, err) = run_cli(
+        dir.path(),
+        &["store", "migrate", "--from", "nope:/x", "--to", &url],
+        &[],
+    );
+    assert!(!st.success());
+    assert!(err.contains("expected sled:"), "{err}");
+
+    // A node on Redis with the source's master key serves the migrated data.
+    let key_file = data.join("master.key");
+    let node = Server::builder()
+        .redis(&url, &prefix)
+        .env("IDSTACK__STORE__MASTER_KEY", "")
+        .env(
+            "IDSTACK__STORE__MASTER_KEY_FILE",
+            key_file.to_str().unwrap(),
+        )
+        .start()
+        .await;
+    let id = offer["id"].as_str().unwrap();
+    let r = reqwest::get(node.url(&format!("/issuers/default/offers/{id}")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), offer["credential_offer"]);
+    let (st, tok) = token(&node, "default", &pre_auth_code(&offer), None).await;
+    assert_eq!(st, 200, "{tok}");
+    node.stop();
+
+    // Another master key does not open the migrated data: refusal at startup.
+    let (mut child, _d, _ready, log) = Server::builder()
+        .redis(&url, &prefix)
+        .env(
+            "IDSTACK__STORE__MASTER_KEY",
+            "0202020202020202020202020202020202020202020202020202020202020202",
+        )
+        .spawn();
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(log.contains("master key does not open"), "{log}");
+}
+
+#[tokio::test]
+async fn redis_backend_needs_a_configured_master_key_and_a_reachable_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let (st, _, err) = run_cli(
+        dir.path(),
+        &["config", "print"],
+        &[("IDSTACK__STORE__BACKEND", "redis")],
+    );
+    assert!(!st.success());
+    assert!(err.contains("master_key"), "{err}");
+    // nothing listens on this port: a clear startup error, quickly, not a hang
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (mut child, _d, _ready, log) = Server::builder()
+        .redis(&format!("redis://127.0.0.1:{port}"), "nobody")
+        .spawn();
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(log.contains("connecting to Redis"), "{log}");
+}
+
+/// Three stateless nodes on one Redis behind a per-request round-robin balancer.
+struct Deployment {
+    nodes: Vec<Server>,
+    lb: balancer::Balancer,
+}
+
+async fn deployment(n: usize) -> Deployment {
+    let prefix = unique("lb");
+    let ports: Vec<u16> = (0..n)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let lb = balancer::Balancer::start(
+        ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect(),
+    )
+    .await;
+    let public = format!("http://{}", lb.addr);
+    let url = redis_url();
+    let mut nodes = Vec::new();
+    for p in ports {
+        nodes.push(
+            Server::builder()
+                .redis(&url, &prefix)
+                .bind(&format!("127.0.0.1:{p}"))
+                .arg("--public-url")
+                .arg(&public)
+                .start()
+                .await,
+        );
+    }
+    Deployment { nodes, lb }
+}
+
+impl Deployment {
+    fn public(&self) -> String {
+        format!("http://{}", self.lb.addr)
+    }
+
+    /// HTTP requests each node has answered on `route` (from its own /metrics).
+    async fn served(&self, route: &str) -> Vec<u64> {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            let m = reqwest::get(n.url("/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let total: u64 = m
+                .lines()
+                .filter(|l| {
+                    l.starts_with("idstack_http_requests_total{")
+                        && l.contains(&format!("route=\"{route}\""))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum();
+            out.push(total);
+        }
+        out
+    }
+}
+
+/// The node clients block: run them off the runtime that drives the in-test balancer.
+async fn node_client(script: &'static str, args: Vec<String>) -> Value {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        crate::interop::node(script, &args)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_stateless_nodes_share_sessions_and_single_use_codes_and_survive_a_kill() {
+    let mut d = deployment(3).await;
+    let public = d.public();
+    let c = guarded_client();
+
+    // OID4VCI through the balancer: the Animo holder's offer, token, nonce and credential
+    // requests land on different nodes.
+    let offer = c
+        .post(format!("{public}/api/issuers/default/offers"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&offer_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(offer.status(), 201);
+    let offer: Value = offer.json().await.unwrap();
+    let issued = node_client(
+        "oid4vci-holder.mjs",
+        vec![
+            "--offer".into(),
+            offer["offer_uri"].as_str().unwrap().into(),
+        ],
+    )
+    .await;
+    let cred_dir = tempfile::tempdir().unwrap();
+    let cred = cred_dir.path().join("cred.json");
+    std::fs::write(&cred, issued.to_string()).unwrap();
+
+    // OID4VP: a session created on node 0, completed by the wallet through the balancer.
+    let sess: Value = c
+        .post(d.nodes[0].url("/api/verifiers/default/sessions"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "claims": [{"path": ["given_name"]}]}]}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(sess["request_uri"].as_str().unwrap().starts_with(&public));
+    let out = node_client(
+        "oid4vp-wallet.mjs",
+        vec![
+            "--request".into(),
+            sess["authorization_request"].as_str().unwrap().into(),
+            "--credential".into(),
+            cred.to_str().unwrap().into(),
+            "--replay".into(),
+        ],
+    )
+    .await;
+    assert_eq!(out["status"], 200, "{out}");
+    assert_eq!(
+        out["replay"]["status"], 400,
+        "replay rejected on another node: {out}"
+    );
+    // every node sees the completed session
+    let sid = sess["id"].as_str().unwrap();
+    for n in &d.nodes {
+        let r: Value = c
+            .get(n.url(&format!("/api/verifiers/default/sessions/{sid}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["state"], "completed", "{r}");
+        assert_eq!(r["credentials"][0]["claims"]["given_name"], "Erika");
+    }
+    // the protocol requests really were spread over the nodes
+    let posts = d.served("/verifiers/{verifier}/responses/{session}").await;
+    assert!(posts.iter().filter(|n| **n > 0).count() >= 2, "{posts:?}");
+
+    // Pre-authorized code replay across nodes: the same code at every node at once, one success.
+    for _ in 0..3 {
+        let offer = create_offer(&d.nodes[1], "default", offer_body()).await;
+        let code = pre_auth_code(&offer);
+        let attempts = d.nodes.iter().flat_map(|n| {
+            let code = code.clone();
+            let url = n.url("/issuers/default/token");
+            let c = c.clone();
+            (0..3).map(move |_| {
+                let (code, url, c) = (code.clone(), url.clone(), c.clone());
+                tokio::spawn(async move {
+                    c.post(url)
+                        .form(&[
+                            ("grant_type", crate::holder::PRE_AUTH),
+                            ("pre-authorized_code", code.as_str()),
+                        ])
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                        .as_u16()
+                })
+            })
+        });
+        let mut statuses = Vec::new();
+        for a in attempts.collect::<Vec<_>>() {
+            statuses.push(a.await.unwrap());
+        }
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 200).count(),
+            1,
+            "{statuses:?}"
+        );
+        assert!(
+            statuses.iter().all(|s| *s == 200 || *s == 400),
+            "{statuses:?}"
+        );
+    }
+
+    // kill -9 one node: the others keep serving every request through the balancer.
+    let mut victim = d.nodes.remove(2);
+    let mut child = victim.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for _ in 0..6 {
+        let r = c
+            .post(format!("{public}/api/issuers/default/offers"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&offer_body())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let o: Value = r.json().await.unwrap();
+        let r = c
+            .post(format!("{public}/issuers/default/token"))
+            .form(&[
+                ("grant_type", crate::holder::PRE_AUTH),
+                ("pre-authorized_code", pre_auth_code(&o).as_str()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    drop(victim);
+    for n in d.nodes.drain(..) {
+        n.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balancer_round_robins_per_request_and_passes_streams() {
+    let a = Server::builder().sled().start().await;
+    let b = Server::builder().sled().start().await;
+    let lb = balancer::Balancer::start(vec![a.base.clone(), b.base.clone()]).await;
+    let c = reqwest::Client::new(); // one keep-alive connection, many requests
+    for _ in 0..10 {
+        let r = c
+            .get(format!("http://{}/health/live", lb.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let body = c
+        .post(format!("http://{}/api/issuers/default/offers", lb.addr))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"credential_configuration_ids": ["nope"]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(body.status().is_client_error());
+    for s in [&a, &b] {
+        let m = reqwest::get(s.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let live: u64 = m
+            .lines()
+            .filter(|l| {
+                l.starts_with("idstack_http_requests_total{")
+                    && l.contains("route=\"/health/live\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert_eq!(live, 5, "per-request round robin: {m}");
+    }
+    drop(lb);
+    a.stop();
+    b.stop();
+}
+
+/// credo-ts live delivery across nodes: the recipient's WebSocket is held by one node, the sender's
+/// forwards land on the others (round robin), and the Redis bus wakes the socket's node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn credo_live_delivery_across_three_nodes() {
+    let d = deployment(3).await;
+    let public = d.public();
+    let r: Value = guarded_client()
+        .get(format!("{public}/api/mediator/invitation"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let inv = r["invitation_url"].as_str().unwrap().to_string();
+    assert!(inv.starts_with(&public), "{inv}");
+    tokio::task::spawn_blocking(move || {
+        use crate::mediator::Credo;
+        let mut alice = Credo::spawn("alice");
+        let mut bob = Credo::spawn("bob");
+        alice.ok(json!({"cmd": "start", "mediatorInvitationUrl": inv, "pickup": "live", "transport": "ws"}));
+        bob.ok(json!({"cmd": "start", "mediatorInvitationUrl": null, "pickup": "none", "transport": "http"}));
+        let ainv = alice.ok(json!({"cmd": "createInvitation"}));
+        let conn = bob.ok(json!({"cmd": "receiveInvitation", "invitationUrl": ainv["invitation_url"]}));
+        let cid = conn["connection_id"].as_str().unwrap().to_string();
+        for i in 0..6 {
+            bob.ok(json!({"cmd": "sendMessage", "connectionId": cid, "content": format!("cross-{i}")}));
+        }
+        let got = alice.ok(json!({"cmd": "messages", "expect": 6, "timeoutMs": 20000}));
+        let texts: Vec<&str> = got["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap())
+            .collect();
+        for i in 0..6 {
+            assert!(texts.contains(&format!("cross-{i}").as_str()), "{texts:?}");
+        }
+    })
+    .await
+    .unwrap();
+    // the forwards really were spread: more than one node accepted inbound DIDComm
+    let inbound = d.served("/didcomm").await;
+    assert!(
+        inbound.iter().filter(|n| **n > 0).count() >= 2,
+        "{inbound:?}"
+    );
+    for n in d.nodes {
+        n.stop();
+    }
+}
