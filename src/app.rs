@@ -218,6 +218,10 @@ async fn check_master_key(store: &Arc<dyn Store>, sealer: &Sealer) -> anyhow::Re
 
 const ADMIN_TOKEN_KEY: &str = "sandbox_admin_token";
 
+/// How long an idle HTTP/1.1 connection stays open: longer than the pool idle timeout of the
+/// clients idstack ships (load harness 20 s), shorter than a balancer's usual 60 s.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+
 /// Sandbox: one admin token generated on first start, stored sealed, printed once.
 async fn sandbox_admin_token(opened: &Opened) -> anyhow::Result<Secret> {
     if let Some(t) = stored_admin_token(opened).await? {
@@ -313,6 +317,9 @@ pub async fn run(
 
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
+        // Below the 5 s keep-alive of Node and most servers: a pooled connection the peer has
+        // already closed would fail the next request with "connection closed before message completed".
+        .pool_idle_timeout(Duration::from_secs(4))
         .timeout(Duration::from_secs(15))
         .user_agent(concat!("idstack/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -366,6 +373,7 @@ pub async fn run(
     let app_data = data.clone();
     let server = HttpServer::new(move || build_app(app_data.clone()).0.app_data(doc.clone()))
         .workers(workers)
+        .keep_alive(KEEP_ALIVE)
         .disable_signals()
         .shutdown_timeout(raw.server.shutdown_timeout_seconds)
         .listen(listener)?

@@ -9,7 +9,7 @@ async function api(path, opts = {}, auth = token()) {
   const r = await fetch(path, { ...opts, headers });
   const text = await r.text();
   let body; try { body = JSON.parse(text); } catch { body = text; }
-  if (!r.ok) throw new Error(body && body.detail ? `${body.code}: ${body.detail}` : `HTTP ${r.status}`);
+  if (!r.ok) throw Object.assign(new Error(body && body.detail ? `${body.code}: ${body.detail}` : `HTTP ${r.status}`), { status: r.status });
   return body;
 }
 
@@ -32,6 +32,24 @@ async function refreshStatus() {
     $('store-size').textContent = `${(sys.store_size_bytes / 1048576).toFixed(1)} MiB on disk`;
     $('token-state').textContent = 'token accepted';
   } catch (e) { $('token-state').textContent = e.message; }
+  refreshCluster();
+}
+
+// Cluster members as this node sees them (GET /api/cluster; absent in builds without `cluster`).
+async function refreshCluster() {
+  const table = $('cluster-members');
+  try {
+    const c = await api('/api/cluster');
+    if (!c.enabled) { $('cluster-state').textContent = 'single node'; table.hidden = true; return; }
+    const alive = c.members.filter((m) => m.state === 'alive').length;
+    $('cluster-state').textContent = `cluster ${c.cluster_id}: this node ${c.node_id}${c.leader ? ' (leader)' : ''}, ${alive} of ${c.members.length} members alive`;
+    table.tBodies[0].innerHTML = c.members.map((m) => `<tr><td>${esc(m.node_id)}</td><td class="${m.state === 'alive' ? 'ok' : 'bad'}">${esc(m.state)}</td><td>${m.ready}</td><td>${m.caught_up}</td><td>${esc(m.roles.join(', '))}</td><td><code>${esc(m.rpc_addr)}</code></td><td>${m.sync && m.sync.last_sync_ms ? new Date(m.sync.last_sync_ms).toLocaleTimeString() : '—'}</td></tr>`).join('');
+    table.hidden = false;
+  } catch (e) {
+    // 404: a build without the cluster feature; anything else is a real error worth showing.
+    $('cluster-state').textContent = e.status === 404 ? 'single node' : `cluster status unavailable: ${e.message}`;
+    table.hidden = true;
+  }
 }
 
 async function refreshTenants() {

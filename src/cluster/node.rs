@@ -160,7 +160,7 @@ impl Node {
         let http = reqwest::Client::builder()
             .connect_timeout(settings.rpc_timeout)
             .timeout(settings.rpc_timeout)
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(20))
             .build()?;
         Ok(Self {
             metrics: ClusterMetrics::new()?,

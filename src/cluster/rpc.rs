@@ -207,6 +207,9 @@ pub fn server(
             }))
     })
     .workers(2)
+    // Longer than the RPC client's pool idle timeout (20 s), so the server never closes a
+    // connection the client is about to reuse.
+    .keep_alive(std::time::Duration::from_secs(60))
     .disable_signals()
     .shutdown_timeout(2)
     .listen(listener)?

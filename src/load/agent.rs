@@ -199,6 +199,7 @@ impl Agent {
 pub async fn run_stdio() -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
+        .pool_idle_timeout(std::time::Duration::from_secs(4))
         .build()?;
     let mut agent = Agent {
         http,

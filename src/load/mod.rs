@@ -54,6 +54,10 @@ pub struct LoadArgs {
     /// Cap on flows per second across all users (default: as fast as possible).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Users started per second, as Locust's spawn rate (default: all at once). Each user still
+    /// runs `--duration` after its setup, so the run lasts about users / spawn-rate + duration.
+    #[arg(long)]
+    pub spawn_rate: Option<f64>,
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -471,6 +475,7 @@ async fn wallet_flow(ctx: &Ctx, token: &str, wallet: &str) -> Option<()> {
 pub async fn run(args: LoadArgs) -> anyhow::Result<bool> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.users.max(8))
+        .pool_idle_timeout(Duration::from_secs(20))
         .timeout(Duration::from_secs(30))
         .build()?;
     let ctx = Arc::new(Ctx {
@@ -494,14 +499,20 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<bool> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut handles = Vec::new();
+    let spawn_every = args
+        .spawn_rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(1.0 / r));
+    // Users started late by --spawn-rate run longer, so all of them overlap for --duration.
+    let ramp = spawn_every.map_or(Duration::ZERO, |e| e * args.users as u32);
     for u in 0..args.users {
-        handles.push(tokio::spawn(user_loop(
-            ctx.clone(),
-            args.scenario,
-            args.duration,
-            pace,
-            u,
-        )));
+        let delay = spawn_every.map_or(Duration::ZERO, |e| e * u as u32);
+        let ctx = ctx.clone();
+        let (scenario, duration) = (args.scenario, args.duration + (ramp - delay));
+        handles.push(tokio::spawn(async move {
+            tokio::time::sleep_until((started + delay).into()).await;
+            user_loop(ctx, scenario, duration, pace, u).await
+        }));
     }
     let progress = {
         let ctx = ctx.clone();

@@ -1,9 +1,10 @@
 // Runs the console's guided demo end to end in headless Chromium and saves a screenshot.
-// usage: node demo.mjs --url http://127.0.0.1:PORT --token <admin token> --screenshot out.png
+// usage: node demo.mjs --url http://127.0.0.1:PORT --token <admin token> --screenshot out.png [--cluster-node ID]
+// With --cluster-node, the node is in cluster mode and the status panel must list that member.
 import { parseArgs } from 'node:util';
 import { chromium } from 'playwright-core';
 
-const { values } = parseArgs({ options: { url: { type: 'string' }, token: { type: 'string' }, screenshot: { type: 'string', default: 'console-demo.png' } } });
+const { values } = parseArgs({ options: { url: { type: 'string' }, token: { type: 'string' }, screenshot: { type: 'string', default: 'console-demo.png' }, 'cluster-node': { type: 'string' } } });
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
@@ -42,6 +43,21 @@ try {
   await page.waitForSelector('#mediator-invitation img.qr', { timeout: 10000 });
   const invUrl = await page.textContent('#mediator-invitation-url');
   if (!invUrl.includes('/didcomm?oob=')) failures.push(`mediator invitation: ${invUrl}`);
+  // Status panel: cluster members when clustered, "single node" otherwise.
+  const member = values['cluster-node'];
+  // The panel refreshes every 5 s: wait (up to 20 s) for the expected content, then report what is shown.
+  const expectCluster = (m) => {
+    const state = document.querySelector('#cluster-state').textContent;
+    if (!m) return state === 'single node';
+    const rows = [...document.querySelectorAll('#cluster-members tbody tr')].map((tr) => [...tr.cells].map((c) => c.textContent));
+    return state.includes(`this node ${m}`) && rows.some((r) => r[0] === m && r[1] === 'alive');
+  };
+  const shown = await page.waitForFunction(expectCluster, member, { timeout: 20000 }).then(() => true, () => false);
+  if (!shown) {
+    const clusterState = await page.textContent('#cluster-state');
+    const rows = await page.$$eval('#cluster-members tbody tr', (trs) => trs.map((tr) => [...tr.cells].map((c) => c.textContent)));
+    failures.push(`cluster panel: ${clusterState} ${JSON.stringify(rows)}`);
+  }
   await page.screenshot({ path: values.screenshot, fullPage: true });
   console.log(JSON.stringify({ ok: failures.length === 0, verdict, disclosed, failures, screenshot: values.screenshot }));
 } catch (e) {

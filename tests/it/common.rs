@@ -396,7 +396,12 @@ impl Drop for Server {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::new()
+    // Tests block their runtime while a Node peer starts (seconds): a pooled connection idle
+    // past the server's keep-alive must not be reused.
+    reqwest::Client::builder()
+        .pool_idle_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap()
 }
 
 /// Asserts an RFC 9457 problem with the given status and code; returns the body.

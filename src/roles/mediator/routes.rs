@@ -143,7 +143,9 @@ async fn run_socket(
                         })
                     }
                 };
-                match svc.receive(&bytes, Some(&socket)).await {
+                // Boxed: the engine's futures are large, and inlined they would make every idle
+                // socket's task as big as the deepest message handler.
+                match Box::pin(svc.receive(&bytes, Some(&socket))).await {
                     Ok(replies) => {
                         let mut closed = false;
                         for r in replies.envelopes {
@@ -165,7 +167,7 @@ async fn run_socket(
                 if session.binary(out).await.is_err() { break None }
             }
             _ = socket.wake.notified() => {
-                if let Err(e) = svc.pump(&socket).await {
+                if let Err(e) = Box::pin(svc.pump(&socket)).await {
                     tracing::warn!(error = %e, "live delivery failed");
                 }
             }
