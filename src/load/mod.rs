@@ -28,6 +28,11 @@ pub enum Scenario {
     Verify,
     /// Wallet API: list credentials and accept an offer, per logged-in user.
     Wallet,
+    /// Wallet API: log in (argon2id verification), per user with its own account and wallet.
+    WalletLogin,
+    /// Wallet API: list the credentials of the user's own wallet (one tenant per user: with more
+    /// users than the coordinator's idle cache, tenant contexts are evicted and reopened).
+    WalletList,
     /// DIDComm mediator: each user connects (out-of-band + DID exchange), gets mediation, registers
     /// a key, opens a WebSocket with pickup 2.0 live mode and holds it open for the duration.
     MediatorConnect,
@@ -253,14 +258,16 @@ async fn user_loop(
     let s = &ctx.stats;
     // per-user setup
     let mut held: Option<String> = None;
-    let mut wallet_auth: Option<(String, String)> = None;
+    let mut wallet_auth: Option<WalletUser> = None;
     match scenario {
         Scenario::Verify => {
             held = issue_flow(&ctx, &key, "IdentityCredential_dc_sd_jwt", unix_now())
                 .await
                 .and_then(|r| r.credential.as_str().map(str::to_string))
         }
-        Scenario::Wallet => wallet_auth = wallet_setup(&ctx, user).await,
+        Scenario::Wallet | Scenario::WalletLogin | Scenario::WalletList => {
+            wallet_auth = wallet_setup(&ctx, user).await
+        }
         Scenario::MediatorConnect | Scenario::MediatorPing | Scenario::MediatorMessage => {
             mediator::user(&ctx, scenario, duration, pace, user).await;
             return;
@@ -315,8 +322,12 @@ async fn user_loop(
                 }
             },
             Scenario::MediatorConnect | Scenario::MediatorPing | Scenario::MediatorMessage => false,
-            Scenario::Wallet => match &wallet_auth {
-                Some((token, wallet)) => wallet_flow(&ctx, token, wallet).await.is_some(),
+            Scenario::Wallet | Scenario::WalletLogin | Scenario::WalletList => match &wallet_auth {
+                Some(u) => match scenario {
+                    Scenario::WalletLogin => wallet_login(&ctx, &u.credentials).await.is_some(),
+                    Scenario::WalletList => wallet_list(&ctx, u).await.is_some(),
+                    _ => wallet_flow(&ctx, u).await.is_some(),
+                },
                 None => {
                     s.error("setup", "no wallet session".into());
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -394,33 +405,45 @@ async fn verify_flow(ctx: &Ctx, key: &SigningKey, credential: &str) -> Option<()
     Some(())
 }
 
-async fn wallet_setup(ctx: &Ctx, user: usize) -> Option<(String, String)> {
+/// A registered wallet user with a session token and its own wallet (tenant).
+struct WalletUser {
+    credentials: Value,
+    token: String,
+    wallet: String,
+}
+
+async fn wallet_login(ctx: &Ctx, credentials: &Value) -> Option<String> {
+    let login: Value = timed(&ctx.stats, "wallet: login", async {
+        let r = ctx
+            .http
+            .post(format!("{}/wallet/auth/login", ctx.target))
+            .json(credentials)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| e.to_string())?;
+        r.json::<Value>().await.map_err(|e| e.to_string())
+    })
+    .await?;
+    Some(login["token"].as_str()?.to_string())
+}
+
+async fn wallet_setup(ctx: &Ctx, user: usize) -> Option<WalletUser> {
     let s = &ctx.stats;
     let email = format!("load-{}-{user}@example.org", crate::clock::random_id());
-    let body = json!({"email": email, "password": "load-test-password"});
+    let credentials = json!({"email": email, "password": "load-test-password"});
     let http = &ctx.http;
     let t = &ctx.target;
     timed(s, "wallet: register", async {
         http.post(format!("{t}/wallet/auth/register"))
-            .json(&body)
+            .json(&credentials)
             .send()
             .await
             .and_then(|r| r.error_for_status())
             .map_err(|e| e.to_string())
     })
     .await?;
-    let login: Value = timed(s, "wallet: login", async {
-        http.post(format!("{t}/wallet/auth/login"))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json::<Value>()
-            .await
-            .map_err(|e| e.to_string())
-    })
-    .await?;
-    let token = login["token"].as_str()?.to_string();
+    let token = wallet_login(ctx, &credentials).await?;
     let w: Value = timed(s, "wallet: create wallet", async {
         http.post(format!("{t}/wallet/wallets"))
             .bearer_auth(&token)
@@ -433,21 +456,35 @@ async fn wallet_setup(ctx: &Ctx, user: usize) -> Option<(String, String)> {
             .map_err(|e| e.to_string())
     })
     .await?;
-    Some((token, w["id"].as_str()?.to_string()))
+    Some(WalletUser {
+        credentials,
+        token,
+        wallet: w["id"].as_str()?.to_string(),
+    })
 }
 
-async fn wallet_flow(ctx: &Ctx, token: &str, wallet: &str) -> Option<()> {
-    let s = &ctx.stats;
-    let (http, t) = (&ctx.http, &ctx.target);
-    timed(s, "wallet: list credentials", async {
-        http.get(format!("{t}/wallet/wallets/{wallet}/credentials"))
-            .bearer_auth(token)
+async fn wallet_list(ctx: &Ctx, u: &WalletUser) -> Option<()> {
+    timed(&ctx.stats, "wallet: list credentials", async {
+        ctx.http
+            .get(format!(
+                "{}/wallet/wallets/{}/credentials",
+                ctx.target, u.wallet
+            ))
+            .bearer_auth(&u.token)
             .send()
             .await
             .and_then(|r| r.error_for_status())
             .map_err(|e| e.to_string())
     })
-    .await?;
+    .await
+    .map(drop)
+}
+
+async fn wallet_flow(ctx: &Ctx, u: &WalletUser) -> Option<()> {
+    let s = &ctx.stats;
+    let (http, t) = (&ctx.http, &ctx.target);
+    let (token, wallet) = (&u.token, &u.wallet);
+    wallet_list(ctx, u).await?;
     let offer = timed(
         s,
         "admin: create offer",

@@ -29,7 +29,9 @@ struct Spec {
 }
 
 fn node_builder(spec: &Spec, seeds: &str, public_url: &str) -> crate::common::Builder {
+    // Cluster mode and the Redis backend exclude each other: cluster nodes are sled nodes.
     Server::builder()
+        .sled()
         .arg("--cluster")
         .env("IDSTACK__CLUSTER__NODE_ID", &spec.id)
         .env(

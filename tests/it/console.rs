@@ -27,6 +27,7 @@ async fn guided_demo_on_a_cluster_node() {
         }
     };
     let s = Server::builder()
+        .sled()
         .arg("--cluster")
         .env("IDSTACK__CLUSTER__NODE_ID", "console-n1")
         .env(

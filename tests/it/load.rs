@@ -42,6 +42,8 @@ async fn every_scenario_runs_clean_and_reports_json() {
         "issue",
         "verify",
         "wallet",
+        "wallet-login",
+        "wallet-list",
         "mediator-connect",
         "mediator-ping",
         "mediator-message",

@@ -109,14 +109,13 @@ impl WalletService {
             ));
         }
         let password = req.password.clone();
-        let hash = tokio::task::spawn_blocking(move || {
+        let hash = password_work(move || {
             let salt = SaltString::generate(&mut rand::rngs::OsRng);
             Argon2::default()
                 .hash_password(password.as_bytes(), &salt)
                 .map(|h| h.to_string())
         })
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .map_err(ApiError::internal)?;
         let account = Account {
             id: random_id(),
@@ -168,7 +167,7 @@ impl WalletService {
             .map(|a| a.password_hash.clone())
             .unwrap_or_else(|| DUMMY_HASH.to_string());
         let password = req.password.clone();
-        let ok = tokio::task::spawn_blocking(move || {
+        let ok = password_work(move || {
             PasswordHash::new(&hash)
                 .map(|h| {
                     Argon2::default()
@@ -177,8 +176,7 @@ impl WalletService {
                 })
                 .unwrap_or(false)
         })
-        .await
-        .map_err(ApiError::internal)?;
+        .await?;
         let account = match account {
             Some(a) if ok => a,
             _ => {
@@ -1307,6 +1305,24 @@ impl WalletService {
         };
         oid4vp::presentation(req, &held, names, now).map_err(client_err)
     }
+}
+
+/// Runs an argon2id hash or verification on the blocking pool, at most one per core at a time.
+/// Each one holds 19 MiB (the default memory cost): without the bound a burst of logins would
+/// allocate that 512 times over (tokio's blocking pool) instead of queueing.
+async fn password_work<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    let permits = PERMITS.get_or_init(|| {
+        tokio::sync::Semaphore::new(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        )
+    });
+    let _permit = permits.acquire().await.map_err(ApiError::internal)?;
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)
 }
 
 /// A valid argon2id hash of a random password, to spend the same time on unknown accounts.
