@@ -22,6 +22,7 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
+    flusher: Arc<GroupFlush>,
     trees: Arc<RwLock<HashMap<String, sled::Tree>>>,
     clock: SharedClock,
     path: PathBuf,
@@ -84,6 +85,36 @@ where
         .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
 }
 
+/// Group commit for `flush`: one synchronous `Db::flush` at a time on the blocking pool, and a
+/// caller whose write is already covered by a flush that started after it returns without
+/// flushing again. Not sled's `flush_async`: concurrent calls of it deadlock in release builds
+/// (sled 0.34, spacejam/sled#1308), which wedged the store under concurrent mediator forwards.
+#[derive(Default)]
+struct GroupFlush {
+    /// Tickets handed out: a caller takes one after its writes, before it waits.
+    issued: std::sync::atomic::AtomicU64,
+    /// Every ticket up to this one is durable.
+    durable: std::sync::atomic::AtomicU64,
+    running: tokio::sync::Mutex<()>,
+}
+
+impl GroupFlush {
+    async fn flush(&self, db: &sled::Db) -> StoreResult<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let ticket = self.issued.fetch_add(1, SeqCst) + 1;
+        let _running = self.running.lock().await;
+        if self.durable.load(SeqCst) >= ticket {
+            return Ok(());
+        }
+        // Every ticket issued so far belongs to a write made before this flush starts.
+        let covers = self.issued.load(SeqCst);
+        let db = db.clone();
+        blocking(move || db.flush().map(drop).map_err(backend)).await?;
+        self.durable.fetch_max(covers, SeqCst);
+        Ok(())
+    }
+}
+
 impl SledStore {
     /// Opens (or creates) the store under `data_dir/sled-v<LAYOUT_VERSION>`.
     pub fn open(data_dir: &Path, cache_capacity: u64, clock: SharedClock) -> StoreResult<Self> {
@@ -127,6 +158,7 @@ impl SledStore {
         }
         Ok(Self {
             db,
+            flusher: Arc::default(),
             trees: Arc::default(),
             clock,
             path,
@@ -352,7 +384,7 @@ impl Store for SledStore {
     }
 
     async fn flush(&self) -> StoreResult<()> {
-        self.db.flush_async().await.map(|_| ()).map_err(backend)
+        self.flusher.flush(&self.db).await
     }
 
     async fn stats(&self) -> StoreResult<StoreStats> {
@@ -447,5 +479,38 @@ mod tests {
         let s = SledStore::open(dir.path(), 1 << 20, clock).unwrap();
         assert_eq!(s.get(KS, "k").await.unwrap(), Some(b"v".to_vec()));
         assert!(dir.path().join("sled-v1").exists());
+    }
+
+    /// Many concurrent write + flush pairs (the mediator's forward path) all complete, are durable
+    /// after a reopen, and share flushes instead of running one each.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_flushes_complete_and_are_grouped() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = FakeClock::new(0);
+        {
+            let s = SledStore::open(dir.path(), 1 << 20, clock.clone()).unwrap();
+            let writers: Vec<_> = (0..200)
+                .map(|i| {
+                    let s = s.clone();
+                    tokio::spawn(async move {
+                        s.put(KS, &format!("k{i}"), vec![1], None).await.unwrap();
+                        s.flush().await.unwrap();
+                    })
+                })
+                .collect();
+            for w in writers {
+                tokio::time::timeout(Duration::from_secs(60), w)
+                    .await
+                    .expect("flush completes")
+                    .unwrap();
+            }
+            use std::sync::atomic::Ordering::SeqCst;
+            assert_eq!(s.flusher.issued.load(SeqCst), 200);
+            assert_eq!(s.flusher.durable.load(SeqCst), 200, "every ticket durable");
+        }
+        let s = SledStore::open(dir.path(), 1 << 20, clock).unwrap();
+        for i in 0..200 {
+            assert!(s.get(KS, &format!("k{i}")).await.unwrap().is_some(), "k{i}");
+        }
     }
 }
