@@ -118,7 +118,7 @@ pub(super) async fn user(
             }
         }
         Scenario::MediatorPing => {
-            let mut next = Instant::now();
+            let mut next = super::first_tick(pace, user);
             while Instant::now() < deadline {
                 pace_wait(pace, &mut next).await;
                 let t = Instant::now();
@@ -139,7 +139,7 @@ pub(super) async fn user(
             let sender = AgentKey::generate();
             let routing = conn.routing_keys.first().cloned().unwrap_or_default();
             let endpoint = conn.invitation.http_endpoint.clone();
-            let mut next = Instant::now();
+            let mut next = super::first_tick(pace, user);
             let mut n = 0u64;
             while Instant::now() < deadline {
                 pace_wait(pace, &mut next).await;

@@ -276,7 +276,7 @@ async fn user_loop(
     }
     // The measured window starts after this user's setup (registration, first credential).
     let deadline = Instant::now() + duration;
-    let mut next = Instant::now();
+    let mut next = first_tick(pace, user);
     while Instant::now() < deadline {
         if let Some(p) = pace {
             if next > Instant::now() {
@@ -329,9 +329,9 @@ async fn user_loop(
                     _ => wallet_flow(&ctx, u).await.is_some(),
                 },
                 None => {
+                    // setup failed (its error is counted): this user has nothing to run
                     s.error("setup", "no wallet session".into());
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    false
+                    return;
                 }
             },
         };
@@ -403,6 +403,13 @@ async fn verify_flow(ctx: &Ctx, key: &SigningKey, credential: &str) -> Option<()
         return None;
     }
     Some(())
+}
+
+/// When a paced user (`--rate`) sends its first request: spread over one pace interval (golden-ratio
+/// offsets), so N users at rate R send a steady stream instead of N-request bursts every N/R s.
+fn first_tick(pace: Option<Duration>, user: usize) -> Instant {
+    let spread = (user as f64 * 0.618_033_988_75).fract();
+    Instant::now() + pace.map_or(Duration::ZERO, |p| p.mul_f64(spread))
 }
 
 /// A registered wallet user with a session token and its own wallet (tenant).

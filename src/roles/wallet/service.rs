@@ -1309,20 +1309,29 @@ impl WalletService {
 
 /// Runs an argon2id hash or verification on the blocking pool, at most one per core at a time.
 /// Each one holds 19 MiB (the default memory cost): without the bound a burst of logins would
-/// allocate that 512 times over (tokio's blocking pool) instead of queueing.
+/// allocate that 512 times over (tokio's blocking pool) instead of queueing. The permit lives in
+/// the blocking task, so a request cancelled while hashing (client gone) does not free a slot for
+/// another hash before its own has finished. A request that waits more than 10 s for a slot gets a
+/// 503 with Retry-After instead of an unbounded queue.
 async fn password_work<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
-    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    static PERMITS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
     let permits = PERMITS.get_or_init(|| {
-        tokio::sync::Semaphore::new(
+        Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
-        )
+        ))
     });
-    let _permit = permits.acquire().await.map_err(ApiError::internal)?;
-    tokio::task::spawn_blocking(f)
+    let permit = tokio::time::timeout(Duration::from_secs(10), permits.clone().acquire_owned())
         .await
-        .map_err(ApiError::internal)
+        .map_err(|_| ApiError::unavailable("too many logins in progress; try again shortly", 2))?
+        .map_err(ApiError::internal)?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        f()
+    })
+    .await
+    .map_err(ApiError::internal)
 }
 
 /// A valid argon2id hash of a random password, to spend the same time on unknown accounts.
