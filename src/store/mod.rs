@@ -188,7 +188,15 @@ impl dyn Store {
         E: From<StoreError>,
         F: FnMut(T) -> Result<T, E>,
     {
-        for _ in 0..64 {
+        for attempt in 0..64u32 {
+            if attempt > 0 {
+                // Contention (a hot record, or a CAS that crosses the network in cluster mode):
+                // back off a random 0..=min(2^attempt, 32) ms so the contenders spread out instead
+                // of colliding again in lockstep.
+                let cap = 1u64 << attempt.min(5);
+                let wait = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=cap);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
             let Some(old) = self.get(keyspace, key).await? else {
                 return Ok(None);
             };
@@ -207,7 +215,8 @@ impl dyn Store {
                 Cas::Conflict(_) => continue,
             }
         }
-        Err(StoreError::Backend(format!("update of {keyspace}/{key} kept conflicting")).into())
+        // Still losing after 64 rounds: a transient overload of one record, answered 503 + Retry-After.
+        Err(StoreError::Unavailable(format!("update of {keyspace}/{key} kept conflicting")).into())
     }
 
     pub async fn scan_json<T: DeserializeOwned>(
