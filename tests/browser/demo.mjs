@@ -23,7 +23,8 @@ try {
   await page.selectOption('#demo-config', 'IdentityCredential_dc_sd_jwt');
   await page.click('#demo-offer');
   await page.waitForSelector('#offer-out img.qr', { timeout: 10000 });
-  const qrOk = await page.$eval('#offer-out img.qr', (img) => img.complete && img.naturalWidth > 0);
+  // the element is attached before its image has decoded: wait for it, do not sample once
+  const qrOk = await page.waitForFunction(() => { const img = document.querySelector('#offer-out img.qr'); return img && img.complete && img.naturalWidth > 0; }, null, { timeout: 10000 }).then(() => true, () => false);
   if (!qrOk) failures.push('the offer QR code did not render');
   await page.click('#demo-accept');
   await page.waitForFunction(() => document.querySelector('#accept-out').textContent.includes('Stored'), null, { timeout: 20000 });
