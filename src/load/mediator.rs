@@ -120,7 +120,7 @@ pub(super) async fn user(
         Scenario::MediatorPing => {
             let mut next = super::first_tick(pace, user);
             while Instant::now() < deadline {
-                pace_wait(pace, &mut next).await;
+                super::pace_wait(pace, &mut next).await;
                 let t = Instant::now();
                 if timed(
                     s,
@@ -142,7 +142,7 @@ pub(super) async fn user(
             let mut next = super::first_tick(pace, user);
             let mut n = 0u64;
             while Instant::now() < deadline {
-                pace_wait(pace, &mut next).await;
+                super::pace_wait(pace, &mut next).await;
                 n += 1;
                 let text = format!("{user}-{n}");
                 let t = Instant::now();
@@ -195,13 +195,4 @@ pub(super) async fn user(
         _ => {}
     }
     ws.close().await;
-}
-
-async fn pace_wait(pace: Option<Duration>, next: &mut Instant) {
-    if let Some(p) = pace {
-        if *next > Instant::now() {
-            tokio::time::sleep_until((*next).into()).await;
-        }
-        *next += p;
-    }
 }

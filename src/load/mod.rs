@@ -278,12 +278,7 @@ async fn user_loop(
     let deadline = Instant::now() + duration;
     let mut next = first_tick(pace, user);
     while Instant::now() < deadline {
-        if let Some(p) = pace {
-            if next > Instant::now() {
-                tokio::time::sleep_until(next.into()).await;
-            }
-            next += p;
-        }
+        pace_wait(pace, &mut next).await;
         let t = Instant::now();
         let ok = match scenario {
             Scenario::Health => timed(s, "GET /health/ready", async {
@@ -410,6 +405,16 @@ async fn verify_flow(ctx: &Ctx, key: &SigningKey, credential: &str) -> Option<()
 fn first_tick(pace: Option<Duration>, user: usize) -> Instant {
     let spread = (user as f64 * 0.618_033_988_75).fract();
     Instant::now() + pace.map_or(Duration::ZERO, |p| p.mul_f64(spread))
+}
+
+/// Waits for a paced user's next slot (`--rate`) and books the one after it; no-op without pace.
+async fn pace_wait(pace: Option<Duration>, next: &mut Instant) {
+    if let Some(p) = pace {
+        if *next > Instant::now() {
+            tokio::time::sleep_until((*next).into()).await;
+        }
+        *next += p;
+    }
 }
 
 /// A registered wallet user with a session token and its own wallet (tenant).
