@@ -1,7 +1,7 @@
 //! Issuer logic: tenants and keys, offers, the OpenID4VCI grant/nonce/credential transitions, status.
 //! Handlers only translate HTTP; everything with a rule lives here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +33,18 @@ pub const MAX_BATCH: usize = 10;
 pub struct IssuerService {
     pub(crate) state: AppState,
     keys: crate::keystore::TenantKeys,
+    /// Status-list indices this process has reserved but not yet handed out, per issuer
+    /// (`next..end`). See [`STATUS_BLOCK`].
+    status_blocks: tokio::sync::Mutex<HashMap<String, std::ops::Range<u64>>>,
 }
+
+/// Status-list indices are reserved from the issuer's shared counter in blocks of this many, one
+/// compare-and-swap per block instead of one per credential: with every credential taking the
+/// next index from one record, concurrent issuance (and, in a cluster, every node) contended on
+/// that record. A block's unused indices are skipped when the process restarts — they stay
+/// "valid" bits no credential points at. Divides [`STATUS_LIST_SIZE`], so a block never straddles
+/// two lists.
+const STATUS_BLOCK: u64 = 64;
 
 /// Token endpoint form (pre-authorized code and authorization code grants).
 #[derive(Debug, Deserialize)]
@@ -114,6 +125,7 @@ impl IssuerService {
         Self {
             keys: crate::keystore::TenantKeys::new(state.clone(), ks::KEYS, "issuer"),
             state,
+            status_blocks: Default::default(),
         }
     }
 
@@ -1196,31 +1208,16 @@ impl IssuerService {
     // ---- status --------------------------------------------------------------------------------
 
     async fn allocate_status(&self, issuer: &Issuer) -> Result<StatusRef, OAuthError> {
-        let n = self
-            .state
-            .store
-            .update_json::<u64, OAuthError, _>(
-                ks::COUNTERS,
-                &format!("{}/status", issuer.id),
-                None,
-                |n| Ok(n + 1),
-            )
-            .await?;
-        let n = match n {
-            Some(n) => n - 1,
-            None => {
-                // first credential of this issuer
-                if self
-                    .state
-                    .store
-                    .insert_new_json(ks::COUNTERS, &format!("{}/status", issuer.id), &1u64, None)
-                    .await?
-                {
-                    0
-                } else {
-                    return Box::pin(self.allocate_status(issuer)).await;
-                }
+        let n = {
+            let mut blocks = self.status_blocks.lock().await;
+            let block = blocks.entry(issuer.id.clone()).or_insert(0..0);
+            if block.is_empty() {
+                let start = self.reserve_status_block(&issuer.id).await?;
+                *block = start..start + STATUS_BLOCK;
             }
+            let n = block.start;
+            block.start += 1;
+            n
         };
         let list = status_list_number(n);
         let base = format!("{}/status-lists", self.issuer_url(&issuer.id));
@@ -1230,6 +1227,32 @@ impl IssuerService {
             revocation_list: format!("{base}/revocation-{list}"),
             suspension_list: format!("{base}/suspension-{list}"),
         })
+    }
+
+    /// Reserves the next [`STATUS_BLOCK`] indices of an issuer's status lists; returns the first.
+    async fn reserve_status_block(&self, issuer_id: &str) -> Result<u64, OAuthError> {
+        let key = format!("{issuer_id}/status");
+        loop {
+            let end = self
+                .state
+                .store
+                .update_json::<u64, OAuthError, _>(ks::COUNTERS, &key, None, |n| {
+                    Ok(n + STATUS_BLOCK)
+                })
+                .await?;
+            if let Some(end) = end {
+                return Ok(end - STATUS_BLOCK);
+            }
+            // first credential of this issuer
+            if self
+                .state
+                .store
+                .insert_new_json(ks::COUNTERS, &key, &STATUS_BLOCK, None)
+                .await?
+            {
+                return Ok(0);
+            }
+        }
     }
 
     pub async fn list_credentials(&self, issuer_id: &str) -> ApiResult<Vec<IssuedCredential>> {
@@ -1613,6 +1636,38 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.error, "invalid_nonce");
+    }
+
+    #[tokio::test]
+    async fn status_indices_stay_unique_across_processes_sharing_a_store() {
+        // two services on one store stand for two cluster nodes (or two restarts)
+        let state = AppState::for_tests(FakeClock::new(1_800_000_000_000));
+        let a = std::sync::Arc::new(IssuerService::new(state.clone()));
+        a.init().await.unwrap();
+        let b = std::sync::Arc::new(IssuerService::new(state.clone()));
+        let issuer = a.get_issuer("default").await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..300 {
+            let svc = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let issuer = issuer.clone();
+            tasks.push(tokio::spawn(async move {
+                svc.allocate_status(&issuer).await.unwrap().index
+            }));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for t in tasks {
+            assert!(
+                seen.insert(t.await.unwrap()),
+                "an index was handed out twice"
+            );
+        }
+        // a restarted process continues after every block reserved before it
+        let c = IssuerService::new(state);
+        let next = c.allocate_status(&issuer).await.unwrap().index;
+        assert!(
+            seen.iter().all(|i| *i < next),
+            "{next} reuses a reserved block"
+        );
     }
 
     #[tokio::test]
