@@ -102,14 +102,32 @@ fn sign(
     serde_json::to_value(&secured).map_err(err)
 }
 
-/// Verifies the single eddsa-rdfc-2022 proof of `document` with `purpose`; returns the proof.
+/// Which proofs a verification accepts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Suites {
+    /// `DataIntegrityProof` / `eddsa-rdfc-2022` only (what idstack issues and verifiers accept).
+    Eddsa2022,
+    /// That, or the legacy `Ed25519Signature2018` (VCDM 1.1) that DIDComm issuers such as credo-ts
+    /// and ACA-Py sign JSON-LD credentials with.
+    WithEd25519Signature2018,
+}
+
+/// Verifies the single proof of `document` with `purpose`; returns the proof.
 fn verify(document: &Value, purpose: &str, now: i64) -> CryptoResult<Value> {
+    verify_with(document, purpose, now, Suites::Eddsa2022)
+}
+
+fn verify_with(document: &Value, purpose: &str, now: i64, suites: Suites) -> CryptoResult<Value> {
     let proof = match document.get("proof") {
         Some(Value::Object(p)) => Value::Object(p.clone()),
         Some(Value::Array(a)) if a.len() == 1 => a[0].clone(),
         _ => return Err(CryptoError::Malformed("expected exactly one proof".into())),
     };
-    if proof["type"] != "DataIntegrityProof" || proof["cryptosuite"] != "eddsa-rdfc-2022" {
+    let eddsa_2022 =
+        proof["type"] == "DataIntegrityProof" && proof["cryptosuite"] == "eddsa-rdfc-2022";
+    let ed25519_2018 =
+        suites == Suites::WithEd25519Signature2018 && proof["type"] == "Ed25519Signature2018";
+    if !eddsa_2022 && !ed25519_2018 {
         return Err(CryptoError::Unsupported(
             "only DataIntegrityProof / eddsa-rdfc-2022".into(),
         ));
@@ -122,7 +140,11 @@ fn verify(document: &Value, purpose: &str, now: i64) -> CryptoResult<Value> {
     let vm = proof["verificationMethod"]
         .as_str()
         .ok_or_else(|| CryptoError::Malformed("no verificationMethod".into()))?;
-    did::resolve_offline(vm)?;
+    let key = did::resolve_offline(vm)?;
+    if ed25519_2018 {
+        verify_ed25519_signature_2018(document, &proof, &key)?;
+        return Ok(proof);
+    }
     let secured: DataIntegrity<DataIntegrityDocument, AnySuite> =
         serde_json::from_value(document.clone()).map_err(err)?;
     let params = VerificationParameters::from_resolver(resolver())
@@ -130,8 +152,70 @@ fn verify(document: &Value, purpose: &str, now: i64) -> CryptoResult<Value> {
         .with_date_time(timestamp(now)?);
     futures_executor::block_on(secured.verify(params))
         .map_err(err)?
-        .map_err(|_| CryptoError::BadSignature)?;
+        .map_err(|e| {
+            tracing::debug!("data integrity proof rejected: {e:?}");
+            CryptoError::BadSignature
+        })?;
     Ok(proof)
+}
+
+/// `Ed25519Signature2018` (LD Signatures with a detached, unencoded-payload JWS), computed here
+/// rather than by ssi: ssi 0.16 re-serializes the JWS header before checking the signature
+/// (spruceid/ssi#701), so the signatures of jsonld-signatures (credo-ts, Digital Bazaar), whose
+/// header keys come in another order, never verify. The verify data is the same as ssi's and
+/// jsonld-signatures': SHA-256 of the URDNA2015 form of the proof options (under the document's
+/// `@context`, without `jws`) followed by SHA-256 of that of the document without `proof`; the
+/// signing input is the header exactly as received, `.`, and those 64 bytes.
+fn verify_ed25519_signature_2018(
+    document: &Value,
+    proof: &Value,
+    key: &super::VerifyingKey,
+) -> CryptoResult<()> {
+    use sha2::{Digest, Sha256};
+    let jws = proof["jws"]
+        .as_str()
+        .ok_or_else(|| CryptoError::Malformed("Ed25519Signature2018 proof without jws".into()))?;
+    let (header_b64, signature_b64) = jws
+        .split_once("..")
+        .ok_or_else(|| CryptoError::Malformed("the jws is not detached".into()))?;
+    let header: Value = serde_json::from_slice(&super::b64url_decode(header_b64)?).map_err(err)?;
+    if header["alg"] != "EdDSA" || header["b64"] != false || header["crit"] != json!(["b64"]) {
+        return Err(CryptoError::Malformed(format!(
+            "Ed25519Signature2018 needs an EdDSA JWS with b64: false, got {header}"
+        )));
+    }
+    if key.key_type() != KeyType::Ed25519 {
+        return Err(CryptoError::InvalidKey("not an Ed25519 key".into()));
+    }
+    let mut options = proof.as_object().cloned().unwrap_or_default();
+    options.remove("jws");
+    options.insert("@context".into(), document["@context"].clone());
+    let mut claims = document.as_object().cloned().unwrap_or_default();
+    claims.remove("proof");
+    let hash = |doc: Map<String, Value>| -> CryptoResult<Vec<u8>> {
+        let lines = canonical_nquads(Value::Object(doc))?;
+        Ok(lines
+            .iter()
+            .fold(Sha256::new(), |h, l| h.chain_update(l.as_bytes()))
+            .finalize()
+            .to_vec())
+    };
+    let mut signing_input = format!("{header_b64}.").into_bytes();
+    signing_input.extend(hash(options)?);
+    signing_input.extend(hash(claims)?);
+    key.verify(&signing_input, &super::b64url_decode(signature_b64)?)
+        .map_err(|_| CryptoError::BadSignature)
+}
+
+/// The URDNA2015 canonical N-Quads lines of a JSON-LD document (bundled contexts only).
+fn canonical_nquads(doc: Value) -> CryptoResult<Vec<String>> {
+    use ssi::json_ld::Expandable as _;
+    use ssi::rdf::AnyLdEnvironment as _;
+    let doc: DataIntegrityDocument = serde_json::from_value(doc).map_err(err)?;
+    let mut ld = ssi::rdf::LdEnvironment::default();
+    let loader = loader()?;
+    let expanded = futures_executor::block_on(doc.expand_with(&mut ld, &loader)).map_err(err)?;
+    ld.canonical_form_of(&expanded).map_err(err)
 }
 
 fn vm_did(vm: &str) -> &str {
@@ -161,7 +245,17 @@ pub fn issue_credential(
 
 /// Verifies a Data Integrity credential: proof, issuer = the proof's DID. Returns it without `proof`.
 pub fn verify_credential(vc: &Value, now: i64) -> CryptoResult<Value> {
-    let proof = verify(vc, "assertionMethod", now)?;
+    verify_credential_with(vc, now, Suites::Eddsa2022)
+}
+
+/// [`verify_credential`], also accepting `Ed25519Signature2018` proofs (VCDM 1.1 JSON-LD
+/// credentials received over DIDComm issue-credential).
+pub fn verify_legacy_credential(vc: &Value, now: i64) -> CryptoResult<Value> {
+    verify_credential_with(vc, now, Suites::WithEd25519Signature2018)
+}
+
+fn verify_credential_with(vc: &Value, now: i64, suites: Suites) -> CryptoResult<Value> {
+    let proof = verify_with(vc, "assertionMethod", now, suites)?;
     let issuer = match &vc["issuer"] {
         Value::String(s) => s.as_str(),
         other => other["id"].as_str().unwrap_or_default(),
@@ -257,5 +351,31 @@ mod tests {
         let p = SigningKey::generate(KeyType::P256);
         let pvm = did::verification_method(&did::did_key(&p.verifying_key()));
         assert!(issue_credential(&p, &pvm, Map::new(), now).is_err());
+    }
+
+    /// Signed by credo-ts 0.6.3 (jsonld-signatures, header keys alg, b64, crit) and sent over
+    /// DIDComm issue-credential 2.0 in the interop test.
+    const CREDO_ED25519_2018: &str = r#"{"@context":["https://www.w3.org/2018/credentials/v1",{"@vocab":"https://credo-mediation.invalid/vocab#"}],"type":["VerifiableCredential"],"issuer":"did:key:z6Mkin7GCtk21cLBwGc6AbuBNHBVLUMkZ3V1cPMc8YQ6a538","issuanceDate":"2026-12-02T01:14:03Z","credentialSubject":{"given_name":"Erika","family_name":"Mustermann"},"proof":{"verificationMethod":"did:key:z6Mkin7GCtk21cLBwGc6AbuBNHBVLUMkZ3V1cPMc8YQ6a538#z6Mkin7GCtk21cLBwGc6AbuBNHBVLUMkZ3V1cPMc8YQ6a538","type":"Ed25519Signature2018","created":"2026-12-02T01:14:03Z","proofPurpose":"assertionMethod","jws":"eyJhbGciOiJFZERTQSIsImI2NCI6ZmFsc2UsImNyaXQiOlsiYjY0Il19..xPNCxcLa2RCfGUdDA3So9sC2OrXo40fv5LzVKm_HEaeKPQylbgbPHQv9QMWUYkt8gwsl4PygSzUjhJw-6Eg2Bg"}}"#;
+
+    #[test]
+    fn ed25519_signature_2018_from_credo_verifies_and_tampering_is_caught() {
+        let vc: Value = serde_json::from_str(CREDO_ED25519_2018).unwrap();
+        let now = 1_800_000_000;
+        let plain = verify_legacy_credential(&vc, now).unwrap();
+        assert_eq!(plain["credentialSubject"]["given_name"], "Erika");
+        // not accepted where only eddsa-rdfc-2022 is
+        assert!(verify_credential(&vc, now).is_err());
+        let mut changed = vc.clone();
+        changed["credentialSubject"]["given_name"] = json!("Mallory");
+        assert!(matches!(
+            verify_legacy_credential(&changed, now),
+            Err(CryptoError::BadSignature)
+        ));
+        let mut later = vc.clone();
+        later["proof"]["created"] = json!("2026-12-03T00:00:00Z");
+        assert!(matches!(
+            verify_legacy_credential(&later, now),
+            Err(CryptoError::BadSignature)
+        ));
     }
 }

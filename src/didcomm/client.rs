@@ -50,6 +50,22 @@ impl AgentKey {
         )?)
     }
 
+    /// Opens an envelope for whichever of `keys` it is addressed to: (message, recipient verkey,
+    /// authenticated sender verkey).
+    pub fn unpack_any(
+        keys: &[AgentKey],
+        env: &[u8],
+    ) -> anyhow::Result<(Value, String, Option<String>)> {
+        let u = envelope::unpack(env, |kid| {
+            keys.iter().find(|k| k.verkey == kid).map(|k| k.key.clone())
+        })?;
+        Ok((
+            serde_json::from_slice(&u.message)?,
+            u.recipient_verkey,
+            u.sender_verkey,
+        ))
+    }
+
     /// Opens an envelope for this key: (message, authenticated sender verkey).
     pub fn unpack(&self, env: &[u8]) -> anyhow::Result<(Value, Option<String>)> {
         let own = &self.verkey;
@@ -434,6 +450,153 @@ pub fn forward_envelope(
         .try_into()
         .map_err(|_| anyhow!("routing key length"))?;
     Ok(envelope::pack(fwd.to_string().as_bytes(), &[rk], None)?)
+}
+
+/// A DIDComm connection with another agent (not the mediator) that reaches us through our
+/// mediator: messages to it go to its service endpoint (wrapped in forwards for its routing keys),
+/// its messages to us arrive as pickup deliveries for `key`.
+pub struct PeerConnection {
+    /// Our key on this connection (registered with the mediator).
+    pub key: AgentKey,
+    pub their_did: String,
+    pub their_key: [u8; 32],
+    pub endpoint: String,
+    pub routing_keys: Vec<[u8; 32]>,
+}
+
+/// A new message of `t` (`protocol/version/name`) without transport decorators.
+pub fn new_message(t: &str, body: Value) -> Value {
+    let mut m = body;
+    m["@type"] = json!(format!("{DIDCOMM}{t}"));
+    m["@id"] = json!(random_id());
+    m
+}
+
+/// The DID exchange 1.1 request of an agent reachable at `did` (a `did:peer:2` naming its
+/// mediator's endpoint and routing keys) answering invitation `invitation_id`.
+pub fn didexchange_request(label: &str, did: &str, invitation_id: &str) -> Value {
+    let mut req = new_message(
+        "didexchange/1.1/request",
+        json!({"label": label, "did": did}),
+    );
+    req["~thread"] = json!({"thid": req["@id"], "pthid": invitation_id});
+    req
+}
+
+fn key32(b58: &str) -> anyhow::Result<[u8; 32]> {
+    bs58::decode(b58)
+        .into_vec()?
+        .try_into()
+        .map_err(|_| anyhow!("key is not 32 bytes"))
+}
+
+impl PeerConnection {
+    /// Completes DID exchange from the inviter's `response` to our `request`: reads the inviter's
+    /// DID (key, endpoint, routing keys) and sends `complete`.
+    pub async fn complete(
+        http: &reqwest::Client,
+        key: AgentKey,
+        request: &Value,
+        response: &Value,
+    ) -> anyhow::Result<Self> {
+        let did = response
+            .get("did")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let doc = response.pointer("/did_doc~attach").and_then(|a| {
+            peer::attachment_bytes(a)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        });
+        let info = peer::resolve(did, doc.as_ref()).map_err(|e| anyhow!("their DID: {e}"))?;
+        let their_key = key32(
+            info.verkeys
+                .first()
+                .ok_or_else(|| anyhow!("their DID has no key"))?,
+        )?;
+        let endpoint = info
+            .endpoint
+            .filter(|e| e.starts_with("http"))
+            .ok_or_else(|| anyhow!("their DID has no http(s) DIDComm endpoint"))?;
+        let conn = Self {
+            key,
+            their_did: did.to_string(),
+            their_key,
+            endpoint,
+            routing_keys: info
+                .routing_keys
+                .iter()
+                .map(|k| key32(k))
+                .collect::<anyhow::Result<_>>()?,
+        };
+        let mut complete = new_message("didexchange/1.1/complete", json!({}));
+        complete["~thread"] =
+            json!({"thid": request["@id"], "pthid": request.pointer("/~thread/pthid")});
+        conn.send(http, &complete).await?;
+        Ok(conn)
+    }
+
+    /// Authcrypts `m` to the peer, wraps it for each of its routing keys, posts it.
+    pub async fn send(&self, http: &reqwest::Client, m: &Value) -> anyhow::Result<()> {
+        let body = route(
+            self.key.pack(m, &self.their_key)?,
+            &self.their_key,
+            &self.routing_keys,
+        )?;
+        post_envelope(http, &self.endpoint, body).await
+    }
+}
+
+/// Wraps `packed` (for `to`) in one anoncrypted forward per routing key, innermost first.
+pub fn route(packed: Vec<u8>, to: &[u8; 32], routing_keys: &[[u8; 32]]) -> anyhow::Result<Vec<u8>> {
+    let mut body = packed;
+    let mut next = envelope::verkey_b58(to);
+    for rk in routing_keys {
+        let fwd = json!({
+            "@type": format!("{DIDCOMM}routing/1.0/forward"),
+            "@id": random_id(),
+            "to": next,
+            "msg": serde_json::from_slice::<Value>(&body)?,
+        });
+        body = envelope::pack(fwd.to_string().as_bytes(), &[*rk], None)?;
+        next = envelope::verkey_b58(rk);
+    }
+    Ok(body)
+}
+
+/// Posts one envelope to a DIDComm HTTP endpoint; any 2xx is delivery.
+pub async fn post_envelope(
+    http: &reqwest::Client,
+    endpoint: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<()> {
+    post_envelope_for_reply(http, endpoint, body)
+        .await
+        .map(drop)
+}
+
+/// [`post_envelope`], returning the envelope the receiver answered on the same request (return
+/// route), if any.
+pub async fn post_envelope_for_reply(
+    http: &reqwest::Client,
+    endpoint: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let resp = http
+        .post(endpoint)
+        .header("content-type", CONTENT_TYPE)
+        .body(body)
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        bail!(
+            "{endpoint} answered {status}: {}",
+            String::from_utf8_lossy(&resp.bytes().await.unwrap_or_default())
+        );
+    }
+    let bytes = resp.bytes().await?;
+    Ok((!bytes.is_empty()).then(|| bytes.to_vec()))
 }
 
 /// A plain basic message, for tests and load.

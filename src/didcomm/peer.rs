@@ -76,9 +76,13 @@ fn x25519_fingerprint(x: &[u8; 32]) -> String {
     format!("z{}", bs58::encode(b).into_string())
 }
 
-/// The mediator's `did:peer:2`: its Ed25519 key (V), the X25519 form (E), one DIDComm v1 service per
-/// endpoint (`recipientKeys: ["#key-1"]`).
-pub fn did_peer_2(verkey: &[u8; 32], endpoints: &[String]) -> Result<String, String> {
+/// A `did:peer:2`: the Ed25519 key (V), the X25519 form (E), one DIDComm v1 service per endpoint
+/// (`recipientKeys: ["#key-1"]`, `routingKeys` as `did:key`s: a mediated agent lists its mediator's).
+pub fn did_peer_2(
+    verkey: &[u8; 32],
+    endpoints: &[String],
+    routing_keys: &[String],
+) -> Result<String, String> {
     let vk = bs58::encode(verkey).into_string();
     let x = super::envelope::ed25519_public_to_x25519(verkey).map_err(|e| e.to_string())?;
     let mut did = format!(
@@ -92,7 +96,10 @@ pub fn did_peer_2(verkey: &[u8; 32], endpoints: &[String]) -> Result<String, Str
             "s": ep,
             "priority": i,
             "recipientKeys": ["#key-1"],
-            "r": [],
+            "r": routing_keys
+                .iter()
+                .map(|k| did_key_of(k).map(|d| format!("{d}#{}", &d["did:key:".len()..])))
+                .collect::<Result<Vec<_>, _>>()?,
             "a": ["didcomm/aip1", "didcomm/aip2;env=rfc19"],
         });
         did.push_str(".S");
@@ -386,11 +393,24 @@ mod tests {
         let did = did_peer_2(
             &vk(),
             &["http://m/didcomm".into(), "ws://m/didcomm/ws".into()],
+            &[],
         )
         .unwrap();
         let info = resolve(&did, None).unwrap();
         assert_eq!(info.verkeys, vec![bs58::encode(vk()).into_string()]);
         assert_eq!(info.endpoint.as_deref(), Some("http://m/didcomm"));
+        assert!(info.routing_keys.is_empty());
+        let routed = did_peer_2(
+            &vk(),
+            &["http://m/didcomm".into()],
+            &[bs58::encode([7u8; 32]).into_string()],
+        )
+        .unwrap();
+        let info = resolve(&routed, None).unwrap();
+        assert_eq!(
+            info.routing_keys,
+            vec![bs58::encode([7u8; 32]).into_string()]
+        );
     }
 
     #[test]

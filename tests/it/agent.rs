@@ -22,25 +22,8 @@ async fn akrida_protocol_line_by_line() {
         .json()
         .await
         .unwrap();
-    let inv: Value = client()
-        .get(s.url("/api/mediator/invitation"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mediator_invitation = inv["invitation_url"].as_str().unwrap().to_string();
-    let mut child = Command::new(bin())
-        .args(["agent", "--stdio"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mediator_invitation = crate::mediator::invitation(&s, "").await;
+    let mut agent = Agent::spawn();
     let commands = vec![
         (json!({"cmd": "presentRequest", "requestUrl": "x"}), 1),
         (
@@ -72,21 +55,18 @@ async fn akrida_protocol_line_by_line() {
             json!({"cmd": "receiveInvitation", "invitationUrl": "http://127.0.0.1:1/?oob=bm9wZQ"}),
             1,
         ),
-        (json!({"cmd": "receiveCredential"}), 1),
+        // no issuer has offered anything
+        (json!({"cmd": "receiveCredential", "timeoutMs": 300}), 1),
+        (json!({"cmd": "presentationExchange"}), 1),
         (json!({"cmd": "shutdown"}), 0),
     ];
     // one command, one line: read each answer before sending the next
     for (cmd, expected) in commands {
-        writeln!(stdin, "{cmd}").unwrap();
-        stdin.flush().unwrap();
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let v: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("not one JSON line ({e}): {line:?}"));
+        let v = agent.ask(cmd.clone());
         assert_eq!(v["error"], expected, "{cmd} → {v}");
         assert!(v.get("result").is_some());
     }
-    assert!(child.wait().unwrap().success());
+    assert!(agent.child.wait().unwrap().success());
     let result: Value = client()
         .get(s.url(&format!(
             "/api/verifiers/default/sessions/{}",
@@ -113,6 +93,107 @@ async fn akrida_protocol_line_by_line() {
     assert_eq!(st["connections"], 2, "{st}");
     assert_eq!(st["mediations_granted"], 1, "{st}");
     s.stop();
+}
+
+/// The agent started with mediation connects to a credo-ts 0.6.3 issuer (DID exchange through
+/// idstack's mediator) and receives a JSON-LD credential over issue-credential 2.0, the Akrida
+/// `receiveInvitation` + `receiveCredential` flow; credo sees the exchange through to `done`.
+#[tokio::test]
+async fn agent_receives_a_credential_from_credo_over_didcomm() {
+    let s = Server::start().await;
+    let mediator_invitation = crate::mediator::invitation(&s, "").await;
+    let mut issuer = crate::mediator::Credo::spawn("issuer");
+    issuer.ok(json!({"cmd": "start", "mediatorInvitationUrl": null, "pickup": "none", "transport": "http"}));
+    let credo_invitation = issuer.ok(json!({"cmd": "createInvitation"}));
+    let mut agent = Agent::spawn();
+    agent.ok(json!({"cmd": "start", "withMediation": true, "mediatorUrl": mediator_invitation}));
+    let c = agent.ok(
+        json!({"cmd": "receiveInvitation", "invitationUrl": credo_invitation["invitation_url"]}),
+    );
+    assert!(
+        c["result"]["connection"]
+            .as_str()
+            .unwrap()
+            .starts_with("did:peer:"),
+        "{c}"
+    );
+    // credo answers the `complete` before it processes it
+    let mut conn = Value::Null;
+    for _ in 0..100 {
+        let info = issuer.ok(json!({"cmd": "info"}));
+        if let Some(c) = info["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["state"] == "completed")
+        {
+            conn = c["id"].clone();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(conn.is_string(), "credo never completed the connection");
+    // twice: the second offer arrives on the same connection, through the mediator again
+    for name in ["Erika", "Max"] {
+        let offer = issuer.ok(
+            json!({"cmd": "offerCredential", "connectionId": conn, "claims": {"given_name": name}}),
+        );
+        let got = agent.ok(json!({"cmd": "receiveCredential", "timeoutMs": 20000}));
+        assert_eq!(got["result"]["issuer"], offer["issuer_did"], "{got}");
+        issuer.ok(json!({"cmd": "awaitCredential", "credentialExchangeId": offer["credential_exchange_id"]}));
+    }
+    // nothing more was offered
+    let none = agent.ask(json!({"cmd": "receiveCredential", "timeoutMs": 300}));
+    assert_eq!(none["error"], 1, "{none}");
+    agent.ok(json!({"cmd": "shutdown"}));
+    s.stop();
+}
+
+/// `idstack agent --stdio`, one command and one answer line at a time.
+struct Agent {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Agent {
+    fn spawn() -> Self {
+        let mut child = Command::new(bin())
+            .args(["agent", "--stdio"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    fn ask(&mut self, cmd: Value) -> Value {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not one JSON line ({e}): {line:?}"))
+    }
+
+    fn ok(&mut self, cmd: Value) -> Value {
+        let r = self.ask(cmd.clone());
+        assert_eq!(r["error"], 0, "{cmd} -> {r}");
+        r
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Locust drives agents the Akrida way for a few seconds with zero failures.

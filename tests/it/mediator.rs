@@ -70,7 +70,7 @@ impl Drop for Credo {
     }
 }
 
-async fn invitation(s: &Server, query: &str) -> String {
+pub(crate) async fn invitation(s: &Server, query: &str) -> String {
     let r: Value = crate::common::client()
         .get(s.url(&format!("/api/mediator/invitation{query}")))
         .bearer_auth(ADMIN_TOKEN)

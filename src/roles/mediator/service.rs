@@ -146,7 +146,7 @@ impl MediatorService {
         let vk = key.verifying_key().to_bytes();
         let verkey = envelope::verkey_b58(&vk);
         let endpoints = endpoints(&state);
-        let did = peer::did_peer_2(&vk, &endpoints).map_err(anyhow::Error::msg)?;
+        let did = peer::did_peer_2(&vk, &endpoints, &[]).map_err(anyhow::Error::msg)?;
         let did_key = peer::did_key_of(&verkey).map_err(anyhow::Error::msg)?;
         let metrics = register_metrics(&state).ok();
         Ok(Self {

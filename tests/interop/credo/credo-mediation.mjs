@@ -24,6 +24,11 @@
 //   {"cmd":"dropNextDelivery","count":1}   fault injection for the loss test: the next `count` pickup deliveries
 //       are thrown away unprocessed and NOT acknowledged; on the first one the pickup stops and the WebSocket
 //       closes (as if the phone died). Then `startPickup`: the mediator must deliver them again. -> {"ok":true,"armed":n}
+//   {"cmd":"offerCredential","connectionId":...,"claims":{...}}   issue-credential 2.0 offer of a W3C JSON-LD
+//       credential (Ed25519Signature2018, signed with a did:key this agent makes), auto-accepting the rest
+//       -> {"ok":true,"credential_exchange_id":...,"state":"offer-sent","issuer_did":...}
+//   {"cmd":"awaitCredential","credentialExchangeId":...,"timeoutMs":20000}   until the holder acknowledged it
+//       -> {"ok":true,"state":"done"}   (otherwise ok:false with the state reached)
 //   {"cmd":"info"}          -> {"ok":true,label,started,mediator_connection_id,pickup_active,dropped_deliveries,
 //                               dropped_message_ids,connections:[...],received:n}
 //   {"cmd":"shutdown"}      -> {"ok":true} and exit 0
@@ -65,6 +70,8 @@ const { agentDependencies, DidCommHttpInboundTransport } = await import('@credo-
 const {
   DidCommModule, DidCommHttpOutboundTransport, DidCommWsOutboundTransport, DidCommEnvelopeService,
   DidCommMediatorPickupStrategy, DidCommBasicMessageEventTypes, DidCommBasicMessageRole, DidCommTrustPingEventTypes,
+  DidCommCredentialV2Protocol, DidCommJsonLdCredentialFormatService, DidCommAutoAcceptCredential, DidCommCredentialState,
+  DidCommCredentialEventTypes,
 } = await import('@credo-ts/didcomm');
 
 // ---------------------------------------------------------------------------------------------
@@ -229,7 +236,11 @@ async function startAgent({ mediatorInvitationUrl = null, pickup = 'live', trans
         connections: { autoAcceptConnections: true },
         mediator: false,
         mediationRecipient: { mediatorPollingInterval: 500, maximumMessagePickup: 50, baseMediatorReconnectionIntervalMs: 500 },
-        credentials: false,
+        // issuer side of issue-credential 2.0 with W3C JSON-LD credentials (see offerCredential)
+        credentials: {
+          autoAcceptCredentials: DidCommAutoAcceptCredential.Always,
+          credentialProtocols: [new DidCommCredentialV2Protocol({ credentialFormats: [new DidCommJsonLdCredentialFormatService()] })],
+        },
         proofs: false,
       }),
     },
@@ -410,6 +421,56 @@ async function cmdDropNextDelivery({ count = 1 }) {
   return { armed: count };
 }
 
+// did:key (Ed25519) this agent signs JSON-LD credentials with; made on first use.
+let issuerDid = null;
+async function ensureIssuerDid() {
+  if (issuerDid) return issuerDid;
+  const r = await agent.dids.create({ method: 'key', options: { createKey: { type: { kty: 'OKP', crv: 'Ed25519' } } } });
+  if (r.didState.state !== 'finished') throw new Error(`did:key creation failed: ${JSON.stringify(r.didState)}`);
+  issuerDid = r.didState.did;
+  return issuerDid;
+}
+
+async function cmdOfferCredential({ connectionId, claims = { given_name: 'Erika', family_name: 'Mustermann' }, context = null }) {
+  requireAgent();
+  if (typeof connectionId !== 'string') throw new Error('connectionId must be a string');
+  const did = await ensureIssuerDid();
+  const record = await agent.didcomm.credentials.offerCredential({
+    connectionId,
+    protocolVersion: 'v2',
+    autoAcceptCredential: DidCommAutoAcceptCredential.Always,
+    credentialFormats: {
+      jsonld: {
+        credential: {
+          // the inline @vocab needs no network to expand the claims (CI has no internet)
+          '@context': context ?? ['https://www.w3.org/2018/credentials/v1', { '@vocab': 'https://credo-mediation.invalid/vocab#' }],
+          type: ['VerifiableCredential'],
+          issuer: did,
+          issuanceDate: new Date().toISOString().replace(/\.\d{3}Z$/, 'Z'),
+          credentialSubject: { ...claims },
+        },
+        options: { proofType: 'Ed25519Signature2018', proofPurpose: 'assertionMethod' },
+      },
+    },
+  });
+  return { credential_exchange_id: record.id, state: record.state, issuer_did: did };
+}
+
+// Waits until the exchange is `done` (the holder acknowledged the credential).
+async function cmdAwaitCredential({ credentialExchangeId, timeoutMs = 20000 }) {
+  requireAgent();
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await agent.didcomm.credentials.getById(credentialExchangeId);
+    if (r.state === DidCommCredentialState.Done || r.state === DidCommCredentialState.Abandoned || Date.now() > deadline) {
+      const ok = r.state === DidCommCredentialState.Done;
+      if (!ok) throw Object.assign(new Error(`credential exchange ended in state ${r.state}`), { extra: { state: r.state, error_message: r.errorMessage } });
+      return { state: r.state };
+    }
+    await new Promise((res) => setTimeout(res, 100));
+  }
+}
+
 async function cmdInfo() {
   const connections = agent ? (await agent.didcomm.connections.getAll()).map((c) => ({ id: c.id, state: c.state, protocol: c.protocol, their_label: c.theirLabel, did: c.did, their_did: c.theirDid })) : [];
   return { label: LABEL, started: Boolean(agent), ...startOpts, mediator_connection_id: mediatorConnectionId, pickup_active: pickupActive, dropped_deliveries: droppedDeliveries, dropped_message_ids: droppedMessageIds, own_endpoint: ownEndpoint, connections, received: received.length };
@@ -430,7 +491,7 @@ async function shutdown(code = 0) {
 
 const handlers = {
   start: cmdStart, createInvitation: cmdCreateInvitation, receiveInvitation: cmdReceiveInvitation, sendMessage: cmdSendMessage,
-  messages: cmdMessages, pingMediator: cmdPingMediator, dropNextDelivery: cmdDropNextDelivery, stopPickup: cmdStopPickup, startPickup: cmdStartPickup, info: cmdInfo,
+  messages: cmdMessages, pingMediator: cmdPingMediator, offerCredential: cmdOfferCredential, awaitCredential: cmdAwaitCredential, dropNextDelivery: cmdDropNextDelivery, stopPickup: cmdStopPickup, startPickup: cmdStartPickup, info: cmdInfo,
 };
 
 // Commands are processed strictly in order (one answer line per command, in order).
