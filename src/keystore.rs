@@ -31,19 +31,46 @@ impl TenantKeys {
         format!("{}/{id}", self.keyspace)
     }
 
-    /// Seals and stores the key of tenant `id` (replacing any earlier one).
-    pub async fn put(&self, id: &str, key: &SigningKey) -> ApiResult<()> {
+    /// Stores `key` as the key of tenant `id` unless one is stored already, and returns the key
+    /// that is: `key`, or the one another creator stored first (two nodes creating the same
+    /// tenant at once, e.g. the default issuer when stateless nodes start together on one Redis),
+    /// or one a creation that crashed before writing its tenant left behind. Every creator then
+    /// records the same fingerprint, whichever wins the tenant record.
+    pub async fn put_new(&self, id: &str, key: SigningKey) -> ApiResult<Arc<SigningKey>> {
         let sealed = self
             .state
             .sealer
             .seal(self.aad(id).as_bytes(), key.to_private_jwk().as_bytes())
             .map_err(ApiError::internal)?;
-        self.state
+        if self
+            .state
             .store
-            .put(self.keyspace, id, sealed, None)
-            .await?;
-        self.evict(id);
-        Ok(())
+            .compare_and_swap(self.keyspace, id, None, Some((sealed, None)))
+            .await?
+            == crate::store::Cas::Swapped
+        {
+            self.evict(id);
+            return Ok(Arc::new(key));
+        }
+        let sealed = self
+            .state
+            .store
+            .get(self.keyspace, id)
+            .await?
+            .ok_or_else(|| {
+                ApiError::conflict(format!(
+                    "{} `{id}` is being changed concurrently; retry",
+                    self.what
+                ))
+            })?;
+        let jwk = self
+            .state
+            .sealer
+            .open(self.aad(id).as_bytes(), &sealed)
+            .map_err(ApiError::internal)?;
+        let stored = SigningKey::from_private_jwk(&String::from_utf8_lossy(&jwk))
+            .map_err(ApiError::internal)?;
+        Ok(Arc::new(stored))
     }
 
     pub async fn remove(&self, id: &str) -> ApiResult<()> {
@@ -97,7 +124,7 @@ mod tests {
     use crate::crypto::KeyType;
 
     #[tokio::test]
-    async fn fingerprint_is_checked_on_every_use_and_replacement_evicts() {
+    async fn first_key_stored_wins_and_fingerprint_is_checked_on_every_use() {
         let keys = TenantKeys::new(
             AppState::for_tests(FakeClock::new(0)),
             "test_keys",
@@ -109,20 +136,24 @@ mod tests {
             a.verifying_key().thumbprint(),
             b.verifying_key().thumbprint(),
         );
-        keys.put("t", &a).await.unwrap();
+        let got = keys.put_new("t", a.clone()).await.unwrap();
+        assert_eq!(got.verifying_key(), a.verifying_key());
+        // a second creator gets the stored key back, not its own
+        let got = keys.put_new("t", b.clone()).await.unwrap();
+        assert_eq!(got.verifying_key(), a.verifying_key());
         assert_eq!(
             keys.get("t", &fa).await.unwrap().verifying_key(),
             a.verifying_key()
         );
-        // recreated with another key: the cached one is not served
-        keys.put("t", &b).await.unwrap();
+        let e = keys.get("t", &fb).await.unwrap_err().to_string();
+        assert!(e.contains("not the one recorded"), "{e}");
+        // deleted and recreated with another key: the cached one is not served
+        keys.remove("t").await.unwrap();
+        assert!(keys.get("t", &fa).await.is_err());
+        keys.put_new("t", b.clone()).await.unwrap();
         assert_eq!(
             keys.get("t", &fb).await.unwrap().verifying_key(),
             b.verifying_key()
         );
-        let e = keys.get("t", &fa).await.unwrap_err().to_string();
-        assert!(e.contains("not the one recorded"), "{e}");
-        keys.remove("t").await.unwrap();
-        assert!(keys.get("t", &fb).await.is_err());
     }
 }

@@ -206,7 +206,19 @@ impl IssuerService {
         if self.state.store.get(ks::TENANTS, &req.id).await?.is_some() {
             return Err(ApiError::conflict(format!("issuer `{}` exists", req.id)));
         }
-        let key = SigningKey::generate(key_type);
+        // Key first (insert-only), then the tenant. A key already stored under this id (a
+        // concurrent creation of the same issuer, or one that crashed before its tenant) is used
+        // instead of ours, so whichever tenant record wins names the key that is stored.
+        let key = self
+            .keys
+            .put_new(&req.id, SigningKey::generate(key_type))
+            .await?;
+        if key.key_type() != key_type {
+            return Err(ApiError::conflict(format!(
+                "issuer `{}` is being created concurrently with another key type",
+                req.id
+            )));
+        }
         let vk = key.verifying_key();
         let did = match did_method {
             DidMethod::Key => did::did_key(&vk),
@@ -225,9 +237,6 @@ impl IssuerService {
             webhook_url: req.webhook_url,
             created_at: self.now(),
         };
-        // Key first (insert-only), then the tenant: a crash between leaves an orphan key that the
-        // next create with the same id reuses rather than a tenant without a key.
-        self.keys.put(&issuer.id, &key).await?;
         if !self
             .state
             .store
@@ -1636,6 +1645,24 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.error, "invalid_nonce");
+    }
+
+    #[tokio::test]
+    async fn nodes_creating_the_same_issuer_at_once_agree_on_its_key() {
+        // the default issuer when stateless nodes start together on one empty Redis
+        let state = AppState::for_tests(FakeClock::new(1_800_000_000_000));
+        let nodes: Vec<_> = (0..4).map(|_| IssuerService::new(state.clone())).collect();
+        let results = futures_util::future::join_all(nodes.iter().map(|n| n.init())).await;
+        for r in results {
+            r.unwrap();
+        }
+        let issuer = nodes[0].get_issuer("default").await.unwrap();
+        for n in &nodes {
+            n.keys
+                .get("default", &issuer.key_fingerprint)
+                .await
+                .unwrap();
+        }
     }
 
     #[tokio::test]

@@ -107,13 +107,19 @@ impl VerifierService {
             created_at: self.now(),
         };
         if let Some(kt) = req.signing_key_type {
-            let key = SigningKey::generate(kt);
+            // insert-only: a concurrent creator's key wins for both (see TenantKeys::put_new)
+            let key = self.keys.put_new(&v.id, SigningKey::generate(kt)).await?;
+            if key.key_type() != kt {
+                return Err(ApiError::conflict(format!(
+                    "verifier `{}` is being created concurrently with another key type",
+                    v.id
+                )));
+            }
             let did = did::did_key(&key.verifying_key());
             v.key_type = Some(kt);
             v.verification_method = Some(did::verification_method(&did));
             v.did = Some(did);
             v.key_fingerprint = Some(key.verifying_key().thumbprint());
-            self.keys.put(&v.id, &key).await?;
         }
         if !self
             .state
