@@ -17,10 +17,14 @@ if ! python3 -c 'import locust' 2>/dev/null; then
   python3 -m pip install --quiet -r loadtest/requirements.txt
 fi
 # The Redis store backend is tested against a real redis-server (Debian package); the test harness
-# starts its own instances on free 127.0.0.1 ports.
-if ! command -v redis-server >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; fi
+# starts its own instances on free 127.0.0.1 ports. The multi-node tests (cluster, Redis) put a real
+# nginx (Debian nginx-light) in front of the nodes as the round-robin balancer.
+missing=""
+command -v redis-server >/dev/null || missing="$missing redis-server"
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || missing="$missing nginx-light"
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null; fi
 fi
 cargo test --all-targets "$@"
 # The role suites a second time with every spawned server on Redis (one redis-server for the run,

@@ -1,28 +1,21 @@
-//! A real round-robin HTTP/1.1 reverse proxy for the cluster tests: every request goes to the next
-//! backend (each client connection carries one request: the proxy asks the backend to close after
-//! the response, so keep-alive clients still spread per request). A backend that refuses the
-//! connection is skipped, like nginx's `proxy_next_upstream error`. `Upgrade` requests (the
-//! mediator's WebSocket) are passed through as a tunnel.
+//! The round-robin balancer in front of the multi-node tests: a real nginx (Debian `nginx-light`,
+//! installed by scripts/test.sh), as a deployment would run it — plain round robin per request
+//! (no upstream keep-alive, so keep-alive clients still spread per request), WebSocket upgrades
+//! passed through, and a node that refuses connections skipped (`proxy_next_upstream`, which also
+//! re-sends a POST whose node died before answering, as a production proxy is configured to).
+//! Backends can be replaced while it runs (a restarted node listens on a new port): a graceful
+//! reload keeps the open WebSockets on the old worker.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
 
 pub struct Balancer {
     pub addr: SocketAddr,
-    backends: Arc<RwLock<Vec<String>>>,
-    /// Requests sent to each backend (by its base URL).
-    hits: Arc<RwLock<std::collections::HashMap<String, usize>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    dir: tempfile::TempDir,
+    nginx: Mutex<Child>,
 }
 
 fn host_port(base: &str) -> String {
@@ -31,121 +24,164 @@ fn host_port(base: &str) -> String {
         .to_string()
 }
 
+fn nginx_bin() -> &'static str {
+    ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("nginx is not installed: scripts/test.sh installs it (apt-get install nginx-light)")
+}
+
 impl Balancer {
     pub async fn start(backends: Vec<String>) -> Balancer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let backends = Arc::new(RwLock::new(backends));
-        let hits = Arc::new(RwLock::new(std::collections::HashMap::new()));
-        let next = Arc::new(AtomicUsize::new(0));
-        let (b, h) = (backends.clone(), hits.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((conn, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (b, h, next) = (b.clone(), h.clone(), next.clone());
-                tokio::spawn(async move {
-                    let _ = proxy(conn, b, h, next).await;
-                });
-            }
-        });
-        Balancer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        write_conf(dir.path(), addr, &backends);
+        let nginx = Command::new(nginx_bin())
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(conf_path(dir.path()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let lb = Balancer {
             addr,
-            backends,
-            hits,
-            task,
+            dir,
+            nginx: Mutex::new(nginx),
+        };
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return lb;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        panic!(
+            "nginx did not start: {}",
+            std::fs::read_to_string(lb.dir.path().join("error.log")).unwrap_or_default()
+        );
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    /// Replaces the backend list (a restarted node listens on a new port).
+    /// Replaces the backend list: new configuration, graceful reload.
     pub fn set_backends(&self, backends: Vec<String>) {
-        *self.backends.write().unwrap() = backends;
+        write_conf(self.dir.path(), self.addr, &backends);
+        self.signal("reload");
+        // the new workers take over within milliseconds; give them a moment
+        std::thread::sleep(Duration::from_millis(300));
     }
 
+    /// Requests nginx passed to `backend` (by its base URL), from the access log.
     pub fn hits(&self, backend: &str) -> usize {
-        self.hits.read().unwrap().get(backend).copied().unwrap_or(0)
+        let hp = host_port(backend);
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .flat_map(|l| l.split(", "))
+            .filter(|u| u.trim() == hp)
+            .count()
+    }
+
+    fn signal(&self, s: &str) {
+        let st = Command::new(nginx_bin())
+            .arg("-p")
+            .arg(self.dir.path())
+            .arg("-c")
+            .arg(conf_path(self.dir.path()))
+            .args(["-s", s])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success() || s == "stop", "nginx -s {s} failed");
     }
 }
 
-async fn proxy(
-    mut client: TcpStream,
-    backends: Arc<RwLock<Vec<String>>>,
-    hits: Arc<RwLock<std::collections::HashMap<String, usize>>>,
-    next: Arc<AtomicUsize>,
-) -> std::io::Result<()> {
-    // read the request head
-    let mut buf = Vec::with_capacity(4096);
-    let head_end = loop {
-        let mut chunk = [0u8; 4096];
-        let n = client.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        // `-s stop` lets the master take its workers down (a SIGKILLed master would orphan them)
+        self.signal("stop");
+        let mut child = self.nginx.lock().unwrap();
+        for _ in 0..50 {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        if buf.len() > 64 * 1024 {
-            client
-                .write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
-                .await?;
-            return Ok(());
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let rest = buf[head_end..].to_vec();
-    let mut lines = head.split("\r\n").filter(|l| !l.is_empty());
-    let request_line = lines.next().unwrap_or_default().to_string();
-    let headers: Vec<&str> = lines.collect();
-    let upgrade = headers.iter().any(|h| {
-        let l = h.to_ascii_lowercase();
-        l.starts_with("upgrade:")
-    });
-    let mut out = format!("{request_line}\r\n");
-    for h in &headers {
-        let l = h.to_ascii_lowercase();
-        if !upgrade
-            && (l.starts_with("connection:")
-                || l.starts_with("keep-alive:")
-                || l.starts_with("proxy-connection:"))
-        {
-            continue;
-        }
-        out.push_str(h);
-        out.push_str("\r\n");
+        let _ = child.kill();
+        let _ = child.wait();
     }
-    if !upgrade {
-        out.push_str("connection: close\r\n");
-    }
-    out.push_str("\r\n");
+}
 
-    // pick the next backend that accepts the connection
-    let list = backends.read().unwrap().clone();
-    let mut backend = None;
-    for _ in 0..list.len() {
-        let i = next.fetch_add(1, Ordering::SeqCst) % list.len().max(1);
-        let base = &list[i];
-        if let Ok(s) = TcpStream::connect(host_port(base)).await {
-            *hits.write().unwrap().entry(base.clone()).or_insert(0) += 1;
-            backend = Some(s);
-            break;
-        }
-    }
-    let Some(mut backend) = backend else {
-        client
-            .write_all(
-                b"HTTP/1.1 502 Bad Gateway\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
-            )
-            .await?;
-        return Ok(());
+fn conf_path(dir: &Path) -> PathBuf {
+    dir.join("nginx.conf")
+}
+
+fn write_conf(dir: &Path, addr: SocketAddr, backends: &[String]) {
+    let d = dir.display();
+    let servers = if backends.is_empty() {
+        // nginx needs one; nothing listens there (connections refused → 502)
+        "    server 127.0.0.1:9 max_fails=1 fail_timeout=1s;\n".to_string()
+    } else {
+        backends
+            .iter()
+            .map(|b| format!("    server {} max_fails=1 fail_timeout=1s;\n", host_port(b)))
+            .collect()
     };
-    backend.write_all(out.as_bytes()).await?;
-    backend.write_all(&rest).await?;
-    tokio::io::copy_bidirectional(&mut client, &mut backend).await?;
-    Ok(())
+    // the master re-reads the file on reload, as whoever started it; workers as root when root
+    let user = if is_root() { "user root;\n" } else { "" };
+    let conf = format!(
+        r#"{user}daemon off;
+master_process on;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  log_format upstream '$upstream_addr';
+  access_log {d}/access.log upstream;
+  client_body_temp_path {d}/tmp/body;
+  proxy_temp_path {d}/tmp/proxy;
+  fastcgi_temp_path {d}/tmp/fastcgi;
+  uwsgi_temp_path {d}/tmp/uwsgi;
+  scgi_temp_path {d}/tmp/scgi;
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+  upstream idstack {{
+{servers}  }}
+  server {{
+    listen {addr};
+    client_max_body_size 10m;
+    location / {{
+      proxy_pass http://idstack;
+      proxy_http_version 1.1;
+      proxy_set_header Host $http_host;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_connect_timeout 2s;
+      proxy_read_timeout 300s;
+      proxy_buffering off;
+      proxy_next_upstream error timeout non_idempotent;
+    }}
+  }}
+}}
+"#
+    );
+    std::fs::write(conf_path(dir), conf).unwrap();
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        .unwrap_or(false)
 }
