@@ -262,6 +262,13 @@ impl MediatorService {
             multi_use: true,
             used: false,
         };
+        // The invitation record first, then the pointer to it: whoever reads the pointer (on any
+        // node) finds the record. (The other order let a concurrent first caller hand out an id
+        // whose record did not exist yet, and its DID exchange was refused.)
+        self.state
+            .store
+            .put_json(ks::INVITATIONS, &rec.id, &rec, None)
+            .await?;
         let bytes = serde_json::to_vec(&rec).map_err(ApiError::internal)?;
         match self
             .state
@@ -269,16 +276,14 @@ impl MediatorService {
             .compare_and_swap(ks::INVITATIONS, KEY, None, Some((bytes, None)))
             .await?
         {
-            Cas::Swapped => {
-                self.state
-                    .store
-                    .put_json(ks::INVITATIONS, &rec.id, &rec, None)
-                    .await?;
-                Ok(rec.id)
+            Cas::Swapped => Ok(rec.id),
+            Cas::Conflict(Some(cur)) => {
+                // another caller won: ours was never handed out
+                self.state.store.delete(ks::INVITATIONS, &rec.id).await?;
+                serde_json::from_slice::<InvitationRecord>(&cur)
+                    .map(|r| r.id)
+                    .map_err(ApiError::internal)
             }
-            Cas::Conflict(Some(cur)) => serde_json::from_slice::<InvitationRecord>(&cur)
-                .map(|r| r.id)
-                .map_err(ApiError::internal),
             Cas::Conflict(None) => Err(ApiError::internal("public invitation vanished")),
         }
     }
