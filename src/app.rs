@@ -477,7 +477,12 @@ async fn init_roles(state: &AppState) -> anyhow::Result<()> {
 fn spawn_sweeper(tasks: &mut Tasks, shutdown: &CancellationToken, state: &AppState) {
     let store = state.store.clone();
     let metrics = state.metrics.clone();
+    let clock = state.clock.clone();
     let every = Duration::from_secs(state.settings.raw.store.sweep_interval_seconds.max(1));
+    // On a store every node shares (Redis) the sweep is cluster-wide work: one node at a time.
+    let lease = store
+        .shared_by_nodes()
+        .then(|| crate::store::lease::Lease::new("store-sweeper", every * 3));
     tasks.spawn("store-sweeper", shutdown, move |token| async move {
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
@@ -485,9 +490,18 @@ fn spawn_sweeper(tasks: &mut Tasks, shutdown: &CancellationToken, state: &AppSta
             tokio::select! {
                 _ = token.cancelled() => break,
                 _ = tick.tick() => {
-                    match store.sweep_expired().await {
-                        Ok(n) => metrics.store_swept.inc_by(n),
-                        Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+                    let mine = match &lease {
+                        None => true,
+                        Some(l) => l.hold(store.as_ref(), clock.now_ms()).await.unwrap_or_else(|e| {
+                            tracing::warn!(error = %e, "sweeper lease unavailable");
+                            false
+                        }),
+                    };
+                    if mine {
+                        match store.sweep_expired().await {
+                            Ok(n) => metrics.store_swept.inc_by(n),
+                            Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+                        }
                     }
                     if let Err(e) = store.flush().await {
                         tracing::warn!(error = %e, "periodic flush failed");

@@ -9,6 +9,7 @@
 
 #[cfg(test)]
 pub(crate) mod conformance;
+pub mod lease;
 #[cfg(feature = "redis")]
 pub mod redis_store;
 pub mod seal;
@@ -116,6 +117,12 @@ pub trait Store: Send + Sync + 'static {
     async fn batch(&self, ops: Vec<BatchOp>) -> StoreResult<()>;
     /// Deletes expired records; returns how many.
     async fn sweep_expired(&self) -> StoreResult<u64>;
+    /// Whether every node works on the same records (an external store such as Redis), so a
+    /// sweep is cluster-wide work one node does ([`lease::Lease`]). `false` where each node
+    /// sweeps records of its own (sled, and each replica's copies in cluster mode).
+    fn shared_by_nodes(&self) -> bool {
+        false
+    }
     /// A real write + read + flush, for readiness.
     async fn probe(&self) -> StoreResult<()>;
     async fn flush(&self) -> StoreResult<()>;
@@ -251,4 +258,6 @@ pub mod keyspaces {
     pub const SYSTEM: &str = "system";
     /// Readiness write probe.
     pub const HEALTH: &str = "health";
+    /// Leases of jobs that run on one node at a time ([`super::lease::Lease`]).
+    pub const JOBS: &str = "jobs";
 }

@@ -745,6 +745,10 @@ impl Store for RedisStore {
         .map(|_| ())
     }
 
+    fn shared_by_nodes(&self) -> bool {
+        true
+    }
+
     /// Redis expires the records itself; this only drops index entries of records past their
     /// deadline (bounded per call), so indexes of keyspaces that are never scanned stay small.
     async fn sweep_expired(&self) -> StoreResult<u64> {
