@@ -67,6 +67,13 @@ pub async fn start(
         c.rpc_addr.clone()
     };
     let rpc_listen = resolve(&rpc_bind).await.context("cluster.rpc_addr")?;
+    if rpc_listen == settings.bind {
+        // Peers need this node's RPC while it bootstraps, before its roles (and so its HTTP
+        // server) exist; the two cannot share a socket.
+        anyhow::bail!(
+            "cluster.rpc_addr {rpc_listen} is the HTTP listener (server.bind): internal RPC has a listener of its own, up before the roles start. Leave cluster.rpc_addr empty (the gossip address's port, over TCP) or give it another port"
+        );
+    }
     let rpc_listener = std::net::TcpListener::bind(rpc_listen)
         .with_context(|| format!("cluster RPC cannot listen on {rpc_listen}"))?;
     let rpc_bound = rpc_listener.local_addr()?;
