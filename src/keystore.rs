@@ -42,35 +42,31 @@ impl TenantKeys {
             .sealer
             .seal(self.aad(id).as_bytes(), key.to_private_jwk().as_bytes())
             .map_err(ApiError::internal)?;
-        if self
+        match self
             .state
             .store
             .compare_and_swap(self.keyspace, id, None, Some((sealed, None)))
             .await?
-            == crate::store::Cas::Swapped
         {
-            self.evict(id);
-            return Ok(Arc::new(key));
+            crate::store::Cas::Swapped => {
+                self.evict(id);
+                Ok(Arc::new(key))
+            }
+            crate::store::Cas::Conflict(Some(stored)) => Ok(Arc::new(
+                self.unseal(id, &stored).map_err(ApiError::internal)?,
+            )),
+            crate::store::Cas::Conflict(None) => Err(ApiError::conflict(format!(
+                "{} `{id}` is being changed concurrently; retry",
+                self.what
+            ))),
         }
-        let sealed = self
-            .state
-            .store
-            .get(self.keyspace, id)
-            .await?
-            .ok_or_else(|| {
-                ApiError::conflict(format!(
-                    "{} `{id}` is being changed concurrently; retry",
-                    self.what
-                ))
-            })?;
-        let jwk = self
-            .state
-            .sealer
-            .open(self.aad(id).as_bytes(), &sealed)
-            .map_err(ApiError::internal)?;
-        let stored = SigningKey::from_private_jwk(&String::from_utf8_lossy(&jwk))
-            .map_err(ApiError::internal)?;
-        Ok(Arc::new(stored))
+    }
+
+    fn unseal(&self, id: &str, sealed: &[u8]) -> anyhow::Result<SigningKey> {
+        let jwk = self.state.sealer.open(self.aad(id).as_bytes(), sealed)?;
+        Ok(SigningKey::from_private_jwk(&String::from_utf8_lossy(
+            &jwk,
+        ))?)
     }
 
     pub async fn remove(&self, id: &str) -> ApiResult<()> {
@@ -100,8 +96,7 @@ impl TenantKeys {
             .ok_or_else(|| {
                 anyhow::anyhow!("{} `{id}` has no signing key in the store", self.what)
             })?;
-        let jwk = self.state.sealer.open(self.aad(id).as_bytes(), &sealed)?;
-        let key = SigningKey::from_private_jwk(&String::from_utf8_lossy(&jwk))?;
+        let key = self.unseal(id, &sealed)?;
         if key.verifying_key().thumbprint() != fingerprint {
             anyhow::bail!(
                 "the signing key of {} `{id}` is not the one recorded at creation (fingerprint {fingerprint}): what it signed would no longer verify. Refusing to use it; restore the original key (store import) or delete and recreate the {}",

@@ -142,12 +142,36 @@ async fn timed<T, E: std::fmt::Display>(
             Some(v)
         }
         Err(e) => {
-            let msg = e.to_string();
-            let kind: String = msg.chars().take(80).collect();
-            stats.error(op, kind);
+            stats.error(op, error_kind(&e.to_string()));
             None
         }
     }
+}
+
+/// The error kind an error is counted under: its text up to the first `{`, plus the `code` and
+/// `detail` of a problem document (or OAuth `error` / `error_description`) in it, so two different
+/// refusals never share a row and the row still says why; at most 200 characters.
+fn error_kind(msg: &str) -> String {
+    let (head, body) = match msg.find('{') {
+        Some(i) => (&msg[..i], Some(&msg[i..])),
+        None => (msg, None),
+    };
+    let mut kind = head.trim_end().to_string();
+    if let Some(v) = body.and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok()) {
+        let code = v["code"]
+            .as_str()
+            .or(v["error"].as_str())
+            .unwrap_or_default();
+        let detail = v["detail"]
+            .as_str()
+            .or(v["error_description"].as_str())
+            .unwrap_or_default();
+        kind = format!("{kind} {code}: {detail}");
+    } else if let Some(b) = body {
+        kind.push(' ');
+        kind.push_str(b);
+    }
+    kind.chars().take(200).collect()
 }
 
 #[derive(Serialize)]
@@ -671,4 +695,29 @@ fn print_table(r: &Report) {
         "flows: {} ({:.1}/s), failed operations: {}, error rate {:.4}",
         r.flows, r.flows_per_s, r.failed, r.error_rate
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_kind;
+
+    #[test]
+    fn error_kinds_keep_the_problem_code_and_detail() {
+        let k = error_kind(
+            r#"mediator answered 400 Bad Request: {"type":"tag:idstack.dev,2026:problem:didcomm","code":"didcomm","status":400,"detail":"no connection for this sender key"}"#,
+        );
+        assert_eq!(
+            k,
+            "mediator answered 400 Bad Request: didcomm: no connection for this sender key"
+        );
+        let k = error_kind(
+            r#"the other party answered HTTP 400: {"error":"invalid_nonce","error_description":"c_nonce is unknown"}"#,
+        );
+        assert_eq!(
+            k,
+            "the other party answered HTTP 400: invalid_nonce: c_nonce is unknown"
+        );
+        assert_eq!(error_kind("connection refused"), "connection refused");
+        assert_eq!(error_kind(&"x".repeat(500)).len(), 200);
+    }
 }
