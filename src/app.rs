@@ -59,6 +59,13 @@ pub fn build_app(
     let (json, form, path, query, payload) =
         http::extractor_configs(state.settings.raw.server.body_limit_bytes);
     let roles_state = state.clone();
+    // `cluster.rpc_addr` = this listener: the public server carries the internal RPC routes too
+    #[cfg(feature = "cluster")]
+    let rpc_node = state
+        .cluster
+        .as_ref()
+        .filter(|c| c.rpc_on_http)
+        .map(|c| c.node.clone());
     App::new()
         .into_utoipa_app()
         .openapi(ApiDoc::openapi())
@@ -70,8 +77,15 @@ pub fn build_app(
         .app_data(payload)
         .configure(http::health::configure)
         .configure(move |cfg| crate::roles::configure(cfg, &roles_state))
-        .map(|app| {
+        .map(move |app| {
             app.configure(http::web::configure)
+                .configure(move |cfg| {
+                    #[cfg(feature = "cluster")]
+                    if let Some(node) = rpc_node {
+                        crate::cluster::rpc::configure(cfg, node);
+                    }
+                    let _ = cfg;
+                })
                 .route("/openapi.json", web::get().to(openapi_json))
                 .default_service(web::to(http::route_not_found))
                 .wrap(middleware::from_fn(http::observe::observe))
@@ -306,9 +320,23 @@ pub async fn run(
         }
     }
 
-    let listener = std::net::TcpListener::bind(settings.bind)
-        .with_context(|| format!("cannot listen on {}", settings.bind))?;
-    let addr = listener.local_addr()?;
+    // On a shared RPC/HTTP address the bootstrap RPC server holds it until the roles are up.
+    #[cfg(feature = "cluster")]
+    let rpc_on_http = opened.cluster.as_ref().is_some_and(|c| c.rpc_on_http);
+    #[cfg(not(feature = "cluster"))]
+    let rpc_on_http = false;
+    let listener = if rpc_on_http {
+        None
+    } else {
+        Some(
+            std::net::TcpListener::bind(settings.bind)
+                .with_context(|| format!("cannot listen on {}", settings.bind))?,
+        )
+    };
+    let addr = match &listener {
+        Some(l) => l.local_addr()?,
+        None => settings.bind,
+    };
     let public_url = if raw.server.public_url.is_empty() {
         derive_public_url(addr)
     } else {
@@ -369,6 +397,16 @@ pub async fn run(
             .map(|n| n.get())
             .unwrap_or(2),
         n => n,
+    };
+    let listener = match listener {
+        Some(l) => l,
+        #[cfg(feature = "cluster")]
+        None => match &state.cluster {
+            Some(c) => c.hand_rpc_to_http(addr).await?,
+            None => anyhow::bail!("no listener"),
+        },
+        #[cfg(not(feature = "cluster"))]
+        None => anyhow::bail!("no listener"),
     };
     let app_data = data.clone();
     let server = HttpServer::new(move || build_app(app_data.clone()).0.app_data(doc.clone()))

@@ -182,23 +182,38 @@ async fn publish(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResp
     ok(&Empty {})
 }
 
+/// Registers the RPC routes (each with the RPC body limit) on an app: the RPC server's own, or the
+/// public server's when `cluster.rpc_addr` is the HTTP listener.
+pub fn configure(cfg: &mut web::ServiceConfig, node: Arc<Node>) {
+    let data = web::Data::new(node);
+    type MakeRoute = fn() -> actix_web::Route;
+    let routes: [(&str, MakeRoute); 7] = [
+        (PATH_APPLY, || web::post().to(apply)),
+        (PATH_GET, || web::post().to(get)),
+        (PATH_CAS, || web::post().to(cas)),
+        (PATH_DIGEST, || web::post().to(digest)),
+        (PATH_VERSIONS, || web::post().to(versions)),
+        (PATH_FETCH, || web::post().to(fetch)),
+        (PATH_PUBLISH, || web::post().to(publish)),
+    ];
+    for (path, route) in routes {
+        cfg.service(
+            web::resource(path)
+                .app_data(data.clone())
+                .app_data(web::PayloadConfig::new(BODY_LIMIT))
+                .route(route()),
+        );
+    }
+}
+
 /// Binds the RPC listener and returns the running server (spawn it, stop it through its handle).
 pub fn server(
     node: Arc<Node>,
     listener: std::net::TcpListener,
 ) -> std::io::Result<actix_web::dev::Server> {
-    let data = web::Data::new(node);
     Ok(HttpServer::new(move || {
         App::new()
-            .app_data(data.clone())
-            .app_data(web::PayloadConfig::new(BODY_LIMIT))
-            .route(PATH_APPLY, web::post().to(apply))
-            .route(PATH_GET, web::post().to(get))
-            .route(PATH_CAS, web::post().to(cas))
-            .route(PATH_DIGEST, web::post().to(digest))
-            .route(PATH_VERSIONS, web::post().to(versions))
-            .route(PATH_FETCH, web::post().to(fetch))
-            .route(PATH_PUBLISH, web::post().to(publish))
+            .configure(|cfg| configure(cfg, node.clone()))
             .default_service(web::to(|| async {
                 problem(
                     actix_web::http::StatusCode::NOT_FOUND,

@@ -25,7 +25,12 @@ const INIT_LOCK_KEY: &str = "cluster_init_lock";
 pub struct Cluster {
     pub node: Arc<Node>,
     chitchat: tokio::sync::Mutex<Option<ChitchatHandle>>,
-    rpc: actix_web::dev::ServerHandle,
+    /// The RPC server of its own (until [`Cluster::hand_rpc_to_http`] when it shares the HTTP
+    /// listener).
+    rpc: std::sync::Mutex<Option<actix_web::dev::ServerHandle>>,
+    /// `cluster.rpc_addr` is the HTTP listener: RPC runs on a server of its own while the node
+    /// bootstraps, then on the public server (which mounts the RPC routes).
+    pub rpc_on_http: bool,
 }
 
 async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
@@ -67,13 +72,9 @@ pub async fn start(
         c.rpc_addr.clone()
     };
     let rpc_listen = resolve(&rpc_bind).await.context("cluster.rpc_addr")?;
-    if rpc_listen == settings.bind {
-        // Peers need this node's RPC while it bootstraps, before its roles (and so its HTTP
-        // server) exist; the two cannot share a socket.
-        anyhow::bail!(
-            "cluster.rpc_addr {rpc_listen} is the HTTP listener (server.bind): internal RPC has a listener of its own, up before the roles start. Leave cluster.rpc_addr empty (the gossip address's port, over TCP) or give it another port"
-        );
-    }
+    // Peers need this node's RPC while it bootstraps, before its roles (and so its HTTP app)
+    // exist: on a shared address an RPC-only server holds it until the public server takes over.
+    let rpc_on_http = rpc_listen == settings.bind;
     let rpc_listener = std::net::TcpListener::bind(rpc_listen)
         .with_context(|| format!("cluster RPC cannot listen on {rpc_listen}"))?;
     let rpc_bound = rpc_listener.local_addr()?;
@@ -240,7 +241,8 @@ pub async fn start(
     let cluster = Arc::new(Cluster {
         node: node.clone(),
         chitchat: tokio::sync::Mutex::new(Some(handle)),
-        rpc: rpc_handle,
+        rpc: std::sync::Mutex::new(Some(rpc_handle)),
+        rpc_on_http,
     });
     let opened = Opened {
         store: Arc::new(super::store::ClusterStore::new(node.clone())),
@@ -341,7 +343,37 @@ impl Cluster {
                 tracing::debug!(error = %e, "gossip shutdown");
             }
         }
-        self.rpc.stop(true).await;
+        self.stop_rpc_server().await;
+    }
+
+    async fn stop_rpc_server(&self) {
+        let handle = self.rpc.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            h.stop(true).await;
+        }
+    }
+
+    /// On a shared RPC/HTTP address: stops the bootstrap RPC server and waits until the address
+    /// can be bound again, for the public server (with the RPC routes) to listen on it. Peers'
+    /// calls in between fail like calls to a briefly unreachable node (retried, or repaired by
+    /// anti-entropy).
+    pub async fn hand_rpc_to_http(
+        &self,
+        addr: SocketAddr,
+    ) -> anyhow::Result<std::net::TcpListener> {
+        self.stop_rpc_server().await;
+        let mut last = None;
+        for _ in 0..100 {
+            match std::net::TcpListener::bind(addr) {
+                Ok(l) => return Ok(l),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(anyhow::anyhow!(
+            "cannot listen on {addr} after stopping the bootstrap RPC server: {}",
+            last.map(|e| e.to_string()).unwrap_or_default()
+        ))
     }
 }
 

@@ -516,6 +516,70 @@ async fn cluster_benchmark() {
     drop((a, b, c));
 }
 
+/// `cluster.rpc_addr` = the HTTP listener: each node's internal RPC runs on its public port (on a
+/// server of its own while it bootstraps, then on the public server), and records written on one
+/// node are read on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_rpc_can_share_the_http_listener() {
+    let lb = Balancer::start(Vec::new()).await;
+    let specs: Vec<Spec> = (1..=3)
+        .map(|i| Spec {
+            id: format!("n{i}"),
+            port: free_port(),
+        })
+        .collect();
+    let seeds = specs
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let http: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let shared = |i: usize| {
+        node_builder(&specs[i], &seeds, &lb.url())
+            .bind(&http[i])
+            .env("IDSTACK__CLUSTER__RPC_ADDR", &http[i])
+            .start()
+    };
+    let (a, b, c) = tokio::join!(shared(0), shared(1), shared(2));
+    lb.set_backends(vec![a.base.clone(), b.base.clone(), c.base.clone()]);
+    for s in [&a, &b, &c] {
+        let v = wait_cluster(s, "three live members", |v| {
+            ["n1", "n2", "n3"]
+                .iter()
+                .all(|id| member(v, id)["state"] == "alive")
+        })
+        .await;
+        assert!(v["members"].as_array().unwrap().len() == 3, "{v}");
+    }
+    // a session written on a, read on b and c (fetched or replicated over the shared port)
+    let session: Value = client()
+        .post(a.url("/api/verifiers/default/sessions"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "claims": [{"path": ["given_name"]}]}]}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = session["id"].as_str().unwrap();
+    for s in [&b, &c] {
+        let (st, v) = admin_get(s, &format!("/api/verifiers/default/sessions/{id}")).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    // the RPC routes answer on the public port, and only to signed requests
+    let r = client()
+        .post(b.url("/cluster/v1/get"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    drop((a, b, c));
+}
+
 /// Starts three nodes at once behind `lb` (public URL = the proxy).
 async fn start_three(lb: &Balancer) -> (Vec<Spec>, String, Server, Server, Server) {
     let specs: Vec<Spec> = (1..=3)
