@@ -522,17 +522,7 @@ async fn cluster_benchmark() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_rpc_can_share_the_http_listener() {
     let lb = Balancer::start(Vec::new()).await;
-    let specs: Vec<Spec> = (1..=3)
-        .map(|i| Spec {
-            id: format!("n{i}"),
-            port: free_port(),
-        })
-        .collect();
-    let seeds = specs
-        .iter()
-        .map(|s| format!("127.0.0.1:{}", s.port))
-        .collect::<Vec<_>>()
-        .join(",");
+    let (specs, seeds) = three_specs();
     let http: Vec<String> = (0..3)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
@@ -580,8 +570,8 @@ async fn internal_rpc_can_share_the_http_listener() {
     drop((a, b, c));
 }
 
-/// Starts three nodes at once behind `lb` (public URL = the proxy).
-async fn start_three(lb: &Balancer) -> (Vec<Spec>, String, Server, Server, Server) {
+/// Three node specs (ids n1..n3, free gossip/RPC ports) and their seed list.
+fn three_specs() -> (Vec<Spec>, String) {
     let specs: Vec<Spec> = (1..=3)
         .map(|i| Spec {
             id: format!("n{i}"),
@@ -593,6 +583,12 @@ async fn start_three(lb: &Balancer) -> (Vec<Spec>, String, Server, Server, Serve
         .map(|s| format!("127.0.0.1:{}", s.port))
         .collect::<Vec<_>>()
         .join(",");
+    (specs, seeds)
+}
+
+/// Starts three nodes at once behind `lb` (public URL = the proxy).
+async fn start_three(lb: &Balancer) -> (Vec<Spec>, String, Server, Server, Server) {
+    let (specs, seeds) = three_specs();
     let (a, b, c) = tokio::join!(
         node_builder(&specs[0], &seeds, &lb.url()).start(),
         node_builder(&specs[1], &seeds, &lb.url()).start(),
