@@ -263,6 +263,14 @@ async fn three_nodes_behind_round_robin_act_as_one_and_survive_kill_9() {
         assert!(lb.hits(&s.base) > 5, "round robin reached {}", s.base);
     }
 
+    // the third-party Animo @openid4vc holder and wallet through the proxy: issuance, a session
+    // created on one node and completed anywhere, its replay rejected on another node
+    let sid = crate::redis_backend::animo_issue_and_present(&lb.url(), &c.base).await;
+    for s in [&a, &b] {
+        let (st, v) = admin_get(s, &format!("/api/verifiers/default/sessions/{sid}")).await;
+        assert_eq!((st, &v["verified"]), (200, &json!(true)), "{v}");
+    }
+
     // the load harness's real OID4VP and OID4VCI clients through the proxy: zero errors
     for scenario in ["verify", "issue"] {
         let report = load(&lb.url(), scenario, 4, "3s").await;
@@ -544,16 +552,7 @@ async fn internal_rpc_can_share_the_http_listener() {
         assert!(v["members"].as_array().unwrap().len() == 3, "{v}");
     }
     // a session written on a, read on b and c (fetched or replicated over the shared port)
-    let session: Value = client()
-        .post(a.url("/api/verifiers/default/sessions"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "claims": [{"path": ["given_name"]}]}]}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let session = new_session(&a).await;
     let id = session["id"].as_str().unwrap();
     for s in [&b, &c] {
         let (st, v) = admin_get(s, &format!("/api/verifiers/default/sessions/{id}")).await;

@@ -330,12 +330,12 @@ async fn node_client(script: &'static str, args: Vec<String>) -> Value {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_stateless_nodes_share_sessions_and_single_use_codes_and_survive_a_kill() {
-    let mut d = deployment(3).await;
-    let public = d.public();
+/// The Animo `@openid4vc` clients through the balancer at `public`: OID4VCI pre-authorized
+/// issuance (offer, token, nonce and credential requests land on different nodes), then an OID4VP
+/// session created on the node at `session_on`, completed by the wallet through the balancer, and
+/// its replay rejected (on another node). Returns the session id.
+pub(crate) async fn animo_issue_and_present(public: &str, session_on: &str) -> String {
     let c = guarded_client();
-
     // OID4VCI through the balancer: the Animo holder's offer, token, nonce and credential
     // requests land on different nodes.
     let offer = c
@@ -361,7 +361,7 @@ async fn three_stateless_nodes_share_sessions_and_single_use_codes_and_survive_a
 
     // OID4VP: a session created on node 0, completed by the wallet through the balancer.
     let sess: Value = c
-        .post(d.nodes[0].url("/api/verifiers/default/sessions"))
+        .post(format!("{session_on}/api/verifiers/default/sessions"))
         .bearer_auth(ADMIN_TOKEN)
         .json(&json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "claims": [{"path": ["given_name"]}]}]}}))
         .send()
@@ -370,7 +370,7 @@ async fn three_stateless_nodes_share_sessions_and_single_use_codes_and_survive_a
         .json()
         .await
         .unwrap();
-    assert!(sess["request_uri"].as_str().unwrap().starts_with(&public));
+    assert!(sess["request_uri"].as_str().unwrap().starts_with(public));
     let out = node_client(
         "oid4vp-wallet.mjs",
         vec![
@@ -387,8 +387,17 @@ async fn three_stateless_nodes_share_sessions_and_single_use_codes_and_survive_a
         out["replay"]["status"], 400,
         "replay rejected on another node: {out}"
     );
+    sess["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_stateless_nodes_share_sessions_and_single_use_codes_and_survive_a_kill() {
+    let mut d = deployment(3).await;
+    let public = d.public();
+    let c = guarded_client();
+
+    let sid = animo_issue_and_present(&public, &d.nodes[0].base).await;
     // every node sees the completed session
-    let sid = sess["id"].as_str().unwrap();
     for n in &d.nodes {
         let r: Value = c
             .get(n.url(&format!("/api/verifiers/default/sessions/{sid}")))
