@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
 use serde_json::{json, Value};
 
 use crate::balancer::Balancer;
@@ -11,6 +12,8 @@ use crate::common::{client, Server, ADMIN_TOKEN};
 use crate::holder::{create_offer, pre_auth_code, token};
 
 const SECRET: &str = "cluster-test-secret-0123456789";
+/// OID4VP sessions the Animo wallet completes through the proxy (the walt.id seed scenario).
+const ANIMO_SESSIONS: usize = 1_000;
 
 /// A port free for both UDP (gossip) and TCP (internal RPC uses the same number).
 fn free_port() -> u16 {
@@ -265,9 +268,58 @@ async fn three_nodes_behind_round_robin_act_as_one_and_survive_kill_9() {
 
     // the third-party Animo @openid4vc holder and wallet through the proxy: issuance, a session
     // created on one node and completed anywhere, its replay rejected on another node
-    let sid = crate::redis_backend::animo_issue_and_present(&lb.url(), &c.base).await;
+    let (sid, cred) = crate::redis_backend::animo_issue_and_present(&lb.url(), &c.base).await;
     for s in [&a, &b] {
         let (st, v) = admin_get(s, &format!("/api/verifiers/default/sessions/{sid}")).await;
+        assert_eq!((st, &v["verified"]), (200, &json!(true)), "{v}");
+    }
+    // the walt.id seed scenario at volume: sessions created through the proxy (so on every
+    // node), each completed by the Animo wallet through the proxy, none "not found"
+    let created: Vec<Value> = futures_util::stream::iter(0..ANIMO_SESSIONS)
+        .map(|_| new_session(&proxy))
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let list = cred.path().join("requests.txt");
+    std::fs::write(
+        &list,
+        created
+            .iter()
+            .map(|s| s["authorization_request"].as_str().unwrap())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
+    let cred_file = cred.path().join("cred.json");
+    let (list_s, cred_s) = (
+        list.to_str().unwrap().to_string(),
+        cred_file.to_str().unwrap().to_string(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        crate::interop::node(
+            "oid4vp-wallet.mjs",
+            &[
+                "--requests",
+                &list_s,
+                "--credential",
+                &cred_s,
+                "--concurrency",
+                "8",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(out["ok"], ANIMO_SESSIONS, "{out}");
+    for s in created.iter().step_by(50) {
+        let (st, v) = admin_get(
+            &proxy,
+            &format!(
+                "/api/verifiers/default/sessions/{}",
+                s["id"].as_str().unwrap()
+            ),
+        )
+        .await;
         assert_eq!((st, &v["verified"]), (200, &json!(true)), "{v}");
     }
 

@@ -333,8 +333,12 @@ async fn node_client(script: &'static str, args: Vec<String>) -> Value {
 /// The Animo `@openid4vc` clients through the balancer at `public`: OID4VCI pre-authorized
 /// issuance (offer, token, nonce and credential requests land on different nodes), then an OID4VP
 /// session created on the node at `session_on`, completed by the wallet through the balancer, and
-/// its replay rejected (on another node). Returns the session id.
-pub(crate) async fn animo_issue_and_present(public: &str, session_on: &str) -> String {
+/// its replay rejected (on another node). Returns the session id and the directory holding the
+/// issued credential (`cred.json`, the wallet's input).
+pub(crate) async fn animo_issue_and_present(
+    public: &str,
+    session_on: &str,
+) -> (String, tempfile::TempDir) {
     let c = guarded_client();
     // OID4VCI through the balancer: the Animo holder's offer, token, nonce and credential
     // requests land on different nodes.
@@ -387,7 +391,7 @@ pub(crate) async fn animo_issue_and_present(public: &str, session_on: &str) -> S
         out["replay"]["status"], 400,
         "replay rejected on another node: {out}"
     );
-    sess["id"].as_str().unwrap().to_string()
+    (sess["id"].as_str().unwrap().to_string(), cred_dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -396,7 +400,7 @@ async fn three_stateless_nodes_share_sessions_and_single_use_codes_and_survive_a
     let public = d.public();
     let c = guarded_client();
 
-    let sid = animo_issue_and_present(&public, &d.nodes[0].base).await;
+    let (sid, _cred) = animo_issue_and_present(&public, &d.nodes[0].base).await;
     // every node sees the completed session
     for n in &d.nodes {
         let r: Value = c
