@@ -6,8 +6,10 @@ use std::path::Path;
 
 use crate::common::{client, Server, ADMIN_TOKEN};
 
-/// Files whose routes are pages or assets, deliberately outside the API document.
-const PAGE_FILES: &[&str] = &["src/http/web.rs"];
+/// Files whose routes are deliberately outside the API document: pages and assets, and the
+/// internal cluster RPC (an HMAC-signed peer protocol, mounted on the public listener only when
+/// `cluster.rpc_addr` is that listener).
+const PAGE_FILES: &[&str] = &["src/http/web.rs", "src/cluster/rpc.rs"];
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
