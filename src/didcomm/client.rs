@@ -123,10 +123,7 @@ pub fn parse_invitation(url: &str) -> anyhow::Result<Invitation> {
     }
     let rk = recipient_key
         .ok_or_else(|| anyhow!("the invitation has no inline service with a recipient key"))?;
-    let rk: [u8; 32] = bs58::decode(&rk)
-        .into_vec()?
-        .try_into()
-        .map_err(|_| anyhow!("recipient key is not 32 bytes"))?;
+    let rk = key32(&rk)?;
     Ok(Invitation {
         id: inv
             .get("@id")
@@ -150,10 +147,9 @@ pub struct MediatorConnection {
     http: reqwest::Client,
 }
 
+/// [`new_message`] asking for replies on the same HTTP request (return route).
 fn msg(t: &str, body: Value) -> Value {
-    let mut m = body;
-    m["@type"] = json!(format!("{DIDCOMM}{t}"));
-    m["@id"] = json!(random_id());
+    let mut m = new_message(t, body);
     m["~transport"] = json!({"return_route": "all"});
     m
 }
@@ -178,11 +174,8 @@ impl MediatorConnection {
             routing_keys: Vec::new(),
             http,
         };
-        let mut req = msg(
-            "didexchange/1.1/request",
-            json!({"label": label, "did": conn.agent.did_key()}),
-        );
-        req["~thread"] = json!({"thid": req["@id"], "pthid": conn.invitation.id});
+        let mut req = didexchange_request(label, &conn.agent.did_key(), &conn.invitation.id);
+        req["~transport"] = json!({"return_route": "all"});
         let resp = conn
             .post_to(&req, &conn.invitation.recipient_key.clone())
             .await?
@@ -196,10 +189,7 @@ impl MediatorConnection {
             .verkeys
             .first()
             .ok_or_else(|| anyhow!("mediator DID has no key"))?;
-        conn.mediator_key = bs58::decode(vk)
-            .into_vec()?
-            .try_into()
-            .map_err(|_| anyhow!("mediator key length"))?;
+        conn.mediator_key = key32(vk)?;
         let mut complete = msg("didexchange/1.1/complete", json!({}));
         complete["~thread"] = json!({"thid": req["@id"], "pthid": conn.invitation.id});
         conn.request(complete).await?;
@@ -207,26 +197,13 @@ impl MediatorConnection {
     }
 
     async fn post_to(&self, m: &Value, to: &[u8; 32]) -> anyhow::Result<Option<Value>> {
-        let body = self.agent.pack(m, to)?;
-        let resp = self
-            .http
-            .post(&self.invitation.http_endpoint)
-            .header("content-type", CONTENT_TYPE)
-            .body(body)
-            .send()
-            .await?;
-        let status = resp.status();
-        let bytes = resp.bytes().await?;
-        if status.as_u16() == 202 || bytes.is_empty() {
-            return Ok(None);
-        }
-        if !status.is_success() {
-            bail!(
-                "mediator answered {status}: {}",
-                String::from_utf8_lossy(&bytes)
-            );
-        }
-        Ok(Some(self.agent.unpack(&bytes)?.0))
+        let reply = post_envelope_for_reply(
+            &self.http,
+            &self.invitation.http_endpoint,
+            self.agent.pack(m, to)?,
+        )
+        .await?;
+        reply.map(|env| Ok(self.agent.unpack(&env)?.0)).transpose()
     }
 
     /// Sends `m` (with return-route) and returns the reply, if any.
@@ -438,18 +415,11 @@ pub fn forward_envelope(
     recipient_verkey: &str,
     routing_key_b58: &str,
 ) -> anyhow::Result<Vec<u8>> {
-    let inner: Value = serde_json::from_slice(inner)?;
-    let fwd = json!({
-        "@type": format!("{DIDCOMM}routing/1.0/forward"),
-        "@id": random_id(),
-        "to": recipient_verkey,
-        "msg": inner,
-    });
-    let rk: [u8; 32] = bs58::decode(routing_key_b58)
-        .into_vec()?
-        .try_into()
-        .map_err(|_| anyhow!("routing key length"))?;
-    Ok(envelope::pack(fwd.to_string().as_bytes(), &[rk], None)?)
+    route(
+        inner.to_vec(),
+        &key32(recipient_verkey)?,
+        &[key32(routing_key_b58)?],
+    )
 }
 
 /// A DIDComm connection with another agent (not the mediator) that reaches us through our

@@ -1,7 +1,6 @@
 //! `idstack agent --stdio` speaks the Akrida agent.js protocol line by line.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::{json, Value};
 
@@ -66,7 +65,7 @@ async fn akrida_protocol_line_by_line() {
         assert_eq!(v["error"], expected, "{cmd} → {v}");
         assert!(v.get("result").is_some());
     }
-    assert!(agent.child.wait().unwrap().success());
+    assert!(agent.0.child.wait().unwrap().success());
     let result: Value = client()
         .get(s.url(&format!(
             "/api/verifiers/default/sessions/{}",
@@ -150,49 +149,23 @@ async fn agent_receives_a_credential_from_credo_over_didcomm() {
 }
 
 /// `idstack agent --stdio`, one command and one answer line at a time.
-struct Agent {
-    child: std::process::Child,
-    stdin: std::process::ChildStdin,
-    stdout: BufReader<std::process::ChildStdout>,
-}
+struct Agent(crate::common::LineChild);
 
 impl Agent {
     fn spawn() -> Self {
-        let mut child = Command::new(bin())
-            .args(["agent", "--stdio"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        Self {
-            child,
-            stdin,
-            stdout,
-        }
+        let mut cmd = Command::new(bin());
+        cmd.args(["agent", "--stdio"]);
+        Agent(crate::common::LineChild::spawn(cmd))
     }
 
     fn ask(&mut self, cmd: Value) -> Value {
-        writeln!(self.stdin, "{cmd}").unwrap();
-        self.stdin.flush().unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not one JSON line ({e}): {line:?}"))
+        self.0.ask(&cmd)
     }
 
     fn ok(&mut self, cmd: Value) -> Value {
         let r = self.ask(cmd.clone());
         assert_eq!(r["error"], 0, "{cmd} -> {r}");
         r
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

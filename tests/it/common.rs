@@ -447,3 +447,55 @@ pub fn run_cli(
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A child process speaking a line protocol: one JSON command per stdin line, one JSON answer
+/// line on stdout (`idstack agent --stdio`, the credo-ts helpers).
+pub(crate) struct LineChild {
+    pub child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl LineChild {
+    pub(crate) fn spawn(mut cmd: std::process::Command) -> Self {
+        use std::process::Stdio;
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Sends one command and reads its one answer line.
+    pub(crate) fn ask(&mut self, cmd: &serde_json::Value) -> serde_json::Value {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not one JSON line ({e}) answering {cmd}: {line:?}"))
+    }
+
+    /// Writes a line without waiting for an answer (a last `shutdown`).
+    pub(crate) fn tell(&mut self, cmd: &serde_json::Value) {
+        use std::io::Write;
+        let _ = writeln!(self.stdin, "{cmd}");
+        let _ = self.stdin.flush();
+    }
+}
+
+impl Drop for LineChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

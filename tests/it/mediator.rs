@@ -2,22 +2,17 @@
 //! delivery guarantees (redelivery until `messages-received`, nothing lost across a restart) and
 //! bad input.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use idstack::didcomm::client::{self, pickup, AgentKey, MediatorConnection};
 use serde_json::{json, Value};
 
-use crate::common::{expect_problem, Server, ADMIN_TOKEN};
+use crate::common::{expect_problem, LineChild, Server, ADMIN_TOKEN};
 use crate::interop::interop_dir;
 
 /// A credo-mediation.mjs agent driven line by line.
-pub(crate) struct Credo {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
+pub(crate) struct Credo(LineChild);
 
 impl Credo {
     pub(crate) fn spawn(label: &str) -> Self {
@@ -27,30 +22,14 @@ impl Credo {
                 .exists(),
             "credo-ts is not installed: run tests/interop/install.sh"
         );
-        let mut child = Command::new("node")
-            .current_dir(interop_dir())
-            .args(["credo/credo-mediation.mjs", "--label", label])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        Self {
-            child,
-            stdin,
-            stdout,
-        }
+        let mut cmd = Command::new("node");
+        cmd.current_dir(interop_dir())
+            .args(["credo/credo-mediation.mjs", "--label", label]);
+        Credo(LineChild::spawn(cmd))
     }
 
     pub(crate) fn ask(&mut self, cmd: Value) -> Value {
-        writeln!(self.stdin, "{cmd}").unwrap();
-        self.stdin.flush().unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("credo answered {line:?} to {cmd}: {e}"))
+        self.0.ask(&cmd)
     }
 
     pub(crate) fn ok(&mut self, cmd: Value) -> Value {
@@ -62,11 +41,9 @@ impl Credo {
 
 impl Drop for Credo {
     fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "{}", json!({"cmd": "shutdown"}));
-        let _ = self.stdin.flush();
+        // a moment for a clean shutdown before LineChild kills it
+        self.0.tell(&json!({"cmd": "shutdown"}));
         std::thread::sleep(Duration::from_millis(200));
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
