@@ -150,6 +150,7 @@ pub(super) async fn user(
                     let inner =
                         sender.pack(&client::basic_message(&text), &recipient.verkey_bytes())?;
                     let env = client::forward_envelope(&inner, &recipient.verkey, &routing)?;
+                    let inner: Value = serde_json::from_slice(&inner)?;
                     let r = ctx
                         .http
                         .post(&endpoint)
@@ -160,12 +161,12 @@ pub(super) async fn user(
                     if r.status().as_u16() != 202 {
                         anyhow::bail!("forward: HTTP {}", r.status());
                     }
-                    Ok::<_, anyhow::Error>(())
+                    Ok::<_, anyhow::Error>(inner)
                 })
                 .await;
-                if sent.is_none() {
+                let Some(inner) = sent else {
                     continue;
-                }
+                };
                 let got = timed(s, "forward → live delivery (end to end)", async {
                     loop {
                         let m = ws.recv(WAIT).await?;
@@ -174,11 +175,9 @@ pub(super) async fn user(
                         }
                         let atts = pickup::attachments(&m);
                         let ids: Vec<String> = atts.iter().map(|(id, _)| id.clone()).collect();
-                        let mut found = false;
-                        for (_, env) in &atts {
-                            let (msg, _) = recipient.unpack(env.to_string().as_bytes())?;
-                            found |= msg["content"] == text.as_str();
-                        }
+                        // The mediator must hand over the sender's envelope as it was sent;
+                        // opening it is the recipient application's work, not the mediator's.
+                        let found = atts.iter().any(|(_, env)| *env == inner);
                         ws.ack(&ids).await?;
                         if found {
                             return Ok::<_, anyhow::Error>(());

@@ -1,5 +1,11 @@
-//! The embedded sled backend. One tree per keyspace (`idstack-<keyspace>`), every call on the
-//! blocking pool, records framed as `[layout][deadline ms, i64 BE, 0 = none][payload]`.
+//! The embedded sled backend. One tree per keyspace (`idstack-<keyspace>`), records framed as
+//! `[layout][deadline ms, i64 BE, 0 = none][payload]`.
+//!
+//! Point operations (get, put, delete, compare-and-swap, batch) and the first rows of a scan run
+//! inline on the calling task: sled serves them from its page cache and hands log writes to its
+//! own IO threads, so they take microseconds and do not wait for the disk. Only `flush`, long
+//! scans and whole-store walks go to the blocking pool. A blocking-pool hop per call cost two
+//! thread wake-ups, which was a third of the server's CPU under mediator load (BENCHMARKS.md).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -83,6 +89,29 @@ where
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+}
+
+/// Rows a scan reads on the calling task before it moves to the blocking pool.
+const INLINE_SCAN_ROWS: usize = 256;
+
+/// Appends live rows from `iter` to `out` until it holds `limit`; true when the prefix is
+/// exhausted.
+fn collect_live(
+    iter: &mut sled::Iter,
+    out: &mut Vec<(String, Vec<u8>)>,
+    limit: usize,
+    now: i64,
+) -> StoreResult<bool> {
+    while out.len() < limit {
+        let Some(item) = iter.next() else {
+            return Ok(true);
+        };
+        let (k, raw) = item.map_err(backend)?;
+        if let Some(v) = live(&raw, now) {
+            out.push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
+        }
+    }
+    Ok(false)
 }
 
 /// Group commit for `flush`: one synchronous `Db::flush` at a time on the blocking pool, and a
@@ -199,15 +228,11 @@ impl SledStore {
 impl Store for SledStore {
     async fn get(&self, keyspace: &'static str, key: &str) -> StoreResult<Option<Vec<u8>>> {
         let tree = self.tree(keyspace)?;
-        let key = key.to_string();
         let now = self.clock.now_ms();
-        blocking(move || {
-            Ok(tree
-                .get(key.as_bytes())
-                .map_err(backend)?
-                .and_then(|raw| live(&raw, now).map(<[u8]>::to_vec)))
-        })
-        .await
+        Ok(tree
+            .get(key.as_bytes())
+            .map_err(backend)?
+            .and_then(|raw| live(&raw, now).map(<[u8]>::to_vec)))
     }
 
     async fn put(
@@ -218,27 +243,19 @@ impl Store for SledStore {
         ttl: Option<Duration>,
     ) -> StoreResult<()> {
         let tree = self.tree(keyspace)?;
-        let key = key.to_string();
         let raw = encode(&value, deadline(self.clock.now_ms(), ttl));
-        blocking(move || {
-            tree.insert(key.as_bytes(), raw)
-                .map(|_| ())
-                .map_err(backend)
-        })
-        .await
+        tree.insert(key.as_bytes(), raw)
+            .map(|_| ())
+            .map_err(backend)
     }
 
     async fn delete(&self, keyspace: &'static str, key: &str) -> StoreResult<bool> {
         let tree = self.tree(keyspace)?;
-        let key = key.to_string();
         let now = self.clock.now_ms();
-        blocking(move || {
-            Ok(tree
-                .remove(key.as_bytes())
-                .map_err(backend)?
-                .is_some_and(|raw| live(&raw, now).is_some()))
-        })
-        .await
+        Ok(tree
+            .remove(key.as_bytes())
+            .map_err(backend)?
+            .is_some_and(|raw| live(&raw, now).is_some()))
     }
 
     async fn compare_and_swap(
@@ -249,10 +266,9 @@ impl Store for SledStore {
         new: Option<(Vec<u8>, Option<Duration>)>,
     ) -> StoreResult<Cas> {
         let tree = self.tree(keyspace)?;
-        let key = key.to_string();
         let now = self.clock.now_ms();
         let new_raw = new.map(|(v, ttl)| encode(&v, deadline(now, ttl)));
-        blocking(move || loop {
+        loop {
             let current = tree.get(key.as_bytes()).map_err(backend)?;
             let current_live = current.as_deref().and_then(|raw| live(raw, now));
             if current_live != expected.as_deref() {
@@ -265,8 +281,7 @@ impl Store for SledStore {
                 Ok(()) => return Ok(Cas::Swapped),
                 Err(_) => continue, // raced with a writer between get and CAS: re-evaluate
             }
-        })
-        .await
+        }
     }
 
     async fn scan_prefix(
@@ -276,19 +291,18 @@ impl Store for SledStore {
         limit: usize,
     ) -> StoreResult<Vec<(String, Vec<u8>)>> {
         let tree = self.tree(keyspace)?;
-        let prefix = prefix.to_string();
         let now = self.clock.now_ms();
+        let mut iter = tree.scan_prefix(prefix.as_bytes());
+        let mut out = Vec::new();
+        // The first rows inline (a queue, a connection's keys); a long scan goes on where it
+        // stopped on the blocking pool, so one big keyspace cannot stall an HTTP worker.
+        if collect_live(&mut iter, &mut out, limit.min(INLINE_SCAN_ROWS), now)?
+            || out.len() >= limit
+        {
+            return Ok(out);
+        }
         blocking(move || {
-            let mut out = Vec::new();
-            for item in tree.scan_prefix(prefix.as_bytes()) {
-                if out.len() >= limit {
-                    break;
-                }
-                let (k, raw) = item.map_err(backend)?;
-                if let Some(v) = live(&raw, now) {
-                    out.push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
-                }
-            }
+            collect_live(&mut iter, &mut out, limit, now)?;
             Ok(out)
         })
         .await
@@ -310,32 +324,60 @@ impl Store for SledStore {
             .iter()
             .map(|n| self.tree(n))
             .collect::<StoreResult<Vec<_>>>()?;
-        blocking(move || {
-            trees
-                .as_slice()
-                .transaction(|tx| {
-                    for op in &ops {
-                        match op {
-                            BatchOp::Put {
-                                keyspace,
-                                key,
-                                value,
-                                ttl,
-                            } => {
-                                let i = names.iter().position(|n| n == keyspace).unwrap_or(0);
-                                tx[i].insert(key.as_bytes(), encode(value, deadline(now, *ttl)))?;
-                            }
-                            BatchOp::Delete { keyspace, key } => {
-                                let i = names.iter().position(|n| n == keyspace).unwrap_or(0);
-                                tx[i].remove(key.as_bytes())?;
-                            }
+        if let ([tree], [_]) = (trees.as_slice(), ops.as_slice()) {
+            // One operation is atomic on its own. sled's batches and transactions seal and write
+            // its IO buffer twice each (to pin their place in the log), and every write wakes all
+            // of sled's idle IO threads: a third of the mediator's CPU went there when each
+            // acknowledged message was deleted in a batch of one.
+            let Some(op) = ops.into_iter().next() else {
+                return Ok(());
+            };
+            return match op {
+                BatchOp::Put {
+                    key, value, ttl, ..
+                } => tree
+                    .insert(key.as_bytes(), encode(&value, deadline(now, ttl)))
+                    .map(drop),
+                BatchOp::Delete { key, .. } => tree.remove(key.as_bytes()).map(drop),
+            }
+            .map_err(backend);
+        }
+        if let [tree] = trees.as_slice() {
+            // One keyspace: sled's atomic batch, without the bookkeeping of a transaction.
+            let mut b = sled::Batch::default();
+            for op in ops {
+                match op {
+                    BatchOp::Put {
+                        key, value, ttl, ..
+                    } => b.insert(key.as_bytes(), encode(&value, deadline(now, ttl))),
+                    BatchOp::Delete { key, .. } => b.remove(key.as_bytes()),
+                }
+            }
+            return tree.apply_batch(b).map_err(backend);
+        }
+        trees
+            .as_slice()
+            .transaction(|tx| {
+                for op in &ops {
+                    match op {
+                        BatchOp::Put {
+                            keyspace,
+                            key,
+                            value,
+                            ttl,
+                        } => {
+                            let i = names.iter().position(|n| n == keyspace).unwrap_or(0);
+                            tx[i].insert(key.as_bytes(), encode(value, deadline(now, *ttl)))?;
+                        }
+                        BatchOp::Delete { keyspace, key } => {
+                            let i = names.iter().position(|n| n == keyspace).unwrap_or(0);
+                            tx[i].remove(key.as_bytes())?;
                         }
                     }
-                    Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-                })
-                .map_err(|e| backend(format!("{e:?}")))
-        })
-        .await
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| backend(format!("{e:?}")))
     }
 
     async fn sweep_expired(&self) -> StoreResult<u64> {
