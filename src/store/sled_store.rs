@@ -1,11 +1,14 @@
 //! The embedded sled backend. One tree per keyspace (`idstack-<keyspace>`), records framed as
 //! `[layout][deadline ms, i64 BE, 0 = none][payload]`.
 //!
-//! Point operations (get, put, delete, compare-and-swap, batch) and the first rows of a scan run
-//! inline on the calling task: sled serves them from its page cache and hands log writes to its
-//! own IO threads, so they take microseconds and do not wait for the disk. Only `flush`, long
-//! scans and whole-store walks go to the blocking pool. A blocking-pool hop per call cost two
-//! thread wake-ups, which was a third of the server's CPU under mediator load (BENCHMARKS.md).
+//! Point operations (get, put, delete, compare-and-swap, a batch of one) and the first rows of a
+//! scan run inline on the calling task: sled serves them from its page cache and hands log writes
+//! to its own IO threads, so they take microseconds and do not wait for the disk. `flush`, batches
+//! of several operations, long scans and whole-store walks go to the blocking pool. A
+//! blocking-pool hop per call cost two thread wake-ups, which was a third of the server's CPU
+//! under mediator load (BENCHMARKS.md). One wait remains inline: while a multi-operation batch
+//! waits for sled's global write lock (held off by a flush writing to disk), sled's fair lock
+//! makes point operations queue behind it, for at most that flush.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -342,42 +345,48 @@ impl Store for SledStore {
             }
             .map_err(backend);
         }
-        if let [tree] = trees.as_slice() {
-            // One keyspace: sled's atomic batch, without the bookkeeping of a transaction.
-            let mut b = sled::Batch::default();
-            for op in ops {
-                match op {
-                    BatchOp::Put {
-                        key, value, ttl, ..
-                    } => b.insert(key.as_bytes(), encode(&value, deadline(now, ttl))),
-                    BatchOp::Delete { key, .. } => b.remove(key.as_bytes()),
-                }
-            }
-            return tree.apply_batch(b).map_err(backend);
-        }
-        trees
-            .as_slice()
-            .transaction(|tx| {
-                for op in &ops {
+        // Several operations: on the blocking pool. sled's batches and transactions take its
+        // global write lock, which waits for a flush in progress (flushes hold the read side
+        // through their disk write).
+        blocking(move || {
+            if let [tree] = trees.as_slice() {
+                // One keyspace: sled's atomic batch, without the bookkeeping of a transaction.
+                let mut b = sled::Batch::default();
+                for op in ops {
                     match op {
                         BatchOp::Put {
-                            keyspace,
-                            key,
-                            value,
-                            ttl,
-                        } => {
-                            let i = names.iter().position(|n| n == keyspace).unwrap_or(0);
-                            tx[i].insert(key.as_bytes(), encode(value, deadline(now, *ttl)))?;
-                        }
-                        BatchOp::Delete { keyspace, key } => {
-                            let i = names.iter().position(|n| n == keyspace).unwrap_or(0);
-                            tx[i].remove(key.as_bytes())?;
-                        }
+                            key, value, ttl, ..
+                        } => b.insert(key.as_bytes(), encode(&value, deadline(now, ttl))),
+                        BatchOp::Delete { key, .. } => b.remove(key.as_bytes()),
                     }
                 }
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| backend(format!("{e:?}")))
+                return tree.apply_batch(b).map_err(backend);
+            }
+            trees
+                .as_slice()
+                .transaction(|tx| {
+                    for op in &ops {
+                        match op {
+                            BatchOp::Put {
+                                keyspace,
+                                key,
+                                value,
+                                ttl,
+                            } => {
+                                let i = names.iter().position(|n| n == keyspace).unwrap_or(0);
+                                tx[i].insert(key.as_bytes(), encode(value, deadline(now, *ttl)))?;
+                            }
+                            BatchOp::Delete { keyspace, key } => {
+                                let i = names.iter().position(|n| n == keyspace).unwrap_or(0);
+                                tx[i].remove(key.as_bytes())?;
+                            }
+                        }
+                    }
+                    Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| backend(format!("{e:?}")))
+        })
+        .await
     }
 
     async fn sweep_expired(&self) -> StoreResult<u64> {
