@@ -97,15 +97,19 @@ where
 /// Rows a scan reads on the calling task before it moves to the blocking pool.
 const INLINE_SCAN_ROWS: usize = 256;
 
-/// Appends live rows from `iter` to `out` until it holds `limit`; true when the prefix is
-/// exhausted.
+/// Appends live rows from `iter` to `out` until it holds `limit` or `visits` rows (expired ones
+/// included) were read; true when the prefix is exhausted.
 fn collect_live(
     iter: &mut sled::Iter,
     out: &mut Vec<(String, Vec<u8>)>,
     limit: usize,
+    visits: usize,
     now: i64,
 ) -> StoreResult<bool> {
-    while out.len() < limit {
+    for _ in 0..visits {
+        if out.len() >= limit {
+            return Ok(false);
+        }
         let Some(item) = iter.next() else {
             return Ok(true);
         };
@@ -299,13 +303,11 @@ impl Store for SledStore {
         let mut out = Vec::new();
         // The first rows inline (a queue, a connection's keys); a long scan goes on where it
         // stopped on the blocking pool, so one big keyspace cannot stall an HTTP worker.
-        if collect_live(&mut iter, &mut out, limit.min(INLINE_SCAN_ROWS), now)?
-            || out.len() >= limit
-        {
+        if collect_live(&mut iter, &mut out, limit, INLINE_SCAN_ROWS, now)? || out.len() >= limit {
             return Ok(out);
         }
         blocking(move || {
-            collect_live(&mut iter, &mut out, limit, now)?;
+            collect_live(&mut iter, &mut out, limit, usize::MAX, now)?;
             Ok(out)
         })
         .await
@@ -530,6 +532,40 @@ mod tests {
         let s = SledStore::open(dir.path(), 1 << 20, clock).unwrap();
         assert_eq!(s.get(KS, "k").await.unwrap(), Some(b"v".to_vec()));
         assert!(dir.path().join("sled-v1").exists());
+    }
+
+    /// Scans longer than the inline part go on where it stopped, on the blocking pool: nothing
+    /// skipped or repeated, expired rows left out on both sides of the boundary, limits kept.
+    #[tokio::test]
+    async fn long_scans_continue_past_the_inline_rows() {
+        let (s, clock) = store().await;
+        let n = INLINE_SCAN_ROWS * 2 + 37;
+        for i in 0..n {
+            // Every fifth row expires; the rest live.
+            let ttl = (i % 5 == 0).then(|| Duration::from_secs(1));
+            s.put(KS, &format!("q/{i:05}"), vec![1], ttl).await.unwrap();
+        }
+        s.put(KS, "r/other", vec![1], None).await.unwrap();
+        clock.advance_ms(2_000);
+        let want: Vec<String> = (0..n)
+            .filter(|i| i % 5 != 0)
+            .map(|i| format!("q/{i:05}"))
+            .collect();
+        let keys =
+            |rows: Vec<(String, Vec<u8>)>| rows.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(
+            keys(s.scan_prefix(KS, "q/", usize::MAX).await.unwrap()),
+            want
+        );
+        assert_eq!(
+            keys(
+                s.scan_prefix(KS, "q/", INLINE_SCAN_ROWS + 10)
+                    .await
+                    .unwrap()
+            ),
+            want[..INLINE_SCAN_ROWS + 10]
+        );
+        assert_eq!(keys(s.scan_prefix(KS, "q/", 3).await.unwrap()), want[..3]);
     }
 
     /// Many concurrent write + flush pairs (the mediator's forward path) all complete, are durable
