@@ -244,6 +244,10 @@ pub async fn scan_skips_expired_and_counts_only_live(s: Arc<dyn Store>, clock: A
         ["q/01", "q/03", "q/05"]
     );
     assert_eq!(s.scan_prefix(KS, "q/", 100).await.unwrap().len(), 5);
+    // counting agrees with scanning: live records only, up to the limit
+    assert_eq!(s.count_prefix(KS, "q/", 100).await.unwrap(), 5);
+    assert_eq!(s.count_prefix(KS, "q/", 3).await.unwrap(), 3);
+    assert_eq!(s.count_prefix(KS, "none/", 3).await.unwrap(), 0);
 }
 
 pub async fn ttl_is_replaced_by_a_later_put(s: Arc<dyn Store>, clock: Arc<FakeClock>) {

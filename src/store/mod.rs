@@ -114,6 +114,16 @@ pub trait Store: Send + Sync + 'static {
         prefix: &str,
         limit: usize,
     ) -> StoreResult<Vec<(String, Vec<u8>)>>;
+    /// How many live records `scan_prefix` would return, counting stops at `limit`. Backends
+    /// override it to count without copying values (a mediator queue is counted per forward).
+    async fn count_prefix(
+        &self,
+        keyspace: &'static str,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<usize> {
+        Ok(self.scan_prefix(keyspace, prefix, limit).await?.len())
+    }
     async fn batch(&self, ops: Vec<BatchOp>) -> StoreResult<()>;
     /// Deletes expired records; returns how many.
     async fn sweep_expired(&self) -> StoreResult<u64>;

@@ -1053,13 +1053,12 @@ impl MediatorService {
         let n = self
             .state
             .store
-            .scan_prefix(
+            .count_prefix(
                 ks::QUEUE,
                 &format!("{conn_id}/"),
                 limit.unwrap_or(usize::MAX),
             )
-            .await?
-            .len();
+            .await?;
         Ok(n as u64)
     }
 
