@@ -97,17 +97,18 @@ where
 /// Rows a scan reads on the calling task before it moves to the blocking pool.
 const INLINE_SCAN_ROWS: usize = 256;
 
-/// Appends live rows from `iter` to `out` until it holds `limit` or `visits` rows (expired ones
-/// included) were read; true when the prefix is exhausted.
-fn collect_live(
+/// Feeds the live rows of `iter` to `keep` until `full` says the accumulator has enough or
+/// `visits` rows (expired ones included) were read; true when the prefix is exhausted.
+fn walk_live<A>(
     iter: &mut sled::Iter,
-    out: &mut Vec<(String, Vec<u8>)>,
-    limit: usize,
+    acc: &mut A,
     visits: usize,
     now: i64,
+    full: impl Fn(&A) -> bool,
+    keep: impl Fn(&mut A, &[u8], &[u8]),
 ) -> StoreResult<bool> {
     for _ in 0..visits {
-        if out.len() >= limit {
+        if full(acc) {
             return Ok(false);
         }
         let Some(item) = iter.next() else {
@@ -115,7 +116,7 @@ fn collect_live(
         };
         let (k, raw) = item.map_err(backend)?;
         if let Some(v) = live(&raw, now) {
-            out.push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
+            keep(acc, &k, v);
         }
     }
     Ok(false)
@@ -217,6 +218,35 @@ impl SledStore {
         Ok(tree)
     }
 
+    /// Walks the live records under `prefix` into `acc` (see [`walk_live`]): the first rows
+    /// inline (a queue, a connection's keys), the rest where it stopped on the blocking pool, so
+    /// one big keyspace cannot stall an HTTP worker.
+    async fn walk_prefix<A, F, K>(
+        &self,
+        keyspace: &str,
+        prefix: &str,
+        mut acc: A,
+        full: F,
+        keep: K,
+    ) -> StoreResult<A>
+    where
+        A: Send + 'static,
+        F: Fn(&A) -> bool + Copy + Send + 'static,
+        K: Fn(&mut A, &[u8], &[u8]) + Copy + Send + 'static,
+    {
+        let tree = self.tree(keyspace)?;
+        let now = self.clock.now_ms();
+        let mut iter = tree.scan_prefix(prefix.as_bytes());
+        if walk_live(&mut iter, &mut acc, INLINE_SCAN_ROWS, now, full, keep)? || full(&acc) {
+            return Ok(acc);
+        }
+        blocking(move || {
+            walk_live(&mut iter, &mut acc, usize::MAX, now, full, keep)?;
+            Ok(acc)
+        })
+        .await
+    }
+
     fn all_trees(&self) -> Vec<(String, sled::Tree)> {
         self.db
             .tree_names()
@@ -297,19 +327,13 @@ impl Store for SledStore {
         prefix: &str,
         limit: usize,
     ) -> StoreResult<Vec<(String, Vec<u8>)>> {
-        let tree = self.tree(keyspace)?;
-        let now = self.clock.now_ms();
-        let mut iter = tree.scan_prefix(prefix.as_bytes());
-        let mut out = Vec::new();
-        // The first rows inline (a queue, a connection's keys); a long scan goes on where it
-        // stopped on the blocking pool, so one big keyspace cannot stall an HTTP worker.
-        if collect_live(&mut iter, &mut out, limit, INLINE_SCAN_ROWS, now)? || out.len() >= limit {
-            return Ok(out);
-        }
-        blocking(move || {
-            collect_live(&mut iter, &mut out, limit, usize::MAX, now)?;
-            Ok(out)
-        })
+        self.walk_prefix(
+            keyspace,
+            prefix,
+            Vec::new(),
+            move |out: &Vec<_>| out.len() >= limit,
+            |out, k, v| out.push((String::from_utf8_lossy(k).into_owned(), v.to_vec())),
+        )
         .await
     }
 
@@ -319,32 +343,31 @@ impl Store for SledStore {
         prefix: &str,
         limit: usize,
     ) -> StoreResult<usize> {
-        let tree = self.tree(keyspace)?;
-        let now = self.clock.now_ms();
-        let count = move |iter: sled::Iter, start: usize, visits: usize| {
-            let mut n = start;
-            let mut seen = 0;
-            let mut iter = iter;
-            while n < limit && seen < visits {
-                let Some(item) = iter.next() else {
-                    return Ok((n, None));
-                };
-                seen += 1;
-                let (_, raw) = item.map_err(backend)?;
-                n += usize::from(live(&raw, now).is_some());
-            }
-            Ok::<_, StoreError>((n, (n < limit).then_some(iter)))
-        };
-        // Values are not copied (sled hands out shared buffers); the first rows inline, the rest
-        // on the blocking pool, as for scans.
-        match count(tree.scan_prefix(prefix.as_bytes()), 0, INLINE_SCAN_ROWS)? {
-            (n, None) => Ok(n),
-            (n, Some(rest)) => blocking(move || Ok(count(rest, n, usize::MAX)?.0)).await,
-        }
+        // Values are not copied: sled hands out shared buffers.
+        self.walk_prefix(keyspace, prefix, 0, move |n| *n >= limit, |n, _, _| *n += 1)
+            .await
     }
 
     async fn batch(&self, ops: Vec<BatchOp>) -> StoreResult<()> {
         use sled::Transactional;
+        if let [_] = ops.as_slice() {
+            // One operation is atomic on its own. sled's batches and transactions seal and write
+            // its IO buffer twice each (to pin their place in the log), and every write wakes all
+            // of sled's idle IO threads: a third of the mediator's CPU went there when each
+            // acknowledged message was deleted in a batch of one.
+            return match ops.into_iter().next() {
+                Some(BatchOp::Put {
+                    keyspace,
+                    key,
+                    value,
+                    ttl,
+                }) => self.put(keyspace, &key, value, ttl).await,
+                Some(BatchOp::Delete { keyspace, key }) => {
+                    self.delete(keyspace, &key).await.map(drop)
+                }
+                None => Ok(()),
+            };
+        }
         let now = self.clock.now_ms();
         let mut names: Vec<&'static str> = Vec::new();
         for op in &ops {
@@ -359,24 +382,6 @@ impl Store for SledStore {
             .iter()
             .map(|n| self.tree(n))
             .collect::<StoreResult<Vec<_>>>()?;
-        if let ([tree], [_]) = (trees.as_slice(), ops.as_slice()) {
-            // One operation is atomic on its own. sled's batches and transactions seal and write
-            // its IO buffer twice each (to pin their place in the log), and every write wakes all
-            // of sled's idle IO threads: a third of the mediator's CPU went there when each
-            // acknowledged message was deleted in a batch of one.
-            let Some(op) = ops.into_iter().next() else {
-                return Ok(());
-            };
-            return match op {
-                BatchOp::Put {
-                    key, value, ttl, ..
-                } => tree
-                    .insert(key.as_bytes(), encode(&value, deadline(now, ttl)))
-                    .map(drop),
-                BatchOp::Delete { key, .. } => tree.remove(key.as_bytes()).map(drop),
-            }
-            .map_err(backend);
-        }
         // Several operations: on the blocking pool. sled's batches and transactions take its
         // global write lock, which waits for a flush in progress (flushes hold the read side
         // through their disk write).
