@@ -316,6 +316,27 @@ pub fn verify_presentation(
     ))
 }
 
+/// [`verify_credential`] for request handlers: runs on the blocking pool. Every entry point that
+/// verifies an outsider's JSON-LD goes through this (or [`verify_presentation_bounded`]), so the
+/// limits on that work live in one place.
+pub async fn verify_credential_bounded(vc: Value, now: i64) -> CryptoResult<Value> {
+    tokio::task::spawn_blocking(move || verify_credential(&vc, now))
+        .await
+        .map_err(|e| CryptoError::Malformed(format!("verification task: {e}")))?
+}
+
+/// [`verify_presentation`] for request handlers; see [`verify_credential_bounded`].
+pub async fn verify_presentation_bounded(
+    vp: Value,
+    challenge: String,
+    domain: String,
+    now: i64,
+) -> CryptoResult<(String, Value)> {
+    tokio::task::spawn_blocking(move || verify_presentation(&vp, &challenge, &domain, now))
+        .await
+        .map_err(|e| CryptoError::Malformed(format!("verification task: {e}")))?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -151,12 +151,10 @@ pub fn did_web_url(did: &str) -> CryptoResult<String> {
     })
 }
 
-/// Resolves any supported DID URL, fetching did:web documents (bounded size and time).
-pub async fn resolve(kid: &str, http: &reqwest::Client) -> CryptoResult<VerifyingKey> {
-    let did = kid.split('#').next().unwrap_or(kid);
-    if !did.starts_with("did:web:") {
-        return resolve_offline(kid);
-    }
+/// Fetches a did:web DID document (bounded size and time) and checks that its `id` is the DID.
+/// The document is untrusted input: callers pick keys from it only through
+/// [`crate::crypto::binding`]'s rules. This is the only place did:web documents are fetched.
+pub async fn fetch_did_web_document(did: &str, http: &reqwest::Client) -> CryptoResult<Value> {
     let url = did_web_url(did)?;
     let resp = http
         .get(&url)
@@ -179,6 +177,16 @@ pub async fn resolve(kid: &str, http: &reqwest::Client) -> CryptoResult<Verifyin
     if doc["id"].as_str() != Some(did) {
         return Err(CryptoError::Did("DID document id does not match".into()));
     }
+    Ok(doc)
+}
+
+/// Resolves any supported DID URL, fetching did:web documents (bounded size and time).
+pub async fn resolve(kid: &str, http: &reqwest::Client) -> CryptoResult<VerifyingKey> {
+    let did = kid.split('#').next().unwrap_or(kid);
+    if !did.starts_with("did:web:") {
+        return resolve_offline(kid);
+    }
+    let doc = fetch_did_web_document(did, http).await?;
     let methods = doc["verificationMethod"]
         .as_array()
         .cloned()
