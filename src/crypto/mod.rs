@@ -4,6 +4,7 @@
 //! Built directly on RustCrypto primitives (ed25519-dalek, p256, k256, sha2) rather than the `ssi`
 //! crate: see docs/ARCHITECTURE.md ("Crypto") for the reasons and the plan for Data Integrity.
 
+pub mod binding;
 pub mod di;
 pub mod did;
 pub mod jwe;

@@ -13,6 +13,7 @@ mod balancer;
 mod cluster;
 mod common;
 mod console;
+mod forgery;
 mod foundation;
 mod holder;
 mod interop;

@@ -87,6 +87,9 @@ pub struct CreateSession {
     /// Policies to run (default: all). `signature`, `holder_binding`, `nonce_audience` and
     /// `query_match` always run.
     pub policies: Option<Vec<String>>,
+    /// The `status` policy fails for a credential without a status reference (default false:
+    /// a credential that was issued without one passes `status`).
+    pub require_status: Option<bool>,
     pub webhook_url: Option<String>,
     /// Where the wallet sends the user after a successful response.
     pub success_redirect: Option<String>,
@@ -142,6 +145,8 @@ pub struct Session {
     pub presentation_definition: Option<Value>,
     pub response_mode: ResponseMode,
     pub policies: Vec<String>,
+    #[serde(default)]
+    pub require_status: bool,
     pub webhook_url: Option<String>,
     pub success_redirect: Option<String>,
     /// Sealed ephemeral encryption key (direct_post.jwt).

@@ -9,9 +9,9 @@ use crate::dcql::{mismatch, resolve_path, CredentialView};
 /// Verifies every presentation in `vp_token` and checks the query is satisfied.
 pub async fn evaluate(ctx: &Ctx<'_>, vp_token: &Value, submission: Option<&Value>) -> Outcome {
     let mut out = Outcome::default();
-    if let Some(q) = &ctx.session.dcql_query {
+    if let Some(q) = ctx.dcql_query {
         dcql(ctx, &mut out, q, vp_token).await;
-    } else if let Some(pd) = &ctx.session.presentation_definition {
+    } else if let Some(pd) = ctx.presentation_definition {
         pex(ctx, &mut out, pd, vp_token, submission).await;
     }
     out

@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 use super::ks;
 use super::model::*;
 use super::query;
-use super::verify::Ctx;
+use super::verify::{Audience, Ctx};
 use crate::clock::{random_id, random_token};
 use crate::crypto::jwe::{self, EncryptionKey};
 use crate::crypto::{did, jws, SigningKey};
@@ -27,7 +27,7 @@ pub struct VerifierService {
     keys: crate::keystore::TenantKeys,
     /// Session ids whose state changed, for SSE subscribers on this node.
     events: broadcast::Sender<String>,
-    status_cache: super::verify::StatusCache,
+    pub(super) status_cache: super::verify::StatusCache,
 }
 
 /// What the response endpoint answers the wallet.
@@ -298,6 +298,7 @@ impl VerifierService {
             presentation_definition: req.presentation_definition,
             response_mode,
             policies,
+            require_status: req.require_status.unwrap_or(false),
             webhook_url: req.webhook_url,
             success_redirect: req.success_redirect,
             encryption_key,
@@ -560,11 +561,17 @@ impl VerifierService {
                 None => None,
             };
             let ctx = Ctx {
-                session: &session,
+                dcql_query: session.dcql_query.as_ref(),
+                presentation_definition: session.presentation_definition.as_ref(),
+                audience: Some(Audience {
+                    nonce: &session.nonce,
+                    client_id: &session.client_id,
+                }),
                 now,
                 http: &self.state.http,
                 trusted_issuers: &v.trusted_issuers,
                 status_cache: &self.status_cache,
+                require_status: session.require_status,
             };
             let outcome = query::evaluate(&ctx, &vp_token, submission.as_ref()).await;
             let results = outcome.results(&session.policies);
@@ -751,6 +758,7 @@ mod tests {
             response_mode: None,
             ttl_seconds: Some(30),
             policies: None,
+            require_status: None,
             webhook_url: None,
             success_redirect: None,
         };

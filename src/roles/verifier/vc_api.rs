@@ -1,20 +1,28 @@
 //! W3C VC-API verification: `POST /vc-api/credentials/verify` and `/vc-api/presentations/verify`
-//! for JWT (VCDM 1.1 `vc`/`vp` claims and VC-JOSE) and Data Integrity (eddsa-rdfc-2022).
+//! for JWT (VCDM 1.1 `vc`/`vp` claims and VC-JOSE `vc+jwt`) and Data Integrity (eddsa-rdfc-2022).
+//!
+//! These run the same policy engine as OID4VP ([`super::verify`]): the issuer-key binding, the
+//! validity window (not-before included), status, and the issuer allow-list of the `default`
+//! verifier. The answer is 200 only when every check passed; otherwise 400 with a problem document
+//! that carries the same `checks` / `errors` result.
 
-use actix_web::{post, web};
+use actix_web::{http::StatusCode, post, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::service::VerifierService;
-use crate::crypto::{did, jws};
-use crate::error::ApiResult;
+use super::verify::{self, Audience, Ctx, Outcome};
+use crate::error::{ApiError, ApiResult, Code, PROBLEM_TYPE_BASE};
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct VerifyCredential {
     #[serde(rename = "verifiableCredential")]
     #[schema(value_type = Object)]
     pub verifiable_credential: Value,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub options: Value,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -22,210 +30,170 @@ pub struct VerifyPresentation {
     #[serde(rename = "verifiablePresentation")]
     #[schema(value_type = Object)]
     pub verifiable_presentation: Value,
+    /// `challenge` (the presentation's nonce) and `domain` (its audience); when either is given,
+    /// both must match the presentation's proof.
     #[serde(default)]
     #[schema(value_type = Object)]
     pub options: Value,
 }
 
+/// The verification result (VC-API). A failed verification is a 400 problem document with these
+/// same members added.
 #[derive(Debug, Serialize, ToSchema, Default)]
 pub struct VerifyResult {
     pub verified: bool,
+    /// The checks that ran and passed (policy names: `signature`, `validity`, `status`, ...).
     pub checks: Vec<String>,
     pub warnings: Vec<String>,
+    /// `<policy>: <reason>` for every check that failed.
     pub errors: Vec<String>,
 }
 
-impl VerifyResult {
-    fn check(&mut self, name: &str, r: Result<(), String>) {
-        match r {
-            Ok(()) => self.checks.push(name.to_string()),
-            Err(e) => self.errors.push(format!("{name}: {e}")),
+/// The policies a VC-API verification runs.
+fn policies(audience: bool) -> Vec<String> {
+    let mut p = vec![
+        "signature",
+        "validity",
+        "status",
+        "issuer_allowlist",
+        "disclosure_integrity",
+    ];
+    // Holder binding (the presenter is the subject) is a relying party's policy, not part of
+    // VC-API verification: a presentation may carry credentials about someone else.
+    if audience {
+        p.push("nonce_audience");
+    }
+    p.into_iter().map(str::to_string).collect()
+}
+
+fn answer(out: &Outcome, enabled: &[String]) -> HttpResponse {
+    let mut r = VerifyResult::default();
+    for p in out.results(enabled) {
+        if p.passed {
+            r.checks.push(p.name);
+        } else {
+            r.errors.push(format!(
+                "{}: {}",
+                p.name,
+                p.reason.unwrap_or_default()
+            ));
         }
     }
-    fn done(mut self) -> Self {
-        self.verified = self.errors.is_empty() && !self.checks.is_empty();
-        self
+    r.verified = r.errors.is_empty() && !r.checks.is_empty();
+    if r.verified {
+        return HttpResponse::Ok().json(r);
+    }
+    let code = Code::VerificationFailed;
+    HttpResponse::build(StatusCode::BAD_REQUEST)
+        .content_type("application/problem+json")
+        .json(serde_json::json!({
+            "type": format!("{PROBLEM_TYPE_BASE}{}", code.as_str()),
+            "title": code.title(),
+            "status": 400,
+            "code": code.as_str(),
+            "detail": r.errors.join("; "),
+            "verified": false,
+            "checks": r.checks,
+            "warnings": r.warnings,
+            "errors": r.errors,
+        }))
+}
+
+async fn trusted_issuers(svc: &VerifierService) -> Vec<String> {
+    svc.get_verifier("default")
+        .await
+        .map(|v| v.trusted_issuers)
+        .unwrap_or_default()
+}
+
+fn string_option(options: &Value, name: &str) -> ApiResult<Option<String>> {
+    match &options[name] {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s.clone())),
+        _ => Err(ApiError::validation(format!("options.{name} must be a string"))),
     }
 }
 
-async fn verify_vc(svc: &VerifierService, vc: &Value, now: i64, out: &mut VerifyResult) {
-    match vc {
-        Value::String(jwt) => {
-            let header = match jws::decode_unverified(jwt) {
-                Ok((h, _, _, _)) => h,
-                Err(e) => return out.check("proof", Err(e.to_string())),
-            };
-            let kid = header["kid"].as_str().unwrap_or_default();
-            let key = match did::resolve(kid, &svc.state.http).await {
-                Ok(k) => k,
-                Err(e) => return out.check("proof", Err(format!("issuer key: {e}"))),
-            };
-            match jws::verify(jwt, &key) {
-                Ok((_, p)) => {
-                    out.check("proof", Ok(()));
-                    let exp = p["exp"].as_i64();
-                    out.check(
-                        "expiration",
-                        if exp.is_some_and(|e| e <= now) {
-                            Err("expired".into())
-                        } else {
-                            Ok(())
-                        },
-                    );
-                }
-                Err(e) => out.check("proof", Err(e.to_string())),
-            }
-        }
-        Value::Object(_) => {
-            let v = vc.clone();
-            let r =
-                tokio::task::spawn_blocking(move || crate::crypto::di::verify_credential(&v, now))
-                    .await;
-            out.check(
-                "proof",
-                match r {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                },
-            );
-            let until = vc["validUntil"]
-                .as_str()
-                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-                .map(|d| d.timestamp());
-            out.check(
-                "expiration",
-                if until.is_some_and(|u| u <= now) {
-                    Err("expired".into())
-                } else {
-                    Ok(())
-                },
-            );
-        }
-        _ => out.check(
-            "proof",
-            Err("a verifiable credential is a JWT string or a JSON-LD object".into()),
-        ),
-    }
-}
-
-/// Verify a credential (VC-API).
-#[utoipa::path(tag = "verifier", request_body = VerifyCredential, responses((status = 200, body = VerifyResult), (status = 400, body = crate::error::Problem)))]
+/// Verify a credential (VC-API): 200 when verified, 400 with the failed checks otherwise.
+#[utoipa::path(tag = "verifier", request_body = VerifyCredential, responses((status = 200, body = VerifyResult), (status = 400, description = "verification failed (a problem document with `verified`, `checks`, `errors`) or malformed input", body = crate::error::Problem)))]
 #[post("/vc-api/credentials/verify")]
 pub async fn verify_credential(
     svc: web::Data<VerifierService>,
     body: web::Json<VerifyCredential>,
-) -> ApiResult<web::Json<VerifyResult>> {
-    let mut out = VerifyResult::default();
-    verify_vc(
-        &svc,
-        &body.verifiable_credential,
-        svc.state.clock.now_secs(),
-        &mut out,
-    )
-    .await;
-    Ok(web::Json(out.done()))
+) -> ApiResult<HttpResponse> {
+    let trusted = trusted_issuers(&svc).await;
+    let ctx = Ctx {
+        dcql_query: None,
+        presentation_definition: None,
+        audience: None,
+        now: svc.state.clock.now_secs(),
+        http: &svc.state.http,
+        trusted_issuers: &trusted,
+        status_cache: &svc.status_cache,
+        require_status: false,
+    };
+    let mut out = Outcome::default();
+    match &body.verifiable_credential {
+        Value::String(jwt) => {
+            verify::jwt_credential(&ctx, &mut out, "credential", jwt).await;
+        }
+        Value::Object(_) => {
+            verify::ldp_credential(&ctx, &mut out, "credential", &body.verifiable_credential)
+                .await;
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "verifiableCredential must be a JWT string or a JSON-LD object",
+            ))
+        }
+    }
+    Ok(answer(&out, &policies(false)))
 }
 
 /// Verify a presentation and the credentials in it (VC-API). `options.challenge` / `options.domain`
 /// are checked against the proof (Data Integrity) or `nonce` / `aud` (JWT).
-#[utoipa::path(tag = "verifier", request_body = VerifyPresentation, responses((status = 200, body = VerifyResult), (status = 400, body = crate::error::Problem)))]
+#[utoipa::path(tag = "verifier", request_body = VerifyPresentation, responses((status = 200, body = VerifyResult), (status = 400, description = "verification failed (a problem document with `verified`, `checks`, `errors`) or malformed input", body = crate::error::Problem)))]
 #[post("/vc-api/presentations/verify")]
 pub async fn verify_presentation(
     svc: web::Data<VerifierService>,
     body: web::Json<VerifyPresentation>,
-) -> ApiResult<web::Json<VerifyResult>> {
-    let now = svc.state.clock.now_secs();
-    let challenge = body.options["challenge"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let domain = body.options["domain"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let mut out = VerifyResult::default();
-    let vp = body.verifiable_presentation.clone();
-    let credentials: Vec<Value> = match &vp {
-        Value::String(jwt) => match jws::decode_unverified(jwt) {
-            Ok((h, p, _, _)) => {
-                let key = match h["kid"].as_str().filter(|k| k.starts_with("did:")) {
-                    Some(kid) => did::resolve(kid, &svc.state.http)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    None => jws::header_key(&h)
-                        .map(|(k, _)| k)
-                        .map_err(|e| e.to_string()),
-                };
-                out.check(
-                    "proof",
-                    key.and_then(|k| jws::verify(jwt, &k).map(|_| ()).map_err(|e| e.to_string())),
-                );
-                if !challenge.is_empty() {
-                    out.check(
-                        "challenge",
-                        if p["nonce"].as_str() == Some(challenge.as_str()) {
-                            Ok(())
-                        } else {
-                            Err("nonce does not match".into())
-                        },
-                    );
-                }
-                if !domain.is_empty() {
-                    let aud_ok = p["aud"].as_str() == Some(domain.as_str())
-                        || p["aud"]
-                            .as_array()
-                            .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(domain.as_str())));
-                    out.check(
-                        "domain",
-                        if aud_ok {
-                            Ok(())
-                        } else {
-                            Err("aud does not match".into())
-                        },
-                    );
-                }
-                match &p["vp"]["verifiableCredential"] {
-                    Value::Array(a) => a.clone(),
-                    Value::Null => Vec::new(),
-                    other => vec![other.clone()],
-                }
-            }
-            Err(e) => {
-                out.check("proof", Err(e.to_string()));
-                Vec::new()
-            }
-        },
+) -> ApiResult<HttpResponse> {
+    let challenge = string_option(&body.options, "challenge")?;
+    let domain = string_option(&body.options, "domain")?;
+    let trusted = trusted_issuers(&svc).await;
+    let audience = (challenge.is_some() || domain.is_some()).then(|| Audience {
+        nonce: challenge.as_deref().unwrap_or_default(),
+        client_id: domain.as_deref().unwrap_or_default(),
+    });
+    let ctx = Ctx {
+        dcql_query: None,
+        presentation_definition: None,
+        audience,
+        now: svc.state.clock.now_secs(),
+        http: &svc.state.http,
+        trusted_issuers: &trusted,
+        status_cache: &svc.status_cache,
+        require_status: false,
+    };
+    let mut out = Outcome::default();
+    match &body.verifiable_presentation {
+        Value::String(jwt) => {
+            verify::jwt_vp(&ctx, &mut out, "presentation", jwt).await;
+        }
         Value::Object(_) => {
-            let (v, c, d) = (vp.clone(), challenge.clone(), domain.clone());
-            let r = tokio::task::spawn_blocking(move || {
-                crate::crypto::di::verify_presentation(&v, &c, &d, now)
-            })
+            verify::ldp_vp(
+                &ctx,
+                &mut out,
+                "presentation",
+                body.verifiable_presentation.clone(),
+            )
             .await;
-            out.check(
-                "proof",
-                match r {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                },
-            );
-            match &vp["verifiableCredential"] {
-                Value::Array(a) => a.clone(),
-                Value::Null => Vec::new(),
-                other => vec![other.clone()],
-            }
         }
         _ => {
-            out.check(
-                "proof",
-                Err("a verifiable presentation is a JWT string or a JSON-LD object".into()),
-            );
-            Vec::new()
+            return Err(ApiError::bad_request(
+                "verifiablePresentation must be a JWT string or a JSON-LD object",
+            ))
         }
-    };
-    for vc in credentials {
-        verify_vc(&svc, &vc, now, &mut out).await;
     }
-    Ok(web::Json(out.done()))
+    Ok(answer(&out, &policies(audience.is_some())))
 }

@@ -1,24 +1,41 @@
-//! Verification of a wallet's presentation against a session: every check is a named policy whose
-//! result (passed, reason) goes into the session result.
+//! Verification of presented credentials: every check is a named policy whose result (passed,
+//! reason) goes into the result. The same engine serves OID4VP sessions (`query.rs`) and the VC-API
+//! verify endpoints (`vc_api.rs`). Issuer keys come only from [`crate::crypto::binding`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::model::{PolicyResult, PresentedCredential, Session, ALL_POLICIES};
+use super::model::{PolicyResult, PresentedCredential, ALL_POLICIES};
+use crate::crypto::binding::{self, IssuerKey, Issuers};
 use crate::crypto::{did, jws, sdjwt, status::StatusArray, VerifyingKey};
 
 const SKEW: i64 = 60;
 const KB_MAX_AGE: i64 = 300;
 
+/// What a presentation must be bound to: the session's nonce and the verifier's client id
+/// (OID4VP), or the VC-API caller's `challenge` / `domain`.
+#[derive(Clone, Copy)]
+pub struct Audience<'a> {
+    pub nonce: &'a str,
+    pub client_id: &'a str,
+}
+
 /// Context a verification runs in.
 pub struct Ctx<'a> {
-    pub session: &'a Session,
+    /// OID4VP: the session's query (one of the two).
+    pub dcql_query: Option<&'a Value>,
+    pub presentation_definition: Option<&'a Value>,
+    /// `None`: no nonce/audience to check (VC-API without `options`); presentations are still
+    /// checked for their holder's signature.
+    pub audience: Option<Audience<'a>>,
     pub now: i64,
     pub http: &'a reqwest::Client,
     pub trusted_issuers: &'a [String],
     pub status_cache: &'a StatusCache,
+    /// The `status` policy fails for a credential that carries no status reference.
+    pub require_status: bool,
 }
 
 /// Fetched status-list tokens by URI with their ETag: every use revalidates with `If-None-Match`
@@ -42,6 +59,7 @@ impl StatusCache {
         }
     }
 }
+
 
 /// Accumulates policy outcomes: a policy passes when it ran and nothing failed it.
 #[derive(Default)]
@@ -96,24 +114,64 @@ pub struct Checked {
     pub issuer: Option<String>,
 }
 
-async fn issuer_key(kid: &str, http: &reqwest::Client) -> Result<VerifyingKey, String> {
-    did::resolve(kid, http).await.map_err(|e| e.to_string())
+/// Parses an RFC 3339 / XML Schema dateTime; `Err` for a present but unparseable value.
+fn date(v: &Value, name: &str) -> Result<Option<i64>, String> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .map(|d| Some(d.timestamp()))
+            .map_err(|_| format!("{name} `{s}` is not a valid date-time")),
+        other => Err(format!("{name} {other} is not a date-time string")),
+    }
 }
 
-fn check_time(out: &mut Outcome, payload: &Value, now: i64, what: &str) {
-    if let Some(exp) = payload["exp"].as_i64() {
-        if exp + SKEW <= now {
-            out.fail("validity", format!("{what} expired at {exp}"));
-            return;
+/// A NumericDate claim (`exp`, `nbf`, `iat`); `Err` for a present but non-numeric value.
+fn numeric(v: &Value, name: &str) -> Result<Option<i64>, String> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().map(|f| f as i64))
+            .map(Some)
+            .ok_or_else(|| format!("{name} is not a NumericDate")),
+        _ => Err(format!("{name} is not a NumericDate")),
+    }
+}
+
+/// The validity window a credential states: JWT `nbf`/`exp` and the W3C `validFrom`/`validUntil`
+/// (VCDM 2.0) or `issuanceDate`/`expirationDate` (VCDM 1.1) of `vc` — the strictest of them.
+fn window(jwt: &Value, vc: &Value) -> Result<(Option<i64>, Option<i64>), String> {
+    let mut from = numeric(&jwt["nbf"], "nbf")?;
+    let mut until = numeric(&jwt["exp"], "exp")?;
+    for (k, is_from) in [
+        ("validFrom", true),
+        ("issuanceDate", true),
+        ("validUntil", false),
+        ("expirationDate", false),
+    ] {
+        if let Some(t) = date(&vc[k], k)? {
+            if is_from {
+                from = Some(from.map_or(t, |f| f.max(t)));
+            } else {
+                until = Some(until.map_or(t, |u| u.min(t)));
+            }
         }
     }
-    if let Some(nbf) = payload["nbf"].as_i64() {
-        if nbf - SKEW > now {
-            out.fail("validity", format!("{what} not valid before {nbf}"));
-            return;
+    Ok((from, until))
+}
+
+/// The `validity` policy for one credential (or presentation).
+fn check_time(out: &mut Outcome, jwt: &Value, vc: &Value, now: i64, what: &str) {
+    match window(jwt, vc) {
+        Err(e) => out.fail("validity", format!("{what}: {e}")),
+        Ok((_, Some(until))) if until + SKEW <= now => {
+            out.fail("validity", format!("{what} expired at {until}"))
         }
+        Ok((Some(from), _)) if from - SKEW > now => {
+            out.fail("validity", format!("{what} not valid before {from}"))
+        }
+        Ok(_) => out.pass("validity"),
     }
-    out.pass("validity");
 }
 
 fn check_issuer(out: &mut Outcome, ctx: &Ctx<'_>, iss: &str) {
@@ -121,6 +179,50 @@ fn check_issuer(out: &mut Outcome, ctx: &Ctx<'_>, iss: &str) {
         out.pass("issuer_allowlist");
     } else {
         out.fail("issuer_allowlist", format!("issuer {iss} is not trusted"));
+    }
+}
+
+/// The `signature` policy for an issuer-signed JWT: the key is bound to the issuer the token names
+/// (see [`binding`]) before the signature is checked with it.
+async fn issuer_jwt(
+    ctx: &Ctx<'_>,
+    out: &mut Outcome,
+    what: &str,
+    token: &str,
+    allowed: Issuers,
+) -> Option<(IssuerKey, Value)> {
+    match binding::verify_issuer_jwt(token, allowed, ctx.http).await {
+        Ok((bound, _, payload)) => {
+            out.pass("signature");
+            Some((bound, payload))
+        }
+        Err(e) => {
+            out.fail("signature", format!("{what}: {e} [{}]", e.code()));
+            None
+        }
+    }
+}
+
+/// The `status` policy when the credential carries no status reference.
+fn no_status(ctx: &Ctx<'_>, out: &mut Outcome, what: &str) {
+    if ctx.require_status {
+        out.fail(
+            "status",
+            format!("{what}: no status reference, and this verifier requires one"),
+        );
+    } else {
+        out.pass("status");
+    }
+}
+
+/// A fetched status list (signature already checked with the credential issuer's key) must not
+/// name another issuer.
+fn list_issuer_ok(list: &Value, issuer: &IssuerKey) -> Result<(), String> {
+    match binding::jwt_issuer(list) {
+        Ok(i) if i != issuer.issuer => Err(format!(
+            "the status list is issued by {i}, not by the credential's issuer"
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -163,6 +265,39 @@ async fn fetch_status(ctx: &Ctx<'_>, uri: &str, key: &VerifyingKey) -> Result<Va
     Ok(payload)
 }
 
+/// The SD-JWT VC status entry (Token Status List).
+async fn token_status(
+    ctx: &Ctx<'_>,
+    out: &mut Outcome,
+    query_id: &str,
+    status: &Value,
+    issuer: &IssuerKey,
+) {
+    let Some(sl) = status["status_list"].as_object() else {
+        return no_status(ctx, out, query_id);
+    };
+    let idx = sl.get("idx").and_then(Value::as_u64);
+    let uri = sl.get("uri").and_then(Value::as_str).unwrap_or_default();
+    let list = match (idx, fetch_status(ctx, uri, &issuer.key).await) {
+        (None, _) => return out.fail("status", format!("{query_id}: status entry has no idx")),
+        (_, Err(e)) => return out.fail("status", format!("{query_id}: {e}")),
+        (Some(idx), Ok(list)) => (idx, list),
+    };
+    let (idx, list) = list;
+    if let Err(e) = list_issuer_ok(&list, issuer) {
+        return out.fail("status", format!("{query_id}: {e}"));
+    }
+    let bits = list["status_list"]["bits"].as_u64().unwrap_or(1) as u8;
+    let lst = list["status_list"]["lst"].as_str().unwrap_or_default();
+    match StatusArray::from_token_lst(bits, lst).and_then(|a| a.get_lsb(idx)) {
+        Ok(0) => out.pass("status"),
+        Ok(1) => out.fail("status", format!("{query_id}: revoked")),
+        Ok(2) => out.fail("status", format!("{query_id}: suspended")),
+        Ok(v) => out.fail("status", format!("{query_id}: status {v}")),
+        Err(e) => out.fail("status", format!("{query_id}: status list: {e}")),
+    }
+}
+
 /// dc+sd-jwt presentation with key binding.
 pub async fn sd_jwt(
     ctx: &Ctx<'_>,
@@ -177,27 +312,9 @@ pub async fn sd_jwt(
             return None;
         }
     };
-    let (header, payload) = match jws::decode_unverified(&parsed.jwt) {
-        Ok((h, p, _, _)) => (h, p),
-        Err(e) => {
-            out.fail("signature", format!("{query_id}: {e}"));
-            return None;
-        }
-    };
-    let kid = did::signer_kid(&header, &payload);
-    let key = match issuer_key(&kid, ctx.http).await {
-        Ok(k) => k,
-        Err(e) => {
-            out.fail("signature", format!("{query_id}: issuer key: {e}"));
-            return None;
-        }
-    };
-    if let Err(e) = jws::verify(&parsed.jwt, &key) {
-        out.fail("signature", format!("{query_id}: issuer signature: {e}"));
-        return None;
-    }
-    out.pass("signature");
-    let verified = match sdjwt::verify(presentation, &key) {
+    let (issuer, payload) =
+        issuer_jwt(ctx, out, query_id, &parsed.jwt, Issuers::DidOrHttps).await?;
+    let verified = match sdjwt::verify(presentation, &issuer.key) {
         Ok(v) => {
             out.pass("disclosure_integrity");
             v
@@ -216,54 +333,38 @@ pub async fn sd_jwt(
         None => out.fail("holder_binding", format!("{query_id}: no key-binding JWT")),
         Some(kb) => {
             out.pass("holder_binding");
-            let aud_ok = kb["aud"].as_str() == Some(ctx.session.client_id.as_str());
-            let nonce_ok = kb["nonce"].as_str() == Some(ctx.session.nonce.as_str());
-            let iat = kb["iat"].as_i64().unwrap_or(0);
-            if !nonce_ok {
-                out.fail(
-                    "nonce_audience",
-                    format!("{query_id}: KB-JWT nonce does not match the session"),
-                );
-            } else if !aud_ok {
-                out.fail(
-                    "nonce_audience",
-                    format!("{query_id}: KB-JWT aud is not {}", ctx.session.client_id),
-                );
-            } else if iat < ctx.now - KB_MAX_AGE || iat > ctx.now + SKEW {
-                out.fail(
-                    "nonce_audience",
-                    format!("{query_id}: KB-JWT iat outside the accepted window"),
-                );
-            } else {
-                out.pass("nonce_audience");
-            }
-        }
-    }
-    check_time(out, &payload, ctx.now, query_id);
-    let iss = payload["iss"].as_str().unwrap_or_default().to_string();
-    check_issuer(out, ctx, &iss);
-    match payload["status"]["status_list"].as_object() {
-        None => out.pass("status"),
-        Some(sl) => {
-            let idx = sl.get("idx").and_then(Value::as_u64);
-            let uri = sl.get("uri").and_then(Value::as_str).unwrap_or_default();
-            match (idx, fetch_status(ctx, uri, &key).await) {
-                (Some(idx), Ok(list)) => {
-                    let bits = list["status_list"]["bits"].as_u64().unwrap_or(1) as u8;
-                    let lst = list["status_list"]["lst"].as_str().unwrap_or_default();
-                    match StatusArray::from_token_lst(bits, lst).and_then(|a| a.get_lsb(idx)) {
-                        Ok(0) => out.pass("status"),
-                        Ok(1) => out.fail("status", format!("{query_id}: revoked")),
-                        Ok(2) => out.fail("status", format!("{query_id}: suspended")),
-                        Ok(v) => out.fail("status", format!("{query_id}: status {v}")),
-                        Err(e) => out.fail("status", format!("{query_id}: status list: {e}")),
+            match ctx.audience {
+                None => {}
+                Some(aud) => {
+                    let aud_ok = kb["aud"].as_str() == Some(aud.client_id);
+                    let nonce_ok = kb["nonce"].as_str() == Some(aud.nonce);
+                    let iat = numeric(&kb["iat"], "iat").ok().flatten();
+                    if !nonce_ok {
+                        out.fail(
+                            "nonce_audience",
+                            format!("{query_id}: KB-JWT nonce does not match the session"),
+                        );
+                    } else if !aud_ok {
+                        out.fail(
+                            "nonce_audience",
+                            format!("{query_id}: KB-JWT aud is not {}", aud.client_id),
+                        );
+                    } else if iat.is_none_or(|iat| iat < ctx.now - KB_MAX_AGE || iat > ctx.now + SKEW)
+                    {
+                        out.fail(
+                            "nonce_audience",
+                            format!("{query_id}: KB-JWT iat missing or outside the accepted window"),
+                        );
+                    } else {
+                        out.pass("nonce_audience");
                     }
                 }
-                (None, _) => out.fail("status", format!("{query_id}: status entry has no idx")),
-                (_, Err(e)) => out.fail("status", format!("{query_id}: {e}")),
             }
         }
     }
+    check_time(out, &payload, &Value::Null, ctx.now, query_id);
+    check_issuer(out, ctx, &issuer.issuer);
+    token_status(ctx, out, query_id, &payload["status"], &issuer).await;
     let mut claims: Map<String, Value> = verified.claims.clone();
     for k in [
         "cnf", "status", "iat", "nbf", "exp", "iss", "vct", "_sd", "_sd_alg",
@@ -273,7 +374,7 @@ pub async fn sd_jwt(
     out.credentials.push(PresentedCredential {
         query_id: query_id.to_string(),
         format: "dc+sd-jwt".into(),
-        issuer: Some(iss.clone()),
+        issuer: Some(issuer.issuer.clone()),
         claims: claims.clone(),
     });
     Some(Checked {
@@ -282,8 +383,97 @@ pub async fn sd_jwt(
         root: Value::Object(verified.claims),
         vct: payload["vct"].as_str().map(str::to_string),
         types: Vec::new(),
-        issuer: Some(iss),
+        issuer: Some(issuer.issuer),
     })
+}
+
+/// The credential object of a JWT-secured W3C VC: the `vc` claim (VC-JWT 1.1) or the payload
+/// itself (VC-JOSE `vc+jwt`, VCDM 2.0).
+fn jwt_vc_object(payload: &Value) -> Value {
+    if payload["vc"].is_object() {
+        payload["vc"].clone()
+    } else {
+        payload.clone()
+    }
+}
+
+/// One issuer-signed W3C JWT credential: signature (bound to its issuer), validity, issuer
+/// allow-list, status. Returns it and its subject DID (for holder binding), or `None` when its
+/// signature cannot be trusted.
+pub async fn jwt_credential(
+    ctx: &Ctx<'_>,
+    out: &mut Outcome,
+    query_id: &str,
+    vc: &str,
+) -> Option<(Checked, Option<String>)> {
+    let (issuer, p) = issuer_jwt(ctx, out, query_id, vc, Issuers::Did).await?;
+    let vc_obj = jwt_vc_object(&p);
+    check_time(out, &p, &vc_obj, ctx.now, query_id);
+    check_issuer(out, ctx, &issuer.issuer);
+    w3c_status(ctx, out, query_id, &vc_obj["credentialStatus"], &issuer).await;
+    out.pass("disclosure_integrity");
+    let subject = vc_obj["credentialSubject"]["id"]
+        .as_str()
+        .or(p["sub"].as_str())
+        .map(str::to_string);
+    let mut claims = vc_obj["credentialSubject"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    claims.remove("id");
+    out.credentials.push(PresentedCredential {
+        query_id: query_id.to_string(),
+        format: "jwt_vc_json".into(),
+        issuer: Some(issuer.issuer.clone()),
+        claims,
+    });
+    Some((
+        Checked {
+            query_id: query_id.to_string(),
+            format: "jwt_vc_json".into(),
+            types: types_of(&vc_obj),
+            root: vc_obj,
+            vct: None,
+            issuer: Some(issuer.issuer),
+        },
+        subject,
+    ))
+}
+
+fn types_of(vc: &Value) -> Vec<String> {
+    match &vc["type"] {
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|t| t.as_str().map(str::to_string))
+            .collect(),
+        Value::String(s) => vec![s.clone()],
+        _ => Vec::new(),
+    }
+}
+
+/// The `nonce_audience` policy of a JWT presentation.
+fn jwt_audience(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, payload: &Value) {
+    let Some(aud) = ctx.audience else {
+        return;
+    };
+    let aud_ok = match &payload["aud"] {
+        Value::String(a) => a == aud.client_id,
+        Value::Array(a) => a.iter().any(|x| x.as_str() == Some(aud.client_id)),
+        _ => false,
+    };
+    if payload["nonce"].as_str() != Some(aud.nonce) {
+        out.fail(
+            "nonce_audience",
+            format!("{query_id}: presentation nonce does not match the session"),
+        );
+    } else if !aud_ok {
+        out.fail(
+            "nonce_audience",
+            format!("{query_id}: presentation aud is not {}", aud.client_id),
+        );
+    } else {
+        out.pass("nonce_audience");
+    }
 }
 
 /// jwt_vc_json: a JWT VP (signed by the holder) carrying JWT VCs.
@@ -316,30 +506,14 @@ pub async fn jwt_vp(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, vp: &str) 
         );
         return Vec::new();
     }
-    let aud_ok = match &payload["aud"] {
-        Value::String(a) => a == &ctx.session.client_id,
-        Value::Array(a) => a
-            .iter()
-            .any(|x| x.as_str() == Some(ctx.session.client_id.as_str())),
-        _ => false,
-    };
-    if payload["nonce"].as_str() != Some(ctx.session.nonce.as_str()) {
-        out.fail(
-            "nonce_audience",
-            format!("{query_id}: presentation nonce does not match the session"),
-        );
-    } else if !aud_ok {
-        out.fail(
-            "nonce_audience",
-            format!(
-                "{query_id}: presentation aud is not {}",
-                ctx.session.client_id
-            ),
-        );
-    } else {
-        out.pass("nonce_audience");
-    }
-    check_time(out, &payload, ctx.now, &format!("{query_id} presentation"));
+    jwt_audience(ctx, out, query_id, &payload);
+    check_time(
+        out,
+        &payload,
+        &Value::Null,
+        ctx.now,
+        &format!("{query_id} presentation"),
+    );
     let vcs: Vec<String> = match &payload["vp"]["verifiableCredential"] {
         Value::Array(a) => a
             .iter()
@@ -356,34 +530,10 @@ pub async fn jwt_vp(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, vp: &str) 
     }
     let mut checked = Vec::new();
     for vc in vcs {
-        let (h, p) = match jws::decode_unverified(&vc) {
-            Ok((h, p, _, _)) => (h, p),
-            Err(e) => {
-                out.fail("signature", format!("{query_id}: credential: {e}"));
-                continue;
-            }
-        };
-        let kid = did::signer_kid(&h, &p);
-        let key = match issuer_key(&kid, ctx.http).await {
-            Ok(k) => k,
-            Err(e) => {
-                out.fail("signature", format!("{query_id}: issuer key: {e}"));
-                continue;
-            }
-        };
-        if let Err(e) = jws::verify(&vc, &key) {
-            out.fail(
-                "signature",
-                format!("{query_id}: credential signature: {e}"),
-            );
+        let Some((c, subject)) = jwt_credential(ctx, out, query_id, &vc).await else {
             continue;
-        }
-        out.pass("signature");
-        let subject = p["vc"]["credentialSubject"]["id"]
-            .as_str()
-            .or(p["sub"].as_str())
-            .unwrap_or_default();
-        if holder_did.as_deref() == Some(subject) {
+        };
+        if subject.is_some() && holder_did == subject {
             out.pass("holder_binding");
         } else {
             out.fail(
@@ -391,38 +541,7 @@ pub async fn jwt_vp(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, vp: &str) 
                 format!("{query_id}: the presentation signer is not the credential subject"),
             );
         }
-        check_time(out, &p, ctx.now, query_id);
-        let iss = p["iss"].as_str().unwrap_or_default().to_string();
-        check_issuer(out, ctx, &iss);
-        w3c_status(ctx, out, query_id, &p["vc"]["credentialStatus"], &key).await;
-        out.pass("disclosure_integrity");
-        let vc_obj = p["vc"].clone();
-        let mut claims = vc_obj["credentialSubject"]
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-        claims.remove("id");
-        out.credentials.push(PresentedCredential {
-            query_id: query_id.to_string(),
-            format: "jwt_vc_json".into(),
-            issuer: Some(iss.clone()),
-            claims,
-        });
-        checked.push(Checked {
-            query_id: query_id.to_string(),
-            format: "jwt_vc_json".into(),
-            types: vc_obj["type"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|t| t.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            root: vc_obj,
-            vct: None,
-            issuer: Some(iss),
-        });
+        checked.push(c);
     }
     checked
 }
@@ -432,15 +551,12 @@ async fn w3c_status(
     out: &mut Outcome,
     query_id: &str,
     status: &Value,
-    key: &VerifyingKey,
+    issuer: &IssuerKey,
 ) {
     let entries: Vec<&Value> = match status {
-        Value::Array(a) => a.iter().collect(),
+        Value::Array(a) if !a.is_empty() => a.iter().collect(),
         Value::Object(_) => vec![status],
-        _ => {
-            out.pass("status");
-            return;
-        }
+        _ => return no_status(ctx, out, query_id),
     };
     for e in entries {
         let purpose = e["statusPurpose"].as_str().unwrap_or("revocation");
@@ -449,39 +565,51 @@ async fn w3c_status(
             .and_then(|s| s.parse::<u64>().ok())
             .or(e["statusListIndex"].as_u64());
         let uri = e["statusListCredential"].as_str().unwrap_or_default();
-        match (idx, fetch_status(ctx, uri, key).await) {
-            (Some(idx), Ok(list)) => {
-                let subject = if list["credentialSubject"].is_object() {
-                    &list["credentialSubject"]
-                } else {
-                    &list["vc"]["credentialSubject"]
-                };
-                match StatusArray::from_encoded_list(
-                    subject["encodedList"].as_str().unwrap_or_default(),
-                )
-                .and_then(|a| a.get_msb(idx))
-                {
-                    Ok(false) => out.pass("status"),
-                    Ok(true) => out.fail(
-                        "status",
-                        format!(
-                            "{query_id}: {}",
-                            if purpose == "suspension" {
-                                "suspended"
-                            } else {
-                                "revoked"
-                            }
-                        ),
-                    ),
-                    Err(e) => out.fail("status", format!("{query_id}: status list: {e}")),
-                }
+        let list = match (idx, fetch_status(ctx, uri, &issuer.key).await) {
+            (None, _) => {
+                out.fail("status", format!("{query_id}: status entry without index"));
+                continue;
             }
-            (None, _) => out.fail("status", format!("{query_id}: status entry without index")),
-            (_, Err(e)) => out.fail("status", format!("{query_id}: {e}")),
+            (_, Err(e)) => {
+                out.fail("status", format!("{query_id}: {e}"));
+                continue;
+            }
+            (Some(idx), Ok(list)) => (idx, list),
+        };
+        let (idx, list) = list;
+        if let Err(e) = list_issuer_ok(&list, issuer) {
+            out.fail("status", format!("{query_id}: {e}"));
+            continue;
+        }
+        let subject = if list["credentialSubject"].is_object() {
+            &list["credentialSubject"]
+        } else {
+            &list["vc"]["credentialSubject"]
+        };
+        match StatusArray::from_encoded_list(subject["encodedList"].as_str().unwrap_or_default())
+            .and_then(|a| a.get_msb(idx))
+        {
+            Ok(false) => out.pass("status"),
+            Ok(true) => out.fail(
+                "status",
+                format!(
+                    "{query_id}: {}",
+                    if purpose == "suspension" {
+                        "suspended"
+                    } else {
+                        "revoked"
+                    }
+                ),
+            ),
+            Err(e) => out.fail("status", format!("{query_id}: status list: {e}")),
         }
     }
 }
 
+/// The holder's key for a JWT presentation: a DID `kid` (resolved; an absolute kid must belong to
+/// the presentation's `iss` when it names one) or a header `jwk` (the holder is then that key's
+/// did:jwk). Holder keys are self-asserted: what binds them is the comparison with the
+/// credential's subject or `cnf`.
 async fn header_holder(
     header: &Value,
     payload: &Value,
@@ -490,13 +618,81 @@ async fn header_holder(
     if header.get("jwk").is_none() {
         let kid = did::signer_kid(header, payload);
         if kid.starts_with("did:") {
+            let kid_did = kid.split('#').next().unwrap_or(&kid).to_string();
+            if let Some(iss) = payload["iss"].as_str() {
+                if iss != kid_did {
+                    return Err(format!("kid {kid} does not belong to iss {iss}"));
+                }
+            }
             let key = did::resolve(&kid, http).await.map_err(|e| e.to_string())?;
-            return Ok((key, Some(kid.split('#').next().unwrap_or(&kid).to_string())));
+            return Ok((key, Some(kid_did)));
         }
     }
     let (key, _) = jws::header_key(header).map_err(|e| e.to_string())?;
     let did = did::did_jwk(&key);
     Ok((key, Some(did)))
+}
+
+/// One Data Integrity credential already verified by [`crate::crypto::di`] (`vc` without its
+/// proof; `method` the proof's verification method): issuer binding, validity, allow-list, status.
+async fn ld_credential(
+    ctx: &Ctx<'_>,
+    out: &mut Outcome,
+    query_id: &str,
+    vc: Value,
+    method: &str,
+) -> Option<Checked> {
+    let issuer = match binding::ld_issuer_key(&vc, method, ctx.http).await {
+        Ok(k) => k,
+        Err(e) => {
+            out.fail("signature", format!("{query_id}: {e} [{}]", e.code()));
+            return None;
+        }
+    };
+    out.pass("signature");
+    out.pass("disclosure_integrity");
+    check_time(out, &Value::Null, &vc, ctx.now, query_id);
+    check_issuer(out, ctx, &issuer.issuer);
+    w3c_status(ctx, out, query_id, &vc["credentialStatus"], &issuer).await;
+    let mut claims = vc["credentialSubject"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    claims.remove("id");
+    out.credentials.push(PresentedCredential {
+        query_id: query_id.to_string(),
+        format: "ldp_vc".into(),
+        issuer: Some(issuer.issuer.clone()),
+        claims,
+    });
+    Some(Checked {
+        query_id: query_id.to_string(),
+        format: "ldp_vc".into(),
+        types: types_of(&vc),
+        root: vc,
+        vct: None,
+        issuer: Some(issuer.issuer),
+    })
+}
+
+/// Verifies one Data Integrity credential object end to end.
+pub async fn ldp_credential(
+    ctx: &Ctx<'_>,
+    out: &mut Outcome,
+    query_id: &str,
+    vc: &Value,
+) -> Option<Checked> {
+    let method = vc["proof"]["verificationMethod"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    match crate::crypto::di::verify_credential_bounded(vc.clone(), ctx.now).await {
+        Ok(plain) => ld_credential(ctx, out, query_id, plain, &method).await,
+        Err(e) => {
+            out.fail("signature", format!("{query_id}: credential proof: {e}"));
+            None
+        }
+    }
 }
 
 /// ldp_vc: a Data Integrity presentation (challenge = nonce, domain = client_id) of DI credentials.
@@ -508,43 +704,41 @@ pub async fn ldp_vp(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, vp: Value)
         );
         return Vec::new();
     }
-    let (nonce, client_id, now) = (
-        ctx.session.nonce.clone(),
-        ctx.session.client_id.clone(),
-        ctx.now,
-    );
-    let vp2 = vp.clone();
-    let checked = tokio::task::spawn_blocking(move || {
-        let holder = crate::crypto::di::verify_presentation(&vp2, &nonce, &client_id, now);
-        let creds: Vec<Value> = match &vp2["verifiableCredential"] {
-            Value::Array(a) => a.clone(),
-            Value::Object(_) => vec![vp2["verifiableCredential"].clone()],
-            _ => Vec::new(),
-        };
-        let verified: Vec<Result<Value, String>> = creds
-            .iter()
-            .map(|c| crate::crypto::di::verify_credential(c, now).map_err(|e| e.to_string()))
-            .collect();
-        (holder.map_err(|e| e.to_string()), verified)
-    })
-    .await;
-    let Ok((holder, creds)) = checked else {
-        out.fail("signature", format!("{query_id}: verification task failed"));
-        return Vec::new();
+    let (nonce, client_id) = match ctx.audience {
+        Some(a) => (a.nonce.to_string(), a.client_id.to_string()),
+        // No audience to check: take the proof's own, so only the signature is verified.
+        None => (
+            vp["proof"]["challenge"].as_str().unwrap_or_default().into(),
+            match &vp["proof"]["domain"] {
+                Value::Array(a) => a.first().and_then(Value::as_str).unwrap_or_default().into(),
+                d => d.as_str().unwrap_or_default().into(),
+            },
+        ),
     };
-    let holder = match holder {
-        Ok((h, _)) => {
-            out.pass("nonce_audience");
-            h
-        }
-        Err(e) if e.contains("challenge") || e.contains("domain") => {
-            out.fail("nonce_audience", format!("{query_id}: {e}"));
-            return Vec::new();
-        }
-        Err(e) => {
-            out.fail("signature", format!("{query_id}: presentation proof: {e}"));
-            return Vec::new();
-        }
+    let holder =
+        match crate::crypto::di::verify_presentation_bounded(vp.clone(), nonce, client_id, ctx.now)
+            .await
+        {
+            Ok((h, _)) => {
+                if ctx.audience.is_some() {
+                    out.pass("nonce_audience");
+                }
+                h
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if e.contains("challenge") || e.contains("domain") {
+                    out.fail("nonce_audience", format!("{query_id}: {e}"));
+                } else {
+                    out.fail("signature", format!("{query_id}: presentation proof: {e}"));
+                }
+                return Vec::new();
+            }
+        };
+    let creds: Vec<Value> = match &vp["verifiableCredential"] {
+        Value::Array(a) => a.clone(),
+        Value::Object(_) => vec![vp["verifiableCredential"].clone()],
+        _ => Vec::new(),
     };
     if creds.is_empty() {
         out.fail(
@@ -554,16 +748,10 @@ pub async fn ldp_vp(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, vp: Value)
     }
     let mut checked = Vec::new();
     for c in creds {
-        let vc = match c {
-            Ok(vc) => vc,
-            Err(e) => {
-                out.fail("signature", format!("{query_id}: credential proof: {e}"));
-                continue;
-            }
+        let Some(vc) = ldp_credential(ctx, out, query_id, &c).await else {
+            continue;
         };
-        out.pass("signature");
-        out.pass("disclosure_integrity");
-        if vc["credentialSubject"]["id"].as_str() == Some(holder.as_str()) {
+        if vc.root["credentialSubject"]["id"].as_str() == Some(holder.as_str()) {
             out.pass("holder_binding");
         } else {
             out.fail(
@@ -571,58 +759,7 @@ pub async fn ldp_vp(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, vp: Value)
                 format!("{query_id}: the presentation signer is not the credential subject"),
             );
         }
-        let parse = |k: &str| {
-            vc[k]
-                .as_str()
-                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-                .map(|d| d.timestamp())
-        };
-        let mut times = serde_json::json!({});
-        if let Some(e) = parse("validUntil") {
-            times["exp"] = e.into();
-        }
-        if let Some(n) = parse("validFrom") {
-            times["nbf"] = n.into();
-        }
-        check_time(out, &times, ctx.now, query_id);
-        let iss = match &vc["issuer"] {
-            Value::String(s) => s.clone(),
-            other => other["id"].as_str().unwrap_or_default().to_string(),
-        };
-        check_issuer(out, ctx, &iss);
-        match did::resolve(&iss, ctx.http).await {
-            Ok(key) => w3c_status(ctx, out, query_id, &vc["credentialStatus"], &key).await,
-            Err(e) => out.fail(
-                "status",
-                format!("{query_id}: issuer key for the status list: {e}"),
-            ),
-        }
-        let mut claims = vc["credentialSubject"]
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-        claims.remove("id");
-        out.credentials.push(PresentedCredential {
-            query_id: query_id.to_string(),
-            format: "ldp_vc".into(),
-            issuer: Some(iss.clone()),
-            claims,
-        });
-        checked.push(Checked {
-            query_id: query_id.to_string(),
-            format: "ldp_vc".into(),
-            types: vc["type"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|t| t.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            root: vc,
-            vct: None,
-            issuer: Some(iss),
-        });
+        checked.push(vc);
     }
     checked
 }

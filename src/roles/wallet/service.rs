@@ -16,7 +16,7 @@ use crate::client::oid4vci::{self, Holder};
 use crate::client::oid4vp::{self, Held};
 use crate::client::ClientError;
 use crate::clock::{random_id, random_token};
-use crate::crypto::{did, jws, sdjwt, sha256_hex, KeyType, SigningKey};
+use crate::crypto::{binding, did, jws, sdjwt, sha256_hex, KeyType, SigningKey};
 use crate::dcql::{self, CredentialView};
 use crate::error::{ApiError, ApiResult, Code};
 use crate::state::AppState;
@@ -814,11 +814,10 @@ impl WalletService {
     pub async fn credential_status(&self, wallet: &str, id: &str) -> ApiResult<Value> {
         let (rec, raw) = self.load_credential(wallet, id).await?;
         let (view, _) = dcql::credential_view(&rec.format, &raw);
-        let issuer_kid = issuer_kid(&rec.format, &raw)
-            .ok_or_else(|| ApiError::validation("the credential names no issuer key"))?;
-        let key = did::resolve(&issuer_kid, &self.state.http)
+        let key = bound_issuer_key(&rec.format, &raw, &self.state.http)
             .await
-            .map_err(|e| ApiError::new(Code::RemoteFailed, e.to_string()))?;
+            .map_err(|e| ApiError::new(Code::RemoteFailed, e))?
+            .key;
         let fetch = |uri: String| {
             let http = self.state.http.clone();
             let key = key.clone();
@@ -1000,12 +999,11 @@ impl WalletService {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        let kid = issuer_kid(format, &raw).ok_or_else(|| {
-            ApiError::new(Code::RemoteFailed, "the credential names no issuer key")
-        })?;
-        let key = did::resolve(&kid, &self.state.http)
+        // The issuer's key, proven to be the issuer's (crypto::binding), before anything is stored.
+        let bound = bound_issuer_key(format, &raw, &self.state.http)
             .await
-            .map_err(|e| ApiError::new(Code::RemoteFailed, format!("issuer key: {e}")))?;
+            .map_err(|e| ApiError::new(Code::RemoteFailed, e))?;
+        let key = bound.key;
         match format {
             "dc+sd-jwt" | "vc+sd-jwt" => {
                 sdjwt::verify(&raw, &key).map_err(|e| {
@@ -1026,10 +1024,8 @@ impl WalletService {
             "ldp_vc" => {
                 let v: Value = serde_json::from_str(&raw)
                     .map_err(|e| ApiError::new(Code::RemoteFailed, e.to_string()))?;
-                let now = self.now();
-                tokio::task::spawn_blocking(move || crate::crypto::di::verify_credential(&v, now))
+                crate::crypto::di::verify_credential_bounded(v, self.now())
                     .await
-                    .map_err(ApiError::internal)?
                     .map_err(|e| {
                         ApiError::new(
                             Code::RemoteFailed,
@@ -1054,7 +1050,7 @@ impl WalletService {
             } else {
                 format.to_string()
             },
-            issuer: kid.split('#').next().unwrap_or(&kid).to_string(),
+            issuer: bound.issuer,
             credential_type: view
                 .vct
                 .clone()
@@ -1392,20 +1388,35 @@ async fn load_context(state: &AppState, wallet: &str) -> ApiResult<WalletContext
 }
 
 /// The issuer's key id (DID URL) of a stored credential.
-fn issuer_kid(format: &str, raw: &str) -> Option<String> {
-    if format == "ldp_vc" {
-        let v: Value = serde_json::from_str(raw).ok()?;
-        return v["proof"]["verificationMethod"]
-            .as_str()
-            .map(str::to_string);
+/// The issuer's key for a credential, bound to the issuer it names by [`binding`]'s rule (for JWTs
+/// the issuer signature is checked on the way).
+async fn bound_issuer_key(
+    format: &str,
+    raw: &str,
+    http: &reqwest::Client,
+) -> Result<binding::IssuerKey, String> {
+    let fail = |e: binding::BindingError| format!("the issuer's credential does not verify: {e}");
+    match format {
+        "ldp_vc" => {
+            let v: Value = serde_json::from_str(raw).map_err(|e| e.to_string())?;
+            let vm = v["proof"]["verificationMethod"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            binding::ld_issuer_key(&v, &vm, http).await.map_err(fail)
+        }
+        "dc+sd-jwt" | "vc+sd-jwt" => {
+            let jwt = raw.split('~').next().unwrap_or_default();
+            binding::verify_issuer_jwt(jwt, binding::Issuers::DidOrHttps, http)
+                .await
+                .map(|(k, _, _)| k)
+                .map_err(fail)
+        }
+        _ => binding::verify_issuer_jwt(raw, binding::Issuers::Did, http)
+            .await
+            .map(|(k, _, _)| k)
+            .map_err(fail),
     }
-    let jwt = if format.ends_with("sd-jwt") {
-        raw.split('~').next()?
-    } else {
-        raw
-    };
-    let (h, p, _, _) = jws::decode_unverified(jwt).ok()?;
-    Some(did::signer_kid(&h, &p)).filter(|k| !k.is_empty())
 }
 
 /// Presentation-definition input descriptor fields → first-level claim names.

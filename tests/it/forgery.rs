@@ -1,0 +1,532 @@
+//! The adversarial corpus (issue #17): forged and malformed credentials and presentations sent to
+//! the OID4VP response endpoint and to VC-API verify. Every case must be rejected — with the
+//! specific policy that failed, and never with a 5xx — while the genuine credential still verifies.
+//! The reported forgery (an issuer's payload re-signed with the attacker's did:key named in the
+//! header `kid`) also runs end to end through the real Animo wallet.
+
+use idstack::crypto::{b64url, did, jws, sdjwt, KeyType, SigningKey};
+use serde_json::{json, Map, Value};
+
+use crate::common::{client, Server, ADMIN_TOKEN};
+use crate::holder::{create_offer, full_flow, now};
+use crate::interop::node;
+
+struct Request {
+    id: String,
+    verifier: String,
+    nonce: String,
+    client_id: String,
+    state: String,
+    response_uri: String,
+}
+
+async fn open(s: &Server, verifier: &str, body: Value) -> Request {
+    let r = client()
+        .post(s.url(&format!("/api/verifiers/{verifier}/sessions")))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let sess: Value = r.json().await.unwrap();
+    let jwt = client()
+        .get(sess["request_uri"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (_, p, _, _) = jws::decode_unverified(&jwt).unwrap();
+    Request {
+        id: sess["id"].as_str().unwrap().into(),
+        verifier: verifier.into(),
+        nonce: p["nonce"].as_str().unwrap().into(),
+        client_id: p["client_id"].as_str().unwrap().into(),
+        state: p["state"].as_str().unwrap().into(),
+        response_uri: p["response_uri"].as_str().unwrap().into(),
+    }
+}
+
+/// Posts `vp_token` for query `q`; returns (HTTP status, session result).
+async fn respond(s: &Server, req: &Request, q: &str, presentation: Value) -> (u16, Value) {
+    let vp_token = json!({ q: [presentation] }).to_string();
+    let r = client()
+        .post(&req.response_uri)
+        .form(&[("vp_token", vp_token.as_str()), ("state", req.state.as_str())])
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    assert!(status < 500, "a forged presentation caused a {status}");
+    let result: Value = client()
+        .get(s.url(&format!(
+            "/api/verifiers/{}/sessions/{}",
+            req.verifier, req.id
+        )))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (status, result)
+}
+
+fn policy(r: &Value, name: &str) -> (bool, String) {
+    let p = r["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no policy {name} in {r}"));
+    (
+        p["passed"].as_bool().unwrap(),
+        p["reason"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// Asserts the presentation was refused by `failing` (and its reason mentions `why`).
+async fn refused(s: &Server, req: &Request, q: &str, pres: Value, failing: &str, why: &str) {
+    let (status, r) = respond(s, req, q, pres).await;
+    assert_eq!(status, 400, "accepted: {r}");
+    assert_eq!(r["verified"], false, "{r}");
+    let (passed, reason) = policy(&r, failing);
+    assert!(!passed, "{failing} passed: {r}");
+    assert!(
+        reason.contains(why),
+        "{failing}: expected `{why}` in `{reason}`"
+    );
+}
+
+fn split_jwt(t: &str) -> (Value, Value) {
+    let (h, p, _, _) = jws::decode_unverified(t).unwrap();
+    (h, p)
+}
+
+fn enc(v: &Value) -> String {
+    b64url(v.to_string())
+}
+
+fn kb(holder: &SigningKey, sd: &str, aud: &str, nonce: &str, iat: i64) -> String {
+    jws::sign(
+        holder,
+        json!({"typ": "kb+jwt"}),
+        &json!({"iat": iat, "aud": aud, "nonce": nonce, "sd_hash": sdjwt::sd_hash(sd)}),
+    )
+}
+
+/// `<issuer jwt>~<disclosures>~<kb>` for `req`.
+fn sd_present(holder: &SigningKey, jwt: &str, disclosures: &[String], req: &Request) -> String {
+    let mut base = format!("{jwt}~");
+    for d in disclosures {
+        base.push_str(d);
+        base.push('~');
+    }
+    let k = kb(holder, &base, &req.client_id, &req.nonce, now());
+    format!("{base}{k}")
+}
+
+fn sd_query() -> Value {
+    json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "claims": [{"path": ["given_name"]}]}]}})
+}
+
+fn attacker_did(kt: KeyType, jwk: bool) -> (SigningKey, String, String) {
+    let k = SigningKey::generate(kt);
+    let d = if jwk {
+        did::did_jwk(&k.verifying_key())
+    } else {
+        did::did_key(&k.verifying_key())
+    };
+    let vm = did::verification_method(&d);
+    (k, d, vm)
+}
+
+/// An SD-JWT VC issued by `key` as `iss` (self-consistent: it passes the binding), with
+/// `extra` merged into the payload.
+fn self_issued_sd(
+    key: &SigningKey,
+    iss: &str,
+    vm: &str,
+    holder: &SigningKey,
+    extra: Value,
+) -> (String, Vec<String>) {
+    let mut payload = Map::new();
+    payload.insert("iss".into(), json!(iss));
+    payload.insert("vct".into(), json!("https://example.org/identity"));
+    payload.insert("iat".into(), json!(now()));
+    payload.insert(
+        "cnf".into(),
+        json!({"jwk": holder.verifying_key().to_jwk()}),
+    );
+    if let Value::Object(m) = extra {
+        payload.extend(m);
+    }
+    let mut sd = Map::new();
+    sd.insert("given_name".into(), json!("Erika"));
+    let issued = sdjwt::issue(key, json!({"typ": "dc+sd-jwt", "kid": vm}), payload, &sd);
+    let p = sdjwt::parse(&issued).unwrap();
+    (p.jwt, p.disclosures)
+}
+
+#[tokio::test]
+async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
+    let s = Server::start().await;
+    let (holder, cred) = full_flow(
+        &s,
+        "IdentityCredential_dc_sd_jwt",
+        json!({"given_name": "Erika", "family_name": "Mustermann", "email": "e@example.org", "birthdate": "1984-01-26"}),
+    )
+    .await;
+    let issued = cred["credentials"][0]["credential"].as_str().unwrap();
+    let parsed = sdjwt::parse(issued).unwrap();
+    let (_, victim) = split_jwt(&parsed.jwt);
+    let victim_iss = victim["iss"].as_str().unwrap().to_string();
+    let given: Vec<String> = parsed
+        .disclosures
+        .iter()
+        .filter(|d| sdjwt::decode_disclosure(d).unwrap().0 == "given_name")
+        .cloned()
+        .collect();
+
+    // The genuine credential verifies (the corpus below is not failing for an unrelated reason).
+    let req = open(&s, "default", sd_query()).await;
+    let (status, r) = respond(&s, &req, "pid", json!(sd_present(&holder, &parsed.jwt, &given, &req))).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["verified"], true);
+
+    // 1. The reported forgery: payload kept, status dropped, re-signed by the attacker's did:key /
+    //    did:jwk named in the header kid.
+    let mut no_status = victim.clone();
+    no_status.as_object_mut().unwrap().remove("status");
+    for (kt, jwk) in [(KeyType::P256, false), (KeyType::Ed25519, true)] {
+        let (a, _, avm) = attacker_did(kt, jwk);
+        let forged = jws::sign(&a, json!({"typ": "dc+sd-jwt", "kid": avm}), &no_status);
+        let req = open(&s, "default", sd_query()).await;
+        refused(&s, &req, "pid", json!(sd_present(&holder, &forged, &given, &req)), "signature", "kid_not_issuer").await;
+    }
+    // 2. Header key injection: jwk / x5c naming the attacker's key.
+    let (a, _, _) = attacker_did(KeyType::P256, false);
+    for h in [
+        json!({"typ": "dc+sd-jwt", "jwk": a.verifying_key().to_jwk()}),
+        json!({"typ": "dc+sd-jwt", "x5c": ["MIIBszCCAVmgAwIBAgIUQ"]}),
+    ] {
+        let forged = jws::sign(&a, h, &no_status);
+        let req = open(&s, "default", sd_query()).await;
+        refused(&s, &req, "pid", json!(sd_present(&holder, &forged, &given, &req)), "signature", "header_key_not_trusted").await;
+    }
+    // 3. alg none, HS256 keyed with the issuer's public key, an algorithm the key cannot have,
+    //    a signature over a different header.
+    let (vh, _) = split_jwt(&parsed.jwt);
+    let kid = vh["kid"].clone();
+    let payload_b64 = parsed.jwt.split('.').nth(1).unwrap().to_string();
+    let none = format!("{}.{payload_b64}.", enc(&json!({"alg": "none", "kid": kid})));
+    let hs_header = enc(&json!({"alg": "HS256", "kid": kid}));
+    let issuer_pub = did::resolve_offline(kid.as_str().unwrap())
+        .map(|k| k.to_jwk().to_string())
+        .unwrap_or_default();
+    let hs = {
+        use hmac::{Mac, SimpleHmac};
+        let mut mac = SimpleHmac::<sha2::Sha256>::new_from_slice(issuer_pub.as_bytes()).unwrap();
+        mac.update(format!("{hs_header}.{payload_b64}").as_bytes());
+        format!("{hs_header}.{payload_b64}.{}", b64url(mac.finalize().into_bytes()))
+    };
+    let sig = parsed.jwt.split('.').nth(2).unwrap();
+    let wrong_alg = format!(
+        "{}.{payload_b64}.{sig}",
+        enc(&json!({"alg": "ES256K", "kid": kid, "typ": "dc+sd-jwt"}))
+    );
+    let other_header = format!(
+        "{}.{payload_b64}.{sig}",
+        enc(&json!({"alg": vh["alg"], "kid": kid, "typ": "vc+sd-jwt"}))
+    );
+    for forged in [none, hs, wrong_alg, other_header] {
+        let req = open(&s, "default", sd_query()).await;
+        refused(&s, &req, "pid", json!(sd_present(&holder, &forged, &given, &req)), "signature", "bad_signature").await;
+    }
+
+    // 4. Disclosures: tampered, duplicated, not referenced; `_sd_alg` other than sha-256.
+    let d0 = given[0].clone();
+    let tampered = b64url(json!(["salt", "given_name", "Mallory"]).to_string());
+    for (ds, why) in [
+        (vec![tampered], "not referenced"),
+        (vec![d0.clone(), d0.clone()], "duplicate"),
+    ] {
+        let req = open(&s, "default", sd_query()).await;
+        refused(&s, &req, "pid", json!(sd_present(&holder, &parsed.jwt, &ds, &req)), "disclosure_integrity", why).await;
+    }
+    let (a, a_did, avm) = attacker_did(KeyType::P256, false);
+    let (jwt, ds) = self_issued_sd(&a, &a_did, &avm, &holder, json!({}));
+    let (mut h512, mut p512) = split_jwt(&jwt);
+    p512["_sd_alg"] = json!("sha-512");
+    h512.as_object_mut().unwrap().remove("alg");
+    let jwt512 = jws::sign(&a, h512, &p512);
+    let req = open(&s, "default", sd_query()).await;
+    refused(&s, &req, "pid", json!(sd_present(&holder, &jwt512, &ds, &req)), "disclosure_integrity", "_sd_alg").await;
+
+    // 5. Key binding: missing KB-JWT, wrong sd_hash, wrong aud, wrong nonce, iat far off.
+    let req = open(&s, "default", sd_query()).await;
+    refused(&s, &req, "pid", json!(format!("{}~{}~", parsed.jwt, d0)), "holder_binding", "no key-binding").await;
+    let req = open(&s, "default", sd_query()).await;
+    let wrong_hash = format!("{}~{}~{}", parsed.jwt, d0, kb(&holder, "something-else~", &req.client_id, &req.nonce, now()));
+    refused(&s, &req, "pid", json!(wrong_hash), "holder_binding", "sd_hash").await;
+    let base = format!("{}~{}~", parsed.jwt, d0);
+    for (aud, nonce, iat, why) in [
+        (Some("https://other.example"), None, now(), "aud"),
+        (None, Some("not-the-nonce"), now(), "nonce"),
+        (None, None, now() - 86_400, "iat"),
+        (None, None, now() + 86_400, "iat"),
+    ] {
+        let req = open(&s, "default", sd_query()).await;
+        let k = kb(&holder, &base, aud.unwrap_or(&req.client_id), nonce.unwrap_or(&req.nonce), iat);
+        refused(&s, &req, "pid", json!(format!("{base}{k}")), "nonce_audience", why).await;
+    }
+    // A KB-JWT signed by another key than the credential's cnf.
+    let req = open(&s, "default", sd_query()).await;
+    let stranger = SigningKey::generate(KeyType::P256);
+    refused(&s, &req, "pid", json!(sd_present(&stranger, &parsed.jwt, &given, &req)), "holder_binding", "signature").await;
+
+    // 6. Cross-session replay: a presentation made for session A, sent to session B.
+    let a_req = open(&s, "default", sd_query()).await;
+    let b_req = open(&s, "default", sd_query()).await;
+    refused(&s, &b_req, "pid", json!(sd_present(&holder, &parsed.jwt, &given, &a_req)), "nonce_audience", "nonce").await;
+
+    // 7. Validity: expired, not yet valid, unparseable — on credentials whose signature binds
+    //    (self-issued by the attacker), so only the validity policy can catch them.
+    for (extra, why) in [
+        (json!({"exp": now() - 3_600}), "expired"),
+        (json!({"nbf": now() + 3_600}), "not valid before"),
+        (json!({"exp": "tomorrow"}), "NumericDate"),
+    ] {
+        let (jwt, ds) = self_issued_sd(&a, &a_did, &avm, &holder, extra);
+        let req = open(&s, "default", sd_query()).await;
+        refused(&s, &req, "pid", json!(sd_present(&holder, &jwt, &ds, &req)), "validity", why).await;
+    }
+
+    // 8. Issuer allow-list: a self-consistent credential from an issuer the verifier does not trust.
+    let r = client()
+        .post(s.url("/api/verifiers"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"id": "only-default", "signing_key_type": "P-256", "trusted_issuers": [victim_iss]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let (jwt, ds) = self_issued_sd(&a, &a_did, &avm, &holder, json!({}));
+    let req = open(&s, "only-default", sd_query()).await;
+    refused(&s, &req, "pid", json!(sd_present(&holder, &jwt, &ds, &req)), "issuer_allowlist", "not trusted").await;
+
+    // 9. Status: no status reference while the session requires one; a status list that is not
+    //    signed by the credential's issuer (the attacker points at the real issuer's list).
+    let mut q = sd_query();
+    q["require_status"] = json!(true);
+    let req = open(&s, "default", q).await;
+    refused(&s, &req, "pid", json!(sd_present(&holder, &jwt, &ds, &req)), "status", "requires").await;
+    let (jwt, ds) = self_issued_sd(&a, &a_did, &avm, &holder, json!({"status": victim["status"].clone()}));
+    let req = open(&s, "default", sd_query()).await;
+    refused(&s, &req, "pid", json!(sd_present(&holder, &jwt, &ds, &req)), "status", "status list signature").await;
+    s.stop();
+}
+
+/// A JWT VP (holder did:key) carrying `vc`.
+fn jwt_vp(holder: &SigningKey, vc: &str, req: &Request) -> String {
+    let hd = did::did_key(&holder.verifying_key());
+    jws::sign(
+        holder,
+        json!({"typ": "JWT", "kid": did::verification_method(&hd)}),
+        &json!({"iss": hd, "aud": req.client_id, "nonce": req.nonce, "iat": now(), "vp": {"type": ["VerifiablePresentation"], "verifiableCredential": [vc]}}),
+    )
+}
+
+fn jwt_query() -> Value {
+    json!({"dcql_query": {"credentials": [{"id": "idc", "format": "jwt_vc_json", "meta": {"type_values": [["VerifiableCredential", "IdentityCredential"]]}}]}})
+}
+
+#[tokio::test]
+async fn jwt_vc_and_vc_api_forgeries_are_refused() {
+    let s = Server::start().await;
+    // Issue a jwt_vc_json to a did:key holder (the proof names the holder by DID).
+    let offer = create_offer(
+        &s,
+        "default",
+        json!({"credential_configuration_ids": ["IdentityCredential_jwt_vc_json"], "claims": {"given_name": "Erika", "family_name": "Mustermann", "email": "e@example.org", "birthdate": "1984-01-26"}}),
+    )
+    .await;
+    let (st, tok) = crate::holder::token(&s, "default", &crate::holder::pre_auth_code(&offer), None).await;
+    assert_eq!(st, 200);
+    let holder = SigningKey::generate(KeyType::P256);
+    let n = crate::holder::nonce(&s, "default").await;
+    let aud = s.url("/issuers/default");
+    let (st, cred) = crate::holder::credential(&s, "default", tok["access_token"].as_str().unwrap(), json!({"credential_configuration_id": "IdentityCredential_jwt_vc_json", "proofs": {"jwt": [crate::holder::proof(&holder, &aud, &n, true)]}})).await;
+    assert_eq!(st, 200, "{cred}");
+    let vc = cred["credentials"][0]["credential"].as_str().unwrap().to_string();
+
+    let req = open(&s, "default", jwt_query()).await;
+    let (status, r) = respond(&s, &req, "idc", json!(jwt_vp(&holder, &vc, &req))).await;
+    assert_eq!(status, 200, "{r}");
+
+    let (_, victim) = split_jwt(&vc);
+    let mut no_status = victim.clone();
+    no_status["vc"].as_object_mut().unwrap().remove("credentialStatus");
+    for jwk in [false, true] {
+        let (a, _, avm) = attacker_did(KeyType::P256, jwk);
+        let forged = jws::sign(&a, json!({"typ": "JWT", "kid": avm}), &no_status);
+        let req = open(&s, "default", jwt_query()).await;
+        refused(&s, &req, "idc", json!(jwt_vp(&holder, &forged, &req)), "signature", "kid_not_issuer").await;
+        // VC-API: the same forgery as a bare credential, and inside a presentation.
+        let r = client()
+            .post(s.url("/vc-api/credentials/verify"))
+            .json(&json!({"verifiableCredential": forged}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["verified"], false);
+        assert!(v["errors"].to_string().contains("kid_not_issuer"), "{v}");
+        let r = client()
+            .post(s.url("/vc-api/presentations/verify"))
+            .json(&json!({"verifiablePresentation": jwt_vp(&holder, &forged, &req)}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+    }
+    // vc.issuer disagreeing with iss
+    let (a, a_did, avm) = attacker_did(KeyType::P256, false);
+    let mut two = victim.clone();
+    two["iss"] = json!(a_did);
+    two["vc"]["issuer"] = victim["iss"].clone();
+    let forged = jws::sign(&a, json!({"typ": "JWT", "kid": avm}), &two);
+    let req = open(&s, "default", jwt_query()).await;
+    refused(&s, &req, "idc", json!(jwt_vp(&holder, &forged, &req)), "signature", "issuer_mismatch").await;
+    // VCDM 2.0 validFrom in the future / unparseable dates on a self-consistent credential.
+    for (vc_extra, why) in [
+        (json!({"validFrom": "2999-01-01T00:00:00Z"}), "not valid before"),
+        (json!({"validUntil": "not a date"}), "not a valid date-time"),
+    ] {
+        let mut p = json!({"iss": a_did, "sub": did::did_key(&holder.verifying_key()), "vc": {"@context": ["https://www.w3.org/2018/credentials/v1"], "type": ["VerifiableCredential", "IdentityCredential"], "issuer": a_did, "credentialSubject": {"id": did::did_key(&holder.verifying_key()), "given_name": "Erika"}}});
+        for (k, v) in vc_extra.as_object().unwrap() {
+            p["vc"][k] = v.clone();
+        }
+        let t = jws::sign(&a, json!({"typ": "JWT", "kid": avm}), &p);
+        let req = open(&s, "default", jwt_query()).await;
+        refused(&s, &req, "idc", json!(jwt_vp(&holder, &t, &req)), "validity", why).await;
+        let r = client()
+            .post(s.url("/vc-api/credentials/verify"))
+            .json(&json!({"verifiableCredential": t}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "VC-API runs the validity policy too");
+    }
+
+    // ldp_vc via VC-API: issuer ≠ proof DID, wrong proofPurpose, tampered document.
+    let r = client()
+        .post(s.url("/vc-api/credentials/issue"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"credential": {"@context": ["https://www.w3.org/ns/credentials/v2", "https://w3id.org/idstack/credentials/v1"], "type": ["VerifiableCredential", "IdentityCredential"], "credentialSubject": {"id": "did:example:alice", "given_name": "Alice"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let ldp = r.json::<Value>().await.unwrap()["verifiableCredential"].clone();
+    let verify_url = s.url("/vc-api/credentials/verify");
+    let verify = |body: Value| {
+        let url = verify_url.clone();
+        async move {
+        let r = client()
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (st, v) = verify(json!({"verifiableCredential": ldp})).await;
+    assert_eq!(st, 200, "{v}");
+    // (A proof by another DID with the victim named as issuer: the issuer cannot be changed
+    // after signing without breaking the proof, and a proof whose DID is not the issuer's is
+    // refused by crypto::di and crypto::binding — both end in the `signature` policy.)
+    let (ed, _, ed_vm) = attacker_did(KeyType::Ed25519, false);
+    let mut body = ldp.as_object().unwrap().clone();
+    body.remove("proof");
+    body.insert("issuer".into(), json!(did::did_key(&holder.verifying_key())));
+    let other_issuer = idstack::crypto::di::issue_credential(&ed, &ed_vm, body.clone(), now()).unwrap();
+    let mut claimed = other_issuer.clone();
+    claimed["issuer"] = ldp["issuer"].clone();
+    let mut purpose = ldp.clone();
+    purpose["proof"]["proofPurpose"] = json!("authentication");
+    let mut tampered = ldp.clone();
+    tampered["credentialSubject"]["given_name"] = json!("Mallory");
+    for bad in [claimed, purpose, tampered] {
+        let (st, v) = verify(json!({"verifiableCredential": bad})).await;
+        assert_eq!(st, 400, "{v}");
+        assert!(v["errors"].to_string().contains("signature"), "{v}");
+    }
+    s.stop();
+}
+
+/// The reported attack end to end through the real Animo OID4VCI holder and OID4VP wallet: the
+/// wallet presents a credential whose issuer JWT the attacker re-signed with its own did:key.
+#[tokio::test]
+async fn animo_wallet_presenting_a_re_signed_credential_is_refused() {
+    let s = Server::start().await;
+    let offer = create_offer(
+        &s,
+        "default",
+        json!({"credential_configuration_ids": ["IdentityCredential_dc_sd_jwt"], "claims": {"given_name": "Erika", "family_name": "Mustermann", "email": "e@example.org", "birthdate": "1984-01-26"}}),
+    )
+    .await;
+    let mut held = node("oid4vci-holder.mjs", &["--offer", offer["offer_uri"].as_str().unwrap()]);
+    let issued = held["credentials"][0].as_str().unwrap().to_string();
+    let (jwt, rest) = issued.split_once('~').unwrap();
+    let (_, mut payload) = split_jwt(jwt);
+    payload.as_object_mut().unwrap().remove("status");
+    let (a, _, avm) = attacker_did(KeyType::P256, false);
+    let forged = format!(
+        "{}~{rest}",
+        jws::sign(&a, json!({"typ": "dc+sd-jwt", "kid": avm}), &payload)
+    );
+    held["credentials"][0] = json!(forged);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("forged.json");
+    std::fs::write(&path, held.to_string()).unwrap();
+    let r = client()
+        .post(s.url("/api/verifiers/default/sessions"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&sd_query())
+        .send()
+        .await
+        .unwrap();
+    let sess: Value = r.json().await.unwrap();
+    let out = node(
+        "oid4vp-wallet.mjs",
+        &[
+            "--request",
+            sess["authorization_request"].as_str().unwrap(),
+            "--credential",
+            path.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out["status"], 400, "the forgery was accepted: {out}");
+    let r: Value = client()
+        .get(s.url(&format!(
+            "/api/verifiers/default/sessions/{}",
+            sess["id"].as_str().unwrap()
+        )))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["verified"], false);
+    let (passed, reason) = policy(&r, "signature");
+    assert!(!passed && reason.contains("kid_not_issuer"), "{r}");
+    s.stop();
+}
