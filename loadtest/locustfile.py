@@ -77,7 +77,7 @@ class Holder(User):
             "claims": {"given_name": "Locust", "email": "locust@example.org"}}).json()
         self.measure("receiveOffer", lambda: self.agent.call({"cmd": "receiveOffer", "offerUrl": offer["offer_uri"]}))
         session = requests.post(f"{TARGET}/api/verifiers/default/sessions", headers=ADMIN, timeout=30, json={
-            "dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "claims": [{"path": ["given_name"]}]}]}}).json()
+            "dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "meta": {}, "claims": [{"path": ["given_name"]}]}]}}).json()
         self.measure("presentRequest", lambda: self.agent.call({"cmd": "presentRequest", "requestUrl": session["authorization_request"]}))
         if self.mediated:
             self.measure("ping_mediator", lambda: self.agent.call({"cmd": "ping_mediator"}))

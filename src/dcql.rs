@@ -47,6 +47,40 @@ fn claim_ok(c: &CredentialView, claim: &Value) -> bool {
         }
 }
 
+/// The IRIs a W3C credential's type term expands to under its `@context`, for the contexts
+/// idstack knows (VCDM 1.1 and 2.0, idstack's own; the last `@vocab` wins as in JSON-LD). Terms
+/// that are already IRIs stand for themselves.
+fn expanded_type(term: &str, root: &Value) -> Option<String> {
+    if term.contains(':') {
+        return Some(term.to_string());
+    }
+    if matches!(term, "VerifiableCredential" | "VerifiablePresentation") {
+        return Some(format!("https://www.w3.org/2018/credentials#{term}"));
+    }
+    let contexts: Vec<&str> = match &root["@context"] {
+        Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+        Value::String(s) => vec![s.as_str()],
+        _ => Vec::new(),
+    };
+    contexts.iter().rev().find_map(|c| match *c {
+        crate::crypto::di::IDSTACK_CONTEXT_URL => {
+            Some(format!("https://w3id.org/idstack/vocab#{term}"))
+        }
+        crate::crypto::di::VCDM2_CONTEXT => Some(format!(
+            "https://www.w3.org/ns/credentials/issuer-dependent#{term}"
+        )),
+        _ => None,
+    })
+}
+
+/// Whether the credential has type `wanted`: the same term, or the IRI it expands to (OID4VP 1.0
+/// Appendix B.1.1 asks for fully expanded type IRIs; short names stay accepted for older wallets).
+fn has_type(c: &CredentialView, wanted: &str) -> bool {
+    c.types
+        .iter()
+        .any(|x| x == wanted || expanded_type(x, &c.root).as_deref() == Some(wanted))
+}
+
 /// `None` when `c` satisfies credential query `cq`, else why not.
 pub fn mismatch(c: &CredentialView, cq: &Value) -> Option<String> {
     let id = cq["id"].as_str().unwrap_or("?");
@@ -67,7 +101,7 @@ pub fn mismatch(c: &CredentialView, cq: &Value) -> Option<String> {
         let ok = sets.iter().any(|set| {
             set.as_array().is_some_and(|ts| {
                 ts.iter()
-                    .all(|t| t.as_str().is_some_and(|t| c.types.iter().any(|x| x == t)))
+                    .all(|t| t.as_str().is_some_and(|t| has_type(c, t)))
             })
         });
         if !ok {
@@ -210,6 +244,36 @@ pub fn credential_view(format: &str, raw: &str) -> (CredentialView, Vec<String>)
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn type_values_match_short_names_and_expanded_iris() {
+        let c = CredentialView {
+            format: "jwt_vc_json".into(),
+            root: json!({"@context": ["https://www.w3.org/2018/credentials/v1", crate::crypto::di::IDSTACK_CONTEXT_URL], "type": ["VerifiableCredential", "IdentityCredential"]}),
+            vct: None,
+            types: vec!["VerifiableCredential".into(), "IdentityCredential".into()],
+        };
+        let q = |sets: Value| json!({"id": "q", "format": "jwt_vc_json", "meta": {"type_values": sets}});
+        assert!(mismatch(
+            &c,
+            &q(json!([["VerifiableCredential", "IdentityCredential"]]))
+        )
+        .is_none());
+        assert!(mismatch(
+            &c,
+            &q(json!([[
+                "https://www.w3.org/2018/credentials#VerifiableCredential",
+                "https://w3id.org/idstack/vocab#IdentityCredential"
+            ]]))
+        )
+        .is_none());
+        // a look-alike IRI from another vocabulary does not match
+        assert!(mismatch(
+            &c,
+            &q(json!([["https://evil.example/vocab#IdentityCredential"]]))
+        )
+        .is_some());
+    }
 
     #[test]
     fn claims_claim_sets_values_and_meta() {

@@ -133,7 +133,7 @@ step('demo-request', 'request-out', async () => {
   const config = $('demo-config').value;
   const format = config.endsWith('dc_sd_jwt') ? 'dc+sd-jwt' : config.endsWith('ldp_vc') ? 'ldp_vc' : 'jwt_vc_json';
   const path = format === 'dc+sd-jwt' ? [claim] : ['credentialSubject', claim];
-  const s = await api('/api/verifiers/default/sessions', { method: 'POST', body: JSON.stringify({ dcql_query: { credentials: [{ id: 'demo', format, claims: [{ path }] }] } }) });
+  const s = await api('/api/verifiers/default/sessions', { method: 'POST', body: JSON.stringify({ dcql_query: { credentials: [{ id: 'demo', format, meta: {}, claims: [{ path }] }] } }) });
   demo.session = s;
   $('request-out').innerHTML = `${qr(s.authorization_request)}<br><code>${esc(s.authorization_request)}</code>`;
   $('demo-request').disabled = false;

@@ -101,7 +101,11 @@ fn id_of(v: &Value) -> Option<&str> {
 /// The issuer a JWT-secured credential names; `iss`, `vc.issuer` and `issuer` must agree.
 pub fn jwt_issuer(payload: &Value) -> Result<String, BindingError> {
     let mut found: Option<&str> = None;
-    for v in [&payload["iss"], &payload["vc"]["issuer"], &payload["issuer"]] {
+    for v in [
+        &payload["iss"],
+        &payload["vc"]["issuer"],
+        &payload["issuer"],
+    ] {
         if v.is_null() {
             continue;
         }
@@ -153,14 +157,19 @@ fn absolute(doc_id: &str, reference: &str) -> String {
 /// `assertionMethod` in `doc` (by reference or embedded).
 pub fn assertion_key(doc: &Value, method: &str) -> Result<VerifyingKey, BindingError> {
     let doc_id = doc["id"].as_str().unwrap_or_default();
-    let listed = doc["assertionMethod"].as_array().cloned().unwrap_or_default();
+    let listed = doc["assertionMethod"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let mut embedded = None;
     let mut referenced = false;
     for m in &listed {
         match m {
             Value::String(r) if absolute(doc_id, r) == method => referenced = true,
             Value::Object(o)
-                if o.get("id").and_then(Value::as_str).map(|i| absolute(doc_id, i))
+                if o.get("id")
+                    .and_then(Value::as_str)
+                    .map(|i| absolute(doc_id, i))
                     == Some(method.to_string()) =>
             {
                 embedded = Some(m.clone())
@@ -304,7 +313,10 @@ async fn fetch_json(http: &reqwest::Client, url: &str) -> Result<Value, BindingE
             resp.status().as_u16()
         )));
     }
-    if resp.content_length().is_some_and(|l| l > METADATA_MAX as u64) {
+    if resp
+        .content_length()
+        .is_some_and(|l| l > METADATA_MAX as u64)
+    {
         return Err(BindingError::Metadata(format!("{url}: too large")));
     }
     let mut body = Vec::new();
@@ -360,7 +372,9 @@ pub async fn https_issuer_key(
     }
     .ok_or_else(|| BindingError::Metadata(format!("no key {kid:?} in the issuer's JWKS")))?;
     if jwk.get("d").is_some() {
-        return Err(BindingError::Metadata("the JWKS carries a private key".into()));
+        return Err(BindingError::Metadata(
+            "the JWKS carries a private key".into(),
+        ));
     }
     let key = VerifyingKey::from_jwk(jwk).map_err(|e| BindingError::Metadata(e.to_string()))?;
     Ok(IssuerKey {
@@ -538,10 +552,7 @@ mod tests {
                 let kid = did::verification_method(&a_did);
                 let t = jws::sign(&attacker, json!({"kid": kid}), &json!({"iss": victim}));
                 let r = rt().block_on(verify_issuer_jwt(&t, Issuers::Did, &http()));
-                assert!(
-                    matches!(r, Err(BindingError::KidNotIssuer { .. })),
-                    "{r:?}"
-                );
+                assert!(matches!(r, Err(BindingError::KidNotIssuer { .. })), "{r:?}");
             }
         }
     }

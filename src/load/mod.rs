@@ -363,7 +363,7 @@ async fn user_loop(
 
 async fn verify_flow(ctx: &Ctx, key: &SigningKey, credential: &str) -> Option<()> {
     let s = &ctx.stats;
-    let query = json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "claims": [{"path": ["given_name"]}]}]}});
+    let query = json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "meta": {}, "claims": [{"path": ["given_name"]}]}]}});
     let session = timed(
         s,
         "admin: create session",

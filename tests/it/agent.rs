@@ -14,7 +14,7 @@ async fn akrida_protocol_line_by_line() {
     let session: Value = client()
         .post(s.url("/api/verifiers/default/sessions"))
         .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "claims": [{"path": ["given_name"]}]}]}}))
+        .json(&json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "meta": {}, "claims": [{"path": ["given_name"]}]}]}}))
         .send()
         .await
         .unwrap()

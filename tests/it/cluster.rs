@@ -157,7 +157,7 @@ fn identity() -> Value {
 }
 
 fn query() -> Value {
-    json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "claims": [{"path": ["family_name"]}]}]}})
+    json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "meta": {}, "claims": [{"path": ["family_name"]}]}]}})
 }
 
 async fn new_session(s: &Server) -> Value {

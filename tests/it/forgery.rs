@@ -54,7 +54,10 @@ async fn respond(s: &Server, req: &Request, q: &str, presentation: Value) -> (u1
     let vp_token = json!({ q: [presentation] }).to_string();
     let r = client()
         .post(&req.response_uri)
-        .form(&[("vp_token", vp_token.as_str()), ("state", req.state.as_str())])
+        .form(&[
+            ("vp_token", vp_token.as_str()),
+            ("state", req.state.as_str()),
+        ])
         .send()
         .await
         .unwrap();
@@ -130,7 +133,7 @@ fn sd_present(holder: &SigningKey, jwt: &str, disclosures: &[String], req: &Requ
 }
 
 fn sd_query() -> Value {
-    json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "claims": [{"path": ["given_name"]}]}]}})
+    json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "meta": {}, "claims": [{"path": ["given_name"]}]}]}})
 }
 
 fn attacker_did(kt: KeyType, jwk: bool) -> (SigningKey, String, String) {
@@ -193,7 +196,13 @@ async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
 
     // The genuine credential verifies (the corpus below is not failing for an unrelated reason).
     let req = open(&s, "default", sd_query()).await;
-    let (status, r) = respond(&s, &req, "pid", json!(sd_present(&holder, &parsed.jwt, &given, &req))).await;
+    let (status, r) = respond(
+        &s,
+        &req,
+        "pid",
+        json!(sd_present(&holder, &parsed.jwt, &given, &req)),
+    )
+    .await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["verified"], true);
 
@@ -205,7 +214,15 @@ async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
         let (a, _, avm) = attacker_did(kt, jwk);
         let forged = jws::sign(&a, json!({"typ": "dc+sd-jwt", "kid": avm}), &no_status);
         let req = open(&s, "default", sd_query()).await;
-        refused(&s, &req, "pid", json!(sd_present(&holder, &forged, &given, &req)), "signature", "kid_not_issuer").await;
+        refused(
+            &s,
+            &req,
+            "pid",
+            json!(sd_present(&holder, &forged, &given, &req)),
+            "signature",
+            "kid_not_issuer",
+        )
+        .await;
     }
     // 2. Header key injection: jwk / x5c naming the attacker's key.
     let (a, _, _) = attacker_did(KeyType::P256, false);
@@ -215,14 +232,25 @@ async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
     ] {
         let forged = jws::sign(&a, h, &no_status);
         let req = open(&s, "default", sd_query()).await;
-        refused(&s, &req, "pid", json!(sd_present(&holder, &forged, &given, &req)), "signature", "header_key_not_trusted").await;
+        refused(
+            &s,
+            &req,
+            "pid",
+            json!(sd_present(&holder, &forged, &given, &req)),
+            "signature",
+            "header_key_not_trusted",
+        )
+        .await;
     }
     // 3. alg none, HS256 keyed with the issuer's public key, an algorithm the key cannot have,
     //    a signature over a different header.
     let (vh, _) = split_jwt(&parsed.jwt);
     let kid = vh["kid"].clone();
     let payload_b64 = parsed.jwt.split('.').nth(1).unwrap().to_string();
-    let none = format!("{}.{payload_b64}.", enc(&json!({"alg": "none", "kid": kid})));
+    let none = format!(
+        "{}.{payload_b64}.",
+        enc(&json!({"alg": "none", "kid": kid}))
+    );
     let hs_header = enc(&json!({"alg": "HS256", "kid": kid}));
     let issuer_pub = did::resolve_offline(kid.as_str().unwrap())
         .map(|k| k.to_jwk().to_string())
@@ -231,7 +259,10 @@ async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
         use hmac::{Mac, SimpleHmac};
         let mut mac = SimpleHmac::<sha2::Sha256>::new_from_slice(issuer_pub.as_bytes()).unwrap();
         mac.update(format!("{hs_header}.{payload_b64}").as_bytes());
-        format!("{hs_header}.{payload_b64}.{}", b64url(mac.finalize().into_bytes()))
+        format!(
+            "{hs_header}.{payload_b64}.{}",
+            b64url(mac.finalize().into_bytes())
+        )
     };
     let sig = parsed.jwt.split('.').nth(2).unwrap();
     let wrong_alg = format!(
@@ -244,7 +275,15 @@ async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
     );
     for forged in [none, hs, wrong_alg, other_header] {
         let req = open(&s, "default", sd_query()).await;
-        refused(&s, &req, "pid", json!(sd_present(&holder, &forged, &given, &req)), "signature", "bad_signature").await;
+        refused(
+            &s,
+            &req,
+            "pid",
+            json!(sd_present(&holder, &forged, &given, &req)),
+            "signature",
+            "bad_signature",
+        )
+        .await;
     }
 
     // 4. Disclosures: tampered, duplicated, not referenced; `_sd_alg` other than sha-256.
@@ -255,7 +294,15 @@ async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
         (vec![d0.clone(), d0.clone()], "duplicate"),
     ] {
         let req = open(&s, "default", sd_query()).await;
-        refused(&s, &req, "pid", json!(sd_present(&holder, &parsed.jwt, &ds, &req)), "disclosure_integrity", why).await;
+        refused(
+            &s,
+            &req,
+            "pid",
+            json!(sd_present(&holder, &parsed.jwt, &ds, &req)),
+            "disclosure_integrity",
+            why,
+        )
+        .await;
     }
     let (a, a_did, avm) = attacker_did(KeyType::P256, false);
     let (jwt, ds) = self_issued_sd(&a, &a_did, &avm, &holder, json!({}));
@@ -264,14 +311,75 @@ async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
     h512.as_object_mut().unwrap().remove("alg");
     let jwt512 = jws::sign(&a, h512, &p512);
     let req = open(&s, "default", sd_query()).await;
-    refused(&s, &req, "pid", json!(sd_present(&holder, &jwt512, &ds, &req)), "disclosure_integrity", "_sd_alg").await;
+    refused(
+        &s,
+        &req,
+        "pid",
+        json!(sd_present(&holder, &jwt512, &ds, &req)),
+        "disclosure_integrity",
+        "_sd_alg",
+    )
+    .await;
+
+    // A query that waives holder binding accepts the credential without a KB-JWT (OID4VP 1.0
+    // `require_cryptographic_holder_binding: false`), and still checks the issuer's signature.
+    let mut waived = sd_query();
+    waived["dcql_query"]["credentials"][0]["require_cryptographic_holder_binding"] = json!(false);
+    let req = open(&s, "default", waived.clone()).await;
+    let (status, r) = respond(
+        &s,
+        &req,
+        "pid",
+        json!(format!("{}~{}~", parsed.jwt, given[0])),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let (a0, _, a0vm) = attacker_did(KeyType::P256, false);
+    let forged = jws::sign(&a0, json!({"typ": "dc+sd-jwt", "kid": a0vm}), &no_status);
+    let req = open(&s, "default", waived).await;
+    refused(
+        &s,
+        &req,
+        "pid",
+        json!(format!("{forged}~{}~", given[0])),
+        "signature",
+        "kid_not_issuer",
+    )
+    .await;
 
     // 5. Key binding: missing KB-JWT, wrong sd_hash, wrong aud, wrong nonce, iat far off.
     let req = open(&s, "default", sd_query()).await;
-    refused(&s, &req, "pid", json!(format!("{}~{}~", parsed.jwt, d0)), "holder_binding", "no key-binding").await;
+    refused(
+        &s,
+        &req,
+        "pid",
+        json!(format!("{}~{}~", parsed.jwt, d0)),
+        "holder_binding",
+        "no key-binding",
+    )
+    .await;
     let req = open(&s, "default", sd_query()).await;
-    let wrong_hash = format!("{}~{}~{}", parsed.jwt, d0, kb(&holder, "something-else~", &req.client_id, &req.nonce, now()));
-    refused(&s, &req, "pid", json!(wrong_hash), "holder_binding", "sd_hash").await;
+    let wrong_hash = format!(
+        "{}~{}~{}",
+        parsed.jwt,
+        d0,
+        kb(
+            &holder,
+            "something-else~",
+            &req.client_id,
+            &req.nonce,
+            now()
+        )
+    );
+    refused(
+        &s,
+        &req,
+        "pid",
+        json!(wrong_hash),
+        "holder_binding",
+        "sd_hash",
+    )
+    .await;
     let base = format!("{}~{}~", parsed.jwt, d0);
     for (aud, nonce, iat, why) in [
         (Some("https://other.example"), None, now(), "aud"),
@@ -280,18 +388,48 @@ async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
         (None, None, now() + 86_400, "iat"),
     ] {
         let req = open(&s, "default", sd_query()).await;
-        let k = kb(&holder, &base, aud.unwrap_or(&req.client_id), nonce.unwrap_or(&req.nonce), iat);
-        refused(&s, &req, "pid", json!(format!("{base}{k}")), "nonce_audience", why).await;
+        let k = kb(
+            &holder,
+            &base,
+            aud.unwrap_or(&req.client_id),
+            nonce.unwrap_or(&req.nonce),
+            iat,
+        );
+        refused(
+            &s,
+            &req,
+            "pid",
+            json!(format!("{base}{k}")),
+            "nonce_audience",
+            why,
+        )
+        .await;
     }
     // A KB-JWT signed by another key than the credential's cnf.
     let req = open(&s, "default", sd_query()).await;
     let stranger = SigningKey::generate(KeyType::P256);
-    refused(&s, &req, "pid", json!(sd_present(&stranger, &parsed.jwt, &given, &req)), "holder_binding", "signature").await;
+    refused(
+        &s,
+        &req,
+        "pid",
+        json!(sd_present(&stranger, &parsed.jwt, &given, &req)),
+        "holder_binding",
+        "signature",
+    )
+    .await;
 
     // 6. Cross-session replay: a presentation made for session A, sent to session B.
     let a_req = open(&s, "default", sd_query()).await;
     let b_req = open(&s, "default", sd_query()).await;
-    refused(&s, &b_req, "pid", json!(sd_present(&holder, &parsed.jwt, &given, &a_req)), "nonce_audience", "nonce").await;
+    refused(
+        &s,
+        &b_req,
+        "pid",
+        json!(sd_present(&holder, &parsed.jwt, &given, &a_req)),
+        "nonce_audience",
+        "nonce",
+    )
+    .await;
 
     // 7. Validity: expired, not yet valid, unparseable — on credentials whose signature binds
     //    (self-issued by the attacker), so only the validity policy can catch them.
@@ -302,7 +440,15 @@ async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
     ] {
         let (jwt, ds) = self_issued_sd(&a, &a_did, &avm, &holder, extra);
         let req = open(&s, "default", sd_query()).await;
-        refused(&s, &req, "pid", json!(sd_present(&holder, &jwt, &ds, &req)), "validity", why).await;
+        refused(
+            &s,
+            &req,
+            "pid",
+            json!(sd_present(&holder, &jwt, &ds, &req)),
+            "validity",
+            why,
+        )
+        .await;
     }
 
     // 8. Issuer allow-list: a self-consistent credential from an issuer the verifier does not trust.
@@ -316,17 +462,47 @@ async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
     assert_eq!(r.status(), 201);
     let (jwt, ds) = self_issued_sd(&a, &a_did, &avm, &holder, json!({}));
     let req = open(&s, "only-default", sd_query()).await;
-    refused(&s, &req, "pid", json!(sd_present(&holder, &jwt, &ds, &req)), "issuer_allowlist", "not trusted").await;
+    refused(
+        &s,
+        &req,
+        "pid",
+        json!(sd_present(&holder, &jwt, &ds, &req)),
+        "issuer_allowlist",
+        "not trusted",
+    )
+    .await;
 
     // 9. Status: no status reference while the session requires one; a status list that is not
     //    signed by the credential's issuer (the attacker points at the real issuer's list).
     let mut q = sd_query();
     q["require_status"] = json!(true);
     let req = open(&s, "default", q).await;
-    refused(&s, &req, "pid", json!(sd_present(&holder, &jwt, &ds, &req)), "status", "requires").await;
-    let (jwt, ds) = self_issued_sd(&a, &a_did, &avm, &holder, json!({"status": victim["status"].clone()}));
+    refused(
+        &s,
+        &req,
+        "pid",
+        json!(sd_present(&holder, &jwt, &ds, &req)),
+        "status",
+        "requires",
+    )
+    .await;
+    let (jwt, ds) = self_issued_sd(
+        &a,
+        &a_did,
+        &avm,
+        &holder,
+        json!({"status": victim["status"].clone()}),
+    );
     let req = open(&s, "default", sd_query()).await;
-    refused(&s, &req, "pid", json!(sd_present(&holder, &jwt, &ds, &req)), "status", "status list signature").await;
+    refused(
+        &s,
+        &req,
+        "pid",
+        json!(sd_present(&holder, &jwt, &ds, &req)),
+        "status",
+        "status list signature",
+    )
+    .await;
     s.stop();
 }
 
@@ -354,27 +530,59 @@ async fn jwt_vc_and_vc_api_forgeries_are_refused() {
         json!({"credential_configuration_ids": ["IdentityCredential_jwt_vc_json"], "claims": {"given_name": "Erika", "family_name": "Mustermann", "email": "e@example.org", "birthdate": "1984-01-26"}}),
     )
     .await;
-    let (st, tok) = crate::holder::token(&s, "default", &crate::holder::pre_auth_code(&offer), None).await;
+    let (st, tok) =
+        crate::holder::token(&s, "default", &crate::holder::pre_auth_code(&offer), None).await;
     assert_eq!(st, 200);
     let holder = SigningKey::generate(KeyType::P256);
     let n = crate::holder::nonce(&s, "default").await;
     let aud = s.url("/issuers/default");
     let (st, cred) = crate::holder::credential(&s, "default", tok["access_token"].as_str().unwrap(), json!({"credential_configuration_id": "IdentityCredential_jwt_vc_json", "proofs": {"jwt": [crate::holder::proof(&holder, &aud, &n, true)]}})).await;
     assert_eq!(st, 200, "{cred}");
-    let vc = cred["credentials"][0]["credential"].as_str().unwrap().to_string();
+    let vc = cred["credentials"][0]["credential"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let req = open(&s, "default", jwt_query()).await;
     let (status, r) = respond(&s, &req, "idc", json!(jwt_vp(&holder, &vc, &req))).await;
     assert_eq!(status, 200, "{r}");
 
+    // A bare credential (no holder-signed presentation) only where the query waives binding.
+    let req = open(&s, "default", jwt_query()).await;
+    refused(
+        &s,
+        &req,
+        "idc",
+        json!(vc),
+        "holder_binding",
+        "bare credential",
+    )
+    .await;
+    let mut waived = jwt_query();
+    waived["dcql_query"]["credentials"][0]["require_cryptographic_holder_binding"] = json!(false);
+    let req = open(&s, "default", waived).await;
+    let (status, r) = respond(&s, &req, "idc", json!(vc)).await;
+    assert_eq!(status, 200, "{r}");
+
     let (_, victim) = split_jwt(&vc);
     let mut no_status = victim.clone();
-    no_status["vc"].as_object_mut().unwrap().remove("credentialStatus");
+    no_status["vc"]
+        .as_object_mut()
+        .unwrap()
+        .remove("credentialStatus");
     for jwk in [false, true] {
         let (a, _, avm) = attacker_did(KeyType::P256, jwk);
         let forged = jws::sign(&a, json!({"typ": "JWT", "kid": avm}), &no_status);
         let req = open(&s, "default", jwt_query()).await;
-        refused(&s, &req, "idc", json!(jwt_vp(&holder, &forged, &req)), "signature", "kid_not_issuer").await;
+        refused(
+            &s,
+            &req,
+            "idc",
+            json!(jwt_vp(&holder, &forged, &req)),
+            "signature",
+            "kid_not_issuer",
+        )
+        .await;
         // VC-API: the same forgery as a bare credential, and inside a presentation.
         let r = client()
             .post(s.url("/vc-api/credentials/verify"))
@@ -401,10 +609,21 @@ async fn jwt_vc_and_vc_api_forgeries_are_refused() {
     two["vc"]["issuer"] = victim["iss"].clone();
     let forged = jws::sign(&a, json!({"typ": "JWT", "kid": avm}), &two);
     let req = open(&s, "default", jwt_query()).await;
-    refused(&s, &req, "idc", json!(jwt_vp(&holder, &forged, &req)), "signature", "issuer_mismatch").await;
+    refused(
+        &s,
+        &req,
+        "idc",
+        json!(jwt_vp(&holder, &forged, &req)),
+        "signature",
+        "issuer_mismatch",
+    )
+    .await;
     // VCDM 2.0 validFrom in the future / unparseable dates on a self-consistent credential.
     for (vc_extra, why) in [
-        (json!({"validFrom": "2999-01-01T00:00:00Z"}), "not valid before"),
+        (
+            json!({"validFrom": "2999-01-01T00:00:00Z"}),
+            "not valid before",
+        ),
         (json!({"validUntil": "not a date"}), "not a valid date-time"),
     ] {
         let mut p = json!({"iss": a_did, "sub": did::did_key(&holder.verifying_key()), "vc": {"@context": ["https://www.w3.org/2018/credentials/v1"], "type": ["VerifiableCredential", "IdentityCredential"], "issuer": a_did, "credentialSubject": {"id": did::did_key(&holder.verifying_key()), "given_name": "Erika"}}});
@@ -413,7 +632,15 @@ async fn jwt_vc_and_vc_api_forgeries_are_refused() {
         }
         let t = jws::sign(&a, json!({"typ": "JWT", "kid": avm}), &p);
         let req = open(&s, "default", jwt_query()).await;
-        refused(&s, &req, "idc", json!(jwt_vp(&holder, &t, &req)), "validity", why).await;
+        refused(
+            &s,
+            &req,
+            "idc",
+            json!(jwt_vp(&holder, &t, &req)),
+            "validity",
+            why,
+        )
+        .await;
         let r = client()
             .post(s.url("/vc-api/credentials/verify"))
             .json(&json!({"verifiableCredential": t}))
@@ -437,13 +664,8 @@ async fn jwt_vc_and_vc_api_forgeries_are_refused() {
     let verify = |body: Value| {
         let url = verify_url.clone();
         async move {
-        let r = client()
-            .post(url)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            let r = client().post(url).json(&body).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
         }
     };
     let (st, v) = verify(json!({"verifiableCredential": ldp})).await;
@@ -454,8 +676,12 @@ async fn jwt_vc_and_vc_api_forgeries_are_refused() {
     let (ed, _, ed_vm) = attacker_did(KeyType::Ed25519, false);
     let mut body = ldp.as_object().unwrap().clone();
     body.remove("proof");
-    body.insert("issuer".into(), json!(did::did_key(&holder.verifying_key())));
-    let other_issuer = idstack::crypto::di::issue_credential(&ed, &ed_vm, body.clone(), now()).unwrap();
+    body.insert(
+        "issuer".into(),
+        json!(did::did_key(&holder.verifying_key())),
+    );
+    let other_issuer =
+        idstack::crypto::di::issue_credential(&ed, &ed_vm, body.clone(), now()).unwrap();
     let mut claimed = other_issuer.clone();
     claimed["issuer"] = ldp["issuer"].clone();
     let mut purpose = ldp.clone();
@@ -481,7 +707,10 @@ async fn animo_wallet_presenting_a_re_signed_credential_is_refused() {
         json!({"credential_configuration_ids": ["IdentityCredential_dc_sd_jwt"], "claims": {"given_name": "Erika", "family_name": "Mustermann", "email": "e@example.org", "birthdate": "1984-01-26"}}),
     )
     .await;
-    let mut held = node("oid4vci-holder.mjs", &["--offer", offer["offer_uri"].as_str().unwrap()]);
+    let mut held = node(
+        "oid4vci-holder.mjs",
+        &["--offer", offer["offer_uri"].as_str().unwrap()],
+    );
     let issued = held["credentials"][0].as_str().unwrap().to_string();
     let (jwt, rest) = issued.split_once('~').unwrap();
     let (_, mut payload) = split_jwt(jwt);

@@ -367,7 +367,7 @@ pub(crate) async fn animo_issue_and_present(
     let sess: Value = c
         .post(format!("{session_on}/api/verifiers/default/sessions"))
         .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "claims": [{"path": ["given_name"]}]}]}}))
+        .json(&json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "meta": {}, "claims": [{"path": ["given_name"]}]}]}}))
         .send()
         .await
         .unwrap()

@@ -67,7 +67,7 @@ fn present(sess: &Value, cred: &str, extra: &[&str]) -> Value {
 }
 
 fn sd_query() -> Value {
-    json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "claims": [{"path": ["given_name"]}, {"path": ["email"]}]}]}})
+    json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "meta": {}, "claims": [{"path": ["given_name"]}, {"path": ["email"]}]}]}})
 }
 
 fn policy<'a>(r: &'a Value, name: &str) -> &'a Value {
@@ -268,6 +268,11 @@ async fn sse_events_and_signed_webhook() {
         .await
         .unwrap();
     assert_eq!(events.headers()["content-type"], "text/event-stream");
+    // A rejected response changes the view once (a failed attempt): one frame for it, not one
+    // per re-read while the session stays pending.
+    let bad = present(&sess, &cred, &["--tamper", "nonce"]);
+    assert_eq!(bad["status"], 400, "{bad}");
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
     let out = present(&sess, &cred, &[]);
     assert_eq!(
         out["body"]["redirect_uri"], "https://rp.example/done",
@@ -278,8 +283,13 @@ async fn sse_events_and_signed_webhook() {
         .expect("SSE stream ends when the session finishes")
         .unwrap();
     let frames: Vec<&str> = body.split("\n\n").filter(|f| !f.is_empty()).collect();
-    assert!(frames.len() >= 2, "{body}");
+    assert_eq!(
+        frames.len(),
+        3,
+        "pending, the failed attempt, completed: {body}"
+    );
     assert!(frames[0].contains("\"state\":\"pending\""));
+    assert!(frames[1].contains("failed_attempts\":[\""), "{body}");
     assert!(frames.last().unwrap().contains("\"state\":\"completed\""));
 
     let request = receiver.join().unwrap();
@@ -340,6 +350,22 @@ async fn sessions_bad_input_and_unknown_or_finished_sessions() {
         "validation_failed",
     )
     .await;
+    // OID4VP 1.0 §6.1: `meta` is required; its members are checked for shape.
+    for q in [
+        json!({"id": "a", "format": "dc+sd-jwt"}),
+        json!({"id": "a", "format": "dc+sd-jwt", "meta": {"vct_values": []}}),
+        json!({"id": "a", "format": "jwt_vc_json", "meta": {"type_values": ["VerifiableCredential"]}}),
+        json!({"id": "a", "format": "dc+sd-jwt", "meta": {}, "require_cryptographic_holder_binding": "no"}),
+    ] {
+        expect_problem(
+            post(json!({"dcql_query": {"credentials": [q]}}))
+                .await
+                .unwrap(),
+            422,
+            "validation_failed",
+        )
+        .await;
+    }
     expect_problem(
         post(json!({"dcql_query": {"credentials": [{"id": "a", "format": "mso_mdoc"}]}}))
             .await

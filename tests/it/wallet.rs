@@ -98,11 +98,11 @@ async fn receive_and_present_every_format_with_selective_disclosure() {
     for (config, query) in [
         (
             "IdentityCredential_dc_sd_jwt",
-            json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "claims": [{"path": ["family_name"]}]}]}}),
+            json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "meta": {}, "claims": [{"path": ["family_name"]}]}]}}),
         ),
         (
             "IdentityCredential_jwt_vc_json",
-            json!({"dcql_query": {"credentials": [{"id": "idc", "format": "jwt_vc_json", "claims": [{"path": ["credentialSubject", "email"]}]}]}, "response_mode": "direct_post.jwt"}),
+            json!({"dcql_query": {"credentials": [{"id": "idc", "format": "jwt_vc_json", "meta": {"type_values": [["VerifiableCredential"]]}, "claims": [{"path": ["credentialSubject", "email"]}]}]}, "response_mode": "direct_post.jwt"}),
         ),
         (
             "IdentityCredential_ldp_vc",

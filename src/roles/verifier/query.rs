@@ -17,12 +17,15 @@ pub async fn evaluate(ctx: &Ctx<'_>, vp_token: &Value, submission: Option<&Value
     out
 }
 
+/// `holder_binding`: the query requires cryptographic holder binding (DCQL
+/// `require_cryptographic_holder_binding`, default true; always true for presentation_definition).
 async fn verify_one(
     ctx: &Ctx<'_>,
     out: &mut Outcome,
     query_id: &str,
     format: &str,
     p: &Value,
+    holder_binding: bool,
 ) -> Vec<Checked> {
     if format == "ldp_vc" || format == "ldp_vp" {
         let vp = match p {
@@ -39,12 +42,12 @@ async fn verify_one(
         return Vec::new();
     };
     match format {
-        "dc+sd-jwt" | "vc+sd-jwt" => verify::sd_jwt(ctx, out, query_id, s)
+        "dc+sd-jwt" | "vc+sd-jwt" => verify::sd_jwt(ctx, out, query_id, s, holder_binding)
             .await
             .into_iter()
             .collect(),
         "jwt_vc_json" | "jwt_vp" | "jwt_vp_json" | "jwt_vc" => {
-            verify::jwt_vp(ctx, out, query_id, s).await
+            verify::jwt_vp(ctx, out, query_id, s, holder_binding).await
         }
         other => {
             out.fail(
@@ -97,9 +100,10 @@ async fn dcql(ctx: &Ctx<'_>, out: &mut Outcome, query: &Value, vp_token: &Value)
             );
         }
         let format = cq["format"].as_str().unwrap_or_default().to_string();
+        let binding = cq["require_cryptographic_holder_binding"].as_bool() != Some(false);
         let mut all_ok = !list.is_empty();
         for p in &list {
-            let checked = verify_one(ctx, out, qid, &format, p).await;
+            let checked = verify_one(ctx, out, qid, &format, p, binding).await;
             if checked.is_empty() {
                 all_ok = false;
             }
@@ -224,7 +228,7 @@ async fn pex(
             continue;
         };
         let format = entry["format"].as_str().unwrap_or_default();
-        let checked = verify_one(ctx, out, id, format, &p).await;
+        let checked = verify_one(ctx, out, id, format, &p, true).await;
         if checked.is_empty() {
             missing.push(id.to_string());
             continue;

@@ -113,50 +113,55 @@ pub async fn session_events(
     let (v, id) = path.into_inner();
     let first = svc.session_view(&v, &id).await?;
     let rx = svc.subscribe();
-    // State: (service, ids, receiver, last sent state json, finished)
-    let init = (svc.clone(), v, id, rx, Some(first), false);
-    let events = stream::unfold(init, |(svc, v, id, mut rx, pending, done)| async move {
-        if done {
-            return None;
-        }
-        let view = match pending {
-            Some(view) => view,
-            None => loop {
-                // wake on a local change for this session, or re-read every second (other nodes)
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    loop {
-                        match rx.recv().await {
-                            Ok(changed) if changed == id => break,
-                            Ok(_) => continue,
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                            Err(_) => {
-                                tokio::time::sleep(Duration::from_secs(1)).await;
-                                break;
+    // State: (service, ids, receiver, the view to send now, the last frame sent, finished).
+    // A frame is sent only when the view differs from the last one sent.
+    let init = (svc.clone(), v, id, rx, Some(first), String::new(), false);
+    let events = stream::unfold(
+        init,
+        |(svc, v, id, mut rx, pending, last, done)| async move {
+            if done {
+                return None;
+            }
+            let (view, data) = match pending {
+                Some(view) => {
+                    let data = serde_json::to_string(&view).unwrap_or_default();
+                    (view, data)
+                }
+                None => loop {
+                    // wake on a local change for this session, or re-read every second (other nodes)
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        loop {
+                            match rx.recv().await {
+                                Ok(changed) if changed == id => break,
+                                Ok(_) => continue,
+                                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                                Err(_) => {
+                                    tokio::time::sleep(Duration::from_secs(1)).await;
+                                    break;
+                                }
                             }
                         }
+                    })
+                    .await;
+                    match svc.session_view(&v, &id).await {
+                        Ok(view) => {
+                            let data = serde_json::to_string(&view).unwrap_or_default();
+                            if data != last {
+                                break (view, data);
+                            }
+                        }
+                        Err(_) => return None,
                     }
-                })
-                .await;
-                match svc.session_view(&v, &id).await {
-                    Ok(view)
-                        if view.state != SessionState::Pending
-                            || !view.failed_attempts.is_empty() =>
-                    {
-                        break view
-                    }
-                    Ok(_) => continue,
-                    Err(_) => return None,
-                }
-            },
-        };
-        let finished = view.state != SessionState::Pending;
-        let data = serde_json::to_string(&view).unwrap_or_default();
-        let frame = web::Bytes::from(format!("event: session\ndata: {data}\n\n"));
-        Some((
-            Ok::<_, actix_web::Error>(frame),
-            (svc, v, id, rx, None, finished),
-        ))
-    });
+                },
+            };
+            let finished = view.state != SessionState::Pending;
+            let frame = web::Bytes::from(format!("event: session\ndata: {data}\n\n"));
+            Some((
+                Ok::<_, actix_web::Error>(frame),
+                (svc, v, id, rx, None, data, finished),
+            ))
+        },
+    );
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))

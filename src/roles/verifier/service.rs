@@ -671,11 +671,33 @@ fn client_metadata(v: &Verifier, s: &Session, svc: &VerifierService) -> ApiResul
             "client_name": v.display_name,
         })
     } else {
+        // Every format a query of this session asks for (OID4VP 1.0 §5.1, Appendix B).
+        let mut formats = serde_json::Map::new();
+        formats.insert(
+            "dc+sd-jwt".into(),
+            json!({"sd-jwt_alg_values": algs, "kb-jwt_alg_values": algs}),
+        );
+        formats.insert("jwt_vc_json".into(), json!({"alg_values": algs}));
+        let asked = s
+            .dcql_query
+            .as_ref()
+            .and_then(|q| q["credentials"].as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["format"].as_str());
+        for f in asked {
+            let entry = match f {
+                "vc+sd-jwt" => json!({"sd-jwt_alg_values": algs, "kb-jwt_alg_values": algs}),
+                "ldp_vc" => json!({
+                    "proof_type_values": ["DataIntegrityProof"],
+                    "cryptosuite_values": ["eddsa-rdfc-2022"],
+                }),
+                _ => continue,
+            };
+            formats.insert(f.to_string(), entry);
+        }
         json!({
-            "vp_formats_supported": {
-                "dc+sd-jwt": {"sd-jwt_alg_values": algs, "kb-jwt_alg_values": algs},
-                "jwt_vc_json": {"alg_values": algs},
-            },
+            "vp_formats_supported": formats,
             "client_name": v.display_name,
         })
     };
@@ -723,6 +745,45 @@ fn validate_dcql(q: &Value) -> ApiResult<()> {
                 )))
             }
         }
+        // `meta` is REQUIRED (OID4VP 1.0 §6.1); its members are per format (Appendix B).
+        let meta = c["meta"].as_object().ok_or_else(|| {
+            ApiError::validation(format!(
+                "credential query `{id}`: `meta` is required (an object; e.g. {{\"vct_values\": [...]}} for dc+sd-jwt, {{\"type_values\": [[...]]}} for W3C formats, or {{}})"
+            ))
+        })?;
+        if let Some(v) = meta.get("vct_values") {
+            let ok = v.as_array().is_some_and(|a| {
+                !a.is_empty() && a.iter().all(|x| x.as_str().is_some_and(|s| !s.is_empty()))
+            });
+            if !ok {
+                return Err(ApiError::validation(format!(
+                    "credential query `{id}`: meta.vct_values must be a non-empty array of strings"
+                )));
+            }
+        }
+        if let Some(v) = meta.get("type_values") {
+            let ok = v.as_array().is_some_and(|sets| {
+                !sets.is_empty()
+                    && sets.iter().all(|set| {
+                        set.as_array().is_some_and(|ts| {
+                            !ts.is_empty()
+                                && ts.iter().all(|t| t.as_str().is_some_and(|s| !s.is_empty()))
+                        })
+                    })
+            });
+            if !ok {
+                return Err(ApiError::validation(format!(
+                    "credential query `{id}`: meta.type_values must be a non-empty array of non-empty arrays of strings"
+                )));
+            }
+        }
+        if let Some(b) = c.get("require_cryptographic_holder_binding") {
+            if !b.is_boolean() {
+                return Err(ApiError::validation(format!(
+                    "credential query `{id}`: require_cryptographic_holder_binding must be a boolean"
+                )));
+            }
+        }
         if let Some(claims) = c.get("claims") {
             let ok = claims.as_array().is_some_and(|a| {
                 a.iter()
@@ -753,7 +814,9 @@ mod tests {
         let svc = VerifierService::new(AppState::for_tests(clock.clone()));
         svc.init().await.unwrap();
         let req = CreateSession {
-            dcql_query: Some(json!({"credentials": [{"id": "a", "format": "dc+sd-jwt"}]})),
+            dcql_query: Some(
+                json!({"credentials": [{"id": "a", "format": "dc+sd-jwt", "meta": {}}]}),
+            ),
             presentation_definition: None,
             response_mode: None,
             ttl_seconds: Some(30),

@@ -72,11 +72,8 @@ fn answer(out: &Outcome, enabled: &[String]) -> HttpResponse {
         if p.passed {
             r.checks.push(p.name);
         } else {
-            r.errors.push(format!(
-                "{}: {}",
-                p.name,
-                p.reason.unwrap_or_default()
-            ));
+            r.errors
+                .push(format!("{}: {}", p.name, p.reason.unwrap_or_default()));
         }
     }
     r.verified = r.errors.is_empty() && !r.checks.is_empty();
@@ -110,7 +107,9 @@ fn string_option(options: &Value, name: &str) -> ApiResult<Option<String>> {
     match &options[name] {
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some(s.clone())),
-        _ => Err(ApiError::validation(format!("options.{name} must be a string"))),
+        _ => Err(ApiError::validation(format!(
+            "options.{name} must be a string"
+        ))),
     }
 }
 
@@ -138,8 +137,7 @@ pub async fn verify_credential(
             verify::jwt_credential(&ctx, &mut out, "credential", jwt).await;
         }
         Value::Object(_) => {
-            verify::ldp_credential(&ctx, &mut out, "credential", &body.verifiable_credential)
-                .await;
+            verify::ldp_credential(&ctx, &mut out, "credential", &body.verifiable_credential).await;
         }
         _ => {
             return Err(ApiError::bad_request(
@@ -178,7 +176,7 @@ pub async fn verify_presentation(
     let mut out = Outcome::default();
     match &body.verifiable_presentation {
         Value::String(jwt) => {
-            verify::jwt_vp(&ctx, &mut out, "presentation", jwt).await;
+            verify::jwt_vp(&ctx, &mut out, "presentation", jwt, true).await;
         }
         Value::Object(_) => {
             verify::ldp_vp(

@@ -60,7 +60,6 @@ impl StatusCache {
     }
 }
 
-
 /// Accumulates policy outcomes: a policy passes when it ran and nothing failed it.
 #[derive(Default)]
 pub struct Outcome {
@@ -298,12 +297,15 @@ async fn token_status(
     }
 }
 
-/// dc+sd-jwt presentation with key binding.
+/// dc+sd-jwt presentation with key binding (`holder_binding`: a KB-JWT is required; when the
+/// query waives it, a presentation without one is accepted and one that is present is still
+/// checked in full).
 pub async fn sd_jwt(
     ctx: &Ctx<'_>,
     out: &mut Outcome,
     query_id: &str,
     presentation: &str,
+    holder_binding: bool,
 ) -> Option<Checked> {
     let parsed = match sdjwt::parse(presentation) {
         Ok(p) => p,
@@ -330,6 +332,14 @@ pub async fn sd_jwt(
         }
     };
     match &verified.key_binding {
+        None if !holder_binding => {
+            // The verifier asked for no holder binding: nothing ties this presentation to the
+            // session's nonce, which the query accepted.
+            out.pass("holder_binding");
+            if ctx.audience.is_some() {
+                out.pass("nonce_audience");
+            }
+        }
         None => out.fail("holder_binding", format!("{query_id}: no key-binding JWT")),
         Some(kb) => {
             out.pass("holder_binding");
@@ -349,11 +359,14 @@ pub async fn sd_jwt(
                             "nonce_audience",
                             format!("{query_id}: KB-JWT aud is not {}", aud.client_id),
                         );
-                    } else if iat.is_none_or(|iat| iat < ctx.now - KB_MAX_AGE || iat > ctx.now + SKEW)
+                    } else if iat
+                        .is_none_or(|iat| iat < ctx.now - KB_MAX_AGE || iat > ctx.now + SKEW)
                     {
                         out.fail(
                             "nonce_audience",
-                            format!("{query_id}: KB-JWT iat missing or outside the accepted window"),
+                            format!(
+                                "{query_id}: KB-JWT iat missing or outside the accepted window"
+                            ),
                         );
                     } else {
                         out.pass("nonce_audience");
@@ -476,8 +489,15 @@ fn jwt_audience(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, payload: &Valu
     }
 }
 
-/// jwt_vc_json: a JWT VP (signed by the holder) carrying JWT VCs.
-pub async fn jwt_vp(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, vp: &str) -> Vec<Checked> {
+/// jwt_vc_json: a JWT VP (signed by the holder) carrying JWT VCs; a bare credential only when
+/// the query waives holder binding (`holder_binding` false).
+pub async fn jwt_vp(
+    ctx: &Ctx<'_>,
+    out: &mut Outcome,
+    query_id: &str,
+    vp: &str,
+    holder_binding: bool,
+) -> Vec<Checked> {
     let (header, payload) = match jws::decode_unverified(vp) {
         Ok((h, p, _, _)) => (h, p),
         Err(e) => {
@@ -488,6 +508,16 @@ pub async fn jwt_vp(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, vp: &str) 
             return Vec::new();
         }
     };
+    if payload.get("vp").is_none() && !holder_binding {
+        let Some((c, _)) = jwt_credential(ctx, out, query_id, vp).await else {
+            return Vec::new();
+        };
+        out.pass("holder_binding");
+        if ctx.audience.is_some() {
+            out.pass("nonce_audience");
+        }
+        return vec![c];
+    }
     if payload.get("vp").is_none() {
         out.fail("holder_binding", format!("{query_id}: a bare credential was sent; a verifiable presentation signed by the holder is required"));
         return Vec::new();
