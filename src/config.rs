@@ -292,14 +292,29 @@ impl Default for IssuerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct VerifierConfig {
     pub default_session_ttl_seconds: u64,
+    /// Which issuers a verifier with an empty `trusted_issuers` list trusts.
+    pub trust: VerifierTrust,
 }
 
 impl Default for VerifierConfig {
     fn default() -> Self {
         Self {
             default_session_ttl_seconds: 300,
+            trust: VerifierTrust::Configured,
         }
     }
+}
+
+/// `verifier.trust`: where a verifier's trust in issuers comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifierTrust {
+    /// Each verifier's `trusted_issuers`; an empty list is this node's own issuers in sandbox
+    /// mode and no one in production (such a verifier refuses to create sessions).
+    Configured,
+    /// Any issuer whose key binding and signature verify (logged at startup as a warning): for
+    /// test suites and development only.
+    Any,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

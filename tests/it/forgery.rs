@@ -451,7 +451,20 @@ async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
         .await;
     }
 
-    // 8. Issuer allow-list: a self-consistent credential from an issuer the verifier does not trust.
+    // 8. Issuer allow-list. In sandbox mode an empty `trusted_issuers` means this node's own
+    //    issuers, not everyone: a self-consistent credential from a stranger fails it.
+    let (jwt, ds) = self_issued_sd(&a, &a_did, &avm, &holder, json!({}));
+    let req = open(&s, "default", sd_query()).await;
+    refused(
+        &s,
+        &req,
+        "pid",
+        json!(sd_present(&holder, &jwt, &ds, &req)),
+        "issuer_allowlist",
+        "not trusted",
+    )
+    .await;
+    //    And with an explicit list, only that list.
     let r = client()
         .post(s.url("/api/verifiers"))
         .bearer_auth(ADMIN_TOKEN)
@@ -757,5 +770,48 @@ async fn animo_wallet_presenting_a_re_signed_credential_is_refused() {
     assert_eq!(r["verified"], false);
     let (passed, reason) = policy(&r, "signature");
     assert!(!passed && reason.contains("kid_not_issuer"), "{r}");
+    s.stop();
+}
+
+/// Production mode: a verifier that trusts no issuer refuses to create sessions (an empty list is
+/// not "trust everyone"); one with trusted issuers works.
+#[tokio::test]
+async fn production_verifier_without_trust_refuses_sessions() {
+    let s = Server::builder()
+        .env("IDSTACK__SERVER__MODE", "production")
+        .env("IDSTACK__STORE__MASTER_KEY", crate::common::TEST_MASTER_KEY)
+        .start()
+        .await;
+    let r = client()
+        .post(s.url("/api/verifiers/default/sessions"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&sd_query())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let p: Value = r.json().await.unwrap();
+    assert!(
+        p["detail"].as_str().unwrap().contains("trusts no issuer"),
+        "{p}"
+    );
+    let issuer: Value = client()
+        .get(s.url("/api/issuers/default"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = client()
+        .post(s.url("/api/verifiers"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"id": "trusting", "signing_key_type": "P-256", "trusted_issuers": [issuer["did"]]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    open(&s, "trusting", sd_query()).await;
     s.stop();
 }

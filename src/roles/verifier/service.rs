@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 use super::ks;
 use super::model::*;
 use super::query;
-use super::verify::{Audience, Ctx};
+use super::verify::{Audience, Ctx, Trust};
 use crate::clock::{random_id, random_token};
 use crate::crypto::jwe::{self, EncryptionKey};
 use crate::crypto::{did, jws, SigningKey};
@@ -74,6 +74,35 @@ impl VerifierService {
             .get_json::<Verifier>(ks::TENANTS, id)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("no verifier `{id}`")))
+    }
+
+    /// The issuers `v` trusts: its `trusted_issuers` when it lists any (an explicit list is the
+    /// whole truth); when it lists none, in sandbox mode this node's own issuer tenants (read from
+    /// the issuer role's records, whichever node wrote them) and in production no one; everything
+    /// when `verifier.trust = "any"`.
+    pub(super) async fn trust(&self, v: &Verifier) -> ApiResult<Trust> {
+        let settings = &self.state.settings.raw;
+        if settings.verifier.trust == crate::config::VerifierTrust::Any {
+            return Ok(Trust::Any);
+        }
+        let mut list = v.trusted_issuers.clone();
+        if list.is_empty() && settings.server.mode == crate::config::Mode::Sandbox {
+            // The issuer role's tenant records (keyspace `issuer_tenants`); read as data so a
+            // verifier-only build needs no issuer code.
+            for (_, issuer) in self
+                .state
+                .store
+                .scan_json::<Value>("issuer_tenants", "", 10_000)
+                .await?
+            {
+                if let Some(did) = issuer["did"].as_str() {
+                    if !list.iter().any(|t| t == did) {
+                        list.push(did.to_string());
+                    }
+                }
+            }
+        }
+        Ok(Trust::Only(list))
     }
 
     pub async fn list_verifiers(&self) -> ApiResult<Vec<Verifier>> {
@@ -166,6 +195,9 @@ impl VerifierService {
     }
 
     pub async fn init(&self) -> anyhow::Result<()> {
+        if self.state.settings.raw.verifier.trust == crate::config::VerifierTrust::Any {
+            tracing::warn!("verifier.trust = \"any\": every issuer whose signature verifies is trusted; for conformance suites and development only");
+        }
         if self
             .state
             .store
@@ -208,6 +240,11 @@ impl VerifierService {
         req: CreateSession,
     ) -> ApiResult<SessionCreated> {
         let v = self.get_verifier(verifier_id).await?;
+        if self.trust(&v).await? == Trust::Only(Vec::new()) {
+            return Err(ApiError::validation(format!(
+                "verifier `{verifier_id}` trusts no issuer: set its trusted_issuers (or verifier.trust = \"any\" for development)"
+            )));
+        }
         match (&req.dcql_query, &req.presentation_definition) {
             (Some(q), None) => validate_dcql(q)?,
             (None, Some(pd)) => {
@@ -560,6 +597,10 @@ impl VerifierService {
                 Some(other) => Some(other.clone()),
                 None => None,
             };
+            let trust = self
+                .trust(&v)
+                .await
+                .map_err(|e| OAuthError::unless_unavailable(e, OAuthError::server("trust")))?;
             let ctx = Ctx {
                 dcql_query: session.dcql_query.as_ref(),
                 presentation_definition: session.presentation_definition.as_ref(),
@@ -569,7 +610,7 @@ impl VerifierService {
                 }),
                 now,
                 http: &self.state.http,
-                trusted_issuers: &v.trusted_issuers,
+                trust: &trust,
                 status_cache: &self.status_cache,
                 require_status: session.require_status,
             };

@@ -12,7 +12,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::service::VerifierService;
-use super::verify::{self, Audience, Ctx, Outcome};
+use super::verify::{self, Audience, Ctx, Outcome, Trust};
 use crate::error::{ApiError, ApiResult, Code, PROBLEM_TYPE_BASE};
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -96,11 +96,12 @@ fn answer(out: &Outcome, enabled: &[String]) -> HttpResponse {
         }))
 }
 
-async fn trusted_issuers(svc: &VerifierService) -> Vec<String> {
-    svc.get_verifier("default")
-        .await
-        .map(|v| v.trusted_issuers)
-        .unwrap_or_default()
+/// The trust of the `default` verifier (no verifier: no issuer is trusted).
+async fn trusted_issuers(svc: &VerifierService) -> ApiResult<Trust> {
+    match svc.get_verifier("default").await {
+        Ok(v) => svc.trust(&v).await,
+        Err(_) => Ok(Trust::Only(Vec::new())),
+    }
 }
 
 fn string_option(options: &Value, name: &str) -> ApiResult<Option<String>> {
@@ -120,14 +121,14 @@ pub async fn verify_credential(
     svc: web::Data<VerifierService>,
     body: web::Json<VerifyCredential>,
 ) -> ApiResult<HttpResponse> {
-    let trusted = trusted_issuers(&svc).await;
+    let trusted = trusted_issuers(&svc).await?;
     let ctx = Ctx {
         dcql_query: None,
         presentation_definition: None,
         audience: None,
         now: svc.state.clock.now_secs(),
         http: &svc.state.http,
-        trusted_issuers: &trusted,
+        trust: &trusted,
         status_cache: &svc.status_cache,
         require_status: false,
     };
@@ -158,7 +159,7 @@ pub async fn verify_presentation(
 ) -> ApiResult<HttpResponse> {
     let challenge = string_option(&body.options, "challenge")?;
     let domain = string_option(&body.options, "domain")?;
-    let trusted = trusted_issuers(&svc).await;
+    let trusted = trusted_issuers(&svc).await?;
     let audience = (challenge.is_some() || domain.is_some()).then(|| Audience {
         nonce: challenge.as_deref().unwrap_or_default(),
         client_id: domain.as_deref().unwrap_or_default(),
@@ -169,7 +170,7 @@ pub async fn verify_presentation(
         audience,
         now: svc.state.clock.now_secs(),
         http: &svc.state.http,
-        trusted_issuers: &trusted,
+        trust: &trusted,
         status_cache: &svc.status_cache,
         require_status: false,
     };

@@ -32,7 +32,7 @@ pub struct Ctx<'a> {
     pub audience: Option<Audience<'a>>,
     pub now: i64,
     pub http: &'a reqwest::Client,
-    pub trusted_issuers: &'a [String],
+    pub trust: &'a Trust,
     pub status_cache: &'a StatusCache,
     /// The `status` policy fails for a credential that carries no status reference.
     pub require_status: bool,
@@ -173,11 +173,24 @@ fn check_time(out: &mut Outcome, jwt: &Value, vc: &Value, now: i64, what: &str) 
     }
 }
 
+/// The issuers a verification trusts (`issuer_allowlist`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// `verifier.trust = "any"`: every issuer whose key binding and signature verify.
+    Any,
+    /// Exactly these issuer identifiers; an empty list trusts no one.
+    Only(Vec<String>),
+}
+
 fn check_issuer(out: &mut Outcome, ctx: &Ctx<'_>, iss: &str) {
-    if ctx.trusted_issuers.is_empty() || ctx.trusted_issuers.iter().any(|t| t == iss) {
-        out.pass("issuer_allowlist");
-    } else {
-        out.fail("issuer_allowlist", format!("issuer {iss} is not trusted"));
+    match ctx.trust {
+        Trust::Any => out.pass("issuer_allowlist"),
+        Trust::Only(list) if list.iter().any(|t| t == iss) => out.pass("issuer_allowlist"),
+        Trust::Only(list) if list.is_empty() => out.fail(
+            "issuer_allowlist",
+            format!("issuer {iss}: this verifier trusts no issuer (set trusted_issuers)"),
+        ),
+        Trust::Only(_) => out.fail("issuer_allowlist", format!("issuer {iss} is not trusted")),
     }
 }
 
