@@ -232,8 +232,17 @@ pub fn issue_credential(
     let mut vc = credential;
     vc.entry("@context")
         .or_insert_with(|| json!([VCDM2_CONTEXT, IDSTACK_CONTEXT_URL]));
-    vc.insert("issuer".into(), json!(vm_did(vm)));
-    vc.entry("validFrom")
+    // The issuer is the method's DID; an issuer object with that id keeps its name/description.
+    let named = match vc.get("issuer") {
+        Some(Value::Object(o)) => o.get("id").and_then(Value::as_str) == Some(vm_did(vm)),
+        _ => false,
+    };
+    if !named {
+        vc.insert("issuer".into(), json!(vm_did(vm)));
+    }
+    let v1 = vc.get("@context").and_then(|c| c.get(0))
+        == Some(&json!("https://www.w3.org/2018/credentials/v1"));
+    vc.entry(if v1 { "issuanceDate" } else { "validFrom" })
         .or_insert_with(|| json!(super::rfc3339(now)));
     sign(
         key,

@@ -148,11 +148,89 @@ async fn issue_and_verify_ldp_and_jwt() {
             .send()
             .await
             .unwrap(),
-        422,
-        "validation_failed",
+        400,
+        "bad_request",
     )
     .await;
-    expect_problem(c.post(s.url("/vc-api/credentials/issue")).bearer_auth(ADMIN_TOKEN).json(&json!({"credential": {"@context": ["https://www.w3.org/ns/credentials/v2", "https://unknown.example/ctx"], "type": ["VerifiableCredential"], "credentialSubject": {"x": 1}}})).send().await.unwrap(), 422, "validation_failed").await;
+    expect_problem(c.post(s.url("/vc-api/credentials/issue")).bearer_auth(ADMIN_TOKEN).json(&json!({"credential": {"@context": ["https://www.w3.org/ns/credentials/v2", "https://unknown.example/ctx"], "type": ["VerifiableCredential"], "credentialSubject": {"x": 1}}})).send().await.unwrap(), 400, "bad_request").await;
+    // VC Data Model shape errors are 400s, never 500s.
+    for bad in [
+        json!({"type": ["VerifiableCredential"], "credentialSubject": {"x": 1}}),
+        json!({"@context": ["https://www.w3.org/ns/credentials/v2"], "credentialSubject": {"x": 1}}),
+        json!({"@context": ["https://www.w3.org/ns/credentials/v2"], "type": ["VerifiableCredential"], "credentialSubject": {}}),
+        json!({"@context": ["https://www.w3.org/ns/credentials/v2"], "type": ["VerifiableCredential"], "id": "not a url", "credentialSubject": {"x": 1}}),
+        json!({"@context": ["https://www.w3.org/ns/credentials/v2"], "type": ["VerifiableCredential"], "validFrom": "yesterday", "credentialSubject": {"x": 1}}),
+        json!({"@context": ["https://www.w3.org/ns/credentials/v2"], "type": ["VerifiableCredential"], "credentialStatus": {"id": "https://s.example/1"}, "credentialSubject": {"x": 1}}),
+        json!({"@context": ["https://www.w3.org/ns/credentials/v2"], "type": ["VerifiableCredential"], "issuer": "did:key:z6MkNotOurs", "credentialSubject": {"x": 1}}),
+    ] {
+        expect_problem(
+            c.post(s.url("/vc-api/credentials/issue"))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&json!({"credential": bad}))
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "bad_request",
+        )
+        .await;
+    }
+    // credential.issuer names the tenant that signs, and an issuer object keeps its name.
+    let issuer: Value = c
+        .get(s.url("/api/issuers/default"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for format in ["ldp", "jwt"] {
+        let mut cred = credential("https://www.w3.org/ns/credentials/v2");
+        cred["issuer"] = json!({"id": issuer["did"], "name": "Example University"});
+        let r = c
+            .post(s.url("/vc-api/credentials/issue"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"credential": cred, "options": {"format": format}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{format}: {}", r.text().await.unwrap());
+        let vc = r.json::<Value>().await.unwrap()["verifiableCredential"].clone();
+        let shown = match &vc {
+            Value::String(jwt) => jws::decode_unverified(jwt).unwrap().1,
+            other => other.clone(),
+        };
+        assert_eq!(
+            shown["issuer"]["name"], "Example University",
+            "{format}: {shown}"
+        );
+        let v = verify(
+            &s,
+            "/vc-api/credentials/verify",
+            json!({"verifiableCredential": vc}),
+        )
+        .await;
+        assert_eq!(v["verified"], true, "{format}: {v}");
+    }
+    // VCDM 1.1 input secured as Data Integrity (the DI context is added) verifies.
+    let r = c
+        .post(s.url("/vc-api/credentials/issue"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"credential": credential("https://www.w3.org/2018/credentials/v1")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let vc = r.json::<Value>().await.unwrap()["verifiableCredential"].clone();
+    assert!(vc["issuanceDate"].is_string(), "{vc}");
+    let v = verify(
+        &s,
+        "/vc-api/credentials/verify",
+        json!({"verifiableCredential": vc}),
+    )
+    .await;
+    assert_eq!(v["verified"], true, "{v}");
     expect_problem(
         c.post(s.url("/vc-api/credentials/verify"))
             .json(&json!({"verifiableCredential": 42}))

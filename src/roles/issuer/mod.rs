@@ -6,6 +6,7 @@ pub mod protocol;
 pub mod routes;
 pub mod service;
 pub mod vc_api;
+pub mod vc_input;
 
 use std::sync::Arc;
 

@@ -7,9 +7,12 @@ use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
 
 use super::service::IssuerService;
+use super::vc_input;
 use crate::crypto::jws;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::http::auth::Admin;
+
+const DATA_INTEGRITY_CONTEXT: &str = "https://w3id.org/security/data-integrity/v2";
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct IssueRequest {
@@ -23,7 +26,7 @@ pub struct IssueRequest {
 /// Issue a credential (VC-API). `options.format`: `ldp` (default; VCDM 2.0 + eddsa-rdfc-2022) or
 /// `jwt` (VCDM 1.1 `vc` claim when the context is v1, else VC-JOSE with the credential as payload).
 #[utoipa::path(tag = "issuer", security(("admin_token" = [])), request_body = IssueRequest, responses(
-    (status = 201, description = "{\"verifiableCredential\": ...}"), (status = 422, body = Problem), (status = 401, body = Problem)))]
+    (status = 201, description = "{\"verifiableCredential\": ...}"), (status = 400, description = "the credential is malformed (VC Data Model) or names an issuer this node does not hold", body = Problem), (status = 422, body = Problem), (status = 401, body = Problem)))]
 #[post("/vc-api/credentials/issue")]
 pub async fn issue(
     _a: Admin,
@@ -35,14 +38,34 @@ pub async fn issue(
         options,
     } = body.into_inner();
     let Value::Object(mut vc) = credential else {
-        return Err(ApiError::validation("credential must be a JSON object"));
+        return Err(ApiError::bad_request("credential must be a JSON object"));
     };
-    if !vc.get("credentialSubject").is_some_and(Value::is_object) {
-        return Err(ApiError::validation(
-            "credential.credentialSubject must be an object",
-        ));
+    let model =
+        vc_input::check(&vc).map_err(|e| ApiError::bad_request(format!("credential: {e}")))?;
+    // The issuer the credential names (an id, or an object with id/name/description) is the
+    // tenant that signs; none named: the default issuer.
+    let issuer = match vc_input::issuer_id(&vc) {
+        None => svc.get_issuer("default").await?,
+        Some(id) => svc
+            .list_issuers()
+            .await?
+            .into_iter()
+            .find(|i| i.did == id)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "credential.issuer {id} is not an issuer this node holds"
+                ))
+            })?,
+    };
+    if model == vc_input::Model::V1 {
+        // VCDM 1.1 input is secured with eddsa-rdfc-2022: its terms come from the Data
+        // Integrity context, which VCDM 1.1 does not include (the spec allows adding it).
+        if let Some(Value::Array(ctx)) = vc.get_mut("@context") {
+            if !ctx.iter().any(|c| c == DATA_INTEGRITY_CONTEXT) {
+                ctx.push(json!(DATA_INTEGRITY_CONTEXT));
+            }
+        }
     }
-    let issuer = svc.get_issuer("default").await?;
     let key = svc.signing_key(&issuer).await?;
     let now = svc.state.clock.now_secs();
     let format = options["format"].as_str().unwrap_or("ldp");
@@ -54,10 +77,12 @@ pub async fn issue(
             })
             .await
             .map_err(ApiError::internal)?;
-            out.map_err(|e| ApiError::validation(format!("cannot secure this credential: {e}")))?
+            out.map_err(|e| ApiError::bad_request(format!("cannot secure this credential: {e}")))?
         }
         "jwt" => {
-            vc.insert("issuer".into(), json!(issuer.did));
+            if vc_input::issuer_id(&vc).is_none() {
+                vc.insert("issuer".into(), json!(issuer.did));
+            }
             let v1 = vc["@context"]
                 .as_array()
                 .and_then(|a| a.first())
