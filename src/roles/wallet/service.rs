@@ -47,7 +47,16 @@ fn now_of(state: &AppState) -> i64 {
 fn client_err(e: ClientError) -> ApiError {
     match e {
         ClientError::Input(m) => ApiError::validation(m),
+        ClientError::Outbound(o) if o.is_refused() => ApiError::new(Code::OutboundRefused, o.to_string()),
         other => ApiError::new(Code::RemoteFailed, other.to_string()),
+    }
+}
+
+/// A DID resolution failure as an API error (refusals by the outbound guard keep their code).
+fn did_err(e: crate::crypto::CryptoError) -> ApiError {
+    match did::outbound_error(&e) {
+        Some(o) => client_err(ClientError::Outbound(o)),
+        None => ApiError::new(Code::RemoteFailed, e.to_string()),
     }
 }
 
@@ -818,7 +827,7 @@ impl WalletService {
             .ok_or_else(|| ApiError::validation("the credential names no issuer key"))?;
         let key = did::resolve(&issuer_kid, &self.state.http)
             .await
-            .map_err(|e| ApiError::new(Code::RemoteFailed, e.to_string()))?;
+            .map_err(did_err)?;
         let fetch = |uri: String| {
             let http = self.state.http.clone();
             let key = key.clone();
@@ -1005,7 +1014,7 @@ impl WalletService {
         })?;
         let key = did::resolve(&kid, &self.state.http)
             .await
-            .map_err(|e| ApiError::new(Code::RemoteFailed, format!("issuer key: {e}")))?;
+            .map_err(did_err)?;
         match format {
             "dc+sd-jwt" | "vc+sd-jwt" => {
                 sdjwt::verify(&raw, &key).map_err(|e| {
@@ -1247,6 +1256,7 @@ impl WalletService {
             },
         )
         .await?;
+        // A summary (status, redirect_uri) from oid4vp::submit, never the verifier's raw body.
         let answer = result.map_err(client_err)?;
         Ok(
             json!({"presented": used, "verifier_response": answer, "redirect_uri": answer.get("redirect_uri")}),
