@@ -343,15 +343,8 @@ pub async fn run(
         raw.server.public_url.trim_end_matches('/').to_string()
     };
 
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        // Below the 5 s keep-alive of Node and most servers: a pooled connection the peer has
-        // already closed would fail the next request with "connection closed before message completed".
-        .pool_idle_timeout(Duration::from_secs(4))
-        .timeout(Duration::from_secs(15))
-        .user_agent(concat!("idstack/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .context("http client")?;
+    let http = crate::http::outbound::client(&raw.http.outbound, raw.server.mode)
+        .context("http client (http.outbound)")?;
     let metrics = Arc::new(Metrics::new().context("metrics")?);
     #[cfg(feature = "cluster")]
     if let Some(c) = &opened.cluster {

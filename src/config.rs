@@ -115,6 +115,7 @@ pub struct Config {
     pub wallet: WalletConfig,
     pub mediator: MediatorConfig,
     pub cluster: ClusterConfig,
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -130,6 +131,7 @@ impl Default for Config {
             wallet: WalletConfig::default(),
             mediator: MediatorConfig::default(),
             cluster: ClusterConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -284,6 +286,56 @@ impl Default for IssuerConfig {
         Self {
             default_offer_ttl_seconds: 600,
             max_offer_ttl_seconds: 7 * 24 * 3600,
+        }
+    }
+}
+
+/// `[http]`: HTTP the server itself makes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub outbound: OutboundConfig,
+}
+
+/// Which non-public destinations outbound requests may reach (besides `http.outbound.allow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllowPrivate {
+    /// Sandbox mode: loopback only; production mode: none.
+    Auto,
+    None,
+    Loopback,
+    /// Loopback, private, link-local, unique-local: everything (trusted networks only).
+    All,
+}
+
+/// `[http.outbound]`: the guard of every server-side fetch (src/http/outbound.rs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    pub allow_private: AllowPrivate,
+    /// Hosts, host:port, IPs, IP:port or CIDRs reachable even when not public.
+    #[serde(deserialize_with = "string_list")]
+    pub allow: Vec<String>,
+    pub connect_timeout_seconds: u64,
+    pub timeout_seconds: u64,
+    pub max_redirects: usize,
+    pub max_body_bytes: usize,
+    pub did_document_max_bytes: usize,
+    pub status_list_cache_bytes: usize,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        Self {
+            allow_private: AllowPrivate::Auto,
+            allow: Vec::new(),
+            connect_timeout_seconds: 5,
+            timeout_seconds: 15,
+            max_redirects: 5,
+            max_body_bytes: 4 * 1024 * 1024,
+            did_document_max_bytes: 256 * 1024,
+            status_list_cache_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -41,6 +41,7 @@ error_codes! {
     TooManyRequests => ("too_many_requests", TOO_MANY_REQUESTS, "Too many requests"),
     VerificationFailed => ("verification_failed", BAD_REQUEST, "The credential or presentation did not verify"),
     RemoteFailed => ("remote_party_failed", FAILED_DEPENDENCY, "The issuer or verifier failed, was unreachable or answered badly"),
+    OutboundRefused => ("outbound_refused", UNPROCESSABLE_ENTITY, "The server will not fetch from that address (http.outbound)"),
     DidcommUnpackFailed => ("didcomm_unpack_failed", BAD_REQUEST, "Not a DIDComm v1 envelope this mediator can open"),
     DidcommUnknownRecipient => ("didcomm_unknown_recipient", NOT_FOUND, "No key or mediation here for the message's recipient"),
     DidcommNoConnection => ("didcomm_no_connection", FORBIDDEN, "The sender has no connection with this mediator"),

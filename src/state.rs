@@ -22,7 +22,8 @@ pub struct AppState {
     pub bus: Arc<dyn crate::bus::Bus>,
     pub sealer: Sealer,
     pub clock: SharedClock,
-    /// Outbound HTTP (did:web, status lists, webhooks, other issuers), with timeouts set.
+    /// Outbound HTTP (did:web, status lists, webhooks, other issuers): the guarded client of
+    /// [`crate::http::outbound`] (destination checks, timeouts, no proxy).
     pub http: reqwest::Client,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
@@ -98,6 +99,9 @@ impl AppState {
     pub fn for_tests(clock: crate::clock::SharedClock) -> Self {
         let settings = crate::config::Config::default().finish().unwrap();
         let store = crate::store::SledStore::temporary(clock.clone()).unwrap();
+        let http =
+            crate::http::outbound::client(&settings.raw.http.outbound, settings.raw.server.mode)
+                .unwrap();
         Self {
             settings: Arc::new(settings),
             public_url: "http://127.0.0.1:8080".into(),
@@ -106,7 +110,7 @@ impl AppState {
             bus: Arc::new(crate::bus::LocalBus::new()),
             sealer: Sealer::new(&[9u8; 32]),
             clock,
-            http: reqwest::Client::new(),
+            http,
             metrics: Arc::new(Metrics::new().unwrap()),
             readiness: Arc::default(),
             admin: Arc::new(AdminTokens::new(&[])),

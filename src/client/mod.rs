@@ -8,55 +8,53 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// What went wrong talking to the other party.
+use crate::http::outbound::{limits, read_capped, OutboundError};
+
+/// What went wrong talking to the other party. Texts never carry what the other party sent (no
+/// bodies, no upstream error text): they reach API callers and logs.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("invalid input: {0}")]
     Input(String),
     #[error("{0}")]
     Remote(String),
-    #[error("the other party answered HTTP {status}: {body}")]
-    Status { status: u16, body: String },
+    #[error("the other party answered HTTP {status}")]
+    Status { status: u16 },
+    /// Refused by the outbound guard, too large, or unreachable.
+    #[error("{0}")]
+    Outbound(#[from] OutboundError),
 }
 
 pub type ClientResult<T> = Result<T, ClientError>;
 
-const MAX_BODY: usize = 2 * 1024 * 1024;
-
-fn remote(e: impl std::fmt::Display) -> ClientError {
-    ClientError::Remote(e.to_string())
+/// Sends a request through the (guarded) client.
+pub(crate) async fn send(req: reqwest::RequestBuilder) -> ClientResult<reqwest::Response> {
+    req.send()
+        .await
+        .map_err(|e| ClientError::Outbound(OutboundError::from_reqwest(&e)))
 }
 
-/// Reads a bounded response body.
+/// Reads a bounded response body (`http.outbound.max_body_bytes`, enforced while reading).
 pub(crate) async fn body(resp: reqwest::Response) -> ClientResult<(u16, String)> {
     let status = resp.status().as_u16();
-    if resp.content_length().is_some_and(|l| l as usize > MAX_BODY) {
-        return Err(ClientError::Remote("response too large".into()));
-    }
-    let bytes = resp.bytes().await.map_err(remote)?;
-    if bytes.len() > MAX_BODY {
-        return Err(ClientError::Remote("response too large".into()));
-    }
+    let bytes = read_capped(resp, limits().max_body_bytes).await?;
     Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// A 2xx body, or [`ClientError::Status`] (the body of an error answer is not kept).
+pub(crate) async fn ok_body(resp: reqwest::Response) -> ClientResult<String> {
+    let (status, text) = body(resp).await?;
+    if !(200..300).contains(&status) {
+        return Err(ClientError::Status { status });
+    }
+    Ok(text)
 }
 
 pub(crate) async fn get_json(http: &reqwest::Client, url: &str) -> ClientResult<Value> {
     check_url(url)?;
-    let r = http
-        .get(url)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .map_err(|e| ClientError::Remote(format!("GET {url}: {e}")))?;
-    let (status, text) = body(r).await?;
-    if !(200..300).contains(&status) {
-        return Err(ClientError::Status {
-            status,
-            body: truncate(&text),
-        });
-    }
+    let text = ok_body(send(http.get(url).timeout(Duration::from_secs(10))).await?).await?;
     serde_json::from_str(&text)
-        .map_err(|e| ClientError::Remote(format!("GET {url}: not JSON: {e}")))
+        .map_err(|_| ClientError::Remote(format!("GET {}: not JSON", truncate(url))))
 }
 
 pub(crate) fn check_url(url: &str) -> ClientResult<()> {
@@ -91,18 +89,5 @@ pub(crate) fn query_params(uri: &str) -> Vec<(String, String)> {
 /// GET returning the (bounded) body text; for status lists and other JWT responses.
 pub async fn get_text(http: &reqwest::Client, url: &str) -> ClientResult<String> {
     check_url(url)?;
-    let r = http
-        .get(url)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .map_err(|e| ClientError::Remote(format!("GET {url}: {e}")))?;
-    let (status, text) = body(r).await?;
-    if !(200..300).contains(&status) {
-        return Err(ClientError::Status {
-            status,
-            body: truncate(&text),
-        });
-    }
-    Ok(text)
+    ok_body(send(http.get(url).timeout(Duration::from_secs(10))).await?).await
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{body, check_url, get_json, query_params, truncate, ClientError, ClientResult};
+use super::{check_url, get_json, ok_body, query_params, send, truncate, ClientError, ClientResult};
 use crate::crypto::{b64url, jws, sha256, SigningKey};
 
 pub const PRE_AUTH_GRANT: &str = "urn:ietf:params:oauth:grant-type:pre-authorized_code";
@@ -126,21 +126,10 @@ async fn post_form(
     form: &[(&str, &str)],
 ) -> ClientResult<Value> {
     check_url(url)?;
-    let r = http
-        .post(url)
-        .form(form)
-        .timeout(Duration::from_secs(15))
-        .send()
-        .await
-        .map_err(|e| ClientError::Remote(format!("POST {url}: {e}")))?;
-    let (status, text) = body(r).await?;
-    if !(200..300).contains(&status) {
-        return Err(ClientError::Status {
-            status,
-            body: truncate(&text),
-        });
-    }
-    serde_json::from_str(&text).map_err(|e| ClientError::Remote(format!("{url}: not JSON: {e}")))
+    let text =
+        ok_body(send(http.post(url).form(form).timeout(Duration::from_secs(15))).await?).await?;
+    serde_json::from_str(&text)
+        .map_err(|_| ClientError::Remote(format!("POST {}: not JSON", truncate(url))))
 }
 
 /// Gets an access token for the offer.
@@ -199,12 +188,9 @@ async fn authorization_code(
         .map(|c| json!({"type": "openid_credential", "credential_configuration_id": c}))
         .collect::<Vec<_>>())
     .to_string();
-    let no_redirect = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(15))
-        .build()
-        .map_err(|e| ClientError::Remote(e.to_string()))?;
-    let resp = no_redirect
+    // The answer is a redirect to our (never resolvable) callback: read Location, do not follow.
+    let no_redirect = crate::http::outbound::no_redirect_client();
+    let req = no_redirect
         .get(authz)
         .query(&[
             ("response_type", "code"),
@@ -215,19 +201,17 @@ async fn authorization_code(
             ("issuer_state", issuer_state),
             ("authorization_details", details.as_str()),
         ])
-        .send()
-        .await
-        .map_err(|e| ClientError::Remote(format!("authorization request: {e}")))?;
+        .timeout(Duration::from_secs(15));
+    let resp = send(req).await?;
     let location = resp
         .headers()
         .get("location")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let Some(location) = location.filter(|l| l.starts_with(redirect)) else {
-        let (status, text) = body(resp).await?;
         return Err(ClientError::Remote(format!(
-            "the issuer wants interactive authorization (HTTP {status}): {}",
-            truncate(&text)
+            "the issuer wants interactive authorization (HTTP {})",
+            resp.status().as_u16()
         )));
     };
     let params = query_params(&location);
@@ -255,21 +239,9 @@ async fn nonce(http: &reqwest::Client, r: &ResolvedOffer) -> ClientResult<Option
         return Ok(None);
     };
     check_url(url)?;
-    let resp = http
-        .post(url)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .map_err(|e| ClientError::Remote(format!("nonce: {e}")))?;
-    let (status, text) = body(resp).await?;
-    if !(200..300).contains(&status) {
-        return Err(ClientError::Status {
-            status,
-            body: truncate(&text),
-        });
-    }
-    let v: Value =
-        serde_json::from_str(&text).map_err(|e| ClientError::Remote(format!("nonce: {e}")))?;
+    let text = ok_body(send(http.post(url).timeout(Duration::from_secs(10))).await?).await?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|_| ClientError::Remote("nonce response: not JSON".into()))?;
     Ok(v["c_nonce"].as_str().map(str::to_string))
 }
 
@@ -304,23 +276,14 @@ pub async fn credential(
         .to_string();
     let n = nonce(http, r).await?;
     let proof = proof_jwt(holder, r.issuer(), n.as_deref(), now);
-    let resp = http
+    let req = http
         .post(endpoint)
         .bearer_auth(access_token)
         .json(&json!({"credential_configuration_id": config_id, "proofs": {"jwt": [proof]}}))
-        .timeout(Duration::from_secs(15))
-        .send()
-        .await
-        .map_err(|e| ClientError::Remote(format!("credential request: {e}")))?;
-    let (status, text) = body(resp).await?;
-    if !(200..300).contains(&status) {
-        return Err(ClientError::Status {
-            status,
-            body: truncate(&text),
-        });
-    }
+        .timeout(Duration::from_secs(15));
+    let text = ok_body(send(req).await?).await?;
     let v: Value = serde_json::from_str(&text)
-        .map_err(|e| ClientError::Remote(format!("credential response: {e}")))?;
+        .map_err(|_| ClientError::Remote("credential response: not JSON".into()))?;
     let creds = v["credentials"].as_array().cloned().ok_or_else(|| {
         ClientError::Remote(
             "credential response without credentials (deferred issuance is not supported)".into(),

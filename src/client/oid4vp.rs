@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{body, check_url, query_params, truncate, ClientError, ClientResult};
+use super::{check_url, ok_body, query_params, send, truncate, ClientError, ClientResult};
 use crate::crypto::{did, jwe, jws, sdjwt, SigningKey};
 use crate::dcql::CredentialView;
 
@@ -43,18 +43,7 @@ pub async fn resolve_request(http: &reqwest::Client, uri: &str) -> ClientResult<
         } else {
             http.get(&request_uri)
         };
-        let resp = req
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(|e| ClientError::Remote(format!("request_uri: {e}")))?;
-        let (status, text) = body(resp).await?;
-        if !(200..300).contains(&status) {
-            return Err(ClientError::Status {
-                status,
-                body: truncate(&text),
-            });
-        }
+        let text = ok_body(send(req.timeout(Duration::from_secs(10))).await?).await?;
         verify_request_object(http, text.trim(), &outer_client_id).await?
     } else if let Some(jwt) = get("request") {
         verify_request_object(http, &jwt, &outer_client_id).await?
@@ -67,9 +56,9 @@ pub async fn resolve_request(http: &reqwest::Client, uri: &str) -> ClientResult<
             };
             obj.insert(k.clone(), value);
         }
-        if outer_client_id.starts_with("decentralized_identifier:") {
-            return Err(ClientError::Input(
-                "a decentralized_identifier client must send a signed request".into(),
+        if !prefix_of(&outer_client_id)?.unsigned_ok() {
+            return Err(ClientError::Remote(
+                "this client identifier prefix requires a signed request".into(),
             ));
         }
         (Value::Object(obj), None)
@@ -82,11 +71,69 @@ pub async fn resolve_request(http: &reqwest::Client, uri: &str) -> ClientResult<
     if payload["response_type"].as_str() != Some("vp_token") {
         return Err(ClientError::Remote("response_type must be vp_token".into()));
     }
-    Ok(ResolvedRequest {
+    let resolved = ResolvedRequest {
         client_id: outer_client_id,
         params: payload,
         signed_by,
-    })
+    };
+    check_response_uri(&resolved)?;
+    Ok(resolved)
+}
+
+/// The client identifier prefix (OpenID4VP 1.0 §5.9) and what it implies for the wallet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prefix {
+    /// `redirect_uri:<uri>` (and the draft form: a plain http(s) URL): requests are not signed,
+    /// and responses go to exactly that URI.
+    RedirectUri,
+    /// `decentralized_identifier:<did>` (and the draft form: a plain DID): requests must be
+    /// signed by a key of that DID.
+    Did,
+}
+
+impl Prefix {
+    fn unsigned_ok(self) -> bool {
+        self == Prefix::RedirectUri
+    }
+}
+
+fn prefix_of(client_id: &str) -> ClientResult<Prefix> {
+    if client_id.starts_with("redirect_uri:")
+        || client_id.starts_with("https://")
+        || client_id.starts_with("http://")
+    {
+        Ok(Prefix::RedirectUri)
+    } else if client_id.starts_with("decentralized_identifier:did:") || client_id.starts_with("did:")
+    {
+        Ok(Prefix::Did)
+    } else {
+        // x509_san_dns, x509_hash, verifier_attestation, openid_federation, pre-registered ids:
+        // this wallet has no means to authenticate them.
+        Err(ClientError::Remote(format!(
+            "client identifier {} uses a prefix this wallet does not support",
+            truncate(client_id)
+        )))
+    }
+}
+
+/// For a `redirect_uri:` client identifier the response must go to that very URI (OpenID4VP 1.0
+/// §5.9.3): otherwise anyone could put a verifier's `response_uri` into their own request and
+/// relay the holder's presentation into that verifier's session.
+fn check_response_uri(req: &ResolvedRequest) -> ClientResult<()> {
+    if prefix_of(&req.client_id)? != Prefix::RedirectUri {
+        return Ok(());
+    }
+    let bound = req
+        .client_id
+        .strip_prefix("redirect_uri:")
+        .unwrap_or(&req.client_id);
+    let target = req.response_uri().or_else(|| req.params["redirect_uri"].as_str());
+    if target != Some(bound) {
+        return Err(ClientError::Remote(
+            "the response_uri differs from the redirect_uri client identifier".into(),
+        ));
+    }
+    Ok(())
 }
 
 async fn verify_request_object(
@@ -95,14 +142,20 @@ async fn verify_request_object(
     client_id: &str,
 ) -> ClientResult<(Value, Option<String>)> {
     let (header, payload, _, _) = jws::decode_unverified(jwt)
-        .map_err(|e| ClientError::Remote(format!("request object: {e}")))?;
+        .map_err(|_| ClientError::Remote("the request object is not a JWS".into()))?;
+    let prefix = prefix_of(client_id)?;
     if header["alg"] == "none" {
-        if !(client_id.starts_with("redirect_uri:") || client_id.starts_with("http")) {
+        if !prefix.unsigned_ok() {
             return Err(ClientError::Remote(
                 "an unsigned request object is only acceptable for redirect_uri clients".into(),
             ));
         }
         return Ok((payload, None));
+    }
+    if prefix == Prefix::RedirectUri {
+        return Err(ClientError::Remote(
+            "a redirect_uri client's request must not be signed".into(),
+        ));
     }
     let did = client_id
         .strip_prefix("decentralized_identifier:")
@@ -120,9 +173,10 @@ async fn verify_request_object(
             "the request object is signed by a key of another DID".into(),
         ));
     }
-    let key = did::resolve(kid, http)
-        .await
-        .map_err(|e| ClientError::Remote(format!("verifier DID: {e}")))?;
+    let key = did::resolve(kid, http).await.map_err(|e| match did::outbound_error(&e) {
+        Some(o) => ClientError::Outbound(o),
+        None => ClientError::Remote(format!("verifier DID: {e}")),
+    })?;
     let (_, payload) = jws::verify(jwt, &key)
         .map_err(|e| ClientError::Remote(format!("request object signature: {e}")))?;
     Ok((payload, Some(did.to_string())))
@@ -216,7 +270,8 @@ fn presentation_jwt(
     }
 }
 
-/// Posts the response; returns the verifier's JSON answer (e.g. `{"redirect_uri": ...}`).
+/// Posts the response; returns a summary of the verifier's answer, never its raw body:
+/// `{"status": <HTTP status>, "redirect_uri": <http(s) URL, when the verifier sent one>}`.
 pub async fn submit(
     http: &reqwest::Client,
     req: &ResolvedRequest,
@@ -227,6 +282,7 @@ pub async fn submit(
         .response_uri()
         .ok_or_else(|| ClientError::Remote("request without response_uri".into()))?;
     check_url(uri)?;
+    check_response_uri(req)?;
     let state = req.params["state"].as_str();
     let mode = req.params["response_mode"]
         .as_str()
@@ -276,19 +332,16 @@ pub async fn submit(
             )))
         }
     };
-    let resp = http
-        .post(uri)
-        .form(&form)
-        .timeout(Duration::from_secs(15))
-        .send()
-        .await
-        .map_err(|e| ClientError::Remote(format!("posting the response: {e}")))?;
-    let (status, text) = body(resp).await?;
-    if !(200..300).contains(&status) {
-        return Err(ClientError::Status {
-            status,
-            body: truncate(&text),
-        });
+    let resp = send(http.post(uri).form(&form).timeout(Duration::from_secs(15))).await?;
+    let status = resp.status().as_u16();
+    let text = ok_body(resp).await?;
+    let answer: Value = serde_json::from_str(&text).unwrap_or(json!({}));
+    let mut summary = json!({ "status": status });
+    if let Some(r) = answer["redirect_uri"]
+        .as_str()
+        .filter(|r| r.starts_with("https://") || r.starts_with("http://"))
+    {
+        summary["redirect_uri"] = json!(r);
     }
-    Ok(serde_json::from_str(&text).unwrap_or(json!({})))
+    Ok(summary)
 }

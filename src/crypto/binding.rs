@@ -45,6 +45,8 @@ pub enum BindingError {
     UnsupportedIssuer(String),
     #[error("issuer key: {0}")]
     Resolve(String),
+    #[error("issuer key: {0}")]
+    Refused(String),
     #[error("issuer metadata: {0}")]
     Metadata(String),
     #[error("{0}")]
@@ -66,6 +68,7 @@ impl BindingError {
             BindingError::NotAssertionMethod(_) => "not_assertion_method",
             BindingError::UnsupportedIssuer(_) => "unsupported_issuer",
             BindingError::Resolve(_) => "issuer_key_unresolvable",
+            BindingError::Refused(_) => "outbound_refused",
             BindingError::Metadata(_) => "issuer_metadata",
             BindingError::Token(_) => "malformed_token",
             BindingError::Signature(_) => "bad_signature",
@@ -134,7 +137,11 @@ pub async fn did_document(did_: &str, http: &reqwest::Client) -> Result<Value, B
     if did_.starts_with("did:web:") {
         return did::fetch_did_web_document(did_, http)
             .await
-            .map_err(|e| BindingError::Resolve(e.to_string()));
+            .map_err(|e| match did::outbound_error(&e) {
+                // The outbound guard refused the fetch (a private address, a redirect...).
+                Some(o) => BindingError::Refused(o.to_string()),
+                None => BindingError::Resolve(e.to_string()),
+            });
     }
     if did_.contains('#') || did_.contains('?') {
         return Err(BindingError::Resolve(format!("{did_} is not a bare DID")));

@@ -127,57 +127,113 @@ pub fn resolve_offline(kid: &str) -> CryptoResult<VerifyingKey> {
     }
 }
 
-/// The URL of a did:web document.
+/// The URL of a did:web document, per the did:web method specification: the method-specific id is
+/// `host[%3Aport](:segment)*`; only the port's `%3A` is percent-decoded. Refused: userinfo (`@`),
+/// queries, fragments, slashes, other percent-encoding, empty segments, `.`/`..` segments, and
+/// anything but a DNS name or IPv4 address as host. The scheme is https, except http for loopback
+/// hosts (`localhost`, 127.0.0.0/8), which the outbound guard admits only where loopback is allowed
+/// (sandbox default; `http.outbound`).
 pub fn did_web_url(did: &str) -> CryptoResult<String> {
+    let bad = |why: &str| CryptoError::Did(format!("malformed did:web ({why})"));
     let rest = did
         .strip_prefix("did:web:")
         .ok_or_else(|| CryptoError::Did("not a did:web".into()))?;
-    let mut parts = rest.split(':');
-    let host = parts.next().unwrap_or_default().replace("%3A", ":");
-    if host.is_empty() || host.contains('/') {
-        return Err(CryptoError::Did("bad did:web host".into()));
+    if rest.len() > 2048 {
+        return Err(bad("too long"));
     }
-    let path: Vec<&str> = parts.collect();
-    // Loopback hosts are served over http in development; everything else must be https.
-    let scheme = if host.starts_with("127.0.0.1") || host.starts_with("localhost") {
-        "http"
-    } else {
-        "https"
+    let mut parts = rest.split(':');
+    let host_part = parts.next().unwrap_or_default();
+    let (host, port) = match host_part
+        .find("%3A")
+        .or_else(|| host_part.find("%3a"))
+    {
+        Some(i) => (&host_part[..i], Some(&host_part[i + 3..])),
+        None => (host_part, None),
+    };
+    let host = host.to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(bad("host"));
+    }
+    let port = match port {
+        None => None,
+        Some(p) => {
+            let n: u16 = (!p.is_empty() && p.len() <= 5 && p.chars().all(|c| c.is_ascii_digit()))
+                .then(|| p.parse().ok())
+                .flatten()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| bad("port"))?;
+            Some(n)
+        }
+    };
+    let mut path = Vec::new();
+    for seg in parts {
+        let seg_ok = !seg.is_empty()
+            && seg != "."
+            && seg != ".."
+            && seg
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if !seg_ok {
+            return Err(bad("path segment"));
+        }
+        path.push(seg);
+    }
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let scheme = if loopback { "http" } else { "https" };
+    let authority = match port {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
     };
     Ok(if path.is_empty() {
-        format!("{scheme}://{host}/.well-known/did.json")
+        format!("{scheme}://{authority}/.well-known/did.json")
     } else {
-        format!("{scheme}://{host}/{}/did.json", path.join("/"))
+        format!("{scheme}://{authority}/{}/did.json", path.join("/"))
     })
 }
 
-/// Fetches a did:web DID document (bounded size and time) and checks that its `id` is the DID.
+/// Fetches a did:web DID document (bounded size and time, through the outbound guard of `http`)
+/// and checks that its `id` is the DID.
 /// The document is untrusted input: callers pick keys from it only through
 /// [`crate::crypto::binding`]'s rules. This is the only place did:web documents are fetched.
 pub async fn fetch_did_web_document(did: &str, http: &reqwest::Client) -> CryptoResult<Value> {
+    use crate::http::outbound::{limits, read_capped, OutboundError};
     let url = did_web_url(did)?;
     let resp = http
         .get(&url)
         .timeout(std::time::Duration::from_secs(5))
         .send()
         .await
-        .map_err(|e| CryptoError::Did(format!("fetching {url}: {e}")))?;
+        .map_err(|e| CryptoError::Outbound(OutboundError::from_reqwest(&e)))?;
     if !resp.status().is_success() {
         return Err(CryptoError::Did(format!("{url}: HTTP {}", resp.status())));
     }
-    let body = resp
-        .bytes()
+    let body = read_capped(resp, limits().did_document_max_bytes)
         .await
-        .map_err(|e| CryptoError::Did(format!("{url}: {e}")))?;
-    if body.len() > 256 * 1024 {
-        return Err(CryptoError::Did("DID document too large".into()));
-    }
-    let doc: Value =
-        serde_json::from_slice(&body).map_err(|e| CryptoError::Did(format!("{url}: {e}")))?;
+        .map_err(CryptoError::Outbound)?;
+    let doc: Value = serde_json::from_slice(&body)
+        .map_err(|_| CryptoError::Did(format!("{url}: not a JSON document")))?;
     if doc["id"].as_str() != Some(did) {
         return Err(CryptoError::Did("DID document id does not match".into()));
     }
     Ok(doc)
+}
+
+/// The outbound failure behind a DID resolution error, if that is what it was.
+pub fn outbound_error(e: &CryptoError) -> Option<crate::http::outbound::OutboundError> {
+    match e {
+        CryptoError::Outbound(o) => Some(o.clone()),
+        _ => None,
+    }
 }
 
 /// Resolves any supported DID URL, fetching did:web documents (bounded size and time).
@@ -252,5 +308,54 @@ mod tests {
             did_web_url("did:web:example.com").unwrap(),
             "https://example.com/.well-known/did.json"
         );
+        assert_eq!(
+            did_web_url("did:web:w3c-ccg.github.io:user:alice").unwrap(),
+            "https://w3c-ccg.github.io/user/alice/did.json"
+        );
+        assert_eq!(
+            did_web_url("did:web:Example.COM%3a8443").unwrap(),
+            "https://example.com:8443/.well-known/did.json"
+        );
+        assert_eq!(
+            did_web_url("did:web:localhost%3A9000:a_b.c-d").unwrap(),
+            "http://localhost:9000/a_b.c-d/did.json"
+        );
+        // Only loopback hosts get http; a name that merely starts like one does not.
+        assert!(did_web_url("did:web:localhost.evil.example")
+            .unwrap()
+            .starts_with("https://"));
+        assert!(did_web_url("did:web:127.0.0.1.nip.io")
+            .unwrap()
+            .starts_with("https://"));
+    }
+
+    #[test]
+    fn did_web_malformed_ids_are_refused() {
+        for bad in [
+            "did:web:localhost@169.254.169.254%3A80:path?",
+            "did:web:user@example.com",
+            "did:web:example.com?x=1",
+            "did:web:example.com#frag",
+            "did:web:example.com/evil",
+            "did:web:example.com:..:admin",
+            "did:web:example.com:.",
+            "did:web:example.com::x",
+            "did:web:example.com:",
+            "did:web:",
+            "did:web:%3A80",
+            "did:web:example.com%3A",
+            "did:web:example.com%3A0",
+            "did:web:example.com%3A99999",
+            "did:web:example.com%3A80x",
+            "did:web:example.com%2Fevil",
+            "did:web:example.com:a%2F..%2Fb",
+            "did:web:exa mple.com",
+            "did:web:a..b",
+            "did:web:-a.example",
+            "did:web:[::1]",
+            "did:web:example.com:p\\q",
+        ] {
+            assert!(did_web_url(bad).is_err(), "{bad}");
+        }
     }
 }

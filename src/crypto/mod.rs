@@ -27,6 +27,9 @@ pub enum CryptoError {
     Unsupported(String),
     #[error("unresolvable DID: {0}")]
     Did(String),
+    /// Fetching a DID document was refused by the outbound guard, or failed upstream.
+    #[error("unresolvable DID: {0}")]
+    Outbound(crate::http::outbound::OutboundError),
 }
 
 pub type CryptoResult<T> = Result<T, CryptoError>;

@@ -9,6 +9,7 @@ pub mod observe;
 pub mod openapi;
 pub mod system;
 pub mod web;
+pub mod outbound;
 pub mod webhook;
 
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError, UrlencodedError};

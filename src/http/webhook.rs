@@ -2,12 +2,15 @@
 //! `X-Idstack-Signature: sha256=<hex>`, keyed by a subkey of the master key, so every node of a
 //! deployment signs alike and receivers configure one secret),
 //! retried with back-off. Delivery is best effort and never blocks the request that caused it.
+//! It goes through the outbound guard (`state.http`, `http.outbound`): a webhook URL on a
+//! non-public address is refused unless allowed there.
 
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::http::outbound::OutboundError;
 use crate::state::AppState;
 
 pub const SIGNATURE_HEADER: &str = "X-Idstack-Signature";
@@ -49,8 +52,16 @@ pub async fn deliver(state: &AppState, url: &str, event: &serde_json::Value) {
             .await;
         match res {
             Ok(r) if r.status().is_success() => return,
+            // Only the status: the receiver's body is neither read nor logged.
             Ok(r) => tracing::warn!(%url, status = %r.status(), attempt, "webhook rejected"),
-            Err(e) => tracing::warn!(%url, error = %e, attempt, "webhook failed"),
+            Err(e) => {
+                let e = OutboundError::from_reqwest(&e);
+                tracing::warn!(%url, error = %e, attempt, "webhook failed");
+                if e.is_refused() {
+                    // The destination is not allowed (`http.outbound`): retrying cannot help.
+                    return;
+                }
+            }
         }
     }
     tracing::warn!(%url, "webhook given up after 4 attempts");

@@ -453,6 +453,7 @@ impl MediatorService {
                         .send()
                         .await;
                     if let Err(e) = res {
+                        let e = crate::http::outbound::OutboundError::from_reqwest(&e);
                         tracing::warn!(endpoint = %ep, error = %e, "could not deliver a DIDComm reply");
                     }
                 });

@@ -39,24 +39,94 @@ pub struct Ctx<'a> {
 }
 
 /// Fetched status-list tokens by URI with their ETag: every use revalidates with `If-None-Match`
-/// (a revocation is seen at once; an unchanged list costs a 304 with no body). The signature is
-/// re-checked on every use.
+/// (a revocation is seen at once; an unchanged list costs a 304 with no body). Only tokens whose
+/// signature verified are kept, and the cache is bounded by total bytes
+/// (`http.outbound.status_list_cache_bytes`), oldest first out. The signature is re-checked on
+/// every use.
 #[derive(Default)]
 pub struct StatusCache {
-    entries: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
+    inner: std::sync::Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    /// uri → (etag, token, generation)
+    entries: std::collections::HashMap<String, (String, String, u64)>,
+    /// Insertion order for eviction: (uri, generation); stale generations are skipped.
+    order: std::collections::VecDeque<(String, u64)>,
+    bytes: usize,
+    next_gen: u64,
 }
 
 impl StatusCache {
     fn get(&self, uri: &str) -> Option<(String, String)> {
-        self.entries.lock().ok()?.get(uri).cloned()
+        let m = self.inner.lock().ok()?;
+        m.entries.get(uri).map(|(e, t, _)| (e.clone(), t.clone()))
     }
-    fn put(&self, uri: &str, etag: String, token: String) {
-        if let Ok(mut m) = self.entries.lock() {
-            if m.len() > 10_000 {
-                m.clear();
-            }
-            m.insert(uri.to_string(), (etag, token));
+
+    /// Stores a verified token, evicting the oldest entries to stay within `max_bytes`.
+    fn put(&self, uri: &str, etag: String, token: String, max_bytes: usize) {
+        let size = uri.len() + etag.len() + token.len();
+        let Ok(mut m) = self.inner.lock() else {
+            return;
+        };
+        if let Some((e, t, _)) = m.entries.remove(uri) {
+            m.bytes -= uri.len() + e.len() + t.len();
         }
+        if size > max_bytes {
+            return;
+        }
+        while m.bytes + size > max_bytes {
+            let Some((old, generation)) = m.order.pop_front() else {
+                break;
+            };
+            if m.entries.get(&old).is_some_and(|(_, _, g)| *g == generation) {
+                if let Some((e, t, _)) = m.entries.remove(&old) {
+                    m.bytes -= old.len() + e.len() + t.len();
+                }
+            }
+        }
+        let generation = m.next_gen;
+        m.next_gen += 1;
+        m.bytes += size;
+        m.entries
+            .insert(uri.to_string(), (etag, token, generation));
+        m.order.push_back((uri.to_string(), generation));
+        // Stale order entries (replaced URIs) are bounded by the live ones.
+        if m.order.len() > 2 * m.entries.len() + 16 {
+            let CacheInner { entries, order, .. } = &mut *m;
+            order.retain(|(u, g)| entries.get(u).is_some_and(|(_, _, eg)| eg == g));
+        }
+    }
+
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.inner.lock().map(|m| m.bytes).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod status_cache_tests {
+    use super::StatusCache;
+
+    #[test]
+    fn bounded_by_bytes_oldest_out_replacements_counted_once() {
+        let c = StatusCache::default();
+        let token = "t".repeat(1000);
+        for i in 0..100 {
+            c.put(&format!("https://s/{i}"), "e".into(), token.clone(), 10_000);
+            assert!(c.bytes() <= 10_000);
+        }
+        assert!(c.get("https://s/0").is_none());
+        assert!(c.get("https://s/99").is_some());
+        // Replacing one URI over and over keeps one entry's bytes.
+        for _ in 0..100 {
+            c.put("https://s/99", "e".into(), token.clone(), 10_000);
+        }
+        assert!(c.bytes() <= 10_000);
+        // A token larger than the whole budget is not kept (and drops the old one).
+        c.put("https://s/99", "e".into(), "x".repeat(20_000), 10_000);
+        assert!(c.get("https://s/99").is_none());
     }
 }
 
@@ -238,11 +308,14 @@ fn list_issuer_ok(list: &Value, issuer: &IssuerKey) -> Result<(), String> {
     }
 }
 
-/// Fetches a status list token (size/time bounded) and verifies it with the issuer's key.
+/// Fetches a status list token (size/time bounded, through the outbound guard) and verifies it
+/// with the issuer's key; only a verified token is cached. Error texts never carry the remote body.
 async fn fetch_status(ctx: &Ctx<'_>, uri: &str, key: &VerifyingKey) -> Result<Value, String> {
+    use crate::http::outbound::{limits, read_capped, OutboundError};
     if !(uri.starts_with("https://") || uri.starts_with("http://")) {
-        return Err(format!("status list URI {uri} is not http(s)"));
+        return Err("status list URI is not http(s)".into());
     }
+    let limits = limits();
     let cached = ctx.status_cache.get(uri);
     let mut req = ctx.http.get(uri).timeout(Duration::from_secs(5));
     if let Some((etag, _)) = &cached {
@@ -251,29 +324,29 @@ async fn fetch_status(ctx: &Ctx<'_>, uri: &str, key: &VerifyingKey) -> Result<Va
     let r = req
         .send()
         .await
-        .map_err(|e| format!("fetching {uri}: {e}"))?;
-    let token = match (r.status().as_u16(), cached) {
-        (304, Some((_, t))) => t,
+        .map_err(|e| format!("status list: {}", OutboundError::from_reqwest(&e)))?;
+    let (token, fresh_etag) = match (r.status().as_u16(), cached) {
+        (304, Some((_, t))) => (t, None),
         (s, _) if (200..300).contains(&s) => {
             let etag = r
                 .headers()
                 .get("etag")
                 .and_then(|v| v.to_str().ok())
+                .filter(|e| e.len() <= 256)
                 .map(str::to_string);
-            let body = r.bytes().await.map_err(|e| e.to_string())?;
-            if body.len() > 4 * 1024 * 1024 {
-                return Err("status list too large".into());
-            }
-            let t = String::from_utf8_lossy(&body).trim().to_string();
-            if let Some(etag) = etag {
-                ctx.status_cache.put(uri, etag, t.clone());
-            }
-            t
+            let body = read_capped(r, limits.max_body_bytes)
+                .await
+                .map_err(|e| format!("status list: {e}"))?;
+            (String::from_utf8_lossy(&body).trim().to_string(), etag)
         }
-        (s, _) => return Err(format!("{uri}: HTTP {s}")),
+        (s, _) => return Err(format!("status list: HTTP {s}")),
     };
     let (_, payload) =
         jws::verify(&token, key).map_err(|e| format!("status list signature: {e}"))?;
+    if let Some(etag) = fresh_etag {
+        ctx.status_cache
+            .put(uri, etag, token, limits.status_list_cache_bytes);
+    }
     Ok(payload)
 }
 

@@ -47,7 +47,19 @@ fn now_of(state: &AppState) -> i64 {
 fn client_err(e: ClientError) -> ApiError {
     match e {
         ClientError::Input(m) => ApiError::validation(m),
+        ClientError::Outbound(o) if o.is_refused() => ApiError::new(Code::OutboundRefused, o.to_string()),
         other => ApiError::new(Code::RemoteFailed, other.to_string()),
+    }
+}
+
+/// An issuer-key binding failure as an API error (refusals by the outbound guard keep their code).
+fn binding_err(e: binding::BindingError) -> ApiError {
+    match e {
+        binding::BindingError::Refused(d) => ApiError::new(Code::OutboundRefused, d),
+        other => ApiError::new(
+            Code::RemoteFailed,
+            format!("the issuer's credential does not verify: {other}"),
+        ),
     }
 }
 
@@ -816,7 +828,7 @@ impl WalletService {
         let (view, _) = dcql::credential_view(&rec.format, &raw);
         let key = bound_issuer_key(&rec.format, &raw, &self.state.http)
             .await
-            .map_err(|e| ApiError::new(Code::RemoteFailed, e))?
+            .map_err(binding_err)?
             .key;
         let fetch = |uri: String| {
             let http = self.state.http.clone();
@@ -1002,7 +1014,7 @@ impl WalletService {
         // The issuer's key, proven to be the issuer's (crypto::binding), before anything is stored.
         let bound = bound_issuer_key(format, &raw, &self.state.http)
             .await
-            .map_err(|e| ApiError::new(Code::RemoteFailed, e))?;
+            .map_err(binding_err)?;
         let key = bound.key;
         match format {
             "dc+sd-jwt" | "vc+sd-jwt" => {
@@ -1243,6 +1255,7 @@ impl WalletService {
             },
         )
         .await?;
+        // A summary (status, redirect_uri) from oid4vp::submit, never the verifier's raw body.
         let answer = result.map_err(client_err)?;
         Ok(
             json!({"presented": used, "verifier_response": answer, "redirect_uri": answer.get("redirect_uri")}),
@@ -1394,28 +1407,26 @@ async fn bound_issuer_key(
     format: &str,
     raw: &str,
     http: &reqwest::Client,
-) -> Result<binding::IssuerKey, String> {
-    let fail = |e: binding::BindingError| format!("the issuer's credential does not verify: {e}");
+) -> Result<binding::IssuerKey, binding::BindingError> {
     match format {
         "ldp_vc" => {
-            let v: Value = serde_json::from_str(raw).map_err(|e| e.to_string())?;
+            let v: Value = serde_json::from_str(raw)
+                .map_err(|e| binding::BindingError::Token(e.to_string()))?;
             let vm = v["proof"]["verificationMethod"]
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            binding::ld_issuer_key(&v, &vm, http).await.map_err(fail)
+            binding::ld_issuer_key(&v, &vm, http).await
         }
         "dc+sd-jwt" | "vc+sd-jwt" => {
             let jwt = raw.split('~').next().unwrap_or_default();
             binding::verify_issuer_jwt(jwt, binding::Issuers::DidOrHttps, http)
                 .await
                 .map(|(k, _, _)| k)
-                .map_err(fail)
         }
         _ => binding::verify_issuer_jwt(raw, binding::Issuers::Did, http)
             .await
-            .map(|(k, _, _)| k)
-            .map_err(fail),
+            .map(|(k, _, _)| k),
     }
 }
 

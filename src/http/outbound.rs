@@ -1,0 +1,667 @@
+//! The one guard for every server-side HTTP request (wallet fetches of offers, metadata, request
+//! objects and response URIs; verifier status lists and did:web documents; mediator forwards to
+//! peer endpoints; webhooks). It is built into the shared [`reqwest::Client`] (`AppState::http`),
+//! so nothing that uses that client can bypass it:
+//!
+//! - **DNS**: a resolver that drops addresses the policy refuses (a name resolving to a private
+//!   address is refused before any connection is made);
+//! - **every connection**: a connector layer checks the peer address the socket actually connected
+//!   to (this also covers IP-literal hosts, which bypass DNS, and every redirect hop);
+//! - **redirects**: each hop's URL is checked too, and at most `max_redirects` are followed;
+//! - **no proxies**: a proxy would resolve names itself, out of the guard's sight.
+//!
+//! Bodies are read with [`read_capped`]: the cap is enforced chunk by chunk while reading, and a
+//! `Content-Length` over the cap is refused before reading anything.
+//!
+//! Refused: loopback, private (RFC 1918, CGNAT), link-local (incl. 169.254.169.254), unique-local
+//! (fc00::/7), multicast, unspecified, broadcast, reserved and documentation ranges, and the
+//! IPv4-mapped / NAT64 / 6to4 forms of those. `http.outbound.allow_private` relaxes it (sandbox
+//! default: loopback only) and `http.outbound.allow` admits listed hosts, addresses and CIDRs.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::client::legacy::connect::{Connection, HttpInfo};
+use ipnet::IpNet;
+
+use crate::config::{AllowPrivate, Mode, OutboundConfig};
+
+/// Why an outbound request was not made or its answer not used. The texts never contain what the
+/// remote party sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutboundError {
+    /// The destination is not allowed (`outbound_refused`).
+    #[error("outbound request refused: {0}")]
+    Refused(String),
+    /// The answer is larger than the configured cap.
+    #[error("the response is larger than {0} bytes")]
+    TooLarge(usize),
+    /// The other party was unreachable, timed out or broke the connection.
+    #[error("the other party is unreachable or failed ({0})")]
+    Upstream(String),
+}
+
+impl OutboundError {
+    /// From a reqwest error: a refusal by the guard (anywhere in the source chain) stays a
+    /// refusal; anything else is an upstream failure described by its kind only.
+    pub fn from_reqwest(e: &reqwest::Error) -> Self {
+        if let Some(r) = refusal(e) {
+            return r;
+        }
+        let kind = if e.is_timeout() {
+            "timeout"
+        } else if e.is_connect() {
+            "connection failed"
+        } else if e.is_redirect() {
+            "redirect error"
+        } else if e.is_body() || e.is_decode() {
+            "broken response body"
+        } else {
+            "request failed"
+        };
+        OutboundError::Upstream(kind.into())
+    }
+
+    pub fn is_refused(&self) -> bool {
+        matches!(self, OutboundError::Refused(_))
+    }
+}
+
+/// The guard's refusal inside a reqwest error, if that is what it is.
+pub fn refusal(e: &(dyn std::error::Error + 'static)) -> Option<OutboundError> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(o) = err.downcast_ref::<OutboundError>() {
+            return Some(o.clone());
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Body-size limits of outbound answers, set once at start from `http.outbound`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub did_document_max_bytes: usize,
+    pub status_list_cache_bytes: usize,
+}
+
+static LIMITS: OnceLock<Limits> = OnceLock::new();
+static NO_REDIRECT: OnceLock<reqwest::Client> = OnceLock::new();
+
+/// The same guard without following redirects (for flows that read `Location` themselves, like
+/// the authorization-code step of issuance). In a process that never built the server's client
+/// (the CLI's load harness, which talks to a target it was pointed at), it admits any destination.
+pub fn no_redirect_client() -> reqwest::Client {
+    NO_REDIRECT
+        .get_or_init(|| {
+            let cfg = OutboundConfig {
+                allow_private: AllowPrivate::All,
+                ..OutboundConfig::default()
+            };
+            build(&cfg, Mode::Sandbox, false).unwrap_or_default()
+        })
+        .clone()
+}
+
+/// The configured limits (the defaults until the server has started).
+pub fn limits() -> Limits {
+    *LIMITS.get_or_init(|| limits_of(&OutboundConfig::default()))
+}
+
+fn limits_of(c: &OutboundConfig) -> Limits {
+    Limits {
+        max_body_bytes: c.max_body_bytes,
+        did_document_max_bytes: c.did_document_max_bytes,
+        status_list_cache_bytes: c.status_list_cache_bytes,
+    }
+}
+
+/// Reads a response body, refusing it once it exceeds `max` bytes: a `Content-Length` above the
+/// cap is refused before reading, a streamed body is cut as soon as it passes the cap.
+pub async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, OutboundError> {
+    if resp.content_length().is_some_and(|l| l > max as u64) {
+        return Err(OutboundError::TooLarge(max));
+    }
+    let hint = resp.content_length().unwrap_or(0).min(64 * 1024) as usize;
+    let mut buf = Vec::with_capacity(hint);
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| OutboundError::from_reqwest(&e))?
+    {
+        if buf.len() + chunk.len() > max {
+            return Err(OutboundError::TooLarge(max));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+/// What an address is, for the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Public,
+    Loopback,
+    /// Private, link-local, unique-local, multicast, unspecified, reserved, documentation.
+    Internal,
+}
+
+/// Classifies an address, looking through IPv4-mapped, IPv4-compatible, NAT64 and 6to4 forms.
+pub fn classify(ip: IpAddr) -> Class {
+    match ip {
+        IpAddr::V4(v4) => classify_v4(v4),
+        IpAddr::V6(v6) => classify_v6(v6),
+    }
+}
+
+fn classify_v4(ip: Ipv4Addr) -> Class {
+    let o = ip.octets();
+    if ip.is_loopback() {
+        return Class::Loopback;
+    }
+    let internal = ip.is_private()
+        || ip.is_link_local()
+        || ip.is_multicast()
+        || ip.is_broadcast()
+        || ip.is_unspecified()
+        || ip.is_documentation()
+        || o[0] == 0 // 0.0.0.0/8 "this network"
+        || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10 CGNAT
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24 IETF protocol assignments
+        || (o[0] == 198 && (o[1] & 0xfe) == 18) // 198.18.0.0/15 benchmarking
+        || o[0] >= 240; // 240.0.0.0/4 reserved
+    if internal {
+        Class::Internal
+    } else {
+        Class::Public
+    }
+}
+
+fn classify_v6(ip: Ipv6Addr) -> Class {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return classify_v4(v4);
+    }
+    if ip.is_loopback() {
+        return Class::Loopback;
+    }
+    let s = ip.segments();
+    let embedded_v4 = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+    // ::a.b.c.d (deprecated IPv4-compatible) and 64:ff9b::a.b.c.d (NAT64)
+    if s[..6] == [0, 0, 0, 0, 0, 0] && !ip.is_unspecified() {
+        return classify_v4(embedded_v4(s[6], s[7]));
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return classify_v4(embedded_v4(s[6], s[7]));
+    }
+    // 2002:a.b.c.d::/48 (6to4)
+    if s[0] == 0x2002 {
+        return classify_v4(embedded_v4(s[1], s[2]));
+    }
+    let internal = ip.is_unspecified()
+        || ip.is_multicast()
+        || (s[0] & 0xfe00) == 0xfc00 // fc00::/7 unique local
+        || (s[0] & 0xffc0) == 0xfe80 // fe80::/10 link local
+        || (s[0] & 0xffc0) == 0xfec0 // fec0::/10 site local (deprecated)
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]); // 100::/64 discard
+    if internal {
+        Class::Internal
+    } else {
+        Class::Public
+    }
+}
+
+/// One `http.outbound.allow` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Allowed {
+    Net(IpNet, Option<u16>),
+    Host(String, Option<u16>),
+}
+
+fn parse_allowed(s: &str) -> Result<Allowed, String> {
+    let s = s.trim();
+    let bad = || format!("http.outbound.allow: `{s}` is not a host, host:port, IP, IP:port or CIDR");
+    if s.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(net) = IpNet::from_str(s) {
+        return Ok(Allowed::Net(net, None));
+    }
+    if let Ok(ip) = IpAddr::from_str(s) {
+        return Ok(Allowed::Net(IpNet::from(ip), None));
+    }
+    if let Ok(sa) = SocketAddr::from_str(s) {
+        return Ok(Allowed::Net(IpNet::from(sa.ip()), Some(sa.port())));
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p.parse::<u16>().map_err(|_| bad())?)),
+        None => (s, None),
+    };
+    let valid = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !valid {
+        return Err(bad());
+    }
+    Ok(Allowed::Host(host.to_ascii_lowercase(), port))
+}
+
+/// The destination policy shared by the resolver, the connector layer and the redirect policy.
+#[derive(Debug)]
+pub struct Policy {
+    loopback_ok: bool,
+    internal_ok: bool,
+    allowed: Vec<Allowed>,
+    /// Addresses an allow-listed host name resolved to (with that entry's port, if any).
+    vetted: Mutex<HashSet<(IpAddr, Option<u16>)>>,
+}
+
+impl Policy {
+    pub fn new(cfg: &OutboundConfig, mode: Mode) -> Result<Self, String> {
+        let (loopback_ok, internal_ok) = match (cfg.allow_private, mode) {
+            (AllowPrivate::Auto, Mode::Sandbox) | (AllowPrivate::Loopback, _) => (true, false),
+            (AllowPrivate::Auto, Mode::Production) | (AllowPrivate::None, _) => (false, false),
+            (AllowPrivate::All, _) => (true, true),
+        };
+        let allowed = cfg
+            .allow
+            .iter()
+            .map(|s| parse_allowed(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            loopback_ok,
+            internal_ok,
+            allowed,
+            vetted: Mutex::default(),
+        })
+    }
+
+    /// Whether connecting to `ip` (on `port`, when known) is allowed. Without a port, entries
+    /// restricted to a port count (the connection check sees the port).
+    pub fn ip_allowed(&self, ip: IpAddr, port: Option<u16>) -> bool {
+        let ip = canonical(ip);
+        match classify(ip) {
+            Class::Public => return true,
+            Class::Loopback if self.loopback_ok || self.internal_ok => return true,
+            Class::Internal if self.internal_ok => return true,
+            _ => {}
+        }
+        let port_ok = |p: &Option<u16>| p.is_none() || port.is_none() || *p == port;
+        let listed = self.allowed.iter().any(|a| match a {
+            Allowed::Net(net, p) => net.contains(&ip) && port_ok(p),
+            Allowed::Host(..) => false,
+        });
+        listed
+            || self
+                .vetted
+                .lock()
+                .map(|v| v.iter().any(|(a, p)| *a == ip && port_ok(p)))
+                .unwrap_or(false)
+    }
+
+    fn host_entries(&self, name: &str) -> Vec<Option<u16>> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        self.allowed
+            .iter()
+            .filter_map(|a| match a {
+                Allowed::Host(h, p) if *h == name => Some(*p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Checks a URL before a request or a redirect hop: http(s) only, and an IP-literal host
+    /// must be allowed (names are checked when resolved; every connection is checked again).
+    pub fn check_url(&self, url: &reqwest::Url) -> Result<(), OutboundError> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(OutboundError::Refused(format!(
+                "scheme {} is not http(s)",
+                url.scheme()
+            )));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(OutboundError::Refused("URL with userinfo".into()));
+        }
+        let port = url.port_or_known_default();
+        let host = url
+            .host_str()
+            .ok_or_else(|| OutboundError::Refused("URL without host".into()))?;
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        match IpAddr::from_str(bare) {
+            Ok(ip) if !self.ip_allowed(ip, port) => {
+                Err(OutboundError::Refused(format!("address {ip} is not allowed")))
+            }
+            // Names are checked when resolved, and every connection is checked again.
+            _ => Ok(()),
+        }
+    }
+
+    async fn resolve(&self, name: &str) -> Result<Vec<SocketAddr>, OutboundError> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name, 0))
+            .await
+            .map_err(|_| OutboundError::Upstream(format!("cannot resolve {name}")))?
+            .collect();
+        let entries = self.host_entries(name);
+        let mut kept = Vec::new();
+        for a in addrs {
+            let ip = canonical(a.ip());
+            if !entries.is_empty() && classify(ip) != Class::Public {
+                if let Ok(mut v) = self.vetted.lock() {
+                    for p in &entries {
+                        v.insert((ip, *p));
+                    }
+                }
+                kept.push(a);
+            } else if self.ip_allowed(ip, None) {
+                kept.push(a);
+            }
+        }
+        if kept.is_empty() {
+            return Err(OutboundError::Refused(format!(
+                "{name} resolves only to addresses that are not allowed"
+            )));
+        }
+        Ok(kept)
+    }
+}
+
+/// `::ffff:a.b.c.d` → `a.b.c.d`, so allow-list entries match either form.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// The DNS resolver: resolves with the system resolver, then keeps only allowed addresses.
+struct GuardResolver(Arc<Policy>);
+
+impl reqwest::dns::Resolve for GuardResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.0.clone();
+        let name = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs = policy.resolve(&name).await?;
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The connector layer: checks the address every new connection actually reached.
+#[derive(Clone)]
+struct GuardLayer(Arc<Policy>);
+
+impl<S> tower_layer::Layer<S> for GuardLayer {
+    type Service = GuardConnector<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        GuardConnector {
+            inner,
+            policy: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct GuardConnector<S> {
+    inner: S,
+    policy: Arc<Policy>,
+}
+
+impl<S, R> tower_service::Service<R> for GuardConnector<S>
+where
+    S: tower_service::Service<R>,
+    S::Response: Connection + Send + 'static,
+    S::Error: From<OutboundError> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        let fut = self.inner.call(req);
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let conn = fut.await?;
+            let mut ext = http::Extensions::new();
+            conn.connected().get_extras(&mut ext);
+            let Some(remote) = ext.get::<HttpInfo>().map(HttpInfo::remote_addr) else {
+                return Err(OutboundError::Refused("peer address unknown".into()).into());
+            };
+            if policy.ip_allowed(remote.ip(), Some(remote.port())) {
+                Ok(conn)
+            } else {
+                Err(OutboundError::Refused(format!("address {} is not allowed", remote.ip())).into())
+            }
+        })
+    }
+}
+
+/// The shared outbound client of a node: guarded, with timeouts, no proxy. Also sets the body
+/// limits ([`limits`]) and the node's [`no_redirect_client`].
+pub fn client(cfg: &OutboundConfig, mode: Mode) -> anyhow::Result<reqwest::Client> {
+    let _ = LIMITS.set(limits_of(cfg));
+    let _ = NO_REDIRECT.set(build(cfg, mode, false)?);
+    build(cfg, mode, true)
+}
+
+fn build(cfg: &OutboundConfig, mode: Mode, follow: bool) -> anyhow::Result<reqwest::Client> {
+    let policy = Arc::new(Policy::new(cfg, mode).map_err(anyhow::Error::msg)?);
+    let max_redirects = if follow { cfg.max_redirects } else { 0 };
+    let hops = policy.clone();
+    let redirect = reqwest::redirect::Policy::custom(move |attempt| {
+        if max_redirects == 0 {
+            return attempt.stop();
+        }
+        if attempt.previous().len() > max_redirects {
+            return attempt.error(OutboundError::Refused("too many redirects".into()));
+        }
+        match hops.check_url(attempt.url()) {
+            Ok(()) => attempt.follow(),
+            Err(e) => attempt.error(e),
+        }
+    });
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .dns_resolver(Arc::new(GuardResolver(policy.clone())))
+        .connector_layer(GuardLayer(policy))
+        .redirect(redirect)
+        .connect_timeout(Duration::from_secs(cfg.connect_timeout_seconds))
+        // Below the 5 s keep-alive of Node and most servers: a pooled connection the peer has
+        // already closed would fail the next request with "connection closed before message completed".
+        .pool_idle_timeout(Duration::from_secs(4))
+        .timeout(Duration::from_secs(cfg.timeout_seconds))
+        .user_agent(concat!("idstack/", env!("CARGO_PKG_VERSION")))
+        .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn classifier() {
+        for s in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"] {
+            assert_eq!(classify(ip(s)), Class::Loopback, "{s}");
+        }
+        for s in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "224.0.0.1",
+            "255.255.255.255",
+            "240.0.0.1",
+            "198.18.0.1",
+            "192.0.2.1",
+            "::",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a00:1::1",
+            "::10.0.0.1",
+        ] {
+            assert_eq!(classify(ip(s)), Class::Internal, "{s}");
+        }
+        for s in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8", "93.184.216.34"] {
+            assert_eq!(classify(ip(s)), Class::Public, "{s}");
+        }
+        // NAT64 / 6to4 / mapped forms of loopback are loopback
+        assert_eq!(classify(ip("64:ff9b::7f00:1")), Class::Loopback);
+        assert_eq!(classify(ip("2002:7f00:1::1")), Class::Loopback);
+    }
+
+    fn cfg(allow_private: AllowPrivate, allow: &[&str]) -> OutboundConfig {
+        OutboundConfig {
+            allow_private,
+            allow: allow.iter().map(|s| s.to_string()).collect(),
+            ..OutboundConfig::default()
+        }
+    }
+
+    #[test]
+    fn policy_by_mode_and_allow_list() {
+        let sandbox = Policy::new(&cfg(AllowPrivate::Auto, &[]), Mode::Sandbox).unwrap();
+        assert!(sandbox.ip_allowed(ip("127.0.0.1"), Some(80)));
+        assert!(sandbox.ip_allowed(ip("::ffff:127.0.0.1"), Some(80)));
+        assert!(!sandbox.ip_allowed(ip("10.0.0.1"), Some(80)));
+        assert!(!sandbox.ip_allowed(ip("169.254.169.254"), Some(80)));
+        assert!(sandbox.ip_allowed(ip("8.8.8.8"), Some(443)));
+
+        let prod = Policy::new(&cfg(AllowPrivate::Auto, &[]), Mode::Production).unwrap();
+        assert!(!prod.ip_allowed(ip("127.0.0.1"), Some(80)));
+        assert!(!prod.ip_allowed(ip("::1"), Some(80)));
+        assert!(prod.ip_allowed(ip("8.8.8.8"), Some(443)));
+
+        let listed = Policy::new(
+            &cfg(AllowPrivate::None, &["127.0.0.1:9000", "10.2.0.0/16", "fd00::5"]),
+            Mode::Sandbox,
+        )
+        .unwrap();
+        assert!(listed.ip_allowed(ip("127.0.0.1"), Some(9000)));
+        assert!(!listed.ip_allowed(ip("127.0.0.1"), Some(9001)));
+        assert!(listed.ip_allowed(ip("10.2.3.4"), Some(1)));
+        assert!(!listed.ip_allowed(ip("10.3.3.4"), Some(1)));
+        assert!(listed.ip_allowed(ip("fd00::5"), Some(1)));
+        assert!(!listed.ip_allowed(ip("169.254.169.254"), Some(80)));
+
+        let all = Policy::new(&cfg(AllowPrivate::All, &[]), Mode::Production).unwrap();
+        assert!(all.ip_allowed(ip("10.0.0.1"), Some(80)));
+    }
+
+    #[test]
+    fn allow_list_syntax() {
+        assert_eq!(
+            parse_allowed("Internal.Example:8443").unwrap(),
+            Allowed::Host("internal.example".into(), Some(8443))
+        );
+        assert!(matches!(parse_allowed("[::1]:80").unwrap(), Allowed::Net(_, Some(80))));
+        for bad in ["", "a b", "host:notaport", "http://x", "x/y"] {
+            assert!(parse_allowed(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn urls_checked_before_and_on_redirects() {
+        let p = Policy::new(&cfg(AllowPrivate::None, &["127.0.0.1:9000"]), Mode::Sandbox).unwrap();
+        let u = |s: &str| reqwest::Url::parse(s).unwrap();
+        assert!(p.check_url(&u("http://127.0.0.1:9000/x")).is_ok());
+        assert!(p.check_url(&u("http://127.0.0.1:9001/x")).unwrap_err().is_refused());
+        assert!(p.check_url(&u("http://[::ffff:169.254.169.254]/")).is_err());
+        assert!(p.check_url(&u("http://2130706433/")).is_err()); // 127.0.0.1 as a number
+        assert!(p.check_url(&u("file:///etc/passwd")).is_err());
+        assert!(p.check_url(&u("http://a:b@example.com/")).is_err());
+        assert!(p.check_url(&u("https://example.com/")).is_ok());
+    }
+
+    #[tokio::test]
+    async fn names_resolving_to_internal_addresses_are_refused() {
+        let p = Policy::new(&cfg(AllowPrivate::None, &[]), Mode::Sandbox).unwrap();
+        assert!(p.resolve("localhost").await.unwrap_err().is_refused());
+        let listed = Policy::new(&cfg(AllowPrivate::None, &["localhost:9000"]), Mode::Sandbox).unwrap();
+        assert!(!listed.resolve("localhost").await.unwrap().is_empty());
+        assert!(listed.ip_allowed(ip("127.0.0.1"), Some(9000)));
+        assert!(!listed.ip_allowed(ip("127.0.0.1"), Some(9001)));
+    }
+
+    #[tokio::test]
+    async fn read_capped_cuts_a_stream_and_refuses_a_big_content_length() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            for chunked in [true, false] {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                if chunked {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                        .await;
+                    let chunk = format!("{:x}\r\n{}\r\n", 4096, "a".repeat(4096));
+                    for _ in 0..64 {
+                        if s.write_all(chunk.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                } else {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 999999999\r\n\r\nabc")
+                        .await;
+                }
+            }
+        });
+        let c = client(&OutboundConfig::default(), Mode::Sandbox).unwrap();
+        for _ in 0..2 {
+            let r = c.get(format!("http://{addr}/")).send().await.unwrap();
+            assert!(matches!(
+                read_capped(r, 10_000).await,
+                Err(OutboundError::TooLarge(10_000))
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_client_refuses_internal_literals_and_redirects() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let prod = client(&OutboundConfig::default(), Mode::Production).unwrap();
+        let e = prod
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(OutboundError::from_reqwest(&e).is_refused(), "{e:?}");
+        let e = prod
+            .get(format!("http://localhost:{port}/"))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(OutboundError::from_reqwest(&e).is_refused(), "{e:?}");
+    }
+}
