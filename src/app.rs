@@ -353,6 +353,8 @@ pub async fn run(
         .build()
         .context("http client")?;
     let metrics = Arc::new(Metrics::new().context("metrics")?);
+    // JSON-LD verification limits (process-wide: the first configuration wins).
+    crate::crypto::di::configure(&raw.jsonld);
     #[cfg(feature = "cluster")]
     if let Some(c) = &opened.cluster {
         c.node

@@ -26,6 +26,13 @@ pub enum CryptoError {
     Unsupported(String),
     #[error("unresolvable DID: {0}")]
     Did(String),
+    /// A JSON-LD document over a canonicalization limit (size, blank nodes, work, time): see
+    /// `jsonld.*` in config.toml.
+    #[error("JSON-LD too complex: {0}")]
+    TooComplex(String),
+    /// Every JSON-LD verification slot stayed busy for `jsonld.queue_timeout_ms`.
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 pub type CryptoResult<T> = Result<T, CryptoError>;
