@@ -643,9 +643,15 @@ impl Config {
             }
             validate_redis(&self.store.redis, master_key.is_some())?;
         }
-        let metrics_token =
-            secret_from(&self.metrics.token, &self.metrics.token_file, "metrics.token")?;
-        if metrics_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+        let metrics_token = secret_from(
+            &self.metrics.token,
+            &self.metrics.token_file,
+            "metrics.token",
+        )?;
+        if metrics_token
+            .as_ref()
+            .is_some_and(|t| t.expose().len() < 16)
+        {
             return Err(ConfigError::Invalid(
                 "metrics.token must be at least 16 characters".into(),
             ));

@@ -666,7 +666,8 @@ mod rdfc {
             for (component, position) in quad.blank_node_components_with_position() {
                 if component != identifier {
                     work.spend(1)?;
-                    let hash = hash_related_blank_node(state, component, quad, &mut issuer, position);
+                    let hash =
+                        hash_related_blank_node(state, component, quad, &mut issuer, position);
                     related.entry(hash).or_default().push(component);
                 }
             }
@@ -871,8 +872,8 @@ mod tests {
         );
         let holder = SigningKey::generate(KeyType::Ed25519);
         let hvm = did::verification_method(&did::did_key(&holder.verifying_key()));
-        let vp = issue_presentation(&holder, &hvm, &[ordinary_credential()], "n", "d", NOW)
-            .unwrap();
+        let vp =
+            issue_presentation(&holder, &hvm, &[ordinary_credential()], "n", "d", NOW).unwrap();
         let (h, _) = verify_presentation_bounded(vp, "n".into(), "d".into(), NOW)
             .await
             .unwrap();
@@ -936,7 +937,12 @@ mod tests {
         let gone = AtomicBool::new(true);
         let l = JsonLdConfig::default();
         too_complex_mentioning(
-            verify_credential_with(&bomb, NOW, Suites::Eddsa2022, &mut Work::new(&l, Some(&gone))),
+            verify_credential_with(
+                &bomb,
+                NOW,
+                Suites::Eddsa2022,
+                &mut Work::new(&l, Some(&gone)),
+            ),
             "abandoned",
         );
     }
@@ -954,7 +960,9 @@ mod tests {
         }
         // a ring of 6 blank nodes (equal first-degree hashes, no permutation blow-up)
         let ring: Vec<Value> = (0..6)
-            .map(|i| json!({"id": format!("_:r{i}"), "next": {"id": format!("_:r{}", (i + 1) % 6)}}))
+            .map(
+                |i| json!({"id": format!("_:r{i}"), "next": {"id": format!("_:r{}", (i + 1) % 6)}}),
+            )
             .collect();
         let mut r = linked_blank_nodes(1);
         r["credentialSubject"] = json!(ring);
