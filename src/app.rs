@@ -346,6 +346,8 @@ pub async fn run(
     let http = crate::http::outbound::client(&raw.http.outbound, raw.server.mode)
         .context("http client (http.outbound)")?;
     let metrics = Arc::new(Metrics::new().context("metrics")?);
+    // JSON-LD verification limits (process-wide: the first configuration wins).
+    crate::crypto::di::configure(&raw.jsonld);
     #[cfg(feature = "cluster")]
     if let Some(c) = &opened.cluster {
         c.node

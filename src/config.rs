@@ -116,6 +116,8 @@ pub struct Config {
     pub mediator: MediatorConfig,
     pub cluster: ClusterConfig,
     pub http: HttpConfig,
+    pub jsonld: JsonLdConfig,
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -132,6 +134,8 @@ impl Default for Config {
             mediator: MediatorConfig::default(),
             cluster: ClusterConfig::default(),
             http: HttpConfig::default(),
+            jsonld: JsonLdConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -469,6 +473,43 @@ impl Default for ClusterConfig {
     }
 }
 
+/// Limits on verifying Data Integrity (JSON-LD) credentials and presentations, whose RDF
+/// canonicalization is exponential in the worst case (src/crypto/di.rs; docs/security.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JsonLdConfig {
+    pub max_bytes: usize,
+    pub max_blank_nodes: usize,
+    pub max_work: u64,
+    pub max_recursion_depth: usize,
+    pub time_budget_ms: u64,
+    pub max_concurrent: usize,
+    pub queue_timeout_ms: u64,
+}
+
+impl Default for JsonLdConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256 * 1024,
+            max_blank_nodes: 1000,
+            max_work: 20_000,
+            max_recursion_depth: 32,
+            time_budget_ms: 5_000,
+            max_concurrent: 0,
+            queue_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// `GET /metrics` access.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Bearer token `/metrics` requires; empty = open. Secret.
+    pub token: Secret,
+    pub token_file: PathBuf,
+}
+
 /// Where the config came from, for error messages.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -566,6 +607,8 @@ pub struct Settings {
     pub cluster_secret: Option<Secret>,
     /// `store.redis.password(_file)`, when set (a password in the URL also works).
     pub redis_password: Option<Secret>,
+    /// `metrics.token(_file)`, when set: `/metrics` then wants it as a bearer token.
+    pub metrics_token: Option<Secret>,
 }
 
 impl Config {
@@ -667,6 +710,31 @@ impl Config {
             }
             validate_redis(&self.store.redis, master_key.is_some())?;
         }
+        let metrics_token = secret_from(
+            &self.metrics.token,
+            &self.metrics.token_file,
+            "metrics.token",
+        )?;
+        if metrics_token
+            .as_ref()
+            .is_some_and(|t| t.expose().len() < 16)
+        {
+            return Err(ConfigError::Invalid(
+                "metrics.token must be at least 16 characters".into(),
+            ));
+        }
+        let j = &self.jsonld;
+        if j.max_bytes == 0
+            || j.max_blank_nodes == 0
+            || j.max_work == 0
+            || j.max_recursion_depth == 0
+            || j.time_budget_ms == 0
+            || j.queue_timeout_ms == 0
+        {
+            return Err(ConfigError::Invalid(
+                "jsonld.*: every limit must be positive (max_concurrent 0 = one per CPU)".into(),
+            ));
+        }
         Ok(Settings {
             raw: self,
             bind,
@@ -675,6 +743,7 @@ impl Config {
             master_key,
             cluster_secret,
             redis_password,
+            metrics_token,
         })
     }
 

@@ -47,6 +47,7 @@ error_codes! {
     DidcommNoConnection => ("didcomm_no_connection", FORBIDDEN, "The sender has no connection with this mediator"),
     DidcommBadMessage => ("didcomm_bad_message", BAD_REQUEST, "The DIDComm message is malformed or not acceptable"),
     MediatorQueueFull => ("mediator_queue_full", INSUFFICIENT_STORAGE, "The recipient's message queue is full"),
+    JsonLdTooComplex => ("jsonld_too_complex", UNPROCESSABLE_ENTITY, "The JSON-LD document is over this server's limits for canonicalization (size, blank nodes, work or time)"),
     Unavailable => ("service_unavailable", SERVICE_UNAVAILABLE, "Service temporarily unavailable"),
     Internal => ("internal_error", INTERNAL_SERVER_ERROR, "Internal server error"),
 }
@@ -156,6 +157,20 @@ impl From<crate::store::StoreError> for ApiError {
         match e {
             crate::store::StoreError::Unavailable(d) => ApiError::unavailable(d, 1),
             other => ApiError::internal(other),
+        }
+    }
+}
+
+/// Crypto failures as client errors: a JSON-LD limit → 422 `jsonld_too_complex`, no free
+/// verification slot → 503 `service_unavailable` (Retry-After: 1), anything else → 422
+/// `validation_failed` with the reason.
+impl From<crate::crypto::CryptoError> for ApiError {
+    fn from(e: crate::crypto::CryptoError) -> Self {
+        use crate::crypto::CryptoError;
+        match e {
+            CryptoError::TooComplex(d) => ApiError::new(Code::JsonLdTooComplex, d),
+            CryptoError::Busy(d) => ApiError::unavailable(d, 1),
+            other => ApiError::validation(other.to_string()),
         }
     }
 }

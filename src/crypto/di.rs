@@ -3,8 +3,21 @@
 //! (ssi's own plus idstack's) and never fetched; verification methods are did:key / did:jwk only,
 //! checked before ssi sees them, so ssi's resolver never does I/O. ssi's API is async but CPU-only
 //! here, driven with `futures_executor::block_on` (callers run it on the blocking pool).
+//!
+//! RDF canonicalization (URDNA2015 / RDFC-1.0) is exponential in the worst case: a 1.8 KB
+//! credential of 8 mutually linked blank nodes costs ssi seconds of CPU, 9 nodes minutes. ssi-rdf
+//! has no call limit, so every verification first runs [`precheck`]: a size bound, a blank-node
+//! bound, and the same canonicalization algorithm as ssi-rdf 0.1 (its own hash functions, its
+//! loop structure) with RDFC-1.0's call-limit idea, a budget of work units, a recursion-depth bound,
+//! a wall-clock deadline and a cancellation flag. Only a document that canonicalizes within the
+//! budget reaches ssi, whose run then does the same, bounded, work. The async entry points
+//! ([`verify_credential_bounded`], [`verify_presentation_bounded`]) add a bound on concurrent
+//! verifications and stop the pre-check when the caller goes away. Limits: `jsonld.*` in config.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
@@ -18,6 +31,7 @@ use ssi::json_ld::ContextLoader;
 use ssi::verification_methods::{AnyMethod, ProofPurpose, ReferenceOrOwned, SingleSecretSigner};
 
 use super::{did, CryptoError, CryptoResult, KeyType, SigningKey};
+use crate::config::JsonLdConfig;
 
 pub const VCDM2_CONTEXT: &str = "https://www.w3.org/ns/credentials/v2";
 /// idstack's JSON-LD context for its claim terms; bundled, and served at `/contexts/credentials-v1`.
@@ -112,12 +126,14 @@ enum Suites {
     WithEd25519Signature2018,
 }
 
-/// Verifies the single proof of `document` with `purpose`; returns the proof.
-fn verify(document: &Value, purpose: &str, now: i64) -> CryptoResult<Value> {
-    verify_with(document, purpose, now, Suites::Eddsa2022)
-}
-
-fn verify_with(document: &Value, purpose: &str, now: i64, suites: Suites) -> CryptoResult<Value> {
+fn verify_with(
+    document: &Value,
+    purpose: &str,
+    now: i64,
+    suites: Suites,
+    work: &mut Work<'_>,
+) -> CryptoResult<Value> {
+    check_size(document, work.limits)?;
     let proof = match document.get("proof") {
         Some(Value::Object(p)) => Value::Object(p.clone()),
         Some(Value::Array(a)) if a.len() == 1 => a[0].clone(),
@@ -141,6 +157,7 @@ fn verify_with(document: &Value, purpose: &str, now: i64, suites: Suites) -> Cry
         .as_str()
         .ok_or_else(|| CryptoError::Malformed("no verificationMethod".into()))?;
     let key = did::resolve_offline(vm)?;
+    precheck(document, &proof, work)?;
     if ed25519_2018 {
         verify_ed25519_signature_2018(document, &proof, &key)?;
         return Ok(proof);
@@ -253,18 +270,32 @@ pub fn issue_credential(
 }
 
 /// Verifies a Data Integrity credential: proof, issuer = the proof's DID. Returns it without `proof`.
+/// Within the `jsonld.*` limits (but neither the concurrency bound nor cancellation: handlers use
+/// [`verify_credential_bounded`]).
 pub fn verify_credential(vc: &Value, now: i64) -> CryptoResult<Value> {
-    verify_credential_with(vc, now, Suites::Eddsa2022)
+    let limits = bounds().limits.clone();
+    verify_credential_with(vc, now, Suites::Eddsa2022, &mut Work::new(&limits, None))
 }
 
 /// [`verify_credential`], also accepting `Ed25519Signature2018` proofs (VCDM 1.1 JSON-LD
 /// credentials received over DIDComm issue-credential).
 pub fn verify_legacy_credential(vc: &Value, now: i64) -> CryptoResult<Value> {
-    verify_credential_with(vc, now, Suites::WithEd25519Signature2018)
+    let limits = bounds().limits.clone();
+    verify_credential_with(
+        vc,
+        now,
+        Suites::WithEd25519Signature2018,
+        &mut Work::new(&limits, None),
+    )
 }
 
-fn verify_credential_with(vc: &Value, now: i64, suites: Suites) -> CryptoResult<Value> {
-    let proof = verify_with(vc, "assertionMethod", now, suites)?;
+fn verify_credential_with(
+    vc: &Value,
+    now: i64,
+    suites: Suites,
+    work: &mut Work<'_>,
+) -> CryptoResult<Value> {
+    let proof = verify_with(vc, "assertionMethod", now, suites, work)?;
     let issuer = match &vc["issuer"] {
         Value::String(s) => s.as_str(),
         other => other["id"].as_str().unwrap_or_default(),
@@ -301,13 +332,25 @@ pub fn issue_presentation(
 }
 
 /// Verifies a Data Integrity presentation's proof, challenge and domain; returns (holder DID, proof).
+/// Within the `jsonld.*` limits; handlers use [`verify_presentation_bounded`].
 pub fn verify_presentation(
     vp: &Value,
     challenge: &str,
     domain: &str,
     now: i64,
 ) -> CryptoResult<(String, Value)> {
-    let proof = verify(vp, "authentication", now)?;
+    let limits = bounds().limits.clone();
+    verify_presentation_with(vp, challenge, domain, now, &mut Work::new(&limits, None))
+}
+
+fn verify_presentation_with(
+    vp: &Value,
+    challenge: &str,
+    domain: &str,
+    now: i64,
+    work: &mut Work<'_>,
+) -> CryptoResult<(String, Value)> {
+    let proof = verify_with(vp, "authentication", now, Suites::Eddsa2022, work)?;
     if proof["challenge"].as_str() != Some(challenge) {
         return Err(CryptoError::Malformed("challenge mismatch".into()));
     }
@@ -325,13 +368,13 @@ pub fn verify_presentation(
     ))
 }
 
-/// [`verify_credential`] for request handlers: runs on the blocking pool. Every entry point that
-/// verifies an outsider's JSON-LD goes through this (or [`verify_presentation_bounded`]), so the
-/// limits on that work live in one place.
+/// [`verify_credential`] for request handlers, and the one way outsiders' JSON-LD credentials get
+/// verified: waits at most `jsonld.queue_timeout_ms` for one of `jsonld.max_concurrent` slots
+/// ([`CryptoError::Busy`] otherwise), runs on the blocking pool holding the slot until the work
+/// really ends, and stops the canonicalization pre-check when this future is dropped (the client
+/// went away) or its time budget runs out ([`CryptoError::TooComplex`]).
 pub async fn verify_credential_bounded(vc: Value, now: i64) -> CryptoResult<Value> {
-    tokio::task::spawn_blocking(move || verify_credential(&vc, now))
-        .await
-        .map_err(|e| CryptoError::Malformed(format!("verification task: {e}")))?
+    run_bounded(move |work| verify_credential_with(&vc, now, Suites::Eddsa2022, work)).await
 }
 
 /// [`verify_presentation`] for request handlers; see [`verify_credential_bounded`].
@@ -341,9 +384,346 @@ pub async fn verify_presentation_bounded(
     domain: String,
     now: i64,
 ) -> CryptoResult<(String, Value)> {
-    tokio::task::spawn_blocking(move || verify_presentation(&vp, &challenge, &domain, now))
-        .await
-        .map_err(|e| CryptoError::Malformed(format!("verification task: {e}")))?
+    run_bounded(move |work| verify_presentation_with(&vp, &challenge, &domain, now, work)).await
+}
+
+// ------------------------------------------------------------------------------------ limits
+
+struct Bounds {
+    limits: JsonLdConfig,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Bounds {
+    fn new(limits: JsonLdConfig) -> Self {
+        let n = match limits.max_concurrent {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        Self {
+            limits,
+            slots: Arc::new(tokio::sync::Semaphore::new(n)),
+        }
+    }
+}
+
+static BOUNDS: OnceLock<Bounds> = OnceLock::new();
+
+/// Sets the `jsonld.*` limits for this process (at startup; the first call wins, and until then
+/// the defaults apply).
+pub fn configure(limits: &JsonLdConfig) {
+    let _ = BOUNDS.set(Bounds::new(limits.clone()));
+}
+
+fn bounds() -> &'static Bounds {
+    BOUNDS.get_or_init(|| Bounds::new(JsonLdConfig::default()))
+}
+
+/// Sets its flag when dropped: the blocking work polls it and stops.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn run_bounded<T: Send + 'static>(
+    f: impl FnOnce(&mut Work<'_>) -> CryptoResult<T> + Send + 'static,
+) -> CryptoResult<T> {
+    run_within(bounds(), f).await
+}
+
+async fn run_within<T: Send + 'static>(
+    b: &'static Bounds,
+    f: impl FnOnce(&mut Work<'_>) -> CryptoResult<T> + Send + 'static,
+) -> CryptoResult<T> {
+    let wait = Duration::from_millis(b.limits.queue_timeout_ms);
+    let slot = match tokio::time::timeout(wait, b.slots.clone().acquire_owned()).await {
+        Ok(Ok(slot)) => slot,
+        _ => {
+            return Err(CryptoError::Busy(format!(
+                "every JSON-LD verification slot stayed busy for {} ms (jsonld.max_concurrent)",
+                b.limits.queue_timeout_ms
+            )))
+        }
+    };
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(cancelled.clone());
+    let limits = b.limits.clone();
+    tokio::task::spawn_blocking(move || {
+        // The slot is released when the work ends, not when the caller stops waiting for it.
+        let _slot = slot;
+        f(&mut Work::new(&limits, Some(&cancelled)))
+    })
+    .await
+    .map_err(|e| CryptoError::Malformed(format!("verification task: {e}")))?
+}
+
+fn too_complex(what: impl std::fmt::Display) -> CryptoError {
+    CryptoError::TooComplex(what.to_string())
+}
+
+/// The canonicalization budget of one verification.
+struct Work<'a> {
+    limits: &'a JsonLdConfig,
+    left: u64,
+    deadline: Instant,
+    cancelled: Option<&'a AtomicBool>,
+}
+
+impl<'a> Work<'a> {
+    fn new(limits: &'a JsonLdConfig, cancelled: Option<&'a AtomicBool>) -> Self {
+        Self {
+            limits,
+            left: limits.max_work,
+            deadline: Instant::now() + Duration::from_millis(limits.time_budget_ms),
+            cancelled,
+        }
+    }
+
+    /// Spends `units` of work, or fails: over budget, past the deadline, or abandoned.
+    fn spend(&mut self, units: u64) -> CryptoResult<()> {
+        if units > self.left {
+            return Err(too_complex(format!(
+                "canonicalizing it needs more than {} work units (jsonld.max_work)",
+                self.limits.max_work
+            )));
+        }
+        self.left -= units;
+        if self.cancelled.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(too_complex("verification abandoned by the caller"));
+        }
+        if Instant::now() > self.deadline {
+            return Err(too_complex(format!(
+                "canonicalizing it takes more than {} ms (jsonld.time_budget_ms)",
+                self.limits.time_budget_ms
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Counts bytes written (the size of a document's JSON without building it).
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn check_size(document: &Value, limits: &JsonLdConfig) -> CryptoResult<()> {
+    let mut n = ByteCount(0);
+    serde_json::to_writer(&mut n, document).map_err(err)?;
+    if n.0 > limits.max_bytes {
+        return Err(too_complex(format!(
+            "the document is {} bytes; the limit is {} (jsonld.max_bytes)",
+            n.0, limits.max_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// What the proof's verification canonicalizes, each within the limits: the document without
+/// `proof`, and the proof options (the proof without its signature, under the document's
+/// `@context`).
+fn precheck(document: &Value, proof: &Value, work: &mut Work<'_>) -> CryptoResult<()> {
+    let mut claims = document.as_object().cloned().unwrap_or_default();
+    claims.remove("proof");
+    let mut options = proof.as_object().cloned().unwrap_or_default();
+    options.remove("proofValue");
+    options.remove("jws");
+    options.insert("@context".into(), document["@context"].clone());
+    for part in [claims, options] {
+        let quads = rdf_quads(Value::Object(part))?;
+        rdfc::check(&quads, work)?;
+    }
+    Ok(())
+}
+
+/// The RDF quads of a JSON-LD document (bundled contexts only), not yet canonicalized.
+fn rdf_quads(doc: Value) -> CryptoResult<Vec<ssi::rdf::LexicalQuad>> {
+    use ssi::json_ld::Expandable as _;
+    use ssi::rdf::AnyLdEnvironment as _;
+    let doc: DataIntegrityDocument = serde_json::from_value(doc).map_err(err)?;
+    let mut ld = ssi::rdf::LdEnvironment::default();
+    let loader = loader()?;
+    let expanded = futures_executor::block_on(doc.expand_with(&mut ld, &loader)).map_err(err)?;
+    ld.quads_of(&expanded).map_err(err)
+}
+
+/// URDNA2015 exactly as ssi-rdf 0.1 runs it (`ssi::rdf::urdna2015::normalize`: the same hash
+/// functions, loop structure and permutation order), with every step paid for from a [`Work`]
+/// budget: one unit per first-degree hash, per Hash N-Degree Quads call and per related blank node
+/// hashed, and `n!` units before a group of `n` related blank nodes is permuted. A document that
+/// completes here within the budget costs ssi the same steps; one that does not never reaches it.
+mod rdfc {
+    use super::*;
+    use rdf_types::BlankId;
+    use ssi::rdf::urdna2015::{
+        hash_first_degree_quads, hash_related_blank_node, issue_identifier, BlankNodeComponents,
+        HashNDegreeQuadsOutput, IdentifierIssuer, NormalizationState, NormalizingSubstitution,
+    };
+    use ssi::rdf::{LexicalQuad, LexicalQuadRef};
+
+    /// Checks the blank-node count and runs the bounded canonicalization; returns the canonical
+    /// blank node labels it issued (the same as ssi's).
+    pub(super) fn check(
+        quads: &[LexicalQuad],
+        work: &mut Work<'_>,
+    ) -> CryptoResult<NormalizingSubstitution> {
+        let mut state = NormalizationState {
+            blank_node_to_quads: BTreeMap::new(),
+            hash_to_blank_nodes: BTreeMap::new(),
+            canonical_issuer: IdentifierIssuer::new("_:c14n".to_string()),
+        };
+        for quad in quads {
+            let quad = quad.as_lexical_quad_ref();
+            for id in quad.blank_node_components() {
+                state.blank_node_to_quads.entry(id).or_default().push(quad);
+            }
+        }
+        let blank_nodes = state.blank_node_to_quads.len();
+        if blank_nodes > work.limits.max_blank_nodes {
+            return Err(too_complex(format!(
+                "it has {blank_nodes} blank nodes; the limit is {} (jsonld.max_blank_nodes)",
+                work.limits.max_blank_nodes
+            )));
+        }
+        let mut non_normalized: HashSet<&BlankId> =
+            state.blank_node_to_quads.keys().cloned().collect();
+        let mut simple = true;
+        while simple {
+            simple = false;
+            state.hash_to_blank_nodes.clear();
+            for id in non_normalized.iter() {
+                work.spend(1)?;
+                let hash = hash_first_degree_quads(&mut state, id);
+                state.hash_to_blank_nodes.entry(hash).or_default().push(*id);
+            }
+            let mut unique = Vec::new();
+            for (hash, ids) in state.hash_to_blank_nodes.iter() {
+                if let [id] = ids.as_slice() {
+                    issue_identifier(&mut state.canonical_issuer, id);
+                    unique.push((hash.clone(), *id));
+                    simple = true;
+                }
+            }
+            for (hash, id) in unique {
+                non_normalized.remove(id);
+                state.hash_to_blank_nodes.remove(&hash);
+            }
+            for (_, ids) in state.hash_to_blank_nodes.clone() {
+                let mut paths: Vec<HashNDegreeQuadsOutput> = Vec::new();
+                for id in ids {
+                    if state.canonical_issuer.find_issued_identifier(id).is_some() {
+                        continue;
+                    }
+                    let mut temporary = IdentifierIssuer::new("_:b".to_string());
+                    issue_identifier(&mut temporary, id);
+                    paths.push(hash_n_degree_quads(
+                        &mut state,
+                        id,
+                        &mut temporary,
+                        work,
+                        1,
+                    )?);
+                }
+                paths.sort_by(|a, b| a.hash.cmp(&b.hash));
+                for result in paths {
+                    for (existing, _) in result.issuer.issued_identifiers {
+                        issue_identifier(&mut state.canonical_issuer, &existing);
+                    }
+                }
+            }
+        }
+        Ok(state.canonical_issuer.issued_identifiers)
+    }
+
+    fn factorial(n: usize) -> u64 {
+        (2..=n as u64).fold(1u64, |acc, k| acc.saturating_mul(k))
+    }
+
+    /// ssi-rdf's `hash_n_degree_quads`, paying for each step.
+    fn hash_n_degree_quads<'q>(
+        state: &mut NormalizationState<'q>,
+        identifier: &BlankId,
+        issuer: &mut IdentifierIssuer,
+        work: &mut Work<'_>,
+        depth: usize,
+    ) -> CryptoResult<HashNDegreeQuadsOutput> {
+        if depth > work.limits.max_recursion_depth {
+            return Err(too_complex(format!(
+                "canonicalizing it recurses deeper than {} (jsonld.max_recursion_depth)",
+                work.limits.max_recursion_depth
+            )));
+        }
+        work.spend(1)?;
+        let mut issuer: IdentifierIssuer = issuer.clone();
+        let mut related: BTreeMap<String, Vec<&'q BlankId>> = BTreeMap::new();
+        let quads: Vec<LexicalQuadRef<'q>> = state
+            .blank_node_to_quads
+            .get(identifier)
+            .cloned()
+            .unwrap_or_default();
+        for quad in quads {
+            for (component, position) in quad.blank_node_components_with_position() {
+                if component != identifier {
+                    work.spend(1)?;
+                    let hash =
+                        hash_related_blank_node(state, component, quad, &mut issuer, position);
+                    related.entry(hash).or_default().push(component);
+                }
+            }
+        }
+        let mut data_to_hash = String::new();
+        for (related_hash, blank_nodes) in related {
+            data_to_hash.push_str(&related_hash);
+            work.spend(factorial(blank_nodes.len()))?;
+            let mut chosen_path = String::new();
+            let mut chosen_issuer = None;
+            for permutation in combination::permutate::from_vec(&blank_nodes) {
+                let mut issuer_copy = issuer.clone();
+                let mut path = String::new();
+                let mut recursion_list: Vec<rdf_types::BlankIdBuf> = Vec::new();
+                for related in permutation {
+                    if let Some(canonical) = state.canonical_issuer.find_issued_identifier(related)
+                    {
+                        recursion_list.push(canonical.to_owned());
+                    } else {
+                        if issuer_copy.find_issued_identifier(related).is_none() {
+                            recursion_list.push(related.to_owned());
+                        }
+                        path += &issue_identifier(&mut issuer_copy, related);
+                    }
+                }
+                for related in recursion_list {
+                    let result =
+                        hash_n_degree_quads(state, &related, &mut issuer_copy, work, depth + 1)?;
+                    path.push_str(&issue_identifier(&mut issuer_copy, &related));
+                    path.push('<');
+                    path.push_str(&result.hash);
+                    path.push('>');
+                    issuer_copy = result.issuer;
+                }
+                if chosen_path.is_empty() || path < chosen_path {
+                    chosen_path = path;
+                    chosen_issuer = Some(issuer_copy);
+                }
+            }
+            data_to_hash.push_str(&chosen_path);
+            issuer = chosen_issuer.ok_or_else(|| err("no permutation chosen"))?;
+        }
+        Ok(HashNDegreeQuadsOutput {
+            hash: super::super::sha256_hex(data_to_hash.as_bytes()),
+            issuer,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -407,5 +787,256 @@ mod tests {
             verify_legacy_credential(&later, now),
             Err(CryptoError::BadSignature)
         ));
+    }
+
+    // ------------------------------------------------------------------ JSON-LD limits
+
+    const NOW: i64 = 1_800_000_000;
+
+    /// A credential whose subject is `n` blank nodes all linked to each other (a complete graph):
+    /// every node has the same first-degree hash, so URDNA2015 permutes them. The proof is
+    /// well-formed but its value is not a signature (the limits must trip before that matters).
+    fn linked_blank_nodes(n: usize) -> Value {
+        let issuer = SigningKey::generate(KeyType::Ed25519);
+        let did = did::did_key(&issuer.verifying_key());
+        let vm = did::verification_method(&did);
+        let subjects: Vec<Value> = (0..n)
+            .map(|i| {
+                let knows: Vec<Value> = (0..n)
+                    .filter(|j| *j != i)
+                    .map(|j| json!({"id": format!("_:n{j}")}))
+                    .collect();
+                json!({"id": format!("_:n{i}"), "knows": knows})
+            })
+            .collect();
+        json!({
+            "@context": [VCDM2_CONTEXT, IDSTACK_CONTEXT_URL],
+            "type": ["VerifiableCredential"],
+            "issuer": did,
+            "validFrom": "2026-01-01T00:00:00Z",
+            "credentialSubject": subjects,
+            "proof": {
+                "type": "DataIntegrityProof",
+                "cryptosuite": "eddsa-rdfc-2022",
+                "created": "2026-01-01T00:00:00Z",
+                "verificationMethod": vm,
+                "proofPurpose": "assertionMethod",
+                "proofValue": "z3FXQjecWufY46yg5abdVZsXqLhxhueuSoZgNSARiKBk9czhSePTFehP8c3PGfb6a22gkfUKKT4ZxjUacTpzQfYB"
+            }
+        })
+    }
+
+    fn ordinary_credential() -> Value {
+        let issuer = SigningKey::generate(KeyType::Ed25519);
+        let vm = did::verification_method(&did::did_key(&issuer.verifying_key()));
+        let mut cred = Map::new();
+        cred.insert(
+            "type".into(),
+            json!(["VerifiableCredential", "IdentityCredential"]),
+        );
+        cred.insert(
+            "credentialSubject".into(),
+            json!({"id": "did:example:holder", "given_name": "Erika",
+                   "address": {"street": "Heidestraße 17", "locality": "Köln"},
+                   "degrees": [{"name": "BSc"}, {"name": "MSc"}]}),
+        );
+        issue_credential(&issuer, &vm, cred, NOW).unwrap()
+    }
+
+    fn too_complex_mentioning(r: CryptoResult<impl std::fmt::Debug>, key: &str) {
+        match r {
+            Err(CryptoError::TooComplex(d)) => assert!(d.contains(key), "{d}"),
+            other => panic!("expected TooComplex ({key}), got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn linked_blank_node_bombs_are_refused_by_the_work_bound() {
+        for n in [8, 9, 12] {
+            let bomb = linked_blank_nodes(n);
+            assert!(serde_json::to_string(&bomb).unwrap().len() < 4096);
+            too_complex_mentioning(verify_credential(&bomb, NOW), "jsonld.max_work");
+        }
+    }
+
+    #[test]
+    fn ordinary_credentials_and_small_symmetric_graphs_still_verify() {
+        let vc = ordinary_credential();
+        verify_credential(&vc, NOW).unwrap();
+        // 3 linked blank nodes need Hash N-Degree Quads, within the default budget: the
+        // pre-check passes and the (fake) signature is what fails.
+        assert_eq!(
+            verify_credential(&linked_blank_nodes(3), NOW),
+            Err(CryptoError::BadSignature)
+        );
+    }
+
+    #[tokio::test]
+    async fn bounded_entry_points_verify_and_refuse() {
+        let vc = ordinary_credential();
+        verify_credential_bounded(vc, NOW).await.unwrap();
+        too_complex_mentioning(
+            verify_credential_bounded(linked_blank_nodes(9), NOW).await,
+            "jsonld.max_work",
+        );
+        let holder = SigningKey::generate(KeyType::Ed25519);
+        let hvm = did::verification_method(&did::did_key(&holder.verifying_key()));
+        let vp =
+            issue_presentation(&holder, &hvm, &[ordinary_credential()], "n", "d", NOW).unwrap();
+        let (h, _) = verify_presentation_bounded(vp, "n".into(), "d".into(), NOW)
+            .await
+            .unwrap();
+        assert_eq!(h, vm_did(&hvm));
+        // a presentation carrying the bomb
+        let bomb_vp = json!({
+            "@context": [VCDM2_CONTEXT, IDSTACK_CONTEXT_URL],
+            "type": ["VerifiablePresentation"],
+            "holder": vm_did(&hvm),
+            "verifiableCredential": [linked_blank_nodes(8)],
+            "proof": {
+                "type": "DataIntegrityProof", "cryptosuite": "eddsa-rdfc-2022",
+                "created": "2026-01-01T00:00:00Z", "verificationMethod": hvm,
+                "proofPurpose": "authentication", "challenge": "n", "domain": "d",
+                "proofValue": "z3FXQjecWufY46yg5abdVZsXqLhxhueuSoZgNSARiKBk9czhSePTFehP8c3PGfb6a22gkfUKKT4ZxjUacTpzQfYB"
+            }
+        });
+        too_complex_mentioning(
+            verify_presentation_bounded(bomb_vp, "n".into(), "d".into(), NOW).await,
+            "jsonld.max_work",
+        );
+    }
+
+    fn limits(f: impl FnOnce(&mut JsonLdConfig)) -> JsonLdConfig {
+        let mut l = JsonLdConfig::default();
+        f(&mut l);
+        l
+    }
+
+    fn verify_within(vc: &Value, l: &JsonLdConfig) -> CryptoResult<Value> {
+        verify_credential_with(vc, NOW, Suites::Eddsa2022, &mut Work::new(l, None))
+    }
+
+    #[test]
+    fn each_limit_gives_its_own_error() {
+        let vc = ordinary_credential();
+        verify_within(&vc, &JsonLdConfig::default()).unwrap();
+        too_complex_mentioning(
+            verify_within(&vc, &limits(|l| l.max_bytes = 200)),
+            "jsonld.max_bytes",
+        );
+        too_complex_mentioning(
+            verify_within(&vc, &limits(|l| l.max_blank_nodes = 1)),
+            "jsonld.max_blank_nodes",
+        );
+        too_complex_mentioning(
+            verify_within(&vc, &limits(|l| l.max_work = 2)),
+            "jsonld.max_work",
+        );
+        let bomb = linked_blank_nodes(5);
+        too_complex_mentioning(
+            verify_within(&bomb, &limits(|l| l.max_recursion_depth = 2)),
+            "jsonld.max_recursion_depth",
+        );
+        // an exhausted time budget (0 ms: the first step is already late)
+        too_complex_mentioning(
+            verify_within(&bomb, &limits(|l| l.time_budget_ms = 0)),
+            "jsonld.time_budget_ms",
+        );
+        // a caller that went away
+        let gone = AtomicBool::new(true);
+        let l = JsonLdConfig::default();
+        too_complex_mentioning(
+            verify_credential_with(
+                &bomb,
+                NOW,
+                Suites::Eddsa2022,
+                &mut Work::new(&l, Some(&gone)),
+            ),
+            "abandoned",
+        );
+    }
+
+    /// The bounded canonicalizer gives ssi's canonical form (so its steps are ssi's). Labels of
+    /// automorphic blank nodes may swap between runs (ssi visits them in hash-set order); the
+    /// canonical N-Quads they produce may not.
+    #[test]
+    fn bounded_canonicalization_matches_ssi() {
+        use ssi::rdf::urdna2015::BlankNodeComponentsMut as _;
+        use ssi::rdf::IntoNQuads as _;
+        let mut docs = vec![ordinary_credential()];
+        for n in [2, 3, 4, 5] {
+            docs.push(linked_blank_nodes(n));
+        }
+        // a ring of 6 blank nodes (equal first-degree hashes, no permutation blow-up)
+        let ring: Vec<Value> = (0..6)
+            .map(
+                |i| json!({"id": format!("_:r{i}"), "next": {"id": format!("_:r{}", (i + 1) % 6)}}),
+            )
+            .collect();
+        let mut r = linked_blank_nodes(1);
+        r["credentialSubject"] = json!(ring);
+        docs.push(r);
+        let l = limits(|l| l.max_work = 1_000_000);
+        for doc in docs {
+            let mut d = doc.as_object().cloned().unwrap();
+            d.remove("proof");
+            let quads = rdf_quads(Value::Object(d)).unwrap();
+            let labels = rdfc::check(&quads, &mut Work::new(&l, None)).unwrap();
+            let ours = quads
+                .iter()
+                .cloned()
+                .map(|mut q| {
+                    for b in q.blank_node_components_mut() {
+                        *b = labels[&*b].clone();
+                    }
+                    q
+                })
+                .into_nquads_lines();
+            let theirs =
+                ssi::rdf::urdna2015::normalize(quads.iter().map(|q| q.as_lexical_quad_ref()))
+                    .into_nquads_lines();
+            assert!(theirs.iter().any(|l| l.contains("_:c14n")));
+            assert_eq!(ours, theirs);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_concurrency_bound_answers_busy() {
+        let b: &'static Bounds = Box::leak(Box::new(Bounds::new(limits(|l| {
+            l.max_concurrent = 1;
+            l.queue_timeout_ms = 50;
+        }))));
+        let held = b.slots.clone().acquire_owned().await.unwrap();
+        let r = run_within(b, |_| Ok(())).await;
+        assert!(matches!(r, Err(CryptoError::Busy(_))), "{r:?}");
+        drop(held);
+        run_within(b, |_| Ok(())).await.unwrap();
+    }
+
+    /// Dropping the future (the client hung up) stops the blocking work: its slot comes back
+    /// long before the 9-node bomb could finish (about 90 s of CPU) under an unlimited budget.
+    #[tokio::test]
+    async fn dropping_the_future_stops_the_work() {
+        let b: &'static Bounds = Box::leak(Box::new(Bounds::new(limits(|l| {
+            l.max_concurrent = 1;
+            l.max_work = u64::MAX;
+            l.time_budget_ms = 3_600_000;
+        }))));
+        let bomb = linked_blank_nodes(9);
+        let started = std::sync::Arc::new(AtomicBool::new(false));
+        let s = started.clone();
+        let fut = run_within(b, move |work| {
+            s.store(true, Ordering::Relaxed);
+            verify_credential_with(&bomb, NOW, Suites::Eddsa2022, work)
+        });
+        let fut = tokio::spawn(fut);
+        while !started.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        fut.abort();
+        let slot = tokio::time::timeout(Duration::from_secs(60), b.slots.clone().acquire_owned())
+            .await
+            .expect("the abandoned work did not stop");
+        drop(slot);
     }
 }

@@ -30,6 +30,13 @@ pub enum CryptoError {
     /// Fetching a DID document was refused by the outbound guard, or failed upstream.
     #[error("unresolvable DID: {0}")]
     Outbound(crate::http::outbound::OutboundError),
+    /// A JSON-LD document over a canonicalization limit (size, blank nodes, work, time): see
+    /// `jsonld.*` in config.toml.
+    #[error("JSON-LD too complex: {0}")]
+    TooComplex(String),
+    /// Every JSON-LD verification slot stayed busy for `jsonld.queue_timeout_ms`.
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 pub type CryptoResult<T> = Result<T, CryptoError>;

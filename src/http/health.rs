@@ -81,9 +81,12 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Prometheus metrics in text exposition format.
-#[utoipa::path(tag = "system", responses((status = 200, content_type = "text/plain", body = String)))]
+#[utoipa::path(tag = "system", responses((status = 200, content_type = "text/plain", body = String), (status = 401, body = crate::error::Problem)))]
 #[get("/metrics")]
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+pub async fn metrics(req: actix_web::HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(e) = super::metrics::authorize(&req, state.settings.metrics_token.as_ref()) {
+        return actix_web::ResponseError::error_response(&e);
+    }
     if let Ok(stats) = state.store.stats().await {
         state
             .metrics

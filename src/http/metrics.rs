@@ -6,6 +6,24 @@ use prometheus::{
     TextEncoder,
 };
 
+/// `GET /metrics` access: open when no `metrics.token` is configured, else the token as a bearer
+/// token (compared in constant time).
+pub fn authorize(
+    req: &actix_web::HttpRequest,
+    token: Option<&crate::config::Secret>,
+) -> crate::error::ApiResult<()> {
+    let Some(token) = token else { return Ok(()) };
+    let accepted = super::auth::AdminTokens::new(std::slice::from_ref(token));
+    if super::auth::bearer_token(req).is_some_and(|t| accepted.check(t)) {
+        Ok(())
+    } else {
+        Err(crate::error::ApiError::new(
+            crate::error::Code::Unauthorized,
+            "/metrics needs the metrics token (metrics.token) as a bearer token",
+        ))
+    }
+}
+
 type Refresher = Box<dyn Fn() + Send + Sync>;
 
 pub struct Metrics {

@@ -50,6 +50,78 @@ fn code_for_status(status: StatusCode) -> Code {
     }
 }
 
+/// The `method` label: the standard methods, anything else (any token a client may send) `other`.
+fn method_label(m: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// The `status` label: a fixed list of codes, others by class (`2xx` … `5xx`, else `other`).
+fn status_label(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100 => "100",
+        101 => "101",
+        200 => "200",
+        201 => "201",
+        202 => "202",
+        204 => "204",
+        206 => "206",
+        301 => "301",
+        302 => "302",
+        303 => "303",
+        304 => "304",
+        307 => "307",
+        308 => "308",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        406 => "406",
+        408 => "408",
+        409 => "409",
+        410 => "410",
+        411 => "411",
+        412 => "412",
+        413 => "413",
+        414 => "414",
+        415 => "415",
+        416 => "416",
+        417 => "417",
+        421 => "421",
+        422 => "422",
+        424 => "424",
+        426 => "426",
+        428 => "428",
+        429 => "429",
+        431 => "431",
+        500 => "500",
+        501 => "501",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        505 => "505",
+        507 => "507",
+        s if (100..200).contains(&s) => "1xx",
+        s if (200..300).contains(&s) => "2xx",
+        s if (300..400).contains(&s) => "3xx",
+        s if (400..500).contains(&s) => "4xx",
+        s if (500..600).contains(&s) => "5xx",
+        _ => "other",
+    }
+}
+
 pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -109,21 +181,48 @@ pub async fn observe(
         res.headers_mut().insert(REQUEST_ID, v);
     }
     if let Some(state) = state {
+        // Labels come from closed sets only (a label per client-chosen value would let anyone grow
+        // memory and /metrics without bound): the route is a pattern the app registered, never the
+        // path; the method and status are mapped onto fixed lists.
         let route = res
             .request()
             .match_pattern()
             .unwrap_or_else(|| "unmatched".into());
-        let status = res.status().as_u16().to_string();
+        let method = method_label(&method);
+        let status = status_label(res.status());
         state
             .metrics
             .http_requests
-            .with_label_values(&[method.as_str(), &route, &status])
+            .with_label_values(&[method, &route, status])
             .inc();
         state
             .metrics
             .http_duration
-            .with_label_values(&[method.as_str(), &route])
+            .with_label_values(&[method, &route])
             .observe(started.elapsed().as_secs_f64());
     }
     Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::Method;
+
+    #[test]
+    fn labels_come_from_closed_sets() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        for token in ["FOO", "X1", "get", "BREW"] {
+            let m = Method::from_bytes(token.as_bytes()).unwrap();
+            assert_eq!(method_label(&m), "other", "{token}");
+        }
+        assert_eq!(status_label(StatusCode::OK), "200");
+        assert_eq!(status_label(StatusCode::from_u16(299).unwrap()), "2xx");
+        assert_eq!(status_label(StatusCode::from_u16(499).unwrap()), "4xx");
+        assert_eq!(status_label(StatusCode::from_u16(999).unwrap()), "other");
+        let all: std::collections::HashSet<_> = (100..1000)
+            .map(|c| status_label(StatusCode::from_u16(c).unwrap()))
+            .collect();
+        assert!(all.len() < 60, "{} status labels", all.len());
+    }
 }

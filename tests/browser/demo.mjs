@@ -12,6 +12,8 @@ const browser = await chromium.launch({
 const page = await browser.newPage({ viewport: { width: 1200, height: 2200 } });
 const failures = [];
 page.on('pageerror', (e) => failures.push(`page error: ${e.message}`));
+// The console runs under a strict Content-Security-Policy: a violation is a failure, not a log line.
+page.on('console', (m) => { if (m.type() === 'error' && /Content.Security.Policy/i.test(m.text())) failures.push(`CSP violation: ${m.text()}`); });
 page.on('request', (r) => { if (!r.url().startsWith(values.url) && !r.url().startsWith('data:')) failures.push(`request off the node: ${r.url()}`); });
 try {
   await page.goto(values.url + '/');

@@ -7,6 +7,7 @@
     clippy::disallowed_methods
 )]
 
+mod abuse_dos;
 mod agent;
 mod balancer;
 #[cfg(feature = "cluster")]

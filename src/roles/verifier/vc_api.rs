@@ -146,6 +146,9 @@ pub async fn verify_credential(
             ))
         }
     }
+    if let Some(e) = out.limit {
+        return Err(e.into());
+    }
     Ok(answer(&out, &policies(false)))
 }
 
@@ -193,6 +196,9 @@ pub async fn verify_presentation(
                 "verifiablePresentation must be a JWT string or a JSON-LD object",
             ))
         }
+    }
+    if let Some(e) = out.limit {
+        return Err(e.into());
     }
     Ok(answer(&out, &policies(audience.is_some())))
 }

@@ -136,6 +136,16 @@ pub struct Outcome {
     failures: BTreeMap<&'static str, Vec<String>>,
     ran: std::collections::BTreeSet<&'static str>,
     pub credentials: Vec<PresentedCredential>,
+    /// Set when a JSON-LD verification hit a resource limit (too complex, or no free slot): the
+    /// input was not judged, and VC-API answers with that error rather than a verdict.
+    pub limit: Option<crate::crypto::CryptoError>,
+}
+
+fn over_limit(out: &mut Outcome, e: &crate::crypto::CryptoError) {
+    use crate::crypto::CryptoError;
+    if matches!(e, CryptoError::TooComplex(_) | CryptoError::Busy(_)) {
+        out.limit = Some(e.clone());
+    }
 }
 
 impl Outcome {
@@ -805,6 +815,7 @@ pub async fn ldp_credential(
     match crate::crypto::di::verify_credential_bounded(vc.clone(), ctx.now).await {
         Ok(plain) => ld_credential(ctx, out, query_id, plain, &method).await,
         Err(e) => {
+            over_limit(out, &e);
             out.fail("signature", format!("{query_id}: credential proof: {e}"));
             None
         }
@@ -842,6 +853,7 @@ pub async fn ldp_vp(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, vp: Value)
                 h
             }
             Err(e) => {
+                over_limit(out, &e);
                 let e = e.to_string();
                 if e.contains("challenge") || e.contains("domain") {
                     out.fail("nonce_audience", format!("{query_id}: {e}"));
