@@ -39,6 +39,8 @@ error_codes! {
     Conflict => ("conflict", CONFLICT, "Conflict with the current state"),
     Gone => ("gone", GONE, "No longer available"),
     TooManyRequests => ("too_many_requests", TOO_MANY_REQUESTS, "Too many requests"),
+    RateLimited => ("rate_limited", TOO_MANY_REQUESTS, "Too many requests from this client; slow down"),
+    RequestTimeout => ("request_timeout", REQUEST_TIMEOUT, "The request body did not arrive in time"),
     RemoteFailed => ("remote_party_failed", FAILED_DEPENDENCY, "The issuer or verifier failed, was unreachable or answered badly"),
     DidcommUnpackFailed => ("didcomm_unpack_failed", BAD_REQUEST, "Not a DIDComm v1 envelope this mediator can open"),
     DidcommUnknownRecipient => ("didcomm_unknown_recipient", NOT_FOUND, "No key or mediation here for the message's recipient"),
