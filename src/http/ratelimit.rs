@@ -97,7 +97,9 @@ fn parse_proxies(list: &[String]) -> Result<Vec<IpNet>, String> {
         .map(|p| {
             p.parse::<IpNet>()
                 .or_else(|_| p.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| format!("rate_limit.trusted_proxies: `{p}` is not an IP address or CIDR"))
+                .map_err(|_| {
+                    format!("rate_limit.trusted_proxies: `{p}` is not an IP address or CIDR")
+                })
         })
         .collect()
 }
@@ -334,7 +336,10 @@ mod tests {
             assert!(l.check(Endpoint::Login, a).is_ok());
         }
         let wait = l.check(Endpoint::Login, a).unwrap_err();
-        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
         // another client and another endpoint have buckets of their own
         assert!(l.check(Endpoint::Login, ip("203.0.113.8")).is_ok());
         assert!(l.check(Endpoint::Signup, a).is_ok());
@@ -358,7 +363,9 @@ mod tests {
     fn ipv6_clients_share_their_slash_64() {
         let l = RateLimits::with_clock(&cfg(1, 1, &[]), FakeRelativeClock::default()).unwrap();
         assert!(l.check(Endpoint::Login, ip("2001:db8:1:2::1")).is_ok());
-        assert!(l.check(Endpoint::Login, ip("2001:db8:1:2:ffff::9")).is_err());
+        assert!(l
+            .check(Endpoint::Login, ip("2001:db8:1:2:ffff::9"))
+            .is_err());
         assert!(l.check(Endpoint::Login, ip("2001:db8:1:3::1")).is_ok());
         // an IPv4-mapped address is the IPv4 client
         assert!(l.check(Endpoint::Login, ip("192.0.2.1")).is_ok());
@@ -395,7 +402,10 @@ mod tests {
             ip("10.1.1.1")
         );
         // no header: the proxy itself
-        assert_eq!(l.client_ip(ip("10.1.1.1"), std::iter::empty()), ip("10.1.1.1"));
+        assert_eq!(
+            l.client_ip(ip("10.1.1.1"), std::iter::empty()),
+            ip("10.1.1.1")
+        );
     }
 
     #[test]
@@ -410,7 +420,11 @@ mod tests {
         clock.advance(Duration::from_secs(60));
         // the next check runs the cleanup: every earlier client's bucket has refilled
         let _ = l.check(Endpoint::Login, ip("192.0.2.200"));
-        assert!(l.tracked(Endpoint::Login) <= 1, "{}", l.tracked(Endpoint::Login));
+        assert!(
+            l.tracked(Endpoint::Login) <= 1,
+            "{}",
+            l.tracked(Endpoint::Login)
+        );
     }
 
     #[test]

@@ -23,8 +23,16 @@ async fn register(s: &Server, email: &str) {
 }
 
 async fn login(base: &str, email: &str, password: &str) -> reqwest::Response {
-    client()
-        .post(format!("{base}/wallet/auth/login"))
+    login_with(&client(), base, email, password).await
+}
+
+async fn login_with(
+    c: &reqwest::Client,
+    base: &str,
+    email: &str,
+    password: &str,
+) -> reqwest::Response {
+    c.post(format!("{base}/wallet/auth/login"))
         .json(&json!({"email": email, "password": password}))
         .send()
         .await
@@ -33,10 +41,14 @@ async fn login(base: &str, email: &str, password: &str) -> reqwest::Response {
 
 /// Fires `n` wrong logins at once, spread over `bases`; returns (401s, 429s).
 async fn wrong_login_burst(bases: &[String], email: &str, n: usize) -> (usize, usize) {
+    // One client for the burst: building one per request stalls the test's runtime for long
+    // enough that connections opened early miss the server's request-head timeout.
+    let c = client();
     let answers = join_all((0..n).map(|i| {
         let base = bases[i % bases.len()].clone();
         let email = email.to_string();
-        async move { login(&base, &email, "wrong password!").await }
+        let c = c.clone();
+        async move { login_with(&c, &base, &email, "wrong password!").await }
     }))
     .await;
     let (mut unauthorized, mut locked) = (0, 0);
@@ -70,7 +82,11 @@ async fn parallel_wrong_logins_check_at_most_the_limit() {
     assert_eq!(locked, 45);
 
     let r = login(&s.base, "victim@example.org", PASSWORD).await;
-    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=2).contains(&retry), "Retry-After {retry}");
     expect_problem(r, 429, "too_many_requests").await;
 
@@ -90,21 +106,11 @@ async fn lockout_holds_across_nodes_sharing_a_store() {
         std::process::id(),
         idstack::clock::random_id()
     );
-    let a = Server::builder()
-        .redis(&redis_url(), &prefix)
-        .start()
-        .await;
-    let b = Server::builder()
-        .redis(&redis_url(), &prefix)
-        .start()
-        .await;
+    let a = Server::builder().redis(&redis_url(), &prefix).start().await;
+    let b = Server::builder().redis(&redis_url(), &prefix).start().await;
     register(&a, "shared@example.org").await;
-    let (unauthorized, locked) = wrong_login_burst(
-        &[a.base.clone(), b.base.clone()],
-        "shared@example.org",
-        40,
-    )
-    .await;
+    let (unauthorized, locked) =
+        wrong_login_burst(&[a.base.clone(), b.base.clone()], "shared@example.org", 40).await;
     assert_eq!(unauthorized, 5, "password checks past the lock");
     assert_eq!(locked, 35);
     for node in [&a, &b] {
@@ -136,13 +142,23 @@ async fn bursts_over_the_per_ip_limit_get_429() {
         .env("IDSTACK__SERVER__RATE_LIMIT__TRUSTED_PROXIES", "127.0.0.1");
     for group in ["SIGNUP", "LOGIN", "TOKEN", "NONCE", "DIDCOMM"] {
         b = b
-            .env(&format!("IDSTACK__SERVER__RATE_LIMIT__{group}_PER_MINUTE"), "1")
+            .env(
+                &format!("IDSTACK__SERVER__RATE_LIMIT__{group}_PER_MINUTE"),
+                "1",
+            )
             .env(&format!("IDSTACK__SERVER__RATE_LIMIT__{group}_BURST"), "3");
     }
     let s = b.start().await;
     let c = client();
     type Req = Box<dyn Fn() -> reqwest::RequestBuilder>;
-    let (c1, c2, c3, c4, c5, c6) = (c.clone(), c.clone(), c.clone(), c.clone(), c.clone(), c.clone());
+    let (c1, c2, c3, c4, c5, c6) = (
+        c.clone(),
+        c.clone(),
+        c.clone(),
+        c.clone(),
+        c.clone(),
+        c.clone(),
+    );
     let (u1, u2, u3, u4, u5, u6) = (
         s.url("/wallet/auth/register"),
         s.url("/wallet/auth/login"),
@@ -183,10 +199,18 @@ async fn bursts_over_the_per_ip_limit_get_429() {
     ];
     for (name, req) in &endpoints {
         for i in 0..3 {
-            let r = req().header("x-forwarded-for", "198.51.100.1").send().await.unwrap();
+            let r = req()
+                .header("x-forwarded-for", "198.51.100.1")
+                .send()
+                .await
+                .unwrap();
             assert_ne!(r.status(), 429, "{name} request {i} of the burst");
         }
-        let r = req().header("x-forwarded-for", "198.51.100.1").send().await.unwrap();
+        let r = req()
+            .header("x-forwarded-for", "198.51.100.1")
+            .send()
+            .await
+            .unwrap();
         expect_rate_limited(r).await;
         // a client-written prefix does not make another client
         let r = req()
@@ -196,7 +220,11 @@ async fn bursts_over_the_per_ip_limit_get_429() {
             .unwrap();
         expect_rate_limited(r).await;
         // another client behind the proxy has its own bucket
-        let r = req().header("x-forwarded-for", "198.51.100.2").send().await.unwrap();
+        let r = req()
+            .header("x-forwarded-for", "198.51.100.2")
+            .send()
+            .await
+            .unwrap();
         assert_ne!(r.status(), 429, "{name}: another client");
     }
     // WebSocket upgrade attempts share the DIDComm bucket of their client.

@@ -1367,7 +1367,9 @@ fn next_login_failures(
     let n = failures.saturating_add(1);
     let locked_until = if n >= lock_after {
         let doublings = (n - lock_after).min(20);
-        let secs = lock_secs.saturating_mul(1u64 << doublings).min(max_lock_secs);
+        let secs = lock_secs
+            .saturating_mul(1u64 << doublings)
+            .min(max_lock_secs);
         now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX))
     } else {
         0
@@ -1499,9 +1501,18 @@ mod lockout_tests {
         }
         let r = next_login_failures(f, now, 5, 30, 900);
         assert_eq!((r.failures, r.locked_until), (5, now + 30));
-        assert_eq!(next_login_failures(5, now, 5, 30, 900).locked_until, now + 60);
-        assert_eq!(next_login_failures(9, now, 5, 30, 900).locked_until, now + 900);
+        assert_eq!(
+            next_login_failures(5, now, 5, 30, 900).locked_until,
+            now + 60
+        );
+        assert_eq!(
+            next_login_failures(9, now, 5, 30, 900).locked_until,
+            now + 900
+        );
         // absurd counts neither overflow nor exceed the cap
-        assert_eq!(next_login_failures(u32::MAX, now, 5, 30, 900).locked_until, now + 900);
+        assert_eq!(
+            next_login_failures(u32::MAX, now, 5, 30, 900).locked_until,
+            now + 900
+        );
     }
 }
