@@ -88,6 +88,7 @@ pub fn build_app(
                 })
                 .route("/openapi.json", web::get().to(openapi_json))
                 .default_service(web::to(http::route_not_found))
+                .wrap(middleware::from_fn(http::body_deadline::body_deadline))
                 .wrap(middleware::from_fn(http::observe::observe))
         })
         .split_for_parts()
@@ -373,6 +374,10 @@ pub async fn run(
         metrics: metrics.clone(),
         readiness: readiness.clone(),
         admin: Arc::new(AdminTokens::new(&tokens)),
+        rate_limits: Arc::new(
+            crate::http::ratelimit::RateLimits::new(&raw.server.rate_limit)
+                .map_err(anyhow::Error::msg)?,
+        ),
         services: Arc::default(),
         cluster: opened.cluster.clone(),
     };
@@ -407,6 +412,10 @@ pub async fn run(
     let server = HttpServer::new(move || build_app(app_data.clone()).0.app_data(doc.clone()))
         .workers(workers)
         .keep_alive(KEEP_ALIVE)
+        .client_request_timeout(Duration::from_millis(raw.server.client_request_timeout_ms))
+        .client_disconnect_timeout(Duration::from_millis(
+            raw.server.client_disconnect_timeout_ms,
+        ))
         .disable_signals()
         .shutdown_timeout(raw.server.shutdown_timeout_seconds)
         .listen(listener)?

@@ -160,6 +160,53 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     pub shutdown_timeout_seconds: u64,
     pub workers: usize,
+    /// A client must send the request head within this many ms of connecting (else 408).
+    pub client_request_timeout_ms: u64,
+    /// After the response, a closing connection gets this long to shut down cleanly, in ms.
+    pub client_disconnect_timeout_ms: u64,
+    /// The whole request body must arrive within this many ms of the head (slow bodies get 408).
+    pub body_read_timeout_ms: u64,
+    pub rate_limit: RateLimitConfig,
+}
+
+/// Per-client-IP request rates on unauthenticated, costly endpoints (`http::ratelimit`).
+/// Each pair is a sustained rate per minute and a burst (the bucket size). Counted per node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// Proxies (IPs or CIDRs) whose `X-Forwarded-For` is believed; nobody else's is.
+    #[serde(deserialize_with = "string_list")]
+    pub trusted_proxies: Vec<String>,
+    pub signup_per_minute: u32,
+    pub signup_burst: u32,
+    pub login_per_minute: u32,
+    pub login_burst: u32,
+    pub token_per_minute: u32,
+    pub token_burst: u32,
+    pub nonce_per_minute: u32,
+    pub nonce_burst: u32,
+    pub didcomm_per_minute: u32,
+    pub didcomm_burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            trusted_proxies: Vec::new(),
+            signup_per_minute: 10,
+            signup_burst: 10,
+            login_per_minute: 60,
+            login_burst: 20,
+            token_per_minute: 600,
+            token_burst: 100,
+            nonce_per_minute: 600,
+            nonce_burst: 100,
+            didcomm_per_minute: 1200,
+            didcomm_burst: 200,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -172,6 +219,10 @@ impl Default for ServerConfig {
             body_limit_bytes: 1024 * 1024,
             shutdown_timeout_seconds: 10,
             workers: 0,
+            client_request_timeout_ms: 5_000,
+            client_disconnect_timeout_ms: 2_000,
+            body_read_timeout_ms: 10_000,
+            rate_limit: RateLimitConfig::default(),
         }
     }
 }
@@ -379,6 +430,12 @@ pub struct WalletConfig {
     pub max_open_sessions: usize,
     pub max_sessions_per_tenant: usize,
     pub acquire_timeout_ms: u64,
+    /// Failed logins of one email before it is locked.
+    pub login_lock_after: u32,
+    /// First lock period in seconds; it doubles with each further failure.
+    pub login_lock_seconds: u64,
+    /// Longest lock period in seconds.
+    pub login_lock_max_seconds: u64,
 }
 
 impl Default for WalletConfig {
@@ -387,6 +444,9 @@ impl Default for WalletConfig {
             max_open_sessions: 10_000,
             max_sessions_per_tenant: 64,
             acquire_timeout_ms: 5_000,
+            login_lock_after: 5,
+            login_lock_seconds: 30,
+            login_lock_max_seconds: 900,
         }
     }
 }
@@ -630,6 +690,13 @@ impl Config {
         if self.server.body_limit_bytes < 1024 {
             return Err(ConfigError::Invalid(
                 "server.body_limit_bytes must be at least 1024".into(),
+            ));
+        }
+        crate::http::ratelimit::validate(&self.server)
+            .map_err(|e| ConfigError::Invalid(format!("server: {e}")))?;
+        if self.wallet.login_lock_after == 0 || self.wallet.login_lock_seconds == 0 {
+            return Err(ConfigError::Invalid(
+                "wallet.login_lock_after and wallet.login_lock_seconds must be at least 1".into(),
             ));
         }
         let mut admin_tokens: Vec<Secret> = self

@@ -40,6 +40,8 @@ error_codes! {
     Gone => ("gone", GONE, "No longer available"),
     TooManyRequests => ("too_many_requests", TOO_MANY_REQUESTS, "Too many requests"),
     VerificationFailed => ("verification_failed", BAD_REQUEST, "The credential or presentation did not verify"),
+    RateLimited => ("rate_limited", TOO_MANY_REQUESTS, "Too many requests from this client; slow down"),
+    RequestTimeout => ("request_timeout", REQUEST_TIMEOUT, "The request body did not arrive in time"),
     RemoteFailed => ("remote_party_failed", FAILED_DEPENDENCY, "The issuer or verifier failed, was unreachable or answered badly"),
     OutboundRefused => ("outbound_refused", UNPROCESSABLE_ENTITY, "The server will not fetch from that address (http.outbound)"),
     DidcommUnpackFailed => ("didcomm_unpack_failed", BAD_REQUEST, "Not a DIDComm v1 envelope this mediator can open"),

@@ -28,6 +28,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     pub admin: Arc<AdminTokens>,
+    /// Per-client-IP request limits (`server.rate_limit`), shared by every worker.
+    pub rate_limits: Arc<crate::http::ratelimit::RateLimits>,
     /// Role services, filled by each role's `init`.
     pub services: Arc<crate::roles::Services>,
     /// The cluster this node is part of (`None`: single node).
@@ -103,6 +105,9 @@ impl AppState {
             crate::http::outbound::client(&settings.raw.http.outbound, settings.raw.server.mode)
                 .unwrap();
         Self {
+            rate_limits: Arc::new(
+                crate::http::ratelimit::RateLimits::new(&settings.raw.server.rate_limit).unwrap(),
+            ),
             settings: Arc::new(settings),
             public_url: "http://127.0.0.1:8080".into(),
             roles: crate::roles::Role::compiled_in().into(),

@@ -2,11 +2,13 @@
 //! health and the embedded console.
 
 pub mod auth;
+pub mod body_deadline;
 pub mod health;
 pub mod metrics;
 pub mod oauth;
 pub mod observe;
 pub mod openapi;
+pub mod ratelimit;
 pub mod system;
 pub mod web;
 pub mod outbound;

@@ -273,6 +273,9 @@ impl Builder {
                 .env("IDSTACK__STORE__REDIS__KEY_PREFIX", prefix)
                 .env("IDSTACK__STORE__MASTER_KEY", TEST_MASTER_KEY);
         }
+        // Every test client is 127.0.0.1: per-IP limits would throttle the functional and load
+        // tests. tests/it/abuse_limits.rs turns them back on.
+        cmd.env("IDSTACK__SERVER__RATE_LIMIT__ENABLED", "false");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

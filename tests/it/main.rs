@@ -8,6 +8,7 @@
 )]
 
 mod abuse_dos;
+mod abuse_limits;
 mod agent;
 mod balancer;
 #[cfg(feature = "cluster")]

@@ -85,7 +85,10 @@ pub async fn authorize(
 
 /// Token endpoint (form-encoded): pre-authorized code (with tx_code) or authorization code + PKCE.
 #[utoipa::path(tag = "issuer", params(("issuer" = String, Path)), request_body(content = String, content_type = "application/x-www-form-urlencoded"), responses((status = 200, description = "Access token"), (status = 400, description = "OAuth error (invalid_grant, invalid_request, unsupported_grant_type)")))]
-#[post("/issuers/{issuer}/token")]
+#[post(
+    "/issuers/{issuer}/token",
+    wrap = "actix_web::middleware::from_fn(crate::http::ratelimit::token)"
+)]
 pub async fn token_endpoint(
     svc: Svc,
     path: web::Path<String>,
@@ -98,7 +101,10 @@ pub async fn token_endpoint(
 
 /// Nonce endpoint: a fresh single-use `c_nonce` for proofs of possession.
 #[utoipa::path(tag = "issuer", params(("issuer" = String, Path)), responses((status = 200, description = "{\"c_nonce\": ...}")))]
-#[post("/issuers/{issuer}/nonce")]
+#[post(
+    "/issuers/{issuer}/nonce",
+    wrap = "actix_web::middleware::from_fn(crate::http::ratelimit::nonce)"
+)]
 pub async fn nonce_endpoint(svc: Svc, path: web::Path<String>) -> Result<HttpResponse, OAuthError> {
     let n = svc.nonce(&path).await?;
     Ok(json_no_store(serde_json::json!({ "c_nonce": n })))

@@ -40,7 +40,10 @@ const ACCEPTED_CT: &[&str] = &[
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
         (status = 507, body = Problem, content_type = "application/problem+json")))]
-#[post("/didcomm")]
+#[post(
+    "/didcomm",
+    wrap = "actix_web::middleware::from_fn(crate::http::ratelimit::didcomm)"
+)]
 pub async fn inbound(
     req: HttpRequest,
     svc: Svc,
@@ -93,7 +96,10 @@ pub async fn inbound(
 
 /// Open the DIDComm WebSocket (pickup 2.0 live mode; any message with return-route).
 #[utoipa::path(tag = "mediator", responses((status = 101, description = "Switching protocols"), (status = 400, description = "Not a WebSocket upgrade")))]
-#[get("/didcomm/ws")]
+#[get(
+    "/didcomm/ws",
+    wrap = "actix_web::middleware::from_fn(crate::http::ratelimit::didcomm)"
+)]
 pub async fn websocket(
     req: HttpRequest,
     svc: Svc,

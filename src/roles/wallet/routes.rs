@@ -44,14 +44,20 @@ impl FromRequest for WalletUser {
 
 /// Create an account.
 #[utoipa::path(tag = "wallet", request_body = Credentials, responses((status = 201, body = AccountView), (status = 409, body = Problem), (status = 422, body = Problem)))]
-#[post("/wallet/auth/register")]
+#[post(
+    "/wallet/auth/register",
+    wrap = "actix_web::middleware::from_fn(crate::http::ratelimit::signup)"
+)]
 pub async fn register(svc: Svc, body: web::Json<Credentials>) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Created().json(svc.register(body.into_inner()).await?))
 }
 
 /// Log in: an opaque bearer session token (24 h). Repeated failures lock the email with back-off.
 #[utoipa::path(tag = "wallet", request_body = Credentials, responses((status = 200, body = LoginResponse), (status = 401, body = Problem), (status = 429, body = Problem)))]
-#[post("/wallet/auth/login")]
+#[post(
+    "/wallet/auth/login",
+    wrap = "actix_web::middleware::from_fn(crate::http::ratelimit::login)"
+)]
 pub async fn login(svc: Svc, body: web::Json<Credentials>) -> ApiResult<web::Json<LoginResponse>> {
     Ok(web::Json(svc.login(body.into_inner()).await?))
 }

@@ -24,8 +24,6 @@ use crate::store::BatchOp;
 use crate::tenancy::{AcquireError, Coordinator, CoordinatorConfig, TenantSession};
 
 const SESSION_TTL: i64 = 24 * 3600;
-const LOCK_AFTER: u32 = 5;
-const MAX_LOCK_SECS: i64 = 900;
 
 /// An opened wallet: its keys, unsealed once and shared by concurrent sessions.
 pub struct WalletContext {
@@ -156,19 +154,9 @@ impl WalletService {
         let email = req.email.trim().to_ascii_lowercase();
         let now = self.now();
         let store = &self.state.store;
-        let failures: LoginFailures = store
-            .get_json(ks::LOGIN_FAILURES, &email)
-            .await?
-            .unwrap_or_default();
-        if failures.locked_until > now {
-            return Err(ApiError {
-                retry_after: Some((failures.locked_until - now) as u64),
-                ..ApiError::new(
-                    Code::TooManyRequests,
-                    "too many failed logins; try again later",
-                )
-            });
-        }
+        // Counted before the password is checked, atomically in the store: parallel guesses (on
+        // any node) each take one of the allowed attempts, and a locked email costs no hashing.
+        self.take_login_attempt(&email, now).await?;
         let account: Option<Account> = match store.get_json::<String>(ks::EMAILS, &email).await? {
             Some(id) => store.get_json(ks::ACCOUNTS, &id).await?,
             None => None,
@@ -191,26 +179,8 @@ impl WalletService {
         .await?;
         let account = match account {
             Some(a) if ok => a,
-            _ => {
-                let n = failures.failures + 1;
-                let locked_until = if n >= LOCK_AFTER {
-                    now + (30i64 << (n - LOCK_AFTER).min(5)).min(MAX_LOCK_SECS)
-                } else {
-                    0
-                };
-                store
-                    .put_json(
-                        ks::LOGIN_FAILURES,
-                        &email,
-                        &LoginFailures {
-                            failures: n,
-                            locked_until,
-                        },
-                        Some(Duration::from_secs(3600)),
-                    )
-                    .await?;
-                return Err(ApiError::new(Code::Unauthorized, "wrong email or password"));
-            }
+            // The failure was counted when the attempt was taken.
+            _ => return Err(ApiError::new(Code::Unauthorized, "wrong email or password")),
         };
         if account.disabled {
             return Err(ApiError::new(Code::Forbidden, "this account is disabled"));
@@ -235,6 +205,57 @@ impl WalletService {
             expires_at,
             account: AccountView::from(&account),
         })
+    }
+
+    /// Takes one login attempt for `email`: refuses (429 + Retry-After) while the email is
+    /// locked, else counts the attempt as a failure by compare-and-swap — a correct password
+    /// clears the count afterwards. The attempt that reaches `login_lock_after` also sets the
+    /// lock, so at most `login_lock_after` passwords are checked per lock period however many
+    /// requests race, and one per period after that.
+    async fn take_login_attempt(&self, email: &str, now: i64) -> ApiResult<()> {
+        let w = &self.state.settings.raw.wallet;
+        let store = &self.state.store;
+        for attempt in 0..64u32 {
+            if attempt > 0 {
+                let cap = 1u64 << attempt.min(5);
+                let wait = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=cap);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            let old = store.get(ks::LOGIN_FAILURES, email).await?;
+            let current: LoginFailures = match &old {
+                // An unreadable record counts as a fresh start rather than locking forever.
+                Some(bytes) => serde_json::from_slice(bytes).unwrap_or_default(),
+                None => LoginFailures::default(),
+            };
+            if current.locked_until > now {
+                return Err(ApiError {
+                    retry_after: Some((current.locked_until - now) as u64),
+                    ..ApiError::new(
+                        Code::TooManyRequests,
+                        "too many failed logins; try again later",
+                    )
+                });
+            }
+            let next = next_login_failures(
+                current.failures,
+                now,
+                w.login_lock_after,
+                w.login_lock_seconds,
+                w.login_lock_max_seconds,
+            );
+            let ttl = Duration::from_secs(3600u64.max(w.login_lock_max_seconds.saturating_mul(2)));
+            let bytes = crate::store::to_json(&next)?;
+            if let crate::store::Cas::Swapped = store
+                .compare_and_swap(ks::LOGIN_FAILURES, email, old, Some((bytes, Some(ttl))))
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Err(ApiError::unavailable(
+            "too many logins in progress for this account; try again shortly",
+            2,
+        ))
     }
 
     pub async fn logout(&self, token: &str) -> ApiResult<()> {
@@ -1343,6 +1364,31 @@ async fn password_work<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static
     .map_err(ApiError::internal)
 }
 
+/// The failure record after one more failed attempt: from the `lock_after`-th failure on, the
+/// email is locked for `lock_secs`, doubling per further failure, at most `max_lock_secs`.
+fn next_login_failures(
+    failures: u32,
+    now: i64,
+    lock_after: u32,
+    lock_secs: u64,
+    max_lock_secs: u64,
+) -> LoginFailures {
+    let n = failures.saturating_add(1);
+    let locked_until = if n >= lock_after {
+        let doublings = (n - lock_after).min(20);
+        let secs = lock_secs
+            .saturating_mul(1u64 << doublings)
+            .min(max_lock_secs);
+        now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX))
+    } else {
+        0
+    };
+    LoginFailures {
+        failures: n,
+        locked_until,
+    }
+}
+
 /// A valid argon2id hash of a random password, to spend the same time on unknown accounts.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0Mo2cmtJYmzd1tkd8kQbvo+X+2JXTuvUjBGi0XXpUn8";
 
@@ -1460,4 +1506,35 @@ fn pex_match(v: &CredentialView, d: &Value) -> bool {
         };
         root.get(name).is_some()
     })
+}
+
+#[cfg(test)]
+mod lockout_tests {
+    use super::next_login_failures;
+
+    #[test]
+    fn lock_starts_at_the_limit_and_doubles_up_to_the_cap() {
+        let now = 1_000;
+        let mut f = 0;
+        for _ in 0..4 {
+            let r = next_login_failures(f, now, 5, 30, 900);
+            assert_eq!(r.locked_until, 0);
+            f = r.failures;
+        }
+        let r = next_login_failures(f, now, 5, 30, 900);
+        assert_eq!((r.failures, r.locked_until), (5, now + 30));
+        assert_eq!(
+            next_login_failures(5, now, 5, 30, 900).locked_until,
+            now + 60
+        );
+        assert_eq!(
+            next_login_failures(9, now, 5, 30, 900).locked_until,
+            now + 900
+        );
+        // absurd counts neither overflow nor exceed the cap
+        assert_eq!(
+            next_login_failures(u32::MAX, now, 5, 30, 900).locked_until,
+            now + 900
+        );
+    }
 }

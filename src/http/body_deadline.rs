@@ -1,0 +1,88 @@
+//! Slow bodies (slowloris): a request body must arrive whole within `server.body_read_timeout_ms`
+//! of the request head, or the client gets 408 problem+json `request_timeout` and the connection
+//! is closed. actix's own `client_request_timeout` covers the head; nothing in actix bounds the
+//! body, so this middleware reads it (at most `server.body_limit_bytes`, else 413) under that
+//! deadline and hands the handler the buffered bytes. WebSocket upgrades and body-less requests
+//! pass through untouched.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::Next;
+use actix_web::web::{self, Bytes, BytesMut};
+use actix_web::HttpMessage;
+use futures_util::StreamExt;
+
+use crate::error::{ApiError, Code};
+use crate::state::AppState;
+
+/// Whether the request announces a body (a non-zero Content-Length or any Transfer-Encoding).
+fn has_body(req: &ServiceRequest) -> bool {
+    let h = req.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        return true;
+    }
+    h.get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
+}
+
+pub async fn body_deadline(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let Some(state) = req.app_data::<web::Data<AppState>>() else {
+        return next.call(req).await;
+    };
+    let server = &state.settings.raw.server;
+    let (timeout_ms, limit) = (server.body_read_timeout_ms, server.body_limit_bytes);
+    if !has_body(&req) || req.headers().contains_key(header::UPGRADE) {
+        return next.call(req).await;
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::new(
+            Code::PayloadTooLarge,
+            format!("the request body is larger than {limit} bytes"),
+        )
+        .into());
+    }
+    let mut payload = req.take_payload();
+    let read = async move {
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::new(Code::BadRequest, format!("request body: {e}")))?;
+            if buf.len() + chunk.len() > limit {
+                return Err(ApiError::new(
+                    Code::PayloadTooLarge,
+                    format!("the request body is larger than {limit} bytes"),
+                ));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok::<Bytes, ApiError>(buf.freeze())
+    };
+    let body = match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), read).await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => {
+            return Err(ApiError::new(
+                Code::RequestTimeout,
+                format!("the request body did not arrive within {timeout_ms} ms"),
+            )
+            .into())
+        }
+    };
+    let stream: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<Bytes, actix_web::error::PayloadError>>>,
+    > = Box::pin(futures_util::stream::once(async move { Ok(body) }));
+    req.set_payload(Payload::Stream { payload: stream });
+    next.call(req).await
+}

@@ -1,0 +1,440 @@
+//! Per-client-IP rate limits on the unauthenticated endpoints that cost the server something
+//! (`server.rate_limit`): wallet sign-up and login (argon2id), the issuer's token and nonce
+//! endpoints, and the mediator's inbound endpoint and WebSocket upgrade.
+//!
+//! Buckets are `governor` GCRA limiters keyed by client address, one per endpoint group, shared
+//! by every worker of a node (counted per node, not per cluster). The client address is the TCP
+//! peer; `X-Forwarded-For` is believed only when the peer is a configured trusted proxy, and then
+//! the client is the right-most address in it that is not itself a trusted proxy. IPv6 clients
+//! are counted per /64 (one host usually holds a whole /64). Over a limit: 429 problem+json
+//! `rate_limited` with `Retry-After`.
+//!
+//! Routes opt in with `wrap = "from_fn(crate::http::ratelimit::login)"` (and friends) on their
+//! route macro, so the limit is visible where the route is declared.
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::HeaderMap;
+use actix_web::middleware::Next;
+use actix_web::web;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::HashMapStateStore;
+use governor::{Quota, RateLimiter};
+use ipnet::IpNet;
+
+use crate::config::{RateLimitConfig, ServerConfig};
+use crate::error::{ApiError, Code};
+use crate::state::AppState;
+
+/// The endpoint groups with a bucket of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Signup,
+    Login,
+    Token,
+    Nonce,
+    /// `POST /didcomm` and `GET /didcomm/ws` together.
+    Didcomm,
+}
+
+impl Endpoint {
+    const ALL: [Endpoint; 5] = [
+        Endpoint::Signup,
+        Endpoint::Login,
+        Endpoint::Token,
+        Endpoint::Nonce,
+        Endpoint::Didcomm,
+    ];
+
+    fn rate(self, c: &RateLimitConfig) -> (u32, u32) {
+        match self {
+            Endpoint::Signup => (c.signup_per_minute, c.signup_burst),
+            Endpoint::Login => (c.login_per_minute, c.login_burst),
+            Endpoint::Token => (c.token_per_minute, c.token_burst),
+            Endpoint::Nonce => (c.nonce_per_minute, c.nonce_burst),
+            Endpoint::Didcomm => (c.didcomm_per_minute, c.didcomm_burst),
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Endpoint::Signup => "signup",
+            Endpoint::Login => "login",
+            Endpoint::Token => "token",
+            Endpoint::Nonce => "nonce",
+            Endpoint::Didcomm => "didcomm",
+        }
+    }
+}
+
+/// Checks `server.*` limit settings (called from config validation).
+pub fn validate(server: &ServerConfig) -> Result<(), String> {
+    let c = &server.rate_limit;
+    for ep in Endpoint::ALL {
+        let (per_minute, burst) = ep.rate(c);
+        if per_minute == 0 || burst == 0 {
+            return Err(format!(
+                "rate_limit.{0}_per_minute and rate_limit.{0}_burst must be at least 1 (set rate_limit.enabled = false to turn limits off)",
+                ep.key()
+            ));
+        }
+    }
+    parse_proxies(&c.trusted_proxies)?;
+    if server.client_request_timeout_ms == 0 || server.body_read_timeout_ms == 0 {
+        return Err("client_request_timeout_ms and body_read_timeout_ms must be at least 1".into());
+    }
+    Ok(())
+}
+
+fn parse_proxies(list: &[String]) -> Result<Vec<IpNet>, String> {
+    list.iter()
+        .map(|p| {
+            p.parse::<IpNet>()
+                .or_else(|_| p.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    format!("rate_limit.trusted_proxies: `{p}` is not an IP address or CIDR")
+                })
+        })
+        .collect()
+}
+
+type Bucket<C> =
+    RateLimiter<IpAddr, HashMapStateStore<IpAddr>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// Stale entries (clients whose bucket has refilled) are dropped every this many checks of a
+/// bucket, so the maps stay as small as the set of recently active clients.
+const CLEANUP_EVERY: u64 = 4096;
+
+/// The rate limiters of one node.
+pub struct RateLimits<C: Clock = DefaultClock> {
+    enabled: bool,
+    trusted: Vec<IpNet>,
+    buckets: Vec<(Bucket<C>, AtomicU64)>,
+    clock: C,
+}
+
+impl RateLimits<DefaultClock> {
+    pub fn new(c: &RateLimitConfig) -> Result<Self, String> {
+        Self::with_clock(c, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> RateLimits<C> {
+    pub fn with_clock(c: &RateLimitConfig, clock: C) -> Result<Self, String> {
+        let buckets = Endpoint::ALL
+            .iter()
+            .map(|ep| {
+                let (per_minute, burst) = ep.rate(c);
+                let quota = quota(per_minute, burst)
+                    .ok_or_else(|| format!("rate_limit.{}: rate must be positive", ep.key()))?;
+                Ok((
+                    RateLimiter::new(quota, HashMapStateStore::default(), clock.clone()),
+                    AtomicU64::new(0),
+                ))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Self {
+            enabled: c.enabled,
+            trusted: parse_proxies(&c.trusted_proxies)?,
+            buckets,
+            clock,
+        })
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The client behind a request from `peer` carrying these `X-Forwarded-For` values (in
+    /// header order). Only a trusted peer's header is read; from the right, trusted proxies are
+    /// skipped and the first other address is the client. A malformed entry stops the walk at
+    /// the last good address, so garbage cannot pick an arbitrary key.
+    pub fn client_ip<'a>(&self, peer: IpAddr, forwarded: impl Iterator<Item = &'a str>) -> IpAddr {
+        let peer = canonical(peer);
+        if !self.is_trusted(peer) {
+            return peer;
+        }
+        let entries: Vec<&str> = forwarded.flat_map(|v| v.split(',')).collect();
+        let mut client = peer;
+        for entry in entries.iter().rev() {
+            match parse_forwarded(entry.trim()) {
+                Some(ip) => {
+                    client = canonical(ip);
+                    if !self.is_trusted(client) {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        client
+    }
+
+    /// Takes one request of `ep` for `client`; `Err(wait)` when over the limit.
+    pub fn check(&self, ep: Endpoint, client: IpAddr) -> Result<(), Duration> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let Some((bucket, checks)) = self.buckets.get(ep as usize) else {
+            return Ok(());
+        };
+        if checks.fetch_add(1, Ordering::Relaxed) % CLEANUP_EVERY == CLEANUP_EVERY - 1 {
+            bucket.retain_recent();
+            bucket.shrink_to_fit();
+        }
+        bucket
+            .check_key(&bucket_key(client))
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+
+    /// Clients currently tracked for `ep` (tests, metrics).
+    pub fn tracked(&self, ep: Endpoint) -> usize {
+        self.buckets.get(ep as usize).map_or(0, |(b, _)| b.len())
+    }
+}
+
+fn quota(per_minute: u32, burst: u32) -> Option<Quota> {
+    let per_minute = NonZeroU32::new(per_minute)?;
+    let burst = NonZeroU32::new(burst)?;
+    Some(Quota::per_minute(per_minute).allow_burst(burst))
+}
+
+/// IPv4-mapped IPv6 addresses are their IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// The bucket of a client: its IPv4 address, or its IPv6 /64.
+fn bucket_key(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+/// One `X-Forwarded-For` entry: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1` or `[2001:db8::1]:443`.
+fn parse_forwarded(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    s.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())
+}
+
+fn forwarded_values(h: &HeaderMap) -> impl Iterator<Item = &str> {
+    h.get_all("x-forwarded-for").filter_map(|v| v.to_str().ok())
+}
+
+/// The middleware behind the per-endpoint functions below.
+async fn limit(
+    ep: Endpoint,
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if let (Some(state), Some(peer)) = (
+        req.app_data::<web::Data<AppState>>(),
+        req.peer_addr().map(|a| a.ip()),
+    ) {
+        let limits = &state.rate_limits;
+        let client = limits.client_ip(peer, forwarded_values(req.headers()));
+        if let Err(wait) = limits.check(ep, client) {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            return Err(ApiError {
+                retry_after: Some(secs.max(1)),
+                ..ApiError::new(
+                    Code::RateLimited,
+                    format!(
+                        "too many {} requests from this address; retry later",
+                        ep.key()
+                    ),
+                )
+            }
+            .into());
+        }
+    }
+    next.call(req).await
+}
+
+/// `server.rate_limit.signup_*`.
+pub async fn signup(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    limit(Endpoint::Signup, req, next).await
+}
+
+/// `server.rate_limit.login_*`.
+pub async fn login(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    limit(Endpoint::Login, req, next).await
+}
+
+/// `server.rate_limit.token_*`.
+pub async fn token(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    limit(Endpoint::Token, req, next).await
+}
+
+/// `server.rate_limit.nonce_*`.
+pub async fn nonce(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    limit(Endpoint::Nonce, req, next).await
+}
+
+/// `server.rate_limit.didcomm_*`.
+pub async fn didcomm(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    limit(Endpoint::Didcomm, req, next).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+
+    fn cfg(per_minute: u32, burst: u32, proxies: &[&str]) -> RateLimitConfig {
+        RateLimitConfig {
+            trusted_proxies: proxies.iter().map(|s| s.to_string()).collect(),
+            login_per_minute: per_minute,
+            login_burst: burst,
+            ..RateLimitConfig::default()
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn burst_then_refusal_then_refill_per_client() {
+        let clock = FakeRelativeClock::default();
+        let l = RateLimits::with_clock(&cfg(60, 3, &[]), clock.clone()).unwrap();
+        let a = ip("203.0.113.7");
+        for _ in 0..3 {
+            assert!(l.check(Endpoint::Login, a).is_ok());
+        }
+        let wait = l.check(Endpoint::Login, a).unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        // another client and another endpoint have buckets of their own
+        assert!(l.check(Endpoint::Login, ip("203.0.113.8")).is_ok());
+        assert!(l.check(Endpoint::Signup, a).is_ok());
+        // one request per second comes back at 60/minute
+        clock.advance(Duration::from_secs(1));
+        assert!(l.check(Endpoint::Login, a).is_ok());
+        assert!(l.check(Endpoint::Login, a).is_err());
+    }
+
+    #[test]
+    fn disabled_limits_let_everything_through() {
+        let mut c = cfg(1, 1, &[]);
+        c.enabled = false;
+        let l = RateLimits::with_clock(&c, FakeRelativeClock::default()).unwrap();
+        for _ in 0..100 {
+            assert!(l.check(Endpoint::Login, ip("198.51.100.1")).is_ok());
+        }
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_slash_64() {
+        let l = RateLimits::with_clock(&cfg(1, 1, &[]), FakeRelativeClock::default()).unwrap();
+        assert!(l.check(Endpoint::Login, ip("2001:db8:1:2::1")).is_ok());
+        assert!(l
+            .check(Endpoint::Login, ip("2001:db8:1:2:ffff::9"))
+            .is_err());
+        assert!(l.check(Endpoint::Login, ip("2001:db8:1:3::1")).is_ok());
+        // an IPv4-mapped address is the IPv4 client
+        assert!(l.check(Endpoint::Login, ip("192.0.2.1")).is_ok());
+        assert!(l.check(Endpoint::Login, ip("::ffff:192.0.2.1")).is_err());
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let l = RateLimits::with_clock(
+            &cfg(60, 1, &["10.0.0.0/8", "192.168.1.5"]),
+            FakeRelativeClock::default(),
+        )
+        .unwrap();
+        // an untrusted peer's header is ignored: it cannot pick its own bucket
+        assert_eq!(
+            l.client_ip(ip("203.0.113.9"), ["198.51.100.1"].into_iter()),
+            ip("203.0.113.9")
+        );
+        // a trusted proxy's: the right-most untrusted entry (a client-sent prefix is ignored)
+        assert_eq!(
+            l.client_ip(
+                ip("10.1.1.1"),
+                ["6.6.6.6, 198.51.100.1", "192.168.1.5"].into_iter()
+            ),
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            l.client_ip(ip("10.1.1.1"), ["[2001:db8::7]:443"].into_iter()),
+            ip("2001:db8::7")
+        );
+        // garbage stops the walk at the last good address
+        assert_eq!(
+            l.client_ip(ip("10.1.1.1"), ["198.51.100.1, nonsense"].into_iter()),
+            ip("10.1.1.1")
+        );
+        // no header: the proxy itself
+        assert_eq!(
+            l.client_ip(ip("10.1.1.1"), std::iter::empty()),
+            ip("10.1.1.1")
+        );
+    }
+
+    #[test]
+    fn stale_clients_are_forgotten() {
+        let clock = FakeRelativeClock::default();
+        let l = RateLimits::with_clock(&cfg(600, 1, &[]), clock.clone()).unwrap();
+        for i in 0..CLEANUP_EVERY - 1 {
+            let a = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i as u32));
+            let _ = l.check(Endpoint::Login, a);
+        }
+        assert_eq!(l.tracked(Endpoint::Login), (CLEANUP_EVERY - 1) as usize);
+        clock.advance(Duration::from_secs(60));
+        // the next check runs the cleanup: every earlier client's bucket has refilled
+        let _ = l.check(Endpoint::Login, ip("192.0.2.200"));
+        assert!(
+            l.tracked(Endpoint::Login) <= 1,
+            "{}",
+            l.tracked(Endpoint::Login)
+        );
+    }
+
+    #[test]
+    fn config_validation_names_the_bad_key() {
+        let mut s = ServerConfig::default();
+        assert!(validate(&s).is_ok());
+        s.rate_limit.token_burst = 0;
+        assert!(validate(&s).unwrap_err().contains("token"));
+        let mut s = ServerConfig::default();
+        s.rate_limit.trusted_proxies = vec!["10.0.0.0/33".into()];
+        assert!(validate(&s).unwrap_err().contains("10.0.0.0/33"));
+    }
+}

@@ -1,0 +1,297 @@
+//! Abuse limits against the real binary (issue #18 item 7): the login lockout holds under
+//! parallel and cross-node guessing, per-IP rate limits answer 429 with Retry-After, and a body
+//! that trickles in is cut off.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::{client, expect_problem, redis_url, Server};
+
+const PASSWORD: &str = "correct horse battery";
+
+async fn register(s: &Server, email: &str) {
+    let r = client()
+        .post(s.url("/wallet/auth/register"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+}
+
+async fn login(base: &str, email: &str, password: &str) -> reqwest::Response {
+    login_with(&client(), base, email, password).await
+}
+
+async fn login_with(
+    c: &reqwest::Client,
+    base: &str,
+    email: &str,
+    password: &str,
+) -> reqwest::Response {
+    c.post(format!("{base}/wallet/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Fires `n` wrong logins at once, spread over `bases`; returns (401s, 429s). A 503 (no argon2
+/// slot within 10 s on a loaded machine) is an attempt taken but not checked: it counts with the
+/// 401s against the limit.
+async fn wrong_login_burst(bases: &[String], email: &str, n: usize) -> (usize, usize) {
+    // One client for the burst: building one per request stalls the test's runtime for long
+    // enough that connections opened early miss the server's request-head timeout.
+    let c = client();
+    let answers = join_all((0..n).map(|i| {
+        let base = bases[i % bases.len()].clone();
+        let email = email.to_string();
+        let c = c.clone();
+        async move { login_with(&c, &base, &email, "wrong password!").await }
+    }))
+    .await;
+    let (mut unauthorized, mut locked) = (0, 0);
+    for r in answers {
+        match r.status().as_u16() {
+            401 | 503 => unauthorized += 1,
+            429 => {
+                assert!(r.headers().get("retry-after").is_some());
+                expect_problem(r, 429, "too_many_requests").await;
+                locked += 1;
+            }
+            other => panic!("unexpected {other}: {}", r.text().await.unwrap()),
+        }
+    }
+    (unauthorized, locked)
+}
+
+/// 50 parallel wrong guesses check at most `login_lock_after` passwords; the right password is
+/// then refused until the lock expires, and accepted after.
+#[tokio::test]
+async fn parallel_wrong_logins_check_at_most_the_limit() {
+    let s = Server::builder()
+        .env("IDSTACK__WALLET__LOGIN_LOCK_AFTER", "5")
+        .env("IDSTACK__WALLET__LOGIN_LOCK_SECONDS", "2")
+        .start()
+        .await;
+    register(&s, "victim@example.org").await;
+    let (unauthorized, locked) =
+        wrong_login_burst(std::slice::from_ref(&s.base), "victim@example.org", 50).await;
+    assert!(unauthorized <= 5, "{unauthorized} attempts past the lock");
+    assert!(locked >= 45, "{locked} refused by the lock");
+
+    let r = login(&s.base, "victim@example.org", PASSWORD).await;
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    expect_problem(r, 429, "too_many_requests").await;
+
+    // The lock (2 s here) expires; the right password gets in and clears the count.
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    let r = login(&s.base, "victim@example.org", PASSWORD).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = login(&s.base, "victim@example.org", "wrong password!").await;
+    expect_problem(r, 401, "unauthorized").await;
+}
+
+/// Two nodes on one Redis: guesses spread over both still get `login_lock_after` checks in all.
+#[tokio::test]
+async fn lockout_holds_across_nodes_sharing_a_store() {
+    let prefix = format!(
+        "abuse-{}-{}",
+        std::process::id(),
+        idstack::clock::random_id()
+    );
+    let a = Server::builder().redis(&redis_url(), &prefix).start().await;
+    let b = Server::builder().redis(&redis_url(), &prefix).start().await;
+    register(&a, "shared@example.org").await;
+    let (unauthorized, locked) =
+        wrong_login_burst(&[a.base.clone(), b.base.clone()], "shared@example.org", 40).await;
+    assert!(unauthorized <= 5, "{unauthorized} attempts past the lock");
+    assert!(locked >= 35, "{locked} refused by the lock");
+    for node in [&a, &b] {
+        let r = login(&node.base, "shared@example.org", PASSWORD).await;
+        expect_problem(r, 429, "too_many_requests").await;
+    }
+}
+
+async fn expect_rate_limited(r: reqwest::Response) {
+    let retry: u64 = r
+        .headers()
+        .get("retry-after")
+        .expect("Retry-After")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1, "Retry-After {retry}");
+    expect_problem(r, 429, "rate_limited").await;
+}
+
+/// Every limited endpoint: its burst passes (whatever the handler answers), the next request is
+/// 429 `rate_limited` with Retry-After. Behind a trusted proxy the X-Forwarded-For client is
+/// counted, and a client-written prefix of that header changes nothing.
+#[tokio::test]
+async fn bursts_over_the_per_ip_limit_get_429() {
+    let mut b = Server::builder()
+        .env("IDSTACK__SERVER__RATE_LIMIT__ENABLED", "true")
+        .env("IDSTACK__SERVER__RATE_LIMIT__TRUSTED_PROXIES", "127.0.0.1");
+    for group in ["SIGNUP", "LOGIN", "TOKEN", "NONCE", "DIDCOMM"] {
+        b = b
+            .env(
+                &format!("IDSTACK__SERVER__RATE_LIMIT__{group}_PER_MINUTE"),
+                "1",
+            )
+            .env(&format!("IDSTACK__SERVER__RATE_LIMIT__{group}_BURST"), "3");
+    }
+    let s = b.start().await;
+    let c = client();
+    type Req = Box<dyn Fn() -> reqwest::RequestBuilder>;
+    let (c1, c2, c3, c4, c5, c6) = (
+        c.clone(),
+        c.clone(),
+        c.clone(),
+        c.clone(),
+        c.clone(),
+        c.clone(),
+    );
+    let (u1, u2, u3, u4, u5, u6) = (
+        s.url("/wallet/auth/register"),
+        s.url("/wallet/auth/login"),
+        s.url("/issuers/default/token"),
+        s.url("/issuers/default/nonce"),
+        s.url("/didcomm"),
+        s.url("/didcomm/ws"),
+    );
+    let endpoints: Vec<(&str, Req)> = vec![
+        (
+            "signup",
+            Box::new(move || c1.post(&u1).json(&json!({"email": "x", "password": "y"}))),
+        ),
+        (
+            "login",
+            Box::new(move || {
+                c2.post(&u2)
+                    .json(&json!({"email": "nobody@example.org", "password": "wrong password!"}))
+            }),
+        ),
+        (
+            "token",
+            Box::new(move || {
+                c3.post(&u3)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body("grant_type=nonsense")
+            }),
+        ),
+        ("nonce", Box::new(move || c4.post(&u4))),
+        (
+            "didcomm",
+            Box::new(move || {
+                c5.post(&u5)
+                    .header("content-type", "application/didcomm-envelope-enc")
+                    .body("{}")
+            }),
+        ),
+    ];
+    for (name, req) in &endpoints {
+        for i in 0..3 {
+            let r = req()
+                .header("x-forwarded-for", "198.51.100.1")
+                .send()
+                .await
+                .unwrap();
+            assert_ne!(r.status(), 429, "{name} request {i} of the burst");
+        }
+        let r = req()
+            .header("x-forwarded-for", "198.51.100.1")
+            .send()
+            .await
+            .unwrap();
+        expect_rate_limited(r).await;
+        // a client-written prefix does not make another client
+        let r = req()
+            .header("x-forwarded-for", "203.0.113.50, 198.51.100.1")
+            .send()
+            .await
+            .unwrap();
+        expect_rate_limited(r).await;
+        // another client behind the proxy has its own bucket
+        let r = req()
+            .header("x-forwarded-for", "198.51.100.2")
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(r.status(), 429, "{name}: another client");
+    }
+    // WebSocket upgrade attempts share the DIDComm bucket of their client.
+    let r = c6
+        .get(&u6)
+        .header("x-forwarded-for", "198.51.100.1")
+        .send()
+        .await
+        .unwrap();
+    expect_rate_limited(r).await;
+    // Endpoints without a limit are not affected.
+    let r = c
+        .get(s.url("/health/live"))
+        .header("x-forwarded-for", "198.51.100.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// A body that trickles in is answered 408 `request_timeout` once the body deadline passes; the
+/// server keeps serving others.
+#[tokio::test]
+async fn a_slow_body_is_cut_off() {
+    let s = Server::builder()
+        .env("IDSTACK__SERVER__BODY_READ_TIMEOUT_MS", "1000")
+        .start()
+        .await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    sock.write_all(
+        format!(
+            "POST /wallet/auth/login HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{{\"email\""
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // Keep dripping a byte at a time (well within any per-read idle timeout) until answered.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut answered = false;
+    for _ in 0..40 {
+        match tokio::time::timeout(Duration::from_millis(250), sock.read(&mut buf)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => {
+                answer.extend_from_slice(&buf[..n]);
+                answered = true;
+                if String::from_utf8_lossy(&answer).contains("request_timeout") {
+                    break;
+                }
+            }
+            Ok(Err(_)) => break,
+            Err(_) if !answered => {
+                let _ = sock.write_all(b" ").await;
+            }
+            Err(_) => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    assert!(text.contains("\"request_timeout\""), "{text}");
+    // a normal request is still served
+    let r = login(&s.base, "nobody@example.org", "wrong password!").await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "unauthorized", "{v}");
+}
