@@ -2,6 +2,7 @@
 //! health and the embedded console.
 
 pub mod auth;
+pub mod contexts;
 pub mod health;
 pub mod metrics;
 pub mod oauth;
