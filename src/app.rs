@@ -76,6 +76,7 @@ pub fn build_app(
         .app_data(query)
         .app_data(payload)
         .configure(http::health::configure)
+        .configure(http::contexts::configure)
         .configure(move |cfg| crate::roles::configure(cfg, &roles_state))
         .map(move |app| {
             app.configure(http::web::configure)
@@ -343,6 +344,12 @@ pub async fn run(
     } else {
         raw.server.public_url.trim_end_matches('/').to_string()
     };
+    // The idstack JSON-LD context this node serves (and names in the ldp_vc it issues), and other
+    // deployments' copies: resolved offline by the JSON-LD loader.
+    crate::crypto::di::register_context_origin(&public_url);
+    for origin in &raw.server.trusted_context_origins {
+        crate::crypto::di::register_context_origin(origin);
+    }
 
     let http = crate::http::outbound::client(&raw.http.outbound, raw.server.mode)
         .context("http client (http.outbound)")?;

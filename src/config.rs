@@ -160,6 +160,9 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     pub shutdown_timeout_seconds: u64,
     pub workers: usize,
+    /// Public URLs of other idstack deployments whose `<url>/contexts/credentials/v1` the JSON-LD
+    /// loader resolves offline to the bundled idstack context (never fetched).
+    pub trusted_context_origins: Vec<String>,
     /// A client must send the request head within this many ms of connecting (else 408).
     pub client_request_timeout_ms: u64,
     /// After the response, a closing connection gets this long to shut down cleanly, in ms.
@@ -219,6 +222,7 @@ impl Default for ServerConfig {
             body_limit_bytes: 1024 * 1024,
             shutdown_timeout_seconds: 10,
             workers: 0,
+            trusted_context_origins: Vec::new(),
             client_request_timeout_ms: 5_000,
             client_disconnect_timeout_ms: 2_000,
             body_read_timeout_ms: 10_000,
@@ -684,6 +688,13 @@ impl Config {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 return Err(ConfigError::Invalid(format!(
                     "server.public_url `{u}` must start with http:// or https://"
+                )));
+            }
+        }
+        for u in &self.server.trusted_context_origins {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "server.trusted_context_origins: `{u}` must start with http:// or https://"
                 )));
             }
         }

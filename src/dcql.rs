@@ -63,7 +63,7 @@ fn expanded_type(term: &str, root: &Value) -> Option<String> {
         _ => Vec::new(),
     };
     contexts.iter().rev().find_map(|c| match *c {
-        crate::crypto::di::IDSTACK_CONTEXT_URL => {
+        c if crate::crypto::di::is_idstack_context(c) => {
             Some(format!("https://w3id.org/idstack/vocab#{term}"))
         }
         crate::crypto::di::VCDM2_CONTEXT => Some(format!(

@@ -34,8 +34,17 @@ use super::{did, CryptoError, CryptoResult, KeyType, SigningKey};
 use crate::config::JsonLdConfig;
 
 pub const VCDM2_CONTEXT: &str = "https://www.w3.org/ns/credentials/v2";
-/// idstack's JSON-LD context for its claim terms; bundled, and served at `/contexts/credentials-v1`.
+/// Where every idstack node serves [`IDSTACK_CONTEXT`], under its public URL (`application/ld+json`).
+pub const IDSTACK_CONTEXT_PATH: &str = "/contexts/credentials/v1";
+/// The older path the docs named; served too.
+pub const IDSTACK_CONTEXT_LEGACY_PATH: &str = "/contexts/credentials-v1";
+/// The context URL credentials issued before contexts were served named. Nothing serves it
+/// (w3id.org has no such redirect), so it stays bundled: those credentials still verify here.
+/// New credentials name [`context_url`] of the issuing node instead.
 pub const IDSTACK_CONTEXT_URL: &str = "https://w3id.org/idstack/credentials/v1";
+/// idstack's JSON-LD context for its claim terms (schema.org IRIs for the identity claims, an
+/// idstack `@vocab` for the rest). Immutable: a credential's signature covers the RDF these terms
+/// expand to, so a change needs a new URL (`/contexts/credentials/v2`), never an edit.
 pub const IDSTACK_CONTEXT: &str = r#"{
   "@context": {
     "@version": 1.1,
@@ -48,13 +57,65 @@ pub const IDSTACK_CONTEXT: &str = r#"{
   }
 }"#;
 
+/// The context URL a node with this public URL serves [`IDSTACK_CONTEXT`] at.
+pub fn context_url(public_url: &str) -> String {
+    format!("{}{IDSTACK_CONTEXT_PATH}", public_url.trim_end_matches('/'))
+}
+
+/// The public URLs whose [`context_url`] the loader maps to the bundled [`IDSTACK_CONTEXT`]:
+/// this node's own (registered at startup) and any other idstack deployment the operator lists
+/// in `server.trusted_context_origins`. A map of exact URLs, never a fetch.
+static SERVED_CONTEXTS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Registers a public URL whose [`context_url`] the loader resolves offline. The first one
+/// registered is this node's: new credentials name its context (see [`credential_contexts`]).
+pub fn register_context_origin(public_url: &str) {
+    let url = context_url(public_url);
+    let mut served = SERVED_CONTEXTS.write().unwrap_or_else(|e| e.into_inner());
+    if !served.contains(&url) {
+        served.push(url);
+    }
+}
+
+/// The `@context` idstack puts on the credentials it issues: VCDM 2.0, then the idstack context
+/// this node serves (the bundled legacy URL when no public URL was registered, e.g. in unit tests).
+pub fn credential_contexts() -> Value {
+    let own = SERVED_CONTEXTS
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .first()
+        .cloned()
+        .unwrap_or_else(|| IDSTACK_CONTEXT_URL.to_string());
+    json!([VCDM2_CONTEXT, own])
+}
+
+/// Whether `url` names [`IDSTACK_CONTEXT`] here: the legacy URL or a registered served one.
+pub fn is_idstack_context(url: &str) -> bool {
+    url == IDSTACK_CONTEXT_URL
+        || SERVED_CONTEXTS
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|u| u == url)
+}
+
 fn err(e: impl std::fmt::Display) -> CryptoError {
     CryptoError::Malformed(format!("data integrity: {e}"))
 }
 
-fn loader() -> CryptoResult<ContextLoader> {
+/// The JSON-LD loader for every expansion here: ssi's bundled standard contexts (credentials v1/v2,
+/// data integrity, ...), the legacy idstack URL and the registered served URLs. It never fetches:
+/// any other context URL fails the expansion.
+pub(crate) fn loader() -> CryptoResult<ContextLoader> {
     let mut map = HashMap::new();
     map.insert(IDSTACK_CONTEXT_URL.to_string(), IDSTACK_CONTEXT.to_string());
+    for url in SERVED_CONTEXTS
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        map.insert(url.clone(), IDSTACK_CONTEXT.to_string());
+    }
     ContextLoader::default()
         .with_context_map_from(map)
         .map_err(err)
@@ -247,8 +308,7 @@ pub fn issue_credential(
     now: i64,
 ) -> CryptoResult<Value> {
     let mut vc = credential;
-    vc.entry("@context")
-        .or_insert_with(|| json!([VCDM2_CONTEXT, IDSTACK_CONTEXT_URL]));
+    vc.entry("@context").or_insert_with(credential_contexts);
     // The issuer is the method's DID; an issuer object with that id keeps its name/description.
     let named = match vc.get("issuer") {
         Some(Value::Object(o)) => o.get("id").and_then(Value::as_str) == Some(vm_did(vm)),
@@ -320,7 +380,7 @@ pub fn issue_presentation(
     now: i64,
 ) -> CryptoResult<Value> {
     let vp = json!({
-        "@context": [VCDM2_CONTEXT, IDSTACK_CONTEXT_URL],
+        "@context": credential_contexts(),
         "type": ["VerifiablePresentation"],
         "holder": vm_did(vm),
         "verifiableCredential": credentials,
@@ -761,6 +821,43 @@ mod tests {
         let p = SigningKey::generate(KeyType::P256);
         let pvm = did::verification_method(&did::did_key(&p.verifying_key()));
         assert!(issue_credential(&p, &pvm, Map::new(), now).is_err());
+    }
+
+    #[test]
+    fn idstack_context_resolves_offline_for_registered_origins_only() {
+        let now = 1_800_000_000;
+        register_context_origin("https://idstack.test/");
+        assert!(loader().is_ok());
+        let issuer = SigningKey::generate(KeyType::Ed25519);
+        let vm = did::verification_method(&did::did_key(&issuer.verifying_key()));
+        let with_context = |ctx: &str| {
+            let mut cred = Map::new();
+            cred.insert("@context".into(), json!([VCDM2_CONTEXT, ctx]));
+            cred.insert(
+                "type".into(),
+                json!(["VerifiableCredential", "IdentityCredential"]),
+            );
+            cred.insert(
+                "credentialSubject".into(),
+                json!({"id": "did:example:holder", "given_name": "Erika"}),
+            );
+            issue_credential(&issuer, &vm, cred, now)
+        };
+        // this node's served URL (trailing slash of the public URL ignored)
+        let vc = with_context("https://idstack.test/contexts/credentials/v1").unwrap();
+        verify_credential(&vc, now).unwrap();
+        // credentials issued before naming the w3id URL still verify
+        let old = with_context(IDSTACK_CONTEXT_URL).unwrap();
+        verify_credential(&old, now).unwrap();
+        // another deployment's context is not fetched: unknown until configured
+        assert!(with_context("https://elsewhere.test/contexts/credentials/v1").is_err());
+        let mut foreign = vc.clone();
+        foreign["@context"][1] = json!("https://elsewhere.test/contexts/credentials/v1");
+        assert!(verify_credential(&foreign, now).is_err());
+        assert_eq!(
+            context_url("https://idstack.test/"),
+            "https://idstack.test/contexts/credentials/v1"
+        );
     }
 
     /// Signed by credo-ts 0.6.3 (jsonld-signatures, header keys alg, b64, crit) and sent over

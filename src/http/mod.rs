@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod body_deadline;
+pub mod contexts;
 pub mod health;
 pub mod metrics;
 pub mod oauth;

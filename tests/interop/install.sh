@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the idstack interop clients (Animo @openid4vc/* and, unless INTEROP_SKIP_CREDO=1,
+# Installs the idstack interop clients (Animo @openid4vc/*, Digital Bazaar @digitalbazaar/vc and, unless INTEROP_SKIP_CREDO=1,
 # credo-ts 0.6.3 with its askar native library). Idempotent: re-running is a no-op when the
 # lock files have not changed. Downloads only from the npm registry and PyPI.
 set -euo pipefail
@@ -11,7 +11,7 @@ node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' || { 
 
 lock_hash() { sha256sum "$1" | cut -d' ' -f1; }
 
-# 1. Animo @openid4vc/* + jose: pure JS.
+# 1. Animo @openid4vc/* + jose + Digital Bazaar vc/data-integrity: pure JS, from package-lock.json (npm ci).
 if [ "$(cat node_modules/.idstack-lock 2>/dev/null)" != "$(lock_hash package-lock.json)" ]; then
   npm ci --no-audit --no-fund
   lock_hash package-lock.json > node_modules/.idstack-lock

@@ -309,3 +309,84 @@ async fn wallet_receives_from_and_presents_to_credo() {
     let _ = party.wait();
     s.stop();
 }
+
+/// ldp_vc credentials issued by idstack (OID4VCI and VC-API) verify with Digital Bazaar's
+/// `@digitalbazaar/vc`, whose document loader knows only the standard contexts and did:key and
+/// otherwise fetches from this server alone: the idstack context the credentials name is served
+/// here. Tampering and a context URL nobody serves are caught by the same verifier.
+#[tokio::test]
+async fn digital_bazaar_vc_verifies_our_ldp_vc() {
+    let s = Server::start().await;
+    let context_url = s.url("/contexts/credentials/v1");
+    let c = crate::common::client();
+    for path in ["/contexts/credentials/v1", "/contexts/credentials-v1"] {
+        let r = c.get(s.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["content-type"], "application/ld+json", "{path}");
+        let served: Value = r.json().await.unwrap();
+        let bundled: Value = serde_json::from_str(idstack::crypto::di::IDSTACK_CONTEXT).unwrap();
+        assert_eq!(served, bundled, "{path}");
+    }
+
+    // OID4VCI ldp_vc, received by the Animo client
+    let offer = create_offer(&s, "default", json!({"credential_configuration_ids": ["IdentityCredential_ldp_vc"], "claims": identity()})).await;
+    let out = node(
+        "oid4vci-holder.mjs",
+        &[
+            "--offer",
+            offer["offer_uri"].as_str().unwrap(),
+            "--key-alg",
+            "EdDSA",
+        ],
+    );
+    let oid4vci = out["credentials"][0].clone();
+    assert_eq!(
+        oid4vci["@context"],
+        json!(["https://www.w3.org/ns/credentials/v2", context_url]),
+        "{oid4vci}"
+    );
+
+    // VC-API issue, naming the served context
+    let r = c
+        .post(s.url("/vc-api/credentials/issue"))
+        .bearer_auth(crate::common::ADMIN_TOKEN)
+        .json(&json!({"credential": {
+            "@context": ["https://www.w3.org/ns/credentials/v2", context_url],
+            "type": ["VerifiableCredential", "IdentityCredential"],
+            "credentialSubject": {"id": "did:example:alice", "given_name": "Alice", "email": "alice@example.org"}
+        }}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let vc_api = r.json::<Value>().await.unwrap()["verifiableCredential"].clone();
+
+    let mut tampered = oid4vci.clone();
+    tampered["credentialSubject"]["given_name"] = json!("Mallory");
+    // the pre-change context URL: bundled by idstack, served by nobody; refused by the loader
+    let mut unserved = vc_api.clone();
+    unserved["@context"][1] = json!(idstack::crypto::di::IDSTACK_CONTEXT_URL);
+
+    let creds: Vec<String> = [&oid4vci, &vc_api, &tampered, &unserved]
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    let base = s.url("");
+    let mut args = vec!["--server", base.as_str()];
+    for cred in &creds {
+        args.extend(["--credential", cred.as_str()]);
+    }
+    let out = node("dbvc-verify.mjs", &args);
+    let results = &out["results"];
+    assert_eq!(results[0]["verified"], true, "OID4VCI ldp_vc: {out}");
+    assert_eq!(results[1]["verified"], true, "VC-API ldp_vc: {out}");
+    assert_eq!(results[2]["verified"], false, "tampered: {out}");
+    assert_eq!(results[3]["verified"], false, "unserved context: {out}");
+    assert_eq!(out["fetched"], json!([context_url]), "{out}");
+    assert_eq!(
+        out["refused"],
+        json!([idstack::crypto::di::IDSTACK_CONTEXT_URL]),
+        "{out}"
+    );
+    s.stop();
+}

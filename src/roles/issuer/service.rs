@@ -376,7 +376,7 @@ impl IssuerService {
                     entry["cryptographic_binding_methods_supported"] =
                         json!(["did:key", "did:jwk"]);
                     entry["credential_definition"] = json!({
-                        "@context": [crate::crypto::di::VCDM2_CONTEXT, crate::crypto::di::IDSTACK_CONTEXT_URL],
+                        "@context": crate::crypto::di::credential_contexts(),
                         "type": ["VerifiableCredential", c.credential_type],
                     });
                 }
