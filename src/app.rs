@@ -412,6 +412,9 @@ pub async fn run(
     let server = HttpServer::new(move || build_app(app_data.clone()).0.app_data(doc.clone()))
         .workers(workers)
         .keep_alive(KEEP_ALIVE)
+        // Small request/response exchanges (a WebSocket DIDComm round trip) must not wait ~40 ms
+        // for Nagle and delayed ACKs.
+        .tcp_nodelay(true)
         .disable_signals()
         .shutdown_timeout(raw.server.shutdown_timeout_seconds)
         .listen(listener)?
