@@ -110,7 +110,9 @@ fn credo_round(
     let inv = alice.ok(json!({"cmd": "createInvitation"}));
     let conn = bob.ok(json!({"cmd": "receiveInvitation", "invitationUrl": inv["invitation_url"]}));
     let cid = conn["connection_id"].as_str().unwrap().to_string();
-    bob.ok(json!({"cmd": "sendMessages", "connectionId": cid, "prefix": "online", "count": online}));
+    bob.ok(
+        json!({"cmd": "sendMessages", "connectionId": cid, "prefix": "online", "count": online}),
+    );
     let got = alice.ok(json!({"cmd": "messages", "expect": online, "timeoutMs": 60000}));
     let texts: Vec<&str> = got["messages"]
         .as_array()
@@ -123,7 +125,10 @@ fn credo_round(
     }
     check(Step::Online);
     let info = alice.ok(json!({"cmd": "info"}));
-    assert_eq!(info["received"], online, "credo received a message twice: {info}");
+    assert_eq!(
+        info["received"], online,
+        "credo received a message twice: {info}"
+    );
     // Offline: pickup stopped and the socket closed; the messages wait in our queue.
     alice.ok(json!({"cmd": "stopPickup"}));
     for i in 0..3 {
@@ -148,7 +153,11 @@ fn credo_round(
     }
     check(Step::End);
     let info = alice.ok(json!({"cmd": "info"}));
-    assert_eq!(info["received"], online + 3, "credo received a message twice: {info}");
+    assert_eq!(
+        info["received"],
+        online + 3,
+        "credo received a message twice: {info}"
+    );
     // Akrida's check: a trust ping to the mediator, answered.
     alice.ok(json!({"cmd": "pingMediator", "timeoutMs": 10000}));
 }
@@ -160,7 +169,10 @@ async fn exactly_once(s: &Server, at_least: u64) -> Value {
     let st = wait_queued(s, 0).await;
     let forwarded = st["forwarded_total"].as_u64().unwrap();
     assert!(forwarded >= at_least, "{st}");
-    assert_eq!(st["delivered_total"], forwarded, "each message delivered once: {st}");
+    assert_eq!(
+        st["delivered_total"], forwarded,
+        "each message delivered once: {st}"
+    );
     st
 }
 
@@ -192,18 +204,23 @@ async fn credo_exactly_once(pickup: &str, transport: &str, handshake: Option<&st
     let rt = tokio::runtime::Handle::current();
     let s_ref = &s;
     tokio::task::block_in_place(|| {
-        credo_round(&inv, (pickup, transport, handshake), ONLINE as usize, |step| match step {
-            Step::Online => {
-                rt.block_on(exactly_once(s_ref, ONLINE));
-            }
-            Step::Offline(n) => {
-                let st = rt.block_on(wait_queued(s_ref, n));
-                assert_eq!(st["live_sockets"], 0, "{st}");
-            }
-            Step::End => {
-                rt.block_on(exactly_once(s_ref, ONLINE + 3));
-            }
-        })
+        credo_round(
+            &inv,
+            (pickup, transport, handshake),
+            ONLINE as usize,
+            |step| match step {
+                Step::Online => {
+                    rt.block_on(exactly_once(s_ref, ONLINE));
+                }
+                Step::Offline(n) => {
+                    let st = rt.block_on(wait_queued(s_ref, n));
+                    assert_eq!(st["live_sockets"], 0, "{st}");
+                }
+                Step::End => {
+                    rt.block_on(exactly_once(s_ref, ONLINE + 3));
+                }
+            },
+        )
     });
     let st = stats(&s).await;
     assert_eq!(st["acknowledged_total"], st["forwarded_total"], "{st}");
@@ -244,7 +261,8 @@ async fn credo_backlog_of_1000_drains_after_reconnect() {
         alice.ok(json!({"cmd": "start", "mediatorInvitationUrl": inv, "pickup": "live", "transport": "ws"}));
         bob.ok(json!({"cmd": "start", "mediatorInvitationUrl": null, "pickup": "none", "transport": "http"}));
         let i = alice.ok(json!({"cmd": "createInvitation"}));
-        let conn = bob.ok(json!({"cmd": "receiveInvitation", "invitationUrl": i["invitation_url"]}));
+        let conn =
+            bob.ok(json!({"cmd": "receiveInvitation", "invitationUrl": i["invitation_url"]}));
         alice.ok(json!({"cmd": "stopPickup"}));
         bob.ok(json!({"cmd": "sendMessages", "connectionId": conn["connection_id"], "prefix": "backlog", "count": N}));
         // (the sender's DID exchange `complete` may be queued as well)
@@ -253,7 +271,10 @@ async fn credo_backlog_of_1000_drains_after_reconnect() {
         // after its own 10 s (`awaitCompletionTimeoutMs`), before it turns live mode on; the
         // pickup it started goes on (each `messages-received` answer says what is left).
         let r = alice.ask(json!({"cmd": "startPickup"}));
-        assert!(r["ok"] == true || r["error"] == "Timeout has occurred", "{r}");
+        assert!(
+            r["ok"] == true || r["error"] == "Timeout has occurred",
+            "{r}"
+        );
         let got = alice.ok(json!({"cmd": "messages", "expect": N, "timeoutMs": 300000}));
         assert_eq!(got["duplicates"], json!([]));
         rt.block_on(exactly_once(s_ref, N));
@@ -639,7 +660,11 @@ async fn each_message_goes_out_once_whichever_transport_asks() {
     }
     assert_eq!(contents(&recipient, &pushed), vec!["a", "b", "c"]);
     // The same recipient polls over HTTP while its socket holds them unacknowledged.
-    let st = conn.request(pickup::status_request()).await.unwrap().unwrap();
+    let st = conn
+        .request(pickup::status_request())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(st["message_count"], 0, "in flight on the socket: {st}");
     let d = conn
         .request(pickup::delivery_request(10))
@@ -686,12 +711,22 @@ async fn each_message_goes_out_once_whichever_transport_asks() {
         .await
         .unwrap()
         .unwrap();
-    assert!(pickup::attachments(&again).is_empty(), "polled twice: {again}");
-    let st = conn.request(pickup::status_request()).await.unwrap().unwrap();
+    assert!(
+        pickup::attachments(&again).is_empty(),
+        "polled twice: {again}"
+    );
+    let st = conn
+        .request(pickup::status_request())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(st["message_count"], 0, "leased to the first poll: {st}");
     let st = stats(&s).await;
     assert_eq!(st["delivered_total"], 5, "{st}");
-    assert_eq!(st["queued_messages"], 1, "never deleted before messages-received: {st}");
+    assert_eq!(
+        st["queued_messages"], 1,
+        "never deleted before messages-received: {st}"
+    );
 }
 
 /// Implicit pickup (ACA-Py's way, credo's `Implicit`): return-route `all` on the recipient's own
@@ -710,7 +745,10 @@ async fn implicit_pickup_over_websocket_and_http() {
     };
     let mut ws = conn.websocket().await.unwrap();
     ws.send(pickup::ping_no_response()).await.unwrap();
-    let got = vec![open(ws.recv_raw(t).await.unwrap()), open(ws.recv_raw(t).await.unwrap())];
+    let got = vec![
+        open(ws.recv_raw(t).await.unwrap()),
+        open(ws.recv_raw(t).await.unwrap()),
+    ];
     assert_eq!(got, vec!["a", "b"]);
     wait_queued(&s, 0).await;
     // Forwarded while the socket is open: pushed at once.
@@ -733,7 +771,8 @@ async fn implicit_pickup_over_websocket_and_http() {
         .is_none());
     // Pickup 1.0 batches name each message with `id` (credo) and `@id` (RFC 0212).
     assert_eq!(send_forward(&s, &conn, &recipient, "e").await.status(), 202);
-    let mut batch = client::new_message("messagepickup/1.0/batch-pickup", json!({"batch_size": 10}));
+    let mut batch =
+        client::new_message("messagepickup/1.0/batch-pickup", json!({"batch_size": 10}));
     batch["~transport"] = json!({"return_route": "all"});
     let b = conn.request(batch).await.unwrap().unwrap();
     let att = &b["messages~attach"][0];
@@ -755,10 +794,22 @@ async fn mediator_limits_hold() {
     let (conn, recipient) = mediated(&s).await;
     let k2 = AgentKey::generate();
     let k3 = AgentKey::generate();
-    assert_eq!(conn.keylist_update(&k2.verkey, "add").await.unwrap(), "success");
-    assert_eq!(conn.keylist_update(&k3.verkey, "add").await.unwrap(), "client_error");
-    assert_eq!(conn.keylist_update(&k2.verkey, "remove").await.unwrap(), "success");
-    assert_eq!(conn.keylist_update(&k3.verkey, "add").await.unwrap(), "success");
+    assert_eq!(
+        conn.keylist_update(&k2.verkey, "add").await.unwrap(),
+        "success"
+    );
+    assert_eq!(
+        conn.keylist_update(&k3.verkey, "add").await.unwrap(),
+        "client_error"
+    );
+    assert_eq!(
+        conn.keylist_update(&k2.verkey, "remove").await.unwrap(),
+        "success"
+    );
+    assert_eq!(
+        conn.keylist_update(&k3.verkey, "add").await.unwrap(),
+        "success"
+    );
     // Queue bytes: ~3 KB messages until the 20,000-byte cap refuses one with 507.
     let big = "x".repeat(3000);
     let mut accepted = 0;
@@ -780,29 +831,48 @@ async fn mediator_limits_hold() {
         .await
         .unwrap()
         .unwrap();
-    let ids: Vec<String> = pickup::attachments(&d).into_iter().map(|(id, _)| id).collect();
+    let ids: Vec<String> = pickup::attachments(&d)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     conn.request(pickup::messages_received(&ids)).await.unwrap();
-    assert_eq!(send_forward(&s, &conn, &recipient, "ok").await.status(), 202);
+    assert_eq!(
+        send_forward(&s, &conn, &recipient, "ok").await.status(),
+        202
+    );
     // Connections per invitation: `mediated` used one of the public invitation's two.
     let inv = invitation(&s, "").await;
     MediatorConnection::connect(reqwest::Client::new(), &inv, "second")
         .await
         .unwrap();
     let third = MediatorConnection::connect(reqwest::Client::new(), &inv, "third").await;
-    let err = format!("{:#}", third.err().expect("a third connection must be refused"));
+    let err = format!(
+        "{:#}",
+        third.err().expect("a third connection must be refused")
+    );
     assert!(err.contains("410") || err.contains("limit"), "{err}");
     s.stop();
 
     // Mediation only through a single-use invitation.
     let s = Server::builder()
-        .env("IDSTACK__MEDIATOR__GRANT_REQUIRES_SINGLE_USE_INVITATION", "true")
+        .env(
+            "IDSTACK__MEDIATOR__GRANT_REQUIRES_SINGLE_USE_INVITATION",
+            "true",
+        )
         .start()
         .await;
     let inv = invitation(&s, "").await;
     let mut public = MediatorConnection::connect(reqwest::Client::new(), &inv, "public")
         .await
         .unwrap();
-    let err = format!("{:#}", public.mediate().await.err().expect("mediation must be denied"));
+    let err = format!(
+        "{:#}",
+        public
+            .mediate()
+            .await
+            .err()
+            .expect("mediation must be denied")
+    );
     assert!(err.contains("mediate-deny"), "{err}");
     let inv = invitation(&s, "?single_use=true").await;
     let mut own = MediatorConnection::connect(reqwest::Client::new(), &inv, "own")
@@ -877,8 +947,15 @@ async fn a_huge_websocket_frame_is_refused_before_it_is_buffered() {
     }
     let after = vm_rss_kib(pid);
     let grown_mib = after.saturating_sub(before) / 1024;
-    assert!(grown_mib < 64, "RSS grew by {grown_mib} MiB ({before} → {after} KiB)");
+    assert!(
+        grown_mib < 64,
+        "RSS grew by {grown_mib} MiB ({before} → {after} KiB)"
+    );
     // The server still serves.
-    let r = crate::common::client().get(s.url("/health/live")).send().await.unwrap();
+    let r = crate::common::client()
+        .get(s.url("/health/live"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }

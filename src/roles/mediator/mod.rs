@@ -40,7 +40,9 @@ pub async fn init(state: &AppState) -> anyhow::Result<()> {
     tokio::spawn(async move {
         loop {
             match rx.recv().await {
-                Ok(ev) if ev.topic == service::BUS_TOPIC || ev.topic == service::BUS_TOPIC_ACKED => {
+                Ok(ev)
+                    if ev.topic == service::BUS_TOPIC || ev.topic == service::BUS_TOPIC_ACKED =>
+                {
                     match weak.upgrade() {
                         Some(svc) => svc.on_event(&ev.topic, &ev.payload),
                         None => break,

@@ -718,15 +718,8 @@ impl MediatorService {
                 self.reject(Code::DidcommBadMessage, "connection request without DID")
             })?;
         let doc = c.get("DIDDoc").or_else(|| c.get("did_doc"));
-        self.open_connection(
-            msg,
-            sender,
-            did,
-            doc,
-            "connections/1.0".into(),
-            invitation,
-        )
-        .await?;
+        self.open_connection(msg, sender, did, doc, "connections/1.0".into(), invitation)
+            .await?;
         // Legacy DID (first 16 bytes of the verkey, base58) and DIDDoc, as connections 1.0 wants.
         let vk = self.key.verifying_key().to_bytes();
         let our_did = bs58::encode(&vk[..16]).into_string();
@@ -1076,13 +1069,15 @@ impl MediatorService {
         // before the count was kept are counted once (bounded by the cap).
         let start = match conn.keys {
             Some(n) => n,
-            None => store
-                .count_prefix(
-                    ks::ROUTE_BY_CONN,
-                    &format!("{}/", conn.id),
-                    usize::try_from(max).unwrap_or(usize::MAX).saturating_add(1),
-                )
-                .await? as u64,
+            None => {
+                store
+                    .count_prefix(
+                        ks::ROUTE_BY_CONN,
+                        &format!("{}/", conn.id),
+                        usize::try_from(max).unwrap_or(usize::MAX).saturating_add(1),
+                    )
+                    .await? as u64
+            }
         };
         let mut have = start;
         let mut updated = Vec::new();
@@ -1229,7 +1224,9 @@ impl MediatorService {
             msg,
         };
         let raw = serde_json::to_vec(&rec).map_err(ApiError::internal)?;
-        let (count, bytes) = self.with_queue(conn_id, |q, _| (q.len(), q.bytes())).await?;
+        let (count, bytes) = self
+            .with_queue(conn_id, |q, _| (q.len(), q.bytes()))
+            .await?;
         let max = self.cfg().max_queue_per_recipient as u64;
         if count >= max {
             return Err(self.reject(
@@ -1410,8 +1407,7 @@ impl MediatorService {
             )
             .await?;
         let until_ms = now.saturating_add(
-            i64::try_from(self.cfg().pickup_lease_seconds.saturating_mul(1000))
-                .unwrap_or(i64::MAX),
+            i64::try_from(self.cfg().pickup_lease_seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
         );
         let mut out = Vec::new();
         {
