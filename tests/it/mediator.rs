@@ -870,8 +870,7 @@ async fn mediator_limits_hold() {
         public
             .mediate()
             .await
-            .err()
-            .expect("mediation must be denied")
+            .expect_err("mediation must be denied")
     );
     assert!(err.contains("mediate-deny"), "{err}");
     let inv = invitation(&s, "?single_use=true").await;
