@@ -423,6 +423,9 @@ pub async fn run(
         .client_disconnect_timeout(Duration::from_millis(
             raw.server.client_disconnect_timeout_ms,
         ))
+        // Small request/response exchanges (a WebSocket DIDComm round trip) must not wait ~40 ms
+        // for Nagle and delayed ACKs.
+        .tcp_nodelay(true)
         .disable_signals()
         .shutdown_timeout(raw.server.shutdown_timeout_seconds)
         .listen(listener)?

@@ -465,6 +465,18 @@ pub struct MediatorConfig {
     pub flush_before_ack: bool,
     pub ws_ping_seconds: u64,
     pub ws_idle_timeout_seconds: u64,
+    /// Seconds a message handed out over HTTP pickup waits for `messages-received` before it is
+    /// offered again (socket deliveries are held until the socket closes).
+    pub pickup_lease_seconds: u64,
+    /// Most bytes queued for one connection (all its recipient keys together).
+    pub max_queue_bytes_per_connection: u64,
+    /// Most recipient keys one connection may register (coordinate-mediation keylist).
+    pub max_keys_per_connection: u64,
+    /// Most connections made through one invitation (the reusable public one included).
+    pub max_connections_per_invitation: u64,
+    /// Grant mediation only to connections made through a single-use invitation an admin created
+    /// (`GET /api/mediator/invitation?single_use=true`), not the reusable public one.
+    pub grant_requires_single_use_invitation: bool,
 }
 
 impl Default for MediatorConfig {
@@ -477,6 +489,11 @@ impl Default for MediatorConfig {
             flush_before_ack: true,
             ws_ping_seconds: 20,
             ws_idle_timeout_seconds: 60,
+            pickup_lease_seconds: 60,
+            max_queue_bytes_per_connection: 64 * 1024 * 1024,
+            max_keys_per_connection: 1_000,
+            max_connections_per_invitation: 100_000,
+            grant_requires_single_use_invitation: false,
         }
     }
 }

@@ -222,6 +222,7 @@ pub fn server(
             }))
     })
     .workers(2)
+    .tcp_nodelay(true)
     // Longer than the RPC client's pool idle timeout (20 s), so the server never closes a
     // connection the client is about to reuse.
     .keep_alive(std::time::Duration::from_secs(60))

@@ -206,6 +206,17 @@ impl MediatorConnection {
         reply.map(|env| Ok(self.agent.unpack(&env)?.0)).transpose()
     }
 
+    /// Sends `m` and returns the raw envelope of the answer, if any (implicit pickup answers with
+    /// a queued message, encrypted for a recipient key rather than for this connection's key).
+    pub async fn request_raw(&self, m: Value) -> anyhow::Result<Option<Vec<u8>>> {
+        post_envelope_for_reply(
+            &self.http,
+            &self.invitation.http_endpoint,
+            self.agent.pack(&m, &self.mediator_key)?,
+        )
+        .await
+    }
+
     /// Sends `m` (with return-route) and returns the reply, if any.
     pub async fn request(&self, m: Value) -> anyhow::Result<Option<Value>> {
         let to = self.mediator_key;
@@ -302,6 +313,23 @@ impl WsConnection {
         Ok(())
     }
 
+    /// The next binary frame as it came (implicit pickup pushes forwarded envelopes, encrypted
+    /// for a recipient key, not for this connection's key).
+    pub async fn recv_raw(&mut self, timeout: Duration) -> anyhow::Result<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("nothing received on the WebSocket within {timeout:?}"))?;
+            match next.ok_or_else(|| anyhow!("WebSocket closed"))?? {
+                WsMessage::Binary(b) => return Ok(b.to_vec()),
+                WsMessage::Text(t) => return Ok(t.as_bytes().to_vec()),
+                WsMessage::Close(_) => bail!("WebSocket closed by the mediator"),
+                _ => {}
+            }
+        }
+    }
+
     /// The next DIDComm message on the socket (pings answered, problem documents as errors).
     pub async fn recv(&mut self, timeout: Duration) -> anyhow::Result<Value> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -388,6 +416,10 @@ pub mod pickup {
     }
     pub fn ping() -> Value {
         msg("trust_ping/1.0/ping", json!({"response_requested": true}))
+    }
+    /// The trust ping credo's implicit pickup opens its socket with: no response, return-route `all`.
+    pub fn ping_no_response() -> Value {
+        msg("trust_ping/1.0/ping", json!({"response_requested": false}))
     }
     /// (attachment id, envelope) of a `delivery`.
     pub fn attachments(delivery: &Value) -> Vec<(String, Value)> {

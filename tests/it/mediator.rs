@@ -79,12 +79,29 @@ async fn stats(s: &Server) -> Value {
         .unwrap()
 }
 
+/// What a credo round checks on the mediator at each step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// All online messages picked up and acknowledged: nothing was handed out twice.
+    Online,
+    /// The recipient is offline; `n` messages wait.
+    Offline(u64),
+    /// Everything picked up after reconnecting.
+    End,
+}
+
 /// Recipient `pickup`/`transport` connected through our mediator, a sender connected to it through
-/// the recipient's invitation (so through our routing keys); messages sent online, then offline.
-fn credo_round(s_inv: &str, pickup: &str, transport: &str, offline_check: impl Fn(u64)) {
+/// the recipient's invitation (so through our routing keys); `online` messages sent online (as
+/// fast as the sender can), then 3 offline. Each message is received exactly once by credo.
+fn credo_round(
+    s_inv: &str,
+    (pickup, transport, handshake): (&str, &str, Option<&str>),
+    online: usize,
+    check: impl Fn(Step),
+) {
     let mut alice = Credo::spawn("alice");
     let mut bob = Credo::spawn("bob");
-    let started = alice.ok(json!({"cmd": "start", "mediatorInvitationUrl": s_inv, "pickup": pickup, "transport": transport}));
+    let started = alice.ok(json!({"cmd": "start", "mediatorInvitationUrl": s_inv, "pickup": pickup, "transport": transport, "handshake": handshake}));
     assert!(
         !started["routing_keys"].as_array().unwrap().is_empty(),
         "{started}"
@@ -93,21 +110,25 @@ fn credo_round(s_inv: &str, pickup: &str, transport: &str, offline_check: impl F
     let inv = alice.ok(json!({"cmd": "createInvitation"}));
     let conn = bob.ok(json!({"cmd": "receiveInvitation", "invitationUrl": inv["invitation_url"]}));
     let cid = conn["connection_id"].as_str().unwrap().to_string();
-    for i in 0..5 {
-        bob.ok(
-            json!({"cmd": "sendMessage", "connectionId": cid, "content": format!("online-{i}")}),
-        );
-    }
-    let got = alice.ok(json!({"cmd": "messages", "expect": 5, "timeoutMs": 20000}));
+    bob.ok(
+        json!({"cmd": "sendMessages", "connectionId": cid, "prefix": "online", "count": online}),
+    );
+    let got = alice.ok(json!({"cmd": "messages", "expect": online, "timeoutMs": 60000}));
     let texts: Vec<&str> = got["messages"]
         .as_array()
         .unwrap()
         .iter()
         .map(|m| m.as_str().unwrap())
         .collect();
-    for i in 0..5 {
+    for i in 0..online {
         assert!(texts.contains(&format!("online-{i}").as_str()), "{texts:?}");
     }
+    check(Step::Online);
+    let info = alice.ok(json!({"cmd": "info"}));
+    assert_eq!(
+        info["received"], online,
+        "credo received a message twice: {info}"
+    );
     // Offline: pickup stopped and the socket closed; the messages wait in our queue.
     alice.ok(json!({"cmd": "stopPickup"}));
     for i in 0..3 {
@@ -115,9 +136,9 @@ fn credo_round(s_inv: &str, pickup: &str, transport: &str, offline_check: impl F
             json!({"cmd": "sendMessage", "connectionId": cid, "content": format!("offline-{i}")}),
         );
     }
-    offline_check(3);
+    check(Step::Offline(3));
     alice.ok(json!({"cmd": "startPickup"}));
-    let got = alice.ok(json!({"cmd": "messages", "expect": 8, "timeoutMs": 20000}));
+    let got = alice.ok(json!({"cmd": "messages", "expect": online + 3, "timeoutMs": 20000}));
     let texts: Vec<&str> = got["messages"]
         .as_array()
         .unwrap()
@@ -130,55 +151,135 @@ fn credo_round(s_inv: &str, pickup: &str, transport: &str, offline_check: impl F
             "{texts:?}"
         );
     }
+    check(Step::End);
+    let info = alice.ok(json!({"cmd": "info"}));
+    assert_eq!(
+        info["received"],
+        online + 3,
+        "credo received a message twice: {info}"
+    );
     // Akrida's check: a trust ping to the mediator, answered.
     alice.ok(json!({"cmd": "pingMediator", "timeoutMs": 10000}));
 }
 
+/// Once the queue is empty (every message acknowledged) no delivery can follow: the mediator's
+/// own counters then tell whether anything went out twice. `at_least` forwards (a credo
+/// recipient also gets the sender's DID exchange messages through the mediator).
+async fn exactly_once(s: &Server, at_least: u64) -> Value {
+    let st = wait_queued(s, 0).await;
+    let forwarded = st["forwarded_total"].as_u64().unwrap();
+    assert!(forwarded >= at_least, "{st}");
+    assert_eq!(
+        st["delivered_total"], forwarded,
+        "each message delivered once: {st}"
+    );
+    st
+}
+
 async fn wait_queued(s: &Server, want: u64) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    wait_stats(s, |q| q == want, &format!("{want}")).await
+}
+
+async fn wait_stats(s: &Server, queued: impl Fn(u64) -> bool, what: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let st = stats(s).await;
-        if st["queued_messages"].as_u64() == Some(want) {
+        if st["queued_messages"].as_u64().is_some_and(&queued) {
             return st;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "queue never reached {want}: {st}"
+            "queue never reached {what}: {st}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credo_recipient_live_mode_over_websocket_and_offline_queue() {
+/// A credo recipient in `pickup`/`transport` mode: 30 messages online, 3 offline, each delivered
+/// once by the mediator's counters and received once by credo.
+async fn credo_exactly_once(pickup: &str, transport: &str, handshake: Option<&str>) {
+    const ONLINE: u64 = 30;
     let s = Server::start().await;
     let inv = invitation(&s, "").await;
     let rt = tokio::runtime::Handle::current();
     let s_ref = &s;
     tokio::task::block_in_place(|| {
-        credo_round(&inv, "live", "ws", |n| {
-            let st = rt.block_on(wait_queued(s_ref, n));
-            assert_eq!(st["live_sockets"], 0, "{st}");
-        })
+        credo_round(
+            &inv,
+            (pickup, transport, handshake),
+            ONLINE as usize,
+            |step| match step {
+                Step::Online => {
+                    rt.block_on(exactly_once(s_ref, ONLINE));
+                }
+                Step::Offline(n) => {
+                    let st = rt.block_on(wait_queued(s_ref, n));
+                    assert_eq!(st["live_sockets"], 0, "{st}");
+                }
+                Step::End => {
+                    rt.block_on(exactly_once(s_ref, ONLINE + 3));
+                }
+            },
+        )
     });
-    let st = wait_queued(&s, 0).await;
-    assert!(st["forwarded_total"].as_u64().unwrap() >= 8, "{st}");
-    assert!(st["acknowledged_total"].as_u64().unwrap() >= 8, "{st}");
+    let st = stats(&s).await;
+    assert_eq!(st["acknowledged_total"], st["forwarded_total"], "{st}");
     assert!(st["mediations_granted"].as_u64().unwrap() >= 1, "{st}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credo_recipient_live_mode_over_websocket_and_offline_queue() {
+    credo_exactly_once("live", "ws", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credo_recipient_polling_over_http_and_offline_queue() {
+    credo_exactly_once("polling", "http", None).await;
+}
+
+/// credo 0.6.3's implicit mode opens its socket only when the mediator's DID document has a
+/// WebSocket service it can read a scheme from; it parses did:peer:2 services as generic services
+/// without one ("Cannot open websocket to connection without websocket service endpoint"), so it
+/// connects over connections 1.0 (a DIDDoc with IndyAgent services), as ACA-Py-era wallets do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credo_recipient_implicit_pickup_over_websocket() {
+    credo_exactly_once("implicit", "ws", Some("connections")).await;
+}
+
+/// 1,000 messages queued while the credo recipient is offline all arrive, once each, after it
+/// reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credo_backlog_of_1000_drains_after_reconnect() {
+    const N: u64 = 1000;
     let s = Server::start().await;
     let inv = invitation(&s, "").await;
     let rt = tokio::runtime::Handle::current();
     let s_ref = &s;
     tokio::task::block_in_place(|| {
-        credo_round(&inv, "polling", "http", |n| {
-            rt.block_on(wait_queued(s_ref, n));
-        })
+        let mut alice = Credo::spawn("alice");
+        let mut bob = Credo::spawn("bob");
+        alice.ok(json!({"cmd": "start", "mediatorInvitationUrl": inv, "pickup": "live", "transport": "ws"}));
+        bob.ok(json!({"cmd": "start", "mediatorInvitationUrl": null, "pickup": "none", "transport": "http"}));
+        let i = alice.ok(json!({"cmd": "createInvitation"}));
+        let conn =
+            bob.ok(json!({"cmd": "receiveInvitation", "invitationUrl": i["invitation_url"]}));
+        alice.ok(json!({"cmd": "stopPickup"}));
+        bob.ok(json!({"cmd": "sendMessages", "connectionId": conn["connection_id"], "prefix": "backlog", "count": N}));
+        // (the sender's DID exchange `complete` may be queued as well)
+        rt.block_on(wait_stats(s_ref, |q| q >= N, &format!("{N}")));
+        // credo's live mode first drains the queue over pickup 2.0 and gives up waiting for that
+        // after its own 10 s (`awaitCompletionTimeoutMs`), before it turns live mode on; the
+        // pickup it started goes on (each `messages-received` answer says what is left).
+        let r = alice.ask(json!({"cmd": "startPickup"}));
+        assert!(
+            r["ok"] == true || r["error"] == "Timeout has occurred",
+            "{r}"
+        );
+        let got = alice.ok(json!({"cmd": "messages", "expect": N, "timeoutMs": 300000}));
+        assert_eq!(got["duplicates"], json!([]));
+        rt.block_on(exactly_once(s_ref, N));
+        assert_eq!(alice.ok(json!({"cmd": "info"}))["received"], N);
     });
-    wait_queued(&s, 0).await;
 }
 
 /// Connects, gets mediation, registers a fresh recipient key; returns (connection, recipient key).
@@ -528,4 +629,332 @@ async fn credo_recipient_over_connections_1_0() {
         .unwrap();
     assert_eq!(conns[0]["protocol"], "connections/1.0", "{conns}");
     assert_eq!(conns[0]["mediation"], "granted", "{conns}");
+}
+
+async fn wait_sockets_closed(s: &Server) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while stats(s).await["open_sockets"] != 0 {
+        assert!(std::time::Instant::now() < deadline, "socket never closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// credo's live mode asks for status and deliveries over HTTP while its socket is live: nothing
+/// pushed on the socket may be handed out again over HTTP, and HTTP polls do not repeat either.
+#[tokio::test]
+async fn each_message_goes_out_once_whichever_transport_asks() {
+    let s = Server::start().await;
+    let (conn, recipient) = mediated(&s).await;
+    for t in ["a", "b", "c"] {
+        assert_eq!(send_forward(&s, &conn, &recipient, t).await.status(), 202);
+    }
+    let t = Duration::from_secs(10);
+    let mut ws = conn.websocket().await.unwrap();
+    ws.live(true).await.unwrap();
+    let mut pushed = Vec::new();
+    while pushed.len() < 3 {
+        let m = ws.recv(t).await.unwrap();
+        if m["@type"].as_str().unwrap().ends_with("/delivery") {
+            pushed.extend(pickup::attachments(&m));
+        }
+    }
+    assert_eq!(contents(&recipient, &pushed), vec!["a", "b", "c"]);
+    // The same recipient polls over HTTP while its socket holds them unacknowledged.
+    let st = conn
+        .request(pickup::status_request())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(st["message_count"], 0, "in flight on the socket: {st}");
+    let d = conn
+        .request(pickup::delivery_request(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(pickup::attachments(&d).is_empty(), "handed out twice: {d}");
+    // Acknowledged over HTTP (as credo does): deleted, and the socket's window is freed.
+    let ids: Vec<String> = pushed.iter().map(|(id, _)| id.clone()).collect();
+    let st = conn
+        .request(pickup::messages_received(&ids))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(st["message_count"], 0, "{st}");
+    // A new message goes out once, on the socket; polling does not get it as well.
+    assert_eq!(send_forward(&s, &conn, &recipient, "d").await.status(), 202);
+    let live = loop {
+        let m = ws.recv(t).await.unwrap();
+        if m["@type"].as_str().unwrap().ends_with("/delivery") {
+            break pickup::attachments(&m);
+        }
+    };
+    assert_eq!(contents(&recipient, &live), vec!["d"]);
+    let d = conn
+        .request(pickup::delivery_request(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(pickup::attachments(&d).is_empty(), "handed out twice: {d}");
+    let st = stats(&s).await;
+    assert_eq!(st["delivered_total"], 4, "{st}");
+    // The socket goes away unacknowledged: its message is offered again, once per HTTP lease.
+    ws.close().await;
+    wait_sockets_closed(&s).await;
+    let d = conn
+        .request(pickup::delivery_request(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(contents(&recipient, &pickup::attachments(&d)), vec!["d"]);
+    let again = conn
+        .request(pickup::delivery_request(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        pickup::attachments(&again).is_empty(),
+        "polled twice: {again}"
+    );
+    let st = conn
+        .request(pickup::status_request())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(st["message_count"], 0, "leased to the first poll: {st}");
+    let st = stats(&s).await;
+    assert_eq!(st["delivered_total"], 5, "{st}");
+    assert_eq!(
+        st["queued_messages"], 1,
+        "never deleted before messages-received: {st}"
+    );
+}
+
+/// Implicit pickup (ACA-Py's way, credo's `Implicit`): return-route `all` on the recipient's own
+/// connection gets the queued envelopes themselves, on a WebSocket and in an HTTP response.
+#[tokio::test]
+async fn implicit_pickup_over_websocket_and_http() {
+    let s = Server::start().await;
+    let (conn, recipient) = mediated(&s).await;
+    for t in ["a", "b"] {
+        assert_eq!(send_forward(&s, &conn, &recipient, t).await.status(), 202);
+    }
+    let t = Duration::from_secs(10);
+    let open = |raw: Vec<u8>| -> String {
+        let (m, _) = recipient.unpack(&raw).unwrap();
+        m["content"].as_str().unwrap().to_string()
+    };
+    let mut ws = conn.websocket().await.unwrap();
+    ws.send(pickup::ping_no_response()).await.unwrap();
+    let got = vec![
+        open(ws.recv_raw(t).await.unwrap()),
+        open(ws.recv_raw(t).await.unwrap()),
+    ];
+    assert_eq!(got, vec!["a", "b"]);
+    wait_queued(&s, 0).await;
+    // Forwarded while the socket is open: pushed at once.
+    assert_eq!(send_forward(&s, &conn, &recipient, "c").await.status(), 202);
+    assert_eq!(open(ws.recv_raw(t).await.unwrap()), "c");
+    ws.close().await;
+    wait_sockets_closed(&s).await;
+    // HTTP: a message with return-route `all` and no reply of its own carries one queued message.
+    assert_eq!(send_forward(&s, &conn, &recipient, "d").await.status(), 202);
+    let raw = conn
+        .request_raw(pickup::ping_no_response())
+        .await
+        .unwrap()
+        .expect("the queued message in the response");
+    assert_eq!(open(raw), "d");
+    assert!(conn
+        .request_raw(pickup::ping_no_response())
+        .await
+        .unwrap()
+        .is_none());
+    // Pickup 1.0 batches name each message with `id` (credo) and `@id` (RFC 0212).
+    assert_eq!(send_forward(&s, &conn, &recipient, "e").await.status(), 202);
+    let mut batch =
+        client::new_message("messagepickup/1.0/batch-pickup", json!({"batch_size": 10}));
+    batch["~transport"] = json!({"return_route": "all"});
+    let b = conn.request(batch).await.unwrap().unwrap();
+    let att = &b["messages~attach"][0];
+    assert!(att["id"].is_string() && att["id"] == att["@id"], "{b}");
+    let st = exactly_once(&s, 5).await;
+    assert_eq!(st["acknowledged_total"], 5, "{st}");
+}
+
+/// Abuse limits: keys per connection, queue bytes per connection, connections per invitation,
+/// and mediation only through an admin's single-use invitation when so configured.
+#[tokio::test]
+async fn mediator_limits_hold() {
+    let s = Server::builder()
+        .env("IDSTACK__MEDIATOR__MAX_KEYS_PER_CONNECTION", "2")
+        .env("IDSTACK__MEDIATOR__MAX_QUEUE_BYTES_PER_CONNECTION", "20000")
+        .env("IDSTACK__MEDIATOR__MAX_CONNECTIONS_PER_INVITATION", "2")
+        .start()
+        .await;
+    let (conn, recipient) = mediated(&s).await;
+    let k2 = AgentKey::generate();
+    let k3 = AgentKey::generate();
+    assert_eq!(
+        conn.keylist_update(&k2.verkey, "add").await.unwrap(),
+        "success"
+    );
+    assert_eq!(
+        conn.keylist_update(&k3.verkey, "add").await.unwrap(),
+        "client_error"
+    );
+    assert_eq!(
+        conn.keylist_update(&k2.verkey, "remove").await.unwrap(),
+        "success"
+    );
+    assert_eq!(
+        conn.keylist_update(&k3.verkey, "add").await.unwrap(),
+        "success"
+    );
+    // Queue bytes: ~3 KB messages until the 20,000-byte cap refuses one with 507.
+    let big = "x".repeat(3000);
+    let mut accepted = 0;
+    let refused = loop {
+        let r = send_forward(&s, &conn, &recipient, &big).await;
+        if r.status() != 202 {
+            break r;
+        }
+        accepted += 1;
+        assert!(accepted < 20, "the byte cap never applied");
+    };
+    assert!(accepted >= 3, "{accepted}");
+    expect_problem(refused, 507, "mediator_queue_full").await;
+    let st = wait_queued(&s, accepted).await;
+    assert_eq!(st["forwarded_total"], accepted, "{st}");
+    // Picked up and acknowledged: room again.
+    let d = conn
+        .request(pickup::delivery_request(100))
+        .await
+        .unwrap()
+        .unwrap();
+    let ids: Vec<String> = pickup::attachments(&d)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    conn.request(pickup::messages_received(&ids)).await.unwrap();
+    assert_eq!(
+        send_forward(&s, &conn, &recipient, "ok").await.status(),
+        202
+    );
+    // Connections per invitation: `mediated` used one of the public invitation's two.
+    let inv = invitation(&s, "").await;
+    MediatorConnection::connect(reqwest::Client::new(), &inv, "second")
+        .await
+        .unwrap();
+    let third = MediatorConnection::connect(reqwest::Client::new(), &inv, "third").await;
+    let err = format!(
+        "{:#}",
+        third.err().expect("a third connection must be refused")
+    );
+    assert!(err.contains("410") || err.contains("limit"), "{err}");
+    s.stop();
+
+    // Mediation only through a single-use invitation.
+    let s = Server::builder()
+        .env(
+            "IDSTACK__MEDIATOR__GRANT_REQUIRES_SINGLE_USE_INVITATION",
+            "true",
+        )
+        .start()
+        .await;
+    let inv = invitation(&s, "").await;
+    let mut public = MediatorConnection::connect(reqwest::Client::new(), &inv, "public")
+        .await
+        .unwrap();
+    let err = format!(
+        "{:#}",
+        public
+            .mediate()
+            .await
+            .expect_err("mediation must be denied")
+    );
+    assert!(err.contains("mediate-deny"), "{err}");
+    let inv = invitation(&s, "?single_use=true").await;
+    let mut own = MediatorConnection::connect(reqwest::Client::new(), &inv, "own")
+        .await
+        .unwrap();
+    assert_eq!(own.mediate().await.unwrap().len(), 1);
+    assert_eq!(stats(&s).await["mediations_granted"], 1);
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// A client declaring a 200 MB WebSocket frame gets the socket closed at the frame header; the
+/// server does not buffer what follows (3 connections sending 40 MB each).
+#[tokio::test]
+async fn a_huge_websocket_frame_is_refused_before_it_is_buffered() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let s = Server::start().await;
+    let pid = s.child.as_ref().unwrap().id();
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let before = vm_rss_kib(pid);
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let addr = addr.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let req = format!(
+                "GET /didcomm/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            );
+            tcp.write_all(req.as_bytes()).await.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                tcp.read_exact(&mut byte).await.unwrap();
+                head.push(byte[0]);
+            }
+            assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+            // Binary frame, masked, 64-bit length 200 MB.
+            let mut frame = vec![0x82, 0x80 | 127];
+            frame.extend_from_slice(&(200u64 * 1024 * 1024).to_be_bytes());
+            frame.extend_from_slice(&[1, 2, 3, 4]);
+            tcp.write_all(&frame).await.unwrap();
+            let chunk = vec![0u8; 1024 * 1024];
+            let mut written = 0usize;
+            for _ in 0..40 {
+                match tokio::time::timeout(Duration::from_secs(5), tcp.write_all(&chunk)).await {
+                    Ok(Ok(())) => written += chunk.len(),
+                    // reset, or the server stopped reading: either way it did not take it all
+                    _ => break,
+                }
+            }
+            // What the server says, if anything, is a close frame; or it has hung up.
+            let mut first = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut first)).await;
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => {}
+                Ok(Ok(_)) => assert_eq!(first[0], 0x88, "expected a close frame"),
+                Err(_) => panic!("the socket was neither closed nor answered ({written} bytes written)"),
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let after = vm_rss_kib(pid);
+    let grown_mib = after.saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 64,
+        "RSS grew by {grown_mib} MiB ({before} → {after} KiB)"
+    );
+    // The server still serves.
+    let r = crate::common::client()
+        .get(s.url("/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }

@@ -3,9 +3,11 @@
 //! message pickup 2.0 with live mode and 1.0) over HTTP and WebSocket.
 
 pub mod model;
+pub mod queue;
 pub use crate::didcomm::{envelope, peer};
 pub mod routes;
 pub mod service;
+pub mod ws_limit;
 
 use std::sync::Arc;
 
@@ -38,16 +40,23 @@ pub async fn init(state: &AppState) -> anyhow::Result<()> {
     tokio::spawn(async move {
         loop {
             match rx.recv().await {
-                Ok(ev) if ev.topic == service::BUS_TOPIC => match weak.upgrade() {
-                    Some(svc) => svc.wake(&ev.payload),
-                    None => break,
-                },
+                Ok(ev)
+                    if ev.topic == service::BUS_TOPIC || ev.topic == service::BUS_TOPIC_ACKED =>
+                {
+                    match weak.upgrade() {
+                        Some(svc) => svc.on_event(&ev.topic, &ev.payload),
+                        None => break,
+                    }
+                }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     // Missed wake-ups: poke every live socket so none waits for the next event.
                     tracing::warn!(missed = n, "mediator fell behind on bus events");
                     match weak.upgrade() {
-                        Some(svc) => svc.wake_all(),
+                        Some(svc) => {
+                            svc.forget_indexes();
+                            svc.wake_all();
+                        }
                         None => break,
                     }
                 }

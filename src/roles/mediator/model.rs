@@ -24,6 +24,13 @@ pub struct Connection {
     pub mediation: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invitation_id: Option<String>,
+    /// Made through a single-use invitation (one an admin created for this agent).
+    #[serde(default)]
+    pub via_single_use: bool,
+    /// Recipient keys registered (coordinate-mediation keylist); absent on records written before
+    /// it was counted (then counted once from the store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<u64>,
     pub created_at_ms: i64,
 }
 
@@ -43,6 +50,9 @@ pub struct InvitationRecord {
     pub id: String,
     pub multi_use: bool,
     pub used: bool,
+    /// Connections made through it.
+    #[serde(default)]
+    pub connections: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

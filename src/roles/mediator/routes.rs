@@ -4,18 +4,23 @@
 //! - `POST /didcomm`: one envelope per request; 202, or 200 with the return-routed reply.
 //! - `GET /didcomm/ws`: WebSocket; every frame is an envelope, replies and live deliveries are
 //!   binary frames. Pings every `ws_ping_seconds`; closed after `ws_idle_timeout_seconds` of
-//!   silence; frames above `max_message_bytes` close the socket; outgoing frames go through a
-//!   bounded channel, so a client that does not read stops its own deliveries, nobody else's.
+//!   silence; a frame declaring more than `max_message_bytes` closes the socket as soon as its
+//!   header arrives ([`super::ws_limit`]); outgoing frames go through a bounded channel, so a
+//!   client that does not read stops its own deliveries, nobody else's.
+//! - Implicit pickup (a message from a mediated connection asking for return-route `all` that has
+//!   no reply of its own, e.g. credo's trust ping without response; never a pickup message): on a
+//!   WebSocket the queue is then pushed as the forwarded envelopes themselves; on HTTP the
+//!   response carries the oldest queued message.
 
 use std::sync::Arc;
 
 use actix_web::http::header;
-use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use actix_web::{get, post, web, FromRequest as _, HttpRequest, HttpResponse};
 use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 
 use super::model::*;
-use super::service::MediatorService;
+use super::service::{MediatorService, Outgoing};
 use crate::error::{ApiError, ApiResult, Code, Problem};
 use crate::http::auth::Admin;
 
@@ -83,7 +88,13 @@ pub async fn inbound(
     let replies = svc.receive(&body, None).await?;
     let mut it = replies.envelopes.into_iter();
     match it.next() {
-        None => Ok(HttpResponse::Accepted().finish()),
+        None => match &replies.implicit_for {
+            Some(conn) => match svc.take_implicit(conn).await? {
+                Some(m) => Ok(HttpResponse::Ok().content_type(ENVELOPE_CT).body(m)),
+                None => Ok(HttpResponse::Accepted().finish()),
+            },
+            None => Ok(HttpResponse::Accepted().finish()),
+        },
         Some(first) => {
             // HTTP carries one reply; any further ones wait in the sender's queue.
             for extra in it {
@@ -105,8 +116,13 @@ pub async fn websocket(
     svc: Svc,
     body: web::Payload,
 ) -> actix_web::Result<HttpResponse> {
-    let (response, session, stream) = actix_ws::handle(&req, body)?;
     let max = svc.max_message_bytes();
+    // Frame lengths are checked as headers arrive, before actix-ws buffers a frame's payload.
+    let limited: actix_web::dev::Payload = actix_web::dev::Payload::Stream {
+        payload: Box::pin(super::ws_limit::FrameLimit::new(body, max)),
+    };
+    let body = web::Payload::from_request(&req, &mut { limited }).await?;
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
     let stream = stream
         .max_frame_size(max)
         .aggregate_continuations()
@@ -121,7 +137,7 @@ async fn run_socket(
     mut session: actix_ws::Session,
     mut stream: actix_ws::AggregatedMessageStream,
 ) {
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(64);
     let socket = svc.new_socket(tx);
     let (ping_every, idle) = svc.ws_timers();
     let mut ping = tokio::time::interval(ping_every);
@@ -170,7 +186,12 @@ async fn run_socket(
             }
             out = rx.recv() => {
                 let Some(out) = out else { break None };
-                if session.binary(out).await.is_err() { break None }
+                if session.binary(out.frame).await.is_err() { break None }
+                if let Some((conn, id)) = out.implicit {
+                    if let Err(e) = svc.implicit_written(&conn, id, &socket).await {
+                        tracing::warn!(error = %e, "implicit pickup: could not dequeue a sent message");
+                    }
+                }
             }
             _ = socket.wake.notified() => {
                 if let Err(e) = Box::pin(svc.pump(&socket)).await {

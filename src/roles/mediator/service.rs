@@ -8,8 +8,8 @@
 //! live-mode switch redelivers everything unacknowledged.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -21,47 +21,113 @@ use super::envelope::{self, EnvelopeError};
 use super::ks;
 use super::model::*;
 use super::peer;
+use super::queue::{Change, ConnQueue, Entry};
 use crate::clock::random_id;
 use crate::error::{ApiError, ApiResult, Code};
 use crate::state::AppState;
 use crate::store::Cas;
 
+/// Bus topic of a message queued (payload `{connection}\n{origin node}`): wakes the socket that
+/// holds the connection live; other nodes also drop their index of that queue.
 pub const BUS_TOPIC: &str = "mediator.queued";
+/// Bus topic of messages acknowledged (same payload): other nodes drop their index of that queue.
+pub const BUS_TOPIC_ACKED: &str = "mediator.acked";
 const DIDCOMM: &str = "https://didcomm.org/";
 const LEGACY_PREFIX: &str = "did:sov:BzCbsNYhMrjHiqZDTUASHg;spec/";
 /// Most messages in one pickup `delivery`.
 const DELIVERY_BATCH: usize = 50;
-/// How long a message handed out over HTTP pickup waits for `messages-received` before it is
-/// offered again.
-const HTTP_LEASE_MS: i64 = 10_000;
 /// Most messages handed to one socket and not yet acknowledged; beyond it the pump waits.
 const MAX_INFLIGHT: usize = 500;
+
+/// A frame for a WebSocket. `implicit` names the queued message (connection, id) the frame
+/// carries raw (implicit pickup): it is deleted from the queue once the frame is written.
+pub struct Outgoing {
+    pub frame: Vec<u8>,
+    pub implicit: Option<(String, String)>,
+}
+
+/// How a socket gets its connection's queue pushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Pickup 2.0 live mode: `delivery` messages, deleted on `messages-received`.
+    Live,
+    /// Implicit pickup (return-route `all` on the recipient's own socket, as ACA-Py serves): the
+    /// forwarded envelopes themselves, deleted once written.
+    Implicit,
+}
 
 /// A live WebSocket, as the engine sees it.
 pub struct Socket {
     pub id: u64,
     /// Outgoing frames (bounded: a slow client backs up its own pump, nobody else's).
-    pub tx: mpsc::Sender<Vec<u8>>,
-    /// The connection whose queue is pushed here (set by live-delivery-change).
-    live: Mutex<Option<String>>,
+    pub tx: mpsc::Sender<Outgoing>,
+    /// The connection whose queue is pushed here, and how.
+    mode: Mutex<Option<(String, Mode)>>,
     /// Message ids delivered on this socket and not yet acknowledged.
     inflight: Mutex<HashSet<String>>,
+    /// The client spoke a pickup protocol on this socket: it picks up explicitly, never implicitly.
+    pickup_client: AtomicBool,
+    closed: AtomicBool,
     pub wake: Notify,
 }
 
 impl Socket {
-    pub fn new(id: u64, tx: mpsc::Sender<Vec<u8>>) -> Self {
+    pub fn new(id: u64, tx: mpsc::Sender<Outgoing>) -> Self {
         Self {
             id,
             tx,
-            live: Mutex::new(None),
+            mode: Mutex::new(None),
             inflight: Mutex::default(),
+            pickup_client: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             wake: Notify::new(),
         }
     }
-    pub fn live_connection(&self) -> Option<String> {
-        self.live.lock().ok().and_then(|g| g.clone())
+    fn mode(&self) -> Option<(String, Mode)> {
+        self.mode.lock().ok().and_then(|g| g.clone())
     }
+    /// The connection in pickup 2.0 live mode on this socket.
+    pub fn live_connection(&self) -> Option<String> {
+        self.mode()
+            .and_then(|(c, m)| (m == Mode::Live).then_some(c))
+    }
+    fn inflight_len(&self) -> usize {
+        self.inflight.lock().map(|g| g.len()).unwrap_or(0)
+    }
+}
+
+/// Who holds a message handed out and not yet acknowledged.
+enum Holder {
+    /// A socket, until it closes.
+    Socket(u64, Weak<Socket>),
+    /// An HTTP pickup, until the lease runs out.
+    Http { until_ms: i64 },
+}
+
+impl Holder {
+    fn alive(&self, now: i64) -> bool {
+        match self {
+            Holder::Socket(_, w) => w
+                .upgrade()
+                .is_some_and(|s| !s.closed.load(Ordering::Relaxed)),
+            Holder::Http { until_ms } => now < *until_ms,
+        }
+    }
+}
+
+enum Slot {
+    /// Being built from a store scan; changes made meanwhile are applied when it is done.
+    Loading(Vec<Change>),
+    Ready(ConnQueue),
+}
+
+/// The node's bookkeeping of queues and leases, per connection.
+#[derive(Default)]
+struct Book {
+    queues: HashMap<String, Slot>,
+    /// Connection → message id → holder. Kept apart from `queues` (which other nodes' changes
+    /// invalidate) so a lease outlives an index rebuild.
+    leases: HashMap<String, HashMap<String, Holder>>,
 }
 
 #[derive(Default)]
@@ -81,10 +147,11 @@ pub struct MediatorService {
     live: Mutex<HashMap<String, Weak<Socket>>>,
     open_sockets: AtomicU64,
     next_socket: AtomicU64,
-    /// Messages handed out over HTTP pickup and not acknowledged yet: connection → id → when.
-    /// Held back from later deliveries and counts for [`HTTP_LEASE_MS`], so a client polling
-    /// again before it acknowledged gets no duplicate; after that they are delivered again.
-    http_inflight: Mutex<HashMap<String, HashMap<String, i64>>>,
+    /// Queue indexes and leases: each message is handed out once per socket or HTTP lease,
+    /// whichever transport asks.
+    book: Mutex<Book>,
+    /// This node's id on the bus (tells its own events from other nodes').
+    origin: String,
     counters: Counters,
     metrics: Option<Metrics>,
 }
@@ -101,6 +168,9 @@ struct Metrics {
 pub struct Replies {
     /// Packed envelopes to return on the same transport (`~transport.return_route`).
     pub envelopes: Vec<Vec<u8>>,
+    /// Implicit pickup over HTTP: the message asked for return-route `all`, came from a mediated
+    /// connection (this one) and has no reply, so the response may carry a queued message.
+    pub implicit_for: Option<String>,
 }
 
 fn didcomm_error(code: Code, detail: impl Into<String>) -> ApiError {
@@ -132,6 +202,12 @@ fn wants_return_route(msg: &Value) -> bool {
     )
 }
 
+fn wants_return_route_all(msg: &Value) -> bool {
+    msg.pointer("/~transport/return_route")
+        .and_then(Value::as_str)
+        == Some("all")
+}
+
 fn verkey_bytes(b58: &str) -> ApiResult<[u8; 32]> {
     bs58::decode(b58)
         .into_vec()
@@ -158,7 +234,8 @@ impl MediatorService {
             live: Mutex::default(),
             open_sockets: AtomicU64::new(0),
             next_socket: AtomicU64::new(1),
-            http_inflight: Mutex::default(),
+            book: Mutex::default(),
+            origin: random_id(),
             counters: Counters::default(),
             metrics,
         })
@@ -198,6 +275,7 @@ impl MediatorService {
                 id: id.clone(),
                 multi_use: false,
                 used: false,
+                connections: 0,
             };
             self.state
                 .store
@@ -261,6 +339,7 @@ impl MediatorService {
             id: random_id(),
             multi_use: true,
             used: false,
+            connections: 0,
         };
         // The invitation record first, then the pointer to it: whoever reads the pointer (on any
         // node) finds the record. (The other order let a concurrent first caller hand out an id
@@ -288,8 +367,10 @@ impl MediatorService {
         }
     }
 
-    /// Accepts a handshake on invitation `pthid`: reusable ones always, single-use ones once.
-    async fn use_invitation(&self, pthid: Option<&str>) -> ApiResult<Option<String>> {
+    /// Accepts a handshake on invitation `pthid`: reusable ones up to
+    /// `max_connections_per_invitation` connections (one compare-and-swap on a counter), single-use
+    /// ones once. Returns (invitation id, single-use).
+    async fn use_invitation(&self, pthid: Option<&str>) -> ApiResult<(String, bool)> {
         let Some(pthid) = pthid else {
             return Err(didcomm_error(
                 Code::DidcommBadMessage,
@@ -297,16 +378,43 @@ impl MediatorService {
             ));
         };
         let store = &self.state.store;
-        let Some(raw) = store.get(ks::INVITATIONS, pthid).await? else {
-            return Err(didcomm_error(
-                Code::DidcommBadMessage,
-                "the invitation this request answers is unknown or expired",
-            ));
+        let max = self.cfg().max_connections_per_invitation;
+        let mut tries = 0;
+        let (raw, mut rec) = loop {
+            let Some(raw) = store.get(ks::INVITATIONS, pthid).await? else {
+                return Err(didcomm_error(
+                    Code::DidcommBadMessage,
+                    "the invitation this request answers is unknown or expired",
+                ));
+            };
+            let mut rec: InvitationRecord =
+                serde_json::from_slice(&raw).map_err(ApiError::internal)?;
+            if !rec.multi_use {
+                break (raw, rec);
+            }
+            if rec.connections >= max {
+                return Err(self.reject(
+                    Code::Gone,
+                    format!("this invitation has reached its limit of {max} connections"),
+                ));
+            }
+            rec.connections += 1;
+            let new = serde_json::to_vec(&rec).map_err(ApiError::internal)?;
+            if store
+                .compare_and_swap(ks::INVITATIONS, pthid, Some(raw), Some((new, None)))
+                .await?
+                == Cas::Swapped
+            {
+                return Ok((rec.id, false));
+            }
+            tries += 1;
+            if tries >= 64 {
+                return Err(ApiError::new(
+                    Code::Conflict,
+                    "too many connections on this invitation at once; retry",
+                ));
+            }
         };
-        let mut rec: InvitationRecord = serde_json::from_slice(&raw).map_err(ApiError::internal)?;
-        if rec.multi_use {
-            return Ok(Some(rec.id));
-        }
         if rec.used {
             return Err(didcomm_error(
                 Code::Gone,
@@ -314,6 +422,7 @@ impl MediatorService {
             ));
         }
         rec.used = true;
+        rec.connections = 1;
         let new = serde_json::to_vec(&rec).map_err(ApiError::internal)?;
         match store
             .compare_and_swap(
@@ -324,7 +433,7 @@ impl MediatorService {
             )
             .await?
         {
-            Cas::Swapped => Ok(Some(rec.id)),
+            Cas::Swapped => Ok((rec.id, true)),
             Cas::Conflict(_) => Err(didcomm_error(
                 Code::Gone,
                 "this single-use invitation was already used",
@@ -374,6 +483,7 @@ impl MediatorService {
             ));
         };
         let return_route = wants_return_route(&msg);
+        let mut implicit: Option<String> = None;
         let mut replies: Vec<(Value, String)> = Vec::new(); // (message, recipient verkey)
         let proto = ty.rsplit_once('/').map(|(p, _)| p).unwrap_or(ty);
         let name = ty.rsplit('/').next().unwrap_or(ty);
@@ -401,7 +511,24 @@ impl MediatorService {
             }
             _ => {
                 let conn = self.connection_by_key(&sender).await?;
-                if let Some(reply) = self.on_connection(&conn, proto, name, &msg, socket).await? {
+                let pickup = proto.starts_with("messagepickup/");
+                if pickup {
+                    if let Some(s) = socket {
+                        s.pickup_client.store(true, Ordering::Relaxed);
+                    }
+                }
+                let reply = self.on_connection(&conn, proto, name, &msg, socket).await?;
+                // Implicit pickup: a message that asks for return-route `all`, has nothing of its
+                // own to return (credo's implicit mode opens with a ping that wants no response)
+                // and comes from a mediated connection leaves the route to its queue.
+                if reply.is_none()
+                    && !pickup
+                    && conn.mediation == "granted"
+                    && wants_return_route_all(&msg)
+                {
+                    implicit = Some(conn.id.clone());
+                }
+                if let Some(reply) = reply {
                     replies.push((reply, sender.clone()));
                 }
             }
@@ -416,12 +543,45 @@ impl MediatorService {
                 self.send_to_peer(&to, packed).await?;
             }
         }
+        if let Some(conn_id) = implicit {
+            match socket {
+                Some(s) => {
+                    if !s.pickup_client.load(Ordering::Relaxed) && s.mode().is_none() {
+                        self.set_mode(&conn_id, s, Some(Mode::Implicit));
+                    }
+                }
+                None => out.implicit_for = Some(conn_id),
+            }
+        }
         if let Some(s) = socket {
-            if s.live_connection().is_some() {
+            if s.mode().is_some() {
                 s.wake.notify_one();
             }
         }
         Ok(out)
+    }
+
+    /// Implicit pickup over HTTP: the oldest message of `conn_id` not handed out elsewhere, as the
+    /// forwarded envelope itself, deleted from the queue as it goes into the response (there is no
+    /// acknowledgement in implicit pickup; ACA-Py does the same).
+    pub async fn take_implicit(&self, conn_id: &str) -> ApiResult<Option<Vec<u8>>> {
+        let Some(m) = self.claim(conn_id, None, 1, None).await?.into_iter().next() else {
+            return Ok(None);
+        };
+        let bytes = serde_json::to_vec(&m.msg).map_err(ApiError::internal)?;
+        self.acknowledge(conn_id, std::slice::from_ref(&m.id), None)
+            .await?;
+        Ok(Some(bytes))
+    }
+
+    /// A raw frame of implicit pickup was written on `s`: the message leaves the queue.
+    pub async fn implicit_written(
+        &self,
+        conn_id: &str,
+        id: String,
+        s: &Arc<Socket>,
+    ) -> ApiResult<()> {
+        self.acknowledge(conn_id, &[id], Some(s)).await
     }
 
     fn reject(&self, code: Code, detail: impl Into<String>) -> ApiError {
@@ -478,7 +638,7 @@ impl MediatorService {
         version: &str,
     ) -> ApiResult<Value> {
         let pthid = msg.pointer("/~thread/pthid").and_then(Value::as_str);
-        let invitation_id = self.use_invitation(pthid).await?;
+        let invitation = self.use_invitation(pthid).await?;
         let did = msg.get("did").and_then(Value::as_str).ok_or_else(|| {
             self.reject(Code::DidcommBadMessage, "DID exchange request without did")
         })?;
@@ -500,7 +660,7 @@ impl MediatorService {
             did,
             attached.as_ref(),
             format!("didexchange/{version}"),
-            invitation_id,
+            invitation,
         )
         .await?;
         let rotate = self.signed_attachment(self.did.as_bytes(), None);
@@ -544,7 +704,7 @@ impl MediatorService {
 
     async fn connections_request(&self, msg: &Value, sender: &str) -> ApiResult<Value> {
         let pthid = msg.pointer("/~thread/pthid").and_then(Value::as_str);
-        let invitation_id = self.use_invitation(pthid).await?;
+        let invitation = self.use_invitation(pthid).await?;
         let c = msg.get("connection").ok_or_else(|| {
             self.reject(
                 Code::DidcommBadMessage,
@@ -559,15 +719,8 @@ impl MediatorService {
                 self.reject(Code::DidcommBadMessage, "connection request without DID")
             })?;
         let doc = c.get("DIDDoc").or_else(|| c.get("did_doc"));
-        self.open_connection(
-            msg,
-            sender,
-            did,
-            doc,
-            "connections/1.0".into(),
-            invitation_id,
-        )
-        .await?;
+        self.open_connection(msg, sender, did, doc, "connections/1.0".into(), invitation)
+            .await?;
         // Legacy DID (first 16 bytes of the verkey, base58) and DIDDoc, as connections 1.0 wants.
         let vk = self.key.verifying_key().to_bytes();
         let our_did = bs58::encode(&vk[..16]).into_string();
@@ -625,7 +778,7 @@ impl MediatorService {
         did: &str,
         attached_doc: Option<&Value>,
         protocol: String,
-        invitation_id: Option<String>,
+        (invitation_id, via_single_use): (String, bool),
     ) -> ApiResult<Connection> {
         let info = peer::resolve(did, attached_doc)
             .map_err(|e| self.reject(Code::DidcommBadMessage, e))?;
@@ -648,7 +801,9 @@ impl MediatorService {
             protocol,
             state: "response-sent".into(),
             mediation: "none".into(),
-            invitation_id,
+            invitation_id: Some(invitation_id),
+            via_single_use,
+            keys: Some(0),
             created_at_ms: self.now(),
         };
         self.save_connection(&conn).await?;
@@ -767,6 +922,11 @@ impl MediatorService {
                 requested.then(|| reply("trust_ping/1.0/ping_response", json!({})))
             }
             ("trust_ping/1.0", "ping_response") => None,
+            ("coordinate-mediation/1.0", "mediate-request")
+                if self.cfg().grant_requires_single_use_invitation && !conn.via_single_use =>
+            {
+                Some(reply("coordinate-mediation/1.0/mediate-deny", json!({})))
+            }
             ("coordinate-mediation/1.0", "mediate-request") => {
                 self.update_connection(&conn.id, |c| c.mediation = "granted".into())
                     .await?;
@@ -797,7 +957,7 @@ impl MediatorService {
             }
             ("messagepickup/2.0", "status-request") => Some(reply(
                 "messagepickup/2.0/status",
-                self.status(conn, msg, socket).await?,
+                self.status(&conn.id, msg, socket).await?,
             )),
             ("messagepickup/2.0", "delivery-request") => {
                 let limit = msg
@@ -806,11 +966,13 @@ impl MediatorService {
                     .unwrap_or(10)
                     .clamp(1, 1000) as usize;
                 let filter = recipient_filter(msg);
-                let batch = self.claim(conn, socket, limit, filter.as_deref()).await?;
+                let batch = self
+                    .claim(&conn.id, socket, limit, filter.as_deref())
+                    .await?;
                 if batch.is_empty() {
                     Some(reply(
                         "messagepickup/2.0/status",
-                        self.status(conn, msg, socket).await?,
+                        self.status(&conn.id, msg, socket).await?,
                     ))
                 } else {
                     Some(self.delivery_message(&batch, Some(&thid), filter.as_deref()))
@@ -824,10 +986,10 @@ impl MediatorService {
                     .flatten()
                     .filter_map(|v| v.as_str().map(str::to_string))
                     .collect();
-                self.acknowledge(conn, &ids, socket).await?;
+                self.acknowledge(&conn.id, &ids, socket).await?;
                 Some(reply(
                     "messagepickup/2.0/status",
-                    self.status(conn, &json!({}), socket).await?,
+                    self.status(&conn.id, &json!({}), socket).await?,
                 ))
             }
             ("messagepickup/2.0", "live-delivery-change") => {
@@ -842,8 +1004,8 @@ impl MediatorService {
                         "live delivery needs a persistent connection: use the WebSocket endpoint",
                     )));
                 };
-                self.set_live(&conn.id, s, on);
-                let mut status = self.status(conn, &json!({}), socket).await?;
+                self.set_mode(&conn.id, s, on.then_some(Mode::Live));
+                let mut status = self.status(&conn.id, &json!({}), socket).await?;
                 status["live_delivery"] = json!(on);
                 Some(reply("messagepickup/2.0/status", status))
             }
@@ -855,17 +1017,19 @@ impl MediatorService {
                     .and_then(Value::as_u64)
                     .unwrap_or(10)
                     .clamp(1, 1000) as usize;
-                let batch = self.claim(conn, None, size, None).await?;
+                let batch = self.claim(&conn.id, None, size, None).await?;
                 let ids: Vec<String> = batch.iter().map(|m| m.id.clone()).collect();
+                // RFC 0212 writes `@id`; credo (0.4-0.6) parses `id` and refuses the batch
+                // without it; ACA-Py writes `id`. Both, so every client finds its key.
                 let reply_msg = reply(
                     "messagepickup/1.0/batch",
-                    json!({"messages~attach": batch.iter().map(|m| json!({"@id": m.id, "message": m.msg})).collect::<Vec<_>>()}),
+                    json!({"messages~attach": batch.iter().map(|m| json!({"@id": m.id, "id": m.id, "message": m.msg})).collect::<Vec<_>>()}),
                 );
-                self.acknowledge(conn, &ids, None).await?;
+                self.acknowledge(&conn.id, &ids, None).await?;
                 Some(reply_msg)
             }
             ("messagepickup/1.0", "status-request") => {
-                let n = self.count(&conn.id, None).await?;
+                let n = self.status(&conn.id, &json!({}), None).await?["message_count"].take();
                 Some(reply(
                     "messagepickup/1.0/status",
                     json!({"message_count": n}),
@@ -901,6 +1065,22 @@ impl MediatorService {
 
     async fn keylist_update(&self, conn: &Connection, msg: &Value) -> ApiResult<Value> {
         let store = &self.state.store;
+        let max = self.cfg().max_keys_per_connection;
+        // The connection record carries its key count: the cap is checked in O(1). Records from
+        // before the count was kept are counted once (bounded by the cap).
+        let start = match conn.keys {
+            Some(n) => n,
+            None => {
+                store
+                    .count_prefix(
+                        ks::ROUTE_BY_CONN,
+                        &format!("{}/", conn.id),
+                        usize::try_from(max).unwrap_or(usize::MAX).saturating_add(1),
+                    )
+                    .await? as u64
+            }
+        };
+        let mut have = start;
         let mut updated = Vec::new();
         for u in msg
             .get("updates")
@@ -918,6 +1098,7 @@ impl MediatorService {
             } else {
                 match (peer::normalize_key(given), action) {
                     (Err(_), _) => "client_error",
+                    (Ok(_), "add") if have >= max => "client_error",
                     (Ok(k), "add") => {
                         let res = store
                             .compare_and_swap(
@@ -937,6 +1118,7 @@ impl MediatorService {
                                         None,
                                     )
                                     .await?;
+                                have += 1;
                                 "success"
                             }
                             Cas::Conflict(Some(owner)) if owner == conn.id.as_bytes() => {
@@ -959,6 +1141,7 @@ impl MediatorService {
                             store
                                 .delete(ks::ROUTE_BY_CONN, &format!("{}/{k}", conn.id))
                                 .await?;
+                            have = have.saturating_sub(1);
                             "success"
                         } else {
                             "no_change"
@@ -968,6 +1151,14 @@ impl MediatorService {
                 }
             };
             updated.push(json!({"recipient_key": given, "action": action, "result": result}));
+        }
+        if have != start || conn.keys.is_none() {
+            let delta = have as i64 - start as i64;
+            self.update_connection(&conn.id, |c| {
+                let base = c.keys.unwrap_or(start) as i64;
+                c.keys = Some((base + delta).max(0) as u64);
+            })
+            .await?;
         }
         Ok(json!({"updated": updated}))
     }
@@ -1021,103 +1212,237 @@ impl MediatorService {
         Ok(())
     }
 
-    /// Stores a message for connection `conn_id` durably, then announces it on the bus.
+    /// Stores a message for connection `conn_id` durably, then announces it on the bus. The
+    /// queue caps (messages and bytes per connection) are checked against the index: O(1).
     pub async fn enqueue(&self, conn_id: &str, recipient_key: &str, msg: Value) -> ApiResult<()> {
-        let max = self.cfg().max_queue_per_recipient;
-        if self.count(conn_id, Some(max + 1)).await? >= max as u64 {
+        // Sortable, unique id: millisecond time then randomness.
+        let now = self.now();
+        let id = format!("{:013}{}", now.max(0), random_id());
+        let rec = QueuedMessage {
+            id: id.clone(),
+            recipient_key: recipient_key.to_string(),
+            received_at_ms: now,
+            msg,
+        };
+        let raw = serde_json::to_vec(&rec).map_err(ApiError::internal)?;
+        let (count, bytes) = self
+            .with_queue(conn_id, |q, _| (q.len(), q.bytes()))
+            .await?;
+        let max = self.cfg().max_queue_per_recipient as u64;
+        if count >= max {
             return Err(self.reject(
                 Code::MediatorQueueFull,
                 format!("the recipient's queue holds {max} messages already; it must pick some up first"),
             ));
         }
-        // Sortable, unique id: millisecond time then randomness.
-        let id = format!("{:013}{}", self.now().max(0), random_id());
-        let rec = QueuedMessage {
-            id: id.clone(),
-            recipient_key: recipient_key.to_string(),
-            received_at_ms: self.now(),
-            msg,
-        };
+        let max_bytes = self.cfg().max_queue_bytes_per_connection;
+        if bytes.saturating_add(raw.len() as u64) > max_bytes {
+            return Err(self.reject(
+                Code::MediatorQueueFull,
+                format!("the recipient's queue holds {bytes} of its {max_bytes} bytes already; it must pick some up first"),
+            ));
+        }
         let ttl = std::time::Duration::from_secs(self.cfg().message_ttl_seconds);
+        let len = raw.len() as u64;
         self.state
             .store
-            .put_json(ks::QUEUE, &format!("{conn_id}/{id}"), &rec, Some(ttl))
+            .put(ks::QUEUE, &format!("{conn_id}/{id}"), raw, Some(ttl))
             .await?;
         if self.cfg().flush_before_ack {
             self.state.store.flush().await?;
         }
-        self.state.bus.publish(BUS_TOPIC, conn_id).await;
+        self.note(
+            conn_id,
+            Change::Add(
+                id,
+                Entry {
+                    bytes: len,
+                    recipient: recipient_key.to_string(),
+                    at_ms: now,
+                },
+            ),
+        );
+        self.state
+            .bus
+            .publish(BUS_TOPIC, &format!("{conn_id}\n{}", self.origin))
+            .await;
         Ok(())
     }
 
-    async fn count(&self, conn_id: &str, limit: Option<usize>) -> ApiResult<u64> {
-        let n = self
-            .state
-            .store
-            .count_prefix(
-                ks::QUEUE,
-                &format!("{conn_id}/"),
-                limit.unwrap_or(usize::MAX),
-            )
-            .await?;
-        Ok(n as u64)
+    fn book(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Messages not yet handed to `socket`, oldest first, marked as in flight there.
+    /// Records a change this node made to a queue in its index (if it has one, or is building one).
+    fn note(&self, conn_id: &str, c: Change) {
+        match self.book().queues.get_mut(conn_id) {
+            Some(Slot::Ready(q)) => q.apply(c),
+            Some(Slot::Loading(pending)) => pending.push(c),
+            None => {}
+        }
+    }
+
+    /// Runs `f` on the index of `conn_id`'s queue (with its live leases' ids), building the index
+    /// with one store scan when this node has none.
+    async fn with_queue<R>(
+        &self,
+        conn_id: &str,
+        f: impl FnOnce(&mut ConnQueue, &HashSet<&str>) -> R,
+    ) -> ApiResult<R> {
+        let now = self.now();
+        let horizon = now.saturating_sub(
+            i64::try_from(self.cfg().message_ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
+        );
+        let run = |q: &mut ConnQueue, leases: Option<&HashMap<String, Holder>>| {
+            q.expire(horizon);
+            let leased: HashSet<&str> = leases
+                .into_iter()
+                .flatten()
+                .filter(|(_, h)| h.alive(now))
+                .map(|(id, _)| id.as_str())
+                .collect();
+            f(q, &leased)
+        };
+        let builder = {
+            let mut b = self.book();
+            let Book { queues, leases } = &mut *b;
+            match queues.get_mut(conn_id) {
+                Some(Slot::Ready(q)) => return Ok(run(q, leases.get(conn_id))),
+                Some(Slot::Loading(_)) => false,
+                None => {
+                    queues.insert(conn_id.to_string(), Slot::Loading(Vec::new()));
+                    true
+                }
+            }
+        };
+        let rows = match self
+            .state
+            .store
+            .scan_prefix(ks::QUEUE, &format!("{conn_id}/"), usize::MAX)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                if builder {
+                    let mut b = self.book();
+                    if matches!(b.queues.get(conn_id), Some(Slot::Loading(_))) {
+                        b.queues.remove(conn_id);
+                    }
+                }
+                return Err(e.into());
+            }
+        };
+        let mut q = ConnQueue::from_entries(rows.into_iter().filter_map(|(_, raw)| {
+            let m = serde_json::from_slice::<QueuedMessage>(&raw).ok()?;
+            Some((
+                m.id,
+                Entry {
+                    bytes: raw.len() as u64,
+                    recipient: m.recipient_key,
+                    at_ms: m.received_at_ms,
+                },
+            ))
+        }));
+        let mut b = self.book();
+        let Book { queues, leases } = &mut *b;
+        if builder {
+            // Changes made while the scan ran are applied on top; if the index was dropped
+            // meanwhile (another node changed the queue), this one answers once and is not kept.
+            if let Some(Slot::Loading(pending)) = queues.remove(conn_id) {
+                for c in pending {
+                    q.apply(c);
+                }
+                let out = run(&mut q, leases.get(conn_id));
+                queues.insert(conn_id.to_string(), Slot::Ready(q));
+                return Ok(out);
+            }
+        }
+        Ok(run(&mut q, leases.get(conn_id)))
+    }
+
+    /// A bus event: wake the local socket holding the connection; if another node changed the
+    /// queue, drop this node's index of it.
+    pub fn on_event(&self, topic: &str, payload: &str) {
+        let (conn_id, origin) = payload.split_once('\n').unwrap_or((payload, ""));
+        if origin != self.origin {
+            self.book().queues.remove(conn_id);
+        }
+        if topic == BUS_TOPIC {
+            self.wake(conn_id);
+        }
+    }
+
+    /// Missed bus events: every index may be stale.
+    pub fn forget_indexes(&self) {
+        self.book().queues.clear();
+    }
+
+    /// Messages not handed out (to any socket or HTTP lease), oldest first, leased to `socket`
+    /// (until it closes) or to an HTTP lease (`pickup_lease_seconds`). Reads at most
+    /// `limit` + the connection's leases rows.
     async fn claim(
         &self,
-        conn: &Connection,
+        conn_id: &str,
         socket: Option<&Arc<Socket>>,
         limit: usize,
         recipient: Option<&str>,
     ) -> ApiResult<Vec<QueuedMessage>> {
-        let prefix = format!("{}/", conn.id);
-        let inflight_len = socket
-            .and_then(|s| s.inflight.lock().ok().map(|g| g.len()))
-            .unwrap_or(0);
+        let now = self.now();
+        let leased = {
+            let mut b = self.book();
+            match b.leases.get_mut(conn_id) {
+                Some(l) => {
+                    l.retain(|_, h| h.alive(now));
+                    l.len()
+                }
+                None => 0,
+            }
+        };
         let rows = self
             .state
             .store
-            .scan_prefix(ks::QUEUE, &prefix, limit + inflight_len)
+            .scan_prefix(
+                ks::QUEUE,
+                &format!("{conn_id}/"),
+                limit.saturating_add(leased),
+            )
             .await?;
-        let now = self.now();
-        let mut http_guard = if socket.is_none() {
-            self.http_inflight.lock().ok()
-        } else {
-            None
-        };
-        let mut http_leases = http_guard.as_mut().map(|g| {
-            let e = g.entry(conn.id.clone()).or_default();
-            e.retain(|_, at| now - *at < HTTP_LEASE_MS);
-            e
-        });
+        let until_ms = now.saturating_add(
+            i64::try_from(self.cfg().pickup_lease_seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
+        );
         let mut out = Vec::new();
-        let mut guard = socket.and_then(|s| s.inflight.lock().ok());
-        for (_, raw) in rows {
-            if out.len() >= limit {
-                break;
-            }
-            let Ok(m) = serde_json::from_slice::<QueuedMessage>(&raw) else {
-                continue;
-            };
-            if recipient.is_some_and(|r| r != m.recipient_key) {
-                continue;
-            }
-            if let Some(g) = guard.as_mut() {
-                if !g.insert(m.id.clone()) {
+        {
+            let mut b = self.book();
+            let leases = b.leases.entry(conn_id.to_string()).or_default();
+            for (_, raw) in rows {
+                if out.len() >= limit {
+                    break;
+                }
+                let Ok(m) = serde_json::from_slice::<QueuedMessage>(&raw) else {
+                    continue;
+                };
+                if recipient.is_some_and(|r| r != m.recipient_key) {
                     continue;
                 }
-            }
-            if let Some(l) = http_leases.as_mut() {
-                if l.contains_key(&m.id) {
+                if leases.get(&m.id).is_some_and(|h| h.alive(now)) {
                     continue;
                 }
-                l.insert(m.id.clone(), now);
+                let holder = match socket {
+                    Some(s) => Holder::Socket(s.id, Arc::downgrade(s)),
+                    None => Holder::Http { until_ms },
+                };
+                leases.insert(m.id.clone(), holder);
+                out.push(m);
             }
-            out.push(m);
+            if leases.is_empty() {
+                b.leases.remove(conn_id);
+            }
         }
-        drop(guard);
-        drop(http_guard);
+        if let Some(s) = socket {
+            if let Ok(mut g) = s.inflight.lock() {
+                g.extend(out.iter().map(|m| m.id.clone()));
+            }
+        }
         self.counters
             .delivered
             .fetch_add(out.len() as u64, Ordering::Relaxed);
@@ -1125,6 +1450,25 @@ impl MediatorService {
             m.delivered.inc_by(out.len() as u64);
         }
         Ok(out)
+    }
+
+    /// Gives back leases `socket` took and did not get onto the wire.
+    fn release(&self, conn_id: &str, s: &Arc<Socket>, ids: &[String]) {
+        {
+            let mut b = self.book();
+            if let Some(l) = b.leases.get_mut(conn_id) {
+                for id in ids {
+                    if matches!(l.get(id), Some(Holder::Socket(sid, _)) if *sid == s.id) {
+                        l.remove(id);
+                    }
+                }
+            }
+        }
+        if let Ok(mut g) = s.inflight.lock() {
+            for id in ids {
+                g.remove(id);
+            }
+        }
     }
 
     fn delivery_message(
@@ -1151,97 +1495,90 @@ impl MediatorService {
         m
     }
 
+    /// Deletes acknowledged messages and ends their leases, wherever they were handed out (a
+    /// socket's delivery may be acknowledged over HTTP, as credo does). O(acknowledged).
     async fn acknowledge(
         &self,
-        conn: &Connection,
+        conn_id: &str,
         ids: &[String],
         socket: Option<&Arc<Socket>>,
     ) -> ApiResult<()> {
-        let mut ops = Vec::new();
-        for id in ids {
-            if id.is_empty() || id.contains('/') {
-                continue;
-            }
-            ops.push(crate::store::BatchOp::Delete {
+        let ids: Vec<&String> = ids
+            .iter()
+            .filter(|id| !id.is_empty() && !id.contains('/'))
+            .collect();
+        let n = ids.len() as u64;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ops = ids
+            .iter()
+            .map(|id| crate::store::BatchOp::Delete {
                 keyspace: ks::QUEUE,
-                key: format!("{}/{id}", conn.id),
-            });
-        }
-        let n = ops.len() as u64;
-        if !ops.is_empty() {
-            self.state.store.batch(ops).await?;
-        }
-        if let Ok(mut g) = self.http_inflight.lock() {
-            if let Some(m) = g.get_mut(&conn.id) {
-                for id in ids {
-                    m.remove(id);
+                key: format!("{conn_id}/{id}"),
+            })
+            .collect();
+        self.state.store.batch(ops).await?;
+        let mut holders: Vec<Arc<Socket>> = socket.into_iter().cloned().collect();
+        {
+            let mut b = self.book();
+            let Book { queues, leases } = &mut *b;
+            match queues.get_mut(conn_id) {
+                Some(Slot::Ready(q)) => {
+                    for id in &ids {
+                        q.remove(id);
+                    }
                 }
-                if m.is_empty() {
-                    g.remove(&conn.id);
+                Some(Slot::Loading(pending)) => {
+                    pending.extend(ids.iter().map(|id| Change::Remove((*id).clone())))
+                }
+                None => {}
+            }
+            if let Some(l) = leases.get_mut(conn_id) {
+                for id in &ids {
+                    if let Some(Holder::Socket(sid, w)) = l.remove(id.as_str()) {
+                        if !holders.iter().any(|h| h.id == sid) {
+                            holders.extend(w.upgrade());
+                        }
+                    }
+                }
+                if l.is_empty() {
+                    leases.remove(conn_id);
                 }
             }
         }
-        if let Some(s) = socket {
-            if let Ok(mut g) = s.inflight.lock() {
-                for id in ids {
-                    g.remove(id);
+        for h in holders {
+            if let Ok(mut g) = h.inflight.lock() {
+                for id in &ids {
+                    g.remove(id.as_str());
                 }
             }
-            s.wake.notify_one();
+            h.wake.notify_one();
         }
         self.counters.acknowledged.fetch_add(n, Ordering::Relaxed);
         if let Some(m) = &self.metrics {
             m.acknowledged.inc_by(n);
         }
+        self.state
+            .bus
+            .publish(BUS_TOPIC_ACKED, &format!("{conn_id}\n{}", self.origin))
+            .await;
         Ok(())
     }
 
+    /// Pickup 2.0 `status`: what waits and is not handed out, from the index (no store scan).
     async fn status(
         &self,
-        conn: &Connection,
+        conn_id: &str,
         req: &Value,
         socket: Option<&Arc<Socket>>,
     ) -> ApiResult<Value> {
         let filter = recipient_filter(req);
-        let prefix = format!("{}/", conn.id);
-        let rows = self
-            .state
-            .store
-            .scan_prefix(ks::QUEUE, &prefix, usize::MAX)
+        let sum = self
+            .with_queue(conn_id, |q, leased| q.summary(leased, filter.as_deref()))
             .await?;
-        let now = self.now();
-        let inflight: HashSet<String> = match socket {
-            Some(s) => s.inflight.lock().map(|g| g.clone()).unwrap_or_default(),
-            None => self
-                .http_inflight
-                .lock()
-                .ok()
-                .and_then(|g| {
-                    g.get(&conn.id).map(|m| {
-                        m.iter()
-                            .filter(|(_, at)| now - **at < HTTP_LEASE_MS)
-                            .map(|(id, _)| id.clone())
-                            .collect()
-                    })
-                })
-                .unwrap_or_default(),
-        };
-        let mut count = 0u64;
-        let mut bytes = 0u64;
-        let mut oldest: Option<i64> = None;
-        for (_, raw) in rows {
-            let Ok(m) = serde_json::from_slice::<QueuedMessage>(&raw) else {
-                continue;
-            };
-            if inflight.contains(&m.id) || filter.as_deref().is_some_and(|r| r != m.recipient_key) {
-                continue;
-            }
-            count += 1;
-            bytes += raw.len() as u64;
-            oldest = Some(oldest.map_or(m.received_at_ms, |o| o.min(m.received_at_ms)));
-        }
-        let mut s = json!({"message_count": count, "total_bytes": bytes});
-        if let Some(o) = oldest {
+        let mut s = json!({"message_count": sum.count, "total_bytes": sum.bytes});
+        if let Some(o) = sum.oldest_ms {
             s["longest_waited_seconds"] = json!(((self.now() - o) / 1000).max(0));
         }
         if let Some(r) = filter.and_then(|r| peer::did_key_of(&r).ok()) {
@@ -1249,14 +1586,14 @@ impl MediatorService {
         }
         let live = socket
             .and_then(|s| s.live_connection())
-            .is_some_and(|c| c == conn.id);
+            .is_some_and(|c| c == conn_id);
         s["live_delivery"] = json!(live);
         Ok(s)
     }
 
     // ---- live sockets ------------------------------------------------------------------------
 
-    pub fn new_socket(&self, tx: mpsc::Sender<Vec<u8>>) -> Arc<Socket> {
+    pub fn new_socket(&self, tx: mpsc::Sender<Outgoing>) -> Arc<Socket> {
         self.open_sockets.fetch_add(1, Ordering::Relaxed);
         Arc::new(Socket::new(
             self.next_socket.fetch_add(1, Ordering::Relaxed),
@@ -1264,9 +1601,12 @@ impl MediatorService {
         ))
     }
 
+    /// The socket is gone: its leases end (what it was handed and did not acknowledge is offered
+    /// again, to the next socket or poll).
     pub fn close_socket(&self, s: &Arc<Socket>) {
         self.open_sockets.fetch_sub(1, Ordering::Relaxed);
-        if let Some(conn) = s.live_connection() {
+        s.closed.store(true, Ordering::Relaxed);
+        if let Some((conn, _)) = s.mode() {
             if let Ok(mut live) = self.live.lock() {
                 if live
                     .get(&conn)
@@ -1279,12 +1619,13 @@ impl MediatorService {
         }
     }
 
-    fn set_live(&self, conn_id: &str, s: &Arc<Socket>, on: bool) {
-        if let Ok(mut g) = s.live.lock() {
-            *g = on.then(|| conn_id.to_string());
+    /// Sets how `s` gets `conn_id`'s queue pushed (`None`: not at all).
+    fn set_mode(&self, conn_id: &str, s: &Arc<Socket>, mode: Option<Mode>) {
+        if let Ok(mut g) = s.mode.lock() {
+            *g = mode.map(|m| (conn_id.to_string(), m));
         }
         if let Ok(mut live) = self.live.lock() {
-            if on {
+            if mode.is_some() {
                 live.insert(conn_id.to_string(), Arc::downgrade(s));
             } else if live
                 .get(conn_id)
@@ -1294,11 +1635,32 @@ impl MediatorService {
                 live.remove(conn_id);
             }
         }
-        if on {
-            // Everything unacknowledged is delivered again on this socket.
-            if let Ok(mut g) = s.inflight.lock() {
-                g.clear();
+        if mode == Some(Mode::Live) {
+            // A reconnect: everything unacknowledged is delivered again on this socket, also what
+            // an older socket of the connection (maybe half-open) still holds. What this socket
+            // holds already is not sent twice.
+            let mut others: Vec<(Arc<Socket>, String)> = Vec::new();
+            {
+                let mut b = self.book();
+                if let Some(l) = b.leases.get_mut(conn_id) {
+                    l.retain(|id, h| match h {
+                        Holder::Socket(sid, w) if *sid != s.id => {
+                            if let Some(o) = w.upgrade() {
+                                others.push((o, id.clone()));
+                            }
+                            false
+                        }
+                        _ => true,
+                    });
+                }
             }
+            for (o, id) in others {
+                if let Ok(mut g) = o.inflight.lock() {
+                    g.remove(&id);
+                }
+            }
+        }
+        if mode.is_some() {
             s.wake.notify_one();
         }
     }
@@ -1361,44 +1723,67 @@ impl MediatorService {
 
     /// Pushes what the live connection of `s` has queued and `s` has not been handed yet.
     pub async fn pump(&self, s: &Arc<Socket>) -> ApiResult<()> {
-        let Some(conn_id) = s.live_connection() else {
+        let Some((conn_id, mode)) = s.mode() else {
             return Ok(());
         };
-        let Some(conn) = self
-            .state
-            .store
-            .get_json::<Connection>(ks::CONNECTIONS, &conn_id)
-            .await?
-        else {
-            return Ok(());
+        let their_verkey = match mode {
+            Mode::Implicit => None,
+            Mode::Live => match self
+                .state
+                .store
+                .get_json::<Connection>(ks::CONNECTIONS, &conn_id)
+                .await?
+            {
+                Some(c) => Some(c.their_verkey),
+                None => return Ok(()),
+            },
         };
         loop {
-            let room = MAX_INFLIGHT.saturating_sub(s.inflight.lock().map(|g| g.len()).unwrap_or(0));
-            if room == 0 {
-                return Ok(());
-            }
+            let room = MAX_INFLIGHT.saturating_sub(s.inflight_len());
             // The socket task that drains `tx` is the one running this pump: never wait on a full
             // channel; what is left goes out on the next wake (every acknowledgement wakes it).
-            if s.tx.capacity() == 0 {
+            let free = s.tx.capacity();
+            if room == 0 || free == 0 {
                 return Ok(());
             }
-            let batch = self
-                .claim(&conn, Some(s), room.min(DELIVERY_BATCH), None)
-                .await?;
+            let want = match mode {
+                Mode::Live => room.min(DELIVERY_BATCH),
+                Mode::Implicit => room.min(DELIVERY_BATCH).min(free),
+            };
+            let batch = self.claim(&conn_id, Some(s), want, None).await?;
             if batch.is_empty() {
                 return Ok(());
             }
-            let packed = self.pack_for(
-                &self.delivery_message(&batch, None, None),
-                &conn.their_verkey,
-            )?;
-            if s.tx.try_send(packed).is_err() {
-                // Not expected (capacity checked, one producer): release the claim.
-                if let Ok(mut g) = s.inflight.lock() {
-                    for m in &batch {
-                        g.remove(&m.id);
-                    }
+            let frames: Vec<Outgoing> = match &their_verkey {
+                Some(vk) => vec![Outgoing {
+                    frame: self.pack_for(&self.delivery_message(&batch, None, None), vk)?,
+                    implicit: None,
+                }],
+                None => batch
+                    .iter()
+                    .map(|m| {
+                        Ok(Outgoing {
+                            frame: serde_json::to_vec(&m.msg).map_err(ApiError::internal)?,
+                            implicit: Some((conn_id.clone(), m.id.clone())),
+                        })
+                    })
+                    .collect::<ApiResult<_>>()?,
+            };
+            let mut sent = 0;
+            for f in frames {
+                if s.tx.try_send(f).is_err() {
+                    break;
                 }
+                sent += 1;
+            }
+            // Not expected (capacity checked, one producer): give back what did not go out.
+            let unsent: Vec<String> = match (&their_verkey, sent) {
+                (Some(_), 0) => batch.iter().map(|m| m.id.clone()).collect(),
+                (Some(_), _) => Vec::new(),
+                (None, n) => batch[n..].iter().map(|m| m.id.clone()).collect(),
+            };
+            if !unsent.is_empty() {
+                self.release(&conn_id, s, &unsent);
                 return Ok(());
             }
         }
@@ -1424,10 +1809,10 @@ impl MediatorService {
             routing_key: self.did_key.clone(),
             connections: conns.len() as u64,
             mediations_granted: granted as u64,
-            registered_keys: store.scan_prefix(ks::ROUTES, "", usize::MAX).await?.len() as u64,
+            registered_keys: store.count_prefix(ks::ROUTES, "", usize::MAX).await? as u64,
             live_sockets: live as u64,
             open_sockets: self.open_sockets.load(Ordering::Relaxed),
-            queued_messages: store.scan_prefix(ks::QUEUE, "", usize::MAX).await?.len() as u64,
+            queued_messages: store.count_prefix(ks::QUEUE, "", usize::MAX).await? as u64,
             forwarded_total: self.counters.forwarded.load(Ordering::Relaxed),
             delivered_total: self.counters.delivered.load(Ordering::Relaxed),
             acknowledged_total: self.counters.acknowledged.load(Ordering::Relaxed),

@@ -4,16 +4,18 @@
 //   node credo/credo-mediation.mjs --label alice     (LIB_ASKAR_PATH defaults to ./lib/x/aries_askar)
 //
 // Line protocol: one JSON command per stdin line, exactly one JSON line per command on stdout.
-//   {"cmd":"start","mediatorInvitationUrl":"<oob url>"|null,"pickup":"live"|"polling"|"none","transport":"ws"|"http",
+//   {"cmd":"start","mediatorInvitationUrl":"<oob url>"|null,"pickup":"live"|"polling"|"implicit"|"none","transport":"ws"|"http",
 //    "handshake":"didexchange"|"connections"|null (optional: force that handshake family), "timeoutMs":20000}
 //       Builds the agent (askar in-memory, outbound WS + HTTP). With a mediator invitation: connects to the
 //       mediator (only over `transport`), requests and awaits the mediation grant, makes it the default
-//       mediator and starts pickup v2 (live mode over WebSocket, or polling every 500 ms).
+//       mediator and starts pickup v2 (live mode over WebSocket, or polling every 500 ms), or implicit pickup
+//       (a trust ping with return-route on a WebSocket the mediator then pushes the queue down).
 //       Without one: opens its own HTTP inbound endpoint on 127.0.0.1 (a plain, unmediated peer).
 //       -> {"ok":true,"mediator_connection_id":...,"routing_keys":[...],"endpoints":[...]}
 //   {"cmd":"createInvitation"}                    -> {"ok":true,"invitation_url":...,"invitation":{...}}
 //   {"cmd":"receiveInvitation","invitationUrl":...,"timeoutMs":20000} -> {"ok":true,"connection_id":...}
 //   {"cmd":"sendMessage","connectionId":...,"content":"..."}        -> {"ok":true}
+//   {"cmd":"sendMessages","connectionId":...,"prefix":"m","count":N} -> {"ok":true,"sent":N} ("m-0" … "m-(N-1)")
 //   {"cmd":"messages","expect":N,"contains":["..."],"timeoutMs":20000}
 //       waits until N basic messages have been received in total (and every `contains` content is among them;
 //       optional) -> {"ok":true,"messages":[all contents in arrival order],"duplicates":[contents seen twice+]}
@@ -198,14 +200,14 @@ function requireMediator() {
 // Commands
 async function startAgent({ mediatorInvitationUrl = null, pickup = 'live', transport = 'ws', handshake = null, timeoutMs = 20000 }) {
   if (agent) throw new Error('already started');
-  if (!['live', 'polling', 'none'].includes(pickup)) throw new Error('pickup must be live, polling or none');
+  if (!['live', 'polling', 'implicit', 'none'].includes(pickup)) throw new Error('pickup must be live, polling, implicit or none');
   if (!['ws', 'http'].includes(transport)) throw new Error('transport must be ws or http');
   if (handshake !== null && !['didexchange', 'connections'].includes(handshake)) throw new Error('handshake must be didexchange, connections or null');
   if (mediatorInvitationUrl != null && typeof mediatorInvitationUrl !== 'string') throw new Error('mediatorInvitationUrl must be a string or null');
-  if (mediatorInvitationUrl && pickup === 'live' && transport !== 'ws') throw new Error('live pickup needs transport ws');
+  if (mediatorInvitationUrl && ['live', 'implicit'].includes(pickup) && transport !== 'ws') throw new Error(`${pickup} pickup needs transport ws`);
   const mediated = Boolean(mediatorInvitationUrl);
   startOpts = { pickup, transport, mediated };
-  pickupStrategy = { live: DidCommMediatorPickupStrategy.PickUpV2LiveMode, polling: DidCommMediatorPickupStrategy.PickUpV2, none: DidCommMediatorPickupStrategy.None }[pickup];
+  pickupStrategy = { live: DidCommMediatorPickupStrategy.PickUpV2LiveMode, polling: DidCommMediatorPickupStrategy.PickUpV2, implicit: DidCommMediatorPickupStrategy.Implicit, none: DidCommMediatorPickupStrategy.None }[pickup];
 
   const inbound = [];
   let endpoints;
@@ -338,6 +340,15 @@ async function cmdSendMessage({ connectionId, content }) {
   if (typeof content !== 'string') throw new Error('content must be a string');
   const record = await agent.didcomm.basicMessages.sendMessage(connectionId, content);
   return { message_id: record.threadId };
+}
+
+// {"cmd":"sendMessages","connectionId":...,"prefix":"m","count":N} sends "<prefix>-0" … "<prefix>-(N-1)" in order.
+async function cmdSendMessages({ connectionId, prefix = 'm', count = 1 }) {
+  requireAgent();
+  if (typeof connectionId !== 'string') throw new Error('connectionId must be a string');
+  if (!Number.isInteger(count) || count < 1) throw new Error('count must be a positive integer');
+  for (let i = 0; i < count; i++) await agent.didcomm.basicMessages.sendMessage(connectionId, `${prefix}-${i}`);
+  return { sent: count };
 }
 
 function duplicates() {
@@ -490,7 +501,7 @@ async function shutdown(code = 0) {
 }
 
 const handlers = {
-  start: cmdStart, createInvitation: cmdCreateInvitation, receiveInvitation: cmdReceiveInvitation, sendMessage: cmdSendMessage,
+  start: cmdStart, createInvitation: cmdCreateInvitation, receiveInvitation: cmdReceiveInvitation, sendMessage: cmdSendMessage, sendMessages: cmdSendMessages,
   messages: cmdMessages, pingMediator: cmdPingMediator, offerCredential: cmdOfferCredential, awaitCredential: cmdAwaitCredential, dropNextDelivery: cmdDropNextDelivery, stopPickup: cmdStopPickup, startPickup: cmdStartPickup, info: cmdInfo,
 };
 
