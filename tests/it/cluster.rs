@@ -44,7 +44,6 @@ fn node_builder(spec: &Spec, seeds: &str, public_url: &str) -> crate::common::Bu
         .env("IDSTACK__CLUSTER__SEEDS", seeds)
         .env("IDSTACK__CLUSTER__SECRET", SECRET)
         .env("IDSTACK__CLUSTER__ID", "it-cluster")
-        .env("IDSTACK__CLUSTER__BOOTSTRAP_EXPECT", "3")
         .env("IDSTACK__CLUSTER__GOSSIP_INTERVAL_MS", "100")
         .env("IDSTACK__CLUSTER__ANTI_ENTROPY_INTERVAL_SECONDS", "2")
         .env("IDSTACK__SERVER__PUBLIC_URL", public_url)
