@@ -127,7 +127,8 @@ impl Sealer {
 /// from that peer's relay, so chitchat sees the relay as the sender and its answers go back through
 /// it. Only datagrams from chitchat's own socket are relayed out, only datagrams from a relay are
 /// passed to chitchat (a loopback sender cannot use those ports: they are bound here), and relays
-/// exist only for peers that sent an authentic datagram or that chitchat addressed.
+/// exist only for peers that sent an authentic datagram or that chitchat addressed (at most
+/// [`MAX_RELAYS`], least recently used closed first).
 pub struct AuthUdpTransport {
     pub sealer: Arc<Sealer>,
     pub clock: SharedClock,
@@ -135,8 +136,16 @@ pub struct AuthUdpTransport {
     pub dropped: IntCounter,
 }
 
-/// Most peers (relays) one node keeps; more only with more real members than cluster mode targets.
+/// Most relays one node keeps (cluster mode targets a handful of nodes). When full, the relay
+/// used least recently is closed: someone replaying captured datagrams from many spoofed source
+/// addresses (each copy is opened once, then dropped as a replay) cannot lock real peers out.
 const MAX_RELAYS: usize = 256;
+
+struct Relay {
+    sock: Arc<tokio::net::UdpSocket>,
+    task: tokio::task::JoinHandle<()>,
+    last_used: std::time::Instant,
+}
 
 struct Shared {
     public: tokio::net::UdpSocket,
@@ -146,7 +155,7 @@ struct Shared {
     /// chitchat's own (loopback) socket address.
     inner_addr: SocketAddr,
     /// peer → its relay socket; relay address → peer.
-    relays: Mutex<HashMap<SocketAddr, Arc<tokio::net::UdpSocket>>>,
+    relays: Mutex<HashMap<SocketAddr, Relay>>,
     peers: Mutex<HashMap<SocketAddr, SocketAddr>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -157,25 +166,16 @@ impl Shared {
         self: &Arc<Self>,
         peer: SocketAddr,
     ) -> anyhow::Result<Arc<tokio::net::UdpSocket>> {
-        if let Some(r) = self.relays.lock().ok().and_then(|m| m.get(&peer).cloned()) {
+        if let Some(r) = self.relays.lock().ok().and_then(|mut m| {
+            m.get_mut(&peer).map(|r| {
+                r.last_used = std::time::Instant::now();
+                r.sock.clone()
+            })
+        }) {
             return Ok(r);
         }
-        let sock = Arc::new(tokio::net::UdpSocket::bind((loopback(peer), 0)).await?);
+        let sock = Arc::new(tokio::net::UdpSocket::bind((self.inner_addr.ip(), 0)).await?);
         let local = sock.local_addr()?;
-        {
-            let mut relays = self
-                .relays
-                .lock()
-                .map_err(|_| anyhow::anyhow!("relay table poisoned"))?;
-            if let Some(r) = relays.get(&peer) {
-                return Ok(r.clone());
-            }
-            anyhow::ensure!(relays.len() < MAX_RELAYS, "too many gossip peers");
-            relays.insert(peer, sock.clone());
-        }
-        if let Ok(mut p) = self.peers.lock() {
-            p.insert(local, peer);
-        }
         let shared = self.clone();
         let out = sock.clone();
         let task = tokio::spawn(async move {
@@ -201,8 +201,37 @@ impl Shared {
                 }
             }
         });
-        if let Ok(mut t) = self.tasks.lock() {
-            t.push(task);
+        let mut relays = self
+            .relays
+            .lock()
+            .map_err(|_| anyhow::anyhow!("relay table poisoned"))?;
+        if let Some(r) = relays.get(&peer) {
+            // created meanwhile by the other direction
+            task.abort();
+            return Ok(r.sock.clone());
+        }
+        if relays.len() >= MAX_RELAYS {
+            let oldest = relays
+                .iter()
+                .min_by_key(|(_, r)| r.last_used)
+                .map(|(a, _)| *a);
+            if let Some(r) = oldest.and_then(|a| relays.remove(&a)) {
+                r.task.abort();
+                if let (Ok(mut p), Ok(addr)) = (self.peers.lock(), r.sock.local_addr()) {
+                    p.remove(&addr);
+                }
+            }
+        }
+        relays.insert(
+            peer,
+            Relay {
+                sock: sock.clone(),
+                task,
+                last_used: std::time::Instant::now(),
+            },
+        );
+        if let Ok(mut p) = self.peers.lock() {
+            p.insert(local, peer);
         }
         Ok(sock)
     }
@@ -286,6 +315,11 @@ impl Drop for AuthUdpSocket {
         if let Ok(mut t) = self.shared.tasks.lock() {
             for task in t.drain(..) {
                 task.abort();
+            }
+        }
+        if let Ok(mut r) = self.shared.relays.lock() {
+            for (_, relay) in r.drain() {
+                relay.task.abort();
             }
         }
     }
