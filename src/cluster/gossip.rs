@@ -47,14 +47,17 @@ pub enum Dropped {
     Replay,
 }
 
+/// Random parts seen inside the window, and the order they expire in.
+type Seen = (
+    HashMap<[u8; NONCE_LEN], i64>,
+    VecDeque<(i64, [u8; NONCE_LEN])>,
+);
+
 /// Seals and opens datagrams; remembers the random parts seen inside the window.
 pub struct Sealer {
     /// HMAC keyed with the gossip key, cloned for each datagram.
     mac: HmacSha256,
-    seen: Mutex<(
-        HashMap<[u8; NONCE_LEN], i64>,
-        VecDeque<(i64, [u8; NONCE_LEN])>,
-    )>,
+    seen: Mutex<Seen>,
 }
 
 impl Sealer {

@@ -200,7 +200,7 @@ impl Node {
             caught_up: AtomicBool::new(false),
             sync: Mutex::default(),
             started: Instant::now(),
-            last_beat_ms: AtomicU64::new(0),
+            last_beat_ms: AtomicU64::new(1 << 32),
             recovering: AtomicBool::new(false),
             write_block: Mutex::default(),
         })
@@ -235,8 +235,12 @@ impl Node {
 
     // ---------------------------------------------------------------- standing
 
+    /// Monotonic ms, counted from an origin well before this node started (so a stamp moved back
+    /// by a pause threshold never underflows).
     fn mono_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(self.started.elapsed().as_millis())
+            .unwrap_or(u64::MAX / 2)
+            .saturating_add(1 << 32)
     }
 
     /// Milliseconds since the heartbeat last ran.
@@ -264,9 +268,7 @@ impl Node {
     #[cfg(test)]
     pub fn pretend_paused(&self) {
         let back = u64::try_from(self.settings.pause_threshold.as_millis()).unwrap_or(0) + 1;
-        let now = self.mono_ms();
-        // the heartbeat stamp as it was before the pause (monotonic origin: node start)
-        std::thread::sleep(Duration::from_millis(back.saturating_sub(now)));
+        // the heartbeat stamp as it was before the pause
         self.last_beat_ms
             .store(self.mono_ms().saturating_sub(back), Ordering::SeqCst);
     }
