@@ -514,7 +514,7 @@ pub struct ClusterConfig {
     pub advertise_host: String,
     /// Copies of each write acknowledged before the client gets its answer (this node included); 0 = min(3, N).
     pub replication_factor: usize,
-    /// A node with an empty data dir waits until this many members (itself included) are live before creating anything.
+    /// A node with an empty data dir waits until this many members (itself included) are live before creating anything. 0 = every seed plus this node.
     pub bootstrap_expect: usize,
     /// A node that has joined before waits this long for a live peer from its seeds before going on alone.
     pub join_timeout_seconds: u64,
@@ -528,6 +528,8 @@ pub struct ClusterConfig {
     pub anti_entropy_interval_seconds: u64,
     /// How long a delete is remembered (tombstone) so a node that was down cannot resurrect the record.
     pub tombstone_ttl_seconds: u64,
+    /// A gap this long (ms) between two heartbeats of a node (paused, stalled) makes it catch up again before acting as a primary.
+    pub pause_threshold_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -543,13 +545,14 @@ impl Default for ClusterConfig {
             secret_file: PathBuf::new(),
             advertise_host: String::new(),
             replication_factor: 0,
-            bootstrap_expect: 1,
+            bootstrap_expect: 0,
             join_timeout_seconds: 10,
             gossip_interval_ms: 250,
             phi_threshold: 8.0,
             rpc_timeout_ms: 2000,
             anti_entropy_interval_seconds: 10,
             tombstone_ttl_seconds: 7 * 24 * 3600,
+            pause_threshold_ms: 2000,
         }
     }
 }
@@ -779,9 +782,9 @@ impl Config {
                 Some(_) => {}
             }
             let c = &self.cluster;
-            if c.gossip_interval_ms < 20 || c.rpc_timeout_ms < 50 || c.bootstrap_expect == 0 {
+            if c.gossip_interval_ms < 20 || c.rpc_timeout_ms < 50 || c.pause_threshold_ms < 100 {
                 return Err(ConfigError::Invalid(
-                    "cluster: gossip_interval_ms >= 20, rpc_timeout_ms >= 50 and bootstrap_expect >= 1 are required".into(),
+                    "cluster: gossip_interval_ms >= 20, rpc_timeout_ms >= 50 and pause_threshold_ms >= 100 are required".into(),
                 ));
             }
             if c.phi_threshold.is_nan() || c.phi_threshold <= 0.0 {

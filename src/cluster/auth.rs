@@ -15,6 +15,8 @@ pub const HEADER_TS: &str = "x-idstack-cluster-ts";
 pub const HEADER_NONCE: &str = "x-idstack-cluster-nonce";
 pub const HEADER_SIG: &str = "x-idstack-cluster-sig";
 pub const HEADER_NODE: &str = "x-idstack-cluster-node";
+/// On responses: HMAC over the request's path and nonce, the status and the body's SHA-256.
+pub const HEADER_RESP_SIG: &str = "x-idstack-cluster-resp-sig";
 
 /// How far a request's timestamp may be from this node's clock.
 pub const WINDOW_MS: i64 = 30_000;
@@ -57,6 +59,67 @@ pub fn sign(key: &[u8; 32], method: &str, path: &str, ts: i64, nonce: &str, body
         .into_bytes()
         .iter()
         .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn response_mac(
+    key: &[u8; 32],
+    path: &str,
+    nonce: &str,
+    status: u16,
+    body: &[u8],
+) -> Option<HmacSha256> {
+    let mut mac = HmacSha256::new_from_slice(key).ok()?;
+    // domain-separated from requests (whose input starts with the method), and bound to the
+    // request's random nonce, so a response cannot be replayed for another call or be taken for a request
+    mac.update(b"RESPONSE\n");
+    mac.update(path.as_bytes());
+    mac.update(b"\n");
+    mac.update(status.to_string().as_bytes());
+    mac.update(b"\n");
+    mac.update(nonce.as_bytes());
+    mac.update(b"\n");
+    mac.update(&Sha256::digest(body));
+    Some(mac)
+}
+
+/// Hex signature of a response to the request with `nonce` on `path`.
+pub fn sign_response(key: &[u8; 32], path: &str, nonce: &str, status: u16, body: &[u8]) -> String {
+    response_mac(key, path, nonce, status, body)
+        .map(|m| {
+            m.finalize()
+                .into_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `sig` is the signature of this response (constant-time comparison).
+pub fn verify_response(
+    key: &[u8; 32],
+    path: &str,
+    nonce: &str,
+    status: u16,
+    body: &[u8],
+    sig: Option<&str>,
+) -> bool {
+    let Some(sig) = sig.and_then(hex_decode) else {
+        return false;
+    };
+    response_mac(key, path, nonce, status, body).is_some_and(|m| m.verify_slice(&sig).is_ok())
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len() / 2)
+        .map(|i| {
+            s.get(2 * i..2 * i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
         .collect()
 }
 
@@ -110,13 +173,7 @@ impl Verifier {
         if (now_ms - ts).abs() > WINDOW_MS {
             return Err(AuthError::Stale);
         }
-        let sig_bytes: Vec<u8> = (0..sig.len() / 2)
-            .map(|i| {
-                sig.get(2 * i..2 * i + 2)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-            })
-            .collect::<Option<_>>()
-            .ok_or(AuthError::Malformed)?;
+        let sig_bytes = hex_decode(sig).ok_or(AuthError::Malformed)?;
         let mut mac = HmacSha256::new_from_slice(&self.key).map_err(|_| AuthError::Malformed)?;
         mac.update(&mac_input(method, path, ts, nonce, body));
         mac.verify_slice(&sig_bytes)
@@ -208,5 +265,42 @@ mod tests {
             check("/p", &ts, "n5", "zz", body, now),
             Err(AuthError::Malformed)
         );
+    }
+
+    #[test]
+    fn responses_are_bound_to_key_request_status_and_body() {
+        let key = derive_key(b"a cluster secret of some length", "idstack", "rpc");
+        let p = "/cluster/v1/cas";
+        let sig = sign_response(&key, p, "nonce-1", 200, b"{\"swapped\":true}");
+        let ok = |path: &str, nonce: &str, status: u16, body: &[u8], sig: Option<&str>| {
+            verify_response(&key, path, nonce, status, body, sig)
+        };
+        assert!(ok(p, "nonce-1", 200, b"{\"swapped\":true}", Some(&sig)));
+        // a forged body, another status, the answer to another request, another path
+        assert!(!ok(p, "nonce-1", 200, b"{\"swapped\":false}", Some(&sig)));
+        assert!(!ok(p, "nonce-1", 503, b"{\"swapped\":true}", Some(&sig)));
+        assert!(!ok(p, "nonce-2", 200, b"{\"swapped\":true}", Some(&sig)));
+        assert!(!ok(
+            "/cluster/v1/get",
+            "nonce-1",
+            200,
+            b"{\"swapped\":true}",
+            Some(&sig)
+        ));
+        // unsigned, malformed, or signed under another secret
+        assert!(!ok(p, "nonce-1", 200, b"{\"swapped\":true}", None));
+        assert!(!ok(p, "nonce-1", 200, b"{\"swapped\":true}", Some("zz")));
+        let other = derive_key(b"another secret of some length!!", "idstack", "rpc");
+        let forged = sign_response(&other, p, "nonce-1", 200, b"{\"swapped\":true}");
+        assert!(!ok(p, "nonce-1", 200, b"{\"swapped\":true}", Some(&forged)));
+        // a request signature is not a response signature
+        let req_sig = sign(&key, "POST", p, 200, "nonce-1", b"{\"swapped\":true}");
+        assert!(!ok(
+            p,
+            "nonce-1",
+            200,
+            b"{\"swapped\":true}",
+            Some(&req_sig)
+        ));
     }
 }

@@ -13,7 +13,10 @@
 //! - Anti-entropy: periodically, and before a (re)started node reports ready, each node compares
 //!   per-keyspace digests with every live peer and pulls what it is missing.
 //! - Events: [`bus::ClusterBus`] delivers every published event on every live node.
-//! - Internal RPC: its own HTTP listener, each request signed (HMAC-SHA256, timestamp, nonce).
+//! - Internal RPC: its own HTTP listener, each request signed (HMAC-SHA256, timestamp, nonce), each
+//!   response signed over the request's nonce.
+//! - Gossip datagrams are sealed (HMAC-SHA256, timestamp, nonce) under a key derived from the
+//!   cluster secret: a process without it cannot join or inject membership state ([`gossip`]).
 //!
 //! See docs/cluster.md for the consistency model (what holds during a partition and what not).
 
@@ -25,6 +28,8 @@ pub mod version;
 pub mod api;
 #[cfg(feature = "cluster")]
 pub mod bus;
+#[cfg(feature = "cluster")]
+pub mod gossip;
 #[cfg(feature = "cluster")]
 pub mod node;
 #[cfg(feature = "cluster")]
@@ -65,6 +70,11 @@ pub fn derive_rpc_key(cluster_secret: &str, cluster_id: &str) -> [u8; 32] {
     auth::derive_key(cluster_secret.as_bytes(), cluster_id, "rpc")
 }
 
+/// The key every gossip datagram is sealed with ([`gossip`]).
+pub fn derive_gossip_key(cluster_secret: &str, cluster_id: &str) -> [u8; 32] {
+    auth::derive_key(cluster_secret.as_bytes(), cluster_id, "gossip")
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -83,5 +93,9 @@ mod tests {
             super::derive_master_key("secret-one-0123456789", "other")
         );
         assert_ne!(a, super::derive_rpc_key("secret-one-0123456789", "idstack"));
+        assert_ne!(
+            super::derive_gossip_key("secret-one-0123456789", "idstack"),
+            super::derive_rpc_key("secret-one-0123456789", "idstack")
+        );
     }
 }

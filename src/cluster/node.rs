@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::auth;
-use super::replica::{intern, is_local_keyspace, Replica};
+use super::replica::{intern, is_insert_only, is_local_keyspace, Replica};
 use super::ring;
 use super::version::Versioned;
 use super::wire::*;
@@ -41,6 +41,9 @@ pub struct NodeSettings {
     pub rpc_timeout: Duration,
     pub anti_entropy_interval: Duration,
     pub roles: Vec<String>,
+    /// A gap this long between two heartbeats of this node (a SIGSTOP, a VM stall, a stalled
+    /// event loop) makes it give up its standing: it catches up again before acting as a primary.
+    pub pause_threshold: Duration,
 }
 
 /// A member as this node sees it.
@@ -65,10 +68,12 @@ pub struct ClusterMetrics {
     pub repairs: IntCounter,
     pub cas_forwarded: IntCounter,
     pub members_live: IntGauge,
+    pub gossip_dropped: IntCounter,
+    pub standing_lost: IntCounter,
 }
 
 impl ClusterMetrics {
-    fn new() -> Result<Self, prometheus::Error> {
+    pub fn new() -> Result<Self, prometheus::Error> {
         Ok(Self {
             replication_seconds: Histogram::with_opts(
                 HistogramOpts::new(
@@ -95,6 +100,14 @@ impl ClusterMetrics {
                 "compare-and-swap calls forwarded to the key's primary",
             )?,
             members_live: IntGauge::new("cluster_members_live", "live cluster members")?,
+            gossip_dropped: IntCounter::new(
+                "cluster_gossip_dropped_total",
+                "gossip datagrams dropped: not sealed under this cluster's key, stale, or replayed",
+            )?,
+            standing_lost: IntCounter::new(
+                "cluster_standing_lost_total",
+                "times this node detected a pause or stall and caught up again before acting as a primary",
+            )?,
         })
     }
 
@@ -104,6 +117,8 @@ impl ClusterMetrics {
         r.register(Box::new(self.repairs.clone()))?;
         r.register(Box::new(self.cas_forwarded.clone()))?;
         r.register(Box::new(self.members_live.clone()))?;
+        r.register(Box::new(self.gossip_dropped.clone()))?;
+        r.register(Box::new(self.standing_lost.clone()))?;
         Ok(())
     }
 }
@@ -147,6 +162,14 @@ pub struct Node {
     suspects: Mutex<HashMap<String, Instant>>,
     caught_up: AtomicBool,
     sync: Mutex<BTreeMap<String, PeerSync>>,
+    /// Monotonic origin of `last_beat_ms`.
+    started: Instant,
+    /// When the heartbeat last ran (ms since `started`, monotonic: counts while the process is stopped).
+    last_beat_ms: AtomicU64,
+    /// A catch-up after a detected gap is running.
+    recovering: AtomicBool,
+    /// Why writes cannot reach their replicas (`None`: they can).
+    write_block: Mutex<Option<String>>,
 }
 
 impl Node {
@@ -156,6 +179,7 @@ impl Node {
         chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
         rpc_key: [u8; 32],
         local_bus: Arc<LocalBus>,
+        metrics: ClusterMetrics,
     ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(settings.rpc_timeout)
@@ -163,7 +187,7 @@ impl Node {
             .pool_idle_timeout(Duration::from_secs(20))
             .build()?;
         Ok(Self {
-            metrics: ClusterMetrics::new()?,
+            metrics,
             verifier: auth::Verifier::new(rpc_key),
             settings,
             replica,
@@ -175,6 +199,10 @@ impl Node {
             suspects: Mutex::default(),
             caught_up: AtomicBool::new(false),
             sync: Mutex::default(),
+            started: Instant::now(),
+            last_beat_ms: AtomicU64::new(1 << 32),
+            recovering: AtomicBool::new(false),
+            write_block: Mutex::default(),
         })
     }
 
@@ -195,8 +223,152 @@ impl Node {
     }
 
     pub async fn set_caught_up(&self) {
+        self.last_beat_ms.store(self.mono_ms(), Ordering::SeqCst);
         self.caught_up.store(true, Ordering::SeqCst);
         self.set_gossip("caught_up", "true").await;
+    }
+
+    /// Signature of an RPC response (see [`auth::sign_response`]).
+    pub fn sign_response(&self, path: &str, nonce: &str, status: u16, body: &[u8]) -> String {
+        auth::sign_response(&self.rpc_key, path, nonce, status, body)
+    }
+
+    // ---------------------------------------------------------------- standing
+
+    /// Monotonic ms, counted from an origin well before this node started (so a stamp moved back
+    /// by a pause threshold never underflows).
+    fn mono_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis())
+            .unwrap_or(u64::MAX / 2)
+            .saturating_add(1 << 32)
+    }
+
+    /// Milliseconds since the heartbeat last ran.
+    fn since_beat_ms(&self) -> u64 {
+        self.mono_ms()
+            .saturating_sub(self.last_beat_ms.load(Ordering::SeqCst))
+    }
+
+    fn gap_exceeded(&self, since_ms: u64) -> bool {
+        u128::from(since_ms) > self.settings.pause_threshold.as_millis()
+    }
+
+    /// The heartbeat (every gossip interval): a gap longer than `pause_threshold` since the last
+    /// one means this process was paused or stalled — peers may have given up on it, stood in as
+    /// primary for its keys and written what it has not seen — so it drops its standing first.
+    pub fn beat(self: &Arc<Self>) {
+        let since = self.since_beat_ms();
+        if self.gap_exceeded(since) {
+            self.lose_standing(since);
+        }
+        self.last_beat_ms.store(self.mono_ms(), Ordering::SeqCst);
+    }
+
+    /// Tests: as if the process had been stopped for longer than the pause threshold just now.
+    #[cfg(test)]
+    pub fn pretend_paused(&self) {
+        let back = u64::try_from(self.settings.pause_threshold.as_millis()).unwrap_or(0) + 1;
+        // the heartbeat stamp as it was before the pause
+        self.last_beat_ms
+            .store(self.mono_ms().saturating_sub(back), Ordering::SeqCst);
+    }
+
+    /// The same check where it matters without waiting for the heartbeat to run: before this node
+    /// executes a compare-and-swap (the heartbeat task may not have been scheduled yet after a
+    /// SIGCONT).
+    pub fn check_standing(self: &Arc<Self>) {
+        let since = self.since_beat_ms();
+        if self.gap_exceeded(since) {
+            self.lose_standing(since);
+        }
+    }
+
+    /// Not caught up any more (in memory at once, in gossip soon): primaries are chosen among
+    /// caught-up members, a compare-and-swap here first pulls the key's newest version from the
+    /// peers, readiness is 503; a full anti-entropy round with every live peer restores it.
+    fn lose_standing(self: &Arc<Self>, gap_ms: u64) {
+        if !self.caught_up.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        self.metrics.standing_lost.inc();
+        tracing::warn!(
+            gap_ms,
+            "cluster: this node was paused or stalled; catching up before acting as a primary again"
+        );
+        if self.recovering.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            node.set_gossip("caught_up", "false").await;
+            let until = Instant::now() + Duration::from_secs(60);
+            loop {
+                node.refresh_members().await;
+                if node.anti_entropy_round().await || Instant::now() > until {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            node.recovering.store(false, Ordering::SeqCst);
+            node.set_caught_up().await;
+            tracing::info!("cluster: caught up again after the pause");
+        });
+    }
+
+    /// Sends an empty batch to every live peer: writes can reach their replicas when at least one
+    /// acknowledges (the same rule [`Node::replicate`] fails by).
+    pub async fn probe_writes(self: &Arc<Self>) {
+        let peers = self.live_peers();
+        let need = self.replication_factor(peers.len() + 1).saturating_sub(1);
+        if peers.is_empty() || need == 0 {
+            self.set_write_block(None);
+            return;
+        }
+        let req = ApplyReq {
+            records: Vec::new(),
+        };
+        let calls = peers
+            .iter()
+            .map(|(id, addr)| self.call::<_, ApplyResp>(id, addr, PATH_APPLY, &req));
+        let acks = futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .filter(Result::is_ok)
+            .count();
+        self.set_write_block((acks == 0).then(|| {
+            format!(
+                "writes cannot reach their replicas: none of the {} live peers answers internal RPC",
+                peers.len()
+            )
+        }));
+    }
+
+    fn set_write_block(&self, reason: Option<String>) {
+        if let Ok(mut w) = self.write_block.lock() {
+            *w = reason;
+        }
+    }
+
+    /// Why this node must not be sent traffic now (empty: it may): paused or stalled, catching
+    /// up, writes that cannot reach a replica, or a key record replaced under what it holds in memory.
+    pub fn health(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let since = self.since_beat_ms();
+        if self.gap_exceeded(since) {
+            out.push(format!("heartbeat late by {since} ms (paused or stalled)"));
+        }
+        if !self.is_caught_up() {
+            out.push("catching up".to_string());
+        }
+        if let Some(w) = self.write_block.lock().ok().and_then(|w| w.clone()) {
+            out.push(w);
+        }
+        for k in self.replica.replaced_keys() {
+            out.push(format!(
+                "key record {k} was replaced by the one created first in the cluster; restart this node to use it"
+            ));
+        }
+        out
     }
 
     // ---------------------------------------------------------------- membership
@@ -328,7 +500,7 @@ impl Node {
             .post(format!("http://{addr}{path}"))
             .header("content-type", "application/json")
             .header(auth::HEADER_TS, ts.to_string())
-            .header(auth::HEADER_NONCE, nonce)
+            .header(auth::HEADER_NONCE, &nonce)
             .header(auth::HEADER_SIG, sig)
             .header(auth::HEADER_NODE, self.id())
             .body(body)
@@ -336,10 +508,29 @@ impl Node {
             .await
             .map_err(|e| RpcError::Transport(e.to_string()))?;
         let status = resp.status();
+        let resp_sig = resp
+            .headers()
+            .get(auth::HEADER_RESP_SIG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let bytes = resp
             .bytes()
             .await
             .map_err(|e| RpcError::Transport(e.to_string()))?;
+        // An answer not signed for this request is not from a member: treated like no answer
+        // (the address does not reach the peer), so nothing it says is believed.
+        if !auth::verify_response(
+            &self.rpc_key,
+            path,
+            &nonce,
+            status.as_u16(),
+            &bytes,
+            resp_sig.as_deref(),
+        ) {
+            return Err(RpcError::Transport(format!(
+                "{status} answer not signed with the cluster key"
+            )));
+        }
         if !status.is_success() {
             return Err(RpcError::Remote(format!(
                 "{status}: {}",
@@ -403,10 +594,14 @@ impl Node {
             .replication_seconds
             .observe(started.elapsed().as_secs_f64());
         if need > 0 && acks == 0 {
+            self.set_write_block(Some(format!(
+                "writes cannot reach their replicas: a write was acknowledged by none of the live peers ({answered} failed)"
+            )));
             return Err(StoreError::Unavailable(format!(
                 "write not acknowledged by any other live node ({answered} failed); retry"
             )));
         }
+        self.set_write_block(None);
         Ok(())
     }
 
@@ -451,25 +646,29 @@ impl Node {
 
     // ---------------------------------------------------------------- compare-and-swap
 
-    /// Candidates to execute a CAS on the key, best first: live members in rendezvous order.
-    fn primary_order(&self, ks: &str, key: &str) -> Vec<(String, String)> {
+    /// Candidates to execute a CAS on the key, best first: live, caught-up members in rendezvous
+    /// order, then (last resort) live members that are catching up — a node back from a pause is
+    /// not a primary until it has caught up.
+    pub(crate) fn primary_order(&self, ks: &str, key: &str) -> Vec<(String, String)> {
         let members = self.members();
-        let mut live: Vec<(&str, &str)> = members
+        let me_caught_up = self.is_caught_up();
+        let mut live: Vec<(&str, &str, bool)> = members
             .iter()
-            .filter(|m| m.state == "alive")
-            .map(|m| (m.node_id.as_str(), m.rpc_addr.as_str()))
+            .filter(|m| m.state == "alive" && m.node_id != self.id())
+            .map(|m| (m.node_id.as_str(), m.rpc_addr.as_str(), m.caught_up))
             .collect();
-        if !live.iter().any(|(id, _)| *id == self.id()) {
-            live.push((self.id(), ""));
-        }
-        let order = ring::rank(live.iter().map(|(id, _)| *id), ks, key);
-        order
+        live.push((self.id(), "", me_caught_up));
+        let order = ring::rank(live.iter().map(|(id, _, _)| *id), ks, key);
+        let ranked = order.into_iter().filter_map(|id| {
+            live.iter()
+                .find(|(i, _, _)| *i == id)
+                .map(|(i, a, c)| (i.to_string(), a.to_string(), *c))
+        });
+        let (current, behind): (Vec<_>, Vec<_>) = ranked.partition(|(_, _, c)| *c);
+        current
             .into_iter()
-            .filter_map(|id| {
-                live.iter()
-                    .find(|(i, _)| *i == id)
-                    .map(|(i, a)| (i.to_string(), a.to_string()))
-            })
+            .chain(behind)
+            .map(|(i, a, _)| (i, a))
             .collect()
     }
 
@@ -550,6 +749,7 @@ impl Node {
         expected: Option<Vec<u8>>,
         new: Option<(Vec<u8>, Option<Duration>)>,
     ) -> StoreResult<(Cas, Option<Versioned>)> {
+        self.check_standing();
         if self.standing_in(ks, key) {
             self.fetch_from_peers(ks, key).await?;
         }
@@ -599,9 +799,11 @@ impl Node {
                 .entries
                 .into_iter()
                 .filter(|(k, ver)| {
+                    // key records: any other version, so the first-created one reaches the
+                    // node that holds a later one (see `replica::replaces`)
                     self.replica
                         .version_of(&ks, k)
-                        .is_none_or(|mine| *ver > mine)
+                        .is_none_or(|mine| *ver > mine || (is_insert_only(&ks) && *ver != mine))
                 })
                 .map(|(k, _)| k)
                 .collect();

@@ -2,7 +2,7 @@
 //! per-key lock stripe so local writes and merges of remote writes never interleave, and an
 //! in-memory index of (keyspace, key) -> version that anti-entropy digests are computed from.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -17,6 +17,33 @@ pub const LOCAL_KEYSPACE: &str = "cluster_local";
 
 pub fn is_local_keyspace(ks: &str) -> bool {
     ks == keyspaces::HEALTH || ks == LOCAL_KEYSPACE
+}
+
+/// Keyspaces whose records are private keys (issuer, verifier and mediator signing keys, wallet
+/// keys). Insert-only: a key record is created once and may be deleted, never replaced. When two
+/// nodes did create different keys for one id (nodes configured to start alone, a partition at
+/// first start), the **first created** (lowest version) wins on every node — never the last
+/// writer — and a node that held the other one is flagged ([`Replica::replaced_keys`]): what it
+/// has in memory is no longer the cluster's key, so it is not ready until restarted.
+const INSERT_ONLY: [&str; 4] = [
+    "issuer_keys",
+    "verifier_keys",
+    "mediator_keys",
+    "wallet_keys",
+];
+
+pub fn is_insert_only(ks: &str) -> bool {
+    INSERT_ONLY.contains(&ks)
+}
+
+/// Whether `rec` from a peer replaces `cur` here: last writer wins, except that in an insert-only
+/// keyspace a live value is only ever replaced by the same value or by an older (first-created)
+/// different one; deletes (tombstones) still apply by version.
+pub fn replaces(ks: &str, cur: &Versioned, rec: &Versioned) -> bool {
+    match (&cur.value, &rec.value) {
+        (Some(a), Some(b)) if a != b && is_insert_only(ks) => rec.version < cur.version,
+        _ => rec.version > cur.version,
+    }
 }
 
 /// Keyspace names arrive over RPC as strings; the store API wants `&'static str`. Names are
@@ -74,6 +101,7 @@ pub struct Replica {
     pub tombstone_ttl: Duration,
     stripes: Vec<tokio::sync::Mutex<()>>,
     index: Mutex<HashMap<&'static str, BTreeMap<String, Entry>>>,
+    replaced: Mutex<BTreeSet<String>>,
 }
 
 impl Replica {
@@ -91,6 +119,7 @@ impl Replica {
             tombstone_ttl,
             stripes: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
             index: Mutex::default(),
+            replaced: Mutex::default(),
         }
     }
 
@@ -264,20 +293,44 @@ impl Replica {
         Ok(())
     }
 
-    /// Merges a version from another node: kept only if newer than what is here (last writer wins).
+    /// Merges a version from another node: kept only if newer than what is here (last writer
+    /// wins), except for key records ([`replaces`]).
     pub async fn merge(&self, ks: &'static str, key: &str, rec: &Versioned) -> StoreResult<bool> {
         if is_local_keyspace(ks) {
             return Ok(false);
         }
         let _g = self.lock([(ks, key)]).await;
-        let newer = match self.read(ks, key).await? {
-            Some(cur) => rec.version > cur.version,
+        let take = match self.read(ks, key).await? {
+            Some(cur) => {
+                let take = replaces(ks, &cur, rec);
+                if take
+                    && is_insert_only(ks)
+                    && cur.value.is_some()
+                    && rec.value.is_some()
+                    && cur.value != rec.value
+                {
+                    tracing::error!(keyspace = ks, key, "two different keys were created for one id; the first created is kept cluster-wide and this node, which held the other, is not ready until restarted");
+                    if let Ok(mut r) = self.replaced.lock() {
+                        r.insert(format!("{ks}/{key}"));
+                    }
+                }
+                take
+            }
             None => true,
         };
-        if newer {
+        if take {
             self.write_locked(ks, key, rec).await?;
         }
-        Ok(newer)
+        Ok(take)
+    }
+
+    /// Key records (`keyspace/key`) this node held a different, later-created value of, replaced
+    /// by the cluster's first-created one since it started: its in-memory copies may be stale.
+    pub fn replaced_keys(&self) -> Vec<String> {
+        self.replaced
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Per-keyspace digest of the index.
@@ -397,6 +450,64 @@ mod tests {
         a.merge(ks, "k", &t).await.unwrap();
         assert_eq!(a.digest(), b.digest());
         assert_eq!(a.versions("things"), b.versions("things"));
+    }
+
+    #[tokio::test]
+    async fn key_records_are_insert_only_first_created_wins_and_the_holder_of_the_other_is_flagged()
+    {
+        let clock = FakeClock::new(1_000_000);
+        let a = replica("a", clock.clone());
+        let b = replica("b", clock.clone());
+        let ks = intern("mediator_keys").unwrap();
+        let first = Versioned {
+            version: a.new_version(),
+            value: Some(b"key-of-a".to_vec()),
+            deadline_ms: None,
+        };
+        clock.advance_ms(5);
+        let later = Versioned {
+            version: b.new_version(),
+            value: Some(b"key-of-b".to_vec()),
+            deadline_ms: None,
+        };
+        a.merge(ks, "mediator", &first).await.unwrap();
+        b.merge(ks, "mediator", &later).await.unwrap();
+        // the later, different key never replaces the first one (no last-writer-wins)...
+        assert!(!a.merge(ks, "mediator", &later).await.unwrap());
+        assert!(a.replaced_keys().is_empty());
+        // ...and the first created replaces the later one where that was held, which is flagged
+        assert!(b.merge(ks, "mediator", &first).await.unwrap());
+        assert_eq!(
+            b.replaced_keys(),
+            vec!["mediator_keys/mediator".to_string()]
+        );
+        for r in [&a, &b] {
+            assert_eq!(
+                r.read(ks, "mediator")
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .value
+                    .unwrap(),
+                b"key-of-a"
+            );
+        }
+        assert_eq!(a.digest(), b.digest());
+        // a delete still applies, and the same id may then be created again
+        clock.advance_ms(5);
+        let t = a.tombstone();
+        assert!(b.merge(ks, "mediator", &t).await.unwrap());
+        clock.advance_ms(5);
+        let again = Versioned {
+            version: a.new_version(),
+            value: Some(b"new-key".to_vec()),
+            deadline_ms: None,
+        };
+        assert!(b.merge(ks, "mediator", &again).await.unwrap());
+        // an ordinary keyspace stays last-writer-wins
+        let other = intern("issuer_offers").unwrap();
+        a.merge(other, "o", &first).await.unwrap();
+        assert!(a.merge(other, "o", &later).await.unwrap());
     }
 
     #[tokio::test]

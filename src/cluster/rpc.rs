@@ -1,8 +1,14 @@
 //! The internal RPC listener (`cluster.rpc_addr`): a small actix server of its own, up before the
-//! roles initialise (peers need it while they bootstrap), every request HMAC-authenticated.
+//! roles initialise (peers need it while they bootstrap), every request HMAC-authenticated, and
+//! every answer to a signed request signed over that request's nonce ([`sign_responses`]), so a
+//! process without the cluster secret can neither call a node nor answer in a peer's place.
 
 use std::sync::Arc;
 
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -70,6 +76,39 @@ fn err(e: impl std::fmt::Display) -> HttpResponse {
 }
 
 type NodeData = web::Data<Arc<Node>>;
+
+/// Signs every answer to a request that carried a nonce (accepted or refused alike): the caller
+/// checks the signature before believing the answer ([`Node::call`]).
+async fn sign_responses(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let node = req.app_data::<NodeData>().cloned();
+    let nonce = req
+        .headers()
+        .get(auth::HEADER_NONCE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let path = req.path().to_string();
+    let res = next.call(req).await?;
+    let (req, res) = res.into_parts();
+    let status = res.status();
+    let (mut head, body) = res.into_parts();
+    let bytes = actix_web::body::to_bytes(body)
+        .await
+        .map_err(|_| actix_web::error::ErrorInternalServerError("cluster RPC body"))?;
+    if let (Some(node), Some(nonce)) = (node, nonce) {
+        let sig = node.sign_response(&path, &nonce, status.as_u16(), &bytes);
+        if let Ok(v) = HeaderValue::from_str(&sig) {
+            head.headers_mut()
+                .insert(HeaderName::from_static(auth::HEADER_RESP_SIG), v);
+        }
+    }
+    Ok(ServiceResponse::new(
+        req,
+        head.set_body(bytes).map_into_boxed_body(),
+    ))
+}
 
 async fn apply(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse {
     let r: ApplyReq = match open(&node, &req, &body) {
@@ -199,6 +238,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, node: Arc<Node>) {
     for (path, route) in routes {
         cfg.service(
             web::resource(path)
+                .wrap(from_fn(sign_responses))
                 .app_data(data.clone())
                 .app_data(web::PayloadConfig::new(BODY_LIMIT))
                 .route(route()),

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use chitchat::transport::UdpTransport;
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -102,6 +101,10 @@ pub async fn start(
     } else {
         c.node_id.clone()
     };
+    let bootstrap_expect = match c.bootstrap_expect {
+        0 => auto_bootstrap_expect(&c.seeds, gossip_advertise).await,
+        n => n,
+    };
     let roles: Vec<String> = settings
         .roles
         .iter()
@@ -117,13 +120,14 @@ pub async fn start(
         rpc_advertise: rpc_advertise.clone(),
         seeds: c.seeds.clone(),
         replication_factor: c.replication_factor,
-        bootstrap_expect: c.bootstrap_expect.max(1),
+        bootstrap_expect,
         join_timeout: Duration::from_secs(c.join_timeout_seconds),
         gossip_interval: Duration::from_millis(c.gossip_interval_ms),
         phi_threshold: c.phi_threshold,
         rpc_timeout: Duration::from_millis(c.rpc_timeout_ms),
         anti_entropy_interval: Duration::from_secs(c.anti_entropy_interval_seconds.max(1)),
         roles: roles.clone(),
+        pause_threshold: Duration::from_millis(c.pause_threshold_ms.max(1)),
     };
 
     let inner = opened.store.clone();
@@ -166,14 +170,26 @@ pub async fn start(
         ("ready".to_string(), "false".to_string()),
         ("caught_up".to_string(), "false".to_string()),
     ];
-    let handle = spawn_chitchat(cc_config, initial, &UdpTransport)
+    // Gossip sealed under the cluster key: a process without the secret is never a member.
+    let metrics = super::node::ClusterMetrics::new()?;
+    let transport = super::gossip::AuthUdpTransport {
+        sealer: Arc::new(super::gossip::Sealer::new(super::derive_gossip_key(
+            secret.expose(),
+            &c.id,
+        ))?),
+        clock: clock.clone(),
+        dropped: metrics.gossip_dropped.clone(),
+    };
+    let handle = spawn_chitchat(cc_config, initial, &transport)
         .await
         .with_context(|| format!("starting gossip on {gossip_listen} (udp)"))?;
     let chitchat = handle.chitchat();
 
     let local_bus = Arc::new(crate::bus::LocalBus::new());
     let rpc_key = super::derive_rpc_key(secret.expose(), &c.id);
-    let node = Arc::new(Node::new(ns, replica, chitchat, rpc_key, local_bus)?);
+    let node = Arc::new(Node::new(
+        ns, replica, chitchat, rpc_key, local_bus, metrics,
+    )?);
 
     let rpc_server = super::rpc::server(node.clone(), rpc_listener)?;
     let rpc_handle = rpc_server.handle();
@@ -197,7 +213,7 @@ pub async fn start(
                 tracing::info!(
                     live = node.live_count(),
                     expect = node.settings.bootstrap_expect,
-                    "cluster: waiting for bootstrap_expect members"
+                    "cluster: waiting for bootstrap_expect members (default: every seed plus this node; set cluster.bootstrap_expect if a seed is this node under another address)"
                 );
                 last_log = tokio::time::Instant::now();
             }
@@ -236,6 +252,7 @@ pub async fn start(
         .put(LOCAL_KEYSPACE, JOINED_KEY, b"1".to_vec(), None)
         .await?;
     spawn_anti_entropy(tasks, shutdown, node.clone());
+    spawn_heartbeat(tasks, shutdown, node.clone());
     tracing::info!(live = node.live_count(), "cluster: joined and caught up");
 
     let cluster = Arc::new(Cluster {
@@ -265,6 +282,48 @@ fn spawn_membership(tasks: &mut Tasks, shutdown: &CancellationToken, node: Arc<N
                 r = watcher.changed() => if r.is_err() { break },
             }
             node.refresh_members().await;
+        }
+    });
+}
+
+/// The number of distinct nodes among the seeds and this node: the initial cluster a node with an
+/// empty data dir waits for (`cluster.bootstrap_expect = 0`). A seed that does not resolve yet
+/// counts by its name.
+async fn auto_bootstrap_expect(seeds: &[String], me: SocketAddr) -> usize {
+    let mut nodes = std::collections::BTreeSet::new();
+    nodes.insert(me.to_string());
+    for seed in seeds {
+        match resolve(seed).await {
+            Ok(a) => nodes.insert(a.to_string()),
+            Err(_) => nodes.insert(seed.clone()),
+        };
+    }
+    nodes.len()
+}
+
+/// The heartbeat (pause detection, [`Node::beat`]) every gossip interval, and a write probe to
+/// the peers every second ([`Node::probe_writes`]) for readiness.
+fn spawn_heartbeat(tasks: &mut Tasks, shutdown: &CancellationToken, node: Arc<Node>) {
+    tasks.spawn("cluster-heartbeat", shutdown, move |token| async move {
+        let every = node
+            .settings
+            .gossip_interval
+            .min(Duration::from_millis(250));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_probe = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            node.beat();
+            if last_probe.elapsed() >= Duration::from_secs(1) {
+                last_probe = tokio::time::Instant::now();
+                let n = node.clone();
+                // off the heartbeat's path: a slow peer must not delay the beat
+                tokio::spawn(async move { n.probe_writes().await });
+            }
         }
     });
 }
@@ -403,12 +462,22 @@ mod tests {
     }
 
     async fn node(id: &str, port: u16, seeds: &[u16], expect: usize) -> TestNode {
+        node_with_secret(id, port, seeds, expect, "unit-test-cluster-secret").await
+    }
+
+    async fn node_with_secret(
+        id: &str,
+        port: u16,
+        seeds: &[u16],
+        expect: usize,
+        secret: &str,
+    ) -> TestNode {
         let mut cfg = crate::config::Config::default();
         cfg.cluster.enabled = true;
         cfg.cluster.node_id = id.into();
         cfg.cluster.gossip_addr = format!("127.0.0.1:{port}");
         cfg.cluster.seeds = seeds.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        cfg.cluster.secret = crate::config::Secret::new("unit-test-cluster-secret");
+        cfg.cluster.secret = crate::config::Secret::new(secret);
         cfg.cluster.bootstrap_expect = expect;
         cfg.cluster.gossip_interval_ms = 50;
         cfg.cluster.anti_entropy_interval_seconds = 3600;
@@ -444,6 +513,109 @@ mod tests {
             node("c", ports[2], &ports, 3)
         );
         vec![a, b, c]
+    }
+
+    /// A node back from a pause (simulated: its last heartbeat moved back past the threshold)
+    /// whose keys another node redeemed meanwhile must not redeem them again from its stale copy.
+    async fn paused_primary_catches_up_before_its_compare_and_swap(nodes: &[TestNode]) {
+        let ks = "unit_codes";
+        let x = &nodes[0].cluster.node;
+        // a key whose primary is x
+        let key = (0..1000)
+            .map(|i| format!("code-{i}"))
+            .find(|k| x.primary_order(ks, k).first().map(|(id, _)| id.as_str()) == Some("a"))
+            .unwrap();
+        nodes[0]
+            .opened
+            .store
+            .put(ks, &key, b"unused".to_vec(), None)
+            .await
+            .unwrap();
+        // while x was stopped, b stood in and redeemed the code; x never heard of it
+        let redeemed = nodes[1].cluster.node.replica.tombstone();
+        for n in &nodes[1..] {
+            n.cluster
+                .node
+                .replica
+                .merge(ks, &key, &redeemed)
+                .await
+                .unwrap();
+        }
+        assert!(x
+            .replica
+            .read(ks, &key)
+            .await
+            .unwrap()
+            .unwrap()
+            .value
+            .is_some());
+        x.pretend_paused();
+        // the stale primary's own attempt: it pulls the newest version first and loses
+        let again = nodes[0]
+            .opened
+            .store
+            .compare_and_swap(ks, &key, Some(b"unused".to_vec()), None)
+            .await
+            .unwrap();
+        assert_eq!(again, Cas::Conflict(None));
+        assert!(x.metrics.standing_lost.get() >= 1);
+        // and it earns its standing back by catching up
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while !x.is_caught_up() {
+            assert!(std::time::Instant::now() < until, "{:?}", x.health());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A process with another cluster secret, seeded with a member, is never listed (its gossip
+    /// is dropped) and the members' writes still succeed.
+    async fn process_without_the_secret_does_not_join(nodes: &[TestNode]) {
+        let a_port = nodes[0].cluster.node.settings.gossip_listen.port();
+        let rogue = node_with_secret(
+            "0-rogue",
+            free_port(),
+            &[a_port],
+            1,
+            "another-secret-of-some-length",
+        )
+        .await;
+        let a = &nodes[0].cluster.node;
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while a.metrics.gossip_dropped.get() == 0 {
+            assert!(
+                std::time::Instant::now() < until,
+                "the rogue's gossip never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // a few more gossip rounds of the rogue's
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for n in nodes {
+            n.cluster.node.refresh_members().await;
+            let ids: Vec<String> = n
+                .cluster
+                .node
+                .members()
+                .iter()
+                .map(|m| m.node_id.clone())
+                .collect();
+            assert_eq!(ids, ["a", "b", "c"], "{ids:?}");
+        }
+        rogue.cluster.node.refresh_members().await;
+        assert_eq!(rogue.cluster.node.live_count(), 1);
+        nodes[1]
+            .opened
+            .store
+            .put("unit_things", "after-rogue", b"v".to_vec(), None)
+            .await
+            .unwrap();
+        assert!(
+            nodes[0].cluster.node.health().is_empty(),
+            "{:?}",
+            nodes[0].cluster.node.health()
+        );
+        rogue.token.cancel();
+        rogue.cluster.leave().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -582,6 +754,9 @@ mod tests {
         // exactly one leader for singleton jobs
         let leaders = nodes.iter().filter(|n| n.cluster.is_leader()).count();
         assert_eq!(leaders, 1);
+
+        paused_primary_catches_up_before_its_compare_and_swap(&nodes).await;
+        process_without_the_secret_does_not_join(&nodes).await;
         for n in &nodes {
             n.token.cancel();
             n.cluster.leave().await;

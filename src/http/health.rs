@@ -39,8 +39,9 @@ pub async fn live() -> web::Json<Live> {
     })
 }
 
-/// Readiness: 200 when a store write probe passes and every enabled role is ready, else 503
-/// naming the failing components. Load balancers route on this.
+/// Readiness: 200 when a store write probe passes, every enabled role is ready and (in a cluster)
+/// this node is caught up, not paused, reaches a replica for writes and holds the cluster's keys;
+/// else 503 naming the failing components. Load balancers route on this.
 #[utoipa::path(tag = "system", responses(
     (status = 200, body = Ready), (status = 503, body = Ready)))]
 #[get("/health/ready")]
@@ -51,6 +52,15 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         .into_iter()
         .map(|(component, reason)| Failing { component, reason })
         .collect();
+    // In a cluster: not while paused/stalled or catching up, while writes cannot reach a replica,
+    // or while a key record this node holds in memory was replaced (docs/cluster.md).
+    #[cfg(feature = "cluster")]
+    if let Some(c) = &state.cluster {
+        failing.extend(c.node.health().into_iter().map(|reason| Failing {
+            component: "cluster".into(),
+            reason,
+        }));
+    }
     match tokio::time::timeout(Duration::from_secs(2), state.store.probe()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => failing.push(Failing {

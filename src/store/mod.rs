@@ -205,6 +205,10 @@ impl dyn Store {
         E: From<StoreError>,
         F: FnMut(T) -> Result<T, E>,
     {
+        // The value a failed compare-and-swap found: the next attempt starts from it instead of
+        // reading again (in cluster mode the local copy may lag the key's primary, and re-reading
+        // it could conflict over and over).
+        let mut current: Option<Vec<u8>> = None;
         for attempt in 0..64u32 {
             if attempt > 0 {
                 // Contention (a hot record, or a CAS that crosses the network in cluster mode):
@@ -214,8 +218,12 @@ impl dyn Store {
                 let wait = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=cap);
                 tokio::time::sleep(Duration::from_millis(wait)).await;
             }
-            let Some(old) = self.get(keyspace, key).await? else {
-                return Ok(None);
+            let old = match current.take() {
+                Some(v) => v,
+                None => match self.get(keyspace, key).await? {
+                    Some(v) => v,
+                    None => return Ok(None),
+                },
             };
             let value: T = serde_json::from_slice(&old).map_err(|e| StoreError::Corrupt {
                 keyspace: keyspace.to_string(),
@@ -229,7 +237,9 @@ impl dyn Store {
                 .await?
             {
                 Cas::Swapped => return Ok(Some(new)),
-                Cas::Conflict(_) => continue,
+                Cas::Conflict(Some(now)) => current = Some(now),
+                // deleted (or expired) meanwhile
+                Cas::Conflict(None) => return Ok(None),
             }
         }
         // Still losing after 64 rounds: a transient overload of one record, answered 503 + Retry-After.

@@ -44,7 +44,6 @@ fn node_builder(spec: &Spec, seeds: &str, public_url: &str) -> crate::common::Bu
         .env("IDSTACK__CLUSTER__SEEDS", seeds)
         .env("IDSTACK__CLUSTER__SECRET", SECRET)
         .env("IDSTACK__CLUSTER__ID", "it-cluster")
-        .env("IDSTACK__CLUSTER__BOOTSTRAP_EXPECT", "3")
         .env("IDSTACK__CLUSTER__GOSSIP_INTERVAL_MS", "100")
         .env("IDSTACK__CLUSTER__ANTI_ENTROPY_INTERVAL_SECONDS", "2")
         .env("IDSTACK__SERVER__PUBLIC_URL", public_url)
@@ -592,8 +591,33 @@ async fn internal_rpc_can_share_the_http_listener() {
             .env("IDSTACK__CLUSTER__RPC_ADDR", &http[i])
             .start()
     };
+    // started together with only `seeds` (no bootstrap_expect): no split start
     let (a, b, c) = tokio::join!(shared(0), shared(1), shared(2));
     lb.set_backends(vec![a.base.clone(), b.base.clone(), c.base.clone()]);
+    // the first answer of each node: one default issuer DID, one verifier DID, one mediator key
+    let mut first = Vec::new();
+    for s in [&a, &b, &c] {
+        let (st, issuer) = admin_get(s, "/api/issuers/default").await;
+        assert_eq!(st, 200, "{issuer}");
+        let (st, verifier) = admin_get(s, "/api/verifiers/default").await;
+        assert_eq!(st, 200, "{verifier}");
+        #[cfg(feature = "mediator")]
+        let mediator = {
+            let (st, inv) = admin_get(s, "/api/mediator/invitation").await;
+            assert_eq!(st, 200, "{inv}");
+            inv["invitation"]["services"][0]["recipientKeys"][0].clone()
+        };
+        #[cfg(not(feature = "mediator"))]
+        let mediator = Value::Null;
+        assert!(issuer["did"].is_string() && verifier["did"].is_string());
+        first.push((
+            issuer["did"].clone(),
+            issuer["key_fingerprint"].clone(),
+            verifier["did"].clone(),
+            mediator,
+        ));
+    }
+    assert!(first.iter().all(|f| *f == first[0]), "{first:#?}");
     for s in [&a, &b, &c] {
         let v = wait_cluster(s, "three live members", |v| {
             ["n1", "n2", "n3"]
@@ -603,6 +627,66 @@ async fn internal_rpc_can_share_the_http_listener() {
         .await;
         assert!(v["members"].as_array().unwrap().len() == 3, "{v}");
     }
+
+    // a process with another cluster secret, seeded with the cluster, does not join: it is never
+    // listed, writes through the proxy keep succeeding and every node stays ready
+    let rogue_spec = Spec {
+        id: "n0-rogue".into(),
+        port: free_port(),
+    };
+    let rogue = node_builder(&rogue_spec, &seeds, &lb.url())
+        .env(
+            "IDSTACK__CLUSTER__SECRET",
+            "not-the-cluster-secret-0123456789",
+        )
+        .env("IDSTACK__CLUSTER__BOOTSTRAP_EXPECT", "1")
+        .start()
+        .await;
+    let proxy = via(&lb);
+    for round in 0..10 {
+        for s in [&a, &b, &c] {
+            let (st, v) = admin_get(s, "/api/cluster").await;
+            assert_eq!(st, 200, "{v}");
+            let ids: Vec<&str> = v["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["node_id"].as_str().unwrap())
+                .collect();
+            assert_eq!(ids, ["n1", "n2", "n3"], "round {round}: {v}");
+            let r = client().get(s.url("/health/ready")).send().await.unwrap();
+            assert_eq!(
+                r.status(),
+                200,
+                "round {round}: {}",
+                r.text().await.unwrap()
+            );
+        }
+        let (_, rv) = admin_get(&rogue, "/api/cluster").await;
+        assert_eq!(rv["members"].as_array().unwrap().len(), 1, "{rv}");
+        let sess = new_session(&proxy).await;
+        assert!(sess["id"].is_string(), "{sess}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = client()
+        .get(a.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dropped: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("idstack_cluster_gossip_dropped_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        dropped > 0.0,
+        "the rogue's gossip reached n1 and was dropped"
+    );
+    drop(rogue);
     // a session written on a, read on b and c (fetched or replicated over the shared port)
     let session = new_session(&a).await;
     let id = session["id"].as_str().unwrap();

@@ -712,7 +712,7 @@ impl IssuerService {
         }
         // Single use: exactly one redeemer removes the code.
         if store
-            .compare_and_swap(ks::CODES, &code_key, Some(okey), None)
+            .compare_and_swap(ks::CODES, &code_key, Some(okey.clone()), None)
             .await?
             != Cas::Swapped
         {
@@ -720,12 +720,64 @@ impl IssuerService {
                 "the pre-authorized code was already used",
             ));
         }
-        self.grant_access(
-            issuer_id,
-            &offer_key_s,
-            offer.credential_configuration_ids.clone(),
-        )
-        .await
+        match self
+            .grant_access(
+                issuer_id,
+                &offer_key_s,
+                offer.credential_configuration_ids.clone(),
+            )
+            .await
+        {
+            // The code is consumed but no token was handed out (the store failed on the way):
+            // the redemption is rolled back (grant_access reverted the offer), so the code is
+            // redeemable again instead of burnt.
+            Err(e) if e.status.is_server_error() => {
+                self.restore_code(code_key, okey, offer.expires_at).await;
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    /// Puts a consumed pre-authorized code back (compensating a failed redemption) for the rest
+    /// of its lifetime; retried in the background while the store is still failing.
+    async fn restore_code(&self, code_key: String, offer_key: Vec<u8>, expires_at: i64) {
+        let left = expires_at - self.now();
+        if left <= 0 {
+            return;
+        }
+        let store = self.state.store.clone();
+        let attempt = move || {
+            let store = store.clone();
+            let (code_key, offer_key) = (code_key.clone(), offer_key.clone());
+            async move {
+                store
+                    .compare_and_swap(
+                        ks::CODES,
+                        &code_key,
+                        None,
+                        Some((offer_key, Some(secs(left as u64)))),
+                    )
+                    .await
+            }
+        };
+        match attempt().await {
+            Ok(_) => tracing::info!(
+                "failed redemption rolled back: the pre-authorized code is usable again"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "rolling back a failed redemption; retrying in the background");
+                tokio::spawn(async move {
+                    for i in 0..10u32 {
+                        tokio::time::sleep(Duration::from_millis(200 << i.min(5))).await;
+                        if attempt().await.is_ok() {
+                            return;
+                        }
+                    }
+                    tracing::error!("could not roll back a failed redemption: the pre-authorized code stays consumed");
+                });
+            }
+        }
     }
 
     async fn token_authorization_code(
@@ -801,7 +853,7 @@ impl IssuerService {
         offer_key_s: &str,
         config_ids: Vec<String>,
     ) -> Result<TokenResponse, OAuthError> {
-        let updated = self
+        let updated = match self
             .state
             .store
             .update_json::<Offer, OAuthError, _>(ks::OFFERS, offer_key_s, None, |mut o| {
@@ -811,8 +863,18 @@ impl IssuerService {
                 o.state = OfferState::TokenIssued;
                 Ok(o)
             })
-            .await?
-            .ok_or_else(|| OAuthError::invalid_grant("the offer has expired"))?;
+            .await
+        {
+            Ok(u) => u.ok_or_else(|| OAuthError::invalid_grant("the offer has expired"))?,
+            Err(e) => {
+                // a store failure may still have applied the update (a write not acknowledged in
+                // time): undo it so the rolled-back code finds its offer redeemable
+                if e.status.is_server_error() {
+                    self.revert_offer(offer_key_s).await;
+                }
+                return Err(e);
+            }
+        };
         let token = random_token(32);
         let grant = AccessGrant {
             offer_id: offer_key_s.to_string(),
@@ -820,7 +882,8 @@ impl IssuerService {
             credential_configuration_ids: config_ids,
             expires_at: self.now() + ACCESS_TOKEN_TTL as i64,
         };
-        self.state
+        if let Err(e) = self
+            .state
             .store
             .put_json(
                 ks::TOKENS,
@@ -828,13 +891,37 @@ impl IssuerService {
                 &grant,
                 Some(secs(ACCESS_TOKEN_TTL)),
             )
-            .await?;
+            .await
+        {
+            // nobody has this token; make sure it is gone, and the offer redeemable again
+            let _ = self.state.store.delete(ks::TOKENS, &hash(&token)).await;
+            self.revert_offer(offer_key_s).await;
+            return Err(e.into());
+        }
         self.offer_changed(issuer_id, &updated);
         Ok(TokenResponse {
             access_token: token,
             token_type: "Bearer",
             expires_in: ACCESS_TOKEN_TTL,
         })
+    }
+
+    /// Compensation of a redemption that failed after the offer was marked redeemed: back to
+    /// `Offered` (only from `TokenIssued`; nothing else is touched).
+    async fn revert_offer(&self, offer_key_s: &str) {
+        let r = self
+            .state
+            .store
+            .update_json::<Offer, OAuthError, _>(ks::OFFERS, offer_key_s, None, |mut o| {
+                if o.state == OfferState::TokenIssued {
+                    o.state = OfferState::Offered;
+                }
+                Ok(o)
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e.description, "could not revert the offer of a failed redemption");
+        }
     }
 
     // ---- authorization endpoint ------------------------------------------------------------------
@@ -1590,6 +1677,161 @@ mod tests {
             code_verifier: None,
             redirect_uri: None,
             client_id: None,
+        }
+    }
+
+    /// A store that fails the next `fail` writes (put / compare-and-swap / batch) to one keyspace
+    /// with 503 "kept conflicting" — after applying them when `applied` (a write that took effect
+    /// but was not acknowledged in time).
+    struct Faulty {
+        inner: Arc<dyn crate::store::Store>,
+        keyspace: &'static str,
+        applied: bool,
+        fail: std::sync::atomic::AtomicU32,
+    }
+
+    impl Faulty {
+        fn trip(&self, ks: &str) -> bool {
+            use std::sync::atomic::Ordering;
+            ks == self.keyspace
+                && self
+                    .fail
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+        }
+        fn error(&self) -> crate::store::StoreError {
+            crate::store::StoreError::Unavailable(format!(
+                "update of {} kept conflicting",
+                self.keyspace
+            ))
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl crate::store::Store for Faulty {
+        async fn get(
+            &self,
+            ks: &'static str,
+            key: &str,
+        ) -> crate::store::StoreResult<Option<Vec<u8>>> {
+            self.inner.get(ks, key).await
+        }
+        async fn put(
+            &self,
+            ks: &'static str,
+            key: &str,
+            value: Vec<u8>,
+            ttl: Option<Duration>,
+        ) -> crate::store::StoreResult<()> {
+            if self.trip(ks) {
+                if self.applied {
+                    self.inner.put(ks, key, value, ttl).await?;
+                }
+                return Err(self.error());
+            }
+            self.inner.put(ks, key, value, ttl).await
+        }
+        async fn delete(&self, ks: &'static str, key: &str) -> crate::store::StoreResult<bool> {
+            self.inner.delete(ks, key).await
+        }
+        async fn compare_and_swap(
+            &self,
+            ks: &'static str,
+            key: &str,
+            expected: Option<Vec<u8>>,
+            new: Option<(Vec<u8>, Option<Duration>)>,
+        ) -> crate::store::StoreResult<Cas> {
+            if self.trip(ks) {
+                if self.applied {
+                    self.inner.compare_and_swap(ks, key, expected, new).await?;
+                }
+                return Err(self.error());
+            }
+            self.inner.compare_and_swap(ks, key, expected, new).await
+        }
+        async fn scan_prefix(
+            &self,
+            ks: &'static str,
+            prefix: &str,
+            limit: usize,
+        ) -> crate::store::StoreResult<Vec<(String, Vec<u8>)>> {
+            self.inner.scan_prefix(ks, prefix, limit).await
+        }
+        async fn batch(&self, ops: Vec<crate::store::BatchOp>) -> crate::store::StoreResult<()> {
+            self.inner.batch(ops).await
+        }
+        async fn sweep_expired(&self) -> crate::store::StoreResult<u64> {
+            self.inner.sweep_expired().await
+        }
+        async fn probe(&self) -> crate::store::StoreResult<()> {
+            self.inner.probe().await
+        }
+        async fn flush(&self) -> crate::store::StoreResult<()> {
+            self.inner.flush().await
+        }
+        async fn stats(&self) -> crate::store::StoreResult<crate::store::StoreStats> {
+            self.inner.stats().await
+        }
+        async fn export_all(&self) -> crate::store::StoreResult<Vec<crate::store::ExportRecord>> {
+            self.inner.export_all().await
+        }
+        async fn import(
+            &self,
+            records: Vec<crate::store::ExportRecord>,
+        ) -> crate::store::StoreResult<u64> {
+            self.inner.import(records).await
+        }
+    }
+
+    /// A redemption whose offer update or token write fails with 503 (the store "kept
+    /// conflicting"; a write applied but not acknowledged) leaves the code redeemable: the retry
+    /// gets the token, and the code is single-use after that.
+    #[tokio::test]
+    async fn a_store_failure_during_redemption_leaves_the_code_redeemable() {
+        for (keyspace, applied) in [
+            (ks::OFFERS, false),
+            (ks::OFFERS, true),
+            (ks::TOKENS, false),
+            (ks::TOKENS, true),
+        ] {
+            let clock = FakeClock::new(1_800_000_000_000);
+            let mut state = AppState::for_tests(clock.clone());
+            let faulty = Arc::new(Faulty {
+                inner: state.store.clone(),
+                keyspace,
+                applied,
+                fail: std::sync::atomic::AtomicU32::new(0),
+            });
+            state.store = faulty.clone();
+            let svc = IssuerService::new(state);
+            svc.init().await.unwrap();
+            let o = svc
+                .create_offer("default", offer_req(Some(600)))
+                .await
+                .unwrap();
+            let code = o.credential_offer["grants"][PRE_AUTH_GRANT]["pre-authorized_code"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            faulty.fail.store(1, std::sync::atomic::Ordering::SeqCst);
+            let e = svc.token("default", token_req(&code)).await.unwrap_err();
+            assert_eq!(
+                (e.status.as_u16(), e.error),
+                (503, "temporarily_unavailable"),
+                "{keyspace} applied={applied}"
+            );
+            assert_eq!(
+                svc.offer_view("default", &o.id).await.unwrap().state,
+                OfferState::Offered,
+                "{keyspace} applied={applied}"
+            );
+            let t = svc
+                .token("default", token_req(&code))
+                .await
+                .unwrap_or_else(|e| panic!("{keyspace} applied={applied}: {e:?}"));
+            assert!(!t.access_token.is_empty());
+            let again = svc.token("default", token_req(&code)).await.unwrap_err();
+            assert_eq!(again.error, "invalid_grant");
         }
     }
 

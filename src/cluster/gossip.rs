@@ -1,0 +1,401 @@
+//! Authenticated gossip: chitchat's UDP transport with every datagram sealed under a key derived
+//! from the cluster secret and cluster id.
+//!
+//! A datagram is `magic ‖ timestamp (ms, big-endian) ‖ 12 random bytes ‖ chitchat envelope ‖
+//! HMAC-SHA256 tag` over everything before the tag. A receiver drops (and never hands to chitchat)
+//! a datagram whose tag does not verify, whose timestamp is outside [`auth::WINDOW_MS`] of its own
+//! clock, or whose random part it has already seen inside the window. So a process without the
+//! cluster secret can neither join (its Syn is dropped, nothing it says reaches the membership)
+//! nor forge or replay state into the cluster; chitchat's own `cluster_id` check is only a
+//! misconfiguration guard on top.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpSocket};
+use chitchat::ChitchatEnvelope;
+use hmac::{Hmac, Mac};
+use prometheus::IntCounter;
+use rand::RngCore;
+use sha2::Sha256;
+
+use super::auth;
+use crate::clock::SharedClock;
+
+type HmacSha256 = Hmac<Sha256>;
+
+const MAGIC: &[u8; 4] = b"IDG1";
+const NONCE_LEN: usize = 12;
+const HEADER_LEN: usize = MAGIC.len() + 8 + NONCE_LEN;
+const TAG_LEN: usize = 32;
+/// Largest UDP payload (IPv4).
+const MAX_DATAGRAM: usize = 65_507;
+
+/// Why a datagram was dropped.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Dropped {
+    #[error("not an idstack gossip datagram")]
+    Malformed,
+    #[error("bad tag (another cluster secret or id, or forged)")]
+    BadTag,
+    #[error("timestamp outside the accepted window")]
+    Stale,
+    #[error("replayed datagram")]
+    Replay,
+}
+
+/// Random parts seen inside the window, and the order they expire in.
+type Seen = (
+    HashMap<[u8; NONCE_LEN], i64>,
+    VecDeque<(i64, [u8; NONCE_LEN])>,
+);
+
+/// Seals and opens datagrams; remembers the random parts seen inside the window.
+pub struct Sealer {
+    /// HMAC keyed with the gossip key, cloned for each datagram.
+    mac: HmacSha256,
+    seen: Mutex<Seen>,
+}
+
+impl Sealer {
+    pub fn new(key: [u8; 32]) -> anyhow::Result<Self> {
+        Ok(Self {
+            mac: HmacSha256::new_from_slice(&key).context("gossip key")?,
+            seen: Mutex::default(),
+        })
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        self.mac.clone()
+    }
+
+    pub fn seal(&self, now_ms: i64, payload: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + TAG_LEN);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&now_ms.to_be_bytes());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(payload);
+        let mut mac = self.mac();
+        mac.update(&out);
+        out.extend_from_slice(&mac.finalize().into_bytes());
+        out
+    }
+
+    /// The payload of an authentic, fresh, first-seen datagram.
+    pub fn open<'a>(&self, now_ms: i64, datagram: &'a [u8]) -> Result<&'a [u8], Dropped> {
+        if datagram.len() < HEADER_LEN + TAG_LEN || !datagram.starts_with(MAGIC) {
+            return Err(Dropped::Malformed);
+        }
+        let (signed, tag) = datagram.split_at(datagram.len() - TAG_LEN);
+        let mut mac = self.mac();
+        mac.update(signed);
+        mac.verify_slice(tag).map_err(|_| Dropped::BadTag)?;
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&signed[MAGIC.len()..MAGIC.len() + 8]);
+        let ts = i64::from_be_bytes(ts);
+        if (now_ms - ts).abs() > auth::WINDOW_MS {
+            return Err(Dropped::Stale);
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&signed[MAGIC.len() + 8..HEADER_LEN]);
+        let mut guard = self.seen.lock().map_err(|_| Dropped::Replay)?;
+        let (set, order) = &mut *guard;
+        while order
+            .front()
+            .is_some_and(|(t, _)| *t < now_ms - 2 * auth::WINDOW_MS)
+        {
+            if let Some((_, n)) = order.pop_front() {
+                set.remove(&n);
+            }
+        }
+        if set.insert(nonce, now_ms).is_some() {
+            return Err(Dropped::Replay);
+        }
+        order.push_back((now_ms, nonce));
+        Ok(&signed[HEADER_LEN..])
+    }
+}
+
+/// chitchat [`Transport`] over UDP with every datagram sealed by a [`Sealer`].
+///
+/// chitchat 0.13 keeps its wire encoding private, so the transport does not re-encode messages:
+/// chitchat's own UDP socket ([`UdpSocket`]) is bound on loopback and talks to one loopback
+/// *relay* socket per peer. A relay seals what chitchat sends it and sends that from the public
+/// gossip socket to its peer; an authentic datagram from a peer is opened and handed to chitchat
+/// from that peer's relay, so chitchat sees the relay as the sender and its answers go back through
+/// it. Only datagrams from chitchat's own socket are relayed out, only datagrams from a relay are
+/// passed to chitchat (a loopback sender cannot use those ports: they are bound here), and relays
+/// exist only for peers that sent an authentic datagram or that chitchat addressed (at most
+/// [`MAX_RELAYS`], least recently used closed first).
+pub struct AuthUdpTransport {
+    pub sealer: Arc<Sealer>,
+    pub clock: SharedClock,
+    /// Datagrams dropped (`idstack_cluster_gossip_dropped_total`).
+    pub dropped: IntCounter,
+}
+
+/// Most relays one node keeps (cluster mode targets a handful of nodes). When full, the relay
+/// used least recently is closed: someone replaying captured datagrams from many spoofed source
+/// addresses (each copy is opened once, then dropped as a replay) cannot lock real peers out.
+const MAX_RELAYS: usize = 256;
+
+struct Relay {
+    sock: Arc<tokio::net::UdpSocket>,
+    task: tokio::task::JoinHandle<()>,
+    last_used: std::time::Instant,
+}
+
+struct Shared {
+    public: tokio::net::UdpSocket,
+    sealer: Arc<Sealer>,
+    clock: SharedClock,
+    dropped: IntCounter,
+    /// chitchat's own (loopback) socket address.
+    inner_addr: SocketAddr,
+    /// peer → its relay socket; relay address → peer.
+    relays: Mutex<HashMap<SocketAddr, Relay>>,
+    peers: Mutex<HashMap<SocketAddr, SocketAddr>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Shared {
+    /// The relay for `peer`, created (with its outbound task) on first use.
+    async fn relay(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+    ) -> anyhow::Result<Arc<tokio::net::UdpSocket>> {
+        if let Some(r) = self.relays.lock().ok().and_then(|mut m| {
+            m.get_mut(&peer).map(|r| {
+                r.last_used = std::time::Instant::now();
+                r.sock.clone()
+            })
+        }) {
+            return Ok(r);
+        }
+        let sock = Arc::new(tokio::net::UdpSocket::bind((self.inner_addr.ip(), 0)).await?);
+        let local = sock.local_addr()?;
+        let shared = self.clone();
+        let out = sock.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; MAX_DATAGRAM];
+            loop {
+                let Ok((n, from)) = out.recv_from(&mut buf).await else {
+                    continue;
+                };
+                if from != shared.inner_addr {
+                    shared.dropped.inc();
+                    continue;
+                }
+                let sealed = shared.sealer.seal(shared.clock.now_ms(), &buf[..n]);
+                if sealed.len() > MAX_DATAGRAM {
+                    tracing::warn!(
+                        bytes = sealed.len(),
+                        "gossip message does not fit a datagram"
+                    );
+                    continue;
+                }
+                if let Err(e) = shared.public.send_to(&sealed, peer).await {
+                    tracing::debug!(%peer, error = %e, "gossip send failed");
+                }
+            }
+        });
+        let mut relays = self
+            .relays
+            .lock()
+            .map_err(|_| anyhow::anyhow!("relay table poisoned"))?;
+        if let Some(r) = relays.get(&peer) {
+            // created meanwhile by the other direction
+            task.abort();
+            return Ok(r.sock.clone());
+        }
+        if relays.len() >= MAX_RELAYS {
+            let oldest = relays
+                .iter()
+                .min_by_key(|(_, r)| r.last_used)
+                .map(|(a, _)| *a);
+            if let Some(r) = oldest.and_then(|a| relays.remove(&a)) {
+                r.task.abort();
+                if let (Ok(mut p), Ok(addr)) = (self.peers.lock(), r.sock.local_addr()) {
+                    p.remove(&addr);
+                }
+            }
+        }
+        relays.insert(
+            peer,
+            Relay {
+                sock: sock.clone(),
+                task,
+                last_used: std::time::Instant::now(),
+            },
+        );
+        if let Ok(mut p) = self.peers.lock() {
+            p.insert(local, peer);
+        }
+        Ok(sock)
+    }
+
+    /// Opens datagrams arriving on the public socket and hands authentic ones to chitchat.
+    async fn inbound(self: Arc<Self>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let (n, from) = match self.public.recv_from(&mut buf).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "gossip recv error");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let payload = match self.sealer.open(self.clock.now_ms(), &buf[..n]) {
+                Ok(p) => p.to_vec(),
+                Err(e) => {
+                    self.dropped.inc();
+                    tracing::debug!(%from, reason = %e, "gossip datagram dropped");
+                    continue;
+                }
+            };
+            match self.relay(from).await {
+                Ok(relay) => {
+                    let _ = relay.send_to(&payload, self.inner_addr).await;
+                }
+                Err(e) => tracing::warn!(%from, error = %e, "no gossip relay for peer"),
+            }
+        }
+    }
+}
+
+/// The loopback address of the peer's address family.
+fn loopback(peer: SocketAddr) -> std::net::IpAddr {
+    if peer.is_ipv6() {
+        std::net::Ipv6Addr::LOCALHOST.into()
+    } else {
+        std::net::Ipv4Addr::LOCALHOST.into()
+    }
+}
+
+#[async_trait]
+impl Transport for AuthUdpTransport {
+    async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        let public = tokio::net::UdpSocket::bind(listen_addr)
+            .await
+            .with_context(|| format!("failed to bind to {listen_addr}/UDP for gossip"))?;
+        let inner = UdpSocket::open(SocketAddr::new(loopback(listen_addr), 0)).await?;
+        let shared = Arc::new(Shared {
+            public,
+            sealer: self.sealer.clone(),
+            clock: self.clock.clone(),
+            dropped: self.dropped.clone(),
+            inner_addr: inner.local_addr()?,
+            relays: Mutex::default(),
+            peers: Mutex::default(),
+            tasks: Mutex::default(),
+        });
+        let inbound = tokio::spawn(shared.clone().inbound());
+        if let Ok(mut t) = shared.tasks.lock() {
+            t.push(inbound);
+        }
+        Ok(Box::new(AuthUdpSocket {
+            inner,
+            listen: listen_addr,
+            shared,
+        }))
+    }
+}
+
+struct AuthUdpSocket {
+    inner: UdpSocket,
+    listen: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl Drop for AuthUdpSocket {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.shared.tasks.lock() {
+            for task in t.drain(..) {
+                task.abort();
+            }
+        }
+        if let Ok(mut r) = self.shared.relays.lock() {
+            for (_, relay) in r.drain() {
+                relay.task.abort();
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Socket for AuthUdpSocket {
+    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.shared.public.local_addr().unwrap_or(self.listen))
+    }
+
+    async fn send(
+        &mut self,
+        to: SocketAddr,
+        envelope: ChitchatEnvelope,
+    ) -> anyhow::Result<SendOutcome> {
+        let relay = self.shared.relay(to).await?;
+        self.inner.send(relay.local_addr()?, envelope).await
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
+        loop {
+            let mut got = self.inner.recv().await?;
+            let peer = self
+                .shared
+                .peers
+                .lock()
+                .ok()
+                .and_then(|p| p.get(&got.from_addr).copied());
+            match peer {
+                Some(peer) => {
+                    got.from_addr = peer;
+                    return Ok(got);
+                }
+                // not from a relay: another local process writing to chitchat's loopback port
+                None => self.shared.dropped.inc(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_fresh_datagrams_under_the_cluster_key_open_once() {
+        let key = auth::derive_key(b"a cluster secret of some length", "idstack", "gossip");
+        let s = Sealer::new(key).unwrap();
+        let now = 1_700_000_000_000;
+        let d = s.seal(now, b"chitchat bytes");
+        assert_eq!(s.open(now + 10, &d), Ok(&b"chitchat bytes"[..]));
+        // replayed inside the window
+        assert_eq!(s.open(now + 20, &d), Err(Dropped::Replay));
+        // sealed under another secret or another cluster id
+        for other in [
+            auth::derive_key(b"another secret of some length!!", "idstack", "gossip"),
+            auth::derive_key(b"a cluster secret of some length", "other", "gossip"),
+        ] {
+            let rogue = Sealer::new(other).unwrap().seal(now, b"chitchat bytes");
+            assert_eq!(s.open(now, &rogue), Err(Dropped::BadTag));
+        }
+        // any flipped bit
+        let mut t = s.seal(now, b"chitchat bytes");
+        let i = HEADER_LEN + 3;
+        t[i] ^= 1;
+        assert_eq!(s.open(now, &t), Err(Dropped::BadTag));
+        // a plain chitchat datagram and garbage
+        assert_eq!(s.open(now, b"\x00\x01plain"), Err(Dropped::Malformed));
+        // too old, too new
+        let old = s.seal(now - auth::WINDOW_MS - 1, b"x");
+        assert_eq!(s.open(now, &old), Err(Dropped::Stale));
+        let future = s.seal(now + auth::WINDOW_MS + 1, b"x");
+        assert_eq!(s.open(now, &future), Err(Dropped::Stale));
+    }
+}
