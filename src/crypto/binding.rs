@@ -135,13 +135,13 @@ pub fn ld_issuer(vc: &Value) -> Result<String, BindingError> {
 /// The DID document of a DID: derived for did:key / did:jwk, fetched for did:web.
 pub async fn did_document(did_: &str, http: &reqwest::Client) -> Result<Value, BindingError> {
     if did_.starts_with("did:web:") {
-        return did::fetch_did_web_document(did_, http)
-            .await
-            .map_err(|e| match did::outbound_error(&e) {
+        return did::fetch_did_web_document(did_, http).await.map_err(
+            |e| match did::outbound_error(&e) {
                 // The outbound guard refused the fetch (a private address, a redirect...).
                 Some(o) => BindingError::Refused(o.to_string()),
                 None => BindingError::Resolve(e.to_string()),
-            });
+            },
+        );
     }
     if did_.contains('#') || did_.contains('?') {
         return Err(BindingError::Resolve(format!("{did_} is not a bare DID")));

@@ -143,10 +143,7 @@ pub fn did_web_url(did: &str) -> CryptoResult<String> {
     }
     let mut parts = rest.split(':');
     let host_part = parts.next().unwrap_or_default();
-    let (host, port) = match host_part
-        .find("%3A")
-        .or_else(|| host_part.find("%3a"))
-    {
+    let (host, port) = match host_part.find("%3A").or_else(|| host_part.find("%3a")) {
         Some(i) => (&host_part[..i], Some(&host_part[i + 3..])),
         None => (host_part, None),
     };

@@ -9,10 +9,10 @@ pub mod metrics;
 pub mod oauth;
 pub mod observe;
 pub mod openapi;
+pub mod outbound;
 pub mod ratelimit;
 pub mod system;
 pub mod web;
-pub mod outbound;
 pub mod webhook;
 
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError, UrlencodedError};

@@ -126,7 +126,10 @@ fn limits_of(c: &OutboundConfig) -> Limits {
 
 /// Reads a response body, refusing it once it exceeds `max` bytes: a `Content-Length` above the
 /// cap is refused before reading, a streamed body is cut as soon as it passes the cap.
-pub async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, OutboundError> {
+pub async fn read_capped(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, OutboundError> {
     if resp.content_length().is_some_and(|l| l > max as u64) {
         return Err(OutboundError::TooLarge(max));
     }
@@ -193,7 +196,8 @@ fn classify_v6(ip: Ipv6Addr) -> Class {
         return Class::Loopback;
     }
     let s = ip.segments();
-    let embedded_v4 = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+    let embedded_v4 =
+        |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
     // ::a.b.c.d (deprecated IPv4-compatible) and 64:ff9b::a.b.c.d (NAT64)
     if s[..6] == [0, 0, 0, 0, 0, 0] && !ip.is_unspecified() {
         return classify_v4(embedded_v4(s[6], s[7]));
@@ -228,7 +232,8 @@ enum Allowed {
 
 fn parse_allowed(s: &str) -> Result<Allowed, String> {
     let s = s.trim();
-    let bad = || format!("http.outbound.allow: `{s}` is not a host, host:port, IP, IP:port or CIDR");
+    let bad =
+        || format!("http.outbound.allow: `{s}` is not a host, host:port, IP, IP:port or CIDR");
     if s.is_empty() {
         return Err(bad());
     }
@@ -337,9 +342,9 @@ impl Policy {
             .ok_or_else(|| OutboundError::Refused("URL without host".into()))?;
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         match IpAddr::from_str(bare) {
-            Ok(ip) if !self.ip_allowed(ip, port) => {
-                Err(OutboundError::Refused(format!("address {ip} is not allowed")))
-            }
+            Ok(ip) if !self.ip_allowed(ip, port) => Err(OutboundError::Refused(format!(
+                "address {ip} is not allowed"
+            ))),
             // Names are checked when resolved, and every connection is checked again.
             _ => Ok(()),
         }
@@ -444,7 +449,10 @@ where
             if policy.ip_allowed(remote.ip(), Some(remote.port())) {
                 Ok(conn)
             } else {
-                Err(OutboundError::Refused(format!("address {} is not allowed", remote.ip())).into())
+                Err(
+                    OutboundError::Refused(format!("address {} is not allowed", remote.ip()))
+                        .into(),
+                )
             }
         })
     }
@@ -528,7 +536,13 @@ mod tests {
         ] {
             assert_eq!(classify(ip(s)), Class::Internal, "{s}");
         }
-        for s in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8", "93.184.216.34"] {
+        for s in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "93.184.216.34",
+        ] {
             assert_eq!(classify(ip(s)), Class::Public, "{s}");
         }
         // NAT64 / 6to4 / mapped forms of loopback are loopback
@@ -559,7 +573,10 @@ mod tests {
         assert!(prod.ip_allowed(ip("8.8.8.8"), Some(443)));
 
         let listed = Policy::new(
-            &cfg(AllowPrivate::None, &["127.0.0.1:9000", "10.2.0.0/16", "fd00::5"]),
+            &cfg(
+                AllowPrivate::None,
+                &["127.0.0.1:9000", "10.2.0.0/16", "fd00::5"],
+            ),
             Mode::Sandbox,
         )
         .unwrap();
@@ -580,7 +597,10 @@ mod tests {
             parse_allowed("Internal.Example:8443").unwrap(),
             Allowed::Host("internal.example".into(), Some(8443))
         );
-        assert!(matches!(parse_allowed("[::1]:80").unwrap(), Allowed::Net(_, Some(80))));
+        assert!(matches!(
+            parse_allowed("[::1]:80").unwrap(),
+            Allowed::Net(_, Some(80))
+        ));
         for bad in ["", "a b", "host:notaport", "http://x", "x/y"] {
             assert!(parse_allowed(bad).is_err(), "{bad}");
         }
@@ -591,7 +611,10 @@ mod tests {
         let p = Policy::new(&cfg(AllowPrivate::None, &["127.0.0.1:9000"]), Mode::Sandbox).unwrap();
         let u = |s: &str| reqwest::Url::parse(s).unwrap();
         assert!(p.check_url(&u("http://127.0.0.1:9000/x")).is_ok());
-        assert!(p.check_url(&u("http://127.0.0.1:9001/x")).unwrap_err().is_refused());
+        assert!(p
+            .check_url(&u("http://127.0.0.1:9001/x"))
+            .unwrap_err()
+            .is_refused());
         assert!(p.check_url(&u("http://[::ffff:169.254.169.254]/")).is_err());
         assert!(p.check_url(&u("http://2130706433/")).is_err()); // 127.0.0.1 as a number
         assert!(p.check_url(&u("file:///etc/passwd")).is_err());
@@ -603,7 +626,8 @@ mod tests {
     async fn names_resolving_to_internal_addresses_are_refused() {
         let p = Policy::new(&cfg(AllowPrivate::None, &[]), Mode::Sandbox).unwrap();
         assert!(p.resolve("localhost").await.unwrap_err().is_refused());
-        let listed = Policy::new(&cfg(AllowPrivate::None, &["localhost:9000"]), Mode::Sandbox).unwrap();
+        let listed =
+            Policy::new(&cfg(AllowPrivate::None, &["localhost:9000"]), Mode::Sandbox).unwrap();
         assert!(!listed.resolve("localhost").await.unwrap().is_empty());
         assert!(listed.ip_allowed(ip("127.0.0.1"), Some(9000)));
         assert!(!listed.ip_allowed(ip("127.0.0.1"), Some(9001)));

@@ -80,7 +80,10 @@ impl StatusCache {
             let Some((old, generation)) = m.order.pop_front() else {
                 break;
             };
-            if m.entries.get(&old).is_some_and(|(_, _, g)| *g == generation) {
+            if m.entries
+                .get(&old)
+                .is_some_and(|(_, _, g)| *g == generation)
+            {
                 if let Some((e, t, _)) = m.entries.remove(&old) {
                     m.bytes -= old.len() + e.len() + t.len();
                 }
@@ -89,8 +92,7 @@ impl StatusCache {
         let generation = m.next_gen;
         m.next_gen += 1;
         m.bytes += size;
-        m.entries
-            .insert(uri.to_string(), (etag, token, generation));
+        m.entries.insert(uri.to_string(), (etag, token, generation));
         m.order.push_back((uri.to_string(), generation));
         // Stale order entries (replaced URIs) are bounded by the live ones.
         if m.order.len() > 2 * m.entries.len() + 16 {
