@@ -7,6 +7,7 @@
     clippy::disallowed_methods
 )]
 
+mod abuse_outbound;
 mod agent;
 mod balancer;
 #[cfg(feature = "cluster")]
