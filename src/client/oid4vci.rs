@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{check_url, get_json, ok_body, query_params, send, truncate, ClientError, ClientResult};
+use super::{
+    check_url, get_json, ok_body, query_params, send, truncate, ClientError, ClientResult,
+};
 use crate::crypto::{b64url, jws, sha256, SigningKey};
 
 pub const PRE_AUTH_GRANT: &str = "urn:ietf:params:oauth:grant-type:pre-authorized_code";

@@ -103,7 +103,8 @@ fn prefix_of(client_id: &str) -> ClientResult<Prefix> {
         || client_id.starts_with("http://")
     {
         Ok(Prefix::RedirectUri)
-    } else if client_id.starts_with("decentralized_identifier:did:") || client_id.starts_with("did:")
+    } else if client_id.starts_with("decentralized_identifier:did:")
+        || client_id.starts_with("did:")
     {
         Ok(Prefix::Did)
     } else {
@@ -127,7 +128,9 @@ fn check_response_uri(req: &ResolvedRequest) -> ClientResult<()> {
         .client_id
         .strip_prefix("redirect_uri:")
         .unwrap_or(&req.client_id);
-    let target = req.response_uri().or_else(|| req.params["redirect_uri"].as_str());
+    let target = req
+        .response_uri()
+        .or_else(|| req.params["redirect_uri"].as_str());
     if target != Some(bound) {
         return Err(ClientError::Remote(
             "the response_uri differs from the redirect_uri client identifier".into(),
@@ -173,10 +176,12 @@ async fn verify_request_object(
             "the request object is signed by a key of another DID".into(),
         ));
     }
-    let key = did::resolve(kid, http).await.map_err(|e| match did::outbound_error(&e) {
-        Some(o) => ClientError::Outbound(o),
-        None => ClientError::Remote(format!("verifier DID: {e}")),
-    })?;
+    let key = did::resolve(kid, http)
+        .await
+        .map_err(|e| match did::outbound_error(&e) {
+            Some(o) => ClientError::Outbound(o),
+            None => ClientError::Remote(format!("verifier DID: {e}")),
+        })?;
     let (_, payload) = jws::verify(jwt, &key)
         .map_err(|e| ClientError::Remote(format!("request object signature: {e}")))?;
     Ok((payload, Some(did.to_string())))

@@ -7,9 +7,9 @@ pub mod metrics;
 pub mod oauth;
 pub mod observe;
 pub mod openapi;
+pub mod outbound;
 pub mod system;
 pub mod web;
-pub mod outbound;
 pub mod webhook;
 
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError, UrlencodedError};

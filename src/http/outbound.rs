@@ -95,6 +95,31 @@ pub struct Limits {
 
 static LIMITS: OnceLock<Limits> = OnceLock::new();
 static NO_REDIRECT: OnceLock<reqwest::Client> = OnceLock::new();
+static POLICY: OnceLock<Arc<Policy>> = OnceLock::new();
+
+/// Checks a URL against the node's policy before anything is sent, so that an IP-literal host
+/// that is refused is never even connected to (no probing of internal ports by timing). Names
+/// are checked by the resolver, every connection and redirect hop by the client itself. In a
+/// process that never built the server's client (CLI tools) there is no policy and no check.
+pub fn check_url(url: &str) -> Result<(), OutboundError> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|_| OutboundError::Refused("not a valid URL".into()))?;
+    match POLICY.get() {
+        Some(p) => p.check_url(&parsed),
+        None => Ok(()),
+    }
+}
+
+/// Sends a request built on the guarded client, checking its URL first ([`check_url`]).
+pub async fn send(req: reqwest::RequestBuilder) -> Result<reqwest::Response, OutboundError> {
+    let (client, request) = req.build_split();
+    let request = request.map_err(|e| OutboundError::from_reqwest(&e))?;
+    check_url(request.url().as_str())?;
+    client
+        .execute(request)
+        .await
+        .map_err(|e| OutboundError::from_reqwest(&e))
+}
 
 /// The same guard without following redirects (for flows that read `Location` themselves, like
 /// the authorization-code step of issuance). In a process that never built the server's client
@@ -126,7 +151,10 @@ fn limits_of(c: &OutboundConfig) -> Limits {
 
 /// Reads a response body, refusing it once it exceeds `max` bytes: a `Content-Length` above the
 /// cap is refused before reading, a streamed body is cut as soon as it passes the cap.
-pub async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, OutboundError> {
+pub async fn read_capped(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, OutboundError> {
     if resp.content_length().is_some_and(|l| l > max as u64) {
         return Err(OutboundError::TooLarge(max));
     }
@@ -193,7 +221,8 @@ fn classify_v6(ip: Ipv6Addr) -> Class {
         return Class::Loopback;
     }
     let s = ip.segments();
-    let embedded_v4 = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+    let embedded_v4 =
+        |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
     // ::a.b.c.d (deprecated IPv4-compatible) and 64:ff9b::a.b.c.d (NAT64)
     if s[..6] == [0, 0, 0, 0, 0, 0] && !ip.is_unspecified() {
         return classify_v4(embedded_v4(s[6], s[7]));
@@ -228,7 +257,8 @@ enum Allowed {
 
 fn parse_allowed(s: &str) -> Result<Allowed, String> {
     let s = s.trim();
-    let bad = || format!("http.outbound.allow: `{s}` is not a host, host:port, IP, IP:port or CIDR");
+    let bad =
+        || format!("http.outbound.allow: `{s}` is not a host, host:port, IP, IP:port or CIDR");
     if s.is_empty() {
         return Err(bad());
     }
@@ -285,8 +315,8 @@ impl Policy {
         })
     }
 
-    /// Whether connecting to `ip` (on `port`, when known) is allowed. Without a port, entries
-    /// restricted to a port count (the connection check sees the port).
+    /// Whether connecting to `ip` on `port` is allowed. Without a port (at DNS resolution), only
+    /// allow-list entries without a port admit a non-public address.
     pub fn ip_allowed(&self, ip: IpAddr, port: Option<u16>) -> bool {
         let ip = canonical(ip);
         match classify(ip) {
@@ -295,7 +325,7 @@ impl Policy {
             Class::Internal if self.internal_ok => return true,
             _ => {}
         }
-        let port_ok = |p: &Option<u16>| p.is_none() || port.is_none() || *p == port;
+        let port_ok = |p: &Option<u16>| p.is_none() || *p == port;
         let listed = self.allowed.iter().any(|a| match a {
             Allowed::Net(net, p) => net.contains(&ip) && port_ok(p),
             Allowed::Host(..) => false,
@@ -337,9 +367,9 @@ impl Policy {
             .ok_or_else(|| OutboundError::Refused("URL without host".into()))?;
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         match IpAddr::from_str(bare) {
-            Ok(ip) if !self.ip_allowed(ip, port) => {
-                Err(OutboundError::Refused(format!("address {ip} is not allowed")))
-            }
+            Ok(ip) if !self.ip_allowed(ip, port) => Err(OutboundError::Refused(format!(
+                "address {ip} is not allowed"
+            ))),
             // Names are checked when resolved, and every connection is checked again.
             _ => Ok(()),
         }
@@ -444,7 +474,10 @@ where
             if policy.ip_allowed(remote.ip(), Some(remote.port())) {
                 Ok(conn)
             } else {
-                Err(OutboundError::Refused(format!("address {} is not allowed", remote.ip())).into())
+                Err(
+                    OutboundError::Refused(format!("address {} is not allowed", remote.ip()))
+                        .into(),
+                )
             }
         })
     }
@@ -454,6 +487,9 @@ where
 /// limits ([`limits`]) and the node's [`no_redirect_client`].
 pub fn client(cfg: &OutboundConfig, mode: Mode) -> anyhow::Result<reqwest::Client> {
     let _ = LIMITS.set(limits_of(cfg));
+    let _ = POLICY.set(Arc::new(
+        Policy::new(cfg, mode).map_err(anyhow::Error::msg)?,
+    ));
     let _ = NO_REDIRECT.set(build(cfg, mode, false)?);
     build(cfg, mode, true)
 }
@@ -528,7 +564,13 @@ mod tests {
         ] {
             assert_eq!(classify(ip(s)), Class::Internal, "{s}");
         }
-        for s in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8", "93.184.216.34"] {
+        for s in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "93.184.216.34",
+        ] {
             assert_eq!(classify(ip(s)), Class::Public, "{s}");
         }
         // NAT64 / 6to4 / mapped forms of loopback are loopback
@@ -559,12 +601,17 @@ mod tests {
         assert!(prod.ip_allowed(ip("8.8.8.8"), Some(443)));
 
         let listed = Policy::new(
-            &cfg(AllowPrivate::None, &["127.0.0.1:9000", "10.2.0.0/16", "fd00::5"]),
+            &cfg(
+                AllowPrivate::None,
+                &["127.0.0.1:9000", "10.2.0.0/16", "fd00::5"],
+            ),
             Mode::Sandbox,
         )
         .unwrap();
         assert!(listed.ip_allowed(ip("127.0.0.1"), Some(9000)));
         assert!(!listed.ip_allowed(ip("127.0.0.1"), Some(9001)));
+        // At DNS time the port is unknown: a port-bound entry does not admit the address.
+        assert!(!listed.ip_allowed(ip("127.0.0.1"), None));
         assert!(listed.ip_allowed(ip("10.2.3.4"), Some(1)));
         assert!(!listed.ip_allowed(ip("10.3.3.4"), Some(1)));
         assert!(listed.ip_allowed(ip("fd00::5"), Some(1)));
@@ -580,7 +627,10 @@ mod tests {
             parse_allowed("Internal.Example:8443").unwrap(),
             Allowed::Host("internal.example".into(), Some(8443))
         );
-        assert!(matches!(parse_allowed("[::1]:80").unwrap(), Allowed::Net(_, Some(80))));
+        assert!(matches!(
+            parse_allowed("[::1]:80").unwrap(),
+            Allowed::Net(_, Some(80))
+        ));
         for bad in ["", "a b", "host:notaport", "http://x", "x/y"] {
             assert!(parse_allowed(bad).is_err(), "{bad}");
         }
@@ -591,7 +641,10 @@ mod tests {
         let p = Policy::new(&cfg(AllowPrivate::None, &["127.0.0.1:9000"]), Mode::Sandbox).unwrap();
         let u = |s: &str| reqwest::Url::parse(s).unwrap();
         assert!(p.check_url(&u("http://127.0.0.1:9000/x")).is_ok());
-        assert!(p.check_url(&u("http://127.0.0.1:9001/x")).unwrap_err().is_refused());
+        assert!(p
+            .check_url(&u("http://127.0.0.1:9001/x"))
+            .unwrap_err()
+            .is_refused());
         assert!(p.check_url(&u("http://[::ffff:169.254.169.254]/")).is_err());
         assert!(p.check_url(&u("http://2130706433/")).is_err()); // 127.0.0.1 as a number
         assert!(p.check_url(&u("file:///etc/passwd")).is_err());
@@ -603,7 +656,8 @@ mod tests {
     async fn names_resolving_to_internal_addresses_are_refused() {
         let p = Policy::new(&cfg(AllowPrivate::None, &[]), Mode::Sandbox).unwrap();
         assert!(p.resolve("localhost").await.unwrap_err().is_refused());
-        let listed = Policy::new(&cfg(AllowPrivate::None, &["localhost:9000"]), Mode::Sandbox).unwrap();
+        let listed =
+            Policy::new(&cfg(AllowPrivate::None, &["localhost:9000"]), Mode::Sandbox).unwrap();
         assert!(!listed.resolve("localhost").await.unwrap().is_empty());
         assert!(listed.ip_allowed(ip("127.0.0.1"), Some(9000)));
         assert!(!listed.ip_allowed(ip("127.0.0.1"), Some(9001)));

@@ -218,7 +218,11 @@ async fn internal_targets_are_refused_directly_by_name_and_by_did_web() {
     // A request object signed by a did:web on an internal address: the DID document is not fetched.
     let header = json!({"alg": "ES256", "typ": "oauth-authz-req+jwt", "kid": format!("did:web:127.0.0.1%3A{p}#k")});
     let client_id = format!("decentralized_identifier:did:web:127.0.0.1%3A{p}");
-    let jwt = format!("{}.{}.AAAA", b64(&header), b64(&json!({"client_id": client_id})));
+    let jwt = format!(
+        "{}.{}.AAAA",
+        b64(&header),
+        b64(&json!({"client_id": client_id}))
+    );
     let req = format!("openid4vp://?client_id={}&request={jwt}", enc(&client_id));
     let r = exchange(&s, &u, "resolve-request", json!({"request": req})).await;
     expect_problem(r, 422, "outbound_refused").await;
@@ -230,7 +234,11 @@ async fn internal_targets_are_refused_directly_by_name_and_by_did_web() {
     );
     let r = exchange(&s, &u, "resolve-request", json!({"request": req})).await;
     expect_problem(r, 422, "outbound_refused").await;
-    assert_eq!(internal.hits.load(Ordering::SeqCst), 0, "an internal service was reached");
+    assert_eq!(
+        internal.hits.load(Ordering::SeqCst),
+        0,
+        "an internal service was reached"
+    );
 
     // The node still reaches what it is allowed to: itself.
     receive_identity(&s, &u).await;
@@ -275,7 +283,10 @@ async fn webhooks_to_internal_addresses_are_not_sent() {
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while allowed.seen.lock().unwrap().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the allowed webhook never arrived");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the allowed webhook never arrived"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let first = allowed.seen.lock().unwrap()[0].to_ascii_lowercase();
@@ -308,7 +319,10 @@ async fn a_huge_streamed_body_is_cut_at_the_cap() {
     let calls = (0..4).map(|_| exchange(&s, &u, "resolve-offer", offer_at(&url)));
     for r in futures_util::future::join_all(calls).await {
         let body = expect_problem(r, 424, "remote_party_failed").await;
-        assert!(body["detail"].as_str().unwrap().contains("larger than"), "{body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("larger than"),
+            "{body}"
+        );
     }
     let peak = rss_kb(pid, "VmHWM:");
     // Today's code grew by 1.26 GB for these four requests; the cap is 4 MiB each.
@@ -349,10 +363,16 @@ async fn a_swapped_response_uri_is_refused_by_the_wallet() {
             (k.into_owned(), v)
         })
         .collect();
-    let forged = format!("openid4vp://?{}", serde_urlencoded::to_string(&swapped).unwrap());
+    let forged = format!(
+        "openid4vp://?{}",
+        serde_urlencoded::to_string(&swapped).unwrap()
+    );
     let r = exchange(&s, &alice, "resolve-request", json!({"request": forged})).await;
     let body = expect_problem(r, 424, "remote_party_failed").await;
-    assert!(body["detail"].as_str().unwrap().contains("response_uri"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("response_uri"),
+        "{body}"
+    );
     let r = exchange(&s, &alice, "present", json!({"request": forged})).await;
     assert!(r.status().is_client_error(), "{}", r.status());
     let result = session_result(&s, "bank", bank["id"].as_str().unwrap()).await;
@@ -362,8 +382,15 @@ async fn a_swapped_response_uri_is_refused_by_the_wallet() {
     let r = exchange(&s, &alice, "present", json!({"request": bank_req})).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let answer: Value = r.json().await.unwrap();
-    let keys: Vec<&String> = answer["verifier_response"].as_object().unwrap().keys().collect();
-    assert!(keys.iter().all(|k| *k == "status" || *k == "redirect_uri"), "{answer}");
+    let keys: Vec<&String> = answer["verifier_response"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert!(
+        keys.iter().all(|k| *k == "status" || *k == "redirect_uri"),
+        "{answer}"
+    );
     let result = session_result(&s, "bank", bank["id"].as_str().unwrap()).await;
     assert_eq!(result["verified"], true, "{result}");
 }

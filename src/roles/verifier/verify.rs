@@ -63,7 +63,10 @@ impl StatusCache {
             let Some((old, generation)) = m.order.pop_front() else {
                 break;
             };
-            if m.entries.get(&old).is_some_and(|(_, _, g)| *g == generation) {
+            if m.entries
+                .get(&old)
+                .is_some_and(|(_, _, g)| *g == generation)
+            {
                 if let Some((e, t, _)) = m.entries.remove(&old) {
                     m.bytes -= old.len() + e.len() + t.len();
                 }
@@ -72,8 +75,7 @@ impl StatusCache {
         let generation = m.next_gen;
         m.next_gen += 1;
         m.bytes += size;
-        m.entries
-            .insert(uri.to_string(), (etag, token, generation));
+        m.entries.insert(uri.to_string(), (etag, token, generation));
         m.order.push_back((uri.to_string(), generation));
         // Stale order entries (replaced URIs) are bounded by the live ones.
         if m.order.len() > 2 * m.entries.len() + 16 {
@@ -197,7 +199,7 @@ fn check_issuer(out: &mut Outcome, ctx: &Ctx<'_>, iss: &str) {
 /// Fetches a status list token (size/time bounded, through the outbound guard) and verifies it
 /// with the issuer's key; only a verified token is cached. Error texts never carry the remote body.
 async fn fetch_status(ctx: &Ctx<'_>, uri: &str, key: &VerifyingKey) -> Result<Value, String> {
-    use crate::http::outbound::{limits, read_capped, OutboundError};
+    use crate::http::outbound::{limits, read_capped};
     if !(uri.starts_with("https://") || uri.starts_with("http://")) {
         return Err("status list URI is not http(s)".into());
     }
@@ -207,10 +209,9 @@ async fn fetch_status(ctx: &Ctx<'_>, uri: &str, key: &VerifyingKey) -> Result<Va
     if let Some((etag, _)) = &cached {
         req = req.header("If-None-Match", etag);
     }
-    let r = req
-        .send()
+    let r = crate::http::outbound::send(req)
         .await
-        .map_err(|e| format!("status list: {}", OutboundError::from_reqwest(&e)))?;
+        .map_err(|e| format!("status list: {e}"))?;
     let (token, fresh_etag) = match (r.status().as_u16(), cached) {
         (304, Some((_, t))) => (t, None),
         (s, _) if (200..300).contains(&s) => {

@@ -47,7 +47,9 @@ fn now_of(state: &AppState) -> i64 {
 fn client_err(e: ClientError) -> ApiError {
     match e {
         ClientError::Input(m) => ApiError::validation(m),
-        ClientError::Outbound(o) if o.is_refused() => ApiError::new(Code::OutboundRefused, o.to_string()),
+        ClientError::Outbound(o) if o.is_refused() => {
+            ApiError::new(Code::OutboundRefused, o.to_string())
+        }
         other => ApiError::new(Code::RemoteFailed, other.to_string()),
     }
 }
