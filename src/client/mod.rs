@@ -29,9 +29,7 @@ pub type ClientResult<T> = Result<T, ClientError>;
 
 /// Sends a request through the (guarded) client.
 pub(crate) async fn send(req: reqwest::RequestBuilder) -> ClientResult<reqwest::Response> {
-    req.send()
-        .await
-        .map_err(|e| ClientError::Outbound(OutboundError::from_reqwest(&e)))
+    Ok(crate::http::outbound::send(req).await?)
 }
 
 /// Reads a bounded response body (`http.outbound.max_body_bytes`, enforced while reading).

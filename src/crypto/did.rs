@@ -203,14 +203,12 @@ pub fn did_web_url(did: &str) -> CryptoResult<String> {
 /// The document is untrusted input: callers pick keys from it only through
 /// [`crate::crypto::binding`]'s rules. This is the only place did:web documents are fetched.
 pub async fn fetch_did_web_document(did: &str, http: &reqwest::Client) -> CryptoResult<Value> {
-    use crate::http::outbound::{limits, read_capped, OutboundError};
+    use crate::http::outbound::{limits, read_capped};
     let url = did_web_url(did)?;
-    let resp = http
-        .get(&url)
-        .timeout(std::time::Duration::from_secs(5))
-        .send()
-        .await
-        .map_err(|e| CryptoError::Outbound(OutboundError::from_reqwest(&e)))?;
+    let resp =
+        crate::http::outbound::send(http.get(&url).timeout(std::time::Duration::from_secs(5)))
+            .await
+            .map_err(CryptoError::Outbound)?;
     if !resp.status().is_success() {
         return Err(CryptoError::Did(format!("{url}: HTTP {}", resp.status())));
     }

@@ -95,6 +95,31 @@ pub struct Limits {
 
 static LIMITS: OnceLock<Limits> = OnceLock::new();
 static NO_REDIRECT: OnceLock<reqwest::Client> = OnceLock::new();
+static POLICY: OnceLock<Arc<Policy>> = OnceLock::new();
+
+/// Checks a URL against the node's policy before anything is sent, so that an IP-literal host
+/// that is refused is never even connected to (no probing of internal ports by timing). Names
+/// are checked by the resolver, every connection and redirect hop by the client itself. In a
+/// process that never built the server's client (CLI tools) there is no policy and no check.
+pub fn check_url(url: &str) -> Result<(), OutboundError> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|_| OutboundError::Refused("not a valid URL".into()))?;
+    match POLICY.get() {
+        Some(p) => p.check_url(&parsed),
+        None => Ok(()),
+    }
+}
+
+/// Sends a request built on the guarded client, checking its URL first ([`check_url`]).
+pub async fn send(req: reqwest::RequestBuilder) -> Result<reqwest::Response, OutboundError> {
+    let (client, request) = req.build_split();
+    let request = request.map_err(|e| OutboundError::from_reqwest(&e))?;
+    check_url(request.url().as_str())?;
+    client
+        .execute(request)
+        .await
+        .map_err(|e| OutboundError::from_reqwest(&e))
+}
 
 /// The same guard without following redirects (for flows that read `Location` themselves, like
 /// the authorization-code step of issuance). In a process that never built the server's client
@@ -290,8 +315,8 @@ impl Policy {
         })
     }
 
-    /// Whether connecting to `ip` (on `port`, when known) is allowed. Without a port, entries
-    /// restricted to a port count (the connection check sees the port).
+    /// Whether connecting to `ip` on `port` is allowed. Without a port (at DNS resolution), only
+    /// allow-list entries without a port admit a non-public address.
     pub fn ip_allowed(&self, ip: IpAddr, port: Option<u16>) -> bool {
         let ip = canonical(ip);
         match classify(ip) {
@@ -300,7 +325,7 @@ impl Policy {
             Class::Internal if self.internal_ok => return true,
             _ => {}
         }
-        let port_ok = |p: &Option<u16>| p.is_none() || port.is_none() || *p == port;
+        let port_ok = |p: &Option<u16>| p.is_none() || *p == port;
         let listed = self.allowed.iter().any(|a| match a {
             Allowed::Net(net, p) => net.contains(&ip) && port_ok(p),
             Allowed::Host(..) => false,
@@ -462,6 +487,9 @@ where
 /// limits ([`limits`]) and the node's [`no_redirect_client`].
 pub fn client(cfg: &OutboundConfig, mode: Mode) -> anyhow::Result<reqwest::Client> {
     let _ = LIMITS.set(limits_of(cfg));
+    let _ = POLICY.set(Arc::new(
+        Policy::new(cfg, mode).map_err(anyhow::Error::msg)?,
+    ));
     let _ = NO_REDIRECT.set(build(cfg, mode, false)?);
     build(cfg, mode, true)
 }
@@ -582,6 +610,8 @@ mod tests {
         .unwrap();
         assert!(listed.ip_allowed(ip("127.0.0.1"), Some(9000)));
         assert!(!listed.ip_allowed(ip("127.0.0.1"), Some(9001)));
+        // At DNS time the port is unknown: a port-bound entry does not admit the address.
+        assert!(!listed.ip_allowed(ip("127.0.0.1"), None));
         assert!(listed.ip_allowed(ip("10.2.3.4"), Some(1)));
         assert!(!listed.ip_allowed(ip("10.3.3.4"), Some(1)));
         assert!(listed.ip_allowed(ip("fd00::5"), Some(1)));

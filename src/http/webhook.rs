@@ -10,7 +10,6 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::http::outbound::OutboundError;
 use crate::state::AppState;
 
 pub const SIGNATURE_HEADER: &str = "X-Idstack-Signature";
@@ -41,21 +40,21 @@ pub async fn deliver(state: &AppState, url: &str, event: &serde_json::Value) {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(250 * 4u64.pow(attempt - 1))).await;
         }
-        let res = state
-            .http
-            .post(url)
-            .header("Content-Type", "application/json")
-            .header(SIGNATURE_HEADER, &signature)
-            .timeout(Duration::from_secs(5))
-            .body(body.clone())
-            .send()
-            .await;
+        let res = crate::http::outbound::send(
+            state
+                .http
+                .post(url)
+                .header("Content-Type", "application/json")
+                .header(SIGNATURE_HEADER, &signature)
+                .timeout(Duration::from_secs(5))
+                .body(body.clone()),
+        )
+        .await;
         match res {
             Ok(r) if r.status().is_success() => return,
             // Only the status: the receiver's body is neither read nor logged.
             Ok(r) => tracing::warn!(%url, status = %r.status(), attempt, "webhook rejected"),
             Err(e) => {
-                let e = OutboundError::from_reqwest(&e);
                 tracing::warn!(%url, error = %e, attempt, "webhook failed");
                 if e.is_refused() {
                     // The destination is not allowed (`http.outbound`): retrying cannot help.

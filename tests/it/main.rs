@@ -9,6 +9,7 @@
 
 mod abuse_dos;
 mod abuse_limits;
+mod abuse_outbound;
 mod agent;
 mod balancer;
 #[cfg(feature = "cluster")]

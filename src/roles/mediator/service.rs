@@ -606,14 +606,13 @@ impl MediatorService {
             Some(ep) if ep.starts_with("http://") || ep.starts_with("https://") => {
                 let http = self.state.http.clone();
                 tokio::spawn(async move {
-                    let res = http
-                        .post(&ep)
-                        .header("content-type", "application/didcomm-envelope-enc")
-                        .body(packed)
-                        .send()
-                        .await;
+                    let res = crate::http::outbound::send(
+                        http.post(&ep)
+                            .header("content-type", "application/didcomm-envelope-enc")
+                            .body(packed),
+                    )
+                    .await;
                     if let Err(e) = res {
-                        let e = crate::http::outbound::OutboundError::from_reqwest(&e);
                         tracing::warn!(endpoint = %ep, error = %e, "could not deliver a DIDComm reply");
                     }
                 });

@@ -323,7 +323,7 @@ fn list_issuer_ok(list: &Value, issuer: &IssuerKey) -> Result<(), String> {
 /// Fetches a status list token (size/time bounded, through the outbound guard) and verifies it
 /// with the issuer's key; only a verified token is cached. Error texts never carry the remote body.
 async fn fetch_status(ctx: &Ctx<'_>, uri: &str, key: &VerifyingKey) -> Result<Value, String> {
-    use crate::http::outbound::{limits, read_capped, OutboundError};
+    use crate::http::outbound::{limits, read_capped};
     if !(uri.starts_with("https://") || uri.starts_with("http://")) {
         return Err("status list URI is not http(s)".into());
     }
@@ -333,10 +333,9 @@ async fn fetch_status(ctx: &Ctx<'_>, uri: &str, key: &VerifyingKey) -> Result<Va
     if let Some((etag, _)) = &cached {
         req = req.header("If-None-Match", etag);
     }
-    let r = req
-        .send()
+    let r = crate::http::outbound::send(req)
         .await
-        .map_err(|e| format!("status list: {}", OutboundError::from_reqwest(&e)))?;
+        .map_err(|e| format!("status list: {e}"))?;
     let (token, fresh_etag) = match (r.status().as_u16(), cached) {
         (304, Some((_, t))) => (t, None),
         (s, _) if (200..300).contains(&s) => {
