@@ -111,6 +111,24 @@ async fn every_documented_path_is_mounted() {
         .unwrap();
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() >= 4);
+    // session creation: exactly one of the two query languages (oneOf), options alongside (allOf)
+    let body = &paths["/api/verifiers/{verifier}/sessions"]["post"]["requestBody"]["content"]
+        ["application/json"]["schema"];
+    let schema = match body["$ref"].as_str() {
+        Some(r) => &doc["components"]["schemas"][r.rsplit('/').next().unwrap()],
+        None => body,
+    };
+    let one_of = schema["allOf"][1]["oneOf"].as_array().expect("oneOf");
+    let required: Vec<&serde_json::Value> = one_of.iter().map(|s| &s["required"]).collect();
+    assert_eq!(
+        required,
+        [
+            &serde_json::json!(["dcql_query"]),
+            &serde_json::json!(["presentation_definition"])
+        ],
+        "{schema}"
+    );
+    assert!(schema["allOf"][0]["properties"]["dcql_query"].is_object());
     for (path, ops) in paths {
         let concrete: String = path
             .split('/')

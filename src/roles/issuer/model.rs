@@ -262,6 +262,9 @@ pub struct AuthCodeGrant {
     pub redirect_uri: String,
     pub code_challenge: String,
     pub credential_configuration_ids: Vec<String>,
+    /// The authorization request used `authorization_details`: the token response answers with them.
+    #[serde(default)]
+    pub authorization_details: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -57,6 +57,8 @@ pub struct TokenRequest {
     pub code_verifier: Option<String>,
     pub redirect_uri: Option<String>,
     pub client_id: Option<String>,
+    /// RFC 9396 / OID4VCI 1.0 §6.1: `openid_credential` entries narrowing the grant (JSON array).
+    pub authorization_details: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -64,6 +66,51 @@ pub struct TokenResponse {
     pub access_token: String,
     pub token_type: &'static str,
     pub expires_in: u64,
+    /// OID4VCI 1.0 §6.2: present when the authorization or token request carried
+    /// `authorization_details`; one entry per granted configuration with its `credential_identifiers`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorization_details: Option<Vec<Value>>,
+}
+
+/// The `credential_configuration_id`s an `authorization_details` parameter (RFC 9396, OID4VCI 1.0
+/// §5.1.1) asks for: a non-empty JSON array of `openid_credential` objects, each naming one.
+pub fn requested_configurations(authorization_details: &str) -> Result<Vec<String>, String> {
+    let v: Value = serde_json::from_str(authorization_details)
+        .map_err(|_| "authorization_details is not JSON".to_string())?;
+    let entries = v
+        .as_array()
+        .filter(|a| !a.is_empty() && a.len() <= 32)
+        .ok_or("authorization_details must be a non-empty JSON array (at most 32 entries)")?;
+    let mut ids = Vec::new();
+    for d in entries {
+        if d["type"].as_str() != Some("openid_credential") {
+            return Err(
+                "each authorization_details entry must have type `openid_credential`".into(),
+            );
+        }
+        let id = d["credential_configuration_id"]
+            .as_str()
+            .ok_or("each authorization_details entry must name a credential_configuration_id")?;
+        if !ids.iter().any(|x| x == id) {
+            ids.push(id.to_string());
+        }
+    }
+    Ok(ids)
+}
+
+/// The token response's `authorization_details`: per granted configuration, the identifiers the
+/// wallet then sends as `credential_identifier` (here one per configuration: its id).
+fn granted_details(config_ids: &[String]) -> Vec<Value> {
+    config_ids
+        .iter()
+        .map(|id| {
+            json!({
+                "type": "openid_credential",
+                "credential_configuration_id": id,
+                "credential_identifiers": [id],
+            })
+        })
+        .collect()
 }
 
 /// Credential endpoint body (OID4VCI 1.0 `proofs`, and the draft `proof` form older wallets send).
@@ -405,6 +452,7 @@ impl IssuerService {
             "token_endpoint_auth_methods_supported": ["none"],
             "pre-authorized_grant_anonymous_access_supported": true,
             "scopes_supported": issuer.credential_configurations.keys().collect::<Vec<_>>(),
+            "authorization_details_types_supported": ["openid_credential"],
         })
     }
 
@@ -682,6 +730,24 @@ impl IssuerService {
                 "the offer has expired or was already redeemed",
             ));
         }
+        // authorization_details may narrow the grant to some of the offered configurations.
+        let (granted, details) = match &req.authorization_details {
+            Some(ad) => {
+                let ids = requested_configurations(ad)
+                    .map_err(|e| OAuthError::bad("invalid_authorization_details", e))?;
+                if let Some(bad) = ids
+                    .iter()
+                    .find(|id| !offer.credential_configuration_ids.contains(id))
+                {
+                    return Err(OAuthError::bad(
+                        "invalid_authorization_details",
+                        format!("`{bad}` was not offered"),
+                    ));
+                }
+                (ids, true)
+            }
+            None => (offer.credential_configuration_ids.clone(), false),
+        };
         if let Some(tx) = &offer.tx_code {
             let given = req.tx_code.as_deref().unwrap_or("");
             let ok = !given.is_empty()
@@ -721,11 +787,7 @@ impl IssuerService {
             ));
         }
         match self
-            .grant_access(
-                issuer_id,
-                &offer_key_s,
-                offer.credential_configuration_ids.clone(),
-            )
+            .grant_access(issuer_id, &offer_key_s, granted, details)
             .await
         {
             // The code is consumed but no token was handed out (the store failed on the way):
@@ -843,6 +905,7 @@ impl IssuerService {
             issuer_id,
             &grant.offer_id,
             grant.credential_configuration_ids,
+            grant.authorization_details,
         )
         .await
     }
@@ -852,6 +915,7 @@ impl IssuerService {
         issuer_id: &str,
         offer_key_s: &str,
         config_ids: Vec<String>,
+        with_details: bool,
     ) -> Result<TokenResponse, OAuthError> {
         let updated = match self
             .state
@@ -876,6 +940,7 @@ impl IssuerService {
             }
         };
         let token = random_token(32);
+        let details = with_details.then(|| granted_details(&config_ids));
         let grant = AccessGrant {
             offer_id: offer_key_s.to_string(),
             issuer: issuer_id.to_string(),
@@ -903,6 +968,7 @@ impl IssuerService {
             access_token: token,
             token_type: "Bearer",
             expires_in: ACCESS_TOKEN_TTL,
+            authorization_details: details,
         })
     }
 
@@ -971,16 +1037,10 @@ impl IssuerService {
             return Err(ApiError::bad_request("the offer is not redeemable"));
         }
         // What was asked for: authorization_details (openid_credential) or scope; default all offered.
-        let mut requested: Vec<String> = Vec::new();
-        if let Some(ad) = &req.authorization_details {
-            let v: Value = serde_json::from_str(ad)
-                .map_err(|_| ApiError::bad_request("authorization_details is not JSON"))?;
-            for d in v.as_array().cloned().unwrap_or_default() {
-                if let Some(id) = d["credential_configuration_id"].as_str() {
-                    requested.push(id.to_string());
-                }
-            }
-        }
+        let mut requested: Vec<String> = match &req.authorization_details {
+            Some(ad) => requested_configurations(ad).map_err(ApiError::bad_request)?,
+            None => Vec::new(),
+        };
         if let Some(scope) = &req.scope {
             requested.extend(
                 scope
@@ -1006,6 +1066,7 @@ impl IssuerService {
             redirect_uri: redirect_uri.clone(),
             code_challenge: challenge,
             credential_configuration_ids: requested,
+            authorization_details: req.authorization_details.is_some(),
         };
         self.state
             .store
@@ -1101,7 +1162,11 @@ impl IssuerService {
             .clone();
         if !grant.credential_configuration_ids.contains(&config_id) {
             return Err(OAuthError::bad(
-                "unknown_credential_configuration",
+                if req.credential_identifier.is_some() {
+                    "unknown_credential_identifier"
+                } else {
+                    "unknown_credential_configuration"
+                },
                 format!("`{config_id}` is not covered by this access token"),
             ));
         }
@@ -1677,6 +1742,7 @@ mod tests {
             code_verifier: None,
             redirect_uri: None,
             client_id: None,
+            authorization_details: None,
         }
     }
 
