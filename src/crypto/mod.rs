@@ -7,6 +7,7 @@
 pub mod binding;
 pub mod di;
 pub mod did;
+pub mod envelope;
 pub mod jwe;
 pub mod jws;
 pub mod keys;

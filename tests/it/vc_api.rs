@@ -243,3 +243,122 @@ async fn issue_and_verify_ldp_and_jwt() {
     .await;
     s.stop();
 }
+
+/// VC-JOSE-COSE: `options.format = "enveloped"` issues a VCDM 2.0 `vc+jwt` as an
+/// `EnvelopedVerifiableCredential`; verify accepts it alone and inside a `vp+jwt` presentation;
+/// tampering, other envelopes and VCDM 1.1 input are refused.
+#[tokio::test]
+async fn enveloped_credentials_issue_and_verify() {
+    let s = Server::start().await;
+    let c = client();
+    let issue = |cred: Value| {
+        c.post(s.url("/vc-api/credentials/issue"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"credential": cred, "options": {"format": "enveloped"}}))
+            .send()
+    };
+    let r = issue(credential("https://www.w3.org/ns/credentials/v2"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let env = r.json::<Value>().await.unwrap()["verifiableCredential"].clone();
+    assert_eq!(env["type"], "EnvelopedVerifiableCredential", "{env}");
+    assert_eq!(env["@context"], "https://www.w3.org/ns/credentials/v2");
+    let id = env["id"].as_str().unwrap();
+    let jwt = id.strip_prefix("data:application/vc+jwt,").expect(id);
+    let (header, payload, _, _) = jws::decode_unverified(jwt).unwrap();
+    assert_eq!(header["typ"], "vc+jwt");
+    assert_eq!(payload["credentialSubject"]["given_name"], "Alice");
+    let v = verify(
+        &s,
+        "/vc-api/credentials/verify",
+        json!({"verifiableCredential": env}),
+    )
+    .await;
+    assert_eq!(v["verified"], true, "{v}");
+
+    // tampered payload inside the envelope
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let mut forged = payload.clone();
+    forged["credentialSubject"]["given_name"] = json!("Mallory");
+    let forged_jwt = format!(
+        "{}.{}.{}",
+        parts[0],
+        idstack::crypto::b64url(forged.to_string().as_bytes()),
+        parts[2]
+    );
+    let mut bad = env.clone();
+    bad["id"] = json!(format!("data:application/vc+jwt,{forged_jwt}"));
+    let v = verify(
+        &s,
+        "/vc-api/credentials/verify",
+        json!({"verifiableCredential": bad}),
+    )
+    .await;
+    assert_eq!(v["verified"], false, "{v}");
+    // envelopes idstack cannot read: 400 bad_request, not a verdict
+    for id in [
+        format!("data:application/vc+sd-jwt,{jwt}"),
+        "data:application/vc+jwt;base64,eHh4".to_string(),
+        "https://example.org/vc".to_string(),
+    ] {
+        let mut e = env.clone();
+        e["id"] = json!(id);
+        expect_problem(
+            c.post(s.url("/vc-api/credentials/verify"))
+                .json(&json!({"verifiableCredential": e}))
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "bad_request",
+        )
+        .await;
+    }
+    // VCDM 1.1 cannot be enveloped
+    expect_problem(
+        issue(credential("https://www.w3.org/2018/credentials/v1"))
+            .await
+            .unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+
+    // a VC-JOSE presentation (vp+jwt, the payload is the presentation) carrying the envelope
+    let holder = SigningKey::generate(KeyType::Ed25519);
+    let holder_did = did::did_key(&holder.verifying_key());
+    let vm = did::verification_method(&holder_did);
+    let vp_payload = json!({
+        "@context": ["https://www.w3.org/ns/credentials/v2"],
+        "type": ["VerifiablePresentation"],
+        "holder": holder_did,
+        "verifiableCredential": [env],
+        "nonce": "n-env",
+        "aud": "rp.example",
+    });
+    let vp = jws::sign(&holder, json!({"typ": "vp+jwt", "kid": vm}), &vp_payload);
+    let v = verify(
+        &s,
+        "/vc-api/presentations/verify",
+        json!({"verifiablePresentation": vp, "options": {"challenge": "n-env", "domain": "rp.example"}}),
+    )
+    .await;
+    assert_eq!(v["verified"], true, "{v}");
+    // signed by someone else than the holder it names
+    let other = SigningKey::generate(KeyType::Ed25519);
+    let other_vm = did::verification_method(&did::did_key(&other.verifying_key()));
+    let vp = jws::sign(
+        &other,
+        json!({"typ": "vp+jwt", "kid": other_vm}),
+        &vp_payload,
+    );
+    let v = verify(
+        &s,
+        "/vc-api/presentations/verify",
+        json!({"verifiablePresentation": vp, "options": {"challenge": "n-env", "domain": "rp.example"}}),
+    )
+    .await;
+    assert_eq!(v["verified"], false, "{v}");
+    s.stop();
+}

@@ -23,8 +23,9 @@ pub struct IssueRequest {
     pub options: Value,
 }
 
-/// Issue a credential (VC-API). `options.format`: `ldp` (default; VCDM 2.0 + eddsa-rdfc-2022) or
-/// `jwt` (VCDM 1.1 `vc` claim when the context is v1, else VC-JOSE with the credential as payload).
+/// Issue a credential (VC-API). `options.format`: `ldp` (default; VCDM 2.0 + eddsa-rdfc-2022),
+/// `jwt` (VCDM 1.1 `vc` claim when the context is v1, else VC-JOSE `vc+jwt` with the credential as
+/// payload) or `enveloped` (VCDM 2.0 only: that `vc+jwt` as an `EnvelopedVerifiableCredential`).
 #[utoipa::path(tag = "issuer", security(("admin_token" = [])), request_body = IssueRequest, responses(
     (status = 201, description = "{\"verifiableCredential\": ...}"), (status = 400, description = "the credential is malformed (VC Data Model) or names an issuer this node does not hold", body = Problem), (status = 422, body = Problem), (status = 401, body = Problem)))]
 #[post("/vc-api/credentials/issue")]
@@ -79,7 +80,7 @@ pub async fn issue(
             .map_err(ApiError::internal)?;
             out.map_err(|e| ApiError::bad_request(format!("cannot secure this credential: {e}")))?
         }
-        "jwt" => {
+        "jwt" | "enveloped" => {
             if vc_input::issuer_id(&vc).is_none() {
                 vc.insert("issuer".into(), json!(issuer.did));
             }
@@ -105,11 +106,21 @@ pub async fn issue(
                     .or_insert_with(|| json!(crate::crypto::rfc3339(now)));
                 Value::Object(vc)
             };
-            Value::String(jws::sign(&key, header, &payload))
+            let jwt = jws::sign(&key, header, &payload);
+            if format == "enveloped" {
+                if v1 {
+                    return Err(ApiError::bad_request(
+                        "options.format `enveloped` (VC-JOSE-COSE) secures VC Data Model 2.0 credentials; this one is 1.1",
+                    ));
+                }
+                crate::crypto::envelope::envelop_vc_jwt(&jwt)
+            } else {
+                Value::String(jwt)
+            }
         }
         other => {
             return Err(ApiError::validation(format!(
-                "options.format `{other}`: ldp or jwt"
+                "options.format `{other}`: ldp, jwt or enveloped"
             )))
         }
     };

@@ -133,8 +133,15 @@ pub async fn verify_credential(
         require_status: false,
     };
     let mut out = Outcome::default();
+    let envelope = crate::crypto::envelope::enveloped_vc_jwt(&body.verifiable_credential);
     match &body.verifiable_credential {
         Value::String(jwt) => {
+            verify::jwt_credential(&ctx, &mut out, "credential", jwt).await;
+        }
+        Value::Object(_) if envelope.is_some() => {
+            let jwt = envelope
+                .unwrap_or_else(|| Err(String::new()))
+                .map_err(|e| ApiError::bad_request(format!("verifiableCredential: {e}")))?;
             verify::jwt_credential(&ctx, &mut out, "credential", jwt).await;
         }
         Value::Object(_) => {

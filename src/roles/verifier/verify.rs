@@ -605,7 +605,13 @@ pub async fn jwt_vp(
             return Vec::new();
         }
     };
-    if payload.get("vp").is_none() && !holder_binding {
+    // VCDM 1.1 JWT VP (`vp` claim) or VC-JOSE-COSE `vp+jwt` (the payload is the presentation)
+    let is_vp = payload.get("vp").is_some()
+        || header["typ"] == "vp+jwt"
+        || types_of(&payload)
+            .iter()
+            .any(|t| t == "VerifiablePresentation");
+    if !is_vp && !holder_binding {
         let Some((c, _)) = jwt_credential(ctx, out, query_id, vp).await else {
             return Vec::new();
         };
@@ -615,7 +621,7 @@ pub async fn jwt_vp(
         }
         return vec![c];
     }
-    if payload.get("vp").is_none() {
+    if !is_vp {
         out.fail("holder_binding", format!("{query_id}: a bare credential was sent; a verifiable presentation signed by the holder is required"));
         return Vec::new();
     }
@@ -641,13 +647,22 @@ pub async fn jwt_vp(
         ctx.now,
         &format!("{query_id} presentation"),
     );
-    let vcs: Vec<String> = match &payload["vp"]["verifiableCredential"] {
-        Value::Array(a) => a
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        Value::String(s) => vec![s.clone()],
-        _ => Vec::new(),
+    // VCDM 1.1 `vp` claim, or a VC-JOSE `vp+jwt` whose payload is the presentation; credentials
+    // as compact JWTs or VC-JOSE-COSE envelopes of them.
+    let vp_obj = if payload["vp"].is_object() {
+        &payload["vp"]
+    } else {
+        &payload
+    };
+    let jwt_of = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        other => crate::crypto::envelope::enveloped_vc_jwt(other)
+            .and_then(Result::ok)
+            .map(str::to_string),
+    };
+    let vcs: Vec<String> = match &vp_obj["verifiableCredential"] {
+        Value::Array(a) => a.iter().filter_map(jwt_of).collect(),
+        other => jwt_of(other).into_iter().collect(),
     };
     if vcs.is_empty() {
         out.fail(
@@ -746,9 +761,13 @@ async fn header_holder(
         let kid = did::signer_kid(header, payload);
         if kid.starts_with("did:") {
             let kid_did = kid.split('#').next().unwrap_or(&kid).to_string();
-            if let Some(iss) = payload["iss"].as_str() {
+            let named = payload["iss"]
+                .as_str()
+                .or(payload["holder"].as_str())
+                .or(payload["holder"]["id"].as_str());
+            if let Some(iss) = named {
                 if iss != kid_did {
-                    return Err(format!("kid {kid} does not belong to iss {iss}"));
+                    return Err(format!("kid {kid} does not belong to the holder {iss}"));
                 }
             }
             let key = did::resolve(&kid, http).await.map_err(|e| e.to_string())?;
