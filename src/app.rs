@@ -378,6 +378,10 @@ pub async fn run(
         sealer: opened.sealer.clone(),
         clock: opts.clock.clone(),
         http,
+        x509_anchors: Arc::new(
+            crate::crypto::x509::TrustAnchors::load(&raw.x509.trust_anchors)
+                .map_err(|e| anyhow::anyhow!("x509.trust_anchors: {e}"))?,
+        ),
         metrics: metrics.clone(),
         readiness: readiness.clone(),
         admin: Arc::new(AdminTokens::new(&tokens)),

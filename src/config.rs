@@ -118,6 +118,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub jsonld: JsonLdConfig,
     pub metrics: MetricsConfig,
+    pub x509: X509Config,
 }
 
 impl Default for Config {
@@ -135,6 +136,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             http: HttpConfig::default(),
             jsonld: JsonLdConfig::default(),
+            x509: X509Config::default(),
             metrics: MetricsConfig::default(),
         }
     }
@@ -592,6 +594,16 @@ pub struct MetricsConfig {
     /// Bearer token `/metrics` requires; empty = open. Secret.
     pub token: Secret,
     pub token_file: PathBuf,
+}
+
+/// X.509 trust for credentials whose issuer key comes with a certificate chain (`x5c`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct X509Config {
+    /// PEM files of the CA certificates an `x5c` chain must end at (SD-JWT VC with an `https`
+    /// issuer). Empty: no `x5c` is trusted.
+    #[serde(deserialize_with = "string_list")]
+    pub trust_anchors: Vec<String>,
 }
 
 /// Where the config came from, for error messages.

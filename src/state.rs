@@ -25,6 +25,8 @@ pub struct AppState {
     /// Outbound HTTP (did:web, status lists, webhooks, other issuers): the guarded client of
     /// [`crate::http::outbound`] (destination checks, timeouts, no proxy).
     pub http: reqwest::Client,
+    /// CA certificates an issuer's `x5c` chain may end at (`x509.trust_anchors`).
+    pub x509_anchors: Arc<crate::crypto::x509::TrustAnchors>,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     pub admin: Arc<AdminTokens>,
@@ -116,6 +118,7 @@ impl AppState {
             sealer: Sealer::new(&[9u8; 32]),
             clock,
             http,
+            x509_anchors: Arc::default(),
             metrics: Arc::new(Metrics::new().unwrap()),
             readiness: Arc::default(),
             admin: Arc::new(AdminTokens::new(&[])),

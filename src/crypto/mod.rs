@@ -13,6 +13,7 @@ pub mod jws;
 pub mod keys;
 pub mod sdjwt;
 pub mod status;
+pub mod x509;
 
 pub use keys::{KeyType, SigningKey, VerifyingKey};
 

@@ -815,3 +815,109 @@ async fn production_verifier_without_trust_refuses_sessions() {
     open(&s, "trusting", sd_query()).await;
     s.stop();
 }
+
+/// A certificate (CA when `parent` is None: self-signed root) and its key.
+struct Cert {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+fn x509_root(name: &str) -> Cert {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, name);
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    Cert {
+        cert: p.self_signed(&key).unwrap(),
+        key,
+    }
+}
+
+/// A document-signer certificate for DNS name `host` under `root`: (base64 DER, signing key).
+fn x509_leaf(root: &Cert, host: &str) -> (String, SigningKey) {
+    use base64::Engine;
+    use p256::pkcs8::DecodePrivateKey;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let p = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
+    let cert = p.signed_by(&key, &root.cert, &root.key).unwrap();
+    let sk = p256::ecdsa::SigningKey::from_pkcs8_der(&key.serialize_der()).unwrap();
+    (
+        base64::engine::general_purpose::STANDARD.encode(cert.der()),
+        SigningKey::P256(sk),
+    )
+}
+
+/// SD-JWT VC with an `https` issuer whose key comes in an `x5c` chain: verified when the chain
+/// ends at a configured `x509.trust_anchors` certificate and its leaf names the issuer; a chain
+/// of the attacker's own root, or a leaf for another host, is refused by `signature`.
+#[tokio::test]
+async fn sd_jwt_x5c_chain_must_end_at_a_configured_anchor() {
+    let root = x509_root("Test IACA");
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("anchors.pem");
+    std::fs::write(&pem, root.cert.pem()).unwrap();
+    let s = Server::builder()
+        .env("IDSTACK__X509__TRUST_ANCHORS", pem.to_str().unwrap())
+        .start()
+        .await;
+    let iss = "https://issuer.example";
+    let r = client()
+        .post(s.url("/api/verifiers"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"id": "pki", "signing_key_type": "P-256", "trusted_issuers": [iss]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let holder = SigningKey::generate(KeyType::P256);
+    let issue = |signer: &SigningKey, chain: &str, iss: &str| {
+        let mut payload = Map::new();
+        payload.insert("iss".into(), json!(iss));
+        payload.insert("vct".into(), json!("https://example.org/identity"));
+        payload.insert("iat".into(), json!(now()));
+        payload.insert(
+            "cnf".into(),
+            json!({"jwk": holder.verifying_key().to_jwk()}),
+        );
+        let mut sd = Map::new();
+        sd.insert("given_name".into(), json!("Erika"));
+        let issued = sdjwt::issue(
+            signer,
+            json!({"typ": "dc+sd-jwt", "x5c": [chain]}),
+            payload,
+            &sd,
+        );
+        let p = sdjwt::parse(&issued).unwrap();
+        (p.jwt, p.disclosures)
+    };
+
+    let (cert, sk) = x509_leaf(&root, "issuer.example");
+    let (jwt, ds) = issue(&sk, &cert, iss);
+    let req = open(&s, "pki", sd_query()).await;
+    let (status, r) = respond(&s, &req, "pid", json!(sd_present(&holder, &jwt, &ds, &req))).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["verified"], true, "{r}");
+
+    let evil_root = x509_root("Test IACA");
+    let (evil_cert, evil_sk) = x509_leaf(&evil_root, "issuer.example");
+    let (jwt, ds) = issue(&evil_sk, &evil_cert, iss);
+    let req = open(&s, "pki", sd_query()).await;
+    let pres = json!(sd_present(&holder, &jwt, &ds, &req));
+    refused(&s, &req, "pid", pres, "signature", "x5c_untrusted").await;
+
+    let (other_cert, other_sk) = x509_leaf(&root, "bank.example");
+    let (jwt, ds) = issue(&other_sk, &other_cert, iss);
+    let req = open(&s, "pki", sd_query()).await;
+    let pres = json!(sd_present(&holder, &jwt, &ds, &req));
+    refused(
+        &s,
+        &req,
+        "pid",
+        pres,
+        "signature",
+        "does not name the issuer",
+    )
+    .await;
+    s.stop();
+}

@@ -612,6 +612,7 @@ impl VerifierService {
                 http: &self.state.http,
                 trust: &trust,
                 status_cache: &self.status_cache,
+                anchors: &self.state.x509_anchors,
                 require_status: session.require_status,
             };
             let outcome = query::evaluate(&ctx, &vp_token, submission.as_ref()).await;
@@ -854,6 +855,16 @@ mod tests {
         let clock = FakeClock::new(1_800_000_000_000);
         let svc = VerifierService::new(AppState::for_tests(clock.clone()));
         svc.init().await.unwrap();
+        // no issuer role here: the default verifier trusts one named issuer
+        svc.update_verifier(
+            "default",
+            UpdateVerifier {
+                display_name: None,
+                trusted_issuers: Some(vec!["did:example:issuer".into()]),
+            },
+        )
+        .await
+        .unwrap();
         let req = CreateSession {
             dcql_query: Some(
                 json!({"credentials": [{"id": "a", "format": "dc+sd-jwt", "meta": {}}]}),

@@ -130,6 +130,7 @@ pub async fn verify_credential(
         http: &svc.state.http,
         trust: &trusted,
         status_cache: &svc.status_cache,
+        anchors: &svc.state.x509_anchors,
         require_status: false,
     };
     let mut out = Outcome::default();
@@ -182,6 +183,7 @@ pub async fn verify_presentation(
         http: &svc.state.http,
         trust: &trusted,
         status_cache: &svc.status_cache,
+        anchors: &svc.state.x509_anchors,
         require_status: false,
     };
     let mut out = Outcome::default();

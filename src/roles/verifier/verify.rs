@@ -34,6 +34,8 @@ pub struct Ctx<'a> {
     pub http: &'a reqwest::Client,
     pub trust: &'a Trust,
     pub status_cache: &'a StatusCache,
+    /// CA certificates an SD-JWT VC issuer's `x5c` may chain to (`x509.trust_anchors`).
+    pub anchors: &'a crate::crypto::x509::TrustAnchors,
     /// The `status` policy fails for a credential that carries no status reference.
     pub require_status: bool,
 }
@@ -283,7 +285,7 @@ async fn issuer_jwt(
     out: &mut Outcome,
     what: &str,
     token: &str,
-    allowed: Issuers,
+    allowed: Issuers<'_>,
 ) -> Option<(IssuerKey, Value)> {
     match binding::verify_issuer_jwt(token, allowed, ctx.http).await {
         Ok((bound, _, payload)) => {
@@ -411,8 +413,17 @@ pub async fn sd_jwt(
             return None;
         }
     };
-    let (issuer, payload) =
-        issuer_jwt(ctx, out, query_id, &parsed.jwt, Issuers::DidOrHttps).await?;
+    let (issuer, payload) = issuer_jwt(
+        ctx,
+        out,
+        query_id,
+        &parsed.jwt,
+        Issuers::DidOrHttps {
+            anchors: ctx.anchors,
+            now: ctx.now,
+        },
+    )
+    .await?;
     let verified = match sdjwt::verify(presentation, &issuer.key) {
         Ok(v) => {
             out.pass("disclosure_integrity");

@@ -849,10 +849,16 @@ impl WalletService {
     pub async fn credential_status(&self, wallet: &str, id: &str) -> ApiResult<Value> {
         let (rec, raw) = self.load_credential(wallet, id).await?;
         let (view, _) = dcql::credential_view(&rec.format, &raw);
-        let key = bound_issuer_key(&rec.format, &raw, &self.state.http)
-            .await
-            .map_err(binding_err)?
-            .key;
+        let key = bound_issuer_key(
+            &rec.format,
+            &raw,
+            &self.state.http,
+            &self.state.x509_anchors,
+            self.now(),
+        )
+        .await
+        .map_err(binding_err)?
+        .key;
         let fetch = |uri: String| {
             let http = self.state.http.clone();
             let key = key.clone();
@@ -1035,9 +1041,15 @@ impl WalletService {
             other => other.to_string(),
         };
         // The issuer's key, proven to be the issuer's (crypto::binding), before anything is stored.
-        let bound = bound_issuer_key(format, &raw, &self.state.http)
-            .await
-            .map_err(binding_err)?;
+        let bound = bound_issuer_key(
+            format,
+            &raw,
+            &self.state.http,
+            &self.state.x509_anchors,
+            self.now(),
+        )
+        .await
+        .map_err(binding_err)?;
         let key = bound.key;
         match format {
             "dc+sd-jwt" | "vc+sd-jwt" => {
@@ -1448,13 +1460,14 @@ async fn load_context(state: &AppState, wallet: &str) -> ApiResult<WalletContext
     })
 }
 
-/// The issuer's key id (DID URL) of a stored credential.
 /// The issuer's key for a credential, bound to the issuer it names by [`binding`]'s rule (for JWTs
 /// the issuer signature is checked on the way).
 async fn bound_issuer_key(
     format: &str,
     raw: &str,
     http: &reqwest::Client,
+    anchors: &crate::crypto::x509::TrustAnchors,
+    now: i64,
 ) -> Result<binding::IssuerKey, binding::BindingError> {
     match format {
         "ldp_vc" => {
@@ -1468,7 +1481,7 @@ async fn bound_issuer_key(
         }
         "dc+sd-jwt" | "vc+sd-jwt" => {
             let jwt = raw.split('~').next().unwrap_or_default();
-            binding::verify_issuer_jwt(jwt, binding::Issuers::DidOrHttps, http)
+            binding::verify_issuer_jwt(jwt, binding::Issuers::DidOrHttps { anchors, now }, http)
                 .await
                 .map(|(k, _, _)| k)
         }
