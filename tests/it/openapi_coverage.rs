@@ -129,6 +129,24 @@ async fn every_documented_path_is_mounted() {
         "{schema}"
     );
     assert!(schema["allOf"][0]["properties"]["dcql_query"].is_object());
+    // Swagger's Authorize: the cloud wallet's routes take a wallet session, not the admin token
+    assert!(doc["components"]["securitySchemes"]["wallet_session"].is_object());
+    let mut wallet_ops = 0;
+    for (path, ops) in paths.iter().filter(|(p, _)| p.starts_with("/wallet/")) {
+        for (method, op) in ops.as_object().unwrap() {
+            let schemes: Vec<&str> = op["security"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|s| s.as_object().unwrap().keys().map(String::as_str))
+                .collect();
+            let public = path.ends_with("/auth/register") || path.ends_with("/auth/login");
+            let expected: &[&str] = if public { &[] } else { &["wallet_session"] };
+            assert_eq!(schemes, expected, "{method} {path}");
+            wallet_ops += 1;
+        }
+    }
+    assert!(wallet_ops >= 25, "{wallet_ops} wallet operations");
     for (path, ops) in paths {
         let concrete: String = path
             .split('/')

@@ -63,7 +63,7 @@ pub async fn login(svc: Svc, body: web::Json<Credentials>) -> ApiResult<web::Jso
 }
 
 /// End the session (the token stops working at once).
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), responses((status = 204), (status = 401, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), responses((status = 204), (status = 401, body = Problem)))]
 #[post("/wallet/auth/logout")]
 pub async fn logout(svc: Svc, user: WalletUser) -> ApiResult<HttpResponse> {
     svc.logout(&user.token).await?;
@@ -71,21 +71,21 @@ pub async fn logout(svc: Svc, user: WalletUser) -> ApiResult<HttpResponse> {
 }
 
 /// The logged-in account.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), responses((status = 200, body = AccountView), (status = 401, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), responses((status = 200, body = AccountView), (status = 401, body = Problem)))]
 #[get("/wallet/auth/me")]
 pub async fn me(user: WalletUser) -> web::Json<AccountView> {
     web::Json(AccountView::from(&user.account))
 }
 
 /// Wallets this account is a member of.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), responses((status = 200, body = Vec<WalletView>)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), responses((status = 200, body = Vec<WalletView>)))]
 #[get("/wallet/wallets")]
 pub async fn list_wallets(svc: Svc, user: WalletUser) -> ApiResult<web::Json<Vec<WalletView>>> {
     Ok(web::Json(svc.list_wallets(&user.account).await?))
 }
 
 /// Create a wallet (the caller becomes its owner).
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), request_body = WalletName, responses((status = 201, body = WalletView), (status = 422, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), request_body = WalletName, responses((status = 201, body = WalletView), (status = 422, body = Problem)))]
 #[post("/wallet/wallets")]
 pub async fn create_wallet(
     svc: Svc,
@@ -96,7 +96,7 @@ pub async fn create_wallet(
 }
 
 /// Rename a wallet (owner).
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = WalletName, responses((status = 200, body = Wallet), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = WalletName, responses((status = 200, body = Wallet), (status = 404, body = Problem)))]
 #[put("/wallet/wallets/{w}")]
 pub async fn rename_wallet(
     svc: Svc,
@@ -110,7 +110,7 @@ pub async fn rename_wallet(
 }
 
 /// Delete a wallet and everything in it (owner).
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), responses((status = 204), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), responses((status = 204), (status = 404, body = Problem)))]
 #[delete("/wallet/wallets/{w}")]
 pub async fn delete_wallet(
     svc: Svc,
@@ -122,7 +122,7 @@ pub async fn delete_wallet(
 }
 
 /// Share a wallet with another account as owner or viewer (owner).
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = AddMember, responses((status = 204), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = AddMember, responses((status = 204), (status = 404, body = Problem)))]
 #[post("/wallet/wallets/{w}/members")]
 pub async fn add_member(
     svc: Svc,
@@ -136,7 +136,7 @@ pub async fn add_member(
 }
 
 /// Keys of a wallet (public parts).
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), responses((status = 200, body = Vec<KeyView>), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), responses((status = 200, body = Vec<KeyView>), (status = 404, body = Problem)))]
 #[get("/wallet/wallets/{w}/keys")]
 pub async fn list_keys(
     svc: Svc,
@@ -148,7 +148,7 @@ pub async fn list_keys(
 }
 
 /// Generate a key (Ed25519 by default); the private part is sealed.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = GenerateKey, responses((status = 201, body = KeyView), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = GenerateKey, responses((status = 201, body = KeyView), (status = 404, body = Problem)))]
 #[post("/wallet/wallets/{w}/keys")]
 pub async fn generate_key(
     svc: Svc,
@@ -164,7 +164,7 @@ pub async fn generate_key(
 }
 
 /// Import a private JWK.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = ImportKey, responses((status = 201, body = KeyView), (status = 409, body = Problem), (status = 422, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = ImportKey, responses((status = 201, body = KeyView), (status = 409, body = Problem), (status = 422, body = Problem)))]
 #[post("/wallet/wallets/{w}/keys/import")]
 pub async fn import_key(
     svc: Svc,
@@ -177,7 +177,7 @@ pub async fn import_key(
 }
 
 /// Export a key's public JWK.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path), ("k" = String, Path)), responses((status = 200, body = KeyView), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path), ("k" = String, Path)), responses((status = 200, body = KeyView), (status = 404, body = Problem)))]
 #[get("/wallet/wallets/{w}/keys/{k}")]
 pub async fn get_key(
     svc: Svc,
@@ -190,7 +190,7 @@ pub async fn get_key(
 }
 
 /// Delete a key no DID uses.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path), ("k" = String, Path)), responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path), ("k" = String, Path)), responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
 #[delete("/wallet/wallets/{w}/keys/{k}")]
 pub async fn delete_key(
     svc: Svc,
@@ -204,7 +204,7 @@ pub async fn delete_key(
 }
 
 /// DIDs of a wallet.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), responses((status = 200, body = Vec<DidRecord>), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), responses((status = 200, body = Vec<DidRecord>), (status = 404, body = Problem)))]
 #[get("/wallet/wallets/{w}/dids")]
 pub async fn list_dids(
     svc: Svc,
@@ -216,7 +216,7 @@ pub async fn list_dids(
 }
 
 /// Create a DID (did:key, did:jwk or did:web) on an existing or new key; the first is the default.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = CreateDid, responses((status = 201, body = DidRecord), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = CreateDid, responses((status = 201, body = DidRecord), (status = 404, body = Problem)))]
 #[post("/wallet/wallets/{w}/dids")]
 pub async fn create_did(
     svc: Svc,
@@ -229,7 +229,7 @@ pub async fn create_did(
 }
 
 /// Make a DID the wallet's default.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = SetDefaultDid, responses((status = 204), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = SetDefaultDid, responses((status = 204), (status = 404, body = Problem)))]
 #[post("/wallet/wallets/{w}/dids/default")]
 pub async fn default_did(
     svc: Svc,
@@ -243,7 +243,7 @@ pub async fn default_did(
 }
 
 /// Delete a DID.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = SetDefaultDid, responses((status = 204), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = SetDefaultDid, responses((status = 204), (status = 404, body = Problem)))]
 #[post("/wallet/wallets/{w}/dids/delete")]
 pub async fn delete_did(
     svc: Svc,
@@ -267,7 +267,7 @@ pub async fn did_document(svc: Svc, path: web::Path<(String, String)>) -> ApiRes
 }
 
 /// Credentials, filtered by `type`, `issuer`, `format`.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path), ("type" = Option<String>, Query), ("issuer" = Option<String>, Query), ("format" = Option<String>, Query)), responses((status = 200, body = Vec<CredentialSummary>), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path), ("type" = Option<String>, Query), ("issuer" = Option<String>, Query), ("format" = Option<String>, Query)), responses((status = 200, body = Vec<CredentialSummary>), (status = 404, body = Problem)))]
 #[get("/wallet/wallets/{w}/credentials")]
 pub async fn list_credentials(
     svc: Svc,
@@ -280,7 +280,7 @@ pub async fn list_credentials(
 }
 
 /// A credential decoded, with its selectively disclosable claims.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path), ("c" = String, Path)), responses((status = 200, body = CredentialDetail), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path), ("c" = String, Path)), responses((status = 200, body = CredentialDetail), (status = 404, body = Problem)))]
 #[get("/wallet/wallets/{w}/credentials/{c}")]
 pub async fn get_credential(
     svc: Svc,
@@ -293,7 +293,7 @@ pub async fn get_credential(
 }
 
 /// Delete a credential.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path), ("c" = String, Path)), responses((status = 204), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path), ("c" = String, Path)), responses((status = 204), (status = 404, body = Problem)))]
 #[delete("/wallet/wallets/{w}/credentials/{c}")]
 pub async fn delete_credential(
     svc: Svc,
@@ -307,7 +307,7 @@ pub async fn delete_credential(
 }
 
 /// Check a credential against its issuer's status list.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path), ("c" = String, Path)), responses((status = 200, description = "{id, status: valid|revoked|suspended|no_status}"), (status = 404, body = Problem), (status = 424, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path), ("c" = String, Path)), responses((status = 200, description = "{id, status: valid|revoked|suspended|no_status}"), (status = 404, body = Problem), (status = 424, body = Problem)))]
 #[post("/wallet/wallets/{w}/credentials/{c}/status")]
 pub async fn credential_status(
     svc: Svc,
@@ -320,7 +320,7 @@ pub async fn credential_status(
 }
 
 /// Exchanges of a wallet, newest first.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), responses((status = 200, body = Vec<HistoryEntry>), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), responses((status = 200, body = Vec<HistoryEntry>), (status = 404, body = Problem)))]
 #[get("/wallet/wallets/{w}/history")]
 pub async fn history(
     svc: Svc,
@@ -332,7 +332,7 @@ pub async fn history(
 }
 
 /// Show what an OpenID4VCI offer contains (issuer display, offered credentials, grants).
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = OfferInput, responses((status = 200, description = "Resolved offer"), (status = 422, body = Problem), (status = 424, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = OfferInput, responses((status = 200, description = "Resolved offer"), (status = 422, body = Problem), (status = 424, body = Problem)))]
 #[post("/wallet/wallets/{w}/exchange/resolve-offer")]
 pub async fn resolve_offer(
     svc: Svc,
@@ -345,7 +345,7 @@ pub async fn resolve_offer(
 }
 
 /// Accept an offer: run the OpenID4VCI flow with the wallet's DID key and store the credentials.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = OfferInput, responses((status = 200, body = Vec<CredentialSummary>), (status = 422, body = Problem), (status = 424, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = OfferInput, responses((status = 200, body = Vec<CredentialSummary>), (status = 422, body = Problem), (status = 424, body = Problem)))]
 #[post("/wallet/wallets/{w}/exchange/accept-offer")]
 pub async fn accept_offer(
     svc: Svc,
@@ -358,7 +358,7 @@ pub async fn accept_offer(
 }
 
 /// Resolve an OpenID4VP request (verifying a signed request) and list matching credentials.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = RequestInput, responses((status = 200, description = "Request and matches"), (status = 422, body = Problem), (status = 424, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = RequestInput, responses((status = 200, description = "Request and matches"), (status = 422, body = Problem), (status = 424, body = Problem)))]
 #[post("/wallet/wallets/{w}/exchange/resolve-request")]
 pub async fn resolve_request(
     svc: Svc,
@@ -371,7 +371,7 @@ pub async fn resolve_request(
 }
 
 /// Present: build the vp_token from the chosen credentials (disclosing only what is chosen) and post it.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = RequestInput, responses((status = 200, description = "Verifier answer"), (status = 422, body = Problem), (status = 424, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = RequestInput, responses((status = 200, description = "Verifier answer"), (status = 422, body = Problem), (status = 424, body = Problem)))]
 #[post("/wallet/wallets/{w}/exchange/present")]
 pub async fn present(
     svc: Svc,
