@@ -264,6 +264,13 @@ impl Replica {
         Ok(())
     }
 
+    /// Forgets the key on this node entirely (no tombstone; the caller holds the stripe lock).
+    pub async fn remove_locked(&self, ks: &'static str, key: &str) -> StoreResult<()> {
+        self.inner.delete(ks, key).await?;
+        self.index_set(ks, key, None);
+        Ok(())
+    }
+
     /// Writes several versions atomically (the caller holds their stripe locks).
     pub async fn write_batch_locked(
         &self,

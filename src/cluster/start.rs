@@ -128,6 +128,11 @@ pub async fn start(
         anti_entropy_interval: Duration::from_secs(c.anti_entropy_interval_seconds.max(1)),
         roles: roles.clone(),
         pause_threshold: Duration::from_millis(c.pause_threshold_ms.max(1)),
+        single_use_consistent: match c.single_use {
+            crate::config::SingleUse::Auto => bootstrap_expect >= 3,
+            crate::config::SingleUse::Available => false,
+            crate::config::SingleUse::Consistent => true,
+        },
     };
 
     let inner = opened.store.clone();

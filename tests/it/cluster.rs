@@ -989,3 +989,82 @@ async fn a_paused_node_costs_no_request_behind_the_shipped_balancer_and_catches_
     assert_eq!(offer(guarded.clone(), lb.url()).await.unwrap(), 201);
     drop((a, b, c));
 }
+
+fn signal(s: &Server, sig: &str) {
+    let pid = s.child.as_ref().unwrap().id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// `cluster.single_use = "consistent"` (the default with three configured nodes): with two of
+/// the three nodes stopped (SIGSTOP), the third is a minority. A redemption there is refused with
+/// 503 + Retry-After and consumes nothing, while reads and other writes (a new offer) are still
+/// served; after SIGCONT the code is redeemed, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_single_use_needs_a_majority_and_a_minority_keeps_the_code_usable() {
+    let lb = Balancer::start(Vec::new()).await;
+    let (_specs, _seeds, a, b, c) = start_three(&lb).await;
+    let body = || json!({"credential_configuration_ids": ["IdentityCredential_dc_sd_jwt"], "claims": identity()});
+    let offer = create_offer(&c, "default", body()).await;
+    let code = pre_auth_code(&offer);
+
+    signal(&a, "-STOP");
+    signal(&b, "-STOP");
+    wait_cluster(&c, "n1 and n2 seen dead", |v| {
+        member(v, "n1")["state"] == "dead" && member(v, "n2")["state"] == "dead"
+    })
+    .await;
+    let r = client()
+        .post(c.url("/issuers/default/token"))
+        .form(&[
+            ("grant_type", crate::holder::PRE_AUTH),
+            ("pre-authorized_code", code.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_some());
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("consistent"),
+        "{e}"
+    );
+    // everything else is still served on the minority side
+    let r = client()
+        .get(c.url("/issuers/default/.well-known/openid-credential-issuer"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let later = create_offer(&c, "default", body()).await;
+    assert!(later["offer_uri"].is_string(), "{later}");
+
+    signal(&a, "-CONT");
+    signal(&b, "-CONT");
+    wait_cluster(&c, "n1 and n2 alive again", |v| {
+        member(v, "n1")["state"] == "alive" && member(v, "n2")["state"] == "alive"
+    })
+    .await;
+    // the code was not consumed: it is redeemed now (503s while the peers catch up are retried)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (st, tok) = loop {
+        let (st, tok) = token(&c, "default", &code, None).await;
+        if st != 503 || Instant::now() > deadline {
+            break (st, tok);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(st, 200, "{tok}");
+    for n in [&a, &b, &c] {
+        let (st, _) = token(n, "default", &code, None).await;
+        assert_eq!(st, 400, "redeemed once");
+    }
+    drop((a, b, c));
+}
