@@ -572,6 +572,57 @@ mod tests {
         }
     }
 
+    /// `single_use = "consistent"` (auto with three nodes): a primary that is caught up (no pause)
+    /// but missed a redemption the other two made — a healed partition — reads the key from a
+    /// majority before its compare-and-swap and loses, where a plain single-use-agnostic keyspace
+    /// would use its stale copy.
+    async fn consistent_primary_reads_a_majority_before_a_single_use_transition(
+        nodes: &[TestNode],
+    ) {
+        let x = &nodes[0].cluster.node;
+        assert!(x.settings.single_use_consistent);
+        assert_eq!((x.configured_nodes(), x.majority()), (3, 2));
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while !x.is_caught_up() || x.live_count() < 3 {
+            assert!(std::time::Instant::now() < until, "{:?}", x.health());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for ks in ["issuer_codes", "unit_plain"] {
+            let key = (0..1000)
+                .map(|i| format!("healed-{i}"))
+                .find(|k| x.primary_order(ks, k).first().map(|(id, _)| id.as_str()) == Some("a"))
+                .unwrap();
+            nodes[0]
+                .opened
+                .store
+                .put(ks, &key, b"unused".to_vec(), None)
+                .await
+                .unwrap();
+            // redeemed on the other side of a partition, which has healed since
+            let redeemed = nodes[1].cluster.node.replica.tombstone();
+            for n in &nodes[1..] {
+                n.cluster
+                    .node
+                    .replica
+                    .merge(ks, &key, &redeemed)
+                    .await
+                    .unwrap();
+            }
+            let got = nodes[0]
+                .opened
+                .store
+                .compare_and_swap(ks, &key, Some(b"unused".to_vec()), None)
+                .await
+                .unwrap();
+            if ks == "issuer_codes" {
+                assert_eq!(got, Cas::Conflict(None), "single-use: redeemed once");
+            } else {
+                // not a single-use keyspace: the primary trusts its own (stale) copy
+                assert_eq!(got, Cas::Swapped);
+            }
+        }
+    }
+
     /// A process with another cluster secret, seeded with a member, is never listed (its gossip
     /// is dropped) and the members' writes still succeed.
     async fn process_without_the_secret_does_not_join(nodes: &[TestNode]) {
@@ -761,6 +812,7 @@ mod tests {
         assert_eq!(leaders, 1);
 
         paused_primary_catches_up_before_its_compare_and_swap(&nodes).await;
+        consistent_primary_reads_a_majority_before_a_single_use_transition(&nodes).await;
         process_without_the_secret_does_not_join(&nodes).await;
         for n in &nodes {
             n.token.cancel();
