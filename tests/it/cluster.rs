@@ -1008,6 +1008,16 @@ async fn consistent_single_use_needs_a_majority_and_a_minority_keeps_the_code_us
     let lb = Balancer::start(Vec::new()).await;
     let (_specs, _seeds, a, b, c) = start_three(&lb).await;
     let body = || json!({"credential_configuration_ids": ["IdentityCredential_dc_sd_jwt"], "claims": identity()});
+    let (_, view) = admin_get(&c, "/api/cluster").await;
+    assert_eq!(
+        (
+            &view["single_use"],
+            &view["configured_nodes"],
+            &view["majority"]
+        ),
+        (&json!("consistent"), &json!(3), &json!(2)),
+        "{view}"
+    );
     let offer = create_offer(&c, "default", body()).await;
     let code = pre_auth_code(&offer);
 
