@@ -673,17 +673,22 @@ impl Node {
                 let req = req.clone();
                 let node = self.clone();
                 tokio::spawn(async move {
+                    // Some(true): acknowledged; Some(false): answered but refused a conditional
+                    // record (a competing transition); None: no answer
                     node.call::<_, ApplyResp>(&id, &addr, PATH_APPLY, &*req)
                         .await
-                        .is_ok()
+                        .ok()
+                        .map(|r| r.rejected == 0)
                 })
             })
             .collect();
         let mut acks = 0usize;
         let mut answered = 0usize;
+        let mut refused = 0usize;
         while acks < need {
             match pending.next().await {
-                Some(Ok(true)) => acks += 1,
+                Some(Ok(Some(true))) => acks += 1,
+                Some(Ok(Some(false))) => refused += 1,
                 Some(_) => answered += 1,
                 None => break,
             }
@@ -693,6 +698,11 @@ impl Node {
         self.metrics
             .replication_seconds
             .observe(started.elapsed().as_secs_f64());
+        if refused > 0 && acks < min_acks {
+            return Err(StoreError::Unavailable(format!(
+                "single-use transition refused by {refused} node(s) holding a competing one; retry"
+            )));
+        }
         if need > 0 && acks == 0 {
             self.set_write_block(Some(format!(
                 "writes cannot reach their replicas: a write was acknowledged by none of the live peers ({answered} failed)"
@@ -921,12 +931,20 @@ impl Node {
         } else {
             0
         };
+        // consistent: peers accept it only on the version it was made on (no competing
+        // transition from another node that also believes it is the key's primary)
+        let if_version = if majority {
+            before.as_ref().map(|b| b.version.clone())
+        } else {
+            None
+        };
         if let Err(e) = self
             .replicate_acked(
                 vec![Record {
                     ks: ks.to_string(),
                     key: key.to_string(),
                     rec: rec.clone(),
+                    if_version,
                 }],
                 min_acks,
             )

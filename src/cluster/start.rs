@@ -621,6 +621,53 @@ mod tests {
                 assert_eq!(got, Cas::Swapped);
             }
         }
+
+        // Two nodes that both execute a transition of one code at the same instant (as when
+        // their membership views disagree about the primary): peers accept a transition only
+        // on the version it was made on, so at most one reaches a majority.
+        for round in 0..5 {
+            let key = format!("contended-{round}");
+            nodes[0]
+                .opened
+                .store
+                .put("issuer_codes", &key, b"v0".to_vec(), None)
+                .await
+                .unwrap();
+            let (a, b) = (nodes[0].cluster.node.clone(), nodes[1].cluster.node.clone());
+            let (ra, rb) = tokio::join!(
+                a.cas_local(
+                    "issuer_codes",
+                    &key,
+                    Some(b"v0".to_vec()),
+                    Some((b"by-a".to_vec(), None))
+                ),
+                b.cas_local(
+                    "issuer_codes",
+                    &key,
+                    Some(b"v0".to_vec()),
+                    Some((b"by-b".to_vec(), None))
+                )
+            );
+            let won: Vec<&str> = [("a", &ra), ("b", &rb)]
+                .into_iter()
+                .filter(|(_, r)| matches!(r, Ok((Cas::Swapped, _))))
+                .map(|(n, _)| n)
+                .collect();
+            assert!(won.len() <= 1, "round {round}: {ra:?} {rb:?}");
+            // the third node holds the winner's value (or the untouched code)
+            let held = nodes[2]
+                .cluster
+                .node
+                .replica
+                .read("issuer_codes", &key)
+                .await
+                .unwrap()
+                .and_then(|v| v.value);
+            match won.first() {
+                Some(n) => assert_eq!(held, Some(format!("by-{n}").into_bytes())),
+                None => assert!(held.as_deref().is_none_or(|v| v == b"v0"), "{held:?}"),
+            }
+        }
     }
 
     /// A process with another cluster secret, seeded with a member, is never listed (its gossip
