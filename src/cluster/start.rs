@@ -742,7 +742,29 @@ mod tests {
             assert_eq!(n.opened.store.get(ks, "k1").await.unwrap(), None);
         }
 
-        // concurrent single-use transitions from every node on the same keys: one winner each
+        // concurrent single-use transitions from every node on the same keys: one winner each —
+        // once the nodes agree on the keys' primaries (on a loaded machine the `caught_up` flags
+        // may still be gossiping; while views differ two nodes can both be primary, the AP
+        // membership-change window documented in docs/cluster.md)
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let agree = (0..30).all(|i| {
+                let key = format!("code{i}");
+                let first = |n: &TestNode| {
+                    n.cluster
+                        .node
+                        .primary_order(ks, &key)
+                        .first()
+                        .map(|(id, _)| id.clone())
+                };
+                nodes.iter().all(|n| first(n) == first(&nodes[0]))
+            });
+            if agree {
+                break;
+            }
+            assert!(std::time::Instant::now() < until, "views never converged");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         for i in 0..30 {
             let key = format!("code{i}");
             nodes[0]
