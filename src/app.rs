@@ -211,7 +211,10 @@ async fn open_redis(_settings: &Settings, _clock: SharedClock) -> anyhow::Result
 }
 
 /// A sealed canary in the system keyspace: created once, and it must open with today's key.
-async fn check_master_key(store: &Arc<dyn Store>, sealer: &Sealer) -> anyhow::Result<()> {
+pub(crate) async fn check_master_key(
+    store: &Arc<dyn Store>,
+    sealer: &Sealer,
+) -> anyhow::Result<()> {
     const KEY: &str = "seal_canary";
     const PLAINTEXT: &[u8] = b"idstack master key canary";
     match store.get(keyspaces::SYSTEM, KEY).await? {
@@ -273,6 +276,25 @@ async fn sandbox_admin_token(opened: &Opened) -> anyhow::Result<Secret> {
     }
 }
 
+/// Puts the sandbox admin token this node uses back into a store that lost it (insert-only: the
+/// nodes of a deployment loaded the same one), so `idstack admin-token` prints it again.
+pub(crate) async fn restore_sandbox_admin_token(
+    store: &dyn Store,
+    sealer: &Sealer,
+    token: &Secret,
+) -> anyhow::Result<()> {
+    let sealed = sealer.seal(ADMIN_TOKEN_KEY.as_bytes(), token.expose().as_bytes())?;
+    store
+        .compare_and_swap(
+            keyspaces::SYSTEM,
+            ADMIN_TOKEN_KEY,
+            None,
+            Some((sealed, None)),
+        )
+        .await?;
+    Ok(())
+}
+
 pub async fn stored_admin_token(opened: &Opened) -> anyhow::Result<Option<Secret>> {
     match opened.store.get(keyspaces::SYSTEM, ADMIN_TOKEN_KEY).await? {
         None => Ok(None),
@@ -313,9 +335,14 @@ pub async fn run(
     };
 
     let mut tokens = settings.admin_tokens.clone();
+    let mut sandbox_token = None;
     if tokens.is_empty() {
         match raw.server.mode {
-            Mode::Sandbox => tokens.push(sandbox_admin_token(&opened).await?),
+            Mode::Sandbox => {
+                let t = sandbox_admin_token(&opened).await?;
+                sandbox_token = Some(t.clone());
+                tokens.push(t);
+            }
             Mode::Production => tracing::warn!(
                 "no admin.tokens configured: the management API (/api/...) is disabled"
             ),
@@ -396,6 +423,13 @@ pub async fn run(
         readiness.set_not_ready(role.as_str(), "initialising");
     }
     init_roles(&state).await?;
+    // On a store shared by nodes, mark the first-start state complete: its absence later is a
+    // data loss the guard reacts to (src/first_start.rs).
+    if state.store.shared_by_nodes() {
+        crate::first_start::mark(state.store.as_ref(), state.clock.now_ms())
+            .await
+            .context("writing the first-start marker")?;
+    }
 
     let data = web::Data::new(state.clone());
     let (_, api) = build_app(data.clone());
@@ -445,6 +479,9 @@ pub async fn run(
     }
     if raw.store.backend == StoreBackend::Redis {
         spawn_store_probe(&mut tasks, &shutdown, &state);
+    }
+    if state.store.shared_by_nodes() {
+        crate::first_start::spawn_guard(&mut tasks, &shutdown, &state, sandbox_token);
     }
 
     let roles: Vec<&str> = settings.roles.iter().map(|r| Role::as_str(*r)).collect();

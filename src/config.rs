@@ -532,6 +532,23 @@ pub struct ClusterConfig {
     pub tombstone_ttl_seconds: u64,
     /// A gap this long (ms) between two heartbeats of a node (paused, stalled) makes it catch up again before acting as a primary.
     pub pause_threshold_ms: u64,
+    /// Single-use transitions (codes, nonces, access-token use, verifier session results):
+    /// `available` (any side of a partition may complete them) or `consistent` (a majority of the
+    /// configured nodes must acknowledge them); `auto` = consistent with 3 or more nodes.
+    pub single_use: SingleUse,
+}
+
+/// `cluster.single_use`: what a single-use transition needs (docs/cluster.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SingleUse {
+    /// `consistent` when there are 3 or more configured nodes (`bootstrap_expect`), else `available`.
+    #[default]
+    Auto,
+    /// Completed by the key's primary wherever it is: both sides of a partition may complete one.
+    Available,
+    /// Acknowledged by a majority of the configured nodes; a minority side answers 503.
+    Consistent,
 }
 
 impl Default for ClusterConfig {
@@ -555,6 +572,7 @@ impl Default for ClusterConfig {
             anti_entropy_interval_seconds: 10,
             tombstone_ttl_seconds: 7 * 24 * 3600,
             pause_threshold_ms: 2000,
+            single_use: SingleUse::Auto,
         }
     }
 }

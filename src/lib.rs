@@ -20,6 +20,7 @@ pub mod crypto;
 pub mod dcql;
 pub mod didcomm;
 pub mod error;
+pub mod first_start;
 pub mod http;
 pub mod keystore;
 pub mod load;

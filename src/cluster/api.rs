@@ -22,6 +22,14 @@ pub struct ClusterView {
     pub leader: bool,
     /// Records held locally (including tombstones).
     pub records: usize,
+    /// `cluster.single_use` in force: `consistent` or `available`.
+    pub single_use: &'static str,
+    /// Nodes a majority is counted against (`bootstrap_expect`, or every node ever listed).
+    pub configured_nodes: usize,
+    /// Nodes (this one included) a single-use transition needs in consistent mode.
+    pub majority: usize,
+    /// Live nodes, this one included.
+    pub live: usize,
     pub members: Vec<MemberView>,
 }
 
@@ -48,6 +56,10 @@ pub async fn cluster_info(_admin: Admin, state: web::Data<AppState>) -> web::Jso
             caught_up: false,
             leader: true,
             records: 0,
+            single_use: "available",
+            configured_nodes: 1,
+            majority: 1,
+            live: 1,
             members: Vec::new(),
         });
     };
@@ -69,6 +81,14 @@ pub async fn cluster_info(_admin: Admin, state: web::Data<AppState>) -> web::Jso
         caught_up: node.is_caught_up(),
         leader: node.is_leader(),
         records: node.replica.record_count(),
+        single_use: if node.settings.single_use_consistent {
+            "consistent"
+        } else {
+            "available"
+        },
+        configured_nodes: node.configured_nodes(),
+        majority: node.majority(),
+        live: node.live_count(),
         members,
     })
 }

@@ -128,6 +128,11 @@ pub async fn start(
         anti_entropy_interval: Duration::from_secs(c.anti_entropy_interval_seconds.max(1)),
         roles: roles.clone(),
         pause_threshold: Duration::from_millis(c.pause_threshold_ms.max(1)),
+        single_use_consistent: match c.single_use {
+            crate::config::SingleUse::Auto => bootstrap_expect >= 3,
+            crate::config::SingleUse::Available => false,
+            crate::config::SingleUse::Consistent => true,
+        },
     };
 
     let inner = opened.store.clone();
@@ -567,6 +572,104 @@ mod tests {
         }
     }
 
+    /// `single_use = "consistent"` (auto with three nodes): a primary that is caught up (no pause)
+    /// but missed a redemption the other two made — a healed partition — reads the key from a
+    /// majority before its compare-and-swap and loses, where a plain single-use-agnostic keyspace
+    /// would use its stale copy.
+    async fn consistent_primary_reads_a_majority_before_a_single_use_transition(
+        nodes: &[TestNode],
+    ) {
+        let x = &nodes[0].cluster.node;
+        assert!(x.settings.single_use_consistent);
+        assert_eq!((x.configured_nodes(), x.majority()), (3, 2));
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while !x.is_caught_up() || x.live_count() < 3 {
+            assert!(std::time::Instant::now() < until, "{:?}", x.health());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for ks in ["issuer_codes", "unit_plain"] {
+            let key = (0..1000)
+                .map(|i| format!("healed-{i}"))
+                .find(|k| x.primary_order(ks, k).first().map(|(id, _)| id.as_str()) == Some("a"))
+                .unwrap();
+            nodes[0]
+                .opened
+                .store
+                .put(ks, &key, b"unused".to_vec(), None)
+                .await
+                .unwrap();
+            // redeemed on the other side of a partition, which has healed since
+            let redeemed = nodes[1].cluster.node.replica.tombstone();
+            for n in &nodes[1..] {
+                n.cluster
+                    .node
+                    .replica
+                    .merge(ks, &key, &redeemed)
+                    .await
+                    .unwrap();
+            }
+            let got = nodes[0]
+                .opened
+                .store
+                .compare_and_swap(ks, &key, Some(b"unused".to_vec()), None)
+                .await
+                .unwrap();
+            if ks == "issuer_codes" {
+                assert_eq!(got, Cas::Conflict(None), "single-use: redeemed once");
+            } else {
+                // not a single-use keyspace: the primary trusts its own (stale) copy
+                assert_eq!(got, Cas::Swapped);
+            }
+        }
+
+        // Two nodes that both execute a transition of one code at the same instant (as when
+        // their membership views disagree about the primary): peers accept a transition only
+        // on the version it was made on, so at most one reaches a majority.
+        for round in 0..5 {
+            let key = format!("contended-{round}");
+            nodes[0]
+                .opened
+                .store
+                .put("issuer_codes", &key, b"v0".to_vec(), None)
+                .await
+                .unwrap();
+            let (a, b) = (nodes[0].cluster.node.clone(), nodes[1].cluster.node.clone());
+            let (ra, rb) = tokio::join!(
+                a.cas_local(
+                    "issuer_codes",
+                    &key,
+                    Some(b"v0".to_vec()),
+                    Some((b"by-a".to_vec(), None))
+                ),
+                b.cas_local(
+                    "issuer_codes",
+                    &key,
+                    Some(b"v0".to_vec()),
+                    Some((b"by-b".to_vec(), None))
+                )
+            );
+            let won: Vec<&str> = [("a", &ra), ("b", &rb)]
+                .into_iter()
+                .filter(|(_, r)| matches!(r, Ok((Cas::Swapped, _))))
+                .map(|(n, _)| n)
+                .collect();
+            assert!(won.len() <= 1, "round {round}: {ra:?} {rb:?}");
+            // the third node holds the winner's value (or the untouched code)
+            let held = nodes[2]
+                .cluster
+                .node
+                .replica
+                .read("issuer_codes", &key)
+                .await
+                .unwrap()
+                .and_then(|v| v.value);
+            match won.first() {
+                Some(n) => assert_eq!(held, Some(format!("by-{n}").into_bytes())),
+                None => assert!(held.as_deref().is_none_or(|v| v == b"v0"), "{held:?}"),
+            }
+        }
+    }
+
     /// A process with another cluster secret, seeded with a member, is never listed (its gossip
     /// is dropped) and the members' writes still succeed.
     async fn process_without_the_secret_does_not_join(nodes: &[TestNode]) {
@@ -639,7 +742,29 @@ mod tests {
             assert_eq!(n.opened.store.get(ks, "k1").await.unwrap(), None);
         }
 
-        // concurrent single-use transitions from every node on the same keys: one winner each
+        // concurrent single-use transitions from every node on the same keys: one winner each —
+        // once the nodes agree on the keys' primaries (on a loaded machine the `caught_up` flags
+        // may still be gossiping; while views differ two nodes can both be primary, the AP
+        // membership-change window documented in docs/cluster.md)
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let agree = (0..30).all(|i| {
+                let key = format!("code{i}");
+                let first = |n: &TestNode| {
+                    n.cluster
+                        .node
+                        .primary_order(ks, &key)
+                        .first()
+                        .map(|(id, _)| id.clone())
+                };
+                nodes.iter().all(|n| first(n) == first(&nodes[0]))
+            });
+            if agree {
+                break;
+            }
+            assert!(std::time::Instant::now() < until, "views never converged");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         for i in 0..30 {
             let key = format!("code{i}");
             nodes[0]
@@ -756,6 +881,7 @@ mod tests {
         assert_eq!(leaders, 1);
 
         paused_primary_catches_up_before_its_compare_and_swap(&nodes).await;
+        consistent_primary_reads_a_majority_before_a_single_use_transition(&nodes).await;
         process_without_the_secret_does_not_join(&nodes).await;
         for n in &nodes {
             n.token.cancel();

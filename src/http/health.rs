@@ -39,9 +39,10 @@ pub async fn live() -> web::Json<Live> {
     })
 }
 
-/// Readiness: 200 when a store write probe passes, every enabled role is ready and (in a cluster)
-/// this node is caught up, not paused, reaches a replica for writes and holds the cluster's keys;
-/// else 503 naming the failing components. Load balancers route on this.
+/// Readiness: 200 when a store write probe passes, every enabled role is ready, (in a cluster)
+/// this node is caught up, not paused, reaches a replica for writes and holds the cluster's keys,
+/// and (on Redis) the store still holds its first-start state; else 503 naming the failing
+/// components. Load balancers route on this.
 #[utoipa::path(tag = "system", responses(
     (status = 200, body = Ready), (status = 503, body = Ready)))]
 #[get("/health/ready")]
@@ -62,6 +63,23 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         }));
     }
     match tokio::time::timeout(Duration::from_secs(2), state.store.probe()).await {
+        // A store every node shares (Redis) that lost its first-start state (restarted without
+        // persistence): not ready from the first request that sees it, before the guard reacts
+        // (src/first_start.rs).
+        Ok(Ok(())) if state.store.shared_by_nodes() => {
+            if let Ok(false) = crate::first_start::present(state.store.as_ref()).await {
+                if !failing
+                    .iter()
+                    .any(|f| f.component == crate::first_start::COMPONENT)
+                {
+                    failing.push(Failing {
+                        component: crate::first_start::COMPONENT.into(),
+                        reason: crate::first_start::missing_reason(state.settings.raw.server.mode)
+                            .into(),
+                    });
+                }
+            }
+        }
         Ok(Ok(())) => {}
         Ok(Err(e)) => failing.push(Failing {
             component: "store".into(),

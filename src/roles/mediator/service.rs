@@ -1858,19 +1858,80 @@ pub fn endpoints(state: &AppState) -> Vec<String> {
     vec![http, ws]
 }
 
+const KEY_ID: &str = "mediator";
+const KEY_AAD: &[u8] = b"mediator_keys/mediator";
+
+fn open_key(state: &AppState, sealed: &[u8]) -> anyhow::Result<SigningKey> {
+    let seed = state.sealer.open(KEY_AAD, sealed)?;
+    let seed: [u8; 32] = seed
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("mediator key has the wrong length"))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// How the stored mediator key compares with the one a node holds in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredKey {
+    /// The store holds this node's key.
+    Same,
+    /// The store holds no mediator key (a store that lost its data, e.g. Redis restarted
+    /// without persistence).
+    Missing,
+    /// The store holds another key (created by a node after a data loss): this node's DID is
+    /// no longer the mediator's.
+    Different,
+}
+
+impl MediatorService {
+    /// Compares the stored mediator key with the one this node serves with.
+    pub async fn stored_key(&self) -> anyhow::Result<StoredKey> {
+        match self.state.store.get(ks::KEYS, KEY_ID).await? {
+            None => Ok(StoredKey::Missing),
+            Some(sealed) => Ok(self.same_key(&sealed)?),
+        }
+    }
+
+    fn same_key(&self, sealed: &[u8]) -> anyhow::Result<StoredKey> {
+        let stored = open_key(&self.state, sealed)?;
+        Ok(if stored.to_bytes() == self.key.to_bytes() {
+            StoredKey::Same
+        } else {
+            StoredKey::Different
+        })
+    }
+
+    /// After the store lost its data: writes this node's key back, insert-only (every node of a
+    /// deployment loaded the same key, so whichever writes first writes the same one), and drops
+    /// the queue indexes built from records that are gone. Returns how the stored key compares
+    /// with this node's afterwards.
+    pub async fn restore_key(&self) -> anyhow::Result<StoredKey> {
+        let sealed = self
+            .state
+            .sealer
+            .seal(KEY_AAD, self.key.to_bytes().as_slice())?;
+        let res = match self
+            .state
+            .store
+            .compare_and_swap(ks::KEYS, KEY_ID, None, Some((sealed, None)))
+            .await?
+        {
+            Cas::Swapped => StoredKey::Same,
+            Cas::Conflict(Some(other)) => self.same_key(&other)?,
+            Cas::Conflict(None) => StoredKey::Missing,
+        };
+        self.forget_indexes();
+        self.wake_all();
+        Ok(res)
+    }
+}
+
 /// The mediator key: created once (compare-and-swap, so two nodes starting together agree),
 /// sealed at rest, stable across restarts.
 async fn load_or_create_key(state: &AppState) -> anyhow::Result<SigningKey> {
-    const ID: &str = "mediator";
-    const AAD: &[u8] = b"mediator_keys/mediator";
-    let open = |sealed: &[u8]| -> anyhow::Result<SigningKey> {
-        let seed = state.sealer.open(AAD, sealed)?;
-        let seed: [u8; 32] = seed
-            .as_slice()
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("mediator key has the wrong length"))?;
-        Ok(SigningKey::from_bytes(&seed))
-    };
+    const ID: &str = KEY_ID;
+    const AAD: &[u8] = KEY_AAD;
+    let open = |sealed: &[u8]| open_key(state, sealed);
     if let Some(sealed) = state.store.get(ks::KEYS, ID).await? {
         return open(&sealed);
     }
