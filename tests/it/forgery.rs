@@ -687,6 +687,8 @@ async fn jwt_vc_and_vc_api_forgeries_are_refused() {
     // after signing without breaking the proof, and a proof whose DID is not the issuer's is
     // refused by crypto::di and crypto::binding — both end in the `signature` policy.)
     let (ed, _, ed_vm) = attacker_did(KeyType::Ed25519, false);
+    // the credential names the server's served context: resolve it offline here too
+    idstack::crypto::di::register_context_origin(&s.base);
     let mut body = ldp.as_object().unwrap().clone();
     body.remove("proof");
     body.insert(

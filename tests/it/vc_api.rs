@@ -102,6 +102,8 @@ async fn issue_and_verify_ldp_and_jwt() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
+    // the credential names the server's served context: resolve it offline here too
+    idstack::crypto::di::register_context_origin(&s.base);
     let vp = idstack::crypto::di::issue_presentation(
         &holder,
         &vm,
