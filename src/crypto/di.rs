@@ -379,8 +379,9 @@ pub fn issue_presentation(
     domain: &str,
     now: i64,
 ) -> CryptoResult<Value> {
+    // Only VCDM 2.0 terms: each embedded credential carries its own contexts.
     let vp = json!({
-        "@context": credential_contexts(),
+        "@context": [VCDM2_CONTEXT],
         "type": ["VerifiablePresentation"],
         "holder": vm_did(vm),
         "verifiableCredential": credentials,
