@@ -467,42 +467,6 @@ pub async fn verify_issuer_jwt(
     Ok((bound, header, payload))
 }
 
-/// A status-list token must come from the credential's own issuer: same issuer identifier (when the
-/// token names one) and signed by a key bound to it.
-pub async fn verify_status_list_token(
-    token: &str,
-    credential_issuer: &IssuerKey,
-    allowed: Issuers<'_>,
-    http: &reqwest::Client,
-) -> Result<Value, BindingError> {
-    let (header, payload, _, _) =
-        jws::decode_unverified(token).map_err(|e| BindingError::Token(e.to_string()))?;
-    let named = jwt_issuer(&payload).ok();
-    let bound = match named {
-        // A list naming its issuer is bound like any credential, and that issuer must be ours.
-        Some(iss) => {
-            if iss != credential_issuer.issuer {
-                return Err(BindingError::IssuerMismatch(
-                    credential_issuer.issuer.clone(),
-                    iss,
-                ));
-            }
-            jwt_issuer_key(&header, &payload, allowed, http).await?
-        }
-        // A list without an issuer claim can only be accepted under the credential issuer's key.
-        None => {
-            for h in ["jwk", "x5c", "x5u", "jku"] {
-                if header.get(h).is_some() {
-                    return Err(BindingError::HeaderKey(h));
-                }
-            }
-            credential_issuer.clone()
-        }
-    };
-    jws::verify(token, &bound.key).map_err(|e| BindingError::Signature(e.to_string()))?;
-    Ok(payload)
-}
-
 /// The implicit-document check for Data Integrity proofs: the proof's verification method must be
 /// an assertion method of the credential's issuer DID.
 pub async fn ld_issuer_key(

@@ -135,17 +135,16 @@ pub async fn verify_credential(
     };
     let mut out = Outcome::default();
     let envelope = crate::crypto::envelope::enveloped_vc_jwt(&body.verifiable_credential);
-    match &body.verifiable_credential {
-        Value::String(jwt) => {
+    match (&body.verifiable_credential, envelope) {
+        (Value::String(jwt), _) => {
             verify::jwt_credential(&ctx, &mut out, "credential", jwt).await;
         }
-        Value::Object(_) if envelope.is_some() => {
-            let jwt = envelope
-                .unwrap_or_else(|| Err(String::new()))
-                .map_err(|e| ApiError::bad_request(format!("verifiableCredential: {e}")))?;
+        (Value::Object(_), Some(jwt)) => {
+            let jwt =
+                jwt.map_err(|e| ApiError::bad_request(format!("verifiableCredential: {e}")))?;
             verify::jwt_credential(&ctx, &mut out, "credential", jwt).await;
         }
-        Value::Object(_) => {
+        (Value::Object(_), None) => {
             verify::ldp_credential(&ctx, &mut out, "credential", &body.verifiable_credential).await;
         }
         _ => {
