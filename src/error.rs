@@ -163,20 +163,6 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
-/// Crypto failures as client errors: a JSON-LD limit → 422 `jsonld_too_complex`, no free
-/// verification slot → 503 `service_unavailable` (Retry-After: 1), anything else → 422
-/// `validation_failed` with the reason.
-impl From<crate::crypto::CryptoError> for ApiError {
-    fn from(e: crate::crypto::CryptoError) -> Self {
-        use crate::crypto::CryptoError;
-        match e {
-            CryptoError::TooComplex(d) => ApiError::new(Code::JsonLdTooComplex, d),
-            CryptoError::Busy(d) => ApiError::unavailable(d, 1),
-            other => ApiError::validation(other.to_string()),
-        }
-    }
-}
-
 pub type ApiResult<T> = Result<T, ApiError>;
 
 #[cfg(test)]

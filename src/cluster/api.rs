@@ -7,8 +7,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::node::{Member, PeerSync};
+use super::Cluster;
 use crate::http::auth::Admin;
-use crate::state::AppState;
 
 #[derive(Serialize, ToSchema)]
 pub struct ClusterView {
@@ -47,8 +47,11 @@ pub struct MemberView {
     (status = 200, body = ClusterView),
     (status = 401, body = crate::error::Problem, content_type = "application/problem+json")))]
 #[get("/api/cluster")]
-pub async fn cluster_info(_admin: Admin, state: web::Data<AppState>) -> web::Json<ClusterView> {
-    let Some(c) = &state.cluster else {
+pub async fn cluster_info(
+    _admin: Admin,
+    cluster: Option<web::Data<Cluster>>,
+) -> web::Json<ClusterView> {
+    let Some(c) = &cluster else {
         return web::Json(ClusterView {
             enabled: false,
             node_id: String::new(),

@@ -11,10 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::node::{Node, NodeSettings};
 use super::replica::{Replica, LOCAL_KEYSPACE};
-use crate::app::Opened;
 use crate::clock::SharedClock;
 use crate::config::Settings;
-use crate::state::Readiness;
+use crate::readiness::Readiness;
+use crate::store::open::Opened;
 use crate::store::{keyspaces, Cas, Store};
 use crate::tasks::Tasks;
 
@@ -270,7 +270,6 @@ pub async fn start(
         store: Arc::new(super::store::ClusterStore::new(node.clone())),
         sealer: opened.sealer,
         bus: Arc::new(super::bus::ClusterBus::new(node)),
-        cluster: Some(cluster.clone()),
         collectors: opened.collectors,
     };
     Ok((opened, cluster))
@@ -493,7 +492,6 @@ mod tests {
             store,
             sealer: crate::store::Sealer::new(&[1u8; 32]),
             bus: Arc::new(crate::bus::LocalBus::new()),
-            cluster: None,
             collectors: Vec::new(),
         };
         let readiness = Arc::new(Readiness::default());

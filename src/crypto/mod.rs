@@ -70,3 +70,17 @@ pub fn rfc3339(secs: i64) -> String {
         .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default()
 }
+
+/// Crypto failures as client errors: a JSON-LD limit → 422 `jsonld_too_complex`, no free
+/// verification slot → 503 `service_unavailable` (Retry-After: 1), anything else → 422
+/// `validation_failed` with the reason.
+impl From<CryptoError> for crate::error::ApiError {
+    fn from(e: CryptoError) -> Self {
+        use crate::error::{ApiError, Code};
+        match e {
+            CryptoError::TooComplex(d) => ApiError::new(Code::JsonLdTooComplex, d),
+            CryptoError::Busy(d) => ApiError::unavailable(d, 1),
+            other => ApiError::validation(other.to_string()),
+        }
+    }
+}

@@ -14,7 +14,8 @@ use actix_web::web;
 
 pub use service::IssuerService;
 
-use crate::state::AppState;
+use crate::config::IssuerConfig;
+use crate::roles::RoleContext;
 
 /// The issuer's keyspaces.
 pub mod ks {
@@ -30,17 +31,17 @@ pub mod ks {
     pub const COUNTERS: &str = "issuer_counters";
 }
 
-pub async fn init(state: &AppState) -> anyhow::Result<()> {
-    let svc = Arc::new(IssuerService::new(state.clone()));
+pub async fn init(ctx: &RoleContext, cfg: &IssuerConfig) -> anyhow::Result<Arc<IssuerService>> {
+    let svc = Arc::new(IssuerService::new(ctx.clone(), cfg.clone()));
     svc.init().await?;
-    let _ = state.services.issuer.set(svc);
-    Ok(())
+    Ok(svc)
 }
 
-pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig, state: &AppState) {
-    if let Some(svc) = state.services.issuer.get() {
-        cfg.app_data(web::Data::from(svc.clone()));
-    }
+pub fn configure(
+    cfg: &mut utoipa_actix_web::service_config::ServiceConfig,
+    svc: &Arc<IssuerService>,
+) {
+    cfg.app_data(web::Data::from(svc.clone()));
     routes::configure(cfg);
     protocol::configure(cfg);
     cfg.service(vc_api::issue);

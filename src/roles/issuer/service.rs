@@ -12,11 +12,12 @@ use super::formats::{self, IssueInput, StatusRef};
 use super::ks;
 use super::model::*;
 use crate::clock::{random_id, random_token};
+use crate::config::IssuerConfig;
 use crate::crypto::{did, jws, sha256_hex, status::StatusArray, KeyType, SigningKey, VerifyingKey};
 use crate::error::{ApiError, ApiResult, Code};
 use crate::http::oauth::OAuthError;
 use crate::http::urlencode;
-use crate::state::AppState;
+use crate::roles::RoleContext;
 use crate::store::Cas;
 
 pub const PRE_AUTH_GRANT: &str = "urn:ietf:params:oauth:grant-type:pre-authorized_code";
@@ -31,8 +32,9 @@ const PROOF_MAX_SKEW: i64 = 60;
 pub const MAX_BATCH: usize = 10;
 
 pub struct IssuerService {
-    pub(crate) state: AppState,
-    keys: crate::keystore::TenantKeys,
+    pub(crate) ctx: RoleContext,
+    cfg: IssuerConfig,
+    keys: crate::roles::tenant_keys::TenantKeys,
     /// Status-list indices this process has reserved but not yet handed out, per issuer
     /// (`next..end`). See [`STATUS_BLOCK`].
     status_blocks: tokio::sync::Mutex<HashMap<String, std::ops::Range<u64>>>,
@@ -168,27 +170,28 @@ fn secs(d: u64) -> Duration {
 }
 
 impl IssuerService {
-    pub fn new(state: AppState) -> Self {
+    pub fn new(ctx: RoleContext, cfg: IssuerConfig) -> Self {
         Self {
-            keys: crate::keystore::TenantKeys::new(state.clone(), ks::KEYS, "issuer"),
-            state,
+            keys: crate::roles::tenant_keys::TenantKeys::new(&ctx, ks::KEYS, "issuer"),
+            ctx,
+            cfg,
             status_blocks: Default::default(),
         }
     }
 
     fn now(&self) -> i64 {
-        self.state.clock.now_secs()
+        self.ctx.clock.now_secs()
     }
 
     /// The credential issuer identifier of a tenant.
     pub fn issuer_url(&self, id: &str) -> String {
-        format!("{}/issuers/{id}", self.state.public_url)
+        format!("{}/issuers/{id}", self.ctx.public_url)
     }
 
     // ---- tenants and keys ------------------------------------------------------------------
 
     pub async fn get_issuer(&self, id: &str) -> ApiResult<Issuer> {
-        self.state
+        self.ctx
             .store
             .get_json::<Issuer>(ks::TENANTS, id)
             .await?
@@ -197,7 +200,7 @@ impl IssuerService {
 
     pub async fn list_issuers(&self) -> ApiResult<Vec<Issuer>> {
         Ok(self
-            .state
+            .ctx
             .store
             .scan_json::<Issuer>(ks::TENANTS, "", 10_000)
             .await?
@@ -250,7 +253,7 @@ impl IssuerService {
         if let Some(w) = &req.webhook_url {
             validate_url(w)?;
         }
-        if self.state.store.get(ks::TENANTS, &req.id).await?.is_some() {
+        if self.ctx.store.get(ks::TENANTS, &req.id).await?.is_some() {
             return Err(ApiError::conflict(format!("issuer `{}` exists", req.id)));
         }
         // Key first (insert-only), then the tenant. A key already stored under this id (a
@@ -270,7 +273,7 @@ impl IssuerService {
         let did = match did_method {
             DidMethod::Key => did::did_key(&vk),
             DidMethod::Jwk => did::did_jwk(&vk),
-            DidMethod::Web => did::did_web(&self.state.public_url, &format!("issuers/{}", req.id)),
+            DidMethod::Web => did::did_web(&self.ctx.public_url, &format!("issuers/{}", req.id)),
         };
         let issuer = Issuer {
             verification_method: did::verification_method(&did),
@@ -285,7 +288,7 @@ impl IssuerService {
             created_at: self.now(),
         };
         if !self
-            .state
+            .ctx
             .store
             .insert_new_json(ks::TENANTS, &issuer.id, &issuer, None)
             .await?
@@ -304,7 +307,7 @@ impl IssuerService {
         if let Some(w) = req.webhook_url.as_deref().filter(|w| !w.is_empty()) {
             validate_url(w)?;
         }
-        self.state
+        self.ctx
             .store
             .update_json::<Issuer, ApiError, _>(ks::TENANTS, id, None, |mut i| {
                 if let Some(n) = &req.display_name {
@@ -326,7 +329,7 @@ impl IssuerService {
         if id == "default" {
             return Err(ApiError::conflict("the default issuer cannot be deleted"));
         }
-        if !self.state.store.delete(ks::TENANTS, id).await? {
+        if !self.ctx.store.delete(ks::TENANTS, id).await? {
             return Err(ApiError::not_found(format!("no issuer `{id}`")));
         }
         self.keys.remove(id).await
@@ -342,13 +345,7 @@ impl IssuerService {
 
     /// Startup: the default issuer exists, and every issuer's key opens and matches its fingerprint.
     pub async fn init(&self) -> anyhow::Result<()> {
-        if self
-            .state
-            .store
-            .get(ks::TENANTS, "default")
-            .await?
-            .is_none()
-        {
+        if self.ctx.store.get(ks::TENANTS, "default").await?.is_none() {
             match self.create_issuer(default_issuer_request()).await {
                 Ok(_)
                 | Err(ApiError {
@@ -502,7 +499,7 @@ impl IssuerService {
                 "claim `{unknown}` is not part of the offered configurations"
             )));
         }
-        let cfg = &self.state.settings.raw.issuer;
+        let cfg = &self.cfg;
         let ttl = req.ttl_seconds.unwrap_or(cfg.default_offer_ttl_seconds);
         if ttl == 0 || ttl > cfg.max_offer_ttl_seconds {
             return Err(ApiError::validation(format!(
@@ -598,7 +595,7 @@ impl IssuerService {
                 ttl: Some(secs(ttl)),
             });
         }
-        self.state.store.batch(ops).await?;
+        self.ctx.store.batch(ops).await?;
         let by_ref = format!("{}/offers/{id}", self.issuer_url(issuer_id));
         tracing::info!(issuer = issuer_id, offer = %id, "offer created");
         Ok(OfferCreated {
@@ -618,7 +615,7 @@ impl IssuerService {
     }
 
     async fn load_offer(&self, issuer_id: &str, id: &str) -> ApiResult<Offer> {
-        self.state
+        self.ctx
             .store
             .get_json::<Offer>(ks::OFFERS, &offer_key(issuer_id, id))
             .await?
@@ -630,14 +627,14 @@ impl IssuerService {
         Ok(self
             .load_offer(issuer_id, id)
             .await?
-            .view(self.state.clock.now_ms()))
+            .view(self.ctx.clock.now_ms()))
     }
 
     pub async fn list_offers(&self, issuer_id: &str) -> ApiResult<Vec<OfferView>> {
         self.get_issuer(issuer_id).await?;
-        let now = self.state.clock.now_ms();
+        let now = self.ctx.clock.now_ms();
         Ok(self
-            .state
+            .ctx
             .store
             .scan_json::<Offer>(ks::OFFERS, &format!("{issuer_id}/"), 1000)
             .await?
@@ -659,21 +656,18 @@ impl IssuerService {
     }
 
     fn offer_changed(&self, issuer_id: &str, offer: &Offer) {
-        let state = self.state.clone();
+        let ctx = self.ctx.clone();
         let issuer_id = issuer_id.to_string();
         let event = json!({"type": "offer.state", "issuer": issuer_id, "offer_id": offer.id, "state": offer.state, "issued_credentials": offer.issued});
         tokio::spawn(async move {
-            let Ok(Some(issuer)) = state
-                .store
-                .get_json::<Issuer>(ks::TENANTS, &issuer_id)
-                .await
+            let Ok(Some(issuer)) = ctx.store.get_json::<Issuer>(ks::TENANTS, &issuer_id).await
             else {
                 return;
             };
             let Some(url) = issuer.webhook_url else {
                 return;
             };
-            crate::http::webhook::deliver(&state, &url, &event).await;
+            crate::http::webhook::deliver(&ctx.http, &ctx.sealer, &url, &event).await;
         });
     }
 
@@ -709,7 +703,7 @@ impl IssuerService {
             .filter(|c| !c.is_empty() && c.len() <= 256)
             .ok_or_else(|| OAuthError::invalid_request("pre-authorized_code is missing"))?;
         let code_key = format!("pre/{}", hash(code));
-        let store = &self.state.store;
+        let store = &self.ctx.store;
         let Some(okey) = store.get(ks::CODES, &code_key).await? else {
             return Err(OAuthError::invalid_grant(
                 "the pre-authorized code is unknown, expired or already used",
@@ -808,7 +802,7 @@ impl IssuerService {
         if left <= 0 {
             return;
         }
-        let store = self.state.store.clone();
+        let store = self.ctx.store.clone();
         let attempt = move || {
             let store = store.clone();
             let (code_key, offer_key) = (code_key.clone(), offer_key.clone());
@@ -856,7 +850,7 @@ impl IssuerService {
             OAuthError::invalid_request("code_verifier is missing (PKCE is required)")
         })?;
         let key = format!("authz/{}", hash(code));
-        let store = &self.state.store;
+        let store = &self.ctx.store;
         let Some(raw) = store.get(ks::CODES, &key).await? else {
             return Err(OAuthError::invalid_grant(
                 "the authorization code is unknown, expired or already used",
@@ -918,7 +912,7 @@ impl IssuerService {
         with_details: bool,
     ) -> Result<TokenResponse, OAuthError> {
         let updated = match self
-            .state
+            .ctx
             .store
             .update_json::<Offer, OAuthError, _>(ks::OFFERS, offer_key_s, None, |mut o| {
                 if o.state != OfferState::Offered {
@@ -948,7 +942,7 @@ impl IssuerService {
             expires_at: self.now() + ACCESS_TOKEN_TTL as i64,
         };
         if let Err(e) = self
-            .state
+            .ctx
             .store
             .put_json(
                 ks::TOKENS,
@@ -959,7 +953,7 @@ impl IssuerService {
             .await
         {
             // nobody has this token; make sure it is gone, and the offer redeemable again
-            let _ = self.state.store.delete(ks::TOKENS, &hash(&token)).await;
+            let _ = self.ctx.store.delete(ks::TOKENS, &hash(&token)).await;
             self.revert_offer(offer_key_s).await;
             return Err(e.into());
         }
@@ -976,7 +970,7 @@ impl IssuerService {
     /// `Offered` (only from `TokenIssued`; nothing else is touched).
     async fn revert_offer(&self, offer_key_s: &str) {
         let r = self
-            .state
+            .ctx
             .store
             .update_json::<Offer, OAuthError, _>(ks::OFFERS, offer_key_s, None, |mut o| {
                 if o.state == OfferState::TokenIssued {
@@ -1019,7 +1013,7 @@ impl IssuerService {
         }
         let issuer_state = req.issuer_state.as_deref().ok_or_else(|| ApiError::bad_request("issuer_state from the credential offer is required (no interactive login is configured)"))?;
         let Some(okey) = self
-            .state
+            .ctx
             .store
             .get(ks::CODES, &format!("state/{}", hash(issuer_state)))
             .await?
@@ -1028,7 +1022,7 @@ impl IssuerService {
         };
         let offer_key_s = String::from_utf8_lossy(&okey).into_owned();
         let offer: Offer = self
-            .state
+            .ctx
             .store
             .get_json(ks::OFFERS, &offer_key_s)
             .await?
@@ -1068,7 +1062,7 @@ impl IssuerService {
             credential_configuration_ids: requested,
             authorization_details: req.authorization_details.is_some(),
         };
-        self.state
+        self.ctx
             .store
             .put_json(
                 ks::CODES,
@@ -1093,7 +1087,7 @@ impl IssuerService {
             OAuthError::unless_unavailable(e, OAuthError::invalid_request("unknown issuer"))
         })?;
         let n = random_token(24);
-        self.state
+        self.ctx
             .store
             .put(
                 ks::NONCES,
@@ -1113,7 +1107,7 @@ impl IssuerService {
         access_token: Option<&str>,
         req: CredentialRequest,
     ) -> Result<Value, OAuthError> {
-        let store = &self.state.store;
+        let store = &self.ctx.store;
         let token =
             access_token.ok_or_else(|| OAuthError::invalid_token("an access token is required"))?;
         let token_key = hash(token);
@@ -1395,7 +1389,7 @@ impl IssuerService {
         let key = format!("{issuer_id}/status");
         loop {
             let end = self
-                .state
+                .ctx
                 .store
                 .update_json::<u64, OAuthError, _>(ks::COUNTERS, &key, None, |n| {
                     Ok(n + STATUS_BLOCK)
@@ -1406,7 +1400,7 @@ impl IssuerService {
             }
             // first credential of this issuer
             if self
-                .state
+                .ctx
                 .store
                 .insert_new_json(ks::COUNTERS, &key, &STATUS_BLOCK, None)
                 .await?
@@ -1419,7 +1413,7 @@ impl IssuerService {
     pub async fn list_credentials(&self, issuer_id: &str) -> ApiResult<Vec<IssuedCredential>> {
         self.get_issuer(issuer_id).await?;
         Ok(self
-            .state
+            .ctx
             .store
             .scan_json::<IssuedCredential>(ks::CREDS, &format!("{issuer_id}/"), 10_000)
             .await?
@@ -1438,7 +1432,7 @@ impl IssuerService {
         self.get_issuer(issuer_id).await?;
         let key = format!("{issuer_id}/{credential_id}");
         let updated = self
-            .state
+            .ctx
             .store
             .update_json::<IssuedCredential, ApiError, _>(ks::CREDS, &key, None, |mut c| {
                 match (c.status, to) {
@@ -1490,7 +1484,7 @@ impl IssuerService {
         f: impl Fn(&mut StatusArray) -> Result<(), crate::crypto::CryptoError>,
     ) -> ApiResult<()> {
         let key = format!("{issuer_id}/{list}");
-        let store = &self.state.store;
+        let store = &self.ctx.store;
         loop {
             let current = store.get(ks::STATUS, &key).await?;
             let mut arr = match &current {
@@ -1525,7 +1519,7 @@ impl IssuerService {
             .parse()
             .map_err(|_| ApiError::not_found("no such status list"))?;
         let allocated = self
-            .state
+            .ctx
             .store
             .get_json::<u64>(ks::COUNTERS, &format!("{issuer_id}/status"))
             .await?
@@ -1539,7 +1533,7 @@ impl IssuerService {
             1
         };
         let arr = match self
-            .state
+            .ctx
             .store
             .get(ks::STATUS, &format!("{issuer_id}/{list}"))
             .await?
@@ -1861,7 +1855,7 @@ mod tests {
             (ks::TOKENS, true),
         ] {
             let clock = FakeClock::new(1_800_000_000_000);
-            let mut state = AppState::for_tests(clock.clone());
+            let mut state = RoleContext::for_tests(clock.clone());
             let faulty = Arc::new(Faulty {
                 inner: state.store.clone(),
                 keyspace,
@@ -1869,7 +1863,7 @@ mod tests {
                 fail: std::sync::atomic::AtomicU32::new(0),
             });
             state.store = faulty.clone();
-            let svc = IssuerService::new(state);
+            let svc = IssuerService::new(state, IssuerConfig::default());
             svc.init().await.unwrap();
             let o = svc
                 .create_offer("default", offer_req(Some(600)))
@@ -1904,7 +1898,10 @@ mod tests {
     #[tokio::test]
     async fn expired_offers_and_nonces_are_refused() {
         let clock = FakeClock::new(1_800_000_000_000);
-        let svc = IssuerService::new(AppState::for_tests(clock.clone()));
+        let svc = IssuerService::new(
+            RoleContext::for_tests(clock.clone()),
+            IssuerConfig::default(),
+        );
         svc.init().await.unwrap();
         let o = svc
             .create_offer("default", offer_req(Some(60)))
@@ -1958,8 +1955,10 @@ mod tests {
     #[tokio::test]
     async fn nodes_creating_the_same_issuer_at_once_agree_on_its_key() {
         // the default issuer when stateless nodes start together on one empty Redis
-        let state = AppState::for_tests(FakeClock::new(1_800_000_000_000));
-        let nodes: Vec<_> = (0..4).map(|_| IssuerService::new(state.clone())).collect();
+        let state = RoleContext::for_tests(FakeClock::new(1_800_000_000_000));
+        let nodes: Vec<_> = (0..4)
+            .map(|_| IssuerService::new(state.clone(), IssuerConfig::default()))
+            .collect();
         let results = futures_util::future::join_all(nodes.iter().map(|n| n.init())).await;
         for r in results {
             r.unwrap();
@@ -1976,10 +1975,10 @@ mod tests {
     #[tokio::test]
     async fn status_indices_stay_unique_across_processes_sharing_a_store() {
         // two services on one store stand for two cluster nodes (or two restarts)
-        let state = AppState::for_tests(FakeClock::new(1_800_000_000_000));
-        let a = std::sync::Arc::new(IssuerService::new(state.clone()));
+        let state = RoleContext::for_tests(FakeClock::new(1_800_000_000_000));
+        let a = std::sync::Arc::new(IssuerService::new(state.clone(), IssuerConfig::default()));
         a.init().await.unwrap();
-        let b = std::sync::Arc::new(IssuerService::new(state.clone()));
+        let b = std::sync::Arc::new(IssuerService::new(state.clone(), IssuerConfig::default()));
         let issuer = a.get_issuer("default").await.unwrap();
         let mut tasks = Vec::new();
         for i in 0..300 {
@@ -1997,7 +1996,7 @@ mod tests {
             );
         }
         // a restarted process continues after every block reserved before it
-        let c = IssuerService::new(state);
+        let c = IssuerService::new(state, IssuerConfig::default());
         let next = c.allocate_status(&issuer).await.unwrap().index;
         assert!(
             seen.iter().all(|i| *i < next),
@@ -2008,8 +2007,8 @@ mod tests {
     #[tokio::test]
     async fn a_changed_signing_key_is_refused() {
         let clock = FakeClock::new(1_800_000_000_000);
-        let state = AppState::for_tests(clock);
-        let svc = IssuerService::new(state.clone());
+        let state = RoleContext::for_tests(clock);
+        let svc = IssuerService::new(state.clone(), IssuerConfig::default());
         svc.init().await.unwrap();
         // someone swaps the sealed key behind the issuer's back
         let other = SigningKey::generate(KeyType::Ed25519);
@@ -2025,7 +2024,7 @@ mod tests {
             .put(ks::KEYS, "default", sealed, None)
             .await
             .unwrap();
-        let fresh = IssuerService::new(state);
+        let fresh = IssuerService::new(state, IssuerConfig::default());
         let e = fresh.init().await.unwrap_err().to_string();
         assert!(e.contains("not the one recorded"), "{e}");
     }

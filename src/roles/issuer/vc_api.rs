@@ -68,7 +68,7 @@ pub async fn issue(
         }
     }
     let key = svc.signing_key(&issuer).await?;
-    let now = svc.state.clock.now_secs();
+    let now = svc.ctx.clock.now_secs();
     let format = options["format"].as_str().unwrap_or("ldp");
     let signed = match format {
         "ldp" => {

@@ -23,8 +23,9 @@ use super::model::*;
 use super::peer;
 use super::queue::{Change, ConnQueue, Entry};
 use crate::clock::random_id;
+use crate::config::MediatorConfig;
 use crate::error::{ApiError, ApiResult, Code};
-use crate::state::AppState;
+use crate::roles::RoleContext;
 use crate::store::Cas;
 
 /// Bus topic of a message queued (payload `{connection}\n{origin node}`): wakes the socket that
@@ -138,7 +139,8 @@ struct Counters {
 }
 
 pub struct MediatorService {
-    state: AppState,
+    ctx: RoleContext,
+    cfg: MediatorConfig,
     key: SigningKey,
     pub verkey: String,
     pub did: String,
@@ -217,16 +219,17 @@ fn verkey_bytes(b58: &str) -> ApiResult<[u8; 32]> {
 }
 
 impl MediatorService {
-    pub async fn new(state: AppState) -> anyhow::Result<Self> {
-        let key = load_or_create_key(&state).await?;
+    pub async fn new(ctx: RoleContext, cfg: MediatorConfig) -> anyhow::Result<Self> {
+        let key = load_or_create_key(&ctx).await?;
         let vk = key.verifying_key().to_bytes();
         let verkey = envelope::verkey_b58(&vk);
-        let endpoints = endpoints(&state);
+        let endpoints = endpoints(&ctx);
         let did = peer::did_peer_2(&vk, &endpoints, &[]).map_err(anyhow::Error::msg)?;
         let did_key = peer::did_key_of(&verkey).map_err(anyhow::Error::msg)?;
-        let metrics = register_metrics(&state).ok();
+        let metrics = register_metrics(&ctx).ok();
         Ok(Self {
-            state,
+            ctx,
+            cfg,
             key,
             verkey,
             did,
@@ -241,12 +244,8 @@ impl MediatorService {
         })
     }
 
-    fn cfg(&self) -> &crate::config::MediatorConfig {
-        &self.state.settings.raw.mediator
-    }
-
     fn now(&self) -> i64 {
-        self.state.clock.now_ms()
+        self.ctx.clock.now_ms()
     }
 
     // ---- invitations -------------------------------------------------------------------------
@@ -277,7 +276,7 @@ impl MediatorService {
                 used: false,
                 connections: 0,
             };
-            self.state
+            self.ctx
                 .store
                 .put_json(
                     ks::INVITATIONS,
@@ -290,7 +289,7 @@ impl MediatorService {
         } else {
             self.public_invitation_id().await?
         };
-        let services: Vec<Value> = endpoints(&self.state)
+        let services: Vec<Value> = endpoints(&self.ctx)
             .into_iter()
             .enumerate()
             .map(|(i, ep)| {
@@ -306,7 +305,7 @@ impl MediatorService {
         let invitation = json!({
             "@type": format!("{DIDCOMM}out-of-band/1.1/invitation"),
             "@id": id,
-            "label": self.cfg().label,
+            "label": self.cfg.label,
             "goal_code": "aries.vc.mediate",
             "goal": "Mediation",
             "accept": ["didcomm/aip1", "didcomm/aip2;env=rfc19"],
@@ -315,7 +314,7 @@ impl MediatorService {
         });
         let invitation_url = format!(
             "{}/didcomm?oob={}",
-            self.state.public_url,
+            self.ctx.public_url,
             URL_SAFE_NO_PAD.encode(invitation.to_string())
         );
         Ok(InvitationResponse {
@@ -328,7 +327,7 @@ impl MediatorService {
     async fn public_invitation_id(&self) -> ApiResult<String> {
         const KEY: &str = "public";
         if let Some(rec) = self
-            .state
+            .ctx
             .store
             .get_json::<InvitationRecord>(ks::INVITATIONS, KEY)
             .await?
@@ -344,13 +343,13 @@ impl MediatorService {
         // The invitation record first, then the pointer to it: whoever reads the pointer (on any
         // node) finds the record. (The other order let a concurrent first caller hand out an id
         // whose record did not exist yet, and its DID exchange was refused.)
-        self.state
+        self.ctx
             .store
             .put_json(ks::INVITATIONS, &rec.id, &rec, None)
             .await?;
         let bytes = serde_json::to_vec(&rec).map_err(ApiError::internal)?;
         match self
-            .state
+            .ctx
             .store
             .compare_and_swap(ks::INVITATIONS, KEY, None, Some((bytes, None)))
             .await?
@@ -358,7 +357,7 @@ impl MediatorService {
             Cas::Swapped => Ok(rec.id),
             Cas::Conflict(Some(cur)) => {
                 // another caller won: ours was never handed out
-                self.state.store.delete(ks::INVITATIONS, &rec.id).await?;
+                self.ctx.store.delete(ks::INVITATIONS, &rec.id).await?;
                 serde_json::from_slice::<InvitationRecord>(&cur)
                     .map(|r| r.id)
                     .map_err(ApiError::internal)
@@ -377,8 +376,8 @@ impl MediatorService {
                 "handshake request without ~thread.pthid naming our invitation",
             ));
         };
-        let store = &self.state.store;
-        let max = self.cfg().max_connections_per_invitation;
+        let store = &self.ctx.store;
+        let max = self.cfg.max_connections_per_invitation;
         let mut tries = 0;
         let (raw, mut rec) = loop {
             let Some(raw) = store.get(ks::INVITATIONS, pthid).await? else {
@@ -445,7 +444,7 @@ impl MediatorService {
 
     /// Handles one inbound envelope. `socket` is set when it came on a WebSocket.
     pub async fn receive(&self, body: &[u8], socket: Option<&Arc<Socket>>) -> ApiResult<Replies> {
-        if body.len() > self.cfg().max_message_bytes {
+        if body.len() > self.cfg.max_message_bytes {
             return Err(self.reject(Code::PayloadTooLarge, "DIDComm message too large"));
         }
         let key = &self.key;
@@ -604,7 +603,7 @@ impl MediatorService {
         let endpoint = conn.as_ref().and_then(|c| c.their_endpoint.clone());
         match endpoint {
             Some(ep) if ep.starts_with("http://") || ep.starts_with("https://") => {
-                let http = self.state.http.clone();
+                let http = self.ctx.http.clone();
                 tokio::spawn(async move {
                     let res = crate::http::outbound::send(
                         http.post(&ep)
@@ -723,7 +722,7 @@ impl MediatorService {
         // Legacy DID (first 16 bytes of the verkey, base58) and DIDDoc, as connections 1.0 wants.
         let vk = self.key.verifying_key().to_bytes();
         let our_did = bs58::encode(&vk[..16]).into_string();
-        let services: Vec<Value> = endpoints(&self.state)
+        let services: Vec<Value> = endpoints(&self.ctx)
             .into_iter()
             .enumerate()
             .map(|(i, ep)| {
@@ -811,7 +810,7 @@ impl MediatorService {
 
     async fn save_connection(&self, conn: &Connection) -> ApiResult<()> {
         let bytes = serde_json::to_vec(conn).map_err(ApiError::internal)?;
-        self.state
+        self.ctx
             .store
             .batch(vec![
                 crate::store::BatchOp::Put {
@@ -833,7 +832,7 @@ impl MediatorService {
 
     async fn connection_by_key(&self, verkey: &str) -> ApiResult<Connection> {
         let id = self
-            .state
+            .ctx
             .store
             .get(ks::BY_KEY, verkey)
             .await?
@@ -844,7 +843,7 @@ impl MediatorService {
                     "no connection with the sender's key: connect through our invitation first",
                 )
             })?;
-        self.state
+        self.ctx
             .store
             .get_json::<Connection>(ks::CONNECTIONS, &id)
             .await?
@@ -861,7 +860,7 @@ impl MediatorService {
         id: &str,
         f: impl Fn(&mut Connection),
     ) -> ApiResult<Connection> {
-        let store = &self.state.store;
+        let store = &self.ctx.store;
         for _ in 0..16 {
             let Some(raw) = store.get(ks::CONNECTIONS, id).await? else {
                 return Err(didcomm_error(
@@ -922,7 +921,7 @@ impl MediatorService {
             }
             ("trust_ping/1.0", "ping_response") => None,
             ("coordinate-mediation/1.0", "mediate-request")
-                if self.cfg().grant_requires_single_use_invitation && !conn.via_single_use =>
+                if self.cfg.grant_requires_single_use_invitation && !conn.via_single_use =>
             {
                 Some(reply("coordinate-mediation/1.0/mediate-deny", json!({})))
             }
@@ -932,7 +931,7 @@ impl MediatorService {
                 Some(reply(
                     "coordinate-mediation/1.0/mediate-grant",
                     json!({
-                        "endpoint": endpoints(&self.state).into_iter().next().unwrap_or_default(),
+                        "endpoint": endpoints(&self.ctx).into_iter().next().unwrap_or_default(),
                         "routing_keys": [self.did_key],
                     }),
                 ))
@@ -1063,8 +1062,8 @@ impl MediatorService {
     }
 
     async fn keylist_update(&self, conn: &Connection, msg: &Value) -> ApiResult<Value> {
-        let store = &self.state.store;
-        let max = self.cfg().max_keys_per_connection;
+        let store = &self.ctx.store;
+        let max = self.cfg.max_keys_per_connection;
         // The connection record carries its key count: the cap is checked in O(1). Records from
         // before the count was kept are counted once (bounded by the cap).
         let start = match conn.keys {
@@ -1165,7 +1164,7 @@ impl MediatorService {
     async fn keys_of(&self, conn_id: &str) -> ApiResult<Vec<String>> {
         let prefix = format!("{conn_id}/");
         Ok(self
-            .state
+            .ctx
             .store
             .scan_prefix(ks::ROUTE_BY_CONN, &prefix, 10_000)
             .await?
@@ -1192,7 +1191,7 @@ impl MediatorService {
             v => v.clone(),
         };
         let conn_id = self
-            .state
+            .ctx
             .store
             .get(ks::ROUTES, &key)
             .await?
@@ -1227,28 +1226,28 @@ impl MediatorService {
         let (count, bytes) = self
             .with_queue(conn_id, |q, _| (q.len(), q.bytes()))
             .await?;
-        let max = self.cfg().max_queue_per_recipient as u64;
+        let max = self.cfg.max_queue_per_recipient as u64;
         if count >= max {
             return Err(self.reject(
                 Code::MediatorQueueFull,
                 format!("the recipient's queue holds {max} messages already; it must pick some up first"),
             ));
         }
-        let max_bytes = self.cfg().max_queue_bytes_per_connection;
+        let max_bytes = self.cfg.max_queue_bytes_per_connection;
         if bytes.saturating_add(raw.len() as u64) > max_bytes {
             return Err(self.reject(
                 Code::MediatorQueueFull,
                 format!("the recipient's queue holds {bytes} of its {max_bytes} bytes already; it must pick some up first"),
             ));
         }
-        let ttl = std::time::Duration::from_secs(self.cfg().message_ttl_seconds);
+        let ttl = std::time::Duration::from_secs(self.cfg.message_ttl_seconds);
         let len = raw.len() as u64;
-        self.state
+        self.ctx
             .store
             .put(ks::QUEUE, &format!("{conn_id}/{id}"), raw, Some(ttl))
             .await?;
-        if self.cfg().flush_before_ack {
-            self.state.store.flush().await?;
+        if self.cfg.flush_before_ack {
+            self.ctx.store.flush().await?;
         }
         self.note(
             conn_id,
@@ -1261,7 +1260,7 @@ impl MediatorService {
                 },
             ),
         );
-        self.state
+        self.ctx
             .bus
             .publish(BUS_TOPIC, &format!("{conn_id}\n{}", self.origin))
             .await;
@@ -1290,7 +1289,7 @@ impl MediatorService {
     ) -> ApiResult<R> {
         let now = self.now();
         let horizon = now.saturating_sub(
-            i64::try_from(self.cfg().message_ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
+            i64::try_from(self.cfg.message_ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
         );
         let run = |q: &mut ConnQueue, leases: Option<&HashMap<String, Holder>>| {
             q.expire(horizon);
@@ -1315,7 +1314,7 @@ impl MediatorService {
             }
         };
         let rows = match self
-            .state
+            .ctx
             .store
             .scan_prefix(ks::QUEUE, &format!("{conn_id}/"), usize::MAX)
             .await
@@ -1398,7 +1397,7 @@ impl MediatorService {
             }
         };
         let rows = self
-            .state
+            .ctx
             .store
             .scan_prefix(
                 ks::QUEUE,
@@ -1407,7 +1406,7 @@ impl MediatorService {
             )
             .await?;
         let until_ms = now.saturating_add(
-            i64::try_from(self.cfg().pickup_lease_seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
+            i64::try_from(self.cfg.pickup_lease_seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
         );
         let mut out = Vec::new();
         {
@@ -1517,7 +1516,7 @@ impl MediatorService {
                 key: format!("{conn_id}/{id}"),
             })
             .collect();
-        self.state.store.batch(ops).await?;
+        self.ctx.store.batch(ops).await?;
         let mut holders: Vec<Arc<Socket>> = socket.into_iter().cloned().collect();
         {
             let mut b = self.book();
@@ -1558,7 +1557,7 @@ impl MediatorService {
         if let Some(m) = &self.metrics {
             m.acknowledged.inc_by(n);
         }
-        self.state
+        self.ctx
             .bus
             .publish(BUS_TOPIC_ACKED, &format!("{conn_id}\n{}", self.origin))
             .await;
@@ -1665,14 +1664,14 @@ impl MediatorService {
     }
 
     pub fn max_message_bytes(&self) -> usize {
-        self.cfg().max_message_bytes
+        self.cfg.max_message_bytes
     }
 
     /// (ping interval, idle timeout) for WebSockets.
     pub fn ws_timers(&self) -> (std::time::Duration, std::time::Duration) {
         (
-            std::time::Duration::from_secs(self.cfg().ws_ping_seconds.max(1)),
-            std::time::Duration::from_secs(self.cfg().ws_idle_timeout_seconds.max(2)),
+            std::time::Duration::from_secs(self.cfg.ws_ping_seconds.max(1)),
+            std::time::Duration::from_secs(self.cfg.ws_idle_timeout_seconds.max(2)),
         )
     }
 
@@ -1728,7 +1727,7 @@ impl MediatorService {
         let their_verkey = match mode {
             Mode::Implicit => None,
             Mode::Live => match self
-                .state
+                .ctx
                 .store
                 .get_json::<Connection>(ks::CONNECTIONS, &conn_id)
                 .await?
@@ -1791,7 +1790,7 @@ impl MediatorService {
     // ---- admin -------------------------------------------------------------------------------
 
     pub async fn stats(&self) -> ApiResult<MediatorStats> {
-        let store = &self.state.store;
+        let store = &self.ctx.store;
         let conns = store.scan_prefix(ks::CONNECTIONS, "", usize::MAX).await?;
         let granted = conns
             .iter()
@@ -1820,7 +1819,7 @@ impl MediatorService {
 
     pub async fn connections(&self, limit: usize) -> ApiResult<Vec<Connection>> {
         Ok(self
-            .state
+            .ctx
             .store
             .scan_prefix(ks::CONNECTIONS, "", limit)
             .await?
@@ -1846,8 +1845,8 @@ fn problem_report(thid: &str, code: &str, explain: &str) -> Value {
 }
 
 /// The mediator's endpoints: `public_url/didcomm` and its WebSocket form.
-pub fn endpoints(state: &AppState) -> Vec<String> {
-    let http = format!("{}/didcomm", state.public_url);
+pub fn endpoints(ctx: &RoleContext) -> Vec<String> {
+    let http = format!("{}/didcomm", ctx.public_url);
     let ws = if let Some(rest) = http.strip_prefix("https://") {
         format!("wss://{rest}/ws")
     } else if let Some(rest) = http.strip_prefix("http://") {
@@ -1861,8 +1860,8 @@ pub fn endpoints(state: &AppState) -> Vec<String> {
 const KEY_ID: &str = "mediator";
 const KEY_AAD: &[u8] = b"mediator_keys/mediator";
 
-fn open_key(state: &AppState, sealed: &[u8]) -> anyhow::Result<SigningKey> {
-    let seed = state.sealer.open(KEY_AAD, sealed)?;
+fn open_key(ctx: &RoleContext, sealed: &[u8]) -> anyhow::Result<SigningKey> {
+    let seed = ctx.sealer.open(KEY_AAD, sealed)?;
     let seed: [u8; 32] = seed
         .as_slice()
         .try_into()
@@ -1886,14 +1885,14 @@ pub enum StoredKey {
 impl MediatorService {
     /// Compares the stored mediator key with the one this node serves with.
     pub async fn stored_key(&self) -> anyhow::Result<StoredKey> {
-        match self.state.store.get(ks::KEYS, KEY_ID).await? {
+        match self.ctx.store.get(ks::KEYS, KEY_ID).await? {
             None => Ok(StoredKey::Missing),
             Some(sealed) => Ok(self.same_key(&sealed)?),
         }
     }
 
     fn same_key(&self, sealed: &[u8]) -> anyhow::Result<StoredKey> {
-        let stored = open_key(&self.state, sealed)?;
+        let stored = open_key(&self.ctx, sealed)?;
         Ok(if stored.to_bytes() == self.key.to_bytes() {
             StoredKey::Same
         } else {
@@ -1907,11 +1906,11 @@ impl MediatorService {
     /// with this node's afterwards.
     pub async fn restore_key(&self) -> anyhow::Result<StoredKey> {
         let sealed = self
-            .state
+            .ctx
             .sealer
             .seal(KEY_AAD, self.key.to_bytes().as_slice())?;
         let res = match self
-            .state
+            .ctx
             .store
             .compare_and_swap(ks::KEYS, KEY_ID, None, Some((sealed, None)))
             .await?
@@ -1928,16 +1927,16 @@ impl MediatorService {
 
 /// The mediator key: created once (compare-and-swap, so two nodes starting together agree),
 /// sealed at rest, stable across restarts.
-async fn load_or_create_key(state: &AppState) -> anyhow::Result<SigningKey> {
+async fn load_or_create_key(ctx: &RoleContext) -> anyhow::Result<SigningKey> {
     const ID: &str = KEY_ID;
     const AAD: &[u8] = KEY_AAD;
-    let open = |sealed: &[u8]| open_key(state, sealed);
-    if let Some(sealed) = state.store.get(ks::KEYS, ID).await? {
+    let open = |sealed: &[u8]| open_key(ctx, sealed);
+    if let Some(sealed) = ctx.store.get(ks::KEYS, ID).await? {
         return open(&sealed);
     }
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let sealed = state.sealer.seal(AAD, key.to_bytes().as_slice())?;
-    match state
+    let sealed = ctx.sealer.seal(AAD, key.to_bytes().as_slice())?;
+    match ctx
         .store
         .compare_and_swap(ks::KEYS, ID, None, Some((sealed, None)))
         .await?
@@ -1948,7 +1947,7 @@ async fn load_or_create_key(state: &AppState) -> anyhow::Result<SigningKey> {
     }
 }
 
-fn register_metrics(state: &AppState) -> Result<Metrics, prometheus::Error> {
+fn register_metrics(ctx: &RoleContext) -> Result<Metrics, prometheus::Error> {
     let forwarded =
         prometheus::IntCounter::new("mediator_forwarded_total", "forward messages queued")?;
     let delivered = prometheus::IntCounter::new(
@@ -1966,7 +1965,7 @@ fn register_metrics(state: &AppState) -> Result<Metrics, prometheus::Error> {
         ),
         &["code"],
     )?;
-    let r = &state.metrics.registry;
+    let r = &ctx.metrics.registry;
     r.register(Box::new(forwarded.clone()))?;
     r.register(Box::new(delivered.clone()))?;
     r.register(Box::new(acknowledged.clone()))?;

@@ -15,7 +15,8 @@ use actix_web::web;
 
 pub use service::VerifierService;
 
-use crate::state::AppState;
+use crate::config::VerifierConfig;
+use crate::roles::RoleContext;
 
 pub mod ks {
     pub const TENANTS: &str = "verifier_tenants";
@@ -23,17 +24,17 @@ pub mod ks {
     pub const SESSIONS: &str = "verifier_sessions";
 }
 
-pub async fn init(state: &AppState) -> anyhow::Result<()> {
-    let svc = Arc::new(VerifierService::new(state.clone()));
+pub async fn init(ctx: &RoleContext, cfg: &VerifierConfig) -> anyhow::Result<Arc<VerifierService>> {
+    let svc = Arc::new(VerifierService::new(ctx.clone(), cfg.clone()));
     svc.init().await?;
-    let _ = state.services.verifier.set(svc);
-    Ok(())
+    Ok(svc)
 }
 
-pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig, state: &AppState) {
-    if let Some(svc) = state.services.verifier.get() {
-        cfg.app_data(web::Data::from(svc.clone()));
-    }
+pub fn configure(
+    cfg: &mut utoipa_actix_web::service_config::ServiceConfig,
+    svc: &Arc<VerifierService>,
+) {
+    cfg.app_data(web::Data::from(svc.clone()));
     routes::configure(cfg);
     protocol::configure(cfg);
     cfg.service(vc_api::verify_credential)

@@ -12,19 +12,21 @@ use super::model::*;
 use super::query;
 use super::verify::{Audience, Ctx, Trust};
 use crate::clock::{random_id, random_token};
+use crate::config::VerifierConfig;
 use crate::crypto::jwe::{self, EncryptionKey};
 use crate::crypto::{did, jws, SigningKey};
 use crate::error::{ApiError, ApiResult, Code};
 use crate::http::oauth::OAuthError;
 use crate::http::urlencode;
-use crate::state::AppState;
+use crate::roles::RoleContext;
 use crate::store::Cas;
 
 const MAX_FAILED_ATTEMPTS: usize = 3;
 
 pub struct VerifierService {
-    pub(crate) state: AppState,
-    keys: crate::keystore::TenantKeys,
+    pub(crate) ctx: RoleContext,
+    cfg: VerifierConfig,
+    keys: crate::roles::tenant_keys::TenantKeys,
     /// Session ids whose state changed, for SSE subscribers on this node.
     events: broadcast::Sender<String>,
     pub(super) status_cache: super::verify::StatusCache,
@@ -44,18 +46,19 @@ fn id_ok(id: &str) -> bool {
 }
 
 impl VerifierService {
-    pub fn new(state: AppState) -> Self {
+    pub fn new(ctx: RoleContext, cfg: VerifierConfig) -> Self {
         let (events, _) = broadcast::channel(1024);
         Self {
-            keys: crate::keystore::TenantKeys::new(state.clone(), ks::KEYS, "verifier"),
-            state,
+            keys: crate::roles::tenant_keys::TenantKeys::new(&ctx, ks::KEYS, "verifier"),
+            ctx,
+            cfg,
             events,
             status_cache: Default::default(),
         }
     }
 
     fn now(&self) -> i64 {
-        self.state.clock.now_secs()
+        self.ctx.clock.now_secs()
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<String> {
@@ -63,13 +66,13 @@ impl VerifierService {
     }
 
     fn base(&self, verifier: &str) -> String {
-        format!("{}/verifiers/{verifier}", self.state.public_url)
+        format!("{}/verifiers/{verifier}", self.ctx.public_url)
     }
 
     // ---- tenants -------------------------------------------------------------------------------
 
     pub async fn get_verifier(&self, id: &str) -> ApiResult<Verifier> {
-        self.state
+        self.ctx
             .store
             .get_json::<Verifier>(ks::TENANTS, id)
             .await?
@@ -81,16 +84,15 @@ impl VerifierService {
     /// the issuer role's records, whichever node wrote them) and in production no one; everything
     /// when `verifier.trust = "any"`.
     pub(super) async fn trust(&self, v: &Verifier) -> ApiResult<Trust> {
-        let settings = &self.state.settings.raw;
-        if settings.verifier.trust == crate::config::VerifierTrust::Any {
+        if self.cfg.trust == crate::config::VerifierTrust::Any {
             return Ok(Trust::Any);
         }
         let mut list = v.trusted_issuers.clone();
-        if list.is_empty() && settings.server.mode == crate::config::Mode::Sandbox {
+        if list.is_empty() && self.ctx.mode == crate::config::Mode::Sandbox {
             // The issuer role's tenant records (keyspace `issuer_tenants`); read as data so a
             // verifier-only build needs no issuer code.
             for (_, issuer) in self
-                .state
+                .ctx
                 .store
                 .scan_json::<Value>("issuer_tenants", "", 10_000)
                 .await?
@@ -107,7 +109,7 @@ impl VerifierService {
 
     pub async fn list_verifiers(&self) -> ApiResult<Vec<Verifier>> {
         Ok(self
-            .state
+            .ctx
             .store
             .scan_json::<Verifier>(ks::TENANTS, "", 10_000)
             .await?
@@ -122,7 +124,7 @@ impl VerifierService {
                 "verifier id: 1-64 characters of a-z, 0-9, - and _",
             ));
         }
-        if self.state.store.get(ks::TENANTS, &req.id).await?.is_some() {
+        if self.ctx.store.get(ks::TENANTS, &req.id).await?.is_some() {
             return Err(ApiError::conflict(format!("verifier `{}` exists", req.id)));
         }
         let mut v = Verifier {
@@ -151,7 +153,7 @@ impl VerifierService {
             v.key_fingerprint = Some(key.verifying_key().thumbprint());
         }
         if !self
-            .state
+            .ctx
             .store
             .insert_new_json(ks::TENANTS, &v.id, &v, None)
             .await?
@@ -162,7 +164,7 @@ impl VerifierService {
     }
 
     pub async fn update_verifier(&self, id: &str, req: UpdateVerifier) -> ApiResult<Verifier> {
-        self.state
+        self.ctx
             .store
             .update_json::<Verifier, ApiError, _>(ks::TENANTS, id, None, |mut v| {
                 if let Some(n) = &req.display_name {
@@ -181,7 +183,7 @@ impl VerifierService {
         if id == "default" {
             return Err(ApiError::conflict("the default verifier cannot be deleted"));
         }
-        if !self.state.store.delete(ks::TENANTS, id).await? {
+        if !self.ctx.store.delete(ks::TENANTS, id).await? {
             return Err(ApiError::not_found(format!("no verifier `{id}`")));
         }
         self.keys.remove(id).await
@@ -195,16 +197,10 @@ impl VerifierService {
     }
 
     pub async fn init(&self) -> anyhow::Result<()> {
-        if self.state.settings.raw.verifier.trust == crate::config::VerifierTrust::Any {
+        if self.cfg.trust == crate::config::VerifierTrust::Any {
             tracing::warn!("verifier.trust = \"any\": every issuer whose signature verifies is trusted; for conformance suites and development only");
         }
-        if self
-            .state
-            .store
-            .get(ks::TENANTS, "default")
-            .await?
-            .is_none()
-        {
+        if self.ctx.store.get(ks::TENANTS, "default").await?.is_none() {
             // Signed request objects by default: wallets (e.g. the Animo client) refuse unsigned
             // request objects fetched by reference.
             let req = CreateVerifier {
@@ -262,7 +258,7 @@ impl VerifierService {
         }
         let ttl = req
             .ttl_seconds
-            .unwrap_or(self.state.settings.raw.verifier.default_session_ttl_seconds);
+            .unwrap_or(self.cfg.default_session_ttl_seconds);
         if ttl == 0 || ttl > 7 * 86_400 {
             return Err(ApiError::validation("ttl_seconds must be 1..=604800"));
         }
@@ -316,7 +312,7 @@ impl VerifierService {
             ResponseMode::DirectPostJwt => {
                 let k = EncryptionKey::generate();
                 let sealed = self
-                    .state
+                    .ctx
                     .sealer
                     .seal(format!("session-enc/{id}").as_bytes(), &k.to_bytes())
                     .map_err(ApiError::internal)?;
@@ -350,7 +346,7 @@ impl VerifierService {
             completed_at: None,
         };
         // Kept a day past expiry so the result (or "expired") stays readable.
-        self.state
+        self.ctx
             .store
             .put_json(
                 ks::SESSIONS,
@@ -401,7 +397,7 @@ impl VerifierService {
     }
 
     async fn load_session(&self, verifier_id: &str, id: &str) -> ApiResult<Session> {
-        self.state
+        self.ctx
             .store
             .get_json::<Session>(ks::SESSIONS, &session_key(verifier_id, id))
             .await?
@@ -417,7 +413,7 @@ impl VerifierService {
         self.get_verifier(verifier_id).await?;
         let now = self.now();
         Ok(self
-            .state
+            .ctx
             .store
             .scan_json::<Session>(ks::SESSIONS, &format!("{verifier_id}/"), 1000)
             .await?
@@ -496,7 +492,7 @@ impl VerifierService {
     fn encryption_key(&self, id: &str, sealed_b64: &str) -> ApiResult<EncryptionKey> {
         let sealed = crate::crypto::b64url_decode(sealed_b64).map_err(ApiError::internal)?;
         let raw = self
-            .state
+            .ctx
             .sealer
             .open(format!("session-enc/{id}").as_bytes(), &sealed)
             .map_err(ApiError::internal)?;
@@ -514,7 +510,7 @@ impl VerifierService {
             OAuthError::unless_unavailable(e, OAuthError::invalid_request("unknown verifier"))
         })?;
         let key = session_key(verifier_id, id);
-        let store = &self.state.store;
+        let store = &self.ctx.store;
         let Some(raw) = store.get(ks::SESSIONS, &key).await? else {
             return Err(OAuthError::new(
                 actix_web::http::StatusCode::NOT_FOUND,
@@ -609,10 +605,10 @@ impl VerifierService {
                     client_id: &session.client_id,
                 }),
                 now,
-                http: &self.state.http,
+                http: &self.ctx.http,
                 trust: &trust,
                 status_cache: &self.status_cache,
-                anchors: &self.state.x509_anchors,
+                anchors: &self.ctx.x509_anchors,
                 require_status: session.require_status,
             };
             let outcome = query::evaluate(&ctx, &vp_token, submission.as_ref()).await;
@@ -692,9 +688,11 @@ impl VerifierService {
             return;
         }
         if let Some(url) = s.webhook_url.clone() {
-            let state = self.state.clone();
+            let ctx = self.ctx.clone();
             let event = json!({"type": "verification.finished", "verifier": s.verifier, "session": s.view(self.now())});
-            tokio::spawn(async move { crate::http::webhook::deliver(&state, &url, &event).await });
+            tokio::spawn(async move {
+                crate::http::webhook::deliver(&ctx.http, &ctx.sealer, &url, &event).await
+            });
         }
     }
 }
@@ -853,7 +851,10 @@ mod tests {
     #[tokio::test]
     async fn expired_sessions_are_410_and_reported_expired() {
         let clock = FakeClock::new(1_800_000_000_000);
-        let svc = VerifierService::new(AppState::for_tests(clock.clone()));
+        let svc = VerifierService::new(
+            RoleContext::for_tests(clock.clone()),
+            VerifierConfig::default(),
+        );
         svc.init().await.unwrap();
         // no issuer role here: the default verifier trusts one named issuer
         svc.update_verifier(

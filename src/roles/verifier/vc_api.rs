@@ -126,11 +126,11 @@ pub async fn verify_credential(
         dcql_query: None,
         presentation_definition: None,
         audience: None,
-        now: svc.state.clock.now_secs(),
-        http: &svc.state.http,
+        now: svc.ctx.clock.now_secs(),
+        http: &svc.ctx.http,
         trust: &trusted,
         status_cache: &svc.status_cache,
-        anchors: &svc.state.x509_anchors,
+        anchors: &svc.ctx.x509_anchors,
         require_status: false,
     };
     let mut out = Outcome::default();
@@ -178,11 +178,11 @@ pub async fn verify_presentation(
         dcql_query: None,
         presentation_definition: None,
         audience,
-        now: svc.state.clock.now_secs(),
-        http: &svc.state.http,
+        now: svc.ctx.clock.now_secs(),
+        http: &svc.ctx.http,
         trust: &trusted,
         status_cache: &svc.status_cache,
-        anchors: &svc.state.x509_anchors,
+        anchors: &svc.ctx.x509_anchors,
         require_status: false,
     };
     let mut out = Outcome::default();

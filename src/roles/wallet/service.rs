@@ -16,10 +16,11 @@ use crate::client::oid4vci::{self, Holder};
 use crate::client::oid4vp::{self, Held};
 use crate::client::ClientError;
 use crate::clock::{random_id, random_token};
+use crate::config::WalletConfig;
 use crate::crypto::{binding, did, jws, sdjwt, sha256_hex, KeyType, SigningKey};
 use crate::dcql::{self, CredentialView};
 use crate::error::{ApiError, ApiResult, Code};
-use crate::state::AppState;
+use crate::roles::RoleContext;
 use crate::store::BatchOp;
 use crate::tenancy::{AcquireError, Coordinator, CoordinatorConfig, TenantSession};
 
@@ -34,12 +35,13 @@ pub struct WalletContext {
 pub type WalletSession = TenantSession<WalletContext>;
 
 pub struct WalletService {
-    pub(crate) state: AppState,
+    pub(crate) ctx: RoleContext,
+    cfg: WalletConfig,
     pub coordinator: Arc<Coordinator<WalletContext>>,
 }
 
-fn now_of(state: &AppState) -> i64 {
-    state.clock.now_secs()
+fn now_of(ctx: &RoleContext) -> i64 {
+    ctx.clock.now_secs()
 }
 
 fn client_err(e: ClientError) -> ApiError {
@@ -63,19 +65,17 @@ fn binding_err(e: binding::BindingError) -> ApiError {
     }
 }
 
-fn seal(state: &AppState, aad: &str, data: &[u8]) -> ApiResult<String> {
+fn seal(ctx: &RoleContext, aad: &str, data: &[u8]) -> ApiResult<String> {
     Ok(crate::crypto::b64url(
-        state
-            .sealer
+        ctx.sealer
             .seal(aad.as_bytes(), data)
             .map_err(ApiError::internal)?,
     ))
 }
 
-fn unseal(state: &AppState, aad: &str, sealed: &str) -> ApiResult<zeroize::Zeroizing<Vec<u8>>> {
+fn unseal(ctx: &RoleContext, aad: &str, sealed: &str) -> ApiResult<zeroize::Zeroizing<Vec<u8>>> {
     let raw = crate::crypto::b64url_decode(sealed).map_err(ApiError::internal)?;
-    state
-        .sealer
+    ctx.sealer
         .open(aad.as_bytes(), &raw)
         .map_err(ApiError::internal)
 }
@@ -90,22 +90,22 @@ fn valid_email(e: &str) -> bool {
 }
 
 impl WalletService {
-    pub fn new(state: AppState) -> Self {
-        let w = &state.settings.raw.wallet;
-        let cfg = CoordinatorConfig {
-            max_open_sessions: w.max_open_sessions,
-            max_sessions_per_tenant: w.max_sessions_per_tenant,
-            acquire_timeout: Duration::from_millis(w.acquire_timeout_ms),
+    pub fn new(ctx: RoleContext, cfg: WalletConfig) -> Self {
+        let coordinator = CoordinatorConfig {
+            max_open_sessions: cfg.max_open_sessions,
+            max_sessions_per_tenant: cfg.max_sessions_per_tenant,
+            acquire_timeout: Duration::from_millis(cfg.acquire_timeout_ms),
             ..CoordinatorConfig::default()
         };
         Self {
-            coordinator: Coordinator::new(cfg),
-            state,
+            coordinator: Coordinator::new(coordinator),
+            ctx,
+            cfg,
         }
     }
 
     fn now(&self) -> i64 {
-        now_of(&self.state)
+        now_of(&self.ctx)
     }
 
     // ---- accounts ------------------------------------------------------------------------------
@@ -138,14 +138,14 @@ impl WalletService {
         };
         // The email index is the uniqueness guard: insert-only.
         if !self
-            .state
+            .ctx
             .store
             .insert_new_json(ks::EMAILS, &email, &account.id, None)
             .await?
         {
             return Err(ApiError::conflict("an account with this email exists"));
         }
-        self.state
+        self.ctx
             .store
             .put_json(ks::ACCOUNTS, &account.id, &account, None)
             .await?;
@@ -155,7 +155,7 @@ impl WalletService {
     pub async fn login(&self, req: Credentials) -> ApiResult<LoginResponse> {
         let email = req.email.trim().to_ascii_lowercase();
         let now = self.now();
-        let store = &self.state.store;
+        let store = &self.ctx.store;
         // Counted before the password is checked, atomically in the store: parallel guesses (on
         // any node) each take one of the allowed attempts, and a locked email costs no hashing.
         self.take_login_attempt(&email, now).await?;
@@ -215,8 +215,8 @@ impl WalletService {
     /// lock, so at most `login_lock_after` passwords are checked per lock period however many
     /// requests race, and one per period after that.
     async fn take_login_attempt(&self, email: &str, now: i64) -> ApiResult<()> {
-        let w = &self.state.settings.raw.wallet;
-        let store = &self.state.store;
+        let w = &self.cfg;
+        let store = &self.ctx.store;
         for attempt in 0..64u32 {
             if attempt > 0 {
                 let cap = 1u64 << attempt.min(5);
@@ -261,7 +261,7 @@ impl WalletService {
     }
 
     pub async fn logout(&self, token: &str) -> ApiResult<()> {
-        self.state
+        self.ctx
             .store
             .delete(ks::SESSIONS, &sha256_hex(token))
             .await?;
@@ -277,13 +277,13 @@ impl WalletService {
             )
         };
         let s: SessionRecord = self
-            .state
+            .ctx
             .store
             .get_json(ks::SESSIONS, &sha256_hex(token))
             .await?
             .ok_or_else(unauthorized)?;
         let a: Account = self
-            .state
+            .ctx
             .store
             .get_json(ks::ACCOUNTS, &s.account)
             .await?
@@ -296,7 +296,7 @@ impl WalletService {
 
     pub async fn list_accounts(&self) -> ApiResult<Vec<AccountView>> {
         Ok(self
-            .state
+            .ctx
             .store
             .scan_json::<Account>(ks::ACCOUNTS, "", 100_000)
             .await?
@@ -307,7 +307,7 @@ impl WalletService {
 
     pub async fn set_disabled(&self, id: &str, disabled: bool) -> ApiResult<AccountView> {
         let a = self
-            .state
+            .ctx
             .store
             .update_json::<Account, ApiError, _>(ks::ACCOUNTS, id, None, |mut a| {
                 a.disabled = disabled;
@@ -328,7 +328,7 @@ impl WalletService {
             created_at: self.now(),
             default_did: None,
         };
-        self.state
+        self.ctx
             .store
             .batch(vec![
                 BatchOp::Put {
@@ -360,18 +360,13 @@ impl WalletService {
     pub async fn list_wallets(&self, account: &Account) -> ApiResult<Vec<WalletView>> {
         let mut out = Vec::new();
         for (k, role) in self
-            .state
+            .ctx
             .store
             .scan_json::<MemberRole>(ks::MEMBERS, &format!("a/{}/", account.id), 10_000)
             .await?
         {
             let wid = k.rsplit('/').next().unwrap_or_default();
-            if let Some(wallet) = self
-                .state
-                .store
-                .get_json::<Wallet>(ks::WALLETS, wid)
-                .await?
-            {
+            if let Some(wallet) = self.ctx.store.get_json::<Wallet>(ks::WALLETS, wid).await? {
                 out.push(WalletView { wallet, role });
             }
         }
@@ -387,13 +382,13 @@ impl WalletService {
     ) -> ApiResult<(Wallet, MemberRole)> {
         let not_found = || ApiError::not_found(format!("no wallet `{wallet}`"));
         let role: MemberRole = self
-            .state
+            .ctx
             .store
             .get_json(ks::MEMBERS, &format!("a/{}/{wallet}", account.id))
             .await?
             .ok_or_else(not_found)?;
         let w: Wallet = self
-            .state
+            .ctx
             .store
             .get_json(ks::WALLETS, wallet)
             .await?
@@ -415,12 +410,12 @@ impl WalletService {
         need: MemberRole,
     ) -> ApiResult<(Wallet, WalletSession)> {
         let (w, _) = self.access(account, wallet, need).await?;
-        let state = self.state.clone();
+        let ctx = self.ctx.clone();
         let wid = w.id.clone();
         let session = self
             .coordinator
             .acquire(&w.id, || async move {
-                load_context(&state, &wid).await.map_err(|e| e.to_string())
+                load_context(&ctx, &wid).await.map_err(|e| e.to_string())
             })
             .await
             .map_err(|e| match e {
@@ -440,7 +435,7 @@ impl WalletService {
     ) -> ApiResult<Wallet> {
         let name = check_name(name)?;
         self.access(account, wallet, MemberRole::Owner).await?;
-        self.state
+        self.ctx
             .store
             .update_json::<Wallet, ApiError, _>(ks::WALLETS, wallet, None, |mut w| {
                 w.name = name.clone();
@@ -452,7 +447,7 @@ impl WalletService {
 
     pub async fn delete_wallet(&self, account: &Account, wallet: &str) -> ApiResult<()> {
         self.access(account, wallet, MemberRole::Owner).await?;
-        let store = &self.state.store;
+        let store = &self.ctx.store;
         let mut ops = vec![BatchOp::Delete {
             keyspace: ks::WALLETS,
             key: wallet.to_string(),
@@ -493,12 +488,12 @@ impl WalletService {
         self.access(account, wallet, MemberRole::Owner).await?;
         let email = req.email.trim().to_ascii_lowercase();
         let other: String = self
-            .state
+            .ctx
             .store
             .get_json(ks::EMAILS, &email)
             .await?
             .ok_or_else(|| ApiError::not_found("no account with this email"))?;
-        self.state
+        self.ctx
             .store
             .batch(vec![
                 BatchOp::Put {
@@ -527,14 +522,14 @@ impl WalletService {
             key_type: key.key_type(),
             public_jwk: key.verifying_key().to_jwk(),
             sealed: seal(
-                &self.state,
+                &self.ctx,
                 &key_aad(wallet, &id),
                 key.to_private_jwk().as_bytes(),
             )?,
             created_at: self.now(),
         };
         if !self
-            .state
+            .ctx
             .store
             .insert_new_json(ks::KEYS, &format!("{wallet}/{id}"), &rec, None)
             .await?
@@ -559,7 +554,7 @@ impl WalletService {
 
     pub async fn list_keys(&self, wallet: &str) -> ApiResult<Vec<KeyView>> {
         Ok(self
-            .state
+            .ctx
             .store
             .scan_json::<KeyRecord>(ks::KEYS, &format!("{wallet}/"), 10_000)
             .await?
@@ -570,7 +565,7 @@ impl WalletService {
 
     pub async fn get_key(&self, wallet: &str, id: &str) -> ApiResult<KeyView> {
         let k: KeyRecord = self
-            .state
+            .ctx
             .store
             .get_json(ks::KEYS, &format!("{wallet}/{id}"))
             .await?
@@ -586,7 +581,7 @@ impl WalletService {
             ));
         }
         if !self
-            .state
+            .ctx
             .store
             .delete(ks::KEYS, &format!("{wallet}/{id}"))
             .await?
@@ -612,7 +607,7 @@ impl WalletService {
             }
         };
         let krec: KeyRecord = self
-            .state
+            .ctx
             .store
             .get_json(ks::KEYS, &format!("{wallet}/{key_id}"))
             .await?
@@ -623,7 +618,7 @@ impl WalletService {
             DidMethod::Key => did::did_key(&vk),
             DidMethod::Jwk => did::did_jwk(&vk),
             DidMethod::Web => did::did_web(
-                &self.state.public_url,
+                &self.ctx.public_url,
                 &format!("wallets/{wallet}/dids/{key_id}"),
             ),
         };
@@ -637,7 +632,7 @@ impl WalletService {
             is_default: false,
         };
         if !self
-            .state
+            .ctx
             .store
             .insert_new_json(
                 ks::DIDS,
@@ -660,13 +655,13 @@ impl WalletService {
 
     pub async fn list_dids(&self, wallet: &str) -> ApiResult<Vec<DidRecord>> {
         let default = self
-            .state
+            .ctx
             .store
             .get_json::<Wallet>(ks::WALLETS, wallet)
             .await?
             .and_then(|w| w.default_did);
         Ok(self
-            .state
+            .ctx
             .store
             .scan_json::<DidRecord>(ks::DIDS, &format!("{wallet}/"), 10_000)
             .await?
@@ -680,7 +675,7 @@ impl WalletService {
 
     pub async fn set_default_did(&self, wallet: &str, did: &str) -> ApiResult<()> {
         if self
-            .state
+            .ctx
             .store
             .get(ks::DIDS, &format!("{wallet}/{}", sha256_hex(did)))
             .await?
@@ -688,7 +683,7 @@ impl WalletService {
         {
             return Err(ApiError::not_found("no such DID in this wallet"));
         }
-        self.state
+        self.ctx
             .store
             .update_json::<Wallet, ApiError, _>(ks::WALLETS, wallet, None, |mut w| {
                 w.default_did = Some(did.to_string());
@@ -700,14 +695,14 @@ impl WalletService {
 
     pub async fn delete_did(&self, wallet: &str, did: &str) -> ApiResult<()> {
         if !self
-            .state
+            .ctx
             .store
             .delete(ks::DIDS, &format!("{wallet}/{}", sha256_hex(did)))
             .await?
         {
             return Err(ApiError::not_found("no such DID in this wallet"));
         }
-        self.state
+        self.ctx
             .store
             .update_json::<Wallet, ApiError, _>(ks::WALLETS, wallet, None, |mut w| {
                 if w.default_did.as_deref() == Some(did) {
@@ -722,17 +717,17 @@ impl WalletService {
     /// DID document of a wallet's did:web.
     pub async fn did_web_document(&self, wallet: &str, key_id: &str) -> ApiResult<Value> {
         let did = did::did_web(
-            &self.state.public_url,
+            &self.ctx.public_url,
             &format!("wallets/{wallet}/dids/{key_id}"),
         );
         let rec: DidRecord = self
-            .state
+            .ctx
             .store
             .get_json(ks::DIDS, &format!("{wallet}/{}", sha256_hex(&did)))
             .await?
             .ok_or_else(|| ApiError::not_found("no such DID"))?;
         let krec: KeyRecord = self
-            .state
+            .ctx
             .store
             .get_json(ks::KEYS, &format!("{wallet}/{}", rec.key_id))
             .await?
@@ -770,7 +765,7 @@ impl WalletService {
         };
         let key = match s.keys.get(&chosen.key_id) {
             Some(k) => k.clone(),
-            None => Arc::new(load_key(&self.state, &s.wallet, &chosen.key_id).await?),
+            None => Arc::new(load_key(&self.ctx, &s.wallet, &chosen.key_id).await?),
         };
         Ok((key, chosen))
     }
@@ -783,7 +778,7 @@ impl WalletService {
         f: &CredentialFilter,
     ) -> ApiResult<Vec<CredentialSummary>> {
         Ok(self
-            .state
+            .ctx
             .store
             .scan_json::<CredentialRecord>(ks::CREDS, &format!("{wallet}/"), 100_000)
             .await?
@@ -805,12 +800,12 @@ impl WalletService {
         id: &str,
     ) -> ApiResult<(CredentialRecord, String)> {
         let rec: CredentialRecord = self
-            .state
+            .ctx
             .store
             .get_json(ks::CREDS, &format!("{wallet}/{id}"))
             .await?
             .ok_or_else(|| ApiError::not_found(format!("no credential `{id}`")))?;
-        let raw = unseal(&self.state, &cred_aad(wallet, id), &rec.sealed)?;
+        let raw = unseal(&self.ctx, &cred_aad(wallet, id), &rec.sealed)?;
         Ok((rec, String::from_utf8_lossy(&raw).into_owned()))
     }
 
@@ -835,7 +830,7 @@ impl WalletService {
 
     pub async fn delete_credential(&self, wallet: &str, id: &str) -> ApiResult<()> {
         if !self
-            .state
+            .ctx
             .store
             .delete(ks::CREDS, &format!("{wallet}/{id}"))
             .await?
@@ -852,15 +847,15 @@ impl WalletService {
         let key = bound_issuer_key(
             &rec.format,
             &raw,
-            &self.state.http,
-            &self.state.x509_anchors,
+            &self.ctx.http,
+            &self.ctx.x509_anchors,
             self.now(),
         )
         .await
         .map_err(binding_err)?
         .key;
         let fetch = |uri: String| {
-            let http = self.state.http.clone();
+            let http = self.ctx.http.clone();
             let key = key.clone();
             async move {
                 let v = crate::client::get_text(&http, &uri)
@@ -935,7 +930,7 @@ impl WalletService {
 
     pub async fn history(&self, wallet: &str) -> ApiResult<Vec<HistoryEntry>> {
         let mut h: Vec<HistoryEntry> = self
-            .state
+            .ctx
             .store
             .scan_json::<HistoryEntry>(ks::HISTORY, &format!("{wallet}/"), 10_000)
             .await?
@@ -947,8 +942,8 @@ impl WalletService {
     }
 
     async fn record(&self, wallet: &str, entry: HistoryEntry) -> ApiResult<()> {
-        let key = format!("{wallet}/{:020}-{}", self.state.clock.now_ms(), random_id());
-        self.state
+        let key = format!("{wallet}/{:020}-{}", self.ctx.clock.now_ms(), random_id());
+        self.ctx
             .store
             .put_json(ks::HISTORY, &key, &entry, None)
             .await?;
@@ -958,7 +953,7 @@ impl WalletService {
     // ---- exchanges -------------------------------------------------------------------------------
 
     pub async fn resolve_offer(&self, offer: &str) -> ApiResult<Value> {
-        let r = oid4vci::resolve_offer(&self.state.http, offer)
+        let r = oid4vci::resolve_offer(&self.ctx.http, offer)
             .await
             .map_err(client_err)?;
         let configs = &r.issuer_metadata["credential_configurations_supported"];
@@ -984,7 +979,7 @@ impl WalletService {
         s: &WalletSession,
         input: OfferInput,
     ) -> ApiResult<Vec<CredentialSummary>> {
-        let http = &self.state.http;
+        let http = &self.ctx.http;
         let r = oid4vci::resolve_offer(http, &input.offer)
             .await
             .map_err(client_err)?;
@@ -1044,8 +1039,8 @@ impl WalletService {
         let bound = bound_issuer_key(
             format,
             &raw,
-            &self.state.http,
-            &self.state.x509_anchors,
+            &self.ctx.http,
+            &self.ctx.x509_anchors,
             self.now(),
         )
         .await
@@ -1111,12 +1106,12 @@ impl WalletService {
         let rec = CredentialRecord {
             id: id.clone(),
             format: summary.format.clone(),
-            sealed: seal(&self.state, &cred_aad(wallet, &id), raw.as_bytes())?,
+            sealed: seal(&self.ctx, &cred_aad(wallet, &id), raw.as_bytes())?,
             summary: summary.clone(),
             key_id: key_id.to_string(),
             received_at: summary.received_at,
         };
-        self.state
+        self.ctx
             .store
             .put_json(ks::CREDS, &format!("{wallet}/{id}"), &rec, None)
             .await?;
@@ -1129,12 +1124,12 @@ impl WalletService {
     ) -> ApiResult<Vec<(CredentialRecord, String, CredentialView)>> {
         let mut out = Vec::new();
         for (_, rec) in self
-            .state
+            .ctx
             .store
             .scan_json::<CredentialRecord>(ks::CREDS, &format!("{wallet}/"), 100_000)
             .await?
         {
-            let raw = unseal(&self.state, &cred_aad(wallet, &rec.id), &rec.sealed)?;
+            let raw = unseal(&self.ctx, &cred_aad(wallet, &rec.id), &rec.sealed)?;
             let raw = String::from_utf8_lossy(&raw).into_owned();
             let (view, _) = dcql::credential_view(&rec.format, &raw);
             out.push((rec, raw, view));
@@ -1143,7 +1138,7 @@ impl WalletService {
     }
 
     pub async fn resolve_request(&self, s: &WalletSession, request: &str) -> ApiResult<Value> {
-        let req = oid4vp::resolve_request(&self.state.http, request)
+        let req = oid4vp::resolve_request(&self.ctx.http, request)
             .await
             .map_err(client_err)?;
         let held = self.held(&s.wallet).await?;
@@ -1193,7 +1188,7 @@ impl WalletService {
     }
 
     pub async fn present(&self, s: &WalletSession, input: RequestInput) -> ApiResult<Value> {
-        let http = &self.state.http;
+        let http = &self.ctx.http;
         let req = oid4vp::resolve_request(http, &input.request)
             .await
             .map_err(client_err)?;
@@ -1308,7 +1303,7 @@ impl WalletService {
         let (rec, raw, view) = h;
         let key = match s.keys.get(&rec.key_id) {
             Some(k) => k.clone(),
-            None => Arc::new(load_key(&self.state, &s.wallet, &rec.key_id).await?),
+            None => Arc::new(load_key(&self.ctx, &s.wallet, &rec.key_id).await?),
         };
         let kid = view.root["credentialSubject"]["id"]
             .as_str()
@@ -1431,27 +1426,27 @@ fn cred_aad(wallet: &str, id: &str) -> String {
     format!("{}/{wallet}/{id}", ks::CREDS)
 }
 
-async fn load_key(state: &AppState, wallet: &str, id: &str) -> ApiResult<SigningKey> {
-    let rec: KeyRecord = state
+async fn load_key(ctx: &RoleContext, wallet: &str, id: &str) -> ApiResult<SigningKey> {
+    let rec: KeyRecord = ctx
         .store
         .get_json(ks::KEYS, &format!("{wallet}/{id}"))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no key `{id}`")))?;
-    let jwk = unseal(state, &key_aad(wallet, id), &rec.sealed)?;
+    let jwk = unseal(ctx, &key_aad(wallet, id), &rec.sealed)?;
     SigningKey::from_private_jwk(&String::from_utf8_lossy(&jwk)).map_err(ApiError::internal)
 }
 
 /// Opening a tenant: unseal every key of the wallet once.
-async fn load_context(state: &AppState, wallet: &str) -> ApiResult<WalletContext> {
+async fn load_context(ctx: &RoleContext, wallet: &str) -> ApiResult<WalletContext> {
     let mut keys = HashMap::new();
-    for (_, rec) in state
+    for (_, rec) in ctx
         .store
         .scan_json::<KeyRecord>(ks::KEYS, &format!("{wallet}/"), 10_000)
         .await?
     {
         keys.insert(
             rec.id.clone(),
-            Arc::new(load_key(state, wallet, &rec.id).await?),
+            Arc::new(load_key(ctx, wallet, &rec.id).await?),
         );
     }
     Ok(WalletContext {

@@ -7,10 +7,12 @@ use std::sync::{Arc, RwLock};
 
 use crate::crypto::SigningKey;
 use crate::error::{ApiError, ApiResult};
-use crate::state::AppState;
+use crate::roles::RoleContext;
+use crate::store::{Sealer, Store};
 
 pub struct TenantKeys {
-    state: AppState,
+    store: Arc<dyn Store>,
+    sealer: Sealer,
     keyspace: &'static str,
     /// What the tenants are called in messages ("issuer", "verifier").
     what: &'static str,
@@ -18,9 +20,10 @@ pub struct TenantKeys {
 }
 
 impl TenantKeys {
-    pub fn new(state: AppState, keyspace: &'static str, what: &'static str) -> Self {
+    pub fn new(ctx: &RoleContext, keyspace: &'static str, what: &'static str) -> Self {
         Self {
-            state,
+            store: ctx.store.clone(),
+            sealer: ctx.sealer.clone(),
             keyspace,
             what,
             cache: RwLock::default(),
@@ -38,12 +41,10 @@ impl TenantKeys {
     /// records the same fingerprint, whichever wins the tenant record.
     pub async fn put_new(&self, id: &str, key: SigningKey) -> ApiResult<Arc<SigningKey>> {
         let sealed = self
-            .state
             .sealer
             .seal(self.aad(id).as_bytes(), key.to_private_jwk().as_bytes())
             .map_err(ApiError::internal)?;
         match self
-            .state
             .store
             .compare_and_swap(self.keyspace, id, None, Some((sealed, None)))
             .await?
@@ -63,14 +64,14 @@ impl TenantKeys {
     }
 
     fn unseal(&self, id: &str, sealed: &[u8]) -> anyhow::Result<SigningKey> {
-        let jwk = self.state.sealer.open(self.aad(id).as_bytes(), sealed)?;
+        let jwk = self.sealer.open(self.aad(id).as_bytes(), sealed)?;
         Ok(SigningKey::from_private_jwk(&String::from_utf8_lossy(
             &jwk,
         ))?)
     }
 
     pub async fn remove(&self, id: &str) -> ApiResult<()> {
-        self.state.store.delete(self.keyspace, id).await?;
+        self.store.delete(self.keyspace, id).await?;
         self.evict(id);
         Ok(())
     }
@@ -88,14 +89,9 @@ impl TenantKeys {
                 return Ok(k);
             }
         }
-        let sealed = self
-            .state
-            .store
-            .get(self.keyspace, id)
-            .await?
-            .ok_or_else(|| {
-                anyhow::anyhow!("{} `{id}` has no signing key in the store", self.what)
-            })?;
+        let sealed = self.store.get(self.keyspace, id).await?.ok_or_else(|| {
+            anyhow::anyhow!("{} `{id}` has no signing key in the store", self.what)
+        })?;
         let key = self.unseal(id, &sealed)?;
         if key.verifying_key().thumbprint() != fingerprint {
             anyhow::bail!(
@@ -121,7 +117,7 @@ mod tests {
     #[tokio::test]
     async fn first_key_stored_wins_and_fingerprint_is_checked_on_every_use() {
         let keys = TenantKeys::new(
-            AppState::for_tests(FakeClock::new(0)),
+            &RoleContext::for_tests(FakeClock::new(0)),
             "test_keys",
             "tenant",
         );

@@ -21,8 +21,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Mode, Secret};
-use crate::state::AppState;
-use crate::store::{keyspaces, Store, StoreResult};
+use crate::roles::Services;
+use crate::server::state::AppState;
+use anyhow::Context;
+
+use crate::clock::random_token;
+use crate::store::open::Opened;
+use crate::store::{keyspaces, Cas, Sealer, Store, StoreResult};
 use crate::tasks::Tasks;
 
 /// The marker record in [`keyspaces::SYSTEM`].
@@ -58,32 +63,37 @@ pub fn missing_reason(mode: Mode) -> &'static str {
 }
 
 /// Recreates what a first start creates, insert-only, then writes the marker.
-async fn recreate(state: &AppState, sandbox_admin: Option<&Secret>) -> anyhow::Result<()> {
-    crate::app::check_master_key(&state.store, &state.sealer).await?;
+async fn recreate(
+    state: &AppState,
+    services: &Services,
+    sandbox_admin: Option<&Secret>,
+) -> anyhow::Result<()> {
+    crate::store::open::check_master_key(&state.store, &state.sealer).await?;
     if let Some(token) = sandbox_admin {
-        crate::app::restore_sandbox_admin_token(state.store.as_ref(), &state.sealer, token).await?;
+        restore_sandbox_admin_token(state.store.as_ref(), &state.sealer, token).await?;
     }
     #[cfg(feature = "issuer")]
-    if let Some(svc) = state.services.issuer.get() {
+    if let Some(svc) = &services.issuer {
         svc.init().await?;
     }
     #[cfg(feature = "verifier")]
-    if let Some(svc) = state.services.verifier.get() {
+    if let Some(svc) = &services.verifier {
         svc.init().await?;
     }
     #[cfg(feature = "mediator")]
-    if let Some(svc) = state.services.mediator.get() {
+    if let Some(svc) = &services.mediator {
         svc.restore_key().await?;
     }
+    let _ = services; // a wallet-only build recreates no role state
     mark(state.store.as_ref(), state.clock.now_ms()).await?;
     Ok(())
 }
 
 /// The mediator's key against the stored one: not ready while another key is stored.
 #[cfg(feature = "mediator")]
-async fn check_mediator(state: &AppState) {
+async fn check_mediator(state: &AppState, services: &Services) {
     use crate::roles::mediator::service::StoredKey;
-    let Some(svc) = state.services.mediator.get() else {
+    let Some(svc) = &services.mediator else {
         return;
     };
     match svc.stored_key().await {
@@ -102,7 +112,12 @@ async fn check_mediator(state: &AppState) {
 
 /// One check: the marker, recovery when it is gone, the mediator key. Runs after a successful
 /// store probe. `lost` remembers an ongoing loss so it is logged once, not every second.
-async fn check(state: &AppState, sandbox_admin: Option<&Secret>, lost: &mut bool) {
+async fn check(
+    state: &AppState,
+    services: &Services,
+    sandbox_admin: Option<&Secret>,
+    lost: &mut bool,
+) {
     let mode = state.settings.raw.server.mode;
     match present(state.store.as_ref()).await {
         Err(e) => {
@@ -141,7 +156,7 @@ async fn check(state: &AppState, sandbox_admin: Option<&Secret>, lost: &mut bool
                         );
                     }
                     *lost = true;
-                    match recreate(state, sandbox_admin).await {
+                    match recreate(state, services, sandbox_admin).await {
                         Ok(()) => {
                             tracing::info!("first-start state recreated; ready again");
                             *lost = false;
@@ -156,7 +171,7 @@ async fn check(state: &AppState, sandbox_admin: Option<&Secret>, lost: &mut bool
         }
     }
     #[cfg(feature = "mediator")]
-    check_mediator(state).await;
+    check_mediator(state, services).await;
 }
 
 /// Watches a shared store (every second, after a store probe passed).
@@ -164,9 +179,11 @@ pub fn spawn_guard(
     tasks: &mut Tasks,
     shutdown: &CancellationToken,
     state: &AppState,
+    services: &Services,
     sandbox_admin: Option<Secret>,
 ) {
     let state = state.clone();
+    let services = services.clone();
     tasks.spawn("first-start-guard", shutdown, move |token| async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut lost = false;
@@ -176,12 +193,80 @@ pub fn spawn_guard(
                 _ = tick.tick() => {
                     let probe = tokio::time::timeout(Duration::from_secs(3), state.store.probe()).await;
                     if matches!(probe, Ok(Ok(()))) {
-                        check(&state, sandbox_admin.as_ref(), &mut lost).await;
+                        check(&state, &services, sandbox_admin.as_ref(), &mut lost).await;
                     }
                 }
             }
         }
     });
+}
+
+const ADMIN_TOKEN_KEY: &str = "sandbox_admin_token";
+
+/// Sandbox: one admin token generated on first start, stored sealed, printed once.
+pub async fn sandbox_admin_token(opened: &Opened) -> anyhow::Result<Secret> {
+    if let Some(t) = stored_admin_token(opened).await? {
+        tracing::info!(
+            "sandbox admin token loaded from the store (print it with `idstack admin-token`)"
+        );
+        return Ok(t);
+    }
+    let token = random_token(24);
+    let sealed = opened
+        .sealer
+        .seal(ADMIN_TOKEN_KEY.as_bytes(), token.as_bytes())?;
+    match opened
+        .store
+        .compare_and_swap(
+            keyspaces::SYSTEM,
+            ADMIN_TOKEN_KEY,
+            None,
+            Some((sealed, None)),
+        )
+        .await?
+    {
+        Cas::Swapped => {
+            // Printed once, to stderr, on purpose: the operator needs it.
+            eprintln!(
+                "\n  idstack sandbox admin token (shown once; `idstack admin-token` prints it again):\n\n      {token}\n"
+            );
+            Ok(Secret::new(token))
+        }
+        Cas::Conflict(_) => stored_admin_token(opened)
+            .await?
+            .context("admin token vanished"),
+    }
+}
+
+/// Puts the sandbox admin token this node uses back into a store that lost it (insert-only: the
+/// nodes of a deployment loaded the same one), so `idstack admin-token` prints it again.
+pub async fn restore_sandbox_admin_token(
+    store: &dyn Store,
+    sealer: &Sealer,
+    token: &Secret,
+) -> anyhow::Result<()> {
+    let sealed = sealer.seal(ADMIN_TOKEN_KEY.as_bytes(), token.expose().as_bytes())?;
+    store
+        .compare_and_swap(
+            keyspaces::SYSTEM,
+            ADMIN_TOKEN_KEY,
+            None,
+            Some((sealed, None)),
+        )
+        .await?;
+    Ok(())
+}
+
+pub async fn stored_admin_token(opened: &Opened) -> anyhow::Result<Option<Secret>> {
+    match opened.store.get(keyspaces::SYSTEM, ADMIN_TOKEN_KEY).await? {
+        None => Ok(None),
+        Some(sealed) => {
+            let plain = opened.sealer.open(ADMIN_TOKEN_KEY.as_bytes(), &sealed)?;
+            Ok(Some(Secret::new(
+                String::from_utf8_lossy(&plain).into_owned(),
+            )))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -201,18 +286,19 @@ mod tests {
         let mut b = AppState::for_tests(clock.clone());
         // two nodes on one store
         b.store = a.store.clone();
-        b.services = Arc::default();
-        crate::roles::issuer::init(&a).await.unwrap();
-        crate::roles::issuer::init(&b).await.unwrap();
-        crate::roles::verifier::init(&a).await.unwrap();
-        crate::roles::verifier::init(&b).await.unwrap();
+        let config = crate::config::Config::default();
+        let roles = [crate::role::Role::Issuer, crate::role::Role::Verifier];
+        let sa = crate::roles::init(&a.role_context(), &config, &roles, |_| {})
+            .await
+            .unwrap();
+        let sb = crate::roles::init(&b.role_context(), &config, &roles, |_| {})
+            .await
+            .unwrap();
         mark(a.store.as_ref(), 0).await.unwrap();
-        let did = |s: &AppState| {
+        let did = |s: &Services| {
             let s = s.clone();
             async move {
-                s.services
-                    .issuer
-                    .get()
+                s.issuer
                     .unwrap()
                     .get_issuer("default")
                     .await
@@ -220,8 +306,8 @@ mod tests {
                     .key_fingerprint
             }
         };
-        let before = did(&a).await;
-        assert_eq!(before, did(&b).await);
+        let before = did(&sa).await;
+        assert_eq!(before, did(&sb).await);
 
         // everything is gone
         for r in a.store.export_all().await.unwrap() {
@@ -230,7 +316,7 @@ mod tests {
         }
         assert!(!present(a.store.as_ref()).await.unwrap());
         let (mut la, mut lb) = (false, false);
-        let (ra, rb) = tokio::join!(check(&a, None, &mut la), check(&b, None, &mut lb));
+        let (ra, rb) = tokio::join!(check(&a, &sa, None, &mut la), check(&b, &sb, None, &mut lb));
         let _ = (ra, rb);
         assert!(present(a.store.as_ref()).await.unwrap());
         assert!(
@@ -243,10 +329,10 @@ mod tests {
             "{:?}",
             b.readiness.failing()
         );
-        let after = did(&a).await;
+        let after = did(&sa).await;
         assert_eq!(
             after,
-            did(&b).await,
+            did(&sb).await,
             "both nodes use the one key stored first"
         );
         assert_ne!(after, before, "a new default issuer key");
@@ -260,7 +346,7 @@ mod tests {
         settings.raw.server.mode = Mode::Production;
         s.settings = Arc::new(settings);
         let mut lost = false;
-        check(&s, None, &mut lost).await;
+        check(&s, &Services::default(), None, &mut lost).await;
         assert!(lost);
         let failing = s.readiness.failing();
         assert!(
@@ -272,7 +358,7 @@ mod tests {
         assert!(!present(s.store.as_ref()).await.unwrap());
         // the data comes back (a restore writes the marker with it): ready again
         mark(s.store.as_ref(), 1).await.unwrap();
-        check(&s, None, &mut lost).await;
+        check(&s, &Services::default(), None, &mut lost).await;
         assert!(!lost);
         assert!(s.readiness.failing().iter().all(|(c, _)| c != COMPONENT));
     }
