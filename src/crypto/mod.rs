@@ -74,13 +74,16 @@ pub fn rfc3339(secs: i64) -> String {
 /// Crypto failures as client errors: a JSON-LD limit → 422 `jsonld_too_complex`, no free
 /// verification slot → 503 `service_unavailable` (Retry-After: 1), anything else → 422
 /// `validation_failed` with the reason.
-impl From<CryptoError> for crate::error::ApiError {
-    fn from(e: CryptoError) -> Self {
-        use crate::error::{ApiError, Code};
-        match e {
-            CryptoError::TooComplex(d) => ApiError::new(Code::JsonLdTooComplex, d),
-            CryptoError::Busy(d) => ApiError::unavailable(d, 1),
-            other => ApiError::validation(other.to_string()),
+impl crate::error::ErrorCode for CryptoError {
+    fn error_code(&self) -> crate::error::Code {
+        use crate::error::Code;
+        match self {
+            CryptoError::TooComplex(_) => Code::JsonLdTooComplex,
+            CryptoError::Busy(_) => Code::Unavailable,
+            _ => Code::Validation,
         }
+    }
+    fn retry_after(&self) -> Option<u64> {
+        matches!(self, CryptoError::Busy(_)).then_some(1)
     }
 }
