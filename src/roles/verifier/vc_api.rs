@@ -174,7 +174,7 @@ pub async fn verify_presentation(
     let challenge = string_option(&body.options, "challenge")?;
     let domain = string_option(&body.options, "domain")?;
     let trusted = trusted_issuers(&svc).await?;
-    let audience = (challenge.is_some() || domain.is_some()).then(|| Audience {
+    let audience = (challenge.is_some() || domain.is_some()).then_some(Audience {
         nonce: challenge.as_deref(),
         client_id: domain.as_deref(),
     });
