@@ -667,7 +667,7 @@ async fn jwt_vc_and_vc_api_forgeries_are_refused() {
     let r = client()
         .post(s.url("/vc-api/credentials/issue"))
         .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"credential": {"@context": ["https://www.w3.org/ns/credentials/v2", "https://w3id.org/idstack/credentials/v1"], "type": ["VerifiableCredential", "IdentityCredential"], "credentialSubject": {"id": "did:example:alice", "given_name": "Alice"}}}))
+        .json(&json!({"credential": {"@context": ["https://www.w3.org/ns/credentials/v2", "https://w3id.org/idstack/credentials/v1"], "issuer": s.default_issuer_did().await, "type": ["VerifiableCredential", "IdentityCredential"], "credentialSubject": {"id": "did:example:alice", "given_name": "Alice"}}}))
         .send()
         .await
         .unwrap();

@@ -354,6 +354,7 @@ async fn digital_bazaar_vc_verifies_our_ldp_vc() {
         .bearer_auth(crate::common::ADMIN_TOKEN)
         .json(&json!({"credential": {
             "@context": ["https://www.w3.org/ns/credentials/v2", context_url],
+            "issuer": s.default_issuer_did().await,
             "type": ["VerifiableCredential", "IdentityCredential"],
             "credentialSubject": {"id": "did:example:alice", "given_name": "Alice", "email": "alice@example.org"}
         }}))

@@ -1,5 +1,6 @@
-//! W3C VC-API `POST /vc-api/credentials/issue`: sign a caller-supplied credential with the default
-//! issuer's key, as a Data Integrity credential (eddsa-rdfc-2022) or as a JWT. Admin token.
+//! W3C VC-API `POST /vc-api/credentials/issue`: sign a caller-supplied credential with the key of
+//! the issuer it names (`credential.issuer`, required), as a Data Integrity credential
+//! (eddsa-rdfc-2022) or as a JWT. Admin token.
 
 use actix_web::{post, web, HttpResponse};
 use serde::Deserialize;
@@ -44,9 +45,13 @@ pub async fn issue(
     let model =
         vc_input::check(&vc).map_err(|e| ApiError::bad_request(format!("credential: {e}")))?;
     // The issuer the credential names (an id, or an object with id/name/description) is the
-    // tenant that signs; none named: the default issuer.
+    // tenant that signs. A credential must name one (VCDM `issuer` is required; VC-API).
     let issuer = match vc_input::issuer_id(&vc) {
-        None => svc.get_issuer("default").await?,
+        None => {
+            return Err(ApiError::bad_request(
+                "credential: issuer is required (the DID of an issuer this node holds)",
+            ))
+        }
         Some(id) => svc
             .list_issuers()
             .await?
@@ -81,9 +86,6 @@ pub async fn issue(
             out.map_err(|e| ApiError::bad_request(format!("cannot secure this credential: {e}")))?
         }
         "jwt" | "enveloped" => {
-            if vc_input::issuer_id(&vc).is_none() {
-                vc.insert("issuer".into(), json!(issuer.did));
-            }
             let v1 = vc["@context"]
                 .as_array()
                 .and_then(|a| a.first())

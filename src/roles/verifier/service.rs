@@ -601,8 +601,8 @@ impl VerifierService {
                 dcql_query: session.dcql_query.as_ref(),
                 presentation_definition: session.presentation_definition.as_ref(),
                 audience: Some(Audience {
-                    nonce: &session.nonce,
-                    client_id: &session.client_id,
+                    nonce: Some(&session.nonce),
+                    client_id: Some(&session.client_id),
                 }),
                 now,
                 http: &self.ctx.http,

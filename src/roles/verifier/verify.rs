@@ -15,11 +15,26 @@ const SKEW: i64 = 60;
 const KB_MAX_AGE: i64 = 300;
 
 /// What a presentation must be bound to: the session's nonce and the verifier's client id
-/// (OID4VP), or the VC-API caller's `challenge` / `domain`.
+/// (OID4VP: both, always), or the VC-API caller's `challenge` / `domain` (each checked when
+/// given; `None` is not checked).
 #[derive(Clone, Copy)]
 pub struct Audience<'a> {
-    pub nonce: &'a str,
-    pub client_id: &'a str,
+    pub nonce: Option<&'a str>,
+    pub client_id: Option<&'a str>,
+}
+
+impl Audience<'_> {
+    /// A presentation's `nonce` and `aud` (a string or a list) against this audience.
+    fn nonce_ok(&self, nonce: &Value) -> bool {
+        self.nonce.is_none_or(|n| nonce.as_str() == Some(n))
+    }
+    fn aud_ok(&self, aud: &Value) -> bool {
+        self.client_id.is_none_or(|c| match aud {
+            Value::String(a) => a == c,
+            Value::Array(a) => a.iter().any(|x| x.as_str() == Some(c)),
+            _ => false,
+        })
+    }
 }
 
 /// Context a verification runs in.
@@ -454,8 +469,8 @@ pub async fn sd_jwt(
             match ctx.audience {
                 None => {}
                 Some(aud) => {
-                    let aud_ok = kb["aud"].as_str() == Some(aud.client_id);
-                    let nonce_ok = kb["nonce"].as_str() == Some(aud.nonce);
+                    let aud_ok = aud.aud_ok(&kb["aud"]) && !kb["aud"].is_array();
+                    let nonce_ok = aud.nonce_ok(&kb["nonce"]);
                     let iat = numeric(&kb["iat"], "iat").ok().flatten();
                     if !nonce_ok {
                         out.fail(
@@ -465,7 +480,10 @@ pub async fn sd_jwt(
                     } else if !aud_ok {
                         out.fail(
                             "nonce_audience",
-                            format!("{query_id}: KB-JWT aud is not {}", aud.client_id),
+                            format!(
+                                "{query_id}: KB-JWT aud is not {}",
+                                aud.client_id.unwrap_or_default()
+                            ),
                         );
                     } else if iat
                         .is_none_or(|iat| iat < ctx.now - KB_MAX_AGE || iat > ctx.now + SKEW)
@@ -577,12 +595,8 @@ fn jwt_audience(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, payload: &Valu
     let Some(aud) = ctx.audience else {
         return;
     };
-    let aud_ok = match &payload["aud"] {
-        Value::String(a) => a == aud.client_id,
-        Value::Array(a) => a.iter().any(|x| x.as_str() == Some(aud.client_id)),
-        _ => false,
-    };
-    if payload["nonce"].as_str() != Some(aud.nonce) {
+    let aud_ok = aud.aud_ok(&payload["aud"]);
+    if !aud.nonce_ok(&payload["nonce"]) {
         out.fail(
             "nonce_audience",
             format!("{query_id}: presentation nonce does not match the session"),
@@ -590,7 +604,10 @@ fn jwt_audience(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, payload: &Valu
     } else if !aud_ok {
         out.fail(
             "nonce_audience",
-            format!("{query_id}: presentation aud is not {}", aud.client_id),
+            format!(
+                "{query_id}: presentation aud is not {}",
+                aud.client_id.unwrap_or_default()
+            ),
         );
     } else {
         out.pass("nonce_audience");
@@ -650,6 +667,7 @@ pub async fn jwt_vp(
         );
         return Vec::new();
     }
+    out.pass("signature");
     jwt_audience(ctx, out, query_id, &payload);
     check_time(
         out,
@@ -839,10 +857,8 @@ pub async fn ldp_credential(
     query_id: &str,
     vc: &Value,
 ) -> Option<Checked> {
-    let method = vc["proof"]["verificationMethod"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    // The issuer's proof (of one, or of a proof set) is the one the binding rule checks.
+    let method = crate::crypto::di::issuer_proof_method(vc).unwrap_or_default();
     match crate::crypto::di::verify_credential_bounded(vc.clone(), ctx.now).await {
         Ok(plain) => ld_credential(ctx, out, query_id, plain, &method).await,
         Err(e) => {
@@ -862,22 +878,15 @@ pub async fn ldp_vp(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, vp: Value)
         );
         return Vec::new();
     }
-    let (nonce, client_id) = match ctx.audience {
-        Some(a) => (a.nonce.to_string(), a.client_id.to_string()),
-        // No audience to check: take the proof's own, so only the signature is verified.
-        None => (
-            vp["proof"]["challenge"].as_str().unwrap_or_default().into(),
-            match &vp["proof"]["domain"] {
-                Value::Array(a) => a.first().and_then(Value::as_str).unwrap_or_default().into(),
-                d => d.as_str().unwrap_or_default().into(),
-            },
-        ),
-    };
+    // No audience, or part of it not given: that part is not checked, only the signature.
+    let nonce = ctx.audience.and_then(|a| a.nonce).map(str::to_string);
+    let client_id = ctx.audience.and_then(|a| a.client_id).map(str::to_string);
     let holder =
         match crate::crypto::di::verify_presentation_bounded(vp.clone(), nonce, client_id, ctx.now)
             .await
         {
             Ok((h, _)) => {
+                out.pass("signature");
                 if ctx.audience.is_some() {
                     out.pass("nonce_audience");
                 }
