@@ -11,6 +11,7 @@ pub mod envelope;
 pub mod jwe;
 pub mod jws;
 pub mod keys;
+pub mod mdoc;
 pub mod sdjwt;
 pub mod status;
 pub mod x509;

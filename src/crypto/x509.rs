@@ -89,17 +89,49 @@ impl TrustAnchors {
         if x5c.is_empty() || x5c.len() > MAX_CHAIN {
             return Err(format!("x5c must hold 1 to {MAX_CHAIN} certificates"));
         }
-        let chain = x5c
+        let der = x5c
             .iter()
             .map(|b| {
                 use base64::Engine;
                 if b.len() > MAX_CERT_BYTES * 4 / 3 + 4 {
                     return Err("an x5c certificate is too large".to_string());
                 }
-                let der = base64::engine::general_purpose::STANDARD
+                base64::engine::general_purpose::STANDARD
                     .decode(b)
-                    .map_err(|_| "x5c entries must be base64 DER".to_string())?;
-                Certificate::from_der(&der).map_err(|e| format!("x5c certificate: {e}"))
+                    .map_err(|_| "x5c entries must be base64 DER".to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (key, leaf) = self.chain_key(&der, now)?;
+        if !leaf_names(&leaf, iss)? {
+            return Err(format!(
+                "the x5c leaf certificate does not name the issuer {iss} (SAN URI or DNS name)"
+            ));
+        }
+        Ok(key)
+    }
+
+    /// The leaf's key and certificate when the chain (DER, leaf first) is within its validity at
+    /// `now`, each certificate is signed by the next one (a CA), and the last one is or is issued
+    /// by a configured anchor. Names are the caller's business (an x5c JWT issuer: SAN = `iss`;
+    /// an mdoc document signer: any, its IACA is the anchor).
+    pub fn chain_key(
+        &self,
+        der: &[Vec<u8>],
+        now: i64,
+    ) -> Result<(VerifyingKey, Certificate), String> {
+        if self.anchors.is_empty() {
+            return Err("no X.509 trust anchor is configured (x509.trust_anchors)".into());
+        }
+        if der.is_empty() || der.len() > MAX_CHAIN {
+            return Err(format!("the chain must hold 1 to {MAX_CHAIN} certificates"));
+        }
+        let chain = der
+            .iter()
+            .map(|d| {
+                if d.len() > MAX_CERT_BYTES {
+                    return Err("a chain certificate is too large".to_string());
+                }
+                Certificate::from_der(d).map_err(|e| format!("chain certificate: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
         for (i, c) in chain.iter().enumerate() {
@@ -111,7 +143,7 @@ impl TrustAnchors {
                     .map_err(|e| format!("x5c[{}] is not signed by x5c[{i}]: {e}", i - 1))?;
             }
         }
-        let last = chain.last().ok_or("empty x5c")?;
+        let last = chain.last().ok_or("empty chain")?;
         let anchored = self.anchors.iter().any(|a| {
             if a == last {
                 return true;
@@ -126,13 +158,14 @@ impl TrustAnchors {
         if !anchored {
             return Err("the x5c chain does not end at a configured trust anchor".into());
         }
-        let leaf = &chain[0];
-        if !leaf_names(leaf, iss)? {
-            return Err(format!(
-                "the x5c leaf certificate does not name the issuer {iss} (SAN URI or DNS name)"
-            ));
-        }
-        spki_key(leaf)
+        let leaf = chain.into_iter().next().ok_or("empty chain")?;
+        Ok((spki_key(&leaf)?, leaf))
+    }
+
+    /// Adds anchors (e.g. the sandbox IACA this node created).
+    pub fn with(mut self, more: impl IntoIterator<Item = Certificate>) -> Self {
+        self.anchors.extend(more);
+        self
     }
 }
 
