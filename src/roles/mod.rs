@@ -18,6 +18,7 @@ pub mod verifier;
 pub mod wallet;
 
 pub mod context;
+pub mod mdoc_pki;
 pub mod tenant_keys;
 
 use std::sync::Arc;
