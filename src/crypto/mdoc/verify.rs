@@ -29,6 +29,8 @@ pub struct Verified {
     pub valid_until: i64,
     /// Token Status List reference from the MSO: (index, list URI).
     pub status: Option<(u64, String)>,
+    /// The document signer certificate's subject (RFC 4514).
+    pub signer: String,
 }
 
 /// The issuer-signed part of one document: `issuerAuth` signed by a document signer chaining to
@@ -54,7 +56,7 @@ pub fn issuer_signed(
         ));
     }
     let chain = x5chain(&sign1)?;
-    let (signer, _) = anchors
+    let (signer, signer_cert) = anchors
         .chain_key(&chain, now)
         .map_err(MdocError::Untrusted)?;
     if !matches!(signer, VerifyingKey::P256(_)) {
@@ -104,7 +106,26 @@ pub fn issuer_signed(
         valid_from,
         valid_until,
         status: status_ref(&mso),
+        signer: signer_cert.tbs_certificate.subject.to_string(),
     })
+}
+
+/// The doc type and issuer-signed elements of an `IssuerSigned` WITHOUT checking its signature,
+/// chain or validity (each disclosed item is still checked against the MSO's digests): for a
+/// holder deciding which of its own credentials answer a query. Never a verification result.
+pub fn parse_unverified(
+    issuer_signed_bytes: &[u8],
+) -> MdocResult<(String, BTreeMap<String, serde_json::Map<String, serde_json::Value>>)> {
+    let signed = decode(issuer_signed_bytes)?;
+    let auth = get(&signed, "issuerAuth").ok_or_else(|| malformed("no issuerAuth"))?;
+    let sign1 = coset::CoseSign1::from_cbor_value(auth.clone())
+        .map_err(|e| malformed(format!("issuerAuth is not a COSE_Sign1: {e}")))?;
+    let payload = sign1
+        .payload
+        .as_deref()
+        .ok_or_else(|| malformed("issuerAuth has no payload"))?;
+    let (_, mso) = untag24(&decode(payload)?)?;
+    Ok((text(&mso, "docType")?.to_string(), disclosed(&signed, &mso)?))
 }
 
 fn check_mso_header(mso: &Value, doc_type: Option<&str>) -> MdocResult<()> {

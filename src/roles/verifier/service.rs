@@ -597,7 +597,10 @@ impl VerifierService {
                 .trust(&v)
                 .await
                 .map_err(|e| OAuthError::unless_unavailable(e, OAuthError::server("trust")))?;
+            let transcript = self.mdoc_transcript(&session).map_err(OAuthError::server)?;
+            let anchors = self.anchors().await;
             let ctx = Ctx {
+                mdoc_transcript: Some(&transcript),
                 dcql_query: session.dcql_query.as_ref(),
                 presentation_definition: session.presentation_definition.as_ref(),
                 audience: Some(Audience {
@@ -608,7 +611,7 @@ impl VerifierService {
                 http: &self.ctx.http,
                 trust: &trust,
                 status_cache: &self.status_cache,
-                anchors: &self.ctx.x509_anchors,
+                anchors: &anchors,
                 require_status: session.require_status,
             };
             let outcome = query::evaluate(&ctx, &vp_token, submission.as_ref()).await;
@@ -697,6 +700,39 @@ impl VerifierService {
     }
 }
 
+impl VerifierService {
+    /// The SessionTranscript an mdoc in this session's response must be device-signed over
+    /// (OpenID4VP 1.0 Appendix B.2.6.1): client_id, nonce, the response encryption key's
+    /// thumbprint (direct_post.jwt) and the response_uri.
+    /// The X.509 anchors: `x509.trust_anchors`, plus this deployment's sandbox mdoc IACA in
+    /// sandbox mode (as the sandbox verifier trusts its own issuers).
+    async fn anchors(&self) -> crate::crypto::x509::TrustAnchors {
+        let mut anchors = (*self.ctx.x509_anchors).clone();
+        if self.ctx.mode == crate::config::Mode::Sandbox {
+            if let Some(der) = crate::roles::mdoc_pki::sandbox_anchor(&self.ctx).await {
+                use x509_cert::der::Decode;
+                if let Ok(c) = x509_cert::Certificate::from_der(&der) {
+                    anchors = anchors.with([c]);
+                }
+            }
+        }
+        anchors
+    }
+
+    fn mdoc_transcript(&self, s: &Session) -> ApiResult<Vec<u8>> {
+        let thumbprint = match &s.encryption_key {
+            Some(sealed) => Some(self.encryption_key(&s.id, sealed)?.thumbprint()),
+            None => None,
+        };
+        Ok(crate::crypto::mdoc::transcript::oid4vp(
+            &s.client_id,
+            &s.nonce,
+            thumbprint.as_deref(),
+            &s.response_uri,
+        ))
+    }
+}
+
 fn client_metadata(v: &Verifier, s: &Session, svc: &VerifierService) -> ApiResult<Value> {
     let algs = json!(["EdDSA", "ES256", "ES256K"]);
     let mut m = if s.presentation_definition.is_some() {
@@ -731,6 +767,11 @@ fn client_metadata(v: &Verifier, s: &Session, svc: &VerifierService) -> ApiResul
                 "ldp_vc" => json!({
                     "proof_type_values": ["DataIntegrityProof"],
                     "cryptosuite_values": ["eddsa-rdfc-2022"],
+                }),
+                // COSE ES256 (-7) for issuerAuth and deviceSignature (OID4VP 1.0 B.2.1)
+                "mso_mdoc" => json!({
+                    "issuerauth_alg_values": [-7],
+                    "deviceauth_alg_values": [-7],
                 }),
                 _ => continue,
             };
@@ -779,6 +820,13 @@ fn validate_dcql(q: &Value) -> ApiResult<()> {
         ids.push(id);
         match c["format"].as_str() {
             Some("dc+sd-jwt" | "vc+sd-jwt" | "jwt_vc_json" | "ldp_vc") => {}
+            Some("mso_mdoc") => {
+                if !c["meta"]["doctype_value"].as_str().is_some_and(|d| !d.is_empty()) {
+                    return Err(ApiError::validation(format!(
+                        "credential query `{id}`: mso_mdoc needs meta.doctype_value (e.g. \"org.iso.18013.5.1.mDL\")"
+                    )));
+                }
+            }
             other => {
                 return Err(ApiError::validation(format!(
                     "credential query `{id}`: unsupported format {other:?}"

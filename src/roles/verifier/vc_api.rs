@@ -136,6 +136,7 @@ pub async fn verify_credential(
         status_cache: &svc.status_cache,
         anchors: &svc.ctx.x509_anchors,
         require_status: false,
+        mdoc_transcript: None,
     };
     let mut out = Outcome::default();
     let envelope = crate::crypto::envelope::enveloped_vc_jwt(&body.verifiable_credential);
@@ -188,6 +189,7 @@ pub async fn verify_presentation(
         status_cache: &svc.status_cache,
         anchors: &svc.ctx.x509_anchors,
         require_status: false,
+        mdoc_transcript: None,
     };
     let mut out = Outcome::default();
     let vp = &body.verifiable_presentation;
