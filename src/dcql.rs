@@ -101,7 +101,10 @@ pub fn mismatch(c: &CredentialView, cq: &Value) -> Option<String> {
     }
     if let Some(dt) = cq["meta"].get("doctype_value") {
         if dt.as_str() != c.doctype.as_deref() {
-            return Some(format!("{id}: doctype {:?} is not the requested {dt}", c.doctype));
+            return Some(format!(
+                "{id}: doctype {:?} is not the requested {dt}",
+                c.doctype
+            ));
         }
     }
     if let Some(sets) = cq["meta"]["type_values"].as_array() {

@@ -923,3 +923,127 @@ async fn sd_jwt_x5c_chain_must_end_at_a_configured_anchor() {
     .await;
     s.stop();
 }
+
+/// mso_mdoc at the verifier (DCQL `meta.doctype_value`, claim paths [namespace, element]): a
+/// DeviceResponse device-signed over this session's SessionTranscript by the key in an MSO whose
+/// document signer chains to `x509.trust_anchors` verifies, and only the disclosed elements are
+/// in the result. Refused, each by the policy it breaks: one made for another session
+/// (holder_binding), one under another IACA (issuer_allowlist), an expired one (validity), a
+/// truncated one (signature); a query without doctype_value is refused (422) at session creation.
+#[tokio::test]
+async fn mdoc_device_responses_are_bound_to_the_session_and_the_anchor() {
+    use base64::Engine;
+    use idstack::crypto::mdoc::{issue, present, transcript};
+    let root = x509_root("Test IACA");
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("anchors.pem");
+    std::fs::write(&pem, root.cert.pem()).unwrap();
+    let s = Server::builder()
+        .env("IDSTACK__X509__TRUST_ANCHORS", pem.to_str().unwrap())
+        .start()
+        .await;
+    let device = SigningKey::generate(KeyType::P256);
+    let t = now();
+    let issue_under = |root: &Cert, valid_until: i64| {
+        let (ds, signer) = x509_leaf(root, "ds.example");
+        let ds = base64::engine::general_purpose::STANDARD
+            .decode(ds)
+            .unwrap();
+        let elements = vec![
+            (
+                "family_name".to_string(),
+                ciborium::Value::Text("Mustermann".into()),
+            ),
+            (
+                "given_name".to_string(),
+                ciborium::Value::Text("Erika".into()),
+            ),
+            ("age_over_18".to_string(), ciborium::Value::Bool(true)),
+        ];
+        issue::issuer_signed(&issue::IssueRequest {
+            doc_type: "org.iso.18013.5.1.mDL",
+            namespaces: &[("org.iso.18013.5.1".into(), elements)],
+            device_key: &device.verifying_key(),
+            signer: &signer,
+            x5chain: &[ds],
+            signed: t - 120,
+            valid_from: t - 120,
+            valid_until,
+            status: None,
+        })
+        .unwrap()
+    };
+    let query = json!({"dcql_query": {"credentials": [{"id": "mdl", "format": "mso_mdoc",
+        "meta": {"doctype_value": "org.iso.18013.5.1.mDL"},
+        "claims": [{"path": ["org.iso.18013.5.1", "family_name"]}, {"path": ["org.iso.18013.5.1", "age_over_18"]}]}]}});
+    let respond_with = |req: &Request, signed: &[u8], for_req: Option<&Request>| {
+        let target = for_req.unwrap_or(req);
+        let st = transcript::oid4vp(&target.client_id, &target.nonce, None, &target.response_uri);
+        let resp = present::device_response(
+            signed,
+            "org.iso.18013.5.1.mDL",
+            |_, e| e == "family_name" || e == "age_over_18",
+            &device,
+            &st,
+        )
+        .unwrap();
+        b64url(resp)
+    };
+    let good = issue_under(&root, t + 3600);
+
+    let req = open(&s, "default", query.clone()).await;
+    let (status, r) = respond(&s, &req, "mdl", json!(respond_with(&req, &good, None))).await;
+    assert_eq!((status, &r["verified"]), (200, &json!(true)), "{r}");
+    let c = &r["credentials"][0];
+    assert_eq!(c["format"], "mso_mdoc");
+    assert_eq!(
+        c["claims"]["org.iso.18013.5.1"],
+        json!({"family_name": "Mustermann", "age_over_18": true})
+    );
+    assert!(c["claims"]["org.iso.18013.5.1"].get("given_name").is_none());
+
+    let failed = |r: &Value, policy: &str| {
+        r["verified"] != json!(true)
+            && r["policies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == policy && p["passed"] == json!(false))
+    };
+    // device-signed for another session (a replay into this one)
+    let other = open(&s, "default", query.clone()).await;
+    let req = open(&s, "default", query.clone()).await;
+    let (_, r) = respond(
+        &s,
+        &req,
+        "mdl",
+        json!(respond_with(&req, &good, Some(&other))),
+    )
+    .await;
+    assert!(failed(&r, "holder_binding"), "{r}");
+    // a document signer under the attacker's own IACA
+    let evil = issue_under(&x509_root("Evil IACA"), t + 3600);
+    let req = open(&s, "default", query.clone()).await;
+    let (_, r) = respond(&s, &req, "mdl", json!(respond_with(&req, &evil, None))).await;
+    assert!(failed(&r, "issuer_allowlist"), "{r}");
+    // expired
+    let expired = issue_under(&root, t - 60);
+    let req = open(&s, "default", query.clone()).await;
+    let (_, r) = respond(&s, &req, "mdl", json!(respond_with(&req, &expired, None))).await;
+    assert!(failed(&r, "validity"), "{r}");
+    // truncated CBOR
+    let req = open(&s, "default", query.clone()).await;
+    let full = idstack::crypto::b64url_decode(&respond_with(&req, &good, None)).unwrap();
+    let (status, r) = respond(&s, &req, "mdl", json!(b64url(&full[..full.len() / 2]))).await;
+    assert!(status < 500 && failed(&r, "signature"), "{status} {r}");
+    // a query for an mdoc must name its doctype
+    let r = client()
+        .post(s.url("/api/verifiers/default/sessions"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"dcql_query": {"credentials": [{"id": "m", "format": "mso_mdoc", "meta": {}}]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    s.stop();
+}

@@ -115,7 +115,10 @@ pub fn issuer_signed(
 /// holder deciding which of its own credentials answer a query. Never a verification result.
 pub fn parse_unverified(
     issuer_signed_bytes: &[u8],
-) -> MdocResult<(String, BTreeMap<String, serde_json::Map<String, serde_json::Value>>)> {
+) -> MdocResult<(
+    String,
+    BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+)> {
     let signed = decode(issuer_signed_bytes)?;
     let auth = get(&signed, "issuerAuth").ok_or_else(|| malformed("no issuerAuth"))?;
     let sign1 = coset::CoseSign1::from_cbor_value(auth.clone())
@@ -125,7 +128,10 @@ pub fn parse_unverified(
         .as_deref()
         .ok_or_else(|| malformed("issuerAuth has no payload"))?;
     let (_, mso) = untag24(&decode(payload)?)?;
-    Ok((text(&mso, "docType")?.to_string(), disclosed(&signed, &mso)?))
+    Ok((
+        text(&mso, "docType")?.to_string(),
+        disclosed(&signed, &mso)?,
+    ))
 }
 
 fn check_mso_header(mso: &Value, doc_type: Option<&str>) -> MdocResult<()> {

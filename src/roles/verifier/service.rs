@@ -821,7 +821,10 @@ fn validate_dcql(q: &Value) -> ApiResult<()> {
         match c["format"].as_str() {
             Some("dc+sd-jwt" | "vc+sd-jwt" | "jwt_vc_json" | "ldp_vc") => {}
             Some("mso_mdoc") => {
-                if !c["meta"]["doctype_value"].as_str().is_some_and(|d| !d.is_empty()) {
+                if !c["meta"]["doctype_value"]
+                    .as_str()
+                    .is_some_and(|d| !d.is_empty())
+                {
                     return Err(ApiError::validation(format!(
                         "credential query `{id}`: mso_mdoc needs meta.doctype_value (e.g. \"org.iso.18013.5.1.mDL\")"
                     )));

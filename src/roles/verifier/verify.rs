@@ -956,11 +956,19 @@ pub fn mdoc(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, presentation: &str
     let bytes = match crate::crypto::b64url_decode(presentation) {
         Ok(b) => b,
         Err(_) => {
-            out.fail("signature", format!("{query_id}: the DeviceResponse is not base64url"));
+            out.fail(
+                "signature",
+                format!("{query_id}: the DeviceResponse is not base64url"),
+            );
             return Vec::new();
         }
     };
-    let docs = match crate::crypto::mdoc::verify::device_response(&bytes, transcript, ctx.anchors, ctx.now) {
+    let docs = match crate::crypto::mdoc::verify::device_response(
+        &bytes,
+        transcript,
+        ctx.anchors,
+        ctx.now,
+    ) {
         Ok(d) => d,
         Err(e) => {
             let policy = match &e {
@@ -974,7 +982,14 @@ pub fn mdoc(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, presentation: &str
             return Vec::new();
         }
     };
-    for p in ["signature", "disclosure_integrity", "validity", "holder_binding", "nonce_audience", "issuer_allowlist"] {
+    for p in [
+        "signature",
+        "disclosure_integrity",
+        "validity",
+        "holder_binding",
+        "nonce_audience",
+        "issuer_allowlist",
+    ] {
         out.pass(p);
     }
     let mut checked = Vec::new();
