@@ -21,6 +21,7 @@
 
 pub mod issue;
 pub mod present;
+pub mod status;
 pub mod transcript;
 pub mod verify;
 

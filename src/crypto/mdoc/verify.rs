@@ -31,6 +31,8 @@ pub struct Verified {
     pub status: Option<(u64, String)>,
     /// The document signer certificate's subject (RFC 4514).
     pub signer: String,
+    /// The document signer's key (what the mdoc's status list must be signed with).
+    pub signer_key: VerifyingKey,
 }
 
 /// The issuer-signed part of one document: `issuerAuth` signed by a document signer chaining to
@@ -107,6 +109,7 @@ pub fn issuer_signed(
         valid_until,
         status: status_ref(&mso),
         signer: signer_cert.tbs_certificate.subject.to_string(),
+        signer_key: signer,
     })
 }
 
@@ -155,7 +158,7 @@ fn check_mso_header(mso: &Value, doc_type: Option<&str>) -> MdocResult<()> {
 }
 
 /// The chain in the `x5chain` header (unprotected or protected): one bstr or an array of them.
-fn x5chain(sign1: &coset::CoseSign1) -> MdocResult<Vec<Vec<u8>>> {
+pub(super) fn x5chain(sign1: &coset::CoseSign1) -> MdocResult<Vec<Vec<u8>>> {
     let find = |h: &coset::Header| {
         h.rest
             .iter()

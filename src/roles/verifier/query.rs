@@ -49,7 +49,7 @@ async fn verify_one(
         "jwt_vc_json" | "jwt_vp" | "jwt_vp_json" | "jwt_vc" => {
             verify::jwt_vp(ctx, out, query_id, s, holder_binding).await
         }
-        "mso_mdoc" => verify::mdoc(ctx, out, query_id, s),
+        "mso_mdoc" => verify::mdoc(ctx, out, query_id, s).await,
         other => {
             out.fail(
                 "signature",
