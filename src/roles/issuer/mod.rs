@@ -1,6 +1,7 @@
 //! The issuer role: OpenID4VCI 1.0 credential issuer with hosted status lists.
 
 pub mod formats;
+pub mod mdoc;
 pub mod model;
 pub mod protocol;
 pub mod routes;
