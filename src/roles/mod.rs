@@ -19,6 +19,7 @@ pub mod wallet;
 
 pub mod context;
 pub mod tenant_keys;
+pub mod tenants;
 
 use std::sync::Arc;
 
