@@ -20,6 +20,7 @@ pub mod wallet;
 pub mod context;
 pub mod mdoc_pki;
 pub mod tenant_keys;
+pub mod tenants;
 
 use std::sync::Arc;
 

@@ -1,11 +1,20 @@
 //! The issuer role: OpenID4VCI 1.0 credential issuer with hosted status lists.
 
+pub mod credential;
+pub mod error;
 pub mod formats;
+pub mod grants;
 pub mod mdoc;
+pub mod metadata;
 pub mod model;
+pub mod offers;
 pub mod protocol;
 pub mod routes;
 pub mod service;
+pub mod status;
+pub mod tenants;
+#[cfg(test)]
+mod tests;
 pub mod vc_api;
 pub mod vc_input;
 

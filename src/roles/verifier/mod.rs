@@ -1,11 +1,17 @@
 //! The verifier role: OpenID4VP 1.0 with DCQL (and presentation definitions), named verification
 //! policies, single-use sessions, results by poll, SSE and webhook.
 
+pub mod error;
 pub mod model;
 pub mod protocol;
 pub mod query;
+pub mod response;
 pub mod routes;
 pub mod service;
+pub mod sessions;
+pub mod tenants;
+#[cfg(test)]
+mod tests;
 pub mod vc_api;
 pub mod verify;
 
