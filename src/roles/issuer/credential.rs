@@ -246,7 +246,34 @@ impl IssuerService {
             expires_at: b.expires_at,
             status: &status,
         };
-        let credential = if b.config.format == Format::LdpVc {
+        let credential = if b.config.format == Format::MsoMdoc {
+            let (doctype, namespace) = b
+                .config
+                .mdoc_names()
+                .ok_or_else(|| OAuthError::server("mso_mdoc configuration without a doctype"))?;
+            if !matches!(holder, VerifyingKey::P256(_)) {
+                return Err(OAuthError::bad(
+                    "invalid_proof",
+                    "an mdoc's device key must be P-256: sign the proof with ES256",
+                ));
+            }
+            let cred = super::mdoc::issue(
+                &self.ctx,
+                &super::mdoc::MdocIssue {
+                    issuer_id: &b.issuer.id,
+                    doctype,
+                    namespace: &namespace,
+                    claims: b.claims,
+                    holder,
+                    now: b.now,
+                    expires_at: b.expires_at,
+                    status: Some((status.index, status.token_list.clone())),
+                },
+            )
+            .await
+            .map_err(|e| OAuthError::bad("invalid_credential_request", e))?;
+            Value::String(cred)
+        } else if b.config.format == Format::LdpVc {
             let args = (
                 b.issuer.clone(),
                 b.key.clone(),

@@ -58,6 +58,24 @@ impl IssuerService {
                     entry["credential_definition"] =
                         json!({"type": ["VerifiableCredential", c.credential_type]});
                 }
+                Format::MsoMdoc => {
+                    let (doctype, ns) = c.mdoc_names().unwrap_or_default();
+                    let claims: Vec<_> = c
+                        .claims
+                        .iter()
+                        .map(|cl| (cl.name.clone(), cl.mandatory, cl.display_name.clone()))
+                        .collect();
+                    let m = super::mdoc::metadata(doctype, &ns, &claims);
+                    for k in [
+                        "doctype",
+                        "cryptographic_binding_methods_supported",
+                        "credential_signing_alg_values_supported",
+                        "proof_types_supported",
+                    ] {
+                        entry[k] = m[k].clone();
+                    }
+                    entry["credential_metadata"]["claims"] = m["claims"].clone();
+                }
                 Format::LdpVc => {
                     entry["cryptographic_binding_methods_supported"] =
                         json!(["did:key", "did:jwk"]);

@@ -139,6 +139,11 @@ fn validate_configs(
                 "credential configuration `{id}`: ldp_vc (eddsa-rdfc-2022) needs an Ed25519 key with did:key or did:jwk"
             ));
         }
+        if c.format == Format::MsoMdoc && c.doctype.as_deref().is_none_or(str::is_empty) {
+            return Err(format!(
+                "credential configuration `{id}`: mso_mdoc needs a doctype (e.g. org.iso.18013.5.1.mDL)"
+            ));
+        }
         if c.credential_type.is_empty() || c.claims.is_empty() {
             return Err(format!(
                 "credential configuration `{id}` needs credential_type and claims"
@@ -154,6 +159,54 @@ fn validate_url(u: &str) -> Result<(), String> {
     } else {
         Err("URLs must be http(s) and at most 2048 characters".into())
     }
+}
+
+/// The built-in mdoc configurations: the ISO mDL and the EUDI PID.
+fn mdoc_configs() -> Vec<(String, CredentialConfig)> {
+    use super::mdoc::{MDL_DOCTYPE, MDL_ELEMENTS, PID_DOCTYPE, PID_ELEMENTS};
+    [
+        (
+            "org.iso.18013.5.1.mDL",
+            "mDL",
+            MDL_DOCTYPE,
+            MDL_ELEMENTS,
+            "Mobile Driving Licence",
+        ),
+        (
+            "eu.europa.ec.eudi.pid.1",
+            "PID",
+            PID_DOCTYPE,
+            PID_ELEMENTS,
+            "Person Identification Data",
+        ),
+    ]
+    .into_iter()
+    .map(|(id, ty, doctype, elements, name)| {
+        let config = CredentialConfig {
+            format: Format::MsoMdoc,
+            credential_type: ty.into(),
+            vct: None,
+            claims: elements
+                .iter()
+                .map(|(n, mandatory)| ClaimSpec {
+                    name: (*n).to_string(),
+                    mandatory: *mandatory,
+                    selectively_disclosable: true,
+                    display_name: Some(n.replace('_', " ")),
+                })
+                .collect(),
+            display: vec![Display {
+                name: name.into(),
+                locale: Some("en-US".into()),
+                description: None,
+            }],
+            validity_seconds: Some(365 * 86_400),
+            doctype: Some(doctype.into()),
+            namespace: None,
+        };
+        (id.to_string(), config)
+    })
+    .collect()
 }
 
 /// The sandbox's default issuer: Ed25519, did:key, an IdentityCredential in each available format.
@@ -188,9 +241,12 @@ pub fn default_issuer_request() -> CreateIssuer {
             claims: claims(sd),
             display: display.clone(),
             validity_seconds: Some(365 * 86_400),
+            doctype: None,
+            namespace: None,
         };
         (id.to_string(), config)
     })
+    .chain(mdoc_configs())
     .collect();
     CreateIssuer {
         id: "default".into(),
