@@ -1,14 +1,28 @@
 //! The wallet role: a multi-tenant cloud wallet (accounts, wallets, keys, DIDs, credentials) that
 //! receives from any OpenID4VCI issuer and presents to any OpenID4VP verifier.
+//!
+//! `routes.rs` translates HTTP; the engine is [`WalletService`] (`service.rs`: the struct and what
+//! the steps share) with one file per step: `access.rs` (session token → [`SignedIn`], membership
+//! → [`Viewer`] / [`Owner`] proofs), `accounts.rs`, `wallets.rs`, `keys.rs` (keys and DIDs),
+//! `credentials.rs`, `exchange.rs` (OpenID4VCI / OpenID4VP). Its errors are [`WalletError`].
 
+pub mod access;
+mod accounts;
+mod credentials;
+pub mod error;
+mod exchange;
+mod keys;
 pub mod model;
 pub mod routes;
 pub mod service;
+mod wallets;
 
 use std::sync::Arc;
 
 use actix_web::web;
 
+pub use access::{Opened, Owner, SignedIn, Viewer};
+pub use error::WalletError;
 pub use service::WalletService;
 
 use crate::config::WalletConfig;

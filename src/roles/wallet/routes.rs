@@ -8,6 +8,7 @@ use actix_web::{
     delete, dev::Payload, get, post, put, web, FromRequest, HttpRequest, HttpResponse,
 };
 
+use super::access::SignedIn;
 use super::model::*;
 use super::service::WalletService;
 use crate::error::{ApiError, ApiResult, Code, Problem};
@@ -15,13 +16,9 @@ use crate::http::auth::{bearer_token, Admin};
 
 type Svc = web::Data<WalletService>;
 
-/// An authenticated wallet user (bearer token from `/wallet/auth/login`).
-pub struct WalletUser {
-    pub account: Account,
-    pub token: String,
-}
-
-impl FromRequest for WalletUser {
+/// The wallet session (bearer token from `/wallet/auth/login`) as the service's [`SignedIn`]
+/// proof; wallet-scoped handlers turn it into a [`super::Viewer`] or [`super::Owner`].
+impl FromRequest for SignedIn {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
@@ -36,8 +33,7 @@ impl FromRequest for WalletUser {
                     "send Authorization: Bearer <wallet session token>",
                 )
             })?;
-            let account = svc.authenticate(&token).await?;
-            Ok(WalletUser { account, token })
+            Ok(svc.authenticate(&token).await?)
         })
     }
 }
@@ -65,23 +61,23 @@ pub async fn login(svc: Svc, body: web::Json<Credentials>) -> ApiResult<web::Jso
 /// End the session (the token stops working at once).
 #[utoipa::path(tag = "wallet", security(("wallet_session" = [])), responses((status = 204), (status = 401, body = Problem)))]
 #[post("/wallet/auth/logout")]
-pub async fn logout(svc: Svc, user: WalletUser) -> ApiResult<HttpResponse> {
-    svc.logout(&user.token).await?;
+pub async fn logout(svc: Svc, user: SignedIn) -> ApiResult<HttpResponse> {
+    svc.logout(&user).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 /// The logged-in account.
 #[utoipa::path(tag = "wallet", security(("wallet_session" = [])), responses((status = 200, body = AccountView), (status = 401, body = Problem)))]
 #[get("/wallet/auth/me")]
-pub async fn me(user: WalletUser) -> web::Json<AccountView> {
-    web::Json(AccountView::from(&user.account))
+pub async fn me(user: SignedIn) -> web::Json<AccountView> {
+    web::Json(AccountView::from(user.account()))
 }
 
 /// Wallets this account is a member of.
 #[utoipa::path(tag = "wallet", security(("wallet_session" = [])), responses((status = 200, body = Vec<WalletView>)))]
 #[get("/wallet/wallets")]
-pub async fn list_wallets(svc: Svc, user: WalletUser) -> ApiResult<web::Json<Vec<WalletView>>> {
-    Ok(web::Json(svc.list_wallets(&user.account).await?))
+pub async fn list_wallets(svc: Svc, user: SignedIn) -> ApiResult<web::Json<Vec<WalletView>>> {
+    Ok(web::Json(svc.list_wallets(user.account()).await?))
 }
 
 /// Create a wallet (the caller becomes its owner).
@@ -89,10 +85,10 @@ pub async fn list_wallets(svc: Svc, user: WalletUser) -> ApiResult<web::Json<Vec
 #[post("/wallet/wallets")]
 pub async fn create_wallet(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     body: web::Json<WalletName>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Created().json(svc.create_wallet(&user.account, &body.name).await?))
+    Ok(HttpResponse::Created().json(svc.create_wallet(user.account(), &body.name).await?))
 }
 
 /// Rename a wallet (owner).
@@ -100,12 +96,13 @@ pub async fn create_wallet(
 #[put("/wallet/wallets/{w}")]
 pub async fn rename_wallet(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     body: web::Json<WalletName>,
 ) -> ApiResult<web::Json<Wallet>> {
     Ok(web::Json(
-        svc.rename_wallet(&user.account, &path, &body.name).await?,
+        svc.rename_wallet(&svc.owner(&user, &path).await?, &body.name)
+            .await?,
     ))
 }
 
@@ -114,10 +111,11 @@ pub async fn rename_wallet(
 #[delete("/wallet/wallets/{w}")]
 pub async fn delete_wallet(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    svc.delete_wallet(&user.account, &path).await?;
+    let owner = svc.owner(&user, &path).await?;
+    svc.delete_wallet(&owner).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -126,12 +124,12 @@ pub async fn delete_wallet(
 #[post("/wallet/wallets/{w}/members")]
 pub async fn add_member(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     body: web::Json<AddMember>,
 ) -> ApiResult<HttpResponse> {
-    svc.add_member(&user.account, &path, body.into_inner())
-        .await?;
+    let owner = svc.owner(&user, &path).await?;
+    svc.add_member(&owner, body.into_inner()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -140,11 +138,11 @@ pub async fn add_member(
 #[get("/wallet/wallets/{w}/keys")]
 pub async fn list_keys(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
 ) -> ApiResult<web::Json<Vec<KeyView>>> {
-    let (w, _s) = svc.open(&user.account, &path, MemberRole::Viewer).await?;
-    Ok(web::Json(svc.list_keys(&w.id).await?))
+    let v = svc.open_viewer(&user, &path).await?;
+    Ok(web::Json(svc.list_keys(&v).await?))
 }
 
 /// Generate a key (Ed25519 by default); the private part is sealed.
@@ -152,13 +150,13 @@ pub async fn list_keys(
 #[post("/wallet/wallets/{w}/keys")]
 pub async fn generate_key(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     body: web::Json<GenerateKey>,
 ) -> ApiResult<HttpResponse> {
-    let (_, s) = svc.open(&user.account, &path, MemberRole::Owner).await?;
+    let o = svc.open_owner(&user, &path).await?;
     Ok(HttpResponse::Created().json(
-        svc.generate_key(&s, body.key_type.unwrap_or(crate::crypto::KeyType::Ed25519))
+        svc.generate_key(&o, body.key_type.unwrap_or(crate::crypto::KeyType::Ed25519))
             .await?,
     ))
 }
@@ -168,12 +166,12 @@ pub async fn generate_key(
 #[post("/wallet/wallets/{w}/keys/import")]
 pub async fn import_key(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     body: web::Json<ImportKey>,
 ) -> ApiResult<HttpResponse> {
-    let (_, s) = svc.open(&user.account, &path, MemberRole::Owner).await?;
-    Ok(HttpResponse::Created().json(svc.import_key(&s, &body.jwk).await?))
+    let o = svc.open_owner(&user, &path).await?;
+    Ok(HttpResponse::Created().json(svc.import_key(&o, &body.jwk).await?))
 }
 
 /// Export a key's public JWK.
@@ -181,12 +179,12 @@ pub async fn import_key(
 #[get("/wallet/wallets/{w}/keys/{k}")]
 pub async fn get_key(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<KeyView>> {
     let (w, k) = path.into_inner();
-    let (w, _s) = svc.open(&user.account, &w, MemberRole::Viewer).await?;
-    Ok(web::Json(svc.get_key(&w.id, &k).await?))
+    let v = svc.open_viewer(&user, &w).await?;
+    Ok(web::Json(svc.get_key(&v, &k).await?))
 }
 
 /// Delete a key no DID uses.
@@ -194,12 +192,12 @@ pub async fn get_key(
 #[delete("/wallet/wallets/{w}/keys/{k}")]
 pub async fn delete_key(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<(String, String)>,
 ) -> ApiResult<HttpResponse> {
     let (w, k) = path.into_inner();
-    let (w, _s) = svc.open(&user.account, &w, MemberRole::Owner).await?;
-    svc.delete_key(&w.id, &k).await?;
+    let o = svc.open_owner(&user, &w).await?;
+    svc.delete_key(&o, &k).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -208,11 +206,11 @@ pub async fn delete_key(
 #[get("/wallet/wallets/{w}/dids")]
 pub async fn list_dids(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
 ) -> ApiResult<web::Json<Vec<DidRecord>>> {
-    let (w, _s) = svc.open(&user.account, &path, MemberRole::Viewer).await?;
-    Ok(web::Json(svc.list_dids(&w.id).await?))
+    let v = svc.open_viewer(&user, &path).await?;
+    Ok(web::Json(svc.list_dids(&v).await?))
 }
 
 /// Create a DID (did:key, did:jwk or did:web) on an existing or new key; the first is the default.
@@ -220,12 +218,12 @@ pub async fn list_dids(
 #[post("/wallet/wallets/{w}/dids")]
 pub async fn create_did(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     body: web::Json<CreateDid>,
 ) -> ApiResult<HttpResponse> {
-    let (_, s) = svc.open(&user.account, &path, MemberRole::Owner).await?;
-    Ok(HttpResponse::Created().json(svc.create_did(&s, body.into_inner()).await?))
+    let o = svc.open_owner(&user, &path).await?;
+    Ok(HttpResponse::Created().json(svc.create_did(&o, body.into_inner()).await?))
 }
 
 /// Make a DID the wallet's default.
@@ -233,12 +231,12 @@ pub async fn create_did(
 #[post("/wallet/wallets/{w}/dids/default")]
 pub async fn default_did(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     body: web::Json<SetDefaultDid>,
 ) -> ApiResult<HttpResponse> {
-    let (w, _s) = svc.open(&user.account, &path, MemberRole::Owner).await?;
-    svc.set_default_did(&w.id, &body.did).await?;
+    let o = svc.open_owner(&user, &path).await?;
+    svc.set_default_did(&o, &body.did).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -247,12 +245,12 @@ pub async fn default_did(
 #[post("/wallet/wallets/{w}/dids/delete")]
 pub async fn delete_did(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     body: web::Json<SetDefaultDid>,
 ) -> ApiResult<HttpResponse> {
-    let (w, _s) = svc.open(&user.account, &path, MemberRole::Owner).await?;
-    svc.delete_did(&w.id, &body.did).await?;
+    let o = svc.open_owner(&user, &path).await?;
+    svc.delete_did(&o, &body.did).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -271,12 +269,12 @@ pub async fn did_document(svc: Svc, path: web::Path<(String, String)>) -> ApiRes
 #[get("/wallet/wallets/{w}/credentials")]
 pub async fn list_credentials(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     q: web::Query<CredentialFilter>,
 ) -> ApiResult<web::Json<Vec<CredentialSummary>>> {
-    let (w, _s) = svc.open(&user.account, &path, MemberRole::Viewer).await?;
-    Ok(web::Json(svc.list_credentials(&w.id, &q).await?))
+    let v = svc.open_viewer(&user, &path).await?;
+    Ok(web::Json(svc.list_credentials(&v, &q).await?))
 }
 
 /// A credential decoded, with its selectively disclosable claims.
@@ -284,12 +282,12 @@ pub async fn list_credentials(
 #[get("/wallet/wallets/{w}/credentials/{c}")]
 pub async fn get_credential(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<CredentialDetail>> {
     let (w, c) = path.into_inner();
-    let (w, _s) = svc.open(&user.account, &w, MemberRole::Viewer).await?;
-    Ok(web::Json(svc.credential_detail(&w.id, &c).await?))
+    let v = svc.open_viewer(&user, &w).await?;
+    Ok(web::Json(svc.credential_detail(&v, &c).await?))
 }
 
 /// Delete a credential.
@@ -297,12 +295,12 @@ pub async fn get_credential(
 #[delete("/wallet/wallets/{w}/credentials/{c}")]
 pub async fn delete_credential(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<(String, String)>,
 ) -> ApiResult<HttpResponse> {
     let (w, c) = path.into_inner();
-    let (w, _s) = svc.open(&user.account, &w, MemberRole::Owner).await?;
-    svc.delete_credential(&w.id, &c).await?;
+    let o = svc.open_owner(&user, &w).await?;
+    svc.delete_credential(&o, &c).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -311,12 +309,12 @@ pub async fn delete_credential(
 #[post("/wallet/wallets/{w}/credentials/{c}/status")]
 pub async fn credential_status(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<serde_json::Value>> {
     let (w, c) = path.into_inner();
-    let (w, _s) = svc.open(&user.account, &w, MemberRole::Viewer).await?;
-    Ok(web::Json(svc.credential_status(&w.id, &c).await?))
+    let v = svc.open_viewer(&user, &w).await?;
+    Ok(web::Json(svc.credential_status(&v, &c).await?))
 }
 
 /// Exchanges of a wallet, newest first.
@@ -324,11 +322,11 @@ pub async fn credential_status(
 #[get("/wallet/wallets/{w}/history")]
 pub async fn history(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
 ) -> ApiResult<web::Json<Vec<HistoryEntry>>> {
-    let (w, _s) = svc.open(&user.account, &path, MemberRole::Viewer).await?;
-    Ok(web::Json(svc.history(&w.id).await?))
+    let v = svc.open_viewer(&user, &path).await?;
+    Ok(web::Json(svc.history(&v).await?))
 }
 
 /// Show what an OpenID4VCI offer contains (issuer display, offered credentials, grants).
@@ -336,12 +334,12 @@ pub async fn history(
 #[post("/wallet/wallets/{w}/exchange/resolve-offer")]
 pub async fn resolve_offer(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     body: web::Json<OfferInput>,
 ) -> ApiResult<web::Json<serde_json::Value>> {
-    let (_w, _s) = svc.open(&user.account, &path, MemberRole::Viewer).await?;
-    Ok(web::Json(svc.resolve_offer(&body.offer).await?))
+    let v = svc.open_viewer(&user, &path).await?;
+    Ok(web::Json(svc.resolve_offer(&v, &body.offer).await?))
 }
 
 /// Accept an offer: run the OpenID4VCI flow with the wallet's DID key and store the credentials.
@@ -349,12 +347,12 @@ pub async fn resolve_offer(
 #[post("/wallet/wallets/{w}/exchange/accept-offer")]
 pub async fn accept_offer(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     body: web::Json<OfferInput>,
 ) -> ApiResult<web::Json<Vec<CredentialSummary>>> {
-    let (_, s) = svc.open(&user.account, &path, MemberRole::Owner).await?;
-    Ok(web::Json(svc.accept_offer(&s, body.into_inner()).await?))
+    let o = svc.open_owner(&user, &path).await?;
+    Ok(web::Json(svc.accept_offer(&o, body.into_inner()).await?))
 }
 
 /// Resolve an OpenID4VP request (verifying a signed request) and list matching credentials.
@@ -362,12 +360,12 @@ pub async fn accept_offer(
 #[post("/wallet/wallets/{w}/exchange/resolve-request")]
 pub async fn resolve_request(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     body: web::Json<RequestInput>,
 ) -> ApiResult<web::Json<serde_json::Value>> {
-    let (_, s) = svc.open(&user.account, &path, MemberRole::Viewer).await?;
-    Ok(web::Json(svc.resolve_request(&s, &body.request).await?))
+    let v = svc.open_viewer(&user, &path).await?;
+    Ok(web::Json(svc.resolve_request(&v, &body.request).await?))
 }
 
 /// Present: build the vp_token from the chosen credentials (disclosing only what is chosen) and post it.
@@ -375,12 +373,12 @@ pub async fn resolve_request(
 #[post("/wallet/wallets/{w}/exchange/present")]
 pub async fn present(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     body: web::Json<RequestInput>,
 ) -> ApiResult<web::Json<serde_json::Value>> {
-    let (_, s) = svc.open(&user.account, &path, MemberRole::Owner).await?;
-    Ok(web::Json(svc.present(&s, body.into_inner()).await?))
+    let o = svc.open_owner(&user, &path).await?;
+    Ok(web::Json(svc.present(&o, body.into_inner()).await?))
 }
 
 /// All wallet accounts (admin).
