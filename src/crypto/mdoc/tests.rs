@@ -336,12 +336,9 @@ fn malformed_and_oversized_input_is_a_clear_error_never_a_panic() {
     }
 }
 
-#[test]
-fn device_mac_and_device_signed_elements_are_not_accepted() {
-    let f = fixture();
-    let resp = present(&f, &mdl(&f, NOW - 10, NOW + 3600), "n");
-    let mut v = decode(&resp).unwrap();
-    let Value::Map(top) = &mut v else { panic!() };
+/// The first document's `deviceSigned` map (nameSpaces, deviceAuth) of a decoded response.
+fn device_signed(v: &mut Value) -> &mut Vec<(Value, Value)> {
+    let Value::Map(top) = v else { panic!() };
     let Value::Array(docs) = &mut top[1].1 else {
         panic!()
     };
@@ -351,6 +348,15 @@ fn device_mac_and_device_signed_elements_are_not_accepted() {
     let Value::Map(device) = &mut doc[2].1 else {
         panic!()
     };
+    device
+}
+
+#[test]
+fn device_mac_and_device_signed_elements_are_not_accepted() {
+    let f = fixture();
+    let resp = present(&f, &mdl(&f, NOW - 10, NOW + 3600), "n");
+    let mut v = decode(&resp).unwrap();
+    let device = device_signed(&mut v);
     device[1].1 = Value::Map(vec![(
         Value::Text("deviceMac".into()),
         Value::Array(vec![]),
@@ -359,4 +365,35 @@ fn device_mac_and_device_signed_elements_are_not_accepted() {
         verify_resp(&f, &encode(&v), "n").unwrap_err().code(),
         "mdoc_unsupported"
     );
+}
+
+/// A deviceSignature that carries its payload attached (ISO 18013-5 says nil) equal to the
+/// DeviceAuthenticationBytes the verifier expects: anyone can compute those from the request, so
+/// this must be a clear refusal, not a panic in coset's detached-signature check.
+#[test]
+fn an_attached_device_auth_payload_is_refused_not_a_panic() {
+    let f = fixture();
+    let resp = present(&f, &mdl(&f, NOW - 10, NOW + 3600), "n");
+    let device_auth = Value::Array(vec![
+        Value::Text("DeviceAuthentication".into()),
+        decode(&transcript("n")).unwrap(),
+        Value::Text(MDL.into()),
+        tag24(&Value::Map(Vec::new())),
+    ]);
+    let payload = encode(&tag24(&device_auth));
+    let mut v = decode(&resp).unwrap();
+    let device = device_signed(&mut v);
+    let Value::Map(auth) = &mut device[1].1 else {
+        panic!()
+    };
+    let Value::Array(sign1) = &mut auth[0].1 else {
+        panic!()
+    };
+    sign1[2] = Value::Bytes(payload);
+    let attached = encode(&v);
+    let outcome = std::panic::catch_unwind(|| verify_resp(&f, &attached, "n"));
+    let e = outcome
+        .expect("verification panicked")
+        .expect_err("an attached payload is refused");
+    assert_eq!(e.code(), "mdoc_device_auth_failed");
 }
