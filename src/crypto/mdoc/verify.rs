@@ -59,6 +59,7 @@ pub fn issuer_signed(
     let (signer, signer_cert) = anchors
         .chain_key(&chain, now)
         .map_err(MdocError::Untrusted)?;
+    crate::crypto::x509::check_document_signer(&signer_cert).map_err(MdocError::Untrusted)?;
     if !matches!(signer, VerifyingKey::P256(_)) {
         return Err(MdocError::Unsupported(
             "document signer key must be P-256".into(),
