@@ -1086,3 +1086,81 @@ async fn mdoc_device_responses_are_bound_to_the_session_and_the_anchor() {
     assert_eq!(r.status(), 422);
     s.stop();
 }
+
+/// presentation_definition (ISO 18013-7 Annex B): an mso_mdoc input descriptor's id is the doc
+/// type it asks for. A document of another doc type from a trusted document signer, carrying the
+/// same namespace and elements, does not answer it (query_match).
+#[tokio::test]
+async fn mdoc_presentation_definition_descriptor_id_is_the_doctype() {
+    let root = x509_root("Test IACA");
+    let (s, _dir) = anchored_server(&root).await;
+    let device = SigningKey::generate(KeyType::P256);
+    let ds = mdoc_ds(&root);
+    let mdl = "org.iso.18013.5.1.mDL";
+    let pd = json!({"presentation_definition": {"id": "pd", "input_descriptors": [{
+        "id": mdl, "format": {"mso_mdoc": {"alg": ["ES256"]}},
+        "constraints": {"limit_disclosure": "required", "fields": [
+            {"path": ["$['org.iso.18013.5.1']['age_over_18']"], "filter": {"const": true}}]}}]}});
+    let answer = |req: &Request, doc_type: &str| {
+        let signed = mdoc_issue(&ds, &device, doc_type, now() + 3600);
+        let submission = json!({"id": "s", "definition_id": "pd",
+            "descriptor_map": [{"id": mdl, "format": "mso_mdoc", "path": "$"}]});
+        (
+            mdoc_present(&device, &signed, doc_type, req),
+            submission.to_string(),
+        )
+    };
+    let post = |req: &Request, vp_token: String, submission: String| {
+        let (uri, state) = (req.response_uri.clone(), req.state.clone());
+        async move {
+            client()
+                .post(&uri)
+                .form(&[
+                    ("vp_token", vp_token.as_str()),
+                    ("presentation_submission", submission.as_str()),
+                    ("state", state.as_str()),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let result = |req: &Request| {
+        let url = s.url(&format!(
+            "/api/verifiers/{}/sessions/{}",
+            req.verifier, req.id
+        ));
+        async move {
+            client()
+                .get(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    // the mDL answers
+    let req = open(&s, "default", pd.clone()).await;
+    let (vp, sub) = answer(&req, mdl);
+    assert_eq!(post(&req, vp, sub).await, 200);
+    let r = result(&req).await;
+    assert_eq!(r["verified"], true, "{r}");
+    // another doc type, same namespace and elements, same trusted signer
+    let req = open(&s, "default", pd.clone()).await;
+    let (vp, sub) = answer(&req, "org.example.loyalty.1");
+    let status = post(&req, vp, sub).await;
+    assert!(status < 500, "{status}");
+    let r = result(&req).await;
+    assert_ne!(r["verified"], true, "{r}");
+    let (passed, reason) = policy(&r, "query_match");
+    assert!(
+        !passed && reason.contains("does not answer this descriptor"),
+        "{reason}"
+    );
+    s.stop();
+}
