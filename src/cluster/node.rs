@@ -184,6 +184,10 @@ pub struct Node {
     recovering: AtomicBool,
     /// Why writes cannot reach their replicas (`None`: they can).
     write_block: Mutex<Option<String>>,
+    /// Tests: answer first-round (prepare) requests only after this many ms — accepted, but the
+    /// acknowledgement arrives after the executor's RPC timeout.
+    #[cfg(test)]
+    pub stall_prepares_ms: AtomicU64,
 }
 
 impl Node {
@@ -217,6 +221,8 @@ impl Node {
             last_beat_ms: AtomicU64::new(1 << 32),
             recovering: AtomicBool::new(false),
             write_block: Mutex::default(),
+            #[cfg(test)]
+            stall_prepares_ms: AtomicU64::new(0),
         })
     }
 
@@ -800,38 +806,77 @@ impl Node {
         ring::rank(ids, ks, key).first().copied() != Some(self.id())
     }
 
-    /// A consistent single-use transition a majority did not acknowledge: put this node's
-    /// previous version back (unless something newer arrived meanwhile), so the caller's 503
-    /// leaves the record as it was here. Peers that did acknowledge (fewer than a majority) keep
-    /// the transition: see docs/cluster.md (what consistent mode does not cover).
-    async fn undo_unacknowledged(
-        &self,
-        ks: &'static str,
-        key: &str,
-        applied: &Versioned,
-        before: Option<Versioned>,
-    ) {
-        let _g = self.replica.lock([(ks, key)]).await;
-        let still_ours = matches!(
-            self.replica.read(ks, key).await,
-            Ok(Some(ref cur)) if cur.version == applied.version
-        );
-        if !still_ours {
-            return;
-        }
-        let res = match &before {
-            Some(prev) => self.replica.write_locked(ks, key, prev).await,
-            None => self.replica.remove_locked(ks, key).await,
+    /// Sends the executor's decision on a prepared transition to every live peer (the ones that
+    /// prepared it among them), waiting for their answers (bounded by the RPC timeout). A peer
+    /// the decision does not reach asks this node later ([`Node::resolve_provisionals`]).
+    async fn decide(self: &Arc<Self>, ks: &'static str, key: &str, rec: &Versioned, commit: bool) {
+        let req = DecideReq {
+            ks: ks.to_string(),
+            key: key.to_string(),
+            rec: rec.clone(),
+            commit,
         };
-        match res {
-            Ok(()) => tracing::warn!(
-                keyspace = ks,
-                "single-use transition not acknowledged by a majority: undone on this node"
-            ),
-            Err(e) => {
-                tracing::error!(keyspace = ks, error = %e, "could not undo an unacknowledged single-use transition")
+        let peers = self.live_peers();
+        let calls = peers
+            .iter()
+            .map(|(id, addr)| self.call::<_, Empty>(id, addr, PATH_DECIDE, &req));
+        futures_util::future::join_all(calls).await;
+    }
+
+    /// Provisional transitions held here longer than `older_than` whose decision did not arrive
+    /// (lost, or the executor died): the executor is asked. Still provisional there: pending,
+    /// kept. Otherwise the executor's record decides — its version is the transition's:
+    /// committed (written here); anything else: aborted (dropped; the executor's record is
+    /// merged). An executor that cannot be reached keeps the transition provisional here (the
+    /// key's single-use transitions answer 503 meanwhile): it may have committed and answered
+    /// its client. A provisional transition is dropped at the record's deadline at the latest.
+    pub async fn resolve_provisionals(&self, older_than: Duration) -> usize {
+        let mut resolved = 0;
+        for (ks, key, rec) in self.replica.stale_provisionals(older_than) {
+            let executor = rec.version.node.clone();
+            if executor == self.id() {
+                // this node's own transitions are decided by the task executing them
+                continue;
+            }
+            let members = self.members();
+            let Some(addr) = members
+                .iter()
+                .find(|m| m.node_id == executor)
+                .map(|m| m.rpc_addr.clone())
+            else {
+                continue;
+            };
+            let req = KeyReq {
+                ks: ks.to_string(),
+                key: key.clone(),
+            };
+            let Ok(resp) = self
+                .call::<_, GetResp>(&executor, &addr, PATH_GET, &req)
+                .await
+            else {
+                continue;
+            };
+            if resp.provisional.as_ref() == Some(&rec.version) {
+                continue;
+            }
+            let outcome = match resp.record {
+                Some(r) if r.version == rec.version => self.replica.commit(ks, &key, &rec).await,
+                other => {
+                    self.replica.abort(ks, &key, &rec.version);
+                    match other {
+                        Some(r) => self.replica.merge(ks, &key, &r).await.map(|_| ()),
+                        None => Ok(()),
+                    }
+                }
+            };
+            match outcome {
+                Ok(()) => resolved += 1,
+                Err(e) => {
+                    tracing::warn!(keyspace = ks, error = %e, "could not resolve a provisional transition")
+                }
             }
         }
+        resolved
     }
 
     /// Compare-and-swap executed at the key's current primary (forwarded if that is another node).
@@ -908,54 +953,122 @@ impl Node {
         } else if self.standing_in(ks, key) {
             self.fetch_from_peers(ks, key).await?;
         }
-        let (rec, before) = {
+        if majority {
+            return self.cas_consistent(ks, key, expected, new).await;
+        }
+        let rec = {
             let _g = self.replica.lock([(ks, key)]).await;
             let cur = self.replica.read(ks, key).await?;
             let cur_value = cur.as_ref().and_then(|c| c.value.clone());
             if cur_value != expected {
                 return Ok((Cas::Conflict(cur_value), cur));
             }
-            let rec = match new {
-                Some((v, ttl)) => Versioned {
-                    version: self.replica.new_version(),
-                    value: Some(v),
-                    deadline_ms: self.replica.deadline(ttl),
-                },
-                None => self.replica.tombstone(),
-            };
+            let rec = self.new_record(new);
             self.replica.write_locked(ks, key, &rec).await?;
-            (rec, cur)
+            rec
         };
-        let min_acks = if majority {
-            self.majority().saturating_sub(1)
-        } else {
-            0
-        };
-        // consistent: peers accept it only on the version it was made on (no competing
-        // transition from another node that also believes it is the key's primary)
-        let if_version = if majority {
-            before.as_ref().map(|b| b.version.clone())
-        } else {
-            None
-        };
-        if let Err(e) = self
-            .replicate_acked(
-                vec![Record {
-                    ks: ks.to_string(),
-                    key: key.to_string(),
-                    rec: rec.clone(),
-                    if_version,
-                }],
-                min_acks,
-            )
-            .await
-        {
-            if majority {
-                self.undo_unacknowledged(ks, key, &rec, before).await;
-            }
-            return Err(e);
-        }
+        self.replicate(vec![Record {
+            ks: ks.to_string(),
+            key: key.to_string(),
+            rec: rec.clone(),
+            if_version: None,
+        }])
+        .await?;
         Ok((Cas::Swapped, Some(rec)))
+    }
+
+    fn new_record(&self, new: Option<(Vec<u8>, Option<Duration>)>) -> Versioned {
+        match new {
+            Some((v, ttl)) => Versioned {
+                version: self.replica.new_version(),
+                value: Some(v),
+                deadline_ms: self.replica.deadline(ttl),
+            },
+            None => self.replica.tombstone(),
+        }
+    }
+
+    /// A consistent single-use transition, in two rounds (after the majority read): compared
+    /// here and **prepared** — held as provisional, not written — here and on the peers
+    /// ([`Replica::prepare`]); once a majority (this node included) prepared it, committed here
+    /// and on the peers; otherwise aborted everywhere and answered 503. So a transition that
+    /// fails leaves nothing behind on the peers that accepted it (no code burnt without a token,
+    /// no refused session result winning later), and of two competing transitions made on one
+    /// version at most one is prepared by a majority. The rounds run in a task of their own, so
+    /// a caller that goes away (a client disconnect) cannot leave a transition undecided.
+    async fn cas_consistent(
+        self: &Arc<Self>,
+        ks: &'static str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Option<(Vec<u8>, Option<Duration>)>,
+    ) -> StoreResult<(Cas, Option<Versioned>)> {
+        // a transition of this key still being decided (here or by another executor that
+        // prepared it here) is waited for briefly: it usually commits within milliseconds
+        let wait_until = Instant::now() + self.settings.rpc_timeout * 2;
+        while self.replica.provisional_of(ks, key).is_some() && Instant::now() < wait_until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let rec = {
+            let _g = self.replica.lock([(ks, key)]).await;
+            let cur = self.replica.read(ks, key).await?;
+            let cur_value = cur.as_ref().and_then(|c| c.value.clone());
+            if cur_value != expected {
+                return Ok((Cas::Conflict(cur_value), cur));
+            }
+            let Some(base) = cur.map(|c| c.version) else {
+                // expected a value and found none: handled above (a conflict)
+                return Ok((Cas::Conflict(None), None));
+            };
+            let rec = self.new_record(new);
+            if !self.replica.prepare_locked(ks, key, &rec, &base).await? {
+                return Err(StoreError::Unavailable(
+                    "single-use transition refused: another transition of this key is being decided; retry"
+                        .into(),
+                ));
+            }
+            (rec, base)
+        };
+        let node = self.clone();
+        let key = key.to_string();
+        tokio::spawn(async move {
+            let (rec, base) = rec;
+            let prepared = node
+                .replicate_acked(
+                    vec![Record {
+                        ks: ks.to_string(),
+                        key: key.clone(),
+                        rec: rec.clone(),
+                        if_version: Some(base),
+                    }],
+                    node.majority().saturating_sub(1),
+                )
+                .await;
+            match prepared {
+                Ok(()) => {
+                    // the decision point: written here first (a peer that asks this node finds
+                    // it), then on the peers
+                    if let Err(e) = node.replica.commit(ks, &key, &rec).await {
+                        node.replica.abort(ks, &key, &rec.version);
+                        node.decide(ks, &key, &rec, false).await;
+                        return Err(e);
+                    }
+                    node.decide(ks, &key, &rec, true).await;
+                    Ok((Cas::Swapped, Some(rec)))
+                }
+                Err(e) => {
+                    node.replica.abort(ks, &key, &rec.version);
+                    node.decide(ks, &key, &rec, false).await;
+                    tracing::warn!(
+                        keyspace = ks,
+                        "single-use transition not prepared by a majority: aborted"
+                    );
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("single-use transition task: {e}")))?
     }
 
     // ---------------------------------------------------------------- anti-entropy
