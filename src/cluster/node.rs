@@ -182,6 +182,8 @@ pub struct Node {
     last_beat_ms: AtomicU64,
     /// A catch-up after a detected gap is running.
     recovering: AtomicBool,
+    /// Fewer than a majority of the configured nodes were live at the last heartbeat.
+    cut_off: AtomicBool,
     /// Why writes cannot reach their replicas (`None`: they can).
     write_block: Mutex<Option<String>>,
     /// Tests: answer first-round (prepare) requests only after this many ms — accepted, but the
@@ -220,6 +222,7 @@ impl Node {
             started: Instant::now(),
             last_beat_ms: AtomicU64::new(1 << 32),
             recovering: AtomicBool::new(false),
+            cut_off: AtomicBool::new(false),
             write_block: Mutex::default(),
             #[cfg(test)]
             stall_prepares_ms: AtomicU64::new(0),
@@ -281,6 +284,20 @@ impl Node {
         if self.gap_exceeded(since) {
             self.lose_standing(since);
         }
+        // Cut off from a majority (a partition, or most peers down) and back: the other side
+        // may have written what this node has not seen, and this node may be the first choice
+        // for those keys again. It catches up before acting as a primary, as after a pause.
+        let members = self.members();
+        if members.len() >= 2 {
+            if self.live_count() < self.majority() {
+                if self.is_caught_up() {
+                    self.cut_off.store(true, Ordering::SeqCst);
+                }
+            } else if self.cut_off.swap(false, Ordering::SeqCst) {
+                tracing::warn!("cluster: reached a majority again after being cut off");
+                self.lose_standing(0);
+            }
+        }
         self.last_beat_ms.store(self.mono_ms(), Ordering::SeqCst);
     }
 
@@ -313,7 +330,7 @@ impl Node {
         self.metrics.standing_lost.inc();
         tracing::warn!(
             gap_ms,
-            "cluster: this node was paused or stalled; catching up before acting as a primary again"
+            "cluster: this node was paused or stalled (or cut off); catching up before acting as a primary again"
         );
         if self.recovering.swap(true, Ordering::SeqCst) {
             return;
@@ -891,7 +908,7 @@ impl Node {
         let mut last_err = None;
         for (id, addr) in order {
             if id == self.id() {
-                return self.cas_local(ks, key, expected, new).await.map(|(c, _)| c);
+                break;
             }
             if self.is_suspect(&id) {
                 continue;
@@ -911,6 +928,14 @@ impl Node {
                     if let Some(cur) = &resp.current {
                         self.replica.merge(ks, key, cur).await?;
                     }
+                    if !resp.swapped && last_err.is_some() {
+                        // an earlier candidate may have executed this very call and not answered
+                        // in time: the conflict may be our own transition. Unknown outcome: 503.
+                        return Err(StoreError::Unavailable(format!(
+                            "compare-and-swap: the primary did not answer ({}) and the next one reports a conflict; the outcome is unknown, retry",
+                            last_err.unwrap_or_default()
+                        )));
+                    }
                     return Ok(if resp.swapped {
                         Cas::Swapped
                     } else {
@@ -928,9 +953,17 @@ impl Node {
                 }
             }
         }
-        // every node ranked above us was suspect; we are the last resort
-        let _ = last_err;
-        self.cas_local(ks, key, expected, new).await.map(|(c, _)| c)
+        // this node is next in line (or every node ranked above it was suspect)
+        let got = self
+            .cas_local(ks, key, expected, new)
+            .await
+            .map(|(c, _)| c)?;
+        if let (Cas::Conflict(_), Some(e)) = (&got, last_err) {
+            return Err(StoreError::Unavailable(format!(
+                "compare-and-swap: the primary did not answer ({e}) and this node reports a conflict; the outcome is unknown, retry"
+            )));
+        }
+        Ok(got)
     }
 
     /// Executes a CAS here, replicates it, and returns the outcome and the record now held.
@@ -955,6 +988,11 @@ impl Node {
         }
         if majority {
             return self.cas_consistent(ks, key, expected, new).await;
+        }
+        if expected.is_some() && self.replica.read(ks, key).await?.is_none() {
+            // an update of a record this primary does not hold at all (written while it was
+            // cut off, not pulled yet): the peers' copy, not a conflict
+            self.fetch_from_peers(ks, key).await?;
         }
         let rec = {
             let _g = self.replica.lock([(ks, key)]).await;

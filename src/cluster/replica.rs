@@ -401,6 +401,11 @@ impl Replica {
             .map(|p| p.rec.version.clone())
     }
 
+    /// How many prepared transitions this node holds.
+    pub fn provisional_count(&self) -> usize {
+        self.provisional.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
     /// Provisional transitions held longer than `older_than` (the executor's decision may have
     /// been lost): (keyspace, key, record). Those past the record's deadline are dropped.
     pub fn stale_provisionals(
