@@ -5,13 +5,17 @@
 #
 #   scripts/bench-backends.sh [BIN] [OUTDIR]      (BIN defaults to target/release/idstack)
 #
+# SETUPS picks setups (default "sled1 redis1 redis3 gossip3"; also gossip3a / gossip3c: the gossip
+# cluster with cluster.single_use = available / consistent); MSG=0 skips the mediator scenario.
+#
 # Needs redis-server and nginx (Debian: redis-server nginx-light). Uses 127.0.0.1 ports
 # 18090, 18100-18103, 18201-18203 and 6390. Every setup starts on empty data.
 set -euo pipefail
 BIN=$(realpath "${1:-target/release/idstack}")
 OUT=$(realpath -m "${2:-bench-backends}")
 T=bench-admin-token-0123456789
-USERS=${USERS:-32} DURATION=${DURATION:-15s}
+USERS=${USERS:-32} DURATION=${DURATION:-15s} MSG=${MSG:-1}
+SETUPS=${SETUPS:-sled1 redis1 redis3 gossip3}
 mkdir -p "$OUT"
 nodes=()
 
@@ -22,6 +26,7 @@ run() { # name target
     "$BIN" load --target "$2" --scenario $sc --users "$USERS" --duration "$DURATION" --quiet \
       --admin-token $T --max-error-rate 1 --json "$OUT/$1-$sc.json" > "$OUT/$1-$sc.txt" 2>&1
   done
+  [ "$MSG" = 1 ] || return 0
   "$BIN" load --target "$2" --scenario mediator-message --users 50 --rate 100 --duration 20s --quiet \
     --admin-token $T --max-error-rate 1 --json "$OUT/$1-msg.json" > "$OUT/$1-msg.txt" 2>&1
 }
@@ -55,8 +60,8 @@ single() { # name env...
   stop_nodes
 }
 
-three() { # name redis|gossip
-  local name=$1 mode=$2 mk
+three() { # name redis|gossip [auto|available|consistent]
+  local name=$1 mode=$2 single_use=${3:-auto} mk
   mk=$(openssl rand -hex 32)
   rm -rf "$OUT/nginx" "$OUT/$name-n"*; mkdir -p "$OUT/nginx"
   cat > "$OUT/nginx/nginx.conf" <<NG
@@ -88,7 +93,8 @@ NG
     else
       extra=(IDSTACK__CLUSTER__NODE_ID=n$i IDSTACK__CLUSTER__GOSSIP_ADDR=127.0.0.1:1820$i
              IDSTACK__CLUSTER__SEEDS=127.0.0.1:18201,127.0.0.1:18202,127.0.0.1:18203
-             IDSTACK__CLUSTER__SECRET=bench-cluster-secret-0123456789 IDSTACK__CLUSTER__BOOTSTRAP_EXPECT=3); cl=(--cluster)
+             IDSTACK__CLUSTER__SECRET=bench-cluster-secret-0123456789 IDSTACK__CLUSTER__BOOTSTRAP_EXPECT=3
+             IDSTACK__CLUSTER__SINGLE_USE=$single_use); cl=(--cluster)
     fi
     env IDSTACK__ADMIN__TOKENS=$T IDSTACK__LOG__FILTER=warn IDSTACK__SERVER__PUBLIC_URL=http://127.0.0.1:18100 \
       IDSTACK__STORE__MASTER_KEY="$mk" "${extra[@]}" \
@@ -101,19 +107,24 @@ NG
   stop_nodes
 }
 
-single sled1
-fresh_redis
-single redis1 IDSTACK__STORE__BACKEND=redis IDSTACK__STORE__REDIS__URL=redis://127.0.0.1:6390 \
-  IDSTACK__STORE__REDIS__KEY_PREFIX=redis1 IDSTACK__STORE__MASTER_KEY="$(openssl rand -hex 32)"
-fresh_redis
-three redis3 redis
-three gossip3 gossip
+for setup in $SETUPS; do
+  case $setup in
+    sled1) single sled1 ;;
+    redis1) fresh_redis
+      single redis1 IDSTACK__STORE__BACKEND=redis IDSTACK__STORE__REDIS__URL=redis://127.0.0.1:6390 \
+        IDSTACK__STORE__REDIS__KEY_PREFIX=redis1 IDSTACK__STORE__MASTER_KEY="$(openssl rand -hex 32)" ;;
+    redis3) fresh_redis; three redis3 redis ;;
+    gossip3) three gossip3 gossip ;;
+    gossip3a) three gossip3a gossip available ;;
+    gossip3c) three gossip3c gossip consistent ;;
+  esac
+done
 
 # summary: flows/s, full-flow p50/p99, errors; mediator forward (202) and end-to-end delivery
-python3 - "$OUT" <<'PY'
+SETUPS="$SETUPS" python3 - "$OUT" <<'PY'
 import json, os, sys
 out = sys.argv[1]
-for setup in ["sled1", "redis1", "redis3", "gossip3"]:
+for setup in os.environ.get("SETUPS", "sled1 redis1 redis3 gossip3").split():
     for sc in ["verify", "issue", "msg"]:
         f = os.path.join(out, f"{setup}-{sc}.json")
         if not os.path.exists(f):

@@ -22,6 +22,12 @@ pub struct ClusterView {
     pub leader: bool,
     /// Records held locally (including tombstones).
     pub records: usize,
+    /// Hash of this node's anti-entropy digest (every keyspace's record count and hash of keys
+    /// and versions, records near their deadline left out): equal on two nodes that hold the
+    /// same versions of every key.
+    pub digest: String,
+    /// Single-use transitions this node holds prepared, awaiting their executor's decision.
+    pub provisional: usize,
     /// `cluster.single_use` in force: `consistent` or `available`.
     pub single_use: &'static str,
     /// Nodes a majority is counted against (`bootstrap_expect`, or every node ever listed).
@@ -59,6 +65,8 @@ pub async fn cluster_info(
             caught_up: false,
             leader: true,
             records: 0,
+            digest: String::new(),
+            provisional: 0,
             single_use: "available",
             configured_nodes: 1,
             majority: 1,
@@ -84,6 +92,8 @@ pub async fn cluster_info(
         caught_up: node.is_caught_up(),
         leader: node.is_leader(),
         records: node.replica.record_count(),
+        digest: digest_hex(&node.replica.digest()),
+        provisional: node.replica.provisional_count(),
         single_use: if node.settings.single_use_consistent {
             "consistent"
         } else {
@@ -94,4 +104,19 @@ pub async fn cluster_info(
         live: node.live_count(),
         members,
     })
+}
+
+fn digest_hex(d: &super::replica::KsDigest) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (ks, (n, x)) in d {
+        h.update(ks.as_bytes());
+        h.update([0u8]);
+        h.update(n.to_be_bytes());
+        h.update(x.to_be_bytes());
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

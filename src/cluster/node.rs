@@ -182,8 +182,14 @@ pub struct Node {
     last_beat_ms: AtomicU64,
     /// A catch-up after a detected gap is running.
     recovering: AtomicBool,
+    /// Fewer than a majority of the configured nodes were live at the last heartbeat.
+    cut_off: AtomicBool,
     /// Why writes cannot reach their replicas (`None`: they can).
     write_block: Mutex<Option<String>>,
+    /// Tests: answer first-round (prepare) requests only after this many ms — accepted, but the
+    /// acknowledgement arrives after the executor's RPC timeout.
+    #[cfg(test)]
+    pub stall_prepares_ms: AtomicU64,
 }
 
 impl Node {
@@ -216,7 +222,10 @@ impl Node {
             started: Instant::now(),
             last_beat_ms: AtomicU64::new(1 << 32),
             recovering: AtomicBool::new(false),
+            cut_off: AtomicBool::new(false),
             write_block: Mutex::default(),
+            #[cfg(test)]
+            stall_prepares_ms: AtomicU64::new(0),
         })
     }
 
@@ -275,6 +284,20 @@ impl Node {
         if self.gap_exceeded(since) {
             self.lose_standing(since);
         }
+        // Cut off from a majority (a partition, or most peers down) and back: the other side
+        // may have written what this node has not seen, and this node may be the first choice
+        // for those keys again. It catches up before acting as a primary, as after a pause.
+        let members = self.members();
+        if members.len() >= 2 {
+            if self.live_count() < self.majority() {
+                if self.is_caught_up() {
+                    self.cut_off.store(true, Ordering::SeqCst);
+                }
+            } else if self.cut_off.swap(false, Ordering::SeqCst) {
+                tracing::warn!("cluster: reached a majority again after being cut off");
+                self.lose_standing(0);
+            }
+        }
         self.last_beat_ms.store(self.mono_ms(), Ordering::SeqCst);
     }
 
@@ -307,7 +330,7 @@ impl Node {
         self.metrics.standing_lost.inc();
         tracing::warn!(
             gap_ms,
-            "cluster: this node was paused or stalled; catching up before acting as a primary again"
+            "cluster: this node was paused or stalled (or cut off); catching up before acting as a primary again"
         );
         if self.recovering.swap(true, Ordering::SeqCst) {
             return;
@@ -800,38 +823,77 @@ impl Node {
         ring::rank(ids, ks, key).first().copied() != Some(self.id())
     }
 
-    /// A consistent single-use transition a majority did not acknowledge: put this node's
-    /// previous version back (unless something newer arrived meanwhile), so the caller's 503
-    /// leaves the record as it was here. Peers that did acknowledge (fewer than a majority) keep
-    /// the transition: see docs/cluster.md (what consistent mode does not cover).
-    async fn undo_unacknowledged(
-        &self,
-        ks: &'static str,
-        key: &str,
-        applied: &Versioned,
-        before: Option<Versioned>,
-    ) {
-        let _g = self.replica.lock([(ks, key)]).await;
-        let still_ours = matches!(
-            self.replica.read(ks, key).await,
-            Ok(Some(ref cur)) if cur.version == applied.version
-        );
-        if !still_ours {
-            return;
-        }
-        let res = match &before {
-            Some(prev) => self.replica.write_locked(ks, key, prev).await,
-            None => self.replica.remove_locked(ks, key).await,
+    /// Sends the executor's decision on a prepared transition to every live peer (the ones that
+    /// prepared it among them), waiting for their answers (bounded by the RPC timeout). A peer
+    /// the decision does not reach asks this node later ([`Node::resolve_provisionals`]).
+    async fn decide(self: &Arc<Self>, ks: &'static str, key: &str, rec: &Versioned, commit: bool) {
+        let req = DecideReq {
+            ks: ks.to_string(),
+            key: key.to_string(),
+            rec: rec.clone(),
+            commit,
         };
-        match res {
-            Ok(()) => tracing::warn!(
-                keyspace = ks,
-                "single-use transition not acknowledged by a majority: undone on this node"
-            ),
-            Err(e) => {
-                tracing::error!(keyspace = ks, error = %e, "could not undo an unacknowledged single-use transition")
+        let peers = self.live_peers();
+        let calls = peers
+            .iter()
+            .map(|(id, addr)| self.call::<_, Empty>(id, addr, PATH_DECIDE, &req));
+        futures_util::future::join_all(calls).await;
+    }
+
+    /// Provisional transitions held here longer than `older_than` whose decision did not arrive
+    /// (lost, or the executor died): the executor is asked. Still provisional there: pending,
+    /// kept. Otherwise the executor's record decides — its version is the transition's:
+    /// committed (written here); anything else: aborted (dropped; the executor's record is
+    /// merged). An executor that cannot be reached keeps the transition provisional here (the
+    /// key's single-use transitions answer 503 meanwhile): it may have committed and answered
+    /// its client. A provisional transition is dropped at the record's deadline at the latest.
+    pub async fn resolve_provisionals(&self, older_than: Duration) -> usize {
+        let mut resolved = 0;
+        for (ks, key, rec) in self.replica.stale_provisionals(older_than) {
+            let executor = rec.version.node.clone();
+            if executor == self.id() {
+                // this node's own transitions are decided by the task executing them
+                continue;
+            }
+            let members = self.members();
+            let Some(addr) = members
+                .iter()
+                .find(|m| m.node_id == executor)
+                .map(|m| m.rpc_addr.clone())
+            else {
+                continue;
+            };
+            let req = KeyReq {
+                ks: ks.to_string(),
+                key: key.clone(),
+            };
+            let Ok(resp) = self
+                .call::<_, GetResp>(&executor, &addr, PATH_GET, &req)
+                .await
+            else {
+                continue;
+            };
+            if resp.provisional.as_ref() == Some(&rec.version) {
+                continue;
+            }
+            let outcome = match resp.record {
+                Some(r) if r.version == rec.version => self.replica.commit(ks, &key, &rec).await,
+                other => {
+                    self.replica.abort(ks, &key, &rec.version);
+                    match other {
+                        Some(r) => self.replica.merge(ks, &key, &r).await.map(|_| ()),
+                        None => Ok(()),
+                    }
+                }
+            };
+            match outcome {
+                Ok(()) => resolved += 1,
+                Err(e) => {
+                    tracing::warn!(keyspace = ks, error = %e, "could not resolve a provisional transition")
+                }
             }
         }
+        resolved
     }
 
     /// Compare-and-swap executed at the key's current primary (forwarded if that is another node).
@@ -846,7 +908,7 @@ impl Node {
         let mut last_err = None;
         for (id, addr) in order {
             if id == self.id() {
-                return self.cas_local(ks, key, expected, new).await.map(|(c, _)| c);
+                break;
             }
             if self.is_suspect(&id) {
                 continue;
@@ -866,6 +928,14 @@ impl Node {
                     if let Some(cur) = &resp.current {
                         self.replica.merge(ks, key, cur).await?;
                     }
+                    if !resp.swapped && last_err.is_some() {
+                        // an earlier candidate may have executed this very call and not answered
+                        // in time: the conflict may be our own transition. Unknown outcome: 503.
+                        return Err(StoreError::Unavailable(format!(
+                            "compare-and-swap: the primary did not answer ({}) and the next one reports a conflict; the outcome is unknown, retry",
+                            last_err.unwrap_or_default()
+                        )));
+                    }
                     return Ok(if resp.swapped {
                         Cas::Swapped
                     } else {
@@ -883,9 +953,17 @@ impl Node {
                 }
             }
         }
-        // every node ranked above us was suspect; we are the last resort
-        let _ = last_err;
-        self.cas_local(ks, key, expected, new).await.map(|(c, _)| c)
+        // this node is next in line (or every node ranked above it was suspect)
+        let got = self
+            .cas_local(ks, key, expected, new)
+            .await
+            .map(|(c, _)| c)?;
+        if let (Cas::Conflict(_), Some(e)) = (&got, last_err) {
+            return Err(StoreError::Unavailable(format!(
+                "compare-and-swap: the primary did not answer ({e}) and this node reports a conflict; the outcome is unknown, retry"
+            )));
+        }
+        Ok(got)
     }
 
     /// Executes a CAS here, replicates it, and returns the outcome and the record now held.
@@ -908,54 +986,127 @@ impl Node {
         } else if self.standing_in(ks, key) {
             self.fetch_from_peers(ks, key).await?;
         }
-        let (rec, before) = {
+        if majority {
+            return self.cas_consistent(ks, key, expected, new).await;
+        }
+        if expected.is_some() && self.replica.read(ks, key).await?.is_none() {
+            // an update of a record this primary does not hold at all (written while it was
+            // cut off, not pulled yet): the peers' copy, not a conflict
+            self.fetch_from_peers(ks, key).await?;
+        }
+        let rec = {
             let _g = self.replica.lock([(ks, key)]).await;
             let cur = self.replica.read(ks, key).await?;
             let cur_value = cur.as_ref().and_then(|c| c.value.clone());
             if cur_value != expected {
                 return Ok((Cas::Conflict(cur_value), cur));
             }
-            let rec = match new {
-                Some((v, ttl)) => Versioned {
-                    version: self.replica.new_version(),
-                    value: Some(v),
-                    deadline_ms: self.replica.deadline(ttl),
-                },
-                None => self.replica.tombstone(),
-            };
+            let rec = self.new_record(new);
             self.replica.write_locked(ks, key, &rec).await?;
-            (rec, cur)
+            rec
         };
-        let min_acks = if majority {
-            self.majority().saturating_sub(1)
-        } else {
-            0
-        };
-        // consistent: peers accept it only on the version it was made on (no competing
-        // transition from another node that also believes it is the key's primary)
-        let if_version = if majority {
-            before.as_ref().map(|b| b.version.clone())
-        } else {
-            None
-        };
-        if let Err(e) = self
-            .replicate_acked(
-                vec![Record {
-                    ks: ks.to_string(),
-                    key: key.to_string(),
-                    rec: rec.clone(),
-                    if_version,
-                }],
-                min_acks,
-            )
-            .await
-        {
-            if majority {
-                self.undo_unacknowledged(ks, key, &rec, before).await;
-            }
-            return Err(e);
-        }
+        self.replicate(vec![Record {
+            ks: ks.to_string(),
+            key: key.to_string(),
+            rec: rec.clone(),
+            if_version: None,
+        }])
+        .await?;
         Ok((Cas::Swapped, Some(rec)))
+    }
+
+    fn new_record(&self, new: Option<(Vec<u8>, Option<Duration>)>) -> Versioned {
+        match new {
+            Some((v, ttl)) => Versioned {
+                version: self.replica.new_version(),
+                value: Some(v),
+                deadline_ms: self.replica.deadline(ttl),
+            },
+            None => self.replica.tombstone(),
+        }
+    }
+
+    /// A consistent single-use transition, in two rounds (after the majority read): compared
+    /// here and **prepared** — held as provisional, not written — here and on the peers
+    /// ([`Replica::prepare`]); once a majority (this node included) prepared it, committed here
+    /// and on the peers; otherwise aborted everywhere and answered 503. So a transition that
+    /// fails leaves nothing behind on the peers that accepted it (no code burnt without a token,
+    /// no refused session result winning later), and of two competing transitions made on one
+    /// version at most one is prepared by a majority. The rounds run in a task of their own, so
+    /// a caller that goes away (a client disconnect) cannot leave a transition undecided.
+    async fn cas_consistent(
+        self: &Arc<Self>,
+        ks: &'static str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Option<(Vec<u8>, Option<Duration>)>,
+    ) -> StoreResult<(Cas, Option<Versioned>)> {
+        // a transition of this key still being decided (here or by another executor that
+        // prepared it here) is waited for briefly: it usually commits within milliseconds
+        let wait_until = Instant::now() + self.settings.rpc_timeout * 2;
+        while self.replica.provisional_of(ks, key).is_some() && Instant::now() < wait_until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let rec = {
+            let _g = self.replica.lock([(ks, key)]).await;
+            let cur = self.replica.read(ks, key).await?;
+            let cur_value = cur.as_ref().and_then(|c| c.value.clone());
+            if cur_value != expected {
+                return Ok((Cas::Conflict(cur_value), cur));
+            }
+            let Some(base) = cur.map(|c| c.version) else {
+                // expected a value and found none: handled above (a conflict)
+                return Ok((Cas::Conflict(None), None));
+            };
+            let rec = self.new_record(new);
+            if !self.replica.prepare_locked(ks, key, &rec, &base).await? {
+                return Err(StoreError::Unavailable(
+                    "single-use transition refused: another transition of this key is being decided; retry"
+                        .into(),
+                ));
+            }
+            (rec, base)
+        };
+        let node = self.clone();
+        let key = key.to_string();
+        tokio::spawn(async move {
+            let (rec, base) = rec;
+            let prepared = node
+                .replicate_acked(
+                    vec![Record {
+                        ks: ks.to_string(),
+                        key: key.clone(),
+                        rec: rec.clone(),
+                        if_version: Some(base),
+                    }],
+                    node.majority().saturating_sub(1),
+                )
+                .await;
+            match prepared {
+                Ok(()) => {
+                    // the decision point: written here first (a peer that asks this node finds
+                    // it), then on the peers
+                    if let Err(e) = node.replica.commit(ks, &key, &rec).await {
+                        node.replica.abort(ks, &key, &rec.version);
+                        node.decide(ks, &key, &rec, false).await;
+                        return Err(e);
+                    }
+                    node.decide(ks, &key, &rec, true).await;
+                    Ok((Cas::Swapped, Some(rec)))
+                }
+                Err(e) => {
+                    node.replica.abort(ks, &key, &rec.version);
+                    node.decide(ks, &key, &rec, false).await;
+                    tracing::warn!(
+                        keyspace = ks,
+                        "single-use transition not prepared by a majority: aborted"
+                    );
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("single-use transition task: {e}")))?
     }
 
     // ---------------------------------------------------------------- anti-entropy

@@ -102,6 +102,15 @@ pub struct Replica {
     stripes: Vec<tokio::sync::Mutex<()>>,
     index: Mutex<HashMap<&'static str, BTreeMap<String, Entry>>>,
     replaced: Mutex<BTreeSet<String>>,
+    /// Consistent single-use transitions prepared here, not yet committed or aborted.
+    provisional: Mutex<HashMap<(&'static str, String), Provisional>>,
+}
+
+/// A prepared single-use transition ([`Replica::prepare`]).
+struct Provisional {
+    rec: Versioned,
+    base: Version,
+    since: std::time::Instant,
 }
 
 impl Replica {
@@ -120,6 +129,7 @@ impl Replica {
             stripes: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
             index: Mutex::default(),
             replaced: Mutex::default(),
+            provisional: Mutex::default(),
         }
     }
 
@@ -300,30 +310,117 @@ impl Replica {
         Ok(())
     }
 
-    /// A consistent single-use transition made on version `base` of the record: accepted (and
-    /// written) unless this node holds a version newer than `base` other than `rec` itself —
-    /// another transition it already accepted. So of two transitions made on one version, each
-    /// node accepts at most one, and at most one can be held by a majority. Returns whether it
-    /// was accepted.
-    pub async fn merge_if(
+    /// First round of a consistent single-use transition made on version `base` of the record
+    /// (by the node named in its version): held here as **provisional** — not written, not read,
+    /// not in digests, so anti-entropy never spreads it — until the executor commits or aborts it
+    /// ([`Replica::commit`], [`Replica::abort`]). Refused while this node holds another
+    /// provisional transition of the key, or a version newer than `base` other than `rec`
+    /// itself: of two transitions made on one version each node prepares at most one, so at most
+    /// one can be prepared by a majority. Returns whether it was accepted.
+    pub async fn prepare(
         &self,
         ks: &'static str,
         key: &str,
         rec: &Versioned,
-        base: &super::version::Version,
+        base: &Version,
     ) -> StoreResult<bool> {
         if is_local_keyspace(ks) {
             return Ok(false);
         }
         let _g = self.lock([(ks, key)]).await;
+        self.prepare_locked(ks, key, rec, base).await
+    }
+
+    /// [`Replica::prepare`] with the key's stripe lock held by the caller.
+    pub async fn prepare_locked(
+        &self,
+        ks: &'static str,
+        key: &str,
+        rec: &Versioned,
+        base: &Version,
+    ) -> StoreResult<bool> {
+        if let Some(p) = self.provisional_of(ks, key) {
+            return Ok(p == rec.version);
+        }
         match self.read(ks, key).await? {
-            Some(cur) if cur.version == rec.version => Ok(true),
-            Some(cur) if cur.version > *base => Ok(false),
-            _ => {
-                self.write_locked(ks, key, rec).await?;
-                Ok(true)
+            Some(cur) if cur.version == rec.version => return Ok(true),
+            Some(cur) if cur.version > *base => return Ok(false),
+            _ => {}
+        }
+        if let Ok(mut p) = self.provisional.lock() {
+            p.insert(
+                (ks, key.to_string()),
+                Provisional {
+                    rec: rec.clone(),
+                    base: base.clone(),
+                    since: std::time::Instant::now(),
+                },
+            );
+        }
+        Ok(true)
+    }
+
+    /// Second round, commit: the executor had the transition prepared by a majority. Written
+    /// (last writer wins, as any replicated write), and the provisional copy dropped — as is any
+    /// other provisional transition of the key made on an older version, which can no longer
+    /// reach a majority. Written before the provisional copy is dropped, so a reader that finds
+    /// no provisional copy ([`Replica::provisional_of`]) then finds the committed record.
+    pub async fn commit(&self, ks: &'static str, key: &str, rec: &Versioned) -> StoreResult<()> {
+        self.merge(ks, key, rec).await?;
+        let _g = self.lock([(ks, key)]).await;
+        let held = self.version_of(ks, key);
+        if let Ok(mut p) = self.provisional.lock() {
+            let k = (ks, key.to_string());
+            if p.get(&k).is_some_and(|pr| {
+                pr.rec.version == rec.version || held.as_ref().is_some_and(|h| *h > pr.base)
+            }) {
+                p.remove(&k);
             }
         }
+        Ok(())
+    }
+
+    /// Second round, abort (the transition did not reach a majority): the provisional copy is
+    /// dropped, nothing was written.
+    pub fn abort(&self, ks: &str, key: &str, version: &Version) {
+        if let Ok(mut p) = self.provisional.lock() {
+            let k = (intern(ks).unwrap_or(""), key.to_string());
+            if p.get(&k).is_some_and(|pr| pr.rec.version == *version) {
+                p.remove(&k);
+            }
+        }
+    }
+
+    /// The version of the provisional transition of a key held here, if any.
+    pub fn provisional_of(&self, ks: &str, key: &str) -> Option<Version> {
+        let ks = intern(ks).ok()?;
+        self.provisional
+            .lock()
+            .ok()?
+            .get(&(ks, key.to_string()))
+            .map(|p| p.rec.version.clone())
+    }
+
+    /// How many prepared transitions this node holds.
+    pub fn provisional_count(&self) -> usize {
+        self.provisional.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    /// Provisional transitions held longer than `older_than` (the executor's decision may have
+    /// been lost): (keyspace, key, record). Those past the record's deadline are dropped.
+    pub fn stale_provisionals(
+        &self,
+        older_than: Duration,
+    ) -> Vec<(&'static str, String, Versioned)> {
+        let now = self.clock.now_ms();
+        let Ok(mut p) = self.provisional.lock() else {
+            return Vec::new();
+        };
+        p.retain(|_, pr| pr.rec.deadline_ms.is_none_or(|d| d > now));
+        p.iter()
+            .filter(|(_, pr)| pr.since.elapsed() >= older_than)
+            .map(|((ks, key), pr)| (*ks, key.clone(), pr.rec.clone()))
+            .collect()
     }
 
     /// Merges a version from another node: kept only if newer than what is here (last writer

@@ -116,6 +116,13 @@ async fn apply(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpRespon
         Err(resp) => return resp,
     };
     let (mut applied, mut rejected) = (0, 0);
+    #[cfg(test)]
+    let stall = if r.records.iter().any(|r| r.if_version.is_some()) {
+        node.stall_prepares_ms
+            .load(std::sync::atomic::Ordering::SeqCst)
+    } else {
+        0
+    };
     for rec in r.records {
         let ks = match intern(&rec.ks) {
             Ok(ks) => ks,
@@ -123,7 +130,7 @@ async fn apply(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpRespon
         };
         let res = match &rec.if_version {
             None => node.replica.merge(ks, &rec.key, &rec.rec).await,
-            Some(base) => match node.replica.merge_if(ks, &rec.key, &rec.rec, base).await {
+            Some(base) => match node.replica.prepare(ks, &rec.key, &rec.rec, base).await {
                 Ok(false) => {
                     rejected += 1;
                     Ok(false)
@@ -137,6 +144,10 @@ async fn apply(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpRespon
             Err(e) => return err(e),
         }
     }
+    #[cfg(test)]
+    if stall > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(stall)).await;
+    }
     ok(&ApplyResp { applied, rejected })
 }
 
@@ -149,10 +160,35 @@ async fn get(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse
         Ok(ks) => ks,
         Err(e) => return err(e),
     };
+    // the provisional copy first: a commit writes the record before dropping it, so a reader
+    // never misses a transition that is between the two
+    let provisional = node.replica.provisional_of(ks, &r.key);
     match node.replica.read(ks, &r.key).await {
-        Ok(record) => ok(&GetResp { record }),
+        Ok(record) => ok(&GetResp {
+            record,
+            provisional,
+        }),
         Err(e) => err(e),
     }
+}
+
+async fn decide(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let r: DecideReq = match open(&node, &req, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let ks = match intern(&r.ks) {
+        Ok(ks) => ks,
+        Err(e) => return err(e),
+    };
+    if r.commit {
+        if let Err(e) = node.replica.commit(ks, &r.key, &r.rec).await {
+            return err(e);
+        }
+    } else {
+        node.replica.abort(ks, &r.key, &r.rec.version);
+    }
+    ok(&Empty {})
 }
 
 async fn cas(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse {
@@ -237,7 +273,7 @@ async fn publish(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResp
 pub fn configure(cfg: &mut web::ServiceConfig, node: Arc<Node>) {
     let data = web::Data::new(node);
     type MakeRoute = fn() -> actix_web::Route;
-    let routes: [(&str, MakeRoute); 7] = [
+    let routes: [(&str, MakeRoute); 8] = [
         (PATH_APPLY, || web::post().to(apply)),
         (PATH_GET, || web::post().to(get)),
         (PATH_CAS, || web::post().to(cas)),
@@ -245,6 +281,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, node: Arc<Node>) {
         (PATH_VERSIONS, || web::post().to(versions)),
         (PATH_FETCH, || web::post().to(fetch)),
         (PATH_PUBLISH, || web::post().to(publish)),
+        (PATH_DECIDE, || web::post().to(decide)),
     ];
     for (path, route) in routes {
         cfg.service(

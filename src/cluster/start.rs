@@ -305,8 +305,9 @@ async fn auto_bootstrap_expect(seeds: &[String], me: SocketAddr) -> usize {
     nodes.len()
 }
 
-/// The heartbeat (pause detection, [`Node::beat`]) every gossip interval, and a write probe to
-/// the peers every second ([`Node::probe_writes`]) for readiness.
+/// The heartbeat (pause detection, [`Node::beat`]) every gossip interval, and every second a
+/// write probe to the peers ([`Node::probe_writes`]) for readiness and the resolution of
+/// prepared transitions whose decision did not arrive ([`Node::resolve_provisionals`]).
 fn spawn_heartbeat(tasks: &mut Tasks, shutdown: &CancellationToken, node: Arc<Node>) {
     tasks.spawn("cluster-heartbeat", shutdown, move |token| async move {
         let every = node
@@ -326,7 +327,11 @@ fn spawn_heartbeat(tasks: &mut Tasks, shutdown: &CancellationToken, node: Arc<No
                 last_probe = tokio::time::Instant::now();
                 let n = node.clone();
                 // off the heartbeat's path: a slow peer must not delay the beat
-                tokio::spawn(async move { n.probe_writes().await });
+                tokio::spawn(async move {
+                    n.probe_writes().await;
+                    // decisions on prepared single-use transitions that did not arrive
+                    n.resolve_provisionals(n.settings.rpc_timeout).await;
+                });
             }
         }
     });
@@ -446,7 +451,9 @@ mod tests {
 
     use super::*;
     use crate::clock::SystemClock;
-    use crate::store::{SledStore, Store};
+    use crate::cluster::version::Versioned;
+    use crate::store::{SledStore, Store, StoreError};
+    use std::sync::atomic::Ordering;
 
     fn free_port() -> u16 {
         loop {
@@ -694,6 +701,172 @@ mod tests {
         }
     }
 
+    /// `consistent`: a transition whose first round the peers accepted but whose acknowledgements
+    /// arrived too late (the executor lost its majority between the majority read and the acks)
+    /// fails with 503 and leaves nothing on the peers that accepted it — the code is not burnt,
+    /// the next redemption succeeds once. Without the second round (provisional until the
+    /// executor commits) both peers kept the consumed code and the retry got a conflict.
+    async fn consistent_failed_transition_leaves_nothing_on_the_accepting_peers(
+        nodes: &[TestNode],
+    ) {
+        let ks = "issuer_codes";
+        let a = nodes[0].cluster.node.clone();
+        let key = "late-acks";
+        nodes[0]
+            .opened
+            .store
+            .put(ks, key, b"unused".to_vec(), None)
+            .await
+            .unwrap();
+        for n in &nodes[1..] {
+            n.cluster
+                .node
+                .stall_prepares_ms
+                .store(2_500, Ordering::SeqCst);
+        }
+        let got = a.cas_local(ks, key, Some(b"unused".to_vec()), None).await;
+        assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
+        for n in &nodes[1..] {
+            n.cluster.node.stall_prepares_ms.store(0, Ordering::SeqCst);
+        }
+        // the abort reached the peers (or they ask the executor): nothing provisional is left
+        // and every node still holds the unused code — anti-entropy has nothing to spread
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        for n in nodes {
+            let node = &n.cluster.node;
+            while node.replica.provisional_of(ks, key).is_some() {
+                assert!(std::time::Instant::now() < until, "provisional kept");
+                node.resolve_provisionals(Duration::ZERO).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let held = node
+                .replica
+                .read(ks, key)
+                .await
+                .unwrap()
+                .and_then(|v| v.value);
+            assert_eq!(held.as_deref(), Some(&b"unused"[..]), "on {}", node.id());
+        }
+        for n in &nodes[1..] {
+            n.cluster
+                .node
+                .sync_with("a", &a.settings.rpc_advertise)
+                .await
+                .unwrap();
+        }
+        // the holder's retry: redeemed, once
+        let first = nodes[2]
+            .opened
+            .store
+            .compare_and_swap(ks, key, Some(b"unused".to_vec()), None)
+            .await
+            .unwrap();
+        assert_eq!(first, Cas::Swapped);
+        let again = nodes[1]
+            .opened
+            .store
+            .compare_and_swap(ks, key, Some(b"unused".to_vec()), None)
+            .await
+            .unwrap();
+        assert_eq!(again, Cas::Conflict(None));
+    }
+
+    /// A prepared transition whose decision never arrived is resolved by asking its executor:
+    /// committed there — written here; still provisional there — kept; neither — dropped. While
+    /// held, it is in no digest (anti-entropy cannot spread it) and a competing transition made
+    /// on the same version is refused.
+    async fn lost_decisions_are_resolved_by_asking_the_executor(nodes: &[TestNode]) {
+        let ks = "issuer_nonces";
+        let (a, b, c) = (
+            &nodes[0].cluster.node,
+            &nodes[1].cluster.node,
+            &nodes[2].cluster.node,
+        );
+        let mut base = Vec::new();
+        for key in ["lost-commit", "lost-abort", "pending"] {
+            nodes[0]
+                .opened
+                .store
+                .put(ks, key, b"unused".to_vec(), None)
+                .await
+                .unwrap();
+            base.push(c.replica.version_of(ks, key).unwrap());
+        }
+        let digest = c.replica.digest();
+        let by_a = |_: usize| Versioned {
+            version: a.replica.new_version(),
+            value: None,
+            deadline_ms: a.replica.deadline(Some(Duration::from_secs(60))),
+        };
+        let (commit, abort, pending) = (by_a(0), by_a(1), by_a(2));
+        for (key, rec, base) in [
+            ("lost-commit", &commit, &base[0]),
+            ("lost-abort", &abort, &base[1]),
+            ("pending", &pending, &base[2]),
+        ] {
+            assert!(c.replica.prepare(ks, key, rec, base).await.unwrap());
+        }
+        assert_eq!(
+            c.replica.digest(),
+            digest,
+            "provisional records are in no digest"
+        );
+        // a competing transition on the same version is refused while one is held
+        let competing = Versioned {
+            version: b.replica.new_version(),
+            value: None,
+            deadline_ms: None,
+        };
+        assert!(!c
+            .replica
+            .prepare(ks, "lost-abort", &competing, &base[1])
+            .await
+            .unwrap());
+        // a committed "lost-commit" (its decision to c lost), never decided "lost-abort" (a
+        // restarted executor), and still holds "pending" as provisional itself
+        a.replica.commit(ks, "lost-commit", &commit).await.unwrap();
+        assert!(a
+            .replica
+            .prepare(ks, "pending", &pending, &base[2])
+            .await
+            .unwrap());
+        assert_eq!(c.resolve_provisionals(Duration::ZERO).await, 2);
+        assert_eq!(
+            c.replica
+                .read(ks, "lost-commit")
+                .await
+                .unwrap()
+                .unwrap()
+                .version,
+            commit.version
+        );
+        assert!(c.replica.provisional_of(ks, "lost-commit").is_none());
+        assert!(c.replica.provisional_of(ks, "lost-abort").is_none());
+        assert_eq!(
+            c.replica
+                .read(ks, "lost-abort")
+                .await
+                .unwrap()
+                .unwrap()
+                .value
+                .as_deref(),
+            Some(&b"unused"[..])
+        );
+        assert_eq!(
+            c.replica.provisional_of(ks, "pending"),
+            Some(pending.version.clone())
+        );
+        a.replica.commit(ks, "pending", &pending).await.unwrap();
+        assert_eq!(c.resolve_provisionals(Duration::ZERO).await, 1);
+        assert!(c
+            .replica
+            .read(ks, "pending")
+            .await
+            .unwrap()
+            .unwrap()
+            .is_tombstone());
+    }
+
     /// A process with another cluster secret, seeded with a member, is never listed (its gossip
     /// is dropped) and the members' writes still succeed.
     async fn process_without_the_secret_does_not_join(nodes: &[TestNode]) {
@@ -906,6 +1079,8 @@ mod tests {
 
         paused_primary_catches_up_before_its_compare_and_swap(&nodes).await;
         consistent_primary_reads_a_majority_before_a_single_use_transition(&nodes).await;
+        consistent_failed_transition_leaves_nothing_on_the_accepting_peers(&nodes).await;
+        lost_decisions_are_resolved_by_asking_the_executor(&nodes).await;
         process_without_the_secret_does_not_join(&nodes).await;
         for n in &nodes {
             n.token.cancel();

@@ -11,6 +11,7 @@ pub const PATH_DIGEST: &str = "/cluster/v1/digest";
 pub const PATH_VERSIONS: &str = "/cluster/v1/versions";
 pub const PATH_FETCH: &str = "/cluster/v1/fetch";
 pub const PATH_PUBLISH: &str = "/cluster/v1/publish";
+pub const PATH_DECIDE: &str = "/cluster/v1/decide";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
@@ -18,8 +19,9 @@ pub struct Record {
     pub key: String,
     #[serde(flatten)]
     pub rec: Versioned,
-    /// A consistent single-use transition made on this version of the record: a peer holding a
-    /// newer one (another transition) refuses it instead of merging last-writer-wins.
+    /// A consistent single-use transition made on this version of the record (its first round):
+    /// the peer holds it as provisional until the executor's decision ([`DecideReq`]), and
+    /// refuses it while holding a newer version or another provisional transition of the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub if_version: Option<Version>,
 }
@@ -46,6 +48,20 @@ pub struct KeyReq {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct GetResp {
     pub record: Option<Versioned>,
+    /// The version of a provisional (prepared, undecided) transition of the key held there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisional: Option<Version>,
+}
+
+/// Second round of a consistent single-use transition: the executor's decision on a record it
+/// sent with [`Record::if_version`]. `commit`: written; otherwise the provisional copy is dropped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DecideReq {
+    pub ks: String,
+    pub key: String,
+    #[serde(flatten)]
+    pub rec: Versioned,
+    pub commit: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -117,7 +117,8 @@ fn iaca_params(ctx: &RoleContext) -> anyhow::Result<rcgen::CertificateParams> {
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
     p.distinguished_name
         .push(rcgen::DnType::CommonName, "idstack sandbox IACA");
-    p.distinguished_name.push(rcgen::DnType::CountryName, SANDBOX_COUNTRY);
+    p.distinguished_name
+        .push(rcgen::DnType::CountryName, SANDBOX_COUNTRY);
     p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
     p.key_usages = vec![
         rcgen::KeyUsagePurpose::KeyCertSign,
@@ -149,7 +150,8 @@ pub async fn document_signer(ctx: &RoleContext, issuer: &str) -> anyhow::Result<
         rcgen::DnType::CommonName,
         format!("idstack document signer {issuer}"),
     );
-    p.distinguished_name.push(rcgen::DnType::CountryName, SANDBOX_COUNTRY);
+    p.distinguished_name
+        .push(rcgen::DnType::CountryName, SANDBOX_COUNTRY);
     p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     // ISO 18013-5 mdlDS extended key usage
     p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::Other(vec![

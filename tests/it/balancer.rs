@@ -38,6 +38,12 @@ impl Balancer {
         Self::start_with(backends, false).await
     }
 
+    /// Listening on `host` (an address of this namespace the nodes can reach, e.g. a bridge's
+    /// in tests/it/faults.rs) instead of loopback.
+    pub async fn start_on(host: &str, backends: Vec<String>) -> Balancer {
+        Self::start_at(host, backends, false).await
+    }
+
     /// nginx with the settings shipped for deployments (`deploy/balancers/nginx.conf`: short
     /// upstream timeouts, retries on the next node, passive health checks), on loopback.
     pub async fn start_shipped(backends: Vec<String>) -> Balancer {
@@ -45,12 +51,16 @@ impl Balancer {
     }
 
     async fn start_with(backends: Vec<String>, shipped: bool) -> Balancer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_at("127.0.0.1", backends, shipped).await
+    }
+
+    async fn start_at(host: &str, backends: Vec<String>, shipped: bool) -> Balancer {
+        let port = std::net::TcpListener::bind((host, 0))
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let addr: SocketAddr = format!("{host}:{port}").parse().unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
         write(dir.path(), addr, &backends, shipped);
@@ -99,9 +109,34 @@ impl Balancer {
         std::fs::read_to_string(self.dir.path().join("access.log"))
             .unwrap_or_default()
             .lines()
+            .map(|l| l.split_once('|').map_or(l, |(_, u)| u))
             .flat_map(|l| l.split(", "))
             .filter(|u| u.trim() == hp)
             .count()
+    }
+
+    /// Requests carrying `x-fault-id` (tests/it/faults.rs) that nginx sent to more than one
+    /// node (the first failed: the request may have been executed there too).
+    pub fn retried_ids(&self) -> std::collections::BTreeSet<String> {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once('|'))
+            .filter(|(id, up)| *id != "-" && up.contains(", "))
+            .map(|(id, _)| id.to_string())
+            .collect()
+    }
+
+    /// The node(s) nginx sent the request with this `x-fault-id` to.
+    pub fn upstreams_of(&self, id: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once('|'))
+            .filter(|(i, _)| *i == id)
+            .map(|(_, u)| u.to_string())
+            .collect::<Vec<_>>()
+            .join(" / ")
     }
 
     fn signal(&self, s: &str) {
@@ -187,7 +222,7 @@ pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 8192; }}
 http {{
-  log_format upstream '$upstream_addr';
+  log_format upstream '$http_x_fault_id|$upstream_addr';
   access_log {d}/access.log upstream;
   client_body_temp_path {d}/tmp/body;
   proxy_temp_path {d}/tmp/proxy;
@@ -222,7 +257,7 @@ pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 8192; }}
 http {{
-  log_format upstream '$upstream_addr';
+  log_format upstream '$http_x_fault_id|$upstream_addr';
   access_log {d}/access.log upstream;
   client_body_temp_path {d}/tmp/body;
   proxy_temp_path {d}/tmp/proxy;
@@ -253,7 +288,7 @@ http {{
     std::fs::write(conf_path(dir), conf).unwrap();
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()

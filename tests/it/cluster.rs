@@ -16,7 +16,7 @@ const SECRET: &str = "cluster-test-secret-0123456789";
 const ANIMO_SESSIONS: usize = 1_000;
 
 /// A port free for both UDP (gossip) and TCP (internal RPC uses the same number).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     loop {
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = udp.local_addr().unwrap().port();
@@ -32,15 +32,27 @@ struct Spec {
 }
 
 fn node_builder(spec: &Spec, seeds: &str, public_url: &str) -> crate::common::Builder {
+    node_builder_at(
+        &spec.id,
+        &format!("127.0.0.1:{}", spec.port),
+        seeds,
+        public_url,
+    )
+}
+
+/// A cluster node `id` gossiping (and serving internal RPC) on `gossip`.
+pub(crate) fn node_builder_at(
+    id: &str,
+    gossip: &str,
+    seeds: &str,
+    public_url: &str,
+) -> crate::common::Builder {
     // Cluster mode and the Redis backend exclude each other: cluster nodes are sled nodes.
     Server::builder()
         .sled()
         .arg("--cluster")
-        .env("IDSTACK__CLUSTER__NODE_ID", &spec.id)
-        .env(
-            "IDSTACK__CLUSTER__GOSSIP_ADDR",
-            &format!("127.0.0.1:{}", spec.port),
-        )
+        .env("IDSTACK__CLUSTER__NODE_ID", id)
+        .env("IDSTACK__CLUSTER__GOSSIP_ADDR", gossip)
         .env("IDSTACK__CLUSTER__SEEDS", seeds)
         .env("IDSTACK__CLUSTER__SECRET", SECRET)
         .env("IDSTACK__CLUSTER__ID", "it-cluster")
@@ -61,14 +73,14 @@ fn via(b: &Balancer) -> Server {
 }
 
 /// kill -9: no goodbye, no flush. Returns the data dir for a restart.
-fn kill9(mut s: Server) -> tempfile::TempDir {
+pub(crate) fn kill9(mut s: Server) -> tempfile::TempDir {
     let mut c = s.child.take().unwrap();
     c.kill().unwrap();
     c.wait().unwrap();
     std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap())
 }
 
-async fn admin_get(s: &Server, path: &str) -> (u16, Value) {
+pub(crate) async fn admin_get(s: &Server, path: &str) -> (u16, Value) {
     let r = client()
         .get(s.url(path))
         .bearer_auth(ADMIN_TOKEN)
@@ -101,12 +113,12 @@ fn member<'a>(v: &'a Value, id: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
-struct User {
-    token: String,
-    wallet: String,
+pub(crate) struct User {
+    pub(crate) token: String,
+    pub(crate) wallet: String,
 }
 
-async fn signup(s: &Server, email: &str) -> User {
+pub(crate) async fn signup(s: &Server, email: &str) -> User {
     let c = client();
     let r = c
         .post(s.url("/wallet/auth/register"))
@@ -139,7 +151,7 @@ async fn signup(s: &Server, email: &str) -> User {
     }
 }
 
-async fn wallet_call(s: &Server, u: &User, path: &str, body: Value) -> (u16, Value) {
+pub(crate) async fn wallet_call(s: &Server, u: &User, path: &str, body: Value) -> (u16, Value) {
     let r = client()
         .post(s.url(&format!("/wallet/wallets/{}{path}", u.wallet)))
         .bearer_auth(&u.token)
@@ -151,11 +163,11 @@ async fn wallet_call(s: &Server, u: &User, path: &str, body: Value) -> (u16, Val
     (st, r.json().await.unwrap_or(Value::Null))
 }
 
-fn identity() -> Value {
+pub(crate) fn identity() -> Value {
     json!({"given_name": "Erika", "family_name": "Mustermann", "birthdate": "1984-01-26", "email": "erika@example.org"})
 }
 
-fn query() -> Value {
+pub(crate) fn query() -> Value {
     json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "meta": {}, "claims": [{"path": ["family_name"]}]}]}})
 }
 
@@ -172,7 +184,7 @@ async fn new_session(s: &Server) -> Value {
 }
 
 /// The wallet receives an SD-JWT (offer with tx_code) through the proxy.
-async fn receive(lb: &Server, u: &User) {
+pub(crate) async fn receive(lb: &Server, u: &User) {
     let offer = create_offer(lb, "default", json!({"credential_configuration_ids": ["IdentityCredential_dc_sd_jwt"], "claims": identity(), "tx_code": {"length": 6}})).await;
     let (st, v) = wallet_call(
         lb,
@@ -990,7 +1002,7 @@ async fn a_paused_node_costs_no_request_behind_the_shipped_balancer_and_catches_
     drop((a, b, c));
 }
 
-fn signal(s: &Server, sig: &str) {
+pub(crate) fn signal(s: &Server, sig: &str) {
     let pid = s.child.as_ref().unwrap().id().to_string();
     assert!(std::process::Command::new("kill")
         .args([sig, &pid])

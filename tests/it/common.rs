@@ -25,6 +25,8 @@ pub struct Builder {
     admin: bool,
     store: StoreChoice,
     bind: String,
+    /// A command the server is started under (`ip netns exec <ns>`), empty for none.
+    wrap: Vec<String>,
 }
 
 /// Which store a spawned server uses.
@@ -204,6 +206,12 @@ impl Builder {
         self.bind = addr.into();
         self
     }
+    /// Start the server under this command (e.g. `ip netns exec <ns>`, which execs it: the
+    /// child's pid is the server's).
+    pub fn wrapped(mut self, cmd: &[&str]) -> Self {
+        self.wrap = cmd.iter().map(|s| s.to_string()).collect();
+        self
+    }
     /// Always sled, whatever `IDSTACK_TEST_STORE` says (tests of the embedded store itself).
     pub fn sled(mut self) -> Self {
         self.store = StoreChoice::Sled;
@@ -230,7 +238,14 @@ impl Builder {
             .append(true)
             .open(&log)
             .unwrap();
-        let mut cmd = Command::new(bin());
+        let mut cmd = match self.wrap.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
         cmd.current_dir(dir.path())
             .arg("serve")
             .arg("--bind")
@@ -333,6 +348,7 @@ impl Server {
             admin: true,
             store: StoreChoice::FromEnv,
             bind: "127.0.0.1:0".into(),
+            wrap: Vec::new(),
         }
     }
 

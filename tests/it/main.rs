@@ -16,6 +16,8 @@ mod balancer;
 mod cluster;
 mod common;
 mod console;
+#[cfg(feature = "cluster")]
+mod faults;
 mod forgery;
 mod foundation;
 mod holder;

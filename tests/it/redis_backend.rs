@@ -25,7 +25,7 @@ fn guarded_client() -> reqwest::Client {
         .unwrap()
 }
 
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     format!(
         "{prefix}-{}-{}",
         std::process::id(),
@@ -33,7 +33,7 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-async fn wait_ready(base: &str, want: u16) {
+pub(crate) async fn wait_ready(base: &str, want: u16) {
     let c = guarded_client();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -251,9 +251,9 @@ async fn redis_backend_needs_a_configured_master_key_and_a_reachable_redis() {
 }
 
 /// Three stateless nodes on one Redis behind a per-request round-robin balancer.
-struct Deployment {
-    nodes: Vec<Server>,
-    lb: balancer::Balancer,
+pub(crate) struct Deployment {
+    pub(crate) nodes: Vec<Server>,
+    pub(crate) lb: balancer::Balancer,
 }
 
 async fn deployment(n: usize) -> Deployment {
@@ -261,7 +261,7 @@ async fn deployment(n: usize) -> Deployment {
 }
 
 /// `n` nodes on the Redis at `url` (a key prefix of their own) behind the balancer.
-async fn deployment_on(n: usize, url: &str) -> Deployment {
+pub(crate) async fn deployment_on(n: usize, url: &str) -> Deployment {
     let prefix = unique("lb");
     let ports: Vec<u16> = (0..n)
         .map(|_| {
@@ -615,7 +615,7 @@ async fn admin_get(url: &str) -> (u16, Value) {
 
 /// What every node must agree on: the default issuer's DID and key, the default verifier's DID
 /// and the mediator's recipient key (from each node's own answer, not through the balancer).
-async fn first_start_state(nodes: &[Server]) -> Vec<(Value, Value, Value, Value)> {
+pub(crate) async fn first_start_state(nodes: &[Server]) -> Vec<(Value, Value, Value, Value)> {
     let mut out = Vec::new();
     for n in nodes {
         let (st, issuer) = admin_get(&n.url("/api/issuers/default")).await;

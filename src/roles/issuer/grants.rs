@@ -198,12 +198,22 @@ impl IssuerService {
                 }));
             }
         }
-        // Single use: exactly one redeemer removes the code.
-        if store
+        // Single use: exactly one redeemer removes the code. A store failure here may still
+        // have applied the removal (Redis killed between executing the command and answering,
+        // a cluster primary that did not answer in time): the code is put back if absent, so it
+        // is never burnt without a token. That cannot redeem an offer twice: the offer's own
+        // transition to `TokenIssued` (grant_access) admits one redeemer.
+        let consumed = match store
             .compare_and_swap(ks::CODES, &code_key, Some(okey.clone()), None)
-            .await?
-            != Cas::Swapped
+            .await
         {
+            Ok(c) => c,
+            Err(e) => {
+                self.restore_code(code_key, okey, offer.expires_at).await;
+                return Err(e.into());
+            }
+        };
+        if consumed != Cas::Swapped {
             return Err(OAuthError::invalid_grant(
                 "the pre-authorized code was already used",
             ));
@@ -212,10 +222,12 @@ impl IssuerService {
             .grant_access(issuer_id, &offer_key_s, granted, details)
             .await
         {
-            // The code is consumed but no token was handed out (the store failed on the way):
-            // the redemption is rolled back (grant_access reverted the offer), so the code is
-            // redeemable again instead of burnt.
-            Err(e) if e.status.is_server_error() => {
+            // The code is consumed but no token was handed out (the store failed on the way, or
+            // the offer was not found where it was updated — a primary that had not caught up
+            // yet): the redemption is rolled back (grant_access reverted the offer), so the
+            // code is redeemable again instead of burnt. Harmless when the offer was redeemed
+            // by someone else: its state admits no second token.
+            Err(e) => {
                 self.restore_code(code_key, okey, offer.expires_at).await;
                 Err(e)
             }
