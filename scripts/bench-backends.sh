@@ -9,7 +9,8 @@
 # cluster with cluster.single_use = available / consistent); MSG=0 skips the mediator scenario.
 #
 # Needs redis-server and nginx (Debian: redis-server nginx-light). Uses 127.0.0.1 ports
-# 18090, 18100-18103, 18201-18203 and 6390. Every setup starts on empty data.
+# 18090, 18100-18103, 18201-18203 and 6390. Every setup starts on empty data. Per-IP rate limits are
+# off (all load comes from 127.0.0.1; they would answer most of it 429).
 set -euo pipefail
 BIN=$(realpath "${1:-target/release/idstack}")
 OUT=$(realpath -m "${2:-bench-backends}")
@@ -52,7 +53,7 @@ trap 'stop_nodes; redis-cli -p 6390 shutdown nosave >/dev/null 2>&1 || true' EXI
 single() { # name env...
   local name=$1; shift
   rm -rf "$OUT/$name-data"
-  env IDSTACK__ADMIN__TOKENS=$T IDSTACK__LOG__FILTER=warn "$@" "$BIN" serve --bind 127.0.0.1:18090 \
+  env IDSTACK__ADMIN__TOKENS=$T IDSTACK__LOG__FILTER=warn IDSTACK__SERVER__RATE_LIMIT__ENABLED=false "$@" "$BIN" serve --bind 127.0.0.1:18090 \
     --data-dir "$OUT/$name-data" > "$OUT/$name.log" 2>&1 &
   nodes+=($!)
   wait_ready http://127.0.0.1:18090
@@ -96,7 +97,7 @@ NG
              IDSTACK__CLUSTER__SECRET=bench-cluster-secret-0123456789 IDSTACK__CLUSTER__BOOTSTRAP_EXPECT=3
              IDSTACK__CLUSTER__SINGLE_USE=$single_use); cl=(--cluster)
     fi
-    env IDSTACK__ADMIN__TOKENS=$T IDSTACK__LOG__FILTER=warn IDSTACK__SERVER__PUBLIC_URL=http://127.0.0.1:18100 \
+    env IDSTACK__ADMIN__TOKENS=$T IDSTACK__LOG__FILTER=warn IDSTACK__SERVER__RATE_LIMIT__ENABLED=false IDSTACK__SERVER__PUBLIC_URL=http://127.0.0.1:18100 \
       IDSTACK__STORE__MASTER_KEY="$mk" "${extra[@]}" \
       "$BIN" serve "${cl[@]}" --bind 127.0.0.1:1810$i --data-dir "$OUT/$name-n$i" > "$OUT/$name-n$i.log" 2>&1 &
     nodes+=($!)

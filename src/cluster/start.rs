@@ -369,6 +369,8 @@ impl Cluster {
                 .await
             {
                 Ok(Cas::Swapped) => return Ok(me),
+                // this node's own earlier attempt, applied though its answer was lost
+                Ok(Cas::Conflict(Some(held))) if held == me => return Ok(me),
                 Ok(Cas::Conflict(_)) => {}
                 Err(e) => tracing::warn!(error = %e, "cluster: init lease attempt failed"),
             }

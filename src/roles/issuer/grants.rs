@@ -209,7 +209,9 @@ impl IssuerService {
         {
             Ok(c) => c,
             Err(e) => {
-                self.restore_code(code_key, okey, offer.expires_at).await;
+                // (the offer is not touched: the code may have been consumed by another redeemer)
+                self.restore_code(code_key, okey, None, offer.expires_at)
+                    .await;
                 return Err(e.into());
             }
         };
@@ -228,7 +230,14 @@ impl IssuerService {
             // code is redeemable again instead of burnt. Harmless when the offer was redeemed
             // by someone else: its state admits no second token.
             Err(e) => {
-                self.restore_code(code_key, okey, offer.expires_at).await;
+                // A store failure: grant_access reverted the offer, unless that failed too —
+                // retried with the code. Any other failure (the offer already redeemed or not
+                // found) leaves the offer alone: its `TokenIssued` may be another redeemer's
+                // (a code put back after an unknown outcome can be consumed twice; the offer
+                // admits one token), found by tests/it/faults.rs.
+                let revert = e.status.is_server_error().then_some(offer_key_s);
+                self.restore_code(code_key, okey, revert, offer.expires_at)
+                    .await;
                 Err(e)
             }
             other => other,
@@ -236,8 +245,18 @@ impl IssuerService {
     }
 
     /// Puts a consumed pre-authorized code back (compensating a failed redemption) for the rest
-    /// of its lifetime; retried in the background while the store is still failing.
-    async fn restore_code(&self, code_key: String, offer_key: Vec<u8>, expires_at: i64) {
+    /// of its lifetime — after putting its offer back to `Offered` when `revert` names it (the
+    /// offer first: while it is still `TokenIssued` the code cannot be redeemed) — retried in the
+    /// background while the store is still failing (found by tests/it/faults.rs: a Redis restart
+    /// failed the offer's revert, which was not retried, and left the offer `TokenIssued` without
+    /// a token).
+    async fn restore_code(
+        &self,
+        code_key: String,
+        offer_key: Vec<u8>,
+        revert: Option<String>,
+        expires_at: i64,
+    ) {
         let left = expires_at - self.now();
         if left <= 0 {
             return;
@@ -245,8 +264,20 @@ impl IssuerService {
         let store = self.ctx.store.clone();
         let attempt = move || {
             let store = store.clone();
-            let (code_key, offer_key) = (code_key.clone(), offer_key.clone());
+            let (code_key, offer_key, revert) =
+                (code_key.clone(), offer_key.clone(), revert.clone());
             async move {
+                if let Some(o) = &revert {
+                    store
+                        .update_json::<Offer, OAuthError, _>(ks::OFFERS, o, None, |mut o| {
+                            if o.state == OfferState::TokenIssued {
+                                o.state = OfferState::Offered;
+                            }
+                            Ok(o)
+                        })
+                        .await
+                        .map_err(|e| e.description)?;
+                }
                 store
                     .compare_and_swap(
                         ks::CODES,
@@ -255,6 +286,7 @@ impl IssuerService {
                         Some((offer_key, Some(secs(left as u64)))),
                     )
                     .await
+                    .map_err(|e| e.to_string())
             }
         };
         match attempt().await {
