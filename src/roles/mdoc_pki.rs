@@ -182,7 +182,9 @@ mod tests {
         let root = sandbox_anchor(&ctx).await.unwrap();
         let anchors = crate::crypto::x509::TrustAnchors::default()
             .with([<x509_cert::Certificate as x509_cert::der::Decode>::from_der(&root).unwrap()]);
-        let (key, leaf) = anchors.chain_key(&[a.cert.clone()], now).unwrap();
+        let (key, leaf) = anchors
+            .chain_key(std::slice::from_ref(&a.cert), now)
+            .unwrap();
         assert_eq!(key, a.key.verifying_key());
         // and is a document signer (mdlDS extended key usage, digitalSignature)
         crate::crypto::x509::check_document_signer(&leaf).unwrap();

@@ -14,6 +14,9 @@ use super::{
 use crate::crypto::x509::TrustAnchors;
 use crate::crypto::VerifyingKey;
 
+/// Disclosed elements: namespace → element identifier → value (JSON form).
+pub type Claims = BTreeMap<String, serde_json::Map<String, serde_json::Value>>;
+
 /// Seconds an MSO's `signed` time may be ahead of this node's clock.
 const SIGNED_SKEW: i64 = 60;
 
@@ -117,12 +120,7 @@ pub fn issuer_signed(
 /// The doc type and issuer-signed elements of an `IssuerSigned` WITHOUT checking its signature,
 /// chain or validity (each disclosed item is still checked against the MSO's digests): for a
 /// holder deciding which of its own credentials answer a query. Never a verification result.
-pub fn parse_unverified(
-    issuer_signed_bytes: &[u8],
-) -> MdocResult<(
-    String,
-    BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
-)> {
+pub fn parse_unverified(issuer_signed_bytes: &[u8]) -> MdocResult<(String, Claims)> {
     let signed = decode(issuer_signed_bytes)?;
     let auth = get(&signed, "issuerAuth").ok_or_else(|| malformed("no issuerAuth"))?;
     let sign1 = coset::CoseSign1::from_cbor_value(auth.clone())

@@ -321,9 +321,9 @@ fn check_credential_query(id: &str, c: &Value) -> Result<(), VerifierError> {
     match c["format"].as_str() {
         Some("dc+sd-jwt" | "vc+sd-jwt" | "jwt_vc_json" | "ldp_vc") => {}
         Some("mso_mdoc") => {
-            if !c["meta"]["doctype_value"]
+            if c["meta"]["doctype_value"]
                 .as_str()
-                .is_some_and(|d| !d.is_empty())
+                .is_none_or(str::is_empty)
             {
                 return Err(invalid(format!(
                     "credential query `{id}`: mso_mdoc needs meta.doctype_value (e.g. \"org.iso.18013.5.1.mDL\")"
