@@ -321,7 +321,58 @@ async fn three_nodes_behind_round_robin_act_as_one_and_survive_kill_9() {
     })
     .await
     .unwrap();
-    assert_eq!(out["ok"], ANIMO_SESSIONS, "{out}");
+    // Every answer is a success or — on an overloaded machine, where an RPC to a key's primary
+    // can time out — a 503 temporarily_unavailable (consistent mode: outcome unknown or no
+    // majority reached, retry). The session then stays pending: the wallet's retry completes it.
+    let failures = out["failures"].as_array().cloned().unwrap_or_default();
+    assert!(
+        failures
+            .iter()
+            .all(|f| f["status"] == 503 && f["body"]["error"] == "temporarily_unavailable"),
+        "{out}"
+    );
+    if !failures.is_empty() {
+        let mut pending = Vec::new();
+        for s in &created {
+            let (_, v) = admin_get(
+                &proxy,
+                &format!(
+                    "/api/verifiers/default/sessions/{}",
+                    s["id"].as_str().unwrap()
+                ),
+            )
+            .await;
+            if v["verified"] != json!(true) {
+                pending.push(s["authorization_request"].as_str().unwrap().to_string());
+            }
+        }
+        assert_eq!(pending.len(), failures.len(), "{out}");
+        println!(
+            "cluster: {} sessions answered 503 (retry) under load; retried",
+            pending.len()
+        );
+        std::fs::write(&list, pending.join("\n")).unwrap();
+        let (list_s, cred_s) = (
+            list.to_str().unwrap().to_string(),
+            cred_file.to_str().unwrap().to_string(),
+        );
+        let retry = tokio::task::spawn_blocking(move || {
+            crate::interop::node(
+                "oid4vp-wallet.mjs",
+                &[
+                    "--requests",
+                    &list_s,
+                    "--credential",
+                    &cred_s,
+                    "--concurrency",
+                    "8",
+                ],
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(retry["ok"], json!(pending.len()), "{retry}");
+    }
     for s in created.iter().step_by(50) {
         let (st, v) = admin_get(
             &proxy,

@@ -680,6 +680,11 @@ async fn check(
                 Outcome::Refused(..) if retried.contains(&a.id) => {
                     Outcome::Unknown(format!("{:?} after a balancer retry", a.outcome))
                 }
+                // the node itself says so: a forwarded compare-and-swap whose primary did not
+                // answer (its rollback may not complete while that primary stays unreachable)
+                Outcome::Refused(503, e) if e.contains("outcome is unknown") => {
+                    Outcome::Unknown(format!("{:?}", a.outcome))
+                }
                 o => o.clone(),
             })
             .collect();
@@ -706,18 +711,20 @@ async fn check(
                     .collect();
                 // consumed: only ever with a token (the offer records it) — except, still open
                 // (issue 19), when the node executing a redemption died between consuming the
-                // code and recording the token: the compensating rollback dies with it. Counted
-                // and printed; with no attempt of unknown outcome it fails.
+                // code and recording the token (the compensating rollback dies with it), or a
+                // forwarded consume's primary did not answer and stayed unreachable past the
+                // rollback's retries. Counted and printed; with no attempt of unknown outcome it
+                // fails.
                 if offer["state"] == "offered" {
                     assert!(
                         attempts.iter().any(|o| matches!(o, Outcome::Unknown(_))),
                         "{label}: code of offer {id} BURNT (consumed, no token): {attempts:?} (sent to {routes:?}) then {later:?}; offer {offer}"
                     );
                     println!(
-                        "faults [{label}]: OPEN: code of offer {id} burnt by a request whose node died mid-redemption: {attempts:?} (sent to {routes:?})"
+                        "faults [{label}]: OPEN: code of offer {id} burnt by a redemption of unknown outcome (its node died mid-redemption, or its primary stayed unreachable past the rollback's retries): {attempts:?} (sent to {routes:?})"
                     );
                     *report
-                        .entry("codes burnt by a node dying mid-redemption (open)")
+                        .entry("codes burnt by a redemption of unknown outcome (open)")
                         .or_default() += 1;
                     continue;
                 }
