@@ -21,13 +21,17 @@ Install (once, from the repo root):
   tests/interop/install.sh                                   # credo-ts 0.6.3 (npm) + askar (PyPI)
   cargo build --release                                      # idstack
   python3.11 -m venv /tmp/acapy-venv && /tmp/acapy-venv/bin/pip install 'aries-cloudagent[askar]==0.12.8'
-  python3.11 -m venv /tmp/acapy17-venv && /tmp/acapy17-venv/bin/pip install 'acapy-agent==1.7.0'   # optional
+  python3.13 -m venv /tmp/acapy17-venv && /tmp/acapy17-venv/bin/pip install 'acapy-agent==1.7.0'   # optional (needs Python >= 3.13)
 
 Run (from the repo root; one fresh mediator per run):
   python3 loadtest/mediator-peers/bench.py idstack --n 200  --json idstack-200.json
   python3 loadtest/mediator-peers/bench.py idstack --n 2000 --json idstack-2000.json
   python3 loadtest/mediator-peers/bench.py acapy   --n 200  --acapy /tmp/acapy-venv/bin/aca-py
+  python3 loadtest/mediator-peers/bench.py acapy   --n 200  --acapy /tmp/acapy17-venv/bin/aca-py
   python3 loadtest/mediator-peers/bench.py credo   --n 200
+Environment knobs: IDSTACK__* (e.g. IDSTACK__MEDIATOR__FLUSH_BEFORE_ACK=false) reach the idstack
+mediator; ACAPY_LOG_LEVEL=info, CREDO_VERBOSE=1 and CREDO_TRACE=1 (every DIDComm plaintext the two
+agents pack or unpack, with a time stamp, in their logs) for looking into a run.
 Logs of every process go to --logs (default /tmp/mediator-peers-logs/<mediator>-<n>/).
 """
 
@@ -109,6 +113,7 @@ class Mediator:
         self.proc = None
         self.tmp = tempfile.mkdtemp(prefix=f"bench-{kind}-")
         self.stats_url = None
+        self.version = None
 
     def start(self):
         p = self.args.port
@@ -157,6 +162,7 @@ class Mediator:
                             {"handshake_protocols": hs, "use_public_did": False, "alias": "bench"})
             self.invitation = inv["invitation_url"]
             self.pid = self.proc.pid
+            self.version = subprocess.run([self.args.acapy, "--version"], capture_output=True, text=True).stdout.strip()
         elif self.kind == "credo":
             self.proc = subprocess.Popen(
                 ["node", "credo/credo-mediator.mjs", "--port", str(p)], cwd=INTEROP,
@@ -275,7 +281,7 @@ def run(args):
         dur = (max(recvs) - min(sends)) / 1000
         half = len(lat) // 2
         res = {
-            "mediator": args.mediator, "pickup": pickup, "n": args.n, "warmup": w,
+            "mediator": args.mediator, "version": med.version, "pickup": pickup, "n": args.n, "warmup": w,
             "received": len(lat), "missing": len(missing), "duplicates": len(dups),
             "seconds": round(dur, 3), "msg_per_s": round(args.n / dur, 1),
             "ms_per_msg": round(dur * 1000 / args.n, 2),

@@ -8,7 +8,7 @@
 //! live-mode switch redelivers everything unacknowledged.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -38,6 +38,16 @@ const LEGACY_PREFIX: &str = "did:sov:BzCbsNYhMrjHiqZDTUASHg;spec/";
 const DELIVERY_BATCH: usize = 50;
 /// Most messages handed to one socket and not yet acknowledged; beyond it the pump waits.
 const MAX_INFLIGHT: usize = 500;
+/// Live mode: most `delivery` messages on one socket awaiting their `messages-received`. While one
+/// is out, what arrives waits and goes in the next delivery (up to `DELIVERY_BATCH`): a recipient
+/// slower than its senders gets fewer, fuller deliveries instead of one per message, each of which
+/// costs it an unpack, a `messages-received` and a `status` (credo-ts 0.6.3 fell behind at about
+/// 10 msg/s on 2 shared cores with one message per delivery; see BENCHMARKS.md).
+const LIVE_WINDOW: usize = 1;
+/// Longest a held-back message waits for the answer to the delivery before it: then it goes out
+/// anyway (a socket timer), so a client that is slow to acknowledge, or never does, still gets
+/// new messages at once, just gathered in fewer deliveries.
+const ACK_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A frame for a WebSocket. `implicit` names the queued message (connection, id) the frame
 /// carries raw (implicit pickup): it is deleted from the queue once the frame is written.
@@ -65,6 +75,12 @@ pub struct Socket {
     mode: Mutex<Option<(String, Mode)>>,
     /// Message ids delivered on this socket and not yet acknowledged.
     inflight: Mutex<HashSet<String>>,
+    /// Live mode: deliveries sent on this socket and not yet answered by `messages-received`, and
+    /// when the last one went out.
+    unanswered: AtomicUsize,
+    last_delivery: Mutex<Option<std::time::Instant>>,
+    /// The pump held something back for want of an answer (the socket's hold timer is armed).
+    held: AtomicBool,
     /// The client spoke a pickup protocol on this socket: it picks up explicitly, never implicitly.
     pickup_client: AtomicBool,
     closed: AtomicBool,
@@ -78,6 +94,9 @@ impl Socket {
             tx,
             mode: Mutex::new(None),
             inflight: Mutex::default(),
+            unanswered: AtomicUsize::new(0),
+            last_delivery: Mutex::new(None),
+            held: AtomicBool::new(false),
             pickup_client: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             wake: Notify::new(),
@@ -93,6 +112,39 @@ impl Socket {
     }
     fn inflight_len(&self) -> usize {
         self.inflight.lock().map(|g| g.len()).unwrap_or(0)
+    }
+    /// Live mode: `LIVE_WINDOW` deliveries are out and the last one went out less than
+    /// `ACK_WAIT` ago.
+    fn awaiting_answer(&self) -> bool {
+        self.unanswered.load(Ordering::Relaxed) >= LIVE_WINDOW
+            && self
+                .last_delivery
+                .lock()
+                .ok()
+                .and_then(|g| *g)
+                .is_some_and(|t| t.elapsed() < ACK_WAIT)
+    }
+    /// When the pump, which held a delivery back, must run again even without an answer.
+    pub fn hold_deadline(&self) -> Option<std::time::Instant> {
+        if !self.held.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.last_delivery
+            .lock()
+            .ok()
+            .and_then(|g| *g)
+            .map(|t| t + ACK_WAIT)
+    }
+    fn delivery_sent(&self) {
+        self.unanswered.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut g) = self.last_delivery.lock() {
+            *g = Some(std::time::Instant::now());
+        }
+    }
+    fn delivery_answered(&self) {
+        let _ = self
+            .unanswered
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 }
 
@@ -986,10 +1038,23 @@ impl MediatorService {
                     .filter_map(|v| v.as_str().map(str::to_string))
                     .collect();
                 self.acknowledge(&conn.id, &ids, socket).await?;
-                Some(reply(
-                    "messagepickup/2.0/status",
-                    self.status(&conn.id, &json!({}), socket).await?,
-                ))
+                let live_here =
+                    socket.is_some_and(|s| s.live_connection().as_deref() == Some(&conn.id));
+                if live_here {
+                    // Live mode on this socket: whatever waits is pushed here as soon as this
+                    // acknowledgement lets the next delivery out, so nothing waits for a
+                    // delivery-request (credo answers a non-zero count with one: a second round
+                    // trip, and a second delivery, for messages already on their way).
+                    Some(reply(
+                        "messagepickup/2.0/status",
+                        json!({"message_count": 0, "live_delivery": true}),
+                    ))
+                } else {
+                    Some(reply(
+                        "messagepickup/2.0/status",
+                        self.status(&conn.id, &json!({}), socket).await?,
+                    ))
+                }
             }
             ("messagepickup/2.0", "live-delivery-change") => {
                 let on = msg
@@ -1547,10 +1612,14 @@ impl MediatorService {
             }
         }
         for h in holders {
+            let mut held = false;
             if let Ok(mut g) = h.inflight.lock() {
                 for id in &ids {
-                    g.remove(id.as_str());
+                    held |= g.remove(id.as_str());
                 }
+            }
+            if held {
+                h.delivery_answered();
             }
             h.wake.notify_one();
         }
@@ -1738,6 +1807,11 @@ impl MediatorService {
             },
         };
         loop {
+            if mode == Mode::Live && s.awaiting_answer() {
+                s.held.store(true, Ordering::Relaxed);
+                return Ok(());
+            }
+            s.held.store(false, Ordering::Relaxed);
             let room = MAX_INFLIGHT.saturating_sub(s.inflight_len());
             // The socket task that drains `tx` is the one running this pump: never wait on a full
             // channel; what is left goes out on the next wake (every acknowledgement wakes it).
@@ -1784,6 +1858,9 @@ impl MediatorService {
             if !unsent.is_empty() {
                 self.release(&conn_id, s, &unsent);
                 return Ok(());
+            }
+            if their_verkey.is_some() {
+                s.delivery_sent();
             }
         }
     }
