@@ -13,13 +13,13 @@ use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 use utoipa_actix_web::AppExt;
 
-use crate::clock::{random_token, SharedClock, SystemClock};
-use crate::config::{Mode, Secret, Settings, StoreBackend};
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::{Mode, Settings, StoreBackend};
 use crate::http::{self, auth::AdminTokens, metrics::Metrics, openapi::ApiDoc};
-use crate::roles::Role;
-use crate::state::{AppState, Readiness};
-use crate::store::seal::{load_or_generate_master_key, KeySource};
-use crate::store::{keyspaces, Cas, Sealer, SledStore, Store};
+use crate::role::Role;
+use crate::roles::Services;
+use crate::server::state::{AppState, Readiness};
+use crate::store::open::{open, Opened};
 use crate::tasks::Tasks;
 
 /// Things a caller (main or a test) may inject.
@@ -44,6 +44,7 @@ pub struct OpenApiJson(pub String);
 /// Builds the actix app for `state`, and the OpenAPI document of exactly the mounted handlers.
 pub fn build_app(
     state: web::Data<AppState>,
+    services: &Services,
 ) -> (
     App<
         impl ServiceFactory<
@@ -58,8 +59,10 @@ pub fn build_app(
 ) {
     let (json, form, path, query, payload) =
         http::extractor_configs(state.settings.raw.server.body_limit_bytes);
-    let roles_state = state.clone();
+    let services = services.clone();
     // `cluster.rpc_addr` = this listener: the public server carries the internal RPC routes too
+    #[cfg(feature = "cluster")]
+    let cluster = state.cluster.clone().map(web::Data::from);
     #[cfg(feature = "cluster")]
     let rpc_node = state
         .cluster
@@ -70,14 +73,25 @@ pub fn build_app(
         .into_utoipa_app()
         .openapi(ApiDoc::openapi())
         .app_data(state.clone())
+        .app_data(web::Data::from(state.admin.clone()))
+        .app_data(web::Data::from(state.rate_limits.clone()))
+        .app_data(web::Data::from(state.metrics.clone()))
+        .app_data(web::Data::new(state.settings.raw.server.clone()))
+        .map(move |app| {
+            #[cfg(feature = "cluster")]
+            if let Some(c) = cluster {
+                return app.app_data(c);
+            }
+            app
+        })
         .app_data(json)
         .app_data(form)
         .app_data(path)
         .app_data(query)
         .app_data(payload)
-        .configure(http::health::configure)
-        .configure(http::contexts::configure)
-        .configure(move |cfg| crate::roles::configure(cfg, &roles_state))
+        .configure(crate::server::health::configure)
+        .configure(crate::server::contexts::configure)
+        .configure(move |cfg| crate::roles::configure(cfg, &services))
         .map(move |app| {
             app.configure(http::web::configure)
                 .configure(move |cfg| {
@@ -101,73 +115,14 @@ async fn openapi_json(doc: web::Data<OpenApiJson>) -> HttpResponse {
         .body(doc.0.clone())
 }
 
-/// Everything startup prepares before the listener opens; also used by the CLI store commands.
-pub struct Opened {
-    pub store: Arc<dyn Store>,
-    pub sealer: Sealer,
-    /// The event bus matching the store: in-process for sled, Redis pub/sub for Redis; cluster
-    /// mode replaces it.
-    pub bus: Arc<dyn crate::bus::Bus>,
-    /// Set once the node has joined its cluster (`app::run` in cluster mode).
-    pub cluster: Option<crate::cluster::Handle>,
-    /// Backend-specific Prometheus collectors (Redis latency and errors), registered by `run`.
-    pub collectors: Vec<Box<dyn prometheus::core::Collector>>,
-}
+/// How long an idle HTTP/1.1 connection stays open: longer than the pool idle timeout of the
+/// clients idstack ships (load harness 20 s), shorter than a balancer's usual 60 s.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
 
-/// Opens the store and the sealer (with the sandbox master-key fallback) and checks that the
-/// master key is the one the data was sealed with.
-pub async fn open_store(settings: &Settings, clock: SharedClock) -> anyhow::Result<Opened> {
-    if settings.raw.store.backend == StoreBackend::Redis {
-        return open_redis(settings, clock).await;
-    }
-    let store_cfg = &settings.raw.store;
-    let dir = store_cfg.path.clone();
-    let cache = store_cfg.cache_capacity_bytes;
-    let sled_clock = clock.clone();
-    let store = tokio::task::spawn_blocking(move || SledStore::open(&dir, cache, sled_clock))
-        .await
-        .context("store open task")?
-        .context("opening the store")?;
-    let store: Arc<dyn Store> = Arc::new(store);
-    let sealer = match (&settings.master_key, &settings.cluster_secret) {
-        (Some(k), _) => Sealer::from_secret(k).context("store.master_key")?,
-        // Cluster mode: records sealed on one node are opened on another, so every node needs the
-        // same key; without store.master_key it is derived from the cluster secret.
-        (None, Some(secret)) if settings.raw.cluster.enabled => {
-            tracing::info!("cluster mode: master key derived from cluster.secret (set store.master_key to decouple them)");
-            Sealer::new(&crate::cluster::derive_master_key(
-                secret.expose(),
-                &settings.raw.cluster.id,
-            ))
-        }
-        (None, _) if settings.raw.server.mode == Mode::Sandbox => {
-            let (s, src) = load_or_generate_master_key(&store_cfg.path)?;
-            if src == KeySource::Generated {
-                tracing::warn!(
-                    path = %store_cfg.path.join(crate::store::seal::MASTER_KEY_FILE).display(),
-                    "sandbox mode: generated a master key next to the data (0600). Anyone who can read it can open sealed secrets; set store.master_key_file for production"
-                );
-            }
-            s
-        }
-        (None, _) => anyhow::bail!(
-            "production mode needs store.master_key or store.master_key_file (32 bytes, base64 or hex)"
-        ),
-    };
-    check_master_key(&store, &sealer).await?;
-    Ok(Opened {
-        store,
-        sealer,
-        bus: Arc::new(crate::bus::LocalBus::new()),
-        cluster: None,
-        collectors: Vec::new(),
-    })
-}
-
-/// [`open_store`] for the CLI commands that work on a stopped node's data (export, import,
+/// [`open`] for the CLI commands that work on a stopped node's data (export, import,
 /// admin-token): on a cluster node, records are read and written through their version envelopes.
 pub async fn open_store_offline(settings: &Settings, clock: SharedClock) -> anyhow::Result<Opened> {
-    let opened = open_store(settings, clock.clone()).await?;
+    let opened = open(settings, clock.clone()).await?;
     #[cfg(feature = "cluster")]
     if settings.raw.cluster.enabled {
         return Ok(Opened {
@@ -177,112 +132,6 @@ pub async fn open_store_offline(settings: &Settings, clock: SharedClock) -> anyh
     }
     let _ = clock;
     Ok(opened)
-}
-
-/// Redis: stateless nodes sharing one Redis, so the master key must come from config (the same on
-/// every node; a key generated next to a node's data dir cannot work) — sandbox mode included.
-#[cfg(feature = "redis")]
-async fn open_redis(settings: &Settings, clock: SharedClock) -> anyhow::Result<Opened> {
-    use crate::store::redis_store::{RedisOptions, RedisStore};
-    let key = settings.master_key.as_ref().context(
-        "store.backend = \"redis\" needs store.master_key or store.master_key_file, the same on every node",
-    )?;
-    let sealer = Sealer::from_secret(key).context("store.master_key")?;
-    let opts = RedisOptions::from_settings(settings);
-    let store = RedisStore::connect(opts.clone(), clock)
-        .await
-        .context("connecting to Redis (store.redis.url)")?;
-    let collectors = store.metrics().collectors();
-    let bus = crate::bus_redis::RedisBus::start(&opts, store.conn());
-    let store: Arc<dyn Store> = Arc::new(store);
-    check_master_key(&store, &sealer).await?;
-    Ok(Opened {
-        store,
-        sealer,
-        bus: Arc::new(bus),
-        cluster: None,
-        collectors,
-    })
-}
-
-#[cfg(not(feature = "redis"))]
-async fn open_redis(_settings: &Settings, _clock: SharedClock) -> anyhow::Result<Opened> {
-    anyhow::bail!("store.backend = \"redis\" but this build has no `redis` feature")
-}
-
-/// A sealed canary in the system keyspace: created once, and it must open with today's key.
-async fn check_master_key(store: &Arc<dyn Store>, sealer: &Sealer) -> anyhow::Result<()> {
-    const KEY: &str = "seal_canary";
-    const PLAINTEXT: &[u8] = b"idstack master key canary";
-    match store.get(keyspaces::SYSTEM, KEY).await? {
-        Some(sealed) => {
-            sealer.open(KEY.as_bytes(), &sealed).map_err(|_| {
-                anyhow::anyhow!(
-                    "the configured master key does not open this store's sealed data; refusing to start (wrong store.master_key or data dir?)"
-                )
-            })?;
-        }
-        None => {
-            let sealed = sealer.seal(KEY.as_bytes(), PLAINTEXT)?;
-            store
-                .compare_and_swap(keyspaces::SYSTEM, KEY, None, Some((sealed, None)))
-                .await?;
-        }
-    }
-    Ok(())
-}
-
-const ADMIN_TOKEN_KEY: &str = "sandbox_admin_token";
-
-/// How long an idle HTTP/1.1 connection stays open: longer than the pool idle timeout of the
-/// clients idstack ships (load harness 20 s), shorter than a balancer's usual 60 s.
-const KEEP_ALIVE: Duration = Duration::from_secs(30);
-
-/// Sandbox: one admin token generated on first start, stored sealed, printed once.
-async fn sandbox_admin_token(opened: &Opened) -> anyhow::Result<Secret> {
-    if let Some(t) = stored_admin_token(opened).await? {
-        tracing::info!(
-            "sandbox admin token loaded from the store (print it with `idstack admin-token`)"
-        );
-        return Ok(t);
-    }
-    let token = random_token(24);
-    let sealed = opened
-        .sealer
-        .seal(ADMIN_TOKEN_KEY.as_bytes(), token.as_bytes())?;
-    match opened
-        .store
-        .compare_and_swap(
-            keyspaces::SYSTEM,
-            ADMIN_TOKEN_KEY,
-            None,
-            Some((sealed, None)),
-        )
-        .await?
-    {
-        Cas::Swapped => {
-            // Printed once, to stderr, on purpose: the operator needs it.
-            eprintln!(
-                "\n  idstack sandbox admin token (shown once; `idstack admin-token` prints it again):\n\n      {token}\n"
-            );
-            Ok(Secret::new(token))
-        }
-        Cas::Conflict(_) => stored_admin_token(opened)
-            .await?
-            .context("admin token vanished"),
-    }
-}
-
-pub async fn stored_admin_token(opened: &Opened) -> anyhow::Result<Option<Secret>> {
-    match opened.store.get(keyspaces::SYSTEM, ADMIN_TOKEN_KEY).await? {
-        None => Ok(None),
-        Some(sealed) => {
-            let plain = opened.sealer.open(ADMIN_TOKEN_KEY.as_bytes(), &sealed)?;
-            Ok(Some(Secret::new(
-                String::from_utf8_lossy(&plain).into_owned(),
-            )))
-        }
-    }
 }
 
 fn derive_public_url(addr: SocketAddr) -> String {
@@ -303,19 +152,24 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
     let raw = &settings.raw;
-    let opened = open_store(&settings, opts.clock.clone()).await?;
+    let opened = open(&settings, opts.clock.clone()).await?;
     let readiness = Arc::new(Readiness::default());
     let mut tasks = Tasks::default();
-    let mut opened = if raw.cluster.enabled {
+    let (mut opened, cluster) = if raw.cluster.enabled {
         join_cluster(&settings, opened, &opts, &readiness, &mut tasks, &shutdown).await?
     } else {
-        opened
+        (opened, None)
     };
 
     let mut tokens = settings.admin_tokens.clone();
+    let mut sandbox_token = None;
     if tokens.is_empty() {
         match raw.server.mode {
-            Mode::Sandbox => tokens.push(sandbox_admin_token(&opened).await?),
+            Mode::Sandbox => {
+                let t = crate::server::first_start::sandbox_admin_token(&opened).await?;
+                sandbox_token = Some(t.clone());
+                tokens.push(t);
+            }
             Mode::Production => tracing::warn!(
                 "no admin.tokens configured: the management API (/api/...) is disabled"
             ),
@@ -324,7 +178,7 @@ pub async fn run(
 
     // On a shared RPC/HTTP address the bootstrap RPC server holds it until the roles are up.
     #[cfg(feature = "cluster")]
-    let rpc_on_http = opened.cluster.as_ref().is_some_and(|c| c.rpc_on_http);
+    let rpc_on_http = cluster.as_ref().is_some_and(|c| c.rpc_on_http);
     #[cfg(not(feature = "cluster"))]
     let rpc_on_http = false;
     let listener = if rpc_on_http {
@@ -357,7 +211,7 @@ pub async fn run(
     // JSON-LD verification limits (process-wide: the first configuration wins).
     crate::crypto::di::configure(&raw.jsonld);
     #[cfg(feature = "cluster")]
-    if let Some(c) = &opened.cluster {
+    if let Some(c) = &cluster {
         c.node
             .metrics
             .register(&metrics.registry)
@@ -378,6 +232,10 @@ pub async fn run(
         sealer: opened.sealer.clone(),
         clock: opts.clock.clone(),
         http,
+        x509_anchors: Arc::new(
+            crate::crypto::x509::TrustAnchors::load(&raw.x509.trust_anchors)
+                .map_err(|e| anyhow::anyhow!("x509.trust_anchors: {e}"))?,
+        ),
         metrics: metrics.clone(),
         readiness: readiness.clone(),
         admin: Arc::new(AdminTokens::new(&tokens)),
@@ -385,16 +243,22 @@ pub async fn run(
             crate::http::ratelimit::RateLimits::new(&raw.server.rate_limit)
                 .map_err(anyhow::Error::msg)?,
         ),
-        services: Arc::default(),
-        cluster: opened.cluster.clone(),
+        cluster,
     };
     for role in settings.roles.iter() {
         readiness.set_not_ready(role.as_str(), "initialising");
     }
-    init_roles(&state).await?;
+    let services = init_roles(&state).await?;
+    // On a store shared by nodes, mark the first-start state complete: its absence later is a
+    // data loss the guard reacts to (src/server/first_start.rs).
+    if state.store.shared_by_nodes() {
+        crate::server::first_start::mark(state.store.as_ref(), state.clock.now_ms())
+            .await
+            .context("writing the first-start marker")?;
+    }
 
     let data = web::Data::new(state.clone());
-    let (_, api) = build_app(data.clone());
+    let (_, api) = build_app(data.clone(), &services);
     let doc = web::Data::new(OpenApiJson(
         api.to_pretty_json().context("rendering OpenAPI")?,
     ));
@@ -416,20 +280,25 @@ pub async fn run(
         None => anyhow::bail!("no listener"),
     };
     let app_data = data.clone();
-    let server = HttpServer::new(move || build_app(app_data.clone()).0.app_data(doc.clone()))
-        .workers(workers)
-        .keep_alive(KEEP_ALIVE)
-        .client_request_timeout(Duration::from_millis(raw.server.client_request_timeout_ms))
-        .client_disconnect_timeout(Duration::from_millis(
-            raw.server.client_disconnect_timeout_ms,
-        ))
-        // Small request/response exchanges (a WebSocket DIDComm round trip) must not wait ~40 ms
-        // for Nagle and delayed ACKs.
-        .tcp_nodelay(true)
-        .disable_signals()
-        .shutdown_timeout(raw.server.shutdown_timeout_seconds)
-        .listen(listener)?
-        .run();
+    let app_services = services.clone();
+    let server = HttpServer::new(move || {
+        build_app(app_data.clone(), &app_services)
+            .0
+            .app_data(doc.clone())
+    })
+    .workers(workers)
+    .keep_alive(KEEP_ALIVE)
+    .client_request_timeout(Duration::from_millis(raw.server.client_request_timeout_ms))
+    .client_disconnect_timeout(Duration::from_millis(
+        raw.server.client_disconnect_timeout_ms,
+    ))
+    // Small request/response exchanges (a WebSocket DIDComm round trip) must not wait ~40 ms
+    // for Nagle and delayed ACKs.
+    .tcp_nodelay(true)
+    .disable_signals()
+    .shutdown_timeout(raw.server.shutdown_timeout_seconds)
+    .listen(listener)?
+    .run();
     let handle = server.handle();
     let server_task = tokio::spawn(server);
 
@@ -442,9 +311,18 @@ pub async fn run(
     if raw.store.backend == StoreBackend::Redis {
         spawn_store_probe(&mut tasks, &shutdown, &state);
     }
+    if state.store.shared_by_nodes() {
+        crate::server::first_start::spawn_guard(
+            &mut tasks,
+            &shutdown,
+            &state,
+            &services,
+            sandbox_token,
+        );
+    }
 
     let roles: Vec<&str> = settings.roles.iter().map(|r| Role::as_str(*r)).collect();
-    tracing::info!(%addr, %public_url, roles = ?roles, features = ?crate::roles::compiled_features(), "idstack listening");
+    tracing::info!(%addr, %public_url, roles = ?roles, features = ?crate::role::compiled_features(), "idstack listening");
     if let Some(path) = &opts.ready_file {
         let body = serde_json::json!({ "http": addr.to_string(), "public_url": public_url });
         std::fs::write(path, body.to_string())
@@ -489,10 +367,10 @@ async fn join_cluster(
     readiness: &Arc<Readiness>,
     tasks: &mut Tasks,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Opened> {
+) -> anyhow::Result<(Opened, Option<crate::cluster::Handle>)> {
     #[cfg(feature = "cluster")]
     {
-        let (opened, _) = crate::cluster::start(
+        let (opened, cluster) = crate::cluster::start(
             settings,
             opened,
             opts.clock.clone(),
@@ -502,7 +380,7 @@ async fn join_cluster(
         )
         .await
         .context("joining the cluster")?;
-        Ok(opened)
+        Ok((opened, Some(cluster)))
     }
     #[cfg(not(feature = "cluster"))]
     {
@@ -511,19 +389,23 @@ async fn join_cluster(
     }
 }
 
-/// Initialises the roles; in a cluster one node at a time, so first-start defaults (tenants and
-/// their signing keys) are created exactly once cluster-wide.
-async fn init_roles(state: &AppState) -> anyhow::Result<()> {
+/// Initialises the roles (each marked ready once it is); in a cluster one node at a time, so
+/// first-start defaults (tenants and their signing keys) are created exactly once cluster-wide.
+async fn init_roles(state: &AppState) -> anyhow::Result<Services> {
+    let ctx = state.role_context();
+    let init = || {
+        crate::roles::init(&ctx, &state.settings.raw, &state.roles, |role| {
+            state.readiness.set_ready(role.as_str())
+        })
+    };
     #[cfg(feature = "cluster")]
     if let Some(c) = &state.cluster {
         let lease = c.init_lease().await?;
-        let res = crate::roles::init(state).await;
+        let res = init().await;
         c.release_init_lease(lease).await;
         return res.context("role initialisation");
     }
-    crate::roles::init(state)
-        .await
-        .context("role initialisation")
+    init().await.context("role initialisation")
 }
 
 fn spawn_sweeper(tasks: &mut Tasks, shutdown: &CancellationToken, state: &AppState) {

@@ -197,6 +197,6 @@ pub fn version_string() -> String {
     format!(
         "{} (features: {})",
         env!("CARGO_PKG_VERSION"),
-        crate::roles::compiled_features().join(", ")
+        crate::role::compiled_features().join(", ")
     )
 }

@@ -112,7 +112,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let opened =
                 app::open_store_offline(&settings, std::sync::Arc::new(crate::clock::SystemClock))
                     .await?;
-            match app::stored_admin_token(&opened).await? {
+            match crate::server::first_start::stored_admin_token(&opened).await? {
                 Some(t) => {
                     println!("{}", t.expose());
                     Ok(ExitCode::SUCCESS)

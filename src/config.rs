@@ -12,7 +12,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::roles::{parse_role_list, Role};
+use crate::role::{parse_role_list, Role};
 
 pub const ENV_PREFIX: &str = "IDSTACK__";
 pub const CONFIG_VERSION: u32 = 1;
@@ -118,6 +118,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub jsonld: JsonLdConfig,
     pub metrics: MetricsConfig,
+    pub x509: X509Config,
 }
 
 impl Default for Config {
@@ -135,6 +136,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             http: HttpConfig::default(),
             jsonld: JsonLdConfig::default(),
+            x509: X509Config::default(),
             metrics: MetricsConfig::default(),
         }
     }
@@ -191,6 +193,53 @@ pub struct RateLimitConfig {
     pub nonce_burst: u32,
     pub didcomm_per_minute: u32,
     pub didcomm_burst: u32,
+}
+
+impl RateLimitConfig {
+    /// `(key, per_minute, burst)` of every endpoint group, in the order of `http::ratelimit::Endpoint`.
+    pub fn rates(&self) -> [(&'static str, u32, u32); 5] {
+        [
+            ("signup", self.signup_per_minute, self.signup_burst),
+            ("login", self.login_per_minute, self.login_burst),
+            ("token", self.token_per_minute, self.token_burst),
+            ("nonce", self.nonce_per_minute, self.nonce_burst),
+            ("didcomm", self.didcomm_per_minute, self.didcomm_burst),
+        ]
+    }
+
+    /// `trusted_proxies` parsed: each an IP address or a CIDR.
+    pub fn trusted_proxy_nets(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.trusted_proxies
+            .iter()
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        format!("rate_limit.trusted_proxies: `{p}` is not an IP address or CIDR")
+                    })
+            })
+            .collect()
+    }
+}
+
+impl ServerConfig {
+    /// Checks the `server.*` limit settings.
+    fn validate_limits(&self) -> Result<(), String> {
+        for (key, per_minute, burst) in self.rate_limit.rates() {
+            if per_minute == 0 || burst == 0 {
+                return Err(format!(
+                    "rate_limit.{key}_per_minute and rate_limit.{key}_burst must be at least 1 (set rate_limit.enabled = false to turn limits off)"
+                ));
+            }
+        }
+        self.rate_limit.trusted_proxy_nets()?;
+        if self.client_request_timeout_ms == 0 || self.body_read_timeout_ms == 0 {
+            return Err(
+                "client_request_timeout_ms and body_read_timeout_ms must be at least 1".into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for RateLimitConfig {
@@ -530,6 +579,23 @@ pub struct ClusterConfig {
     pub tombstone_ttl_seconds: u64,
     /// A gap this long (ms) between two heartbeats of a node (paused, stalled) makes it catch up again before acting as a primary.
     pub pause_threshold_ms: u64,
+    /// Single-use transitions (codes, nonces, access-token use, verifier session results):
+    /// `available` (any side of a partition may complete them) or `consistent` (a majority of the
+    /// configured nodes must acknowledge them); `auto` = consistent with 3 or more nodes.
+    pub single_use: SingleUse,
+}
+
+/// `cluster.single_use`: what a single-use transition needs (docs/cluster.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SingleUse {
+    /// `consistent` when there are 3 or more configured nodes (`bootstrap_expect`), else `available`.
+    #[default]
+    Auto,
+    /// Completed by the key's primary wherever it is: both sides of a partition may complete one.
+    Available,
+    /// Acknowledged by a majority of the configured nodes; a minority side answers 503.
+    Consistent,
 }
 
 impl Default for ClusterConfig {
@@ -553,6 +619,7 @@ impl Default for ClusterConfig {
             anti_entropy_interval_seconds: 10,
             tombstone_ttl_seconds: 7 * 24 * 3600,
             pause_threshold_ms: 2000,
+            single_use: SingleUse::Auto,
         }
     }
 }
@@ -592,6 +659,16 @@ pub struct MetricsConfig {
     /// Bearer token `/metrics` requires; empty = open. Secret.
     pub token: Secret,
     pub token_file: PathBuf,
+}
+
+/// X.509 trust for credentials whose issuer key comes with a certificate chain (`x5c`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct X509Config {
+    /// PEM files of the CA certificates an `x5c` chain must end at (SD-JWT VC with an `https`
+    /// issuer). Empty: no `x5c` is trusted.
+    #[serde(deserialize_with = "string_list")]
+    pub trust_anchors: Vec<String>,
 }
 
 /// Where the config came from, for error messages.
@@ -723,7 +800,8 @@ impl Config {
                 "server.body_limit_bytes must be at least 1024".into(),
             ));
         }
-        crate::http::ratelimit::validate(&self.server)
+        self.server
+            .validate_limits()
             .map_err(|e| ConfigError::Invalid(format!("server: {e}")))?;
         if self.wallet.login_lock_after == 0 || self.wallet.login_lock_seconds == 0 {
             return Err(ConfigError::Invalid(
@@ -930,6 +1008,17 @@ pub fn read_secret_file(path: &Path) -> Result<Secret, ConfigError> {
 #[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_validation_names_the_bad_key() {
+        let mut s = ServerConfig::default();
+        assert!(s.validate_limits().is_ok());
+        s.rate_limit.token_burst = 0;
+        assert!(s.validate_limits().unwrap_err().contains("token"));
+        let mut s = ServerConfig::default();
+        s.rate_limit.trusted_proxies = vec!["10.0.0.0/33".into()];
+        assert!(s.validate_limits().unwrap_err().contains("10.0.0.0/33"));
+    }
 
     fn with_file(body: &str) -> tempfile::NamedTempFile {
         let f = tempfile::NamedTempFile::new().unwrap();

@@ -11,6 +11,8 @@ pub struct CredentialView {
     pub root: Value,
     pub vct: Option<String>,
     pub types: Vec<String>,
+    /// mso_mdoc: the document type (DCQL `meta.doctype_value`).
+    pub doctype: Option<String>,
 }
 
 /// Resolves a claims path (strings = keys, numbers = indexes, null = every element).
@@ -95,6 +97,14 @@ pub fn mismatch(c: &CredentialView, cq: &Value) -> Option<String> {
     if let Some(vcts) = cq["meta"]["vct_values"].as_array() {
         if !vcts.iter().any(|v| v.as_str() == c.vct.as_deref()) {
             return Some(format!("{id}: vct {:?} not among the requested", c.vct));
+        }
+    }
+    if let Some(dt) = cq["meta"].get("doctype_value") {
+        if dt.as_str() != c.doctype.as_deref() {
+            return Some(format!(
+                "{id}: doctype {:?} is not the requested {dt}",
+                c.doctype
+            ));
         }
     }
     if let Some(sets) = cq["meta"]["type_values"].as_array() {
@@ -182,6 +192,33 @@ pub fn credential_view(format: &str, raw: &str) -> (CredentialView, Vec<String>)
                     root: Value::Object(root),
                     vct,
                     types: Vec::new(),
+                    doctype: None,
+                },
+                disclosable,
+            )
+        }
+        "mso_mdoc" => {
+            // the base64url IssuerSigned: claims as {namespace: {element: value}}, every element
+            // disclosable (a DeviceResponse carries only the ones a query asks for)
+            let parsed = crate::crypto::b64url_decode(raw)
+                .ok()
+                .and_then(|b| crate::crypto::mdoc::verify::parse_unverified(&b).ok());
+            let (doctype, claims) = parsed.unwrap_or_default();
+            let mut root = Map::new();
+            let mut disclosable = Vec::new();
+            for (ns, elements) in claims {
+                for name in elements.keys() {
+                    disclosable.push(format!("{ns}/{name}"));
+                }
+                root.insert(ns, Value::Object(elements));
+            }
+            (
+                CredentialView {
+                    format: "mso_mdoc".into(),
+                    root: Value::Object(root),
+                    vct: None,
+                    types: Vec::new(),
+                    doctype: Some(doctype).filter(|d| !d.is_empty()),
                 },
                 disclosable,
             )
@@ -201,6 +238,7 @@ pub fn credential_view(format: &str, raw: &str) -> (CredentialView, Vec<String>)
                     format: "ldp_vc".into(),
                     root: v,
                     vct: None,
+                    doctype: None,
                     types,
                 },
                 Vec::new(),
@@ -232,6 +270,7 @@ pub fn credential_view(format: &str, raw: &str) -> (CredentialView, Vec<String>)
                     format: format.to_string(),
                     root: vc,
                     vct: None,
+                    doctype: None,
                     types,
                 },
                 Vec::new(),
@@ -251,6 +290,7 @@ mod tests {
             format: "jwt_vc_json".into(),
             root: json!({"@context": ["https://www.w3.org/2018/credentials/v1", crate::crypto::di::IDSTACK_CONTEXT_URL], "type": ["VerifiableCredential", "IdentityCredential"]}),
             vct: None,
+            doctype: None,
             types: vec!["VerifiableCredential".into(), "IdentityCredential".into()],
         };
         let q = |sets: Value| json!({"id": "q", "format": "jwt_vc_json", "meta": {"type_values": sets}});
@@ -281,6 +321,7 @@ mod tests {
             format: "dc+sd-jwt".into(),
             root: json!({"given_name": "E", "age": 40}),
             vct: Some("urn:x".into()),
+            doctype: None,
             types: vec![],
         };
         let base = json!({"id": "q", "format": "dc+sd-jwt", "meta": {"vct_values": ["urn:x"]}, "claims": [{"id": "a", "path": ["given_name"]}, {"id": "b", "path": ["email"]}]});

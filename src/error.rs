@@ -154,26 +154,38 @@ impl ResponseError for ApiError {
     }
 }
 
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
-        match e {
-            crate::store::StoreError::Unavailable(d) => ApiError::unavailable(d, 1),
-            other => ApiError::internal(other),
+/// What an error of any layer says about itself (meilisearch's `ErrorCode`): its stable code in
+/// the table above, which carries the HTTP status and title, plus its `Display` as the detail.
+/// Store, crypto and role errors implement it; any of them becomes an [`ApiError`] with `?` at the
+/// HTTP edge, so the layers below never build HTTP responses. `Internal` details are logged by
+/// the renderer and never shown to the client.
+pub trait ErrorCode: std::fmt::Display {
+    fn error_code(&self) -> Code;
+    /// Seconds for `Retry-After` (503 / 429), when waiting helps.
+    fn retry_after(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl<E: ErrorCode> From<E> for ApiError {
+    fn from(e: E) -> Self {
+        ApiError {
+            retry_after: e.retry_after(),
+            ..ApiError::new(e.error_code(), e.to_string())
         }
     }
 }
 
-/// Crypto failures as client errors: a JSON-LD limit → 422 `jsonld_too_complex`, no free
-/// verification slot → 503 `service_unavailable` (Retry-After: 1), anything else → 422
-/// `validation_failed` with the reason.
-impl From<crate::crypto::CryptoError> for ApiError {
-    fn from(e: crate::crypto::CryptoError) -> Self {
-        use crate::crypto::CryptoError;
-        match e {
-            CryptoError::TooComplex(d) => ApiError::new(Code::JsonLdTooComplex, d),
-            CryptoError::Busy(d) => ApiError::unavailable(d, 1),
-            other => ApiError::validation(other.to_string()),
+/// An unavailable store is a 503 (retry in a second); anything else is ours (500).
+impl ErrorCode for crate::store::StoreError {
+    fn error_code(&self) -> Code {
+        match self {
+            crate::store::StoreError::Unavailable(_) => Code::Unavailable,
+            _ => Code::Internal,
         }
+    }
+    fn retry_after(&self) -> Option<u64> {
+        matches!(self, crate::store::StoreError::Unavailable(_)).then_some(1)
     }
 }
 

@@ -8,8 +8,6 @@
 
 pub mod app;
 pub mod bus;
-#[cfg(feature = "redis")]
-pub mod bus_redis;
 pub mod cli;
 pub mod client;
 pub mod clock;
@@ -21,10 +19,11 @@ pub mod dcql;
 pub mod didcomm;
 pub mod error;
 pub mod http;
-pub mod keystore;
 pub mod load;
+pub mod readiness;
+pub mod role;
 pub mod roles;
-pub mod state;
+pub mod server;
 pub mod store;
 pub mod tasks;
 pub mod tenancy;

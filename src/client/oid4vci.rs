@@ -134,12 +134,49 @@ async fn post_form(
         .map_err(|_| ClientError::Remote(format!("POST {}: not JSON", truncate(url))))
 }
 
+/// An access token and, when the token response carried `authorization_details` (OID4VCI 1.0
+/// §6.2), the credential identifier to request per configuration.
+#[derive(Debug, Clone)]
+pub struct AccessToken {
+    pub token: String,
+    identifiers: Vec<(String, String)>,
+}
+
+impl AccessToken {
+    fn read(resp: &Value) -> ClientResult<Self> {
+        let token = resp["access_token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| ClientError::Remote("token response without access_token".into()))?;
+        let identifiers = resp["authorization_details"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| {
+                let config = d["credential_configuration_id"].as_str()?;
+                let id = d["credential_identifiers"].get(0)?.as_str()?;
+                Some((config.to_string(), id.to_string()))
+            })
+            .collect();
+        Ok(Self { token, identifiers })
+    }
+
+    /// What the credential request names: the granted `credential_identifier` when the issuer
+    /// gave one for this configuration (then it must be used), else `credential_configuration_id`.
+    fn request_for(&self, config_id: &str) -> Value {
+        match self.identifiers.iter().find(|(c, _)| c == config_id) {
+            Some((_, id)) => json!({"credential_identifier": id}),
+            None => json!({"credential_configuration_id": config_id}),
+        }
+    }
+}
+
 /// Gets an access token for the offer.
 pub async fn token(
     http: &reqwest::Client,
     r: &ResolvedOffer,
     tx_code: Option<&str>,
-) -> ClientResult<String> {
+) -> ClientResult<AccessToken> {
     let token_endpoint = r.as_metadata["token_endpoint"]
         .as_str()
         .ok_or_else(|| ClientError::Remote("no token_endpoint".into()))?;
@@ -163,10 +200,7 @@ pub async fn token(
             "the offer carries no grant this wallet can use".into(),
         ));
     };
-    resp["access_token"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| ClientError::Remote("token response without access_token".into()))
+    AccessToken::read(&resp)
 }
 
 /// Authorization code + PKCE where the issuer consents for the pre-identified holder (issuer_state):
@@ -263,7 +297,7 @@ pub fn proof_jwt(holder: &Holder<'_>, aud: &str, nonce: Option<&str>, now: i64) 
 pub async fn credential(
     http: &reqwest::Client,
     r: &ResolvedOffer,
-    access_token: &str,
+    access_token: &AccessToken,
     config_id: &str,
     holder: &Holder<'_>,
     now: i64,
@@ -278,10 +312,12 @@ pub async fn credential(
         .to_string();
     let n = nonce(http, r).await?;
     let proof = proof_jwt(holder, r.issuer(), n.as_deref(), now);
+    let mut body = access_token.request_for(config_id);
+    body["proofs"] = json!({"jwt": [proof]});
     let req = http
         .post(endpoint)
-        .bearer_auth(access_token)
-        .json(&json!({"credential_configuration_id": config_id, "proofs": {"jwt": [proof]}}))
+        .bearer_auth(&access_token.token)
+        .json(&body)
         .timeout(Duration::from_secs(15));
     let text = ok_body(send(req).await?).await?;
     let v: Value = serde_json::from_str(&text)

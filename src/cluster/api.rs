@@ -7,8 +7,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::node::{Member, PeerSync};
+use super::Cluster;
 use crate::http::auth::Admin;
-use crate::state::AppState;
 
 #[derive(Serialize, ToSchema)]
 pub struct ClusterView {
@@ -22,6 +22,14 @@ pub struct ClusterView {
     pub leader: bool,
     /// Records held locally (including tombstones).
     pub records: usize,
+    /// `cluster.single_use` in force: `consistent` or `available`.
+    pub single_use: &'static str,
+    /// Nodes a majority is counted against (`bootstrap_expect`, or every node ever listed).
+    pub configured_nodes: usize,
+    /// Nodes (this one included) a single-use transition needs in consistent mode.
+    pub majority: usize,
+    /// Live nodes, this one included.
+    pub live: usize,
     pub members: Vec<MemberView>,
 }
 
@@ -39,8 +47,11 @@ pub struct MemberView {
     (status = 200, body = ClusterView),
     (status = 401, body = crate::error::Problem, content_type = "application/problem+json")))]
 #[get("/api/cluster")]
-pub async fn cluster_info(_admin: Admin, state: web::Data<AppState>) -> web::Json<ClusterView> {
-    let Some(c) = &state.cluster else {
+pub async fn cluster_info(
+    _admin: Admin,
+    cluster: Option<web::Data<Cluster>>,
+) -> web::Json<ClusterView> {
+    let Some(c) = &cluster else {
         return web::Json(ClusterView {
             enabled: false,
             node_id: String::new(),
@@ -48,6 +59,10 @@ pub async fn cluster_info(_admin: Admin, state: web::Data<AppState>) -> web::Jso
             caught_up: false,
             leader: true,
             records: 0,
+            single_use: "available",
+            configured_nodes: 1,
+            majority: 1,
+            live: 1,
             members: Vec::new(),
         });
     };
@@ -69,6 +84,14 @@ pub async fn cluster_info(_admin: Admin, state: web::Data<AppState>) -> web::Jso
         caught_up: node.is_caught_up(),
         leader: node.is_leader(),
         records: node.replica.record_count(),
+        single_use: if node.settings.single_use_consistent {
+            "consistent"
+        } else {
+            "available"
+        },
+        configured_nodes: node.configured_nodes(),
+        majority: node.majority(),
+        live: node.live_count(),
         members,
     })
 }

@@ -21,18 +21,7 @@ pub const HEADER_RESP_SIG: &str = "x-idstack-cluster-resp-sig";
 /// How far a request's timestamp may be from this node's clock.
 pub const WINDOW_MS: i64 = 30_000;
 
-/// Derives a 32-byte key for `purpose` from the cluster secret and cluster id.
-pub fn derive_key(secret: &[u8], cluster_id: &str, purpose: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    if let Ok(mut mac) = HmacSha256::new_from_slice(secret) {
-        mac.update(b"idstack cluster key v1\0");
-        mac.update(purpose.as_bytes());
-        mac.update(b"\0");
-        mac.update(cluster_id.as_bytes());
-        out.copy_from_slice(&mac.finalize().into_bytes());
-    }
-    out
-}
+pub use crate::store::seal::derive_cluster_key as derive_key;
 
 fn mac_input(method: &str, path: &str, ts: i64, nonce: &str, body: &[u8]) -> Vec<u8> {
     let body_hash = Sha256::digest(body);

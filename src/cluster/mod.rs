@@ -48,7 +48,7 @@ mod start;
 #[cfg(feature = "cluster")]
 pub use start::{start, Cluster};
 
-/// What [`crate::state::AppState`] holds about the cluster.
+/// What the application state holds about the cluster (`AppState::cluster`).
 #[cfg(feature = "cluster")]
 pub type Handle = std::sync::Arc<Cluster>;
 
@@ -59,11 +59,7 @@ pub enum Disabled {}
 #[cfg(not(feature = "cluster"))]
 pub type Handle = std::sync::Arc<Disabled>;
 
-/// The master key every node derives from the cluster secret when `store.master_key` is not set,
-/// so sealed records replicated from another node open here too.
-pub fn derive_master_key(cluster_secret: &str, cluster_id: &str) -> [u8; 32] {
-    auth::derive_key(cluster_secret.as_bytes(), cluster_id, "master key")
-}
+pub use crate::store::seal::derive_master_key;
 
 /// The key internal RPC is signed with.
 pub fn derive_rpc_key(cluster_secret: &str, cluster_id: &str) -> [u8; 32] {

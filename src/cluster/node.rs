@@ -44,7 +44,21 @@ pub struct NodeSettings {
     /// A gap this long between two heartbeats of this node (a SIGSTOP, a VM stall, a stalled
     /// event loop) makes it give up its standing: it catches up again before acting as a primary.
     pub pause_threshold: Duration,
+    /// `cluster.single_use` resolved: single-use transitions need a majority of the configured
+    /// nodes ([`SINGLE_USE_KEYSPACES`]).
+    pub single_use_consistent: bool,
 }
+
+/// Keyspaces whose records are consumed once: pre-authorized and authorization codes, c_nonces,
+/// access tokens (credential issuance), verifier sessions (the result). Their compare-and-swap
+/// transitions (an existing record replaced or consumed) are what `cluster.single_use =
+/// "consistent"` puts under a majority; inserts of new records and every other keyspace are not.
+pub const SINGLE_USE_KEYSPACES: [&str; 4] = [
+    "issuer_codes",
+    "issuer_nonces",
+    "issuer_tokens",
+    "verifier_sessions",
+];
 
 /// A member as this node sees it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -549,10 +563,90 @@ impl Node {
         }
     }
 
+    /// Nodes a majority is counted against: `bootstrap_expect`, or every node gossip has ever
+    /// listed (dead ones included) when that is more, so a grown cluster's two sides can never
+    /// both count a majority.
+    pub fn configured_nodes(&self) -> usize {
+        let members = self.members();
+        let mut ids: Vec<&str> = members.iter().map(|m| m.node_id.as_str()).collect();
+        ids.push(self.id());
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len().max(self.settings.bootstrap_expect).max(1)
+    }
+
+    /// Nodes (this one included) that must hold a single-use transition in consistent mode.
+    pub fn majority(&self) -> usize {
+        self.configured_nodes() / 2 + 1
+    }
+
+    /// Whether this compare-and-swap is a single-use transition that needs a majority.
+    fn needs_majority(&self, ks: &str, expected: &Option<Vec<u8>>) -> bool {
+        self.settings.single_use_consistent
+            && expected.is_some()
+            && SINGLE_USE_KEYSPACES.contains(&ks)
+    }
+
+    fn no_majority(&self, reached: usize) -> StoreError {
+        StoreError::Unavailable(format!(
+            "single-use transition refused: cluster.single_use = \"consistent\" needs {} of {} configured nodes, this node reaches {reached}; retry",
+            self.majority(),
+            self.configured_nodes()
+        ))
+    }
+
+    /// The key's newest version from a majority of the configured nodes (this one included),
+    /// merged locally: every transition a majority acknowledged is seen. Fails (nothing
+    /// written) when fewer than a majority answer.
+    async fn quorum_read(&self, ks: &'static str, key: &str) -> StoreResult<()> {
+        let need = self.majority().saturating_sub(1);
+        let peers: Vec<_> = self.live_peers();
+        if peers.len() < need {
+            return Err(self.no_majority(1 + peers.len()));
+        }
+        let req = KeyReq {
+            ks: ks.to_string(),
+            key: key.to_string(),
+        };
+        let calls = peers
+            .iter()
+            .map(|(id, addr)| self.call::<_, GetResp>(id, addr, PATH_GET, &req));
+        let mut newest: Option<Versioned> = None;
+        let mut answered = 0usize;
+        for r in futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            answered += 1;
+            if let Some(rec) = r.record {
+                if newest.as_ref().is_none_or(|n| rec.version > n.version) {
+                    newest = Some(rec);
+                }
+            }
+        }
+        if answered < need {
+            return Err(self.no_majority(1 + answered));
+        }
+        if let Some(rec) = &newest {
+            self.replica.merge(ks, key, rec).await?;
+        }
+        Ok(())
+    }
+
     /// Sends records to every live peer; returns once `replication_factor - 1` of them
     /// acknowledged (the others finish in the background). Fails when peers exist but none
     /// acknowledged: the write is then only on this node.
     pub async fn replicate(self: &Arc<Self>, records: Vec<Record>) -> StoreResult<()> {
+        self.replicate_acked(records, 0).await
+    }
+
+    /// [`Node::replicate`], failing unless at least `min_acks` peers acknowledged.
+    async fn replicate_acked(
+        self: &Arc<Self>,
+        records: Vec<Record>,
+        min_acks: usize,
+    ) -> StoreResult<()> {
         let records: Vec<Record> = records
             .into_iter()
             .filter(|r| !is_local_keyspace(&r.ks))
@@ -561,10 +655,16 @@ impl Node {
             return Ok(());
         }
         let peers = self.live_peers();
+        if peers.len() < min_acks {
+            return Err(self.no_majority(1 + peers.len()));
+        }
         if peers.is_empty() {
             return Ok(());
         }
-        let need = self.replication_factor(peers.len() + 1).saturating_sub(1);
+        let need = self
+            .replication_factor(peers.len() + 1)
+            .saturating_sub(1)
+            .max(min_acks);
         let started = Instant::now();
         let req = Arc::new(ApplyReq { records });
         let mut pending: FuturesUnordered<_> = peers
@@ -573,17 +673,22 @@ impl Node {
                 let req = req.clone();
                 let node = self.clone();
                 tokio::spawn(async move {
+                    // Some(true): acknowledged; Some(false): answered but refused a conditional
+                    // record (a competing transition); None: no answer
                     node.call::<_, ApplyResp>(&id, &addr, PATH_APPLY, &*req)
                         .await
-                        .is_ok()
+                        .ok()
+                        .map(|r| r.rejected == 0)
                 })
             })
             .collect();
         let mut acks = 0usize;
         let mut answered = 0usize;
+        let mut refused = 0usize;
         while acks < need {
             match pending.next().await {
-                Some(Ok(true)) => acks += 1,
+                Some(Ok(Some(true))) => acks += 1,
+                Some(Ok(Some(false))) => refused += 1,
                 Some(_) => answered += 1,
                 None => break,
             }
@@ -593,6 +698,11 @@ impl Node {
         self.metrics
             .replication_seconds
             .observe(started.elapsed().as_secs_f64());
+        if refused > 0 && acks < min_acks {
+            return Err(StoreError::Unavailable(format!(
+                "single-use transition refused by {refused} node(s) holding a competing one; retry"
+            )));
+        }
         if need > 0 && acks == 0 {
             self.set_write_block(Some(format!(
                 "writes cannot reach their replicas: a write was acknowledged by none of the live peers ({answered} failed)"
@@ -602,6 +712,9 @@ impl Node {
             )));
         }
         self.set_write_block(None);
+        if acks < min_acks {
+            return Err(self.no_majority(1 + acks));
+        }
         Ok(())
     }
 
@@ -687,6 +800,40 @@ impl Node {
         ring::rank(ids, ks, key).first().copied() != Some(self.id())
     }
 
+    /// A consistent single-use transition a majority did not acknowledge: put this node's
+    /// previous version back (unless something newer arrived meanwhile), so the caller's 503
+    /// leaves the record as it was here. Peers that did acknowledge (fewer than a majority) keep
+    /// the transition: see docs/cluster.md (what consistent mode does not cover).
+    async fn undo_unacknowledged(
+        &self,
+        ks: &'static str,
+        key: &str,
+        applied: &Versioned,
+        before: Option<Versioned>,
+    ) {
+        let _g = self.replica.lock([(ks, key)]).await;
+        let still_ours = matches!(
+            self.replica.read(ks, key).await,
+            Ok(Some(ref cur)) if cur.version == applied.version
+        );
+        if !still_ours {
+            return;
+        }
+        let res = match &before {
+            Some(prev) => self.replica.write_locked(ks, key, prev).await,
+            None => self.replica.remove_locked(ks, key).await,
+        };
+        match res {
+            Ok(()) => tracing::warn!(
+                keyspace = ks,
+                "single-use transition not acknowledged by a majority: undone on this node"
+            ),
+            Err(e) => {
+                tracing::error!(keyspace = ks, error = %e, "could not undo an unacknowledged single-use transition")
+            }
+        }
+    }
+
     /// Compare-and-swap executed at the key's current primary (forwarded if that is another node).
     pub async fn cas(
         self: &Arc<Self>,
@@ -750,10 +897,18 @@ impl Node {
         new: Option<(Vec<u8>, Option<Duration>)>,
     ) -> StoreResult<(Cas, Option<Versioned>)> {
         self.check_standing();
-        if self.standing_in(ks, key) {
+        let majority = self.needs_majority(ks, &expected);
+        if majority {
+            // consistent single-use: refused (nothing written) unless a majority answers, and
+            // compared against the newest version a majority holds
+            if self.live_count() < self.majority() {
+                return Err(self.no_majority(self.live_count()));
+            }
+            self.quorum_read(ks, key).await?;
+        } else if self.standing_in(ks, key) {
             self.fetch_from_peers(ks, key).await?;
         }
-        let rec = {
+        let (rec, before) = {
             let _g = self.replica.lock([(ks, key)]).await;
             let cur = self.replica.read(ks, key).await?;
             let cur_value = cur.as_ref().and_then(|c| c.value.clone());
@@ -769,14 +924,37 @@ impl Node {
                 None => self.replica.tombstone(),
             };
             self.replica.write_locked(ks, key, &rec).await?;
-            rec
+            (rec, cur)
         };
-        self.replicate(vec![Record {
-            ks: ks.to_string(),
-            key: key.to_string(),
-            rec: rec.clone(),
-        }])
-        .await?;
+        let min_acks = if majority {
+            self.majority().saturating_sub(1)
+        } else {
+            0
+        };
+        // consistent: peers accept it only on the version it was made on (no competing
+        // transition from another node that also believes it is the key's primary)
+        let if_version = if majority {
+            before.as_ref().map(|b| b.version.clone())
+        } else {
+            None
+        };
+        if let Err(e) = self
+            .replicate_acked(
+                vec![Record {
+                    ks: ks.to_string(),
+                    key: key.to_string(),
+                    rec: rec.clone(),
+                    if_version,
+                }],
+                min_acks,
+            )
+            .await
+        {
+            if majority {
+                self.undo_unacknowledged(ks, key, &rec, before).await;
+            }
+            return Err(e);
+        }
         Ok((Cas::Swapped, Some(rec)))
     }
 

@@ -182,6 +182,18 @@ mod tests {
     use crate::clock::FakeClock;
     use crate::store::SledStore;
 
+    /// The offline view (what `idstack store export/import/admin-token` use on a cluster node's
+    /// data) keeps every `Store` promise.
+    async fn store() -> (Arc<dyn Store>, Arc<FakeClock>) {
+        let clock = FakeClock::new(1_000_000);
+        let inner: Arc<dyn Store> = Arc::new(SledStore::temporary(clock.clone()).unwrap());
+        let mut cfg = crate::config::Config::default();
+        cfg.cluster.node_id = "n1".into();
+        let settings = cfg.finish().unwrap();
+        (wrap(inner, &settings, clock.clone()), clock)
+    }
+    crate::store::conformance::backend_tests!(store);
+
     #[tokio::test]
     async fn offline_view_reads_and_writes_versioned_records() {
         let clock = FakeClock::new(1_000_000);

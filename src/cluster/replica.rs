@@ -264,6 +264,13 @@ impl Replica {
         Ok(())
     }
 
+    /// Forgets the key on this node entirely (no tombstone; the caller holds the stripe lock).
+    pub async fn remove_locked(&self, ks: &'static str, key: &str) -> StoreResult<()> {
+        self.inner.delete(ks, key).await?;
+        self.index_set(ks, key, None);
+        Ok(())
+    }
+
     /// Writes several versions atomically (the caller holds their stripe locks).
     pub async fn write_batch_locked(
         &self,
@@ -291,6 +298,32 @@ impl Replica {
             self.index_set(ks, key, live.then_some(rec));
         }
         Ok(())
+    }
+
+    /// A consistent single-use transition made on version `base` of the record: accepted (and
+    /// written) unless this node holds a version newer than `base` other than `rec` itself —
+    /// another transition it already accepted. So of two transitions made on one version, each
+    /// node accepts at most one, and at most one can be held by a majority. Returns whether it
+    /// was accepted.
+    pub async fn merge_if(
+        &self,
+        ks: &'static str,
+        key: &str,
+        rec: &Versioned,
+        base: &super::version::Version,
+    ) -> StoreResult<bool> {
+        if is_local_keyspace(ks) {
+            return Ok(false);
+        }
+        let _g = self.lock([(ks, key)]).await;
+        match self.read(ks, key).await? {
+            Some(cur) if cur.version == rec.version => Ok(true),
+            Some(cur) if cur.version > *base => Ok(false),
+            _ => {
+                self.write_locked(ks, key, rec).await?;
+                Ok(true)
+            }
+        }
     }
 
     /// Merges a version from another node: kept only if newer than what is here (last writer

@@ -115,19 +115,29 @@ async fn apply(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpRespon
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let mut applied = 0;
+    let (mut applied, mut rejected) = (0, 0);
     for rec in r.records {
         let ks = match intern(&rec.ks) {
             Ok(ks) => ks,
             Err(e) => return err(e),
         };
-        match node.replica.merge(ks, &rec.key, &rec.rec).await {
+        let res = match &rec.if_version {
+            None => node.replica.merge(ks, &rec.key, &rec.rec).await,
+            Some(base) => match node.replica.merge_if(ks, &rec.key, &rec.rec, base).await {
+                Ok(false) => {
+                    rejected += 1;
+                    Ok(false)
+                }
+                other => other,
+            },
+        };
+        match res {
             Ok(true) => applied += 1,
             Ok(false) => {}
             Err(e) => return err(e),
         }
     }
-    ok(&ApplyResp { applied })
+    ok(&ApplyResp { applied, rejected })
 }
 
 async fn get(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse {
@@ -201,6 +211,7 @@ async fn fetch(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpRespon
                 ks: r.ks.clone(),
                 key,
                 rec,
+                if_version: None,
             }),
             Ok(None) => {}
             Err(e) => return err(e),

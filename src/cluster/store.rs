@@ -39,6 +39,7 @@ impl ClusterStore {
                 ks: ks.to_string(),
                 key: key.to_string(),
                 rec,
+                if_version: None,
             }])
             .await
     }
@@ -165,6 +166,7 @@ impl Store for ClusterStore {
                         ks: ks.to_string(),
                         key,
                         rec,
+                        if_version: None,
                     })
                     .collect(),
             )

@@ -18,6 +18,10 @@ pub struct Record {
     pub key: String,
     #[serde(flatten)]
     pub rec: Versioned,
+    /// A consistent single-use transition made on this version of the record: a peer holding a
+    /// newer one (another transition) refuses it instead of merging last-writer-wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_version: Option<Version>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -28,6 +32,9 @@ pub struct ApplyReq {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ApplyResp {
     pub applied: usize,
+    /// Conditional records ([`Record::if_version`]) refused: not an acknowledgement.
+    #[serde(default)]
+    pub rejected: usize,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -7,8 +7,9 @@
 //! attacker's until proven otherwise):
 //! - The issuer is what the payload names: `iss`, `vc.issuer` (VC-JWT 1.1) and `issuer` (VC-JOSE,
 //!   `vc+jwt`), each a string or an object with `id`. When several are present they must agree.
-//! - A header `jwk`, `x5c`, `x5u` or `jku` proves nothing about the issuer and is refused (an `x5c`
-//!   chain would need a configured trust anchor, which idstack does not have yet).
+//! - A header `jwk`, `x5u` or `jku` proves nothing about the issuer and is refused. An `x5c` is
+//!   refused too, except for an SD-JWT VC with an `https` issuer when `x509.trust_anchors` is set:
+//!   then the chain must end at an anchor and its leaf must name the issuer (see [`super::x509`]).
 //! - DID issuers: the `kid` is a DID URL whose DID is exactly the issuer's (a relative `#frag`
 //!   resolves against the issuer; no `kid` is allowed only when the issuer's DID document has exactly
 //!   one `assertionMethod`), and the verification method it names must be listed in the issuer's DID
@@ -22,6 +23,7 @@
 
 use serde_json::Value;
 
+use super::x509::TrustAnchors;
 use super::{did, jws, VerifyingKey};
 
 /// Why a key could not be bound to the issuer (or the signature failed with the bound key).
@@ -53,6 +55,8 @@ pub enum BindingError {
     Token(String),
     #[error("issuer signature: {0}")]
     Signature(String),
+    #[error("x5c: {0}")]
+    X5c(String),
 }
 
 impl BindingError {
@@ -72,6 +76,7 @@ impl BindingError {
             BindingError::Metadata(_) => "issuer_metadata",
             BindingError::Token(_) => "malformed_token",
             BindingError::Signature(_) => "bad_signature",
+            BindingError::X5c(_) => "x5c_untrusted",
         }
     }
 }
@@ -85,12 +90,13 @@ pub struct IssuerKey {
 }
 
 /// Which issuer identifiers a token may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Issuers {
+#[derive(Debug, Clone, Copy)]
+pub enum Issuers<'a> {
     /// DIDs only (W3C VCs, status lists of W3C VCs).
     Did,
-    /// DIDs or `https` URLs with JWT VC Issuer Metadata (SD-JWT VC).
-    DidOrHttps,
+    /// DIDs or `https` URLs (SD-JWT VC): keys from JWT VC Issuer Metadata, or from an `x5c` chain
+    /// ending at one of `anchors` (checked at `now`).
+    DidOrHttps { anchors: &'a TrustAnchors, now: i64 },
 }
 
 fn id_of(v: &Value) -> Option<&str> {
@@ -395,15 +401,41 @@ pub async fn https_issuer_key(
 pub async fn jwt_issuer_key(
     header: &Value,
     payload: &Value,
-    allowed: Issuers,
+    allowed: Issuers<'_>,
     http: &reqwest::Client,
 ) -> Result<IssuerKey, BindingError> {
-    for h in ["jwk", "x5c", "x5u", "jku"] {
+    for h in ["jwk", "x5u", "jku"] {
         if header.get(h).is_some() {
             return Err(BindingError::HeaderKey(h));
         }
     }
     let issuer = jwt_issuer(payload)?;
+    if let Some(x5c) = header.get("x5c") {
+        // Only an https issuer's chain to a configured anchor, whose leaf names that issuer.
+        return match allowed {
+            Issuers::DidOrHttps { anchors, now }
+                if issuer.starts_with("https://") && !anchors.is_empty() =>
+            {
+                let chain: Vec<String> = x5c
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|c| c.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let key = anchors
+                    .leaf_key(&chain, &issuer, now)
+                    .map_err(BindingError::X5c)?;
+                Ok(IssuerKey {
+                    issuer,
+                    method: "x5c".into(),
+                    key,
+                })
+            }
+            _ => Err(BindingError::HeaderKey("x5c")),
+        };
+    }
     let kid = match header.get("kid") {
         None | Some(Value::Null) => None,
         Some(Value::String(k)) => Some(k.as_str()),
@@ -411,7 +443,7 @@ pub async fn jwt_issuer_key(
     };
     if issuer.starts_with("did:") {
         did_issuer_key(&issuer, kid, http).await
-    } else if allowed == Issuers::DidOrHttps
+    } else if matches!(allowed, Issuers::DidOrHttps { .. })
         && (issuer.starts_with("https://") || issuer.starts_with("http://"))
     {
         https_issuer_key(&issuer, kid, http).await
@@ -425,7 +457,7 @@ pub async fn jwt_issuer_key(
 /// Returns the bound key, header and payload.
 pub async fn verify_issuer_jwt(
     token: &str,
-    allowed: Issuers,
+    allowed: Issuers<'_>,
     http: &reqwest::Client,
 ) -> Result<(IssuerKey, Value, Value), BindingError> {
     let (header, payload, _, _) =
@@ -433,42 +465,6 @@ pub async fn verify_issuer_jwt(
     let bound = jwt_issuer_key(&header, &payload, allowed, http).await?;
     jws::verify(token, &bound.key).map_err(|e| BindingError::Signature(e.to_string()))?;
     Ok((bound, header, payload))
-}
-
-/// A status-list token must come from the credential's own issuer: same issuer identifier (when the
-/// token names one) and signed by a key bound to it.
-pub async fn verify_status_list_token(
-    token: &str,
-    credential_issuer: &IssuerKey,
-    allowed: Issuers,
-    http: &reqwest::Client,
-) -> Result<Value, BindingError> {
-    let (header, payload, _, _) =
-        jws::decode_unverified(token).map_err(|e| BindingError::Token(e.to_string()))?;
-    let named = jwt_issuer(&payload).ok();
-    let bound = match named {
-        // A list naming its issuer is bound like any credential, and that issuer must be ours.
-        Some(iss) => {
-            if iss != credential_issuer.issuer {
-                return Err(BindingError::IssuerMismatch(
-                    credential_issuer.issuer.clone(),
-                    iss,
-                ));
-            }
-            jwt_issuer_key(&header, &payload, allowed, http).await?
-        }
-        // A list without an issuer claim can only be accepted under the credential issuer's key.
-        None => {
-            for h in ["jwk", "x5c", "x5u", "jku"] {
-                if header.get(h).is_some() {
-                    return Err(BindingError::HeaderKey(h));
-                }
-            }
-            credential_issuer.clone()
-        }
-    };
-    jws::verify(token, &bound.key).map_err(|e| BindingError::Signature(e.to_string()))?;
-    Ok(payload)
 }
 
 /// The implicit-document check for Data Integrity proofs: the proof's verification method must be
@@ -674,6 +670,57 @@ mod tests {
         assert!(jwt_vc_issuer_metadata_url("https://b.example/../x").is_err());
     }
 
+    /// An SD-JWT VC issuer identified by an https URL may prove its key with an `x5c` chain to a
+    /// configured anchor whose leaf names it; nothing else makes an `x5c` count.
+    #[test]
+    fn x5c_binds_only_an_https_issuer_to_a_configured_anchor() {
+        use crate::crypto::x509::tests::{ca, dns, leaf};
+        use crate::crypto::x509::TrustAnchors;
+        let root = ca("root", None);
+        let anchors = TrustAnchors::from_pem(root.cert.pem().as_bytes()).unwrap();
+        let now = 1_800_000_000;
+        let with = Issuers::DidOrHttps {
+            anchors: &anchors,
+            now,
+        };
+        let (cert, sk) = leaf(&root, vec![dns("issuer.example")], |_| {});
+        let iss = json!({"iss": "https://issuer.example"});
+        let header = json!({"typ": "dc+sd-jwt", "x5c": [cert]});
+        let t = jws::sign(&sk, header.clone(), &iss);
+        let (b, _, _) = rt().block_on(verify_issuer_jwt(&t, with, &http())).unwrap();
+        assert_eq!(b.key, sk.verifying_key());
+        assert_eq!(b.issuer, "https://issuer.example");
+        // the chain is right but someone else signed
+        let other = SigningKey::generate(KeyType::P256);
+        let t = jws::sign(&other, header.clone(), &iss);
+        let r = rt().block_on(verify_issuer_jwt(&t, with, &http()));
+        assert_eq!(r.unwrap_err().code(), "bad_signature");
+        // the leaf is for another issuer
+        let t = jws::sign(&sk, header.clone(), &json!({"iss": "https://bank.example"}));
+        let r = rt().block_on(verify_issuer_jwt(&t, with, &http()));
+        assert_eq!(r.unwrap_err().code(), "x5c_untrusted");
+        // a chain of the attacker's own root
+        let evil = ca("root", None);
+        let (cert, esk) = leaf(&evil, vec![dns("issuer.example")], |_| {});
+        let t = jws::sign(&esk, json!({"x5c": [cert]}), &iss);
+        let r = rt().block_on(verify_issuer_jwt(&t, with, &http()));
+        assert_eq!(r.unwrap_err().code(), "x5c_untrusted");
+        // no anchors configured, a DID issuer, or a W3C credential: an x5c proves nothing
+        let t = jws::sign(&sk, header.clone(), &iss);
+        let none = Issuers::DidOrHttps {
+            anchors: &TrustAnchors::default(),
+            now,
+        };
+        for allowed in [none, Issuers::Did] {
+            let r = rt().block_on(verify_issuer_jwt(&t, allowed, &http()));
+            assert_eq!(r.unwrap_err().code(), "header_key_not_trusted");
+        }
+        let (_, victim, _) = did_key_issuer();
+        let t = jws::sign(&sk, header, &json!({"iss": victim}));
+        let r = rt().block_on(verify_issuer_jwt(&t, with, &http()));
+        assert_eq!(r.unwrap_err().code(), "header_key_not_trusted");
+    }
+
     #[test]
     fn https_issuers_only_for_sd_jwt() {
         let (k, _, _) = did_key_issuer();
@@ -681,7 +728,14 @@ mod tests {
         let r = rt().block_on(verify_issuer_jwt(&t, Issuers::Did, &http()));
         assert_eq!(r.unwrap_err().code(), "unsupported_issuer");
         let t = jws::sign(&k, json!({}), &json!({"iss": "urn:x"}));
-        let r = rt().block_on(verify_issuer_jwt(&t, Issuers::DidOrHttps, &http()));
+        let r = rt().block_on(verify_issuer_jwt(
+            &t,
+            Issuers::DidOrHttps {
+                anchors: &TrustAnchors::default(),
+                now: 0,
+            },
+            &http(),
+        ));
         assert_eq!(r.unwrap_err().code(), "unsupported_issuer");
     }
 }

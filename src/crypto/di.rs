@@ -153,6 +153,15 @@ fn sign(
     document: Value,
     opts: ProofOptions<AnyMethod, AnyInputSuiteOptions>,
 ) -> CryptoResult<Value> {
+    serde_json::to_value(&sign_secured(key, vm, document, opts)?).map_err(err)
+}
+
+fn sign_secured(
+    key: &SigningKey,
+    vm: &str,
+    document: Value,
+    opts: ProofOptions<AnyMethod, AnyInputSuiteOptions>,
+) -> CryptoResult<DataIntegrity<DataIntegrityDocument, AnySuite>> {
     if key.key_type() != KeyType::Ed25519 {
         return Err(CryptoError::Unsupported(
             "eddsa-rdfc-2022 needs an Ed25519 key".into(),
@@ -174,7 +183,65 @@ fn sign(
         AnySuite::EdDsaRdfc2022.sign_with(env, doc, resolver(), signer, opts, Default::default()),
     )
     .map_err(err)?;
-    serde_json::to_value(&secured).map_err(err)
+    Ok(secured)
+}
+
+/// Adds an `assertionMethod` proof to a secured credential: a proof set, or, with `previous`, a
+/// proof chain (the new proof signs the document carrying the proofs it names, VC Data Integrity
+/// §4.5). `id` names the new proof, for later links.
+pub fn add_assertion_proof(
+    key: &SigningKey,
+    vm: &str,
+    secured: &Value,
+    id: Option<&str>,
+    previous: &[&str],
+    now: i64,
+) -> CryptoResult<Value> {
+    let mut doc = secured
+        .as_object()
+        .cloned()
+        .ok_or_else(|| CryptoError::Malformed("a document is a JSON object".into()))?;
+    let existing = match doc.remove("proof") {
+        Some(Value::Array(a)) => a,
+        Some(p) => vec![p],
+        None => Vec::new(),
+    };
+    let mut unsecured = doc.clone();
+    let mut opts = options(vm, ProofPurpose::Assertion, now)?;
+    if !previous.is_empty() {
+        let named = previous
+            .iter()
+            .map(|id| {
+                existing
+                    .iter()
+                    .find(|p| p["id"] == *id)
+                    .cloned()
+                    .ok_or_else(|| CryptoError::Malformed(format!("no proof {id} to chain to")))
+            })
+            .collect::<CryptoResult<Vec<_>>>()?;
+        unsecured.insert("proof".into(), Value::Array(named));
+        let link = match previous {
+            [one] => json!(one),
+            many => json!(many),
+        };
+        opts.extra_properties.insert(
+            "previousProof".into(),
+            serde_json::from_value(link).map_err(err)?,
+        );
+    }
+    if let Some(id) = id {
+        opts.extra_properties
+            .insert("id".into(), serde_json::from_value(json!(id)).map_err(err)?);
+    }
+    let secured = sign_secured(key, vm, Value::Object(unsecured), opts)?;
+    let proof = secured
+        .proofs
+        .first()
+        .ok_or_else(|| CryptoError::Malformed("no proof made".into()))?;
+    let mut proofs = existing;
+    proofs.push(serde_json::to_value(proof).map_err(err)?);
+    doc.insert("proof".into(), Value::Array(proofs));
+    Ok(Value::Object(doc))
 }
 
 /// Which proofs a verification accepts.
@@ -187,19 +254,112 @@ enum Suites {
     WithEd25519Signature2018,
 }
 
+/// The most proofs one document may carry (a proof set or chain): each costs a canonicalization.
+pub const MAX_PROOFS: usize = 4;
+
+/// The proofs of a secured document: one object, or a non-empty proof set of at most
+/// [`MAX_PROOFS`] objects whose `id`s (where given) are distinct.
+fn proofs_of(document: &Value) -> CryptoResult<Vec<Value>> {
+    let proofs = match document.get("proof") {
+        Some(p @ Value::Object(_)) => vec![p.clone()],
+        Some(Value::Array(a)) if !a.is_empty() && a.len() <= MAX_PROOFS => a.clone(),
+        Some(Value::Array(a)) if a.len() > MAX_PROOFS => {
+            return Err(too_complex(format!(
+                "{} proofs; at most {MAX_PROOFS} are verified",
+                a.len()
+            )))
+        }
+        _ => return Err(CryptoError::Malformed("no proof".into())),
+    };
+    let mut ids = HashSet::new();
+    for p in &proofs {
+        if !p.is_object() {
+            return Err(CryptoError::Malformed(
+                "every proof must be an object".into(),
+            ));
+        }
+        match &p["id"] {
+            Value::Null => {}
+            Value::String(id) if ids.insert(id.clone()) => {}
+            _ => {
+                return Err(CryptoError::Malformed(
+                    "proof ids must be distinct strings".into(),
+                ))
+            }
+        }
+    }
+    Ok(proofs)
+}
+
+/// The proofs a chained proof's `previousProof` (a string or a list of strings) names; each must
+/// be another proof of the same document (VC Data Integrity §4.5, "verify proof sets and chains").
+fn previous_proofs(proof: &Value, all: &[Value]) -> CryptoResult<Vec<Value>> {
+    let ids: Vec<&str> = match &proof["previousProof"] {
+        Value::Null => return Ok(Vec::new()),
+        Value::String(s) => vec![s.as_str()],
+        Value::Array(a) if !a.is_empty() => a
+            .iter()
+            .map(|v| {
+                v.as_str().ok_or_else(|| {
+                    CryptoError::Malformed("previousProof entries must be strings".into())
+                })
+            })
+            .collect::<CryptoResult<_>>()?,
+        _ => {
+            return Err(CryptoError::Malformed(
+                "previousProof must be a string or a non-empty list of strings".into(),
+            ))
+        }
+    };
+    ids.into_iter()
+        .map(|id| {
+            all.iter()
+                .find(|p| p["id"] == id && !std::ptr::eq(*p, proof))
+                .cloned()
+                .ok_or_else(|| {
+                    CryptoError::Malformed(format!(
+                        "previousProof {id} is not a proof of this document"
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// Verifies every proof of `document` (one, a proof set, or a chain: each `previousProof` must
+/// name another proof here, and a chained proof is checked over the document carrying the proofs
+/// it names). All must verify, all with `purpose`; returns them. Binding a proof to the issuer or
+/// holder is the caller's.
 fn verify_with(
     document: &Value,
     purpose: &str,
     now: i64,
     suites: Suites,
     work: &mut Work<'_>,
-) -> CryptoResult<Value> {
+) -> CryptoResult<Vec<Value>> {
     check_size(document, work.limits)?;
-    let proof = match document.get("proof") {
-        Some(Value::Object(p)) => Value::Object(p.clone()),
-        Some(Value::Array(a)) if a.len() == 1 => a[0].clone(),
-        _ => return Err(CryptoError::Malformed("expected exactly one proof".into())),
-    };
+    let proofs = proofs_of(document)?;
+    for proof in &proofs {
+        let mut input = document.as_object().cloned().unwrap_or_default();
+        input.remove("proof");
+        let previous = previous_proofs(proof, &proofs)?;
+        if !previous.is_empty() {
+            input.insert("proof".into(), Value::Array(previous));
+        }
+        verify_one(&Value::Object(input), proof, purpose, now, suites, work)?;
+    }
+    Ok(proofs)
+}
+
+/// One proof over `unsecured` (the document without its proofs, or with the proofs a chained
+/// proof names as its `proof`).
+fn verify_one(
+    unsecured: &Value,
+    proof: &Value,
+    purpose: &str,
+    now: i64,
+    suites: Suites,
+    work: &mut Work<'_>,
+) -> CryptoResult<()> {
     let eddsa_2022 =
         proof["type"] == "DataIntegrityProof" && proof["cryptosuite"] == "eddsa-rdfc-2022";
     let ed25519_2018 =
@@ -218,13 +378,14 @@ fn verify_with(
         .as_str()
         .ok_or_else(|| CryptoError::Malformed("no verificationMethod".into()))?;
     let key = did::resolve_offline(vm)?;
-    precheck(document, &proof, work)?;
+    precheck(unsecured, proof, work)?;
     if ed25519_2018 {
-        verify_ed25519_signature_2018(document, &proof, &key)?;
-        return Ok(proof);
+        return verify_ed25519_signature_2018(unsecured, proof, &key);
     }
-    let secured: DataIntegrity<DataIntegrityDocument, AnySuite> =
-        serde_json::from_value(document.clone()).map_err(err)?;
+    let claims: DataIntegrityDocument = serde_json::from_value(unsecured.clone()).map_err(err)?;
+    let proof: ssi::claims::data_integrity::Proof<AnySuite> =
+        serde_json::from_value(proof.clone()).map_err(err)?;
+    let secured = DataIntegrity::new(claims, proof.into());
     let params = VerificationParameters::from_resolver(resolver())
         .with_json_ld_loader(loader()?)
         .with_date_time(timestamp(now)?);
@@ -233,8 +394,7 @@ fn verify_with(
         .map_err(|e| {
             tracing::debug!("data integrity proof rejected: {e:?}");
             CryptoError::BadSignature
-        })?;
-    Ok(proof)
+        })
 }
 
 /// `Ed25519Signature2018` (LD Signatures with a detached, unencoded-payload JWS), computed here
@@ -355,19 +515,35 @@ fn verify_credential_with(
     suites: Suites,
     work: &mut Work<'_>,
 ) -> CryptoResult<Value> {
-    let proof = verify_with(vc, "assertionMethod", now, suites, work)?;
-    let issuer = match &vc["issuer"] {
-        Value::String(s) => s.as_str(),
-        other => other["id"].as_str().unwrap_or_default(),
-    };
-    if issuer != vm_did(proof["verificationMethod"].as_str().unwrap_or_default()) {
+    verify_with(vc, "assertionMethod", now, suites, work)?;
+    if issuer_proof_method(vc).is_none() {
         return Err(CryptoError::Malformed(
-            "issuer is not the proof's DID".into(),
+            "no proof is by the issuer's DID".into(),
         ));
     }
     let mut out = vc.as_object().cloned().unwrap_or_default();
     out.remove("proof");
     Ok(Value::Object(out))
+}
+
+/// The verification method of the credential's proof by its issuer: the first proof (of one, or
+/// of a proof set) whose method's DID is the `issuer` id. Other proofs of a set (witnesses,
+/// endorsements) must verify too but bind nothing; the issuer-key binding rule
+/// (`crypto::binding::ld_issuer_key`) is applied to this method.
+pub fn issuer_proof_method(vc: &Value) -> Option<String> {
+    let issuer = match &vc["issuer"] {
+        Value::String(s) => s.as_str(),
+        other => other["id"].as_str()?,
+    };
+    let proofs = match &vc["proof"] {
+        Value::Array(a) => a.iter().collect(),
+        p => vec![p],
+    };
+    proofs
+        .into_iter()
+        .filter_map(|p| p["verificationMethod"].as_str())
+        .find(|m| !issuer.is_empty() && vm_did(m) == issuer)
+        .map(str::to_string)
 }
 
 /// A Data Integrity presentation (`authentication`, `challenge`, `domain`).
@@ -379,8 +555,9 @@ pub fn issue_presentation(
     domain: &str,
     now: i64,
 ) -> CryptoResult<Value> {
+    // Only VCDM 2.0 terms: each embedded credential carries its own contexts.
     let vp = json!({
-        "@context": credential_contexts(),
+        "@context": [VCDM2_CONTEXT],
         "type": ["VerifiablePresentation"],
         "holder": vm_did(vm),
         "verifiableCredential": credentials,
@@ -391,12 +568,14 @@ pub fn issue_presentation(
     sign(key, vm, vp, opts)
 }
 
-/// Verifies a Data Integrity presentation's proof, challenge and domain; returns (holder DID, proof).
+/// Verifies a Data Integrity presentation's proofs and, when given, its challenge and domain (the
+/// holder's proof must carry exactly that challenge and that domain; `None`: not checked). Returns
+/// (the signer's DID, its proof): the proof by `holder` when there is one, else the only proof.
 /// Within the `jsonld.*` limits; handlers use [`verify_presentation_bounded`].
 pub fn verify_presentation(
     vp: &Value,
-    challenge: &str,
-    domain: &str,
+    challenge: Option<&str>,
+    domain: Option<&str>,
     now: i64,
 ) -> CryptoResult<(String, Value)> {
     let limits = bounds().limits.clone();
@@ -405,27 +584,45 @@ pub fn verify_presentation(
 
 fn verify_presentation_with(
     vp: &Value,
-    challenge: &str,
-    domain: &str,
+    challenge: Option<&str>,
+    domain: Option<&str>,
     now: i64,
     work: &mut Work<'_>,
 ) -> CryptoResult<(String, Value)> {
-    let proof = verify_with(vp, "authentication", now, Suites::Eddsa2022, work)?;
-    if proof["challenge"].as_str() != Some(challenge) {
-        return Err(CryptoError::Malformed("challenge mismatch".into()));
-    }
-    let domain_ok = match &proof["domain"] {
-        Value::String(d) => d == domain,
-        Value::Array(a) => a.iter().any(|d| d == domain),
-        _ => false,
+    let proofs = verify_with(vp, "authentication", now, Suites::Eddsa2022, work)?;
+    let holder = match &vp["holder"] {
+        Value::String(h) => Some(h.as_str()),
+        Value::Object(o) => o.get("id").and_then(Value::as_str),
+        _ => None,
     };
-    if !domain_ok {
-        return Err(CryptoError::Malformed("domain mismatch".into()));
+    let method =
+        |p: &Value| vm_did(p["verificationMethod"].as_str().unwrap_or_default()).to_string();
+    let by_holder = holder.and_then(|h| proofs.iter().find(|p| method(p) == h));
+    let proof = match by_holder {
+        Some(p) => p,
+        None if proofs.len() == 1 => &proofs[0],
+        None => {
+            return Err(CryptoError::Malformed(
+                "a presentation with several proofs needs one by its holder".into(),
+            ))
+        }
+    };
+    if let Some(challenge) = challenge {
+        if proof["challenge"].as_str() != Some(challenge) {
+            return Err(CryptoError::Malformed("challenge mismatch".into()));
+        }
     }
-    Ok((
-        vm_did(proof["verificationMethod"].as_str().unwrap_or_default()).to_string(),
-        proof,
-    ))
+    if let Some(domain) = domain {
+        let domain_ok = match &proof["domain"] {
+            Value::String(d) => d == domain,
+            Value::Array(a) => a.iter().any(|d| d == domain),
+            _ => false,
+        };
+        if !domain_ok {
+            return Err(CryptoError::Malformed("domain mismatch".into()));
+        }
+    }
+    Ok((method(proof), proof.clone()))
 }
 
 /// [`verify_credential`] for request handlers, and the one way outsiders' JSON-LD credentials get
@@ -440,11 +637,14 @@ pub async fn verify_credential_bounded(vc: Value, now: i64) -> CryptoResult<Valu
 /// [`verify_presentation`] for request handlers; see [`verify_credential_bounded`].
 pub async fn verify_presentation_bounded(
     vp: Value,
-    challenge: String,
-    domain: String,
+    challenge: Option<String>,
+    domain: Option<String>,
     now: i64,
 ) -> CryptoResult<(String, Value)> {
-    run_bounded(move |work| verify_presentation_with(&vp, &challenge, &domain, now, work)).await
+    run_bounded(move |work| {
+        verify_presentation_with(&vp, challenge.as_deref(), domain.as_deref(), now, work)
+    })
+    .await
 }
 
 // ------------------------------------------------------------------------------------ limits
@@ -589,12 +789,11 @@ fn check_size(document: &Value, limits: &JsonLdConfig) -> CryptoResult<()> {
     Ok(())
 }
 
-/// What the proof's verification canonicalizes, each within the limits: the document without
-/// `proof`, and the proof options (the proof without its signature, under the document's
-/// `@context`).
+/// What the proof's verification canonicalizes, each within the limits: the unsecured document
+/// (without `proof`, or with the previous proofs of a chain), and the proof options (the proof
+/// without its signature, under the document's `@context`).
 fn precheck(document: &Value, proof: &Value, work: &mut Work<'_>) -> CryptoResult<()> {
-    let mut claims = document.as_object().cloned().unwrap_or_default();
-    claims.remove("proof");
+    let claims = document.as_object().cloned().unwrap_or_default();
     let mut options = proof.as_object().cloned().unwrap_or_default();
     options.remove("proofValue");
     options.remove("jws");
@@ -814,13 +1013,92 @@ mod tests {
         let holder = SigningKey::generate(KeyType::Ed25519);
         let hvm = did::verification_method(&did::did_key(&holder.verifying_key()));
         let vp = issue_presentation(&holder, &hvm, &[vc], "nonce-1", "verifier", now).unwrap();
-        let (h, _) = verify_presentation(&vp, "nonce-1", "verifier", now).unwrap();
+        let (h, _) = verify_presentation(&vp, Some("nonce-1"), Some("verifier"), now).unwrap();
         assert_eq!(h, vm_did(&hvm));
-        assert!(verify_presentation(&vp, "nonce-2", "verifier", now).is_err());
+        assert!(verify_presentation(&vp, Some("nonce-2"), Some("verifier"), now).is_err());
+        assert!(verify_presentation(&vp, Some("nonce-1"), Some("other"), now).is_err());
+        // neither given: only the proof is checked
+        verify_presentation(&vp, None, None, now).unwrap();
         // P-256 keys are refused for this suite
         let p = SigningKey::generate(KeyType::P256);
         let pvm = did::verification_method(&did::did_key(&p.verifying_key()));
         assert!(issue_credential(&p, &pvm, Map::new(), now).is_err());
+    }
+
+    #[test]
+    fn proof_sets_and_chains() {
+        let now = 1_800_000_000;
+        let issuer = SigningKey::generate(KeyType::Ed25519);
+        let vm = did::verification_method(&did::did_key(&issuer.verifying_key()));
+        let witness = SigningKey::generate(KeyType::Ed25519);
+        let wvm = did::verification_method(&did::did_key(&witness.verifying_key()));
+        let mut cred = Map::new();
+        cred.insert("type".into(), json!(["VerifiableCredential"]));
+        cred.insert(
+            "credentialSubject".into(),
+            json!({"id": "did:example:holder"}),
+        );
+        let vc = issue_credential(&issuer, &vm, cred, now).unwrap();
+        // a proof set: the issuer's and a witness's; both verify, the issuer's binds
+        let set = add_assertion_proof(&witness, &wvm, &vc, None, &[], now).unwrap();
+        assert_eq!(set["proof"].as_array().unwrap().len(), 2);
+        verify_credential(&set, now).unwrap();
+        assert_eq!(issuer_proof_method(&set).as_deref(), Some(vm.as_str()));
+        // every proof must verify
+        let mut bad = set.clone();
+        bad["proof"][1]["proofValue"] = json!("z111");
+        assert!(verify_credential(&bad, now).is_err());
+        // a set with no proof by the issuer binds nothing
+        let mut unbound = set.clone();
+        unbound["proof"] = json!([set["proof"][1].clone()]);
+        assert!(verify_credential(&unbound, now).is_err());
+        assert!(issuer_proof_method(&unbound).is_none());
+
+        // a chain: the issuer's proof (named), then one over the document carrying it
+        let mut first = vc.clone();
+        first.as_object_mut().unwrap().remove("proof");
+        let first =
+            add_assertion_proof(&issuer, &vm, &first, Some("urn:uuid:first"), &[], now).unwrap();
+        let chain =
+            add_assertion_proof(&witness, &wvm, &first, None, &["urn:uuid:first"], now).unwrap();
+        assert_eq!(
+            chain["proof"][1]["previousProof"], "urn:uuid:first",
+            "{chain}"
+        );
+        verify_credential(&chain, now).unwrap();
+        // the chained proof covers the one it names: changing the first breaks the second
+        let mut bad = chain.clone();
+        bad["proof"][0]["created"] = json!("2020-01-01T00:00:00Z");
+        assert!(verify_credential(&bad, now).is_err());
+        // previousProof naming no proof here, or not a string
+        for link in [
+            json!("urn:uuid:missing"),
+            json!(["urn:uuid:missing"]),
+            json!(7),
+            json!([]),
+        ] {
+            let mut bad = chain.clone();
+            bad["proof"][1]["previousProof"] = link.clone();
+            assert!(verify_credential(&bad, now).is_err(), "{link}");
+        }
+        // the chained proof verified as a set member (without the link) does not verify
+        let mut unlinked = chain.clone();
+        unlinked["proof"][1]
+            .as_object_mut()
+            .unwrap()
+            .remove("previousProof");
+        assert!(verify_credential(&unlinked, now).is_err());
+        // duplicate proof ids, and more proofs than the bound
+        let mut dup = chain.clone();
+        dup["proof"][1]["id"] = json!("urn:uuid:first");
+        assert!(verify_credential(&dup, now).is_err());
+        let mut many = set.clone();
+        many["proof"] = json!(vec![set["proof"][0].clone(); MAX_PROOFS + 1]);
+        assert!(matches!(
+            verify_credential(&many, now),
+            Err(CryptoError::TooComplex(_))
+        ));
+        assert!(verify_credential(&json!({"proof": []}), now).is_err());
     }
 
     #[test]
@@ -980,7 +1258,7 @@ mod tests {
         let hvm = did::verification_method(&did::did_key(&holder.verifying_key()));
         let vp =
             issue_presentation(&holder, &hvm, &[ordinary_credential()], "n", "d", NOW).unwrap();
-        let (h, _) = verify_presentation_bounded(vp, "n".into(), "d".into(), NOW)
+        let (h, _) = verify_presentation_bounded(vp, Some("n".into()), Some("d".into()), NOW)
             .await
             .unwrap();
         assert_eq!(h, vm_did(&hvm));
@@ -998,7 +1276,7 @@ mod tests {
             }
         });
         too_complex_mentioning(
-            verify_presentation_bounded(bomb_vp, "n".into(), "d".into(), NOW).await,
+            verify_presentation_bounded(bomb_vp, Some("n".into()), Some("d".into()), NOW).await,
             "jsonld.max_work",
         );
     }

@@ -201,7 +201,7 @@ pub fn did_web_url(did: &str) -> CryptoResult<String> {
 /// Fetches a did:web DID document (bounded size and time, through the outbound guard of `http`)
 /// and checks that its `id` is the DID.
 /// The document is untrusted input: callers pick keys from it only through
-/// [`crate::crypto::binding`]'s rules. This is the only place did:web documents are fetched.
+/// the issuer-key binding rule (`crypto/binding.rs`). This is the only place did:web documents are fetched.
 pub async fn fetch_did_web_document(did: &str, http: &reqwest::Client) -> CryptoResult<Value> {
     use crate::http::outbound::{limits, read_capped};
     let url = did_web_url(did)?;

@@ -25,6 +25,18 @@ impl EncryptionKey {
             .map_err(|e| CryptoError::InvalidKey(e.to_string()))
     }
     /// Public JWK with `use: enc`, `alg: ECDH-ES` and the given `kid`.
+    /// The RFC 7638 SHA-256 thumbprint (raw bytes) of the public key: what an mdoc
+    /// SessionTranscript names for an encrypted response (OpenID4VP 1.0 Appendix B.2.6.1).
+    pub fn thumbprint(&self) -> Vec<u8> {
+        let jwk = self.public_jwk("");
+        let canonical = format!(
+            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+            jwk["x"].as_str().unwrap_or_default(),
+            jwk["y"].as_str().unwrap_or_default()
+        );
+        super::sha256(canonical).to_vec()
+    }
+
     pub fn public_jwk(&self, kid: &str) -> Value {
         let mut jwk =
             VerifyingKey::P256(p256::ecdsa::VerifyingKey::from(self.0.public_key())).to_jwk();

@@ -7,11 +7,14 @@
 pub mod binding;
 pub mod di;
 pub mod did;
+pub mod envelope;
 pub mod jwe;
 pub mod jws;
 pub mod keys;
+pub mod mdoc;
 pub mod sdjwt;
 pub mod status;
+pub mod x509;
 
 pub use keys::{KeyType, SigningKey, VerifyingKey};
 
@@ -67,4 +70,21 @@ pub fn rfc3339(secs: i64) -> String {
     chrono::DateTime::<chrono::Utc>::from_timestamp(secs, 0)
         .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default()
+}
+
+/// Crypto failures as client errors: a JSON-LD limit → 422 `jsonld_too_complex`, no free
+/// verification slot → 503 `service_unavailable` (Retry-After: 1), anything else → 422
+/// `validation_failed` with the reason.
+impl crate::error::ErrorCode for CryptoError {
+    fn error_code(&self) -> crate::error::Code {
+        use crate::error::Code;
+        match self {
+            CryptoError::TooComplex(_) => Code::JsonLdTooComplex,
+            CryptoError::Busy(_) => Code::Unavailable,
+            _ => Code::Validation,
+        }
+    }
+    fn retry_after(&self) -> Option<u64> {
+        matches!(self, CryptoError::Busy(_)).then_some(1)
+    }
 }

@@ -84,6 +84,21 @@ impl StatusArray {
         b64url(enc.finish().unwrap_or_default())
     }
 
+    /// zlib(bytes): the `lst` of a Token Status List in CWT form (a byte string).
+    pub fn to_zlib(&self) -> Vec<u8> {
+        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        let _ = enc.write_all(&self.bytes);
+        enc.finish().unwrap_or_default()
+    }
+
+    pub fn from_zlib(bits: u8, lst: &[u8]) -> CryptoResult<Self> {
+        if ![1, 2, 4, 8].contains(&bits) {
+            return Err(CryptoError::Unsupported(format!("{bits} bits per status")));
+        }
+        let bytes = inflate(flate2::read::ZlibDecoder::new(lst))?;
+        Ok(Self { bits, bytes })
+    }
+
     pub fn from_token_lst(bits: u8, lst: &str) -> CryptoResult<Self> {
         let bytes = inflate(flate2::read::ZlibDecoder::new(
             b64url_decode(lst)?.as_slice(),

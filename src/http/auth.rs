@@ -10,7 +10,6 @@ use subtle::ConstantTimeEq;
 
 use crate::config::Secret;
 use crate::error::{ApiError, Code};
-use crate::state::AppState;
 
 /// Accepted admin tokens, held as SHA-256 digests and compared in constant time.
 pub struct AdminTokens {
@@ -66,10 +65,10 @@ impl FromRequest for Admin {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let Some(state) = req.app_data::<web::Data<AppState>>() else {
-            return ready(Err(ApiError::internal("application state missing")));
+        let Some(tokens) = req.app_data::<web::Data<AdminTokens>>() else {
+            return ready(Err(ApiError::internal("admin tokens missing")));
         };
-        if !state.admin.is_enabled() {
+        if !tokens.is_enabled() {
             return ready(Err(ApiError::new(
                 Code::AdminDisabled,
                 "set admin.tokens (IDSTACK__ADMIN__TOKENS) to enable the management API",
@@ -80,7 +79,7 @@ impl FromRequest for Admin {
                 Code::Unauthorized,
                 "send Authorization: Bearer <admin token>",
             )),
-            Some(t) if state.admin.check(t) => Ok(Admin(())),
+            Some(t) if tokens.check(t) => Ok(Admin(())),
             Some(_) => Err(ApiError::new(Code::Unauthorized, "invalid admin token")),
         })
     }

@@ -13,8 +13,8 @@ use actix_web::web::{self, Bytes, BytesMut};
 use actix_web::HttpMessage;
 use futures_util::StreamExt;
 
+use crate::config::ServerConfig;
 use crate::error::{ApiError, Code};
-use crate::state::AppState;
 
 /// Whether the request announces a body (a non-zero Content-Length or any Transfer-Encoding).
 fn has_body(req: &ServiceRequest) -> bool {
@@ -32,10 +32,9 @@ pub async fn body_deadline(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let Some(state) = req.app_data::<web::Data<AppState>>() else {
+    let Some(server) = req.app_data::<web::Data<ServerConfig>>() else {
         return next.call(req).await;
     };
-    let server = &state.settings.raw.server;
     let (timeout_ms, limit) = (server.body_read_timeout_ms, server.body_limit_bytes);
     if !has_body(&req) || req.headers().contains_key(header::UPGRADE) {
         return next.call(req).await;

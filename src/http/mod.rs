@@ -3,15 +3,12 @@
 
 pub mod auth;
 pub mod body_deadline;
-pub mod contexts;
-pub mod health;
 pub mod metrics;
 pub mod oauth;
 pub mod observe;
 pub mod openapi;
 pub mod outbound;
 pub mod ratelimit;
-pub mod system;
 pub mod web;
 pub mod webhook;
 

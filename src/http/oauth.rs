@@ -48,10 +48,19 @@ impl OAuthError {
             "internal error",
         )
     }
+    /// An unknown resource of a protocol endpoint (404 with the OAuth body).
+    pub fn not_found(error: &'static str, description: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, error, description)
+    }
+    /// An expired resource of a protocol endpoint (410 with the OAuth body).
+    pub fn gone(error: &'static str, description: impl Into<String>) -> Self {
+        Self::new(StatusCode::GONE, error, description)
+    }
     /// `fallback` for a lookup that failed, unless the store was unreachable: that stays a 503.
-    pub fn unless_unavailable(e: crate::error::ApiError, fallback: Self) -> Self {
-        if e.code == crate::error::Code::Unavailable {
-            Self::unavailable(e.detail)
+    /// Takes any layer's error (role, store); they say what they are through their code.
+    pub fn unless_unavailable(e: impl crate::error::ErrorCode, fallback: Self) -> Self {
+        if e.error_code() == crate::error::Code::Unavailable {
+            Self::unavailable(e.to_string())
         } else {
             fallback
         }

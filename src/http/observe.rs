@@ -15,7 +15,7 @@ use futures_util::FutureExt;
 use tracing::Instrument;
 
 use crate::error::{ApiError, Code};
-use crate::state::AppState;
+use crate::http::metrics::Metrics;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -133,7 +133,7 @@ pub async fn observe(
         .and_then(acceptable_id)
         .unwrap_or_else(crate::clock::random_id);
     req.extensions_mut().insert(RequestId(request_id.clone()));
-    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let metrics = req.app_data::<web::Data<Metrics>>().cloned();
     let method = req.method().clone();
     let span =
         tracing::info_span!("request", %method, path = %req.path(), request_id = %request_id);
@@ -148,8 +148,8 @@ pub async fn observe(
         Ok(Err(err)) => return Err(err),
         Err(_) => {
             span.in_scope(|| tracing::error!("handler panicked; answered 500"));
-            if let Some(s) = &state {
-                s.metrics.panics.inc();
+            if let Some(m) = &metrics {
+                m.panics.inc();
             }
             return Err(ApiError::internal(format!("handler panic (request {request_id})")).into());
         }
@@ -180,7 +180,7 @@ pub async fn observe(
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         res.headers_mut().insert(REQUEST_ID, v);
     }
-    if let Some(state) = state {
+    if let Some(metrics) = metrics {
         // Labels come from closed sets only (a label per client-chosen value would let anyone grow
         // memory and /metrics without bound): the route is a pattern the app registered, never the
         // path; the method and status are mapped onto fixed lists.
@@ -190,13 +190,11 @@ pub async fn observe(
             .unwrap_or_else(|| "unmatched".into());
         let method = method_label(&method);
         let status = status_label(res.status());
-        state
-            .metrics
+        metrics
             .http_requests
             .with_label_values(&[method, &route, status])
             .inc();
-        state
-            .metrics
+        metrics
             .http_duration
             .with_label_values(&[method, &route])
             .observe(started.elapsed().as_secs_f64());

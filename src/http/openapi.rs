@@ -4,12 +4,14 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 pub const ADMIN_SCHEME: &str = "admin_token";
+/// The cloud wallet's user session (`POST /wallet/auth/login` returns the token).
+pub const WALLET_SCHEME: &str = "wallet_session";
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "idstack",
-        description = "Identity server stack: OpenID4VCI issuer, OpenID4VP verifier, cloud wallet and DIDComm mediator in one binary. Management endpoints (`/api/...`) need `Authorization: Bearer <admin token>`.",
+        description = "Identity server stack: OpenID4VCI issuer, OpenID4VP verifier, cloud wallet and DIDComm mediator in one binary. Management endpoints (`/api/...`) need `Authorization: Bearer <admin token>`; the cloud wallet's `/wallet/...` endpoints need a wallet session token from `POST /wallet/auth/login`.",
         license(name = "Apache-2.0")
     ),
     modifiers(&SecurityAddon),
@@ -36,6 +38,17 @@ impl Modify for SecurityAddon {
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
                         "Admin token (admin.tokens; printed on first sandbox start)",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            WALLET_SCHEME,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "Wallet session token (`POST /wallet/auth/login` answers `{\"token\": ...}`)",
                     ))
                     .build(),
             ),

@@ -2,7 +2,7 @@
 //! `X-Idstack-Signature: sha256=<hex>`, keyed by a subkey of the master key, so every node of a
 //! deployment signs alike and receivers configure one secret),
 //! retried with back-off. Delivery is best effort and never blocks the request that caused it.
-//! It goes through the outbound guard (`state.http`, `http.outbound`): a webhook URL on a
+//! It goes through the outbound guard (the role context's `http`, `http.outbound`): a webhook URL on a
 //! non-public address is refused unless allowed there.
 
 use std::time::Duration;
@@ -10,17 +10,17 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::state::AppState;
+use crate::store::Sealer;
 
 pub const SIGNATURE_HEADER: &str = "X-Idstack-Signature";
 
 /// The HMAC key: derived from the master-key sealer so every node of a deployment signs alike.
-pub fn signing_key(state: &AppState) -> Vec<u8> {
-    state.sealer.derive_subkey(b"idstack webhook signing v1")
+pub fn signing_key(sealer: &Sealer) -> Vec<u8> {
+    sealer.derive_subkey(b"idstack webhook signing v1")
 }
 
-pub fn sign(state: &AppState, body: &[u8]) -> String {
-    let key = signing_key(state);
+pub fn sign(sealer: &Sealer, body: &[u8]) -> String {
+    let key = signing_key(sealer);
     let mut mac = match Hmac::<Sha256>::new_from_slice(&key) {
         Ok(m) => m,
         Err(_) => return String::new(),
@@ -33,17 +33,22 @@ pub fn sign(state: &AppState, body: &[u8]) -> String {
     )
 }
 
-pub async fn deliver(state: &AppState, url: &str, event: &serde_json::Value) {
+/// POSTs `event` to `url` through the guarded outbound client `http`, signed with a subkey of
+/// `sealer`'s master key.
+pub async fn deliver(
+    http: &reqwest::Client,
+    sealer: &Sealer,
+    url: &str,
+    event: &serde_json::Value,
+) {
     let body = event.to_string();
-    let signature = sign(state, body.as_bytes());
+    let signature = sign(sealer, body.as_bytes());
     for attempt in 0..4u32 {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(250 * 4u64.pow(attempt - 1))).await;
         }
         let res = crate::http::outbound::send(
-            state
-                .http
-                .post(url)
+            http.post(url)
                 .header("Content-Type", "application/json")
                 .header(SIGNATURE_HEADER, &signature)
                 .timeout(Duration::from_secs(5))

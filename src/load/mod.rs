@@ -383,6 +383,7 @@ async fn verify_flow(ctx: &Ctx, key: &SigningKey, credential: &str) -> Option<()
             format: "dc+sd-jwt".into(),
             root: json!({}),
             vct: None,
+            doctype: None,
             types: vec![],
         },
         (),

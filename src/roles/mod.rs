@@ -1,7 +1,4 @@
-//! Roles: a runtime enum present in every build; cargo features decide which are compiled in.
-
-use std::fmt;
-use std::str::FromStr;
+//! The role engines (one folder each): `init` builds the enabled roles' services, `configure` mounts them.
 
 #[cfg(not(any(
     feature = "issuer",
@@ -20,201 +17,80 @@ pub mod verifier;
 #[cfg(feature = "wallet")]
 pub mod wallet;
 
-/// The service objects of the enabled roles, set once by `init`.
-#[derive(Default)]
+pub mod context;
+pub mod mdoc_pki;
+pub mod tenant_keys;
+pub mod tenants;
+
+use std::sync::Arc;
+
+pub use context::RoleContext;
+
+use crate::config::Config;
+use crate::role::Role;
+
+/// The service objects of the enabled roles, built by [`init`] and mounted by [`configure`]. A
+/// role that is not running has `None`.
+#[derive(Default, Clone)]
 pub struct Services {
     #[cfg(feature = "issuer")]
-    pub issuer: std::sync::OnceLock<std::sync::Arc<issuer::IssuerService>>,
+    pub issuer: Option<Arc<issuer::IssuerService>>,
     #[cfg(feature = "verifier")]
-    pub verifier: std::sync::OnceLock<std::sync::Arc<verifier::VerifierService>>,
+    pub verifier: Option<Arc<verifier::VerifierService>>,
     #[cfg(feature = "wallet")]
-    pub wallet: std::sync::OnceLock<std::sync::Arc<wallet::WalletService>>,
+    pub wallet: Option<Arc<wallet::WalletService>>,
     #[cfg(feature = "mediator")]
-    pub mediator: std::sync::OnceLock<std::sync::Arc<mediator::MediatorService>>,
+    pub mediator: Option<Arc<mediator::MediatorService>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Role {
-    Issuer,
-    Verifier,
-    Wallet,
-    Mediator,
-}
-
-impl Role {
-    pub const ALL: [Role; 4] = [Role::Issuer, Role::Verifier, Role::Wallet, Role::Mediator];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Issuer => "issuer",
-            Role::Verifier => "verifier",
-            Role::Wallet => "wallet",
-            Role::Mediator => "mediator",
-        }
-    }
-
-    /// Whether this build carries the role's code.
-    pub fn is_compiled_in(self) -> bool {
-        match self {
-            Role::Issuer => cfg!(feature = "issuer"),
-            Role::Verifier => cfg!(feature = "verifier"),
-            Role::Wallet => cfg!(feature = "wallet"),
-            Role::Mediator => cfg!(feature = "mediator"),
-        }
-    }
-
-    pub fn compiled_in() -> Vec<Role> {
-        Role::ALL
-            .into_iter()
-            .filter(|r| r.is_compiled_in())
-            .collect()
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| {
-                format!(
-                    "unknown role `{s}`; valid roles are: {}",
-                    Role::ALL.map(Role::as_str).join(", ")
-                )
-            })
-    }
-}
-
-/// Parses `all` or a comma-separated role list and checks each role is compiled into this build.
-pub fn parse_role_list(spec: &str) -> Result<Vec<Role>, String> {
-    let spec = spec.trim();
-    if spec.is_empty() || spec.eq_ignore_ascii_case("all") {
-        return Ok(Role::compiled_in());
-    }
-    let mut roles = Vec::new();
-    for part in spec.split(',').filter(|p| !p.trim().is_empty()) {
-        let role: Role = part.parse()?;
-        if !role.is_compiled_in() {
-            return Err(format!(
-                "role `{role}` is not compiled into this build; this build has: {}",
-                compiled_names()
-            ));
-        }
-        if !roles.contains(&role) {
-            roles.push(role);
-        }
-    }
-    if roles.is_empty() {
-        return Err("no role selected".into());
-    }
-    roles.sort();
-    Ok(roles)
-}
-
-fn compiled_names() -> String {
-    Role::compiled_in()
-        .iter()
-        .map(|r| r.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The cargo features this binary was built with, for `--version`.
-pub fn compiled_features() -> Vec<&'static str> {
-    let mut f = Vec::new();
-    for (on, name) in [
-        (cfg!(feature = "issuer"), "issuer"),
-        (cfg!(feature = "verifier"), "verifier"),
-        (cfg!(feature = "wallet"), "wallet"),
-        (cfg!(feature = "mediator"), "mediator"),
-        (cfg!(feature = "cluster"), "cluster"),
-        (cfg!(feature = "redis"), "redis"),
-        (cfg!(feature = "swagger-ui"), "swagger-ui"),
-    ] {
-        if on {
-            f.push(name);
-        }
-    }
-    f
-}
-
-/// Initialises every enabled role (default tenants, keys, background jobs) and marks it ready.
-pub async fn init(state: &crate::state::AppState) -> anyhow::Result<()> {
-    for role in state.roles.iter().copied() {
+/// Builds the service of every role in `roles` from `ctx` and the role's own section of `config`
+/// (default tenants, keys, background jobs); `ready` is told each role that is.
+pub async fn init(
+    ctx: &RoleContext,
+    config: &Config,
+    roles: &[Role],
+    mut ready: impl FnMut(Role),
+) -> anyhow::Result<Services> {
+    let mut services = Services::default();
+    for role in roles.iter().copied() {
         match role {
             #[cfg(feature = "issuer")]
-            Role::Issuer => issuer::init(state).await?,
+            Role::Issuer => services.issuer = Some(issuer::init(ctx, &config.issuer).await?),
             #[cfg(feature = "verifier")]
-            Role::Verifier => verifier::init(state).await?,
+            Role::Verifier => {
+                services.verifier = Some(verifier::init(ctx, &config.verifier).await?)
+            }
             #[cfg(feature = "wallet")]
-            Role::Wallet => wallet::init(state).await?,
+            Role::Wallet => services.wallet = Some(wallet::init(ctx, &config.wallet)?),
             #[cfg(feature = "mediator")]
-            Role::Mediator => mediator::init(state).await?,
+            Role::Mediator => {
+                services.mediator = Some(mediator::init(ctx, &config.mediator).await?)
+            }
             #[allow(unreachable_patterns)]
             _ => anyhow::bail!("role {role} is not compiled into this build"),
         }
-        state.readiness.set_ready(role.as_str());
+        ready(role);
     }
-    Ok(())
+    Ok(services)
 }
 
-/// Mounts the routes of every enabled role.
-pub fn configure(
-    cfg: &mut utoipa_actix_web::service_config::ServiceConfig,
-    state: &crate::state::AppState,
-) {
-    for role in state.roles.iter().copied() {
-        match role {
-            #[cfg(feature = "issuer")]
-            Role::Issuer => issuer::configure(cfg, state),
-            #[cfg(feature = "verifier")]
-            Role::Verifier => verifier::configure(cfg, state),
-            #[cfg(feature = "wallet")]
-            Role::Wallet => wallet::configure(cfg, state),
-            #[cfg(feature = "mediator")]
-            Role::Mediator => mediator::configure(cfg, state),
-            #[allow(unreachable_patterns)]
-            _ => {}
-        }
+/// Mounts the routes of every role that has a service.
+pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig, services: &Services) {
+    #[cfg(feature = "issuer")]
+    if let Some(svc) = &services.issuer {
+        issuer::configure(cfg, svc);
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn all_means_every_compiled_role() {
-        assert_eq!(parse_role_list("all").unwrap(), Role::compiled_in());
-        assert_eq!(parse_role_list("").unwrap(), Role::compiled_in());
+    #[cfg(feature = "verifier")]
+    if let Some(svc) = &services.verifier {
+        verifier::configure(cfg, svc);
     }
-
-    #[test]
-    fn unknown_role_is_an_error_naming_valid_roles() {
-        let e = parse_role_list("issuer,bogus").unwrap_err();
-        assert!(e.contains("bogus") && e.contains("verifier"), "{e}");
+    #[cfg(feature = "wallet")]
+    if let Some(svc) = &services.wallet {
+        wallet::configure(cfg, svc);
     }
-
-    #[cfg(all(feature = "issuer", feature = "verifier"))]
-    #[test]
-    fn subset_is_sorted_and_deduplicated() {
-        assert_eq!(
-            parse_role_list("verifier, issuer,verifier").unwrap(),
-            vec![Role::Issuer, Role::Verifier]
-        );
+    #[cfg(feature = "mediator")]
+    if let Some(svc) = &services.mediator {
+        mediator::configure(cfg, svc);
     }
-
-    #[cfg(not(feature = "wallet"))]
-    #[test]
-    fn role_not_compiled_in_is_refused() {
-        let e = parse_role_list("wallet").unwrap_err();
-        assert!(e.contains("not compiled"), "{e}");
-    }
+    let _ = (cfg, services);
 }

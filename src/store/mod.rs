@@ -10,6 +10,9 @@
 #[cfg(test)]
 pub(crate) mod conformance;
 pub mod lease;
+pub mod open;
+#[cfg(feature = "redis")]
+pub mod redis_bus;
 #[cfg(feature = "redis")]
 pub mod redis_store;
 pub mod seal;

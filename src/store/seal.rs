@@ -7,6 +7,7 @@ use std::path::Path;
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
 use rand::RngCore;
 use zeroize::Zeroizing;
 
@@ -16,6 +17,27 @@ use crate::config::Secret;
 const SEAL_VERSION: u8 = 1;
 const NONCE_LEN: usize = 24;
 pub const MASTER_KEY_FILE: &str = "master.key";
+
+/// Derives a 32-byte key for `purpose` from the cluster secret and cluster id (HMAC-SHA256): the
+/// master key of a cluster without `store.master_key` (purpose "master key"), and the cluster's
+/// RPC and gossip keys.
+pub fn derive_cluster_key(secret: &[u8], cluster_id: &str, purpose: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    if let Ok(mut mac) = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret) {
+        mac.update(b"idstack cluster key v1\0");
+        mac.update(purpose.as_bytes());
+        mac.update(b"\0");
+        mac.update(cluster_id.as_bytes());
+        out.copy_from_slice(&mac.finalize().into_bytes());
+    }
+    out
+}
+
+/// The master key every node derives from the cluster secret when `store.master_key` is not set,
+/// so sealed records replicated from another node open here too.
+pub fn derive_master_key(cluster_secret: &str, cluster_id: &str) -> [u8; 32] {
+    derive_cluster_key(cluster_secret.as_bytes(), cluster_id, "master key")
+}
 
 #[derive(Clone)]
 pub struct Sealer {

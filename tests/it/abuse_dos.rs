@@ -95,6 +95,7 @@ async fn jsonld_blank_node_bomb_is_refused_with_bounded_cpu() {
         .bearer_auth(ADMIN_TOKEN)
         .json(&json!({"credential": {
             "@context": ["https://www.w3.org/ns/credentials/v2", "https://w3id.org/idstack/credentials/v1"],
+            "issuer": s.default_issuer_did().await,
             "type": ["VerifiableCredential", "IdentityCredential"],
             "credentialSubject": {"id": "did:example:holder", "given_name": "Erika"}
         }}))

@@ -161,7 +161,7 @@ fn b64(v: &Value) -> String {
 }
 
 async fn new_session(s: &Server, verifier: &str, extra: Value) -> Value {
-    let mut body = json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "claims": [{"path": ["given_name"]}]}]}});
+    let mut body = json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "meta": {}, "claims": [{"path": ["given_name"]}]}]}});
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
         b.extend(e.clone());
     }

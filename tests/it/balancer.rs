@@ -16,6 +16,8 @@ pub struct Balancer {
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
     nginx: Mutex<Child>,
+    /// Runs the shipped `deploy/balancers/nginx.conf` instead of the test configuration.
+    shipped: bool,
 }
 
 fn host_port(base: &str) -> String {
@@ -33,6 +35,16 @@ fn nginx_bin() -> &'static str {
 
 impl Balancer {
     pub async fn start(backends: Vec<String>) -> Balancer {
+        Self::start_with(backends, false).await
+    }
+
+    /// nginx with the settings shipped for deployments (`deploy/balancers/nginx.conf`: short
+    /// upstream timeouts, retries on the next node, passive health checks), on loopback.
+    pub async fn start_shipped(backends: Vec<String>) -> Balancer {
+        Self::start_with(backends, true).await
+    }
+
+    async fn start_with(backends: Vec<String>, shipped: bool) -> Balancer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -41,7 +53,7 @@ impl Balancer {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
-        write_conf(dir.path(), addr, &backends);
+        write(dir.path(), addr, &backends, shipped);
         let nginx = Command::new(nginx_bin())
             .arg("-p")
             .arg(dir.path())
@@ -55,6 +67,7 @@ impl Balancer {
             addr,
             dir,
             nginx: Mutex::new(nginx),
+            shipped,
         };
         for _ in 0..100 {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
@@ -74,7 +87,7 @@ impl Balancer {
 
     /// Replaces the backend list: new configuration, graceful reload.
     pub fn set_backends(&self, backends: Vec<String>) {
-        write_conf(self.dir.path(), self.addr, &backends);
+        write(self.dir.path(), self.addr, &backends, self.shipped);
         self.signal("reload");
         // the new workers take over within milliseconds; give them a moment
         std::thread::sleep(Duration::from_millis(300));
@@ -123,6 +136,69 @@ impl Drop for Balancer {
 
 fn conf_path(dir: &Path) -> PathBuf {
     dir.join("nginx.conf")
+}
+
+fn write(dir: &Path, addr: SocketAddr, backends: &[String], shipped: bool) {
+    if shipped {
+        write_shipped_conf(dir, addr, backends)
+    } else {
+        write_conf(dir, addr, backends)
+    }
+}
+
+/// `deploy/balancers/nginx.conf` as shipped, its example upstream servers replaced by
+/// `backends` (same parameters) and its TLS listener by `addr`.
+fn write_shipped_conf(dir: &Path, addr: SocketAddr, backends: &[String]) {
+    let d = dir.display();
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/balancers/nginx.conf"),
+    )
+    .unwrap();
+    let mut body = String::new();
+    let mut servers_done = false;
+    for line in shipped.lines() {
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix("server 10.0.0.") {
+            if !servers_done {
+                let params = rest.split_once(' ').map(|(_, p)| p).unwrap_or(";");
+                for b in backends {
+                    body.push_str(&format!("    server {} {params}\n", host_port(b)));
+                }
+                servers_done = true;
+            }
+        } else if t.starts_with("listen 443 ssl;") {
+            body.push_str(&format!("    listen {addr};\n"));
+        } else {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    assert!(
+        servers_done,
+        "no example upstream servers in deploy/balancers/nginx.conf"
+    );
+    std::fs::write(dir.join("idstack.conf"), body).unwrap();
+    let user = if is_root() { "user root;\n" } else { "" };
+    let conf = format!(
+        r#"{user}daemon off;
+master_process on;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  log_format upstream '$upstream_addr';
+  access_log {d}/access.log upstream;
+  client_body_temp_path {d}/tmp/body;
+  proxy_temp_path {d}/tmp/proxy;
+  fastcgi_temp_path {d}/tmp/fastcgi;
+  uwsgi_temp_path {d}/tmp/uwsgi;
+  scgi_temp_path {d}/tmp/scgi;
+  include {d}/idstack.conf;
+}}
+"#
+    );
+    std::fs::write(conf_path(dir), conf).unwrap();
 }
 
 fn write_conf(dir: &Path, addr: SocketAddr, backends: &[String]) {

@@ -871,3 +871,210 @@ mod mediator {
         drop((b, c));
     }
 }
+
+/// A node paused with SIGSTOP behind the shipped balancer settings (`deploy/balancers/nginx.conf`):
+/// it still accepts TCP connections, does not answer its health check, and every request sent
+/// through the balancer meanwhile still succeeds (read timeout, then the next node — POSTs
+/// included); after SIGCONT the node detects the pause (heartbeat gap), drops its standing,
+/// catches up and is ready again. No assertion on durations: the client timeout only guards
+/// against a hang (with the test balancer's 300 s read timeout these requests would hang).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_costs_no_request_behind_the_shipped_balancer_and_catches_up_after_sigcont() {
+    let (specs, seeds) = three_specs();
+    let http: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let lb = Balancer::start_shipped(http.iter().map(|h| format!("http://{h}")).collect()).await;
+    let start = |i: usize| {
+        node_builder(&specs[i], &seeds, &lb.url())
+            .bind(&http[i])
+            .start()
+    };
+    let (a, b, c) = tokio::join!(start(0), start(1), start(2));
+    let guarded = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let offer = |c: reqwest::Client, url: String| async move {
+        c.post(format!("{url}/api/issuers/default/offers"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"credential_configuration_ids": ["IdentityCredential_dc_sd_jwt"], "claims": identity()}))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    };
+    assert_eq!(offer(guarded.clone(), lb.url()).await.unwrap(), 201);
+
+    let pid = c.child.as_ref().unwrap().id().to_string();
+    let stopped = Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // a stopped process answers no health check (an active check's timeout takes it out)
+    let probe = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap()
+        .get(c.url("/health/ready"))
+        .send()
+        .await;
+    assert!(probe.is_err(), "a stopped node answered: {probe:?}");
+    // through the balancer: every request succeeds, writes and reads, whichever node it is sent to
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(offer(guarded.clone(), lb.url()).await.unwrap());
+        let r = guarded
+            .get(format!(
+                "{}/issuers/default/.well-known/openid-credential-issuer",
+                lb.url()
+            ))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 200),
+        "{statuses:?}"
+    );
+    // round robin did send requests to the stopped node (answered by the retry on the next one)
+    assert!(lb.hits(&format!("http://{}", http[2])) > 0);
+
+    // paused longer than cluster.pause_threshold_ms (2 s) for sure, then SIGCONT
+    if let Some(rest) = Duration::from_secs(3).checked_sub(stopped.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    assert!(std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // it saw the pause, dropped its standing, caught up and is ready again
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = client()
+            .get(c.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let lost = m
+            .lines()
+            .find(|l| l.starts_with("idstack_cluster_standing_lost_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if lost >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no pause detected:\n{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(c.log().contains("paused or stalled"), "{}", c.log());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client()
+        .get(c.url("/health/ready"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+        != 200
+    {
+        assert!(Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(offer(guarded.clone(), lb.url()).await.unwrap(), 201);
+    drop((a, b, c));
+}
+
+fn signal(s: &Server, sig: &str) {
+    let pid = s.child.as_ref().unwrap().id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// `cluster.single_use = "consistent"` (the default with three configured nodes): with two of
+/// the three nodes stopped (SIGSTOP), the third is a minority. A redemption there is refused with
+/// 503 + Retry-After and consumes nothing, while reads and other writes (a new offer) are still
+/// served; after SIGCONT the code is redeemed, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_single_use_needs_a_majority_and_a_minority_keeps_the_code_usable() {
+    let lb = Balancer::start(Vec::new()).await;
+    let (_specs, _seeds, a, b, c) = start_three(&lb).await;
+    let body = || json!({"credential_configuration_ids": ["IdentityCredential_dc_sd_jwt"], "claims": identity()});
+    let (_, view) = admin_get(&c, "/api/cluster").await;
+    assert_eq!(
+        (
+            &view["single_use"],
+            &view["configured_nodes"],
+            &view["majority"]
+        ),
+        (&json!("consistent"), &json!(3), &json!(2)),
+        "{view}"
+    );
+    let offer = create_offer(&c, "default", body()).await;
+    let code = pre_auth_code(&offer);
+
+    signal(&a, "-STOP");
+    signal(&b, "-STOP");
+    wait_cluster(&c, "n1 and n2 seen dead", |v| {
+        member(v, "n1")["state"] == "dead" && member(v, "n2")["state"] == "dead"
+    })
+    .await;
+    let r = client()
+        .post(c.url("/issuers/default/token"))
+        .form(&[
+            ("grant_type", crate::holder::PRE_AUTH),
+            ("pre-authorized_code", code.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_some());
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("consistent"),
+        "{e}"
+    );
+    // everything else is still served on the minority side
+    let r = client()
+        .get(c.url("/issuers/default/.well-known/openid-credential-issuer"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let later = create_offer(&c, "default", body()).await;
+    assert!(later["offer_uri"].is_string(), "{later}");
+
+    signal(&a, "-CONT");
+    signal(&b, "-CONT");
+    wait_cluster(&c, "n1 and n2 alive again", |v| {
+        member(v, "n1")["state"] == "alive" && member(v, "n2")["state"] == "alive"
+    })
+    .await;
+    // the code was not consumed: it is redeemed now (503s while the peers catch up are retried)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (st, tok) = loop {
+        let (st, tok) = token(&c, "default", &code, None).await;
+        if st != 503 || Instant::now() > deadline {
+            break (st, tok);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(st, 200, "{tok}");
+    for n in [&a, &b, &c] {
+        let (st, _) = token(n, "default", &code, None).await;
+        assert_eq!(st, 400, "redeemed once");
+    }
+    drop((a, b, c));
+}

@@ -344,6 +344,20 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// The DID of the `default` issuer (what VC-API `issue` credentials name as `issuer`).
+    pub async fn default_issuer_did(&self) -> String {
+        let issuer: serde_json::Value = client()
+            .get(self.url("/api/issuers/default"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        issuer["did"].as_str().unwrap().to_string()
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

@@ -667,7 +667,7 @@ async fn jwt_vc_and_vc_api_forgeries_are_refused() {
     let r = client()
         .post(s.url("/vc-api/credentials/issue"))
         .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"credential": {"@context": ["https://www.w3.org/ns/credentials/v2", "https://w3id.org/idstack/credentials/v1"], "type": ["VerifiableCredential", "IdentityCredential"], "credentialSubject": {"id": "did:example:alice", "given_name": "Alice"}}}))
+        .json(&json!({"credential": {"@context": ["https://www.w3.org/ns/credentials/v2", "https://w3id.org/idstack/credentials/v1"], "issuer": s.default_issuer_did().await, "type": ["VerifiableCredential", "IdentityCredential"], "credentialSubject": {"id": "did:example:alice", "given_name": "Alice"}}}))
         .send()
         .await
         .unwrap();
@@ -687,6 +687,8 @@ async fn jwt_vc_and_vc_api_forgeries_are_refused() {
     // after signing without breaking the proof, and a proof whose DID is not the issuer's is
     // refused by crypto::di and crypto::binding — both end in the `signature` policy.)
     let (ed, _, ed_vm) = attacker_did(KeyType::Ed25519, false);
+    // the credential names the server's served context: resolve it offline here too
+    idstack::crypto::di::register_context_origin(&s.base);
     let mut body = ldp.as_object().unwrap().clone();
     body.remove("proof");
     body.insert(
@@ -813,5 +815,235 @@ async fn production_verifier_without_trust_refuses_sessions() {
         .unwrap();
     assert_eq!(r.status(), 201);
     open(&s, "trusting", sd_query()).await;
+    s.stop();
+}
+
+/// A certificate (CA when `parent` is None: self-signed root) and its key.
+struct Cert {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+fn x509_root(name: &str) -> Cert {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, name);
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    Cert {
+        cert: p.self_signed(&key).unwrap(),
+        key,
+    }
+}
+
+/// A document-signer certificate for DNS name `host` under `root`: (base64 DER, signing key).
+fn x509_leaf(root: &Cert, host: &str) -> (String, SigningKey) {
+    use base64::Engine;
+    use p256::pkcs8::DecodePrivateKey;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let p = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
+    let cert = p.signed_by(&key, &root.cert, &root.key).unwrap();
+    let sk = p256::ecdsa::SigningKey::from_pkcs8_der(&key.serialize_der()).unwrap();
+    (
+        base64::engine::general_purpose::STANDARD.encode(cert.der()),
+        SigningKey::P256(sk),
+    )
+}
+
+/// SD-JWT VC with an `https` issuer whose key comes in an `x5c` chain: verified when the chain
+/// ends at a configured `x509.trust_anchors` certificate and its leaf names the issuer; a chain
+/// of the attacker's own root, or a leaf for another host, is refused by `signature`.
+#[tokio::test]
+async fn sd_jwt_x5c_chain_must_end_at_a_configured_anchor() {
+    let root = x509_root("Test IACA");
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("anchors.pem");
+    std::fs::write(&pem, root.cert.pem()).unwrap();
+    let s = Server::builder()
+        .env("IDSTACK__X509__TRUST_ANCHORS", pem.to_str().unwrap())
+        .start()
+        .await;
+    let iss = "https://issuer.example";
+    let r = client()
+        .post(s.url("/api/verifiers"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"id": "pki", "signing_key_type": "P-256", "trusted_issuers": [iss]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let holder = SigningKey::generate(KeyType::P256);
+    let issue = |signer: &SigningKey, chain: &str, iss: &str| {
+        let mut payload = Map::new();
+        payload.insert("iss".into(), json!(iss));
+        payload.insert("vct".into(), json!("https://example.org/identity"));
+        payload.insert("iat".into(), json!(now()));
+        payload.insert(
+            "cnf".into(),
+            json!({"jwk": holder.verifying_key().to_jwk()}),
+        );
+        let mut sd = Map::new();
+        sd.insert("given_name".into(), json!("Erika"));
+        let issued = sdjwt::issue(
+            signer,
+            json!({"typ": "dc+sd-jwt", "x5c": [chain]}),
+            payload,
+            &sd,
+        );
+        let p = sdjwt::parse(&issued).unwrap();
+        (p.jwt, p.disclosures)
+    };
+
+    let (cert, sk) = x509_leaf(&root, "issuer.example");
+    let (jwt, ds) = issue(&sk, &cert, iss);
+    let req = open(&s, "pki", sd_query()).await;
+    let (status, r) = respond(&s, &req, "pid", json!(sd_present(&holder, &jwt, &ds, &req))).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["verified"], true, "{r}");
+
+    let evil_root = x509_root("Test IACA");
+    let (evil_cert, evil_sk) = x509_leaf(&evil_root, "issuer.example");
+    let (jwt, ds) = issue(&evil_sk, &evil_cert, iss);
+    let req = open(&s, "pki", sd_query()).await;
+    let pres = json!(sd_present(&holder, &jwt, &ds, &req));
+    refused(&s, &req, "pid", pres, "signature", "x5c_untrusted").await;
+
+    let (other_cert, other_sk) = x509_leaf(&root, "bank.example");
+    let (jwt, ds) = issue(&other_sk, &other_cert, iss);
+    let req = open(&s, "pki", sd_query()).await;
+    let pres = json!(sd_present(&holder, &jwt, &ds, &req));
+    refused(
+        &s,
+        &req,
+        "pid",
+        pres,
+        "signature",
+        "does not name the issuer",
+    )
+    .await;
+    s.stop();
+}
+
+/// mso_mdoc at the verifier (DCQL `meta.doctype_value`, claim paths [namespace, element]): a
+/// DeviceResponse device-signed over this session's SessionTranscript by the key in an MSO whose
+/// document signer chains to `x509.trust_anchors` verifies, and only the disclosed elements are
+/// in the result. Refused, each by the policy it breaks: one made for another session
+/// (holder_binding), one under another IACA (issuer_allowlist), an expired one (validity), a
+/// truncated one (signature); a query without doctype_value is refused (422) at session creation.
+#[tokio::test]
+async fn mdoc_device_responses_are_bound_to_the_session_and_the_anchor() {
+    use base64::Engine;
+    use idstack::crypto::mdoc::{issue, present, transcript};
+    let root = x509_root("Test IACA");
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("anchors.pem");
+    std::fs::write(&pem, root.cert.pem()).unwrap();
+    let s = Server::builder()
+        .env("IDSTACK__X509__TRUST_ANCHORS", pem.to_str().unwrap())
+        .start()
+        .await;
+    let device = SigningKey::generate(KeyType::P256);
+    let t = now();
+    let issue_under = |root: &Cert, valid_until: i64| {
+        let (ds, signer) = x509_leaf(root, "ds.example");
+        let ds = base64::engine::general_purpose::STANDARD
+            .decode(ds)
+            .unwrap();
+        let elements = vec![
+            (
+                "family_name".to_string(),
+                ciborium::Value::Text("Mustermann".into()),
+            ),
+            (
+                "given_name".to_string(),
+                ciborium::Value::Text("Erika".into()),
+            ),
+            ("age_over_18".to_string(), ciborium::Value::Bool(true)),
+        ];
+        issue::issuer_signed(&issue::IssueRequest {
+            doc_type: "org.iso.18013.5.1.mDL",
+            namespaces: &[("org.iso.18013.5.1".into(), elements)],
+            device_key: &device.verifying_key(),
+            signer: &signer,
+            x5chain: &[ds],
+            signed: t - 120,
+            valid_from: t - 120,
+            valid_until,
+            status: None,
+        })
+        .unwrap()
+    };
+    let query = json!({"dcql_query": {"credentials": [{"id": "mdl", "format": "mso_mdoc",
+        "meta": {"doctype_value": "org.iso.18013.5.1.mDL"},
+        "claims": [{"path": ["org.iso.18013.5.1", "family_name"]}, {"path": ["org.iso.18013.5.1", "age_over_18"]}]}]}});
+    let respond_with = |req: &Request, signed: &[u8], for_req: Option<&Request>| {
+        let target = for_req.unwrap_or(req);
+        let st = transcript::oid4vp(&target.client_id, &target.nonce, None, &target.response_uri);
+        let resp = present::device_response(
+            signed,
+            "org.iso.18013.5.1.mDL",
+            |_, e| e == "family_name" || e == "age_over_18",
+            &device,
+            &st,
+        )
+        .unwrap();
+        b64url(resp)
+    };
+    let good = issue_under(&root, t + 3600);
+
+    let req = open(&s, "default", query.clone()).await;
+    let (status, r) = respond(&s, &req, "mdl", json!(respond_with(&req, &good, None))).await;
+    assert_eq!((status, &r["verified"]), (200, &json!(true)), "{r}");
+    let c = &r["credentials"][0];
+    assert_eq!(c["format"], "mso_mdoc");
+    assert_eq!(
+        c["claims"]["org.iso.18013.5.1"],
+        json!({"family_name": "Mustermann", "age_over_18": true})
+    );
+    assert!(c["claims"]["org.iso.18013.5.1"].get("given_name").is_none());
+
+    let failed = |r: &Value, policy: &str| {
+        r["verified"] != json!(true)
+            && r["policies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == policy && p["passed"] == json!(false))
+    };
+    // device-signed for another session (a replay into this one)
+    let other = open(&s, "default", query.clone()).await;
+    let req = open(&s, "default", query.clone()).await;
+    let (_, r) = respond(
+        &s,
+        &req,
+        "mdl",
+        json!(respond_with(&req, &good, Some(&other))),
+    )
+    .await;
+    assert!(failed(&r, "holder_binding"), "{r}");
+    // a document signer under the attacker's own IACA
+    let evil = issue_under(&x509_root("Evil IACA"), t + 3600);
+    let req = open(&s, "default", query.clone()).await;
+    let (_, r) = respond(&s, &req, "mdl", json!(respond_with(&req, &evil, None))).await;
+    assert!(failed(&r, "issuer_allowlist"), "{r}");
+    // expired
+    let expired = issue_under(&root, t - 60);
+    let req = open(&s, "default", query.clone()).await;
+    let (_, r) = respond(&s, &req, "mdl", json!(respond_with(&req, &expired, None))).await;
+    assert!(failed(&r, "validity"), "{r}");
+    // truncated CBOR
+    let req = open(&s, "default", query.clone()).await;
+    let full = idstack::crypto::b64url_decode(&respond_with(&req, &good, None)).unwrap();
+    let (status, r) = respond(&s, &req, "mdl", json!(b64url(&full[..full.len() / 2]))).await;
+    assert!(status < 500 && failed(&r, "signature"), "{status} {r}");
+    // a query for an mdoc must name its doctype
+    let r = client()
+        .post(s.url("/api/verifiers/default/sessions"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"dcql_query": {"credentials": [{"id": "m", "format": "mso_mdoc", "meta": {}}]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
     s.stop();
 }

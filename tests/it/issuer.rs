@@ -142,6 +142,10 @@ async fn sd_jwt_flow_with_tx_code_and_single_use_everything() {
     let (st, tok) = token(&s, "default", &code, Some(&tx)).await;
     assert_eq!(st, 200, "{tok}");
     assert_eq!(tok["token_type"], "Bearer");
+    assert!(
+        tok.get("authorization_details").is_none(),
+        "not asked with authorization_details: {tok}"
+    );
     // code replay
     let (st, e) = token(&s, "default", &code, Some(&tx)).await;
     assert_eq!((st, e["error"].as_str()), (400, Some("invalid_grant")));
@@ -193,6 +197,71 @@ async fn sd_jwt_flow_with_tx_code_and_single_use_everything() {
         .await
         .unwrap();
     expect_problem(r, 410, "gone").await;
+    s.stop();
+}
+
+/// OID4VCI 1.0 §6.1/6.2: a pre-authorized token request may narrow the grant with
+/// `authorization_details`; the response names the credential identifiers, and only those are issued.
+#[tokio::test]
+async fn pre_authorized_grant_narrowed_by_authorization_details() {
+    let s = Server::start().await;
+    let offer = create_offer(&s, "default", json!({"credential_configuration_ids": ["IdentityCredential_dc_sd_jwt", "IdentityCredential_jwt_vc_json"], "claims": identity()})).await;
+    let code = pre_auth_code(&offer);
+    let tok = |details: &'static str| {
+        let (url, code) = (s.url("/issuers/default/token"), code.clone());
+        async move {
+            let r = client()
+                .post(url)
+                .form(&[
+                    (
+                        "grant_type",
+                        "urn:ietf:params:oauth:grant-type:pre-authorized_code",
+                    ),
+                    ("pre-authorized_code", code.as_str()),
+                    ("authorization_details", details),
+                ])
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    for bad in [
+        "not json",
+        "[]",
+        r#"[{"type":"something_else","credential_configuration_id":"IdentityCredential_dc_sd_jwt"}]"#,
+        r#"[{"type":"openid_credential"}]"#,
+        r#"[{"type":"openid_credential","credential_configuration_id":"IdentityCredential_ldp_vc"}]"#,
+    ] {
+        let (st, e) = tok(bad).await;
+        assert_eq!(
+            (st, e["error"].as_str()),
+            (400, Some("invalid_authorization_details")),
+            "{bad}: {e}"
+        );
+    }
+    // the refused requests did not consume the code
+    let (st, t) = tok(r#"[{"type":"openid_credential","credential_configuration_id":"IdentityCredential_dc_sd_jwt"}]"#).await;
+    assert_eq!(st, 200, "{t}");
+    assert_eq!(
+        t["authorization_details"][0]["credential_identifiers"],
+        json!(["IdentityCredential_dc_sd_jwt"])
+    );
+    assert_eq!(t["authorization_details"].as_array().unwrap().len(), 1);
+    let at = t["access_token"].as_str().unwrap();
+    let holder = SigningKey::generate(KeyType::Ed25519);
+    let aud = s.url("/issuers/default");
+    // the configuration left out of authorization_details is not covered
+    let n = nonce(&s, "default").await;
+    let (st, e) = credential(&s, "default", at, json!({"credential_identifier": "IdentityCredential_jwt_vc_json", "proofs": {"jwt": [proof(&holder, &aud, &n, false)]}})).await;
+    assert_eq!(
+        (st, e["error"].as_str()),
+        (400, Some("unknown_credential_identifier")),
+        "{e}"
+    );
+    let n = nonce(&s, "default").await;
+    let (st, cred) = credential(&s, "default", at, json!({"credential_identifier": "IdentityCredential_dc_sd_jwt", "proofs": {"jwt": [proof(&holder, &aud, &n, false)]}})).await;
+    assert_eq!(st, 200, "{cred}");
     s.stop();
 }
 
@@ -515,6 +584,10 @@ async fn authorization_code_flow_with_pkce() {
             ("code_challenge_method", "S256"),
             ("issuer_state", issuer_state),
             ("state", "xyz"),
+            (
+                "authorization_details",
+                r#"[{"type":"openid_credential","credential_configuration_id":"IdentityCredential_jwt_vc_json"}]"#,
+            ),
         ])
         .send()
         .await
@@ -552,6 +625,11 @@ async fn authorization_code_flow_with_pkce() {
     };
     let (st, t) = tok(verifier, code.clone()).await;
     assert_eq!(st, 200, "{t}");
+    // OID4VCI 1.0 §6.2: asked with authorization_details, answered with credential_identifiers
+    assert_eq!(
+        t["authorization_details"],
+        json!([{"type": "openid_credential", "credential_configuration_id": "IdentityCredential_jwt_vc_json", "credential_identifiers": ["IdentityCredential_jwt_vc_json"]}])
+    );
     let (st, e) = tok(verifier, code.clone()).await;
     assert_eq!(
         (st, e["error"].as_str()),
@@ -560,7 +638,7 @@ async fn authorization_code_flow_with_pkce() {
     );
     let holder = SigningKey::generate(KeyType::Ed25519);
     let n = nonce(&s, "default").await;
-    let (st, cred) = credential(&s, "default", t["access_token"].as_str().unwrap(), json!({"credential_configuration_id": "IdentityCredential_jwt_vc_json", "proofs": {"jwt": [proof(&holder, &s.url("/issuers/default"), &n, false)]}})).await;
+    let (st, cred) = credential(&s, "default", t["access_token"].as_str().unwrap(), json!({"credential_identifier": "IdentityCredential_jwt_vc_json", "proofs": {"jwt": [proof(&holder, &s.url("/issuers/default"), &n, false)]}})).await;
     assert_eq!(st, 200, "{cred}");
     // wrong PKCE verifier on a fresh authorization
     let offer = create_offer(&s, "default", json!({"credential_configuration_ids": ["IdentityCredential_jwt_vc_json"], "claims": identity(), "authorization_code": true})).await;

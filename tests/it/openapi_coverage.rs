@@ -111,6 +111,42 @@ async fn every_documented_path_is_mounted() {
         .unwrap();
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() >= 4);
+    // session creation: exactly one of the two query languages (oneOf), options alongside (allOf)
+    let body = &paths["/api/verifiers/{verifier}/sessions"]["post"]["requestBody"]["content"]
+        ["application/json"]["schema"];
+    let schema = match body["$ref"].as_str() {
+        Some(r) => &doc["components"]["schemas"][r.rsplit('/').next().unwrap()],
+        None => body,
+    };
+    let one_of = schema["allOf"][1]["oneOf"].as_array().expect("oneOf");
+    let required: Vec<&serde_json::Value> = one_of.iter().map(|s| &s["required"]).collect();
+    assert_eq!(
+        required,
+        [
+            &serde_json::json!(["dcql_query"]),
+            &serde_json::json!(["presentation_definition"])
+        ],
+        "{schema}"
+    );
+    assert!(schema["allOf"][0]["properties"]["dcql_query"].is_object());
+    // Swagger's Authorize: the cloud wallet's routes take a wallet session, not the admin token
+    assert!(doc["components"]["securitySchemes"]["wallet_session"].is_object());
+    let mut wallet_ops = 0;
+    for (path, ops) in paths.iter().filter(|(p, _)| p.starts_with("/wallet/")) {
+        for (method, op) in ops.as_object().unwrap() {
+            let schemes: Vec<&str> = op["security"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|s| s.as_object().unwrap().keys().map(String::as_str))
+                .collect();
+            let public = path.ends_with("/auth/register") || path.ends_with("/auth/login");
+            let expected: &[&str] = if public { &[] } else { &["wallet_session"] };
+            assert_eq!(schemes, expected, "{method} {path}");
+            wallet_ops += 1;
+        }
+    }
+    assert!(wallet_ops >= 25, "{wallet_ops} wallet operations");
     for (path, ops) in paths {
         let concrete: String = path
             .split('/')

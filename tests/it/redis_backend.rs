@@ -257,6 +257,11 @@ struct Deployment {
 }
 
 async fn deployment(n: usize) -> Deployment {
+    deployment_on(n, &redis_url()).await
+}
+
+/// `n` nodes on the Redis at `url` (a key prefix of their own) behind the balancer.
+async fn deployment_on(n: usize, url: &str) -> Deployment {
     let prefix = unique("lb");
     let ports: Vec<u16> = (0..n)
         .map(|_| {
@@ -275,12 +280,11 @@ async fn deployment(n: usize) -> Deployment {
     )
     .await;
     let public = format!("http://{}", lb.addr);
-    let url = redis_url();
     let mut nodes = Vec::new();
     for p in ports {
         nodes.push(
             Server::builder()
-                .redis(&url, &prefix)
+                .redis(url, &prefix)
                 .bind(&format!("127.0.0.1:{p}"))
                 .arg("--public-url")
                 .arg(&public)
@@ -583,6 +587,251 @@ async fn credo_live_delivery_across_three_nodes() {
         "{inbound:?}"
     );
     for n in d.nodes {
+        n.stop();
+    }
+}
+
+/// Sends one command to the redis-server on `port` and returns its first reply line.
+fn redis_command(port: u16, cmd: &str) -> String {
+    use std::io::{BufRead, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(c, "{cmd}\r\n").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(c).read_line(&mut line).unwrap();
+    line.trim_end().to_string()
+}
+
+async fn admin_get(url: &str) -> (u16, Value) {
+    let r = guarded_client()
+        .get(url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let st = r.status().as_u16();
+    (st, r.json().await.unwrap_or(Value::Null))
+}
+
+/// What every node must agree on: the default issuer's DID and key, the default verifier's DID
+/// and the mediator's recipient key (from each node's own answer, not through the balancer).
+async fn first_start_state(nodes: &[Server]) -> Vec<(Value, Value, Value, Value)> {
+    let mut out = Vec::new();
+    for n in nodes {
+        let (st, issuer) = admin_get(&n.url("/api/issuers/default")).await;
+        assert_eq!(st, 200, "{issuer}");
+        let (st, verifier) = admin_get(&n.url("/api/verifiers/default")).await;
+        assert_eq!(st, 200, "{verifier}");
+        #[cfg(feature = "mediator")]
+        let mediator = {
+            let (st, inv) = admin_get(&n.url("/api/mediator/invitation")).await;
+            assert_eq!(st, 200, "{inv}");
+            inv["invitation"]["services"][0]["recipientKeys"][0].clone()
+        };
+        #[cfg(not(feature = "mediator"))]
+        let mediator = Value::Null;
+        assert!(issuer["did"].is_string(), "{issuer}");
+        out.push((
+            issuer["did"].clone(),
+            issuer["key_fingerprint"].clone(),
+            verifier["did"].clone(),
+            mediator,
+        ));
+    }
+    assert!(out.iter().all(|s| *s == out[0]), "nodes disagree: {out:#?}");
+    out
+}
+
+/// The default issuer works end to end across nodes: offer on one node, token on the next,
+/// credential on the third, signed under the DID every node names.
+async fn issue_across(nodes: &[Server], public: &str, issuer_did: &str) {
+    use crate::holder::{credential, nonce, proof};
+    let config = "IdentityCredential_jwt_vc_json";
+    let offer = create_offer(
+        &nodes[0],
+        "default",
+        json!({"credential_configuration_ids": [config], "claims": identity()}),
+    )
+    .await;
+    let (st, tok) = token(
+        &nodes[1 % nodes.len()],
+        "default",
+        &pre_auth_code(&offer),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{tok}");
+    let holder = idstack::crypto::SigningKey::generate(idstack::crypto::KeyType::P256);
+    let last = &nodes[2 % nodes.len()];
+    let n = nonce(last, "default").await;
+    let aud = format!("{public}/issuers/default");
+    let (st, cred) = credential(
+        last,
+        "default",
+        tok["access_token"].as_str().unwrap(),
+        json!({"credential_configuration_id": config, "proofs": {"jwt": [proof(&holder, &aud, &n, false)]}}),
+    )
+    .await;
+    assert_eq!(st, 200, "{cred}");
+    let jwt = cred["credentials"][0]["credential"].as_str().unwrap();
+    use base64::Engine as _;
+    let header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(jwt.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        header["kid"].as_str().unwrap().starts_with(issuer_did),
+        "signed as {header}, issuer is {issuer_did}"
+    );
+}
+
+/// Polls every node until `/health/ready` is 200 and the default issuer answers (bounded).
+async fn wait_recovered(nodes: &[Server]) {
+    for n in nodes {
+        wait_ready(&n.base, 200).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (st, _) = admin_get(&n.url("/api/issuers/default")).await;
+            if st == 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "default issuer never came back on {}",
+                n.base
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        wait_ready(&n.base, 200).await;
+    }
+}
+
+/// Redis loses its data under three running sandbox nodes (restarted without persistence, then
+/// FLUSHALL): the nodes recreate the default issuer and verifier once — every node signs with the
+/// one key stored first — and put the mediator key they all hold back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_data_loss_recreates_the_defaults_once_in_sandbox_mode() {
+    let mut redis = RedisServer::start(false);
+    let d = deployment_on(3, &redis.url()).await;
+    let public = d.public();
+    let before = first_start_state(&d.nodes).await;
+    issue_across(&d.nodes, &public, before[0].0.as_str().unwrap()).await;
+
+    // Redis restarted without persistence: not ready while it is down, then ready again with
+    // the defaults recreated, not 404s.
+    redis.kill();
+    for n in &d.nodes {
+        wait_ready(&n.base, 503).await;
+    }
+    redis.restart();
+    wait_recovered(&d.nodes).await;
+    let after = first_start_state(&d.nodes).await;
+    assert_ne!(after[0].1, before[0].1, "a new default issuer key");
+    assert_eq!(
+        after[0].3, before[0].3,
+        "the mediator key the nodes held is put back"
+    );
+    issue_across(&d.nodes, &public, after[0].0.as_str().unwrap()).await;
+    let logs: Vec<String> = d.nodes.iter().map(|n| n.log()).collect();
+    assert!(
+        logs.iter().any(|l| l.contains("lost its first-start state")
+            && l.contains("first-start state recreated")),
+        "{logs:?}"
+    );
+    // the admin token is back for `idstack admin-token` (tests configure one: nothing to put back)
+
+    // FLUSHALL under running nodes: the same.
+    assert_eq!(redis_command(redis.port, "FLUSHALL"), "+OK");
+    wait_recovered(&d.nodes).await;
+    let again = first_start_state(&d.nodes).await;
+    assert_ne!(again[0].1, after[0].1);
+    assert_eq!(again[0].3, before[0].3);
+    issue_across(&d.nodes, &public, again[0].0.as_str().unwrap()).await;
+    for n in d.nodes {
+        n.stop();
+    }
+}
+
+/// The same loss in production mode: nothing is recreated, the nodes stay not ready (naming the
+/// lost state) and serve nothing stale; restoring the data (`idstack store import` of an export
+/// taken before) makes them ready again with the keys they had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_data_loss_in_production_mode_stays_not_ready_until_the_data_is_restored() {
+    let redis = RedisServer::start(false);
+    let prefix = unique("prod");
+    let node = |dir: Option<tempfile::TempDir>| {
+        let mut b = Server::builder()
+            .redis(&redis.url(), &prefix)
+            .env("IDSTACK__SERVER__MODE", "production");
+        if let Some(d) = dir {
+            b = b.dir(d);
+        }
+        b.start()
+    };
+    let nodes = vec![node(None).await, node(None).await];
+    let before = first_start_state(&nodes).await;
+
+    // an operator's backup
+    let backup = tempfile::tempdir().unwrap();
+    let file = backup.path().join("backup.jsonl");
+    let url = redis.url();
+    let env = [
+        ("IDSTACK__STORE__BACKEND", "redis"),
+        ("IDSTACK__STORE__REDIS__URL", url.as_str()),
+        ("IDSTACK__STORE__REDIS__KEY_PREFIX", prefix.as_str()),
+        ("IDSTACK__STORE__MASTER_KEY", crate::common::TEST_MASTER_KEY),
+        ("IDSTACK__SERVER__MODE", "production"),
+    ];
+    let (st, _, err) = run_cli(
+        backup.path(),
+        &["store", "export", "--out", file.to_str().unwrap()],
+        &env,
+    );
+    assert!(st.success(), "{err}");
+
+    assert_eq!(redis_command(redis.port, "FLUSHALL"), "+OK");
+    for n in &nodes {
+        wait_ready(&n.base, 503).await;
+        // the guard has seen it and refuses to recreate anything
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !n.log().contains("production mode: the default issuer") {
+            assert!(Instant::now() < deadline, "{}", n.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let r = guarded_client()
+            .get(n.url("/health/ready"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["failing"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["component"] == "store_state"
+                    && f["reason"].as_str().unwrap().contains("production mode")),
+            "{body}"
+        );
+        let (st, _) = admin_get(&n.url("/api/issuers/default")).await;
+        assert_eq!(st, 404, "nothing recreated");
+    }
+
+    // restored: ready again, with the keys and DIDs from before
+    let (st, _, err) = run_cli(
+        backup.path(),
+        &["store", "import", "--in", file.to_str().unwrap()],
+        &env,
+    );
+    assert!(st.success(), "{err}");
+    for n in &nodes {
+        wait_ready(&n.base, 200).await;
+    }
+    assert_eq!(first_start_state(&nodes).await, before);
+    for n in nodes {
         n.stop();
     }
 }

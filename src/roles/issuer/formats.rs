@@ -36,6 +36,7 @@ pub fn issue(input: &IssueInput<'_>) -> Result<Value, String> {
         Format::JwtVcJson => Ok(Value::String(jwt_vc_json(input))),
         Format::SdJwt => Ok(Value::String(sd_jwt_vc(input))),
         Format::LdpVc => Err("ldp_vc is issued through `ldp_vc` on the blocking pool".into()),
+        Format::MsoMdoc => Err("mso_mdoc is issued through `issuer::mdoc`".into()),
     }
 }
 

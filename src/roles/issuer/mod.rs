@@ -1,10 +1,20 @@
 //! The issuer role: OpenID4VCI 1.0 credential issuer with hosted status lists.
 
+pub mod credential;
+pub mod error;
 pub mod formats;
+pub mod grants;
+pub mod mdoc;
+pub mod metadata;
 pub mod model;
+pub mod offers;
 pub mod protocol;
 pub mod routes;
 pub mod service;
+pub mod status;
+pub mod tenants;
+#[cfg(test)]
+mod tests;
 pub mod vc_api;
 pub mod vc_input;
 
@@ -14,7 +24,8 @@ use actix_web::web;
 
 pub use service::IssuerService;
 
-use crate::state::AppState;
+use crate::config::IssuerConfig;
+use crate::roles::RoleContext;
 
 /// The issuer's keyspaces.
 pub mod ks {
@@ -30,17 +41,17 @@ pub mod ks {
     pub const COUNTERS: &str = "issuer_counters";
 }
 
-pub async fn init(state: &AppState) -> anyhow::Result<()> {
-    let svc = Arc::new(IssuerService::new(state.clone()));
+pub async fn init(ctx: &RoleContext, cfg: &IssuerConfig) -> anyhow::Result<Arc<IssuerService>> {
+    let svc = Arc::new(IssuerService::new(ctx.clone(), cfg.clone()));
     svc.init().await?;
-    let _ = state.services.issuer.set(svc);
-    Ok(())
+    Ok(svc)
 }
 
-pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig, state: &AppState) {
-    if let Some(svc) = state.services.issuer.get() {
-        cfg.app_data(web::Data::from(svc.clone()));
-    }
+pub fn configure(
+    cfg: &mut utoipa_actix_web::service_config::ServiceConfig,
+    svc: &Arc<IssuerService>,
+) {
+    cfg.app_data(web::Data::from(svc.clone()));
     routes::configure(cfg);
     protocol::configure(cfg);
     cfg.service(vc_api::issue);

@@ -17,6 +17,9 @@ pub enum Format {
     SdJwt,
     #[serde(rename = "ldp_vc")]
     LdpVc,
+    /// ISO 18013-5 mdoc (`doctype` and `namespace` in the configuration).
+    #[serde(rename = "mso_mdoc")]
+    MsoMdoc,
 }
 
 impl Format {
@@ -25,6 +28,7 @@ impl Format {
             Format::JwtVcJson => "jwt_vc_json",
             Format::SdJwt => "dc+sd-jwt",
             Format::LdpVc => "ldp_vc",
+            Format::MsoMdoc => "mso_mdoc",
         }
     }
 }
@@ -75,9 +79,32 @@ pub struct CredentialConfig {
     pub claims: Vec<ClaimSpec>,
     #[serde(default)]
     pub display: Vec<Display>,
-    /// Default validity of issued credentials, seconds (none = no `exp`).
+    /// Default validity of issued credentials, seconds (none = no `exp`; an mdoc then gets a
+    /// year).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validity_seconds: Option<u64>,
+    /// mso_mdoc: the document type (e.g. `org.iso.18013.5.1.mDL`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub doctype: Option<String>,
+    /// mso_mdoc: the namespace the claims go into (default: the doctype without its last
+    /// `.` component for the mDL, else the doctype).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+impl CredentialConfig {
+    /// mso_mdoc: (doctype, namespace).
+    pub fn mdoc_names(&self) -> Option<(&str, String)> {
+        let doctype = self.doctype.as_deref()?;
+        let ns = self.namespace.clone().unwrap_or_else(|| {
+            if doctype == crate::roles::issuer::mdoc::MDL_DOCTYPE {
+                crate::roles::issuer::mdoc::MDL_NAMESPACE.to_string()
+            } else {
+                doctype.to_string()
+            }
+        });
+        Some((doctype, ns))
+    }
 }
 
 /// An issuer tenant.
@@ -262,6 +289,9 @@ pub struct AuthCodeGrant {
     pub redirect_uri: String,
     pub code_challenge: String,
     pub credential_configuration_ids: Vec<String>,
+    /// The authorization request used `authorization_details`: the token response answers with them.
+    #[serde(default)]
+    pub authorization_details: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -4,7 +4,9 @@
 use actix_web::http::header;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 
-use super::service::{AuthorizeRequest, CredentialRequest, IssuerService, TokenRequest};
+use super::credential::CredentialRequest;
+use super::grants::{AuthorizeRequest, TokenRequest};
+use super::service::IssuerService;
 use crate::error::{ApiError, ApiResult};
 use crate::http::oauth::OAuthError;
 

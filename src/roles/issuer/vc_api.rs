@@ -1,5 +1,6 @@
-//! W3C VC-API `POST /vc-api/credentials/issue`: sign a caller-supplied credential with the default
-//! issuer's key, as a Data Integrity credential (eddsa-rdfc-2022) or as a JWT. Admin token.
+//! W3C VC-API `POST /vc-api/credentials/issue`: sign a caller-supplied credential with the key of
+//! the issuer it names (`credential.issuer`, required), as a Data Integrity credential
+//! (eddsa-rdfc-2022) or as a JWT. Admin token.
 
 use actix_web::{post, web, HttpResponse};
 use serde::Deserialize;
@@ -23,8 +24,9 @@ pub struct IssueRequest {
     pub options: Value,
 }
 
-/// Issue a credential (VC-API). `options.format`: `ldp` (default; VCDM 2.0 + eddsa-rdfc-2022) or
-/// `jwt` (VCDM 1.1 `vc` claim when the context is v1, else VC-JOSE with the credential as payload).
+/// Issue a credential (VC-API). `options.format`: `ldp` (default; VCDM 2.0 + eddsa-rdfc-2022),
+/// `jwt` (VCDM 1.1 `vc` claim when the context is v1, else VC-JOSE `vc+jwt` with the credential as
+/// payload) or `enveloped` (VCDM 2.0 only: that `vc+jwt` as an `EnvelopedVerifiableCredential`).
 #[utoipa::path(tag = "issuer", security(("admin_token" = [])), request_body = IssueRequest, responses(
     (status = 201, description = "{\"verifiableCredential\": ...}"), (status = 400, description = "the credential is malformed (VC Data Model) or names an issuer this node does not hold", body = Problem), (status = 422, body = Problem), (status = 401, body = Problem)))]
 #[post("/vc-api/credentials/issue")]
@@ -43,9 +45,13 @@ pub async fn issue(
     let model =
         vc_input::check(&vc).map_err(|e| ApiError::bad_request(format!("credential: {e}")))?;
     // The issuer the credential names (an id, or an object with id/name/description) is the
-    // tenant that signs; none named: the default issuer.
+    // tenant that signs. A credential must name one (VCDM `issuer` is required; VC-API).
     let issuer = match vc_input::issuer_id(&vc) {
-        None => svc.get_issuer("default").await?,
+        None => {
+            return Err(ApiError::bad_request(
+                "credential: issuer is required (the DID of an issuer this node holds)",
+            ))
+        }
         Some(id) => svc
             .list_issuers()
             .await?
@@ -67,7 +73,7 @@ pub async fn issue(
         }
     }
     let key = svc.signing_key(&issuer).await?;
-    let now = svc.state.clock.now_secs();
+    let now = svc.ctx.clock.now_secs();
     let format = options["format"].as_str().unwrap_or("ldp");
     let signed = match format {
         "ldp" => {
@@ -79,10 +85,7 @@ pub async fn issue(
             .map_err(ApiError::internal)?;
             out.map_err(|e| ApiError::bad_request(format!("cannot secure this credential: {e}")))?
         }
-        "jwt" => {
-            if vc_input::issuer_id(&vc).is_none() {
-                vc.insert("issuer".into(), json!(issuer.did));
-            }
+        "jwt" | "enveloped" => {
             let v1 = vc["@context"]
                 .as_array()
                 .and_then(|a| a.first())
@@ -105,11 +108,21 @@ pub async fn issue(
                     .or_insert_with(|| json!(crate::crypto::rfc3339(now)));
                 Value::Object(vc)
             };
-            Value::String(jws::sign(&key, header, &payload))
+            let jwt = jws::sign(&key, header, &payload);
+            if format == "enveloped" {
+                if v1 {
+                    return Err(ApiError::bad_request(
+                        "options.format `enveloped` (VC-JOSE-COSE) secures VC Data Model 2.0 credentials; this one is 1.1",
+                    ));
+                }
+                crate::crypto::envelope::envelop_vc_jwt(&jwt)
+            } else {
+                Value::String(jwt)
+            }
         }
         other => {
             return Err(ApiError::validation(format!(
-                "options.format `{other}`: ldp or jwt"
+                "options.format `{other}`: ldp, jwt or enveloped"
             )))
         }
     };

@@ -146,19 +146,108 @@ pub fn check(vc: &Map<String, Value>) -> Result<Model, String> {
     ] {
         typed_entries(vc, name)?;
     }
-    if let Some(rr) = vc.get("relatedResource") {
-        let ok = rr.as_array().is_some_and(|a| {
-            !a.is_empty()
-                && a.iter().all(|r| {
-                    r["id"].as_str().is_some_and(is_url)
-                        && (r["digestSRI"].is_string() || r["digestMultibase"].is_string())
-                })
-        });
-        if !ok {
-            return Err("relatedResource must be an array of objects with a URL id and digestSRI or digestMultibase".into());
+    if let Some(Value::Object(schema)) = vc.get("credentialSchema") {
+        schema_entry(schema)?;
+    }
+    if let Some(Value::Array(schemas)) = vc.get("credentialSchema") {
+        for s in schemas.iter().filter_map(Value::as_object) {
+            schema_entry(s)?;
         }
     }
+    if let Some(rr) = vc.get("relatedResource") {
+        related_resources(rr)?;
+    }
     Ok(model)
+}
+
+/// A `credentialSchema` entry names its schema: an `id` that is a URL (VCDM 2.0 §4.11; its
+/// `type` is checked with the other typed entries).
+fn schema_entry(o: &Map<String, Value>) -> Result<(), String> {
+    match o.get("id") {
+        Some(Value::String(s)) if is_url(s) => Ok(()),
+        _ => Err("every credentialSchema entry needs an id that is a URL".into()),
+    }
+}
+
+/// `relatedResource` (VCDM 2.0 §5.3): one object or a non-empty array of objects, each with a URL
+/// `id` unique among them and a well-formed `digestSRI` or `digestMultibase`. The digests are
+/// checked for form only: the data model asks a verifier that retrieves the resource to compare
+/// them, and issuing fetches nothing.
+fn related_resources(rr: &Value) -> Result<(), String> {
+    let entries: Vec<&Value> = match rr {
+        Value::Array(a) if !a.is_empty() => a.iter().collect(),
+        o @ Value::Object(_) => vec![o],
+        _ => {
+            return Err("relatedResource must be an object or a non-empty array of objects".into())
+        }
+    };
+    let mut ids = std::collections::HashSet::new();
+    for r in entries {
+        let Value::Object(o) = r else {
+            return Err("relatedResource entries must be objects".into());
+        };
+        let id = match o.get("id") {
+            Some(Value::String(id)) if is_url(id) => id,
+            _ => return Err("every relatedResource entry needs an id that is a URL".into()),
+        };
+        if !ids.insert(id) {
+            return Err(format!("relatedResource ids must be unique; {id} repeats"));
+        }
+        let sri = o.get("digestSRI");
+        let multibase = o.get("digestMultibase");
+        if sri.is_none() && multibase.is_none() {
+            return Err(format!(
+                "relatedResource {id} needs a digestSRI or a digestMultibase"
+            ));
+        }
+        if let Some(v) = sri {
+            v.as_str().filter(|s| digest_sri_ok(s)).ok_or_else(|| {
+                format!("relatedResource {id}: digestSRI must be sha256-, sha384- or sha512- and a base64 digest")
+            })?;
+        }
+        if let Some(v) = multibase {
+            v.as_str().filter(|s| digest_multibase_ok(s)).ok_or_else(|| {
+                format!("relatedResource {id}: digestMultibase must be a multibase (u: base64url, z: base58btc) digest")
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Subresource Integrity metadata: one or more `alg-base64digest` (standard base64) tokens.
+fn digest_sri_ok(s: &str) -> bool {
+    use base64::Engine as _;
+    let mut tokens = s.split_ascii_whitespace().peekable();
+    tokens.peek().is_some()
+        && tokens.all(|t| {
+            let t = t.split('?').next().unwrap_or_default();
+            let Some((alg, digest)) = t.split_once('-') else {
+                return false;
+            };
+            let len = match alg {
+                "sha256" => 32,
+                "sha384" => 48,
+                "sha512" => 64,
+                _ => return false,
+            };
+            base64::engine::general_purpose::STANDARD
+                .decode(digest)
+                .is_ok_and(|d| d.len() == len)
+        })
+}
+
+/// A multibase digest: `u` + base64url (no padding) or `z` + base58btc, of a SHA-2 digest or a
+/// multihash of one.
+fn digest_multibase_ok(s: &str) -> bool {
+    use base64::Engine as _;
+    let bytes = match s.split_at_checked(1) {
+        Some(("u", rest)) => base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(rest)
+            .ok(),
+        Some(("z", rest)) => bs58::decode(rest).into_vec().ok(),
+        _ => None,
+    };
+    bytes.is_some_and(|b| matches!(b.len(), 32 | 48 | 64 | 34 | 50 | 66))
 }
 
 fn check_first(first: &str) -> Result<Model, String> {
@@ -184,6 +273,9 @@ pub fn issuer_id(vc: &Map<String, Value>) -> Option<&str> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    const SRI: &str = "sha384-e2AY0FBy6KUAgZ3rMaz7Uj/Gp0bkIIIB/bjgmVQS2PPSOr+Ufx9P5mVrVU+jxFXR";
+    const MB: &str = "uip9JSonsxR2wk-kOhHE-B-hNbZIENkqbPHhoshdRI28";
 
     fn base() -> Map<String, Value> {
         json!({"@context": [VCDM2_CONTEXT], "type": ["VerifiableCredential"], "credentialSubject": {"name": "x"}})
@@ -213,6 +305,30 @@ mod tests {
             ("evidence", json!({"type": []})),
             ("credentialSchema", json!({"id": "https://s.example"})),
             ("relatedResource", json!([{"id": "https://r.example"}])),
+            ("relatedResource", json!(["https://r.example"])),
+            ("relatedResource", json!([{"digestSRI": SRI}])),
+            (
+                "relatedResource",
+                json!([{"id": "https://r.example", "digestSRI": SRI}, {"id": "https://r.example", "digestMultibase": MB}]),
+            ),
+            // base64url is not SRI's base64
+            (
+                "relatedResource",
+                json!({"id": "https://r.example", "digestSRI": "sha384-e2AY0FBy6KUAgZ3rMaz7Uj_Gp0bkIIIB_bjgmVQS2PPSOr-Ufx9P5mVrVU-jxFXR"}),
+            ),
+            (
+                "relatedResource",
+                json!({"id": "https://r.example", "digestSRI": "md5-AAAA"}),
+            ),
+            (
+                "relatedResource",
+                json!({"id": "https://r.example", "digestMultibase": "x123"}),
+            ),
+            ("credentialSchema", json!({"type": "JsonSchema"})),
+            (
+                "credentialSchema",
+                json!([{"type": "JsonSchema", "id": "not a url"}]),
+            ),
         ];
         for (k, v) in cases {
             let mut vc = base();
@@ -231,7 +347,17 @@ mod tests {
         ok.insert("validFrom".into(), json!("2026-01-01T00:00:00Z"));
         ok.insert(
             "relatedResource".into(),
-            json!([{"id": "https://r.example", "digestSRI": "sha384-x"}]),
+            json!([{"id": "https://r.example", "digestSRI": SRI}, {"id": "https://s.example", "digestMultibase": MB, "mediaType": "application/ld+json"}]),
+        );
+        ok.insert(
+            "credentialSchema".into(),
+            json!({"id": "https://schema.example/s.json", "type": "JsonSchema"}),
+        );
+        assert_eq!(check(&ok), Ok(Model::V2));
+        // a single relatedResource object
+        ok.insert(
+            "relatedResource".into(),
+            json!({"id": "https://r.example", "digestMultibase": MB}),
         );
         assert_eq!(check(&ok), Ok(Model::V2));
         assert_eq!(issuer_id(&ok), Some("did:example:1"));

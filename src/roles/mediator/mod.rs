@@ -15,7 +15,8 @@ use actix_web::web;
 
 pub use service::MediatorService;
 
-use crate::state::AppState;
+use crate::config::MediatorConfig;
+use crate::roles::RoleContext;
 
 /// The mediator's keyspaces.
 pub mod ks {
@@ -32,10 +33,10 @@ pub mod ks {
     pub const QUEUE: &str = "mediator_queue";
 }
 
-pub async fn init(state: &AppState) -> anyhow::Result<()> {
-    let svc = Arc::new(MediatorService::new(state.clone()).await?);
+pub async fn init(ctx: &RoleContext, cfg: &MediatorConfig) -> anyhow::Result<Arc<MediatorService>> {
+    let svc = Arc::new(MediatorService::new(ctx.clone(), cfg.clone()).await?);
     // Bus events from any node wake the local socket holding that connection live.
-    let mut rx = state.bus.subscribe();
+    let mut rx = ctx.bus.subscribe();
     let weak = Arc::downgrade(&svc);
     tokio::spawn(async move {
         loop {
@@ -65,13 +66,13 @@ pub async fn init(state: &AppState) -> anyhow::Result<()> {
         }
     });
     tracing::info!(did = %svc.did, routing_key = %svc.did_key, "mediator ready");
-    let _ = state.services.mediator.set(svc);
-    Ok(())
+    Ok(svc)
 }
 
-pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig, state: &AppState) {
-    if let Some(svc) = state.services.mediator.get() {
-        cfg.app_data(web::Data::from(svc.clone()));
-    }
+pub fn configure(
+    cfg: &mut utoipa_actix_web::service_config::ServiceConfig,
+    svc: &Arc<MediatorService>,
+) {
+    cfg.app_data(web::Data::from(svc.clone()));
     routes::configure(cfg);
 }

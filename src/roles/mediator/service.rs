@@ -23,8 +23,9 @@ use super::model::*;
 use super::peer;
 use super::queue::{Change, ConnQueue, Entry};
 use crate::clock::random_id;
+use crate::config::MediatorConfig;
 use crate::error::{ApiError, ApiResult, Code};
-use crate::state::AppState;
+use crate::roles::RoleContext;
 use crate::store::Cas;
 
 /// Bus topic of a message queued (payload `{connection}\n{origin node}`): wakes the socket that
@@ -190,7 +191,8 @@ struct Counters {
 }
 
 pub struct MediatorService {
-    state: AppState,
+    ctx: RoleContext,
+    cfg: MediatorConfig,
     key: SigningKey,
     pub verkey: String,
     pub did: String,
@@ -269,16 +271,17 @@ fn verkey_bytes(b58: &str) -> ApiResult<[u8; 32]> {
 }
 
 impl MediatorService {
-    pub async fn new(state: AppState) -> anyhow::Result<Self> {
-        let key = load_or_create_key(&state).await?;
+    pub async fn new(ctx: RoleContext, cfg: MediatorConfig) -> anyhow::Result<Self> {
+        let key = load_or_create_key(&ctx).await?;
         let vk = key.verifying_key().to_bytes();
         let verkey = envelope::verkey_b58(&vk);
-        let endpoints = endpoints(&state);
+        let endpoints = endpoints(&ctx);
         let did = peer::did_peer_2(&vk, &endpoints, &[]).map_err(anyhow::Error::msg)?;
         let did_key = peer::did_key_of(&verkey).map_err(anyhow::Error::msg)?;
-        let metrics = register_metrics(&state).ok();
+        let metrics = register_metrics(&ctx).ok();
         Ok(Self {
-            state,
+            ctx,
+            cfg,
             key,
             verkey,
             did,
@@ -293,12 +296,8 @@ impl MediatorService {
         })
     }
 
-    fn cfg(&self) -> &crate::config::MediatorConfig {
-        &self.state.settings.raw.mediator
-    }
-
     fn now(&self) -> i64 {
-        self.state.clock.now_ms()
+        self.ctx.clock.now_ms()
     }
 
     // ---- invitations -------------------------------------------------------------------------
@@ -329,7 +328,7 @@ impl MediatorService {
                 used: false,
                 connections: 0,
             };
-            self.state
+            self.ctx
                 .store
                 .put_json(
                     ks::INVITATIONS,
@@ -342,7 +341,7 @@ impl MediatorService {
         } else {
             self.public_invitation_id().await?
         };
-        let services: Vec<Value> = endpoints(&self.state)
+        let services: Vec<Value> = endpoints(&self.ctx)
             .into_iter()
             .enumerate()
             .map(|(i, ep)| {
@@ -358,7 +357,7 @@ impl MediatorService {
         let invitation = json!({
             "@type": format!("{DIDCOMM}out-of-band/1.1/invitation"),
             "@id": id,
-            "label": self.cfg().label,
+            "label": self.cfg.label,
             "goal_code": "aries.vc.mediate",
             "goal": "Mediation",
             "accept": ["didcomm/aip1", "didcomm/aip2;env=rfc19"],
@@ -367,7 +366,7 @@ impl MediatorService {
         });
         let invitation_url = format!(
             "{}/didcomm?oob={}",
-            self.state.public_url,
+            self.ctx.public_url,
             URL_SAFE_NO_PAD.encode(invitation.to_string())
         );
         Ok(InvitationResponse {
@@ -380,7 +379,7 @@ impl MediatorService {
     async fn public_invitation_id(&self) -> ApiResult<String> {
         const KEY: &str = "public";
         if let Some(rec) = self
-            .state
+            .ctx
             .store
             .get_json::<InvitationRecord>(ks::INVITATIONS, KEY)
             .await?
@@ -396,13 +395,13 @@ impl MediatorService {
         // The invitation record first, then the pointer to it: whoever reads the pointer (on any
         // node) finds the record. (The other order let a concurrent first caller hand out an id
         // whose record did not exist yet, and its DID exchange was refused.)
-        self.state
+        self.ctx
             .store
             .put_json(ks::INVITATIONS, &rec.id, &rec, None)
             .await?;
         let bytes = serde_json::to_vec(&rec).map_err(ApiError::internal)?;
         match self
-            .state
+            .ctx
             .store
             .compare_and_swap(ks::INVITATIONS, KEY, None, Some((bytes, None)))
             .await?
@@ -410,7 +409,7 @@ impl MediatorService {
             Cas::Swapped => Ok(rec.id),
             Cas::Conflict(Some(cur)) => {
                 // another caller won: ours was never handed out
-                self.state.store.delete(ks::INVITATIONS, &rec.id).await?;
+                self.ctx.store.delete(ks::INVITATIONS, &rec.id).await?;
                 serde_json::from_slice::<InvitationRecord>(&cur)
                     .map(|r| r.id)
                     .map_err(ApiError::internal)
@@ -429,8 +428,8 @@ impl MediatorService {
                 "handshake request without ~thread.pthid naming our invitation",
             ));
         };
-        let store = &self.state.store;
-        let max = self.cfg().max_connections_per_invitation;
+        let store = &self.ctx.store;
+        let max = self.cfg.max_connections_per_invitation;
         let mut tries = 0;
         let (raw, mut rec) = loop {
             let Some(raw) = store.get(ks::INVITATIONS, pthid).await? else {
@@ -497,7 +496,7 @@ impl MediatorService {
 
     /// Handles one inbound envelope. `socket` is set when it came on a WebSocket.
     pub async fn receive(&self, body: &[u8], socket: Option<&Arc<Socket>>) -> ApiResult<Replies> {
-        if body.len() > self.cfg().max_message_bytes {
+        if body.len() > self.cfg.max_message_bytes {
             return Err(self.reject(Code::PayloadTooLarge, "DIDComm message too large"));
         }
         let key = &self.key;
@@ -656,7 +655,7 @@ impl MediatorService {
         let endpoint = conn.as_ref().and_then(|c| c.their_endpoint.clone());
         match endpoint {
             Some(ep) if ep.starts_with("http://") || ep.starts_with("https://") => {
-                let http = self.state.http.clone();
+                let http = self.ctx.http.clone();
                 tokio::spawn(async move {
                     let res = crate::http::outbound::send(
                         http.post(&ep)
@@ -775,7 +774,7 @@ impl MediatorService {
         // Legacy DID (first 16 bytes of the verkey, base58) and DIDDoc, as connections 1.0 wants.
         let vk = self.key.verifying_key().to_bytes();
         let our_did = bs58::encode(&vk[..16]).into_string();
-        let services: Vec<Value> = endpoints(&self.state)
+        let services: Vec<Value> = endpoints(&self.ctx)
             .into_iter()
             .enumerate()
             .map(|(i, ep)| {
@@ -863,7 +862,7 @@ impl MediatorService {
 
     async fn save_connection(&self, conn: &Connection) -> ApiResult<()> {
         let bytes = serde_json::to_vec(conn).map_err(ApiError::internal)?;
-        self.state
+        self.ctx
             .store
             .batch(vec![
                 crate::store::BatchOp::Put {
@@ -885,7 +884,7 @@ impl MediatorService {
 
     async fn connection_by_key(&self, verkey: &str) -> ApiResult<Connection> {
         let id = self
-            .state
+            .ctx
             .store
             .get(ks::BY_KEY, verkey)
             .await?
@@ -896,7 +895,7 @@ impl MediatorService {
                     "no connection with the sender's key: connect through our invitation first",
                 )
             })?;
-        self.state
+        self.ctx
             .store
             .get_json::<Connection>(ks::CONNECTIONS, &id)
             .await?
@@ -913,7 +912,7 @@ impl MediatorService {
         id: &str,
         f: impl Fn(&mut Connection),
     ) -> ApiResult<Connection> {
-        let store = &self.state.store;
+        let store = &self.ctx.store;
         for _ in 0..16 {
             let Some(raw) = store.get(ks::CONNECTIONS, id).await? else {
                 return Err(didcomm_error(
@@ -974,7 +973,7 @@ impl MediatorService {
             }
             ("trust_ping/1.0", "ping_response") => None,
             ("coordinate-mediation/1.0", "mediate-request")
-                if self.cfg().grant_requires_single_use_invitation && !conn.via_single_use =>
+                if self.cfg.grant_requires_single_use_invitation && !conn.via_single_use =>
             {
                 Some(reply("coordinate-mediation/1.0/mediate-deny", json!({})))
             }
@@ -984,7 +983,7 @@ impl MediatorService {
                 Some(reply(
                     "coordinate-mediation/1.0/mediate-grant",
                     json!({
-                        "endpoint": endpoints(&self.state).into_iter().next().unwrap_or_default(),
+                        "endpoint": endpoints(&self.ctx).into_iter().next().unwrap_or_default(),
                         "routing_keys": [self.did_key],
                     }),
                 ))
@@ -1128,8 +1127,8 @@ impl MediatorService {
     }
 
     async fn keylist_update(&self, conn: &Connection, msg: &Value) -> ApiResult<Value> {
-        let store = &self.state.store;
-        let max = self.cfg().max_keys_per_connection;
+        let store = &self.ctx.store;
+        let max = self.cfg.max_keys_per_connection;
         // The connection record carries its key count: the cap is checked in O(1). Records from
         // before the count was kept are counted once (bounded by the cap).
         let start = match conn.keys {
@@ -1230,7 +1229,7 @@ impl MediatorService {
     async fn keys_of(&self, conn_id: &str) -> ApiResult<Vec<String>> {
         let prefix = format!("{conn_id}/");
         Ok(self
-            .state
+            .ctx
             .store
             .scan_prefix(ks::ROUTE_BY_CONN, &prefix, 10_000)
             .await?
@@ -1257,7 +1256,7 @@ impl MediatorService {
             v => v.clone(),
         };
         let conn_id = self
-            .state
+            .ctx
             .store
             .get(ks::ROUTES, &key)
             .await?
@@ -1292,28 +1291,28 @@ impl MediatorService {
         let (count, bytes) = self
             .with_queue(conn_id, |q, _| (q.len(), q.bytes()))
             .await?;
-        let max = self.cfg().max_queue_per_recipient as u64;
+        let max = self.cfg.max_queue_per_recipient as u64;
         if count >= max {
             return Err(self.reject(
                 Code::MediatorQueueFull,
                 format!("the recipient's queue holds {max} messages already; it must pick some up first"),
             ));
         }
-        let max_bytes = self.cfg().max_queue_bytes_per_connection;
+        let max_bytes = self.cfg.max_queue_bytes_per_connection;
         if bytes.saturating_add(raw.len() as u64) > max_bytes {
             return Err(self.reject(
                 Code::MediatorQueueFull,
                 format!("the recipient's queue holds {bytes} of its {max_bytes} bytes already; it must pick some up first"),
             ));
         }
-        let ttl = std::time::Duration::from_secs(self.cfg().message_ttl_seconds);
+        let ttl = std::time::Duration::from_secs(self.cfg.message_ttl_seconds);
         let len = raw.len() as u64;
-        self.state
+        self.ctx
             .store
             .put(ks::QUEUE, &format!("{conn_id}/{id}"), raw, Some(ttl))
             .await?;
-        if self.cfg().flush_before_ack {
-            self.state.store.flush().await?;
+        if self.cfg.flush_before_ack {
+            self.ctx.store.flush().await?;
         }
         self.note(
             conn_id,
@@ -1326,7 +1325,7 @@ impl MediatorService {
                 },
             ),
         );
-        self.state
+        self.ctx
             .bus
             .publish(BUS_TOPIC, &format!("{conn_id}\n{}", self.origin))
             .await;
@@ -1355,7 +1354,7 @@ impl MediatorService {
     ) -> ApiResult<R> {
         let now = self.now();
         let horizon = now.saturating_sub(
-            i64::try_from(self.cfg().message_ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
+            i64::try_from(self.cfg.message_ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
         );
         let run = |q: &mut ConnQueue, leases: Option<&HashMap<String, Holder>>| {
             q.expire(horizon);
@@ -1380,7 +1379,7 @@ impl MediatorService {
             }
         };
         let rows = match self
-            .state
+            .ctx
             .store
             .scan_prefix(ks::QUEUE, &format!("{conn_id}/"), usize::MAX)
             .await
@@ -1463,7 +1462,7 @@ impl MediatorService {
             }
         };
         let rows = self
-            .state
+            .ctx
             .store
             .scan_prefix(
                 ks::QUEUE,
@@ -1472,7 +1471,7 @@ impl MediatorService {
             )
             .await?;
         let until_ms = now.saturating_add(
-            i64::try_from(self.cfg().pickup_lease_seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
+            i64::try_from(self.cfg.pickup_lease_seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
         );
         let mut out = Vec::new();
         {
@@ -1582,7 +1581,7 @@ impl MediatorService {
                 key: format!("{conn_id}/{id}"),
             })
             .collect();
-        self.state.store.batch(ops).await?;
+        self.ctx.store.batch(ops).await?;
         let mut holders: Vec<Arc<Socket>> = socket.into_iter().cloned().collect();
         {
             let mut b = self.book();
@@ -1627,7 +1626,7 @@ impl MediatorService {
         if let Some(m) = &self.metrics {
             m.acknowledged.inc_by(n);
         }
-        self.state
+        self.ctx
             .bus
             .publish(BUS_TOPIC_ACKED, &format!("{conn_id}\n{}", self.origin))
             .await;
@@ -1734,14 +1733,14 @@ impl MediatorService {
     }
 
     pub fn max_message_bytes(&self) -> usize {
-        self.cfg().max_message_bytes
+        self.cfg.max_message_bytes
     }
 
     /// (ping interval, idle timeout) for WebSockets.
     pub fn ws_timers(&self) -> (std::time::Duration, std::time::Duration) {
         (
-            std::time::Duration::from_secs(self.cfg().ws_ping_seconds.max(1)),
-            std::time::Duration::from_secs(self.cfg().ws_idle_timeout_seconds.max(2)),
+            std::time::Duration::from_secs(self.cfg.ws_ping_seconds.max(1)),
+            std::time::Duration::from_secs(self.cfg.ws_idle_timeout_seconds.max(2)),
         )
     }
 
@@ -1797,7 +1796,7 @@ impl MediatorService {
         let their_verkey = match mode {
             Mode::Implicit => None,
             Mode::Live => match self
-                .state
+                .ctx
                 .store
                 .get_json::<Connection>(ks::CONNECTIONS, &conn_id)
                 .await?
@@ -1868,7 +1867,7 @@ impl MediatorService {
     // ---- admin -------------------------------------------------------------------------------
 
     pub async fn stats(&self) -> ApiResult<MediatorStats> {
-        let store = &self.state.store;
+        let store = &self.ctx.store;
         let conns = store.scan_prefix(ks::CONNECTIONS, "", usize::MAX).await?;
         let granted = conns
             .iter()
@@ -1897,7 +1896,7 @@ impl MediatorService {
 
     pub async fn connections(&self, limit: usize) -> ApiResult<Vec<Connection>> {
         Ok(self
-            .state
+            .ctx
             .store
             .scan_prefix(ks::CONNECTIONS, "", limit)
             .await?
@@ -1923,8 +1922,8 @@ fn problem_report(thid: &str, code: &str, explain: &str) -> Value {
 }
 
 /// The mediator's endpoints: `public_url/didcomm` and its WebSocket form.
-pub fn endpoints(state: &AppState) -> Vec<String> {
-    let http = format!("{}/didcomm", state.public_url);
+pub fn endpoints(ctx: &RoleContext) -> Vec<String> {
+    let http = format!("{}/didcomm", ctx.public_url);
     let ws = if let Some(rest) = http.strip_prefix("https://") {
         format!("wss://{rest}/ws")
     } else if let Some(rest) = http.strip_prefix("http://") {
@@ -1935,25 +1934,86 @@ pub fn endpoints(state: &AppState) -> Vec<String> {
     vec![http, ws]
 }
 
+const KEY_ID: &str = "mediator";
+const KEY_AAD: &[u8] = b"mediator_keys/mediator";
+
+fn open_key(ctx: &RoleContext, sealed: &[u8]) -> anyhow::Result<SigningKey> {
+    let seed = ctx.sealer.open(KEY_AAD, sealed)?;
+    let seed: [u8; 32] = seed
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("mediator key has the wrong length"))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// How the stored mediator key compares with the one a node holds in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredKey {
+    /// The store holds this node's key.
+    Same,
+    /// The store holds no mediator key (a store that lost its data, e.g. Redis restarted
+    /// without persistence).
+    Missing,
+    /// The store holds another key (created by a node after a data loss): this node's DID is
+    /// no longer the mediator's.
+    Different,
+}
+
+impl MediatorService {
+    /// Compares the stored mediator key with the one this node serves with.
+    pub async fn stored_key(&self) -> anyhow::Result<StoredKey> {
+        match self.ctx.store.get(ks::KEYS, KEY_ID).await? {
+            None => Ok(StoredKey::Missing),
+            Some(sealed) => Ok(self.same_key(&sealed)?),
+        }
+    }
+
+    fn same_key(&self, sealed: &[u8]) -> anyhow::Result<StoredKey> {
+        let stored = open_key(&self.ctx, sealed)?;
+        Ok(if stored.to_bytes() == self.key.to_bytes() {
+            StoredKey::Same
+        } else {
+            StoredKey::Different
+        })
+    }
+
+    /// After the store lost its data: writes this node's key back, insert-only (every node of a
+    /// deployment loaded the same key, so whichever writes first writes the same one), and drops
+    /// the queue indexes built from records that are gone. Returns how the stored key compares
+    /// with this node's afterwards.
+    pub async fn restore_key(&self) -> anyhow::Result<StoredKey> {
+        let sealed = self
+            .ctx
+            .sealer
+            .seal(KEY_AAD, self.key.to_bytes().as_slice())?;
+        let res = match self
+            .ctx
+            .store
+            .compare_and_swap(ks::KEYS, KEY_ID, None, Some((sealed, None)))
+            .await?
+        {
+            Cas::Swapped => StoredKey::Same,
+            Cas::Conflict(Some(other)) => self.same_key(&other)?,
+            Cas::Conflict(None) => StoredKey::Missing,
+        };
+        self.forget_indexes();
+        self.wake_all();
+        Ok(res)
+    }
+}
+
 /// The mediator key: created once (compare-and-swap, so two nodes starting together agree),
 /// sealed at rest, stable across restarts.
-async fn load_or_create_key(state: &AppState) -> anyhow::Result<SigningKey> {
-    const ID: &str = "mediator";
-    const AAD: &[u8] = b"mediator_keys/mediator";
-    let open = |sealed: &[u8]| -> anyhow::Result<SigningKey> {
-        let seed = state.sealer.open(AAD, sealed)?;
-        let seed: [u8; 32] = seed
-            .as_slice()
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("mediator key has the wrong length"))?;
-        Ok(SigningKey::from_bytes(&seed))
-    };
-    if let Some(sealed) = state.store.get(ks::KEYS, ID).await? {
+async fn load_or_create_key(ctx: &RoleContext) -> anyhow::Result<SigningKey> {
+    const ID: &str = KEY_ID;
+    const AAD: &[u8] = KEY_AAD;
+    let open = |sealed: &[u8]| open_key(ctx, sealed);
+    if let Some(sealed) = ctx.store.get(ks::KEYS, ID).await? {
         return open(&sealed);
     }
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let sealed = state.sealer.seal(AAD, key.to_bytes().as_slice())?;
-    match state
+    let sealed = ctx.sealer.seal(AAD, key.to_bytes().as_slice())?;
+    match ctx
         .store
         .compare_and_swap(ks::KEYS, ID, None, Some((sealed, None)))
         .await?
@@ -1964,7 +2024,7 @@ async fn load_or_create_key(state: &AppState) -> anyhow::Result<SigningKey> {
     }
 }
 
-fn register_metrics(state: &AppState) -> Result<Metrics, prometheus::Error> {
+fn register_metrics(ctx: &RoleContext) -> Result<Metrics, prometheus::Error> {
     let forwarded =
         prometheus::IntCounter::new("mediator_forwarded_total", "forward messages queued")?;
     let delivered = prometheus::IntCounter::new(
@@ -1982,7 +2042,7 @@ fn register_metrics(state: &AppState) -> Result<Metrics, prometheus::Error> {
         ),
         &["code"],
     )?;
-    let r = &state.metrics.registry;
+    let r = &ctx.metrics.registry;
     r.register(Box::new(forwarded.clone()))?;
     r.register(Box::new(delivered.clone()))?;
     r.register(Box::new(acknowledged.clone()))?;

@@ -1,11 +1,17 @@
 //! The verifier role: OpenID4VP 1.0 with DCQL (and presentation definitions), named verification
 //! policies, single-use sessions, results by poll, SSE and webhook.
 
+pub mod error;
 pub mod model;
 pub mod protocol;
 pub mod query;
+pub mod response;
 pub mod routes;
 pub mod service;
+pub mod sessions;
+pub mod tenants;
+#[cfg(test)]
+mod tests;
 pub mod vc_api;
 pub mod verify;
 
@@ -15,7 +21,8 @@ use actix_web::web;
 
 pub use service::VerifierService;
 
-use crate::state::AppState;
+use crate::config::VerifierConfig;
+use crate::roles::RoleContext;
 
 pub mod ks {
     pub const TENANTS: &str = "verifier_tenants";
@@ -23,17 +30,17 @@ pub mod ks {
     pub const SESSIONS: &str = "verifier_sessions";
 }
 
-pub async fn init(state: &AppState) -> anyhow::Result<()> {
-    let svc = Arc::new(VerifierService::new(state.clone()));
+pub async fn init(ctx: &RoleContext, cfg: &VerifierConfig) -> anyhow::Result<Arc<VerifierService>> {
+    let svc = Arc::new(VerifierService::new(ctx.clone(), cfg.clone()));
     svc.init().await?;
-    let _ = state.services.verifier.set(svc);
-    Ok(())
+    Ok(svc)
 }
 
-pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig, state: &AppState) {
-    if let Some(svc) = state.services.verifier.get() {
-        cfg.app_data(web::Data::from(svc.clone()));
-    }
+pub fn configure(
+    cfg: &mut utoipa_actix_web::service_config::ServiceConfig,
+    svc: &Arc<VerifierService>,
+) {
+    cfg.app_data(web::Data::from(svc.clone()));
     routes::configure(cfg);
     protocol::configure(cfg);
     cfg.service(vc_api::verify_credential)

@@ -95,6 +95,37 @@ pub struct CreateSession {
     pub success_redirect: Option<String>,
 }
 
+/// The OpenAPI schema of the session-creation body: [`CreateSession`]'s members, and exactly one
+/// of `dcql_query` / `presentation_definition` (`allOf` the members, `oneOf` the two queries).
+/// Documentation only; the handler deserializes [`CreateSession`] and checks the same rule.
+pub struct CreateSessionRequest;
+
+impl utoipa::PartialSchema for CreateSessionRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, OneOfBuilder};
+        let only = |member: &str, other: &str| {
+            ObjectBuilder::new()
+                .required(member)
+                .description(Some(format!("a `{member}` query (no `{other}`)")))
+                .build()
+        };
+        AllOfBuilder::new()
+            .item(<CreateSession as utoipa::PartialSchema>::schema())
+            .item(
+                OneOfBuilder::new()
+                    .item(only("dcql_query", "presentation_definition"))
+                    .item(only("presentation_definition", "dcql_query")),
+            )
+            .description(Some(
+                "A verification session: exactly one of `dcql_query` (OpenID4VP 1.0 DCQL) or \
+                 `presentation_definition` (DIF PE 2.0, for legacy wallets), plus options.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for CreateSessionRequest {}
+
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SessionCreated {
     pub id: String,

@@ -49,6 +49,7 @@ async fn verify_one(
         "jwt_vc_json" | "jwt_vp" | "jwt_vp_json" | "jwt_vc" => {
             verify::jwt_vp(ctx, out, query_id, s, holder_binding).await
         }
+        "mso_mdoc" => verify::mdoc(ctx, out, query_id, s).await,
         other => {
             out.fail(
                 "signature",
@@ -64,6 +65,7 @@ fn view(c: &Checked) -> CredentialView {
         format: c.format.clone(),
         root: c.root.clone(),
         vct: c.vct.clone(),
+        doctype: c.doctype.clone(),
         types: c.types.clone(),
     }
 }

@@ -68,7 +68,7 @@ pub async fn delete_verifier(
 }
 
 /// Create a verification session from a DCQL query or a presentation definition.
-#[utoipa::path(tag = "verifier", security(("admin_token" = [])), params(("verifier" = String, Path)), request_body = CreateSession, responses((status = 201, body = SessionCreated), (status = 404, body = Problem), (status = 422, body = Problem)))]
+#[utoipa::path(tag = "verifier", security(("admin_token" = [])), params(("verifier" = String, Path)), request_body = CreateSessionRequest, responses((status = 201, body = SessionCreated), (status = 404, body = Problem), (status = 422, body = Problem)))]
 #[post("/api/verifiers/{verifier}/sessions")]
 pub async fn create_session(
     _a: Admin,

@@ -49,15 +49,19 @@ pub struct VerifyResult {
     pub errors: Vec<String>,
 }
 
-/// The policies a VC-API verification runs.
-fn policies(audience: bool) -> Vec<String> {
-    let mut p = vec![
-        "signature",
-        "validity",
-        "status",
-        "issuer_allowlist",
-        "disclosure_integrity",
-    ];
+/// The policies a VC-API verification runs. A presentation that carries no credential has only
+/// its own: its proof (`signature`) and, when asked, `nonce_audience`; the credential-level checks
+/// do not apply to it.
+fn policies(audience: bool, credentials: bool) -> Vec<String> {
+    let mut p = vec!["signature"];
+    if credentials {
+        p.extend([
+            "validity",
+            "status",
+            "issuer_allowlist",
+            "disclosure_integrity",
+        ]);
+    }
     // Holder binding (the presenter is the subject) is a relying party's policy, not part of
     // VC-API verification: a presentation may carry credentials about someone else.
     if audience {
@@ -126,18 +130,26 @@ pub async fn verify_credential(
         dcql_query: None,
         presentation_definition: None,
         audience: None,
-        now: svc.state.clock.now_secs(),
-        http: &svc.state.http,
+        now: svc.ctx.clock.now_secs(),
+        http: &svc.ctx.http,
         trust: &trusted,
         status_cache: &svc.status_cache,
+        anchors: &svc.ctx.x509_anchors,
         require_status: false,
+        mdoc_transcript: None,
     };
     let mut out = Outcome::default();
-    match &body.verifiable_credential {
-        Value::String(jwt) => {
+    let envelope = crate::crypto::envelope::enveloped_vc_jwt(&body.verifiable_credential);
+    match (&body.verifiable_credential, envelope) {
+        (Value::String(jwt), _) => {
             verify::jwt_credential(&ctx, &mut out, "credential", jwt).await;
         }
-        Value::Object(_) => {
+        (Value::Object(_), Some(jwt)) => {
+            let jwt =
+                jwt.map_err(|e| ApiError::bad_request(format!("verifiableCredential: {e}")))?;
+            verify::jwt_credential(&ctx, &mut out, "credential", jwt).await;
+        }
+        (Value::Object(_), None) => {
             verify::ldp_credential(&ctx, &mut out, "credential", &body.verifiable_credential).await;
         }
         _ => {
@@ -149,7 +161,7 @@ pub async fn verify_credential(
     if let Some(e) = out.limit {
         return Err(e.into());
     }
-    Ok(answer(&out, &policies(false)))
+    Ok(answer(&out, &policies(false, true)))
 }
 
 /// Verify a presentation and the credentials in it (VC-API). `options.challenge` / `options.domain`
@@ -163,42 +175,61 @@ pub async fn verify_presentation(
     let challenge = string_option(&body.options, "challenge")?;
     let domain = string_option(&body.options, "domain")?;
     let trusted = trusted_issuers(&svc).await?;
-    let audience = (challenge.is_some() || domain.is_some()).then(|| Audience {
-        nonce: challenge.as_deref().unwrap_or_default(),
-        client_id: domain.as_deref().unwrap_or_default(),
+    let audience = (challenge.is_some() || domain.is_some()).then_some(Audience {
+        nonce: challenge.as_deref(),
+        client_id: domain.as_deref(),
     });
     let ctx = Ctx {
         dcql_query: None,
         presentation_definition: None,
         audience,
-        now: svc.state.clock.now_secs(),
-        http: &svc.state.http,
+        now: svc.ctx.clock.now_secs(),
+        http: &svc.ctx.http,
         trust: &trusted,
         status_cache: &svc.status_cache,
+        anchors: &svc.ctx.x509_anchors,
         require_status: false,
+        mdoc_transcript: None,
     };
     let mut out = Outcome::default();
-    match &body.verifiable_presentation {
-        Value::String(jwt) => {
-            verify::jwt_vp(&ctx, &mut out, "presentation", jwt, true).await;
-        }
-        Value::Object(_) => {
-            verify::ldp_vp(
-                &ctx,
-                &mut out,
-                "presentation",
-                body.verifiable_presentation.clone(),
-            )
-            .await;
-        }
+    let vp = &body.verifiable_presentation;
+    let jwt = match (vp, crate::crypto::envelope::enveloped_vp_jwt(vp)) {
+        (Value::String(jwt), _) => Some(jwt.as_str()),
+        (Value::Object(_), Some(jwt)) => Some(
+            jwt.map_err(|e| ApiError::bad_request(format!("verifiablePresentation: {e}")))?,
+        ),
+        (Value::Object(_), None) => None,
         _ => {
             return Err(ApiError::bad_request(
-                "verifiablePresentation must be a JWT string or a JSON-LD object",
+                "verifiablePresentation must be a JWT string, an EnvelopedVerifiablePresentation or a JSON-LD object",
             ))
         }
-    }
+    };
+    let credentials = match jwt {
+        Some(jwt) => {
+            verify::jwt_vp(&ctx, &mut out, "presentation", jwt, true).await;
+            crate::crypto::jws::decode_unverified(jwt)
+                .map(|(_, payload, _, _)| carries_credentials(&payload))
+                .unwrap_or(true)
+        }
+        None => {
+            verify::ldp_vp(&ctx, &mut out, "presentation", vp.clone()).await;
+            carries_credentials(vp)
+        }
+    };
     if let Some(e) = out.limit {
         return Err(e.into());
     }
-    Ok(answer(&out, &policies(audience.is_some())))
+    Ok(answer(&out, &policies(audience.is_some(), credentials)))
+}
+
+/// Whether a presentation (a JSON-LD object, a VC-JOSE `vp+jwt` payload or a VCDM 1.1 JWT's
+/// claims with `vp`) names any credential.
+fn carries_credentials(vp: &Value) -> bool {
+    let vp = if vp["vp"].is_object() { &vp["vp"] } else { vp };
+    match &vp["verifiableCredential"] {
+        Value::Null => false,
+        Value::Array(a) => !a.is_empty(),
+        _ => true,
+    }
 }

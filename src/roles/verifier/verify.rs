@@ -15,11 +15,26 @@ const SKEW: i64 = 60;
 const KB_MAX_AGE: i64 = 300;
 
 /// What a presentation must be bound to: the session's nonce and the verifier's client id
-/// (OID4VP), or the VC-API caller's `challenge` / `domain`.
+/// (OID4VP: both, always), or the VC-API caller's `challenge` / `domain` (each checked when
+/// given; `None` is not checked).
 #[derive(Clone, Copy)]
 pub struct Audience<'a> {
-    pub nonce: &'a str,
-    pub client_id: &'a str,
+    pub nonce: Option<&'a str>,
+    pub client_id: Option<&'a str>,
+}
+
+impl Audience<'_> {
+    /// A presentation's `nonce` and `aud` (a string or a list) against this audience.
+    fn nonce_ok(&self, nonce: &Value) -> bool {
+        self.nonce.is_none_or(|n| nonce.as_str() == Some(n))
+    }
+    fn aud_ok(&self, aud: &Value) -> bool {
+        self.client_id.is_none_or(|c| match aud {
+            Value::String(a) => a == c,
+            Value::Array(a) => a.iter().any(|x| x.as_str() == Some(c)),
+            _ => false,
+        })
+    }
 }
 
 /// Context a verification runs in.
@@ -34,8 +49,13 @@ pub struct Ctx<'a> {
     pub http: &'a reqwest::Client,
     pub trust: &'a Trust,
     pub status_cache: &'a StatusCache,
+    /// CA certificates an SD-JWT VC issuer's `x5c` may chain to (`x509.trust_anchors`).
+    pub anchors: &'a crate::crypto::x509::TrustAnchors,
     /// The `status` policy fails for a credential that carries no status reference.
     pub require_status: bool,
+    /// mso_mdoc: the encoded SessionTranscript a device signature must cover (OID4VP 1.0
+    /// Appendix B.2.6); `None` where there is no OpenID4VP request (VC-API).
+    pub mdoc_transcript: Option<&'a [u8]>,
 }
 
 /// Fetched status-list tokens by URI with their ETag: every use revalidates with `If-None-Match`
@@ -192,6 +212,8 @@ pub struct Checked {
     /// vct (SD-JWT) or types (W3C).
     pub vct: Option<String>,
     pub types: Vec<String>,
+    /// mso_mdoc: the document type.
+    pub doctype: Option<String>,
     pub issuer: Option<String>,
 }
 
@@ -283,7 +305,7 @@ async fn issuer_jwt(
     out: &mut Outcome,
     what: &str,
     token: &str,
-    allowed: Issuers,
+    allowed: Issuers<'_>,
 ) -> Option<(IssuerKey, Value)> {
     match binding::verify_issuer_jwt(token, allowed, ctx.http).await {
         Ok((bound, _, payload)) => {
@@ -411,8 +433,17 @@ pub async fn sd_jwt(
             return None;
         }
     };
-    let (issuer, payload) =
-        issuer_jwt(ctx, out, query_id, &parsed.jwt, Issuers::DidOrHttps).await?;
+    let (issuer, payload) = issuer_jwt(
+        ctx,
+        out,
+        query_id,
+        &parsed.jwt,
+        Issuers::DidOrHttps {
+            anchors: ctx.anchors,
+            now: ctx.now,
+        },
+    )
+    .await?;
     let verified = match sdjwt::verify(presentation, &issuer.key) {
         Ok(v) => {
             out.pass("disclosure_integrity");
@@ -443,8 +474,8 @@ pub async fn sd_jwt(
             match ctx.audience {
                 None => {}
                 Some(aud) => {
-                    let aud_ok = kb["aud"].as_str() == Some(aud.client_id);
-                    let nonce_ok = kb["nonce"].as_str() == Some(aud.nonce);
+                    let aud_ok = aud.aud_ok(&kb["aud"]) && !kb["aud"].is_array();
+                    let nonce_ok = aud.nonce_ok(&kb["nonce"]);
                     let iat = numeric(&kb["iat"], "iat").ok().flatten();
                     if !nonce_ok {
                         out.fail(
@@ -454,7 +485,10 @@ pub async fn sd_jwt(
                     } else if !aud_ok {
                         out.fail(
                             "nonce_audience",
-                            format!("{query_id}: KB-JWT aud is not {}", aud.client_id),
+                            format!(
+                                "{query_id}: KB-JWT aud is not {}",
+                                aud.client_id.unwrap_or_default()
+                            ),
                         );
                     } else if iat
                         .is_none_or(|iat| iat < ctx.now - KB_MAX_AGE || iat > ctx.now + SKEW)
@@ -492,6 +526,7 @@ pub async fn sd_jwt(
         format: "dc+sd-jwt".into(),
         root: Value::Object(verified.claims),
         vct: payload["vct"].as_str().map(str::to_string),
+        doctype: None,
         types: Vec::new(),
         issuer: Some(issuer.issuer),
     })
@@ -544,6 +579,7 @@ pub async fn jwt_credential(
             types: types_of(&vc_obj),
             root: vc_obj,
             vct: None,
+            doctype: None,
             issuer: Some(issuer.issuer),
         },
         subject,
@@ -566,12 +602,8 @@ fn jwt_audience(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, payload: &Valu
     let Some(aud) = ctx.audience else {
         return;
     };
-    let aud_ok = match &payload["aud"] {
-        Value::String(a) => a == aud.client_id,
-        Value::Array(a) => a.iter().any(|x| x.as_str() == Some(aud.client_id)),
-        _ => false,
-    };
-    if payload["nonce"].as_str() != Some(aud.nonce) {
+    let aud_ok = aud.aud_ok(&payload["aud"]);
+    if !aud.nonce_ok(&payload["nonce"]) {
         out.fail(
             "nonce_audience",
             format!("{query_id}: presentation nonce does not match the session"),
@@ -579,7 +611,10 @@ fn jwt_audience(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, payload: &Valu
     } else if !aud_ok {
         out.fail(
             "nonce_audience",
-            format!("{query_id}: presentation aud is not {}", aud.client_id),
+            format!(
+                "{query_id}: presentation aud is not {}",
+                aud.client_id.unwrap_or_default()
+            ),
         );
     } else {
         out.pass("nonce_audience");
@@ -605,7 +640,13 @@ pub async fn jwt_vp(
             return Vec::new();
         }
     };
-    if payload.get("vp").is_none() && !holder_binding {
+    // VCDM 1.1 JWT VP (`vp` claim) or VC-JOSE-COSE `vp+jwt` (the payload is the presentation)
+    let is_vp = payload.get("vp").is_some()
+        || header["typ"] == "vp+jwt"
+        || types_of(&payload)
+            .iter()
+            .any(|t| t == "VerifiablePresentation");
+    if !is_vp && !holder_binding {
         let Some((c, _)) = jwt_credential(ctx, out, query_id, vp).await else {
             return Vec::new();
         };
@@ -615,7 +656,7 @@ pub async fn jwt_vp(
         }
         return vec![c];
     }
-    if payload.get("vp").is_none() {
+    if !is_vp {
         out.fail("holder_binding", format!("{query_id}: a bare credential was sent; a verifiable presentation signed by the holder is required"));
         return Vec::new();
     }
@@ -633,6 +674,7 @@ pub async fn jwt_vp(
         );
         return Vec::new();
     }
+    out.pass("signature");
     jwt_audience(ctx, out, query_id, &payload);
     check_time(
         out,
@@ -641,13 +683,22 @@ pub async fn jwt_vp(
         ctx.now,
         &format!("{query_id} presentation"),
     );
-    let vcs: Vec<String> = match &payload["vp"]["verifiableCredential"] {
-        Value::Array(a) => a
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        Value::String(s) => vec![s.clone()],
-        _ => Vec::new(),
+    // VCDM 1.1 `vp` claim, or a VC-JOSE `vp+jwt` whose payload is the presentation; credentials
+    // as compact JWTs or VC-JOSE-COSE envelopes of them.
+    let vp_obj = if payload["vp"].is_object() {
+        &payload["vp"]
+    } else {
+        &payload
+    };
+    let jwt_of = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        other => crate::crypto::envelope::enveloped_vc_jwt(other)
+            .and_then(Result::ok)
+            .map(str::to_string),
+    };
+    let vcs: Vec<String> = match &vp_obj["verifiableCredential"] {
+        Value::Array(a) => a.iter().filter_map(jwt_of).collect(),
+        other => jwt_of(other).into_iter().collect(),
     };
     if vcs.is_empty() {
         out.fail(
@@ -746,9 +797,13 @@ async fn header_holder(
         let kid = did::signer_kid(header, payload);
         if kid.starts_with("did:") {
             let kid_did = kid.split('#').next().unwrap_or(&kid).to_string();
-            if let Some(iss) = payload["iss"].as_str() {
+            let named = payload["iss"]
+                .as_str()
+                .or(payload["holder"].as_str())
+                .or(payload["holder"]["id"].as_str());
+            if let Some(iss) = named {
                 if iss != kid_did {
-                    return Err(format!("kid {kid} does not belong to iss {iss}"));
+                    return Err(format!("kid {kid} does not belong to the holder {iss}"));
                 }
             }
             let key = did::resolve(&kid, http).await.map_err(|e| e.to_string())?;
@@ -798,6 +853,7 @@ async fn ld_credential(
         types: types_of(&vc),
         root: vc,
         vct: None,
+        doctype: None,
         issuer: Some(issuer.issuer),
     })
 }
@@ -809,10 +865,8 @@ pub async fn ldp_credential(
     query_id: &str,
     vc: &Value,
 ) -> Option<Checked> {
-    let method = vc["proof"]["verificationMethod"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    // The issuer's proof (of one, or of a proof set) is the one the binding rule checks.
+    let method = crate::crypto::di::issuer_proof_method(vc).unwrap_or_default();
     match crate::crypto::di::verify_credential_bounded(vc.clone(), ctx.now).await {
         Ok(plain) => ld_credential(ctx, out, query_id, plain, &method).await,
         Err(e) => {
@@ -832,22 +886,15 @@ pub async fn ldp_vp(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, vp: Value)
         );
         return Vec::new();
     }
-    let (nonce, client_id) = match ctx.audience {
-        Some(a) => (a.nonce.to_string(), a.client_id.to_string()),
-        // No audience to check: take the proof's own, so only the signature is verified.
-        None => (
-            vp["proof"]["challenge"].as_str().unwrap_or_default().into(),
-            match &vp["proof"]["domain"] {
-                Value::Array(a) => a.first().and_then(Value::as_str).unwrap_or_default().into(),
-                d => d.as_str().unwrap_or_default().into(),
-            },
-        ),
-    };
+    // No audience, or part of it not given: that part is not checked, only the signature.
+    let nonce = ctx.audience.and_then(|a| a.nonce).map(str::to_string);
+    let client_id = ctx.audience.and_then(|a| a.client_id).map(str::to_string);
     let holder =
         match crate::crypto::di::verify_presentation_bounded(vp.clone(), nonce, client_id, ctx.now)
             .await
         {
             Ok((h, _)) => {
+                out.pass("signature");
                 if ctx.audience.is_some() {
                     out.pass("nonce_audience");
                 }
@@ -891,4 +938,139 @@ pub async fn ldp_vp(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, vp: Value)
         checked.push(vc);
     }
     checked
+}
+
+/// mso_mdoc: a base64url DeviceResponse. Its documents are checked by [`crate::crypto::mdoc`]
+/// (document signer chain to `anchors`, issuerAuth, digests, validity, device signature over this
+/// request's SessionTranscript); a failure is reported under the policy it breaks. The issuer
+/// allow-list of DIDs does not apply: an mdoc issuer is trusted through its IACA being an anchor.
+pub async fn mdoc(
+    ctx: &Ctx<'_>,
+    out: &mut Outcome,
+    query_id: &str,
+    presentation: &str,
+) -> Vec<Checked> {
+    use crate::crypto::mdoc::MdocError;
+    let Some(transcript) = ctx.mdoc_transcript else {
+        out.fail(
+            "nonce_audience",
+            format!("{query_id}: an mdoc is only verified inside an OpenID4VP request"),
+        );
+        return Vec::new();
+    };
+    let bytes = match crate::crypto::b64url_decode(presentation) {
+        Ok(b) => b,
+        Err(_) => {
+            out.fail(
+                "signature",
+                format!("{query_id}: the DeviceResponse is not base64url"),
+            );
+            return Vec::new();
+        }
+    };
+    let docs = match crate::crypto::mdoc::verify::device_response(
+        &bytes,
+        transcript,
+        ctx.anchors,
+        ctx.now,
+    ) {
+        Ok(d) => d,
+        Err(e) => {
+            let policy = match &e {
+                MdocError::Digest(_) => "disclosure_integrity",
+                MdocError::Validity(_) => "validity",
+                MdocError::DeviceAuth(_) => "holder_binding",
+                MdocError::Untrusted(_) => "issuer_allowlist",
+                _ => "signature",
+            };
+            out.fail(policy, format!("{query_id}: {} ({e})", e.code()));
+            return Vec::new();
+        }
+    };
+    for p in [
+        "signature",
+        "disclosure_integrity",
+        "validity",
+        "holder_binding",
+        "nonce_audience",
+        "issuer_allowlist",
+    ] {
+        out.pass(p);
+    }
+    let mut checked = Vec::new();
+    for d in docs {
+        match &d.status {
+            Some((idx, uri)) => mdoc_status(ctx, out, query_id, *idx, uri, &d.signer_key).await,
+            None if ctx.require_status => out.fail(
+                "status",
+                format!("{query_id}: the mdoc carries no status reference"),
+            ),
+            None => out.pass("status"),
+        }
+        let mut claims = Map::new();
+        let mut root = Map::new();
+        for (ns, elements) in &d.claims {
+            claims.insert(ns.clone(), Value::Object(elements.clone()));
+            root.insert(ns.clone(), Value::Object(elements.clone()));
+        }
+        claims.insert("doctype".into(), Value::String(d.doc_type.clone()));
+        out.credentials.push(PresentedCredential {
+            query_id: query_id.to_string(),
+            format: "mso_mdoc".into(),
+            issuer: Some(d.signer.clone()),
+            claims,
+        });
+        checked.push(Checked {
+            query_id: query_id.to_string(),
+            format: "mso_mdoc".into(),
+            root: Value::Object(root),
+            vct: None,
+            types: Vec::new(),
+            doctype: Some(d.doc_type),
+            issuer: Some(d.signer),
+        });
+    }
+    checked
+}
+
+/// An mdoc's Token Status List (CWT form, fetched through the outbound guard, bounded), which
+/// must be signed by the mdoc's own document signer.
+async fn mdoc_status(
+    ctx: &Ctx<'_>,
+    out: &mut Outcome,
+    query_id: &str,
+    idx: u64,
+    uri: &str,
+    signer: &VerifyingKey,
+) {
+    use crate::crypto::mdoc::status;
+    use crate::http::outbound::read_capped;
+    if !(uri.starts_with("https://") || uri.starts_with("http://")) {
+        return out.fail(
+            "status",
+            format!("{query_id}: status list URI is not http(s)"),
+        );
+    }
+    let req = ctx
+        .http
+        .get(uri)
+        .header("Accept", status::MEDIA_TYPE)
+        .timeout(Duration::from_secs(5));
+    let body = match crate::http::outbound::send(req).await {
+        Ok(r) if r.status().is_success() => read_capped(r, status::MAX_TOKEN_BYTES)
+            .await
+            .map_err(|e| format!("status list: {e}")),
+        Ok(r) => Err(format!("status list: HTTP {}", r.status())),
+        Err(e) => Err(format!("status list: {e}")),
+    };
+    let list = body.and_then(|b| {
+        status::verify(&b, uri, signer, ctx.anchors, ctx.now).map_err(|e| e.to_string())
+    });
+    match list.and_then(|l| l.get_lsb(idx).map_err(|e| e.to_string())) {
+        Ok(0) => out.pass("status"),
+        Ok(1) => out.fail("status", format!("{query_id}: revoked")),
+        Ok(2) => out.fail("status", format!("{query_id}: suspended")),
+        Ok(v) => out.fail("status", format!("{query_id}: status {v}")),
+        Err(e) => out.fail("status", format!("{query_id}: {e}")),
+    }
 }

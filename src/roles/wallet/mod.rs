@@ -1,17 +1,32 @@
 //! The wallet role: a multi-tenant cloud wallet (accounts, wallets, keys, DIDs, credentials) that
 //! receives from any OpenID4VCI issuer and presents to any OpenID4VP verifier.
+//!
+//! `routes.rs` translates HTTP; the engine is [`WalletService`] (`service.rs`: the struct and what
+//! the steps share) with one file per step: `access.rs` (session token → [`SignedIn`], membership
+//! → [`Viewer`] / [`Owner`] proofs), `accounts.rs`, `wallets.rs`, `keys.rs` (keys and DIDs),
+//! `credentials.rs`, `exchange.rs` (OpenID4VCI / OpenID4VP). Its errors are [`WalletError`].
 
+pub mod access;
+mod accounts;
+mod credentials;
+pub mod error;
+mod exchange;
+mod keys;
 pub mod model;
 pub mod routes;
 pub mod service;
+mod wallets;
 
 use std::sync::Arc;
 
 use actix_web::web;
 
+pub use access::{Opened, Owner, SignedIn, Viewer};
+pub use error::WalletError;
 pub use service::WalletService;
 
-use crate::state::AppState;
+use crate::config::WalletConfig;
+use crate::roles::RoleContext;
 
 pub mod ks {
     pub const ACCOUNTS: &str = "wallet_accounts";
@@ -27,15 +42,14 @@ pub mod ks {
     pub const HISTORY: &str = "wallet_history";
 }
 
-pub async fn init(state: &AppState) -> anyhow::Result<()> {
-    let svc = Arc::new(WalletService::new(state.clone()));
-    register_metrics(state, &svc)?;
-    let _ = state.services.wallet.set(svc);
-    Ok(())
+pub fn init(ctx: &RoleContext, cfg: &WalletConfig) -> anyhow::Result<Arc<WalletService>> {
+    let svc = Arc::new(WalletService::new(ctx.clone(), cfg.clone()));
+    register_metrics(ctx, &svc)?;
+    Ok(svc)
 }
 
 /// Coordinator gauges, read at scrape time.
-fn register_metrics(state: &AppState, svc: &Arc<WalletService>) -> anyhow::Result<()> {
+fn register_metrics(ctx: &RoleContext, svc: &Arc<WalletService>) -> anyhow::Result<()> {
     use std::sync::atomic::Ordering;
     let c = svc.coordinator.clone();
     let open = prometheus::IntGauge::new("wallet_open_sessions", "open wallet tenant sessions")?;
@@ -45,13 +59,10 @@ fn register_metrics(state: &AppState, svc: &Arc<WalletService>) -> anyhow::Resul
     )?;
     let evictions =
         prometheus::IntGauge::new("wallet_context_evictions", "idle wallet contexts evicted")?;
-    state.metrics.registry.register(Box::new(open.clone()))?;
-    state.metrics.registry.register(Box::new(waiters.clone()))?;
-    state
-        .metrics
-        .registry
-        .register(Box::new(evictions.clone()))?;
-    state.metrics.add_refresher(Box::new(move || {
+    ctx.metrics.registry.register(Box::new(open.clone()))?;
+    ctx.metrics.registry.register(Box::new(waiters.clone()))?;
+    ctx.metrics.registry.register(Box::new(evictions.clone()))?;
+    ctx.metrics.add_refresher(Box::new(move || {
         open.set(c.stats.open_sessions.load(Ordering::Relaxed));
         waiters.set(c.stats.waiters.load(Ordering::Relaxed));
         evictions.set(c.stats.evictions.load(Ordering::Relaxed) as i64);
@@ -59,9 +70,10 @@ fn register_metrics(state: &AppState, svc: &Arc<WalletService>) -> anyhow::Resul
     Ok(())
 }
 
-pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig, state: &AppState) {
-    if let Some(svc) = state.services.wallet.get() {
-        cfg.app_data(web::Data::from(svc.clone()));
-    }
+pub fn configure(
+    cfg: &mut utoipa_actix_web::service_config::ServiceConfig,
+    svc: &Arc<WalletService>,
+) {
+    cfg.app_data(web::Data::from(svc.clone()));
     routes::configure(cfg);
 }

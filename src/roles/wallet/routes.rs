@@ -8,6 +8,7 @@ use actix_web::{
     delete, dev::Payload, get, post, put, web, FromRequest, HttpRequest, HttpResponse,
 };
 
+use super::access::SignedIn;
 use super::model::*;
 use super::service::WalletService;
 use crate::error::{ApiError, ApiResult, Code, Problem};
@@ -15,13 +16,9 @@ use crate::http::auth::{bearer_token, Admin};
 
 type Svc = web::Data<WalletService>;
 
-/// An authenticated wallet user (bearer token from `/wallet/auth/login`).
-pub struct WalletUser {
-    pub account: Account,
-    pub token: String,
-}
-
-impl FromRequest for WalletUser {
+/// The wallet session (bearer token from `/wallet/auth/login`) as the service's [`SignedIn`]
+/// proof; wallet-scoped handlers turn it into a [`super::Viewer`] or [`super::Owner`].
+impl FromRequest for SignedIn {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
@@ -36,8 +33,7 @@ impl FromRequest for WalletUser {
                     "send Authorization: Bearer <wallet session token>",
                 )
             })?;
-            let account = svc.authenticate(&token).await?;
-            Ok(WalletUser { account, token })
+            Ok(svc.authenticate(&token).await?)
         })
     }
 }
@@ -63,196 +59,198 @@ pub async fn login(svc: Svc, body: web::Json<Credentials>) -> ApiResult<web::Jso
 }
 
 /// End the session (the token stops working at once).
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), responses((status = 204), (status = 401, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), responses((status = 204), (status = 401, body = Problem)))]
 #[post("/wallet/auth/logout")]
-pub async fn logout(svc: Svc, user: WalletUser) -> ApiResult<HttpResponse> {
-    svc.logout(&user.token).await?;
+pub async fn logout(svc: Svc, user: SignedIn) -> ApiResult<HttpResponse> {
+    svc.logout(&user).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 /// The logged-in account.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), responses((status = 200, body = AccountView), (status = 401, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), responses((status = 200, body = AccountView), (status = 401, body = Problem)))]
 #[get("/wallet/auth/me")]
-pub async fn me(user: WalletUser) -> web::Json<AccountView> {
-    web::Json(AccountView::from(&user.account))
+pub async fn me(user: SignedIn) -> web::Json<AccountView> {
+    web::Json(AccountView::from(user.account()))
 }
 
 /// Wallets this account is a member of.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), responses((status = 200, body = Vec<WalletView>)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), responses((status = 200, body = Vec<WalletView>)))]
 #[get("/wallet/wallets")]
-pub async fn list_wallets(svc: Svc, user: WalletUser) -> ApiResult<web::Json<Vec<WalletView>>> {
-    Ok(web::Json(svc.list_wallets(&user.account).await?))
+pub async fn list_wallets(svc: Svc, user: SignedIn) -> ApiResult<web::Json<Vec<WalletView>>> {
+    Ok(web::Json(svc.list_wallets(user.account()).await?))
 }
 
 /// Create a wallet (the caller becomes its owner).
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), request_body = WalletName, responses((status = 201, body = WalletView), (status = 422, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), request_body = WalletName, responses((status = 201, body = WalletView), (status = 422, body = Problem)))]
 #[post("/wallet/wallets")]
 pub async fn create_wallet(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     body: web::Json<WalletName>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Created().json(svc.create_wallet(&user.account, &body.name).await?))
+    Ok(HttpResponse::Created().json(svc.create_wallet(user.account(), &body.name).await?))
 }
 
 /// Rename a wallet (owner).
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = WalletName, responses((status = 200, body = Wallet), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = WalletName, responses((status = 200, body = Wallet), (status = 404, body = Problem)))]
 #[put("/wallet/wallets/{w}")]
 pub async fn rename_wallet(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     body: web::Json<WalletName>,
 ) -> ApiResult<web::Json<Wallet>> {
     Ok(web::Json(
-        svc.rename_wallet(&user.account, &path, &body.name).await?,
+        svc.rename_wallet(&svc.owner(&user, &path).await?, &body.name)
+            .await?,
     ))
 }
 
 /// Delete a wallet and everything in it (owner).
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), responses((status = 204), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), responses((status = 204), (status = 404, body = Problem)))]
 #[delete("/wallet/wallets/{w}")]
 pub async fn delete_wallet(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    svc.delete_wallet(&user.account, &path).await?;
+    let owner = svc.owner(&user, &path).await?;
+    svc.delete_wallet(&owner).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 /// Share a wallet with another account as owner or viewer (owner).
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = AddMember, responses((status = 204), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = AddMember, responses((status = 204), (status = 404, body = Problem)))]
 #[post("/wallet/wallets/{w}/members")]
 pub async fn add_member(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     body: web::Json<AddMember>,
 ) -> ApiResult<HttpResponse> {
-    svc.add_member(&user.account, &path, body.into_inner())
-        .await?;
+    let owner = svc.owner(&user, &path).await?;
+    svc.add_member(&owner, body.into_inner()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 /// Keys of a wallet (public parts).
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), responses((status = 200, body = Vec<KeyView>), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), responses((status = 200, body = Vec<KeyView>), (status = 404, body = Problem)))]
 #[get("/wallet/wallets/{w}/keys")]
 pub async fn list_keys(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
 ) -> ApiResult<web::Json<Vec<KeyView>>> {
-    let (w, _s) = svc.open(&user.account, &path, MemberRole::Viewer).await?;
-    Ok(web::Json(svc.list_keys(&w.id).await?))
+    let v = svc.open_viewer(&user, &path).await?;
+    Ok(web::Json(svc.list_keys(&v).await?))
 }
 
 /// Generate a key (Ed25519 by default); the private part is sealed.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = GenerateKey, responses((status = 201, body = KeyView), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = GenerateKey, responses((status = 201, body = KeyView), (status = 404, body = Problem)))]
 #[post("/wallet/wallets/{w}/keys")]
 pub async fn generate_key(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     body: web::Json<GenerateKey>,
 ) -> ApiResult<HttpResponse> {
-    let (_, s) = svc.open(&user.account, &path, MemberRole::Owner).await?;
+    let o = svc.open_owner(&user, &path).await?;
     Ok(HttpResponse::Created().json(
-        svc.generate_key(&s, body.key_type.unwrap_or(crate::crypto::KeyType::Ed25519))
+        svc.generate_key(&o, body.key_type.unwrap_or(crate::crypto::KeyType::Ed25519))
             .await?,
     ))
 }
 
 /// Import a private JWK.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = ImportKey, responses((status = 201, body = KeyView), (status = 409, body = Problem), (status = 422, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = ImportKey, responses((status = 201, body = KeyView), (status = 409, body = Problem), (status = 422, body = Problem)))]
 #[post("/wallet/wallets/{w}/keys/import")]
 pub async fn import_key(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     body: web::Json<ImportKey>,
 ) -> ApiResult<HttpResponse> {
-    let (_, s) = svc.open(&user.account, &path, MemberRole::Owner).await?;
-    Ok(HttpResponse::Created().json(svc.import_key(&s, &body.jwk).await?))
+    let o = svc.open_owner(&user, &path).await?;
+    Ok(HttpResponse::Created().json(svc.import_key(&o, &body.jwk).await?))
 }
 
 /// Export a key's public JWK.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path), ("k" = String, Path)), responses((status = 200, body = KeyView), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path), ("k" = String, Path)), responses((status = 200, body = KeyView), (status = 404, body = Problem)))]
 #[get("/wallet/wallets/{w}/keys/{k}")]
 pub async fn get_key(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<KeyView>> {
     let (w, k) = path.into_inner();
-    let (w, _s) = svc.open(&user.account, &w, MemberRole::Viewer).await?;
-    Ok(web::Json(svc.get_key(&w.id, &k).await?))
+    let v = svc.open_viewer(&user, &w).await?;
+    Ok(web::Json(svc.get_key(&v, &k).await?))
 }
 
 /// Delete a key no DID uses.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path), ("k" = String, Path)), responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path), ("k" = String, Path)), responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
 #[delete("/wallet/wallets/{w}/keys/{k}")]
 pub async fn delete_key(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<(String, String)>,
 ) -> ApiResult<HttpResponse> {
     let (w, k) = path.into_inner();
-    let (w, _s) = svc.open(&user.account, &w, MemberRole::Owner).await?;
-    svc.delete_key(&w.id, &k).await?;
+    let o = svc.open_owner(&user, &w).await?;
+    svc.delete_key(&o, &k).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 /// DIDs of a wallet.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), responses((status = 200, body = Vec<DidRecord>), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), responses((status = 200, body = Vec<DidRecord>), (status = 404, body = Problem)))]
 #[get("/wallet/wallets/{w}/dids")]
 pub async fn list_dids(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
 ) -> ApiResult<web::Json<Vec<DidRecord>>> {
-    let (w, _s) = svc.open(&user.account, &path, MemberRole::Viewer).await?;
-    Ok(web::Json(svc.list_dids(&w.id).await?))
+    let v = svc.open_viewer(&user, &path).await?;
+    Ok(web::Json(svc.list_dids(&v).await?))
 }
 
 /// Create a DID (did:key, did:jwk or did:web) on an existing or new key; the first is the default.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = CreateDid, responses((status = 201, body = DidRecord), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = CreateDid, responses((status = 201, body = DidRecord), (status = 404, body = Problem)))]
 #[post("/wallet/wallets/{w}/dids")]
 pub async fn create_did(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     body: web::Json<CreateDid>,
 ) -> ApiResult<HttpResponse> {
-    let (_, s) = svc.open(&user.account, &path, MemberRole::Owner).await?;
-    Ok(HttpResponse::Created().json(svc.create_did(&s, body.into_inner()).await?))
+    let o = svc.open_owner(&user, &path).await?;
+    Ok(HttpResponse::Created().json(svc.create_did(&o, body.into_inner()).await?))
 }
 
 /// Make a DID the wallet's default.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = SetDefaultDid, responses((status = 204), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = SetDefaultDid, responses((status = 204), (status = 404, body = Problem)))]
 #[post("/wallet/wallets/{w}/dids/default")]
 pub async fn default_did(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     body: web::Json<SetDefaultDid>,
 ) -> ApiResult<HttpResponse> {
-    let (w, _s) = svc.open(&user.account, &path, MemberRole::Owner).await?;
-    svc.set_default_did(&w.id, &body.did).await?;
+    let o = svc.open_owner(&user, &path).await?;
+    svc.set_default_did(&o, &body.did).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 /// Delete a DID.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = SetDefaultDid, responses((status = 204), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = SetDefaultDid, responses((status = 204), (status = 404, body = Problem)))]
 #[post("/wallet/wallets/{w}/dids/delete")]
 pub async fn delete_did(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     body: web::Json<SetDefaultDid>,
 ) -> ApiResult<HttpResponse> {
-    let (w, _s) = svc.open(&user.account, &path, MemberRole::Owner).await?;
-    svc.delete_did(&w.id, &body.did).await?;
+    let o = svc.open_owner(&user, &path).await?;
+    svc.delete_did(&o, &body.did).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -267,120 +265,120 @@ pub async fn did_document(svc: Svc, path: web::Path<(String, String)>) -> ApiRes
 }
 
 /// Credentials, filtered by `type`, `issuer`, `format`.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path), ("type" = Option<String>, Query), ("issuer" = Option<String>, Query), ("format" = Option<String>, Query)), responses((status = 200, body = Vec<CredentialSummary>), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path), ("type" = Option<String>, Query), ("issuer" = Option<String>, Query), ("format" = Option<String>, Query)), responses((status = 200, body = Vec<CredentialSummary>), (status = 404, body = Problem)))]
 #[get("/wallet/wallets/{w}/credentials")]
 pub async fn list_credentials(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     q: web::Query<CredentialFilter>,
 ) -> ApiResult<web::Json<Vec<CredentialSummary>>> {
-    let (w, _s) = svc.open(&user.account, &path, MemberRole::Viewer).await?;
-    Ok(web::Json(svc.list_credentials(&w.id, &q).await?))
+    let v = svc.open_viewer(&user, &path).await?;
+    Ok(web::Json(svc.list_credentials(&v, &q).await?))
 }
 
 /// A credential decoded, with its selectively disclosable claims.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path), ("c" = String, Path)), responses((status = 200, body = CredentialDetail), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path), ("c" = String, Path)), responses((status = 200, body = CredentialDetail), (status = 404, body = Problem)))]
 #[get("/wallet/wallets/{w}/credentials/{c}")]
 pub async fn get_credential(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<CredentialDetail>> {
     let (w, c) = path.into_inner();
-    let (w, _s) = svc.open(&user.account, &w, MemberRole::Viewer).await?;
-    Ok(web::Json(svc.credential_detail(&w.id, &c).await?))
+    let v = svc.open_viewer(&user, &w).await?;
+    Ok(web::Json(svc.credential_detail(&v, &c).await?))
 }
 
 /// Delete a credential.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path), ("c" = String, Path)), responses((status = 204), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path), ("c" = String, Path)), responses((status = 204), (status = 404, body = Problem)))]
 #[delete("/wallet/wallets/{w}/credentials/{c}")]
 pub async fn delete_credential(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<(String, String)>,
 ) -> ApiResult<HttpResponse> {
     let (w, c) = path.into_inner();
-    let (w, _s) = svc.open(&user.account, &w, MemberRole::Owner).await?;
-    svc.delete_credential(&w.id, &c).await?;
+    let o = svc.open_owner(&user, &w).await?;
+    svc.delete_credential(&o, &c).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 /// Check a credential against its issuer's status list.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path), ("c" = String, Path)), responses((status = 200, description = "{id, status: valid|revoked|suspended|no_status}"), (status = 404, body = Problem), (status = 424, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path), ("c" = String, Path)), responses((status = 200, description = "{id, status: valid|revoked|suspended|no_status}"), (status = 404, body = Problem), (status = 424, body = Problem)))]
 #[post("/wallet/wallets/{w}/credentials/{c}/status")]
 pub async fn credential_status(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<serde_json::Value>> {
     let (w, c) = path.into_inner();
-    let (w, _s) = svc.open(&user.account, &w, MemberRole::Viewer).await?;
-    Ok(web::Json(svc.credential_status(&w.id, &c).await?))
+    let v = svc.open_viewer(&user, &w).await?;
+    Ok(web::Json(svc.credential_status(&v, &c).await?))
 }
 
 /// Exchanges of a wallet, newest first.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), responses((status = 200, body = Vec<HistoryEntry>), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), responses((status = 200, body = Vec<HistoryEntry>), (status = 404, body = Problem)))]
 #[get("/wallet/wallets/{w}/history")]
 pub async fn history(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
 ) -> ApiResult<web::Json<Vec<HistoryEntry>>> {
-    let (w, _s) = svc.open(&user.account, &path, MemberRole::Viewer).await?;
-    Ok(web::Json(svc.history(&w.id).await?))
+    let v = svc.open_viewer(&user, &path).await?;
+    Ok(web::Json(svc.history(&v).await?))
 }
 
 /// Show what an OpenID4VCI offer contains (issuer display, offered credentials, grants).
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = OfferInput, responses((status = 200, description = "Resolved offer"), (status = 422, body = Problem), (status = 424, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = OfferInput, responses((status = 200, description = "Resolved offer"), (status = 422, body = Problem), (status = 424, body = Problem)))]
 #[post("/wallet/wallets/{w}/exchange/resolve-offer")]
 pub async fn resolve_offer(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     body: web::Json<OfferInput>,
 ) -> ApiResult<web::Json<serde_json::Value>> {
-    let (_w, _s) = svc.open(&user.account, &path, MemberRole::Viewer).await?;
-    Ok(web::Json(svc.resolve_offer(&body.offer).await?))
+    let v = svc.open_viewer(&user, &path).await?;
+    Ok(web::Json(svc.resolve_offer(&v, &body.offer).await?))
 }
 
 /// Accept an offer: run the OpenID4VCI flow with the wallet's DID key and store the credentials.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = OfferInput, responses((status = 200, body = Vec<CredentialSummary>), (status = 422, body = Problem), (status = 424, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = OfferInput, responses((status = 200, body = Vec<CredentialSummary>), (status = 422, body = Problem), (status = 424, body = Problem)))]
 #[post("/wallet/wallets/{w}/exchange/accept-offer")]
 pub async fn accept_offer(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     body: web::Json<OfferInput>,
 ) -> ApiResult<web::Json<Vec<CredentialSummary>>> {
-    let (_, s) = svc.open(&user.account, &path, MemberRole::Owner).await?;
-    Ok(web::Json(svc.accept_offer(&s, body.into_inner()).await?))
+    let o = svc.open_owner(&user, &path).await?;
+    Ok(web::Json(svc.accept_offer(&o, body.into_inner()).await?))
 }
 
 /// Resolve an OpenID4VP request (verifying a signed request) and list matching credentials.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = RequestInput, responses((status = 200, description = "Request and matches"), (status = 422, body = Problem), (status = 424, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = RequestInput, responses((status = 200, description = "Request and matches"), (status = 422, body = Problem), (status = 424, body = Problem)))]
 #[post("/wallet/wallets/{w}/exchange/resolve-request")]
 pub async fn resolve_request(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     body: web::Json<RequestInput>,
 ) -> ApiResult<web::Json<serde_json::Value>> {
-    let (_, s) = svc.open(&user.account, &path, MemberRole::Viewer).await?;
-    Ok(web::Json(svc.resolve_request(&s, &body.request).await?))
+    let v = svc.open_viewer(&user, &path).await?;
+    Ok(web::Json(svc.resolve_request(&v, &body.request).await?))
 }
 
 /// Present: build the vp_token from the chosen credentials (disclosing only what is chosen) and post it.
-#[utoipa::path(tag = "wallet", security(("admin_token" = [])), params(("w" = String, Path)), request_body = RequestInput, responses((status = 200, description = "Verifier answer"), (status = 422, body = Problem), (status = 424, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = RequestInput, responses((status = 200, description = "Verifier answer"), (status = 422, body = Problem), (status = 424, body = Problem)))]
 #[post("/wallet/wallets/{w}/exchange/present")]
 pub async fn present(
     svc: Svc,
-    user: WalletUser,
+    user: SignedIn,
     path: web::Path<String>,
     body: web::Json<RequestInput>,
 ) -> ApiResult<web::Json<serde_json::Value>> {
-    let (_, s) = svc.open(&user.account, &path, MemberRole::Owner).await?;
-    Ok(web::Json(svc.present(&s, body.into_inner()).await?))
+    let o = svc.open_owner(&user, &path).await?;
+    Ok(web::Json(svc.present(&o, body.into_inner()).await?))
 }
 
 /// All wallet accounts (admin).

@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 
 use crate::error::ApiResult;
 use crate::http::auth::Admin;
-use crate::state::AppState;
+use crate::server::state::AppState;
 
 #[derive(Serialize, ToSchema)]
 pub struct SystemInfo {
@@ -31,7 +31,7 @@ pub async fn system_info(
     let stats = state.store.stats().await?;
     Ok(web::Json(SystemInfo {
         version: env!("CARGO_PKG_VERSION"),
-        features: crate::roles::compiled_features(),
+        features: crate::role::compiled_features(),
         roles: state.roles.iter().map(|r| r.as_str()).collect(),
         public_url: state.public_url.to_string(),
         mode: state.settings.raw.server.mode,
@@ -52,7 +52,7 @@ pub struct WebhookSecret {
     (status = 401, body = crate::error::Problem, content_type = "application/problem+json")))]
 #[get("/api/system/webhook-secret")]
 pub async fn webhook_secret(_admin: Admin, state: web::Data<AppState>) -> web::Json<WebhookSecret> {
-    let key = crate::http::webhook::signing_key(&state);
+    let key = crate::http::webhook::signing_key(&state.sealer);
     web::Json(WebhookSecret {
         secret: key.iter().map(|b| format!("{b:02x}")).collect(),
     })

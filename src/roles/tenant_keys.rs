@@ -5,12 +5,54 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use crate::crypto::SigningKey;
-use crate::error::{ApiError, ApiResult};
-use crate::state::AppState;
+use crate::crypto::{CryptoError, SigningKey};
+use crate::error::{Code, ErrorCode};
+use crate::roles::RoleContext;
+use crate::store::{Sealer, Store, StoreError};
+
+/// Why a tenant key could not be stored or used. Only [`KeyError::Busy`] is the client's to
+/// retry; the rest are the server's (a store that failed, a key that no longer matches).
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{what} `{id}` is being changed concurrently; retry")]
+    Busy { what: &'static str, id: String },
+    #[error("{what} `{id}` has no signing key in the store")]
+    Missing { what: &'static str, id: String },
+    #[error("the key of {what} `{id}` does not parse: {source}")]
+    Unreadable {
+        what: &'static str,
+        id: String,
+        source: CryptoError,
+    },
+    #[error("the signing key of {what} `{id}` is not the one recorded at creation (fingerprint {fingerprint}): what it signed would no longer verify. Refusing to use it; restore the original key (store import) or delete and recreate the {what}")]
+    Mismatch {
+        what: &'static str,
+        id: String,
+        fingerprint: String,
+    },
+}
+
+impl ErrorCode for KeyError {
+    fn error_code(&self) -> Code {
+        match self {
+            KeyError::Store(e) => e.error_code(),
+            KeyError::Busy { .. } => Code::Conflict,
+            _ => Code::Internal,
+        }
+    }
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            KeyError::Store(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+}
 
 pub struct TenantKeys {
-    state: AppState,
+    store: Arc<dyn Store>,
+    sealer: Sealer,
     keyspace: &'static str,
     /// What the tenants are called in messages ("issuer", "verifier").
     what: &'static str,
@@ -18,9 +60,10 @@ pub struct TenantKeys {
 }
 
 impl TenantKeys {
-    pub fn new(state: AppState, keyspace: &'static str, what: &'static str) -> Self {
+    pub fn new(ctx: &RoleContext, keyspace: &'static str, what: &'static str) -> Self {
         Self {
-            state,
+            store: ctx.store.clone(),
+            sealer: ctx.sealer.clone(),
             keyspace,
             what,
             cache: RwLock::default(),
@@ -36,14 +79,11 @@ impl TenantKeys {
     /// tenant at once, e.g. the default issuer when stateless nodes start together on one Redis),
     /// or one a creation that crashed before writing its tenant left behind. Every creator then
     /// records the same fingerprint, whichever wins the tenant record.
-    pub async fn put_new(&self, id: &str, key: SigningKey) -> ApiResult<Arc<SigningKey>> {
+    pub async fn put_new(&self, id: &str, key: SigningKey) -> Result<Arc<SigningKey>, KeyError> {
         let sealed = self
-            .state
             .sealer
-            .seal(self.aad(id).as_bytes(), key.to_private_jwk().as_bytes())
-            .map_err(ApiError::internal)?;
+            .seal(self.aad(id).as_bytes(), key.to_private_jwk().as_bytes())?;
         match self
-            .state
             .store
             .compare_and_swap(self.keyspace, id, None, Some((sealed, None)))
             .await?
@@ -52,25 +92,27 @@ impl TenantKeys {
                 self.evict(id);
                 Ok(Arc::new(key))
             }
-            crate::store::Cas::Conflict(Some(stored)) => Ok(Arc::new(
-                self.unseal(id, &stored).map_err(ApiError::internal)?,
-            )),
-            crate::store::Cas::Conflict(None) => Err(ApiError::conflict(format!(
-                "{} `{id}` is being changed concurrently; retry",
-                self.what
-            ))),
+            crate::store::Cas::Conflict(Some(stored)) => Ok(Arc::new(self.unseal(id, &stored)?)),
+            crate::store::Cas::Conflict(None) => Err(KeyError::Busy {
+                what: self.what,
+                id: id.to_string(),
+            }),
         }
     }
 
-    fn unseal(&self, id: &str, sealed: &[u8]) -> anyhow::Result<SigningKey> {
-        let jwk = self.state.sealer.open(self.aad(id).as_bytes(), sealed)?;
-        Ok(SigningKey::from_private_jwk(&String::from_utf8_lossy(
-            &jwk,
-        ))?)
+    fn unseal(&self, id: &str, sealed: &[u8]) -> Result<SigningKey, KeyError> {
+        let jwk = self.sealer.open(self.aad(id).as_bytes(), sealed)?;
+        SigningKey::from_private_jwk(&String::from_utf8_lossy(&jwk)).map_err(|source| {
+            KeyError::Unreadable {
+                what: self.what,
+                id: id.to_string(),
+                source,
+            }
+        })
     }
 
-    pub async fn remove(&self, id: &str) -> ApiResult<()> {
-        self.state.store.delete(self.keyspace, id).await?;
+    pub async fn remove(&self, id: &str) -> Result<(), KeyError> {
+        self.store.delete(self.keyspace, id).await?;
         self.evict(id);
         Ok(())
     }
@@ -82,27 +124,27 @@ impl TenantKeys {
     }
 
     /// The key of tenant `id`, which must have the thumbprint `fingerprint`.
-    pub async fn get(&self, id: &str, fingerprint: &str) -> anyhow::Result<Arc<SigningKey>> {
+    pub async fn get(&self, id: &str, fingerprint: &str) -> Result<Arc<SigningKey>, KeyError> {
         if let Some((fp, k)) = self.cache.read().ok().and_then(|m| m.get(id).cloned()) {
             if fp == fingerprint {
                 return Ok(k);
             }
         }
         let sealed = self
-            .state
             .store
             .get(self.keyspace, id)
             .await?
-            .ok_or_else(|| {
-                anyhow::anyhow!("{} `{id}` has no signing key in the store", self.what)
+            .ok_or_else(|| KeyError::Missing {
+                what: self.what,
+                id: id.to_string(),
             })?;
         let key = self.unseal(id, &sealed)?;
         if key.verifying_key().thumbprint() != fingerprint {
-            anyhow::bail!(
-                "the signing key of {} `{id}` is not the one recorded at creation (fingerprint {fingerprint}): what it signed would no longer verify. Refusing to use it; restore the original key (store import) or delete and recreate the {}",
-                self.what,
-                self.what
-            );
+            return Err(KeyError::Mismatch {
+                what: self.what,
+                id: id.to_string(),
+                fingerprint: fingerprint.to_string(),
+            });
         }
         let key = Arc::new(key);
         if let Ok(mut m) = self.cache.write() {
@@ -121,7 +163,7 @@ mod tests {
     #[tokio::test]
     async fn first_key_stored_wins_and_fingerprint_is_checked_on_every_use() {
         let keys = TenantKeys::new(
-            AppState::for_tests(FakeClock::new(0)),
+            &RoleContext::for_tests(FakeClock::new(0)),
             "test_keys",
             "tenant",
         );

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use super::redis_store::{Conn, RedisOptions};
 use crate::bus::{Bus, Event, LocalBus};
-use crate::store::redis_store::{Conn, RedisOptions};
 
 #[derive(Serialize, Deserialize)]
 struct Wire {

@@ -6,7 +6,7 @@ use actix_web::{get, web, HttpResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::state::AppState;
+use crate::server::state::AppState;
 
 #[derive(Serialize, ToSchema)]
 pub struct Live {
@@ -39,9 +39,10 @@ pub async fn live() -> web::Json<Live> {
     })
 }
 
-/// Readiness: 200 when a store write probe passes, every enabled role is ready and (in a cluster)
-/// this node is caught up, not paused, reaches a replica for writes and holds the cluster's keys;
-/// else 503 naming the failing components. Load balancers route on this.
+/// Readiness: 200 when a store write probe passes, every enabled role is ready, (in a cluster)
+/// this node is caught up, not paused, reaches a replica for writes and holds the cluster's keys,
+/// and (on Redis) the store still holds its first-start state; else 503 naming the failing
+/// components. Load balancers route on this.
 #[utoipa::path(tag = "system", responses(
     (status = 200, body = Ready), (status = 503, body = Ready)))]
 #[get("/health/ready")]
@@ -62,6 +63,25 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         }));
     }
     match tokio::time::timeout(Duration::from_secs(2), state.store.probe()).await {
+        // A store every node shares (Redis) that lost its first-start state (restarted without
+        // persistence): not ready from the first request that sees it, before the guard reacts
+        // (src/server/first_start.rs).
+        Ok(Ok(())) if state.store.shared_by_nodes() => {
+            if let Ok(false) = crate::server::first_start::present(state.store.as_ref()).await {
+                if !failing
+                    .iter()
+                    .any(|f| f.component == crate::server::first_start::COMPONENT)
+                {
+                    failing.push(Failing {
+                        component: crate::server::first_start::COMPONENT.into(),
+                        reason: crate::server::first_start::missing_reason(
+                            state.settings.raw.server.mode,
+                        )
+                        .into(),
+                    });
+                }
+            }
+        }
         Ok(Ok(())) => {}
         Ok(Err(e)) => failing.push(Failing {
             component: "store".into(),
@@ -94,7 +114,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 #[utoipa::path(tag = "system", responses((status = 200, content_type = "text/plain", body = String), (status = 401, body = crate::error::Problem)))]
 #[get("/metrics")]
 pub async fn metrics(req: actix_web::HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if let Err(e) = super::metrics::authorize(&req, state.settings.metrics_token.as_ref()) {
+    if let Err(e) = crate::http::metrics::authorize(&req, state.settings.metrics_token.as_ref()) {
         return actix_web::ResponseError::error_response(&e);
     }
     if let Ok(stats) = state.store.stats().await {

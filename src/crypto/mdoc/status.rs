@@ -1,0 +1,213 @@
+//! Token Status List in CWT form (`application/statuslist+cwt`, draft-ietf-oauth-status-list):
+//! the list an mdoc's MSO points at (`status.status_list.{idx, uri}`). A tagged COSE_Sign1
+//! (ES256) whose protected header carries `typ` = `application/statuslist+cwt` and whose
+//! unprotected header carries the signer's `x5chain`; the payload is a CWT claims set with
+//! `sub` (2) = the list's URI, `iat` (6), optional `exp` (4) and `ttl` (65534), and
+//! `status_list` (65533) = `{bits, lst}` where `lst` is the zlib-compressed status array.
+//!
+//! An mdoc's status list is believed only when its signer is the mdoc's own document signer:
+//! same key, chain to a trust anchor.
+
+use ciborium::Value;
+use coset::{iana, CborSerializable, Label, TaggedCborSerializable};
+
+use super::{get, MdocError, MdocResult, X5CHAIN};
+use crate::crypto::status::StatusArray;
+use crate::crypto::x509::TrustAnchors;
+use crate::crypto::{SigningKey, VerifyingKey};
+
+pub const MEDIA_TYPE: &str = "application/statuslist+cwt";
+const SUB: i64 = 2;
+const EXP: i64 = 4;
+const IAT: i64 = 6;
+const STATUS_LIST: i64 = 65533;
+const TTL: i64 = 65534;
+/// Largest status list token accepted.
+pub const MAX_TOKEN_BYTES: usize = 2 * 1024 * 1024;
+
+/// Signs `list` as the status list at `uri`.
+pub fn sign(
+    uri: &str,
+    iat: i64,
+    ttl: Option<u64>,
+    list: &StatusArray,
+    signer: &SigningKey,
+    x5chain: &[Vec<u8>],
+) -> MdocResult<Vec<u8>> {
+    let mut claims = vec![
+        (Value::Integer(SUB.into()), Value::Text(uri.into())),
+        (Value::Integer(IAT.into()), Value::Integer(iat.into())),
+        (
+            Value::Integer(STATUS_LIST.into()),
+            Value::Map(vec![
+                (Value::Text("bits".into()), Value::Integer(list.bits.into())),
+                (Value::Text("lst".into()), Value::Bytes(list.to_zlib())),
+            ]),
+        ),
+    ];
+    if let Some(ttl) = ttl {
+        claims.push((Value::Integer(TTL.into()), Value::Integer(ttl.into())));
+    }
+    let chain = match x5chain {
+        [one] => Value::Bytes(one.clone()),
+        many => Value::Array(many.iter().cloned().map(Value::Bytes).collect()),
+    };
+    coset::CoseSign1Builder::new()
+        .protected(
+            coset::HeaderBuilder::new()
+                .algorithm(iana::Algorithm::ES256)
+                .value(16, Value::Text(MEDIA_TYPE.into()))
+                .build(),
+        )
+        .unprotected(coset::HeaderBuilder::new().value(X5CHAIN, chain).build())
+        .payload(super::encode(&Value::Map(claims)))
+        .create_signature(b"", |data| signer.sign(data))
+        .build()
+        .to_tagged_vec()
+        .map_err(|e| MdocError::Malformed(format!("status list COSE_Sign1: {e}")))
+}
+
+/// Verifies a status list token fetched from `uri` for an mdoc signed by `signer` (the
+/// document signer's key): the token's x5chain chains to `anchors`, its leaf key is `signer`,
+/// the signature verifies, `sub` is `uri`, it has not expired. Returns the status array.
+pub fn verify(
+    bytes: &[u8],
+    uri: &str,
+    signer: &VerifyingKey,
+    anchors: &TrustAnchors,
+    now: i64,
+) -> MdocResult<StatusArray> {
+    if bytes.len() > MAX_TOKEN_BYTES {
+        return Err(MdocError::TooLarge("status list token".into()));
+    }
+    let sign1 = coset::CoseSign1::from_tagged_slice(bytes)
+        .or_else(|_| coset::CoseSign1::from_slice(bytes))
+        .map_err(|e| MdocError::Malformed(format!("status list token: {e}")))?;
+    let typ_ok = sign1
+        .protected
+        .header
+        .rest
+        .iter()
+        .any(|(l, v)| *l == Label::Int(16) && *v == Value::Text(MEDIA_TYPE.into()));
+    if !typ_ok {
+        return Err(MdocError::Malformed(format!(
+            "status list token typ is not {MEDIA_TYPE}"
+        )));
+    }
+    if sign1.protected.header.alg
+        != Some(coset::RegisteredLabelWithPrivate::Assigned(
+            iana::Algorithm::ES256,
+        ))
+    {
+        return Err(MdocError::Unsupported(
+            "status list token must be ES256".into(),
+        ));
+    }
+    let chain = super::verify::x5chain(&sign1)?;
+    let (key, _) = anchors
+        .chain_key(&chain, now)
+        .map_err(MdocError::Untrusted)?;
+    if &key != signer {
+        return Err(MdocError::Untrusted(
+            "the status list is not signed by the mdoc's document signer".into(),
+        ));
+    }
+    sign1
+        .verify_signature(b"", |sig, data| key.verify(data, sig))
+        .map_err(|_| MdocError::IssuerSignature)?;
+    let claims = super::decode(sign1.payload.as_deref().unwrap_or_default())?;
+    let int = |k: i64| match &claims {
+        Value::Map(m) => m
+            .iter()
+            .find(|(key, _)| matches!(key, Value::Integer(i) if i128::from(*i) == i128::from(k)))
+            .map(|(_, v)| v),
+        _ => None,
+    };
+    if int(SUB) != Some(&Value::Text(uri.into())) {
+        return Err(MdocError::Malformed(
+            "status list token `sub` is not its URI".into(),
+        ));
+    }
+    if let Some(Value::Integer(exp)) = int(EXP) {
+        if i128::from(*exp) <= i128::from(now) {
+            return Err(MdocError::Validity("the status list token expired".into()));
+        }
+    }
+    let list = int(STATUS_LIST).ok_or_else(|| MdocError::Malformed("no status_list".into()))?;
+    let bits = match get(list, "bits") {
+        Some(Value::Integer(b)) => u8::try_from(*b).unwrap_or(0),
+        _ => 0,
+    };
+    let lst = match get(list, "lst") {
+        Some(Value::Bytes(b)) => b,
+        _ => {
+            return Err(MdocError::Malformed(
+                "status_list.lst must be a byte string".into(),
+            ))
+        }
+    };
+    StatusArray::from_zlib(bits, lst).map_err(|e| MdocError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::x509::tests::{ca, leaf};
+    use crate::crypto::KeyType;
+
+    #[test]
+    fn signed_by_the_document_signer_or_refused() {
+        use base64::Engine;
+        let root = ca("IACA", None);
+        let anchors = TrustAnchors::from_pem(root.cert.pem().as_bytes()).unwrap();
+        let (ds, key) = leaf(&root, vec![], |_| {});
+        let chain = vec![base64::engine::general_purpose::STANDARD
+            .decode(ds)
+            .unwrap()];
+        let mut list = StatusArray::new(2, 1024).unwrap();
+        list.set_lsb(7, 1).unwrap();
+        let uri = "https://issuer.example/status/1";
+        let now = 1_800_000_000;
+        let t = sign(uri, now, Some(3600), &list, &key, &chain).unwrap();
+        let got = verify(&t, uri, &key.verifying_key(), &anchors, now).unwrap();
+        assert_eq!((got.get_lsb(7).unwrap(), got.get_lsb(6).unwrap()), (1, 0));
+        // another URI, another signer, another anchor, a truncated token
+        assert!(verify(
+            &t,
+            "https://issuer.example/status/2",
+            &key.verifying_key(),
+            &anchors,
+            now
+        )
+        .is_err());
+        let other = SigningKey::generate(KeyType::P256).verifying_key();
+        assert_eq!(
+            verify(&t, uri, &other, &anchors, now).unwrap_err().code(),
+            "mdoc_untrusted_signer"
+        );
+        let elsewhere = TrustAnchors::from_pem(ca("other", None).cert.pem().as_bytes()).unwrap();
+        assert_eq!(
+            verify(&t, uri, &key.verifying_key(), &elsewhere, now)
+                .unwrap_err()
+                .code(),
+            "mdoc_untrusted_signer"
+        );
+        assert!(verify(&t[..t.len() - 3], uri, &key.verifying_key(), &anchors, now).is_err());
+        // the attacker's key with the genuine chain
+        let forged = sign(
+            uri,
+            now,
+            None,
+            &StatusArray::new(2, 1024).unwrap(),
+            &SigningKey::generate(KeyType::P256),
+            &chain,
+        )
+        .unwrap();
+        assert_eq!(
+            verify(&forged, uri, &key.verifying_key(), &anchors, now)
+                .unwrap_err()
+                .code(),
+            "mdoc_bad_issuer_signature"
+        );
+    }
+}

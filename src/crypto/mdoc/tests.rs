@@ -1,0 +1,362 @@
+//! The mdoc round trip and its negative cases: each attack is refused by the named check.
+
+use ciborium::Value;
+
+use super::*;
+use crate::crypto::x509::tests::{ca, leaf};
+use crate::crypto::x509::TrustAnchors;
+use crate::crypto::{KeyType, SigningKey};
+
+const NOW: i64 = 1_800_000_000;
+const MDL: &str = "org.iso.18013.5.1.mDL";
+const NS: &str = "org.iso.18013.5.1";
+
+struct Fixture {
+    anchors: TrustAnchors,
+    signer: SigningKey,
+    chain: Vec<Vec<u8>>,
+    device: SigningKey,
+}
+
+fn fixture() -> Fixture {
+    use base64::Engine;
+    let root = ca("test IACA", None);
+    let (ds, signer) = leaf(&root, vec![], |_| {});
+    Fixture {
+        anchors: TrustAnchors::from_pem(root.cert.pem().as_bytes()).unwrap(),
+        signer,
+        chain: vec![base64::engine::general_purpose::STANDARD
+            .decode(ds)
+            .unwrap()],
+        device: SigningKey::generate(KeyType::P256),
+    }
+}
+
+fn mdl(f: &Fixture, valid_from: i64, valid_until: i64) -> Vec<u8> {
+    let elements = vec![
+        ("family_name".to_string(), Value::Text("Mustermann".into())),
+        ("given_name".to_string(), Value::Text("Erika".into())),
+        (
+            "birth_date".to_string(),
+            from_json(&serde_json::json!("1984-01-26"), true),
+        ),
+        ("age_over_18".to_string(), Value::Bool(true)),
+    ];
+    issue::issuer_signed(&issue::IssueRequest {
+        doc_type: MDL,
+        namespaces: &[(NS.to_string(), elements)],
+        device_key: &f.device.verifying_key(),
+        signer: &f.signer,
+        x5chain: &f.chain,
+        signed: NOW - 10,
+        valid_from,
+        valid_until,
+        status: Some((7, "https://issuer.example/status/1".into())),
+    })
+    .unwrap()
+}
+
+fn transcript(nonce: &str) -> Vec<u8> {
+    transcript::oid4vp(
+        "x509_san_dns:rp.example",
+        nonce,
+        None,
+        "https://rp.example/response",
+    )
+}
+
+fn present(f: &Fixture, signed: &[u8], nonce: &str) -> Vec<u8> {
+    present::device_response(
+        signed,
+        MDL,
+        |_, e| e == "family_name" || e == "age_over_18",
+        &f.device,
+        &transcript(nonce),
+    )
+    .unwrap()
+}
+
+fn verify_resp(f: &Fixture, resp: &[u8], nonce: &str) -> MdocResult<Vec<verify::Verified>> {
+    verify::device_response(resp, &transcript(nonce), &f.anchors, NOW)
+}
+
+#[test]
+fn issued_presented_and_verified_with_only_the_requested_elements() {
+    let f = fixture();
+    let signed = mdl(&f, NOW - 10, NOW + 3600);
+    // the holder can check what it received (no device signature yet)
+    let held =
+        verify::issuer_signed(&decode(&signed).unwrap(), Some(MDL), &f.anchors, NOW).unwrap();
+    assert_eq!(held.claims[NS].len(), 4);
+    let docs = verify_resp(&f, &present(&f, &signed, "n-1"), "n-1").unwrap();
+    assert_eq!(docs.len(), 1);
+    let d = &docs[0];
+    assert_eq!(d.doc_type, MDL);
+    assert_eq!(
+        serde_json::Value::Object(d.claims[NS].clone()),
+        serde_json::json!({"family_name": "Mustermann", "age_over_18": true})
+    );
+    assert_eq!(
+        d.status,
+        Some((7, "https://issuer.example/status/1".into()))
+    );
+    assert_eq!(d.device_key, f.device.verifying_key());
+    assert_eq!(held.claims[NS]["birth_date"], "1984-01-26");
+}
+
+#[test]
+fn another_requests_transcript_is_refused() {
+    let f = fixture();
+    let resp = present(&f, &mdl(&f, NOW - 10, NOW + 3600), "n-1");
+    assert_eq!(
+        verify_resp(&f, &resp, "n-2").unwrap_err().code(),
+        "mdoc_device_auth_failed"
+    );
+    let other_rp = transcript::oid4vp(
+        "x509_san_dns:evil.example",
+        "n-1",
+        None,
+        "https://rp.example/response",
+    );
+    let e = verify::device_response(&resp, &other_rp, &f.anchors, NOW).unwrap_err();
+    assert_eq!(e.code(), "mdoc_device_auth_failed");
+}
+
+#[test]
+fn a_device_signature_by_another_key_is_refused() {
+    let f = fixture();
+    let signed = mdl(&f, NOW - 10, NOW + 3600);
+    let thief = SigningKey::generate(KeyType::P256);
+    let resp =
+        present::device_response(&signed, MDL, |_, _| true, &thief, &transcript("n")).unwrap();
+    assert_eq!(
+        verify_resp(&f, &resp, "n").unwrap_err().code(),
+        "mdoc_device_auth_failed"
+    );
+}
+
+#[test]
+fn validity_window_is_enforced() {
+    let f = fixture();
+    let expired = present(&f, &mdl(&f, NOW - 7200, NOW - 1), "n");
+    assert_eq!(
+        verify_resp(&f, &expired, "n").unwrap_err().code(),
+        "mdoc_not_valid_now"
+    );
+    let early = present(&f, &mdl(&f, NOW + 600, NOW + 7200), "n");
+    assert_eq!(
+        verify_resp(&f, &early, "n").unwrap_err().code(),
+        "mdoc_not_valid_now"
+    );
+}
+
+#[test]
+fn a_document_signer_outside_the_trust_anchors_is_refused() {
+    let f = fixture();
+    let resp = present(&f, &mdl(&f, NOW - 10, NOW + 3600), "n");
+    let other = ca("someone else's IACA", None);
+    let anchors = TrustAnchors::from_pem(other.cert.pem().as_bytes()).unwrap();
+    let e = verify::device_response(&resp, &transcript("n"), &anchors, NOW).unwrap_err();
+    assert_eq!(e.code(), "mdoc_untrusted_signer");
+    let e = verify::device_response(&resp, &transcript("n"), &TrustAnchors::default(), NOW)
+        .unwrap_err();
+    assert_eq!(e.code(), "mdoc_untrusted_signer");
+}
+
+/// Rewrites the one issuer-signed item of the response through `edit` (on its decoded map),
+/// re-wrapping it, so its bytes change while the MSO's digest stays.
+fn edit_first_item(resp: &[u8], edit: impl Fn(&mut Vec<(Value, Value)>)) -> Vec<u8> {
+    let mut v = decode(resp).unwrap();
+    let Value::Map(top) = &mut v else { panic!() };
+    let docs = &mut top
+        .iter_mut()
+        .find(|(k, _)| k == &Value::Text("documents".into()))
+        .unwrap()
+        .1;
+    let Value::Array(docs) = docs else { panic!() };
+    let Value::Map(doc) = &mut docs[0] else {
+        panic!()
+    };
+    let issuer = &mut doc
+        .iter_mut()
+        .find(|(k, _)| k == &Value::Text("issuerSigned".into()))
+        .unwrap()
+        .1;
+    let Value::Map(issuer) = issuer else { panic!() };
+    let ns = &mut issuer
+        .iter_mut()
+        .find(|(k, _)| k == &Value::Text("nameSpaces".into()))
+        .unwrap()
+        .1;
+    let Value::Map(ns) = ns else { panic!() };
+    let Value::Array(items) = &mut ns[0].1 else {
+        panic!()
+    };
+    let (_, decoded) = untag24(&items[0]).unwrap();
+    let Value::Map(mut m) = decoded else { panic!() };
+    edit(&mut m);
+    items[0] = tag24(&Value::Map(m));
+    encode(&v)
+}
+
+#[test]
+fn a_tampered_element_fails_its_digest() {
+    let f = fixture();
+    let resp = present(&f, &mdl(&f, NOW - 10, NOW + 3600), "n");
+    let forged = edit_first_item(&resp, |m| {
+        for (k, v) in m.iter_mut() {
+            if k == &Value::Text("elementValue".into()) {
+                *v = match v {
+                    Value::Bool(_) => Value::Bool(false),
+                    _ => Value::Text("Musterfrau".into()),
+                };
+            }
+        }
+    });
+    assert_eq!(
+        verify_resp(&f, &forged, "n").unwrap_err().code(),
+        "mdoc_digest_mismatch"
+    );
+    // renaming the element (an undisclosed one under a disclosed digest) fails the same way
+    let renamed = edit_first_item(&resp, |m| {
+        for (k, v) in m.iter_mut() {
+            if k == &Value::Text("elementIdentifier".into()) {
+                *v = Value::Text("given_name".into());
+            }
+        }
+    });
+    assert_eq!(
+        verify_resp(&f, &renamed, "n").unwrap_err().code(),
+        "mdoc_digest_mismatch"
+    );
+}
+
+#[test]
+fn a_disclosed_item_twice_is_refused() {
+    let f = fixture();
+    let signed = mdl(&f, NOW - 10, NOW + 3600);
+    let mut v = decode(&signed).unwrap();
+    let Value::Map(top) = &mut v else { panic!() };
+    let Value::Map(ns) = &mut top[0].1 else {
+        panic!()
+    };
+    let Value::Array(items) = &mut ns[0].1 else {
+        panic!()
+    };
+    items.push(items[0].clone());
+    let e = verify::issuer_signed(&v, Some(MDL), &f.anchors, NOW).unwrap_err();
+    assert_eq!(e.code(), "mdoc_digest_mismatch");
+}
+
+#[test]
+fn a_document_claiming_another_doc_type_is_refused() {
+    let f = fixture();
+    let signed = mdl(&f, NOW - 10, NOW + 3600);
+    let resp = present::device_response(
+        &signed,
+        "eu.europa.ec.eudi.pid.1",
+        |_, _| true,
+        &f.device,
+        &transcript("n"),
+    )
+    .unwrap();
+    assert_eq!(
+        verify_resp(&f, &resp, "n").unwrap_err().code(),
+        "mdoc_doctype_mismatch"
+    );
+}
+
+#[test]
+fn a_forged_issuer_auth_is_refused() {
+    let f = fixture();
+    // the attacker's own MSO (all digests its own), signed with its own key but naming the
+    // genuine document signer certificate
+    let attacker = SigningKey::generate(KeyType::P256);
+    let forged = issue::issuer_signed(&issue::IssueRequest {
+        doc_type: MDL,
+        namespaces: &[(
+            NS.into(),
+            vec![("family_name".into(), Value::Text("Forged".into()))],
+        )],
+        device_key: &f.device.verifying_key(),
+        signer: &attacker,
+        x5chain: &f.chain,
+        signed: NOW - 10,
+        valid_from: NOW - 10,
+        valid_until: NOW + 3600,
+        status: None,
+    })
+    .unwrap();
+    let resp = present(&f, &forged, "n");
+    assert_eq!(
+        verify_resp(&f, &resp, "n").unwrap_err().code(),
+        "mdoc_bad_issuer_signature"
+    );
+}
+
+#[test]
+fn malformed_and_oversized_input_is_a_clear_error_never_a_panic() {
+    let f = fixture();
+    let resp = present(&f, &mdl(&f, NOW - 10, NOW + 3600), "n");
+    for cut in [0, 1, resp.len() / 3, resp.len() - 1] {
+        assert_eq!(
+            verify_resp(&f, &resp[..cut], "n").unwrap_err().code(),
+            "mdoc_malformed",
+            "cut at {cut}"
+        );
+    }
+    let mut trailing = resp.clone();
+    trailing.push(0);
+    assert_eq!(
+        verify_resp(&f, &trailing, "n").unwrap_err().code(),
+        "mdoc_malformed"
+    );
+    let huge = vec![0x40; MAX_BYTES + 1];
+    assert_eq!(
+        verify_resp(&f, &huge, "n").unwrap_err().code(),
+        "mdoc_too_large"
+    );
+    // deep nesting: 10,000 nested arrays
+    let deep = vec![0x81; 10_000];
+    assert!(verify_resp(&f, &deep, "n").is_err());
+    // every single-byte corruption is refused or (if it hit nothing signed, e.g. a map key the
+    // verifier then does not see) verifies a subset of the same claims: it never panics and never
+    // yields a claim that was not issued
+    let good = verify_resp(&f, &resp, "n").unwrap()[0].claims.clone();
+    for i in 0..resp.len() {
+        let mut b = resp.clone();
+        b[i] ^= 0x5a;
+        if let Ok(docs) = verify_resp(&f, &b, "n") {
+            for (ns, elements) in &docs[0].claims {
+                for (k, v) in elements {
+                    assert_eq!(good.get(ns).and_then(|e| e.get(k)), Some(v), "byte {i}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn device_mac_and_device_signed_elements_are_not_accepted() {
+    let f = fixture();
+    let resp = present(&f, &mdl(&f, NOW - 10, NOW + 3600), "n");
+    let mut v = decode(&resp).unwrap();
+    let Value::Map(top) = &mut v else { panic!() };
+    let Value::Array(docs) = &mut top[1].1 else {
+        panic!()
+    };
+    let Value::Map(doc) = &mut docs[0] else {
+        panic!()
+    };
+    let Value::Map(device) = &mut doc[2].1 else {
+        panic!()
+    };
+    device[1].1 = Value::Map(vec![(
+        Value::Text("deviceMac".into()),
+        Value::Array(vec![]),
+    )]);
+    assert_eq!(
+        verify_resp(&f, &encode(&v), "n").unwrap_err().code(),
+        "mdoc_unsupported"
+    );
+}

@@ -1,0 +1,358 @@
+//! Verifying issuer-signed data and DeviceResponses. Every check is fatal; the result names
+//! only what was both disclosed and matched its digest.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ciborium::Value;
+use coset::{AsCborValue, Label};
+use sha2::{Digest, Sha256};
+
+use super::{
+    array, decode, encode, get, key_from_cose, malformed, map_entries, parse_tdate, tag24, text,
+    untag24, MdocError, MdocResult, MAX_DOCUMENTS, MAX_ELEMENTS, X5CHAIN,
+};
+use crate::crypto::x509::TrustAnchors;
+use crate::crypto::VerifyingKey;
+
+/// Seconds an MSO's `signed` time may be ahead of this node's clock.
+const SIGNED_SKEW: i64 = 60;
+
+/// What a verified document says.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub doc_type: String,
+    /// Namespace → element identifier → value (JSON form), for the disclosed elements only.
+    pub claims: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+    /// The holder's device key from the MSO.
+    pub device_key: VerifyingKey,
+    pub valid_from: i64,
+    pub valid_until: i64,
+    /// Token Status List reference from the MSO: (index, list URI).
+    pub status: Option<(u64, String)>,
+    /// The document signer certificate's subject (RFC 4514).
+    pub signer: String,
+    /// The document signer's key (what the mdoc's status list must be signed with).
+    pub signer_key: VerifyingKey,
+}
+
+/// The issuer-signed part of one document: `issuerAuth` signed by a document signer chaining to
+/// `anchors`, MSO doc type = `doc_type` (when given), SHA-256 digests, valid at `now`, every
+/// disclosed item matching its digest.
+pub fn issuer_signed(
+    issuer_signed: &Value,
+    doc_type: Option<&str>,
+    anchors: &TrustAnchors,
+    now: i64,
+) -> MdocResult<Verified> {
+    let auth = get(issuer_signed, "issuerAuth").ok_or_else(|| malformed("no issuerAuth"))?;
+    let sign1 = coset::CoseSign1::from_cbor_value(auth.clone())
+        .map_err(|e| malformed(format!("issuerAuth is not a COSE_Sign1: {e}")))?;
+    let alg = sign1.protected.header.alg.clone();
+    if alg
+        != Some(coset::RegisteredLabelWithPrivate::Assigned(
+            coset::iana::Algorithm::ES256,
+        ))
+    {
+        return Err(MdocError::Unsupported(
+            "issuerAuth must be ES256 (alg in the protected header)".into(),
+        ));
+    }
+    let chain = x5chain(&sign1)?;
+    let (signer, signer_cert) = anchors
+        .chain_key(&chain, now)
+        .map_err(MdocError::Untrusted)?;
+    if !matches!(signer, VerifyingKey::P256(_)) {
+        return Err(MdocError::Unsupported(
+            "document signer key must be P-256".into(),
+        ));
+    }
+    sign1
+        .verify_signature(b"", |sig, data| signer.verify(data, sig))
+        .map_err(|_| MdocError::IssuerSignature)?;
+    let payload = sign1
+        .payload
+        .as_deref()
+        .ok_or_else(|| malformed("issuerAuth has no payload"))?;
+    let (_, mso) = untag24(&super::decode(payload)?)?;
+    check_mso_header(&mso, doc_type)?;
+    let validity = get(&mso, "validityInfo").ok_or_else(|| malformed("no validityInfo"))?;
+    let valid_from =
+        parse_tdate(get(validity, "validFrom").ok_or_else(|| malformed("no validFrom"))?)?;
+    let valid_until =
+        parse_tdate(get(validity, "validUntil").ok_or_else(|| malformed("no validUntil"))?)?;
+    let signed = parse_tdate(get(validity, "signed").ok_or_else(|| malformed("no signed"))?)?;
+    if now < valid_from {
+        return Err(MdocError::Validity("validFrom is in the future".into()));
+    }
+    if now >= valid_until {
+        return Err(MdocError::Validity("expired (validUntil passed)".into()));
+    }
+    // an issuer's clock a little ahead is tolerated; a signing time after the validity is not
+    if signed > now + SIGNED_SKEW || signed >= valid_until {
+        return Err(MdocError::Validity(
+            "the MSO was signed in the future or after its validUntil".into(),
+        ));
+    }
+    let device_key = key_from_cose(
+        get(
+            get(&mso, "deviceKeyInfo").ok_or_else(|| malformed("no deviceKeyInfo"))?,
+            "deviceKey",
+        )
+        .ok_or_else(|| malformed("no deviceKey"))?,
+    )?;
+    let claims = disclosed(issuer_signed, &mso)?;
+    Ok(Verified {
+        doc_type: text(&mso, "docType")?.to_string(),
+        claims,
+        device_key,
+        valid_from,
+        valid_until,
+        status: status_ref(&mso),
+        signer: signer_cert.tbs_certificate.subject.to_string(),
+        signer_key: signer,
+    })
+}
+
+/// The doc type and issuer-signed elements of an `IssuerSigned` WITHOUT checking its signature,
+/// chain or validity (each disclosed item is still checked against the MSO's digests): for a
+/// holder deciding which of its own credentials answer a query. Never a verification result.
+pub fn parse_unverified(
+    issuer_signed_bytes: &[u8],
+) -> MdocResult<(
+    String,
+    BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+)> {
+    let signed = decode(issuer_signed_bytes)?;
+    let auth = get(&signed, "issuerAuth").ok_or_else(|| malformed("no issuerAuth"))?;
+    let sign1 = coset::CoseSign1::from_cbor_value(auth.clone())
+        .map_err(|e| malformed(format!("issuerAuth is not a COSE_Sign1: {e}")))?;
+    let payload = sign1
+        .payload
+        .as_deref()
+        .ok_or_else(|| malformed("issuerAuth has no payload"))?;
+    let (_, mso) = untag24(&decode(payload)?)?;
+    Ok((
+        text(&mso, "docType")?.to_string(),
+        disclosed(&signed, &mso)?,
+    ))
+}
+
+fn check_mso_header(mso: &Value, doc_type: Option<&str>) -> MdocResult<()> {
+    if text(mso, "version")? != "1.0" {
+        return Err(MdocError::Unsupported("MSO version must be 1.0".into()));
+    }
+    if text(mso, "digestAlgorithm")? != "SHA-256" {
+        return Err(MdocError::Unsupported(
+            "digestAlgorithm must be SHA-256".into(),
+        ));
+    }
+    let mso_type = text(mso, "docType")?;
+    if let Some(want) = doc_type {
+        if mso_type != want {
+            return Err(MdocError::DocType(format!(
+                "the document says {want}, its MSO {mso_type}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The chain in the `x5chain` header (unprotected or protected): one bstr or an array of them.
+pub(super) fn x5chain(sign1: &coset::CoseSign1) -> MdocResult<Vec<Vec<u8>>> {
+    let find = |h: &coset::Header| {
+        h.rest
+            .iter()
+            .find(|(l, _)| *l == Label::Int(X5CHAIN))
+            .map(|(_, v)| v.clone())
+    };
+    let v = find(&sign1.unprotected)
+        .or_else(|| find(&sign1.protected.header))
+        .ok_or_else(|| MdocError::Untrusted("issuerAuth carries no x5chain".into()))?;
+    match v {
+        Value::Bytes(b) => Ok(vec![b]),
+        Value::Array(a) if !a.is_empty() && a.len() <= crate::crypto::x509::MAX_CHAIN => a
+            .into_iter()
+            .map(|c| match c {
+                Value::Bytes(b) => Ok(b),
+                _ => Err(malformed("x5chain entries must be byte strings")),
+            })
+            .collect(),
+        _ => Err(malformed(
+            "x5chain must be a bstr or an array of 1 to 5 bstr",
+        )),
+    }
+}
+
+/// Each issuer-signed item disclosed in `issuer_signed.nameSpaces`, checked against the MSO's
+/// value digests (SHA-256 over the tag-24 item exactly as received).
+fn disclosed(
+    issuer_signed: &Value,
+    mso: &Value,
+) -> MdocResult<BTreeMap<String, serde_json::Map<String, serde_json::Value>>> {
+    let digests = get(mso, "valueDigests").ok_or_else(|| malformed("no valueDigests"))?;
+    let mut out = BTreeMap::new();
+    let Some(name_spaces) = get(issuer_signed, "nameSpaces") else {
+        return Ok(out);
+    };
+    let mut count = 0usize;
+    for (ns, items) in map_entries(name_spaces, "nameSpaces")? {
+        let Value::Text(ns) = ns else {
+            return Err(malformed("namespace names must be text"));
+        };
+        let ns_digests = get(digests, ns)
+            .ok_or_else(|| MdocError::Digest(format!("no digests for namespace {ns}")))?;
+        let mut seen_ids = BTreeSet::new();
+        let mut elements = serde_json::Map::new();
+        for item in array(items, "a namespace's items")? {
+            count += 1;
+            if count > MAX_ELEMENTS {
+                return Err(MdocError::TooLarge(format!(
+                    "more than {MAX_ELEMENTS} elements"
+                )));
+            }
+            let (_, decoded) = untag24(item)?;
+            let id = match get(&decoded, "digestID") {
+                Some(Value::Integer(i)) => u64::try_from(*i)
+                    .map_err(|_| malformed("digestID must be an unsigned integer"))?,
+                _ => return Err(malformed("digestID must be an unsigned integer")),
+            };
+            if !seen_ids.insert(id) {
+                return Err(MdocError::Digest(format!(
+                    "digestID {id} disclosed twice in {ns}"
+                )));
+            }
+            let want = map_entries(ns_digests, "valueDigests")?
+                .iter()
+                .find(|(k, _)| matches!(k, Value::Integer(i) if u64::try_from(*i).ok() == Some(id)))
+                .map(|(_, v)| v)
+                .ok_or_else(|| MdocError::Digest(format!("no digest {id} in {ns}")))?;
+            let got = Sha256::digest(encode(item));
+            if !matches!(want, Value::Bytes(w) if w.as_slice() == got.as_slice()) {
+                return Err(MdocError::Digest(format!(
+                    "element with digestID {id} in {ns}"
+                )));
+            }
+            let name = text(&decoded, "elementIdentifier")?.to_string();
+            let value =
+                get(&decoded, "elementValue").ok_or_else(|| malformed("no elementValue"))?;
+            if elements
+                .insert(name.clone(), super::to_json(value))
+                .is_some()
+            {
+                return Err(MdocError::Digest(format!(
+                    "element {name} disclosed twice in {ns}"
+                )));
+            }
+        }
+        out.insert(ns.clone(), elements);
+    }
+    Ok(out)
+}
+
+fn status_ref(mso: &Value) -> Option<(u64, String)> {
+    let list = get(get(mso, "status")?, "status_list")?;
+    let idx = match get(list, "idx")? {
+        Value::Integer(i) => u64::try_from(*i).ok()?,
+        _ => return None,
+    };
+    match get(list, "uri")? {
+        Value::Text(u) => Some((idx, u.clone())),
+        _ => None,
+    }
+}
+
+/// A DeviceResponse: every document's issuer-signed part (as [`issuer_signed`]) and its device
+/// signature over `DeviceAuthentication` with `session_transcript` (the encoded
+/// SessionTranscript the verifier expects), made with the MSO's device key.
+pub fn device_response(
+    bytes: &[u8],
+    session_transcript: &[u8],
+    anchors: &TrustAnchors,
+    now: i64,
+) -> MdocResult<Vec<Verified>> {
+    let resp = decode(bytes)?;
+    if text(&resp, "version")? != "1.0" {
+        return Err(MdocError::Unsupported(
+            "DeviceResponse version must be 1.0".into(),
+        ));
+    }
+    match get(&resp, "status") {
+        Some(Value::Integer(i)) if i128::from(*i) == 0 => {}
+        _ => return Err(malformed("DeviceResponse status must be 0 (OK)")),
+    }
+    let docs = array(
+        get(&resp, "documents").ok_or_else(|| malformed("no documents"))?,
+        "documents",
+    )?;
+    if docs.is_empty() {
+        return Err(malformed("no documents"));
+    }
+    if docs.len() > MAX_DOCUMENTS {
+        return Err(MdocError::TooLarge(format!(
+            "more than {MAX_DOCUMENTS} documents"
+        )));
+    }
+    let transcript = decode(session_transcript)?;
+    docs.iter()
+        .map(|doc| document(doc, &transcript, anchors, now))
+        .collect()
+}
+
+fn document(
+    doc: &Value,
+    transcript: &Value,
+    anchors: &TrustAnchors,
+    now: i64,
+) -> MdocResult<Verified> {
+    let doc_type = text(doc, "docType")?;
+    let issuer = get(doc, "issuerSigned").ok_or_else(|| malformed("no issuerSigned"))?;
+    let verified = issuer_signed(issuer, Some(doc_type), anchors, now)?;
+    let device = get(doc, "deviceSigned").ok_or_else(|| malformed("no deviceSigned"))?;
+    let ns_bytes =
+        get(device, "nameSpaces").ok_or_else(|| malformed("no deviceSigned nameSpaces"))?;
+    let (_, device_ns) = untag24(ns_bytes)?;
+    if !matches!(&device_ns, Value::Map(m) if m.is_empty()) {
+        return Err(MdocError::Unsupported(
+            "device-signed elements are not accepted (only issuer-signed data counts)".into(),
+        ));
+    }
+    let auth = get(device, "deviceAuth").ok_or_else(|| malformed("no deviceAuth"))?;
+    if get(auth, "deviceMac").is_some() {
+        return Err(MdocError::Unsupported(
+            "deviceMac needs a reader key this flow does not have; use deviceSignature".into(),
+        ));
+    }
+    let sig = get(auth, "deviceSignature").ok_or_else(|| malformed("no deviceSignature"))?;
+    let sign1 = coset::CoseSign1::from_cbor_value(sig.clone())
+        .map_err(|e| malformed(format!("deviceSignature is not a COSE_Sign1: {e}")))?;
+    if sign1.protected.header.alg
+        != Some(coset::RegisteredLabelWithPrivate::Assigned(
+            coset::iana::Algorithm::ES256,
+        ))
+    {
+        return Err(MdocError::Unsupported(
+            "deviceSignature must be ES256".into(),
+        ));
+    }
+    // the detached payload: #6.24(bstr .cbor DeviceAuthentication), rebuilt from what we expect
+    let device_auth = Value::Array(vec![
+        Value::Text("DeviceAuthentication".into()),
+        transcript.clone(),
+        Value::Text(doc_type.into()),
+        ns_bytes.clone(),
+    ]);
+    let payload = encode(&tag24(&device_auth));
+    if sign1.payload.as_ref().is_some_and(|p| *p != payload) {
+        return Err(MdocError::DeviceAuth(
+            "the signed DeviceAuthentication is not this request's".into(),
+        ));
+    }
+    sign1
+        .verify_detached_signature(&payload, b"", |s, data| verified.device_key.verify(data, s))
+        .map_err(|_| {
+            MdocError::DeviceAuth(
+                "the device signature does not cover this request's SessionTranscript with the MSO's device key".into(),
+            )
+        })?;
+    Ok(verified)
+}

@@ -1,0 +1,462 @@
+//! X.509 chains to configured trust anchors (`x509.trust_anchors`), for the one case the
+//! issuer-key binding rule accepts a header `x5c`: an SD-JWT VC whose `iss` is an `https` URL
+//! (SD-JWT VC §3.5). The certificates are parsed by `x509-cert`; this module only walks the chain:
+//!
+//! - every certificate's signature verifies under the next one's key, and the last one is an
+//!   anchor or is signed by one (matched by subject name and verified with the anchor's key);
+//! - every certificate is within its validity period at `now`, and every certificate that signs
+//!   another has `basicConstraints` CA true (and `keyCertSign` when it has a key usage);
+//! - critical extensions other than the ones checked here are refused;
+//! - the leaf names the issuer: a `uniformResourceIdentifier` SAN equal to `iss`, or a `dNSName`
+//!   SAN equal to its host;
+//! - at most [`MAX_CHAIN`] certificates of at most [`MAX_CERT_BYTES`] each (an outsider sends them).
+//!
+//! Signature algorithms: ECDSA P-256 / SHA-256, ECDSA secp256k1 / SHA-256 and Ed25519 — the keys
+//! idstack verifies elsewhere. No revocation checking (CRL/OCSP) yet: anchors should issue
+//! short-lived document signers.
+
+use x509_cert::der::{self, Decode, Encode};
+use x509_cert::ext::pkix::{name::GeneralName, BasicConstraints, KeyUsage, SubjectAltName};
+use x509_cert::Certificate;
+
+use super::VerifyingKey;
+
+/// Most certificates in an `x5c` (leaf and intermediates).
+pub const MAX_CHAIN: usize = 5;
+/// Largest single certificate, in bytes of DER.
+pub const MAX_CERT_BYTES: usize = 16 * 1024;
+
+const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+const OID_P256: &str = "1.2.840.10045.3.1.7";
+const OID_SECP256K1: &str = "1.3.132.0.10";
+const OID_ED25519: &str = "1.3.101.112";
+const OID_ECDSA_SHA256: &str = "1.2.840.10045.4.3.2";
+const OID_BASIC_CONSTRAINTS: &str = "2.5.29.19";
+const OID_KEY_USAGE: &str = "2.5.29.15";
+const OID_SAN: &str = "2.5.29.17";
+/// Extensions a chain may mark critical without us failing it (the ones checked, or harmless).
+const KNOWN_CRITICAL: [&str; 4] = [
+    OID_BASIC_CONSTRAINTS,
+    OID_KEY_USAGE,
+    OID_SAN,
+    "2.5.29.37", // extKeyUsage: informational here
+];
+
+/// The configured trust anchors (root or intermediate CA certificates).
+#[derive(Clone, Default)]
+pub struct TrustAnchors {
+    anchors: Vec<Certificate>,
+}
+
+impl std::fmt::Debug for TrustAnchors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TrustAnchors({} certificates)", self.anchors.len())
+    }
+}
+
+impl TrustAnchors {
+    /// Anchors from PEM text (one or more `CERTIFICATE` blocks).
+    pub fn from_pem(pem: &[u8]) -> Result<Self, String> {
+        let anchors =
+            Certificate::load_pem_chain(pem).map_err(|e| format!("trust anchor PEM: {e}"))?;
+        for a in &anchors {
+            spki_key(a).map_err(|e| format!("trust anchor: {e}"))?;
+        }
+        Ok(Self { anchors })
+    }
+
+    /// Anchors from PEM files (`x509.trust_anchors`).
+    pub fn load(paths: &[String]) -> Result<Self, String> {
+        let mut all = Self::default();
+        for p in paths {
+            let pem = std::fs::read(p).map_err(|e| format!("{p}: {e}"))?;
+            let more = Self::from_pem(&pem).map_err(|e| format!("{p}: {e}"))?;
+            all.anchors.extend(more.anchors);
+        }
+        Ok(all)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.anchors.is_empty()
+    }
+
+    /// The leaf key of `x5c` (base64 standard DER, leaf first) when the chain ends at an anchor
+    /// and the leaf names `iss` (see the module doc).
+    pub fn leaf_key(&self, x5c: &[String], iss: &str, now: i64) -> Result<VerifyingKey, String> {
+        if self.anchors.is_empty() {
+            return Err("no X.509 trust anchor is configured (x509.trust_anchors)".into());
+        }
+        if x5c.is_empty() || x5c.len() > MAX_CHAIN {
+            return Err(format!("x5c must hold 1 to {MAX_CHAIN} certificates"));
+        }
+        let der = x5c
+            .iter()
+            .map(|b| {
+                use base64::Engine;
+                if b.len() > MAX_CERT_BYTES * 4 / 3 + 4 {
+                    return Err("an x5c certificate is too large".to_string());
+                }
+                base64::engine::general_purpose::STANDARD
+                    .decode(b)
+                    .map_err(|_| "x5c entries must be base64 DER".to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (key, leaf) = self.chain_key(&der, now)?;
+        if !leaf_names(&leaf, iss)? {
+            return Err(format!(
+                "the x5c leaf certificate does not name the issuer {iss} (SAN URI or DNS name)"
+            ));
+        }
+        Ok(key)
+    }
+
+    /// The leaf's key and certificate when the chain (DER, leaf first) is within its validity at
+    /// `now`, each certificate is signed by the next one (a CA), and the last one is or is issued
+    /// by a configured anchor. Names are the caller's business (an x5c JWT issuer: SAN = `iss`;
+    /// an mdoc document signer: any, its IACA is the anchor).
+    pub fn chain_key(
+        &self,
+        der: &[Vec<u8>],
+        now: i64,
+    ) -> Result<(VerifyingKey, Certificate), String> {
+        if self.anchors.is_empty() {
+            return Err("no X.509 trust anchor is configured (x509.trust_anchors)".into());
+        }
+        if der.is_empty() || der.len() > MAX_CHAIN {
+            return Err(format!("the chain must hold 1 to {MAX_CHAIN} certificates"));
+        }
+        let chain = der
+            .iter()
+            .map(|d| {
+                if d.len() > MAX_CERT_BYTES {
+                    return Err("a chain certificate is too large".to_string());
+                }
+                Certificate::from_der(d).map_err(|e| format!("chain certificate: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, c) in chain.iter().enumerate() {
+            check_validity(c, now).map_err(|e| format!("x5c[{i}]: {e}"))?;
+            check_critical(c).map_err(|e| format!("x5c[{i}]: {e}"))?;
+            if i > 0 {
+                check_ca(c).map_err(|e| format!("x5c[{i}]: {e}"))?;
+                verify_signed_by(&chain[i - 1], c)
+                    .map_err(|e| format!("x5c[{}] is not signed by x5c[{i}]: {e}", i - 1))?;
+            }
+        }
+        let last = chain.last().ok_or("empty chain")?;
+        let anchored = self.anchors.iter().any(|a| {
+            if a == last {
+                return true;
+            }
+            let names_match = a.tbs_certificate.subject.to_der().ok()
+                == last.tbs_certificate.issuer.to_der().ok();
+            names_match
+                && check_validity(a, now).is_ok()
+                && check_ca(a).is_ok()
+                && verify_signed_by(last, a).is_ok()
+        });
+        if !anchored {
+            return Err("the x5c chain does not end at a configured trust anchor".into());
+        }
+        let leaf = chain.into_iter().next().ok_or("empty chain")?;
+        Ok((spki_key(&leaf)?, leaf))
+    }
+
+    /// Adds anchors (e.g. the sandbox IACA this node created).
+    pub fn with(mut self, more: impl IntoIterator<Item = Certificate>) -> Self {
+        self.anchors.extend(more);
+        self
+    }
+}
+
+fn oid_str(o: &der::asn1::ObjectIdentifier) -> String {
+    o.to_string()
+}
+
+/// The certificate's public key, as one of the key types idstack verifies.
+fn spki_key(c: &Certificate) -> Result<VerifyingKey, String> {
+    let spki = &c.tbs_certificate.subject_public_key_info;
+    let bits = spki
+        .subject_public_key
+        .as_bytes()
+        .ok_or("public key bits not octet-aligned")?;
+    match oid_str(&spki.algorithm.oid).as_str() {
+        OID_ED25519 => {
+            let raw: [u8; 32] = bits.try_into().map_err(|_| "bad Ed25519 key length")?;
+            ed25519_dalek::VerifyingKey::from_bytes(&raw)
+                .map(VerifyingKey::Ed25519)
+                .map_err(|e| format!("Ed25519 key: {e}"))
+        }
+        OID_EC_PUBLIC_KEY => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.decode_as::<der::asn1::ObjectIdentifier>().ok())
+                .map(|o| oid_str(&o))
+                .ok_or("EC key without a named curve")?;
+            match curve.as_str() {
+                OID_P256 => p256::ecdsa::VerifyingKey::from_sec1_bytes(bits)
+                    .map(VerifyingKey::P256)
+                    .map_err(|e| format!("P-256 key: {e}")),
+                OID_SECP256K1 => k256::ecdsa::VerifyingKey::from_sec1_bytes(bits)
+                    .map(VerifyingKey::Secp256k1)
+                    .map_err(|e| format!("secp256k1 key: {e}")),
+                other => Err(format!("unsupported EC curve {other}")),
+            }
+        }
+        other => Err(format!("unsupported public key algorithm {other}")),
+    }
+}
+
+/// `child`'s signature verifies under `parent`'s key, with an algorithm that fits the key.
+fn verify_signed_by(child: &Certificate, parent: &Certificate) -> Result<(), String> {
+    if child.signature_algorithm != child.tbs_certificate.signature {
+        return Err("the signature algorithm fields disagree".into());
+    }
+    let key = spki_key(parent)?;
+    let tbs = child
+        .tbs_certificate
+        .to_der()
+        .map_err(|e| format!("tbs: {e}"))?;
+    let sig = child
+        .signature
+        .as_bytes()
+        .ok_or("signature bits not octet-aligned")?;
+    let alg = oid_str(&child.signature_algorithm.oid);
+    let ok = match (&key, alg.as_str()) {
+        (VerifyingKey::Ed25519(_), OID_ED25519) => key.verify(&tbs, sig).is_ok(),
+        (VerifyingKey::P256(k), OID_ECDSA_SHA256) => {
+            use signature::Verifier;
+            p256::ecdsa::Signature::from_der(sig)
+                .map(|s| k.verify(&tbs, &s).is_ok())
+                .unwrap_or(false)
+        }
+        (VerifyingKey::Secp256k1(k), OID_ECDSA_SHA256) => {
+            use signature::Verifier;
+            k256::ecdsa::Signature::from_der(sig)
+                .map(|s| {
+                    let s = s.normalize_s().unwrap_or(s);
+                    k.verify(&tbs, &s).is_ok()
+                })
+                .unwrap_or(false)
+        }
+        _ => return Err(format!("signature algorithm {alg} does not fit the key")),
+    };
+    ok.then_some(()).ok_or_else(|| "bad signature".into())
+}
+
+fn check_validity(c: &Certificate, now: i64) -> Result<(), String> {
+    let v = &c.tbs_certificate.validity;
+    let from = v.not_before.to_unix_duration().as_secs() as i64;
+    let until = v.not_after.to_unix_duration().as_secs() as i64;
+    if now < from {
+        return Err("certificate not yet valid".into());
+    }
+    if now > until {
+        return Err("certificate expired".into());
+    }
+    Ok(())
+}
+
+fn extension<'a>(c: &'a Certificate, oid: &str) -> Option<&'a x509_cert::ext::Extension> {
+    c.tbs_certificate
+        .extensions
+        .as_ref()?
+        .iter()
+        .find(|e| oid_str(&e.extn_id) == oid)
+}
+
+fn check_critical(c: &Certificate) -> Result<(), String> {
+    for e in c.tbs_certificate.extensions.iter().flatten() {
+        let id = oid_str(&e.extn_id);
+        if e.critical && !KNOWN_CRITICAL.contains(&id.as_str()) {
+            return Err(format!("unknown critical extension {id}"));
+        }
+    }
+    Ok(())
+}
+
+/// A certificate that signs another must be a CA allowed to sign certificates.
+fn check_ca(c: &Certificate) -> Result<(), String> {
+    let bc = extension(c, OID_BASIC_CONSTRAINTS)
+        .ok_or("a signing certificate without basicConstraints")?;
+    let bc = BasicConstraints::from_der(bc.extn_value.as_bytes())
+        .map_err(|e| format!("basicConstraints: {e}"))?;
+    if !bc.ca {
+        return Err("a signing certificate that is not a CA".into());
+    }
+    if let Some(ku) = extension(c, OID_KEY_USAGE) {
+        let ku =
+            KeyUsage::from_der(ku.extn_value.as_bytes()).map_err(|e| format!("keyUsage: {e}"))?;
+        if !ku.key_cert_sign() {
+            return Err("a signing certificate without keyCertSign".into());
+        }
+    }
+    Ok(())
+}
+
+/// Whether the leaf's subjectAltName names `iss`: a URI equal to it, or its host as a DNS name.
+fn leaf_names(leaf: &Certificate, iss: &str) -> Result<bool, String> {
+    let Some(ext) = extension(leaf, OID_SAN) else {
+        return Ok(false);
+    };
+    let san = SubjectAltName::from_der(ext.extn_value.as_bytes())
+        .map_err(|e| format!("subjectAltName: {e}"))?;
+    let host = reqwest::Url::parse(iss)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
+    Ok(san.0.iter().any(|n| match n {
+        GeneralName::UniformResourceIdentifier(u) => u.as_str() == iss,
+        GeneralName::DnsName(d) => host.as_deref() == Some(&d.as_str().to_ascii_lowercase()),
+        _ => false,
+    }))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints as Bc, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType,
+        PKCS_ECDSA_P256_SHA256,
+    };
+
+    /// A CA (root or intermediate) and its key.
+    pub(crate) struct Ca {
+        pub cert: rcgen::Certificate,
+        pub key: KeyPair,
+    }
+
+    pub(crate) fn ca(name: &str, parent: Option<&Ca>) -> Ca {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(Bc::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = match parent {
+            None => p.self_signed(&key).unwrap(),
+            Some(pa) => p.signed_by(&key, &pa.cert, &pa.key).unwrap(),
+        };
+        Ca { cert, key }
+    }
+
+    /// A leaf certificate for `sans` signed by `by`, and its key as an idstack signing key.
+    pub(crate) fn leaf(
+        by: &Ca,
+        sans: Vec<SanType>,
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> (String, crate::crypto::SigningKey) {
+        use p256::pkcs8::DecodePrivateKey;
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(DnType::CommonName, "document signer");
+        p.subject_alt_names = sans;
+        edit(&mut p);
+        let cert = p.signed_by(&key, &by.cert, &by.key).unwrap();
+        let sk = p256::ecdsa::SigningKey::from_pkcs8_der(&key.serialize_der()).unwrap();
+        (b64(cert.der()), crate::crypto::SigningKey::P256(sk))
+    }
+
+    pub(crate) fn b64(der: &[u8]) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(der)
+    }
+
+    pub(crate) fn dns(name: &str) -> SanType {
+        SanType::DnsName(name.try_into().unwrap())
+    }
+
+    const ISS: &str = "https://issuer.example/tenant";
+    const NOW: i64 = 1_800_000_000;
+
+    #[test]
+    fn chains_to_an_anchor_and_names_the_issuer() {
+        let root = ca("root", None);
+        let anchors = TrustAnchors::from_pem(root.cert.pem().as_bytes()).unwrap();
+        let (leaf_der, sk) = leaf(&root, vec![dns("issuer.example")], |_| {});
+        let key = anchors.leaf_key(&[leaf_der], ISS, NOW).unwrap();
+        assert_eq!(key, sk.verifying_key());
+        // via an intermediate, and a SAN URI naming the issuer exactly
+        let mid = ca("intermediate", Some(&root));
+        let uri = SanType::URI(ISS.try_into().unwrap());
+        let (leaf_der, sk) = leaf(&mid, vec![uri], |_| {});
+        let chain = [leaf_der, b64(mid.cert.der())];
+        assert_eq!(
+            anchors.leaf_key(&chain, ISS, NOW).unwrap(),
+            sk.verifying_key()
+        );
+        // the intermediate alone may be the anchor
+        let mid_anchor = TrustAnchors::from_pem(mid.cert.pem().as_bytes()).unwrap();
+        assert!(mid_anchor.leaf_key(&chain[..1], ISS, NOW).is_ok());
+    }
+
+    #[test]
+    fn refusals() {
+        let root = ca("root", None);
+        let anchors = TrustAnchors::from_pem(root.cert.pem().as_bytes()).unwrap();
+        let (good, _) = leaf(&root, vec![dns("issuer.example")], |_| {});
+        let err = |chain: &[String], iss: &str| anchors.leaf_key(chain, iss, NOW).unwrap_err();
+
+        // no anchors configured
+        assert!(TrustAnchors::default()
+            .leaf_key(std::slice::from_ref(&good), ISS, NOW)
+            .unwrap_err()
+            .contains("no X.509 trust anchor"));
+        // another root
+        let other = ca("root", None);
+        let (foreign, _) = leaf(&other, vec![dns("issuer.example")], |_| {});
+        assert!(err(&[foreign], ISS).contains("trust anchor"));
+        // a leaf for another host, and an issuer that is not its URI
+        let (elsewhere, _) = leaf(&root, vec![dns("evil.example")], |_| {});
+        assert!(err(&[elsewhere], ISS).contains("does not name the issuer"));
+        assert!(err(std::slice::from_ref(&good), "https://evil.example").contains("does not name"));
+        // expired, not yet valid
+        let (old, _) = leaf(&root, vec![dns("issuer.example")], |p| {
+            p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        });
+        assert!(err(&[old], ISS).contains("expired"));
+        let (future, _) = leaf(&root, vec![dns("issuer.example")], |p| {
+            p.not_before = rcgen::date_time_ymd(2100, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2101, 1, 1);
+        });
+        assert!(err(&[future], ISS).contains("not yet valid"));
+        // a "CA" in the middle that is not one: a leaf signing another leaf
+        let mut not_ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        not_ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "not a ca");
+        let not_ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let not_ca = Ca {
+            cert: not_ca_params
+                .signed_by(&not_ca_key, &root.cert, &root.key)
+                .unwrap(),
+            key: not_ca_key,
+        };
+        let (under, _) = leaf(&not_ca, vec![dns("issuer.example")], |_| {});
+        let e = err(&[under, b64(not_ca.cert.der())], ISS);
+        assert!(
+            e.contains("x5c[1]") && (e.contains("not a CA") || e.contains("basicConstraints")),
+            "{e}"
+        );
+        // a chain whose order lies (the intermediate did not sign the leaf)
+        let mid = ca("intermediate", Some(&root));
+        assert!(err(&[good.clone(), b64(mid.cert.der())], ISS).contains("is not signed by"));
+        // size and encoding bounds
+        assert!(err(&[], ISS).contains("1 to"));
+        assert!(err(&vec![good.clone(); MAX_CHAIN + 1], ISS).contains("1 to"));
+        assert!(err(&["%%%".into()], ISS).contains("base64"));
+        assert!(err(&[b64(b"not a certificate")], ISS).contains("certificate"));
+        assert!(err(&["A".repeat(MAX_CERT_BYTES * 2)], ISS).contains("too large"));
+        // a tampered leaf (its signature no longer covers it)
+        use base64::Engine;
+        let mut der = base64::engine::general_purpose::STANDARD
+            .decode(&good)
+            .unwrap();
+        let at = der.len() / 2;
+        der[at] ^= 1;
+        let tampered = b64(&der);
+        assert!(anchors.leaf_key(&[tampered], ISS, NOW).is_err());
+    }
+}

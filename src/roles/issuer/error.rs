@@ -1,0 +1,85 @@
+//! What the issuer's management and public (non-OAuth) steps can fail with. Each variant names its
+//! stable code ([`ErrorCode`]); the HTTP edge renders it as problem+json. The OAuth endpoints
+//! (token, nonce, credential) answer in the spec's own format instead ([`crate::http::oauth`]).
+
+use crate::crypto::CryptoError;
+use crate::error::{Code, ErrorCode};
+use crate::roles::tenants::TenantError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerError {
+    #[error(transparent)]
+    Tenant(#[from] TenantError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A request the issuer will not accept (offers: claims, configurations, ttl, tx_code).
+    #[error("{0}")]
+    Invalid(String),
+    /// A malformed or unacceptable authorization request.
+    #[error("{0}")]
+    BadAuthorization(String),
+    #[error("issuer `{0}` does not use did:web")]
+    NotDidWeb(String),
+    #[error("issuer `{0}` has no signing key")]
+    NoKey(String),
+    #[error("no offer `{0}`")]
+    NoOffer(String),
+    #[error("this offer was already used or has expired")]
+    OfferGone,
+    #[error("no credential `{0}`")]
+    NoCredential(String),
+    #[error("a revoked credential cannot change status")]
+    Revoked,
+    #[error("no such status list")]
+    NoStatusList,
+    /// A status list that cannot be built or changed: ours, not the client's.
+    #[error("status list: {0}")]
+    StatusList(CryptoError),
+}
+
+impl ErrorCode for IssuerError {
+    fn error_code(&self) -> Code {
+        match self {
+            IssuerError::Tenant(e) => e.error_code(),
+            IssuerError::Store(e) => e.error_code(),
+            IssuerError::Invalid(_) => Code::Validation,
+            IssuerError::BadAuthorization(_) => Code::BadRequest,
+            IssuerError::NotDidWeb(_)
+            | IssuerError::NoOffer(_)
+            | IssuerError::NoCredential(_)
+            | IssuerError::NoStatusList => Code::NotFound,
+            IssuerError::OfferGone => Code::Gone,
+            IssuerError::Revoked => Code::Conflict,
+            IssuerError::NoKey(_) | IssuerError::StatusList(_) => Code::Internal,
+        }
+    }
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            IssuerError::Tenant(e) => e.retry_after(),
+            IssuerError::Store(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+/// [`IssuerError::Invalid`], for the many checks of a request.
+pub(super) fn invalid(detail: impl Into<String>) -> IssuerError {
+    IssuerError::Invalid(detail.into())
+}
+
+/// [`IssuerError::BadAuthorization`].
+pub(super) fn bad_authorization(detail: impl Into<String>) -> IssuerError {
+    IssuerError::BadAuthorization(detail.into())
+}
+
+/// `ok_or` for the required parameters of an authorization request.
+pub(super) trait Required<T> {
+    fn or_bad_authorization(self, detail: &str) -> Result<T, IssuerError>;
+}
+
+impl<T> Required<T> for Option<T> {
+    fn or_bad_authorization(self, detail: &str) -> Result<T, IssuerError> {
+        self.ok_or_else(|| IssuerError::BadAuthorization(detail.to_string()))
+    }
+}

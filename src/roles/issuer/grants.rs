@@ -1,0 +1,536 @@
+//! The grants that end in an access token: the token endpoint (pre-authorized code with tx_code,
+//! authorization code with PKCE) and the authorization endpoint.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::error::*;
+use super::ks;
+use super::model::*;
+use super::service::*;
+use crate::clock::random_token;
+use crate::http::oauth::OAuthError;
+use crate::http::urlencode;
+use crate::store::Cas;
+
+const MAX_TX_CODE_FAILURES: u32 = 5;
+
+/// Token endpoint form (pre-authorized code and authorization code grants).
+#[derive(Debug, Deserialize)]
+pub struct TokenRequest {
+    pub grant_type: Option<String>,
+    #[serde(rename = "pre-authorized_code")]
+    pub pre_authorized_code: Option<String>,
+    pub tx_code: Option<String>,
+    pub code: Option<String>,
+    pub code_verifier: Option<String>,
+    pub redirect_uri: Option<String>,
+    pub client_id: Option<String>,
+    /// RFC 9396 / OID4VCI 1.0 §6.1: `openid_credential` entries narrowing the grant (JSON array).
+    pub authorization_details: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+    /// OID4VCI 1.0 §6.2: present when the authorization or token request carried
+    /// `authorization_details`; one entry per granted configuration with its `credential_identifiers`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorization_details: Option<Vec<Value>>,
+}
+
+/// The `credential_configuration_id`s an `authorization_details` parameter (RFC 9396, OID4VCI 1.0
+/// §5.1.1) asks for: a non-empty JSON array of `openid_credential` objects, each naming one.
+pub fn requested_configurations(authorization_details: &str) -> Result<Vec<String>, String> {
+    let v: Value = serde_json::from_str(authorization_details)
+        .map_err(|_| "authorization_details is not JSON".to_string())?;
+    let entries = v
+        .as_array()
+        .filter(|a| !a.is_empty() && a.len() <= 32)
+        .ok_or("authorization_details must be a non-empty JSON array (at most 32 entries)")?;
+    let mut ids = Vec::new();
+    for d in entries {
+        if d["type"].as_str() != Some("openid_credential") {
+            return Err(
+                "each authorization_details entry must have type `openid_credential`".into(),
+            );
+        }
+        let id = d["credential_configuration_id"]
+            .as_str()
+            .ok_or("each authorization_details entry must name a credential_configuration_id")?;
+        if !ids.iter().any(|x| x == id) {
+            ids.push(id.to_string());
+        }
+    }
+    Ok(ids)
+}
+
+/// The token response's `authorization_details`: per granted configuration, the identifiers the
+/// wallet then sends as `credential_identifier` (here one per configuration: its id).
+fn granted_details(config_ids: &[String]) -> Vec<Value> {
+    config_ids
+        .iter()
+        .map(|id| {
+            json!({
+                "type": "openid_credential",
+                "credential_configuration_id": id,
+                "credential_identifiers": [id],
+            })
+        })
+        .collect()
+}
+
+/// Authorization request query (authorization code flow with PKCE).
+#[derive(Debug, Deserialize)]
+pub struct AuthorizeRequest {
+    pub response_type: Option<String>,
+    pub client_id: Option<String>,
+    pub redirect_uri: Option<String>,
+    pub code_challenge: Option<String>,
+    pub code_challenge_method: Option<String>,
+    pub issuer_state: Option<String>,
+    pub state: Option<String>,
+    pub scope: Option<String>,
+    pub authorization_details: Option<String>,
+}
+
+impl IssuerService {
+    pub async fn token(
+        &self,
+        issuer_id: &str,
+        req: TokenRequest,
+    ) -> Result<TokenResponse, OAuthError> {
+        self.get_issuer(issuer_id).await.map_err(|e| {
+            OAuthError::unless_unavailable(e, OAuthError::invalid_request("unknown issuer"))
+        })?;
+        match req.grant_type.as_deref() {
+            Some(PRE_AUTH_GRANT) => self.token_pre_authorized(issuer_id, req).await,
+            Some("authorization_code") => self.token_authorization_code(issuer_id, req).await,
+            Some(other) => Err(OAuthError::bad(
+                "unsupported_grant_type",
+                format!("grant_type `{other}` is not supported"),
+            )),
+            None => Err(OAuthError::invalid_request("grant_type is missing")),
+        }
+    }
+
+    // Over 80 lines, kept whole on purpose: the redemption (single use, tx_code lockout,
+    // compensation) reads top to bottom here, and other branches change it.
+    async fn token_pre_authorized(
+        &self,
+        issuer_id: &str,
+        req: TokenRequest,
+    ) -> Result<TokenResponse, OAuthError> {
+        let code = req
+            .pre_authorized_code
+            .as_deref()
+            .filter(|c| !c.is_empty() && c.len() <= 256)
+            .ok_or_else(|| OAuthError::invalid_request("pre-authorized_code is missing"))?;
+        let code_key = format!("pre/{}", hash(code));
+        let store = &self.ctx.store;
+        let Some(okey) = store.get(ks::CODES, &code_key).await? else {
+            return Err(OAuthError::invalid_grant(
+                "the pre-authorized code is unknown, expired or already used",
+            ));
+        };
+        let offer_key_s = String::from_utf8_lossy(&okey).into_owned();
+        if !offer_key_s.starts_with(&format!("{issuer_id}/")) {
+            return Err(OAuthError::invalid_grant(
+                "the pre-authorized code belongs to another issuer",
+            ));
+        }
+        let offer: Offer = store
+            .get_json(ks::OFFERS, &offer_key_s)
+            .await?
+            .ok_or_else(|| OAuthError::invalid_grant("the offer has expired"))?;
+        if offer.expires_at <= self.now() || offer.state != OfferState::Offered {
+            return Err(OAuthError::invalid_grant(
+                "the offer has expired or was already redeemed",
+            ));
+        }
+        // authorization_details may narrow the grant to some of the offered configurations.
+        let (granted, details) = match &req.authorization_details {
+            Some(ad) => {
+                let ids = requested_configurations(ad)
+                    .map_err(|e| OAuthError::bad("invalid_authorization_details", e))?;
+                if let Some(bad) = ids
+                    .iter()
+                    .find(|id| !offer.credential_configuration_ids.contains(id))
+                {
+                    return Err(OAuthError::bad(
+                        "invalid_authorization_details",
+                        format!("`{bad}` was not offered"),
+                    ));
+                }
+                (ids, true)
+            }
+            None => (offer.credential_configuration_ids.clone(), false),
+        };
+        if let Some(tx) = &offer.tx_code {
+            let given = req.tx_code.as_deref().unwrap_or("");
+            let ok = !given.is_empty()
+                && bool::from(subtle::ConstantTimeEq::ct_eq(
+                    hash(given).as_bytes(),
+                    tx.hash.as_bytes(),
+                ));
+            if !ok {
+                let updated = store
+                    .update_json::<Offer, OAuthError, _>(ks::OFFERS, &offer_key_s, None, |mut o| {
+                        o.tx_code_failures += 1;
+                        Ok(o)
+                    })
+                    .await?;
+                if updated.is_some_and(|o| o.tx_code_failures >= MAX_TX_CODE_FAILURES) {
+                    // locked: the code is burnt
+                    store.delete(ks::CODES, &code_key).await?;
+                    return Err(OAuthError::invalid_grant(
+                        "too many wrong transaction codes; the offer is locked",
+                    ));
+                }
+                return Err(OAuthError::invalid_grant(if given.is_empty() {
+                    "tx_code is required"
+                } else {
+                    "wrong tx_code"
+                }));
+            }
+        }
+        // Single use: exactly one redeemer removes the code.
+        if store
+            .compare_and_swap(ks::CODES, &code_key, Some(okey.clone()), None)
+            .await?
+            != Cas::Swapped
+        {
+            return Err(OAuthError::invalid_grant(
+                "the pre-authorized code was already used",
+            ));
+        }
+        match self
+            .grant_access(issuer_id, &offer_key_s, granted, details)
+            .await
+        {
+            // The code is consumed but no token was handed out (the store failed on the way):
+            // the redemption is rolled back (grant_access reverted the offer), so the code is
+            // redeemable again instead of burnt.
+            Err(e) if e.status.is_server_error() => {
+                self.restore_code(code_key, okey, offer.expires_at).await;
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    /// Puts a consumed pre-authorized code back (compensating a failed redemption) for the rest
+    /// of its lifetime; retried in the background while the store is still failing.
+    async fn restore_code(&self, code_key: String, offer_key: Vec<u8>, expires_at: i64) {
+        let left = expires_at - self.now();
+        if left <= 0 {
+            return;
+        }
+        let store = self.ctx.store.clone();
+        let attempt = move || {
+            let store = store.clone();
+            let (code_key, offer_key) = (code_key.clone(), offer_key.clone());
+            async move {
+                store
+                    .compare_and_swap(
+                        ks::CODES,
+                        &code_key,
+                        None,
+                        Some((offer_key, Some(secs(left as u64)))),
+                    )
+                    .await
+            }
+        };
+        match attempt().await {
+            Ok(_) => tracing::info!(
+                "failed redemption rolled back: the pre-authorized code is usable again"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "rolling back a failed redemption; retrying in the background");
+                tokio::spawn(async move {
+                    for i in 0..10u32 {
+                        tokio::time::sleep(Duration::from_millis(200 << i.min(5))).await;
+                        if attempt().await.is_ok() {
+                            return;
+                        }
+                    }
+                    tracing::error!("could not roll back a failed redemption: the pre-authorized code stays consumed");
+                });
+            }
+        }
+    }
+
+    async fn token_authorization_code(
+        &self,
+        issuer_id: &str,
+        req: TokenRequest,
+    ) -> Result<TokenResponse, OAuthError> {
+        let code = req
+            .code
+            .as_deref()
+            .filter(|c| !c.is_empty() && c.len() <= 256)
+            .ok_or_else(|| OAuthError::invalid_request("code is missing"))?;
+        let verifier = req.code_verifier.as_deref().ok_or_else(|| {
+            OAuthError::invalid_request("code_verifier is missing (PKCE is required)")
+        })?;
+        let key = format!("authz/{}", hash(code));
+        let store = &self.ctx.store;
+        let Some(raw) = store.get(ks::CODES, &key).await? else {
+            return Err(OAuthError::invalid_grant(
+                "the authorization code is unknown, expired or already used",
+            ));
+        };
+        let grant: AuthCodeGrant = serde_json::from_slice(&raw).map_err(OAuthError::server)?;
+        // consume first: a wrong verifier also burns the code (RFC 6749 §10.5 single use)
+        if store
+            .compare_and_swap(ks::CODES, &key, Some(raw), None)
+            .await?
+            != Cas::Swapped
+        {
+            return Err(OAuthError::invalid_grant(
+                "the authorization code was already used",
+            ));
+        }
+        if grant.issuer != issuer_id {
+            return Err(OAuthError::invalid_grant(
+                "the code belongs to another issuer",
+            ));
+        }
+        let challenge = crate::crypto::b64url(crate::crypto::sha256(verifier.as_bytes()));
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            challenge.as_bytes(),
+            grant.code_challenge.as_bytes(),
+        )) {
+            return Err(OAuthError::invalid_grant(
+                "code_verifier does not match the code_challenge",
+            ));
+        }
+        if req.redirect_uri.as_deref() != Some(grant.redirect_uri.as_str()) {
+            return Err(OAuthError::invalid_grant(
+                "redirect_uri does not match the authorization request",
+            ));
+        }
+        if req
+            .client_id
+            .as_deref()
+            .is_some_and(|c| c != grant.client_id)
+        {
+            return Err(OAuthError::invalid_grant(
+                "client_id does not match the authorization request",
+            ));
+        }
+        self.grant_access(
+            issuer_id,
+            &grant.offer_id,
+            grant.credential_configuration_ids,
+            grant.authorization_details,
+        )
+        .await
+    }
+
+    async fn grant_access(
+        &self,
+        issuer_id: &str,
+        offer_key_s: &str,
+        config_ids: Vec<String>,
+        with_details: bool,
+    ) -> Result<TokenResponse, OAuthError> {
+        let updated = match self
+            .ctx
+            .store
+            .update_json::<Offer, OAuthError, _>(ks::OFFERS, offer_key_s, None, |mut o| {
+                if o.state != OfferState::Offered {
+                    return Err(OAuthError::invalid_grant("the offer was already redeemed"));
+                }
+                o.state = OfferState::TokenIssued;
+                Ok(o)
+            })
+            .await
+        {
+            Ok(u) => u.ok_or_else(|| OAuthError::invalid_grant("the offer has expired"))?,
+            Err(e) => {
+                // a store failure may still have applied the update (a write not acknowledged in
+                // time): undo it so the rolled-back code finds its offer redeemable
+                if e.status.is_server_error() {
+                    self.revert_offer(offer_key_s).await;
+                }
+                return Err(e);
+            }
+        };
+        let token = random_token(32);
+        let details = with_details.then(|| granted_details(&config_ids));
+        let grant = AccessGrant {
+            offer_id: offer_key_s.to_string(),
+            issuer: issuer_id.to_string(),
+            credential_configuration_ids: config_ids,
+            expires_at: self.now() + ACCESS_TOKEN_TTL as i64,
+        };
+        if let Err(e) = self
+            .ctx
+            .store
+            .put_json(
+                ks::TOKENS,
+                &hash(&token),
+                &grant,
+                Some(secs(ACCESS_TOKEN_TTL)),
+            )
+            .await
+        {
+            // nobody has this token; make sure it is gone, and the offer redeemable again
+            let _ = self.ctx.store.delete(ks::TOKENS, &hash(&token)).await;
+            self.revert_offer(offer_key_s).await;
+            return Err(e.into());
+        }
+        self.offer_changed(issuer_id, &updated);
+        Ok(TokenResponse {
+            access_token: token,
+            token_type: "Bearer",
+            expires_in: ACCESS_TOKEN_TTL,
+            authorization_details: details,
+        })
+    }
+
+    /// Compensation of a redemption that failed after the offer was marked redeemed: back to
+    /// `Offered` (only from `TokenIssued`; nothing else is touched).
+    async fn revert_offer(&self, offer_key_s: &str) {
+        let r = self
+            .ctx
+            .store
+            .update_json::<Offer, OAuthError, _>(ks::OFFERS, offer_key_s, None, |mut o| {
+                if o.state == OfferState::TokenIssued {
+                    o.state = OfferState::Offered;
+                }
+                Ok(o)
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e.description, "could not revert the offer of a failed redemption");
+        }
+    }
+
+    // ---- authorization endpoint ------------------------------------------------------------------
+
+    /// Authorization code flow: the offer's `issuer_state` pre-identifies the holder, so consent is
+    /// immediate. Returns the redirect URL carrying the code.
+    pub async fn authorize(
+        &self,
+        issuer_id: &str,
+        req: AuthorizeRequest,
+    ) -> Result<String, IssuerError> {
+        let issuer = self.get_issuer(issuer_id).await?;
+        if req.response_type.as_deref() != Some("code") {
+            return Err(bad_authorization("response_type must be `code`"));
+        }
+        let client_id = req
+            .client_id
+            .clone()
+            .filter(|c| !c.is_empty())
+            .or_bad_authorization("client_id is required")?;
+        let redirect_uri = req
+            .redirect_uri
+            .clone()
+            .or_bad_authorization("redirect_uri is required")?;
+        validate_redirect(&redirect_uri)?;
+        let challenge = req
+            .code_challenge
+            .clone()
+            .filter(|c| (43..=128).contains(&c.len()))
+            .or_bad_authorization("code_challenge (S256) is required")?;
+        if req.code_challenge_method.as_deref() != Some("S256") {
+            return Err(bad_authorization("code_challenge_method must be S256"));
+        }
+        let issuer_state = req.issuer_state.as_deref().or_bad_authorization(
+            "issuer_state from the credential offer is required (no interactive login is configured)",
+        )?;
+        let Some(okey) = self
+            .ctx
+            .store
+            .get(ks::CODES, &format!("state/{}", hash(issuer_state)))
+            .await?
+        else {
+            return Err(bad_authorization("issuer_state is unknown or expired"));
+        };
+        let offer_key_s = String::from_utf8_lossy(&okey).into_owned();
+        let offer: Offer = self
+            .ctx
+            .store
+            .get_json(ks::OFFERS, &offer_key_s)
+            .await?
+            .or_bad_authorization("the offer has expired")?;
+        if offer.issuer != issuer.id || offer.state != OfferState::Offered {
+            return Err(bad_authorization("the offer is not redeemable"));
+        }
+        let requested = requested_in(&issuer, &offer, &req)?;
+        let code = random_token(32);
+        let grant = AuthCodeGrant {
+            offer_id: offer_key_s,
+            issuer: issuer.id.clone(),
+            client_id,
+            redirect_uri: redirect_uri.clone(),
+            code_challenge: challenge,
+            credential_configuration_ids: requested,
+            authorization_details: req.authorization_details.is_some(),
+        };
+        self.ctx
+            .store
+            .put_json(
+                ks::CODES,
+                &format!("authz/{}", hash(&code)),
+                &grant,
+                Some(secs(120)),
+            )
+            .await?;
+        let sep = if redirect_uri.contains('?') { '&' } else { '?' };
+        let mut url = format!("{redirect_uri}{sep}code={}", urlencode(&code));
+        if let Some(s) = &req.state {
+            url.push_str(&format!("&state={}", urlencode(s)));
+        }
+        url.push_str(&format!("&iss={}", urlencode(&self.issuer_url(&issuer.id))));
+        Ok(url)
+    }
+}
+
+fn validate_redirect(u: &str) -> Result<(), IssuerError> {
+    if u.len() > 2048 || u.contains('#') || !u.contains(':') {
+        return Err(bad_authorization(
+            "redirect_uri must be an absolute URI without fragment",
+        ));
+    }
+    Ok(())
+}
+
+/// What an authorization request asks for: its authorization_details (openid_credential) or
+/// scope; by default all offered. Only what the offer holds.
+fn requested_in(
+    issuer: &Issuer,
+    offer: &Offer,
+    req: &AuthorizeRequest,
+) -> Result<Vec<String>, IssuerError> {
+    // What was asked for: authorization_details (openid_credential) or scope; default all offered.
+    let mut requested: Vec<String> = match &req.authorization_details {
+        Some(ad) => requested_configurations(ad).map_err(IssuerError::BadAuthorization)?,
+        None => Vec::new(),
+    };
+    if let Some(scope) = &req.scope {
+        requested.extend(
+            scope
+                .split(' ')
+                .filter(|s| issuer.credential_configurations.contains_key(*s))
+                .map(str::to_string),
+        );
+    }
+    if requested.is_empty() {
+        requested = offer.credential_configuration_ids.clone();
+    }
+    if let Some(bad) = requested
+        .iter()
+        .find(|r| !offer.credential_configuration_ids.contains(r))
+    {
+        return Err(bad_authorization(format!("`{bad}` was not offered")));
+    }
+    Ok(requested)
+}

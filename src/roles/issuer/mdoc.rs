@@ -1,0 +1,213 @@
+//! Issuing `mso_mdoc` credentials (OpenID4VCI 1.0 Appendix A.2): the built-in doc types (the
+//! ISO 18013-5 mDL and the EUDI PID), the claim values as CBOR, and the IssuerSigned signed by
+//! the issuer tenant's document signer ([`crate::roles::mdoc_pki`]).
+
+use ciborium::Value as Cbor;
+use serde_json::{json, Map, Value};
+
+use crate::crypto::mdoc;
+use crate::crypto::VerifyingKey;
+use crate::roles::RoleContext;
+
+pub const MDL_DOCTYPE: &str = "org.iso.18013.5.1.mDL";
+pub const MDL_NAMESPACE: &str = "org.iso.18013.5.1";
+pub const PID_DOCTYPE: &str = "eu.europa.ec.eudi.pid.1";
+pub const PID_NAMESPACE: &str = "eu.europa.ec.eudi.pid.1";
+
+/// The mDL's data elements (ISO 18013-5 §7.2.1) idstack issues: (identifier, mandatory).
+pub const MDL_ELEMENTS: &[(&str, bool)] = &[
+    ("family_name", true),
+    ("given_name", true),
+    ("birth_date", true),
+    ("issue_date", true),
+    ("expiry_date", true),
+    ("issuing_country", true),
+    ("issuing_authority", true),
+    ("document_number", true),
+    ("portrait", false),
+    ("driving_privileges", true),
+    ("un_distinguishing_sign", true),
+    ("age_over_18", false),
+];
+
+/// The PID's attributes (EUDI PID rulebook, mdoc encoding): (identifier, mandatory).
+pub const PID_ELEMENTS: &[(&str, bool)] = &[
+    ("family_name", true),
+    ("given_name", true),
+    ("birth_date", true),
+    ("age_over_18", false),
+    ("nationality", false),
+    ("issuance_date", true),
+    ("expiry_date", true),
+    ("issuing_authority", true),
+    ("issuing_country", true),
+];
+
+/// Elements whose ISO/PID type is `full-date` (tag 1004) when given as `YYYY-MM-DD`.
+const DATE_ELEMENTS: &[&str] = &["birth_date", "issue_date", "expiry_date", "issuance_date"];
+
+/// One claim as its CBOR element value: dates as `full-date`, `portrait` (base64url in the
+/// offer) as a byte string, the rest as JSON maps to CBOR.
+pub fn element_value(name: &str, v: &Value) -> Result<Cbor, String> {
+    if name == "portrait" {
+        let s = v
+            .as_str()
+            .ok_or("portrait must be base64url bytes (a JPEG)")?;
+        return crate::crypto::b64url_decode(s)
+            .map(Cbor::Bytes)
+            .map_err(|_| "portrait must be base64url bytes (a JPEG)".to_string());
+    }
+    if name == "driving_privileges" {
+        // each privilege's issue/expiry dates are full-dates too
+        return Ok(mdoc::from_json(v, true));
+    }
+    Ok(mdoc::from_json(v, DATE_ELEMENTS.contains(&name)))
+}
+
+/// What to issue.
+pub struct MdocIssue<'a> {
+    pub issuer_id: &'a str,
+    pub doctype: &'a str,
+    pub namespace: &'a str,
+    pub claims: &'a Map<String, Value>,
+    pub holder: &'a VerifyingKey,
+    pub now: i64,
+    pub expires_at: Option<i64>,
+    /// Token Status List (CWT form): (index, list URI).
+    pub status: Option<(u64, String)>,
+}
+
+/// Default validity when a configuration sets none (an mdoc must have a validUntil).
+const DEFAULT_VALIDITY: i64 = 365 * 86_400;
+
+/// The base64url IssuerSigned for one holder.
+pub async fn issue(ctx: &RoleContext, req: &MdocIssue<'_>) -> Result<String, String> {
+    if !matches!(req.holder, VerifyingKey::P256(_)) {
+        return Err("an mdoc's device key must be P-256: send a proof signed with ES256".into());
+    }
+    let signer = crate::roles::mdoc_pki::document_signer(ctx, req.issuer_id)
+        .await
+        .map_err(|e| format!("document signer: {e}"))?;
+    let mut elements = Vec::new();
+    for (name, v) in req.claims {
+        elements.push((name.clone(), element_value(name, v)?));
+    }
+    let valid_until = req.expires_at.unwrap_or(req.now + DEFAULT_VALIDITY);
+    let bytes = mdoc::issue::issuer_signed(&mdoc::issue::IssueRequest {
+        doc_type: req.doctype,
+        namespaces: &[(req.namespace.to_string(), elements)],
+        device_key: req.holder,
+        signer: &signer.key,
+        x5chain: std::slice::from_ref(&signer.cert),
+        signed: req.now,
+        valid_from: req.now,
+        valid_until,
+        status: req.status.clone(),
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(crate::crypto::b64url(bytes))
+}
+
+/// The `credential_configurations_supported` members particular to mso_mdoc (OID4VCI 1.0
+/// Appendix A.2): the doctype, COSE key binding, ES256 (-7) and claim paths [namespace, element].
+pub fn metadata(
+    doctype: &str,
+    namespace: &str,
+    claims: &[(String, bool, Option<String>)],
+) -> Value {
+    let claims: Vec<Value> = claims
+        .iter()
+        .map(|(name, mandatory, display)| {
+            let mut c = json!({"path": [namespace, name], "mandatory": mandatory});
+            if let Some(d) = display {
+                c["display"] = json!([{"name": d, "locale": "en-US"}]);
+            }
+            c
+        })
+        .collect();
+    json!({
+        "doctype": doctype,
+        "cryptographic_binding_methods_supported": ["cose_key"],
+        "credential_signing_alg_values_supported": [-7],
+        "proof_types_supported": {"jwt": {"proof_signing_alg_values_supported": ["ES256"]}},
+        "claims": claims,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FakeClock;
+    use crate::crypto::{KeyType, SigningKey};
+
+    /// An mDL issued with the tenant's document signer verifies against the sandbox IACA, with
+    /// dates as full-dates and the portrait as bytes.
+    #[tokio::test]
+    async fn an_mdl_verifies_against_the_sandbox_iaca() {
+        let now = 1_800_000_000;
+        let ctx = RoleContext::for_tests(FakeClock::new(now * 1000));
+        let holder = SigningKey::generate(KeyType::P256);
+        let claims: Map<String, Value> = serde_json::from_value(json!({
+            "family_name": "Mustermann", "given_name": "Erika", "birth_date": "1984-01-26",
+            "issue_date": "2026-01-01", "expiry_date": "2036-01-01", "issuing_country": "DE",
+            "issuing_authority": "Sandbox DMV", "document_number": "D-123",
+            "portrait": crate::crypto::b64url([0xff, 0xd8, 0xff]),
+            "driving_privileges": [{"vehicle_category_code": "B", "issue_date": "2026-01-01"}],
+            "un_distinguishing_sign": "D",
+        }))
+        .unwrap();
+        let cred = issue(
+            &ctx,
+            &MdocIssue {
+                issuer_id: "default",
+                doctype: MDL_DOCTYPE,
+                namespace: MDL_NAMESPACE,
+                claims: &claims,
+                holder: &holder.verifying_key(),
+                now,
+                expires_at: None,
+                status: Some((3, "https://issuer.example/status/1".into())),
+            },
+        )
+        .await
+        .unwrap();
+        let root = crate::roles::mdoc_pki::sandbox_anchor(&ctx).await.unwrap();
+        let anchors = crate::crypto::x509::TrustAnchors::default()
+            .with([<x509_cert::Certificate as x509_cert::der::Decode>::from_der(&root).unwrap()]);
+        let bytes = crate::crypto::b64url_decode(&cred).unwrap();
+        let v = mdoc::verify::issuer_signed(
+            &mdoc::decode(&bytes).unwrap(),
+            Some(MDL_DOCTYPE),
+            &anchors,
+            now,
+        )
+        .unwrap();
+        let got = &v.claims[MDL_NAMESPACE];
+        assert_eq!(got["birth_date"], "1984-01-26");
+        assert_eq!(got["portrait"], crate::crypto::b64url([0xff, 0xd8, 0xff]));
+        assert_eq!(got["driving_privileges"][0]["vehicle_category_code"], "B");
+        assert_eq!(v.device_key, holder.verifying_key());
+        assert_eq!(v.valid_until, now + DEFAULT_VALIDITY);
+        // a holder key that cannot be an mdoc device key
+        let ed = SigningKey::generate(KeyType::Ed25519).verifying_key();
+        let e = issue(
+            &ctx,
+            &MdocIssue {
+                holder: &ed,
+                ..MdocIssue {
+                    issuer_id: "default",
+                    doctype: MDL_DOCTYPE,
+                    namespace: MDL_NAMESPACE,
+                    claims: &claims,
+                    holder: &holder.verifying_key(),
+                    now,
+                    expires_at: None,
+                    status: None,
+                }
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains("P-256"), "{e}");
+    }
+}

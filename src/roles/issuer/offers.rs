@@ -1,0 +1,258 @@
+//! Credential offers: creation (pre-authorized code, tx_code, issuer_state), views, the offer by
+//! reference, and the webhook on every state change.
+
+use serde_json::{json, Value};
+
+use super::error::*;
+use super::ks;
+use super::model::*;
+use super::service::*;
+use crate::clock::{random_id, random_token};
+use crate::http::urlencode;
+
+impl IssuerService {
+    pub async fn create_offer(
+        &self,
+        issuer_id: &str,
+        req: CreateOffer,
+    ) -> Result<OfferCreated, IssuerError> {
+        let issuer = self.get_issuer(issuer_id).await?;
+        check_claims(&issuer, &req)?;
+        let cfg = &self.cfg;
+        let ttl = req.ttl_seconds.unwrap_or(cfg.default_offer_ttl_seconds);
+        if ttl == 0 || ttl > cfg.max_offer_ttl_seconds {
+            return Err(invalid(format!(
+                "ttl_seconds must be 1..={}",
+                cfg.max_offer_ttl_seconds
+            )));
+        }
+        let (tx_code, stored_tx) = match &req.tx_code {
+            None => (None, None),
+            Some(spec) => {
+                let (code, stored) = new_tx_code(spec)?;
+                (Some(code), Some(stored))
+            }
+        };
+        let now = self.now();
+        let id = random_id();
+        let code = random_token(32);
+        let issuer_state = req.authorization_code.then(|| random_token(24));
+        let mut pre_auth = json!({"pre-authorized_code": code});
+        if let Some(t) = &stored_tx {
+            pre_auth["tx_code"] = json!({"input_mode": t.input_mode, "length": t.length});
+            if let Some(d) = &t.description {
+                pre_auth["tx_code"]["description"] = json!(d);
+            }
+        }
+        let mut grants = json!({ PRE_AUTH_GRANT: pre_auth });
+        if let Some(s) = &issuer_state {
+            grants["authorization_code"] = json!({"issuer_state": s});
+        }
+        let credential_offer = json!({
+            "credential_issuer": self.issuer_url(issuer_id),
+            "credential_configuration_ids": req.credential_configuration_ids,
+            "grants": grants,
+        });
+        let offer = Offer {
+            id: id.clone(),
+            issuer: issuer_id.to_string(),
+            credential_configuration_ids: req.credential_configuration_ids.clone(),
+            claims: req.claims,
+            pre_auth_code_hash: hash(&code),
+            issuer_state: issuer_state.clone(),
+            tx_code: stored_tx,
+            tx_code_failures: 0,
+            state: OfferState::Offered,
+            created_at: now,
+            expires_at: now + ttl as i64,
+            credential_validity_seconds: req.credential_validity_seconds,
+            issued: Vec::new(),
+            credential_offer: credential_offer.clone(),
+        };
+        let ops = offer_records(&offer, issuer_state.as_deref(), ttl)?;
+        self.ctx.store.batch(ops).await?;
+        let by_ref = format!("{}/offers/{id}", self.issuer_url(issuer_id));
+        tracing::info!(issuer = issuer_id, offer = %id, "offer created");
+        Ok(OfferCreated {
+            id,
+            offer_uri: format!(
+                "openid-credential-offer://?credential_offer_uri={}",
+                urlencode(&by_ref)
+            ),
+            offer_uri_by_value: format!(
+                "openid-credential-offer://?credential_offer={}",
+                urlencode(&credential_offer.to_string())
+            ),
+            credential_offer,
+            tx_code,
+            expires_at: offer.expires_at,
+        })
+    }
+
+    pub(super) async fn load_offer(&self, issuer_id: &str, id: &str) -> Result<Offer, IssuerError> {
+        self.ctx
+            .store
+            .get_json::<Offer>(ks::OFFERS, &offer_key(issuer_id, id))
+            .await?
+            .ok_or_else(|| IssuerError::NoOffer(id.to_string()))
+    }
+
+    pub async fn offer_view(&self, issuer_id: &str, id: &str) -> Result<OfferView, IssuerError> {
+        self.get_issuer(issuer_id).await?;
+        Ok(self
+            .load_offer(issuer_id, id)
+            .await?
+            .view(self.ctx.clock.now_ms()))
+    }
+
+    pub async fn list_offers(&self, issuer_id: &str) -> Result<Vec<OfferView>, IssuerError> {
+        self.get_issuer(issuer_id).await?;
+        let now = self.ctx.clock.now_ms();
+        Ok(self
+            .ctx
+            .store
+            .scan_json::<Offer>(ks::OFFERS, &format!("{issuer_id}/"), 1000)
+            .await?
+            .into_iter()
+            .map(|(_, o)| o.view(now))
+            .collect())
+    }
+
+    /// The offer by reference (`credential_offer_uri`): only while it can still be redeemed.
+    pub async fn offer_by_reference(
+        &self,
+        issuer_id: &str,
+        id: &str,
+    ) -> Result<Value, IssuerError> {
+        let offer = self.load_offer(issuer_id, id).await?;
+        if offer.state != OfferState::Offered || offer.expires_at <= self.now() {
+            return Err(IssuerError::OfferGone);
+        }
+        Ok(offer.credential_offer)
+    }
+
+    pub(super) fn offer_changed(&self, issuer_id: &str, offer: &Offer) {
+        let ctx = self.ctx.clone();
+        let issuer_id = issuer_id.to_string();
+        let event = json!({"type": "offer.state", "issuer": issuer_id, "offer_id": offer.id, "state": offer.state, "issued_credentials": offer.issued});
+        tokio::spawn(async move {
+            let Ok(Some(issuer)) = ctx.store.get_json::<Issuer>(ks::TENANTS, &issuer_id).await
+            else {
+                return;
+            };
+            let Some(url) = issuer.webhook_url else {
+                return;
+            };
+            crate::http::webhook::deliver(&ctx.http, &ctx.sealer, &url, &event).await;
+        });
+    }
+}
+
+fn offer_key(issuer: &str, id: &str) -> String {
+    format!("{issuer}/{id}")
+}
+
+fn random_digits(n: u32) -> String {
+    use rand::Rng;
+    let mut rng = rand::rngs::OsRng;
+    (0..n)
+        .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
+        .collect()
+}
+
+/// The offered configurations exist, and the claims cover their mandatory claims and nothing else.
+fn check_claims(issuer: &Issuer, req: &CreateOffer) -> Result<(), IssuerError> {
+    let issuer_id = &issuer.id;
+    if req.credential_configuration_ids.is_empty() {
+        return Err(invalid("credential_configuration_ids is empty"));
+    }
+    let mut known_claims = Vec::new();
+    for id in &req.credential_configuration_ids {
+        let c = issuer.credential_configurations.get(id).ok_or_else(|| {
+            IssuerError::Invalid(format!(
+                "issuer `{issuer_id}` has no credential configuration `{id}`"
+            ))
+        })?;
+        for cl in &c.claims {
+            if cl.mandatory && !req.claims.contains_key(&cl.name) {
+                return Err(invalid(format!(
+                    "claim `{}` is mandatory for `{id}`",
+                    cl.name
+                )));
+            }
+            known_claims.push(cl.name.as_str());
+        }
+    }
+    if let Some(unknown) = req
+        .claims
+        .keys()
+        .find(|k| !known_claims.contains(&k.as_str()))
+    {
+        return Err(invalid(format!(
+            "claim `{unknown}` is not part of the offered configurations"
+        )));
+    }
+    Ok(())
+}
+
+/// A transaction code for the holder (sent out of band) and what the offer keeps of it.
+fn new_tx_code(spec: &TxCodeSpec) -> Result<(String, StoredTxCode), IssuerError> {
+    if !(4..=12).contains(&spec.length) {
+        return Err(invalid("tx_code.length must be 4..=12"));
+    }
+    let code = match spec.input_mode.as_str() {
+        "numeric" => random_digits(spec.length),
+        "text" => random_token(16)
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(spec.length as usize)
+            .collect(),
+        other => {
+            return Err(invalid(format!(
+                "tx_code.input_mode `{other}`: numeric or text"
+            )))
+        }
+    };
+    let stored = StoredTxCode {
+        hash: hash(&code),
+        input_mode: spec.input_mode.clone(),
+        length: spec.length,
+        description: spec.description.clone(),
+    };
+    Ok((code, stored))
+}
+
+/// The offer record and the codes that lead to it (pre-authorized code, issuer_state), written
+/// in one batch.
+fn offer_records(
+    offer: &Offer,
+    issuer_state: Option<&str>,
+    ttl: u64,
+) -> Result<Vec<crate::store::BatchOp>, IssuerError> {
+    let (issuer_id, id) = (offer.issuer.as_str(), offer.id.as_str());
+    // The offer record outlives the offer by a day so its final state stays visible.
+    let record_ttl = secs(ttl + 86_400);
+    let mut ops = vec![
+        crate::store::BatchOp::Put {
+            keyspace: ks::OFFERS,
+            key: offer_key(issuer_id, id),
+            value: crate::store::to_json(offer)?,
+            ttl: Some(record_ttl),
+        },
+        crate::store::BatchOp::Put {
+            keyspace: ks::CODES,
+            key: format!("pre/{}", offer.pre_auth_code_hash),
+            value: offer_key(issuer_id, id).into_bytes(),
+            ttl: Some(secs(ttl)),
+        },
+    ];
+    if let Some(s) = issuer_state {
+        ops.push(crate::store::BatchOp::Put {
+            keyspace: ks::CODES,
+            key: format!("state/{}", hash(s)),
+            value: offer_key(issuer_id, id).into_bytes(),
+            ttl: Some(secs(ttl)),
+        });
+    }
+    Ok(ops)
+}

@@ -1,0 +1,245 @@
+//! Credential status: index allocation, revoke / suspend / reinstate, the signed status lists.
+
+use super::error::*;
+use super::formats::{self, StatusRef};
+use super::ks;
+use super::model::*;
+use super::service::*;
+use crate::crypto::{sha256_hex, status::StatusArray};
+use crate::http::oauth::OAuthError;
+use crate::store::Cas;
+
+/// Entries per status list (the W3C minimum for herd privacy).
+pub const STATUS_LIST_SIZE: u64 = 131_072;
+pub const TOKEN_STATUS_BITS: u8 = 2;
+
+/// Status-list indices are reserved from the issuer's shared counter in blocks of this many, one
+/// compare-and-swap per block instead of one per credential: with every credential taking the
+/// next index from one record, concurrent issuance (and, in a cluster, every node) contended on
+/// that record. A block's unused indices are skipped when the process restarts — they stay
+/// "valid" bits no credential points at. Divides [`STATUS_LIST_SIZE`], so a block never straddles
+/// two lists.
+pub(super) const STATUS_BLOCK: u64 = 64;
+
+impl IssuerService {
+    pub(super) async fn allocate_status(&self, issuer: &Issuer) -> Result<StatusRef, OAuthError> {
+        let n = {
+            let mut blocks = self.status_blocks.lock().await;
+            let block = blocks.entry(issuer.id.clone()).or_insert(0..0);
+            if block.is_empty() {
+                let start = self.reserve_status_block(&issuer.id).await?;
+                *block = start..start + STATUS_BLOCK;
+            }
+            let n = block.start;
+            block.start += 1;
+            n
+        };
+        let list = status_list_number(n);
+        let base = format!("{}/status-lists", self.issuer_url(&issuer.id));
+        Ok(StatusRef {
+            index: n % STATUS_LIST_SIZE,
+            token_list: format!("{base}/token-{list}"),
+            revocation_list: format!("{base}/revocation-{list}"),
+            suspension_list: format!("{base}/suspension-{list}"),
+        })
+    }
+
+    /// Reserves the next [`STATUS_BLOCK`] indices of an issuer's status lists; returns the first.
+    pub(super) async fn reserve_status_block(&self, issuer_id: &str) -> Result<u64, OAuthError> {
+        let key = format!("{issuer_id}/status");
+        loop {
+            let end = self
+                .ctx
+                .store
+                .update_json::<u64, OAuthError, _>(ks::COUNTERS, &key, None, |n| {
+                    Ok(n + STATUS_BLOCK)
+                })
+                .await?;
+            if let Some(end) = end {
+                return Ok(end - STATUS_BLOCK);
+            }
+            // first credential of this issuer
+            if self
+                .ctx
+                .store
+                .insert_new_json(ks::COUNTERS, &key, &STATUS_BLOCK, None)
+                .await?
+            {
+                return Ok(0);
+            }
+        }
+    }
+
+    pub async fn list_credentials(
+        &self,
+        issuer_id: &str,
+    ) -> Result<Vec<IssuedCredential>, IssuerError> {
+        self.get_issuer(issuer_id).await?;
+        Ok(self
+            .ctx
+            .store
+            .scan_json::<IssuedCredential>(ks::CREDS, &format!("{issuer_id}/"), 10_000)
+            .await?
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect())
+    }
+
+    /// revoke | suspend | reinstate. Revocation is final.
+    pub async fn set_status(
+        &self,
+        issuer_id: &str,
+        credential_id: &str,
+        to: CredentialStatus,
+    ) -> Result<IssuedCredential, IssuerError> {
+        self.get_issuer(issuer_id).await?;
+        let key = format!("{issuer_id}/{credential_id}");
+        let updated = self
+            .ctx
+            .store
+            .update_json::<IssuedCredential, IssuerError, _>(ks::CREDS, &key, None, |mut c| {
+                match (c.status, to) {
+                    (CredentialStatus::Revoked, CredentialStatus::Revoked) => {}
+                    (CredentialStatus::Revoked, _) => return Err(IssuerError::Revoked),
+                    (CredentialStatus::Valid, CredentialStatus::Valid) => {}
+                    _ => {}
+                }
+                c.status = to;
+                Ok(c)
+            })
+            .await?
+            .ok_or_else(|| IssuerError::NoCredential(credential_id.to_string()))?;
+        let list = status_list_number_from(&updated);
+        let token_value: u8 = match to {
+            CredentialStatus::Valid => 0,
+            CredentialStatus::Revoked => 1,
+            CredentialStatus::Suspended => 2,
+        };
+        let idx = updated.status_index;
+        self.update_list(
+            issuer_id,
+            &format!("token-{list}"),
+            TOKEN_STATUS_BITS,
+            |a| a.set_lsb(idx, token_value),
+        )
+        .await?;
+        self.update_list(issuer_id, &format!("revocation-{list}"), 1, |a| {
+            a.set_msb(idx, to == CredentialStatus::Revoked)
+        })
+        .await?;
+        self.update_list(issuer_id, &format!("suspension-{list}"), 1, |a| {
+            a.set_msb(idx, to == CredentialStatus::Suspended)
+        })
+        .await?;
+        tracing::info!(issuer = issuer_id, credential = credential_id, status = ?to, "credential status changed");
+        Ok(updated)
+    }
+
+    pub(super) async fn update_list(
+        &self,
+        issuer_id: &str,
+        list: &str,
+        bits: u8,
+        f: impl Fn(&mut StatusArray) -> Result<(), crate::crypto::CryptoError>,
+    ) -> Result<(), IssuerError> {
+        let key = format!("{issuer_id}/{list}");
+        let store = &self.ctx.store;
+        loop {
+            let current = store.get(ks::STATUS, &key).await?;
+            let mut arr = match &current {
+                Some(raw) => StatusArray {
+                    bits,
+                    bytes: raw.clone(),
+                },
+                None => {
+                    StatusArray::new(bits, STATUS_LIST_SIZE).map_err(IssuerError::StatusList)?
+                }
+            };
+            f(&mut arr).map_err(IssuerError::StatusList)?;
+            if store
+                .compare_and_swap(ks::STATUS, &key, current, Some((arr.bytes, None)))
+                .await?
+                == Cas::Swapped
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// A status list as served: (content type, signed token).
+    pub async fn status_list(
+        &self,
+        issuer_id: &str,
+        list: &str,
+    ) -> Result<(&'static str, String, String), IssuerError> {
+        let issuer = self.get_issuer(issuer_id).await?;
+        let (kind, number) = list.rsplit_once('-').ok_or(IssuerError::NoStatusList)?;
+        let number: u64 = number.parse().map_err(|_| IssuerError::NoStatusList)?;
+        let allocated = self
+            .ctx
+            .store
+            .get_json::<u64>(ks::COUNTERS, &format!("{issuer_id}/status"))
+            .await?
+            .unwrap_or(0);
+        if number == 0 || (number - 1) * STATUS_LIST_SIZE >= allocated.max(1) {
+            return Err(IssuerError::NoStatusList);
+        }
+        let bits = if kind == "token" {
+            TOKEN_STATUS_BITS
+        } else {
+            1
+        };
+        let arr = match self
+            .ctx
+            .store
+            .get(ks::STATUS, &format!("{issuer_id}/{list}"))
+            .await?
+        {
+            Some(bytes) => StatusArray { bits, bytes },
+            None => StatusArray::new(bits, STATUS_LIST_SIZE).map_err(IssuerError::StatusList)?,
+        };
+        let key = self.signing_key(&issuer).await?;
+        let uri = format!("{}/status-lists/{list}", self.issuer_url(issuer_id));
+        let now = self.now();
+        // The ETag names the list content (and key), not the signing time: unchanged → 304.
+        let etag = format!(
+            "\"{}\"",
+            &sha256_hex(
+                [
+                    list.as_bytes(),
+                    &arr.bytes,
+                    issuer.key_fingerprint.as_bytes()
+                ]
+                .concat()
+            )[..32]
+        );
+        match kind {
+            "token" => Ok((
+                "application/statuslist+jwt",
+                formats::token_status_list(&issuer, &key, &uri, bits, arr.to_token_lst(), now, 60),
+                etag,
+            )),
+            "revocation" | "suspension" => Ok((
+                "application/vc+jwt",
+                formats::bitstring_status_credential(
+                    &issuer,
+                    &key,
+                    &uri,
+                    kind,
+                    arr.to_encoded_list(),
+                    now,
+                ),
+                etag,
+            )),
+            _ => Err(IssuerError::NoStatusList),
+        }
+    }
+}
+
+pub(super) fn status_list_number(n: u64) -> u64 {
+    n / STATUS_LIST_SIZE + 1
+}
+
+fn status_list_number_from(c: &IssuedCredential) -> String {
+    c.status_list.clone()
+}

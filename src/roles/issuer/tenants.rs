@@ -1,0 +1,259 @@
+//! Issuer tenants: the issuer record as a [`Tenant`] (its DID per `did_method`, its credential
+//! configurations and webhook checked on create and update); the CRUD itself is the shared
+//! [`crate::roles::tenants::Tenants`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::error::IssuerError;
+use super::model::*;
+use super::service::IssuerService;
+use crate::crypto::{did, KeyType, SigningKey, VerifyingKey};
+use crate::roles::tenants::{id_ok, Creation, Tenant, TenantError};
+
+impl Tenant for Issuer {
+    const KIND: &'static str = "issuer";
+    type Create = CreateIssuer;
+    type Update = UpdateIssuer;
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn key_fingerprint(&self) -> Option<&str> {
+        Some(&self.key_fingerprint)
+    }
+    fn requested_id(req: &CreateIssuer) -> &str {
+        &req.id
+    }
+    fn requested_key(req: &CreateIssuer) -> Option<KeyType> {
+        Some(req.key_type.unwrap_or(KeyType::Ed25519))
+    }
+    fn check_create(req: &CreateIssuer) -> Result<(), String> {
+        let key_type = req.key_type.unwrap_or(KeyType::Ed25519);
+        let did_method = req.did_method.unwrap_or(DidMethod::Key);
+        validate_configs(key_type, did_method, &req.credential_configurations)?;
+        req.webhook_url.as_deref().map_or(Ok(()), validate_url)
+    }
+    fn build(
+        req: CreateIssuer,
+        key: Option<&VerifyingKey>,
+        at: &Creation<'_>,
+    ) -> Result<Self, String> {
+        let vk = key.ok_or("an issuer needs a signing key")?;
+        let did_method = req.did_method.unwrap_or(DidMethod::Key);
+        let did = match did_method {
+            DidMethod::Key => did::did_key(vk),
+            DidMethod::Jwk => did::did_jwk(vk),
+            DidMethod::Web => did::did_web(at.public_url, &format!("issuers/{}", req.id)),
+        };
+        Ok(Issuer {
+            verification_method: did::verification_method(&did),
+            did,
+            display_name: req.display_name.unwrap_or_else(|| req.id.clone()),
+            id: req.id,
+            key_type: req.key_type.unwrap_or(KeyType::Ed25519),
+            did_method,
+            key_fingerprint: vk.thumbprint(),
+            credential_configurations: req.credential_configurations,
+            webhook_url: req.webhook_url,
+            created_at: at.now,
+        })
+    }
+    fn check_update(&self, req: &UpdateIssuer) -> Result<(), String> {
+        if let Some(c) = &req.credential_configurations {
+            validate_configs(self.key_type, self.did_method, c)?;
+        }
+        match req.webhook_url.as_deref().filter(|w| !w.is_empty()) {
+            Some(w) => validate_url(w),
+            None => Ok(()),
+        }
+    }
+    fn apply(&mut self, req: &UpdateIssuer) {
+        if let Some(n) = &req.display_name {
+            self.display_name = n.clone();
+        }
+        if let Some(c) = &req.credential_configurations {
+            self.credential_configurations = c.clone();
+        }
+        if let Some(w) = &req.webhook_url {
+            self.webhook_url = (!w.is_empty()).then(|| w.clone());
+        }
+    }
+}
+
+impl IssuerService {
+    pub async fn get_issuer(&self, id: &str) -> Result<Issuer, IssuerError> {
+        Ok(self.tenants.get(id).await?)
+    }
+
+    pub async fn list_issuers(&self) -> Result<Vec<Issuer>, IssuerError> {
+        Ok(self.tenants.list().await?)
+    }
+
+    pub async fn create_issuer(&self, req: CreateIssuer) -> Result<Issuer, IssuerError> {
+        Ok(self.tenants.create(req).await?)
+    }
+
+    pub async fn update_issuer(&self, id: &str, req: UpdateIssuer) -> Result<Issuer, IssuerError> {
+        Ok(self.tenants.update(id, req).await?)
+    }
+
+    pub async fn delete_issuer(&self, id: &str) -> Result<(), IssuerError> {
+        Ok(self.tenants.delete(id).await?)
+    }
+
+    /// The tenant's signing key, unsealed once and cached; its fingerprint must match the record.
+    pub async fn signing_key(&self, issuer: &Issuer) -> Result<Arc<SigningKey>, IssuerError> {
+        self.tenants
+            .signing_key(issuer)
+            .await
+            .map_err(TenantError::from)?
+            .ok_or_else(|| IssuerError::NoKey(issuer.id.clone()))
+    }
+
+    /// Startup: the default issuer exists, and every issuer's key opens and matches its fingerprint.
+    pub async fn init(&self) -> anyhow::Result<()> {
+        self.tenants.init(default_issuer_request()).await
+    }
+}
+
+fn validate_configs(
+    key_type: KeyType,
+    did_method: DidMethod,
+    configs: &BTreeMap<String, CredentialConfig>,
+) -> Result<(), String> {
+    for (id, c) in configs {
+        if !id_ok(&id.to_ascii_lowercase())
+            && !id
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+        {
+            return Err(format!(
+                "credential configuration id `{id}`: use letters, digits, - and _"
+            ));
+        }
+        if c.format == Format::LdpVc
+            && (key_type != KeyType::Ed25519 || did_method == DidMethod::Web)
+        {
+            return Err(format!(
+                "credential configuration `{id}`: ldp_vc (eddsa-rdfc-2022) needs an Ed25519 key with did:key or did:jwk"
+            ));
+        }
+        if c.format == Format::MsoMdoc && c.doctype.as_deref().is_none_or(str::is_empty) {
+            return Err(format!(
+                "credential configuration `{id}`: mso_mdoc needs a doctype (e.g. org.iso.18013.5.1.mDL)"
+            ));
+        }
+        if c.credential_type.is_empty() || c.claims.is_empty() {
+            return Err(format!(
+                "credential configuration `{id}` needs credential_type and claims"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_url(u: &str) -> Result<(), String> {
+    if (u.starts_with("https://") || u.starts_with("http://")) && u.len() <= 2048 {
+        Ok(())
+    } else {
+        Err("URLs must be http(s) and at most 2048 characters".into())
+    }
+}
+
+/// The built-in mdoc configurations: the ISO mDL and the EUDI PID.
+fn mdoc_configs() -> Vec<(String, CredentialConfig)> {
+    use super::mdoc::{MDL_DOCTYPE, MDL_ELEMENTS, PID_DOCTYPE, PID_ELEMENTS};
+    [
+        (
+            "org.iso.18013.5.1.mDL",
+            "mDL",
+            MDL_DOCTYPE,
+            MDL_ELEMENTS,
+            "Mobile Driving Licence",
+        ),
+        (
+            "eu.europa.ec.eudi.pid.1",
+            "PID",
+            PID_DOCTYPE,
+            PID_ELEMENTS,
+            "Person Identification Data",
+        ),
+    ]
+    .into_iter()
+    .map(|(id, ty, doctype, elements, name)| {
+        let config = CredentialConfig {
+            format: Format::MsoMdoc,
+            credential_type: ty.into(),
+            vct: None,
+            claims: elements
+                .iter()
+                .map(|(n, mandatory)| ClaimSpec {
+                    name: (*n).to_string(),
+                    mandatory: *mandatory,
+                    selectively_disclosable: true,
+                    display_name: Some(n.replace('_', " ")),
+                })
+                .collect(),
+            display: vec![Display {
+                name: name.into(),
+                locale: Some("en-US".into()),
+                description: None,
+            }],
+            validity_seconds: Some(365 * 86_400),
+            doctype: Some(doctype.into()),
+            namespace: None,
+        };
+        (id.to_string(), config)
+    })
+    .collect()
+}
+
+/// The sandbox's default issuer: Ed25519, did:key, an IdentityCredential in each available format.
+pub fn default_issuer_request() -> CreateIssuer {
+    let claims = |sd: bool| {
+        ["given_name", "family_name", "birthdate", "email"]
+            .iter()
+            .map(|n| ClaimSpec {
+                name: (*n).to_string(),
+                mandatory: false,
+                selectively_disclosable: sd,
+                display_name: Some(n.replace('_', " ")),
+            })
+            .collect::<Vec<_>>()
+    };
+    let display = vec![Display {
+        name: "Identity Credential".into(),
+        locale: Some("en-US".into()),
+        description: None,
+    }];
+    let configs: BTreeMap<String, CredentialConfig> = [
+        ("IdentityCredential_jwt_vc_json", Format::JwtVcJson, false),
+        ("IdentityCredential_ldp_vc", Format::LdpVc, false),
+        ("IdentityCredential_dc_sd_jwt", Format::SdJwt, true),
+    ]
+    .into_iter()
+    .map(|(id, format, sd)| {
+        let config = CredentialConfig {
+            format,
+            credential_type: "IdentityCredential".into(),
+            vct: None,
+            claims: claims(sd),
+            display: display.clone(),
+            validity_seconds: Some(365 * 86_400),
+            doctype: None,
+            namespace: None,
+        };
+        (id.to_string(), config)
+    })
+    .chain(mdoc_configs())
+    .collect();
+    CreateIssuer {
+        id: "default".into(),
+        display_name: Some("idstack sandbox issuer".into()),
+        key_type: Some(KeyType::Ed25519),
+        did_method: Some(DidMethod::Key),
+        credential_configurations: configs,
+        webhook_url: None,
+    }
+}

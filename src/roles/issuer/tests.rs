@@ -1,0 +1,322 @@
+//! Unit tests of the issuer service across its steps (fault injection, expiry, concurrency).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::credential::*;
+use super::grants::*;
+use super::ks;
+use super::model::*;
+use super::service::*;
+use crate::clock::{Clock, FakeClock};
+use crate::config::IssuerConfig;
+use crate::crypto::{jws, KeyType, SigningKey};
+use crate::error::{Code, ErrorCode};
+use crate::roles::RoleContext;
+use crate::store::Cas;
+
+fn offer_req(ttl: Option<u64>) -> CreateOffer {
+    CreateOffer {
+        credential_configuration_ids: vec!["IdentityCredential_dc_sd_jwt".into()],
+        claims: serde_json::from_value(json!({"given_name": "A"})).unwrap(),
+        tx_code: None,
+        ttl_seconds: ttl,
+        credential_validity_seconds: None,
+        authorization_code: false,
+    }
+}
+
+fn pre_auth_code(o: &OfferCreated) -> String {
+    o.credential_offer["grants"][PRE_AUTH_GRANT]["pre-authorized_code"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn token_req(code: &str) -> TokenRequest {
+    TokenRequest {
+        grant_type: Some(PRE_AUTH_GRANT.into()),
+        pre_authorized_code: Some(code.into()),
+        tx_code: None,
+        code: None,
+        code_verifier: None,
+        redirect_uri: None,
+        client_id: None,
+        authorization_details: None,
+    }
+}
+
+/// A store that fails the next `fail` writes (put / compare-and-swap / batch) to one keyspace
+/// with 503 "kept conflicting" — after applying them when `applied` (a write that took effect
+/// but was not acknowledged in time).
+struct Faulty {
+    inner: Arc<dyn crate::store::Store>,
+    keyspace: &'static str,
+    applied: bool,
+    fail: std::sync::atomic::AtomicU32,
+}
+
+impl Faulty {
+    fn trip(&self, ks: &str) -> bool {
+        use std::sync::atomic::Ordering;
+        ks == self.keyspace
+            && self
+                .fail
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+    }
+    fn error(&self) -> crate::store::StoreError {
+        crate::store::StoreError::Unavailable(format!(
+            "update of {} kept conflicting",
+            self.keyspace
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::store::Store for Faulty {
+    async fn get(&self, ks: &'static str, key: &str) -> crate::store::StoreResult<Option<Vec<u8>>> {
+        self.inner.get(ks, key).await
+    }
+    async fn put(
+        &self,
+        ks: &'static str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> crate::store::StoreResult<()> {
+        if self.trip(ks) {
+            if self.applied {
+                self.inner.put(ks, key, value, ttl).await?;
+            }
+            return Err(self.error());
+        }
+        self.inner.put(ks, key, value, ttl).await
+    }
+    async fn delete(&self, ks: &'static str, key: &str) -> crate::store::StoreResult<bool> {
+        self.inner.delete(ks, key).await
+    }
+    async fn compare_and_swap(
+        &self,
+        ks: &'static str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Option<(Vec<u8>, Option<Duration>)>,
+    ) -> crate::store::StoreResult<Cas> {
+        if self.trip(ks) {
+            if self.applied {
+                self.inner.compare_and_swap(ks, key, expected, new).await?;
+            }
+            return Err(self.error());
+        }
+        self.inner.compare_and_swap(ks, key, expected, new).await
+    }
+    async fn scan_prefix(
+        &self,
+        ks: &'static str,
+        prefix: &str,
+        limit: usize,
+    ) -> crate::store::StoreResult<Vec<(String, Vec<u8>)>> {
+        self.inner.scan_prefix(ks, prefix, limit).await
+    }
+    async fn batch(&self, ops: Vec<crate::store::BatchOp>) -> crate::store::StoreResult<()> {
+        self.inner.batch(ops).await
+    }
+    async fn sweep_expired(&self) -> crate::store::StoreResult<u64> {
+        self.inner.sweep_expired().await
+    }
+    async fn probe(&self) -> crate::store::StoreResult<()> {
+        self.inner.probe().await
+    }
+    async fn flush(&self) -> crate::store::StoreResult<()> {
+        self.inner.flush().await
+    }
+    async fn stats(&self) -> crate::store::StoreResult<crate::store::StoreStats> {
+        self.inner.stats().await
+    }
+    async fn export_all(&self) -> crate::store::StoreResult<Vec<crate::store::ExportRecord>> {
+        self.inner.export_all().await
+    }
+    async fn import(
+        &self,
+        records: Vec<crate::store::ExportRecord>,
+    ) -> crate::store::StoreResult<u64> {
+        self.inner.import(records).await
+    }
+}
+
+/// A redemption whose offer update or token write fails with 503 (the store "kept
+/// conflicting"; a write applied but not acknowledged) leaves the code redeemable: the retry
+/// gets the token, and the code is single-use after that.
+#[tokio::test]
+async fn a_store_failure_during_redemption_leaves_the_code_redeemable() {
+    for (keyspace, applied) in [
+        (ks::OFFERS, false),
+        (ks::OFFERS, true),
+        (ks::TOKENS, false),
+        (ks::TOKENS, true),
+    ] {
+        let clock = FakeClock::new(1_800_000_000_000);
+        let mut state = RoleContext::for_tests(clock.clone());
+        let faulty = Arc::new(Faulty {
+            inner: state.store.clone(),
+            keyspace,
+            applied,
+            fail: std::sync::atomic::AtomicU32::new(0),
+        });
+        state.store = faulty.clone();
+        let svc = IssuerService::new(state, IssuerConfig::default());
+        svc.init().await.unwrap();
+        let o = svc
+            .create_offer("default", offer_req(Some(600)))
+            .await
+            .unwrap();
+        let code = pre_auth_code(&o);
+        faulty.fail.store(1, std::sync::atomic::Ordering::SeqCst);
+        let e = svc.token("default", token_req(&code)).await.unwrap_err();
+        assert_eq!(
+            (e.status.as_u16(), e.error),
+            (503, "temporarily_unavailable"),
+            "{keyspace} applied={applied}"
+        );
+        assert_eq!(
+            svc.offer_view("default", &o.id).await.unwrap().state,
+            OfferState::Offered,
+            "{keyspace} applied={applied}"
+        );
+        let t = svc
+            .token("default", token_req(&code))
+            .await
+            .unwrap_or_else(|e| panic!("{keyspace} applied={applied}: {e:?}"));
+        assert!(!t.access_token.is_empty());
+        let again = svc.token("default", token_req(&code)).await.unwrap_err();
+        assert_eq!(again.error, "invalid_grant");
+    }
+}
+
+#[tokio::test]
+async fn expired_offers_and_nonces_are_refused() {
+    let clock = FakeClock::new(1_800_000_000_000);
+    let svc = IssuerService::new(
+        RoleContext::for_tests(clock.clone()),
+        IssuerConfig::default(),
+    );
+    svc.init().await.unwrap();
+    let o = svc
+        .create_offer("default", offer_req(Some(60)))
+        .await
+        .unwrap();
+    let code = pre_auth_code(&o);
+    clock.advance_ms(61_000);
+    let e = svc.token("default", token_req(&code)).await.unwrap_err();
+    assert_eq!(e.error, "invalid_grant");
+    assert_eq!(
+        svc.offer_view("default", &o.id).await.unwrap().state,
+        OfferState::Expired
+    );
+    let e = svc.offer_by_reference("default", &o.id).await.unwrap_err();
+    assert_eq!(e.error_code(), Code::Gone);
+
+    // a nonce older than its TTL is gone
+    let o = svc.create_offer("default", offer_req(None)).await.unwrap();
+    let code = pre_auth_code(&o);
+    let t = svc.token("default", token_req(&code)).await.unwrap();
+    let n = svc.nonce("default").await.unwrap();
+    clock.advance_ms((NONCE_TTL as i64 + 1) * 1000);
+    let holder = SigningKey::generate(KeyType::Ed25519);
+    let aud = svc.issuer_url("default");
+    let proof = jws::sign(
+        &holder,
+        json!({"typ": "openid4vci-proof+jwt", "jwk": holder.verifying_key().to_jwk()}),
+        &json!({"aud": aud, "iat": clock.now_secs(), "nonce": n}),
+    );
+    let req = CredentialRequest {
+        credential_configuration_id: Some("IdentityCredential_dc_sd_jwt".into()),
+        credential_identifier: None,
+        proofs: Some(Proofs { jwt: vec![proof] }),
+        proof: None,
+        format: None,
+        vct: None,
+    };
+    let e = svc
+        .credential("default", Some(&t.access_token), req)
+        .await
+        .unwrap_err();
+    assert_eq!(e.error, "invalid_nonce");
+}
+
+#[tokio::test]
+async fn nodes_creating_the_same_issuer_at_once_agree_on_its_key() {
+    // the default issuer when stateless nodes start together on one empty Redis
+    let state = RoleContext::for_tests(FakeClock::new(1_800_000_000_000));
+    let nodes: Vec<_> = (0..4)
+        .map(|_| IssuerService::new(state.clone(), IssuerConfig::default()))
+        .collect();
+    let results = futures_util::future::join_all(nodes.iter().map(|n| n.init())).await;
+    for r in results {
+        r.unwrap();
+    }
+    let issuer = nodes[0].get_issuer("default").await.unwrap();
+    for n in &nodes {
+        n.signing_key(&issuer).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn status_indices_stay_unique_across_processes_sharing_a_store() {
+    // two services on one store stand for two cluster nodes (or two restarts)
+    let state = RoleContext::for_tests(FakeClock::new(1_800_000_000_000));
+    let a = std::sync::Arc::new(IssuerService::new(state.clone(), IssuerConfig::default()));
+    a.init().await.unwrap();
+    let b = std::sync::Arc::new(IssuerService::new(state.clone(), IssuerConfig::default()));
+    let issuer = a.get_issuer("default").await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let svc = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let issuer = issuer.clone();
+        tasks.push(tokio::spawn(async move {
+            svc.allocate_status(&issuer).await.unwrap().index
+        }));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for t in tasks {
+        assert!(
+            seen.insert(t.await.unwrap()),
+            "an index was handed out twice"
+        );
+    }
+    // a restarted process continues after every block reserved before it
+    let c = IssuerService::new(state, IssuerConfig::default());
+    let next = c.allocate_status(&issuer).await.unwrap().index;
+    assert!(
+        seen.iter().all(|i| *i < next),
+        "{next} reuses a reserved block"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_signing_key_is_refused() {
+    let clock = FakeClock::new(1_800_000_000_000);
+    let state = RoleContext::for_tests(clock);
+    let svc = IssuerService::new(state.clone(), IssuerConfig::default());
+    svc.init().await.unwrap();
+    // someone swaps the sealed key behind the issuer's back
+    let other = SigningKey::generate(KeyType::Ed25519);
+    let sealed = state
+        .sealer
+        .seal(
+            format!("{}/default", ks::KEYS).as_bytes(),
+            other.to_private_jwk().as_bytes(),
+        )
+        .unwrap();
+    state
+        .store
+        .put(ks::KEYS, "default", sealed, None)
+        .await
+        .unwrap();
+    let fresh = IssuerService::new(state, IssuerConfig::default());
+    let e = fresh.init().await.unwrap_err().to_string();
+    assert!(e.contains("not the one recorded"), "{e}");
+}

@@ -1,0 +1,250 @@
+//! Tenant records of the issuer and the verifier, kept one way: create (id rules, an optional
+//! signing key generated and sealed insert-only, the record written insert-only), get, list,
+//! update, delete (key included; the `default` tenant stays), the signing key checked against its
+//! recorded fingerprint, and the startup check. A role describes its record with [`Tenant`]: what
+//! a creation request asks for, how the record is built from it and its key, what an update
+//! changes. Everything else is here, so the two roles cannot drift apart.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::crypto::{KeyType, SigningKey, VerifyingKey};
+use crate::error::{Code, ErrorCode};
+use crate::roles::tenant_keys::{KeyError, TenantKeys};
+use crate::roles::RoleContext;
+use crate::store::StoreError;
+
+/// The tenant that exists from the first start and cannot be deleted.
+pub const DEFAULT: &str = "default";
+
+/// A tenant record and its API shapes.
+pub trait Tenant: Serialize + DeserializeOwned + Send + Sync {
+    /// What the tenants are called in messages ("issuer", "verifier").
+    const KIND: &'static str;
+    type Create: Send + Sync;
+    type Update: Send + Sync;
+
+    fn id(&self) -> &str;
+    /// Thumbprint of the signing key recorded at creation; `None`: the tenant has no key.
+    fn key_fingerprint(&self) -> Option<&str>;
+
+    /// The id a creation request asks for.
+    fn requested_id(req: &Self::Create) -> &str;
+    /// The key a creation request asks for; `None`: no key.
+    fn requested_key(req: &Self::Create) -> Option<KeyType>;
+    /// The role's rules on a creation request (checked after the id, before anything is stored).
+    fn check_create(_req: &Self::Create) -> Result<(), String> {
+        Ok(())
+    }
+    /// The record for a creation request, with its key when it asked for one (a role whose
+    /// tenants always have a key refuses to build one without).
+    fn build(
+        req: Self::Create,
+        key: Option<&VerifyingKey>,
+        at: &Creation<'_>,
+    ) -> Result<Self, String>;
+    /// The role's rules on an update of this record.
+    fn check_update(&self, _req: &Self::Update) -> Result<(), String> {
+        Ok(())
+    }
+    fn apply(&mut self, req: &Self::Update);
+}
+
+/// Where and when a tenant is created.
+pub struct Creation<'a> {
+    pub now: i64,
+    pub public_url: &'a str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    #[error("{kind} id: 1-64 characters of a-z, 0-9, - and _")]
+    BadId { kind: &'static str },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no {kind} `{id}`")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{kind} `{id}` exists")]
+    Exists { kind: &'static str, id: String },
+    #[error("the default {kind} cannot be deleted")]
+    DefaultKept { kind: &'static str },
+    #[error("{kind} `{id}` is being created concurrently with another key type")]
+    KeyTypeRace { kind: &'static str, id: String },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ErrorCode for TenantError {
+    fn error_code(&self) -> Code {
+        match self {
+            TenantError::BadId { .. } | TenantError::Invalid(_) => Code::Validation,
+            TenantError::NotFound { .. } => Code::NotFound,
+            TenantError::Exists { .. }
+            | TenantError::DefaultKept { .. }
+            | TenantError::KeyTypeRace { .. } => Code::Conflict,
+            TenantError::Key(e) => e.error_code(),
+            TenantError::Store(e) => e.error_code(),
+        }
+    }
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            TenantError::Key(e) => e.retry_after(),
+            TenantError::Store(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+/// 1-64 characters of a-z, 0-9, `-` and `_` (tenant ids, which appear in URLs and store keys).
+pub fn id_ok(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// The tenants of one role: records in `keyspace`, keys in the role's key keyspace.
+pub struct Tenants<T> {
+    ctx: RoleContext,
+    keyspace: &'static str,
+    keys: TenantKeys,
+    _record: PhantomData<fn() -> T>,
+}
+
+impl<T: Tenant> Tenants<T> {
+    pub fn new(ctx: &RoleContext, keyspace: &'static str, keys_keyspace: &'static str) -> Self {
+        Self {
+            keys: TenantKeys::new(ctx, keys_keyspace, T::KIND),
+            ctx: ctx.clone(),
+            keyspace,
+            _record: PhantomData,
+        }
+    }
+
+    fn not_found(id: &str) -> TenantError {
+        TenantError::NotFound {
+            kind: T::KIND,
+            id: id.to_string(),
+        }
+    }
+
+    fn exists(id: &str) -> TenantError {
+        TenantError::Exists {
+            kind: T::KIND,
+            id: id.to_string(),
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<T, TenantError> {
+        self.ctx
+            .store
+            .get_json::<T>(self.keyspace, id)
+            .await?
+            .ok_or_else(|| Self::not_found(id))
+    }
+
+    pub async fn list(&self) -> Result<Vec<T>, TenantError> {
+        Ok(self
+            .ctx
+            .store
+            .scan_json::<T>(self.keyspace, "", 10_000)
+            .await?
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect())
+    }
+
+    pub async fn create(&self, req: T::Create) -> Result<T, TenantError> {
+        let id = T::requested_id(&req).to_string();
+        if !id_ok(&id) {
+            return Err(TenantError::BadId { kind: T::KIND });
+        }
+        T::check_create(&req).map_err(TenantError::Invalid)?;
+        if self.ctx.store.get(self.keyspace, &id).await?.is_some() {
+            return Err(Self::exists(&id));
+        }
+        // Key first (insert-only), then the tenant. A key already stored under this id (a
+        // concurrent creation of the same tenant, or one that crashed before its record) is used
+        // instead of ours, so whichever record wins names the key that is stored.
+        let key = match T::requested_key(&req) {
+            None => None,
+            Some(kt) => {
+                let key = self.keys.put_new(&id, SigningKey::generate(kt)).await?;
+                if key.key_type() != kt {
+                    return Err(TenantError::KeyTypeRace { kind: T::KIND, id });
+                }
+                Some(key.verifying_key())
+            }
+        };
+        let at = Creation {
+            now: self.ctx.clock.now_secs(),
+            public_url: &self.ctx.public_url,
+        };
+        let record = T::build(req, key.as_ref(), &at).map_err(TenantError::Invalid)?;
+        if !self
+            .ctx
+            .store
+            .insert_new_json(self.keyspace, &id, &record, None)
+            .await?
+        {
+            return Err(Self::exists(&id));
+        }
+        tracing::info!(kind = T::KIND, id = %id, "tenant created");
+        Ok(record)
+    }
+
+    pub async fn update(&self, id: &str, req: T::Update) -> Result<T, TenantError> {
+        let current = self.get(id).await?;
+        current.check_update(&req).map_err(TenantError::Invalid)?;
+        self.ctx
+            .store
+            .update_json::<T, TenantError, _>(self.keyspace, id, None, |mut t| {
+                t.apply(&req);
+                Ok(t)
+            })
+            .await?
+            .ok_or_else(|| Self::not_found(id))
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<(), TenantError> {
+        if id == DEFAULT {
+            return Err(TenantError::DefaultKept { kind: T::KIND });
+        }
+        if !self.ctx.store.delete(self.keyspace, id).await? {
+            return Err(Self::not_found(id));
+        }
+        Ok(self.keys.remove(id).await?)
+    }
+
+    /// The tenant's signing key (unsealed once and cached), which must match the recorded
+    /// fingerprint; `None` for a tenant without a key.
+    pub async fn signing_key(&self, t: &T) -> Result<Option<Arc<SigningKey>>, KeyError> {
+        match t.key_fingerprint() {
+            None => Ok(None),
+            Some(fp) => self.keys.get(t.id(), fp).await.map(Some),
+        }
+    }
+
+    /// Startup: the default tenant exists (created from `default` unless another node just did),
+    /// and every tenant's key opens and matches its fingerprint.
+    pub async fn init(&self, default: T::Create) -> anyhow::Result<()> {
+        if self.ctx.store.get(self.keyspace, DEFAULT).await?.is_none() {
+            match self.create(default).await {
+                Ok(_) => {}
+                // another node created it meanwhile
+                Err(e) if e.error_code() == Code::Conflict => {}
+                Err(e) => anyhow::bail!("creating the default {}: {e}", T::KIND),
+            }
+        }
+        for t in self.list().await? {
+            self.signing_key(&t).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,62 @@
+//! What the verifier's management steps and request objects can fail with. Each variant names its
+//! stable code ([`ErrorCode`]); the HTTP edge renders it as problem+json. The response endpoint
+//! answers wallets in the OAuth format instead ([`crate::http::oauth`]).
+
+use crate::error::{Code, ErrorCode};
+use crate::roles::tenant_keys::KeyError;
+use crate::roles::tenants::TenantError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifierError {
+    #[error(transparent)]
+    Tenant(#[from] TenantError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A session request the verifier will not accept (query, policies, ttl, URLs, trust).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no session `{0}`")]
+    NoSession(String),
+    #[error("this verification session has expired")]
+    SessionExpired,
+    #[error("this verification session is already finished")]
+    SessionFinished,
+    /// The session's response encryption key cannot be opened: ours, not the client's.
+    #[error("session encryption key: {0}")]
+    EncryptionKey(String),
+}
+
+impl ErrorCode for VerifierError {
+    fn error_code(&self) -> Code {
+        match self {
+            VerifierError::Tenant(e) => e.error_code(),
+            VerifierError::Store(e) => e.error_code(),
+            VerifierError::Key(e) => e.error_code(),
+            VerifierError::Invalid(_) => Code::Validation,
+            VerifierError::NoSession(_) => Code::NotFound,
+            VerifierError::SessionExpired | VerifierError::SessionFinished => Code::Gone,
+            VerifierError::EncryptionKey(_) => Code::Internal,
+        }
+    }
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            VerifierError::Tenant(e) => e.retry_after(),
+            VerifierError::Store(e) => e.retry_after(),
+            VerifierError::Key(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+/// [`VerifierError::Invalid`], for the many checks of a session request.
+pub(super) fn invalid(detail: impl Into<String>) -> VerifierError {
+    VerifierError::Invalid(detail.into())
+}
+
+/// [`VerifierError::EncryptionKey`] from whatever failed on the way to the key.
+pub(super) fn encryption_key_broken(e: impl std::fmt::Display) -> VerifierError {
+    VerifierError::EncryptionKey(e.to_string())
+}

@@ -1,0 +1,468 @@
+//! Verification sessions: creation (DCQL or presentation definition), views, and the request
+//! object wallets fetch.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::error::{invalid, VerifierError};
+use super::ks;
+use super::model::*;
+use super::service::*;
+use super::verify::Trust;
+use crate::clock::{random_id, random_token};
+use crate::crypto::jwe::EncryptionKey;
+use crate::crypto::jws;
+use crate::http::urlencode;
+
+impl VerifierService {
+    /// A new session and the authorization request that starts it. (About 100 lines: most of it
+    /// is the session record, field by field, and the request's two shapes.)
+    pub async fn create_session(
+        &self,
+        verifier_id: &str,
+        req: CreateSession,
+    ) -> Result<SessionCreated, VerifierError> {
+        let v = self.get_verifier(verifier_id).await?;
+        if self.trusted(&v).await? == Trust::Only(Vec::new()) {
+            return Err(invalid(format!(
+                "verifier `{verifier_id}` trusts no issuer: set its trusted_issuers (or verifier.trust = \"any\" for development)"
+            )));
+        }
+        check_query(&req)?;
+        let ttl = req
+            .ttl_seconds
+            .unwrap_or(self.cfg.default_session_ttl_seconds);
+        if ttl == 0 || ttl > 7 * 86_400 {
+            return Err(invalid("ttl_seconds must be 1..=604800"));
+        }
+        let policies = session_policies(req.policies)?;
+        for u in [&req.webhook_url, &req.success_redirect]
+            .into_iter()
+            .flatten()
+        {
+            if !(u.starts_with("https://") || u.starts_with("http://")) || u.len() > 2048 {
+                return Err(invalid(
+                    "webhook_url and success_redirect must be http(s) URLs",
+                ));
+            }
+        }
+        let id = random_id();
+        let response_uri = format!("{}/responses/{id}", self.base(verifier_id));
+        // OpenID4VP 1.0 client identifier prefixes; presentation_definition requests are for
+        // pre-1.0 wallets, which expect the draft form (plain id + client_id_scheme).
+        let legacy = req.presentation_definition.is_some();
+        let client_id = match (&v.did, legacy) {
+            (Some(d), false) => format!("decentralized_identifier:{d}"),
+            (None, false) => format!("redirect_uri:{response_uri}"),
+            (Some(d), true) => d.clone(),
+            (None, true) => response_uri.clone(),
+        };
+        let response_mode = req.response_mode.unwrap_or(ResponseMode::DirectPost);
+        let encryption_key = match response_mode {
+            ResponseMode::DirectPost => None,
+            ResponseMode::DirectPostJwt => Some(self.new_encryption_key(&id)?),
+        };
+        let now = self.now();
+        let session = Session {
+            id: id.clone(),
+            verifier: verifier_id.to_string(),
+            nonce: random_token(24),
+            state_param: random_token(24),
+            client_id: client_id.clone(),
+            response_uri,
+            dcql_query: req.dcql_query,
+            presentation_definition: req.presentation_definition,
+            response_mode,
+            policies,
+            require_status: req.require_status.unwrap_or(false),
+            webhook_url: req.webhook_url,
+            success_redirect: req.success_redirect,
+            encryption_key,
+            created_at: now,
+            expires_at: now + ttl as i64,
+            state: SessionState::Pending,
+            verified: false,
+            policy_results: Vec::new(),
+            credentials: Vec::new(),
+            error: None,
+            failed_attempts: Vec::new(),
+            completed_at: None,
+        };
+        // Kept a day past expiry so the result (or "expired") stays readable.
+        self.ctx
+            .store
+            .put_json(
+                ks::SESSIONS,
+                &session_key(verifier_id, &id),
+                &session,
+                Some(Duration::from_secs(ttl + 86_400)),
+            )
+            .await?;
+        let request_uri = format!("{}/requests/{id}", self.base(verifier_id));
+        let authorization_request = if v.did.is_some() {
+            format!(
+                "openid4vp://?client_id={}&request_uri={}",
+                urlencode(&client_id),
+                urlencode(&request_uri)
+            )
+        } else {
+            by_value_request(&v, &session, self)?
+        };
+        Ok(SessionCreated {
+            id,
+            authorization_request,
+            request_uri,
+            expires_at: session.expires_at,
+        })
+    }
+
+    /// A fresh response encryption key for session `id`, sealed (base64url) for its record.
+    fn new_encryption_key(&self, id: &str) -> Result<String, VerifierError> {
+        let k = EncryptionKey::generate();
+        let sealed = self
+            .ctx
+            .sealer
+            .seal(format!("session-enc/{id}").as_bytes(), &k.to_bytes())?;
+        Ok(crate::crypto::b64url(sealed))
+    }
+
+    pub(super) async fn load_session(
+        &self,
+        verifier_id: &str,
+        id: &str,
+    ) -> Result<Session, VerifierError> {
+        self.ctx
+            .store
+            .get_json::<Session>(ks::SESSIONS, &session_key(verifier_id, id))
+            .await?
+            .ok_or_else(|| VerifierError::NoSession(id.to_string()))
+    }
+
+    pub async fn session_view(
+        &self,
+        verifier_id: &str,
+        id: &str,
+    ) -> Result<SessionView, VerifierError> {
+        self.get_verifier(verifier_id).await?;
+        Ok(self.load_session(verifier_id, id).await?.view(self.now()))
+    }
+
+    pub async fn list_sessions(
+        &self,
+        verifier_id: &str,
+    ) -> Result<Vec<SessionView>, VerifierError> {
+        self.get_verifier(verifier_id).await?;
+        let now = self.now();
+        Ok(self
+            .ctx
+            .store
+            .scan_json::<Session>(ks::SESSIONS, &format!("{verifier_id}/"), 1000)
+            .await?
+            .into_iter()
+            .map(|(_, s)| s.view(now))
+            .collect())
+    }
+
+    /// The request object (`request_uri`): signed when the verifier has a key, else `alg: none`.
+    pub async fn request_object(
+        &self,
+        verifier_id: &str,
+        id: &str,
+        wallet_nonce: Option<String>,
+    ) -> Result<String, VerifierError> {
+        let v = self.get_verifier(verifier_id).await?;
+        let s = self.load_session(verifier_id, id).await?;
+        if s.expires_at <= self.now() {
+            return Err(VerifierError::SessionExpired);
+        }
+        if s.state != SessionState::Pending {
+            return Err(VerifierError::SessionFinished);
+        }
+        let client_metadata = client_metadata(&v, &s, self)?;
+        let now = self.now();
+        let mut payload = json!({
+            "response_type": "vp_token",
+            "client_id": s.client_id,
+            "response_uri": s.response_uri,
+            "response_mode": s.response_mode.as_str(),
+            "nonce": s.nonce,
+            "state": s.state_param,
+            "client_metadata": client_metadata,
+            "iat": now,
+            "exp": s.expires_at,
+            "aud": "https://self-issued.me/v2",
+        });
+        if let Some(q) = &s.dcql_query {
+            payload["dcql_query"] = q.clone();
+        }
+        if let Some(pd) = &s.presentation_definition {
+            payload["presentation_definition"] = pd.clone();
+            payload["client_id_scheme"] = json!(if v.did.is_some() {
+                "did"
+            } else {
+                "redirect_uri"
+            });
+        }
+        if let Some(wn) = wallet_nonce {
+            payload["wallet_nonce"] = json!(wn);
+        }
+        match self.signing_key(&v).await? {
+            Some(key) => Ok(jws::sign(
+                &key,
+                json!({"typ": "oauth-authz-req+jwt", "kid": v.verification_method}),
+                &payload,
+            )),
+            None => {
+                let h = crate::crypto::b64url(
+                    json!({"alg": "none", "typ": "oauth-authz-req+jwt"}).to_string(),
+                );
+                Ok(format!(
+                    "{h}.{}.",
+                    crate::crypto::b64url(payload.to_string())
+                ))
+            }
+        }
+    }
+}
+
+pub(super) fn client_metadata(
+    v: &Verifier,
+    s: &Session,
+    svc: &VerifierService,
+) -> Result<Value, VerifierError> {
+    let algs = json!(["EdDSA", "ES256", "ES256K"]);
+    let mut m = if s.presentation_definition.is_some() {
+        // the draft (pre-1.0) shape that presentation_definition wallets understand
+        json!({
+            "vp_formats": {
+                "vc+sd-jwt": {"sd-jwt_alg_values": algs, "kb-jwt_alg_values": algs},
+                "dc+sd-jwt": {"sd-jwt_alg_values": algs, "kb-jwt_alg_values": algs},
+                "jwt_vp_json": {"alg": algs},
+                "jwt_vc_json": {"alg": algs},
+            },
+            "client_name": v.display_name,
+        })
+    } else {
+        // Every format a query of this session asks for (OID4VP 1.0 §5.1, Appendix B).
+        let mut formats = serde_json::Map::new();
+        formats.insert(
+            "dc+sd-jwt".into(),
+            json!({"sd-jwt_alg_values": algs, "kb-jwt_alg_values": algs}),
+        );
+        formats.insert("jwt_vc_json".into(), json!({"alg_values": algs}));
+        let asked = s
+            .dcql_query
+            .as_ref()
+            .and_then(|q| q["credentials"].as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["format"].as_str());
+        for f in asked {
+            let entry = match f {
+                "vc+sd-jwt" => json!({"sd-jwt_alg_values": algs, "kb-jwt_alg_values": algs}),
+                "ldp_vc" => json!({
+                    "proof_type_values": ["DataIntegrityProof"],
+                    "cryptosuite_values": ["eddsa-rdfc-2022"],
+                }),
+                // COSE ES256 (-7) for issuerAuth and deviceSignature (OID4VP 1.0 B.2.1)
+                "mso_mdoc" => json!({
+                    "issuerauth_alg_values": [-7],
+                    "deviceauth_alg_values": [-7],
+                }),
+                _ => continue,
+            };
+            formats.insert(f.to_string(), entry);
+        }
+        json!({
+            "vp_formats_supported": formats,
+            "client_name": v.display_name,
+        })
+    };
+    if let Some(sealed) = &s.encryption_key {
+        let k = svc.encryption_key(&s.id, sealed)?;
+        m["jwks"] = json!({"keys": [k.public_jwk(&format!("enc-{}", s.id))]});
+        m["encrypted_response_enc_values_supported"] = json!(["A128GCM", "A256GCM"]);
+        // pre-1.0 wallets read these
+        m["authorization_encrypted_response_alg"] = json!("ECDH-ES");
+        m["authorization_encrypted_response_enc"] = json!("A256GCM");
+    }
+    Ok(m)
+}
+
+fn validate_dcql(q: &Value) -> Result<(), VerifierError> {
+    let creds = q["credentials"]
+        .as_array()
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| invalid("dcql_query.credentials must be a non-empty array"))?;
+    let mut ids = Vec::new();
+    for c in creds {
+        let id = c["id"]
+            .as_str()
+            .filter(|i| {
+                !i.is_empty()
+                    && i.chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+            })
+            .ok_or_else(|| {
+                invalid("each credential query needs an id of letters, digits, _ and -")
+            })?;
+        if ids.contains(&id) {
+            return Err(invalid(format!("duplicate credential query id `{id}`")));
+        }
+        ids.push(id);
+        check_credential_query(id, c)?;
+    }
+    Ok(())
+}
+
+/// One credential query of a DCQL query: a supported format, its `meta`, its claims.
+fn check_credential_query(id: &str, c: &Value) -> Result<(), VerifierError> {
+    match c["format"].as_str() {
+        Some("dc+sd-jwt" | "vc+sd-jwt" | "jwt_vc_json" | "ldp_vc") => {}
+        Some("mso_mdoc") => {
+            if !c["meta"]["doctype_value"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty())
+            {
+                return Err(invalid(format!(
+                    "credential query `{id}`: mso_mdoc needs meta.doctype_value (e.g. \"org.iso.18013.5.1.mDL\")"
+                )));
+            }
+        }
+        other => {
+            return Err(invalid(format!(
+                "credential query `{id}`: unsupported format {other:?}"
+            )))
+        }
+    }
+    // `meta` is REQUIRED (OID4VP 1.0 §6.1); its members are per format (Appendix B).
+    let meta = c["meta"].as_object().ok_or_else(|| {
+        invalid(format!(
+            "credential query `{id}`: `meta` is required (an object; e.g. {{\"vct_values\": [...]}} for dc+sd-jwt, {{\"type_values\": [[...]]}} for W3C formats, or {{}})"
+        ))
+    })?;
+    if let Some(v) = meta.get("vct_values") {
+        let ok = v.as_array().is_some_and(|a| {
+            !a.is_empty() && a.iter().all(|x| x.as_str().is_some_and(|s| !s.is_empty()))
+        });
+        if !ok {
+            return Err(invalid(format!(
+                "credential query `{id}`: meta.vct_values must be a non-empty array of strings"
+            )));
+        }
+    }
+    if let Some(v) = meta.get("type_values") {
+        let ok = v.as_array().is_some_and(|sets| {
+            !sets.is_empty()
+                && sets.iter().all(|set| {
+                    set.as_array().is_some_and(|ts| {
+                        !ts.is_empty()
+                            && ts.iter().all(|t| t.as_str().is_some_and(|s| !s.is_empty()))
+                    })
+                })
+        });
+        if !ok {
+            return Err(invalid(format!(
+                "credential query `{id}`: meta.type_values must be a non-empty array of non-empty arrays of strings"
+            )));
+        }
+    }
+    if let Some(b) = c.get("require_cryptographic_holder_binding") {
+        if !b.is_boolean() {
+            return Err(invalid(format!(
+                "credential query `{id}`: require_cryptographic_holder_binding must be a boolean"
+            )));
+        }
+    }
+    if let Some(claims) = c.get("claims") {
+        let ok = claims.as_array().is_some_and(|a| {
+            a.iter()
+                .all(|cl| cl["path"].as_array().is_some_and(|p| !p.is_empty()))
+        });
+        if !ok {
+            return Err(invalid(format!(
+                "credential query `{id}`: every claim needs a non-empty path"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Exactly one of a DCQL query or a presentation definition, well-formed.
+fn check_query(req: &CreateSession) -> Result<(), VerifierError> {
+    match (&req.dcql_query, &req.presentation_definition) {
+        (Some(q), None) => validate_dcql(q)?,
+        (None, Some(pd)) => {
+            if pd["input_descriptors"].as_array().is_none_or(Vec::is_empty) {
+                return Err(invalid("presentation_definition needs input_descriptors"));
+            }
+        }
+        _ => {
+            return Err(invalid(
+                "send exactly one of dcql_query or presentation_definition",
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// The policies a session applies: all by default; a list is completed with the ones that are
+/// always on.
+fn session_policies(asked: Option<Vec<String>>) -> Result<Vec<String>, VerifierError> {
+    Ok(match asked {
+        None => ALL_POLICIES.iter().map(|p| p.to_string()).collect(),
+        Some(list) => {
+            if let Some(bad) = list.iter().find(|p| !ALL_POLICIES.contains(&p.as_str())) {
+                return Err(invalid(format!(
+                    "unknown policy `{bad}`; known: {}",
+                    ALL_POLICIES.join(", ")
+                )));
+            }
+            let mut l: Vec<String> = list;
+            for must in [
+                "signature",
+                "holder_binding",
+                "nonce_audience",
+                "query_match",
+            ] {
+                if !l.iter().any(|p| p == must) {
+                    l.push(must.into());
+                }
+            }
+            l
+        }
+    })
+}
+
+/// The authorization request of a verifier without a key, by value.
+fn by_value_request(
+    v: &Verifier,
+    session: &Session,
+    svc: &VerifierService,
+) -> Result<String, VerifierError> {
+    // redirect_uri client identifiers cannot sign, and wallets refuse unsigned request
+    // objects by reference: pass the request by value.
+    let mut q = format!(
+        "openid4vp://?client_id={}&response_type=vp_token&response_mode={}&response_uri={}&nonce={}&state={}",
+        urlencode(&session.client_id),
+        session.response_mode.as_str(),
+        urlencode(&session.response_uri),
+        urlencode(&session.nonce),
+        urlencode(&session.state_param)
+    );
+    if let Some(dq) = &session.dcql_query {
+        q.push_str(&format!("&dcql_query={}", urlencode(&dq.to_string())));
+    }
+    if let Some(pd) = &session.presentation_definition {
+        q.push_str(&format!(
+            "&presentation_definition={}&client_id_scheme=redirect_uri",
+            urlencode(&pd.to_string())
+        ));
+    }
+    q.push_str(&format!(
+        "&client_metadata={}",
+        urlencode(&client_metadata(v, session, svc)?.to_string())
+    ));
+    Ok(q)
+}

@@ -1,0 +1,292 @@
+//! Who may touch which wallet, as values (lldap's capability handlers). A wallet session token
+//! becomes a [`SignedIn`]; a signed-in account that is a member of a wallet gets a [`Viewer`]
+//! (any member) or an [`Owner`] (owners only); a capability with a tenant session open on its
+//! wallet is an [`Opened`]. Their fields are private and this module holds their only
+//! constructors, so a service method that takes `&Owner` cannot be reached without the owner
+//! check having passed, and a viewer has no way to turn its `Viewer` into an `Owner`.
+//! An `Owner` is also a `Viewer` (`Deref`), so owners read through the same methods.
+
+use std::ops::Deref;
+
+use super::error::{OrNotFound, WalletError, WalletResult};
+use super::ks;
+use super::model::{Account, MemberRole, SessionRecord, Wallet};
+use super::service::{load_context, WalletService, WalletSession};
+use crate::crypto::sha256_hex;
+use crate::tenancy::AcquireError;
+
+/// An account that presented a live wallet session token.
+pub struct SignedIn {
+    account: Account,
+    token: String,
+}
+
+impl SignedIn {
+    pub fn account(&self) -> &Account {
+        &self.account
+    }
+    /// The session token, so that logging out can revoke it.
+    pub(super) fn token(&self) -> &str {
+        &self.token
+    }
+}
+
+/// Proof that the signed-in account is a member of `wallet` (viewer or owner): it may read.
+#[derive(Debug)]
+pub struct Viewer {
+    wallet: Wallet,
+    role: MemberRole,
+}
+
+impl Viewer {
+    pub fn wallet(&self) -> &Wallet {
+        &self.wallet
+    }
+    /// The wallet's id: the only wallet this proof opens.
+    pub fn id(&self) -> &str {
+        &self.wallet.id
+    }
+    /// The member's actual role (an owner reading through a `Viewer` is still an owner here).
+    pub fn role(&self) -> MemberRole {
+        self.role
+    }
+}
+
+/// Proof that the signed-in account owns `wallet`: it may change it. Reads go through `Deref`.
+#[derive(Debug)]
+pub struct Owner(Viewer);
+
+impl Deref for Owner {
+    type Target = Viewer;
+    fn deref(&self) -> &Viewer {
+        &self.0
+    }
+}
+
+/// A capability on a wallet: what [`WalletService::open`] opens a tenant session for.
+pub trait Capability: sealed::Sealed {
+    fn viewer(&self) -> &Viewer;
+}
+
+impl Capability for Viewer {
+    fn viewer(&self) -> &Viewer {
+        self
+    }
+}
+
+impl Capability for Owner {
+    fn viewer(&self) -> &Viewer {
+        &self.0
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Viewer {}
+    impl Sealed for super::Owner {}
+}
+
+/// A capability with a tenant session held on its wallet (keys unsealed, admission counted).
+/// Reads the capability through `Deref`.
+pub struct Opened<C> {
+    cap: C,
+    session: WalletSession,
+}
+
+impl<C> Deref for Opened<C> {
+    type Target = C;
+    fn deref(&self) -> &C {
+        &self.cap
+    }
+}
+
+impl<C> Opened<C> {
+    /// The wallet's unsealed keys (for signing proofs and presentations).
+    pub(super) fn session(&self) -> &WalletSession {
+        &self.session
+    }
+}
+
+impl WalletService {
+    /// The account behind a bearer token, if the token is live and the account enabled.
+    pub async fn authenticate(&self, token: &str) -> WalletResult<SignedIn> {
+        const UNAUTHORIZED: WalletError = WalletError::Unauthorized(
+            "log in: the wallet session token is missing, expired or revoked",
+        );
+        let store = &self.ctx.store;
+        let s: SessionRecord = store
+            .get_json(ks::SESSIONS, &sha256_hex(token))
+            .await?
+            .ok_or(UNAUTHORIZED)?;
+        let account: Account = store
+            .get_json(ks::ACCOUNTS, &s.account)
+            .await?
+            .ok_or(UNAUTHORIZED)?;
+        if account.disabled {
+            return Err(WalletError::Forbidden("this account is disabled"));
+        }
+        Ok(SignedIn {
+            account,
+            token: token.to_string(),
+        })
+    }
+
+    /// Read access to `wallet`. Not a member → 404, so wallet ids cannot be probed.
+    pub async fn viewer(&self, who: &SignedIn, wallet: &str) -> WalletResult<Viewer> {
+        let store = &self.ctx.store;
+        let not_found = || format!("no wallet `{wallet}`");
+        let role: MemberRole = store
+            .get_json(ks::MEMBERS, &format!("a/{}/{wallet}", who.account.id))
+            .await?
+            .or_not_found(not_found())?;
+        let wallet: Wallet = store
+            .get_json(ks::WALLETS, wallet)
+            .await?
+            .or_not_found(not_found())?;
+        Ok(Viewer { wallet, role })
+    }
+
+    /// Owner access to `wallet`: 404 for non-members (as [`Self::viewer`]), 403 for viewers.
+    pub async fn owner(&self, who: &SignedIn, wallet: &str) -> WalletResult<Owner> {
+        let viewer = self.viewer(who, wallet).await?;
+        if viewer.role < MemberRole::Owner {
+            return Err(WalletError::Forbidden(
+                "this needs the owner role on the wallet",
+            ));
+        }
+        Ok(Owner(viewer))
+    }
+
+    /// Opens a tenant session on the capability's wallet (unsealing its keys on first open).
+    pub async fn open<C: Capability>(&self, cap: C) -> WalletResult<Opened<C>> {
+        let ctx = self.ctx.clone();
+        let wid = cap.viewer().id().to_string();
+        let session = self
+            .coordinator
+            .acquire(cap.viewer().id(), || async move {
+                load_context(&ctx, &wid).await.map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| match e {
+                AcquireError::Timeout => WalletError::Busy {
+                    detail: "the wallet service is at capacity; retry shortly",
+                    retry_after: 1,
+                },
+                AcquireError::Open(m) => WalletError::Internal(m),
+            })?;
+        Ok(Opened { cap, session })
+    }
+
+    /// [`Self::viewer`], then [`Self::open`].
+    pub async fn open_viewer(&self, who: &SignedIn, wallet: &str) -> WalletResult<Opened<Viewer>> {
+        self.open(self.viewer(who, wallet).await?).await
+    }
+
+    /// [`Self::owner`], then [`Self::open`].
+    pub async fn open_owner(&self, who: &SignedIn, wallet: &str) -> WalletResult<Opened<Owner>> {
+        self.open(self.owner(who, wallet).await?).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FakeClock;
+    use crate::error::{ApiError, Code};
+    use crate::roles::wallet::model::{AddMember, Credentials};
+    use crate::roles::RoleContext;
+
+    fn service() -> WalletService {
+        let ctx = RoleContext::for_tests(FakeClock::new(1_700_000_000_000));
+        WalletService::new(ctx, crate::config::WalletConfig::default())
+    }
+
+    async fn sign_up(svc: &WalletService, email: &str) -> SignedIn {
+        let creds = || Credentials {
+            email: email.into(),
+            password: "correct horse".into(),
+        };
+        svc.register(creds()).await.unwrap();
+        let login = svc.login(creds()).await.unwrap();
+        svc.authenticate(&login.token).await.unwrap()
+    }
+
+    /// A service with Alice's wallet "home" and a second signed-in account (not a member).
+    async fn alice_home_and(other: &str) -> (WalletService, SignedIn, SignedIn, String) {
+        let svc = service();
+        let alice = sign_up(&svc, "alice@example.org").await;
+        let other = sign_up(&svc, other).await;
+        let w = svc.create_wallet(alice.account(), "home").await.unwrap();
+        (svc, alice, other, w.wallet.id)
+    }
+
+    fn code(e: WalletError) -> Code {
+        ApiError::from(e).code
+    }
+
+    #[tokio::test]
+    async fn a_viewer_cannot_obtain_the_owner_capability() {
+        let (svc, alice, bob, w) = alice_home_and("bob@example.org").await;
+        let owner = svc.owner(&alice, &w).await.unwrap();
+        let share = AddMember {
+            email: "bob@example.org".into(),
+            role: MemberRole::Viewer,
+        };
+        svc.add_member(&owner, share).await.unwrap();
+
+        let viewer = svc.viewer(&bob, &w).await.unwrap();
+        assert_eq!(viewer.role(), MemberRole::Viewer);
+        assert_eq!(viewer.id(), w);
+        let refused = svc.owner(&bob, &w).await.unwrap_err();
+        assert_eq!(code(refused), Code::Forbidden);
+        let refused = svc.open_owner(&bob, &w).await.err().unwrap();
+        assert_eq!(code(refused), Code::Forbidden);
+        // the viewer still reads
+        let opened = svc.open_viewer(&bob, &w).await.unwrap();
+        assert!(svc.list_keys(&opened).await.unwrap().is_empty());
+        // and an owner reads through the same methods
+        let opened = svc.open_owner(&alice, &w).await.unwrap();
+        assert_eq!(opened.role(), MemberRole::Owner);
+        assert!(svc.list_dids(&opened).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn another_accounts_wallet_is_not_found_at_every_level() {
+        let (svc, _alice, mallory, w) = alice_home_and("mallory@example.org").await;
+        for e in [
+            svc.viewer(&mallory, &w).await.unwrap_err(),
+            svc.owner(&mallory, &w).await.unwrap_err(),
+            svc.open_viewer(&mallory, &w).await.err().unwrap(),
+            svc.viewer(&mallory, "no-such-wallet").await.unwrap_err(),
+        ] {
+            assert_eq!(code(e), Code::NotFound);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_capability_reaches_only_its_own_wallet() {
+        let svc = service();
+        let alice = sign_up(&svc, "alice@example.org").await;
+        let a = svc.create_wallet(alice.account(), "a").await.unwrap();
+        let b = svc.create_wallet(alice.account(), "b").await.unwrap();
+        let owner_a = svc.open_owner(&alice, &a.wallet.id).await.unwrap();
+        svc.generate_key(&owner_a, crate::crypto::KeyType::Ed25519)
+            .await
+            .unwrap();
+        let viewer_b = svc.open_viewer(&alice, &b.wallet.id).await.unwrap();
+        assert!(svc.list_keys(&viewer_b).await.unwrap().is_empty());
+        assert_eq!(svc.list_keys(&owner_a).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_revoked_or_unknown_token_is_unauthorized() {
+        let svc = service();
+        let alice = sign_up(&svc, "alice@example.org").await;
+        let token = alice.token().to_string();
+        svc.logout(&alice).await.unwrap();
+        let e = svc.authenticate(&token).await.err().unwrap();
+        assert_eq!(code(e), Code::Unauthorized);
+        let e = svc.authenticate("nonsense").await.err().unwrap();
+        assert_eq!(code(e), Code::Unauthorized);
+    }
+}

@@ -1,0 +1,302 @@
+//! Accounts: sign-up, login with lockout, logout, and the admin's list / disable / enable.
+//! Checking a session token is [`super::access`]'s (it makes the [`SignedIn`] proof).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+
+use super::access::SignedIn;
+use super::error::{OrInternal, OrNotFound, WalletError, WalletResult};
+use super::ks;
+use super::model::*;
+use super::service::WalletService;
+use crate::clock::{random_id, random_token};
+use crate::crypto::sha256_hex;
+
+const SESSION_TTL: i64 = 24 * 3600;
+
+impl WalletService {
+    pub async fn register(&self, req: Credentials) -> WalletResult<AccountView> {
+        let email = req.email.trim().to_ascii_lowercase();
+        if !valid_email(&email) {
+            return Err(WalletError::invalid("a valid email address is required"));
+        }
+        if req.password.len() < 8 || req.password.len() > 256 {
+            return Err(WalletError::invalid(
+                "the password needs 8 to 256 characters",
+            ));
+        }
+        let password = req.password.clone();
+        let hash = password_work(move || {
+            let salt = SaltString::generate(&mut rand::rngs::OsRng);
+            Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+        })
+        .await?
+        .or_internal()?;
+        let account = Account {
+            id: random_id(),
+            email: email.clone(),
+            password_hash: hash,
+            created_at: self.now(),
+            disabled: false,
+        };
+        // The email index is the uniqueness guard: insert-only.
+        if !self
+            .ctx
+            .store
+            .insert_new_json(ks::EMAILS, &email, &account.id, None)
+            .await?
+        {
+            return Err(WalletError::conflict("an account with this email exists"));
+        }
+        self.ctx
+            .store
+            .put_json(ks::ACCOUNTS, &account.id, &account, None)
+            .await?;
+        Ok(AccountView::from(&account))
+    }
+
+    pub async fn login(&self, req: Credentials) -> WalletResult<LoginResponse> {
+        let email = req.email.trim().to_ascii_lowercase();
+        let now = self.now();
+        let store = &self.ctx.store;
+        // Counted before the password is checked, atomically in the store: parallel guesses (on
+        // any node) each take one of the allowed attempts, and a locked email costs no hashing.
+        self.take_login_attempt(&email, now).await?;
+        let account: Option<Account> = match store.get_json::<String>(ks::EMAILS, &email).await? {
+            Some(id) => store.get_json(ks::ACCOUNTS, &id).await?,
+            None => None,
+        };
+        // Verify against a real hash even for unknown emails, so timing does not reveal accounts.
+        let hash = account
+            .as_ref()
+            .map(|a| a.password_hash.clone())
+            .unwrap_or_else(|| DUMMY_HASH.to_string());
+        let password = req.password.clone();
+        let ok = password_work(move || {
+            PasswordHash::new(&hash)
+                .map(|h| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &h)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await?;
+        let account = match account {
+            Some(a) if ok => a,
+            // The failure was counted when the attempt was taken.
+            _ => return Err(WalletError::Unauthorized("wrong email or password")),
+        };
+        if account.disabled {
+            return Err(WalletError::Forbidden("this account is disabled"));
+        }
+        store.delete(ks::LOGIN_FAILURES, &email).await?;
+        let token = random_token(32);
+        let expires_at = now + SESSION_TTL;
+        store
+            .put_json(
+                ks::SESSIONS,
+                &sha256_hex(&token),
+                &SessionRecord {
+                    account: account.id.clone(),
+                    expires_at,
+                },
+                Some(Duration::from_secs(SESSION_TTL as u64)),
+            )
+            .await?;
+        Ok(LoginResponse {
+            token,
+            token_type: "Bearer",
+            expires_at,
+            account: AccountView::from(&account),
+        })
+    }
+
+    /// Takes one login attempt for `email`: refuses (429 + Retry-After) while the email is
+    /// locked, else counts the attempt as a failure by compare-and-swap — a correct password
+    /// clears the count afterwards. The attempt that reaches `login_lock_after` also sets the
+    /// lock, so at most `login_lock_after` passwords are checked per lock period however many
+    /// requests race, and one per period after that.
+    async fn take_login_attempt(&self, email: &str, now: i64) -> WalletResult<()> {
+        let w = &self.cfg;
+        let store = &self.ctx.store;
+        for attempt in 0..64u32 {
+            if attempt > 0 {
+                let cap = 1u64 << attempt.min(5);
+                let wait = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=cap);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            let old = store.get(ks::LOGIN_FAILURES, email).await?;
+            let current: LoginFailures = match &old {
+                // An unreadable record counts as a fresh start rather than locking forever.
+                Some(bytes) => serde_json::from_slice(bytes).unwrap_or_default(),
+                None => LoginFailures::default(),
+            };
+            if current.locked_until > now {
+                return Err(WalletError::LoginLocked {
+                    retry_after: (current.locked_until - now) as u64,
+                });
+            }
+            let next = next_login_failures(
+                current.failures,
+                now,
+                w.login_lock_after,
+                w.login_lock_seconds,
+                w.login_lock_max_seconds,
+            );
+            let ttl = Duration::from_secs(3600u64.max(w.login_lock_max_seconds.saturating_mul(2)));
+            let bytes = crate::store::to_json(&next)?;
+            if let crate::store::Cas::Swapped = store
+                .compare_and_swap(ks::LOGIN_FAILURES, email, old, Some((bytes, Some(ttl))))
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Err(WalletError::Busy {
+            detail: "too many logins in progress for this account; try again shortly",
+            retry_after: 2,
+        })
+    }
+
+    /// Revokes the session token the caller signed in with.
+    pub async fn logout(&self, who: &SignedIn) -> WalletResult<()> {
+        self.ctx
+            .store
+            .delete(ks::SESSIONS, &sha256_hex(who.token()))
+            .await?;
+        Ok(())
+    }
+
+    /// All accounts (the admin API; its `Admin` proof is checked at the HTTP edge).
+    pub async fn list_accounts(&self) -> WalletResult<Vec<AccountView>> {
+        Ok(self
+            .ctx
+            .store
+            .scan_json::<Account>(ks::ACCOUNTS, "", 100_000)
+            .await?
+            .iter()
+            .map(|(_, a)| AccountView::from(a))
+            .collect())
+    }
+
+    /// Disables or enables an account (the admin API). A disabled account's sessions stop
+    /// working at once ([`Self::authenticate`] checks the flag).
+    pub async fn set_disabled(&self, id: &str, disabled: bool) -> WalletResult<AccountView> {
+        let a = self
+            .ctx
+            .store
+            .update_json::<Account, WalletError, _>(ks::ACCOUNTS, id, None, |mut a| {
+                a.disabled = disabled;
+                Ok(a)
+            })
+            .await?
+            .or_not_found(format!("no account `{id}`"))?;
+        Ok(AccountView::from(&a))
+    }
+}
+
+fn valid_email(e: &str) -> bool {
+    let e = e.trim();
+    e.len() <= 254
+        && e.contains('@')
+        && !e.starts_with('@')
+        && !e.ends_with('@')
+        && !e.contains(char::is_whitespace)
+}
+
+/// Runs an argon2id hash or verification on the blocking pool, at most one per core at a time.
+/// Each one holds 19 MiB (the default memory cost): without the bound a burst of logins would
+/// allocate that 512 times over (tokio's blocking pool) instead of queueing. The permit lives in
+/// the blocking task, so a request cancelled while hashing (client gone) does not free a slot for
+/// another hash before its own has finished. A request that waits more than 10 s for a slot gets a
+/// 503 with Retry-After instead of an unbounded queue.
+async fn password_work<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> WalletResult<T> {
+    static PERMITS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    let permits = PERMITS.get_or_init(|| {
+        Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        ))
+    });
+    let permit = tokio::time::timeout(Duration::from_secs(10), permits.clone().acquire_owned())
+        .await
+        .map_err(|_| WalletError::Busy {
+            detail: "too many logins in progress; try again shortly",
+            retry_after: 2,
+        })?
+        .or_internal()?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        f()
+    })
+    .await
+    .or_internal()
+}
+
+/// The failure record after one more failed attempt: from the `lock_after`-th failure on, the
+/// email is locked for `lock_secs`, doubling per further failure, at most `max_lock_secs`.
+fn next_login_failures(
+    failures: u32,
+    now: i64,
+    lock_after: u32,
+    lock_secs: u64,
+    max_lock_secs: u64,
+) -> LoginFailures {
+    let n = failures.saturating_add(1);
+    let locked_until = if n >= lock_after {
+        let doublings = (n - lock_after).min(20);
+        let secs = lock_secs
+            .saturating_mul(1u64 << doublings)
+            .min(max_lock_secs);
+        now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX))
+    } else {
+        0
+    };
+    LoginFailures {
+        failures: n,
+        locked_until,
+    }
+}
+
+/// A valid argon2id hash of a random password, to spend the same time on unknown accounts.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0Mo2cmtJYmzd1tkd8kQbvo+X+2JXTuvUjBGi0XXpUn8";
+
+#[cfg(test)]
+mod lockout_tests {
+    use super::next_login_failures;
+
+    #[test]
+    fn lock_starts_at_the_limit_and_doubles_up_to_the_cap() {
+        let now = 1_000;
+        let mut f = 0;
+        for _ in 0..4 {
+            let r = next_login_failures(f, now, 5, 30, 900);
+            assert_eq!(r.locked_until, 0);
+            f = r.failures;
+        }
+        let r = next_login_failures(f, now, 5, 30, 900);
+        assert_eq!((r.failures, r.locked_until), (5, now + 30));
+        assert_eq!(
+            next_login_failures(5, now, 5, 30, 900).locked_until,
+            now + 60
+        );
+        assert_eq!(
+            next_login_failures(9, now, 5, 30, 900).locked_until,
+            now + 900
+        );
+        // absurd counts neither overflow nor exceed the cap
+        assert_eq!(
+            next_login_failures(u32::MAX, now, 5, 30, 900).locked_until,
+            now + 900
+        );
+    }
+}

@@ -1,0 +1,351 @@
+//! Credentials held in a wallet: storing what an issuer sent (after checking the issuer's
+//! signature and key), listing, reading, deleting, checking status lists, and the history of
+//! exchanges. The raw credential is sealed at rest; its summary drives listing and matching.
+
+use serde_json::{json, Value};
+
+use super::access::{Owner, Viewer};
+use super::error::{OrNotFound, OrRemote, WalletError, WalletResult};
+use super::ks;
+use super::model::*;
+use super::service::{cred_aad, WalletService};
+use crate::clock::random_id;
+use crate::crypto::status::StatusArray;
+use crate::crypto::{binding, jws, sdjwt, VerifyingKey};
+use crate::dcql::{self, CredentialView};
+
+/// A held credential, unsealed: its record, the raw credential and the view queries match on.
+pub(super) type HeldCredential = (CredentialRecord, String, CredentialView);
+
+impl WalletService {
+    /// Credentials, filtered by format, issuer and type (`type` also matches a type URI's last
+    /// segment).
+    pub async fn list_credentials(
+        &self,
+        viewer: &Viewer,
+        f: &CredentialFilter,
+    ) -> WalletResult<Vec<CredentialSummary>> {
+        Ok(self
+            .ctx
+            .store
+            .scan_json::<CredentialRecord>(ks::CREDS, &format!("{}/", viewer.id()), 100_000)
+            .await?
+            .into_iter()
+            .map(|(_, c)| c.summary)
+            .filter(|c| f.format.as_deref().is_none_or(|x| x == c.format))
+            .filter(|c| f.issuer.as_deref().is_none_or(|x| x == c.issuer))
+            .filter(|c| {
+                f.credential_type.as_deref().is_none_or(|x| {
+                    c.credential_type == x || c.credential_type.ends_with(&format!("/{x}"))
+                })
+            })
+            .collect())
+    }
+
+    async fn load_credential(
+        &self,
+        viewer: &Viewer,
+        id: &str,
+    ) -> WalletResult<(CredentialRecord, String)> {
+        let wallet = viewer.id();
+        let rec: CredentialRecord = self
+            .ctx
+            .store
+            .get_json(ks::CREDS, &format!("{wallet}/{id}"))
+            .await?
+            .or_not_found(format!("no credential `{id}`"))?;
+        let raw = self.unseal(&cred_aad(wallet, id), &rec.sealed)?;
+        Ok((rec, String::from_utf8_lossy(&raw).into_owned()))
+    }
+
+    /// A credential decoded, with all its claims and which of them can be withheld.
+    pub async fn credential_detail(
+        &self,
+        viewer: &Viewer,
+        id: &str,
+    ) -> WalletResult<CredentialDetail> {
+        let (rec, raw) = self.load_credential(viewer, id).await?;
+        let (view, disclosable) = dcql::credential_view(&rec.format, &raw);
+        let claims = match rec.format.as_str() {
+            "dc+sd-jwt" => view.root.as_object().cloned().unwrap_or_default(),
+            _ => view.root["credentialSubject"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        };
+        let raw_value = serde_json::from_str(&raw).unwrap_or(Value::String(raw));
+        Ok(CredentialDetail {
+            summary: rec.summary,
+            claims,
+            disclosable,
+            raw: raw_value,
+        })
+    }
+
+    pub async fn delete_credential(&self, owner: &Owner, id: &str) -> WalletResult<()> {
+        if !self
+            .ctx
+            .store
+            .delete(ks::CREDS, &format!("{}/{id}", owner.id()))
+            .await?
+        {
+            return Err(WalletError::not_found(format!("no credential `{id}`")));
+        }
+        Ok(())
+    }
+
+    /// Checks the credential against its issuer's status list: `valid`, `revoked`, `suspended`
+    /// (or `no_status`). The list must be signed by the key bound to the credential's issuer.
+    pub async fn credential_status(&self, viewer: &Viewer, id: &str) -> WalletResult<Value> {
+        let (rec, raw) = self.load_credential(viewer, id).await?;
+        let (view, _) = dcql::credential_view(&rec.format, &raw);
+        let key = self.bound_issuer_key(&rec.format, &raw).await?.key;
+        let lists = StatusLists {
+            http: &self.ctx.http,
+            key: &key,
+        };
+        let status = if rec.format == "dc+sd-jwt" {
+            lists.token_status(&view.root).await?
+        } else {
+            lists.bitstring_status(&view.root).await?
+        };
+        Ok(json!({"id": id, "status": status, "checked_at": self.now()}))
+    }
+
+    /// Exchanges of the wallet, newest first.
+    pub async fn history(&self, viewer: &Viewer) -> WalletResult<Vec<HistoryEntry>> {
+        let mut h: Vec<HistoryEntry> = self
+            .ctx
+            .store
+            .scan_json::<HistoryEntry>(ks::HISTORY, &format!("{}/", viewer.id()), 10_000)
+            .await?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect();
+        h.reverse();
+        Ok(h)
+    }
+
+    pub(super) async fn record(&self, owner: &Owner, entry: HistoryEntry) -> WalletResult<()> {
+        let key = format!(
+            "{}/{:020}-{}",
+            owner.id(),
+            self.ctx.clock.now_ms(),
+            random_id()
+        );
+        self.ctx
+            .store
+            .put_json(ks::HISTORY, &key, &entry, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Verifies the issuer's signature, then seals and stores the credential.
+    pub(super) async fn store_credential(
+        &self,
+        owner: &Owner,
+        key_id: &str,
+        config_id: &str,
+        format: &str,
+        credential: &Value,
+    ) -> WalletResult<CredentialSummary> {
+        let raw = match credential {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        // The issuer's key, proven to be the issuer's (crypto::binding), before anything is stored.
+        let bound = self.bound_issuer_key(format, &raw).await?;
+        verify_issued(format, &raw, &bound.key, self.now()).await?;
+        let (view, _) = dcql::credential_view(format, &raw);
+        let id = random_id();
+        let payload = dcql::jwt_payload(format, &raw);
+        let summary = CredentialSummary {
+            id: id.clone(),
+            format: if format == "vc+sd-jwt" {
+                "dc+sd-jwt".into()
+            } else {
+                format.to_string()
+            },
+            issuer: bound.issuer,
+            credential_type: view
+                .vct
+                .clone()
+                .or_else(|| view.types.last().cloned())
+                .unwrap_or_default(),
+            configuration_id: Some(config_id.to_string()),
+            issued_at: payload["iat"].as_i64().or(payload["nbf"].as_i64()),
+            expires_at: payload["exp"].as_i64(),
+            received_at: self.now(),
+        };
+        let wallet = owner.id();
+        let rec = CredentialRecord {
+            id: id.clone(),
+            format: summary.format.clone(),
+            sealed: self.seal(&cred_aad(wallet, &id), raw.as_bytes())?,
+            summary: summary.clone(),
+            key_id: key_id.to_string(),
+            received_at: summary.received_at,
+        };
+        self.ctx
+            .store
+            .put_json(ks::CREDS, &format!("{wallet}/{id}"), &rec, None)
+            .await?;
+        Ok(summary)
+    }
+
+    /// Every credential of the wallet, unsealed, for matching against a presentation request.
+    pub(super) async fn held(&self, viewer: &Viewer) -> WalletResult<Vec<HeldCredential>> {
+        let wallet = viewer.id();
+        let mut out = Vec::new();
+        for (_, rec) in self
+            .ctx
+            .store
+            .scan_json::<CredentialRecord>(ks::CREDS, &format!("{wallet}/"), 100_000)
+            .await?
+        {
+            let raw = self.unseal(&cred_aad(wallet, &rec.id), &rec.sealed)?;
+            let raw = String::from_utf8_lossy(&raw).into_owned();
+            let (view, _) = dcql::credential_view(&rec.format, &raw);
+            out.push((rec, raw, view));
+        }
+        Ok(out)
+    }
+
+    /// The issuer's key for a credential, bound to the issuer it names by [`binding`]'s rule
+    /// (for JWTs the issuer signature is checked on the way).
+    async fn bound_issuer_key(&self, format: &str, raw: &str) -> WalletResult<binding::IssuerKey> {
+        let http = &self.ctx.http;
+        let bound = match format {
+            "ldp_vc" => {
+                let v: Value = serde_json::from_str(raw)
+                    .map_err(|e| binding::BindingError::Token(e.to_string()))?;
+                let vm = v["proof"]["verificationMethod"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                binding::ld_issuer_key(&v, &vm, http).await
+            }
+            "dc+sd-jwt" | "vc+sd-jwt" => {
+                let jwt = raw.split('~').next().unwrap_or_default();
+                let issuers = binding::Issuers::DidOrHttps {
+                    anchors: &self.ctx.x509_anchors,
+                    now: self.now(),
+                };
+                binding::verify_issuer_jwt(jwt, issuers, http)
+                    .await
+                    .map(|(k, _, _)| k)
+            }
+            _ => binding::verify_issuer_jwt(raw, binding::Issuers::Did, http)
+                .await
+                .map(|(k, _, _)| k),
+        };
+        Ok(bound?)
+    }
+}
+
+/// The issuer's signature over the credential, by format (SD-JWT, JWT VC, Data Integrity).
+async fn verify_issued(format: &str, raw: &str, key: &VerifyingKey, now: i64) -> WalletResult<()> {
+    match format {
+        "dc+sd-jwt" | "vc+sd-jwt" => sdjwt::verify(raw, key).map(drop).or_rejected(),
+        "jwt_vc_json" => jws::verify(raw, key).map(drop).or_rejected(),
+        "ldp_vc" => {
+            let v: Value = serde_json::from_str(raw).or_remote()?;
+            crate::crypto::di::verify_credential_bounded(v, now)
+                .await
+                .map(drop)
+                .or_rejected()
+        }
+        other => Err(WalletError::Remote(format!(
+            "unsupported credential format {other}"
+        ))),
+    }
+}
+
+/// Status lists of one issuer, fetched through the guarded client and checked with its key.
+struct StatusLists<'a> {
+    http: &'a reqwest::Client,
+    key: &'a VerifyingKey,
+}
+
+impl StatusLists<'_> {
+    /// The list's JWT payload, if the issuer's key signed it.
+    async fn fetch(&self, uri: &str) -> WalletResult<Value> {
+        let token = crate::client::get_text(self.http, uri).await?;
+        jws::verify(token.trim(), self.key)
+            .map(|(_, p)| p)
+            .map_err(|e| WalletError::Remote(format!("status list: {e}")))
+    }
+
+    /// IETF Token Status List (SD-JWT VC `status.status_list`).
+    async fn token_status(&self, root: &Value) -> WalletResult<&'static str> {
+        let sl = &root["status"]["status_list"];
+        let (Some(uri), Some(idx)) = (sl["uri"].as_str(), sl["idx"].as_u64()) else {
+            return Ok("no_status");
+        };
+        let list = self.fetch(uri).await?;
+        let bits = list["status_list"]["bits"].as_u64().unwrap_or(1) as u8;
+        let v = StatusArray::from_token_lst(
+            bits,
+            list["status_list"]["lst"].as_str().unwrap_or_default(),
+        )
+        .and_then(|a| a.get_lsb(idx))
+        .or_remote()?;
+        Ok(match v {
+            0 => "valid",
+            1 => "revoked",
+            2 => "suspended",
+            _ => "unknown",
+        })
+    }
+
+    /// W3C Bitstring Status List (`credentialStatus`, one entry or several).
+    async fn bitstring_status(&self, root: &Value) -> WalletResult<&'static str> {
+        let entries = match &root["credentialStatus"] {
+            Value::Array(a) => a.clone(),
+            Value::Null => Vec::new(),
+            other => vec![other.clone()],
+        };
+        let mut result = if entries.is_empty() {
+            "no_status"
+        } else {
+            "valid"
+        };
+        for e in entries {
+            let uri = e["statusListCredential"].as_str().unwrap_or_default();
+            let idx: u64 = e["statusListIndex"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let list = self.fetch(uri).await?;
+            let set = StatusArray::from_encoded_list(
+                list["credentialSubject"]["encodedList"]
+                    .as_str()
+                    .unwrap_or_default(),
+            )
+            .and_then(|a| a.get_msb(idx))
+            .or_remote()?;
+            if set {
+                result = if e["statusPurpose"] == "suspension" {
+                    "suspended"
+                } else {
+                    "revoked"
+                };
+            }
+        }
+        Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unknown_format_is_the_issuers_failure() {
+        let key = crate::crypto::SigningKey::generate(crate::crypto::KeyType::Ed25519);
+        let e = verify_issued("mso_mdoc", "x", &key.verifying_key(), 0)
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "unsupported credential format mso_mdoc");
+    }
+}

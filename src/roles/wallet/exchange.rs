@@ -1,0 +1,392 @@
+//! The exchanges: OpenID4VCI (show an offer, accept it with the wallet's DID key and store what
+//! the issuer sends) and OpenID4VP (resolve a request and match it against held credentials,
+//! present the chosen ones disclosing only what is chosen). Accepting and presenting sign with
+//! the wallet's keys, so they take an owner's opened session ([`Opened<Owner>`]).
+
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+
+use super::access::{Opened, Owner, Viewer};
+use super::credentials::HeldCredential;
+use super::error::{OrInternal, WalletError, WalletResult};
+use super::model::*;
+use super::service::WalletService;
+use crate::client::oid4vci::{self, Holder};
+use crate::client::oid4vp::{self, Held, ResolvedRequest};
+use crate::clock::random_id;
+use crate::crypto::{did, SigningKey};
+use crate::dcql::{self, CredentialView};
+
+impl WalletService {
+    /// What an offer contains (issuer display, offered credentials, grants), without accepting.
+    pub async fn resolve_offer(&self, _viewer: &Viewer, offer: &str) -> WalletResult<Value> {
+        let r = oid4vci::resolve_offer(&self.ctx.http, offer).await?;
+        let configs = &r.issuer_metadata["credential_configurations_supported"];
+        let offered: Vec<Value> = r
+            .config_ids()
+            .iter()
+            .map(|id| {
+                let c = &configs[id];
+                json!({"id": id, "format": c["format"], "display": c["credential_metadata"]["display"].as_array().or(c["display"].as_array()).cloned().unwrap_or_default()})
+            })
+            .collect();
+        Ok(json!({
+            "credential_issuer": r.issuer(),
+            "display": r.issuer_metadata["display"],
+            "credentials": offered,
+            "tx_code": r.tx_code(),
+            "grants": r.offer["grants"].as_object().map(|g| g.keys().cloned().collect::<Vec<_>>()).unwrap_or_default(),
+        }))
+    }
+
+    /// Runs the OpenID4VCI flow with the wallet's DID key and stores every credential received.
+    pub async fn accept_offer(
+        &self,
+        o: &Opened<Owner>,
+        input: OfferInput,
+    ) -> WalletResult<Vec<CredentialSummary>> {
+        let http = &self.ctx.http;
+        let r = oid4vci::resolve_offer(http, &input.offer).await?;
+        let (key, didrec) = self.holder(o, input.did.as_deref()).await?;
+        // did:web cannot be resolved by every issuer offline: name the key by JWK then.
+        let kid = (didrec.method != DidMethod::Web).then(|| didrec.verification_method.clone());
+        let holder = Holder { key: &key, kid };
+        let token = oid4vci::token(http, &r, input.tx_code.as_deref()).await?;
+        let mut stored = Vec::new();
+        for config_id in r.config_ids() {
+            let received =
+                oid4vci::credential(http, &r, &token, &config_id, &holder, self.now()).await?;
+            for rc in received {
+                let summary = self
+                    .store_credential(o, &didrec.key_id, &config_id, &rc.format, &rc.credential)
+                    .await?;
+                stored.push(summary);
+            }
+        }
+        let entry = HistoryEntry {
+            at: self.now(),
+            kind: "receive".into(),
+            counterparty: r.issuer().to_string(),
+            credential_ids: stored.iter().map(|c| c.id.clone()).collect(),
+            outcome: "received".into(),
+        };
+        self.record(o, entry).await?;
+        Ok(stored)
+    }
+
+    /// The holder key for an exchange: the named DID, the default DID, or a new Ed25519 did:key.
+    async fn holder(
+        &self,
+        o: &Opened<Owner>,
+        did_name: Option<&str>,
+    ) -> WalletResult<(Arc<SigningKey>, DidRecord)> {
+        let dids = self.list_dids(o).await?;
+        let chosen = match did_name {
+            Some(d) => dids
+                .into_iter()
+                .find(|r| r.did == d)
+                .ok_or_else(|| WalletError::not_found("no such DID in this wallet"))?,
+            None => match dids.into_iter().find(|d| d.is_default) {
+                Some(d) => d,
+                None => {
+                    let new = CreateDid {
+                        method: Some(DidMethod::Key),
+                        key_id: None,
+                    };
+                    self.create_did(o, new).await?
+                }
+            },
+        };
+        let key = self.signing_key(o.session(), &chosen.key_id).await?;
+        Ok((key, chosen))
+    }
+
+    /// Resolves an OpenID4VP request (verifying a signed one) and lists, per query, the held
+    /// credentials that answer it.
+    pub async fn resolve_request(&self, viewer: &Viewer, request: &str) -> WalletResult<Value> {
+        let req = oid4vp::resolve_request(&self.ctx.http, request).await?;
+        let held = self.held(viewer).await?;
+        let mut matches = Map::new();
+        let mut satisfiable = true;
+        for ask in Asks::of(&req).map(|a| a.list).unwrap_or_default() {
+            let ids: Vec<Value> = held
+                .iter()
+                .filter(|(_, _, v)| ask.matches(v))
+                .map(|(r, _, _)| json!(r.id))
+                .collect();
+            satisfiable &= !ids.is_empty();
+            matches.insert(ask.id.to_string(), Value::Array(ids));
+        }
+        Ok(json!({
+            "client_id": req.client_id,
+            "verified_signer": req.signed_by,
+            "verifier": req.params["client_metadata"]["client_name"],
+            "response_mode": req.params["response_mode"],
+            "dcql_query": req.params.get("dcql_query"),
+            "presentation_definition": req.params.get("presentation_definition"),
+            "matches": matches,
+            "satisfiable": satisfiable,
+        }))
+    }
+
+    /// Builds the vp_token from the chosen credentials (disclosing only what is chosen), posts
+    /// it to the verifier and records the outcome in the history either way.
+    pub async fn present(&self, o: &Opened<Owner>, input: RequestInput) -> WalletResult<Value> {
+        let http = &self.ctx.http;
+        let req = oid4vp::resolve_request(http, &input.request).await?;
+        let held = self.held(o).await?;
+        let now = self.now();
+        let asks = Asks::of(&req).ok_or_else(|| {
+            WalletError::invalid(
+                "the request carries neither dcql_query nor presentation_definition",
+            )
+        })?;
+        let mut chosen = Vec::new();
+        let mut tokens = Vec::new();
+        for ask in &asks.list {
+            let h = &held[pick(&input, &held, ask)?];
+            let names = disclose_for(&input, ask.id, ask.claim_names());
+            tokens.push(self.present_one(o, &req, h, &names, now).await?);
+            chosen.push(h);
+        }
+        let used: Vec<String> = chosen.iter().map(|(r, _, _)| r.id.clone()).collect();
+        let (vp_token, submission) = asks.vp_token(tokens, &chosen);
+        let result = oid4vp::submit(http, &req, vp_token, submission).await;
+        let outcome = match &result {
+            Ok(_) => "accepted".to_string(),
+            Err(e) => format!("rejected: {e}"),
+        };
+        let entry = HistoryEntry {
+            at: now,
+            kind: "present".into(),
+            counterparty: req.client_id.clone(),
+            credential_ids: used.clone(),
+            outcome,
+        };
+        self.record(o, entry).await?;
+        // A summary (status, redirect_uri) from oid4vp::submit, never the verifier's raw body.
+        let answer = result?;
+        Ok(
+            json!({"presented": used, "verifier_response": answer, "redirect_uri": answer.get("redirect_uri")}),
+        )
+    }
+
+    /// One credential's presentation, signed with the key it is bound to.
+    async fn present_one(
+        &self,
+        o: &Opened<Owner>,
+        req: &ResolvedRequest,
+        h: &HeldCredential,
+        names: &[String],
+        now: i64,
+    ) -> WalletResult<Value> {
+        let (rec, raw, view) = h;
+        let key = self.signing_key(o.session(), &rec.key_id).await?;
+        let kid = view.root["credentialSubject"]["id"]
+            .as_str()
+            .filter(|d| d.starts_with("did:key:") || d.starts_with("did:jwk:"))
+            .map(did::verification_method);
+        if rec.format == "ldp_vc" {
+            // Data Integrity signing is CPU-heavy: off the async workers.
+            let (req, raw, view, names, format, id) = (
+                req.clone(),
+                raw.clone(),
+                view.clone(),
+                names.to_vec(),
+                rec.format.clone(),
+                rec.id.clone(),
+            );
+            let presented = tokio::task::spawn_blocking(move || {
+                let held = Held {
+                    id,
+                    format,
+                    raw,
+                    view,
+                    key: &key,
+                    kid,
+                };
+                oid4vp::presentation(&req, &held, &names, now)
+            })
+            .await
+            .or_internal()?;
+            return Ok(presented?);
+        }
+        let held = Held {
+            id: rec.id.clone(),
+            format: rec.format.clone(),
+            raw: raw.clone(),
+            view: view.clone(),
+            key: &key,
+            kid,
+        };
+        Ok(oid4vp::presentation(req, &held, names, now)?)
+    }
+}
+
+/// What a request asks for: DCQL credential queries, or a presentation definition's input
+/// descriptors (PEX), in the request's order.
+struct Asks<'a> {
+    list: Vec<Ask<'a>>,
+    /// The presentation definition, when the request uses PEX.
+    pex: Option<&'a Value>,
+}
+
+/// One DCQL credential query or one PEX input descriptor.
+struct Ask<'a> {
+    id: &'a str,
+    query: &'a Value,
+    pex: bool,
+}
+
+impl<'a> Asks<'a> {
+    /// DCQL when the request has a `dcql_query`, else PEX, else nothing to answer.
+    fn of(req: &'a ResolvedRequest) -> Option<Self> {
+        let (items, pex) = if let Some(q) = req.dcql() {
+            (&q["credentials"], None)
+        } else {
+            let pd = req.params.get("presentation_definition")?;
+            (&pd["input_descriptors"], Some(pd))
+        };
+        let list = items
+            .as_array()
+            .map(|a| a.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|query| Ask {
+                id: query["id"].as_str().unwrap_or_default(),
+                query,
+                pex: pex.is_some(),
+            })
+            .collect();
+        Some(Self { list, pex })
+    }
+
+    /// The vp_token (and, for PEX, the presentation submission) from one presentation per ask.
+    fn vp_token(
+        &self,
+        mut tokens: Vec<Value>,
+        chosen: &[&HeldCredential],
+    ) -> (Value, Option<Value>) {
+        let Some(pd) = self.pex else {
+            let mut token = Map::new();
+            for (ask, t) in self.list.iter().zip(tokens) {
+                token.insert(ask.id.to_string(), json!([t]));
+            }
+            return (Value::Object(token), None);
+        };
+        let n_asks = self.list.len();
+        let map: Vec<Value> = self
+            .list
+            .iter()
+            .zip(chosen)
+            .enumerate()
+            .map(|(n, (ask, (rec, _, _)))| {
+                let format = match rec.format.as_str() {
+                    "dc+sd-jwt" => "vc+sd-jwt",
+                    "ldp_vc" => "ldp_vp",
+                    _ => "jwt_vp_json",
+                };
+                let path = if n_asks == 1 {
+                    "$".to_string()
+                } else {
+                    format!("$[{n}]")
+                };
+                json!({"id": ask.id, "format": format, "path": path})
+            })
+            .collect();
+        let token = if tokens.len() == 1 {
+            tokens.remove(0)
+        } else {
+            Value::Array(tokens)
+        };
+        let submission =
+            json!({"id": random_id(), "definition_id": pd["id"], "descriptor_map": map});
+        (token, Some(submission))
+    }
+}
+
+impl Ask<'_> {
+    fn matches(&self, v: &CredentialView) -> bool {
+        if self.pex {
+            pex_match(v, self.query)
+        } else {
+            dcql::mismatch(v, self.query).is_none()
+        }
+    }
+
+    /// The claims disclosed when the caller does not choose.
+    fn claim_names(&self) -> Vec<String> {
+        if self.pex {
+            pex_claim_names(self.query)
+        } else {
+            dcql::requested_claim_names(self.query)
+        }
+    }
+}
+
+/// The held credential answering `ask`: the caller's selection (which must answer it), else the
+/// first that does.
+fn pick(input: &RequestInput, held: &[HeldCredential], ask: &Ask<'_>) -> WalletResult<usize> {
+    let qid = ask.id;
+    match input.selections.get(qid).and_then(Value::as_str) {
+        Some(chosen) => held
+            .iter()
+            .position(|(r, _, v)| r.id == chosen && ask.matches(v))
+            .ok_or_else(|| {
+                WalletError::invalid(format!("credential `{chosen}` does not answer `{qid}`"))
+            }),
+        None => held
+            .iter()
+            .position(|(_, _, v)| ask.matches(v))
+            .ok_or_else(|| {
+                WalletError::invalid(format!("no credential in this wallet answers `{qid}`"))
+            }),
+    }
+}
+
+/// The claim names to disclose for a query: the caller's choice, else `default`.
+fn disclose_for(input: &RequestInput, qid: &str, default: Vec<String>) -> Vec<String> {
+    input
+        .disclose
+        .get(qid)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or(default)
+}
+
+/// Presentation-definition input descriptor fields → first-level claim names.
+fn pex_claim_names(d: &Value) -> Vec<String> {
+    d["constraints"]["fields"]
+        .as_array()
+        .map(|fs| {
+            fs.iter()
+                .filter_map(|f| f["path"][0].as_str())
+                .filter_map(|p| {
+                    p.trim_start_matches("$.")
+                        .trim_start_matches("vc.")
+                        .trim_start_matches("credentialSubject.")
+                        .split('.')
+                        .next()
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether a held credential has every required field of an input descriptor.
+fn pex_match(v: &CredentialView, d: &Value) -> bool {
+    pex_claim_names(d).iter().all(|name| {
+        let root = if v.format == "dc+sd-jwt" {
+            &v.root
+        } else {
+            &v.root["credentialSubject"]
+        };
+        root.get(name).is_some()
+    })
+}

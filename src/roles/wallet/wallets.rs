@@ -1,0 +1,142 @@
+//! Wallets and their members: create and list (any signed-in account), rename, delete and share
+//! (owners: these take the [`Owner`] proof).
+
+use super::access::Owner;
+use super::error::{OrNotFound, WalletError, WalletResult};
+use super::ks;
+use super::model::*;
+use super::service::WalletService;
+use crate::clock::random_id;
+use crate::store::BatchOp;
+
+impl WalletService {
+    /// A new wallet owned by `account`.
+    pub async fn create_wallet(&self, account: &Account, name: &str) -> WalletResult<WalletView> {
+        let name = check_name(name)?;
+        let wallet = Wallet {
+            id: random_id(),
+            name,
+            created_at: self.now(),
+            default_did: None,
+        };
+        let mut ops = vec![BatchOp::Put {
+            keyspace: ks::WALLETS,
+            key: wallet.id.clone(),
+            value: crate::store::to_json(&wallet)?,
+            ttl: None,
+        }];
+        ops.extend(member_ops(&wallet.id, &account.id, MemberRole::Owner)?);
+        self.ctx.store.batch(ops).await?;
+        Ok(WalletView {
+            wallet,
+            role: MemberRole::Owner,
+        })
+    }
+
+    /// The wallets `account` is a member of, with its role in each.
+    pub async fn list_wallets(&self, account: &Account) -> WalletResult<Vec<WalletView>> {
+        let mut out = Vec::new();
+        for (k, role) in self
+            .ctx
+            .store
+            .scan_json::<MemberRole>(ks::MEMBERS, &format!("a/{}/", account.id), 10_000)
+            .await?
+        {
+            let wid = k.rsplit('/').next().unwrap_or_default();
+            if let Some(wallet) = self.ctx.store.get_json::<Wallet>(ks::WALLETS, wid).await? {
+                out.push(WalletView { wallet, role });
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn rename_wallet(&self, owner: &Owner, name: &str) -> WalletResult<Wallet> {
+        let name = check_name(name)?;
+        self.ctx
+            .store
+            .update_json::<Wallet, WalletError, _>(ks::WALLETS, owner.id(), None, |mut w| {
+                w.name = name.clone();
+                Ok(w)
+            })
+            .await?
+            .or_not_found("no such wallet")
+    }
+
+    /// Deletes the wallet with its members, keys, DIDs, credentials and history, in one batch.
+    pub async fn delete_wallet(&self, owner: &Owner) -> WalletResult<()> {
+        let wallet = owner.id();
+        let store = &self.ctx.store;
+        let mut ops = vec![BatchOp::Delete {
+            keyspace: ks::WALLETS,
+            key: wallet.to_string(),
+        }];
+        for (k, _) in store
+            .scan_prefix(ks::MEMBERS, &format!("w/{wallet}/"), 100_000)
+            .await?
+        {
+            let acc = k.rsplit('/').next().unwrap_or_default().to_string();
+            ops.push(BatchOp::Delete {
+                keyspace: ks::MEMBERS,
+                key: format!("a/{acc}/{wallet}"),
+            });
+            ops.push(BatchOp::Delete {
+                keyspace: ks::MEMBERS,
+                key: k,
+            });
+        }
+        for keyspace in [ks::KEYS, ks::DIDS, ks::CREDS, ks::HISTORY] {
+            for (k, _) in store
+                .scan_prefix(keyspace, &format!("{wallet}/"), 1_000_000)
+                .await?
+            {
+                ops.push(BatchOp::Delete { keyspace, key: k });
+            }
+        }
+        store.batch(ops).await?;
+        self.coordinator.invalidate(wallet);
+        Ok(())
+    }
+
+    /// Shares the wallet with the account registered under `req.email`, as owner or viewer.
+    pub async fn add_member(&self, owner: &Owner, req: AddMember) -> WalletResult<()> {
+        let email = req.email.trim().to_ascii_lowercase();
+        let other: String = self
+            .ctx
+            .store
+            .get_json(ks::EMAILS, &email)
+            .await?
+            .or_not_found("no account with this email")?;
+        self.ctx
+            .store
+            .batch(member_ops(owner.id(), &other, req.role)?)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The two index entries of one membership: `a/<account>/<wallet>` and `w/<wallet>/<account>`.
+fn member_ops(wallet: &str, account: &str, role: MemberRole) -> WalletResult<Vec<BatchOp>> {
+    let value = crate::store::to_json(&role)?;
+    Ok(vec![
+        BatchOp::Put {
+            keyspace: ks::MEMBERS,
+            key: format!("a/{account}/{wallet}"),
+            value: value.clone(),
+            ttl: None,
+        },
+        BatchOp::Put {
+            keyspace: ks::MEMBERS,
+            key: format!("w/{wallet}/{account}"),
+            value,
+            ttl: None,
+        },
+    ])
+}
+
+fn check_name(name: &str) -> WalletResult<String> {
+    let n = name.trim();
+    if n.is_empty() || n.len() > 100 {
+        return Err(WalletError::invalid("name: 1 to 100 characters"));
+    }
+    Ok(n.to_string())
+}
