@@ -16,7 +16,9 @@
 //! short-lived document signers.
 
 use x509_cert::der::{self, Decode, Encode};
-use x509_cert::ext::pkix::{name::GeneralName, BasicConstraints, KeyUsage, SubjectAltName};
+use x509_cert::ext::pkix::{
+    name::GeneralName, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAltName,
+};
 use x509_cert::Certificate;
 
 use super::VerifyingKey;
@@ -34,12 +36,15 @@ const OID_ECDSA_SHA256: &str = "1.2.840.10045.4.3.2";
 const OID_BASIC_CONSTRAINTS: &str = "2.5.29.19";
 const OID_KEY_USAGE: &str = "2.5.29.15";
 const OID_SAN: &str = "2.5.29.17";
+const OID_EXT_KEY_USAGE: &str = "2.5.29.37";
+/// ISO 18013-5 id-mdl-kp-mdlDS: the extended key usage of an mdoc document signer.
+const OID_MDL_DS: &str = "1.0.18013.5.1.2";
 /// Extensions a chain may mark critical without us failing it (the ones checked, or harmless).
 const KNOWN_CRITICAL: [&str; 4] = [
     OID_BASIC_CONSTRAINTS,
     OID_KEY_USAGE,
     OID_SAN,
-    "2.5.29.37", // extKeyUsage: informational here
+    OID_EXT_KEY_USAGE, // extKeyUsage: checked for mdoc document signers, else informational
 ];
 
 /// The configured trust anchors (root or intermediate CA certificates).
@@ -277,21 +282,50 @@ fn check_critical(c: &Certificate) -> Result<(), String> {
     Ok(())
 }
 
+/// The extension `oid` of `c` decoded as `T`, when present (`what` names it in errors).
+fn decoded<'a, T: x509_cert::der::Decode<'a>>(
+    c: &'a Certificate,
+    oid: &str,
+    what: &str,
+) -> Result<Option<T>, String> {
+    extension(c, oid)
+        .map(|e| T::from_der(e.extn_value.as_bytes()).map_err(|err| format!("{what}: {err}")))
+        .transpose()
+}
+
 /// A certificate that signs another must be a CA allowed to sign certificates.
 fn check_ca(c: &Certificate) -> Result<(), String> {
-    let bc = extension(c, OID_BASIC_CONSTRAINTS)
+    let bc: BasicConstraints = decoded(c, OID_BASIC_CONSTRAINTS, "basicConstraints")?
         .ok_or("a signing certificate without basicConstraints")?;
-    let bc = BasicConstraints::from_der(bc.extn_value.as_bytes())
-        .map_err(|e| format!("basicConstraints: {e}"))?;
     if !bc.ca {
         return Err("a signing certificate that is not a CA".into());
     }
-    if let Some(ku) = extension(c, OID_KEY_USAGE) {
-        let ku =
-            KeyUsage::from_der(ku.extn_value.as_bytes()).map_err(|e| format!("keyUsage: {e}"))?;
-        if !ku.key_cert_sign() {
-            return Err("a signing certificate without keyCertSign".into());
-        }
+    let ku: Option<KeyUsage> = decoded(c, OID_KEY_USAGE, "keyUsage")?;
+    if ku.is_some_and(|ku| !ku.key_cert_sign()) {
+        return Err("a signing certificate without keyCertSign".into());
+    }
+    Ok(())
+}
+
+/// An mdoc document signer (ISO 18013-5 Annex B.1.4): an end entity (not a CA) whose
+/// extendedKeyUsage names id-mdl-kp-mdlDS and whose keyUsage, when present, allows
+/// digitalSignature. Anything else under the same anchor (an SD-JWT issuer's or a TLS server's
+/// certificate, an intermediate, the IACA itself) does not sign MSOs.
+pub fn check_document_signer(c: &Certificate) -> Result<(), String> {
+    let bc: Option<BasicConstraints> = decoded(c, OID_BASIC_CONSTRAINTS, "basicConstraints")?;
+    if bc.is_some_and(|bc| bc.ca) {
+        return Err("a CA certificate is not a document signer".into());
+    }
+    let ku: Option<KeyUsage> = decoded(c, OID_KEY_USAGE, "keyUsage")?;
+    if ku.is_some_and(|ku| !ku.digital_signature()) {
+        return Err("the document signer's keyUsage lacks digitalSignature".into());
+    }
+    let eku: ExtendedKeyUsage = decoded(c, OID_EXT_KEY_USAGE, "extendedKeyUsage")?
+        .ok_or("the certificate has no extendedKeyUsage: not an mdoc document signer")?;
+    if !eku.0.iter().any(|o| oid_str(o) == OID_MDL_DS) {
+        return Err(format!(
+            "the certificate's extendedKeyUsage lacks mdlDS ({OID_MDL_DS}): not an mdoc document signer"
+        ));
     }
     Ok(())
 }

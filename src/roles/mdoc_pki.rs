@@ -16,6 +16,9 @@ use crate::store::Cas;
 
 /// Keyspace of the IACA (`iaca`) and document signer (`ds/<issuer>`) records.
 pub const KEYSPACE: &str = "mdoc_pki";
+/// The country of the sandbox IACA and document signers (ISO 3166 user-assigned "UT"): an mdoc's
+/// `issuing_country` must equal its document signer's countryName (ISO 18013-5 Annex B).
+pub const SANDBOX_COUNTRY: &str = "UT";
 /// Validity of the sandbox IACA (ISO allows up to 20 years) and of a document signer (≤ 457 days).
 const IACA_DAYS: i64 = 3650;
 const DS_DAYS: i64 = 450;
@@ -114,7 +117,7 @@ fn iaca_params(ctx: &RoleContext) -> anyhow::Result<rcgen::CertificateParams> {
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
     p.distinguished_name
         .push(rcgen::DnType::CommonName, "idstack sandbox IACA");
-    p.distinguished_name.push(rcgen::DnType::CountryName, "UT");
+    p.distinguished_name.push(rcgen::DnType::CountryName, SANDBOX_COUNTRY);
     p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
     p.key_usages = vec![
         rcgen::KeyUsagePurpose::KeyCertSign,
@@ -146,7 +149,7 @@ pub async fn document_signer(ctx: &RoleContext, issuer: &str) -> anyhow::Result<
         rcgen::DnType::CommonName,
         format!("idstack document signer {issuer}"),
     );
-    p.distinguished_name.push(rcgen::DnType::CountryName, "UT");
+    p.distinguished_name.push(rcgen::DnType::CountryName, SANDBOX_COUNTRY);
     p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     // ISO 18013-5 mdlDS extended key usage
     p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::Other(vec![
@@ -177,8 +180,10 @@ mod tests {
         let root = sandbox_anchor(&ctx).await.unwrap();
         let anchors = crate::crypto::x509::TrustAnchors::default()
             .with([<x509_cert::Certificate as x509_cert::der::Decode>::from_der(&root).unwrap()]);
-        let (key, _) = anchors.chain_key(&[a.cert.clone()], now).unwrap();
+        let (key, leaf) = anchors.chain_key(&[a.cert.clone()], now).unwrap();
         assert_eq!(key, a.key.verifying_key());
+        // and is a document signer (mdlDS extended key usage, digitalSignature)
+        crate::crypto::x509::check_document_signer(&leaf).unwrap();
         // a second IACA read gives the same root
         assert_eq!(sandbox_anchor(&ctx).await.unwrap(), root);
     }

@@ -836,12 +836,17 @@ fn x509_root(name: &str) -> Cert {
     }
 }
 
-/// A document-signer certificate for DNS name `host` under `root`: (base64 DER, signing key).
-fn x509_leaf(root: &Cert, host: &str) -> (String, SigningKey) {
+/// A leaf certificate for DNS name `host` under `root`, `edit`ed: (base64 DER, signing key).
+fn x509_leaf_with(
+    root: &Cert,
+    host: &str,
+    edit: impl FnOnce(&mut rcgen::CertificateParams),
+) -> (String, SigningKey) {
     use base64::Engine;
     use p256::pkcs8::DecodePrivateKey;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let p = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
+    let mut p = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
+    edit(&mut p);
     let cert = p.signed_by(&key, &root.cert, &root.key).unwrap();
     let sk = p256::ecdsa::SigningKey::from_pkcs8_der(&key.serialize_der()).unwrap();
     (
@@ -850,12 +855,8 @@ fn x509_leaf(root: &Cert, host: &str) -> (String, SigningKey) {
     )
 }
 
-/// SD-JWT VC with an `https` issuer whose key comes in an `x5c` chain: verified when the chain
-/// ends at a configured `x509.trust_anchors` certificate and its leaf names the issuer; a chain
-/// of the attacker's own root, or a leaf for another host, is refused by `signature`.
-#[tokio::test]
-async fn sd_jwt_x5c_chain_must_end_at_a_configured_anchor() {
-    let root = x509_root("Test IACA");
+/// A server whose `x509.trust_anchors` is `root` (keep the directory while it runs).
+async fn anchored_server(root: &Cert) -> (Server, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let pem = dir.path().join("anchors.pem");
     std::fs::write(&pem, root.cert.pem()).unwrap();
@@ -863,6 +864,81 @@ async fn sd_jwt_x5c_chain_must_end_at_a_configured_anchor() {
         .env("IDSTACK__X509__TRUST_ANCHORS", pem.to_str().unwrap())
         .start()
         .await;
+    (s, dir)
+}
+
+/// An SD-JWT VC issuer's certificate for DNS name `host` under `root`.
+fn x509_leaf(root: &Cert, host: &str) -> (String, SigningKey) {
+    x509_leaf_with(root, host, |_| {})
+}
+
+/// An mdoc document signer under `root` (ISO 18013-5 Annex B.1.4: digitalSignature, mdlDS EKU).
+fn mdoc_ds(root: &Cert) -> (String, SigningKey) {
+    x509_leaf_with(root, "ds.example", |p| {
+        p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::Other(vec![
+            1, 0, 18013, 5, 1, 2,
+        ])];
+    })
+}
+
+/// IssuerSigned of doc type `doc_type` by document signer `ds` (family_name, given_name,
+/// age_over_18 in org.iso.18013.5.1), bound to `device`, valid until `valid_until`.
+fn mdoc_issue(
+    ds: &(String, SigningKey),
+    device: &SigningKey,
+    doc_type: &str,
+    valid_until: i64,
+) -> Vec<u8> {
+    use base64::Engine;
+    use idstack::crypto::mdoc::issue;
+    let chain = base64::engine::general_purpose::STANDARD
+        .decode(&ds.0)
+        .unwrap();
+    let text = |t: &str| ciborium::Value::Text(t.into());
+    let elements = vec![
+        ("family_name".to_string(), text("Mustermann")),
+        ("given_name".to_string(), text("Erika")),
+        ("age_over_18".to_string(), ciborium::Value::Bool(true)),
+    ];
+    let t = now();
+    issue::issuer_signed(&issue::IssueRequest {
+        doc_type,
+        namespaces: &[("org.iso.18013.5.1".into(), elements)],
+        device_key: &device.verifying_key(),
+        signer: &ds.1,
+        x5chain: &[chain],
+        signed: t - 120,
+        valid_from: t - 120,
+        valid_until,
+        status: None,
+    })
+    .unwrap()
+}
+
+/// A base64url DeviceResponse of `signed` (family_name and age_over_18 disclosed) device-signed
+/// over the SessionTranscript of `target`.
+fn mdoc_present(device: &SigningKey, signed: &[u8], doc_type: &str, target: &Request) -> String {
+    use idstack::crypto::mdoc::{present, transcript};
+    let st = transcript::oid4vp(&target.client_id, &target.nonce, None, &target.response_uri);
+    let resp = present::device_response(
+        signed,
+        doc_type,
+        |_, e| e == "family_name" || e == "age_over_18",
+        device,
+        &st,
+    )
+    .unwrap();
+    b64url(resp)
+}
+
+/// SD-JWT VC with an `https` issuer whose key comes in an `x5c` chain: verified when the chain
+/// ends at a configured `x509.trust_anchors` certificate and its leaf names the issuer; a chain
+/// of the attacker's own root, or a leaf for another host, is refused by `signature`.
+#[tokio::test]
+async fn sd_jwt_x5c_chain_must_end_at_a_configured_anchor() {
+    let root = x509_root("Test IACA");
+    let (s, _dir) = anchored_server(&root).await;
     let iss = "https://issuer.example";
     let r = client()
         .post(s.url("/api/verifiers"))
@@ -928,66 +1004,23 @@ async fn sd_jwt_x5c_chain_must_end_at_a_configured_anchor() {
 /// DeviceResponse device-signed over this session's SessionTranscript by the key in an MSO whose
 /// document signer chains to `x509.trust_anchors` verifies, and only the disclosed elements are
 /// in the result. Refused, each by the policy it breaks: one made for another session
-/// (holder_binding), one under another IACA (issuer_allowlist), an expired one (validity), a
+/// (holder_binding), one under another IACA or signed by a certificate under the anchor that is
+/// no document signer (issuer_allowlist), an expired one (validity), a
 /// truncated one (signature); a query without doctype_value is refused (422) at session creation.
 #[tokio::test]
 async fn mdoc_device_responses_are_bound_to_the_session_and_the_anchor() {
-    use base64::Engine;
-    use idstack::crypto::mdoc::{issue, present, transcript};
     let root = x509_root("Test IACA");
-    let dir = tempfile::tempdir().unwrap();
-    let pem = dir.path().join("anchors.pem");
-    std::fs::write(&pem, root.cert.pem()).unwrap();
-    let s = Server::builder()
-        .env("IDSTACK__X509__TRUST_ANCHORS", pem.to_str().unwrap())
-        .start()
-        .await;
+    let (s, _dir) = anchored_server(&root).await;
     let device = SigningKey::generate(KeyType::P256);
     let t = now();
-    let issue_under = |root: &Cert, valid_until: i64| {
-        let (ds, signer) = x509_leaf(root, "ds.example");
-        let ds = base64::engine::general_purpose::STANDARD
-            .decode(ds)
-            .unwrap();
-        let elements = vec![
-            (
-                "family_name".to_string(),
-                ciborium::Value::Text("Mustermann".into()),
-            ),
-            (
-                "given_name".to_string(),
-                ciborium::Value::Text("Erika".into()),
-            ),
-            ("age_over_18".to_string(), ciborium::Value::Bool(true)),
-        ];
-        issue::issuer_signed(&issue::IssueRequest {
-            doc_type: "org.iso.18013.5.1.mDL",
-            namespaces: &[("org.iso.18013.5.1".into(), elements)],
-            device_key: &device.verifying_key(),
-            signer: &signer,
-            x5chain: &[ds],
-            signed: t - 120,
-            valid_from: t - 120,
-            valid_until,
-            status: None,
-        })
-        .unwrap()
-    };
+    let mdl = "org.iso.18013.5.1.mDL";
+    let issue_under =
+        |root: &Cert, valid_until: i64| mdoc_issue(&mdoc_ds(root), &device, mdl, valid_until);
     let query = json!({"dcql_query": {"credentials": [{"id": "mdl", "format": "mso_mdoc",
         "meta": {"doctype_value": "org.iso.18013.5.1.mDL"},
         "claims": [{"path": ["org.iso.18013.5.1", "family_name"]}, {"path": ["org.iso.18013.5.1", "age_over_18"]}]}]}});
     let respond_with = |req: &Request, signed: &[u8], for_req: Option<&Request>| {
-        let target = for_req.unwrap_or(req);
-        let st = transcript::oid4vp(&target.client_id, &target.nonce, None, &target.response_uri);
-        let resp = present::device_response(
-            signed,
-            "org.iso.18013.5.1.mDL",
-            |_, e| e == "family_name" || e == "age_over_18",
-            &device,
-            &st,
-        )
-        .unwrap();
-        b64url(resp)
+        mdoc_present(&device, signed, mdl, for_req.unwrap_or(req))
     };
     let good = issue_under(&root, t + 3600);
 
@@ -1026,6 +1059,12 @@ async fn mdoc_device_responses_are_bound_to_the_session_and_the_anchor() {
     let req = open(&s, "default", query.clone()).await;
     let (_, r) = respond(&s, &req, "mdl", json!(respond_with(&req, &evil, None))).await;
     assert!(failed(&r, "issuer_allowlist"), "{r}");
+    // a certificate under the configured anchor that is no document signer: an SD-JWT VC
+    // issuer's (the anchors serve both), here minting an mDL with its own key
+    let not_ds = mdoc_issue(&x509_leaf(&root, "issuer.example"), &device, mdl, t + 3600);
+    let req = open(&s, "default", query.clone()).await;
+    let (_, r) = respond(&s, &req, "mdl", json!(respond_with(&req, &not_ds, None))).await;
+    assert!(failed(&r, "issuer_allowlist"), "{r}");
     // expired
     let expired = issue_under(&root, t - 60);
     let req = open(&s, "default", query.clone()).await;
@@ -1045,5 +1084,83 @@ async fn mdoc_device_responses_are_bound_to_the_session_and_the_anchor() {
         .await
         .unwrap();
     assert_eq!(r.status(), 422);
+    s.stop();
+}
+
+/// presentation_definition (ISO 18013-7 Annex B): an mso_mdoc input descriptor's id is the doc
+/// type it asks for. A document of another doc type from a trusted document signer, carrying the
+/// same namespace and elements, does not answer it (query_match).
+#[tokio::test]
+async fn mdoc_presentation_definition_descriptor_id_is_the_doctype() {
+    let root = x509_root("Test IACA");
+    let (s, _dir) = anchored_server(&root).await;
+    let device = SigningKey::generate(KeyType::P256);
+    let ds = mdoc_ds(&root);
+    let mdl = "org.iso.18013.5.1.mDL";
+    let pd = json!({"presentation_definition": {"id": "pd", "input_descriptors": [{
+        "id": mdl, "format": {"mso_mdoc": {"alg": ["ES256"]}},
+        "constraints": {"limit_disclosure": "required", "fields": [
+            {"path": ["$['org.iso.18013.5.1']['age_over_18']"], "filter": {"const": true}}]}}]}});
+    let answer = |req: &Request, doc_type: &str| {
+        let signed = mdoc_issue(&ds, &device, doc_type, now() + 3600);
+        let submission = json!({"id": "s", "definition_id": "pd",
+            "descriptor_map": [{"id": mdl, "format": "mso_mdoc", "path": "$"}]});
+        (
+            mdoc_present(&device, &signed, doc_type, req),
+            submission.to_string(),
+        )
+    };
+    let post = |req: &Request, vp_token: String, submission: String| {
+        let (uri, state) = (req.response_uri.clone(), req.state.clone());
+        async move {
+            client()
+                .post(&uri)
+                .form(&[
+                    ("vp_token", vp_token.as_str()),
+                    ("presentation_submission", submission.as_str()),
+                    ("state", state.as_str()),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let result = |req: &Request| {
+        let url = s.url(&format!(
+            "/api/verifiers/{}/sessions/{}",
+            req.verifier, req.id
+        ));
+        async move {
+            client()
+                .get(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    // the mDL answers
+    let req = open(&s, "default", pd.clone()).await;
+    let (vp, sub) = answer(&req, mdl);
+    assert_eq!(post(&req, vp, sub).await, 200);
+    let r = result(&req).await;
+    assert_eq!(r["verified"], true, "{r}");
+    // another doc type, same namespace and elements, same trusted signer
+    let req = open(&s, "default", pd.clone()).await;
+    let (vp, sub) = answer(&req, "org.example.loyalty.1");
+    let status = post(&req, vp, sub).await;
+    assert!(status < 500, "{status}");
+    let r = result(&req).await;
+    assert_ne!(r["verified"], true, "{r}");
+    let (passed, reason) = policy(&r, "query_match");
+    assert!(
+        !passed && reason.contains("does not answer this descriptor"),
+        "{reason}"
+    );
     s.stop();
 }

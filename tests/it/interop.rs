@@ -207,6 +207,91 @@ async fn credo_holder_receives_and_presents_both_jwt_formats() {
     s.stop();
 }
 
+/// mso_mdoc with a third-party holder: credo-ts 0.6.3 receives an mDL from our issuer over
+/// OpenID4VCI (verifying issuerAuth against our sandbox IACA, published at
+/// `/issuers/default/mdoc-iaca`) and presents it to our verifier over OpenID4VP 1.0 with DCQL
+/// `mso_mdoc`; the session is verified with only the requested elements.
+#[tokio::test]
+async fn credo_receives_an_mdl_and_presents_it() {
+    let s = Server::start().await;
+    let pem = crate::common::client()
+        .get(s.url("/issuers/default/mdoc-iaca"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    let dir = tempfile::tempdir().unwrap();
+    let trust = dir.path().join("iaca.pem");
+    std::fs::write(&trust, &pem).unwrap();
+    let claims = json!({
+        "family_name": "Mustermann", "given_name": "Erika", "birth_date": "1984-01-26",
+        "issue_date": "2026-01-01", "expiry_date": "2036-01-01", "issuing_country": "UT",
+        "issuing_authority": "Sandbox DMV", "document_number": "D-123",
+        "driving_privileges": [{"vehicle_category_code": "B", "issue_date": "2026-01-01"}],
+        "un_distinguishing_sign": "D", "age_over_18": true,
+    });
+    let offer = create_offer(&s, "default", json!({"credential_configuration_ids": ["org.iso.18013.5.1.mDL"], "claims": claims, "tx_code": {"length": 6}})).await;
+    let session: Value = crate::common::client()
+        .post(s.url("/api/verifiers/default/sessions"))
+        .bearer_auth(crate::common::ADMIN_TOKEN)
+        .json(&json!({"dcql_query": {"credentials": [{"id": "mdl", "format": "mso_mdoc",
+            "meta": {"doctype_value": "org.iso.18013.5.1.mDL"},
+            "claims": [{"path": ["org.iso.18013.5.1", "family_name"]}, {"path": ["org.iso.18013.5.1", "age_over_18"]}]}]}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let out = Command::new("node")
+        .current_dir(interop_dir())
+        .args([
+            "credo/credo-holder.mjs",
+            "--offer",
+            offer["offer_uri"].as_str().unwrap(),
+            "--tx-code",
+            offer["tx_code"].as_str().unwrap(),
+            "--trust",
+            trust.to_str().unwrap(),
+            "--present",
+            session["authorization_request"].as_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "credo failed:\n{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = crate::common::client()
+        .get(s.url(&format!(
+            "/api/verifiers/default/sessions/{}",
+            session["id"].as_str().unwrap()
+        )))
+        .bearer_auth(crate::common::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(result["verified"], true, "{result}");
+    let c = &result["credentials"][0];
+    assert_eq!(c["format"], "mso_mdoc");
+    let ns = &c["claims"]["org.iso.18013.5.1"];
+    assert_eq!(ns["family_name"], "Mustermann", "{c}");
+    assert_eq!(ns["age_over_18"], true, "{c}");
+    assert!(
+        ns.get("birth_date").is_none(),
+        "only the requested elements: {c}"
+    );
+    s.stop();
+}
+
 /// Cross-vendor for the cloud wallet: credo-ts 0.6.3 as issuer and verifier, our wallet as holder.
 #[tokio::test]
 async fn wallet_receives_from_and_presents_to_credo() {

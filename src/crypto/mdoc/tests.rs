@@ -21,7 +21,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     use base64::Engine;
     let root = ca("test IACA", None);
-    let (ds, signer) = leaf(&root, vec![], |_| {});
+    let (ds, signer) = leaf(&root, vec![], document_signer);
     Fixture {
         anchors: TrustAnchors::from_pem(root.cert.pem().as_bytes()).unwrap(),
         signer,
@@ -30,6 +30,15 @@ fn fixture() -> Fixture {
             .unwrap()],
         device: SigningKey::generate(KeyType::P256),
     }
+}
+
+/// ISO 18013-5 Annex B.1.4: a document signer has keyUsage digitalSignature and the mdlDS
+/// extended key usage (1.0.18013.5.1.2).
+fn document_signer(p: &mut rcgen::CertificateParams) {
+    p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::Other(vec![
+        1, 0, 18013, 5, 1, 2,
+    ])];
 }
 
 fn mdl(f: &Fixture, valid_from: i64, valid_until: i64) -> Vec<u8> {
@@ -266,28 +275,32 @@ fn a_document_claiming_another_doc_type_is_refused() {
     );
 }
 
-#[test]
-fn a_forged_issuer_auth_is_refused() {
-    let f = fixture();
-    // the attacker's own MSO (all digests its own), signed with its own key but naming the
-    // genuine document signer certificate
-    let attacker = SigningKey::generate(KeyType::P256);
-    let forged = issue::issuer_signed(&issue::IssueRequest {
+/// An mDL saying family_name "Forged", its MSO signed by `signer` with `chain` as x5chain.
+fn forged_mdl(f: &Fixture, signer: &SigningKey, chain: &[Vec<u8>]) -> Vec<u8> {
+    issue::issuer_signed(&issue::IssueRequest {
         doc_type: MDL,
         namespaces: &[(
             NS.into(),
             vec![("family_name".into(), Value::Text("Forged".into()))],
         )],
         device_key: &f.device.verifying_key(),
-        signer: &attacker,
-        x5chain: &f.chain,
+        signer,
+        x5chain: chain,
         signed: NOW - 10,
         valid_from: NOW - 10,
         valid_until: NOW + 3600,
         status: None,
     })
-    .unwrap();
-    let resp = present(&f, &forged, "n");
+    .unwrap()
+}
+
+#[test]
+fn a_forged_issuer_auth_is_refused() {
+    let f = fixture();
+    // the attacker's own MSO (all digests its own), signed with its own key but naming the
+    // genuine document signer certificate
+    let attacker = SigningKey::generate(KeyType::P256);
+    let resp = present(&f, &forged_mdl(&f, &attacker, &f.chain), "n");
     assert_eq!(
         verify_resp(&f, &resp, "n").unwrap_err().code(),
         "mdoc_bad_issuer_signature"
@@ -336,12 +349,9 @@ fn malformed_and_oversized_input_is_a_clear_error_never_a_panic() {
     }
 }
 
-#[test]
-fn device_mac_and_device_signed_elements_are_not_accepted() {
-    let f = fixture();
-    let resp = present(&f, &mdl(&f, NOW - 10, NOW + 3600), "n");
-    let mut v = decode(&resp).unwrap();
-    let Value::Map(top) = &mut v else { panic!() };
+/// The first document's `deviceSigned` map (nameSpaces, deviceAuth) of a decoded response.
+fn device_signed(v: &mut Value) -> &mut Vec<(Value, Value)> {
+    let Value::Map(top) = v else { panic!() };
     let Value::Array(docs) = &mut top[1].1 else {
         panic!()
     };
@@ -351,6 +361,15 @@ fn device_mac_and_device_signed_elements_are_not_accepted() {
     let Value::Map(device) = &mut doc[2].1 else {
         panic!()
     };
+    device
+}
+
+#[test]
+fn device_mac_and_device_signed_elements_are_not_accepted() {
+    let f = fixture();
+    let resp = present(&f, &mdl(&f, NOW - 10, NOW + 3600), "n");
+    let mut v = decode(&resp).unwrap();
+    let device = device_signed(&mut v);
     device[1].1 = Value::Map(vec![(
         Value::Text("deviceMac".into()),
         Value::Array(vec![]),
@@ -359,4 +378,99 @@ fn device_mac_and_device_signed_elements_are_not_accepted() {
         verify_resp(&f, &encode(&v), "n").unwrap_err().code(),
         "mdoc_unsupported"
     );
+}
+
+/// A deviceSignature that carries its payload attached (ISO 18013-5 says nil) equal to the
+/// DeviceAuthenticationBytes the verifier expects: anyone can compute those from the request, so
+/// this must be a clear refusal, not a panic in coset's detached-signature check.
+#[test]
+fn an_attached_device_auth_payload_is_refused_not_a_panic() {
+    let f = fixture();
+    let resp = present(&f, &mdl(&f, NOW - 10, NOW + 3600), "n");
+    let device_auth = Value::Array(vec![
+        Value::Text("DeviceAuthentication".into()),
+        decode(&transcript("n")).unwrap(),
+        Value::Text(MDL.into()),
+        tag24(&Value::Map(Vec::new())),
+    ]);
+    let payload = encode(&tag24(&device_auth));
+    let mut v = decode(&resp).unwrap();
+    let device = device_signed(&mut v);
+    let Value::Map(auth) = &mut device[1].1 else {
+        panic!()
+    };
+    let Value::Array(sign1) = &mut auth[0].1 else {
+        panic!()
+    };
+    sign1[2] = Value::Bytes(payload);
+    let attached = encode(&v);
+    let outcome = std::panic::catch_unwind(|| verify_resp(&f, &attached, "n"));
+    let e = outcome
+        .expect("verification panicked")
+        .expect_err("an attached payload is refused");
+    assert_eq!(e.code(), "mdoc_device_auth_failed");
+}
+
+/// ISO 18013-5 Annex B: only a document signer certificate (an end entity with the mdlDS
+/// extended key usage) signs an MSO. A certificate issued under the same anchor for something
+/// else (an SD-JWT issuer's or a TLS server's), an intermediate CA, or the anchor (IACA) itself
+/// is not one.
+#[test]
+fn only_a_document_signer_certificate_may_sign_an_mso() {
+    use base64::Engine;
+    use rcgen::{ExtendedKeyUsagePurpose, KeyUsagePurpose};
+    let f = fixture();
+    let root = ca("test IACA", None);
+    let anchors = TrustAnchors::from_pem(root.cert.pem().as_bytes()).unwrap();
+    let der = |b64: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap()
+    };
+    let signed_by = |signer: &SigningKey, chain: Vec<Vec<u8>>| {
+        let resp = present(&f, &forged_mdl(&f, signer, &chain), "n");
+        verify::device_response(&resp, &transcript("n"), &anchors, NOW)
+    };
+    // the genuine case: a document signer (mdlDS EKU, digitalSignature)
+    let (ds, ds_key) = leaf(&root, vec![], document_signer);
+    assert!(signed_by(&ds_key, vec![der(&ds)]).is_ok());
+    // an SD-JWT VC issuer's certificate (a dNSName SAN, no EKU) under the same anchor
+    let (issuer_cert, issuer_key) = leaf(
+        &root,
+        vec![crate::crypto::x509::tests::dns("issuer.example")],
+        |_| {},
+    );
+    let e = signed_by(&issuer_key, vec![der(&issuer_cert)]).unwrap_err();
+    assert_eq!(e.code(), "mdoc_untrusted_signer", "{e}");
+    // a TLS server certificate
+    let (tls, tls_key) = leaf(&root, vec![], |p| {
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    });
+    let e = signed_by(&tls_key, vec![der(&tls)]).unwrap_err();
+    assert_eq!(e.code(), "mdoc_untrusted_signer", "{e}");
+    // mdlDS EKU but keyUsage without digitalSignature
+    let (no_ku, no_ku_key) = leaf(&root, vec![], |p| {
+        document_signer(p);
+        p.key_usages = vec![KeyUsagePurpose::KeyAgreement];
+    });
+    let e = signed_by(&no_ku_key, vec![der(&no_ku)]).unwrap_err();
+    assert_eq!(e.code(), "mdoc_untrusted_signer", "{e}");
+    // an intermediate CA signing the MSO itself (even one carrying the mdlDS EKU)
+    let (mid, mid_key) = leaf(&root, vec![], |p| {
+        document_signer(p);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages.push(KeyUsagePurpose::KeyCertSign);
+    });
+    let e = signed_by(&mid_key, vec![der(&mid)]).unwrap_err();
+    assert_eq!(e.code(), "mdoc_untrusted_signer", "{e}");
+    // the IACA (the anchor itself) as the signer
+    let iaca_key = {
+        use p256::pkcs8::DecodePrivateKey;
+        SigningKey::P256(
+            p256::ecdsa::SigningKey::from_pkcs8_der(&root.key.serialize_der()).unwrap(),
+        )
+    };
+    let e = signed_by(&iaca_key, vec![root.cert.der().to_vec()]).unwrap_err();
+    assert_eq!(e.code(), "mdoc_untrusted_signer", "{e}");
 }

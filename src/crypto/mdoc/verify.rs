@@ -61,6 +61,7 @@ pub fn issuer_signed(
     let (signer, signer_cert) = anchors
         .chain_key(&chain, now)
         .map_err(MdocError::Untrusted)?;
+    crate::crypto::x509::check_document_signer(&signer_cert).map_err(MdocError::Untrusted)?;
     if !matches!(signer, VerifyingKey::P256(_)) {
         return Err(MdocError::Unsupported(
             "document signer key must be P-256".into(),
@@ -342,9 +343,10 @@ fn document(
         ns_bytes.clone(),
     ]);
     let payload = encode(&tag24(&device_auth));
-    if sign1.payload.as_ref().is_some_and(|p| *p != payload) {
+    // ISO 18013-5 9.1.3.6: the payload is detached (nil); coset's detached check panics on one
+    if sign1.payload.is_some() {
         return Err(MdocError::DeviceAuth(
-            "the signed DeviceAuthentication is not this request's".into(),
+            "deviceSignature must have a detached (nil) payload".into(),
         ));
     }
     sign1

@@ -33,6 +33,11 @@ pub enum IssuerError {
     Revoked,
     #[error("no such status list")]
     NoStatusList,
+    #[error("no sandbox mdoc IACA here (production mode: bring your own document signer chain)")]
+    NoMdocIaca,
+    /// The mdoc PKI could not be created or opened: ours.
+    #[error("mdoc document signer: {0}")]
+    Mdoc(String),
     /// A status list that cannot be built or changed: ours, not the client's.
     #[error("status list: {0}")]
     StatusList(CryptoError),
@@ -48,10 +53,13 @@ impl ErrorCode for IssuerError {
             IssuerError::NotDidWeb(_)
             | IssuerError::NoOffer(_)
             | IssuerError::NoCredential(_)
-            | IssuerError::NoStatusList => Code::NotFound,
+            | IssuerError::NoStatusList
+            | IssuerError::NoMdocIaca => Code::NotFound,
             IssuerError::OfferGone => Code::Gone,
             IssuerError::Revoked => Code::Conflict,
-            IssuerError::NoKey(_) | IssuerError::StatusList(_) => Code::Internal,
+            IssuerError::NoKey(_) | IssuerError::StatusList(_) | IssuerError::Mdoc(_) => {
+                Code::Internal
+            }
         }
     }
     fn retry_after(&self) -> Option<u64> {

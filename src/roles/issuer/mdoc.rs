@@ -64,6 +64,37 @@ pub fn element_value(name: &str, v: &Value) -> Result<Cbor, String> {
     Ok(mdoc::from_json(v, DATE_ELEMENTS.contains(&name)))
 }
 
+impl super::IssuerService {
+    /// The sandbox IACA (PEM) issuer `issuer_id`'s mdocs chain to, created with the issuer's
+    /// document signer on first use. Not found in production mode.
+    pub async fn mdoc_iaca_pem(
+        &self,
+        issuer_id: &str,
+    ) -> Result<String, super::error::IssuerError> {
+        use base64::Engine;
+        self.get_issuer(issuer_id).await?;
+        if self.ctx.mode != crate::config::Mode::Sandbox {
+            return Err(super::error::IssuerError::NoMdocIaca);
+        }
+        crate::roles::mdoc_pki::document_signer(&self.ctx, issuer_id)
+            .await
+            .map_err(|e| super::error::IssuerError::Mdoc(e.to_string()))?;
+        let der = crate::roles::mdoc_pki::sandbox_anchor(&self.ctx)
+            .await
+            .ok_or(super::error::IssuerError::NoMdocIaca)?;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap_or_default())
+            .collect();
+        Ok(format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        ))
+    }
+}
+
 /// What to issue.
 pub struct MdocIssue<'a> {
     pub issuer_id: &'a str,
@@ -84,6 +115,14 @@ const DEFAULT_VALIDITY: i64 = 365 * 86_400;
 pub async fn issue(ctx: &RoleContext, req: &MdocIssue<'_>) -> Result<String, String> {
     if !matches!(req.holder, VerifyingKey::P256(_)) {
         return Err("an mdoc's device key must be P-256: send a proof signed with ES256".into());
+    }
+    if let Some(c) = req.claims.get("issuing_country") {
+        if c.as_str() != Some(crate::roles::mdoc_pki::SANDBOX_COUNTRY) {
+            return Err(format!(
+                "issuing_country must be {} (the country of this issuer's document signer certificate, ISO 18013-5 Annex B)",
+                crate::roles::mdoc_pki::SANDBOX_COUNTRY
+            ));
+        }
     }
     let signer = crate::roles::mdoc_pki::document_signer(ctx, req.issuer_id)
         .await
@@ -149,7 +188,7 @@ mod tests {
         let holder = SigningKey::generate(KeyType::P256);
         let claims: Map<String, Value> = serde_json::from_value(json!({
             "family_name": "Mustermann", "given_name": "Erika", "birth_date": "1984-01-26",
-            "issue_date": "2026-01-01", "expiry_date": "2036-01-01", "issuing_country": "DE",
+            "issue_date": "2026-01-01", "expiry_date": "2036-01-01", "issuing_country": "UT",
             "issuing_authority": "Sandbox DMV", "document_number": "D-123",
             "portrait": crate::crypto::b64url([0xff, 0xd8, 0xff]),
             "driving_privileges": [{"vehicle_category_code": "B", "issue_date": "2026-01-01"}],

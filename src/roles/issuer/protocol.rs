@@ -129,8 +129,9 @@ pub async fn credential_endpoint(
     ))
 }
 
-/// A status list: `token-N` (IETF Token Status List, `statuslist+jwt`), `revocation-N` /
-/// `suspension-N` (W3C Bitstring Status List credential as `vc+jwt`). Revalidate with the ETag.
+/// A status list: `token-N` (IETF Token Status List: `statuslist+jwt`, or `statuslist+cwt` for
+/// mdocs when the request's `Accept` asks for it), `revocation-N` / `suspension-N` (W3C
+/// Bitstring Status List credential as `vc+jwt`). Revalidate with the ETag.
 #[utoipa::path(tag = "issuer", params(("issuer" = String, Path), ("list" = String, Path)), responses((status = 200, description = "Signed status list"), (status = 304, description = "Not modified"), (status = 404, body = crate::error::Problem)))]
 #[get("/issuers/{issuer}/status-lists/{list}")]
 pub async fn status_list(
@@ -139,7 +140,12 @@ pub async fn status_list(
     req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
     let (issuer, list) = path.into_inner();
-    let (content_type, token, etag) = svc.status_list(&issuer, &list).await?;
+    let cwt = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains(crate::crypto::mdoc::status::MEDIA_TYPE));
+    let (content_type, token, etag) = svc.status_list(&issuer, &list, cwt).await?;
     if req
         .headers()
         .get(header::IF_NONE_MATCH)
@@ -178,6 +184,18 @@ pub async fn vct_metadata(svc: Svc, path: web::Path<(String, String)>) -> ApiRes
     })))
 }
 
+/// The IACA root certificate (PEM) this sandbox issuer's mdocs chain to: what a verifier or
+/// wallet outside this deployment adds to its trust anchors to accept them. Public, as IACA
+/// certificates are. 404 in production mode (bring your own chain there).
+#[utoipa::path(tag = "issuer", params(("issuer" = String, Path)), responses((status = 200, description = "PEM certificate", content_type = "application/x-pem-file"), (status = 404, body = crate::error::Problem)))]
+#[get("/issuers/{issuer}/mdoc-iaca")]
+pub async fn mdoc_iaca(svc: Svc, path: web::Path<String>) -> ApiResult<HttpResponse> {
+    let pem = svc.mdoc_iaca_pem(&path.into_inner()).await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-pem-file")
+        .body(pem))
+}
+
 pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(issuer_metadata)
         .service(issuer_metadata_suffix)
@@ -190,5 +208,6 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(nonce_endpoint)
         .service(credential_endpoint)
         .service(status_list)
+        .service(mdoc_iaca)
         .service(vct_metadata);
 }

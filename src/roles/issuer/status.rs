@@ -166,12 +166,15 @@ impl IssuerService {
         }
     }
 
-    /// A status list as served: (content type, signed token).
+    /// A status list as served: (content type, signed token, ETag). `cwt`: a `token-N` list in
+    /// CWT form (`application/statuslist+cwt`, signed by the issuer's mdoc document signer, for
+    /// mdocs), else the JWT form.
     pub async fn status_list(
         &self,
         issuer_id: &str,
         list: &str,
-    ) -> Result<(&'static str, String, String), IssuerError> {
+        cwt: bool,
+    ) -> Result<(&'static str, Vec<u8>, String), IssuerError> {
         let issuer = self.get_issuer(issuer_id).await?;
         let (kind, number) = list.rsplit_once('-').ok_or(IssuerError::NoStatusList)?;
         let number: u64 = number.parse().map_err(|_| IssuerError::NoStatusList)?;
@@ -208,15 +211,38 @@ impl IssuerService {
                 [
                     list.as_bytes(),
                     &arr.bytes,
-                    issuer.key_fingerprint.as_bytes()
+                    issuer.key_fingerprint.as_bytes(),
+                    if cwt { b"cwt" } else { b"jwt" },
                 ]
                 .concat()
             )[..32]
         );
         match kind {
+            "token" if cwt => {
+                let signer = crate::roles::mdoc_pki::document_signer(&self.ctx, issuer_id)
+                    .await
+                    .map_err(|e| {
+                        IssuerError::StatusList(crate::crypto::CryptoError::InvalidKey(
+                            e.to_string(),
+                        ))
+                    })?;
+                let token = crate::crypto::mdoc::status::sign(
+                    &uri,
+                    now,
+                    Some(60),
+                    &arr,
+                    &signer.key,
+                    std::slice::from_ref(&signer.cert),
+                )
+                .map_err(|e| {
+                    IssuerError::StatusList(crate::crypto::CryptoError::Malformed(e.to_string()))
+                })?;
+                Ok((crate::crypto::mdoc::status::MEDIA_TYPE, token, etag))
+            }
             "token" => Ok((
                 "application/statuslist+jwt",
-                formats::token_status_list(&issuer, &key, &uri, bits, arr.to_token_lst(), now, 60),
+                formats::token_status_list(&issuer, &key, &uri, bits, arr.to_token_lst(), now, 60)
+                    .into_bytes(),
                 etag,
             )),
             "revocation" | "suspension" => Ok((
@@ -228,7 +254,8 @@ impl IssuerService {
                     kind,
                     arr.to_encoded_list(),
                     now,
-                ),
+                )
+                .into_bytes(),
                 etag,
             )),
             _ => Err(IssuerError::NoStatusList),

@@ -126,10 +126,10 @@ fn validate_configs(
         if !id_ok(&id.to_ascii_lowercase())
             && !id
                 .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-' || ch == '.')
         {
             return Err(format!(
-                "credential configuration id `{id}`: use letters, digits, - and _"
+                "credential configuration id `{id}`: use letters, digits, ., - and _"
             ));
         }
         if c.format == Format::LdpVc

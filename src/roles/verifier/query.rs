@@ -236,6 +236,13 @@ async fn pex(
             continue;
         }
         for c in checked {
+            // ISO 18013-7 Annex B: an mso_mdoc input descriptor's id is the doc type it asks for
+            if let Some(doctype) = c.doctype.as_deref().filter(|dt| *dt != id) {
+                out.fail(
+                    "query_match",
+                    format!("{id}: an mdoc of doc type {doctype} does not answer this descriptor"),
+                );
+            }
             let fields = d["constraints"]["fields"]
                 .as_array()
                 .cloned()

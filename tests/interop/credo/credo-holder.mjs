@@ -3,6 +3,7 @@
 //
 //   LIB_ASKAR_PATH=... node credo/credo-holder.mjs --offer <openid-credential-offer://...> [--tx-code X]
 //   LIB_ASKAR_PATH=... node credo/credo-holder.mjs --offer <...> [--tx-code X] --present <openid4vp://...>
+//   ... [--trust <PEM file>]: X.509 trust anchors (an mdoc issuer's IACA) for receiving and presenting mdocs
 //
 // Prints JSON lines on stdout; exits 1 on failure. Run ../install.sh first (askar native library).
 // askar-nodejs MUST be imported before @credo-ts/askar (otherwise key operations fail with
@@ -29,7 +30,7 @@ function parseArgs(argv) {
   const out = {};
   for (let i = 0; i < argv.length; i += 2) {
     const k = argv[i];
-    if (!['--offer', '--tx-code', '--present'].includes(k) || argv[i + 1] === undefined) throw new Error(`bad argument ${k}`);
+    if (!['--offer', '--tx-code', '--present', '--trust'].includes(k) || argv[i + 1] === undefined) throw new Error(`bad argument ${k}`);
     out[k.slice(2)] = argv[i + 1];
   }
   return out;
@@ -61,6 +62,10 @@ async function run() {
     },
   });
   await agent.initialize();
+  if (args.trust) {
+    const pems = fs.readFileSync(args.trust, 'utf8').match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+    for (const pem of pems) agent.x509.config.addTrustedCertificate(pem.replace(/-----[A-Z ]+-----|\s/g, ''));
+  }
   const holder = agent.openid4vc.holder;
   try {
     if (args.offer) {
@@ -73,6 +78,11 @@ async function run() {
           const algs = proofTypes.jwt?.supportedSignatureAlgorithms ?? ['ES256'];
           const useEd = !algs.includes('ES256') && algs.includes('EdDSA');
           const type = useEd ? { kty: 'OKP', crv: 'Ed25519' } : { kty: 'EC', crv: 'P-256' };
+          if (credentialFormat === 'mso_mdoc') {
+            // an mdoc's device key is a P-256 COSE key
+            const key = await agent.kms.createKey({ type: { kty: 'EC', crv: 'P-256' } });
+            return { method: 'jwk', keys: [Kms.PublicJwk.fromPublicJwk(key.publicJwk)] };
+          }
           if (credentialFormat === 'dc+sd-jwt' || credentialFormat === 'vc+sd-jwt') {
             const key = await agent.kms.createKey({ type });
             return { method: 'jwk', keys: [Kms.PublicJwk.fromPublicJwk(key.publicJwk)] };
@@ -89,7 +99,8 @@ async function run() {
       for (const c of result.credentials) {
         // credo 0.6: each entry carries a record with the verified credential(s); store it in the wallet.
         const record = c.record ?? c;
-        if (record.type === 'SdJwtVcRecord' || c.credentialConfiguration?.format?.includes('sd-jwt')) await agent.sdJwtVc.store({ record });
+        if (record.type === 'MdocRecord' || c.credentialConfiguration?.format === 'mso_mdoc') await agent.mdoc.store({ record });
+        else if (record.type === 'SdJwtVcRecord' || c.credentialConfiguration?.format?.includes('sd-jwt')) await agent.sdJwtVc.store({ record });
         else if (record.type === 'W3cCredentialRecord') await agent.w3cCredentials.store({ record });
         else if (agent.w3cCredentials?.store) await agent.w3cCredentials.store({ record });
         stored.push({ configuration_id: c.credentialConfigurationId, type: record.type, record: summarize(record) });
