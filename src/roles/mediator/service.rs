@@ -80,8 +80,10 @@ pub struct Socket {
     /// when the last one went out.
     unanswered: AtomicUsize,
     last_delivery: Mutex<Option<std::time::Instant>>,
-    /// The pump held something back for want of an answer (the socket's hold timer is armed).
-    held: AtomicBool,
+    /// When the pump must run again without being woken: a delivery held back for want of an
+    /// answer (`ACK_WAIT` after the last one), or messages another transport leased whose lease
+    /// runs out (nothing else would wake this socket for them).
+    pump_at: Mutex<Option<std::time::Instant>>,
     /// The client spoke a pickup protocol on this socket: it picks up explicitly, never implicitly.
     pickup_client: AtomicBool,
     closed: AtomicBool,
@@ -97,7 +99,7 @@ impl Socket {
             inflight: Mutex::default(),
             unanswered: AtomicUsize::new(0),
             last_delivery: Mutex::new(None),
-            held: AtomicBool::new(false),
+            pump_at: Mutex::new(None),
             pickup_client: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             wake: Notify::new(),
@@ -114,27 +116,23 @@ impl Socket {
     fn inflight_len(&self) -> usize {
         self.inflight.lock().map(|g| g.len()).unwrap_or(0)
     }
-    /// Live mode: `LIVE_WINDOW` deliveries are out and the last one went out less than
-    /// `ACK_WAIT` ago.
-    fn awaiting_answer(&self) -> bool {
-        self.unanswered.load(Ordering::Relaxed) >= LIVE_WINDOW
-            && self
-                .last_delivery
-                .lock()
-                .ok()
-                .and_then(|g| *g)
-                .is_some_and(|t| t.elapsed() < ACK_WAIT)
-    }
-    /// When the pump, which held a delivery back, must run again even without an answer.
-    pub fn hold_deadline(&self) -> Option<std::time::Instant> {
-        if !self.held.load(Ordering::Relaxed) {
+    /// Live mode: when `LIVE_WINDOW` deliveries are out and the last one went out less than
+    /// `ACK_WAIT` ago, the moment the next may go out without an answer.
+    fn awaiting_answer_until(&self) -> Option<std::time::Instant> {
+        if self.unanswered.load(Ordering::Relaxed) < LIVE_WINDOW {
             return None;
         }
-        self.last_delivery
-            .lock()
-            .ok()
-            .and_then(|g| *g)
-            .map(|t| t + ACK_WAIT)
+        let until = self.last_delivery.lock().ok().and_then(|g| *g)? + ACK_WAIT;
+        (until > std::time::Instant::now()).then_some(until)
+    }
+    /// When the pump must run again even if nothing wakes it.
+    pub fn pump_deadline(&self) -> Option<std::time::Instant> {
+        self.pump_at.lock().ok().and_then(|g| *g)
+    }
+    fn set_pump_deadline(&self, at: Option<std::time::Instant>) {
+        if let Ok(mut g) = self.pump_at.lock() {
+            *g = at;
+        }
     }
     fn delivery_sent(&self) {
         self.unanswered.fetch_add(1, Ordering::Relaxed);
@@ -142,10 +140,17 @@ impl Socket {
             *g = Some(std::time::Instant::now());
         }
     }
-    fn delivery_answered(&self) {
-        let _ = self
-            .unanswered
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    /// A `messages-received` for ids this socket was handed; `all_answered`: nothing it was
+    /// handed is unacknowledged any more (so no delivery awaits an answer, whatever the count
+    /// says: a client may answer two deliveries at once, or leave one unanswered).
+    fn delivery_answered(&self, all_answered: bool) {
+        if all_answered {
+            self.unanswered.store(0, Ordering::Relaxed);
+        } else {
+            let _ = self
+                .unanswered
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
     }
 }
 
@@ -1515,6 +1520,23 @@ impl MediatorService {
         Ok(out)
     }
 
+    /// When the first HTTP lease on `conn_id`'s messages runs out (they are offered again then).
+    fn http_lease_end(&self, conn_id: &str) -> Option<std::time::Instant> {
+        let now = self.now();
+        let first = self
+            .book()
+            .leases
+            .get(conn_id)?
+            .values()
+            .filter_map(|h| match h {
+                Holder::Http { until_ms } if *until_ms > now => Some(*until_ms),
+                _ => None,
+            })
+            .min()?;
+        let wait = u64::try_from(first - now).unwrap_or(0);
+        Some(std::time::Instant::now() + std::time::Duration::from_millis(wait))
+    }
+
     /// Gives back leases `socket` took and did not get onto the wire.
     fn release(&self, conn_id: &str, s: &Arc<Socket>, ids: &[String]) {
         {
@@ -1612,13 +1634,15 @@ impl MediatorService {
         }
         for h in holders {
             let mut held = false;
+            let mut empty = false;
             if let Ok(mut g) = h.inflight.lock() {
                 for id in &ids {
                     held |= g.remove(id.as_str());
                 }
+                empty = g.is_empty();
             }
             if held {
-                h.delivery_answered();
+                h.delivery_answered(empty);
             }
             h.wake.notify_one();
         }
@@ -1805,12 +1829,14 @@ impl MediatorService {
                 None => return Ok(()),
             },
         };
+        s.set_pump_deadline(None);
         loop {
-            if mode == Mode::Live && s.awaiting_answer() {
-                s.held.store(true, Ordering::Relaxed);
-                return Ok(());
+            if mode == Mode::Live {
+                if let Some(until) = s.awaiting_answer_until() {
+                    s.set_pump_deadline(Some(until));
+                    return Ok(());
+                }
             }
-            s.held.store(false, Ordering::Relaxed);
             let room = MAX_INFLIGHT.saturating_sub(s.inflight_len());
             // The socket task that drains `tx` is the one running this pump: never wait on a full
             // channel; what is left goes out on the next wake (every acknowledgement wakes it).
@@ -1824,6 +1850,7 @@ impl MediatorService {
             };
             let batch = self.claim(&conn_id, Some(s), want, None).await?;
             if batch.is_empty() {
+                s.set_pump_deadline(self.http_lease_end(&conn_id));
                 return Ok(());
             }
             let frames: Vec<Outgoing> = match &their_verkey {
