@@ -755,7 +755,10 @@ async fn a_lapsed_http_lease_reaches_the_live_socket() {
     };
     assert_eq!(contents(&recipient, &pushed), vec!["a"]);
     let st = stats(&s).await;
-    assert_eq!(st["delivered_total"], 2, "the poll's and the socket's: {st}");
+    assert_eq!(
+        st["delivered_total"], 2,
+        "the poll's and the socket's: {st}"
+    );
     assert_eq!(st["forwarded_total"], 1, "{st}");
 }
 
