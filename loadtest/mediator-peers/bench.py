@@ -26,9 +26,12 @@ Install (once, from the repo root):
 Run (from the repo root; one fresh mediator per run):
   python3 loadtest/mediator-peers/bench.py idstack --n 200  --json idstack-200.json
   python3 loadtest/mediator-peers/bench.py idstack --n 2000 --json idstack-2000.json
+  python3 loadtest/mediator-peers/bench.py idstack --n 200  --pickup implicit --handshake connections
   python3 loadtest/mediator-peers/bench.py acapy   --n 200  --acapy /tmp/acapy-venv/bin/aca-py
   python3 loadtest/mediator-peers/bench.py acapy   --n 200  --acapy /tmp/acapy17-venv/bin/aca-py
   python3 loadtest/mediator-peers/bench.py credo   --n 200
+A message that never arrives shows as `missing` once --timeout has passed (the run still reports).
+BENCHMARKS.md has the table these produce.
 Environment knobs: IDSTACK__* (e.g. IDSTACK__MEDIATOR__FLUSH_BEFORE_ACK=false) reach the idstack
 mediator; ACAPY_LOG_LEVEL=info, CREDO_VERBOSE=1 and CREDO_TRACE=1 (every DIDComm plaintext the two
 agents pack or unpack, with a time stamp, in their logs) for looking into a run.
@@ -202,14 +205,15 @@ class Agent:
             ["node", "credo/credo-mediation.mjs", "--label", label], cwd=INTEROP,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True, bufsize=1)
 
-    def ask(self, **cmd):
+    def ask(self, partial=False, **cmd):
+        """One command; `partial`: an answer with ok false (a timeout) is returned, not raised."""
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"{self.label} died; see its log")
         r = json.loads(line)
-        if not r.get("ok"):
+        if not r.get("ok") and not (partial and "messages" in r):
             raise RuntimeError(f"{self.label} {cmd.get('cmd')}: {r.get('error')}")
         return r
 
@@ -261,7 +265,11 @@ def run(args):
         log(f"sending {args.n}")
         bob.ask(cmd="sendMessages", connectionId=cid, prefix="m", count=args.n, stamp=True)
         t_sent = time.time()
-        got = alice.ask(cmd="messages", expect=w + args.n, timeoutMs=args.timeout * 1000, times=True)
+        # a mediator that loses messages shows as `missing` (after --timeout), not as a crash
+        got = alice.ask(cmd="messages", expect=w + args.n, timeoutMs=args.timeout * 1000, times=True,
+                        partial=True)
+        if not got.get("ok"):
+            log(f"not everything arrived: {got.get('error')}")
         cpu1 = cpu_seconds(med.pid)
         mem = mem_kib(med.pid)
         time.sleep(0.5)  # let the last acknowledgements land before reading the counters
@@ -283,7 +291,7 @@ def run(args):
         res = {
             "mediator": args.mediator, "version": med.version, "pickup": pickup, "n": args.n, "warmup": w,
             "received": len(lat), "missing": len(missing), "duplicates": len(dups),
-            "seconds": round(dur, 3), "msg_per_s": round(args.n / dur, 1),
+            "seconds": round(dur, 3), "msg_per_s": round(len(lat) / dur, 1),
             "ms_per_msg": round(dur * 1000 / args.n, 2),
             "send_phase_s": round(t_sent - t0, 3),
             "latency_ms": {"p50": round(pct(lat, 50), 1), "p90": round(pct(lat, 90), 1),
