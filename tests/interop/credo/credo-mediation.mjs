@@ -43,23 +43,10 @@
 // (credo packs per service tried: a message the transport restriction refused for the first service shows twice).
 // Transport restriction: on the mediator connection only `transport` is used (the other scheme is refused and
 // credo falls through to the next service of the mediator's DID document), so the mediator must offer it.
+import { out } from './stdio.mjs'; // first: askar library path, stdout kept for the protocol
 import crypto from 'node:crypto';
-import fs from 'node:fs';
 import http from 'node:http';
-import path from 'node:path';
 import readline from 'node:readline';
-import { fileURLToPath } from 'node:url';
-
-const here = path.dirname(fileURLToPath(import.meta.url));
-if (!process.env.LIB_ASKAR_PATH) {
-  const local = path.join(here, 'lib', 'x', 'aries_askar');
-  if (fs.existsSync(path.join(local, 'libaries_askar.so'))) process.env.LIB_ASKAR_PATH = local;
-}
-
-// Anything written to stdout that is not a protocol answer would corrupt the protocol: send
-// console.log/info/debug to stderr, and keep a private handle on the real stdout.
-const out = process.stdout.write.bind(process.stdout);
-for (const m of ['log', 'info', 'debug', 'warn']) console[m] = (...a) => process.stderr.write(a.map(String).join(' ') + '\n');
 
 const argv = process.argv.slice(2);
 const labelIdx = argv.indexOf('--label');

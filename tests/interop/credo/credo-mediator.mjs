@@ -10,18 +10,8 @@
 // credo's default in-memory queue (nothing survives a restart, unlike idstack's flushed queue).
 // Prints one JSON line on stdout when ready: {"ok":true,"invitation_url":...,"http":...,"ws":...}.
 // Logs go to stderr (CREDO_VERBOSE=1 for credo's debug logger). SIGTERM: clean shutdown.
+import { out } from './stdio.mjs'; // first: askar library path, stdout kept for the protocol
 import crypto from 'node:crypto';
-import fs from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-
-const here = path.dirname(fileURLToPath(import.meta.url));
-if (!process.env.LIB_ASKAR_PATH) {
-  const local = path.join(here, 'lib', 'x', 'aries_askar');
-  if (fs.existsSync(path.join(local, 'libaries_askar.so'))) process.env.LIB_ASKAR_PATH = local;
-}
-const out = process.stdout.write.bind(process.stdout);
-for (const m of ['log', 'info', 'debug', 'warn']) console[m] = (...a) => process.stderr.write(a.map(String).join(' ') + '\n');
 
 const argv = process.argv.slice(2);
 const portIdx = argv.indexOf('--port');
