@@ -729,6 +729,39 @@ async fn each_message_goes_out_once_whichever_transport_asks() {
     );
 }
 
+/// A poll that never acknowledges leases its messages until the lease runs out; a live socket
+/// opened meanwhile gets them then, without another forward arriving to wake it.
+#[tokio::test]
+async fn a_lapsed_http_lease_reaches_the_live_socket() {
+    let s = Server::builder()
+        .env("IDSTACK__MEDIATOR__PICKUP_LEASE_SECONDS", "2")
+        .start()
+        .await;
+    let (conn, recipient) = mediated(&s).await;
+    assert_eq!(send_forward(&s, &conn, &recipient, "a").await.status(), 202);
+    let d = conn
+        .request(pickup::delivery_request(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(contents(&recipient, &pickup::attachments(&d)), vec!["a"]);
+    let mut ws = conn.websocket().await.unwrap();
+    ws.live(true).await.unwrap();
+    let pushed = loop {
+        let m = ws.recv(Duration::from_secs(20)).await.unwrap();
+        if m["@type"].as_str().unwrap().ends_with("/delivery") {
+            break pickup::attachments(&m);
+        }
+    };
+    assert_eq!(contents(&recipient, &pushed), vec!["a"]);
+    let st = stats(&s).await;
+    assert_eq!(
+        st["delivered_total"], 2,
+        "the poll's and the socket's: {st}"
+    );
+    assert_eq!(st["forwarded_total"], 1, "{st}");
+}
+
 /// Implicit pickup (ACA-Py's way, credo's `Implicit`): return-route `all` on the recipient's own
 /// connection gets the queued envelopes themselves, on a WebSocket and in an HTTP response.
 #[tokio::test]

@@ -145,6 +145,7 @@ async fn run_socket(
     let mut last_seen = tokio::time::Instant::now();
     // Inbound frames are handled one at a time, in order, so a client's flood only delays itself.
     let close_reason = loop {
+        let pump_at = socket.pump_deadline();
         tokio::select! {
             frame = stream.recv() => {
                 let Some(frame) = frame else { break None };
@@ -203,6 +204,13 @@ async fn run_socket(
                     break Some(actix_ws::CloseReason { code: actix_ws::CloseCode::Away, description: Some("idle".into()) });
                 }
                 if session.ping(b"").await.is_err() { break None }
+            }
+            // A delivery held back waiting for `messages-received` goes out after a short wait
+            // even without it; messages an HTTP pickup leased come back when the lease ends.
+            _ = async { if let Some(d) = pump_at { tokio::time::sleep_until(d.into()).await } }, if pump_at.is_some() => {
+                if let Err(e) = Box::pin(svc.pump(&socket)).await {
+                    tracing::warn!(error = %e, "live delivery failed");
+                }
             }
         }
     };

@@ -8,7 +8,7 @@
 //! live-mode switch redelivers everything unacknowledged.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -39,6 +39,16 @@ const LEGACY_PREFIX: &str = "did:sov:BzCbsNYhMrjHiqZDTUASHg;spec/";
 const DELIVERY_BATCH: usize = 50;
 /// Most messages handed to one socket and not yet acknowledged; beyond it the pump waits.
 const MAX_INFLIGHT: usize = 500;
+/// Live mode: most `delivery` messages on one socket awaiting their `messages-received`. While one
+/// is out, what arrives waits and goes in the next delivery (up to `DELIVERY_BATCH`): a recipient
+/// slower than its senders gets fewer, fuller deliveries instead of one per message, each of which
+/// costs it an unpack, a `messages-received` and a `status` (credo-ts 0.6.3 fell behind at about
+/// 10 msg/s on 2 shared cores with one message per delivery; see BENCHMARKS.md).
+const LIVE_WINDOW: usize = 1;
+/// Longest a held-back message waits for the answer to the delivery before it: then it goes out
+/// anyway (a socket timer), so a client that is slow to acknowledge, or never does, still gets
+/// new messages at once, just gathered in fewer deliveries.
+const ACK_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A frame for a WebSocket. `implicit` names the queued message (connection, id) the frame
 /// carries raw (implicit pickup): it is deleted from the queue once the frame is written.
@@ -66,6 +76,14 @@ pub struct Socket {
     mode: Mutex<Option<(String, Mode)>>,
     /// Message ids delivered on this socket and not yet acknowledged.
     inflight: Mutex<HashSet<String>>,
+    /// Live mode: deliveries sent on this socket and not yet answered by `messages-received`, and
+    /// when the last one went out.
+    unanswered: AtomicUsize,
+    last_delivery: Mutex<Option<std::time::Instant>>,
+    /// When the pump must run again without being woken: a delivery held back for want of an
+    /// answer (`ACK_WAIT` after the last one), or messages another transport leased whose lease
+    /// runs out (nothing else would wake this socket for them).
+    pump_at: Mutex<Option<std::time::Instant>>,
     /// The client spoke a pickup protocol on this socket: it picks up explicitly, never implicitly.
     pickup_client: AtomicBool,
     closed: AtomicBool,
@@ -79,6 +97,9 @@ impl Socket {
             tx,
             mode: Mutex::new(None),
             inflight: Mutex::default(),
+            unanswered: AtomicUsize::new(0),
+            last_delivery: Mutex::new(None),
+            pump_at: Mutex::new(None),
             pickup_client: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             wake: Notify::new(),
@@ -94,6 +115,42 @@ impl Socket {
     }
     fn inflight_len(&self) -> usize {
         self.inflight.lock().map(|g| g.len()).unwrap_or(0)
+    }
+    /// Live mode: when `LIVE_WINDOW` deliveries are out and the last one went out less than
+    /// `ACK_WAIT` ago, the moment the next may go out without an answer.
+    fn awaiting_answer_until(&self) -> Option<std::time::Instant> {
+        if self.unanswered.load(Ordering::Relaxed) < LIVE_WINDOW {
+            return None;
+        }
+        let until = self.last_delivery.lock().ok().and_then(|g| *g)? + ACK_WAIT;
+        (until > std::time::Instant::now()).then_some(until)
+    }
+    /// When the pump must run again even if nothing wakes it.
+    pub fn pump_deadline(&self) -> Option<std::time::Instant> {
+        self.pump_at.lock().ok().and_then(|g| *g)
+    }
+    fn set_pump_deadline(&self, at: Option<std::time::Instant>) {
+        if let Ok(mut g) = self.pump_at.lock() {
+            *g = at;
+        }
+    }
+    fn delivery_sent(&self) {
+        self.unanswered.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut g) = self.last_delivery.lock() {
+            *g = Some(std::time::Instant::now());
+        }
+    }
+    /// A `messages-received` for ids this socket was handed; `all_answered`: nothing it was
+    /// handed is unacknowledged any more (so no delivery awaits an answer, whatever the count
+    /// says: a client may answer two deliveries at once, or leave one unanswered).
+    fn delivery_answered(&self, all_answered: bool) {
+        if all_answered {
+            self.unanswered.store(0, Ordering::Relaxed);
+        } else {
+            let _ = self
+                .unanswered
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
     }
 }
 
@@ -985,10 +1042,23 @@ impl MediatorService {
                     .filter_map(|v| v.as_str().map(str::to_string))
                     .collect();
                 self.acknowledge(&conn.id, &ids, socket).await?;
-                Some(reply(
-                    "messagepickup/2.0/status",
-                    self.status(&conn.id, &json!({}), socket).await?,
-                ))
+                let live_here =
+                    socket.is_some_and(|s| s.live_connection().as_deref() == Some(&conn.id));
+                if live_here {
+                    // Live mode on this socket: whatever waits is pushed here as soon as this
+                    // acknowledgement lets the next delivery out, so nothing waits for a
+                    // delivery-request (credo answers a non-zero count with one: a second round
+                    // trip, and a second delivery, for messages already on their way).
+                    Some(reply(
+                        "messagepickup/2.0/status",
+                        json!({"message_count": 0, "live_delivery": true}),
+                    ))
+                } else {
+                    Some(reply(
+                        "messagepickup/2.0/status",
+                        self.status(&conn.id, &json!({}), socket).await?,
+                    ))
+                }
             }
             ("messagepickup/2.0", "live-delivery-change") => {
                 let on = msg
@@ -1450,6 +1520,23 @@ impl MediatorService {
         Ok(out)
     }
 
+    /// When the first HTTP lease on `conn_id`'s messages runs out (they are offered again then).
+    fn http_lease_end(&self, conn_id: &str) -> Option<std::time::Instant> {
+        let now = self.now();
+        let first = self
+            .book()
+            .leases
+            .get(conn_id)?
+            .values()
+            .filter_map(|h| match h {
+                Holder::Http { until_ms } if *until_ms > now => Some(*until_ms),
+                _ => None,
+            })
+            .min()?;
+        let wait = u64::try_from(first - now).unwrap_or(0);
+        Some(std::time::Instant::now() + std::time::Duration::from_millis(wait))
+    }
+
     /// Gives back leases `socket` took and did not get onto the wire.
     fn release(&self, conn_id: &str, s: &Arc<Socket>, ids: &[String]) {
         {
@@ -1546,10 +1633,16 @@ impl MediatorService {
             }
         }
         for h in holders {
+            let mut held = false;
+            let mut empty = false;
             if let Ok(mut g) = h.inflight.lock() {
                 for id in &ids {
-                    g.remove(id.as_str());
+                    held |= g.remove(id.as_str());
                 }
+                empty = g.is_empty();
+            }
+            if held {
+                h.delivery_answered(empty);
             }
             h.wake.notify_one();
         }
@@ -1736,7 +1829,14 @@ impl MediatorService {
                 None => return Ok(()),
             },
         };
+        s.set_pump_deadline(None);
         loop {
+            if mode == Mode::Live {
+                if let Some(until) = s.awaiting_answer_until() {
+                    s.set_pump_deadline(Some(until));
+                    return Ok(());
+                }
+            }
             let room = MAX_INFLIGHT.saturating_sub(s.inflight_len());
             // The socket task that drains `tx` is the one running this pump: never wait on a full
             // channel; what is left goes out on the next wake (every acknowledgement wakes it).
@@ -1750,6 +1850,7 @@ impl MediatorService {
             };
             let batch = self.claim(&conn_id, Some(s), want, None).await?;
             if batch.is_empty() {
+                s.set_pump_deadline(self.http_lease_end(&conn_id));
                 return Ok(());
             }
             let frames: Vec<Outgoing> = match &their_verkey {
@@ -1783,6 +1884,9 @@ impl MediatorService {
             if !unsent.is_empty() {
                 self.release(&conn_id, s, &unsent);
                 return Ok(());
+            }
+            if their_verkey.is_some() {
+                s.delivery_sent();
             }
         }
     }

@@ -16,9 +16,12 @@
 //   {"cmd":"receiveInvitation","invitationUrl":...,"timeoutMs":20000} -> {"ok":true,"connection_id":...}
 //   {"cmd":"sendMessage","connectionId":...,"content":"..."}        -> {"ok":true}
 //   {"cmd":"sendMessages","connectionId":...,"prefix":"m","count":N} -> {"ok":true,"sent":N} ("m-0" … "m-(N-1)")
+//       one after the other (each send awaited); with "stamp":true each content gets "@<send start, epoch ms>"
+//       appended (for the benchmark in loadtest/mediator-peers/)
 //   {"cmd":"messages","expect":N,"contains":["..."],"timeoutMs":20000}
 //       waits until N basic messages have been received in total (and every `contains` content is among them;
 //       optional) -> {"ok":true,"messages":[all contents in arrival order],"duplicates":[contents seen twice+]}
+//       (with "times":true also "received_at":[epoch ms, fractional, when credo emitted each message's event])
 //       (on timeout: {"ok":false,"error":...,"messages":[...],"duplicates":[...]})
 //   {"cmd":"pingMediator","timeoutMs":10000}      -> {"ok":true,"rtt_ms":...}   (trust ping, response requested)
 //   {"cmd":"stopPickup"}    stop the pickup loop and close the WebSocket(s) to the mediator -> {"ok":true,"closed_sockets":n}
@@ -40,23 +43,10 @@
 // (credo packs per service tried: a message the transport restriction refused for the first service shows twice).
 // Transport restriction: on the mediator connection only `transport` is used (the other scheme is refused and
 // credo falls through to the next service of the mediator's DID document), so the mediator must offer it.
+import { out } from './stdio.mjs'; // first: askar library path, stdout kept for the protocol
 import crypto from 'node:crypto';
-import fs from 'node:fs';
 import http from 'node:http';
-import path from 'node:path';
 import readline from 'node:readline';
-import { fileURLToPath } from 'node:url';
-
-const here = path.dirname(fileURLToPath(import.meta.url));
-if (!process.env.LIB_ASKAR_PATH) {
-  const local = path.join(here, 'lib', 'x', 'aries_askar');
-  if (fs.existsSync(path.join(local, 'libaries_askar.so'))) process.env.LIB_ASKAR_PATH = local;
-}
-
-// Anything written to stdout that is not a protocol answer would corrupt the protocol: send
-// console.log/info/debug to stderr, and keep a private handle on the real stdout.
-const out = process.stdout.write.bind(process.stdout);
-for (const m of ['log', 'info', 'debug', 'warn']) console[m] = (...a) => process.stderr.write(a.map(String).join(' ') + '\n');
 
 const argv = process.argv.slice(2);
 const labelIdx = argv.indexOf('--label');
@@ -86,6 +76,8 @@ let pickupStrategy = DidCommMediatorPickupStrategy.None;
 let ownEndpoint = null;
 let pickupActive = false;
 const received = []; // basic message contents, in arrival order
+const receivedAt = []; // epoch ms (fractional) of each, same order
+const nowMs = () => performance.timeOrigin + performance.now();
 const waiters = new Set(); // () => void, re-checked on every received message
 const connectionOobCache = new Map(); // connectionId -> outOfBandId
 
@@ -255,6 +247,7 @@ async function startAgent({ mediatorInvitationUrl = null, pickup = 'live', trans
     const { message, basicMessageRecord } = e.payload;
     if (basicMessageRecord.role !== DidCommBasicMessageRole.Receiver) return;
     received.push(message.content);
+    receivedAt.push(nowMs());
     log(`basic message #${received.length} from ${basicMessageRecord.connectionId}: ${message.content}`);
     for (const w of [...waiters]) w();
   });
@@ -343,11 +336,13 @@ async function cmdSendMessage({ connectionId, content }) {
 }
 
 // {"cmd":"sendMessages","connectionId":...,"prefix":"m","count":N} sends "<prefix>-0" … "<prefix>-(N-1)" in order.
-async function cmdSendMessages({ connectionId, prefix = 'm', count = 1 }) {
+async function cmdSendMessages({ connectionId, prefix = 'm', count = 1, stamp = false }) {
   requireAgent();
   if (typeof connectionId !== 'string') throw new Error('connectionId must be a string');
   if (!Number.isInteger(count) || count < 1) throw new Error('count must be a positive integer');
-  for (let i = 0; i < count; i++) await agent.didcomm.basicMessages.sendMessage(connectionId, `${prefix}-${i}`);
+  for (let i = 0; i < count; i++) {
+    await agent.didcomm.basicMessages.sendMessage(connectionId, stamp ? `${prefix}-${i}@${nowMs()}` : `${prefix}-${i}`);
+  }
   return { sent: count };
 }
 
@@ -358,7 +353,7 @@ function duplicates() {
   return [...dup];
 }
 
-async function cmdMessages({ expect = 0, contains = [], timeoutMs = 20000 }) {
+async function cmdMessages({ expect = 0, contains = [], timeoutMs = 20000, times = false }) {
   requireAgent();
   if (!Number.isInteger(expect) || expect < 0) throw new Error('expect must be a non-negative integer');
   if (!Array.isArray(contains) || !contains.every((c) => typeof c === 'string')) throw new Error('contains must be an array of strings');
@@ -374,10 +369,10 @@ async function cmdMessages({ expect = 0, contains = [], timeoutMs = 20000 }) {
   if (!satisfied()) {
     const missing = contains.filter((c) => !received.includes(c));
     const e = new Error(`timeout after ${timeoutMs} ms: received ${received.length} of ${expect} basic messages${missing.length ? `, missing ${JSON.stringify(missing)}` : ''}`);
-    e.extra = { messages: [...received], duplicates: duplicates() };
+    e.extra = { messages: [...received], duplicates: duplicates(), ...(times ? { received_at: [...receivedAt] } : {}) };
     throw e;
   }
-  return { messages: [...received], duplicates: duplicates() };
+  return { messages: [...received], duplicates: duplicates(), ...(times ? { received_at: [...receivedAt] } : {}) };
 }
 
 async function cmdPingMediator({ timeoutMs = 10000 }) {
