@@ -162,25 +162,14 @@ async fn credo_holder_receives_and_presents_both_jwt_formats() {
             .json()
             .await
             .unwrap();
-        let out = Command::new("node")
-            .current_dir(interop_dir())
-            .args([
-                "credo/credo-holder.mjs",
-                "--offer",
-                offer["offer_uri"].as_str().unwrap(),
-                "--tx-code",
-                offer["tx_code"].as_str().unwrap(),
-                "--present",
-                session["authorization_request"].as_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{config}: credo failed:\n{}\n{stdout}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stdout = credo_holder(&[
+            "--offer",
+            offer["offer_uri"].as_str().unwrap(),
+            "--tx-code",
+            offer["tx_code"].as_str().unwrap(),
+            "--present",
+            session["authorization_request"].as_str().unwrap(),
+        ]);
         assert!(stdout.contains("\"ok\":true"), "{config}: {stdout}");
         let result: Value = crate::common::client()
             .get(s.url(&format!(
@@ -205,6 +194,23 @@ async fn credo_holder_receives_and_presents_both_jwt_formats() {
         }
     }
     s.stop();
+}
+
+/// Runs `credo/credo-holder.mjs` (credo-ts 0.6.3) with `args`; its stdout, after asserting success.
+fn credo_holder(args: &[&str]) -> String {
+    let out = Command::new("node")
+        .current_dir(interop_dir())
+        .arg("credo/credo-holder.mjs")
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "credo failed:\n{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 /// mso_mdoc with a third-party holder: credo-ts 0.6.3 receives an mDL from our issuer over
@@ -246,27 +252,16 @@ async fn credo_receives_an_mdl_and_presents_it() {
         .json()
         .await
         .unwrap();
-    let out = Command::new("node")
-        .current_dir(interop_dir())
-        .args([
-            "credo/credo-holder.mjs",
-            "--offer",
-            offer["offer_uri"].as_str().unwrap(),
-            "--tx-code",
-            offer["tx_code"].as_str().unwrap(),
-            "--trust",
-            trust.to_str().unwrap(),
-            "--present",
-            session["authorization_request"].as_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "credo failed:\n{}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    credo_holder(&[
+        "--offer",
+        offer["offer_uri"].as_str().unwrap(),
+        "--tx-code",
+        offer["tx_code"].as_str().unwrap(),
+        "--trust",
+        trust.to_str().unwrap(),
+        "--present",
+        session["authorization_request"].as_str().unwrap(),
+    ]);
     let result: Value = crate::common::client()
         .get(s.url(&format!(
             "/api/verifiers/default/sessions/{}",

@@ -190,8 +190,18 @@ impl VerifierService {
             .trusted(v)
             .await
             .map_err(|e| OAuthError::unless_unavailable(e, OAuthError::server("trust")))?;
-        let transcript = self.mdoc_transcript(session).map_err(OAuthError::server)?;
-        let anchors = self.anchors().await;
+        // Only a session an mdoc can answer pays for the transcript (unsealing the response key)
+        // and the sandbox IACA lookup: one that asks for mso_mdoc, or a presentation definition
+        // (whose wallet names the format).
+        let transcript = if may_carry_mdoc(session) {
+            Some(self.mdoc_transcript(session).map_err(OAuthError::server)?)
+        } else {
+            None
+        };
+        let anchors = match transcript {
+            Some(_) => std::borrow::Cow::Owned(self.anchors().await),
+            None => std::borrow::Cow::Borrowed(&*self.ctx.x509_anchors),
+        };
         let ctx = Ctx {
             dcql_query: session.dcql_query.as_ref(),
             presentation_definition: session.presentation_definition.as_ref(),
@@ -205,7 +215,7 @@ impl VerifierService {
             status_cache: &self.status_cache,
             anchors: &anchors,
             require_status: session.require_status,
-            mdoc_transcript: Some(&transcript),
+            mdoc_transcript: transcript.as_deref(),
         };
         Ok(query::evaluate(&ctx, &vp_token, submission.as_ref()).await)
     }
@@ -278,4 +288,13 @@ impl VerifierService {
             &s.response_uri,
         ))
     }
+}
+
+/// Whether an answer to `s` may hold an mdoc.
+fn may_carry_mdoc(s: &Session) -> bool {
+    s.presentation_definition.is_some()
+        || s.dcql_query
+            .as_ref()
+            .and_then(|q| q["credentials"].as_array())
+            .is_some_and(|cs| cs.iter().any(|c| c["format"] == "mso_mdoc"))
 }
