@@ -171,18 +171,7 @@ async fn credo_holder_receives_and_presents_both_jwt_formats() {
             session["authorization_request"].as_str().unwrap(),
         ]);
         assert!(stdout.contains("\"ok\":true"), "{config}: {stdout}");
-        let result: Value = crate::common::client()
-            .get(s.url(&format!(
-                "/api/verifiers/default/sessions/{}",
-                session["id"].as_str().unwrap()
-            )))
-            .bearer_auth(crate::common::ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let result = session_result(&s, &session).await;
         assert_eq!(result["verified"], true, "{config}: {result}");
         let claims = &result["credentials"][0]["claims"];
         assert_eq!(claims["given_name"], "Erika", "{config}: {claims}");
@@ -220,60 +209,22 @@ fn credo_holder(args: &[&str]) -> String {
 #[tokio::test]
 async fn credo_receives_an_mdl_and_presents_it() {
     let s = Server::start().await;
-    let pem = crate::common::client()
-        .get(s.url("/issuers/default/mdoc-iaca"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
     let dir = tempfile::tempdir().unwrap();
-    let trust = dir.path().join("iaca.pem");
-    std::fs::write(&trust, &pem).unwrap();
-    let claims = json!({
-        "family_name": "Mustermann", "given_name": "Erika", "birth_date": "1984-01-26",
-        "issue_date": "2026-01-01", "expiry_date": "2036-01-01", "issuing_country": "UT",
-        "issuing_authority": "Sandbox DMV", "document_number": "D-123",
-        "driving_privileges": [{"vehicle_category_code": "B", "issue_date": "2026-01-01"}],
-        "un_distinguishing_sign": "D", "age_over_18": true,
-    });
+    let trust = sandbox_iaca(&s, dir.path()).await;
+    let claims = mdl_claims();
     let offer = create_offer(&s, "default", json!({"credential_configuration_ids": ["org.iso.18013.5.1.mDL"], "claims": claims, "tx_code": {"length": 6}})).await;
-    let session: Value = crate::common::client()
-        .post(s.url("/api/verifiers/default/sessions"))
-        .bearer_auth(crate::common::ADMIN_TOKEN)
-        .json(&json!({"dcql_query": {"credentials": [{"id": "mdl", "format": "mso_mdoc",
-            "meta": {"doctype_value": "org.iso.18013.5.1.mDL"},
-            "claims": [{"path": ["org.iso.18013.5.1", "family_name"]}, {"path": ["org.iso.18013.5.1", "age_over_18"]}]}]}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let session = mdl_session(&s).await;
     credo_holder(&[
         "--offer",
         offer["offer_uri"].as_str().unwrap(),
         "--tx-code",
         offer["tx_code"].as_str().unwrap(),
         "--trust",
-        trust.to_str().unwrap(),
+        &trust,
         "--present",
         session["authorization_request"].as_str().unwrap(),
     ]);
-    let result: Value = crate::common::client()
-        .get(s.url(&format!(
-            "/api/verifiers/default/sessions/{}",
-            session["id"].as_str().unwrap()
-        )))
-        .bearer_auth(crate::common::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let result = session_result(&s, &session).await;
     assert_eq!(result["verified"], true, "{result}");
     let c = &result["credentials"][0];
     assert_eq!(c["format"], "mso_mdoc");
@@ -472,4 +423,207 @@ async fn digital_bazaar_vc_verifies_our_ldp_vc() {
         "{out}"
     );
     s.stop();
+}
+
+/// mso_mdoc with the Animo libraries alone (tests/interop/mdoc-holder.mjs): @openid4vc/openid4vci
+/// 0.4.6 receives an mDL and a PID from our issuer, @animo-id/mdoc 0.5.2 verifies issuerAuth
+/// against our sandbox IACA (and the value digests and the device key) and builds the
+/// DeviceResponse that @openid4vc/openid4vp 0.4.6 presents to our verifier, once with
+/// `direct_post` and once with an encrypted `direct_post.jwt` response (whose SessionTranscript
+/// carries the encryption key's thumbprint). A device signature over another nonce, a tampered
+/// element and a document signer the holder does not trust all fail.
+#[tokio::test]
+async fn animo_mdoc_holder_receives_an_mdl_and_a_pid_and_presents_them() {
+    let s = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let trust = sandbox_iaca(&s, dir.path()).await;
+    let mdl = mdl_claims();
+    let pid = json!({
+        "family_name": "Mustermann", "given_name": "Erika", "birth_date": "1984-01-26",
+        "age_over_18": true, "nationality": ["DE"], "issuance_date": "2026-01-01",
+        "expiry_date": "2031-01-01", "issuing_authority": "Sandbox PID Provider", "issuing_country": "UT",
+    });
+    let cases = [
+        (
+            "org.iso.18013.5.1.mDL",
+            "org.iso.18013.5.1",
+            &mdl,
+            ["family_name", "age_over_18"],
+            "birth_date",
+            "direct_post",
+        ),
+        (
+            "eu.europa.ec.eudi.pid.1",
+            "eu.europa.ec.eudi.pid.1",
+            &pid,
+            ["nationality", "age_over_18"],
+            "family_name",
+            "direct_post.jwt",
+        ),
+    ];
+    for (doctype, ns, claims, wanted, withheld, mode) in cases {
+        let session = mdoc_session(&s, doctype, ns, &wanted, mode).await;
+        let out = animo_mdoc(&s, &trust, doctype, claims, &session, None).await;
+        assert_eq!(out["verified"], true, "{out}");
+        assert_eq!(out["doctype"], doctype);
+        assert_eq!(out["namespaces"][ns]["given_name"], "Erika", "{out}");
+        assert_eq!(out["presented"]["status"], 200, "{out}");
+        assert_eq!(out["presented"]["response_mode"], mode, "{out}");
+        let result = session_result(&s, &session).await;
+        assert_eq!(result["verified"], true, "{result}");
+        let got = &result["credentials"][0]["claims"][ns];
+        assert_eq!(got["age_over_18"], true, "{result}");
+        assert_eq!(got[wanted[0]], claims[wanted[0]], "{result}");
+        assert!(
+            got.get(withheld).is_none(),
+            "only the requested elements: {result}"
+        );
+    }
+
+    // attacks from a holder that owns a genuine mDL
+    for (tamper, failed) in [
+        ("transcript", "mdoc_device_auth_failed"),
+        ("element", "mdoc_digest_mismatch"),
+    ] {
+        let session = mdl_session(&s).await;
+        let mdl_type = "org.iso.18013.5.1.mDL";
+        let out = animo_mdoc(&s, &trust, mdl_type, &mdl, &session, Some(tamper)).await;
+        assert_eq!(out["presented"]["status"], 400, "{tamper}: {out}");
+        let why = out["presented"]["body"]["error_description"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(why.contains(failed), "{tamper}: {out}");
+        let result = session_result(&s, &session).await;
+        assert_ne!(result["verified"], true, "{tamper}: {result}");
+    }
+
+    // the holder's own check: a document signer that does not chain to the IACA it trusts
+    let other = rcgen::generate_simple_self_signed(vec!["other-iaca.example".into()]).unwrap();
+    let other_pem = dir.path().join("other.pem");
+    std::fs::write(&other_pem, other.cert.pem()).unwrap();
+    let offer = create_offer(
+        &s,
+        "default",
+        json!({"credential_configuration_ids": ["org.iso.18013.5.1.mDL"], "claims": mdl}),
+    )
+    .await;
+    let out = Command::new("node")
+        .current_dir(interop_dir())
+        .args([
+            "mdoc-holder.mjs",
+            "--offer",
+            offer["offer_uri"].as_str().unwrap(),
+        ])
+        .args(["--trust", other_pem.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "an untrusted document signer was accepted"
+    );
+    s.stop();
+}
+
+/// mdoc-holder.mjs receives a `doctype` mdoc with `claims` from the default issuer (trusting the
+/// IACA in file `trust`) and presents it to `session`, tampered with as `tamper` says.
+async fn animo_mdoc(
+    s: &Server,
+    trust: &str,
+    doctype: &str,
+    claims: &Value,
+    session: &Value,
+    tamper: Option<&str>,
+) -> Value {
+    let offer = create_offer(
+        s,
+        "default",
+        json!({"credential_configuration_ids": [doctype], "claims": claims}),
+    )
+    .await;
+    let mut args = vec![
+        "--offer",
+        offer["offer_uri"].as_str().unwrap(),
+        "--trust",
+        trust,
+    ];
+    args.extend([
+        "--present",
+        session["authorization_request"].as_str().unwrap(),
+    ]);
+    if let Some(t) = tamper {
+        args.extend(["--tamper", t]);
+    }
+    node("mdoc-holder.mjs", &args)
+}
+
+/// The claims of the sandbox mDL the tests issue.
+fn mdl_claims() -> Value {
+    json!({
+        "family_name": "Mustermann", "given_name": "Erika", "birth_date": "1984-01-26",
+        "issue_date": "2026-01-01", "expiry_date": "2036-01-01", "issuing_country": "UT",
+        "issuing_authority": "Sandbox DMV", "document_number": "D-123",
+        "driving_privileges": [{"vehicle_category_code": "B", "issue_date": "2026-01-01"}],
+        "un_distinguishing_sign": "D", "age_over_18": true,
+    })
+}
+
+/// A verifier session asking for the mDL's family_name and age_over_18 (`direct_post`).
+async fn mdl_session(s: &Server) -> Value {
+    let elements = ["family_name", "age_over_18"];
+    mdoc_session(
+        s,
+        "org.iso.18013.5.1.mDL",
+        "org.iso.18013.5.1",
+        &elements,
+        "direct_post",
+    )
+    .await
+}
+
+/// A verifier session asking for `elements` of `ns` in one `doctype` mdoc, answered with `mode`.
+async fn mdoc_session(s: &Server, doctype: &str, ns: &str, elements: &[&str], mode: &str) -> Value {
+    let claims: Vec<Value> = elements.iter().map(|e| json!({"path": [ns, e]})).collect();
+    crate::common::client()
+        .post(s.url("/api/verifiers/default/sessions"))
+        .bearer_auth(crate::common::ADMIN_TOKEN)
+        .json(&json!({"response_mode": mode, "dcql_query": {"credentials": [{"id": "doc", "format": "mso_mdoc",
+            "meta": {"doctype_value": doctype}, "claims": claims}]}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The default issuer's sandbox IACA, written as PEM into `dir`; returns the file's path.
+async fn sandbox_iaca(s: &Server, dir: &Path) -> String {
+    let pem = crate::common::client()
+        .get(s.url("/issuers/default/mdoc-iaca"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    let path = dir.join("iaca.pem");
+    std::fs::write(&path, pem).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// The verifier's view of `session` (admin API).
+async fn session_result(s: &Server, session: &Value) -> Value {
+    crate::common::client()
+        .get(s.url(&format!(
+            "/api/verifiers/default/sessions/{}",
+            session["id"].as_str().unwrap()
+        )))
+        .bearer_auth(crate::common::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
