@@ -58,15 +58,13 @@ impl IssuerService {
             if let Some(end) = end {
                 return Ok(end - STATUS_BLOCK);
             }
-            // first credential of this issuer
-            if self
-                .ctx
+            // first credential of this issuer: create the counter at 0, then reserve through
+            // the update above like every later block (in a cluster's consistent mode that
+            // update is held by a majority; two inserts of 0 at once cannot both hand out 0)
+            self.ctx
                 .store
-                .insert_new_json(ks::COUNTERS, &key, &STATUS_BLOCK, None)
-                .await?
-            {
-                return Ok(0);
-            }
+                .insert_new_json(ks::COUNTERS, &key, &0u64, None)
+                .await?;
         }
     }
 
