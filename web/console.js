@@ -62,7 +62,9 @@ async function refreshTenants() {
       ${Object.keys(i.credential_configurations).map(esc).join(', ')}</p>`).join('');
     const def = issuers.find((i) => i.id === 'default');
     if (def && !$('demo-config').options.length) {
+      demo.configs = def.credential_configurations;
       for (const id of Object.keys(def.credential_configurations)) $('demo-config').add(new Option(id, id));
+      demoClaims();
     }
     const verifiers = await api('/api/verifiers');
     $('verifiers').innerHTML = '<h3>Verifiers</h3>' + verifiers.map((v) => `<p><b>${esc(v.id)}</b> ${esc(v.display_name)} ${v.did ? '— <code>' + esc(v.did) + '</code>' : ''}</p>`).join('');
@@ -84,7 +86,39 @@ function qr(data) {
 }
 
 // ---- guided demo ----------------------------------------------------------------------------
-const demo = { offer: null, wallet: null, walletToken: null, request: null, session: null };
+const demo = { configs: {}, offer: null, wallet: null, walletToken: null, request: null, session: null };
+
+// Sample values for the mdoc data elements the built-in mDL and PID configurations ask for.
+function mdocSample(name) {
+  const today = new Date().toISOString().slice(0, 10);
+  const inFiveYears = `${Number(today.slice(0, 4)) + 5}${today.slice(4)}`;
+  const samples = {
+    family_name: 'Demo', given_name: $('demo-given').value, birth_date: '1990-01-01', issue_date: today,
+    issuance_date: today, expiry_date: inFiveYears, issuing_country: 'UT', issuing_authority: 'idstack sandbox',
+    document_number: 'D-0001', un_distinguishing_sign: 'UT', age_over_18: true, nationality: ['UT'],
+    driving_privileges: [{ vehicle_category_code: 'B', issue_date: today }],
+  };
+  return samples[name];
+}
+
+// The selected configuration: its format, and for mdocs its doctype and namespace.
+function demoConfig() {
+  const id = $('demo-config').value;
+  const c = demo.configs[id] ?? {};
+  const namespace = c.namespace ?? (c.doctype === 'org.iso.18013.5.1.mDL' ? 'org.iso.18013.5.1' : c.doctype);
+  return { id, format: c.format, doctype: c.doctype, namespace, claims: (c.claims ?? []).map((x) => x.name) };
+}
+
+// The claims a verifier may ask for: those of the selected configuration.
+function demoClaims() {
+  const { claims } = demoConfig();
+  const select = $('demo-claim');
+  const keep = select.value;
+  select.innerHTML = '';
+  for (const name of claims) select.add(new Option(name, name));
+  if (claims.includes(keep)) select.value = keep;
+}
+$('demo-config').addEventListener('change', demoClaims);
 
 async function demoWallet() {
   if (demo.walletToken) return;
@@ -112,9 +146,12 @@ step('mediator-invite', 'mediator-invitation', async () => {
 });
 
 step('demo-offer', 'offer-out', async () => {
-  const config = $('demo-config').value;
+  const config = demoConfig();
+  const claims = config.format === 'mso_mdoc'
+    ? Object.fromEntries(config.claims.map((n) => [n, mdocSample(n)]).filter(([, v]) => v !== undefined))
+    : { given_name: $('demo-given').value, family_name: 'Demo', email: $('demo-email').value };
   const o = await api('/api/issuers/default/offers', { method: 'POST', body: JSON.stringify({
-    credential_configuration_ids: [config], claims: { given_name: $('demo-given').value, family_name: 'Demo', email: $('demo-email').value } }) });
+    credential_configuration_ids: [config.id], claims }) });
   demo.offer = o;
   $('offer-out').innerHTML = `${qr(o.offer_uri)}<br><a id="offer-link" href="${esc(o.offer_uri)}">${esc(o.offer_uri)}</a>`;
   $('demo-offer').disabled = false;
@@ -130,10 +167,11 @@ step('demo-accept', 'accept-out', async () => {
 
 step('demo-request', 'request-out', async () => {
   const claim = $('demo-claim').value;
-  const config = $('demo-config').value;
-  const format = config.endsWith('dc_sd_jwt') ? 'dc+sd-jwt' : config.endsWith('ldp_vc') ? 'ldp_vc' : 'jwt_vc_json';
-  const path = format === 'dc+sd-jwt' ? [claim] : ['credentialSubject', claim];
-  const s = await api('/api/verifiers/default/sessions', { method: 'POST', body: JSON.stringify({ dcql_query: { credentials: [{ id: 'demo', format, meta: {}, claims: [{ path }] }] } }) });
+  const { format, doctype, namespace } = demoConfig();
+  const query = format === 'mso_mdoc'
+    ? { id: 'demo', format, meta: { doctype_value: doctype }, claims: [{ path: [namespace, claim] }] }
+    : { id: 'demo', format, meta: {}, claims: [{ path: format === 'dc+sd-jwt' ? [claim] : ['credentialSubject', claim] }] };
+  const s = await api('/api/verifiers/default/sessions', { method: 'POST', body: JSON.stringify({ dcql_query: { credentials: [query] } }) });
   demo.session = s;
   $('request-out').innerHTML = `${qr(s.authorization_request)}<br><code>${esc(s.authorization_request)}</code>`;
   $('demo-request').disabled = false;

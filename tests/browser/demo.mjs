@@ -1,10 +1,11 @@
 // Runs the console's guided demo end to end in headless Chromium and saves a screenshot.
-// usage: node demo.mjs --url http://127.0.0.1:PORT --token <admin token> --screenshot out.png [--cluster-node ID]
+// usage: node demo.mjs --url http://127.0.0.1:PORT --token <admin token> --screenshot out.png [--cluster-node ID] [--mdoc]
 // With --cluster-node, the node is in cluster mode and the status panel must list that member.
+// With --mdoc, the demo runs a second time with the sandbox mDL (mso_mdoc) in the same wallet.
 import { parseArgs } from 'node:util';
 import { chromium } from 'playwright-core';
 
-const { values } = parseArgs({ options: { url: { type: 'string' }, token: { type: 'string' }, screenshot: { type: 'string', default: 'console-demo.png' }, 'cluster-node': { type: 'string' } } });
+const { values } = parseArgs({ options: { url: { type: 'string' }, token: { type: 'string' }, screenshot: { type: 'string', default: 'console-demo.png' }, 'cluster-node': { type: 'string' }, mdoc: { type: 'boolean', default: false } } });
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
@@ -22,24 +23,35 @@ try {
   await page.click('#save-token');
   await page.waitForSelector('#demo-config option', { state: 'attached', timeout: 10000 });
   if (page.url().includes(values.token)) failures.push('the admin token appeared in the URL');
-  await page.selectOption('#demo-config', 'IdentityCredential_dc_sd_jwt');
-  await page.click('#demo-offer');
-  await page.waitForSelector('#offer-out img.qr', { timeout: 10000 });
-  // the element is attached before its image has decoded: wait for it, do not sample once
-  const qrOk = await page.waitForFunction(() => { const img = document.querySelector('#offer-out img.qr'); return img && img.complete && img.naturalWidth > 0; }, null, { timeout: 10000 }).then(() => true, () => false);
-  if (!qrOk) failures.push('the offer QR code did not render');
-  await page.click('#demo-accept');
-  await page.waitForFunction(() => document.querySelector('#accept-out').textContent.includes('Stored'), null, { timeout: 20000 });
-  await page.selectOption('#demo-claim', 'email');
-  await page.click('#demo-request');
-  await page.waitForSelector('#request-out img.qr', { timeout: 10000 });
-  await page.click('#demo-present');
-  await page.waitForSelector('#verdict', { timeout: 20000 });
-  const verdict = await page.textContent('#verdict');
-  const disclosed = JSON.parse(await page.textContent('#disclosed'));
-  if (!verdict.startsWith('Verified')) failures.push(`verdict: ${verdict}`);
-  if (disclosed.email !== 'erika@example.org') failures.push(`disclosed: ${JSON.stringify(disclosed)}`);
-  if ('given_name' in disclosed) failures.push('a claim that was not asked for was disclosed');
+  // One pass of the guided demo: offer `config`, accept it, ask for `claim`, present; returns
+  // the verdict and the claims the verifier received (for mdocs keyed by namespace).
+  async function flow(config, claim, expected, namespace) {
+    await page.selectOption('#demo-config', config);
+    await page.click('#demo-offer');
+    await page.waitForFunction((c) => document.querySelector('#offer-link')?.textContent.includes('offer') && document.querySelector('#demo-accept').disabled === false, config, { timeout: 10000 });
+    // the element is attached before its image has decoded: wait for it, do not sample once
+    const qrOk = await page.waitForFunction(() => { const img = document.querySelector('#offer-out img.qr'); return img && img.complete && img.naturalWidth > 0; }, null, { timeout: 10000 }).then(() => true, () => false);
+    if (!qrOk) failures.push(`${config}: the offer QR code did not render`);
+    await page.click('#demo-accept');
+    await page.waitForFunction(() => document.querySelector('#accept-out').textContent.includes('Stored'), null, { timeout: 20000 });
+    await page.selectOption('#demo-claim', claim);
+    await page.click('#demo-request');
+    await page.waitForSelector('#request-out img.qr', { timeout: 10000 });
+    await page.evaluate(() => { document.querySelector('#result-out').innerHTML = ''; });
+    await page.click('#demo-present');
+    await page.waitForSelector('#verdict', { timeout: 20000 });
+    const verdict = await page.textContent('#verdict');
+    const disclosed = JSON.parse(await page.textContent('#disclosed'));
+    const shown = namespace ? disclosed[namespace] ?? {} : disclosed;
+    if (!verdict.startsWith('Verified')) failures.push(`${config}: verdict: ${verdict}`);
+    if (JSON.stringify(shown[claim]) !== JSON.stringify(expected)) failures.push(`${config}: disclosed: ${JSON.stringify(disclosed)}`);
+    if (claim !== 'given_name' && 'given_name' in shown) failures.push(`${config}: a claim that was not asked for was disclosed`);
+    // the next pass starts from a fresh accept step
+    await page.evaluate(() => { document.querySelector('#accept-out').textContent = ''; });
+    return { verdict, disclosed };
+  }
+  const { verdict, disclosed } = await flow('IdentityCredential_dc_sd_jwt', 'email', 'erika@example.org');
+  const mdoc = values.mdoc ? await flow('org.iso.18013.5.1.mDL', 'age_over_18', true, 'org.iso.18013.5.1') : undefined;
   // Mediator panel: stats shown, invitation as QR and URL.
   await page.waitForFunction(() => document.querySelector('#mediator-did').textContent.startsWith('did:key:'), null, { timeout: 10000 });
   await page.click('#mediator-invite');
@@ -62,7 +74,7 @@ try {
     failures.push(`cluster panel: ${clusterState} ${JSON.stringify(rows)}`);
   }
   await page.screenshot({ path: values.screenshot, fullPage: true });
-  console.log(JSON.stringify({ ok: failures.length === 0, verdict, disclosed, failures, screenshot: values.screenshot }));
+  console.log(JSON.stringify({ ok: failures.length === 0, verdict, disclosed, mdoc, failures, screenshot: values.screenshot }));
 } catch (e) {
   await page.screenshot({ path: values.screenshot, fullPage: true }).catch(() => {});
   console.log(JSON.stringify({ ok: false, failures: [...failures, String(e)] }));
