@@ -293,6 +293,39 @@ fn decoded<'a, T: x509_cert::der::Decode<'a>>(
         .transpose()
 }
 
+/// The subject's countryName (ISO 18013-5 Annex B: an IACA's and its document signers' agree,
+/// and an mdoc's `issuing_country` is it), when the subject has one.
+pub fn country(c: &Certificate) -> Option<String> {
+    const OID_COUNTRY: &str = "2.5.4.6";
+    c.tbs_certificate
+        .subject
+        .0
+        .iter()
+        .flat_map(|rdn| rdn.0.iter())
+        .find(|atv| oid_str(&atv.oid) == OID_COUNTRY)
+        .and_then(|atv| std::str::from_utf8(atv.value.value()).ok())
+        .map(str::to_string)
+}
+
+/// The certificate's subject (RFC 4514 form) and the end of its validity (Unix seconds).
+pub fn subject_and_expiry(c: &Certificate) -> (String, i64) {
+    (
+        c.tbs_certificate.subject.to_string(),
+        c.tbs_certificate
+            .validity
+            .not_after
+            .to_unix_duration()
+            .as_secs() as i64,
+    )
+}
+
+/// Whether `c` is a self-signed CA certificate (a root such as an IACA).
+pub fn is_self_signed_ca(c: &Certificate) -> bool {
+    c.tbs_certificate.subject == c.tbs_certificate.issuer
+        && check_ca(c).is_ok()
+        && verify_signed_by(c, c).is_ok()
+}
+
 /// A certificate that signs another must be a CA allowed to sign certificates.
 fn check_ca(c: &Certificate) -> Result<(), String> {
     let bc: BasicConstraints = decoded(c, OID_BASIC_CONSTRAINTS, "basicConstraints")?

@@ -5,7 +5,10 @@
 //!
 //! A verifier in sandbox mode trusts this IACA next to `x509.trust_anchors`, as it trusts the
 //! deployment's own issuers; in production only the configured anchors count. A production
-//! issuer brings its own IACA-issued chain (not built yet: see docs/ARCHITECTURE.md, mdoc).
+//! issuer brings its own IACA-issued chain ([`import_document_signer`], admin API
+//! `PUT /api/issuers/{issuer}/mdoc-signer`): nothing is created for it in production mode.
+//! Importing is the one deliberate replacement of a document signer (a compare-and-swap on the
+//! record the admin saw); nothing else ever overwrites one.
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -29,6 +32,10 @@ struct Record {
     sealed_key: String,
     /// The certificate, DER (base64).
     cert: String,
+    /// Imported chains: the intermediates between the document signer and its IACA, then the
+    /// IACA itself (DER, base64).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    chain: Vec<String>,
 }
 
 /// A P-256 key with its certificate.
@@ -36,6 +43,30 @@ pub struct Signer {
     pub key: SigningKey,
     /// DER.
     pub cert: Vec<u8>,
+    /// Imported chains: the intermediates (DER), then the IACA; empty for sandbox signers.
+    pub chain: Vec<Vec<u8>>,
+}
+
+impl Signer {
+    /// What goes into issuerAuth's `x5chain`: the document signer and any intermediates (not the
+    /// IACA: verifiers hold it as their anchor).
+    pub fn x5chain(&self) -> Vec<Vec<u8>> {
+        let intermediates = self.chain.len().saturating_sub(1);
+        std::iter::once(self.cert.clone())
+            .chain(self.chain[..intermediates].iter().cloned())
+            .collect()
+    }
+
+    /// The IACA this signer chains to, when it was imported with its chain.
+    pub fn iaca(&self) -> Option<&[u8]> {
+        self.chain.last().map(Vec::as_slice)
+    }
+
+    /// The countryName of the document signer certificate (an mdoc's `issuing_country`).
+    pub fn country(&self) -> Option<String> {
+        let cert = <x509_cert::Certificate as x509_cert::der::Decode>::from_der(&self.cert).ok()?;
+        crate::crypto::x509::country(&cert)
+    }
 }
 
 fn b64() -> base64::engine::GeneralPurpose {
@@ -55,6 +86,11 @@ fn open(ctx: &RoleContext, id: &str, rec: &Record) -> anyhow::Result<(rcgen::Key
         Signer {
             key: SigningKey::P256(key),
             cert: b64().decode(&rec.cert)?,
+            chain: rec
+                .chain
+                .iter()
+                .map(|c| b64().decode(c))
+                .collect::<Result<_, _>>()?,
         },
     ))
 }
@@ -85,6 +121,7 @@ fn new_record(
     Ok(Record {
         sealed_key: b64().encode(sealed),
         cert: b64().encode(cert),
+        chain: Vec::new(),
     })
 }
 
@@ -136,12 +173,16 @@ pub async fn sandbox_anchor(ctx: &RoleContext) -> Option<Vec<u8>> {
     b64().decode(rec.cert).ok()
 }
 
-/// The document signer of issuer tenant `issuer` (created with the IACA on first use): its key
-/// and the x5chain to put into issuerAuth (the document signer certificate).
+/// The document signer of issuer tenant `issuer`: the imported one, or in sandbox mode one
+/// created with the sandbox IACA on first use. Production mode creates nothing: an error says to
+/// import one.
 pub async fn document_signer(ctx: &RoleContext, issuer: &str) -> anyhow::Result<Signer> {
     let id = format!("ds/{issuer}");
     if let Some(b) = ctx.store.get(KEYSPACE, &id).await? {
         return Ok(open(ctx, &id, &serde_json::from_slice(&b)?)?.1);
+    }
+    if ctx.mode != crate::config::Mode::Sandbox {
+        anyhow::bail!("{}", no_signer(issuer));
     }
     let (iaca_pair, iaca_cert, _) = iaca(ctx).await?;
     let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
@@ -161,6 +202,163 @@ pub async fn document_signer(ctx: &RoleContext, issuer: &str) -> anyhow::Result<
     let cert = p.signed_by(&pair, &iaca_cert, &iaca_pair)?;
     let rec = insert_or_get(ctx, &id, new_record(ctx, &id, &pair, cert.der())?).await?;
     Ok(open(ctx, &id, &rec)?.1)
+}
+
+/// Why issuer `issuer` cannot sign mdocs in production mode yet.
+pub fn no_signer(issuer: &str) -> String {
+    format!("issuer `{issuer}` has no mdoc document signer: import its IACA-issued chain with PUT /api/issuers/{issuer}/mdoc-signer")
+}
+
+/// Whether issuer `issuer` has a document signer record (imported, or created in sandbox mode).
+pub async fn has_document_signer(ctx: &RoleContext, issuer: &str) -> anyhow::Result<bool> {
+    Ok(ctx
+        .store
+        .get(KEYSPACE, &format!("ds/{issuer}"))
+        .await?
+        .is_some())
+}
+
+/// A document signer as the admin API shows it (never its key).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SignerInfo {
+    /// The document signer certificate's subject.
+    pub subject: String,
+    /// Its countryName: the `issuing_country` of the mdocs it signs.
+    pub country: Option<String>,
+    /// End of its validity (Unix seconds).
+    pub not_after: i64,
+    /// The IACA's subject (imported chains), or `null` for the sandbox IACA.
+    pub iaca: Option<String>,
+    /// Whether the chain was imported (production) rather than created here (sandbox).
+    pub imported: bool,
+}
+
+/// [`SignerInfo`] of `signer`.
+pub fn info(signer: &Signer) -> anyhow::Result<SignerInfo> {
+    use x509_cert::der::Decode;
+    let cert = x509_cert::Certificate::from_der(&signer.cert)?;
+    let (subject, not_after) = crate::crypto::x509::subject_and_expiry(&cert);
+    let iaca = match signer.iaca() {
+        Some(der) => {
+            Some(crate::crypto::x509::subject_and_expiry(&x509_cert::Certificate::from_der(der)?).0)
+        }
+        None => None,
+    };
+    Ok(SignerInfo {
+        subject,
+        country: crate::crypto::x509::country(&cert),
+        not_after,
+        iaca,
+        imported: !signer.chain.is_empty(),
+    })
+}
+
+/// Why an import was refused (the request's fault) or failed (ours).
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the document signer changed while importing; retry")]
+    Conflict,
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// Largest PEM accepted for a key or a chain.
+const MAX_PEM: usize = 64 * 1024;
+
+/// Imports issuer `issuer`'s document signer: a PKCS#8 P-256 private key (PEM) and its chain
+/// (PEM, document signer first, the IACA last). Checked before anything is stored: the chain
+/// verifies to the IACA (a self-signed CA) and is valid now, the leaf is a document signer (ISO
+/// 18013-5 Annex B: mdlDS extended key usage, digitalSignature, not a CA) whose key is the
+/// private key's, and the document signer and IACA name the same country. Replaces the current
+/// signer by compare-and-swap (a concurrent import wins or this one says to retry).
+pub async fn import_document_signer(
+    ctx: &RoleContext,
+    issuer: &str,
+    private_key_pem: &str,
+    chain_pem: &str,
+) -> Result<SignerInfo, ImportError> {
+    use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+    use x509_cert::der::Encode;
+    let invalid = |m: String| ImportError::Invalid(m);
+    if private_key_pem.len() > MAX_PEM || chain_pem.len() > MAX_PEM {
+        return Err(invalid(format!(
+            "the key and the chain are at most {MAX_PEM} bytes of PEM each"
+        )));
+    }
+    let key = p256::ecdsa::SigningKey::from_pkcs8_pem(private_key_pem).map_err(|_| {
+        invalid("private_key_pem must be a PKCS#8 PEM P-256 private key (ES256)".into())
+    })?;
+    let certs = x509_cert::Certificate::load_pem_chain(chain_pem.as_bytes())
+        .map_err(|e| invalid(format!("certificate_chain_pem: {e}")))?;
+    if certs.len() < 2 || certs.len() > crate::crypto::x509::MAX_CHAIN {
+        return Err(invalid(format!(
+            "certificate_chain_pem must hold the document signer, any intermediates and the IACA last (2 to {} certificates)",
+            crate::crypto::x509::MAX_CHAIN
+        )));
+    }
+    let (iaca, below) = certs
+        .split_last()
+        .ok_or_else(|| invalid("empty chain".into()))?;
+    if !crate::crypto::x509::is_self_signed_ca(iaca) {
+        return Err(invalid(
+            "the last certificate must be the IACA: a self-signed CA certificate".into(),
+        ));
+    }
+    let der =
+        |c: &x509_cert::Certificate| c.to_der().map_err(|e| invalid(format!("certificate: {e}")));
+    let below_der = below.iter().map(der).collect::<Result<Vec<_>, _>>()?;
+    let anchors = crate::crypto::x509::TrustAnchors::default().with([iaca.clone()]);
+    let (leaf_key, leaf) = anchors
+        .chain_key(&below_der, ctx.clock.now_secs())
+        .map_err(|e| invalid(format!("the chain does not verify to its IACA: {e}")))?;
+    crate::crypto::x509::check_document_signer(&leaf).map_err(invalid)?;
+    if leaf_key != SigningKey::P256(key.clone()).verifying_key() {
+        return Err(invalid(
+            "the private key is not the document signer certificate's key".into(),
+        ));
+    }
+    let country = crate::crypto::x509::country(&leaf)
+        .ok_or_else(|| invalid("the document signer certificate has no countryName".into()))?;
+    if crate::crypto::x509::country(iaca).as_deref() != Some(country.as_str()) {
+        return Err(invalid(
+            "the document signer and the IACA must name the same countryName".into(),
+        ));
+    }
+    let id = format!("ds/{issuer}");
+    let pkcs8 = key
+        .to_pkcs8_der()
+        .map_err(|e| ImportError::Internal(e.into()))?;
+    let sealed = ctx
+        .sealer
+        .seal(format!("{KEYSPACE}/{id}").as_bytes(), pkcs8.as_bytes())
+        .map_err(|e| ImportError::Internal(anyhow::anyhow!("sealing the key: {e}")))?;
+    let rec = Record {
+        sealed_key: b64().encode(sealed),
+        cert: b64().encode(&below_der[0]),
+        chain: below_der[1..]
+            .iter()
+            .cloned()
+            .chain([der(iaca)?])
+            .map(|d| b64().encode(d))
+            .collect(),
+    };
+    let current = ctx
+        .store
+        .get(KEYSPACE, &id)
+        .await
+        .map_err(|e| ImportError::Internal(e.into()))?;
+    let bytes = serde_json::to_vec(&rec).map_err(|e| ImportError::Internal(e.into()))?;
+    match ctx
+        .store
+        .compare_and_swap(KEYSPACE, &id, current, Some((bytes, None)))
+        .await
+        .map_err(|e| ImportError::Internal(e.into()))?
+    {
+        Cas::Swapped => Ok(info(&open(ctx, &id, &rec)?.1)?),
+        Cas::Conflict(_) => Err(ImportError::Conflict),
+    }
 }
 
 #[cfg(test)]

@@ -797,23 +797,7 @@ async fn production_verifier_without_trust_refuses_sessions() {
         p["detail"].as_str().unwrap().contains("trusts no issuer"),
         "{p}"
     );
-    let issuer: Value = client()
-        .get(s.url("/api/issuers/default"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let r = client()
-        .post(s.url("/api/verifiers"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"id": "trusting", "signing_key_type": "P-256", "trusted_issuers": [issuer["did"]]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    trusting_verifier(&s, "trusting").await;
     open(&s, "trusting", sd_query()).await;
     s.stop();
 }
@@ -1161,6 +1145,181 @@ async fn mdoc_presentation_definition_descriptor_id_is_the_doctype() {
     assert!(
         !passed && reason.contains("does not answer this descriptor"),
         "{reason}"
+    );
+    s.stop();
+}
+
+/// Creates verifier `id` trusting the default issuer (production mode trusts no issuer unasked).
+async fn trusting_verifier(s: &Server, id: &str) {
+    let issuer: Value = client()
+        .get(s.url("/api/issuers/default"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = client()
+        .post(s.url("/api/verifiers"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"id": id, "signing_key_type": "P-256", "trusted_issuers": [issuer["did"]]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+}
+
+/// An IACA for country `country` and a document signer under it (`edit`ed): (IACA PEM, document
+/// signer certificate PEM, document signer key PKCS#8 PEM).
+fn mdoc_chain(
+    country: &str,
+    edit: impl FnOnce(&mut rcgen::CertificateParams),
+) -> (String, String, String) {
+    let iaca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "Production IACA");
+    p.distinguished_name
+        .push(rcgen::DnType::CountryName, country);
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let iaca = p.self_signed(&iaca_key).unwrap();
+    let ds_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "Production DS");
+    p.distinguished_name
+        .push(rcgen::DnType::CountryName, country);
+    p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::Other(vec![
+        1, 0, 18013, 5, 1, 2,
+    ])];
+    edit(&mut p);
+    let ds = p.signed_by(&ds_key, &iaca, &iaca_key).unwrap();
+    (iaca.pem(), ds.pem(), ds_key.serialize_pem())
+}
+
+/// Production mode creates no sandbox IACA: an mso_mdoc offer is refused (422) until the issuer
+/// imports its own document signer and chain (`PUT /api/issuers/{issuer}/mdoc-signer`). Imports
+/// are checked before anything is stored — a key that is not the certificate's, a leaf that is
+/// no document signer, a chain that does not end at its IACA or lacks it, countries that differ
+/// — and the imported signer then issues mDLs that this node's verifier, anchored to that IACA,
+/// accepts; `issuing_country` must be the document signer's country. The key never comes back.
+#[tokio::test]
+async fn production_issuer_imports_its_mdoc_document_signer_chain() {
+    let (iaca, ds, key) = mdoc_chain("DE", |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let anchors = dir.path().join("iaca.pem");
+    std::fs::write(&anchors, &iaca).unwrap();
+    let s = Server::builder()
+        .env("IDSTACK__SERVER__MODE", "production")
+        .env("IDSTACK__STORE__MASTER_KEY", crate::common::TEST_MASTER_KEY)
+        .env("IDSTACK__X509__TRUST_ANCHORS", anchors.to_str().unwrap())
+        // the verifier fetches the issuer's CWT status list from this same node
+        .env("IDSTACK__HTTP__OUTBOUND__ALLOW_PRIVATE", "loopback")
+        .start()
+        .await;
+    let mdl = "org.iso.18013.5.1.mDL";
+    let claims = |country: &str| {
+        json!({"family_name": "Mustermann", "given_name": "Erika", "birth_date": "1984-01-26",
+        "issue_date": "2026-01-01", "expiry_date": "2036-01-01", "issuing_country": country,
+        "issuing_authority": "Kraftfahrt-Bundesamt", "document_number": "D-1",
+        "driving_privileges": [{"vehicle_category_code": "B"}], "un_distinguishing_sign": "D",
+        "age_over_18": true})
+    };
+    let offer = |claims: Value| {
+        client()
+            .post(s.url("/api/issuers/default/offers"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"credential_configuration_ids": [mdl], "claims": claims}))
+            .send()
+    };
+    let r = offer(claims("DE")).await.unwrap();
+    assert_eq!(r.status(), 422);
+    let p: Value = r.json().await.unwrap();
+    assert!(p["detail"].as_str().unwrap().contains("mdoc-signer"), "{p}");
+    let r = client()
+        .get(s.url("/issuers/default/mdoc-iaca"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "no sandbox IACA in production");
+
+    let import = |key: &str, chain: String| {
+        client()
+            .put(s.url("/api/issuers/default/mdoc-signer"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"private_key_pem": key, "certificate_chain_pem": chain}))
+            .send()
+    };
+    let (other_iaca, other_ds, other_key) = mdoc_chain("DE", |_| {});
+    let (not_ds_iaca, not_ds, not_ds_key) = mdoc_chain("DE", |p| p.extended_key_usages.clear());
+    let (fr_iaca, fr_ds, fr_key) = mdoc_chain("DE", |p| {
+        p.distinguished_name.push(rcgen::DnType::CountryName, "FR")
+    });
+    for (k, chain, why) in [
+        (&other_key, format!("{ds}{iaca}"), "not the document signer"),
+        (
+            &not_ds_key,
+            format!("{not_ds}{not_ds_iaca}"),
+            "extendedKeyUsage",
+        ),
+        (&key, format!("{ds}{other_iaca}"), "does not verify"),
+        (&key, format!("{other_ds}{iaca}"), "does not verify"),
+        (&key, ds.clone(), "IACA"),
+        (&fr_key, format!("{fr_ds}{fr_iaca}"), "same countryName"),
+        (&"not a key".to_string(), format!("{ds}{iaca}"), "PKCS#8"),
+    ] {
+        let r = import(k, chain).await.unwrap();
+        assert_eq!(r.status(), 422, "{why}");
+        let p: Value = r.json().await.unwrap();
+        assert!(p["detail"].as_str().unwrap().contains(why), "{why}: {p}");
+    }
+
+    let r = import(&key, format!("{ds}{iaca}")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let info: Value = r.json().await.unwrap();
+    assert_eq!(info["country"], "DE", "{info}");
+    assert_eq!(info["imported"], true);
+    assert!(!info.to_string().contains("PRIVATE"), "{info}");
+    let pem = client()
+        .get(s.url("/issuers/default/mdoc-iaca"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(pem.trim(), iaca.trim(), "the imported IACA is published");
+
+    // issuing_country must be the document signer's
+    assert_eq!(offer(claims("UT")).await.unwrap().status(), 422);
+    let (device, cred) = full_flow(&s, mdl, claims("DE")).await;
+    let signed =
+        idstack::crypto::b64url_decode(cred["credentials"][0]["credential"].as_str().unwrap())
+            .unwrap();
+    trusting_verifier(&s, "rp").await;
+    let req = open(
+        &s,
+        "rp",
+        json!({"dcql_query": {"credentials": [{"id": "mdl", "format": "mso_mdoc",
+        "meta": {"doctype_value": mdl},
+        "claims": [{"path": ["org.iso.18013.5.1", "family_name"]}]}]}}),
+    )
+    .await;
+    let (status, r) = respond(
+        &s,
+        &req,
+        "mdl",
+        json!(mdoc_present(&device, &signed, mdl, &req)),
+    )
+    .await;
+    assert_eq!((status, &r["verified"]), (200, &json!(true)), "{r}");
+    let key_body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(
+        !s.log().contains(&key_body[..40]),
+        "the private key leaked into the log"
     );
     s.stop();
 }

@@ -33,8 +33,10 @@ pub enum IssuerError {
     Revoked,
     #[error("no such status list")]
     NoStatusList,
-    #[error("no sandbox mdoc IACA here (production mode: bring your own document signer chain)")]
+    #[error("no mdoc document signer here (production mode: import the issuer's chain with PUT /api/issuers/{{issuer}}/mdoc-signer)")]
     NoMdocIaca,
+    #[error("the document signer changed while importing; retry")]
+    SignerChanged,
     /// The mdoc PKI could not be created or opened: ours.
     #[error("mdoc document signer: {0}")]
     Mdoc(String),
@@ -56,7 +58,7 @@ impl ErrorCode for IssuerError {
             | IssuerError::NoStatusList
             | IssuerError::NoMdocIaca => Code::NotFound,
             IssuerError::OfferGone => Code::Gone,
-            IssuerError::Revoked => Code::Conflict,
+            IssuerError::Revoked | IssuerError::SignerChanged => Code::Conflict,
             IssuerError::NoKey(_) | IssuerError::StatusList(_) | IssuerError::Mdoc(_) => {
                 Code::Internal
             }

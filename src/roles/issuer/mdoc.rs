@@ -5,8 +5,10 @@
 use ciborium::Value as Cbor;
 use serde_json::{json, Map, Value};
 
+use super::error::IssuerError;
 use crate::crypto::mdoc;
 use crate::crypto::VerifyingKey;
+use crate::roles::mdoc_pki::{self, SignerInfo};
 use crate::roles::RoleContext;
 
 pub const MDL_DOCTYPE: &str = "org.iso.18013.5.1.mDL";
@@ -65,23 +67,18 @@ pub fn element_value(name: &str, v: &Value) -> Result<Cbor, String> {
 }
 
 impl super::IssuerService {
-    /// The sandbox IACA (PEM) issuer `issuer_id`'s mdocs chain to, created with the issuer's
-    /// document signer on first use. Not found in production mode.
-    pub async fn mdoc_iaca_pem(
-        &self,
-        issuer_id: &str,
-    ) -> Result<String, super::error::IssuerError> {
+    /// The IACA (PEM) issuer `issuer_id`'s mdocs chain to: the one imported with its document
+    /// signer, or in sandbox mode the sandbox IACA (the document signer is created on first use).
+    /// Not found in production mode until a chain is imported.
+    pub async fn mdoc_iaca_pem(&self, issuer_id: &str) -> Result<String, IssuerError> {
         use base64::Engine;
-        self.get_issuer(issuer_id).await?;
-        if self.ctx.mode != crate::config::Mode::Sandbox {
-            return Err(super::error::IssuerError::NoMdocIaca);
-        }
-        crate::roles::mdoc_pki::document_signer(&self.ctx, issuer_id)
-            .await
-            .map_err(|e| super::error::IssuerError::Mdoc(e.to_string()))?;
-        let der = crate::roles::mdoc_pki::sandbox_anchor(&self.ctx)
-            .await
-            .ok_or(super::error::IssuerError::NoMdocIaca)?;
+        let signer = self.mdoc_document_signer(issuer_id).await?;
+        let der = match signer.iaca() {
+            Some(der) => der.to_vec(),
+            None => crate::roles::mdoc_pki::sandbox_anchor(&self.ctx)
+                .await
+                .ok_or(IssuerError::NoMdocIaca)?,
+        };
         let b64 = base64::engine::general_purpose::STANDARD.encode(der);
         let lines: Vec<&str> = b64
             .as_bytes()
@@ -93,6 +90,96 @@ impl super::IssuerService {
             lines.join("\n")
         ))
     }
+
+    /// Issuer `issuer_id`'s document signer (never its key).
+    pub async fn mdoc_signer(&self, issuer_id: &str) -> Result<SignerInfo, IssuerError> {
+        let signer = self.mdoc_document_signer(issuer_id).await?;
+        mdoc_pki::info(&signer).map_err(|e| IssuerError::Mdoc(e.to_string()))
+    }
+
+    /// Imports issuer `issuer_id`'s document signer and its chain ([`mdoc_pki::import_document_signer`]).
+    pub async fn import_mdoc_signer(
+        &self,
+        issuer_id: &str,
+        req: &ImportMdocSigner,
+    ) -> Result<SignerInfo, IssuerError> {
+        self.get_issuer(issuer_id).await?;
+        mdoc_pki::import_document_signer(
+            &self.ctx,
+            issuer_id,
+            &req.private_key_pem,
+            &req.certificate_chain_pem,
+        )
+        .await
+        .map_err(|e| match e {
+            mdoc_pki::ImportError::Invalid(m) => IssuerError::Invalid(m),
+            mdoc_pki::ImportError::Conflict => IssuerError::SignerChanged,
+            mdoc_pki::ImportError::Internal(e) => IssuerError::Mdoc(e.to_string()),
+        })
+    }
+
+    /// An offer of mso_mdoc configurations needs a document signer (imported, in production
+    /// mode) whose country is the offer's `issuing_country`: said now, to the admin, rather than
+    /// to the holder at the credential endpoint.
+    pub(super) async fn check_mdoc_offer(
+        &self,
+        issuer: &super::model::Issuer,
+        req: &super::model::CreateOffer,
+    ) -> Result<(), IssuerError> {
+        let mdoc = req.credential_configuration_ids.iter().any(|id| {
+            issuer
+                .credential_configurations
+                .get(id)
+                .is_some_and(|c| c.format == super::model::Format::MsoMdoc)
+        });
+        if !mdoc {
+            return Ok(());
+        }
+        let signer = match self.mdoc_document_signer(&issuer.id).await {
+            Err(IssuerError::NoMdocIaca) => {
+                return Err(IssuerError::Invalid(mdoc_pki::no_signer(&issuer.id)))
+            }
+            other => other?,
+        };
+        let country = signer.country();
+        match req.claims.get("issuing_country") {
+            Some(c) if c.as_str() != country.as_deref() => {
+                Err(IssuerError::Invalid(wrong_country(country.as_deref())))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The document signer, or not found in production mode when none was imported.
+    async fn mdoc_document_signer(&self, issuer_id: &str) -> Result<mdoc_pki::Signer, IssuerError> {
+        self.get_issuer(issuer_id).await?;
+        let imported = mdoc_pki::has_document_signer(&self.ctx, issuer_id)
+            .await
+            .map_err(|e| IssuerError::Mdoc(e.to_string()))?;
+        if !imported && self.ctx.mode != crate::config::Mode::Sandbox {
+            return Err(IssuerError::NoMdocIaca);
+        }
+        mdoc_pki::document_signer(&self.ctx, issuer_id)
+            .await
+            .map_err(|e| IssuerError::Mdoc(e.to_string()))
+    }
+}
+
+/// An issuer's own mdoc document signer and chain (production mode; admin API).
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+pub struct ImportMdocSigner {
+    /// The document signer's P-256 private key, PKCS#8 PEM. Sealed at rest; never returned.
+    pub private_key_pem: String,
+    /// PEM certificates: the document signer first, any intermediates, the IACA last.
+    pub certificate_chain_pem: String,
+}
+
+/// The error for an `issuing_country` other than the document signer's `country`.
+fn wrong_country(country: Option<&str>) -> String {
+    format!(
+        "issuing_country must be {} (the country of this issuer's document signer certificate, ISO 18013-5 Annex B)",
+        country.unwrap_or("the document signer's countryName")
+    )
 }
 
 /// What to issue.
@@ -116,17 +203,15 @@ pub async fn issue(ctx: &RoleContext, req: &MdocIssue<'_>) -> Result<String, Str
     if !matches!(req.holder, VerifyingKey::P256(_)) {
         return Err("an mdoc's device key must be P-256: send a proof signed with ES256".into());
     }
-    if let Some(c) = req.claims.get("issuing_country") {
-        if c.as_str() != Some(crate::roles::mdoc_pki::SANDBOX_COUNTRY) {
-            return Err(format!(
-                "issuing_country must be {} (the country of this issuer's document signer certificate, ISO 18013-5 Annex B)",
-                crate::roles::mdoc_pki::SANDBOX_COUNTRY
-            ));
-        }
-    }
     let signer = crate::roles::mdoc_pki::document_signer(ctx, req.issuer_id)
         .await
         .map_err(|e| format!("document signer: {e}"))?;
+    if let Some(c) = req.claims.get("issuing_country") {
+        let country = signer.country();
+        if c.as_str() != country.as_deref() {
+            return Err(wrong_country(country.as_deref()));
+        }
+    }
     let mut elements = Vec::new();
     for (name, v) in req.claims {
         elements.push((name.clone(), element_value(name, v)?));
@@ -137,7 +222,7 @@ pub async fn issue(ctx: &RoleContext, req: &MdocIssue<'_>) -> Result<String, Str
         namespaces: &[(req.namespace.to_string(), elements)],
         device_key: req.holder,
         signer: &signer.key,
-        x5chain: std::slice::from_ref(&signer.cert),
+        x5chain: &signer.x5chain(),
         signed: req.now,
         valid_from: req.now,
         valid_until,

@@ -18,6 +18,7 @@ impl IssuerService {
     ) -> Result<OfferCreated, IssuerError> {
         let issuer = self.get_issuer(issuer_id).await?;
         check_claims(&issuer, &req)?;
+        self.check_mdoc_offer(&issuer, &req).await?;
         let cfg = &self.cfg;
         let ttl = req.ttl_seconds.unwrap_or(cfg.default_offer_ttl_seconds);
         if ttl == 0 || ttl > cfg.max_offer_ttl_seconds {

@@ -156,6 +156,32 @@ pub async fn reinstate(
     ))
 }
 
+/// Import the issuer's mdoc document signer: its P-256 key and its chain up to the IACA (the
+/// production way to issue mso_mdoc; replaces the current document signer).
+#[utoipa::path(tag = "issuer", security(("admin_token" = [])), params(("issuer" = String, Path)), request_body = super::mdoc::ImportMdocSigner, responses(
+    (status = 200, body = crate::roles::mdoc_pki::SignerInfo), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem), (status = 401, body = Problem)))]
+#[put("/api/issuers/{issuer}/mdoc-signer")]
+pub async fn import_mdoc_signer(
+    _a: Admin,
+    svc: Svc,
+    path: web::Path<String>,
+    body: web::Json<super::mdoc::ImportMdocSigner>,
+) -> ApiResult<web::Json<crate::roles::mdoc_pki::SignerInfo>> {
+    Ok(web::Json(svc.import_mdoc_signer(&path, &body).await?))
+}
+
+/// The issuer's mdoc document signer (certificate facts, never the key).
+#[utoipa::path(tag = "issuer", security(("admin_token" = [])), params(("issuer" = String, Path)), responses(
+    (status = 200, body = crate::roles::mdoc_pki::SignerInfo), (status = 404, body = Problem), (status = 401, body = Problem)))]
+#[get("/api/issuers/{issuer}/mdoc-signer")]
+pub async fn mdoc_signer(
+    _a: Admin,
+    svc: Svc,
+    path: web::Path<String>,
+) -> ApiResult<web::Json<crate::roles::mdoc_pki::SignerInfo>> {
+    Ok(web::Json(svc.mdoc_signer(&path).await?))
+}
+
 pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(create_issuer)
         .service(list_issuers)
@@ -168,5 +194,7 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(list_credentials)
         .service(revoke)
         .service(suspend)
-        .service(reinstate);
+        .service(reinstate)
+        .service(import_mdoc_signer)
+        .service(mdoc_signer);
 }

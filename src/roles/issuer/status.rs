@@ -230,7 +230,7 @@ impl IssuerService {
                     Some(60),
                     &arr,
                     &signer.key,
-                    std::slice::from_ref(&signer.cert),
+                    &signer.x5chain(),
                 )
                 .map_err(|e| {
                     IssuerError::StatusList(crate::crypto::CryptoError::Malformed(e.to_string()))
