@@ -62,18 +62,18 @@ fn blank_node_bomb(n: usize) -> Value {
 #[tokio::test]
 async fn jsonld_blank_node_bomb_is_refused_with_bounded_cpu() {
     let s = Server::start().await;
-    let c = client();
     let pid = s.child.as_ref().unwrap().id();
     let before = cpu_ticks(pid);
     let mut answers = Vec::new();
     for n in [8, 9, 9] {
         let bomb = blank_node_bomb(n);
         answers.push(
-            c.post(s.url("/vc-api/credentials/verify"))
-                .json(&json!({"verifiableCredential": bomb}))
-                .send()
-                .await
-                .unwrap(),
+            s.anon()
+                .post_resp(
+                    "/vc-api/credentials/verify",
+                    &json!({"verifiableCredential": bomb}),
+                )
+                .await,
         );
     }
     let spent = cpu_ticks(pid) - before;
@@ -90,37 +90,26 @@ async fn jsonld_blank_node_bomb_is_refused_with_bounded_cpu() {
         );
     }
     // An ordinary Data Integrity credential still verifies.
-    let vc = c
-        .post(s.url("/vc-api/credentials/issue"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"credential": {
+    let vc = s.admin().post("/vc-api/credentials/issue", &json!({"credential": {
             "@context": ["https://www.w3.org/ns/credentials/v2", "https://w3id.org/idstack/credentials/v1"],
             "issuer": s.default_issuer_did().await,
             "type": ["VerifiableCredential", "IdentityCredential"],
             "credentialSubject": {"id": "did:example:holder", "given_name": "Erika"}
-        }}))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["verifiableCredential"]
+        }})).await["verifiableCredential"]
         .clone();
-    let v: Value = c
-        .post(s.url("/vc-api/credentials/verify"))
-        .json(&json!({"verifiableCredential": vc}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = s
+        .anon()
+        .post(
+            "/vc-api/credentials/verify",
+            &json!({"verifiableCredential": vc}),
+        )
+        .await;
     assert_eq!(v["verified"], true, "{v}");
     s.stop();
 }
 
-async fn metrics_text(c: &reqwest::Client, s: &Server) -> String {
-    let r = c.get(s.url("/metrics")).send().await.unwrap();
+async fn metrics_text(s: &Server) -> String {
+    let r = s.anon().get_resp("/metrics").await;
     assert_eq!(r.status(), 200);
     r.text().await.unwrap()
 }
@@ -140,10 +129,10 @@ async fn random_http_methods_do_not_grow_metrics_and_console_sends_security_head
     let c = client();
     // every series these requests can create exists after a first round
     random_methods(&c, &s, "a", 40).await;
-    metrics_text(&c, &s).await;
-    let before = metrics_text(&c, &s).await;
+    metrics_text(&s).await;
+    let before = metrics_text(&s).await;
     random_methods(&c, &s, "b", 400).await;
-    let after = metrics_text(&c, &s).await;
+    let after = metrics_text(&s).await;
     assert!(
         after.len() < before.len() + 1_000,
         "/metrics grew from {} to {} bytes",
@@ -167,7 +156,7 @@ async fn random_http_methods_do_not_grow_metrics_and_console_sends_security_head
 
     // console headers (item 8)
     for path in ["/", "/console/console.js", "/console/qr.svg?data=x"] {
-        let r = c.get(s.url(path)).send().await.unwrap();
+        let r = s.anon().get_resp(path).await;
         assert_eq!(r.status(), 200, "{path}");
         let h = |k: &str| {
             r.headers()
@@ -193,31 +182,16 @@ async fn metrics_token_is_required_when_configured() {
         .env("IDSTACK__METRICS__TOKEN", token)
         .start()
         .await;
-    let c = client();
-    expect_problem(
-        c.get(s.url("/metrics")).send().await.unwrap(),
-        401,
-        "unauthorized",
-    )
-    .await;
+    expect_problem(s.anon().get_resp("/metrics").await, 401, "unauthorized").await;
     for wrong in ["metrics-token-0123456780", ADMIN_TOKEN] {
         expect_problem(
-            c.get(s.url("/metrics"))
-                .bearer_auth(wrong)
-                .send()
-                .await
-                .unwrap(),
+            s.bearer(wrong).get_resp("/metrics").await,
             401,
             "unauthorized",
         )
         .await;
     }
-    let r = c
-        .get(s.url("/metrics"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let r = s.bearer(token).get_resp("/metrics").await;
     assert_eq!(r.status(), 200);
     assert!(r
         .text()
@@ -225,9 +199,6 @@ async fn metrics_token_is_required_when_configured() {
         .unwrap()
         .contains("idstack_http_requests_total"));
     // health stays open for probes
-    assert_eq!(
-        c.get(s.url("/health/ready")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(s.anon().get_resp("/health/ready").await.status(), 200);
     s.stop();
 }

@@ -13,12 +13,13 @@ use crate::common::{client, expect_problem, redis_url, Server};
 const PASSWORD: &str = "correct horse battery";
 
 async fn register(s: &Server, email: &str) {
-    let r = client()
-        .post(s.url("/wallet/auth/register"))
-        .json(&json!({"email": email, "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
+    let r = s
+        .anon()
+        .post_resp(
+            "/wallet/auth/register",
+            &json!({"email": email, "password": PASSWORD}),
+        )
+        .await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
 }
 

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{client, expect_problem, Server, ADMIN_TOKEN};
+use crate::api::WalletUser;
+use crate::common::{expect_problem, Server};
 use crate::holder::create_offer;
 
 /// A loopback listener answering every connection with `answer`; counts connections.
@@ -97,54 +98,13 @@ async fn guarded_node(extra: &[String]) -> Server {
         .await
 }
 
-struct User {
-    token: String,
-    wallet: String,
-}
-
-async fn signup(s: &Server, email: &str) -> User {
-    let c = client();
-    let r = c
-        .post(s.url("/wallet/auth/register"))
-        .json(&json!({"email": email, "password": "correct horse battery"}))
-        .send()
+async fn exchange(s: &Server, u: &WalletUser, what: &str, body: Value) -> reqwest::Response {
+    s.bearer(&u.token)
+        .post_resp(
+            &format!("/wallet/wallets/{}/exchange/{what}", u.wallet),
+            &body,
+        )
         .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let login: Value = c
-        .post(s.url("/wallet/auth/login"))
-        .json(&json!({"email": email, "password": "correct horse battery"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"].as_str().unwrap().to_string();
-    let w: Value = c
-        .post(s.url("/wallet/wallets"))
-        .bearer_auth(&token)
-        .json(&json!({"name": "main"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    User {
-        token,
-        wallet: w["id"].as_str().unwrap().to_string(),
-    }
-}
-
-async fn exchange(s: &Server, u: &User, what: &str, body: Value) -> reqwest::Response {
-    client()
-        .post(s.url(&format!("/wallet/wallets/{}/exchange/{what}", u.wallet)))
-        .bearer_auth(&u.token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
 }
 
 fn enc(v: &str) -> String {
@@ -165,31 +125,22 @@ async fn new_session(s: &Server, verifier: &str, extra: Value) -> Value {
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
         b.extend(e.clone());
     }
-    let r = client()
-        .post(s.url(&format!("/api/verifiers/{verifier}/sessions")))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = s
+        .admin()
+        .post_resp(&format!("/api/verifiers/{verifier}/sessions"), &body)
+        .await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     r.json().await.unwrap()
 }
 
 async fn session_result(s: &Server, verifier: &str, id: &str) -> Value {
-    client()
-        .get(s.url(&format!("/api/verifiers/{verifier}/sessions/{id}")))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
+    s.admin()
+        .get(&format!("/api/verifiers/{verifier}/sessions/{id}"))
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 /// Gives `u` an SD-JWT identity credential from the node's own issuer.
-async fn receive_identity(s: &Server, u: &User) {
+async fn receive_identity(s: &Server, u: &WalletUser) {
     let body = json!({"credential_configuration_ids": ["IdentityCredential_dc_sd_jwt"], "claims": {"given_name": "Alice", "family_name": "A"}});
     let offer = create_offer(s, "default", body).await;
     let r = exchange(s, u, "accept-offer", json!({"offer": offer["offer_uri"]})).await;
@@ -200,7 +151,7 @@ async fn receive_identity(s: &Server, u: &User) {
 async fn internal_targets_are_refused_directly_by_name_and_by_did_web() {
     let internal = listen(ok_json(r#"{"credential_issuer":"http://127.0.0.1/"}"#)).await;
     let s = guarded_node(&[]).await;
-    let u = signup(&s, "alice@example.org").await;
+    let u = WalletUser::signup(&s, "alice@example.org").await;
     let p = internal.port;
     for url in [
         format!("http://127.0.0.1:{p}/offer"),
@@ -253,7 +204,7 @@ async fn an_allowed_server_cannot_redirect_to_an_internal_one() {
     )))
     .await;
     let s = guarded_node(&[format!("127.0.0.1:{}", redirector.port)]).await;
-    let u = signup(&s, "bob@example.org").await;
+    let u = WalletUser::signup(&s, "bob@example.org").await;
     let r = exchange(
         &s,
         &u,
@@ -271,7 +222,7 @@ async fn webhooks_to_internal_addresses_are_not_sent() {
     let internal = listen(ok_json("{}")).await;
     let allowed = listen(ok_json("{}")).await;
     let s = guarded_node(&[format!("127.0.0.1:{}", allowed.port)]).await;
-    let u = signup(&s, "carol@example.org").await;
+    let u = WalletUser::signup(&s, "carol@example.org").await;
     receive_identity(&s, &u).await;
     // Session webhooks: first to the internal target, then to the allowed one as the control.
     for target in [&internal, &allowed] {
@@ -313,7 +264,7 @@ async fn a_huge_streamed_body_is_cut_at_the_cap() {
     let huge = listen(Answer::Huge).await;
     let s = Server::start().await; // sandbox: loopback allowed
     let pid = s.child.as_ref().unwrap().id();
-    let u = signup(&s, "dave@example.org").await;
+    let u = WalletUser::signup(&s, "dave@example.org").await;
     let before = rss_kb(pid, "VmRSS:");
     let url = format!("http://127.0.0.1:{}/offer", huge.port);
     let calls = (0..4).map(|_| exchange(&s, &u, "resolve-offer", offer_at(&url)));
@@ -335,15 +286,12 @@ async fn a_huge_streamed_body_is_cut_at_the_cap() {
 #[tokio::test]
 async fn a_swapped_response_uri_is_refused_by_the_wallet() {
     let s = Server::start().await;
-    let r = client()
-        .post(s.url("/api/verifiers"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"id": "bank"}))
-        .send()
-        .await
-        .unwrap();
+    let r = s
+        .admin()
+        .post_resp("/api/verifiers", &json!({"id": "bank"}))
+        .await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-    let alice = signup(&s, "alice@bank.example").await;
+    let alice = WalletUser::signup(&s, "alice@bank.example").await;
     receive_identity(&s, &alice).await;
 
     // The attacker opens a session at the bank and hands Alice a request under its own client

@@ -4,23 +4,14 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::common::{bin, client, Server, ADMIN_TOKEN};
+use crate::common::{bin, Server, ADMIN_TOKEN};
 use crate::holder::create_offer;
 
 #[tokio::test]
 async fn akrida_protocol_line_by_line() {
     let s = Server::start().await;
     let offer = create_offer(&s, "default", json!({"credential_configuration_ids": ["IdentityCredential_dc_sd_jwt"], "claims": {"given_name": "Erika", "email": "e@x.org"}, "tx_code": {"length": 4}})).await;
-    let session: Value = client()
-        .post(s.url("/api/verifiers/default/sessions"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "meta": {}, "claims": [{"path": ["given_name"]}]}]}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let session: Value = s.admin().post("/api/verifiers/default/sessions", &json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "meta": {}, "claims": [{"path": ["given_name"]}]}]}})).await;
     let mediator_invitation = crate::mediator::invitation(&s, "").await;
     let mut agent = Agent::spawn();
     let commands = vec![
@@ -66,29 +57,16 @@ async fn akrida_protocol_line_by_line() {
         assert!(v.get("result").is_some());
     }
     assert!(agent.0.child.wait().unwrap().success());
-    let result: Value = client()
-        .get(s.url(&format!(
+    let result: Value = s
+        .admin()
+        .get(&format!(
             "/api/verifiers/default/sessions/{}",
             session["id"].as_str().unwrap()
-        )))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ))
+        .await;
     assert_eq!(result["verified"], true, "{result}");
     // The agent was mediated: two connections (its own + receiveInvitation), one live socket gone.
-    let st: Value = client()
-        .get(s.url("/api/mediator/stats"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st: Value = s.admin().get("/api/mediator/stats").await;
     assert_eq!(st["connections"], 2, "{st}");
     assert_eq!(st["mediations_granted"], 1, "{st}");
     s.stop();

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
 
+use crate::api::WalletUser;
 use crate::balancer::Balancer;
 use crate::common::{client, Server, ADMIN_TOKEN};
 use crate::holder::{create_offer, pre_auth_code, token};
@@ -81,12 +82,7 @@ pub(crate) fn kill9(mut s: Server) -> tempfile::TempDir {
 }
 
 pub(crate) async fn admin_get(s: &Server, path: &str) -> (u16, Value) {
-    let r = client()
-        .get(s.url(path))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = s.admin().get_resp(path).await;
     let st = r.status().as_u16();
     (st, r.json().await.unwrap_or(Value::Null))
 }
@@ -113,56 +109,6 @@ fn member<'a>(v: &'a Value, id: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
-pub(crate) struct User {
-    pub(crate) token: String,
-    pub(crate) wallet: String,
-}
-
-pub(crate) async fn signup(s: &Server, email: &str) -> User {
-    let c = client();
-    let r = c
-        .post(s.url("/wallet/auth/register"))
-        .json(&json!({"email": email, "password": "correct horse battery"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-    let r = c
-        .post(s.url("/wallet/auth/login"))
-        .json(&json!({"email": email, "password": "correct horse battery"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let login: Value = r.json().await.unwrap();
-    let token = login["token"].as_str().unwrap().to_string();
-    let r = c
-        .post(s.url("/wallet/wallets"))
-        .bearer_auth(&token)
-        .json(&json!({"name": "main"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
-    let w: Value = r.json().await.unwrap();
-    User {
-        token,
-        wallet: w["id"].as_str().unwrap().to_string(),
-    }
-}
-
-pub(crate) async fn wallet_call(s: &Server, u: &User, path: &str, body: Value) -> (u16, Value) {
-    let r = client()
-        .post(s.url(&format!("/wallet/wallets/{}{path}", u.wallet)))
-        .bearer_auth(&u.token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let st = r.status().as_u16();
-    (st, r.json().await.unwrap_or(Value::Null))
-}
-
 pub(crate) fn identity() -> Value {
     json!({"given_name": "Erika", "family_name": "Mustermann", "birthdate": "1984-01-26", "email": "erika@example.org"})
 }
@@ -172,34 +118,33 @@ pub(crate) fn query() -> Value {
 }
 
 async fn new_session(s: &Server) -> Value {
-    let r = client()
-        .post(s.url("/api/verifiers/default/sessions"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&query())
-        .send()
-        .await
-        .unwrap();
+    let r = s
+        .admin()
+        .post_resp("/api/verifiers/default/sessions", &query())
+        .await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     r.json().await.unwrap()
 }
 
 /// The wallet receives an SD-JWT (offer with tx_code) through the proxy.
-pub(crate) async fn receive(lb: &Server, u: &User) {
+pub(crate) async fn receive(lb: &Server, u: &WalletUser) {
     let offer = create_offer(lb, "default", json!({"credential_configuration_ids": ["IdentityCredential_dc_sd_jwt"], "claims": identity(), "tx_code": {"length": 6}})).await;
-    let (st, v) = wallet_call(
-        lb,
-        u,
-        "/exchange/accept-offer",
-        json!({"offer": offer["offer_uri"], "tx_code": offer["tx_code"]}),
-    )
-    .await;
+    let (st, v) = u
+        .call(
+            lb,
+            "/exchange/accept-offer",
+            json!({"offer": offer["offer_uri"], "tx_code": offer["tx_code"]}),
+        )
+        .await;
     assert_eq!(st, 200, "{v}");
 }
 
 /// The wallet presents to an existing session through the proxy; the result is read back.
-async fn present(lb: &Server, u: &User, sess: &Value) {
+async fn present(lb: &Server, u: &WalletUser, sess: &Value) {
     let req = sess["authorization_request"].as_str().unwrap();
-    let (st, v) = wallet_call(lb, u, "/exchange/present", json!({"request": req})).await;
+    let (st, v) = u
+        .call(lb, "/exchange/present", json!({"request": req}))
+        .await;
     assert_eq!(st, 200, "{v}");
     let (st, r) = admin_get(
         lb,
@@ -238,11 +183,11 @@ async fn three_nodes_behind_round_robin_act_as_one_and_survive_kill_9() {
             4,
             "{v}"
         );
-        let r = client().get(s.url("/health/ready")).send().await.unwrap();
+        let r = s.anon().get_resp("/health/ready").await;
         assert_eq!(r.status(), 200);
     }
     // /api/cluster is an admin API
-    let r = client().get(a.url("/api/cluster")).send().await.unwrap();
+    let r = a.anon().get_resp("/api/cluster").await;
     assert_eq!(r.status(), 401);
 
     // keys created once cluster-wide: the default issuer has the same DID and key on every node
@@ -267,7 +212,7 @@ async fn three_nodes_behind_round_robin_act_as_one_and_survive_kill_9() {
     assert_eq!(r.status(), 401);
 
     // the walt.id scenario: sessions created on one node, every later call anywhere
-    let u = signup(&proxy, "erika@example.org").await;
+    let u = WalletUser::signup(&proxy, "erika@example.org").await;
     receive(&proxy, &u).await;
     for _ in 0..6 {
         let sess = new_session(&proxy).await;
@@ -434,7 +379,7 @@ async fn three_nodes_behind_round_robin_act_as_one_and_survive_kill_9() {
         present(&proxy, &u, &sess).await;
         during.push(sess);
     }
-    let u2 = signup(&proxy, "max@example.org").await;
+    let u2 = WalletUser::signup(&proxy, "max@example.org").await;
 
     // restart n3 on the same data dir: it rejoins and catches up before it reports ready
     let c = node_builder(&specs[2], &seeds, &lb.url())
@@ -449,14 +394,7 @@ async fn three_nodes_behind_round_robin_act_as_one_and_survive_kill_9() {
     assert_eq!(v["members"].as_array().unwrap().len(), 3, "{v}");
     let (_, view) = admin_get(&c, "/api/cluster").await;
     assert_eq!(view["caught_up"], true, "{view}");
-    let metrics = client()
-        .get(c.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = c.anon().text("/metrics").await;
     let repairs: f64 = metrics
         .lines()
         .find(|l| l.starts_with("idstack_cluster_anti_entropy_repairs_total"))
@@ -611,14 +549,7 @@ async fn cluster_benchmark() {
     for (name, (fps, p50, p90, p99)) in rows {
         println!("| {name} | {fps:.0} | {p50:.1} / {p90:.1} / {p99:.1} |");
     }
-    let metrics = client()
-        .get(a.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = a.anon().text("/metrics").await;
     for l in metrics
         .lines()
         .filter(|l| l.starts_with("idstack_cluster_replication_seconds"))
@@ -717,7 +648,7 @@ async fn internal_rpc_can_share_the_http_listener() {
                 .map(|m| m["node_id"].as_str().unwrap())
                 .collect();
             assert_eq!(ids, ["n1", "n2", "n3"], "round {round}: {v}");
-            let r = client().get(s.url("/health/ready")).send().await.unwrap();
+            let r = s.anon().get_resp("/health/ready").await;
             assert_eq!(
                 r.status(),
                 200,
@@ -731,14 +662,7 @@ async fn internal_rpc_can_share_the_http_listener() {
         assert!(sess["id"].is_string(), "{sess}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let metrics = client()
-        .get(a.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = a.anon().text("/metrics").await;
     let dropped: f64 = metrics
         .lines()
         .find(|l| l.starts_with("idstack_cluster_gossip_dropped_total"))
@@ -850,15 +774,7 @@ mod mediator {
         let proxy = via(&lb);
 
         // connection, mediation and keylist through the proxy: each step may hit another node
-        let r: Value = client()
-            .get(proxy.url("/api/mediator/invitation"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = proxy.admin().get("/api/mediator/invitation").await;
         let inv = r["invitation_url"].as_str().unwrap().to_string();
         let mut conn = MediatorConnection::connect(reqwest::Client::new(), &inv, "raw")
             .await
@@ -1017,14 +933,7 @@ async fn a_paused_node_costs_no_request_behind_the_shipped_balancer_and_catches_
     // it saw the pause, dropped its standing, caught up and is ready again
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let m = client()
-            .get(c.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = c.anon().text("/metrics").await;
         let lost = m
             .lines()
             .find(|l| l.starts_with("idstack_cluster_standing_lost_total"))
@@ -1110,11 +1019,10 @@ async fn consistent_single_use_needs_a_majority_and_a_minority_keeps_the_code_us
         "{e}"
     );
     // everything else is still served on the minority side
-    let r = client()
-        .get(c.url("/issuers/default/.well-known/openid-credential-issuer"))
-        .send()
-        .await
-        .unwrap();
+    let r = c
+        .anon()
+        .get_resp("/issuers/default/.well-known/openid-credential-issuer")
+        .await;
     assert_eq!(r.status(), 200);
     let later = create_offer(&c, "default", body()).await;
     assert!(later["offer_uri"].is_string(), "{later}");

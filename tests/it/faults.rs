@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::api::WalletUser;
 use crate::balancer::Balancer;
-use crate::cluster::{identity, node_builder_at, query, signup, wallet_call, User};
+use crate::cluster::{identity, node_builder_at, query};
 use crate::common::{Server, ADMIN_TOKEN};
 use crate::holder::{pre_auth_code, PRE_AUTH};
 
@@ -328,7 +329,11 @@ fn bump(h: &Mutex<History>, kind: &'static str) {
 }
 
 impl Workload {
-    fn start(lb: String, wallet: Option<Arc<User>>, mediated: Option<Arc<Mediated>>) -> Workload {
+    fn start(
+        lb: String,
+        wallet: Option<Arc<WalletUser>>,
+        mediated: Option<Arc<Mediated>>,
+    ) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let history = Arc::new(Mutex::new(History::default()));
         let mut tasks = Vec::new();
@@ -387,8 +392,8 @@ impl Workload {
                         let req = sess["authorization_request"].as_str().unwrap();
                         let body = json!({"request": req});
                         let (x, y) = tokio::join!(
-                            wallet_call(&proxy, u, "/exchange/present", body.clone()),
-                            wallet_call(&proxy, u, "/exchange/present", body)
+                            u.call(&proxy, "/exchange/present", body.clone()),
+                            u.call(&proxy, "/exchange/present", body)
                         );
                         for (st, v) in [x, y] {
                             presented.push(match st {
@@ -796,7 +801,7 @@ async fn cluster_under_kill_9_pause_and_partition_keeps_every_invariant() {
     crate::redis_backend::first_start_state(&nodes).await;
 
     let proxy = proxy_server(&public);
-    let user = signup(&proxy, "faults@example.org").await;
+    let user = WalletUser::signup(&proxy, "faults@example.org").await;
     crate::cluster::receive(&proxy, &user).await;
     let mediated = Mediated::setup(&public).await;
     let work = Workload::start(public.clone(), Some(Arc::new(user)), mediated.clone());

@@ -21,13 +21,10 @@ struct Request {
 }
 
 async fn open(s: &Server, verifier: &str, body: Value) -> Request {
-    let r = client()
-        .post(s.url(&format!("/api/verifiers/{verifier}/sessions")))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = s
+        .admin()
+        .post_resp(&format!("/api/verifiers/{verifier}/sessions"), &body)
+        .await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     let sess: Value = r.json().await.unwrap();
     let jwt = client()
@@ -63,18 +60,13 @@ async fn respond(s: &Server, req: &Request, q: &str, presentation: Value) -> (u1
         .unwrap();
     let status = r.status().as_u16();
     assert!(status < 500, "a forged presentation caused a {status}");
-    let result: Value = client()
-        .get(s.url(&format!(
+    let result: Value = s
+        .admin()
+        .get(&format!(
             "/api/verifiers/{}/sessions/{}",
             req.verifier, req.id
-        )))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ))
+        .await;
     (status, result)
 }
 
@@ -465,13 +457,7 @@ async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
     )
     .await;
     //    And with an explicit list, only that list.
-    let r = client()
-        .post(s.url("/api/verifiers"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"id": "only-default", "signing_key_type": "P-256", "trusted_issuers": [victim_iss]}))
-        .send()
-        .await
-        .unwrap();
+    let r = s.admin().post_resp("/api/verifiers", &json!({"id": "only-default", "signing_key_type": "P-256", "trusted_issuers": [victim_iss]})).await;
     assert_eq!(r.status(), 201);
     let (jwt, ds) = self_issued_sd(&a, &a_did, &avm, &holder, json!({}));
     let req = open(&s, "only-default", sd_query()).await;
@@ -597,22 +583,24 @@ async fn jwt_vc_and_vc_api_forgeries_are_refused() {
         )
         .await;
         // VC-API: the same forgery as a bare credential, and inside a presentation.
-        let r = client()
-            .post(s.url("/vc-api/credentials/verify"))
-            .json(&json!({"verifiableCredential": forged}))
-            .send()
-            .await
-            .unwrap();
+        let r = s
+            .anon()
+            .post_resp(
+                "/vc-api/credentials/verify",
+                &json!({"verifiableCredential": forged}),
+            )
+            .await;
         assert_eq!(r.status(), 400);
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["verified"], false);
         assert!(v["errors"].to_string().contains("kid_not_issuer"), "{v}");
-        let r = client()
-            .post(s.url("/vc-api/presentations/verify"))
-            .json(&json!({"verifiablePresentation": jwt_vp(&holder, &forged, &req)}))
-            .send()
-            .await
-            .unwrap();
+        let r = s
+            .anon()
+            .post_resp(
+                "/vc-api/presentations/verify",
+                &json!({"verifiablePresentation": jwt_vp(&holder, &forged, &req)}),
+            )
+            .await;
         assert_eq!(r.status(), 400);
     }
     // vc.issuer disagreeing with iss
@@ -654,23 +642,18 @@ async fn jwt_vc_and_vc_api_forgeries_are_refused() {
             why,
         )
         .await;
-        let r = client()
-            .post(s.url("/vc-api/credentials/verify"))
-            .json(&json!({"verifiableCredential": t}))
-            .send()
-            .await
-            .unwrap();
+        let r = s
+            .anon()
+            .post_resp(
+                "/vc-api/credentials/verify",
+                &json!({"verifiableCredential": t}),
+            )
+            .await;
         assert_eq!(r.status(), 400, "VC-API runs the validity policy too");
     }
 
     // ldp_vc via VC-API: issuer ≠ proof DID, wrong proofPurpose, tampered document.
-    let r = client()
-        .post(s.url("/vc-api/credentials/issue"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"credential": {"@context": ["https://www.w3.org/ns/credentials/v2", "https://w3id.org/idstack/credentials/v1"], "issuer": s.default_issuer_did().await, "type": ["VerifiableCredential", "IdentityCredential"], "credentialSubject": {"id": "did:example:alice", "given_name": "Alice"}}}))
-        .send()
-        .await
-        .unwrap();
+    let r = s.admin().post_resp("/vc-api/credentials/issue", &json!({"credential": {"@context": ["https://www.w3.org/ns/credentials/v2", "https://w3id.org/idstack/credentials/v1"], "issuer": s.default_issuer_did().await, "type": ["VerifiableCredential", "IdentityCredential"], "credentialSubject": {"id": "did:example:alice", "given_name": "Alice"}}})).await;
     assert_eq!(r.status(), 201);
     let ldp = r.json::<Value>().await.unwrap()["verifiableCredential"].clone();
     let verify_url = s.url("/vc-api/credentials/verify");
@@ -739,13 +722,10 @@ async fn animo_wallet_presenting_a_re_signed_credential_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("forged.json");
     std::fs::write(&path, held.to_string()).unwrap();
-    let r = client()
-        .post(s.url("/api/verifiers/default/sessions"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&sd_query())
-        .send()
-        .await
-        .unwrap();
+    let r = s
+        .admin()
+        .post_resp("/api/verifiers/default/sessions", &sd_query())
+        .await;
     let sess: Value = r.json().await.unwrap();
     let out = node(
         "oid4vp-wallet.mjs",
@@ -757,18 +737,13 @@ async fn animo_wallet_presenting_a_re_signed_credential_is_refused() {
         ],
     );
     assert_eq!(out["status"], 400, "the forgery was accepted: {out}");
-    let r: Value = client()
-        .get(s.url(&format!(
+    let r: Value = s
+        .admin()
+        .get(&format!(
             "/api/verifiers/default/sessions/{}",
             sess["id"].as_str().unwrap()
-        )))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ))
+        .await;
     assert_eq!(r["verified"], false);
     let (passed, reason) = policy(&r, "signature");
     assert!(!passed && reason.contains("kid_not_issuer"), "{r}");
@@ -784,13 +759,10 @@ async fn production_verifier_without_trust_refuses_sessions() {
         .env("IDSTACK__STORE__MASTER_KEY", crate::common::TEST_MASTER_KEY)
         .start()
         .await;
-    let r = client()
-        .post(s.url("/api/verifiers/default/sessions"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&sd_query())
-        .send()
-        .await
-        .unwrap();
+    let r = s
+        .admin()
+        .post_resp("/api/verifiers/default/sessions", &sd_query())
+        .await;
     assert_eq!(r.status(), 422);
     let p: Value = r.json().await.unwrap();
     assert!(
@@ -924,13 +896,13 @@ async fn sd_jwt_x5c_chain_must_end_at_a_configured_anchor() {
     let root = x509_root("Test IACA");
     let (s, _dir) = anchored_server(&root).await;
     let iss = "https://issuer.example";
-    let r = client()
-        .post(s.url("/api/verifiers"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"id": "pki", "signing_key_type": "P-256", "trusted_issuers": [iss]}))
-        .send()
-        .await
-        .unwrap();
+    let r = s
+        .admin()
+        .post_resp(
+            "/api/verifiers",
+            &json!({"id": "pki", "signing_key_type": "P-256", "trusted_issuers": [iss]}),
+        )
+        .await;
     assert_eq!(r.status(), 201);
     let holder = SigningKey::generate(KeyType::P256);
     let issue = |signer: &SigningKey, chain: &str, iss: &str| {
@@ -1060,13 +1032,7 @@ async fn mdoc_device_responses_are_bound_to_the_session_and_the_anchor() {
     let (status, r) = respond(&s, &req, "mdl", json!(b64url(&full[..full.len() / 2]))).await;
     assert!(status < 500 && failed(&r, "signature"), "{status} {r}");
     // a query for an mdoc must name its doctype
-    let r = client()
-        .post(s.url("/api/verifiers/default/sessions"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"dcql_query": {"credentials": [{"id": "m", "format": "mso_mdoc", "meta": {}}]}}))
-        .send()
-        .await
-        .unwrap();
+    let r = s.admin().post_resp("/api/verifiers/default/sessions", &json!({"dcql_query": {"credentials": [{"id": "m", "format": "mso_mdoc", "meta": {}}]}})).await;
     assert_eq!(r.status(), 422);
     s.stop();
 }
@@ -1151,22 +1117,14 @@ async fn mdoc_presentation_definition_descriptor_id_is_the_doctype() {
 
 /// Creates verifier `id` trusting the default issuer (production mode trusts no issuer unasked).
 async fn trusting_verifier(s: &Server, id: &str) {
-    let issuer: Value = client()
-        .get(s.url("/api/issuers/default"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let r = client()
-        .post(s.url("/api/verifiers"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"id": id, "signing_key_type": "P-256", "trusted_issuers": [issuer["did"]]}))
-        .send()
-        .await
-        .unwrap();
+    let issuer: Value = s.admin().get("/api/issuers/default").await;
+    let r = s
+        .admin()
+        .post_resp(
+            "/api/verifiers",
+            &json!({"id": id, "signing_key_type": "P-256", "trusted_issuers": [issuer["did"]]}),
+        )
+        .await;
     assert_eq!(r.status(), 201);
 }
 
@@ -1239,11 +1197,7 @@ async fn production_issuer_imports_its_mdoc_document_signer_chain() {
     assert_eq!(r.status(), 422);
     let p: Value = r.json().await.unwrap();
     assert!(p["detail"].as_str().unwrap().contains("mdoc-signer"), "{p}");
-    let r = client()
-        .get(s.url("/issuers/default/mdoc-iaca"))
-        .send()
-        .await
-        .unwrap();
+    let r = s.anon().get_resp("/issuers/default/mdoc-iaca").await;
     assert_eq!(r.status(), 404, "no sandbox IACA in production");
 
     let import = |key: &str, chain: String| {
@@ -1283,14 +1237,7 @@ async fn production_issuer_imports_its_mdoc_document_signer_chain() {
     assert_eq!(info["country"], "DE", "{info}");
     assert_eq!(info["imported"], true);
     assert!(!info.to_string().contains("PRIVATE"), "{info}");
-    let pem = client()
-        .get(s.url("/issuers/default/mdoc-iaca"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let pem = s.anon().text("/issuers/default/mdoc-iaca").await;
     assert_eq!(pem.trim(), iaca.trim(), "the imported IACA is published");
 
     // issuing_country must be the document signer's

@@ -5,31 +5,16 @@ use crate::common::{client, expect_problem, run_cli, Server, ADMIN_TOKEN};
 #[tokio::test]
 async fn health_metrics_docs_and_console() {
     let s = Server::start().await;
-    let c = client();
-    let live: serde_json::Value = c
-        .get(s.url("/health/live"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let live: serde_json::Value = s.anon().get("/health/live").await;
     assert_eq!(live["status"], "live");
-    let r = c.get(s.url("/health/ready")).send().await.unwrap();
+    let r = s.anon().get_resp("/health/ready").await;
     assert_eq!(r.status(), 200);
     let ready: serde_json::Value = r.json().await.unwrap();
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["failing"].as_array().unwrap().len(), 0);
     assert_eq!(ready["roles"].as_array().unwrap().len(), 4, "{ready}");
 
-    let metrics = c
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.anon().text("/metrics").await;
     assert!(
         metrics.contains(
             "idstack_http_requests_total{method=\"GET\",route=\"/health/ready\",status=\"200\"}"
@@ -40,43 +25,22 @@ async fn health_metrics_docs_and_console() {
     assert!(metrics.contains("idstack_store_size_bytes"));
     assert!(metrics.contains("process_resident_memory_bytes"));
 
-    let doc: serde_json::Value = c
-        .get(s.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: serde_json::Value = s.anon().get("/openapi.json").await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     assert_eq!(doc["info"]["title"], "idstack");
     assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
     assert!(doc["components"]["securitySchemes"]["admin_token"].is_object());
 
-    let docs = c.get(s.url("/docs/")).send().await.unwrap();
+    let docs = s.anon().get_resp("/docs/").await;
     assert_eq!(docs.status(), 200);
     assert!(docs.text().await.unwrap().contains("swagger"));
-    let init = c
-        .get(s.url("/docs/swagger-initializer.js"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let init = s.anon().text("/docs/swagger-initializer.js").await;
     assert!(init.contains("/openapi.json"), "{init}");
 
-    let console = c.get(s.url("/")).send().await.unwrap();
+    let console = s.anon().get_resp("/").await;
     assert_eq!(console.status(), 200);
     assert!(console.text().await.unwrap().contains("idstack"));
-    assert_eq!(
-        c.get(s.url("/console/console.js"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(s.anon().get_resp("/console/console.js").await.status(), 200);
     s.stop();
 }
 
@@ -84,7 +48,7 @@ async fn health_metrics_docs_and_console() {
 async fn errors_are_problem_json_and_request_ids_flow() {
     let s = Server::start().await;
     let c = client();
-    let r = c.get(s.url("/no/such/thing")).send().await.unwrap();
+    let r = s.anon().get_resp("/no/such/thing").await;
     let generated = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert!(generated.len() >= 16);
     expect_problem(r, 404, "route_not_found").await;
@@ -111,18 +75,16 @@ async fn errors_are_problem_json_and_request_ids_flow() {
 async fn management_api_needs_the_admin_token() {
     let s = Server::start().await;
     let c = client();
-    let r = c.get(s.url("/api/system")).send().await.unwrap();
+    let r = s.anon().get_resp("/api/system").await;
     assert!(r.headers()["www-authenticate"]
         .to_str()
         .unwrap()
         .starts_with("Bearer"));
     expect_problem(r, 401, "unauthorized").await;
-    let r = c
-        .get(s.url("/api/system"))
-        .bearer_auth("wrong-token-000000000000")
-        .send()
-        .await
-        .unwrap();
+    let r = s
+        .bearer("wrong-token-000000000000")
+        .get_resp("/api/system")
+        .await;
     expect_problem(r, 401, "unauthorized").await;
     let r = c
         .get(s.url("/api/system"))
@@ -131,15 +93,7 @@ async fn management_api_needs_the_admin_token() {
         .await
         .unwrap();
     expect_problem(r, 401, "unauthorized").await;
-    let info: serde_json::Value = c
-        .get(s.url("/api/system"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: serde_json::Value = s.admin().get("/api/system").await;
     assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(info["public_url"], s.base);
     assert_eq!(info["mode"], "sandbox");
@@ -165,12 +119,10 @@ async fn production_mode_without_tokens_disables_admin_and_needs_a_master_key() 
         .env("IDSTACK__STORE__MASTER_KEY", key)
         .start()
         .await;
-    let r = client()
-        .get(s.url("/api/system"))
-        .bearer_auth("anything-at-all-00000")
-        .send()
-        .await
-        .unwrap();
+    let r = s
+        .bearer("anything-at-all-00000")
+        .get_resp("/api/system")
+        .await;
     expect_problem(r, 401, "admin_disabled").await;
     assert!(!s.log().contains(key), "master key leaked into the log");
     let dir = s.stop();
@@ -199,12 +151,7 @@ async fn sandbox_generates_admin_token_once_and_master_key_0600() {
         .unwrap()
         .to_string();
     assert!(token.len() >= 16, "{log}");
-    let r = client()
-        .get(s.url("/api/system"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = s.bearer(&token).get_resp("/api/system").await;
     assert_eq!(r.status(), 200);
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(s.data_dir().join("master.key"))
@@ -215,12 +162,7 @@ async fn sandbox_generates_admin_token_once_and_master_key_0600() {
     let dir = s.stop();
     // restart on the same data: same token works, and it is not printed again
     let s = Server::builder().no_admin_token().dir(dir).start().await;
-    let r = client()
-        .get(s.url("/api/system"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = s.bearer(&token).get_resp("/api/system").await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         s.log().matches(&token).count(),
@@ -240,28 +182,14 @@ async fn role_selection_by_flag_and_env() {
         .arg("issuer,verifier")
         .start()
         .await;
-    let ready: serde_json::Value = client()
-        .get(s.url("/health/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: serde_json::Value = s.anon().get("/health/ready").await;
     assert_eq!(ready["roles"], serde_json::json!(["issuer", "verifier"]));
     s.stop();
     let s = Server::builder()
         .env("IDSTACK__SERVER__ROLES", "mediator")
         .start()
         .await;
-    let ready: serde_json::Value = client()
-        .get(s.url("/health/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: serde_json::Value = s.anon().get("/health/ready").await;
     assert_eq!(ready["roles"], serde_json::json!(["mediator"]));
     s.stop();
 

@@ -15,22 +15,14 @@ fn identity() -> Value {
 async fn metadata_in_both_well_known_forms() {
     let s = Server::start().await;
     let c = client();
-    let a: Value = c
-        .get(s.url("/.well-known/openid-credential-issuer/issuers/default"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let b: Value = c
-        .get(s.url("/issuers/default/.well-known/openid-credential-issuer"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let a: Value = s
+        .anon()
+        .get("/.well-known/openid-credential-issuer/issuers/default")
+        .await;
+    let b: Value = s
+        .anon()
+        .get("/issuers/default/.well-known/openid-credential-issuer")
+        .await;
     assert_eq!(a, b);
     assert_eq!(a["credential_issuer"], s.url("/issuers/default"));
     assert_eq!(a["nonce_endpoint"], s.url("/issuers/default/nonce"));
@@ -52,22 +44,14 @@ async fn metadata_in_both_well_known_forms() {
         assert!(c["cryptographic_binding_methods_supported"].is_array());
         assert!(c["credential_metadata"]["claims"].is_array());
     }
-    let asm: Value = c
-        .get(s.url("/.well-known/oauth-authorization-server/issuers/default"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let asm2: Value = c
-        .get(s.url("/issuers/default/.well-known/oauth-authorization-server"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let asm: Value = s
+        .anon()
+        .get("/.well-known/oauth-authorization-server/issuers/default")
+        .await;
+    let asm2: Value = s
+        .anon()
+        .get("/issuers/default/.well-known/oauth-authorization-server")
+        .await;
     assert_eq!(asm, asm2);
     assert_eq!(asm["issuer"], s.url("/issuers/default"));
     assert_eq!(asm["pre-authorized_grant_anonymous_access_supported"], true);
@@ -85,10 +69,9 @@ async fn metadata_in_both_well_known_forms() {
         .unwrap();
     assert_eq!(vct["vct"], cfgs["IdentityCredential_dc_sd_jwt"]["vct"]);
     expect_problem(
-        c.get(s.url("/.well-known/openid-credential-issuer/issuers/nope"))
-            .send()
-            .await
-            .unwrap(),
+        s.anon()
+            .get_resp("/.well-known/openid-credential-issuer/issuers/nope")
+            .await,
         404,
         "not_found",
     )
@@ -97,15 +80,7 @@ async fn metadata_in_both_well_known_forms() {
 }
 
 async fn issuer_key(s: &Server) -> idstack::crypto::VerifyingKey {
-    let i: Value = client()
-        .get(s.url("/api/issuers/default"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let i: Value = s.admin().get("/api/issuers/default").await;
     did::resolve_offline(i["verification_method"].as_str().unwrap()).unwrap()
 }
 
@@ -120,17 +95,13 @@ async fn sd_jwt_flow_with_tx_code_and_single_use_everything() {
         .unwrap()
         .starts_with("openid-credential-offer://?credential_offer_uri="));
     // by reference
-    let by_ref: Value = client()
-        .get(s.url(&format!(
+    let by_ref: Value = s
+        .anon()
+        .get(&format!(
             "/issuers/default/offers/{}",
             offer["id"].as_str().unwrap()
-        )))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ))
+        .await;
     assert_eq!(by_ref, offer["credential_offer"]);
     let code = pre_auth_code(&offer);
 
@@ -173,29 +144,23 @@ async fn sd_jwt_flow_with_tx_code_and_single_use_everything() {
     assert_eq!((st, e["error"].as_str()), (401, Some("invalid_token")));
 
     // offer state
-    let view: Value = client()
-        .get(s.url(&format!(
+    let view: Value = s
+        .admin()
+        .get(&format!(
             "/api/issuers/default/offers/{}",
             offer["id"].as_str().unwrap()
-        )))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ))
+        .await;
     assert_eq!(view["state"], "credential_issued");
     assert_eq!(view["issued_credentials"].as_array().unwrap().len(), 1);
     // the used offer is no longer served by reference
-    let r = client()
-        .get(s.url(&format!(
+    let r = s
+        .anon()
+        .get_resp(&format!(
             "/issuers/default/offers/{}",
             offer["id"].as_str().unwrap()
-        )))
-        .send()
-        .await
-        .unwrap();
+        ))
+        .await;
     expect_problem(r, 410, "gone").await;
     s.stop();
 }
@@ -442,15 +407,7 @@ async fn revocation_and_suspension_show_in_both_status_lists() {
         .unwrap()
         .to_string();
 
-    let creds: Vec<Value> = client()
-        .get(s.url("/api/issuers/default/credentials"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let creds: Vec<Value> = s.admin().get_as("/api/issuers/default/credentials").await;
     assert_eq!(creds.len(), 2);
     assert!(
         creds.iter().all(|c| c.get("claims").is_none()),
@@ -497,63 +454,60 @@ async fn revocation_and_suspension_show_in_both_status_lists() {
     assert!(!bit(list_url.clone(), idx).await);
     assert_eq!(token_status(token_url.clone(), tidx).await, 0);
 
-    let r = client()
-        .post(s.url(&format!("/api/issuers/default/credentials/{w3c_id}/revoke")))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = s
+        .admin()
+        .post_resp(
+            &format!("/api/issuers/default/credentials/{w3c_id}/revoke"),
+            &serde_json::json!({}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     assert!(
         bit(list_url.clone(), idx).await,
         "revocation bit set on next fetch"
     );
     // revocation is final
-    let r = client()
-        .post(s.url(&format!(
-            "/api/issuers/default/credentials/{w3c_id}/reinstate"
-        )))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = s
+        .admin()
+        .post_resp(
+            &format!("/api/issuers/default/credentials/{w3c_id}/reinstate"),
+            &serde_json::json!({}),
+        )
+        .await;
     expect_problem(r, 409, "conflict").await;
 
-    let susp = client()
-        .post(s.url(&format!("/api/issuers/default/credentials/{sd_id}/suspend")))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let susp = s
+        .admin()
+        .post_resp(
+            &format!("/api/issuers/default/credentials/{sd_id}/suspend"),
+            &serde_json::json!({}),
+        )
+        .await;
     assert_eq!(susp.status(), 200);
     assert_eq!(token_status(token_url.clone(), tidx).await, 2);
-    client()
-        .post(s.url(&format!(
-            "/api/issuers/default/credentials/{sd_id}/reinstate"
-        )))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    s.admin()
+        .post_resp(
+            &format!("/api/issuers/default/credentials/{sd_id}/reinstate"),
+            &serde_json::json!({}),
+        )
+        .await;
     assert_eq!(token_status(token_url.clone(), tidx).await, 0);
 
     expect_problem(
-        client()
-            .get(s.url("/issuers/default/status-lists/token-99"))
-            .send()
-            .await
-            .unwrap(),
+        s.anon()
+            .get_resp("/issuers/default/status-lists/token-99")
+            .await,
         404,
         "not_found",
     )
     .await;
     expect_problem(
-        client()
-            .post(s.url("/api/issuers/default/credentials/nope/revoke"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap(),
+        s.admin()
+            .post_resp(
+                "/api/issuers/default/credentials/nope/revoke",
+                &serde_json::json!({}),
+            )
+            .await,
         404,
         "not_found",
     )
@@ -705,14 +659,7 @@ async fn issuer_tenants_crud_did_web_and_bad_input() {
         .as_str()
         .unwrap()
         .starts_with("did:web:127.0.0.1%3A"));
-    let doc: Value = c
-        .get(s.url("/issuers/acme/did.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = s.anon().get("/issuers/acme/did.json").await;
     assert_eq!(doc["id"], acme["did"]);
     // resolve the did:web over HTTP and use it to verify an issued credential
     let offer = create_offer(
@@ -750,50 +697,26 @@ async fn issuer_tenants_crud_did_web_and_bad_input() {
     )
     .await;
     expect_problem(mk(json!({"id": "y", "key_type": "P-256", "credential_configurations": {"L": {"format": "ldp_vc", "credential_type": "T", "claims": [{"name": "a"}]}}})).await.unwrap(), 422, "validation_failed").await;
-    let r = c
-        .put(s.url("/api/issuers/acme"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"display_name": "ACME Corp"}))
-        .send()
-        .await
-        .unwrap();
+    let r = s
+        .admin()
+        .put_resp("/api/issuers/acme", &json!({"display_name": "ACME Corp"}))
+        .await;
     assert_eq!(
         r.json::<Value>().await.unwrap()["display_name"],
         "ACME Corp"
     );
-    let list: Vec<Value> = c
-        .get(s.url("/api/issuers"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Vec<Value> = s.admin().get_as("/api/issuers").await;
     assert_eq!(list.len(), 2);
-    let r = c
-        .delete(s.url("/api/issuers/acme"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = s.admin().delete_resp("/api/issuers/acme").await;
     assert_eq!(r.status(), 204);
     expect_problem(
-        c.get(s.url("/api/issuers/acme"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap(),
+        s.admin().get_resp("/api/issuers/acme").await,
         404,
         "not_found",
     )
     .await;
     expect_problem(
-        c.delete(s.url("/api/issuers/default"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap(),
+        s.admin().delete_resp("/api/issuers/default").await,
         409,
         "conflict",
     )
@@ -844,12 +767,10 @@ async fn issuer_tenants_crud_did_web_and_bad_input() {
         .await
         .unwrap();
     expect_problem(r, 400, "invalid_json").await;
-    let r = c
-        .post(s.url("/api/issuers/default/offers"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+    let r = s
+        .anon()
+        .post_resp("/api/issuers/default/offers", &json!({}))
+        .await;
     expect_problem(r, 401, "unauthorized").await;
 
     // token endpoint garbage
@@ -887,26 +808,10 @@ async fn issuer_tenants_crud_did_web_and_bad_input() {
 #[tokio::test]
 async fn signing_key_is_stable_across_restarts() {
     let s = Server::start().await;
-    let before: Value = client()
-        .get(s.url("/api/issuers/default"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let before: Value = s.admin().get("/api/issuers/default").await;
     let dir = s.stop();
     let s = Server::builder().dir(dir).start().await;
-    let after: Value = client()
-        .get(s.url("/api/issuers/default"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after: Value = s.admin().get("/api/issuers/default").await;
     assert_eq!(before["did"], after["did"]);
     assert_eq!(before["key_fingerprint"], after["key_fingerprint"]);
     s.stop();

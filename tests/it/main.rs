@@ -11,6 +11,7 @@ mod abuse_dos;
 mod abuse_limits;
 mod abuse_outbound;
 mod agent;
+mod api;
 mod balancer;
 #[cfg(feature = "cluster")]
 mod cluster;

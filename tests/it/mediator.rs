@@ -8,7 +8,7 @@ use std::time::Duration;
 use idstack::didcomm::client::{self, pickup, AgentKey, MediatorConnection};
 use serde_json::{json, Value};
 
-use crate::common::{expect_problem, LineChild, Server, ADMIN_TOKEN};
+use crate::common::{expect_problem, LineChild, Server};
 use crate::interop::interop_dir;
 
 /// A credo-mediation.mjs agent driven line by line.
@@ -48,15 +48,10 @@ impl Drop for Credo {
 }
 
 pub(crate) async fn invitation(s: &Server, query: &str) -> String {
-    let r: Value = crate::common::client()
-        .get(s.url(&format!("/api/mediator/invitation{query}")))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = s
+        .admin()
+        .get(&format!("/api/mediator/invitation{query}"))
+        .await;
     let url = r["invitation_url"].as_str().unwrap().to_string();
     assert!(url.starts_with(&s.url("/didcomm?oob=")), "{url}");
     let services = r["invitation"]["services"].as_array().unwrap();
@@ -68,15 +63,7 @@ pub(crate) async fn invitation(s: &Server, query: &str) -> String {
 }
 
 async fn stats(s: &Server) -> Value {
-    crate::common::client()
-        .get(s.url("/api/mediator/stats"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    s.admin().get("/api/mediator/stats").await
 }
 
 /// What a credo round checks on the mediator at each step.
@@ -570,11 +557,9 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
         .unwrap();
     assert!(err.to_string().contains("410"), "{err}");
     expect_problem(
-        c.get(s.url("/api/mediator/invitation?handshake=carrier-pigeon"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap(),
+        s.admin()
+            .get_resp("/api/mediator/invitation?handshake=carrier-pigeon")
+            .await,
         400,
         "invalid_query",
     )
@@ -618,15 +603,7 @@ async fn credo_recipient_over_connections_1_0() {
         );
         alice.ok(json!({"cmd": "pingMediator", "timeoutMs": 10000}));
     });
-    let conns: Value = crate::common::client()
-        .get(s.url("/api/mediator/connections"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let conns: Value = s.admin().get("/api/mediator/connections").await;
     assert_eq!(conns[0]["protocol"], "connections/1.0", "{conns}");
     assert_eq!(conns[0]["mediation"], "granted", "{conns}");
 }
@@ -984,10 +961,6 @@ async fn a_huge_websocket_frame_is_refused_before_it_is_buffered() {
         "RSS grew by {grown_mib} MiB ({before} → {after} KiB)"
     );
     // The server still serves.
-    let r = crate::common::client()
-        .get(s.url("/health/live"))
-        .send()
-        .await
-        .unwrap();
+    let r = s.anon().get_resp("/health/live").await;
     assert_eq!(r.status(), 200);
 }

@@ -32,27 +32,18 @@ async fn obtain(s: &Server, config: &str) -> (tempfile::TempDir, String, Value) 
 }
 
 async fn session(s: &Server, verifier: &str, body: Value) -> Value {
-    let r = client()
-        .post(s.url(&format!("/api/verifiers/{verifier}/sessions")))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = s
+        .admin()
+        .post_resp(&format!("/api/verifiers/{verifier}/sessions"), &body)
+        .await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     r.json().await.unwrap()
 }
 
 async fn result(s: &Server, verifier: &str, id: &str) -> Value {
-    client()
-        .get(s.url(&format!("/api/verifiers/{verifier}/sessions/{id}")))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
+    s.admin()
+        .get(&format!("/api/verifiers/{verifier}/sessions/{id}"))
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 fn present(sess: &Value, cred: &str, extra: &[&str]) -> Value {
@@ -177,7 +168,7 @@ async fn every_policy_has_a_failing_case() {
     assert_eq!(policy(&r, "query_match")["passed"], false, "{r}");
 
     // issuer_allowlist
-    let r = client().post(s.url("/api/verifiers")).bearer_auth(ADMIN_TOKEN).json(&json!({"id": "picky", "signing_key_type": "P-256", "trusted_issuers": ["did:key:zSomeoneElse"]})).send().await.unwrap();
+    let r = s.admin().post_resp("/api/verifiers", &json!({"id": "picky", "signing_key_type": "P-256", "trusted_issuers": ["did:key:zSomeoneElse"]})).await;
     assert_eq!(r.status(), 201);
     let sess = session(&s, "picky", sd_query()).await;
     present(&sess, &cred, &[]);
@@ -185,26 +176,18 @@ async fn every_policy_has_a_failing_case() {
     assert_eq!(policy(&r, "issuer_allowlist")["passed"], false, "{r}");
 
     // status: revoke → the status policy fails
-    let creds: Vec<Value> = client()
-        .get(s.url("/api/issuers/default/credentials"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let creds: Vec<Value> = s.admin().get_as("/api/issuers/default/credentials").await;
     assert_eq!(creds.len(), 1);
     let _ = held;
-    client()
-        .post(s.url(&format!(
-            "/api/issuers/default/credentials/{}/revoke",
-            creds[0]["id"].as_str().unwrap()
-        )))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    s.admin()
+        .post_resp(
+            &format!(
+                "/api/issuers/default/credentials/{}/revoke",
+                creds[0]["id"].as_str().unwrap()
+            ),
+            &serde_json::json!({}),
+        )
+        .await;
     let sess = session(&s, "default", sd_query()).await;
     let out = present(&sess, &cred, &[]);
     assert_eq!(out["status"], 400);
@@ -261,12 +244,10 @@ async fn sse_events_and_signed_webhook() {
     });
     let sess = session(&s, "default", json!({"dcql_query": sd_query()["dcql_query"], "webhook_url": hook, "success_redirect": "https://rp.example/done"})).await;
     let id = sess["id"].as_str().unwrap().to_string();
-    let events = client()
-        .get(s.url(&format!("/api/verifiers/default/sessions/{id}/events")))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let events = s
+        .admin()
+        .get_resp(&format!("/api/verifiers/default/sessions/{id}/events"))
+        .await;
     assert_eq!(events.headers()["content-type"], "text/event-stream");
     // A rejected response changes the view once (a failed attempt): one frame for it, not one
     // per re-read while the session stays pending.
@@ -293,15 +274,7 @@ async fn sse_events_and_signed_webhook() {
     assert!(frames.last().unwrap().contains("\"state\":\"completed\""));
 
     let request = receiver.join().unwrap();
-    let secret: Value = client()
-        .get(s.url("/api/system/webhook-secret"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let secret: Value = s.admin().get("/api/system/webhook-secret").await;
     let sig = request
         .lines()
         .find_map(|l| {
@@ -391,31 +364,23 @@ async fn sessions_bad_input_and_unknown_or_finished_sessions() {
     )
     .await;
     expect_problem(
-        c.post(s.url("/api/verifiers/nope/sessions"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&sd_query())
-            .send()
-            .await
-            .unwrap(),
+        s.admin()
+            .post_resp("/api/verifiers/nope/sessions", &sd_query())
+            .await,
         404,
         "not_found",
     )
     .await;
     expect_problem(
-        c.get(s.url("/api/verifiers/default/sessions/nope"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap(),
+        s.admin()
+            .get_resp("/api/verifiers/default/sessions/nope")
+            .await,
         404,
         "not_found",
     )
     .await;
     expect_problem(
-        c.get(s.url("/verifiers/default/requests/nope"))
-            .send()
-            .await
-            .unwrap(),
+        s.anon().get_resp("/verifiers/default/requests/nope").await,
         404,
         "not_found",
     )
@@ -462,14 +427,10 @@ async fn sessions_bad_input_and_unknown_or_finished_sessions() {
     assert!(r.status() == 413 || r.status() == 400, "{}", r.status());
     assert_eq!(result(&s, "default", id).await["state"], "pending");
     // the wallet declines: a final answer
-    let req_jwt = c
-        .get(s.url(&format!("/verifiers/default/requests/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let req_jwt = s
+        .anon()
+        .text(&format!("/verifiers/default/requests/{id}"))
+        .await;
     let payload: Value = serde_json::from_slice(
         &idstack::crypto::b64url_decode(req_jwt.split('.').nth(1).unwrap()).unwrap(),
     )
@@ -489,10 +450,9 @@ async fn sessions_bad_input_and_unknown_or_finished_sessions() {
     assert!(v["error"].as_str().unwrap().starts_with("access_denied"));
     // a finished session's request object is gone
     expect_problem(
-        c.get(s.url(&format!("/verifiers/default/requests/{id}")))
-            .send()
-            .await
-            .unwrap(),
+        s.anon()
+            .get_resp(&format!("/verifiers/default/requests/{id}"))
+            .await,
         410,
         "gone",
     )
