@@ -49,14 +49,16 @@ pub struct NodeSettings {
     pub single_use_consistent: bool,
 }
 
-/// Keyspaces whose records are consumed once: pre-authorized and authorization codes, c_nonces,
-/// access tokens (credential issuance), verifier sessions (the result) — and the issuer's
+/// Keyspaces whose records are consumed once: pre-authorized and authorization codes, offers
+/// (their redemption: `Offered` → `TokenIssued`), c_nonces, access tokens (credential
+/// issuance), verifier sessions (the result) — and the issuer's
 /// counters (status-list index blocks), where a lost increment would give two credentials one
 /// status index. Their compare-and-swap transitions (an existing record replaced or consumed) are
 /// what `cluster.single_use = "consistent"` puts under a majority; inserts of new records and
 /// every other keyspace are not.
-pub const SINGLE_USE_KEYSPACES: [&str; 5] = [
+pub const SINGLE_USE_KEYSPACES: [&str; 6] = [
     "issuer_codes",
+    "issuer_offers",
     "issuer_nonces",
     "issuer_tokens",
     "verifier_sessions",

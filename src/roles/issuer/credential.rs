@@ -84,6 +84,21 @@ impl IssuerService {
     ) -> Result<Value, OAuthError> {
         let store = &self.ctx.store;
         let (token_key, grant) = self.access_grant(issuer_id, access_token).await?;
+        let offer: Offer = store
+            .get_json(ks::OFFERS, &grant.offer_id)
+            .await?
+            .ok_or_else(|| OAuthError::invalid_token("the offer behind this token has expired"))?;
+        // a token is usable once its offer's redemption names it (grant_access); offers redeemed
+        // before tokens were named carry no hash and are still `TokenIssued` or later
+        let named = match &offer.token_hash {
+            Some(h) => *h == token_key,
+            None => offer.state != OfferState::Offered,
+        };
+        if !named {
+            return Err(OAuthError::invalid_token(
+                "the access token is unknown, expired or used up",
+            ));
+        }
         let issuer = self.get_issuer(issuer_id).await.map_err(|e| {
             OAuthError::unless_unavailable(e, OAuthError::invalid_token("unknown issuer"))
         })?;
@@ -112,10 +127,6 @@ impl IssuerService {
         let now = self.now();
         let holders = self.check_proofs(issuer_id, &jwts, now).await?;
         self.consume_grant(&token_key, &config_id).await?;
-        let offer: Offer = store
-            .get_json(ks::OFFERS, &grant.offer_id)
-            .await?
-            .ok_or_else(|| OAuthError::invalid_token("the offer behind this token has expired"))?;
         let key = self
             .signing_key(&issuer)
             .await

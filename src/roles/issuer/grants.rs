@@ -1,8 +1,6 @@
 //! The grants that end in an access token: the token endpoint (pre-authorized code with tx_code,
 //! authorization code with PKCE) and the authorization endpoint.
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -198,114 +196,18 @@ impl IssuerService {
                 }));
             }
         }
-        // Single use: exactly one redeemer removes the code. A store failure here may still
-        // have applied the removal (Redis killed between executing the command and answering,
-        // a cluster primary that did not answer in time): the code is put back if absent, so it
-        // is never burnt without a token. That cannot redeem an offer twice: the offer's own
-        // transition to `TokenIssued` (grant_access) admits one redeemer.
-        let consumed = match store
-            .compare_and_swap(ks::CODES, &code_key, Some(okey.clone()), None)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                // (the offer is not touched: the code may have been consumed by another redeemer)
-                self.restore_code(code_key, okey, None, offer.expires_at)
-                    .await;
-                return Err(e.into());
-            }
-        };
-        if consumed != Cas::Swapped {
-            return Err(OAuthError::invalid_grant(
-                "the pre-authorized code was already used",
-            ));
-        }
-        match self
+        // Single use, in one store operation: the offer's transition to `TokenIssued` naming the
+        // token is the redemption (grant_access). The code is not consumed on the way, so no
+        // failure can burn it: until that transition the offer is `Offered` and the code
+        // redeemable; after it, the offer admits no second token.
+        let granted = self
             .grant_access(issuer_id, &offer_key_s, granted, details)
-            .await
-        {
-            // The code is consumed but no token was handed out (the store failed on the way, or
-            // the offer was not found where it was updated — a primary that had not caught up
-            // yet): the redemption is rolled back (grant_access reverted the offer), so the
-            // code is redeemable again instead of burnt. Harmless when the offer was redeemed
-            // by someone else: its state admits no second token.
-            Err(e) => {
-                // A store failure: grant_access reverted the offer, unless that failed too —
-                // retried with the code. Any other failure (the offer already redeemed or not
-                // found) leaves the offer alone: its `TokenIssued` may be another redeemer's
-                // (a code put back after an unknown outcome can be consumed twice; the offer
-                // admits one token), found by tests/it/faults.rs.
-                let revert = e.status.is_server_error().then_some(offer_key_s);
-                self.restore_code(code_key, okey, revert, offer.expires_at)
-                    .await;
-                Err(e)
-            }
-            other => other,
+            .await?;
+        // the code has served (best effort: a left-over code finds its offer redeemed)
+        if let Err(e) = store.delete(ks::CODES, &code_key).await {
+            tracing::debug!(error = %e, "redeemed pre-authorized code not deleted");
         }
-    }
-
-    /// Puts a consumed pre-authorized code back (compensating a failed redemption) for the rest
-    /// of its lifetime — after putting its offer back to `Offered` when `revert` names it (the
-    /// offer first: while it is still `TokenIssued` the code cannot be redeemed) — retried in the
-    /// background while the store is still failing (found by tests/it/faults.rs: a Redis restart
-    /// failed the offer's revert, which was not retried, and left the offer `TokenIssued` without
-    /// a token).
-    async fn restore_code(
-        &self,
-        code_key: String,
-        offer_key: Vec<u8>,
-        revert: Option<String>,
-        expires_at: i64,
-    ) {
-        let left = expires_at - self.now();
-        if left <= 0 {
-            return;
-        }
-        let store = self.ctx.store.clone();
-        let attempt = move || {
-            let store = store.clone();
-            let (code_key, offer_key, revert) =
-                (code_key.clone(), offer_key.clone(), revert.clone());
-            async move {
-                if let Some(o) = &revert {
-                    store
-                        .update_json::<Offer, OAuthError, _>(ks::OFFERS, o, None, |mut o| {
-                            if o.state == OfferState::TokenIssued {
-                                o.state = OfferState::Offered;
-                            }
-                            Ok(o)
-                        })
-                        .await
-                        .map_err(|e| e.description)?;
-                }
-                store
-                    .compare_and_swap(
-                        ks::CODES,
-                        &code_key,
-                        None,
-                        Some((offer_key, Some(secs(left as u64)))),
-                    )
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        };
-        match attempt().await {
-            Ok(_) => tracing::info!(
-                "failed redemption rolled back: the pre-authorized code is usable again"
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e, "rolling back a failed redemption; retrying in the background");
-                tokio::spawn(async move {
-                    for i in 0..10u32 {
-                        tokio::time::sleep(Duration::from_millis(200 << i.min(5))).await;
-                        if attempt().await.is_ok() {
-                            return;
-                        }
-                    }
-                    tracing::error!("could not roll back a failed redemption: the pre-authorized code stays consumed");
-                });
-            }
-        }
+        Ok(granted)
     }
 
     async fn token_authorization_code(
@@ -376,6 +278,14 @@ impl IssuerService {
         .await
     }
 
+    /// Redeems offer `offer_key_s` for an access token covering `config_ids`, in one store
+    /// operation: the token's grant is stored first (unusable: the credential endpoint accepts a
+    /// token only when its offer names it), then the offer goes `Offered` → `TokenIssued` naming
+    /// the token's hash. A failed or lost race leaves the offer as it was (redeemable, or
+    /// another redeemer's) and a grant nobody holds, deleted here or expiring with its TTL. When
+    /// the offer update's outcome is unknown (a store failure after it may have been applied),
+    /// the offer is read back: naming this token, the redemption happened and the token is
+    /// returned.
     async fn grant_access(
         &self,
         issuer_id: &str,
@@ -383,29 +293,9 @@ impl IssuerService {
         config_ids: Vec<String>,
         with_details: bool,
     ) -> Result<TokenResponse, OAuthError> {
-        let updated = match self
-            .ctx
-            .store
-            .update_json::<Offer, OAuthError, _>(ks::OFFERS, offer_key_s, None, |mut o| {
-                if o.state != OfferState::Offered {
-                    return Err(OAuthError::invalid_grant("the offer was already redeemed"));
-                }
-                o.state = OfferState::TokenIssued;
-                Ok(o)
-            })
-            .await
-        {
-            Ok(u) => u.ok_or_else(|| OAuthError::invalid_grant("the offer has expired"))?,
-            Err(e) => {
-                // a store failure may still have applied the update (a write not acknowledged in
-                // time): undo it so the rolled-back code finds its offer redeemable
-                if e.status.is_server_error() {
-                    self.revert_offer(offer_key_s).await;
-                }
-                return Err(e);
-            }
-        };
+        let store = &self.ctx.store;
         let token = random_token(32);
+        let token_hash = hash(&token);
         let details = with_details.then(|| granted_details(&config_ids));
         let grant = AccessGrant {
             offer_id: offer_key_s.to_string(),
@@ -413,23 +303,61 @@ impl IssuerService {
             credential_configuration_ids: config_ids,
             expires_at: self.now() + ACCESS_TOKEN_TTL as i64,
         };
-        if let Err(e) = self
-            .ctx
-            .store
+        store
             .put_json(
                 ks::TOKENS,
-                &hash(&token),
+                &token_hash,
                 &grant,
                 Some(secs(ACCESS_TOKEN_TTL)),
             )
-            .await
-        {
-            // nobody has this token; make sure it is gone, and the offer redeemable again
-            let _ = self.ctx.store.delete(ks::TOKENS, &hash(&token)).await;
-            self.revert_offer(offer_key_s).await;
-            return Err(e.into());
+            .await?;
+        // Set when the offer turns out redeemed by this very attempt: a retried compare-and-swap
+        // (the first one applied, its answer lost) meets its own write as the "conflict".
+        let ours = std::sync::atomic::AtomicBool::new(false);
+        let redeemed = store
+            .update_json::<Offer, OAuthError, _>(ks::OFFERS, offer_key_s, None, |mut o| {
+                if o.state != OfferState::Offered {
+                    if o.token_hash.as_deref() == Some(token_hash.as_str()) {
+                        ours.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    return Err(OAuthError::invalid_grant("the offer was already redeemed"));
+                }
+                o.state = OfferState::TokenIssued;
+                o.token_hash = Some(token_hash.clone());
+                Ok(o)
+            })
+            .await;
+        let updated = match redeemed {
+            Ok(Some(o)) => Some(o),
+            Ok(None) => {
+                self.drop_grant(&token_hash).await;
+                return Err(OAuthError::invalid_grant("the offer has expired"));
+            }
+            Err(_) if ours.load(std::sync::atomic::Ordering::SeqCst) => store
+                .get_json::<Offer>(ks::OFFERS, offer_key_s)
+                .await
+                .ok()
+                .flatten(),
+            Err(e) if e.status.is_server_error() => {
+                match store.get_json::<Offer>(ks::OFFERS, offer_key_s).await {
+                    Ok(Some(o)) if o.token_hash.as_deref() == Some(token_hash.as_str()) => Some(o),
+                    Ok(_) => return Err(e),
+                    Err(_) => {
+                        // unknown whether the offer names this token, and the holder is told to
+                        // retry: take the redemption back once the store answers
+                        self.undo_redemption(offer_key_s.to_string(), token_hash);
+                        return Err(e);
+                    }
+                }
+            }
+            Err(e) => {
+                self.drop_grant(&token_hash).await;
+                return Err(e);
+            }
+        };
+        if let Some(o) = &updated {
+            self.offer_changed(issuer_id, o);
         }
-        self.offer_changed(issuer_id, &updated);
         Ok(TokenResponse {
             access_token: token,
             token_type: "Bearer",
@@ -438,21 +366,46 @@ impl IssuerService {
         })
     }
 
-    /// Compensation of a redemption that failed after the offer was marked redeemed: back to
-    /// `Offered` (only from `TokenIssued`; nothing else is touched).
-    async fn revert_offer(&self, offer_key_s: &str) {
-        let r = self
-            .ctx
-            .store
-            .update_json::<Offer, OAuthError, _>(ks::OFFERS, offer_key_s, None, |mut o| {
-                if o.state == OfferState::TokenIssued {
-                    o.state = OfferState::Offered;
+    /// Takes back a redemption whose outcome is unknown and whose token was not handed out:
+    /// in the background, retried while the store fails, the offer goes back to `Offered` if it
+    /// names this token (nobody holds it, and a token is usable only while named), and the grant
+    /// is deleted. Safe against a second token: it changes only an offer this attempt redeemed.
+    /// (Lost if this process dies before the store answers again: the offer then stays redeemed
+    /// with a token nobody received — a store failure and a node death at once.)
+    fn undo_redemption(&self, offer_key: String, token_hash: String) {
+        let store = self.ctx.store.clone();
+        tokio::spawn(async move {
+            for i in 0..12u32 {
+                tokio::time::sleep(std::time::Duration::from_millis(100 << i.min(5))).await;
+                let undone = store
+                    .update_json::<Offer, OAuthError, _>(ks::OFFERS, &offer_key, None, |mut o| {
+                        if o.state != OfferState::TokenIssued
+                            || o.token_hash.as_deref() != Some(token_hash.as_str())
+                        {
+                            return Err(OAuthError::invalid_grant("not this redemption"));
+                        }
+                        o.state = OfferState::Offered;
+                        o.token_hash = None;
+                        Ok(o)
+                    })
+                    .await;
+                match undone {
+                    Err(e) if e.status.is_server_error() => continue,
+                    _ => {
+                        let _ = store.delete(ks::TOKENS, &token_hash).await;
+                        return;
+                    }
                 }
-                Ok(o)
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e.description, "could not revert the offer of a failed redemption");
+            }
+            tracing::error!("could not take back a redemption of unknown outcome: its offer may stay redeemed with a token nobody received");
+        });
+    }
+
+    /// Deletes the grant of a token no redemption handed out (best effort: it expires anyway,
+    /// and no offer names it).
+    async fn drop_grant(&self, token_hash: &str) {
+        if let Err(e) = self.ctx.store.delete(ks::TOKENS, token_hash).await {
+            tracing::debug!(error = %e, "grant of an unreturned token not deleted");
         }
     }
 

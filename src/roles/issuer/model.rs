@@ -230,6 +230,11 @@ pub struct Offer {
     pub issued: Vec<String>,
     /// The OpenID4VCI credential offer object (served by reference while redeemable).
     pub credential_offer: Value,
+    /// SHA-256 of the access token its redemption handed out: the token is usable only when its
+    /// offer names it (the token is stored first, the offer's transition to `TokenIssued` with
+    /// this hash is the redemption — one store operation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_hash: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

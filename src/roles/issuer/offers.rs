@@ -69,6 +69,7 @@ impl IssuerService {
             credential_validity_seconds: req.credential_validity_seconds,
             issued: Vec::new(),
             credential_offer: credential_offer.clone(),
+            token_hash: None,
         };
         let ops = offer_records(&offer, issuer_state.as_deref(), ttl)?;
         self.ctx.store.batch(ops).await?;

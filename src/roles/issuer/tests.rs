@@ -149,7 +149,8 @@ impl crate::store::Store for Faulty {
 
 /// A redemption whose offer update or token write fails with 503 (the store "kept
 /// conflicting"; a write applied but not acknowledged) leaves the code redeemable: the retry
-/// gets the token, and the code is single-use after that.
+/// gets the token, and the code is single-use after that. An offer update that was applied
+/// but not acknowledged is read back: the redemption happened, and its token is handed out.
 #[tokio::test]
 async fn a_store_failure_during_redemption_leaves_the_code_redeemable() {
     for (keyspace, applied) in [
@@ -175,6 +176,15 @@ async fn a_store_failure_during_redemption_leaves_the_code_redeemable() {
             .unwrap();
         let code = pre_auth_code(&o);
         faulty.fail.store(1, std::sync::atomic::Ordering::SeqCst);
+        if (keyspace, applied) == (ks::OFFERS, true) {
+            // the redemption took effect but its acknowledgement failed: read back, it names
+            // this token, so the token is handed out — once
+            let t = svc.token("default", token_req(&code)).await.unwrap();
+            assert!(!t.access_token.is_empty());
+            let again = svc.token("default", token_req(&code)).await.unwrap_err();
+            assert_eq!(again.error, "invalid_grant");
+            continue;
+        }
         let e = svc.token("default", token_req(&code)).await.unwrap_err();
         assert_eq!(
             (e.status.as_u16(), e.error),
@@ -194,6 +204,65 @@ async fn a_store_failure_during_redemption_leaves_the_code_redeemable() {
         let again = svc.token("default", token_req(&code)).await.unwrap_err();
         assert_eq!(again.error, "invalid_grant");
     }
+}
+
+/// A token its offer does not name — stored by a redemption that then lost the race or failed —
+/// is refused at the credential endpoint before any proof or nonce is looked at.
+#[tokio::test]
+async fn a_token_its_offer_does_not_name_is_refused() {
+    let clock = FakeClock::new(1_800_000_000_000);
+    let svc = IssuerService::new(RoleContext::for_tests(clock), IssuerConfig::default());
+    svc.init().await.unwrap();
+    let o = svc
+        .create_offer("default", offer_req(Some(600)))
+        .await
+        .unwrap();
+    let grant = AccessGrant {
+        offer_id: format!("default/{}", o.id),
+        issuer: "default".into(),
+        credential_configuration_ids: vec!["IdentityCredential_dc_sd_jwt".into()],
+        expires_at: 1_800_000_600,
+    };
+    let store = svc.ctx.store.clone();
+    let orphan = |t: &'static str| {
+        let (store, grant) = (store.clone(), grant.clone());
+        async move {
+            store
+                .put_json(ks::TOKENS, &super::service::hash(t), &grant, None)
+                .await
+                .unwrap();
+        }
+    };
+    let req = || -> CredentialRequest {
+        serde_json::from_value(
+            serde_json::json!({"credential_configuration_id": "IdentityCredential_dc_sd_jwt"}),
+        )
+        .unwrap()
+    };
+    // the offer is not redeemed yet
+    orphan("orphan-before").await;
+    let e = svc
+        .credential("default", Some("orphan-before"), req())
+        .await
+        .unwrap_err();
+    assert_eq!(e.error, "invalid_token", "{e:?}");
+    // the offer was redeemed with another token
+    let t = svc
+        .token("default", token_req(&pre_auth_code(&o)))
+        .await
+        .unwrap();
+    orphan("orphan-after").await;
+    let e = svc
+        .credential("default", Some("orphan-after"), req())
+        .await
+        .unwrap_err();
+    assert_eq!(e.error, "invalid_token", "{e:?}");
+    // the named token gets past this check (to the proof)
+    let e = svc
+        .credential("default", Some(&t.access_token), req())
+        .await
+        .unwrap_err();
+    assert_ne!(e.error, "invalid_token", "{e:?}");
 }
 
 #[tokio::test]
