@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use super::error::{MediatorError, MediatorResult, OrInternal as _};
-use super::ks;
+use super::model::ks;
 use super::model::*;
 use super::service::MediatorService;
 use crate::store::{BatchOp, Cas};

@@ -7,8 +7,8 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::error::{bad_message, MediatorError, MediatorResult, OrInternal as _};
-use super::ks;
 use super::message::DIDCOMM;
+use super::model::ks;
 use super::model::*;
 use super::service::{endpoints, MediatorService};
 use crate::clock::random_id;

@@ -5,7 +5,7 @@
 
 use ed25519_dalek::SigningKey;
 
-use super::ks;
+use super::model::ks;
 use super::service::MediatorService;
 use crate::roles::RoleContext;
 use crate::store::Cas;

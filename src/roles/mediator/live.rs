@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::error::{MediatorResult, OrInternal as _};
-use super::ks;
 use super::message::delivery;
+use super::model::ks;
 use super::model::{Connection, QueuedMessage};
 use super::service::MediatorService;
 use super::socket::{Mode, Outgoing, Socket};

@@ -7,7 +7,7 @@
 use serde_json::{json, Value};
 
 use super::error::MediatorResult;
-use super::ks;
+use super::model::ks;
 use super::model::Connection;
 use super::protocols::ConnMessage;
 use super::service::{endpoints, MediatorService};

@@ -9,12 +9,12 @@
 //! `queue.rs` (forward, the stored queue, leases, acknowledgements, status), `live.rs`
 //! (WebSocket delivery), `keys.rs` (the mediator key). Below them: `message.rs` (plaintext
 //! messages), `socket.rs` (a WebSocket as the engine sees it), `book.rs` (queue indexes and
-//! leases in memory), `index.rs` (one queue's index), `model.rs`, and `error.rs`
-//! ([`MediatorError`]).
+//! leases in memory), `index.rs` (one queue's index), `model.rs` (records, keyspaces, API
+//! shapes) and `error.rs` ([`MediatorError`]).
 
 mod book;
 mod connections;
-pub mod error;
+mod error;
 mod handshake;
 mod inbound;
 mod index;
@@ -42,21 +42,6 @@ pub use service::MediatorService;
 
 use crate::config::MediatorConfig;
 use crate::roles::RoleContext;
-
-/// The mediator's keyspaces.
-pub mod ks {
-    pub const KEYS: &str = "mediator_keys";
-    pub const INVITATIONS: &str = "mediator_invitations";
-    pub const CONNECTIONS: &str = "mediator_connections";
-    /// Peer verkey → connection id.
-    pub const BY_KEY: &str = "mediator_conn_by_key";
-    /// Registered recipient key → connection id (coordinate-mediation keylist).
-    pub const ROUTES: &str = "mediator_routes";
-    /// `{connection}/{key}` → empty, for keylist queries.
-    pub const ROUTE_BY_CONN: &str = "mediator_route_by_conn";
-    /// `{connection}/{message id}` → queued message (ids sort by arrival).
-    pub const QUEUE: &str = "mediator_queue";
-}
 
 pub async fn init(ctx: &RoleContext, cfg: &MediatorConfig) -> anyhow::Result<Arc<MediatorService>> {
     let key = keys::load_or_create(ctx).await?;
