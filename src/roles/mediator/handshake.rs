@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::error::MediatorResult;
 use super::message::{thread_id, DIDCOMM};
 use super::model::Connection;
-use super::service::{endpoints, MediatorService};
+use super::service::{endpoints, MediatorService, OrRefused as _, Required as _};
 use crate::clock::random_id;
 use crate::didcomm::peer;
 
@@ -29,12 +29,12 @@ impl MediatorService {
         let did = msg
             .get("did")
             .and_then(Value::as_str)
-            .ok_or_else(|| self.refuse("DID exchange request without did"))?;
+            .required(self, "DID exchange request without did")?;
         let attached = match msg.get("did_doc~attach") {
             Some(att) => {
-                let bytes = peer::attachment_bytes(att).map_err(|e| self.refuse(e))?;
+                let bytes = peer::attachment_bytes(att).or_refused(self)?;
                 let doc = serde_json::from_slice::<Value>(&bytes)
-                    .map_err(|e| self.refuse(format!("did_doc~attach: {e}")))?;
+                    .or_refused_in(self, "did_doc~attach")?;
                 Some(doc)
             }
             None => None,
@@ -98,12 +98,12 @@ impl MediatorService {
         let invitation = self.use_invitation(pthid).await?;
         let c = msg
             .get("connection")
-            .ok_or_else(|| self.refuse("connection request without connection"))?;
+            .required(self, "connection request without connection")?;
         let did = c
             .get("DID")
             .or_else(|| c.get("did"))
             .and_then(Value::as_str)
-            .ok_or_else(|| self.refuse("connection request without DID"))?;
+            .required(self, "connection request without DID")?;
         let doc = c.get("DIDDoc").or_else(|| c.get("did_doc"));
         self.open_connection(msg, sender, did, doc, "connections/1.0".into(), invitation)
             .await?;
@@ -171,7 +171,7 @@ impl MediatorService {
         protocol: String,
         (invitation_id, via_single_use): (String, bool),
     ) -> MediatorResult<Connection> {
-        let info = peer::resolve(did, attached_doc).map_err(|e| self.refuse(e))?;
+        let info = peer::resolve(did, attached_doc).or_refused(self)?;
         if !info.verkeys.iter().any(|k| k == sender) {
             return Err(
                 self.refuse("the request was not authcrypted with a key of the DID it presents")

@@ -14,7 +14,7 @@ use super::error::{MediatorError, MediatorResult, OrInternal as _};
 use super::message::{
     normalize_type, thread_id, wants_return_route, wants_return_route_all, DIDCOMM,
 };
-use super::service::MediatorService;
+use super::service::{MediatorService, OrRefused as _, Required as _};
 use super::socket::{Mode, Socket};
 use crate::clock::random_id;
 use crate::didcomm::envelope;
@@ -93,12 +93,12 @@ impl MediatorService {
         let unpacked = envelope::unpack(body, |kid| (kid == own).then(|| key.clone()))
             .map_err(|e| self.reject(MediatorError::Unpack(e)))?;
         let msg: Value = serde_json::from_slice(&unpacked.message)
-            .map_err(|e| self.refuse(format!("plaintext is not JSON: {e}")))?;
+            .or_refused_in(self, "plaintext is not JSON")?;
         let typ = msg
             .get("@type")
             .and_then(Value::as_str)
             .map(normalize_type)
-            .ok_or_else(|| self.refuse("message has no @type"))?;
+            .required(self, "message has no @type")?;
         tracing::debug!(%typ, sender = ?unpacked.sender_verkey, "didcomm message");
         Ok((msg, typ, unpacked.sender_verkey))
     }

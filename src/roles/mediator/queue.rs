@@ -15,7 +15,7 @@ use super::index::{Change, ConnQueue, Entry};
 use super::message::recipient_filter;
 use super::model::ks;
 use super::model::QueuedMessage;
-use super::service::MediatorService;
+use super::service::{MediatorService, OrRefused as _, Required as _};
 use super::socket::Socket;
 use crate::clock::random_id;
 use crate::didcomm::peer;
@@ -38,16 +38,14 @@ impl MediatorService {
         let to = msg
             .get("to")
             .and_then(Value::as_str)
-            .ok_or_else(|| self.refuse("forward without to"))?;
-        let key = peer::normalize_key(to).map_err(|e| self.refuse(e))?;
+            .required(self, "forward without to")?;
+        let key = peer::normalize_key(to).or_refused(self)?;
         let inner = msg
             .get("msg")
             .filter(|m| m.is_object() || m.is_string())
-            .ok_or_else(|| self.refuse("forward without msg"))?;
+            .required(self, "forward without msg")?;
         let inner = match inner {
-            Value::String(s) => {
-                serde_json::from_str(s).map_err(|e| self.refuse(format!("forward msg: {e}")))?
-            }
+            Value::String(s) => serde_json::from_str(s).or_refused_in(self, "forward msg")?,
             v => v.clone(),
         };
         let conn_id = self

@@ -113,6 +113,33 @@ impl MediatorService {
     }
 }
 
+/// `.or_refused(self)?` / `.or_refused_in(self, "forward msg")?`: a message the mediator cannot
+/// take (`didcomm_bad_message`, counted as refused), its detail the error's (after `what: `).
+pub(super) trait OrRefused<T> {
+    fn or_refused(self, svc: &MediatorService) -> MediatorResult<T>;
+    fn or_refused_in(self, svc: &MediatorService, what: &str) -> MediatorResult<T>;
+}
+
+impl<T, E: std::fmt::Display> OrRefused<T> for Result<T, E> {
+    fn or_refused(self, svc: &MediatorService) -> MediatorResult<T> {
+        self.map_err(|e| svc.refuse(e.to_string()))
+    }
+    fn or_refused_in(self, svc: &MediatorService, what: &str) -> MediatorResult<T> {
+        self.map_err(|e| svc.refuse(format!("{what}: {e}")))
+    }
+}
+
+/// `.required(self, "forward without to")?`: a message that lacks what it must carry (counted).
+pub(super) trait Required<T> {
+    fn required(self, svc: &MediatorService, detail: &str) -> MediatorResult<T>;
+}
+
+impl<T> Required<T> for Option<T> {
+    fn required(self, svc: &MediatorService, detail: &str) -> MediatorResult<T> {
+        self.ok_or_else(|| svc.refuse(detail))
+    }
+}
+
 /// The mediator's endpoints: `public_url/didcomm` and its WebSocket form.
 pub(super) fn endpoints(ctx: &RoleContext) -> Vec<String> {
     let http = format!("{}/didcomm", ctx.public_url);
