@@ -92,7 +92,7 @@ async fn recreate(
 /// The mediator's key against the stored one: not ready while another key is stored.
 #[cfg(feature = "mediator")]
 async fn check_mediator(state: &AppState, services: &Services) {
-    use crate::roles::mediator::service::StoredKey;
+    use crate::roles::mediator::StoredKey;
     let Some(svc) = &services.mediator else {
         return;
     };

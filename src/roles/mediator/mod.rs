@@ -1,49 +1,58 @@
 //! The mediator role: a DIDComm v1 mediator (Aries RFC 0019 envelopes, out-of-band 1.1, DID
 //! exchange 1.0/1.1 and connections 1.0, trust ping, coordinate-mediation 1.0, routing forward,
 //! message pickup 2.0 with live mode and 1.0) over HTTP and WebSocket.
+//!
+//! `routes.rs` translates HTTP and WebSocket frames; the engine is [`MediatorService`]
+//! (`service.rs`: the struct and what the steps share) with one file per step: `inbound.rs`
+//! (unpack, dispatch by `@type`, replies), `invitations.rs`, `handshake.rs`, `connections.rs`,
+//! `protocols.rs` (what an established connection may say), `mediation.rs`, `pickup.rs`,
+//! `queue.rs` (forward, the stored queue, leases, acknowledgements, status), `live.rs`
+//! (WebSocket delivery), `keys.rs` (the mediator key). Below them: `message.rs` (plaintext
+//! messages), `socket.rs` (a WebSocket as the engine sees it), `book.rs` (queue indexes and
+//! leases in memory), `index.rs` (one queue's index), `model.rs` (records, keyspaces, API
+//! shapes) and `error.rs` ([`MediatorError`]).
 
+mod book;
+mod connections;
+mod error;
+mod handshake;
+mod inbound;
+mod index;
+mod invitations;
+mod keys;
+mod live;
+mod mediation;
+mod message;
 pub mod model;
-pub mod queue;
-pub use crate::didcomm::{envelope, peer};
+mod pickup;
+mod protocols;
+mod queue;
 pub mod routes;
-pub mod service;
-pub mod ws_limit;
+mod service;
+mod socket;
+mod ws_limit;
 
 use std::sync::Arc;
 
 use actix_web::web;
 
+pub use error::MediatorError;
+pub use keys::StoredKey;
 pub use service::MediatorService;
 
 use crate::config::MediatorConfig;
 use crate::roles::RoleContext;
 
-/// The mediator's keyspaces.
-pub mod ks {
-    pub const KEYS: &str = "mediator_keys";
-    pub const INVITATIONS: &str = "mediator_invitations";
-    pub const CONNECTIONS: &str = "mediator_connections";
-    /// Peer verkey → connection id.
-    pub const BY_KEY: &str = "mediator_conn_by_key";
-    /// Registered recipient key → connection id (coordinate-mediation keylist).
-    pub const ROUTES: &str = "mediator_routes";
-    /// `{connection}/{key}` → empty, for keylist queries.
-    pub const ROUTE_BY_CONN: &str = "mediator_route_by_conn";
-    /// `{connection}/{message id}` → queued message (ids sort by arrival).
-    pub const QUEUE: &str = "mediator_queue";
-}
-
 pub async fn init(ctx: &RoleContext, cfg: &MediatorConfig) -> anyhow::Result<Arc<MediatorService>> {
-    let svc = Arc::new(MediatorService::new(ctx.clone(), cfg.clone()).await?);
+    let key = keys::load_or_create(ctx).await?;
+    let svc = Arc::new(MediatorService::new(ctx.clone(), cfg.clone(), key)?);
     // Bus events from any node wake the local socket holding that connection live.
     let mut rx = ctx.bus.subscribe();
     let weak = Arc::downgrade(&svc);
     tokio::spawn(async move {
         loop {
             match rx.recv().await {
-                Ok(ev)
-                    if ev.topic == service::BUS_TOPIC || ev.topic == service::BUS_TOPIC_ACKED =>
-                {
+                Ok(ev) if ev.topic == queue::BUS_TOPIC || ev.topic == queue::BUS_TOPIC_ACKED => {
                     match weak.upgrade() {
                         Some(svc) => svc.on_event(&ev.topic, &ev.payload),
                         None => break,

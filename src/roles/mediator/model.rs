@@ -1,8 +1,23 @@
-//! Mediator records (what the store holds) and the public API shapes.
+//! Mediator records (what the store holds, and in which keyspace) and the public API shapes.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
+
+/// The mediator's keyspaces.
+pub mod ks {
+    pub const KEYS: &str = "mediator_keys";
+    pub const INVITATIONS: &str = "mediator_invitations";
+    pub const CONNECTIONS: &str = "mediator_connections";
+    /// Peer verkey → connection id.
+    pub const BY_KEY: &str = "mediator_conn_by_key";
+    /// Registered recipient key → connection id (coordinate-mediation keylist).
+    pub const ROUTES: &str = "mediator_routes";
+    /// `{connection}/{key}` → empty, for keylist queries.
+    pub const ROUTE_BY_CONN: &str = "mediator_route_by_conn";
+    /// `{connection}/{message id}` → queued message (ids sort by arrival).
+    pub const QUEUE: &str = "mediator_queue";
+}
 
 /// A DIDComm connection with an agent (a mediation recipient, or anyone who connected).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

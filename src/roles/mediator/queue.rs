@@ -1,183 +1,299 @@
-//! What one node knows about each connection's queue without reading the store: an index of the
-//! queued messages (id, size, recipient key, arrival), so status, queue caps and acknowledgement
-//! cost O(1) or O(batch) instead of a scan and parse of the whole queue.
-//!
-//! The store stays the source of truth. An index is built by one scan the first time a connection
-//! is asked about, kept current by this node's own enqueues and acknowledgements, and dropped (to be
-//! rebuilt on next use) when the bus reports a change made by another node.
+//! The stored queue, `{connection}/{time-ordered id}` in [`ks::QUEUE`]: routing forwards into it
+//! (durably, before the sender's 202), handing messages out under leases, deleting them when
+//! acknowledged, and `status` from the in-memory index ([`super::index`], kept in
+//! [`super::book`]). Every change is announced on the bus, so the node holding the recipient's
+//! live socket pumps and other nodes drop their index of that queue.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
+use std::sync::Arc;
 
-/// One queued message, as the index remembers it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// Bytes of the stored record.
-    pub bytes: u64,
-    /// The recipient key the sender addressed (base58).
-    pub recipient: String,
-    pub at_ms: i64,
+use serde_json::{json, Value};
+
+use super::book::{live_ids, Holder, Leases, Lookup};
+use super::error::{MediatorError, MediatorResult, OrInternal as _};
+use super::index::{Change, ConnQueue, Entry};
+use super::message::recipient_filter;
+use super::model::ks;
+use super::model::QueuedMessage;
+use super::service::{MediatorService, OrRefused as _, Required as _};
+use super::socket::Socket;
+use crate::clock::random_id;
+use crate::didcomm::peer;
+
+/// Bus topic of a message queued (payload `{connection}\n{origin node}`): wakes the socket that
+/// holds the connection live; other nodes also drop their index of that queue.
+pub(super) const BUS_TOPIC: &str = "mediator.queued";
+/// Bus topic of messages acknowledged (same payload): other nodes drop their index of that queue.
+pub(super) const BUS_TOPIC_ACKED: &str = "mediator.acked";
+
+/// `secs` as milliseconds, saturating.
+fn ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
-/// A connection's queue. Ids sort by arrival (they start with the arrival time).
-#[derive(Debug, Default)]
-pub struct ConnQueue {
-    entries: BTreeMap<String, Entry>,
-    bytes: u64,
-}
+impl MediatorService {
+    /// Routing 1.0 `forward`: the inner message goes, untouched, into the queue of the
+    /// connection that registered the `to` key.
+    pub(super) async fn forward(&self, msg: &Value) -> MediatorResult<()> {
+        let to = msg
+            .get("to")
+            .and_then(Value::as_str)
+            .required(self, "forward without to")?;
+        let key = peer::normalize_key(to).or_refused(self)?;
+        let inner = msg
+            .get("msg")
+            .filter(|m| m.is_object() || m.is_string())
+            .required(self, "forward without msg")?;
+        let inner = match inner {
+            Value::String(s) => serde_json::from_str(s).or_refused_in(self, "forward msg")?,
+            v => v.clone(),
+        };
+        let conn_id = self
+            .ctx
+            .store
+            .get(ks::ROUTES, &key)
+            .await?
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| self.reject(MediatorError::NoRoute))?;
+        self.enqueue(&conn_id, &key, inner).await?;
+        self.counters.forwarded();
+        Ok(())
+    }
 
-/// `status` numbers: what waits, not counting what is handed out and not yet acknowledged.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Summary {
-    pub count: u64,
-    pub bytes: u64,
-    pub oldest_ms: Option<i64>,
-}
-
-/// A change to apply to an index; recorded while the index is being built from the store.
-#[derive(Debug, Clone)]
-pub enum Change {
-    Add(String, Entry),
-    Remove(String),
-}
-
-impl ConnQueue {
-    pub fn from_entries(rows: impl IntoIterator<Item = (String, Entry)>) -> Self {
-        let mut q = Self::default();
-        for (id, e) in rows {
-            q.add(id, e);
+    /// Stores a message for connection `conn_id` durably, then announces it on the bus. The
+    /// queue caps (messages and bytes per connection) are checked against the index: O(1).
+    pub(super) async fn enqueue(
+        &self,
+        conn_id: &str,
+        recipient_key: &str,
+        msg: Value,
+    ) -> MediatorResult<()> {
+        // Sortable, unique id: millisecond time then randomness.
+        let now = self.now();
+        let id = format!("{:013}{}", now.max(0), random_id());
+        let rec = QueuedMessage {
+            id: id.clone(),
+            recipient_key: recipient_key.to_string(),
+            received_at_ms: now,
+            msg,
+        };
+        let raw = serde_json::to_vec(&rec).or_internal()?;
+        let len = raw.len() as u64;
+        self.check_room(conn_id, len).await?;
+        let ttl = std::time::Duration::from_secs(self.cfg.message_ttl_seconds);
+        self.ctx
+            .store
+            .put(ks::QUEUE, &format!("{conn_id}/{id}"), raw, Some(ttl))
+            .await?;
+        if self.cfg.flush_before_ack {
+            self.ctx.store.flush().await?;
         }
-        q
+        let entry = Entry {
+            bytes: len,
+            recipient: recipient_key.to_string(),
+            at_ms: now,
+        };
+        self.book().note(conn_id, Change::Add(id, entry));
+        self.ctx
+            .bus
+            .publish(BUS_TOPIC, &format!("{conn_id}\n{}", self.origin))
+            .await;
+        Ok(())
     }
 
-    pub fn apply(&mut self, c: Change) {
-        match c {
-            Change::Add(id, e) => self.add(id, e),
-            Change::Remove(id) => {
-                self.remove(&id);
-            }
+    /// Refuses (counted) a message of `len` bytes that would take `conn_id`'s queue over its
+    /// message or byte cap.
+    async fn check_room(&self, conn_id: &str, len: u64) -> MediatorResult<()> {
+        let (count, bytes) = self
+            .with_queue(conn_id, |q, _| (q.len(), q.bytes()))
+            .await?;
+        let max = self.cfg.max_queue_per_recipient as u64;
+        if count >= max {
+            return Err(self.reject(MediatorError::QueueFull(format!(
+                "the recipient's queue holds {max} messages already; it must pick some up first"
+            ))));
         }
-    }
-
-    /// Adds `id` unless present (adding twice is harmless: a scan and a local enqueue may both see it).
-    pub fn add(&mut self, id: String, e: Entry) {
-        if let std::collections::btree_map::Entry::Vacant(v) = self.entries.entry(id) {
-            self.bytes += e.bytes;
-            v.insert(e);
+        let max_bytes = self.cfg.max_queue_bytes_per_connection;
+        if bytes.saturating_add(len) > max_bytes {
+            return Err(self.reject(MediatorError::QueueFull(format!(
+                "the recipient's queue holds {bytes} of its {max_bytes} bytes already; it must pick some up first"
+            ))));
         }
+        Ok(())
     }
 
-    pub fn remove(&mut self, id: &str) -> Option<Entry> {
-        let e = self.entries.remove(id)?;
-        self.bytes -= e.bytes;
-        Some(e)
-    }
-
-    /// Forgets messages that arrived before `before_ms` (the store expires them by TTL).
-    pub fn expire(&mut self, before_ms: i64) {
-        while let Some(e) = self.entries.first_entry() {
-            if e.get().at_ms >= before_ms {
-                break;
-            }
-            let (_, gone) = e.remove_entry();
-            self.bytes -= gone.bytes;
-        }
-    }
-
-    pub fn len(&self) -> u64 {
-        self.entries.len() as u64
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
-    /// What waits, leaving out `leased`. Without a recipient filter it costs O(|leased|); with one,
-    /// a walk over the index in memory (no store reads).
-    pub fn summary(&self, leased: &HashSet<&str>, recipient: Option<&str>) -> Summary {
-        match recipient {
-            None => {
-                let mut s = Summary {
-                    count: self.len(),
-                    bytes: self.bytes,
-                    oldest_ms: None,
-                };
-                for id in leased {
-                    if let Some(e) = self.entries.get(*id) {
-                        s.count -= 1;
-                        s.bytes -= e.bytes;
-                    }
+    /// Runs `f` on the index of `conn_id`'s queue (with its live leases' ids), building the index
+    /// with one store scan when this node has none.
+    async fn with_queue<R>(
+        &self,
+        conn_id: &str,
+        f: impl FnOnce(&mut ConnQueue, &HashSet<&str>) -> R,
+    ) -> MediatorResult<R> {
+        let now = self.now();
+        let horizon = now.saturating_sub(ms(self.cfg.message_ttl_seconds));
+        let run = |q: &mut ConnQueue, leases: Option<&Leases>| {
+            q.expire(horizon);
+            f(q, &live_ids(leases, now))
+        };
+        let started = match self.book().lookup(conn_id) {
+            Lookup::Ready(q, leases) => return Ok(run(q, leases)),
+            Lookup::Loading => false,
+            Lookup::Started => true,
+        };
+        let rows = match self
+            .ctx
+            .store
+            .scan_prefix(ks::QUEUE, &format!("{conn_id}/"), usize::MAX)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                if started {
+                    self.book().abandon_index(conn_id);
                 }
-                s.oldest_ms = self
-                    .entries
-                    .iter()
-                    .find(|(id, _)| !leased.contains(id.as_str()))
-                    .map(|(_, e)| e.at_ms);
-                s
+                return Err(e.into());
             }
-            Some(r) => {
-                let mut s = Summary::default();
-                for (id, e) in &self.entries {
-                    if e.recipient != r || leased.contains(id.as_str()) {
-                        continue;
-                    }
-                    s.count += 1;
-                    s.bytes += e.bytes;
-                    s.oldest_ms.get_or_insert(e.at_ms);
-                }
-                s
-            }
-        }
+        };
+        let q = ConnQueue::from_entries(rows.into_iter().filter_map(|(_, raw)| {
+            let m = serde_json::from_slice::<QueuedMessage>(&raw).ok()?;
+            let entry = Entry {
+                bytes: raw.len() as u64,
+                recipient: m.recipient_key,
+                at_ms: m.received_at_ms,
+            };
+            Some((m.id, entry))
+        }));
+        Ok(self.book().finish_index(conn_id, q, started, run))
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn e(bytes: u64, r: &str, at: i64) -> Entry {
-        Entry {
-            bytes,
-            recipient: r.into(),
-            at_ms: at,
+    /// A bus event: wake the local socket holding the connection; if another node changed the
+    /// queue, drop this node's index of it.
+    pub(super) fn on_event(&self, topic: &str, payload: &str) {
+        let (conn_id, origin) = payload.split_once('\n').unwrap_or((payload, ""));
+        if origin != self.origin {
+            self.book().drop_index(conn_id);
+        }
+        if topic == BUS_TOPIC {
+            self.wake(conn_id);
         }
     }
 
-    #[test]
-    fn counts_bytes_and_oldest_leave_out_leased_messages() {
-        let mut q = ConnQueue::from_entries([
-            ("001".to_string(), e(10, "a", 1)),
-            ("002".to_string(), e(20, "b", 2)),
-            ("003".to_string(), e(30, "a", 3)),
-        ]);
-        q.add("002".into(), e(20, "b", 2)); // seen twice: counted once
-        assert_eq!((q.len(), q.bytes()), (3, 60));
-        let leased: HashSet<&str> = ["001", "999"].into_iter().collect();
-        assert_eq!(
-            q.summary(&leased, None),
-            Summary {
-                count: 2,
-                bytes: 50,
-                oldest_ms: Some(2)
+    /// Missed bus events: every index may be stale.
+    pub(super) fn forget_indexes(&self) {
+        self.book().drop_indexes();
+    }
+
+    /// Messages not handed out (to any socket or HTTP lease), oldest first, leased to `socket`
+    /// (until it closes) or to an HTTP lease (`pickup_lease_seconds`). Reads at most
+    /// `limit` + the connection's leases rows.
+    pub(super) async fn claim(
+        &self,
+        conn_id: &str,
+        socket: Option<&Arc<Socket>>,
+        limit: usize,
+        recipient: Option<&str>,
+    ) -> MediatorResult<Vec<QueuedMessage>> {
+        let now = self.now();
+        let leased = self.book().live_leases(conn_id, now);
+        let rows = self
+            .ctx
+            .store
+            .scan_prefix(
+                ks::QUEUE,
+                &format!("{conn_id}/"),
+                limit.saturating_add(leased),
+            )
+            .await?;
+        let until_ms = now.saturating_add(ms(self.cfg.pickup_lease_seconds));
+        let holder = Holder::of(socket, until_ms);
+        let out = self
+            .book()
+            .lease(conn_id, rows, limit, recipient, holder, now);
+        if let Some(s) = socket {
+            s.hold(out.iter().map(|m| m.id.clone()));
+        }
+        self.counters.delivered(out.len() as u64);
+        Ok(out)
+    }
+
+    /// When the first HTTP lease on `conn_id`'s messages runs out (they are offered again then).
+    pub(super) fn http_lease_end(&self, conn_id: &str) -> Option<std::time::Instant> {
+        let now = self.now();
+        let first = self.book().first_http_lease_end(conn_id, now)?;
+        let wait = u64::try_from(first - now).unwrap_or(0);
+        Some(std::time::Instant::now() + std::time::Duration::from_millis(wait))
+    }
+
+    /// Gives back leases `socket` took and did not get onto the wire.
+    pub(super) fn release(&self, conn_id: &str, s: &Arc<Socket>, ids: &[String]) {
+        self.book().release(conn_id, s.id, ids);
+        s.drop_held(ids.iter().map(String::as_str));
+    }
+
+    /// Deletes acknowledged messages and ends their leases, wherever they were handed out (a
+    /// socket's delivery may be acknowledged over HTTP, as credo does). O(acknowledged).
+    pub(super) async fn acknowledge(
+        &self,
+        conn_id: &str,
+        ids: &[String],
+        socket: Option<&Arc<Socket>>,
+    ) -> MediatorResult<()> {
+        let ids: Vec<&String> = ids
+            .iter()
+            .filter(|id| !id.is_empty() && !id.contains('/'))
+            .collect();
+        let n = ids.len() as u64;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ops = ids
+            .iter()
+            .map(|id| crate::store::BatchOp::Delete {
+                keyspace: ks::QUEUE,
+                key: format!("{conn_id}/{id}"),
+            })
+            .collect();
+        self.ctx.store.batch(ops).await?;
+        let mut holders: Vec<Arc<Socket>> = socket.into_iter().cloned().collect();
+        for (sid, w) in self.book().acknowledged(conn_id, &ids) {
+            if !holders.iter().any(|h| h.id == sid) {
+                holders.extend(w.upgrade());
             }
-        );
-        assert_eq!(
-            q.summary(&leased, Some("a")),
-            Summary {
-                count: 1,
-                bytes: 30,
-                oldest_ms: Some(3)
-            }
-        );
-        q.apply(Change::Remove("002".into()));
-        q.apply(Change::Remove("002".into()));
-        assert_eq!((q.len(), q.bytes()), (2, 40));
-        q.expire(3);
-        assert_eq!((q.len(), q.bytes()), (1, 30));
-        q.apply(Change::Add("004".into(), e(5, "a", 4)));
-        assert_eq!(q.summary(&HashSet::new(), None).count, 2);
+        }
+        for h in holders {
+            h.acknowledged(ids.iter().map(|id| id.as_str()));
+            h.wake.notify_one();
+        }
+        self.counters.acknowledged(n);
+        self.ctx
+            .bus
+            .publish(BUS_TOPIC_ACKED, &format!("{conn_id}\n{}", self.origin))
+            .await;
+        Ok(())
+    }
+
+    /// Pickup 2.0 `status`: what waits and is not handed out, from the index (no store scan).
+    pub(super) async fn status(
+        &self,
+        conn_id: &str,
+        req: &Value,
+        socket: Option<&Arc<Socket>>,
+    ) -> MediatorResult<Value> {
+        let filter = recipient_filter(req);
+        let sum = self
+            .with_queue(conn_id, |q, leased| q.summary(leased, filter.as_deref()))
+            .await?;
+        let mut s = json!({"message_count": sum.count, "total_bytes": sum.bytes});
+        if let Some(o) = sum.oldest_ms {
+            s["longest_waited_seconds"] = json!(((self.now() - o) / 1000).max(0));
+        }
+        if let Some(r) = filter.and_then(|r| peer::did_key_of(&r).ok()) {
+            s["recipient_key"] = json!(r);
+        }
+        let live = socket
+            .and_then(|s| s.live_connection())
+            .is_some_and(|c| c == conn_id);
+        s["live_delivery"] = json!(live);
+        Ok(s)
     }
 }

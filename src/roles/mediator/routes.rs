@@ -20,7 +20,8 @@ use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 
 use super::model::*;
-use super::service::{MediatorService, Outgoing};
+use super::service::MediatorService;
+use super::socket::{Outgoing, Socket};
 use crate::error::{ApiError, ApiResult, Code, Problem};
 use crate::http::auth::Admin;
 
@@ -166,37 +167,20 @@ async fn run_socket(
                         })
                     }
                 };
-                // Boxed: the engine's futures are large, and inlined they would make every idle
-                // socket's task as big as the deepest message handler.
-                match Box::pin(svc.receive(&bytes, Some(&socket))).await {
-                    Ok(replies) => {
-                        let mut closed = false;
-                        for r in replies.envelopes {
-                            if session.binary(r).await.is_err() { closed = true; break }
-                        }
-                        if closed { break None }
-                    }
-                    Err(e) => {
-                        // No return channel for an error on a socket but a text frame with the
-                        // problem document; the socket stays open for the next message.
-                        tracing::info!(error = %e, "DIDComm message refused on WebSocket");
-                        let problem = serde_json::json!({"type": format!("{}{}", crate::error::PROBLEM_TYPE_BASE, e.code.as_str()), "code": e.code.as_str(), "status": e.code.status().as_u16(), "detail": e.detail});
-                        if session.text(problem.to_string()).await.is_err() { break None }
-                    }
-                }
+                if !answer_frame(&svc, &mut session, &socket, &bytes).await { break None }
             }
             out = rx.recv() => {
                 let Some(out) = out else { break None };
                 if session.binary(out.frame).await.is_err() { break None }
                 if let Some((conn, id)) = out.implicit {
                     if let Err(e) = svc.implicit_written(&conn, id, &socket).await {
-                        tracing::warn!(error = %e, "implicit pickup: could not dequeue a sent message");
+                        tracing::warn!(error = %ApiError::from(e), "implicit pickup: could not dequeue a sent message");
                     }
                 }
             }
             _ = socket.wake.notified() => {
                 if let Err(e) = Box::pin(svc.pump(&socket)).await {
-                    tracing::warn!(error = %e, "live delivery failed");
+                    tracing::warn!(error = %ApiError::from(e), "live delivery failed");
                 }
             }
             _ = ping.tick() => {
@@ -209,13 +193,42 @@ async fn run_socket(
             // even without it; messages an HTTP pickup leased come back when the lease ends.
             _ = async { if let Some(d) = pump_at { tokio::time::sleep_until(d.into()).await } }, if pump_at.is_some() => {
                 if let Err(e) = Box::pin(svc.pump(&socket)).await {
-                    tracing::warn!(error = %e, "live delivery failed");
+                    tracing::warn!(error = %ApiError::from(e), "live delivery failed");
                 }
             }
         }
     };
     svc.close_socket(&socket);
     let _ = session.close(close_reason).await;
+}
+
+/// Runs one inbound frame through the engine and writes its replies on `session`. An error has
+/// no return channel on a socket but a text frame with the problem document; the socket stays
+/// open for the next message. False when the socket is gone.
+async fn answer_frame(
+    svc: &MediatorService,
+    session: &mut actix_ws::Session,
+    socket: &Arc<Socket>,
+    bytes: &[u8],
+) -> bool {
+    // Boxed: the engine's futures are large, and inlined they would make every idle socket's
+    // task as big as the deepest message handler.
+    match Box::pin(svc.receive(bytes, Some(socket))).await {
+        Ok(replies) => {
+            for r in replies.envelopes {
+                if session.binary(r).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        }
+        Err(e) => {
+            let e = ApiError::from(e);
+            tracing::info!(error = %e, "DIDComm message refused on WebSocket");
+            let problem = serde_json::json!({"type": format!("{}{}", crate::error::PROBLEM_TYPE_BASE, e.code.as_str()), "code": e.code.as_str(), "status": e.code.status().as_u16(), "detail": e.detail});
+            session.text(problem.to_string()).await.is_ok()
+        }
+    }
 }
 
 /// Get the mediator's out-of-band invitation.

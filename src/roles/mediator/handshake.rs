@@ -1,0 +1,201 @@
+//! Handshakes on one of our invitations: DID exchange 1.1 / 1.0 (RFC 0023) and connections 1.0
+//! (RFC 0160). Each request spends the invitation, records a connection after checking that the
+//! authcrypt sender is a key of the DID it presents, and is answered with our DID (a
+//! `did_rotate~attach` JWS for DID exchange, a signed legacy DIDDoc for connections 1.0).
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use ed25519_dalek::Signer as _;
+use serde_json::{json, Value};
+
+use super::error::MediatorResult;
+use super::message::{thread_id, DIDCOMM};
+use super::model::Connection;
+use super::service::{endpoints, MediatorService, OrRefused as _, Required as _};
+use crate::clock::random_id;
+use crate::didcomm::peer;
+
+impl MediatorService {
+    /// DID exchange `request` (`version` 1.1 or 1.0) from `sender`: the connection, and our
+    /// `response`.
+    pub(super) async fn didexchange_request(
+        &self,
+        msg: &Value,
+        sender: &str,
+        version: &str,
+    ) -> MediatorResult<Value> {
+        let pthid = msg.pointer("/~thread/pthid").and_then(Value::as_str);
+        let invitation = self.use_invitation(pthid).await?;
+        let did = msg
+            .get("did")
+            .and_then(Value::as_str)
+            .required(self, "DID exchange request without did")?;
+        let attached = match msg.get("did_doc~attach") {
+            Some(att) => {
+                let bytes = peer::attachment_bytes(att).or_refused(self)?;
+                let doc = serde_json::from_slice::<Value>(&bytes)
+                    .or_refused_in(self, "did_doc~attach")?;
+                Some(doc)
+            }
+            None => None,
+        };
+        self.open_connection(
+            msg,
+            sender,
+            did,
+            attached.as_ref(),
+            format!("didexchange/{version}"),
+            invitation,
+        )
+        .await?;
+        let rotate = self.signed_attachment(self.did.as_bytes(), None);
+        Ok(json!({
+            "@type": format!("{DIDCOMM}didexchange/{version}/response"),
+            "@id": random_id(),
+            "~thread": {"thid": thread_id(msg), "pthid": pthid},
+            "did": self.did,
+            "did_rotate~attach": rotate,
+        }))
+    }
+
+    /// A detached-payload JWS attachment signed with the mediator key, as RFC 0023 / credo do.
+    fn signed_attachment(&self, payload: &[u8], mime: Option<&str>) -> Value {
+        let jwk = json!({
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": URL_SAFE_NO_PAD.encode(self.key.verifying_key().to_bytes()),
+        });
+        let protected = URL_SAFE_NO_PAD.encode(json!({"alg": "EdDSA", "jwk": jwk}).to_string());
+        let payload_b64 = URL_SAFE_NO_PAD.encode(payload);
+        let sig = self
+            .key
+            .sign(format!("{protected}.{payload_b64}").as_bytes());
+        let mut att = json!({
+            "@id": random_id(),
+            "data": {
+                "base64": payload_b64,
+                "jws": {
+                    "header": {"kid": self.did_key},
+                    "protected": protected,
+                    "signature": URL_SAFE_NO_PAD.encode(sig.to_bytes()),
+                }
+            }
+        });
+        if let Some(m) = mime {
+            att["mime-type"] = json!(m);
+        }
+        att
+    }
+
+    /// Connections 1.0 `request` from `sender`: the connection, and our `response` with its
+    /// `connection~sig`.
+    pub(super) async fn connections_request(
+        &self,
+        msg: &Value,
+        sender: &str,
+    ) -> MediatorResult<Value> {
+        let pthid = msg.pointer("/~thread/pthid").and_then(Value::as_str);
+        let invitation = self.use_invitation(pthid).await?;
+        let c = msg
+            .get("connection")
+            .required(self, "connection request without connection")?;
+        let did = c
+            .get("DID")
+            .or_else(|| c.get("did"))
+            .and_then(Value::as_str)
+            .required(self, "connection request without DID")?;
+        let doc = c.get("DIDDoc").or_else(|| c.get("did_doc"));
+        self.open_connection(msg, sender, did, doc, "connections/1.0".into(), invitation)
+            .await?;
+        let connection = self.legacy_connection();
+        let mut sig_data = (self.now() / 1000).to_be_bytes().to_vec();
+        sig_data.extend_from_slice(connection.to_string().as_bytes());
+        let signature = self.key.sign(&sig_data);
+        Ok(json!({
+            "@type": format!("{DIDCOMM}connections/1.0/response"),
+            "@id": random_id(),
+            "~thread": {"thid": thread_id(msg)},
+            "connection~sig": {
+                "@type": format!("{DIDCOMM}signature/1.0/ed25519Sha512_single"),
+                "signature": URL_SAFE_NO_PAD.encode(signature.to_bytes()),
+                "sig_data": URL_SAFE_NO_PAD.encode(&sig_data),
+                "signer": self.verkey,
+            }
+        }))
+    }
+
+    /// Our legacy DID (first 16 bytes of the verkey, base58) and DIDDoc, as connections 1.0
+    /// wants them.
+    fn legacy_connection(&self) -> Value {
+        let vk = self.key.verifying_key().to_bytes();
+        let our_did = bs58::encode(&vk[..16]).into_string();
+        let services: Vec<Value> = endpoints(&self.ctx)
+            .into_iter()
+            .enumerate()
+            .map(|(i, ep)| {
+                json!({
+                    "id": format!("did:sov:{our_did};indy{}", if i == 0 { String::new() } else { i.to_string() }),
+                    "type": "IndyAgent",
+                    "priority": i,
+                    "recipientKeys": [self.verkey],
+                    "routingKeys": [],
+                    "serviceEndpoint": ep,
+                })
+            })
+            .collect();
+        json!({
+            "DID": our_did,
+            "DIDDoc": {
+                "@context": "https://w3id.org/did/v1",
+                "id": format!("did:sov:{our_did}"),
+                "publicKey": [{
+                    "id": format!("did:sov:{our_did}#1"),
+                    "type": "Ed25519VerificationKey2018",
+                    "controller": format!("did:sov:{our_did}"),
+                    "publicKeyBase58": self.verkey,
+                }],
+                "authentication": [{"type": "Ed25519SignatureAuthentication2018", "publicKey": format!("did:sov:{our_did}#1")}],
+                "service": services,
+            }
+        })
+    }
+
+    /// Records a connection from a handshake request, after checking that the authcrypt sender
+    /// is a key of the DID the request presents.
+    async fn open_connection(
+        &self,
+        msg: &Value,
+        sender: &str,
+        did: &str,
+        attached_doc: Option<&Value>,
+        protocol: String,
+        (invitation_id, via_single_use): (String, bool),
+    ) -> MediatorResult<Connection> {
+        let info = peer::resolve(did, attached_doc).or_refused(self)?;
+        if !info.verkeys.iter().any(|k| k == sender) {
+            return Err(
+                self.refuse("the request was not authcrypted with a key of the DID it presents")
+            );
+        }
+        let conn = Connection {
+            id: random_id(),
+            their_did: did.to_string(),
+            their_verkey: sender.to_string(),
+            their_endpoint: info.endpoint,
+            their_label: msg
+                .get("label")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            protocol,
+            state: "response-sent".into(),
+            mediation: "none".into(),
+            invitation_id: Some(invitation_id),
+            via_single_use,
+            keys: Some(0),
+            created_at_ms: self.now(),
+        };
+        self.save_connection(&conn).await?;
+        Ok(conn)
+    }
+}

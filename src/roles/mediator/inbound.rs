@@ -1,0 +1,230 @@
+//! One inbound envelope: unpack it (RFC 0019), dispatch the message it carries by `@type` (the
+//! legacy `did:sov:…;spec/` prefix mapped) and route the replies: back on the same transport when
+//! the sender asked for a return route, else to the peer's endpoint or its queue. Forwards go to
+//! [`super::queue`], handshakes to [`super::handshake`], everything on an established connection
+//! to [`super::protocols`].
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use super::error::{MediatorError, MediatorResult, OrInternal as _};
+use super::message::{
+    normalize_type, thread_id, wants_return_route, wants_return_route_all, DIDCOMM,
+};
+use super::service::{MediatorService, OrRefused as _, Required as _};
+use super::socket::{Mode, Socket};
+use crate::clock::random_id;
+use crate::didcomm::envelope;
+
+/// What a message asked of the transport it came on.
+#[derive(Debug, Default)]
+pub struct Replies {
+    /// Packed envelopes to return on the same transport (`~transport.return_route`).
+    pub envelopes: Vec<Vec<u8>>,
+    /// Implicit pickup over HTTP: the message asked for return-route `all`, came from a mediated
+    /// connection (this one) and has no reply, so the response may carry a queued message.
+    pub implicit_for: Option<String>,
+}
+
+/// What one message produced: its reply to the sender, and whether it opens implicit pickup
+/// for a connection.
+struct Handled {
+    reply: Option<Value>,
+    implicit: Option<String>,
+}
+
+impl MediatorService {
+    /// Handles one inbound envelope. `socket` is set when it came on a WebSocket.
+    pub(super) async fn receive(
+        &self,
+        body: &[u8],
+        socket: Option<&Arc<Socket>>,
+    ) -> MediatorResult<Replies> {
+        let (msg, typ, sender) = self.open(body)?;
+        let ty = typ.strip_prefix(DIDCOMM).unwrap_or(&typ);
+        if ty == "routing/1.0/forward" {
+            self.forward(&msg).await?;
+            return Ok(Replies::default());
+        }
+        let Some(sender) = sender else {
+            return Err(self.refuse(
+                "only forward messages may be anoncrypted; everything else must be authcrypted",
+            ));
+        };
+        let handled = self.dispatch(&msg, ty, &sender, socket).await?;
+        let mut out = Replies::default();
+        if let Some(reply) = handled.reply {
+            let packed = self.pack_for(&reply, &sender)?;
+            if wants_return_route(&msg) {
+                out.envelopes.push(packed);
+            } else {
+                self.send_to_peer(&sender, packed).await?;
+            }
+        }
+        if let Some(conn_id) = handled.implicit {
+            match socket {
+                Some(s) => {
+                    if !s.is_pickup_client() && s.mode().is_none() {
+                        self.set_mode(&conn_id, s, Some(Mode::Implicit));
+                    }
+                }
+                None => out.implicit_for = Some(conn_id),
+            }
+        }
+        if let Some(s) = socket {
+            if s.mode().is_some() {
+                s.wake.notify_one();
+            }
+        }
+        Ok(out)
+    }
+
+    /// Unpacks an envelope for the mediator key: the plaintext message, its `@type` (legacy
+    /// prefix mapped) and the authcrypt sender's verkey (`None`: anoncrypted).
+    fn open(&self, body: &[u8]) -> MediatorResult<(Value, String, Option<String>)> {
+        if body.len() > self.cfg.max_message_bytes {
+            return Err(self.reject(MediatorError::TooLarge));
+        }
+        let key = &self.key;
+        let own = &self.verkey;
+        let unpacked = envelope::unpack(body, |kid| (kid == own).then(|| key.clone()))
+            .map_err(|e| self.reject(MediatorError::Unpack(e)))?;
+        let msg: Value = serde_json::from_slice(&unpacked.message)
+            .or_refused_in(self, "plaintext is not JSON")?;
+        let typ = msg
+            .get("@type")
+            .and_then(Value::as_str)
+            .map(normalize_type)
+            .required(self, "message has no @type")?;
+        tracing::debug!(%typ, sender = ?unpacked.sender_verkey, "didcomm message");
+        Ok((msg, typ, unpacked.sender_verkey))
+    }
+
+    /// Runs message `msg` of type `ty` (`<protocol>/<version>/<name>`) from `sender`.
+    async fn dispatch(
+        &self,
+        msg: &Value,
+        ty: &str,
+        sender: &str,
+        socket: Option<&Arc<Socket>>,
+    ) -> MediatorResult<Handled> {
+        let proto = ty.rsplit_once('/').map(|(p, _)| p).unwrap_or(ty);
+        let name = ty.rsplit('/').next().unwrap_or(ty);
+        let reply = match (proto, name) {
+            ("didexchange/1.1" | "didexchange/1.0", "request") => {
+                let v = if proto.ends_with("1.1") { "1.1" } else { "1.0" };
+                self.didexchange_request(msg, sender, v).await?
+            }
+            ("connections/1.0", "request") => self.connections_request(msg, sender).await?,
+            ("out-of-band/1.1" | "out-of-band/1.0", "handshake-reuse") => {
+                self.connection_by_key(sender).await?;
+                json!({
+                    "@type": format!("{DIDCOMM}{proto}/handshake-reuse-accepted"),
+                    "@id": random_id(),
+                    "~thread": {"thid": thread_id(msg), "pthid": msg.pointer("/~thread/pthid")},
+                })
+            }
+            _ => return self.on_established(msg, proto, name, sender, socket).await,
+        };
+        Ok(Handled {
+            reply: Some(reply),
+            implicit: None,
+        })
+    }
+
+    /// A message on an established connection (the sender's).
+    async fn on_established(
+        &self,
+        msg: &Value,
+        proto: &str,
+        name: &str,
+        sender: &str,
+        socket: Option<&Arc<Socket>>,
+    ) -> MediatorResult<Handled> {
+        let conn = self.connection_by_key(sender).await?;
+        let pickup = proto.starts_with("messagepickup/");
+        if pickup {
+            if let Some(s) = socket {
+                s.spoke_pickup();
+            }
+        }
+        let reply = self.on_connection(&conn, proto, name, msg, socket).await?;
+        // Implicit pickup: a message that asks for return-route `all`, has nothing of its own to
+        // return (credo's implicit mode opens with a ping that wants no response) and comes from
+        // a mediated connection leaves the route to its queue.
+        let implicit = (reply.is_none()
+            && !pickup
+            && conn.mediation == "granted"
+            && wants_return_route_all(msg))
+        .then(|| conn.id.clone());
+        Ok(Handled { reply, implicit })
+    }
+
+    /// Implicit pickup over HTTP: the oldest message of `conn_id` not handed out elsewhere, as the
+    /// forwarded envelope itself, deleted from the queue as it goes into the response (there is no
+    /// acknowledgement in implicit pickup; ACA-Py does the same).
+    pub(super) async fn take_implicit(&self, conn_id: &str) -> MediatorResult<Option<Vec<u8>>> {
+        let Some(m) = self.claim(conn_id, None, 1, None).await?.into_iter().next() else {
+            return Ok(None);
+        };
+        let bytes = serde_json::to_vec(&m.msg).or_internal()?;
+        self.acknowledge(conn_id, std::slice::from_ref(&m.id), None)
+            .await?;
+        Ok(Some(bytes))
+    }
+
+    /// A reply that cannot go back on the inbound transport: POSTed to an http(s) endpoint, else
+    /// queued for the peer's own pickup.
+    async fn send_to_peer(&self, verkey: &str, packed: Vec<u8>) -> MediatorResult<()> {
+        let conn = self.connection_by_key(verkey).await.ok();
+        let endpoint = conn.as_ref().and_then(|c| c.their_endpoint.clone());
+        match endpoint {
+            Some(ep) if ep.starts_with("http://") || ep.starts_with("https://") => {
+                let http = self.ctx.http.clone();
+                tokio::spawn(async move {
+                    let res = crate::http::outbound::send(
+                        http.post(&ep)
+                            .header("content-type", "application/didcomm-envelope-enc")
+                            .body(packed),
+                    )
+                    .await;
+                    if let Err(e) = res {
+                        tracing::warn!(endpoint = %ep, error = %e, "could not deliver a DIDComm reply");
+                    }
+                });
+                Ok(())
+            }
+            _ => match conn {
+                Some(c) => {
+                    let msg: Value = serde_json::from_slice(&packed).or_internal()?;
+                    self.enqueue(&c.id, &c.their_verkey, msg).await
+                }
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Queues a reply that could not travel back on HTTP for the pickup of its recipient.
+    pub(super) async fn queue_reply_for_sender(&self, packed: &[u8]) -> MediatorResult<()> {
+        let v: Value = serde_json::from_slice(packed).or_internal()?;
+        let kid = v
+            .get("protected")
+            .and_then(Value::as_str)
+            .and_then(|p| URL_SAFE_NO_PAD.decode(p.trim_end_matches('=')).ok())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|h| {
+                h.pointer("/recipients/0/header/kid")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            });
+        if let Some(kid) = kid {
+            if let Ok(c) = self.connection_by_key(&kid).await {
+                self.enqueue(&c.id, &c.their_verkey, v).await?;
+            }
+        }
+        Ok(())
+    }
+}
