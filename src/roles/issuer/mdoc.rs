@@ -118,40 +118,11 @@ impl super::IssuerService {
         })
     }
 
-    /// An offer of mso_mdoc configurations needs a document signer (imported, in production
-    /// mode) whose country is the offer's `issuing_country`: said now, to the admin, rather than
-    /// to the holder at the credential endpoint.
-    pub(super) async fn check_mdoc_offer(
-        &self,
-        issuer: &super::model::Issuer,
-        req: &super::model::CreateOffer,
-    ) -> Result<(), IssuerError> {
-        let mdoc = req.credential_configuration_ids.iter().any(|id| {
-            issuer
-                .credential_configurations
-                .get(id)
-                .is_some_and(|c| c.format == super::model::Format::MsoMdoc)
-        });
-        if !mdoc {
-            return Ok(());
-        }
-        let signer = match self.mdoc_document_signer(&issuer.id).await {
-            Err(IssuerError::NoMdocIaca) => {
-                return Err(IssuerError::Invalid(mdoc_pki::no_signer(&issuer.id)))
-            }
-            other => other?,
-        };
-        let country = signer.country();
-        match req.claims.get("issuing_country") {
-            Some(c) if c.as_str() != country.as_deref() => {
-                Err(IssuerError::Invalid(wrong_country(country.as_deref())))
-            }
-            _ => Ok(()),
-        }
-    }
-
     /// The document signer, or not found in production mode when none was imported.
-    async fn mdoc_document_signer(&self, issuer_id: &str) -> Result<mdoc_pki::Signer, IssuerError> {
+    pub(super) async fn mdoc_document_signer(
+        &self,
+        issuer_id: &str,
+    ) -> Result<mdoc_pki::Signer, IssuerError> {
         self.get_issuer(issuer_id).await?;
         let imported = mdoc_pki::has_document_signer(&self.ctx, issuer_id)
             .await
@@ -175,7 +146,7 @@ pub struct ImportMdocSigner {
 }
 
 /// The error for an `issuing_country` other than the document signer's `country`.
-fn wrong_country(country: Option<&str>) -> String {
+pub(super) fn wrong_country(country: Option<&str>) -> String {
     format!(
         "issuing_country must be {} (the country of this issuer's document signer certificate, ISO 18013-5 Annex B)",
         country.unwrap_or("the document signer's countryName")

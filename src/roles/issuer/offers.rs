@@ -148,6 +148,40 @@ impl IssuerService {
             crate::http::webhook::deliver(&ctx.http, &ctx.sealer, &url, &event).await;
         });
     }
+
+    /// An offer of mso_mdoc configurations needs a document signer (imported, in production
+    /// mode) whose country is the offer's `issuing_country`: said now, to the admin, rather than
+    /// to the holder at the credential endpoint.
+    pub(super) async fn check_mdoc_offer(
+        &self,
+        issuer: &Issuer,
+        req: &CreateOffer,
+    ) -> Result<(), IssuerError> {
+        let mdoc = req.credential_configuration_ids.iter().any(|id| {
+            issuer
+                .credential_configurations
+                .get(id)
+                .is_some_and(|c| c.format == Format::MsoMdoc)
+        });
+        if !mdoc {
+            return Ok(());
+        }
+        let signer = match self.mdoc_document_signer(&issuer.id).await {
+            Err(IssuerError::NoMdocIaca) => {
+                return Err(IssuerError::Invalid(crate::roles::mdoc_pki::no_signer(
+                    &issuer.id,
+                )))
+            }
+            other => other?,
+        };
+        let country = signer.country();
+        match req.claims.get("issuing_country") {
+            Some(c) if c.as_str() != country.as_deref() => Err(IssuerError::Invalid(
+                super::mdoc::wrong_country(country.as_deref()),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn offer_key(issuer: &str, id: &str) -> String {
