@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::error::{internal, IssuerError};
 use super::formats::{self, IssueInput};
 use super::ks;
 use super::model::*;
@@ -13,7 +14,7 @@ use super::service::*;
 use super::status::status_list_number;
 use crate::clock::{random_id, random_token};
 use crate::crypto::{jws, sha256_hex, SigningKey, VerifyingKey};
-use crate::http::oauth::OAuthError;
+use crate::error::{unless_unavailable, OAuthCode::*};
 use crate::store::Cas;
 
 pub(super) const NONCE_TTL: u64 = 300;
@@ -57,9 +58,9 @@ struct Batch<'a> {
 }
 
 impl IssuerService {
-    pub async fn nonce(&self, issuer_id: &str) -> Result<String, OAuthError> {
+    pub async fn nonce(&self, issuer_id: &str) -> Result<String, IssuerError> {
         self.get_issuer(issuer_id).await.map_err(|e| {
-            OAuthError::unless_unavailable(e, OAuthError::invalid_request("unknown issuer"))
+            unless_unavailable(e, || InvalidRequest.because("unknown issuer").into())
         })?;
         let n = random_token(24);
         self.ctx
@@ -81,32 +82,31 @@ impl IssuerService {
         issuer_id: &str,
         access_token: Option<&str>,
         req: CredentialRequest,
-    ) -> Result<Value, OAuthError> {
+    ) -> Result<Value, IssuerError> {
         let store = &self.ctx.store;
         let (token_key, grant) = self.access_grant(issuer_id, access_token).await?;
-        let issuer = self.get_issuer(issuer_id).await.map_err(|e| {
-            OAuthError::unless_unavailable(e, OAuthError::invalid_token("unknown issuer"))
-        })?;
+        let issuer = self
+            .get_issuer(issuer_id)
+            .await
+            .map_err(|e| unless_unavailable(e, || InvalidToken.because("unknown issuer").into()))?;
         let config_id = self.requested_config(&issuer, &grant, &req)?;
         let config = issuer
             .credential_configurations
             .get(&config_id)
             .ok_or_else(|| {
-                OAuthError::bad(
-                    "unknown_credential_configuration",
-                    format!("unknown credential configuration `{config_id}`"),
-                )
+                UnknownCredentialConfiguration
+                    .because(format!("unknown credential configuration `{config_id}`"))
             })?
             .clone();
         if !grant.credential_configuration_ids.contains(&config_id) {
-            return Err(OAuthError::bad(
-                if req.credential_identifier.is_some() {
-                    "unknown_credential_identifier"
-                } else {
-                    "unknown_credential_configuration"
-                },
-                format!("`{config_id}` is not covered by this access token"),
-            ));
+            let refusal = if req.credential_identifier.is_some() {
+                UnknownCredentialIdentifier
+            } else {
+                UnknownCredentialConfiguration
+            };
+            return Err(refusal
+                .because(format!("`{config_id}` is not covered by this access token"))
+                .into());
         }
         let jwts = proof_jwts(&req)?;
         let now = self.now();
@@ -115,11 +115,8 @@ impl IssuerService {
         let offer: Offer = store
             .get_json(ks::OFFERS, &grant.offer_id)
             .await?
-            .ok_or_else(|| OAuthError::invalid_token("the offer behind this token has expired"))?;
-        let key = self
-            .signing_key(&issuer)
-            .await
-            .map_err(OAuthError::server)?;
+            .ok_or_else(|| InvalidToken.because("the offer behind this token has expired"))?;
+        let key = self.signing_key(&issuer).await.map_err(internal)?;
         let validity = offer
             .credential_validity_seconds
             .or(config.validity_seconds);
@@ -147,7 +144,7 @@ impl IssuerService {
             issued_ids.push(credential_id);
         }
         let updated = store
-            .update_json::<Offer, OAuthError, _>(ks::OFFERS, &grant.offer_id, None, |mut o| {
+            .update_json::<Offer, IssuerError, _>(ks::OFFERS, &grant.offer_id, None, |mut o| {
                 o.state = OfferState::CredentialIssued;
                 o.issued.extend(issued_ids.iter().cloned());
                 Ok(o)
@@ -170,32 +167,32 @@ impl IssuerService {
         &self,
         issuer_id: &str,
         access_token: Option<&str>,
-    ) -> Result<(String, AccessGrant), OAuthError> {
+    ) -> Result<(String, AccessGrant), IssuerError> {
         let store = &self.ctx.store;
         let token =
-            access_token.ok_or_else(|| OAuthError::invalid_token("an access token is required"))?;
+            access_token.ok_or_else(|| InvalidToken.because("an access token is required"))?;
         let token_key = hash(token);
         let grant: AccessGrant =
             store
                 .get_json(ks::TOKENS, &token_key)
                 .await?
                 .ok_or_else(|| {
-                    OAuthError::invalid_token("the access token is unknown, expired or used up")
+                    InvalidToken.because("the access token is unknown, expired or used up")
                 })?;
         if grant.issuer != issuer_id {
-            return Err(OAuthError::invalid_token(
-                "the access token belongs to another issuer",
-            ));
+            return Err(InvalidToken
+                .because("the access token belongs to another issuer")
+                .into());
         }
         Ok((token_key, grant))
     }
 
     /// The access token covers each configuration once: remove this one (CAS), drop the token
     /// when empty.
-    async fn consume_grant(&self, token_key: &str, config_id: &str) -> Result<(), OAuthError> {
+    async fn consume_grant(&self, token_key: &str, config_id: &str) -> Result<(), IssuerError> {
         let store = &self.ctx.store;
         let consumed = store
-            .update_json::<AccessGrant, OAuthError, _>(
+            .update_json::<AccessGrant, IssuerError, _>(
                 ks::TOKENS,
                 token_key,
                 Some(secs(ACCESS_TOKEN_TTL)),
@@ -205,9 +202,9 @@ impl IssuerService {
                         .iter()
                         .any(|c| c == config_id)
                     {
-                        return Err(OAuthError::invalid_token(
-                            "this access token was already used for this credential",
-                        ));
+                        return Err(InvalidToken
+                            .because("this access token was already used for this credential")
+                            .into());
                     }
                     g.credential_configuration_ids.retain(|c| c != config_id);
                     Ok(g)
@@ -215,7 +212,7 @@ impl IssuerService {
             )
             .await?
             .ok_or_else(|| {
-                OAuthError::invalid_token("the access token is unknown, expired or used up")
+                InvalidToken.because("the access token is unknown, expired or used up")
             })?;
         if consumed.credential_configuration_ids.is_empty() {
             store.delete(ks::TOKENS, token_key).await?;
@@ -230,7 +227,7 @@ impl IssuerService {
         b: &Batch<'_>,
         holder: &VerifyingKey,
         holder_did: &Option<String>,
-    ) -> Result<(Value, String), OAuthError> {
+    ) -> Result<(Value, String), IssuerError> {
         let credential_id = random_id();
         let status = self.allocate_status(b.issuer).await?;
         let input = IssueInput {
@@ -250,12 +247,11 @@ impl IssuerService {
             let (doctype, namespace) = b
                 .config
                 .mdoc_names()
-                .ok_or_else(|| OAuthError::server("mso_mdoc configuration without a doctype"))?;
+                .ok_or_else(|| internal("mso_mdoc configuration without a doctype"))?;
             if !matches!(holder, VerifyingKey::P256(_)) {
-                return Err(OAuthError::bad(
-                    "invalid_proof",
-                    "an mdoc's device key must be P-256: sign the proof with ES256",
-                ));
+                return Err(InvalidProof
+                    .because("an mdoc's device key must be P-256: sign the proof with ES256")
+                    .into());
             }
             let cred = super::mdoc::issue(
                 &self.ctx,
@@ -271,7 +267,7 @@ impl IssuerService {
                 },
             )
             .await
-            .map_err(|e| OAuthError::bad("invalid_credential_request", e))?;
+            .map_err(|e| InvalidCredentialRequest.because(e))?;
             Value::String(cred)
         } else if b.config.format == Format::LdpVc {
             let args = (
@@ -291,11 +287,10 @@ impl IssuerService {
                 )
             })
             .await
-            .map_err(OAuthError::server)?
-            .map_err(OAuthError::server)?
+            .map_err(internal)?
+            .map_err(internal)?
         } else {
-            formats::issue(&input)
-                .map_err(|e| OAuthError::bad("unsupported_credential_format", e))?
+            formats::issue(&input).map_err(|e| UnsupportedCredentialFormat.because(e))?
         };
         let record = IssuedCredential {
             id: credential_id.clone(),
@@ -328,22 +323,20 @@ impl IssuerService {
         issuer: &Issuer,
         grant: &AccessGrant,
         req: &CredentialRequest,
-    ) -> Result<String, OAuthError> {
+    ) -> Result<String, IssuerError> {
         Ok(
             match (&req.credential_configuration_id, &req.credential_identifier) {
                 (Some(c), None) => c.clone(),
                 (None, Some(i)) => i.clone(),
                 (Some(_), Some(_)) => {
-                    return Err(OAuthError::bad(
-                        "invalid_credential_request",
-                        "send credential_configuration_id or credential_identifier, not both",
-                    ))
+                    return Err(InvalidCredentialRequest
+                        .because(
+                            "send credential_configuration_id or credential_identifier, not both",
+                        )
+                        .into())
                 }
                 (None, None) => self.legacy_config_id(issuer, grant, req).ok_or_else(|| {
-                    OAuthError::bad(
-                        "invalid_credential_request",
-                        "credential_configuration_id is missing",
-                    )
+                    InvalidCredentialRequest.because("credential_configuration_id is missing")
                 })?,
             },
         )
@@ -356,14 +349,14 @@ impl IssuerService {
         issuer_id: &str,
         jwts: &[String],
         now: i64,
-    ) -> Result<Vec<(VerifyingKey, Option<String>)>, OAuthError> {
+    ) -> Result<Vec<(VerifyingKey, Option<String>)>, IssuerError> {
         let store = &self.ctx.store;
         let aud = self.issuer_url(issuer_id);
         let mut holders = Vec::new();
         let mut nonces = Vec::new();
         for jwt in jwts {
             let (vk, holder_did, nonce) =
-                verify_proof(jwt, &aud, now).map_err(|e| OAuthError::bad("invalid_proof", e))?;
+                verify_proof(jwt, &aud, now).map_err(|e| InvalidProof.because(e))?;
             if !nonces.contains(&nonce) {
                 nonces.push(nonce);
             }
@@ -377,7 +370,7 @@ impl IssuerService {
                 .await?
                 != Cas::Swapped
             {
-                return Err(OAuthError::bad("invalid_nonce", "c_nonce is unknown, expired or already used; get a fresh one from the nonce endpoint"));
+                return Err(InvalidNonce.because("c_nonce is unknown, expired or already used; get a fresh one from the nonce endpoint").into());
             }
         }
         Ok(holders)
@@ -436,35 +429,31 @@ fn verify_proof(
 }
 
 /// The proof JWTs of a request (`proofs.jwt`, or the draft `proof`): one to [`MAX_BATCH`].
-fn proof_jwts(req: &CredentialRequest) -> Result<Vec<String>, OAuthError> {
+fn proof_jwts(req: &CredentialRequest) -> Result<Vec<String>, IssuerError> {
     let jwts: Vec<String> = match (&req.proofs, &req.proof) {
         (Some(p), None) => p.jwt.clone(),
         (None, Some(p)) if p.proof_type == "jwt" => p.jwt.clone().into_iter().collect(),
         (None, Some(p)) => {
-            return Err(OAuthError::bad(
-                "invalid_proof",
-                format!("proof_type `{}` is not supported", p.proof_type),
-            ))
+            return Err(InvalidProof
+                .because(format!("proof_type `{}` is not supported", p.proof_type))
+                .into())
         }
         (Some(_), Some(_)) => {
-            return Err(OAuthError::bad(
-                "invalid_credential_request",
-                "send proofs or proof, not both",
-            ))
+            return Err(InvalidCredentialRequest
+                .because("send proofs or proof, not both")
+                .into())
         }
         (None, None) => Vec::new(),
     };
     if jwts.is_empty() {
-        return Err(OAuthError::bad(
-            "invalid_proof",
-            "a jwt proof of possession is required",
-        ));
+        return Err(InvalidProof
+            .because("a jwt proof of possession is required")
+            .into());
     }
     if jwts.len() > MAX_BATCH {
-        return Err(OAuthError::bad(
-            "invalid_proof",
-            format!("at most {MAX_BATCH} proofs per request"),
-        ));
+        return Err(InvalidProof
+            .because(format!("at most {MAX_BATCH} proofs per request"))
+            .into());
     }
     Ok(jwts)
 }

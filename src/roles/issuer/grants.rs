@@ -11,7 +11,7 @@ use super::ks;
 use super::model::*;
 use super::service::*;
 use crate::clock::random_token;
-use crate::http::oauth::OAuthError;
+use crate::error::{unless_unavailable, ErrorCode, OAuthCode::*};
 use crate::http::urlencode;
 use crate::store::Cas;
 
@@ -103,18 +103,17 @@ impl IssuerService {
         &self,
         issuer_id: &str,
         req: TokenRequest,
-    ) -> Result<TokenResponse, OAuthError> {
+    ) -> Result<TokenResponse, IssuerError> {
         self.get_issuer(issuer_id).await.map_err(|e| {
-            OAuthError::unless_unavailable(e, OAuthError::invalid_request("unknown issuer"))
+            unless_unavailable(e, || InvalidRequest.because("unknown issuer").into())
         })?;
         match req.grant_type.as_deref() {
             Some(PRE_AUTH_GRANT) => self.token_pre_authorized(issuer_id, req).await,
             Some("authorization_code") => self.token_authorization_code(issuer_id, req).await,
-            Some(other) => Err(OAuthError::bad(
-                "unsupported_grant_type",
-                format!("grant_type `{other}` is not supported"),
-            )),
-            None => Err(OAuthError::invalid_request("grant_type is missing")),
+            Some(other) => Err(UnsupportedGrantType
+                .because(format!("grant_type `{other}` is not supported"))
+                .into()),
+            None => Err(InvalidRequest.because("grant_type is missing").into()),
         }
     }
 
@@ -124,47 +123,46 @@ impl IssuerService {
         &self,
         issuer_id: &str,
         req: TokenRequest,
-    ) -> Result<TokenResponse, OAuthError> {
+    ) -> Result<TokenResponse, IssuerError> {
         let code = req
             .pre_authorized_code
             .as_deref()
             .filter(|c| !c.is_empty() && c.len() <= 256)
-            .ok_or_else(|| OAuthError::invalid_request("pre-authorized_code is missing"))?;
+            .ok_or_else(|| InvalidRequest.because("pre-authorized_code is missing"))?;
         let code_key = format!("pre/{}", hash(code));
         let store = &self.ctx.store;
         let Some(okey) = store.get(ks::CODES, &code_key).await? else {
-            return Err(OAuthError::invalid_grant(
-                "the pre-authorized code is unknown, expired or already used",
-            ));
+            return Err(InvalidGrant
+                .because("the pre-authorized code is unknown, expired or already used")
+                .into());
         };
         let offer_key_s = String::from_utf8_lossy(&okey).into_owned();
         if !offer_key_s.starts_with(&format!("{issuer_id}/")) {
-            return Err(OAuthError::invalid_grant(
-                "the pre-authorized code belongs to another issuer",
-            ));
+            return Err(InvalidGrant
+                .because("the pre-authorized code belongs to another issuer")
+                .into());
         }
         let offer: Offer = store
             .get_json(ks::OFFERS, &offer_key_s)
             .await?
-            .ok_or_else(|| OAuthError::invalid_grant("the offer has expired"))?;
+            .ok_or_else(|| InvalidGrant.because("the offer has expired"))?;
         if offer.expires_at <= self.now() || offer.state != OfferState::Offered {
-            return Err(OAuthError::invalid_grant(
-                "the offer has expired or was already redeemed",
-            ));
+            return Err(InvalidGrant
+                .because("the offer has expired or was already redeemed")
+                .into());
         }
         // authorization_details may narrow the grant to some of the offered configurations.
         let (granted, details) = match &req.authorization_details {
             Some(ad) => {
                 let ids = requested_configurations(ad)
-                    .map_err(|e| OAuthError::bad("invalid_authorization_details", e))?;
+                    .map_err(|e| InvalidAuthorizationDetails.because(e))?;
                 if let Some(bad) = ids
                     .iter()
                     .find(|id| !offer.credential_configuration_ids.contains(id))
                 {
-                    return Err(OAuthError::bad(
-                        "invalid_authorization_details",
-                        format!("`{bad}` was not offered"),
-                    ));
+                    return Err(InvalidAuthorizationDetails
+                        .because(format!("`{bad}` was not offered"))
+                        .into());
                 }
                 (ids, true)
             }
@@ -179,23 +177,30 @@ impl IssuerService {
                 ));
             if !ok {
                 let updated = store
-                    .update_json::<Offer, OAuthError, _>(ks::OFFERS, &offer_key_s, None, |mut o| {
-                        o.tx_code_failures += 1;
-                        Ok(o)
-                    })
+                    .update_json::<Offer, IssuerError, _>(
+                        ks::OFFERS,
+                        &offer_key_s,
+                        None,
+                        |mut o| {
+                            o.tx_code_failures += 1;
+                            Ok(o)
+                        },
+                    )
                     .await?;
                 if updated.is_some_and(|o| o.tx_code_failures >= MAX_TX_CODE_FAILURES) {
                     // locked: the code is burnt
                     store.delete(ks::CODES, &code_key).await?;
-                    return Err(OAuthError::invalid_grant(
-                        "too many wrong transaction codes; the offer is locked",
-                    ));
+                    return Err(InvalidGrant
+                        .because("too many wrong transaction codes; the offer is locked")
+                        .into());
                 }
-                return Err(OAuthError::invalid_grant(if given.is_empty() {
-                    "tx_code is required"
-                } else {
-                    "wrong tx_code"
-                }));
+                return Err(InvalidGrant
+                    .because(if given.is_empty() {
+                        "tx_code is required"
+                    } else {
+                        "wrong tx_code"
+                    })
+                    .into());
             }
         }
         // Single use: exactly one redeemer removes the code. A store failure here may still
@@ -216,9 +221,9 @@ impl IssuerService {
             }
         };
         if consumed != Cas::Swapped {
-            return Err(OAuthError::invalid_grant(
-                "the pre-authorized code was already used",
-            ));
+            return Err(InvalidGrant
+                .because("the pre-authorized code was already used")
+                .into());
         }
         match self
             .grant_access(issuer_id, &offer_key_s, granted, details)
@@ -235,7 +240,7 @@ impl IssuerService {
                 // found) leaves the offer alone: its `TokenIssued` may be another redeemer's
                 // (a code put back after an unknown outcome can be consumed twice; the offer
                 // admits one token), found by tests/it/faults.rs.
-                let revert = e.status.is_server_error().then_some(offer_key_s);
+                let revert = e.is_server_error().then_some(offer_key_s);
                 self.restore_code(code_key, okey, revert, offer.expires_at)
                     .await;
                 Err(e)
@@ -269,14 +274,14 @@ impl IssuerService {
             async move {
                 if let Some(o) = &revert {
                     store
-                        .update_json::<Offer, OAuthError, _>(ks::OFFERS, o, None, |mut o| {
+                        .update_json::<Offer, IssuerError, _>(ks::OFFERS, o, None, |mut o| {
                             if o.state == OfferState::TokenIssued {
                                 o.state = OfferState::Offered;
                             }
                             Ok(o)
                         })
                         .await
-                        .map_err(|e| e.description)?;
+                        .map_err(|e| e.to_string())?;
                 }
                 store
                     .compare_and_swap(
@@ -312,60 +317,61 @@ impl IssuerService {
         &self,
         issuer_id: &str,
         req: TokenRequest,
-    ) -> Result<TokenResponse, OAuthError> {
+    ) -> Result<TokenResponse, IssuerError> {
         let code = req
             .code
             .as_deref()
             .filter(|c| !c.is_empty() && c.len() <= 256)
-            .ok_or_else(|| OAuthError::invalid_request("code is missing"))?;
-        let verifier = req.code_verifier.as_deref().ok_or_else(|| {
-            OAuthError::invalid_request("code_verifier is missing (PKCE is required)")
-        })?;
+            .ok_or_else(|| InvalidRequest.because("code is missing"))?;
+        let verifier = req
+            .code_verifier
+            .as_deref()
+            .ok_or_else(|| InvalidRequest.because("code_verifier is missing (PKCE is required)"))?;
         let key = format!("authz/{}", hash(code));
         let store = &self.ctx.store;
         let Some(raw) = store.get(ks::CODES, &key).await? else {
-            return Err(OAuthError::invalid_grant(
-                "the authorization code is unknown, expired or already used",
-            ));
+            return Err(InvalidGrant
+                .because("the authorization code is unknown, expired or already used")
+                .into());
         };
-        let grant: AuthCodeGrant = serde_json::from_slice(&raw).map_err(OAuthError::server)?;
+        let grant: AuthCodeGrant = serde_json::from_slice(&raw).map_err(internal)?;
         // consume first: a wrong verifier also burns the code (RFC 6749 §10.5 single use)
         if store
             .compare_and_swap(ks::CODES, &key, Some(raw), None)
             .await?
             != Cas::Swapped
         {
-            return Err(OAuthError::invalid_grant(
-                "the authorization code was already used",
-            ));
+            return Err(InvalidGrant
+                .because("the authorization code was already used")
+                .into());
         }
         if grant.issuer != issuer_id {
-            return Err(OAuthError::invalid_grant(
-                "the code belongs to another issuer",
-            ));
+            return Err(InvalidGrant
+                .because("the code belongs to another issuer")
+                .into());
         }
         let challenge = crate::crypto::b64url(crate::crypto::sha256(verifier.as_bytes()));
         if !bool::from(subtle::ConstantTimeEq::ct_eq(
             challenge.as_bytes(),
             grant.code_challenge.as_bytes(),
         )) {
-            return Err(OAuthError::invalid_grant(
-                "code_verifier does not match the code_challenge",
-            ));
+            return Err(InvalidGrant
+                .because("code_verifier does not match the code_challenge")
+                .into());
         }
         if req.redirect_uri.as_deref() != Some(grant.redirect_uri.as_str()) {
-            return Err(OAuthError::invalid_grant(
-                "redirect_uri does not match the authorization request",
-            ));
+            return Err(InvalidGrant
+                .because("redirect_uri does not match the authorization request")
+                .into());
         }
         if req
             .client_id
             .as_deref()
             .is_some_and(|c| c != grant.client_id)
         {
-            return Err(OAuthError::invalid_grant(
-                "client_id does not match the authorization request",
-            ));
+            return Err(InvalidGrant
+                .because("client_id does not match the authorization request")
+                .into());
         }
         self.grant_access(
             issuer_id,
@@ -382,24 +388,26 @@ impl IssuerService {
         offer_key_s: &str,
         config_ids: Vec<String>,
         with_details: bool,
-    ) -> Result<TokenResponse, OAuthError> {
+    ) -> Result<TokenResponse, IssuerError> {
         let updated = match self
             .ctx
             .store
-            .update_json::<Offer, OAuthError, _>(ks::OFFERS, offer_key_s, None, |mut o| {
+            .update_json::<Offer, IssuerError, _>(ks::OFFERS, offer_key_s, None, |mut o| {
                 if o.state != OfferState::Offered {
-                    return Err(OAuthError::invalid_grant("the offer was already redeemed"));
+                    return Err(InvalidGrant
+                        .because("the offer was already redeemed")
+                        .into());
                 }
                 o.state = OfferState::TokenIssued;
                 Ok(o)
             })
             .await
         {
-            Ok(u) => u.ok_or_else(|| OAuthError::invalid_grant("the offer has expired"))?,
+            Ok(u) => u.ok_or_else(|| InvalidGrant.because("the offer has expired"))?,
             Err(e) => {
                 // a store failure may still have applied the update (a write not acknowledged in
                 // time): undo it so the rolled-back code finds its offer redeemable
-                if e.status.is_server_error() {
+                if e.is_server_error() {
                     self.revert_offer(offer_key_s).await;
                 }
                 return Err(e);
@@ -444,7 +452,7 @@ impl IssuerService {
         let r = self
             .ctx
             .store
-            .update_json::<Offer, OAuthError, _>(ks::OFFERS, offer_key_s, None, |mut o| {
+            .update_json::<Offer, IssuerError, _>(ks::OFFERS, offer_key_s, None, |mut o| {
                 if o.state == OfferState::TokenIssued {
                     o.state = OfferState::Offered;
                 }
@@ -452,7 +460,7 @@ impl IssuerService {
             })
             .await;
         if let Err(e) = r {
-            tracing::warn!(error = %e.description, "could not revert the offer of a failed redemption");
+            tracing::warn!(error = %e, "could not revert the offer of a failed redemption");
         }
     }
 

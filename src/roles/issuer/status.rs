@@ -6,7 +6,6 @@ use super::ks;
 use super::model::*;
 use super::service::*;
 use crate::crypto::{sha256_hex, status::StatusArray};
-use crate::http::oauth::OAuthError;
 use crate::store::Cas;
 
 /// Entries per status list (the W3C minimum for herd privacy).
@@ -22,7 +21,7 @@ pub const TOKEN_STATUS_BITS: u8 = 2;
 pub(super) const STATUS_BLOCK: u64 = 64;
 
 impl IssuerService {
-    pub(super) async fn allocate_status(&self, issuer: &Issuer) -> Result<StatusRef, OAuthError> {
+    pub(super) async fn allocate_status(&self, issuer: &Issuer) -> Result<StatusRef, IssuerError> {
         let n = {
             let mut blocks = self.status_blocks.lock().await;
             let block = blocks.entry(issuer.id.clone()).or_insert(0..0);
@@ -45,13 +44,13 @@ impl IssuerService {
     }
 
     /// Reserves the next [`STATUS_BLOCK`] indices of an issuer's status lists; returns the first.
-    pub(super) async fn reserve_status_block(&self, issuer_id: &str) -> Result<u64, OAuthError> {
+    pub(super) async fn reserve_status_block(&self, issuer_id: &str) -> Result<u64, IssuerError> {
         let key = format!("{issuer_id}/status");
         loop {
             let end = self
                 .ctx
                 .store
-                .update_json::<u64, OAuthError, _>(ks::COUNTERS, &key, None, |n| {
+                .update_json::<u64, IssuerError, _>(ks::COUNTERS, &key, None, |n| {
                     Ok(n + STATUS_BLOCK)
                 })
                 .await?;

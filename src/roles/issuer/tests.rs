@@ -14,6 +14,7 @@ use crate::clock::{Clock, FakeClock};
 use crate::config::IssuerConfig;
 use crate::crypto::{jws, KeyType, SigningKey};
 use crate::error::{Code, ErrorCode};
+use crate::http::oauth::OAuthError;
 use crate::roles::RoleContext;
 use crate::store::Cas;
 
@@ -175,7 +176,7 @@ async fn a_store_failure_during_redemption_leaves_the_code_redeemable() {
             .unwrap();
         let code = pre_auth_code(&o);
         faulty.fail.store(1, std::sync::atomic::Ordering::SeqCst);
-        let e = svc.token("default", token_req(&code)).await.unwrap_err();
+        let e = OAuthError::from(svc.token("default", token_req(&code)).await.unwrap_err());
         assert_eq!(
             (e.status.as_u16(), e.error),
             (503, "temporarily_unavailable"),
@@ -191,7 +192,7 @@ async fn a_store_failure_during_redemption_leaves_the_code_redeemable() {
             .await
             .unwrap_or_else(|e| panic!("{keyspace} applied={applied}: {e:?}"));
         assert!(!t.access_token.is_empty());
-        let again = svc.token("default", token_req(&code)).await.unwrap_err();
+        let again = OAuthError::from(svc.token("default", token_req(&code)).await.unwrap_err());
         assert_eq!(again.error, "invalid_grant");
     }
 }
@@ -210,7 +211,7 @@ async fn expired_offers_and_nonces_are_refused() {
         .unwrap();
     let code = pre_auth_code(&o);
     clock.advance_ms(61_000);
-    let e = svc.token("default", token_req(&code)).await.unwrap_err();
+    let e = OAuthError::from(svc.token("default", token_req(&code)).await.unwrap_err());
     assert_eq!(e.error, "invalid_grant");
     assert_eq!(
         svc.offer_view("default", &o.id).await.unwrap().state,
@@ -240,10 +241,11 @@ async fn expired_offers_and_nonces_are_refused() {
         format: None,
         vct: None,
     };
-    let e = svc
-        .credential("default", Some(&t.access_token), req)
-        .await
-        .unwrap_err();
+    let e = OAuthError::from(
+        svc.credential("default", Some(&t.access_token), req)
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(e.error, "invalid_nonce");
 }
 
