@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::error::{internal, IssuerError};
-use super::formats::{self, IssueInput};
+use super::formats::{self, IssueInput, StatusRef};
 use super::ks;
 use super::model::*;
 use super::service::*;
@@ -89,25 +89,7 @@ impl IssuerService {
             .get_issuer(issuer_id)
             .await
             .map_err(|e| unless_unavailable(e, || InvalidToken.because("unknown issuer").into()))?;
-        let config_id = self.requested_config(&issuer, &grant, &req)?;
-        let config = issuer
-            .credential_configurations
-            .get(&config_id)
-            .ok_or_else(|| {
-                UnknownCredentialConfiguration
-                    .because(format!("unknown credential configuration `{config_id}`"))
-            })?
-            .clone();
-        if !grant.credential_configuration_ids.contains(&config_id) {
-            let refusal = if req.credential_identifier.is_some() {
-                UnknownCredentialIdentifier
-            } else {
-                UnknownCredentialConfiguration
-            };
-            return Err(refusal
-                .because(format!("`{config_id}` is not covered by this access token"))
-                .into());
-        }
+        let (config_id, config) = self.covered_config(&issuer, &grant, &req)?;
         let jwts = proof_jwts(&req)?;
         let now = self.now();
         let holders = self.check_proofs(issuer_id, &jwts, now).await?;
@@ -160,6 +142,35 @@ impl IssuerService {
             "credentials issued"
         );
         Ok(json!({"credentials": credentials}))
+    }
+
+    /// The configuration a request asks for, which its access token must cover.
+    fn covered_config(
+        &self,
+        issuer: &Issuer,
+        grant: &AccessGrant,
+        req: &CredentialRequest,
+    ) -> Result<(String, CredentialConfig), IssuerError> {
+        let config_id = self.requested_config(issuer, grant, req)?;
+        let config = issuer
+            .credential_configurations
+            .get(&config_id)
+            .ok_or_else(|| {
+                UnknownCredentialConfiguration
+                    .because(format!("unknown credential configuration `{config_id}`"))
+            })?
+            .clone();
+        if !grant.credential_configuration_ids.contains(&config_id) {
+            let refusal = if req.credential_identifier.is_some() {
+                UnknownCredentialIdentifier
+            } else {
+                UnknownCredentialConfiguration
+            };
+            return Err(refusal
+                .because(format!("`{config_id}` is not covered by this access token"))
+                .into());
+        }
+        Ok((config_id, config))
     }
 
     /// The grant behind a bearer access token of this issuer, and the token's store key.
@@ -243,54 +254,10 @@ impl IssuerService {
             expires_at: b.expires_at,
             status: &status,
         };
-        let credential = if b.config.format == Format::MsoMdoc {
-            let (doctype, namespace) = b
-                .config
-                .mdoc_names()
-                .ok_or_else(|| internal("mso_mdoc configuration without a doctype"))?;
-            if !matches!(holder, VerifyingKey::P256(_)) {
-                return Err(InvalidProof
-                    .because("an mdoc's device key must be P-256: sign the proof with ES256")
-                    .into());
-            }
-            let cred = super::mdoc::issue(
-                &self.ctx,
-                &super::mdoc::MdocIssue {
-                    issuer_id: &b.issuer.id,
-                    doctype,
-                    namespace: &namespace,
-                    claims: b.claims,
-                    holder,
-                    now: b.now,
-                    expires_at: b.expires_at,
-                    status: Some((status.index, status.token_list.clone())),
-                },
-            )
-            .await
-            .map_err(|e| InvalidCredentialRequest.because(e))?;
-            Value::String(cred)
-        } else if b.config.format == Format::LdpVc {
-            let args = (
-                b.issuer.clone(),
-                b.key.clone(),
-                b.config.credential_type.clone(),
-                b.claims.clone(),
-                formats::holder_did_of(holder, holder_did),
-                credential_id.clone(),
-                input.expires_at,
-                status.clone(),
-            );
-            let now = b.now;
-            tokio::task::spawn_blocking(move || {
-                formats::ldp_vc(
-                    args.0, args.1, args.2, args.3, args.4, args.5, now, args.6, args.7,
-                )
-            })
-            .await
-            .map_err(internal)?
-            .map_err(internal)?
-        } else {
-            formats::issue(&input).map_err(|e| UnsupportedCredentialFormat.because(e))?
+        let credential = match b.config.format {
+            Format::MsoMdoc => self.issue_mdoc(b, holder, &status).await?,
+            Format::LdpVc => issue_ldp(b, holder, holder_did, &credential_id, &status).await?,
+            _ => formats::issue(&input).map_err(|e| UnsupportedCredentialFormat.because(e))?,
         };
         let record = IssuedCredential {
             id: credential_id.clone(),
@@ -315,6 +282,40 @@ impl IssuerService {
             )
             .await?;
         Ok((credential, credential_id))
+    }
+
+    /// An mso_mdoc for the holder's device key (P-256: ISO 18013-5 device keys are EC2).
+    async fn issue_mdoc(
+        &self,
+        b: &Batch<'_>,
+        holder: &VerifyingKey,
+        status: &StatusRef,
+    ) -> Result<Value, IssuerError> {
+        let (doctype, namespace) = b
+            .config
+            .mdoc_names()
+            .ok_or_else(|| internal("mso_mdoc configuration without a doctype"))?;
+        if !matches!(holder, VerifyingKey::P256(_)) {
+            return Err(InvalidProof
+                .because("an mdoc's device key must be P-256: sign the proof with ES256")
+                .into());
+        }
+        let cred = super::mdoc::issue(
+            &self.ctx,
+            &super::mdoc::MdocIssue {
+                issuer_id: &b.issuer.id,
+                doctype,
+                namespace: &namespace,
+                claims: b.claims,
+                holder,
+                now: b.now,
+                expires_at: b.expires_at,
+                status: Some((status.index, status.token_list.clone())),
+            },
+        )
+        .await
+        .map_err(|e| InvalidCredentialRequest.because(e))?;
+        Ok(Value::String(cred))
     }
 
     /// The configuration a request names (by id or identifier; draft requests by format).
@@ -395,6 +396,35 @@ impl IssuerService {
             })
             .cloned()
     }
+}
+
+/// An ldp_vc (Data Integrity): canonicalization is CPU-heavy, so it runs on the blocking pool.
+async fn issue_ldp(
+    b: &Batch<'_>,
+    holder: &VerifyingKey,
+    holder_did: &Option<String>,
+    credential_id: &str,
+    status: &StatusRef,
+) -> Result<Value, IssuerError> {
+    let args = (
+        b.issuer.clone(),
+        b.key.clone(),
+        b.config.credential_type.clone(),
+        b.claims.clone(),
+        formats::holder_did_of(holder, holder_did),
+        credential_id.to_string(),
+        b.expires_at,
+        status.clone(),
+    );
+    let now = b.now;
+    tokio::task::spawn_blocking(move || {
+        formats::ldp_vc(
+            args.0, args.1, args.2, args.3, args.4, args.5, now, args.6, args.7,
+        )
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)
 }
 
 /// Checks one proof JWT; returns (holder key, holder DID when named by kid, nonce).

@@ -1,5 +1,6 @@
 //! The grants that end in an access token: the token endpoint (pre-authorized code with tx_code,
-//! authorization code with PKCE) and the authorization endpoint.
+//! authorization code with PKCE). The authorization endpoint that issues the codes is
+//! `authorize.rs`.
 
 use std::time::Duration;
 
@@ -12,7 +13,6 @@ use super::model::*;
 use super::service::*;
 use crate::clock::random_token;
 use crate::error::{unless_unavailable, ErrorCode, OAuthCode::*};
-use crate::http::urlencode;
 use crate::store::Cas;
 
 const MAX_TX_CODE_FAILURES: u32 = 5;
@@ -84,20 +84,6 @@ fn granted_details(config_ids: &[String]) -> Vec<Value> {
         .collect()
 }
 
-/// Authorization request query (authorization code flow with PKCE).
-#[derive(Debug, Deserialize)]
-pub struct AuthorizeRequest {
-    pub response_type: Option<String>,
-    pub client_id: Option<String>,
-    pub redirect_uri: Option<String>,
-    pub code_challenge: Option<String>,
-    pub code_challenge_method: Option<String>,
-    pub issuer_state: Option<String>,
-    pub state: Option<String>,
-    pub scope: Option<String>,
-    pub authorization_details: Option<String>,
-}
-
 impl IssuerService {
     pub async fn token(
         &self,
@@ -117,8 +103,8 @@ impl IssuerService {
         }
     }
 
-    // Over 80 lines, kept whole on purpose: the redemption (single use, tx_code lockout,
-    // compensation) reads top to bottom here, and other branches change it.
+    /// The pre-authorized code grant: the code is single use, the offer admits one token, and a
+    /// failure after the code was consumed puts it back (compensation, read top to bottom here).
     async fn token_pre_authorized(
         &self,
         issuer_id: &str,
@@ -131,77 +117,13 @@ impl IssuerService {
             .ok_or_else(|| InvalidRequest.because("pre-authorized_code is missing"))?;
         let code_key = format!("pre/{}", hash(code));
         let store = &self.ctx.store;
-        let Some(okey) = store.get(ks::CODES, &code_key).await? else {
-            return Err(InvalidGrant
-                .because("the pre-authorized code is unknown, expired or already used")
-                .into());
-        };
+        let (okey, offer) = self.offer_of_code(issuer_id, &code_key).await?;
         let offer_key_s = String::from_utf8_lossy(&okey).into_owned();
-        if !offer_key_s.starts_with(&format!("{issuer_id}/")) {
-            return Err(InvalidGrant
-                .because("the pre-authorized code belongs to another issuer")
-                .into());
-        }
-        let offer: Offer = store
-            .get_json(ks::OFFERS, &offer_key_s)
-            .await?
-            .ok_or_else(|| InvalidGrant.because("the offer has expired"))?;
-        if offer.expires_at <= self.now() || offer.state != OfferState::Offered {
-            return Err(InvalidGrant
-                .because("the offer has expired or was already redeemed")
-                .into());
-        }
         // authorization_details may narrow the grant to some of the offered configurations.
-        let (granted, details) = match &req.authorization_details {
-            Some(ad) => {
-                let ids = requested_configurations(ad)
-                    .map_err(|e| InvalidAuthorizationDetails.because(e))?;
-                if let Some(bad) = ids
-                    .iter()
-                    .find(|id| !offer.credential_configuration_ids.contains(id))
-                {
-                    return Err(InvalidAuthorizationDetails
-                        .because(format!("`{bad}` was not offered"))
-                        .into());
-                }
-                (ids, true)
-            }
-            None => (offer.credential_configuration_ids.clone(), false),
-        };
+        let (granted, details) = narrowed(&offer, req.authorization_details.as_deref())?;
         if let Some(tx) = &offer.tx_code {
-            let given = req.tx_code.as_deref().unwrap_or("");
-            let ok = !given.is_empty()
-                && bool::from(subtle::ConstantTimeEq::ct_eq(
-                    hash(given).as_bytes(),
-                    tx.hash.as_bytes(),
-                ));
-            if !ok {
-                let updated = store
-                    .update_json::<Offer, IssuerError, _>(
-                        ks::OFFERS,
-                        &offer_key_s,
-                        None,
-                        |mut o| {
-                            o.tx_code_failures += 1;
-                            Ok(o)
-                        },
-                    )
-                    .await?;
-                if updated.is_some_and(|o| o.tx_code_failures >= MAX_TX_CODE_FAILURES) {
-                    // locked: the code is burnt
-                    store.delete(ks::CODES, &code_key).await?;
-                    return Err(InvalidGrant
-                        .because("too many wrong transaction codes; the offer is locked")
-                        .into());
-                }
-                return Err(InvalidGrant
-                    .because(if given.is_empty() {
-                        "tx_code is required"
-                    } else {
-                        "wrong tx_code"
-                    })
-                    .into());
-            }
+            self.check_tx_code(&tx.hash, req.tx_code.as_deref(), &offer_key_s, &code_key)
+                .await?;
         }
         // Single use: exactly one redeemer removes the code. A store failure here may still
         // have applied the removal (Redis killed between executing the command and answering,
@@ -247,6 +169,78 @@ impl IssuerService {
             }
             other => other,
         }
+    }
+
+    /// The redeemable offer a pre-authorized code (`code_key`) of this issuer stands for, and the
+    /// code record's value (the offer's key).
+    async fn offer_of_code(
+        &self,
+        issuer_id: &str,
+        code_key: &str,
+    ) -> Result<(Vec<u8>, Offer), IssuerError> {
+        let store = &self.ctx.store;
+        let Some(okey) = store.get(ks::CODES, code_key).await? else {
+            return Err(InvalidGrant
+                .because("the pre-authorized code is unknown, expired or already used")
+                .into());
+        };
+        let offer_key_s = String::from_utf8_lossy(&okey);
+        if !offer_key_s.starts_with(&format!("{issuer_id}/")) {
+            return Err(InvalidGrant
+                .because("the pre-authorized code belongs to another issuer")
+                .into());
+        }
+        let offer: Offer = store
+            .get_json(ks::OFFERS, &offer_key_s)
+            .await?
+            .ok_or_else(|| InvalidGrant.because("the offer has expired"))?;
+        if offer.expires_at <= self.now() || offer.state != OfferState::Offered {
+            return Err(InvalidGrant
+                .because("the offer has expired or was already redeemed")
+                .into());
+        }
+        Ok((okey, offer))
+    }
+
+    /// The offer's transaction code against the one `given`; a wrong one is counted on the offer
+    /// and the [`MAX_TX_CODE_FAILURES`]th burns the pre-authorized code (`code_key`).
+    async fn check_tx_code(
+        &self,
+        expected_hash: &str,
+        given: Option<&str>,
+        offer_key_s: &str,
+        code_key: &str,
+    ) -> Result<(), IssuerError> {
+        let given = given.unwrap_or("");
+        let ok = !given.is_empty()
+            && bool::from(subtle::ConstantTimeEq::ct_eq(
+                hash(given).as_bytes(),
+                expected_hash.as_bytes(),
+            ));
+        if ok {
+            return Ok(());
+        }
+        let store = &self.ctx.store;
+        let updated = store
+            .update_json::<Offer, IssuerError, _>(ks::OFFERS, offer_key_s, None, |mut o| {
+                o.tx_code_failures += 1;
+                Ok(o)
+            })
+            .await?;
+        if updated.is_some_and(|o| o.tx_code_failures >= MAX_TX_CODE_FAILURES) {
+            // locked: the code is burnt
+            store.delete(ks::CODES, code_key).await?;
+            return Err(InvalidGrant
+                .because("too many wrong transaction codes; the offer is locked")
+                .into());
+        }
+        Err(InvalidGrant
+            .because(if given.is_empty() {
+                "tx_code is required"
+            } else {
+                "wrong tx_code"
+            })
+            .into())
     }
 
     /// Puts a consumed pre-authorized code back (compensating a failed redemption) for the rest
@@ -463,126 +457,22 @@ impl IssuerService {
             tracing::warn!(error = %e, "could not revert the offer of a failed redemption");
         }
     }
-
-    // ---- authorization endpoint ------------------------------------------------------------------
-
-    /// Authorization code flow: the offer's `issuer_state` pre-identifies the holder, so consent is
-    /// immediate. Returns the redirect URL carrying the code.
-    pub async fn authorize(
-        &self,
-        issuer_id: &str,
-        req: AuthorizeRequest,
-    ) -> Result<String, IssuerError> {
-        let issuer = self.get_issuer(issuer_id).await?;
-        if req.response_type.as_deref() != Some("code") {
-            return Err(bad_authorization("response_type must be `code`"));
-        }
-        let client_id = req
-            .client_id
-            .clone()
-            .filter(|c| !c.is_empty())
-            .or_bad_authorization("client_id is required")?;
-        let redirect_uri = req
-            .redirect_uri
-            .clone()
-            .or_bad_authorization("redirect_uri is required")?;
-        validate_redirect(&redirect_uri)?;
-        let challenge = req
-            .code_challenge
-            .clone()
-            .filter(|c| (43..=128).contains(&c.len()))
-            .or_bad_authorization("code_challenge (S256) is required")?;
-        if req.code_challenge_method.as_deref() != Some("S256") {
-            return Err(bad_authorization("code_challenge_method must be S256"));
-        }
-        let issuer_state = req.issuer_state.as_deref().or_bad_authorization(
-            "issuer_state from the credential offer is required (no interactive login is configured)",
-        )?;
-        let Some(okey) = self
-            .ctx
-            .store
-            .get(ks::CODES, &format!("state/{}", hash(issuer_state)))
-            .await?
-        else {
-            return Err(bad_authorization("issuer_state is unknown or expired"));
-        };
-        let offer_key_s = String::from_utf8_lossy(&okey).into_owned();
-        let offer: Offer = self
-            .ctx
-            .store
-            .get_json(ks::OFFERS, &offer_key_s)
-            .await?
-            .or_bad_authorization("the offer has expired")?;
-        if offer.issuer != issuer.id || offer.state != OfferState::Offered {
-            return Err(bad_authorization("the offer is not redeemable"));
-        }
-        let requested = requested_in(&issuer, &offer, &req)?;
-        let code = random_token(32);
-        let grant = AuthCodeGrant {
-            offer_id: offer_key_s,
-            issuer: issuer.id.clone(),
-            client_id,
-            redirect_uri: redirect_uri.clone(),
-            code_challenge: challenge,
-            credential_configuration_ids: requested,
-            authorization_details: req.authorization_details.is_some(),
-        };
-        self.ctx
-            .store
-            .put_json(
-                ks::CODES,
-                &format!("authz/{}", hash(&code)),
-                &grant,
-                Some(secs(120)),
-            )
-            .await?;
-        let sep = if redirect_uri.contains('?') { '&' } else { '?' };
-        let mut url = format!("{redirect_uri}{sep}code={}", urlencode(&code));
-        if let Some(s) = &req.state {
-            url.push_str(&format!("&state={}", urlencode(s)));
-        }
-        url.push_str(&format!("&iss={}", urlencode(&self.issuer_url(&issuer.id))));
-        Ok(url)
-    }
 }
 
-fn validate_redirect(u: &str) -> Result<(), IssuerError> {
-    if u.len() > 2048 || u.contains('#') || !u.contains(':') {
-        return Err(bad_authorization(
-            "redirect_uri must be an absolute URI without fragment",
-        ));
-    }
-    Ok(())
-}
-
-/// What an authorization request asks for: its authorization_details (openid_credential) or
-/// scope; by default all offered. Only what the offer holds.
-fn requested_in(
-    issuer: &Issuer,
-    offer: &Offer,
-    req: &AuthorizeRequest,
-) -> Result<Vec<String>, IssuerError> {
-    // What was asked for: authorization_details (openid_credential) or scope; default all offered.
-    let mut requested: Vec<String> = match &req.authorization_details {
-        Some(ad) => requested_configurations(ad).map_err(IssuerError::BadAuthorization)?,
-        None => Vec::new(),
+/// The configurations a pre-authorized grant covers: all the offer's, or those its
+/// `authorization_details` narrow it to (the second value: the token response then lists them).
+fn narrowed(offer: &Offer, details: Option<&str>) -> Result<(Vec<String>, bool), IssuerError> {
+    let Some(ad) = details else {
+        return Ok((offer.credential_configuration_ids.clone(), false));
     };
-    if let Some(scope) = &req.scope {
-        requested.extend(
-            scope
-                .split(' ')
-                .filter(|s| issuer.credential_configurations.contains_key(*s))
-                .map(str::to_string),
-        );
-    }
-    if requested.is_empty() {
-        requested = offer.credential_configuration_ids.clone();
-    }
-    if let Some(bad) = requested
+    let ids = requested_configurations(ad).map_err(|e| InvalidAuthorizationDetails.because(e))?;
+    if let Some(bad) = ids
         .iter()
-        .find(|r| !offer.credential_configuration_ids.contains(r))
+        .find(|id| !offer.credential_configuration_ids.contains(id))
     {
-        return Err(bad_authorization(format!("`{bad}` was not offered")));
+        return Err(InvalidAuthorizationDetails
+            .because(format!("`{bad}` was not offered"))
+            .into());
     }
-    Ok(requested)
+    Ok((ids, true))
 }

@@ -1,5 +1,6 @@
 //! The issuer role: OpenID4VCI 1.0 credential issuer with hosted status lists.
 
+pub mod authorize;
 pub mod credential;
 pub mod error;
 pub mod formats;

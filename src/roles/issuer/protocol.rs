@@ -4,8 +4,9 @@
 use actix_web::http::header;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 
+use super::authorize::AuthorizeRequest;
 use super::credential::CredentialRequest;
-use super::grants::{AuthorizeRequest, TokenRequest};
+use super::grants::TokenRequest;
 use super::service::IssuerService;
 use crate::error::OAuthCode::{InvalidCredentialRequest, InvalidRequest};
 use crate::error::{ApiError, ApiResult};

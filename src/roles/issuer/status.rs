@@ -217,27 +217,11 @@ impl IssuerService {
             )[..32]
         );
         match kind {
-            "token" if cwt => {
-                let signer = crate::roles::mdoc_pki::document_signer(&self.ctx, issuer_id)
-                    .await
-                    .map_err(|e| {
-                        IssuerError::StatusList(crate::crypto::CryptoError::InvalidKey(
-                            e.to_string(),
-                        ))
-                    })?;
-                let token = crate::crypto::mdoc::status::sign(
-                    &uri,
-                    now,
-                    Some(60),
-                    &arr,
-                    &signer.key,
-                    std::slice::from_ref(&signer.cert),
-                )
-                .map_err(|e| {
-                    IssuerError::StatusList(crate::crypto::CryptoError::Malformed(e.to_string()))
-                })?;
-                Ok((crate::crypto::mdoc::status::MEDIA_TYPE, token, etag))
-            }
+            "token" if cwt => Ok((
+                crate::crypto::mdoc::status::MEDIA_TYPE,
+                self.cwt_status_list(issuer_id, &uri, now, &arr).await?,
+                etag,
+            )),
             "token" => Ok((
                 "application/statuslist+jwt",
                 formats::token_status_list(&issuer, &key, &uri, bits, arr.to_token_lst(), now, 60)
@@ -259,6 +243,30 @@ impl IssuerService {
             )),
             _ => Err(IssuerError::NoStatusList),
         }
+    }
+
+    /// A Token Status List in CWT form, signed by the issuer's mdoc document signer (what an
+    /// mdoc's status reference must be verified with).
+    async fn cwt_status_list(
+        &self,
+        issuer_id: &str,
+        uri: &str,
+        now: i64,
+        arr: &StatusArray,
+    ) -> Result<Vec<u8>, IssuerError> {
+        use crate::crypto::CryptoError;
+        let signer = crate::roles::mdoc_pki::document_signer(&self.ctx, issuer_id)
+            .await
+            .map_err(|e| IssuerError::StatusList(CryptoError::InvalidKey(e.to_string())))?;
+        crate::crypto::mdoc::status::sign(
+            uri,
+            now,
+            Some(60),
+            arr,
+            &signer.key,
+            std::slice::from_ref(&signer.cert),
+        )
+        .map_err(|e| IssuerError::StatusList(CryptoError::Malformed(e.to_string())))
     }
 }
 

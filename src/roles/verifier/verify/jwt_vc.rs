@@ -107,20 +107,13 @@ pub async fn jwt_vp(
         out.fail("holder_binding", format!("{query_id}: a bare credential was sent; a verifiable presentation signed by the holder is required"));
         return Vec::new();
     }
-    let (holder_key, holder_did) = match header_holder(&header, &payload, ctx.http).await {
-        Ok(v) => v,
+    let holder_did = match holder_signature(ctx.http, vp, &header, &payload).await {
+        Ok(did) => did,
         Err(e) => {
-            out.fail("signature", format!("{query_id}: presentation key: {e}"));
+            out.fail("signature", format!("{query_id}: {e}"));
             return Vec::new();
         }
     };
-    if let Err(e) = jws::verify(vp, &holder_key) {
-        out.fail(
-            "signature",
-            format!("{query_id}: presentation signature: {e}"),
-        );
-        return Vec::new();
-    }
     out.pass("signature");
     jwt_audience(ctx, out, query_id, &payload);
     check_time(
@@ -153,6 +146,21 @@ pub async fn jwt_vp(
         checked.push(c);
     }
     checked
+}
+
+/// The holder's signature over a JWT presentation ([`header_holder`] names the key); returns the
+/// holder's DID.
+async fn holder_signature(
+    http: &reqwest::Client,
+    vp: &str,
+    header: &Value,
+    payload: &Value,
+) -> Result<Option<String>, String> {
+    let (key, did) = header_holder(header, payload, http)
+        .await
+        .map_err(|e| format!("presentation key: {e}"))?;
+    jws::verify(vp, &key).map_err(|e| format!("presentation signature: {e}"))?;
+    Ok(did)
 }
 
 /// The credentials a JWT presentation carries: the VCDM 1.1 `vp` claim's, or those of a VC-JOSE
