@@ -16,6 +16,9 @@ pub enum IssuerError {
     /// A request the issuer will not accept (offers: claims, configurations, ttl, tx_code).
     #[error("{0}")]
     Invalid(String),
+    /// A VC-API credential that does not follow the VC Data Model, or names no issuer here.
+    #[error("{0}")]
+    Malformed(String),
     /// A malformed or unacceptable authorization request.
     #[error("{0}")]
     BadAuthorization(String),
@@ -56,7 +59,7 @@ impl ErrorCode for IssuerError {
             IssuerError::Tenant(e) => e.error_code(),
             IssuerError::Store(e) => e.error_code(),
             IssuerError::Invalid(_) => Code::Validation,
-            IssuerError::BadAuthorization(_) => Code::BadRequest,
+            IssuerError::BadAuthorization(_) | IssuerError::Malformed(_) => Code::BadRequest,
             IssuerError::NotDidWeb(_)
             | IssuerError::NoOffer(_)
             | IssuerError::NoCredential(_)

@@ -18,6 +18,7 @@ pub mod tenants;
 mod tests;
 pub mod vc_api;
 pub mod vc_input;
+pub mod vc_issue;
 
 use std::sync::Arc;
 

@@ -27,6 +27,12 @@ pub enum VerifierError {
     /// The session's response encryption key cannot be opened: ours, not the client's.
     #[error("session encryption key: {0}")]
     EncryptionKey(String),
+    /// A VC-API input that is not a credential or presentation in any form we read.
+    #[error("{0}")]
+    Malformed(String),
+    /// A JSON-LD input over this server's canonicalization limits: not judged.
+    #[error(transparent)]
+    Limit(crate::crypto::CryptoError),
     /// A wallet's response refused in the protocol's own terms.
     #[error(transparent)]
     Refused(#[from] Refusal),
@@ -45,6 +51,8 @@ impl ErrorCode for VerifierError {
             VerifierError::NoSession(_) => Code::NotFound,
             VerifierError::SessionExpired | VerifierError::SessionFinished => Code::Gone,
             VerifierError::Refused(r) => r.error_code(),
+            VerifierError::Malformed(_) => Code::BadRequest,
+            VerifierError::Limit(e) => e.error_code(),
             VerifierError::EncryptionKey(_) | VerifierError::Internal(_) => Code::Internal,
         }
     }
@@ -59,6 +67,7 @@ impl ErrorCode for VerifierError {
             VerifierError::Tenant(e) => e.retry_after(),
             VerifierError::Store(e) => e.retry_after(),
             VerifierError::Key(e) => e.retry_after(),
+            VerifierError::Limit(e) => e.retry_after(),
             _ => None,
         }
     }
