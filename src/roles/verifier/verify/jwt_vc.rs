@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::policy::{check_issuer, check_time, Outcome};
 use super::status::w3c_status;
-use super::{issuer_jwt, types_of, w3c_checked, Checked, Ctx};
+use super::{issuer_jwt, subject_is_signer, types_of, w3c_checked, Checked, Ctx};
 use crate::crypto::binding::Issuers;
 use crate::crypto::{did, jws, VerifyingKey};
 
@@ -135,14 +135,7 @@ pub async fn jwt_vp(
         let Some((c, subject)) = jwt_credential(ctx, out, query_id, &vc).await else {
             continue;
         };
-        if subject.is_some() && holder_did == subject {
-            out.pass("holder_binding");
-        } else {
-            out.fail(
-                "holder_binding",
-                format!("{query_id}: the presentation signer is not the credential subject"),
-            );
-        }
+        subject_is_signer(out, query_id, subject.is_some() && holder_did == subject);
         checked.push(c);
     }
     checked

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::policy::{check_issuer, check_time, over_limit, Outcome};
 use super::status::w3c_status;
-use super::{w3c_checked, Checked, Ctx};
+use super::{subject_is_signer, w3c_checked, Checked, Ctx};
 use crate::crypto::binding;
 
 /// One Data Integrity credential already verified by [`crate::crypto::di`] (`vc` without its
@@ -101,14 +101,8 @@ pub async fn ldp_vp(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, vp: Value)
         let Some(vc) = ldp_credential(ctx, out, query_id, &c).await else {
             continue;
         };
-        if vc.root["credentialSubject"]["id"].as_str() == Some(holder.as_str()) {
-            out.pass("holder_binding");
-        } else {
-            out.fail(
-                "holder_binding",
-                format!("{query_id}: the presentation signer is not the credential subject"),
-            );
-        }
+        let bound = vc.root["credentialSubject"]["id"].as_str() == Some(holder.as_str());
+        subject_is_signer(out, query_id, bound);
         checked.push(vc);
     }
     checked

@@ -146,3 +146,16 @@ fn w3c_checked(
         issuer: Some(issuer),
     }
 }
+
+/// The `holder_binding` policy of a credential inside a presentation: its subject (`bound`) must
+/// be the presentation's signer.
+fn subject_is_signer(out: &mut policy::Outcome, query_id: &str, bound: bool) {
+    if bound {
+        out.pass("holder_binding");
+    } else {
+        out.fail(
+            "holder_binding",
+            format!("{query_id}: the presentation signer is not the credential subject"),
+        );
+    }
+}
