@@ -167,6 +167,7 @@ pub fn jwt_payload(format: &str, raw: &str) -> Value {
 }
 
 /// How a held credential looks to queries, and (SD-JWT) which claims can be withheld.
+// Over 80 lines: one arm per credential format, each building that format's view.
 pub fn credential_view(format: &str, raw: &str) -> (CredentialView, Vec<String>) {
     match format {
         "dc+sd-jwt" | "vc+sd-jwt" => {

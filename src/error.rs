@@ -54,6 +54,81 @@ error_codes! {
     Internal => ("internal_error", INTERNAL_SERVER_ERROR, "Internal server error"),
 }
 
+/// The error codes of the OAuth-family protocol endpoints (RFC 6749 §5.2, OID4VCI 1.0 §6.3 and
+/// §8.3.1, OpenID4VP 1.0): what the `error` member of their JSON says, and the problem code whose
+/// HTTP status they answer with. Some share a wire code and differ in status (an unknown or
+/// expired OpenID4VP session is `invalid_request` with 404 / 410).
+macro_rules! oauth_codes {
+    ($( $variant:ident => ($error:literal, $code:ident) ),* $(,)?) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum OAuthCode { $( $variant ),* }
+
+        impl OAuthCode {
+            pub const ALL: &'static [OAuthCode] = &[ $( OAuthCode::$variant ),* ];
+            /// The `error` member.
+            pub fn as_str(self) -> &'static str { match self { $( OAuthCode::$variant => $error ),* } }
+            /// The problem code this refusal is (its HTTP status).
+            pub fn code(self) -> Code { match self { $( OAuthCode::$variant => Code::$code ),* } }
+        }
+    };
+}
+
+oauth_codes! {
+    InvalidRequest => ("invalid_request", BadRequest),
+    UnknownSession => ("invalid_request", NotFound),
+    ExpiredSession => ("invalid_request", Gone),
+    InvalidGrant => ("invalid_grant", BadRequest),
+    UnsupportedGrantType => ("unsupported_grant_type", BadRequest),
+    InvalidAuthorizationDetails => ("invalid_authorization_details", BadRequest),
+    InvalidToken => ("invalid_token", Unauthorized),
+    InvalidCredentialRequest => ("invalid_credential_request", BadRequest),
+    UnknownCredentialConfiguration => ("unknown_credential_configuration", BadRequest),
+    UnknownCredentialIdentifier => ("unknown_credential_identifier", BadRequest),
+    UnsupportedCredentialFormat => ("unsupported_credential_format", BadRequest),
+    InvalidProof => ("invalid_proof", BadRequest),
+    InvalidNonce => ("invalid_nonce", BadRequest),
+}
+
+/// A protocol endpoint's refusal as a role states it: the OAuth error code and the description
+/// sent with it. Role errors wrap it (`#[from]`); the HTTP edge renders it
+/// ([`crate::http::oauth::OAuthError`]), or as problem+json with [`OAuthCode::code`] where a
+/// management endpoint meets it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{description}")]
+pub struct Refusal {
+    pub error: OAuthCode,
+    pub description: String,
+}
+
+impl OAuthCode {
+    /// This refusal with its description.
+    pub fn because(self, description: impl Into<String>) -> Refusal {
+        Refusal {
+            error: self,
+            description: description.into(),
+        }
+    }
+}
+
+impl ErrorCode for Refusal {
+    fn error_code(&self) -> Code {
+        self.error.code()
+    }
+    fn oauth_code(&self) -> Option<OAuthCode> {
+        Some(self.error)
+    }
+}
+
+/// `instead` for a failure, unless the store was unreachable: that stays itself (a 503, so the
+/// client retries). For lookups whose failure the protocol names otherwise ("unknown issuer").
+pub fn unless_unavailable<E: ErrorCode>(e: E, instead: impl FnOnce() -> E) -> E {
+    if e.error_code() == Code::Unavailable {
+        e
+    } else {
+        instead()
+    }
+}
+
 /// Base of the `type` URI of every problem document; the code is appended.
 /// It identifies the problem kind; docs/errors.md describes every code.
 pub const PROBLEM_TYPE_BASE: &str = "tag:idstack.dev,2026:problem:";
@@ -165,6 +240,16 @@ pub trait ErrorCode: std::fmt::Display {
     fn retry_after(&self) -> Option<u64> {
         None
     }
+    /// The OAuth `error` code a protocol endpoint (token, nonce, credential, OpenID4VP response)
+    /// answers this with; `None`: derived from [`Self::error_code`] at the edge
+    /// (`server_error`, `temporarily_unavailable`, else `invalid_request`).
+    fn oauth_code(&self) -> Option<OAuthCode> {
+        None
+    }
+    /// A failure on our side (5xx): the client did nothing wrong.
+    fn is_server_error(&self) -> bool {
+        self.error_code().status().is_server_error()
+    }
 }
 
 impl<E: ErrorCode> From<E> for ApiError {
@@ -195,6 +280,17 @@ pub type ApiResult<T> = Result<T, ApiError>;
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn oauth_codes_are_snake_case_client_errors() {
+        for c in OAuthCode::ALL {
+            assert!(c
+                .as_str()
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch == '_'));
+            assert!(c.code().status().is_client_error(), "{c:?}");
+        }
+    }
 
     #[test]
     fn codes_are_unique_and_snake_case() {

@@ -47,6 +47,8 @@ fn port_of(addr: &str) -> anyhow::Result<u16> {
 }
 
 /// Joins the cluster (or forms it) and returns the replicated store and bus in place of `opened`'s.
+// Over 80 lines: the cluster start sequence (bind, gossip, wait for the seeds, catch up, swap in the
+// replicated store and bus) is one ordered procedure of calls; its order is what matters.
 pub async fn start(
     settings: &Settings,
     opened: Opened,
@@ -609,6 +611,7 @@ mod tests {
     /// but missed a redemption the other two made — a healed partition — reads the key from a
     /// majority before its compare-and-swap and loses, where a plain single-use-agnostic keyspace
     /// would use its stale copy.
+    // Over 80 lines: a multi-node scenario test, step by step.
     async fn consistent_primary_reads_a_majority_before_a_single_use_transition(
         nodes: &[TestNode],
     ) {
@@ -777,6 +780,7 @@ mod tests {
     /// committed there — written here; still provisional there — kept; neither — dropped. While
     /// held, it is in no digest (anti-entropy cannot spread it) and a competing transition made
     /// on the same version is refused.
+    // Over 80 lines: a multi-node scenario test, step by step.
     async fn lost_decisions_are_resolved_by_asking_the_executor(nodes: &[TestNode]) {
         let ks = "issuer_nonces";
         let (a, b, c) = (
@@ -921,6 +925,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    // Over 80 lines: a multi-node scenario test, step by step.
     async fn writes_replicate_cas_is_single_winner_and_events_reach_every_node() {
         let nodes = three().await;
         let ks = "unit_things";

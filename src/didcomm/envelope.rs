@@ -233,6 +233,8 @@ pub fn verkey_b58(verkey: &[u8; 32]) -> String {
 
 /// Packs `message` for `recipient_verkeys` (Ed25519 public keys): authcrypt from `sender` when
 /// given, anoncrypt otherwise. Returns the envelope's JSON bytes.
+// Over 80 lines: the RFC 0019 pack steps in the spec's order (CEK, recipients, protected
+// header, payload), kept whole to be read against the spec.
 pub fn pack(
     message: &[u8],
     recipient_verkeys: &[[u8; 32]],
@@ -328,6 +330,8 @@ pub fn pack(
 
 /// Unpacks an envelope. `lookup` maps a base58 verkey (a recipient `kid`) to the signing key held
 /// for it; the first recipient it knows is used.
+// Over 80 lines: the RFC 0019 unpack steps in the spec's order (recipient, CEK, sender,
+// payload), kept whole to be read against the spec.
 pub fn unpack(
     envelope: &[u8],
     lookup: impl Fn(&str) -> Option<SigningKey>,

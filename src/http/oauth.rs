@@ -6,6 +6,8 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use crate::error::{Code, ErrorCode};
+
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{error}: {description}")]
 pub struct OAuthError {
@@ -28,59 +30,26 @@ impl OAuthError {
             description: description.into(),
         }
     }
-    pub fn bad(error: &'static str, description: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, error, description)
-    }
-    pub fn invalid_request(description: impl Into<String>) -> Self {
-        Self::bad("invalid_request", description)
-    }
-    pub fn invalid_grant(description: impl Into<String>) -> Self {
-        Self::bad("invalid_grant", description)
-    }
-    pub fn invalid_token(description: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "invalid_token", description)
-    }
-    pub fn server(description: impl std::fmt::Display) -> Self {
-        tracing::error!(detail = %description, "protocol endpoint failure");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            "internal error",
-        )
-    }
-    /// An unknown resource of a protocol endpoint (404 with the OAuth body).
-    pub fn not_found(error: &'static str, description: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, error, description)
-    }
-    /// An expired resource of a protocol endpoint (410 with the OAuth body).
-    pub fn gone(error: &'static str, description: impl Into<String>) -> Self {
-        Self::new(StatusCode::GONE, error, description)
-    }
-    /// `fallback` for a lookup that failed, unless the store was unreachable: that stays a 503.
-    /// Takes any layer's error (role, store); they say what they are through their code.
-    pub fn unless_unavailable(e: impl crate::error::ErrorCode, fallback: Self) -> Self {
-        if e.error_code() == crate::error::Code::Unavailable {
-            Self::unavailable(e.to_string())
-        } else {
-            fallback
-        }
-    }
-
-    pub fn unavailable(description: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            description,
-        )
-    }
 }
 
-impl From<crate::store::StoreError> for OAuthError {
-    fn from(e: crate::store::StoreError) -> Self {
-        match e {
-            crate::store::StoreError::Unavailable(d) => OAuthError::unavailable(d),
-            other => OAuthError::server(other),
-        }
+/// The one mapping from a role's error to the protocol's JSON: the error's own OAuth code when it
+/// has one ([`ErrorCode::oauth_code`]), else `temporarily_unavailable` for an unreachable store,
+/// `server_error` for anything else on our side (the detail is logged, not sent), and
+/// `invalid_request` for the remaining client errors. The status is the error's code's.
+impl<E: ErrorCode> From<E> for OAuthError {
+    fn from(e: E) -> Self {
+        let code = e.error_code();
+        let status = code.status();
+        let error = match (e.oauth_code(), code) {
+            (Some(o), _) => o.as_str(),
+            (None, Code::Unavailable) => "temporarily_unavailable",
+            (None, _) if status.is_server_error() => {
+                tracing::error!(detail = %e, "protocol endpoint failure");
+                return Self::new(status, "server_error", "internal error");
+            }
+            (None, _) => "invalid_request",
+        };
+        Self::new(status, error, e.to_string())
     }
 }
 

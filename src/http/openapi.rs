@@ -25,6 +25,22 @@ pub const WALLET_SCHEME: &str = "wallet_session";
 )]
 pub struct ApiDoc;
 
+/// The committed copy of the default build's document, at the repository root.
+pub const COMMITTED_FILE: &str = "openapi.json";
+/// Set to `1` to make the lib test `committed_openapi_json_is_current` (src/app.rs) write the
+/// generated document to [`COMMITTED_FILE`] instead of comparing.
+pub const UPDATE_ENV: &str = "IDSTACK_UPDATE_OPENAPI";
+
+/// The document as served at `/openapi.json` and committed as `openapi.json`: pretty JSON with
+/// every object's keys sorted (serde_json's map is a `BTreeMap` without `preserve_order`, so the
+/// round trip through `Value` sorts them) and a trailing newline, so it diffs cleanly.
+pub fn render(doc: &utoipa::openapi::OpenApi) -> serde_json::Result<String> {
+    let value = serde_json::to_value(doc)?;
+    let mut out = serde_json::to_string_pretty(&value)?;
+    out.push('\n');
+    Ok(out)
+}
+
 struct SecurityAddon;
 
 impl Modify for SecurityAddon {

@@ -87,6 +87,7 @@ fn now() -> i64 {
 }
 
 impl Agent {
+    // Over 80 lines: the dispatcher of the agent protocol: one short arm per command.
     async fn handle(&mut self, cmd: &Value) -> Result<Value, String> {
         match cmd["cmd"].as_str().unwrap_or_default() {
             "start" => {

@@ -35,6 +35,8 @@ fn is(m: &Value, suffix: &str) -> bool {
     m["@type"].as_str().is_some_and(|t| t.ends_with(suffix))
 }
 
+// Over 80 lines: one simulated user's whole DIDComm conversation (invitation, exchange,
+// mediation, then the scenario's loop), timed step by step; split, the timing state would travel.
 pub(super) async fn user(
     ctx: &Ctx,
     scenario: Scenario,

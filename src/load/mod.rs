@@ -267,6 +267,7 @@ fn unix_now() -> i64 {
     crate::clock::Clock::now_secs(&crate::clock::SystemClock)
 }
 
+// Over 80 lines: one simulated holder's loop for every scenario, with per-operation timing.
 async fn user_loop(
     ctx: Arc<Ctx>,
     scenario: Scenario,

@@ -171,3 +171,36 @@ async fn every_documented_path_is_mounted() {
     }
     s.stop();
 }
+
+/// What a default node serves at `/openapi.json` is the committed `openapi.json`, byte for byte
+/// (the lib test `committed_openapi_json_is_current` builds it without a server).
+#[cfg(all(
+    feature = "issuer",
+    feature = "verifier",
+    feature = "wallet",
+    feature = "mediator",
+    feature = "cluster",
+    feature = "swagger-ui",
+    feature = "redis"
+))]
+#[tokio::test]
+async fn the_served_document_is_the_committed_file() {
+    let s = Server::start().await;
+    let served = client()
+        .get(s.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let committed =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json"))
+            .unwrap();
+    assert!(
+        served == committed,
+        "/openapi.json differs from the committed openapi.json: regenerate it with \
+         IDSTACK_UPDATE_OPENAPI=1 cargo test --lib committed_openapi_json_is_current"
+    );
+    s.stop();
+}

@@ -6,14 +6,15 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::formats::{self, IssueInput};
+use super::error::{internal, IssuerError};
+use super::formats::{self, IssueInput, StatusRef};
 use super::ks;
 use super::model::*;
 use super::service::*;
 use super::status::status_list_number;
 use crate::clock::{random_id, random_token};
 use crate::crypto::{jws, sha256_hex, SigningKey, VerifyingKey};
-use crate::http::oauth::OAuthError;
+use crate::error::{unless_unavailable, OAuthCode::*};
 use crate::store::Cas;
 
 pub(super) const NONCE_TTL: u64 = 300;
@@ -57,9 +58,9 @@ struct Batch<'a> {
 }
 
 impl IssuerService {
-    pub async fn nonce(&self, issuer_id: &str) -> Result<String, OAuthError> {
+    pub async fn nonce(&self, issuer_id: &str) -> Result<String, IssuerError> {
         self.get_issuer(issuer_id).await.map_err(|e| {
-            OAuthError::unless_unavailable(e, OAuthError::invalid_request("unknown issuer"))
+            unless_unavailable(e, || InvalidRequest.because("unknown issuer").into())
         })?;
         let n = random_token(24);
         self.ctx
@@ -81,13 +82,13 @@ impl IssuerService {
         issuer_id: &str,
         access_token: Option<&str>,
         req: CredentialRequest,
-    ) -> Result<Value, OAuthError> {
+    ) -> Result<Value, IssuerError> {
         let store = &self.ctx.store;
         let (token_key, grant) = self.access_grant(issuer_id, access_token).await?;
         let offer: Offer = store
             .get_json(ks::OFFERS, &grant.offer_id)
             .await?
-            .ok_or_else(|| OAuthError::invalid_token("the offer behind this token has expired"))?;
+            .ok_or_else(|| InvalidToken.because("the offer behind this token has expired"))?;
         // a token is usable once its offer's redemption names it (grant_access); offers redeemed
         // before tokens were named carry no hash and are still `TokenIssued` or later
         let named = match &offer.token_hash {
@@ -95,42 +96,20 @@ impl IssuerService {
             None => offer.state != OfferState::Offered,
         };
         if !named {
-            return Err(OAuthError::invalid_token(
-                "the access token is unknown, expired or used up",
-            ));
+            return Err(InvalidToken
+                .because("the access token is unknown, expired or used up")
+                .into());
         }
-        let issuer = self.get_issuer(issuer_id).await.map_err(|e| {
-            OAuthError::unless_unavailable(e, OAuthError::invalid_token("unknown issuer"))
-        })?;
-        let config_id = self.requested_config(&issuer, &grant, &req)?;
-        let config = issuer
-            .credential_configurations
-            .get(&config_id)
-            .ok_or_else(|| {
-                OAuthError::bad(
-                    "unknown_credential_configuration",
-                    format!("unknown credential configuration `{config_id}`"),
-                )
-            })?
-            .clone();
-        if !grant.credential_configuration_ids.contains(&config_id) {
-            return Err(OAuthError::bad(
-                if req.credential_identifier.is_some() {
-                    "unknown_credential_identifier"
-                } else {
-                    "unknown_credential_configuration"
-                },
-                format!("`{config_id}` is not covered by this access token"),
-            ));
-        }
+        let issuer = self
+            .get_issuer(issuer_id)
+            .await
+            .map_err(|e| unless_unavailable(e, || InvalidToken.because("unknown issuer").into()))?;
+        let (config_id, config) = self.covered_config(&issuer, &grant, &req)?;
         let jwts = proof_jwts(&req)?;
         let now = self.now();
         let holders = self.check_proofs(issuer_id, &jwts, now).await?;
         self.consume_grant(&token_key, &config_id).await?;
-        let key = self
-            .signing_key(&issuer)
-            .await
-            .map_err(OAuthError::server)?;
+        let key = self.signing_key(&issuer).await.map_err(internal)?;
         let validity = offer
             .credential_validity_seconds
             .or(config.validity_seconds);
@@ -158,7 +137,7 @@ impl IssuerService {
             issued_ids.push(credential_id);
         }
         let updated = store
-            .update_json::<Offer, OAuthError, _>(ks::OFFERS, &grant.offer_id, None, |mut o| {
+            .update_json::<Offer, IssuerError, _>(ks::OFFERS, &grant.offer_id, None, |mut o| {
                 o.state = OfferState::CredentialIssued;
                 o.issued.extend(issued_ids.iter().cloned());
                 Ok(o)
@@ -176,37 +155,66 @@ impl IssuerService {
         Ok(json!({"credentials": credentials}))
     }
 
+    /// The configuration a request asks for, which its access token must cover.
+    fn covered_config(
+        &self,
+        issuer: &Issuer,
+        grant: &AccessGrant,
+        req: &CredentialRequest,
+    ) -> Result<(String, CredentialConfig), IssuerError> {
+        let config_id = self.requested_config(issuer, grant, req)?;
+        let config = issuer
+            .credential_configurations
+            .get(&config_id)
+            .ok_or_else(|| {
+                UnknownCredentialConfiguration
+                    .because(format!("unknown credential configuration `{config_id}`"))
+            })?
+            .clone();
+        if !grant.credential_configuration_ids.contains(&config_id) {
+            let refusal = if req.credential_identifier.is_some() {
+                UnknownCredentialIdentifier
+            } else {
+                UnknownCredentialConfiguration
+            };
+            return Err(refusal
+                .because(format!("`{config_id}` is not covered by this access token"))
+                .into());
+        }
+        Ok((config_id, config))
+    }
+
     /// The grant behind a bearer access token of this issuer, and the token's store key.
     async fn access_grant(
         &self,
         issuer_id: &str,
         access_token: Option<&str>,
-    ) -> Result<(String, AccessGrant), OAuthError> {
+    ) -> Result<(String, AccessGrant), IssuerError> {
         let store = &self.ctx.store;
         let token =
-            access_token.ok_or_else(|| OAuthError::invalid_token("an access token is required"))?;
+            access_token.ok_or_else(|| InvalidToken.because("an access token is required"))?;
         let token_key = hash(token);
         let grant: AccessGrant =
             store
                 .get_json(ks::TOKENS, &token_key)
                 .await?
                 .ok_or_else(|| {
-                    OAuthError::invalid_token("the access token is unknown, expired or used up")
+                    InvalidToken.because("the access token is unknown, expired or used up")
                 })?;
         if grant.issuer != issuer_id {
-            return Err(OAuthError::invalid_token(
-                "the access token belongs to another issuer",
-            ));
+            return Err(InvalidToken
+                .because("the access token belongs to another issuer")
+                .into());
         }
         Ok((token_key, grant))
     }
 
     /// The access token covers each configuration once: remove this one (CAS), drop the token
     /// when empty.
-    async fn consume_grant(&self, token_key: &str, config_id: &str) -> Result<(), OAuthError> {
+    async fn consume_grant(&self, token_key: &str, config_id: &str) -> Result<(), IssuerError> {
         let store = &self.ctx.store;
         let consumed = store
-            .update_json::<AccessGrant, OAuthError, _>(
+            .update_json::<AccessGrant, IssuerError, _>(
                 ks::TOKENS,
                 token_key,
                 Some(secs(ACCESS_TOKEN_TTL)),
@@ -216,9 +224,9 @@ impl IssuerService {
                         .iter()
                         .any(|c| c == config_id)
                     {
-                        return Err(OAuthError::invalid_token(
-                            "this access token was already used for this credential",
-                        ));
+                        return Err(InvalidToken
+                            .because("this access token was already used for this credential")
+                            .into());
                     }
                     g.credential_configuration_ids.retain(|c| c != config_id);
                     Ok(g)
@@ -226,7 +234,7 @@ impl IssuerService {
             )
             .await?
             .ok_or_else(|| {
-                OAuthError::invalid_token("the access token is unknown, expired or used up")
+                InvalidToken.because("the access token is unknown, expired or used up")
             })?;
         if consumed.credential_configuration_ids.is_empty() {
             store.delete(ks::TOKENS, token_key).await?;
@@ -241,7 +249,7 @@ impl IssuerService {
         b: &Batch<'_>,
         holder: &VerifyingKey,
         holder_did: &Option<String>,
-    ) -> Result<(Value, String), OAuthError> {
+    ) -> Result<(Value, String), IssuerError> {
         let credential_id = random_id();
         let status = self.allocate_status(b.issuer).await?;
         let input = IssueInput {
@@ -257,56 +265,10 @@ impl IssuerService {
             expires_at: b.expires_at,
             status: &status,
         };
-        let credential = if b.config.format == Format::MsoMdoc {
-            let (doctype, namespace) = b
-                .config
-                .mdoc_names()
-                .ok_or_else(|| OAuthError::server("mso_mdoc configuration without a doctype"))?;
-            if !matches!(holder, VerifyingKey::P256(_)) {
-                return Err(OAuthError::bad(
-                    "invalid_proof",
-                    "an mdoc's device key must be P-256: sign the proof with ES256",
-                ));
-            }
-            let cred = super::mdoc::issue(
-                &self.ctx,
-                &super::mdoc::MdocIssue {
-                    issuer_id: &b.issuer.id,
-                    doctype,
-                    namespace: &namespace,
-                    claims: b.claims,
-                    holder,
-                    now: b.now,
-                    expires_at: b.expires_at,
-                    status: Some((status.index, status.token_list.clone())),
-                },
-            )
-            .await
-            .map_err(|e| OAuthError::bad("invalid_credential_request", e))?;
-            Value::String(cred)
-        } else if b.config.format == Format::LdpVc {
-            let args = (
-                b.issuer.clone(),
-                b.key.clone(),
-                b.config.credential_type.clone(),
-                b.claims.clone(),
-                formats::holder_did_of(holder, holder_did),
-                credential_id.clone(),
-                input.expires_at,
-                status.clone(),
-            );
-            let now = b.now;
-            tokio::task::spawn_blocking(move || {
-                formats::ldp_vc(
-                    args.0, args.1, args.2, args.3, args.4, args.5, now, args.6, args.7,
-                )
-            })
-            .await
-            .map_err(OAuthError::server)?
-            .map_err(OAuthError::server)?
-        } else {
-            formats::issue(&input)
-                .map_err(|e| OAuthError::bad("unsupported_credential_format", e))?
+        let credential = match b.config.format {
+            Format::MsoMdoc => self.issue_mdoc(b, holder, &status).await?,
+            Format::LdpVc => issue_ldp(b, holder, holder_did, &credential_id, &status).await?,
+            _ => formats::issue(&input).map_err(|e| UnsupportedCredentialFormat.because(e))?,
         };
         let record = IssuedCredential {
             id: credential_id.clone(),
@@ -333,28 +295,60 @@ impl IssuerService {
         Ok((credential, credential_id))
     }
 
+    /// An mso_mdoc for the holder's device key (P-256: ISO 18013-5 device keys are EC2).
+    async fn issue_mdoc(
+        &self,
+        b: &Batch<'_>,
+        holder: &VerifyingKey,
+        status: &StatusRef,
+    ) -> Result<Value, IssuerError> {
+        let (doctype, namespace) = b
+            .config
+            .mdoc_names()
+            .ok_or_else(|| internal("mso_mdoc configuration without a doctype"))?;
+        if !matches!(holder, VerifyingKey::P256(_)) {
+            return Err(InvalidProof
+                .because("an mdoc's device key must be P-256: sign the proof with ES256")
+                .into());
+        }
+        let cred = super::mdoc::issue(
+            &self.ctx,
+            &super::mdoc::MdocIssue {
+                issuer_id: &b.issuer.id,
+                doctype,
+                namespace: &namespace,
+                claims: b.claims,
+                holder,
+                now: b.now,
+                expires_at: b.expires_at,
+                status: Some((status.index, status.token_list.clone())),
+            },
+        )
+        .await
+        .map_err(|e| InvalidCredentialRequest.because(e))?;
+        Ok(Value::String(cred))
+    }
+
     /// The configuration a request names (by id or identifier; draft requests by format).
     fn requested_config(
         &self,
         issuer: &Issuer,
         grant: &AccessGrant,
         req: &CredentialRequest,
-    ) -> Result<String, OAuthError> {
+    ) -> Result<String, IssuerError> {
         Ok(
             match (&req.credential_configuration_id, &req.credential_identifier) {
                 (Some(c), None) => c.clone(),
                 (None, Some(i)) => i.clone(),
                 (Some(_), Some(_)) => {
-                    return Err(OAuthError::bad(
-                        "invalid_credential_request",
-                        "send credential_configuration_id or credential_identifier, not both",
-                    ))
+                    return Err(InvalidCredentialRequest
+                        .because(
+                            "send credential_configuration_id or credential_identifier, not both",
+                        )
+                        .into())
                 }
                 (None, None) => self.legacy_config_id(issuer, grant, req).ok_or_else(|| {
-                    OAuthError::bad(
-                        "invalid_credential_request",
-                        "credential_configuration_id is missing",
-                    )
+                    InvalidCredentialRequest.because("credential_configuration_id is missing")
                 })?,
             },
         )
@@ -367,14 +361,14 @@ impl IssuerService {
         issuer_id: &str,
         jwts: &[String],
         now: i64,
-    ) -> Result<Vec<(VerifyingKey, Option<String>)>, OAuthError> {
+    ) -> Result<Vec<(VerifyingKey, Option<String>)>, IssuerError> {
         let store = &self.ctx.store;
         let aud = self.issuer_url(issuer_id);
         let mut holders = Vec::new();
         let mut nonces = Vec::new();
         for jwt in jwts {
             let (vk, holder_did, nonce) =
-                verify_proof(jwt, &aud, now).map_err(|e| OAuthError::bad("invalid_proof", e))?;
+                verify_proof(jwt, &aud, now).map_err(|e| InvalidProof.because(e))?;
             if !nonces.contains(&nonce) {
                 nonces.push(nonce);
             }
@@ -388,7 +382,7 @@ impl IssuerService {
                 .await?
                 != Cas::Swapped
             {
-                return Err(OAuthError::bad("invalid_nonce", "c_nonce is unknown, expired or already used; get a fresh one from the nonce endpoint"));
+                return Err(InvalidNonce.because("c_nonce is unknown, expired or already used; get a fresh one from the nonce endpoint").into());
             }
         }
         Ok(holders)
@@ -413,6 +407,35 @@ impl IssuerService {
             })
             .cloned()
     }
+}
+
+/// An ldp_vc (Data Integrity): canonicalization is CPU-heavy, so it runs on the blocking pool.
+async fn issue_ldp(
+    b: &Batch<'_>,
+    holder: &VerifyingKey,
+    holder_did: &Option<String>,
+    credential_id: &str,
+    status: &StatusRef,
+) -> Result<Value, IssuerError> {
+    let args = (
+        b.issuer.clone(),
+        b.key.clone(),
+        b.config.credential_type.clone(),
+        b.claims.clone(),
+        formats::holder_did_of(holder, holder_did),
+        credential_id.to_string(),
+        b.expires_at,
+        status.clone(),
+    );
+    let now = b.now;
+    tokio::task::spawn_blocking(move || {
+        formats::ldp_vc(
+            args.0, args.1, args.2, args.3, args.4, args.5, now, args.6, args.7,
+        )
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)
 }
 
 /// Checks one proof JWT; returns (holder key, holder DID when named by kid, nonce).
@@ -447,35 +470,31 @@ fn verify_proof(
 }
 
 /// The proof JWTs of a request (`proofs.jwt`, or the draft `proof`): one to [`MAX_BATCH`].
-fn proof_jwts(req: &CredentialRequest) -> Result<Vec<String>, OAuthError> {
+fn proof_jwts(req: &CredentialRequest) -> Result<Vec<String>, IssuerError> {
     let jwts: Vec<String> = match (&req.proofs, &req.proof) {
         (Some(p), None) => p.jwt.clone(),
         (None, Some(p)) if p.proof_type == "jwt" => p.jwt.clone().into_iter().collect(),
         (None, Some(p)) => {
-            return Err(OAuthError::bad(
-                "invalid_proof",
-                format!("proof_type `{}` is not supported", p.proof_type),
-            ))
+            return Err(InvalidProof
+                .because(format!("proof_type `{}` is not supported", p.proof_type))
+                .into())
         }
         (Some(_), Some(_)) => {
-            return Err(OAuthError::bad(
-                "invalid_credential_request",
-                "send proofs or proof, not both",
-            ))
+            return Err(InvalidCredentialRequest
+                .because("send proofs or proof, not both")
+                .into())
         }
         (None, None) => Vec::new(),
     };
     if jwts.is_empty() {
-        return Err(OAuthError::bad(
-            "invalid_proof",
-            "a jwt proof of possession is required",
-        ));
+        return Err(InvalidProof
+            .because("a jwt proof of possession is required")
+            .into());
     }
     if jwts.len() > MAX_BATCH {
-        return Err(OAuthError::bad(
-            "invalid_proof",
-            format!("at most {MAX_BATCH} proofs per request"),
-        ));
+        return Err(InvalidProof
+            .because(format!("at most {MAX_BATCH} proofs per request"))
+            .into());
     }
     Ok(jwts)
 }

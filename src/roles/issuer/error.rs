@@ -1,9 +1,9 @@
-//! What the issuer's management and public (non-OAuth) steps can fail with. Each variant names its
-//! stable code ([`ErrorCode`]); the HTTP edge renders it as problem+json. The OAuth endpoints
-//! (token, nonce, credential) answer in the spec's own format instead ([`crate::http::oauth`]).
+//! What the issuer's steps can fail with. Each variant names its stable code ([`ErrorCode`]); the
+//! HTTP edge renders it as problem+json, or, at the OAuth endpoints (token, nonce, credential), as
+//! the spec's own JSON ([`crate::http::oauth`]), where a [`Refusal`] names its OAuth code.
 
 use crate::crypto::CryptoError;
-use crate::error::{Code, ErrorCode};
+use crate::error::{Code, ErrorCode, OAuthCode, Refusal};
 use crate::roles::tenants::TenantError;
 use crate::store::StoreError;
 
@@ -16,6 +16,9 @@ pub enum IssuerError {
     /// A request the issuer will not accept (offers: claims, configurations, ttl, tx_code).
     #[error("{0}")]
     Invalid(String),
+    /// A VC-API credential that does not follow the VC Data Model, or names no issuer here.
+    #[error("{0}")]
+    Malformed(String),
     /// A malformed or unacceptable authorization request.
     #[error("{0}")]
     BadAuthorization(String),
@@ -43,6 +46,13 @@ pub enum IssuerError {
     /// A status list that cannot be built or changed: ours, not the client's.
     #[error("status list: {0}")]
     StatusList(CryptoError),
+    /// A token, nonce or credential request refused in the protocol's own terms.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// Ours, not the client's (a record that does not decode, a failed signing task): logged,
+    /// never sent.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl ErrorCode for IssuerError {
@@ -51,7 +61,7 @@ impl ErrorCode for IssuerError {
             IssuerError::Tenant(e) => e.error_code(),
             IssuerError::Store(e) => e.error_code(),
             IssuerError::Invalid(_) => Code::Validation,
-            IssuerError::BadAuthorization(_) => Code::BadRequest,
+            IssuerError::BadAuthorization(_) | IssuerError::Malformed(_) => Code::BadRequest,
             IssuerError::NotDidWeb(_)
             | IssuerError::NoOffer(_)
             | IssuerError::NoCredential(_)
@@ -59,9 +69,17 @@ impl ErrorCode for IssuerError {
             | IssuerError::NoMdocIaca => Code::NotFound,
             IssuerError::OfferGone => Code::Gone,
             IssuerError::Revoked | IssuerError::SignerChanged => Code::Conflict,
-            IssuerError::NoKey(_) | IssuerError::StatusList(_) | IssuerError::Mdoc(_) => {
-                Code::Internal
-            }
+            IssuerError::Refused(r) => r.error_code(),
+            IssuerError::NoKey(_)
+            | IssuerError::StatusList(_)
+            | IssuerError::Mdoc(_)
+            | IssuerError::Internal(_) => Code::Internal,
+        }
+    }
+    fn oauth_code(&self) -> Option<OAuthCode> {
+        match self {
+            IssuerError::Refused(r) => r.oauth_code(),
+            _ => None,
         }
     }
     fn retry_after(&self) -> Option<u64> {
@@ -76,6 +94,11 @@ impl ErrorCode for IssuerError {
 /// [`IssuerError::Invalid`], for the many checks of a request.
 pub(super) fn invalid(detail: impl Into<String>) -> IssuerError {
     IssuerError::Invalid(detail.into())
+}
+
+/// [`IssuerError::Internal`] from whatever failed.
+pub(super) fn internal(e: impl std::fmt::Display) -> IssuerError {
+    IssuerError::Internal(e.to_string())
 }
 
 /// [`IssuerError::BadAuthorization`].

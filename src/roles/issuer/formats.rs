@@ -128,12 +128,26 @@ fn jwt_vc_json(input: &IssueInput<'_>) -> String {
         payload["exp"] = json!(exp);
         vc["expirationDate"] = json!(rfc3339(exp));
     }
-    payload["vc"] = vc;
-    jws::sign(
+    vc_jwt(
         input.key,
-        json!({"typ": "JWT", "kid": input.issuer.verification_method}),
-        &payload,
+        &input.issuer.verification_method,
+        vc,
+        Some(payload),
     )
+}
+
+/// A W3C credential secured as a JWT, signed with the issuer's key `kid`: VC-JWT (VCDM 1.1,
+/// `typ: JWT`), the credential in the `vc` claim of `claims` (`iss`, `sub`, `nbf`, ...), when
+/// `claims` is given; else VC-JOSE-COSE (`typ: vc+jwt`, VCDM 2.0), the credential itself the
+/// payload. Both the OID4VCI `jwt_vc_json` format and VC-API issue sign through here.
+pub fn vc_jwt(key: &SigningKey, kid: &str, vc: Value, claims: Option<Value>) -> String {
+    match claims {
+        Some(mut payload) => {
+            payload["vc"] = vc;
+            jws::sign(key, json!({"typ": "JWT", "kid": kid}), &payload)
+        }
+        None => jws::sign(key, json!({"typ": "vc+jwt", "kid": kid}), &vc),
+    }
 }
 
 /// SD-JWT VC (`dc+sd-jwt`) bound to the holder key, with a Token Status List reference.

@@ -1,5 +1,6 @@
 //! The grants that end in an access token: the token endpoint (pre-authorized code with tx_code,
-//! authorization code with PKCE) and the authorization endpoint.
+//! authorization code with PKCE). The authorization endpoint that issues the codes is
+//! `authorize.rs`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -9,8 +10,7 @@ use super::ks;
 use super::model::*;
 use super::service::*;
 use crate::clock::random_token;
-use crate::http::oauth::OAuthError;
-use crate::http::urlencode;
+use crate::error::{unless_unavailable, ErrorCode, OAuthCode::*};
 use crate::store::Cas;
 
 const MAX_TX_CODE_FAILURES: u32 = 5;
@@ -82,119 +82,46 @@ fn granted_details(config_ids: &[String]) -> Vec<Value> {
         .collect()
 }
 
-/// Authorization request query (authorization code flow with PKCE).
-#[derive(Debug, Deserialize)]
-pub struct AuthorizeRequest {
-    pub response_type: Option<String>,
-    pub client_id: Option<String>,
-    pub redirect_uri: Option<String>,
-    pub code_challenge: Option<String>,
-    pub code_challenge_method: Option<String>,
-    pub issuer_state: Option<String>,
-    pub state: Option<String>,
-    pub scope: Option<String>,
-    pub authorization_details: Option<String>,
-}
-
 impl IssuerService {
     pub async fn token(
         &self,
         issuer_id: &str,
         req: TokenRequest,
-    ) -> Result<TokenResponse, OAuthError> {
+    ) -> Result<TokenResponse, IssuerError> {
         self.get_issuer(issuer_id).await.map_err(|e| {
-            OAuthError::unless_unavailable(e, OAuthError::invalid_request("unknown issuer"))
+            unless_unavailable(e, || InvalidRequest.because("unknown issuer").into())
         })?;
         match req.grant_type.as_deref() {
             Some(PRE_AUTH_GRANT) => self.token_pre_authorized(issuer_id, req).await,
             Some("authorization_code") => self.token_authorization_code(issuer_id, req).await,
-            Some(other) => Err(OAuthError::bad(
-                "unsupported_grant_type",
-                format!("grant_type `{other}` is not supported"),
-            )),
-            None => Err(OAuthError::invalid_request("grant_type is missing")),
+            Some(other) => Err(UnsupportedGrantType
+                .because(format!("grant_type `{other}` is not supported"))
+                .into()),
+            None => Err(InvalidRequest.because("grant_type is missing").into()),
         }
     }
 
-    // Over 80 lines, kept whole on purpose: the redemption (single use, tx_code lockout,
-    // compensation) reads top to bottom here, and other branches change it.
+    /// The pre-authorized code grant: the code is single use, the offer admits one token, and a
+    /// failure after the code was consumed puts it back (compensation, read top to bottom here).
     async fn token_pre_authorized(
         &self,
         issuer_id: &str,
         req: TokenRequest,
-    ) -> Result<TokenResponse, OAuthError> {
+    ) -> Result<TokenResponse, IssuerError> {
         let code = req
             .pre_authorized_code
             .as_deref()
             .filter(|c| !c.is_empty() && c.len() <= 256)
-            .ok_or_else(|| OAuthError::invalid_request("pre-authorized_code is missing"))?;
+            .ok_or_else(|| InvalidRequest.because("pre-authorized_code is missing"))?;
         let code_key = format!("pre/{}", hash(code));
         let store = &self.ctx.store;
-        let Some(okey) = store.get(ks::CODES, &code_key).await? else {
-            return Err(OAuthError::invalid_grant(
-                "the pre-authorized code is unknown, expired or already used",
-            ));
-        };
+        let (okey, offer) = self.offer_of_code(issuer_id, &code_key).await?;
         let offer_key_s = String::from_utf8_lossy(&okey).into_owned();
-        if !offer_key_s.starts_with(&format!("{issuer_id}/")) {
-            return Err(OAuthError::invalid_grant(
-                "the pre-authorized code belongs to another issuer",
-            ));
-        }
-        let offer: Offer = store
-            .get_json(ks::OFFERS, &offer_key_s)
-            .await?
-            .ok_or_else(|| OAuthError::invalid_grant("the offer has expired"))?;
-        if offer.expires_at <= self.now() || offer.state != OfferState::Offered {
-            return Err(OAuthError::invalid_grant(
-                "the offer has expired or was already redeemed",
-            ));
-        }
         // authorization_details may narrow the grant to some of the offered configurations.
-        let (granted, details) = match &req.authorization_details {
-            Some(ad) => {
-                let ids = requested_configurations(ad)
-                    .map_err(|e| OAuthError::bad("invalid_authorization_details", e))?;
-                if let Some(bad) = ids
-                    .iter()
-                    .find(|id| !offer.credential_configuration_ids.contains(id))
-                {
-                    return Err(OAuthError::bad(
-                        "invalid_authorization_details",
-                        format!("`{bad}` was not offered"),
-                    ));
-                }
-                (ids, true)
-            }
-            None => (offer.credential_configuration_ids.clone(), false),
-        };
+        let (granted, details) = narrowed(&offer, req.authorization_details.as_deref())?;
         if let Some(tx) = &offer.tx_code {
-            let given = req.tx_code.as_deref().unwrap_or("");
-            let ok = !given.is_empty()
-                && bool::from(subtle::ConstantTimeEq::ct_eq(
-                    hash(given).as_bytes(),
-                    tx.hash.as_bytes(),
-                ));
-            if !ok {
-                let updated = store
-                    .update_json::<Offer, OAuthError, _>(ks::OFFERS, &offer_key_s, None, |mut o| {
-                        o.tx_code_failures += 1;
-                        Ok(o)
-                    })
-                    .await?;
-                if updated.is_some_and(|o| o.tx_code_failures >= MAX_TX_CODE_FAILURES) {
-                    // locked: the code is burnt
-                    store.delete(ks::CODES, &code_key).await?;
-                    return Err(OAuthError::invalid_grant(
-                        "too many wrong transaction codes; the offer is locked",
-                    ));
-                }
-                return Err(OAuthError::invalid_grant(if given.is_empty() {
-                    "tx_code is required"
-                } else {
-                    "wrong tx_code"
-                }));
-            }
+            self.check_tx_code(&tx.hash, req.tx_code.as_deref(), &offer_key_s, &code_key)
+                .await?;
         }
         // Single use, in one store operation: the offer's transition to `TokenIssued` naming the
         // token is the redemption (grant_access). The code is not consumed on the way, so no
@@ -210,64 +137,137 @@ impl IssuerService {
         Ok(granted)
     }
 
+    /// The redeemable offer a pre-authorized code (`code_key`) of this issuer stands for, and the
+    /// code record's value (the offer's key).
+    async fn offer_of_code(
+        &self,
+        issuer_id: &str,
+        code_key: &str,
+    ) -> Result<(Vec<u8>, Offer), IssuerError> {
+        let store = &self.ctx.store;
+        let Some(okey) = store.get(ks::CODES, code_key).await? else {
+            return Err(InvalidGrant
+                .because("the pre-authorized code is unknown, expired or already used")
+                .into());
+        };
+        let offer_key_s = String::from_utf8_lossy(&okey);
+        if !offer_key_s.starts_with(&format!("{issuer_id}/")) {
+            return Err(InvalidGrant
+                .because("the pre-authorized code belongs to another issuer")
+                .into());
+        }
+        let offer: Offer = store
+            .get_json(ks::OFFERS, &offer_key_s)
+            .await?
+            .ok_or_else(|| InvalidGrant.because("the offer has expired"))?;
+        if offer.expires_at <= self.now() || offer.state != OfferState::Offered {
+            return Err(InvalidGrant
+                .because("the offer has expired or was already redeemed")
+                .into());
+        }
+        Ok((okey, offer))
+    }
+
+    /// The offer's transaction code against the one `given`; a wrong one is counted on the offer
+    /// and the [`MAX_TX_CODE_FAILURES`]th burns the pre-authorized code (`code_key`).
+    async fn check_tx_code(
+        &self,
+        expected_hash: &str,
+        given: Option<&str>,
+        offer_key_s: &str,
+        code_key: &str,
+    ) -> Result<(), IssuerError> {
+        let given = given.unwrap_or("");
+        let ok = !given.is_empty()
+            && bool::from(subtle::ConstantTimeEq::ct_eq(
+                hash(given).as_bytes(),
+                expected_hash.as_bytes(),
+            ));
+        if ok {
+            return Ok(());
+        }
+        let store = &self.ctx.store;
+        let updated = store
+            .update_json::<Offer, IssuerError, _>(ks::OFFERS, offer_key_s, None, |mut o| {
+                o.tx_code_failures += 1;
+                Ok(o)
+            })
+            .await?;
+        if updated.is_some_and(|o| o.tx_code_failures >= MAX_TX_CODE_FAILURES) {
+            // locked: the code is burnt
+            store.delete(ks::CODES, code_key).await?;
+            return Err(InvalidGrant
+                .because("too many wrong transaction codes; the offer is locked")
+                .into());
+        }
+        Err(InvalidGrant
+            .because(if given.is_empty() {
+                "tx_code is required"
+            } else {
+                "wrong tx_code"
+            })
+            .into())
+    }
+
     async fn token_authorization_code(
         &self,
         issuer_id: &str,
         req: TokenRequest,
-    ) -> Result<TokenResponse, OAuthError> {
+    ) -> Result<TokenResponse, IssuerError> {
         let code = req
             .code
             .as_deref()
             .filter(|c| !c.is_empty() && c.len() <= 256)
-            .ok_or_else(|| OAuthError::invalid_request("code is missing"))?;
-        let verifier = req.code_verifier.as_deref().ok_or_else(|| {
-            OAuthError::invalid_request("code_verifier is missing (PKCE is required)")
-        })?;
+            .ok_or_else(|| InvalidRequest.because("code is missing"))?;
+        let verifier = req
+            .code_verifier
+            .as_deref()
+            .ok_or_else(|| InvalidRequest.because("code_verifier is missing (PKCE is required)"))?;
         let key = format!("authz/{}", hash(code));
         let store = &self.ctx.store;
         let Some(raw) = store.get(ks::CODES, &key).await? else {
-            return Err(OAuthError::invalid_grant(
-                "the authorization code is unknown, expired or already used",
-            ));
+            return Err(InvalidGrant
+                .because("the authorization code is unknown, expired or already used")
+                .into());
         };
-        let grant: AuthCodeGrant = serde_json::from_slice(&raw).map_err(OAuthError::server)?;
+        let grant: AuthCodeGrant = serde_json::from_slice(&raw).map_err(internal)?;
         // consume first: a wrong verifier also burns the code (RFC 6749 §10.5 single use)
         if store
             .compare_and_swap(ks::CODES, &key, Some(raw), None)
             .await?
             != Cas::Swapped
         {
-            return Err(OAuthError::invalid_grant(
-                "the authorization code was already used",
-            ));
+            return Err(InvalidGrant
+                .because("the authorization code was already used")
+                .into());
         }
         if grant.issuer != issuer_id {
-            return Err(OAuthError::invalid_grant(
-                "the code belongs to another issuer",
-            ));
+            return Err(InvalidGrant
+                .because("the code belongs to another issuer")
+                .into());
         }
         let challenge = crate::crypto::b64url(crate::crypto::sha256(verifier.as_bytes()));
         if !bool::from(subtle::ConstantTimeEq::ct_eq(
             challenge.as_bytes(),
             grant.code_challenge.as_bytes(),
         )) {
-            return Err(OAuthError::invalid_grant(
-                "code_verifier does not match the code_challenge",
-            ));
+            return Err(InvalidGrant
+                .because("code_verifier does not match the code_challenge")
+                .into());
         }
         if req.redirect_uri.as_deref() != Some(grant.redirect_uri.as_str()) {
-            return Err(OAuthError::invalid_grant(
-                "redirect_uri does not match the authorization request",
-            ));
+            return Err(InvalidGrant
+                .because("redirect_uri does not match the authorization request")
+                .into());
         }
         if req
             .client_id
             .as_deref()
             .is_some_and(|c| c != grant.client_id)
         {
-            return Err(OAuthError::invalid_grant(
-                "client_id does not match the authorization request",
-            ));
+            return Err(InvalidGrant
+                .because("client_id does not match the authorization request")
+                .into());
         }
         self.grant_access(
             issuer_id,
@@ -292,7 +292,7 @@ impl IssuerService {
         offer_key_s: &str,
         config_ids: Vec<String>,
         with_details: bool,
-    ) -> Result<TokenResponse, OAuthError> {
+    ) -> Result<TokenResponse, IssuerError> {
         let store = &self.ctx.store;
         let token = random_token(32);
         let token_hash = hash(&token);
@@ -315,12 +315,14 @@ impl IssuerService {
         // (the first one applied, its answer lost) meets its own write as the "conflict".
         let ours = std::sync::atomic::AtomicBool::new(false);
         let redeemed = store
-            .update_json::<Offer, OAuthError, _>(ks::OFFERS, offer_key_s, None, |mut o| {
+            .update_json::<Offer, IssuerError, _>(ks::OFFERS, offer_key_s, None, |mut o| {
                 if o.state != OfferState::Offered {
                     if o.token_hash.as_deref() == Some(token_hash.as_str()) {
                         ours.store(true, std::sync::atomic::Ordering::SeqCst);
                     }
-                    return Err(OAuthError::invalid_grant("the offer was already redeemed"));
+                    return Err(InvalidGrant
+                        .because("the offer was already redeemed")
+                        .into());
                 }
                 o.state = OfferState::TokenIssued;
                 o.token_hash = Some(token_hash.clone());
@@ -331,14 +333,14 @@ impl IssuerService {
             Ok(Some(o)) => Some(o),
             Ok(None) => {
                 self.drop_grant(&token_hash).await;
-                return Err(OAuthError::invalid_grant("the offer has expired"));
+                return Err(InvalidGrant.because("the offer has expired").into());
             }
             Err(_) if ours.load(std::sync::atomic::Ordering::SeqCst) => store
                 .get_json::<Offer>(ks::OFFERS, offer_key_s)
                 .await
                 .ok()
                 .flatten(),
-            Err(e) if e.status.is_server_error() => {
+            Err(e) if e.is_server_error() => {
                 match store.get_json::<Offer>(ks::OFFERS, offer_key_s).await {
                     Ok(Some(o)) if o.token_hash.as_deref() == Some(token_hash.as_str()) => Some(o),
                     Ok(_) => return Err(e),
@@ -378,11 +380,11 @@ impl IssuerService {
             for i in 0..12u32 {
                 tokio::time::sleep(std::time::Duration::from_millis(100 << i.min(5))).await;
                 let undone = store
-                    .update_json::<Offer, OAuthError, _>(ks::OFFERS, &offer_key, None, |mut o| {
+                    .update_json::<Offer, IssuerError, _>(ks::OFFERS, &offer_key, None, |mut o| {
                         if o.state != OfferState::TokenIssued
                             || o.token_hash.as_deref() != Some(token_hash.as_str())
                         {
-                            return Err(OAuthError::invalid_grant("not this redemption"));
+                            return Err(InvalidGrant.because("not this redemption").into());
                         }
                         o.state = OfferState::Offered;
                         o.token_hash = None;
@@ -390,7 +392,7 @@ impl IssuerService {
                     })
                     .await;
                 match undone {
-                    Err(e) if e.status.is_server_error() => continue,
+                    Err(e) if e.is_server_error() => continue,
                     _ => {
                         let _ = store.delete(ks::TOKENS, &token_hash).await;
                         return;
@@ -408,126 +410,22 @@ impl IssuerService {
             tracing::debug!(error = %e, "grant of an unreturned token not deleted");
         }
     }
-
-    // ---- authorization endpoint ------------------------------------------------------------------
-
-    /// Authorization code flow: the offer's `issuer_state` pre-identifies the holder, so consent is
-    /// immediate. Returns the redirect URL carrying the code.
-    pub async fn authorize(
-        &self,
-        issuer_id: &str,
-        req: AuthorizeRequest,
-    ) -> Result<String, IssuerError> {
-        let issuer = self.get_issuer(issuer_id).await?;
-        if req.response_type.as_deref() != Some("code") {
-            return Err(bad_authorization("response_type must be `code`"));
-        }
-        let client_id = req
-            .client_id
-            .clone()
-            .filter(|c| !c.is_empty())
-            .or_bad_authorization("client_id is required")?;
-        let redirect_uri = req
-            .redirect_uri
-            .clone()
-            .or_bad_authorization("redirect_uri is required")?;
-        validate_redirect(&redirect_uri)?;
-        let challenge = req
-            .code_challenge
-            .clone()
-            .filter(|c| (43..=128).contains(&c.len()))
-            .or_bad_authorization("code_challenge (S256) is required")?;
-        if req.code_challenge_method.as_deref() != Some("S256") {
-            return Err(bad_authorization("code_challenge_method must be S256"));
-        }
-        let issuer_state = req.issuer_state.as_deref().or_bad_authorization(
-            "issuer_state from the credential offer is required (no interactive login is configured)",
-        )?;
-        let Some(okey) = self
-            .ctx
-            .store
-            .get(ks::CODES, &format!("state/{}", hash(issuer_state)))
-            .await?
-        else {
-            return Err(bad_authorization("issuer_state is unknown or expired"));
-        };
-        let offer_key_s = String::from_utf8_lossy(&okey).into_owned();
-        let offer: Offer = self
-            .ctx
-            .store
-            .get_json(ks::OFFERS, &offer_key_s)
-            .await?
-            .or_bad_authorization("the offer has expired")?;
-        if offer.issuer != issuer.id || offer.state != OfferState::Offered {
-            return Err(bad_authorization("the offer is not redeemable"));
-        }
-        let requested = requested_in(&issuer, &offer, &req)?;
-        let code = random_token(32);
-        let grant = AuthCodeGrant {
-            offer_id: offer_key_s,
-            issuer: issuer.id.clone(),
-            client_id,
-            redirect_uri: redirect_uri.clone(),
-            code_challenge: challenge,
-            credential_configuration_ids: requested,
-            authorization_details: req.authorization_details.is_some(),
-        };
-        self.ctx
-            .store
-            .put_json(
-                ks::CODES,
-                &format!("authz/{}", hash(&code)),
-                &grant,
-                Some(secs(120)),
-            )
-            .await?;
-        let sep = if redirect_uri.contains('?') { '&' } else { '?' };
-        let mut url = format!("{redirect_uri}{sep}code={}", urlencode(&code));
-        if let Some(s) = &req.state {
-            url.push_str(&format!("&state={}", urlencode(s)));
-        }
-        url.push_str(&format!("&iss={}", urlencode(&self.issuer_url(&issuer.id))));
-        Ok(url)
-    }
 }
 
-fn validate_redirect(u: &str) -> Result<(), IssuerError> {
-    if u.len() > 2048 || u.contains('#') || !u.contains(':') {
-        return Err(bad_authorization(
-            "redirect_uri must be an absolute URI without fragment",
-        ));
-    }
-    Ok(())
-}
-
-/// What an authorization request asks for: its authorization_details (openid_credential) or
-/// scope; by default all offered. Only what the offer holds.
-fn requested_in(
-    issuer: &Issuer,
-    offer: &Offer,
-    req: &AuthorizeRequest,
-) -> Result<Vec<String>, IssuerError> {
-    // What was asked for: authorization_details (openid_credential) or scope; default all offered.
-    let mut requested: Vec<String> = match &req.authorization_details {
-        Some(ad) => requested_configurations(ad).map_err(IssuerError::BadAuthorization)?,
-        None => Vec::new(),
+/// The configurations a pre-authorized grant covers: all the offer's, or those its
+/// `authorization_details` narrow it to (the second value: the token response then lists them).
+fn narrowed(offer: &Offer, details: Option<&str>) -> Result<(Vec<String>, bool), IssuerError> {
+    let Some(ad) = details else {
+        return Ok((offer.credential_configuration_ids.clone(), false));
     };
-    if let Some(scope) = &req.scope {
-        requested.extend(
-            scope
-                .split(' ')
-                .filter(|s| issuer.credential_configurations.contains_key(*s))
-                .map(str::to_string),
-        );
-    }
-    if requested.is_empty() {
-        requested = offer.credential_configuration_ids.clone();
-    }
-    if let Some(bad) = requested
+    let ids = requested_configurations(ad).map_err(|e| InvalidAuthorizationDetails.because(e))?;
+    if let Some(bad) = ids
         .iter()
-        .find(|r| !offer.credential_configuration_ids.contains(r))
+        .find(|id| !offer.credential_configuration_ids.contains(id))
     {
-        return Err(bad_authorization(format!("`{bad}` was not offered")));
+        return Err(InvalidAuthorizationDetails
+            .because(format!("`{bad}` was not offered"))
+            .into());
     }
-    Ok(requested)
+    Ok((ids, true))
 }

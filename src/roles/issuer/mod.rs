@@ -1,5 +1,6 @@
 //! The issuer role: OpenID4VCI 1.0 credential issuer with hosted status lists.
 
+pub mod authorize;
 pub mod credential;
 pub mod error;
 pub mod formats;
@@ -17,6 +18,7 @@ pub mod tenants;
 mod tests;
 pub mod vc_api;
 pub mod vc_input;
+pub mod vc_issue;
 
 use std::sync::Arc;
 

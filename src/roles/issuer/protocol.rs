@@ -4,9 +4,11 @@
 use actix_web::http::header;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 
+use super::authorize::AuthorizeRequest;
 use super::credential::CredentialRequest;
-use super::grants::{AuthorizeRequest, TokenRequest};
+use super::grants::TokenRequest;
 use super::service::IssuerService;
+use crate::error::OAuthCode::{InvalidCredentialRequest, InvalidRequest};
 use crate::error::{ApiError, ApiResult};
 use crate::http::oauth::OAuthError;
 
@@ -97,7 +99,7 @@ pub async fn token_endpoint(
     body: web::Bytes,
 ) -> Result<HttpResponse, OAuthError> {
     let req: TokenRequest = serde_urlencoded::from_bytes(&body)
-        .map_err(|e| OAuthError::invalid_request(format!("form body: {e}")))?;
+        .map_err(|e| OAuthError::from(InvalidRequest.because(format!("form body: {e}"))))?;
     Ok(json_no_store(svc.token(&path, req).await?))
 }
 
@@ -122,8 +124,9 @@ pub async fn credential_endpoint(
     body: web::Bytes,
 ) -> Result<HttpResponse, OAuthError> {
     let token = crate::http::auth::bearer_token(&req).map(str::to_string);
-    let creq: CredentialRequest = serde_json::from_slice(&body)
-        .map_err(|e| OAuthError::bad("invalid_credential_request", format!("JSON body: {e}")))?;
+    let creq: CredentialRequest = serde_json::from_slice(&body).map_err(|e| {
+        OAuthError::from(InvalidCredentialRequest.because(format!("JSON body: {e}")))
+    })?;
     Ok(json_no_store(
         svc.credential(&path, token.as_deref(), creq).await?,
     ))

@@ -6,7 +6,6 @@ use super::ks;
 use super::model::*;
 use super::service::*;
 use crate::crypto::{sha256_hex, status::StatusArray};
-use crate::http::oauth::OAuthError;
 use crate::store::Cas;
 
 /// Entries per status list (the W3C minimum for herd privacy).
@@ -22,7 +21,7 @@ pub const TOKEN_STATUS_BITS: u8 = 2;
 pub(super) const STATUS_BLOCK: u64 = 64;
 
 impl IssuerService {
-    pub(super) async fn allocate_status(&self, issuer: &Issuer) -> Result<StatusRef, OAuthError> {
+    pub(super) async fn allocate_status(&self, issuer: &Issuer) -> Result<StatusRef, IssuerError> {
         let n = {
             let mut blocks = self.status_blocks.lock().await;
             let block = blocks.entry(issuer.id.clone()).or_insert(0..0);
@@ -45,13 +44,13 @@ impl IssuerService {
     }
 
     /// Reserves the next [`STATUS_BLOCK`] indices of an issuer's status lists; returns the first.
-    pub(super) async fn reserve_status_block(&self, issuer_id: &str) -> Result<u64, OAuthError> {
+    pub(super) async fn reserve_status_block(&self, issuer_id: &str) -> Result<u64, IssuerError> {
         let key = format!("{issuer_id}/status");
         loop {
             let end = self
                 .ctx
                 .store
-                .update_json::<u64, OAuthError, _>(ks::COUNTERS, &key, None, |n| {
+                .update_json::<u64, IssuerError, _>(ks::COUNTERS, &key, None, |n| {
                     Ok(n + STATUS_BLOCK)
                 })
                 .await?;
@@ -216,27 +215,11 @@ impl IssuerService {
             )[..32]
         );
         match kind {
-            "token" if cwt => {
-                let signer = crate::roles::mdoc_pki::document_signer(&self.ctx, issuer_id)
-                    .await
-                    .map_err(|e| {
-                        IssuerError::StatusList(crate::crypto::CryptoError::InvalidKey(
-                            e.to_string(),
-                        ))
-                    })?;
-                let token = crate::crypto::mdoc::status::sign(
-                    &uri,
-                    now,
-                    Some(60),
-                    &arr,
-                    &signer.key,
-                    &signer.x5chain(),
-                )
-                .map_err(|e| {
-                    IssuerError::StatusList(crate::crypto::CryptoError::Malformed(e.to_string()))
-                })?;
-                Ok((crate::crypto::mdoc::status::MEDIA_TYPE, token, etag))
-            }
+            "token" if cwt => Ok((
+                crate::crypto::mdoc::status::MEDIA_TYPE,
+                self.cwt_status_list(issuer_id, &uri, now, &arr).await?,
+                etag,
+            )),
             "token" => Ok((
                 "application/statuslist+jwt",
                 formats::token_status_list(&issuer, &key, &uri, bits, arr.to_token_lst(), now, 60)
@@ -258,6 +241,23 @@ impl IssuerService {
             )),
             _ => Err(IssuerError::NoStatusList),
         }
+    }
+
+    /// A Token Status List in CWT form, signed by the issuer's mdoc document signer (what an
+    /// mdoc's status reference must be verified with).
+    async fn cwt_status_list(
+        &self,
+        issuer_id: &str,
+        uri: &str,
+        now: i64,
+        arr: &StatusArray,
+    ) -> Result<Vec<u8>, IssuerError> {
+        use crate::crypto::CryptoError;
+        let signer = crate::roles::mdoc_pki::document_signer(&self.ctx, issuer_id)
+            .await
+            .map_err(|e| IssuerError::StatusList(CryptoError::InvalidKey(e.to_string())))?;
+        crate::crypto::mdoc::status::sign(uri, now, Some(60), arr, &signer.key, &signer.x5chain())
+            .map_err(|e| IssuerError::StatusList(CryptoError::Malformed(e.to_string())))
     }
 }
 

@@ -14,6 +14,7 @@ use crate::clock::{Clock, FakeClock};
 use crate::config::IssuerConfig;
 use crate::crypto::{jws, KeyType, SigningKey};
 use crate::error::{Code, ErrorCode};
+use crate::http::oauth::OAuthError;
 use crate::roles::RoleContext;
 use crate::store::Cas;
 
@@ -181,11 +182,11 @@ async fn a_store_failure_during_redemption_leaves_the_code_redeemable() {
             // this token, so the token is handed out — once
             let t = svc.token("default", token_req(&code)).await.unwrap();
             assert!(!t.access_token.is_empty());
-            let again = svc.token("default", token_req(&code)).await.unwrap_err();
+            let again = OAuthError::from(svc.token("default", token_req(&code)).await.unwrap_err());
             assert_eq!(again.error, "invalid_grant");
             continue;
         }
-        let e = svc.token("default", token_req(&code)).await.unwrap_err();
+        let e = OAuthError::from(svc.token("default", token_req(&code)).await.unwrap_err());
         assert_eq!(
             (e.status.as_u16(), e.error),
             (503, "temporarily_unavailable"),
@@ -201,7 +202,7 @@ async fn a_store_failure_during_redemption_leaves_the_code_redeemable() {
             .await
             .unwrap_or_else(|e| panic!("{keyspace} applied={applied}: {e:?}"));
         assert!(!t.access_token.is_empty());
-        let again = svc.token("default", token_req(&code)).await.unwrap_err();
+        let again = OAuthError::from(svc.token("default", token_req(&code)).await.unwrap_err());
         assert_eq!(again.error, "invalid_grant");
     }
 }
@@ -245,7 +246,7 @@ async fn a_token_its_offer_does_not_name_is_refused() {
         .credential("default", Some("orphan-before"), req())
         .await
         .unwrap_err();
-    assert_eq!(e.error, "invalid_token", "{e:?}");
+    assert_eq!(OAuthError::from(e).error, "invalid_token");
     // the offer was redeemed with another token
     let t = svc
         .token("default", token_req(&pre_auth_code(&o)))
@@ -256,13 +257,13 @@ async fn a_token_its_offer_does_not_name_is_refused() {
         .credential("default", Some("orphan-after"), req())
         .await
         .unwrap_err();
-    assert_eq!(e.error, "invalid_token", "{e:?}");
+    assert_eq!(OAuthError::from(e).error, "invalid_token");
     // the named token gets past this check (to the proof)
     let e = svc
         .credential("default", Some(&t.access_token), req())
         .await
         .unwrap_err();
-    assert_ne!(e.error, "invalid_token", "{e:?}");
+    assert_ne!(OAuthError::from(e).error, "invalid_token");
 }
 
 #[tokio::test]
@@ -279,7 +280,7 @@ async fn expired_offers_and_nonces_are_refused() {
         .unwrap();
     let code = pre_auth_code(&o);
     clock.advance_ms(61_000);
-    let e = svc.token("default", token_req(&code)).await.unwrap_err();
+    let e = OAuthError::from(svc.token("default", token_req(&code)).await.unwrap_err());
     assert_eq!(e.error, "invalid_grant");
     assert_eq!(
         svc.offer_view("default", &o.id).await.unwrap().state,
@@ -309,10 +310,11 @@ async fn expired_offers_and_nonces_are_refused() {
         format: None,
         vct: None,
     };
-    let e = svc
-        .credential("default", Some(&t.access_token), req)
-        .await
-        .unwrap_err();
+    let e = OAuthError::from(
+        svc.credential("default", Some(&t.access_token), req)
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(e.error, "invalid_nonce");
 }
 

@@ -1,8 +1,8 @@
-//! What the verifier's management steps and request objects can fail with. Each variant names its
-//! stable code ([`ErrorCode`]); the HTTP edge renders it as problem+json. The response endpoint
-//! answers wallets in the OAuth format instead ([`crate::http::oauth`]).
+//! What the verifier's steps can fail with. Each variant names its stable code ([`ErrorCode`]);
+//! the HTTP edge renders it as problem+json, or, at the response endpoint, in the OAuth format
+//! wallets parse ([`crate::http::oauth`]), where a [`Refusal`] names its OAuth code.
 
-use crate::error::{Code, ErrorCode};
+use crate::error::{Code, ErrorCode, OAuthCode, Refusal};
 use crate::roles::tenant_keys::KeyError;
 use crate::roles::tenants::TenantError;
 use crate::store::StoreError;
@@ -27,6 +27,18 @@ pub enum VerifierError {
     /// The session's response encryption key cannot be opened: ours, not the client's.
     #[error("session encryption key: {0}")]
     EncryptionKey(String),
+    /// A VC-API input that is not a credential or presentation in any form we read.
+    #[error("{0}")]
+    Malformed(String),
+    /// A JSON-LD input over this server's canonicalization limits: not judged.
+    #[error(transparent)]
+    Limit(crate::crypto::CryptoError),
+    /// A wallet's response refused in the protocol's own terms.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// Ours, not the client's (a record that does not decode): logged, never sent.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl ErrorCode for VerifierError {
@@ -38,7 +50,16 @@ impl ErrorCode for VerifierError {
             VerifierError::Invalid(_) => Code::Validation,
             VerifierError::NoSession(_) => Code::NotFound,
             VerifierError::SessionExpired | VerifierError::SessionFinished => Code::Gone,
-            VerifierError::EncryptionKey(_) => Code::Internal,
+            VerifierError::Refused(r) => r.error_code(),
+            VerifierError::Malformed(_) => Code::BadRequest,
+            VerifierError::Limit(e) => e.error_code(),
+            VerifierError::EncryptionKey(_) | VerifierError::Internal(_) => Code::Internal,
+        }
+    }
+    fn oauth_code(&self) -> Option<OAuthCode> {
+        match self {
+            VerifierError::Refused(r) => r.oauth_code(),
+            _ => None,
         }
     }
     fn retry_after(&self) -> Option<u64> {
@@ -46,6 +67,7 @@ impl ErrorCode for VerifierError {
             VerifierError::Tenant(e) => e.retry_after(),
             VerifierError::Store(e) => e.retry_after(),
             VerifierError::Key(e) => e.retry_after(),
+            VerifierError::Limit(e) => e.retry_after(),
             _ => None,
         }
     }

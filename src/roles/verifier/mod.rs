@@ -13,6 +13,7 @@ pub mod tenants;
 #[cfg(test)]
 mod tests;
 pub mod vc_api;
+pub mod vc_verify;
 pub mod verify;
 
 use std::sync::Arc;

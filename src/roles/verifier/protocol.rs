@@ -7,6 +7,7 @@ use actix_web::{get, post, web, HttpResponse};
 
 use super::service::VerifierService;
 use crate::error::ApiResult;
+use crate::error::OAuthCode::InvalidRequest;
 use crate::http::oauth::OAuthError;
 
 type Svc = web::Data<VerifierService>;
@@ -57,7 +58,7 @@ pub async fn response(
 ) -> Result<HttpResponse, OAuthError> {
     let (v, s) = path.into_inner();
     let form: HashMap<String, String> = serde_urlencoded::from_bytes(&body)
-        .map_err(|e| OAuthError::invalid_request(format!("form body: {e}")))?;
+        .map_err(|e| OAuthError::from(InvalidRequest.because(format!("form body: {e}"))))?;
     let out = svc.handle_response(&v, &s, form).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))

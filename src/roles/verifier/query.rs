@@ -70,6 +70,8 @@ fn view(c: &Checked) -> CredentialView {
     }
 }
 
+// Over 80 lines: DCQL's matching in order (each query id, its format, claims and
+// credential sets) over one shared outcome.
 async fn dcql(ctx: &Ctx<'_>, out: &mut Outcome, query: &Value, vp_token: &Value) {
     let Some(map) = vp_token.as_object() else {
         out.fail(
@@ -195,6 +197,8 @@ fn parse_json_path(p: &str) -> Option<Vec<Value>> {
     Some(out)
 }
 
+// Over 80 lines: Presentation Exchange's matching in order (submission, descriptor map,
+// each descriptor's format, path and constraints) over one shared outcome.
 async fn pex(
     ctx: &Ctx<'_>,
     out: &mut Outcome,

@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::error::{encryption_key_broken, VerifierError};
 use super::ks;
 use super::model::*;
 use super::query;
 use super::service::*;
 use super::verify::{Audience, Ctx, Outcome};
 use crate::crypto::jwe::{self};
-use crate::http::oauth::OAuthError;
+use crate::error::{unless_unavailable, OAuthCode::*};
 use crate::store::Cas;
 
 const MAX_FAILED_ATTEMPTS: usize = 3;
@@ -24,44 +25,43 @@ pub struct ResponseOutcome {
 
 impl VerifierService {
     /// The wallet's authorization response (direct_post / direct_post.jwt form fields). (About
-    /// 90 lines: the session's whole transition, checked and written once, reads in one place.)
+    /// 100 lines: the session's whole transition, checked and written once, reads in one place.)
     pub async fn handle_response(
         &self,
         verifier_id: &str,
         id: &str,
         form: HashMap<String, String>,
-    ) -> Result<ResponseOutcome, OAuthError> {
+    ) -> Result<ResponseOutcome, VerifierError> {
         let v = self.get_verifier(verifier_id).await.map_err(|e| {
-            OAuthError::unless_unavailable(e, OAuthError::invalid_request("unknown verifier"))
+            unless_unavailable(e, || InvalidRequest.because("unknown verifier").into())
         })?;
         let key = session_key(verifier_id, id);
         let store = &self.ctx.store;
         let Some(raw) = store.get(ks::SESSIONS, &key).await? else {
-            return Err(OAuthError::not_found(
-                "invalid_request",
-                "unknown verification session",
-            ));
+            return Err(UnknownSession
+                .because("unknown verification session")
+                .into());
         };
-        let session: Session = serde_json::from_slice(&raw).map_err(OAuthError::server)?;
+        let session: Session = serde_json::from_slice(&raw)
+            .map_err(|e| VerifierError::Internal(format!("session record: {e}")))?;
         let now = self.now();
         if session.expires_at <= now {
-            return Err(OAuthError::gone(
-                "invalid_request",
-                "this verification session has expired",
-            ));
+            return Err(ExpiredSession
+                .because("this verification session has expired")
+                .into());
         }
         if session.state != SessionState::Pending {
-            return Err(OAuthError::invalid_request(
-                "this verification session has already been answered",
-            ));
+            return Err(InvalidRequest
+                .because("this verification session has already been answered")
+                .into());
         }
         let fields = self.response_fields(&session, form)?;
         let state_ok =
             fields.get("state").and_then(Value::as_str) == Some(session.state_param.as_str());
         if !state_ok {
-            return Err(OAuthError::invalid_request(
-                "state does not match the session",
-            ));
+            return Err(InvalidRequest
+                .because("state does not match the session")
+                .into());
         }
         let mut updated = session.clone();
         if let Some(err) = fields.get("error").and_then(Value::as_str) {
@@ -81,10 +81,12 @@ impl VerifierService {
             if !verified && session.failed_attempts.len() + 1 < MAX_FAILED_ATTEMPTS {
                 self.record_failed_attempt(&key, raw, &mut updated, results, now)
                     .await?;
-                return Err(OAuthError::invalid_request(format!(
-                    "presentation rejected: {}",
-                    updated.failed_attempts.last().cloned().unwrap_or_default()
-                )));
+                return Err(InvalidRequest
+                    .because(format!(
+                        "presentation rejected: {}",
+                        updated.failed_attempts.last().cloned().unwrap_or_default()
+                    ))
+                    .into());
             }
             updated.verified = verified;
             updated.state = if verified {
@@ -111,9 +113,9 @@ impl VerifierService {
             .await?
             != Cas::Swapped
         {
-            return Err(OAuthError::invalid_request(
-                "this verification session has already been answered",
-            ));
+            return Err(InvalidRequest
+                .because("this verification session has already been answered")
+                .into());
         }
         self.notify(&updated);
         tracing::info!(verifier = verifier_id, session = id, verified = updated.verified, state = ?updated.state, "verification session finished");
@@ -132,21 +134,19 @@ impl VerifierService {
         &self,
         session: &Session,
         form: HashMap<String, String>,
-    ) -> Result<HashMap<String, Value>, OAuthError> {
+    ) -> Result<HashMap<String, Value>, VerifierError> {
         // direct_post.jwt: everything is inside the encrypted `response`.
         Ok(match (session.response_mode, form.get("response")) {
             (ResponseMode::DirectPostJwt, Some(jwe_s)) => {
                 let sealed = session
                     .encryption_key
                     .as_deref()
-                    .ok_or_else(|| OAuthError::server("session has no encryption key"))?;
-                let k = self
-                    .encryption_key(&session.id, sealed)
-                    .map_err(OAuthError::server)?;
+                    .ok_or_else(|| encryption_key_broken("the session has none"))?;
+                let k = self.encryption_key(&session.id, sealed)?;
                 let (_, plain) = jwe::decrypt(jwe_s, &k)
-                    .map_err(|e| OAuthError::invalid_request(format!("response JWE: {e}")))?;
+                    .map_err(|e| InvalidRequest.because(format!("response JWE: {e}")))?;
                 let v: Value = serde_json::from_slice(&plain)
-                    .map_err(|e| OAuthError::invalid_request(format!("decrypted response: {e}")))?;
+                    .map_err(|e| InvalidRequest.because(format!("decrypted response: {e}")))?;
                 v.as_object()
                     .cloned()
                     .unwrap_or_default()
@@ -154,9 +154,9 @@ impl VerifierService {
                     .collect()
             }
             (ResponseMode::DirectPostJwt, None) if !form.contains_key("error") => {
-                return Err(OAuthError::invalid_request(
-                    "this session expects an encrypted `response` (direct_post.jwt)",
-                ));
+                return Err(InvalidRequest
+                    .because("this session expects an encrypted `response` (direct_post.jwt)")
+                    .into());
             }
             _ => form
                 .into_iter()
@@ -173,13 +173,13 @@ impl VerifierService {
         session: &Session,
         fields: &HashMap<String, Value>,
         now: i64,
-    ) -> Result<Outcome, OAuthError> {
+    ) -> Result<Outcome, VerifierError> {
         let vp_token = match fields.get("vp_token") {
             Some(Value::String(s)) => {
                 serde_json::from_str::<Value>(s).unwrap_or(Value::String(s.clone()))
             }
             Some(other) => other.clone(),
-            None => return Err(OAuthError::invalid_request("vp_token is missing")),
+            None => return Err(InvalidRequest.because("vp_token is missing").into()),
         };
         let submission = match fields.get("presentation_submission") {
             Some(Value::String(s)) => serde_json::from_str::<Value>(s).ok(),
@@ -189,12 +189,12 @@ impl VerifierService {
         let trust = self
             .trusted(v)
             .await
-            .map_err(|e| OAuthError::unless_unavailable(e, OAuthError::server("trust")))?;
+            .map_err(|e| unless_unavailable(e, || VerifierError::Internal("trust".into())))?;
         // Only a session an mdoc can answer pays for the transcript (unsealing the response key)
         // and the sandbox IACA lookup: one that asks for mso_mdoc, or a presentation definition
         // (whose wallet names the format).
         let transcript = if may_carry_mdoc(session) {
-            Some(self.mdoc_transcript(session).map_err(OAuthError::server)?)
+            Some(self.mdoc_transcript(session)?)
         } else {
             None
         };
@@ -229,7 +229,7 @@ impl VerifierService {
         updated: &mut Session,
         results: Vec<PolicyResult>,
         now: i64,
-    ) -> Result<(), OAuthError> {
+    ) -> Result<(), VerifierError> {
         let store = &self.ctx.store;
         // Stay pending so the real wallet can still answer; remember why this one failed.
         let reasons: Vec<String> = results

@@ -9,7 +9,6 @@ use super::model::*;
 use super::service::VerifierService;
 use super::verify::Trust;
 use crate::crypto::{did, KeyType, VerifyingKey};
-use crate::error::ApiResult;
 use crate::roles::tenants::{Creation, Tenant};
 
 impl Tenant for Verifier {
@@ -122,10 +121,5 @@ impl VerifierService {
             }
         }
         Ok(Trust::Only(list))
-    }
-
-    /// [`Self::trusted`] as an [`ApiResult`], the shape the VC-API handlers (`vc_api.rs`) expect.
-    pub(super) async fn trust(&self, v: &Verifier) -> ApiResult<Trust> {
-        Ok(self.trusted(v).await?)
     }
 }

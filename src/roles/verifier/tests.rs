@@ -9,6 +9,7 @@ use super::service::*;
 use crate::clock::FakeClock;
 use crate::config::VerifierConfig;
 use crate::error::{Code, ErrorCode};
+use crate::http::oauth::OAuthError;
 use crate::roles::RoleContext;
 
 #[tokio::test]
@@ -53,11 +54,12 @@ async fn expired_sessions_are_410_and_reported_expired() {
     let mut form = HashMap::new();
     form.insert("vp_token".to_string(), "{}".to_string());
     form.insert("state".to_string(), "x".to_string());
-    let e = svc
-        .handle_response("default", &created.id, form)
-        .await
-        .err()
-        .unwrap();
+    let e = OAuthError::from(
+        svc.handle_response("default", &created.id, form)
+            .await
+            .err()
+            .unwrap(),
+    );
     assert_eq!(e.status.as_u16(), 410);
     assert_eq!(
         svc.session_view("default", &created.id)

@@ -1,0 +1,149 @@
+//! The authorization endpoint (authorization code flow with PKCE S256): the offer's `issuer_state`
+//! identifies the holder, so consent is immediate and the answer is a redirect carrying a
+//! single-use code that the token endpoint (`grants.rs`) redeems.
+
+use serde::Deserialize;
+
+use super::error::*;
+use super::grants::requested_configurations;
+use super::ks;
+use super::model::*;
+use super::service::*;
+use crate::clock::random_token;
+use crate::http::urlencode;
+
+/// Authorization request query (authorization code flow with PKCE).
+#[derive(Debug, Deserialize)]
+pub struct AuthorizeRequest {
+    pub response_type: Option<String>,
+    pub client_id: Option<String>,
+    pub redirect_uri: Option<String>,
+    pub code_challenge: Option<String>,
+    pub code_challenge_method: Option<String>,
+    pub issuer_state: Option<String>,
+    pub state: Option<String>,
+    pub scope: Option<String>,
+    pub authorization_details: Option<String>,
+}
+
+impl IssuerService {
+    /// Authorization code flow: the offer's `issuer_state` pre-identifies the holder, so consent is
+    /// immediate. Returns the redirect URL carrying the code.
+    pub async fn authorize(
+        &self,
+        issuer_id: &str,
+        req: AuthorizeRequest,
+    ) -> Result<String, IssuerError> {
+        let issuer = self.get_issuer(issuer_id).await?;
+        if req.response_type.as_deref() != Some("code") {
+            return Err(bad_authorization("response_type must be `code`"));
+        }
+        let client_id = req
+            .client_id
+            .clone()
+            .filter(|c| !c.is_empty())
+            .or_bad_authorization("client_id is required")?;
+        let redirect_uri = req
+            .redirect_uri
+            .clone()
+            .or_bad_authorization("redirect_uri is required")?;
+        validate_redirect(&redirect_uri)?;
+        let challenge = req
+            .code_challenge
+            .clone()
+            .filter(|c| (43..=128).contains(&c.len()))
+            .or_bad_authorization("code_challenge (S256) is required")?;
+        if req.code_challenge_method.as_deref() != Some("S256") {
+            return Err(bad_authorization("code_challenge_method must be S256"));
+        }
+        let issuer_state = req.issuer_state.as_deref().or_bad_authorization(
+            "issuer_state from the credential offer is required (no interactive login is configured)",
+        )?;
+        let Some(okey) = self
+            .ctx
+            .store
+            .get(ks::CODES, &format!("state/{}", hash(issuer_state)))
+            .await?
+        else {
+            return Err(bad_authorization("issuer_state is unknown or expired"));
+        };
+        let offer_key_s = String::from_utf8_lossy(&okey).into_owned();
+        let offer: Offer = self
+            .ctx
+            .store
+            .get_json(ks::OFFERS, &offer_key_s)
+            .await?
+            .or_bad_authorization("the offer has expired")?;
+        if offer.issuer != issuer.id || offer.state != OfferState::Offered {
+            return Err(bad_authorization("the offer is not redeemable"));
+        }
+        let requested = requested_in(&issuer, &offer, &req)?;
+        let code = random_token(32);
+        let grant = AuthCodeGrant {
+            offer_id: offer_key_s,
+            issuer: issuer.id.clone(),
+            client_id,
+            redirect_uri: redirect_uri.clone(),
+            code_challenge: challenge,
+            credential_configuration_ids: requested,
+            authorization_details: req.authorization_details.is_some(),
+        };
+        self.ctx
+            .store
+            .put_json(
+                ks::CODES,
+                &format!("authz/{}", hash(&code)),
+                &grant,
+                Some(secs(120)),
+            )
+            .await?;
+        let sep = if redirect_uri.contains('?') { '&' } else { '?' };
+        let mut url = format!("{redirect_uri}{sep}code={}", urlencode(&code));
+        if let Some(s) = &req.state {
+            url.push_str(&format!("&state={}", urlencode(s)));
+        }
+        url.push_str(&format!("&iss={}", urlencode(&self.issuer_url(&issuer.id))));
+        Ok(url)
+    }
+}
+
+fn validate_redirect(u: &str) -> Result<(), IssuerError> {
+    if u.len() > 2048 || u.contains('#') || !u.contains(':') {
+        return Err(bad_authorization(
+            "redirect_uri must be an absolute URI without fragment",
+        ));
+    }
+    Ok(())
+}
+
+/// What an authorization request asks for: its authorization_details (openid_credential) or
+/// scope; by default all offered. Only what the offer holds.
+fn requested_in(
+    issuer: &Issuer,
+    offer: &Offer,
+    req: &AuthorizeRequest,
+) -> Result<Vec<String>, IssuerError> {
+    // What was asked for: authorization_details (openid_credential) or scope; default all offered.
+    let mut requested: Vec<String> = match &req.authorization_details {
+        Some(ad) => requested_configurations(ad).map_err(IssuerError::BadAuthorization)?,
+        None => Vec::new(),
+    };
+    if let Some(scope) = &req.scope {
+        requested.extend(
+            scope
+                .split(' ')
+                .filter(|s| issuer.credential_configurations.contains_key(*s))
+                .map(str::to_string),
+        );
+    }
+    if requested.is_empty() {
+        requested = offer.credential_configuration_ids.clone();
+    }
+    if let Some(bad) = requested
+        .iter()
+        .find(|r| !offer.credential_configuration_ids.contains(r))
+    {
+        return Err(bad_authorization(format!("`{bad}` was not offered")));
+    }
+    Ok(requested)
+}

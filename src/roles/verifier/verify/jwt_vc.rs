@@ -1,0 +1,209 @@
+//! `jwt_vc_json`: W3C credentials as JWTs (VC-JWT 1.1 `vc` claim, or VC-JOSE `vc+jwt`) and the
+//! holder-signed JWT presentations carrying them.
+
+use serde_json::Value;
+
+use super::policy::{check_issuer, check_time, Outcome};
+use super::status::w3c_status;
+use super::{issuer_jwt, subject_is_signer, types_of, w3c_checked, Checked, Ctx};
+use crate::crypto::binding::Issuers;
+use crate::crypto::{did, jws, VerifyingKey};
+
+/// The credential object of a JWT-secured W3C VC: the `vc` claim (VC-JWT 1.1) or the payload
+/// itself (VC-JOSE `vc+jwt`, VCDM 2.0).
+fn jwt_vc_object(payload: &Value) -> Value {
+    if payload["vc"].is_object() {
+        payload["vc"].clone()
+    } else {
+        payload.clone()
+    }
+}
+
+/// One issuer-signed W3C JWT credential: signature (bound to its issuer), validity, issuer
+/// allow-list, status. Returns it and its subject DID (for holder binding), or `None` when its
+/// signature cannot be trusted.
+pub async fn jwt_credential(
+    ctx: &Ctx<'_>,
+    out: &mut Outcome,
+    query_id: &str,
+    vc: &str,
+) -> Option<(Checked, Option<String>)> {
+    let (issuer, p) = issuer_jwt(ctx, out, query_id, vc, Issuers::Did).await?;
+    let vc_obj = jwt_vc_object(&p);
+    check_time(out, &p, &vc_obj, ctx.now, query_id);
+    check_issuer(out, ctx, &issuer.issuer);
+    w3c_status(ctx, out, query_id, &vc_obj["credentialStatus"], &issuer).await;
+    out.pass("disclosure_integrity");
+    let subject = vc_obj["credentialSubject"]["id"]
+        .as_str()
+        .or(p["sub"].as_str())
+        .map(str::to_string);
+    Some((
+        w3c_checked(out, query_id, "jwt_vc_json", issuer.issuer, vc_obj),
+        subject,
+    ))
+}
+
+/// The `nonce_audience` policy of a JWT presentation.
+fn jwt_audience(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, payload: &Value) {
+    let Some(aud) = ctx.audience else {
+        return;
+    };
+    let aud_ok = aud.aud_ok(&payload["aud"]);
+    if !aud.nonce_ok(&payload["nonce"]) {
+        out.fail(
+            "nonce_audience",
+            format!("{query_id}: presentation nonce does not match the session"),
+        );
+    } else if !aud_ok {
+        out.fail(
+            "nonce_audience",
+            format!(
+                "{query_id}: presentation aud is not {}",
+                aud.client_id.unwrap_or_default()
+            ),
+        );
+    } else {
+        out.pass("nonce_audience");
+    }
+}
+
+/// jwt_vc_json: a JWT VP (signed by the holder) carrying JWT VCs; a bare credential only when
+/// the query waives holder binding (`holder_binding` false).
+pub async fn jwt_vp(
+    ctx: &Ctx<'_>,
+    out: &mut Outcome,
+    query_id: &str,
+    vp: &str,
+    holder_binding: bool,
+) -> Vec<Checked> {
+    let (header, payload) = match jws::decode_unverified(vp) {
+        Ok((h, p, _, _)) => (h, p),
+        Err(e) => {
+            out.fail(
+                "signature",
+                format!("{query_id}: presentation is not a JWT: {e}"),
+            );
+            return Vec::new();
+        }
+    };
+    // VCDM 1.1 JWT VP (`vp` claim) or VC-JOSE-COSE `vp+jwt` (the payload is the presentation)
+    let is_vp = payload.get("vp").is_some()
+        || header["typ"] == "vp+jwt"
+        || types_of(&payload)
+            .iter()
+            .any(|t| t == "VerifiablePresentation");
+    if !is_vp && !holder_binding {
+        let Some((c, _)) = jwt_credential(ctx, out, query_id, vp).await else {
+            return Vec::new();
+        };
+        out.pass("holder_binding");
+        if ctx.audience.is_some() {
+            out.pass("nonce_audience");
+        }
+        return vec![c];
+    }
+    if !is_vp {
+        out.fail("holder_binding", format!("{query_id}: a bare credential was sent; a verifiable presentation signed by the holder is required"));
+        return Vec::new();
+    }
+    let holder_did = match holder_signature(ctx.http, vp, &header, &payload).await {
+        Ok(did) => did,
+        Err(e) => {
+            out.fail("signature", format!("{query_id}: {e}"));
+            return Vec::new();
+        }
+    };
+    out.pass("signature");
+    jwt_audience(ctx, out, query_id, &payload);
+    check_time(
+        out,
+        &payload,
+        &Value::Null,
+        ctx.now,
+        &format!("{query_id} presentation"),
+    );
+    let vcs = presented_jwts(&payload);
+    if vcs.is_empty() {
+        out.fail(
+            "query_match",
+            format!("{query_id}: the presentation carries no JWT credential"),
+        );
+    }
+    let mut checked = Vec::new();
+    for vc in vcs {
+        let Some((c, subject)) = jwt_credential(ctx, out, query_id, &vc).await else {
+            continue;
+        };
+        subject_is_signer(out, query_id, subject.is_some() && holder_did == subject);
+        checked.push(c);
+    }
+    checked
+}
+
+/// The holder's signature over a JWT presentation ([`header_holder`] names the key); returns the
+/// holder's DID.
+async fn holder_signature(
+    http: &reqwest::Client,
+    vp: &str,
+    header: &Value,
+    payload: &Value,
+) -> Result<Option<String>, String> {
+    let (key, did) = header_holder(header, payload, http)
+        .await
+        .map_err(|e| format!("presentation key: {e}"))?;
+    jws::verify(vp, &key).map_err(|e| format!("presentation signature: {e}"))?;
+    Ok(did)
+}
+
+/// The credentials a JWT presentation carries: the VCDM 1.1 `vp` claim's, or those of a VC-JOSE
+/// `vp+jwt` whose payload is the presentation; each a compact JWT or a VC-JOSE-COSE envelope of
+/// one.
+fn presented_jwts(payload: &Value) -> Vec<String> {
+    let vp_obj = if payload["vp"].is_object() {
+        &payload["vp"]
+    } else {
+        payload
+    };
+    let jwt_of = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        other => crate::crypto::envelope::enveloped_vc_jwt(other)
+            .and_then(Result::ok)
+            .map(str::to_string),
+    };
+    match &vp_obj["verifiableCredential"] {
+        Value::Array(a) => a.iter().filter_map(jwt_of).collect(),
+        other => jwt_of(other).into_iter().collect(),
+    }
+}
+
+/// The holder's key for a JWT presentation: a DID `kid` (resolved; an absolute kid must belong to
+/// the presentation's `iss` when it names one) or a header `jwk` (the holder is then that key's
+/// did:jwk). Holder keys are self-asserted: what binds them is the comparison with the
+/// credential's subject or `cnf`.
+async fn header_holder(
+    header: &Value,
+    payload: &Value,
+    http: &reqwest::Client,
+) -> Result<(VerifyingKey, Option<String>), String> {
+    if header.get("jwk").is_none() {
+        let kid = did::signer_kid(header, payload);
+        if kid.starts_with("did:") {
+            let kid_did = kid.split('#').next().unwrap_or(&kid).to_string();
+            let named = payload["iss"]
+                .as_str()
+                .or(payload["holder"].as_str())
+                .or(payload["holder"]["id"].as_str());
+            if let Some(iss) = named {
+                if iss != kid_did {
+                    return Err(format!("kid {kid} does not belong to the holder {iss}"));
+                }
+            }
+            let key = did::resolve(&kid, http).await.map_err(|e| e.to_string())?;
+            return Ok((key, Some(kid_did)));
+        }
+    }
+    let (key, _) = jws::header_key(header).map_err(|e| e.to_string())?;
+    let did = did::did_jwk(&key);
+    Ok((key, Some(did)))
+}

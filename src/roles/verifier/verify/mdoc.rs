@@ -1,0 +1,115 @@
+//! `mso_mdoc` (ISO 18013-5): DeviceResponses checked by [`crate::crypto::mdoc`].
+
+use serde_json::{Map, Value};
+
+use super::policy::Outcome;
+use super::status::mdoc_status;
+use super::{Checked, Ctx};
+use crate::roles::verifier::model::PresentedCredential;
+
+/// mso_mdoc: a base64url DeviceResponse. Its documents are checked by [`crate::crypto::mdoc`]
+/// (document signer chain to `anchors`, issuerAuth, digests, validity, device signature over this
+/// request's SessionTranscript); a failure is reported under the policy it breaks. The issuer
+/// allow-list of DIDs does not apply: an mdoc issuer is trusted through its IACA being an anchor.
+pub async fn mdoc(
+    ctx: &Ctx<'_>,
+    out: &mut Outcome,
+    query_id: &str,
+    presentation: &str,
+) -> Vec<Checked> {
+    let Some(transcript) = ctx.mdoc_transcript else {
+        out.fail(
+            "nonce_audience",
+            format!("{query_id}: an mdoc is only verified inside an OpenID4VP request"),
+        );
+        return Vec::new();
+    };
+    let bytes = match crate::crypto::b64url_decode(presentation) {
+        Ok(b) => b,
+        Err(_) => {
+            out.fail(
+                "signature",
+                format!("{query_id}: the DeviceResponse is not base64url"),
+            );
+            return Vec::new();
+        }
+    };
+    let docs = match crate::crypto::mdoc::verify::device_response(
+        &bytes,
+        transcript,
+        ctx.anchors,
+        ctx.now,
+    ) {
+        Ok(d) => d,
+        Err(e) => {
+            out.fail(policy_broken(&e), format!("{query_id}: {} ({e})", e.code()));
+            return Vec::new();
+        }
+    };
+    for p in [
+        "signature",
+        "disclosure_integrity",
+        "validity",
+        "holder_binding",
+        "nonce_audience",
+        "issuer_allowlist",
+    ] {
+        out.pass(p);
+    }
+    let mut checked = Vec::new();
+    for d in docs {
+        match &d.status {
+            Some((idx, uri)) => mdoc_status(ctx, out, query_id, *idx, uri, &d.signer_key).await,
+            None if ctx.require_status => out.fail(
+                "status",
+                format!("{query_id}: the mdoc carries no status reference"),
+            ),
+            None => out.pass("status"),
+        }
+        checked.push(presented(out, query_id, d));
+    }
+    checked
+}
+
+/// The policy an mdoc verification failure breaks.
+fn policy_broken(e: &crate::crypto::mdoc::MdocError) -> &'static str {
+    use crate::crypto::mdoc::MdocError;
+    match e {
+        MdocError::Digest(_) => "disclosure_integrity",
+        MdocError::Validity(_) => "validity",
+        MdocError::DeviceAuth(_) => "holder_binding",
+        MdocError::Untrusted(_) => "issuer_allowlist",
+        _ => "signature",
+    }
+}
+
+/// A verified document as the session result shows it (claims by namespace, plus `doctype`) and
+/// as the query matcher sees it.
+fn presented(
+    out: &mut Outcome,
+    query_id: &str,
+    d: crate::crypto::mdoc::verify::Verified,
+) -> Checked {
+    let mut claims = Map::new();
+    let mut root = Map::new();
+    for (ns, elements) in &d.claims {
+        claims.insert(ns.clone(), Value::Object(elements.clone()));
+        root.insert(ns.clone(), Value::Object(elements.clone()));
+    }
+    claims.insert("doctype".into(), Value::String(d.doc_type.clone()));
+    out.credentials.push(PresentedCredential {
+        query_id: query_id.to_string(),
+        format: "mso_mdoc".into(),
+        issuer: Some(d.signer.clone()),
+        claims,
+    });
+    Checked {
+        query_id: query_id.to_string(),
+        format: "mso_mdoc".into(),
+        root: Value::Object(root),
+        vct: None,
+        types: Vec::new(),
+        doctype: Some(d.doc_type),
+        issuer: Some(d.signer),
+    }
+}

@@ -1,0 +1,161 @@
+//! Verification of presented credentials: every check is a named policy whose result (passed,
+//! reason) goes into the result. The same engine serves OID4VP sessions (`query.rs`) and the VC-API
+//! verify endpoints (`vc_api.rs`). Issuer keys come only from [`crate::crypto::binding`].
+//!
+//! One file per credential format (`sd_jwt`, `jwt_vc`, `ldp`, `mdoc`), plus what they share: the
+//! policy bookkeeping and the time and allow-list checks (`policy`) and status lists (`status`).
+//! This file holds the context a verification runs in and what it returns.
+
+mod jwt_vc;
+mod ldp;
+mod mdoc;
+mod policy;
+mod sd_jwt;
+mod status;
+
+use serde_json::Value;
+
+use super::model::PresentedCredential;
+use crate::crypto::binding::{self, IssuerKey, Issuers};
+
+pub use jwt_vc::{jwt_credential, jwt_vp};
+pub use ldp::{ldp_credential, ldp_vp};
+pub use mdoc::mdoc;
+pub use policy::{Outcome, Trust};
+pub use sd_jwt::sd_jwt;
+pub use status::StatusCache;
+
+/// What a presentation must be bound to: the session's nonce and the verifier's client id
+/// (OID4VP: both, always), or the VC-API caller's `challenge` / `domain` (each checked when
+/// given; `None` is not checked).
+#[derive(Clone, Copy)]
+pub struct Audience<'a> {
+    pub nonce: Option<&'a str>,
+    pub client_id: Option<&'a str>,
+}
+
+impl Audience<'_> {
+    /// A presentation's `nonce` and `aud` (a string or a list) against this audience.
+    fn nonce_ok(&self, nonce: &Value) -> bool {
+        self.nonce.is_none_or(|n| nonce.as_str() == Some(n))
+    }
+    fn aud_ok(&self, aud: &Value) -> bool {
+        self.client_id.is_none_or(|c| match aud {
+            Value::String(a) => a == c,
+            Value::Array(a) => a.iter().any(|x| x.as_str() == Some(c)),
+            _ => false,
+        })
+    }
+}
+
+/// Context a verification runs in.
+pub struct Ctx<'a> {
+    /// OID4VP: the session's query (one of the two).
+    pub dcql_query: Option<&'a Value>,
+    pub presentation_definition: Option<&'a Value>,
+    /// `None`: no nonce/audience to check (VC-API without `options`); presentations are still
+    /// checked for their holder's signature.
+    pub audience: Option<Audience<'a>>,
+    pub now: i64,
+    pub http: &'a reqwest::Client,
+    pub trust: &'a Trust,
+    pub status_cache: &'a StatusCache,
+    /// CA certificates an SD-JWT VC issuer's `x5c` may chain to (`x509.trust_anchors`).
+    pub anchors: &'a crate::crypto::x509::TrustAnchors,
+    /// The `status` policy fails for a credential that carries no status reference.
+    pub require_status: bool,
+    /// mso_mdoc: the encoded SessionTranscript a device signature must cover (OID4VP 1.0
+    /// Appendix B.2.6); `None` where there is no OpenID4VP request (VC-API).
+    pub mdoc_transcript: Option<&'a [u8]>,
+}
+
+/// A verified credential as the query matcher sees it.
+pub struct Checked {
+    pub query_id: String,
+    pub format: String,
+    /// The object DCQL claim paths are resolved against (SD-JWT: disclosed claims; W3C: the VC).
+    pub root: Value,
+    /// vct (SD-JWT) or types (W3C).
+    pub vct: Option<String>,
+    pub types: Vec<String>,
+    /// mso_mdoc: the document type.
+    pub doctype: Option<String>,
+    pub issuer: Option<String>,
+}
+
+/// The `signature` policy for an issuer-signed JWT: the key is bound to the issuer the token names
+/// (see [`binding`]) before the signature is checked with it.
+async fn issuer_jwt(
+    ctx: &Ctx<'_>,
+    out: &mut Outcome,
+    what: &str,
+    token: &str,
+    allowed: Issuers<'_>,
+) -> Option<(IssuerKey, Value)> {
+    match binding::verify_issuer_jwt(token, allowed, ctx.http).await {
+        Ok((bound, _, payload)) => {
+            out.pass("signature");
+            Some((bound, payload))
+        }
+        Err(e) => {
+            out.fail("signature", format!("{what}: {e} [{}]", e.code()));
+            None
+        }
+    }
+}
+
+/// A W3C credential's `type` (a string or a list).
+fn types_of(vc: &Value) -> Vec<String> {
+    match &vc["type"] {
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|t| t.as_str().map(str::to_string))
+            .collect(),
+        Value::String(s) => vec![s.clone()],
+        _ => Vec::new(),
+    }
+}
+
+/// A verified W3C credential (`vc`, the credential object): its subject's claims go into the
+/// result, and it is returned for the query matcher.
+fn w3c_checked(
+    out: &mut policy::Outcome,
+    query_id: &str,
+    format: &str,
+    issuer: String,
+    vc: Value,
+) -> Checked {
+    let mut claims = vc["credentialSubject"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    claims.remove("id");
+    out.credentials.push(PresentedCredential {
+        query_id: query_id.to_string(),
+        format: format.to_string(),
+        issuer: Some(issuer.clone()),
+        claims,
+    });
+    Checked {
+        query_id: query_id.to_string(),
+        format: format.to_string(),
+        types: types_of(&vc),
+        root: vc,
+        vct: None,
+        doctype: None,
+        issuer: Some(issuer),
+    }
+}
+
+/// The `holder_binding` policy of a credential inside a presentation: its subject (`bound`) must
+/// be the presentation's signer.
+fn subject_is_signer(out: &mut policy::Outcome, query_id: &str, bound: bool) {
+    if bound {
+        out.pass("holder_binding");
+    } else {
+        out.fail(
+            "holder_binding",
+            format!("{query_id}: the presentation signer is not the credential subject"),
+        );
+    }
+}
