@@ -14,6 +14,8 @@ use crate::error::{unless_unavailable, ErrorCode, OAuthCode::*};
 use crate::store::Cas;
 
 const MAX_TX_CODE_FAILURES: u32 = 5;
+/// How long a redemption of unknown outcome is watched, to be taken back if it landed.
+const UNDO_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Token endpoint form (pre-authorized code and authorization code grants).
 #[derive(Debug, Deserialize)]
@@ -343,10 +345,10 @@ impl IssuerService {
             Err(e) if e.is_server_error() => {
                 match store.get_json::<Offer>(ks::OFFERS, offer_key_s).await {
                     Ok(Some(o)) if o.token_hash.as_deref() == Some(token_hash.as_str()) => Some(o),
-                    Ok(_) => return Err(e),
-                    Err(_) => {
-                        // unknown whether the offer names this token, and the holder is told to
-                        // retry: take the redemption back once the store answers
+                    _ => {
+                        // Unknown whether the offer names this token (this read may lag the
+                        // transition: a cut-off node, a commit still in flight), and the holder
+                        // is told to retry: take the redemption back if it turns out to be ours.
                         self.undo_redemption(offer_key_s.to_string(), token_hash);
                         return Err(e);
                     }
@@ -369,21 +371,29 @@ impl IssuerService {
     }
 
     /// Takes back a redemption whose outcome is unknown and whose token was not handed out:
-    /// in the background, retried while the store fails, the offer goes back to `Offered` if it
+    /// in the background, for up to [`UNDO_WINDOW`] (while the store fails or the offer is still
+    /// `Offered`: a transition in flight may yet land), the offer goes back to `Offered` if it
     /// names this token (nobody holds it, and a token is usable only while named), and the grant
-    /// is deleted. Safe against a second token: it changes only an offer this attempt redeemed.
-    /// (Lost if this process dies before the store answers again: the offer then stays redeemed
-    /// with a token nobody received — a store failure and a node death at once.)
+    /// is deleted. It stops when the offer is another redemption's. Safe against a second token:
+    /// it changes only an offer this attempt redeemed. (Lost if this process dies within the
+    /// window: the offer then stays redeemed with a token nobody received — a store failure and
+    /// a node death at once.)
     fn undo_redemption(&self, offer_key: String, token_hash: String) {
         let store = self.ctx.store.clone();
         tokio::spawn(async move {
-            for i in 0..12u32 {
-                tokio::time::sleep(std::time::Duration::from_millis(100 << i.min(5))).await;
+            let deadline = tokio::time::Instant::now() + UNDO_WINDOW;
+            let mut wait = std::time::Duration::from_millis(100);
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+                let others = std::sync::atomic::AtomicBool::new(false);
                 let undone = store
                     .update_json::<Offer, IssuerError, _>(ks::OFFERS, &offer_key, None, |mut o| {
                         if o.state != OfferState::TokenIssued
                             || o.token_hash.as_deref() != Some(token_hash.as_str())
                         {
+                            let offered = o.state == OfferState::Offered;
+                            others.store(!offered, std::sync::atomic::Ordering::SeqCst);
                             return Err(InvalidGrant.because("not this redemption").into());
                         }
                         o.state = OfferState::Offered;
@@ -391,15 +401,23 @@ impl IssuerService {
                         Ok(o)
                     })
                     .await;
-                match undone {
-                    Err(e) if e.is_server_error() => continue,
-                    _ => {
-                        let _ = store.delete(ks::TOKENS, &token_hash).await;
-                        return;
+                let done = match undone {
+                    Ok(_) => {
+                        tracing::info!("a redemption of unknown outcome was taken back: the code is redeemable again");
+                        true
                     }
+                    Err(e) if e.is_server_error() => false,
+                    // not (yet) this redemption: gone or another's ends it; `Offered` may still
+                    // turn into ours while a transition is in flight
+                    Err(_) => others.load(std::sync::atomic::Ordering::SeqCst),
+                };
+                if done {
+                    let _ = store.delete(ks::TOKENS, &token_hash).await;
+                    return;
                 }
             }
-            tracing::error!("could not take back a redemption of unknown outcome: its offer may stay redeemed with a token nobody received");
+            // the window closed on `Offered` (never ours) or on a store that kept failing
+            let _ = store.delete(ks::TOKENS, &token_hash).await;
         });
     }
 
