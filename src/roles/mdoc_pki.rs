@@ -1,7 +1,8 @@
 //! The mdoc PKI of a sandbox deployment: one IACA root (ISO 18013-5 Annex B) created on first
 //! use and one document signer certificate per issuer tenant, signed by it. Keys are P-256,
-//! sealed at rest with the master key; records are insert-only (the first one stored wins, so
-//! nodes creating them at once agree, and no later write replaces a signing key).
+//! sealed at rest with the master key; records are created once (the first one stored wins, so
+//! nodes creating them at once agree). A sandbox document signer is renewed 30 days before it
+//! expires (one compare-and-swap; every node then reads the new one).
 //!
 //! A verifier in sandbox mode trusts this IACA next to `x509.trust_anchors`, as it trusts the
 //! deployment's own issuers; in production only the configured anchors count. A production
@@ -25,6 +26,8 @@ pub const SANDBOX_COUNTRY: &str = "UT";
 /// Validity of the sandbox IACA (ISO allows up to 20 years) and of a document signer (≤ 457 days).
 const IACA_DAYS: i64 = 3650;
 const DS_DAYS: i64 = 450;
+/// A sandbox document signer is replaced this many days before it expires.
+const RENEW_BEFORE_DAYS: i64 = 30;
 
 #[derive(Serialize, Deserialize)]
 struct Record {
@@ -60,6 +63,16 @@ impl Signer {
     /// The IACA this signer chains to, when it was imported with its chain.
     pub fn iaca(&self) -> Option<&[u8]> {
         self.chain.last().map(Vec::as_slice)
+    }
+
+    /// The document signer certificate's validity (Unix seconds: not before, not after).
+    pub fn validity(&self) -> Option<(i64, i64)> {
+        let cert = <x509_cert::Certificate as x509_cert::der::Decode>::from_der(&self.cert).ok()?;
+        let v = &cert.tbs_certificate.validity;
+        Some((
+            v.not_before.to_unix_duration().as_secs() as i64,
+            v.not_after.to_unix_duration().as_secs() as i64,
+        ))
     }
 
     /// The countryName of the document signer certificate (an mdoc's `issuing_country`).
@@ -178,12 +191,44 @@ pub async fn sandbox_anchor(ctx: &RoleContext) -> Option<Vec<u8>> {
 /// import one.
 pub async fn document_signer(ctx: &RoleContext, issuer: &str) -> anyhow::Result<Signer> {
     let id = format!("ds/{issuer}");
-    if let Some(b) = ctx.store.get(KEYSPACE, &id).await? {
-        return Ok(open(ctx, &id, &serde_json::from_slice(&b)?)?.1);
-    }
-    if ctx.mode != crate::config::Mode::Sandbox {
+    let sandbox = ctx.mode == crate::config::Mode::Sandbox;
+    let stored = ctx.store.get(KEYSPACE, &id).await?;
+    if let Some(b) = &stored {
+        let signer = open(ctx, &id, &serde_json::from_slice(b)?)?.1;
+        // a sandbox signer is renewed before it expires (ISO caps a document signer at 457
+        // days; an imported one is the operator's to rotate)
+        let renew = sandbox
+            && signer.chain.is_empty()
+            && signer.validity().is_some_and(|(_, until)| {
+                until - ctx.clock.now_secs() < RENEW_BEFORE_DAYS * 86_400
+            });
+        if !renew {
+            return Ok(signer);
+        }
+    } else if !sandbox {
         anyhow::bail!("{}", no_signer(issuer));
     }
+    let fresh = sandbox_document_signer(ctx, issuer, &id).await?;
+    let bytes = serde_json::to_vec(&fresh)?;
+    // created or renewed once: a node that loses the race reads the winner's
+    let rec = match ctx
+        .store
+        .compare_and_swap(KEYSPACE, &id, stored, Some((bytes, None)))
+        .await?
+    {
+        Cas::Swapped => fresh,
+        Cas::Conflict(Some(other)) => serde_json::from_slice(&other)?,
+        Cas::Conflict(None) => anyhow::bail!("mdoc document signer {id} changed; retry"),
+    };
+    Ok(open(ctx, &id, &rec)?.1)
+}
+
+/// A new sandbox document signer for `issuer` under the sandbox IACA (record `id`).
+async fn sandbox_document_signer(
+    ctx: &RoleContext,
+    issuer: &str,
+    id: &str,
+) -> anyhow::Result<Record> {
     let (iaca_pair, iaca_cert, _) = iaca(ctx).await?;
     let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
@@ -200,13 +245,21 @@ pub async fn document_signer(ctx: &RoleContext, issuer: &str) -> anyhow::Result<
     ])];
     validity(&mut p, ctx.clock.now_secs(), DS_DAYS);
     let cert = p.signed_by(&pair, &iaca_cert, &iaca_pair)?;
-    let rec = insert_or_get(ctx, &id, new_record(ctx, &id, &pair, cert.der())?).await?;
-    Ok(open(ctx, &id, &rec)?.1)
+    new_record(ctx, id, &pair, cert.der())
 }
 
 /// Why issuer `issuer` cannot sign mdocs in production mode yet.
 pub fn no_signer(issuer: &str) -> String {
     format!("issuer `{issuer}` has no mdoc document signer: import its IACA-issued chain with PUT /api/issuers/{issuer}/mdoc-signer")
+}
+
+/// Deletes issuer `issuer`'s document signer (its tenant was deleted).
+pub async fn forget_document_signer(
+    ctx: &RoleContext,
+    issuer: &str,
+) -> Result<(), crate::store::StoreError> {
+    ctx.store.delete(KEYSPACE, &format!("ds/{issuer}")).await?;
+    Ok(())
 }
 
 /// Whether issuer `issuer` has a document signer record (imported, or created in sandbox mode).
@@ -290,6 +343,10 @@ pub async fn import_document_signer(
     let key = p256::ecdsa::SigningKey::from_pkcs8_pem(private_key_pem).map_err(|_| {
         invalid("private_key_pem must be a PKCS#8 PEM P-256 private key (ES256)".into())
     })?;
+    if chain_pem.trim().is_empty() {
+        // (x509-cert's PEM chain reader panics on an empty input)
+        return Err(invalid("certificate_chain_pem is empty".into()));
+    }
     let certs = x509_cert::Certificate::load_pem_chain(chain_pem.as_bytes())
         .map_err(|e| invalid(format!("certificate_chain_pem: {e}")))?;
     if certs.len() < 2 || certs.len() > crate::crypto::x509::MAX_CHAIN {
@@ -388,5 +445,31 @@ mod tests {
         crate::crypto::x509::check_document_signer(&leaf).unwrap();
         // a second IACA read gives the same root
         assert_eq!(sandbox_anchor(&ctx).await.unwrap(), root);
+    }
+
+    /// A sandbox document signer near its end is replaced by a new one under the same IACA
+    /// (once; later calls read it); an imported one is never replaced here.
+    #[tokio::test]
+    async fn a_sandbox_document_signer_is_renewed_before_it_expires() {
+        let now = 1_800_000_000;
+        let clock = FakeClock::new(now * 1000);
+        let ctx = RoleContext::for_tests(clock.clone());
+        let first = document_signer(&ctx, "default").await.unwrap();
+        let (_, until) = first.validity().unwrap();
+        let later = until - RENEW_BEFORE_DAYS * 86_400 + 60;
+        clock.advance_ms((later - now) * 1000);
+        let renewed = document_signer(&ctx, "default").await.unwrap();
+        assert_ne!(renewed.cert, first.cert);
+        assert!(renewed.validity().unwrap().1 > until);
+        assert_eq!(
+            document_signer(&ctx, "default").await.unwrap().cert,
+            renewed.cert
+        );
+        let root = sandbox_anchor(&ctx).await.unwrap();
+        let anchors = crate::crypto::x509::TrustAnchors::default()
+            .with([<x509_cert::Certificate as x509_cert::der::Decode>::from_der(&root).unwrap()]);
+        anchors
+            .chain_key(std::slice::from_ref(&renewed.cert), later)
+            .unwrap();
     }
 }

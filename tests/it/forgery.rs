@@ -1199,6 +1199,21 @@ async fn production_issuer_imports_its_mdoc_document_signer_chain() {
     assert!(p["detail"].as_str().unwrap().contains("mdoc-signer"), "{p}");
     let r = s.anon().get_resp("/issuers/default/mdoc-iaca").await;
     assert_eq!(r.status(), 404, "no sandbox IACA in production");
+    // nor a CWT status list signed by a document signer it does not have (404, not 500), and
+    // no arithmetic on list numbers from the URL
+    let status_list = |list: &str| {
+        s.anon()
+            .request(
+                reqwest::Method::GET,
+                format!("/issuers/default/status-lists/{list}"),
+            )
+            .header("Accept", "application/statuslist+cwt")
+            .send()
+    };
+    assert_eq!(status_list("token-1").await.unwrap().status(), 404);
+    for huge in ["token-18446744073709551615", "token-140737488355329"] {
+        assert_eq!(status_list(huge).await.unwrap().status(), 404, "{huge}");
+    }
 
     let import = |key: &str, chain: String| {
         client()
@@ -1224,6 +1239,7 @@ async fn production_issuer_imports_its_mdoc_document_signer_chain() {
         (&key, ds.clone(), "IACA"),
         (&fr_key, format!("{fr_ds}{fr_iaca}"), "same countryName"),
         (&"not a key".to_string(), format!("{ds}{iaca}"), "PKCS#8"),
+        (&key, " \r\n".to_string(), "empty"),
     ] {
         let r = import(k, chain).await.unwrap();
         assert_eq!(r.status(), 422, "{why}");
@@ -1263,6 +1279,32 @@ async fn production_issuer_imports_its_mdoc_document_signer_chain() {
     )
     .await;
     assert_eq!((status, &r["verified"]), (200, &json!(true)), "{r}");
+    // a deleted tenant's document signer goes with it: the same id created again has none
+    let r = s
+        .admin()
+        .post_resp("/api/issuers", &json!({"id": "t1", "key_type": "P-256"}))
+        .await;
+    assert_eq!(r.status(), 201);
+    let r = s
+        .admin()
+        .put_resp(
+            "/api/issuers/t1/mdoc-signer",
+            &json!({"private_key_pem": key, "certificate_chain_pem": format!("{ds}{iaca}")}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.admin().delete_resp("/api/issuers/t1").await.status(), 204);
+    let r = s
+        .admin()
+        .post_resp("/api/issuers", &json!({"id": "t1", "key_type": "P-256"}))
+        .await;
+    assert_eq!(r.status(), 201);
+    let r = s.admin().get_resp("/api/issuers/t1/mdoc-signer").await;
+    assert_eq!(
+        r.status(),
+        404,
+        "the old tenant's document signer was forgotten"
+    );
     let key_body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
     assert!(
         !s.log().contains(&key_body[..40]),

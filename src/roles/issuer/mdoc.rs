@@ -145,6 +145,11 @@ pub struct ImportMdocSigner {
     pub certificate_chain_pem: String,
 }
 
+/// The error for a document signer outside its validity.
+pub(super) fn ds_expired() -> String {
+    "this issuer's mdoc document signer certificate is expired or not yet valid: import a new chain (PUT /api/issuers/{issuer}/mdoc-signer)".into()
+}
+
 /// The error for an `issuing_country` other than the document signer's `country`.
 pub(super) fn wrong_country(country: Option<&str>) -> String {
     format!(
@@ -187,7 +192,18 @@ pub async fn issue(ctx: &RoleContext, req: &MdocIssue<'_>) -> Result<String, Str
     for (name, v) in req.claims {
         elements.push((name.clone(), element_value(name, v)?));
     }
-    let valid_until = req.expires_at.unwrap_or(req.now + DEFAULT_VALIDITY);
+    // An mdoc outlives neither its document signer nor is signed outside its validity (ISO
+    // 18013-5 §9.3.1): an expired signer issues nothing.
+    let (ds_from, ds_until) = signer
+        .validity()
+        .ok_or("document signer: unreadable certificate validity")?;
+    if req.now < ds_from || req.now >= ds_until {
+        return Err(ds_expired());
+    }
+    let valid_until = req
+        .expires_at
+        .unwrap_or(req.now + DEFAULT_VALIDITY)
+        .min(ds_until);
     let bytes = mdoc::issue::issuer_signed(&mdoc::issue::IssueRequest {
         doc_type: req.doctype,
         namespaces: &[(req.namespace.to_string(), elements)],

@@ -174,6 +174,13 @@ impl IssuerService {
             }
             other => other?,
         };
+        let now = self.now();
+        if signer
+            .validity()
+            .is_none_or(|(from, until)| now < from || now >= until)
+        {
+            return Err(IssuerError::Invalid(super::mdoc::ds_expired()));
+        }
         let country = signer.country();
         match req.claims.get("issuing_country") {
             Some(c) if c.as_str() != country.as_deref() => Err(IssuerError::Invalid(

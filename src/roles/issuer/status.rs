@@ -175,15 +175,7 @@ impl IssuerService {
         let issuer = self.get_issuer(issuer_id).await?;
         let (kind, number) = list.rsplit_once('-').ok_or(IssuerError::NoStatusList)?;
         let number: u64 = number.parse().map_err(|_| IssuerError::NoStatusList)?;
-        let allocated = self
-            .ctx
-            .store
-            .get_json::<u64>(ks::COUNTERS, &format!("{issuer_id}/status"))
-            .await?
-            .unwrap_or(0);
-        if number == 0 || (number - 1) * STATUS_LIST_SIZE >= allocated.max(1) {
-            return Err(IssuerError::NoStatusList);
-        }
+        self.check_allocated(issuer_id, number).await?;
         let bits = if kind == "token" {
             TOKEN_STATUS_BITS
         } else {
@@ -201,25 +193,31 @@ impl IssuerService {
         let key = self.signing_key(&issuer).await?;
         let uri = format!("{}/status-lists/{list}", self.issuer_url(issuer_id));
         let now = self.now();
-        // The ETag names the list content (and key), not the signing time: unchanged → 304.
-        let etag = format!(
-            "\"{}\"",
-            &sha256_hex(
-                [
-                    list.as_bytes(),
-                    &arr.bytes,
-                    issuer.key_fingerprint.as_bytes(),
-                    if cwt { b"cwt" } else { b"jwt" },
-                ]
-                .concat()
-            )[..32]
-        );
+        let signer = match (kind, cwt) {
+            ("token", true) => Some(self.cwt_signer(issuer_id).await?),
+            _ => None,
+        };
+        let signed_by = match &signer {
+            Some(ds) => sha256_hex(&ds.cert),
+            None => issuer.key_fingerprint.clone(),
+        };
+        let etag = list_etag(list, &arr, &signed_by, cwt);
         match kind {
-            "token" if cwt => Ok((
-                crate::crypto::mdoc::status::MEDIA_TYPE,
-                self.cwt_status_list(issuer_id, &uri, now, &arr).await?,
-                etag,
-            )),
+            "token" if cwt => {
+                let ds = signer.ok_or(IssuerError::NoStatusList)?;
+                let token = crate::crypto::mdoc::status::sign(
+                    &uri,
+                    now,
+                    Some(60),
+                    &arr,
+                    &ds.key,
+                    &ds.x5chain(),
+                )
+                .map_err(|e| {
+                    IssuerError::StatusList(crate::crypto::CryptoError::Malformed(e.to_string()))
+                })?;
+                Ok((crate::crypto::mdoc::status::MEDIA_TYPE, token, etag))
+            }
             "token" => Ok((
                 "application/statuslist+jwt",
                 formats::token_status_list(&issuer, &key, &uri, bits, arr.to_token_lst(), now, 60)
@@ -243,22 +241,50 @@ impl IssuerService {
         }
     }
 
-    /// A Token Status List in CWT form, signed by the issuer's mdoc document signer (what an
-    /// mdoc's status reference must be verified with).
-    async fn cwt_status_list(
+    /// Whether list `number` (1-based, from the URL) holds an allocated index: overflow or an
+    /// unallocated list is "no such list".
+    async fn check_allocated(&self, issuer_id: &str, number: u64) -> Result<(), IssuerError> {
+        let allocated = self
+            .ctx
+            .store
+            .get_json::<u64>(ks::COUNTERS, &format!("{issuer_id}/status"))
+            .await?
+            .unwrap_or(0);
+        let start = number
+            .checked_sub(1)
+            .and_then(|n| n.checked_mul(STATUS_LIST_SIZE));
+        if start.is_none_or(|start| start >= allocated.max(1)) {
+            return Err(IssuerError::NoStatusList);
+        }
+        Ok(())
+    }
+
+    /// The signer of the CWT form: the mdoc document signer (none in production mode without an
+    /// imported chain: no such list).
+    async fn cwt_signer(
         &self,
         issuer_id: &str,
-        uri: &str,
-        now: i64,
-        arr: &StatusArray,
-    ) -> Result<Vec<u8>, IssuerError> {
-        use crate::crypto::CryptoError;
-        let signer = crate::roles::mdoc_pki::document_signer(&self.ctx, issuer_id)
+    ) -> Result<crate::roles::mdoc_pki::Signer, IssuerError> {
+        self.mdoc_document_signer(issuer_id)
             .await
-            .map_err(|e| IssuerError::StatusList(CryptoError::InvalidKey(e.to_string())))?;
-        crate::crypto::mdoc::status::sign(uri, now, Some(60), arr, &signer.key, &signer.x5chain())
-            .map_err(|e| IssuerError::StatusList(CryptoError::Malformed(e.to_string())))
+            .map_err(|e| match e {
+                IssuerError::NoMdocIaca => IssuerError::NoStatusList,
+                e => e,
+            })
     }
+}
+
+/// A status list's ETag: its name, content and signer (key or document signer certificate), not
+/// the signing time: unchanged → 304, a rotated signer → a new ETag.
+fn list_etag(list: &str, arr: &StatusArray, signed_by: &str, cwt: bool) -> String {
+    let tag = [
+        list.as_bytes(),
+        &arr.bytes,
+        signed_by.as_bytes(),
+        if cwt { b"cwt" } else { b"jwt" },
+    ]
+    .concat();
+    format!("\"{}\"", &sha256_hex(tag)[..32])
 }
 
 pub(super) fn status_list_number(n: u64) -> u64 {

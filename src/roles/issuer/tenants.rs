@@ -98,8 +98,12 @@ impl IssuerService {
         Ok(self.tenants.update(id, req).await?)
     }
 
+    /// Deletes the tenant, its key and its mdoc document signer (a tenant created later under
+    /// the same id starts without one).
     pub async fn delete_issuer(&self, id: &str) -> Result<(), IssuerError> {
-        Ok(self.tenants.delete(id).await?)
+        self.tenants.delete(id).await?;
+        crate::roles::mdoc_pki::forget_document_signer(&self.ctx, id).await?;
+        Ok(())
     }
 
     /// The tenant's signing key, unsealed once and cached; its fingerprint must match the record.
