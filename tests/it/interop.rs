@@ -220,18 +220,7 @@ fn credo_holder(args: &[&str]) -> String {
 #[tokio::test]
 async fn credo_receives_an_mdl_and_presents_it() {
     let s = Server::start().await;
-    let pem = crate::common::client()
-        .get(s.url("/issuers/default/mdoc-iaca"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
-    let dir = tempfile::tempdir().unwrap();
-    let trust = dir.path().join("iaca.pem");
-    std::fs::write(&trust, &pem).unwrap();
+    let (_dir, trust) = crate::holder::sandbox_iaca_file(&s).await;
     let claims = json!({
         "family_name": "Mustermann", "given_name": "Erika", "birth_date": "1984-01-26",
         "issue_date": "2026-01-01", "expiry_date": "2036-01-01", "issuing_country": "UT",
