@@ -256,3 +256,77 @@ async fn wallet_refuses_an_mdoc_not_chaining_to_a_trusted_iaca() {
     trusting.stop();
     issuer.stop();
 }
+
+/// credo-ts 0.6.3 as mdoc issuer for our wallet: an mDL signed by a document signer under
+/// credo's own IACA is refused while that IACA is not trusted, accepted once it is a configured
+/// `x509.trust_anchors` certificate, and then presented to our verifier with only the requested
+/// elements.
+#[tokio::test]
+async fn credo_issues_an_mdl_to_our_wallet() {
+    let dir = crate::interop::interop_dir();
+    assert!(
+        dir.join("credo/node_modules/@credo-ts/openid4vc").exists(),
+        "credo-ts is not installed: run tests/interop/install.sh"
+    );
+    let mut cmd = std::process::Command::new("node");
+    cmd.current_dir(dir).arg("credo/credo-party.mjs");
+    let mut party = crate::common::LineChild::spawn(cmd);
+    let info = party.ask(&json!({"cmd": "info"}));
+    let offer_from_credo = |party: &mut crate::common::LineChild| {
+        let offer = party.ask(&json!({"cmd": "offer", "format": "mso_mdoc"}));
+        assert_eq!(offer["ok"], true, "{offer}");
+        json!({"offer": offer["offer_uri"]})
+    };
+
+    let untrusting = Server::start().await;
+    let u = signup(&untrusting, "credo-mdl@example.org").await;
+    let offer = offer_from_credo(&mut party);
+    let r = call(
+        &untrusting,
+        &u,
+        M::POST,
+        "/exchange/accept-offer",
+        Some(offer),
+    )
+    .await;
+    let problem = expect_problem(r, 424, "remote_party_failed").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("mdoc_untrusted_signer"),
+        "{problem}"
+    );
+    untrusting.stop();
+
+    let anchors = tempfile::tempdir().unwrap();
+    let pem = anchors.path().join("credo-iaca.pem");
+    std::fs::write(&pem, info["iaca_pem"].as_str().unwrap()).unwrap();
+    let s = Server::builder()
+        .env("IDSTACK__X509__TRUST_ANCHORS", pem.to_str().unwrap())
+        .start()
+        .await;
+    let u = signup(&s, "credo-mdl@example.org").await;
+    let offer = offer_from_credo(&mut party);
+    let got = json_of(call(&s, &u, M::POST, "/exchange/accept-offer", Some(offer)).await).await;
+    assert_eq!(got[0]["mdoc"]["doctype"], MDL, "{got}");
+    assert_eq!(
+        got[0]["mdoc"]["namespaces"][NS]["family_name"],
+        "Mustermann"
+    );
+    assert!(got[0]["issuer"]
+        .as_str()
+        .unwrap()
+        .contains("credo-party document signer"));
+
+    let query = json!({"dcql_query": {"credentials": [{"id": "mdl", "format": "mso_mdoc",
+        "meta": {"doctype_value": MDL}, "claims": [{"path": [NS, "age_over_18"]}]}]}});
+    let result = present(&s, &u, query).await;
+    assert_eq!(result["verified"], true, "{result}");
+    assert_eq!(
+        result["credentials"][0]["claims"][NS],
+        json!({"age_over_18": true})
+    );
+    party.tell(&json!({"cmd": "shutdown"}));
+    s.stop();
+}
