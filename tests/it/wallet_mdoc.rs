@@ -259,8 +259,8 @@ async fn wallet_refuses_an_mdoc_not_chaining_to_a_trusted_iaca() {
 
 /// credo-ts 0.6.3 as mdoc issuer for our wallet: an mDL signed by a document signer under
 /// credo's own IACA is refused while that IACA is not trusted, accepted once it is a configured
-/// `x509.trust_anchors` certificate, and then presented to our verifier with only the requested
-/// elements.
+/// `x509.trust_anchors` certificate, and then presented to our verifier and to credo's with only
+/// the requested elements.
 #[tokio::test]
 async fn credo_issues_an_mdl_to_our_wallet() {
     let dir = crate::interop::interop_dir();
@@ -326,6 +326,20 @@ async fn credo_issues_an_mdl_to_our_wallet() {
     assert_eq!(
         result["credentials"][0]["claims"][NS],
         json!({"age_over_18": true})
+    );
+
+    // and to credo's verifier (@animo-id/mdoc checks our DeviceResponse and SessionTranscript)
+    let req =
+        party.ask(&json!({"cmd": "request", "format": "mso_mdoc", "claims": ["family_name"]}));
+    assert_eq!(req["ok"], true, "{req}");
+    let body = json!({"request": req["request_uri"]});
+    json_of(call(&s, &u, M::POST, "/exchange/present", Some(body)).await).await;
+    let result = party.ask(&json!({"cmd": "result", "id": req["id"]}));
+    assert_eq!(result["verified"], true, "{result}");
+    assert_eq!(
+        result["claims"][NS],
+        json!({"family_name": "Mustermann"}),
+        "{result}"
     );
     party.tell(&json!({"cmd": "shutdown"}));
     s.stop();

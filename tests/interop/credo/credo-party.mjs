@@ -7,7 +7,8 @@
 //   {"cmd":"offer","format":"dc+sd-jwt"|"jwt_vc_json"|"mso_mdoc"}
 //       -> {"ok":true,"offer_uri":"openid-credential-offer://..."}
 //   (mso_mdoc: an mDL signed by a document signer under the party's own IACA, see `info`)
-//   {"cmd":"request","format":"dc+sd-jwt"|"jwt_vc_json","claims":["given_name"]}
+//   {"cmd":"request","format":"dc+sd-jwt"|"jwt_vc_json"|"mso_mdoc","claims":["given_name"]}
+//       (mso_mdoc: an mDL's org.iso.18013.5.1 elements; verified against the party's IACA)
 //       -> {"ok":true,"request_uri":"openid4vp://...","id":"<verification session id>"}
 //   {"cmd":"result","id":"..."}   (waits up to 20 s)
 //       -> {"ok":true,"state":"ResponseVerified"|...,"verified":bool,"claims":{...}}
@@ -233,6 +234,7 @@ async function createMdocPki() {
 }
 const mdocPki = await createMdocPki();
 mdocSigner = mdocPki.ds;
+agent.x509.config.setTrustedCertificates([mdocPki.iaca.toString('base64')]);
 
 const proofTypes = { jwt: { proof_signing_alg_values_supported: ALGS } };
 await agent.openid4vc.issuer.createIssuer({
@@ -282,7 +284,7 @@ await agent.openid4vc.verifier.createVerifier({ verifierId: VERIFIER_ID, clientM
 log(`ready on ${baseUrl} issuer=${issuerDid} verifier=${verifierKey.did}`);
 
 // ---------------------------------------------------------------------------------------------
-const FORMATS = ['dc+sd-jwt', 'jwt_vc_json'];
+const FORMATS = ['dc+sd-jwt', 'jwt_vc_json', 'mso_mdoc'];
 function checkFormat(f) {
   if (!FORMATS.includes(f)) throw new Error(`format must be one of ${FORMATS.join(', ')}`);
 }
@@ -306,9 +308,11 @@ async function cmdRequest({ format, claims }) {
   if (!Array.isArray(claims) || claims.length === 0 || !claims.every((c) => typeof c === 'string')) {
     throw new Error('claims must be a non-empty array of claim names');
   }
-  const credential = format === 'dc+sd-jwt'
-    ? { id: 'person', format: 'dc+sd-jwt', meta: { vct_values: [SD_JWT_VCT] }, claims: claims.map((c) => ({ path: [c] })) }
-    : { id: 'person', format: 'jwt_vc_json', meta: { type_values: [W3C_TYPE] }, claims: claims.map((c) => ({ path: ['credentialSubject', c] })) };
+  const credential = {
+    'dc+sd-jwt': { id: 'person', format: 'dc+sd-jwt', meta: { vct_values: [SD_JWT_VCT] }, claims: claims.map((c) => ({ path: [c] })) },
+    jwt_vc_json: { id: 'person', format: 'jwt_vc_json', meta: { type_values: [W3C_TYPE] }, claims: claims.map((c) => ({ path: ['credentialSubject', c] })) },
+    mso_mdoc: { id: 'person', format: 'mso_mdoc', meta: { doctype_value: MDL_DOCTYPE }, claims: claims.map((c) => ({ path: [MDL_NAMESPACE, c], intent_to_retain: false })) },
+  }[format];
   const { authorizationRequest, verificationSession } = await agent.openid4vc.verifier.createAuthorizationRequest({
     verifierId: VERIFIER_ID,
     requestSigner: { method: 'did', didUrl: verifierKey.didUrl },
@@ -329,7 +333,10 @@ function extractClaims(dcql) {
   const claims = {};
   for (const [, presList] of Object.entries(dcql?.presentations ?? {})) {
     for (const p of Array.isArray(presList) ? presList : [presList]) {
-      if (p?.prettyClaims) {
+      if (Array.isArray(p?.documents)) {
+        // mdoc DeviceResponse: the disclosed issuer-signed elements, by namespace.
+        for (const d of p.documents) Object.assign(claims, toPlain(d.issuerSignedNamespaces));
+      } else if (p?.prettyClaims) {
         // SD-JWT VC: the disclosed payload (minus the registered JWT claims).
         const { iss, iat, nbf, exp, cnf, vct, status, sub, _sd_alg, ...rest } = p.prettyClaims;
         Object.assign(claims, rest);
