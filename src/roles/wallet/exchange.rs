@@ -53,9 +53,10 @@ impl WalletService {
             r.issuer_metadata["credential_configurations_supported"][c]["format"] == mdoc::FORMAT
         };
         // mdocs get a device key each; the others are bound to a DID of the wallet
-        let did_holder = match r.config_ids().iter().all(|c| is_mdoc(c)) {
-            true => None,
-            false => Some(self.holder(o, input.did.as_deref()).await?),
+        let did_holder = if r.config_ids().iter().all(|c| is_mdoc(c)) {
+            None
+        } else {
+            Some(self.holder(o, input.did.as_deref()).await?)
         };
         let token = oid4vci::token(http, &r, input.tx_code.as_deref()).await?;
         let mut stored = Vec::new();
