@@ -128,6 +128,10 @@ async fn wallet_receives_mdl_and_pid_and_presents_only_the_requested_elements() 
         .unwrap()
         .contains(&json!(format!("{NS}/document_number"))));
     assert!(detail.get("device_key").is_none());
+    // the listing's mdoc view is documented
+    let doc = json_of(client().get(s.url("/openapi.json")).send().await.unwrap()).await;
+    let schema = &doc["components"]["schemas"]["MdocContents"];
+    assert!(schema["properties"]["namespaces"].is_object(), "{schema}");
 
     // match and present the mDL: only family_name and age_over_18 reach the verifier
     let mdl_query = json!({"dcql_query": {"credentials": [{"id": "mdl", "format": "mso_mdoc",
