@@ -154,6 +154,42 @@ pub fn requested_claim_names(cq: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The claim queries of `cq` to answer from `c`: those of the first claim set `c` satisfies
+/// (OpenID4VP 1.0 §6.4.1: only what one set needs), else all of them.
+pub fn selected_claims<'q>(c: &CredentialView, cq: &'q Value) -> Vec<&'q Value> {
+    let claims: Vec<&Value> = cq["claims"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let Some(sets) = cq["claim_sets"].as_array() else {
+        return claims;
+    };
+    let set_claims = |set: &Value| -> Option<Vec<&'q Value>> {
+        set.as_array()?
+            .iter()
+            .map(|cid| claims.iter().copied().find(|cl| cl["id"] == *cid))
+            .collect()
+    };
+    sets.iter()
+        .filter_map(set_claims)
+        .find(|cls| cls.iter().all(|cl| claim_ok(c, cl)))
+        .unwrap_or(claims)
+}
+
+/// mso_mdoc: the elements a credential query asks `c` to disclose, as `namespace/element`
+/// (claim paths `[namespace, element]`). No `claims`: nothing beyond the mandatory structure.
+pub fn requested_mdoc_elements(c: &CredentialView, cq: &Value) -> Vec<String> {
+    selected_claims(c, cq)
+        .iter()
+        .filter_map(
+            |cl| match (cl["path"][0].as_str(), cl["path"][1].as_str()) {
+                (Some(ns), Some(element)) => Some(format!("{ns}/{element}")),
+                _ => None,
+            },
+        )
+        .collect()
+}
+
 /// The (unverified) payload of a JWT or of an SD-JWT's issuer JWT.
 pub fn jwt_payload(format: &str, raw: &str) -> Value {
     let jwt = if format.ends_with("sd-jwt") {
@@ -338,5 +374,35 @@ mod tests {
         assert!(mismatch(&c, &json!({"id": "q", "format": "dc+sd-jwt", "claims": [{"path": ["age"], "values": [18]}]})).is_some());
         assert!(mismatch(&c, &json!({"id": "q", "format": "jwt_vc_json"})).is_some());
         assert_eq!(requested_claim_names(&base), vec!["given_name", "email"]);
+    }
+
+    /// An mdoc query discloses `namespace/element` per claim path; with claim sets, only the
+    /// first set the credential satisfies; without claims, nothing.
+    #[test]
+    fn mdoc_elements_follow_paths_and_the_first_satisfied_claim_set() {
+        let c = CredentialView {
+            format: "mso_mdoc".into(),
+            root: json!({"org.iso.18013.5.1": {"family_name": "M", "age_over_18": true, "birth_date": "1984-01-26"}}),
+            vct: None,
+            doctype: Some("org.iso.18013.5.1.mDL".into()),
+            types: vec![],
+        };
+        let ns = "org.iso.18013.5.1";
+        let q = json!({"id": "m", "format": "mso_mdoc", "meta": {"doctype_value": "org.iso.18013.5.1.mDL"},
+            "claims": [{"id": "a", "path": [ns, "age_over_21"]}, {"id": "b", "path": [ns, "age_over_18"]}, {"id": "f", "path": [ns, "family_name"]}]});
+        assert!(mismatch(&c, &q).is_some(), "age_over_21 is not held");
+        let mut sets = q.clone();
+        sets["claim_sets"] = json!([["a", "f"], ["b", "f"], ["f"]]);
+        assert!(mismatch(&c, &sets).is_none());
+        assert_eq!(
+            requested_mdoc_elements(&c, &sets),
+            vec![format!("{ns}/age_over_18"), format!("{ns}/family_name")]
+        );
+        let none = json!({"id": "m", "format": "mso_mdoc", "meta": {"doctype_value": "org.iso.18013.5.1.mDL"}});
+        assert!(mismatch(&c, &none).is_none());
+        assert!(requested_mdoc_elements(&c, &none).is_empty());
+        let mut other = none.clone();
+        other["meta"]["doctype_value"] = json!("eu.europa.ec.eudi.pid.1");
+        assert!(mismatch(&c, &other).is_some());
     }
 }

@@ -89,3 +89,21 @@ pub async fn get_text(http: &reqwest::Client, url: &str) -> ClientResult<String>
     check_url(url)?;
     ok_body(send(http.get(url).timeout(Duration::from_secs(10))).await?).await
 }
+
+/// GET of a binary document (`accept` as its media type), at most `max` bytes, 2xx only; for
+/// CBOR status list tokens.
+pub async fn get_bytes(
+    http: &reqwest::Client,
+    url: &str,
+    accept: &str,
+    max: usize,
+    timeout: Duration,
+) -> ClientResult<Vec<u8>> {
+    check_url(url)?;
+    let resp = send(http.get(url).header("Accept", accept).timeout(timeout)).await?;
+    let status = resp.status().as_u16();
+    if !(200..300).contains(&status) {
+        return Err(ClientError::Status { status });
+    }
+    Ok(read_capped(resp, max).await?)
+}

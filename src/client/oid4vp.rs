@@ -1,6 +1,7 @@
 //! OpenID4VP client (wallet side): resolve a request (by value or `request_uri`, signed request
 //! objects verified against the client identifier's DID), find matching credentials, build the
-//! presentation (SD-JWT + KB-JWT, or a JWT VP) and post it (`direct_post` or `direct_post.jwt`).
+//! presentation (SD-JWT + KB-JWT, a JWT VP, a Data
+//! Integrity VP, or an mdoc DeviceResponse over the OpenID4VP SessionTranscript) and post it (`direct_post` or `direct_post.jwt`).
 
 use std::time::Duration;
 
@@ -207,6 +208,9 @@ pub fn presentation(
     disclose: &[String],
     now: i64,
 ) -> ClientResult<Value> {
+    if held.format == "mso_mdoc" {
+        return mdoc_presentation(req, held, disclose).map(Value::String);
+    }
     if held.format == "ldp_vc" {
         let nonce = req.params["nonce"]
             .as_str()
@@ -275,6 +279,71 @@ fn presentation_jwt(
     }
 }
 
+/// mso_mdoc: a base64url DeviceResponse disclosing the elements named `namespace/element` in
+/// `disclose`, device-signed with `held.key` over this request's SessionTranscript.
+fn mdoc_presentation(
+    req: &ResolvedRequest,
+    held: &Held<'_>,
+    disclose: &[String],
+) -> ClientResult<String> {
+    use crate::crypto::mdoc::present;
+    let doc_type = held
+        .view
+        .doctype
+        .as_deref()
+        .ok_or_else(|| ClientError::Input("stored mdoc without a doc type".into()))?;
+    let issuer_signed = crate::crypto::b64url_decode(&held.raw)
+        .map_err(|_| ClientError::Input("stored mdoc: not base64url".into()))?;
+    let transcript = mdoc_session_transcript(req)?;
+    let wanted = |ns: &str, element: &str| disclose.iter().any(|d| *d == format!("{ns}/{element}"));
+    present::device_response(&issuer_signed, doc_type, wanted, held.key, &transcript)
+        .map(crate::crypto::b64url)
+        .map_err(|e| ClientError::Input(format!("mdoc presentation: {e}")))
+}
+
+/// The SessionTranscript an mdoc presented to `req` is device-signed over (OpenID4VP 1.0
+/// Appendix B.2.6.1, the same computation as the verifier's): client_id, nonce, the thumbprint
+/// of the key the response is encrypted to (`direct_post.jwt`) and the response_uri.
+pub fn mdoc_session_transcript(req: &ResolvedRequest) -> ClientResult<Vec<u8>> {
+    let nonce = req.params["nonce"]
+        .as_str()
+        .ok_or_else(|| ClientError::Remote("request without nonce".into()))?;
+    let response_uri = req
+        .response_uri()
+        .ok_or_else(|| ClientError::Remote("request without response_uri".into()))?;
+    let thumbprint = match req.params["response_mode"].as_str() {
+        Some("direct_post.jwt") => {
+            let jwk = encryption_jwk(req)?;
+            let key = crate::crypto::VerifyingKey::from_jwk(jwk)
+                .map_err(|e| ClientError::Remote(format!("the verifier's encryption key: {e}")))?;
+            Some(crate::crypto::b64url_decode(&key.thumbprint()).unwrap_or_default())
+        }
+        _ => None,
+    };
+    Ok(crate::crypto::mdoc::transcript::oid4vp(
+        &req.client_id,
+        nonce,
+        thumbprint.as_deref(),
+        response_uri,
+    ))
+}
+
+/// The verifier's key a `direct_post.jwt` response is encrypted to: the first P-256 key of
+/// `client_metadata.jwks`.
+fn encryption_jwk(req: &ResolvedRequest) -> ClientResult<&Value> {
+    req.params["client_metadata"]["jwks"]["keys"]
+        .as_array()
+        .and_then(|keys| {
+            keys.iter()
+                .find(|k| k["kty"] == "EC" && k["crv"] == "P-256")
+        })
+        .ok_or_else(|| {
+            ClientError::Remote(
+                "direct_post.jwt without a P-256 encryption key in client_metadata.jwks".into(),
+            )
+        })
+}
+
 /// Posts the response; returns a summary of the verifier's answer, never its raw body:
 /// `{"status": <HTTP status>, "redirect_uri": <http(s) URL, when the verifier sent one>}`.
 pub async fn submit(
@@ -304,19 +373,7 @@ pub async fn submit(
             f
         }
         "direct_post.jwt" => {
-            let keys = req.params["client_metadata"]["jwks"]["keys"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let key = keys
-                .iter()
-                .find(|k| k["kty"] == "EC" && k["crv"] == "P-256")
-                .ok_or_else(|| {
-                    ClientError::Remote(
-                        "direct_post.jwt without a P-256 encryption key in client_metadata.jwks"
-                            .into(),
-                    )
-                })?;
+            let key = encryption_jwk(req)?;
             let enc = req.params["client_metadata"]["encrypted_response_enc_values_supported"][0]
                 .as_str()
                 .unwrap_or("A256GCM");

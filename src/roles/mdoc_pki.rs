@@ -186,6 +186,22 @@ pub async fn sandbox_anchor(ctx: &RoleContext) -> Option<Vec<u8>> {
     b64().decode(rec.cert).ok()
 }
 
+/// The anchors an mdoc's document signer must chain to on this node: `x509.trust_anchors`, plus
+/// this deployment's sandbox IACA in sandbox mode (as sandbox verifiers and wallets trust the
+/// deployment's own issuers). Never an IACA an issuer serves: that would trust whoever answers.
+pub async fn trust_anchors(ctx: &RoleContext) -> crate::crypto::x509::TrustAnchors {
+    let mut anchors = (*ctx.x509_anchors).clone();
+    if ctx.mode == crate::config::Mode::Sandbox {
+        if let Some(der) = sandbox_anchor(ctx).await {
+            use x509_cert::der::Decode;
+            if let Ok(c) = x509_cert::Certificate::from_der(&der) {
+                anchors = anchors.with([c]);
+            }
+        }
+    }
+    anchors
+}
+
 /// The document signer of issuer tenant `issuer`: the imported one, or in sandbox mode one
 /// created with the sandbox IACA on first use. Production mode creates nothing: an error says to
 /// import one.

@@ -28,6 +28,22 @@ pub async fn create_offer(s: &Server, issuer: &str, body: Value) -> Value {
     r.json().await.unwrap()
 }
 
+/// The sandbox IACA of `s`'s default issuer (`GET /issuers/default/mdoc-iaca`) written to a PEM
+/// file, for a holder or another node to trust; the directory lives as long as the first value.
+pub async fn sandbox_iaca_file(s: &Server) -> (tempfile::TempDir, std::path::PathBuf) {
+    let r = client()
+        .get(s.url("/issuers/default/mdoc-iaca"))
+        .send()
+        .await
+        .unwrap();
+    let pem = r.text().await.unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("iaca.pem");
+    std::fs::write(&path, &pem).unwrap();
+    (dir, path)
+}
+
 pub fn pre_auth_code(offer: &Value) -> String {
     offer["credential_offer"]["grants"][PRE_AUTH]["pre-authorized_code"]
         .as_str()

@@ -209,8 +209,8 @@ fn credo_holder(args: &[&str]) -> String {
 #[tokio::test]
 async fn credo_receives_an_mdl_and_presents_it() {
     let s = Server::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let trust = sandbox_iaca(&s, dir.path()).await;
+    let (_dir, trust) = crate::holder::sandbox_iaca_file(&s).await;
+    let trust = trust.to_str().unwrap();
     let claims = mdl_claims();
     let offer = create_offer(&s, "default", json!({"credential_configuration_ids": ["org.iso.18013.5.1.mDL"], "claims": claims, "tx_code": {"length": 6}})).await;
     let session = mdl_session(&s).await;
@@ -220,7 +220,7 @@ async fn credo_receives_an_mdl_and_presents_it() {
         "--tx-code",
         offer["tx_code"].as_str().unwrap(),
         "--trust",
-        &trust,
+        trust,
         "--present",
         session["authorization_request"].as_str().unwrap(),
     ]);
@@ -435,8 +435,8 @@ async fn digital_bazaar_vc_verifies_our_ldp_vc() {
 #[tokio::test]
 async fn animo_mdoc_holder_receives_an_mdl_and_a_pid_and_presents_them() {
     let s = Server::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let trust = sandbox_iaca(&s, dir.path()).await;
+    let (dir, trust) = crate::holder::sandbox_iaca_file(&s).await;
+    let trust = trust.to_str().unwrap().to_string();
     let mdl = mdl_claims();
     let pid = json!({
         "family_name": "Mustermann", "given_name": "Erika", "birth_date": "1984-01-26",
@@ -594,22 +594,6 @@ async fn mdoc_session(s: &Server, doctype: &str, ns: &str, elements: &[&str], mo
         .json()
         .await
         .unwrap()
-}
-
-/// The default issuer's sandbox IACA, written as PEM into `dir`; returns the file's path.
-async fn sandbox_iaca(s: &Server, dir: &Path) -> String {
-    let pem = crate::common::client()
-        .get(s.url("/issuers/default/mdoc-iaca"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
-    let path = dir.join("iaca.pem");
-    std::fs::write(&path, pem).unwrap();
-    path.to_str().unwrap().to_string()
 }
 
 /// The verifier's view of `session` (admin API).

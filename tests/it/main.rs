@@ -31,3 +31,4 @@ mod redis_backend;
 mod vc_api;
 mod verifier;
 mod wallet;
+mod wallet_mdoc;

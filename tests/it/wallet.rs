@@ -6,12 +6,12 @@ use serde_json::{json, Value};
 use crate::common::{client, expect_problem, Server, ADMIN_TOKEN};
 use crate::holder::create_offer;
 
-struct User {
-    token: String,
-    wallet: String,
+pub(crate) struct User {
+    pub(crate) token: String,
+    pub(crate) wallet: String,
 }
 
-async fn signup(s: &Server, email: &str) -> User {
+pub(crate) async fn signup(s: &Server, email: &str) -> User {
     let c = client();
     let r = c
         .post(s.url("/wallet/auth/register"))
@@ -46,7 +46,7 @@ async fn signup(s: &Server, email: &str) -> User {
     }
 }
 
-async fn call(
+pub(crate) async fn call(
     s: &Server,
     u: &User,
     method: reqwest::Method,
@@ -65,7 +65,7 @@ fn identity() -> Value {
     json!({"given_name": "Erika", "family_name": "Mustermann", "birthdate": "1984-01-26", "email": "erika@example.org"})
 }
 
-async fn verify_session(s: &Server, query: Value) -> Value {
+pub(crate) async fn verify_session(s: &Server, query: Value) -> Value {
     let r = client()
         .post(s.url("/api/verifiers/default/sessions"))
         .bearer_auth(ADMIN_TOKEN)
@@ -77,7 +77,7 @@ async fn verify_session(s: &Server, query: Value) -> Value {
     r.json().await.unwrap()
 }
 
-async fn session_result(s: &Server, id: &str) -> Value {
+pub(crate) async fn session_result(s: &Server, id: &str) -> Value {
     client()
         .get(s.url(&format!("/api/verifiers/default/sessions/{id}")))
         .bearer_auth(ADMIN_TOKEN)

@@ -261,16 +261,7 @@ impl VerifierService {
     /// The X.509 anchors: `x509.trust_anchors`, plus this deployment's sandbox mdoc IACA in
     /// sandbox mode (as the sandbox verifier trusts its own issuers).
     async fn anchors(&self) -> crate::crypto::x509::TrustAnchors {
-        let mut anchors = (*self.ctx.x509_anchors).clone();
-        if self.ctx.mode == crate::config::Mode::Sandbox {
-            if let Some(der) = crate::roles::mdoc_pki::sandbox_anchor(&self.ctx).await {
-                use x509_cert::der::Decode;
-                if let Ok(c) = x509_cert::Certificate::from_der(&der) {
-                    anchors = anchors.with([c]);
-                }
-            }
-        }
-        anchors
+        crate::roles::mdoc_pki::trust_anchors(&self.ctx).await
     }
 
     /// The SessionTranscript an mdoc in this session's response must be device-signed over

@@ -8,10 +8,10 @@ use super::access::{Owner, Viewer};
 use super::error::{OrNotFound, OrRemote, WalletError, WalletResult};
 use super::ks;
 use super::model::*;
-use super::service::{cred_aad, WalletService};
+use super::service::{cred_aad, device_key_aad, WalletService};
 use crate::clock::random_id;
 use crate::crypto::status::StatusArray;
-use crate::crypto::{binding, jws, sdjwt, VerifyingKey};
+use crate::crypto::{binding, jws, sdjwt, SigningKey, VerifyingKey};
 use crate::dcql::{self, CredentialView};
 
 /// A held credential, unsealed: its record, the raw credential and the view queries match on.
@@ -25,21 +25,28 @@ impl WalletService {
         viewer: &Viewer,
         f: &CredentialFilter,
     ) -> WalletResult<Vec<CredentialSummary>> {
-        Ok(self
+        let mut out = Vec::new();
+        for (_, rec) in self
             .ctx
             .store
             .scan_json::<CredentialRecord>(ks::CREDS, &format!("{}/", viewer.id()), 100_000)
             .await?
-            .into_iter()
-            .map(|(_, c)| c.summary)
-            .filter(|c| f.format.as_deref().is_none_or(|x| x == c.format))
-            .filter(|c| f.issuer.as_deref().is_none_or(|x| x == c.issuer))
-            .filter(|c| {
-                f.credential_type.as_deref().is_none_or(|x| {
+        {
+            let c = &rec.summary;
+            let wanted = f.format.as_deref().is_none_or(|x| x == c.format)
+                && f.issuer.as_deref().is_none_or(|x| x == c.issuer)
+                && f.credential_type.as_deref().is_none_or(|x| {
                     c.credential_type == x || c.credential_type.ends_with(&format!("/{x}"))
-                })
-            })
-            .collect())
+                });
+            if wanted {
+                let mdoc = self.mdoc_contents(viewer, &rec)?;
+                out.push(CredentialSummary {
+                    mdoc,
+                    ..rec.summary
+                });
+            }
+        }
+        Ok(out)
     }
 
     async fn load_credential(
@@ -66,8 +73,9 @@ impl WalletService {
     ) -> WalletResult<CredentialDetail> {
         let (rec, raw) = self.load_credential(viewer, id).await?;
         let (view, disclosable) = dcql::credential_view(&rec.format, &raw);
+        let mdoc = self.mdoc_contents(viewer, &rec)?;
         let claims = match rec.format.as_str() {
-            "dc+sd-jwt" => view.root.as_object().cloned().unwrap_or_default(),
+            "dc+sd-jwt" | "mso_mdoc" => view.root.as_object().cloned().unwrap_or_default(),
             _ => view.root["credentialSubject"]
                 .as_object()
                 .cloned()
@@ -75,7 +83,10 @@ impl WalletService {
         };
         let raw_value = serde_json::from_str(&raw).unwrap_or(Value::String(raw));
         Ok(CredentialDetail {
-            summary: rec.summary,
+            summary: CredentialSummary {
+                mdoc,
+                ..rec.summary
+            },
             claims,
             disclosable,
             raw: raw_value,
@@ -98,6 +109,10 @@ impl WalletService {
     /// (or `no_status`). The list must be signed by the key bound to the credential's issuer.
     pub async fn credential_status(&self, viewer: &Viewer, id: &str) -> WalletResult<Value> {
         let (rec, raw) = self.load_credential(viewer, id).await?;
+        if rec.format == "mso_mdoc" {
+            let status = self.mdoc_status(&raw).await?;
+            return Ok(json!({"id": id, "status": status, "checked_at": self.now()}));
+        }
         let (view, _) = dcql::credential_view(&rec.format, &raw);
         let key = self.bound_issuer_key(&rec.format, &raw).await?.key;
         let lists = StatusLists {
@@ -157,10 +172,9 @@ impl WalletService {
         let bound = self.bound_issuer_key(format, &raw).await?;
         verify_issued(format, &raw, &bound.key, self.now()).await?;
         let (view, _) = dcql::credential_view(format, &raw);
-        let id = random_id();
         let payload = dcql::jwt_payload(format, &raw);
         let summary = CredentialSummary {
-            id: id.clone(),
+            id: String::new(),
             format: if format == "vc+sd-jwt" {
                 "dc+sd-jwt".into()
             } else {
@@ -176,15 +190,39 @@ impl WalletService {
             issued_at: payload["iat"].as_i64().or(payload["nbf"].as_i64()),
             expires_at: payload["exp"].as_i64(),
             received_at: self.now(),
+            mdoc: None,
         };
+        self.put_credential(owner, summary, &raw, key_id, None)
+            .await
+    }
+
+    /// Seals and stores a verified credential under a new id, with its own device key (mso_mdoc)
+    /// sealed next to it. The stored summary never holds claim values (`mdoc` is left out).
+    pub(super) async fn put_credential(
+        &self,
+        owner: &Owner,
+        mut summary: CredentialSummary,
+        raw: &str,
+        key_id: &str,
+        device_key: Option<&SigningKey>,
+    ) -> WalletResult<CredentialSummary> {
         let wallet = owner.id();
+        let id = random_id();
+        summary.id = id.clone();
+        let device_key = device_key
+            .map(|k| self.seal(&device_key_aad(wallet, &id), k.to_private_jwk().as_bytes()))
+            .transpose()?;
         let rec = CredentialRecord {
             id: id.clone(),
             format: summary.format.clone(),
             sealed: self.seal(&cred_aad(wallet, &id), raw.as_bytes())?,
-            summary: summary.clone(),
+            summary: CredentialSummary {
+                mdoc: None,
+                ..summary.clone()
+            },
             key_id: key_id.to_string(),
             received_at: summary.received_at,
+            device_key,
         };
         self.ctx
             .store
@@ -343,9 +381,9 @@ mod tests {
     #[tokio::test]
     async fn an_unknown_format_is_the_issuers_failure() {
         let key = crate::crypto::SigningKey::generate(crate::crypto::KeyType::Ed25519);
-        let e = verify_issued("mso_mdoc", "x", &key.verifying_key(), 0)
+        let e = verify_issued("vc+cose", "x", &key.verifying_key(), 0)
             .await
             .unwrap_err();
-        assert_eq!(e.to_string(), "unsupported credential format mso_mdoc");
+        assert_eq!(e.to_string(), "unsupported credential format vc+cose");
     }
 }

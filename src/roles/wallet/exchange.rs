@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 use super::access::{Opened, Owner, Viewer};
 use super::credentials::HeldCredential;
 use super::error::{OrInternal, WalletError, WalletResult};
+use super::mdoc;
 use super::model::*;
 use super::service::WalletService;
 use crate::client::oid4vci::{self, Holder};
@@ -48,13 +49,25 @@ impl WalletService {
     ) -> WalletResult<Vec<CredentialSummary>> {
         let http = &self.ctx.http;
         let r = oid4vci::resolve_offer(http, &input.offer).await?;
-        let (key, didrec) = self.holder(o, input.did.as_deref()).await?;
-        // did:web cannot be resolved by every issuer offline: name the key by JWK then.
-        let kid = (didrec.method != DidMethod::Web).then(|| didrec.verification_method.clone());
-        let holder = Holder { key: &key, kid };
+        let is_mdoc = |c: &str| {
+            r.issuer_metadata["credential_configurations_supported"][c]["format"] == mdoc::FORMAT
+        };
+        // mdocs get a device key each; the others are bound to a DID of the wallet
+        let did_holder = if r.config_ids().iter().all(|c| is_mdoc(c)) {
+            None
+        } else {
+            Some(self.holder(o, input.did.as_deref()).await?)
+        };
         let token = oid4vci::token(http, &r, input.tx_code.as_deref()).await?;
         let mut stored = Vec::new();
         for config_id in r.config_ids() {
+            let Some((key, didrec)) = did_holder.as_ref().filter(|_| !is_mdoc(&config_id)) else {
+                stored.extend(self.receive_mdoc(o, &r, &token, &config_id).await?);
+                continue;
+            };
+            // did:web cannot be resolved by every issuer offline: name the key by JWK then.
+            let kid = (didrec.method != DidMethod::Web).then(|| didrec.verification_method.clone());
+            let holder = Holder { key, kid };
             let received =
                 oid4vci::credential(http, &r, &token, &config_id, &holder, self.now()).await?;
             for rc in received {
@@ -146,7 +159,7 @@ impl WalletService {
         let mut tokens = Vec::new();
         for ask in &asks.list {
             let h = &held[pick(&input, &held, ask)?];
-            let names = disclose_for(&input, ask.id, ask.claim_names());
+            let names = disclose_for(&input, ask.id, ask.claim_names(&h.2));
             tokens.push(self.present_one(o, &req, h, &names, now).await?);
             chosen.push(h);
         }
@@ -182,7 +195,10 @@ impl WalletService {
         now: i64,
     ) -> WalletResult<Value> {
         let (rec, raw, view) = h;
-        let key = self.signing_key(o.session(), &rec.key_id).await?;
+        let key = match self.device_key(o.id(), rec)? {
+            Some(device) => Arc::new(device),
+            None => self.signing_key(o.session(), &rec.key_id).await?,
+        };
         let kid = view.root["credentialSubject"]["id"]
             .as_str()
             .filter(|d| d.starts_with("did:key:") || d.starts_with("did:jwk:"))
@@ -285,6 +301,7 @@ impl<'a> Asks<'a> {
                 let format = match rec.format.as_str() {
                     "dc+sd-jwt" => "vc+sd-jwt",
                     "ldp_vc" => "ldp_vp",
+                    "mso_mdoc" => "mso_mdoc",
                     _ => "jwt_vp_json",
                 };
                 let path = if n_asks == 1 {
@@ -315,12 +332,12 @@ impl Ask<'_> {
         }
     }
 
-    /// The claims disclosed when the caller does not choose.
-    fn claim_names(&self) -> Vec<String> {
-        if self.pex {
-            pex_claim_names(self.query)
-        } else {
-            dcql::requested_claim_names(self.query)
+    /// The claims `v` discloses when the caller does not choose (mso_mdoc: `namespace/element`).
+    fn claim_names(&self, v: &CredentialView) -> Vec<String> {
+        match (self.pex, v.format == mdoc::FORMAT) {
+            (true, _) => pex_claim_names(self.query),
+            (false, true) => dcql::requested_mdoc_elements(v, self.query),
+            (false, false) => dcql::requested_claim_names(self.query),
         }
     }
 }

@@ -4,7 +4,8 @@
 //! `routes.rs` translates HTTP; the engine is [`WalletService`] (`service.rs`: the struct and what
 //! the steps share) with one file per step: `access.rs` (session token → [`SignedIn`], membership
 //! → [`Viewer`] / [`Owner`] proofs), `accounts.rs`, `wallets.rs`, `keys.rs` (keys and DIDs),
-//! `credentials.rs`, `exchange.rs` (OpenID4VCI / OpenID4VP). Its errors are [`WalletError`].
+//! `credentials.rs`, `exchange.rs` (OpenID4VCI / OpenID4VP), `mdoc.rs` (mso_mdoc: device keys,
+//! checking what an issuer sends, status). Its errors are [`WalletError`].
 
 pub mod access;
 mod accounts;
@@ -12,6 +13,7 @@ mod credentials;
 pub mod error;
 mod exchange;
 mod keys;
+mod mdoc;
 pub mod model;
 pub mod routes;
 pub mod service;

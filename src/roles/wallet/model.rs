@@ -174,6 +174,10 @@ pub struct CredentialRecord {
     pub summary: CredentialSummary,
     pub key_id: String,
     pub received_at: i64,
+    /// mso_mdoc: the credential's own P-256 device key (private JWK), sealed; `key_id` is its
+    /// thumbprint. Never leaves the store unsealed except to sign a DeviceResponse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -187,16 +191,32 @@ pub struct CredentialSummary {
     pub issued_at: Option<i64>,
     pub expires_at: Option<i64>,
     pub received_at: i64,
+    /// mso_mdoc: the doc type and the issuer-signed elements per namespace. Read from the sealed
+    /// credential when listed; never stored in the clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mdoc: Option<MdocContents>,
+}
+
+/// What an mdoc holds (ISO 18013-5 `IssuerSigned`), as JSON: byte strings base64url, dates as
+/// their text.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MdocContents {
+    /// e.g. `org.iso.18013.5.1.mDL`.
+    pub doctype: String,
+    /// Namespace → element identifier → value.
+    #[schema(value_type = Object)]
+    pub namespaces: std::collections::BTreeMap<String, Map<String, Value>>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CredentialDetail {
     #[serde(flatten)]
     pub summary: CredentialSummary,
-    /// All claims the credential carries (SD-JWT: including the selectively disclosable ones).
+    /// All claims the credential carries (SD-JWT: including the selectively disclosable ones;
+    /// mso_mdoc: namespace → element → value).
     #[schema(value_type = Object)]
     pub claims: Map<String, Value>,
-    /// SD-JWT: the claim names that can be withheld.
+    /// SD-JWT: the claim names that can be withheld; mso_mdoc: every `namespace/element`.
     pub disclosable: Vec<String>,
     /// The credential as received (JWT, SD-JWT or JSON-LD).
     #[schema(value_type = Object)]
@@ -228,6 +248,7 @@ pub struct OfferInput {
     pub offer: String,
     pub tx_code: Option<String>,
     /// Bind the credentials to this DID of the wallet (default: the wallet's default DID).
+    /// mso_mdoc credentials are bound to a new P-256 device key each instead.
     pub did: Option<String>,
 }
 
@@ -240,7 +261,8 @@ pub struct RequestInput {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub selections: Map<String, Value>,
-    /// SD-JWT claim names to disclose per query id (default: what the query asks for).
+    /// Claims to disclose per query id (default: what the query asks for): SD-JWT claim names,
+    /// mso_mdoc `namespace/element`.
     #[serde(default)]
     #[schema(value_type = Object)]
     pub disclose: Map<String, Value>,

@@ -277,7 +277,7 @@ pub async fn list_credentials(
     Ok(web::Json(svc.list_credentials(&v, &q).await?))
 }
 
-/// A credential decoded, with its selectively disclosable claims.
+/// A credential decoded, with its selectively disclosable claims (mso_mdoc: by namespace).
 #[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path), ("c" = String, Path)), responses((status = 200, body = CredentialDetail), (status = 404, body = Problem)))]
 #[get("/wallet/wallets/{w}/credentials/{c}")]
 pub async fn get_credential(
@@ -304,7 +304,7 @@ pub async fn delete_credential(
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// Check a credential against its issuer's status list.
+/// Check a credential against its issuer's status list (mso_mdoc: the MSO's CWT status list).
 #[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path), ("c" = String, Path)), responses((status = 200, description = "{id, status: valid|revoked|suspended|no_status}"), (status = 404, body = Problem), (status = 424, body = Problem)))]
 #[post("/wallet/wallets/{w}/credentials/{c}/status")]
 pub async fn credential_status(
@@ -342,7 +342,9 @@ pub async fn resolve_offer(
     Ok(web::Json(svc.resolve_offer(&v, &body.offer).await?))
 }
 
-/// Accept an offer: run the OpenID4VCI flow with the wallet's DID key and store the credentials.
+/// Accept an offer: run the OpenID4VCI flow with the wallet's DID key (mso_mdoc: a new P-256
+/// device key per credential; the IssuerSigned must chain to a trusted IACA) and store the
+/// credentials.
 #[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = OfferInput, responses((status = 200, body = Vec<CredentialSummary>), (status = 422, body = Problem), (status = 424, body = Problem)))]
 #[post("/wallet/wallets/{w}/exchange/accept-offer")]
 pub async fn accept_offer(

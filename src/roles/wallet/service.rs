@@ -95,6 +95,11 @@ pub(super) fn cred_aad(wallet: &str, id: &str) -> String {
     format!("{}/{wallet}/{id}", ks::CREDS)
 }
 
+/// What a credential's sealed device key (mso_mdoc) is bound to.
+pub(super) fn device_key_aad(wallet: &str, id: &str) -> String {
+    format!("{}/{wallet}/{id}/device-key", ks::CREDS)
+}
+
 async fn load_key(ctx: &RoleContext, wallet: &str, id: &str) -> WalletResult<SigningKey> {
     let rec: KeyRecord = ctx
         .store

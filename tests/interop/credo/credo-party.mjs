@@ -4,13 +4,15 @@
 //   node credo/credo-party.mjs            (LIB_ASKAR_PATH defaults to ./lib/x/aries_askar)
 //
 // Line protocol: one JSON command per stdin line, exactly one JSON line per command on stdout.
-//   {"cmd":"offer","format":"dc+sd-jwt"|"jwt_vc_json"}
+//   {"cmd":"offer","format":"dc+sd-jwt"|"jwt_vc_json"|"mso_mdoc"}
 //       -> {"ok":true,"offer_uri":"openid-credential-offer://..."}
-//   {"cmd":"request","format":"dc+sd-jwt"|"jwt_vc_json","claims":["given_name"]}
+//   (mso_mdoc: an mDL signed by a document signer under the party's own IACA, see `info`)
+//   {"cmd":"request","format":"dc+sd-jwt"|"jwt_vc_json"|"mso_mdoc","claims":["given_name"]}
+//       (mso_mdoc: an mDL's org.iso.18013.5.1 elements; verified against the party's IACA)
 //       -> {"ok":true,"request_uri":"openid4vp://...","id":"<verification session id>"}
 //   {"cmd":"result","id":"..."}   (waits up to 20 s)
 //       -> {"ok":true,"state":"ResponseVerified"|...,"verified":bool,"claims":{...}}
-//   {"cmd":"info"} -> {"ok":true, base_url, issuer_did, verifier_did, ...}
+//   {"cmd":"info"} -> {"ok":true, base_url, issuer_did, verifier_did, iaca_pem, ...}
 //   {"cmd":"shutdown"} -> {"ok":true} and exit 0
 // Errors: {"ok":false,"error":"..."}; the process keeps running. Logs go to stderr only
 // (CREDO_PARTY_VERBOSE=1 for the credo debug logger).
@@ -37,7 +39,7 @@ const reply = (obj) => out(JSON.stringify(obj) + '\n');
 const { askar } = await import('@openwallet-foundation/askar-nodejs');
 const { AskarModule } = await import('@credo-ts/askar');
 const core = await import('@credo-ts/core');
-const { Agent, ConsoleLogger, LogLevel, W3cCredential, W3cCredentialSubject, ClaimFormat } = core;
+const { Agent, ConsoleLogger, LogLevel, W3cCredential, W3cCredentialSubject, ClaimFormat, Kms, X509KeyUsage, X509ExtendedKeyUsage } = core;
 const { agentDependencies } = await import('@credo-ts/node');
 const { OpenId4VcModule, OpenId4VcVerificationSessionState } = await import('@credo-ts/openid4vc');
 const express = (await import('express')).default;
@@ -49,6 +51,11 @@ const SD_JWT_CONFIG_ID = 'PersonSdJwt';
 const JWT_VC_CONFIG_ID = 'PersonJwtVc';
 const SD_JWT_VCT = 'https://credo-party.example/vct/person';
 const W3C_TYPE = ['VerifiableCredential', 'PersonCredential'];
+const MDL_CONFIG_ID = 'PersonMdl';
+const MDL_DOCTYPE = 'org.iso.18013.5.1.mDL';
+const MDL_NAMESPACE = 'org.iso.18013.5.1';
+// The country of the party's IACA and document signer: an mDL's issuing_country must equal it.
+const MDL_COUNTRY = 'UT';
 const ALGS = ['EdDSA', 'ES256'];
 
 // ---------------------------------------------------------------------------------------------
@@ -88,6 +95,7 @@ const verifierBaseUrl = `${baseUrl}/oid4vp`;
 
 let issuerDidUrl; // set after agent init
 let issuerDid;
+let mdocSigner; // the document signer certificate (with its KMS key id), set after agent init
 
 function credentialMapper({ holderBinding, credentialConfigurationId, credentialConfiguration }) {
   const now = Math.floor(Date.now() / 1000);
@@ -122,8 +130,34 @@ function credentialMapper({ holderBinding, credentialConfigurationId, credential
       }),
     };
   }
+  if (credentialConfigurationId === MDL_CONFIG_ID) {
+    return {
+      type: 'credentials',
+      format: ClaimFormat.MsoMdoc,
+      credentials: holderBinding.keys.map((k) => {
+        if (k.method !== 'jwk') throw new Error('mso_mdoc requires jwk holder binding');
+        return {
+          docType: MDL_DOCTYPE,
+          issuerCertificate: mdocSigner,
+          holderKey: k.jwk,
+          namespaces: {
+            [MDL_NAMESPACE]: {
+              ...CLAIMS_MDL,
+              issue_date: new core.DateOnly(new Date().toISOString().slice(0, 10)),
+              expiry_date: new core.DateOnly(new Date(Date.now() + 365 * 86400 * 1000).toISOString().slice(0, 10)),
+            },
+          },
+        };
+      }),
+    };
+  }
   throw new Error(`unknown credential configuration ${credentialConfigurationId}`);
 }
+
+const CLAIMS_MDL = {
+  given_name: CLAIMS.given_name, family_name: CLAIMS.family_name, age_over_18: true,
+  issuing_country: MDL_COUNTRY, issuing_authority: 'credo-party DMV', document_number: 'CP-1',
+};
 
 const agent = new Agent({
   config: {
@@ -168,6 +202,40 @@ issuerDid = issuerKey.did;
 issuerDidUrl = issuerKey.didUrl;
 const verifierKey = await createDidKey();
 
+// mso_mdoc: an IACA (self-signed CA) and a document signer under it (ISO 18013-5 Annex B:
+// digitalSignature, extended key usage mdlDS), P-256 keys in the agent's KMS.
+async function createMdocPki() {
+  const p256 = { type: { kty: 'EC', crv: 'P-256' } };
+  const iacaKey = await agent.kms.createKey(p256);
+  const dsKey = await agent.kms.createKey(p256);
+  const iacaName = { countryName: MDL_COUNTRY, commonName: 'credo-party IACA' };
+  const validity = { notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 365 * 86400 * 1000) };
+  const authorityKey = Kms.PublicJwk.fromPublicJwk(iacaKey.publicJwk);
+  const iaca = await agent.x509.createCertificate({
+    authorityKey, issuer: iacaName, validity,
+    extensions: {
+      basicConstraints: { ca: true, pathLenConstraint: 0, markAsCritical: true },
+      keyUsage: { usages: [X509KeyUsage.KeyCertSign, X509KeyUsage.CrlSign], markAsCritical: true },
+      subjectKeyIdentifier: { include: true },
+    },
+  });
+  const ds = await agent.x509.createCertificate({
+    authorityKey, subjectPublicKey: Kms.PublicJwk.fromPublicJwk(dsKey.publicJwk),
+    issuer: iacaName, subject: { countryName: MDL_COUNTRY, commonName: 'credo-party document signer' }, validity,
+    extensions: {
+      keyUsage: { usages: [X509KeyUsage.DigitalSignature], markAsCritical: true },
+      extendedKeyUsage: { usages: [X509ExtendedKeyUsage.MdlDs], markAsCritical: true },
+      authorityKeyIdentifier: { include: true },
+      subjectKeyIdentifier: { include: true },
+    },
+  });
+  ds.keyId = dsKey.keyId;
+  return { iaca, ds };
+}
+const mdocPki = await createMdocPki();
+mdocSigner = mdocPki.ds;
+agent.x509.config.setTrustedCertificates([mdocPki.iaca.toString('base64')]);
+
 const proofTypes = { jwt: { proof_signing_alg_values_supported: ALGS } };
 await agent.openid4vc.issuer.createIssuer({
   issuerId: ISSUER_ID,
@@ -197,6 +265,18 @@ await agent.openid4vc.issuer.createIssuer({
         claims: Object.keys(CLAIMS).map((c) => ({ path: ['credentialSubject', c], display: [{ name: c, locale: 'en' }] })),
       },
     },
+    [MDL_CONFIG_ID]: {
+      format: 'mso_mdoc',
+      doctype: MDL_DOCTYPE,
+      scope: 'person_mdl',
+      cryptographic_binding_methods_supported: ['cose_key'],
+      credential_signing_alg_values_supported: [-7],
+      proof_types_supported: { jwt: { proof_signing_alg_values_supported: ['ES256'] } },
+      credential_metadata: {
+        display: [{ name: 'mDL', locale: 'en' }],
+        claims: Object.keys(CLAIMS_MDL).map((c) => ({ path: [MDL_NAMESPACE, c], display: [{ name: c, locale: 'en' }] })),
+      },
+    },
   },
 });
 await agent.openid4vc.verifier.createVerifier({ verifierId: VERIFIER_ID, clientMetadata: { client_name: 'credo-party verifier' } });
@@ -204,16 +284,18 @@ await agent.openid4vc.verifier.createVerifier({ verifierId: VERIFIER_ID, clientM
 log(`ready on ${baseUrl} issuer=${issuerDid} verifier=${verifierKey.did}`);
 
 // ---------------------------------------------------------------------------------------------
-const FORMATS = ['dc+sd-jwt', 'jwt_vc_json'];
+const FORMATS = ['dc+sd-jwt', 'jwt_vc_json', 'mso_mdoc'];
 function checkFormat(f) {
   if (!FORMATS.includes(f)) throw new Error(`format must be one of ${FORMATS.join(', ')}`);
 }
+const OFFERED = { 'dc+sd-jwt': SD_JWT_CONFIG_ID, jwt_vc_json: JWT_VC_CONFIG_ID, mso_mdoc: MDL_CONFIG_ID };
 
 async function cmdOffer({ format }) {
-  checkFormat(format);
+  const configId = OFFERED[format];
+  if (!configId) throw new Error(`format must be one of ${Object.keys(OFFERED).join(', ')}`);
   const { credentialOffer, issuanceSession } = await agent.openid4vc.issuer.createCredentialOffer({
     issuerId: ISSUER_ID,
-    credentialConfigurationIds: [format === 'dc+sd-jwt' ? SD_JWT_CONFIG_ID : JWT_VC_CONFIG_ID],
+    credentialConfigurationIds: [configId],
     preAuthorizedCodeFlowConfig: {},
     version: 'v1',
   });
@@ -226,9 +308,11 @@ async function cmdRequest({ format, claims }) {
   if (!Array.isArray(claims) || claims.length === 0 || !claims.every((c) => typeof c === 'string')) {
     throw new Error('claims must be a non-empty array of claim names');
   }
-  const credential = format === 'dc+sd-jwt'
-    ? { id: 'person', format: 'dc+sd-jwt', meta: { vct_values: [SD_JWT_VCT] }, claims: claims.map((c) => ({ path: [c] })) }
-    : { id: 'person', format: 'jwt_vc_json', meta: { type_values: [W3C_TYPE] }, claims: claims.map((c) => ({ path: ['credentialSubject', c] })) };
+  const credential = {
+    'dc+sd-jwt': { id: 'person', format: 'dc+sd-jwt', meta: { vct_values: [SD_JWT_VCT] }, claims: claims.map((c) => ({ path: [c] })) },
+    jwt_vc_json: { id: 'person', format: 'jwt_vc_json', meta: { type_values: [W3C_TYPE] }, claims: claims.map((c) => ({ path: ['credentialSubject', c] })) },
+    mso_mdoc: { id: 'person', format: 'mso_mdoc', meta: { doctype_value: MDL_DOCTYPE }, claims: claims.map((c) => ({ path: [MDL_NAMESPACE, c], intent_to_retain: false })) },
+  }[format];
   const { authorizationRequest, verificationSession } = await agent.openid4vc.verifier.createAuthorizationRequest({
     verifierId: VERIFIER_ID,
     requestSigner: { method: 'did', didUrl: verifierKey.didUrl },
@@ -249,7 +333,10 @@ function extractClaims(dcql) {
   const claims = {};
   for (const [, presList] of Object.entries(dcql?.presentations ?? {})) {
     for (const p of Array.isArray(presList) ? presList : [presList]) {
-      if (p?.prettyClaims) {
+      if (Array.isArray(p?.documents)) {
+        // mdoc DeviceResponse: the disclosed issuer-signed elements, by namespace.
+        for (const d of p.documents) Object.assign(claims, toPlain(d.issuerSignedNamespaces));
+      } else if (p?.prettyClaims) {
         // SD-JWT VC: the disclosed payload (minus the registered JWT claims).
         const { iss, iat, nbf, exp, cnf, vct, status, sub, _sd_alg, ...rest } = p.prettyClaims;
         Object.assign(claims, rest);
@@ -310,7 +397,7 @@ async function shutdown(code = 0) {
   process.exit(code);
 }
 
-const handlers = { offer: cmdOffer, request: cmdRequest, result: cmdResult, info: async () => ({ base_url: baseUrl, issuer_did: issuerDid, verifier_did: verifierKey.did, issuer_url: `${issuerBaseUrl}/${ISSUER_ID}`, vct: SD_JWT_VCT, w3c_type: W3C_TYPE }) };
+const handlers = { offer: cmdOffer, request: cmdRequest, result: cmdResult, info: async () => ({ base_url: baseUrl, issuer_did: issuerDid, verifier_did: verifierKey.did, issuer_url: `${issuerBaseUrl}/${ISSUER_ID}`, vct: SD_JWT_VCT, w3c_type: W3C_TYPE, iaca_pem: mdocPki.iaca.toString('pem') }) };
 
 // Commands are processed strictly in order (one answer line per command, in order).
 let chain = Promise.resolve();
