@@ -2,6 +2,7 @@
 //! the holder crypto themselves (proofs, key binding) through the same clients the wallet uses.
 
 pub mod agent;
+mod mdoc;
 mod mediator;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,10 @@ pub enum Scenario {
     /// OpenID4VP: session via the admin API, resolve the signed request, present an SD-JWT with key
     /// binding, poll the result.
     Verify,
+    /// ISO 18013-5 mDL: each flow issues one over OpenID4VCI (ES256 device key) and presents it
+    /// over OpenID4VP (DCQL `mso_mdoc`, a DeviceResponse over the SessionTranscript), then polls
+    /// the result (sandbox issuer: `issuing_country` "UT").
+    Mdoc,
     /// Wallet API: list credentials and accept an offer, per logged-in user.
     Wallet,
     /// Wallet API: log in (argon2id verification), per user with its own account and wallet.
@@ -229,7 +234,19 @@ impl Ctx {
     }
 
     async fn offer(&self, config: &str) -> Result<String, String> {
-        let v = self.admin_post("/api/issuers/default/offers", json!({"credential_configuration_ids": [config], "claims": {"given_name": "Load", "family_name": "Tester", "email": "load@example.org"}})).await?;
+        let claims =
+            json!({"given_name": "Load", "family_name": "Tester", "email": "load@example.org"});
+        self.offer_with(config, claims).await
+    }
+
+    /// An offer of `config` with `claims` (admin API); returns its URI.
+    async fn offer_with(&self, config: &str, claims: Value) -> Result<String, String> {
+        let v = self
+            .admin_post(
+                "/api/issuers/default/offers",
+                json!({"credential_configuration_ids": [config], "claims": claims}),
+            )
+            .await?;
         v["offer_uri"]
             .as_str()
             .map(str::to_string)
@@ -244,12 +261,23 @@ async fn issue_flow(
     config: &str,
     now: i64,
 ) -> Option<oid4vci::Received> {
+    let offer = timed(&ctx.stats, "admin: create offer", ctx.offer(config)).await?;
+    receive(ctx, key, config, &offer, now).await
+}
+
+/// Redeems `offer` for one `config` credential bound to `key`.
+async fn receive(
+    ctx: &Ctx,
+    key: &SigningKey,
+    config: &str,
+    offer: &str,
+    now: i64,
+) -> Option<oid4vci::Received> {
     let s = &ctx.stats;
-    let offer = timed(s, "admin: create offer", ctx.offer(config)).await?;
     let resolved = timed(
         s,
         "resolve offer + metadata",
-        oid4vci::resolve_offer(&ctx.http, &offer),
+        oid4vci::resolve_offer(&ctx.http, offer),
     )
     .await?;
     let token = timed(s, "token", oid4vci::token(&ctx.http, &resolved, None)).await?;
@@ -275,7 +303,8 @@ async fn user_loop(
     pace: Option<Duration>,
     user: usize,
 ) {
-    let key = SigningKey::generate(if user % 2 == 0 {
+    // an mdoc's device key is P-256
+    let key = SigningKey::generate(if user % 2 == 0 || scenario == Scenario::Mdoc {
         KeyType::P256
     } else {
         KeyType::Ed25519
@@ -333,6 +362,7 @@ async fn user_loop(
             )
             .await
             .is_some(),
+            Scenario::Mdoc => mdoc::flow(&ctx, &key).await.is_some(),
             Scenario::Verify => match &held {
                 Some(cred) => verify_flow(&ctx, &key, cred).await.is_some(),
                 None => {
@@ -363,8 +393,35 @@ async fn user_loop(
 }
 
 async fn verify_flow(ctx: &Ctx, key: &SigningKey, credential: &str) -> Option<()> {
-    let s = &ctx.stats;
     let query = json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "meta": {}, "claims": [{"path": ["given_name"]}]}]}});
+    let held = oid4vp::Held {
+        id: "c".into(),
+        format: "dc+sd-jwt".into(),
+        raw: credential.to_string(),
+        view: CredentialView {
+            format: "dc+sd-jwt".into(),
+            root: json!({}),
+            vct: None,
+            doctype: None,
+            types: vec![],
+        },
+        key,
+        kid: None,
+    };
+    present_flow(ctx, query, "pid", &held, &["given_name".to_string()]).await
+}
+
+/// A verifier session asking `query` (admin API), the signed request resolved, `held`
+/// presented disclosing `disclose` as the answer to credential query `query_id`, and the
+/// result polled: verified or an error.
+async fn present_flow(
+    ctx: &Ctx,
+    query: Value,
+    query_id: &str,
+    held: &oid4vp::Held<'_>,
+    disclose: &[String],
+) -> Option<()> {
+    let s = &ctx.stats;
     let session = timed(
         s,
         "admin: create session",
@@ -379,29 +436,17 @@ async fn verify_flow(ctx: &Ctx, key: &SigningKey, credential: &str) -> Option<()
         oid4vp::resolve_request(&ctx.http, &uri),
     )
     .await?;
-    let (view, _) = (
-        CredentialView {
-            format: "dc+sd-jwt".into(),
-            root: json!({}),
-            vct: None,
-            doctype: None,
-            types: vec![],
-        },
-        (),
-    );
-    let held = oid4vp::Held {
-        id: "c".into(),
-        format: "dc+sd-jwt".into(),
-        raw: credential.to_string(),
-        view,
-        key,
-        kid: None,
+    let pres = match oid4vp::presentation(&req, held, disclose, unix_now()) {
+        Ok(p) => p,
+        Err(e) => {
+            s.error("presentation", e.to_string());
+            return None;
+        }
     };
-    let pres = oid4vp::presentation(&req, &held, &["given_name".to_string()], unix_now()).ok()?;
     timed(
         s,
         "direct_post (verify)",
-        oid4vp::submit(&ctx.http, &req, json!({"pid": [pres]}), None),
+        oid4vp::submit(&ctx.http, &req, json!({ query_id: [pres] }), None),
     )
     .await?;
     let result = timed(s, "admin: poll result", async {

@@ -1,5 +1,6 @@
 //! The console's guided demo in a real browser (Debian chromium via playwright-core): offer → QR →
-//! the console's cloud wallet accepts → verification request → present → verified, disclosed claims.
+//! the console's cloud wallet accepts → verification request → present → verified, disclosed claims;
+//! then the same with the sandbox mDL (mso_mdoc).
 
 use std::path::Path;
 use std::process::Command;
@@ -9,7 +10,7 @@ use crate::common::{Server, ADMIN_TOKEN};
 #[tokio::test]
 async fn guided_demo_in_headless_chromium() {
     let s = Server::start().await;
-    run_demo(&s, None, true);
+    run_demo(&s, None, true, true);
     s.stop();
 }
 
@@ -39,11 +40,13 @@ async fn guided_demo_on_a_cluster_node() {
         .env("IDSTACK__CLUSTER__BOOTSTRAP_EXPECT", "1")
         .start()
         .await;
-    run_demo(&s, Some("console-n1"), false);
+    run_demo(&s, Some("console-n1"), false, false);
     s.stop();
 }
 
-fn run_demo(s: &Server, cluster_node: Option<&str>, keep_screenshot: bool) {
+/// Runs tests/browser/demo.mjs against `s`: the SD-JWT demo, then (`mdoc`) the sandbox mDL in
+/// the same cloud wallet.
+fn run_demo(s: &Server, cluster_node: Option<&str>, keep_screenshot: bool, mdoc: bool) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     assert!(
         dir.join("node_modules/playwright-core").exists()
@@ -63,6 +66,9 @@ fn run_demo(s: &Server, cluster_node: Option<&str>, keep_screenshot: bool) {
     if let Some(n) = cluster_node {
         args.extend(["--cluster-node".to_string(), n.to_string()]);
     }
+    if mdoc {
+        args.push("--mdoc".into());
+    }
     let out = Command::new("node")
         .current_dir(&dir)
         .args(&args)
@@ -72,6 +78,10 @@ fn run_demo(s: &Server, cluster_node: Option<&str>, keep_screenshot: bool) {
     let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("{e}: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(report["ok"], true, "{report}");
+    if mdoc {
+        let ns = &report["mdoc"]["disclosed"]["org.iso.18013.5.1"];
+        assert_eq!(ns["age_over_18"], true, "{report}");
+    }
     assert!(
         std::fs::metadata(&shot).unwrap().len() > 10_000,
         "screenshot written"

@@ -41,6 +41,7 @@ async fn every_scenario_runs_clean_and_reports_json() {
         "health",
         "issue",
         "verify",
+        "mdoc",
         "wallet",
         "wallet-login",
         "wallet-list",
