@@ -341,7 +341,8 @@ const MAX_PEM: usize = 64 * 1024;
 /// verifies to the IACA (a self-signed CA) and is valid now, the leaf is a document signer (ISO
 /// 18013-5 Annex B: mdlDS extended key usage, digitalSignature, not a CA) whose key is the
 /// private key's, and the document signer and IACA name the same country. Replaces the current
-/// signer by compare-and-swap (a concurrent import wins or this one says to retry).
+/// signer by compare-and-swap (a concurrent import wins or this one says to retry). (Over 80
+/// lines: the checks in the order they must hold, each with its own message, then one write.)
 pub async fn import_document_signer(
     ctx: &RoleContext,
     issuer: &str,

@@ -152,6 +152,18 @@ impl WalletUser {
         s.bearer(&self.token)
     }
 
+    /// A `method` call to `/wallet/wallets/{wallet}{path}` (with `body` as JSON).
+    pub async fn send(
+        &self,
+        s: &Server,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Response {
+        let path = format!("/wallet/wallets/{}{path}", self.wallet);
+        self.api(s).send(method, &path, body).await
+    }
+
     /// Status and body of a POST to `/wallet/wallets/{wallet}{path}`.
     pub async fn call(&self, s: &Server, path: &str, body: Value) -> (u16, Value) {
         let path = format!("/wallet/wallets/{}{path}", self.wallet);

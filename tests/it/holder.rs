@@ -3,7 +3,7 @@
 use idstack::crypto::{did, jws, KeyType, SigningKey};
 use serde_json::{json, Value};
 
-use crate::common::{client, Server, ADMIN_TOKEN};
+use crate::common::{client, Server};
 
 pub const PRE_AUTH: &str = "urn:ietf:params:oauth:grant-type:pre-authorized_code";
 
@@ -17,13 +17,10 @@ pub fn now() -> i64 {
 }
 
 pub async fn create_offer(s: &Server, issuer: &str, body: Value) -> Value {
-    let r = client()
-        .post(s.url(&format!("/api/issuers/{issuer}/offers")))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = s
+        .admin()
+        .post_resp(&format!("/api/issuers/{issuer}/offers"), &body)
+        .await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     r.json().await.unwrap()
 }
@@ -31,11 +28,7 @@ pub async fn create_offer(s: &Server, issuer: &str, body: Value) -> Value {
 /// The sandbox IACA of `s`'s default issuer (`GET /issuers/default/mdoc-iaca`) written to a PEM
 /// file, for a holder or another node to trust; the directory lives as long as the first value.
 pub async fn sandbox_iaca_file(s: &Server) -> (tempfile::TempDir, std::path::PathBuf) {
-    let r = client()
-        .get(s.url("/issuers/default/mdoc-iaca"))
-        .send()
-        .await
-        .unwrap();
+    let r = s.anon().get_resp("/issuers/default/mdoc-iaca").await;
     let pem = r.text().await.unwrap();
     assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
     let dir = tempfile::tempdir().unwrap();
@@ -69,14 +62,10 @@ pub async fn token(s: &Server, issuer: &str, code: &str, tx_code: Option<&str>) 
 }
 
 pub async fn nonce(s: &Server, issuer: &str) -> String {
-    let r: Value = client()
-        .post(s.url(&format!("/issuers/{issuer}/nonce")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = s
+        .anon()
+        .post(&format!("/issuers/{issuer}/nonce"), &serde_json::json!({}))
+        .await;
     r["c_nonce"].as_str().unwrap().to_string()
 }
 
@@ -94,13 +83,10 @@ pub fn proof(holder: &SigningKey, aud: &str, nonce: &str, by_did: bool) -> Strin
 }
 
 pub async fn credential(s: &Server, issuer: &str, access_token: &str, body: Value) -> (u16, Value) {
-    let r = client()
-        .post(s.url(&format!("/issuers/{issuer}/credential")))
-        .bearer_auth(access_token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = s
+        .bearer(access_token)
+        .post_resp(&format!("/issuers/{issuer}/credential"), &body)
+        .await;
     (r.status().as_u16(), r.json().await.unwrap())
 }
 

@@ -5,6 +5,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
+use crate::api::WalletUser;
 use crate::common::Server;
 use crate::holder::create_offer;
 
@@ -152,16 +153,7 @@ async fn credo_holder_receives_and_presents_both_jwt_formats() {
         ),
     ] {
         let offer = create_offer(&s, "default", json!({"credential_configuration_ids": [config], "claims": identity(), "tx_code": {"length": 6}})).await;
-        let session: Value = crate::common::client()
-            .post(s.url("/api/verifiers/default/sessions"))
-            .bearer_auth(crate::common::ADMIN_TOKEN)
-            .json(&json!({"dcql_query": {"credentials": [{"id": "q", "format": format, "meta": meta, "claims": [{"path": path}]}]}}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let session: Value = s.admin().post("/api/verifiers/default/sessions", &json!({"dcql_query": {"credentials": [{"id": "q", "format": format, "meta": meta, "claims": [{"path": path}]}]}})).await;
         let stdout = credo_holder(&[
             "--offer",
             offer["offer_uri"].as_str().unwrap(),
@@ -249,33 +241,7 @@ async fn wallet_receives_from_and_presents_to_credo() {
         "credo-ts is not installed: run tests/interop/install.sh"
     );
     let s = Server::start().await;
-    let c = crate::common::client();
-    c.post(s.url("/wallet/auth/register"))
-        .json(&json!({"email": "x@example.org", "password": "password-123"}))
-        .send()
-        .await
-        .unwrap();
-    let login: Value = c
-        .post(s.url("/wallet/auth/login"))
-        .json(&json!({"email": "x@example.org", "password": "password-123"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"].as_str().unwrap().to_string();
-    let w: Value = c
-        .post(s.url("/wallet/wallets"))
-        .bearer_auth(&token)
-        .json(&json!({"name": "w"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let wid = w["id"].as_str().unwrap().to_string();
+    let WalletUser { token, wallet: wid } = WalletUser::signup(&s, "x@example.org").await;
 
     let mut party = Command::new("node")
         .current_dir(interop_dir())
@@ -297,13 +263,13 @@ async fn wallet_receives_from_and_presents_to_credo() {
     for format in ["dc+sd-jwt", "jwt_vc_json"] {
         let offer = ask(json!({"cmd": "offer", "format": format}));
         assert_eq!(offer["ok"], true, "{offer}");
-        let r = c
-            .post(s.url(&format!("/wallet/wallets/{wid}/exchange/accept-offer")))
-            .bearer_auth(&token)
-            .json(&json!({"offer": offer["offer_uri"]}))
-            .send()
-            .await
-            .unwrap();
+        let r = s
+            .bearer(&token)
+            .post_resp(
+                &format!("/wallet/wallets/{wid}/exchange/accept-offer"),
+                &json!({"offer": offer["offer_uri"]}),
+            )
+            .await;
         assert_eq!(
             r.status(),
             200,
@@ -312,13 +278,13 @@ async fn wallet_receives_from_and_presents_to_credo() {
         );
         let req = ask(json!({"cmd": "request", "format": format, "claims": ["given_name"]}));
         assert_eq!(req["ok"], true, "{req}");
-        let r = c
-            .post(s.url(&format!("/wallet/wallets/{wid}/exchange/present")))
-            .bearer_auth(&token)
-            .json(&json!({"request": req["request_uri"]}))
-            .send()
-            .await
-            .unwrap();
+        let r = s
+            .bearer(&token)
+            .post_resp(
+                &format!("/wallet/wallets/{wid}/exchange/present"),
+                &json!({"request": req["request_uri"]}),
+            )
+            .await;
         assert_eq!(
             r.status(),
             200,
@@ -351,9 +317,8 @@ async fn wallet_receives_from_and_presents_to_credo() {
 async fn digital_bazaar_vc_verifies_our_ldp_vc() {
     let s = Server::start().await;
     let context_url = s.url("/contexts/credentials/v1");
-    let c = crate::common::client();
     for path in ["/contexts/credentials/v1", "/contexts/credentials-v1"] {
-        let r = c.get(s.url(path)).send().await.unwrap();
+        let r = s.anon().get_resp(path).await;
         assert_eq!(r.status(), 200, "{path}");
         assert_eq!(r.headers()["content-type"], "application/ld+json", "{path}");
         let served: Value = r.json().await.unwrap();
@@ -380,18 +345,12 @@ async fn digital_bazaar_vc_verifies_our_ldp_vc() {
     );
 
     // VC-API issue, naming the served context
-    let r = c
-        .post(s.url("/vc-api/credentials/issue"))
-        .bearer_auth(crate::common::ADMIN_TOKEN)
-        .json(&json!({"credential": {
+    let r = s.admin().post_resp("/vc-api/credentials/issue", &json!({"credential": {
             "@context": ["https://www.w3.org/ns/credentials/v2", context_url],
             "issuer": s.default_issuer_did().await,
             "type": ["VerifiableCredential", "IdentityCredential"],
             "credentialSubject": {"id": "did:example:alice", "given_name": "Alice", "email": "alice@example.org"}
-        }}))
-        .send()
-        .await
-        .unwrap();
+        }})).await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     let vc_api = r.json::<Value>().await.unwrap()["verifiableCredential"].clone();
 
@@ -583,31 +542,11 @@ async fn mdl_session(s: &Server) -> Value {
 /// A verifier session asking for `elements` of `ns` in one `doctype` mdoc, answered with `mode`.
 async fn mdoc_session(s: &Server, doctype: &str, ns: &str, elements: &[&str], mode: &str) -> Value {
     let claims: Vec<Value> = elements.iter().map(|e| json!({"path": [ns, e]})).collect();
-    crate::common::client()
-        .post(s.url("/api/verifiers/default/sessions"))
-        .bearer_auth(crate::common::ADMIN_TOKEN)
-        .json(&json!({"response_mode": mode, "dcql_query": {"credentials": [{"id": "doc", "format": "mso_mdoc",
-            "meta": {"doctype_value": doctype}, "claims": claims}]}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    s.admin().post("/api/verifiers/default/sessions", &json!({"response_mode": mode, "dcql_query": {"credentials": [{"id": "doc", "format": "mso_mdoc",
+            "meta": {"doctype_value": doctype}, "claims": claims}]}})).await
 }
 
 /// The verifier's view of `session` (admin API).
 async fn session_result(s: &Server, session: &Value) -> Value {
-    crate::common::client()
-        .get(s.url(&format!(
-            "/api/verifiers/default/sessions/{}",
-            session["id"].as_str().unwrap()
-        )))
-        .bearer_auth(crate::common::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    crate::wallet::session_result(s, session["id"].as_str().unwrap()).await
 }

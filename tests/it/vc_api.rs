@@ -16,13 +16,13 @@ fn credential(context: &str, issuer: &str) -> Value {
 
 /// VC-API issue (`options.format`), answering 201: the `verifiableCredential`.
 async fn issued(s: &Server, credential: Value, format: &str) -> Value {
-    let r = client()
-        .post(s.url("/vc-api/credentials/issue"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"credential": credential, "options": {"format": format}}))
-        .send()
-        .await
-        .unwrap();
+    let r = s
+        .admin()
+        .post_resp(
+            "/vc-api/credentials/issue",
+            &json!({"credential": credential, "options": {"format": format}}),
+        )
+        .await;
     assert_eq!(r.status(), 201);
     r.json::<Value>().await.unwrap()["verifiableCredential"].clone()
 }
@@ -30,7 +30,7 @@ async fn issued(s: &Server, credential: Value, format: &str) -> Value {
 /// VC-API verify: 200 with the result when verified, else 400 problem+json carrying the same
 /// `verified` / `checks` / `errors` members.
 async fn verify(s: &Server, path: &str, body: Value) -> Value {
-    let r = client().post(s.url(path)).json(&body).send().await.unwrap();
+    let r = s.anon().post_resp(path, &body).await;
     let status = r.status().as_u16();
     let ct = r.headers()["content-type"].to_str().unwrap().to_string();
     let v: Value = r.json().await.unwrap();
@@ -48,20 +48,13 @@ async fn verify(s: &Server, path: &str, body: Value) -> Value {
 #[tokio::test]
 async fn issue_and_verify_ldp_and_jwt() {
     let s = Server::start().await;
-    let c = client();
     let issuer_did = s.default_issuer_did().await;
     for (format, context) in [
         ("ldp", "https://www.w3.org/ns/credentials/v2"),
         ("jwt", "https://www.w3.org/2018/credentials/v1"),
         ("jwt", "https://www.w3.org/ns/credentials/v2"),
     ] {
-        let r = c
-            .post(s.url("/vc-api/credentials/issue"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"credential": credential(context, &issuer_did), "options": {"format": format}}))
-            .send()
-            .await
-            .unwrap();
+        let r = s.admin().post_resp("/vc-api/credentials/issue", &json!({"credential": credential(context, &issuer_did), "options": {"format": format}})).await;
         assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
         let vc = r.json::<Value>().await.unwrap()["verifiableCredential"].clone();
         let v = verify(
@@ -128,7 +121,7 @@ async fn issue_and_verify_ldp_and_jwt() {
     let v = verify(&s, "/vc-api/presentations/verify", json!({"verifiablePresentation": vp, "options": {"challenge": "other", "domain": "example.org"}})).await;
     assert_eq!(v["verified"], false);
     // a JWT VP
-    let jwt_vc = c.post(s.url("/vc-api/credentials/issue")).bearer_auth(ADMIN_TOKEN).json(&json!({"credential": credential("https://www.w3.org/2018/credentials/v1", &issuer_did), "options": {"format": "jwt"}})).send().await.unwrap().json::<Value>().await.unwrap()["verifiableCredential"].clone();
+    let jwt_vc = s.admin().post("/vc-api/credentials/issue", &json!({"credential": credential("https://www.w3.org/2018/credentials/v1", &issuer_did), "options": {"format": "jwt"}})).await["verifiableCredential"].clone();
     let jvp = jws::sign(
         &holder,
         json!({"kid": vm}),
@@ -144,27 +137,25 @@ async fn issue_and_verify_ldp_and_jwt() {
 
     // bad input and auth
     expect_problem(
-        c.post(s.url("/vc-api/credentials/issue"))
-            .json(&json!({"credential": {}}))
-            .send()
-            .await
-            .unwrap(),
+        s.anon()
+            .post_resp("/vc-api/credentials/issue", &json!({"credential": {}}))
+            .await,
         401,
         "unauthorized",
     )
     .await;
     expect_problem(
-        c.post(s.url("/vc-api/credentials/issue"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"credential": {"type": "x"}}))
-            .send()
-            .await
-            .unwrap(),
+        s.admin()
+            .post_resp(
+                "/vc-api/credentials/issue",
+                &json!({"credential": {"type": "x"}}),
+            )
+            .await,
         400,
         "bad_request",
     )
     .await;
-    expect_problem(c.post(s.url("/vc-api/credentials/issue")).bearer_auth(ADMIN_TOKEN).json(&json!({"credential": {"@context": ["https://www.w3.org/ns/credentials/v2", "https://unknown.example/ctx"], "type": ["VerifiableCredential"], "credentialSubject": {"x": 1}}})).send().await.unwrap(), 400, "bad_request").await;
+    expect_problem(s.admin().post_resp("/vc-api/credentials/issue", &json!({"credential": {"@context": ["https://www.w3.org/ns/credentials/v2", "https://unknown.example/ctx"], "type": ["VerifiableCredential"], "credentialSubject": {"x": 1}}})).await, 400, "bad_request").await;
     // VC Data Model shape errors are 400s, never 500s.
     for bad in [
         json!({"type": ["VerifiableCredential"], "credentialSubject": {"x": 1}}),
@@ -182,37 +173,26 @@ async fn issue_and_verify_ldp_and_jwt() {
             {"id": "https://r.example/a", "digestSRI": "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="}], "credentialSubject": {"x": 1}}),
     ] {
         expect_problem(
-            c.post(s.url("/vc-api/credentials/issue"))
-                .bearer_auth(ADMIN_TOKEN)
-                .json(&json!({"credential": bad}))
-                .send()
-                .await
-                .unwrap(),
+            s.admin()
+                .post_resp("/vc-api/credentials/issue", &json!({"credential": bad}))
+                .await,
             400,
             "bad_request",
         )
         .await;
     }
     // credential.issuer names the tenant that signs, and an issuer object keeps its name.
-    let issuer: Value = c
-        .get(s.url("/api/issuers/default"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let issuer: Value = s.admin().get("/api/issuers/default").await;
     for format in ["ldp", "jwt"] {
         let mut cred = credential("https://www.w3.org/ns/credentials/v2", &issuer_did);
         cred["issuer"] = json!({"id": issuer["did"], "name": "Example University"});
-        let r = c
-            .post(s.url("/vc-api/credentials/issue"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"credential": cred, "options": {"format": format}}))
-            .send()
-            .await
-            .unwrap();
+        let r = s
+            .admin()
+            .post_resp(
+                "/vc-api/credentials/issue",
+                &json!({"credential": cred, "options": {"format": format}}),
+            )
+            .await;
         assert_eq!(r.status(), 201, "{format}: {}", r.text().await.unwrap());
         let vc = r.json::<Value>().await.unwrap()["verifiableCredential"].clone();
         let shown = match &vc {
@@ -232,13 +212,7 @@ async fn issue_and_verify_ldp_and_jwt() {
         assert_eq!(v["verified"], true, "{format}: {v}");
     }
     // VCDM 1.1 input secured as Data Integrity (the DI context is added) verifies.
-    let r = c
-        .post(s.url("/vc-api/credentials/issue"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"credential": credential("https://www.w3.org/2018/credentials/v1", &issuer_did)}))
-        .send()
-        .await
-        .unwrap();
+    let r = s.admin().post_resp("/vc-api/credentials/issue", &json!({"credential": credential("https://www.w3.org/2018/credentials/v1", &issuer_did)})).await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     let vc = r.json::<Value>().await.unwrap()["verifiableCredential"].clone();
     assert!(vc["issuanceDate"].is_string(), "{vc}");
@@ -250,11 +224,12 @@ async fn issue_and_verify_ldp_and_jwt() {
     .await;
     assert_eq!(v["verified"], true, "{v}");
     expect_problem(
-        c.post(s.url("/vc-api/credentials/verify"))
-            .json(&json!({"verifiableCredential": 42}))
-            .send()
-            .await
-            .unwrap(),
+        s.anon()
+            .post_resp(
+                "/vc-api/credentials/verify",
+                &json!({"verifiableCredential": 42}),
+            )
+            .await,
         400,
         "bad_request",
     )
@@ -327,11 +302,12 @@ async fn enveloped_credentials_issue_and_verify() {
         let mut e = env.clone();
         e["id"] = json!(id);
         expect_problem(
-            c.post(s.url("/vc-api/credentials/verify"))
-                .json(&json!({"verifiableCredential": e}))
-                .send()
-                .await
-                .unwrap(),
+            s.anon()
+                .post_resp(
+                    "/vc-api/credentials/verify",
+                    &json!({"verifiableCredential": e}),
+                )
+                .await,
             400,
             "bad_request",
         )
@@ -394,7 +370,6 @@ async fn enveloped_credentials_issue_and_verify() {
 #[tokio::test]
 async fn presentations_envelopes_and_proof_sets() {
     let s = Server::start().await;
-    let c = client();
     let issuer_did = s.default_issuer_did().await;
     let holder = SigningKey::generate(KeyType::Ed25519);
     let holder_did = did::did_key(&holder.verifying_key());
@@ -512,11 +487,12 @@ async fn presentations_envelopes_and_proof_sets() {
         envelope(format!("data:application/vc+sd-jwt,{vp_jwt}")),
     ] {
         expect_problem(
-            c.post(s.url("/vc-api/presentations/verify"))
-                .json(&json!({"verifiablePresentation": bad, "options": {"challenge": "n-1"}}))
-                .send()
-                .await
-                .unwrap(),
+            s.anon()
+                .post_resp(
+                    "/vc-api/presentations/verify",
+                    &json!({"verifiablePresentation": bad, "options": {"challenge": "n-1"}}),
+                )
+                .await,
             400,
             "bad_request",
         )

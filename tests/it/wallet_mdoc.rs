@@ -6,9 +6,10 @@
 use reqwest::Method as M;
 use serde_json::{json, Value};
 
-use crate::common::{client, expect_problem, Server, ADMIN_TOKEN};
+use crate::api::WalletUser;
+use crate::common::{expect_problem, Server};
 use crate::holder::{create_offer, sandbox_iaca_file};
-use crate::wallet::{call, session_result, signup, verify_session, User};
+use crate::wallet::{session_result, verify_session};
 
 const MDL: &str = "org.iso.18013.5.1.mDL";
 const NS: &str = "org.iso.18013.5.1";
@@ -37,14 +38,13 @@ fn pid_claims() -> Value {
 async fn accept(
     issuer_server: &Server,
     wallet_server: &Server,
-    u: &User,
+    u: &WalletUser,
     config: &str,
     claims: Value,
 ) -> reqwest::Response {
     let offer = create_offer(issuer_server, "default", json!({"credential_configuration_ids": [config], "claims": claims, "tx_code": {"length": 6}})).await;
-    call(
+    u.send(
         wallet_server,
-        u,
         M::POST,
         "/exchange/accept-offer",
         Some(json!({"offer": offer["offer_uri"], "tx_code": offer["tx_code"]})),
@@ -60,17 +60,17 @@ async fn json_of(r: reqwest::Response) -> Value {
 }
 
 /// The verifier's result after the wallet presents to a new session asking `query`.
-async fn present(s: &Server, u: &User, query: Value) -> Value {
+async fn present(s: &Server, u: &WalletUser, query: Value) -> Value {
     let sess = verify_session(s, query).await;
     let body = json!({"request": sess["authorization_request"]});
-    json_of(call(s, u, M::POST, "/exchange/present", Some(body)).await).await;
+    json_of(u.send(s, M::POST, "/exchange/present", Some(body)).await).await;
     session_result(s, sess["id"].as_str().unwrap()).await
 }
 
 #[tokio::test]
 async fn wallet_receives_mdl_and_pid_and_presents_only_the_requested_elements() {
     let s = Server::start().await;
-    let u = signup(&s, "mdoc@example.org").await;
+    let u = WalletUser::signup(&s, "mdoc@example.org").await;
 
     // receive: an mDL and a PID, each with its own device key; no DID is needed for that
     let mdl = json_of(accept(&s, &s, &u, MDL, mdl_claims()).await).await;
@@ -85,21 +85,15 @@ async fn wallet_receives_mdl_and_pid_and_presents_only_the_requested_elements() 
     let pid = json_of(accept(&s, &s, &u, PID, pid_claims()).await).await;
     let pid = &pid[0];
     assert_eq!(pid["mdoc"]["namespaces"][PID]["nationality"], "DE");
-    let dids = json_of(call(&s, &u, M::GET, "/dids", None).await).await;
+    let dids = json_of(u.send(&s, M::GET, "/dids", None).await).await;
     assert_eq!(dids, json!([]), "device keys are not DIDs");
-    let keys = json_of(call(&s, &u, M::GET, "/keys", None).await).await;
+    let keys = json_of(u.send(&s, M::GET, "/keys", None).await).await;
     assert_eq!(keys, json!([]), "device keys are the credentials' own");
 
     // listing and detail: doctype, namespaces, elements; never the device key
     let listed = json_of(
-        call(
-            &s,
-            &u,
-            M::GET,
-            "/credentials?type=org.iso.18013.5.1.mDL",
-            None,
-        )
-        .await,
+        u.send(&s, M::GET, "/credentials?type=org.iso.18013.5.1.mDL", None)
+            .await,
     )
     .await;
     assert_eq!(listed.as_array().unwrap().len(), 1);
@@ -111,7 +105,8 @@ async fn wallet_receives_mdl_and_pid_and_presents_only_the_requested_elements() 
         listed[0]["mdoc"]["namespaces"][NS]["driving_privileges"][0]["vehicle_category_code"],
         "B"
     );
-    let all = call(&s, &u, M::GET, "/credentials", None)
+    let all = u
+        .send(&s, M::GET, "/credentials", None)
         .await
         .text()
         .await
@@ -121,7 +116,11 @@ async fn wallet_receives_mdl_and_pid_and_presents_only_the_requested_elements() 
         "{all}"
     );
     let id = mdl["id"].as_str().unwrap();
-    let detail = json_of(call(&s, &u, M::GET, &format!("/credentials/{id}"), None).await).await;
+    let detail = json_of(
+        u.send(&s, M::GET, &format!("/credentials/{id}"), None)
+            .await,
+    )
+    .await;
     assert_eq!(detail["claims"][NS]["given_name"], "Erika");
     assert!(detail["disclosable"]
         .as_array()
@@ -129,7 +128,7 @@ async fn wallet_receives_mdl_and_pid_and_presents_only_the_requested_elements() 
         .contains(&json!(format!("{NS}/document_number"))));
     assert!(detail.get("device_key").is_none());
     // the listing's mdoc view is documented
-    let doc = json_of(client().get(s.url("/openapi.json")).send().await.unwrap()).await;
+    let doc = json_of(s.anon().get_resp("/openapi.json").await).await;
     let schema = &doc["components"]["schemas"]["MdocContents"];
     assert!(schema["properties"]["namespaces"].is_object(), "{schema}");
 
@@ -139,9 +138,8 @@ async fn wallet_receives_mdl_and_pid_and_presents_only_the_requested_elements() 
         "claims": [{"path": [NS, "family_name"]}, {"path": [NS, "age_over_18"]}]}]}});
     let sess = verify_session(&s, mdl_query.clone()).await;
     let matches = json_of(
-        call(
+        u.send(
             &s,
-            &u,
             M::POST,
             "/exchange/resolve-request",
             Some(json!({"request": sess["authorization_request"]})),
@@ -181,54 +179,49 @@ async fn wallet_receives_mdl_and_pid_and_presents_only_the_requested_elements() 
     let missing = json!({"dcql_query": {"credentials": [{"id": "pid", "format": "mso_mdoc",
         "meta": {"doctype_value": PID}, "claims": [{"path": [PID, "resident_city"]}]}]}});
     let sess = verify_session(&s, missing).await;
-    let r = call(
-        &s,
-        &u,
-        M::POST,
-        "/exchange/present",
-        Some(json!({"request": sess["authorization_request"]})),
-    )
-    .await;
+    let r = u
+        .send(
+            &s,
+            M::POST,
+            "/exchange/present",
+            Some(json!({"request": sess["authorization_request"]})),
+        )
+        .await;
     expect_problem(r, 422, "validation_failed").await;
     // a selection that does not answer the query is refused too
     let sess = verify_session(&s, json!({"dcql_query": {"credentials": [{"id": "mdl", "format": "mso_mdoc", "meta": {"doctype_value": MDL}}]}})).await;
-    let r = call(
-        &s,
-        &u,
-        M::POST,
-        "/exchange/present",
-        Some(json!({"request": sess["authorization_request"], "selections": {"mdl": pid["id"]}})),
-    )
-    .await;
+    let r = u
+        .send(
+            &s,
+            M::POST,
+            "/exchange/present",
+            Some(
+                json!({"request": sess["authorization_request"], "selections": {"mdl": pid["id"]}}),
+            ),
+        )
+        .await;
     expect_problem(r, 422, "validation_failed").await;
 
     // status: the MSO's CWT status list entry, following revocation at the issuer
-    let status =
-        json_of(call(&s, &u, M::POST, &format!("/credentials/{id}/status"), None).await).await;
-    assert_eq!(status["status"], "valid", "{status}");
-    let issued = json_of(
-        client()
-            .get(s.url("/api/issuers/default/credentials"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap(),
+    let status = json_of(
+        u.send(&s, M::POST, &format!("/credentials/{id}/status"), None)
+            .await,
     )
     .await;
+    assert_eq!(status["status"], "valid", "{status}");
+    let issued = json_of(s.admin().get_resp("/api/issuers/default/credentials").await).await;
     for c in issued.as_array().unwrap() {
         let path = format!(
             "/api/issuers/default/credentials/{}/revoke",
             c["id"].as_str().unwrap()
         );
-        client()
-            .post(s.url(&path))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
+        s.admin().post_resp(&path, &serde_json::json!({})).await;
     }
-    let status =
-        json_of(call(&s, &u, M::POST, &format!("/credentials/{id}/status"), None).await).await;
+    let status = json_of(
+        u.send(&s, M::POST, &format!("/credentials/{id}/status"), None)
+            .await,
+    )
+    .await;
     assert_eq!(status["status"], "revoked", "{status}");
     s.stop();
 }
@@ -240,12 +233,12 @@ async fn wallet_receives_mdl_and_pid_and_presents_only_the_requested_elements() 
 async fn wallet_refuses_an_mdoc_not_chaining_to_a_trusted_iaca() {
     let issuer = Server::start().await;
     let wallet = Server::start().await;
-    let u = signup(&wallet, "untrusting@example.org").await;
+    let u = WalletUser::signup(&wallet, "untrusting@example.org").await;
     let r = accept(&issuer, &wallet, &u, MDL, mdl_claims()).await;
     let problem = expect_problem(r, 424, "remote_party_failed").await;
     let detail = problem["detail"].as_str().unwrap();
     assert!(detail.contains("mdoc_untrusted_signer"), "{detail}");
-    let held = json_of(call(&wallet, &u, M::GET, "/credentials", None).await).await;
+    let held = json_of(u.send(&wallet, M::GET, "/credentials", None).await).await;
     assert_eq!(held, json!([]));
     wallet.stop();
 
@@ -254,7 +247,7 @@ async fn wallet_refuses_an_mdoc_not_chaining_to_a_trusted_iaca() {
         .env("IDSTACK__X509__TRUST_ANCHORS", anchors.to_str().unwrap())
         .start()
         .await;
-    let u = signup(&trusting, "trusting@example.org").await;
+    let u = WalletUser::signup(&trusting, "trusting@example.org").await;
     let got = json_of(accept(&issuer, &trusting, &u, MDL, mdl_claims()).await).await;
     assert_eq!(got[0]["mdoc"]["doctype"], MDL);
     trusting.stop();
@@ -283,16 +276,11 @@ async fn credo_issues_an_mdl_to_our_wallet() {
     };
 
     let untrusting = Server::start().await;
-    let u = signup(&untrusting, "credo-mdl@example.org").await;
+    let u = WalletUser::signup(&untrusting, "credo-mdl@example.org").await;
     let offer = offer_from_credo(&mut party);
-    let r = call(
-        &untrusting,
-        &u,
-        M::POST,
-        "/exchange/accept-offer",
-        Some(offer),
-    )
-    .await;
+    let r = u
+        .send(&untrusting, M::POST, "/exchange/accept-offer", Some(offer))
+        .await;
     let problem = expect_problem(r, 424, "remote_party_failed").await;
     assert!(
         problem["detail"]
@@ -310,9 +298,13 @@ async fn credo_issues_an_mdl_to_our_wallet() {
         .env("IDSTACK__X509__TRUST_ANCHORS", pem.to_str().unwrap())
         .start()
         .await;
-    let u = signup(&s, "credo-mdl@example.org").await;
+    let u = WalletUser::signup(&s, "credo-mdl@example.org").await;
     let offer = offer_from_credo(&mut party);
-    let got = json_of(call(&s, &u, M::POST, "/exchange/accept-offer", Some(offer)).await).await;
+    let got = json_of(
+        u.send(&s, M::POST, "/exchange/accept-offer", Some(offer))
+            .await,
+    )
+    .await;
     assert_eq!(got[0]["mdoc"]["doctype"], MDL, "{got}");
     assert_eq!(
         got[0]["mdoc"]["namespaces"][NS]["family_name"],
@@ -337,7 +329,7 @@ async fn credo_issues_an_mdl_to_our_wallet() {
         party.ask(&json!({"cmd": "request", "format": "mso_mdoc", "claims": ["family_name"]}));
     assert_eq!(req["ok"], true, "{req}");
     let body = json!({"request": req["request_uri"]});
-    json_of(call(&s, &u, M::POST, "/exchange/present", Some(body)).await).await;
+    json_of(u.send(&s, M::POST, "/exchange/present", Some(body)).await).await;
     let result = party.ask(&json!({"cmd": "result", "id": req["id"]}));
     assert_eq!(result["verified"], true, "{result}");
     assert_eq!(

@@ -41,10 +41,24 @@ pub fn issuer_signed(req: &IssueRequest<'_>) -> MdocResult<Vec<u8>> {
             "the document signer needs its certificate (x5chain)".into(),
         ));
     }
+    let (name_spaces, value_digests) = salted_items(req.namespaces);
+    let payload = encode(&tag24(&Value::Map(mso(req, value_digests)?)));
+    let issuer_auth = issuer_auth(req, payload)?;
+    Ok(encode(&Value::Map(vec![
+        (Value::Text("nameSpaces".into()), Value::Map(name_spaces)),
+        (Value::Text("issuerAuth".into()), issuer_auth),
+    ])))
+}
+
+/// Namespace → salted tag-24 IssuerSignedItems, and namespace → digest id → SHA-256 digest.
+#[allow(clippy::type_complexity)]
+fn salted_items(
+    namespaces: &[(String, Vec<(String, Value)>)],
+) -> (Vec<(Value, Value)>, Vec<(Value, Value)>) {
     let mut name_spaces = Vec::new();
     let mut value_digests = Vec::new();
     let mut rng = rand::thread_rng();
-    for (ns, elements) in req.namespaces {
+    for (ns, elements) in namespaces {
         // digest ids in random order, so their sequence reveals nothing about undisclosed items
         let mut ids: Vec<u64> = (0..elements.len() as u64).collect();
         ids.shuffle(&mut rng);
@@ -71,49 +85,51 @@ pub fn issuer_signed(req: &IssueRequest<'_>) -> MdocResult<Vec<u8>> {
         name_spaces.push((Value::Text(ns.clone()), Value::Array(items)));
         value_digests.push((Value::Text(ns.clone()), Value::Map(digests)));
     }
+    (name_spaces, value_digests)
+}
+
+/// The MobileSecurityObject's members (ISO 18013-5 §9.1.2.4), with the Token Status List
+/// reference when there is one.
+fn mso(
+    req: &IssueRequest<'_>,
+    value_digests: Vec<(Value, Value)>,
+) -> MdocResult<Vec<(Value, Value)>> {
+    let text = |t: &str| Value::Text(t.into());
     let mut mso = vec![
-        (Value::Text("version".into()), Value::Text("1.0".into())),
+        (text("version"), text("1.0")),
+        (text("digestAlgorithm"), text("SHA-256")),
+        (text("valueDigests"), Value::Map(value_digests)),
         (
-            Value::Text("digestAlgorithm".into()),
-            Value::Text("SHA-256".into()),
+            text("deviceKeyInfo"),
+            Value::Map(vec![(text("deviceKey"), cose_key(req.device_key)?)]),
         ),
+        (text("docType"), text(req.doc_type)),
         (
-            Value::Text("valueDigests".into()),
-            Value::Map(value_digests),
-        ),
-        (
-            Value::Text("deviceKeyInfo".into()),
-            Value::Map(vec![(
-                Value::Text("deviceKey".into()),
-                cose_key(req.device_key)?,
-            )]),
-        ),
-        (
-            Value::Text("docType".into()),
-            Value::Text(req.doc_type.into()),
-        ),
-        (
-            Value::Text("validityInfo".into()),
+            text("validityInfo"),
             Value::Map(vec![
-                (Value::Text("signed".into()), tdate(req.signed)),
-                (Value::Text("validFrom".into()), tdate(req.valid_from)),
-                (Value::Text("validUntil".into()), tdate(req.valid_until)),
+                (text("signed"), tdate(req.signed)),
+                (text("validFrom"), tdate(req.valid_from)),
+                (text("validUntil"), tdate(req.valid_until)),
             ]),
         ),
     ];
     if let Some((idx, uri)) = &req.status {
         mso.push((
-            Value::Text("status".into()),
+            text("status"),
             Value::Map(vec![(
-                Value::Text("status_list".into()),
+                text("status_list"),
                 Value::Map(vec![
-                    (Value::Text("idx".into()), Value::Integer((*idx).into())),
-                    (Value::Text("uri".into()), Value::Text(uri.clone())),
+                    (text("idx"), Value::Integer((*idx).into())),
+                    (text("uri"), Value::Text(uri.clone())),
                 ]),
             )]),
         ));
     }
-    let payload = encode(&tag24(&Value::Map(mso)));
+    Ok(mso)
+}
+
+/// issuerAuth: the COSE_Sign1 (ES256) over the MSO, with the document signer's x5chain.
+fn issuer_auth(req: &IssueRequest<'_>, payload: Vec<u8>) -> MdocResult<Value> {
     let chain = match req.x5chain {
         [one] => Value::Bytes(one.clone()),
         many => Value::Array(many.iter().cloned().map(Value::Bytes).collect()),
@@ -128,11 +144,7 @@ pub fn issuer_signed(req: &IssueRequest<'_>) -> MdocResult<Vec<u8>> {
         .payload(payload)
         .create_signature(b"", |data| req.signer.sign(data))
         .build();
-    let issuer_auth = sign1
+    sign1
         .to_cbor_value()
-        .map_err(|e| MdocError::Malformed(format!("COSE_Sign1: {e}")))?;
-    Ok(encode(&Value::Map(vec![
-        (Value::Text("nameSpaces".into()), Value::Map(name_spaces)),
-        (Value::Text("issuerAuth".into()), issuer_auth),
-    ])))
+        .map_err(|e| MdocError::Malformed(format!("COSE_Sign1: {e}")))
 }
