@@ -158,6 +158,38 @@ async fn dcql(ctx: &Ctx<'_>, out: &mut Outcome, query: &Value, vp_token: &Value)
     }
 }
 
+/// Formats verified the same way: a PEX `format` key and a descriptor_map `format` may name the
+/// credential or the presentation around it.
+fn format_family(format: &str) -> Option<&'static str> {
+    match format {
+        "dc+sd-jwt" | "vc+sd-jwt" => Some("sd-jwt"),
+        "jwt_vc_json" | "jwt_vp" | "jwt_vp_json" | "jwt_vc" => Some("jwt"),
+        "ldp_vc" | "ldp_vp" | "ldp" => Some("ldp"),
+        "mso_mdoc" => Some("mso_mdoc"),
+        _ => None,
+    }
+}
+
+/// Why the holder's `submitted` format cannot answer input descriptor `d`: the descriptor's
+/// `format` (else the definition's), when it names formats, must allow it. The format is the
+/// holder's word in descriptor_map; only the descriptor decides what answers it.
+fn format_refusal(pd: &Value, d: &Value, submitted: &str) -> Option<String> {
+    let allowed = d["format"]
+        .as_object()
+        .or_else(|| pd["format"].as_object())
+        .filter(|f| !f.is_empty())?;
+    let ok = format_family(submitted)
+        .is_some_and(|fam| allowed.keys().any(|k| format_family(k) == Some(fam)));
+    (!ok).then(|| {
+        let names: Vec<&str> = allowed.keys().map(String::as_str).collect();
+        format!(
+            "{}: format {submitted} does not answer a descriptor for {}",
+            d["id"].as_str().unwrap_or_default(),
+            names.join(", ")
+        )
+    })
+}
+
 /// `$`, `$[0]`, `$.a.b`, `$['a']` → path segments.
 fn parse_json_path(p: &str) -> Option<Vec<Value>> {
     let rest = p.strip_prefix('$')?;
@@ -234,6 +266,11 @@ async fn pex(
             continue;
         };
         let format = entry["format"].as_str().unwrap_or_default();
+        if let Some(why) = format_refusal(pd, d, format) {
+            out.fail("query_match", why);
+            missing.push(id.to_string());
+            continue;
+        }
         let checked = verify_one(ctx, out, id, format, &p, true).await;
         if checked.is_empty() {
             missing.push(id.to_string());
@@ -335,5 +372,26 @@ mod tests {
             vec![json!("vc"), json!("credentialSubject"), json!("given_name")]
         );
         assert!(parse_json_path("vc").is_none());
+    }
+
+    /// t_pex_format: an input descriptor for an mDL (format mso_mdoc) is not answered by an
+    /// SD-JWT the holder's descriptor_map calls dc+sd-jwt; the definition's `format` applies to
+    /// descriptors without one; no `format` anywhere allows any.
+    #[test]
+    fn the_descriptor_decides_which_formats_answer_it() {
+        let mdl =
+            json!({"id": "org.iso.18013.5.1.mDL", "format": {"mso_mdoc": {"alg": ["ES256"]}}});
+        let pd = json!({"input_descriptors": [mdl]});
+        let why = format_refusal(&pd, &mdl, "dc+sd-jwt").unwrap();
+        assert!(why.contains("format dc+sd-jwt does not answer"), "{why}");
+        assert!(format_refusal(&pd, &mdl, "mso_mdoc").is_none());
+        assert!(format_refusal(&pd, &mdl, "").is_some());
+        let bare = json!({"id": "pid"});
+        let sd = json!({"format": {"vc+sd-jwt": {}}});
+        assert!(format_refusal(&sd, &bare, "dc+sd-jwt").is_none());
+        assert!(format_refusal(&sd, &bare, "mso_mdoc").is_some());
+        assert!(format_refusal(&json!({}), &bare, "jwt_vp").is_none());
+        let jwt = json!({"id": "x", "format": {"jwt_vc_json": {}}});
+        assert!(format_refusal(&pd, &jwt, "jwt_vp_json").is_none());
     }
 }
