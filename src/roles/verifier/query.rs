@@ -97,26 +97,26 @@ async fn dcql(ctx: &Ctx<'_>, out: &mut Outcome, query: &Value, vp_token: &Value)
             Value::Array(a) => a.clone(),
             other => vec![other.clone()],
         };
-        if list.len() > 1 && cq["multiple"].as_bool() != Some(true) {
-            out.fail(
-                "query_match",
-                format!("{qid}: several presentations for a single-credential query"),
-            );
-        }
         let format = cq["format"].as_str().unwrap_or_default().to_string();
         let binding = cq["require_cryptographic_holder_binding"].as_bool() != Some(false);
         let mut all_ok = !list.is_empty();
+        let mut documents = 0;
         for p in &list {
             let checked = verify_one(ctx, out, qid, &format, p, binding).await;
             if checked.is_empty() {
                 all_ok = false;
             }
+            documents += checked.len();
             for c in &checked {
                 if let Some(why) = mismatch(&view(c), cq) {
                     out.fail("query_match", why);
                     all_ok = false;
                 }
             }
+        }
+        if let Some(why) = too_many(cq, qid, list.len(), documents) {
+            out.fail("query_match", why);
+            all_ok = false;
         }
         if all_ok {
             satisfied.push(qid.clone());
@@ -156,6 +156,22 @@ async fn dcql(ctx: &Ctx<'_>, out: &mut Outcome, query: &Value, vp_token: &Value)
             format!("not satisfied: {}", missing.join(", ")),
         );
     }
+}
+
+/// DCQL `multiple` (default false): a single-credential query is answered by one credential,
+/// however it comes — one presentation, and one document in an mdoc DeviceResponse.
+fn too_many(cq: &Value, qid: &str, presentations: usize, documents: usize) -> Option<String> {
+    if cq["multiple"].as_bool() == Some(true) {
+        return None;
+    }
+    if presentations > 1 {
+        return Some(format!(
+            "{qid}: several presentations for a single-credential query"
+        ));
+    }
+    (documents > 1).then(|| {
+        format!("{qid}: {documents} credentials (documents) for a single-credential query")
+    })
 }
 
 /// Formats verified the same way: a PEX `format` key and a descriptor_map `format` may name the
@@ -276,6 +292,15 @@ async fn pex(
             missing.push(id.to_string());
             continue;
         }
+        if checked.len() > 1 {
+            out.fail(
+                "query_match",
+                format!(
+                    "{id}: {} credentials (documents) for one input descriptor",
+                    checked.len()
+                ),
+            );
+        }
         for c in checked {
             // ISO 18013-7 Annex B: an mso_mdoc input descriptor's id is the doc type it asks for
             if let Some(doctype) = c.doctype.as_deref().filter(|dt| *dt != id) {
@@ -372,6 +397,19 @@ mod tests {
             vec![json!("vc"), json!("credentialSubject"), json!("given_name")]
         );
         assert!(parse_json_path("vc").is_none());
+    }
+
+    /// t_twodocs: two people's mDLs in one DeviceResponse answer a single-credential query only
+    /// when it says `multiple: true`.
+    #[test]
+    fn a_single_credential_query_takes_one_document() {
+        let single = json!({"id": "mdl", "format": "mso_mdoc"});
+        assert!(too_many(&single, "mdl", 1, 1).is_none());
+        let why = too_many(&single, "mdl", 1, 2).unwrap();
+        assert!(why.contains("2 credentials"), "{why}");
+        assert!(too_many(&single, "mdl", 2, 2).is_some());
+        let multiple = json!({"id": "mdl", "format": "mso_mdoc", "multiple": true});
+        assert!(too_many(&multiple, "mdl", 1, 2).is_none());
     }
 
     /// t_pex_format: an input descriptor for an mDL (format mso_mdoc) is not answered by an
