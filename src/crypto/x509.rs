@@ -47,6 +47,14 @@ const KNOWN_CRITICAL: [&str; 4] = [
     OID_EXT_KEY_USAGE, // extKeyUsage: checked for mdoc document signers, else informational
 ];
 
+/// A chain that ends at a trust anchor: the leaf, its key, and the CA certificates above it
+/// (the chain's, then the anchor's unless the chain already ends with it).
+pub struct ChainPath {
+    pub key: VerifyingKey,
+    pub leaf: Certificate,
+    pub above: Vec<Certificate>,
+}
+
 /// The configured trust anchors (root or intermediate CA certificates).
 #[derive(Clone, Default)]
 pub struct TrustAnchors {
@@ -115,15 +123,21 @@ impl TrustAnchors {
         Ok(key)
     }
 
-    /// The leaf's key and certificate when the chain (DER, leaf first) is within its validity at
-    /// `now`, each certificate is signed by the next one (a CA), and the last one is or is issued
-    /// by a configured anchor. Names are the caller's business (an x5c JWT issuer: SAN = `iss`;
-    /// an mdoc document signer: any, its IACA is the anchor).
+    /// The leaf's key and certificate when the chain (DER, leaf first) is a valid path to a
+    /// configured anchor (see [`TrustAnchors::chain_path`]).
     pub fn chain_key(
         &self,
         der: &[Vec<u8>],
         now: i64,
     ) -> Result<(VerifyingKey, Certificate), String> {
+        self.chain_path(der, now).map(|p| (p.key, p.leaf))
+    }
+
+    /// The path from the chain (DER, leaf first) to a configured anchor, when every certificate
+    /// is within its validity at `now`, each one is signed by the next (a CA), and the last one is
+    /// or is issued by an anchor. Names are the caller's business (an
+    /// x5c JWT issuer: SAN = `iss`; an mdoc document signer: any, its IACA is the anchor).
+    pub fn chain_path(&self, der: &[Vec<u8>], now: i64) -> Result<ChainPath, String> {
         if self.anchors.is_empty() {
             return Err("no X.509 trust anchor is configured (x509.trust_anchors)".into());
         }
@@ -149,22 +163,28 @@ impl TrustAnchors {
             }
         }
         let last = chain.last().ok_or("empty chain")?;
-        let anchored = self.anchors.iter().any(|a| {
-            if a == last {
-                return true;
-            }
-            let names_match = a.tbs_certificate.subject.to_der().ok()
-                == last.tbs_certificate.issuer.to_der().ok();
-            names_match
-                && check_validity(a, now).is_ok()
-                && check_ca(a).is_ok()
-                && verify_signed_by(last, a).is_ok()
-        });
-        if !anchored {
-            return Err("the x5c chain does not end at a configured trust anchor".into());
+        let anchor = self
+            .anchors
+            .iter()
+            .find(|a| {
+                *a == last
+                    || (a.tbs_certificate.subject == last.tbs_certificate.issuer
+                        && check_validity(a, now).is_ok()
+                        && check_ca(a).is_ok()
+                        && verify_signed_by(last, a).is_ok())
+            })
+            .cloned()
+            .ok_or("the x5c chain does not end at a configured trust anchor")?;
+        let mut above: Vec<Certificate> = chain.iter().skip(1).cloned().collect();
+        if above.last() != Some(&anchor) {
+            above.push(anchor);
         }
         let leaf = chain.into_iter().next().ok_or("empty chain")?;
-        Ok((spki_key(&leaf)?, leaf))
+        Ok(ChainPath {
+            key: spki_key(&leaf)?,
+            leaf,
+            above,
+        })
     }
 
     /// Adds anchors (e.g. the sandbox IACA this node created).
@@ -296,15 +316,25 @@ fn decoded<'a, T: x509_cert::der::Decode<'a>>(
 /// The subject's countryName (ISO 18013-5 Annex B: an IACA's and its document signers' agree,
 /// and an mdoc's `issuing_country` is it), when the subject has one.
 pub fn country(c: &Certificate) -> Option<String> {
+    countries(c).into_iter().next().filter(|c| !c.is_empty())
+}
+
+/// Every countryName in the subject (a document signer must have exactly one); one that is not
+/// UTF-8 text shows as an empty string, so it never matches a country.
+pub fn countries(c: &Certificate) -> Vec<String> {
     const OID_COUNTRY: &str = "2.5.4.6";
     c.tbs_certificate
         .subject
         .0
         .iter()
         .flat_map(|rdn| rdn.0.iter())
-        .find(|atv| oid_str(&atv.oid) == OID_COUNTRY)
-        .and_then(|atv| std::str::from_utf8(atv.value.value()).ok())
-        .map(str::to_string)
+        .filter(|atv| oid_str(&atv.oid) == OID_COUNTRY)
+        .map(|atv| {
+            std::str::from_utf8(atv.value.value())
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
 }
 
 /// The certificate's subject (RFC 4514 form) and the end of its validity (Unix seconds).

@@ -61,9 +61,10 @@ pub fn issuer_signed(
         ));
     }
     let chain = x5chain(&sign1)?;
-    let (signer, signer_cert) = anchors
-        .chain_key(&chain, now)
+    let path = anchors
+        .chain_path(&chain, now)
         .map_err(MdocError::Untrusted)?;
+    let (signer, signer_cert) = (path.key, path.leaf);
     crate::crypto::x509::check_document_signer(&signer_cert).map_err(MdocError::Untrusted)?;
     if !matches!(signer, VerifyingKey::P256(_)) {
         return Err(MdocError::Unsupported(
@@ -79,7 +80,32 @@ pub fn issuer_signed(
         .ok_or_else(|| malformed("issuerAuth has no payload"))?;
     let (_, mso) = untag24(&super::decode(payload)?)?;
     check_mso_header(&mso, doc_type)?;
-    let validity = get(&mso, "validityInfo").ok_or_else(|| malformed("no validityInfo"))?;
+    let (valid_from, valid_until) = validity_window(&mso, now)?;
+    let device_key = key_from_cose(
+        get(
+            get(&mso, "deviceKeyInfo").ok_or_else(|| malformed("no deviceKeyInfo"))?,
+            "deviceKey",
+        )
+        .ok_or_else(|| malformed("no deviceKey"))?,
+    )?;
+    let claims = disclosed(issuer_signed, &mso)?;
+    check_country(&signer_cert, &path.above, &claims)?;
+    Ok(Verified {
+        doc_type: text(&mso, "docType")?.to_string(),
+        claims,
+        device_key,
+        valid_from,
+        valid_until,
+        status: status_ref(&mso),
+        signer: signer_cert.tbs_certificate.subject.to_string(),
+        signer_key: signer,
+    })
+}
+
+/// The MSO's validity window (validFrom, validUntil) when `now` is inside it and the MSO was
+/// signed before `now` (a little skew allowed) and before validUntil.
+fn validity_window(mso: &Value, now: i64) -> MdocResult<(i64, i64)> {
+    let validity = get(mso, "validityInfo").ok_or_else(|| malformed("no validityInfo"))?;
     let valid_from =
         parse_tdate(get(validity, "validFrom").ok_or_else(|| malformed("no validFrom"))?)?;
     let valid_until =
@@ -97,24 +123,44 @@ pub fn issuer_signed(
             "the MSO was signed in the future or after its validUntil".into(),
         ));
     }
-    let device_key = key_from_cose(
-        get(
-            get(&mso, "deviceKeyInfo").ok_or_else(|| malformed("no deviceKeyInfo"))?,
-            "deviceKey",
-        )
-        .ok_or_else(|| malformed("no deviceKey"))?,
-    )?;
-    let claims = disclosed(issuer_signed, &mso)?;
-    Ok(Verified {
-        doc_type: text(&mso, "docType")?.to_string(),
-        claims,
-        device_key,
-        valid_from,
-        valid_until,
-        status: status_ref(&mso),
-        signer: signer_cert.tbs_certificate.subject.to_string(),
-        signer_key: signer,
-    })
+    Ok((valid_from, valid_until))
+}
+
+/// ISO 18013-5 Annex B: the document signer names exactly one countryName; every CA above it
+/// (its IACA, the anchor) that names a country names the same one; and an `issuing_country`
+/// disclosed in any namespace is that country.
+fn check_country(
+    ds: &x509_cert::Certificate,
+    above: &[x509_cert::Certificate],
+    claims: &Claims,
+) -> MdocResult<()> {
+    use crate::crypto::x509::countries;
+    let country = match countries(ds).as_slice() {
+        [c] if !c.is_empty() => c.clone(),
+        other => {
+            return Err(MdocError::Country(format!(
+                "the document signer certificate must name exactly one countryName (it names {})",
+                other.len()
+            )))
+        }
+    };
+    for ca in above {
+        if let Some(theirs) = countries(ca).iter().find(|c| **c != country) {
+            return Err(MdocError::Country(format!(
+                "the document signer's countryName {country} differs from its CA's {theirs}"
+            )));
+        }
+    }
+    for (ns, elements) in claims {
+        match elements.get("issuing_country") {
+            None => {}
+            Some(serde_json::Value::String(c)) if *c == country => {}
+            Some(other) => return Err(MdocError::Country(format!(
+                "{ns}: issuing_country {other} is not the document signer's countryName {country}"
+            ))),
+        }
+    }
+    Ok(())
 }
 
 /// The doc type and issuer-signed elements of an `IssuerSigned` WITHOUT checking its signature,
