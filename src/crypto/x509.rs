@@ -134,8 +134,9 @@ impl TrustAnchors {
     }
 
     /// The path from the chain (DER, leaf first) to a configured anchor, when every certificate
-    /// is within its validity at `now`, each one is signed by the next (a CA), and the last one is
-    /// or is issued by an anchor. Names are the caller's business (an
+    /// is within its validity at `now`, each one is signed by the next (a CA whose subject is its
+    /// issuer name and whose `pathLenConstraint` allows the CAs below it), and the last one is or
+    /// is issued by an anchor (which obeys the same rules). Names are the caller's business (an
     /// x5c JWT issuer: SAN = `iss`; an mdoc document signer: any, its IACA is the anchor).
     pub fn chain_path(&self, der: &[Vec<u8>], now: i64) -> Result<ChainPath, String> {
         if self.anchors.is_empty() {
@@ -157,8 +158,9 @@ impl TrustAnchors {
             check_validity(c, now).map_err(|e| format!("x5c[{i}]: {e}"))?;
             check_critical(c).map_err(|e| format!("x5c[{i}]: {e}"))?;
             if i > 0 {
-                check_ca(c).map_err(|e| format!("x5c[{i}]: {e}"))?;
-                verify_signed_by(&chain[i - 1], c)
+                // the CAs between it and the leaf: x5c[1..i]
+                check_ca(c, i - 1).map_err(|e| format!("x5c[{i}]: {e}"))?;
+                issued_by(&chain[i - 1], c)
                     .map_err(|e| format!("x5c[{}] is not signed by x5c[{i}]: {e}", i - 1))?;
             }
         }
@@ -168,10 +170,9 @@ impl TrustAnchors {
             .iter()
             .find(|a| {
                 *a == last
-                    || (a.tbs_certificate.subject == last.tbs_certificate.issuer
-                        && check_validity(a, now).is_ok()
-                        && check_ca(a).is_ok()
-                        && verify_signed_by(last, a).is_ok())
+                    || (check_validity(a, now).is_ok()
+                        && check_ca(a, chain.len() - 1).is_ok()
+                        && issued_by(last, a).is_ok())
             })
             .cloned()
             .ok_or("the x5c chain does not end at a configured trust anchor")?;
@@ -232,6 +233,14 @@ fn spki_key(c: &Certificate) -> Result<VerifyingKey, String> {
         }
         other => Err(format!("unsupported public key algorithm {other}")),
     }
+}
+
+/// `child` names `parent` as its issuer (RFC 5280 6.1.3 (a)(4)) and is signed by it.
+fn issued_by(child: &Certificate, parent: &Certificate) -> Result<(), String> {
+    if child.tbs_certificate.issuer != parent.tbs_certificate.subject {
+        return Err("its issuer name is not the signing certificate's subject".into());
+    }
+    verify_signed_by(child, parent)
 }
 
 /// `child`'s signature verifies under `parent`'s key, with an algorithm that fits the key.
@@ -352,16 +361,24 @@ pub fn subject_and_expiry(c: &Certificate) -> (String, i64) {
 /// Whether `c` is a self-signed CA certificate (a root such as an IACA).
 pub fn is_self_signed_ca(c: &Certificate) -> bool {
     c.tbs_certificate.subject == c.tbs_certificate.issuer
-        && check_ca(c).is_ok()
+        && check_ca(c, 0).is_ok()
         && verify_signed_by(c, c).is_ok()
 }
 
-/// A certificate that signs another must be a CA allowed to sign certificates.
-fn check_ca(c: &Certificate) -> Result<(), String> {
+/// A certificate that signs another must be a CA allowed to sign certificates, with `below`
+/// CA certificates between it and the leaf (at most its `pathLenConstraint`).
+fn check_ca(c: &Certificate, below: usize) -> Result<(), String> {
     let bc: BasicConstraints = decoded(c, OID_BASIC_CONSTRAINTS, "basicConstraints")?
         .ok_or("a signing certificate without basicConstraints")?;
     if !bc.ca {
         return Err("a signing certificate that is not a CA".into());
+    }
+    if let Some(max) = bc.path_len_constraint {
+        if below > usize::from(max) {
+            return Err(format!(
+                "its pathLenConstraint {max} allows fewer CAs below it than the {below} there are"
+            ));
+        }
     }
     let ku: Option<KeyUsage> = decoded(c, OID_KEY_USAGE, "keyUsage")?;
     if ku.is_some_and(|ku| !ku.key_cert_sign()) {

@@ -11,11 +11,12 @@
 //!   SessionTranscript.
 //! - [`transcript`]: the SessionTranscript of OpenID4VP 1.0 Appendix B.2.6 (OpenID4VPHandover).
 //! - [`verify`]: every check a verifier owes an mdoc: bounded input, issuerAuth signature by a
-//!   document signer certificate (mdlDS EKU) whose chain ends at a trust anchor, MSO doc type and
-//!   digest algorithm, the validity window, each disclosed item's digest, the country (ISO
-//!   18013-5 Annex B: the document signer names exactly one countryName, the CAs above it that
-//!   name one name the same, and a disclosed `issuing_country` is it), and the device signature
-//!   over the expected SessionTranscript with the MSO's device key.
+//!   document signer certificate (mdlDS EKU) whose chain ends at a trust anchor (names chained,
+//!   `pathLenConstraint` obeyed), MSO doc type and digest algorithm, the validity window, the
+//!   MSO's `signed` time within the document signer's validity, each disclosed item's digest, the
+//!   country (ISO 18013-5 Annex B: the document signer names exactly one countryName, the CAs
+//!   above it that name one name the same, and a disclosed `issuing_country` is it), and the
+//!   device signature over the expected SessionTranscript with the MSO's device key.
 //!
 //! Everything here treats its input as an attacker's: sizes, counts and nesting are bounded
 //! ([`MAX_BYTES`], [`MAX_DOCUMENTS`], [`MAX_ELEMENTS`], [`MAX_DEPTH`]) and every failure is an

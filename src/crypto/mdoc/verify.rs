@@ -80,7 +80,7 @@ pub fn issuer_signed(
         .ok_or_else(|| malformed("issuerAuth has no payload"))?;
     let (_, mso) = untag24(&super::decode(payload)?)?;
     check_mso_header(&mso, doc_type)?;
-    let (valid_from, valid_until) = validity_window(&mso, now)?;
+    let (valid_from, valid_until) = validity_window(&mso, &signer_cert, now)?;
     let device_key = key_from_cose(
         get(
             get(&mso, "deviceKeyInfo").ok_or_else(|| malformed("no deviceKeyInfo"))?,
@@ -103,14 +103,28 @@ pub fn issuer_signed(
 }
 
 /// The MSO's validity window (validFrom, validUntil) when `now` is inside it and the MSO was
-/// signed before `now` (a little skew allowed) and before validUntil.
-fn validity_window(mso: &Value, now: i64) -> MdocResult<(i64, i64)> {
+/// signed before `now` (a little skew allowed), before validUntil, and while its document signer
+/// certificate was valid (ISO 18013-5 9.3.1).
+fn validity_window(
+    mso: &Value,
+    signer_cert: &x509_cert::Certificate,
+    now: i64,
+) -> MdocResult<(i64, i64)> {
     let validity = get(mso, "validityInfo").ok_or_else(|| malformed("no validityInfo"))?;
     let valid_from =
         parse_tdate(get(validity, "validFrom").ok_or_else(|| malformed("no validFrom"))?)?;
     let valid_until =
         parse_tdate(get(validity, "validUntil").ok_or_else(|| malformed("no validUntil"))?)?;
     let signed = parse_tdate(get(validity, "signed").ok_or_else(|| malformed("no signed"))?)?;
+    // ISO 18013-5 9.3.1: the MSO is signed while its document signer certificate is valid
+    let ds_validity = &signer_cert.tbs_certificate.validity;
+    let ds_from = ds_validity.not_before.to_unix_duration().as_secs() as i64;
+    let ds_until = ds_validity.not_after.to_unix_duration().as_secs() as i64;
+    if signed < ds_from || signed > ds_until {
+        return Err(MdocError::Validity(
+            "the MSO was signed outside its document signer certificate's validity".into(),
+        ));
+    }
     if now < valid_from {
         return Err(MdocError::Validity("validFrom is in the future".into()));
     }

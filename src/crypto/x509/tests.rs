@@ -144,3 +144,85 @@ fn refusals() {
     let tampered = b64(&der);
     assert!(anchors.leaf_key(&[tampered], ISS, NOW).is_err());
 }
+
+/// A CA named `name` under `parent` (self-signed without one) with `pathLenConstraint` `len`.
+fn ca_with_path_len(name: &str, parent: Option<&Ca>, len: u8) -> Ca {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.is_ca = IsCa::Ca(Bc::Constrained(len));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let cert = match parent {
+        None => p.self_signed(&key).unwrap(),
+        Some(pa) => p.signed_by(&key, &pa.cert, &pa.key).unwrap(),
+    };
+    Ca { cert, key }
+}
+
+/// t_issuer_crafted: a certificate whose issuer name is not its signer's subject (signed with
+/// the right key) does not chain (RFC 5280 6.1.3 (a)(4)).
+#[test]
+fn issuer_names_chain() {
+    let root = ca("root", None);
+    let anchors = TrustAnchors::from_pem(root.cert.pem().as_bytes()).unwrap();
+    let mid = ca("intermediate", Some(&root));
+    // an issuer certificate for the name "someone else" holding the intermediate's key
+    let mut other = CertificateParams::new(Vec::<String>::new()).unwrap();
+    other
+        .distinguished_name
+        .push(DnType::CommonName, "someone else");
+    other.is_ca = IsCa::Ca(Bc::Unconstrained);
+    let named_other = Ca {
+        cert: other.self_signed(&mid.key).unwrap(),
+        key: KeyPair::try_from(mid.key.serialize_der().as_slice()).unwrap(),
+    };
+    let (leaf_der, _) = leaf(&named_other, vec![dns("issuer.example")], |_| {});
+    let e = anchors
+        .leaf_key(&[leaf_der, b64(mid.cert.der())], ISS, NOW)
+        .unwrap_err();
+    assert!(e.contains("issuer name"), "{e}");
+    // the same leaf issued under the intermediate's own name chains
+    let (leaf_der, _) = leaf(&mid, vec![dns("issuer.example")], |_| {});
+    assert!(anchors
+        .leaf_key(&[leaf_der, b64(mid.cert.der())], ISS, NOW)
+        .is_ok());
+}
+
+/// `pathLenConstraint` of every CA on the path, the anchor's included, bounds the CAs below it.
+#[test]
+fn path_length_constraints_hold() {
+    let der = |c: &Ca| b64(c.cert.der());
+    // an anchor allowing no CA below it, with an intermediate below it
+    let root0 = ca_with_path_len("root", None, 0);
+    let anchors = TrustAnchors::from_pem(root0.cert.pem().as_bytes()).unwrap();
+    let mid = ca("intermediate", Some(&root0));
+    let (leaf_der, _) = leaf(&mid, vec![dns("issuer.example")], |_| {});
+    let e = anchors
+        .leaf_key(&[leaf_der, der(&mid)], ISS, NOW)
+        .unwrap_err();
+    assert!(e.contains("trust anchor"), "{e}");
+    let (direct, _) = leaf(&root0, vec![dns("issuer.example")], |_| {});
+    assert!(anchors.leaf_key(&[direct], ISS, NOW).is_ok());
+    // an intermediate allowing no CA below it, with one below it
+    let root = ca("root", None);
+    let anchors = TrustAnchors::from_pem(root.cert.pem().as_bytes()).unwrap();
+    let mid0 = ca_with_path_len("intermediate", Some(&root), 0);
+    let sub = ca("sub", Some(&mid0));
+    let (leaf_der, _) = leaf(&sub, vec![dns("issuer.example")], |_| {});
+    let chain = [leaf_der, der(&sub), der(&mid0)];
+    let e = anchors.leaf_key(&chain, ISS, NOW).unwrap_err();
+    assert!(
+        e.contains("x5c[2]") && e.contains("pathLenConstraint"),
+        "{e}"
+    );
+    // the same intermediate as the anchor, sent in the chain
+    let mid_anchor = TrustAnchors::from_pem(mid0.cert.pem().as_bytes()).unwrap();
+    assert!(mid_anchor.leaf_key(&chain, ISS, NOW).is_err());
+    // pathLenConstraint 1 allows the one
+    let mid1 = ca_with_path_len("intermediate", Some(&root), 1);
+    let sub = ca("sub", Some(&mid1));
+    let (leaf_der, _) = leaf(&sub, vec![dns("issuer.example")], |_| {});
+    assert!(anchors
+        .leaf_key(&[leaf_der, der(&sub), der(&mid1)], ISS, NOW)
+        .is_ok());
+}

@@ -1,4 +1,5 @@
-//! The document signer against what it signs (ISO 18013-5 Annex B): its country.
+//! The document signer against what it signs (ISO 18013-5 Annex B and 9.3.1): its country, the
+//! time the MSO was signed.
 
 use super::*;
 use rcgen::{CertificateParams, DnType, IsCa, KeyPair, PKCS_ECDSA_P256_SHA256};
@@ -97,4 +98,19 @@ fn issuing_country_is_the_document_signers_country() {
         assert_eq!(e.code(), "mdoc_country_mismatch", "{countries:?}: {e}");
         assert!(e.to_string().contains("exactly one countryName"), "{e}");
     }
+}
+
+/// ISO 18013-5 9.3.1: the MSO's `signed` time is within the document signer's validity.
+#[test]
+fn the_mso_is_signed_while_its_document_signer_is_valid() {
+    // valid from 2027-01-01 (NOW is 2027-01-15)
+    let f = fixture_with(&["UT"], &["UT"], |p| {
+        p.not_before = rcgen::date_time_ymd(2027, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2028, 1, 1);
+    });
+    assert!(verify_with(&f, None, NOW - 10).is_ok());
+    // signed a month before the certificate existed (backdated)
+    let e = verify_with(&f, None, NOW - 40 * 86_400).unwrap_err();
+    assert_eq!(e.code(), "mdoc_not_valid_now", "{e}");
+    assert!(e.to_string().contains("document signer"), "{e}");
 }
