@@ -2,8 +2,11 @@
 //! issuer-key binding rule accepts a header `x5c`: an SD-JWT VC whose `iss` is an `https` URL
 //! (SD-JWT VC §3.5). The certificates are parsed by `x509-cert`; this module only walks the chain:
 //!
-//! - every certificate's signature verifies under the next one's key, and the last one is an
-//!   anchor or is signed by one (matched by subject name and verified with the anchor's key);
+//! - every certificate names the next one's subject as its issuer and its signature verifies
+//!   under that one's key, and the last one is an anchor or is issued by one (the same name and
+//!   signature checks, the anchor's validity and CA flags too);
+//! - every CA on the path, the anchor included, has no more CAs below it than its
+//!   `pathLenConstraint` allows;
 //! - every certificate is within its validity period at `now`, and every certificate that signs
 //!   another has `basicConstraints` CA true (and `keyCertSign` when it has a key usage);
 //! - critical extensions other than the ones checked here are refused;

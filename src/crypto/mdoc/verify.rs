@@ -8,8 +8,8 @@ use coset::{AsCborValue, Label};
 use sha2::{Digest, Sha256};
 
 use super::{
-    array, decode, encode, get, key_from_cose, malformed, map_entries, parse_tdate, tag24, text,
-    untag24, MdocError, MdocResult, MAX_DOCUMENTS, MAX_ELEMENTS, X5CHAIN,
+    array, clip, cose_error, decode, encode, get, key_from_cose, malformed, map_entries,
+    parse_tdate, tag24, text, untag24, MdocError, MdocResult, MAX_DOCUMENTS, MAX_ELEMENTS, X5CHAIN,
 };
 use crate::crypto::x509::TrustAnchors;
 use crate::crypto::VerifyingKey;
@@ -48,8 +48,12 @@ pub fn issuer_signed(
     now: i64,
 ) -> MdocResult<Verified> {
     let auth = get(issuer_signed, "issuerAuth").ok_or_else(|| malformed("no issuerAuth"))?;
-    let sign1 = coset::CoseSign1::from_cbor_value(auth.clone())
-        .map_err(|e| malformed(format!("issuerAuth is not a COSE_Sign1: {e}")))?;
+    let sign1 = coset::CoseSign1::from_cbor_value(auth.clone()).map_err(|e| {
+        malformed(format!(
+            "issuerAuth is not a COSE_Sign1: {}",
+            cose_error(&e)
+        ))
+    })?;
     let alg = sign1.protected.header.alg.clone();
     if alg
         != Some(coset::RegisteredLabelWithPrivate::Assigned(
@@ -161,7 +165,8 @@ fn check_country(
     for ca in above {
         if let Some(theirs) = countries(ca).iter().find(|c| **c != country) {
             return Err(MdocError::Country(format!(
-                "the document signer's countryName {country} differs from its CA's {theirs}"
+                "the document signer's countryName {country} differs from its CA's {}",
+                clip(theirs)
             )));
         }
     }
@@ -169,9 +174,13 @@ fn check_country(
         match elements.get("issuing_country") {
             None => {}
             Some(serde_json::Value::String(c)) if *c == country => {}
-            Some(other) => return Err(MdocError::Country(format!(
-                "{ns}: issuing_country {other} is not the document signer's countryName {country}"
-            ))),
+            Some(other) => {
+                return Err(MdocError::Country(format!(
+                    "{}: issuing_country {} is not the document signer's countryName {country}",
+                    clip(ns),
+                    clip(&other.to_string())
+                )))
+            }
         }
     }
     Ok(())
@@ -183,8 +192,12 @@ fn check_country(
 pub fn parse_unverified(issuer_signed_bytes: &[u8]) -> MdocResult<(String, Claims)> {
     let signed = decode(issuer_signed_bytes)?;
     let auth = get(&signed, "issuerAuth").ok_or_else(|| malformed("no issuerAuth"))?;
-    let sign1 = coset::CoseSign1::from_cbor_value(auth.clone())
-        .map_err(|e| malformed(format!("issuerAuth is not a COSE_Sign1: {e}")))?;
+    let sign1 = coset::CoseSign1::from_cbor_value(auth.clone()).map_err(|e| {
+        malformed(format!(
+            "issuerAuth is not a COSE_Sign1: {}",
+            cose_error(&e)
+        ))
+    })?;
     let payload = sign1
         .payload
         .as_deref()
@@ -209,7 +222,9 @@ fn check_mso_header(mso: &Value, doc_type: Option<&str>) -> MdocResult<()> {
     if let Some(want) = doc_type {
         if mso_type != want {
             return Err(MdocError::DocType(format!(
-                "the document says {want}, its MSO {mso_type}"
+                "the document says {}, its MSO {}",
+                clip(want),
+                clip(mso_type)
             )));
         }
     }
@@ -259,7 +274,8 @@ fn disclosed(
             return Err(malformed("namespace names must be text"));
         };
         let ns_digests = get(digests, ns)
-            .ok_or_else(|| MdocError::Digest(format!("no digests for namespace {ns}")))?;
+            .ok_or_else(|| MdocError::Digest(format!("no digests for namespace {}", clip(ns))))?;
+        let ns_quoted = clip(ns);
         let mut seen_ids = BTreeSet::new();
         let mut elements = serde_json::Map::new();
         for item in array(items, "a namespace's items")? {
@@ -277,18 +293,18 @@ fn disclosed(
             };
             if !seen_ids.insert(id) {
                 return Err(MdocError::Digest(format!(
-                    "digestID {id} disclosed twice in {ns}"
+                    "digestID {id} disclosed twice in {ns_quoted}"
                 )));
             }
             let want = map_entries(ns_digests, "valueDigests")?
                 .iter()
                 .find(|(k, _)| matches!(k, Value::Integer(i) if u64::try_from(*i).ok() == Some(id)))
                 .map(|(_, v)| v)
-                .ok_or_else(|| MdocError::Digest(format!("no digest {id} in {ns}")))?;
+                .ok_or_else(|| MdocError::Digest(format!("no digest {id} in {ns_quoted}")))?;
             let got = Sha256::digest(encode(item));
             if !matches!(want, Value::Bytes(w) if w.as_slice() == got.as_slice()) {
                 return Err(MdocError::Digest(format!(
-                    "element with digestID {id} in {ns}"
+                    "element with digestID {id} in {ns_quoted}"
                 )));
             }
             let name = text(&decoded, "elementIdentifier")?.to_string();
@@ -299,7 +315,8 @@ fn disclosed(
                 .is_some()
             {
                 return Err(MdocError::Digest(format!(
-                    "element {name} disclosed twice in {ns}"
+                    "element {} disclosed twice in {ns_quoted}",
+                    clip(&name)
                 )));
             }
         }
@@ -382,8 +399,12 @@ fn document(
         ));
     }
     let sig = get(auth, "deviceSignature").ok_or_else(|| malformed("no deviceSignature"))?;
-    let sign1 = coset::CoseSign1::from_cbor_value(sig.clone())
-        .map_err(|e| malformed(format!("deviceSignature is not a COSE_Sign1: {e}")))?;
+    let sign1 = coset::CoseSign1::from_cbor_value(sig.clone()).map_err(|e| {
+        malformed(format!(
+            "deviceSignature is not a COSE_Sign1: {}",
+            cose_error(&e)
+        ))
+    })?;
     if sign1.protected.header.alg
         != Some(coset::RegisteredLabelWithPrivate::Assigned(
             coset::iana::Algorithm::ES256,

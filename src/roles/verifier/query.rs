@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use super::verify::{self, Checked, Ctx, Outcome};
+use crate::crypto::mdoc::clip;
 use crate::dcql::{mismatch, resolve_path, CredentialView};
 
 /// Verifies every presentation in `vp_token` and checks the query is satisfied.
@@ -89,7 +90,7 @@ async fn dcql(ctx: &Ctx<'_>, out: &mut Outcome, query: &Value, vp_token: &Value)
         else {
             out.fail(
                 "query_match",
-                format!("{qid}: not a credential query of this request"),
+                format!("{}: not a credential query of this request", clip(qid)),
             );
             continue;
         };
@@ -199,9 +200,10 @@ fn format_refusal(pd: &Value, d: &Value, submitted: &str) -> Option<String> {
     (!ok).then(|| {
         let names: Vec<&str> = allowed.keys().map(String::as_str).collect();
         format!(
-            "{}: format {submitted} does not answer a descriptor for {}",
-            d["id"].as_str().unwrap_or_default(),
-            names.join(", ")
+            "{}: format {} does not answer a descriptor for {}",
+            clip(d["id"].as_str().unwrap_or_default()),
+            clip(submitted),
+            clip(&names.join(", "))
         )
     })
 }
@@ -306,7 +308,10 @@ async fn pex(
             if let Some(doctype) = c.doctype.as_deref().filter(|dt| *dt != id) {
                 out.fail(
                     "query_match",
-                    format!("{id}: an mdoc of doc type {doctype} does not answer this descriptor"),
+                    format!(
+                        "{id}: an mdoc of doc type {} does not answer this descriptor",
+                        clip(doctype)
+                    ),
                 );
             }
             let fields = d["constraints"]["fields"]

@@ -1,5 +1,5 @@
 //! The document signer against what it signs (ISO 18013-5 Annex B and 9.3.1): its country, the
-//! time the MSO was signed.
+//! time the MSO was signed, and error reasons that never carry an attacker's text whole.
 
 use super::*;
 use rcgen::{CertificateParams, DnType, IsCa, KeyPair, PKCS_ECDSA_P256_SHA256};
@@ -113,4 +113,34 @@ fn the_mso_is_signed_while_its_document_signer_is_valid() {
     let e = verify_with(&f, None, NOW - 40 * 86_400).unwrap_err();
     assert_eq!(e.code(), "mdoc_not_valid_now", "{e}");
     assert!(e.to_string().contains("document signer"), "{e}");
+}
+
+/// t_reflect: a 300 KB doc type is not reflected whole, and a truncated response is described
+/// in words, not as Rust debug output.
+#[test]
+fn error_reasons_quote_no_attacker_text_whole() {
+    let f = fixture();
+    let signed = mdl(&f, NOW - 10, NOW + 3600);
+    let huge = "A".repeat(300_000);
+    let resp =
+        present::device_response(&signed, &huge, |_, _| true, &f.device, &transcript("n")).unwrap();
+    let e = verify_resp(&f, &resp, "n").unwrap_err();
+    assert_eq!(e.code(), "mdoc_doctype_mismatch");
+    assert!(
+        e.to_string().len() < 2 * MAX_QUOTED + 200,
+        "{} bytes",
+        e.to_string().len()
+    );
+    assert!(e.to_string().contains('…'), "{e}");
+    let good = present(&f, &signed, "n");
+    for cut in [1, good.len() / 2] {
+        let e = verify_resp(&f, &good[..cut], "n").unwrap_err().to_string();
+        assert!(!e.contains("Error {") && !e.contains("Io("), "{e}");
+        assert!(e.contains("truncated"), "{e}");
+    }
+    assert_eq!(clip(&"é".repeat(MAX_QUOTED)), "é".repeat(MAX_QUOTED));
+    assert_eq!(
+        clip(&"é".repeat(MAX_QUOTED + 1)),
+        format!("{}…", "é".repeat(MAX_QUOTED))
+    );
 }
