@@ -1272,3 +1272,5 @@ async fn production_issuer_imports_its_mdoc_document_signer_chain() {
     );
     s.stop();
 }
+
+mod mdoc_documents;
