@@ -1274,3 +1274,4 @@ async fn production_issuer_imports_its_mdoc_document_signer_chain() {
 }
 
 mod mdoc_documents;
+mod pex_format;
