@@ -101,9 +101,11 @@ pub fn mismatch(c: &CredentialView, cq: &Value) -> Option<String> {
     }
     if let Some(dt) = cq["meta"].get("doctype_value") {
         if dt.as_str() != c.doctype.as_deref() {
+            // the doc type comes from the presented mdoc: quoted cut, never as Debug output
+            let got = c.doctype.as_deref().map(crate::crypto::mdoc::clip);
             return Some(format!(
-                "{id}: doctype {:?} is not the requested {dt}",
-                c.doctype
+                "{id}: doctype {} is not the requested {dt}",
+                got.as_deref().unwrap_or("(none)")
             ));
         }
     }
@@ -350,6 +352,21 @@ mod tests {
             &q(json!([["https://evil.example/vocab#IdentityCredential"]]))
         )
         .is_some());
+    }
+
+    /// t_issuer_crafted (mso-other-doctype): the presented doc type is quoted cut, not as Debug.
+    #[test]
+    fn a_wrong_doctype_is_quoted_short() {
+        let c = CredentialView {
+            format: "mso_mdoc".into(),
+            root: json!({}),
+            vct: None,
+            doctype: Some("X".repeat(10_000)),
+            types: vec![],
+        };
+        let q = json!({"id": "q", "format": "mso_mdoc", "meta": {"doctype_value": "org.iso.18013.5.1.mDL"}});
+        let why = mismatch(&c, &q).unwrap();
+        assert!(why.len() < 400 && !why.contains("Some("), "{why}");
     }
 
     #[test]

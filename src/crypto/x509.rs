@@ -2,8 +2,11 @@
 //! issuer-key binding rule accepts a header `x5c`: an SD-JWT VC whose `iss` is an `https` URL
 //! (SD-JWT VC §3.5). The certificates are parsed by `x509-cert`; this module only walks the chain:
 //!
-//! - every certificate's signature verifies under the next one's key, and the last one is an
-//!   anchor or is signed by one (matched by subject name and verified with the anchor's key);
+//! - every certificate names the next one's subject as its issuer and its signature verifies
+//!   under that one's key, and the last one is an anchor or is issued by one (the same name and
+//!   signature checks, the anchor's validity and CA flags too);
+//! - every CA on the path, the anchor included, has no more CAs below it than its
+//!   `pathLenConstraint` allows;
 //! - every certificate is within its validity period at `now`, and every certificate that signs
 //!   another has `basicConstraints` CA true (and `keyCertSign` when it has a key usage);
 //! - critical extensions other than the ones checked here are refused;
@@ -46,6 +49,14 @@ const KNOWN_CRITICAL: [&str; 4] = [
     OID_SAN,
     OID_EXT_KEY_USAGE, // extKeyUsage: checked for mdoc document signers, else informational
 ];
+
+/// A chain that ends at a trust anchor: the leaf, its key, and the CA certificates above it
+/// (the chain's, then the anchor's unless the chain already ends with it).
+pub struct ChainPath {
+    pub key: VerifyingKey,
+    pub leaf: Certificate,
+    pub above: Vec<Certificate>,
+}
 
 /// The configured trust anchors (root or intermediate CA certificates).
 #[derive(Clone, Default)]
@@ -115,15 +126,22 @@ impl TrustAnchors {
         Ok(key)
     }
 
-    /// The leaf's key and certificate when the chain (DER, leaf first) is within its validity at
-    /// `now`, each certificate is signed by the next one (a CA), and the last one is or is issued
-    /// by a configured anchor. Names are the caller's business (an x5c JWT issuer: SAN = `iss`;
-    /// an mdoc document signer: any, its IACA is the anchor).
+    /// The leaf's key and certificate when the chain (DER, leaf first) is a valid path to a
+    /// configured anchor (see [`TrustAnchors::chain_path`]).
     pub fn chain_key(
         &self,
         der: &[Vec<u8>],
         now: i64,
     ) -> Result<(VerifyingKey, Certificate), String> {
+        self.chain_path(der, now).map(|p| (p.key, p.leaf))
+    }
+
+    /// The path from the chain (DER, leaf first) to a configured anchor, when every certificate
+    /// is within its validity at `now`, each one is signed by the next (a CA whose subject is its
+    /// issuer name and whose `pathLenConstraint` allows the CAs below it), and the last one is or
+    /// is issued by an anchor (which obeys the same rules). Names are the caller's business (an
+    /// x5c JWT issuer: SAN = `iss`; an mdoc document signer: any, its IACA is the anchor).
+    pub fn chain_path(&self, der: &[Vec<u8>], now: i64) -> Result<ChainPath, String> {
         if self.anchors.is_empty() {
             return Err("no X.509 trust anchor is configured (x509.trust_anchors)".into());
         }
@@ -143,28 +161,34 @@ impl TrustAnchors {
             check_validity(c, now).map_err(|e| format!("x5c[{i}]: {e}"))?;
             check_critical(c).map_err(|e| format!("x5c[{i}]: {e}"))?;
             if i > 0 {
-                check_ca(c).map_err(|e| format!("x5c[{i}]: {e}"))?;
-                verify_signed_by(&chain[i - 1], c)
+                // the CAs between it and the leaf: x5c[1..i]
+                check_ca(c, i - 1).map_err(|e| format!("x5c[{i}]: {e}"))?;
+                issued_by(&chain[i - 1], c)
                     .map_err(|e| format!("x5c[{}] is not signed by x5c[{i}]: {e}", i - 1))?;
             }
         }
         let last = chain.last().ok_or("empty chain")?;
-        let anchored = self.anchors.iter().any(|a| {
-            if a == last {
-                return true;
-            }
-            let names_match = a.tbs_certificate.subject.to_der().ok()
-                == last.tbs_certificate.issuer.to_der().ok();
-            names_match
-                && check_validity(a, now).is_ok()
-                && check_ca(a).is_ok()
-                && verify_signed_by(last, a).is_ok()
-        });
-        if !anchored {
-            return Err("the x5c chain does not end at a configured trust anchor".into());
+        let anchor = self
+            .anchors
+            .iter()
+            .find(|a| {
+                *a == last
+                    || (check_validity(a, now).is_ok()
+                        && check_ca(a, chain.len() - 1).is_ok()
+                        && issued_by(last, a).is_ok())
+            })
+            .cloned()
+            .ok_or("the x5c chain does not end at a configured trust anchor")?;
+        let mut above: Vec<Certificate> = chain.iter().skip(1).cloned().collect();
+        if above.last() != Some(&anchor) {
+            above.push(anchor);
         }
         let leaf = chain.into_iter().next().ok_or("empty chain")?;
-        Ok((spki_key(&leaf)?, leaf))
+        Ok(ChainPath {
+            key: spki_key(&leaf)?,
+            leaf,
+            above,
+        })
     }
 
     /// Adds anchors (e.g. the sandbox IACA this node created).
@@ -212,6 +236,14 @@ fn spki_key(c: &Certificate) -> Result<VerifyingKey, String> {
         }
         other => Err(format!("unsupported public key algorithm {other}")),
     }
+}
+
+/// `child` names `parent` as its issuer (RFC 5280 6.1.3 (a)(4)) and is signed by it.
+fn issued_by(child: &Certificate, parent: &Certificate) -> Result<(), String> {
+    if child.tbs_certificate.issuer != parent.tbs_certificate.subject {
+        return Err("its issuer name is not the signing certificate's subject".into());
+    }
+    verify_signed_by(child, parent)
 }
 
 /// `child`'s signature verifies under `parent`'s key, with an algorithm that fits the key.
@@ -296,15 +328,25 @@ fn decoded<'a, T: x509_cert::der::Decode<'a>>(
 /// The subject's countryName (ISO 18013-5 Annex B: an IACA's and its document signers' agree,
 /// and an mdoc's `issuing_country` is it), when the subject has one.
 pub fn country(c: &Certificate) -> Option<String> {
+    countries(c).into_iter().next().filter(|c| !c.is_empty())
+}
+
+/// Every countryName in the subject (a document signer must have exactly one); one that is not
+/// UTF-8 text shows as an empty string, so it never matches a country.
+pub fn countries(c: &Certificate) -> Vec<String> {
     const OID_COUNTRY: &str = "2.5.4.6";
     c.tbs_certificate
         .subject
         .0
         .iter()
         .flat_map(|rdn| rdn.0.iter())
-        .find(|atv| oid_str(&atv.oid) == OID_COUNTRY)
-        .and_then(|atv| std::str::from_utf8(atv.value.value()).ok())
-        .map(str::to_string)
+        .filter(|atv| oid_str(&atv.oid) == OID_COUNTRY)
+        .map(|atv| {
+            std::str::from_utf8(atv.value.value())
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
 }
 
 /// The certificate's subject (RFC 4514 form) and the end of its validity (Unix seconds).
@@ -322,16 +364,24 @@ pub fn subject_and_expiry(c: &Certificate) -> (String, i64) {
 /// Whether `c` is a self-signed CA certificate (a root such as an IACA).
 pub fn is_self_signed_ca(c: &Certificate) -> bool {
     c.tbs_certificate.subject == c.tbs_certificate.issuer
-        && check_ca(c).is_ok()
+        && check_ca(c, 0).is_ok()
         && verify_signed_by(c, c).is_ok()
 }
 
-/// A certificate that signs another must be a CA allowed to sign certificates.
-fn check_ca(c: &Certificate) -> Result<(), String> {
+/// A certificate that signs another must be a CA allowed to sign certificates, with `below`
+/// CA certificates between it and the leaf (at most its `pathLenConstraint`).
+fn check_ca(c: &Certificate, below: usize) -> Result<(), String> {
     let bc: BasicConstraints = decoded(c, OID_BASIC_CONSTRAINTS, "basicConstraints")?
         .ok_or("a signing certificate without basicConstraints")?;
     if !bc.ca {
         return Err("a signing certificate that is not a CA".into());
+    }
+    if let Some(max) = bc.path_len_constraint {
+        if below > usize::from(max) {
+            return Err(format!(
+                "its pathLenConstraint {max} allows fewer CAs below it than the {below} there are"
+            ));
+        }
     }
     let ku: Option<KeyUsage> = decoded(c, OID_KEY_USAGE, "keyUsage")?;
     if ku.is_some_and(|ku| !ku.key_cert_sign()) {
@@ -381,149 +431,4 @@ fn leaf_names(leaf: &Certificate, iss: &str) -> Result<bool, String> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use rcgen::{
-        BasicConstraints as Bc, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType,
-        PKCS_ECDSA_P256_SHA256,
-    };
-
-    /// A CA (root or intermediate) and its key.
-    pub(crate) struct Ca {
-        pub cert: rcgen::Certificate,
-        pub key: KeyPair,
-    }
-
-    pub(crate) fn ca(name: &str, parent: Option<&Ca>) -> Ca {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, name);
-        p.is_ca = IsCa::Ca(Bc::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = match parent {
-            None => p.self_signed(&key).unwrap(),
-            Some(pa) => p.signed_by(&key, &pa.cert, &pa.key).unwrap(),
-        };
-        Ca { cert, key }
-    }
-
-    /// A leaf certificate for `sans` signed by `by`, and its key as an idstack signing key.
-    pub(crate) fn leaf(
-        by: &Ca,
-        sans: Vec<SanType>,
-        edit: impl FnOnce(&mut CertificateParams),
-    ) -> (String, crate::crypto::SigningKey) {
-        use p256::pkcs8::DecodePrivateKey;
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name
-            .push(DnType::CommonName, "document signer");
-        p.subject_alt_names = sans;
-        edit(&mut p);
-        let cert = p.signed_by(&key, &by.cert, &by.key).unwrap();
-        let sk = p256::ecdsa::SigningKey::from_pkcs8_der(&key.serialize_der()).unwrap();
-        (b64(cert.der()), crate::crypto::SigningKey::P256(sk))
-    }
-
-    pub(crate) fn b64(der: &[u8]) -> String {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(der)
-    }
-
-    pub(crate) fn dns(name: &str) -> SanType {
-        SanType::DnsName(name.try_into().unwrap())
-    }
-
-    const ISS: &str = "https://issuer.example/tenant";
-    const NOW: i64 = 1_800_000_000;
-
-    #[test]
-    fn chains_to_an_anchor_and_names_the_issuer() {
-        let root = ca("root", None);
-        let anchors = TrustAnchors::from_pem(root.cert.pem().as_bytes()).unwrap();
-        let (leaf_der, sk) = leaf(&root, vec![dns("issuer.example")], |_| {});
-        let key = anchors.leaf_key(&[leaf_der], ISS, NOW).unwrap();
-        assert_eq!(key, sk.verifying_key());
-        // via an intermediate, and a SAN URI naming the issuer exactly
-        let mid = ca("intermediate", Some(&root));
-        let uri = SanType::URI(ISS.try_into().unwrap());
-        let (leaf_der, sk) = leaf(&mid, vec![uri], |_| {});
-        let chain = [leaf_der, b64(mid.cert.der())];
-        assert_eq!(
-            anchors.leaf_key(&chain, ISS, NOW).unwrap(),
-            sk.verifying_key()
-        );
-        // the intermediate alone may be the anchor
-        let mid_anchor = TrustAnchors::from_pem(mid.cert.pem().as_bytes()).unwrap();
-        assert!(mid_anchor.leaf_key(&chain[..1], ISS, NOW).is_ok());
-    }
-
-    #[test]
-    fn refusals() {
-        let root = ca("root", None);
-        let anchors = TrustAnchors::from_pem(root.cert.pem().as_bytes()).unwrap();
-        let (good, _) = leaf(&root, vec![dns("issuer.example")], |_| {});
-        let err = |chain: &[String], iss: &str| anchors.leaf_key(chain, iss, NOW).unwrap_err();
-
-        // no anchors configured
-        assert!(TrustAnchors::default()
-            .leaf_key(std::slice::from_ref(&good), ISS, NOW)
-            .unwrap_err()
-            .contains("no X.509 trust anchor"));
-        // another root
-        let other = ca("root", None);
-        let (foreign, _) = leaf(&other, vec![dns("issuer.example")], |_| {});
-        assert!(err(&[foreign], ISS).contains("trust anchor"));
-        // a leaf for another host, and an issuer that is not its URI
-        let (elsewhere, _) = leaf(&root, vec![dns("evil.example")], |_| {});
-        assert!(err(&[elsewhere], ISS).contains("does not name the issuer"));
-        assert!(err(std::slice::from_ref(&good), "https://evil.example").contains("does not name"));
-        // expired, not yet valid
-        let (old, _) = leaf(&root, vec![dns("issuer.example")], |p| {
-            p.not_before = rcgen::date_time_ymd(2000, 1, 1);
-            p.not_after = rcgen::date_time_ymd(2001, 1, 1);
-        });
-        assert!(err(&[old], ISS).contains("expired"));
-        let (future, _) = leaf(&root, vec![dns("issuer.example")], |p| {
-            p.not_before = rcgen::date_time_ymd(2100, 1, 1);
-            p.not_after = rcgen::date_time_ymd(2101, 1, 1);
-        });
-        assert!(err(&[future], ISS).contains("not yet valid"));
-        // a "CA" in the middle that is not one: a leaf signing another leaf
-        let mut not_ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        not_ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "not a ca");
-        let not_ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let not_ca = Ca {
-            cert: not_ca_params
-                .signed_by(&not_ca_key, &root.cert, &root.key)
-                .unwrap(),
-            key: not_ca_key,
-        };
-        let (under, _) = leaf(&not_ca, vec![dns("issuer.example")], |_| {});
-        let e = err(&[under, b64(not_ca.cert.der())], ISS);
-        assert!(
-            e.contains("x5c[1]") && (e.contains("not a CA") || e.contains("basicConstraints")),
-            "{e}"
-        );
-        // a chain whose order lies (the intermediate did not sign the leaf)
-        let mid = ca("intermediate", Some(&root));
-        assert!(err(&[good.clone(), b64(mid.cert.der())], ISS).contains("is not signed by"));
-        // size and encoding bounds
-        assert!(err(&[], ISS).contains("1 to"));
-        assert!(err(&vec![good.clone(); MAX_CHAIN + 1], ISS).contains("1 to"));
-        assert!(err(&["%%%".into()], ISS).contains("base64"));
-        assert!(err(&[b64(b"not a certificate")], ISS).contains("certificate"));
-        assert!(err(&["A".repeat(MAX_CERT_BYTES * 2)], ISS).contains("too large"));
-        // a tampered leaf (its signature no longer covers it)
-        use base64::Engine;
-        let mut der = base64::engine::general_purpose::STANDARD
-            .decode(&good)
-            .unwrap();
-        let at = der.len() / 2;
-        der[at] ^= 1;
-        let tampered = b64(&der);
-        assert!(anchors.leaf_key(&[tampered], ISS, NOW).is_err());
-    }
-}
+pub(crate) mod tests;

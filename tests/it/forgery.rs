@@ -828,9 +828,11 @@ fn x509_leaf(root: &Cert, host: &str) -> (String, SigningKey) {
     x509_leaf_with(root, host, |_| {})
 }
 
-/// An mdoc document signer under `root` (ISO 18013-5 Annex B.1.4: digitalSignature, mdlDS EKU).
+/// An mdoc document signer under `root` (ISO 18013-5 Annex B.1.4: digitalSignature, mdlDS EKU,
+/// one countryName).
 fn mdoc_ds(root: &Cert) -> (String, SigningKey) {
     x509_leaf_with(root, "ds.example", |p| {
+        p.distinguished_name.push(rcgen::DnType::CountryName, "UT");
         p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::Other(vec![
             1, 0, 18013, 5, 1, 2,
@@ -1312,3 +1314,6 @@ async fn production_issuer_imports_its_mdoc_document_signer_chain() {
     );
     s.stop();
 }
+
+mod mdoc_documents;
+mod pex_format;

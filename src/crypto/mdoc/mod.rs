@@ -11,13 +11,17 @@
 //!   SessionTranscript.
 //! - [`transcript`]: the SessionTranscript of OpenID4VP 1.0 Appendix B.2.6 (OpenID4VPHandover).
 //! - [`verify`]: every check a verifier owes an mdoc: bounded input, issuerAuth signature by a
-//!   document signer whose chain ends at a trust anchor, MSO doc type and digest algorithm, the
-//!   validity window (and within the signer certificate), each disclosed item's digest, and the
+//!   document signer certificate (mdlDS EKU) whose chain ends at a trust anchor (names chained,
+//!   `pathLenConstraint` obeyed), MSO doc type and digest algorithm, the validity window, the
+//!   MSO's `signed` time within the document signer's validity, each disclosed item's digest, the
+//!   country (ISO 18013-5 Annex B: the document signer names exactly one countryName, the CAs
+//!   above it that name one name the same, and a disclosed `issuing_country` is it), and the
 //!   device signature over the expected SessionTranscript with the MSO's device key.
 //!
 //! Everything here treats its input as an attacker's: sizes, counts and nesting are bounded
 //! ([`MAX_BYTES`], [`MAX_DOCUMENTS`], [`MAX_ELEMENTS`], [`MAX_DEPTH`]) and every failure is an
-//! [`MdocError`] with a stable reason code, never a panic.
+//! [`MdocError`] with a stable reason code, never a panic; reasons quote attacker text cut by
+//! [`clip`].
 
 pub mod issue;
 pub mod present;
@@ -60,6 +64,8 @@ pub enum MdocError {
     DeviceAuth(String),
     #[error("doc type mismatch: {0}")]
     DocType(String),
+    #[error("country mismatch: {0}")]
+    Country(String),
 }
 
 impl MdocError {
@@ -75,6 +81,7 @@ impl MdocError {
             MdocError::Validity(_) => "mdoc_not_valid_now",
             MdocError::DeviceAuth(_) => "mdoc_device_auth_failed",
             MdocError::DocType(_) => "mdoc_doctype_mismatch",
+            MdocError::Country(_) => "mdoc_country_mismatch",
         }
     }
 }
@@ -101,11 +108,42 @@ pub fn decode(bytes: &[u8]) -> MdocResult<Value> {
     }
     let mut rest = bytes;
     let v: Value = ciborium::de::from_reader_with_recursion_limit(&mut rest, MAX_DEPTH)
-        .map_err(|e| malformed(format!("CBOR: {e}")))?;
+        .map_err(|e| malformed(cbor_error(&e)))?;
     if !rest.is_empty() {
         return Err(malformed("trailing bytes after the CBOR item"));
     }
     Ok(v)
+}
+
+/// A decoding failure as short text (ciborium's own Display is its Debug form).
+fn cbor_error<T>(e: &ciborium::de::Error<T>) -> String {
+    use ciborium::de::Error;
+    match e {
+        Error::Io(_) => "CBOR: truncated input".into(),
+        Error::Syntax(at) => format!("CBOR: invalid syntax at byte {at}"),
+        Error::Semantic(_, what) => format!("CBOR: {}", clip(what)),
+        Error::RecursionLimitExceeded => format!("CBOR: nested deeper than {MAX_DEPTH}"),
+    }
+}
+
+/// A COSE structure's decoding failure as short text.
+fn cose_error(e: &coset::CoseError) -> String {
+    match e {
+        coset::CoseError::DecodeFailed(e) => cbor_error(e),
+        other => clip(&other.to_string()),
+    }
+}
+
+/// Longest attacker-supplied text (a doc type, a namespace, an element name) quoted in a reason.
+pub const MAX_QUOTED: usize = 200;
+
+/// `s` cut to [`MAX_QUOTED`] characters (with an ellipsis when cut): error reasons are shown to
+/// the caller and stored with the session, so they never carry an attacker's text whole.
+pub fn clip(s: &str) -> String {
+    match s.char_indices().nth(MAX_QUOTED) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_string(),
+    }
 }
 
 /// Encodes a CBOR value (ciborium writes the definite-length, preferred-size form).
@@ -178,7 +216,7 @@ pub fn parse_tdate(v: &Value) -> MdocResult<i64> {
         Value::Tag(0, inner) => match inner.as_ref() {
             Value::Text(t) => chrono::DateTime::parse_from_rfc3339(t)
                 .map(|d| d.timestamp())
-                .map_err(|_| malformed(format!("tdate `{t}` is not RFC 3339"))),
+                .map_err(|_| malformed(format!("tdate `{}` is not RFC 3339", clip(t)))),
             _ => Err(malformed("tdate must be text")),
         },
         _ => Err(malformed("expected a tdate (tag 0)")),
@@ -268,7 +306,7 @@ pub fn cose_key(key: &crate::crypto::VerifyingKey) -> MdocResult<Value> {
 pub fn key_from_cose(v: &Value) -> MdocResult<crate::crypto::VerifyingKey> {
     use coset::{AsCborValue, KeyType, Label};
     let key = coset::CoseKey::from_cbor_value(v.clone())
-        .map_err(|e| malformed(format!("device key COSE_Key: {e}")))?;
+        .map_err(|e| malformed(format!("device key COSE_Key: {}", cose_error(&e))))?;
     if key.kty != KeyType::Assigned(coset::iana::KeyType::EC2) {
         return Err(MdocError::Unsupported("device key must be EC2".into()));
     }

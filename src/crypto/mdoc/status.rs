@@ -82,7 +82,9 @@ pub fn verify(
     }
     let sign1 = coset::CoseSign1::from_tagged_slice(bytes)
         .or_else(|_| coset::CoseSign1::from_slice(bytes))
-        .map_err(|e| MdocError::Malformed(format!("status list token: {e}")))?;
+        .map_err(|e| {
+            MdocError::Malformed(format!("status list token: {}", super::cose_error(&e)))
+        })?;
     let typ_ok = sign1
         .protected
         .header

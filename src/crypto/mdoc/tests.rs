@@ -19,9 +19,16 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_under(&ca("test IACA", None), document_signer)
+}
+
+/// A document signer under `root` (its certificate `edit`ed), `root` the one anchor.
+fn fixture_under(
+    root: &crate::crypto::x509::tests::Ca,
+    edit: impl FnOnce(&mut rcgen::CertificateParams),
+) -> Fixture {
     use base64::Engine;
-    let root = ca("test IACA", None);
-    let (ds, signer) = leaf(&root, vec![], document_signer);
+    let (ds, signer) = leaf(root, vec![], edit);
     Fixture {
         anchors: TrustAnchors::from_pem(root.cert.pem().as_bytes()).unwrap(),
         signer,
@@ -32,9 +39,10 @@ fn fixture() -> Fixture {
     }
 }
 
-/// ISO 18013-5 Annex B.1.4: a document signer has keyUsage digitalSignature and the mdlDS
-/// extended key usage (1.0.18013.5.1.2).
+/// ISO 18013-5 Annex B.1.4: a document signer has keyUsage digitalSignature, the mdlDS
+/// extended key usage (1.0.18013.5.1.2) and one countryName.
 fn document_signer(p: &mut rcgen::CertificateParams) {
+    p.distinguished_name.push(rcgen::DnType::CountryName, "UT");
     p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::Other(vec![
         1, 0, 18013, 5, 1, 2,
@@ -474,3 +482,5 @@ fn only_a_document_signer_certificate_may_sign_an_mso() {
     let e = signed_by(&iaca_key, vec![root.cert.der().to_vec()]).unwrap_err();
     assert_eq!(e.code(), "mdoc_untrusted_signer", "{e}");
 }
+
+mod signer;

@@ -8,8 +8,8 @@ use coset::{AsCborValue, Label};
 use sha2::{Digest, Sha256};
 
 use super::{
-    array, decode, encode, get, key_from_cose, malformed, map_entries, parse_tdate, tag24, text,
-    untag24, MdocError, MdocResult, MAX_DOCUMENTS, MAX_ELEMENTS, X5CHAIN,
+    array, clip, cose_error, decode, encode, get, key_from_cose, malformed, map_entries,
+    parse_tdate, tag24, text, untag24, MdocError, MdocResult, MAX_DOCUMENTS, MAX_ELEMENTS, X5CHAIN,
 };
 use crate::crypto::x509::TrustAnchors;
 use crate::crypto::VerifyingKey;
@@ -48,8 +48,12 @@ pub fn issuer_signed(
     now: i64,
 ) -> MdocResult<Verified> {
     let auth = get(issuer_signed, "issuerAuth").ok_or_else(|| malformed("no issuerAuth"))?;
-    let sign1 = coset::CoseSign1::from_cbor_value(auth.clone())
-        .map_err(|e| malformed(format!("issuerAuth is not a COSE_Sign1: {e}")))?;
+    let sign1 = coset::CoseSign1::from_cbor_value(auth.clone()).map_err(|e| {
+        malformed(format!(
+            "issuerAuth is not a COSE_Sign1: {}",
+            cose_error(&e)
+        ))
+    })?;
     let alg = sign1.protected.header.alg.clone();
     if alg
         != Some(coset::RegisteredLabelWithPrivate::Assigned(
@@ -61,9 +65,10 @@ pub fn issuer_signed(
         ));
     }
     let chain = x5chain(&sign1)?;
-    let (signer, signer_cert) = anchors
-        .chain_key(&chain, now)
+    let path = anchors
+        .chain_path(&chain, now)
         .map_err(MdocError::Untrusted)?;
+    let (signer, signer_cert) = (path.key, path.leaf);
     crate::crypto::x509::check_document_signer(&signer_cert).map_err(MdocError::Untrusted)?;
     if !matches!(signer, VerifyingKey::P256(_)) {
         return Err(MdocError::Unsupported(
@@ -79,24 +84,7 @@ pub fn issuer_signed(
         .ok_or_else(|| malformed("issuerAuth has no payload"))?;
     let (_, mso) = untag24(&super::decode(payload)?)?;
     check_mso_header(&mso, doc_type)?;
-    let validity = get(&mso, "validityInfo").ok_or_else(|| malformed("no validityInfo"))?;
-    let valid_from =
-        parse_tdate(get(validity, "validFrom").ok_or_else(|| malformed("no validFrom"))?)?;
-    let valid_until =
-        parse_tdate(get(validity, "validUntil").ok_or_else(|| malformed("no validUntil"))?)?;
-    let signed = parse_tdate(get(validity, "signed").ok_or_else(|| malformed("no signed"))?)?;
-    if now < valid_from {
-        return Err(MdocError::Validity("validFrom is in the future".into()));
-    }
-    if now >= valid_until {
-        return Err(MdocError::Validity("expired (validUntil passed)".into()));
-    }
-    // an issuer's clock a little ahead is tolerated; a signing time after the validity is not
-    if signed > now + SIGNED_SKEW || signed >= valid_until {
-        return Err(MdocError::Validity(
-            "the MSO was signed in the future or after its validUntil".into(),
-        ));
-    }
+    let (valid_from, valid_until) = validity_window(&mso, &signer_cert, now)?;
     let device_key = key_from_cose(
         get(
             get(&mso, "deviceKeyInfo").ok_or_else(|| malformed("no deviceKeyInfo"))?,
@@ -105,6 +93,7 @@ pub fn issuer_signed(
         .ok_or_else(|| malformed("no deviceKey"))?,
     )?;
     let claims = disclosed(issuer_signed, &mso)?;
+    check_country(&signer_cert, &path.above, &claims)?;
     Ok(Verified {
         doc_type: text(&mso, "docType")?.to_string(),
         claims,
@@ -117,14 +106,98 @@ pub fn issuer_signed(
     })
 }
 
+/// The MSO's validity window (validFrom, validUntil) when `now` is inside it and the MSO was
+/// signed before `now` (a little skew allowed), before validUntil, and while its document signer
+/// certificate was valid (ISO 18013-5 9.3.1).
+fn validity_window(
+    mso: &Value,
+    signer_cert: &x509_cert::Certificate,
+    now: i64,
+) -> MdocResult<(i64, i64)> {
+    let validity = get(mso, "validityInfo").ok_or_else(|| malformed("no validityInfo"))?;
+    let valid_from =
+        parse_tdate(get(validity, "validFrom").ok_or_else(|| malformed("no validFrom"))?)?;
+    let valid_until =
+        parse_tdate(get(validity, "validUntil").ok_or_else(|| malformed("no validUntil"))?)?;
+    let signed = parse_tdate(get(validity, "signed").ok_or_else(|| malformed("no signed"))?)?;
+    // ISO 18013-5 9.3.1: the MSO is signed while its document signer certificate is valid
+    let ds_validity = &signer_cert.tbs_certificate.validity;
+    let ds_from = ds_validity.not_before.to_unix_duration().as_secs() as i64;
+    let ds_until = ds_validity.not_after.to_unix_duration().as_secs() as i64;
+    if signed < ds_from || signed > ds_until {
+        return Err(MdocError::Validity(
+            "the MSO was signed outside its document signer certificate's validity".into(),
+        ));
+    }
+    if now < valid_from {
+        return Err(MdocError::Validity("validFrom is in the future".into()));
+    }
+    if now >= valid_until {
+        return Err(MdocError::Validity("expired (validUntil passed)".into()));
+    }
+    // an issuer's clock a little ahead is tolerated; a signing time after the validity is not
+    if signed > now + SIGNED_SKEW || signed >= valid_until {
+        return Err(MdocError::Validity(
+            "the MSO was signed in the future or after its validUntil".into(),
+        ));
+    }
+    Ok((valid_from, valid_until))
+}
+
+/// ISO 18013-5 Annex B: the document signer names exactly one countryName; every CA above it
+/// (its IACA, the anchor) that names a country names the same one; and an `issuing_country`
+/// disclosed in any namespace is that country.
+fn check_country(
+    ds: &x509_cert::Certificate,
+    above: &[x509_cert::Certificate],
+    claims: &Claims,
+) -> MdocResult<()> {
+    use crate::crypto::x509::countries;
+    let country = match countries(ds).as_slice() {
+        [c] if !c.is_empty() => c.clone(),
+        other => {
+            return Err(MdocError::Country(format!(
+                "the document signer certificate must name exactly one countryName (it names {})",
+                other.len()
+            )))
+        }
+    };
+    for ca in above {
+        if let Some(theirs) = countries(ca).iter().find(|c| **c != country) {
+            return Err(MdocError::Country(format!(
+                "the document signer's countryName {country} differs from its CA's {}",
+                clip(theirs)
+            )));
+        }
+    }
+    for (ns, elements) in claims {
+        match elements.get("issuing_country") {
+            None => {}
+            Some(serde_json::Value::String(c)) if *c == country => {}
+            Some(other) => {
+                return Err(MdocError::Country(format!(
+                    "{}: issuing_country {} is not the document signer's countryName {country}",
+                    clip(ns),
+                    clip(&other.to_string())
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The doc type and issuer-signed elements of an `IssuerSigned` WITHOUT checking its signature,
 /// chain or validity (each disclosed item is still checked against the MSO's digests): for a
 /// holder deciding which of its own credentials answer a query. Never a verification result.
 pub fn parse_unverified(issuer_signed_bytes: &[u8]) -> MdocResult<(String, Claims)> {
     let signed = decode(issuer_signed_bytes)?;
     let auth = get(&signed, "issuerAuth").ok_or_else(|| malformed("no issuerAuth"))?;
-    let sign1 = coset::CoseSign1::from_cbor_value(auth.clone())
-        .map_err(|e| malformed(format!("issuerAuth is not a COSE_Sign1: {e}")))?;
+    let sign1 = coset::CoseSign1::from_cbor_value(auth.clone()).map_err(|e| {
+        malformed(format!(
+            "issuerAuth is not a COSE_Sign1: {}",
+            cose_error(&e)
+        ))
+    })?;
     let payload = sign1
         .payload
         .as_deref()
@@ -149,7 +222,9 @@ fn check_mso_header(mso: &Value, doc_type: Option<&str>) -> MdocResult<()> {
     if let Some(want) = doc_type {
         if mso_type != want {
             return Err(MdocError::DocType(format!(
-                "the document says {want}, its MSO {mso_type}"
+                "the document says {}, its MSO {}",
+                clip(want),
+                clip(mso_type)
             )));
         }
     }
@@ -199,7 +274,8 @@ fn disclosed(
             return Err(malformed("namespace names must be text"));
         };
         let ns_digests = get(digests, ns)
-            .ok_or_else(|| MdocError::Digest(format!("no digests for namespace {ns}")))?;
+            .ok_or_else(|| MdocError::Digest(format!("no digests for namespace {}", clip(ns))))?;
+        let ns_quoted = clip(ns);
         let mut seen_ids = BTreeSet::new();
         let mut elements = serde_json::Map::new();
         for item in array(items, "a namespace's items")? {
@@ -217,18 +293,18 @@ fn disclosed(
             };
             if !seen_ids.insert(id) {
                 return Err(MdocError::Digest(format!(
-                    "digestID {id} disclosed twice in {ns}"
+                    "digestID {id} disclosed twice in {ns_quoted}"
                 )));
             }
             let want = map_entries(ns_digests, "valueDigests")?
                 .iter()
                 .find(|(k, _)| matches!(k, Value::Integer(i) if u64::try_from(*i).ok() == Some(id)))
                 .map(|(_, v)| v)
-                .ok_or_else(|| MdocError::Digest(format!("no digest {id} in {ns}")))?;
+                .ok_or_else(|| MdocError::Digest(format!("no digest {id} in {ns_quoted}")))?;
             let got = Sha256::digest(encode(item));
             if !matches!(want, Value::Bytes(w) if w.as_slice() == got.as_slice()) {
                 return Err(MdocError::Digest(format!(
-                    "element with digestID {id} in {ns}"
+                    "element with digestID {id} in {ns_quoted}"
                 )));
             }
             let name = text(&decoded, "elementIdentifier")?.to_string();
@@ -239,7 +315,8 @@ fn disclosed(
                 .is_some()
             {
                 return Err(MdocError::Digest(format!(
-                    "element {name} disclosed twice in {ns}"
+                    "element {} disclosed twice in {ns_quoted}",
+                    clip(&name)
                 )));
             }
         }
@@ -322,8 +399,12 @@ fn document(
         ));
     }
     let sig = get(auth, "deviceSignature").ok_or_else(|| malformed("no deviceSignature"))?;
-    let sign1 = coset::CoseSign1::from_cbor_value(sig.clone())
-        .map_err(|e| malformed(format!("deviceSignature is not a COSE_Sign1: {e}")))?;
+    let sign1 = coset::CoseSign1::from_cbor_value(sig.clone()).map_err(|e| {
+        malformed(format!(
+            "deviceSignature is not a COSE_Sign1: {}",
+            cose_error(&e)
+        ))
+    })?;
     if sign1.protected.header.alg
         != Some(coset::RegisteredLabelWithPrivate::Assigned(
             coset::iana::Algorithm::ES256,

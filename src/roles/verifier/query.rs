@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use super::verify::{self, Checked, Ctx, Outcome};
+use crate::crypto::mdoc::clip;
 use crate::dcql::{mismatch, resolve_path, CredentialView};
 
 /// Verifies every presentation in `vp_token` and checks the query is satisfied.
@@ -89,7 +90,7 @@ async fn dcql(ctx: &Ctx<'_>, out: &mut Outcome, query: &Value, vp_token: &Value)
         else {
             out.fail(
                 "query_match",
-                format!("{qid}: not a credential query of this request"),
+                format!("{}: not a credential query of this request", clip(qid)),
             );
             continue;
         };
@@ -97,26 +98,26 @@ async fn dcql(ctx: &Ctx<'_>, out: &mut Outcome, query: &Value, vp_token: &Value)
             Value::Array(a) => a.clone(),
             other => vec![other.clone()],
         };
-        if list.len() > 1 && cq["multiple"].as_bool() != Some(true) {
-            out.fail(
-                "query_match",
-                format!("{qid}: several presentations for a single-credential query"),
-            );
-        }
         let format = cq["format"].as_str().unwrap_or_default().to_string();
         let binding = cq["require_cryptographic_holder_binding"].as_bool() != Some(false);
         let mut all_ok = !list.is_empty();
+        let mut documents = 0;
         for p in &list {
             let checked = verify_one(ctx, out, qid, &format, p, binding).await;
             if checked.is_empty() {
                 all_ok = false;
             }
+            documents += checked.len();
             for c in &checked {
                 if let Some(why) = mismatch(&view(c), cq) {
                     out.fail("query_match", why);
                     all_ok = false;
                 }
             }
+        }
+        if let Some(why) = too_many(cq, qid, list.len(), documents) {
+            out.fail("query_match", why);
+            all_ok = false;
         }
         if all_ok {
             satisfied.push(qid.clone());
@@ -156,6 +157,55 @@ async fn dcql(ctx: &Ctx<'_>, out: &mut Outcome, query: &Value, vp_token: &Value)
             format!("not satisfied: {}", missing.join(", ")),
         );
     }
+}
+
+/// DCQL `multiple` (default false): a single-credential query is answered by one credential,
+/// however it comes — one presentation, and one document in an mdoc DeviceResponse.
+fn too_many(cq: &Value, qid: &str, presentations: usize, documents: usize) -> Option<String> {
+    if cq["multiple"].as_bool() == Some(true) {
+        return None;
+    }
+    if presentations > 1 {
+        return Some(format!(
+            "{qid}: several presentations for a single-credential query"
+        ));
+    }
+    (documents > 1).then(|| {
+        format!("{qid}: {documents} credentials (documents) for a single-credential query")
+    })
+}
+
+/// Formats verified the same way: a PEX `format` key and a descriptor_map `format` may name the
+/// credential or the presentation around it.
+fn format_family(format: &str) -> Option<&'static str> {
+    match format {
+        "dc+sd-jwt" | "vc+sd-jwt" => Some("sd-jwt"),
+        "jwt_vc_json" | "jwt_vp" | "jwt_vp_json" | "jwt_vc" => Some("jwt"),
+        "ldp_vc" | "ldp_vp" | "ldp" => Some("ldp"),
+        "mso_mdoc" => Some("mso_mdoc"),
+        _ => None,
+    }
+}
+
+/// Why the holder's `submitted` format cannot answer input descriptor `d`: the descriptor's
+/// `format` (else the definition's), when it names formats, must allow it. The format is the
+/// holder's word in descriptor_map; only the descriptor decides what answers it.
+fn format_refusal(pd: &Value, d: &Value, submitted: &str) -> Option<String> {
+    let allowed = d["format"]
+        .as_object()
+        .or_else(|| pd["format"].as_object())
+        .filter(|f| !f.is_empty())?;
+    let ok = format_family(submitted)
+        .is_some_and(|fam| allowed.keys().any(|k| format_family(k) == Some(fam)));
+    (!ok).then(|| {
+        let names: Vec<&str> = allowed.keys().map(String::as_str).collect();
+        format!(
+            "{}: format {} does not answer a descriptor for {}",
+            clip(d["id"].as_str().unwrap_or_default()),
+            clip(submitted),
+            clip(&names.join(", "))
+        )
+    })
 }
 
 /// `$`, `$[0]`, `$.a.b`, `$['a']` → path segments.
@@ -234,17 +284,34 @@ async fn pex(
             continue;
         };
         let format = entry["format"].as_str().unwrap_or_default();
+        if let Some(why) = format_refusal(pd, d, format) {
+            out.fail("query_match", why);
+            missing.push(id.to_string());
+            continue;
+        }
         let checked = verify_one(ctx, out, id, format, &p, true).await;
         if checked.is_empty() {
             missing.push(id.to_string());
             continue;
+        }
+        if checked.len() > 1 {
+            out.fail(
+                "query_match",
+                format!(
+                    "{id}: {} credentials (documents) for one input descriptor",
+                    checked.len()
+                ),
+            );
         }
         for c in checked {
             // ISO 18013-7 Annex B: an mso_mdoc input descriptor's id is the doc type it asks for
             if let Some(doctype) = c.doctype.as_deref().filter(|dt| *dt != id) {
                 out.fail(
                     "query_match",
-                    format!("{id}: an mdoc of doc type {doctype} does not answer this descriptor"),
+                    format!(
+                        "{id}: an mdoc of doc type {} does not answer this descriptor",
+                        clip(doctype)
+                    ),
                 );
             }
             let fields = d["constraints"]["fields"]
@@ -335,5 +402,39 @@ mod tests {
             vec![json!("vc"), json!("credentialSubject"), json!("given_name")]
         );
         assert!(parse_json_path("vc").is_none());
+    }
+
+    /// t_twodocs: two people's mDLs in one DeviceResponse answer a single-credential query only
+    /// when it says `multiple: true`.
+    #[test]
+    fn a_single_credential_query_takes_one_document() {
+        let single = json!({"id": "mdl", "format": "mso_mdoc"});
+        assert!(too_many(&single, "mdl", 1, 1).is_none());
+        let why = too_many(&single, "mdl", 1, 2).unwrap();
+        assert!(why.contains("2 credentials"), "{why}");
+        assert!(too_many(&single, "mdl", 2, 2).is_some());
+        let multiple = json!({"id": "mdl", "format": "mso_mdoc", "multiple": true});
+        assert!(too_many(&multiple, "mdl", 1, 2).is_none());
+    }
+
+    /// t_pex_format: an input descriptor for an mDL (format mso_mdoc) is not answered by an
+    /// SD-JWT the holder's descriptor_map calls dc+sd-jwt; the definition's `format` applies to
+    /// descriptors without one; no `format` anywhere allows any.
+    #[test]
+    fn the_descriptor_decides_which_formats_answer_it() {
+        let mdl =
+            json!({"id": "org.iso.18013.5.1.mDL", "format": {"mso_mdoc": {"alg": ["ES256"]}}});
+        let pd = json!({"input_descriptors": [mdl]});
+        let why = format_refusal(&pd, &mdl, "dc+sd-jwt").unwrap();
+        assert!(why.contains("format dc+sd-jwt does not answer"), "{why}");
+        assert!(format_refusal(&pd, &mdl, "mso_mdoc").is_none());
+        assert!(format_refusal(&pd, &mdl, "").is_some());
+        let bare = json!({"id": "pid"});
+        let sd = json!({"format": {"vc+sd-jwt": {}}});
+        assert!(format_refusal(&sd, &bare, "dc+sd-jwt").is_none());
+        assert!(format_refusal(&sd, &bare, "mso_mdoc").is_some());
+        assert!(format_refusal(&json!({}), &bare, "jwt_vp").is_none());
+        let jwt = json!({"id": "x", "format": {"jwt_vc_json": {}}});
+        assert!(format_refusal(&pd, &jwt, "jwt_vp_json").is_none());
     }
 }

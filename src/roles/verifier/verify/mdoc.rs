@@ -78,7 +78,7 @@ fn policy_broken(e: &crate::crypto::mdoc::MdocError) -> &'static str {
         MdocError::Digest(_) => "disclosure_integrity",
         MdocError::Validity(_) => "validity",
         MdocError::DeviceAuth(_) => "holder_binding",
-        MdocError::Untrusted(_) => "issuer_allowlist",
+        MdocError::Untrusted(_) | MdocError::Country(_) => "issuer_allowlist",
         _ => "signature",
     }
 }

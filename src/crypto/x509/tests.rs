@@ -1,0 +1,228 @@
+//! Chains to trust anchors: what verifies and each refusal.
+
+use super::*;
+use rcgen::{
+    BasicConstraints as Bc, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    PKCS_ECDSA_P256_SHA256,
+};
+
+/// A CA (root or intermediate) and its key.
+pub(crate) struct Ca {
+    pub cert: rcgen::Certificate,
+    pub key: KeyPair,
+}
+
+pub(crate) fn ca(name: &str, parent: Option<&Ca>) -> Ca {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.is_ca = IsCa::Ca(Bc::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let cert = match parent {
+        None => p.self_signed(&key).unwrap(),
+        Some(pa) => p.signed_by(&key, &pa.cert, &pa.key).unwrap(),
+    };
+    Ca { cert, key }
+}
+
+/// A leaf certificate for `sans` signed by `by`, and its key as an idstack signing key.
+pub(crate) fn leaf(
+    by: &Ca,
+    sans: Vec<SanType>,
+    edit: impl FnOnce(&mut CertificateParams),
+) -> (String, crate::crypto::SigningKey) {
+    use p256::pkcs8::DecodePrivateKey;
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name
+        .push(DnType::CommonName, "document signer");
+    p.subject_alt_names = sans;
+    edit(&mut p);
+    let cert = p.signed_by(&key, &by.cert, &by.key).unwrap();
+    let sk = p256::ecdsa::SigningKey::from_pkcs8_der(&key.serialize_der()).unwrap();
+    (b64(cert.der()), crate::crypto::SigningKey::P256(sk))
+}
+
+pub(crate) fn b64(der: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(der)
+}
+
+pub(crate) fn dns(name: &str) -> SanType {
+    SanType::DnsName(name.try_into().unwrap())
+}
+
+const ISS: &str = "https://issuer.example/tenant";
+const NOW: i64 = 1_800_000_000;
+
+#[test]
+fn chains_to_an_anchor_and_names_the_issuer() {
+    let root = ca("root", None);
+    let anchors = TrustAnchors::from_pem(root.cert.pem().as_bytes()).unwrap();
+    let (leaf_der, sk) = leaf(&root, vec![dns("issuer.example")], |_| {});
+    let key = anchors.leaf_key(&[leaf_der], ISS, NOW).unwrap();
+    assert_eq!(key, sk.verifying_key());
+    // via an intermediate, and a SAN URI naming the issuer exactly
+    let mid = ca("intermediate", Some(&root));
+    let uri = SanType::URI(ISS.try_into().unwrap());
+    let (leaf_der, sk) = leaf(&mid, vec![uri], |_| {});
+    let chain = [leaf_der, b64(mid.cert.der())];
+    assert_eq!(
+        anchors.leaf_key(&chain, ISS, NOW).unwrap(),
+        sk.verifying_key()
+    );
+    // the intermediate alone may be the anchor
+    let mid_anchor = TrustAnchors::from_pem(mid.cert.pem().as_bytes()).unwrap();
+    assert!(mid_anchor.leaf_key(&chain[..1], ISS, NOW).is_ok());
+}
+
+#[test]
+fn refusals() {
+    let root = ca("root", None);
+    let anchors = TrustAnchors::from_pem(root.cert.pem().as_bytes()).unwrap();
+    let (good, _) = leaf(&root, vec![dns("issuer.example")], |_| {});
+    let err = |chain: &[String], iss: &str| anchors.leaf_key(chain, iss, NOW).unwrap_err();
+
+    // no anchors configured
+    assert!(TrustAnchors::default()
+        .leaf_key(std::slice::from_ref(&good), ISS, NOW)
+        .unwrap_err()
+        .contains("no X.509 trust anchor"));
+    // another root
+    let other = ca("root", None);
+    let (foreign, _) = leaf(&other, vec![dns("issuer.example")], |_| {});
+    assert!(err(&[foreign], ISS).contains("trust anchor"));
+    // a leaf for another host, and an issuer that is not its URI
+    let (elsewhere, _) = leaf(&root, vec![dns("evil.example")], |_| {});
+    assert!(err(&[elsewhere], ISS).contains("does not name the issuer"));
+    assert!(err(std::slice::from_ref(&good), "https://evil.example").contains("does not name"));
+    // expired, not yet valid
+    let (old, _) = leaf(&root, vec![dns("issuer.example")], |p| {
+        p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    });
+    assert!(err(&[old], ISS).contains("expired"));
+    let (future, _) = leaf(&root, vec![dns("issuer.example")], |p| {
+        p.not_before = rcgen::date_time_ymd(2100, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2101, 1, 1);
+    });
+    assert!(err(&[future], ISS).contains("not yet valid"));
+    // a "CA" in the middle that is not one: a leaf signing another leaf
+    let mut not_ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    not_ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "not a ca");
+    let not_ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let not_ca = Ca {
+        cert: not_ca_params
+            .signed_by(&not_ca_key, &root.cert, &root.key)
+            .unwrap(),
+        key: not_ca_key,
+    };
+    let (under, _) = leaf(&not_ca, vec![dns("issuer.example")], |_| {});
+    let e = err(&[under, b64(not_ca.cert.der())], ISS);
+    assert!(
+        e.contains("x5c[1]") && (e.contains("not a CA") || e.contains("basicConstraints")),
+        "{e}"
+    );
+    // a chain whose order lies (the intermediate did not sign the leaf)
+    let mid = ca("intermediate", Some(&root));
+    assert!(err(&[good.clone(), b64(mid.cert.der())], ISS).contains("is not signed by"));
+    // size and encoding bounds
+    assert!(err(&[], ISS).contains("1 to"));
+    assert!(err(&vec![good.clone(); MAX_CHAIN + 1], ISS).contains("1 to"));
+    assert!(err(&["%%%".into()], ISS).contains("base64"));
+    assert!(err(&[b64(b"not a certificate")], ISS).contains("certificate"));
+    assert!(err(&["A".repeat(MAX_CERT_BYTES * 2)], ISS).contains("too large"));
+    // a tampered leaf (its signature no longer covers it)
+    use base64::Engine;
+    let mut der = base64::engine::general_purpose::STANDARD
+        .decode(&good)
+        .unwrap();
+    let at = der.len() / 2;
+    der[at] ^= 1;
+    let tampered = b64(&der);
+    assert!(anchors.leaf_key(&[tampered], ISS, NOW).is_err());
+}
+
+/// A CA named `name` under `parent` (self-signed without one) with `pathLenConstraint` `len`.
+fn ca_with_path_len(name: &str, parent: Option<&Ca>, len: u8) -> Ca {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.is_ca = IsCa::Ca(Bc::Constrained(len));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let cert = match parent {
+        None => p.self_signed(&key).unwrap(),
+        Some(pa) => p.signed_by(&key, &pa.cert, &pa.key).unwrap(),
+    };
+    Ca { cert, key }
+}
+
+/// t_issuer_crafted: a certificate whose issuer name is not its signer's subject (signed with
+/// the right key) does not chain (RFC 5280 6.1.3 (a)(4)).
+#[test]
+fn issuer_names_chain() {
+    let root = ca("root", None);
+    let anchors = TrustAnchors::from_pem(root.cert.pem().as_bytes()).unwrap();
+    let mid = ca("intermediate", Some(&root));
+    // an issuer certificate for the name "someone else" holding the intermediate's key
+    let mut other = CertificateParams::new(Vec::<String>::new()).unwrap();
+    other
+        .distinguished_name
+        .push(DnType::CommonName, "someone else");
+    other.is_ca = IsCa::Ca(Bc::Unconstrained);
+    let named_other = Ca {
+        cert: other.self_signed(&mid.key).unwrap(),
+        key: KeyPair::try_from(mid.key.serialize_der().as_slice()).unwrap(),
+    };
+    let (leaf_der, _) = leaf(&named_other, vec![dns("issuer.example")], |_| {});
+    let e = anchors
+        .leaf_key(&[leaf_der, b64(mid.cert.der())], ISS, NOW)
+        .unwrap_err();
+    assert!(e.contains("issuer name"), "{e}");
+    // the same leaf issued under the intermediate's own name chains
+    let (leaf_der, _) = leaf(&mid, vec![dns("issuer.example")], |_| {});
+    assert!(anchors
+        .leaf_key(&[leaf_der, b64(mid.cert.der())], ISS, NOW)
+        .is_ok());
+}
+
+/// `pathLenConstraint` of every CA on the path, the anchor's included, bounds the CAs below it.
+#[test]
+fn path_length_constraints_hold() {
+    let der = |c: &Ca| b64(c.cert.der());
+    // an anchor allowing no CA below it, with an intermediate below it
+    let root0 = ca_with_path_len("root", None, 0);
+    let anchors = TrustAnchors::from_pem(root0.cert.pem().as_bytes()).unwrap();
+    let mid = ca("intermediate", Some(&root0));
+    let (leaf_der, _) = leaf(&mid, vec![dns("issuer.example")], |_| {});
+    let e = anchors
+        .leaf_key(&[leaf_der, der(&mid)], ISS, NOW)
+        .unwrap_err();
+    assert!(e.contains("trust anchor"), "{e}");
+    let (direct, _) = leaf(&root0, vec![dns("issuer.example")], |_| {});
+    assert!(anchors.leaf_key(&[direct], ISS, NOW).is_ok());
+    // an intermediate allowing no CA below it, with one below it
+    let root = ca("root", None);
+    let anchors = TrustAnchors::from_pem(root.cert.pem().as_bytes()).unwrap();
+    let mid0 = ca_with_path_len("intermediate", Some(&root), 0);
+    let sub = ca("sub", Some(&mid0));
+    let (leaf_der, _) = leaf(&sub, vec![dns("issuer.example")], |_| {});
+    let chain = [leaf_der, der(&sub), der(&mid0)];
+    let e = anchors.leaf_key(&chain, ISS, NOW).unwrap_err();
+    assert!(
+        e.contains("x5c[2]") && e.contains("pathLenConstraint"),
+        "{e}"
+    );
+    // the same intermediate as the anchor, sent in the chain
+    let mid_anchor = TrustAnchors::from_pem(mid0.cert.pem().as_bytes()).unwrap();
+    assert!(mid_anchor.leaf_key(&chain, ISS, NOW).is_err());
+    // pathLenConstraint 1 allows the one
+    let mid1 = ca_with_path_len("intermediate", Some(&root), 1);
+    let sub = ca("sub", Some(&mid1));
+    let (leaf_der, _) = leaf(&sub, vec![dns("issuer.example")], |_| {});
+    assert!(anchors
+        .leaf_key(&[leaf_der, der(&sub), der(&mid1)], ISS, NOW)
+        .is_ok());
+}
