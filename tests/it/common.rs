@@ -487,15 +487,18 @@ pub(crate) struct LineChild {
     pub child: std::process::Child,
     stdin: std::process::ChildStdin,
     stdout: std::io::BufReader<std::process::ChildStdout>,
+    /// The child's stderr, kept for the failure message when it stops answering.
+    stderr: tempfile::NamedTempFile,
 }
 
 impl LineChild {
     pub(crate) fn spawn(mut cmd: std::process::Command) -> Self {
         use std::process::Stdio;
+        let stderr = tempfile::NamedTempFile::new().unwrap();
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(stderr.reopen().unwrap()))
             .spawn()
             .unwrap();
         let stdin = child.stdin.take().unwrap();
@@ -504,18 +507,24 @@ impl LineChild {
             child,
             stdin,
             stdout,
+            stderr,
         }
     }
 
-    /// Sends one command and reads its one answer line.
+    /// Sends one command and reads its one answer line; a child that answers no JSON line fails
+    /// the test with its exit status and the end of its stderr.
     pub(crate) fn ask(&mut self, cmd: &serde_json::Value) -> serde_json::Value {
         use std::io::{BufRead, Write};
-        writeln!(self.stdin, "{cmd}").unwrap();
-        self.stdin.flush().unwrap();
+        let _ = writeln!(self.stdin, "{cmd}");
+        let _ = self.stdin.flush();
         let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("not one JSON line ({e}) answering {cmd}: {line:?}"))
+        let _ = self.stdout.read_line(&mut line);
+        serde_json::from_str(&line).unwrap_or_else(|e| {
+            let status = self.child.try_wait().ok().flatten();
+            let err = std::fs::read_to_string(self.stderr.path()).unwrap_or_default();
+            let tail: String = err.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
+            panic!("not one JSON line ({e}) answering {cmd}: {line:?}; child exit: {status:?}; stderr ends:\n{tail}")
+        })
     }
 
     /// Writes a line without waiting for an answer (a last `shutdown`).
