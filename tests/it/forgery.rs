@@ -1136,7 +1136,14 @@ fn mdoc_chain(
     country: &str,
     edit: impl FnOnce(&mut rcgen::CertificateParams),
 ) -> (String, String, String) {
-    let iaca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let iaca = mdoc_iaca(country);
+    let (ds, key) = mdoc_ds_under(&iaca, country, edit);
+    (iaca.cert.pem(), ds, key)
+}
+
+/// A production-like IACA (self-signed, pathLen 0) for `country`.
+fn mdoc_iaca(country: &str) -> Cert {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name
         .push(rcgen::DnType::CommonName, "Production IACA");
@@ -1144,7 +1151,18 @@ fn mdoc_chain(
         .push(rcgen::DnType::CountryName, country);
     p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
     p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
-    let iaca = p.self_signed(&iaca_key).unwrap();
+    Cert {
+        cert: p.self_signed(&key).unwrap(),
+        key,
+    }
+}
+
+/// A document signer under `iaca` (`edit`ed): (certificate PEM, key PKCS#8 PEM).
+fn mdoc_ds_under(
+    iaca: &Cert,
+    country: &str,
+    edit: impl FnOnce(&mut rcgen::CertificateParams),
+) -> (String, String) {
     let ds_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name
@@ -1156,8 +1174,8 @@ fn mdoc_chain(
         1, 0, 18013, 5, 1, 2,
     ])];
     edit(&mut p);
-    let ds = p.signed_by(&ds_key, &iaca, &iaca_key).unwrap();
-    (iaca.pem(), ds.pem(), ds_key.serialize_pem())
+    let ds = p.signed_by(&ds_key, &iaca.cert, &iaca.key).unwrap();
+    (ds.pem(), ds_key.serialize_pem())
 }
 
 /// Production mode creates no sandbox IACA: an mso_mdoc offer is refused (422) until the issuer
@@ -1168,7 +1186,9 @@ fn mdoc_chain(
 /// accepts; `issuing_country` must be the document signer's country. The key never comes back.
 #[tokio::test]
 async fn production_issuer_imports_its_mdoc_document_signer_chain() {
-    let (iaca, ds, key) = mdoc_chain("DE", |_| {});
+    let de_iaca = mdoc_iaca("DE");
+    let iaca = de_iaca.cert.pem();
+    let (ds, key) = mdoc_ds_under(&de_iaca, "DE", |_| {});
     let dir = tempfile::tempdir().unwrap();
     let anchors = dir.path().join("iaca.pem");
     std::fs::write(&anchors, &iaca).unwrap();
@@ -1281,6 +1301,31 @@ async fn production_issuer_imports_its_mdoc_document_signer_chain() {
     )
     .await;
     assert_eq!((status, &r["verified"]), (200, &json!(true)), "{r}");
+    // rotation: a new document signer under the same IACA signs the status lists from now on;
+    // the mdoc of the old one still verifies (its list is signed under its IACA)
+    let (ds2, key2) = mdoc_ds_under(&de_iaca, "DE", |_| {});
+    let r = import(&key2, format!("{ds2}{iaca}")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let req = open(
+        &s,
+        "rp",
+        json!({"dcql_query": {"credentials": [{"id": "mdl", "format": "mso_mdoc",
+        "meta": {"doctype_value": mdl},
+        "claims": [{"path": ["org.iso.18013.5.1", "family_name"]}]}]}}),
+    )
+    .await;
+    let (status, r) = respond(
+        &s,
+        &req,
+        "mdl",
+        json!(mdoc_present(&device, &signed, mdl, &req)),
+    )
+    .await;
+    assert_eq!(
+        (status, &r["verified"]),
+        (200, &json!(true)),
+        "after a rotation: {r}"
+    );
     // a deleted tenant's document signer goes with it: the same id created again has none
     let r = s
         .admin()

@@ -14,7 +14,7 @@ use coset::{iana, CborSerializable, Label, TaggedCborSerializable};
 use super::{get, MdocError, MdocResult, X5CHAIN};
 use crate::crypto::status::StatusArray;
 use crate::crypto::x509::TrustAnchors;
-use crate::crypto::{SigningKey, VerifyingKey};
+use crate::crypto::SigningKey;
 
 pub const MEDIA_TYPE: &str = "application/statuslist+cwt";
 const SUB: i64 = 2;
@@ -73,7 +73,7 @@ pub fn sign(
 pub fn verify(
     bytes: &[u8],
     uri: &str,
-    signer: &VerifyingKey,
+    mdoc: &super::verify::Verified,
     anchors: &TrustAnchors,
     now: i64,
 ) -> MdocResult<StatusArray> {
@@ -106,12 +106,22 @@ pub fn verify(
         ));
     }
     let chain = super::verify::x5chain(&sign1)?;
-    let (key, _) = anchors
-        .chain_key(&chain, now)
+    let path = anchors
+        .chain_path(&chain, now)
         .map_err(MdocError::Untrusted)?;
-    if &key != signer {
+    // the mdoc's own document signer, or another document signer under the same anchor (the
+    // issuer's after a rotation: its lists outlive any one signer)
+    let same_anchor = path
+        .above
+        .last()
+        .and_then(|a| x509_cert::der::Encode::to_der(a).ok())
+        .is_some_and(|a| !mdoc.anchor.is_empty() && a == mdoc.anchor);
+    let key = path.key;
+    if key != mdoc.signer_key
+        && !(same_anchor && crate::crypto::x509::check_document_signer(&path.leaf).is_ok())
+    {
         return Err(MdocError::Untrusted(
-            "the status list is not signed by the mdoc's document signer".into(),
+            "the status list is signed neither by the mdoc's document signer nor by another document signer under its IACA".into(),
         ));
     }
     sign1
@@ -154,6 +164,7 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::mdoc::verify::Verified;
     use crate::crypto::x509::tests::{ca, leaf};
     use crate::crypto::KeyType;
 
@@ -170,31 +181,53 @@ mod tests {
         list.set_lsb(7, 1).unwrap();
         let uri = "https://issuer.example/status/1";
         let now = 1_800_000_000;
+        let root_der = root.cert.der().to_vec();
+        // an mdoc signed by `signer_key` under `root`
+        let by = |signer_key| Verified {
+            doc_type: String::new(),
+            claims: Default::default(),
+            device_key: SigningKey::generate(KeyType::P256).verifying_key(),
+            valid_from: 0,
+            valid_until: 0,
+            status: None,
+            signer: String::new(),
+            signer_key,
+            anchor: root_der.clone(),
+        };
         let t = sign(uri, now, Some(3600), &list, &key, &chain).unwrap();
-        let got = verify(&t, uri, &key.verifying_key(), &anchors, now).unwrap();
+        let got = verify(&t, uri, &by(key.verifying_key()), &anchors, now).unwrap();
         assert_eq!((got.get_lsb(7).unwrap(), got.get_lsb(6).unwrap()), (1, 0));
         // another URI, another signer, another anchor, a truncated token
         assert!(verify(
             &t,
             "https://issuer.example/status/2",
-            &key.verifying_key(),
+            &by(key.verifying_key()),
             &anchors,
             now
         )
         .is_err());
         let other = SigningKey::generate(KeyType::P256).verifying_key();
         assert_eq!(
-            verify(&t, uri, &other, &anchors, now).unwrap_err().code(),
-            "mdoc_untrusted_signer"
-        );
-        let elsewhere = TrustAnchors::from_pem(ca("other", None).cert.pem().as_bytes()).unwrap();
-        assert_eq!(
-            verify(&t, uri, &key.verifying_key(), &elsewhere, now)
+            verify(&t, uri, &by(other), &anchors, now)
                 .unwrap_err()
                 .code(),
             "mdoc_untrusted_signer"
         );
-        assert!(verify(&t[..t.len() - 3], uri, &key.verifying_key(), &anchors, now).is_err());
+        let elsewhere = TrustAnchors::from_pem(ca("other", None).cert.pem().as_bytes()).unwrap();
+        assert_eq!(
+            verify(&t, uri, &by(key.verifying_key()), &elsewhere, now)
+                .unwrap_err()
+                .code(),
+            "mdoc_untrusted_signer"
+        );
+        assert!(verify(
+            &t[..t.len() - 3],
+            uri,
+            &by(key.verifying_key()),
+            &anchors,
+            now
+        )
+        .is_err());
         // the attacker's key with the genuine chain
         let forged = sign(
             uri,
@@ -206,10 +239,76 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            verify(&forged, uri, &key.verifying_key(), &anchors, now)
+            verify(&forged, uri, &by(key.verifying_key()), &anchors, now)
                 .unwrap_err()
                 .code(),
             "mdoc_bad_issuer_signature"
+        );
+    }
+
+    /// After a rotation the issuer signs its lists with its new document signer: an mdoc of the
+    /// old one accepts a list signed by another document signer under the same IACA, never one
+    /// under another IACA or by a certificate that is no document signer.
+    #[test]
+    fn a_successor_document_signer_under_the_same_iaca_may_sign_the_list() {
+        use base64::Engine;
+        let ds_eku = |p: &mut rcgen::CertificateParams| {
+            p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::Other(vec![
+                1, 0, 18013, 5, 1, 2,
+            ])];
+        };
+        let root = ca("IACA", None);
+        let anchors = TrustAnchors::from_pem(root.cert.pem().as_bytes()).unwrap();
+        let der = |b64: &str| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap()
+        };
+        let (_, old) = leaf(&root, vec![], ds_eku);
+        let (new_ds, new_key) = leaf(&root, vec![], ds_eku);
+        let (plain, plain_key) = leaf(&root, vec![], |_| {});
+        let uri = "https://issuer.example/status/1";
+        let now = 1_800_000_000;
+        let list = StatusArray::new(2, 1024).unwrap();
+        let mdoc = |anchor: Vec<u8>| Verified {
+            doc_type: String::new(),
+            claims: Default::default(),
+            device_key: old.verifying_key(),
+            valid_from: 0,
+            valid_until: 0,
+            status: None,
+            signer: String::new(),
+            signer_key: old.verifying_key(),
+            anchor,
+        };
+        let by_new = sign(uri, now, None, &list, &new_key, &[der(&new_ds)]).unwrap();
+        verify(&by_new, uri, &mdoc(root.cert.der().to_vec()), &anchors, now).unwrap();
+        let other_iaca = ca("other", None);
+        assert_eq!(
+            verify(
+                &by_new,
+                uri,
+                &mdoc(other_iaca.cert.der().to_vec()),
+                &anchors,
+                now
+            )
+            .unwrap_err()
+            .code(),
+            "mdoc_untrusted_signer"
+        );
+        let by_plain = sign(uri, now, None, &list, &plain_key, &[der(&plain)]).unwrap();
+        assert_eq!(
+            verify(
+                &by_plain,
+                uri,
+                &mdoc(root.cert.der().to_vec()),
+                &anchors,
+                now
+            )
+            .unwrap_err()
+            .code(),
+            "mdoc_untrusted_signer"
         );
     }
 }

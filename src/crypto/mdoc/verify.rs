@@ -34,8 +34,11 @@ pub struct Verified {
     pub status: Option<(u64, String)>,
     /// The document signer certificate's subject (RFC 4514).
     pub signer: String,
-    /// The document signer's key (what the mdoc's status list must be signed with).
+    /// The document signer's key.
     pub signer_key: VerifyingKey,
+    /// The trust anchor (DER) its chain ends at: the mdoc's status list must be signed by a
+    /// document signer under the same anchor (the mdoc's own, or its successor after a rotation).
+    pub anchor: Vec<u8>,
 }
 
 /// The issuer-signed part of one document: `issuerAuth` signed by a document signer chaining to
@@ -94,6 +97,11 @@ pub fn issuer_signed(
     )?;
     let claims = disclosed(issuer_signed, &mso)?;
     check_country(&signer_cert, &path.above, &claims)?;
+    let anchor = path
+        .above
+        .last()
+        .and_then(|a| x509_cert::der::Encode::to_der(a).ok())
+        .unwrap_or_default();
     Ok(Verified {
         doc_type: text(&mso, "docType")?.to_string(),
         claims,
@@ -103,6 +111,7 @@ pub fn issuer_signed(
         status: status_ref(&mso),
         signer: signer_cert.tbs_certificate.subject.to_string(),
         signer_key: signer,
+        anchor,
     })
 }
 

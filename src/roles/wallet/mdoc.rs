@@ -120,7 +120,7 @@ impl WalletService {
         let v = mdoc::decode(&bytes)
             .and_then(|signed| mdoc::verify::issuer_signed(&signed, None, &anchors, self.now()))
             .map_err(rejected)?;
-        let Some((idx, uri)) = v.status else {
+        let Some((idx, uri)) = v.status.clone() else {
             return Ok("no_status");
         };
         let token = crate::client::get_bytes(
@@ -131,7 +131,7 @@ impl WalletService {
             Duration::from_secs(10),
         )
         .await?;
-        let list = status::verify(&token, &uri, &v.signer_key, &anchors, self.now())
+        let list = status::verify(&token, &uri, &v, &anchors, self.now())
             .map_err(|e| WalletError::Remote(format!("status list: {e}")))?;
         Ok(match list.get_lsb(idx).or_remote()? {
             0 => "valid",

@@ -59,7 +59,7 @@ pub async fn mdoc(
     let mut checked = Vec::new();
     for d in docs {
         match &d.status {
-            Some((idx, uri)) => mdoc_status(ctx, out, query_id, *idx, uri, &d.signer_key).await,
+            Some((idx, uri)) => mdoc_status(ctx, out, query_id, *idx, uri, &d).await,
             None if ctx.require_status => out.fail(
                 "status",
                 format!("{query_id}: the mdoc carries no status reference"),

@@ -238,14 +238,14 @@ pub(super) async fn w3c_status(
 }
 
 /// An mdoc's Token Status List (CWT form, fetched through the outbound guard, bounded), which
-/// must be signed by the mdoc's own document signer.
+/// must be signed by the mdoc's own document signer or another one under its IACA.
 pub(super) async fn mdoc_status(
     ctx: &Ctx<'_>,
     out: &mut Outcome,
     query_id: &str,
     idx: u64,
     uri: &str,
-    signer: &VerifyingKey,
+    mdoc: &crate::crypto::mdoc::verify::Verified,
 ) {
     use crate::crypto::mdoc::status;
     use crate::http::outbound::read_capped;
@@ -268,7 +268,7 @@ pub(super) async fn mdoc_status(
         Err(e) => Err(format!("status list: {e}")),
     };
     let list = body.and_then(|b| {
-        status::verify(&b, uri, signer, ctx.anchors, ctx.now).map_err(|e| e.to_string())
+        status::verify(&b, uri, mdoc, ctx.anchors, ctx.now).map_err(|e| e.to_string())
     });
     match list.and_then(|l| l.get_lsb(idx).map_err(|e| e.to_string())) {
         Ok(0) => out.pass("status"),
