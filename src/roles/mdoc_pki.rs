@@ -206,6 +206,16 @@ pub async fn trust_anchors(ctx: &RoleContext) -> crate::crypto::x509::TrustAncho
 /// created with the sandbox IACA on first use. Production mode creates nothing: an error says to
 /// import one.
 pub async fn document_signer(ctx: &RoleContext, issuer: &str) -> anyhow::Result<Signer> {
+    find_document_signer(ctx, issuer)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("{}", no_signer(issuer)))
+}
+
+/// [`document_signer`], or `None` in production mode when none was imported.
+pub async fn find_document_signer(
+    ctx: &RoleContext,
+    issuer: &str,
+) -> anyhow::Result<Option<Signer>> {
     let id = format!("ds/{issuer}");
     let sandbox = ctx.mode == crate::config::Mode::Sandbox;
     let stored = ctx.store.get(KEYSPACE, &id).await?;
@@ -219,10 +229,10 @@ pub async fn document_signer(ctx: &RoleContext, issuer: &str) -> anyhow::Result<
                 until - ctx.clock.now_secs() < RENEW_BEFORE_DAYS * 86_400
             });
         if !renew {
-            return Ok(signer);
+            return Ok(Some(signer));
         }
     } else if !sandbox {
-        anyhow::bail!("{}", no_signer(issuer));
+        return Ok(None);
     }
     let fresh = sandbox_document_signer(ctx, issuer, &id).await?;
     let bytes = serde_json::to_vec(&fresh)?;
@@ -236,7 +246,7 @@ pub async fn document_signer(ctx: &RoleContext, issuer: &str) -> anyhow::Result<
         Cas::Conflict(Some(other)) => serde_json::from_slice(&other)?,
         Cas::Conflict(None) => anyhow::bail!("mdoc document signer {id} changed; retry"),
     };
-    Ok(open(ctx, &id, &rec)?.1)
+    Ok(Some(open(ctx, &id, &rec)?.1))
 }
 
 /// A new sandbox document signer for `issuer` under the sandbox IACA (record `id`).
@@ -276,15 +286,6 @@ pub async fn forget_document_signer(
 ) -> Result<(), crate::store::StoreError> {
     ctx.store.delete(KEYSPACE, &format!("ds/{issuer}")).await?;
     Ok(())
-}
-
-/// Whether issuer `issuer` has a document signer record (imported, or created in sandbox mode).
-pub async fn has_document_signer(ctx: &RoleContext, issuer: &str) -> anyhow::Result<bool> {
-    Ok(ctx
-        .store
-        .get(KEYSPACE, &format!("ds/{issuer}"))
-        .await?
-        .is_some())
 }
 
 /// A document signer as the admin API shows it (never its key).

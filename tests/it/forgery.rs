@@ -1130,6 +1130,32 @@ async fn trusting_verifier(s: &Server, id: &str) {
     assert_eq!(r.status(), 201);
 }
 
+/// `signed` (an mDL bound to `device`) presented to a new session of verifier `verifier` asking
+/// for family_name: the response's status and body.
+async fn present_mdl(
+    s: &Server,
+    verifier: &str,
+    device: &SigningKey,
+    signed: &[u8],
+) -> (u16, Value) {
+    let mdl = "org.iso.18013.5.1.mDL";
+    let req = open(
+        s,
+        verifier,
+        json!({"dcql_query": {"credentials": [{"id": "mdl", "format": "mso_mdoc",
+        "meta": {"doctype_value": mdl},
+        "claims": [{"path": ["org.iso.18013.5.1", "family_name"]}]}]}}),
+    )
+    .await;
+    respond(
+        s,
+        &req,
+        "mdl",
+        json!(mdoc_present(device, signed, mdl, &req)),
+    )
+    .await
+}
+
 /// An IACA for country `country` and a document signer under it (`edit`ed): (IACA PEM, document
 /// signer certificate PEM, document signer key PKCS#8 PEM).
 fn mdoc_chain(
@@ -1285,42 +1311,14 @@ async fn production_issuer_imports_its_mdoc_document_signer_chain() {
         idstack::crypto::b64url_decode(cred["credentials"][0]["credential"].as_str().unwrap())
             .unwrap();
     trusting_verifier(&s, "rp").await;
-    let req = open(
-        &s,
-        "rp",
-        json!({"dcql_query": {"credentials": [{"id": "mdl", "format": "mso_mdoc",
-        "meta": {"doctype_value": mdl},
-        "claims": [{"path": ["org.iso.18013.5.1", "family_name"]}]}]}}),
-    )
-    .await;
-    let (status, r) = respond(
-        &s,
-        &req,
-        "mdl",
-        json!(mdoc_present(&device, &signed, mdl, &req)),
-    )
-    .await;
+    let (status, r) = present_mdl(&s, "rp", &device, &signed).await;
     assert_eq!((status, &r["verified"]), (200, &json!(true)), "{r}");
     // rotation: a new document signer under the same IACA signs the status lists from now on;
     // the mdoc of the old one still verifies (its list is signed under its IACA)
     let (ds2, key2) = mdoc_ds_under(&de_iaca, "DE", |_| {});
     let r = import(&key2, format!("{ds2}{iaca}")).await.unwrap();
     assert_eq!(r.status(), 200);
-    let req = open(
-        &s,
-        "rp",
-        json!({"dcql_query": {"credentials": [{"id": "mdl", "format": "mso_mdoc",
-        "meta": {"doctype_value": mdl},
-        "claims": [{"path": ["org.iso.18013.5.1", "family_name"]}]}]}}),
-    )
-    .await;
-    let (status, r) = respond(
-        &s,
-        &req,
-        "mdl",
-        json!(mdoc_present(&device, &signed, mdl, &req)),
-    )
-    .await;
+    let (status, r) = present_mdl(&s, "rp", &device, &signed).await;
     assert_eq!(
         (status, &r["verified"]),
         (200, &json!(true)),

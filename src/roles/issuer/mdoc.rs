@@ -72,6 +72,7 @@ impl super::IssuerService {
     /// Not found in production mode until a chain is imported.
     pub async fn mdoc_iaca_pem(&self, issuer_id: &str) -> Result<String, IssuerError> {
         use base64::Engine;
+        self.get_issuer(issuer_id).await?;
         let signer = self.mdoc_document_signer(issuer_id).await?;
         let der = match signer.iaca() {
             Some(der) => der.to_vec(),
@@ -93,6 +94,7 @@ impl super::IssuerService {
 
     /// Issuer `issuer_id`'s document signer (never its key).
     pub async fn mdoc_signer(&self, issuer_id: &str) -> Result<SignerInfo, IssuerError> {
+        self.get_issuer(issuer_id).await?;
         let signer = self.mdoc_document_signer(issuer_id).await?;
         mdoc_pki::info(&signer).map_err(|e| IssuerError::Mdoc(e.to_string()))
     }
@@ -118,21 +120,16 @@ impl super::IssuerService {
         })
     }
 
-    /// The document signer, or not found in production mode when none was imported.
+    /// The document signer, or not found in production mode when none was imported (one store
+    /// read; callers have checked the issuer exists).
     pub(super) async fn mdoc_document_signer(
         &self,
         issuer_id: &str,
     ) -> Result<mdoc_pki::Signer, IssuerError> {
-        self.get_issuer(issuer_id).await?;
-        let imported = mdoc_pki::has_document_signer(&self.ctx, issuer_id)
+        mdoc_pki::find_document_signer(&self.ctx, issuer_id)
             .await
-            .map_err(|e| IssuerError::Mdoc(e.to_string()))?;
-        if !imported && self.ctx.mode != crate::config::Mode::Sandbox {
-            return Err(IssuerError::NoMdocIaca);
-        }
-        mdoc_pki::document_signer(&self.ctx, issuer_id)
-            .await
-            .map_err(|e| IssuerError::Mdoc(e.to_string()))
+            .map_err(|e| IssuerError::Mdoc(e.to_string()))?
+            .ok_or(IssuerError::NoMdocIaca)
     }
 }
 
