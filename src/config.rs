@@ -582,20 +582,38 @@ pub struct ClusterConfig {
     /// Single-use transitions (codes, nonces, access-token use, verifier session results):
     /// `available` (any side of a partition may complete them) or `consistent` (a majority of the
     /// configured nodes must acknowledge them); `auto` = consistent with 3 or more nodes.
-    pub single_use: SingleUse,
+    pub single_use: Consistency,
+    /// Every other update of an existing record (revocations and status lists, wallets,
+    /// accounts, tenants, mediator connections): `available` (the key's primary applies it; two
+    /// nodes that disagree on membership for a moment may both, and one update is lost) or
+    /// `consistent` (prepared by a majority first, like single-use transitions); `auto` =
+    /// consistent with 3 or more nodes.
+    pub updates: Consistency,
 }
 
-/// `cluster.single_use`: what a single-use transition needs (docs/cluster.md).
+/// `cluster.single_use` and `cluster.updates`: what a compare-and-swap needs (docs/cluster.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum SingleUse {
+pub enum Consistency {
     /// `consistent` when there are 3 or more configured nodes (`bootstrap_expect`), else `available`.
     #[default]
     Auto,
-    /// Completed by the key's primary wherever it is: both sides of a partition may complete one.
+    /// Applied by the key's primary wherever it is: both sides of a partition (or two nodes that
+    /// briefly disagree on membership) may apply one.
     Available,
-    /// Acknowledged by a majority of the configured nodes; a minority side answers 503.
+    /// Prepared by a majority of the configured nodes first; a minority side answers 503.
     Consistent,
+}
+
+impl Consistency {
+    /// Resolved for a cluster of `configured` nodes.
+    pub fn is_consistent(self, configured: usize) -> bool {
+        match self {
+            Self::Auto => configured >= 3,
+            Self::Available => false,
+            Self::Consistent => true,
+        }
+    }
 }
 
 impl Default for ClusterConfig {
@@ -619,7 +637,8 @@ impl Default for ClusterConfig {
             anti_entropy_interval_seconds: 10,
             tombstone_ttl_seconds: 7 * 24 * 3600,
             pause_threshold_ms: 2000,
-            single_use: SingleUse::Auto,
+            single_use: Consistency::Auto,
+            updates: Consistency::Auto,
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct ClusterView {
     pub provisional: usize,
     /// `cluster.single_use` in force: `consistent` or `available`.
     pub single_use: &'static str,
+    /// `cluster.updates` in force: `consistent` or `available`.
+    pub updates: &'static str,
     /// Nodes a majority is counted against (`bootstrap_expect`, or every node ever listed).
     pub configured_nodes: usize,
     /// Nodes (this one included) a single-use transition needs in consistent mode.
@@ -68,6 +70,7 @@ pub async fn cluster_info(
             digest: String::new(),
             provisional: 0,
             single_use: "available",
+            updates: "available",
             configured_nodes: 1,
             majority: 1,
             live: 1,
@@ -95,6 +98,11 @@ pub async fn cluster_info(
         digest: digest_hex(&node.replica.digest()),
         provisional: node.replica.provisional_count(),
         single_use: if node.settings.single_use_consistent {
+            "consistent"
+        } else {
+            "available"
+        },
+        updates: if node.settings.updates_consistent {
             "consistent"
         } else {
             "available"

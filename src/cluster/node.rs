@@ -47,7 +47,13 @@ pub struct NodeSettings {
     /// `cluster.single_use` resolved: single-use transitions need a majority of the configured
     /// nodes ([`SINGLE_USE_KEYSPACES`]).
     pub single_use_consistent: bool,
+    /// `cluster.updates` resolved: every other update of an existing record needs a majority too.
+    pub updates_consistent: bool,
 }
+
+/// Stripes of the per-key lock a consistent transition holds at its executor from its majority
+/// read to its decision ([`Node::cas_local`]).
+const TRANSITION_STRIPES: usize = 256;
 
 /// Keyspaces whose records are consumed once: pre-authorized and authorization codes, offers
 /// (their redemption: `Offered` → `TokenIssued`), c_nonces, access tokens (credential
@@ -191,6 +197,9 @@ pub struct Node {
     cut_off: AtomicBool,
     /// Why writes cannot reach their replicas (`None`: they can).
     write_block: Mutex<Option<String>>,
+    /// Consistent transitions of one key executed here run one after the other: a second one
+    /// waits for the first's decision instead of finding its provisional copy and failing.
+    transitions: Vec<Arc<tokio::sync::Mutex<()>>>,
     /// Tests: answer first-round (prepare) requests only after this many ms — accepted, but the
     /// acknowledgement arrives after the executor's RPC timeout.
     #[cfg(test)]
@@ -229,6 +238,9 @@ impl Node {
             recovering: AtomicBool::new(false),
             cut_off: AtomicBool::new(false),
             write_block: Mutex::default(),
+            transitions: (0..TRANSITION_STRIPES)
+                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
+                .collect(),
             #[cfg(test)]
             stall_prepares_ms: AtomicU64::new(0),
         })
@@ -608,19 +620,32 @@ impl Node {
         self.configured_nodes() / 2 + 1
     }
 
-    /// Whether this compare-and-swap is a single-use transition that needs a majority.
+    /// Whether this compare-and-swap updates (replaces or deletes) an existing replicated record
+    /// under a majority: a single-use transition with `cluster.single_use = "consistent"`, any
+    /// other update with `cluster.updates = "consistent"`. Inserts (`expected` = absent) never
+    /// do: first-start records are insert-only and a lone restarted node must still start.
     fn needs_majority(&self, ks: &str, expected: &Option<Vec<u8>>) -> bool {
-        self.settings.single_use_consistent
-            && expected.is_some()
-            && SINGLE_USE_KEYSPACES.contains(&ks)
+        expected.is_some()
+            && !is_local_keyspace(ks)
+            && if SINGLE_USE_KEYSPACES.contains(&ks) {
+                self.settings.single_use_consistent
+            } else {
+                self.settings.updates_consistent
+            }
     }
 
     fn no_majority(&self, reached: usize) -> StoreError {
         StoreError::Unavailable(format!(
-            "single-use transition refused: cluster.single_use = \"consistent\" needs {} of {} configured nodes, this node reaches {reached}; retry",
+            "update refused: cluster.single_use / cluster.updates = \"consistent\" needs {} of {} configured nodes, this node reaches {reached}; retry",
             self.majority(),
             self.configured_nodes()
         ))
+    }
+
+    /// The executor-side lock of one key's consistent transitions.
+    async fn transition_lock(&self, ks: &str, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let i = (super::ring::weight("transition", ks, key) % TRANSITION_STRIPES as u64) as usize;
+        self.transitions[i].clone().lock_owned().await
     }
 
     /// The key's newest version from a majority of the configured nodes (this one included),
@@ -980,19 +1005,19 @@ impl Node {
         new: Option<(Vec<u8>, Option<Duration>)>,
     ) -> StoreResult<(Cas, Option<Versioned>)> {
         self.check_standing();
-        let majority = self.needs_majority(ks, &expected);
-        if majority {
-            // consistent single-use: refused (nothing written) unless a majority answers, and
-            // compared against the newest version a majority holds
+        if self.needs_majority(ks, &expected) {
+            // consistent: refused (nothing written) unless a majority answers, and compared
+            // against the newest version a majority holds; transitions of one key executed here
+            // queue up behind each other's decision
             if self.live_count() < self.majority() {
                 return Err(self.no_majority(self.live_count()));
             }
+            let serial = self.transition_lock(ks, key).await;
             self.quorum_read(ks, key).await?;
-        } else if self.standing_in(ks, key) {
-            self.fetch_from_peers(ks, key).await?;
+            return self.cas_consistent(ks, key, expected, new, serial).await;
         }
-        if majority {
-            return self.cas_consistent(ks, key, expected, new).await;
+        if self.standing_in(ks, key) {
+            self.fetch_from_peers(ks, key).await?;
         }
         if expected.is_some() && self.replica.read(ks, key).await?.is_none() {
             // an update of a record this primary does not hold at all (written while it was
@@ -1045,6 +1070,7 @@ impl Node {
         key: &str,
         expected: Option<Vec<u8>>,
         new: Option<(Vec<u8>, Option<Duration>)>,
+        serial: tokio::sync::OwnedMutexGuard<()>,
     ) -> StoreResult<(Cas, Option<Versioned>)> {
         // a transition of this key still being decided (here or by another executor that
         // prepared it here) is waited for briefly: it usually commits within milliseconds
@@ -1066,7 +1092,7 @@ impl Node {
             let rec = self.new_record(new);
             if !self.replica.prepare_locked(ks, key, &rec, &base).await? {
                 return Err(StoreError::Unavailable(
-                    "single-use transition refused: another transition of this key is being decided; retry"
+                    "transition refused: another transition of this key is being decided; retry"
                         .into(),
                 ));
             }
@@ -1075,6 +1101,8 @@ impl Node {
         let node = self.clone();
         let key = key.to_string();
         tokio::spawn(async move {
+            // held until the decision, also when the client has gone
+            let _serial = serial;
             let (rec, base) = rec;
             let prepared = node
                 .replicate_acked(

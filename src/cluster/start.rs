@@ -130,11 +130,8 @@ pub async fn start(
         anti_entropy_interval: Duration::from_secs(c.anti_entropy_interval_seconds.max(1)),
         roles: roles.clone(),
         pause_threshold: Duration::from_millis(c.pause_threshold_ms.max(1)),
-        single_use_consistent: match c.single_use {
-            crate::config::SingleUse::Auto => bootstrap_expect >= 3,
-            crate::config::SingleUse::Available => false,
-            crate::config::SingleUse::Consistent => true,
-        },
+        single_use_consistent: c.single_use.is_consistent(bootstrap_expect),
+        updates_consistent: c.updates.is_consistent(bootstrap_expect),
     };
 
     let inner = opened.store.clone();
@@ -531,10 +528,8 @@ mod tests {
 
     /// The replicated store keeps every `Store` promise (TTLs, CAS, scans, batches, export and
     /// import): the conformance suite through a cluster node on a fake clock, so every write goes
-    /// through the replica and its version envelopes. One node: with three, the concurrent-update
-    /// check lost increments about once in five runs on a loaded machine (a failure detector that
-    /// flaps under load makes two nodes execute CAS on the same key; see docs/cluster.md,
-    /// "Consistency model"). The node lives for the rest of the test process.
+    /// through the replica and its version envelopes. One node here, three in
+    /// [`three_nodes`]. The node lives for the rest of the test process.
     async fn cluster_store() -> (Arc<dyn Store>, Arc<crate::clock::FakeClock>) {
         let clock = crate::clock::FakeClock::new(1_800_000_000_000);
         let port = free_port();
@@ -544,6 +539,103 @@ mod tests {
         (store, clock)
     }
     crate::store::conformance::backend_tests!(cluster_store);
+
+    mod three_nodes {
+        //! The conformance suite on three in-process nodes (`single_use` and `updates`
+        //! consistent, as `auto` makes them from three nodes): every compare-and-swap — and so
+        //! every update and racing redemption of the suite — is sent to the next node in turn,
+        //! as a round-robin balancer would, so all three execute and forward them concurrently.
+
+        use super::*;
+        use crate::store::{BatchOp, ExportRecord, StoreResult, StoreStats};
+        use std::sync::atomic::AtomicUsize;
+
+        struct RoundRobin {
+            nodes: Vec<Arc<dyn Store>>,
+            next: AtomicUsize,
+        }
+
+        #[async_trait::async_trait]
+        impl Store for RoundRobin {
+            async fn get(&self, ks: &'static str, key: &str) -> StoreResult<Option<Vec<u8>>> {
+                self.nodes[0].get(ks, key).await
+            }
+            async fn put(
+                &self,
+                ks: &'static str,
+                key: &str,
+                value: Vec<u8>,
+                ttl: Option<Duration>,
+            ) -> StoreResult<()> {
+                self.nodes[0].put(ks, key, value, ttl).await
+            }
+            async fn delete(&self, ks: &'static str, key: &str) -> StoreResult<bool> {
+                self.nodes[0].delete(ks, key).await
+            }
+            async fn compare_and_swap(
+                &self,
+                ks: &'static str,
+                key: &str,
+                expected: Option<Vec<u8>>,
+                new: Option<(Vec<u8>, Option<Duration>)>,
+            ) -> StoreResult<Cas> {
+                let i = self.next.fetch_add(1, Ordering::Relaxed) % self.nodes.len();
+                self.nodes[i].compare_and_swap(ks, key, expected, new).await
+            }
+            async fn scan_prefix(
+                &self,
+                ks: &'static str,
+                prefix: &str,
+                limit: usize,
+            ) -> StoreResult<Vec<(String, Vec<u8>)>> {
+                self.nodes[0].scan_prefix(ks, prefix, limit).await
+            }
+            async fn batch(&self, ops: Vec<BatchOp>) -> StoreResult<()> {
+                self.nodes[0].batch(ops).await
+            }
+            async fn sweep_expired(&self) -> StoreResult<u64> {
+                self.nodes[0].sweep_expired().await
+            }
+            async fn probe(&self) -> StoreResult<()> {
+                self.nodes[0].probe().await
+            }
+            async fn flush(&self) -> StoreResult<()> {
+                self.nodes[0].flush().await
+            }
+            async fn stats(&self) -> StoreResult<StoreStats> {
+                self.nodes[0].stats().await
+            }
+            async fn export_all(&self) -> StoreResult<Vec<ExportRecord>> {
+                self.nodes[0].export_all().await
+            }
+            async fn import(&self, records: Vec<ExportRecord>) -> StoreResult<u64> {
+                self.nodes[0].import(records).await
+            }
+        }
+
+        /// Three fresh nodes on one fake clock; they live until the test's runtime ends.
+        async fn three_node_store() -> (Arc<dyn Store>, Arc<crate::clock::FakeClock>) {
+            let clock = crate::clock::FakeClock::new(1_800_000_000_000);
+            let ports = [free_port(), free_port(), free_port()];
+            let secret = "unit-test-cluster-secret";
+            let (a, b, c) = tokio::join!(
+                node_on_clock("a", ports[0], &ports, 3, secret, clock.clone()),
+                node_on_clock("b", ports[1], &ports, 3, secret, clock.clone()),
+                node_on_clock("c", ports[2], &ports, 3, secret, clock.clone())
+            );
+            for n in [&a, &b, &c] {
+                let s = &n.cluster.node.settings;
+                assert!(s.single_use_consistent && s.updates_consistent);
+            }
+            let store = Arc::new(RoundRobin {
+                nodes: [&a, &b, &c].map(|n| n.opened.store.clone()).to_vec(),
+                next: AtomicUsize::new(0),
+            });
+            Box::leak(Box::new([a, b, c]));
+            (store, clock)
+        }
+        crate::store::conformance::backend_tests!(three_node_store);
+    }
 
     async fn three() -> Vec<TestNode> {
         let ports = [free_port(), free_port(), free_port()];
@@ -607,10 +699,9 @@ mod tests {
         }
     }
 
-    /// `single_use = "consistent"` (auto with three nodes): a primary that is caught up (no pause)
-    /// but missed a redemption the other two made — a healed partition — reads the key from a
-    /// majority before its compare-and-swap and loses, where a plain single-use-agnostic keyspace
-    /// would use its stale copy.
+    /// `single_use` and `updates = "consistent"` (auto with three nodes): a primary that is
+    /// caught up (no pause) but missed a redemption the other two made — a healed partition —
+    /// reads the key from a majority before its compare-and-swap and loses.
     // Over 80 lines: a multi-node scenario test, step by step.
     async fn consistent_primary_reads_a_majority_before_a_single_use_transition(
         nodes: &[TestNode],
@@ -650,12 +741,10 @@ mod tests {
                 .compare_and_swap(ks, &key, Some(b"unused".to_vec()), None)
                 .await
                 .unwrap();
-            if ks == "issuer_codes" {
-                assert_eq!(got, Cas::Conflict(None), "single-use: redeemed once");
-            } else {
-                // not a single-use keyspace: the primary trusts its own (stale) copy
-                assert_eq!(got, Cas::Swapped);
-            }
+            // a single-use keyspace (`single_use`) and any other (`updates`, consistent too
+            // from three nodes): the update is made on what a majority holds, not on the
+            // primary's stale copy
+            assert_eq!(got, Cas::Conflict(None), "{ks}: applied once");
         }
 
         // Two nodes that both execute a transition of one code at the same instant (as when
