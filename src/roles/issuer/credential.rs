@@ -10,16 +10,14 @@ use super::error::{internal, IssuerError};
 use super::formats::{self, IssueInput, StatusRef};
 use super::ks;
 use super::model::*;
+use super::proofs::proof_jwts;
 use super::service::*;
 use super::status::status_list_number;
 use crate::clock::{random_id, random_token};
-use crate::crypto::{jws, sha256_hex, SigningKey, VerifyingKey};
-use crate::error::{unless_unavailable, OAuthCode::*};
-use crate::store::Cas;
+use crate::crypto::{sha256_hex, SigningKey, VerifyingKey};
+use crate::error::{unless_unavailable, ErrorCode, OAuthCode::*};
 
 pub(super) const NONCE_TTL: u64 = 300;
-const PROOF_MAX_AGE: i64 = 300;
-const PROOF_MAX_SKEW: i64 = 60;
 
 /// Credential endpoint body (OID4VCI 1.0 `proofs`, and the draft `proof` form older wallets send).
 #[derive(Debug, Deserialize)]
@@ -105,10 +103,14 @@ impl IssuerService {
             .await
             .map_err(|e| unless_unavailable(e, || InvalidToken.because("unknown issuer").into()))?;
         let (config_id, config) = self.covered_config(&issuer, &grant, &req)?;
+        if offer.issued_configs.contains(&config_id) {
+            return Err(InvalidToken
+                .because("this access token was already used for this credential")
+                .into());
+        }
         let jwts = proof_jwts(&req)?;
         let now = self.now();
         let holders = self.check_proofs(issuer_id, &jwts, now).await?;
-        self.consume_grant(&token_key, &config_id).await?;
         let key = self.signing_key(&issuer).await.map_err(internal)?;
         let validity = offer
             .credential_validity_seconds
@@ -132,19 +134,29 @@ impl IssuerService {
         let mut credentials = Vec::new();
         let mut issued_ids = Vec::new();
         for (holder, holder_did) in &holders {
-            let (credential, credential_id) = self.issue_one(&batch, holder, holder_did).await?;
-            credentials.push(json!({"credential": credential}));
-            issued_ids.push(credential_id);
+            match self.issue_one(&batch, holder, holder_did).await {
+                Ok((credential, credential_id)) => {
+                    credentials.push(json!({"credential": credential}));
+                    issued_ids.push(credential_id);
+                }
+                Err(e) => {
+                    // nothing was used up: the token still covers the configuration
+                    drop_records(store.as_ref(), issuer_id, &issued_ids).await;
+                    return Err(e);
+                }
+            }
         }
-        let updated = store
-            .update_json::<Offer, IssuerError, _>(ks::OFFERS, &grant.offer_id, None, |mut o| {
-                o.state = OfferState::CredentialIssued;
-                o.issued.extend(issued_ids.iter().cloned());
-                Ok(o)
-            })
+        let o = self
+            .record_issuance(issuer_id, &grant.offer_id, &config_id, &issued_ids)
             .await?;
-        if let Some(o) = updated {
-            self.offer_changed(issuer_id, &o);
+        self.offer_changed(issuer_id, &o);
+        if grant
+            .credential_configuration_ids
+            .iter()
+            .all(|c| o.issued_configs.contains(c))
+        {
+            // used for everything it covers (best effort: it is useless now, and expires)
+            let _ = store.delete(ks::TOKENS, &token_key).await;
         }
         tracing::info!(
             issuer = issuer_id,
@@ -153,6 +165,93 @@ impl IssuerService {
             "credentials issued"
         );
         Ok(json!({"credentials": credentials}))
+    }
+
+    /// Uses the access token for one configuration, in one store operation with its effect: the
+    /// offer's compare-and-swap that records the configuration as issued under its token
+    /// together with the ids of the credentials just signed (and stored). Until it, nothing is
+    /// used up — a failure before leaves the token covering the configuration, and the retry
+    /// issues. A request that loses a race (the configuration was issued meanwhile) or fails
+    /// drops the records of its unsent credentials. An outcome the store could not tell (503
+    /// after a write that may have been applied) is read back: recorded → issued; otherwise the
+    /// client is told to retry and the update, should it land later, is taken back
+    /// ([`IssuerService::watch_unknown_outcome`]).
+    async fn record_issuance(
+        &self,
+        issuer_id: &str,
+        offer_key: &str,
+        config_id: &str,
+        ids: &[String],
+    ) -> Result<Offer, IssuerError> {
+        let store = &self.ctx.store;
+        let mine = |o: &Offer| ids.first().is_some_and(|id| o.issued.contains(id));
+        let recorded = store
+            .update_json::<Offer, IssuerError, _>(ks::OFFERS, offer_key, None, |mut o| {
+                if mine(&o) {
+                    // a retried compare-and-swap meets its own earlier write: already recorded
+                    return Ok(o);
+                }
+                if o.issued_configs.iter().any(|c| c == config_id) {
+                    return Err(InvalidToken
+                        .because("this access token was already used for this credential")
+                        .into());
+                }
+                o.issued_configs.push(config_id.to_string());
+                o.issued.extend(ids.iter().cloned());
+                o.state = OfferState::CredentialIssued;
+                Ok(o)
+            })
+            .await;
+        match recorded {
+            Ok(Some(o)) => Ok(o),
+            Ok(None) => {
+                drop_records(store.as_ref(), issuer_id, ids).await;
+                Err(InvalidToken
+                    .because("the offer behind this token has expired")
+                    .into())
+            }
+            Err(e) if e.is_server_error() => {
+                match store.get_json::<Offer>(ks::OFFERS, offer_key).await {
+                    Ok(Some(o)) if mine(&o) => Ok(o),
+                    _ => {
+                        self.undo_issuance(offer_key, issuer_id, config_id, ids);
+                        Err(e)
+                    }
+                }
+            }
+            Err(e) => {
+                drop_records(store.as_ref(), issuer_id, ids).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes back an issuance of unknown outcome whose credentials were not sent: if the offer
+    /// lists them, they and their configuration are removed from it (the token covers it again);
+    /// their records are dropped unless the store kept failing.
+    fn undo_issuance(&self, offer_key: &str, issuer_id: &str, config_id: &str, ids: &[String]) {
+        let (ours, config) = (ids.to_vec(), config_id.to_string());
+        let (records, issuer, config2) = (ids.to_vec(), issuer_id.to_string(), config.clone());
+        self.watch_unknown_outcome(
+            offer_key.to_string(),
+            move |o| {
+                if !ours.first().is_some_and(|id| o.issued.contains(id)) {
+                    return false;
+                }
+                o.issued.retain(|id| !ours.contains(id));
+                o.issued_configs.retain(|c| *c != config);
+                if o.issued_configs.is_empty() && o.state == OfferState::CredentialIssued {
+                    o.state = OfferState::TokenIssued;
+                }
+                true
+            },
+            move |o| o.issued_configs.contains(&config2),
+            move |store, outcome| async move {
+                if outcome != super::outcome::Watched::StoreFailing {
+                    drop_records(store.as_ref(), &issuer, &records).await;
+                }
+            },
+        );
     }
 
     /// The configuration a request asks for, which its access token must cover.
@@ -209,39 +308,6 @@ impl IssuerService {
         Ok((token_key, grant))
     }
 
-    /// The access token covers each configuration once: remove this one (CAS), drop the token
-    /// when empty.
-    async fn consume_grant(&self, token_key: &str, config_id: &str) -> Result<(), IssuerError> {
-        let store = &self.ctx.store;
-        let consumed = store
-            .update_json::<AccessGrant, IssuerError, _>(
-                ks::TOKENS,
-                token_key,
-                Some(secs(ACCESS_TOKEN_TTL)),
-                |mut g| {
-                    if !g
-                        .credential_configuration_ids
-                        .iter()
-                        .any(|c| c == config_id)
-                    {
-                        return Err(InvalidToken
-                            .because("this access token was already used for this credential")
-                            .into());
-                    }
-                    g.credential_configuration_ids.retain(|c| c != config_id);
-                    Ok(g)
-                },
-            )
-            .await?
-            .ok_or_else(|| {
-                InvalidToken.because("the access token is unknown, expired or used up")
-            })?;
-        if consumed.credential_configuration_ids.is_empty() {
-            store.delete(ks::TOKENS, token_key).await?;
-        }
-        Ok(())
-    }
-
     /// One credential of a request, for one proven holder key; recorded for status management.
     /// Returns the credential and its id.
     async fn issue_one(
@@ -283,7 +349,8 @@ impl IssuerService {
             issued_at: b.now,
             expires_at: input.expires_at,
         };
-        self.ctx
+        let stored = self
+            .ctx
             .store
             .put_json(
                 ks::CREDS,
@@ -291,7 +358,12 @@ impl IssuerService {
                 &record,
                 None,
             )
-            .await?;
+            .await;
+        if let Err(e) = stored {
+            // the write may have been applied: this credential is not sent
+            drop_records(self.ctx.store.as_ref(), &b.issuer.id, &[credential_id]).await;
+            return Err(e.into());
+        }
         Ok((credential, credential_id))
     }
 
@@ -354,40 +426,6 @@ impl IssuerService {
         )
     }
 
-    /// Verifies each proof and consumes the c_nonces they carry; returns each proof's holder key
-    /// (and DID when its header named one).
-    async fn check_proofs(
-        &self,
-        issuer_id: &str,
-        jwts: &[String],
-        now: i64,
-    ) -> Result<Vec<(VerifyingKey, Option<String>)>, IssuerError> {
-        let store = &self.ctx.store;
-        let aud = self.issuer_url(issuer_id);
-        let mut holders = Vec::new();
-        let mut nonces = Vec::new();
-        for jwt in jwts {
-            let (vk, holder_did, nonce) =
-                verify_proof(jwt, &aud, now).map_err(|e| InvalidProof.because(e))?;
-            if !nonces.contains(&nonce) {
-                nonces.push(nonce);
-            }
-            holders.push((vk, holder_did));
-        }
-        // Each c_nonce is single-use: consume it (compare-and-swap) before issuing anything.
-        for n in &nonces {
-            let key = format!("{issuer_id}/{n}");
-            if store
-                .compare_and_swap(ks::NONCES, &key, Some(b"1".to_vec()), None)
-                .await?
-                != Cas::Swapped
-            {
-                return Err(InvalidNonce.because("c_nonce is unknown, expired or already used; get a fresh one from the nonce endpoint").into());
-            }
-        }
-        Ok(holders)
-    }
-
     /// Draft-13 requests name a format instead of a configuration: pick the matching covered one.
     pub(super) fn legacy_config_id(
         &self,
@@ -438,63 +476,12 @@ async fn issue_ldp(
     .map_err(internal)
 }
 
-/// Checks one proof JWT; returns (holder key, holder DID when named by kid, nonce).
-fn verify_proof(
-    jwt: &str,
-    aud: &str,
-    now: i64,
-) -> Result<(VerifyingKey, Option<String>, String), String> {
-    let (header, _, _, _) = jws::decode_unverified(jwt).map_err(|e| e.to_string())?;
-    if header["typ"] != "openid4vci-proof+jwt" {
-        return Err("proof typ must be openid4vci-proof+jwt".into());
-    }
-    let (vk, kid) = jws::header_key(&header).map_err(|e| format!("proof key: {e}"))?;
-    let (_, claims) = jws::verify(jwt, &vk).map_err(|e| format!("proof signature: {e}"))?;
-    let aud_ok = match &claims["aud"] {
-        Value::String(s) => s == aud,
-        Value::Array(a) => a.iter().any(|x| x == aud),
-        _ => false,
-    };
-    if !aud_ok {
-        return Err(format!("proof aud must be {aud}"));
-    }
-    let iat = claims["iat"].as_i64().ok_or("proof iat is missing")?;
-    if iat < now - PROOF_MAX_AGE || iat > now + PROOF_MAX_SKEW {
-        return Err("proof iat is outside the accepted window".into());
-    }
-    let nonce = claims["nonce"]
-        .as_str()
-        .ok_or("proof nonce is missing (get a c_nonce from the nonce endpoint)")?;
-    let holder_did = kid.map(|k| k.split('#').next().unwrap_or(&k).to_string());
-    Ok((vk, holder_did, nonce.to_string()))
-}
-
-/// The proof JWTs of a request (`proofs.jwt`, or the draft `proof`): one to [`MAX_BATCH`].
-fn proof_jwts(req: &CredentialRequest) -> Result<Vec<String>, IssuerError> {
-    let jwts: Vec<String> = match (&req.proofs, &req.proof) {
-        (Some(p), None) => p.jwt.clone(),
-        (None, Some(p)) if p.proof_type == "jwt" => p.jwt.clone().into_iter().collect(),
-        (None, Some(p)) => {
-            return Err(InvalidProof
-                .because(format!("proof_type `{}` is not supported", p.proof_type))
-                .into())
+/// Deletes the records of credentials that were signed but never sent (best effort: a left-over
+/// record names a credential nobody holds).
+async fn drop_records(store: &dyn crate::store::Store, issuer_id: &str, ids: &[String]) {
+    for id in ids {
+        if let Err(e) = store.delete(ks::CREDS, &format!("{issuer_id}/{id}")).await {
+            tracing::debug!(error = %e, "record of an unsent credential not deleted");
         }
-        (Some(_), Some(_)) => {
-            return Err(InvalidCredentialRequest
-                .because("send proofs or proof, not both")
-                .into())
-        }
-        (None, None) => Vec::new(),
-    };
-    if jwts.is_empty() {
-        return Err(InvalidProof
-            .because("a jwt proof of possession is required")
-            .into());
     }
-    if jwts.len() > MAX_BATCH {
-        return Err(InvalidProof
-            .because(format!("at most {MAX_BATCH} proofs per request"))
-            .into());
-    }
-    Ok(jwts)
 }

@@ -14,8 +14,6 @@ use crate::error::{unless_unavailable, ErrorCode, OAuthCode::*};
 use crate::store::Cas;
 
 const MAX_TX_CODE_FAILURES: u32 = 5;
-/// How long a redemption of unknown outcome is watched, to be taken back if it landed.
-const UNDO_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Token endpoint form (pre-authorized code and authorization code grants).
 #[derive(Debug, Deserialize)]
@@ -370,55 +368,30 @@ impl IssuerService {
         })
     }
 
-    /// Takes back a redemption whose outcome is unknown and whose token was not handed out:
-    /// in the background, for up to [`UNDO_WINDOW`] (while the store fails or the offer is still
-    /// `Offered`: a transition in flight may yet land), the offer goes back to `Offered` if it
-    /// names this token (nobody holds it, and a token is usable only while named), and the grant
-    /// is deleted. It stops when the offer is another redemption's. Safe against a second token:
-    /// it changes only an offer this attempt redeemed. (Lost if this process dies within the
-    /// window: the offer then stays redeemed with a token nobody received — a store failure and
-    /// a node death at once.)
+    /// Takes back a redemption whose outcome is unknown and whose token was not handed out
+    /// ([`IssuerService::watch_unknown_outcome`]): the offer goes back to `Offered` if it names
+    /// this token (nobody holds it, and a token is usable only while named); the watch ends when
+    /// the offer is another redemption's. The token's grant is deleted in the end. Safe against a
+    /// second token: it changes only an offer this attempt redeemed.
     fn undo_redemption(&self, offer_key: String, token_hash: String) {
-        let store = self.ctx.store.clone();
-        tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + UNDO_WINDOW;
-            let mut wait = std::time::Duration::from_millis(100);
-            while tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(std::time::Duration::from_secs(5));
-                let others = std::sync::atomic::AtomicBool::new(false);
-                let undone = store
-                    .update_json::<Offer, IssuerError, _>(ks::OFFERS, &offer_key, None, |mut o| {
-                        if o.state != OfferState::TokenIssued
-                            || o.token_hash.as_deref() != Some(token_hash.as_str())
-                        {
-                            let offered = o.state == OfferState::Offered;
-                            others.store(!offered, std::sync::atomic::Ordering::SeqCst);
-                            return Err(InvalidGrant.because("not this redemption").into());
-                        }
-                        o.state = OfferState::Offered;
-                        o.token_hash = None;
-                        Ok(o)
-                    })
-                    .await;
-                let done = match undone {
-                    Ok(_) => {
-                        tracing::info!("a redemption of unknown outcome was taken back: the code is redeemable again");
-                        true
-                    }
-                    Err(e) if e.is_server_error() => false,
-                    // not (yet) this redemption: gone or another's ends it; `Offered` may still
-                    // turn into ours while a transition is in flight
-                    Err(_) => others.load(std::sync::atomic::Ordering::SeqCst),
-                };
-                if done {
-                    let _ = store.delete(ks::TOKENS, &token_hash).await;
-                    return;
+        let ours = token_hash.clone();
+        self.watch_unknown_outcome(
+            offer_key,
+            move |o| {
+                if o.state != OfferState::TokenIssued
+                    || o.token_hash.as_deref() != Some(ours.as_str())
+                {
+                    return false;
                 }
-            }
-            // the window closed on `Offered` (never ours) or on a store that kept failing
-            let _ = store.delete(ks::TOKENS, &token_hash).await;
-        });
+                o.state = OfferState::Offered;
+                o.token_hash = None;
+                true
+            },
+            |o| o.state != OfferState::Offered,
+            move |store, _| async move {
+                let _ = store.delete(ks::TOKENS, &token_hash).await;
+            },
+        );
     }
 
     /// Deletes the grant of a token no redemption handed out (best effort: it expires anyway,

@@ -9,6 +9,8 @@ pub mod mdoc;
 pub mod metadata;
 pub mod model;
 pub mod offers;
+pub mod outcome;
+pub mod proofs;
 pub mod protocol;
 pub mod routes;
 pub mod service;

@@ -228,6 +228,10 @@ pub struct Offer {
     /// Ids of credentials issued from this offer.
     #[serde(default)]
     pub issued: Vec<String>,
+    /// Configurations its access token has been used for (each once): recorded with the ids of
+    /// the credentials in one compare-and-swap, which is the token's use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issued_configs: Vec<String>,
     /// The OpenID4VCI credential offer object (served by reference while redeemable).
     pub credential_offer: Value,
     /// SHA-256 of the access token its redemption handed out: the token is usable only when its

@@ -68,6 +68,7 @@ impl IssuerService {
             expires_at: now + ttl as i64,
             credential_validity_seconds: req.credential_validity_seconds,
             issued: Vec::new(),
+            issued_configs: Vec::new(),
             credential_offer: credential_offer.clone(),
             token_hash: None,
         };

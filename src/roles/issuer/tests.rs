@@ -207,6 +207,121 @@ async fn a_store_failure_during_redemption_leaves_the_code_redeemable() {
     }
 }
 
+/// A credential request with a fresh c_nonce and an Ed25519 proof.
+async fn credential_req(svc: &IssuerService, clock: &FakeClock) -> CredentialRequest {
+    let n = svc.nonce("default").await.unwrap();
+    let holder = SigningKey::generate(KeyType::Ed25519);
+    let proof = jws::sign(
+        &holder,
+        json!({"typ": "openid4vci-proof+jwt", "jwk": holder.verifying_key().to_jwk()}),
+        &json!({"aud": svc.issuer_url("default"), "iat": clock.now_secs(), "nonce": n}),
+    );
+    CredentialRequest {
+        credential_configuration_id: Some("IdentityCredential_dc_sd_jwt".into()),
+        credential_identifier: None,
+        proofs: Some(Proofs { jwt: vec![proof] }),
+        proof: None,
+        format: None,
+        vct: None,
+    }
+}
+
+/// The access token's use and its effect are one store operation: a store failure while the
+/// credential is recorded (the offer's update, applied or not; the credential's record) leaves
+/// the token usable — the retry (with a fresh c_nonce) gets the credential — and the token is
+/// single-use per configuration after that. An offer update applied but not acknowledged is
+/// read back: the credential was issued, and it is sent. Unsent credentials leave no record.
+#[tokio::test]
+async fn a_store_failure_while_issuing_leaves_the_token_usable() {
+    for (keyspace, applied) in [
+        (ks::OFFERS, false),
+        (ks::OFFERS, true),
+        (ks::CREDS, false),
+        (ks::CREDS, true),
+        (ks::COUNTERS, false),
+    ] {
+        let clock = FakeClock::new(1_800_000_000_000);
+        let mut state = RoleContext::for_tests(clock.clone());
+        let faulty = Arc::new(Faulty {
+            inner: state.store.clone(),
+            keyspace,
+            applied,
+            fail: std::sync::atomic::AtomicU32::new(0),
+        });
+        state.store = faulty.clone();
+        let svc = IssuerService::new(state, IssuerConfig::default());
+        svc.init().await.unwrap();
+        let o = svc.create_offer("default", offer_req(None)).await.unwrap();
+        let t = svc
+            .token("default", token_req(&pre_auth_code(&o)))
+            .await
+            .unwrap();
+        let case = format!("{keyspace} applied={applied}");
+        faulty.fail.store(1, std::sync::atomic::Ordering::SeqCst);
+        let first = svc
+            .credential(
+                "default",
+                Some(&t.access_token),
+                credential_req(&svc, &clock).await,
+            )
+            .await;
+        if (keyspace, applied) == (ks::OFFERS, true) {
+            // recorded, though unacknowledged: read back and sent
+            assert!(
+                first.unwrap()["credentials"][0]["credential"].is_string(),
+                "{case}"
+            );
+        } else {
+            let e = OAuthError::from(first.unwrap_err());
+            assert_eq!(e.status.as_u16(), 503, "{case}: {e:?}");
+            let view = svc.offer_view("default", &o.id).await.unwrap();
+            assert!(view.issued_credentials.is_empty(), "{case}");
+            assert_eq!(view.state, OfferState::TokenIssued, "{case}");
+            let got = svc
+                .credential(
+                    "default",
+                    Some(&t.access_token),
+                    credential_req(&svc, &clock).await,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{case}: the token was burnt: {e:?}"));
+            assert!(got["credentials"][0]["credential"].is_string(), "{case}");
+        }
+        let view = svc.offer_view("default", &o.id).await.unwrap();
+        assert_eq!(view.issued_credentials.len(), 1, "{case}");
+        assert_eq!(view.state, OfferState::CredentialIssued, "{case}");
+        let again = OAuthError::from(
+            svc.credential(
+                "default",
+                Some(&t.access_token),
+                credential_req(&svc, &clock).await,
+            )
+            .await
+            .unwrap_err(),
+        );
+        assert_eq!(again.error, "invalid_token", "{case}");
+        // the sent credential's record only (an outcome the store could not tell is watched,
+        // and its records dropped once the retry's issuance settles it)
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let n = svc
+                .ctx
+                .store
+                .count_prefix(ks::CREDS, "default/", 10)
+                .await
+                .unwrap();
+            if n == 1 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "{case}: {n} credential records"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// A token its offer does not name — stored by a redemption that then lost the race or failed —
 /// is refused at the credential endpoint before any proof or nonce is looked at.
 #[tokio::test]

@@ -1,0 +1,98 @@
+//! Offer updates of unknown outcome: a store failure after the write may have been applied, and
+//! the client was told to retry (503). An update that turns out to have landed must not stay —
+//! the holder never received what it stands for (a token, credentials) — so it is watched for a
+//! while and taken back if it shows up.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::error::IssuerError;
+use super::ks;
+use super::model::Offer;
+use super::service::IssuerService;
+use crate::error::{ErrorCode, OAuthCode::InvalidGrant};
+use crate::store::Store;
+
+/// How long an update of unknown outcome is watched.
+pub(super) const UNDO_WINDOW: Duration = Duration::from_secs(120);
+
+/// How a watch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Watched {
+    /// The update had landed and was taken back.
+    Undone,
+    /// It never landed (or can no longer: the offer moved on, or is gone).
+    NeverLanded,
+    /// The store kept failing until the window closed: unknown still.
+    StoreFailing,
+}
+
+impl IssuerService {
+    /// Watches offer `offer_key` in the background for up to [`UNDO_WINDOW`] (backing off from
+    /// 100 ms to 5 s). `undo` looks for this attempt's update in the offer and takes it back
+    /// (true: the offer was changed, write it); `settled` tells, when it is not there, whether the
+    /// offer moved on without it so it can no longer land (a compare-and-swap made on an older
+    /// value never applies). `then` runs once, with how the watch ended. (Lost if this process
+    /// dies within the window: a store failure and a node death at once.)
+    pub(super) fn watch_unknown_outcome<U, S, T, F>(
+        &self,
+        offer_key: String,
+        undo: U,
+        settled: S,
+        then: T,
+    ) where
+        U: Fn(&mut Offer) -> bool + Send + Sync + 'static,
+        S: Fn(&Offer) -> bool + Send + Sync + 'static,
+        T: FnOnce(Arc<dyn Store>, Watched) -> F + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let store = self.ctx.store.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + UNDO_WINDOW;
+            let mut wait = Duration::from_millis(100);
+            let mut outcome = Watched::StoreFailing;
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+                let moved_on = AtomicBool::new(false);
+                let undone = store
+                    .update_json::<Offer, IssuerError, _>(ks::OFFERS, &offer_key, None, |mut o| {
+                        if undo(&mut o) {
+                            return Ok(o);
+                        }
+                        moved_on.store(settled(&o), Ordering::SeqCst);
+                        Err(InvalidGrant.because("not this attempt's update").into())
+                    })
+                    .await;
+                match undone {
+                    Ok(Some(_)) => {
+                        outcome = Watched::Undone;
+                        break;
+                    }
+                    Ok(None) => {
+                        outcome = Watched::NeverLanded;
+                        break;
+                    }
+                    Err(e) if e.is_server_error() => outcome = Watched::StoreFailing,
+                    Err(_) => {
+                        // not (yet) there: an update in flight may still land, unless the
+                        // offer moved on
+                        outcome = Watched::NeverLanded;
+                        if moved_on.load(Ordering::SeqCst) {
+                            break;
+                        }
+                    }
+                }
+            }
+            if outcome == Watched::Undone {
+                tracing::info!(
+                    offer = %offer_key,
+                    "an offer update of unknown outcome had landed and was taken back"
+                );
+            }
+            then(store, outcome).await;
+        });
+    }
+}

@@ -1,0 +1,112 @@
+//! Proofs of possession at the credential endpoint: the proof JWTs of a request, each checked
+//! (type, key, signature, audience, age) and its c_nonce consumed once.
+
+use serde_json::Value;
+
+use super::credential::CredentialRequest;
+use super::error::IssuerError;
+use super::ks;
+use super::service::*;
+use crate::crypto::{jws, VerifyingKey};
+use crate::error::OAuthCode::*;
+use crate::store::Cas;
+
+const PROOF_MAX_AGE: i64 = 300;
+const PROOF_MAX_SKEW: i64 = 60;
+
+impl IssuerService {
+    /// Verifies each proof and consumes the c_nonces they carry; returns each proof's holder key
+    /// (and DID when its header named one).
+    pub(super) async fn check_proofs(
+        &self,
+        issuer_id: &str,
+        jwts: &[String],
+        now: i64,
+    ) -> Result<Vec<(VerifyingKey, Option<String>)>, IssuerError> {
+        let store = &self.ctx.store;
+        let aud = self.issuer_url(issuer_id);
+        let mut holders = Vec::new();
+        let mut nonces = Vec::new();
+        for jwt in jwts {
+            let (vk, holder_did, nonce) =
+                verify_proof(jwt, &aud, now).map_err(|e| InvalidProof.because(e))?;
+            if !nonces.contains(&nonce) {
+                nonces.push(nonce);
+            }
+            holders.push((vk, holder_did));
+        }
+        // Each c_nonce is single-use: consume it (compare-and-swap) before issuing anything.
+        for n in &nonces {
+            let key = format!("{issuer_id}/{n}");
+            if store
+                .compare_and_swap(ks::NONCES, &key, Some(b"1".to_vec()), None)
+                .await?
+                != Cas::Swapped
+            {
+                return Err(InvalidNonce.because("c_nonce is unknown, expired or already used; get a fresh one from the nonce endpoint").into());
+            }
+        }
+        Ok(holders)
+    }
+}
+
+/// Checks one proof JWT; returns (holder key, holder DID when named by kid, nonce).
+fn verify_proof(
+    jwt: &str,
+    aud: &str,
+    now: i64,
+) -> Result<(VerifyingKey, Option<String>, String), String> {
+    let (header, _, _, _) = jws::decode_unverified(jwt).map_err(|e| e.to_string())?;
+    if header["typ"] != "openid4vci-proof+jwt" {
+        return Err("proof typ must be openid4vci-proof+jwt".into());
+    }
+    let (vk, kid) = jws::header_key(&header).map_err(|e| format!("proof key: {e}"))?;
+    let (_, claims) = jws::verify(jwt, &vk).map_err(|e| format!("proof signature: {e}"))?;
+    let aud_ok = match &claims["aud"] {
+        Value::String(s) => s == aud,
+        Value::Array(a) => a.iter().any(|x| x == aud),
+        _ => false,
+    };
+    if !aud_ok {
+        return Err(format!("proof aud must be {aud}"));
+    }
+    let iat = claims["iat"].as_i64().ok_or("proof iat is missing")?;
+    if iat < now - PROOF_MAX_AGE || iat > now + PROOF_MAX_SKEW {
+        return Err("proof iat is outside the accepted window".into());
+    }
+    let nonce = claims["nonce"]
+        .as_str()
+        .ok_or("proof nonce is missing (get a c_nonce from the nonce endpoint)")?;
+    let holder_did = kid.map(|k| k.split('#').next().unwrap_or(&k).to_string());
+    Ok((vk, holder_did, nonce.to_string()))
+}
+
+/// The proof JWTs of a request (`proofs.jwt`, or the draft `proof`): one to [`MAX_BATCH`].
+pub(super) fn proof_jwts(req: &CredentialRequest) -> Result<Vec<String>, IssuerError> {
+    let jwts: Vec<String> = match (&req.proofs, &req.proof) {
+        (Some(p), None) => p.jwt.clone(),
+        (None, Some(p)) if p.proof_type == "jwt" => p.jwt.clone().into_iter().collect(),
+        (None, Some(p)) => {
+            return Err(InvalidProof
+                .because(format!("proof_type `{}` is not supported", p.proof_type))
+                .into())
+        }
+        (Some(_), Some(_)) => {
+            return Err(InvalidCredentialRequest
+                .because("send proofs or proof, not both")
+                .into())
+        }
+        (None, None) => Vec::new(),
+    };
+    if jwts.is_empty() {
+        return Err(InvalidProof
+            .because("a jwt proof of possession is required")
+            .into());
+    }
+    if jwts.len() > MAX_BATCH {
+        return Err(InvalidProof
+            .because(format!("at most {MAX_BATCH} proofs per request"))
+            .into());
+    }
+    Ok(jwts)
+}
