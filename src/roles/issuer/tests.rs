@@ -148,6 +148,25 @@ impl crate::store::Store for Faulty {
     }
 }
 
+/// An issuer (default tenant initialised) on a [`Faulty`] store, armed with 0 failures.
+async fn faulty_issuer(
+    keyspace: &'static str,
+    applied: bool,
+) -> (IssuerService, Arc<Faulty>, Arc<FakeClock>) {
+    let clock = FakeClock::new(1_800_000_000_000);
+    let mut state = RoleContext::for_tests(clock.clone());
+    let faulty = Arc::new(Faulty {
+        inner: state.store.clone(),
+        keyspace,
+        applied,
+        fail: std::sync::atomic::AtomicU32::new(0),
+    });
+    state.store = faulty.clone();
+    let svc = IssuerService::new(state, IssuerConfig::default());
+    svc.init().await.unwrap();
+    (svc, faulty, clock)
+}
+
 /// A redemption whose offer update or token write fails with 503 (the store "kept
 /// conflicting"; a write applied but not acknowledged) leaves the code redeemable: the retry
 /// gets the token, and the code is single-use after that. An offer update that was applied
@@ -160,17 +179,7 @@ async fn a_store_failure_during_redemption_leaves_the_code_redeemable() {
         (ks::TOKENS, false),
         (ks::TOKENS, true),
     ] {
-        let clock = FakeClock::new(1_800_000_000_000);
-        let mut state = RoleContext::for_tests(clock.clone());
-        let faulty = Arc::new(Faulty {
-            inner: state.store.clone(),
-            keyspace,
-            applied,
-            fail: std::sync::atomic::AtomicU32::new(0),
-        });
-        state.store = faulty.clone();
-        let svc = IssuerService::new(state, IssuerConfig::default());
-        svc.init().await.unwrap();
+        let (svc, faulty, _) = faulty_issuer(keyspace, applied).await;
         let o = svc
             .create_offer("default", offer_req(Some(600)))
             .await
@@ -240,17 +249,7 @@ async fn a_store_failure_while_issuing_leaves_the_token_usable() {
         (ks::CREDS, true),
         (ks::COUNTERS, false),
     ] {
-        let clock = FakeClock::new(1_800_000_000_000);
-        let mut state = RoleContext::for_tests(clock.clone());
-        let faulty = Arc::new(Faulty {
-            inner: state.store.clone(),
-            keyspace,
-            applied,
-            fail: std::sync::atomic::AtomicU32::new(0),
-        });
-        state.store = faulty.clone();
-        let svc = IssuerService::new(state, IssuerConfig::default());
-        svc.init().await.unwrap();
+        let (svc, faulty, clock) = faulty_issuer(keyspace, applied).await;
         let o = svc.create_offer("default", offer_req(None)).await.unwrap();
         let t = svc
             .token("default", token_req(&pre_auth_code(&o)))
