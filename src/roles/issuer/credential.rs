@@ -20,7 +20,7 @@ use crate::error::{unless_unavailable, ErrorCode, OAuthCode::*};
 pub(super) const NONCE_TTL: u64 = 300;
 
 /// Credential endpoint body (OID4VCI 1.0 `proofs`, and the draft `proof` form older wallets send).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct CredentialRequest {
     pub credential_configuration_id: Option<String>,
     pub credential_identifier: Option<String>,
@@ -31,16 +31,28 @@ pub struct CredentialRequest {
     pub vct: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct Proofs {
     #[serde(default)]
     pub jwt: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct SingleProof {
     pub proof_type: String,
     pub jwt: Option<String>,
+}
+
+/// A credential request that passed its checks: token, offer, configuration and proofs.
+struct Request<'a> {
+    issuer: &'a Issuer,
+    token_key: &'a str,
+    grant: &'a AccessGrant,
+    offer: &'a Offer,
+    config_id: &'a str,
+    config: &'a CredentialConfig,
+    holders: &'a [(VerifyingKey, Option<String>)],
+    now: i64,
 }
 
 /// What every credential of one request shares.
@@ -110,8 +122,37 @@ impl IssuerService {
         }
         let jwts = proof_jwts(&req)?;
         let now = self.now();
-        let holders = self.check_proofs(issuer_id, &jwts, now).await?;
-        let key = self.signing_key(&issuer).await.map_err(internal)?;
+        let proven = self.check_proofs(issuer_id, &jwts, now).await?;
+        let issued = self
+            .issue_for(&Request {
+                issuer: &issuer,
+                token_key: &token_key,
+                grant: &grant,
+                offer: &offer,
+                config_id: &config_id,
+                config: &config,
+                holders: &proven.holders,
+                now,
+            })
+            .await;
+        match issued {
+            Ok(credentials) => Ok(json!({"credentials": credentials})),
+            Err(e) => {
+                if e.is_server_error() {
+                    // nothing was issued: the proofs stay good for the retry
+                    self.restore_nonces(&proven.nonces).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Signs, records and hands out the credentials of a checked request (one per holder key).
+    async fn issue_for(&self, r: &Request<'_>) -> Result<Vec<Value>, IssuerError> {
+        let store = &self.ctx.store;
+        let (issuer, offer, config, grant) = (r.issuer, r.offer, r.config, r.grant);
+        let (issuer_id, config_id, now) = (issuer.id.as_str(), r.config_id, r.now);
+        let key = self.signing_key(issuer).await.map_err(internal)?;
         let validity = offer
             .credential_validity_seconds
             .or(config.validity_seconds);
@@ -122,10 +163,10 @@ impl IssuerService {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let batch = Batch {
-            issuer: &issuer,
+            issuer,
             key: &key,
-            config_id: &config_id,
-            config: &config,
+            config_id,
+            config,
             claims: &claims,
             offer_id: &offer.id,
             now,
@@ -133,7 +174,7 @@ impl IssuerService {
         };
         let mut credentials = Vec::new();
         let mut issued_ids = Vec::new();
-        for (holder, holder_did) in &holders {
+        for (holder, holder_did) in r.holders {
             match self.issue_one(&batch, holder, holder_did).await {
                 Ok((credential, credential_id)) => {
                     credentials.push(json!({"credential": credential}));
@@ -147,7 +188,7 @@ impl IssuerService {
             }
         }
         let o = self
-            .record_issuance(issuer_id, &grant.offer_id, &config_id, &issued_ids)
+            .record_issuance(issuer_id, &grant.offer_id, config_id, &issued_ids)
             .await?;
         self.offer_changed(issuer_id, &o);
         if grant
@@ -156,7 +197,7 @@ impl IssuerService {
             .all(|c| o.issued_configs.contains(c))
         {
             // used for everything it covers (best effort: it is useless now, and expires)
-            let _ = store.delete(ks::TOKENS, &token_key).await;
+            let _ = store.delete(ks::TOKENS, r.token_key).await;
         }
         tracing::info!(
             issuer = issuer_id,
@@ -164,7 +205,7 @@ impl IssuerService {
             format = config.format.as_str(),
             "credentials issued"
         );
-        Ok(json!({"credentials": credentials}))
+        Ok(credentials)
     }
 
     /// Uses the access token for one configuration, in one store operation with its effect: the

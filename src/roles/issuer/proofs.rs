@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::credential::CredentialRequest;
+use super::credential::{CredentialRequest, NONCE_TTL};
 use super::error::IssuerError;
 use super::ks;
 use super::service::*;
@@ -22,7 +22,7 @@ impl IssuerService {
         issuer_id: &str,
         jwts: &[String],
         now: i64,
-    ) -> Result<Vec<(VerifyingKey, Option<String>)>, IssuerError> {
+    ) -> Result<Proven, IssuerError> {
         let store = &self.ctx.store;
         let aud = self.issuer_url(issuer_id);
         let mut holders = Vec::new();
@@ -30,24 +30,53 @@ impl IssuerService {
         for jwt in jwts {
             let (vk, holder_did, nonce) =
                 verify_proof(jwt, &aud, now).map_err(|e| InvalidProof.because(e))?;
-            if !nonces.contains(&nonce) {
-                nonces.push(nonce);
+            let key = format!("{issuer_id}/{nonce}");
+            if !nonces.contains(&key) {
+                nonces.push(key);
             }
             holders.push((vk, holder_did));
         }
         // Each c_nonce is single-use: consume it (compare-and-swap) before issuing anything.
-        for n in &nonces {
-            let key = format!("{issuer_id}/{n}");
-            if store
+        let mut consumed = Vec::new();
+        for key in nonces {
+            let used = store
                 .compare_and_swap(ks::NONCES, &key, Some(b"1".to_vec()), None)
-                .await?
-                != Cas::Swapped
-            {
+                .await;
+            if !matches!(used, Ok(Cas::Swapped)) {
+                self.restore_nonces(&consumed).await;
+                used?;
                 return Err(InvalidNonce.because("c_nonce is unknown, expired or already used; get a fresh one from the nonce endpoint").into());
             }
+            consumed.push(key);
         }
-        Ok(holders)
+        Ok(Proven {
+            holders,
+            nonces: consumed,
+        })
     }
+
+    /// Puts back c_nonces a request consumed and then issued nothing with (a store failure, a
+    /// refused later proof): the compensating half of "a nonce is used by one issuance". They
+    /// get a fresh TTL; each proof's own `iat` window still bounds how long it is accepted.
+    pub(super) async fn restore_nonces(&self, keys: &[String]) {
+        for key in keys {
+            let put = self
+                .ctx
+                .store
+                .put(ks::NONCES, key, b"1".to_vec(), Some(secs(NONCE_TTL)))
+                .await;
+            if let Err(e) = put {
+                tracing::debug!(error = %e, "c_nonce not restored (the wallet gets a fresh one)");
+            }
+        }
+    }
+}
+
+/// What a request's proofs established: each proof's holder key (and DID when its header named
+/// one), and the c_nonces consumed for them.
+pub(super) struct Proven {
+    pub holders: Vec<(VerifyingKey, Option<String>)>,
+    pub nonces: Vec<String>,
 }
 
 /// Checks one proof JWT; returns (holder key, holder DID when named by kid, nonce).

@@ -237,7 +237,7 @@ async fn credential_req(svc: &IssuerService, clock: &FakeClock) -> CredentialReq
 
 /// The access token's use and its effect are one store operation: a store failure while the
 /// credential is recorded (the offer's update, applied or not; the credential's record) leaves
-/// the token usable — the retry (with a fresh c_nonce) gets the credential — and the token is
+/// the token and the c_nonce usable — the same request again gets the credential — and the token is
 /// single-use per configuration after that. An offer update applied but not acknowledged is
 /// read back: the credential was issued, and it is sent. Unsent credentials leave no record.
 #[tokio::test]
@@ -257,12 +257,9 @@ async fn a_store_failure_while_issuing_leaves_the_token_usable() {
             .unwrap();
         let case = format!("{keyspace} applied={applied}");
         faulty.fail.store(1, std::sync::atomic::Ordering::SeqCst);
+        let req = credential_req(&svc, &clock).await;
         let first = svc
-            .credential(
-                "default",
-                Some(&t.access_token),
-                credential_req(&svc, &clock).await,
-            )
+            .credential("default", Some(&t.access_token), req.clone())
             .await;
         if (keyspace, applied) == (ks::OFFERS, true) {
             // recorded, though unacknowledged: read back and sent
@@ -276,14 +273,11 @@ async fn a_store_failure_while_issuing_leaves_the_token_usable() {
             let view = svc.offer_view("default", &o.id).await.unwrap();
             assert!(view.issued_credentials.is_empty(), "{case}");
             assert_eq!(view.state, OfferState::TokenIssued, "{case}");
+            // the same request again: neither the token nor the c_nonce was used up
             let got = svc
-                .credential(
-                    "default",
-                    Some(&t.access_token),
-                    credential_req(&svc, &clock).await,
-                )
+                .credential("default", Some(&t.access_token), req)
                 .await
-                .unwrap_or_else(|e| panic!("{case}: the token was burnt: {e:?}"));
+                .unwrap_or_else(|e| panic!("{case}: the token or nonce was burnt: {e:?}"));
             assert!(got["credentials"][0]["credential"].is_string(), "{case}");
         }
         let view = svc.offer_view("default", &o.id).await.unwrap();
