@@ -144,16 +144,19 @@ pub fn mismatch(c: &CredentialView, cq: &Value) -> Option<String> {
     }
 }
 
-/// The first-level claim names a credential query asks for (what an SD-JWT must disclose).
-pub fn requested_claim_names(cq: &Value) -> Vec<String> {
-    cq["claims"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|c| c["path"][0].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+/// The first-level claim names a credential query asks `c` to disclose (what an SD-JWT must
+/// disclose): with `claim_sets`, only those of the first set `c` satisfies (OpenID4VP 1.0
+/// §6.4.1 — never the union of every set).
+pub fn requested_claim_names(c: &CredentialView, cq: &Value) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for cl in selected_claims(c, cq) {
+        if let Some(n) = cl["path"][0].as_str() {
+            if !names.iter().any(|x| x == n) {
+                names.push(n.to_string());
+            }
+        }
+    }
+    names
 }
 
 /// The claim queries of `cq` to answer from `c`: those of the first claim set `c` satisfies
@@ -390,7 +393,15 @@ mod tests {
         assert!(mismatch(&c, &json!({"id": "q", "format": "dc+sd-jwt", "claims": [{"path": ["age"], "values": [40, 41]}]})).is_none());
         assert!(mismatch(&c, &json!({"id": "q", "format": "dc+sd-jwt", "claims": [{"path": ["age"], "values": [18]}]})).is_some());
         assert!(mismatch(&c, &json!({"id": "q", "format": "jwt_vc_json"})).is_some());
-        assert_eq!(requested_claim_names(&base), vec!["given_name", "email"]);
+        assert_eq!(
+            requested_claim_names(&c, &base),
+            vec!["given_name", "email"]
+        );
+        // with claim sets, only the first satisfied set is disclosed, not every claim asked
+        let mut either = base.clone();
+        either["claims"] = json!([{"id": "a", "path": ["given_name"]}, {"id": "g", "path": ["age"]}, {"id": "b", "path": ["email"]}]);
+        either["claim_sets"] = json!([["b"], ["g"], ["a", "g"]]);
+        assert_eq!(requested_claim_names(&c, &either), vec!["age"]);
     }
 
     /// An mdoc query discloses `namespace/element` per claim path; with claim sets, only the

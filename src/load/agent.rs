@@ -223,7 +223,12 @@ impl Agent {
                         kid,
                     };
                     let p =
-                        oid4vp::presentation(&req, &held, &dcql::requested_claim_names(&cq), now())
+                        oid4vp::presentation(
+                        &req,
+                        &held,
+                        &dcql::requested_claim_names(&h.view, &cq),
+                        now(),
+                    )
                             .map_err(|e| e.to_string())?;
                     token.insert(
                         cq["id"].as_str().unwrap_or_default().to_string(),

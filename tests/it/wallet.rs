@@ -35,7 +35,11 @@ async fn receive_and_present_every_format_with_selective_disclosure() {
     for (config, query) in [
         (
             "IdentityCredential_dc_sd_jwt",
-            json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "meta": {}, "claims": [{"path": ["family_name"]}]}]}}),
+            // claim sets: the first one the credential satisfies (family_name alone) is disclosed,
+            // not every claim the query names
+            json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "meta": {},
+                "claims": [{"id": "n", "path": ["nickname"]}, {"id": "f", "path": ["family_name"]}, {"id": "g", "path": ["given_name"]}],
+                "claim_sets": [["n"], ["f"], ["f", "g"]]}]}}),
         ),
         (
             "IdentityCredential_jwt_vc_json",

@@ -337,7 +337,7 @@ impl Ask<'_> {
         match (self.pex, v.format == mdoc::FORMAT) {
             (true, _) => pex_claim_names(self.query),
             (false, true) => dcql::requested_mdoc_elements(v, self.query),
-            (false, false) => dcql::requested_claim_names(self.query),
+            (false, false) => dcql::requested_claim_names(v, self.query),
         }
     }
 }
