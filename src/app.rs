@@ -246,6 +246,7 @@ pub async fn run(
                 .map_err(anyhow::Error::msg)?,
         ),
         cluster,
+        workers: Arc::default(),
     };
     for role in settings.roles.iter() {
         readiness.set_not_ready(role.as_str(), "initialising");
@@ -284,6 +285,8 @@ pub async fn run(
     let app_data = data.clone();
     let app_services = services.clone();
     let server = HttpServer::new(move || {
+        // runs once per worker, on its thread: its heartbeat ticks on its own event loop
+        app_data.workers.start_worker();
         build_app(app_data.clone(), &app_services)
             .0
             .app_data(doc.clone())

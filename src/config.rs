@@ -171,6 +171,9 @@ pub struct ServerConfig {
     pub client_disconnect_timeout_ms: u64,
     /// The whole request body must arrive within this many ms of the head (slow bodies get 408).
     pub body_read_timeout_ms: u64,
+    /// Readiness is 503 while an HTTP worker's event loop has not run for this many ms (a
+    /// blocked handler); 0 = not checked.
+    pub worker_stall_ms: u64,
     pub rate_limit: RateLimitConfig,
 }
 
@@ -275,6 +278,7 @@ impl Default for ServerConfig {
             client_request_timeout_ms: 5_000,
             client_disconnect_timeout_ms: 2_000,
             body_read_timeout_ms: 10_000,
+            worker_stall_ms: 2000,
             rate_limit: RateLimitConfig::default(),
         }
     }

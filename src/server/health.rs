@@ -62,6 +62,19 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
             reason,
         }));
     }
+    let stall = state.settings.raw.server.worker_stall_ms;
+    if stall > 0 {
+        let (stalled, longest) = state.workers.stalled(Duration::from_millis(stall));
+        if stalled > 0 {
+            failing.push(Failing {
+                component: "http_workers".into(),
+                reason: format!(
+                    "{stalled} HTTP worker(s) stalled: an event loop has not run for {} ms (a blocked handler)",
+                    longest.as_millis()
+                ),
+            });
+        }
+    }
     match tokio::time::timeout(Duration::from_secs(2), state.store.probe()).await {
         // A store every node shares (Redis) that lost its first-start state (restarted without
         // persistence): not ready from the first request that sees it, before the guard reacts

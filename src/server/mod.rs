@@ -8,3 +8,4 @@ pub mod first_start;
 pub mod health;
 pub mod state;
 pub mod system;
+pub mod workers;

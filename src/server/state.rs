@@ -34,6 +34,8 @@ pub struct AppState {
     pub rate_limits: Arc<crate::http::ratelimit::RateLimits>,
     /// The cluster this node is part of (`None`: single node).
     pub cluster: Option<crate::cluster::Handle>,
+    /// The HTTP workers' heartbeats (readiness: a stalled worker).
+    pub workers: Arc<crate::server::workers::WorkerBeats>,
 }
 
 impl AppState {
@@ -90,6 +92,7 @@ impl AppState {
             readiness: Arc::default(),
             admin: Arc::new(AdminTokens::new(&[])),
             cluster: None,
+            workers: Arc::default(),
         }
     }
 }
