@@ -623,10 +623,14 @@ impl Node {
     /// Whether this compare-and-swap updates (replaces or deletes) an existing replicated record
     /// under a majority: a single-use transition with `cluster.single_use = "consistent"`, any
     /// other update with `cluster.updates = "consistent"`. Inserts (`expected` = absent) never
-    /// do: first-start records are insert-only and a lone restarted node must still start.
+    /// do, nor the `system` keyspace's leases and markers: first-start records are insert-only
+    /// and a lone restarted node must still start (and release its init lease).
     fn needs_majority(&self, ks: &str, expected: &Option<Vec<u8>>) -> bool {
         expected.is_some()
             && !is_local_keyspace(ks)
+            // leases (init, jobs) and markers: taken with an insert and released or renewed with
+            // an update, which a node restarted alone must still be able to do
+            && ks != crate::store::keyspaces::SYSTEM
             && if SINGLE_USE_KEYSPACES.contains(&ks) {
                 self.settings.single_use_consistent
             } else {

@@ -540,6 +540,55 @@ mod tests {
     }
     crate::store::conformance::backend_tests!(cluster_store);
 
+    /// A node of three restarted alone (its peers down; `updates` consistent) takes and releases
+    /// its init lease: the release is an update of a `system` record, which must not need a
+    /// majority, or every later start waits for the lease's TTL. (Attacker review finding.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_restarted_node_releases_its_init_lease() {
+        let ports = [free_port(), free_port(), free_port()];
+        let mut cfg = crate::config::Config::default();
+        cfg.cluster.enabled = true;
+        cfg.cluster.node_id = "a".into();
+        cfg.cluster.gossip_addr = format!("127.0.0.1:{}", ports[0]);
+        cfg.cluster.seeds = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        cfg.cluster.secret = crate::config::Secret::new("unit-test-cluster-secret");
+        cfg.cluster.bootstrap_expect = 3;
+        cfg.cluster.gossip_interval_ms = 50;
+        cfg.cluster.join_timeout_seconds = 1;
+        cfg.cluster.anti_entropy_interval_seconds = 3600;
+        let settings = cfg.finish().unwrap();
+        let clock: SharedClock = Arc::new(SystemClock);
+        let store: Arc<dyn Store> = Arc::new(SledStore::temporary(clock.clone()).unwrap());
+        // it joined before: a restart, not a first start
+        store
+            .put(LOCAL_KEYSPACE, JOINED_KEY, b"1".to_vec(), None)
+            .await
+            .unwrap();
+        let opened = Opened {
+            store,
+            sealer: crate::store::Sealer::new(&[1u8; 32]),
+            bus: Arc::new(crate::bus::LocalBus::new()),
+            collectors: Vec::new(),
+        };
+        let readiness = Arc::new(Readiness::default());
+        let (mut tasks, token) = (Tasks::default(), CancellationToken::new());
+        let (opened, cluster) = start(&settings, opened, clock, &readiness, &mut tasks, &token)
+            .await
+            .unwrap();
+        assert!(cluster.node.settings.updates_consistent);
+        let lease = cluster.init_lease().await.unwrap();
+        cluster.release_init_lease(lease).await;
+        let held = opened
+            .store
+            .get(keyspaces::SYSTEM, INIT_LOCK_KEY)
+            .await
+            .unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(5), cluster.init_lease()).await;
+        token.cancel();
+        assert!(held.is_none(), "init lease still held: {held:?}");
+        assert!(next.is_ok(), "the next init waited for the lease's TTL");
+    }
+
     mod three_nodes {
         //! The conformance suite on three in-process nodes (`single_use` and `updates`
         //! consistent, as `auto` makes them from three nodes): every compare-and-swap — and so

@@ -46,7 +46,6 @@ pub struct SingleProof {
 /// A credential request that passed its checks: token, offer, configuration and proofs.
 struct Request<'a> {
     issuer: &'a Issuer,
-    token_key: &'a str,
     grant: &'a AccessGrant,
     offer: &'a Offer,
     config_id: &'a str,
@@ -126,7 +125,6 @@ impl IssuerService {
         let issued = self
             .issue_for(&Request {
                 issuer: &issuer,
-                token_key: &token_key,
                 grant: &grant,
                 offer: &offer,
                 config_id: &config_id,
@@ -191,14 +189,9 @@ impl IssuerService {
             .record_issuance(issuer_id, &grant.offer_id, config_id, &issued_ids)
             .await?;
         self.offer_changed(issuer_id, &o);
-        if grant
-            .credential_configuration_ids
-            .iter()
-            .all(|c| o.issued_configs.contains(c))
-        {
-            // used for everything it covers (best effort: it is useless now, and expires)
-            let _ = store.delete(ks::TOKENS, r.token_key).await;
-        }
+        // The token is not deleted once every configuration is issued: the offer's
+        // `issued_configs` already refuses it, it expires, and a configuration whose recording
+        // is still being taken back (an unknown outcome) must stay obtainable with it.
         tracing::info!(
             issuer = issuer_id,
             count = credentials.len(),
