@@ -150,6 +150,17 @@ impl IssuerService {
         let store = &self.ctx.store;
         let (issuer, offer, config, grant) = (r.issuer, r.offer, r.config, r.grant);
         let (issuer_id, config_id, now) = (issuer.id.as_str(), r.config_id, r.now);
+        // refusals that cost nothing come before any status index is reserved or anything is
+        // signed (a token allows attempts until it is used)
+        if config.format == Format::MsoMdoc
+            && r.holders
+                .iter()
+                .any(|(k, _)| !matches!(k, VerifyingKey::P256(_)))
+        {
+            return Err(InvalidProof
+                .because("an mdoc's device key must be P-256: sign the proof with ES256")
+                .into());
+        }
         let key = self.signing_key(issuer).await.map_err(internal)?;
         let validity = offer
             .credential_validity_seconds

@@ -315,6 +315,55 @@ async fn a_store_failure_while_issuing_leaves_the_token_usable() {
     }
 }
 
+/// A refused mdoc attempt (an Ed25519 device key) reserves no status index: a token allows
+/// attempts until it is used, so refusals that cost nothing come first. (Attacker review.)
+#[tokio::test]
+async fn refused_mdoc_attempts_reserve_no_status_index() {
+    let clock = FakeClock::new(1_800_000_000_000);
+    let svc = IssuerService::new(
+        RoleContext::for_tests(clock.clone()),
+        IssuerConfig::default(),
+    );
+    svc.init().await.unwrap();
+    let (mdl, sd) = ("org.iso.18013.5.1.mDL", "IdentityCredential_dc_sd_jwt");
+    let mut req = offer_req(None);
+    req.credential_configuration_ids = vec![mdl.into(), sd.into()];
+    req.claims = serde_json::from_value(json!({"family_name": "A", "given_name": "B",
+        "birth_date": "1990-01-01", "issue_date": "2024-01-01", "expiry_date": "2030-01-01",
+        "issuing_country": "UT", "issuing_authority": "X", "document_number": "1",
+        "driving_privileges": [], "un_distinguishing_sign": "D"}))
+    .unwrap();
+    let o = svc.create_offer("default", req).await.unwrap();
+    let t = svc
+        .token("default", token_req(&pre_auth_code(&o)))
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        let mut r = credential_req(&svc, &clock).await;
+        r.credential_configuration_id = Some(mdl.into());
+        let e = svc
+            .credential("default", Some(&t.access_token), r)
+            .await
+            .unwrap_err();
+        assert_eq!(OAuthError::from(e).error, "invalid_proof");
+    }
+    svc.credential(
+        "default",
+        Some(&t.access_token),
+        credential_req(&svc, &clock).await,
+    )
+    .await
+    .unwrap();
+    let recs = svc
+        .ctx
+        .store
+        .scan_prefix(ks::CREDS, "default/", 10)
+        .await
+        .unwrap();
+    let rec: IssuedCredential = serde_json::from_slice(&recs[0].1).unwrap();
+    assert!(rec.status_index < 20, "status index {}", rec.status_index);
+}
+
 /// A token its offer does not name — stored by a redemption that then lost the race or failed —
 /// is refused at the credential endpoint before any proof or nonce is looked at.
 #[tokio::test]
