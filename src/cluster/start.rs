@@ -473,6 +473,35 @@ mod tests {
         _tasks: Tasks,
     }
 
+    /// A cluster node's configuration for these tests (50 ms gossip, no periodic anti-entropy).
+    fn test_config(
+        id: &str,
+        port: u16,
+        seeds: &[u16],
+        expect: usize,
+        secret: &str,
+    ) -> crate::config::Config {
+        let mut cfg = crate::config::Config::default();
+        cfg.cluster.enabled = true;
+        cfg.cluster.node_id = id.into();
+        cfg.cluster.gossip_addr = format!("127.0.0.1:{port}");
+        cfg.cluster.seeds = seeds.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        cfg.cluster.secret = crate::config::Secret::new(secret);
+        cfg.cluster.bootstrap_expect = expect;
+        cfg.cluster.gossip_interval_ms = 50;
+        cfg.cluster.anti_entropy_interval_seconds = 3600;
+        cfg
+    }
+
+    fn test_opened(store: Arc<dyn Store>) -> Opened {
+        Opened {
+            store,
+            sealer: crate::store::Sealer::new(&[1u8; 32]),
+            bus: Arc::new(crate::bus::LocalBus::new()),
+            collectors: Vec::new(),
+        }
+    }
+
     async fn node(id: &str, port: u16, seeds: &[u16], expect: usize) -> TestNode {
         node_with_secret(id, port, seeds, expect, "unit-test-cluster-secret").await
     }
@@ -495,23 +524,11 @@ mod tests {
         secret: &str,
         clock: SharedClock,
     ) -> TestNode {
-        let mut cfg = crate::config::Config::default();
-        cfg.cluster.enabled = true;
-        cfg.cluster.node_id = id.into();
-        cfg.cluster.gossip_addr = format!("127.0.0.1:{port}");
-        cfg.cluster.seeds = seeds.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        cfg.cluster.secret = crate::config::Secret::new(secret);
-        cfg.cluster.bootstrap_expect = expect;
-        cfg.cluster.gossip_interval_ms = 50;
-        cfg.cluster.anti_entropy_interval_seconds = 3600;
-        let settings = cfg.finish().unwrap();
+        let settings = test_config(id, port, seeds, expect, secret)
+            .finish()
+            .unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::temporary(clock.clone()).unwrap());
-        let opened = Opened {
-            store,
-            sealer: crate::store::Sealer::new(&[1u8; 32]),
-            bus: Arc::new(crate::bus::LocalBus::new()),
-            collectors: Vec::new(),
-        };
+        let opened = test_opened(store);
         let readiness = Arc::new(Readiness::default());
         let mut tasks = Tasks::default();
         let token = CancellationToken::new();
@@ -546,16 +563,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lone_restarted_node_releases_its_init_lease() {
         let ports = [free_port(), free_port(), free_port()];
-        let mut cfg = crate::config::Config::default();
-        cfg.cluster.enabled = true;
-        cfg.cluster.node_id = "a".into();
-        cfg.cluster.gossip_addr = format!("127.0.0.1:{}", ports[0]);
-        cfg.cluster.seeds = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        cfg.cluster.secret = crate::config::Secret::new("unit-test-cluster-secret");
-        cfg.cluster.bootstrap_expect = 3;
-        cfg.cluster.gossip_interval_ms = 50;
+        let mut cfg = test_config("a", ports[0], &ports, 3, "unit-test-cluster-secret");
         cfg.cluster.join_timeout_seconds = 1;
-        cfg.cluster.anti_entropy_interval_seconds = 3600;
         let settings = cfg.finish().unwrap();
         let clock: SharedClock = Arc::new(SystemClock);
         let store: Arc<dyn Store> = Arc::new(SledStore::temporary(clock.clone()).unwrap());
@@ -564,12 +573,7 @@ mod tests {
             .put(LOCAL_KEYSPACE, JOINED_KEY, b"1".to_vec(), None)
             .await
             .unwrap();
-        let opened = Opened {
-            store,
-            sealer: crate::store::Sealer::new(&[1u8; 32]),
-            bus: Arc::new(crate::bus::LocalBus::new()),
-            collectors: Vec::new(),
-        };
+        let opened = test_opened(store);
         let readiness = Arc::new(Readiness::default());
         let (mut tasks, token) = (Tasks::default(), CancellationToken::new());
         let (opened, cluster) = start(&settings, opened, clock, &readiness, &mut tasks, &token)

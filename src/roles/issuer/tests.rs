@@ -148,6 +148,17 @@ impl crate::store::Store for Faulty {
     }
 }
 
+/// An issuer (default tenant initialised) on an in-memory store and a fake clock.
+async fn issuer() -> (IssuerService, Arc<FakeClock>) {
+    let clock = FakeClock::new(1_800_000_000_000);
+    let svc = IssuerService::new(
+        RoleContext::for_tests(clock.clone()),
+        IssuerConfig::default(),
+    );
+    svc.init().await.unwrap();
+    (svc, clock)
+}
+
 /// An issuer (default tenant initialised) on a [`Faulty`] store, armed with 0 failures.
 async fn faulty_issuer(
     keyspace: &'static str,
@@ -319,12 +330,7 @@ async fn a_store_failure_while_issuing_leaves_the_token_usable() {
 /// attempts until it is used, so refusals that cost nothing come first. (Attacker review.)
 #[tokio::test]
 async fn refused_mdoc_attempts_reserve_no_status_index() {
-    let clock = FakeClock::new(1_800_000_000_000);
-    let svc = IssuerService::new(
-        RoleContext::for_tests(clock.clone()),
-        IssuerConfig::default(),
-    );
-    svc.init().await.unwrap();
+    let (svc, clock) = issuer().await;
     let (mdl, sd) = ("org.iso.18013.5.1.mDL", "IdentityCredential_dc_sd_jwt");
     let mut req = offer_req(None);
     req.credential_configuration_ids = vec![mdl.into(), sd.into()];
@@ -425,12 +431,7 @@ async fn a_token_its_offer_does_not_name_is_refused() {
 
 #[tokio::test]
 async fn expired_offers_and_nonces_are_refused() {
-    let clock = FakeClock::new(1_800_000_000_000);
-    let svc = IssuerService::new(
-        RoleContext::for_tests(clock.clone()),
-        IssuerConfig::default(),
-    );
-    svc.init().await.unwrap();
+    let (svc, clock) = issuer().await;
     let o = svc
         .create_offer("default", offer_req(Some(60)))
         .await
