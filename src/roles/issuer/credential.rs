@@ -12,7 +12,6 @@ use super::ks;
 use super::model::*;
 use super::proofs::proof_jwts;
 use super::service::*;
-use super::status::status_list_number;
 use crate::clock::{random_id, random_token};
 use crate::crypto::{sha256_hex, SigningKey, VerifyingKey};
 use crate::error::{unless_unavailable, ErrorCode, OAuthCode::*};
@@ -388,7 +387,7 @@ impl IssuerService {
             format: b.config.format,
             offer_id: b.offer_id.to_string(),
             subject_hash: sha256_hex(holder.thumbprint()),
-            status_list: status_list_number(status.index).to_string(),
+            status_list: status.list.to_string(),
             status_index: status.index,
             status: CredentialStatus::Valid,
             issued_at: b.now,

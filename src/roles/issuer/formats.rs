@@ -8,6 +8,8 @@ use crate::crypto::{did, jws, sdjwt, SigningKey, VerifyingKey};
 /// Where a credential's status lives.
 #[derive(Debug, Clone)]
 pub struct StatusRef {
+    /// The list (1-based, as in its URIs) and the index within it.
+    pub list: u64,
     pub index: u64,
     /// IETF Token Status List URI (SD-JWT VC).
     pub token_list: String,

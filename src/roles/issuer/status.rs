@@ -36,6 +36,7 @@ impl IssuerService {
         let list = status_list_number(n);
         let base = format!("{}/status-lists", self.issuer_url(&issuer.id));
         Ok(StatusRef {
+            list,
             index: n % STATUS_LIST_SIZE,
             token_list: format!("{base}/token-{list}"),
             revocation_list: format!("{base}/revocation-{list}"),
@@ -287,7 +288,7 @@ fn list_etag(list: &str, arr: &StatusArray, signed_by: &str, cwt: bool) -> Strin
     format!("\"{}\"", &sha256_hex(tag)[..32])
 }
 
-pub(super) fn status_list_number(n: u64) -> u64 {
+fn status_list_number(n: u64) -> u64 {
     n / STATUS_LIST_SIZE + 1
 }
 

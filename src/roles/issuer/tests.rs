@@ -549,3 +549,70 @@ async fn a_changed_signing_key_is_refused() {
     let e = fresh.init().await.unwrap_err().to_string();
     assert!(e.contains("not the one recorded"), "{e}");
 }
+
+/// A credential of the second status list (index ≥ one list's size) records that list: revoking
+/// it sets its own bit in its own list — before, every record named list 1, so revoking the
+/// 131,073rd credential revoked the first one instead and left itself valid.
+#[tokio::test]
+async fn a_credential_of_a_later_status_list_is_revoked_in_that_list() {
+    let (svc, clock) = issuer().await;
+    let mut ids = Vec::new();
+    for counter in [0, super::status::STATUS_LIST_SIZE] {
+        // the next block starts at `counter`
+        svc.ctx
+            .store
+            .put_json(ks::COUNTERS, "default/status", &counter, None)
+            .await
+            .unwrap();
+        svc.status_blocks.lock().await.clear();
+        let o = svc.create_offer("default", offer_req(None)).await.unwrap();
+        let t = svc
+            .token("default", token_req(&pre_auth_code(&o)))
+            .await
+            .unwrap();
+        let c = svc
+            .credential(
+                "default",
+                Some(&t.access_token),
+                credential_req(&svc, &clock).await,
+            )
+            .await
+            .unwrap();
+        let sd_jwt = c["credentials"][0]["credential"].as_str().unwrap();
+        let payload = crate::crypto::jws::decode_unverified(sd_jwt.split('~').next().unwrap())
+            .unwrap()
+            .1;
+        ids.push((payload["status"]["status_list"].clone(), o.id));
+    }
+    let creds = svc.list_credentials("default").await.unwrap();
+    let second = creds.iter().find(|c| c.offer_id == ids[1].1).unwrap();
+    let first = creds.iter().find(|c| c.offer_id == ids[0].1).unwrap();
+    assert_eq!(first.status_list, "1");
+    assert_eq!(second.status_list, "2", "{:?}", ids[1].0);
+    assert!(ids[1].0["uri"].as_str().unwrap().ends_with("/token-2"));
+    assert_eq!(first.status_index, second.status_index);
+    svc.set_status("default", &second.id, CredentialStatus::Revoked)
+        .await
+        .unwrap();
+    let list = |n: u64| {
+        let svc = &svc;
+        async move {
+            svc.ctx
+                .store
+                .get(ks::STATUS, &format!("default/revocation-{n}"))
+                .await
+                .unwrap()
+        }
+    };
+    let bit = |raw: Option<Vec<u8>>, i: u64| {
+        raw.is_some_and(|b| b[(i / 8) as usize] & (0x80 >> (i % 8)) != 0)
+    };
+    assert!(
+        bit(list(2).await, second.status_index),
+        "list 2's bit is not set"
+    );
+    assert!(
+        !bit(list(1).await, first.status_index),
+        "the first credential was revoked instead"
+    );
+}
