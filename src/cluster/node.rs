@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use chitchat::Chitchat;
@@ -51,9 +51,11 @@ pub struct NodeSettings {
     pub updates_consistent: bool,
 }
 
-/// Stripes of the per-key lock a consistent transition holds at its executor from its majority
-/// read to its decision ([`Node::cas_local`]).
-const TRANSITION_STRIPES: usize = 256;
+/// The per-key lock a consistent transition holds at its executor from its majority read to its
+/// decision ([`Node::cas_local`]): one mutex per key with transitions in progress (exact, not
+/// striped — a key whose transitions wait must not hold up unrelated keys), dropped from the map
+/// once nobody holds or waits for it.
+type TransitionLocks = Mutex<HashMap<(&'static str, String), Weak<tokio::sync::Mutex<()>>>>;
 
 /// Keyspaces whose records are consumed once: pre-authorized and authorization codes, offers
 /// (their redemption: `Offered` → `TokenIssued`), c_nonces, access tokens (credential
@@ -199,7 +201,7 @@ pub struct Node {
     write_block: Mutex<Option<String>>,
     /// Consistent transitions of one key executed here run one after the other: a second one
     /// waits for the first's decision instead of finding its provisional copy and failing.
-    transitions: Vec<Arc<tokio::sync::Mutex<()>>>,
+    transitions: TransitionLocks,
     /// Tests: answer first-round (prepare) requests only after this many ms — accepted, but the
     /// acknowledgement arrives after the executor's RPC timeout.
     #[cfg(test)]
@@ -238,9 +240,7 @@ impl Node {
             recovering: AtomicBool::new(false),
             cut_off: AtomicBool::new(false),
             write_block: Mutex::default(),
-            transitions: (0..TRANSITION_STRIPES)
-                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
-                .collect(),
+            transitions: Mutex::default(),
             #[cfg(test)]
             stall_prepares_ms: AtomicU64::new(0),
         })
@@ -647,9 +647,31 @@ impl Node {
     }
 
     /// The executor-side lock of one key's consistent transitions.
-    async fn transition_lock(&self, ks: &str, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let i = (super::ring::weight("transition", ks, key) % TRANSITION_STRIPES as u64) as usize;
-        self.transitions[i].clone().lock_owned().await
+    async fn transition_lock(
+        &self,
+        ks: &'static str,
+        key: &str,
+    ) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self
+                .transitions
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let k = (ks, key.to_string());
+            match locks.get(&k).and_then(Weak::upgrade) {
+                Some(l) => l,
+                None => {
+                    if locks.len() >= 1024 {
+                        // keys nobody holds or waits for any more
+                        locks.retain(|_, l| l.strong_count() > 0);
+                    }
+                    let l = Arc::new(tokio::sync::Mutex::new(()));
+                    locks.insert(k, Arc::downgrade(&l));
+                    l
+                }
+            }
+        };
+        lock.lock_owned().await
     }
 
     /// The key's newest version from a majority of the configured nodes (this one included),
@@ -875,59 +897,122 @@ impl Node {
     }
 
     /// Provisional transitions held here longer than `older_than` whose decision did not arrive
-    /// (lost, or the executor died): the executor is asked. Still provisional there: pending,
-    /// kept. Otherwise the executor's record decides — its version is the transition's:
-    /// committed (written here); anything else: aborted (dropped; the executor's record is
-    /// merged). An executor that cannot be reached keeps the transition provisional here (the
-    /// key's single-use transitions answer 503 meanwhile): it may have committed and answered
-    /// its client. A provisional transition is dropped at the record's deadline at the latest.
+    /// (lost, or the executor died) are settled ([`Node::settle_provisional`]); returns how many.
     pub async fn resolve_provisionals(&self, older_than: Duration) -> usize {
         let mut resolved = 0;
-        for (ks, key, rec) in self.replica.stale_provisionals(older_than) {
-            let executor = rec.version.node.clone();
-            if executor == self.id() {
-                // this node's own transitions are decided by the task executing them
-                continue;
-            }
-            let members = self.members();
-            let Some(addr) = members
-                .iter()
-                .find(|m| m.node_id == executor)
-                .map(|m| m.rpc_addr.clone())
-            else {
-                continue;
-            };
-            let req = KeyReq {
-                ks: ks.to_string(),
-                key: key.clone(),
-            };
-            let Ok(resp) = self
-                .call::<_, GetResp>(&executor, &addr, PATH_GET, &req)
-                .await
-            else {
-                continue;
-            };
-            if resp.provisional.as_ref() == Some(&rec.version) {
-                continue;
-            }
-            let outcome = match resp.record {
-                Some(r) if r.version == rec.version => self.replica.commit(ks, &key, &rec).await,
-                other => {
-                    self.replica.abort(ks, &key, &rec.version);
-                    match other {
-                        Some(r) => self.replica.merge(ks, &key, &r).await.map(|_| ()),
-                        None => Ok(()),
-                    }
-                }
-            };
-            match outcome {
-                Ok(()) => resolved += 1,
-                Err(e) => {
-                    tracing::warn!(keyspace = ks, error = %e, "could not resolve a provisional transition")
-                }
+        for (ks, key, rec, base) in self.replica.stale_provisionals(older_than) {
+            if self.settle_provisional(ks, &key, &rec, &base).await {
+                resolved += 1;
             }
         }
         resolved
+    }
+
+    /// Settles one provisional transition held here (made on version `base`). The executor is
+    /// asked first: still provisional there — pending, kept; otherwise its record decides (its
+    /// version is the transition's: committed, written here; anything else: aborted, dropped,
+    /// and the executor's record merged). An executor that cannot be asked (dead, gone from
+    /// the membership, cut off from this node) no longer holds the key hostage: the other
+    /// peers settle it among themselves ([`peer_verdict`]) — committed when a peer holds it
+    /// committed or when enough nodes prepared it that the executor may have committed it;
+    /// aborted when another version replaced `base` or when too few nodes can hold it for it
+    /// ever to have been prepared by a majority; else kept until one of those is known. A
+    /// provisional copy is dropped at the record's deadline at the latest. Returns whether it
+    /// was settled.
+    pub async fn settle_provisional(
+        &self,
+        ks: &'static str,
+        key: &str,
+        rec: &Versioned,
+        base: &crate::cluster::version::Version,
+    ) -> bool {
+        let executor = rec.version.node.clone();
+        if executor == self.id() {
+            // this node's own transitions are decided by the task executing them
+            return false;
+        }
+        let req = KeyReq {
+            ks: ks.to_string(),
+            key: key.to_string(),
+        };
+        let members = self.members();
+        let at_executor = match members
+            .iter()
+            .find(|m| m.node_id == executor && m.state == "alive")
+        {
+            Some(m) => self
+                .call::<_, GetResp>(&executor, &m.rpc_addr, PATH_GET, &req)
+                .await
+                .ok(),
+            None => None,
+        };
+        let commit = match at_executor {
+            Some(resp) if resp.provisional.as_ref() == Some(&rec.version) => return false,
+            Some(resp) => match resp.record {
+                Some(r) if r.version == rec.version => true,
+                Some(r) => {
+                    self.replica.abort(ks, key, &rec.version);
+                    if let Err(e) = self.replica.merge(ks, key, &r).await {
+                        tracing::warn!(keyspace = ks, error = %e, "could not merge an aborted transition's record");
+                    }
+                    return true;
+                }
+                None => false,
+            },
+            None => {
+                // the executor cannot say: what the other peers hold decides
+                let peers: Vec<_> = self
+                    .live_peers()
+                    .into_iter()
+                    .filter(|(id, _)| *id != executor)
+                    .collect();
+                let calls = peers
+                    .iter()
+                    .map(|(id, addr)| self.call::<_, GetResp>(id, addr, PATH_GET, &req));
+                let resps: Vec<GetResp> = futures_util::future::join_all(calls)
+                    .await
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                let answers: Vec<Held> = resps.iter().map(|r| Held::of(r, rec, base)).collect();
+                let executor_counted = members.iter().any(|m| m.node_id == executor);
+                let nodes = self.configured_nodes() + usize::from(!executor_counted);
+                let verdict = peer_verdict(&answers, nodes, self.majority());
+                if verdict == Some(false) {
+                    // what replaced `base` (or its newest copy) comes with the abort
+                    for r in resps.iter().filter_map(|r| r.record.as_ref()) {
+                        if r.version != rec.version {
+                            let _ = self.replica.merge(ks, key, r).await;
+                        }
+                    }
+                }
+                match verdict {
+                    Some(commit) => {
+                        tracing::warn!(
+                            keyspace = ks,
+                            executor = %executor,
+                            commit,
+                            "a transition whose executor cannot be reached was settled by its peers"
+                        );
+                        commit
+                    }
+                    None => return false,
+                }
+            }
+        };
+        let outcome = if commit {
+            self.replica.commit(ks, key, rec).await
+        } else {
+            self.replica.abort(ks, key, &rec.version);
+            Ok(())
+        };
+        match outcome {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(keyspace = ks, error = %e, "could not resolve a provisional transition");
+                false
+            }
+        }
     }
 
     /// Compare-and-swap executed at the key's current primary (forwarded if that is another node).
@@ -1077,9 +1162,21 @@ impl Node {
         serial: tokio::sync::OwnedMutexGuard<()>,
     ) -> StoreResult<(Cas, Option<Versioned>)> {
         // a transition of this key still being decided (here or by another executor that
-        // prepared it here) is waited for briefly: it usually commits within milliseconds
+        // prepared it here) is waited for briefly: it usually commits within milliseconds; one
+        // of another executor's held past the RPC timeout is settled (its decision was lost, or
+        // its executor died)
         let wait_until = Instant::now() + self.settings.rpc_timeout * 2;
-        while self.replica.provisional_of(ks, key).is_some() && Instant::now() < wait_until {
+        let mut settled = false;
+        while let Some((rec, base, since)) = self.replica.provisional_entry(ks, key) {
+            if Instant::now() >= wait_until {
+                break;
+            }
+            if !settled && since.elapsed() >= self.settings.rpc_timeout {
+                settled = true;
+                if self.settle_provisional(ks, key, &rec, &base).await {
+                    continue;
+                }
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let rec = {
@@ -1241,5 +1338,90 @@ impl Node {
             .iter()
             .map(|(id, addr)| self.call::<_, Empty>(id, addr, PATH_PUBLISH, &req));
         futures_util::future::join_all(calls).await;
+    }
+}
+
+/// What a peer holds of a provisional transition whose executor cannot be asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Held {
+    /// Its record is the transition's: the executor committed it.
+    Committed,
+    /// A version newer than the transition's base, not the transition's: it can no longer apply.
+    Replaced,
+    /// The transition, prepared and undecided.
+    Prepared,
+    /// Neither: this peer did not prepare it (and now refuses to: it answered without it).
+    Without,
+}
+
+impl Held {
+    fn of(resp: &GetResp, rec: &Versioned, base: &crate::cluster::version::Version) -> Self {
+        match &resp.record {
+            Some(r) if r.version == rec.version => return Held::Committed,
+            Some(r) if r.version > *base => return Held::Replaced,
+            _ => {}
+        }
+        if resp.provisional.as_ref() == Some(&rec.version) {
+            Held::Prepared
+        } else {
+            Held::Without
+        }
+    }
+}
+
+/// The peers' verdict on a provisional transition held by this node whose executor cannot be
+/// asked (`answers`: the other peers that answered; `nodes`: the nodes a majority is counted
+/// against, the executor included). `Some(true)`: commit — a peer holds it committed, or the
+/// executor, this node and the peers that prepared it make a majority (the executor may have
+/// committed and answered its client: the transition must stand). `Some(false)`: abort —
+/// another version replaced its base, or so many nodes answered without it that it cannot
+/// have been prepared by a majority (the executor aborted, or will: it answered nobody
+/// "done"). `None`: not known yet (too few answers), kept.
+pub(crate) fn peer_verdict(answers: &[Held], nodes: usize, majority: usize) -> Option<bool> {
+    if answers.contains(&Held::Committed) {
+        return Some(true);
+    }
+    if answers.contains(&Held::Replaced) {
+        return Some(false);
+    }
+    let count = |h: Held| answers.iter().filter(|a| **a == h).count();
+    // the executor prepares its own transition first; this node holds it
+    if 2 + count(Held::Prepared) >= majority {
+        return Some(true);
+    }
+    if nodes.saturating_sub(count(Held::Without)) < majority {
+        return Some(false);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{peer_verdict, Held::*};
+
+    #[test]
+    fn peers_settle_a_transition_whose_executor_is_gone() {
+        // three nodes: the executor and this node already make a majority — it may have been
+        // committed and answered, so it stands
+        assert_eq!(peer_verdict(&[Without], 3, 2), Some(true));
+        assert_eq!(peer_verdict(&[], 3, 2), Some(true));
+        // five nodes (majority 3)
+        assert_eq!(peer_verdict(&[Prepared, Without], 5, 3), Some(true));
+        assert_eq!(
+            peer_verdict(&[Without, Without, Without], 5, 3),
+            Some(false)
+        );
+        assert_eq!(
+            peer_verdict(&[Without, Without], 5, 3),
+            None,
+            "one peer unheard of could have prepared it"
+        );
+        assert_eq!(peer_verdict(&[Without], 5, 3), None);
+        // a peer told of the decision, or a newer version, decides
+        assert_eq!(
+            peer_verdict(&[Without, Committed, Without], 5, 3),
+            Some(true)
+        );
+        assert_eq!(peer_verdict(&[Prepared, Replaced], 5, 3), Some(false));
     }
 }

@@ -401,17 +401,32 @@ impl Replica {
             .map(|p| p.rec.version.clone())
     }
 
+    /// The provisional transition of a key held here, if any: (record, base, held since).
+    pub fn provisional_entry(
+        &self,
+        ks: &str,
+        key: &str,
+    ) -> Option<(Versioned, Version, std::time::Instant)> {
+        let ks = intern(ks).ok()?;
+        self.provisional
+            .lock()
+            .ok()?
+            .get(&(ks, key.to_string()))
+            .map(|p| (p.rec.clone(), p.base.clone(), p.since))
+    }
+
     /// How many prepared transitions this node holds.
     pub fn provisional_count(&self) -> usize {
         self.provisional.lock().map(|p| p.len()).unwrap_or(0)
     }
 
     /// Provisional transitions held longer than `older_than` (the executor's decision may have
-    /// been lost): (keyspace, key, record). Those past the record's deadline are dropped.
+    /// been lost): (keyspace, key, record, base version). Those past the record's deadline are
+    /// dropped.
     pub fn stale_provisionals(
         &self,
         older_than: Duration,
-    ) -> Vec<(&'static str, String, Versioned)> {
+    ) -> Vec<(&'static str, String, Versioned, Version)> {
         let now = self.clock.now_ms();
         let Ok(mut p) = self.provisional.lock() else {
             return Vec::new();
@@ -419,7 +434,7 @@ impl Replica {
         p.retain(|_, pr| pr.rec.deadline_ms.is_none_or(|d| d > now));
         p.iter()
             .filter(|(_, pr)| pr.since.elapsed() >= older_than)
-            .map(|((ks, key), pr)| (*ks, key.clone(), pr.rec.clone()))
+            .map(|((ks, key), pr)| (*ks, key.clone(), pr.rec.clone(), pr.base.clone()))
             .collect()
     }
 

@@ -1015,6 +1015,132 @@ mod tests {
             .is_tombstone());
     }
 
+    /// A transition its executor (a node "z", since gone for good) prepared on b and c before it
+    /// died between its two rounds must not block the record: the next update settles it among
+    /// the peers — z, b and c are a majority of the nodes, so z may have committed it and
+    /// answered its client: it stands — and then goes through. Before, the provisional copies
+    /// stayed until z answered (for a record without a TTL: forever) and every update was 503.
+    async fn peers_settle_what_a_dead_executor_left_prepared(nodes: &[TestNode]) {
+        let ks = "unit_things";
+        let key = "revocable";
+        nodes[0]
+            .opened
+            .store
+            .put(ks, key, b"valid".to_vec(), None)
+            .await
+            .unwrap();
+        let b = &nodes[1].cluster.node;
+        let base = b.replica.read(ks, key).await.unwrap().unwrap().version;
+        let mut v = b.replica.new_version();
+        v.node = "z".into();
+        let rec = Versioned {
+            version: v,
+            value: Some(b"renamed".to_vec()),
+            deadline_ms: None,
+        };
+        for n in &nodes[1..] {
+            assert!(n
+                .cluster
+                .node
+                .replica
+                .prepare(ks, key, &rec, &base)
+                .await
+                .unwrap());
+        }
+        // an update through every node in turn, from what it reads: the first ones may be
+        // refused (503) until the peers settled it — in the background within seconds, or by
+        // the executor's own wait — then every one goes through
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        for (i, n) in nodes.iter().enumerate() {
+            loop {
+                let cur = n.opened.store.get(ks, key).await.unwrap();
+                assert_ne!(cur.as_deref(), Some(&b"valid"[..]).filter(|_| i > 0));
+                let next = format!("revoked-{i}").into_bytes();
+                match n
+                    .opened
+                    .store
+                    .compare_and_swap(ks, key, cur.clone(), Some((next, None)))
+                    .await
+                {
+                    Ok(Cas::Swapped) => break,
+                    got => assert!(
+                        std::time::Instant::now() < until,
+                        "the record cannot be updated through node {i} (read {cur:?}): {got:?}"
+                    ),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        for n in nodes {
+            assert!(n.cluster.node.replica.provisional_of(ks, key).is_none());
+        }
+        // z's committed value was seen before the updates replaced it
+        let history = nodes[2].opened.store.get(ks, key).await.unwrap();
+        assert_eq!(history.as_deref(), Some(&b"revoked-2"[..]));
+    }
+
+    /// Transitions of a key whose provisional copy lingers (its executor died between its two
+    /// rounds) queue behind each other at their executor; an unrelated key — whatever its hash —
+    /// does not queue behind them (the per-key lock was striped and held through the wait).
+    async fn an_unrelated_key_does_not_queue_behind_a_stuck_one(nodes: &[TestNode]) {
+        let ks = "unit_things";
+        let (stuck, other) = ("stuck", "other");
+        for k in [stuck, other] {
+            nodes[0]
+                .opened
+                .store
+                .put(ks, k, b"v0".to_vec(), None)
+                .await
+                .unwrap();
+        }
+        let b = nodes[1].cluster.node.clone();
+        let base = b.replica.read(ks, stuck).await.unwrap().unwrap().version;
+        let mut v = b.replica.new_version();
+        v.node = "z".into();
+        let rec = Versioned {
+            version: v,
+            value: Some(b"x".to_vec()),
+            deadline_ms: None,
+        };
+        // only b holds it: whether it stands is not known until c answers
+        assert!(b.replica.prepare(ks, stuck, &rec, &base).await.unwrap());
+        let mut stuck_calls = Vec::new();
+        for _ in 0..3 {
+            let b = b.clone();
+            stuck_calls.push(tokio::spawn(async move {
+                b.cas_local(
+                    ks,
+                    stuck,
+                    Some(b"v0".to_vec()),
+                    Some((b"v1".to_vec(), None)),
+                )
+                .await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = std::time::Instant::now();
+        let got = b
+            .cas_local(
+                ks,
+                other,
+                Some(b"v0".to_vec()),
+                Some((b"v1".to_vec(), None)),
+            )
+            .await;
+        let waited = started.elapsed();
+        for c in stuck_calls {
+            let _ = c.await;
+        }
+        assert!(matches!(got, Ok((Cas::Swapped, _))), "{got:?}");
+        // not a timing assertion on speed: the unrelated key must not have waited out the stuck
+        // key's wait (2 × rpc_timeout per queued transition)
+        assert!(
+            waited < b.settings.rpc_timeout,
+            "an unrelated key's update waited {waited:?} behind a stuck key"
+        );
+        assert!(b.replica.provisional_of(ks, stuck).is_none());
+    }
+
     /// A process with another cluster secret, seeded with a member, is never listed (its gossip
     /// is dropped) and the members' writes still succeed.
     async fn process_without_the_secret_does_not_join(nodes: &[TestNode]) {
@@ -1230,6 +1356,8 @@ mod tests {
         consistent_primary_reads_a_majority_before_a_single_use_transition(&nodes).await;
         consistent_failed_transition_leaves_nothing_on_the_accepting_peers(&nodes).await;
         lost_decisions_are_resolved_by_asking_the_executor(&nodes).await;
+        peers_settle_what_a_dead_executor_left_prepared(&nodes).await;
+        an_unrelated_key_does_not_queue_behind_a_stuck_one(&nodes).await;
         process_without_the_secret_does_not_join(&nodes).await;
         for n in &nodes {
             n.token.cancel();
