@@ -113,25 +113,32 @@ impl IssuerService {
             .await
             .map_err(|e| unless_unavailable(e, || InvalidToken.because("unknown issuer").into()))?;
         let (config_id, config) = self.covered_config(&issuer, &grant, &req)?;
-        if offer.issued_configs.contains(&config_id) {
-            return Err(InvalidToken
-                .because("this access token was already used for this credential")
-                .into());
-        }
         let jwts = proof_jwts(&req)?;
         let now = self.now();
         let proven = self.check_proofs(issuer_id, &jwts, now).await?;
-        let issued = self
-            .issue_for(&Request {
-                issuer: &issuer,
-                grant: &grant,
-                offer: &offer,
-                config_id: &config_id,
-                config: &config,
-                holders: &proven.holders,
-                now,
-            })
-            .await;
+        let r = Request {
+            issuer: &issuer,
+            grant: &grant,
+            offer: &offer,
+            config_id: &config_id,
+            config: &config,
+            holders: &proven.holders,
+            now,
+        };
+        let issued = if offer.issued_configs.contains(&config_id) {
+            match self.resend(&r).await {
+                Ok(Resend::Sent(credentials)) => Ok(credentials),
+                Ok(Resend::NotTheHolder) => Err(InvalidToken
+                    .because("this access token was already used for this credential")
+                    .into()),
+                // the recording of an attempt of unknown outcome was taken back meanwhile: the
+                // token covers the configuration again
+                Ok(Resend::TakenBack) => self.issue_for(&r).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            self.issue_for(&r).await
+        };
         match issued {
             Ok(credentials) => Ok(json!({"credentials": credentials})),
             Err(e) => {
@@ -164,12 +171,7 @@ impl IssuerService {
         let validity = offer
             .credential_validity_seconds
             .or(config.validity_seconds);
-        let claims: Map<String, Value> = offer
-            .claims
-            .iter()
-            .filter(|(k, _)| config.claims.iter().any(|c| &c.name == *k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let claims = offer_claims(offer, config);
         let batch = Batch {
             issuer,
             key: &key,
@@ -219,7 +221,8 @@ impl IssuerService {
     /// drops the records of its unsent credentials. An outcome the store could not tell (503
     /// after a write that may have been applied) is read back: recorded → issued; otherwise the
     /// client is told to retry and the update, should it land later, is taken back
-    /// ([`IssuerService::watch_unknown_outcome`]).
+    /// ([`IssuerService::watch_unknown_outcome`]) — unless the holder's retry came first and
+    /// was sent the recorded credentials ([`IssuerService::resend`]).
     async fn record_issuance(
         &self,
         issuer_id: &str,
@@ -276,10 +279,17 @@ impl IssuerService {
     fn undo_issuance(&self, offer_key: &str, issuer_id: &str, config_id: &str, ids: &[String]) {
         let (ours, config) = (ids.to_vec(), config_id.to_string());
         let (records, issuer, config2) = (ids.to_vec(), issuer_id.to_string(), config.clone());
+        let delivered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen, kept) = (delivered.clone(), delivered);
         self.watch_unknown_outcome(
             offer_key.to_string(),
             move |o| {
                 if !ours.first().is_some_and(|id| o.issued.contains(id)) {
+                    return false;
+                }
+                if ours.iter().any(|id| o.resent.contains(id)) {
+                    // sent to their holder on its retry: they stand
+                    seen.store(true, std::sync::atomic::Ordering::SeqCst);
                     return false;
                 }
                 o.issued.retain(|id| !ours.contains(id));
@@ -291,7 +301,9 @@ impl IssuerService {
             },
             move |o| o.issued_configs.contains(&config2),
             move |store, outcome| async move {
-                if outcome != super::outcome::Watched::StoreFailing {
+                if outcome != super::outcome::Watched::StoreFailing
+                    && !kept.load(std::sync::atomic::Ordering::SeqCst)
+                {
                     drop_records(store.as_ref(), &issuer, &records).await;
                 }
             },
@@ -362,24 +374,9 @@ impl IssuerService {
     ) -> Result<(Value, String), IssuerError> {
         let credential_id = random_id();
         let status = self.allocate_status(b.issuer).await?;
-        let input = IssueInput {
-            issuer: b.issuer,
-            key: b.key,
-            config: b.config,
-            vct: self.vct(b.issuer, b.config),
-            claims: b.claims,
-            holder,
-            holder_did: holder_did.clone(),
-            credential_id: &credential_id,
-            now: b.now,
-            expires_at: b.expires_at,
-            status: &status,
-        };
-        let credential = match b.config.format {
-            Format::MsoMdoc => self.issue_mdoc(b, holder, &status).await?,
-            Format::LdpVc => issue_ldp(b, holder, holder_did, &credential_id, &status).await?,
-            _ => formats::issue(&input).map_err(|e| UnsupportedCredentialFormat.because(e))?,
-        };
+        let credential = self
+            .sign_one(b, holder, holder_did, &credential_id, &status)
+            .await?;
         let record = IssuedCredential {
             id: credential_id.clone(),
             issuer: b.issuer.id.clone(),
@@ -391,7 +388,7 @@ impl IssuerService {
             status_index: status.index,
             status: CredentialStatus::Valid,
             issued_at: b.now,
-            expires_at: input.expires_at,
+            expires_at: b.expires_at,
         };
         let stored = self
             .ctx
@@ -409,6 +406,130 @@ impl IssuerService {
             return Err(e.into());
         }
         Ok((credential, credential_id))
+    }
+
+    /// The credential itself, in the configuration's format, for one holder key.
+    async fn sign_one(
+        &self,
+        b: &Batch<'_>,
+        holder: &VerifyingKey,
+        holder_did: &Option<String>,
+        credential_id: &str,
+        status: &StatusRef,
+    ) -> Result<Value, IssuerError> {
+        let input = IssueInput {
+            issuer: b.issuer,
+            key: b.key,
+            config: b.config,
+            vct: self.vct(b.issuer, b.config),
+            claims: b.claims,
+            holder,
+            holder_did: holder_did.clone(),
+            credential_id,
+            now: b.now,
+            expires_at: b.expires_at,
+            status,
+        };
+        Ok(match b.config.format {
+            Format::MsoMdoc => self.issue_mdoc(b, holder, status).await?,
+            Format::LdpVc => issue_ldp(b, holder, holder_did, credential_id, status).await?,
+            _ => formats::issue(&input).map_err(|e| UnsupportedCredentialFormat.because(e))?,
+        })
+    }
+
+    /// A configuration already issued under this token, asked for again by the holder of the
+    /// same key(s) — a retry after an answer that said "retry" (503: the outcome was unknown and
+    /// the recording had in fact landed) or that never arrived: the same credentials (same ids,
+    /// status entries, issuance and expiry times, claims; signed afresh) are sent again, so the
+    /// retry a 503 asks for is never refused as "already used". Nothing new is issued: a holder
+    /// proving the same keys gets what it already holds. The offer first records them as
+    /// resent, in one compare-and-swap, so the taking back of an unknown outcome
+    /// ([`IssuerService::undo_issuance`]) leaves them alone from then on; if it took them back
+    /// first, the token covers the configuration again ([`Resend::TakenBack`]). Other keys, or a
+    /// credential no longer valid: [`Resend::NotTheHolder`].
+    async fn resend(&self, r: &Request<'_>) -> Result<Resend, IssuerError> {
+        let store = &self.ctx.store;
+        let issuer_id = r.issuer.id.as_str();
+        let mut records = Vec::new();
+        for id in &r.offer.issued {
+            let rec: Option<IssuedCredential> = store
+                .get_json(ks::CREDS, &format!("{issuer_id}/{id}"))
+                .await?;
+            if let Some(rec) = rec.filter(|c| c.credential_configuration_id == r.config_id) {
+                records.push(rec);
+            }
+        }
+        // each proven key is the subject of one of them, and each of them has its key
+        let mut pairs = Vec::new();
+        for (holder, holder_did) in r.holders {
+            let subject = sha256_hex(holder.thumbprint());
+            let Some(i) = records.iter().position(|c| c.subject_hash == subject) else {
+                return Ok(Resend::NotTheHolder);
+            };
+            pairs.push((holder, holder_did, records.swap_remove(i)));
+        }
+        if !records.is_empty()
+            || pairs
+                .iter()
+                .any(|(_, _, c)| c.status != CredentialStatus::Valid)
+        {
+            return Ok(Resend::NotTheHolder);
+        }
+        let ids: Vec<String> = pairs.iter().map(|(_, _, c)| c.id.clone()).collect();
+        let marked = store
+            .update_json::<Offer, IssuerError, _>(ks::OFFERS, &r.grant.offer_id, None, |mut o| {
+                if !ids.iter().all(|id| o.issued.contains(id)) {
+                    return Err(InvalidToken.because("taken back").into());
+                }
+                for id in &ids {
+                    if !o.resent.contains(id) {
+                        o.resent.push(id.clone());
+                    }
+                }
+                Ok(o)
+            })
+            .await;
+        match marked {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(InvalidToken
+                    .because("the offer behind this token has expired")
+                    .into())
+            }
+            Err(e) if e.is_server_error() => return Err(e),
+            Err(_) => return Ok(Resend::TakenBack),
+        }
+        let key = self.signing_key(r.issuer).await.map_err(internal)?;
+        let claims = offer_claims(r.offer, r.config);
+        let (issued_at, expires_at) = (pairs[0].2.issued_at, pairs[0].2.expires_at);
+        let batch = Batch {
+            issuer: r.issuer,
+            key: &key,
+            config_id: r.config_id,
+            config: r.config,
+            claims: &claims,
+            offer_id: &r.offer.id,
+            now: issued_at,
+            expires_at,
+        };
+        let mut credentials = Vec::new();
+        for (holder, holder_did, rec) in &pairs {
+            let list = rec
+                .status_list
+                .parse::<u64>()
+                .map_err(|e| internal(format!("credential record's status list: {e}")))?;
+            let status = self.status_ref(issuer_id, list, rec.status_index);
+            let credential = self
+                .sign_one(&batch, holder, holder_did, &rec.id, &status)
+                .await?;
+            credentials.push(json!({"credential": credential}));
+        }
+        tracing::info!(
+            issuer = issuer_id,
+            count = credentials.len(),
+            "credentials sent again to their holder"
+        );
+        Ok(Resend::Sent(credentials))
     }
 
     /// An mso_mdoc for the holder's device key (P-256: ISO 18013-5 device keys are EC2).
@@ -518,6 +639,23 @@ async fn issue_ldp(
     .await
     .map_err(internal)?
     .map_err(internal)
+}
+
+/// What [`IssuerService::resend`] did.
+enum Resend {
+    Sent(Vec<Value>),
+    NotTheHolder,
+    TakenBack,
+}
+
+/// The offer's claims a configuration carries.
+fn offer_claims(offer: &Offer, config: &CredentialConfig) -> Map<String, Value> {
+    offer
+        .claims
+        .iter()
+        .filter(|(k, _)| config.claims.iter().any(|c| &c.name == *k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// Deletes the records of credentials that were signed but never sent (best effort: a left-over

@@ -232,6 +232,10 @@ pub struct Offer {
     /// the credentials in one compare-and-swap, which is the token's use.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub issued_configs: Vec<String>,
+    /// Ids of credentials sent again to their holder (a retry by the same key after an answer
+    /// that did not arrive or said "retry"): known delivered, never taken back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resent: Vec<String>,
     /// The OpenID4VCI credential offer object (served by reference while redeemable).
     pub credential_offer: Value,
     /// SHA-256 of the access token its redemption handed out: the token is usable only when its

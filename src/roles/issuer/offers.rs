@@ -69,6 +69,7 @@ impl IssuerService {
             credential_validity_seconds: req.credential_validity_seconds,
             issued: Vec::new(),
             issued_configs: Vec::new(),
+            resent: Vec::new(),
             credential_offer: credential_offer.clone(),
             token_hash: None,
         };

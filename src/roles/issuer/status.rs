@@ -33,15 +33,19 @@ impl IssuerService {
             block.start += 1;
             n
         };
-        let list = status_list_number(n);
-        let base = format!("{}/status-lists", self.issuer_url(&issuer.id));
-        Ok(StatusRef {
+        Ok(self.status_ref(&issuer.id, status_list_number(n), n % STATUS_LIST_SIZE))
+    }
+
+    /// Where index `index` of list `list` (1-based) of an issuer's status lists is published.
+    pub(super) fn status_ref(&self, issuer_id: &str, list: u64, index: u64) -> StatusRef {
+        let base = format!("{}/status-lists", self.issuer_url(issuer_id));
+        StatusRef {
             list,
-            index: n % STATUS_LIST_SIZE,
+            index,
             token_list: format!("{base}/token-{list}"),
             revocation_list: format!("{base}/revocation-{list}"),
             suspension_list: format!("{base}/suspension-{list}"),
-        })
+        }
     }
 
     /// Reserves the next [`STATUS_BLOCK`] indices of an issuer's status lists; returns the first.

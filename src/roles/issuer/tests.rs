@@ -57,16 +57,24 @@ struct Faulty {
     keyspace: &'static str,
     applied: bool,
     fail: std::sync::atomic::AtomicU32,
+    /// After a failed write, the next read of the keyspace fails too (a read-back that cannot
+    /// tell whether the write landed).
+    blind: std::sync::atomic::AtomicBool,
+    fail_next_get: std::sync::atomic::AtomicBool,
 }
 
 impl Faulty {
     fn trip(&self, ks: &str) -> bool {
         use std::sync::atomic::Ordering;
-        ks == self.keyspace
+        let tripped = ks == self.keyspace
             && self
                 .fail
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
+                .is_ok();
+        if tripped && self.blind.load(Ordering::SeqCst) {
+            self.fail_next_get.store(true, Ordering::SeqCst);
+        }
+        tripped
     }
     fn error(&self) -> crate::store::StoreError {
         crate::store::StoreError::Unavailable(format!(
@@ -79,6 +87,13 @@ impl Faulty {
 #[async_trait::async_trait]
 impl crate::store::Store for Faulty {
     async fn get(&self, ks: &'static str, key: &str) -> crate::store::StoreResult<Option<Vec<u8>>> {
+        if ks == self.keyspace
+            && self
+                .fail_next_get
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(self.error());
+        }
         self.inner.get(ks, key).await
     }
     async fn put(
@@ -171,6 +186,8 @@ async fn faulty_issuer(
         keyspace,
         applied,
         fail: std::sync::atomic::AtomicU32::new(0),
+        blind: Default::default(),
+        fail_next_get: Default::default(),
     });
     state.store = faulty.clone();
     let svc = IssuerService::new(state, IssuerConfig::default());
@@ -229,8 +246,16 @@ async fn a_store_failure_during_redemption_leaves_the_code_redeemable() {
 
 /// A credential request with a fresh c_nonce and an Ed25519 proof.
 async fn credential_req(svc: &IssuerService, clock: &FakeClock) -> CredentialRequest {
+    credential_req_by(svc, clock, &SigningKey::generate(KeyType::Ed25519)).await
+}
+
+/// A credential request with a fresh c_nonce and a proof by `holder`.
+async fn credential_req_by(
+    svc: &IssuerService,
+    clock: &FakeClock,
+    holder: &SigningKey,
+) -> CredentialRequest {
     let n = svc.nonce("default").await.unwrap();
-    let holder = SigningKey::generate(KeyType::Ed25519);
     let proof = jws::sign(
         &holder,
         json!({"typ": "openid4vci-proof+jwt", "jwk": holder.verifying_key().to_jwk()}),
@@ -615,4 +640,80 @@ async fn a_credential_of_a_later_status_list_is_revoked_in_that_list() {
         !bit(list(1).await, first.status_index),
         "the first credential was revoked instead"
     );
+}
+
+/// The status entry of an SD-JWT VC: (list URI, index).
+fn sd_jwt_status(c: &serde_json::Value) -> (String, u64) {
+    let sd_jwt = c["credentials"][0]["credential"].as_str().unwrap();
+    let payload = jws::decode_unverified(sd_jwt.split('~').next().unwrap())
+        .unwrap()
+        .1;
+    let s = &payload["status"]["status_list"];
+    (
+        s["uri"].as_str().unwrap().to_string(),
+        s["idx"].as_u64().unwrap(),
+    )
+}
+
+/// The offer update recording an issuance lands but is answered 503, and the read-back fails
+/// too: the client is told to retry. Its immediate retry (the same request: the c_nonce was put
+/// back) gets the credential that was recorded — not 401 "already used" while the outcome is
+/// being settled (attacker review) — and it stays recorded: the taking back of the unknown
+/// outcome leaves a credential sent on a retry alone. Another key is still refused.
+#[tokio::test]
+async fn an_immediate_retry_after_an_unknown_outcome_gets_the_credential() {
+    let (svc, faulty, clock) = faulty_issuer(ks::OFFERS, true).await;
+    let o = svc.create_offer("default", offer_req(None)).await.unwrap();
+    let t = svc
+        .token("default", token_req(&pre_auth_code(&o)))
+        .await
+        .unwrap();
+    faulty
+        .blind
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    faulty.fail.store(1, std::sync::atomic::Ordering::SeqCst);
+    let holder = SigningKey::generate(KeyType::Ed25519);
+    let req = credential_req_by(&svc, &clock, &holder).await;
+    let first = svc
+        .credential("default", Some(&t.access_token), req.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(OAuthError::from(first).status.as_u16(), 503);
+    let retry = svc
+        .credential("default", Some(&t.access_token), req)
+        .await
+        .map_err(OAuthError::from)
+        .unwrap_or_else(|e| panic!("the retry the 503 asked for is refused: {e:?}"));
+    let creds = svc.list_credentials("default").await.unwrap();
+    assert_eq!(creds.len(), 1);
+    let (uri, idx) = sd_jwt_status(&retry);
+    assert!(uri.ends_with(&format!("/token-{}", creds[0].status_list)));
+    assert_eq!(idx, creds[0].status_index);
+    // the watcher of the unknown outcome has looked (100 ms, then 300 ms) and left it
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let view = svc.offer_view("default", &o.id).await.unwrap();
+    assert_eq!(view.issued_credentials, vec![creds[0].id.clone()]);
+    assert_eq!(svc.list_credentials("default").await.unwrap().len(), 1);
+    // the same holder later (an answer that never arrived): the same credential again
+    let again = svc
+        .credential(
+            "default",
+            Some(&t.access_token),
+            credential_req_by(&svc, &clock, &holder).await,
+        )
+        .await
+        .unwrap();
+    assert_eq!(sd_jwt_status(&again), (uri, idx));
+    // anyone else with the token: used
+    let other = OAuthError::from(
+        svc.credential(
+            "default",
+            Some(&t.access_token),
+            credential_req(&svc, &clock).await,
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(other.error, "invalid_token");
+    assert_eq!(svc.list_credentials("default").await.unwrap().len(), 1);
 }
