@@ -257,7 +257,7 @@ async fn credential_req_by(
 ) -> CredentialRequest {
     let n = svc.nonce("default").await.unwrap();
     let proof = jws::sign(
-        &holder,
+        holder,
         json!({"typ": "openid4vci-proof+jwt", "jwk": holder.verifying_key().to_jwk()}),
         &json!({"aud": svc.issuer_url("default"), "iat": clock.now_secs(), "nonce": n}),
     );
