@@ -555,7 +555,7 @@ mod tests {
         Box::leak(Box::new(n));
         (store, clock)
     }
-    crate::store::conformance::backend_tests!(cluster_store);
+    crate::store::conformance::backend_tests!(cluster_store, true);
 
     /// A node of three restarted alone (its peers down; `updates` consistent) takes and releases
     /// its init lease: the release is an update of a `system` record, which must not need a
@@ -687,7 +687,7 @@ mod tests {
             Box::leak(Box::new([a, b, c]));
             (store, clock)
         }
-        crate::store::conformance::backend_tests!(three_node_store);
+        crate::store::conformance::backend_tests!(three_node_store, true);
     }
 
     async fn three() -> Vec<TestNode> {

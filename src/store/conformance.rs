@@ -14,7 +14,13 @@ const KS: &str = "test";
 /// Generates one `#[tokio::test]` per conformance check; `$factory().await` must return
 /// `(Arc<dyn Store>, Arc<FakeClock>)`, a fresh empty store on a fake clock.
 macro_rules! backend_tests {
+    // a store that answers every compare-and-swap with its outcome (sled, Redis)
     ($factory:ident) => {
+        crate::store::conformance::backend_tests!($factory, false);
+    };
+    // `replicated`: a store that may answer `Unavailable` for an outcome it could not learn (a
+    // cluster); the racing checks then count those as unknown instead of failing
+    ($factory:ident, $replicated:expr) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn conformance_put_get_delete() {
             let (s, c) = $factory().await;
@@ -28,12 +34,13 @@ macro_rules! backend_tests {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn conformance_cas_is_single_use() {
             let (s, c) = $factory().await;
-            crate::store::conformance::cas_is_single_use(s, c).await;
+            crate::store::conformance::cas_is_single_use(s, c, $replicated).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn conformance_concurrent_updates_do_not_lose_writes() {
             let (s, c) = $factory().await;
-            crate::store::conformance::concurrent_updates_do_not_lose_writes(s, c).await;
+            crate::store::conformance::concurrent_updates_do_not_lose_writes(s, c, $replicated)
+                .await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn conformance_prefix_scan_and_atomic_batch() {
@@ -107,13 +114,13 @@ pub async fn expired_records_are_absent_then_swept(s: Arc<dyn Store>, clock: Arc
     assert_eq!(s.get(KS, "t").await.unwrap(), None);
 }
 
-pub async fn cas_is_single_use(s: Arc<dyn Store>, clock: Arc<FakeClock>) {
+pub async fn cas_is_single_use(s: Arc<dyn Store>, clock: Arc<FakeClock>, replicated: bool) {
     assert!(s.insert_new_json(KS, "code", "fresh", None).await.unwrap());
     assert!(!s.insert_new_json(KS, "code", "again", None).await.unwrap());
     let fresh = serde_json::to_vec("fresh").unwrap();
     // many redeemers race: exactly one wins, the others see the winner's value. A replicated
     // store may answer `Unavailable` (outcome unknown: it may or may not have applied) — never
-    // two wins, and never none unless some outcome is unknown.
+    // two wins, and never none unless some outcome is unknown. Other stores always know.
     let racers: Vec<_> = (0..16)
         .map(|i| {
             let s = s.clone();
@@ -135,7 +142,7 @@ pub async fn cas_is_single_use(s: Arc<dyn Store>, clock: Arc<FakeClock>) {
             Ok(Cas::Swapped) => wins += 1,
             Ok(Cas::Conflict(Some(v))) => assert!(v.starts_with(b"used-")),
             Ok(Cas::Conflict(None)) => panic!("conflict must report the winner's value"),
-            Err(StoreError::Unavailable(_)) => unknown += 1,
+            Err(StoreError::Unavailable(_)) if replicated => unknown += 1,
             Err(e) => panic!("{e}"),
         }
     }
@@ -176,12 +183,16 @@ pub async fn cas_is_single_use(s: Arc<dyn Store>, clock: Arc<FakeClock>) {
     assert_eq!(s.get(KS, "n").await.unwrap(), Some(b"w".to_vec()));
 }
 
-pub async fn concurrent_updates_do_not_lose_writes(s: Arc<dyn Store>, _: Arc<FakeClock>) {
+pub async fn concurrent_updates_do_not_lose_writes(
+    s: Arc<dyn Store>,
+    _: Arc<FakeClock>,
+    replicated: bool,
+) {
     s.put_json(KS, "ctr", &0u64, None).await.unwrap();
     // 8 tasks × 25 acknowledged increments. An increment answered `Unavailable` (a replicated
     // store that could not learn or decide the outcome) may or may not have been applied: it is
     // retried and counted, so the counter ends between 200 and 200 + unknown outcomes. A lost
-    // update ends below 200.
+    // update ends below 200. A store that is not replicated always knows: exactly 200.
     let mut handles = Vec::new();
     for _ in 0..8 {
         let s = s.clone();
@@ -194,7 +205,7 @@ pub async fn concurrent_updates_do_not_lose_writes(s: Arc<dyn Store>, _: Arc<Fak
                 {
                     Ok(Some(_)) => acked += 1,
                     Ok(None) => panic!("the counter vanished"),
-                    Err(StoreError::Unavailable(_)) => unknown += 1,
+                    Err(StoreError::Unavailable(_)) if replicated => unknown += 1,
                     Err(e) => panic!("{e}"),
                 }
             }
