@@ -215,9 +215,9 @@ impl dyn Store {
         for attempt in 0..64u32 {
             if attempt > 0 {
                 // Contention (a hot record, or a CAS that crosses the network in cluster mode):
-                // back off a random 0..=min(2^attempt, 32) ms so the contenders spread out instead
+                // back off a random 0..=min(2^attempt, 128) ms so the contenders spread out instead
                 // of colliding again in lockstep.
-                let cap = 1u64 << attempt.min(5);
+                let cap = 1u64 << attempt.min(7);
                 let wait = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=cap);
                 tokio::time::sleep(Duration::from_millis(wait)).await;
             }
