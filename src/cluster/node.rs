@@ -638,6 +638,11 @@ impl Node {
             }
     }
 
+    /// Whether updates of the keyspace's existing records (a delete among them) need a majority.
+    pub fn fences_updates(&self, ks: &str) -> bool {
+        self.needs_majority(ks, &Some(Vec::new()))
+    }
+
     fn no_majority(&self, reached: usize) -> StoreError {
         StoreError::Unavailable(format!(
             "update refused: cluster.single_use / cluster.updates = \"consistent\" needs {} of {} configured nodes, this node reaches {reached}; retry",

@@ -1141,6 +1141,59 @@ mod tests {
         assert!(b.replica.provisional_of(ks, stuck).is_none());
     }
 
+    /// An update executed by c (whose clock runs ahead), prepared on b and c, decided just after
+    /// a delete through a that ran concurrently: once the delete is acknowledged, the record
+    /// stays deleted. Before, the delete was a last-writer-wins tombstone stamped by a's older
+    /// clock, and the update committed after it brought the record back on b and c.
+    async fn a_delete_is_not_undone_by_an_update_decided_after_it(nodes: &[TestNode]) {
+        let ks = "unit_things";
+        let key = "deleted-wallet";
+        nodes[0]
+            .opened
+            .store
+            .put(ks, key, b"A".to_vec(), None)
+            .await
+            .unwrap();
+        let (b, c) = (nodes[1].cluster.node.clone(), nodes[2].cluster.node.clone());
+        let base = b.replica.read(ks, key).await.unwrap().unwrap().version;
+        let mut v = c.replica.new_version();
+        v.hlc += 10_000 << 16; // ten seconds ahead
+        let rec = Versioned {
+            version: v,
+            value: Some(b"B".to_vec()),
+            deadline_ms: None,
+        };
+        for n in [&b, &c] {
+            assert!(n.replica.prepare(ks, key, &rec, &base).await.unwrap());
+        }
+        // c's decision, 300 ms later
+        let decided = {
+            let rec = rec.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                for n in [&c, &b] {
+                    n.replica.commit(ks, key, &rec).await.unwrap();
+                }
+            })
+        };
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match nodes[0].opened.store.delete(ks, key).await {
+                Ok(_) => break,
+                Err(e) => assert!(std::time::Instant::now() < until, "{e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        decided.await.unwrap();
+        for (i, n) in nodes.iter().enumerate() {
+            assert_eq!(
+                n.opened.store.get(ks, key).await.unwrap(),
+                None,
+                "node {i}: the deleted record came back"
+            );
+        }
+    }
+
     /// A process with another cluster secret, seeded with a member, is never listed (its gossip
     /// is dropped) and the members' writes still succeed.
     async fn process_without_the_secret_does_not_join(nodes: &[TestNode]) {
@@ -1358,6 +1411,7 @@ mod tests {
         lost_decisions_are_resolved_by_asking_the_executor(&nodes).await;
         peers_settle_what_a_dead_executor_left_prepared(&nodes).await;
         an_unrelated_key_does_not_queue_behind_a_stuck_one(&nodes).await;
+        a_delete_is_not_undone_by_an_update_decided_after_it(&nodes).await;
         process_without_the_secret_does_not_join(&nodes).await;
         for n in &nodes {
             n.token.cancel();

@@ -21,6 +21,27 @@ pub struct ClusterStore {
 }
 
 impl ClusterStore {
+    /// A delete under `cluster.updates` / `cluster.single_use = "consistent"`: an update like any
+    /// other — a compare-and-swap of the value read, at the key's primary, under a majority — so
+    /// an update made on an older version that is still being decided cannot bring the record
+    /// back after the delete was acknowledged (a last-writer-wins tombstone could be older than
+    /// that update's version). Absent: `false`.
+    async fn delete_fenced(&self, keyspace: &'static str, key: &str) -> StoreResult<bool> {
+        let mut current = self.get(keyspace, key).await?;
+        for _ in 0..64 {
+            let Some(cur) = current.take() else {
+                return Ok(false);
+            };
+            match self.node.cas(keyspace, key, Some(cur), None).await? {
+                Cas::Swapped => return Ok(true),
+                Cas::Conflict(now) => current = now,
+            }
+        }
+        Err(crate::store::StoreError::Unavailable(format!(
+            "delete of {keyspace}/{key} kept conflicting"
+        )))
+    }
+
     pub fn new(node: Arc<Node>) -> Self {
         Self { node }
     }
@@ -83,6 +104,9 @@ impl Store for ClusterStore {
     async fn delete(&self, keyspace: &'static str, key: &str) -> StoreResult<bool> {
         if is_local_keyspace(keyspace) {
             return self.inner().delete(keyspace, key).await;
+        }
+        if self.node.fences_updates(keyspace) {
+            return self.delete_fenced(keyspace, key).await;
         }
         let existed = self.get(keyspace, key).await?.is_some();
         let rec = self.node.replica.tombstone();

@@ -93,6 +93,11 @@ impl WalletService {
             }
         }
         store.batch(ops).await?;
+        // In a cluster the batch's tombstones are last-writer-wins: a rename decided meanwhile
+        // on an older version could be newer than them and bring the wallet record back. This
+        // delete is fenced like any update (`cluster.updates`) and takes such a record away
+        // again; elsewhere it finds nothing.
+        store.delete(ks::WALLETS, wallet).await?;
         self.coordinator.invalidate(wallet);
         Ok(())
     }
