@@ -138,9 +138,19 @@ async fn sd_jwt_flow_with_tx_code_and_single_use_everything() {
         .unwrap()
         .contains("/status-lists/token-1"));
 
-    // the access token was single-use for this configuration
+    // the access token was single-use for this configuration: the holder's own key asking again
+    // (the retry a lost answer or a 503 calls for) gets the same credential, not a second one
     let n2 = nonce(&s, "default").await;
-    let (st, e) = credential(&s, "default", at, json!({"credential_configuration_id": "IdentityCredential_dc_sd_jwt", "proofs": {"jwt": [proof(&holder, &aud, &n2, false)]}})).await;
+    let (st, again) = credential(&s, "default", at, json!({"credential_configuration_id": "IdentityCredential_dc_sd_jwt", "proofs": {"jwt": [proof(&holder, &aud, &n2, false)]}})).await;
+    assert_eq!(st, 200, "{again}");
+    let again = sdjwt::verify(again["credentials"][0]["credential"].as_str().unwrap(), &issuer_key(&s).await).unwrap();
+    assert_eq!(again.claims["status"], v.claims["status"], "the same status entry: the same credential");
+    assert_eq!(again.claims["iat"], v.claims["iat"]);
+    assert_eq!(again.claims["cnf"], v.claims["cnf"]);
+    // any other key is refused
+    let other = SigningKey::generate(KeyType::Ed25519);
+    let n3 = nonce(&s, "default").await;
+    let (st, e) = credential(&s, "default", at, json!({"credential_configuration_id": "IdentityCredential_dc_sd_jwt", "proofs": {"jwt": [proof(&other, &aud, &n3, false)]}})).await;
     assert_eq!((st, e["error"].as_str()), (401, Some("invalid_token")));
 
     // offer state
