@@ -1355,6 +1355,9 @@ pub(crate) enum Held {
     Replaced,
     /// The transition, prepared and undecided.
     Prepared,
+    /// Another transition of the key, prepared and undecided: the executor may have aborted
+    /// this one (its abort lost) and run that one since, perhaps answered "done".
+    Competing,
     /// Neither: this peer did not prepare it (and now refuses to: it answered without it).
     Without,
 }
@@ -1366,10 +1369,10 @@ impl Held {
             Some(r) if r.version > *base => return Held::Replaced,
             _ => {}
         }
-        if resp.provisional.as_ref() == Some(&rec.version) {
-            Held::Prepared
-        } else {
-            Held::Without
+        match &resp.provisional {
+            Some(v) if *v == rec.version => Held::Prepared,
+            Some(_) => Held::Competing,
+            None => Held::Without,
         }
     }
 }
@@ -1378,10 +1381,14 @@ impl Held {
 /// asked (`answers`: the other peers that answered; `nodes`: the nodes a majority is counted
 /// against, the executor included). `Some(true)`: commit — a peer holds it committed, or the
 /// executor, this node and the peers that prepared it make a majority (the executor may have
-/// committed and answered its client: the transition must stand). `Some(false)`: abort —
-/// another version replaced its base, or so many nodes answered without it that it cannot
-/// have been prepared by a majority (the executor aborted, or will: it answered nobody
-/// "done"). `None`: not known yet (too few answers), kept.
+/// committed and answered its client: the transition must stand) **and** no competing
+/// transition can have been committed: none of the peers holds one, and the executor with the
+/// peers not heard from is short of a majority. (An executor can abort a transition — its abort
+/// lost on the way here — and then run another on the same base with other peers: committing
+/// this one then would undo an answered one.) `Some(false)`: abort — another version replaced
+/// its base, or so many nodes answered without it that it cannot have been prepared by a
+/// majority (the executor aborted, or will: it answered nobody "done"). `None`: not known yet
+/// (too few answers, or a competing transition to be decided first), kept.
 pub(crate) fn peer_verdict(answers: &[Held], nodes: usize, majority: usize) -> Option<bool> {
     if answers.contains(&Held::Committed) {
         return Some(true);
@@ -1390,9 +1397,11 @@ pub(crate) fn peer_verdict(answers: &[Held], nodes: usize, majority: usize) -> O
         return Some(false);
     }
     let count = |h: Held| answers.iter().filter(|a| **a == h).count();
+    let unheard = nodes.saturating_sub(2 + answers.len());
     // the executor prepares its own transition first; this node holds it
     if 2 + count(Held::Prepared) >= majority {
-        return Some(true);
+        let competing_possible = count(Held::Competing) > 0 || 1 + unheard >= majority;
+        return if competing_possible { None } else { Some(true) };
     }
     if nodes.saturating_sub(count(Held::Without)) < majority {
         return Some(false);
@@ -1409,9 +1418,18 @@ mod tests {
         // three nodes: the executor and this node already make a majority — it may have been
         // committed and answered, so it stands
         assert_eq!(peer_verdict(&[Without], 3, 2), Some(true));
-        assert_eq!(peer_verdict(&[], 3, 2), Some(true));
-        // five nodes (majority 3)
+        // ... unless the executor could have aborted it and committed another transition since:
+        // with the third node unheard, or holding another transition of the key (attacker review)
+        assert_eq!(peer_verdict(&[], 3, 2), None);
+        assert_eq!(peer_verdict(&[Competing], 3, 2), None);
+        assert_eq!(peer_verdict(&[Prepared, Competing, Without], 5, 3), None);
         assert_eq!(peer_verdict(&[Prepared, Without], 5, 3), Some(true));
+        assert_eq!(
+            peer_verdict(&[Prepared], 5, 3),
+            None,
+            "executor + two unheard: a majority"
+        );
+        // five nodes (majority 3)
         assert_eq!(
             peer_verdict(&[Without, Without, Without], 5, 3),
             Some(false)

@@ -16,6 +16,10 @@ use crate::store::{BatchOp, Cas, ExportRecord, Store, StoreResult, StoreStats};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
+/// The expected value of [`ClusterStore::delete_fenced`]'s first round: bytes no record holds
+/// (records are JSON or sealed binary, never this marker).
+const DELETE_PROBE: &[u8] = b"\0idstack:delete-probe:never-a-record\0";
+
 pub struct ClusterStore {
     node: Arc<Node>,
 }
@@ -26,15 +30,26 @@ impl ClusterStore {
     /// an update made on an older version that is still being decided cannot bring the record
     /// back after the delete was acknowledged (a last-writer-wins tombstone could be older than
     /// that update's version). Absent: `false`.
+    ///
+    /// The value to compare is the primary's, never this node's copy: a tombstone written here
+    /// (by a batch, or a lagging copy) would read as absent and skip the fence. The first round is
+    /// a probe that cannot match (no record holds [`DELETE_PROBE`]): its conflict answers what the
+    /// primary holds after settling any transition in flight on the key.
     async fn delete_fenced(&self, keyspace: &'static str, key: &str) -> StoreResult<bool> {
-        let mut current = self.get(keyspace, key).await?;
-        for _ in 0..64 {
+        let mut current = Some(DELETE_PROBE.to_vec());
+        for round in 0..64u32 {
             let Some(cur) = current.take() else {
                 return Ok(false);
             };
+            let probing = cur == DELETE_PROBE;
             match self.node.cas(keyspace, key, Some(cur), None).await? {
+                // only a record holding the probe's bytes could match; it is deleted, as asked
                 Cas::Swapped => return Ok(true),
                 Cas::Conflict(now) => current = now,
+            }
+            if !probing && current.is_some() {
+                // a competing update landed between our read and our swap: back off a little
+                tokio::time::sleep(Duration::from_millis(1 << round.min(7))).await;
             }
         }
         Err(crate::store::StoreError::Unavailable(format!(

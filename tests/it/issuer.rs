@@ -143,8 +143,15 @@ async fn sd_jwt_flow_with_tx_code_and_single_use_everything() {
     let n2 = nonce(&s, "default").await;
     let (st, again) = credential(&s, "default", at, json!({"credential_configuration_id": "IdentityCredential_dc_sd_jwt", "proofs": {"jwt": [proof(&holder, &aud, &n2, false)]}})).await;
     assert_eq!(st, 200, "{again}");
-    let again = sdjwt::verify(again["credentials"][0]["credential"].as_str().unwrap(), &issuer_key(&s).await).unwrap();
-    assert_eq!(again.claims["status"], v.claims["status"], "the same status entry: the same credential");
+    let again = sdjwt::verify(
+        again["credentials"][0]["credential"].as_str().unwrap(),
+        &issuer_key(&s).await,
+    )
+    .unwrap();
+    assert_eq!(
+        again.claims["status"], v.claims["status"],
+        "the same status entry: the same credential"
+    );
     assert_eq!(again.claims["iat"], v.claims["iat"]);
     assert_eq!(again.claims["cnf"], v.claims["cnf"]);
     // any other key is refused

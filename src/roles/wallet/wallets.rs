@@ -62,14 +62,12 @@ impl WalletService {
             .or_not_found("no such wallet")
     }
 
-    /// Deletes the wallet with its members, keys, DIDs, credentials and history, in one batch.
+    /// Deletes the wallet's members, keys, DIDs, credentials and history in one batch, then the
+    /// wallet record itself.
     pub async fn delete_wallet(&self, owner: &Owner) -> WalletResult<()> {
         let wallet = owner.id();
         let store = &self.ctx.store;
-        let mut ops = vec![BatchOp::Delete {
-            keyspace: ks::WALLETS,
-            key: wallet.to_string(),
-        }];
+        let mut ops = vec![];
         for (k, _) in store
             .scan_prefix(ks::MEMBERS, &format!("w/{wallet}/"), 100_000)
             .await?
@@ -92,11 +90,14 @@ impl WalletService {
                 ops.push(BatchOp::Delete { keyspace, key: k });
             }
         }
-        store.batch(ops).await?;
-        // In a cluster the batch's tombstones are last-writer-wins: a rename decided meanwhile
-        // on an older version could be newer than them and bring the wallet record back. This
-        // delete is fenced like any update (`cluster.updates`) and takes such a record away
-        // again; elsewhere it finds nothing.
+        if !ops.is_empty() {
+            store.batch(ops).await?;
+        }
+        // The wallet record goes last and on its own: in a cluster a batch's tombstones are
+        // last-writer-wins, and a rename decided meanwhile on an older version could be newer
+        // than one and bring the wallet back; a single delete is fenced like any update
+        // (`cluster.updates`). Last, so a delete that fails here leaves the wallet there to be
+        // deleted again.
         store.delete(ks::WALLETS, wallet).await?;
         self.coordinator.invalidate(wallet);
         Ok(())
