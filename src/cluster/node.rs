@@ -666,9 +666,16 @@ impl Node {
             match locks.get(&k).and_then(Weak::upgrade) {
                 Some(l) => l,
                 None => {
-                    if locks.len() >= 1024 {
-                        // keys nobody holds or waits for any more
+                    if locks.len() >= 1024 && locks.len() >= locks.capacity() {
+                        // the map is full: sweep out keys nobody holds or waits for any more
+                        // before it grows; if most are still in use, grow it anyway, so the
+                        // next sweep comes only after as many new keys again (amortized O(1)
+                        // per key, not a scan per new key while many are held)
                         locks.retain(|_, l| l.strong_count() > 0);
+                        if locks.len() > locks.capacity() / 2 {
+                            let held = locks.len();
+                            locks.reserve(held);
+                        }
                     }
                     let l = Arc::new(tokio::sync::Mutex::new(()));
                     locks.insert(k, Arc::downgrade(&l));
