@@ -41,7 +41,7 @@ impl ClusterStore {
             let Some(cur) = current.take() else {
                 return Ok(false);
             };
-            let probing = cur == DELETE_PROBE;
+            let probing = round == 0;
             match self.node.cas(keyspace, key, Some(cur), None).await? {
                 // only a record holding the probe's bytes could match; it is deleted, as asked
                 Cas::Swapped => return Ok(true),

@@ -62,44 +62,50 @@ impl WalletService {
             .or_not_found("no such wallet")
     }
 
-    /// Deletes the wallet's members, keys, DIDs, credentials and history in one batch, then the
-    /// wallet record itself.
+    /// Deletes the wallet: its keys, DIDs, credentials and history in one batch, then the wallet
+    /// record on its own, then its memberships.
+    ///
+    /// The wallet record is a single delete, fenced like any update in a cluster
+    /// (`cluster.updates`): a batch's tombstones are last-writer-wins, and a rename decided
+    /// meanwhile on an older version could be newer than one and bring the wallet back. The
+    /// memberships go after it, so a delete refused there (a 503 on a minority side) leaves the
+    /// owner able to ask again; memberships left by a failure after it name no wallet, and every
+    /// reader skips them (404).
     pub async fn delete_wallet(&self, owner: &Owner) -> WalletResult<()> {
         let wallet = owner.id();
         let store = &self.ctx.store;
-        let mut ops = vec![];
-        for (k, _) in store
-            .scan_prefix(ks::MEMBERS, &format!("w/{wallet}/"), 100_000)
-            .await?
-        {
-            let acc = k.rsplit('/').next().unwrap_or_default().to_string();
-            ops.push(BatchOp::Delete {
-                keyspace: ks::MEMBERS,
-                key: format!("a/{acc}/{wallet}"),
-            });
-            ops.push(BatchOp::Delete {
-                keyspace: ks::MEMBERS,
-                key: k,
-            });
-        }
+        let mut contents = vec![];
         for keyspace in [ks::KEYS, ks::DIDS, ks::CREDS, ks::HISTORY] {
             for (k, _) in store
                 .scan_prefix(keyspace, &format!("{wallet}/"), 1_000_000)
                 .await?
             {
-                ops.push(BatchOp::Delete { keyspace, key: k });
+                contents.push(BatchOp::Delete { keyspace, key: k });
             }
         }
-        if !ops.is_empty() {
-            store.batch(ops).await?;
+        if !contents.is_empty() {
+            store.batch(contents).await?;
         }
-        // The wallet record goes last and on its own: in a cluster a batch's tombstones are
-        // last-writer-wins, and a rename decided meanwhile on an older version could be newer
-        // than one and bring the wallet back; a single delete is fenced like any update
-        // (`cluster.updates`). Last, so a delete that fails here leaves the wallet there to be
-        // deleted again.
         store.delete(ks::WALLETS, wallet).await?;
         self.coordinator.invalidate(wallet);
+        let mut members = vec![];
+        for (k, _) in store
+            .scan_prefix(ks::MEMBERS, &format!("w/{wallet}/"), 100_000)
+            .await?
+        {
+            let acc = k.rsplit('/').next().unwrap_or_default().to_string();
+            members.push(BatchOp::Delete {
+                keyspace: ks::MEMBERS,
+                key: format!("a/{acc}/{wallet}"),
+            });
+            members.push(BatchOp::Delete {
+                keyspace: ks::MEMBERS,
+                key: k,
+            });
+        }
+        if !members.is_empty() {
+            store.batch(members).await?;
+        }
         Ok(())
     }
 
