@@ -1,7 +1,9 @@
 //! The nonce and credential endpoints: proofs of possession, single-use c_nonces, issuance of one
 //! credential per proof.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -10,11 +12,13 @@ use super::error::{internal, IssuerError};
 use super::formats::{self, IssueInput, StatusRef};
 use super::ks;
 use super::model::*;
+use super::outcome::Watched;
 use super::proofs::proof_jwts;
 use super::service::*;
 use crate::clock::{random_id, random_token};
 use crate::crypto::{sha256_hex, SigningKey, VerifyingKey};
 use crate::error::{unless_unavailable, ErrorCode, OAuthCode::*};
+use crate::store::Cas;
 
 pub(super) const NONCE_TTL: u64 = 300;
 
@@ -274,22 +278,42 @@ impl IssuerService {
     }
 
     /// Takes back an issuance of unknown outcome whose credentials were not sent: if the offer
-    /// lists them, they and their configuration are removed from it (the token covers it again);
-    /// their records are dropped unless the store kept failing.
+    /// lists them, they and their configuration are removed from it (the token covers it again)
+    /// and their records are dropped — unless the store kept failing, or they must stand: sent
+    /// to their holder on its retry ([`IssuerService::resend`]), or one of them no longer valid.
+    /// An admin who revoked or suspended one acted on it as issued; taking it back would drop
+    /// that status with its record and let the token issue a fresh, valid credential instead.
+    /// Each look reads the records before the offer ([`acted_on`]); a status changed after that
+    /// read is caught when the records are dropped, each by a compare-and-swap of the valid
+    /// record read, never a blind delete ([`withdraw_records`]), and the issuance is then
+    /// recorded in the offer again ([`restore_issuance`]).
     fn undo_issuance(&self, offer_key: &str, issuer_id: &str, config_id: &str, ids: &[String]) {
         let (ours, config) = (ids.to_vec(), config_id.to_string());
-        let (records, issuer, config2) = (ids.to_vec(), issuer_id.to_string(), config.clone());
-        let delivered = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (seen, kept) = (delivered.clone(), delivered);
+        let (records, issuer) = (Arc::new(ids.to_vec()), issuer_id.to_string());
+        let (checked, checked_issuer) = (records.clone(), issuer.clone());
+        let (settled_config, restored_config) = (config.clone(), config.clone());
+        let key = offer_key.to_string();
+        let kept = Arc::new(AtomicBool::new(false));
+        let (seen, kept) = (kept.clone(), kept);
         self.watch_unknown_outcome(
             offer_key.to_string(),
-            move |o| {
+            move |store| {
+                let (ids, issuer) = (checked.clone(), checked_issuer.clone());
+                async move { acted_on(store.as_ref(), &issuer, &ids).await }
+            },
+            move |o, acted| {
                 if !ours.first().is_some_and(|id| o.issued.contains(id)) {
                     return false;
                 }
                 if ours.iter().any(|id| o.resent.contains(id)) {
                     // sent to their holder on its retry: they stand
-                    seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                    seen.store(true, Ordering::SeqCst);
+                    return false;
+                }
+                if *acted {
+                    // revoked or suspended meanwhile: the admin treated them as issued
+                    seen.store(true, Ordering::SeqCst);
+                    tracing::info!(offer = %o.id, "an issuance of unknown outcome stands: an admin changed a credential's status");
                     return false;
                 }
                 o.issued.retain(|id| !ours.contains(id));
@@ -299,12 +323,14 @@ impl IssuerService {
                 }
                 true
             },
-            move |o| o.issued_configs.contains(&config2),
+            move |o| o.issued_configs.contains(&settled_config),
             move |store, outcome| async move {
-                if outcome != super::outcome::Watched::StoreFailing
-                    && !kept.load(std::sync::atomic::Ordering::SeqCst)
-                {
-                    drop_records(store.as_ref(), &issuer, &records).await;
+                if outcome == Watched::StoreFailing || kept.load(Ordering::SeqCst) {
+                    return;
+                }
+                let left = withdraw_records(store.as_ref(), &issuer, &records).await;
+                if outcome == Watched::Undone && !left.is_empty() {
+                    restore_issuance(store.as_ref(), &key, &restored_config, &left).await;
                 }
             },
         );
@@ -656,6 +682,133 @@ fn offer_claims(offer: &Offer, config: &CredentialConfig) -> Map<String, Value> 
         .filter(|(k, _)| config.claims.iter().any(|c| &c.name == *k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+/// Whether an admin changed the status of one of these credentials (revoked or suspended it).
+async fn acted_on(
+    store: &dyn crate::store::Store,
+    issuer_id: &str,
+    ids: &[String],
+) -> Result<bool, crate::store::StoreError> {
+    for id in ids {
+        let rec: Option<IssuedCredential> = store
+            .get_json(ks::CREDS, &format!("{issuer_id}/{id}"))
+            .await?;
+        if rec.is_some_and(|c| c.status != CredentialStatus::Valid) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Drops the records of an issuance taken back (or that never landed) — only records still
+/// valid, each by a compare-and-swap of the value read, so a status an admin set meanwhile is
+/// never deleted. Returns the ids whose records stay: if any record is no longer valid (or
+/// cannot be read or deleted), the issuance is treated as standing — nothing more is dropped
+/// once that is known, and the records left are returned for [`restore_issuance`].
+async fn withdraw_records(
+    store: &dyn crate::store::Store,
+    issuer_id: &str,
+    ids: &[String],
+) -> Vec<String> {
+    // every record is looked at before any is dropped: they stand or go together
+    let mut read = Vec::new();
+    for id in ids {
+        let key = format!("{issuer_id}/{id}");
+        match store.get(ks::CREDS, &key).await {
+            Ok(Some(raw)) if still_valid(&raw) => read.push((id, key, raw)),
+            Ok(None) => {}
+            Ok(Some(_)) => return ids.to_vec(),
+            Err(e) => {
+                tracing::warn!(error = %e, "records of an issuance taken back kept: unreadable");
+                return ids.to_vec();
+            }
+        }
+    }
+    let mut left = Vec::new();
+    for (n, (_, key, raw)) in read.iter().enumerate() {
+        let mut expected = raw.clone();
+        let mut deleted = false;
+        for _ in 0..8 {
+            match store
+                .compare_and_swap(ks::CREDS, key, Some(expected.clone()), None)
+                .await
+            {
+                Ok(Cas::Swapped) | Ok(Cas::Conflict(None)) => {
+                    deleted = true;
+                    break;
+                }
+                // rewritten meanwhile, still valid: compare with what is there now
+                Ok(Cas::Conflict(Some(now))) if still_valid(&now) => expected = now,
+                Ok(Cas::Conflict(Some(_))) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "record of an issuance taken back kept");
+                    break;
+                }
+            }
+        }
+        if !deleted {
+            // an admin changed its status meanwhile (or it could not be deleted): the issuance
+            // stands, with the records not yet dropped
+            left.extend(read[n..].iter().map(|(id, _, _)| (*id).clone()));
+            return left;
+        }
+    }
+    left
+}
+
+/// Whether a stored credential record is (well-formed and) valid.
+fn still_valid(raw: &[u8]) -> bool {
+    serde_json::from_slice::<IssuedCredential>(raw)
+        .is_ok_and(|c| c.status == CredentialStatus::Valid)
+}
+
+/// Records in the offer again an issuance that was taken back while an admin changed the status
+/// of one of its credentials: `ids` issued, the configuration used (the token no longer covers
+/// it). Retried while the store fails, for up to about a minute.
+async fn restore_issuance(
+    store: &dyn crate::store::Store,
+    offer_key: &str,
+    config_id: &str,
+    ids: &[String],
+) {
+    let mut wait = Duration::from_millis(100);
+    for _ in 0..16 {
+        let restored = store
+            .update_json::<Offer, IssuerError, _>(ks::OFFERS, offer_key, None, |mut o| {
+                if !o.issued_configs.iter().any(|c| c == config_id) {
+                    o.issued_configs.push(config_id.to_string());
+                }
+                for id in ids {
+                    if !o.issued.contains(id) {
+                        o.issued.push(id.clone());
+                    }
+                }
+                if o.state == OfferState::TokenIssued {
+                    o.state = OfferState::CredentialIssued;
+                }
+                Ok(o)
+            })
+            .await;
+        match restored {
+            Ok(_) => {
+                tracing::warn!(
+                    offer = offer_key,
+                    "an issuance taken back is recorded again: an admin changed a credential's status meanwhile"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, offer = offer_key, "an issuance taken back not recorded again yet")
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+    tracing::error!(
+        offer = offer_key,
+        "an issuance taken back while an admin changed a credential's status could not be recorded again: its token covers the configuration"
+    );
 }
 
 /// Deletes the records of credentials that were signed but never sent (best effort: a left-over

@@ -377,7 +377,8 @@ impl IssuerService {
         let ours = token_hash.clone();
         self.watch_unknown_outcome(
             offer_key,
-            move |o| {
+            |_| async { Ok(()) },
+            move |o, _| {
                 if o.state != OfferState::TokenIssued
                     || o.token_hash.as_deref() != Some(ours.as_str())
                 {

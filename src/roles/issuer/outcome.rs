@@ -13,7 +13,7 @@ use super::ks;
 use super::model::Offer;
 use super::service::IssuerService;
 use crate::error::{ErrorCode, OAuthCode::InvalidGrant};
-use crate::store::Store;
+use crate::store::{Store, StoreResult};
 
 /// How long an update of unknown outcome is watched.
 pub(super) const UNDO_WINDOW: Duration = Duration::from_secs(120);
@@ -31,19 +31,25 @@ pub(super) enum Watched {
 
 impl IssuerService {
     /// Watches offer `offer_key` in the background for up to [`UNDO_WINDOW`] (backing off from
-    /// 100 ms to 5 s). `undo` looks for this attempt's update in the offer and takes it back
-    /// (true: the offer was changed, write it); `settled` tells, when it is not there, whether the
-    /// offer moved on without it so it can no longer land (a compare-and-swap made on an older
-    /// value never applies). `then` runs once, with how the watch ended. (Lost if this process
-    /// dies within the window: a store failure and a node death at once.)
-    pub(super) fn watch_unknown_outcome<U, S, T, F>(
+    /// 100 ms to 5 s). Each look first runs `check`, which reads what else `undo` must know (other
+    /// records; a store failure skips the look), then `undo` looks for this attempt's update in
+    /// the offer and takes it back (true: the offer was changed, write it); `settled` tells, when
+    /// it is not there or must stay, whether the offer moved on so that the watch can end (a
+    /// compare-and-swap made on an older value never applies). `then` runs once, with how the
+    /// watch ended. (Lost if this process dies within the window: a store failure and a node
+    /// death at once.)
+    pub(super) fn watch_unknown_outcome<C, CF, G, U, S, T, F>(
         &self,
         offer_key: String,
+        check: C,
         undo: U,
         settled: S,
         then: T,
     ) where
-        U: Fn(&mut Offer) -> bool + Send + Sync + 'static,
+        C: Fn(Arc<dyn Store>) -> CF + Send + Sync + 'static,
+        CF: Future<Output = StoreResult<G>> + Send + 'static,
+        G: Send + Sync + 'static,
+        U: Fn(&mut Offer, &G) -> bool + Send + Sync + 'static,
         S: Fn(&Offer) -> bool + Send + Sync + 'static,
         T: FnOnce(Arc<dyn Store>, Watched) -> F + Send + 'static,
         F: Future<Output = ()> + Send + 'static,
@@ -56,10 +62,18 @@ impl IssuerService {
             while tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
+                let checked = match check(store.clone()).await {
+                    Ok(checked) => checked,
+                    Err(e) => {
+                        tracing::debug!(error = %e, offer = %offer_key, "unknown outcome: check failed");
+                        outcome = Watched::StoreFailing;
+                        continue;
+                    }
+                };
                 let moved_on = AtomicBool::new(false);
                 let undone = store
                     .update_json::<Offer, IssuerError, _>(ks::OFFERS, &offer_key, None, |mut o| {
-                        if undo(&mut o) {
+                        if undo(&mut o, &checked) {
                             return Ok(o);
                         }
                         moved_on.store(settled(&o), Ordering::SeqCst);

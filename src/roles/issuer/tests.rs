@@ -717,3 +717,234 @@ async fn an_immediate_retry_after_an_unknown_outcome_gets_the_credential() {
     assert_eq!(other.error, "invalid_token");
     assert_eq!(svc.list_credentials("default").await.unwrap().len(), 1);
 }
+
+/// A store scripted over another: once armed, a credential record revoked right after an offer
+/// update that takes an issuance back (an admin's revocation that lands between the undo's look
+/// at the records and its drop of them).
+struct Scripted {
+    inner: Arc<dyn crate::store::Store>,
+    revoke_after_take_back: std::sync::Mutex<Option<String>>,
+    /// Offer updates that took an issuance back.
+    take_backs: std::sync::atomic::AtomicU32,
+}
+
+impl Scripted {
+    /// Sets credential record `key` to revoked, behind the service's back.
+    async fn revoke(&self, key: &str) {
+        let raw = self.inner.get(ks::CREDS, key).await.unwrap().unwrap();
+        let mut rec: IssuedCredential = serde_json::from_slice(&raw).unwrap();
+        rec.status = CredentialStatus::Revoked;
+        let raw = serde_json::to_vec(&rec).unwrap();
+        self.inner.put(ks::CREDS, key, raw, None).await.unwrap();
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::store::Store for Scripted {
+    async fn get(&self, ks: &'static str, key: &str) -> crate::store::StoreResult<Option<Vec<u8>>> {
+        self.inner.get(ks, key).await
+    }
+    async fn put(
+        &self,
+        ks: &'static str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> crate::store::StoreResult<()> {
+        self.inner.put(ks, key, value, ttl).await
+    }
+    async fn delete(&self, ks: &'static str, key: &str) -> crate::store::StoreResult<bool> {
+        self.inner.delete(ks, key).await
+    }
+    async fn compare_and_swap(
+        &self,
+        ks: &'static str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Option<(Vec<u8>, Option<Duration>)>,
+    ) -> crate::store::StoreResult<Cas> {
+        // an update from an offer listing credentials to one listing none
+        let offer = |v: Option<&Vec<u8>>| v.and_then(|v| serde_json::from_slice::<Offer>(v).ok());
+        let took_back = ks == ks::OFFERS
+            && offer(expected.as_ref()).is_some_and(|o| !o.issued.is_empty())
+            && offer(new.as_ref().map(|(v, _)| v)).is_some_and(|o| o.issued.is_empty());
+        let out = self.inner.compare_and_swap(ks, key, expected, new).await?;
+        if took_back && out == Cas::Swapped {
+            self.take_backs
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let armed = self.revoke_after_take_back.lock().unwrap().take();
+            if let Some(rec) = armed {
+                self.revoke(&rec).await;
+            }
+        }
+        Ok(out)
+    }
+    async fn scan_prefix(
+        &self,
+        ks: &'static str,
+        prefix: &str,
+        limit: usize,
+    ) -> crate::store::StoreResult<Vec<(String, Vec<u8>)>> {
+        self.inner.scan_prefix(ks, prefix, limit).await
+    }
+    async fn batch(&self, ops: Vec<crate::store::BatchOp>) -> crate::store::StoreResult<()> {
+        self.inner.batch(ops).await
+    }
+    async fn sweep_expired(&self) -> crate::store::StoreResult<u64> {
+        self.inner.sweep_expired().await
+    }
+    async fn probe(&self) -> crate::store::StoreResult<()> {
+        self.inner.probe().await
+    }
+    async fn flush(&self) -> crate::store::StoreResult<()> {
+        self.inner.flush().await
+    }
+    async fn stats(&self) -> crate::store::StoreResult<crate::store::StoreStats> {
+        self.inner.stats().await
+    }
+    async fn export_all(&self) -> crate::store::StoreResult<Vec<crate::store::ExportRecord>> {
+        self.inner.export_all().await
+    }
+    async fn import(
+        &self,
+        records: Vec<crate::store::ExportRecord>,
+    ) -> crate::store::StoreResult<u64> {
+        self.inner.import(records).await
+    }
+}
+
+/// An issuer (default tenant initialised) on a [`Scripted`] store over a [`Faulty`] one (armed
+/// with 0 failures) of `keyspace`.
+async fn scripted_issuer(
+    keyspace: &'static str,
+    applied: bool,
+) -> (IssuerService, Arc<Scripted>, Arc<Faulty>, Arc<FakeClock>) {
+    let clock = FakeClock::new(1_800_000_000_000);
+    let mut state = RoleContext::for_tests(clock.clone());
+    let faulty = Arc::new(Faulty {
+        inner: state.store.clone(),
+        keyspace,
+        applied,
+        fail: std::sync::atomic::AtomicU32::new(0),
+        blind: Default::default(),
+        fail_next_get: Default::default(),
+    });
+    let scripted = Arc::new(Scripted {
+        inner: faulty.clone(),
+        revoke_after_take_back: Default::default(),
+        take_backs: Default::default(),
+    });
+    state.store = scripted.clone();
+    let svc = IssuerService::new(state, IssuerConfig::default());
+    svc.init().await.unwrap();
+    (svc, scripted, faulty, clock)
+}
+
+/// A redeemed offer's id and access token.
+async fn redeemed(svc: &IssuerService) -> (String, String) {
+    let o = svc.create_offer("default", offer_req(None)).await.unwrap();
+    let t = svc
+        .token("default", token_req(&pre_auth_code(&o)))
+        .await
+        .unwrap();
+    (o.id, t.access_token)
+}
+
+/// A first request by `holder` whose recording lands but is answered 503 with a read-back that
+/// fails too (an unknown outcome the issuer watches and would take back); returns the id of the
+/// credential it signed and recorded.
+async fn unknown_outcome(
+    svc: &IssuerService,
+    faulty: &Faulty,
+    clock: &FakeClock,
+    token: &str,
+    holder: &SigningKey,
+) -> String {
+    faulty
+        .blind
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    faulty.fail.store(1, std::sync::atomic::Ordering::SeqCst);
+    let req = credential_req_by(svc, clock, holder).await;
+    let first = svc
+        .credential("default", Some(token), req)
+        .await
+        .unwrap_err();
+    assert_eq!(OAuthError::from(first).status.as_u16(), 503);
+    let creds = svc.list_credentials("default").await.unwrap();
+    assert_eq!(creds.len(), 1);
+    creds[0].id.clone()
+}
+
+/// After the watch of an unknown outcome has looked (100 ms, then 300 ms): the offer still
+/// lists credential `id` as issued, its record keeps status `to`, and neither its holder nor
+/// anyone else gets a fresh credential with the token.
+async fn stays_issued_with_status(
+    svc: &IssuerService,
+    clock: &FakeClock,
+    (offer, token): (&str, &str),
+    holder: &SigningKey,
+    (id, to): (&str, CredentialStatus),
+) {
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let view = svc.offer_view("default", offer).await.unwrap();
+    assert_eq!(view.issued_credentials, vec![id.to_string()], "{to:?}");
+    assert_eq!(view.state, OfferState::CredentialIssued, "{to:?}");
+    let creds = svc.list_credentials("default").await.unwrap();
+    assert_eq!(creds.len(), 1, "{to:?}: the record was dropped");
+    assert_eq!((creds[0].id.as_str(), creds[0].status), (id, to));
+    for key in [holder.clone(), SigningKey::generate(KeyType::Ed25519)] {
+        let e = svc
+            .credential(
+                "default",
+                Some(token),
+                credential_req_by(svc, clock, &key).await,
+            )
+            .await
+            .map(|_| "a fresh credential")
+            .unwrap_err();
+        assert_eq!(OAuthError::from(e).error, "invalid_token", "{to:?}");
+    }
+    assert_eq!(svc.list_credentials("default").await.unwrap().len(), 1);
+}
+
+/// An admin revokes (or suspends) a credential while its issuance has an unknown outcome: the
+/// taking back of that outcome leaves the issuance alone — the offer keeps it (it is never taken
+/// back, not even for a moment), its record keeps the admin's status — so the token does not
+/// cover the configuration again and the holder cannot get a fresh, valid credential instead
+/// (before, the undo dropped the record with the revocation and the token issued anew: a
+/// revocation bypass).
+#[tokio::test]
+async fn a_credential_revoked_while_its_outcome_is_unknown_stays_issued_and_revoked() {
+    for to in [CredentialStatus::Revoked, CredentialStatus::Suspended] {
+        let (svc, scripted, faulty, clock) = scripted_issuer(ks::OFFERS, true).await;
+        let (offer, token) = redeemed(&svc).await;
+        let holder = SigningKey::generate(KeyType::Ed25519);
+        let id = unknown_outcome(&svc, &faulty, &clock, &token, &holder).await;
+        svc.set_status("default", &id, to).await.unwrap();
+        stays_issued_with_status(&svc, &clock, (&offer, &token), &holder, (&id, to)).await;
+        let take_backs = scripted
+            .take_backs
+            .load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(take_backs, 0, "{to:?}");
+    }
+}
+
+/// The revocation lands after the watch looked at the records and took the issuance back, before
+/// it dropped them: the drop re-checks each record (a compare-and-swap of the value it read, so
+/// one changed meanwhile is never deleted), keeps the revoked one and records the issuance in
+/// the offer again.
+#[tokio::test]
+async fn a_revocation_racing_the_undo_of_an_unknown_outcome_is_kept() {
+    let (svc, scripted, faulty, clock) = scripted_issuer(ks::OFFERS, true).await;
+    let (offer, token) = redeemed(&svc).await;
+    let holder = SigningKey::generate(KeyType::Ed25519);
+    let id = unknown_outcome(&svc, &faulty, &clock, &token, &holder).await;
+    *scripted.revoke_after_take_back.lock().unwrap() = Some(format!("default/{id}"));
+    let revoked = (id.as_str(), CredentialStatus::Revoked);
+    stays_issued_with_status(&svc, &clock, (&offer, &token), &holder, revoked).await;
+    assert!(scripted.revoke_after_take_back.lock().unwrap().is_none());
+    let take_backs = scripted
+        .take_backs
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(take_backs, 1);
+}
