@@ -101,13 +101,7 @@ impl IssuerService {
             .get_json(ks::OFFERS, &grant.offer_id)
             .await?
             .ok_or_else(|| InvalidToken.because("the offer behind this token has expired"))?;
-        // a token is usable once its offer's redemption names it (grant_access); offers redeemed
-        // before tokens were named carry no hash and are still `TokenIssued` or later
-        let named = match &offer.token_hash {
-            Some(h) => *h == token_key,
-            None => offer.state != OfferState::Offered,
-        };
-        if !named {
+        if !names_token(&offer, &token_key) {
             return Err(InvalidToken
                 .because("the access token is unknown, expired or used up")
                 .into());
@@ -129,21 +123,7 @@ impl IssuerService {
             holders: &proven.holders,
             now,
         };
-        let issued = if offer.issued_configs.contains(&config_id) {
-            match self.resend(&r).await {
-                Ok(Resend::Sent(credentials)) => Ok(credentials),
-                Ok(Resend::NotTheHolder) => Err(InvalidToken
-                    .because("this access token was already used for this credential")
-                    .into()),
-                // the recording of an attempt of unknown outcome was taken back meanwhile: the
-                // token covers the configuration again
-                Ok(Resend::TakenBack) => self.issue_for(&r).await,
-                Err(e) => Err(e),
-            }
-        } else {
-            self.issue_for(&r).await
-        };
-        match issued {
+        match self.deliver(&r, &token_key).await {
             Ok(credentials) => Ok(json!({"credentials": credentials})),
             Err(e) => {
                 if e.is_server_error() {
@@ -155,8 +135,56 @@ impl IssuerService {
         }
     }
 
-    /// Signs, records and hands out the credentials of a checked request (one per holder key).
-    async fn issue_for(&self, r: &Request<'_>) -> Result<Vec<Value>, IssuerError> {
+    /// The credentials of a checked request: those already issued under its token, sent again to
+    /// the same holder key(s) ([`IssuerService::resend`]), else newly issued ones
+    /// ([`IssuerService::issue_for`]). Which of the two is decided from this node's copy of the
+    /// offer, which may lag the key's primary (a cluster node that has not received an issuance
+    /// that landed): when the recording meets the configuration already issued, it goes on with
+    /// the offer as that compare-and-swap found it — a retry by the same key(s) gets the same
+    /// credentials, any other key `invalid_token`.
+    async fn deliver(&self, r: &Request<'_>, token_key: &str) -> Result<Vec<Value>, IssuerError> {
+        let used = || -> IssuerError {
+            InvalidToken
+                .because("this access token was already used for this credential")
+                .into()
+        };
+        let mut fresh: Option<Offer> = None;
+        // a configuration taken back, then issued again by another request, can send a round
+        // back to the other path; a few rounds settle it
+        for _ in 0..3 {
+            let offer = fresh.as_ref().unwrap_or(r.offer);
+            let r = Request { offer, ..*r };
+            if offer.issued_configs.iter().any(|c| c == r.config_id) {
+                match self.resend(&r).await? {
+                    Resend::Sent(credentials) => return Ok(credentials),
+                    Resend::NotTheHolder => return Err(used()),
+                    // the recording of an attempt of unknown outcome was taken back meanwhile:
+                    // the token covers the configuration again
+                    Resend::TakenBack => {}
+                }
+            }
+            match self.issue_for(&r).await? {
+                Issued::Sent(credentials) => return Ok(credentials),
+                Issued::AlreadyIssued(current) => {
+                    if !names_token(&current, token_key) {
+                        return Err(InvalidToken
+                            .because("the access token is unknown, expired or used up")
+                            .into());
+                    }
+                    fresh = Some(*current);
+                }
+            }
+        }
+        Err(crate::store::StoreError::Unavailable(
+            "the credential's configuration kept being issued and taken back".into(),
+        )
+        .into())
+    }
+
+    /// Signs, records and hands out the credentials of a checked request (one per holder key);
+    /// or, when the configuration turns out to be issued under the token already, the offer as
+    /// the recording found it (nothing is sent, the records are dropped).
+    async fn issue_for(&self, r: &Request<'_>) -> Result<Issued, IssuerError> {
         let store = &self.ctx.store;
         let (issuer, offer, config, grant) = (r.issuer, r.offer, r.config, r.grant);
         let (issuer_id, config_id, now) = (issuer.id.as_str(), r.config_id, r.now);
@@ -201,9 +229,15 @@ impl IssuerService {
                 }
             }
         }
-        let o = self
+        let o = match self
             .record_issuance(issuer_id, &grant.offer_id, config_id, &issued_ids)
-            .await?;
+            .await?
+        {
+            Recording::Recorded(o) => o,
+            Recording::AlreadyIssued(current) => {
+                return Ok(Issued::AlreadyIssued(Box::new(current)))
+            }
+        };
         self.offer_changed(issuer_id, &o);
         // The token is not deleted once every configuration is issued: the offer's
         // `issued_configs` already refuses it, it expires, and a configuration whose recording
@@ -214,7 +248,7 @@ impl IssuerService {
             format = config.format.as_str(),
             "credentials issued"
         );
-        Ok(credentials)
+        Ok(Issued::Sent(credentials))
     }
 
     /// Uses the access token for one configuration, in one store operation with its effect: the
@@ -226,16 +260,20 @@ impl IssuerService {
     /// after a write that may have been applied) is read back: recorded → issued; otherwise the
     /// client is told to retry and the update, should it land later, is taken back
     /// ([`IssuerService::watch_unknown_outcome`]) — unless the holder's retry came first and
-    /// was sent the recorded credentials ([`IssuerService::resend`]).
+    /// was sent the recorded credentials ([`IssuerService::resend`]). A configuration already
+    /// issued under the token: [`Recording::AlreadyIssued`] with the offer as the compare-and-swap
+    /// found it — after a conflict, the value the store reported (in a cluster, the primary's),
+    /// not this node's copy, which may lag.
     async fn record_issuance(
         &self,
         issuer_id: &str,
         offer_key: &str,
         config_id: &str,
         ids: &[String],
-    ) -> Result<Offer, IssuerError> {
+    ) -> Result<Recording, IssuerError> {
         let store = &self.ctx.store;
         let mine = |o: &Offer| ids.first().is_some_and(|id| o.issued.contains(id));
+        let mut found = None;
         let recorded = store
             .update_json::<Offer, IssuerError, _>(ks::OFFERS, offer_key, None, |mut o| {
                 if mine(&o) {
@@ -243,6 +281,7 @@ impl IssuerService {
                     return Ok(o);
                 }
                 if o.issued_configs.iter().any(|c| c == config_id) {
+                    found = Some(o);
                     return Err(InvalidToken
                         .because("this access token was already used for this credential")
                         .into());
@@ -254,7 +293,7 @@ impl IssuerService {
             })
             .await;
         match recorded {
-            Ok(Some(o)) => Ok(o),
+            Ok(Some(o)) => Ok(Recording::Recorded(o)),
             Ok(None) => {
                 drop_records(store.as_ref(), issuer_id, ids).await;
                 Err(InvalidToken
@@ -263,7 +302,7 @@ impl IssuerService {
             }
             Err(e) if e.is_server_error() => {
                 match store.get_json::<Offer>(ks::OFFERS, offer_key).await {
-                    Ok(Some(o)) if mine(&o) => Ok(o),
+                    Ok(Some(o)) if mine(&o) => Ok(Recording::Recorded(o)),
                     _ => {
                         self.undo_issuance(offer_key, issuer_id, config_id, ids);
                         Err(e)
@@ -272,7 +311,10 @@ impl IssuerService {
             }
             Err(e) => {
                 drop_records(store.as_ref(), issuer_id, ids).await;
-                Err(e)
+                match found {
+                    Some(current) => Ok(Recording::AlreadyIssued(current)),
+                    None => Err(e),
+                }
             }
         }
     }
@@ -502,9 +544,17 @@ impl IssuerService {
             return Ok(Resend::NotTheHolder);
         }
         let ids: Vec<String> = pairs.iter().map(|(_, _, c)| c.id.clone()).collect();
+        let mut first = true;
         let marked = store
             .update_json::<Offer, IssuerError, _>(ks::OFFERS, &r.grant.offer_id, None, |mut o| {
+                let first = std::mem::take(&mut first);
                 if !ids.iter().all(|id| o.issued.contains(id)) {
+                    if first {
+                        // this node's copy, which may lag the primary (the request may have got
+                        // here with the offer a conflict reported): written back unchanged, the
+                        // compare-and-swap checks it against the primary's
+                        return Ok(o);
+                    }
                     return Err(InvalidToken.because("taken back").into());
                 }
                 for id in &ids {
@@ -516,7 +566,9 @@ impl IssuerService {
             })
             .await;
         match marked {
-            Ok(Some(_)) => {}
+            Ok(Some(o)) if ids.iter().all(|id| o.resent.contains(id)) => {}
+            // this node's copy was current: taken back
+            Ok(Some(_)) => return Ok(Resend::TakenBack),
             Ok(None) => {
                 return Err(InvalidToken
                     .because("the offer behind this token has expired")
@@ -665,6 +717,29 @@ async fn issue_ldp(
     .await
     .map_err(internal)?
     .map_err(internal)
+}
+
+/// Whether a request's access token is usable: its offer's redemption names it (grant_access);
+/// offers redeemed before tokens were named carry no hash and are still `TokenIssued` or later.
+fn names_token(offer: &Offer, token_key: &str) -> bool {
+    match &offer.token_hash {
+        Some(h) => h == token_key,
+        None => offer.state != OfferState::Offered,
+    }
+}
+
+/// What [`IssuerService::issue_for`] did.
+enum Issued {
+    Sent(Vec<Value>),
+    /// The configuration was issued under the token already: the offer as the recording found
+    /// it.
+    AlreadyIssued(Box<Offer>),
+}
+
+/// What [`IssuerService::record_issuance`] found.
+enum Recording {
+    Recorded(Offer),
+    AlreadyIssued(Offer),
 }
 
 /// What [`IssuerService::resend`] did.

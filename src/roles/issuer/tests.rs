@@ -718,17 +718,26 @@ async fn an_immediate_retry_after_an_unknown_outcome_gets_the_credential() {
     assert_eq!(svc.list_credentials("default").await.unwrap().len(), 1);
 }
 
-/// A store scripted over another: once armed, a credential record revoked right after an offer
-/// update that takes an issuance back (an admin's revocation that lands between the undo's look
-/// at the records and its drop of them).
+/// A store scripted over another: reads of one pinned offer return an old copy of it (a cluster
+/// node whose copy lags the key's primary: its compare-and-swaps still go to the primary, which
+/// reports its own value on a conflict); and, once armed, a credential record revoked right
+/// after an offer update that takes an issuance back (an admin's revocation that lands between
+/// the undo's look at the records and its drop of them).
 struct Scripted {
     inner: Arc<dyn crate::store::Store>,
+    stale: std::sync::Mutex<Option<(String, Vec<u8>)>>,
     revoke_after_take_back: std::sync::Mutex<Option<String>>,
     /// Offer updates that took an issuance back.
     take_backs: std::sync::atomic::AtomicU32,
 }
 
 impl Scripted {
+    /// From now on, reads of offer `key` return its current value.
+    async fn pin_offer(&self, key: &str) {
+        let now = self.inner.get(ks::OFFERS, key).await.unwrap().unwrap();
+        *self.stale.lock().unwrap() = Some((key.to_string(), now));
+    }
+
     /// Sets credential record `key` to revoked, behind the service's back.
     async fn revoke(&self, key: &str) {
         let raw = self.inner.get(ks::CREDS, key).await.unwrap().unwrap();
@@ -742,7 +751,11 @@ impl Scripted {
 #[async_trait::async_trait]
 impl crate::store::Store for Scripted {
     async fn get(&self, ks: &'static str, key: &str) -> crate::store::StoreResult<Option<Vec<u8>>> {
-        self.inner.get(ks, key).await
+        let pinned = self.stale.lock().unwrap().clone();
+        match pinned {
+            Some((k, v)) if ks == ks::OFFERS && k == key => Ok(Some(v)),
+            _ => self.inner.get(ks, key).await,
+        }
     }
     async fn put(
         &self,
@@ -831,6 +844,7 @@ async fn scripted_issuer(
     });
     let scripted = Arc::new(Scripted {
         inner: faulty.clone(),
+        stale: Default::default(),
         revoke_after_take_back: Default::default(),
         take_backs: Default::default(),
     });
@@ -947,4 +961,46 @@ async fn a_revocation_racing_the_undo_of_an_unknown_outcome_is_kept() {
         .take_backs
         .load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(take_backs, 1);
+}
+
+/// A retry whose request lands on a node whose copy of the offer lags (it does not show the
+/// issuance that landed yet): the recording's compare-and-swap meets the configuration issued at
+/// the primary, and the same holder key gets the same credential again (same status entry)
+/// instead of 401 "already used"; any other key still gets `invalid_token`, and the refused
+/// attempts leave no record.
+#[tokio::test]
+async fn a_retry_on_a_lagging_node_gets_the_same_credential() {
+    let (svc, scripted, _, clock) = scripted_issuer(ks::OFFERS, false).await;
+    let (offer, token) = redeemed(&svc).await;
+    scripted.pin_offer(&format!("default/{offer}")).await;
+    let holder = SigningKey::generate(KeyType::Ed25519);
+    let first = svc
+        .credential(
+            "default",
+            Some(&token),
+            credential_req_by(&svc, &clock, &holder).await,
+        )
+        .await
+        .unwrap();
+    // this node's copy does not show it
+    let view = svc.offer_view("default", &offer).await.unwrap();
+    assert!(view.issued_credentials.is_empty());
+    let retry = svc
+        .credential(
+            "default",
+            Some(&token),
+            credential_req_by(&svc, &clock, &holder).await,
+        )
+        .await
+        .map_err(OAuthError::from)
+        .unwrap_or_else(|e| panic!("the same holder's retry is refused: {e:?}"));
+    assert_eq!(sd_jwt_status(&retry), sd_jwt_status(&first));
+    assert_eq!(svc.list_credentials("default").await.unwrap().len(), 1);
+    let other = OAuthError::from(
+        svc.credential("default", Some(&token), credential_req(&svc, &clock).await)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(other.error, "invalid_token");
+    assert_eq!(svc.list_credentials("default").await.unwrap().len(), 1);
 }
