@@ -15,7 +15,14 @@ A benchmark, not a test (nothing here runs in CI). Same script for every mediato
   Pickup: pickup 2.0 live mode over the WebSocket (idstack, credo mediator) or implicit pickup
   (ACA-Py: no live mode there; a trust ping with return-route `all` keeps the socket open and
   ACA-Py pushes forwards down it). Mediator CPU = utime + stime from /proc/<pid>/stat over the
-  measured phase; RSS = VmRSS at the end of it (VmHWM = its peak).
+  measured phase; RSS = VmRSS at the end of it (VmHWM = its peak). The two credo agents' CPU over the
+  same phase is reported too (recipient_cpu / sender_cpu per 1,000 messages).
+  Sender (--sender): `credo` (default) as above; `replay`: bob's credo packs the n messages first, untimed
+  (every step of its sendMessage, forward-wrapped for alice's mediator, envelopes kept), then posts them to
+  the mediator's HTTP inbound, each answer awaited, --concurrency at a time: a sender that costs one HTTP
+  post per message, so the mediator and the credo recipient set the pace; latency counts from each post.
+  --rate R paces the replay (message i posted at i/R s): below the recipient's ceiling, latency is the
+  mediator's path, not a queue at the recipient.
 
 Install (once, from the repo root):
   tests/interop/install.sh                                   # credo-ts 0.6.3 (npm) + askar (PyPI)
@@ -117,6 +124,7 @@ class Mediator:
         self.tmp = tempfile.mkdtemp(prefix=f"bench-{kind}-")
         self.stats_url = None
         self.version = None
+        self.http_inbound = None  # where the replay sender posts (None: the endpoint credo packed for)
 
     def start(self):
         p = self.args.port
@@ -137,6 +145,7 @@ class Mediator:
             inv = http_json("GET", f"{base}/api/mediator/invitation", token=ADMIN_TOKEN)
             self.invitation = inv["invitation_url"]
             self.stats_url = f"{base}/api/mediator/stats"
+            self.http_inbound = f"{base}/didcomm"
             self.pid = self.proc.pid
         elif self.kind == "acapy":
             admin = p + 2
@@ -157,6 +166,7 @@ class Mediator:
                 "--log-level", os.environ.get("ACAPY_LOG_LEVEL", "warning"),
             ]
             self.proc = subprocess.Popen(cmd, stdout=err, stderr=err)
+            self.http_inbound = f"http://127.0.0.1:{p}"
             base = f"http://127.0.0.1:{admin}"
             wait_http(f"{base}/status/ready", deadline_s=120)
             hs = ["https://didcomm.org/connections/1.0"] if self.args.handshake == "connections" else \
@@ -174,6 +184,7 @@ class Mediator:
             if not line:
                 raise RuntimeError("credo mediator died; see mediator.log")
             self.invitation = json.loads(line)["invitation_url"]
+            self.http_inbound = f"http://127.0.0.1:{p}"
             self.pid = self.proc.pid
         else:
             raise SystemExit(f"unknown mediator {self.kind}")
@@ -259,11 +270,20 @@ def run(args):
         if w:
             bob.ask(cmd="sendMessages", connectionId=cid, prefix="warm", count=w, stamp=True)
             alice.ask(cmd="messages", expect=w, timeoutMs=120000)
+        started = None
+        if args.sender == "replay":
+            log(f"packing {args.n}")
+            bob.ask(cmd="packMessages", connectionId=cid, prefix="m", count=args.n)
         st0 = med.stats()
         cpu0 = cpu_seconds(med.pid)
+        acpu0, bcpu0 = cpu_seconds(alice.proc.pid), cpu_seconds(bob.proc.pid)
         t0 = time.time()
         log(f"sending {args.n}")
-        bob.ask(cmd="sendMessages", connectionId=cid, prefix="m", count=args.n, stamp=True)
+        if args.sender == "replay":
+            started = bob.ask(cmd="postPacked", concurrency=args.concurrency, url=med.http_inbound,
+                              rate=args.rate)["started_at"]
+        else:
+            bob.ask(cmd="sendMessages", connectionId=cid, prefix="m", count=args.n, stamp=True)
         t_sent = time.time()
         # a mediator that loses messages shows as `missing` (after --timeout), not as a crash
         got = alice.ask(cmd="messages", expect=w + args.n, timeoutMs=args.timeout * 1000, times=True,
@@ -271,6 +291,7 @@ def run(args):
         if not got.get("ok"):
             log(f"not everything arrived: {got.get('error')}")
         cpu1 = cpu_seconds(med.pid)
+        acpu1, bcpu1 = cpu_seconds(alice.proc.pid), cpu_seconds(bob.proc.pid)
         mem = mem_kib(med.pid)
         time.sleep(0.5)  # let the last acknowledgements land before reading the counters
         st1 = med.stats()
@@ -279,7 +300,11 @@ def run(args):
         for content, t in zip(msgs, at):
             if not content.startswith("m-"):
                 continue
-            name, sent = content.split("@")
+            if started is None:
+                name, sent = content.split("@")
+            else:
+                name = content
+                sent = started[int(name[2:])]
             seen[name] = seen.get(name, 0) + 1
             lat.append(t - float(sent))
             sends.append(float(sent))
@@ -290,6 +315,8 @@ def run(args):
         half = len(lat) // 2
         res = {
             "mediator": args.mediator, "version": med.version, "pickup": pickup, "n": args.n, "warmup": w,
+            "sender": args.sender, "concurrency": args.concurrency if args.sender == "replay" else 1,
+            "rate": args.rate if args.sender == "replay" else None,
             "received": len(lat), "missing": len(missing), "duplicates": len(dups),
             "seconds": round(dur, 3), "msg_per_s": round(len(lat) / dur, 1),
             "ms_per_msg": round(dur * 1000 / args.n, 2),
@@ -301,6 +328,8 @@ def run(args):
             "latency_p50_second_half_ms": round(pct(lat[half:], 50), 1),
             "mediator_cpu_s": round(cpu1 - cpu0, 2),
             "mediator_cpu_s_per_1000_msgs": round((cpu1 - cpu0) * 1000 / args.n, 2),
+            "recipient_cpu_s_per_1000_msgs": round((acpu1 - acpu0) * 1000 / args.n, 2),
+            "sender_cpu_s_per_1000_msgs": round((bcpu1 - bcpu0) * 1000 / args.n, 2),
             "mediator_rss_mib": round(mem.get("VmRSS", 0) / 1024, 1),
             "mediator_peak_rss_mib": round(mem.get("VmHWM", 0) / 1024, 1),
             "loadavg": open("/proc/loadavg").read().split()[:3],
@@ -328,6 +357,12 @@ def main():
                     help="recipient pickup (default: live; implicit for acapy)")
     ap.add_argument("--handshake", choices=["didexchange", "connections"], default=None,
                     help="force the handshake family on the mediator connection")
+    ap.add_argument("--sender", choices=["credo", "replay"], default="credo",
+                    help="credo: bob's sendMessage per message (pack + post, awaited); replay: bob's credo packs all "
+                         "n envelopes first (untimed), then posts them (HTTP, each answer awaited, --concurrency at a time)")
+    ap.add_argument("--concurrency", type=int, default=1, help="replay sender: posts in flight")
+    ap.add_argument("--rate", type=float, default=None,
+                    help="replay sender: offered messages per second (default: as fast as the answers come)")
     ap.add_argument("--idstack-bin", default=os.path.join(ROOT, "target", "release", "idstack"))
     ap.add_argument("--acapy", default="/tmp/acapy-venv/bin/aca-py")
     ap.add_argument("--timeout", type=int, default=900, help="seconds to wait for all messages")

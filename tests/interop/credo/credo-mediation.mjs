@@ -18,6 +18,13 @@
 //   {"cmd":"sendMessages","connectionId":...,"prefix":"m","count":N} -> {"ok":true,"sent":N} ("m-0" … "m-(N-1)")
 //       one after the other (each send awaited); with "stamp":true each content gets "@<send start, epoch ms>"
 //       appended (for the benchmark in loadtest/mediator-peers/)
+//   {"cmd":"packMessages","connectionId":...,"prefix":"m","count":N} -> {"ok":true,"packed":N,"endpoints":[...]}
+//       credo packs the N messages as sendMessages would (forward-wrapped for the peer's mediator) and keeps
+//       the envelopes instead of sending them
+//   {"cmd":"postPacked","concurrency":1,"url":null,"rate":null} -> {"ok":true,"sent":N,"started_at":[epoch ms per message]}
+//       posts the kept envelopes in order to their endpoint (or to `url`: a mediator's HTTP inbound when the
+//       peer's endpoint is its WebSocket), each answer awaited, `concurrency` at a time; with `rate` (msg/s)
+//       message i is not posted before i/rate s after the first
 //   {"cmd":"messages","expect":N,"contains":["..."],"timeoutMs":20000}
 //       waits until N basic messages have been received in total (and every `contains` content is among them;
 //       optional) -> {"ok":true,"messages":[all contents in arrival order],"duplicates":[contents seen twice+]}
@@ -99,14 +106,24 @@ async function checkTransport(kind, pkg) {
     throw new Error(`mediator connection restricted to ${startOpts.transport}; not using ${kind} endpoint ${pkg.endpoint}`);
   }
 }
+// `packMessages` captures the envelopes credo would send to a peer (not to the mediator) instead of
+// sending them; `postPacked` posts them later over HTTP.
+let capture = null; // array while capturing
+async function captured(pkg) {
+  if (!capture || (await isMediatorConnection(pkg.connectionId))) return false;
+  capture.push({ endpoint: pkg.endpoint, payload: pkg.payload });
+  return true;
+}
 class RestrictedHttpOutboundTransport extends DidCommHttpOutboundTransport {
   async sendMessage(pkg) {
+    if (await captured(pkg)) return;
     await checkTransport('http', pkg);
     return super.sendMessage(pkg);
   }
 }
 class RestrictedWsOutboundTransport extends DidCommWsOutboundTransport {
   async sendMessage(pkg) {
+    if (await captured(pkg)) return;
     await checkTransport('ws', pkg);
     return super.sendMessage(pkg);
   }
@@ -346,6 +363,63 @@ async function cmdSendMessages({ connectionId, prefix = 'm', count = 1, stamp = 
   return { sent: count };
 }
 
+// {"cmd":"packMessages","connectionId":...,"prefix":"m","count":N} has credo pack "<prefix>-0" … (every step of
+// sendMessage: records, encryption, forward wrapping for the peer's mediator) but keeps the envelopes instead
+// of sending them. {"cmd":"postPacked","concurrency":1,"url":null} then posts them in order (HTTP, each answer
+// awaited, `concurrency` at a time) -> {"ok":true,"sent":N,"started_at":[epoch ms per message],"endpoint":...}.
+// A sender whose own cost is one HTTP post per message (the benchmark's "replay" sender).
+let packed = [];
+async function cmdPackMessages({ connectionId, prefix = 'm', count = 1 }) {
+  requireAgent();
+  if (typeof connectionId !== 'string') throw new Error('connectionId must be a string');
+  if (!Number.isInteger(count) || count < 1) throw new Error('count must be a positive integer');
+  capture = [];
+  try {
+    for (let i = 0; i < count; i++) {
+      const before = capture.length;
+      await agent.didcomm.basicMessages.sendMessage(connectionId, `${prefix}-${i}`);
+      if (capture.length !== before + 1) throw new Error(`message ${i}: ${capture.length - before} envelopes captured, expected 1`);
+    }
+    packed = capture;
+  } finally {
+    capture = null;
+  }
+  const endpoints = [...new Set(packed.map((p) => p.endpoint))];
+  return { packed: packed.length, endpoints };
+}
+async function cmdPostPacked({ concurrency = 1, url = null, rate = null }) {
+  requireAgent();
+  if (!Number.isInteger(concurrency) || concurrency < 1) throw new Error('concurrency must be a positive integer');
+  if (rate !== null && !(typeof rate === 'number' && rate > 0)) throw new Error('rate must be a positive number (messages per second)');
+  if (url !== null && !/^https?:/.test(url)) throw new Error('url must be an http(s) URL');
+  for (const p of packed) {
+    if (url) p.endpoint = url;
+    else if (!/^https?:/.test(p.endpoint)) throw new Error(`postPacked posts over HTTP; ${p.endpoint} needs a "url"`);
+  }
+  const startedAt = new Array(packed.length);
+  let next = 0;
+  const t0 = nowMs();
+  const worker = async () => {
+    while (next < packed.length) {
+      const i = next++;
+      const { endpoint, payload } = packed[i];
+      if (rate) {
+        const wait = t0 + (i * 1000) / rate - nowMs();
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      }
+      startedAt[i] = nowMs();
+      const r = await fetch(endpoint, { method: 'POST', headers: { 'Content-Type': 'application/didcomm-envelope-enc' }, body: JSON.stringify(payload) });
+      await r.arrayBuffer();
+      if (r.status >= 300) throw new Error(`message ${i}: ${endpoint} answered ${r.status}`);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, packed.length) }, worker));
+  const sent = packed.length;
+  const endpoint = packed[0]?.endpoint;
+  packed = [];
+  return { sent, started_at: startedAt, endpoint };
+}
+
 function duplicates() {
   const seen = new Set();
   const dup = new Set();
@@ -496,7 +570,7 @@ async function shutdown(code = 0) {
 }
 
 const handlers = {
-  start: cmdStart, createInvitation: cmdCreateInvitation, receiveInvitation: cmdReceiveInvitation, sendMessage: cmdSendMessage, sendMessages: cmdSendMessages,
+  start: cmdStart, createInvitation: cmdCreateInvitation, receiveInvitation: cmdReceiveInvitation, sendMessage: cmdSendMessage, sendMessages: cmdSendMessages, packMessages: cmdPackMessages, postPacked: cmdPostPacked,
   messages: cmdMessages, pingMediator: cmdPingMediator, offerCredential: cmdOfferCredential, awaitCredential: cmdAwaitCredential, dropNextDelivery: cmdDropNextDelivery, stopPickup: cmdStopPickup, startPickup: cmdStartPickup, info: cmdInfo,
 };
 
