@@ -84,8 +84,53 @@ impl Faulty {
     }
 }
 
-#[async_trait::async_trait]
-impl crate::store::Store for Faulty {
+/// `impl Store for $ty` with the methods given, and every other one passed to `self.inner`
+/// unchanged (the test wrappers below differ only in `get`, `put`, `delete`, `compare_and_swap`).
+macro_rules! store_wrapper {
+    ($ty:ty { $($custom:tt)* }) => {
+        #[async_trait::async_trait]
+        impl crate::store::Store for $ty {
+            $($custom)*
+            async fn delete(&self, ks: &'static str, key: &str) -> crate::store::StoreResult<bool> {
+                self.inner.delete(ks, key).await
+            }
+            async fn scan_prefix(
+                &self,
+                ks: &'static str,
+                prefix: &str,
+                limit: usize,
+            ) -> crate::store::StoreResult<Vec<(String, Vec<u8>)>> {
+                self.inner.scan_prefix(ks, prefix, limit).await
+            }
+            async fn batch(&self, ops: Vec<crate::store::BatchOp>) -> crate::store::StoreResult<()> {
+                self.inner.batch(ops).await
+            }
+            async fn sweep_expired(&self) -> crate::store::StoreResult<u64> {
+                self.inner.sweep_expired().await
+            }
+            async fn probe(&self) -> crate::store::StoreResult<()> {
+                self.inner.probe().await
+            }
+            async fn flush(&self) -> crate::store::StoreResult<()> {
+                self.inner.flush().await
+            }
+            async fn stats(&self) -> crate::store::StoreResult<crate::store::StoreStats> {
+                self.inner.stats().await
+            }
+            async fn export_all(&self) -> crate::store::StoreResult<Vec<crate::store::ExportRecord>> {
+                self.inner.export_all().await
+            }
+            async fn import(
+                &self,
+                records: Vec<crate::store::ExportRecord>,
+            ) -> crate::store::StoreResult<u64> {
+                self.inner.import(records).await
+            }
+        }
+    };
+}
+
+store_wrapper!(Faulty {
     async fn get(&self, ks: &'static str, key: &str) -> crate::store::StoreResult<Option<Vec<u8>>> {
         if ks == self.keyspace
             && self
@@ -111,9 +156,6 @@ impl crate::store::Store for Faulty {
         }
         self.inner.put(ks, key, value, ttl).await
     }
-    async fn delete(&self, ks: &'static str, key: &str) -> crate::store::StoreResult<bool> {
-        self.inner.delete(ks, key).await
-    }
     async fn compare_and_swap(
         &self,
         ks: &'static str,
@@ -129,39 +171,7 @@ impl crate::store::Store for Faulty {
         }
         self.inner.compare_and_swap(ks, key, expected, new).await
     }
-    async fn scan_prefix(
-        &self,
-        ks: &'static str,
-        prefix: &str,
-        limit: usize,
-    ) -> crate::store::StoreResult<Vec<(String, Vec<u8>)>> {
-        self.inner.scan_prefix(ks, prefix, limit).await
-    }
-    async fn batch(&self, ops: Vec<crate::store::BatchOp>) -> crate::store::StoreResult<()> {
-        self.inner.batch(ops).await
-    }
-    async fn sweep_expired(&self) -> crate::store::StoreResult<u64> {
-        self.inner.sweep_expired().await
-    }
-    async fn probe(&self) -> crate::store::StoreResult<()> {
-        self.inner.probe().await
-    }
-    async fn flush(&self) -> crate::store::StoreResult<()> {
-        self.inner.flush().await
-    }
-    async fn stats(&self) -> crate::store::StoreResult<crate::store::StoreStats> {
-        self.inner.stats().await
-    }
-    async fn export_all(&self) -> crate::store::StoreResult<Vec<crate::store::ExportRecord>> {
-        self.inner.export_all().await
-    }
-    async fn import(
-        &self,
-        records: Vec<crate::store::ExportRecord>,
-    ) -> crate::store::StoreResult<u64> {
-        self.inner.import(records).await
-    }
-}
+});
 
 /// An issuer (default tenant initialised) on an in-memory store and a fake clock.
 async fn issuer() -> (IssuerService, Arc<FakeClock>) {
@@ -748,8 +758,7 @@ impl Scripted {
     }
 }
 
-#[async_trait::async_trait]
-impl crate::store::Store for Scripted {
+store_wrapper!(Scripted {
     async fn get(&self, ks: &'static str, key: &str) -> crate::store::StoreResult<Option<Vec<u8>>> {
         let pinned = self.stale.lock().unwrap().clone();
         match pinned {
@@ -765,9 +774,6 @@ impl crate::store::Store for Scripted {
         ttl: Option<Duration>,
     ) -> crate::store::StoreResult<()> {
         self.inner.put(ks, key, value, ttl).await
-    }
-    async fn delete(&self, ks: &'static str, key: &str) -> crate::store::StoreResult<bool> {
-        self.inner.delete(ks, key).await
     }
     async fn compare_and_swap(
         &self,
@@ -792,39 +798,7 @@ impl crate::store::Store for Scripted {
         }
         Ok(out)
     }
-    async fn scan_prefix(
-        &self,
-        ks: &'static str,
-        prefix: &str,
-        limit: usize,
-    ) -> crate::store::StoreResult<Vec<(String, Vec<u8>)>> {
-        self.inner.scan_prefix(ks, prefix, limit).await
-    }
-    async fn batch(&self, ops: Vec<crate::store::BatchOp>) -> crate::store::StoreResult<()> {
-        self.inner.batch(ops).await
-    }
-    async fn sweep_expired(&self) -> crate::store::StoreResult<u64> {
-        self.inner.sweep_expired().await
-    }
-    async fn probe(&self) -> crate::store::StoreResult<()> {
-        self.inner.probe().await
-    }
-    async fn flush(&self) -> crate::store::StoreResult<()> {
-        self.inner.flush().await
-    }
-    async fn stats(&self) -> crate::store::StoreResult<crate::store::StoreStats> {
-        self.inner.stats().await
-    }
-    async fn export_all(&self) -> crate::store::StoreResult<Vec<crate::store::ExportRecord>> {
-        self.inner.export_all().await
-    }
-    async fn import(
-        &self,
-        records: Vec<crate::store::ExportRecord>,
-    ) -> crate::store::StoreResult<u64> {
-        self.inner.import(records).await
-    }
-}
+});
 
 /// An issuer (default tenant initialised) on a [`Scripted`] store over a [`Faulty`] one (armed
 /// with 0 failures) of `keyspace`.

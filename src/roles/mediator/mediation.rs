@@ -10,7 +10,7 @@ use super::error::MediatorResult;
 use super::model::ks;
 use super::model::Connection;
 use super::protocols::ConnMessage;
-use super::service::{forward_endpoint, MediatorService};
+use super::service::{endpoints, MediatorService};
 use crate::didcomm::peer;
 use crate::store::Cas;
 
@@ -29,7 +29,7 @@ impl MediatorService {
         Ok(m.reply(
             "coordinate-mediation/1.0/mediate-grant",
             json!({
-                "endpoint": forward_endpoint(&self.ctx),
+                "endpoint": endpoints(&self.ctx).into_iter().next().unwrap_or_default(),
                 "routing_keys": [self.did_key],
             }),
         ))

@@ -140,12 +140,9 @@ impl<T> Required<T> for Option<T> {
     }
 }
 
-/// The mediator's endpoints as its own DID document and invitations list them: the WebSocket
-/// first, then `public_url/didcomm`. A client holding a socket to us sends its pickup messages
-/// (`messages-received`, `status-request`) down that socket instead of posting each one; a client
-/// without a WebSocket transport skips to the HTTP service.
+/// The mediator's endpoints: `public_url/didcomm` and its WebSocket form.
 pub(super) fn endpoints(ctx: &RoleContext) -> Vec<String> {
-    let http = forward_endpoint(ctx);
+    let http = format!("{}/didcomm", ctx.public_url);
     let ws = if let Some(rest) = http.strip_prefix("https://") {
         format!("wss://{rest}/ws")
     } else if let Some(rest) = http.strip_prefix("http://") {
@@ -153,13 +150,7 @@ pub(super) fn endpoints(ctx: &RoleContext) -> Vec<String> {
     } else {
         format!("{http}/ws")
     };
-    vec![ws, http]
-}
-
-/// Where senders post forwards for our recipients (the mediation grant's `endpoint`): HTTP, which
-/// every agent can send to, one request per message.
-pub(super) fn forward_endpoint(ctx: &RoleContext) -> String {
-    format!("{}/didcomm", ctx.public_url)
+    vec![http, ws]
 }
 
 /// Delivery counters for `stats`, and the same as Prometheus metrics when they registered.
