@@ -337,6 +337,10 @@ impl IssuerService {
         let key = offer_key.to_string();
         let kept = Arc::new(AtomicBool::new(false));
         let (seen, kept) = (kept.clone(), kept);
+        // a take-back was written, maybe applied even if its answer was lost (then the watch ends
+        // as `NeverLanded`, not `Undone`): records kept after it must be restored either way
+        let took_back = Arc::new(AtomicBool::new(false));
+        let (taking, took_back) = (took_back.clone(), took_back);
         self.watch_unknown_outcome(
             offer_key.to_string(),
             move |store| {
@@ -363,6 +367,7 @@ impl IssuerService {
                 if o.issued_configs.is_empty() && o.state == OfferState::CredentialIssued {
                     o.state = OfferState::TokenIssued;
                 }
+                taking.store(true, Ordering::SeqCst);
                 true
             },
             move |o| o.issued_configs.contains(&settled_config),
@@ -371,7 +376,8 @@ impl IssuerService {
                     return;
                 }
                 let left = withdraw_records(store.as_ref(), &issuer, &records).await;
-                if outcome == Watched::Undone && !left.is_empty() {
+                let attempted = outcome == Watched::Undone || took_back.load(Ordering::SeqCst);
+                if attempted && !left.is_empty() {
                     restore_issuance(store.as_ref(), &key, &restored_config, &left).await;
                 }
             },
