@@ -261,9 +261,9 @@ impl IssuerService {
     /// client is told to retry and the update, should it land later, is taken back
     /// ([`IssuerService::watch_unknown_outcome`]) — unless the holder's retry came first and
     /// was sent the recorded credentials ([`IssuerService::resend`]). A configuration already
-    /// issued under the token: [`Recording::AlreadyIssued`] with the offer as the compare-and-swap
-    /// found it — after a conflict, the value the store reported (in a cluster, the primary's),
-    /// not this node's copy, which may lag.
+    /// issued under the token: [`Recording::AlreadyIssued`] with the offer as the update found it:
+    /// after a conflict, the value the store reported (in a cluster, the primary's); when this
+    /// node's first read already shows the configuration issued, that local copy, which may lag.
     async fn record_issuance(
         &self,
         issuer_id: &str,
@@ -844,9 +844,10 @@ fn still_valid(raw: &[u8]) -> bool {
         .is_ok_and(|c| c.status == CredentialStatus::Valid)
 }
 
-/// Records in the offer again an issuance that was taken back while an admin changed the status
-/// of one of its credentials: `ids` issued, the configuration used (the token no longer covers
-/// it). Retried while the store fails, for up to about a minute.
+/// Records in the offer again an issuance that was taken back but whose records stay: an admin
+/// changed the status of one of its credentials, or the store failed while they were withdrawn.
+/// `ids` issued, the configuration used (the token no longer covers it). Retried while the store
+/// fails, for up to about a minute.
 async fn restore_issuance(
     store: &dyn crate::store::Store,
     offer_key: &str,
@@ -875,7 +876,7 @@ async fn restore_issuance(
             Ok(_) => {
                 tracing::warn!(
                     offer = offer_key,
-                    "an issuance taken back is recorded again: an admin changed a credential's status meanwhile"
+                    "an issuance taken back is recorded again: its records stay (status changed, or not withdrawn)"
                 );
                 return;
             }
@@ -888,7 +889,7 @@ async fn restore_issuance(
     }
     tracing::error!(
         offer = offer_key,
-        "an issuance taken back while an admin changed a credential's status could not be recorded again: its token covers the configuration"
+        "an issuance taken back whose records stay could not be recorded again: its token covers the configuration"
     );
 }
 
