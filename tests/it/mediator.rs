@@ -583,6 +583,29 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
         contents(&recipient, &pickup::attachments(&d)),
         vec!["kept", "kept-2"]
     );
+    // Every refusal above was counted once, by its code, whichever layer refused it (the HTTP
+    // route, the WebSocket, the engine); the admin API's bad query is not a DIDComm message.
+    let metrics = s.anon().get_resp("/metrics").await.text().await.unwrap();
+    let rejected: std::collections::BTreeMap<String, u64> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("idstack_mediator_rejected_total{code=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .map(|(code, n)| (code.to_string(), n.trim().parse().unwrap()))
+        .collect();
+    let want: std::collections::BTreeMap<String, u64> = [
+        ("didcomm_unpack_failed", 3), // garbage, tampered ciphertext, the WebSocket frame
+        ("unsupported_media_type", 1),
+        ("payload_too_large", 1),
+        ("didcomm_unknown_recipient", 2), // the stranger's envelope, the forward to nobody
+        ("didcomm_no_connection", 1),
+        ("didcomm_bad_message", 1),
+        ("mediator_queue_full", 1),
+        ("gone", 1), // the single-use invitation's second request
+    ]
+    .into_iter()
+    .map(|(c, n)| (c.to_string(), n))
+    .collect();
+    assert_eq!(rejected, want, "{metrics}");
     assert!(!s.log().contains("panicked"));
 }
 
@@ -960,7 +983,19 @@ async fn a_huge_websocket_frame_is_refused_before_it_is_buffered() {
         grown_mib < 64,
         "RSS grew by {grown_mib} MiB ({before} → {after} KiB)"
     );
-    // The server still serves.
+    // The server still serves, and counted each refused frame once.
     let r = s.anon().get_resp("/health/live").await;
     assert_eq!(r.status(), 200);
+    let metrics = s.anon().get_resp("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "idstack_mediator_rejected_total{code=\"payload_too_large\"} 3"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("rejected"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

@@ -36,7 +36,7 @@ impl MediatorService {
         Ok(())
     }
 
-    /// The connection whose peer authcrypts with `verkey` (a refusal, counted, when none).
+    /// The connection whose peer authcrypts with `verkey` (a refusal when none).
     pub(super) async fn connection_by_key(&self, verkey: &str) -> MediatorResult<Connection> {
         let id = self
             .ctx
@@ -44,20 +44,16 @@ impl MediatorService {
             .get(ks::BY_KEY, verkey)
             .await?
             .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| {
-                self.reject(MediatorError::NoConnection(
-                    "no connection with the sender's key: connect through our invitation first",
-                ))
-            })?;
+            .ok_or(MediatorError::NoConnection(
+                "no connection with the sender's key: connect through our invitation first",
+            ))?;
         self.ctx
             .store
             .get_json::<Connection>(ks::CONNECTIONS, &id)
             .await?
-            .ok_or_else(|| {
-                self.reject(MediatorError::NoConnection(
-                    "the sender's connection was removed",
-                ))
-            })
+            .ok_or(MediatorError::NoConnection(
+                "the sender's connection was removed",
+            ))
     }
 
     /// Applies `f` to connection `id` by compare-and-swap; the record as written.

@@ -18,6 +18,7 @@ use super::service::{MediatorService, OrRefused as _, Required as _};
 use super::socket::{Mode, Socket};
 use crate::clock::random_id;
 use crate::didcomm::envelope;
+use crate::error::ErrorCode as _;
 
 /// What a message asked of the transport it came on.
 #[derive(Debug, Default)]
@@ -37,12 +38,21 @@ struct Handled {
 }
 
 impl MediatorService {
-    /// Handles one inbound envelope. `socket` is set when it came on a WebSocket.
+    /// Handles one inbound envelope. `socket` is set when it came on a WebSocket. Every
+    /// refusal is counted here, once, by its code (`mediator_rejected_total`).
     pub(super) async fn receive(
         &self,
         body: &[u8],
         socket: Option<&Arc<Socket>>,
     ) -> MediatorResult<Replies> {
+        let out = self.handle(body, socket).await;
+        if let Err(e) = &out {
+            self.count_refused(e.error_code());
+        }
+        out
+    }
+
+    async fn handle(&self, body: &[u8], socket: Option<&Arc<Socket>>) -> MediatorResult<Replies> {
         let (msg, typ, sender) = self.open(body)?;
         let ty = typ.strip_prefix(DIDCOMM).unwrap_or(&typ);
         if ty == "routing/1.0/forward" {
@@ -86,12 +96,12 @@ impl MediatorService {
     /// prefix mapped) and the authcrypt sender's verkey (`None`: anoncrypted).
     fn open(&self, body: &[u8]) -> MediatorResult<(Value, String, Option<String>)> {
         if body.len() > self.cfg.max_message_bytes {
-            return Err(self.reject(MediatorError::TooLarge));
+            return Err(MediatorError::TooLarge);
         }
         let key = &self.key;
         let own = &self.verkey;
         let unpacked = envelope::unpack(body, |kid| (kid == own).then(|| key.clone()))
-            .map_err(|e| self.reject(MediatorError::Unpack(e)))?;
+            .map_err(MediatorError::Unpack)?;
         let msg: Value = serde_json::from_slice(&unpacked.message)
             .or_refused_in(self, "plaintext is not JSON")?;
         let typ = msg

@@ -184,7 +184,7 @@ impl MediatorService {
     ) -> MediatorResult<Option<String>> {
         let max = self.cfg.max_connections_per_invitation;
         if rec.connections >= max {
-            return Err(self.reject(MediatorError::InvitationFull(max)));
+            return Err(MediatorError::InvitationFull(max));
         }
         rec.connections += 1;
         let new = serde_json::to_vec(&rec).or_internal()?;

@@ -54,7 +54,7 @@ impl MediatorService {
             .get(ks::ROUTES, &key)
             .await?
             .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| self.reject(MediatorError::NoRoute))?;
+            .ok_or(MediatorError::NoRoute)?;
         self.enqueue(&conn_id, &key, inner).await?;
         self.counters.forwarded();
         Ok(())
@@ -101,7 +101,7 @@ impl MediatorService {
         Ok(())
     }
 
-    /// Refuses (counted) a message of `len` bytes that would take `conn_id`'s queue over its
+    /// Refuses a message of `len` bytes that would take `conn_id`'s queue over its
     /// message or byte cap.
     async fn check_room(&self, conn_id: &str, len: u64) -> MediatorResult<()> {
         let (count, bytes) = self
@@ -109,15 +109,15 @@ impl MediatorService {
             .await?;
         let max = self.cfg.max_queue_per_recipient as u64;
         if count >= max {
-            return Err(self.reject(MediatorError::QueueFull(format!(
+            return Err(MediatorError::QueueFull(format!(
                 "the recipient's queue holds {max} messages already; it must pick some up first"
-            ))));
+            )));
         }
         let max_bytes = self.cfg.max_queue_bytes_per_connection;
         if bytes.saturating_add(len) > max_bytes {
-            return Err(self.reject(MediatorError::QueueFull(format!(
+            return Err(MediatorError::QueueFull(format!(
                 "the recipient's queue holds {bytes} of its {max_bytes} bytes already; it must pick some up first"
-            ))));
+            )));
         }
         Ok(())
     }

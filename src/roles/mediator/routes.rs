@@ -68,6 +68,7 @@ pub async fn inbound(
         });
     if let Some(ct) = &ct {
         if !ACCEPTED_CT.contains(&ct.as_str()) {
+            svc.count_refused(Code::UnsupportedMediaType);
             return Err(ApiError::new(
                 Code::UnsupportedMediaType,
                 format!("DIDComm messages are sent as {ENVELOPE_CT}, not {ct}"),
@@ -77,8 +78,12 @@ pub async fn inbound(
     let max = svc.max_message_bytes();
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+        let chunk = chunk.map_err(|e| {
+            svc.count_refused(Code::BadRequest);
+            ApiError::bad_request(format!("reading the body: {e}"))
+        })?;
         if body.len() + chunk.len() > max {
+            svc.count_refused(Code::PayloadTooLarge);
             return Err(ApiError::new(
                 Code::PayloadTooLarge,
                 format!("DIDComm messages are limited to {max} bytes"),
@@ -161,8 +166,12 @@ async fn run_socket(
                     Ok(actix_ws::AggregatedMessage::Pong(_)) => continue,
                     Ok(actix_ws::AggregatedMessage::Close(_)) => break None,
                     Err(e) => {
+                        let too_large = is_size_error(&e);
+                        if too_large {
+                            svc.count_refused(Code::PayloadTooLarge);
+                        }
                         break Some(actix_ws::CloseReason {
-                            code: actix_ws::CloseCode::Size,
+                            code: if too_large { actix_ws::CloseCode::Size } else { actix_ws::CloseCode::Protocol },
                             description: Some(format!("{e}")),
                         })
                     }
@@ -200,6 +209,24 @@ async fn run_socket(
     };
     svc.close_socket(&socket);
     let _ = session.close(close_reason).await;
+}
+
+/// Whether the WebSocket stream failed on a frame or message above `max_message_bytes` (refused
+/// at its header by [`super::ws_limit`], or by actix-ws's own frame and continuation caps), not
+/// on a broken connection or a protocol error.
+fn is_size_error(e: &actix_ws::ProtocolError) -> bool {
+    match e {
+        actix_ws::ProtocolError::Overflow => true,
+        actix_ws::ProtocolError::Io(io) => {
+            io.get_ref().is_some_and(|inner| {
+                matches!(
+                    inner.downcast_ref::<actix_web::error::PayloadError>(),
+                    Some(actix_web::error::PayloadError::Overflow)
+                )
+            }) || io.to_string() == "Exceeded maximum continuation size"
+        }
+        _ => false,
+    }
 }
 
 /// Runs one inbound frame through the engine and writes its replies on `session`. An error has

@@ -27,7 +27,7 @@ use super::socket::Socket;
 use crate::clock::random_id;
 use crate::config::MediatorConfig;
 use crate::didcomm::{envelope, peer};
-use crate::error::ErrorCode as _;
+use crate::error::Code;
 use crate::roles::RoleContext;
 
 pub struct MediatorService {
@@ -91,15 +91,17 @@ impl MediatorService {
         self.book.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts `e` as a refused inbound message (`mediator_rejected_total`, by code) and returns it.
-    pub(super) fn reject(&self, e: MediatorError) -> MediatorError {
-        self.counters.rejected(&e);
-        e
+    /// Counts one inbound message (or frame, or request body) refused with `code` in
+    /// `mediator_rejected_total`. Called once per refusal, where it leaves the mediator:
+    /// [`MediatorService::receive`] for everything the engine refuses, the transports for what
+    /// they refuse before the engine sees it.
+    pub fn count_refused(&self, code: Code) {
+        self.counters.rejected(code);
     }
 
-    /// A malformed or unacceptable message, counted as refused.
+    /// A malformed or unacceptable message (`didcomm_bad_message`).
     pub(super) fn refuse(&self, detail: impl Into<String>) -> MediatorError {
-        self.reject(bad_message(detail))
+        bad_message(detail)
     }
 
     /// `msg` authcrypted from the mediator key to `verkey`.
@@ -114,7 +116,7 @@ impl MediatorService {
 }
 
 /// `.or_refused(self)?` / `.or_refused_in(self, "forward msg")?`: a message the mediator cannot
-/// take (`didcomm_bad_message`, counted as refused), its detail the error's (after `what: `).
+/// take (`didcomm_bad_message`), its detail the error's (after `what: `).
 pub(super) trait OrRefused<T> {
     fn or_refused(self, svc: &MediatorService) -> MediatorResult<T>;
     fn or_refused_in(self, svc: &MediatorService, what: &str) -> MediatorResult<T>;
@@ -129,7 +131,7 @@ impl<T, E: std::fmt::Display> OrRefused<T> for Result<T, E> {
     }
 }
 
-/// `.required(self, "forward without to")?`: a message that lacks what it must carry (counted).
+/// `.required(self, "forward without to")?`: a message that lacks what it must carry.
 pub(super) trait Required<T> {
     fn required(self, svc: &MediatorService, detail: &str) -> MediatorResult<T>;
 }
@@ -191,11 +193,9 @@ impl Counters {
         }
     }
 
-    fn rejected(&self, e: &MediatorError) {
+    fn rejected(&self, code: Code) {
         if let Some(m) = &self.metrics {
-            m.rejected
-                .with_label_values(&[e.error_code().as_str()])
-                .inc();
+            m.rejected.with_label_values(&[code.as_str()]).inc();
         }
     }
 
