@@ -43,6 +43,16 @@ pub mod store;
 #[cfg(feature = "cluster")]
 pub mod wire;
 
+/// The cluster's data protocol: how nodes use the records they share, and their RPC. A release
+/// that changes either bumps it; a node then **holds back** while a live node of a lower protocol
+/// serves: it replicates, but waits before it serves (and, if an older node comes back later, is
+/// not ready and refuses its own writes), so a rolling upgrade never mixes the two ways of using
+/// one record (docs/cluster.md, "Upgrades"). Nodes of releases before it was gossiped count as 0.
+///
+/// 1: an access token's use is its offer's `issued_configs` (before, the token record was
+/// consumed first); the first release that gossips its protocol.
+pub const DATA_PROTOCOL: u32 = 1;
+
 #[cfg(feature = "cluster")]
 mod start;
 #[cfg(feature = "cluster")]

@@ -49,6 +49,8 @@ pub struct NodeSettings {
     pub single_use_consistent: bool,
     /// `cluster.updates` resolved: every other update of an existing record needs a majority too.
     pub updates_consistent: bool,
+    /// The data protocol this node speaks ([`super::DATA_PROTOCOL`]; another value only in tests).
+    pub protocol: u32,
 }
 
 /// The per-key lock a consistent transition holds at its executor from its majority read to its
@@ -87,6 +89,8 @@ pub struct Member {
     pub rpc_addr: String,
     pub gossip_addr: String,
     pub generation: u64,
+    /// Its data protocol ([`super::DATA_PROTOCOL`]); 0 for a node that gossips none.
+    pub protocol: u32,
 }
 
 pub struct ClusterMetrics {
@@ -417,6 +421,9 @@ impl Node {
         if let Some(w) = self.write_block.lock().ok().and_then(|w| w.clone()) {
             out.push(w);
         }
+        if let Some(why) = self.held_back() {
+            out.push(why);
+        }
         for k in self.replica.replaced_keys() {
             out.push(format!(
                 "key record {k} was replaced by the one created first in the cluster; restart this node to use it"
@@ -450,6 +457,7 @@ impl Node {
                     rpc_addr: rpc.to_string(),
                     gossip_addr: id.gossip_advertise_addr.to_string(),
                     generation: id.generation_id,
+                    protocol: st.get("protocol").and_then(|p| p.parse().ok()).unwrap_or(0),
                 };
                 // one entry per node id: a live incarnation beats a dead one, then the newest
                 let replace = match by_id.get(&m.node_id) {
@@ -503,7 +511,17 @@ impl Node {
     }
 
     /// The singleton-job leader: the live, caught-up member with the lowest id.
+    /// Why this node must not serve now because live members speak an older data protocol
+    /// ([`super::DATA_PROTOCOL`]): a rolling upgrade is under way and the older nodes serve until
+    /// the last of them leaves. `None`: no live member is older.
+    pub fn held_back(&self) -> Option<String> {
+        older_members(&self.members(), self.id(), self.settings.protocol)
+    }
+
     pub fn is_leader(&self) -> bool {
+        if self.held_back().is_some() {
+            return false;
+        }
         let members = self.members();
         let lowest = members
             .iter()
@@ -1416,9 +1434,65 @@ pub(crate) fn peer_verdict(answers: &[Held], nodes: usize, majority: usize) -> O
     None
 }
 
+/// [`Node::held_back`] over a member list: the live members other than `me` whose data protocol
+/// is below `mine`, as the reason this node must not serve (`None` when there are none). Dead
+/// members do not count: a node stopped for its upgrade releases the newer ones as soon as the
+/// failure detector marks it dead.
+fn older_members(members: &[Member], me: &str, mine: u32) -> Option<String> {
+    let older: Vec<String> = members
+        .iter()
+        .filter(|m| m.state == "alive" && m.node_id != me && m.protocol < mine)
+        .map(|m| format!("{} (protocol {})", m.node_id, m.protocol))
+        .collect();
+    (!older.is_empty()).then(|| {
+        format!(
+            "holding back during a rolling upgrade: live node(s) {} speak an older data protocol than this node's {mine}; this node serves once they have left",
+            older.join(", ")
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{peer_verdict, Held::*};
+    use super::{older_members, peer_verdict, Held::*, Member};
+
+    fn member(id: &str, state: &'static str, protocol: u32) -> Member {
+        Member {
+            node_id: id.into(),
+            state,
+            roles: Vec::new(),
+            ready: true,
+            caught_up: true,
+            rpc_addr: String::new(),
+            gossip_addr: String::new(),
+            generation: 1,
+            protocol,
+        }
+    }
+
+    #[test]
+    fn a_newer_node_holds_back_while_a_live_older_one_serves() {
+        let members = [
+            member("a", "alive", 2),
+            member("b", "alive", 1),
+            member("c", "dead", 0),
+        ];
+        // b is older and alive: a (protocol 2) waits; c, older but dead, does not count
+        let why = older_members(&members, "a", 2).unwrap();
+        assert!(
+            why.contains("b (protocol 1)") && !why.contains("c ("),
+            "{why}"
+        );
+        // b itself is not held back by the newer a; nor is a once b is dead or upgraded
+        assert_eq!(older_members(&members, "b", 1), None);
+        let members = [member("a", "alive", 2), member("b", "dead", 1)];
+        assert_eq!(older_members(&members, "a", 2), None);
+        let members = [member("a", "alive", 2), member("b", "alive", 2)];
+        assert_eq!(older_members(&members, "a", 2), None);
+        // a node that gossips no protocol (a release before it existed) counts as 0
+        let members = [member("a", "alive", 1), member("old", "alive", 0)];
+        assert!(older_members(&members, "a", 1).is_some());
+    }
 
     #[test]
     fn peers_settle_a_transition_whose_executor_is_gone() {

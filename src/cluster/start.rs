@@ -57,6 +57,28 @@ pub async fn start(
     tasks: &mut Tasks,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(Opened, Arc<Cluster>)> {
+    start_speaking(
+        super::DATA_PROTOCOL,
+        settings,
+        opened,
+        clock,
+        readiness,
+        tasks,
+        shutdown,
+    )
+    .await
+}
+
+/// [`start`] as a node of data protocol `protocol` (tests start older and newer nodes).
+async fn start_speaking(
+    protocol: u32,
+    settings: &Settings,
+    opened: Opened,
+    clock: SharedClock,
+    readiness: &Arc<Readiness>,
+    tasks: &mut Tasks,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Opened, Arc<Cluster>)> {
     let c = &settings.raw.cluster;
     readiness.set_not_ready("cluster", "joining");
     let secret = settings
@@ -132,6 +154,7 @@ pub async fn start(
         pause_threshold: Duration::from_millis(c.pause_threshold_ms.max(1)),
         single_use_consistent: c.single_use.is_consistent(bootstrap_expect),
         updates_consistent: c.updates.is_consistent(bootstrap_expect),
+        protocol,
     };
 
     let inner = opened.store.clone();
@@ -173,6 +196,7 @@ pub async fn start(
         ("roles".to_string(), roles.join(",")),
         ("ready".to_string(), "false".to_string()),
         ("caught_up".to_string(), "false".to_string()),
+        ("protocol".to_string(), protocol.to_string()),
     ];
     // Gossip sealed under the cluster key: a process without the secret is never a member.
     let metrics = super::node::ClusterMetrics::new()?;
@@ -258,6 +282,24 @@ pub async fn start(
     spawn_anti_entropy(tasks, shutdown, node.clone());
     spawn_heartbeat(tasks, shutdown, node.clone());
     tracing::info!(live = node.live_count(), "cluster: joined and caught up");
+
+    // A rolling upgrade: while a live node of an older data protocol serves, this one replicates
+    // (it is a full member for RPC and anti-entropy) but does not initialise its roles or open
+    // its HTTP listener; it goes on once the last older node has left.
+    let mut logged = false;
+    while let Some(why) = node.held_back() {
+        if shutdown.is_cancelled() {
+            anyhow::bail!("shut down while holding back for older nodes");
+        }
+        readiness.set_not_ready("cluster", &why);
+        if !logged || last_log.elapsed() > Duration::from_secs(30) {
+            tracing::warn!("cluster: {why}");
+            logged = true;
+            last_log = tokio::time::Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        node.refresh_members().await;
+    }
 
     let cluster = Arc::new(Cluster {
         node: node.clone(),
@@ -541,6 +583,140 @@ mod tests {
             token,
             _tasks: tasks,
         }
+    }
+
+    /// A node of a newer data protocol joining a live older one (a rolling upgrade) replicates
+    /// but does not finish starting until the older node has left; an older node that joins a
+    /// serving newer one later makes it not ready and refuses its writes until it leaves too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_newer_node_holds_back_while_an_older_one_serves() {
+        let old = super::super::DATA_PROTOCOL;
+        let (pa, pb) = (free_port(), free_port());
+        let a = node("a", pa, &[], 1).await;
+        let settings = test_config("b", pb, &[pa], 2, "unit-test-cluster-secret")
+            .finish()
+            .unwrap();
+        let readiness = Arc::new(Readiness::default());
+        let token = CancellationToken::new();
+        let starting = {
+            let (readiness, token) = (readiness.clone(), token.clone());
+            tokio::spawn(async move {
+                let clock: SharedClock = Arc::new(SystemClock);
+                let store: Arc<dyn Store> = Arc::new(SledStore::temporary(clock.clone()).unwrap());
+                let mut tasks = Tasks::default();
+                let (opened, cluster) = start_speaking(
+                    old + 1,
+                    &settings,
+                    test_opened(store),
+                    clock,
+                    &readiness,
+                    &mut tasks,
+                    &token,
+                )
+                .await
+                .unwrap();
+                TestNode {
+                    opened,
+                    cluster,
+                    token,
+                    _tasks: tasks,
+                }
+            })
+        };
+        let held = |r: &Readiness| {
+            r.failing()
+                .into_iter()
+                .any(|(c, why)| c == "cluster" && why.contains(&format!("a (protocol {old})")))
+        };
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while !held(&readiness) {
+            assert!(
+                std::time::Instant::now() < until,
+                "{:?}",
+                readiness.failing()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // b holds back (it has joined and caught up, so its replica takes writes); a serves
+        assert!(!starting.is_finished());
+        a.opened
+            .store
+            .put("unit_things", "by-a", b"v".to_vec(), None)
+            .await
+            .unwrap();
+        a.cluster.node.refresh_members().await;
+        let members = a.cluster.node.members();
+        let b_seen = members.iter().find(|m| m.node_id == "b").unwrap();
+        assert_eq!((b_seen.protocol, b_seen.ready), (old + 1, false));
+        assert!(
+            a.cluster.node.health().is_empty(),
+            "{:?}",
+            a.cluster.node.health()
+        );
+        // a leaves (the last older node): b starts
+        a.token.cancel();
+        a.cluster.leave().await;
+        let b = tokio::time::timeout(Duration::from_secs(60), starting)
+            .await
+            .expect("b never started after a left")
+            .unwrap();
+        assert_eq!(b.cluster.node.held_back(), None);
+        assert_eq!(
+            b.opened.store.get("unit_things", "by-a").await.unwrap(),
+            Some(b"v".to_vec())
+        );
+        b.opened
+            .store
+            .put("unit_things", "by-b", b"v".to_vec(), None)
+            .await
+            .unwrap();
+        // an older node joins the serving b: b is not ready and refuses its own writes...
+        let c = node("c", free_port(), &[pb], 1).await;
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while b.cluster.node.held_back().is_none() {
+            assert!(std::time::Instant::now() < until, "b never saw c");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let err = b
+            .opened
+            .store
+            .put("unit_things", "refused", b"v".to_vec(), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        assert!(
+            b.cluster
+                .node
+                .health()
+                .iter()
+                .any(|h| h.contains("c (protocol")),
+            "{:?}",
+            b.cluster.node.health()
+        );
+        assert!(!b.cluster.is_leader());
+        // ...while c serves; once c has left, b writes again
+        c.opened
+            .store
+            .put("unit_things", "by-c", b"v".to_vec(), None)
+            .await
+            .unwrap();
+        c.token.cancel();
+        c.cluster.leave().await;
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match b
+                .opened
+                .store
+                .put("unit_things", "again", b"v".to_vec(), None)
+                .await
+            {
+                Ok(()) => break,
+                Err(e) => assert!(std::time::Instant::now() < until, "{e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        b.token.cancel();
+        b.cluster.leave().await;
     }
 
     /// The replicated store keeps every `Store` promise (TTLs, CAS, scans, batches, export and

@@ -61,6 +61,20 @@ impl ClusterStore {
         Self { node }
     }
 
+    /// Refuses this node's own writes while it holds back for older nodes in a rolling upgrade
+    /// ([`Node::held_back`]): only they may change how records are used until they have left.
+    /// The `system` keyspace's leases and markers stay writable; writes peers send (replication,
+    /// a compare-and-swap executed here as its primary) are not made through this store.
+    fn writable(&self, keyspace: &str) -> StoreResult<()> {
+        if keyspace == crate::store::keyspaces::SYSTEM {
+            return Ok(());
+        }
+        match self.node.held_back() {
+            None => Ok(()),
+            Some(why) => Err(crate::store::StoreError::Unavailable(why)),
+        }
+    }
+
     fn inner(&self) -> &Arc<dyn Store> {
         &self.node.replica.inner
     }
@@ -108,6 +122,7 @@ impl Store for ClusterStore {
         if is_local_keyspace(keyspace) {
             return self.inner().put(keyspace, key, value, ttl).await;
         }
+        self.writable(keyspace)?;
         let rec = Versioned {
             version: self.node.replica.new_version(),
             value: Some(value),
@@ -120,6 +135,7 @@ impl Store for ClusterStore {
         if is_local_keyspace(keyspace) {
             return self.inner().delete(keyspace, key).await;
         }
+        self.writable(keyspace)?;
         if self.node.fences_updates(keyspace) {
             return self.delete_fenced(keyspace, key).await;
         }
@@ -142,6 +158,7 @@ impl Store for ClusterStore {
                 .compare_and_swap(keyspace, key, expected, new)
                 .await;
         }
+        self.writable(keyspace)?;
         self.node.cas(keyspace, key, expected, new).await
     }
 
@@ -186,6 +203,10 @@ impl Store for ClusterStore {
                     recs.push((keyspace, key, self.node.replica.tombstone()))
                 }
             }
+        }
+        // refused whole, before any of it is written
+        for (ks, _, _) in &recs {
+            self.writable(ks)?;
         }
         if !local_ops.is_empty() {
             self.inner().batch(local_ops).await?;
