@@ -15,7 +15,9 @@ pub struct PeerInfo {
     pub did: String,
     /// Base58 Ed25519 verkeys that may act for the DID (authentication / recipient keys).
     pub verkeys: Vec<String>,
-    /// First DIDComm v1 service endpoint, if any (`didcomm:transport/queue` for agents without one).
+    /// The DIDComm v1 service endpoint messages are posted to: the first http(s) one, else the
+    /// first of any scheme (`didcomm:transport/queue` for agents without one, `ws(s)` for agents
+    /// that list only sockets), if any ([`pick_service`]).
     pub endpoint: Option<String>,
     /// Routing keys of that service, base58.
     pub routing_keys: Vec<String>,
@@ -26,6 +28,35 @@ const X25519_CODEC: [u8; 2] = [0xec, 0x01];
 
 fn err(m: impl Into<String>) -> String {
     m.into()
+}
+
+/// The endpoint URI of a DIDComm service (`serviceEndpoint` / did:peer:2 `s`: a string, or an
+/// object with `uri`).
+fn service_uri(svc: &Value) -> Option<String> {
+    match svc.get("s").or_else(|| svc.get("serviceEndpoint")) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Object(o)) => o.get("uri").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    }
+}
+
+/// Which of a peer's DIDComm services we use: one whose endpoint is http(s) — what every sender
+/// here (the DIDComm client, the mediator's outbound replies) can post to, whatever order the
+/// peer lists its services in (a WebSocket first is common) — else any; among those, the lowest
+/// `priority` (RFC 0067; absent counts as 0), then the first listed.
+fn pick_service<'a>(services: &[&'a Value]) -> Option<&'a Value> {
+    let http = |s: &Value| {
+        service_uri(s).is_some_and(|u| {
+            let u = u.to_ascii_lowercase();
+            u.starts_with("http://") || u.starts_with("https://")
+        })
+    };
+    let priority = |s: &Value| s.get("priority").and_then(Value::as_i64).unwrap_or(0);
+    // min_by_key keeps the first of equal keys
+    services
+        .iter()
+        .copied()
+        .min_by_key(|s| (!http(s), priority(s)))
 }
 
 /// Base58 verkey from `z6Mk…` multibase (multicodec Ed25519) or a `did:key`.
@@ -198,19 +229,19 @@ fn resolve_peer2(did: &str) -> Result<PeerInfo, String> {
         endpoint: None,
         routing_keys: Vec::new(),
     };
-    if let Some(svc) = services.into_iter().find(|s| {
-        let t = s
-            .get("t")
-            .or_else(|| s.get("type"))
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        t == "did-communication" || t == "dm" || t == "DIDCommMessaging"
-    }) {
-        info.endpoint = match svc.get("s").or_else(|| svc.get("serviceEndpoint")) {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Object(o)) => o.get("uri").and_then(Value::as_str).map(str::to_string),
-            _ => None,
-        };
+    let didcomm: Vec<&Value> = services
+        .iter()
+        .filter(|s| {
+            let t = s
+                .get("t")
+                .or_else(|| s.get("type"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            t == "did-communication" || t == "dm" || t == "DIDCommMessaging"
+        })
+        .collect();
+    if let Some(svc) = pick_service(&didcomm) {
+        info.endpoint = service_uri(svc);
         for r in svc
             .get("r")
             .or_else(|| svc.get("routingKeys"))
@@ -314,17 +345,17 @@ pub fn from_document(did: &str, doc: &Value) -> Result<PeerInfo, String> {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    if let Some(svc) = services.iter().find(|s| {
-        matches!(
-            s.get("type").and_then(Value::as_str),
-            Some("did-communication" | "IndyAgent" | "DIDCommMessaging")
-        )
-    }) {
-        info.endpoint = match svc.get("serviceEndpoint") {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Object(o)) => o.get("uri").and_then(Value::as_str).map(str::to_string),
-            _ => None,
-        };
+    let didcomm: Vec<&Value> = services
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.get("type").and_then(Value::as_str),
+                Some("did-communication" | "IndyAgent" | "DIDCommMessaging")
+            )
+        })
+        .collect();
+    if let Some(svc) = pick_service(&didcomm) {
+        info.endpoint = service_uri(svc);
         for rk in svc
             .get("recipientKeys")
             .and_then(Value::as_array)
@@ -414,6 +445,42 @@ mod tests {
         assert_eq!(
             info.routing_keys,
             vec![bs58::encode([7u8; 32]).into_string()]
+        );
+    }
+
+    /// The service we post to is an http(s) one even when the peer lists its WebSocket first;
+    /// a peer with sockets only keeps its first; `priority` orders services of one kind.
+    #[test]
+    fn the_http_service_is_chosen_whatever_the_order() {
+        let ws_first = did_peer_2(
+            &vk(),
+            &["wss://m/didcomm/ws".into(), "https://m/didcomm".into()],
+            &[],
+        )
+        .unwrap();
+        let info = resolve(&ws_first, None).unwrap();
+        assert_eq!(info.endpoint.as_deref(), Some("https://m/didcomm"));
+        let ws_only = did_peer_2(&vk(), &["ws://m/ws".into()], &[]).unwrap();
+        assert_eq!(
+            resolve(&ws_only, None).unwrap().endpoint.as_deref(),
+            Some("ws://m/ws")
+        );
+        let key = bs58::encode(vk()).into_string();
+        let doc = json!({
+            "@context": "https://w3id.org/did/v1",
+            "publicKey": [{"id": "did:sov:x#1", "type": "Ed25519VerificationKey2018", "controller": "did:sov:x", "publicKeyBase58": key}],
+            "service": [
+                {"id": "did:sov:x;ws", "type": "IndyAgent", "priority": 0, "recipientKeys": [key], "serviceEndpoint": "ws://a/ws"},
+                {"id": "did:sov:x;late", "type": "IndyAgent", "priority": 2, "recipientKeys": [key], "serviceEndpoint": "http://a/late"},
+                {"id": "did:sov:x;early", "type": "IndyAgent", "priority": 1, "recipientKeys": [key], "routingKeys": [bs58::encode([9u8; 32]).into_string()], "serviceEndpoint": "http://a/early"},
+            ],
+        });
+        let info = from_document("did:sov:x", &doc).unwrap();
+        assert_eq!(info.endpoint.as_deref(), Some("http://a/early"));
+        // the routing keys are the chosen service's
+        assert_eq!(
+            info.routing_keys,
+            vec![bs58::encode([9u8; 32]).into_string()]
         );
     }
 
