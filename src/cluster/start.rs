@@ -569,14 +569,38 @@ mod tests {
         let settings = test_config(id, port, seeds, expect, secret)
             .finish()
             .unwrap();
-        let store: Arc<dyn Store> = Arc::new(SledStore::temporary(clock.clone()).unwrap());
-        let opened = test_opened(store);
         let readiness = Arc::new(Readiness::default());
+        start_test_node(
+            super::super::DATA_PROTOCOL,
+            settings,
+            clock,
+            readiness,
+            CancellationToken::new(),
+        )
+        .await
+    }
+
+    /// A node of data protocol `protocol` on a temporary sled store.
+    async fn start_test_node(
+        protocol: u32,
+        settings: Settings,
+        clock: SharedClock,
+        readiness: Arc<Readiness>,
+        token: CancellationToken,
+    ) -> TestNode {
+        let store: Arc<dyn Store> = Arc::new(SledStore::temporary(clock.clone()).unwrap());
         let mut tasks = Tasks::default();
-        let token = CancellationToken::new();
-        let (opened, cluster) = start(&settings, opened, clock, &readiness, &mut tasks, &token)
-            .await
-            .unwrap();
+        let (opened, cluster) = start_speaking(
+            protocol,
+            &settings,
+            test_opened(store),
+            clock,
+            &readiness,
+            &mut tasks,
+            &token,
+        )
+        .await
+        .unwrap();
         TestNode {
             opened,
             cluster,
@@ -597,32 +621,13 @@ mod tests {
             .finish()
             .unwrap();
         let readiness = Arc::new(Readiness::default());
-        let token = CancellationToken::new();
-        let starting = {
-            let (readiness, token) = (readiness.clone(), token.clone());
-            tokio::spawn(async move {
-                let clock: SharedClock = Arc::new(SystemClock);
-                let store: Arc<dyn Store> = Arc::new(SledStore::temporary(clock.clone()).unwrap());
-                let mut tasks = Tasks::default();
-                let (opened, cluster) = start_speaking(
-                    old + 1,
-                    &settings,
-                    test_opened(store),
-                    clock,
-                    &readiness,
-                    &mut tasks,
-                    &token,
-                )
-                .await
-                .unwrap();
-                TestNode {
-                    opened,
-                    cluster,
-                    token,
-                    _tasks: tasks,
-                }
-            })
-        };
+        let starting = tokio::spawn(start_test_node(
+            old + 1,
+            settings,
+            Arc::new(SystemClock),
+            readiness.clone(),
+            CancellationToken::new(),
+        ));
         let held = |r: &Readiness| {
             r.failing()
                 .into_iter()
