@@ -510,7 +510,6 @@ impl Node {
         1 + self.live_peers().len()
     }
 
-    /// The singleton-job leader: the live, caught-up member with the lowest id.
     /// Why this node must not serve now because live members speak an older data protocol
     /// ([`super::DATA_PROTOCOL`]): a rolling upgrade is under way and the older nodes serve until
     /// the last of them leaves. `None`: no live member is older.
@@ -518,6 +517,8 @@ impl Node {
         older_members(&self.members(), self.id(), self.settings.protocol)
     }
 
+    /// The singleton-job leader: the live, caught-up member with the lowest id (never a node
+    /// that holds back for older ones).
     pub fn is_leader(&self) -> bool {
         if self.held_back().is_some() {
             return false;

@@ -191,12 +191,14 @@ async fn start_speaking(
         extra_liveness_predicate: None,
         protocol_version: chitchat::ProtocolVersion::V0,
     };
+    // `protocol` first: chitchat sends a node's keys in the order they were set, so a peer that
+    // holds its `rpc` (and so lists it) holds its protocol too, and never takes it for 0.
     let initial = vec![
+        ("protocol".to_string(), protocol.to_string()),
         ("rpc".to_string(), rpc_advertise.clone()),
         ("roles".to_string(), roles.join(",")),
         ("ready".to_string(), "false".to_string()),
         ("caught_up".to_string(), "false".to_string()),
-        ("protocol".to_string(), protocol.to_string()),
     ];
     // Gossip sealed under the cluster key: a process without the secret is never a member.
     let metrics = super::node::ClusterMetrics::new()?;
@@ -285,17 +287,33 @@ async fn start_speaking(
 
     // A rolling upgrade: while a live node of an older data protocol serves, this one replicates
     // (it is a full member for RPC and anti-entropy) but does not initialise its roles or open
-    // its HTTP listener; it goes on once the last older node has left.
+    // its HTTP listener; it goes on once no older node has been seen live for a whole failure-
+    // detection interval (an older node only briefly taken for dead does not release it).
+    let settle = node.settings.gossip_interval * 40;
     let mut logged = false;
-    while let Some(why) = node.held_back() {
-        if shutdown.is_cancelled() {
-            anyhow::bail!("shut down while holding back for older nodes");
-        }
-        readiness.set_not_ready("cluster", &why);
-        if !logged || last_log.elapsed() > Duration::from_secs(30) {
-            tracing::warn!("cluster: {why}");
-            logged = true;
-            last_log = tokio::time::Instant::now();
+    let mut clear_since: Option<tokio::time::Instant> = None;
+    loop {
+        match node.held_back() {
+            Some(why) => {
+                clear_since = None;
+                if shutdown.is_cancelled() {
+                    anyhow::bail!("shut down while holding back for older nodes");
+                }
+                readiness.set_not_ready("cluster", &why);
+                if !logged || last_log.elapsed() > Duration::from_secs(30) {
+                    tracing::warn!("cluster: {why}");
+                    logged = true;
+                    last_log = tokio::time::Instant::now();
+                }
+            }
+            None if !logged => break,
+            None => {
+                let since = *clear_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= settle {
+                    tracing::info!("cluster: no older node left; starting");
+                    break;
+                }
+            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         node.refresh_members().await;

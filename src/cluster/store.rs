@@ -71,7 +71,14 @@ impl ClusterStore {
         }
         match self.node.held_back() {
             None => Ok(()),
-            Some(why) => Err(crate::store::StoreError::Unavailable(why)),
+            // the node ids stay in the log and /health/ready, not in answers to clients
+            Some(why) => {
+                tracing::debug!("write refused: {why}");
+                Err(crate::store::StoreError::Unavailable(
+                    "this node holds back during a rolling upgrade while older nodes serve; retry"
+                        .into(),
+                ))
+            }
         }
     }
 

@@ -18,7 +18,7 @@ use super::service::{MediatorService, OrRefused as _, Required as _};
 use super::socket::{Mode, Socket};
 use crate::clock::random_id;
 use crate::didcomm::envelope;
-use crate::error::ErrorCode as _;
+use crate::error::{Code, ErrorCode as _};
 
 /// What a message asked of the transport it came on.
 #[derive(Debug, Default)]
@@ -39,7 +39,9 @@ struct Handled {
 
 impl MediatorService {
     /// Handles one inbound envelope. `socket` is set when it came on a WebSocket. Every
-    /// refusal is counted here, once, by its code (`mediator_rejected_total`).
+    /// refusal of the message (a 4xx, or a full queue's 507) is counted here, once, by its code
+    /// (`mediator_rejected_total`); the mediator's own failures (a store unavailable, an internal
+    /// error) are not refusals and show in the HTTP metrics and logs instead.
     pub(super) async fn receive(
         &self,
         body: &[u8],
@@ -47,7 +49,10 @@ impl MediatorService {
     ) -> MediatorResult<Replies> {
         let out = self.handle(body, socket).await;
         if let Err(e) = &out {
-            self.count_refused(e.error_code());
+            let code = e.error_code();
+            if !matches!(code, Code::Internal | Code::Unavailable) {
+                self.count_refused(code);
+            }
         }
         out
     }
