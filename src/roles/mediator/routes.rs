@@ -251,8 +251,15 @@ async fn answer_frame(
         }
         Err(e) => {
             let e = ApiError::from(e);
-            tracing::info!(error = %e, "DIDComm message refused on WebSocket");
-            let problem = serde_json::json!({"type": format!("{}{}", crate::error::PROBLEM_TYPE_BASE, e.code.as_str()), "code": e.code.as_str(), "status": e.code.status().as_u16(), "detail": e.detail});
+            // as on HTTP: an internal error's detail goes to the log only
+            let detail = if e.code == Code::Internal {
+                tracing::error!(error = %e, "DIDComm message failed on WebSocket");
+                None
+            } else {
+                tracing::info!(error = %e, "DIDComm message refused on WebSocket");
+                Some(e.detail.as_str())
+            };
+            let problem = serde_json::json!({"type": format!("{}{}", crate::error::PROBLEM_TYPE_BASE, e.code.as_str()), "code": e.code.as_str(), "status": e.code.status().as_u16(), "detail": detail});
             session.text(problem.to_string()).await.is_ok()
         }
     }
