@@ -1116,6 +1116,92 @@ impl Node {
         Ok(got)
     }
 
+    /// The key's record as its primary holds it once transitions in flight on it are decided
+    /// ([`crate::store::Store::get_settled`]): read at the first candidate of
+    /// [`Node::primary_order`] that answers (suspect ones skipped, the next in line when one
+    /// cannot be reached, this node when it is next in line), which settles the key first as a
+    /// compare-and-swap there would ([`Node::read_settled_local`]). The record is merged here.
+    /// `None`: no record at all there (a tombstone comes back as one).
+    pub async fn get_settled(
+        self: &Arc<Self>,
+        ks: &'static str,
+        key: &str,
+    ) -> StoreResult<Option<Versioned>> {
+        for (id, addr) in self.primary_order(ks, key) {
+            if id == self.id() {
+                break;
+            }
+            if self.is_suspect(&id) {
+                continue;
+            }
+            let req = KeyReq {
+                ks: ks.to_string(),
+                key: key.to_string(),
+            };
+            match self
+                .call::<_, GetResp>(&id, &addr, PATH_GET_SETTLED, &req)
+                .await
+            {
+                Ok(resp) => {
+                    if let Some(rec) = &resp.record {
+                        self.replica.merge(ks, key, rec).await?;
+                    }
+                    return Ok(resp.record);
+                }
+                // a read has no outcome to lose: the next in line answers
+                Err(RpcError::Transport(e)) => {
+                    tracing::warn!(primary = %id, error = %e, "primary unreachable; next replica answers the read");
+                }
+                Err(RpcError::Remote(e)) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "read at primary {id}: {e}"
+                    )))
+                }
+            }
+        }
+        // this node is next in line (or every node ranked above it was suspect)
+        self.read_settled_local(ks, key).await
+    }
+
+    /// [`Node::get_settled`] executed here, as the key's primary: the key is brought to where a
+    /// compare-and-swap executed here would compare — with `cluster.single_use` / `updates`
+    /// consistent for the keyspace, this node's own transitions of the key decided (their
+    /// per-key lock), the newest version a majority holds read, and a transition another
+    /// executor prepared here waited for or settled; otherwise, a node standing in for the
+    /// primary or not caught up pulls the key from the peers first, as does one that holds no
+    /// record of it at all — then its record is returned. A transition still undecided after
+    /// the wait, or no majority: 503 (its outcome is not known).
+    pub async fn read_settled_local(
+        self: &Arc<Self>,
+        ks: &'static str,
+        key: &str,
+    ) -> StoreResult<Option<Versioned>> {
+        self.check_standing();
+        if self.fences_updates(ks) {
+            if self.live_count() < self.majority() {
+                return Err(self.no_majority(self.live_count()));
+            }
+            let _serial = self.transition_lock(ks, key).await;
+            self.quorum_read(ks, key).await?;
+            if !self.await_provisional(ks, key).await {
+                return Err(StoreError::Unavailable(
+                    "read refused: a transition of this key is still being decided; retry".into(),
+                ));
+            }
+            return self.replica.read(ks, key).await;
+        }
+        let pulled = self.standing_in(ks, key);
+        if pulled {
+            self.fetch_from_peers(ks, key).await?;
+        }
+        match self.replica.read(ks, key).await? {
+            Some(rec) => Ok(Some(rec)),
+            // written while this node was cut off, not pulled yet: the peers' copy
+            None if !pulled => self.fetch_from_peers(ks, key).await,
+            None => Ok(None),
+        }
+    }
+
     /// Executes a CAS here, replicates it, and returns the outcome and the record now held.
     pub async fn cas_local(
         self: &Arc<Self>,
@@ -1176,6 +1262,30 @@ impl Node {
         }
     }
 
+    /// Waits (briefly) for a transition of this key still being decided here — by another
+    /// executor that prepared it here; this node's own are waited for by taking
+    /// [`Node::transition_lock`] first — to be decided: it usually commits within milliseconds;
+    /// one held past the RPC timeout is settled ([`Node::settle_provisional`]: its decision was
+    /// lost, or its executor died). Returns whether none is left (false: still undecided after
+    /// twice the RPC timeout).
+    async fn await_provisional(&self, ks: &'static str, key: &str) -> bool {
+        let wait_until = Instant::now() + self.settings.rpc_timeout * 2;
+        let mut settled = false;
+        while let Some((rec, base, since)) = self.replica.provisional_entry(ks, key) {
+            if Instant::now() >= wait_until {
+                return false;
+            }
+            if !settled && since.elapsed() >= self.settings.rpc_timeout {
+                settled = true;
+                if self.settle_provisional(ks, key, &rec, &base).await {
+                    continue;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
     /// A consistent single-use transition, in two rounds (after the majority read): compared
     /// here and **prepared** — held as provisional, not written — here and on the peers
     /// ([`Replica::prepare`]); once a majority (this node included) prepared it, committed here
@@ -1192,24 +1302,7 @@ impl Node {
         new: Option<(Vec<u8>, Option<Duration>)>,
         serial: tokio::sync::OwnedMutexGuard<()>,
     ) -> StoreResult<(Cas, Option<Versioned>)> {
-        // a transition of this key still being decided (here or by another executor that
-        // prepared it here) is waited for briefly: it usually commits within milliseconds; one
-        // of another executor's held past the RPC timeout is settled (its decision was lost, or
-        // its executor died)
-        let wait_until = Instant::now() + self.settings.rpc_timeout * 2;
-        let mut settled = false;
-        while let Some((rec, base, since)) = self.replica.provisional_entry(ks, key) {
-            if Instant::now() >= wait_until {
-                break;
-            }
-            if !settled && since.elapsed() >= self.settings.rpc_timeout {
-                settled = true;
-                if self.settle_provisional(ks, key, &rec, &base).await {
-                    continue;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        self.await_provisional(ks, key).await;
         let rec = {
             let _g = self.replica.lock([(ks, key)]).await;
             let cur = self.replica.read(ks, key).await?;

@@ -48,6 +48,7 @@ impl OfflineStore {
     }
 }
 
+/// `get_settled` is the trait's default, a local read: offline, this copy is the only one there is.
 #[async_trait]
 impl Store for OfflineStore {
     async fn get(&self, keyspace: &'static str, key: &str) -> StoreResult<Option<Vec<u8>>> {

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::auth;
 use super::node::Node;
-use super::replica::intern;
+use super::replica::{intern, is_local_keyspace};
 use super::wire::*;
 use crate::bus::Event;
 
@@ -172,6 +172,33 @@ async fn get(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse
     }
 }
 
+/// A read at this node as the key's primary, after transitions in flight on it are decided
+/// ([`Node::read_settled_local`]). Bounded like [`get`]: one key of a known (or internable)
+/// keyspace; a node-local keyspace is nobody else's to read.
+async fn get_settled(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let r: KeyReq = match open(&node, &req, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let ks = match intern(&r.ks) {
+        Ok(ks) => ks,
+        Err(e) => return err(e),
+    };
+    if is_local_keyspace(ks) {
+        return problem(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "a node-local keyspace is not replicated",
+        );
+    }
+    match node.read_settled_local(ks, &r.key).await {
+        Ok(record) => ok(&GetResp {
+            record,
+            provisional: None,
+        }),
+        Err(e) => err(e),
+    }
+}
+
 async fn decide(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse {
     let r: DecideReq = match open(&node, &req, &body) {
         Ok(r) => r,
@@ -273,9 +300,10 @@ async fn publish(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResp
 pub fn configure(cfg: &mut web::ServiceConfig, node: Arc<Node>) {
     let data = web::Data::new(node);
     type MakeRoute = fn() -> actix_web::Route;
-    let routes: [(&str, MakeRoute); 8] = [
+    let routes: [(&str, MakeRoute); 9] = [
         (PATH_APPLY, || web::post().to(apply)),
         (PATH_GET, || web::post().to(get)),
+        (PATH_GET_SETTLED, || web::post().to(get_settled)),
         (PATH_CAS, || web::post().to(cas)),
         (PATH_DIGEST, || web::post().to(digest)),
         (PATH_VERSIONS, || web::post().to(versions)),

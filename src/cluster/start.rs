@@ -812,6 +812,15 @@ mod tests {
             async fn get(&self, ks: &'static str, key: &str) -> StoreResult<Option<Vec<u8>>> {
                 self.nodes[0].get(ks, key).await
             }
+            async fn get_settled(
+                &self,
+                ks: &'static str,
+                key: &str,
+            ) -> StoreResult<Option<Vec<u8>>> {
+                // read at the primary from each node in turn, as the compare-and-swaps are
+                let i = self.next.fetch_add(1, Ordering::Relaxed) % self.nodes.len();
+                self.nodes[i].get_settled(ks, key).await
+            }
             async fn put(
                 &self,
                 ks: &'static str,
@@ -1393,6 +1402,97 @@ mod tests {
         }
     }
 
+    /// A read at the key's primary (`Store::get_settled`) through a node whose copy lags answers
+    /// the primary's value and merges it there, where a plain read answers the lagging copy; a
+    /// fenced delete through that node compares the primary's value, not its copy; and a read
+    /// made while the primary holds a transition of the key undecided answers once it is
+    /// decided, with the transition's value.
+    // Over 80 lines: a multi-node scenario test, step by step.
+    async fn a_settled_read_answers_the_primarys_value_over_a_lagging_copy(nodes: &[TestNode]) {
+        let ks = "unit_things";
+        let a = &nodes[0].cluster.node;
+        // a key whose primary is b, for every node
+        let key_at_b = |prefix: &str| {
+            (0..1000)
+                .map(|i| format!("{prefix}-{i}"))
+                .find(|k| {
+                    nodes.iter().all(|n| {
+                        n.cluster
+                            .node
+                            .primary_order(ks, k)
+                            .first()
+                            .map(|(id, _)| id.as_str())
+                            == Some("b")
+                    })
+                })
+                .unwrap()
+        };
+        let via_a = &nodes[0].opened.store;
+        for deleted in [false, true] {
+            let key = key_at_b(if deleted { "lagging-del" } else { "lagging" });
+            via_a.put(ks, &key, b"v1".to_vec(), None).await.unwrap();
+            // an update a missed: on b and c only
+            let v2 = Versioned {
+                version: nodes[1].cluster.node.replica.new_version(),
+                value: Some(b"v2".to_vec()),
+                deadline_ms: None,
+            };
+            for n in &nodes[1..] {
+                n.cluster.node.replica.merge(ks, &key, &v2).await.unwrap();
+            }
+            assert_eq!(
+                via_a.get(ks, &key).await.unwrap().as_deref(),
+                Some(&b"v1"[..])
+            );
+            if deleted {
+                // the fence compares the primary's value: a's copy would conflict
+                assert!(via_a.delete(ks, &key).await.unwrap());
+                for (i, n) in nodes.iter().enumerate() {
+                    assert_eq!(
+                        n.opened.store.get(ks, &key).await.unwrap(),
+                        None,
+                        "node {i}"
+                    );
+                }
+                continue;
+            }
+            assert_eq!(
+                via_a.get_settled(ks, &key).await.unwrap().as_deref(),
+                Some(&b"v2"[..])
+            );
+            // merged here
+            let here = a.replica.read(ks, &key).await.unwrap().unwrap();
+            assert_eq!(here.version, v2.version);
+        }
+
+        // a transition c executes, prepared on b and c, decided 300 ms later
+        let key = key_at_b("pending");
+        via_a.put(ks, &key, b"v1".to_vec(), None).await.unwrap();
+        let (b, c) = (nodes[1].cluster.node.clone(), nodes[2].cluster.node.clone());
+        let base = b.replica.read(ks, &key).await.unwrap().unwrap().version;
+        let rec = Versioned {
+            version: c.replica.new_version(),
+            value: Some(b"v2".to_vec()),
+            deadline_ms: None,
+        };
+        for n in [&b, &c] {
+            assert!(n.replica.prepare(ks, &key, &rec, &base).await.unwrap());
+        }
+        let decided = {
+            let (rec, key, b) = (rec.clone(), key.clone(), b.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                for n in [&c, &b] {
+                    n.replica.commit(ks, &key, &rec).await.unwrap();
+                }
+            })
+        };
+        let got = via_a.get_settled(ks, &key).await;
+        decided.await.unwrap();
+        assert_eq!(got.unwrap().as_deref(), Some(&b"v2"[..]));
+        assert!(b.replica.provisional_of(ks, &key).is_none());
+    }
+
     /// A process with another cluster secret, seeded with a member, is never listed (its gossip
     /// is dropped) and the members' writes still succeed.
     async fn process_without_the_secret_does_not_join(nodes: &[TestNode]) {
@@ -1611,6 +1711,7 @@ mod tests {
         peers_settle_what_a_dead_executor_left_prepared(&nodes).await;
         an_unrelated_key_does_not_queue_behind_a_stuck_one(&nodes).await;
         a_delete_is_not_undone_by_an_update_decided_after_it(&nodes).await;
+        a_settled_read_answers_the_primarys_value_over_a_lagging_copy(&nodes).await;
         process_without_the_secret_does_not_join(&nodes).await;
         for n in &nodes {
             n.token.cancel();

@@ -16,10 +16,6 @@ use crate::store::{BatchOp, Cas, ExportRecord, Store, StoreResult, StoreStats};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-/// The expected value of [`ClusterStore::delete_fenced`]'s first round: bytes no record holds
-/// (records are JSON or sealed binary, never this marker).
-const DELETE_PROBE: &[u8] = b"\0idstack:delete-probe:never-a-record\0";
-
 pub struct ClusterStore {
     node: Arc<Node>,
 }
@@ -32,24 +28,26 @@ impl ClusterStore {
     /// that update's version). Absent: `false`.
     ///
     /// The value to compare is the primary's, never this node's copy: a tombstone written here
-    /// (by a batch, or a lagging copy) would read as absent and skip the fence. The first round is
-    /// a probe that cannot match (no record holds [`DELETE_PROBE`]): its conflict answers what the
-    /// primary holds after settling any transition in flight on the key.
+    /// (by a batch, or a lagging copy) would read as absent and skip the fence. It is read with
+    /// [`Node::get_settled`] — at the primary, after any transition in flight on the key is
+    /// decided — and a conflict answers the primary's value again.
     async fn delete_fenced(&self, keyspace: &'static str, key: &str) -> StoreResult<bool> {
-        let mut current = Some(DELETE_PROBE.to_vec());
+        let mut current = self
+            .node
+            .get_settled(keyspace, key)
+            .await?
+            .and_then(|r| r.value);
         for round in 0..64u32 {
             let Some(cur) = current.take() else {
                 return Ok(false);
             };
-            let probing = round == 0;
-            match self.node.cas(keyspace, key, Some(cur), None).await? {
-                // only a record holding the probe's bytes could match; it is deleted, as asked
-                Cas::Swapped => return Ok(true),
-                Cas::Conflict(now) => current = now,
-            }
-            if !probing && current.is_some() {
+            if round > 0 {
                 // a competing update landed between our read and our swap: back off a little
                 tokio::time::sleep(Duration::from_millis(1 << round.min(7))).await;
+            }
+            match self.node.cas(keyspace, key, Some(cur), None).await? {
+                Cas::Swapped => return Ok(true),
+                Cas::Conflict(now) => current = now,
             }
         }
         Err(crate::store::StoreError::Unavailable(format!(
@@ -117,6 +115,18 @@ impl Store for ClusterStore {
                 .await?
                 .and_then(|r| r.value)),
         }
+    }
+
+    /// At the key's primary ([`Node::get_settled`]), merged here.
+    async fn get_settled(&self, keyspace: &'static str, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        if is_local_keyspace(keyspace) {
+            return self.inner().get(keyspace, key).await;
+        }
+        Ok(self
+            .node
+            .get_settled(keyspace, key)
+            .await?
+            .and_then(|r| r.value))
     }
 
     async fn put(

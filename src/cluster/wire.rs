@@ -12,6 +12,10 @@ pub const PATH_VERSIONS: &str = "/cluster/v1/versions";
 pub const PATH_FETCH: &str = "/cluster/v1/fetch";
 pub const PATH_PUBLISH: &str = "/cluster/v1/publish";
 pub const PATH_DECIDE: &str = "/cluster/v1/decide";
+/// A read at the key's primary once transitions in flight on it are decided
+/// ([`crate::cluster::node::Node::read_settled_local`]): [`KeyReq`] → [`GetResp`] (no
+/// `provisional`).
+pub const PATH_GET_SETTLED: &str = "/cluster/v1/get-settled";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {

@@ -91,10 +91,18 @@ pub async fn put_get_delete(s: Arc<dyn Store>, _: Arc<FakeClock>) {
     assert_eq!(s.get(KS, "a").await.unwrap().as_deref(), Some(&b"1"[..]));
     s.put(KS, "a", b"2".to_vec(), None).await.unwrap();
     assert_eq!(s.get(KS, "a").await.unwrap().as_deref(), Some(&b"2"[..]));
+    // the settled read (at the primary in a cluster) agrees with a current copy
+    assert_eq!(
+        s.get_settled(KS, "a").await.unwrap().as_deref(),
+        Some(&b"2"[..])
+    );
     assert_eq!(s.get("other", "a").await.unwrap(), None);
+    assert_eq!(s.get_settled("other", "a").await.unwrap(), None);
     assert!(s.delete(KS, "a").await.unwrap());
     assert!(!s.delete(KS, "a").await.unwrap());
     assert_eq!(s.get(KS, "a").await.unwrap(), None);
+    // a tombstone reads as absent there too
+    assert_eq!(s.get_settled(KS, "a").await.unwrap(), None);
     assert!(s.scan_prefix(KS, "", 10).await.unwrap().is_empty());
 }
 
@@ -107,6 +115,7 @@ pub async fn expired_records_are_absent_then_swept(s: Arc<dyn Store>, clock: Arc
     assert!(s.get(KS, "t").await.unwrap().is_some());
     clock.advance_ms(1);
     assert_eq!(s.get(KS, "t").await.unwrap(), None);
+    assert_eq!(s.get_settled(KS, "t").await.unwrap(), None);
     assert!(s.scan_prefix(KS, "", 10).await.unwrap().len() == 1);
     assert_eq!(s.sweep_expired().await.unwrap(), 1);
     assert_eq!(s.sweep_expired().await.unwrap(), 0);

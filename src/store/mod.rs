@@ -93,6 +93,17 @@ pub struct StoreStats {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn get(&self, keyspace: &'static str, key: &str) -> StoreResult<Option<Vec<u8>>>;
+    /// The record as a compare-and-swap issued now would find it: read where compare-and-swaps
+    /// execute, once any transition of the key still in flight there is decided. In cluster mode
+    /// that is the key's primary (a network round trip), and the answer may be newer than
+    /// [`Store::get`]'s local copy, which can lag it; the answer is merged locally. A tombstone
+    /// there reads as absent, like everywhere. For a check whose answer must not come from a
+    /// lagging copy, or a compare-and-swap whose expected value must be the current one without
+    /// a round that is meant to conflict. Single-node backends (sled, Redis) are their own
+    /// primary: [`Store::get`].
+    async fn get_settled(&self, keyspace: &'static str, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.get(keyspace, key).await
+    }
     async fn put(
         &self,
         keyspace: &'static str,
@@ -155,15 +166,19 @@ impl dyn Store {
     ) -> StoreResult<Option<T>> {
         match self.get(keyspace, key).await? {
             None => Ok(None),
-            Some(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| StoreError::Corrupt {
-                        keyspace: keyspace.to_string(),
-                        key: key.to_string(),
-                        reason: e.to_string(),
-                    })
-            }
+            Some(bytes) => decode_json(keyspace, key, &bytes).map(Some),
+        }
+    }
+
+    /// [`Store::get_settled`], decoded.
+    pub async fn get_settled_json<T: DeserializeOwned>(
+        &self,
+        keyspace: &'static str,
+        key: &str,
+    ) -> StoreResult<Option<T>> {
+        match self.get_settled(keyspace, key).await? {
+            None => Ok(None),
+            Some(bytes) => decode_json(keyspace, key, &bytes).map(Some),
         }
     }
 
@@ -201,6 +216,25 @@ impl dyn Store {
         keyspace: &'static str,
         key: &str,
         ttl: Option<Duration>,
+        f: F,
+    ) -> Result<Option<T>, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<StoreError>,
+        F: FnMut(T) -> Result<T, E>,
+    {
+        self.update_json_from(keyspace, key, ttl, None, f).await
+    }
+
+    /// [`update_json`](Self::update_json) whose first attempt starts from `current` — the record's
+    /// value just read with [`Store::get_settled`], so `f` first sees the primary's value, not a
+    /// local copy that may lag it. `None`: read locally, as `update_json` does.
+    pub async fn update_json_from<T, E, F>(
+        &self,
+        keyspace: &'static str,
+        key: &str,
+        ttl: Option<Duration>,
+        mut current: Option<Vec<u8>>,
         mut f: F,
     ) -> Result<Option<T>, E>
     where
@@ -211,7 +245,6 @@ impl dyn Store {
         // The value a failed compare-and-swap found: the next attempt starts from it instead of
         // reading again (in cluster mode the local copy may lag the key's primary, and re-reading
         // it could conflict over and over).
-        let mut current: Option<Vec<u8>> = None;
         for attempt in 0..64u32 {
             if attempt > 0 {
                 // Contention (a hot record, or a CAS that crosses the network in cluster mode):
@@ -269,6 +302,14 @@ impl dyn Store {
             })
             .collect()
     }
+}
+
+fn decode_json<T: DeserializeOwned>(keyspace: &str, key: &str, bytes: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        keyspace: keyspace.to_string(),
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 pub fn to_json<T: Serialize + ?Sized>(value: &T) -> StoreResult<Vec<u8>> {

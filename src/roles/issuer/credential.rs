@@ -137,11 +137,13 @@ impl IssuerService {
 
     /// The credentials of a checked request: those already issued under its token, sent again to
     /// the same holder key(s) ([`IssuerService::resend`]), else newly issued ones
-    /// ([`IssuerService::issue_for`]). Which of the two is decided from this node's copy of the
-    /// offer, which may lag the key's primary (a cluster node that has not received an issuance
-    /// that landed): when the recording meets the configuration already issued, it goes on with
-    /// the offer as that compare-and-swap found it — a retry by the same key(s) gets the same
-    /// credentials, any other key `invalid_token`.
+    /// ([`IssuerService::issue_for`]). Which of the two is tried first is decided from this
+    /// node's copy of the offer, which may lag the key's primary (a cluster node that has not
+    /// received an issuance that landed, or its taking back): when the recording meets the
+    /// configuration already issued, it goes on with the offer as the primary holds it — a
+    /// retry by the same key(s) gets the same credentials, any other key `invalid_token`; the
+    /// sending again reads the offer at the primary itself, and when the configuration is not
+    /// issued there, the token covers it and the request issues.
     async fn deliver(&self, r: &Request<'_>, token_key: &str) -> Result<Vec<Value>, IssuerError> {
         let used = || -> IssuerError {
             InvalidToken
@@ -261,10 +263,12 @@ impl IssuerService {
     /// client is told to retry and the update, should it land later, is taken back
     /// ([`IssuerService::watch_unknown_outcome`]) — unless the holder's retry came first and
     /// was sent the recorded credentials ([`IssuerService::resend`]). A configuration already
-    /// issued under the token: [`Recording::AlreadyIssued`] with the offer as the update found it:
-    /// after a conflict, the value the store reported (in a cluster, the primary's); when this
-    /// node's first read already shows the configuration issued, that local copy, which may lag.
-    async fn record_issuance(
+    /// issued under the token: [`Recording::AlreadyIssued`] with the offer as the key's primary
+    /// holds it — after a conflict, the value the store reported; when this node's first read
+    /// already showed the configuration issued, that copy may lag (the issuance it shows may
+    /// have been taken back since, or issued again with other credentials), so the offer is read
+    /// again at the primary ([`crate::store::Store::get_settled`]).
+    pub(super) async fn record_issuance(
         &self,
         issuer_id: &str,
         offer_key: &str,
@@ -273,15 +277,19 @@ impl IssuerService {
     ) -> Result<Recording, IssuerError> {
         let store = &self.ctx.store;
         let mine = |o: &Offer| ids.first().is_some_and(|id| o.issued.contains(id));
+        // the offer that showed the configuration issued, and whether it was this node's copy
+        // (the update's first read) rather than a value a compare-and-swap reported
         let mut found = None;
+        let mut reads = 0u32;
         let recorded = store
             .update_json::<Offer, IssuerError, _>(ks::OFFERS, offer_key, None, |mut o| {
+                reads += 1;
                 if mine(&o) {
                     // a retried compare-and-swap meets its own earlier write: already recorded
                     return Ok(o);
                 }
                 if o.issued_configs.iter().any(|c| c == config_id) {
-                    found = Some(o);
+                    found = Some((o, reads == 1));
                     return Err(InvalidToken
                         .because("this access token was already used for this credential")
                         .into());
@@ -312,7 +320,16 @@ impl IssuerService {
             Err(e) => {
                 drop_records(store.as_ref(), issuer_id, ids).await;
                 match found {
-                    Some(current) => Ok(Recording::AlreadyIssued(current)),
+                    Some((current, false)) => Ok(Recording::AlreadyIssued(current)),
+                    Some((_, true)) => match store
+                        .get_settled_json::<Offer>(ks::OFFERS, offer_key)
+                        .await?
+                    {
+                        Some(current) => Ok(Recording::AlreadyIssued(current)),
+                        None => Err(InvalidToken
+                            .because("the offer behind this token has expired")
+                            .into()),
+                    },
                     None => Err(e),
                 }
             }
@@ -516,16 +533,37 @@ impl IssuerService {
     /// the recording had in fact landed) or that never arrived: the same credentials (same ids,
     /// status entries, issuance and expiry times, claims; signed afresh) are sent again, so the
     /// retry a 503 asks for is never refused as "already used". Nothing new is issued: a holder
-    /// proving the same keys gets what it already holds. The offer first records them as
-    /// resent, in one compare-and-swap, so the taking back of an unknown outcome
-    /// ([`IssuerService::undo_issuance`]) leaves them alone from then on; if it took them back
-    /// first, the token covers the configuration again ([`Resend::TakenBack`]). Other keys, or a
-    /// credential no longer valid: [`Resend::NotTheHolder`].
+    /// proving the same keys gets what it already holds. The request's copy of the offer may
+    /// lag (a cluster node that has not received a taking back, or a later issuance): the offer
+    /// is read at the key's primary ([`crate::store::Store::get_settled`]) and the credentials
+    /// are those it lists. It then records them as resent, in one compare-and-swap made on that
+    /// value, so the taking back of an unknown outcome ([`IssuerService::undo_issuance`])
+    /// leaves them alone from then on; if it took them back first, the token covers the
+    /// configuration again ([`Resend::TakenBack`]). Other keys, or a credential no longer
+    /// valid: [`Resend::NotTheHolder`].
     async fn resend(&self, r: &Request<'_>) -> Result<Resend, IssuerError> {
         let store = &self.ctx.store;
         let issuer_id = r.issuer.id.as_str();
+        let expired = || -> IssuerError {
+            InvalidToken
+                .because("the offer behind this token has expired")
+                .into()
+        };
+        let raw = store
+            .get_settled(ks::OFFERS, &r.grant.offer_id)
+            .await?
+            .ok_or_else(expired)?;
+        let offer: Offer =
+            serde_json::from_slice(&raw).map_err(|e| crate::store::StoreError::Corrupt {
+                keyspace: ks::OFFERS.to_string(),
+                key: r.grant.offer_id.clone(),
+                reason: e.to_string(),
+            })?;
+        if !offer.issued_configs.iter().any(|c| c == r.config_id) {
+            return Ok(Resend::TakenBack);
+        }
         let mut records = Vec::new();
-        for id in &r.offer.issued {
+        for id in &offer.issued {
             let rec: Option<IssuedCredential> = store
                 .get_json(ks::CREDS, &format!("{issuer_id}/{id}"))
                 .await?;
@@ -550,41 +588,35 @@ impl IssuerService {
             return Ok(Resend::NotTheHolder);
         }
         let ids: Vec<String> = pairs.iter().map(|(_, _, c)| c.id.clone()).collect();
-        let mut first = true;
+        // made on the primary's value; a conflict goes on from the value it reports (the
+        // primary's too)
         let marked = store
-            .update_json::<Offer, IssuerError, _>(ks::OFFERS, &r.grant.offer_id, None, |mut o| {
-                let first = std::mem::take(&mut first);
-                if !ids.iter().all(|id| o.issued.contains(id)) {
-                    if first {
-                        // this node's copy, which may lag the primary (the request may have got
-                        // here with the offer a conflict reported): written back unchanged, the
-                        // compare-and-swap checks it against the primary's
-                        return Ok(o);
+            .update_json_from::<Offer, IssuerError, _>(
+                ks::OFFERS,
+                &r.grant.offer_id,
+                None,
+                Some(raw),
+                |mut o| {
+                    if !ids.iter().all(|id| o.issued.contains(id)) {
+                        return Err(InvalidToken.because("taken back").into());
                     }
-                    return Err(InvalidToken.because("taken back").into());
-                }
-                for id in &ids {
-                    if !o.resent.contains(id) {
-                        o.resent.push(id.clone());
+                    for id in &ids {
+                        if !o.resent.contains(id) {
+                            o.resent.push(id.clone());
+                        }
                     }
-                }
-                Ok(o)
-            })
+                    Ok(o)
+                },
+            )
             .await;
         match marked {
-            Ok(Some(o)) if ids.iter().all(|id| o.resent.contains(id)) => {}
-            // this node's copy was current: taken back
-            Ok(Some(_)) => return Ok(Resend::TakenBack),
-            Ok(None) => {
-                return Err(InvalidToken
-                    .because("the offer behind this token has expired")
-                    .into())
-            }
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(expired()),
             Err(e) if e.is_server_error() => return Err(e),
             Err(_) => return Ok(Resend::TakenBack),
         }
         let key = self.signing_key(r.issuer).await.map_err(internal)?;
-        let claims = offer_claims(r.offer, r.config);
+        let claims = offer_claims(&offer, r.config);
         let (issued_at, expires_at) = (pairs[0].2.issued_at, pairs[0].2.expires_at);
         let batch = Batch {
             issuer: r.issuer,
@@ -592,7 +624,7 @@ impl IssuerService {
             config_id: r.config_id,
             config: r.config,
             claims: &claims,
-            offer_id: &r.offer.id,
+            offer_id: &offer.id,
             now: issued_at,
             expires_at,
         };
@@ -743,7 +775,8 @@ enum Issued {
 }
 
 /// What [`IssuerService::record_issuance`] found.
-enum Recording {
+#[derive(Debug)]
+pub(super) enum Recording {
     Recorded(Offer),
     AlreadyIssued(Offer),
 }

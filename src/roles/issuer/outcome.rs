@@ -4,7 +4,7 @@
 //! while and taken back if it shows up.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,8 +30,10 @@ pub(super) enum Watched {
 }
 
 impl IssuerService {
-    /// Watches offer `offer_key` in the background for up to [`UNDO_WINDOW`] (backing off from
-    /// 100 ms to 5 s). Each look first runs `check`, which reads what else `undo` must know (other
+    /// Watches offer `offer_key` in the background for up to [`UNDO_WINDOW`] by the service's
+    /// clock (a clock set back cannot stretch it past twice that), backing off from 100 ms to 5 s
+    /// between looks; each wait is followed by a look, and the window is checked after it. Each
+    /// look first runs `check`, which reads what else `undo` must know (other
     /// records; a store failure skips the look), then `undo` looks for this attempt's update in
     /// the offer and takes it back (true: the offer was changed, write it); `settled` tells, when
     /// it is not there or must stay, whether the offer moved on so that the watch can end (a
@@ -55,11 +57,16 @@ impl IssuerService {
         F: Future<Output = ()> + Send + 'static,
     {
         let store = self.ctx.store.clone();
+        let clock = self.ctx.clock.clone();
+        let running = Running::start(&self.watches);
         tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + UNDO_WINDOW;
+            let _running = running;
+            let window = i64::try_from(UNDO_WINDOW.as_millis()).unwrap_or(i64::MAX);
+            let deadline = clock.now_ms().saturating_add(window);
             let mut wait = Duration::from_millis(100);
             let mut outcome = Watched::StoreFailing;
-            while tokio::time::Instant::now() < deadline {
+            let started = tokio::time::Instant::now();
+            while clock.now_ms() < deadline && started.elapsed() < UNDO_WINDOW * 2 {
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
                 let checked = match check(store.clone()).await {
@@ -108,5 +115,22 @@ impl IssuerService {
             }
             then(store, outcome).await;
         });
+    }
+}
+
+/// One watch counted in [`IssuerService::watches`] until it is dropped (when the watch's task
+/// ends, however it ends).
+struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn start(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

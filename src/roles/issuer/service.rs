@@ -4,6 +4,8 @@
 //! Handlers only translate HTTP; everything with a rule lives in those files.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::ks;
@@ -24,6 +26,8 @@ pub struct IssuerService {
     /// Status-list indices this process has reserved but not yet handed out, per issuer
     /// (`next..end`). See [`super::status::STATUS_BLOCK`].
     pub(super) status_blocks: tokio::sync::Mutex<HashMap<String, std::ops::Range<u64>>>,
+    /// Watches of unknown outcomes still running ([`IssuerService::watch_unknown_outcome`]).
+    pub(super) watches: Arc<AtomicUsize>,
 }
 
 pub(super) fn hash(secret: &str) -> String {
@@ -41,6 +45,7 @@ impl IssuerService {
             ctx,
             cfg,
             status_blocks: Default::default(),
+            watches: Default::default(),
         }
     }
 

@@ -85,9 +85,23 @@ impl Faulty {
 }
 
 /// `impl Store for $ty` with the methods given, and every other one passed to `self.inner`
-/// unchanged (the test wrappers below differ only in `get`, `put`, `delete`, `compare_and_swap`).
+/// unchanged (the test wrappers below differ only in `get`, `put`, `compare_and_swap` and, with
+/// `own get_settled`, the read at the primary; by default `get_settled` is `self.inner`'s, never
+/// the trait's default, which would read through the wrapper's `get`).
 macro_rules! store_wrapper {
     ($ty:ty { $($custom:tt)* }) => {
+        store_wrapper!($ty, own get_settled {
+            async fn get_settled(
+                &self,
+                ks: &'static str,
+                key: &str,
+            ) -> crate::store::StoreResult<Option<Vec<u8>>> {
+                self.inner.get_settled(ks, key).await
+            }
+            $($custom)*
+        });
+    };
+    ($ty:ty, own get_settled { $($custom:tt)* }) => {
         #[async_trait::async_trait]
         impl crate::store::Store for $ty {
             $($custom)*
@@ -699,8 +713,8 @@ async fn an_immediate_retry_after_an_unknown_outcome_gets_the_credential() {
     let (uri, idx) = sd_jwt_status(&retry);
     assert!(uri.ends_with(&format!("/token-{}", creds[0].status_list)));
     assert_eq!(idx, creds[0].status_index);
-    // the watcher of the unknown outcome has looked (100 ms, then 300 ms) and left it
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // the watch of the unknown outcome has ended and left it
+    watches_ended(&svc).await;
     let view = svc.offer_view("default", &o.id).await.unwrap();
     assert_eq!(view.issued_credentials, vec![creds[0].id.clone()]);
     assert_eq!(svc.list_credentials("default").await.unwrap().len(), 1);
@@ -729,15 +743,22 @@ async fn an_immediate_retry_after_an_unknown_outcome_gets_the_credential() {
 }
 
 /// A store scripted over another: reads of one pinned offer return an old copy of it (a cluster
-/// node whose copy lags the key's primary: its compare-and-swaps still go to the primary, which
-/// reports its own value on a conflict); and, once armed, a credential record revoked right
-/// after an offer update that takes an issuance back (an admin's revocation that lands between
-/// the undo's look at the records and its drop of them).
+/// node whose copy lags the key's primary: its compare-and-swaps and settled reads still go to
+/// the primary, which reports its own value; a settled read merges it, so the pin ends there);
+/// and, once armed, a credential record revoked right after an offer update that takes an
+/// issuance back (an admin's revocation that lands between the undo's look at the records and
+/// its drop of them), or at the first compare-and-swap that deletes it (it lands between the
+/// drop's read of the record and its delete).
 struct Scripted {
     inner: Arc<dyn crate::store::Store>,
     stale: std::sync::Mutex<Option<(String, Vec<u8>)>>,
     revoke_after_take_back: std::sync::Mutex<Option<String>>,
-    /// Offer updates that took an issuance back.
+    /// Once: this credential record is revoked just before the first compare-and-swap that
+    /// deletes it.
+    revoke_at_delete: std::sync::Mutex<Option<String>>,
+    /// Once: every credential an offer update takes back is revoked right after it.
+    revoke_what_is_taken_back: std::sync::atomic::AtomicBool,
+    /// Offer updates that took an issuance back (applied, whether answered as such or as failed).
     take_backs: std::sync::atomic::AtomicU32,
 }
 
@@ -745,7 +766,22 @@ impl Scripted {
     /// From now on, reads of offer `key` return its current value.
     async fn pin_offer(&self, key: &str) {
         let now = self.inner.get(ks::OFFERS, key).await.unwrap().unwrap();
-        *self.stale.lock().unwrap() = Some((key.to_string(), now));
+        self.pin_offer_to(key, now);
+    }
+
+    /// From now on, reads of offer `key` return `value`.
+    fn pin_offer_to(&self, key: &str, value: Vec<u8>) {
+        *self.stale.lock().unwrap() = Some((key.to_string(), value));
+    }
+
+    /// Changes offer `key` behind the service's back (at the "primary": pinned reads still
+    /// return the old copy).
+    async fn change_offer(&self, key: &str, f: impl FnOnce(&mut Offer)) {
+        let raw = self.inner.get(ks::OFFERS, key).await.unwrap().unwrap();
+        let mut o: Offer = serde_json::from_slice(&raw).unwrap();
+        f(&mut o);
+        let raw = serde_json::to_vec(&o).unwrap();
+        self.inner.put(ks::OFFERS, key, raw, None).await.unwrap();
     }
 
     /// Sets credential record `key` to revoked, behind the service's back.
@@ -758,7 +794,20 @@ impl Scripted {
     }
 }
 
-store_wrapper!(Scripted {
+store_wrapper!(Scripted, own get_settled {
+    async fn get_settled(
+        &self,
+        ks: &'static str,
+        key: &str,
+    ) -> crate::store::StoreResult<Option<Vec<u8>>> {
+        let got = self.inner.get_settled(ks, key).await?;
+        let mut pinned = self.stale.lock().unwrap();
+        if pinned.as_ref().is_some_and(|(k, _)| ks == ks::OFFERS && k == key) {
+            // merged here: this node's copy is the primary's now
+            *pinned = None;
+        }
+        Ok(got)
+    }
     async fn get(&self, ks: &'static str, key: &str) -> crate::store::StoreResult<Option<Vec<u8>>> {
         let pinned = self.stale.lock().unwrap().clone();
         match pinned {
@@ -784,19 +833,49 @@ store_wrapper!(Scripted {
     ) -> crate::store::StoreResult<Cas> {
         // an update from an offer listing credentials to one listing none
         let offer = |v: Option<&Vec<u8>>| v.and_then(|v| serde_json::from_slice::<Offer>(v).ok());
+        let taken: Vec<String> = offer(expected.as_ref())
+            .map(|o| o.issued)
+            .unwrap_or_default();
         let took_back = ks == ks::OFFERS
-            && offer(expected.as_ref()).is_some_and(|o| !o.issued.is_empty())
+            && !taken.is_empty()
             && offer(new.as_ref().map(|(v, _)| v)).is_some_and(|o| o.issued.is_empty());
-        let out = self.inner.compare_and_swap(ks, key, expected, new).await?;
-        if took_back && out == Cas::Swapped {
+        if ks == ks::CREDS && new.is_none() {
+            let armed = self.revoke_at_delete.lock().unwrap().take_if(|k| k == key);
+            if let Some(rec) = armed {
+                self.revoke(&rec).await;
+            }
+        }
+        let out = self.inner.compare_and_swap(ks, key, expected, new).await;
+        // an error may come after the write was applied (a `Faulty` store set to): read back
+        let applied = took_back
+            && match &out {
+            Ok(c) => *c == Cas::Swapped,
+            // (past the `Faulty` store's failing read-back: its settled read is its inner one)
+            Err(_) => self
+                .inner
+                .get_settled(ks, key)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|v| serde_json::from_slice::<Offer>(&v).ok())
+                .is_some_and(|o| o.issued.is_empty()),
+        };
+        if applied {
             self.take_backs
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let armed = self.revoke_after_take_back.lock().unwrap().take();
             if let Some(rec) = armed {
                 self.revoke(&rec).await;
             }
+            let all = self
+                .revoke_what_is_taken_back
+                .swap(false, std::sync::atomic::Ordering::SeqCst);
+            let issuer = key.split('/').next().unwrap_or_default();
+            for id in taken.iter().filter(|_| all) {
+                self.revoke(&format!("{issuer}/{id}")).await;
+            }
         }
-        Ok(out)
+        out
     }
 });
 
@@ -820,6 +899,8 @@ async fn scripted_issuer(
         inner: faulty.clone(),
         stale: Default::default(),
         revoke_after_take_back: Default::default(),
+        revoke_at_delete: Default::default(),
+        revoke_what_is_taken_back: Default::default(),
         take_backs: Default::default(),
     });
     state.store = scripted.clone();
@@ -863,9 +944,23 @@ async fn unknown_outcome(
     creds[0].id.clone()
 }
 
-/// After the watch of an unknown outcome has looked (100 ms, then 300 ms): the offer still
-/// lists credential `id` as issued, its record keeps status `to`, and neither its holder nor
-/// anyone else gets a fresh credential with the token.
+/// Waits until every watch of an unknown outcome the service started has ended (each of these
+/// tests' ends by itself at its first look, or at the end of its window moved by the test's
+/// clock); fails after 20 s.
+async fn watches_ended(svc: &IssuerService) {
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while svc.watches.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "a watch of an unknown outcome never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// After the watch of an unknown outcome has ended: the offer still lists credential `id` as
+/// issued, its record keeps status `to`, and neither its holder nor anyone else gets a fresh
+/// credential with the token (which is still there: refused as used, not as expired).
 async fn stays_issued_with_status(
     svc: &IssuerService,
     clock: &FakeClock,
@@ -873,7 +968,14 @@ async fn stays_issued_with_status(
     holder: &SigningKey,
     (id, to): (&str, CredentialStatus),
 ) {
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    watches_ended(svc).await;
+    let grant = svc
+        .ctx
+        .store
+        .get(ks::TOKENS, &super::service::hash(token))
+        .await
+        .unwrap();
+    assert!(grant.is_some(), "{to:?}: the token expired");
     let view = svc.offer_view("default", offer).await.unwrap();
     assert_eq!(view.issued_credentials, vec![id.to_string()], "{to:?}");
     assert_eq!(view.state, OfferState::CredentialIssued, "{to:?}");
@@ -918,9 +1020,9 @@ async fn a_credential_revoked_while_its_outcome_is_unknown_stays_issued_and_revo
 }
 
 /// The revocation lands after the watch looked at the records and took the issuance back, before
-/// it dropped them: the drop re-checks each record (a compare-and-swap of the value it read, so
-/// one changed meanwhile is never deleted), keeps the revoked one and records the issuance in
-/// the offer again.
+/// it dropped them: the drop reads each record again before deleting any, keeps the revoked one
+/// and records the issuance in the offer again. (One landing between that read and the delete:
+/// [`a_revocation_at_the_drop_of_an_undone_issuance_is_kept`].)
 #[tokio::test]
 async fn a_revocation_racing_the_undo_of_an_unknown_outcome_is_kept() {
     let (svc, scripted, faulty, clock) = scripted_issuer(ks::OFFERS, true).await;
@@ -935,6 +1037,202 @@ async fn a_revocation_racing_the_undo_of_an_unknown_outcome_is_kept() {
         .take_backs
         .load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(take_backs, 1);
+}
+
+/// The revocation lands after the watch took the issuance back and read the records, at the
+/// drop's compare-and-swap delete of the record: the delete conflicts (the record is no longer
+/// the valid one read), the record stays revoked, and the issuance is recorded in the offer
+/// again, so the token cannot issue a fresh credential.
+#[tokio::test]
+async fn a_revocation_at_the_drop_of_an_undone_issuance_is_kept() {
+    let (svc, scripted, faulty, clock) = scripted_issuer(ks::OFFERS, true).await;
+    let (offer, token) = redeemed(&svc).await;
+    let holder = SigningKey::generate(KeyType::Ed25519);
+    let id = unknown_outcome(&svc, &faulty, &clock, &token, &holder).await;
+    *scripted.revoke_at_delete.lock().unwrap() = Some(format!("default/{id}"));
+    let revoked = (id.as_str(), CredentialStatus::Revoked);
+    stays_issued_with_status(&svc, &clock, (&offer, &token), &holder, revoked).await;
+    assert!(
+        scripted.revoke_at_delete.lock().unwrap().is_none(),
+        "the record's delete was never tried"
+    );
+    let take_backs = scripted
+        .take_backs
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(take_backs, 1);
+}
+
+/// The watch's take-back is applied but answered as failed (the watch goes on, and can only end
+/// as `NeverLanded`: the offer no longer shows the issuance), then a revocation lands: when the
+/// watch ends, the revoked record stays and the issuance is recorded in the offer again, so the
+/// token does not issue a fresh credential. Before, only an `Undone` watch restored it.
+#[tokio::test]
+async fn a_take_back_answered_as_failed_is_restored_when_a_revocation_lands() {
+    let (svc, scripted, faulty, clock) = scripted_issuer(ks::OFFERS, true).await;
+    let (offer, token) = redeemed(&svc).await;
+    let holder = SigningKey::generate(KeyType::Ed25519);
+    // two offer writes applied and answered 503: the recording (its read-back fails too: an
+    // unknown outcome, watched) and then the watch's take-back, right after which the
+    // credential is revoked
+    faulty
+        .blind
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    faulty.fail.store(2, std::sync::atomic::Ordering::SeqCst);
+    scripted
+        .revoke_what_is_taken_back
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let first = svc
+        .credential(
+            "default",
+            Some(&token),
+            credential_req_by(&svc, &clock, &holder).await,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(OAuthError::from(first).status.as_u16(), 503);
+    let id = svc.list_credentials("default").await.unwrap()[0].id.clone();
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while scripted
+        .take_backs
+        .load(std::sync::atomic::Ordering::SeqCst)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "no take-back was written"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // the take-back was answered as failed, and the revocation landed right after it
+    assert_eq!(faulty.fail.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let revoked_now = svc.list_credentials("default").await.unwrap();
+    assert_eq!(revoked_now[0].status, CredentialStatus::Revoked);
+    // taken back at the store (read past the failing read): the token covers the
+    // configuration while the watch goes on
+    let now: Offer = svc
+        .ctx
+        .store
+        .get_settled_json(ks::OFFERS, &format!("default/{offer}"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(now.issued.is_empty(), "{now:?}");
+    // the watch's next look meets the failing read-back of the take-back (a look that ends the
+    // watch while the store fails leaves everything as it is); once it has, the window closes
+    while faulty
+        .fail_next_get
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "the watch stopped looking"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    clock.advance_ms(i64::try_from(super::outcome::UNDO_WINDOW.as_millis()).unwrap() + 1_000);
+    let revoked = (id.as_str(), CredentialStatus::Revoked);
+    stays_issued_with_status(&svc, &clock, (&offer, &token), &holder, revoked).await;
+}
+
+/// The recording's first read — this node's copy — shows the configuration issued while the
+/// key's primary holds another issuance of it (the one shown was taken back and the
+/// configuration issued again): the offer it answers with is the primary's, not the copy.
+#[tokio::test]
+async fn the_recording_answers_with_the_primarys_offer_over_a_lagging_copy() {
+    let (svc, scripted, _, clock) = scripted_issuer(ks::OFFERS, false).await;
+    let (offer, token) = redeemed(&svc).await;
+    let key = format!("default/{offer}");
+    svc.credential("default", Some(&token), credential_req(&svc, &clock).await)
+        .await
+        .unwrap();
+    scripted.pin_offer(&key).await;
+    scripted
+        .change_offer(&key, |o| o.issued = vec!["issued-again".into()])
+        .await;
+    let config = "IdentityCredential_dc_sd_jwt";
+    let got = svc
+        .record_issuance("default", &key, config, &["unsent".into()])
+        .await
+        .unwrap();
+    match got {
+        Recording::AlreadyIssued(o) => assert_eq!(o.issued, ["issued-again"]),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A node whose copy of the offer lags a taking back (it still shows a credential issued whose
+/// recording was taken back at the key's primary and its record dropped): another holder with
+/// the token is not refused from that copy but issued (the token covers the configuration
+/// again), and its retry on that lagging copy gets the same credential — before, both were
+/// refused 401 "already used", the lagging copy's credentials being looked for.
+#[tokio::test]
+async fn a_node_whose_copy_lags_a_taking_back_issues_and_resends_from_the_primary() {
+    let (svc, scripted, _, clock) = scripted_issuer(ks::OFFERS, false).await;
+    let (offer, token) = redeemed(&svc).await;
+    let key = format!("default/{offer}");
+    let (first, second) = (
+        SigningKey::generate(KeyType::Ed25519),
+        SigningKey::generate(KeyType::Ed25519),
+    );
+    svc.credential(
+        "default",
+        Some(&token),
+        credential_req_by(&svc, &clock, &first).await,
+    )
+    .await
+    .unwrap();
+    let taken = svc.list_credentials("default").await.unwrap()[0].id.clone();
+    scripted.pin_offer(&key).await;
+    let stale = scripted.stale.lock().unwrap().clone().unwrap().1;
+    scripted
+        .change_offer(&key, |o| {
+            o.issued.clear();
+            o.issued_configs.clear();
+            o.state = OfferState::TokenIssued;
+        })
+        .await;
+    svc.ctx
+        .store
+        .delete(ks::CREDS, &format!("default/{taken}"))
+        .await
+        .unwrap();
+    let issued = svc
+        .credential(
+            "default",
+            Some(&token),
+            credential_req_by(&svc, &clock, &second).await,
+        )
+        .await
+        .map_err(OAuthError::from)
+        .unwrap_or_else(|e| panic!("refused from the lagging copy: {e:?}"));
+    let view = svc.offer_view("default", &offer).await.unwrap();
+    assert_eq!(view.issued_credentials.len(), 1);
+    assert_ne!(view.issued_credentials[0], taken);
+    // its retry, on the lagging copy again
+    scripted.pin_offer_to(&key, stale);
+    let again = svc
+        .credential(
+            "default",
+            Some(&token),
+            credential_req_by(&svc, &clock, &second).await,
+        )
+        .await
+        .map_err(OAuthError::from)
+        .unwrap_or_else(|e| panic!("the retry is refused from the lagging copy: {e:?}"));
+    assert_eq!(sd_jwt_status(&again), sd_jwt_status(&issued));
+    // the holder whose credential was taken back, and anyone else: used
+    for key in [first, SigningKey::generate(KeyType::Ed25519)] {
+        let e = svc
+            .credential(
+                "default",
+                Some(&token),
+                credential_req_by(&svc, &clock, &key).await,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(OAuthError::from(e).error, "invalid_token");
+    }
+    assert_eq!(svc.list_credentials("default").await.unwrap().len(), 1);
 }
 
 /// A retry whose request lands on a node whose copy of the offer lags (it does not show the
