@@ -295,6 +295,21 @@ async fn credential_req_by(
     }
 }
 
+/// The default issuer's credential endpoint, called with `token` and a proof by `key`.
+async fn credential_by(
+    svc: &IssuerService,
+    clock: &FakeClock,
+    token: &str,
+    key: &SigningKey,
+) -> Result<serde_json::Value, super::error::IssuerError> {
+    svc.credential(
+        "default",
+        Some(token),
+        credential_req_by(svc, clock, key).await,
+    )
+    .await
+}
+
 /// The access token's use and its effect are one store operation: a store failure while the
 /// credential is recorded (the offer's update, applied or not; the credential's record) leaves
 /// the token and the c_nonce usable — the same request again gets the credential — and the token is
@@ -1025,14 +1040,24 @@ async fn a_credential_revoked_while_its_outcome_is_unknown_stays_issued_and_revo
 /// [`a_revocation_at_the_drop_of_an_undone_issuance_is_kept`].)
 #[tokio::test]
 async fn a_revocation_racing_the_undo_of_an_unknown_outcome_is_kept() {
+    revocation_during_the_undo_is_kept(|s| &s.revoke_after_take_back, "").await;
+}
+
+/// The revocation races of the tests around it: `hook` names the record the scripted store revokes at its moment; it is
+/// cleared when that moment came. The revocation stays, the issuance stays in the offer, and
+/// the take-back happened once.
+async fn revocation_during_the_undo_is_kept(
+    hook: fn(&Scripted) -> &std::sync::Mutex<Option<String>>,
+    not_reached: &str,
+) {
     let (svc, scripted, faulty, clock) = scripted_issuer(ks::OFFERS, true).await;
     let (offer, token) = redeemed(&svc).await;
     let holder = SigningKey::generate(KeyType::Ed25519);
     let id = unknown_outcome(&svc, &faulty, &clock, &token, &holder).await;
-    *scripted.revoke_after_take_back.lock().unwrap() = Some(format!("default/{id}"));
+    *hook(&scripted).lock().unwrap() = Some(format!("default/{id}"));
     let revoked = (id.as_str(), CredentialStatus::Revoked);
     stays_issued_with_status(&svc, &clock, (&offer, &token), &holder, revoked).await;
-    assert!(scripted.revoke_after_take_back.lock().unwrap().is_none());
+    assert!(hook(&scripted).lock().unwrap().is_none(), "{not_reached}");
     let take_backs = scripted
         .take_backs
         .load(std::sync::atomic::Ordering::SeqCst);
@@ -1045,21 +1070,11 @@ async fn a_revocation_racing_the_undo_of_an_unknown_outcome_is_kept() {
 /// again, so the token cannot issue a fresh credential.
 #[tokio::test]
 async fn a_revocation_at_the_drop_of_an_undone_issuance_is_kept() {
-    let (svc, scripted, faulty, clock) = scripted_issuer(ks::OFFERS, true).await;
-    let (offer, token) = redeemed(&svc).await;
-    let holder = SigningKey::generate(KeyType::Ed25519);
-    let id = unknown_outcome(&svc, &faulty, &clock, &token, &holder).await;
-    *scripted.revoke_at_delete.lock().unwrap() = Some(format!("default/{id}"));
-    let revoked = (id.as_str(), CredentialStatus::Revoked);
-    stays_issued_with_status(&svc, &clock, (&offer, &token), &holder, revoked).await;
-    assert!(
-        scripted.revoke_at_delete.lock().unwrap().is_none(),
-        "the record's delete was never tried"
-    );
-    let take_backs = scripted
-        .take_backs
-        .load(std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(take_backs, 1);
+    revocation_during_the_undo_is_kept(
+        |s| &s.revoke_at_delete,
+        "the record's delete was never tried",
+    )
+    .await;
 }
 
 /// The watch's take-back is applied but answered as failed (the watch goes on, and can only end
@@ -1081,12 +1096,7 @@ async fn a_take_back_answered_as_failed_is_restored_when_a_revocation_lands() {
     scripted
         .revoke_what_is_taken_back
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let first = svc
-        .credential(
-            "default",
-            Some(&token),
-            credential_req_by(&svc, &clock, &holder).await,
-        )
+    let first = credential_by(&svc, &clock, &token, &holder)
         .await
         .unwrap_err();
     assert_eq!(OAuthError::from(first).status.as_u16(), 503);
@@ -1174,13 +1184,7 @@ async fn a_node_whose_copy_lags_a_taking_back_issues_and_resends_from_the_primar
         SigningKey::generate(KeyType::Ed25519),
         SigningKey::generate(KeyType::Ed25519),
     );
-    svc.credential(
-        "default",
-        Some(&token),
-        credential_req_by(&svc, &clock, &first).await,
-    )
-    .await
-    .unwrap();
+    credential_by(&svc, &clock, &token, &first).await.unwrap();
     let taken = svc.list_credentials("default").await.unwrap()[0].id.clone();
     scripted.pin_offer(&key).await;
     let stale = scripted.stale.lock().unwrap().clone().unwrap().1;
@@ -1196,12 +1200,7 @@ async fn a_node_whose_copy_lags_a_taking_back_issues_and_resends_from_the_primar
         .delete(ks::CREDS, &format!("default/{taken}"))
         .await
         .unwrap();
-    let issued = svc
-        .credential(
-            "default",
-            Some(&token),
-            credential_req_by(&svc, &clock, &second).await,
-        )
+    let issued = credential_by(&svc, &clock, &token, &second)
         .await
         .map_err(OAuthError::from)
         .unwrap_or_else(|e| panic!("refused from the lagging copy: {e:?}"));
@@ -1210,26 +1209,14 @@ async fn a_node_whose_copy_lags_a_taking_back_issues_and_resends_from_the_primar
     assert_ne!(view.issued_credentials[0], taken);
     // its retry, on the lagging copy again
     scripted.pin_offer_to(&key, stale);
-    let again = svc
-        .credential(
-            "default",
-            Some(&token),
-            credential_req_by(&svc, &clock, &second).await,
-        )
+    let again = credential_by(&svc, &clock, &token, &second)
         .await
         .map_err(OAuthError::from)
         .unwrap_or_else(|e| panic!("the retry is refused from the lagging copy: {e:?}"));
     assert_eq!(sd_jwt_status(&again), sd_jwt_status(&issued));
     // the holder whose credential was taken back, and anyone else: used
     for key in [first, SigningKey::generate(KeyType::Ed25519)] {
-        let e = svc
-            .credential(
-                "default",
-                Some(&token),
-                credential_req_by(&svc, &clock, &key).await,
-            )
-            .await
-            .unwrap_err();
+        let e = credential_by(&svc, &clock, &token, &key).await.unwrap_err();
         assert_eq!(OAuthError::from(e).error, "invalid_token");
     }
     assert_eq!(svc.list_credentials("default").await.unwrap().len(), 1);
@@ -1246,23 +1233,11 @@ async fn a_retry_on_a_lagging_node_gets_the_same_credential() {
     let (offer, token) = redeemed(&svc).await;
     scripted.pin_offer(&format!("default/{offer}")).await;
     let holder = SigningKey::generate(KeyType::Ed25519);
-    let first = svc
-        .credential(
-            "default",
-            Some(&token),
-            credential_req_by(&svc, &clock, &holder).await,
-        )
-        .await
-        .unwrap();
+    let first = credential_by(&svc, &clock, &token, &holder).await.unwrap();
     // this node's copy does not show it
     let view = svc.offer_view("default", &offer).await.unwrap();
     assert!(view.issued_credentials.is_empty());
-    let retry = svc
-        .credential(
-            "default",
-            Some(&token),
-            credential_req_by(&svc, &clock, &holder).await,
-        )
+    let retry = credential_by(&svc, &clock, &token, &holder)
         .await
         .map_err(OAuthError::from)
         .unwrap_or_else(|e| panic!("the same holder's retry is refused: {e:?}"));
