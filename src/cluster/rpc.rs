@@ -63,6 +63,20 @@ fn open<T: DeserializeOwned>(
         .map_err(|e| problem(actix_web::http::StatusCode::BAD_REQUEST, &e.to_string()))
 }
 
+/// [`open`] for a request about one keyspace (`ks_of` names it): the request and the keyspace
+/// interned (a bad peer cannot grow the table: [`intern`] caps it).
+#[allow(clippy::result_large_err)] // as `open`
+fn open_in<T: DeserializeOwned>(
+    node: &Node,
+    req: &HttpRequest,
+    body: &[u8],
+    ks_of: fn(&T) -> &str,
+) -> Result<(T, &'static str), HttpResponse> {
+    let r: T = open(node, req, body)?;
+    let ks = intern(ks_of(&r)).map_err(err)?;
+    Ok((r, ks))
+}
+
 fn ok<T: Serialize>(v: &T) -> HttpResponse {
     HttpResponse::Ok().json(v)
 }
@@ -152,13 +166,9 @@ async fn apply(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpRespon
 }
 
 async fn get(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse {
-    let r: KeyReq = match open(&node, &req, &body) {
-        Ok(r) => r,
+    let (r, ks) = match open_in(&node, &req, &body, |r: &KeyReq| &r.ks) {
+        Ok(opened) => opened,
         Err(resp) => return resp,
-    };
-    let ks = match intern(&r.ks) {
-        Ok(ks) => ks,
-        Err(e) => return err(e),
     };
     // the provisional copy first: a commit writes the record before dropping it, so a reader
     // never misses a transition that is between the two
@@ -176,13 +186,9 @@ async fn get(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse
 /// ([`Node::read_settled_local`]). Bounded like [`get`]: one key of a known (or internable)
 /// keyspace; a node-local keyspace is nobody else's to read.
 async fn get_settled(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse {
-    let r: KeyReq = match open(&node, &req, &body) {
-        Ok(r) => r,
+    let (r, ks) = match open_in(&node, &req, &body, |r: &KeyReq| &r.ks) {
+        Ok(opened) => opened,
         Err(resp) => return resp,
-    };
-    let ks = match intern(&r.ks) {
-        Ok(ks) => ks,
-        Err(e) => return err(e),
     };
     if is_local_keyspace(ks) {
         return problem(
@@ -200,13 +206,9 @@ async fn get_settled(node: NodeData, req: HttpRequest, body: web::Bytes) -> Http
 }
 
 async fn decide(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse {
-    let r: DecideReq = match open(&node, &req, &body) {
-        Ok(r) => r,
+    let (r, ks) = match open_in(&node, &req, &body, |r: &DecideReq| &r.ks) {
+        Ok(opened) => opened,
         Err(resp) => return resp,
-    };
-    let ks = match intern(&r.ks) {
-        Ok(ks) => ks,
-        Err(e) => return err(e),
     };
     if r.commit {
         if let Err(e) = node.replica.commit(ks, &r.key, &r.rec).await {
@@ -219,13 +221,9 @@ async fn decide(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpRespo
 }
 
 async fn cas(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse {
-    let r: CasReq = match open(&node, &req, &body) {
-        Ok(r) => r,
+    let (r, ks) = match open_in(&node, &req, &body, |r: &CasReq| &r.ks) {
+        Ok(opened) => opened,
         Err(resp) => return resp,
-    };
-    let ks = match intern(&r.ks) {
-        Ok(ks) => ks,
-        Err(e) => return err(e),
     };
     let new = r
         .new
@@ -259,13 +257,9 @@ async fn versions(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpRes
 }
 
 async fn fetch(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse {
-    let r: FetchReq = match open(&node, &req, &body) {
-        Ok(r) => r,
+    let (r, ks) = match open_in(&node, &req, &body, |r: &FetchReq| &r.ks) {
+        Ok(opened) => opened,
         Err(resp) => return resp,
-    };
-    let ks = match intern(&r.ks) {
-        Ok(ks) => ks,
-        Err(e) => return err(e),
     };
     let mut records = Vec::with_capacity(r.keys.len());
     for key in r.keys.into_iter().take(1024) {
