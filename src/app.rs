@@ -158,7 +158,11 @@ pub async fn run(
     let readiness = Arc::new(Readiness::default());
     let mut tasks = Tasks::default();
     let (mut opened, cluster) = if raw.cluster.enabled {
-        join_cluster(&settings, opened, &opts, &readiness, &mut tasks, &shutdown).await?
+        match join_cluster(&settings, opened, &opts, &readiness, &mut tasks, &shutdown).await? {
+            Some(joined) => joined,
+            // stopped while the cluster formed or older nodes held this one back
+            None => return Ok(()),
+        }
     } else {
         (opened, None)
     };
@@ -251,7 +255,10 @@ pub async fn run(
     for role in settings.roles.iter() {
         readiness.set_not_ready(role.as_str(), "initialising");
     }
-    let services = init_roles(&state).await?;
+    let Some(services) = init_roles(&state, &shutdown).await? else {
+        tracing::info!("stopped before serving");
+        return Ok(());
+    };
     // On a store shared by nodes, mark the first-start state complete: its absence later is a
     // data loss the guard reacts to (src/server/first_start.rs).
     if state.store.shared_by_nodes() {
@@ -364,7 +371,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Cluster mode: joins (or forms) the cluster and swaps in the replicated store and bus.
+/// Cluster mode: joins (or forms) the cluster and swaps in the replicated store and bus. `None`:
+/// `shutdown` came before the node could serve (it has left the cluster; not an error).
 async fn join_cluster(
     settings: &Settings,
     opened: Opened,
@@ -372,10 +380,10 @@ async fn join_cluster(
     readiness: &Arc<Readiness>,
     tasks: &mut Tasks,
     shutdown: &CancellationToken,
-) -> anyhow::Result<(Opened, Option<crate::cluster::Handle>)> {
+) -> anyhow::Result<Option<(Opened, Option<crate::cluster::Handle>)>> {
     #[cfg(feature = "cluster")]
     {
-        let (opened, cluster) = crate::cluster::start(
+        match crate::cluster::start(
             settings,
             opened,
             opts.clock.clone(),
@@ -384,8 +392,11 @@ async fn join_cluster(
             shutdown,
         )
         .await
-        .context("joining the cluster")?;
-        Ok((opened, Some(cluster)))
+        {
+            Ok((opened, cluster)) => Ok(Some((opened, Some(cluster)))),
+            Err(e) if e.is::<crate::cluster::StoppedBeforeServing>() => Ok(None),
+            Err(e) => Err(e.context("joining the cluster")),
+        }
     }
     #[cfg(not(feature = "cluster"))]
     {
@@ -396,7 +407,13 @@ async fn join_cluster(
 
 /// Initialises the roles (each marked ready once it is); in a cluster one node at a time, so
 /// first-start defaults (tenants and their signing keys) are created exactly once cluster-wide.
-async fn init_roles(state: &AppState) -> anyhow::Result<Services> {
+/// An older node that joins meanwhile (a rolling upgrade) makes init's writes fail: the node
+/// then waits until it has left and initialises again (init is idempotent). `None`: `shutdown`
+/// came first.
+async fn init_roles(
+    state: &AppState,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Services>> {
     let ctx = state.role_context();
     let init = || {
         crate::roles::init(&ctx, &state.settings.raw, &state.roles, |role| {
@@ -405,12 +422,24 @@ async fn init_roles(state: &AppState) -> anyhow::Result<Services> {
     };
     #[cfg(feature = "cluster")]
     if let Some(c) = &state.cluster {
-        let lease = c.init_lease().await?;
-        let res = init().await;
-        c.release_init_lease(lease).await;
-        return res.context("role initialisation");
+        loop {
+            let lease = c.init_lease().await?;
+            let res = init().await;
+            c.release_init_lease(lease).await;
+            match res {
+                Ok(services) => return Ok(Some(services)),
+                Err(e) if c.node.held_back().is_some() => {
+                    tracing::warn!(error = %e, "role initialisation refused: an older node joined; waiting for it to leave");
+                    if !c.wait_out_older_nodes(&state.readiness, shutdown).await {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e.context("role initialisation")),
+            }
+        }
     }
-    init().await.context("role initialisation")
+    let _ = shutdown;
+    init().await.context("role initialisation").map(Some)
 }
 
 fn spawn_sweeper(tasks: &mut Tasks, shutdown: &CancellationToken, state: &AppState) {
@@ -511,7 +540,10 @@ mod openapi_tests {
     #[tokio::test]
     async fn committed_openapi_json_is_current() {
         let state = AppState::for_tests(crate::clock::FakeClock::new(1_700_000_000_000));
-        let services = init_roles(&state).await.unwrap();
+        let services = init_roles(&state, &CancellationToken::new())
+            .await
+            .unwrap()
+            .unwrap();
         let (_, api) = build_app(web::Data::new(state), &services);
         let generated = render(&api).unwrap();
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(COMMITTED_FILE);

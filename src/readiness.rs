@@ -6,11 +6,35 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
+/// Whether long-lived client sessions (the mediator's WebSockets) may stay open on this node. A
+/// balancer routes new requests around a node that is not ready, but a socket opened before stays
+/// with its node: this tells such sessions to close, so their clients reconnect to another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sessions {
+    Open,
+    /// The node is stopping (WebSocket close 1001, going away).
+    Stopping,
+    /// The node does not serve for now: a rolling upgrade holds it back while an older node serves
+    /// (WebSocket close 1013, try again later).
+    HeldBack,
+}
+
 /// Per-component readiness, reported by `/health/ready`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Readiness {
     components: RwLock<BTreeMap<String, Result<(), String>>>,
     shutting_down: AtomicBool,
+    sessions: tokio::sync::watch::Sender<Sessions>,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self {
+            components: RwLock::default(),
+            shutting_down: AtomicBool::default(),
+            sessions: tokio::sync::watch::Sender::new(Sessions::Open),
+        }
+    }
 }
 
 impl Readiness {
@@ -27,6 +51,27 @@ impl Readiness {
     }
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        self.sessions.send_replace(Sessions::Stopping);
+    }
+    /// Held back by a rolling upgrade (or no longer): sessions close, or may open again. Never
+    /// reopens them once the node is stopping.
+    pub fn hold_sessions(&self, held: bool) {
+        let want = if held {
+            Sessions::HeldBack
+        } else {
+            Sessions::Open
+        };
+        self.sessions.send_if_modified(|s| {
+            let change = *s != Sessions::Stopping && *s != want;
+            if change {
+                *s = want;
+            }
+            change
+        });
+    }
+    /// What long-lived sessions watch ([`Sessions`]).
+    pub fn sessions(&self) -> tokio::sync::watch::Receiver<Sessions> {
+        self.sessions.subscribe()
     }
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
@@ -46,5 +91,26 @@ impl Readiness {
             out.push(("server".into(), "shutting down".into()));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_close_when_held_back_or_stopping_and_never_reopen_after_stopping() {
+        let r = Readiness::default();
+        let watch = r.sessions();
+        assert_eq!(*watch.borrow(), Sessions::Open);
+        r.hold_sessions(true);
+        assert_eq!(*watch.borrow(), Sessions::HeldBack);
+        r.hold_sessions(false);
+        assert_eq!(*watch.borrow(), Sessions::Open);
+        r.begin_shutdown();
+        assert_eq!(*watch.borrow(), Sessions::Stopping);
+        r.hold_sessions(false);
+        r.hold_sessions(true);
+        assert_eq!(*watch.borrow(), Sessions::Stopping);
     }
 }

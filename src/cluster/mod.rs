@@ -56,7 +56,7 @@ pub const DATA_PROTOCOL: u32 = 1;
 #[cfg(feature = "cluster")]
 mod start;
 #[cfg(feature = "cluster")]
-pub use start::{start, Cluster};
+pub use start::{start, Cluster, StoppedBeforeServing};
 
 /// What the application state holds about the cluster (`AppState::cluster`).
 #[cfg(feature = "cluster")]

@@ -101,6 +101,7 @@ pub struct ClusterMetrics {
     pub members_live: IntGauge,
     pub gossip_dropped: IntCounter,
     pub standing_lost: IntCounter,
+    pub held_back: IntGauge,
 }
 
 impl ClusterMetrics {
@@ -131,6 +132,10 @@ impl ClusterMetrics {
                 "compare-and-swap calls forwarded to the key's primary",
             )?,
             members_live: IntGauge::new("cluster_members_live", "live cluster members")?,
+            held_back: IntGauge::new(
+                "cluster_held_back",
+                "1 while a live member of an older data protocol holds this node back (a rolling upgrade): it does not serve",
+            )?,
             gossip_dropped: IntCounter::new(
                 "cluster_gossip_dropped_total",
                 "gossip datagrams dropped: not sealed under this cluster's key, stale, or replayed",
@@ -150,6 +155,7 @@ impl ClusterMetrics {
         r.register(Box::new(self.members_live.clone()))?;
         r.register(Box::new(self.gossip_dropped.clone()))?;
         r.register(Box::new(self.standing_lost.clone()))?;
+        r.register(Box::new(self.held_back.clone()))?;
         Ok(())
     }
 }
@@ -203,6 +209,11 @@ pub struct Node {
     cut_off: AtomicBool,
     /// Why writes cannot reach their replicas (`None`: they can).
     write_block: Mutex<Option<String>>,
+    /// The node's HTTP server runs ([`Node::set_serving`]); it gossips `ready` while this holds
+    /// and no older node holds it back.
+    serving: AtomicBool,
+    /// The `ready` value last gossiped.
+    gossiped_ready: Mutex<Option<bool>>,
     /// Consistent transitions of one key executed here run one after the other: a second one
     /// waits for the first's decision instead of finding its provisional copy and failing.
     transitions: TransitionLocks,
@@ -244,6 +255,8 @@ impl Node {
             recovering: AtomicBool::new(false),
             cut_off: AtomicBool::new(false),
             write_block: Mutex::default(),
+            serving: AtomicBool::new(false),
+            gossiped_ready: Mutex::default(),
             transitions: Mutex::default(),
             #[cfg(test)]
             stall_prepares_ms: AtomicU64::new(0),
@@ -264,6 +277,27 @@ impl Node {
 
     pub async fn set_gossip(&self, key: &str, value: &str) {
         self.chitchat.lock().await.self_node_state().set(key, value);
+    }
+
+    /// The HTTP server runs (or no longer does): see [`Node::gossip_ready`].
+    pub async fn set_serving(&self, on: bool) {
+        self.serving.store(on, Ordering::SeqCst);
+        self.gossip_ready().await;
+    }
+
+    /// Gossips `ready`: true while the node serves and no older node holds it back (peers and
+    /// `/api/cluster` then see it as not serving, as its `/health/ready` says).
+    pub async fn gossip_ready(&self) {
+        let ready = self.serving.load(Ordering::SeqCst) && self.held_back().is_none();
+        let changed = self
+            .gossiped_ready
+            .lock()
+            .map(|mut last| last.replace(ready) != Some(ready))
+            .unwrap_or(true);
+        if changed {
+            self.set_gossip("ready", if ready { "true" } else { "false" })
+                .await;
+        }
     }
 
     pub async fn set_caught_up(&self) {
@@ -477,6 +511,9 @@ impl Node {
         if let Ok(mut w) = self.members.write() {
             *w = Arc::new(snapshot);
         }
+        self.metrics
+            .held_back
+            .set(i64::from(self.held_back().is_some()));
     }
 
     pub fn members(&self) -> Arc<Vec<Member>> {

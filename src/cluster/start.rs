@@ -226,7 +226,7 @@ async fn start_speaking(
     tokio::spawn(rpc_server);
     tracing::info!(node = %node_id, gossip = %gossip_advertise, rpc = %rpc_advertise, seeds = ?c.seeds, "cluster: gossip and RPC up");
 
-    spawn_membership(tasks, shutdown, node.clone());
+    spawn_membership(tasks, shutdown, node.clone(), readiness.clone());
     node.refresh_members().await;
 
     // Bootstrap: a node that never joined waits for the initial quorum before it creates anything
@@ -237,7 +237,7 @@ async fn start_speaking(
     if !joined_before {
         while node.live_count() < node.settings.bootstrap_expect {
             if shutdown.is_cancelled() {
-                anyhow::bail!("shut down while waiting for the cluster to form");
+                return Err(stop_before_serving(handle, rpc_handle, &inner).await);
             }
             if last_log.elapsed() > Duration::from_secs(5) {
                 tracing::info!(
@@ -287,36 +287,9 @@ async fn start_speaking(
 
     // A rolling upgrade: while a live node of an older data protocol serves, this one replicates
     // (it is a full member for RPC and anti-entropy) but does not initialise its roles or open
-    // its HTTP listener; it goes on once no older node has been seen live for a whole failure-
-    // detection interval (an older node only briefly taken for dead does not release it).
-    let settle = node.settings.gossip_interval * 40;
-    let mut logged = false;
-    let mut clear_since: Option<tokio::time::Instant> = None;
-    loop {
-        match node.held_back() {
-            Some(why) => {
-                clear_since = None;
-                if shutdown.is_cancelled() {
-                    anyhow::bail!("shut down while holding back for older nodes");
-                }
-                readiness.set_not_ready("cluster", &why);
-                if !logged || last_log.elapsed() > Duration::from_secs(30) {
-                    tracing::warn!("cluster: {why}");
-                    logged = true;
-                    last_log = tokio::time::Instant::now();
-                }
-            }
-            None if !logged => break,
-            None => {
-                let since = *clear_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= settle {
-                    tracing::info!("cluster: no older node left; starting");
-                    break;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        node.refresh_members().await;
+    // its HTTP listener.
+    if !wait_out_older_nodes(&node, readiness, shutdown).await {
+        return Err(stop_before_serving(handle, rpc_handle, &inner).await);
     }
 
     let cluster = Arc::new(Cluster {
@@ -334,7 +307,74 @@ async fn start_speaking(
     Ok((opened, cluster))
 }
 
-fn spawn_membership(tasks: &mut Tasks, shutdown: &CancellationToken, node: Arc<Node>) {
+/// Stopped before serving (while the cluster forms or older nodes hold the node back): not an
+/// error, the process exits cleanly.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped before serving")]
+pub struct StoppedBeforeServing;
+
+/// Leaves a cluster this node never served in: gossip and RPC stop, the local store is flushed.
+async fn stop_before_serving(
+    gossip: ChitchatHandle,
+    rpc: actix_web::dev::ServerHandle,
+    inner: &Arc<dyn Store>,
+) -> anyhow::Error {
+    tracing::info!("cluster: stopped before serving");
+    if let Err(e) = gossip.shutdown().await {
+        tracing::debug!(error = %e, "gossip shutdown");
+    }
+    rpc.stop(true).await;
+    if let Err(e) = inner.flush().await {
+        return anyhow::Error::new(e).context("flushing the local store");
+    }
+    StoppedBeforeServing.into()
+}
+
+/// Waits while a live node of an older data protocol serves (a rolling upgrade), reporting it in
+/// `readiness`; goes on once no older node has been seen live for a whole failure-detection
+/// interval (an older node only briefly taken for dead does not release it). False: `shutdown`
+/// came first.
+async fn wait_out_older_nodes(
+    node: &Node,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+) -> bool {
+    let settle = node.settings.gossip_interval * 40;
+    let mut last_log: Option<tokio::time::Instant> = None;
+    let mut clear_since: Option<tokio::time::Instant> = None;
+    loop {
+        if shutdown.is_cancelled() {
+            return false;
+        }
+        match node.held_back() {
+            Some(why) => {
+                clear_since = None;
+                readiness.set_not_ready("cluster", &why);
+                if last_log.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+                    tracing::warn!("cluster: {why}");
+                    last_log = Some(tokio::time::Instant::now());
+                }
+            }
+            None if last_log.is_none() => return true,
+            None => {
+                let since = *clear_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= settle {
+                    tracing::info!("cluster: no older node left; starting");
+                    return true;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        node.refresh_members().await;
+    }
+}
+
+fn spawn_membership(
+    tasks: &mut Tasks,
+    shutdown: &CancellationToken,
+    node: Arc<Node>,
+    readiness: Arc<Readiness>,
+) {
     tasks.spawn("cluster-membership", shutdown, move |token| async move {
         let mut watcher = node.chitchat.lock().await.live_nodes_watcher();
         let mut tick = tokio::time::interval(node.settings.gossip_interval);
@@ -345,6 +385,9 @@ fn spawn_membership(tasks: &mut Tasks, shutdown: &CancellationToken, node: Arc<N
                 r = watcher.changed() => if r.is_err() { break },
             }
             node.refresh_members().await;
+            // a serving node that an older one holds back: not ready in gossip, sockets closed
+            readiness.hold_sessions(node.held_back().is_some());
+            node.gossip_ready().await;
         }
     });
 }
@@ -451,11 +494,20 @@ impl Cluster {
         }
     }
 
-    /// Tells the peers this node serves requests (or no longer does).
+    /// Tells the peers this node serves requests (or no longer does); while an older node holds
+    /// it back, it gossips not ready whatever this says.
     pub async fn set_ready(&self, ready: bool) {
-        self.node
-            .set_gossip("ready", if ready { "true" } else { "false" })
-            .await;
+        self.node.set_serving(ready).await;
+    }
+
+    /// Waits while an older node holds this one back (see `start`): an older node that joined
+    /// after this one started but before it served. False: `shutdown` came first.
+    pub async fn wait_out_older_nodes(
+        &self,
+        readiness: &Readiness,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        wait_out_older_nodes(&self.node, readiness, shutdown).await
     }
 
     /// Singleton jobs run only where this is true: the live, caught-up member with the lowest id.
@@ -530,6 +582,7 @@ mod tests {
         opened: Opened,
         cluster: Arc<Cluster>,
         token: CancellationToken,
+        readiness: Arc<Readiness>,
         _tasks: Tasks,
     }
 
@@ -606,6 +659,18 @@ mod tests {
         readiness: Arc<Readiness>,
         token: CancellationToken,
     ) -> TestNode {
+        try_start_test_node(protocol, settings, clock, readiness, token)
+            .await
+            .unwrap()
+    }
+
+    async fn try_start_test_node(
+        protocol: u32,
+        settings: Settings,
+        clock: SharedClock,
+        readiness: Arc<Readiness>,
+        token: CancellationToken,
+    ) -> anyhow::Result<TestNode> {
         let store: Arc<dyn Store> = Arc::new(SledStore::temporary(clock.clone()).unwrap());
         let mut tasks = Tasks::default();
         let (opened, cluster) = start_speaking(
@@ -617,14 +682,14 @@ mod tests {
             &mut tasks,
             &token,
         )
-        .await
-        .unwrap();
-        TestNode {
+        .await?;
+        Ok(TestNode {
             opened,
             cluster,
             token,
+            readiness,
             _tasks: tasks,
-        }
+        })
     }
 
     /// A node of a newer data protocol joining a live older one (a rolling upgrade) replicates
@@ -662,6 +727,35 @@ mod tests {
         }
         // b holds back (it has joined and caught up, so its replica takes writes); a serves
         assert!(!starting.is_finished());
+        // a node stopped while it holds back leaves cleanly (not an error: the process exits 0)
+        let (b2_readiness, b2_token) = (Arc::new(Readiness::default()), CancellationToken::new());
+        let b2 = tokio::spawn(try_start_test_node(
+            old + 1,
+            test_config("b2", free_port(), &[pa], 2, "unit-test-cluster-secret")
+                .finish()
+                .unwrap(),
+            Arc::new(SystemClock),
+            b2_readiness.clone(),
+            b2_token.clone(),
+        ));
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while !held(&b2_readiness) {
+            assert!(
+                std::time::Instant::now() < until,
+                "{:?}",
+                b2_readiness.failing()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        b2_token.cancel();
+        let stopped = tokio::time::timeout(Duration::from_secs(30), b2)
+            .await
+            .expect("b2 did not stop")
+            .unwrap();
+        match stopped {
+            Err(e) => assert!(e.is::<StoppedBeforeServing>(), "{e:#}"),
+            Ok(_) => panic!("b2 started while a older node served"),
+        }
         a.opened
             .store
             .put("unit_things", "by-a", b"v".to_vec(), None)
@@ -693,11 +787,27 @@ mod tests {
             .put("unit_things", "by-b", b"v".to_vec(), None)
             .await
             .unwrap();
-        // an older node joins the serving b: b is not ready and refuses its own writes...
+        b.cluster.set_ready(true).await;
+        let sessions = b.readiness.sessions();
+        // an older node joins the serving b: b is not ready and refuses its own writes, its
+        // sessions are told to close, and it gossips not ready...
         let c = node("c", free_port(), &[pb], 1).await;
         let until = std::time::Instant::now() + Duration::from_secs(30);
-        while b.cluster.node.held_back().is_none() {
+        while b.cluster.node.held_back().is_none()
+            || *sessions.borrow() != crate::readiness::Sessions::HeldBack
+        {
             assert!(std::time::Instant::now() < until, "b never saw c");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(b.cluster.node.metrics.held_back.get(), 1);
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            c.cluster.node.refresh_members().await;
+            let members = c.cluster.node.members();
+            if members.iter().any(|m| m.node_id == "b" && !m.ready) {
+                break;
+            }
+            assert!(std::time::Instant::now() < until, "c never saw b not ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let err = b
@@ -738,6 +848,16 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // ...and its sessions may open again
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while *sessions.borrow() != crate::readiness::Sessions::Open {
+            assert!(
+                std::time::Instant::now() < until,
+                "b's sessions stay closed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(b.cluster.node.metrics.held_back.get(), 0);
         b.token.cancel();
         b.cluster.leave().await;
     }

@@ -393,6 +393,20 @@ impl WsConnection {
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
+
+    /// Waits for the mediator to close the socket; its close code (1005 when it gave none).
+    pub async fn close_code(&mut self, timeout: Duration) -> anyhow::Result<u16> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("the WebSocket stayed open for {timeout:?}"))?;
+            let frame = next.ok_or_else(|| anyhow!("WebSocket ended without a close frame"))??;
+            if let WsMessage::Close(frame) = frame {
+                return Ok(frame.map_or(1005, |f| u16::from(f.code)));
+            }
+        }
+    }
 }
 
 /// Helpers for pickup messages.

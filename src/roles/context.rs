@@ -1,7 +1,8 @@
 //! What a role engine may touch: the narrow context every role service (and the tenant keys,
 //! the webhook sender) is built from, plus the role's own config section. Nothing here reaches
 //! the HTTP edge (admin tokens, rate limits, readiness, the cluster handle): a role cannot see or
-//! change them, and a reader of a service's constructor sees everything it may use.
+//! change them, and a reader of a service's constructor sees everything it may use. The one thing
+//! a role reads of the node's state is [`Sessions`]: whether its long-lived sessions must close.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use crate::clock::SharedClock;
 use crate::config::Mode;
 use crate::crypto::x509::TrustAnchors;
 use crate::http::metrics::Metrics;
+use crate::readiness::Sessions;
 use crate::store::{Sealer, Store};
 
 #[derive(Clone)]
@@ -31,6 +33,9 @@ pub struct RoleContext {
     pub mode: Mode,
     /// CA certificates an issuer's `x5c` chain may end at (`x509.trust_anchors`).
     pub x509_anchors: Arc<TrustAnchors>,
+    /// Whether long-lived sessions (WebSockets) may stay open: the node stops, or a rolling
+    /// upgrade holds it back.
+    pub sessions: tokio::sync::watch::Receiver<Sessions>,
 }
 
 #[cfg(test)]
@@ -52,6 +57,7 @@ impl RoleContext {
             metrics: Arc::new(Metrics::new().unwrap()),
             mode: settings.raw.server.mode,
             x509_anchors: Arc::default(),
+            sessions: crate::readiness::Readiness::default().sessions(),
         }
     }
 }

@@ -51,6 +51,7 @@ impl AppState {
             metrics: self.metrics.clone(),
             mode: self.settings.raw.server.mode,
             x509_anchors: self.x509_anchors.clone(),
+            sessions: self.readiness.sessions(),
         }
     }
 

@@ -17,6 +17,8 @@ pub mod redis_bus;
 pub mod redis_store;
 pub mod seal;
 pub mod sled_store;
+#[cfg(all(test, any(feature = "issuer", feature = "mediator")))]
+pub mod test_wrapper;
 
 use std::time::Duration;
 

@@ -1049,3 +1049,42 @@ async fn consistent_single_use_needs_a_majority_and_a_minority_keeps_the_code_us
     }
     drop((a, b, c));
 }
+
+/// A node stopped (SIGTERM) before it ever served — here waiting for a cluster that never forms
+/// — leaves and exits 0, as an orchestrator scaling down or rolling back expects.
+#[tokio::test]
+async fn a_node_stopped_before_its_cluster_forms_exits_cleanly() {
+    let spec = Spec {
+        id: "lonely".into(),
+        port: free_port(),
+    };
+    // its one seed never answers: it waits for two members (itself and the seed)
+    let seeds = format!("127.0.0.1:{}", free_port());
+    let (mut child, _dir, _ready, log) = node_builder(&spec, &seeds, "http://127.0.0.1:9")
+        .bind(&format!("127.0.0.1:{}", free_port()))
+        .spawn();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while !read_log().contains("gossip and RPC up") {
+        assert!(std::time::Instant::now() < until, "{}", read_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < until, "no exit\n{}", read_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}\n{}", read_log());
+    assert!(
+        read_log().contains("stopped before serving"),
+        "{}",
+        read_log()
+    );
+}

@@ -383,8 +383,19 @@ async fn unacknowledged_messages_come_back_on_reconnect_and_survive_a_restart() 
     ws.close().await;
     assert_eq!(stats(&s).await["queued_messages"], 2);
 
-    // Restart between forward and pickup: nothing is lost.
-    let dir = s.stop();
+    // Restart between forward and pickup: nothing is lost. A socket open when the node stops is
+    // closed with 1001 (going away) at once, not left to the drain timeout, and its unacknowledged
+    // deliveries stay queued.
+    let mut ws = conn.websocket().await.unwrap();
+    ws.live(true).await.unwrap();
+    while !ws.recv(t).await.unwrap()["@type"]
+        .as_str()
+        .unwrap()
+        .ends_with("/delivery")
+    {}
+    let stopping = tokio::task::spawn_blocking(move || s.stop());
+    assert_eq!(ws.close_code(t).await.unwrap(), 1001);
+    let dir = stopping.await.unwrap();
     let s = Server::builder().dir(dir).start().await;
     assert_eq!(stats(&s).await["queued_messages"], 2);
     // Polling over HTTP (pickup 2.0 with return-route) on the restarted node, new address.

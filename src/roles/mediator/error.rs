@@ -47,6 +47,9 @@ pub enum MediatorError {
     UnknownHandshake(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The node takes no new sessions now: it stops, or a rolling upgrade holds it back (503).
+    #[error("{0}")]
+    NotServing(&'static str),
     /// Ours (encoding, packing, a record that vanished): logged, never shown over HTTP (500).
     #[error("{0}")]
     Internal(String),
@@ -69,6 +72,7 @@ impl ErrorCode for MediatorError {
             MediatorError::QueueFull(_) => Code::MediatorQueueFull,
             MediatorError::UnknownHandshake(_) => Code::InvalidQuery,
             MediatorError::Store(e) => e.error_code(),
+            MediatorError::NotServing(_) => Code::Unavailable,
             MediatorError::Internal(_) => Code::Internal,
         }
     }
@@ -76,6 +80,7 @@ impl ErrorCode for MediatorError {
     fn retry_after(&self) -> Option<u64> {
         match self {
             MediatorError::Store(e) => e.retry_after(),
+            MediatorError::NotServing(_) => Some(1),
             _ => None,
         }
     }

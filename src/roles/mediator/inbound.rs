@@ -178,10 +178,36 @@ impl MediatorService {
         Ok(Handled { reply, implicit })
     }
 
+    /// What `POST /didcomm` answers for `body`: its first reply (further ones wait in the
+    /// sender's queue), else with implicit pickup the oldest queued message, else nothing (202).
+    /// Once [`Self::receive`] has handled the message, nothing fails the request: an error would
+    /// make the client send the same message again, and the mediator handle it twice. A queued
+    /// message that could not be dequeued stays queued (handed out again when its lease ends); a
+    /// further reply that could not be queued is logged.
+    pub async fn answer_http(&self, body: &[u8]) -> MediatorResult<Option<Vec<u8>>> {
+        let replies = self.receive(body, None).await?;
+        let mut it = replies.envelopes.into_iter();
+        let Some(first) = it.next() else {
+            let Some(conn) = &replies.implicit_for else {
+                return Ok(None);
+            };
+            return Ok(self.take_implicit(conn).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %crate::error::ApiError::from(e), "implicit pickup over HTTP: nothing handed out");
+                None
+            }));
+        };
+        for extra in it {
+            if let Err(e) = self.queue_reply_for_sender(&extra).await {
+                tracing::warn!(error = %crate::error::ApiError::from(e), "a further reply to an HTTP message could not be queued; it is dropped");
+            }
+        }
+        Ok(Some(first))
+    }
+
     /// Implicit pickup over HTTP: the oldest message of `conn_id` not handed out elsewhere, as the
     /// forwarded envelope itself, deleted from the queue as it goes into the response (there is no
     /// acknowledgement in implicit pickup; ACA-Py does the same).
-    pub(super) async fn take_implicit(&self, conn_id: &str) -> MediatorResult<Option<Vec<u8>>> {
+    async fn take_implicit(&self, conn_id: &str) -> MediatorResult<Option<Vec<u8>>> {
         let Some(m) = self.claim(conn_id, None, 1, None).await?.into_iter().next() else {
             return Ok(None);
         };
@@ -223,7 +249,7 @@ impl MediatorService {
     }
 
     /// Queues a reply that could not travel back on HTTP for the pickup of its recipient.
-    pub(super) async fn queue_reply_for_sender(&self, packed: &[u8]) -> MediatorResult<()> {
+    async fn queue_reply_for_sender(&self, packed: &[u8]) -> MediatorResult<()> {
         let v: Value = serde_json::from_slice(packed).or_internal()?;
         let kid = v
             .get("protected")

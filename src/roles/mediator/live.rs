@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::error::{MediatorResult, OrInternal as _};
+use super::error::{MediatorError, MediatorResult, OrInternal as _};
 use super::message::delivery;
 use super::model::ks;
 use super::model::{Connection, QueuedMessage};
 use super::service::MediatorService;
 use super::socket::{Mode, Outgoing, Socket};
+use crate::readiness::Sessions;
 
 /// Most messages in one pickup `delivery`.
 const DELIVERY_BATCH: usize = 50;
@@ -47,6 +48,25 @@ impl MediatorService {
                 }
             }
         }
+    }
+
+    /// Whether a new WebSocket may open here: not while the node stops or a rolling upgrade holds
+    /// it back (its readiness is failing then, so a balancer sends the client to another node).
+    pub fn accept_socket(&self) -> MediatorResult<()> {
+        match *self.ctx.sessions.borrow() {
+            Sessions::Open => Ok(()),
+            Sessions::Stopping => Err(MediatorError::NotServing(
+                "this node is stopping; connect again (to another node)",
+            )),
+            Sessions::HeldBack => Err(MediatorError::NotServing(
+                "this node does not serve during a rolling upgrade; connect again (to another node)",
+            )),
+        }
+    }
+
+    /// What a socket's loop watches to close when the node stops serving ([`Sessions`]).
+    pub(super) fn sessions(&self) -> tokio::sync::watch::Receiver<Sessions> {
+        self.ctx.sessions.clone()
     }
 
     /// (ping interval, idle timeout) for WebSockets.

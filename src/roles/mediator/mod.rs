@@ -30,6 +30,8 @@ mod queue;
 pub mod routes;
 mod service;
 mod socket;
+#[cfg(test)]
+mod tests;
 mod ws_limit;
 
 use std::sync::Arc;

@@ -6,7 +6,10 @@
 //!   binary frames. Pings every `ws_ping_seconds`; closed after `ws_idle_timeout_seconds` of
 //!   silence; a frame declaring more than `max_message_bytes` closes the socket as soon as its
 //!   header arrives ([`super::ws_limit`]); outgoing frames go through a bounded channel, so a
-//!   client that does not read stops its own deliveries, nobody else's.
+//!   client that does not read stops its own deliveries, nobody else's. When the node stops, its
+//!   sockets close with 1001 (going away); when a rolling upgrade holds it back, with 1013 (try
+//!   again later); new ones are refused with 503 meanwhile. Either way the client reconnects,
+//!   through the balancer, to a node that serves.
 //! - Implicit pickup (a message from a mediated connection asking for return-route `all` that has
 //!   no reply of its own, e.g. credo's trust ping without response; never a pickup message): on a
 //!   WebSocket the queue is then pushed as the forwarded envelopes themselves; on HTTP the
@@ -24,6 +27,7 @@ use super::service::MediatorService;
 use super::socket::{Outgoing, Socket};
 use crate::error::{ApiError, ApiResult, Code, Problem};
 use crate::http::auth::Admin;
+use crate::readiness::Sessions;
 
 type Svc = web::Data<MediatorService>;
 
@@ -91,28 +95,14 @@ pub async fn inbound(
         }
         body.extend_from_slice(&chunk);
     }
-    let replies = svc.receive(&body, None).await?;
-    let mut it = replies.envelopes.into_iter();
-    match it.next() {
-        None => match &replies.implicit_for {
-            Some(conn) => match svc.take_implicit(conn).await? {
-                Some(m) => Ok(HttpResponse::Ok().content_type(ENVELOPE_CT).body(m)),
-                None => Ok(HttpResponse::Accepted().finish()),
-            },
-            None => Ok(HttpResponse::Accepted().finish()),
-        },
-        Some(first) => {
-            // HTTP carries one reply; any further ones wait in the sender's queue.
-            for extra in it {
-                svc.queue_reply_for_sender(&extra).await?;
-            }
-            Ok(HttpResponse::Ok().content_type(ENVELOPE_CT).body(first))
-        }
-    }
+    Ok(match svc.answer_http(&body).await? {
+        Some(reply) => HttpResponse::Ok().content_type(ENVELOPE_CT).body(reply),
+        None => HttpResponse::Accepted().finish(),
+    })
 }
 
 /// Open the DIDComm WebSocket (pickup 2.0 live mode; any message with return-route).
-#[utoipa::path(tag = "mediator", responses((status = 101, description = "Switching protocols"), (status = 400, description = "Not a WebSocket upgrade")))]
+#[utoipa::path(tag = "mediator", responses((status = 101, description = "Switching protocols"), (status = 400, description = "Not a WebSocket upgrade"), (status = 503, body = Problem, content_type = "application/problem+json", description = "The node is stopping, or a rolling upgrade holds it back: connect again (the balancer picks a node that serves)")))]
 #[get(
     "/didcomm/ws",
     wrap = "actix_web::middleware::from_fn(crate::http::ratelimit::didcomm)"
@@ -122,6 +112,7 @@ pub async fn websocket(
     svc: Svc,
     body: web::Payload,
 ) -> actix_web::Result<HttpResponse> {
+    svc.accept_socket().map_err(ApiError::from)?;
     let max = svc.max_message_bytes();
     // Frame lengths are checked as headers arrive, before actix-ws buffers a frame's payload.
     let limited: actix_web::dev::Payload = actix_web::dev::Payload::Stream {
@@ -149,10 +140,28 @@ async fn run_socket(
     let mut ping = tokio::time::interval(ping_every);
     ping.tick().await;
     let mut last_seen = tokio::time::Instant::now();
+    let mut sessions = svc.sessions();
+    // a closed watch (no node state behind it, as in unit tests) never asks to close
+    let mut watching = true;
+    sessions.mark_changed();
     // Inbound frames are handled one at a time, in order, so a client's flood only delays itself.
     let close_reason = loop {
         let pump_at = socket.pump_deadline();
         tokio::select! {
+            // The node stops or is held back: the client reconnects, through the balancer, to a
+            // node that serves; what this socket was handed and did not acknowledge stays queued.
+            changed = sessions.changed(), if watching => {
+                if changed.is_err() {
+                    watching = false;
+                    continue;
+                }
+                let now = *sessions.borrow_and_update();
+                match now {
+                    Sessions::Open => {}
+                    Sessions::Stopping => break Some(actix_ws::CloseReason { code: actix_ws::CloseCode::Away, description: Some("server stopping".into()) }),
+                    Sessions::HeldBack => break Some(actix_ws::CloseReason { code: actix_ws::CloseCode::Again, description: Some("not serving during a rolling upgrade".into()) }),
+                }
+            }
             frame = stream.recv() => {
                 let Some(frame) = frame else { break None };
                 last_seen = tokio::time::Instant::now();

@@ -1,0 +1,125 @@
+//! The engine on a store that fails on cue: what a client sees when the mediator's own writes
+//! fail after it has handled a message.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::model::{ks, Connection};
+use super::MediatorService;
+use crate::clock::FakeClock;
+use crate::didcomm::client::{pickup, AgentKey};
+use crate::roles::RoleContext;
+use crate::store::test_wrapper::store_wrapper;
+use crate::store::{BatchOp, Cas, Store, StoreError, StoreResult};
+
+/// A store whose batches on the mediator's queue fail while `fail` is set (an acknowledgement,
+/// which deletes what it acknowledges in one batch, cannot be written).
+struct FailingAcks {
+    inner: Arc<dyn Store>,
+    fail: AtomicBool,
+}
+
+store_wrapper!(FailingAcks, own get_settled batch {
+    async fn get(&self, ks: &'static str, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.inner.get(ks, key).await
+    }
+    async fn get_settled(&self, ks: &'static str, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.inner.get_settled(ks, key).await
+    }
+    async fn put(
+        &self,
+        ks: &'static str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> StoreResult<()> {
+        self.inner.put(ks, key, value, ttl).await
+    }
+    async fn compare_and_swap(
+        &self,
+        ks: &'static str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Option<(Vec<u8>, Option<Duration>)>,
+    ) -> StoreResult<Cas> {
+        self.inner.compare_and_swap(ks, key, expected, new).await
+    }
+    async fn batch(&self, ops: Vec<BatchOp>) -> StoreResult<()> {
+        let on_queue = ops.iter().any(|op| match op {
+            BatchOp::Put { keyspace, .. } | BatchOp::Delete { keyspace, .. } => *keyspace == ks::QUEUE,
+        });
+        if on_queue && self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("queue writes fail".into()));
+        }
+        self.inner.batch(ops).await
+    }
+});
+
+/// A mediator on a [`FailingAcks`] store, and `alice` with a granted mediation and one queued
+/// message.
+async fn mediated() -> (
+    Arc<MediatorService>,
+    Arc<FailingAcks>,
+    Arc<FakeClock>,
+    AgentKey,
+) {
+    let clock = FakeClock::new(1_800_000_000_000);
+    let mut ctx = RoleContext::for_tests(clock.clone());
+    let store = Arc::new(FailingAcks {
+        inner: ctx.store.clone(),
+        fail: AtomicBool::new(false),
+    });
+    ctx.store = store.clone();
+    let svc = super::init(&ctx, &crate::config::MediatorConfig::default())
+        .await
+        .unwrap();
+    let alice = AgentKey::generate();
+    let conn = Connection {
+        id: "conn-alice".into(),
+        their_did: alice.did_key(),
+        their_verkey: alice.verkey.clone(),
+        their_endpoint: None,
+        their_label: "alice".into(),
+        protocol: "didexchange/1.1".into(),
+        state: "completed".into(),
+        mediation: "granted".into(),
+        invitation_id: None,
+        via_single_use: false,
+        keys: None,
+        created_at_ms: 0,
+    };
+    svc.save_connection(&conn).await.unwrap();
+    svc.enqueue(&conn.id, &alice.verkey, json!({"queued": "for alice"}))
+        .await
+        .unwrap();
+    (svc, store, clock, alice)
+}
+
+/// Implicit pickup over HTTP hands out the oldest queued message and deletes it. When the delete
+/// fails, the message was handled all the same: the answer is a plain 202 (an error would make
+/// the client send it again), and the queued message, not handed out, comes with a later request.
+#[tokio::test]
+async fn a_failed_dequeue_after_the_message_was_handled_is_not_an_error() {
+    let (svc, store, clock, alice) = mediated().await;
+    let ping = || {
+        alice.pack(
+            &pickup::ping_no_response(),
+            &svc.key.verifying_key().to_bytes(),
+        )
+    };
+    store.fail.store(true, Ordering::SeqCst);
+    assert_eq!(svc.answer_http(&ping().unwrap()).await.unwrap(), None);
+    assert_eq!(svc.stats().await.unwrap().queued_messages, 1);
+    // the store is back, and the lease the failed attempt took has ended
+    store.fail.store(false, Ordering::SeqCst);
+    clock.advance_ms(60_000);
+    let got = svc.answer_http(&ping().unwrap()).await.unwrap().unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&got).unwrap(),
+        json!({"queued": "for alice"})
+    );
+    assert_eq!(svc.stats().await.unwrap().queued_messages, 0);
+}

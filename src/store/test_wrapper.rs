@@ -1,0 +1,68 @@
+//! Test stores that wrap another one and change a few of its methods (fault injection).
+
+/// `impl Store for $ty` with the methods given, and every other one passed to `self.inner`
+/// unchanged. The wrappers differ in `get`, `put` and `compare_and_swap`, which every form takes;
+/// `own get_settled` adds the read at the primary, `own get_settled batch` batches too. Unless
+/// given, `get_settled` is `self.inner`'s, never the trait's default, which would read through the
+/// wrapper's `get`.
+macro_rules! store_wrapper {
+    ($ty:ty { $($custom:tt)* }) => {
+        $crate::store::test_wrapper::store_wrapper!($ty, own get_settled {
+            async fn get_settled(
+                &self,
+                ks: &'static str,
+                key: &str,
+            ) -> crate::store::StoreResult<Option<Vec<u8>>> {
+                self.inner.get_settled(ks, key).await
+            }
+            $($custom)*
+        });
+    };
+    ($ty:ty, own get_settled { $($custom:tt)* }) => {
+        $crate::store::test_wrapper::store_wrapper!($ty, own get_settled batch {
+            async fn batch(&self, ops: Vec<crate::store::BatchOp>) -> crate::store::StoreResult<()> {
+                self.inner.batch(ops).await
+            }
+            $($custom)*
+        });
+    };
+    ($ty:ty, own get_settled batch { $($custom:tt)* }) => {
+        #[async_trait::async_trait]
+        impl crate::store::Store for $ty {
+            $($custom)*
+            async fn delete(&self, ks: &'static str, key: &str) -> crate::store::StoreResult<bool> {
+                self.inner.delete(ks, key).await
+            }
+            async fn scan_prefix(
+                &self,
+                ks: &'static str,
+                prefix: &str,
+                limit: usize,
+            ) -> crate::store::StoreResult<Vec<(String, Vec<u8>)>> {
+                self.inner.scan_prefix(ks, prefix, limit).await
+            }
+            async fn sweep_expired(&self) -> crate::store::StoreResult<u64> {
+                self.inner.sweep_expired().await
+            }
+            async fn probe(&self) -> crate::store::StoreResult<()> {
+                self.inner.probe().await
+            }
+            async fn flush(&self) -> crate::store::StoreResult<()> {
+                self.inner.flush().await
+            }
+            async fn stats(&self) -> crate::store::StoreResult<crate::store::StoreStats> {
+                self.inner.stats().await
+            }
+            async fn export_all(&self) -> crate::store::StoreResult<Vec<crate::store::ExportRecord>> {
+                self.inner.export_all().await
+            }
+            async fn import(
+                &self,
+                records: Vec<crate::store::ExportRecord>,
+            ) -> crate::store::StoreResult<u64> {
+                self.inner.import(records).await
+            }
+        }
+    };
+}
+pub(crate) use store_wrapper;
