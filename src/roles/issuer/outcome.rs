@@ -29,6 +29,17 @@ pub(super) enum Watched {
     StoreFailing,
 }
 
+impl Watched {
+    /// Its label in `issuer_unknown_outcomes_total`.
+    fn as_str(self) -> &'static str {
+        match self {
+            Watched::Undone => "undone",
+            Watched::NeverLanded => "never_landed",
+            Watched::StoreFailing => "store_failing",
+        }
+    }
+}
+
 impl IssuerService {
     /// Watches offer `offer_key` in the background for up to [`UNDO_WINDOW`] by the service's
     /// clock (a clock set back cannot stretch it past twice that), backing off from 100 ms to 5 s
@@ -59,6 +70,7 @@ impl IssuerService {
         let store = self.ctx.store.clone();
         let clock = self.ctx.clock.clone();
         let running = Running::start(&self.watches);
+        let ended = self.watch_outcomes.clone();
         tokio::spawn(async move {
             let _running = running;
             let window = i64::try_from(UNDO_WINDOW.as_millis()).unwrap_or(i64::MAX);
@@ -112,6 +124,9 @@ impl IssuerService {
                     offer = %offer_key,
                     "an offer update of unknown outcome had landed and was taken back"
                 );
+            }
+            if let Some(ended) = &ended {
+                ended.with_label_values(&[outcome.as_str()]).inc();
             }
             then(store, outcome).await;
         });

@@ -28,6 +28,9 @@ pub struct IssuerService {
     pub(super) status_blocks: tokio::sync::Mutex<HashMap<String, std::ops::Range<u64>>>,
     /// Watches of unknown outcomes still running ([`IssuerService::watch_unknown_outcome`]).
     pub(super) watches: Arc<AtomicUsize>,
+    /// How they ended, by [`super::outcome::Watched`] (`None`: the metric could not be
+    /// registered, as when a second service shares a test context).
+    pub(super) watch_outcomes: Option<prometheus::IntCounterVec>,
 }
 
 pub(super) fn hash(secret: &str) -> String {
@@ -40,12 +43,14 @@ pub(super) fn secs(d: u64) -> Duration {
 
 impl IssuerService {
     pub fn new(ctx: RoleContext, cfg: IssuerConfig) -> Self {
+        let watches = Arc::<AtomicUsize>::default();
         Self {
             tenants: Tenants::new(&ctx, ks::TENANTS, ks::KEYS),
+            watch_outcomes: register_metrics(&ctx, &watches).ok(),
             ctx,
             cfg,
             status_blocks: Default::default(),
-            watches: Default::default(),
+            watches,
         }
     }
 
@@ -57,4 +62,32 @@ impl IssuerService {
     pub fn issuer_url(&self, id: &str) -> String {
         format!("{}/issuers/{id}", self.ctx.public_url)
     }
+}
+
+/// The unknown-outcome watches as operators see them: how many run (read at scrape time), and how
+/// they ended. `store_failing` is an update that may have landed and could not be taken back.
+fn register_metrics(
+    ctx: &RoleContext,
+    watches: &Arc<AtomicUsize>,
+) -> Result<prometheus::IntCounterVec, prometheus::Error> {
+    let running = prometheus::IntGauge::new(
+        "issuer_unknown_outcome_watches",
+        "offer updates of unknown outcome (the store failed to confirm them) being watched, to take them back if they landed",
+    )?;
+    let ended = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "issuer_unknown_outcomes_total",
+            "watches of offer updates of unknown outcome, by how they ended: undone (had landed, taken back), never_landed, store_failing (still unknown when the window closed)",
+        ),
+        &["ended"],
+    )?;
+    ctx.metrics.registry.register(Box::new(running.clone()))?;
+    ctx.metrics.registry.register(Box::new(ended.clone()))?;
+    let watches = watches.clone();
+    ctx.metrics.add_refresher(Box::new(move || {
+        running.set(
+            i64::try_from(watches.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX),
+        );
+    }));
+    Ok(ended)
 }

@@ -669,8 +669,9 @@ async fn an_immediate_retry_after_an_unknown_outcome_gets_the_credential() {
     let (uri, idx) = sd_jwt_status(&retry);
     assert!(uri.ends_with(&format!("/token-{}", creds[0].status_list)));
     assert_eq!(idx, creds[0].status_index);
-    // the watch of the unknown outcome has ended and left it
+    // the watch of the unknown outcome has ended and left it (and says so in its metric)
     watches_ended(&svc).await;
+    assert_eq!(watch_outcomes(&svc), [0, 1, 0]);
     let view = svc.offer_view("default", &o.id).await.unwrap();
     assert_eq!(view.issued_credentials, vec![creds[0].id.clone()]);
     assert_eq!(svc.list_credentials("default").await.unwrap().len(), 1);
@@ -912,6 +913,12 @@ async fn watches_ended(svc: &IssuerService) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// `issuer_unknown_outcomes_total` by how the watches ended: undone, never landed, store failing.
+fn watch_outcomes(svc: &IssuerService) -> [u64; 3] {
+    let ended = svc.watch_outcomes.as_ref().expect("registered");
+    ["undone", "never_landed", "store_failing"].map(|l| ended.with_label_values(&[l]).get())
 }
 
 /// After the watch of an unknown outcome has ended: the offer still lists credential `id` as
