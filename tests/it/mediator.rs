@@ -935,8 +935,33 @@ fn vm_rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// A raw WebSocket upgrade of `/didcomm/ws` at `addr` (no client library in the way of the
+/// frames a test writes).
+async fn raw_websocket(addr: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /didcomm/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tcp
+}
+
 /// A client declaring a 200 MB WebSocket frame gets the socket closed at the frame header; the
-/// server does not buffer what follows (3 connections sending 40 MB each).
+/// server does not buffer what follows (3 connections sending 40 MB each). A message sent as
+/// fragments each under `max_message_bytes` but together over it is refused as too large too.
 #[tokio::test]
 async fn a_huge_websocket_frame_is_refused_before_it_is_buffered() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -948,19 +973,7 @@ async fn a_huge_websocket_frame_is_refused_before_it_is_buffered() {
     for _ in 0..3 {
         let addr = addr.clone();
         tasks.push(tokio::spawn(async move {
-            let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-            let req = format!(
-                "GET /didcomm/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            );
-            tcp.write_all(req.as_bytes()).await.unwrap();
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                tcp.read_exact(&mut byte).await.unwrap();
-                head.push(byte[0]);
-            }
-            assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+            let mut tcp = raw_websocket(&addr).await;
             // Binary frame, masked, 64-bit length 200 MB.
             let mut frame = vec![0x82, 0x80 | 127];
             frame.extend_from_slice(&(200u64 * 1024 * 1024).to_be_bytes());
@@ -981,10 +994,34 @@ async fn a_huge_websocket_frame_is_refused_before_it_is_buffered() {
             match read {
                 Ok(Ok(0)) | Ok(Err(_)) => {}
                 Ok(Ok(_)) => assert_eq!(first[0], 0x88, "expected a close frame"),
-                Err(_) => panic!("the socket was neither closed nor answered ({written} bytes written)"),
+                Err(_) => {
+                    panic!("the socket was neither closed nor answered ({written} bytes written)")
+                }
             }
         }));
     }
+    // Fragments: a binary frame without FIN and continuations of 200 KiB each (the default cap
+    // is 256 KiB a message): closed with 1009 (message too big) once they add up to more.
+    tasks.push(tokio::spawn(async move {
+        let mut tcp = raw_websocket(&addr).await;
+        let part = vec![b'x'; 200 * 1024];
+        for opcode in [0x02u8, 0x00, 0x00] {
+            let mut frame = vec![opcode, 0x80 | 127];
+            frame.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            frame.extend_from_slice(&[0, 0, 0, 0]);
+            frame.extend_from_slice(&part);
+            if tcp.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+        let mut close = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut close))
+            .await
+            .expect("no close frame")
+            .unwrap();
+        assert_eq!(close[0], 0x88, "expected a close frame: {close:?}");
+        assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1009, "{close:?}");
+    }));
     for t in tasks {
         t.await.unwrap();
     }
@@ -994,14 +1031,14 @@ async fn a_huge_websocket_frame_is_refused_before_it_is_buffered() {
         grown_mib < 64,
         "RSS grew by {grown_mib} MiB ({before} → {after} KiB)"
     );
-    // The server still serves, and counted each refused frame once.
+    // The server still serves, and counted each refused message once.
     let r = s.anon().get_resp("/health/live").await;
     assert_eq!(r.status(), 200);
     let metrics = s.anon().get_resp("/metrics").await.text().await.unwrap();
     assert!(
         metrics
             .lines()
-            .any(|l| l == "idstack_mediator_rejected_total{code=\"payload_too_large\"} 3"),
+            .any(|l| l == "idstack_mediator_rejected_total{code=\"payload_too_large\"} 4"),
         "{}",
         metrics
             .lines()
