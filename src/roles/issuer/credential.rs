@@ -564,8 +564,9 @@ impl IssuerService {
         }
         let mut records = Vec::new();
         for id in &offer.issued {
+            // at the primary too: a revocation made on another node is seen here at once
             let rec: Option<IssuedCredential> = store
-                .get_json(ks::CREDS, &format!("{issuer_id}/{id}"))
+                .get_settled_json(ks::CREDS, &format!("{issuer_id}/{id}"))
                 .await?;
             if let Some(rec) = rec.filter(|c| c.credential_configuration_id == r.config_id) {
                 records.push(rec);

@@ -709,6 +709,10 @@ async fn an_immediate_retry_after_an_unknown_outcome_gets_the_credential() {
 struct Scripted {
     inner: Arc<dyn crate::store::Store>,
     stale: std::sync::Mutex<Option<(String, Vec<u8>)>>,
+    /// The same for one credential record.
+    stale_credential: std::sync::Mutex<Option<(String, Vec<u8>)>>,
+    /// Never set: the pin of every other keyspace.
+    unpinned: std::sync::Mutex<Option<(String, Vec<u8>)>>,
     revoke_after_take_back: std::sync::Mutex<Option<String>>,
     /// Once: this credential record is revoked just before the first compare-and-swap that
     /// deletes it.
@@ -720,10 +724,28 @@ struct Scripted {
 }
 
 impl Scripted {
+    /// The pinned record of keyspace `ks` (offers and credential records are pinned apart).
+    fn pins(&self, ks: &str) -> &std::sync::Mutex<Option<(String, Vec<u8>)>> {
+        if ks == ks::CREDS {
+            &self.stale_credential
+        } else if ks == ks::OFFERS {
+            &self.stale
+        } else {
+            &self.unpinned
+        }
+    }
+
     /// From now on, reads of offer `key` return its current value.
     async fn pin_offer(&self, key: &str) {
         let now = self.inner.get(ks::OFFERS, key).await.unwrap().unwrap();
         self.pin_offer_to(key, now);
+    }
+
+    /// From now on, reads of credential record `key` return its current value (until a settled
+    /// read of it).
+    async fn pin_credential(&self, key: &str) {
+        let now = self.inner.get(ks::CREDS, key).await.unwrap().unwrap();
+        *self.stale_credential.lock().unwrap() = Some((key.to_string(), now));
     }
 
     /// From now on, reads of offer `key` return `value`.
@@ -758,17 +780,17 @@ store_wrapper!(Scripted, own get_settled {
         key: &str,
     ) -> crate::store::StoreResult<Option<Vec<u8>>> {
         let got = self.inner.get_settled(ks, key).await?;
-        let mut pinned = self.stale.lock().unwrap();
-        if pinned.as_ref().is_some_and(|(k, _)| ks == ks::OFFERS && k == key) {
+        let mut pinned = self.pins(ks).lock().unwrap();
+        if pinned.as_ref().is_some_and(|(k, _)| k == key) {
             // merged here: this node's copy is the primary's now
             *pinned = None;
         }
         Ok(got)
     }
     async fn get(&self, ks: &'static str, key: &str) -> crate::store::StoreResult<Option<Vec<u8>>> {
-        let pinned = self.stale.lock().unwrap().clone();
+        let pinned = self.pins(ks).lock().unwrap().clone();
         match pinned {
-            Some((k, v)) if ks == ks::OFFERS && k == key => Ok(Some(v)),
+            Some((k, v)) if k == key => Ok(Some(v)),
             _ => self.inner.get(ks, key).await,
         }
     }
@@ -855,6 +877,8 @@ async fn scripted_issuer(
     let scripted = Arc::new(Scripted {
         inner: faulty.clone(),
         stale: Default::default(),
+        stale_credential: Default::default(),
+        unpinned: Default::default(),
         revoke_after_take_back: Default::default(),
         revoke_at_delete: Default::default(),
         revoke_what_is_taken_back: Default::default(),
@@ -1168,6 +1192,25 @@ async fn a_node_whose_copy_lags_a_taking_back_issues_and_resends_from_the_primar
         assert_eq!(OAuthError::from(e).error, "invalid_token");
     }
     assert_eq!(svc.list_credentials("default").await.unwrap().len(), 1);
+}
+
+/// A resend on a node whose copy of the credential record lags its revocation at the primary is
+/// refused: the records a resend reads are read at the primary (before, the revoked credential
+/// was sent again from the lagging copy).
+#[tokio::test]
+async fn a_revocation_not_yet_replicated_here_stops_a_resend() {
+    let (svc, scripted, _, clock) = scripted_issuer(ks::OFFERS, false).await;
+    let (_, token) = redeemed(&svc).await;
+    let holder = SigningKey::generate(KeyType::Ed25519);
+    credential_by(&svc, &clock, &token, &holder).await.unwrap();
+    let id = svc.list_credentials("default").await.unwrap()[0].id.clone();
+    let key = format!("default/{id}");
+    scripted.pin_credential(&key).await;
+    scripted.revoke(&key).await;
+    let e = credential_by(&svc, &clock, &token, &holder)
+        .await
+        .unwrap_err();
+    assert_eq!(OAuthError::from(e).error, "invalid_token");
 }
 
 /// A retry whose request lands on a node whose copy of the offer lags (it does not show the
