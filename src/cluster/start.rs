@@ -919,18 +919,26 @@ mod tests {
         //! as a round-robin balancer would, so all three execute and forward them concurrently.
 
         use super::*;
-        use crate::store::{BatchOp, ExportRecord, StoreResult, StoreStats};
+        use crate::store::StoreResult;
         use std::sync::atomic::AtomicUsize;
 
+        /// Reads and plain writes at the first node; compare-and-swaps and settled reads at each
+        /// node in turn.
         struct RoundRobin {
+            inner: Arc<dyn Store>,
             nodes: Vec<Arc<dyn Store>>,
             next: AtomicUsize,
         }
 
-        #[async_trait::async_trait]
-        impl Store for RoundRobin {
+        impl RoundRobin {
+            fn next(&self) -> &Arc<dyn Store> {
+                &self.nodes[self.next.fetch_add(1, Ordering::Relaxed) % self.nodes.len()]
+            }
+        }
+
+        crate::store::test_wrapper::store_wrapper!(RoundRobin, own get_settled {
             async fn get(&self, ks: &'static str, key: &str) -> StoreResult<Option<Vec<u8>>> {
-                self.nodes[0].get(ks, key).await
+                self.inner.get(ks, key).await
             }
             async fn get_settled(
                 &self,
@@ -938,8 +946,7 @@ mod tests {
                 key: &str,
             ) -> StoreResult<Option<Vec<u8>>> {
                 // read at the primary from each node in turn, as the compare-and-swaps are
-                let i = self.next.fetch_add(1, Ordering::Relaxed) % self.nodes.len();
-                self.nodes[i].get_settled(ks, key).await
+                self.next().get_settled(ks, key).await
             }
             async fn put(
                 &self,
@@ -948,10 +955,7 @@ mod tests {
                 value: Vec<u8>,
                 ttl: Option<Duration>,
             ) -> StoreResult<()> {
-                self.nodes[0].put(ks, key, value, ttl).await
-            }
-            async fn delete(&self, ks: &'static str, key: &str) -> StoreResult<bool> {
-                self.nodes[0].delete(ks, key).await
+                self.inner.put(ks, key, value, ttl).await
             }
             async fn compare_and_swap(
                 &self,
@@ -960,39 +964,9 @@ mod tests {
                 expected: Option<Vec<u8>>,
                 new: Option<(Vec<u8>, Option<Duration>)>,
             ) -> StoreResult<Cas> {
-                let i = self.next.fetch_add(1, Ordering::Relaxed) % self.nodes.len();
-                self.nodes[i].compare_and_swap(ks, key, expected, new).await
+                self.next().compare_and_swap(ks, key, expected, new).await
             }
-            async fn scan_prefix(
-                &self,
-                ks: &'static str,
-                prefix: &str,
-                limit: usize,
-            ) -> StoreResult<Vec<(String, Vec<u8>)>> {
-                self.nodes[0].scan_prefix(ks, prefix, limit).await
-            }
-            async fn batch(&self, ops: Vec<BatchOp>) -> StoreResult<()> {
-                self.nodes[0].batch(ops).await
-            }
-            async fn sweep_expired(&self) -> StoreResult<u64> {
-                self.nodes[0].sweep_expired().await
-            }
-            async fn probe(&self) -> StoreResult<()> {
-                self.nodes[0].probe().await
-            }
-            async fn flush(&self) -> StoreResult<()> {
-                self.nodes[0].flush().await
-            }
-            async fn stats(&self) -> StoreResult<StoreStats> {
-                self.nodes[0].stats().await
-            }
-            async fn export_all(&self) -> StoreResult<Vec<ExportRecord>> {
-                self.nodes[0].export_all().await
-            }
-            async fn import(&self, records: Vec<ExportRecord>) -> StoreResult<u64> {
-                self.nodes[0].import(records).await
-            }
-        }
+        });
 
         /// Three fresh nodes on one fake clock; they live until the test's runtime ends.
         async fn three_node_store() -> (Arc<dyn Store>, Arc<crate::clock::FakeClock>) {
@@ -1009,6 +983,7 @@ mod tests {
                 assert!(s.single_use_consistent && s.updates_consistent);
             }
             let store = Arc::new(RoundRobin {
+                inner: a.opened.store.clone(),
                 nodes: [&a, &b, &c].map(|n| n.opened.store.clone()).to_vec(),
                 next: AtomicUsize::new(0),
             });

@@ -17,7 +17,7 @@ pub mod redis_bus;
 pub mod redis_store;
 pub mod seal;
 pub mod sled_store;
-#[cfg(all(test, any(feature = "issuer", feature = "mediator")))]
+#[cfg(test)]
 pub mod test_wrapper;
 
 use std::time::Duration;

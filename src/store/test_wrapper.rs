@@ -5,6 +5,8 @@
 /// `own get_settled` adds the read at the primary, `own get_settled batch` batches too. Unless
 /// given, `get_settled` is `self.inner`'s, never the trait's default, which would read through the
 /// wrapper's `get`.
+// not every feature set has a test that wraps a store
+#[allow(unused_macros)]
 macro_rules! store_wrapper {
     ($ty:ty { $($custom:tt)* }) => {
         $crate::store::test_wrapper::store_wrapper!($ty, own get_settled {
@@ -65,4 +67,5 @@ macro_rules! store_wrapper {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use store_wrapper;
