@@ -301,7 +301,22 @@ async fn sse_events_and_signed_webhook() {
     assert_eq!(sig.trim(), format!("sha256={expected}"));
     let event: Value = serde_json::from_str(body).unwrap();
     assert_eq!(event["session"]["verified"], true);
-    s.stop();
+    // A stream open when the node stops ends at once (within its 1 s re-read), not at the end
+    // of the drain (server.shutdown_timeout_seconds, 10 s); the process still exits 0.
+    let sess = session(&s, "default", sd_query()).await;
+    let id = sess["id"].as_str().unwrap().to_string();
+    let events = s
+        .admin()
+        .get_resp(&format!("/api/verifiers/default/sessions/{id}/events"))
+        .await;
+    assert_eq!(events.status(), 200);
+    let stopping = tokio::task::spawn_blocking(move || s.stop());
+    let body = tokio::time::timeout(std::time::Duration::from_secs(5), events.text())
+        .await
+        .expect("the event stream outlived the node's stop")
+        .unwrap_or_default();
+    assert!(body.contains("\"state\":\"pending\""), "{body}");
+    stopping.await.unwrap();
 }
 
 #[tokio::test]

@@ -102,7 +102,8 @@ pub async fn get_session(
     Ok(web::Json(svc.session_view(&v, &id).await?))
 }
 
-/// Server-sent events: the session view now and at every change, until it is finished or expired.
+/// Server-sent events: the session view now and at every change, until it is finished or expired
+/// (or the node stops serving: reconnect, the balancer picks a node that serves).
 #[utoipa::path(tag = "verifier", security(("admin_token" = [])), params(("verifier" = String, Path), ("id" = String, Path)), responses((status = 200, content_type = "text/event-stream", body = String), (status = 404, body = Problem)))]
 #[get("/api/verifiers/{verifier}/sessions/{id}/events")]
 pub async fn session_events(
@@ -119,7 +120,7 @@ pub async fn session_events(
     let events = stream::unfold(
         init,
         |(svc, v, id, mut rx, pending, last, done)| async move {
-            if done {
+            if done || !svc.streams_open() {
                 return None;
             }
             let (view, data) = match pending {
@@ -143,6 +144,9 @@ pub async fn session_events(
                         }
                     })
                     .await;
+                    if !svc.streams_open() {
+                        return None;
+                    }
                     match svc.session_view(&v, &id).await {
                         Ok(view) => {
                             let data = serde_json::to_string(&view).unwrap_or_default();

@@ -45,6 +45,12 @@ impl VerifierService {
         self.events.subscribe()
     }
 
+    /// Whether long-lived streams (session events) may go on: not once the node stops or a
+    /// rolling upgrade holds it back; the client then reconnects, to a node that serves.
+    pub fn streams_open(&self) -> bool {
+        *self.ctx.sessions.borrow() == crate::readiness::Sessions::Open
+    }
+
     pub(super) fn base(&self, verifier: &str) -> String {
         format!("{}/verifiers/{verifier}", self.ctx.public_url)
     }
