@@ -1,10 +1,10 @@
 //! Test stores that wrap another one and change a few of its methods (fault injection).
 
 /// `impl Store for $ty` with the methods given, and every other one passed to `self.inner`
-/// unchanged. The wrappers differ in `get`, `put` and `compare_and_swap`, which every form takes;
-/// `own get_settled` adds the read at the primary, `own get_settled batch` batches too. Unless
-/// given, `get_settled` is `self.inner`'s, never the trait's default, which would read through the
-/// wrapper's `get`.
+/// unchanged. The plain form takes `get`, `put` and `compare_and_swap`; `own get_settled` adds the
+/// read at the primary, `own get_settled batch` batches too; `only batch` takes `batch` alone.
+/// Unless given, `get_settled` is `self.inner`'s, never the trait's default, which would read
+/// through the wrapper's `get`.
 // not every feature set has a test that wraps a store
 #[allow(unused_macros)]
 macro_rules! store_wrapper {
@@ -24,6 +24,43 @@ macro_rules! store_wrapper {
         $crate::store::test_wrapper::store_wrapper!($ty, own get_settled batch {
             async fn batch(&self, ops: Vec<crate::store::BatchOp>) -> crate::store::StoreResult<()> {
                 self.inner.batch(ops).await
+            }
+            $($custom)*
+        });
+    };
+    ($ty:ty, only batch { $($custom:tt)* }) => {
+        $crate::store::test_wrapper::store_wrapper!($ty, own get_settled batch {
+            async fn get(
+                &self,
+                ks: &'static str,
+                key: &str,
+            ) -> crate::store::StoreResult<Option<Vec<u8>>> {
+                self.inner.get(ks, key).await
+            }
+            async fn get_settled(
+                &self,
+                ks: &'static str,
+                key: &str,
+            ) -> crate::store::StoreResult<Option<Vec<u8>>> {
+                self.inner.get_settled(ks, key).await
+            }
+            async fn put(
+                &self,
+                ks: &'static str,
+                key: &str,
+                value: Vec<u8>,
+                ttl: Option<std::time::Duration>,
+            ) -> crate::store::StoreResult<()> {
+                self.inner.put(ks, key, value, ttl).await
+            }
+            async fn compare_and_swap(
+                &self,
+                ks: &'static str,
+                key: &str,
+                expected: Option<Vec<u8>>,
+                new: Option<(Vec<u8>, Option<std::time::Duration>)>,
+            ) -> crate::store::StoreResult<crate::store::Cas> {
+                self.inner.compare_and_swap(ks, key, expected, new).await
             }
             $($custom)*
         });

@@ -3,7 +3,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::json;
 
@@ -13,7 +12,7 @@ use crate::clock::FakeClock;
 use crate::didcomm::client::{pickup, AgentKey};
 use crate::roles::RoleContext;
 use crate::store::test_wrapper::store_wrapper;
-use crate::store::{BatchOp, Cas, Store, StoreError, StoreResult};
+use crate::store::{BatchOp, Store, StoreError, StoreResult};
 
 /// A store whose batches on the mediator's queue fail while `fail` is set (an acknowledgement,
 /// which deletes what it acknowledges in one batch, cannot be written).
@@ -22,31 +21,7 @@ struct FailingAcks {
     fail: AtomicBool,
 }
 
-store_wrapper!(FailingAcks, own get_settled batch {
-    async fn get(&self, ks: &'static str, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        self.inner.get(ks, key).await
-    }
-    async fn get_settled(&self, ks: &'static str, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        self.inner.get_settled(ks, key).await
-    }
-    async fn put(
-        &self,
-        ks: &'static str,
-        key: &str,
-        value: Vec<u8>,
-        ttl: Option<Duration>,
-    ) -> StoreResult<()> {
-        self.inner.put(ks, key, value, ttl).await
-    }
-    async fn compare_and_swap(
-        &self,
-        ks: &'static str,
-        key: &str,
-        expected: Option<Vec<u8>>,
-        new: Option<(Vec<u8>, Option<Duration>)>,
-    ) -> StoreResult<Cas> {
-        self.inner.compare_and_swap(ks, key, expected, new).await
-    }
+store_wrapper!(FailingAcks, only batch {
     async fn batch(&self, ops: Vec<BatchOp>) -> StoreResult<()> {
         let on_queue = ops.iter().any(|op| match op {
             BatchOp::Put { keyspace, .. } | BatchOp::Delete { keyspace, .. } => *keyspace == ks::QUEUE,
