@@ -20,7 +20,8 @@
 
 use x509_cert::der::{self, Decode, Encode};
 use x509_cert::ext::pkix::{
-    name::GeneralName, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAltName,
+    name::GeneralName, AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage,
+    SubjectAltName, SubjectKeyIdentifier,
 };
 use x509_cert::Certificate;
 
@@ -40,6 +41,8 @@ const OID_BASIC_CONSTRAINTS: &str = "2.5.29.19";
 const OID_KEY_USAGE: &str = "2.5.29.15";
 const OID_SAN: &str = "2.5.29.17";
 const OID_EXT_KEY_USAGE: &str = "2.5.29.37";
+const OID_SUBJECT_KEY_ID: &str = "2.5.29.14";
+const OID_AUTHORITY_KEY_ID: &str = "2.5.29.35";
 /// ISO 18013-5 id-mdl-kp-mdlDS: the extended key usage of an mdoc document signer.
 const OID_MDL_DS: &str = "1.0.18013.5.1.2";
 /// Extensions a chain may mark critical without us failing it (the ones checked, or harmless).
@@ -157,6 +160,15 @@ impl TrustAnchors {
                 Certificate::from_der(d).map_err(|e| format!("chain certificate: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let last = chain.last().ok_or("empty chain")?;
+        // by name first: a chain no anchor could have issued costs no signature check
+        if !self
+            .anchors
+            .iter()
+            .any(|a| a == last || a.tbs_certificate.subject == last.tbs_certificate.issuer)
+        {
+            return Err("the x5c chain does not end at a configured trust anchor".into());
+        }
         for (i, c) in chain.iter().enumerate() {
             check_validity(c, now).map_err(|e| format!("x5c[{i}]: {e}"))?;
             check_critical(c).map_err(|e| format!("x5c[{i}]: {e}"))?;
@@ -167,7 +179,6 @@ impl TrustAnchors {
                     .map_err(|e| format!("x5c[{}] is not signed by x5c[{i}]: {e}", i - 1))?;
             }
         }
-        let last = chain.last().ok_or("empty chain")?;
         let anchor = self
             .anchors
             .iter()
@@ -323,6 +334,36 @@ fn decoded<'a, T: x509_cert::der::Decode<'a>>(
     extension(c, oid)
         .map(|e| T::from_der(e.extn_value.as_bytes()).map_err(|err| format!("{what}: {err}")))
         .transpose()
+}
+
+/// The key identifiers of the authorities over a chain: the Authority Key Identifier of each of
+/// its certificates, and the Subject Key Identifier of each CA above the leaf (the anchor
+/// included). DCQL `trusted_authorities` of type `aki`, and a verifier's `aki:` entries in
+/// `trusted_issuers`, name one of these. Extensions that do not decode are skipped (the chain has
+/// been verified by then; an identifier is only a name to match).
+pub fn authority_key_ids(path: &ChainPath) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for c in std::iter::once(&path.leaf).chain(&path.above) {
+        let aki = decoded::<AuthorityKeyIdentifier>(c, OID_AUTHORITY_KEY_ID, "")
+            .ok()
+            .flatten()
+            .and_then(|a| a.key_identifier)
+            .map(|k| k.as_bytes().to_vec());
+        out.extend(aki);
+    }
+    out.extend(path.above.iter().filter_map(subject_key_id));
+    out.retain(|k| !k.is_empty());
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A certificate's Subject Key Identifier, when it has one that decodes.
+pub fn subject_key_id(c: &Certificate) -> Option<Vec<u8>> {
+    decoded::<SubjectKeyIdentifier>(c, OID_SUBJECT_KEY_ID, "")
+        .ok()
+        .flatten()
+        .map(|k| k.0.as_bytes().to_vec())
 }
 
 /// The subject's countryName (ISO 18013-5 Annex B: an IACA's and its document signers' agree,

@@ -812,6 +812,8 @@ fn x509_leaf_with(
 }
 
 /// A server whose `x509.trust_anchors` is `root` (keep the directory while it runs).
+/// A node with `root` as its one `x509.trust_anchors` IACA, whose default verifier trusts mdocs
+/// under it (`aki:` of its key identifier) besides the node's own default issuer.
 async fn anchored_server(root: &Cert) -> (Server, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let pem = dir.path().join("anchors.pem");
@@ -820,7 +822,24 @@ async fn anchored_server(root: &Cert) -> (Server, tempfile::TempDir) {
         .env("IDSTACK__X509__TRUST_ANCHORS", pem.to_str().unwrap())
         .start()
         .await;
+    let own = s.default_issuer_did().await;
+    let r = s
+        .admin()
+        .put_resp(
+            "/api/verifiers/default",
+            &json!({"trusted_issuers": [own, iaca_entry(root)]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     (s, dir)
+}
+
+/// How a verifier's trusted_issuers names the IACA `root`: `aki:` and its key identifier.
+fn iaca_entry(root: &Cert) -> String {
+    use x509_cert::der::Decode;
+    let c = x509_cert::Certificate::from_der(root.cert.der()).unwrap();
+    let ski = idstack::crypto::x509::subject_key_id(&c).expect("rcgen writes an SKI");
+    format!("aki:{}", idstack::crypto::b64url(ski))
 }
 
 /// An SD-JWT VC issuer's certificate for DNS name `host` under `root`.
@@ -1310,7 +1329,21 @@ async fn production_issuer_imports_its_mdoc_document_signer_chain() {
     let signed =
         idstack::crypto::b64url_decode(cred["credentials"][0]["credential"].as_str().unwrap())
             .unwrap();
+    // a verifier that trusts the issuer's DID does not trust its mdocs: their issuer is named
+    // by the IACA over the document signer
     trusting_verifier(&s, "rp").await;
+    let (status, r) = present_mdl(&s, "rp", &device, &signed).await;
+    assert_ne!((status, &r["verified"]), (200, &json!(true)), "{r}");
+    assert!(r.to_string().contains(&iaca_entry(&de_iaca)), "{r}");
+    let issuer: Value = s.admin().get("/api/issuers/default").await;
+    let r = s
+        .admin()
+        .put_resp(
+            "/api/verifiers/rp",
+            &json!({"trusted_issuers": [issuer["did"], iaca_entry(&de_iaca)]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
     let (status, r) = present_mdl(&s, "rp", &device, &signed).await;
     assert_eq!((status, &r["verified"]), (200, &json!(true)), "{r}");
     // rotation: a new document signer under the same IACA signs the status lists from now on;
@@ -1359,4 +1392,5 @@ async fn production_issuer_imports_its_mdoc_document_signer_chain() {
 }
 
 mod mdoc_documents;
+mod mdoc_trust;
 mod pex_format;

@@ -298,6 +298,21 @@ async fn credo_issues_an_mdl_to_our_wallet() {
         .env("IDSTACK__X509__TRUST_ANCHORS", pem.to_str().unwrap())
         .start()
         .await;
+    // its default verifier trusts mdocs under credo's IACA (besides this node's own issuer)
+    let iaca = {
+        use x509_cert::der::DecodePem;
+        x509_cert::Certificate::from_pem(info["iaca_pem"].as_str().unwrap()).unwrap()
+    };
+    let ski = idstack::crypto::x509::subject_key_id(&iaca).expect("credo's IACA has an SKI");
+    let own = s.default_issuer_did().await;
+    let r = s
+        .admin()
+        .put_resp(
+            "/api/verifiers/default",
+            &json!({"trusted_issuers": [own, format!("aki:{}", idstack::crypto::b64url(ski))]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
     let u = WalletUser::signup(&s, "credo-mdl@example.org").await;
     let offer = offer_from_credo(&mut party);
     let got = json_of(

@@ -115,7 +115,7 @@ fn issued_presented_and_verified_with_only_the_requested_elements() {
     );
     assert_eq!(
         d.status,
-        Some((7, "https://issuer.example/status/1".into()))
+        Ok(Some((7, "https://issuer.example/status/1".into())))
     );
     assert_eq!(d.device_key, f.device.verifying_key());
     assert_eq!(held.claims[NS]["birth_date"], "1984-01-26");

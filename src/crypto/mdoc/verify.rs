@@ -30,8 +30,10 @@ pub struct Verified {
     pub device_key: VerifyingKey,
     pub valid_from: i64,
     pub valid_until: i64,
-    /// Token Status List reference from the MSO: (index, list URI).
-    pub status: Option<(u64, String)>,
+    /// The MSO's `status`: none, a Token Status List reference (index, list URI), or (`Err`,
+    /// why) one in a form this verifier cannot check (e.g. an ISO 18013-5 `identifier_list`),
+    /// which must not pass for "no status".
+    pub status: Result<Option<(u64, String)>, String>,
     /// The document signer certificate's subject (RFC 4514).
     pub signer: String,
     /// The document signer's key.
@@ -39,6 +41,10 @@ pub struct Verified {
     /// The trust anchor (DER) its chain ends at: the mdoc's status list must be signed by a
     /// document signer under the same anchor (the mdoc's own, or its successor after a rotation).
     pub anchor: Vec<u8>,
+    /// The key identifiers of the authorities over its document signer
+    /// ([`crate::crypto::x509::authority_key_ids`]): what a verifier's trusted issuers and DCQL
+    /// `trusted_authorities` (`aki`) name an mdoc issuer by.
+    pub authorities: Vec<Vec<u8>>,
 }
 
 /// The issuer-signed part of one document: `issuerAuth` signed by a document signer chaining to
@@ -71,6 +77,7 @@ pub fn issuer_signed(
     let path = anchors
         .chain_path(&chain, now)
         .map_err(MdocError::Untrusted)?;
+    let authorities = crate::crypto::x509::authority_key_ids(&path);
     let (signer, signer_cert) = (path.key, path.leaf);
     crate::crypto::x509::check_document_signer(&signer_cert).map_err(MdocError::Untrusted)?;
     if !matches!(signer, VerifyingKey::P256(_)) {
@@ -112,6 +119,7 @@ pub fn issuer_signed(
         signer: signer_cert.tbs_certificate.subject.to_string(),
         signer_key: signer,
         anchor,
+        authorities,
     })
 }
 
@@ -334,15 +342,21 @@ fn disclosed(
     Ok(out)
 }
 
-fn status_ref(mso: &Value) -> Option<(u64, String)> {
-    let list = get(get(mso, "status")?, "status_list")?;
-    let idx = match get(list, "idx")? {
-        Value::Integer(i) => u64::try_from(*i).ok()?,
-        _ => return None,
+fn status_ref(mso: &Value) -> Result<Option<(u64, String)>, String> {
+    let Some(status) = get(mso, "status") else {
+        return Ok(None);
     };
-    match get(list, "uri")? {
-        Value::Text(u) => Some((idx, u.clone())),
-        _ => None,
+    let unreadable = || {
+        "the mdoc's status is not a Token Status List reference (status_list with an integer idx and a text uri)".to_string()
+    };
+    let list = get(status, "status_list").ok_or_else(unreadable)?;
+    let idx = match get(list, "idx") {
+        Some(Value::Integer(i)) => u64::try_from(*i).map_err(|_| unreadable())?,
+        _ => return Err(unreadable()),
+    };
+    match get(list, "uri") {
+        Some(Value::Text(u)) => Ok(Some((idx, u.clone()))),
+        _ => Err(unreadable()),
     }
 }
 

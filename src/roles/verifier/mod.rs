@@ -2,6 +2,8 @@
 //! policies, single-use sessions, results by poll, SSE and webhook.
 
 pub mod error;
+#[cfg(test)]
+mod mdoc_trust_tests;
 pub mod model;
 pub mod protocol;
 pub mod query;

@@ -34,6 +34,10 @@ pub struct CreateVerifier {
     pub display_name: Option<String>,
     /// Give the verifier a key (signed request objects, `decentralized_identifier:` client id).
     pub signing_key_type: Option<KeyType>,
+    /// The issuers it trusts: DIDs and `https` issuer identifiers, and for mso_mdoc
+    /// `aki:<base64url key identifier>` of an authority over the document signer (its IACA's
+    /// Subject Key Identifier). Empty: this node's own issuers in sandbox mode, no one in
+    /// production.
     #[serde(default)]
     pub trusted_issuers: Vec<String>,
 }

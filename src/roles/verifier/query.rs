@@ -100,6 +100,12 @@ async fn dcql(ctx: &Ctx<'_>, out: &mut Outcome, query: &Value, vp_token: &Value)
         };
         let format = cq["format"].as_str().unwrap_or_default().to_string();
         let binding = cq["require_cryptographic_holder_binding"].as_bool() != Some(false);
+        // counted before anything is verified: each presentation costs signature checks and
+        // status list fetches
+        if let Some(why) = too_many(cq, qid, list.len(), 0) {
+            out.fail("query_match", why);
+            continue;
+        }
         let mut all_ok = !list.is_empty();
         let mut documents = 0;
         for p in &list {
@@ -109,7 +115,7 @@ async fn dcql(ctx: &Ctx<'_>, out: &mut Outcome, query: &Value, vp_token: &Value)
             }
             documents += checked.len();
             for c in &checked {
-                if let Some(why) = mismatch(&view(c), cq) {
+                if let Some(why) = mismatch(&view(c), cq).or_else(|| untrusted_authority(c, cq)) {
                     out.fail("query_match", why);
                     all_ok = false;
                 }
@@ -159,11 +165,17 @@ async fn dcql(ctx: &Ctx<'_>, out: &mut Outcome, query: &Value, vp_token: &Value)
     }
 }
 
+/// Most presentations for one credential query with `multiple: true`.
+pub const MAX_PRESENTATIONS_PER_QUERY: usize = 10;
+
 /// DCQL `multiple` (default false): a single-credential query is answered by one credential,
-/// however it comes — one presentation, and one document in an mdoc DeviceResponse.
+/// however it comes — one presentation, and one document in an mdoc DeviceResponse; a query
+/// with `multiple` by at most [`MAX_PRESENTATIONS_PER_QUERY`] presentations.
 fn too_many(cq: &Value, qid: &str, presentations: usize, documents: usize) -> Option<String> {
     if cq["multiple"].as_bool() == Some(true) {
-        return None;
+        return (presentations > MAX_PRESENTATIONS_PER_QUERY).then(|| {
+            format!("{qid}: {presentations} presentations; at most {MAX_PRESENTATIONS_PER_QUERY} are verified for one query")
+        });
     }
     if presentations > 1 {
         return Some(format!(
@@ -173,6 +185,27 @@ fn too_many(cq: &Value, qid: &str, presentations: usize, documents: usize) -> Op
     (documents > 1).then(|| {
         format!("{qid}: {documents} credentials (documents) for a single-credential query")
     })
+}
+
+/// DCQL `trusted_authorities` (type `aki`, the only one session creation accepts): the
+/// credential must be issued under one of the named authorities (mso_mdoc: a key identifier over
+/// its document signer).
+fn untrusted_authority(c: &Checked, cq: &Value) -> Option<String> {
+    let authorities = cq["trusted_authorities"].as_array()?;
+    let mut named = authorities
+        .iter()
+        .filter(|a| a["type"] == "aki")
+        .filter_map(|a| a["values"].as_array())
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter_map(|v| crate::crypto::b64url_decode(v).ok());
+    if named.any(|k| c.authorities.contains(&k)) {
+        return None;
+    }
+    Some(format!(
+        "{}: not issued under any of the query's trusted_authorities",
+        c.query_id
+    ))
 }
 
 /// Formats verified the same way: a PEX `format` key and a descriptor_map `format` may name the

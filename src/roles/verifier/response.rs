@@ -216,6 +216,7 @@ impl VerifierService {
             anchors: &anchors,
             require_status: session.require_status,
             mdoc_transcript: transcript.as_deref(),
+            fetched: Default::default(),
         };
         Ok(query::evaluate(&ctx, &vp_token, submission.as_ref()).await)
     }

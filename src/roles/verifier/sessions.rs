@@ -316,6 +316,47 @@ fn validate_dcql(q: &Value) -> Result<(), VerifierError> {
     Ok(())
 }
 
+/// DCQL `trusted_authorities` (OID4VP 1.0 §6.1.1): enforced, never ignored, so a query accepts
+/// only what it can be held to — type `aki` (the key identifier of an authority over the
+/// credential's X.509 chain, base64url) on mso_mdoc queries. Other types and formats: 422.
+fn check_trusted_authorities(id: &str, c: &Value) -> Result<(), VerifierError> {
+    let Some(ta) = c.get("trusted_authorities") else {
+        return Ok(());
+    };
+    let list = ta.as_array().filter(|a| !a.is_empty()).ok_or_else(|| {
+        invalid(format!(
+            "credential query `{id}`: trusted_authorities must be a non-empty array"
+        ))
+    })?;
+    if c["format"] != "mso_mdoc" {
+        return Err(invalid(format!(
+            "credential query `{id}`: trusted_authorities is supported for mso_mdoc queries only"
+        )));
+    }
+    for a in list {
+        if a["type"] != "aki" {
+            return Err(invalid(format!(
+                "credential query `{id}`: trusted_authorities type {} is not supported (aki)",
+                a["type"]
+            )));
+        }
+        let ok = a["values"].as_array().is_some_and(|v| {
+            !v.is_empty()
+                && v.iter().all(|x| {
+                    x.as_str().is_some_and(|s| {
+                        crate::crypto::b64url_decode(s).is_ok_and(|b| !b.is_empty())
+                    })
+                })
+        });
+        if !ok {
+            return Err(invalid(format!(
+                "credential query `{id}`: trusted_authorities values must be base64url key identifiers"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// One credential query of a DCQL query: a supported format, its `meta`, its claims.
 fn check_credential_query(id: &str, c: &Value) -> Result<(), VerifierError> {
     match c["format"].as_str() {
@@ -336,6 +377,7 @@ fn check_credential_query(id: &str, c: &Value) -> Result<(), VerifierError> {
             )))
         }
     }
+    check_trusted_authorities(id, c)?;
     // `meta` is REQUIRED (OID4VP 1.0 §6.1); its members are per format (Appendix B).
     let meta = c["meta"].as_object().ok_or_else(|| {
         invalid(format!(

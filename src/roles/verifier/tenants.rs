@@ -97,8 +97,8 @@ impl VerifierService {
 
     /// The issuers `v` trusts: its `trusted_issuers` when it lists any (an explicit list is the
     /// whole truth); when it lists none, in sandbox mode this node's own issuer tenants (read from
-    /// the issuer role's records, whichever node wrote them) and in production no one; everything
-    /// when `verifier.trust = "any"`.
+    /// the issuer role's records, whichever node wrote them, and for mdocs the sandbox IACA as
+    /// `aki:…`) and in production no one; everything when `verifier.trust = "any"`.
     pub(super) async fn trusted(&self, v: &Verifier) -> Result<Trust, VerifierError> {
         if self.cfg.trust == crate::config::VerifierTrust::Any {
             return Ok(Trust::Any);
@@ -118,6 +118,14 @@ impl VerifierService {
                         list.push(did.to_string());
                     }
                 }
+            }
+            // and the sandbox IACA its issuers' mdoc document signers are under
+            if let Some(der) = crate::roles::mdoc_pki::sandbox_anchor(&self.ctx).await {
+                use x509_cert::der::Decode;
+                let ski = x509_cert::Certificate::from_der(&der)
+                    .ok()
+                    .and_then(|c| crate::crypto::x509::subject_key_id(&c));
+                list.extend(ski.map(|k| super::verify::aki_entry(&k)));
             }
         }
         Ok(Trust::Only(list))

@@ -115,6 +115,7 @@ impl VerifierService {
             anchors: &self.ctx.x509_anchors,
             require_status: false,
             mdoc_transcript: None,
+            fetched: Default::default(),
         }
     }
 }

@@ -113,15 +113,19 @@ impl WalletService {
     }
 
     /// An mdoc's Token Status List entry (CWT form, signed by the mdoc's own document signer):
-    /// `valid`, `revoked`, `suspended`, or `no_status` when the MSO names no list.
+    /// `valid`, `revoked`, `suspended`, `no_status` when the MSO names no list, or `unknown` (a
+    /// status value or reference this wallet cannot read).
     pub(super) async fn mdoc_status(&self, raw: &str) -> WalletResult<&'static str> {
         let anchors = mdoc_pki::trust_anchors(&self.ctx).await;
         let bytes = crate::crypto::b64url_decode(raw).or_internal()?;
         let v = mdoc::decode(&bytes)
             .and_then(|signed| mdoc::verify::issuer_signed(&signed, None, &anchors, self.now()))
             .map_err(rejected)?;
-        let Some((idx, uri)) = v.status.clone() else {
-            return Ok("no_status");
+        let (idx, uri) = match v.status.clone() {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok("no_status"),
+            // a status this wallet cannot read is not "no status"
+            Err(_) => return Ok("unknown"),
         };
         let token = crate::client::get_bytes(
             &self.ctx.http,

@@ -2,15 +2,16 @@
 
 use serde_json::{Map, Value};
 
-use super::policy::Outcome;
+use super::policy::{Outcome, Trust};
 use super::status::mdoc_status;
 use super::{Checked, Ctx};
 use crate::roles::verifier::model::PresentedCredential;
 
 /// mso_mdoc: a base64url DeviceResponse. Its documents are checked by [`crate::crypto::mdoc`]
 /// (document signer chain to `anchors`, issuerAuth, digests, validity, device signature over this
-/// request's SessionTranscript); a failure is reported under the policy it breaks. The issuer
-/// allow-list of DIDs does not apply: an mdoc issuer is trusted through its IACA being an anchor.
+/// request's SessionTranscript); a failure is reported under the policy it breaks. An mdoc's
+/// issuer is named by the key identifiers of the authorities over its document signer
+/// ([`check_mdoc_issuer`]).
 pub async fn mdoc(
     ctx: &Ctx<'_>,
     out: &mut Outcome,
@@ -52,23 +53,68 @@ pub async fn mdoc(
         "validity",
         "holder_binding",
         "nonce_audience",
-        "issuer_allowlist",
     ] {
         out.pass(p);
     }
     let mut checked = Vec::new();
     for d in docs {
+        check_mdoc_issuer(out, ctx, query_id, &d);
         match &d.status {
-            Some((idx, uri)) => mdoc_status(ctx, out, query_id, *idx, uri, &d).await,
-            None if ctx.require_status => out.fail(
+            Ok(Some((idx, uri))) => mdoc_status(ctx, out, query_id, *idx, uri, &d).await,
+            Ok(None) if ctx.require_status => out.fail(
                 "status",
                 format!("{query_id}: the mdoc carries no status reference"),
             ),
-            None => out.pass("status"),
+            Ok(None) => out.pass("status"),
+            Err(why) => out.fail("status", format!("{query_id}: {why}")),
         }
         checked.push(presented(out, query_id, d));
     }
     checked
+}
+
+/// The `issuer_allowlist` policy for an mdoc, whose chain already ends at an anchor of this
+/// node: with `verifier.trust = "any"` that is enough; otherwise the verifier's trusted issuers
+/// must name one of the authorities over its document signer as `aki:<base64url key identifier>`
+/// (its IACA's, in sandbox mode listed for a verifier with no list of its own). The reason names
+/// the identifiers, so an operator can list the IACA they mean to trust.
+fn check_mdoc_issuer(
+    out: &mut Outcome,
+    ctx: &Ctx<'_>,
+    query_id: &str,
+    d: &crate::crypto::mdoc::verify::Verified,
+) {
+    let Trust::Only(list) = ctx.trust else {
+        return out.pass("issuer_allowlist");
+    };
+    let ids: Vec<String> = d.authorities.iter().map(|k| aki_entry(k)).collect();
+    if list.iter().any(|t| ids.contains(t)) {
+        return out.pass("issuer_allowlist");
+    }
+    let named = if ids.is_empty() {
+        "its chain names no key identifier".to_string()
+    } else {
+        format!(
+            "trust it by listing one of {} in trusted_issuers",
+            ids.join(", ")
+        )
+    };
+    out.fail(
+        "issuer_allowlist",
+        format!(
+            "{query_id}: mdoc issuer {} is not trusted by this verifier ({named})",
+            clip(&d.signer)
+        ),
+    );
+}
+
+/// How `trusted_issuers` names an X.509 authority: `aki:` and its key identifier, base64url.
+pub fn aki_entry(key_id: &[u8]) -> String {
+    format!("aki:{}", crate::crypto::b64url(key_id))
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(200).collect()
 }
 
 /// The policy an mdoc verification failure breaks.
@@ -111,5 +157,6 @@ fn presented(
         types: Vec::new(),
         doctype: Some(d.doc_type),
         issuer: Some(d.signer),
+        authorities: d.authorities,
     }
 }

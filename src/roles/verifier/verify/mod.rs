@@ -20,7 +20,7 @@ use crate::crypto::binding::{self, IssuerKey, Issuers};
 
 pub use jwt_vc::{jwt_credential, jwt_vp};
 pub use ldp::{ldp_credential, ldp_vp};
-pub use mdoc::mdoc;
+pub use mdoc::{aki_entry, mdoc};
 pub use policy::{Outcome, Trust};
 pub use sd_jwt::sd_jwt;
 pub use status::StatusCache;
@@ -67,6 +67,8 @@ pub struct Ctx<'a> {
     /// mso_mdoc: the encoded SessionTranscript a device signature must cover (OID4VP 1.0
     /// Appendix B.2.6); `None` where there is no OpenID4VP request (VC-API).
     pub mdoc_transcript: Option<&'a [u8]>,
+    /// Status lists fetched by this evaluation (each URI once).
+    pub fetched: status::Fetched,
 }
 
 /// A verified credential as the query matcher sees it.
@@ -81,6 +83,9 @@ pub struct Checked {
     /// mso_mdoc: the document type.
     pub doctype: Option<String>,
     pub issuer: Option<String>,
+    /// mso_mdoc: the key identifiers of the authorities over its document signer (DCQL
+    /// `trusted_authorities` of type `aki`); empty for other formats.
+    pub authorities: Vec<Vec<u8>>,
 }
 
 /// The `signature` policy for an issuer-signed JWT: the key is bound to the issuer the token names
@@ -144,6 +149,7 @@ fn w3c_checked(
         vct: None,
         doctype: None,
         issuer: Some(issuer),
+        authorities: Vec::new(),
     }
 }
 

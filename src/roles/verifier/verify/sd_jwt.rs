@@ -82,6 +82,7 @@ pub async fn sd_jwt(
         doctype: None,
         types: Vec::new(),
         issuer: Some(issuer.issuer),
+        authorities: Vec::new(),
     })
 }
 

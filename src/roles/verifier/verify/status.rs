@@ -80,6 +80,29 @@ impl StatusCache {
     }
 }
 
+/// Status list bodies fetched during one evaluation, by URI: a response presenting many
+/// credentials under one list fetches it once (each is still verified on its own). Bounded by
+/// the presentations one evaluation takes.
+#[derive(Default)]
+pub struct Fetched(std::sync::Mutex<std::collections::HashMap<String, Result<Vec<u8>, String>>>);
+
+impl Fetched {
+    /// The body fetched for `uri` in this evaluation, or `fetch`'s, kept for the next use.
+    async fn get_or<F>(&self, uri: &str, fetch: F) -> Result<Vec<u8>, String>
+    where
+        F: std::future::Future<Output = Result<Vec<u8>, String>>,
+    {
+        if let Some(got) = self.0.lock().ok().and_then(|m| m.get(uri).cloned()) {
+            return got;
+        }
+        let got = fetch.await;
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(uri.to_string(), got.clone());
+        }
+        got
+    }
+}
+
 /// The `status` policy when the credential carries no status reference.
 pub(super) fn no_status(ctx: &Ctx<'_>, out: &mut Outcome, what: &str) {
     if ctx.require_status {
@@ -111,33 +134,43 @@ async fn fetch_status(ctx: &Ctx<'_>, uri: &str, key: &VerifyingKey) -> Result<Va
         return Err("status list URI is not http(s)".into());
     }
     let limits = limits();
-    let cached = ctx.status_cache.get(uri);
-    let mut req = ctx.http.get(uri).timeout(Duration::from_secs(5));
-    if let Some((etag, _)) = &cached {
-        req = req.header("If-None-Match", etag);
-    }
-    let r = crate::http::outbound::send(req)
-        .await
-        .map_err(|e| format!("status list: {e}"))?;
-    let (token, fresh_etag) = match (r.status().as_u16(), cached) {
-        (304, Some((_, t))) => (t, None),
-        (s, _) if (200..300).contains(&s) => {
-            let etag = r
-                .headers()
-                .get("etag")
-                .and_then(|v| v.to_str().ok())
-                .filter(|e| e.len() <= 256)
-                .map(str::to_string);
-            let body = read_capped(r, limits.max_body_bytes)
+    let fresh_etag = std::sync::Mutex::new(None);
+    let body = ctx
+        .fetched
+        .get_or(uri, async {
+            let cached = ctx.status_cache.get(uri);
+            let mut req = ctx.http.get(uri).timeout(Duration::from_secs(5));
+            if let Some((etag, _)) = &cached {
+                req = req.header("If-None-Match", etag);
+            }
+            let r = crate::http::outbound::send(req)
                 .await
                 .map_err(|e| format!("status list: {e}"))?;
-            (String::from_utf8_lossy(&body).trim().to_string(), etag)
-        }
-        (s, _) => return Err(format!("status list: HTTP {s}")),
-    };
+            match (r.status().as_u16(), cached) {
+                (304, Some((_, t))) => Ok(t.into_bytes()),
+                (s, _) if (200..300).contains(&s) => {
+                    let etag = r
+                        .headers()
+                        .get("etag")
+                        .and_then(|v| v.to_str().ok())
+                        .filter(|e| e.len() <= 256)
+                        .map(str::to_string);
+                    let body = read_capped(r, limits.max_body_bytes)
+                        .await
+                        .map_err(|e| format!("status list: {e}"))?;
+                    if let Ok(mut f) = fresh_etag.lock() {
+                        *f = etag;
+                    }
+                    Ok(body.to_vec())
+                }
+                (s, _) => Err(format!("status list: HTTP {s}")),
+            }
+        })
+        .await?;
+    let token = String::from_utf8_lossy(&body).trim().to_string();
     let (_, payload) =
         jws::verify(&token, key).map_err(|e| format!("status list signature: {e}"))?;
-    if let Some(etag) = fresh_etag {
+    if let Some(etag) = fresh_etag.lock().ok().and_then(|mut f| f.take()) {
         ctx.status_cache
             .put(uri, etag, token, limits.status_list_cache_bytes);
     }
@@ -255,18 +288,24 @@ pub(super) async fn mdoc_status(
             format!("{query_id}: status list URI is not http(s)"),
         );
     }
-    let req = ctx
-        .http
-        .get(uri)
-        .header("Accept", status::MEDIA_TYPE)
-        .timeout(Duration::from_secs(5));
-    let body = match crate::http::outbound::send(req).await {
-        Ok(r) if r.status().is_success() => read_capped(r, status::MAX_TOKEN_BYTES)
-            .await
-            .map_err(|e| format!("status list: {e}")),
-        Ok(r) => Err(format!("status list: HTTP {}", r.status())),
-        Err(e) => Err(format!("status list: {e}")),
-    };
+    let body = ctx
+        .fetched
+        .get_or(uri, async {
+            let req = ctx
+                .http
+                .get(uri)
+                .header("Accept", status::MEDIA_TYPE)
+                .timeout(Duration::from_secs(5));
+            match crate::http::outbound::send(req).await {
+                Ok(r) if r.status().is_success() => read_capped(r, status::MAX_TOKEN_BYTES)
+                    .await
+                    .map(|b| b.to_vec())
+                    .map_err(|e| format!("status list: {e}")),
+                Ok(r) => Err(format!("status list: HTTP {}", r.status())),
+                Err(e) => Err(format!("status list: {e}")),
+            }
+        })
+        .await;
     let list = body.and_then(|b| {
         status::verify(&b, uri, mdoc, ctx.anchors, ctx.now).map_err(|e| e.to_string())
     });

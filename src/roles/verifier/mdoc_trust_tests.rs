@@ -1,0 +1,318 @@
+//! mso_mdoc at the verifier, from an attacker review: whom an mdoc's issuer is trusted by (the
+//! verifier's trusted issuers, DCQL `trusted_authorities`), a status the verifier cannot read,
+//! and what one response may make the verifier fetch.
+
+use ciborium::Value as Cbor;
+use coset::AsCborValue;
+use serde_json::{json, Value};
+
+use super::model::ALL_POLICIES;
+use super::verify::{Audience, Ctx, Outcome, StatusCache, Trust};
+use crate::crypto::mdoc::{self, issue, present, transcript};
+use crate::crypto::x509::tests::{ca, leaf};
+use crate::crypto::x509::TrustAnchors;
+use crate::crypto::{KeyType, SigningKey};
+
+const NOW: i64 = 1_800_000_000;
+const MDL: &str = "org.iso.18013.5.1.mDL";
+const NS: &str = "org.iso.18013.5.1";
+const CLIENT: &str = "redirect_uri:https://rp.example/cb";
+const NONCE: &str = "n-1";
+const RESPONSE_URI: &str = "https://rp.example/cb";
+
+struct Pki {
+    anchors: TrustAnchors,
+    /// The IACA's Subject Key Identifier.
+    iaca_key_id: Vec<u8>,
+    ds: SigningKey,
+    chain: Vec<Vec<u8>>,
+    device: SigningKey,
+}
+
+/// An IACA the node trusts (`x509.trust_anchors`) and a proper document signer under it.
+fn pki(iaca_name: &str) -> Pki {
+    use base64::Engine;
+    let root = ca(iaca_name, None);
+    let (ds_b64, ds) = leaf(&root, vec![], |p| {
+        p.distinguished_name.push(rcgen::DnType::CountryName, "UT");
+        p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::Other(vec![
+            1, 0, 18013, 5, 1, 2,
+        ])];
+    });
+    let iaca = {
+        use x509_cert::der::Decode;
+        x509_cert::Certificate::from_der(root.cert.der()).unwrap()
+    };
+    Pki {
+        anchors: TrustAnchors::from_pem(root.cert.pem().as_bytes()).unwrap(),
+        iaca_key_id: crate::crypto::x509::subject_key_id(&iaca).expect("rcgen writes an SKI"),
+        ds,
+        chain: vec![base64::engine::general_purpose::STANDARD
+            .decode(ds_b64)
+            .unwrap()],
+        device: SigningKey::generate(KeyType::P256),
+    }
+}
+
+fn issue_mdl(p: &Pki, status: Option<(u64, String)>) -> Vec<u8> {
+    issue::issuer_signed(&issue::IssueRequest {
+        doc_type: MDL,
+        namespaces: &[(
+            NS.to_string(),
+            vec![
+                ("family_name".to_string(), Cbor::Text("Mustermann".into())),
+                ("age_over_18".to_string(), Cbor::Bool(true)),
+            ],
+        )],
+        device_key: &p.device.verifying_key(),
+        signer: &p.ds,
+        x5chain: &p.chain,
+        signed: NOW - 10,
+        valid_from: NOW - 10,
+        valid_until: NOW + 3600,
+        status,
+    })
+    .unwrap()
+}
+
+/// The IssuerSigned `signed` with its MSO `edit`ed and re-signed by the (genuine) document
+/// signer: what an issuer would produce.
+fn resign_mso(p: &Pki, signed: &[u8], edit: impl FnOnce(&mut Vec<(Cbor, Cbor)>)) -> Vec<u8> {
+    let mut top = mdoc::decode(signed).unwrap();
+    let Cbor::Map(entries) = &mut top else {
+        panic!()
+    };
+    let auth = entries
+        .iter_mut()
+        .find(|(k, _)| *k == Cbor::Text("issuerAuth".into()))
+        .map(|(_, v)| v)
+        .unwrap();
+    let sign1 = coset::CoseSign1::from_cbor_value(auth.clone()).unwrap();
+    let (_, mut mso) =
+        mdoc::untag24(&mdoc::decode(sign1.payload.as_deref().unwrap()).unwrap()).unwrap();
+    let Cbor::Map(m) = &mut mso else { panic!() };
+    edit(m);
+    let payload = mdoc::encode(&mdoc::tag24(&mso));
+    let resigned = coset::CoseSign1Builder::new()
+        .protected(sign1.protected.header.clone())
+        .unprotected(sign1.unprotected.clone())
+        .payload(payload)
+        .create_signature(b"", |d| p.ds.sign(d))
+        .build();
+    *auth = resigned.to_cbor_value().unwrap();
+    mdoc::encode(&top)
+}
+
+fn present_b64(p: &Pki, signed: &[u8]) -> String {
+    let st = transcript::oid4vp(CLIENT, NONCE, None, RESPONSE_URI);
+    let resp = present::device_response(
+        signed,
+        MDL,
+        |_, e| e == "family_name" || e == "age_over_18",
+        &p.device,
+        &st,
+    )
+    .unwrap();
+    crate::crypto::b64url(resp)
+}
+
+/// Runs the verifier's evaluation (as `response.rs` does) and returns policy → (passed, reason).
+async fn evaluate(
+    anchors: &TrustAnchors,
+    trust: Trust,
+    dcql: Value,
+    pres: String,
+) -> std::collections::BTreeMap<String, (bool, String)> {
+    evaluate_all(anchors, trust, dcql, vec![pres]).await
+}
+
+/// [`evaluate`] with several presentations for the query.
+async fn evaluate_all(
+    anchors: &TrustAnchors,
+    trust: Trust,
+    dcql: Value,
+    pres: Vec<String>,
+) -> std::collections::BTreeMap<String, (bool, String)> {
+    let http = reqwest::Client::new();
+    let cache = StatusCache::default();
+    let st = transcript::oid4vp(CLIENT, NONCE, None, RESPONSE_URI);
+    let ctx = Ctx {
+        dcql_query: Some(&dcql),
+        presentation_definition: None,
+        audience: Some(Audience {
+            nonce: Some(NONCE),
+            client_id: Some(CLIENT),
+        }),
+        now: NOW,
+        http: &http,
+        trust: &trust,
+        status_cache: &cache,
+        anchors,
+        require_status: false,
+        mdoc_transcript: Some(&st),
+        fetched: Default::default(),
+    };
+    let out: Outcome = super::query::evaluate(&ctx, &json!({ "mdl": pres }), None).await;
+    let all: Vec<String> = ALL_POLICIES.iter().map(|s| s.to_string()).collect();
+    out.results(&all)
+        .into_iter()
+        .map(|r| (r.name, (r.passed, r.reason.unwrap_or_default())))
+        .collect()
+}
+
+fn mdl_query(extra: Value) -> Value {
+    let mut q = json!({"id": "mdl", "format": "mso_mdoc", "meta": {"doctype_value": MDL},
+        "claims": [{"path": [NS, "family_name"]}]});
+    for (k, v) in extra.as_object().unwrap() {
+        q[k] = v.clone();
+    }
+    json!({"credentials": [q]})
+}
+
+/// The `aki:` entry naming the test IACA of `p` (its Subject Key Identifier).
+fn iaca_entry(p: &Pki) -> String {
+    super::verify::aki_entry(&p.iaca_key_id)
+}
+
+/// A verifier that lists issuers trusts an mdoc only when its list names an authority over the
+/// document signer (`aki:…`); a node-wide anchor alone is not enough (before, every mdoc under
+/// any `x509.trust_anchors` IACA passed `issuer_allowlist` whatever the verifier listed).
+#[tokio::test]
+async fn an_mdoc_issuer_is_trusted_only_as_the_verifier_lists_it() {
+    let p = pki("IACA of another jurisdiction");
+    let pres = present_b64(&p, &issue_mdl(&p, None));
+    for trust in [
+        Trust::Only(vec![]),
+        Trust::Only(vec!["did:web:dmv.example".into()]),
+        Trust::Only(vec!["aki:c29tZW9uZSBlbHNl".into()]),
+    ] {
+        let r = evaluate(
+            &p.anchors,
+            trust.clone(),
+            mdl_query(json!({})),
+            pres.clone(),
+        )
+        .await;
+        assert!(!r["issuer_allowlist"].0, "{trust:?} passed: {r:?}");
+        assert!(
+            trust == Trust::Only(vec![]) || r["issuer_allowlist"].1.contains(&iaca_entry(&p)),
+            "the reason names the IACA to list: {r:?}"
+        );
+    }
+    for trust in [
+        Trust::Any,
+        Trust::Only(vec!["did:web:x".into(), iaca_entry(&p)]),
+    ] {
+        let r = evaluate(
+            &p.anchors,
+            trust.clone(),
+            mdl_query(json!({})),
+            pres.clone(),
+        )
+        .await;
+        assert!(r.values().all(|(ok, _)| *ok), "{trust:?}: {r:?}");
+    }
+}
+
+/// DCQL `trusted_authorities` (`aki`) is enforced: an mdoc under another IACA does not answer
+/// the query; one under the named IACA does.
+#[tokio::test]
+async fn dcql_trusted_authorities_are_enforced() {
+    let p = pki("IACA of another jurisdiction");
+    let pres = present_b64(&p, &issue_mdl(&p, None));
+    let named =
+        |v: &str| mdl_query(json!({"trusted_authorities": [{"type": "aki", "values": [v]}]}));
+    let r = evaluate(
+        &p.anchors,
+        Trust::Any,
+        named("s9tIpPmhxdiuNkHMEWNpYim8S8Y"),
+        pres.clone(),
+    )
+    .await;
+    assert!(!r["query_match"].0, "{r:?}");
+    assert!(r["query_match"].1.contains("trusted_authorities"), "{r:?}");
+    let ours = crate::crypto::b64url(&p.iaca_key_id);
+    let r = evaluate(&p.anchors, Trust::Any, named(&ours), pres).await;
+    assert!(r.values().all(|(ok, _)| *ok), "{r:?}");
+}
+
+/// A `status` the verifier cannot read (an ISO 18013-5 identifier list, a text index) fails the
+/// `status` policy; before, it passed as "no status", and a revoked mdoc with it was accepted.
+#[tokio::test]
+async fn an_unreadable_mdoc_status_reference_is_not_a_pass() {
+    let p = pki("IACA");
+    let t = |s: &str| Cbor::Text(s.into());
+    for status in [
+        Cbor::Map(vec![(
+            t("identifier_list"),
+            Cbor::Map(vec![
+                (t("id"), Cbor::Bytes(vec![1, 2, 3])),
+                (t("uri"), t("https://issuer.example/idl/1")),
+            ]),
+        )]),
+        Cbor::Map(vec![(
+            t("status_list"),
+            Cbor::Map(vec![
+                (t("idx"), t("7")),
+                (t("uri"), t("https://issuer.example/status/1")),
+            ]),
+        )]),
+    ] {
+        let signed = resign_mso(&p, &issue_mdl(&p, None), |m| {
+            m.push((t("status"), status.clone()))
+        });
+        let r = evaluate(
+            &p.anchors,
+            Trust::Any,
+            mdl_query(json!({})),
+            present_b64(&p, &signed),
+        )
+        .await;
+        assert!(!r["status"].0, "{status:?}: {r:?}");
+    }
+}
+
+/// What one response can make the verifier fetch: copies of one mdoc for a single-credential
+/// query are refused before any is verified (no fetch); for a query with `multiple`, more than
+/// ten presentations are refused the same way, and up to ten under one list fetch it once.
+#[tokio::test]
+async fn copies_of_one_mdoc_do_not_each_fetch_the_status_list() {
+    use std::io::{Read, Write};
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { break };
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            h.fetch_add(1, Ordering::SeqCst);
+            let _ = s.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    let p = pki("IACA");
+    let pres = present_b64(
+        &p,
+        &issue_mdl(&p, Some((7, format!("http://127.0.0.1:{port}/status/1")))),
+    );
+    let copies = |n: usize| (0..n).map(|_| pres.clone()).collect::<Vec<_>>();
+    let r = evaluate_all(&p.anchors, Trust::Any, mdl_query(json!({})), copies(40)).await;
+    assert!(!r["query_match"].0, "{r:?}");
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    let multiple = mdl_query(json!({"multiple": true}));
+    let r = evaluate_all(&p.anchors, Trust::Any, multiple.clone(), copies(11)).await;
+    assert!(!r["query_match"].0, "{r:?}");
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    let r = evaluate_all(&p.anchors, Trust::Any, multiple, copies(10)).await;
+    // the list answered 503: status fails, after one fetch
+    assert!(!r["status"].0, "{r:?}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
