@@ -458,6 +458,9 @@ pub struct VerifierConfig {
     pub default_session_ttl_seconds: u64,
     /// Which issuers a verifier with an empty `trusted_issuers` list trusts.
     pub trust: VerifierTrust,
+    /// Production mode: fetch status lists over plain `http` too (default: `https` only; sandbox
+    /// mode always allows `http`).
+    pub status_lists_over_http: bool,
 }
 
 impl Default for VerifierConfig {
@@ -465,6 +468,7 @@ impl Default for VerifierConfig {
         Self {
             default_session_ttl_seconds: 300,
             trust: VerifierTrust::Configured,
+            status_lists_over_http: false,
         }
     }
 }

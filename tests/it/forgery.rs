@@ -1241,8 +1241,9 @@ async fn production_issuer_imports_its_mdoc_document_signer_chain() {
         .env("IDSTACK__SERVER__MODE", "production")
         .env("IDSTACK__STORE__MASTER_KEY", crate::common::TEST_MASTER_KEY)
         .env("IDSTACK__X509__TRUST_ANCHORS", anchors.to_str().unwrap())
-        // the verifier fetches the issuer's CWT status list from this same node
+        // the verifier fetches the issuer's CWT status list from this same node, over http
         .env("IDSTACK__HTTP__OUTBOUND__ALLOW_PRIVATE", "loopback")
+        .env("IDSTACK__VERIFIER__STATUS_LISTS_OVER_HTTP", "true")
         .start()
         .await;
     let mdl = "org.iso.18013.5.1.mDL";

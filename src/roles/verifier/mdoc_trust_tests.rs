@@ -134,6 +134,17 @@ async fn evaluate_all(
     dcql: Value,
     pres: Vec<String>,
 ) -> std::collections::BTreeMap<String, (bool, String)> {
+    evaluate_in(anchors, trust, dcql, pres, false).await
+}
+
+/// [`evaluate_all`], in production mode when `production` (status lists over https only).
+async fn evaluate_in(
+    anchors: &TrustAnchors,
+    trust: Trust,
+    dcql: Value,
+    pres: Vec<String>,
+    production: bool,
+) -> std::collections::BTreeMap<String, (bool, String)> {
     let http = reqwest::Client::new();
     let cache = StatusCache::default();
     let st = transcript::oid4vp(CLIENT, NONCE, None, RESPONSE_URI);
@@ -152,6 +163,7 @@ async fn evaluate_all(
         require_status: false,
         mdoc_transcript: Some(&st),
         fetched: Default::default(),
+        https_only: production,
     };
     let out: Outcome = super::query::evaluate(&ctx, &json!({ "mdl": pres }), None).await;
     let all: Vec<String> = ALL_POLICIES.iter().map(|s| s.to_string()).collect();
@@ -314,5 +326,16 @@ async fn copies_of_one_mdoc_do_not_each_fetch_the_status_list() {
     let r = evaluate_all(&p.anchors, Trust::Any, multiple, copies(10)).await;
     // the list answered 503: status fails, after one fetch
     assert!(!r["status"].0, "{r:?}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // in production mode a list over plain http is not fetched at all
+    let r = evaluate_in(
+        &p.anchors,
+        Trust::Any,
+        mdl_query(json!({})),
+        copies(1),
+        true,
+    )
+    .await;
+    assert!(r["status"].1.contains("not https"), "{r:?}");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }

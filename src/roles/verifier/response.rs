@@ -217,6 +217,8 @@ impl VerifierService {
             require_status: session.require_status,
             mdoc_transcript: transcript.as_deref(),
             fetched: Default::default(),
+            https_only: self.ctx.mode == crate::config::Mode::Production
+                && !self.cfg.status_lists_over_http,
         };
         Ok(query::evaluate(&ctx, &vp_token, submission.as_ref()).await)
     }

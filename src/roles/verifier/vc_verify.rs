@@ -116,6 +116,8 @@ impl VerifierService {
             require_status: false,
             mdoc_transcript: None,
             fetched: Default::default(),
+            https_only: self.ctx.mode == crate::config::Mode::Production
+                && !self.cfg.status_lists_over_http,
         }
     }
 }

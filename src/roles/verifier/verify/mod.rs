@@ -69,6 +69,9 @@ pub struct Ctx<'a> {
     pub mdoc_transcript: Option<&'a [u8]>,
     /// Status lists fetched by this evaluation (each URI once).
     pub fetched: status::Fetched,
+    /// Production mode: status lists only over `https` (a list fetched over plain HTTP could be
+    /// an old, validly signed one replayed by anyone on the path).
+    pub https_only: bool,
 }
 
 /// A verified credential as the query matcher sees it.

@@ -103,6 +103,18 @@ impl Fetched {
     }
 }
 
+/// A status list URI this verifier fetches: `https` (in sandbox mode `http` too).
+fn status_uri_ok(ctx: &Ctx<'_>, uri: &str) -> Result<(), String> {
+    if uri.starts_with("https://") || (!ctx.https_only && uri.starts_with("http://")) {
+        return Ok(());
+    }
+    Err(if ctx.https_only {
+        "status list URI is not https (production mode)".into()
+    } else {
+        "status list URI is not http(s)".into()
+    })
+}
+
 /// The `status` policy when the credential carries no status reference.
 pub(super) fn no_status(ctx: &Ctx<'_>, out: &mut Outcome, what: &str) {
     if ctx.require_status {
@@ -130,9 +142,7 @@ fn list_issuer_ok(list: &Value, issuer: &IssuerKey) -> Result<(), String> {
 /// with the issuer's key; only a verified token is cached. Error texts never carry the remote body.
 async fn fetch_status(ctx: &Ctx<'_>, uri: &str, key: &VerifyingKey) -> Result<Value, String> {
     use crate::http::outbound::{limits, read_capped};
-    if !(uri.starts_with("https://") || uri.starts_with("http://")) {
-        return Err("status list URI is not http(s)".into());
-    }
+    status_uri_ok(ctx, uri)?;
     let limits = limits();
     let fresh_etag = std::sync::Mutex::new(None);
     let body = ctx
@@ -282,11 +292,8 @@ pub(super) async fn mdoc_status(
 ) {
     use crate::crypto::mdoc::status;
     use crate::http::outbound::read_capped;
-    if !(uri.starts_with("https://") || uri.starts_with("http://")) {
-        return out.fail(
-            "status",
-            format!("{query_id}: status list URI is not http(s)"),
-        );
+    if let Err(e) = status_uri_ok(ctx, uri) {
+        return out.fail("status", format!("{query_id}: {e}"));
     }
     let body = ctx
         .fetched
