@@ -14,7 +14,6 @@ use super::service::*;
 use super::verify::{Audience, Ctx, Outcome};
 use crate::crypto::jwe::{self};
 use crate::error::{unless_unavailable, OAuthCode::*};
-use crate::store::Cas;
 
 const MAX_FAILED_ATTEMPTS: usize = 3;
 
@@ -63,61 +62,46 @@ impl VerifierService {
                 .because("state does not match the session")
                 .into());
         }
-        let mut updated = session.clone();
-        if let Some(err) = fields.get("error").and_then(Value::as_str) {
-            // The wallet (user) declined or failed: a final answer per OpenID4VP.
-            updated.state = SessionState::Failed;
-            updated.error = Some(format!(
+        // What this response says: declined by the wallet, or the evaluation of its presentation.
+        let answer = match fields.get("error").and_then(Value::as_str) {
+            Some(err) => Answer::Declined(format!(
                 "{err}: {}",
                 fields
                     .get("error_description")
                     .and_then(Value::as_str)
                     .unwrap_or("")
-            ));
-        } else {
-            let outcome = self.evaluate(&v, &session, &fields, now).await?;
-            let results = outcome.results(&session.policies);
-            let verified = results.iter().all(|r| r.passed);
-            if !verified && session.failed_attempts.len() + 1 < MAX_FAILED_ATTEMPTS {
-                self.record_failed_attempt(&key, raw, &mut updated, results, now)
-                    .await?;
-                return Err(InvalidRequest
-                    .because(format!(
-                        "presentation rejected: {}",
-                        updated.failed_attempts.last().cloned().unwrap_or_default()
-                    ))
-                    .into());
+            )),
+            None => {
+                let outcome = self.evaluate(&v, &session, &fields, now).await?;
+                let results = outcome.results(&session.policies);
+                Answer::Evaluated(outcome, results)
             }
-            updated.verified = verified;
-            updated.state = if verified {
-                SessionState::Completed
-            } else {
-                SessionState::Failed
-            };
-            updated.policy_results = results;
-            updated.credentials = outcome.credentials;
-            if !verified {
-                updated.error = Some("verification failed".into());
-            }
-        }
-        updated.completed_at = Some(now);
-        // Exactly once: only the response that moves this exact pending record wins.
+        };
+        // Written once, on the record's latest value (a compare-and-swap, retried): a racing
+        // response never makes this one's answer vanish, every failed attempt counts, and the
+        // session leaves `pending` exactly once.
         let ttl = Duration::from_secs((session.expires_at - now).max(1) as u64 + 86_400);
-        if store
-            .compare_and_swap(
+        let updated = store
+            .update_json_from::<Session, VerifierError, _>(
                 ks::SESSIONS,
                 &key,
+                Some(ttl),
                 Some(raw),
-                Some((crate::store::to_json(&updated)?, Some(ttl))),
+                |s| answer.apply(s, now),
             )
             .await?
-            != Cas::Swapped
-        {
+            .ok_or_else(|| {
+                VerifierError::from(UnknownSession.because("unknown verification session"))
+            })?;
+        self.notify(&updated);
+        if updated.state == SessionState::Pending {
             return Err(InvalidRequest
-                .because("this verification session has already been answered")
+                .because(format!(
+                    "presentation rejected: {}",
+                    updated.failed_attempts.last().cloned().unwrap_or_default()
+                ))
                 .into());
         }
-        self.notify(&updated);
         tracing::info!(verifier = verifier_id, session = id, verified = updated.verified, state = ?updated.state, "verification session finished");
         Ok(ResponseOutcome {
             redirect_uri: if updated.verified {
@@ -222,41 +206,57 @@ impl VerifierService {
         };
         Ok(query::evaluate(&ctx, &vp_token, submission.as_ref()).await)
     }
+}
 
-    /// A rejected presentation while attempts are left: the session stays pending so the real
-    /// wallet can still answer, and remembers why this one failed.
-    async fn record_failed_attempt(
-        &self,
-        key: &str,
-        raw: Vec<u8>,
-        updated: &mut Session,
-        results: Vec<PolicyResult>,
-        now: i64,
-    ) -> Result<(), VerifierError> {
-        let store = &self.ctx.store;
-        // Stay pending so the real wallet can still answer; remember why this one failed.
-        let reasons: Vec<String> = results
-            .iter()
-            .filter(|r| !r.passed)
-            .map(|r| format!("{}: {}", r.name, r.reason.clone().unwrap_or_default()))
-            .collect();
-        updated.failed_attempts.push(reasons.join("; "));
-        updated.policy_results = results;
-        let _ = store
-            .compare_and_swap(
-                ks::SESSIONS,
-                key,
-                Some(raw),
-                Some((
-                    crate::store::to_json(&*updated)?,
-                    Some(Duration::from_secs(
-                        (updated.expires_at - now).max(1) as u64 + 86_400,
-                    )),
-                )),
-            )
-            .await?;
-        self.notify(updated);
-        Ok(())
+/// What one response answers a session with.
+enum Answer {
+    /// The wallet's `error` (the user declined, or the wallet failed): a final answer.
+    Declined(String),
+    /// The presentation's evaluation and its policy results.
+    Evaluated(Outcome, Vec<PolicyResult>),
+}
+
+impl Answer {
+    /// The session record `s` (its latest value) with this answer: a rejected presentation while
+    /// attempts are left keeps it pending and adds the failure to `failed_attempts`; anything
+    /// else finishes it. A session already finished is not changed (another response won).
+    fn apply(&self, mut s: Session, now: i64) -> Result<Session, VerifierError> {
+        if s.state != SessionState::Pending {
+            return Err(InvalidRequest
+                .because("this verification session has already been answered")
+                .into());
+        }
+        match self {
+            Answer::Declined(why) => {
+                s.state = SessionState::Failed;
+                s.error = Some(why.clone());
+            }
+            Answer::Evaluated(outcome, results) => {
+                let verified = results.iter().all(|r| r.passed);
+                s.policy_results = results.clone();
+                if !verified && s.failed_attempts.len() + 1 < MAX_FAILED_ATTEMPTS {
+                    let reasons: Vec<String> = results
+                        .iter()
+                        .filter(|r| !r.passed)
+                        .map(|r| format!("{}: {}", r.name, r.reason.clone().unwrap_or_default()))
+                        .collect();
+                    s.failed_attempts.push(reasons.join("; "));
+                    return Ok(s);
+                }
+                s.verified = verified;
+                s.state = if verified {
+                    SessionState::Completed
+                } else {
+                    SessionState::Failed
+                };
+                s.credentials = outcome.credentials.clone();
+                if !verified {
+                    s.error = Some("verification failed".into());
+                }
+            }
+        }
+        s.completed_at = Some(now);
+        Ok(s)
     }
 }
 

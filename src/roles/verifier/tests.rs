@@ -69,3 +69,73 @@ async fn expired_sessions_are_410_and_reported_expired() {
         SessionState::Expired
     );
 }
+
+/// Bad responses sent to one session at once each count: two are rejected as failed attempts and
+/// the third fails the session. Before, a failure whose write lost the race was dropped (and a
+/// final answer that lost one was refused as "already answered" with the session left pending),
+/// so concurrent bad responses were not limited by the attempt count (attacker review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_bad_responses_each_count_as_an_attempt() {
+    let clock = FakeClock::new(1_800_000_000_000);
+    let svc = std::sync::Arc::new(VerifierService::new(
+        RoleContext::for_tests(clock.clone()),
+        VerifierConfig::default(),
+    ));
+    svc.init().await.unwrap();
+    svc.update_verifier(
+        "default",
+        UpdateVerifier {
+            display_name: None,
+            trusted_issuers: Some(vec!["did:example:issuer".into()]),
+        },
+    )
+    .await
+    .unwrap();
+    let req = CreateSession {
+        dcql_query: Some(json!({"credentials": [{"id": "a", "format": "dc+sd-jwt", "meta": {}}]})),
+        presentation_definition: None,
+        response_mode: None,
+        ttl_seconds: Some(300),
+        policies: None,
+        require_status: None,
+        webhook_url: None,
+        success_redirect: None,
+    };
+    for round in 0..5 {
+        let created = svc.create_session("default", req.clone()).await.unwrap();
+        let session: Session = svc
+            .ctx
+            .store
+            .get_json(
+                super::ks::SESSIONS,
+                &super::service::session_key("default", &created.id),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let answers = (0..3).map(|_| {
+            let (svc, id) = (svc.clone(), created.id.clone());
+            let mut form = HashMap::new();
+            form.insert(
+                "vp_token".to_string(),
+                json!({"a": ["not an sd-jwt"]}).to_string(),
+            );
+            form.insert("state".to_string(), session.state_param.clone());
+            tokio::spawn(async move { svc.handle_response("default", &id, form).await })
+        });
+        // two are rejected while attempts are left, the last is the final (failed) answer
+        let answers = futures_util::future::join_all(answers).await;
+        let rejected = answers
+            .into_iter()
+            .filter(|a| a.as_ref().unwrap().is_err())
+            .count();
+        assert_eq!(rejected, 2, "round {round}");
+        let view = svc.session_view("default", &created.id).await.unwrap();
+        // the two rejections are the failed attempts; the third failure is the final answer
+        assert_eq!(
+            (view.state, view.failed_attempts.len()),
+            (SessionState::Failed, 2),
+            "round {round}: {view:?}"
+        );
+    }
+}
