@@ -31,6 +31,9 @@ pub struct RoleContext {
     pub mode: Mode,
     /// CA certificates an issuer's `x5c` chain may end at (`x509.trust_anchors`).
     pub x509_anchors: Arc<TrustAnchors>,
+    /// The mdoc document signers and anchor set this node has opened, each for the stored
+    /// record it was made from (one per node: every role's context shares it).
+    pub mdoc_pki: Arc<crate::roles::mdoc_pki::Cache>,
 }
 
 #[cfg(test)]
@@ -52,6 +55,7 @@ impl RoleContext {
             metrics: Arc::new(Metrics::new().unwrap()),
             mode: settings.raw.server.mode,
             x509_anchors: Arc::default(),
+            mdoc_pki: Arc::default(),
         }
     }
 }

@@ -199,8 +199,8 @@ impl VerifierService {
             None
         };
         let anchors = match transcript {
-            Some(_) => std::borrow::Cow::Owned(self.anchors().await),
-            None => std::borrow::Cow::Borrowed(&*self.ctx.x509_anchors),
+            Some(_) => self.anchors().await,
+            None => self.ctx.x509_anchors.clone(),
         };
         let ctx = Ctx {
             dcql_query: session.dcql_query.as_ref(),
@@ -260,7 +260,7 @@ impl VerifierService {
 impl VerifierService {
     /// The X.509 anchors: `x509.trust_anchors`, plus this deployment's sandbox mdoc IACA in
     /// sandbox mode (as the sandbox verifier trusts its own issuers).
-    async fn anchors(&self) -> crate::crypto::x509::TrustAnchors {
+    async fn anchors(&self) -> std::sync::Arc<crate::crypto::x509::TrustAnchors> {
         crate::roles::mdoc_pki::trust_anchors(&self.ctx).await
     }
 
