@@ -242,6 +242,7 @@ pub async fn run(
             crate::crypto::x509::TrustAnchors::load(&raw.x509.trust_anchors)
                 .map_err(|e| anyhow::anyhow!("x509.trust_anchors: {e}"))?,
         ),
+        mdoc_pki: Arc::default(),
         metrics: metrics.clone(),
         readiness: readiness.clone(),
         admin: Arc::new(AdminTokens::new(&tokens)),

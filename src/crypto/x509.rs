@@ -14,6 +14,12 @@
 //!   SAN equal to its host;
 //! - at most [`MAX_CHAIN`] certificates of at most [`MAX_CERT_BYTES`] each (an outsider sends them).
 //!
+//! Every check runs on every use, against the `now` given, but one: a set of anchors remembers
+//! which certificates (their exact DER) it has seen an anchor's signature on, so the chains of
+//! its own issuers' document signers cost one signature check per anchor set, not one per mdoc.
+//! A signature either verifies over given bytes or does not, at any time; validity, CA flags and
+//! names are checked each time as before.
+//!
 //! Signature algorithms: ECDSA P-256 / SHA-256, ECDSA secp256k1 / SHA-256 and Ed25519 — the keys
 //! idstack verifies elsewhere. No revocation checking (CRL/OCSP) yet: anchors should issue
 //! short-lived document signers.
@@ -61,10 +67,26 @@ pub struct ChainPath {
     pub above: Vec<Certificate>,
 }
 
+/// Most certificates one [`TrustAnchors`] remembers an anchor's signature on; past this it
+/// starts over.
+const MAX_SIGNED_BY_ANCHOR: usize = 1024;
+
 /// The configured trust anchors (root or intermediate CA certificates).
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct TrustAnchors {
     anchors: Vec<Certificate>,
+    /// Certificates (exact DER) whose signature verified under `anchors[i]` → `i`. Only an
+    /// anchor's real signature puts one here, so an outsider cannot fill it.
+    signed: std::sync::RwLock<std::collections::HashMap<Vec<u8>, usize>>,
+}
+
+impl Clone for TrustAnchors {
+    fn clone(&self) -> Self {
+        Self {
+            anchors: self.anchors.clone(),
+            signed: Default::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for TrustAnchors {
@@ -81,7 +103,10 @@ impl TrustAnchors {
         for a in &anchors {
             spki_key(a).map_err(|e| format!("trust anchor: {e}"))?;
         }
-        Ok(Self { anchors })
+        Ok(Self {
+            anchors,
+            signed: Default::default(),
+        })
     }
 
     /// Anchors from PEM files (`x509.trust_anchors`).
@@ -179,16 +204,18 @@ impl TrustAnchors {
                     .map_err(|e| format!("x5c[{}] is not signed by x5c[{i}]: {e}", i - 1))?;
             }
         }
+        let last_der = der.last().ok_or("empty chain")?;
         let anchor = self
             .anchors
             .iter()
-            .find(|a| {
+            .enumerate()
+            .find(|(i, a)| {
                 *a == last
                     || (check_validity(a, now).is_ok()
                         && check_ca(a, chain.len() - 1).is_ok()
-                        && issued_by(last, a).is_ok())
+                        && self.issued_by_anchor(last, last_der, *i))
             })
-            .cloned()
+            .map(|(_, a)| a.clone())
             .ok_or("the x5c chain does not end at a configured trust anchor")?;
         let mut above: Vec<Certificate> = chain.iter().skip(1).cloned().collect();
         if above.last() != Some(&anchor) {
@@ -206,6 +233,33 @@ impl TrustAnchors {
     pub fn with(mut self, more: impl IntoIterator<Item = Certificate>) -> Self {
         self.anchors.extend(more);
         self
+    }
+
+    /// [`issued_by`]`(child, anchors[i])`, whose signature check is done once per certificate
+    /// (`child_der`: its exact DER) for this anchor set; the name is compared every time.
+    fn issued_by_anchor(&self, child: &Certificate, child_der: &[u8], i: usize) -> bool {
+        let anchor = &self.anchors[i];
+        if child.tbs_certificate.issuer != anchor.tbs_certificate.subject {
+            return false;
+        }
+        let seen = self
+            .signed
+            .read()
+            .ok()
+            .and_then(|m| m.get(child_der).copied());
+        if seen == Some(i) {
+            return true;
+        }
+        if verify_signed_by(child, anchor).is_err() {
+            return false;
+        }
+        if let Ok(mut m) = self.signed.write() {
+            if m.len() >= MAX_SIGNED_BY_ANCHOR {
+                m.clear();
+            }
+            m.insert(child_der.to_vec(), i);
+        }
+        true
     }
 }
 

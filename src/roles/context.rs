@@ -36,6 +36,9 @@ pub struct RoleContext {
     /// Whether long-lived sessions (WebSockets) may stay open: the node stops, or a rolling
     /// upgrade holds it back.
     pub sessions: tokio::sync::watch::Receiver<Sessions>,
+    /// The mdoc document signers and anchor set this node has opened, each for the stored
+    /// record it was made from (one per node: every role's context shares it).
+    pub mdoc_pki: Arc<crate::roles::mdoc_pki::Cache>,
 }
 
 #[cfg(test)]
@@ -58,6 +61,7 @@ impl RoleContext {
             mode: settings.raw.server.mode,
             x509_anchors: Arc::default(),
             sessions: crate::readiness::Readiness::default().sessions(),
+            mdoc_pki: Arc::default(),
         }
     }
 }

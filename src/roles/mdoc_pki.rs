@@ -10,11 +10,19 @@
 //! `PUT /api/issuers/{issuer}/mdoc-signer`): nothing is created for it in production mode.
 //! Importing is the one deliberate replacement of a document signer (a compare-and-swap on the
 //! record the admin saw); nothing else ever overwrites one.
+//!
+//! Opening a document signer (unsealing its key) and building the anchor set are done once per
+//! stored record ([`Cache`]): every use still reads the record, and one that changed (an import,
+//! a renewal, a deletion, on this node or another) is opened anew.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use super::RoleContext;
+use crate::crypto::x509::TrustAnchors;
 use crate::crypto::SigningKey;
 use crate::store::Cas;
 
@@ -82,30 +90,133 @@ impl Signer {
     }
 }
 
+/// Most document signers [`Cache`] keeps opened (there is one per issuer tenant); past this it
+/// starts over.
+const MAX_CACHED_SIGNERS: usize = 1024;
+
+/// What a node keeps of the mdoc PKI between uses, each entry keyed by the exact bytes of the
+/// stored record it was made from: callers read the record on every use (a cheap read) and get
+/// an entry only for those very bytes, so a record replaced or deleted — by an import, a sandbox
+/// renewal, a tenant's deletion, or another node of the cluster — is never served from here. One
+/// per node, shared by its roles ([`RoleContext::mdoc_pki`]).
+#[derive(Default)]
+pub struct Cache {
+    /// By record id (`ds/<issuer>`). Bounded by [`MAX_CACHED_SIGNERS`]; an entry is dropped
+    /// when its tenant is deleted here.
+    signers: RwLock<HashMap<String, CachedSigner>>,
+    /// The anchor set [`trust_anchors`] built from the configured anchors (this very `Arc`) and
+    /// the sandbox IACA record (`None`: there was none). One entry.
+    anchors: RwLock<Option<CachedAnchors>>,
+}
+
+struct CachedSigner {
+    /// The stored record, exactly.
+    record: Vec<u8>,
+    /// The signer unsealed from it.
+    signer: Arc<Signer>,
+}
+
+struct CachedAnchors {
+    configured: Arc<TrustAnchors>,
+    iaca: Option<Vec<u8>>,
+    anchors: Arc<TrustAnchors>,
+}
+
+impl Cache {
+    /// The signer opened from record `id` when it was stored as `stored`.
+    fn signer(&self, id: &str, stored: &[u8]) -> Option<Arc<Signer>> {
+        let m = self.signers.read().ok()?;
+        m.get(id)
+            .filter(|c| c.record == stored)
+            .map(|c| c.signer.clone())
+    }
+
+    fn keep_signer(&self, id: &str, stored: &[u8], signer: Arc<Signer>) {
+        if let Ok(mut m) = self.signers.write() {
+            if m.len() >= MAX_CACHED_SIGNERS && !m.contains_key(id) {
+                m.clear();
+            }
+            let record = stored.to_vec();
+            m.insert(id.to_string(), CachedSigner { record, signer });
+        }
+    }
+
+    fn forget_signer(&self, id: &str) {
+        if let Ok(mut m) = self.signers.write() {
+            m.remove(id);
+        }
+    }
+
+    /// `configured` plus the IACA of the sandbox record `iaca`, built once for these inputs.
+    fn anchors(&self, configured: &Arc<TrustAnchors>, iaca: Option<Vec<u8>>) -> Arc<TrustAnchors> {
+        if let Some(c) = self.anchors.read().ok().as_deref().and_then(Option::as_ref) {
+            if Arc::ptr_eq(&c.configured, configured) && c.iaca == iaca {
+                return c.anchors.clone();
+            }
+        }
+        let mut anchors = (**configured).clone();
+        if let Some(cert) = iaca.as_deref().and_then(record_cert) {
+            use x509_cert::der::Decode;
+            if let Ok(c) = x509_cert::Certificate::from_der(&cert) {
+                anchors = anchors.with([c]);
+            }
+        }
+        let anchors = Arc::new(anchors);
+        if let Ok(mut slot) = self.anchors.write() {
+            *slot = Some(CachedAnchors {
+                configured: configured.clone(),
+                iaca,
+                anchors: anchors.clone(),
+            });
+        }
+        anchors
+    }
+}
+
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
-fn open(ctx: &RoleContext, id: &str, rec: &Record) -> anyhow::Result<(rcgen::KeyPair, Signer)> {
-    use p256::pkcs8::DecodePrivateKey;
+/// The PKCS#8 DER key of record `id`.
+fn unseal(
+    ctx: &RoleContext,
+    id: &str,
+    rec: &Record,
+) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
     let sealed = b64().decode(&rec.sealed_key)?;
-    let der = ctx
+    Ok(ctx
         .sealer
-        .open(format!("{KEYSPACE}/{id}").as_bytes(), &sealed)?;
-    let pair = rcgen::KeyPair::try_from(der.as_slice())?;
-    let key = p256::ecdsa::SigningKey::from_pkcs8_der(&der)?;
-    Ok((
-        pair,
-        Signer {
-            key: SigningKey::P256(key),
-            cert: b64().decode(&rec.cert)?,
-            chain: rec
-                .chain
-                .iter()
-                .map(|c| b64().decode(c))
-                .collect::<Result<_, _>>()?,
-        },
-    ))
+        .open(format!("{KEYSPACE}/{id}").as_bytes(), &sealed)?)
+}
+
+fn open(ctx: &RoleContext, id: &str, rec: &Record) -> anyhow::Result<Signer> {
+    use p256::pkcs8::DecodePrivateKey;
+    let key = p256::ecdsa::SigningKey::from_pkcs8_der(&unseal(ctx, id, rec)?)?;
+    Ok(Signer {
+        key: SigningKey::P256(key),
+        cert: b64().decode(&rec.cert)?,
+        chain: rec
+            .chain
+            .iter()
+            .map(|c| b64().decode(c))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// The signer of record `id` stored as `stored`: opened once for these bytes ([`Cache`]).
+fn opened(ctx: &RoleContext, id: &str, stored: &[u8]) -> anyhow::Result<Arc<Signer>> {
+    if let Some(signer) = ctx.mdoc_pki.signer(id, stored) {
+        return Ok(signer);
+    }
+    let signer = Arc::new(open(ctx, id, &serde_json::from_slice(stored)?)?);
+    ctx.mdoc_pki.keep_signer(id, stored, signer.clone());
+    Ok(signer)
+}
+
+/// The certificate (DER) of a stored record.
+fn record_cert(stored: &[u8]) -> Option<Vec<u8>> {
+    let rec: Record = serde_json::from_slice(stored).ok()?;
+    b64().decode(rec.cert).ok()
 }
 
 /// Stores `fresh` under `id` unless a record is there, and returns the stored one.
@@ -146,7 +257,7 @@ fn validity(p: &mut rcgen::CertificateParams, now: i64, days: i64) {
     p.not_after = t(now + days * 86_400);
 }
 
-async fn iaca(ctx: &RoleContext) -> anyhow::Result<(rcgen::KeyPair, rcgen::Certificate, Signer)> {
+async fn iaca(ctx: &RoleContext) -> anyhow::Result<(rcgen::KeyPair, rcgen::Certificate)> {
     let id = "iaca";
     let rec = match ctx.store.get(KEYSPACE, id).await? {
         Some(b) => serde_json::from_slice(&b)?,
@@ -156,11 +267,11 @@ async fn iaca(ctx: &RoleContext) -> anyhow::Result<(rcgen::KeyPair, rcgen::Certi
             insert_or_get(ctx, id, new_record(ctx, id, &pair, cert.der())?).await?
         }
     };
-    let (pair, signer) = open(ctx, id, &rec)?;
+    let pair = rcgen::KeyPair::try_from(unseal(ctx, id, &rec)?.as_slice())?;
     // rcgen needs the issuer as a Certificate: rebuild it from the same parameters and key (the
     // DER the verifier trusts is the stored one; the issuer name and key are what count).
     let cert = iaca_params(ctx)?.self_signed(&pair)?;
-    Ok((pair, cert, signer))
+    Ok((pair, cert))
 }
 
 fn iaca_params(ctx: &RoleContext) -> anyhow::Result<rcgen::CertificateParams> {
@@ -181,46 +292,44 @@ fn iaca_params(ctx: &RoleContext) -> anyhow::Result<rcgen::CertificateParams> {
 
 /// The IACA certificate (DER) verifiers of this deployment trust in sandbox mode, if it exists.
 pub async fn sandbox_anchor(ctx: &RoleContext) -> Option<Vec<u8>> {
-    let b = ctx.store.get(KEYSPACE, "iaca").await.ok()??;
-    let rec: Record = serde_json::from_slice(&b).ok()?;
-    b64().decode(rec.cert).ok()
+    record_cert(&ctx.store.get(KEYSPACE, "iaca").await.ok()??)
 }
 
 /// The anchors an mdoc's document signer must chain to on this node: `x509.trust_anchors`, plus
 /// this deployment's sandbox IACA in sandbox mode (as sandbox verifiers and wallets trust the
 /// deployment's own issuers). Never an IACA an issuer serves: that would trust whoever answers.
-pub async fn trust_anchors(ctx: &RoleContext) -> crate::crypto::x509::TrustAnchors {
-    let mut anchors = (*ctx.x509_anchors).clone();
-    if ctx.mode == crate::config::Mode::Sandbox {
-        if let Some(der) = sandbox_anchor(ctx).await {
-            use x509_cert::der::Decode;
-            if let Ok(c) = x509_cert::Certificate::from_der(&der) {
-                anchors = anchors.with([c]);
-            }
-        }
+/// Built once per sandbox IACA record: a created or replaced one is trusted on the next call.
+pub async fn trust_anchors(ctx: &RoleContext) -> Arc<TrustAnchors> {
+    if ctx.mode != crate::config::Mode::Sandbox {
+        return ctx.x509_anchors.clone();
     }
-    anchors
+    match ctx.store.get(KEYSPACE, "iaca").await {
+        Ok(iaca) => ctx.mdoc_pki.anchors(&ctx.x509_anchors, iaca),
+        // (unreadable: the configured anchors alone, as when there is no sandbox IACA)
+        Err(_) => ctx.x509_anchors.clone(),
+    }
 }
 
 /// The document signer of issuer tenant `issuer`: the imported one, or in sandbox mode one
 /// created with the sandbox IACA on first use. Production mode creates nothing: an error says to
 /// import one.
-pub async fn document_signer(ctx: &RoleContext, issuer: &str) -> anyhow::Result<Signer> {
+pub async fn document_signer(ctx: &RoleContext, issuer: &str) -> anyhow::Result<Arc<Signer>> {
     find_document_signer(ctx, issuer)
         .await?
         .ok_or_else(|| anyhow::anyhow!("{}", no_signer(issuer)))
 }
 
-/// [`document_signer`], or `None` in production mode when none was imported.
+/// [`document_signer`], or `None` in production mode when none was imported. One store read;
+/// the key is unsealed once per stored record ([`Cache`]).
 pub async fn find_document_signer(
     ctx: &RoleContext,
     issuer: &str,
-) -> anyhow::Result<Option<Signer>> {
+) -> anyhow::Result<Option<Arc<Signer>>> {
     let id = format!("ds/{issuer}");
     let sandbox = ctx.mode == crate::config::Mode::Sandbox;
     let stored = ctx.store.get(KEYSPACE, &id).await?;
     if let Some(b) = &stored {
-        let signer = open(ctx, &id, &serde_json::from_slice(b)?)?.1;
+        let signer = opened(ctx, &id, b)?;
         // a sandbox signer is renewed before it expires (ISO caps a document signer at 457
         // days; an imported one is the operator's to rotate)
         let renew = sandbox
@@ -239,14 +348,14 @@ pub async fn find_document_signer(
     // created or renewed once: a node that loses the race reads the winner's
     let rec = match ctx
         .store
-        .compare_and_swap(KEYSPACE, &id, stored, Some((bytes, None)))
+        .compare_and_swap(KEYSPACE, &id, stored, Some((bytes.clone(), None)))
         .await?
     {
-        Cas::Swapped => fresh,
-        Cas::Conflict(Some(other)) => serde_json::from_slice(&other)?,
+        Cas::Swapped => bytes,
+        Cas::Conflict(Some(other)) => other,
         Cas::Conflict(None) => anyhow::bail!("mdoc document signer {id} changed; retry"),
     };
-    Ok(Some(open(ctx, &id, &rec)?.1))
+    Ok(Some(opened(ctx, &id, &rec)?))
 }
 
 /// A new sandbox document signer for `issuer` under the sandbox IACA (record `id`).
@@ -255,7 +364,7 @@ async fn sandbox_document_signer(
     issuer: &str,
     id: &str,
 ) -> anyhow::Result<Record> {
-    let (iaca_pair, iaca_cert, _) = iaca(ctx).await?;
+    let (iaca_pair, iaca_cert) = iaca(ctx).await?;
     let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
     p.distinguished_name.push(
@@ -279,12 +388,15 @@ pub fn no_signer(issuer: &str) -> String {
     format!("issuer `{issuer}` has no mdoc document signer: import its IACA-issued chain with PUT /api/issuers/{issuer}/mdoc-signer")
 }
 
-/// Deletes issuer `issuer`'s document signer (its tenant was deleted).
+/// Deletes issuer `issuer`'s document signer (its tenant was deleted), and this node's opened
+/// copy (other nodes' copies are never served again: their record is gone).
 pub async fn forget_document_signer(
     ctx: &RoleContext,
     issuer: &str,
 ) -> Result<(), crate::store::StoreError> {
-    ctx.store.delete(KEYSPACE, &format!("ds/{issuer}")).await?;
+    let id = format!("ds/{issuer}");
+    ctx.store.delete(KEYSPACE, &id).await?;
+    ctx.mdoc_pki.forget_signer(&id);
     Ok(())
 }
 
@@ -431,7 +543,7 @@ pub async fn import_document_signer(
         .await
         .map_err(|e| ImportError::Internal(e.into()))?
     {
-        Cas::Swapped => Ok(info(&open(ctx, &id, &rec)?.1)?),
+        Cas::Swapped => Ok(info(&open(ctx, &id, &rec)?)?),
         Cas::Conflict(_) => Err(ImportError::Conflict),
     }
 }
@@ -463,6 +575,69 @@ mod tests {
         crate::crypto::x509::check_document_signer(&leaf).unwrap();
         // a second IACA read gives the same root
         assert_eq!(sandbox_anchor(&ctx).await.unwrap(), root);
+    }
+
+    /// Another node of the same deployment: the same store, its own [`Cache`].
+    fn other_node(ctx: &RoleContext) -> RoleContext {
+        RoleContext {
+            mdoc_pki: Arc::default(),
+            ..ctx.clone()
+        }
+    }
+
+    /// A document signer is unsealed once per stored record, and never outlives it: one that
+    /// another node replaced is used here at the next call, one it deleted is not used at all.
+    #[tokio::test]
+    async fn an_opened_document_signer_never_outlives_its_record() {
+        let ctx = RoleContext::for_tests(FakeClock::new(1_800_000_000_000));
+        let first = document_signer(&ctx, "default").await.unwrap();
+        let again = document_signer(&ctx, "default").await.unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "opened once");
+        let node2 = other_node(&ctx);
+        forget_document_signer(&node2, "default").await.unwrap();
+        let replaced = document_signer(&node2, "default").await.unwrap();
+        assert_ne!(replaced.cert, first.cert);
+        let got = document_signer(&ctx, "default").await.unwrap();
+        assert_eq!(got.cert, replaced.cert);
+        assert_eq!(got.key.verifying_key(), replaced.key.verifying_key());
+        // production mode creates none: deleted there, there is none here
+        let production = RoleContext {
+            mode: crate::config::Mode::Production,
+            ..ctx.clone()
+        };
+        assert!(find_document_signer(&production, "default")
+            .await
+            .unwrap()
+            .is_some());
+        forget_document_signer(&node2, "default").await.unwrap();
+        assert!(find_document_signer(&production, "default")
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    /// The anchor set is built once per sandbox IACA record, and an IACA created or replaced
+    /// (here by another node) is trusted at the next call, its predecessor no longer.
+    #[tokio::test]
+    async fn a_new_sandbox_iaca_is_trusted_at_once() {
+        let now = 1_800_000_000;
+        let ctx = RoleContext::for_tests(FakeClock::new(now * 1000));
+        assert!(trust_anchors(&ctx).await.is_empty(), "no IACA yet");
+        let first = document_signer(&ctx, "default").await.unwrap();
+        let anchors = trust_anchors(&ctx).await;
+        let leaf = |s: &Signer| vec![s.cert.clone()];
+        anchors.chain_key(&leaf(&first), now).unwrap();
+        assert!(
+            Arc::ptr_eq(&anchors, &trust_anchors(&ctx).await),
+            "built once"
+        );
+        let node2 = other_node(&ctx);
+        node2.store.delete(KEYSPACE, "iaca").await.unwrap();
+        forget_document_signer(&node2, "default").await.unwrap();
+        let second = document_signer(&node2, "default").await.unwrap();
+        let anchors = trust_anchors(&ctx).await;
+        anchors.chain_key(&leaf(&second), now).unwrap();
+        assert!(anchors.chain_key(&leaf(&first), now).is_err());
     }
 
     /// A sandbox document signer near its end is replaced by a new one under the same IACA

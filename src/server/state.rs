@@ -27,6 +27,8 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// CA certificates an issuer's `x5c` chain may end at (`x509.trust_anchors`).
     pub x509_anchors: Arc<crate::crypto::x509::TrustAnchors>,
+    /// What the roles keep opened of the mdoc PKI (see [`RoleContext::mdoc_pki`]).
+    pub mdoc_pki: Arc<crate::roles::mdoc_pki::Cache>,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     pub admin: Arc<AdminTokens>,
@@ -52,6 +54,7 @@ impl AppState {
             mode: self.settings.raw.server.mode,
             x509_anchors: self.x509_anchors.clone(),
             sessions: self.readiness.sessions(),
+            mdoc_pki: self.mdoc_pki.clone(),
         }
     }
 
@@ -89,6 +92,7 @@ impl AppState {
             clock: ctx.clock,
             http: ctx.http,
             x509_anchors: ctx.x509_anchors,
+            mdoc_pki: ctx.mdoc_pki,
             metrics: ctx.metrics,
             readiness: Arc::default(),
             admin: Arc::new(AdminTokens::new(&[])),

@@ -1358,6 +1358,23 @@ async fn production_issuer_imports_its_mdoc_document_signer_chain() {
         (200, &json!(true)),
         "after a rotation: {r}"
     );
+    // and the very next mdoc is signed by the new document signer (none opened before is used)
+    let (_, cred) = full_flow(&s, mdl, claims("DE")).await;
+    let next =
+        idstack::crypto::b64url_decode(cred["credentials"][0]["credential"].as_str().unwrap())
+            .unwrap();
+    let anchors = idstack::crypto::x509::TrustAnchors::from_pem(iaca.as_bytes()).unwrap();
+    let v = idstack::crypto::mdoc::decode(&next)
+        .and_then(|d| idstack::crypto::mdoc::verify::issuer_signed(&d, None, &anchors, now()))
+        .unwrap();
+    let key2 = {
+        use p256::pkcs8::DecodePrivateKey;
+        p256::ecdsa::SigningKey::from_pkcs8_pem(&key2).unwrap()
+    };
+    assert_eq!(
+        v.signer_key,
+        idstack::crypto::VerifyingKey::P256(*key2.verifying_key())
+    );
     // a deleted tenant's document signer goes with it: the same id created again has none
     let r = s
         .admin()

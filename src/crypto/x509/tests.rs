@@ -226,3 +226,26 @@ fn path_length_constraints_hold() {
         .leaf_key(&[leaf_der, der(&sub), der(&mid1)], ISS, NOW)
         .is_ok());
 }
+
+/// An anchor's signature on a certificate is checked once per anchor set; everything else still
+/// holds at every use: the leaf's validity at `now`, and another certificate (here one signed by
+/// another CA of the same name) is checked for itself.
+#[test]
+fn a_remembered_anchor_signature_keeps_every_other_check() {
+    let root = ca("root", None);
+    let anchors = TrustAnchors::from_pem(root.cert.pem().as_bytes()).unwrap();
+    let until = NOW + 86_400;
+    let (leaf_der, sk) = leaf(&root, vec![dns("issuer.example")], |p| {
+        p.not_before = time::OffsetDateTime::from_unix_timestamp(NOW - 60).unwrap();
+        p.not_after = time::OffsetDateTime::from_unix_timestamp(until).unwrap();
+    });
+    for _ in 0..2 {
+        let key = anchors.leaf_key(std::slice::from_ref(&leaf_der), ISS, NOW);
+        assert_eq!(key.unwrap(), sk.verifying_key());
+    }
+    let e = anchors.leaf_key(&[leaf_der], ISS, until + 1).unwrap_err();
+    assert!(e.contains("expired"), "{e}");
+    let impostor = ca("root", None);
+    let (forged, _) = leaf(&impostor, vec![dns("issuer.example")], |_| {});
+    assert!(anchors.leaf_key(&[forged], ISS, NOW).is_err());
+}

@@ -121,11 +121,11 @@ impl super::IssuerService {
     }
 
     /// The document signer, or not found in production mode when none was imported (one store
-    /// read; callers have checked the issuer exists).
+    /// read, unsealed once per stored record; callers have checked the issuer exists).
     pub(super) async fn mdoc_document_signer(
         &self,
         issuer_id: &str,
-    ) -> Result<mdoc_pki::Signer, IssuerError> {
+    ) -> Result<std::sync::Arc<mdoc_pki::Signer>, IssuerError> {
         mdoc_pki::find_document_signer(&self.ctx, issuer_id)
             .await
             .map_err(|e| IssuerError::Mdoc(e.to_string()))?
@@ -317,5 +317,49 @@ mod tests {
         .await
         .unwrap_err();
         assert!(e.contains("P-256"), "{e}");
+    }
+
+    /// The very next mdoc after its document signer was replaced (here by another node: the
+    /// same store, its own cache) is signed by the new one.
+    #[tokio::test]
+    async fn the_next_mdoc_is_signed_by_a_replaced_document_signer() {
+        use crate::roles::mdoc_pki;
+        let now = 1_800_000_000;
+        let ctx = RoleContext::for_tests(FakeClock::new(now * 1000));
+        let holder = SigningKey::generate(KeyType::P256).verifying_key();
+        let claims: Map<String, Value> =
+            serde_json::from_value(json!({"family_name": "Mustermann"})).unwrap();
+        let req = MdocIssue {
+            issuer_id: "default",
+            doctype: MDL_DOCTYPE,
+            namespace: MDL_NAMESPACE,
+            claims: &claims,
+            holder: &holder,
+            now,
+            expires_at: None,
+            status: None,
+        };
+        let signed_by = |cred: String| {
+            let ctx = ctx.clone();
+            async move {
+                let anchors = mdoc_pki::trust_anchors(&ctx).await;
+                let bytes = crate::crypto::b64url_decode(&cred).unwrap();
+                let doc = mdoc::decode(&bytes).unwrap();
+                let v = mdoc::verify::issuer_signed(&doc, None, &anchors, now).unwrap();
+                v.signer_key
+            }
+        };
+        let first = signed_by(issue(&ctx, &req).await.unwrap()).await;
+        let node2 = RoleContext {
+            mdoc_pki: Default::default(),
+            ..ctx.clone()
+        };
+        mdoc_pki::forget_document_signer(&node2, "default")
+            .await
+            .unwrap();
+        let replaced = mdoc_pki::document_signer(&node2, "default").await.unwrap();
+        assert_ne!(first, replaced.key.verifying_key());
+        let next = signed_by(issue(&ctx, &req).await.unwrap()).await;
+        assert_eq!(next, replaced.key.verifying_key());
     }
 }

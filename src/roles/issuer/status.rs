@@ -269,7 +269,7 @@ impl IssuerService {
     async fn cwt_signer(
         &self,
         issuer_id: &str,
-    ) -> Result<crate::roles::mdoc_pki::Signer, IssuerError> {
+    ) -> Result<std::sync::Arc<crate::roles::mdoc_pki::Signer>, IssuerError> {
         self.mdoc_document_signer(issuer_id)
             .await
             .map_err(|e| match e {

@@ -183,8 +183,8 @@ impl VerifierService {
             None
         };
         let anchors = match transcript {
-            Some(_) => std::borrow::Cow::Owned(self.anchors().await),
-            None => std::borrow::Cow::Borrowed(&*self.ctx.x509_anchors),
+            Some(_) => self.anchors().await,
+            None => self.ctx.x509_anchors.clone(),
         };
         let ctx = Ctx {
             dcql_query: session.dcql_query.as_ref(),
@@ -263,7 +263,7 @@ impl Answer {
 impl VerifierService {
     /// The X.509 anchors: `x509.trust_anchors`, plus this deployment's sandbox mdoc IACA in
     /// sandbox mode (as the sandbox verifier trusts its own issuers).
-    async fn anchors(&self) -> crate::crypto::x509::TrustAnchors {
+    async fn anchors(&self) -> std::sync::Arc<crate::crypto::x509::TrustAnchors> {
         crate::roles::mdoc_pki::trust_anchors(&self.ctx).await
     }
 

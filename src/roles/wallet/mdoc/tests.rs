@@ -15,7 +15,7 @@ const MDL: &str = "org.iso.18013.5.1.mDL";
 const NS: &str = "org.iso.18013.5.1";
 
 /// A context, its sandbox IACA as the only anchor, and the default issuer's document signer.
-async fn pki() -> (TrustAnchors, mdoc_pki::Signer) {
+async fn pki() -> (TrustAnchors, std::sync::Arc<mdoc_pki::Signer>) {
     let ctx = RoleContext::for_tests(FakeClock::new(NOW * 1000));
     let signer = mdoc_pki::document_signer(&ctx, "default").await.unwrap();
     let root = mdoc_pki::sandbox_anchor(&ctx).await.unwrap();
