@@ -26,8 +26,8 @@
 
 use x509_cert::der::{self, Decode, Encode};
 use x509_cert::ext::pkix::{
-    name::GeneralName, AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage,
-    SubjectAltName, SubjectKeyIdentifier,
+    name::GeneralName, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAltName,
+    SubjectKeyIdentifier,
 };
 use x509_cert::Certificate;
 
@@ -48,7 +48,6 @@ const OID_KEY_USAGE: &str = "2.5.29.15";
 const OID_SAN: &str = "2.5.29.17";
 const OID_EXT_KEY_USAGE: &str = "2.5.29.37";
 const OID_SUBJECT_KEY_ID: &str = "2.5.29.14";
-const OID_AUTHORITY_KEY_ID: &str = "2.5.29.35";
 /// ISO 18013-5 id-mdl-kp-mdlDS: the extended key usage of an mdoc document signer.
 const OID_MDL_DS: &str = "1.0.18013.5.1.2";
 /// Extensions a chain may mark critical without us failing it (the ones checked, or harmless).
@@ -390,22 +389,26 @@ fn decoded<'a, T: x509_cert::der::Decode<'a>>(
         .transpose()
 }
 
-/// The key identifiers of the authorities over a chain: the Authority Key Identifier of each of
-/// its certificates, and the Subject Key Identifier of each CA above the leaf (the anchor
-/// included). DCQL `trusted_authorities` of type `aki`, and a verifier's `aki:` entries in
-/// `trusted_issuers`, name one of these. Extensions that do not decode are skipped (the chain has
-/// been verified by then; an identifier is only a name to match).
+/// The key identifiers of the authorities over a verified chain: DCQL `trusted_authorities` of
+/// type `aki`, and a verifier's `aki:` entries in `trusted_issuers`, name one of these. Only
+/// identifiers that stand for a key that signed something in the path count: the configured
+/// anchor's own Subject Key Identifier (the operator chose that certificate), and for each CA
+/// above the leaf (the anchor included) the RFC 5280 method-1 key identifier computed from its
+/// public key. Never an identifier a certificate merely declares for another (a leaf's Authority
+/// Key Identifier, an intermediate's Subject Key Identifier): any trusted CA could write another
+/// CA's identifier there and pass for it.
 pub fn authority_key_ids(path: &ChainPath) -> Vec<Vec<u8>> {
+    use sha1::Digest as _;
     let mut out: Vec<Vec<u8>> = Vec::new();
-    for c in std::iter::once(&path.leaf).chain(&path.above) {
-        let aki = decoded::<AuthorityKeyIdentifier>(c, OID_AUTHORITY_KEY_ID, "")
-            .ok()
-            .flatten()
-            .and_then(|a| a.key_identifier)
-            .map(|k| k.as_bytes().to_vec());
-        out.extend(aki);
+    out.extend(path.above.last().and_then(subject_key_id));
+    for c in &path.above {
+        let spk = c
+            .tbs_certificate
+            .subject_public_key_info
+            .subject_public_key
+            .raw_bytes();
+        out.push(sha1::Sha1::digest(spk).to_vec());
     }
-    out.extend(path.above.iter().filter_map(subject_key_id));
     out.retain(|k| !k.is_empty());
     out.sort();
     out.dedup();

@@ -24,6 +24,7 @@ struct Pki {
     anchors: TrustAnchors,
     /// The IACA's Subject Key Identifier.
     iaca_key_id: Vec<u8>,
+    iaca_pem: String,
     ds: SigningKey,
     chain: Vec<Vec<u8>>,
     device: SigningKey,
@@ -31,14 +32,22 @@ struct Pki {
 
 /// An IACA the node trusts (`x509.trust_anchors`) and a proper document signer under it.
 fn pki(iaca_name: &str) -> Pki {
+    pki_with(ca(iaca_name, None), |_| {})
+}
+
+/// [`pki`] under `root`, the document signer's certificate edited by `edit`.
+fn pki_with(
+    root: crate::crypto::x509::tests::Ca,
+    edit: impl FnOnce(&mut rcgen::CertificateParams),
+) -> Pki {
     use base64::Engine;
-    let root = ca(iaca_name, None);
     let (ds_b64, ds) = leaf(&root, vec![], |p| {
         p.distinguished_name.push(rcgen::DnType::CountryName, "UT");
         p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::Other(vec![
             1, 0, 18013, 5, 1, 2,
         ])];
+        edit(p);
     });
     let iaca = {
         use x509_cert::der::Decode;
@@ -47,6 +56,7 @@ fn pki(iaca_name: &str) -> Pki {
     Pki {
         anchors: TrustAnchors::from_pem(root.cert.pem().as_bytes()).unwrap(),
         iaca_key_id: crate::crypto::x509::subject_key_id(&iaca).expect("rcgen writes an SKI"),
+        iaca_pem: root.cert.pem(),
         ds,
         chain: vec![base64::engine::general_purpose::STANDARD
             .decode(ds_b64)
@@ -338,4 +348,41 @@ async fn copies_of_one_mdoc_do_not_each_fetch_the_status_list() {
     .await;
     assert!(r["status"].1.contains("not https"), "{r:?}");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+/// An IACA the node trusts cannot pass for another one by declaring that one's key identifier
+/// (here: a document signer under IACA B whose Authority Key Identifier is IACA A's): only
+/// identifiers of keys that signed the path count.
+#[tokio::test]
+async fn a_trusted_iaca_cannot_pass_for_another_by_its_key_identifier() {
+    let a = pki("IACA A");
+    // AuthorityKeyIdentifier ::= SEQUENCE { keyIdentifier [0] IMPLICIT OCTET STRING }
+    let mut aki = vec![
+        0x30,
+        (a.iaca_key_id.len() + 2) as u8,
+        0x80,
+        a.iaca_key_id.len() as u8,
+    ];
+    aki.extend_from_slice(&a.iaca_key_id);
+    let b = pki_with(ca("IACA B", None), move |p| {
+        p.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
+            &[2, 5, 29, 35],
+            aki,
+        )];
+    });
+    // the node trusts both IACAs; the verifier and the query only A
+    let both = TrustAnchors::from_pem(format!("{}{}", a.iaca_pem, b.iaca_pem).as_bytes()).unwrap();
+    let pres = present_b64(&b, &issue_mdl(&b, None));
+    let r = evaluate(
+        &both,
+        Trust::Only(vec![iaca_entry(&a)]),
+        mdl_query(json!({})),
+        pres.clone(),
+    )
+    .await;
+    assert!(!r["issuer_allowlist"].0, "{r:?}");
+    let ours = crate::crypto::b64url(&a.iaca_key_id);
+    let q = mdl_query(json!({"trusted_authorities": [{"type": "aki", "values": [ours]}]}));
+    let r = evaluate(&both, Trust::Any, q, pres).await;
+    assert!(!r["query_match"].0, "{r:?}");
 }
