@@ -257,6 +257,17 @@ pub async fn run(
         readiness.set_not_ready(role.as_str(), "initialising");
     }
     let Some(services) = init_roles(&state, &shutdown).await? else {
+        // stopped while older nodes held this one back: leave as a serving node would
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &state.cluster {
+            c.leave().await;
+        }
+        tasks
+            .shutdown(Duration::from_secs(
+                raw.server.shutdown_timeout_seconds.max(1),
+            ))
+            .await;
+        state.store.flush().await.context("final store flush")?;
         tracing::info!("stopped before serving");
         return Ok(());
     };
@@ -409,8 +420,9 @@ async fn join_cluster(
 /// Initialises the roles (each marked ready once it is); in a cluster one node at a time, so
 /// first-start defaults (tenants and their signing keys) are created exactly once cluster-wide.
 /// An older node that joins meanwhile (a rolling upgrade) makes init's writes fail: the node
-/// then waits until it has left and initialises again (init is idempotent). `None`: `shutdown`
-/// came first.
+/// then waits until it has left and initialises again (init is idempotent: first-start records
+/// are created by compare-and-swap, role metrics are registered once). `None`: `shutdown` came
+/// first.
 async fn init_roles(
     state: &AppState,
     shutdown: &CancellationToken,
@@ -423,13 +435,17 @@ async fn init_roles(
     };
     #[cfg(feature = "cluster")]
     if let Some(c) = &state.cluster {
+        use std::sync::atomic::Ordering;
         loop {
             let lease = c.init_lease().await?;
+            let refused_before = c.node.held_back_refusals.load(Ordering::SeqCst);
             let res = init().await;
             c.release_init_lease(lease).await;
+            // refused because an older node held this one back (even if it is gone by now)
+            let held = c.node.held_back_refusals.load(Ordering::SeqCst) > refused_before;
             match res {
                 Ok(services) => return Ok(Some(services)),
-                Err(e) if c.node.held_back().is_some() => {
+                Err(e) if held || c.node.held_back().is_some() => {
                     tracing::warn!(error = %e, "role initialisation refused: an older node joined; waiting for it to leave");
                     if !c.wait_out_older_nodes(&state.readiness, shutdown).await {
                         return Ok(None);

@@ -212,8 +212,11 @@ pub struct Node {
     /// The node's HTTP server runs ([`Node::set_serving`]); it gossips `ready` while this holds
     /// and no older node holds it back.
     serving: AtomicBool,
-    /// The `ready` value last gossiped.
-    gossiped_ready: Mutex<Option<bool>>,
+    /// The `ready` value last gossiped (held while it is published, so two callers cannot
+    /// publish in the wrong order).
+    gossiped_ready: tokio::sync::Mutex<Option<bool>>,
+    /// This node's own writes refused because older nodes held it back ([`Node::held_back`]).
+    pub held_back_refusals: AtomicU64,
     /// Consistent transitions of one key executed here run one after the other: a second one
     /// waits for the first's decision instead of finding its provisional copy and failing.
     transitions: TransitionLocks,
@@ -256,7 +259,8 @@ impl Node {
             cut_off: AtomicBool::new(false),
             write_block: Mutex::default(),
             serving: AtomicBool::new(false),
-            gossiped_ready: Mutex::default(),
+            gossiped_ready: tokio::sync::Mutex::default(),
+            held_back_refusals: AtomicU64::new(0),
             transitions: Mutex::default(),
             #[cfg(test)]
             stall_prepares_ms: AtomicU64::new(0),
@@ -288,13 +292,9 @@ impl Node {
     /// Gossips `ready`: true while the node serves and no older node holds it back (peers and
     /// `/api/cluster` then see it as not serving, as its `/health/ready` says).
     pub async fn gossip_ready(&self) {
+        let mut last = self.gossiped_ready.lock().await;
         let ready = self.serving.load(Ordering::SeqCst) && self.held_back().is_none();
-        let changed = self
-            .gossiped_ready
-            .lock()
-            .map(|mut last| last.replace(ready) != Some(ready))
-            .unwrap_or(true);
-        if changed {
+        if last.replace(ready) != Some(ready) {
             self.set_gossip("ready", if ready { "true" } else { "false" })
                 .await;
         }

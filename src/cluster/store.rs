@@ -72,6 +72,9 @@ impl ClusterStore {
             // the node ids stay in the log and /health/ready, not in answers to clients
             Some(why) => {
                 tracing::debug!("write refused: {why}");
+                self.node
+                    .held_back_refusals
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 Err(crate::store::StoreError::Unavailable(
                     "this node holds back during a rolling upgrade while older nodes serve; retry"
                         .into(),

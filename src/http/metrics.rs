@@ -28,7 +28,10 @@ type Refresher = Box<dyn Fn() + Send + Sync>;
 
 pub struct Metrics {
     pub registry: Registry,
-    refreshers: std::sync::Mutex<Vec<Refresher>>,
+    /// Scrape-time updates, by name (one per name: a role initialised again replaces its own).
+    refreshers: std::sync::Mutex<Vec<(String, Refresher)>>,
+    /// Collectors registered through [`Metrics::register_once`], by name.
+    once: std::sync::Mutex<std::collections::HashMap<String, Box<dyn std::any::Any + Send + Sync>>>,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub panics: IntCounter,
@@ -73,6 +76,7 @@ impl Metrics {
         Ok(Self {
             registry,
             refreshers: std::sync::Mutex::default(),
+            once: std::sync::Mutex::default(),
             http_requests,
             http_duration,
             panics,
@@ -81,16 +85,42 @@ impl Metrics {
         })
     }
 
-    /// Registers a function that updates gauges just before each scrape.
-    pub fn add_refresher(&self, f: Refresher) {
+    /// Registers a function, under `name`, that updates gauges just before each scrape; one of
+    /// the same name registered before is replaced.
+    pub fn add_refresher(&self, name: &str, f: Refresher) {
         if let Ok(mut r) = self.refreshers.lock() {
-            r.push(f);
+            r.retain(|(n, _)| n != name);
+            r.push((name.to_string(), f));
         }
+    }
+
+    /// Registers collector `c` once: a second call with a collector of the same name (a role
+    /// whose initialisation is retried, after a rolling upgrade refused its first writes) gets
+    /// the one registered first, which keeps counting.
+    pub fn register_once<C>(&self, c: C) -> Result<C, prometheus::Error>
+    where
+        C: prometheus::core::Collector + Clone + Send + Sync + 'static,
+    {
+        let name = c
+            .desc()
+            .first()
+            .map(|d| d.fq_name.clone())
+            .unwrap_or_default();
+        let mut once = self
+            .once
+            .lock()
+            .map_err(|_| prometheus::Error::Msg("metrics lock poisoned".into()))?;
+        if let Some(existing) = once.get(&name).and_then(|b| b.downcast_ref::<C>()) {
+            return Ok(existing.clone());
+        }
+        self.registry.register(Box::new(c.clone()))?;
+        once.insert(name, Box::new(c.clone()));
+        Ok(c)
     }
 
     pub fn render(&self) -> String {
         if let Ok(r) = self.refreshers.lock() {
-            for f in r.iter() {
+            for (_, f) in r.iter() {
                 f();
             }
         }

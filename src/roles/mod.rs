@@ -94,3 +94,30 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig, serv
     }
     let _ = (cfg, services);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Role initialisation runs again on the same node (after a rolling upgrade refused its
+    /// first writes): it succeeds, and the role metrics registered the first time keep counting
+    /// (before, the wallet's second registration failed, and the issuer's and mediator's were
+    /// silently dropped).
+    #[tokio::test]
+    async fn roles_initialise_again_on_one_context() {
+        let ctx = RoleContext::for_tests(crate::clock::FakeClock::new(1_800_000_000_000));
+        let config = Config::default();
+        let roles = Role::compiled_in();
+        let first = init(&ctx, &config, &roles, |_| {}).await.unwrap();
+        let again = init(&ctx, &config, &roles, |_| {}).await.unwrap();
+        drop((first, again));
+        let metrics = ctx.metrics.render();
+        for role in &roles {
+            let prefix = format!("idstack_{}_", role.as_str());
+            assert!(
+                *role == Role::Verifier || metrics.contains(&prefix),
+                "{prefix}: {metrics}"
+            );
+        }
+    }
+}

@@ -81,13 +81,17 @@ fn register_metrics(
         ),
         &["ended"],
     )?;
-    ctx.metrics.registry.register(Box::new(running.clone()))?;
-    ctx.metrics.registry.register(Box::new(ended.clone()))?;
+    let running = ctx.metrics.register_once(running)?;
+    let ended = ctx.metrics.register_once(ended)?;
     let watches = watches.clone();
-    ctx.metrics.add_refresher(Box::new(move || {
-        running.set(
-            i64::try_from(watches.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX),
-        );
-    }));
+    ctx.metrics.add_refresher(
+        "issuer",
+        Box::new(move || {
+            running.set(
+                i64::try_from(watches.load(std::sync::atomic::Ordering::Relaxed))
+                    .unwrap_or(i64::MAX),
+            );
+        }),
+    );
     Ok(ended)
 }

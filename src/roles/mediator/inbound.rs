@@ -182,8 +182,8 @@ impl MediatorService {
     /// sender's queue), else with implicit pickup the oldest queued message, else nothing (202).
     /// Once [`Self::receive`] has handled the message, nothing fails the request: an error would
     /// make the client send the same message again, and the mediator handle it twice. A queued
-    /// message that could not be dequeued stays queued (handed out again when its lease ends); a
-    /// further reply that could not be queued is logged.
+    /// message whose dequeue failed is handed out all the same (and again when its lease ends, if
+    /// the delete did not land); a further reply that could not be queued is logged.
     pub async fn answer_http(&self, body: &[u8]) -> MediatorResult<Option<Vec<u8>>> {
         let replies = self.receive(body, None).await?;
         let mut it = replies.envelopes.into_iter();
@@ -212,8 +212,15 @@ impl MediatorService {
             return Ok(None);
         };
         let bytes = serde_json::to_vec(&m.msg).or_internal()?;
-        self.acknowledge(conn_id, std::slice::from_ref(&m.id), None)
-            .await?;
+        // Handed out even when its dequeue fails: the delete may have landed (an unknown outcome
+        // in a cluster), and holding the message back would lose it then. If it did not land,
+        // the message comes again once its lease ends: at least once, never lost.
+        if let Err(e) = self
+            .acknowledge(conn_id, std::slice::from_ref(&m.id), None)
+            .await
+        {
+            tracing::warn!(error = %crate::error::ApiError::from(e), "implicit pickup over HTTP: dequeue failed; the message may come again");
+        }
         Ok(Some(bytes))
     }
 

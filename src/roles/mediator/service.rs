@@ -227,11 +227,11 @@ fn register_metrics(ctx: &RoleContext) -> Result<Metrics, prometheus::Error> {
         ),
         &["code"],
     )?;
-    let r = &ctx.metrics.registry;
-    r.register(Box::new(forwarded.clone()))?;
-    r.register(Box::new(delivered.clone()))?;
-    r.register(Box::new(acknowledged.clone()))?;
-    r.register(Box::new(rejected.clone()))?;
+    let m = &ctx.metrics;
+    let forwarded = m.register_once(forwarded)?;
+    let delivered = m.register_once(delivered)?;
+    let acknowledged = m.register_once(acknowledged)?;
+    let rejected = m.register_once(rejected)?;
     Ok(Metrics {
         forwarded,
         delivered,

@@ -81,6 +81,9 @@ impl VerifierService {
         // response never makes this one's answer vanish, every failed attempt counts, and the
         // session leaves `pending` exactly once.
         let ttl = Duration::from_secs((session.expires_at - now).max(1) as u64 + 86_400);
+        // the evaluation may have taken a while (status list fetches): the session must still be
+        // live when it is answered, as `view` would show it
+        let now = self.now();
         let updated = store
             .update_json_from::<Session, VerifierError, _>(
                 ks::SESSIONS,
@@ -224,6 +227,11 @@ impl Answer {
         if s.state != SessionState::Pending {
             return Err(InvalidRequest
                 .because("this verification session has already been answered")
+                .into());
+        }
+        if s.expires_at <= now {
+            return Err(ExpiredSession
+                .because("this verification session has expired")
                 .into());
         }
         match self {

@@ -104,7 +104,7 @@ pub async fn get_session(
 
 /// Server-sent events: the session view now and at every change, until it is finished or expired
 /// (or the node stops serving: reconnect, the balancer picks a node that serves).
-#[utoipa::path(tag = "verifier", security(("admin_token" = [])), params(("verifier" = String, Path), ("id" = String, Path)), responses((status = 200, content_type = "text/event-stream", body = String), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "verifier", security(("admin_token" = [])), params(("verifier" = String, Path), ("id" = String, Path)), responses((status = 200, content_type = "text/event-stream", body = String), (status = 404, body = Problem), (status = 503, body = Problem, description = "The node is stopping or held back: connect again")))]
 #[get("/api/verifiers/{verifier}/sessions/{id}/events")]
 pub async fn session_events(
     _a: Admin,
@@ -112,6 +112,12 @@ pub async fn session_events(
     path: web::Path<(String, String)>,
 ) -> ApiResult<HttpResponse> {
     let (v, id) = path.into_inner();
+    if !svc.streams_open() {
+        return Err(crate::error::ApiError::unavailable(
+            "this node is stopping or does not serve now; connect again (to another node)",
+            1,
+        ));
+    }
     let first = svc.session_view(&v, &id).await?;
     let rx = svc.subscribe();
     // State: (service, ids, receiver, the view to send now, the last frame sent, finished).

@@ -61,14 +61,17 @@ fn register_metrics(ctx: &RoleContext, svc: &Arc<WalletService>) -> anyhow::Resu
     )?;
     let evictions =
         prometheus::IntGauge::new("wallet_context_evictions", "idle wallet contexts evicted")?;
-    ctx.metrics.registry.register(Box::new(open.clone()))?;
-    ctx.metrics.registry.register(Box::new(waiters.clone()))?;
-    ctx.metrics.registry.register(Box::new(evictions.clone()))?;
-    ctx.metrics.add_refresher(Box::new(move || {
-        open.set(c.stats.open_sessions.load(Ordering::Relaxed));
-        waiters.set(c.stats.waiters.load(Ordering::Relaxed));
-        evictions.set(c.stats.evictions.load(Ordering::Relaxed) as i64);
-    }));
+    let open = ctx.metrics.register_once(open)?;
+    let waiters = ctx.metrics.register_once(waiters)?;
+    let evictions = ctx.metrics.register_once(evictions)?;
+    ctx.metrics.add_refresher(
+        "wallet",
+        Box::new(move || {
+            open.set(c.stats.open_sessions.load(Ordering::Relaxed));
+            waiters.set(c.stats.waiters.load(Ordering::Relaxed));
+            evictions.set(c.stats.evictions.load(Ordering::Relaxed) as i64);
+        }),
+    );
     Ok(())
 }
 

@@ -87,17 +87,19 @@ impl StatusCache {
 pub struct Fetched(std::sync::Mutex<std::collections::HashMap<String, Result<Vec<u8>, String>>>);
 
 impl Fetched {
-    /// The body fetched for `uri` in this evaluation, or `fetch`'s, kept for the next use.
-    async fn get_or<F>(&self, uri: &str, fetch: F) -> Result<Vec<u8>, String>
+    /// The body fetched for `uri` as `kind` (the JWT or the CWT form: fetched with their own
+    /// media type and size cap) in this evaluation, or `fetch`'s, kept for the next use.
+    async fn get_or<F>(&self, kind: &str, uri: &str, fetch: F) -> Result<Vec<u8>, String>
     where
         F: std::future::Future<Output = Result<Vec<u8>, String>>,
     {
-        if let Some(got) = self.0.lock().ok().and_then(|m| m.get(uri).cloned()) {
+        let key = format!("{kind} {uri}");
+        if let Some(got) = self.0.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return got;
         }
         let got = fetch.await;
         if let Ok(mut m) = self.0.lock() {
-            m.insert(uri.to_string(), got.clone());
+            m.insert(key, got.clone());
         }
         got
     }
@@ -147,7 +149,7 @@ async fn fetch_status(ctx: &Ctx<'_>, uri: &str, key: &VerifyingKey) -> Result<Va
     let fresh_etag = std::sync::Mutex::new(None);
     let body = ctx
         .fetched
-        .get_or(uri, async {
+        .get_or("jwt", uri, async {
             let cached = ctx.status_cache.get(uri);
             let mut req = ctx.http.get(uri).timeout(Duration::from_secs(5));
             if let Some((etag, _)) = &cached {
@@ -297,7 +299,7 @@ pub(super) async fn mdoc_status(
     }
     let body = ctx
         .fetched
-        .get_or(uri, async {
+        .get_or("cwt", uri, async {
             let req = ctx
                 .http
                 .get(uri)
