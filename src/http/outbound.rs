@@ -494,6 +494,17 @@ pub fn client(cfg: &OutboundConfig, mode: Mode) -> anyhow::Result<reqwest::Clien
     build(cfg, mode, true)
 }
 
+/// A redirect never leaves `https` for plain `http`: what was asked for over TLS (a status list,
+/// a DID document, metadata) must not come from whoever is on the path.
+fn no_downgrade(previous: &[reqwest::Url], next: &reqwest::Url) -> Result<(), OutboundError> {
+    if next.scheme() == "http" && previous.iter().any(|u| u.scheme() == "https") {
+        return Err(OutboundError::Refused(
+            "a redirect from https to http".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn build(cfg: &OutboundConfig, mode: Mode, follow: bool) -> anyhow::Result<reqwest::Client> {
     let policy = Arc::new(Policy::new(cfg, mode).map_err(anyhow::Error::msg)?);
     let max_redirects = if follow { cfg.max_redirects } else { 0 };
@@ -504,6 +515,9 @@ fn build(cfg: &OutboundConfig, mode: Mode, follow: bool) -> anyhow::Result<reqwe
         }
         if attempt.previous().len() > max_redirects {
             return attempt.error(OutboundError::Refused("too many redirects".into()));
+        }
+        if let Err(e) = no_downgrade(attempt.previous(), attempt.url()) {
+            return attempt.error(e);
         }
         match hops.check_url(attempt.url()) {
             Ok(()) => attempt.follow(),
@@ -634,6 +648,19 @@ mod tests {
         for bad in ["", "a b", "host:notaport", "http://x", "x/y"] {
             assert!(parse_allowed(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_redirect_never_leaves_https_for_http() {
+        let u = |s: &str| reqwest::Url::parse(s).unwrap();
+        assert!(no_downgrade(&[u("https://a.example/x")], &u("http://a.example/y")).is_err());
+        assert!(no_downgrade(
+            &[u("http://a.example/x"), u("https://a.example/y")],
+            &u("http://b.example/z")
+        )
+        .is_err());
+        assert!(no_downgrade(&[u("https://a.example/x")], &u("https://b.example/y")).is_ok());
+        assert!(no_downgrade(&[u("http://a.example/x")], &u("http://b.example/y")).is_ok());
     }
 
     #[test]

@@ -386,3 +386,30 @@ async fn a_trusted_iaca_cannot_pass_for_another_by_its_key_identifier() {
     let r = evaluate(&both, Trust::Any, q, pres).await;
     assert!(!r["query_match"].0, "{r:?}");
 }
+
+/// A presentation carrying more credentials than one presentation may is refused before any of
+/// them is verified (each could cost a DID resolution and a status list fetch).
+#[tokio::test]
+async fn a_presentation_with_too_many_credentials_is_refused_unverified() {
+    let holder = SigningKey::generate(KeyType::Ed25519);
+    let did = crate::crypto::did::did_jwk(&holder.verifying_key());
+    let vp = |n: usize| {
+        crate::crypto::jws::sign(
+            &holder,
+            json!({"alg": "EdDSA", "typ": "JWT", "kid": format!("{did}#0")}),
+            &json!({"iss": did, "aud": CLIENT, "nonce": NONCE, "iat": NOW,
+                "vp": {"type": ["VerifiablePresentation"],
+                       "verifiableCredential": vec!["not.a.credential"; n]}}),
+        )
+    };
+    let q = json!({"credentials": [{"id": "mdl", "format": "jwt_vc_json", "meta": {}}]});
+    let anchors = TrustAnchors::default();
+    let r = evaluate(&anchors, Trust::Any, q.clone(), vp(11)).await;
+    assert!(r["query_match"].1.contains("11 credentials"), "{r:?}");
+    // the presentation's own signature is checked; none of its credentials is
+    assert!(r["signature"].0, "{r:?}");
+    // ten are verified (and fail, being garbage)
+    let r = evaluate(&anchors, Trust::Any, q, vp(10)).await;
+    assert!(!r["signature"].0, "{r:?}");
+    assert!(!r["query_match"].1.contains("credentials in one"), "{r:?}");
+}

@@ -124,6 +124,9 @@ pub async fn jwt_vp(
         &format!("{query_id} presentation"),
     );
     let vcs = presented_jwts(&payload);
+    if super::too_many_in_one(out, query_id, vcs.len()) {
+        return Vec::new();
+    }
     if vcs.is_empty() {
         out.fail(
             "query_match",

@@ -90,6 +90,9 @@ pub async fn ldp_vp(ctx: &Ctx<'_>, out: &mut Outcome, query_id: &str, vp: Value)
         Value::Object(_) => vec![vp["verifiableCredential"].clone()],
         _ => Vec::new(),
     };
+    if super::too_many_in_one(out, query_id, creds.len()) {
+        return Vec::new();
+    }
     if creds.is_empty() {
         out.fail(
             "query_match",

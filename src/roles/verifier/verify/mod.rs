@@ -74,6 +74,24 @@ pub struct Ctx<'a> {
     pub https_only: bool,
 }
 
+/// Most credentials verified out of one presentation (each may cost a DID resolution and a
+/// status list fetch); a presentation carrying more is refused before any is verified.
+pub const MAX_CREDENTIALS_PER_PRESENTATION: usize = 10;
+
+/// [`MAX_CREDENTIALS_PER_PRESENTATION`] as a `query_match` failure; true when `n` is too many.
+fn too_many_in_one(out: &mut policy::Outcome, query_id: &str, n: usize) -> bool {
+    if n <= MAX_CREDENTIALS_PER_PRESENTATION {
+        return false;
+    }
+    out.fail(
+        "query_match",
+        format!(
+            "{query_id}: {n} credentials in one presentation; at most {MAX_CREDENTIALS_PER_PRESENTATION} are verified"
+        ),
+    );
+    true
+}
+
 /// A verified credential as the query matcher sees it.
 pub struct Checked {
     pub query_id: String,
