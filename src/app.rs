@@ -258,16 +258,7 @@ pub async fn run(
     }
     let Some(services) = init_roles(&state, &shutdown).await? else {
         // stopped while older nodes held this one back: leave as a serving node would
-        #[cfg(feature = "cluster")]
-        if let Some(c) = &state.cluster {
-            c.leave().await;
-        }
-        tasks
-            .shutdown(Duration::from_secs(
-                raw.server.shutdown_timeout_seconds.max(1),
-            ))
-            .await;
-        state.store.flush().await.context("final store flush")?;
+        leave_and_flush(&state, tasks).await?;
         tracing::info!("stopped before serving");
         return Ok(());
     };
@@ -369,18 +360,24 @@ pub async fn run(
         c.set_ready(false).await;
     }
     handle.stop(true).await;
+    leave_and_flush(&state, tasks).await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// The end of every stop: the cluster left, background tasks stopped (with a deadline), the
+/// store flushed.
+async fn leave_and_flush(state: &AppState, tasks: Tasks) -> anyhow::Result<()> {
     #[cfg(feature = "cluster")]
     if let Some(c) = &state.cluster {
         c.leave().await;
     }
     tasks
         .shutdown(Duration::from_secs(
-            raw.server.shutdown_timeout_seconds.max(1),
+            state.settings.raw.server.shutdown_timeout_seconds.max(1),
         ))
         .await;
-    state.store.flush().await.context("final store flush")?;
-    tracing::info!("stopped cleanly");
-    Ok(())
+    state.store.flush().await.context("final store flush")
 }
 
 /// Cluster mode: joins (or forms) the cluster and swaps in the replicated store and bus. `None`:

@@ -12,15 +12,13 @@ use crate::error::{Code, ErrorCode};
 use crate::http::oauth::OAuthError;
 use crate::roles::RoleContext;
 
-#[tokio::test]
-async fn expired_sessions_are_410_and_reported_expired() {
-    let clock = FakeClock::new(1_800_000_000_000);
+/// A verifier service whose default verifier trusts one named issuer (no issuer role here).
+async fn verifier(clock: &std::sync::Arc<FakeClock>) -> VerifierService {
     let svc = VerifierService::new(
         RoleContext::for_tests(clock.clone()),
         VerifierConfig::default(),
     );
     svc.init().await.unwrap();
-    // no issuer role here: the default verifier trusts one named issuer
     svc.update_verifier(
         "default",
         UpdateVerifier {
@@ -30,17 +28,31 @@ async fn expired_sessions_are_410_and_reported_expired() {
     )
     .await
     .unwrap();
-    let req = CreateSession {
+    svc
+}
+
+/// A session asking for one SD-JWT, living `ttl` seconds.
+fn sd_jwt_session(ttl: u64) -> CreateSession {
+    CreateSession {
         dcql_query: Some(json!({"credentials": [{"id": "a", "format": "dc+sd-jwt", "meta": {}}]})),
         presentation_definition: None,
         response_mode: None,
-        ttl_seconds: Some(30),
+        ttl_seconds: Some(ttl),
         policies: None,
         require_status: None,
         webhook_url: None,
         success_redirect: None,
-    };
-    let created = svc.create_session("default", req).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn expired_sessions_are_410_and_reported_expired() {
+    let clock = FakeClock::new(1_800_000_000_000);
+    let svc = verifier(&clock).await;
+    let created = svc
+        .create_session("default", sd_jwt_session(30))
+        .await
+        .unwrap();
     assert!(svc
         .request_object("default", &created.id, None)
         .await
@@ -77,30 +89,8 @@ async fn expired_sessions_are_410_and_reported_expired() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_bad_responses_each_count_as_an_attempt() {
     let clock = FakeClock::new(1_800_000_000_000);
-    let svc = std::sync::Arc::new(VerifierService::new(
-        RoleContext::for_tests(clock.clone()),
-        VerifierConfig::default(),
-    ));
-    svc.init().await.unwrap();
-    svc.update_verifier(
-        "default",
-        UpdateVerifier {
-            display_name: None,
-            trusted_issuers: Some(vec!["did:example:issuer".into()]),
-        },
-    )
-    .await
-    .unwrap();
-    let req = CreateSession {
-        dcql_query: Some(json!({"credentials": [{"id": "a", "format": "dc+sd-jwt", "meta": {}}]})),
-        presentation_definition: None,
-        response_mode: None,
-        ttl_seconds: Some(300),
-        policies: None,
-        require_status: None,
-        webhook_url: None,
-        success_redirect: None,
-    };
+    let svc = std::sync::Arc::new(verifier(&clock).await);
+    let req = sd_jwt_session(300);
     for round in 0..5 {
         let created = svc.create_session("default", req.clone()).await.unwrap();
         let session: Session = svc
