@@ -136,7 +136,7 @@ async fn wallet_receives_mdl_and_pid_and_presents_only_the_requested_elements() 
     let mdl_query = json!({"dcql_query": {"credentials": [{"id": "mdl", "format": "mso_mdoc",
         "meta": {"doctype_value": MDL},
         "claims": [{"path": [NS, "family_name"]}, {"path": [NS, "age_over_18"]}]}]}});
-    let sess = verify_session(&s, mdl_query.clone()).await;
+    let sess = verify_session(&s, mdl_query).await;
     let matches = json_of(
         u.send(
             &s,
@@ -153,7 +153,20 @@ async fn wallet_receives_mdl_and_pid_and_presents_only_the_requested_elements() 
         json!([id]),
         "the PID does not answer an mDL query"
     );
-    let result = present(&s, &u, mdl_query).await;
+    // presenting is bound to the request that was resolved (shown): a digest of another
+    // request is refused before anything is sent; this one's is presented
+    let digest = matches["request_digest"].as_str().unwrap().to_string();
+    let present_with = |d: String| {
+        u.send(
+            &s,
+            M::POST,
+            "/exchange/present",
+            Some(json!({"request": sess["authorization_request"], "request_digest": d})),
+        )
+    };
+    expect_problem(present_with("0".repeat(64)).await, 409, "conflict").await;
+    json_of(present_with(digest).await).await;
+    let result = session_result(&s, sess["id"].as_str().unwrap()).await;
     assert_eq!(result["verified"], true, "{result}");
     let c = &result["credentials"][0];
     assert_eq!(c["format"], "mso_mdoc");

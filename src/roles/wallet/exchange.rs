@@ -116,7 +116,8 @@ impl WalletService {
     }
 
     /// Resolves an OpenID4VP request (verifying a signed one) and lists, per query, the held
-    /// credentials that answer it.
+    /// credentials that answer it, with the `request_digest` that binds a later `present` to
+    /// exactly this request.
     pub async fn resolve_request(&self, viewer: &Viewer, request: &str) -> WalletResult<Value> {
         let req = oid4vp::resolve_request(&self.ctx.http, request).await?;
         let held = self.held(viewer).await?;
@@ -132,6 +133,7 @@ impl WalletService {
             matches.insert(ask.id.to_string(), Value::Array(ids));
         }
         Ok(json!({
+            "request_digest": request_digest(&req),
             "client_id": req.client_id,
             "verified_signer": req.signed_by,
             "verifier": req.params["client_metadata"]["client_name"],
@@ -148,6 +150,13 @@ impl WalletService {
     pub async fn present(&self, o: &Opened<Owner>, input: RequestInput) -> WalletResult<Value> {
         let http = &self.ctx.http;
         let req = oid4vp::resolve_request(http, &input.request).await?;
+        if let Some(shown) = &input.request_digest {
+            if *shown != request_digest(&req) {
+                return Err(WalletError::conflict(
+                    "the verifier's request is not the one resolved before (it changed since it was shown); resolve it again",
+                ));
+            }
+        }
         let held = self.held(o).await?;
         let now = self.now();
         let asks = Asks::of(&req).ok_or_else(|| {
@@ -406,4 +415,22 @@ fn pex_match(v: &CredentialView, d: &Value) -> bool {
         };
         root.get(name).is_some()
     })
+}
+
+/// What binds a presentation to the request a user was shown: SHA-256 over who asks
+/// (`client_id`), where the answer goes (`response_uri` / `redirect_uri`, `response_mode`) and
+/// what it asks for (`dcql_query` / `presentation_definition`). Fields a verifier may renew on
+/// every fetch of its request object (`iat`, `exp`, `jti`, client metadata) are left out, so an
+/// honest verifier's request keeps its digest.
+fn request_digest(req: &oid4vp::ResolvedRequest) -> String {
+    let p = &req.params;
+    let bound = json!([
+        req.client_id,
+        p.get("response_uri"),
+        p.get("redirect_uri"),
+        p.get("response_mode"),
+        p.get("dcql_query"),
+        p.get("presentation_definition"),
+    ]);
+    crate::crypto::sha256_hex(bound.to_string().as_bytes())
 }

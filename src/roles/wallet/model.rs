@@ -266,4 +266,11 @@ pub struct RequestInput {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub disclose: Map<String, Value>,
+    /// `present` only: the `request_digest` that `resolve-request` returned for what was shown
+    /// to the user. The verifier's request is fetched again to present; if it is not the one
+    /// shown (a verifier can answer its `request_uri` differently each time), the presentation
+    /// is refused (409) instead of answering a request nobody saw. A UI that shows the request
+    /// before presenting must send it.
+    #[serde(default)]
+    pub request_digest: Option<String>,
 }
