@@ -155,10 +155,12 @@ impl WalletService {
         Ok(())
     }
 
-    /// Verifies the issuer's signature, then seals and stores the credential.
+    /// Verifies the issuer's signature, that the credential is bound to the holder the wallet
+    /// proved (`holder`: its key and DID) and not expired, then seals and stores it.
     pub(super) async fn store_credential(
         &self,
         owner: &Owner,
+        holder: (&VerifyingKey, &str),
         key_id: &str,
         config_id: &str,
         format: &str,
@@ -173,6 +175,7 @@ impl WalletService {
         verify_issued(format, &raw, &bound.key, self.now()).await?;
         let (view, _) = dcql::credential_view(format, &raw);
         let payload = dcql::jwt_payload(format, &raw);
+        issued_to(format, &raw, &payload, holder, self.now())?;
         let summary = CredentialSummary {
             id: String::new(),
             format: if format == "vc+sd-jwt" {
@@ -299,6 +302,58 @@ async fn verify_issued(format: &str, raw: &str, key: &VerifyingKey, now: i64) ->
     }
 }
 
+/// A received credential must be this wallet's: bound to the key it proved (SD-JWT `cnf.jwk`)
+/// or naming its DID as the subject (`sub`, `credentialSubject.id`) when it names one, and not
+/// expired. Otherwise an issuer could hand over another holder's credential (valid, from a
+/// trusted issuer) and the wallet would present it as its own. A credential that names no holder
+/// is a bearer credential and is kept.
+fn issued_to(
+    format: &str,
+    raw: &str,
+    payload: &Value,
+    (key, did): (&VerifyingKey, &str),
+    now: i64,
+) -> WalletResult<()> {
+    let refused = |why: String| Err(WalletError::CredentialRejected(why));
+    if payload["exp"].as_i64().is_some_and(|exp| exp <= now) {
+        return refused("the credential has already expired".into());
+    }
+    match format {
+        "dc+sd-jwt" | "vc+sd-jwt" => match payload["cnf"].get("jwk") {
+            Some(jwk) => match VerifyingKey::from_jwk(jwk) {
+                Ok(k) if k.thumbprint() == key.thumbprint() => Ok(()),
+                _ => refused(
+                    "the credential is bound (cnf) to another key than this wallet's".into(),
+                ),
+            },
+            None => Ok(()),
+        },
+        _ => {
+            let vc: Value = if format == "ldp_vc" {
+                serde_json::from_str(raw).unwrap_or_default()
+            } else {
+                payload["vc"].clone()
+            };
+            let subjects: Vec<&str> = std::iter::once(payload["sub"].as_str())
+                .chain(match &vc["credentialSubject"] {
+                    Value::Array(a) => a.iter().map(|s| s["id"].as_str()).collect::<Vec<_>>(),
+                    s => vec![s["id"].as_str()],
+                })
+                .flatten()
+                .collect();
+            // a key named by JWK (a did:web holder, for issuers that cannot resolve it) is did:jwk
+            let as_jwk = crate::crypto::did::did_jwk(key);
+            if subjects.iter().all(|s| *s == did || *s == as_jwk) {
+                Ok(())
+            } else {
+                refused(format!(
+                    "the credential is issued to another subject than this wallet's DID {did}"
+                ))
+            }
+        }
+    }
+}
+
 /// Status lists of one issuer, fetched through the guarded client and checked with its key.
 struct StatusLists<'a> {
     http: &'a reqwest::Client,
@@ -385,5 +440,54 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.to_string(), "unsupported credential format vc+cose");
+    }
+}
+
+#[cfg(test)]
+mod issued_to_tests {
+    use super::*;
+    use crate::crypto::{KeyType, SigningKey};
+    use serde_json::json;
+
+    /// A credential another holder's key is bound to, or another subject is named in, is refused
+    /// (an issuer handing over someone else's valid credential); this wallet's, and a bearer
+    /// credential naming no holder, are kept; an expired one is refused.
+    #[test]
+    fn only_a_credential_issued_to_this_wallet_is_kept() {
+        let mine = SigningKey::generate(KeyType::Ed25519).verifying_key();
+        let other = SigningKey::generate(KeyType::Ed25519).verifying_key();
+        let did = "did:key:z6Mkmine";
+        let now = 1_800_000_000;
+        let check = |format: &str, payload: Value| {
+            let raw = if format == "ldp_vc" {
+                payload.to_string()
+            } else {
+                String::new()
+            };
+            issued_to(format, &raw, &payload, (&mine, did), now).is_ok()
+        };
+        assert!(check("dc+sd-jwt", json!({"cnf": {"jwk": mine.to_jwk()}})));
+        assert!(!check("dc+sd-jwt", json!({"cnf": {"jwk": other.to_jwk()}})));
+        assert!(check("dc+sd-jwt", json!({"vct": "bearer"})));
+        assert!(!check(
+            "dc+sd-jwt",
+            json!({"cnf": {"jwk": mine.to_jwk()}, "exp": now - 1})
+        ));
+        assert!(check(
+            "jwt_vc_json",
+            json!({"sub": did, "vc": {"credentialSubject": {"id": did}}})
+        ));
+        let as_jwk = crate::crypto::did::did_jwk(&mine);
+        assert!(check("jwt_vc_json", json!({"sub": as_jwk})));
+        assert!(!check("jwt_vc_json", json!({"sub": "did:key:z6Mkother"})));
+        assert!(!check(
+            "jwt_vc_json",
+            json!({"vc": {"credentialSubject": [{"id": did}, {"id": "did:key:z6Mkother"}]}})
+        ));
+        assert!(check("ldp_vc", json!({"credentialSubject": {"id": did}})));
+        assert!(!check(
+            "ldp_vc",
+            json!({"credentialSubject": {"id": "did:key:z6Mkother"}})
+        ));
     }
 }

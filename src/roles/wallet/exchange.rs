@@ -72,7 +72,14 @@ impl WalletService {
                 oid4vci::credential(http, &r, &token, &config_id, &holder, self.now()).await?;
             for rc in received {
                 let summary = self
-                    .store_credential(o, &didrec.key_id, &config_id, &rc.format, &rc.credential)
+                    .store_credential(
+                        o,
+                        (&key.verifying_key(), &didrec.did),
+                        &didrec.key_id,
+                        &config_id,
+                        &rc.format,
+                        &rc.credential,
+                    )
                     .await?;
                 stored.push(summary);
             }
