@@ -342,3 +342,53 @@ async fn a_swapped_response_uri_is_refused_by_the_wallet() {
     let result = session_result(&s, "bank", bank["id"].as_str().unwrap()).await;
     assert_eq!(result["verified"], true, "{result}");
 }
+
+/// A slow issuer, verifier or status list holds no tenant session slot while the wallet waits for
+/// it (those calls need no key): otherwise a viewer's slow fetches could use up a wallet's
+/// sessions, or an account with many wallets the node's.
+#[tokio::test]
+async fn a_slow_remote_party_holds_no_tenant_session() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (got, mut connected) = tokio::sync::mpsc::channel::<()>(4);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = l.accept().await {
+            held.push(sock); // accepted, never answered
+            let _ = got.send(()).await;
+        }
+    });
+    let s = guarded_node(&[format!("127.0.0.1:{port}")]).await;
+    let u = WalletUser::signup(&s, "slow@example.org").await;
+    let url = format!("http://127.0.0.1:{port}/offer");
+    let pending = {
+        let (s_url, token, wallet) = (s.url(""), u.token.clone(), u.wallet.clone());
+        let body = offer_at(&url);
+        tokio::spawn(async move {
+            crate::common::client()
+                .post(format!(
+                    "{s_url}/wallet/wallets/{wallet}/exchange/resolve-offer"
+                ))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+        })
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), connected.recv())
+        .await
+        .expect("the wallet never called the slow issuer");
+    let metrics = s.anon().text("/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "idstack_wallet_open_sessions 0"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("wallet_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    pending.abort();
+}

@@ -313,7 +313,8 @@ pub async fn credential_status(
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<serde_json::Value>> {
     let (w, c) = path.into_inner();
-    let v = svc.open_viewer(&user, &w).await?;
+    // no tenant session: it needs no key, and a slow status list must not hold a session slot
+    let v = svc.viewer(&user, &w).await?;
     Ok(web::Json(svc.credential_status(&v, &c).await?))
 }
 
@@ -338,7 +339,8 @@ pub async fn resolve_offer(
     path: web::Path<String>,
     body: web::Json<OfferInput>,
 ) -> ApiResult<web::Json<serde_json::Value>> {
-    let v = svc.open_viewer(&user, &path).await?;
+    // no tenant session: it needs no key, and a slow issuer must not hold a session slot
+    let v = svc.viewer(&user, &path).await?;
     Ok(web::Json(svc.resolve_offer(&v, &body.offer).await?))
 }
 
@@ -366,7 +368,8 @@ pub async fn resolve_request(
     path: web::Path<String>,
     body: web::Json<RequestInput>,
 ) -> ApiResult<web::Json<serde_json::Value>> {
-    let v = svc.open_viewer(&user, &path).await?;
+    // no tenant session: it needs no key, and a slow verifier must not hold a session slot
+    let v = svc.viewer(&user, &path).await?;
     Ok(web::Json(svc.resolve_request(&v, &body.request).await?))
 }
 
