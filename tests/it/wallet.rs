@@ -263,6 +263,15 @@ async fn accounts_isolation_roles_keys_and_dids() {
         "forbidden",
     )
     .await;
+    // the last owner cannot be demoted (nobody could manage or delete the wallet then)
+    let r = s
+        .bearer(&a.token)
+        .post_resp(
+            &format!("/wallet/wallets/{}/members", a.wallet),
+            &json!({"email": "a@example.org", "role": "viewer"}),
+        )
+        .await;
+    expect_problem(r, 409, "conflict").await;
 
     // keys: generate each type, import, export public, delete
     for kt in ["Ed25519", "P-256", "secp256k1"] {

@@ -119,8 +119,9 @@ pub async fn delete_wallet(
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// Share a wallet with another account as owner or viewer (owner).
-#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = AddMember, responses((status = 204), (status = 404, body = Problem)))]
+/// Share a wallet with another account as owner or viewer, or change a member's role (owner).
+/// The last owner cannot be made a viewer (409).
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = AddMember, responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
 #[post("/wallet/wallets/{w}/members")]
 pub async fn add_member(
     svc: Svc,

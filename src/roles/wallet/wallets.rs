@@ -118,11 +118,34 @@ impl WalletService {
             .get_json(ks::EMAILS, &email)
             .await?
             .or_not_found("no account with this email")?;
+        if req.role == MemberRole::Viewer && self.last_owner_is(owner.id(), &other).await? {
+            return Err(WalletError::conflict(
+                "a wallet keeps at least one owner: make another member owner first",
+            ));
+        }
         self.ctx
             .store
             .batch(member_ops(owner.id(), &other, req.role)?)
             .await?;
         Ok(())
+    }
+
+    /// Whether `account` is the only owner of `wallet` (demoting it would leave a wallet nobody
+    /// can manage or delete).
+    async fn last_owner_is(&self, wallet: &str, account: &str) -> WalletResult<bool> {
+        let members = self
+            .ctx
+            .store
+            .scan_prefix(ks::MEMBERS, &format!("w/{wallet}/"), 100_000)
+            .await?;
+        let owners: Vec<&str> = members
+            .iter()
+            .filter(|(_, v)| {
+                serde_json::from_slice::<MemberRole>(v).is_ok_and(|r| r == MemberRole::Owner)
+            })
+            .filter_map(|(k, _)| k.rsplit('/').next())
+            .collect();
+        Ok(owners == [account])
     }
 }
 
