@@ -84,14 +84,18 @@ impl StatusCache {
 /// credentials under one list fetches it once (each is still verified on its own). Bounded by
 /// the presentations one evaluation takes.
 #[derive(Default)]
-pub struct Fetched(std::sync::Mutex<std::collections::HashMap<String, Result<Vec<u8>, String>>>);
+pub struct Fetched(std::sync::Mutex<std::collections::HashMap<String, Result<Body, String>>>);
+
+/// A fetched status list: its bytes, and the ETag it came with when it was fetched anew (not a
+/// 304 answered from [`StatusCache`]).
+type Body = (Vec<u8>, Option<String>);
 
 impl Fetched {
     /// The body fetched for `uri` as `kind` (the JWT or the CWT form: fetched with their own
     /// media type and size cap) in this evaluation, or `fetch`'s, kept for the next use.
-    async fn get_or<F>(&self, kind: &str, uri: &str, fetch: F) -> Result<Vec<u8>, String>
+    async fn get_or<F>(&self, kind: &str, uri: &str, fetch: F) -> Result<Body, String>
     where
-        F: std::future::Future<Output = Result<Vec<u8>, String>>,
+        F: std::future::Future<Output = Result<Body, String>>,
     {
         let key = format!("{kind} {uri}");
         if let Some(got) = self.0.lock().ok().and_then(|m| m.get(&key).cloned()) {
@@ -146,8 +150,7 @@ async fn fetch_status(ctx: &Ctx<'_>, uri: &str, key: &VerifyingKey) -> Result<Va
     use crate::http::outbound::{limits, read_capped};
     status_uri_ok(ctx, uri)?;
     let limits = limits();
-    let fresh_etag = std::sync::Mutex::new(None);
-    let body = ctx
+    let (body, fresh_etag) = ctx
         .fetched
         .get_or("jwt", uri, async {
             let cached = ctx.status_cache.get(uri);
@@ -159,7 +162,7 @@ async fn fetch_status(ctx: &Ctx<'_>, uri: &str, key: &VerifyingKey) -> Result<Va
                 .await
                 .map_err(|e| format!("status list: {e}"))?;
             match (r.status().as_u16(), cached) {
-                (304, Some((_, t))) => Ok(t.into_bytes()),
+                (304, Some((_, t))) => Ok((t.into_bytes(), None)),
                 (s, _) if (200..300).contains(&s) => {
                     let etag = r
                         .headers()
@@ -170,10 +173,7 @@ async fn fetch_status(ctx: &Ctx<'_>, uri: &str, key: &VerifyingKey) -> Result<Va
                     let body = read_capped(r, limits.max_body_bytes)
                         .await
                         .map_err(|e| format!("status list: {e}"))?;
-                    if let Ok(mut f) = fresh_etag.lock() {
-                        *f = etag;
-                    }
-                    Ok(body.to_vec())
+                    Ok((body.to_vec(), etag))
                 }
                 (s, _) => Err(format!("status list: HTTP {s}")),
             }
@@ -182,7 +182,8 @@ async fn fetch_status(ctx: &Ctx<'_>, uri: &str, key: &VerifyingKey) -> Result<Va
     let token = String::from_utf8_lossy(&body).trim().to_string();
     let (_, payload) =
         jws::verify(&token, key).map_err(|e| format!("status list signature: {e}"))?;
-    if let Some(etag) = fresh_etag.lock().ok().and_then(|mut f| f.take()) {
+    // (a second credential under the same list puts the same token again: harmless)
+    if let Some(etag) = fresh_etag {
         ctx.status_cache
             .put(uri, etag, token, limits.status_list_cache_bytes);
     }
@@ -308,14 +309,14 @@ pub(super) async fn mdoc_status(
             match crate::http::outbound::send(req).await {
                 Ok(r) if r.status().is_success() => read_capped(r, status::MAX_TOKEN_BYTES)
                     .await
-                    .map(|b| b.to_vec())
+                    .map(|b| (b.to_vec(), None))
                     .map_err(|e| format!("status list: {e}")),
                 Ok(r) => Err(format!("status list: HTTP {}", r.status())),
                 Err(e) => Err(format!("status list: {e}")),
             }
         })
         .await;
-    let list = body.and_then(|b| {
+    let list = body.and_then(|(b, _)| {
         status::verify(&b, uri, mdoc, ctx.anchors, ctx.now).map_err(|e| e.to_string())
     });
     match list.and_then(|l| l.get_lsb(idx).map_err(|e| e.to_string())) {
