@@ -43,6 +43,29 @@ async fn login_with(
 /// Fires `n` wrong logins at once, spread over `bases`; returns (401s, 429s). A 503 (no argon2
 /// slot within 10 s on a loaded machine) is an attempt taken but not checked: it counts with the
 /// 401s against the limit.
+async fn login_on_device(
+    base: &str,
+    email: &str,
+    password: &str,
+    device: &str,
+) -> reqwest::Response {
+    client()
+        .post(format!("{base}/wallet/auth/login"))
+        .json(&json!({"email": email, "password": password, "device_token": device}))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn device_token(r: reqwest::Response) -> String {
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    body["device_token"]
+        .as_str()
+        .expect("device_token")
+        .to_string()
+}
+
 async fn wrong_login_burst(bases: &[String], email: &str, n: usize) -> (usize, usize) {
     // One client for the burst: building one per request stalls the test's runtime for long
     // enough that connections opened early miss the server's request-head timeout.
@@ -70,7 +93,8 @@ async fn wrong_login_burst(bases: &[String], email: &str, n: usize) -> (usize, u
 }
 
 /// 50 parallel wrong guesses check at most `login_lock_after` passwords; the right password is
-/// then refused until the lock expires, and accepted after.
+/// then refused until the lock expires, and accepted after — except from a client that signed in
+/// before and sends its device token, which has a count of its own.
 #[tokio::test]
 async fn parallel_wrong_logins_check_at_most_the_limit() {
     // A lock long enough to outlast the burst on a slow machine.
@@ -80,6 +104,10 @@ async fn parallel_wrong_logins_check_at_most_the_limit() {
         .start()
         .await;
     register(&s, "victim@example.org").await;
+    register(&s, "other@example.org").await;
+    // The victim signed in on this client before, and kept the device token it was given.
+    let device = device_token(login(&s.base, "victim@example.org", PASSWORD).await).await;
+    let others = device_token(login(&s.base, "other@example.org", PASSWORD).await).await;
     let (unauthorized, locked) =
         wrong_login_burst(std::slice::from_ref(&s.base), "victim@example.org", 50).await;
     assert!(unauthorized <= 5, "{unauthorized} attempts past the lock");
@@ -96,6 +124,37 @@ async fn parallel_wrong_logins_check_at_most_the_limit() {
         .unwrap();
     assert!((1..=600).contains(&retry), "Retry-After {retry}");
     expect_problem(r, 429, "too_many_requests").await;
+
+    // The lock is the attacker's, not the victim's: its known device still gets in...
+    let r = login_on_device(&s.base, "victim@example.org", PASSWORD, &device).await;
+    assert_eq!(
+        r.status(),
+        200,
+        "a known device is locked out by others' guesses"
+    );
+    // ...and no other token opens that door: another account's, or an altered one.
+    let mut altered = device.clone();
+    altered.insert(
+        10,
+        if altered.as_bytes()[10] == b'A' {
+            'B'
+        } else {
+            'A'
+        },
+    );
+    for token in [others.as_str(), altered.as_str(), "d1.garbage"] {
+        let r = login_on_device(&s.base, "victim@example.org", PASSWORD, token).await;
+        expect_problem(r, 429, "too_many_requests").await;
+    }
+    // A device that guesses wrong is locked like an email (and its lock is its own).
+    for _ in 0..5 {
+        let r = login_on_device(&s.base, "victim@example.org", "wrong password!", &device).await;
+        expect_problem(r, 401, "unauthorized").await;
+    }
+    let r = login_on_device(&s.base, "victim@example.org", PASSWORD, &device).await;
+    expect_problem(r, 429, "too_many_requests").await;
+    let r = login_on_device(&s.base, "other@example.org", PASSWORD, &others).await;
+    assert_eq!(r.status(), 200);
     s.stop();
 
     // A short lock expires; the right password then gets in and clears the count.

@@ -193,7 +193,7 @@ mod tests {
     use super::*;
     use crate::clock::FakeClock;
     use crate::error::{ApiError, Code};
-    use crate::roles::wallet::model::{AddMember, Credentials};
+    use crate::roles::wallet::model::{AddMember, Credentials, LoginRequest};
     use crate::roles::RoleContext;
 
     fn service() -> WalletService {
@@ -207,7 +207,14 @@ mod tests {
             password: "correct horse".into(),
         };
         svc.register(creds()).await.unwrap();
-        let login = svc.login(creds()).await.unwrap();
+        let login = svc
+            .login(LoginRequest {
+                email: email.into(),
+                password: "correct horse".into(),
+                device_token: None,
+            })
+            .await
+            .unwrap();
         svc.authenticate(&login.token).await.unwrap()
     }
 

@@ -60,15 +60,26 @@ impl WalletService {
         Ok(AccountView::from(&account))
     }
 
-    pub async fn login(&self, req: Credentials) -> WalletResult<LoginResponse> {
+    pub async fn login(&self, req: LoginRequest) -> WalletResult<LoginResponse> {
         let email = req.email.trim().to_ascii_lowercase();
         let now = self.now();
         let store = &self.ctx.store;
+        let account_id: Option<String> = store.get_json(ks::EMAILS, &email).await?;
+        // A device this account signed in on before counts its own attempts; every other client
+        // shares the email's (see `devices`).
+        let device = match (&req.device_token, &account_id) {
+            (Some(token), Some(id)) => self.devices.check(token, id, now),
+            _ => None,
+        };
+        let (counter, counter_key) = match &device {
+            Some(d) => (ks::DEVICE_LOGIN_FAILURES, d.counter_key.as_str()),
+            None => (ks::LOGIN_FAILURES, email.as_str()),
+        };
         // Counted before the password is checked, atomically in the store: parallel guesses (on
         // any node) each take one of the allowed attempts, and a locked email costs no hashing.
-        self.take_login_attempt(&email, now).await?;
-        let account: Option<Account> = match store.get_json::<String>(ks::EMAILS, &email).await? {
-            Some(id) => store.get_json(ks::ACCOUNTS, &id).await?,
+        self.take_login_attempt(counter, counter_key, now).await?;
+        let account: Option<Account> = match &account_id {
+            Some(id) => store.get_json(ks::ACCOUNTS, id).await?,
             None => None,
         };
         // Verify against a real hash even for unknown emails, so timing does not reveal accounts.
@@ -95,7 +106,13 @@ impl WalletService {
         if account.disabled {
             return Err(WalletError::Forbidden("this account is disabled"));
         }
-        store.delete(ks::LOGIN_FAILURES, &email).await?;
+        // Only the counter this attempt came from is cleared: signing in on a known device
+        // leaves the email's lock (someone else's guesses) in place.
+        store.delete(counter, counter_key).await?;
+        let device_token = match (device, req.device_token) {
+            (Some(d), Some(token)) if !d.due_for_renewal(now) => token,
+            _ => self.devices.mint(&account.id, now),
+        };
         let token = random_token(32);
         let expires_at = now + SESSION_TTL;
         store
@@ -114,15 +131,22 @@ impl WalletService {
             token_type: "Bearer",
             expires_at,
             account: AccountView::from(&account),
+            device_token,
         })
     }
 
-    /// Takes one login attempt for `email`: refuses (429 + Retry-After) while the email is
-    /// locked, else counts the attempt as a failure by compare-and-swap — a correct password
-    /// clears the count afterwards. The attempt that reaches `login_lock_after` also sets the
-    /// lock, so at most `login_lock_after` passwords are checked per lock period however many
-    /// requests race, and one per period after that.
-    async fn take_login_attempt(&self, email: &str, now: i64) -> WalletResult<()> {
+    /// Takes one login attempt from the failure count at `key` in `keyspace` (an email's, or a
+    /// known device's): refuses (429 + Retry-After) while it is locked, else counts the attempt
+    /// as a failure by compare-and-swap — a correct password clears the count afterwards. The
+    /// attempt that reaches `login_lock_after` also sets the lock, so at most `login_lock_after`
+    /// passwords are checked per lock period however many requests race, and one per period
+    /// after that.
+    async fn take_login_attempt(
+        &self,
+        keyspace: &'static str,
+        key: &str,
+        now: i64,
+    ) -> WalletResult<()> {
         let w = &self.cfg;
         let store = &self.ctx.store;
         for attempt in 0..64u32 {
@@ -131,7 +155,7 @@ impl WalletService {
                 let wait = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=cap);
                 tokio::time::sleep(Duration::from_millis(wait)).await;
             }
-            let old = store.get(ks::LOGIN_FAILURES, email).await?;
+            let old = store.get(keyspace, key).await?;
             let current: LoginFailures = match &old {
                 // An unreadable record counts as a fresh start rather than locking forever.
                 Some(bytes) => serde_json::from_slice(bytes).unwrap_or_default(),
@@ -152,7 +176,7 @@ impl WalletService {
             let ttl = Duration::from_secs(3600u64.max(w.login_lock_max_seconds.saturating_mul(2)));
             let bytes = crate::store::to_json(&next)?;
             if let crate::store::Cas::Swapped = store
-                .compare_and_swap(ks::LOGIN_FAILURES, email, old, Some((bytes, Some(ttl))))
+                .compare_and_swap(keyspace, key, old, Some((bytes, Some(ttl))))
                 .await?
             {
                 return Ok(());

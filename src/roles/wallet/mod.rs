@@ -10,6 +10,7 @@
 pub mod access;
 mod accounts;
 mod credentials;
+mod devices;
 pub mod error;
 mod exchange;
 mod keys;
@@ -34,6 +35,8 @@ pub mod ks {
     pub const ACCOUNTS: &str = "wallet_accounts";
     pub const EMAILS: &str = "wallet_emails";
     pub const LOGIN_FAILURES: &str = "wallet_login_failures";
+    /// Failed logins of one device token (keyed by a digest of it), see `devices`.
+    pub const DEVICE_LOGIN_FAILURES: &str = "wallet_device_login_failures";
     pub const SESSIONS: &str = "wallet_sessions";
     pub const WALLETS: &str = "wallet_wallets";
     /// `a/<account>/<wallet>` and `w/<wallet>/<account>` → role.

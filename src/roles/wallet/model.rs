@@ -35,19 +35,63 @@ impl From<&Account> for AccountView {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+/// Sign-up: an email and a password.
+#[derive(Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
     pub email: String,
     pub password: String,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("email", &self.email)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Login: an email and a password, and the `device_token` an earlier login on this client
+/// returned, if it kept one.
+#[derive(Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+    /// The `device_token` of an earlier successful login of this account on this client. With
+    /// it, failed logins are counted for this device alone, so wrong passwords tried by others
+    /// (which lock the email) do not lock this client out. Optional.
+    #[serde(default)]
+    pub device_token: Option<String>,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("email", &self.email)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Serialize, ToSchema)]
 pub struct LoginResponse {
     pub token: String,
     pub token_type: &'static str,
     pub expires_at: i64,
     pub account: AccountView,
+    /// Keep it and send it with this account's next login from this client (valid 90 days; a
+    /// login may hand back a newer one). It is not a session and grants nothing without the
+    /// password.
+    pub device_token: String,
+}
+
+impl std::fmt::Debug for LoginResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginResponse")
+            .field("expires_at", &self.expires_at)
+            .field("account", &self.account)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

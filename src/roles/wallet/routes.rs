@@ -48,13 +48,15 @@ pub async fn register(svc: Svc, body: web::Json<Credentials>) -> ApiResult<HttpR
     Ok(HttpResponse::Created().json(svc.register(body.into_inner()).await?))
 }
 
-/// Log in: an opaque bearer session token (24 h). Repeated failures lock the email with back-off.
-#[utoipa::path(tag = "wallet", request_body = Credentials, responses((status = 200, body = LoginResponse), (status = 401, body = Problem), (status = 429, body = Problem)))]
+/// Log in: an opaque bearer session token (24 h), and a device token to send with this account's
+/// next login from this client. Repeated failures lock the email with back-off; a client that
+/// sends its device token is counted on its own, so others' wrong guesses do not lock it out.
+#[utoipa::path(tag = "wallet", request_body = LoginRequest, responses((status = 200, body = LoginResponse), (status = 401, body = Problem), (status = 429, body = Problem)))]
 #[post(
     "/wallet/auth/login",
     wrap = "actix_web::middleware::from_fn(crate::http::ratelimit::login)"
 )]
-pub async fn login(svc: Svc, body: web::Json<Credentials>) -> ApiResult<web::Json<LoginResponse>> {
+pub async fn login(svc: Svc, body: web::Json<LoginRequest>) -> ApiResult<web::Json<LoginResponse>> {
     Ok(web::Json(svc.login(body.into_inner()).await?))
 }
 

@@ -29,6 +29,8 @@ pub struct WalletService {
     pub(crate) ctx: RoleContext,
     pub(super) cfg: WalletConfig,
     pub coordinator: Arc<Coordinator<WalletContext>>,
+    /// Makes and checks login device tokens.
+    pub(super) devices: super::devices::DeviceKey,
 }
 
 impl WalletService {
@@ -41,6 +43,7 @@ impl WalletService {
         };
         Self {
             coordinator: Coordinator::new(coordinator),
+            devices: super::devices::DeviceKey::new(&ctx.sealer),
             ctx,
             cfg,
         }
