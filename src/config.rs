@@ -76,6 +76,18 @@ fn scalar_to_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error>
 }
 
 /// A list that may be written as a TOML array or, in env vars, as one comma-separated string.
+/// `url` with any `user:password@` part replaced, for logs and `config print`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}<credentials>{}", &url[..s + 3], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+fn redacted_urls<S: serde::Serializer>(urls: &[String], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(urls.iter().map(|u| redact_url(u)))
+}
+
 fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -346,8 +358,9 @@ pub enum StoreBackend {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// One `redis://` / `rediss://` URL, or several: the seed nodes of a Redis Cluster.
-    #[serde(deserialize_with = "string_list")]
+    /// One `redis://` / `rediss://` URL, or several: the seed nodes of a Redis Cluster. A
+    /// password may be written inside (`redis://:pw@host`); `config print` shows it redacted.
+    #[serde(deserialize_with = "string_list", serialize_with = "redacted_urls")]
     pub url: Vec<String>,
     /// Treat a single URL as a Redis Cluster seed (several URLs always mean cluster).
     pub cluster: bool,
@@ -1203,6 +1216,20 @@ mod tests {
         assert_eq!(c.store.redis.key_prefix, "prod1");
         assert_eq!(c.store.redis.password.expose(), "pw-123");
         assert!(!c.to_redacted_toml().contains("pw-123"));
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("redis://user:secret@h:1/0"),
+            "redis://<credentials>@h:1/0"
+        );
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+        let mut c = Config::default();
+        c.store.redis.url = vec!["redis://:url-pw-456@h:6379".into()];
+        let out = c.to_redacted_toml();
+        assert!(!out.contains("url-pw-456"), "{out}");
+        assert!(out.contains("redis://<credentials>@h:6379"), "{out}");
     }
 
     #[test]

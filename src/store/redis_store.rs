@@ -36,6 +36,7 @@ use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use super::{BatchOp, Cas, ExportRecord, Store, StoreError, StoreResult, StoreStats};
 use crate::clock::SharedClock;
+use crate::config::redact_url as redact;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -84,12 +85,6 @@ impl RedisOptions {
 }
 
 /// A URL with any password replaced, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}<credentials>{}", &url[..s + 3], &url[at..]),
-        _ => url.to_string(),
-    }
-}
 
 /// One connection handle: a multiplexed, self-reconnecting single-server connection or a cluster one.
 #[derive(Clone)]
@@ -1096,14 +1091,5 @@ mod tests {
         let f = frame(b"", None);
         assert_eq!(live(&f, i64::MAX), Some(Vec::new()));
         assert_eq!(unframe(b"garbage"), None);
-    }
-
-    #[test]
-    fn passwords_are_redacted_from_urls() {
-        assert_eq!(
-            redact("redis://user:secret@h:1/0"),
-            "redis://<credentials>@h:1/0"
-        );
-        assert_eq!(redact("redis://h:1"), "redis://h:1");
     }
 }

@@ -159,6 +159,14 @@ impl MediatorService {
                 ));
             };
             let rec: InvitationRecord = serde_json::from_slice(&raw).or_internal()?;
+            // Only an invitation's own record: the `public` pointer holds a copy of the public
+            // invitation, and answering it by that name would count a second, separate set of
+            // connections (twice `max_connections_per_invitation`).
+            if rec.id != pthid {
+                return Err(bad_message(
+                    "the invitation this request answers is unknown or expired",
+                ));
+            }
             if !rec.multi_use {
                 return self.spend_single_use(pthid, raw, rec).await;
             }

@@ -101,3 +101,32 @@ async fn a_failed_dequeue_after_the_message_was_handled_is_not_an_error() {
     assert_eq!(as_json(got), queued);
     assert_eq!(svc.stats().await.unwrap().queued_messages, 0);
 }
+
+/// The public invitation's pointer record (`public`) is not an invitation of its own: a
+/// handshake naming it is refused, so the connections counted stay the configured number.
+#[tokio::test]
+async fn the_public_pointer_is_not_a_second_invitation() {
+    let ctx = RoleContext::for_tests(FakeClock::new(1_800_000_000_000));
+    let cfg = crate::config::MediatorConfig {
+        max_connections_per_invitation: 1,
+        ..Default::default()
+    };
+    let svc = super::init(&ctx, &cfg).await.unwrap();
+    let q = serde_json::from_value(json!({})).unwrap();
+    let inv = svc.invitation(&q).await.unwrap();
+    let id = inv.invitation["@id"].as_str().unwrap();
+    assert_eq!(
+        svc.use_invitation(Some(id)).await.unwrap(),
+        (id.to_string(), false)
+    );
+    let full = svc.use_invitation(Some(id)).await.unwrap_err();
+    assert!(
+        matches!(full, super::error::MediatorError::InvitationFull(1)),
+        "{full:?}"
+    );
+    let by_pointer = svc.use_invitation(Some("public")).await.unwrap_err();
+    assert!(
+        matches!(by_pointer, super::error::MediatorError::BadMessage(_)),
+        "{by_pointer:?}"
+    );
+}
