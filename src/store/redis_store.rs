@@ -84,8 +84,6 @@ impl RedisOptions {
     }
 }
 
-/// A URL with any password replaced, for messages.
-
 /// One connection handle: a multiplexed, self-reconnecting single-server connection or a cluster one.
 #[derive(Clone)]
 pub enum Conn {
