@@ -273,6 +273,79 @@ async fn accounts_isolation_roles_keys_and_dids() {
         .await;
     expect_problem(r, 409, "conflict").await;
 
+    // members: the owner lists them (a viewer may not: emails are personal)
+    let members_path = format!("/wallet/wallets/{}/members", a.wallet);
+    let members: Vec<Value> =
+        serde_json::from_value(s.bearer(&a.token).get(&members_path).await).unwrap();
+    let id_of = |email: &str| {
+        let m = members.iter().find(|m| m["email"] == email).unwrap();
+        m["account"].as_str().unwrap().to_string()
+    };
+    assert_eq!(members.len(), 2, "{members:?}");
+    let (a_id, b_id) = (id_of("a@example.org"), id_of("b@example.org"));
+    expect_problem(
+        s.bearer(&b.token).get_resp(&members_path).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    // the last owner can neither leave nor be removed; a viewer removes nobody else
+    let r = s
+        .bearer(&a.token)
+        .delete_resp(format!("{members_path}/{a_id}"))
+        .await;
+    expect_problem(r, 409, "conflict").await;
+    let r = s
+        .bearer(&b.token)
+        .delete_resp(format!("{members_path}/{a_id}"))
+        .await;
+    expect_problem(r, 403, "forbidden").await;
+    // a viewer leaves, and its access ends with it
+    let r = s
+        .bearer(&b.token)
+        .delete_resp(format!("{members_path}/{b_id}"))
+        .await;
+    assert_eq!(r.status(), 204);
+    expect_problem(
+        stolen.send(&s, M::GET, "/credentials", None).await,
+        404,
+        "not_found",
+    )
+    .await;
+    // shared again, then removed by the owner; removing a non-member is a 404
+    let r = s
+        .bearer(&a.token)
+        .post_resp(
+            &members_path,
+            &json!({"email": "b@example.org", "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        stolen.send(&s, M::GET, "/credentials", None).await.status(),
+        200
+    );
+    let r = s
+        .bearer(&a.token)
+        .delete_resp(format!("{members_path}/{b_id}"))
+        .await;
+    assert_eq!(r.status(), 204);
+    expect_problem(
+        stolen.send(&s, M::GET, "/credentials", None).await,
+        404,
+        "not_found",
+    )
+    .await;
+    let r = s
+        .bearer(&a.token)
+        .delete_resp(format!("{members_path}/{b_id}"))
+        .await;
+    expect_problem(r, 404, "not_found").await;
+    let members: Vec<Value> =
+        serde_json::from_value(s.bearer(&a.token).get(&members_path).await).unwrap();
+    assert_eq!(members.len(), 1, "{members:?}");
+    assert_eq!(members[0]["role"], "owner");
+
     // keys: generate each type, import, export public, delete
     for kt in ["Ed25519", "P-256", "secp256k1"] {
         let k: Value = a

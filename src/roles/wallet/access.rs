@@ -296,4 +296,50 @@ mod tests {
         let e = svc.authenticate("nonsense").await.err().unwrap();
         assert_eq!(code(e), Code::Unauthorized);
     }
+
+    /// Two owners demoting each other at the same moment: one change wins, the other finds it
+    /// would leave no owner (409). Before the membership lease both passed the check, each on
+    /// a scan taken before the other's write, and the wallet was left with no owner.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn owners_demoting_each_other_at_once_leave_an_owner() {
+        let (svc, alice, bob, _) = alice_home_and("bob@example.org").await;
+        let svc = std::sync::Arc::new(svc);
+        for round in 0..10 {
+            let w = svc.create_wallet(alice.account(), "shared").await.unwrap();
+            let w = w.wallet.id;
+            let share = |email: &str, role| AddMember {
+                email: email.into(),
+                role,
+            };
+            let owner = svc.owner(&alice, &w).await.unwrap();
+            svc.add_member(&owner, share("bob@example.org", MemberRole::Owner))
+                .await
+                .unwrap();
+            let (by_alice, by_bob) = (
+                svc.owner(&alice, &w).await.unwrap(),
+                svc.owner(&bob, &w).await.unwrap(),
+            );
+            let (s1, s2) = (svc.clone(), svc.clone());
+            let (r1, r2) = tokio::join!(
+                tokio::spawn(async move {
+                    s1.add_member(&by_alice, share("bob@example.org", MemberRole::Viewer))
+                        .await
+                }),
+                tokio::spawn(async move {
+                    s2.add_member(&by_bob, share("alice@example.org", MemberRole::Viewer))
+                        .await
+                }),
+            );
+            let (r1, r2) = (r1.unwrap(), r2.unwrap());
+            assert!(r1.is_ok() != r2.is_ok(), "round {round}: {r1:?} / {r2:?}");
+            let refused = r1.err().or(r2.err()).unwrap();
+            assert_eq!(code(refused), Code::Conflict, "round {round}");
+            let alice_owns = svc.owner(&alice, &w).await.is_ok();
+            let bob_owns = svc.owner(&bob, &w).await.is_ok();
+            assert!(
+                alice_owns != bob_owns,
+                "round {round}: exactly one owner left"
+            );
+        }
+    }
 }

@@ -15,6 +15,7 @@ pub mod error;
 mod exchange;
 mod keys;
 mod mdoc;
+mod members;
 pub mod model;
 pub mod routes;
 pub mod service;
@@ -41,6 +42,8 @@ pub mod ks {
     pub const WALLETS: &str = "wallet_wallets";
     /// `a/<account>/<wallet>` and `w/<wallet>/<account>` → role.
     pub const MEMBERS: &str = "wallet_members";
+    /// `<wallet>` → the lease of the one membership change in progress (see `members`).
+    pub const MEMBER_LOCKS: &str = "wallet_member_locks";
     pub const KEYS: &str = "wallet_keys";
     pub const DIDS: &str = "wallet_dids";
     pub const CREDS: &str = "wallet_credentials";

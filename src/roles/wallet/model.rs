@@ -135,6 +135,14 @@ pub struct WalletName {
     pub name: String,
 }
 
+/// A member of a wallet.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MemberView {
+    pub account: String,
+    pub email: String,
+    pub role: MemberRole,
+}
+
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {

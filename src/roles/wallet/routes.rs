@@ -136,6 +136,38 @@ pub async fn add_member(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// The wallet's members with their emails and roles (owner).
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), responses((status = 200, body = Vec<MemberView>), (status = 404, body = Problem)))]
+#[get("/wallet/wallets/{w}/members")]
+pub async fn list_members(
+    svc: Svc,
+    user: SignedIn,
+    path: web::Path<String>,
+) -> ApiResult<web::Json<Vec<MemberView>>> {
+    let owner = svc.owner(&user, &path).await?;
+    Ok(web::Json(svc.list_members(&owner).await?))
+}
+
+/// Remove a member (owner), or leave the wallet (any member, naming its own account). The last
+/// owner cannot be removed or leave (409): make another member owner, or delete the wallet.
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path), ("account" = String, Path)), responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+#[delete("/wallet/wallets/{w}/members/{account}")]
+pub async fn remove_member(
+    svc: Svc,
+    user: SignedIn,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
+    let (w, account) = path.into_inner();
+    if account == user.account().id {
+        let member = svc.viewer(&user, &w).await?;
+        svc.leave_wallet(&user, &member).await?;
+    } else {
+        let owner = svc.owner(&user, &w).await?;
+        svc.remove_member(&owner, &account).await?;
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
 /// Keys of a wallet (public parts).
 #[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), responses((status = 200, body = Vec<KeyView>), (status = 404, body = Problem)))]
 #[get("/wallet/wallets/{w}/keys")]
@@ -428,6 +460,8 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(rename_wallet)
         .service(delete_wallet)
         .service(add_member)
+        .service(list_members)
+        .service(remove_member)
         .service(list_keys)
         .service(generate_key)
         .service(import_key)

@@ -1,5 +1,5 @@
-//! Wallets and their members: create and list (any signed-in account), rename, delete and share
-//! (owners: these take the [`Owner`] proof).
+//! Wallets: create and list (any signed-in account), rename and delete (owners: these take the
+//! [`Owner`] proof). Who else may use a wallet is [`super::members`]'.
 
 use super::access::Owner;
 use super::error::{OrNotFound, WalletError, WalletResult};
@@ -25,7 +25,11 @@ impl WalletService {
             value: crate::store::to_json(&wallet)?,
             ttl: None,
         }];
-        ops.extend(member_ops(&wallet.id, &account.id, MemberRole::Owner)?);
+        ops.extend(super::members::member_ops(
+            &wallet.id,
+            &account.id,
+            Some(MemberRole::Owner),
+        )?);
         self.ctx.store.batch(ops).await?;
         Ok(WalletView {
             wallet,
@@ -108,64 +112,6 @@ impl WalletService {
         }
         Ok(())
     }
-
-    /// Shares the wallet with the account registered under `req.email`, as owner or viewer.
-    pub async fn add_member(&self, owner: &Owner, req: AddMember) -> WalletResult<()> {
-        let email = req.email.trim().to_ascii_lowercase();
-        let other: String = self
-            .ctx
-            .store
-            .get_json(ks::EMAILS, &email)
-            .await?
-            .or_not_found("no account with this email")?;
-        if req.role == MemberRole::Viewer && self.last_owner_is(owner.id(), &other).await? {
-            return Err(WalletError::conflict(
-                "a wallet keeps at least one owner: make another member owner first",
-            ));
-        }
-        self.ctx
-            .store
-            .batch(member_ops(owner.id(), &other, req.role)?)
-            .await?;
-        Ok(())
-    }
-
-    /// Whether `account` is the only owner of `wallet` (demoting it would leave a wallet nobody
-    /// can manage or delete).
-    async fn last_owner_is(&self, wallet: &str, account: &str) -> WalletResult<bool> {
-        let members = self
-            .ctx
-            .store
-            .scan_prefix(ks::MEMBERS, &format!("w/{wallet}/"), 100_000)
-            .await?;
-        let owners: Vec<&str> = members
-            .iter()
-            .filter(|(_, v)| {
-                serde_json::from_slice::<MemberRole>(v).is_ok_and(|r| r == MemberRole::Owner)
-            })
-            .filter_map(|(k, _)| k.rsplit('/').next())
-            .collect();
-        Ok(owners == [account])
-    }
-}
-
-/// The two index entries of one membership: `a/<account>/<wallet>` and `w/<wallet>/<account>`.
-fn member_ops(wallet: &str, account: &str, role: MemberRole) -> WalletResult<Vec<BatchOp>> {
-    let value = crate::store::to_json(&role)?;
-    Ok(vec![
-        BatchOp::Put {
-            keyspace: ks::MEMBERS,
-            key: format!("a/{account}/{wallet}"),
-            value: value.clone(),
-            ttl: None,
-        },
-        BatchOp::Put {
-            keyspace: ks::MEMBERS,
-            key: format!("w/{wallet}/{account}"),
-            value,
-            ttl: None,
-        },
-    ])
 }
 
 fn check_name(name: &str) -> WalletResult<String> {
