@@ -342,4 +342,35 @@ mod tests {
             );
         }
     }
+
+    /// A key deleted through another node (no invalidation reaches this one) signs nothing more
+    /// here, even from a tenant context this node still holds with the key unsealed in it.
+    #[tokio::test]
+    async fn a_key_deleted_elsewhere_no_longer_signs_from_a_cached_context() {
+        let ctx = RoleContext::for_tests(FakeClock::new(1_700_000_000_000));
+        let here = WalletService::new(ctx.clone(), crate::config::WalletConfig::default());
+        let elsewhere = WalletService::new(ctx, crate::config::WalletConfig::default());
+        let alice = sign_up(&here, "alice@example.org").await;
+        let w = here.create_wallet(alice.account(), "w").await.unwrap();
+        let w = w.wallet.id;
+        let key = here
+            .generate_key(
+                &here.owner(&alice, &w).await.unwrap(),
+                crate::crypto::KeyType::Ed25519,
+            )
+            .await
+            .unwrap();
+        let opened = here.open_owner(&alice, &w).await.unwrap();
+        assert!(here.signing_key(opened.session(), &key.id).await.is_ok());
+        elsewhere
+            .delete_key(&elsewhere.owner(&alice, &w).await.unwrap(), &key.id)
+            .await
+            .unwrap();
+        let e = here
+            .signing_key(opened.session(), &key.id)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(code(e), Code::NotFound);
+    }
 }

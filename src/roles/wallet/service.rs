@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::error::{OrInternal, OrNotFound, WalletResult};
+use super::error::{OrInternal, OrNotFound, WalletError, WalletResult};
 use super::ks;
 use super::model::KeyRecord;
 use crate::config::WalletConfig;
@@ -67,13 +67,23 @@ impl WalletService {
     }
 
     /// A wallet's signing key: from the open session when it is cached there, else unsealed.
+    /// Either way only while its record exists: a tenant context cached on this node (open
+    /// sessions, or idle until evicted) still holds a key deleted meanwhile, perhaps on another
+    /// node, and a deleted key must sign nothing more. The record is read, not unsealed again:
+    /// a key's id is its thumbprint, so the record under that id is that key.
     pub(super) async fn signing_key(
         &self,
         s: &WalletSession,
         key_id: &str,
     ) -> WalletResult<Arc<SigningKey>> {
         Ok(match s.keys.get(key_id) {
-            Some(k) => k.clone(),
+            Some(k) => {
+                let place = format!("{}/{key_id}", s.wallet);
+                if self.ctx.store.get(ks::KEYS, &place).await?.is_none() {
+                    return Err(WalletError::not_found(format!("no key `{key_id}`")));
+                }
+                k.clone()
+            }
             None => Arc::new(load_key(&self.ctx, &s.wallet, key_id).await?),
         })
     }
