@@ -344,8 +344,9 @@ async fn a_swapped_response_uri_is_refused_by_the_wallet() {
 }
 
 /// A slow issuer, verifier or status list holds no tenant session slot while the wallet waits for
-/// it (those calls need no key): otherwise a viewer's slow fetches could use up a wallet's
-/// sessions, or an account with many wallets the node's.
+/// it: otherwise a member's slow fetches could use up a wallet's sessions, or an account with many
+/// wallets the node's. Accepting and presenting need the keys, but hold a session only while they
+/// read them and sign, never during the call out.
 #[tokio::test]
 async fn a_slow_remote_party_holds_no_tenant_session() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -360,35 +361,44 @@ async fn a_slow_remote_party_holds_no_tenant_session() {
     });
     let s = guarded_node(&[format!("127.0.0.1:{port}")]).await;
     let u = WalletUser::signup(&s, "slow@example.org").await;
-    let url = format!("http://127.0.0.1:{port}/offer");
-    let pending = {
-        let (s_url, token, wallet) = (s.url(""), u.token.clone(), u.wallet.clone());
-        let body = offer_at(&url);
-        tokio::spawn(async move {
-            crate::common::client()
-                .post(format!(
-                    "{s_url}/wallet/wallets/{wallet}/exchange/resolve-offer"
-                ))
-                .bearer_auth(token)
-                .json(&body)
-                .send()
-                .await
-        })
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(10), connected.recv())
-        .await
-        .expect("the wallet never called the slow issuer");
-    let metrics = s.anon().text("/metrics").await;
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "idstack_wallet_open_sessions 0"),
-        "{}",
-        metrics
-            .lines()
-            .filter(|l| l.contains("wallet_"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    pending.abort();
+    let offer = offer_at(&format!("http://127.0.0.1:{port}/offer"));
+    let request = json!({"request": format!(
+        "openid4vp://?client_id=redirect_uri%3Ahttp%3A%2F%2F127.0.0.1%3A{port}%2Fcb&request_uri={}",
+        enc(&format!("http://127.0.0.1:{port}/request"))
+    )});
+    for (step, body) in [
+        ("resolve-offer", &offer),
+        ("accept-offer", &offer),
+        ("resolve-request", &request),
+        ("present", &request),
+    ] {
+        let pending = {
+            let (s_url, token, wallet) = (s.url(""), u.token.clone(), u.wallet.clone());
+            let body = body.clone();
+            tokio::spawn(async move {
+                crate::common::client()
+                    .post(format!("{s_url}/wallet/wallets/{wallet}/exchange/{step}"))
+                    .bearer_auth(token)
+                    .json(&body)
+                    .send()
+                    .await
+            })
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), connected.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{step}: the wallet never called the slow party"));
+        let metrics = s.anon().text("/metrics").await;
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l == "idstack_wallet_open_sessions 0"),
+            "{step}: {}",
+            metrics
+                .lines()
+                .filter(|l| l.contains("wallet_"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        pending.abort();
+    }
 }

@@ -86,24 +86,20 @@ mod sealed {
     impl Sealed for super::Owner {}
 }
 
-/// A capability with a tenant session held on its wallet (keys unsealed, admission counted).
-/// Reads the capability through `Deref`.
+/// A capability with a tenant session held on its wallet for the request (admission counted:
+/// at most `max_sessions_per_tenant` at once per wallet). Reads the capability through `Deref`.
+/// The exchanges, which call out to issuers and verifiers, take a plain [`Owner`] instead and a
+/// session only around their signing ([`WalletService::session_for`]).
 pub struct Opened<C> {
     cap: C,
-    session: WalletSession,
+    /// Held, not read: dropping it ends the session.
+    _session: WalletSession,
 }
 
 impl<C> Deref for Opened<C> {
     type Target = C;
     fn deref(&self) -> &C {
         &self.cap
-    }
-}
-
-impl<C> Opened<C> {
-    /// The wallet's unsealed keys (for signing proofs and presentations).
-    pub(super) fn session(&self) -> &WalletSession {
-        &self.session
     }
 }
 
@@ -159,10 +155,20 @@ impl WalletService {
 
     /// Opens a tenant session on the capability's wallet (unsealing its keys on first open).
     pub async fn open<C: Capability>(&self, cap: C) -> WalletResult<Opened<C>> {
+        let session = self.session_for(&cap).await?;
+        Ok(Opened {
+            cap,
+            _session: session,
+        })
+    }
+
+    /// A tenant session on `cap`'s wallet, for a step that needs the keys and no more: the
+    /// exchanges take one around their signing only, never across a call to an issuer or a
+    /// verifier (a slow one would hold a slot of the wallet's and of the node's for as long).
+    pub(super) async fn session_for(&self, cap: &impl Capability) -> WalletResult<WalletSession> {
         let ctx = self.ctx.clone();
         let wid = cap.viewer().id().to_string();
-        let session = self
-            .coordinator
+        self.coordinator
             .acquire(cap.viewer().id(), || async move {
                 load_context(&ctx, &wid).await.map_err(|e| e.to_string())
             })
@@ -173,8 +179,7 @@ impl WalletService {
                     retry_after: 1,
                 },
                 AcquireError::Open(m) => WalletError::Internal(m),
-            })?;
-        Ok(Opened { cap, session })
+            })
     }
 
     /// [`Self::viewer`], then [`Self::open`].
@@ -360,17 +365,16 @@ mod tests {
             )
             .await
             .unwrap();
-        let opened = here.open_owner(&alice, &w).await.unwrap();
-        assert!(here.signing_key(opened.session(), &key.id).await.is_ok());
+        let opened = here
+            .session_for(&here.owner(&alice, &w).await.unwrap())
+            .await
+            .unwrap();
+        assert!(here.signing_key(&opened, &key.id).await.is_ok());
         elsewhere
             .delete_key(&elsewhere.owner(&alice, &w).await.unwrap(), &key.id)
             .await
             .unwrap();
-        let e = here
-            .signing_key(opened.session(), &key.id)
-            .await
-            .err()
-            .unwrap();
+        let e = here.signing_key(&opened, &key.id).await.err().unwrap();
         assert_eq!(code(e), Code::NotFound);
     }
 }

@@ -1,18 +1,19 @@
 //! The exchanges: OpenID4VCI (show an offer, accept it with the wallet's DID key and store what
 //! the issuer sends) and OpenID4VP (resolve a request and match it against held credentials,
 //! present the chosen ones disclosing only what is chosen). Accepting and presenting sign with
-//! the wallet's keys, so they take an owner's opened session ([`Opened<Owner>`]).
+//! the wallet's keys: they take an [`Owner`] and hold a tenant session only while they read the
+//! keys and sign, never during a call to the issuer or the verifier.
 
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
-use super::access::{Opened, Owner, Viewer};
+use super::access::{Owner, Viewer};
 use super::credentials::HeldCredential;
 use super::error::{OrInternal, WalletError, WalletResult};
 use super::mdoc;
 use super::model::*;
-use super::service::WalletService;
+use super::service::{WalletService, WalletSession};
 use crate::client::oid4vci::{self, Holder};
 use crate::client::oid4vp::{self, Held, ResolvedRequest};
 use crate::clock::random_id;
@@ -44,7 +45,7 @@ impl WalletService {
     /// Runs the OpenID4VCI flow with the wallet's DID key and stores every credential received.
     pub async fn accept_offer(
         &self,
-        o: &Opened<Owner>,
+        o: &Owner,
         input: OfferInput,
     ) -> WalletResult<Vec<CredentialSummary>> {
         let http = &self.ctx.http;
@@ -96,9 +97,10 @@ impl WalletService {
     }
 
     /// The holder key for an exchange: the named DID, the default DID, or a new Ed25519 did:key.
+    /// The key is read through a tenant session held for that alone.
     async fn holder(
         &self,
-        o: &Opened<Owner>,
+        o: &Owner,
         did_name: Option<&str>,
     ) -> WalletResult<(Arc<SigningKey>, DidRecord)> {
         let dids = self.list_dids(o).await?;
@@ -118,7 +120,8 @@ impl WalletService {
                 }
             },
         };
-        let key = self.signing_key(o.session(), &chosen.key_id).await?;
+        let session = self.session_for(o).await?;
+        let key = self.signing_key(&session, &chosen.key_id).await?;
         Ok((key, chosen))
     }
 
@@ -154,7 +157,7 @@ impl WalletService {
 
     /// Builds the vp_token from the chosen credentials (disclosing only what is chosen), posts
     /// it to the verifier and records the outcome in the history either way.
-    pub async fn present(&self, o: &Opened<Owner>, input: RequestInput) -> WalletResult<Value> {
+    pub async fn present(&self, o: &Owner, input: RequestInput) -> WalletResult<Value> {
         let http = &self.ctx.http;
         let req = oid4vp::resolve_request(http, &input.request).await?;
         if let Some(shown) = &input.request_digest {
@@ -173,12 +176,15 @@ impl WalletService {
         })?;
         let mut chosen = Vec::new();
         let mut tokens = Vec::new();
+        // The keys are needed for signing only: the session ends before the verifier is called.
+        let session = self.session_for(o).await?;
         for ask in &asks.list {
             let h = &held[pick(&input, &held, ask)?];
             let names = disclose_for(&input, ask.id, ask.claim_names(&h.2));
-            tokens.push(self.present_one(o, &req, h, &names, now).await?);
+            tokens.push(self.present_one(o, &session, &req, h, &names, now).await?);
             chosen.push(h);
         }
+        drop(session);
         let used: Vec<String> = chosen.iter().map(|(r, _, _)| r.id.clone()).collect();
         let (vp_token, submission) = asks.vp_token(tokens, &chosen);
         let result = oid4vp::submit(http, &req, vp_token, submission).await;
@@ -204,7 +210,8 @@ impl WalletService {
     /// One credential's presentation, signed with the key it is bound to.
     async fn present_one(
         &self,
-        o: &Opened<Owner>,
+        o: &Owner,
+        session: &WalletSession,
         req: &ResolvedRequest,
         h: &HeldCredential,
         names: &[String],
@@ -213,7 +220,7 @@ impl WalletService {
         let (rec, raw, view) = h;
         let key = match self.device_key(o.id(), rec)? {
             Some(device) => Arc::new(device),
-            None => self.signing_key(o.session(), &rec.key_id).await?,
+            None => self.signing_key(session, &rec.key_id).await?,
         };
         let kid = view.root["credentialSubject"]["id"]
             .as_str()

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use super::access::{Opened, Owner, Viewer};
+use super::access::{Owner, Viewer};
 use super::error::{OrInternal, OrRemote, WalletError, WalletResult};
 use super::model::{CredentialRecord, CredentialSummary, MdocContents};
 use super::service::{device_key_aad, WalletService};
@@ -25,7 +25,7 @@ impl WalletService {
     /// credential received is verified and stored with it.
     pub(super) async fn receive_mdoc(
         &self,
-        o: &Opened<Owner>,
+        o: &Owner,
         r: &ResolvedOffer,
         token: &AccessToken,
         config_id: &str,

@@ -390,7 +390,8 @@ pub async fn accept_offer(
     path: web::Path<String>,
     body: web::Json<OfferInput>,
 ) -> ApiResult<web::Json<Vec<CredentialSummary>>> {
-    let o = svc.open_owner(&user, &path).await?;
+    // no tenant session here: the flow takes one only while it reads the key and signs
+    let o = svc.owner(&user, &path).await?;
     Ok(web::Json(svc.accept_offer(&o, body.into_inner()).await?))
 }
 
@@ -417,7 +418,8 @@ pub async fn present(
     path: web::Path<String>,
     body: web::Json<RequestInput>,
 ) -> ApiResult<web::Json<serde_json::Value>> {
-    let o = svc.open_owner(&user, &path).await?;
+    // no tenant session here: presenting takes one only while it signs
+    let o = svc.owner(&user, &path).await?;
     Ok(web::Json(svc.present(&o, body.into_inner()).await?))
 }
 
