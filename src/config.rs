@@ -510,6 +510,8 @@ pub struct WalletConfig {
     pub login_lock_seconds: u64,
     /// Longest lock period in seconds.
     pub login_lock_max_seconds: u64,
+    /// Wallets one account may own (created, or shared with it as owner).
+    pub max_wallets_per_account: usize,
 }
 
 impl Default for WalletConfig {
@@ -518,6 +520,7 @@ impl Default for WalletConfig {
             max_open_sessions: 10_000,
             max_sessions_per_tenant: 64,
             acquire_timeout_ms: 5_000,
+            max_wallets_per_account: 100,
             login_lock_after: 5,
             login_lock_seconds: 30,
             login_lock_max_seconds: 900,

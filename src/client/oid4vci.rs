@@ -12,6 +12,12 @@ use super::{
 use crate::crypto::{b64url, jws, sha256, SigningKey};
 
 pub const PRE_AUTH_GRANT: &str = "urn:ietf:params:oauth:grant-type:pre-authorized_code";
+/// Most credential configurations one offer may name: each costs a nonce and a credential
+/// request, and what they bring is stored.
+pub const MAX_OFFERED_CONFIGURATIONS: usize = 10;
+/// Most credentials one credential response may carry (one proof is sent, so an honest issuer
+/// sends one, or a few for batch issuance).
+pub const MAX_CREDENTIALS_PER_RESPONSE: usize = 10;
 
 #[derive(Debug, Clone)]
 pub struct ResolvedOffer {
@@ -100,6 +106,14 @@ pub async fn resolve_offer(http: &reqwest::Client, offer: &str) -> ClientResult<
         .as_str()
         .ok_or_else(|| ClientError::Remote("credential offer without credential_issuer".into()))?
         .to_string();
+    let offered = obj["credential_configuration_ids"]
+        .as_array()
+        .map_or(0, Vec::len);
+    if offered > MAX_OFFERED_CONFIGURATIONS {
+        return Err(ClientError::Remote(format!(
+            "the offer names {offered} credential configurations; at most {MAX_OFFERED_CONFIGURATIONS} are taken at once"
+        )));
+    }
     check_url(&issuer)?;
     let issuer_metadata = well_known(http, &issuer, "openid-credential-issuer").await?;
     if issuer_metadata["credential_issuer"].as_str() != Some(issuer.as_str()) {
@@ -322,18 +336,58 @@ pub async fn credential(
     let text = ok_body(send(req).await?).await?;
     let v: Value = serde_json::from_str(&text)
         .map_err(|_| ClientError::Remote("credential response: not JSON".into()))?;
+    received_from(&v, config_id, &format)
+}
+
+/// The credentials of a credential response, at most [`MAX_CREDENTIALS_PER_RESPONSE`].
+fn received_from(v: &Value, config_id: &str, format: &str) -> ClientResult<Vec<Received>> {
     let creds = v["credentials"].as_array().cloned().ok_or_else(|| {
         ClientError::Remote(
             "credential response without credentials (deferred issuance is not supported)".into(),
         )
     })?;
+    if creds.len() > MAX_CREDENTIALS_PER_RESPONSE {
+        return Err(ClientError::Remote(format!(
+            "the credential response carries {} credentials; at most {MAX_CREDENTIALS_PER_RESPONSE} are taken",
+            creds.len()
+        )));
+    }
     Ok(creds
         .into_iter()
         .filter_map(|c| c.get("credential").cloned())
         .map(|credential| Received {
             configuration_id: config_id.to_string(),
-            format: format.clone(),
+            format: format.to_string(),
             credential,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_credential_response_carries_at_most_the_cap() {
+        let response = |n: usize| json!({"credentials": (0..n).map(|i| json!({"credential": format!("c{i}")})).collect::<Vec<_>>()});
+        let ok = received_from(&response(MAX_CREDENTIALS_PER_RESPONSE), "c", "f").unwrap();
+        assert_eq!(ok.len(), MAX_CREDENTIALS_PER_RESPONSE);
+        let e = received_from(&response(MAX_CREDENTIALS_PER_RESPONSE + 1), "c", "f").unwrap_err();
+        assert!(matches!(e, ClientError::Remote(_)), "{e:?}");
+        assert!(received_from(&json!({"transaction_id": "x"}), "c", "f").is_err());
+    }
+
+    #[tokio::test]
+    async fn an_offer_naming_too_many_configurations_is_refused_before_any_fetch() {
+        let ids: Vec<String> = (0..=MAX_OFFERED_CONFIGURATIONS)
+            .map(|i| format!("c{i}"))
+            .collect();
+        // The issuer is unreachable: the offer is refused before anything is fetched.
+        let offer = json!({"credential_issuer": "https://issuer.invalid", "credential_configuration_ids": ids});
+        let e = resolve_offer(&reqwest::Client::new(), &offer.to_string())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("at most"), "{e}");
+    }
 }

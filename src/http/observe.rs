@@ -135,8 +135,12 @@ pub async fn observe(
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
     let method = req.method().clone();
-    let span =
-        tracing::info_span!("request", %method, path = %req.path(), request_id = %request_id);
+    // The route pattern, never the path: paths carry capabilities (an offer's id is what fetches
+    // its pre-authorized code, a request object's id what fetches the request), and whoever reads
+    // the log must not be able to use them. The pattern comes from the app's resource map, known
+    // before routing.
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let span = tracing::info_span!("request", %method, %route, request_id = %request_id);
 
     let outcome = AssertUnwindSafe(next.call(req).instrument(span.clone()))
         .catch_unwind()
@@ -184,10 +188,6 @@ pub async fn observe(
         // Labels come from closed sets only (a label per client-chosen value would let anyone grow
         // memory and /metrics without bound): the route is a pattern the app registered, never the
         // path; the method and status are mapped onto fixed lists.
-        let route = res
-            .request()
-            .match_pattern()
-            .unwrap_or_else(|| "unmatched".into());
         let method = method_label(&method);
         let status = status_label(res.status());
         metrics

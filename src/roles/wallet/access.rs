@@ -377,4 +377,50 @@ mod tests {
         let e = here.signing_key(&opened, &key.id).await.err().unwrap();
         assert_eq!(code(e), Code::NotFound);
     }
+
+    /// An account owns at most `max_wallets_per_account` wallets, created or shared with it as
+    /// owner; shared as viewer, or after leaving one, it may again.
+    #[tokio::test]
+    async fn an_account_owns_at_most_the_configured_number_of_wallets() {
+        let ctx = RoleContext::for_tests(FakeClock::new(1_700_000_000_000));
+        let cfg = crate::config::WalletConfig {
+            max_wallets_per_account: 2,
+            ..Default::default()
+        };
+        let svc = WalletService::new(ctx, cfg);
+        let alice = sign_up(&svc, "alice@example.org").await;
+        let bob = sign_up(&svc, "bob@example.org").await;
+        for name in ["a1", "a2"] {
+            svc.create_wallet(alice.account(), name).await.unwrap();
+        }
+        let e = svc.create_wallet(alice.account(), "a3").await.unwrap_err();
+        assert_eq!(code(e), Code::Conflict);
+        // Bob's wallet can be shared with her as viewer, not as owner.
+        let b = svc
+            .create_wallet(bob.account(), "b")
+            .await
+            .unwrap()
+            .wallet
+            .id;
+        let owner = svc.owner(&bob, &b).await.unwrap();
+        let share = |role| AddMember {
+            email: "alice@example.org".into(),
+            role,
+        };
+        svc.add_member(&owner, share(MemberRole::Viewer))
+            .await
+            .unwrap();
+        let e = svc
+            .add_member(&owner, share(MemberRole::Owner))
+            .await
+            .unwrap_err();
+        assert_eq!(code(e), Code::Conflict);
+        // Deleting one of hers makes room.
+        let mine = svc.list_wallets(alice.account()).await.unwrap();
+        let a1 = mine.iter().find(|w| w.wallet.name == "a1").unwrap();
+        svc.delete_wallet(&svc.owner(&alice, &a1.wallet.id).await.unwrap())
+            .await
+            .unwrap();
+        svc.create_wallet(alice.account(), "a3").await.unwrap();
+    }
 }

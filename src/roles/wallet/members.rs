@@ -88,8 +88,16 @@ impl WalletService {
                 (None, Some(i)) => {
                     members.remove(i);
                 }
-                (Some(r), Some(i)) => members[i].1 = r,
+                (Some(r), Some(i)) => {
+                    if r == MemberRole::Owner && members[i].1 != MemberRole::Owner {
+                        self.check_may_own_another(account).await?;
+                    }
+                    members[i].1 = r
+                }
                 (Some(r), None) => {
+                    if r == MemberRole::Owner {
+                        self.check_may_own_another(account).await?;
+                    }
                     if members.len() >= MAX_MEMBERS {
                         return Err(WalletError::conflict(format!(
                             "a wallet has at most {MAX_MEMBERS} members"
@@ -112,6 +120,28 @@ impl WalletService {
         .await;
         self.members_unlock(wallet, lease).await;
         changed
+    }
+
+    /// Refuses (409) to make `account` the owner of one more wallet once it owns
+    /// `wallet.max_wallets_per_account`: wallets cost storage, and sign-up is open. Checked
+    /// before the write, so creations racing each other can pass it together (as many as run at
+    /// once), never without bound.
+    pub(super) async fn check_may_own_another(&self, account: &str) -> WalletResult<()> {
+        let max = self.cfg.max_wallets_per_account;
+        let owned = self
+            .ctx
+            .store
+            .scan_json::<MemberRole>(ks::MEMBERS, &format!("a/{account}/"), 100_000)
+            .await?
+            .into_iter()
+            .filter(|(_, r)| *r == MemberRole::Owner)
+            .count();
+        if owned >= max {
+            return Err(WalletError::conflict(format!(
+                "an account owns at most {max} wallets (wallet.max_wallets_per_account): delete or leave one first"
+            )));
+        }
+        Ok(())
     }
 
     /// The wallet's members and their roles, from the `w/<wallet>/` index.

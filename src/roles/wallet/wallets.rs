@@ -13,6 +13,7 @@ impl WalletService {
     /// A new wallet owned by `account`.
     pub async fn create_wallet(&self, account: &Account, name: &str) -> WalletResult<WalletView> {
         let name = check_name(name)?;
+        self.check_may_own_another(&account.id).await?;
         let wallet = Wallet {
             id: random_id(),
             name,
