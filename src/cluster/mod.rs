@@ -51,7 +51,10 @@ pub mod wire;
 ///
 /// 1: an access token's use is its offer's `issued_configs` (before, the token record was
 /// consumed first); the first release that gossips its protocol.
-pub const DATA_PROTOCOL: u32 = 1;
+/// 2: an offer record keeps its credential offer sealed (`sealed_offer`) and its tx_code as an
+/// HMAC (`mac`); a protocol-1 node cannot read such a record (no `credential_offer`, no tx_code
+/// `hash`), while a protocol-2 node still reads the old form until those offers expire.
+pub const DATA_PROTOCOL: u32 = 2;
 
 #[cfg(feature = "cluster")]
 mod start;

@@ -120,7 +120,7 @@ impl IssuerService {
         // authorization_details may narrow the grant to some of the offered configurations.
         let (granted, details) = narrowed(&offer, req.authorization_details.as_deref())?;
         if let Some(tx) = &offer.tx_code {
-            self.check_tx_code(&tx.hash, req.tx_code.as_deref(), &offer_key_s, &code_key)
+            self.check_tx_code(tx, req.tx_code.as_deref(), &offer_key_s, &code_key)
                 .await?;
         }
         // Single use, in one store operation: the offer's transition to `TokenIssued` naming the
@@ -172,17 +172,14 @@ impl IssuerService {
     /// and the [`MAX_TX_CODE_FAILURES`]th burns the pre-authorized code (`code_key`).
     async fn check_tx_code(
         &self,
-        expected_hash: &str,
+        expected: &StoredTxCode,
         given: Option<&str>,
         offer_key_s: &str,
         code_key: &str,
     ) -> Result<(), IssuerError> {
         let given = given.unwrap_or("");
         let ok = !given.is_empty()
-            && bool::from(subtle::ConstantTimeEq::ct_eq(
-                hash(given).as_bytes(),
-                expected_hash.as_bytes(),
-            ));
+            && super::offers::tx_code_matches(&self.ctx.sealer, offer_key_s, expected, given);
         if ok {
             return Ok(());
         }

@@ -218,6 +218,10 @@ pub struct Offer {
     pub claims: serde_json::Map<String, Value>,
     /// SHA-256 of the pre-authorized code (the code itself is never stored).
     pub pre_auth_code_hash: String,
+    /// Legacy: the issuer_state in clear, as records written before the credential offer was
+    /// sealed hold it (it redeems the offer at the authorization endpoint). Read, never written:
+    /// it is inside [`Offer::sealed_offer`] now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer_state: Option<String>,
     pub tx_code: Option<StoredTxCode>,
     pub tx_code_failures: u32,
@@ -236,8 +240,16 @@ pub struct Offer {
     /// that did not arrive or said "retry"): known delivered, never taken back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resent: Vec<String>,
-    /// The OpenID4VCI credential offer object (served by reference while redeemable).
-    pub credential_offer: Value,
+    /// Legacy: the OpenID4VCI credential offer object in clear (pre-authorized code included), as
+    /// records written before it was sealed hold it; read until they expire, never written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_offer: Option<Value>,
+    /// The OpenID4VCI credential offer object (served by reference while redeemable), sealed
+    /// under the master key and bound to this record's place (base64url): it carries the
+    /// pre-authorized code and issuer_state, which redeem the offer, so a reader of the store
+    /// (backup, export, a read-only Redis user) must not find them in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_offer: Option<String>,
     /// SHA-256 of the access token its redemption handed out: the token is usable only when its
     /// offer names it (the token is stored first, the offer's transition to `TokenIssued` with
     /// this hash is the redemption — one store operation).
@@ -247,7 +259,14 @@ pub struct Offer {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredTxCode {
-    pub hash: String,
+    /// Legacy: unsalted SHA-256 hex of the code, as records written before the MAC hold it (4–12
+    /// characters fall to an offline search in a second). Read, never written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// HMAC-SHA256 (base64url) of the code under a master-key subkey, bound to the offer's
+    /// place: without the master key a copy of the store cannot test guesses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
     pub input_mode: String,
     pub length: u32,
     pub description: Option<String>,

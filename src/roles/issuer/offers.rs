@@ -1,7 +1,9 @@
 //! Credential offers: creation (pre-authorized code, tx_code, issuer_state), views, the offer by
 //! reference, and the webhook on every state change.
 
+use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
+use sha2::Sha256;
 
 use super::error::*;
 use super::ks;
@@ -27,15 +29,16 @@ impl IssuerService {
                 cfg.max_offer_ttl_seconds
             )));
         }
+        let now = self.now();
+        let id = random_id();
+        let place = offer_key(issuer_id, &id);
         let (tx_code, stored_tx) = match &req.tx_code {
             None => (None, None),
             Some(spec) => {
-                let (code, stored) = new_tx_code(spec)?;
+                let (code, stored) = new_tx_code(&self.ctx.sealer, &place, spec)?;
                 (Some(code), Some(stored))
             }
         };
-        let now = self.now();
-        let id = random_id();
         let code = random_token(32);
         let issuer_state = req.authorization_code.then(|| random_token(24));
         let mut pre_auth = json!({"pre-authorized_code": code});
@@ -60,7 +63,7 @@ impl IssuerService {
             credential_configuration_ids: req.credential_configuration_ids.clone(),
             claims: req.claims,
             pre_auth_code_hash: hash(&code),
-            issuer_state: issuer_state.clone(),
+            issuer_state: None,
             tx_code: stored_tx,
             tx_code_failures: 0,
             state: OfferState::Offered,
@@ -70,7 +73,8 @@ impl IssuerService {
             issued: Vec::new(),
             issued_configs: Vec::new(),
             resent: Vec::new(),
-            credential_offer: credential_offer.clone(),
+            credential_offer: None,
+            sealed_offer: Some(seal_offer(&self.ctx.sealer, &place, &credential_offer)?),
             token_hash: None,
         };
         let ops = offer_records(&offer, issuer_state.as_deref(), ttl)?;
@@ -132,7 +136,27 @@ impl IssuerService {
         if offer.state != OfferState::Offered || offer.expires_at <= self.now() {
             return Err(IssuerError::OfferGone);
         }
-        Ok(offer.credential_offer)
+        self.credential_offer(&offer)
+    }
+
+    /// The offer's credential offer object: opened from its sealed form, or as a record written
+    /// before sealing holds it. A record that cannot be opened (another master key, tampering)
+    /// is the server's fault, not the holder's.
+    fn credential_offer(&self, offer: &Offer) -> Result<Value, IssuerError> {
+        let Some(sealed) = &offer.sealed_offer else {
+            return offer
+                .credential_offer
+                .clone()
+                .ok_or_else(|| internal("the offer record holds no credential offer"));
+        };
+        let raw = crate::crypto::b64url_decode(sealed).map_err(internal)?;
+        let aad = offer_aad(&offer_key(&offer.issuer, &offer.id));
+        let plain = self
+            .ctx
+            .sealer
+            .open(aad.as_bytes(), &raw)
+            .map_err(internal)?;
+        serde_json::from_slice(&plain).map_err(internal)
     }
 
     pub(super) fn offer_changed(&self, issuer_id: &str, offer: &Offer) {
@@ -197,6 +221,68 @@ fn offer_key(issuer: &str, id: &str) -> String {
     format!("{issuer}/{id}")
 }
 
+/// What the sealed credential offer is bound to: its record's place, so a sealed offer copied
+/// into another record does not open there.
+fn offer_aad(offer_key: &str) -> String {
+    format!("{}/{offer_key}/credential_offer", ks::OFFERS)
+}
+
+fn seal_offer(
+    sealer: &crate::store::Sealer,
+    offer_key: &str,
+    credential_offer: &Value,
+) -> Result<String, IssuerError> {
+    let sealed = sealer
+        .seal(
+            offer_aad(offer_key).as_bytes(),
+            credential_offer.to_string().as_bytes(),
+        )
+        .map_err(internal)?;
+    Ok(crate::crypto::b64url(sealed))
+}
+
+/// The HMAC of a transaction code: keyed by a subkey of the master key, so a copy of the store
+/// cannot test guesses offline (a bare hash of 4–12 digits falls in under a second), and over
+/// the offer's place as well as the code, so equal codes of two offers do not show as equal.
+fn tx_code_mac(
+    sealer: &crate::store::Sealer,
+    offer_key: &str,
+    code: &str,
+) -> Result<Hmac<Sha256>, IssuerError> {
+    let key = zeroize::Zeroizing::new(sealer.derive_subkey(TX_CODE_KEY_LABEL));
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).map_err(internal)?;
+    mac.update(offer_key.as_bytes());
+    mac.update(b"\0");
+    mac.update(code.as_bytes());
+    Ok(mac)
+}
+
+const TX_CODE_KEY_LABEL: &[u8] = b"idstack issuer tx_code v1";
+
+/// Whether `given` is the offer's transaction code, in constant time: against its MAC, or the
+/// bare SHA-256 of a record written before the MAC (read until such offers expire). A record
+/// with neither matches nothing.
+pub(super) fn tx_code_matches(
+    sealer: &crate::store::Sealer,
+    offer_key: &str,
+    stored: &StoredTxCode,
+    given: &str,
+) -> bool {
+    if let Some(expected) = &stored.mac {
+        let Ok(expected) = crate::crypto::b64url_decode(expected) else {
+            return false;
+        };
+        return tx_code_mac(sealer, offer_key, given)
+            .is_ok_and(|m| m.verify_slice(&expected).is_ok());
+    }
+    stored.hash.as_deref().is_some_and(|h| {
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            hash(given).as_bytes(),
+            h.as_bytes(),
+        ))
+    })
+}
+
 fn random_digits(n: u32) -> String {
     use rand::Rng;
     let mut rng = rand::rngs::OsRng;
@@ -241,7 +327,11 @@ fn check_claims(issuer: &Issuer, req: &CreateOffer) -> Result<(), IssuerError> {
 }
 
 /// A transaction code for the holder (sent out of band) and what the offer keeps of it.
-fn new_tx_code(spec: &TxCodeSpec) -> Result<(String, StoredTxCode), IssuerError> {
+fn new_tx_code(
+    sealer: &crate::store::Sealer,
+    offer_key: &str,
+    spec: &TxCodeSpec,
+) -> Result<(String, StoredTxCode), IssuerError> {
     if !(4..=12).contains(&spec.length) {
         return Err(invalid("tx_code.length must be 4..=12"));
     }
@@ -259,7 +349,12 @@ fn new_tx_code(spec: &TxCodeSpec) -> Result<(String, StoredTxCode), IssuerError>
         }
     };
     let stored = StoredTxCode {
-        hash: hash(&code),
+        hash: None,
+        mac: Some(crate::crypto::b64url(
+            tx_code_mac(sealer, offer_key, &code)?
+                .finalize()
+                .into_bytes(),
+        )),
         input_mode: spec.input_mode.clone(),
         length: spec.length,
         description: spec.description.clone(),

@@ -1242,3 +1242,166 @@ async fn a_retry_on_a_lagging_node_gets_the_same_credential() {
     assert_eq!(other.error, "invalid_token");
     assert_eq!(svc.list_credentials("default").await.unwrap().len(), 1);
 }
+
+/// The attack of a store reader (a read-only Redis user, an `idstack store export` file, a
+/// backup): no record of the issuer's keyspaces holds what redeems a live offer — not the
+/// pre-authorized code, not the issuer_state, not the tx_code nor anything its 4–12 characters
+/// can be tested against offline (its bare SHA-256). The offer still works as created: by
+/// reference it is the offer the admin got, a wrong tx_code is refused, the right one redeems.
+#[tokio::test]
+async fn an_offer_record_holds_no_redeemable_secret() {
+    let (svc, _clock) = issuer().await;
+    let mut req = offer_req(None);
+    req.tx_code = Some(TxCodeSpec {
+        input_mode: "numeric".into(),
+        length: 8,
+        description: None,
+    });
+    req.authorization_code = true;
+    let created = svc.create_offer("default", req).await.unwrap();
+    let code = pre_auth_code(&created);
+    let tx = created.tx_code.clone().unwrap();
+    let issuer_state = created.credential_offer["grants"]["authorization_code"]["issuer_state"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let secrets = [
+        code.clone(),
+        issuer_state,
+        crate::crypto::sha256_hex(tx.as_bytes()),
+    ];
+    let records = svc.ctx.store.export_all().await.unwrap();
+    let mut seen = 0;
+    for r in records.iter().filter(|r| r.keyspace.starts_with("issuer_")) {
+        let value =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &r.value_b64)
+                .unwrap();
+        let value = String::from_utf8_lossy(&value);
+        for s in &secrets {
+            assert!(
+                !value.contains(s.as_str()) && !r.key.contains(s.as_str()),
+                "{}/{} holds a redeemable secret: {value}",
+                r.keyspace,
+                r.key
+            );
+        }
+        seen += usize::from(r.keyspace == ks::OFFERS);
+    }
+    assert_eq!(seen, 1, "the offer record was scanned");
+
+    let by_ref = svc
+        .offer_by_reference("default", &created.id)
+        .await
+        .unwrap();
+    assert_eq!(by_ref, created.credential_offer);
+    let mut wrong = token_req(&code);
+    wrong.tx_code = Some(
+        if tx == "00000000" {
+            "11111111"
+        } else {
+            "00000000"
+        }
+        .into(),
+    );
+    let e = OAuthError::from(svc.token("default", wrong).await.unwrap_err());
+    assert_eq!(e.error, "invalid_grant");
+    let mut right = token_req(&code);
+    right.tx_code = Some(tx);
+    svc.token("default", right).await.unwrap();
+}
+
+/// A record as the version before sealing wrote it (credential offer and issuer_state in clear,
+/// the tx_code as a bare SHA-256) keeps working until it expires: a node upgraded while an offer
+/// is out serves it by reference, refuses a wrong tx_code and redeems the right one.
+#[tokio::test]
+async fn an_offer_record_of_the_previous_version_still_redeems() {
+    let (svc, _clock) = issuer().await;
+    let mut req = offer_req(None);
+    req.tx_code = Some(TxCodeSpec {
+        input_mode: "numeric".into(),
+        length: 6,
+        description: None,
+    });
+    // the codes' records are as before; only the offer record is rewritten in the old form
+    let created = svc.create_offer("default", req).await.unwrap();
+    let code = pre_auth_code(&created);
+    let tx = created.tx_code.clone().unwrap();
+    let now = svc.now();
+    let old = json!({
+        "id": created.id,
+        "issuer": "default",
+        "credential_configuration_ids": ["IdentityCredential_dc_sd_jwt"],
+        "claims": {"given_name": "A"},
+        "pre_auth_code_hash": crate::crypto::sha256_hex(code.as_bytes()),
+        "issuer_state": null,
+        "tx_code": {
+            "hash": crate::crypto::sha256_hex(tx.as_bytes()),
+            "input_mode": "numeric",
+            "length": 6,
+            "description": null,
+        },
+        "tx_code_failures": 0,
+        "state": "offered",
+        "created_at": now,
+        "expires_at": created.expires_at,
+        "credential_validity_seconds": null,
+        "issued": [],
+        "credential_offer": created.credential_offer,
+    });
+    let key = format!("default/{}", created.id);
+    svc.ctx
+        .store
+        .put(ks::OFFERS, &key, old.to_string().into_bytes(), None)
+        .await
+        .unwrap();
+
+    let by_ref = svc
+        .offer_by_reference("default", &created.id)
+        .await
+        .unwrap();
+    assert_eq!(by_ref, created.credential_offer);
+    let mut wrong = token_req(&code);
+    wrong.tx_code = Some(if tx == "000000" { "111111" } else { "000000" }.into());
+    let e = OAuthError::from(svc.token("default", wrong).await.unwrap_err());
+    assert_eq!(e.error, "invalid_grant");
+    let mut right = token_req(&code);
+    right.tx_code = Some(tx);
+    svc.token("default", right).await.unwrap();
+    assert_eq!(
+        svc.offer_view("default", &created.id).await.unwrap().state,
+        OfferState::TokenIssued
+    );
+}
+
+/// The sealed credential offer is bound to its record: copied into another offer's record it
+/// does not open (a 500, the store's fault, rather than another offer's codes served).
+#[tokio::test]
+async fn a_sealed_offer_does_not_open_in_another_record() {
+    let (svc, _clock) = issuer().await;
+    let a = svc.create_offer("default", offer_req(None)).await.unwrap();
+    let b = svc.create_offer("default", offer_req(None)).await.unwrap();
+    let read = |id: &str| {
+        let store = svc.ctx.store.clone();
+        let key = format!("default/{id}");
+        async move {
+            store
+                .get_json::<Offer>(ks::OFFERS, &key)
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let mut rec_b = read(&b.id).await;
+    rec_b.sealed_offer = read(&a.id).await.sealed_offer;
+    svc.ctx
+        .store
+        .put_json(ks::OFFERS, &format!("default/{}", b.id), &rec_b, None)
+        .await
+        .unwrap();
+    let e = svc.offer_by_reference("default", &b.id).await.unwrap_err();
+    assert!(matches!(e, super::error::IssuerError::Internal(_)), "{e:?}");
+    assert_eq!(
+        svc.offer_by_reference("default", &a.id).await.unwrap(),
+        a.credential_offer
+    );
+}
