@@ -179,6 +179,16 @@ async fn sd_jwt_flow_with_tx_code_and_single_use_everything() {
         ))
         .await;
     expect_problem(r, 410, "gone").await;
+    // Nothing that redeems or fetches the offer reached the log: not the offer's id (it was in
+    // every request's path), the pre-authorized code, the tx_code or the access token.
+    let log = s.log();
+    for secret in [offer["id"].as_str().unwrap(), &code, &tx, at] {
+        assert!(!log.contains(secret), "the log holds `{secret}`");
+    }
+    assert!(
+        log.contains("/issuers/{issuer}/offers/{id}"),
+        "requests are logged by route"
+    );
     s.stop();
 }
 

@@ -80,7 +80,9 @@ impl IssuerService {
         let ops = offer_records(&offer, issuer_state.as_deref(), ttl)?;
         self.ctx.store.batch(ops).await?;
         let by_ref = format!("{}/offers/{id}", self.issuer_url(issuer_id));
-        tracing::info!(issuer = issuer_id, offer = %id, "offer created");
+        // Not the id: until it is redeemed it fetches the offer, pre-authorized code included,
+        // from `/issuers/{issuer}/offers/{id}`. A digest still matches the admin's copy.
+        tracing::info!(issuer = issuer_id, offer_sha256 = %&crate::crypto::sha256_hex(&id)[..16], "offer created");
         Ok(OfferCreated {
             id,
             offer_uri: format!(
