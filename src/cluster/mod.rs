@@ -51,7 +51,10 @@ pub mod wire;
 ///
 /// 1: an access token's use is its offer's `issued_configs` (before, the token record was
 /// consumed first); the first release that gossips its protocol.
-pub const DATA_PROTOCOL: u32 = 1;
+/// 2: every RPC request carries a head signature ([`auth::HEADER_HEAD_SIG`]), checked before its
+/// body is read; a request without one is refused unless it names a live member of protocol 1 or
+/// older (a rolling upgrade: see `rpc::older_caller`).
+pub const DATA_PROTOCOL: u32 = 2;
 
 #[cfg(feature = "cluster")]
 mod start;
