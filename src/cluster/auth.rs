@@ -2,6 +2,10 @@
 //! HMAC-SHA256 over method, path, timestamp, nonce and the body's SHA-256, under a key derived from
 //! the cluster secret. A request older than the window, from the future, or whose nonce was already
 //! seen inside the window is refused, so a captured request cannot be replayed.
+//!
+//! A second HMAC, the head signature, covers the same fields without the body: the RPC server
+//! checks it before it reads a single body byte, so a process without the secret cannot make a
+//! node buffer (up to 64 MiB per connection) a body it will refuse anyway.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -15,6 +19,11 @@ pub const HEADER_TS: &str = "x-idstack-cluster-ts";
 pub const HEADER_NONCE: &str = "x-idstack-cluster-nonce";
 pub const HEADER_SIG: &str = "x-idstack-cluster-sig";
 pub const HEADER_NODE: &str = "x-idstack-cluster-node";
+/// HMAC over method, path, timestamp and nonce only ([`sign_head`]), checked before the body is
+/// read. Sent since data protocol 2 ([`HEAD_SIG_SINCE_PROTOCOL`]).
+pub const HEADER_HEAD_SIG: &str = "x-idstack-cluster-head-sig";
+/// The first data protocol ([`super::DATA_PROTOCOL`]) whose nodes send [`HEADER_HEAD_SIG`].
+pub const HEAD_SIG_SINCE_PROTOCOL: u32 = 2;
 /// On responses: HMAC over the request's path and nonce, the status and the body's SHA-256.
 pub const HEADER_RESP_SIG: &str = "x-idstack-cluster-resp-sig";
 
@@ -36,6 +45,35 @@ fn mac_input(method: &str, path: &str, ts: i64, nonce: &str, body: &[u8]) -> Vec
     m.push(b'\n');
     m.extend_from_slice(&body_hash);
     m
+}
+
+/// Input of the head signature. Domain-separated from the request input (which starts with the
+/// method, an HTTP token: it never contains a space) and from the response input (which starts
+/// with `RESPONSE\n`), so no signature of one kind verifies as another.
+fn head_mac_input(method: &str, path: &str, ts: i64, nonce: &str) -> Vec<u8> {
+    let mut m = Vec::with_capacity(128);
+    m.extend_from_slice(b"idstack cluster request head\n");
+    m.extend_from_slice(method.as_bytes());
+    m.push(b'\n');
+    m.extend_from_slice(path.as_bytes());
+    m.push(b'\n');
+    m.extend_from_slice(ts.to_string().as_bytes());
+    m.push(b'\n');
+    m.extend_from_slice(nonce.as_bytes());
+    m
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hex head signature of a request (no body: see [`HEADER_HEAD_SIG`]).
+pub fn sign_head(key: &[u8; 32], method: &str, path: &str, ts: i64, nonce: &str) -> String {
+    let Ok(mut mac) = HmacSha256::new_from_slice(key) else {
+        return String::new();
+    };
+    mac.update(&head_mac_input(method, path, ts, nonce));
+    hex(&mac.finalize().into_bytes())
 }
 
 /// Hex signature of a request.
@@ -139,6 +177,43 @@ impl Verifier {
             key,
             seen: Mutex::default(),
         }
+    }
+
+    /// Checks a request's head before its body is read: well-formed headers, timestamp inside the
+    /// window, head signature (constant-time), and a nonce not already used (a replayed head of
+    /// a completed request is refused here; the nonce is only recorded by [`Verifier::verify`]
+    /// once the whole request verified).
+    pub fn verify_head(
+        &self,
+        now_ms: i64,
+        method: &str,
+        path: &str,
+        ts: Option<&str>,
+        nonce: Option<&str>,
+        head_sig: Option<&str>,
+    ) -> Result<(), AuthError> {
+        let (Some(ts), Some(nonce), Some(sig)) = (ts, nonce, head_sig) else {
+            return Err(AuthError::Malformed);
+        };
+        let ts: i64 = ts.parse().map_err(|_| AuthError::Malformed)?;
+        if nonce.is_empty() || nonce.len() > 64 {
+            return Err(AuthError::Malformed);
+        }
+        if (now_ms - ts).abs() > WINDOW_MS {
+            return Err(AuthError::Stale);
+        }
+        let sig_bytes = hex_decode(sig).ok_or(AuthError::Malformed)?;
+        let mut mac = HmacSha256::new_from_slice(&self.key).map_err(|_| AuthError::Malformed)?;
+        mac.update(&head_mac_input(method, path, ts, nonce));
+        mac.verify_slice(&sig_bytes)
+            .map_err(|_| AuthError::BadSignature)?;
+        let Ok(guard) = self.seen.lock() else {
+            return Err(AuthError::Replay);
+        };
+        if guard.0.contains_key(nonce) {
+            return Err(AuthError::Replay);
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -291,5 +366,51 @@ mod tests {
             b"{\"swapped\":true}",
             Some(&req_sig)
         ));
+    }
+
+    #[test]
+    fn head_signatures_cover_the_head_and_are_no_other_signature() {
+        let key = derive_key(b"a cluster secret of some length", "idstack", "rpc");
+        let v = Verifier::new(key);
+        let now = 1_700_000_000_000;
+        let (p, ts) = ("/cluster/v1/apply", now.to_string());
+        let head = sign_head(&key, "POST", p, now, "n1");
+        let check = |path: &str, nonce: &str, sig: &str, at: i64| {
+            v.verify_head(at, "POST", path, Some(&ts), Some(nonce), Some(sig))
+        };
+        assert_eq!(check(p, "n1", &head, now), Ok(()));
+        // checking a head records nothing: the full request can still be verified once
+        assert_eq!(check(p, "n1", &head, now), Ok(()));
+        assert_eq!(
+            check("/cluster/v1/cas", "n1", &head, now),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(check(p, "n2", &head, now), Err(AuthError::BadSignature));
+        assert_eq!(
+            check(p, "n1", &head, now + WINDOW_MS + 1),
+            Err(AuthError::Stale)
+        );
+        assert_eq!(check(p, "n1", "zz", now), Err(AuthError::Malformed));
+        assert_eq!(
+            v.verify_head(now, "POST", p, Some(&ts), Some("n1"), None),
+            Err(AuthError::Malformed)
+        );
+        // a request or response signature is not a head signature, nor the other way round
+        let body = b"";
+        let req = sign(&key, "POST", p, now, "n1", body);
+        assert_eq!(check(p, "n1", &req, now), Err(AuthError::BadSignature));
+        let resp = sign_response(&key, p, "n1", 200, body);
+        assert_eq!(check(p, "n1", &resp, now), Err(AuthError::BadSignature));
+        assert!(!verify_response(&key, p, "n1", 200, body, Some(&head)));
+        assert_eq!(
+            v.verify(now, "POST", p, Some(&ts), Some("n1"), Some(&head), body),
+            Err(AuthError::BadSignature)
+        );
+        // once the whole request verified, its head is a replay
+        assert_eq!(
+            v.verify(now, "POST", p, Some(&ts), Some("n1"), Some(&req), body),
+            Ok(())
+        );
+        assert_eq!(check(p, "n1", &head, now + 1), Err(AuthError::Replay));
     }
 }

@@ -53,7 +53,10 @@ pub mod wire;
 /// consumed first); the first release that gossips its protocol.
 /// 2: an offer record keeps its credential offer sealed (`sealed_offer`) and its tx_code as an
 /// HMAC (`mac`); a protocol-1 node cannot read such a record (no `credential_offer`, no tx_code
-/// `hash`), while a protocol-2 node still reads the old form until those offers expire.
+/// `hash`), while a protocol-2 node still reads the old form until those offers expire. And
+/// every RPC request carries a head signature ([`auth::HEADER_HEAD_SIG`]), checked before its
+/// body is read; a request without one is refused unless it names a live member of protocol 1 or
+/// older (a rolling upgrade: see `rpc::older_caller`).
 pub const DATA_PROTOCOL: u32 = 2;
 
 #[cfg(feature = "cluster")]

@@ -605,6 +605,8 @@ impl Node {
         let ts = self.now_ms();
         let nonce = crate::clock::random_token(12);
         let sig = auth::sign(&self.rpc_key, "POST", path, ts, &nonce, &body);
+        // checked by the server before it reads the body (see `auth::HEADER_HEAD_SIG`)
+        let head_sig = auth::sign_head(&self.rpc_key, "POST", path, ts, &nonce);
         let resp = self
             .http
             .post(format!("http://{addr}{path}"))
@@ -612,6 +614,7 @@ impl Node {
             .header(auth::HEADER_TS, ts.to_string())
             .header(auth::HEADER_NONCE, &nonce)
             .header(auth::HEADER_SIG, sig)
+            .header(auth::HEADER_HEAD_SIG, head_sig)
             .header(auth::HEADER_NODE, self.id())
             .body(body)
             .send()

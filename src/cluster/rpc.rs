@@ -2,19 +2,26 @@
 //! roles initialise (peers need it while they bootstrap), every request HMAC-authenticated, and
 //! every answer to a signed request signed over that request's nonce ([`sign_responses`]), so a
 //! process without the cluster secret can neither call a node nor answer in a peer's place.
+//!
+//! A request's head is judged before any body byte is read ([`admit`]): a head signature without
+//! the body, then the declared length against [`BODY_LIMIT`]; the body then has
+//! `cluster.rpc_timeout_ms` to arrive. So a process without the secret cannot make a node buffer
+//! bodies it will refuse, and a stalled body does not hold memory forever.
 
 use std::sync::Arc;
 
 use actix_web::body::{BoxBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::error::PayloadError;
+use actix_web::http::header::{self as http_header, HeaderName, HeaderValue};
+use actix_web::http::StatusCode;
 use actix_web::middleware::{from_fn, Next};
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpMessage, HttpRequest, HttpResponse, HttpServer};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::auth;
-use super::node::Node;
+use super::node::{Member, Node};
 use super::replica::{intern, is_local_keyspace};
 use super::wire::*;
 use crate::bus::Event;
@@ -90,6 +97,105 @@ fn err(e: impl std::fmt::Display) -> HttpResponse {
 }
 
 type NodeData = web::Data<Arc<Node>>;
+
+/// Whether `caller` (the unauthenticated node-id header) names a live member of a data protocol
+/// from before head signatures: during a rolling upgrade the newer nodes, held back, still take
+/// the older ones' replication and compare-and-swap calls, which carry none. Those requests get
+/// the old treatment (body read under the limit and deadline, then the full signature checked);
+/// anyone else without a head signature is refused unread. Gossip is authenticated, so the member
+/// list is the cluster's; only the header could be spoofed, and only while an older node lives.
+fn older_caller(members: &[Member], me: &str, caller: Option<&str>) -> bool {
+    caller.is_some_and(|caller| {
+        caller != me
+            && members.iter().any(|m| {
+                m.node_id == caller
+                    && m.state == "alive"
+                    && m.protocol < auth::HEAD_SIG_SINCE_PROTOCOL
+            })
+    })
+}
+
+/// The body as it arrives, cut off with an error at `timeout` after the head: actix bounds the
+/// head (`client_request_timeout`) but not the body. A stream rather than a buffer, so the
+/// handler's `web::Bytes` stays the only copy of a large batch.
+fn with_deadline(
+    payload: Payload,
+    timeout: std::time::Duration,
+) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<web::Bytes, PayloadError>>>> {
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let stream = futures_util::stream::unfold(Some(payload), move |state| async move {
+        let mut payload = state?;
+        match tokio::time::timeout_at(deadline, payload.next()).await {
+            Ok(Some(item)) => Some((item, Some(payload))),
+            Ok(None) => None,
+            // the error ends the stream: the extractor refuses the request, the connection closes
+            Err(_) => Some((
+                Err(PayloadError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "the cluster RPC body did not arrive within {} ms",
+                        timeout.as_millis()
+                    ),
+                ))),
+                None,
+            )),
+        }
+    });
+    Box::pin(stream)
+}
+
+/// Judges a request before its body is read (inside [`sign_responses`], so refusals are signed
+/// like every answer): the head signature (401), the declared length (413), then hands the body
+/// on under the read deadline. The full signature over the body and the nonce replay cache are
+/// checked afterwards, as before ([`open`]).
+async fn admit(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let Some(node) = req.app_data::<NodeData>().cloned() else {
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    };
+    let head_sig = req
+        .headers()
+        .get(auth::HEADER_HEAD_SIG)
+        .and_then(|v| v.to_str().ok());
+    let legacy = head_sig.is_none()
+        && older_caller(
+            &node.members(),
+            node.id(),
+            header(req.request(), auth::HEADER_NODE),
+        );
+    if !legacy {
+        if let Err(e) = node.verifier.verify_head(
+            node.now_ms(),
+            req.method().as_str(),
+            req.path(),
+            header(req.request(), auth::HEADER_TS),
+            header(req.request(), auth::HEADER_NONCE),
+            head_sig,
+        ) {
+            tracing::warn!(peer = ?req.peer_addr(), error = %e, "cluster RPC refused before its body");
+            return Ok(req.into_response(problem(StatusCode::UNAUTHORIZED, &e.to_string())));
+        }
+    }
+    let declared = req
+        .headers()
+        .get(http_header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return Ok(req.into_response(problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the request body is larger than {BODY_LIMIT} bytes"),
+        )));
+    }
+    let payload = req.take_payload();
+    req.set_payload(Payload::Stream {
+        payload: with_deadline(payload, node.settings.rpc_timeout),
+    });
+    Ok(next.call(req).await?.map_into_boxed_body())
+}
 
 /// Signs every answer to a request that carried a nonce (accepted or refused alike): the caller
 /// checks the signature before believing the answer ([`Node::call`]).
@@ -308,6 +414,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, node: Arc<Node>) {
     for (path, route) in routes {
         cfg.service(
             web::resource(path)
+                // `admit` inside `sign_responses`: its refusals are signed too
+                .wrap(from_fn(admit))
                 .wrap(from_fn(sign_responses))
                 .app_data(data.clone())
                 .app_data(web::PayloadConfig::new(BODY_LIMIT))
@@ -340,4 +448,40 @@ pub fn server(
     .shutdown_timeout(2)
     .listen(listener)?
     .run())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{older_caller, Member};
+
+    fn member(id: &str, state: &'static str, protocol: u32) -> Member {
+        Member {
+            node_id: id.into(),
+            state,
+            roles: Vec::new(),
+            ready: true,
+            caught_up: true,
+            rpc_addr: String::new(),
+            gossip_addr: String::new(),
+            generation: 1,
+            protocol,
+        }
+    }
+
+    #[test]
+    fn only_a_live_older_member_may_call_without_a_head_signature() {
+        let members = [
+            member("me", "alive", 2),
+            member("old", "alive", 1),
+            member("gone", "dead", 1),
+            member("new", "alive", 2),
+        ];
+        assert!(older_caller(&members, "me", Some("old")));
+        // a dead older node, a current one, an unknown name, no name, this node's own name
+        assert!(!older_caller(&members, "me", Some("gone")));
+        assert!(!older_caller(&members, "me", Some("new")));
+        assert!(!older_caller(&members, "me", Some("stranger")));
+        assert!(!older_caller(&members, "me", None));
+        assert!(!older_caller(&[member("me", "alive", 1)], "me", Some("me")));
+    }
 }

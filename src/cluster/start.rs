@@ -1639,6 +1639,149 @@ mod tests {
         rogue.cluster.leave().await;
     }
 
+    /// Sends a raw HTTP/1.1 request head and the first bytes of its body, and reads the answer:
+    /// (status, response signature header, body). The 30 s guard only keeps a server that waits
+    /// for the rest of the body from hanging the test (then the test fails on the missing
+    /// answer); nothing is asserted about time.
+    async fn raw_rpc(
+        addr: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        content_length: u64,
+        body_start: &[u8],
+    ) -> (u16, Option<String>, Vec<u8>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {content_length}\r\n"
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(body_start).await.unwrap();
+        let mut buf = Vec::new();
+        let read = async {
+            let mut chunk = [0u8; 4096];
+            loop {
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let text = String::from_utf8_lossy(&buf[..end]).to_string();
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        return (text, buf[end + 4..end + 4 + len].to_vec());
+                    }
+                }
+                let n = s.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "connection closed without an answer");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        };
+        let (text, body) = tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .expect("no answer while the body is incomplete");
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap();
+        let sig = text.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(crate::cluster::auth::HEADER_RESP_SIG)
+                .then(|| v.trim().to_string())
+        });
+        (status, sig, body)
+    }
+
+    /// The RPC listener judges a request's head before it reads its body: without a valid head
+    /// signature a request announcing a 60 MiB body it never sends is refused at once (before,
+    /// the node buffered whatever arrived, without a deadline); a signed head announcing more
+    /// than the RPC body limit gets 413; a signed head whose body stalls is cut off; signed
+    /// requests still work.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rpc_refuses_an_unauthenticated_head_before_reading_the_body() {
+        use crate::cluster::auth;
+        use crate::cluster::wire::{DigestResp, Empty, PATH_APPLY, PATH_DIGEST};
+        let secret = "unit-test-cluster-secret";
+        let n = node("a", free_port(), &[], 1).await;
+        let node = n.cluster.node.clone();
+        let addr = node.settings.rpc_advertise.clone();
+        let key =
+            crate::cluster::derive_rpc_key(secret, &crate::config::Config::default().cluster.id);
+        let signed = |path: &str, nonce: &str, head_sig: Option<String>| {
+            let ts = node.now_ms();
+            let mut h = vec![
+                (auth::HEADER_TS, ts.to_string()),
+                (auth::HEADER_NONCE, nonce.to_string()),
+                // the full signature cannot be right for a body that never arrives
+                (auth::HEADER_SIG, "00".repeat(32)),
+            ];
+            if let Some(s) = head_sig {
+                h.push((auth::HEADER_HEAD_SIG, s));
+            }
+            let good = auth::sign_head(&key, "POST", path, ts, nonce);
+            (h, good)
+        };
+        const SIXTY_MIB: u64 = 60 * 1024 * 1024;
+
+        // a forged head signature, a missing one, one for another path: 401 with the body unread
+        let (h, _) = signed(PATH_APPLY, "attack-1", Some("00".repeat(32)));
+        let (status, sig, body) =
+            raw_rpc(&addr, PATH_APPLY, &h, SIXTY_MIB, b"{\"records\":[").await;
+        assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
+        // the refusal is signed like every answer (a peer believes it)
+        assert!(auth::verify_response(
+            &key,
+            PATH_APPLY,
+            "attack-1",
+            401,
+            &body,
+            sig.as_deref()
+        ));
+        let (h, _) = signed(PATH_APPLY, "attack-2", None);
+        let (status, _, _) = raw_rpc(&addr, PATH_APPLY, &h, SIXTY_MIB, b"{").await;
+        assert_eq!(status, 401);
+        let (mut h, _) = signed(PATH_APPLY, "attack-3", None);
+        let (_, for_digest) = signed(PATH_DIGEST, "attack-3", None);
+        h.push((auth::HEADER_HEAD_SIG, for_digest));
+        let (status, _, _) = raw_rpc(&addr, PATH_APPLY, &h, SIXTY_MIB, b"{").await;
+        assert_eq!(status, 401);
+
+        // a valid head announcing more than the RPC body limit: 413, signed, body unread
+        let (mut h, good) = signed(PATH_APPLY, "too-large", None);
+        h.push((auth::HEADER_HEAD_SIG, good));
+        let (status, sig, body) = raw_rpc(&addr, PATH_APPLY, &h, 65 * 1024 * 1024, b"{").await;
+        assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+        assert!(auth::verify_response(
+            &key,
+            PATH_APPLY,
+            "too-large",
+            413,
+            &body,
+            sig.as_deref()
+        ));
+
+        // a valid head whose body stalls: the node stops waiting (rpc_timeout) and refuses it
+        let (mut h, good) = signed(PATH_APPLY, "stalled", None);
+        h.push((auth::HEADER_HEAD_SIG, good));
+        let (status, _, body) = raw_rpc(&addr, PATH_APPLY, &h, 1000, b"{").await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("did not arrive"), "{body}");
+
+        // signed requests work
+        let _: DigestResp = node.call("a", &addr, PATH_DIGEST, &Empty {}).await.unwrap();
+        n.token.cancel();
+        n.cluster.leave().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     // Over 80 lines: a multi-node scenario test, step by step.
     async fn writes_replicate_cas_is_single_winner_and_events_reach_every_node() {

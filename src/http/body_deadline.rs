@@ -3,7 +3,11 @@
 //! is closed. actix's own `client_request_timeout` covers the head; nothing in actix bounds the
 //! body, so this middleware reads it (at most `server.body_limit_bytes`, else 413) under that
 //! deadline and hands the handler the buffered bytes. WebSocket upgrades and body-less requests
-//! pass through untouched.
+//! pass through untouched, and so does the internal cluster RPC when it shares this listener
+//! (`cluster.rpc_addr` = the HTTP address): its routes authenticate the head before reading a
+//! body, allow batches far above the public limit and answer with signed refusals
+//! (`cluster::rpc::admit`); a 413 or 408 from here would be unsigned, which a peer takes for a
+//! forged answer (and a batch above 1 MiB would never replicate).
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
@@ -28,6 +32,22 @@ fn has_body(req: &ServiceRequest) -> bool {
         .is_some_and(|n| n > 0)
 }
 
+/// The request is for the cluster RPC routes this app mounts (see the module doc).
+fn is_cluster_rpc(req: &ServiceRequest) -> bool {
+    #[cfg(feature = "cluster")]
+    {
+        req.path().starts_with("/cluster/v1/")
+            && req
+                .app_data::<web::Data<crate::cluster::Cluster>>()
+                .is_some_and(|c| c.rpc_on_http)
+    }
+    #[cfg(not(feature = "cluster"))]
+    {
+        let _ = req;
+        false
+    }
+}
+
 pub async fn body_deadline(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -36,7 +56,7 @@ pub async fn body_deadline(
         return next.call(req).await;
     };
     let (timeout_ms, limit) = (server.body_read_timeout_ms, server.body_limit_bytes);
-    if !has_body(&req) || req.headers().contains_key(header::UPGRADE) {
+    if !has_body(&req) || req.headers().contains_key(header::UPGRADE) || is_cluster_rpc(&req) {
         return next.call(req).await;
     }
     let declared = req
