@@ -936,6 +936,22 @@ impl Config {
             &self.metrics.token_file,
             "metrics.token",
         )?;
+        // The deploy manifests ship `REPLACE-with-...` placeholders of valid length: an operator
+        // who replaces only some of them must not run with a published admin token or secret.
+        let placeholders = admin_tokens
+            .iter()
+            .map(|t| ("admin.tokens", t))
+            .chain(master_key.iter().map(|t| ("store.master_key", t)))
+            .chain(cluster_secret.iter().map(|t| ("cluster.secret", t)))
+            .chain(redis_password.iter().map(|t| ("store.redis.password", t)))
+            .chain(metrics_token.iter().map(|t| ("metrics.token", t)));
+        for (key, secret) in placeholders {
+            if secret.expose().trim().to_ascii_lowercase().starts_with("replace") {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} is still the placeholder from the deploy manifests: set a random value (e.g. openssl rand -base64 32)"
+                )));
+            }
+        }
         if metrics_token
             .as_ref()
             .is_some_and(|t| t.expose().len() < 16)
@@ -1219,6 +1235,17 @@ mod tests {
         assert_eq!(c.store.redis.key_prefix, "prod1");
         assert_eq!(c.store.redis.password.expose(), "pw-123");
         assert!(!c.to_redacted_toml().contains("pw-123"));
+    }
+
+    #[test]
+    fn placeholder_secrets_are_refused() {
+        let mut c = Config::default();
+        c.admin.tokens = vec![Secret::new("REPLACE-with-a-long-random-token")];
+        let e = c.finish().err().expect("a placeholder admin token is refused");
+        assert!(e.to_string().contains("admin.tokens"), "{e}");
+        let mut c = Config::default();
+        c.admin.tokens = vec![Secret::new("a-real-random-token-0123")];
+        assert!(c.finish().is_ok());
     }
 
     #[test]
