@@ -1241,7 +1241,9 @@ mod tests {
     fn placeholder_secrets_are_refused() {
         let mut c = Config::default();
         c.admin.tokens = vec![Secret::new("REPLACE-with-a-long-random-token")];
-        let e = c.finish().err().expect("a placeholder admin token is refused");
+        let Err(e) = c.finish() else {
+            panic!("a placeholder admin token is refused")
+        };
         assert!(e.to_string().contains("admin.tokens"), "{e}");
         let mut c = Config::default();
         c.admin.tokens = vec![Secret::new("a-real-random-token-0123")];
