@@ -946,7 +946,12 @@ impl Config {
             .chain(redis_password.iter().map(|t| ("store.redis.password", t)))
             .chain(metrics_token.iter().map(|t| ("metrics.token", t)));
         for (key, secret) in placeholders {
-            if secret.expose().trim().to_ascii_lowercase().starts_with("replace") {
+            if secret
+                .expose()
+                .trim()
+                .to_ascii_lowercase()
+                .starts_with("replace")
+            {
                 return Err(ConfigError::Invalid(format!(
                     "{key} is still the placeholder from the deploy manifests: set a random value (e.g. openssl rand -base64 32)"
                 )));

@@ -148,17 +148,16 @@ pub async fn status_list(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains(crate::crypto::mdoc::status::MEDIA_TYPE));
-    let (content_type, token, etag) = svc.status_list(&issuer, &list, cwt).await?;
-    if req
+    let if_none_match = req
         .headers()
         .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        == Some(etag.as_str())
-    {
+        .and_then(|v| v.to_str().ok());
+    let (etag, signed) = svc.status_list(&issuer, &list, cwt, if_none_match).await?;
+    let Some((content_type, token)) = signed else {
         return Ok(HttpResponse::NotModified()
             .insert_header((header::ETAG, etag))
             .finish());
-    }
+    };
     Ok(HttpResponse::Ok()
         .content_type(content_type)
         .insert_header((header::CACHE_CONTROL, "public, max-age=0, must-revalidate"))

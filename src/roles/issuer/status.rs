@@ -168,15 +168,17 @@ impl IssuerService {
         }
     }
 
-    /// A status list as served: (content type, signed token, ETag). `cwt`: a `token-N` list in
-    /// CWT form (`application/statuslist+cwt`, signed by the issuer's mdoc document signer, for
-    /// mdocs), else the JWT form.
+    /// A status list as served: its ETag, and (content type, signed token) unless the caller
+    /// already holds that version (`if_none_match` is the ETag): then nothing is signed, and the
+    /// answer is a 304. `cwt`: a `token-N` list in CWT form (`application/statuslist+cwt`,
+    /// signed by the issuer's mdoc document signer, for mdocs), else the JWT form.
     pub async fn status_list(
         &self,
         issuer_id: &str,
         list: &str,
         cwt: bool,
-    ) -> Result<(&'static str, Vec<u8>, String), IssuerError> {
+        if_none_match: Option<&str>,
+    ) -> Result<(String, Option<(&'static str, Vec<u8>)>), IssuerError> {
         let issuer = self.get_issuer(issuer_id).await?;
         let (kind, number) = list.rsplit_once('-').ok_or(IssuerError::NoStatusList)?;
         let number: u64 = number.parse().map_err(|_| IssuerError::NoStatusList)?;
@@ -195,9 +197,6 @@ impl IssuerService {
             Some(bytes) => StatusArray { bits, bytes },
             None => StatusArray::new(bits, STATUS_LIST_SIZE).map_err(IssuerError::StatusList)?,
         };
-        let key = self.signing_key(&issuer).await?;
-        let uri = format!("{}/status-lists/{list}", self.issuer_url(issuer_id));
-        let now = self.now();
         let signer = match (kind, cwt) {
             ("token", true) => Some(self.cwt_signer(issuer_id).await?),
             _ => None,
@@ -206,8 +205,17 @@ impl IssuerService {
             Some(ds) => sha256_hex(&ds.cert),
             None => issuer.key_fingerprint.clone(),
         };
-        let etag = list_etag(list, &arr, &signed_by, cwt);
-        match kind {
+        let etag = list_etag(list, &arr, &signed_by, cwt, self.now());
+        if !matches!(kind, "token" | "revocation" | "suspension") {
+            return Err(IssuerError::NoStatusList);
+        }
+        if if_none_match == Some(etag.as_str()) {
+            return Ok((etag, None));
+        }
+        let key = self.signing_key(&issuer).await?;
+        let uri = format!("{}/status-lists/{list}", self.issuer_url(issuer_id));
+        let now = self.now();
+        let signed = match kind {
             "token" if cwt => {
                 let ds = signer.ok_or(IssuerError::NoStatusList)?;
                 let token = crate::crypto::mdoc::status::sign(
@@ -221,15 +229,14 @@ impl IssuerService {
                 .map_err(|e| {
                     IssuerError::StatusList(crate::crypto::CryptoError::Malformed(e.to_string()))
                 })?;
-                Ok((crate::crypto::mdoc::status::MEDIA_TYPE, token, etag))
+                (crate::crypto::mdoc::status::MEDIA_TYPE, token)
             }
-            "token" => Ok((
+            "token" => (
                 "application/statuslist+jwt",
                 formats::token_status_list(&issuer, &key, &uri, bits, arr.to_token_lst(), now, 60)
                     .into_bytes(),
-                etag,
-            )),
-            "revocation" | "suspension" => Ok((
+            ),
+            _ => (
                 "application/vc+jwt",
                 formats::bitstring_status_credential(
                     &issuer,
@@ -240,10 +247,9 @@ impl IssuerService {
                     now,
                 )
                 .into_bytes(),
-                etag,
-            )),
-            _ => Err(IssuerError::NoStatusList),
-        }
+            ),
+        };
+        Ok((etag, Some(signed)))
     }
 
     /// Whether list `number` (1-based, from the URL) holds an allocated index: overflow or an
@@ -279,14 +285,18 @@ impl IssuerService {
     }
 }
 
-/// A status list's ETag: its name, content and signer (key or document signer certificate), not
-/// the signing time: unchanged → 304, a rotated signer → a new ETag.
-fn list_etag(list: &str, arr: &StatusArray, signed_by: &str, cwt: bool) -> String {
+/// A status list's ETag: its name, content and signer (key or document signer certificate), and
+/// the half-day it was signed in, not the exact signing time: unchanged → 304, a rotated signer
+/// → a new ETag. The half-day keeps a revalidated copy well inside the JWT's 24 h `exp`: a 304
+/// never hands back an expired token.
+fn list_etag(list: &str, arr: &StatusArray, signed_by: &str, cwt: bool, now: i64) -> String {
+    let half_day = now.div_euclid(12 * 3600).to_be_bytes();
     let tag = [
         list.as_bytes(),
         &arr.bytes,
         signed_by.as_bytes(),
         if cwt { b"cwt" } else { b"jwt" },
+        &half_day,
     ]
     .concat();
     format!("\"{}\"", &sha256_hex(tag)[..32])

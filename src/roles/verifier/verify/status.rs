@@ -11,11 +11,11 @@ use super::Ctx;
 use crate::crypto::binding::{self, IssuerKey};
 use crate::crypto::{jws, status::StatusArray, VerifyingKey};
 
-/// Fetched status-list tokens by URI with their ETag: every use revalidates with `If-None-Match`
-/// (a revocation is seen at once; an unchanged list costs a 304 with no body). Only tokens whose
-/// signature verified are kept, and the cache is bounded by total bytes
-/// (`http.outbound.status_list_cache_bytes`), oldest first out. The signature is re-checked on
-/// every use.
+/// Fetched status-list tokens (JWT and CWT forms, keyed by form and URI) with their ETag: every
+/// use revalidates with `If-None-Match` (a revocation is seen at once; an unchanged list costs a
+/// 304 with no body). Only tokens whose signature verified are kept, and the cache is bounded by
+/// total bytes (`http.outbound.status_list_cache_bytes`), oldest first out. The signature is
+/// re-checked on every use.
 #[derive(Default)]
 pub struct StatusCache {
     inner: std::sync::Mutex<CacheInner>,
@@ -23,8 +23,8 @@ pub struct StatusCache {
 
 #[derive(Default)]
 struct CacheInner {
-    /// uri → (etag, token, generation)
-    entries: std::collections::HashMap<String, (String, String, u64)>,
+    /// "<form> <uri>" → (etag, token, generation, the token's `exp` if it has one)
+    entries: std::collections::HashMap<String, (String, Vec<u8>, u64, Option<i64>)>,
     /// Insertion order for eviction: (uri, generation); stale generations are skipped.
     order: std::collections::VecDeque<(String, u64)>,
     bytes: usize,
@@ -32,18 +32,23 @@ struct CacheInner {
 }
 
 impl StatusCache {
-    fn get(&self, uri: &str) -> Option<(String, String)> {
+    /// The cached token and its ETag, unless it has expired by `now`: a server whose ETag does
+    /// not change when it re-signs would answer 304 to it, and an expired token fails.
+    fn get(&self, uri: &str, now: i64) -> Option<(String, Vec<u8>)> {
         let m = self.inner.lock().ok()?;
-        m.entries.get(uri).map(|(e, t, _)| (e.clone(), t.clone()))
+        m.entries
+            .get(uri)
+            .filter(|(_, _, _, exp)| exp.is_none_or(|exp| exp > now))
+            .map(|(e, t, _, _)| (e.clone(), t.clone()))
     }
 
     /// Stores a verified token, evicting the oldest entries to stay within `max_bytes`.
-    fn put(&self, uri: &str, etag: String, token: String, max_bytes: usize) {
+    fn put(&self, uri: &str, etag: String, token: Vec<u8>, exp: Option<i64>, max_bytes: usize) {
         let size = uri.len() + etag.len() + token.len();
         let Ok(mut m) = self.inner.lock() else {
             return;
         };
-        if let Some((e, t, _)) = m.entries.remove(uri) {
+        if let Some((e, t, _, _)) = m.entries.remove(uri) {
             m.bytes -= uri.len() + e.len() + t.len();
         }
         if size > max_bytes {
@@ -55,9 +60,9 @@ impl StatusCache {
             };
             if m.entries
                 .get(&old)
-                .is_some_and(|(_, _, g)| *g == generation)
+                .is_some_and(|(_, _, g, _)| *g == generation)
             {
-                if let Some((e, t, _)) = m.entries.remove(&old) {
+                if let Some((e, t, _, _)) = m.entries.remove(&old) {
                     m.bytes -= old.len() + e.len() + t.len();
                 }
             }
@@ -65,12 +70,13 @@ impl StatusCache {
         let generation = m.next_gen;
         m.next_gen += 1;
         m.bytes += size;
-        m.entries.insert(uri.to_string(), (etag, token, generation));
+        m.entries
+            .insert(uri.to_string(), (etag, token, generation, exp));
         m.order.push_back((uri.to_string(), generation));
         // Stale order entries (replaced URIs) are bounded by the live ones.
         if m.order.len() > 2 * m.entries.len() + 16 {
             let CacheInner { entries, order, .. } = &mut *m;
-            order.retain(|(u, g)| entries.get(u).is_some_and(|(_, _, eg)| eg == g));
+            order.retain(|(u, g)| entries.get(u).is_some_and(|(_, _, eg, _)| eg == g));
         }
     }
 
@@ -144,17 +150,27 @@ fn list_issuer_ok(list: &Value, issuer: &IssuerKey) -> Result<(), String> {
     }
 }
 
-/// Fetches a status list token (size/time bounded, through the outbound guard) and verifies it
-/// with the issuer's key; only a verified token is cached. Error texts never carry the remote body.
-async fn fetch_status(ctx: &Ctx<'_>, uri: &str, key: &VerifyingKey) -> Result<Value, String> {
-    use crate::http::outbound::{limits, read_capped};
+/// The status list at `uri` in one form (`jwt`, or `cwt` asked for with its media type): fetched
+/// once per evaluation (size/time bounded, through the outbound guard), revalidated against the
+/// [`StatusCache`] with its ETag. Returns the body and the ETag to cache it under once its
+/// signature verifies (none when the body came from the cache). Error texts never carry the
+/// remote body.
+async fn fetch_list(
+    ctx: &Ctx<'_>,
+    form: &'static str,
+    uri: &str,
+    accept: Option<&'static str>,
+    max_bytes: usize,
+) -> Result<Body, String> {
+    use crate::http::outbound::read_capped;
     status_uri_ok(ctx, uri)?;
-    let limits = limits();
-    let (body, fresh_etag) = ctx
-        .fetched
-        .get_or("jwt", uri, async {
-            let cached = ctx.status_cache.get(uri);
+    ctx.fetched
+        .get_or(form, uri, async {
+            let cached = ctx.status_cache.get(&format!("{form} {uri}"), ctx.now);
             let mut req = ctx.http.get(uri).timeout(Duration::from_secs(5));
+            if let Some(accept) = accept {
+                req = req.header("Accept", accept);
+            }
             if let Some((etag, _)) = &cached {
                 req = req.header("If-None-Match", etag);
             }
@@ -162,7 +178,7 @@ async fn fetch_status(ctx: &Ctx<'_>, uri: &str, key: &VerifyingKey) -> Result<Va
                 .await
                 .map_err(|e| format!("status list: {e}"))?;
             match (r.status().as_u16(), cached) {
-                (304, Some((_, t))) => Ok((t.into_bytes(), None)),
+                (304, Some((_, t))) => Ok((t, None)),
                 (s, _) if (200..300).contains(&s) => {
                     let etag = r
                         .headers()
@@ -170,7 +186,7 @@ async fn fetch_status(ctx: &Ctx<'_>, uri: &str, key: &VerifyingKey) -> Result<Va
                         .and_then(|v| v.to_str().ok())
                         .filter(|e| e.len() <= 256)
                         .map(str::to_string);
-                    let body = read_capped(r, limits.max_body_bytes)
+                    let body = read_capped(r, max_bytes)
                         .await
                         .map_err(|e| format!("status list: {e}"))?;
                     Ok((body.to_vec(), etag))
@@ -178,16 +194,75 @@ async fn fetch_status(ctx: &Ctx<'_>, uri: &str, key: &VerifyingKey) -> Result<Va
                 (s, _) => Err(format!("status list: HTTP {s}")),
             }
         })
-        .await?;
-    let token = String::from_utf8_lossy(&body).trim().to_string();
-    let (_, payload) =
-        jws::verify(&token, key).map_err(|e| format!("status list signature: {e}"))?;
+        .await
+}
+
+/// Keeps a fetched list whose signature verified, for revalidation next time (until `exp`).
+fn keep(
+    ctx: &Ctx<'_>,
+    form: &str,
+    uri: &str,
+    fresh_etag: Option<String>,
+    body: Vec<u8>,
+    exp: Option<i64>,
+) {
     // (a second credential under the same list puts the same token again: harmless)
     if let Some(etag) = fresh_etag {
+        let budget = crate::http::outbound::limits().status_list_cache_bytes;
         ctx.status_cache
-            .put(uri, etag, token, limits.status_list_cache_bytes);
+            .put(&format!("{form} {uri}"), etag, body, exp, budget);
     }
-    Ok(payload)
+}
+
+/// Fetches a status list token (JWT form) and verifies it with the issuer's key, and that it
+/// has not expired (Token Status List: a relying party must check `exp` when present; a
+/// Bitstring Status List credential as a JWT carries its `exp` likewise). Only a verified token
+/// is cached.
+async fn fetch_status(
+    ctx: &Ctx<'_>,
+    uri: &str,
+    key: &VerifyingKey,
+) -> Result<(Value, Value), String> {
+    let max = crate::http::outbound::limits().max_body_bytes;
+    let (body, fresh_etag) = fetch_list(ctx, "jwt", uri, None, max).await?;
+    let token = String::from_utf8_lossy(&body).trim().to_string();
+    let (header, payload) =
+        jws::verify(&token, key).map_err(|e| format!("status list signature: {e}"))?;
+    let exp = match payload.get("exp") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_i64().ok_or("status list token: exp is not a number")?),
+    };
+    if exp.is_some_and(|exp| exp <= ctx.now) {
+        return Err("the status list token expired".into());
+    }
+    keep(ctx, "jwt", uri, fresh_etag, body, exp);
+    Ok((header, payload))
+}
+
+/// A Token Status List token is one (`typ` `statuslist+jwt`) and is the list at `uri` (`sub`):
+/// another token the issuer signed — a credential, or another of its lists — is not this list.
+fn token_list_ok(header: &Value, list: &Value, uri: &str) -> Result<(), String> {
+    if header["typ"].as_str() != Some("statuslist+jwt") {
+        return Err(format!(
+            "the status list token's typ is {}, not statuslist+jwt",
+            header["typ"]
+        ));
+    }
+    if list["sub"].as_str() != Some(uri) {
+        return Err("the status list token's sub is not the URI it was fetched from".into());
+    }
+    Ok(())
+}
+
+/// A Bitstring Status List credential that names itself (`id`) names the URI it came from.
+fn bitstring_list_ok(list: &Value, uri: &str) -> Result<(), String> {
+    let id = list.get("id").or_else(|| list["vc"].get("id"));
+    match id {
+        Some(id) if id.as_str() != Some(uri) => {
+            Err("the status list credential's id is not the URI it was fetched from".into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The SD-JWT VC status entry (Token Status List).
@@ -208,8 +283,8 @@ pub(super) async fn token_status(
         (_, Err(e)) => return out.fail("status", format!("{query_id}: {e}")),
         (Some(idx), Ok(list)) => (idx, list),
     };
-    let (idx, list) = list;
-    if let Err(e) = list_issuer_ok(&list, issuer) {
+    let (idx, (header, list)) = list;
+    if let Err(e) = list_issuer_ok(&list, issuer).and_then(|_| token_list_ok(&header, &list, uri)) {
         return out.fail("status", format!("{query_id}: {e}"));
     }
     let bits = list["status_list"]["bits"].as_u64().unwrap_or(1) as u8;
@@ -253,8 +328,8 @@ pub(super) async fn w3c_status(
             }
             (Some(idx), Ok(list)) => (idx, list),
         };
-        let (idx, list) = list;
-        if let Err(e) = list_issuer_ok(&list, issuer) {
+        let (idx, (_, list)) = list;
+        if let Err(e) = list_issuer_ok(&list, issuer).and_then(|_| bitstring_list_ok(&list, uri)) {
             out.fail("status", format!("{query_id}: {e}"));
             continue;
         }
@@ -294,30 +369,19 @@ pub(super) async fn mdoc_status(
     mdoc: &crate::crypto::mdoc::verify::Verified,
 ) {
     use crate::crypto::mdoc::status;
-    use crate::http::outbound::read_capped;
-    if let Err(e) = status_uri_ok(ctx, uri) {
-        return out.fail("status", format!("{query_id}: {e}"));
-    }
-    let body = ctx
-        .fetched
-        .get_or("cwt", uri, async {
-            let req = ctx
-                .http
-                .get(uri)
-                .header("Accept", status::MEDIA_TYPE)
-                .timeout(Duration::from_secs(5));
-            match crate::http::outbound::send(req).await {
-                Ok(r) if r.status().is_success() => read_capped(r, status::MAX_TOKEN_BYTES)
-                    .await
-                    .map(|b| (b.to_vec(), None))
-                    .map_err(|e| format!("status list: {e}")),
-                Ok(r) => Err(format!("status list: HTTP {}", r.status())),
-                Err(e) => Err(format!("status list: {e}")),
-            }
-        })
-        .await;
-    let list = body.and_then(|(b, _)| {
-        status::verify(&b, uri, mdoc, ctx.anchors, ctx.now).map_err(|e| e.to_string())
+    let fetched = fetch_list(
+        ctx,
+        "cwt",
+        uri,
+        Some(status::MEDIA_TYPE),
+        status::MAX_TOKEN_BYTES,
+    )
+    .await;
+    let list = fetched.and_then(|(body, fresh_etag)| {
+        let list =
+            status::verify(&body, uri, mdoc, ctx.anchors, ctx.now).map_err(|e| e.to_string())?;
+        keep(ctx, "cwt", uri, fresh_etag, body, None);
+        Ok(list)
     });
     match list.and_then(|l| l.get_lsb(idx).map_err(|e| e.to_string())) {
         Ok(0) => out.pass("status"),
@@ -337,18 +401,123 @@ mod status_cache_tests {
         let c = StatusCache::default();
         let token = "t".repeat(1000);
         for i in 0..100 {
-            c.put(&format!("https://s/{i}"), "e".into(), token.clone(), 10_000);
+            let t = token.clone().into_bytes();
+            c.put(&format!("https://s/{i}"), "e".into(), t, None, 10_000);
             assert!(c.bytes() <= 10_000);
         }
-        assert!(c.get("https://s/0").is_none());
-        assert!(c.get("https://s/99").is_some());
+        assert!(c.get("https://s/0", 0).is_none());
+        assert!(c.get("https://s/99", 0).is_some());
         // Replacing one URI over and over keeps one entry's bytes.
         for _ in 0..100 {
-            c.put("https://s/99", "e".into(), token.clone(), 10_000);
+            c.put(
+                "https://s/99",
+                "e".into(),
+                token.clone().into_bytes(),
+                None,
+                10_000,
+            );
         }
         assert!(c.bytes() <= 10_000);
         // A token larger than the whole budget is not kept (and drops the old one).
-        c.put("https://s/99", "e".into(), "x".repeat(20_000), 10_000);
-        assert!(c.get("https://s/99").is_none());
+        c.put(
+            "https://s/99",
+            "e".into(),
+            "x".repeat(20_000).into_bytes(),
+            None,
+            10_000,
+        );
+        assert!(c.get("https://s/99", 0).is_none());
+        // An expired token is not offered for revalidation (a 304 would bring it back).
+        c.put("https://s/1", "e".into(), b"t".to_vec(), Some(100), 10_000);
+        assert!(c.get("https://s/1", 99).is_some());
+        assert!(c.get("https://s/1", 100).is_none());
+    }
+}
+
+#[cfg(test)]
+mod list_checks {
+    use super::*;
+    use crate::crypto::{KeyType, SigningKey};
+    use serde_json::json;
+
+    #[test]
+    fn a_token_list_is_the_list_at_its_uri() {
+        let uri = "https://i.example/status-lists/token-1";
+        let h = json!({"typ": "statuslist+jwt"});
+        assert!(token_list_ok(&h, &json!({"sub": uri}), uri).is_ok());
+        // another list of the same issuer, a list naming none, a token that is no status list
+        assert!(token_list_ok(&h, &json!({"sub": format!("{uri}0")}), uri).is_err());
+        assert!(token_list_ok(&h, &json!({}), uri).is_err());
+        assert!(token_list_ok(&json!({"typ": "vc+jwt"}), &json!({"sub": uri}), uri).is_err());
+        // a Bitstring list credential naming itself must name its URI
+        assert!(bitstring_list_ok(&json!({"id": uri}), uri).is_ok());
+        assert!(bitstring_list_ok(&json!({"vc": {"id": uri}}), uri).is_ok());
+        assert!(bitstring_list_ok(&json!({}), uri).is_ok());
+        assert!(bitstring_list_ok(&json!({"id": "https://i.example/other"}), uri).is_err());
+    }
+
+    /// An expired status list token fails, and is not kept to be revalidated (a server whose
+    /// ETag ignores the signing time would answer 304 to it forever).
+    #[tokio::test]
+    async fn an_expired_status_list_token_fails_and_is_not_cached() {
+        use std::io::{Read, Write};
+        let key = SigningKey::generate(KeyType::Ed25519);
+        let now = 1_800_000_000;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let uri = format!(
+            "http://127.0.0.1:{}/status-lists/token-1",
+            listener.local_addr().unwrap().port()
+        );
+        let token = jws::sign(
+            &key,
+            json!({"typ": "statuslist+jwt"}),
+            &json!({"sub": uri, "iat": now - 100, "exp": now - 1,
+                "status_list": {"bits": 1, "lst": "eNrbuRgAAhcBXQ"}}),
+        );
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { break };
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\netag: \"same\"\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    token.len()
+                );
+                let _ = s.write_all(head.as_bytes());
+                let _ = s.write_all(token.as_bytes());
+            }
+        });
+        let http = reqwest::Client::new();
+        let (cache, anchors) = (StatusCache::default(), Default::default());
+        let ctx = Ctx {
+            dcql_query: None,
+            presentation_definition: None,
+            audience: None,
+            now,
+            http: &http,
+            trust: &super::super::policy::Trust::Any,
+            status_cache: &cache,
+            anchors: &anchors,
+            require_status: false,
+            mdoc_transcript: None,
+            fetched: Default::default(),
+            https_only: false,
+        };
+        let e = fetch_status(&ctx, &uri, &key.verifying_key())
+            .await
+            .unwrap_err();
+        assert!(e.contains("expired"), "{e}");
+        assert_eq!(cache.bytes(), 0);
+        // the same token is fine before its exp, and then kept until it
+        let ctx = Ctx {
+            now: now - 50,
+            fetched: Default::default(),
+            ..ctx
+        };
+        fetch_status(&ctx, &uri, &key.verifying_key())
+            .await
+            .unwrap();
+        assert!(cache.get(&format!("jwt {uri}"), now - 50).is_some());
+        assert!(cache.get(&format!("jwt {uri}"), now).is_none());
     }
 }
