@@ -134,6 +134,25 @@ async fn issue_and_verify_ldp_and_jwt() {
     )
     .await;
     assert_eq!(v["verified"], true, "{v}");
+    // ...but not with an unsigned credential, or an envelope that does not read, beside it: a
+    // caller would take every credential of the presentation it sent as verified
+    let unsigned = credential("https://www.w3.org/2018/credentials/v1", &issuer_did);
+    let unreadable = json!({"@context": ["https://www.w3.org/ns/credentials/v2"],
+        "type": "EnvelopedVerifiableCredential", "id": "data:application/vc+jwt;base64,eHg"});
+    for extra in [unsigned, unreadable] {
+        let jvp = jws::sign(
+            &holder,
+            json!({"kid": vm}),
+            &json!({"nonce": "n1", "aud": "rp", "vp": {"verifiableCredential": [jwt_vc.clone(), extra]}}),
+        );
+        let v = verify(
+            &s,
+            "/vc-api/presentations/verify",
+            json!({"verifiablePresentation": jvp, "options": {"challenge": "n1", "domain": "rp"}}),
+        )
+        .await;
+        assert_eq!(v["verified"], false, "{v}");
+    }
 
     // bad input and auth
     expect_problem(

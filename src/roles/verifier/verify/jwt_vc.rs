@@ -123,7 +123,13 @@ pub async fn jwt_vp(
         ctx.now,
         &format!("{query_id} presentation"),
     );
-    let vcs = presented_jwts(&payload);
+    let vcs = match presented_jwts(&payload) {
+        Ok(vcs) => vcs,
+        Err(e) => {
+            out.fail("signature", format!("{query_id}: {e}"));
+            return Vec::new();
+        }
+    };
     if super::too_many_in_one(out, query_id, vcs.len()) {
         return Vec::new();
     }
@@ -161,22 +167,29 @@ async fn holder_signature(
 
 /// The credentials a JWT presentation carries: the VCDM 1.1 `vp` claim's, or those of a VC-JOSE
 /// `vp+jwt` whose payload is the presentation; each a compact JWT or a VC-JOSE-COSE envelope of
-/// one.
-fn presented_jwts(payload: &Value) -> Vec<String> {
+/// one. Anything else in the list — an unsigned credential object, an envelope that does not
+/// read — is an error, never skipped: a caller reading the presentation it sent would take every
+/// credential in it as verified.
+fn presented_jwts(payload: &Value) -> Result<Vec<String>, String> {
     let vp_obj = if payload["vp"].is_object() {
         &payload["vp"]
     } else {
         payload
     };
-    let jwt_of = |v: &Value| match v {
-        Value::String(s) => Some(s.clone()),
-        other => crate::crypto::envelope::enveloped_vc_jwt(other)
-            .and_then(Result::ok)
-            .map(str::to_string),
+    let jwt_of = |(i, v): (usize, &Value)| match v {
+        Value::String(s) => Ok(s.clone()),
+        other => match crate::crypto::envelope::enveloped_vc_jwt(other) {
+            Some(Ok(jwt)) => Ok(jwt.to_string()),
+            Some(Err(e)) => Err(format!("verifiableCredential[{i}]: {e}")),
+            None => Err(format!(
+                "verifiableCredential[{i}] is neither a JWT credential nor an enveloped one"
+            )),
+        },
     };
     match &vp_obj["verifiableCredential"] {
-        Value::Array(a) => a.iter().filter_map(jwt_of).collect(),
-        other => jwt_of(other).into_iter().collect(),
+        Value::Array(a) => a.iter().enumerate().map(jwt_of).collect(),
+        Value::Null => Ok(Vec::new()),
+        other => jwt_of((0, other)).map(|jwt| vec![jwt]),
     }
 }
 
