@@ -469,7 +469,8 @@ impl Default for OutboundConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct VerifierConfig {
     pub default_session_ttl_seconds: u64,
-    /// Which issuers a verifier with an empty `trusted_issuers` list trusts.
+    /// Where every verifier's trust in issuers comes from: its own `trusted_issuers`, or (`any`)
+    /// every issuer whose binding and signature verify — for all verifiers, lists or not.
     pub trust: VerifierTrust,
     /// Production mode: fetch status lists over plain `http` too (default: `https` only; sandbox
     /// mode always allows `http`).

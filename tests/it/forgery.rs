@@ -298,6 +298,30 @@ async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
     }
     let (a, a_did, avm) = attacker_did(KeyType::P256, false);
     let (jwt, ds) = self_issued_sd(&a, &a_did, &avm, &holder, json!({}));
+    // SD-JWT VC claims that must not be selectively disclosable: an issuer that made `exp` one
+    // let the holder withhold it (and `status`, and pick `cnf`).
+    let mut payload = Map::new();
+    payload.insert("iss".into(), json!(a_did));
+    payload.insert("vct".into(), json!("https://example.org/identity"));
+    payload.insert(
+        "cnf".into(),
+        json!({"jwk": holder.verifying_key().to_jwk()}),
+    );
+    let mut sd = Map::new();
+    sd.insert("given_name".into(), json!("Erika"));
+    sd.insert("exp".into(), json!(now() - 10));
+    let issued = sdjwt::issue(&a, json!({"typ": "dc+sd-jwt", "kid": avm}), payload, &sd);
+    let p = sdjwt::parse(&issued).unwrap();
+    let req = open(&s, "default", sd_query()).await;
+    refused(
+        &s,
+        &req,
+        "pid",
+        json!(sd_present(&holder, &p.jwt, &p.disclosures, &req)),
+        "disclosure_integrity",
+        "`exp` must not be selectively disclosable",
+    )
+    .await;
     let (mut h512, mut p512) = split_jwt(&jwt);
     p512["_sd_alg"] = json!("sha-512");
     h512.as_object_mut().unwrap().remove("alg");
@@ -326,6 +350,28 @@ async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
     )
     .await;
     assert_eq!(status, 200, "{r}");
+    // Another JWT the issuer signed is no SD-JWT VC, even for a query that asks for nothing
+    // more: its public Bitstring status list credential, with `~` appended.
+    let list = client()
+        .get(s.url("/issuers/default/status-lists/revocation-1"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let bare = json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt",
+        "meta": {}, "require_cryptographic_holder_binding": false}]}});
+    let req = open(&s, "default", bare).await;
+    refused(
+        &s,
+        &req,
+        "pid",
+        json!(format!("{list}~")),
+        "signature",
+        "typ",
+    )
+    .await;
     let (a0, _, a0vm) = attacker_did(KeyType::P256, false);
     let forged = jws::sign(&a0, json!({"typ": "dc+sd-jwt", "kid": a0vm}), &no_status);
     let req = open(&s, "default", waived).await;

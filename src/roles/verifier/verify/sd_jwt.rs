@@ -12,6 +12,10 @@ use crate::roles::verifier::model::PresentedCredential;
 /// dc+sd-jwt presentation with key binding (`holder_binding`: a KB-JWT is required; when the
 /// query waives it, a presentation without one is accepted and one that is present is still
 /// checked in full).
+/// Claims of an SD-JWT VC that its issuer must not make selectively disclosable (SD-JWT VC
+/// §3.2.2.2).
+const RESERVED_CLAIMS: [&str; 7] = ["iss", "nbf", "exp", "cnf", "vct", "vct#integrity", "status"];
+
 pub async fn sd_jwt(
     ctx: &Ctx<'_>,
     out: &mut Outcome,
@@ -38,10 +42,7 @@ pub async fn sd_jwt(
     )
     .await?;
     let verified = match sdjwt::verify(presentation, &issuer.key) {
-        Ok(v) => {
-            out.pass("disclosure_integrity");
-            v
-        }
+        Ok(v) => v,
         Err(e) => {
             let msg = e.to_string();
             if msg.contains("KB-JWT") || msg.contains("signature") {
@@ -52,6 +53,30 @@ pub async fn sd_jwt(
             return None;
         }
     };
+    // An SD-JWT VC is one by its type: any other JWT its issuer signed (a status list, another
+    // credential) with `~` appended is not, whatever the query waives.
+    let typ = &verified.header["typ"];
+    if !matches!(typ.as_str(), Some("dc+sd-jwt" | "vc+sd-jwt")) {
+        out.fail(
+            "signature",
+            format!("{query_id}: the issuer JWT's typ is {typ}, not dc+sd-jwt"),
+        );
+        return None;
+    }
+    // SD-JWT VC: these claims are never selectively disclosable. Withheld, an `exp` or a `status`
+    // would go unchecked; disclosed, a `cnf` would pick the holder key.
+    if let Some(name) = verified
+        .disclosed
+        .iter()
+        .find(|n| RESERVED_CLAIMS.contains(&n.as_str()))
+    {
+        out.fail(
+            "disclosure_integrity",
+            format!("{query_id}: `{name}` must not be selectively disclosable"),
+        );
+        return None;
+    }
+    out.pass("disclosure_integrity");
     key_binding(
         ctx,
         out,
