@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::error::{internal, IssuerError};
@@ -13,38 +12,12 @@ use super::formats::{self, IssueInput, StatusRef};
 use super::ks;
 use super::model::*;
 use super::outcome::Watched;
-use super::proofs::proof_jwts;
+use super::proofs::{proof_jwts, NONCE_TTL};
 use super::service::*;
 use crate::clock::{random_id, random_token};
 use crate::crypto::{sha256_hex, SigningKey, VerifyingKey};
 use crate::error::{unless_unavailable, ErrorCode, OAuthCode::*};
 use crate::store::Cas;
-
-pub(super) const NONCE_TTL: u64 = 300;
-
-/// Credential endpoint body (OID4VCI 1.0 `proofs`, and the draft `proof` form older wallets send).
-#[derive(Debug, Clone, Deserialize)]
-pub struct CredentialRequest {
-    pub credential_configuration_id: Option<String>,
-    pub credential_identifier: Option<String>,
-    pub proofs: Option<Proofs>,
-    pub proof: Option<SingleProof>,
-    /// Draft-13 wallets send `format` (+ type info) instead of a configuration id.
-    pub format: Option<String>,
-    pub vct: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Proofs {
-    #[serde(default)]
-    pub jwt: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct SingleProof {
-    pub proof_type: String,
-    pub jwt: Option<String>,
-}
 
 /// A credential request that passed its checks: token, offer, configuration and proofs.
 struct Request<'a> {

@@ -351,3 +351,27 @@ pub struct IssuedCredential {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
 }
+
+/// Credential endpoint body (OID4VCI 1.0 `proofs`, and the draft `proof` form older wallets send).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CredentialRequest {
+    pub credential_configuration_id: Option<String>,
+    pub credential_identifier: Option<String>,
+    pub proofs: Option<Proofs>,
+    pub proof: Option<SingleProof>,
+    /// Draft-13 wallets send `format` (+ type info) instead of a configuration id.
+    pub format: Option<String>,
+    pub vct: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Proofs {
+    #[serde(default)]
+    pub jwt: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SingleProof {
+    pub proof_type: String,
+    pub jwt: Option<String>,
+}

@@ -3,13 +3,16 @@
 
 use serde_json::Value;
 
-use super::credential::{CredentialRequest, NONCE_TTL};
 use super::error::IssuerError;
 use super::ks;
+use super::model::CredentialRequest;
 use super::service::*;
 use crate::crypto::{jws, VerifyingKey};
 use crate::error::OAuthCode::*;
 use crate::store::Cas;
+
+/// How long a c_nonce is good for.
+pub(super) const NONCE_TTL: u64 = 300;
 
 const PROOF_MAX_AGE: i64 = 300;
 const PROOF_MAX_SKEW: i64 = 60;

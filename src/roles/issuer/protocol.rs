@@ -5,8 +5,8 @@ use actix_web::http::header;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 
 use super::authorize::AuthorizeRequest;
-use super::credential::CredentialRequest;
 use super::grants::TokenRequest;
+use super::model::CredentialRequest;
 use super::service::IssuerService;
 use crate::error::OAuthCode::{InvalidCredentialRequest, InvalidRequest};
 use crate::error::{ApiError, ApiResult};

@@ -9,6 +9,7 @@ use super::credential::*;
 use super::grants::*;
 use super::ks;
 use super::model::*;
+use super::proofs::NONCE_TTL;
 use super::service::*;
 use crate::clock::{Clock, FakeClock};
 use crate::config::IssuerConfig;
