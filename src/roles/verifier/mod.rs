@@ -5,6 +5,7 @@ pub mod error;
 #[cfg(test)]
 mod mdoc_trust_tests;
 pub mod model;
+mod pex_filter;
 pub mod protocol;
 pub mod query;
 pub mod response;

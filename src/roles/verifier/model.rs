@@ -84,6 +84,12 @@ pub const ALL_POLICIES: &[&str] = &[
 pub struct CreateSession {
     #[schema(value_type = Object)]
     pub dcql_query: Option<Value>,
+    /// DIF Presentation Exchange 2.0 definition. A field's `filter` may use the JSON Schema
+    /// keywords `type`, `const`, `enum`, `pattern`, `minimum`, `maximum`, `exclusiveMinimum`,
+    /// `exclusiveMaximum`, `minLength`, `maxLength`, `minItems`, `maxItems`, `contains`, `items`,
+    /// `not`, `format` (`date`, `date-time`) with `formatMinimum`, `formatMaximum`,
+    /// `formatExclusiveMinimum`, `formatExclusiveMaximum`, and annotations; any other keyword is
+    /// refused (422), never ignored.
     #[schema(value_type = Object)]
     pub presentation_definition: Option<Value>,
     pub response_mode: Option<ResponseMode>,

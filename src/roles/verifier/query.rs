@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use super::pex_filter::Filter;
 use super::verify::{self, Checked, Ctx, Outcome};
 use crate::crypto::mdoc::clip;
 use crate::dcql::{mismatch, resolve_path, CredentialView};
@@ -242,7 +243,7 @@ fn format_refusal(pd: &Value, d: &Value, submitted: &str) -> Option<String> {
 }
 
 /// `$`, `$[0]`, `$.a.b`, `$['a']` → path segments.
-fn parse_json_path(p: &str) -> Option<Vec<Value>> {
+pub(super) fn parse_json_path(p: &str) -> Option<Vec<Value>> {
     let rest = p.strip_prefix('$')?;
     let mut out = Vec::new();
     let mut chars = rest.chars().peekable();
@@ -352,26 +353,7 @@ async fn pex(
                 .cloned()
                 .unwrap_or_default();
             for f in fields {
-                if f["optional"].as_bool() == Some(true) {
-                    continue;
-                }
-                let paths = f["path"].as_array().cloned().unwrap_or_default();
-                let found = paths
-                    .iter()
-                    .filter_map(|p| p.as_str())
-                    .filter_map(parse_json_path)
-                    .any(|segs| {
-                        // W3C paths may be written against the JWT payload ($.vc...) or the VC itself.
-                        let segs: Vec<Value> = if segs.first().and_then(Value::as_str) == Some("vc")
-                        {
-                            segs[1..].to_vec()
-                        } else {
-                            segs
-                        };
-                        let vals = resolve_path(&c.root, &segs);
-                        !vals.is_empty() && filter_ok(&f["filter"], vals[0])
-                    });
-                if !found {
+                if !field_ok(&f, &c.root) {
                     out.fail(
                         "query_match",
                         format!("{id}: field {} not satisfied", f["path"]),
@@ -390,35 +372,42 @@ async fn pex(
     }
 }
 
-fn filter_ok(filter: &Value, v: &Value) -> bool {
-    if filter.is_null() {
-        return true;
+/// One input descriptor field against a credential (PE 2.0 §Input Evaluation): the first of its
+/// `path`s that selects anything is the field's value — later paths are alternatives for other
+/// credential shapes, not second chances for a value that fails the filter. A path with a
+/// wildcard selects several values; the field asks that one of them satisfies the filter
+/// (`$.type[*]` with `const`). An `optional` field may be absent, but a value that is present
+/// must still satisfy the filter (PE 2.0 §Input Descriptor Object).
+fn field_ok(f: &Value, root: &Value) -> bool {
+    let paths = f["path"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let selected = paths
+        .iter()
+        .filter_map(Value::as_str)
+        .filter_map(parse_json_path)
+        .map(|segs| {
+            // W3C paths may be written against the JWT payload ($.vc...) or the VC itself.
+            let segs = match segs.first().and_then(Value::as_str) {
+                Some("vc") => &segs[1..],
+                _ => &segs[..],
+            };
+            resolve_path(root, segs)
+        })
+        .find(|vals| !vals.is_empty());
+    match (selected, f.get("filter")) {
+        (None, _) => f["optional"].as_bool() == Some(true),
+        (Some(_), None) => true,
+        (Some(vals), Some(filter)) => filter_ok(filter, &vals),
     }
-    if let Some(c) = filter.get("const") {
-        if c != v {
-            return false;
-        }
+}
+
+/// Whether one of `vals` satisfies `filter`. A filter session creation would have refused (an
+/// unsupported keyword, e.g. in a session stored before filters were checked) is satisfied by
+/// nothing: a condition of the relying party is never dropped.
+fn filter_ok(filter: &Value, vals: &[&Value]) -> bool {
+    match Filter::compile(filter) {
+        Ok(f) => vals.iter().any(|v| f.accepts(v)),
+        Err(_) => false,
     }
-    if let Some(e) = filter["enum"].as_array() {
-        if !e.contains(v) {
-            return false;
-        }
-    }
-    if let Some(t) = filter["type"].as_str() {
-        let ok = match t {
-            "string" => v.is_string(),
-            "number" => v.is_number(),
-            "integer" => v.is_i64() || v.is_u64(),
-            "boolean" => v.is_boolean(),
-            "array" => v.is_array(),
-            "object" => v.is_object(),
-            _ => true,
-        };
-        if !ok {
-            return false;
-        }
-    }
-    true
 }
 
 #[cfg(test)]
@@ -435,6 +424,37 @@ mod tests {
             vec![json!("vc"), json!("credentialSubject"), json!("given_name")]
         );
         assert!(parse_json_path("vc").is_none());
+    }
+
+    /// t_pex_filter: the first path that selects a value decides (a later path is no second
+    /// chance); a wildcard needs one value that satisfies the filter; an optional field may be
+    /// absent but not wrong; a filter session creation refuses (stored before it did) is
+    /// satisfied by nothing.
+    #[test]
+    fn a_field_is_its_first_selecting_path_filtered() {
+        let vc = json!({"type": ["VerifiableCredential", "IdentityCredential"],
+            "credentialSubject": {"age": 15, "nick": 21}});
+        let adult = json!({"type": "number", "minimum": 18});
+        let f = json!({"path": ["$.credentialSubject.age", "$.credentialSubject.nick"], "filter": adult});
+        assert!(!field_ok(&f, &vc));
+        let f = json!({"path": ["$.credentialSubject.missing", "$.vc.credentialSubject.nick"], "filter": adult});
+        assert!(field_ok(&f, &vc));
+        let f = json!({"path": ["$.type[*]"], "filter": {"const": "IdentityCredential"}});
+        assert!(field_ok(&f, &vc));
+        let f = json!({"path": ["$.type[*]"], "filter": {"const": "UniversityDegreeCredential"}});
+        assert!(!field_ok(&f, &vc));
+        let f = json!({"path": ["$.credentialSubject.age"], "filter": adult, "optional": true});
+        assert!(!field_ok(&f, &vc));
+        let f = json!({"path": ["$.credentialSubject.missing"], "filter": adult, "optional": true});
+        assert!(field_ok(&f, &vc));
+        let f = json!({"path": ["$.credentialSubject.missing"]});
+        assert!(!field_ok(&f, &vc));
+        let f = json!({"path": ["$.credentialSubject.age"]});
+        assert!(field_ok(&f, &vc));
+        let f = json!({"path": ["$.type"], "filter": {"type": "array", "maxContains": 5}});
+        assert!(!field_ok(&f, &vc));
+        let f = json!({"path": ["$.type"], "filter": "array"});
+        assert!(!field_ok(&f, &vc));
     }
 
     /// t_twodocs: two people's mDLs in one DeviceResponse answer a single-credential query only

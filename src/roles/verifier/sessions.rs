@@ -8,11 +8,13 @@ use serde_json::{json, Value};
 use super::error::{invalid, VerifierError};
 use super::ks;
 use super::model::*;
+use super::pex_filter::Filter;
 use super::service::*;
 use super::verify::Trust;
 use crate::clock::{random_id, random_token};
 use crate::crypto::jwe::EncryptionKey;
 use crate::crypto::jws;
+use crate::crypto::mdoc::clip;
 use crate::http::urlencode;
 
 impl VerifierService {
@@ -431,15 +433,58 @@ fn check_credential_query(id: &str, c: &Value) -> Result<(), VerifierError> {
     Ok(())
 }
 
+/// A presentation definition whose every field can be enforced: `constraints.fields` an array of
+/// fields, each with a non-empty `path` of strings and, if any, a `filter` of the JSON Schema
+/// subset [`Filter`] evaluates. Enforced, never ignored: a constraint the matcher would skip
+/// (a `fields` that is not an array, an unknown filter keyword) is refused here instead.
+fn validate_definition(pd: &Value) -> Result<(), VerifierError> {
+    let descriptors = pd["input_descriptors"]
+        .as_array()
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| invalid("presentation_definition needs input_descriptors"))?;
+    for d in descriptors {
+        let id = clip(d["id"].as_str().unwrap_or_default());
+        let Some(constraints) = d.get("constraints") else {
+            continue;
+        };
+        if !constraints.is_object() {
+            return Err(invalid(format!(
+                "input descriptor `{id}`: constraints must be an object"
+            )));
+        }
+        let Some(fields) = constraints.get("fields") else {
+            continue;
+        };
+        let fields = fields.as_array().ok_or_else(|| {
+            invalid(format!(
+                "input descriptor `{id}`: constraints.fields must be an array"
+            ))
+        })?;
+        for (i, f) in fields.iter().enumerate() {
+            let paths_ok = f["path"].as_array().is_some_and(|p| {
+                !p.is_empty()
+                    && p.iter()
+                        .all(|x| x.as_str().is_some_and(|s| s.starts_with('$')))
+            });
+            if !paths_ok {
+                return Err(invalid(format!(
+                    "input descriptor `{id}`, field {i}: path must be a non-empty array of JSONPath strings"
+                )));
+            }
+            if let Some(filter) = f.get("filter") {
+                Filter::compile(filter)
+                    .map_err(|why| invalid(format!("input descriptor `{id}`, field {i}: {why}")))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Exactly one of a DCQL query or a presentation definition, well-formed.
 fn check_query(req: &CreateSession) -> Result<(), VerifierError> {
     match (&req.dcql_query, &req.presentation_definition) {
         (Some(q), None) => validate_dcql(q)?,
-        (None, Some(pd)) => {
-            if pd["input_descriptors"].as_array().is_none_or(Vec::is_empty) {
-                return Err(invalid("presentation_definition needs input_descriptors"));
-            }
-        }
+        (None, Some(pd)) => validate_definition(pd)?,
         _ => {
             return Err(invalid(
                 "send exactly one of dcql_query or presentation_definition",
