@@ -574,6 +574,24 @@ async fn authorization_code_flow_with_pkce() {
         .await
         .unwrap();
     assert_eq!(r.status(), 302);
+    // A redirect_uri with a line break (a header smuggled into Location, or a 500 once the code
+    // was stored) or a javascript: one is refused.
+    for bad in ["https://wallet.example/cb\nX-Injected: 1", "javascript:alert(1)"] {
+        let r = no_redirect
+            .get(s.url("/issuers/default/authorize"))
+            .query(&[
+                ("response_type", "code"),
+                ("client_id", "wallet-1"),
+                ("redirect_uri", bad),
+                ("code_challenge", challenge.as_str()),
+                ("code_challenge_method", "S256"),
+                ("issuer_state", issuer_state),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad:?}");
+    }
     let loc = r.headers()["location"].to_str().unwrap().to_string();
     assert!(loc.starts_with("https://wallet.example/cb?code="), "{loc}");
     assert!(loc.contains("state=xyz"));

@@ -74,8 +74,20 @@ impl IssuerService {
             .get_json(ks::OFFERS, &offer_key_s)
             .await?
             .or_bad_authorization("the offer has expired")?;
-        if offer.issuer != issuer.id || offer.state != OfferState::Offered {
+        if offer.issuer != issuer.id
+            || offer.state != OfferState::Offered
+            || offer.expires_at <= self.now()
+        {
             return Err(bad_authorization("the offer is not redeemable"));
+        }
+        // A transaction code protects the offer against whoever intercepts it, and this flow has
+        // no login to stand in for it: the issuer_state alone would redeem the offer without the
+        // code, even after wrong codes locked it. Offers are no longer created with both; this
+        // refuses those created before.
+        if offer.tx_code.is_some() {
+            return Err(bad_authorization(
+                "this offer is protected by a transaction code: redeem it with the pre-authorized code grant",
+            ));
         }
         let requested = requested_in(&issuer, &offer, &req)?;
         let code = random_token(32);
@@ -107,11 +119,22 @@ impl IssuerService {
     }
 }
 
+/// A redirect URI the answer can be sent to: an absolute URI (wallets use their own schemes as
+/// well as `https`) without fragment, whitespace or control characters — those would break the
+/// `Location` header (a 500, after the code was stored) or smuggle a header in — and not a
+/// `javascript:`, `data:` or `vbscript:` one.
 fn validate_redirect(u: &str) -> Result<(), IssuerError> {
-    if u.len() > 2048 || u.contains('#') || !u.contains(':') {
-        return Err(bad_authorization(
-            "redirect_uri must be an absolute URI without fragment",
-        ));
+    let refused = || {
+        bad_authorization(
+            "redirect_uri must be an absolute URI without fragment, whitespace or control characters",
+        )
+    };
+    if u.len() > 2048 || u.contains('#') || u.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(refused());
+    }
+    let parsed = reqwest::Url::parse(u).map_err(|_| refused())?;
+    if matches!(parsed.scheme(), "javascript" | "data" | "vbscript") {
+        return Err(refused());
     }
     Ok(())
 }

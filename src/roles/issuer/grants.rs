@@ -13,7 +13,7 @@ use crate::clock::random_token;
 use crate::error::{unless_unavailable, ErrorCode, OAuthCode::*};
 use crate::store::Cas;
 
-const MAX_TX_CODE_FAILURES: u32 = 5;
+pub(super) const MAX_TX_CODE_FAILURES: u32 = 5;
 
 /// Token endpoint form (pre-authorized code and authorization code grants).
 #[derive(Debug, Deserialize)]
@@ -168,8 +168,12 @@ impl IssuerService {
         Ok((okey, offer))
     }
 
-    /// The offer's transaction code against the one `given`; a wrong one is counted on the offer
-    /// and the [`MAX_TX_CODE_FAILURES`]th burns the pre-authorized code (`code_key`).
+    /// The offer's transaction code against the one `given`. The attempt is taken from the
+    /// offer before the code is compared, in one compare-and-swap (as logins are): parallel
+    /// guesses each take one of the [`MAX_TX_CODE_FAILURES`] attempts, and once they are used
+    /// nothing more is compared. Before, guesses were compared first and counted after, so a
+    /// burst of concurrent ones was checked in full before the lock took. The attempt that uses
+    /// the last one, if wrong, burns the pre-authorized code (`code_key`).
     async fn check_tx_code(
         &self,
         expected: &StoredTxCode,
@@ -177,25 +181,33 @@ impl IssuerService {
         offer_key_s: &str,
         code_key: &str,
     ) -> Result<(), IssuerError> {
+        let store = &self.ctx.store;
+        let locked = || -> IssuerError {
+            InvalidGrant
+                .because("too many wrong transaction codes; the offer is locked")
+                .into()
+        };
+        let taken = store
+            .update_json::<Offer, IssuerError, _>(ks::OFFERS, offer_key_s, None, |mut o| {
+                if o.tx_code_failures >= MAX_TX_CODE_FAILURES {
+                    return Err(locked());
+                }
+                o.tx_code_failures += 1;
+                Ok(o)
+            })
+            .await?
+            .ok_or_else(|| InvalidGrant.because("the offer has expired"))?;
         let given = given.unwrap_or("");
         let ok = !given.is_empty()
             && super::offers::tx_code_matches(&self.ctx.sealer, offer_key_s, expected, given);
         if ok {
+            // (the attempt stays counted: the offer is redeemed next and admits no other)
             return Ok(());
         }
-        let store = &self.ctx.store;
-        let updated = store
-            .update_json::<Offer, IssuerError, _>(ks::OFFERS, offer_key_s, None, |mut o| {
-                o.tx_code_failures += 1;
-                Ok(o)
-            })
-            .await?;
-        if updated.is_some_and(|o| o.tx_code_failures >= MAX_TX_CODE_FAILURES) {
-            // locked: the code is burnt
+        if taken.tx_code_failures >= MAX_TX_CODE_FAILURES {
+            // the last attempt was wrong: the code is burnt
             store.delete(ks::CODES, code_key).await?;
-            return Err(InvalidGrant
-                .because("too many wrong transaction codes; the offer is locked")
-                .into());
+            return Err(locked());
         }
         Err(InvalidGrant
             .because(if given.is_empty() {

@@ -182,7 +182,8 @@ pub struct CreateOffer {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub claims: serde_json::Map<String, Value>,
-    /// Ask for a transaction code; it is generated and returned once.
+    /// Ask for a transaction code; it is generated and returned once. Not with
+    /// `authorization_code` (422): that flow's `issuer_state` would redeem the offer without it.
     pub tx_code: Option<TxCodeSpec>,
     /// Offer lifetime (default issuer.default_offer_ttl_seconds, max issuer.max_offer_ttl_seconds).
     pub ttl_seconds: Option<u64>,

@@ -21,6 +21,13 @@ impl IssuerService {
         let issuer = self.get_issuer(issuer_id).await?;
         check_claims(&issuer, &req)?;
         self.check_mdoc_offer(&issuer, &req).await?;
+        if req.tx_code.is_some() && req.authorization_code {
+            // The authorization code flow here has no login: its issuer_state alone would
+            // redeem the offer, without the transaction code meant to protect it.
+            return Err(invalid(
+                "tx_code protects the pre-authorized code grant; an offer with one cannot also offer the authorization code grant (its issuer_state would redeem it without the code)",
+            ));
+        }
         let cfg = &self.cfg;
         let ttl = req.ttl_seconds.unwrap_or(cfg.default_offer_ttl_seconds);
         if ttl == 0 || ttl > cfg.max_offer_ttl_seconds {

@@ -75,7 +75,10 @@ pub async fn offer_by_reference(
 /// Authorization endpoint (authorization code flow with PKCE S256). The offer's `issuer_state`
 /// identifies the holder, so consent is immediate and the answer is a redirect carrying the code.
 #[utoipa::path(tag = "issuer", params(("issuer" = String, Path)), responses((status = 302, description = "Redirect to redirect_uri with code"), (status = 400, body = crate::error::Problem)))]
-#[get("/issuers/{issuer}/authorize")]
+#[get(
+    "/issuers/{issuer}/authorize",
+    wrap = "actix_web::middleware::from_fn(crate::http::ratelimit::token)"
+)]
 pub async fn authorize(
     svc: Svc,
     path: web::Path<String>,

@@ -1258,11 +1258,14 @@ async fn an_offer_record_holds_no_redeemable_secret() {
         length: 8,
         description: None,
     });
-    req.authorization_code = true;
     let created = svc.create_offer("default", req).await.unwrap();
     let code = pre_auth_code(&created);
     let tx = created.tx_code.clone().unwrap();
-    let issuer_state = created.credential_offer["grants"]["authorization_code"]["issuer_state"]
+    // (an offer with a tx_code offers no authorization code grant: another offer has the state)
+    let mut with_state = offer_req(None);
+    with_state.authorization_code = true;
+    let other = svc.create_offer("default", with_state).await.unwrap();
+    let issuer_state = other.credential_offer["grants"]["authorization_code"]["issuer_state"]
         .as_str()
         .unwrap()
         .to_string();
@@ -1288,7 +1291,7 @@ async fn an_offer_record_holds_no_redeemable_secret() {
         }
         seen += usize::from(r.keyspace == ks::OFFERS);
     }
-    assert_eq!(seen, 1, "the offer record was scanned");
+    assert_eq!(seen, 2, "the offer records were scanned");
 
     let by_ref = svc
         .offer_by_reference("default", &created.id)
@@ -1405,4 +1408,93 @@ async fn a_sealed_offer_does_not_open_in_another_record() {
         svc.offer_by_reference("default", &a.id).await.unwrap(),
         a.credential_offer
     );
+}
+
+/// A store that yields to the scheduler before every read and write, as a networked one (Redis,
+/// the cluster) does: concurrent requests interleave between their store steps.
+struct Yielding {
+    inner: Arc<dyn crate::store::Store>,
+}
+
+store_wrapper!(Yielding {
+    async fn get(&self, ks: &'static str, key: &str) -> crate::store::StoreResult<Option<Vec<u8>>> {
+        tokio::task::yield_now().await;
+        self.inner.get(ks, key).await
+    }
+    async fn put(
+        &self,
+        ks: &'static str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> crate::store::StoreResult<()> {
+        tokio::task::yield_now().await;
+        self.inner.put(ks, key, value, ttl).await
+    }
+    async fn compare_and_swap(
+        &self,
+        ks: &'static str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Option<(Vec<u8>, Option<Duration>)>,
+    ) -> crate::store::StoreResult<Cas> {
+        tokio::task::yield_now().await;
+        self.inner.compare_and_swap(ks, key, expected, new).await
+    }
+});
+
+/// Guesses of a transaction code sent all at once: at most [`MAX_TX_CODE_FAILURES`] are
+/// compared, whichever way they interleave, so the right code sent among many wrong ones is
+/// refused once the attempts are used. Before, each guess was compared first and counted after:
+/// a burst was compared in full before the lock took, and the right one redeemed the offer.
+#[tokio::test]
+async fn concurrent_tx_code_guesses_get_the_allowed_attempts_only() {
+    let clock = FakeClock::new(1_800_000_000_000);
+    let mut ctx = RoleContext::for_tests(clock.clone());
+    ctx.store = Arc::new(Yielding {
+        inner: ctx.store.clone(),
+    });
+    let svc = Arc::new(IssuerService::new(ctx, IssuerConfig::default()));
+    svc.init().await.unwrap();
+    let mut req = offer_req(None);
+    req.tx_code = Some(TxCodeSpec {
+        input_mode: "numeric".into(),
+        length: 6,
+        description: None,
+    });
+    let created = svc.create_offer("default", req).await.unwrap();
+    let (code, tx) = (pre_auth_code(&created), created.tx_code.clone().unwrap());
+    let wrong = if tx == "000000" { "111111" } else { "000000" };
+    let guesses = (0..60).map(|i| {
+        let (svc, mut r) = (svc.clone(), token_req(&code));
+        r.tx_code = Some(if i == 40 { tx.clone() } else { wrong.into() });
+        tokio::spawn(async move { svc.token("default", r).await.map_err(OAuthError::from) })
+    });
+    let answers = futures_util::future::join_all(guesses).await;
+    let compared = answers
+        .iter()
+        .filter(|a| match a.as_ref().unwrap() {
+            Ok(_) => true,
+            Err(e) => e.description == "wrong tx_code",
+        })
+        .count();
+    assert!(
+        compared <= MAX_TX_CODE_FAILURES as usize,
+        "{compared} guesses compared"
+    );
+    assert!(
+        answers[40].as_ref().unwrap().is_err(),
+        "the right code, sent after the attempts were used, redeemed the offer"
+    );
+    // and offers with a tx_code offer no authorization code grant (its issuer_state would
+    // redeem them without the code)
+    let mut both = offer_req(None);
+    both.tx_code = Some(TxCodeSpec {
+        input_mode: "numeric".into(),
+        length: 6,
+        description: None,
+    });
+    both.authorization_code = true;
+    let e = svc.create_offer("default", both).await.unwrap_err();
+    assert_eq!(e.error_code(), Code::Validation);
 }
