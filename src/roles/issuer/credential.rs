@@ -12,9 +12,9 @@ use super::formats::{self, IssueInput, StatusRef};
 use super::ks;
 use super::model::*;
 use super::outcome::Watched;
-use super::proofs::{proof_jwts, NONCE_TTL};
+use super::proofs::proof_jwts;
 use super::service::*;
-use crate::clock::{random_id, random_token};
+use crate::clock::random_id;
 use crate::crypto::{sha256_hex, SigningKey, VerifyingKey};
 use crate::error::{unless_unavailable, ErrorCode, OAuthCode::*};
 use crate::store::Cas;
@@ -47,17 +47,9 @@ impl IssuerService {
         self.get_issuer(issuer_id).await.map_err(|e| {
             unless_unavailable(e, || InvalidRequest.because("unknown issuer").into())
         })?;
-        let n = random_token(24);
-        self.ctx
-            .store
-            .put(
-                ks::NONCES,
-                &format!("{issuer_id}/{n}"),
-                b"1".to_vec(),
-                Some(secs(NONCE_TTL)),
-            )
-            .await?;
-        Ok(n)
+        // Nothing is stored: see `nonces`.
+        super::nonces::mint(&self.ctx.sealer, issuer_id, self.now())
+            .ok_or_else(|| internal("the c_nonce key"))
     }
 
     // ---- credential endpoint -------------------------------------------------------------------

@@ -8,6 +8,7 @@ pub mod grants;
 pub mod mdoc;
 pub mod metadata;
 pub mod model;
+mod nonces;
 pub mod offers;
 pub mod outcome;
 pub mod proofs;

@@ -4,15 +4,10 @@
 use serde_json::Value;
 
 use super::error::IssuerError;
-use super::ks;
 use super::model::CredentialRequest;
 use super::service::*;
 use crate::crypto::{jws, VerifyingKey};
 use crate::error::OAuthCode::*;
-use crate::store::Cas;
-
-/// How long a c_nonce is good for.
-pub(super) const NONCE_TTL: u64 = 300;
 
 const PROOF_MAX_AGE: i64 = 300;
 const PROOF_MAX_SKEW: i64 = 60;
@@ -26,52 +21,33 @@ impl IssuerService {
         jwts: &[String],
         now: i64,
     ) -> Result<Proven, IssuerError> {
-        let store = &self.ctx.store;
         let aud = self.issuer_url(issuer_id);
         let mut holders = Vec::new();
-        let mut nonces = Vec::new();
+        let mut nonces: Vec<String> = Vec::new();
         for jwt in jwts {
             let (vk, holder_did, nonce) =
                 verify_proof(jwt, &aud, now).map_err(|e| InvalidProof.because(e))?;
-            let key = format!("{issuer_id}/{nonce}");
-            if !nonces.contains(&key) {
-                nonces.push(key);
+            if !nonces.contains(&nonce) {
+                nonces.push(nonce);
             }
             holders.push((vk, holder_did));
         }
-        // Each c_nonce is single-use: consume it (compare-and-swap) before issuing anything.
-        let mut consumed = Vec::new();
-        for key in nonces {
-            let used = store
-                .compare_and_swap(ks::NONCES, &key, Some(b"1".to_vec()), None)
-                .await;
-            if !matches!(used, Ok(Cas::Swapped)) {
-                self.restore_nonces(&consumed).await;
-                used?;
-                return Err(InvalidNonce.because("c_nonce is unknown, expired or already used; get a fresh one from the nonce endpoint").into());
+        // Each c_nonce is single-use: use it before issuing anything.
+        let mut used = Vec::new();
+        for nonce in nonces {
+            match self.use_nonce(issuer_id, &nonce, now).await {
+                Ok(Some(u)) => used.push(u),
+                outcome => {
+                    self.restore_nonces(&used).await;
+                    outcome?;
+                    return Err(InvalidNonce.because("c_nonce is unknown, expired or already used; get a fresh one from the nonce endpoint").into());
+                }
             }
-            consumed.push(key);
         }
         Ok(Proven {
             holders,
-            nonces: consumed,
+            nonces: used,
         })
-    }
-
-    /// Puts back c_nonces a request consumed and then issued nothing with (a store failure, a
-    /// refused later proof): the compensating half of "a nonce is used by one issuance". They
-    /// get a fresh TTL; each proof's own `iat` window still bounds how long it is accepted.
-    pub(super) async fn restore_nonces(&self, keys: &[String]) {
-        for key in keys {
-            let put = self
-                .ctx
-                .store
-                .put(ks::NONCES, key, b"1".to_vec(), Some(secs(NONCE_TTL)))
-                .await;
-            if let Err(e) = put {
-                tracing::debug!(error = %e, "c_nonce not restored (the wallet gets a fresh one)");
-            }
-        }
     }
 }
 
@@ -79,7 +55,7 @@ impl IssuerService {
 /// one), and the c_nonces consumed for them.
 pub(super) struct Proven {
     pub holders: Vec<(VerifyingKey, Option<String>)>,
-    pub nonces: Vec<String>,
+    pub nonces: Vec<super::nonces::UsedNonce>,
 }
 
 /// Checks one proof JWT; returns (holder key, holder DID when named by kid, nonce).

@@ -9,7 +9,7 @@ use super::credential::*;
 use super::grants::*;
 use super::ks;
 use super::model::*;
-use super::proofs::NONCE_TTL;
+use super::nonces::NONCE_TTL;
 use super::service::*;
 use crate::clock::{Clock, FakeClock};
 use crate::config::IssuerConfig;
@@ -1497,4 +1497,25 @@ async fn concurrent_tx_code_guesses_get_the_allowed_attempts_only() {
     both.authorization_code = true;
     let e = svc.create_offer("default", both).await.unwrap_err();
     assert_eq!(e.error_code(), Code::Validation);
+}
+
+/// The nonce endpoint, open to anyone, writes nothing to the store: a c_nonce is the issuer's MAC
+/// (see `nonces`), and only its use by a credential request leaves a marker. Before, each call
+/// stored a record for five minutes.
+#[tokio::test]
+async fn the_nonce_endpoint_stores_nothing() {
+    let (svc, _clock) = issuer().await;
+    let before = svc.ctx.store.export_all().await.unwrap().len();
+    for _ in 0..50 {
+        svc.nonce("default").await.unwrap();
+    }
+    assert_eq!(svc.ctx.store.export_all().await.unwrap().len(), before);
+    assert_eq!(
+        svc.ctx
+            .store
+            .count_prefix(ks::NONCES, "", 1_000)
+            .await
+            .unwrap(),
+        0
+    );
 }
