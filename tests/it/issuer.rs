@@ -576,7 +576,10 @@ async fn authorization_code_flow_with_pkce() {
     assert_eq!(r.status(), 302);
     // A redirect_uri with a line break (a header smuggled into Location, or a 500 once the code
     // was stored) or a javascript: one is refused.
-    for bad in ["https://wallet.example/cb\nX-Injected: 1", "javascript:alert(1)"] {
+    for bad in [
+        "https://wallet.example/cb\nX-Injected: 1",
+        "javascript:alert(1)",
+    ] {
         let r = no_redirect
             .get(s.url("/issuers/default/authorize"))
             .query(&[
@@ -666,6 +669,9 @@ async fn authorization_code_flow_with_pkce() {
         .next()
         .unwrap()
         .to_string();
+    // a verifier too short to be one (RFC 7636 §4.1) is refused without using the code
+    let (st, e) = tok("short", code.clone()).await;
+    assert_eq!((st, e["error"].as_str()), (400, Some("invalid_request")));
     let (st, e) = tok("wrong-verifier-wrong-verifier-wrong-verifier-00000", code).await;
     assert_eq!((st, e["error"].as_str()), (400, Some("invalid_grant")));
     // plain PKCE refused

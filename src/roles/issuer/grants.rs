@@ -232,6 +232,16 @@ impl IssuerService {
             .code_verifier
             .as_deref()
             .ok_or_else(|| InvalidRequest.because("code_verifier is missing (PKCE is required)"))?;
+        // RFC 7636 §4.1: 43-128 unreserved characters (a short one is guessable).
+        if !(43..=128).contains(&verifier.len())
+            || !verifier
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        {
+            return Err(InvalidRequest
+                .because("code_verifier must be 43-128 unreserved characters (RFC 7636)")
+                .into());
+        }
         let key = format!("authz/{}", hash(code));
         let store = &self.ctx.store;
         let Some(raw) = store.get(ks::CODES, &key).await? else {
