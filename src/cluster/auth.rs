@@ -179,6 +179,35 @@ impl Verifier {
         }
     }
 
+    /// The checks a head and a whole request share: headers present and well-formed, the
+    /// timestamp inside the window, and `sig` the MAC of what `input` makes of them (constant
+    /// time). Returns the nonce.
+    fn signed<'n>(
+        &self,
+        now_ms: i64,
+        ts: Option<&str>,
+        nonce: Option<&'n str>,
+        sig: Option<&str>,
+        input: impl FnOnce(i64, &str) -> Vec<u8>,
+    ) -> Result<&'n str, AuthError> {
+        let (Some(ts), Some(nonce), Some(sig)) = (ts, nonce, sig) else {
+            return Err(AuthError::Malformed);
+        };
+        let ts: i64 = ts.parse().map_err(|_| AuthError::Malformed)?;
+        if nonce.is_empty() || nonce.len() > 64 {
+            return Err(AuthError::Malformed);
+        }
+        if (now_ms - ts).abs() > WINDOW_MS {
+            return Err(AuthError::Stale);
+        }
+        let sig_bytes = hex_decode(sig).ok_or(AuthError::Malformed)?;
+        let mut mac = HmacSha256::new_from_slice(&self.key).map_err(|_| AuthError::Malformed)?;
+        mac.update(&input(ts, nonce));
+        mac.verify_slice(&sig_bytes)
+            .map_err(|_| AuthError::BadSignature)?;
+        Ok(nonce)
+    }
+
     /// Checks a request's head before its body is read: well-formed headers, timestamp inside the
     /// window, head signature (constant-time), and a nonce not already used (a replayed head of
     /// a completed request is refused here; the nonce is only recorded by [`Verifier::verify`]
@@ -192,21 +221,9 @@ impl Verifier {
         nonce: Option<&str>,
         head_sig: Option<&str>,
     ) -> Result<(), AuthError> {
-        let (Some(ts), Some(nonce), Some(sig)) = (ts, nonce, head_sig) else {
-            return Err(AuthError::Malformed);
-        };
-        let ts: i64 = ts.parse().map_err(|_| AuthError::Malformed)?;
-        if nonce.is_empty() || nonce.len() > 64 {
-            return Err(AuthError::Malformed);
-        }
-        if (now_ms - ts).abs() > WINDOW_MS {
-            return Err(AuthError::Stale);
-        }
-        let sig_bytes = hex_decode(sig).ok_or(AuthError::Malformed)?;
-        let mut mac = HmacSha256::new_from_slice(&self.key).map_err(|_| AuthError::Malformed)?;
-        mac.update(&head_mac_input(method, path, ts, nonce));
-        mac.verify_slice(&sig_bytes)
-            .map_err(|_| AuthError::BadSignature)?;
+        let nonce = self.signed(now_ms, ts, nonce, head_sig, |ts, nonce| {
+            head_mac_input(method, path, ts, nonce)
+        })?;
         let Ok(guard) = self.seen.lock() else {
             return Err(AuthError::Replay);
         };
@@ -227,21 +244,9 @@ impl Verifier {
         sig: Option<&str>,
         body: &[u8],
     ) -> Result<(), AuthError> {
-        let (Some(ts), Some(nonce), Some(sig)) = (ts, nonce, sig) else {
-            return Err(AuthError::Malformed);
-        };
-        let ts: i64 = ts.parse().map_err(|_| AuthError::Malformed)?;
-        if nonce.is_empty() || nonce.len() > 64 {
-            return Err(AuthError::Malformed);
-        }
-        if (now_ms - ts).abs() > WINDOW_MS {
-            return Err(AuthError::Stale);
-        }
-        let sig_bytes = hex_decode(sig).ok_or(AuthError::Malformed)?;
-        let mut mac = HmacSha256::new_from_slice(&self.key).map_err(|_| AuthError::Malformed)?;
-        mac.update(&mac_input(method, path, ts, nonce, body));
-        mac.verify_slice(&sig_bytes)
-            .map_err(|_| AuthError::BadSignature)?;
+        let nonce = self.signed(now_ms, ts, nonce, sig, |ts, nonce| {
+            mac_input(method, path, ts, nonce, body)
+        })?;
         let Ok(mut guard) = self.seen.lock() else {
             return Err(AuthError::Replay);
         };

@@ -1587,10 +1587,11 @@ fn older_members(members: &[Member], me: &str, mine: u32) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::{older_members, peer_verdict, Held::*, Member};
 
-    fn member(id: &str, state: &'static str, protocol: u32) -> Member {
+    /// A ready member of the membership view, for the rules that read it.
+    pub(in crate::cluster) fn member(id: &str, state: &'static str, protocol: u32) -> Member {
         Member {
             node_id: id.into(),
             state,

@@ -452,21 +452,8 @@ pub fn server(
 
 #[cfg(test)]
 mod tests {
-    use super::{older_caller, Member};
-
-    fn member(id: &str, state: &'static str, protocol: u32) -> Member {
-        Member {
-            node_id: id.into(),
-            state,
-            roles: Vec::new(),
-            ready: true,
-            caught_up: true,
-            rpc_addr: String::new(),
-            gossip_addr: String::new(),
-            generation: 1,
-            protocol,
-        }
-    }
+    use super::older_caller;
+    use crate::cluster::node::tests::member;
 
     #[test]
     fn only_a_live_older_member_may_call_without_a_head_signature() {
