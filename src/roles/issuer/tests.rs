@@ -1406,3 +1406,68 @@ async fn a_sealed_offer_does_not_open_in_another_record() {
         a.credential_offer
     );
 }
+
+/// A proof "signed" by a small-order Ed25519 key (the identity point, as a header `jwk` or a
+/// did:key `kid`) with the forged signature R = identity, s = 0 — which the permissive Ed25519
+/// check accepts for any message — is refused with invalid_proof, and nothing is issued: a
+/// credential bound to such a key could be presented by anyone. (Attacker review.)
+#[tokio::test]
+async fn a_proof_by_a_weak_ed25519_key_is_refused() {
+    use crate::crypto::b64url;
+    let (svc, clock) = issuer().await;
+    let o = svc.create_offer("default", offer_req(None)).await.unwrap();
+    let t = svc
+        .token("default", token_req(&pre_auth_code(&o)))
+        .await
+        .unwrap();
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let mut forged = identity.to_vec();
+    forged.extend([0u8; 32]);
+    let mut did_key_bytes = vec![0xed, 0x01];
+    did_key_bytes.extend(identity);
+    let did_key = format!("did:key:z{}", bs58::encode(did_key_bytes).into_string());
+    let headers = [
+        json!({"typ": "openid4vci-proof+jwt", "alg": "EdDSA",
+            "jwk": {"kty": "OKP", "crv": "Ed25519", "x": b64url(identity)}}),
+        json!({"typ": "openid4vci-proof+jwt", "alg": "EdDSA",
+            "kid": format!("{did_key}#{}", &did_key["did:key:".len()..])}),
+    ];
+    for header in headers {
+        let n = svc.nonce("default").await.unwrap();
+        let payload =
+            json!({"aud": svc.issuer_url("default"), "iat": clock.now_secs(), "nonce": n});
+        let proof = format!(
+            "{}.{}.{}",
+            b64url(header.to_string()),
+            b64url(payload.to_string()),
+            b64url(&forged)
+        );
+        let req = CredentialRequest {
+            credential_configuration_id: Some("IdentityCredential_dc_sd_jwt".into()),
+            credential_identifier: None,
+            proofs: Some(Proofs { jwt: vec![proof] }),
+            proof: None,
+            format: None,
+            vct: None,
+        };
+        let e = OAuthError::from(
+            svc.credential("default", Some(&t.access_token), req)
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(
+            (e.status.as_u16(), e.error),
+            (400, "invalid_proof"),
+            "{header}"
+        );
+    }
+    // the token was not used up by the refusals: an honest proof still gets the credential
+    svc.credential(
+        "default",
+        Some(&t.access_token),
+        credential_req(&svc, &clock).await,
+    )
+    .await
+    .unwrap();
+}
