@@ -377,6 +377,10 @@ fn verify_one(
     let vm = proof["verificationMethod"]
         .as_str()
         .ok_or_else(|| CryptoError::Malformed("no verificationMethod".into()))?;
+    // Resolved here even for the suites ssi verifies below: ssi 0.16 resolves the method again and
+    // checks EdDSA with ed25519-dalek's permissive `verify` (via ssi_jws::verify_bytes), which
+    // accepts a forged signature under a small-order key for any document. Our resolution refuses
+    // such keys (and anything not did:key / did:jwk), so ssi only ever sees keys that passed it.
     let key = did::resolve_offline(vm)?;
     precheck(unsecured, proof, work)?;
     if ed25519_2018 {

@@ -36,9 +36,8 @@ fn from_did_key(did: &str) -> CryptoResult<VerifyingKey> {
             let k: [u8; 32] = key
                 .try_into()
                 .map_err(|_| CryptoError::Did("Ed25519 did:key must carry 32 bytes".into()))?;
-            ed25519_dalek::VerifyingKey::from_bytes(&k)
-                .map(VerifyingKey::Ed25519)
-                .map_err(|e| CryptoError::Did(e.to_string()))
+            VerifyingKey::ed25519_from_bytes(&k)
+                .map_err(|e| CryptoError::Did(format!("did:key: {e}")))
         }
         P256_PUB => VerifyingKey::from_sec1("P-256", key),
         SECP256K1_PUB => VerifyingKey::from_sec1("secp256k1", key),

@@ -161,8 +161,11 @@ impl VerifyingKey {
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> CryptoResult<()> {
         use signature::Verifier;
         let ok = match self {
+            // `verify_strict`, not the cofactored-tolerant `Verifier::verify`: it also refuses a
+            // small-order key or `R`, so even a weak key that slipped past the constructors cannot
+            // carry a signature that verifies for every message (which would void holder binding).
             VerifyingKey::Ed25519(k) => ed25519_dalek::Signature::from_slice(sig)
-                .map(|s| k.verify(msg, &s).is_ok())
+                .map(|s| k.verify_strict(msg, &s).is_ok())
                 .unwrap_or(false),
             VerifyingKey::P256(k) => p256::ecdsa::Signature::from_slice(sig)
                 .map(|s| k.verify(msg, &s).is_ok())
@@ -212,9 +215,7 @@ impl VerifyingKey {
                 let x: [u8; 32] = field("x")?
                     .try_into()
                     .map_err(|_| CryptoError::InvalidKey("Ed25519 x must be 32 bytes".into()))?;
-                ed25519_dalek::VerifyingKey::from_bytes(&x)
-                    .map(VerifyingKey::Ed25519)
-                    .map_err(|e| CryptoError::InvalidKey(e.to_string()))
+                Self::ed25519_from_bytes(&x)
             }
             (Some("EC"), Some(crv @ ("P-256" | "secp256k1"))) => {
                 let (x, y) = (field("x")?, field("y")?);
@@ -234,6 +235,21 @@ impl VerifyingKey {
                 jwk["kty"], jwk["crv"]
             ))),
         }
+    }
+
+    /// An Ed25519 public key from its 32 bytes, as every outside Ed25519 key must be made: refuses
+    /// non-points and small-order ("weak") points. For a weak key such as the identity point a
+    /// signature exists that the permissive verification equation accepts for any message, so a
+    /// proof or KB-JWT under it proves nothing; the holder binding it claims would be void.
+    pub(crate) fn ed25519_from_bytes(bytes: &[u8; 32]) -> CryptoResult<Self> {
+        let k = ed25519_dalek::VerifyingKey::from_bytes(bytes)
+            .map_err(|e| CryptoError::InvalidKey(format!("not an Ed25519 public key: {e}")))?;
+        if k.is_weak() {
+            return Err(CryptoError::InvalidKey(
+                "weak (small-order) Ed25519 public key".into(),
+            ));
+        }
+        Ok(VerifyingKey::Ed25519(k))
     }
 
     pub(crate) fn from_sec1(crv: &str, bytes: &[u8]) -> CryptoResult<Self> {
@@ -308,6 +324,61 @@ mod tests {
             vk.thumbprint(),
             "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
         );
+    }
+
+    /// The identity point (y = 1): small order, so the forged signature below (R = identity,
+    /// s = 0) satisfies the permissive equation [8][s]B = [8]R + [8][k]A for every message.
+    const IDENTITY: [u8; 32] = {
+        let mut b = [0u8; 32];
+        b[0] = 1;
+        b
+    };
+
+    fn forged_signature() -> Vec<u8> {
+        let mut sig = IDENTITY.to_vec();
+        sig.extend([0u8; 32]);
+        sig
+    }
+
+    #[test]
+    fn weak_ed25519_jwk_is_refused() {
+        let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64url(IDENTITY)});
+        let err = VerifyingKey::from_jwk(&jwk).unwrap_err();
+        assert!(
+            matches!(&err, CryptoError::InvalidKey(m) if m.contains("weak")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn weak_ed25519_did_key_and_did_jwk_are_refused() {
+        let mut bytes = vec![0xed, 0x01];
+        bytes.extend(IDENTITY);
+        let did_key = format!("did:key:z{}", bs58::encode(bytes).into_string());
+        let err = crate::crypto::did::resolve_offline(&did_key).unwrap_err();
+        assert!(err.to_string().contains("weak"), "{err:?}");
+        let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64url(IDENTITY)});
+        let did_jwk = format!("did:jwk:{}", b64url(jwk.to_string()));
+        assert!(crate::crypto::did::resolve_offline(&did_jwk).is_err());
+    }
+
+    #[test]
+    fn forged_signature_under_a_weak_key_does_not_verify() {
+        // Build the weak key directly (bypassing the refusing constructors) to show that
+        // verification itself is strict too.
+        let weak = ed25519_dalek::VerifyingKey::from_bytes(&IDENTITY).unwrap();
+        assert!(weak.is_weak());
+        let sig = ed25519_dalek::Signature::from_slice(&forged_signature()).unwrap();
+        // The attack premise: the permissive check accepts the forgery for arbitrary messages.
+        use signature::Verifier;
+        assert!(weak.verify(b"any message", &sig).is_ok());
+        let vk = VerifyingKey::Ed25519(weak);
+        for msg in [&b"any message"[..], b"another", b""] {
+            assert_eq!(
+                vk.verify(msg, &forged_signature()),
+                Err(CryptoError::BadSignature)
+            );
+        }
     }
 
     #[test]

@@ -276,9 +276,7 @@ fn spki_key(c: &Certificate) -> Result<VerifyingKey, String> {
     match oid_str(&spki.algorithm.oid).as_str() {
         OID_ED25519 => {
             let raw: [u8; 32] = bits.try_into().map_err(|_| "bad Ed25519 key length")?;
-            ed25519_dalek::VerifyingKey::from_bytes(&raw)
-                .map(VerifyingKey::Ed25519)
-                .map_err(|e| format!("Ed25519 key: {e}"))
+            VerifyingKey::ed25519_from_bytes(&raw).map_err(|e| format!("Ed25519 key: {e}"))
         }
         OID_EC_PUBLIC_KEY => {
             let curve = spki

@@ -109,6 +109,51 @@ pub fn id_ok(id: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
+/// How many records one round of [`purge_tenant_records`] deletes (one store batch each).
+const PURGE_BATCH: usize = 100;
+
+/// Deletes every live record of `keyspace` under `{tenant}/`, [`PURGE_BATCH`] per store batch,
+/// together with the records `also` names for each (other keyspaces' records that hang off it).
+/// Used when a tenant is deleted: its records are keyed by its id, so without this a tenant
+/// created later under the same id would inherit them (redeem the old one's offers and tokens,
+/// answer its pending sessions). Returns how many records of `keyspace` went.
+pub(crate) async fn purge_tenant_records(
+    ctx: &RoleContext,
+    keyspace: &'static str,
+    tenant: &str,
+    also: impl Fn(&str, &[u8]) -> Vec<crate::store::BatchOp>,
+) -> Result<u64, StoreError> {
+    use crate::store::BatchOp;
+    let prefix = format!("{tenant}/");
+    let mut deleted = 0u64;
+    let mut previous: Option<String> = None;
+    loop {
+        let page = ctx
+            .store
+            .scan_prefix(keyspace, &prefix, PURGE_BATCH)
+            .await?;
+        let Some((first, _)) = page.first() else {
+            return Ok(deleted);
+        };
+        // A page that starts where the last one did made no progress (the deletes did not take
+        // here); stop with an error rather than loop forever.
+        if previous.as_deref() == Some(first.as_str()) {
+            return Err(StoreError::Unavailable(format!(
+                "deleting the records of `{tenant}` in {keyspace} made no progress"
+            )));
+        }
+        previous = Some(first.clone());
+        let n = page.len() as u64;
+        let mut ops = Vec::with_capacity(page.len() * 2);
+        for (key, value) in page {
+            ops.extend(also(&key, &value));
+            ops.push(BatchOp::Delete { keyspace, key });
+        }
+        ctx.store.batch(ops).await?;
+        deleted += n;
+    }
+}
+
 /// The tenants of one role: records in `keyspace`, keys in the role's key keyspace.
 pub struct Tenants<T> {
     ctx: RoleContext,

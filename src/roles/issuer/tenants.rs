@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::error::IssuerError;
+use super::ks;
 use super::model::*;
 use super::service::IssuerService;
 use crate::crypto::{did, KeyType, SigningKey, VerifyingKey};
-use crate::roles::tenants::{id_ok, Creation, Tenant, TenantError};
+use crate::roles::tenants::{id_ok, purge_tenant_records, Creation, Tenant, TenantError};
+use crate::store::BatchOp;
 
 impl Tenant for Issuer {
     const KIND: &'static str = "issuer";
@@ -98,12 +100,59 @@ impl IssuerService {
         Ok(self.tenants.update(id, req).await?)
     }
 
-    /// Deletes the tenant, its key and its mdoc document signer (a tenant created later under
-    /// the same id starts without one).
+    /// Deletes the tenant, its key, its mdoc document signer and everything redeemable it left
+    /// (a tenant created later under the same id starts without any of them): its offers, with
+    /// the pre-authorized codes and access tokens they name, and its c_nonces. Every code and
+    /// token leads to its offer record (pre-authorized codes, issuer_state and authorization codes
+    /// name the offer's key; a token works only while its offer names it), so without the offers
+    /// the ones that cannot be found from here (issuer_state, authorization codes — stored by the
+    /// hash of a secret we do not keep) redeem nothing and expire with their TTL.
+    ///
+    /// Kept: issued-credential records, status lists and the status index counter. They are
+    /// history and status, not redeemable. Keeping them is the safer choice for a recreated id:
+    /// the old credentials name these status lists by URL, and a purge would let the new tenant
+    /// start list 1 afresh, turning the old revoked credentials' bits back to "valid" and handing
+    /// their indices to new credentials. (Old credentials carry the deleted key's signature, so
+    /// they do not verify as the new tenant's anyway.)
+    ///
+    /// The purge runs after the tenant record is gone, so no new offer or nonce can be made for it
+    /// meanwhile (short of a request that read the record just before), and also when the tenant
+    /// is already gone: a delete whose purge failed half way is finished by deleting again (404).
     pub async fn delete_issuer(&self, id: &str) -> Result<(), IssuerError> {
-        self.tenants.delete(id).await?;
+        let deleted = match self.tenants.delete(id).await {
+            Ok(()) => Ok(()),
+            Err(e @ TenantError::NotFound { .. }) => Err(e),
+            Err(e) => return Err(e.into()),
+        };
+        // Only a well-formed id owns a `{id}/` prefix; never purge on what another id's keys start
+        // with.
+        if !crate::roles::tenants::id_ok(id) {
+            return Ok(deleted?);
+        }
         crate::roles::mdoc_pki::forget_document_signer(&self.ctx, id).await?;
-        Ok(())
+        purge_tenant_records(&self.ctx, ks::OFFERS, id, |key, value| {
+            let mut ops = Vec::new();
+            match serde_json::from_slice::<Offer>(value) {
+                Ok(o) => {
+                    ops.push(BatchOp::Delete {
+                        keyspace: ks::CODES,
+                        key: format!("pre/{}", o.pre_auth_code_hash),
+                    });
+                    if let Some(t) = o.token_hash {
+                        ops.push(BatchOp::Delete {
+                            keyspace: ks::TOKENS,
+                            key: t,
+                        });
+                    }
+                }
+                // An unreadable offer redeems nothing either; it goes, and so does its place.
+                Err(e) => tracing::warn!(key, "deleting an unreadable offer record: {e}"),
+            }
+            ops
+        })
+        .await?;
+        purge_tenant_records(&self.ctx, ks::NONCES, id, |_, _| Vec::new()).await?;
+        Ok(deleted?)
     }
 
     /// The tenant's signing key, unsealed once and cached; its fingerprint must match the record.

@@ -11,6 +11,7 @@ use super::ks;
 use super::model::*;
 use super::nonces::NONCE_TTL;
 use super::service::*;
+use super::tenants::default_issuer_request;
 use crate::clock::{Clock, FakeClock};
 use crate::config::IssuerConfig;
 use crate::crypto::{jws, KeyType, SigningKey};
@@ -1518,4 +1519,173 @@ async fn the_nonce_endpoint_stores_nothing() {
             .unwrap(),
         0
     );
+}
+
+/// A proof "signed" by a small-order Ed25519 key (the identity point, as a header `jwk` or a
+/// did:key `kid`) with the forged signature R = identity, s = 0 — which the permissive Ed25519
+/// check accepts for any message — is refused with invalid_proof, and nothing is issued: a
+/// credential bound to such a key could be presented by anyone. (Attacker review.)
+#[tokio::test]
+async fn a_proof_by_a_weak_ed25519_key_is_refused() {
+    use crate::crypto::b64url;
+    let (svc, clock) = issuer().await;
+    let o = svc.create_offer("default", offer_req(None)).await.unwrap();
+    let t = svc
+        .token("default", token_req(&pre_auth_code(&o)))
+        .await
+        .unwrap();
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let mut forged = identity.to_vec();
+    forged.extend([0u8; 32]);
+    let mut did_key_bytes = vec![0xed, 0x01];
+    did_key_bytes.extend(identity);
+    let did_key = format!("did:key:z{}", bs58::encode(did_key_bytes).into_string());
+    let headers = [
+        json!({"typ": "openid4vci-proof+jwt", "alg": "EdDSA",
+            "jwk": {"kty": "OKP", "crv": "Ed25519", "x": b64url(identity)}}),
+        json!({"typ": "openid4vci-proof+jwt", "alg": "EdDSA",
+            "kid": format!("{did_key}#{}", &did_key["did:key:".len()..])}),
+    ];
+    for header in headers {
+        let n = svc.nonce("default").await.unwrap();
+        let payload =
+            json!({"aud": svc.issuer_url("default"), "iat": clock.now_secs(), "nonce": n});
+        let proof = format!(
+            "{}.{}.{}",
+            b64url(header.to_string()),
+            b64url(payload.to_string()),
+            b64url(&forged)
+        );
+        let req = CredentialRequest {
+            credential_configuration_id: Some("IdentityCredential_dc_sd_jwt".into()),
+            credential_identifier: None,
+            proofs: Some(Proofs { jwt: vec![proof] }),
+            proof: None,
+            format: None,
+            vct: None,
+        };
+        let e = OAuthError::from(
+            svc.credential("default", Some(&t.access_token), req)
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(
+            (e.status.as_u16(), e.error),
+            (400, "invalid_proof"),
+            "{header}"
+        );
+    }
+    // the token was not used up by the refusals: an honest proof still gets the credential
+    svc.credential(
+        "default",
+        Some(&t.access_token),
+        credential_req(&svc, &clock).await,
+    )
+    .await
+    .unwrap();
+}
+
+/// A deleted issuer's offers, codes, tokens and nonces do not pass to a tenant created later
+/// under the same id: the old pre-authorized code gets invalid_grant and the old access token
+/// invalid_token. Its credential records are kept (history, and what its status lists describe).
+/// (Attacker review.)
+#[tokio::test]
+async fn a_recreated_issuer_does_not_inherit_the_deleted_ones_offers_or_tokens() {
+    let (svc, clock) = issuer().await;
+    let create = || CreateIssuer {
+        credential_configurations: default_issuer_request().credential_configurations,
+        id: "acme".into(),
+        display_name: None,
+        key_type: None,
+        did_method: None,
+        webhook_url: None,
+    };
+    svc.create_issuer(create()).await.unwrap();
+    let unredeemed = svc.create_offer("acme", offer_req(None)).await.unwrap();
+    let redeemed = svc.create_offer("acme", offer_req(None)).await.unwrap();
+    let token = svc
+        .token("acme", token_req(&pre_auth_code(&redeemed)))
+        .await
+        .unwrap()
+        .access_token;
+    let nonce = svc.nonce("acme").await.unwrap();
+    // one credential issued before the deletion: its record stays
+    let holder = SigningKey::generate(KeyType::Ed25519);
+    let proof = |n: &str| {
+        jws::sign(
+            &holder,
+            json!({"typ": "openid4vci-proof+jwt", "jwk": holder.verifying_key().to_jwk()}),
+            &json!({"aud": svc.issuer_url("acme"), "iat": clock.now_secs(), "nonce": n}),
+        )
+    };
+    let req = |n: &str| CredentialRequest {
+        credential_configuration_id: Some("IdentityCredential_dc_sd_jwt".into()),
+        credential_identifier: None,
+        proofs: Some(Proofs {
+            jwt: vec![proof(n)],
+        }),
+        proof: None,
+        format: None,
+        vct: None,
+    };
+    let other = svc.create_offer("acme", offer_req(None)).await.unwrap();
+    let other_token = svc
+        .token("acme", token_req(&pre_auth_code(&other)))
+        .await
+        .unwrap()
+        .access_token;
+    let n = svc.nonce("acme").await.unwrap();
+    svc.credential("acme", Some(&other_token), req(&n))
+        .await
+        .unwrap();
+
+    svc.delete_issuer("acme").await.unwrap();
+    svc.create_issuer(create()).await.unwrap();
+
+    let e = OAuthError::from(
+        svc.token("acme", token_req(&pre_auth_code(&unredeemed)))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((e.status.as_u16(), e.error), (400, "invalid_grant"));
+    let e = OAuthError::from(
+        svc.credential("acme", Some(&token), req(&nonce))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((e.status.as_u16(), e.error), (401, "invalid_token"));
+    let store = &svc.ctx.store;
+    for keyspace in [ks::OFFERS, ks::NONCES] {
+        assert!(store
+            .scan_prefix(keyspace, "acme/", 10)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    // codes and tokens are keyed by hashes of their secrets; the ones the offers named are gone
+    assert!(store
+        .scan_prefix(ks::TOKENS, "", 100)
+        .await
+        .unwrap()
+        .iter()
+        .all(|(_, v)| serde_json::from_slice::<serde_json::Value>(v).unwrap()["issuer"] != "acme"));
+    assert!(store
+        .scan_prefix(ks::CODES, "pre/", 100)
+        .await
+        .unwrap()
+        .iter()
+        .all(|(_, v)| !v.starts_with(b"acme/")));
+    assert_eq!(
+        store
+            .scan_prefix(ks::CREDS, "acme/", 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // a second delete finds no tenant (404) and nothing left to purge
+    svc.delete_issuer("acme").await.unwrap();
+    let e = svc.delete_issuer("acme").await.unwrap_err();
+    assert_eq!(e.error_code(), Code::NotFound);
 }

@@ -9,7 +9,7 @@ use super::model::*;
 use super::service::VerifierService;
 use super::verify::Trust;
 use crate::crypto::{did, KeyType, VerifyingKey};
-use crate::roles::tenants::{Creation, Tenant};
+use crate::roles::tenants::{Creation, Tenant, TenantError};
 
 impl Tenant for Verifier {
     const KIND: &'static str = "verifier";
@@ -76,8 +76,29 @@ impl VerifierService {
         Ok(self.tenants.update(id, req).await?)
     }
 
+    /// Deletes the tenant, its key and its sessions: they are keyed by the verifier's id, so a
+    /// verifier created later under the same id would otherwise take the wallet responses to the
+    /// old one's pending sessions (judged by its own policies, sent to its own webhook) and list
+    /// the old one's results, presented personal data included. Finished sessions go too, for that
+    /// last reason; they would expire a day after their session anyway.
+    /// Like the issuer's, the purge also runs when the tenant is already gone, so deleting again
+    /// (404) finishes a purge that failed half way.
     pub async fn delete_verifier(&self, id: &str) -> Result<(), VerifierError> {
-        Ok(self.tenants.delete(id).await?)
+        let deleted = match self.tenants.delete(id).await {
+            Ok(()) => Ok(()),
+            Err(e @ TenantError::NotFound { .. }) => Err(e),
+            Err(e) => return Err(e.into()),
+        };
+        // Only a well-formed id owns a `{id}/` prefix; never purge on what another id's keys start
+        // with.
+        if !crate::roles::tenants::id_ok(id) {
+            return Ok(deleted?);
+        }
+        crate::roles::tenants::purge_tenant_records(&self.ctx, super::ks::SESSIONS, id, |_, _| {
+            Vec::new()
+        })
+        .await?;
+        Ok(deleted?)
     }
 
     pub async fn init(&self) -> anyhow::Result<()> {

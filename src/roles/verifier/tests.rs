@@ -129,3 +129,38 @@ async fn concurrent_bad_responses_each_count_as_an_attempt() {
         );
     }
 }
+
+/// A deleted verifier's sessions do not pass to a verifier created later under the same id: the
+/// old session is unknown to it (a wallet's answer to it is refused, its admin cannot read it).
+/// (Attacker review.)
+#[tokio::test]
+async fn a_recreated_verifier_does_not_inherit_the_deleted_ones_sessions() {
+    let clock = FakeClock::new(1_800_000_000_000);
+    let svc = verifier(&clock).await;
+    let create = || CreateVerifier {
+        id: "acme".into(),
+        display_name: None,
+        signing_key_type: None,
+        trusted_issuers: vec!["did:example:issuer".into()],
+    };
+    svc.create_verifier(create()).await.unwrap();
+    let created = svc
+        .create_session("acme", sd_jwt_session(300))
+        .await
+        .unwrap();
+    svc.delete_verifier("acme").await.unwrap();
+    svc.create_verifier(create()).await.unwrap();
+    assert!(svc.list_sessions("acme").await.unwrap().is_empty());
+    let e = svc.session_view("acme", &created.id).await.unwrap_err();
+    assert_eq!(e.error_code(), Code::NotFound);
+    let mut form = HashMap::new();
+    form.insert("vp_token".to_string(), "{}".to_string());
+    form.insert("state".to_string(), "x".to_string());
+    let e = OAuthError::from(
+        svc.handle_response("acme", &created.id, form)
+            .await
+            .err()
+            .unwrap(),
+    );
+    assert!(e.status.is_client_error(), "{e:?}");
+}
