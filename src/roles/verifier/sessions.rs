@@ -442,6 +442,13 @@ fn validate_definition(pd: &Value) -> Result<(), VerifierError> {
         .as_array()
         .filter(|d| !d.is_empty())
         .ok_or_else(|| invalid("presentation_definition needs input_descriptors"))?;
+    // Every input descriptor is required here; submission requirements (pick n of a group)
+    // would be silently stricter than asked, so a definition with them is refused.
+    if pd.get("submission_requirements").is_some() {
+        return Err(invalid(
+            "presentation_definition: submission_requirements are not supported (every input descriptor is required); use DCQL credential_sets",
+        ));
+    }
     for d in descriptors {
         let id = clip(d["id"].as_str().unwrap_or_default());
         let Some(constraints) = d.get("constraints") else {

@@ -164,5 +164,17 @@ async fn pex_an_mdl_descriptor_is_not_answered_by_an_sd_jwt() {
             "{named}: {problem}"
         );
     }
+    // Submission requirements (n of a group) would be judged stricter than asked: refused.
+    let mut pd = pd_with("pid", json!({"path": ["$.given_name"]}));
+    pd["submission_requirements"] = json!([{"rule": "pick", "count": 1, "from": "A"}]);
+    let r = s
+        .admin()
+        .post_resp(
+            "/api/verifiers/default/sessions",
+            &json!({ "presentation_definition": pd }),
+        )
+        .await;
+    let problem = crate::common::expect_problem(r, 422, "validation_failed").await;
+    assert!(problem["detail"].as_str().unwrap().contains("submission_requirements"));
     s.stop();
 }
