@@ -511,7 +511,7 @@ pub struct WalletConfig {
     pub login_lock_seconds: u64,
     /// Longest lock period in seconds.
     pub login_lock_max_seconds: u64,
-    /// Wallets one account may own (created, or shared with it as owner).
+    /// Wallets one account may create and keep (shared ones do not count).
     pub max_wallets_per_account: usize,
 }
 

@@ -36,6 +36,8 @@ impl SignedIn {
 pub struct Viewer {
     wallet: Wallet,
     role: MemberRole,
+    /// The member's account id.
+    member: String,
 }
 
 impl Viewer {
@@ -49,6 +51,10 @@ impl Viewer {
     /// The member's actual role (an owner reading through a `Viewer` is still an owner here).
     pub fn role(&self) -> MemberRole {
         self.role
+    }
+    /// The account this proof was made for.
+    pub fn member(&self) -> &str {
+        &self.member
     }
 }
 
@@ -139,7 +145,11 @@ impl WalletService {
             .get_json(ks::WALLETS, wallet)
             .await?
             .or_not_found(not_found())?;
-        Ok(Viewer { wallet, role })
+        Ok(Viewer {
+            wallet,
+            role,
+            member: who.account.id.clone(),
+        })
     }
 
     /// Owner access to `wallet`: 404 for non-members (as [`Self::viewer`]), 403 for viewers.
@@ -155,22 +165,28 @@ impl WalletService {
 
     /// Opens a tenant session on the capability's wallet (unsealing its keys on first open).
     pub async fn open<C: Capability>(&self, cap: C) -> WalletResult<Opened<C>> {
-        let session = self.session_for(&cap).await?;
+        let session = self.acquire(cap.viewer().id()).await?;
         Ok(Opened {
             cap,
             _session: session,
         })
     }
 
-    /// A tenant session on `cap`'s wallet, for a step that needs the keys and no more: the
+    /// A tenant session on the owner's wallet, for a step that needs the keys and no more: the
     /// exchanges take one around their signing only, never across a call to an issuer or a
     /// verifier (a slow one would hold a slot of the wallet's and of the node's for as long).
-    pub(super) async fn session_for(&self, cap: &impl Capability) -> WalletResult<WalletSession> {
+    /// Only an [`Owner`] gets the keys.
+    pub(super) async fn session_for(&self, owner: &Owner) -> WalletResult<WalletSession> {
+        self.acquire(owner.id()).await
+    }
+
+    /// A tenant session on wallet `wid` (its keys unsealed on first open), or 503 at capacity.
+    async fn acquire(&self, wid: &str) -> WalletResult<WalletSession> {
         let ctx = self.ctx.clone();
-        let wid = cap.viewer().id().to_string();
+        let id = wid.to_string();
         self.coordinator
-            .acquire(cap.viewer().id(), || async move {
-                load_context(&ctx, &wid).await.map_err(|e| e.to_string())
+            .acquire(wid, || async move {
+                load_context(&ctx, &id).await.map_err(|e| e.to_string())
             })
             .await
             .map_err(|e| match e {
@@ -337,8 +353,12 @@ mod tests {
             );
             let (r1, r2) = (r1.unwrap(), r2.unwrap());
             assert!(r1.is_ok() != r2.is_ok(), "round {round}: {r1:?} / {r2:?}");
-            let refused = r1.err().or(r2.err()).unwrap();
-            assert_eq!(code(refused), Code::Conflict, "round {round}");
+            // the second finds either no other owner left (409) or itself no owner any more
+            let refused = code(r1.err().or(r2.err()).unwrap());
+            assert!(
+                matches!(refused, Code::Conflict | Code::Forbidden),
+                "round {round}: {refused:?}"
+            );
             let alice_owns = svc.owner(&alice, &w).await.is_ok();
             let bob_owns = svc.owner(&bob, &w).await.is_ok();
             assert!(
@@ -378,10 +398,11 @@ mod tests {
         assert_eq!(code(e), Code::NotFound);
     }
 
-    /// An account owns at most `max_wallets_per_account` wallets, created or shared with it as
-    /// owner; shared as viewer, or after leaving one, it may again.
+    /// An account creates at most `max_wallets_per_account` wallets that still exist. Wallets
+    /// shared with it, as owner too, do not count: a share needs no consent, so counting them
+    /// let anyone fill another's quota (share as owner, then leave).
     #[tokio::test]
-    async fn an_account_owns_at_most_the_configured_number_of_wallets() {
+    async fn an_account_creates_at_most_the_configured_number_of_wallets() {
         let ctx = RoleContext::for_tests(FakeClock::new(1_700_000_000_000));
         let cfg = crate::config::WalletConfig {
             max_wallets_per_account: 2,
@@ -389,31 +410,37 @@ mod tests {
         };
         let svc = WalletService::new(ctx, cfg);
         let alice = sign_up(&svc, "alice@example.org").await;
-        let bob = sign_up(&svc, "bob@example.org").await;
+        let mallory = sign_up(&svc, "mallory@example.org").await;
+        // Mallory shares wallets with Alice as owner and leaves them: nothing of Alice's quota
+        for name in ["m1", "m2", "m3"] {
+            let m = svc
+                .create_wallet(mallory.account(), name)
+                .await
+                .unwrap()
+                .wallet
+                .id;
+            let owner = svc.owner(&mallory, &m).await.unwrap();
+            let share = AddMember {
+                email: "alice@example.org".into(),
+                role: MemberRole::Owner,
+            };
+            svc.add_member(&owner, share).await.unwrap();
+            let gone = svc.viewer(&mallory, &m).await.unwrap();
+            svc.leave_wallet(&gone).await.unwrap();
+            // (Mallory's own creations count while the wallets live, left or not)
+            if name == "m2" {
+                let e = svc
+                    .create_wallet(mallory.account(), "m9")
+                    .await
+                    .unwrap_err();
+                assert_eq!(code(e), Code::Conflict);
+                break;
+            }
+        }
         for name in ["a1", "a2"] {
             svc.create_wallet(alice.account(), name).await.unwrap();
         }
         let e = svc.create_wallet(alice.account(), "a3").await.unwrap_err();
-        assert_eq!(code(e), Code::Conflict);
-        // Bob's wallet can be shared with her as viewer, not as owner.
-        let b = svc
-            .create_wallet(bob.account(), "b")
-            .await
-            .unwrap()
-            .wallet
-            .id;
-        let owner = svc.owner(&bob, &b).await.unwrap();
-        let share = |role| AddMember {
-            email: "alice@example.org".into(),
-            role,
-        };
-        svc.add_member(&owner, share(MemberRole::Viewer))
-            .await
-            .unwrap();
-        let e = svc
-            .add_member(&owner, share(MemberRole::Owner))
-            .await
-            .unwrap_err();
         assert_eq!(code(e), Code::Conflict);
         // Deleting one of hers makes room.
         let mine = svc.list_wallets(alice.account()).await.unwrap();
@@ -422,5 +449,41 @@ mod tests {
             .await
             .unwrap();
         svc.create_wallet(alice.account(), "a3").await.unwrap();
+    }
+
+    /// What a membership change depends on is read again under the lease: a share decided
+    /// before the wallet was deleted adds nobody to it (a dangling membership nobody can open
+    /// or leave), and an owner removed while its request waited cannot add itself back.
+    #[tokio::test]
+    async fn a_membership_change_is_judged_under_the_lease() {
+        let (svc, alice, bob, w) = alice_home_and("bob@example.org").await;
+        let share = |email: &str, role| AddMember {
+            email: email.into(),
+            role,
+        };
+        let alices = svc.owner(&alice, &w).await.unwrap();
+        svc.add_member(&alices, share("bob@example.org", MemberRole::Owner))
+            .await
+            .unwrap();
+        let bobs = svc.owner(&bob, &w).await.unwrap();
+        let bob_id = bob.account().id.clone();
+        svc.remove_member(&alices, &bob_id).await.unwrap();
+        let e = svc
+            .add_member(&bobs, share("bob@example.org", MemberRole::Owner))
+            .await
+            .unwrap_err();
+        assert_eq!(code(e), Code::NotFound);
+        assert!(svc.owner(&bob, &w).await.is_err());
+        // a share decided before the delete
+        let early = svc.owner(&alice, &w).await.unwrap();
+        svc.delete_wallet(&svc.owner(&alice, &w).await.unwrap())
+            .await
+            .unwrap();
+        let e = svc
+            .add_member(&early, share("bob@example.org", MemberRole::Owner))
+            .await
+            .unwrap_err();
+        assert_eq!(code(e), Code::NotFound);
+        assert!(svc.list_wallets(bob.account()).await.unwrap().is_empty());
     }
 }

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use super::access::{Owner, SignedIn, Viewer};
+use super::access::{Owner, Viewer};
 use super::error::{OrNotFound, WalletError, WalletResult};
 use super::ks;
 use super::model::*;
@@ -36,7 +36,8 @@ impl WalletService {
             .get_json(ks::EMAILS, &email)
             .await?
             .or_not_found("no account with this email")?;
-        self.set_role(owner.id(), &other, Some(req.role)).await
+        self.set_role(owner.id(), owner.member(), &other, Some(req.role))
+            .await
     }
 
     /// The wallet's members, with their emails and roles (owners only: emails are personal).
@@ -62,42 +63,60 @@ impl WalletService {
 
     /// Removes `account` from the wallet (an owner removing anyone, the last owner excepted).
     pub async fn remove_member(&self, owner: &Owner, account: &str) -> WalletResult<()> {
-        self.set_role(owner.id(), account, None).await
+        self.set_role(owner.id(), owner.member(), account, None)
+            .await
     }
 
     /// The signed-in member leaves the wallet (its last owner cannot).
-    pub async fn leave_wallet(&self, me: &SignedIn, wallet: &Viewer) -> WalletResult<()> {
-        self.set_role(wallet.id(), &me.account().id, None).await
+    pub async fn leave_wallet(&self, wallet: &Viewer) -> WalletResult<()> {
+        let me = wallet.member();
+        self.set_role(wallet.id(), me, me, None).await
     }
 
-    /// Gives `account` `role` in `wallet`, or removes it (`None`), under the wallet's membership
-    /// lease: refused with 409 when no owner would remain or the wallet is full, 404 when
-    /// removing a non-member.
+    /// Gives `account` `role` in `wallet`, or removes it (`None`), as `caller` asks, under the
+    /// wallet's membership lease. Everything it depends on is read again under the lease, at
+    /// the keys' primaries: that the wallet still exists (404: a deleted wallet gets no member
+    /// back), that `caller` is still an owner — or a member, to leave (an owner removed while
+    /// its request waited for the lease cannot add itself back: 403/404) — and then 409 when no
+    /// owner would remain or the wallet is full, 404 when removing a non-member.
     async fn set_role(
         &self,
         wallet: &str,
+        caller: &str,
         account: &str,
         role: Option<MemberRole>,
     ) -> WalletResult<()> {
         let lease = self.members_lock(wallet).await?;
         let changed = async {
+            if self
+                .ctx
+                .store
+                .get_settled(ks::WALLETS, wallet)
+                .await?
+                .is_none()
+            {
+                return Err(WalletError::not_found("no such wallet"));
+            }
             let mut members = self.members_settled(wallet).await?;
+            let caller_role = members
+                .iter()
+                .find(|(a, _)| a == caller)
+                .map(|(_, r)| *r)
+                .ok_or_else(|| WalletError::not_found("no such wallet"))?;
+            let leaving = caller == account && role.is_none();
+            if !leaving && caller_role != MemberRole::Owner {
+                return Err(WalletError::Forbidden(
+                    "only an owner changes a wallet's members",
+                ));
+            }
             let before = members.iter().position(|(a, _)| a == account);
             match (role, before) {
                 (None, None) => return Err(WalletError::not_found("no such member")),
                 (None, Some(i)) => {
                     members.remove(i);
                 }
-                (Some(r), Some(i)) => {
-                    if r == MemberRole::Owner && members[i].1 != MemberRole::Owner {
-                        self.check_may_own_another(account).await?;
-                    }
-                    members[i].1 = r
-                }
+                (Some(r), Some(i)) => members[i].1 = r,
                 (Some(r), None) => {
-                    if r == MemberRole::Owner {
-                        self.check_may_own_another(account).await?;
-                    }
                     if members.len() >= MAX_MEMBERS {
                         return Err(WalletError::conflict(format!(
                             "a wallet has at most {MAX_MEMBERS} members"
@@ -111,6 +130,9 @@ impl WalletService {
                     "a wallet keeps at least one owner: make another member owner first",
                 ));
             }
+            // Still the lease's holder? (Reading up to 256 roles at their primaries can outlast
+            // its TTL, and another change may have begun.) Renewed in one compare-and-swap.
+            self.members_renew(wallet, &lease).await?;
             self.ctx
                 .store
                 .batch(member_ops(wallet, account, role)?)
@@ -122,23 +144,22 @@ impl WalletService {
         changed
     }
 
-    /// Refuses (409) to make `account` the owner of one more wallet once it owns
-    /// `wallet.max_wallets_per_account`: wallets cost storage, and sign-up is open. Checked
-    /// before the write, so creations racing each other can pass it together (as many as run at
-    /// once), never without bound.
-    pub(super) async fn check_may_own_another(&self, account: &str) -> WalletResult<()> {
+    /// Refuses (409) a new wallet to `account` once it has created
+    /// `wallet.max_wallets_per_account` that still exist: wallets cost storage, and sign-up is
+    /// open. Only wallets it created count (the `c/<account>/<wallet>` index), never wallets
+    /// shared with it: a share needs no consent, so counting those let anyone fill another's
+    /// quota. Checked before the write, so creations racing each other can pass it together (as
+    /// many as run at once), never without bound.
+    pub(super) async fn check_may_create(&self, account: &str) -> WalletResult<()> {
         let max = self.cfg.max_wallets_per_account;
-        let owned = self
+        let created = self
             .ctx
             .store
-            .scan_json::<MemberRole>(ks::MEMBERS, &format!("a/{account}/"), 100_000)
-            .await?
-            .into_iter()
-            .filter(|(_, r)| *r == MemberRole::Owner)
-            .count();
-        if owned >= max {
+            .count_prefix(ks::MEMBERS, &format!("c/{account}/"), max.saturating_add(1))
+            .await?;
+        if created >= max {
             return Err(WalletError::conflict(format!(
-                "an account owns at most {max} wallets (wallet.max_wallets_per_account): delete or leave one first"
+                "an account creates at most {max} wallets (wallet.max_wallets_per_account): delete one first"
             )));
         }
         Ok(())
@@ -198,6 +219,41 @@ impl WalletService {
             tokio::time::sleep(Duration::from_millis(wait_ms)).await;
             wait_ms = (wait_ms * 2).min(200);
         }
+    }
+
+    /// Renews the lease if it is still `lease` (one compare-and-swap): 503 when it expired and
+    /// perhaps went to another change meanwhile.
+    async fn members_renew(&self, wallet: &str, lease: &str) -> WalletResult<()> {
+        let ours = crate::store::to_json(lease)?;
+        let swapped = self
+            .ctx
+            .store
+            .compare_and_swap(
+                ks::MEMBER_LOCKS,
+                wallet,
+                Some(ours.clone()),
+                Some((ours, Some(LOCK_TTL))),
+            )
+            .await?;
+        if swapped != Cas::Swapped {
+            return Err(WalletError::Busy {
+                detail: "this change to the wallet's members took too long; retry",
+                retry_after: 1,
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes the wallet's membership lease for a whole deletion (`delete_wallet`): no member can
+    /// be added between its scan of the members and the end (a change waiting for the lease
+    /// then finds no wallet).
+    pub(super) async fn members_lock_for_delete(&self, wallet: &str) -> WalletResult<String> {
+        self.members_lock(wallet).await
+    }
+
+    /// [`Self::members_unlock`], for `delete_wallet`.
+    pub(super) async fn members_unlock_after_delete(&self, wallet: &str, lease: String) {
+        self.members_unlock(wallet, lease).await
     }
 
     /// Releases a lease taken by [`Self::members_lock`] if it is still ours. A failure is only

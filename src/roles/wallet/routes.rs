@@ -160,7 +160,7 @@ pub async fn remove_member(
     let (w, account) = path.into_inner();
     if account == user.account().id {
         let member = svc.viewer(&user, &w).await?;
-        svc.leave_wallet(&user, &member).await?;
+        svc.leave_wallet(&member).await?;
     } else {
         let owner = svc.owner(&user, &w).await?;
         svc.remove_member(&owner, &account).await?;

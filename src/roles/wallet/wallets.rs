@@ -13,7 +13,7 @@ impl WalletService {
     /// A new wallet owned by `account`.
     pub async fn create_wallet(&self, account: &Account, name: &str) -> WalletResult<WalletView> {
         let name = check_name(name)?;
-        self.check_may_own_another(&account.id).await?;
+        self.check_may_create(&account.id).await?;
         let wallet = Wallet {
             id: random_id(),
             name,
@@ -31,6 +31,20 @@ impl WalletService {
             &account.id,
             Some(MemberRole::Owner),
         )?);
+        // what counts against the creator's `max_wallets_per_account` while the wallet lives,
+        // and the way back to it from the wallet (the creator may have left it by then)
+        ops.push(BatchOp::Put {
+            keyspace: ks::MEMBERS,
+            key: format!("c/{}/{}", account.id, wallet.id),
+            value: b"1".to_vec(),
+            ttl: None,
+        });
+        ops.push(BatchOp::Put {
+            keyspace: ks::MEMBERS,
+            key: format!("cw/{}", wallet.id),
+            value: crate::store::to_json(&account.id)?,
+            ttl: None,
+        });
         self.ctx.store.batch(ops).await?;
         Ok(WalletView {
             wallet,
@@ -68,7 +82,9 @@ impl WalletService {
     }
 
     /// Deletes the wallet: its keys, DIDs, credentials and history in one batch, then the wallet
-    /// record on its own, then its memberships.
+    /// record on its own, then its memberships — the last two under the wallet's membership
+    /// lease, so a share waiting for it finds no wallet and no membership is written after the
+    /// scan (one would name a wallet nobody can open or leave).
     ///
     /// The wallet record is a single delete, fenced like any update in a cluster
     /// (`cluster.updates`): a batch's tombstones are last-writer-wins, and a rename decided
@@ -91,9 +107,29 @@ impl WalletService {
         if !contents.is_empty() {
             store.batch(contents).await?;
         }
+        let lease = self.members_lock_for_delete(wallet).await?;
+        let deleted = self.delete_record_and_members(wallet).await;
+        self.members_unlock_after_delete(wallet, lease).await;
+        deleted
+    }
+
+    /// The wallet record and its memberships and creation index (see [`Self::delete_wallet`]).
+    async fn delete_record_and_members(&self, wallet: &str) -> WalletResult<()> {
+        let store = &self.ctx.store;
         store.delete(ks::WALLETS, wallet).await?;
         self.coordinator.invalidate(wallet);
         let mut members = vec![];
+        if let Some(creator) = store
+            .get_json::<String>(ks::MEMBERS, &format!("cw/{wallet}"))
+            .await?
+        {
+            for key in [format!("c/{creator}/{wallet}"), format!("cw/{wallet}")] {
+                members.push(BatchOp::Delete {
+                    keyspace: ks::MEMBERS,
+                    key,
+                });
+            }
+        }
         for (k, _) in store
             .scan_prefix(ks::MEMBERS, &format!("w/{wallet}/"), 100_000)
             .await?

@@ -63,8 +63,10 @@ pub async fn sd_jwt(
         );
         return None;
     }
-    // SD-JWT VC: these claims are never selectively disclosable. Withheld, an `exp` or a `status`
-    // would go unchecked; disclosed, a `cnf` would pick the holder key.
+    // SD-JWT VC: these claims are never selectively disclosable. One presented as a disclosure
+    // is refused (a disclosed `cnf` would pick the holder key, a disclosed `exp` went unchecked).
+    // One the holder withholds cannot be seen — only a digest — so the validity and status
+    // policies read the issuer-signed payload alone.
     if let Some(name) = verified
         .disclosed
         .iter()
