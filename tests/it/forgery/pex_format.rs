@@ -175,6 +175,9 @@ async fn pex_an_mdl_descriptor_is_not_answered_by_an_sd_jwt() {
         )
         .await;
     let problem = crate::common::expect_problem(r, 422, "validation_failed").await;
-    assert!(problem["detail"].as_str().unwrap().contains("submission_requirements"));
+    assert!(problem["detail"]
+        .as_str()
+        .unwrap()
+        .contains("submission_requirements"));
     s.stop();
 }
