@@ -87,7 +87,9 @@ impl IssuerService {
             // Named by its MAC'd body (which holds its random part): one marker per nonce,
             // however its tag is spelt.
             let marker = format!("{issuer_id}/used/{}", sha256_hex(body));
-            let ttl = secs(u64::try_from(exp - now).unwrap_or(1).max(1));
+            // A minute past the nonce's expiry: a node whose clock runs behind this one's still
+            // sees the marker for as long as it takes the nonce for unexpired.
+            let ttl = secs(u64::try_from(exp - now).unwrap_or(1).max(1) + 60);
             let fresh = store
                 .compare_and_swap(ks::NONCES, &marker, None, Some((b"1".to_vec(), Some(ttl))))
                 .await?;

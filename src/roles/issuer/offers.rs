@@ -277,6 +277,8 @@ pub(super) fn tx_code_matches(
     stored: &StoredTxCode,
     given: &str,
 ) -> bool {
+    #[cfg(test)]
+    TX_CODES_COMPARED.with(|n| n.set(n.get() + 1));
     if let Some(expected) = &stored.mac {
         let Ok(expected) = crate::crypto::b64url_decode(expected) else {
             return false;
@@ -290,6 +292,12 @@ pub(super) fn tx_code_matches(
             h.as_bytes(),
         ))
     })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Transaction codes compared on this thread (a test's runtime runs its tasks on its own).
+    pub(super) static TX_CODES_COMPARED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 fn random_digits(n: u32) -> String {

@@ -242,6 +242,19 @@ fn format_refusal(pd: &Value, d: &Value, submitted: &str) -> Option<String> {
     })
 }
 
+/// Whether the matcher evaluates JSONPath `p` as written: `$`, names (`.a`, `['a']`), indexes
+/// and `[*]`. Recursive descent (`..`), `.*`, filter and script expressions parse into segments
+/// that select nothing, which would quietly drop an optional field's filter: refused when a
+/// session is created.
+pub(super) fn json_path_supported(p: &str) -> bool {
+    parse_json_path(p).is_some_and(|segs| {
+        segs.iter().all(|s| match s.as_str() {
+            Some(name) => !name.is_empty() && name != "*" && !name.starts_with(['?', '(']),
+            None => true,
+        })
+    })
+}
+
 /// `$`, `$[0]`, `$.a.b`, `$['a']` → path segments.
 pub(super) fn parse_json_path(p: &str) -> Option<Vec<Value>> {
     let rest = p.strip_prefix('$')?;
@@ -489,5 +502,34 @@ mod tests {
         assert!(format_refusal(&json!({}), &bare, "jwt_vp").is_none());
         let jwt = json!({"id": "x", "format": {"jwt_vc_json": {}}});
         assert!(format_refusal(&pd, &jwt, "jwt_vp_json").is_none());
+    }
+}
+
+#[cfg(test)]
+mod json_path_tests {
+    use super::json_path_supported;
+
+    #[test]
+    fn only_paths_the_matcher_evaluates_are_supported() {
+        for ok in [
+            "$",
+            "$.type",
+            "$.vc.credentialSubject.age",
+            "$['given_name']",
+            "$.type[*]",
+            "$[0].a",
+        ] {
+            assert!(json_path_supported(ok), "{ok}");
+        }
+        for bad in [
+            "$..age",
+            "$.*",
+            "$[?(@.age>18)]",
+            "$[(@.length-1)]",
+            "type",
+            "$.a..b",
+        ] {
+            assert!(!json_path_supported(bad), "{bad}");
+        }
     }
 }

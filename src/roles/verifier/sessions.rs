@@ -471,11 +471,11 @@ fn validate_definition(pd: &Value) -> Result<(), VerifierError> {
             let paths_ok = f["path"].as_array().is_some_and(|p| {
                 !p.is_empty()
                     && p.iter()
-                        .all(|x| x.as_str().is_some_and(|s| s.starts_with('$')))
+                        .all(|x| x.as_str().is_some_and(super::query::json_path_supported))
             });
             if !paths_ok {
                 return Err(invalid(format!(
-                    "input descriptor `{id}`, field {i}: path must be a non-empty array of JSONPath strings"
+                    "input descriptor `{id}`, field {i}: path must be a non-empty array of JSONPath strings of names, indexes and [*] (no .., .*, filter or script expressions)"
                 )));
             }
             if let Some(filter) = f.get("filter") {
