@@ -56,7 +56,8 @@ pub mod wire;
 /// `hash`), while a protocol-2 node still reads the old form until those offers expire. And
 /// every RPC request carries a head signature ([`auth::HEADER_HEAD_SIG`]), checked before its
 /// body is read; a request without one is refused unless it names a live member of protocol 1 or
-/// older (a rolling upgrade: see `rpc::older_caller`). And a c_nonce is a MAC whose use is a
+/// older (a rolling upgrade: see `rpc::older_caller`). Both request MACs of a protocol-2 request
+/// name the target node ([`auth::sign`]); a protocol-1 peer gets and sends the unbound form. And a c_nonce is a MAC whose use is a
 /// marker record (a protocol-1 node knows only stored nonces and would refuse it).
 pub const DATA_PROTOCOL: u32 = 2;
 

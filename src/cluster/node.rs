@@ -242,7 +242,7 @@ impl Node {
             .build()?;
         Ok(Self {
             metrics,
-            verifier: auth::Verifier::new(rpc_key),
+            verifier: auth::Verifier::new(rpc_key, &settings.node_id),
             settings,
             replica,
             chitchat,
@@ -583,7 +583,7 @@ impl Node {
         path: &'static str,
         req: &Req,
     ) -> Result<Resp, RpcError> {
-        let res = self.call_inner(addr, path, req).await;
+        let res = self.call_inner(peer, addr, path, req).await;
         if let Err(e) = &res {
             let op = path.rsplit('/').next().unwrap_or(path);
             self.metrics.rpc_errors.with_label_values(&[op]).inc();
@@ -595,8 +595,11 @@ impl Node {
         res
     }
 
+    /// One signed call to node `peer` at `addr`: both signatures name `peer`, so only that node
+    /// accepts the request (a copy sent elsewhere is refused).
     async fn call_inner<Req: Serialize, Resp: DeserializeOwned>(
         &self,
+        peer: &str,
         addr: &str,
         path: &'static str,
         req: &Req,
@@ -604,9 +607,19 @@ impl Node {
         let body = serde_json::to_vec(req).map_err(|e| RpcError::Remote(e.to_string()))?;
         let ts = self.now_ms();
         let nonce = crate::clock::random_token(12);
-        let sig = auth::sign(&self.rpc_key, "POST", path, ts, &nonce, &body);
+        // A node of data protocol 1 (rolling upgrade) knows only the signature without a target
+        // and ignores the head signature; every other peer gets and needs the bound one.
+        let legacy_peer = self
+            .members()
+            .iter()
+            .any(|m| m.node_id == peer && m.protocol < auth::HEAD_SIG_SINCE_PROTOCOL);
+        let sig = if legacy_peer {
+            auth::sign_legacy(&self.rpc_key, "POST", path, ts, &nonce, &body)
+        } else {
+            auth::sign(&self.rpc_key, peer, "POST", path, ts, &nonce, &body)
+        };
         // checked by the server before it reads the body (see `auth::HEADER_HEAD_SIG`)
-        let head_sig = auth::sign_head(&self.rpc_key, "POST", path, ts, &nonce);
+        let head_sig = auth::sign_head(&self.rpc_key, peer, "POST", path, ts, &nonce);
         let resp = self
             .http
             .post(format!("http://{addr}{path}"))

@@ -52,9 +52,19 @@ fn open<T: DeserializeOwned>(
     req: &HttpRequest,
     body: &[u8],
 ) -> Result<T, HttpResponse> {
+    // taken out: one admission (and its nonce reservation) serves one full check
+    let Some(admission) = req.extensions_mut().remove::<auth::Admission>() else {
+        // every RPC route is wrapped in `admit`; without its mark the request was never judged
+        tracing::warn!(peer = ?req.peer_addr(), "cluster RPC refused: not admitted");
+        return Err(problem(
+            actix_web::http::StatusCode::UNAUTHORIZED,
+            "request not admitted",
+        ));
+    };
     node.verifier
         .verify(
             node.now_ms(),
+            admission,
             req.method().as_str(),
             req.path(),
             header(req, auth::HEADER_TS),
@@ -146,9 +156,11 @@ fn with_deadline(
 }
 
 /// Judges a request before its body is read (inside [`sign_responses`], so refusals are signed
-/// like every answer): the head signature (401), the declared length (413), then hands the body
-/// on under the read deadline. The full signature over the body and the nonce replay cache are
-/// checked afterwards, as before ([`open`]).
+/// like every answer): the head signature for this node, reserving its nonce (401: bad, or the
+/// nonce already reserved or used), the declared length (413), then hands the body on under the
+/// read deadline. The full signature over the body is checked afterwards ([`open`]), against the
+/// reservation this leaves in the request's extensions: so a captured head gets one body read,
+/// not one per connection.
 async fn admit(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -166,8 +178,10 @@ async fn admit(
             node.id(),
             header(req.request(), auth::HEADER_NODE),
         );
-    if !legacy {
-        if let Err(e) = node.verifier.verify_head(
+    let admission = if legacy {
+        auth::Admission::Legacy
+    } else {
+        match node.verifier.verify_head(
             node.now_ms(),
             req.method().as_str(),
             req.path(),
@@ -175,10 +189,16 @@ async fn admit(
             header(req.request(), auth::HEADER_NONCE),
             head_sig,
         ) {
-            tracing::warn!(peer = ?req.peer_addr(), error = %e, "cluster RPC refused before its body");
-            return Ok(req.into_response(problem(StatusCode::UNAUTHORIZED, &e.to_string())));
+            Ok(reservation) => auth::Admission::Head(reservation),
+            Err(e) => {
+                tracing::warn!(peer = ?req.peer_addr(), error = %e, "cluster RPC refused before its body");
+                return Ok(req.into_response(problem(StatusCode::UNAUTHORIZED, &e.to_string())));
+            }
         }
-    }
+    };
+    // how the full check in the handler (`open`) judges this request: the nonce its head
+    // reserved, or the legacy form
+    req.extensions_mut().insert(admission);
     let declared = req
         .headers()
         .get(http_header::CONTENT_LENGTH)

@@ -1702,8 +1702,10 @@ mod tests {
 
     /// The RPC listener judges a request's head before it reads its body: without a valid head
     /// signature a request announcing a 60 MiB body it never sends is refused at once (before,
-    /// the node buffered whatever arrived, without a deadline); a signed head announcing more
-    /// than the RPC body limit gets 413; a signed head whose body stalls is cut off; signed
+    /// the node buffered whatever arrived, without a deadline); so is a head signed for another
+    /// node, and a head replayed after its request was cut off (before, neither named the target
+    /// nor reserved the nonce: the copy was read like the original); a signed head announcing
+    /// more than the RPC body limit gets 413; a signed head whose body stalls is cut off; signed
     /// requests still work.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rpc_refuses_an_unauthenticated_head_before_reading_the_body() {
@@ -1715,7 +1717,7 @@ mod tests {
         let addr = node.settings.rpc_advertise.clone();
         let key =
             crate::cluster::derive_rpc_key(secret, &crate::config::Config::default().cluster.id);
-        let signed = |path: &str, nonce: &str, head_sig: Option<String>| {
+        let signed_for = |target: &str, path: &str, nonce: &str, head_sig: Option<String>| {
             let ts = node.now_ms();
             let mut h = vec![
                 (auth::HEADER_TS, ts.to_string()),
@@ -1726,8 +1728,11 @@ mod tests {
             if let Some(s) = head_sig {
                 h.push((auth::HEADER_HEAD_SIG, s));
             }
-            let good = auth::sign_head(&key, "POST", path, ts, nonce);
+            let good = auth::sign_head(&key, target, "POST", path, ts, nonce);
             (h, good)
+        };
+        let signed = |path: &str, nonce: &str, head_sig: Option<String>| {
+            signed_for("a", path, nonce, head_sig)
         };
         const SIXTY_MIB: u64 = 60 * 1024 * 1024;
 
@@ -1753,6 +1758,11 @@ mod tests {
         h.push((auth::HEADER_HEAD_SIG, for_digest));
         let (status, _, _) = raw_rpc(&addr, PATH_APPLY, &h, SIXTY_MIB, b"{").await;
         assert_eq!(status, 401);
+        // a head captured on its way to another node (b) of the cluster
+        let (mut h, for_b) = signed_for("b", PATH_APPLY, "attack-4", None);
+        h.push((auth::HEADER_HEAD_SIG, for_b));
+        let (status, _, body) = raw_rpc(&addr, PATH_APPLY, &h, SIXTY_MIB, b"{").await;
+        assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
 
         // a valid head announcing more than the RPC body limit: 413, signed, body unread
         let (mut h, good) = signed(PATH_APPLY, "too-large", None);
@@ -1775,6 +1785,12 @@ mod tests {
         let body = String::from_utf8_lossy(&body);
         assert_eq!(status, 400, "{body}");
         assert!(body.contains("did not arrive"), "{body}");
+        // its head again (its body never verified, so the whole request never used the nonce):
+        // the first head reserved the nonce, so the copy is refused before its body
+        let (status, _, body) = raw_rpc(&addr, PATH_APPLY, &h, SIXTY_MIB, b"{").await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("replayed"), "{body}");
 
         // signed requests work
         let _: DigestResp = node.call("a", &addr, PATH_DIGEST, &Empty {}).await.unwrap();

@@ -693,14 +693,24 @@ async fn internal_rpc_can_share_the_http_listener() {
     // applied: the public body middleware leaves /cluster/v1/* alone (before, it answered an
     // unsigned 413, which the calling peer took for a forged answer)
     let big = format!("{{\"records\":[]{}}}", " ".repeat(2 << 20));
-    let r = signed_rpc(&b.url("/cluster/v1/apply"), "/cluster/v1/apply", big).await;
+    let r = signed_rpc(&b.url("/cluster/v1/apply"), "n2", "/cluster/v1/apply", big).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // a request signed for b (n2) is refused by c (n3): the signatures name the target node
+    let small = "{\"records\":[]}".to_string();
+    let r = signed_rpc(
+        &c.url("/cluster/v1/apply"),
+        "n2",
+        "/cluster/v1/apply",
+        small,
+    )
+    .await;
+    assert_eq!(r.status(), 401, "{}", r.text().await.unwrap());
     drop((a, b, c));
 }
 
-/// A request signed as a peer would sign it (body and head signature, under the test cluster's
-/// RPC key).
-async fn signed_rpc(url: &str, path: &str, body: String) -> reqwest::Response {
+/// A request signed as a peer would sign it for node `target` (body and head signature, under the
+/// test cluster's RPC key).
+async fn signed_rpc(url: &str, target: &str, path: &str, body: String) -> reqwest::Response {
     use idstack::cluster::auth;
     let key = idstack::cluster::derive_rpc_key(SECRET, "it-cluster");
     let ts = std::time::SystemTime::now()
@@ -715,11 +725,11 @@ async fn signed_rpc(url: &str, path: &str, body: String) -> reqwest::Response {
         .header(auth::HEADER_NONCE, &nonce)
         .header(
             auth::HEADER_SIG,
-            auth::sign(&key, "POST", path, ts, &nonce, body.as_bytes()),
+            auth::sign(&key, target, "POST", path, ts, &nonce, body.as_bytes()),
         )
         .header(
             auth::HEADER_HEAD_SIG,
-            auth::sign_head(&key, "POST", path, ts, &nonce),
+            auth::sign_head(&key, target, "POST", path, ts, &nonce),
         )
         .body(body)
         .send()
