@@ -267,6 +267,22 @@ impl<T: Tenant> Tenants<T> {
         Ok(self.keys.remove(id).await?)
     }
 
+    /// [`Self::delete`] for a caller that then purges the tenant's records (`{id}/...`): the
+    /// delete's own outcome — done, or not found, for the purge runs then too, finishing one a
+    /// failure left half way — and whether to purge (only a well-formed id owns its prefix,
+    /// never what another id's keys start with). Any other failure is the error.
+    pub async fn delete_to_purge(
+        &self,
+        id: &str,
+    ) -> Result<(Result<(), TenantError>, bool), TenantError> {
+        let deleted = match self.delete(id).await {
+            Ok(()) => Ok(()),
+            Err(e @ TenantError::NotFound { .. }) => Err(e),
+            Err(e) => return Err(e),
+        };
+        Ok((deleted, id_ok(id)))
+    }
+
     /// The tenant's signing key (unsealed once and cached), which must match the recorded
     /// fingerprint; `None` for a tenant without a key.
     pub async fn signing_key(&self, t: &T) -> Result<Option<Arc<SigningKey>>, KeyError> {

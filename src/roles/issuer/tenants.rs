@@ -119,14 +119,8 @@ impl IssuerService {
     /// meanwhile (short of a request that read the record just before), and also when the tenant
     /// is already gone: a delete whose purge failed half way is finished by deleting again (404).
     pub async fn delete_issuer(&self, id: &str) -> Result<(), IssuerError> {
-        let deleted = match self.tenants.delete(id).await {
-            Ok(()) => Ok(()),
-            Err(e @ TenantError::NotFound { .. }) => Err(e),
-            Err(e) => return Err(e.into()),
-        };
-        // Only a well-formed id owns a `{id}/` prefix; never purge on what another id's keys start
-        // with.
-        if !crate::roles::tenants::id_ok(id) {
+        let (deleted, purge) = self.tenants.delete_to_purge(id).await?;
+        if !purge {
             return Ok(deleted?);
         }
         crate::roles::mdoc_pki::forget_document_signer(&self.ctx, id).await?;

@@ -9,7 +9,7 @@ use super::model::*;
 use super::service::VerifierService;
 use super::verify::Trust;
 use crate::crypto::{did, KeyType, VerifyingKey};
-use crate::roles::tenants::{Creation, Tenant, TenantError};
+use crate::roles::tenants::{Creation, Tenant};
 
 impl Tenant for Verifier {
     const KIND: &'static str = "verifier";
@@ -84,14 +84,8 @@ impl VerifierService {
     /// Like the issuer's, the purge also runs when the tenant is already gone, so deleting again
     /// (404) finishes a purge that failed half way.
     pub async fn delete_verifier(&self, id: &str) -> Result<(), VerifierError> {
-        let deleted = match self.tenants.delete(id).await {
-            Ok(()) => Ok(()),
-            Err(e @ TenantError::NotFound { .. }) => Err(e),
-            Err(e) => return Err(e.into()),
-        };
-        // Only a well-formed id owns a `{id}/` prefix; never purge on what another id's keys start
-        // with.
-        if !crate::roles::tenants::id_ok(id) {
+        let (deleted, purge) = self.tenants.delete_to_purge(id).await?;
+        if !purge {
             return Ok(deleted?);
         }
         crate::roles::tenants::purge_tenant_records(&self.ctx, super::ks::SESSIONS, id, |_, _| {
