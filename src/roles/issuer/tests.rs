@@ -32,6 +32,15 @@ fn offer_req(ttl: Option<u64>) -> CreateOffer {
     }
 }
 
+/// A numeric transaction code of `length` digits.
+fn numeric_tx_code(length: u32) -> TxCodeSpec {
+    TxCodeSpec {
+        input_mode: "numeric".into(),
+        length,
+        description: None,
+    }
+}
+
 fn pre_auth_code(o: &OfferCreated) -> String {
     o.credential_offer["grants"][PRE_AUTH_GRANT]["pre-authorized_code"]
         .as_str()
@@ -1254,11 +1263,7 @@ async fn a_retry_on_a_lagging_node_gets_the_same_credential() {
 async fn an_offer_record_holds_no_redeemable_secret() {
     let (svc, _clock) = issuer().await;
     let mut req = offer_req(None);
-    req.tx_code = Some(TxCodeSpec {
-        input_mode: "numeric".into(),
-        length: 8,
-        description: None,
-    });
+    req.tx_code = Some(numeric_tx_code(8));
     let created = svc.create_offer("default", req).await.unwrap();
     let code = pre_auth_code(&created);
     let tx = created.tx_code.clone().unwrap();
@@ -1322,11 +1327,7 @@ async fn an_offer_record_holds_no_redeemable_secret() {
 async fn an_offer_record_of_the_previous_version_still_redeems() {
     let (svc, _clock) = issuer().await;
     let mut req = offer_req(None);
-    req.tx_code = Some(TxCodeSpec {
-        input_mode: "numeric".into(),
-        length: 6,
-        description: None,
-    });
+    req.tx_code = Some(numeric_tx_code(6));
     // the codes' records are as before; only the offer record is rewritten in the old form
     let created = svc.create_offer("default", req).await.unwrap();
     let code = pre_auth_code(&created);
@@ -1458,11 +1459,7 @@ async fn concurrent_tx_code_guesses_get_the_allowed_attempts_only() {
     let svc = Arc::new(IssuerService::new(ctx, IssuerConfig::default()));
     svc.init().await.unwrap();
     let mut req = offer_req(None);
-    req.tx_code = Some(TxCodeSpec {
-        input_mode: "numeric".into(),
-        length: 6,
-        description: None,
-    });
+    req.tx_code = Some(numeric_tx_code(6));
     let created = svc.create_offer("default", req).await.unwrap();
     let (code, tx) = (pre_auth_code(&created), created.tx_code.clone().unwrap());
     let wrong = if tx == "000000" { "111111" } else { "000000" };
@@ -1494,11 +1491,7 @@ async fn concurrent_tx_code_guesses_get_the_allowed_attempts_only() {
     // and offers with a tx_code offer no authorization code grant (its issuer_state would
     // redeem them without the code)
     let mut both = offer_req(None);
-    both.tx_code = Some(TxCodeSpec {
-        input_mode: "numeric".into(),
-        length: 6,
-        description: None,
-    });
+    both.tx_code = Some(numeric_tx_code(6));
     both.authorization_code = true;
     let e = svc.create_offer("default", both).await.unwrap_err();
     assert_eq!(e.error_code(), Code::Validation);
