@@ -50,6 +50,11 @@ fn push_fields(m: &mut Vec<u8>, target: &str, method: &str, path: &str, ts: i64,
     m.push(b'\n');
     m.extend_from_slice(target.as_bytes());
     m.push(b'\n');
+    push_request(m, method, path, ts, nonce);
+}
+
+/// Method, path, timestamp and nonce, one per line: what every request input covers.
+fn push_request(m: &mut Vec<u8>, method: &str, path: &str, ts: i64, nonce: &str) {
     m.extend_from_slice(method.as_bytes());
     m.push(b'\n');
     m.extend_from_slice(path.as_bytes());
@@ -65,13 +70,7 @@ fn push_fields(m: &mut Vec<u8>, target: &str, method: &str, path: &str, ts: i64,
 fn legacy_mac_input(method: &str, path: &str, ts: i64, nonce: &str, body: &[u8]) -> Vec<u8> {
     let body_hash = Sha256::digest(body);
     let mut m = Vec::with_capacity(128);
-    m.extend_from_slice(method.as_bytes());
-    m.push(b'\n');
-    m.extend_from_slice(path.as_bytes());
-    m.push(b'\n');
-    m.extend_from_slice(ts.to_string().as_bytes());
-    m.push(b'\n');
-    m.extend_from_slice(nonce.as_bytes());
+    push_request(&mut m, method, path, ts, nonce);
     m.push(b'\n');
     m.extend_from_slice(&body_hash);
     m

@@ -220,6 +220,18 @@ async fn a_store_failure_during_redemption_leaves_the_code_redeemable() {
     }
 }
 
+/// A request for the SD-JWT configuration with one proof.
+fn proof_req(proof: String) -> CredentialRequest {
+    CredentialRequest {
+        credential_configuration_id: Some("IdentityCredential_dc_sd_jwt".into()),
+        credential_identifier: None,
+        proofs: Some(Proofs { jwt: vec![proof] }),
+        proof: None,
+        format: None,
+        vct: None,
+    }
+}
+
 /// A credential request with a fresh c_nonce and an Ed25519 proof.
 async fn credential_req(svc: &IssuerService, clock: &FakeClock) -> CredentialRequest {
     credential_req_by(svc, clock, &SigningKey::generate(KeyType::Ed25519)).await
@@ -237,14 +249,7 @@ async fn credential_req_by(
         json!({"typ": "openid4vci-proof+jwt", "jwk": holder.verifying_key().to_jwk()}),
         &json!({"aud": svc.issuer_url("default"), "iat": clock.now_secs(), "nonce": n}),
     );
-    CredentialRequest {
-        credential_configuration_id: Some("IdentityCredential_dc_sd_jwt".into()),
-        credential_identifier: None,
-        proofs: Some(Proofs { jwt: vec![proof] }),
-        proof: None,
-        format: None,
-        vct: None,
-    }
+    proof_req(proof)
 }
 
 /// The default issuer's credential endpoint, called with `token` and a proof by `key`.
@@ -476,14 +481,7 @@ async fn expired_offers_and_nonces_are_refused() {
         json!({"typ": "openid4vci-proof+jwt", "jwk": holder.verifying_key().to_jwk()}),
         &json!({"aud": aud, "iat": clock.now_secs(), "nonce": n}),
     );
-    let req = CredentialRequest {
-        credential_configuration_id: Some("IdentityCredential_dc_sd_jwt".into()),
-        credential_identifier: None,
-        proofs: Some(Proofs { jwt: vec![proof] }),
-        proof: None,
-        format: None,
-        vct: None,
-    };
+    let req = proof_req(proof);
     let e = OAuthError::from(
         svc.credential("default", Some(&t.access_token), req)
             .await
@@ -1554,14 +1552,7 @@ async fn a_proof_by_a_weak_ed25519_key_is_refused() {
             b64url(payload.to_string()),
             b64url(&forged)
         );
-        let req = CredentialRequest {
-            credential_configuration_id: Some("IdentityCredential_dc_sd_jwt".into()),
-            credential_identifier: None,
-            proofs: Some(Proofs { jwt: vec![proof] }),
-            proof: None,
-            format: None,
-            vct: None,
-        };
+        let req = proof_req(proof);
         let e = OAuthError::from(
             svc.credential("default", Some(&t.access_token), req)
                 .await
@@ -1616,16 +1607,7 @@ async fn a_recreated_issuer_does_not_inherit_the_deleted_ones_offers_or_tokens()
             &json!({"aud": svc.issuer_url("acme"), "iat": clock.now_secs(), "nonce": n}),
         )
     };
-    let req = |n: &str| CredentialRequest {
-        credential_configuration_id: Some("IdentityCredential_dc_sd_jwt".into()),
-        credential_identifier: None,
-        proofs: Some(Proofs {
-            jwt: vec![proof(n)],
-        }),
-        proof: None,
-        format: None,
-        vct: None,
-    };
+    let req = |n: &str| proof_req(proof(n));
     let other = svc.create_offer("acme", offer_req(None)).await.unwrap();
     let other_token = svc
         .token("acme", token_req(&pre_auth_code(&other)))
