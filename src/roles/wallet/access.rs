@@ -449,6 +449,17 @@ mod tests {
             .await
             .unwrap();
         svc.create_wallet(alice.account(), "a3").await.unwrap();
+        // A delete that died after the wallet record (its creation index left behind) does not
+        // hold a place for ever.
+        let mine = svc.list_wallets(alice.account()).await.unwrap();
+        let a2 = &mine
+            .iter()
+            .find(|w| w.wallet.name == "a2")
+            .unwrap()
+            .wallet
+            .id;
+        svc.ctx.store.delete(ks::WALLETS, a2).await.unwrap();
+        svc.create_wallet(alice.account(), "a4").await.unwrap();
     }
 
     /// What a membership change depends on is read again under the lease: a share decided

@@ -152,11 +152,25 @@ impl WalletService {
     /// many as run at once), never without bound.
     pub(super) async fn check_may_create(&self, account: &str) -> WalletResult<()> {
         let max = self.cfg.max_wallets_per_account;
-        let created = self
-            .ctx
-            .store
-            .count_prefix(ks::MEMBERS, &format!("c/{account}/"), max.saturating_add(1))
+        let store = &self.ctx.store;
+        let prefix = format!("c/{account}/");
+        let mut created = store
+            .count_prefix(ks::MEMBERS, &prefix, max.saturating_add(1))
             .await?;
+        if created >= max {
+            // At the limit, entries of wallets that are gone do not count: a delete that died
+            // after the wallet record and before its indexes left one, and nobody can delete
+            // that wallet again. Dropped here (at most the limit's worth of reads, only then).
+            created = 0;
+            for (key, _) in store.scan_prefix(ks::MEMBERS, &prefix, 10_000).await? {
+                let wallet = key.rsplit('/').next().unwrap_or_default();
+                if store.get(ks::WALLETS, wallet).await?.is_some() {
+                    created += 1;
+                } else {
+                    store.delete(ks::MEMBERS, &key).await?;
+                }
+            }
+        }
         if created >= max {
             return Err(WalletError::conflict(format!(
                 "an account creates at most {max} wallets (wallet.max_wallets_per_account): delete one first"
