@@ -75,7 +75,6 @@ fn scalar_to_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error>
     })
 }
 
-/// A list that may be written as a TOML array or, in env vars, as one comma-separated string.
 /// `url` with any `user:password@` part replaced, for logs and `config print`.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -88,6 +87,7 @@ fn redacted_urls<S: serde::Serializer>(urls: &[String], s: S) -> Result<S::Ok, S
     s.collect_seq(urls.iter().map(|u| redact_url(u)))
 }
 
+/// A list that may be written as a TOML array or, in env vars, as one comma-separated string.
 fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]

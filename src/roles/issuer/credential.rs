@@ -44,11 +44,11 @@ struct Batch<'a> {
 
 impl IssuerService {
     pub async fn nonce(&self, issuer_id: &str) -> Result<String, IssuerError> {
-        self.get_issuer(issuer_id).await.map_err(|e| {
+        let issuer = self.get_issuer(issuer_id).await.map_err(|e| {
             unless_unavailable(e, || InvalidRequest.because("unknown issuer").into())
         })?;
         // Nothing is stored: see `nonces`.
-        super::nonces::mint(&self.ctx.sealer, issuer_id, self.now())
+        super::nonces::mint(&self.ctx.sealer, &super::nonces::scope(&issuer), self.now())
             .ok_or_else(|| internal("the c_nonce key"))
     }
 
@@ -78,7 +78,7 @@ impl IssuerService {
         let (config_id, config) = self.covered_config(&issuer, &grant, &req)?;
         let jwts = proof_jwts(&req)?;
         let now = self.now();
-        let proven = self.check_proofs(issuer_id, &jwts, now).await?;
+        let proven = self.check_proofs(&issuer, &jwts, now).await?;
         let r = Request {
             issuer: &issuer,
             grant: &grant,

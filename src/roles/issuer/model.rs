@@ -219,11 +219,6 @@ pub struct Offer {
     pub claims: serde_json::Map<String, Value>,
     /// SHA-256 of the pre-authorized code (the code itself is never stored).
     pub pre_auth_code_hash: String,
-    /// Legacy: the issuer_state in clear, as records written before the credential offer was
-    /// sealed hold it (it redeems the offer at the authorization endpoint). Read, never written:
-    /// it is inside [`Offer::sealed_offer`] now.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub issuer_state: Option<String>,
     pub tx_code: Option<StoredTxCode>,
     pub tx_code_failures: u32,
     pub state: OfferState,

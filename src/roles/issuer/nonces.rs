@@ -13,6 +13,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::ks;
+use super::model::Issuer;
 use super::service::*;
 use crate::crypto::{b64url, b64url_decode, sha256_hex};
 use crate::store::{Cas, Sealer};
@@ -32,31 +33,33 @@ pub(super) enum UsedNonce {
     Stored(String),
 }
 
-fn mac(sealer: &Sealer, issuer_id: &str, body: &str) -> Option<Hmac<Sha256>> {
+/// Whose nonces a MAC makes: the issuer's id and its key's fingerprint, so a nonce of a deleted
+/// tenant does not pass at one created later under the same id (whose purge took the old
+/// nonces' use markers with it).
+pub(super) fn scope(issuer: &Issuer) -> String {
+    format!("{}\0{}", issuer.id, issuer.key_fingerprint)
+}
+
+fn mac(sealer: &Sealer, scope: &str, body: &str) -> Option<Hmac<Sha256>> {
     let key = zeroize::Zeroizing::new(sealer.derive_subkey(b"idstack issuer c_nonce v1"));
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).ok()?;
-    mac.update(issuer_id.as_bytes());
+    mac.update(scope.as_bytes());
     mac.update(b"\0");
     mac.update(body.as_bytes());
     Some(mac)
 }
 
-/// A new c_nonce of `issuer_id`, good until `now` + [`NONCE_TTL`].
-pub(super) fn mint(sealer: &Sealer, issuer_id: &str, now: i64) -> Option<String> {
+/// A new c_nonce of the issuer `scope` names, good until `now` + [`NONCE_TTL`].
+pub(super) fn mint(sealer: &Sealer, scope: &str, now: i64) -> Option<String> {
     let random: [u8; 16] = rand::random();
     let body = format!("{VERSION}.{}.{}", now + NONCE_TTL as i64, b64url(random));
-    let tag = mac(sealer, issuer_id, &body)?.finalize().into_bytes();
+    let tag = mac(sealer, scope, &body)?.finalize().into_bytes();
     Some(format!("{body}.{}", b64url(tag)))
 }
 
-/// When a MAC'd nonce of `issuer_id` expires, and its MAC'd body (what names it: the tag's
+/// When a MAC'd nonce of the issuer `scope` names expires, and its MAC'd body (what names it: the tag's
 /// spelling can vary, `=` padding), if it is one and has not expired at `now`.
-fn expiry<'n>(
-    sealer: &Sealer,
-    issuer_id: &str,
-    nonce: &'n str,
-    now: i64,
-) -> Option<(i64, &'n str)> {
+fn expiry<'n>(sealer: &Sealer, scope: &str, nonce: &'n str, now: i64) -> Option<(i64, &'n str)> {
     if nonce.len() > MAX_NONCE_LEN {
         return None;
     }
@@ -66,7 +69,7 @@ fn expiry<'n>(
     else {
         return None;
     };
-    mac(sealer, issuer_id, body)?
+    mac(sealer, scope, body)?
         .verify_slice(&b64url_decode(tag).ok()?)
         .ok()?;
     let exp: i64 = exp.parse().ok()?;
@@ -78,12 +81,13 @@ impl IssuerService {
     /// unknown, expired or used already.
     pub(super) async fn use_nonce(
         &self,
-        issuer_id: &str,
+        issuer: &Issuer,
         nonce: &str,
         now: i64,
     ) -> Result<Option<UsedNonce>, crate::store::StoreError> {
         let store = &self.ctx.store;
-        if let Some((exp, body)) = expiry(&self.ctx.sealer, issuer_id, nonce, now) {
+        let issuer_id = &issuer.id;
+        if let Some((exp, body)) = expiry(&self.ctx.sealer, &scope(issuer), nonce, now) {
             // Named by its MAC'd body (which holds its random part): one marker per nonce,
             // however its tag is spelt.
             let marker = format!("{issuer_id}/used/{}", sha256_hex(body));
@@ -95,10 +99,10 @@ impl IssuerService {
                 .await?;
             return Ok((fresh == Cas::Swapped).then_some(UsedNonce::Marker(marker)));
         }
-        let stored = format!("{issuer_id}/{nonce}");
         if nonce.contains('/') || nonce.len() > MAX_NONCE_LEN {
             return Ok(None);
         }
+        let stored = format!("{issuer_id}/{nonce}");
         let used = store
             .compare_and_swap(ks::NONCES, &stored, Some(b"1".to_vec()), None)
             .await?;

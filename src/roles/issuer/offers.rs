@@ -70,7 +70,6 @@ impl IssuerService {
             credential_configuration_ids: req.credential_configuration_ids.clone(),
             claims: req.claims,
             pre_auth_code_hash: hash(&code),
-            issuer_state: None,
             tx_code: stored_tx,
             tx_code_failures: 0,
             state: OfferState::Offered,

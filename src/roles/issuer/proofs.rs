@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::error::IssuerError;
-use super::model::CredentialRequest;
+use super::model::{CredentialRequest, Issuer};
 use super::service::*;
 use crate::crypto::{jws, VerifyingKey};
 use crate::error::OAuthCode::*;
@@ -17,11 +17,11 @@ impl IssuerService {
     /// (and DID when its header named one).
     pub(super) async fn check_proofs(
         &self,
-        issuer_id: &str,
+        issuer: &Issuer,
         jwts: &[String],
         now: i64,
     ) -> Result<Proven, IssuerError> {
-        let aud = self.issuer_url(issuer_id);
+        let aud = self.issuer_url(&issuer.id);
         let mut holders = Vec::new();
         let mut nonces: Vec<String> = Vec::new();
         for jwt in jwts {
@@ -35,7 +35,7 @@ impl IssuerService {
         // Each c_nonce is single-use: use it before issuing anything.
         let mut used = Vec::new();
         for nonce in nonces {
-            match self.use_nonce(issuer_id, &nonce, now).await {
+            match self.use_nonce(issuer, &nonce, now).await {
                 Ok(Some(u)) => used.push(u),
                 outcome => {
                     self.restore_nonces(&used).await;

@@ -1667,4 +1667,19 @@ async fn a_recreated_issuer_does_not_inherit_the_deleted_ones_offers_or_tokens()
     svc.delete_issuer("acme").await.unwrap();
     let e = svc.delete_issuer("acme").await.unwrap_err();
     assert_eq!(e.error_code(), Code::NotFound);
+    // a nonce used before the deletion (its use marker went with the purge) is not a tenant's
+    // created later under the same id, so it is not used twice
+    svc.create_issuer(create()).await.unwrap();
+    let fresh = svc.create_offer("acme", offer_req(None)).await.unwrap();
+    let fresh_token = svc
+        .token("acme", token_req(&pre_auth_code(&fresh)))
+        .await
+        .unwrap()
+        .access_token;
+    let e = OAuthError::from(
+        svc.credential("acme", Some(&fresh_token), req(&n))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.error, "invalid_nonce");
 }

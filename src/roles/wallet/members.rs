@@ -164,7 +164,8 @@ impl WalletService {
             created = 0;
             for (key, _) in store.scan_prefix(ks::MEMBERS, &prefix, 10_000).await? {
                 let wallet = key.rsplit('/').next().unwrap_or_default();
-                if store.get(ks::WALLETS, wallet).await?.is_some() {
+                // at the primary: this node's copy may lag a wallet just created elsewhere
+                if store.get_settled(ks::WALLETS, wallet).await?.is_some() {
                     created += 1;
                 } else {
                     store.delete(ks::MEMBERS, &key).await?;
@@ -211,7 +212,7 @@ impl WalletService {
     /// Takes the wallet's membership lease (an insert-only record, so one holder on every node
     /// and on Redis), waiting up to [`LOCK_WAIT`] for another change to finish; 503 after that.
     /// Returns the lease's value, which only its holder releases.
-    async fn members_lock(&self, wallet: &str) -> WalletResult<String> {
+    pub(super) async fn members_lock(&self, wallet: &str) -> WalletResult<String> {
         let lease = random_id();
         let start = tokio::time::Instant::now();
         let mut wait_ms = 5u64;
@@ -258,21 +259,9 @@ impl WalletService {
         Ok(())
     }
 
-    /// Takes the wallet's membership lease for a whole deletion (`delete_wallet`): no member can
-    /// be added between its scan of the members and the end (a change waiting for the lease
-    /// then finds no wallet).
-    pub(super) async fn members_lock_for_delete(&self, wallet: &str) -> WalletResult<String> {
-        self.members_lock(wallet).await
-    }
-
-    /// [`Self::members_unlock`], for `delete_wallet`.
-    pub(super) async fn members_unlock_after_delete(&self, wallet: &str, lease: String) {
-        self.members_unlock(wallet, lease).await
-    }
-
     /// Releases a lease taken by [`Self::members_lock`] if it is still ours. A failure is only
     /// logged: the lease then ends with its TTL.
-    async fn members_unlock(&self, wallet: &str, lease: String) {
+    pub(super) async fn members_unlock(&self, wallet: &str, lease: String) {
         let ours = match crate::store::to_json(&lease) {
             Ok(v) => v,
             Err(_) => return,

@@ -81,10 +81,11 @@ impl WalletService {
             .or_not_found("no such wallet")
     }
 
-    /// Deletes the wallet: its keys, DIDs, credentials and history in one batch, then the wallet
-    /// record on its own, then its memberships — the last two under the wallet's membership
-    /// lease, so a share waiting for it finds no wallet and no membership is written after the
-    /// scan (one would name a wallet nobody can open or leave).
+    /// Deletes the wallet, under its membership lease (taken first, so a delete that cannot have
+    /// it — 503 — leaves the wallet whole): its keys, DIDs, credentials and history in one
+    /// batch, then the wallet record on its own, then its memberships. A share waiting for the
+    /// lease then finds no wallet, and no membership is written after the scan (one would name a
+    /// wallet nobody can open or leave).
     ///
     /// The wallet record is a single delete, fenced like any update in a cluster
     /// (`cluster.updates`): a batch's tombstones are last-writer-wins, and a rename decided
@@ -94,6 +95,14 @@ impl WalletService {
     /// reader skips them (404).
     pub async fn delete_wallet(&self, owner: &Owner) -> WalletResult<()> {
         let wallet = owner.id();
+        let lease = self.members_lock(wallet).await?;
+        let deleted = self.delete_under_lease(wallet).await;
+        self.members_unlock(wallet, lease).await;
+        deleted
+    }
+
+    /// [`Self::delete_wallet`]'s writes: contents, record, memberships and creation index.
+    async fn delete_under_lease(&self, wallet: &str) -> WalletResult<()> {
         let store = &self.ctx.store;
         let mut contents = vec![];
         for keyspace in [ks::KEYS, ks::DIDS, ks::CREDS, ks::HISTORY] {
@@ -107,15 +116,6 @@ impl WalletService {
         if !contents.is_empty() {
             store.batch(contents).await?;
         }
-        let lease = self.members_lock_for_delete(wallet).await?;
-        let deleted = self.delete_record_and_members(wallet).await;
-        self.members_unlock_after_delete(wallet, lease).await;
-        deleted
-    }
-
-    /// The wallet record and its memberships and creation index (see [`Self::delete_wallet`]).
-    async fn delete_record_and_members(&self, wallet: &str) -> WalletResult<()> {
-        let store = &self.ctx.store;
         store.delete(ks::WALLETS, wallet).await?;
         self.coordinator.invalidate(wallet);
         let mut members = vec![];
