@@ -42,6 +42,16 @@ impl StatusCache {
             .map(|(e, t, _, _)| (e.clone(), t.clone()))
     }
 
+    /// Drops the entry at `key`: its token no longer verifies (say it expired while the server
+    /// kept its ETag), so the next fetch must not revalidate it.
+    fn forget(&self, key: &str) {
+        if let Ok(mut m) = self.inner.lock() {
+            if let Some((e, t, _, _)) = m.entries.remove(key) {
+                m.bytes -= key.len() + e.len() + t.len();
+            }
+        }
+    }
+
     /// Stores a verified token, evicting the oldest entries to stay within `max_bytes`.
     fn put(&self, uri: &str, etag: String, token: Vec<u8>, exp: Option<i64>, max_bytes: usize) {
         let size = uri.len() + etag.len() + token.len();
@@ -226,17 +236,28 @@ async fn fetch_status(
     let max = crate::http::outbound::limits().max_body_bytes;
     let (body, fresh_etag) = fetch_list(ctx, "jwt", uri, None, max).await?;
     let token = String::from_utf8_lossy(&body).trim().to_string();
-    let (header, payload) =
-        jws::verify(&token, key).map_err(|e| format!("status list signature: {e}"))?;
-    let exp = match payload.get("exp") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_i64().ok_or("status list token: exp is not a number")?),
-    };
-    if exp.is_some_and(|exp| exp <= ctx.now) {
-        return Err("the status list token expired".into());
+    let checked = (|| {
+        let (header, payload) =
+            jws::verify(&token, key).map_err(|e| format!("status list signature: {e}"))?;
+        let exp = match payload.get("exp") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_i64().ok_or("status list token: exp is not a number")?),
+        };
+        if exp.is_some_and(|exp| exp <= ctx.now) {
+            return Err("the status list token expired".to_string());
+        }
+        Ok((header, payload, exp))
+    })();
+    match checked {
+        Ok((header, payload, exp)) => {
+            keep(ctx, "jwt", uri, fresh_etag, body, exp);
+            Ok((header, payload))
+        }
+        Err(e) => {
+            ctx.status_cache.forget(&format!("jwt {uri}"));
+            Err(e)
+        }
     }
-    keep(ctx, "jwt", uri, fresh_etag, body, exp);
-    Ok((header, payload))
 }
 
 /// A Token Status List token is one (`typ` `statuslist+jwt`) and is the list at `uri` (`sub`):
@@ -378,8 +399,11 @@ pub(super) async fn mdoc_status(
     )
     .await;
     let list = fetched.and_then(|(body, fresh_etag)| {
-        let list =
-            status::verify(&body, uri, mdoc, ctx.anchors, ctx.now).map_err(|e| e.to_string())?;
+        let list = status::verify(&body, uri, mdoc, ctx.anchors, ctx.now).map_err(|e| {
+            // an expired CWT under an unchanged ETag would fail from the cache for ever
+            ctx.status_cache.forget(&format!("cwt {uri}"));
+            e.to_string()
+        })?;
         keep(ctx, "cwt", uri, fresh_etag, body, None);
         Ok(list)
     });
@@ -431,6 +455,11 @@ mod status_cache_tests {
         c.put("https://s/1", "e".into(), b"t".to_vec(), Some(100), 10_000);
         assert!(c.get("https://s/1", 99).is_some());
         assert!(c.get("https://s/1", 100).is_none());
+        // a token that stopped verifying is forgotten, and its bytes with it
+        let before = c.bytes();
+        c.forget("https://s/1");
+        assert!(c.get("https://s/1", 99).is_none());
+        assert!(c.bytes() < before);
     }
 }
 
