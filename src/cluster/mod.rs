@@ -59,7 +59,10 @@ pub mod wire;
 /// older (a rolling upgrade: see `rpc::older_caller`). Both request MACs of a protocol-2 request
 /// name the target node ([`auth::sign`]); a protocol-1 peer gets and sends the unbound form. And a c_nonce is a MAC whose use is a
 /// marker record (a protocol-1 node knows only stored nonces and would refuse it).
-pub const DATA_PROTOCOL: u32 = 2;
+/// 3: a wallet's members are its record's roster (`WalletRecord::roster`), changed by
+/// compare-and-swap of that record; the `wallet_members` index is derived from it. A protocol-2
+/// node changes the index alone (the roster would go stale) and rewrites the record without it.
+pub const DATA_PROTOCOL: u32 = 3;
 
 #[cfg(feature = "cluster")]
 mod start;

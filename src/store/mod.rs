@@ -306,7 +306,11 @@ impl dyn Store {
     }
 }
 
-fn decode_json<T: DeserializeOwned>(keyspace: &str, key: &str, bytes: &[u8]) -> StoreResult<T> {
+pub(crate) fn decode_json<T: DeserializeOwned>(
+    keyspace: &str,
+    key: &str,
+    bytes: &[u8],
+) -> StoreResult<T> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         keyspace: keyspace.to_string(),
         key: key.to_string(),

@@ -10,7 +10,7 @@ use std::ops::Deref;
 
 use super::error::{OrNotFound, WalletError, WalletResult};
 use super::ks;
-use super::model::{Account, MemberRole, SessionRecord, Wallet};
+use super::model::{Account, MemberRole, SessionRecord, Wallet, WalletRecord};
 use super::service::{load_context, WalletService, WalletSession};
 use crate::crypto::sha256_hex;
 use crate::tenancy::AcquireError;
@@ -133,20 +133,26 @@ impl WalletService {
         })
     }
 
-    /// Read access to `wallet`. Not a member → 404, so wallet ids cannot be probed.
+    /// Read access to `wallet`, as its roster has it (the membership index of a record from
+    /// before rosters). Not a member → 404, so wallet ids cannot be probed.
     pub async fn viewer(&self, who: &SignedIn, wallet: &str) -> WalletResult<Viewer> {
         let store = &self.ctx.store;
         let not_found = || format!("no wallet `{wallet}`");
-        let role: MemberRole = store
-            .get_json(ks::MEMBERS, &format!("a/{}/{wallet}", who.account.id))
-            .await?
-            .or_not_found(not_found())?;
-        let wallet: Wallet = store
+        let rec: WalletRecord = store
             .get_json(ks::WALLETS, wallet)
             .await?
             .or_not_found(not_found())?;
+        let role = match rec.roster {
+            Some(_) => rec.role_of(&who.account.id),
+            None => {
+                store
+                    .get_json(ks::MEMBERS, &format!("a/{}/{wallet}", who.account.id))
+                    .await?
+            }
+        }
+        .or_not_found(not_found())?;
         Ok(Viewer {
-            wallet,
+            wallet: rec.wallet,
             role,
             member: who.account.id.clone(),
         })
@@ -214,7 +220,7 @@ mod tests {
     use super::*;
     use crate::clock::FakeClock;
     use crate::error::{ApiError, Code};
-    use crate::roles::wallet::model::{AddMember, Credentials, LoginRequest};
+    use crate::roles::wallet::model::{AddMember, Credentials, LoginRequest, WalletRecord};
     use crate::roles::RoleContext;
 
     fn service() -> WalletService {
@@ -462,11 +468,11 @@ mod tests {
         svc.create_wallet(alice.account(), "a4").await.unwrap();
     }
 
-    /// What a membership change depends on is read again under the lease: a share decided
-    /// before the wallet was deleted adds nobody to it (a dangling membership nobody can open
-    /// or leave), and an owner removed while its request waited cannot add itself back.
+    /// A membership change is judged on the roster it replaces: a share decided before the
+    /// wallet was deleted adds nobody to it (a dangling membership nobody can open or leave),
+    /// and an owner removed while its request was on the way cannot add itself back.
     #[tokio::test]
-    async fn a_membership_change_is_judged_under_the_lease() {
+    async fn a_membership_change_is_judged_on_the_current_roster() {
         let (svc, alice, bob, w) = alice_home_and("bob@example.org").await;
         let share = |email: &str, role| AddMember {
             email: email.into(),
@@ -496,5 +502,75 @@ mod tests {
             .unwrap_err();
         assert_eq!(code(e), Code::NotFound);
         assert!(svc.list_wallets(bob.account()).await.unwrap().is_empty());
+    }
+
+    /// The roster decides access, not the index: an index entry that outlived its membership
+    /// (a change or a delete that failed half-way, a lagging replica) opens nothing and lists
+    /// nothing.
+    #[tokio::test]
+    async fn a_stale_index_entry_grants_no_access() {
+        let (svc, alice, bob, w) = alice_home_and("bob@example.org").await;
+        let bob_id = bob.account().id.clone();
+        svc.ctx
+            .store
+            .batch(
+                crate::roles::wallet::members::member_ops(&w, &bob_id, Some(MemberRole::Owner))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            code(svc.viewer(&bob, &w).await.unwrap_err()),
+            Code::NotFound
+        );
+        assert!(svc.list_wallets(bob.account()).await.unwrap().is_empty());
+        // and Alice's own access is unchanged
+        assert_eq!(
+            svc.owner(&alice, &w).await.unwrap().role(),
+            MemberRole::Owner
+        );
+    }
+
+    /// A wallet record written before rosters: its index decides until the first change, which
+    /// builds the roster from it (members kept, roles kept).
+    #[tokio::test]
+    async fn a_wallet_from_before_rosters_gets_its_roster_from_the_index() {
+        let (svc, alice, bob, w) = alice_home_and("bob@example.org").await;
+        let carol = sign_up(&svc, "carol@example.org").await;
+        let bob_id = bob.account().id.clone();
+        let store = &svc.ctx.store;
+        let mut rec: WalletRecord = store.get_json(ks::WALLETS, &w).await.unwrap().unwrap();
+        rec.roster = None;
+        store.put_json(ks::WALLETS, &w, &rec, None).await.unwrap();
+        store
+            .batch(
+                crate::roles::wallet::members::member_ops(&w, &bob_id, Some(MemberRole::Viewer))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            svc.viewer(&bob, &w).await.unwrap().role(),
+            MemberRole::Viewer
+        );
+        let owner = svc.owner(&alice, &w).await.unwrap();
+        svc.add_member(
+            &owner,
+            AddMember {
+                email: "carol@example.org".into(),
+                role: MemberRole::Owner,
+            },
+        )
+        .await
+        .unwrap();
+        let rec: WalletRecord = store.get_json(ks::WALLETS, &w).await.unwrap().unwrap();
+        let roster = rec.roster.expect("built by the change");
+        assert_eq!(roster.len(), 3);
+        assert_eq!(roster[&bob_id], MemberRole::Viewer);
+        assert_eq!(roster[&carol.account().id], MemberRole::Owner);
+        assert_eq!(roster[&alice.account().id], MemberRole::Owner);
+        // the API never shows the roster with the wallet
+        let listed = serde_json::to_value(svc.list_wallets(bob.account()).await.unwrap()).unwrap();
+        assert!(listed[0].get("roster").is_none(), "{listed}");
     }
 }

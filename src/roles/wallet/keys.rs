@@ -154,9 +154,9 @@ impl WalletService {
             .or_not_found("no such DID in this wallet")?;
         self.ctx
             .store
-            .update_json::<Wallet, WalletError, _>(ks::WALLETS, wallet, None, |mut w| {
-                w.default_did = Some(did.to_string());
-                Ok(w)
+            .update_json::<WalletRecord, WalletError, _>(ks::WALLETS, wallet, None, |mut r| {
+                r.wallet.default_did = Some(did.to_string());
+                Ok(r)
             })
             .await?;
         Ok(())
@@ -174,11 +174,11 @@ impl WalletService {
         }
         self.ctx
             .store
-            .update_json::<Wallet, WalletError, _>(ks::WALLETS, wallet, None, |mut w| {
-                if w.default_did.as_deref() == Some(did) {
-                    w.default_did = None;
+            .update_json::<WalletRecord, WalletError, _>(ks::WALLETS, wallet, None, |mut r| {
+                if r.wallet.default_did.as_deref() == Some(did) {
+                    r.wallet.default_did = None;
                 }
-                Ok(w)
+                Ok(r)
             })
             .await?;
         Ok(())

@@ -1,29 +1,26 @@
 //! Who may use a wallet: owners share it, change roles, list and remove members; any member may
 //! leave. A wallet always keeps an owner, and has at most [`MAX_MEMBERS`] members.
 //!
-//! Changes to one wallet's members are made one at a time, on every node, under a short lease
-//! record taken insert-only in the store ([`WalletService::members_lock`]): the check that an
-//! owner remains and the write are then one step. Without it two owners demoting (or removing)
-//! each other at the same moment each saw the other still owner, and the wallet was left with
-//! none. In a cluster the lease is taken at its key's primary like any compare-and-swap, and
-//! the roles it decides on are read there too.
+//! The roster lives in the wallet's own record ([`WalletRecord::roster`]) and every change is one
+//! compare-and-swap of that record, its checks (the caller still an owner, an owner remaining,
+//! room for one more) run on the value being swapped: two owners demoting each other at the same
+//! moment cannot both pass, on any node or on Redis, however long either is paused — the later
+//! swap finds the record changed and judges again. (A lease record did this before; a holder
+//! paused past its TTL between renewing it and writing could still race.) A change to a deleted
+//! wallet finds no record (404). The `a/`/`w/` membership index is written after the swap, for
+//! listing an account's wallets; access is decided by the roster.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
 
 use super::access::{Owner, Viewer};
 use super::error::{OrNotFound, WalletError, WalletResult};
 use super::ks;
 use super::model::*;
 use super::service::WalletService;
-use crate::clock::random_id;
-use crate::store::{BatchOp, Cas};
+use crate::store::BatchOp;
 
 /// Most members one wallet can have.
 pub const MAX_MEMBERS: usize = 256;
-/// How long a membership lease lives if its holder never releases it (a process that died).
-const LOCK_TTL: Duration = Duration::from_secs(10);
-/// How long a change waits for another change of the same wallet before 503.
-const LOCK_WAIT: Duration = Duration::from_secs(3);
 
 impl WalletService {
     /// Shares the wallet with the account registered under `req.email`, as owner or viewer, or
@@ -73,12 +70,14 @@ impl WalletService {
         self.set_role(wallet.id(), me, me, None).await
     }
 
-    /// Gives `account` `role` in `wallet`, or removes it (`None`), as `caller` asks, under the
-    /// wallet's membership lease. Everything it depends on is read again under the lease, at
-    /// the keys' primaries: that the wallet still exists (404: a deleted wallet gets no member
-    /// back), that `caller` is still an owner — or a member, to leave (an owner removed while
-    /// its request waited for the lease cannot add itself back: 403/404) — and then 409 when no
-    /// owner would remain or the wallet is full, 404 when removing a non-member.
+    /// Gives `account` `role` in `wallet`, or removes it (`None`), as `caller` asks: one
+    /// compare-and-swap of the wallet's record, judged on the roster being replaced. 404 when the
+    /// wallet is gone or `caller` is no longer a member (an owner removed while its request was
+    /// on the way cannot add itself back), 403 when `caller` is not an owner (leaving excepted),
+    /// 409 when no owner would remain or the wallet is full, 404 when removing a non-member.
+    ///
+    /// The membership index follows the swap; if writing it fails the change stands and the
+    /// caller gets the error: asking again writes the index again.
     async fn set_role(
         &self,
         wallet: &str,
@@ -86,62 +85,42 @@ impl WalletService {
         account: &str,
         role: Option<MemberRole>,
     ) -> WalletResult<()> {
-        let lease = self.members_lock(wallet).await?;
-        let changed = async {
-            if self
-                .ctx
-                .store
-                .get_settled(ks::WALLETS, wallet)
-                .await?
-                .is_none()
-            {
-                return Err(WalletError::not_found("no such wallet"));
-            }
-            let mut members = self.members_settled(wallet).await?;
-            let caller_role = members
-                .iter()
-                .find(|(a, _)| a == caller)
-                .map(|(_, r)| *r)
-                .ok_or_else(|| WalletError::not_found("no such wallet"))?;
-            let leaving = caller == account && role.is_none();
-            if !leaving && caller_role != MemberRole::Owner {
-                return Err(WalletError::Forbidden(
-                    "only an owner changes a wallet's members",
-                ));
-            }
-            let before = members.iter().position(|(a, _)| a == account);
-            match (role, before) {
-                (None, None) => return Err(WalletError::not_found("no such member")),
-                (None, Some(i)) => {
-                    members.remove(i);
-                }
-                (Some(r), Some(i)) => members[i].1 = r,
-                (Some(r), None) => {
-                    if members.len() >= MAX_MEMBERS {
-                        return Err(WalletError::conflict(format!(
-                            "a wallet has at most {MAX_MEMBERS} members"
-                        )));
-                    }
-                    members.push((account.to_string(), r));
-                }
-            }
-            if !members.iter().any(|(_, r)| *r == MemberRole::Owner) {
-                return Err(WalletError::conflict(
-                    "a wallet keeps at least one owner: make another member owner first",
-                ));
-            }
-            // Still the lease's holder? (Reading up to 256 roles at their primaries can outlast
-            // its TTL, and another change may have begun.) Renewed in one compare-and-swap.
-            self.members_renew(wallet, &lease).await?;
-            self.ctx
-                .store
-                .batch(member_ops(wallet, account, role)?)
-                .await?;
-            Ok(())
-        }
-        .await;
-        self.members_unlock(wallet, lease).await;
-        changed
+        let store = &self.ctx.store;
+        // at the primary: this node's copy may lag a change just made on another node
+        let current = store
+            .get_settled(ks::WALLETS, wallet)
+            .await?
+            .or_not_found("no such wallet")?;
+        let rec: WalletRecord = crate::store::decode_json(ks::WALLETS, wallet, &current)?;
+        // A record from before rosters: its roster is built from the index, read at the primaries.
+        let legacy = match rec.roster {
+            Some(_) => None,
+            None => Some(self.index_members_settled(wallet).await?),
+        };
+        store
+            .update_json_from::<WalletRecord, WalletError, _>(
+                ks::WALLETS,
+                wallet,
+                None,
+                Some(current),
+                |mut rec| {
+                    let mut roster =
+                        rec.roster
+                            .take()
+                            .or_else(|| legacy.clone())
+                            .ok_or(WalletError::Busy {
+                                detail: "this wallet's members changed meanwhile; retry",
+                                retry_after: 1,
+                            })?;
+                    change_roster(&mut roster, caller, account, role)?;
+                    rec.roster = Some(roster);
+                    Ok(rec)
+                },
+            )
+            .await?
+            .or_not_found("no such wallet")?;
+        store.batch(member_ops(wallet, account, role)?).await?;
+        Ok(())
     }
 
     /// Refuses (409) a new wallet to `account` once it has created
@@ -180,8 +159,23 @@ impl WalletService {
         Ok(())
     }
 
-    /// The wallet's members and their roles, from the `w/<wallet>/` index.
+    /// The wallet's members and their roles: its roster, or for a record from before rosters,
+    /// its `w/<wallet>/` index.
     async fn members(&self, wallet: &str) -> WalletResult<Vec<(String, MemberRole)>> {
+        let rec: WalletRecord = self
+            .ctx
+            .store
+            .get_json(ks::WALLETS, wallet)
+            .await?
+            .or_not_found("no such wallet")?;
+        Ok(match rec.roster {
+            Some(roster) => roster.into_iter().collect(),
+            None => self.index_members(wallet).await?.into_iter().collect(),
+        })
+    }
+
+    /// The `w/<wallet>/` index: the members of a wallet whose record has no roster yet.
+    async fn index_members(&self, wallet: &str) -> WalletResult<BTreeMap<String, MemberRole>> {
         Ok(self
             .ctx
             .store
@@ -192,92 +186,65 @@ impl WalletService {
             .collect())
     }
 
-    /// [`Self::members`] as the keys' primaries hold them: in a cluster this node's copy of the
-    /// index can lag a change just made on another node. Each listed role is read again where it
-    /// is decided; a member added elsewhere and not yet seen here is missed, which can only make
-    /// the owner check refuse, never pass wrongly.
-    async fn members_settled(&self, wallet: &str) -> WalletResult<Vec<(String, MemberRole)>> {
-        let mut out = Vec::new();
-        for (account, _) in self.members(wallet).await? {
+    /// [`Self::index_members`] as the keys' primaries hold them (this node's copy of the index
+    /// can lag a change made on another node): what a roster is first built from. A member
+    /// added elsewhere and not yet seen here is missed, which can only make a check refuse.
+    async fn index_members_settled(
+        &self,
+        wallet: &str,
+    ) -> WalletResult<BTreeMap<String, MemberRole>> {
+        let mut out = BTreeMap::new();
+        for account in self.index_members(wallet).await?.into_keys() {
             let key = format!("w/{wallet}/{account}");
             if let Some(raw) = self.ctx.store.get_settled(ks::MEMBERS, &key).await? {
                 if let Ok(role) = serde_json::from_slice::<MemberRole>(&raw) {
-                    out.push((account, role));
+                    out.insert(account, role);
                 }
             }
         }
         Ok(out)
     }
+}
 
-    /// Takes the wallet's membership lease (an insert-only record, so one holder on every node
-    /// and on Redis), waiting up to [`LOCK_WAIT`] for another change to finish; 503 after that.
-    /// Returns the lease's value, which only its holder releases.
-    pub(super) async fn members_lock(&self, wallet: &str) -> WalletResult<String> {
-        let lease = random_id();
-        let start = tokio::time::Instant::now();
-        let mut wait_ms = 5u64;
-        loop {
-            if self
-                .ctx
-                .store
-                .insert_new_json(ks::MEMBER_LOCKS, wallet, &lease, Some(LOCK_TTL))
-                .await?
-            {
-                return Ok(lease);
+/// One membership change judged and made on `roster`: `caller` must be a member (404), an owner
+/// unless it leaves (403); removing a non-member is 404, a new member beyond [`MAX_MEMBERS`] or
+/// a roster left without an owner 409.
+fn change_roster(
+    roster: &mut BTreeMap<String, MemberRole>,
+    caller: &str,
+    account: &str,
+    role: Option<MemberRole>,
+) -> WalletResult<()> {
+    let caller_role = *roster
+        .get(caller)
+        .ok_or_else(|| WalletError::not_found("no such wallet"))?;
+    let leaving = caller == account && role.is_none();
+    if !leaving && caller_role != MemberRole::Owner {
+        return Err(WalletError::Forbidden(
+            "only an owner changes a wallet's members",
+        ));
+    }
+    match role {
+        None => {
+            roster
+                .remove(account)
+                .ok_or_else(|| WalletError::not_found("no such member"))?;
+        }
+        Some(r) => {
+            if !roster.contains_key(account) && roster.len() >= MAX_MEMBERS {
+                return Err(WalletError::conflict(format!(
+                    "a wallet has at most {MAX_MEMBERS} members"
+                )));
             }
-            if start.elapsed() >= LOCK_WAIT {
-                return Err(WalletError::Busy {
-                    detail: "another change to this wallet's members is in progress; retry",
-                    retry_after: 1,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-            wait_ms = (wait_ms * 2).min(200);
+            roster.insert(account.to_string(), r);
         }
     }
-
-    /// Renews the lease if it is still `lease` (one compare-and-swap): 503 when it expired and
-    /// perhaps went to another change meanwhile.
-    async fn members_renew(&self, wallet: &str, lease: &str) -> WalletResult<()> {
-        let ours = crate::store::to_json(lease)?;
-        let swapped = self
-            .ctx
-            .store
-            .compare_and_swap(
-                ks::MEMBER_LOCKS,
-                wallet,
-                Some(ours.clone()),
-                Some((ours, Some(LOCK_TTL))),
-            )
-            .await?;
-        if swapped != Cas::Swapped {
-            return Err(WalletError::Busy {
-                detail: "this change to the wallet's members took too long; retry",
-                retry_after: 1,
-            });
-        }
-        Ok(())
+    if !roster.values().any(|r| *r == MemberRole::Owner) {
+        return Err(WalletError::conflict(
+            "a wallet keeps at least one owner: make another member owner first",
+        ));
     }
-
-    /// Releases a lease taken by [`Self::members_lock`] if it is still ours. A failure is only
-    /// logged: the lease then ends with its TTL.
-    pub(super) async fn members_unlock(&self, wallet: &str, lease: String) {
-        let ours = match crate::store::to_json(&lease) {
-            Ok(v) => v,
-            Err(_) => return,
-        };
-        match self
-            .ctx
-            .store
-            .compare_and_swap(ks::MEMBER_LOCKS, wallet, Some(ours), None)
-            .await
-        {
-            Ok(Cas::Swapped) | Ok(Cas::Conflict(_)) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "wallet membership lease not released; it expires")
-            }
-        }
-    }
+    Ok(())
 }
 
 /// The two index entries of one membership, `a/<account>/<wallet>` and `w/<wallet>/<account>`:

@@ -40,10 +40,10 @@ pub mod ks {
     pub const DEVICE_LOGIN_FAILURES: &str = "wallet_device_login_failures";
     pub const SESSIONS: &str = "wallet_sessions";
     pub const WALLETS: &str = "wallet_wallets";
-    /// `a/<account>/<wallet>` and `w/<wallet>/<account>` → role.
+    /// `a/<account>/<wallet>` and `w/<wallet>/<account>` → role: an index derived from each
+    /// wallet's roster (`WalletRecord::roster`), which decides; `c/<account>/<wallet>` and
+    /// `cw/<wallet>`: who created which wallet (the creation quota).
     pub const MEMBERS: &str = "wallet_members";
-    /// `<wallet>` → the lease of the one membership change in progress (see `members`).
-    pub const MEMBER_LOCKS: &str = "wallet_member_locks";
     pub const KEYS: &str = "wallet_keys";
     pub const DIDS: &str = "wallet_dids";
     pub const CREDS: &str = "wallet_credentials";

@@ -1,5 +1,7 @@
 //! Wallet records and API shapes.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -120,6 +122,28 @@ pub struct Wallet {
     pub created_at: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_did: Option<String>,
+}
+
+/// What the store keeps for a wallet (`wallet_wallets`): the wallet as the API shows it, and its
+/// roster. Every read-modify-write of that keyspace goes through this type, so no update drops
+/// the roster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WalletRecord {
+    #[serde(flatten)]
+    pub wallet: Wallet,
+    /// The wallet's members and their roles: the authority on who may use it, changed only by
+    /// compare-and-swap of this record (see `members`). The `a/`/`w/` membership index is
+    /// derived from it, for listing an account's wallets. `None` in records written before
+    /// rosters existed: their index is the authority until the first change builds the roster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roster: Option<BTreeMap<String, MemberRole>>,
+}
+
+impl WalletRecord {
+    /// `account`'s role as the roster has it; `None` in the roster's absence too (ask the index).
+    pub fn role_of(&self, account: &str) -> Option<MemberRole> {
+        self.roster.as_ref()?.get(account).copied()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -7,7 +7,7 @@ use super::ks;
 use super::model::*;
 use super::service::WalletService;
 use crate::clock::random_id;
-use crate::store::BatchOp;
+use crate::store::{BatchOp, Cas};
 
 impl WalletService {
     /// A new wallet owned by `account`.
@@ -20,10 +20,14 @@ impl WalletService {
             created_at: self.now(),
             default_did: None,
         };
+        let record = WalletRecord {
+            wallet: wallet.clone(),
+            roster: Some([(account.id.clone(), MemberRole::Owner)].into()),
+        };
         let mut ops = vec![BatchOp::Put {
             keyspace: ks::WALLETS,
             key: wallet.id.clone(),
-            value: crate::store::to_json(&wallet)?,
+            value: crate::store::to_json(&record)?,
             ttl: None,
         }];
         ops.extend(super::members::member_ops(
@@ -52,18 +56,35 @@ impl WalletService {
         })
     }
 
-    /// The wallets `account` is a member of, with its role in each.
+    /// The wallets `account` is a member of, with its role in each: found through the `a/`
+    /// index, decided by each wallet's roster (an index entry left behind by a change that
+    /// failed half-way, or by a delete, shows nothing).
     pub async fn list_wallets(&self, account: &Account) -> WalletResult<Vec<WalletView>> {
         let mut out = Vec::new();
-        for (k, role) in self
+        for (k, indexed) in self
             .ctx
             .store
             .scan_json::<MemberRole>(ks::MEMBERS, &format!("a/{}/", account.id), 10_000)
             .await?
         {
             let wid = k.rsplit('/').next().unwrap_or_default();
-            if let Some(wallet) = self.ctx.store.get_json::<Wallet>(ks::WALLETS, wid).await? {
-                out.push(WalletView { wallet, role });
+            let Some(rec) = self
+                .ctx
+                .store
+                .get_json::<WalletRecord>(ks::WALLETS, wid)
+                .await?
+            else {
+                continue;
+            };
+            let role = match &rec.roster {
+                Some(_) => rec.role_of(&account.id),
+                None => Some(indexed),
+            };
+            if let Some(role) = role {
+                out.push(WalletView {
+                    wallet: rec.wallet,
+                    role,
+                });
             }
         }
         Ok(out)
@@ -73,36 +94,28 @@ impl WalletService {
         let name = check_name(name)?;
         self.ctx
             .store
-            .update_json::<Wallet, WalletError, _>(ks::WALLETS, owner.id(), None, |mut w| {
-                w.name = name.clone();
-                Ok(w)
+            .update_json::<WalletRecord, WalletError, _>(ks::WALLETS, owner.id(), None, |mut r| {
+                r.wallet.name = name.clone();
+                Ok(r)
             })
             .await?
+            .map(|r| r.wallet)
             .or_not_found("no such wallet")
     }
 
-    /// Deletes the wallet, under its membership lease (taken first, so a delete that cannot have
-    /// it — 503 — leaves the wallet whole): its keys, DIDs, credentials and history in one
-    /// batch, then the wallet record on its own, then its memberships. A share waiting for the
-    /// lease then finds no wallet, and no membership is written after the scan (one would name a
-    /// wallet nobody can open or leave).
+    /// Deletes the wallet: its keys, DIDs, credentials and history in one batch, then the wallet
+    /// record on its own, then its memberships and creation index.
     ///
-    /// The wallet record is a single delete, fenced like any update in a cluster
-    /// (`cluster.updates`): a batch's tombstones are last-writer-wins, and a rename decided
-    /// meanwhile on an older version could be newer than one and bring the wallet back. The
-    /// memberships go after it, so a delete refused there (a 503 on a minority side) leaves the
-    /// owner able to ask again; memberships left by a failure after it name no wallet, and every
-    /// reader skips them (404).
+    /// The record goes by compare-and-swap against the value whose roster names the
+    /// memberships to delete: a share that lands first makes the swap fail and is read again,
+    /// one that comes after finds no wallet (404) — no membership is left naming the wallet,
+    /// and a rename decided meanwhile cannot bring it back (a batch's tombstones are
+    /// last-writer-wins in a cluster; a swap is decided at the key's primary). The memberships
+    /// go after the record, so a delete refused there (a 503 on a minority side) leaves the
+    /// owner able to ask again; index entries left by a failure after it name no wallet, and
+    /// every reader skips them.
     pub async fn delete_wallet(&self, owner: &Owner) -> WalletResult<()> {
         let wallet = owner.id();
-        let lease = self.members_lock(wallet).await?;
-        let deleted = self.delete_under_lease(wallet).await;
-        self.members_unlock(wallet, lease).await;
-        deleted
-    }
-
-    /// [`Self::delete_wallet`]'s writes: contents, record, memberships and creation index.
-    async fn delete_under_lease(&self, wallet: &str) -> WalletResult<()> {
         let store = &self.ctx.store;
         let mut contents = vec![];
         for keyspace in [ks::KEYS, ks::DIDS, ks::CREDS, ks::HISTORY] {
@@ -116,7 +129,20 @@ impl WalletService {
         if !contents.is_empty() {
             store.batch(contents).await?;
         }
-        store.delete(ks::WALLETS, wallet).await?;
+        let mut current = store.get_settled(ks::WALLETS, wallet).await?;
+        let roster = loop {
+            let Some(raw) = current else {
+                return Err(WalletError::not_found("no such wallet"));
+            };
+            let rec: WalletRecord = crate::store::decode_json(ks::WALLETS, wallet, &raw)?;
+            match store
+                .compare_and_swap(ks::WALLETS, wallet, Some(raw), None)
+                .await?
+            {
+                Cas::Swapped => break rec.roster.unwrap_or_default(),
+                Cas::Conflict(now) => current = now,
+            }
+        };
         self.coordinator.invalidate(wallet);
         let mut members = vec![];
         if let Some(creator) = store
@@ -130,19 +156,16 @@ impl WalletService {
                 });
             }
         }
+        // the roster's members, and what the index holds (all of a record from before rosters)
+        let mut accounts: std::collections::BTreeSet<String> = roster.into_keys().collect();
         for (k, _) in store
             .scan_prefix(ks::MEMBERS, &format!("w/{wallet}/"), 100_000)
             .await?
         {
-            let acc = k.rsplit('/').next().unwrap_or_default().to_string();
-            members.push(BatchOp::Delete {
-                keyspace: ks::MEMBERS,
-                key: format!("a/{acc}/{wallet}"),
-            });
-            members.push(BatchOp::Delete {
-                keyspace: ks::MEMBERS,
-                key: k,
-            });
+            accounts.insert(k.rsplit('/').next().unwrap_or_default().to_string());
+        }
+        for acc in accounts {
+            members.extend(super::members::member_ops(wallet, &acc, None)?);
         }
         if !members.is_empty() {
             store.batch(members).await?;
