@@ -7,26 +7,21 @@
 
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use hmac::Mac;
 
 use crate::store::Sealer;
 
 pub const SIGNATURE_HEADER: &str = "X-Idstack-Signature";
 
+const LABEL: &[u8] = b"idstack webhook signing v1";
+
 /// The HMAC key: derived from the master-key sealer so every node of a deployment signs alike.
 pub fn signing_key(sealer: &Sealer) -> Vec<u8> {
-    sealer.derive_subkey(b"idstack webhook signing v1")
+    sealer.derive_subkey(LABEL)
 }
 
 pub fn sign(sealer: &Sealer, body: &[u8]) -> String {
-    let key = signing_key(sealer);
-    let mut mac = match Hmac::<Sha256>::new_from_slice(&key) {
-        Ok(m) => m,
-        Err(_) => return String::new(),
-    };
-    mac.update(body);
-    let tag = mac.finalize().into_bytes();
+    let tag = sealer.mac_key(LABEL).over(&[body]).finalize().into_bytes();
     format!(
         "sha256={}",
         tag.iter().map(|b| format!("{b:02x}")).collect::<String>()

@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use seal::Sealer;
+pub use seal::{MacKey, Sealer};
 pub use sled_store::SledStore;
 
 /// On-disk layout version; bumped (with a migration) whenever the record encoding changes.

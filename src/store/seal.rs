@@ -42,6 +42,38 @@ pub fn derive_master_key(cluster_secret: &str, cluster_id: &str) -> [u8; 32] {
 #[derive(Clone)]
 pub struct Sealer {
     cipher: XChaCha20Poly1305,
+    /// The [`MacKey`]s derived so far, by label (a handful, derived once each).
+    mac_keys: std::sync::Arc<std::sync::Mutex<MacKeys>>,
+}
+
+/// Derived [`MacKey`]s by label.
+type MacKeys = Vec<(&'static [u8], MacKey)>;
+
+/// An HMAC-SHA256 key for one purpose, derived from the master key ([`Sealer::mac_key`]): what
+/// stateless tokens (c_nonces, login device tokens), tx_code digests and webhook signatures are
+/// MAC'd with. Every node of a deployment derives the same one.
+#[derive(Clone)]
+pub struct MacKey(Hmac<sha2::Sha256>);
+
+impl std::fmt::Debug for MacKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MacKey(..)")
+    }
+}
+
+impl MacKey {
+    /// The MAC of `parts`, a NUL between each two (a part holding a NUL must be the last, or be
+    /// one whose NULs the caller's format makes unambiguous); finalize or verify it.
+    pub fn over(&self, parts: &[&[u8]]) -> Hmac<sha2::Sha256> {
+        let mut mac = self.0.clone();
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                mac.update(b"\0");
+            }
+            mac.update(part);
+        }
+        mac
+    }
 }
 
 impl std::fmt::Debug for Sealer {
@@ -54,6 +86,7 @@ impl Sealer {
     pub fn new(key: &[u8; 32]) -> Self {
         Self {
             cipher: XChaCha20Poly1305::new(key.into()),
+            mac_keys: Default::default(),
         }
     }
 
@@ -98,6 +131,27 @@ impl Sealer {
             )
             .map(|ct| ct[..32].to_vec())
             .unwrap_or_default()
+    }
+
+    /// The HMAC key for `label`'s purpose: [`Self::derive_subkey`] of it, derived on first use
+    /// and kept (a c_nonce or tx_code check then costs no derivation).
+    pub fn mac_key(&self, label: &'static [u8]) -> MacKey {
+        let mut keys = match self.mac_keys.lock() {
+            Ok(keys) => keys,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((_, key)) = keys.iter().find(|(l, _)| *l == label) {
+            return key.clone();
+        }
+        let raw = Zeroizing::new(self.derive_subkey(label));
+        // HMAC pads a key shorter than its 64-byte block with zeros: keyed with the padded block
+        // (infallible), it is the same MAC as under the 32-byte subkey.
+        let mut block = Zeroizing::new([0u8; 64]);
+        let n = raw.len().min(64);
+        block[..n].copy_from_slice(&raw[..n]);
+        let key = MacKey(<Hmac<sha2::Sha256> as KeyInit>::new(&(*block).into()));
+        keys.push((label, key.clone()));
+        key
     }
 
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
@@ -188,6 +242,35 @@ fn write_private_file(path: &Path, data: &[u8]) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A MacKey's MAC is HMAC-SHA256 under `derive_subkey(label)` over the parts joined by NUL
+    /// — the framing the tokens and digests already stored were made with — and labels differ.
+    #[test]
+    fn a_mac_key_is_the_labelled_subkey_over_nul_joined_parts() {
+        let s = Sealer::new(&[7u8; 32]);
+        let label: &'static [u8] = b"idstack test label v1";
+        let mut plain =
+            <Hmac<sha2::Sha256> as Mac>::new_from_slice(&s.derive_subkey(label)).unwrap();
+        plain.update(b"scope\0body");
+        let expected = plain.finalize().into_bytes();
+        for _ in 0..2 {
+            // the second call comes from the cache
+            let got = s
+                .mac_key(label)
+                .over(&[b"scope", b"body"])
+                .finalize()
+                .into_bytes();
+            assert_eq!(got, expected);
+        }
+        let other = s
+            .mac_key(b"idstack other label v1")
+            .over(&[b"scope", b"body"]);
+        assert_ne!(other.finalize().into_bytes(), expected);
+        let other_master = Sealer::new(&[8u8; 32])
+            .mac_key(label)
+            .over(&[b"scope", b"body"]);
+        assert_ne!(other_master.finalize().into_bytes(), expected);
+    }
 
     #[test]
     fn round_trip_and_tamper_detection() {

@@ -252,17 +252,10 @@ fn seal_offer(
 /// The HMAC of a transaction code: keyed by a subkey of the master key, so a copy of the store
 /// cannot test guesses offline (a bare hash of 4–12 digits falls in under a second), and over
 /// the offer's place as well as the code, so equal codes of two offers do not show as equal.
-fn tx_code_mac(
-    sealer: &crate::store::Sealer,
-    offer_key: &str,
-    code: &str,
-) -> Result<Hmac<Sha256>, IssuerError> {
-    let key = zeroize::Zeroizing::new(sealer.derive_subkey(TX_CODE_KEY_LABEL));
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).map_err(internal)?;
-    mac.update(offer_key.as_bytes());
-    mac.update(b"\0");
-    mac.update(code.as_bytes());
-    Ok(mac)
+fn tx_code_mac(sealer: &crate::store::Sealer, offer_key: &str, code: &str) -> Hmac<Sha256> {
+    sealer
+        .mac_key(TX_CODE_KEY_LABEL)
+        .over(&[offer_key.as_bytes(), code.as_bytes()])
 }
 
 const TX_CODE_KEY_LABEL: &[u8] = b"idstack issuer tx_code v1";
@@ -283,7 +276,8 @@ pub(super) fn tx_code_matches(
             return false;
         };
         return tx_code_mac(sealer, offer_key, given)
-            .is_ok_and(|m| m.verify_slice(&expected).is_ok());
+            .verify_slice(&expected)
+            .is_ok();
     }
     stored.hash.as_deref().is_some_and(|h| {
         bool::from(subtle::ConstantTimeEq::ct_eq(
@@ -367,7 +361,7 @@ fn new_tx_code(
     let stored = StoredTxCode {
         hash: None,
         mac: Some(crate::crypto::b64url(
-            tx_code_mac(sealer, offer_key, &code)?
+            tx_code_mac(sealer, offer_key, &code)
                 .finalize()
                 .into_bytes(),
         )),

@@ -10,12 +10,10 @@
 //! wrong is locked like an email is (`wallet.login_lock_*`). Only a correct password makes one,
 //! so an attacker without the password has only the email's attempts.
 
-use hmac::digest::KeyInit;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use hmac::Mac;
 
 use crate::crypto::{b64url, b64url_decode, sha256_hex};
-use crate::store::seal::Sealer;
+use crate::store::{MacKey, Sealer};
 
 /// How long a device token is honoured after it was made.
 pub const DEVICE_TOKEN_TTL_SECS: i64 = 90 * 24 * 3600;
@@ -27,7 +25,7 @@ const VERSION: &str = "d1";
 
 /// The HMAC key device tokens are made and checked with.
 #[derive(Clone)]
-pub struct DeviceKey(Hmac<Sha256>);
+pub struct DeviceKey(MacKey);
 
 impl std::fmt::Debug for DeviceKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -52,20 +50,14 @@ impl KnownDevice {
 
 impl DeviceKey {
     pub fn new(sealer: &Sealer) -> Self {
-        let key = sealer.derive_subkey(b"idstack wallet device token v1");
-        // HMAC pads a key shorter than its block with zeros: the same MAC as the 32-byte key.
-        let mut block = zeroize::Zeroizing::new([0u8; 64]);
-        let n = key.len().min(64);
-        block[..n].copy_from_slice(&key[..n]);
-        Self(<Hmac<Sha256> as KeyInit>::new(&(*block).into()))
+        Self(sealer.mac_key(b"idstack wallet device token v1"))
     }
 
     /// A new token for `account`, made at `now` (seconds).
     pub fn mint(&self, account: &str, now: i64) -> String {
         let nonce: [u8; 16] = rand::random();
         let body = format!("{VERSION}.{}.{now}.{}", b64url(account), b64url(nonce));
-        let mut mac = self.0.clone();
-        mac.update(body.as_bytes());
+        let mac = self.0.over(&[body.as_bytes()]);
         format!("{body}.{}", b64url(mac.finalize().into_bytes()))
     }
 
@@ -77,8 +69,7 @@ impl DeviceKey {
             return None;
         }
         let (body, tag) = token.rsplit_once('.')?;
-        let mut mac = self.0.clone();
-        mac.update(body.as_bytes());
+        let mac = self.0.over(&[body.as_bytes()]);
         mac.verify_slice(&b64url_decode(tag).ok()?).ok()?;
         let mut parts = body.split('.');
         let (version, acc, issued_at) = (parts.next()?, parts.next()?, parts.next()?);
@@ -166,9 +157,8 @@ mod tests {
             assert!(k.check(bad, "acc-1", now).is_none(), "{bad:.40}");
         }
         // A correctly MACed body of the wrong shape (five fields) is refused too.
-        let mut mac = k.0.clone();
         let odd = format!("d1.{}.{now}.n.extra", b64url("acc-1"));
-        mac.update(odd.as_bytes());
+        let mac = k.0.over(&[odd.as_bytes()]);
         let forged = format!("{odd}.{}", b64url(mac.finalize().into_bytes()));
         assert!(k.check(&forged, "acc-1", now).is_none());
     }
