@@ -127,9 +127,20 @@ impl IssuerService {
         // token is the redemption (grant_access). The code is not consumed on the way, so no
         // failure can burn it: until that transition the offer is `Offered` and the code
         // redeemable; after it, the offer admits no second token.
-        let granted = self
+        let granted = match self
             .grant_access(issuer_id, &offer_key_s, granted, details)
-            .await?;
+            .await
+        {
+            Ok(granted) => granted,
+            Err(e) => {
+                if offer.tx_code.is_some() {
+                    // The right code took an attempt; a redemption that failed after it (a 503 the
+                    // holder retries) must not cost one too, or five such failures lock the offer.
+                    self.give_back_tx_code_attempt(&offer_key_s).await;
+                }
+                return Err(e);
+            }
+        };
         // the code has served (best effort: a left-over code finds its offer redeemed)
         if let Err(e) = store.delete(ks::CODES, &code_key).await {
             tracing::debug!(error = %e, "redeemed pre-authorized code not deleted");
@@ -201,7 +212,8 @@ impl IssuerService {
         let ok = !given.is_empty()
             && super::offers::tx_code_matches(&self.ctx.sealer, offer_key_s, expected, given);
         if ok {
-            // (the attempt stays counted: the offer is redeemed next and admits no other)
+            // (the attempt stays counted: the offer is redeemed next and admits no other; a
+            // redemption that fails gives it back)
             return Ok(());
         }
         if taken.tx_code_failures >= MAX_TX_CODE_FAILURES {
@@ -216,6 +228,22 @@ impl IssuerService {
                 "wrong tx_code"
             })
             .into())
+    }
+
+    /// Returns the attempt a right transaction code took ([`Self::check_tx_code`]) when the
+    /// redemption after it failed. Best effort: if this fails too, the attempt stays used.
+    async fn give_back_tx_code_attempt(&self, offer_key_s: &str) {
+        let given_back = self
+            .ctx
+            .store
+            .update_json::<Offer, IssuerError, _>(ks::OFFERS, offer_key_s, None, |mut o| {
+                o.tx_code_failures = o.tx_code_failures.saturating_sub(1);
+                Ok(o)
+            })
+            .await;
+        if let Err(e) = given_back {
+            tracing::debug!(error = %e, "tx_code attempt of a failed redemption not given back");
+        }
     }
 
     async fn token_authorization_code(

@@ -1443,6 +1443,30 @@ store_wrapper!(Yielding {
     }
 });
 
+/// The right transaction code followed by a redemption that fails (503, the holder retries)
+/// costs no attempt: after more such failures than there are attempts, the right code still
+/// redeems. Before, each took one of the five and the offer locked itself.
+#[tokio::test]
+async fn failed_redemptions_with_the_right_tx_code_do_not_lock_the_offer() {
+    let (svc, faulty, _) = faulty_issuer(ks::TOKENS, false).await;
+    let mut req = offer_req(None);
+    req.tx_code = Some(numeric_tx_code(6));
+    let created = svc.create_offer("default", req).await.unwrap();
+    let (code, tx) = (pre_auth_code(&created), created.tx_code.clone().unwrap());
+    let right = || {
+        let mut r = token_req(&code);
+        r.tx_code = Some(tx.clone());
+        r
+    };
+    for attempt in 0..=MAX_TX_CODE_FAILURES {
+        faulty.fail.store(1, std::sync::atomic::Ordering::SeqCst);
+        let e = OAuthError::from(svc.token("default", right()).await.unwrap_err());
+        assert_eq!(e.status.as_u16(), 503, "attempt {attempt}: {e:?}");
+    }
+    let t = svc.token("default", right()).await.unwrap();
+    assert!(!t.access_token.is_empty());
+}
+
 /// Guesses of a transaction code sent all at once: at most [`MAX_TX_CODE_FAILURES`] are
 /// compared, whichever way they interleave, and the right code is refused once they are used.
 /// Before, each guess was compared first and counted after: a burst was compared in full before
