@@ -244,7 +244,7 @@ async fn accounts_isolation_roles_keys_and_dids() {
         "not_found",
     )
     .await;
-    // viewers read but cannot change
+    // a share is an invitation: nothing opens for b until it accepts
     let r = s
         .bearer(&a.token)
         .post_resp(
@@ -252,7 +252,32 @@ async fn accounts_isolation_roles_keys_and_dids() {
             &json!({"email": "b@example.org", "role": "viewer"}),
         )
         .await;
-    assert_eq!(r.status(), 204);
+    assert_eq!(r.status(), 202);
+    let invited: Value = r.json().await.unwrap();
+    assert_eq!(
+        (invited["email"].as_str(), invited["role"].as_str()),
+        (Some("b@example.org"), Some("viewer"))
+    );
+    expect_problem(
+        stolen.send(&s, M::GET, "/credentials", None).await,
+        404,
+        "not_found",
+    )
+    .await;
+    let pending = s.bearer(&b.token).get("/wallet/invitations").await;
+    assert_eq!(pending[0]["wallet"], a.wallet.as_str(), "{pending}");
+    assert_eq!(pending[0]["invited_by_email"], "a@example.org", "{pending}");
+    let listed = s
+        .bearer(&a.token)
+        .get(&format!("/wallet/wallets/{}/invitations", a.wallet))
+        .await;
+    assert_eq!(listed[0]["email"], "b@example.org", "{listed}");
+    let r = s
+        .bearer(&b.token)
+        .post_resp(&format!("/wallet/invitations/{}", a.wallet), &json!({}))
+        .await;
+    assert_eq!(r.status(), 200);
+    // viewers read but cannot change
     assert_eq!(
         stolen.send(&s, M::GET, "/credentials", None).await.status(),
         200
@@ -312,7 +337,8 @@ async fn accounts_isolation_roles_keys_and_dids() {
         "not_found",
     )
     .await;
-    // shared again, then removed by the owner; removing a non-member is a 404
+    // shared again (invited and accepted), then removed by the owner; removing a non-member
+    // is a 404
     let r = s
         .bearer(&a.token)
         .post_resp(
@@ -320,7 +346,12 @@ async fn accounts_isolation_roles_keys_and_dids() {
             &json!({"email": "b@example.org", "role": "viewer"}),
         )
         .await;
-    assert_eq!(r.status(), 204);
+    assert_eq!(r.status(), 202);
+    let r = s
+        .bearer(&b.token)
+        .post_resp(&format!("/wallet/invitations/{}", a.wallet), &json!({}))
+        .await;
+    assert_eq!(r.status(), 200);
     assert_eq!(
         stolen.send(&s, M::GET, "/credentials", None).await.status(),
         200

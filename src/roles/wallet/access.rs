@@ -258,15 +258,22 @@ mod tests {
         ApiError::from(e).code
     }
 
+    /// `owner` invites `invitee` to its wallet as `role`, and the invitee accepts.
+    async fn share_with(svc: &WalletService, owner: &Owner, invitee: &SignedIn, role: MemberRole) {
+        let share = AddMember {
+            email: invitee.account().email.clone(),
+            role,
+        };
+        let invited = svc.add_member(owner, share).await.unwrap();
+        assert!(invited.is_some(), "a non-member gets an invitation");
+        svc.accept_invitation(invitee, owner.id()).await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_viewer_cannot_obtain_the_owner_capability() {
         let (svc, alice, bob, w) = alice_home_and("bob@example.org").await;
         let owner = svc.owner(&alice, &w).await.unwrap();
-        let share = AddMember {
-            email: "bob@example.org".into(),
-            role: MemberRole::Viewer,
-        };
-        svc.add_member(&owner, share).await.unwrap();
+        share_with(&svc, &owner, &bob, MemberRole::Viewer).await;
 
         let viewer = svc.viewer(&bob, &w).await.unwrap();
         assert_eq!(viewer.role(), MemberRole::Viewer);
@@ -339,9 +346,7 @@ mod tests {
                 role,
             };
             let owner = svc.owner(&alice, &w).await.unwrap();
-            svc.add_member(&owner, share("bob@example.org", MemberRole::Owner))
-                .await
-                .unwrap();
+            share_with(&svc, &owner, &bob, MemberRole::Owner).await;
             let (by_alice, by_bob) = (
                 svc.owner(&alice, &w).await.unwrap(),
                 svc.owner(&bob, &w).await.unwrap(),
@@ -426,11 +431,7 @@ mod tests {
                 .wallet
                 .id;
             let owner = svc.owner(&mallory, &m).await.unwrap();
-            let share = AddMember {
-                email: "alice@example.org".into(),
-                role: MemberRole::Owner,
-            };
-            svc.add_member(&owner, share).await.unwrap();
+            share_with(&svc, &owner, &alice, MemberRole::Owner).await;
             let gone = svc.viewer(&mallory, &m).await.unwrap();
             svc.leave_wallet(&gone).await.unwrap();
             // (Mallory's own creations count while the wallets live, left or not)
@@ -479,9 +480,7 @@ mod tests {
             role,
         };
         let alices = svc.owner(&alice, &w).await.unwrap();
-        svc.add_member(&alices, share("bob@example.org", MemberRole::Owner))
-            .await
-            .unwrap();
+        share_with(&svc, &alices, &bob, MemberRole::Owner).await;
         let bobs = svc.owner(&bob, &w).await.unwrap();
         let bob_id = bob.account().id.clone();
         svc.remove_member(&alices, &bob_id).await.unwrap();
@@ -554,15 +553,7 @@ mod tests {
             MemberRole::Viewer
         );
         let owner = svc.owner(&alice, &w).await.unwrap();
-        svc.add_member(
-            &owner,
-            AddMember {
-                email: "carol@example.org".into(),
-                role: MemberRole::Owner,
-            },
-        )
-        .await
-        .unwrap();
+        share_with(&svc, &owner, &carol, MemberRole::Owner).await;
         let rec: WalletRecord = store.get_json(ks::WALLETS, &w).await.unwrap().unwrap();
         let roster = rec.roster.expect("built by the change");
         assert_eq!(roster.len(), 3);
@@ -572,5 +563,149 @@ mod tests {
         // the API never shows the roster with the wallet
         let listed = serde_json::to_value(svc.list_wallets(bob.account()).await.unwrap()).unwrap();
         assert!(listed[0].get("roster").is_none(), "{listed}");
+    }
+
+    /// A share is an invitation until its invitee accepts: before, the invitee sees no wallet
+    /// and opens nothing; the answer is the same for an email with no account (no probing which
+    /// emails have one), and an account made later with that email finds the invitation.
+    /// Declined or revoked, it is gone; an invitation whose inviter is no longer an owner lapses.
+    #[tokio::test]
+    async fn a_share_takes_effect_only_when_the_invitee_accepts() {
+        let (svc, alice, bob, w) = alice_home_and("bob@example.org").await;
+        let owner = svc.owner(&alice, &w).await.unwrap();
+        let invite = |email: &str, role| AddMember {
+            email: email.into(),
+            role,
+        };
+        let to_bob = svc
+            .add_member(&owner, invite("Bob@Example.org ", MemberRole::Owner))
+            .await
+            .unwrap()
+            .expect("an invitation");
+        let to_nobody = svc
+            .add_member(&owner, invite("dora@example.org", MemberRole::Owner))
+            .await
+            .unwrap()
+            .expect("an invitation, as for an account");
+        assert_eq!(
+            (to_bob.role, to_bob.expires_at),
+            (to_nobody.role, to_nobody.expires_at)
+        );
+        assert_eq!(
+            code(svc.viewer(&bob, &w).await.unwrap_err()),
+            Code::NotFound
+        );
+        assert!(svc.list_wallets(bob.account()).await.unwrap().is_empty());
+        let pending = svc.received_invitations(&bob).await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(
+            (pending[0].wallet.as_str(), pending[0].wallet_name.as_str()),
+            (w.as_str(), "home")
+        );
+        assert_eq!(pending[0].invited_by_email, "alice@example.org");
+        assert_eq!(svc.list_invitations(&owner).await.unwrap().len(), 2);
+        // someone else cannot accept Bob's invitation, nor one to a wallet that does not exist
+        let eve = sign_up(&svc, "eve@example.org").await;
+        for wallet in [w.as_str(), "no-such-wallet"] {
+            let e = svc.accept_invitation(&eve, wallet).await.unwrap_err();
+            assert_eq!(code(e), Code::NotFound);
+        }
+        // Dora signs up later and finds hers; she declines it
+        let dora = sign_up(&svc, "dora@example.org").await;
+        assert_eq!(svc.received_invitations(&dora).await.unwrap().len(), 1);
+        svc.decline_invitation(&dora, &w).await.unwrap();
+        assert!(svc.received_invitations(&dora).await.unwrap().is_empty());
+        assert_eq!(
+            code(svc.accept_invitation(&dora, &w).await.unwrap_err()),
+            Code::NotFound
+        );
+        // Bob accepts: a member now, once
+        let view = svc.accept_invitation(&bob, &w).await.unwrap();
+        assert_eq!(view.role, MemberRole::Owner);
+        assert_eq!(svc.owner(&bob, &w).await.unwrap().role(), MemberRole::Owner);
+        assert!(svc.received_invitations(&bob).await.unwrap().is_empty());
+        assert_eq!(
+            code(svc.accept_invitation(&bob, &w).await.unwrap_err()),
+            Code::NotFound
+        );
+        // a member's role changes at once (no invitation)
+        let changed = svc
+            .add_member(&owner, invite("bob@example.org", MemberRole::Viewer))
+            .await
+            .unwrap();
+        assert!(changed.is_none());
+        assert_eq!(
+            svc.viewer(&bob, &w).await.unwrap().role(),
+            MemberRole::Viewer
+        );
+        // revoked: gone for its invitee
+        let carol = sign_up(&svc, "carol@example.org").await;
+        svc.add_member(&owner, invite("carol@example.org", MemberRole::Viewer))
+            .await
+            .unwrap();
+        svc.revoke_invitation(&owner, "carol@example.org")
+            .await
+            .unwrap();
+        assert_eq!(
+            code(svc.accept_invitation(&carol, &w).await.unwrap_err()),
+            Code::NotFound
+        );
+        // an invitation made by an owner who is then demoted lapses
+        let bob_owner = {
+            svc.add_member(&owner, invite("bob@example.org", MemberRole::Owner))
+                .await
+                .unwrap();
+            svc.owner(&bob, &w).await.unwrap()
+        };
+        svc.add_member(&bob_owner, invite("carol@example.org", MemberRole::Owner))
+            .await
+            .unwrap();
+        svc.add_member(&owner, invite("bob@example.org", MemberRole::Viewer))
+            .await
+            .unwrap();
+        assert!(svc.received_invitations(&carol).await.unwrap().is_empty());
+        assert_eq!(
+            code(svc.accept_invitation(&carol, &w).await.unwrap_err()),
+            Code::NotFound
+        );
+        // a viewer invites nobody
+        let bob_viewer = svc.viewer(&bob, &w).await.unwrap();
+        assert_eq!(bob_viewer.role(), MemberRole::Viewer);
+        assert_eq!(
+            code(svc.owner(&bob, &w).await.unwrap_err()),
+            Code::Forbidden
+        );
+    }
+
+    /// An invitation expires: after its lifetime it cannot be accepted and is not listed.
+    #[tokio::test]
+    async fn an_invitation_expires() {
+        let clock = FakeClock::new(1_700_000_000_000);
+        let ctx = RoleContext::for_tests(clock.clone());
+        let svc = WalletService::new(ctx, crate::config::WalletConfig::default());
+        let alice = sign_up(&svc, "alice@example.org").await;
+        let bob = sign_up(&svc, "bob@example.org").await;
+        let w = svc
+            .create_wallet(alice.account(), "home")
+            .await
+            .unwrap()
+            .wallet
+            .id;
+        let owner = svc.owner(&alice, &w).await.unwrap();
+        svc.add_member(
+            &owner,
+            AddMember {
+                email: "bob@example.org".into(),
+                role: MemberRole::Viewer,
+            },
+        )
+        .await
+        .unwrap();
+        clock.advance_ms((super::super::invitations::INVITATION_TTL_SECS + 1) * 1000);
+        assert!(svc.received_invitations(&bob).await.unwrap().is_empty());
+        assert_eq!(
+            code(svc.accept_invitation(&bob, &w).await.unwrap_err()),
+            Code::NotFound
+        );
     }
 }

@@ -225,7 +225,7 @@ impl WalletService {
     }
 }
 
-fn valid_email(e: &str) -> bool {
+pub(super) fn valid_email(e: &str) -> bool {
     let e = e.trim();
     e.len() <= 254
         && e.contains('@')

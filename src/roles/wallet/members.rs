@@ -23,20 +23,6 @@ use crate::store::BatchOp;
 pub const MAX_MEMBERS: usize = 256;
 
 impl WalletService {
-    /// Shares the wallet with the account registered under `req.email`, as owner or viewer, or
-    /// changes that member's role.
-    pub async fn add_member(&self, owner: &Owner, req: AddMember) -> WalletResult<()> {
-        let email = req.email.trim().to_ascii_lowercase();
-        let other: String = self
-            .ctx
-            .store
-            .get_json(ks::EMAILS, &email)
-            .await?
-            .or_not_found("no account with this email")?;
-        self.set_role(owner.id(), owner.member(), &other, Some(req.role))
-            .await
-    }
-
     /// The wallet's members, with their emails and roles (owners only: emails are personal).
     pub async fn list_members(&self, owner: &Owner) -> WalletResult<Vec<MemberView>> {
         let mut out = Vec::new();
@@ -78,13 +64,37 @@ impl WalletService {
     ///
     /// The membership index follows the swap; if writing it fails the change stands and the
     /// caller gets the error: asking again writes the index again.
-    async fn set_role(
+    pub(super) async fn set_role(
         &self,
         wallet: &str,
         caller: &str,
         account: &str,
         role: Option<MemberRole>,
     ) -> WalletResult<()> {
+        self.change_record(wallet, |roster, _| {
+            change_roster(roster, caller, account, role)
+        })
+        .await?;
+        self.ctx
+            .store
+            .batch(member_ops(wallet, account, role)?)
+            .await?;
+        Ok(())
+    }
+
+    /// One change of the wallet's record by compare-and-swap: `f` judges and makes it on the
+    /// record with its roster in place (for a record from before rosters, built from the index
+    /// read at the primaries); it runs again on the newer record when the swap loses. Expired
+    /// invitations, and those of inviters no longer owners, are dropped on the way. 404 when the
+    /// wallet is gone; the new record otherwise.
+    pub(super) async fn change_record<F>(
+        &self,
+        wallet: &str,
+        mut f: F,
+    ) -> WalletResult<WalletRecord>
+    where
+        F: FnMut(&mut BTreeMap<String, MemberRole>, &mut WalletRecord) -> WalletResult<()>,
+    {
         let store = &self.ctx.store;
         // at the primary: this node's copy may lag a change just made on another node
         let current = store
@@ -92,11 +102,11 @@ impl WalletService {
             .await?
             .or_not_found("no such wallet")?;
         let rec: WalletRecord = crate::store::decode_json(ks::WALLETS, wallet, &current)?;
-        // A record from before rosters: its roster is built from the index, read at the primaries.
         let legacy = match rec.roster {
             Some(_) => None,
             None => Some(self.index_members_settled(wallet).await?),
         };
+        let now = self.now();
         store
             .update_json_from::<WalletRecord, WalletError, _>(
                 ks::WALLETS,
@@ -112,15 +122,15 @@ impl WalletService {
                                 detail: "this wallet's members changed meanwhile; retry",
                                 retry_after: 1,
                             })?;
-                    change_roster(&mut roster, caller, account, role)?;
+                    f(&mut roster, &mut rec)?;
+                    rec.invitations
+                        .retain(|_, i| super::invitations::is_live(&roster, i, now));
                     rec.roster = Some(roster);
                     Ok(rec)
                 },
             )
             .await?
-            .or_not_found("no such wallet")?;
-        store.batch(member_ops(wallet, account, role)?).await?;
-        Ok(())
+            .or_not_found("no such wallet")
     }
 
     /// Refuses (409) a new wallet to `account` once it has created
@@ -209,20 +219,19 @@ impl WalletService {
 /// One membership change judged and made on `roster`: `caller` must be a member (404), an owner
 /// unless it leaves (403); removing a non-member is 404, a new member beyond [`MAX_MEMBERS`] or
 /// a roster left without an owner 409.
-fn change_roster(
+pub(super) fn change_roster(
     roster: &mut BTreeMap<String, MemberRole>,
     caller: &str,
     account: &str,
     role: Option<MemberRole>,
 ) -> WalletResult<()> {
-    let caller_role = *roster
-        .get(caller)
-        .ok_or_else(|| WalletError::not_found("no such wallet"))?;
     let leaving = caller == account && role.is_none();
-    if !leaving && caller_role != MemberRole::Owner {
-        return Err(WalletError::Forbidden(
-            "only an owner changes a wallet's members",
-        ));
+    if leaving {
+        roster
+            .get(caller)
+            .ok_or_else(|| WalletError::not_found("no such wallet"))?;
+    } else {
+        owner_in(roster, caller)?;
     }
     match role {
         None => {
@@ -245,6 +254,18 @@ fn change_roster(
         ));
     }
     Ok(())
+}
+
+/// 404 unless `caller` is a member of the roster (an owner removed meanwhile sees no wallet),
+/// 403 unless it is an owner.
+pub(super) fn owner_in(roster: &BTreeMap<String, MemberRole>, caller: &str) -> WalletResult<()> {
+    match roster.get(caller) {
+        None => Err(WalletError::not_found("no such wallet")),
+        Some(MemberRole::Owner) => Ok(()),
+        Some(_) => Err(WalletError::Forbidden(
+            "only an owner changes a wallet's members",
+        )),
+    }
 }
 
 /// The two index entries of one membership, `a/<account>/<wallet>` and `w/<wallet>/<account>`:

@@ -13,6 +13,7 @@ mod credentials;
 mod devices;
 pub mod error;
 mod exchange;
+mod invitations;
 mod keys;
 mod mdoc;
 mod members;

@@ -121,9 +121,11 @@ pub async fn delete_wallet(
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// Share a wallet with another account as owner or viewer, or change a member's role (owner).
-/// The last owner cannot be made a viewer (409).
-#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = AddMember, responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+/// Share a wallet with an email as owner or viewer (owner): an invitation the account with that
+/// email accepts (202; the same answer whether or not such an account exists, and an email that
+/// signs up later finds it), or, for a member already, its role changed at once (204). The last
+/// owner cannot be made a viewer (409).
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = AddMember, responses((status = 202, body = Invited), (status = 204), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
 #[post("/wallet/wallets/{w}/members")]
 pub async fn add_member(
     svc: Svc,
@@ -132,7 +134,68 @@ pub async fn add_member(
     body: web::Json<AddMember>,
 ) -> ApiResult<HttpResponse> {
     let owner = svc.owner(&user, &path).await?;
-    svc.add_member(&owner, body.into_inner()).await?;
+    Ok(match svc.add_member(&owner, body.into_inner()).await? {
+        Some(invited) => HttpResponse::Accepted().json(invited),
+        None => HttpResponse::NoContent().finish(),
+    })
+}
+
+/// The wallet's pending invitations (owner).
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), responses((status = 200, body = Vec<InvitationView>), (status = 404, body = Problem)))]
+#[get("/wallet/wallets/{w}/invitations")]
+pub async fn list_invitations(
+    svc: Svc,
+    user: SignedIn,
+    path: web::Path<String>,
+) -> ApiResult<web::Json<Vec<InvitationView>>> {
+    let owner = svc.owner(&user, &path).await?;
+    Ok(web::Json(svc.list_invitations(&owner).await?))
+}
+
+/// Revoke the pending invitation of an email (owner).
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path), ("email" = String, Path)), responses((status = 204), (status = 404, body = Problem)))]
+#[delete("/wallet/wallets/{w}/invitations/{email}")]
+pub async fn revoke_invitation(
+    svc: Svc,
+    user: SignedIn,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
+    let (w, email) = path.into_inner();
+    let owner = svc.owner(&user, &w).await?;
+    svc.revoke_invitation(&owner, &email).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// The invitations pending for this account's email.
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), responses((status = 200, body = Vec<ReceivedInvitation>)))]
+#[get("/wallet/invitations")]
+pub async fn received_invitations(
+    svc: Svc,
+    user: SignedIn,
+) -> ApiResult<web::Json<Vec<ReceivedInvitation>>> {
+    Ok(web::Json(svc.received_invitations(&user).await?))
+}
+
+/// Accept the invitation to a wallet: this account becomes a member with its role.
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), responses((status = 200, body = WalletView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+#[post("/wallet/invitations/{w}")]
+pub async fn accept_invitation(
+    svc: Svc,
+    user: SignedIn,
+    path: web::Path<String>,
+) -> ApiResult<web::Json<WalletView>> {
+    Ok(web::Json(svc.accept_invitation(&user, &path).await?))
+}
+
+/// Decline the invitation to a wallet.
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), responses((status = 204), (status = 404, body = Problem)))]
+#[delete("/wallet/invitations/{w}")]
+pub async fn decline_invitation(
+    svc: Svc,
+    user: SignedIn,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    svc.decline_invitation(&user, &path).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -464,6 +527,11 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(add_member)
         .service(list_members)
         .service(remove_member)
+        .service(list_invitations)
+        .service(revoke_invitation)
+        .service(received_invitations)
+        .service(accept_invitation)
+        .service(decline_invitation)
         .service(list_keys)
         .service(generate_key)
         .service(import_key)

@@ -23,6 +23,7 @@ impl WalletService {
         let record = WalletRecord {
             wallet: wallet.clone(),
             roster: Some([(account.id.clone(), MemberRole::Owner)].into()),
+            invitations: Default::default(),
         };
         let mut ops = vec![BatchOp::Put {
             keyspace: ks::WALLETS,
@@ -130,7 +131,7 @@ impl WalletService {
             store.batch(contents).await?;
         }
         let mut current = store.get_settled(ks::WALLETS, wallet).await?;
-        let roster = loop {
+        let rec = loop {
             let Some(raw) = current else {
                 return Err(WalletError::not_found("no such wallet"));
             };
@@ -139,7 +140,7 @@ impl WalletService {
                 .compare_and_swap(ks::WALLETS, wallet, Some(raw), None)
                 .await?
             {
-                Cas::Swapped => break rec.roster.unwrap_or_default(),
+                Cas::Swapped => break rec,
                 Cas::Conflict(now) => current = now,
             }
         };
@@ -157,7 +158,9 @@ impl WalletService {
             }
         }
         // the roster's members, and what the index holds (all of a record from before rosters)
-        let mut accounts: std::collections::BTreeSet<String> = roster.into_keys().collect();
+        members.extend(super::invitations::invitation_index_deletes(wallet, &rec));
+        let mut accounts: std::collections::BTreeSet<String> =
+            rec.roster.unwrap_or_default().into_keys().collect();
         for (k, _) in store
             .scan_prefix(ks::MEMBERS, &format!("w/{wallet}/"), 100_000)
             .await?
