@@ -708,4 +708,44 @@ mod tests {
             Code::NotFound
         );
     }
+
+    /// A request let in before its wallet was deleted writes nothing that outlives the wallet:
+    /// before, a key generated (or a DID, credential, history entry written) after the delete's
+    /// sweep stayed in the store for ever, sealed private key and all, reachable by nobody.
+    #[tokio::test]
+    async fn a_write_that_lands_after_its_wallet_was_deleted_is_taken_back() {
+        let (svc, alice, _, w) = alice_home_and("bob@example.org").await;
+        let early = svc.owner(&alice, &w).await.unwrap();
+        svc.generate_key(&early, crate::crypto::KeyType::Ed25519)
+            .await
+            .unwrap();
+        svc.delete_wallet(&svc.owner(&alice, &w).await.unwrap())
+            .await
+            .unwrap();
+        let e = svc
+            .generate_key(&early, crate::crypto::KeyType::P256)
+            .await
+            .unwrap_err();
+        assert_eq!(code(e), Code::NotFound);
+        let e = svc
+            .create_did(
+                &early,
+                crate::roles::wallet::model::CreateDid {
+                    method: None,
+                    key_id: None,
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(code(e), Code::NotFound);
+        for keyspace in [ks::KEYS, ks::DIDS, ks::CREDS, ks::HISTORY] {
+            let left = svc
+                .ctx
+                .store
+                .scan_prefix(keyspace, &format!("{w}/"), 100)
+                .await
+                .unwrap();
+            assert!(left.is_empty(), "{keyspace}: {} records left", left.len());
+        }
+    }
 }

@@ -152,7 +152,7 @@ impl WalletService {
             .store
             .put_json(ks::HISTORY, &key, &entry, None)
             .await?;
-        Ok(())
+        self.unless_deleted(owner.id(), ks::HISTORY, &key).await
     }
 
     /// Verifies the issuer's signature, that the credential is bound to the holder the wallet
@@ -227,10 +227,9 @@ impl WalletService {
             received_at: summary.received_at,
             device_key,
         };
-        self.ctx
-            .store
-            .put_json(ks::CREDS, &format!("{wallet}/{id}"), &rec, None)
-            .await?;
+        let key = format!("{wallet}/{id}");
+        self.ctx.store.put_json(ks::CREDS, &key, &rec, None).await?;
+        self.unless_deleted(wallet, ks::CREDS, &key).await?;
         Ok(summary)
     }
 

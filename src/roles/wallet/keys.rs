@@ -29,6 +29,8 @@ impl WalletService {
         {
             return Err(WalletError::conflict("this key is already in the wallet"));
         }
+        self.unless_deleted(wallet, ks::KEYS, &format!("{wallet}/{id}"))
+            .await?;
         self.coordinator.invalidate(wallet);
         Ok(rec)
     }
@@ -115,6 +117,8 @@ impl WalletService {
         {
             return Err(WalletError::conflict("this DID exists in the wallet"));
         }
+        self.unless_deleted(wallet, ks::DIDS, &did_key(wallet, &did))
+            .await?;
         if first {
             self.set_default_did(owner, &did).await?;
         }

@@ -53,6 +53,26 @@ impl WalletService {
         self.ctx.clock.now_secs()
     }
 
+    /// Called right after writing the wallet's content record `keyspace`/`key` (a key, DID,
+    /// credential or history entry): if the wallet has been deleted meanwhile — its access was
+    /// checked before the delete, the write landed after the delete's sweeps — the write is
+    /// taken back and the answer is 404. `delete_wallet` deletes the record, then sweeps the
+    /// contents: a write is either before that sweep (swept) or sees the record gone here, so a
+    /// deleted wallet leaves no sealed key or credential behind. Read at the primary.
+    pub(super) async fn unless_deleted(
+        &self,
+        wallet: &str,
+        keyspace: &'static str,
+        key: &str,
+    ) -> WalletResult<()> {
+        let store = &self.ctx.store;
+        if store.get_settled(ks::WALLETS, wallet).await?.is_some() {
+            return Ok(());
+        }
+        store.delete(keyspace, key).await?;
+        Err(super::error::WalletError::not_found("no such wallet"))
+    }
+
     /// Seals `data` with the node's master key, bound to `aad` (the record's place).
     pub(super) fn seal(&self, aad: &str, data: &[u8]) -> WalletResult<String> {
         seal(&self.ctx, aad, data)

@@ -105,7 +105,8 @@ impl WalletService {
     }
 
     /// Deletes the wallet: its keys, DIDs, credentials and history in one batch, then the wallet
-    /// record on its own, then its memberships and creation index.
+    /// record on its own, then the contents again (writes of requests let in before the delete),
+    /// then its memberships and creation index.
     ///
     /// The record goes by compare-and-swap against the value whose roster names the
     /// memberships to delete: a share that lands first makes the swap fail and is read again,
@@ -118,18 +119,7 @@ impl WalletService {
     pub async fn delete_wallet(&self, owner: &Owner) -> WalletResult<()> {
         let wallet = owner.id();
         let store = &self.ctx.store;
-        let mut contents = vec![];
-        for keyspace in [ks::KEYS, ks::DIDS, ks::CREDS, ks::HISTORY] {
-            for (k, _) in store
-                .scan_prefix(keyspace, &format!("{wallet}/"), 1_000_000)
-                .await?
-            {
-                contents.push(BatchOp::Delete { keyspace, key: k });
-            }
-        }
-        if !contents.is_empty() {
-            store.batch(contents).await?;
-        }
+        self.delete_contents(wallet).await?;
         let mut current = store.get_settled(ks::WALLETS, wallet).await?;
         let rec = loop {
             let Some(raw) = current else {
@@ -145,6 +135,10 @@ impl WalletService {
             }
         };
         self.coordinator.invalidate(wallet);
+        // Again, now that the record is gone: what a request let in before the delete wrote
+        // after the first sweep (whatever lands later is taken back by its writer, see
+        // `unless_deleted`).
+        self.delete_contents(wallet).await?;
         let mut members = vec![];
         if let Some(creator) = store
             .get_json::<String>(ks::MEMBERS, &format!("cw/{wallet}"))
@@ -172,6 +166,26 @@ impl WalletService {
         }
         if !members.is_empty() {
             store.batch(members).await?;
+        }
+        Ok(())
+    }
+}
+
+impl WalletService {
+    /// Deletes the wallet's keys, DIDs, credentials and history, in one batch.
+    async fn delete_contents(&self, wallet: &str) -> WalletResult<()> {
+        let store = &self.ctx.store;
+        let mut contents = vec![];
+        for keyspace in [ks::KEYS, ks::DIDS, ks::CREDS, ks::HISTORY] {
+            for (k, _) in store
+                .scan_prefix(keyspace, &format!("{wallet}/"), 1_000_000)
+                .await?
+            {
+                contents.push(BatchOp::Delete { keyspace, key: k });
+            }
+        }
+        if !contents.is_empty() {
+            store.batch(contents).await?;
         }
         Ok(())
     }
