@@ -13,8 +13,8 @@
 //! - Anti-entropy: periodically, and before a (re)started node reports ready, each node compares
 //!   per-keyspace digests with every live peer and pulls what it is missing.
 //! - Events: [`bus::ClusterBus`] delivers every published event on every live node.
-//! - Internal RPC: its own HTTP listener, each request signed (HMAC-SHA256, timestamp, nonce), each
-//!   response signed over the request's nonce.
+//! - Internal RPC: its own HTTP listener, each request signed (HMAC-SHA256, timestamp, nonce) for
+//!   the target node's incarnation, each response signed over the request's nonce.
 //! - Gossip datagrams are sealed (HMAC-SHA256, timestamp, nonce) under a key derived from the
 //!   cluster secret: a process without it cannot join or inject membership state ([`gossip`]).
 //!
@@ -57,9 +57,16 @@ pub mod wire;
 /// every RPC request carries a head signature ([`auth::HEADER_HEAD_SIG`]), checked before its
 /// body is read; a request without one is refused unless it names a live member of protocol 1 or
 /// older (a rolling upgrade: see `rpc::older_caller`). Both request MACs of a protocol-2 request
-/// name the target node ([`auth::sign`]); a protocol-1 peer gets and sends the unbound form. And a c_nonce is a MAC whose use is a
-/// marker record (a protocol-1 node knows only stored nonces and would refuse it).
-pub const DATA_PROTOCOL: u32 = 2;
+/// name the target node ([`auth::sign`]); a protocol-1 peer gets and sends the unbound form. And
+/// a c_nonce is a MAC whose use is a marker record (a protocol-1 node knows only stored nonces and
+/// would refuse it).
+/// 3: both request MACs also name the target's incarnation (its chitchat generation, sent in
+/// [`auth::HEADER_GENERATION`]), so a request captured before the target restarted is refused
+/// after it (the replay cache is in memory); a node answers a request signed for another of its
+/// incarnations with its current generation and the caller retries once. A protocol-2 node
+/// cannot check that form: it gets and sends the form bound to the node only, taken only from a
+/// live member of protocol 2 (`rpc::older_caller`).
+pub const DATA_PROTOCOL: u32 = 3;
 
 #[cfg(feature = "cluster")]
 mod start;
