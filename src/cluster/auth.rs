@@ -2,7 +2,8 @@
 //! HMAC-SHA256 over the target node's id, method, path, timestamp, nonce and the body's SHA-256,
 //! under a key derived from the cluster secret. A request older than the window, from the future,
 //! signed for another node, or whose nonce was already seen inside the window is refused, so a
-//! captured request can be replayed neither to its node nor to any other.
+//! captured request can be replayed neither to its node nor to any other (nor, being bound to
+//! the target's incarnation as below, to its node after a restart).
 //!
 //! A second HMAC, the head signature, covers the same fields without the body: the RPC server
 //! checks it before it reads a single body byte, so a process without the secret cannot make a
@@ -42,17 +43,18 @@ pub const HEADER_NONCE: &str = "x-idstack-cluster-nonce";
 /// incarnation), or [`sign_legacy`] between a node and one of data protocol 1.
 pub const HEADER_SIG: &str = "x-idstack-cluster-sig";
 pub const HEADER_NODE: &str = "x-idstack-cluster-node";
-/// HMAC over target node, method, path, timestamp and nonce only ([`sign_head`]), checked before
-/// the body is read. Sent since data protocol 2 ([`HEAD_SIG_SINCE_PROTOCOL`]).
+/// HMAC over target node (and its generation since data protocol 3), method, path, timestamp and
+/// nonce only ([`sign_head`]), checked before the body is read. Sent since data protocol 2
+/// ([`HEAD_SIG_SINCE_PROTOCOL`]).
 pub const HEADER_HEAD_SIG: &str = "x-idstack-cluster-head-sig";
 /// The first data protocol ([`super::DATA_PROTOCOL`]) whose nodes send [`HEADER_HEAD_SIG`] and
 /// sign requests for their target ([`sign`]).
 pub const HEAD_SIG_SINCE_PROTOCOL: u32 = 2;
-/// The target's generation (its incarnation) the request MACs were signed for ([`Target::Incarnation`]).
-/// Sent since data protocol 3 ([`GENERATION_SINCE_PROTOCOL`]).
+/// The target's generation (its incarnation) the request MACs were signed for
+/// ([`Target::Incarnation`]). Sent since data protocol 3 ([`GENERATION_SINCE_PROTOCOL`]).
 pub const HEADER_GENERATION: &str = "x-idstack-cluster-generation";
-/// The first data protocol whose nodes sign requests for their target's incarnation
-/// ([`Target::Incarnation`]) and take no other form from one another.
+/// The first data protocol ([`super::DATA_PROTOCOL`]) whose nodes sign requests for their
+/// target's incarnation ([`Target::Incarnation`]) and take no other form from one another.
 pub const GENERATION_SINCE_PROTOCOL: u32 = 3;
 /// `code` of the problem a node answers a head signed for another of its incarnations with; its
 /// `generation` member is the node's current one ([`other_incarnation`]).
