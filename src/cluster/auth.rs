@@ -2,7 +2,8 @@
 //! HMAC-SHA256 over the target node's id, method, path, timestamp, nonce and the body's SHA-256,
 //! under a key derived from the cluster secret. A request older than the window, from the future,
 //! signed for another node, or whose nonce was already seen inside the window is refused, so a
-//! captured request can be replayed neither to its node nor to any other.
+//! captured request can be replayed neither to its node nor to any other (nor, being bound to
+//! the target's incarnation as below, to its node after a restart).
 //!
 //! A second HMAC, the head signature, covers the same fields without the body: the RPC server
 //! checks it before it reads a single body byte, so a process without the secret cannot make a
@@ -10,8 +11,22 @@
 //! the nonce ([`Verifier::verify_head`] returns a [`Reservation`]), so a captured head admits one
 //! body at one node, not one per connection until the original request completes.
 //!
-//! Nodes of data protocol 1 sign the whole request without the target ([`sign_legacy`]) and no
-//! head; a node takes that form only from them ([`Admission::Legacy`]) and sends it only to them.
+//! Both MACs also name the target's **incarnation**, its chitchat generation (a new one on every
+//! start, gossiped with its id): the replay cache lives in memory and node ids are stable, so
+//! without it a request captured just before a node restarts could be replayed to the restarted
+//! node inside the window. The caller signs for the generation gossip told it and sends it in
+//! [`HEADER_GENERATION`]; a node refuses a head signed for another generation with
+//! [`AuthError::OtherIncarnation`], which the RPC server answers (401, signed over the caller's
+//! nonce like every answer) with its current generation, so a caller whose view is stale (the
+//! target restarted, gossip has not told it yet) retries once, signed for that generation. The
+//! answer is given only to a head whose MAC verifies for this node (so only to a holder of the
+//! key), tells nothing gossip does not, and executes nothing; the retry is a new request with a
+//! new nonce.
+//!
+//! Older forms, each taken only from a live member that gossips the older data protocol and sent
+//! only to one: nodes of data protocol 2 sign both MACs for the target node without its
+//! incarnation ([`Target::Node`], [`Form::Node`]); nodes of data protocol 1 sign the whole
+//! request without the target ([`sign_legacy`]) and no head ([`Admission::Legacy`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,16 +39,26 @@ type HmacSha256 = Hmac<Sha256>;
 
 pub const HEADER_TS: &str = "x-idstack-cluster-ts";
 pub const HEADER_NONCE: &str = "x-idstack-cluster-nonce";
-/// HMAC over the whole request: [`sign`] (bound to the target node), or [`sign_legacy`] between
-/// a node and one of data protocol 1.
+/// HMAC over the whole request: [`sign`] (bound to the target node and, since data protocol 3, its
+/// incarnation), or [`sign_legacy`] between a node and one of data protocol 1.
 pub const HEADER_SIG: &str = "x-idstack-cluster-sig";
 pub const HEADER_NODE: &str = "x-idstack-cluster-node";
-/// HMAC over target node, method, path, timestamp and nonce only ([`sign_head`]), checked before
-/// the body is read. Sent since data protocol 2 ([`HEAD_SIG_SINCE_PROTOCOL`]).
+/// HMAC over target node (and its generation since data protocol 3), method, path, timestamp and
+/// nonce only ([`sign_head`]), checked before the body is read. Sent since data protocol 2
+/// ([`HEAD_SIG_SINCE_PROTOCOL`]).
 pub const HEADER_HEAD_SIG: &str = "x-idstack-cluster-head-sig";
 /// The first data protocol ([`super::DATA_PROTOCOL`]) whose nodes send [`HEADER_HEAD_SIG`] and
 /// sign requests for their target ([`sign`]).
 pub const HEAD_SIG_SINCE_PROTOCOL: u32 = 2;
+/// The target's generation (its incarnation) the request MACs were signed for
+/// ([`Target::Incarnation`]). Sent since data protocol 3 ([`GENERATION_SINCE_PROTOCOL`]).
+pub const HEADER_GENERATION: &str = "x-idstack-cluster-generation";
+/// The first data protocol ([`super::DATA_PROTOCOL`]) whose nodes sign requests for their
+/// target's incarnation ([`Target::Incarnation`]) and take no other form from one another.
+pub const GENERATION_SINCE_PROTOCOL: u32 = 3;
+/// `code` of the problem a node answers a head signed for another of its incarnations with; its
+/// `generation` member is the node's current one ([`other_incarnation`]).
+pub const OTHER_INCARNATION_CODE: &str = "cluster_rpc_generation";
 /// On responses: HMAC over the request's path and nonce, the status and the body's SHA-256.
 pub const HEADER_RESP_SIG: &str = "x-idstack-cluster-resp-sig";
 
@@ -42,14 +67,29 @@ pub const WINDOW_MS: i64 = 30_000;
 
 pub use crate::store::seal::derive_cluster_key as derive_key;
 
-/// The fields every request MAC covers, after its domain prefix. The target is length-prefixed:
-/// a node id is configuration and could hold a newline, the other fields cannot (an HTTP method
-/// and path, digits, a header value), so no two field lists give the same input.
-fn push_fields(m: &mut Vec<u8>, target: &str, method: &str, path: &str, ts: i64, nonce: &str) {
-    m.extend_from_slice(target.len().to_string().as_bytes());
+/// Whom a request's MACs are signed for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// One incarnation of a node: its id and chitchat generation (since data protocol 3).
+    Incarnation(&'a str, u64),
+    /// A node, whichever incarnation: the form of data protocol 2, only to and from its nodes.
+    Node(&'a str),
+}
+
+/// The fields every request MAC covers, after its domain prefix. The node id is length-prefixed:
+/// it is configuration and could hold a newline, the other fields cannot (digits, an HTTP method
+/// and path, a header value), so no two field lists give the same input. The generation follows
+/// it only in the incarnation form, whose domain prefixes differ from the node form's.
+fn push_fields(m: &mut Vec<u8>, target: Target, method: &str, path: &str, ts: i64, nonce: &str) {
+    let (Target::Incarnation(id, _) | Target::Node(id)) = target;
+    m.extend_from_slice(id.len().to_string().as_bytes());
     m.push(b'\n');
-    m.extend_from_slice(target.as_bytes());
+    m.extend_from_slice(id.as_bytes());
     m.push(b'\n');
+    if let Target::Incarnation(_, generation) = target {
+        m.extend_from_slice(generation.to_string().as_bytes());
+        m.push(b'\n');
+    }
     push_request(m, method, path, ts, nonce);
 }
 
@@ -77,24 +117,39 @@ fn legacy_mac_input(method: &str, path: &str, ts: i64, nonce: &str, body: &[u8])
 }
 
 /// Input of the whole-request signature: bound to the target node, so a captured request is
-/// refused by every other node (each keeps its own nonce cache). Domain-separated from the head
-/// input (`...request head\n`), the legacy one (no space) and responses (`RESPONSE\n`).
-fn mac_input(target: &str, method: &str, path: &str, ts: i64, nonce: &str, body: &[u8]) -> Vec<u8> {
+/// refused by every other node (each keeps its own nonce cache), and in the incarnation form to
+/// its incarnation, so it is refused after the target restarted too (its cache is then empty).
+/// Domain-separated from the head inputs (`...request head...`), the other target form, the
+/// legacy one (no space) and responses (`RESPONSE\n`).
+fn mac_input(
+    target: Target,
+    method: &str,
+    path: &str,
+    ts: i64,
+    nonce: &str,
+    body: &[u8],
+) -> Vec<u8> {
     let mut m = Vec::with_capacity(160);
-    m.extend_from_slice(b"idstack cluster request\n");
+    m.extend_from_slice(match target {
+        Target::Incarnation(..) => b"idstack cluster request to incarnation\n".as_slice(),
+        Target::Node(_) => b"idstack cluster request\n",
+    });
     push_fields(&mut m, target, method, path, ts, nonce);
     m.push(b'\n');
     m.extend_from_slice(&Sha256::digest(body));
     m
 }
 
-/// Input of the head signature: bound to the target node like [`mac_input`], and domain-separated
-/// from it, from the legacy request input (which starts with the method, an HTTP token: it never
-/// contains a space) and from the response input (which starts with `RESPONSE\n`), so no
-/// signature of one kind verifies as another.
-fn head_mac_input(target: &str, method: &str, path: &str, ts: i64, nonce: &str) -> Vec<u8> {
+/// Input of the head signature: bound to the target like [`mac_input`], and domain-separated
+/// from it, from the other target form, from the legacy request input (which starts with the
+/// method, an HTTP token: it never contains a space) and from the response input (which starts
+/// with `RESPONSE\n`), so no signature of one kind verifies as another.
+fn head_mac_input(target: Target, method: &str, path: &str, ts: i64, nonce: &str) -> Vec<u8> {
     let mut m = Vec::with_capacity(128);
-    m.extend_from_slice(b"idstack cluster request head\n");
+    m.extend_from_slice(match target {
+        Target::Incarnation(..) => b"idstack cluster request head to incarnation\n".as_slice(),
+        Target::Node(_) => b"idstack cluster request head\n",
+    });
     push_fields(&mut m, target, method, path, ts, nonce);
     m
 }
@@ -111,10 +166,10 @@ fn mac_hex(key: &[u8; 32], input: &[u8]) -> String {
     hex(&mac.finalize().into_bytes())
 }
 
-/// Hex head signature of a request to node `target` (no body: see [`HEADER_HEAD_SIG`]).
+/// Hex head signature of a request to `target` (no body: see [`HEADER_HEAD_SIG`]).
 pub fn sign_head(
     key: &[u8; 32],
-    target: &str,
+    target: Target,
     method: &str,
     path: &str,
     ts: i64,
@@ -123,10 +178,10 @@ pub fn sign_head(
     mac_hex(key, &head_mac_input(target, method, path, ts, nonce))
 }
 
-/// Hex signature of a request to node `target`.
+/// Hex signature of a request to `target`.
 pub fn sign(
     key: &[u8; 32],
-    target: &str,
+    target: Target,
     method: &str,
     path: &str,
     ts: i64,
@@ -165,6 +220,8 @@ fn response_mac(
     // request can cause anyway (by dropping or altering it). During a rolling upgrade a request to
     // a protocol-1 node carries the legacy, unbound signature, so that guarantee holds only between
     // nodes of protocol 2 (the answers of protocol-1 nodes could not carry a responder anyway).
+    // Nor to the responder's incarnation: a request signed for one incarnation is answered with
+    // success by that incarnation only (any other refuses it, see `AuthError::OtherIncarnation`).
     mac.update(b"RESPONSE\n");
     mac.update(path.as_bytes());
     mac.update(b"\n");
@@ -198,6 +255,21 @@ pub fn verify_response(
     response_mac(key, path, nonce, status, body).is_some_and(|m| m.verify_slice(&sig).is_ok())
 }
 
+/// The generation in a node's answer that a request was signed for another of its incarnations
+/// (see [`OTHER_INCARNATION_CODE`]); `None` for any other answer. Believe it only from an answer
+/// whose signature verified ([`verify_response`]) for the request's nonce.
+pub fn other_incarnation(body: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Refusal {
+        code: String,
+        generation: u64,
+    }
+    serde_json::from_slice::<Refusal>(body)
+        .ok()
+        .filter(|r| r.code == OTHER_INCARNATION_CODE)
+        .map(|r| r.generation)
+}
+
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
@@ -220,6 +292,10 @@ pub enum AuthError {
     BadSignature,
     #[error("replayed request")]
     Replay,
+    /// The head's MAC verified for this node but another of its incarnations (the caller's view
+    /// is stale, or the request was captured before this node restarted).
+    #[error("request signed for another incarnation of this node (now generation {current})")]
+    OtherIncarnation { current: u64 },
 }
 
 /// What the replay cache knows of a nonce seen inside the window.
@@ -242,6 +318,20 @@ type Seen = (HashMap<String, (i64, NonceUse)>, VecDeque<(i64, String)>);
 pub struct Reservation {
     nonce: String,
     id: u64,
+    /// The form the head verified in: the whole request must be signed in the same.
+    form: Form,
+}
+
+/// Which request MACs a caller sends, chosen by the RPC server from the caller's gossiped data
+/// protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// Signed for this node's incarnation ([`Target::Incarnation`]): every caller of data protocol
+    /// 3 or newer, and anyone not known as an older live member.
+    Incarnation,
+    /// Signed for this node only ([`Target::Node`]): taken only from a live member of data
+    /// protocol 2.
+    Node,
 }
 
 /// How a request was let in before its body was read, which decides how [`Verifier::verify`]
@@ -249,7 +339,7 @@ pub struct Reservation {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Admission {
     /// Its head signature verified and reserved its nonce: the whole request must carry the
-    /// signature bound to this node ([`sign`]) and that nonce.
+    /// signature bound to this node ([`sign`], in the head's [`Form`]) and that nonce.
     Head(Reservation),
     /// From a live node of data protocol 1 (no head signature): the whole request carries the
     /// legacy signature ([`sign_legacy`]) and its nonce must be new, as before protocol 2.
@@ -261,16 +351,21 @@ pub struct Verifier {
     key: [u8; 32],
     /// This node's id: the target every request to it must be signed for.
     me: String,
+    /// This incarnation's chitchat generation: the one requests must be signed for (in the
+    /// incarnation form).
+    generation: u64,
     seen: Mutex<Seen>,
     /// Source of [`Reservation::id`]: distinct for every reservation this verifier makes.
     reservations: AtomicU64,
 }
 
 impl Verifier {
-    pub fn new(key: [u8; 32], me: &str) -> Self {
+    /// The verifier of node `me` in its incarnation `generation`.
+    pub fn new(key: [u8; 32], me: &str, generation: u64) -> Self {
         Self {
             key,
             me: me.to_string(),
+            generation,
             seen: Mutex::default(),
             reservations: AtomicU64::new(0),
         }
@@ -325,22 +420,52 @@ impl Verifier {
     }
 
     /// Checks a request's head before its body is read: well-formed headers, timestamp inside the
-    /// window, head signature for this node (constant-time), and a nonce never seen; then
-    /// reserves the nonce for this request. A second head with the same nonce is a replay from
-    /// then on, whether the first request is still in flight, completed, or failed its full
-    /// check: a captured head makes this node read at most one body, once.
+    /// window, head signature for this node (constant-time) in `form` — in the incarnation form,
+    /// for the generation the caller names in `generation` ([`HEADER_GENERATION`]), which must be
+    /// this incarnation's ([`AuthError::OtherIncarnation`] after the MAC verified) — and a nonce
+    /// never seen; then reserves the nonce for this request. A second head with the same nonce is
+    /// a replay from then on, whether the first request is still in flight, completed, or failed
+    /// its full check: a captured head makes this node read at most one body, once.
+    #[allow(clippy::too_many_arguments)]
     pub fn verify_head(
         &self,
         now_ms: i64,
+        form: Form,
         method: &str,
         path: &str,
         ts: Option<&str>,
         nonce: Option<&str>,
+        generation: Option<&str>,
         head_sig: Option<&str>,
     ) -> Result<Reservation, AuthError> {
-        let nonce = self.signed(now_ms, ts, nonce, head_sig, |ts, nonce| {
-            head_mac_input(&self.me, method, path, ts, nonce)
-        })?;
+        let nonce = match form {
+            Form::Incarnation => {
+                let claimed: u64 = generation
+                    .ok_or(AuthError::Malformed)?
+                    .parse()
+                    .map_err(|_| AuthError::Malformed)?;
+                let nonce = self.signed(now_ms, ts, nonce, head_sig, |ts, nonce| {
+                    head_mac_input(
+                        Target::Incarnation(&self.me, claimed),
+                        method,
+                        path,
+                        ts,
+                        nonce,
+                    )
+                })?;
+                // signed by a key holder for this node, but another incarnation: refused, and
+                // nothing reserved (nothing of it ever runs here)
+                if claimed != self.generation {
+                    return Err(AuthError::OtherIncarnation {
+                        current: self.generation,
+                    });
+                }
+                nonce
+            }
+            Form::Node => self.signed(now_ms, ts, nonce, head_sig, |ts, nonce| {
+                head_mac_input(Target::Node(&self.me), method, path, ts, nonce)
+            })?,
+        };
         let mut guard = self.seen(now_ms)?;
         let (set, order) = &mut *guard;
         if set.contains_key(nonce) {
@@ -352,11 +477,12 @@ impl Verifier {
         Ok(Reservation {
             nonce: nonce.to_string(),
             id,
+            form,
         })
     }
 
-    /// Checks a whole request let in as `admission` says: its signature (bound to this node
-    /// unless [`Admission::Legacy`]) and its nonce, which must be the one its head reserved (still
+    /// Checks a whole request let in as `admission` says: its signature (bound to this node, and
+    /// to this incarnation in [`Form::Incarnation`], unless [`Admission::Legacy`]) and its nonce, which must be the one its head reserved (still
     /// reserved for it) or, for a legacy request, never seen. The nonce is then used.
     #[allow(clippy::too_many_arguments)]
     pub fn verify(
@@ -371,9 +497,15 @@ impl Verifier {
         body: &[u8],
     ) -> Result<(), AuthError> {
         let nonce = match &admission {
-            Admission::Head(_) => self.signed(now_ms, ts, nonce, sig, |ts, nonce| {
-                mac_input(&self.me, method, path, ts, nonce, body)
-            })?,
+            Admission::Head(r) => {
+                let target = match r.form {
+                    Form::Incarnation => Target::Incarnation(&self.me, self.generation),
+                    Form::Node => Target::Node(&self.me),
+                };
+                self.signed(now_ms, ts, nonce, sig, |ts, nonce| {
+                    mac_input(target, method, path, ts, nonce, body)
+                })?
+            }
             Admission::Legacy => self.signed(now_ms, ts, nonce, sig, |ts, nonce| {
                 legacy_mac_input(method, path, ts, nonce, body)
             })?,
@@ -414,6 +546,39 @@ mod tests {
         derive_key(b"a cluster secret of some length", "idstack", "rpc")
     }
 
+    /// The generation of the verifiers' incarnation in most tests.
+    const GEN: u64 = 1_699_999_000_000;
+
+    /// Node `id` in incarnation [`GEN`].
+    fn at(id: &str) -> Target<'_> {
+        Target::Incarnation(id, GEN)
+    }
+
+    impl Verifier {
+        /// [`Verifier::verify_head`] of a head in the current form, signed for [`GEN`].
+        fn head(
+            &self,
+            now_ms: i64,
+            method: &str,
+            path: &str,
+            ts: Option<&str>,
+            nonce: Option<&str>,
+            head_sig: Option<&str>,
+        ) -> Result<Reservation, AuthError> {
+            let generation = GEN.to_string();
+            self.verify_head(
+                now_ms,
+                Form::Incarnation,
+                method,
+                path,
+                ts,
+                nonce,
+                Some(&generation),
+                head_sig,
+            )
+        }
+    }
+
     /// A whole request's check as the RPC server makes it: the head first, then the body under
     /// the head's reservation.
     fn head_then_body(
@@ -425,7 +590,7 @@ mod tests {
         (head, sig): (&str, &str),
         body: &[u8],
     ) -> Result<(), AuthError> {
-        let r = v.verify_head(at, "POST", path, Some(ts), Some(nonce), Some(head))?;
+        let r = v.head(at, "POST", path, Some(ts), Some(nonce), Some(head))?;
         v.verify(
             at,
             Admission::Head(r),
@@ -441,11 +606,11 @@ mod tests {
     #[test]
     fn signed_requests_pass_once_and_tampering_stale_or_replay_fail() {
         let key = key();
-        let v = Verifier::new(key, "a");
+        let v = Verifier::new(key, "a", GEN);
         let now = 1_700_000_000_000;
         let body = br#"{"records":[]}"#;
         let p = "/cluster/v1/apply";
-        let sig = sign(&key, "a", "POST", p, now, "n1", body);
+        let sig = sign(&key, at("a"), "POST", p, now, "n1", body);
         let ts = now.to_string();
         // the full check alone (as if its reservation had aged out) and the legacy form
         let check = |path: &str, ts: &str, nonce: &str, sig: &str, body: &[u8], at: i64| {
@@ -460,7 +625,7 @@ mod tests {
                 body,
             )
         };
-        let head = sign_head(&key, "a", "POST", p, now, "n1");
+        let head = sign_head(&key, at("a"), "POST", p, now, "n1");
         assert_eq!(
             head_then_body(&v, now, p, &ts, "n1", (&head, &sig), body),
             Ok(())
@@ -530,12 +695,12 @@ mod tests {
             Err(AuthError::Malformed)
         );
         // the bound and the legacy forms are not each other
-        let bound = sign(&key, "a", "POST", "/p", now, "n6", body);
+        let bound = sign(&key, at("a"), "POST", "/p", now, "n6", body);
         assert_eq!(
             check("/p", &ts, "n6", &bound, body, now),
             Err(AuthError::BadSignature)
         );
-        let head6 = sign_head(&key, "a", "POST", "/p", now, "n6");
+        let head6 = sign_head(&key, at("a"), "POST", "/p", now, "n6");
         let legacy6 = sign_legacy(&key, "POST", "/p", now, "n6", body);
         assert_eq!(
             head_then_body(&v, now, "/p", &ts, "n6", (&head6, &legacy6), body),
@@ -572,7 +737,7 @@ mod tests {
         // a request signature (either form) is not a response signature
         let body = b"{\"swapped\":true}";
         for req_sig in [
-            sign(&key, "a", "POST", p, 200, "nonce-1", body),
+            sign(&key, at("a"), "POST", p, 200, "nonce-1", body),
             sign_legacy(&key, "POST", p, 200, "nonce-1", body),
         ] {
             assert!(!ok(p, "nonce-1", 200, body, Some(&req_sig)));
@@ -582,12 +747,12 @@ mod tests {
     #[test]
     fn head_signatures_cover_the_head_and_are_no_other_signature() {
         let key = key();
-        let v = Verifier::new(key, "a");
+        let v = Verifier::new(key, "a", GEN);
         let now = 1_700_000_000_000;
         let (p, ts) = ("/cluster/v1/apply", now.to_string());
-        let head = |nonce: &str| sign_head(&key, "a", "POST", p, now, nonce);
+        let head = |nonce: &str| sign_head(&key, at("a"), "POST", p, now, nonce);
         let check = |path: &str, nonce: &str, sig: &str, at: i64| {
-            v.verify_head(at, "POST", path, Some(&ts), Some(nonce), Some(sig))
+            v.head(at, "POST", path, Some(&ts), Some(nonce), Some(sig))
                 .map(|_| ())
         };
         assert_eq!(
@@ -608,14 +773,14 @@ mod tests {
             Err(AuthError::BadSignature)
         );
         assert_eq!(
-            v.verify_head(now, "POST", p, Some(&ts), Some("n1"), None)
+            v.head(now, "POST", p, Some(&ts), Some("n1"), None)
                 .map(|_| ()),
             Err(AuthError::Malformed)
         );
         // a request or response signature is not a head signature, nor the other way round
         let body = b"";
         for other in [
-            sign(&key, "a", "POST", p, now, "n1", body),
+            sign(&key, at("a"), "POST", p, now, "n1", body),
             sign_legacy(&key, "POST", p, now, "n1", body),
             sign_response(&key, p, "n1", 200, body),
         ] {
@@ -634,6 +799,7 @@ mod tests {
             Admission::Head(Reservation {
                 nonce: "n1".into(),
                 id: u64::MAX,
+                form: Form::Incarnation,
             }),
         ] {
             assert_eq!(
@@ -651,7 +817,7 @@ mod tests {
             );
         }
         // refused heads reserved nothing: the request still passes once
-        let req = sign(&key, "a", "POST", p, now, "n1", body);
+        let req = sign(&key, at("a"), "POST", p, now, "n1", body);
         assert_eq!(
             head_then_body(&v, now, p, &ts, "n1", (&head("n1"), &req), body),
             Ok(())
@@ -664,18 +830,18 @@ mod tests {
     #[test]
     fn a_request_signed_for_one_node_is_refused_by_every_other() {
         let key = key();
-        let (a, b) = (Verifier::new(key, "a"), Verifier::new(key, "b"));
+        let (a, b) = (Verifier::new(key, "a", GEN), Verifier::new(key, "b", GEN));
         let now = 1_700_000_000_000;
         let (p, ts, body) = ("/cluster/v1/apply", now.to_string(), b"{\"records\":[]}");
-        let head = sign_head(&key, "a", "POST", p, now, "n1");
-        let sig = sign(&key, "a", "POST", p, now, "n1", body);
+        let head = sign_head(&key, at("a"), "POST", p, now, "n1");
+        let sig = sign(&key, at("a"), "POST", p, now, "n1", body);
         assert_eq!(
-            b.verify_head(now, "POST", p, Some(&ts), Some("n1"), Some(&head))
+            b.head(now, "POST", p, Some(&ts), Some("n1"), Some(&head))
                 .map(|_| ()),
             Err(AuthError::BadSignature)
         );
         // the whole request, even with a head b accepted (signed for b, same nonce)
-        let head_b = sign_head(&key, "b", "POST", p, now, "n1");
+        let head_b = sign_head(&key, at("b"), "POST", p, now, "n1");
         assert_eq!(
             head_then_body(&b, now, p, &ts, "n1", (&head_b, &sig), body),
             Err(AuthError::BadSignature)
@@ -686,13 +852,294 @@ mod tests {
             Ok(())
         );
         // the target is length-prefixed: no other split of the same bytes verifies
-        let odd = Verifier::new(key, "a\nPOST");
-        let h = sign_head(&key, "a", "POST\nPOST", p, now, "n2");
+        let odd = Verifier::new(key, "a\nPOST", GEN);
+        let h = sign_head(&key, at("a"), "POST\nPOST", p, now, "n2");
         assert_eq!(
-            odd.verify_head(now, "POST", p, Some(&ts), Some("n2"), Some(&h))
+            odd.head(now, "POST", p, Some(&ts), Some("n2"), Some(&h))
                 .map(|_| ()),
             Err(AuthError::BadSignature)
         );
+    }
+
+    /// Attack: a request captured on its way to node a just before a restarts, replayed to the
+    /// restarted a inside the window. The replay cache lived in memory and node ids are stable,
+    /// so the new incarnation (empty cache) took it; now both MACs name a's generation and the
+    /// new incarnation refuses the copy, whether its head or its body.
+    #[test]
+    fn a_request_captured_before_a_restart_is_refused_after_it() {
+        let key = key();
+        let now = 1_700_000_000_000;
+        let (p, ts, body) = ("/cluster/v1/apply", now.to_string(), b"{\"records\":[]}");
+        let (old, new) = (GEN, GEN + 4_000);
+        let head = sign_head(&key, at("a"), "POST", p, now, "n1");
+        let sig = sign(&key, at("a"), "POST", p, now, "n1", body);
+        let before = Verifier::new(key, "a", old);
+        assert_eq!(
+            head_then_body(&before, now, p, &ts, "n1", (&head, &sig), body),
+            Ok(())
+        );
+        // a restarts (same id, new generation, empty replay cache) and gets the copy 5 s later
+        let after = Verifier::new(key, "a", new);
+        let later = now + 5_000;
+        assert_eq!(
+            head_then_body(&after, later, p, &ts, "n1", (&head, &sig), body),
+            Err(AuthError::OtherIncarnation { current: new })
+        );
+        // naming the new generation in the header breaks the head's MAC
+        assert_eq!(
+            after
+                .verify_head(
+                    later,
+                    Form::Incarnation,
+                    "POST",
+                    p,
+                    Some(&ts),
+                    Some("n1"),
+                    Some(&new.to_string()),
+                    Some(&head)
+                )
+                .map(|_| ()),
+            Err(AuthError::BadSignature)
+        );
+        // the captured body under a head the new incarnation takes (signed for it, same nonce)
+        let head_new = sign_head(&key, Target::Incarnation("a", new), "POST", p, now, "n1");
+        let r = after
+            .verify_head(
+                later,
+                Form::Incarnation,
+                "POST",
+                p,
+                Some(&ts),
+                Some("n1"),
+                Some(&new.to_string()),
+                Some(&head_new),
+            )
+            .unwrap();
+        assert_eq!(
+            after.verify(
+                later,
+                Admission::Head(r),
+                "POST",
+                p,
+                Some(&ts),
+                Some("n1"),
+                Some(&sig),
+                body
+            ),
+            Err(AuthError::BadSignature)
+        );
+        // nor does the copy pass as one of the older forms (a caller header naming a live node
+        // of protocol 2 or 1 makes the server expect those)
+        let as_node = after.verify_head(
+            later,
+            Form::Node,
+            "POST",
+            p,
+            Some(&ts),
+            Some("n2"),
+            None,
+            Some(&sign_head(&key, at("a"), "POST", p, now, "n2")),
+        );
+        assert_eq!(as_node.map(|_| ()), Err(AuthError::BadSignature));
+        let legacy = after.verify(
+            later,
+            Admission::Legacy,
+            "POST",
+            p,
+            Some(&ts),
+            Some("n2"),
+            Some(&sign(&key, at("a"), "POST", p, now, "n2", body)),
+            body,
+        );
+        assert_eq!(legacy, Err(AuthError::BadSignature));
+    }
+
+    /// A caller whose view of the target's generation is stale (the target restarted, gossip has
+    /// not told it yet): refused with the current generation, nothing reserved; its retry, a new
+    /// request signed for that generation, passes. Only a head whose MAC verifies gets told.
+    #[test]
+    fn a_stale_generation_is_refused_with_the_current_one_and_the_retry_passes() {
+        let key = key();
+        let now = 1_700_000_000_000;
+        let (p, ts, body) = ("/cluster/v1/apply", now.to_string(), b"{\"records\":[]}");
+        let current = GEN + 1;
+        let v = Verifier::new(key, "a", current);
+        let head =
+            |n: &str, g: u64| sign_head(&key, Target::Incarnation("a", g), "POST", p, now, n);
+        let check = |n: &str, claimed: Option<&str>, sig: &str| {
+            v.verify_head(
+                now,
+                Form::Incarnation,
+                "POST",
+                p,
+                Some(&ts),
+                Some(n),
+                claimed,
+                Some(sig),
+            )
+            .map(|_| ())
+        };
+        let stale = GEN.to_string();
+        assert_eq!(
+            check("n1", Some(&stale), &head("n1", GEN)),
+            Err(AuthError::OtherIncarnation { current })
+        );
+        // nothing reserved: the same head is told again, not taken for a replay
+        assert_eq!(
+            check("n1", Some(&stale), &head("n1", GEN)),
+            Err(AuthError::OtherIncarnation { current })
+        );
+        // without the key, or with the header altered, no generation is told
+        assert_eq!(
+            check("n2", Some(&stale), &"00".repeat(32)),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            check("n2", Some(&(GEN + 7).to_string()), &head("n2", GEN)),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            check("n2", None, &head("n2", GEN)),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            check("n2", Some("not a number"), &head("n2", GEN)),
+            Err(AuthError::Malformed)
+        );
+        // the retry: a new nonce, both MACs for the current generation
+        let now_gen = current.to_string();
+        let r = v
+            .verify_head(
+                now,
+                Form::Incarnation,
+                "POST",
+                p,
+                Some(&ts),
+                Some("n3"),
+                Some(&now_gen),
+                Some(&head("n3", current)),
+            )
+            .unwrap();
+        let sig = sign(
+            &key,
+            Target::Incarnation("a", current),
+            "POST",
+            p,
+            now,
+            "n3",
+            body,
+        );
+        assert_eq!(
+            v.verify(
+                now,
+                Admission::Head(r),
+                "POST",
+                p,
+                Some(&ts),
+                Some("n3"),
+                Some(&sig),
+                body
+            ),
+            Ok(())
+        );
+    }
+
+    /// The form of data protocol 2 (target node, no generation), taken only under [`Form::Node`]
+    /// (the RPC server chooses it for a live member of protocol 2), and not the current form's.
+    #[test]
+    fn the_node_form_of_protocol_2_verifies_only_as_such() {
+        let key = key();
+        let v = Verifier::new(key, "a", GEN);
+        let now = 1_700_000_000_000;
+        let (p, ts, body) = ("/cluster/v1/apply", now.to_string(), b"{\"records\":[]}");
+        let gen = GEN.to_string();
+        let node_head = |n: &str| sign_head(&key, Target::Node("a"), "POST", p, now, n);
+        let head = |form: Form, n: &str, sig: &str| {
+            v.verify_head(
+                now,
+                form,
+                "POST",
+                p,
+                Some(&ts),
+                Some(n),
+                Some(&gen),
+                Some(sig),
+            )
+        };
+        // each head form only as itself
+        assert_eq!(
+            head(Form::Incarnation, "n1", &node_head("n1")).map(|_| ()),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            head(
+                Form::Node,
+                "n1",
+                &sign_head(&key, at("a"), "POST", p, now, "n1")
+            )
+            .map(|_| ()),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            head(
+                Form::Node,
+                "n1",
+                &sign_head(&key, Target::Node("b"), "POST", p, now, "n1")
+            )
+            .map(|_| ()),
+            Err(AuthError::BadSignature)
+        );
+        // a node-form head wants a node-form body
+        let r = head(Form::Node, "n2", &node_head("n2")).unwrap();
+        let wrong = sign(&key, at("a"), "POST", p, now, "n2", body);
+        assert_eq!(
+            v.verify(
+                now,
+                Admission::Head(r),
+                "POST",
+                p,
+                Some(&ts),
+                Some("n2"),
+                Some(&wrong),
+                body
+            ),
+            Err(AuthError::BadSignature)
+        );
+        let r = head(Form::Node, "n3", &node_head("n3")).unwrap();
+        let right = sign(&key, Target::Node("a"), "POST", p, now, "n3", body);
+        assert_eq!(
+            v.verify(
+                now,
+                Admission::Head(r),
+                "POST",
+                p,
+                Some(&ts),
+                Some("n3"),
+                Some(&right),
+                body
+            ),
+            Ok(())
+        );
+        // and the same bytes never make both forms' inputs
+        assert_ne!(
+            mac_input(Target::Node("a"), "POST", p, now, "n", body),
+            mac_input(at("a"), "POST", p, now, "n", body)
+        );
+        assert_ne!(
+            head_mac_input(Target::Node("a"), "POST", p, now, "n"),
+            head_mac_input(at("a"), "POST", p, now, "n")
+        );
+    }
+
+    #[test]
+    fn only_the_other_incarnation_refusal_names_a_generation() {
+        let body = format!(r#"{{"code":"{OTHER_INCARNATION_CODE}","generation":42,"status":401}}"#);
+        assert_eq!(other_incarnation(body.as_bytes()), Some(42));
+        assert_eq!(
+            other_incarnation(br#"{"code":"cluster_rpc","generation":42}"#),
+            None
+        );
+        assert_eq!(other_incarnation(b"not json"), None);
     }
 
     /// Attack: one captured head sent on many connections at once (each would have the node
@@ -701,13 +1148,13 @@ mod tests {
     #[test]
     fn a_head_reserves_its_nonce_for_its_own_request_only() {
         let key = key();
-        let v = Verifier::new(key, "a");
+        let v = Verifier::new(key, "a", GEN);
         let now = 1_700_000_000_000;
         let (p, ts, body) = ("/cluster/v1/apply", now.to_string(), b"{\"records\":[]}");
-        let head = |n: &str| sign_head(&key, "a", "POST", p, now, n);
-        let sig = |n: &str, b: &[u8]| sign(&key, "a", "POST", p, now, n, b);
+        let head = |n: &str| sign_head(&key, at("a"), "POST", p, now, n);
+        let sig = |n: &str, b: &[u8]| sign(&key, at("a"), "POST", p, now, n, b);
         let verify_head =
-            |n: &str, at: i64| v.verify_head(at, "POST", p, Some(&ts), Some(n), Some(&head(n)));
+            |n: &str, at: i64| v.head(at, "POST", p, Some(&ts), Some(n), Some(&head(n)));
         let verify = |r: Admission, n: &str, s: &str, b: &[u8]| {
             v.verify(now, r, "POST", p, Some(&ts), Some(n), Some(s), b)
         };
@@ -752,6 +1199,7 @@ mod tests {
         let again = Reservation {
             nonce: "n2".into(),
             id: 1,
+            form: Form::Incarnation,
         };
         assert_eq!(
             verify(Admission::Head(again), "n2", &sig("n2", body), body),

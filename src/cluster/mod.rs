@@ -13,8 +13,8 @@
 //! - Anti-entropy: periodically, and before a (re)started node reports ready, each node compares
 //!   per-keyspace digests with every live peer and pulls what it is missing.
 //! - Events: [`bus::ClusterBus`] delivers every published event on every live node.
-//! - Internal RPC: its own HTTP listener, each request signed (HMAC-SHA256, timestamp, nonce), each
-//!   response signed over the request's nonce.
+//! - Internal RPC: its own HTTP listener, each request signed (HMAC-SHA256, timestamp, nonce) for
+//!   the target node's incarnation, each response signed over the request's nonce.
 //! - Gossip datagrams are sealed (HMAC-SHA256, timestamp, nonce) under a key derived from the
 //!   cluster secret: a process without it cannot join or inject membership state ([`gossip`]).
 //!
@@ -57,11 +57,18 @@ pub mod wire;
 /// every RPC request carries a head signature ([`auth::HEADER_HEAD_SIG`]), checked before its
 /// body is read; a request without one is refused unless it names a live member of protocol 1 or
 /// older (a rolling upgrade: see `rpc::older_caller`). Both request MACs of a protocol-2 request
-/// name the target node ([`auth::sign`]); a protocol-1 peer gets and sends the unbound form. And a c_nonce is a MAC whose use is a
-/// marker record (a protocol-1 node knows only stored nonces and would refuse it).
-/// 3: a wallet's members are its record's roster (`WalletRecord::roster`), changed by
-/// compare-and-swap of that record; the `wallet_members` index is derived from it. A protocol-2
-/// node changes the index alone (the roster would go stale) and rewrites the record without it.
+/// name the target node ([`auth::sign`]); a protocol-1 peer gets and sends the unbound form. And
+/// a c_nonce is a MAC whose use is a marker record (a protocol-1 node knows only stored nonces and
+/// would refuse it).
+/// 3: both request MACs also name the target's incarnation (its chitchat generation, sent in
+/// [`auth::HEADER_GENERATION`]), so a request captured before the target restarted is refused
+/// after it (the replay cache is in memory); a node answers a request signed for another of its
+/// incarnations with its current generation and the caller retries once. A protocol-2 node
+/// cannot check that form: it gets and sends the form bound to the node only, taken only from a
+/// live member of protocol 2 (`rpc::older_caller`). And a wallet's members are its record's
+/// roster (`WalletRecord::roster`), changed by compare-and-swap of that record, with its pending
+/// invitations; the `wallet_members` index is derived from it. A protocol-2 node changes the
+/// index alone and rewrites the record without the roster.
 pub const DATA_PROTOCOL: u32 = 3;
 
 #[cfg(feature = "cluster")]

@@ -51,6 +51,9 @@ pub struct NodeSettings {
     pub updates_consistent: bool,
     /// The data protocol this node speaks ([`super::DATA_PROTOCOL`]; another value only in tests).
     pub protocol: u32,
+    /// This incarnation's chitchat generation (new on every start): RPC requests to this node
+    /// must be signed for it ([`auth::Target::Incarnation`]).
+    pub generation: u64,
 }
 
 /// The per-key lock a consistent transition holds at its executor from its majority read to its
@@ -91,6 +94,25 @@ pub struct Member {
     pub generation: u64,
     /// Its data protocol ([`super::DATA_PROTOCOL`]); 0 for a node that gossips none.
     pub protocol: u32,
+}
+
+/// The request MACs a call to a peer carries, after the peer's gossiped data protocol.
+#[derive(Debug, Clone, Copy)]
+enum SignFor {
+    /// Protocol 1: the whole request without a target ([`auth::sign_legacy`]).
+    Legacy,
+    /// Protocol 2: both MACs for the peer's id ([`auth::Target::Node`]).
+    Node,
+    /// Protocol 3 on: both MACs for the peer's id and this generation of it.
+    Incarnation(u64),
+}
+
+/// A signed answer to one request.
+enum Sent {
+    Answer(actix_web::web::Bytes),
+    /// The peer's signed refusal: the request named another of its incarnations; this is its
+    /// current generation.
+    OtherIncarnation(u64),
 }
 
 pub struct ClusterMetrics {
@@ -242,7 +264,7 @@ impl Node {
             .build()?;
         Ok(Self {
             metrics,
-            verifier: auth::Verifier::new(rpc_key, &settings.node_id),
+            verifier: auth::Verifier::new(rpc_key, &settings.node_id, settings.generation),
             settings,
             replica,
             chitchat,
@@ -595,8 +617,12 @@ impl Node {
         res
     }
 
-    /// One signed call to node `peer` at `addr`: both signatures name `peer`, so only that node
-    /// accepts the request (a copy sent elsewhere is refused).
+    /// One signed call to node `peer` at `addr`: both signatures name `peer` and the incarnation
+    /// of it gossip told this node of, so only that node, and only until it restarts, accepts the
+    /// request (a copy sent elsewhere or replayed after a restart is refused). When `peer`
+    /// answers, in a response signed for this request, that it is another incarnation (it
+    /// restarted and gossip has not told this node yet), the call is sent once more, as a new
+    /// request signed for the generation that answer names.
     async fn call_inner<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         peer: &str,
@@ -605,22 +631,63 @@ impl Node {
         req: &Req,
     ) -> Result<Resp, RpcError> {
         let body = serde_json::to_vec(req).map_err(|e| RpcError::Remote(e.to_string()))?;
+        // Nodes of data protocols 1 and 2 (rolling upgrade) know only their own forms; every
+        // other peer, and one not (yet) listed, gets and needs the incarnation-bound one.
+        let form = match self.members().iter().find(|m| m.node_id == peer) {
+            Some(m) if m.protocol < auth::HEAD_SIG_SINCE_PROTOCOL => SignFor::Legacy,
+            Some(m) if m.protocol < auth::GENERATION_SINCE_PROTOCOL => SignFor::Node,
+            Some(m) => SignFor::Incarnation(m.generation),
+            None => SignFor::Incarnation(0),
+        };
+        let bytes = match self.send_signed(peer, addr, path, &body, form).await? {
+            Sent::Answer(bytes) => bytes,
+            Sent::OtherIncarnation(current) => {
+                tracing::debug!(
+                    peer,
+                    current,
+                    "cluster rpc: peer restarted; signing for its new generation"
+                );
+                match self
+                    .send_signed(peer, addr, path, &body, SignFor::Incarnation(current))
+                    .await?
+                {
+                    Sent::Answer(bytes) => bytes,
+                    // once only: two restarts during one call, or a peer that answers oddly
+                    Sent::OtherIncarnation(again) => {
+                        return Err(RpcError::Remote(format!(
+                            "{peer} refused its generation {current} too (now {again})"
+                        )))
+                    }
+                }
+            }
+        };
+        serde_json::from_slice(&bytes).map_err(|e| RpcError::Remote(format!("decode: {e}")))
+    }
+
+    /// Sends one request (new timestamp and nonce) signed in `form`, and checks the answer's
+    /// signature: an answer not signed for this request is no answer.
+    async fn send_signed(
+        &self,
+        peer: &str,
+        addr: &str,
+        path: &'static str,
+        body: &[u8],
+        form: SignFor,
+    ) -> Result<Sent, RpcError> {
         let ts = self.now_ms();
         let nonce = crate::clock::random_token(12);
-        // A node of data protocol 1 (rolling upgrade) knows only the signature without a target
-        // and ignores the head signature; every other peer gets and needs the bound one.
-        let legacy_peer = self
-            .members()
-            .iter()
-            .any(|m| m.node_id == peer && m.protocol < auth::HEAD_SIG_SINCE_PROTOCOL);
-        let sig = if legacy_peer {
-            auth::sign_legacy(&self.rpc_key, "POST", path, ts, &nonce, &body)
-        } else {
-            auth::sign(&self.rpc_key, peer, "POST", path, ts, &nonce, &body)
+        let target = match form {
+            SignFor::Incarnation(generation) => auth::Target::Incarnation(peer, generation),
+            SignFor::Node | SignFor::Legacy => auth::Target::Node(peer),
         };
-        // checked by the server before it reads the body (see `auth::HEADER_HEAD_SIG`)
-        let head_sig = auth::sign_head(&self.rpc_key, peer, "POST", path, ts, &nonce);
-        let resp = self
+        let sig = match form {
+            SignFor::Legacy => auth::sign_legacy(&self.rpc_key, "POST", path, ts, &nonce, body),
+            _ => auth::sign(&self.rpc_key, target, "POST", path, ts, &nonce, body),
+        };
+        // checked by the server before it reads the body (see `auth::HEADER_HEAD_SIG`; a
+        // protocol-1 peer ignores it)
+        let head_sig = auth::sign_head(&self.rpc_key, target, "POST", path, ts, &nonce);
+        let mut request = self
             .http
             .post(format!("http://{addr}{path}"))
             .header("content-type", "application/json")
@@ -628,8 +695,12 @@ impl Node {
             .header(auth::HEADER_NONCE, &nonce)
             .header(auth::HEADER_SIG, sig)
             .header(auth::HEADER_HEAD_SIG, head_sig)
-            .header(auth::HEADER_NODE, self.id())
-            .body(body)
+            .header(auth::HEADER_NODE, self.id());
+        if let SignFor::Incarnation(generation) = form {
+            request = request.header(auth::HEADER_GENERATION, generation.to_string());
+        }
+        let resp = request
+            .body(body.to_vec())
             .send()
             .await
             .map_err(|e| RpcError::Transport(e.to_string()))?;
@@ -657,13 +728,18 @@ impl Node {
                 "{status} answer not signed with the cluster key"
             )));
         }
+        if status == reqwest::StatusCode::UNAUTHORIZED && matches!(form, SignFor::Incarnation(_)) {
+            if let Some(current) = auth::other_incarnation(&bytes) {
+                return Ok(Sent::OtherIncarnation(current));
+            }
+        }
         if !status.is_success() {
             return Err(RpcError::Remote(format!(
                 "{status}: {}",
                 String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
             )));
         }
-        serde_json::from_slice(&bytes).map_err(|e| RpcError::Remote(format!("decode: {e}")))
+        Ok(Sent::Answer(bytes))
     }
 
     // ---------------------------------------------------------------- replication

@@ -108,21 +108,48 @@ fn err(e: impl std::fmt::Display) -> HttpResponse {
 
 type NodeData = web::Data<Arc<Node>>;
 
-/// Whether `caller` (the unauthenticated node-id header) names a live member of a data protocol
-/// from before head signatures: during a rolling upgrade the newer nodes, held back, still take
-/// the older ones' replication and compare-and-swap calls, which carry none. Those requests get
-/// the old treatment (body read under the limit and deadline, then the full signature checked);
-/// anyone else without a head signature is refused unread. Gossip is authenticated, so the member
-/// list is the cluster's; only the header could be spoofed, and only while an older node lives.
-fn older_caller(members: &[Member], me: &str, caller: Option<&str>) -> bool {
-    caller.is_some_and(|caller| {
-        caller != me
-            && members.iter().any(|m| {
-                m.node_id == caller
-                    && m.state == "alive"
-                    && m.protocol < auth::HEAD_SIG_SINCE_PROTOCOL
-            })
-    })
+/// The data protocol of the live member `caller` (the unauthenticated node-id header) names, if
+/// it is one from before incarnation-bound requests ([`auth::GENERATION_SINCE_PROTOCOL`]): during
+/// a rolling upgrade the newer nodes, held back, still take the older ones' replication and
+/// compare-and-swap calls, signed in the older forms. A protocol-2 caller's requests are checked
+/// in its form (bound to this node, not its incarnation: [`auth::Form::Node`]); a protocol-1
+/// caller's carry no head and get the old treatment (body read under the limit and deadline, then
+/// the full legacy signature checked). Anyone else must sign in the current form. Gossip is
+/// authenticated, so the member list is the cluster's; only the header could be spoofed, and only
+/// while an older node lives (then a request an older node signed can be replayed to a restarted
+/// node, as before: the older form names no incarnation).
+fn older_caller(members: &[Member], me: &str, caller: Option<&str>) -> Option<u32> {
+    let caller = caller.filter(|caller| *caller != me)?;
+    members
+        .iter()
+        .find(|m| {
+            m.node_id == caller
+                && m.state == "alive"
+                && m.protocol < auth::GENERATION_SINCE_PROTOCOL
+        })
+        .map(|m| m.protocol)
+}
+
+/// The answer to a head refused by [`auth::Verifier::verify_head`]: 401, and for a head signed
+/// for another incarnation of this node, its current generation (code
+/// [`auth::OTHER_INCARNATION_CODE`]), so a caller whose gossip view is stale retries once signed
+/// for it. Signed over the request's nonce like every answer ([`sign_responses`]): the caller
+/// believes it only as the answer to its own request. Telling it costs nothing: the head's MAC
+/// verified (only a key holder gets this answer), and generations are in gossip anyway.
+fn refused_head(e: &auth::AuthError) -> HttpResponse {
+    match e {
+        auth::AuthError::OtherIncarnation { current } => HttpResponse::Unauthorized()
+            .content_type("application/problem+json")
+            .json(serde_json::json!({
+                "type": format!("{}cluster_rpc", crate::error::PROBLEM_TYPE_BASE),
+                "title": "cluster RPC refused",
+                "status": 401,
+                "detail": e.to_string(),
+                "code": auth::OTHER_INCARNATION_CODE,
+                "generation": current,
+            })),
+        e => problem(StatusCode::UNAUTHORIZED, &e.to_string()),
+    }
 }
 
 /// The body as it arrives, cut off with an error at `timeout` after the head: actix bounds the
@@ -156,9 +183,10 @@ fn with_deadline(
 }
 
 /// Judges a request before its body is read (inside [`sign_responses`], so refusals are signed
-/// like every answer): the head signature for this node, reserving its nonce (401: bad, or the
-/// nonce already reserved or used), the declared length (413), then hands the body on under the
-/// read deadline. The full signature over the body is checked afterwards ([`open`]), against the
+/// like every answer): the head signature for this node's incarnation (in the form of the
+/// caller's protocol), reserving its nonce (401: bad, signed for another incarnation — with the
+/// current generation, see [`refused_head`] — or the nonce already reserved or used), the
+/// declared length (413), then hands the body on under the read deadline. The full signature over the body is checked afterwards ([`open`]), against the
 /// reservation this leaves in the request's extensions: so a captured head gets one body read,
 /// not one per connection.
 async fn admit(
@@ -172,27 +200,43 @@ async fn admit(
         .headers()
         .get(auth::HEADER_HEAD_SIG)
         .and_then(|v| v.to_str().ok());
-    let legacy = head_sig.is_none()
-        && older_caller(
-            &node.members(),
-            node.id(),
-            header(req.request(), auth::HEADER_NODE),
-        );
-    let admission = if legacy {
+    let generation = header(req.request(), auth::HEADER_GENERATION);
+    let older = older_caller(
+        &node.members(),
+        node.id(),
+        header(req.request(), auth::HEADER_NODE),
+    );
+    let admission = if head_sig.is_none()
+        && older.is_some_and(|p| p < auth::HEAD_SIG_SINCE_PROTOCOL)
+    {
         auth::Admission::Legacy
     } else {
+        // a live protocol-2 caller signs for this node, not its incarnation, and names none
+        let form = if generation.is_none() && older.is_some() {
+            auth::Form::Node
+        } else {
+            auth::Form::Incarnation
+        };
         match node.verifier.verify_head(
             node.now_ms(),
+            form,
             req.method().as_str(),
             req.path(),
             header(req.request(), auth::HEADER_TS),
             header(req.request(), auth::HEADER_NONCE),
+            generation,
             head_sig,
         ) {
             Ok(reservation) => auth::Admission::Head(reservation),
             Err(e) => {
-                tracing::warn!(peer = ?req.peer_addr(), error = %e, "cluster RPC refused before its body");
-                return Ok(req.into_response(problem(StatusCode::UNAUTHORIZED, &e.to_string())));
+                if matches!(e, auth::AuthError::OtherIncarnation { .. }) {
+                    // a peer that has not yet heard of this restart (it retries), or a replay
+                    // of a request captured before it
+                    tracing::info!(peer = ?req.peer_addr(), error = %e, "cluster RPC refused before its body");
+                } else {
+                    tracing::warn!(peer = ?req.peer_addr(), error = %e, "cluster RPC refused before its body");
+                }
+                return Ok(req.into_response(refused_head(&e)));
             }
         }
     };
@@ -472,23 +516,49 @@ pub fn server(
 
 #[cfg(test)]
 mod tests {
-    use super::older_caller;
+    use super::{older_caller, refused_head};
+    use crate::cluster::auth::{self, AuthError};
     use crate::cluster::node::tests::member;
 
     #[test]
-    fn only_a_live_older_member_may_call_without_a_head_signature() {
+    fn only_a_live_older_member_may_call_in_an_older_form() {
         let members = [
-            member("me", "alive", 2),
+            member("me", "alive", 3),
             member("old", "alive", 1),
+            member("two", "alive", 2),
             member("gone", "dead", 1),
-            member("new", "alive", 2),
+            member("gone2", "dead", 2),
+            member("new", "alive", 3),
         ];
-        assert!(older_caller(&members, "me", Some("old")));
+        assert_eq!(older_caller(&members, "me", Some("old")), Some(1));
+        assert_eq!(older_caller(&members, "me", Some("two")), Some(2));
         // a dead older node, a current one, an unknown name, no name, this node's own name
-        assert!(!older_caller(&members, "me", Some("gone")));
-        assert!(!older_caller(&members, "me", Some("new")));
-        assert!(!older_caller(&members, "me", Some("stranger")));
-        assert!(!older_caller(&members, "me", None));
-        assert!(!older_caller(&[member("me", "alive", 1)], "me", Some("me")));
+        for caller in [
+            Some("gone"),
+            Some("gone2"),
+            Some("new"),
+            Some("stranger"),
+            None,
+        ] {
+            assert_eq!(older_caller(&members, "me", caller), None, "{caller:?}");
+        }
+        assert_eq!(
+            older_caller(&[member("me", "alive", 1)], "me", Some("me")),
+            None
+        );
+    }
+
+    #[actix_web::test]
+    async fn a_head_for_another_incarnation_is_answered_with_the_current_generation() {
+        async fn body(e: &AuthError) -> actix_web::web::Bytes {
+            let res = refused_head(e);
+            assert_eq!(res.status(), 401);
+            actix_web::body::to_bytes(res.into_body()).await.unwrap()
+        }
+        let other = body(&AuthError::OtherIncarnation { current: 77 }).await;
+        assert_eq!(auth::other_incarnation(&other), Some(77));
+        for e in [AuthError::BadSignature, AuthError::Replay, AuthError::Stale] {
+            assert_eq!(auth::other_incarnation(&body(&e).await), None);
+        }
     }
 }

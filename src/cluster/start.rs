@@ -135,6 +135,9 @@ async fn start_speaking(
         .map(|r| r.as_str().to_string())
         .collect();
 
+    // A new generation on every start, so peers tell this incarnation from the one that died, and
+    // RPC requests signed for an earlier one (captured before a restart) are refused.
+    let generation = u64::try_from(clock.now_ms()).unwrap_or(0);
     let ns = NodeSettings {
         node_id: node_id.clone(),
         cluster_id: c.id.clone(),
@@ -155,6 +158,7 @@ async fn start_speaking(
         single_use_consistent: c.single_use.is_consistent(bootstrap_expect),
         updates_consistent: c.updates.is_consistent(bootstrap_expect),
         protocol,
+        generation,
     };
 
     let inner = opened.store.clone();
@@ -170,8 +174,6 @@ async fn start_speaking(
         .context("indexing the local store")?;
     tracing::info!(records = n, "cluster: local replica indexed");
 
-    // A new generation on every start, so peers tell this incarnation from the one that died.
-    let generation = u64::try_from(clock.now_ms()).unwrap_or(0);
     let gi = ns.gossip_interval;
     let cc_config = ChitchatConfig {
         chitchat_id: ChitchatId::new(node_id.clone(), generation, gossip_advertise),
@@ -1728,7 +1730,12 @@ mod tests {
             if let Some(s) = head_sig {
                 h.push((auth::HEADER_HEAD_SIG, s));
             }
-            let good = auth::sign_head(&key, target, "POST", path, ts, nonce);
+            h.push((
+                auth::HEADER_GENERATION,
+                node.settings.generation.to_string(),
+            ));
+            let to = auth::Target::Incarnation(target, node.settings.generation);
+            let good = auth::sign_head(&key, to, "POST", path, ts, nonce);
             (h, good)
         };
         let signed = |path: &str, nonce: &str, head_sig: Option<String>| {
@@ -1796,6 +1803,83 @@ mod tests {
         let _: DigestResp = node.call("a", &addr, PATH_DIGEST, &Empty {}).await.unwrap();
         n.token.cancel();
         n.cluster.leave().await;
+    }
+
+    /// Attack, end to end: a request to node a captured on the wire just before a restarts,
+    /// replayed to the restarted a (same id, new generation, empty replay cache) inside the
+    /// window. Before, a took it again; now it is refused before its body, with a signed answer
+    /// naming a's new generation. A caller whose view still names the old generation (gossip
+    /// not yet propagated) gets through: it retries once, signed for the generation in the
+    /// answer. (The restarted a listens on another port here; the node id is what counts.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_captured_before_a_restart_is_refused_after_it() {
+        use crate::cluster::auth;
+        use crate::cluster::wire::{DigestResp, Empty, PATH_DIGEST};
+        let secret = "unit-test-cluster-secret";
+        let key =
+            crate::cluster::derive_rpc_key(secret, &crate::config::Config::default().cluster.id);
+        let first = node("a", free_port(), &[], 1).await;
+        let (old_gen, old_addr) = (
+            first.cluster.node.settings.generation,
+            first.cluster.node.settings.rpc_advertise.clone(),
+        );
+        // a peer's request to a, as it goes over the wire
+        let (ts, nonce, body) = (first.cluster.node.now_ms(), "captured", b"{}");
+        let to = auth::Target::Incarnation("a", old_gen);
+        let h = vec![
+            (auth::HEADER_TS, ts.to_string()),
+            (auth::HEADER_NONCE, nonce.to_string()),
+            (auth::HEADER_GENERATION, old_gen.to_string()),
+            (
+                auth::HEADER_HEAD_SIG,
+                auth::sign_head(&key, to, "POST", PATH_DIGEST, ts, nonce),
+            ),
+            (
+                auth::HEADER_SIG,
+                auth::sign(&key, to, "POST", PATH_DIGEST, ts, nonce, body),
+            ),
+            (auth::HEADER_NODE, "b".to_string()),
+        ];
+        let (status, _, answer) = raw_rpc(&old_addr, PATH_DIGEST, &h, 2, body).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+        // a restarts
+        first.token.cancel();
+        first.cluster.leave().await;
+        let second = node("a", free_port(), &[], 1).await;
+        let (new_gen, new_addr) = (
+            second.cluster.node.settings.generation,
+            second.cluster.node.settings.rpc_advertise.clone(),
+        );
+        assert_ne!(new_gen, old_gen);
+        // the captured request, replayed: refused unread, the refusal signed and naming new_gen
+        let (status, sig, answer) = raw_rpc(&new_addr, PATH_DIGEST, &h, 2, body).await;
+        assert_eq!(status, 401, "{}", String::from_utf8_lossy(&answer));
+        assert!(auth::verify_response(
+            &key,
+            PATH_DIGEST,
+            nonce,
+            401,
+            &answer,
+            sig.as_deref()
+        ));
+        assert_eq!(auth::other_incarnation(&answer), Some(new_gen));
+        // a caller whose view of a is the old incarnation (here: the stopped a's own view)
+        // signs for old_gen, is told new_gen, and its retry passes
+        let stale = first.cluster.node.members();
+        assert!(
+            stale
+                .iter()
+                .any(|m| m.node_id == "a" && m.generation == old_gen),
+            "{stale:?}"
+        );
+        let _: DigestResp = first
+            .cluster
+            .node
+            .call("a", &new_addr, PATH_DIGEST, &Empty {})
+            .await
+            .unwrap();
+        second.token.cancel();
+        second.cluster.leave().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -693,24 +693,57 @@ async fn internal_rpc_can_share_the_http_listener() {
     // applied: the public body middleware leaves /cluster/v1/* alone (before, it answered an
     // unsigned 413, which the calling peer took for a forged answer)
     let big = format!("{{\"records\":[]{}}}", " ".repeat(2 << 20));
-    let r = signed_rpc(&b.url("/cluster/v1/apply"), "n2", "/cluster/v1/apply", big).await;
+    // b's incarnation, which requests to it are signed for, as gossip (and /api/cluster) show it
+    let (_, view) = admin_get(&b, "/api/cluster").await;
+    let b_gen = member(&view, "n2")["generation"]
+        .as_u64()
+        .expect("n2's generation");
+    let r = signed_rpc(
+        &b.url("/cluster/v1/apply"),
+        ("n2", b_gen),
+        "/cluster/v1/apply",
+        big,
+    )
+    .await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     // a request signed for b (n2) is refused by c (n3): the signatures name the target node
     let small = "{\"records\":[]}".to_string();
     let r = signed_rpc(
         &c.url("/cluster/v1/apply"),
-        "n2",
+        ("n2", b_gen),
+        "/cluster/v1/apply",
+        small.clone(),
+    )
+    .await;
+    assert_eq!(r.status(), 401, "{}", r.text().await.unwrap());
+    // and one signed for another incarnation of b (as if captured before b restarted) is refused
+    // by b, which names its current generation in the (signed) refusal
+    let r = signed_rpc(
+        &b.url("/cluster/v1/apply"),
+        ("n2", b_gen - 1),
         "/cluster/v1/apply",
         small,
     )
     .await;
-    assert_eq!(r.status(), 401, "{}", r.text().await.unwrap());
+    assert_eq!(r.status(), 401);
+    let refusal = r.bytes().await.unwrap();
+    assert_eq!(
+        idstack::cluster::auth::other_incarnation(&refusal),
+        Some(b_gen),
+        "{}",
+        String::from_utf8_lossy(&refusal)
+    );
     drop((a, b, c));
 }
 
-/// A request signed as a peer would sign it for node `target` (body and head signature, under the
-/// test cluster's RPC key).
-async fn signed_rpc(url: &str, target: &str, path: &str, body: String) -> reqwest::Response {
+/// A request signed as a peer would sign it for node `target` in its incarnation `generation`
+/// (body and head signature, under the test cluster's RPC key).
+async fn signed_rpc(
+    url: &str,
+    (target, generation): (&str, u64),
+    path: &str,
+    body: String,
+) -> reqwest::Response {
     use idstack::cluster::auth;
     let key = idstack::cluster::derive_rpc_key(SECRET, "it-cluster");
     let ts = std::time::SystemTime::now()
@@ -718,11 +751,13 @@ async fn signed_rpc(url: &str, target: &str, path: &str, body: String) -> reqwes
         .unwrap()
         .as_millis() as i64;
     let nonce = idstack::clock::random_id();
+    let target = auth::Target::Incarnation(target, generation);
     client()
         .post(url)
         .header("content-type", "application/json")
         .header(auth::HEADER_TS, ts.to_string())
         .header(auth::HEADER_NONCE, &nonce)
+        .header(auth::HEADER_GENERATION, generation.to_string())
         .header(
             auth::HEADER_SIG,
             auth::sign(&key, target, "POST", path, ts, &nonce, body.as_bytes()),
