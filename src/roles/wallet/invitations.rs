@@ -1,14 +1,15 @@
-//! Shares need the invitee's consent: an owner invites an email, the account with that email sees
-//! the invitation and accepts it (or declines; the owners can revoke it). Until then the invitee
-//! sees no wallet, and the wallet shows in nobody's list against their will.
+//! Shares need the invitee's consent: an owner invites the account registered under an email,
+//! that account sees the invitation and accepts it (or declines; the owners can revoke it). Until
+//! then the invitee sees no wallet, and no wallet shows in anybody's list against their will.
 //!
-//! Inviting answers the same whether or not an account has the email (202), so it tells nobody
-//! which emails have accounts; an email that signs up later finds its invitation. An invitation
-//! lives [`INVITATION_TTL_SECS`], lapses when its inviter is no longer an owner (a removed owner's
-//! last-minute invitations do not outlive it), and is part of the wallet's record, so accepting
-//! it is one compare-and-swap judged on the current roster like every other membership change.
-//! `i/<sha256(email)>/<wallet>` in `wallet_members` finds an email's invitations; the record
-//! decides.
+//! An invitation names the account the email belongs to when it is made (404 when none does):
+//! an invitation to an email nobody has registered yet would go to whoever registers it first,
+//! and sign-up checks no ownership of the email. An invitation lives [`INVITATION_TTL_SECS`],
+//! lapses when its inviter is no longer an owner or is disabled (a removed owner's last-minute
+//! invitations do not outlive it), and is part of the wallet's record, so accepting it is one
+//! compare-and-swap judged on the current roster like every other membership change. An account
+//! has at most [`MAX_RECEIVED`] pending. `i/<account>/<wallet>` in `wallet_members` finds an
+//! account's invitations; the record decides.
 
 use std::collections::BTreeMap;
 
@@ -18,7 +19,6 @@ use super::ks;
 use super::members::{member_ops, owner_in, MAX_MEMBERS};
 use super::model::*;
 use super::service::WalletService;
-use crate::crypto::sha256_hex;
 use crate::error::ErrorCode;
 use crate::store::BatchOp;
 
@@ -27,52 +27,56 @@ pub const INVITATION_TTL_SECS: i64 = 7 * 24 * 3600;
 /// Most invitations pending on one wallet.
 pub const MAX_INVITATIONS: usize = 64;
 
+/// Most invitations pending for one account: invitations cost their invitee a read each when
+/// listed, and sign-up is open (anyone can make wallets that invite anyone).
+pub const MAX_RECEIVED: usize = 100;
+
 /// Whether `inv` can still be accepted: unexpired, and its inviter still an owner.
 pub(super) fn is_live(roster: &BTreeMap<String, MemberRole>, inv: &Invitation, now: i64) -> bool {
     inv.expires_at > now && roster.get(&inv.invited_by) == Some(&MemberRole::Owner)
 }
 
-/// The live invitation of `email` in `rec`.
-fn live_invitation<'r>(rec: &'r WalletRecord, email: &str, now: i64) -> Option<&'r Invitation> {
-    let inv = rec.invitations.get(email)?;
+/// The live invitation of `account` in `rec`.
+fn live_invitation<'r>(rec: &'r WalletRecord, account: &str, now: i64) -> Option<&'r Invitation> {
+    let inv = rec.invitations.get(account)?;
     is_live(rec.roster.as_ref()?, inv, now).then_some(inv)
 }
 
-/// Where an email's invitation to `wallet` is found.
-fn index_key(email: &str, wallet: &str) -> String {
-    format!("{}{wallet}", index_prefix(email))
+/// Where `account`'s invitation to `wallet` is found.
+fn index_key(account: &str, wallet: &str) -> String {
+    format!("{}{wallet}", index_prefix(account))
 }
 
-fn index_prefix(email: &str) -> String {
-    format!("i/{}/", sha256_hex(email))
-}
-
-fn normalized(email: &str) -> String {
-    email.trim().to_ascii_lowercase()
+fn index_prefix(account: &str) -> String {
+    format!("i/{account}/")
 }
 
 impl WalletService {
-    /// Shares the wallet with `req.email` as owner or viewer: an invitation its account accepts
-    /// (`Some`), or, when that account is a member already, its role changed at once (`None`;
-    /// the last owner cannot be made a viewer, 409).
+    /// Shares the wallet with the account registered under `req.email` as owner or viewer: an
+    /// invitation it accepts (`Some`), or, when it is a member already, its role changed at once
+    /// (`None`; the last owner cannot be made a viewer, 409). 404 when no account has the email;
+    /// 409 when the wallet has [`MAX_INVITATIONS`] pending or the account [`MAX_RECEIVED`].
     pub async fn add_member(&self, owner: &Owner, req: AddMember) -> WalletResult<Option<Invited>> {
-        let email = normalized(&req.email);
-        if !super::accounts::valid_email(&email) {
-            return Err(WalletError::invalid("a valid email address is required"));
-        }
+        let email = req.email.trim().to_ascii_lowercase();
         let store = &self.ctx.store;
-        let account: Option<String> = store.get_json(ks::EMAILS, &email).await?;
+        let account: String = store
+            .get_json(ks::EMAILS, &email)
+            .await?
+            .or_not_found("no account with this email")?;
         let caller = owner.member();
         let inviter: Account = store
             .get_json(ks::ACCOUNTS, caller)
             .await?
             .or_not_found("no such wallet")?;
+        let received = store
+            .count_prefix(ks::MEMBERS, &index_prefix(&account), MAX_RECEIVED)
+            .await?;
         let expires_at = self.now() + INVITATION_TTL_SECS;
         let mut invited = None;
         self.change_record(owner.id(), |roster, rec| {
             invited = None;
-            if let Some(member) = account.as_deref().filter(|a| roster.contains_key(*a)) {
-                return super::members::change_roster(roster, caller, member, Some(req.role));
+            if roster.contains_key(&account) {
+                return super::members::change_roster(roster, caller, &account, Some(req.role));
             }
             owner_in(roster, caller)?;
             if roster.len() >= MAX_MEMBERS {
@@ -80,14 +84,21 @@ impl WalletService {
                     "a wallet has at most {MAX_MEMBERS} members"
                 )));
             }
-            if !rec.invitations.contains_key(&email) && rec.invitations.len() >= MAX_INVITATIONS {
+            let renewal = rec.invitations.contains_key(&account);
+            if !renewal && rec.invitations.len() >= MAX_INVITATIONS {
                 return Err(WalletError::conflict(format!(
                     "a wallet has at most {MAX_INVITATIONS} pending invitations: revoke one, or wait for them to expire"
                 )));
             }
+            if !renewal && received >= MAX_RECEIVED {
+                return Err(WalletError::conflict(format!(
+                    "this account has {MAX_RECEIVED} pending invitations; it must answer some first"
+                )));
+            }
             rec.invitations.insert(
-                email.clone(),
+                account.clone(),
                 Invitation {
+                    email: email.clone(),
                     role: req.role,
                     invited_by: caller.to_string(),
                     invited_by_email: inviter.email.clone(),
@@ -108,16 +119,15 @@ impl WalletService {
                 store
                     .put_json(
                         ks::MEMBERS,
-                        &index_key(&email, owner.id()),
+                        &index_key(&account, owner.id()),
                         &req.role,
                         Some(ttl),
                     )
                     .await?
             }
             None => {
-                let member = account.as_deref().unwrap_or_default();
                 store
-                    .batch(member_ops(owner.id(), member, Some(req.role))?)
+                    .batch(member_ops(owner.id(), &account, Some(req.role))?)
                     .await?
             }
         }
@@ -136,9 +146,9 @@ impl WalletService {
         Ok(rec
             .invitations
             .iter()
-            .filter(|(email, _)| live_invitation(&rec, email, now).is_some())
-            .map(|(email, i)| InvitationView {
-                email: email.clone(),
+            .filter(|(account, _)| live_invitation(&rec, account, now).is_some())
+            .map(|(_, i)| InvitationView {
+                email: i.email.clone(),
                 role: i.role,
                 invited_by_email: i.invited_by_email.clone(),
                 expires_at: i.expires_at,
@@ -148,41 +158,50 @@ impl WalletService {
 
     /// Withdraws the invitation of `email` (owners); 404 when none is pending.
     pub async fn revoke_invitation(&self, owner: &Owner, email: &str) -> WalletResult<()> {
-        let email = normalized(email);
+        let email = email.trim().to_ascii_lowercase();
         let caller = owner.member();
+        let none = || WalletError::not_found("no pending invitation for this email");
+        let mut revoked = None;
         self.change_record(owner.id(), |roster, rec| {
             owner_in(roster, caller)?;
-            rec.invitations
-                .remove(&email)
-                .map(|_| ())
-                .ok_or_else(|| WalletError::not_found("no pending invitation for this email"))
+            let account = rec
+                .invitations
+                .iter()
+                .find(|(_, i)| i.email == email)
+                .map(|(a, _)| a.clone())
+                .ok_or_else(none)?;
+            rec.invitations.remove(&account);
+            revoked = Some(account);
+            Ok(())
         })
         .await?;
-        self.ctx
-            .store
-            .delete(ks::MEMBERS, &index_key(&email, owner.id()))
-            .await?;
+        if let Some(account) = revoked {
+            self.ctx
+                .store
+                .delete(ks::MEMBERS, &index_key(&account, owner.id()))
+                .await?;
+        }
         Ok(())
     }
 
-    /// The invitations pending for the signed-in account's email.
+    /// The invitations pending for the signed-in account (at most [`MAX_RECEIVED`]).
     pub async fn received_invitations(
         &self,
         who: &SignedIn,
     ) -> WalletResult<Vec<ReceivedInvitation>> {
-        let email = normalized(&who.account().email);
+        let me = who.account().id.as_str();
         let store = &self.ctx.store;
         let now = self.now();
         let mut out = Vec::new();
         for (key, _) in store
-            .scan_prefix(ks::MEMBERS, &index_prefix(&email), 10_000)
+            .scan_prefix(ks::MEMBERS, &index_prefix(me), MAX_RECEIVED)
             .await?
         {
             let wallet = key.rsplit('/').next().unwrap_or_default();
             let Some(rec) = store.get_json::<WalletRecord>(ks::WALLETS, wallet).await? else {
                 continue;
             };
-            if let Some(inv) = live_invitation(&rec, &email, now) {
+            if let Some(inv) = live_invitation(&rec, me, now) {
                 out.push(ReceivedInvitation {
                     wallet: rec.wallet.id.clone(),
                     wallet_name: rec.wallet.name.clone(),
@@ -197,25 +216,35 @@ impl WalletService {
 
     /// Accepts the signed-in account's invitation to `wallet`: it becomes a member with the
     /// invitation's role (a member already keeps the higher of the two). 404 when no live
-    /// invitation is pending (the same for a wallet that does not exist), 409 when the wallet
-    /// is full.
+    /// invitation is pending (the same for a wallet that does not exist, and for one whose
+    /// inviter has been disabled since), 409 when the wallet is full.
     pub async fn accept_invitation(
         &self,
         who: &SignedIn,
         wallet: &str,
     ) -> WalletResult<WalletView> {
-        let email = normalized(&who.account().email);
         let me = who.account().id.as_str();
         let now = self.now();
         let none = || WalletError::not_found("no pending invitation to this wallet");
+        let store = &self.ctx.store;
+        // an inviter disabled since (a compromised account, say) invites nobody any more
+        let pending = store
+            .get_settled_json::<WalletRecord>(ks::WALLETS, wallet)
+            .await?
+            .and_then(|rec| rec.invitations.get(me).map(|i| i.invited_by.clone()))
+            .ok_or_else(none)?;
+        let inviter: Option<Account> = store.get_json(ks::ACCOUNTS, &pending).await?;
+        if inviter.is_none_or(|a| a.disabled) {
+            return Err(none());
+        }
         let mut role = MemberRole::Viewer;
         let rec = self
             .change_record(wallet, |roster, rec| {
-                let inv = rec.invitations.get(&email).cloned().ok_or_else(none)?;
-                if !is_live(roster, &inv, now) {
+                let inv = rec.invitations.get(me).cloned().ok_or_else(none)?;
+                if !is_live(roster, &inv, now) || inv.invited_by != pending {
                     return Err(none());
                 }
-                rec.invitations.remove(&email);
+                rec.invitations.remove(me);
                 role = match roster.get(me) {
                     Some(r) => (*r).max(inv.role),
                     None if roster.len() >= MAX_MEMBERS => {
@@ -236,9 +265,9 @@ impl WalletService {
         let mut ops = member_ops(wallet, me, Some(role))?;
         ops.push(BatchOp::Delete {
             keyspace: ks::MEMBERS,
-            key: index_key(&email, wallet),
+            key: index_key(me, wallet),
         });
-        self.ctx.store.batch(ops).await?;
+        store.batch(ops).await?;
         Ok(WalletView {
             wallet: rec.wallet,
             role,
@@ -247,10 +276,10 @@ impl WalletService {
 
     /// Declines the signed-in account's invitation to `wallet`; 404 when none is pending.
     pub async fn decline_invitation(&self, who: &SignedIn, wallet: &str) -> WalletResult<()> {
-        let email = normalized(&who.account().email);
+        let me = who.account().id.as_str();
         let none = || WalletError::not_found("no pending invitation to this wallet");
         self.change_record(wallet, |_, rec| {
-            rec.invitations.remove(&email).map(|_| ()).ok_or_else(none)
+            rec.invitations.remove(me).map(|_| ()).ok_or_else(none)
         })
         .await
         .map_err(|e| match e.error_code() {
@@ -259,7 +288,7 @@ impl WalletService {
         })?;
         self.ctx
             .store
-            .delete(ks::MEMBERS, &index_key(&email, wallet))
+            .delete(ks::MEMBERS, &index_key(me, wallet))
             .await?;
         Ok(())
     }
@@ -269,9 +298,9 @@ impl WalletService {
 pub(super) fn invitation_index_deletes(wallet: &str, rec: &WalletRecord) -> Vec<BatchOp> {
     rec.invitations
         .keys()
-        .map(|email| BatchOp::Delete {
+        .map(|account| BatchOp::Delete {
             keyspace: ks::MEMBERS,
-            key: index_key(email, wallet),
+            key: index_key(account, wallet),
         })
         .collect()
 }

@@ -8,7 +8,9 @@
 //! swap finds the record changed and judges again. (A lease record did this before; a holder
 //! paused past its TTL between renewing it and writing could still race.) A change to a deleted
 //! wallet finds no record (404). The `a/`/`w/` membership index is written after the swap, for
-//! listing an account's wallets; access is decided by the roster.
+//! listing an account's wallets; access takes the lesser of the two roles (`viewer`), so a member
+//! the roster does not name gets nothing, and a removal made in the index only — by a node of the
+//! release before rosters — holds.
 
 use std::collections::BTreeMap;
 
@@ -122,9 +124,13 @@ impl WalletService {
                                 detail: "this wallet's members changed meanwhile; retry",
                                 retry_after: 1,
                             })?;
+                    // before `f` too: a lapsed invitation takes no place under the limit
+                    let live = |roster: &BTreeMap<_, _>, i: &Invitation| {
+                        super::invitations::is_live(roster, i, now)
+                    };
+                    rec.invitations.retain(|_, i| live(&roster, i));
                     f(&mut roster, &mut rec)?;
-                    rec.invitations
-                        .retain(|_, i| super::invitations::is_live(&roster, i, now));
+                    rec.invitations.retain(|_, i| live(&roster, i));
                     rec.roster = Some(roster);
                     Ok(rec)
                 },

@@ -41,9 +41,10 @@ pub mod ks {
     pub const DEVICE_LOGIN_FAILURES: &str = "wallet_device_login_failures";
     pub const SESSIONS: &str = "wallet_sessions";
     pub const WALLETS: &str = "wallet_wallets";
-    /// `a/<account>/<wallet>` and `w/<wallet>/<account>` → role: an index derived from each
-    /// wallet's roster (`WalletRecord::roster`), which decides; `c/<account>/<wallet>` and
-    /// `cw/<wallet>`: who created which wallet (the creation quota).
+    /// `a/<account>/<wallet>` and `w/<wallet>/<account>` → role: an index written after each
+    /// wallet's roster (`WalletRecord::roster`) changes; access takes the lesser of the two.
+    /// `c/<account>/<wallet>` and `cw/<wallet>`: who created which wallet (the creation quota).
+    /// `i/<account>/<wallet>`: a pending invitation (see `invitations`).
     pub const MEMBERS: &str = "wallet_members";
     pub const KEYS: &str = "wallet_keys";
     pub const DIDS: &str = "wallet_dids";

@@ -137,16 +137,18 @@ pub struct WalletRecord {
     /// rosters existed: their index is the authority until the first change builds the roster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roster: Option<BTreeMap<String, MemberRole>>,
-    /// Pending invitations by invitee email (see `invitations`): a share takes effect only when
-    /// the invitee accepts it.
+    /// Pending invitations by invitee account (see `invitations`): a share takes effect only
+    /// when the invitee accepts it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub invitations: BTreeMap<String, Invitation>,
 }
 
-/// An owner's invitation of an email to a wallet, pending until accepted, declined, revoked or
-/// expired.
+/// An owner's invitation of an account to a wallet, pending until accepted, declined, revoked
+/// or expired.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Invitation {
+    /// The invitee's email, as the owners named it.
+    pub email: String,
     pub role: MemberRole,
     /// The inviting owner's account: the invitation lapses when it is no longer an owner.
     pub invited_by: String,
@@ -174,9 +176,7 @@ pub struct ReceivedInvitation {
     pub expires_at: i64,
 }
 
-/// What `POST /wallet/wallets/{w}/members` did: `changed` — the email's account was a member
-/// and has the role now (204 carries no body); `invited` — an invitation is pending (202, the
-/// same whether or not an account has this email).
+/// The invitation `POST /wallet/wallets/{w}/members` made for a non-member (202).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Invited {
     pub email: String,

@@ -121,10 +121,10 @@ pub async fn delete_wallet(
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// Share a wallet with an email as owner or viewer (owner): an invitation the account with that
-/// email accepts (202; the same answer whether or not such an account exists, and an email that
-/// signs up later finds it), or, for a member already, its role changed at once (204). The last
-/// owner cannot be made a viewer (409).
+/// Share a wallet with the account registered under an email, as owner or viewer (owner): an
+/// invitation that account accepts under `/wallet/invitations` (202), or, for a member already,
+/// its role changed at once (204). 404 when no account has the email; 409 when the last owner
+/// would be made a viewer, or too many invitations are pending (64 per wallet, 100 per account).
 #[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = AddMember, responses((status = 202, body = Invited), (status = 204), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
 #[post("/wallet/wallets/{w}/members")]
 pub async fn add_member(

@@ -77,8 +77,9 @@ impl WalletService {
             else {
                 continue;
             };
+            // as `viewer` decides: the lesser of the roster's and the index's role
             let role = match &rec.roster {
-                Some(_) => rec.role_of(&account.id),
+                Some(_) => rec.role_of(&account.id).map(|r| r.min(indexed)),
                 None => Some(indexed),
             };
             if let Some(role) = role {
@@ -119,6 +120,11 @@ impl WalletService {
     pub async fn delete_wallet(&self, owner: &Owner) -> WalletResult<()> {
         let wallet = owner.id();
         let store = &self.ctx.store;
+        // Still an owner, as the primary has it? (The capability was checked on this node's
+        // copy, before this request waited anywhere: an owner removed meanwhile deletes nothing.)
+        let current = store.get_settled(ks::WALLETS, wallet).await?;
+        self.still_owner(wallet, owner.member(), current.as_deref())
+            .await?;
         self.delete_contents(wallet).await?;
         let mut current = store.get_settled(ks::WALLETS, wallet).await?;
         let rec = loop {
@@ -126,6 +132,9 @@ impl WalletService {
                 return Err(WalletError::not_found("no such wallet"));
             };
             let rec: WalletRecord = crate::store::decode_json(ks::WALLETS, wallet, &raw)?;
+            if let Some(roster) = &rec.roster {
+                super::members::owner_in(roster, owner.member())?;
+            }
             match store
                 .compare_and_swap(ks::WALLETS, wallet, Some(raw), None)
                 .await?
@@ -172,6 +181,34 @@ impl WalletService {
 }
 
 impl WalletService {
+    /// 404 unless `caller` is a member of the wallet whose record is `raw` (absent: gone), 403
+    /// unless an owner: by its roster, or for a record from before rosters by the index at the
+    /// primary.
+    async fn still_owner(
+        &self,
+        wallet: &str,
+        caller: &str,
+        raw: Option<&[u8]>,
+    ) -> WalletResult<()> {
+        let raw = raw.or_not_found("no such wallet")?;
+        let rec: WalletRecord = crate::store::decode_json(ks::WALLETS, wallet, raw)?;
+        if let Some(roster) = &rec.roster {
+            return super::members::owner_in(roster, caller);
+        }
+        let indexed = self
+            .ctx
+            .store
+            .get_settled_json::<MemberRole>(ks::MEMBERS, &format!("w/{wallet}/{caller}"))
+            .await?;
+        super::members::owner_in(
+            &indexed
+                .map(|r| (caller.to_string(), r))
+                .into_iter()
+                .collect(),
+            caller,
+        )
+    }
+
     /// Deletes the wallet's keys, DIDs, credentials and history, in one batch.
     async fn delete_contents(&self, wallet: &str) -> WalletResult<()> {
         let store = &self.ctx.store;
