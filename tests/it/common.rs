@@ -327,7 +327,15 @@ impl Builder {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "idstack never became ready");
+            if Instant::now() >= deadline {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "idstack never became ready; its log ends:\n{}",
+                    tail.join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Server {
