@@ -292,6 +292,9 @@ pub enum AuthError {
     BadSignature,
     #[error("replayed request")]
     Replay,
+    /// In a form that names no incarnation, and signed before this incarnation started.
+    #[error("request in an older form signed before this node (re)started")]
+    BeforeIncarnation,
     /// The head's MAC verified for this node but another of its incarnations (the caller's view
     /// is stale, or the request was captured before this node restarted).
     #[error("request signed for another incarnation of this node (now generation {current})")]
@@ -389,7 +392,8 @@ impl Verifier {
         if nonce.is_empty() || nonce.len() > 64 {
             return Err(AuthError::Malformed);
         }
-        if (now_ms - ts).abs() > WINDOW_MS {
+        // (no subtraction of an outsider's number: i64::MIN overflowed it, or wrapped into the window)
+        if now_ms.abs_diff(ts) > WINDOW_MS.unsigned_abs() {
             return Err(AuthError::Stale);
         }
         let sig_bytes = hex_decode(sig).ok_or(AuthError::Malformed)?;
@@ -398,6 +402,21 @@ impl Verifier {
         mac.verify_slice(&sig_bytes)
             .map_err(|_| AuthError::BadSignature)?;
         Ok(nonce)
+    }
+
+    /// The older forms ([`Form::Node`], legacy) name no incarnation, so this incarnation's replay
+    /// cache is all that stops a replay: one signed before it started (its generation is its
+    /// start, Unix ms) was made for an earlier incarnation, whose cache is gone — refused. (A
+    /// caller whose clock runs behind this node's is refused for at most the difference.)
+    fn signed_since_start(&self, ts: Option<&str>) -> Result<(), AuthError> {
+        let ts: i64 = ts
+            .ok_or(AuthError::Malformed)?
+            .parse()
+            .map_err(|_| AuthError::Malformed)?;
+        if i64::try_from(self.generation).is_ok_and(|started| ts < started) {
+            return Err(AuthError::BeforeIncarnation);
+        }
+        Ok(())
     }
 
     /// The replay cache, entries older than twice the window dropped: by then a request with
@@ -462,9 +481,13 @@ impl Verifier {
                 }
                 nonce
             }
-            Form::Node => self.signed(now_ms, ts, nonce, head_sig, |ts, nonce| {
-                head_mac_input(Target::Node(&self.me), method, path, ts, nonce)
-            })?,
+            Form::Node => {
+                let nonce = self.signed(now_ms, ts, nonce, head_sig, |ts, nonce| {
+                    head_mac_input(Target::Node(&self.me), method, path, ts, nonce)
+                })?;
+                self.signed_since_start(ts)?;
+                nonce
+            }
         };
         let mut guard = self.seen(now_ms)?;
         let (set, order) = &mut *guard;
@@ -506,9 +529,13 @@ impl Verifier {
                     mac_input(target, method, path, ts, nonce, body)
                 })?
             }
-            Admission::Legacy => self.signed(now_ms, ts, nonce, sig, |ts, nonce| {
-                legacy_mac_input(method, path, ts, nonce, body)
-            })?,
+            Admission::Legacy => {
+                let nonce = self.signed(now_ms, ts, nonce, sig, |ts, nonce| {
+                    legacy_mac_input(method, path, ts, nonce, body)
+                })?;
+                self.signed_since_start(ts)?;
+                nonce
+            }
         };
         // a reservation is for its own nonce only (the header cannot change within one request,
         // but nothing else may be turned into a use by it)
@@ -1129,6 +1156,74 @@ mod tests {
             head_mac_input(Target::Node("a"), "POST", p, now, "n"),
             head_mac_input(at("a"), "POST", p, now, "n")
         );
+    }
+
+    /// The older forms name no incarnation: one signed before this incarnation started (its
+    /// generation is its start, Unix ms) was made for an earlier one, whose replay cache is gone
+    /// — refused, head and legacy alike; one signed since passes. (Attacker review: a request
+    /// captured before a rolling upgrade's restart was replayed to the new incarnation under a
+    /// spoofed caller header naming a live protocol-2 member, and ran.)
+    #[test]
+    fn older_forms_signed_before_this_incarnation_started_are_refused() {
+        let key = key();
+        let v = Verifier::new(key, "a", GEN);
+        let now = i64::try_from(GEN).unwrap() + 10_000;
+        let (p, body) = ("/cluster/v1/apply", b"{}");
+        for (ts, want) in [
+            (now - 10_001, Err(AuthError::BeforeIncarnation)),
+            (now - 10_000, Ok(())),
+        ] {
+            let n = format!("n{ts}");
+            let head = sign_head(&key, Target::Node("a"), "POST", p, ts, &n);
+            let got = v.verify_head(
+                now,
+                Form::Node,
+                "POST",
+                p,
+                Some(&ts.to_string()),
+                Some(&n),
+                None,
+                Some(&head),
+            );
+            assert_eq!(got.map(|_| ()), want, "node form at {ts}");
+            let n = format!("l{ts}");
+            let legacy = sign_legacy(&key, "POST", p, ts, &n, body);
+            let got = v.verify(
+                now,
+                Admission::Legacy,
+                "POST",
+                p,
+                Some(&ts.to_string()),
+                Some(&n),
+                Some(&legacy),
+                body,
+            );
+            assert_eq!(got, want, "legacy form at {ts}");
+        }
+    }
+
+    /// A timestamp an outsider sends is compared without arithmetic that overflows (i64::MIN
+    /// panicked in a build with overflow checks) or wraps into the window (in release).
+    #[test]
+    fn an_extreme_timestamp_is_stale_and_panics_nothing() {
+        let v = Verifier::new(key(), "a", GEN);
+        let now: i64 = 1_700_000_000_000;
+        for ts in [i64::MIN, now.wrapping_add(i64::MIN), i64::MAX] {
+            let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                v.verify_head(
+                    now,
+                    Form::Incarnation,
+                    "POST",
+                    "/cluster/v1/apply",
+                    Some(&ts.to_string()),
+                    Some("n"),
+                    Some(&GEN.to_string()),
+                    Some(&"00".repeat(32)),
+                )
+                .map(|_| ())
+            }));
+            assert!(matches!(got, Ok(Err(AuthError::Stale))), "ts {ts}: {got:?}");
+        }
     }
 
     #[test]

@@ -78,6 +78,32 @@ pub const SINGLE_USE_KEYSPACES: [&str; 6] = [
     "issuer_counters",
 ];
 
+/// Keyspaces whose records are named, not random, and must be **created once**: an insert there
+/// (a compare-and-swap from no value) decides something, so in `consistent` mode it runs the
+/// same two rounds as an update, on "no version" ([`Node::cas_consistent`]) — two nodes that
+/// both believe they are a key's primary (membership views disagree after a join, a death, a
+/// flapping failure detector) cannot both create it. Tenants and their signing keys, the mediator
+/// and wallet keys and the mdoc PKI (two creators would leave a tenant record naming one key and
+/// the key record holding the other — a tenant that can never sign again); the use of a c_nonce
+/// (its marker: a second insert is a second issuance on one nonce); an issuer's status-list
+/// counter (a second creation at 0 after blocks were reserved hands indices out twice); an
+/// email's account; a recipient key's route (whoever holds it gets the key's messages) and the
+/// mediator's default invitation. Inserts elsewhere (random ids) stay one write at the primary.
+pub const EXCLUSIVE_INSERT_KEYSPACES: [&str; 12] = [
+    "issuer_tenants",
+    "issuer_keys",
+    "verifier_tenants",
+    "verifier_keys",
+    "mediator_keys",
+    "wallet_keys",
+    "mdoc_pki",
+    "issuer_nonces",
+    "issuer_counters",
+    "wallet_emails",
+    "mediator_routes",
+    "mediator_invitations",
+];
+
 /// A member as this node sees it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Member {
@@ -728,7 +754,11 @@ impl Node {
                 "{status} answer not signed with the cluster key"
             )));
         }
-        if status == reqwest::StatusCode::UNAUTHORIZED && matches!(form, SignFor::Incarnation(_)) {
+        // (also for a request signed for the node only: this node's view listed `peer` at an
+        // older protocol, and the incarnation answering is current)
+        if status == reqwest::StatusCode::UNAUTHORIZED
+            && matches!(form, SignFor::Incarnation(_) | SignFor::Node)
+        {
             if let Some(current) = auth::other_incarnation(&bytes) {
                 return Ok(Sent::OtherIncarnation(current));
             }
@@ -774,7 +804,7 @@ impl Node {
     /// do, nor the `system` keyspace's leases and markers: first-start records are insert-only
     /// and a lone restarted node must still start (and release its init lease).
     fn needs_majority(&self, ks: &str, expected: &Option<Vec<u8>>) -> bool {
-        expected.is_some()
+        (expected.is_some() || EXCLUSIVE_INSERT_KEYSPACES.contains(&ks))
             && !is_local_keyspace(ks)
             // leases (init, jobs) and markers: taken with an insert and released or renewed with
             // an update, which a node restarted alone must still be able to do
@@ -1439,10 +1469,9 @@ impl Node {
             if cur_value != expected {
                 return Ok((Cas::Conflict(cur_value), cur));
             }
-            let Some(base) = cur.map(|c| c.version) else {
-                // expected a value and found none: handled above (a conflict)
-                return Ok((Cas::Conflict(None), None));
-            };
+            // An insert where a majority holds nothing: made on "no version", the least of all,
+            // so a peer holding any record of the key (or another provisional insert) refuses it.
+            let base = cur.map(|c| c.version).unwrap_or_default();
             let rec = self.new_record(new);
             if !self.replica.prepare_locked(ks, key, &rec, &base).await? {
                 return Err(StoreError::Unavailable(

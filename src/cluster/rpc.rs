@@ -211,13 +211,15 @@ async fn admit(
     {
         auth::Admission::Legacy
     } else {
-        // a live protocol-2 caller signs for this node, not its incarnation, and names none
-        let form = if generation.is_none() && older.is_some() {
+        // a live protocol-2 caller signs for this node, not its incarnation, and names none; so
+        // does a current caller whose view of this node is stale (it still lists this node's
+        // protocol-2 incarnation) — checked in that form too, see below
+        let form = if generation.is_none() {
             auth::Form::Node
         } else {
             auth::Form::Incarnation
         };
-        match node.verifier.verify_head(
+        let verdict = node.verifier.verify_head(
             node.now_ms(),
             form,
             req.method().as_str(),
@@ -226,7 +228,22 @@ async fn admit(
             header(req.request(), auth::HEADER_NONCE),
             generation,
             head_sig,
-        ) {
+        );
+        // The node form is accepted only from a live older member, and the caller header that
+        // says who that is carries no MAC. A head that verifies in it from anyone else keeps its
+        // nonce reserved, never used — a replay of it under a spoofed caller header is a replay
+        // — and is answered with this incarnation's generation, so a current caller whose view
+        // was stale retries once in the current form. (Refusing it with nothing reserved let
+        // its replay, re-labelled as from an older member, run a request its caller saw fail.)
+        let verdict = match verdict {
+            Ok(_) if form == auth::Form::Node && older.is_none() => {
+                Err(auth::AuthError::OtherIncarnation {
+                    current: node.settings.generation,
+                })
+            }
+            v => v,
+        };
+        match verdict {
             Ok(reservation) => auth::Admission::Head(reservation),
             Err(e) => {
                 if matches!(e, auth::AuthError::OtherIncarnation { .. }) {

@@ -1153,6 +1153,79 @@ mod tests {
         }
     }
 
+    /// `consistent`: two nodes that both execute the insert of one named record at the same
+    /// instant (both believe they are its primary: membership views disagree, or the primary
+    /// looked suspect to one of them) — a default tenant's signing key, a c_nonce's use marker —
+    /// create it at most once, and every node ends with that one. Before inserts in
+    /// [`super::super::node::EXCLUSIVE_INSERT_KEYSPACES`] took the prepare round, both executors
+    /// answered "created" with their own key (a three-node joint start under load once left the
+    /// default verifier's record naming one key and its key record holding the other), and both
+    /// issued on one c_nonce. An insert in another keyspace stays one write at its executor.
+    async fn exclusive_inserts_are_made_once(nodes: &[TestNode]) {
+        for ks in ["verifier_keys", "issuer_nonces"] {
+            for round in 0..20 {
+                let key = format!("joint-{round}");
+                let (a, b) = (nodes[0].cluster.node.clone(), nodes[1].cluster.node.clone());
+                let (ra, rb) = tokio::join!(
+                    a.cas_local(ks, &key, None, Some((b"by-a".to_vec(), None))),
+                    b.cas_local(ks, &key, None, Some((b"by-b".to_vec(), None)))
+                );
+                let won: Vec<&str> = [("a", &ra), ("b", &rb)]
+                    .into_iter()
+                    .filter(|(_, r)| matches!(r, Ok((Cas::Swapped, _))))
+                    .map(|(n, _)| n)
+                    .collect();
+                assert!(won.len() <= 1, "{ks} round {round}: {ra:?} {rb:?}");
+                // the loser saw the winner's record (a conflict) or was told to retry (503)
+                for r in [&ra, &rb] {
+                    match r {
+                        Ok((Cas::Swapped, _)) | Err(StoreError::Unavailable(_)) => {}
+                        Ok((Cas::Conflict(Some(v)), _)) => {
+                            assert_eq!(
+                                Some(v.as_slice()),
+                                won.first().map(|n| if *n == "a" {
+                                    &b"by-a"[..]
+                                } else {
+                                    &b"by-b"[..]
+                                })
+                            )
+                        }
+                        other => panic!("{ks} round {round}: {other:?}"),
+                    }
+                }
+                // a retry of the insert finds what was created (or creates it once)
+                let retried = a
+                    .cas_local(ks, &key, None, Some((b"by-a".to_vec(), None)))
+                    .await
+                    .unwrap()
+                    .0;
+                let created = match (won.first(), retried) {
+                    (Some(n), Cas::Conflict(Some(v))) => {
+                        assert_eq!(v, format!("by-{n}").into_bytes());
+                        v
+                    }
+                    (None, Cas::Swapped) => b"by-a".to_vec(),
+                    (w, r) => panic!("{ks} round {round}: won {w:?}, retry {r:?}"),
+                };
+                // every node holds the one created
+                let until = std::time::Instant::now() + Duration::from_secs(10);
+                for (i, n) in nodes.iter().enumerate() {
+                    loop {
+                        let held = n.cluster.node.replica.read(ks, &key).await.unwrap();
+                        if held.as_ref().and_then(|v| v.value.as_deref()) == Some(&created[..]) {
+                            break;
+                        }
+                        assert!(
+                            std::time::Instant::now() < until,
+                            "{ks} round {round}: node {i} holds {held:?}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }
+    }
+
     /// `consistent`: a transition whose first round the peers accepted but whose acknowledgements
     /// arrived too late (the executor lost its majority between the majority read and the acks)
     /// fails with 503 and leaves nothing on the peers that accepted it — the code is not burnt,
@@ -1641,6 +1714,137 @@ mod tests {
         rogue.cluster.leave().await;
     }
 
+    /// The older (node-only) form of a request is taken only from a live member of an older
+    /// protocol, and who is calling is an unauthenticated header. Attacker review: (1) a request
+    /// captured while a node ran protocol 2, replayed after its restart as protocol 3 with the
+    /// caller header naming a live protocol-2 member, ran on the new incarnation (empty replay
+    /// cache); (2) a node-form request refused because its caller is no older member (a current
+    /// node whose view was stale) kept no nonce, and its replay under a spoofed header ran
+    /// though its caller saw it fail. Now (1) is refused as signed before the incarnation
+    /// started, and (2) is answered with the generation and its nonce kept: the replay is one.
+    // Over 80 lines: a rolling-upgrade scenario, step by step.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn node_form_requests_do_not_replay_under_a_spoofed_caller() {
+        use crate::cluster::{auth, wire::PATH_DIGEST};
+        let secret = "unit-test-cluster-secret";
+        let key =
+            crate::cluster::derive_rpc_key(secret, &crate::config::Config::default().cluster.id);
+        let cfg = |id: &str, port, seeds: &[u16], n| {
+            test_config(id, port, seeds, n, secret).finish().unwrap()
+        };
+        let clock = || -> SharedClock { Arc::new(SystemClock) };
+        let ready = || Arc::new(Readiness::default());
+        let pp = free_port();
+        let p = start_test_node(
+            2,
+            cfg("p", pp, &[], 1),
+            clock(),
+            ready(),
+            CancellationToken::new(),
+        )
+        .await;
+        let node_form = |nonce: &str, caller: &str| {
+            let (ts, to) = (p.cluster.node.now_ms(), auth::Target::Node("t"));
+            vec![
+                (auth::HEADER_TS, ts.to_string()),
+                (auth::HEADER_NONCE, nonce.to_string()),
+                (
+                    auth::HEADER_HEAD_SIG,
+                    auth::sign_head(&key, to, "POST", PATH_DIGEST, ts, nonce),
+                ),
+                (
+                    auth::HEADER_SIG,
+                    auth::sign(&key, to, "POST", PATH_DIGEST, ts, nonce, b"{}"),
+                ),
+                (auth::HEADER_NODE, caller.to_string()),
+            ]
+        };
+        // answered, once the listener is up
+        let status = |addr: String, h: Vec<(&'static str, String)>| async move {
+            let until = std::time::Instant::now() + Duration::from_secs(20);
+            while tokio::net::TcpStream::connect(&addr).await.is_err() {
+                assert!(std::time::Instant::now() < until, "{addr} never listened");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            raw_rpc(&addr, PATH_DIGEST, &h, 2, b"{}").await
+        };
+        // t at protocol 2 takes a node-form request from p: captured
+        let t2 = start_test_node(
+            2,
+            cfg("t", free_port(), &[pp], 2),
+            clock(),
+            ready(),
+            CancellationToken::new(),
+        )
+        .await;
+        let captured = node_form("captured", "p");
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = status(
+                t2.cluster.node.settings.rpc_advertise.clone(),
+                captured.clone(),
+            )
+            .await;
+            if got.0 == 200 {
+                break;
+            }
+            // p not yet a live member in t's view
+            assert!(std::time::Instant::now() < until, "never accepted: {got:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        t2.token.cancel();
+        t2.cluster.leave().await;
+        // restarted as protocol 3 (held back while p lives; its RPC listener serves)
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (pt3, token) = (free_port(), CancellationToken::new());
+        let t3 = tokio::spawn(try_start_test_node(
+            3,
+            cfg("t", pt3, &[pp], 2),
+            clock(),
+            ready(),
+            token.clone(),
+        ));
+        let addr3 = format!("127.0.0.1:{pt3}");
+        // a fresh node-form request from p is taken once p is a live member in t's view: so the
+        // refusals below are not for want of p
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        let mut i = 0;
+        loop {
+            i += 1;
+            let got = status(addr3.clone(), node_form(&format!("fresh-{i}"), "p")).await;
+            if got.0 == 200 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "p's own requests refused: {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // (1) the capture from before the restart
+        let (code, _, body) = status(addr3.clone(), captured).await;
+        assert_eq!(code, 401, "{}", String::from_utf8_lossy(&body));
+        // (2) signed now by a key holder that is no older member: the generation, nonce kept...
+        let h = node_form("from-c", "c");
+        let (code, _, body) = status(addr3.clone(), h.clone()).await;
+        assert_eq!(code, 401);
+        assert!(
+            auth::other_incarnation(&body).is_some(),
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        // ...so its replay labelled as from p is a replay
+        let mut spoofed = h;
+        spoofed.last_mut().unwrap().1 = "p".into();
+        let (code, _, body) = status(addr3.clone(), spoofed).await;
+        assert_eq!(code, 401, "{}", String::from_utf8_lossy(&body));
+        assert!(auth::other_incarnation(&body).is_none());
+        token.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(30), t3).await;
+        p.token.cancel();
+        p.cluster.leave().await;
+    }
+
     /// Sends a raw HTTP/1.1 request head and the first bytes of its body, and reads the answer:
     /// (status, response signature header, body). The 30 s guard only keeps a server that waits
     /// for the rest of the body from hanging the test (then the test fails on the missing
@@ -2044,6 +2248,7 @@ mod tests {
 
         paused_primary_catches_up_before_its_compare_and_swap(&nodes).await;
         consistent_primary_reads_a_majority_before_a_single_use_transition(&nodes).await;
+        exclusive_inserts_are_made_once(&nodes).await;
         consistent_failed_transition_leaves_nothing_on_the_accepting_peers(&nodes).await;
         lost_decisions_are_resolved_by_asking_the_executor(&nodes).await;
         peers_settle_what_a_dead_executor_left_prepared(&nodes).await;

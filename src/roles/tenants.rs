@@ -19,12 +19,15 @@ use crate::store::StoreError;
 
 /// The tenant that exists from the first start and cannot be deleted.
 pub const DEFAULT: &str = "default";
+/// How often startup retries creating a default tenant the store answered "retry" to (a cluster
+/// node creating it at the same instant): about 20 s in all.
+const INIT_RETRIES: u32 = 8;
 
 /// A tenant record and its API shapes.
 pub trait Tenant: Serialize + DeserializeOwned + Send + Sync {
     /// What the tenants are called in messages ("issuer", "verifier").
     const KIND: &'static str;
-    type Create: Send + Sync;
+    type Create: Send + Sync + Clone;
     type Update: Send + Sync;
 
     fn id(&self) -> &str;
@@ -295,11 +298,20 @@ impl<T: Tenant> Tenants<T> {
     /// Startup: the default tenant exists (created from `default` unless another node just did),
     /// and every tenant's key opens and matches its fingerprint.
     pub async fn init(&self, default: T::Create) -> anyhow::Result<()> {
-        if self.ctx.store.get(self.keyspace, DEFAULT).await?.is_none() {
-            match self.create(default).await {
-                Ok(_) => {}
+        let mut attempt = 0u32;
+        while self.ctx.store.get(self.keyspace, DEFAULT).await?.is_none() {
+            match self.create(default.clone()).await {
+                Ok(_) => break,
                 // another node created it meanwhile
-                Err(e) if e.error_code() == Code::Conflict => {}
+                Err(e) if e.error_code() == Code::Conflict => break,
+                // a cluster node creating it at the same instant (its creation still being
+                // decided), or no majority yet: the store says when to retry
+                Err(e) if e.retry_after().is_some() && attempt < INIT_RETRIES => {
+                    attempt += 1;
+                    tracing::info!(kind = T::KIND, error = %e, attempt, "default tenant not created yet; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt.min(4)))
+                        .await;
+                }
                 Err(e) => anyhow::bail!("creating the default {}: {e}", T::KIND),
             }
         }

@@ -37,20 +37,31 @@ fn open_key(ctx: &RoleContext, sealed: &[u8]) -> anyhow::Result<SigningKey> {
 
 /// The mediator key: the stored one, else a new one stored insert-only (whoever stores first,
 /// every node uses that one).
+/// A creation the store answers "retry" to (a cluster node creating the key at the same instant,
+/// or no majority yet) is retried, about 20 s in all.
 pub(super) async fn load_or_create(ctx: &RoleContext) -> anyhow::Result<SigningKey> {
-    if let Some(sealed) = ctx.store.get(ks::KEYS, KEY_ID).await? {
-        return open_key(ctx, &sealed);
-    }
-    let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let sealed = ctx.sealer.seal(KEY_AAD, key.to_bytes().as_slice())?;
-    match ctx
-        .store
-        .compare_and_swap(ks::KEYS, KEY_ID, None, Some((sealed, None)))
-        .await?
-    {
-        Cas::Swapped => Ok(key),
-        Cas::Conflict(Some(other)) => open_key(ctx, &other),
-        Cas::Conflict(None) => anyhow::bail!("mediator key vanished while being created"),
+    let mut attempt = 0u32;
+    loop {
+        if let Some(sealed) = ctx.store.get(ks::KEYS, KEY_ID).await? {
+            return open_key(ctx, &sealed);
+        }
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let sealed = ctx.sealer.seal(KEY_AAD, key.to_bytes().as_slice())?;
+        match ctx
+            .store
+            .compare_and_swap(ks::KEYS, KEY_ID, None, Some((sealed, None)))
+            .await
+        {
+            Ok(Cas::Swapped) => return Ok(key),
+            Ok(Cas::Conflict(Some(other))) => return open_key(ctx, &other),
+            Ok(Cas::Conflict(None)) => anyhow::bail!("mediator key vanished while being created"),
+            Err(e @ crate::store::StoreError::Unavailable(_)) if attempt < 8 => {
+                attempt += 1;
+                tracing::info!(error = %e, attempt, "mediator key not created yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(200 << attempt.min(4))).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
