@@ -19,6 +19,32 @@ use crate::store::{keyspaces, Cas, Store};
 use crate::tasks::Tasks;
 
 const JOINED_KEY: &str = "joined";
+/// The last generation this data dir started with ([`next_generation`]).
+const GENERATION_KEY: &str = "generation";
+
+/// This start's generation: its start time (Unix ms), and past every earlier one this data dir
+/// started with — a clock stepped back must not give this incarnation an earlier one's generation
+/// (RPC requests signed for that one, whose replay cache is gone, would be taken; the older forms'
+/// "signed since this incarnation started" check reads it as the start time).
+async fn next_generation(store: &Arc<dyn Store>, now_ms: i64) -> anyhow::Result<u64> {
+    let last = store
+        .get(LOCAL_KEYSPACE, GENERATION_KEY)
+        .await?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map_or(0, u64::from_be_bytes);
+    let generation = u64::try_from(now_ms)
+        .unwrap_or(0)
+        .max(last.saturating_add(1));
+    store
+        .put(
+            LOCAL_KEYSPACE,
+            GENERATION_KEY,
+            generation.to_be_bytes().to_vec(),
+            None,
+        )
+        .await?;
+    Ok(generation)
+}
 const INIT_LOCK_KEY: &str = "cluster_init_lock";
 
 pub struct Cluster {
@@ -137,7 +163,7 @@ async fn start_speaking(
 
     // A new generation on every start, so peers tell this incarnation from the one that died, and
     // RPC requests signed for an earlier one (captured before a restart) are refused.
-    let generation = u64::try_from(clock.now_ms()).unwrap_or(0);
+    let generation = next_generation(&opened.store, clock.now_ms()).await?;
     let ns = NodeSettings {
         node_id: node_id.clone(),
         cluster_id: c.id.clone(),
@@ -1712,6 +1738,19 @@ mod tests {
         );
         rogue.token.cancel();
         rogue.cluster.leave().await;
+    }
+
+    /// A start's generation is its start time, and past every earlier start's even when the
+    /// clock was stepped back (attacker review: a repeated generation would take requests signed
+    /// for the earlier incarnation).
+    #[tokio::test]
+    async fn a_generation_is_never_reused_by_a_clock_stepped_back() {
+        let clock: SharedClock = Arc::new(SystemClock);
+        let store: Arc<dyn Store> = Arc::new(SledStore::temporary(clock).unwrap());
+        assert_eq!(next_generation(&store, 5_000).await.unwrap(), 5_000);
+        assert_eq!(next_generation(&store, 4_000).await.unwrap(), 5_001);
+        assert_eq!(next_generation(&store, 5_001).await.unwrap(), 5_002);
+        assert_eq!(next_generation(&store, 9_000).await.unwrap(), 9_000);
     }
 
     /// The older (node-only) form of a request is taken only from a live member of an older
