@@ -68,7 +68,9 @@ pub mod wire;
 /// live member of protocol 2 (`rpc::older_caller`). And a wallet's members are its record's
 /// roster (`WalletRecord::roster`), changed by compare-and-swap of that record, with its pending
 /// invitations; the `wallet_members` index is derived from it. A protocol-2 node changes the
-/// index alone and rewrites the record without the roster.
+/// index alone and rewrites the record without the roster. And in `consistent` mode an insert in
+/// [`node::EXCLUSIVE_INSERT_KEYSPACES`] takes the prepare round on "no version" (a protocol-2
+/// executor makes it one write at the primary).
 pub const DATA_PROTOCOL: u32 = 3;
 
 #[cfg(feature = "cluster")]

@@ -67,8 +67,8 @@ type TransitionLocks = Mutex<HashMap<(&'static str, String), Weak<tokio::sync::M
 /// issuance), verifier sessions (the result) — and the issuer's
 /// counters (status-list index blocks), where a lost increment would give two credentials one
 /// status index. Their compare-and-swap transitions (an existing record replaced or consumed) are
-/// what `cluster.single_use = "consistent"` puts under a majority; inserts of new records and
-/// every other keyspace are not.
+/// what `cluster.single_use = "consistent"` puts under a majority (with the inserts of
+/// [`EXCLUSIVE_INSERT_KEYSPACES`]); inserts of random-id records are not.
 pub const SINGLE_USE_KEYSPACES: [&str; 6] = [
     "issuer_codes",
     "issuer_offers",
@@ -86,10 +86,12 @@ pub const SINGLE_USE_KEYSPACES: [&str; 6] = [
 /// and wallet keys and the mdoc PKI (two creators would leave a tenant record naming one key and
 /// the key record holding the other — a tenant that can never sign again); the use of a c_nonce
 /// (its marker: a second insert is a second issuance on one nonce); an issuer's status-list
-/// counter (a second creation at 0 after blocks were reserved hands indices out twice); an
-/// email's account; a recipient key's route (whoever holds it gets the key's messages) and the
-/// mediator's default invitation. Inserts elsewhere (random ids) stay one write at the primary.
-pub const EXCLUSIVE_INSERT_KEYSPACES: [&str; 12] = [
+/// counter (a second creation at 0 after blocks were reserved hands indices out twice); a status
+/// list's first write (two first writes of one list keep one revocation); an email's account; a
+/// recipient key's route (whoever holds it gets the key's messages) and the mediator's default
+/// invitation. Inserts elsewhere (random ids) stay one write at the primary. (Data protocol 3:
+/// nodes of earlier releases insert with one write, so this holds once every node runs it.)
+pub const EXCLUSIVE_INSERT_KEYSPACES: [&str; 13] = [
     "issuer_tenants",
     "issuer_keys",
     "verifier_tenants",
@@ -99,6 +101,7 @@ pub const EXCLUSIVE_INSERT_KEYSPACES: [&str; 12] = [
     "mdoc_pki",
     "issuer_nonces",
     "issuer_counters",
+    "issuer_status",
     "wallet_emails",
     "mediator_routes",
     "mediator_invitations",
@@ -800,9 +803,9 @@ impl Node {
 
     /// Whether this compare-and-swap updates (replaces or deletes) an existing replicated record
     /// under a majority: a single-use transition with `cluster.single_use = "consistent"`, any
-    /// other update with `cluster.updates = "consistent"`. Inserts (`expected` = absent) never
-    /// do, nor the `system` keyspace's leases and markers: first-start records are insert-only
-    /// and a lone restarted node must still start (and release its init lease).
+    /// other update with `cluster.updates = "consistent"`, and so does an insert (`expected` =
+    /// absent) in [`EXCLUSIVE_INSERT_KEYSPACES`]; never the `system` keyspace's leases and
+    /// markers: a lone restarted node must still start (and release its init lease).
     fn needs_majority(&self, ks: &str, expected: &Option<Vec<u8>>) -> bool {
         (expected.is_some() || EXCLUSIVE_INSERT_KEYSPACES.contains(&ks))
             && !is_local_keyspace(ks)
@@ -1641,9 +1644,17 @@ pub(crate) enum Held {
 
 impl Held {
     fn of(resp: &GetResp, rec: &Versioned, base: &crate::cluster::version::Version) -> Self {
+        // An insert is made on "no version" (its executor's majority read found nothing): a
+        // tombstone older than it is a delete from before it — one the executor's read missed,
+        // which it would have made the insert on anyway — not a competing transition.
+        let before_insert = |r: &Versioned| {
+            *base == crate::cluster::version::Version::default()
+                && r.value.is_none()
+                && r.version < rec.version
+        };
         match &resp.record {
             Some(r) if r.version == rec.version => return Held::Committed,
-            Some(r) if r.version > *base => return Held::Replaced,
+            Some(r) if r.version > *base && !before_insert(r) => return Held::Replaced,
             _ => {}
         }
         match &resp.provisional {
@@ -1780,5 +1791,43 @@ pub(super) mod tests {
             Some(true)
         );
         assert_eq!(peer_verdict(&[Prepared, Replaced], 5, 3), Some(false));
+    }
+
+    /// What a peer's copy says of a prepared transition whose executor is gone. For an insert
+    /// (made on "no version") an older tombstone is a delete from before it, not a competing
+    /// transition (attacker review: a missed older tombstone aborted a committed, answered
+    /// insert, and a second one was created); a live value or a newer tombstone replaces it.
+    #[test]
+    fn what_a_peer_holds_of_a_prepared_transition() {
+        use super::{GetResp, Held};
+        use crate::cluster::version::{Version, Versioned};
+        let v = |hlc: u64, value: Option<&[u8]>| Versioned {
+            version: Version {
+                hlc,
+                node: "e".into(),
+            },
+            value: value.map(<[u8]>::to_vec),
+            deadline_ms: None,
+        };
+        let rec = v(10, Some(b"new"));
+        let held = |record: Option<Versioned>, base: &Version| {
+            Held::of(
+                &GetResp {
+                    record,
+                    provisional: None,
+                },
+                &rec,
+                base,
+            )
+        };
+        let insert = Version::default();
+        assert_eq!(held(Some(v(5, None)), &insert), Without);
+        assert_eq!(held(Some(v(5, Some(b"other"))), &insert), Replaced);
+        assert_eq!(held(Some(v(12, None)), &insert), Replaced);
+        assert_eq!(held(Some(v(10, Some(b"new"))), &insert), Committed);
+        // an update on version 3: any newer version, a tombstone too, replaces it
+        let update = v(3, Some(b"x")).version;
+        assert_eq!(held(Some(v(5, None)), &update), Replaced);
+        assert_eq!(held(Some(v(3, Some(b"x"))), &update), Without);
     }
 }

@@ -305,12 +305,15 @@ impl<T: Tenant> Tenants<T> {
                 // another node created it meanwhile
                 Err(e) if e.error_code() == Code::Conflict => break,
                 // a cluster node creating it at the same instant (its creation still being
-                // decided), or no majority yet: the store says when to retry
+                // decided), or no majority yet: the store says when to retry (jittered: two nodes
+                // retrying in step would split the vote again)
                 Err(e) if e.retry_after().is_some() && attempt < INIT_RETRIES => {
                     attempt += 1;
                     tracing::info!(kind = T::KIND, error = %e, attempt, "default tenant not created yet; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt.min(4)))
-                        .await;
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        (200 << attempt.min(4)) + rand::random::<u64>() % 250,
+                    ))
+                    .await;
                 }
                 Err(e) => anyhow::bail!("creating the default {}: {e}", T::KIND),
             }

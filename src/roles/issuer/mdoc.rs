@@ -128,7 +128,11 @@ impl super::IssuerService {
     ) -> Result<std::sync::Arc<mdoc_pki::Signer>, IssuerError> {
         mdoc_pki::find_document_signer(&self.ctx, issuer_id)
             .await
-            .map_err(|e| IssuerError::Mdoc(e.to_string()))?
+            .map_err(|e| match e.downcast::<crate::store::StoreError>() {
+                // (a cluster creating the sandbox PKI at this instant answers "retry": 503)
+                Ok(store) => IssuerError::Store(store),
+                Err(e) => IssuerError::Mdoc(e.to_string()),
+            })?
             .ok_or(IssuerError::NoMdocIaca)
     }
 }

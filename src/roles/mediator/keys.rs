@@ -58,7 +58,10 @@ pub(super) async fn load_or_create(ctx: &RoleContext) -> anyhow::Result<SigningK
             Err(e @ crate::store::StoreError::Unavailable(_)) if attempt < 8 => {
                 attempt += 1;
                 tracing::info!(error = %e, attempt, "mediator key not created yet; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(200 << attempt.min(4))).await;
+                tokio::time::sleep(std::time::Duration::from_millis(
+                    (200 << attempt.min(4)) + rand::random::<u64>() % 250,
+                ))
+                .await;
             }
             Err(e) => return Err(e.into()),
         }

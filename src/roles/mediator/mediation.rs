@@ -135,22 +135,24 @@ impl MediatorService {
                 Some((conn_id.as_bytes().to_vec(), None)),
             )
             .await?;
-        Ok(match res {
-            Cas::Swapped => {
-                store
-                    .put(
-                        ks::ROUTE_BY_CONN,
-                        &format!("{conn_id}/{k}"),
-                        Vec::new(),
-                        None,
-                    )
-                    .await?;
-                "success"
-            }
+        let outcome = match res {
+            Cas::Swapped => "success",
             Cas::Conflict(Some(owner)) if owner == conn_id.as_bytes() => "no_change",
             // Another connection registered this key: not ours to take.
-            Cas::Conflict(_) => "client_error",
-        })
+            Cas::Conflict(_) => return Ok("client_error"),
+        };
+        // Ours either way: the index written on `no_change` too, since a claim can be applied
+        // and still fail (answered 503 in a cluster, or the index write failed) and its retry
+        // finds the key ours already.
+        store
+            .put(
+                ks::ROUTE_BY_CONN,
+                &format!("{conn_id}/{k}"),
+                Vec::new(),
+                None,
+            )
+            .await?;
+        Ok(outcome)
     }
 
     /// Gives up key `k` if `conn_id` holds it; whether it did.

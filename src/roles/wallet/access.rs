@@ -249,6 +249,39 @@ mod tests {
         svc.authenticate(&login.token).await.unwrap()
     }
 
+    /// An email claimed for an account that was never written (a claim applied but answered
+    /// 503 in a cluster, or one from before accounts were written first) is taken over by the
+    /// next sign-up, instead of the email being lost for good (attacker review); an email whose
+    /// account exists is still refused, and the refused sign-up leaves no account behind.
+    #[tokio::test]
+    async fn an_email_claimed_for_no_account_is_taken_over_by_the_next_sign_up() {
+        let svc = service();
+        let store = svc.ctx.store.clone();
+        store
+            .insert_new_json(ks::EMAILS, "carol@example.org", "never-written", None)
+            .await
+            .unwrap();
+        let carol = sign_up(&svc, "carol@example.org").await;
+        let named: Option<String> = store
+            .get_json(ks::EMAILS, "carol@example.org")
+            .await
+            .unwrap();
+        assert_eq!(named.as_deref(), Some(carol.account().id.as_str()));
+        let before = store.count_prefix(ks::ACCOUNTS, "", 100).await.unwrap();
+        let again = svc
+            .register(Credentials {
+                email: "carol@example.org".into(),
+                password: "another password".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(ApiError::from(again).code, Code::Conflict);
+        assert_eq!(
+            store.count_prefix(ks::ACCOUNTS, "", 100).await.unwrap(),
+            before
+        );
+    }
+
     /// A service with Alice's wallet "home" and a second signed-in account (not a member).
     async fn alice_home_and(other: &str) -> (WalletService, SignedIn, SignedIn, String) {
         let svc = service();

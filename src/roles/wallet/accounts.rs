@@ -14,6 +14,7 @@ use super::model::*;
 use super::service::WalletService;
 use crate::clock::{random_id, random_token};
 use crate::crypto::sha256_hex;
+use crate::store::Cas;
 
 const SESSION_TTL: i64 = 24 * 3600;
 
@@ -44,20 +45,43 @@ impl WalletService {
             created_at: self.now(),
             disabled: false,
         };
-        // The email index is the uniqueness guard: insert-only.
-        if !self
-            .ctx
-            .store
-            .insert_new_json(ks::EMAILS, &email, &account.id, None)
-            .await?
-        {
-            return Err(WalletError::conflict("an account with this email exists"));
-        }
-        self.ctx
-            .store
+        // The account first, then the email index, the uniqueness guard (insert-only): an email
+        // always names an account that exists. A claim that was applied but answered 503 (its
+        // outcome unknown in a cluster) or a claim made before this order, whose account was
+        // never written, names none: the next sign-up takes it over (a compare-and-swap from
+        // the id it names), instead of the email being lost for good.
+        let store = &self.ctx.store;
+        store
             .put_json(ks::ACCOUNTS, &account.id, &account, None)
             .await?;
-        Ok(AccountView::from(&account))
+        let mine = crate::store::to_json(&account.id)?;
+        let mut expected = None;
+        for _ in 0..3 {
+            match store
+                .compare_and_swap(
+                    ks::EMAILS,
+                    &email,
+                    expected.clone(),
+                    Some((mine.clone(), None)),
+                )
+                .await?
+            {
+                Cas::Swapped => return Ok(AccountView::from(&account)),
+                Cas::Conflict(Some(named)) => {
+                    let id: String = serde_json::from_slice(&named).or_internal()?;
+                    if store.get_settled(ks::ACCOUNTS, &id).await?.is_some() {
+                        break;
+                    }
+                    expected = Some(named);
+                }
+                Cas::Conflict(None) => expected = None,
+            }
+        }
+        // not ours: the record written above names no email that leads to it
+        if let Err(e) = store.delete(ks::ACCOUNTS, &account.id).await {
+            tracing::debug!(error = %e, "an unused account record stays (unreachable)");
+        }
+        Err(WalletError::conflict("an account with this email exists"))
     }
 
     pub async fn login(&self, req: LoginRequest) -> WalletResult<LoginResponse> {
