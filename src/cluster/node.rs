@@ -1091,7 +1091,7 @@ impl Node {
 
     /// Provisional transitions held here longer than `older_than` whose decision did not arrive
     /// (lost, or the executor died) are settled ([`Node::settle_provisional`]); returns how many.
-    pub async fn resolve_provisionals(&self, older_than: Duration) -> usize {
+    pub async fn resolve_provisionals(self: &Arc<Self>, older_than: Duration) -> usize {
         let mut resolved = 0;
         for (ks, key, rec, base) in self.replica.stale_provisionals(older_than) {
             if self.settle_provisional(ks, &key, &rec, &base).await {
@@ -1113,7 +1113,7 @@ impl Node {
     /// provisional copy is dropped at the record's deadline at the latest. Returns whether it
     /// was settled.
     pub async fn settle_provisional(
-        &self,
+        self: &Arc<Self>,
         ks: &'static str,
         key: &str,
         rec: &Versioned,
@@ -1194,7 +1194,15 @@ impl Node {
             }
         };
         let outcome = if commit {
-            self.replica.commit(ks, key, rec).await
+            let committed = self.replica.commit(ks, key, rec).await;
+            if committed.is_ok() {
+                // told to the peers at once, not left to anti-entropy: one that did not prepare
+                // it would otherwise miss it, and a later transition of the key made with it
+                // (its majority read not reaching this node) could win over it
+                let (node, key, rec) = (self.clone(), key.to_string(), rec.clone());
+                tokio::spawn(async move { node.decide(ks, &key, &rec, true).await });
+            }
+            committed
         } else {
             self.replica.abort(ks, key, &rec.version);
             Ok(())
@@ -1430,7 +1438,7 @@ impl Node {
     /// one held past the RPC timeout is settled ([`Node::settle_provisional`]: its decision was
     /// lost, or its executor died). Returns whether none is left (false: still undecided after
     /// twice the RPC timeout).
-    async fn await_provisional(&self, ks: &'static str, key: &str) -> bool {
+    async fn await_provisional(self: &Arc<Self>, ks: &'static str, key: &str) -> bool {
         let wait_until = Instant::now() + self.settings.rpc_timeout * 2;
         let mut settled = false;
         while let Some((rec, base, since)) = self.replica.provisional_entry(ks, key) {

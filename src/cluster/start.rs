@@ -1483,6 +1483,52 @@ mod tests {
         assert_eq!(history.as_deref(), Some(&b"revoked-2"[..]));
     }
 
+    /// A transition its peers settle as committed (its executor gone) reaches the peers that
+    /// never prepared it at once, not at the next anti-entropy round (an hour in these tests):
+    /// until then a later transition whose majority read missed the settling node could be made
+    /// without it — and for an insert, "first created wins" would let the settled one replace
+    /// an answered one later (attacker review).
+    async fn a_settled_commit_reaches_the_peers_that_did_not_prepare_it(nodes: &[TestNode]) {
+        let (ks, key) = ("unit_things", "settled-spread");
+        nodes[0]
+            .opened
+            .store
+            .put(ks, key, b"v0".to_vec(), None)
+            .await
+            .unwrap();
+        let b = nodes[1].cluster.node.clone();
+        let base = b.replica.read(ks, key).await.unwrap().unwrap().version;
+        let mut v = b.replica.new_version();
+        v.node = "z".into();
+        let rec = Versioned {
+            version: v,
+            value: Some(b"by-z".to_vec()),
+            deadline_ms: None,
+        };
+        // prepared on b only: z (gone) and b make a majority of three, so it may have been
+        // answered — it stands
+        assert!(b.replica.prepare(ks, key, &rec, &base).await.unwrap());
+        let until = std::time::Instant::now() + Duration::from_secs(15);
+        while b.replica.provisional_of(ks, key).is_some() {
+            b.settle_provisional(ks, key, &rec, &base).await;
+            assert!(std::time::Instant::now() < until, "never settled");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            loop {
+                let held = n.cluster.node.replica.read(ks, key).await.unwrap();
+                if held.as_ref().is_some_and(|h| h.version == rec.version) {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < until,
+                    "node {i} holds {held:?}, not the settled commit"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
     /// Transitions of a key whose provisional copy lingers (its executor died between its two
     /// rounds) queue behind each other at their executor; an unrelated key — whatever its hash —
     /// does not queue behind them (the per-key lock was striped and held through the wait).
@@ -2291,6 +2337,7 @@ mod tests {
         consistent_failed_transition_leaves_nothing_on_the_accepting_peers(&nodes).await;
         lost_decisions_are_resolved_by_asking_the_executor(&nodes).await;
         peers_settle_what_a_dead_executor_left_prepared(&nodes).await;
+        a_settled_commit_reaches_the_peers_that_did_not_prepare_it(&nodes).await;
         an_unrelated_key_does_not_queue_behind_a_stuck_one(&nodes).await;
         a_delete_is_not_undone_by_an_update_decided_after_it(&nodes).await;
         a_settled_read_answers_the_primarys_value_over_a_lagging_copy(&nodes).await;
