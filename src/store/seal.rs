@@ -42,6 +42,8 @@ pub fn derive_master_key(cluster_secret: &str, cluster_id: &str) -> [u8; 32] {
 #[derive(Clone)]
 pub struct Sealer {
     cipher: XChaCha20Poly1305,
+    /// The master key itself, for [`Self::derive_subkey`] (the cipher above holds it too).
+    key: Zeroizing<[u8; 32]>,
     /// The [`MacKey`]s derived so far, by label (a handful, derived once each).
     mac_keys: std::sync::Arc<std::sync::Mutex<MacKeys>>,
 }
@@ -86,6 +88,7 @@ impl Sealer {
     pub fn new(key: &[u8; 32]) -> Self {
         Self {
             cipher: XChaCha20Poly1305::new(key.into()),
+            key: Zeroizing::new(*key),
             mac_keys: Default::default(),
         }
     }
@@ -117,20 +120,20 @@ impl Sealer {
 
     /// A deterministic 32-byte subkey for another purpose (HMAC keys), never the master key itself.
     pub fn derive_subkey(&self, label: &[u8]) -> Vec<u8> {
-        // Encrypting a fixed block under a label-derived nonce is a PRF of the master key.
+        // The XChaCha20 keystream under a label-derived nonce is a PRF of the master key. These
+        // are the bytes XChaCha20-Poly1305 encrypts 32 zero bytes with (its block 0 keys the
+        // MAC, so the message starts at byte 64) — the derivation every stored MAC was made
+        // with — computed by the bare stream cipher, which cannot fail: the AEAD call returned
+        // a Result, and a failure would have given an empty key.
+        use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
         let mut nonce = [0u8; NONCE_LEN];
         let digest = <sha2::Sha256 as sha2::Digest>::digest(label);
         nonce.copy_from_slice(&digest[..NONCE_LEN]);
-        self.cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &[0u8; 32],
-                    aad: label,
-                },
-            )
-            .map(|ct| ct[..32].to_vec())
-            .unwrap_or_default()
+        let mut out = Zeroizing::new([0u8; 32]);
+        let mut stream = chacha20::XChaCha20::new((&*self.key).into(), (&nonce).into());
+        stream.seek(64u64);
+        stream.apply_keystream(&mut *out);
+        out.to_vec()
     }
 
     /// The HMAC key for `label`'s purpose: [`Self::derive_subkey`] of it, derived on first use
@@ -242,6 +245,39 @@ fn write_private_file(path: &Path, data: &[u8]) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A subkey is the bytes the AEAD encrypts 32 zero bytes with under the label's nonce (the
+    /// derivation webhook signing keys, c_nonces, tx_code digests and device tokens already
+    /// issued were made with), now from the bare stream cipher, which cannot fail.
+    #[test]
+    fn a_subkey_is_the_aead_keystream_it_always_was() {
+        for (master, label) in [
+            ([7u8; 32], &b"idstack webhook v1"[..]),
+            ([0u8; 32], &b""[..]),
+            (
+                [0xa5; 32],
+                &b"a label longer than one sixty-four byte chacha block, to be sure of it"[..],
+            ),
+        ] {
+            let s = Sealer::new(&master);
+            let digest = <sha2::Sha256 as sha2::Digest>::digest(label);
+            let aead = s
+                .cipher
+                .encrypt(
+                    XNonce::from_slice(&digest[..NONCE_LEN]),
+                    Payload {
+                        msg: &[0u8; 32],
+                        aad: label,
+                    },
+                )
+                .unwrap();
+            assert_eq!(s.derive_subkey(label), aead[..32].to_vec());
+        }
+        assert_ne!(
+            Sealer::new(&[1u8; 32]).derive_subkey(b"x"),
+            Sealer::new(&[1u8; 32]).derive_subkey(b"y")
+        );
+    }
 
     /// A MacKey's MAC is HMAC-SHA256 under `derive_subkey(label)` over the parts joined by NUL
     /// — the framing the tokens and digests already stored were made with — and labels differ.
