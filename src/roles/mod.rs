@@ -24,6 +24,17 @@ pub mod tenants;
 
 use std::sync::Arc;
 
+/// How often startup retries creating a record that must exist once (a default tenant, the
+/// mediator key) when the store answers "retry": a cluster node creating it at the same instant
+/// (its creation still being decided), or no majority yet. About 20 s in all.
+pub(crate) const INIT_RETRIES: u32 = 8;
+
+/// The pause before retry `attempt` (1-based) of [`INIT_RETRIES`]: growing, and jittered so two
+/// nodes retrying in step do not split the vote again.
+pub(crate) fn init_retry_pause(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_millis((200 << attempt.min(4)) + rand::random::<u64>() % 250)
+}
+
 pub use context::RoleContext;
 
 use crate::config::Config;

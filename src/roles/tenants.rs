@@ -19,9 +19,6 @@ use crate::store::StoreError;
 
 /// The tenant that exists from the first start and cannot be deleted.
 pub const DEFAULT: &str = "default";
-/// How often startup retries creating a default tenant the store answered "retry" to (a cluster
-/// node creating it at the same instant): about 20 s in all.
-const INIT_RETRIES: u32 = 8;
 
 /// A tenant record and its API shapes.
 pub trait Tenant: Serialize + DeserializeOwned + Send + Sync {
@@ -304,16 +301,11 @@ impl<T: Tenant> Tenants<T> {
                 Ok(_) => break,
                 // another node created it meanwhile
                 Err(e) if e.error_code() == Code::Conflict => break,
-                // a cluster node creating it at the same instant (its creation still being
-                // decided), or no majority yet: the store says when to retry (jittered: two nodes
-                // retrying in step would split the vote again)
-                Err(e) if e.retry_after().is_some() && attempt < INIT_RETRIES => {
+                // the store says when to retry (see `INIT_RETRIES`)
+                Err(e) if e.retry_after().is_some() && attempt < super::INIT_RETRIES => {
                     attempt += 1;
                     tracing::info!(kind = T::KIND, error = %e, attempt, "default tenant not created yet; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(
-                        (200 << attempt.min(4)) + rand::random::<u64>() % 250,
-                    ))
-                    .await;
+                    tokio::time::sleep(super::init_retry_pause(attempt)).await;
                 }
                 Err(e) => anyhow::bail!("creating the default {}: {e}", T::KIND),
             }

@@ -37,8 +37,7 @@ fn open_key(ctx: &RoleContext, sealed: &[u8]) -> anyhow::Result<SigningKey> {
 
 /// The mediator key: the stored one, else a new one stored insert-only (whoever stores first,
 /// every node uses that one).
-/// A creation the store answers "retry" to (a cluster node creating the key at the same instant,
-/// or no majority yet) is retried, about 20 s in all.
+/// A creation the store answers "retry" to is retried ([`crate::roles::INIT_RETRIES`]).
 pub(super) async fn load_or_create(ctx: &RoleContext) -> anyhow::Result<SigningKey> {
     let mut attempt = 0u32;
     loop {
@@ -55,13 +54,12 @@ pub(super) async fn load_or_create(ctx: &RoleContext) -> anyhow::Result<SigningK
             Ok(Cas::Swapped) => return Ok(key),
             Ok(Cas::Conflict(Some(other))) => return open_key(ctx, &other),
             Ok(Cas::Conflict(None)) => anyhow::bail!("mediator key vanished while being created"),
-            Err(e @ crate::store::StoreError::Unavailable(_)) if attempt < 8 => {
+            Err(e @ crate::store::StoreError::Unavailable(_))
+                if attempt < crate::roles::INIT_RETRIES =>
+            {
                 attempt += 1;
                 tracing::info!(error = %e, attempt, "mediator key not created yet; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(
-                    (200 << attempt.min(4)) + rand::random::<u64>() % 250,
-                ))
-                .await;
+                tokio::time::sleep(crate::roles::init_retry_pause(attempt)).await;
             }
             Err(e) => return Err(e.into()),
         }
