@@ -107,6 +107,13 @@ pub const EXCLUSIVE_INSERT_KEYSPACES: [&str; 13] = [
     "mediator_invitations",
 ];
 
+/// A forwarded consistent compare-and-swap waits this many RPC timeouts for its primary's
+/// answer. The executor's majority read and prepare return once a majority answered (a stalled
+/// peer costs them nothing) and its decision is awaited at every live peer (one timeout at most:
+/// a peer stalled since the last call); twice covers that, and stays inside the shipped
+/// balancers' 5 s read timeout (deploy/balancers).
+pub const FORWARDED_TRANSITION_TIMEOUTS: u32 = 2;
+
 /// A member as this node sees it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Member {
@@ -634,7 +641,21 @@ impl Node {
         path: &'static str,
         req: &Req,
     ) -> Result<Resp, RpcError> {
-        let res = self.call_inner(peer, addr, path, req).await;
+        self.call_within(peer, addr, path, req, self.settings.rpc_timeout)
+            .await
+    }
+
+    /// [`Node::call`] with its own timeout (`cluster.rpc_timeout_ms` for every call but a
+    /// forwarded consistent compare-and-swap, whose executor runs rounds of its own).
+    pub async fn call_within<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        peer: &str,
+        addr: &str,
+        path: &'static str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RpcError> {
+        let res = self.call_inner(peer, addr, path, req, timeout).await;
         if let Err(e) = &res {
             let op = path.rsplit('/').next().unwrap_or(path);
             self.metrics.rpc_errors.with_label_values(&[op]).inc();
@@ -658,6 +679,7 @@ impl Node {
         addr: &str,
         path: &'static str,
         req: &Req,
+        timeout: Duration,
     ) -> Result<Resp, RpcError> {
         let body = serde_json::to_vec(req).map_err(|e| RpcError::Remote(e.to_string()))?;
         // Nodes of data protocols 1 and 2 (rolling upgrade) know only their own forms; every
@@ -668,7 +690,10 @@ impl Node {
             Some(m) => SignFor::Incarnation(m.generation),
             None => SignFor::Incarnation(0),
         };
-        let bytes = match self.send_signed(peer, addr, path, &body, form).await? {
+        let bytes = match self
+            .send_signed(peer, addr, path, &body, form, timeout)
+            .await?
+        {
             Sent::Answer(bytes) => bytes,
             Sent::OtherIncarnation(current) => {
                 tracing::debug!(
@@ -677,7 +702,14 @@ impl Node {
                     "cluster rpc: peer restarted; signing for its new generation"
                 );
                 match self
-                    .send_signed(peer, addr, path, &body, SignFor::Incarnation(current))
+                    .send_signed(
+                        peer,
+                        addr,
+                        path,
+                        &body,
+                        SignFor::Incarnation(current),
+                        timeout,
+                    )
                     .await?
                 {
                     Sent::Answer(bytes) => bytes,
@@ -702,6 +734,7 @@ impl Node {
         path: &'static str,
         body: &[u8],
         form: SignFor,
+        timeout: Duration,
     ) -> Result<Sent, RpcError> {
         let ts = self.now_ms();
         let nonce = crate::clock::random_token(12);
@@ -729,6 +762,7 @@ impl Node {
             request = request.header(auth::HEADER_GENERATION, generation.to_string());
         }
         let resp = request
+            .timeout(timeout)
             .body(body.to_vec())
             .send()
             .await
@@ -880,16 +914,17 @@ impl Node {
             ks: ks.to_string(),
             key: key.to_string(),
         };
-        let calls = peers
+        // a majority's answers are enough (every version a majority acknowledged is among
+        // them): a stalled peer does not hold the transition up for its RPC timeout
+        let mut calls: FuturesUnordered<_> = peers
             .iter()
-            .map(|(id, addr)| self.call::<_, GetResp>(id, addr, PATH_GET, &req));
+            .map(|(id, addr)| self.call::<_, GetResp>(id, addr, PATH_GET, &req))
+            .collect();
         let mut newest: Option<Versioned> = None;
         let mut answered = 0usize;
-        for r in futures_util::future::join_all(calls)
-            .await
-            .into_iter()
-            .flatten()
-        {
+        while answered < need {
+            let Some(r) = calls.next().await else { break };
+            let Ok(r) = r else { continue };
             answered += 1;
             if let Some(rec) = r.record {
                 if newest.as_ref().is_none_or(|n| rec.version > n.version) {
@@ -933,10 +968,13 @@ impl Node {
         if peers.is_empty() {
             return Ok(());
         }
-        let need = self
-            .replication_factor(peers.len() + 1)
-            .saturating_sub(1)
-            .max(min_acks);
+        // a plain write waits for its replicas; a prepare for a majority (the others get it,
+        // or the decision, in the background: a stalled peer does not hold the transition up)
+        let need = if min_acks > 0 {
+            min_acks
+        } else {
+            self.replication_factor(peers.len() + 1).saturating_sub(1)
+        };
         let started = Instant::now();
         let req = Arc::new(ApplyReq { records });
         let mut pending: FuturesUnordered<_> = peers
@@ -1082,6 +1120,8 @@ impl Node {
             rec: rec.clone(),
             commit,
         };
+        // awaited at every live peer: once the caller is answered, every node it can reach
+        // reads the decision (a stalled peer costs one RPC timeout, then it is suspect)
         let peers = self.live_peers();
         let calls = peers
             .iter()
@@ -1225,6 +1265,15 @@ impl Node {
         new: Option<(Vec<u8>, Option<Duration>)>,
     ) -> StoreResult<Cas> {
         let order = self.primary_order(ks, key);
+        // a consistent transition's executor may take its own RPC rounds (majority read, a
+        // wait for another transition of the key, prepare, decide) before it answers: a
+        // forwarder that gave up after one RPC timeout would suspect a live primary and report
+        // the outcome unknown for a transition that is still being made
+        let timeout = if self.needs_majority(ks, &expected) {
+            self.settings.rpc_timeout * FORWARDED_TRANSITION_TIMEOUTS
+        } else {
+            self.settings.rpc_timeout
+        };
         let mut last_err = None;
         for (id, addr) in order {
             if id == self.id() {
@@ -1243,7 +1292,10 @@ impl Node {
                     .as_ref()
                     .and_then(|(_, t)| t.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
             };
-            match self.call::<_, CasResp>(&id, &addr, PATH_CAS, &req).await {
+            match self
+                .call_within::<_, CasResp>(&id, &addr, PATH_CAS, &req, timeout)
+                .await
+            {
                 Ok(resp) => {
                     if let Some(cur) = &resp.current {
                         self.replica.merge(ks, key, cur).await?;
@@ -1267,23 +1319,28 @@ impl Node {
                     last_err = Some(e);
                 }
                 Err(RpcError::Remote(e)) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "compare-and-swap at primary {id}: {e}"
-                    )))
+                    return Err(StoreError::Unavailable(match last_err {
+                        // the earlier candidate may have executed it: whatever this one says
+                        Some(lost) => format!(
+                            "compare-and-swap: the primary did not answer ({lost}) and the next one failed ({e}); the outcome is unknown, retry"
+                        ),
+                        None => format!("compare-and-swap at primary {id}: {e}"),
+                    }));
                 }
             }
         }
         // this node is next in line (or every node ranked above it was suspect)
-        let got = self
-            .cas_local(ks, key, expected, new)
-            .await
-            .map(|(c, _)| c)?;
-        if let (Cas::Conflict(_), Some(e)) = (&got, last_err) {
-            return Err(StoreError::Unavailable(format!(
+        let got = self.cas_local(ks, key, expected, new).await.map(|(c, _)| c);
+        match (got, last_err) {
+            (Ok(Cas::Conflict(_)), Some(e)) => Err(StoreError::Unavailable(format!(
                 "compare-and-swap: the primary did not answer ({e}) and this node reports a conflict; the outcome is unknown, retry"
-            )));
+            ))),
+            // e.g. refused for the transition the primary prepared and did not answer for
+            (Err(StoreError::Unavailable(why)), Some(e)) => Err(StoreError::Unavailable(format!(
+                "compare-and-swap: the primary did not answer ({e}) and this node could not decide ({why}); the outcome is unknown, retry"
+            ))),
+            (got, _) => got,
         }
-        Ok(got)
     }
 
     /// The key's record as its primary holds it once transitions in flight on it are decided

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use serde_json::{json, Value};
 
 use crate::api::WalletUser;
@@ -607,11 +608,13 @@ async fn settled(nodes: &[String]) {
         }
         assert!(
             Instant::now() < deadline,
-            "the nodes never agreed on every key: {:#?}",
-            views
-                .iter()
-                .map(|(r, v)| json!({"ready": r, "node": v["node_id"], "digest": v["digest"], "records": v["records"], "provisional": v["provisional"], "live": v["live"], "caught_up": v["caught_up"]}))
-                .collect::<Vec<_>>()
+            "the nodes never agreed on every key: {}",
+            Value::from(
+                views
+                    .iter()
+                    .map(|(r, v)| json!({"ready": r, "node": v["node_id"], "digest": v["digest"], "records": v["records"], "provisional": v["provisional"], "live": v["live"], "caught_up": v["caught_up"]}))
+                    .collect::<Vec<_>>()
+            )
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -824,14 +827,22 @@ async fn cluster_under_kill_9_pause_and_partition_keeps_every_invariant() {
         println!("faults: partition nemesis SKIPPED (needs root for network namespaces)");
     }
     let history = work.finish().await;
-    settled(&bases).await;
+    let verdict = std::panic::AssertUnwindSafe(async {
+        settled(&bases).await;
+        check("cluster", &history, &lb, &bases, mediated.as_deref()).await;
+        settled(&bases).await;
+    })
+    .catch_unwind()
+    .await;
+    // the nodes' logs, passed or failed (IDSTACK_FAULTS_LOGS: a directory)
     if let Ok(d) = std::env::var("IDSTACK_FAULTS_LOGS") {
         for (i, n) in nodes.iter().enumerate() {
             let _ = std::fs::write(format!("{d}/n{}.log", i + 1), n.log());
         }
     }
-    check("cluster", &history, &lb, &bases, mediated.as_deref()).await;
-    settled(&bases).await;
+    if let Err(p) = verdict {
+        std::panic::resume_unwind(p);
+    }
     drop(nodes);
     drop(lb);
     drop(place);
