@@ -108,10 +108,9 @@ pub const EXCLUSIVE_INSERT_KEYSPACES: [&str; 13] = [
 ];
 
 /// A forwarded consistent compare-and-swap waits this many RPC timeouts for its primary's
-/// answer. The executor's majority read and prepare return once a majority answered (a stalled
-/// peer costs them nothing) and its decision is awaited at every live peer (one timeout at most:
-/// a peer stalled since the last call); twice covers that, and stays inside the shipped
-/// balancers' 5 s read timeout (deploy/balancers).
+/// answer: the executor reads the key from every live peer and awaits its decision at every
+/// live peer (one timeout each at most, for a peer stalled since gossip last heard of it); its
+/// prepare returns once a majority has it.
 pub const FORWARDED_TRANSITION_TIMEOUTS: u32 = 2;
 
 /// A member as this node sees it.
@@ -914,17 +913,19 @@ impl Node {
             ks: ks.to_string(),
             key: key.to_string(),
         };
-        // a majority's answers are enough (every version a majority acknowledged is among
-        // them): a stalled peer does not hold the transition up for its RPC timeout
-        let mut calls: FuturesUnordered<_> = peers
+        // every live peer that answers in time, not the first majority: a transition whose
+        // decision reached only its executor (the peers' decide calls lost, a prepared copy
+        // forgotten by a restart) is seen as long as that executor answers (attacker review)
+        let calls = peers
             .iter()
-            .map(|(id, addr)| self.call::<_, GetResp>(id, addr, PATH_GET, &req))
-            .collect();
+            .map(|(id, addr)| self.call::<_, GetResp>(id, addr, PATH_GET, &req));
         let mut newest: Option<Versioned> = None;
         let mut answered = 0usize;
-        while answered < need {
-            let Some(r) = calls.next().await else { break };
-            let Ok(r) = r else { continue };
+        for r in futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+        {
             answered += 1;
             if let Some(rec) = r.record {
                 if newest.as_ref().is_none_or(|n| rec.version > n.version) {

@@ -110,6 +110,7 @@ pub fn id_ok(id: &str) -> bool {
 }
 
 /// How many records one round of [`purge_tenant_records`] deletes (one store batch each).
+#[cfg(any(feature = "issuer", feature = "verifier"))]
 const PURGE_BATCH: usize = 100;
 
 /// Deletes every live record of `keyspace` under `{tenant}/`, [`PURGE_BATCH`] per store batch,
@@ -117,6 +118,7 @@ const PURGE_BATCH: usize = 100;
 /// Used when a tenant is deleted: its records are keyed by its id, so without this a tenant
 /// created later under the same id would inherit them (redeem the old one's offers and tokens,
 /// answer its pending sessions). Returns how many records of `keyspace` went.
+#[cfg(any(feature = "issuer", feature = "verifier"))]
 pub(crate) async fn purge_tenant_records(
     ctx: &RoleContext,
     keyspace: &'static str,

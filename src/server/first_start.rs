@@ -122,6 +122,8 @@ async fn check(
     match present(state.store.as_ref()).await {
         Err(e) => {
             tracing::debug!(error = %e, "first-start marker check failed");
+            // (the mediator key check below needs the store too: next time)
+            #[cfg(feature = "mediator")]
             return;
         }
         Ok(true) => {
