@@ -791,6 +791,9 @@ async fn cluster_under_kill_9_pause_and_partition_keeps_every_invariant() {
     let mut nodes = vec![a, b, c];
     let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
     crate::redis_backend::first_start_state(&nodes).await;
+    // formed before the workload: three live caught-up members everywhere (a loaded machine can
+    // still be gossiping the last join when the nodes are ready)
+    settled(&bases).await;
 
     let proxy = proxy_server(&public);
     let user = WalletUser::signup(&proxy, "faults@example.org").await;
