@@ -228,8 +228,11 @@ pub struct PeerSync {
 
 #[derive(Debug)]
 pub enum RpcError {
-    /// Could not reach the peer (connect error, timeout): it may be down.
+    /// Sent, but no answer came (a timeout, a connection lost mid-way, an answer not signed by
+    /// a member): the peer may be down, or may have acted on it.
     Transport(String),
+    /// Never reached the peer (no connection could be made): it did not act on it.
+    Unsent(String),
     /// The peer answered with an error.
     Remote(String),
 }
@@ -238,6 +241,7 @@ impl std::fmt::Display for RpcError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RpcError::Transport(e) => write!(f, "transport: {e}"),
+            RpcError::Unsent(e) => write!(f, "unreachable: {e}"),
             RpcError::Remote(e) => write!(f, "remote: {e}"),
         }
     }
@@ -658,7 +662,7 @@ impl Node {
         if let Err(e) = &res {
             let op = path.rsplit('/').next().unwrap_or(path);
             self.metrics.rpc_errors.with_label_values(&[op]).inc();
-            if matches!(e, RpcError::Transport(_)) {
+            if matches!(e, RpcError::Transport(_) | RpcError::Unsent(_)) {
                 self.suspect(peer);
             }
             tracing::debug!(peer, op, error = %e, "cluster rpc failed");
@@ -765,7 +769,13 @@ impl Node {
             .body(body.to_vec())
             .send()
             .await
-            .map_err(|e| RpcError::Transport(e.to_string()))?;
+            .map_err(|e| {
+                if e.is_connect() {
+                    RpcError::Unsent(e.to_string())
+                } else {
+                    RpcError::Transport(e.to_string())
+                }
+            })?;
         let status = resp.status();
         let resp_sig = resp
             .headers()
@@ -1270,7 +1280,8 @@ impl Node {
         // wait for another transition of the key, prepare, decide) before it answers: a
         // forwarder that gave up after one RPC timeout would suspect a live primary and report
         // the outcome unknown for a transition that is still being made
-        let timeout = if self.needs_majority(ks, &expected) {
+        let consistent = self.needs_majority(ks, &expected);
+        let timeout = if consistent {
             self.settings.rpc_timeout * FORWARDED_TRANSITION_TIMEOUTS
         } else {
             self.settings.rpc_timeout
@@ -1315,8 +1326,19 @@ impl Node {
                         Cas::Conflict(resp.current.and_then(|c| c.value))
                     });
                 }
-                Err(RpcError::Transport(e)) => {
+                Err(RpcError::Unsent(e)) => {
+                    // the primary never got it: the next in line decides, and its answer holds
                     tracing::warn!(primary = %id, error = %e, "primary unreachable; next replica takes over");
+                }
+                Err(RpcError::Transport(e)) if consistent => {
+                    // the primary got it and may still be deciding it: a transition of our own
+                    // here would compete with it (and outlast the balancer's read timeout)
+                    return Err(StoreError::Unavailable(format!(
+                        "compare-and-swap: the primary {id} did not answer ({e}); the outcome is unknown, retry"
+                    )));
+                }
+                Err(RpcError::Transport(e)) => {
+                    tracing::warn!(primary = %id, error = %e, "primary did not answer; next replica takes over");
                     last_err = Some(e);
                 }
                 Err(RpcError::Remote(e)) => {
@@ -1377,7 +1399,7 @@ impl Node {
                     return Ok(resp.record);
                 }
                 // a read has no outcome to lose: the next in line answers
-                Err(RpcError::Transport(e)) => {
+                Err(RpcError::Transport(e) | RpcError::Unsent(e)) => {
                     tracing::warn!(primary = %id, error = %e, "primary unreachable; next replica answers the read");
                 }
                 Err(RpcError::Remote(e)) => {

@@ -2171,6 +2171,65 @@ mod tests {
         second.cluster.leave().await;
     }
 
+    /// A consistent compare-and-swap whose primary cannot be connected to (stopped, its death
+    /// not gossiped yet) never reached it: the next node in line decides, and its answer is
+    /// definite — a conflict is a conflict, not "the outcome is unknown" (which is for a primary
+    /// that got the request and did not answer: it may have made the transition).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn an_unreachable_primary_leaves_the_outcome_known() {
+        let nodes = three().await;
+        let ks = "unit_things";
+        let a = nodes[0].cluster.node.clone();
+        // a key whose primary is c, once a counts c among the primaries (c caught up)
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        let key = loop {
+            let held_by_c = (0..1000)
+                .map(|i| format!("held-by-c-{i}"))
+                .find(|k| a.primary_order(ks, k).first().map(|(id, _)| id.as_str()) == Some("c"));
+            match held_by_c {
+                Some(k) if a.is_caught_up() && a.live_count() == 3 => break k,
+                _ => assert!(std::time::Instant::now() < until, "{:?}", a.health()),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        nodes[0]
+            .opened
+            .store
+            .put(ks, &key, b"v0".to_vec(), None)
+            .await
+            .unwrap();
+        // c's RPC server stops (its gossip goes on: a still lists it alive)
+        nodes[2].cluster.stop_rpc_server().await;
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(&nodes[2].cluster.node.settings.rpc_advertise)
+            .await
+            .is_ok()
+        {
+            assert!(std::time::Instant::now() < until, "c still listens");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(a.live_peers().iter().any(|(id, _)| id == "c"));
+        let stale = nodes[0]
+            .opened
+            .store
+            .compare_and_swap(ks, &key, Some(b"other".to_vec()), None)
+            .await;
+        assert!(
+            matches!(stale, Ok(Cas::Conflict(Some(ref v))) if v == b"v0"),
+            "{stale:?}"
+        );
+        let swapped = nodes[0]
+            .opened
+            .store
+            .compare_and_swap(ks, &key, Some(b"v0".to_vec()), Some((b"v1".to_vec(), None)))
+            .await;
+        assert!(matches!(swapped, Ok(Cas::Swapped)), "{swapped:?}");
+        for n in &nodes {
+            n.token.cancel();
+            n.cluster.leave().await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     // Over 80 lines: a multi-node scenario test, step by step.
     async fn writes_replicate_cas_is_single_winner_and_events_reach_every_node() {
