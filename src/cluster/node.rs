@@ -297,6 +297,8 @@ impl Node {
         metrics: ClusterMetrics,
     ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
+            // straight to the peer: never through an HTTP(S)_PROXY from the environment
+            .no_proxy()
             .connect_timeout(settings.rpc_timeout)
             .timeout(settings.rpc_timeout)
             .pool_idle_timeout(Duration::from_secs(20))
