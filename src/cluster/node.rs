@@ -111,7 +111,7 @@ pub const EXCLUSIVE_INSERT_KEYSPACES: [&str; 13] = [
 /// answer: the executor reads the key from every live peer and awaits its decision at every
 /// live peer (one timeout each at most, for a peer stalled since gossip last heard of it); its
 /// prepare returns once a majority has it.
-pub const FORWARDED_TRANSITION_TIMEOUTS: u32 = 2;
+const FORWARDED_TRANSITION_TIMEOUTS: u32 = 2;
 
 /// A member as this node sees it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -652,7 +652,7 @@ impl Node {
 
     /// [`Node::call`] with its own timeout (`cluster.rpc_timeout_ms` for every call but a
     /// forwarded consistent compare-and-swap, whose executor runs rounds of its own).
-    pub async fn call_within<Req: Serialize, Resp: DeserializeOwned>(
+    async fn call_within<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         peer: &str,
         addr: &str,
@@ -961,7 +961,8 @@ impl Node {
         self.replicate_acked(records, 0).await
     }
 
-    /// [`Node::replicate`], failing unless at least `min_acks` peers acknowledged.
+    /// [`Node::replicate`], failing unless at least `min_acks` peers acknowledged; with
+    /// `min_acks` > 0 (a prepare) it returns as soon as that many did, not `replication_factor - 1`.
     async fn replicate_acked(
         self: &Arc<Self>,
         records: Vec<Record>,
@@ -1360,7 +1361,8 @@ impl Node {
             (Ok(Cas::Conflict(_)), Some(e)) => Err(StoreError::Unavailable(format!(
                 "compare-and-swap: the primary did not answer ({e}) and this node reports a conflict; the outcome is unknown, retry"
             ))),
-            // e.g. refused for the transition the primary prepared and did not answer for
+            // (not consistent: that returned at the lost forward) e.g. a write no replica
+            // acknowledged here, after the primary may have made it
             (Err(StoreError::Unavailable(why)), Some(e)) => Err(StoreError::Unavailable(format!(
                 "compare-and-swap: the primary did not answer ({e}) and this node could not decide ({why}); the outcome is unknown, retry"
             ))),

@@ -1021,6 +1021,25 @@ mod tests {
         crate::store::conformance::backend_tests!(three_node_store, true);
     }
 
+    /// A transition of `key` to `value` as an executor that is gone ("z") made it, on the
+    /// version `b` holds: (the transition's record, its base). Prepare it where a scenario needs.
+    async fn gone_executors_transition(
+        b: &Node,
+        ks: &'static str,
+        key: &str,
+        value: &[u8],
+    ) -> (Versioned, crate::cluster::version::Version) {
+        let base = b.replica.read(ks, key).await.unwrap().unwrap().version;
+        let mut version = b.replica.new_version();
+        version.node = "z".into();
+        let rec = Versioned {
+            version,
+            value: Some(value.to_vec()),
+            deadline_ms: None,
+        };
+        (rec, base)
+    }
+
     async fn three() -> Vec<TestNode> {
         let ports = [free_port(), free_port(), free_port()];
         let (a, b, c) = tokio::join!(
@@ -1434,14 +1453,7 @@ mod tests {
             .await
             .unwrap();
         let b = &nodes[1].cluster.node;
-        let base = b.replica.read(ks, key).await.unwrap().unwrap().version;
-        let mut v = b.replica.new_version();
-        v.node = "z".into();
-        let rec = Versioned {
-            version: v,
-            value: Some(b"renamed".to_vec()),
-            deadline_ms: None,
-        };
+        let (rec, base) = gone_executors_transition(b, ks, key, b"renamed").await;
         for n in &nodes[1..] {
             assert!(n
                 .cluster
@@ -1497,14 +1509,7 @@ mod tests {
             .await
             .unwrap();
         let b = nodes[1].cluster.node.clone();
-        let base = b.replica.read(ks, key).await.unwrap().unwrap().version;
-        let mut v = b.replica.new_version();
-        v.node = "z".into();
-        let rec = Versioned {
-            version: v,
-            value: Some(b"by-z".to_vec()),
-            deadline_ms: None,
-        };
+        let (rec, base) = gone_executors_transition(&b, ks, key, b"by-z").await;
         // prepared on b only: z (gone) and b make a majority of three, so it may have been
         // answered — it stands
         assert!(b.replica.prepare(ks, key, &rec, &base).await.unwrap());
@@ -1544,14 +1549,7 @@ mod tests {
                 .unwrap();
         }
         let b = nodes[1].cluster.node.clone();
-        let base = b.replica.read(ks, stuck).await.unwrap().unwrap().version;
-        let mut v = b.replica.new_version();
-        v.node = "z".into();
-        let rec = Versioned {
-            version: v,
-            value: Some(b"x".to_vec()),
-            deadline_ms: None,
-        };
+        let (rec, base) = gone_executors_transition(&b, ks, stuck, b"x").await;
         // only b holds it: whether it stands is not known until c answers
         assert!(b.replica.prepare(ks, stuck, &rec, &base).await.unwrap());
         let mut stuck_calls = Vec::new();
