@@ -2,7 +2,7 @@
 //! protocol on top of the local [`Replica`]: synchronous replication of writes, compare-and-swap
 //! at the key's primary, read fall-back to peers, and anti-entropy.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -21,9 +21,6 @@ use super::version::Versioned;
 use super::wire::*;
 use crate::bus::LocalBus;
 use crate::store::{Cas, StoreError, StoreResult};
-
-/// How long a peer that failed an RPC is skipped for primary duties and sync replication.
-const SUSPECT_FOR: Duration = Duration::from_secs(3);
 
 pub struct NodeSettings {
     pub node_id: String,
@@ -257,7 +254,7 @@ pub struct Node {
     rpc_key: [u8; 32],
     http: reqwest::Client,
     members: RwLock<Arc<Vec<Member>>>,
-    suspects: Mutex<HashMap<String, Instant>>,
+    suspects: Mutex<HashSet<String>>,
     caught_up: AtomicBool,
     sync: Mutex<BTreeMap<String, PeerSync>>,
     /// Monotonic origin of `last_beat_ms`.
@@ -583,17 +580,30 @@ impl Node {
         self.members.read().map(|m| m.clone()).unwrap_or_default()
     }
 
-    fn is_suspect(&self, id: &str) -> bool {
-        self.suspects
-            .lock()
-            .ok()
-            .and_then(|m| m.get(id).copied())
-            .is_some_and(|t| t.elapsed() < SUSPECT_FOR)
+    /// Whether a call to peer `id` failed (no answer, or no connection) and none has succeeded
+    /// since: a suspect is skipped as a primary and not waited for by a read, a replication or a
+    /// decision that has enough answers without it. It stays suspect until a call to it succeeds
+    /// — what is still sent to it (replication, decisions, anti-entropy every
+    /// `anti_entropy_interval_seconds`) probes it — not for a fixed time: a peer whose RPC hangs
+    /// while its gossip goes on (a grey failure) would otherwise cost every transition of its
+    /// keys one forward timeout each time the suspicion lapsed.
+    pub(in crate::cluster) fn is_suspect(&self, id: &str) -> bool {
+        self.suspects.lock().is_ok_and(|m| m.contains(id))
     }
 
     fn suspect(&self, id: &str) {
         if let Ok(mut m) = self.suspects.lock() {
-            m.insert(id.to_string(), Instant::now());
+            if m.insert(id.to_string()) {
+                tracing::warn!(peer = id, "cluster: peer suspected (a call to it failed)");
+            }
+        }
+    }
+
+    fn trust(&self, id: &str) {
+        if let Ok(mut m) = self.suspects.lock() {
+            if m.remove(id) {
+                tracing::info!(peer = id, "cluster: peer answers again");
+            }
         }
     }
 
@@ -661,6 +671,10 @@ impl Node {
         timeout: Duration,
     ) -> Result<Resp, RpcError> {
         let res = self.call_inner(peer, addr, path, req, timeout).await;
+        // a signed answer, even a refusal, is from a peer that answers
+        if matches!(res, Ok(_) | Err(RpcError::Remote(_))) {
+            self.trust(peer);
+        }
         if let Err(e) = &res {
             let op = path.rsplit('/').next().unwrap_or(path);
             self.metrics.rpc_errors.with_label_values(&[op]).inc();
@@ -927,22 +941,40 @@ impl Node {
         };
         // every live peer that answers in time, not the first majority: a transition whose
         // decision reached only its executor (the peers' decide calls lost, a prepared copy
-        // forgotten by a restart) is seen as long as that executor answers (attacker review)
-        let calls = peers
+        // forgotten by a restart) is seen as long as that executor answers (attacker review).
+        // A suspect peer is waited for only while the others are not a majority: one whose
+        // RPC hangs (gossip still calling it alive) would cost every transition a timeout.
+        let flagged: Vec<bool> = peers.iter().map(|(id, _)| self.is_suspect(id)).collect();
+        let mut trusted_left = flagged.iter().filter(|s| !**s).count();
+        let mut calls: FuturesUnordered<_> = peers
             .iter()
-            .map(|(id, addr)| self.call::<_, GetResp>(id, addr, PATH_GET, &req));
+            .zip(flagged)
+            .map(|((id, addr), suspect)| {
+                let req = &req;
+                async move {
+                    (
+                        suspect,
+                        self.call::<_, GetResp>(id, addr, PATH_GET, req).await,
+                    )
+                }
+            })
+            .collect();
         let mut newest: Option<Versioned> = None;
         let mut answered = 0usize;
-        for r in futures_util::future::join_all(calls)
-            .await
-            .into_iter()
-            .flatten()
-        {
-            answered += 1;
-            if let Some(rec) = r.record {
-                if newest.as_ref().is_none_or(|n| rec.version > n.version) {
-                    newest = Some(rec);
+        while let Some((suspect, r)) = calls.next().await {
+            if !suspect {
+                trusted_left -= 1;
+            }
+            if let Ok(r) = r {
+                answered += 1;
+                if let Some(rec) = r.record {
+                    if newest.as_ref().is_none_or(|n| rec.version > n.version) {
+                        newest = Some(rec);
+                    }
                 }
+            }
+            if trusted_left == 0 && answered >= need {
+                break;
             }
         }
         if answered < need {
@@ -984,10 +1016,15 @@ impl Node {
         }
         // a plain write waits for its replicas; a prepare for a majority (the others get it,
         // or the decision, in the background: a stalled peer does not hold the transition up)
+        // (a plain write does not wait for suspect peers beyond one acknowledgement: they get it
+        // in the background like any replica past the factor)
         let need = if min_acks > 0 {
             min_acks
         } else {
-            self.replication_factor(peers.len() + 1).saturating_sub(1)
+            let trusted = peers.iter().filter(|(id, _)| !self.is_suspect(id)).count();
+            self.replication_factor(peers.len() + 1)
+                .saturating_sub(1)
+                .min(trusted.max(1))
         };
         let started = Instant::now();
         let req = Arc::new(ApplyReq { records });
@@ -1048,11 +1085,15 @@ impl Node {
         ks: &'static str,
         key: &str,
     ) -> StoreResult<Option<Versioned>> {
-        let peers: Vec<_> = self
+        // the peers that answer; every live one when all are suspect (suspicion lasts until a
+        // call succeeds: this one may be it)
+        let (suspects, mut peers): (Vec<_>, Vec<_>) = self
             .live_peers()
             .into_iter()
-            .filter(|(id, _)| !self.is_suspect(id))
-            .collect();
+            .partition(|(id, _)| self.is_suspect(id));
+        if peers.is_empty() {
+            peers = suspects;
+        }
         if peers.is_empty() {
             return Ok(None);
         }
@@ -1135,9 +1176,22 @@ impl Node {
             commit,
         };
         // awaited at every live peer: once the caller is answered, every node it can reach
-        // reads the decision (a stalled peer costs one RPC timeout, then it is suspect)
-        let peers = self.live_peers();
-        let calls = peers
+        // reads the decision (a stalled peer costs one RPC timeout, then it is suspect). A
+        // suspect gets it in the background (it asks this node if it never arrives).
+        let (suspects, trusted): (Vec<_>, Vec<_>) = self
+            .live_peers()
+            .into_iter()
+            .partition(|(id, _)| self.is_suspect(id));
+        if !suspects.is_empty() {
+            let (node, req) = (self.clone(), req.clone());
+            tokio::spawn(async move {
+                let calls = suspects
+                    .iter()
+                    .map(|(id, addr)| node.call::<_, Empty>(id, addr, PATH_DECIDE, &req));
+                futures_util::future::join_all(calls).await;
+            });
+        }
+        let calls = trusted
             .iter()
             .map(|(id, addr)| self.call::<_, Empty>(id, addr, PATH_DECIDE, &req));
         futures_util::future::join_all(calls).await;

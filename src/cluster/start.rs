@@ -2228,6 +2228,110 @@ mod tests {
         }
     }
 
+    /// A grey failure: c's RPC accepts connections and never answers while its gossip goes on,
+    /// so every node keeps listing it alive. The first call that times out makes c suspect, and
+    /// it stays suspect (no call to it succeeds): transitions whose primary is `a` no longer
+    /// wait for c on their majority read, decision or replication, and one whose primary is c
+    /// is made by the next in line. Before, the suspicion lapsed after 3 s, then each transition
+    /// waited out c's RPC timeout on its read and its decision (about 4 s), and a forward to c
+    /// was answered 503 "outcome unknown" after 4 s, over and over.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_peer_whose_rpc_hangs_is_waited_for_once_not_on_every_transition() {
+        let nodes = three().await;
+        let ks = "unit_things";
+        let a = nodes[0].cluster.node.clone();
+        let first = |k: &str| a.primary_order(ks, k).first().map(|(id, _)| id.clone());
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        let (mine, at_c) = loop {
+            let keys: Vec<String> = (0..1000).map(|i| format!("grey-{i}")).collect();
+            let mine: Vec<String> = keys
+                .iter()
+                .filter(|k| first(k).as_deref() == Some("a"))
+                .take(8)
+                .cloned()
+                .collect();
+            let at_c = keys.iter().find(|k| first(k).as_deref() == Some("c"));
+            match at_c {
+                Some(c) if a.is_caught_up() && a.live_count() == 3 && mine.len() == 8 => {
+                    break (mine, c.clone())
+                }
+                _ => assert!(std::time::Instant::now() < until, "{:?}", a.health()),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let store = nodes[0].opened.store.clone();
+        for k in mine.iter().chain([&at_c]) {
+            store.put(ks, k, b"v0".to_vec(), None).await.unwrap();
+        }
+        // c's RPC address now accepts and never answers
+        nodes[2].cluster.stop_rpc_server().await;
+        let rpc_addr = nodes[2].cluster.node.settings.rpc_advertise.clone();
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(&rpc_addr).await {
+                Ok(l) => break l,
+                Err(e) => assert!(std::time::Instant::now() < until, "{e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let hang = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let swap = |k: String| {
+            let store = store.clone();
+            async move {
+                store
+                    .compare_and_swap(ks, &k, Some(b"v0".to_vec()), Some((b"v1".to_vec(), None)))
+                    .await
+            }
+        };
+        // the first transition waits out c once (its majority read)
+        let got = swap(mine[0].clone()).await;
+        assert!(matches!(got, Ok(Cas::Swapped)), "{got:?}");
+        assert!(a.is_suspect("c"));
+        assert!(
+            a.live_peers().iter().any(|(id, _)| id == "c"),
+            "gossip lists c"
+        );
+        // past the suspicion's old 3 s
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        // Nothing below waits for c: each step takes milliseconds. The bound is a liveness
+        // check (waiting for c would take about 4 s a transition, 2 s a write: over 40 s).
+        let rest = tokio::time::timeout(Duration::from_secs(20), async {
+            for k in &mine[1..] {
+                let got = swap(k.clone()).await;
+                assert!(matches!(got, Ok(Cas::Swapped)), "{k}: {got:?}");
+                store
+                    .put(ks, &format!("{k}-w"), b"w".to_vec(), None)
+                    .await
+                    .unwrap();
+            }
+            // c's own key: made by the next in line, a definite answer
+            let got = swap(at_c.clone()).await;
+            assert!(matches!(got, Ok(Cas::Swapped)), "{at_c}: {got:?}");
+        })
+        .await;
+        assert!(rest.is_ok(), "transitions waited for the hung peer");
+        assert!(a.is_suspect("c"));
+        // and the majority (a and b) holds every transition
+        for k in mine.iter().chain([&at_c]) {
+            let at_b = nodes[1].cluster.node.replica.read(ks, k).await.unwrap();
+            assert_eq!(
+                at_b.and_then(|r| r.value).as_deref(),
+                Some(&b"v1"[..]),
+                "{k}"
+            );
+        }
+        hang.abort();
+        for n in &nodes {
+            n.token.cancel();
+            n.cluster.leave().await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     // Over 80 lines: a multi-node scenario test, step by step.
     async fn writes_replicate_cas_is_single_winner_and_events_reach_every_node() {
