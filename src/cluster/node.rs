@@ -105,10 +105,16 @@ pub const EXCLUSIVE_INSERT_KEYSPACES: [&str; 13] = [
 ];
 
 /// A forwarded consistent compare-and-swap waits this many RPC timeouts for its primary's
-/// answer: the executor reads the key from every live peer and awaits its decision at every
-/// live peer (one timeout each at most, for a peer stalled since gossip last heard of it); its
+/// answer: the executor reads the key from every live peer not suspect and awaits its decision
+/// at each of them (one timeout each at most, for a peer stalled since it last answered); its
 /// prepare returns once a majority has it.
 const FORWARDED_TRANSITION_TIMEOUTS: u32 = 2;
+
+/// Calls at most in flight in the background (replication past what a write waits for,
+/// decisions) to one suspect peer; more are not sent (anti-entropy and the peer's own settling
+/// of undecided transitions cover them). A peer whose RPC hangs would otherwise hold one
+/// connection per transition and write for an RPC timeout each.
+const MAX_BACKGROUND_TO_SUSPECT: usize = 32;
 
 /// A member as this node sees it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -255,6 +261,8 @@ pub struct Node {
     http: reqwest::Client,
     members: RwLock<Arc<Vec<Member>>>,
     suspects: Mutex<HashSet<String>>,
+    /// Per suspect peer, the slots of [`MAX_BACKGROUND_TO_SUSPECT`].
+    background: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     caught_up: AtomicBool,
     sync: Mutex<BTreeMap<String, PeerSync>>,
     /// Monotonic origin of `last_beat_ms`.
@@ -311,6 +319,7 @@ impl Node {
             http,
             members: RwLock::default(),
             suspects: Mutex::default(),
+            background: Mutex::default(),
             caught_up: AtomicBool::new(false),
             sync: Mutex::default(),
             started: Instant::now(),
@@ -580,23 +589,39 @@ impl Node {
         self.members.read().map(|m| m.clone()).unwrap_or_default()
     }
 
-    /// Whether a call to peer `id` failed (no answer, or no connection) and none has succeeded
-    /// since: a suspect is skipped as a primary and not waited for by a read, a replication or a
-    /// decision that has enough answers without it. It stays suspect until a call to it succeeds
-    /// — what is still sent to it (replication, decisions, anti-entropy every
-    /// `anti_entropy_interval_seconds`) probes it — not for a fixed time: a peer whose RPC hangs
-    /// while its gossip goes on (a grey failure) would otherwise cost every transition of its
-    /// keys one forward timeout each time the suspicion lapsed.
+    /// Whether a call to peer `id` failed (no answer, or no connection) and none has been
+    /// answered since: a suspect is skipped as a primary and not waited for by a read, a
+    /// replication or a decision that has enough answers without it. It stays suspect until a
+    /// call to it is answered (a signed refusal included) — the write probe every second
+    /// ([`Node::probe_writes`]) and what is still sent to it in the background test it — not
+    /// for a fixed time: a peer whose RPC hangs while its gossip goes on (a grey failure) would
+    /// otherwise cost every transition of its keys one forward timeout each time the suspicion
+    /// lapsed.
     pub(in crate::cluster) fn is_suspect(&self, id: &str) -> bool {
         self.suspects.lock().is_ok_and(|m| m.contains(id))
     }
 
-    fn suspect(&self, id: &str) {
+    pub(in crate::cluster) fn suspect(&self, id: &str) {
         if let Ok(mut m) = self.suspects.lock() {
             if m.insert(id.to_string()) {
                 tracing::warn!(peer = id, "cluster: peer suspected (a call to it failed)");
             }
         }
+    }
+
+    /// A slot for a background call to `peer`: `Some(None)` when it is not suspect (no limit),
+    /// `Some(permit)` while fewer than [`MAX_BACKGROUND_TO_SUSPECT`] are in flight to it, `None`
+    /// (do not send) when that many are.
+    fn background_slot(&self, peer: &str) -> Option<Option<tokio::sync::OwnedSemaphorePermit>> {
+        if !self.is_suspect(peer) {
+            return Some(None);
+        }
+        let slots = self.background.lock().ok().map(|mut m| {
+            m.entry(peer.to_string())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_TO_SUSPECT)))
+                .clone()
+        })?;
+        slots.try_acquire_owned().ok().map(Some)
     }
 
     fn trust(&self, id: &str) {
@@ -961,19 +986,24 @@ impl Node {
             .collect();
         let mut newest: Option<Versioned> = None;
         let mut answered = 0usize;
+        // A peer holding a transition undecided: its executor (perhaps a suspect, whose decision
+        // to that peer is still on its way) may have committed it and answered its client —
+        // then every peer is waited for, as before suspects were skipped (attacker review).
+        let mut undecided = false;
         while let Some((suspect, r)) = calls.next().await {
             if !suspect {
                 trusted_left -= 1;
             }
             if let Ok(r) = r {
                 answered += 1;
+                undecided |= r.provisional.is_some();
                 if let Some(rec) = r.record {
                     if newest.as_ref().is_none_or(|n| rec.version > n.version) {
                         newest = Some(rec);
                     }
                 }
             }
-            if trusted_left == 0 && answered >= need {
+            if trusted_left == 0 && answered >= need && !undecided {
                 break;
             }
         }
@@ -987,8 +1017,9 @@ impl Node {
     }
 
     /// Sends records to every live peer; returns once `replication_factor - 1` of them
-    /// acknowledged (the others finish in the background). Fails when peers exist but none
-    /// acknowledged: the write is then only on this node.
+    /// acknowledged, or fewer when some are suspect: every peer not suspect, at least one (the
+    /// others finish in the background, a suspect's within [`MAX_BACKGROUND_TO_SUSPECT`]). Fails
+    /// when peers exist but none acknowledged: the write is then only on this node.
     pub async fn replicate(self: &Arc<Self>, records: Vec<Record>) -> StoreResult<()> {
         self.replicate_acked(records, 0).await
     }
@@ -1030,17 +1061,19 @@ impl Node {
         let req = Arc::new(ApplyReq { records });
         let mut pending: FuturesUnordered<_> = peers
             .into_iter()
-            .map(|(id, addr)| {
+            .filter_map(|(id, addr)| {
+                let slot = self.background_slot(&id)?;
                 let req = req.clone();
                 let node = self.clone();
-                tokio::spawn(async move {
+                Some(tokio::spawn(async move {
+                    let _slot = slot;
                     // Some(true): acknowledged; Some(false): answered but refused a conditional
                     // record (a competing transition); None: no answer
                     node.call::<_, ApplyResp>(&id, &addr, PATH_APPLY, &*req)
                         .await
                         .ok()
                         .map(|r| r.rejected == 0)
-                })
+                }))
             })
             .collect();
         let mut acks = 0usize;
@@ -1166,8 +1199,10 @@ impl Node {
     }
 
     /// Sends the executor's decision on a prepared transition to every live peer (the ones that
-    /// prepared it among them), waiting for their answers (bounded by the RPC timeout). A peer
-    /// the decision does not reach asks this node later ([`Node::resolve_provisionals`]).
+    /// prepared it among them), waiting for the answers of those not suspect (bounded by the RPC
+    /// timeout); a suspect gets it in the background. A peer the decision does not reach asks
+    /// this node later ([`Node::resolve_provisionals`]); until then a majority read that meets
+    /// its undecided copy waits for every peer, this one included ([`Node::quorum_read`]).
     async fn decide(self: &Arc<Self>, ks: &'static str, key: &str, rec: &Versioned, commit: bool) {
         let req = DecideReq {
             ks: ks.to_string(),
@@ -1175,20 +1210,20 @@ impl Node {
             rec: rec.clone(),
             commit,
         };
-        // awaited at every live peer: once the caller is answered, every node it can reach
-        // reads the decision (a stalled peer costs one RPC timeout, then it is suspect). A
-        // suspect gets it in the background (it asks this node if it never arrives).
+        // awaited at every live peer not suspect (a stalled one costs one RPC timeout, then it
+        // is suspect); a suspect gets it in the background
         let (suspects, trusted): (Vec<_>, Vec<_>) = self
             .live_peers()
             .into_iter()
             .partition(|(id, _)| self.is_suspect(id));
-        if !suspects.is_empty() {
+        for (id, addr) in suspects {
+            let Some(slot) = self.background_slot(&id) else {
+                continue;
+            };
             let (node, req) = (self.clone(), req.clone());
             tokio::spawn(async move {
-                let calls = suspects
-                    .iter()
-                    .map(|(id, addr)| node.call::<_, Empty>(id, addr, PATH_DECIDE, &req));
-                futures_util::future::join_all(calls).await;
+                let _slot = slot;
+                node.call::<_, Empty>(&id, &addr, PATH_DECIDE, &req).await
             });
         }
         let calls = trusted
@@ -1252,7 +1287,7 @@ impl Node {
             Some(resp) => match resp.record {
                 Some(r) if r.version == rec.version => true,
                 Some(r) => {
-                    self.replica.abort(ks, key, &rec.version);
+                    self.replica.abort(ks, key, &rec.version).await;
                     if let Err(e) = self.replica.merge(ks, key, &r).await {
                         tracing::warn!(keyspace = ks, error = %e, "could not merge an aborted transition's record");
                     }
@@ -1312,7 +1347,7 @@ impl Node {
             }
             committed
         } else {
-            self.replica.abort(ks, key, &rec.version);
+            self.replica.abort(ks, key, &rec.version).await;
             Ok(())
         };
         match outcome {
@@ -1652,7 +1687,7 @@ impl Node {
                     // the decision point: written here first (a peer that asks this node finds
                     // it), then on the peers
                     if let Err(e) = node.replica.commit(ks, &key, &rec).await {
-                        node.replica.abort(ks, &key, &rec.version);
+                        node.replica.abort(ks, &key, &rec.version).await;
                         node.decide(ks, &key, &rec, false).await;
                         return Err(e);
                     }
@@ -1660,7 +1695,7 @@ impl Node {
                     Ok((Cas::Swapped, Some(rec)))
                 }
                 Err(e) => {
-                    node.replica.abort(ks, &key, &rec.version);
+                    node.replica.abort(ks, &key, &rec.version).await;
                     node.decide(ks, &key, &rec, false).await;
                     tracing::warn!(
                         keyspace = ks,

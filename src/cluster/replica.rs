@@ -113,6 +113,26 @@ struct Provisional {
     since: std::time::Instant,
 }
 
+/// A prepared transition as kept on disk (in [`LOCAL_KEYSPACE`] under [`PROVISIONAL_PREFIX`]):
+/// a restart must not forget it. Its executor may have committed it with this node's
+/// acknowledgement counted in the majority and then lost every decision call; a node that forgot
+/// it would let a competing transition on the old version be prepared by a majority, and both
+/// would have been answered success (attacker review).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Kept {
+    ks: String,
+    key: String,
+    rec: Versioned,
+    base: Version,
+}
+
+/// Key prefix of prepared transitions kept on disk (`p/<keyspace>/<key>`).
+const PROVISIONAL_PREFIX: &str = "p/";
+
+fn kept_key(ks: &str, key: &str) -> String {
+    format!("{PROVISIONAL_PREFIX}{ks}/{key}")
+}
+
 impl Replica {
     pub fn new(
         inner: Arc<dyn Store>,
@@ -347,6 +367,8 @@ impl Replica {
             Some(cur) if cur.version > *base => return Ok(false),
             _ => {}
         }
+        // on disk before it counts (the caller's stripe lock orders it with the decision's removal)
+        self.keep_provisional(ks, key, rec, base).await?;
         if let Ok(mut p) = self.provisional.lock() {
             p.insert(
                 (ks, key.to_string()),
@@ -360,6 +382,84 @@ impl Replica {
         Ok(true)
     }
 
+    async fn keep_provisional(
+        &self,
+        ks: &str,
+        key: &str,
+        rec: &Versioned,
+        base: &Version,
+    ) -> StoreResult<()> {
+        let kept = Kept {
+            ks: ks.to_string(),
+            key: key.to_string(),
+            rec: rec.clone(),
+            base: base.clone(),
+        };
+        let bytes = serde_json::to_vec(&kept).map_err(|e| StoreError::Backend(e.to_string()))?;
+        // gone with the record's deadline at the latest, as the copy in memory
+        let ttl = match self.ttl_until(rec.deadline_ms) {
+            Some(ttl) => ttl,
+            None => return Ok(()),
+        };
+        self.inner
+            .put(LOCAL_KEYSPACE, &kept_key(ks, key), bytes, ttl)
+            .await
+    }
+
+    /// Drops the disk copy of a key's prepared transition (the decision arrived, or it was
+    /// replaced); the caller holds the key's stripe lock.
+    async fn forget_provisional(&self, ks: &str, key: &str) {
+        if let Err(e) = self.inner.delete(LOCAL_KEYSPACE, &kept_key(ks, key)).await {
+            // reloaded after a restart it is settled again (asked of its executor): harmless
+            tracing::warn!(keyspace = ks, error = %e, "could not drop a decided transition's disk copy");
+        }
+    }
+
+    /// Reloads the prepared transitions kept on disk (once, at start, before serving RPC): each
+    /// is held again as provisional, undecided, and settled like any whose decision did not
+    /// arrive ([`crate::cluster::node::Node::resolve_provisionals`]). One this node already holds
+    /// the record of, or a newer version than its base, is dropped, and so is one this node
+    /// executed (undecided at the restart: aborted). Returns how many are held.
+    pub async fn load_provisionals(&self) -> StoreResult<usize> {
+        let kept = self
+            .inner
+            .scan_prefix(LOCAL_KEYSPACE, PROVISIONAL_PREFIX, 1_000_000)
+            .await?;
+        let mut held = 0;
+        for (k, bytes) in kept {
+            let Ok(p) = serde_json::from_slice::<Kept>(&bytes) else {
+                tracing::warn!(key = %k, "dropping an unreadable prepared transition");
+                let _ = self.inner.delete(LOCAL_KEYSPACE, &k).await;
+                continue;
+            };
+            let Ok(ks) = intern(&p.ks) else { continue };
+            let _g = self.lock([(ks, p.key.as_str())]).await;
+            // this node's own transition: the task that was deciding it is gone with the
+            // restart, so it was not committed (its record would be here) — aborted; peers that
+            // ask this node find neither and drop their copies
+            let moot = p.rec.version.node == self.node_id
+                || self
+                    .version_of(ks, &p.key)
+                    .is_some_and(|v| v == p.rec.version || v > p.base);
+            if moot {
+                self.forget_provisional(ks, &p.key).await;
+                continue;
+            }
+            if let Ok(mut map) = self.provisional.lock() {
+                map.insert(
+                    (ks, p.key.clone()),
+                    Provisional {
+                        rec: p.rec,
+                        base: p.base,
+                        since: std::time::Instant::now(),
+                    },
+                );
+                held += 1;
+            }
+        }
+        Ok(held)
+    }
+
     /// Second round, commit: the executor had the transition prepared by a majority. Written
     /// (last writer wins, as any replicated write), and the provisional copy dropped — as is any
     /// other provisional transition of the key made on an older version, which can no longer
@@ -369,25 +469,29 @@ impl Replica {
         self.merge(ks, key, rec).await?;
         let _g = self.lock([(ks, key)]).await;
         let held = self.version_of(ks, key);
-        if let Ok(mut p) = self.provisional.lock() {
+        let dropped = self.provisional.lock().is_ok_and(|mut p| {
             let k = (ks, key.to_string());
-            if p.get(&k).is_some_and(|pr| {
+            p.get(&k).is_some_and(|pr| {
                 pr.rec.version == rec.version || held.as_ref().is_some_and(|h| *h > pr.base)
-            }) {
-                p.remove(&k);
-            }
+            }) && p.remove(&k).is_some()
+        });
+        if dropped {
+            self.forget_provisional(ks, key).await;
         }
         Ok(())
     }
 
     /// Second round, abort (the transition did not reach a majority): the provisional copy is
     /// dropped, nothing was written.
-    pub fn abort(&self, ks: &str, key: &str, version: &Version) {
-        if let Ok(mut p) = self.provisional.lock() {
-            let k = (intern(ks).unwrap_or(""), key.to_string());
-            if p.get(&k).is_some_and(|pr| pr.rec.version == *version) {
-                p.remove(&k);
-            }
+    pub async fn abort(&self, ks: &str, key: &str, version: &Version) {
+        let Ok(ks) = intern(ks) else { return };
+        let _g = self.lock([(ks, key)]).await;
+        let dropped = self.provisional.lock().is_ok_and(|mut p| {
+            let k = (ks, key.to_string());
+            p.get(&k).is_some_and(|pr| pr.rec.version == *version) && p.remove(&k).is_some()
+        });
+        if dropped {
+            self.forget_provisional(ks, key).await;
         }
     }
 
@@ -703,5 +807,89 @@ mod tests {
         assert_eq!(b.version_of("things", "k1"), Some(rec.version.clone()));
         // the clock continues past what is on disk
         assert!(b.new_version() > rec.version);
+    }
+
+    /// A prepared transition outlives a restart of the node that prepared it (kept on disk,
+    /// reloaded undecided); a decided one — committed, aborted, or replaced by a newer version —
+    /// does not come back. Before, a restart forgot every prepared transition: one whose
+    /// executor committed it with this node counted in its majority and lost its decision calls
+    /// could then be overwritten by a competing transition on the old version.
+    #[tokio::test]
+    async fn prepared_transitions_survive_a_restart_decided_ones_do_not() {
+        let clock = FakeClock::new(5_000_000);
+        let inner: Arc<dyn Store> = Arc::new(SledStore::temporary(clock.clone()).unwrap());
+        let open = || {
+            Replica::new(
+                inner.clone(),
+                "b".into(),
+                clock.clone(),
+                Duration::from_secs(60),
+            )
+        };
+        let b = open();
+        let ks = intern("things").unwrap();
+        let base = Versioned {
+            version: b.new_version(),
+            value: Some(b"v0".to_vec()),
+            deadline_ms: None,
+        };
+        for k in ["pending", "committed", "aborted", "replaced", "own"] {
+            b.merge(ks, k, &base).await.unwrap();
+        }
+        let executor = replica("a", clock.clone());
+        executor.hlc.observe(base.version.hlc);
+        let transition = |value: &[u8]| Versioned {
+            version: executor.new_version(),
+            value: Some(value.to_vec()),
+            deadline_ms: None,
+        };
+        let mut made = BTreeMap::new();
+        for k in ["pending", "committed", "aborted", "replaced"] {
+            let t = transition(b"v1");
+            assert!(b.prepare(ks, k, &t, &base.version).await.unwrap());
+            made.insert(k, t);
+        }
+        // and one b executed itself, undecided when it restarts: aborted by the restart
+        let own = Versioned {
+            version: b.new_version(),
+            value: Some(b"mine".to_vec()),
+            deadline_ms: None,
+        };
+        assert!(b.prepare(ks, "own", &own, &base.version).await.unwrap());
+        b.commit(ks, "committed", &made["committed"]).await.unwrap();
+        b.abort(ks, "aborted", &made["aborted"].version).await;
+        // the restart: what was in memory is gone
+        drop(b);
+        let b = open();
+        b.load_index().await.unwrap();
+        // a newer version of "replaced" arrived (anti-entropy) before the copy was reloaded
+        b.merge(ks, "replaced", &transition(b"v2")).await.unwrap();
+        assert_eq!(b.load_provisionals().await.unwrap(), 1);
+        assert_eq!(
+            b.provisional_of(ks, "pending"),
+            Some(made["pending"].version.clone())
+        );
+        for k in ["committed", "aborted", "replaced", "own"] {
+            assert_eq!(b.provisional_of(ks, k), None, "{k}");
+        }
+        // still refused: a competing transition on the old version
+        let competing = transition(b"other");
+        assert!(!b
+            .prepare(ks, "pending", &competing, &base.version)
+            .await
+            .unwrap());
+        // decided after the restart: gone from disk too
+        b.commit(ks, "pending", &made["pending"]).await.unwrap();
+        let again = open();
+        again.load_index().await.unwrap();
+        assert_eq!(again.load_provisionals().await.unwrap(), 0);
+        assert_eq!(
+            again
+                .read(ks, "pending")
+                .await
+                .unwrap()
+                .and_then(|r| r.value),
+            Some(b"v1".to_vec())
+        );
     }
 }

@@ -402,7 +402,7 @@ async fn decide(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpRespo
             return err(e);
         }
     } else {
-        node.replica.abort(ks, &r.key, &r.rec.version);
+        node.replica.abort(ks, &r.key, &r.rec.version).await;
     }
     ok(&Empty {})
 }

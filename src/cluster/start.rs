@@ -199,6 +199,16 @@ async fn start_speaking(
         .await
         .context("indexing the local store")?;
     tracing::info!(records = n, "cluster: local replica indexed");
+    let held = replica
+        .load_provisionals()
+        .await
+        .context("reloading prepared transitions")?;
+    if held > 0 {
+        tracing::info!(
+            held,
+            "cluster: prepared transitions reloaded, to be settled with their executors"
+        );
+    }
 
     let gi = ns.gossip_interval;
     let cc_config = ChitchatConfig {
@@ -1495,6 +1505,56 @@ mod tests {
         assert_eq!(history.as_deref(), Some(&b"revoked-2"[..]));
     }
 
+    /// Review of the suspect skipping: a suspects c, both healthy. c committed a transition
+    /// and answered its client; its decision to b is still on the way, so b holds it only
+    /// prepared. a's majority read has a majority without c — but b's answer holds a
+    /// transition undecided, so a waits for c too and reads c's committed value, not the
+    /// version from before it (which a read that stopped at the majority would answer).
+    async fn a_read_that_meets_an_undecided_copy_waits_for_a_suspect(nodes: &[TestNode]) {
+        let (a, b, c) = (
+            nodes[0].cluster.node.clone(),
+            nodes[1].cluster.node.clone(),
+            nodes[2].cluster.node.clone(),
+        );
+        let ks = "unit_things";
+        // several keys: c's answer, still asked for, may come before b's and be counted anyway
+        let keys: Vec<String> = (0..8).map(|i| format!("undecided-at-b-{i}")).collect();
+        for key in &keys {
+            nodes[0]
+                .opened
+                .store
+                .put(ks, key, b"v0".to_vec(), None)
+                .await
+                .unwrap();
+            let base = b.replica.read(ks, key).await.unwrap().unwrap().version;
+            let rec = Versioned {
+                version: c.replica.new_version(),
+                value: Some(b"by-c".to_vec()),
+                deadline_ms: None,
+            };
+            assert!(b.replica.prepare(ks, key, &rec, &base).await.unwrap());
+            c.replica.commit(ks, key, &rec).await.unwrap();
+            // (a's write probe trusts c again within a second: the read follows at once)
+            a.suspect("c");
+            let read = a.read_settled_local(ks, key).await.unwrap();
+            assert_eq!(
+                read.and_then(|r| r.value).as_deref(),
+                Some(&b"by-c"[..]),
+                "{key}"
+            );
+        }
+        // b settles its copies with c (the decisions "lost")
+        let until = std::time::Instant::now() + Duration::from_secs(15);
+        while keys
+            .iter()
+            .any(|k| b.replica.provisional_of(ks, k).is_some())
+        {
+            b.resolve_provisionals(Duration::ZERO).await;
+            assert!(std::time::Instant::now() < until, "never settled");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A transition its peers settle as committed (its executor gone) reaches the peers that
     /// never prepared it at once, not at the next anti-entropy round (an hour in these tests):
     /// until then a later transition whose majority read missed the settling node could be made
@@ -2499,6 +2559,7 @@ mod tests {
         lost_decisions_are_resolved_by_asking_the_executor(&nodes).await;
         peers_settle_what_a_dead_executor_left_prepared(&nodes).await;
         a_settled_commit_reaches_the_peers_that_did_not_prepare_it(&nodes).await;
+        a_read_that_meets_an_undecided_copy_waits_for_a_suspect(&nodes).await;
         an_unrelated_key_does_not_queue_behind_a_stuck_one(&nodes).await;
         a_delete_is_not_undone_by_an_update_decided_after_it(&nodes).await;
         a_settled_read_answers_the_primarys_value_over_a_lagging_copy(&nodes).await;
