@@ -110,6 +110,28 @@ pub const EXCLUSIVE_INSERT_KEYSPACES: [&str; 13] = [
 /// prepare returns once a majority has it.
 const FORWARDED_TRANSITION_TIMEOUTS: u32 = 2;
 
+/// How many times an executor makes a consistent transition again after every peer refused it
+/// for a competing one (membership views that disagree for a moment: two nodes both executing
+/// transitions of one key), before it answers 503.
+const COMPETING_RETRIES: u32 = 5;
+
+/// A consistent transition that was not made: why, and whether it is **held nowhere** — refused
+/// by this node, or by every peer it was sent to (each holding a competing transition), so no
+/// node ever prepared it and it can never be committed: it may be made again at once.
+struct Unmade {
+    error: StoreError,
+    held_nowhere: bool,
+}
+
+impl From<StoreError> for Unmade {
+    fn from(error: StoreError) -> Self {
+        Unmade {
+            error,
+            held_nowhere: false,
+        }
+    }
+}
+
 /// Calls at most in flight in the background (replication past what a write waits for,
 /// decisions) to one suspect peer; more are not sent (anti-entropy and the peer's own settling
 /// of undecided transitions cover them). A peer whose RPC hangs would otherwise hold one
@@ -158,6 +180,7 @@ pub struct ClusterMetrics {
     pub rpc_errors: IntCounterVec,
     pub repairs: IntCounter,
     pub cas_forwarded: IntCounter,
+    pub competing_retries: IntCounter,
     pub members_live: IntGauge,
     pub gossip_dropped: IntCounter,
     pub standing_lost: IntCounter,
@@ -191,6 +214,10 @@ impl ClusterMetrics {
                 "cluster_cas_forwarded_total",
                 "compare-and-swap calls forwarded to the key's primary",
             )?,
+            competing_retries: IntCounter::new(
+                "cluster_competing_retries_total",
+                "consistent transitions made again after every peer refused them for a competing one",
+            )?,
             members_live: IntGauge::new("cluster_members_live", "live cluster members")?,
             held_back: IntGauge::new(
                 "cluster_held_back",
@@ -212,6 +239,7 @@ impl ClusterMetrics {
         r.register(Box::new(self.rpc_errors.clone()))?;
         r.register(Box::new(self.repairs.clone()))?;
         r.register(Box::new(self.cas_forwarded.clone()))?;
+        r.register(Box::new(self.competing_retries.clone()))?;
         r.register(Box::new(self.members_live.clone()))?;
         r.register(Box::new(self.gossip_dropped.clone()))?;
         r.register(Box::new(self.standing_lost.clone()))?;
@@ -1021,7 +1049,7 @@ impl Node {
     /// others finish in the background, a suspect's within [`MAX_BACKGROUND_TO_SUSPECT`]). Fails
     /// when peers exist but none acknowledged: the write is then only on this node.
     pub async fn replicate(self: &Arc<Self>, records: Vec<Record>) -> StoreResult<()> {
-        self.replicate_acked(records, 0).await
+        self.replicate_acked(records, 0).await.map_err(|u| u.error)
     }
 
     /// [`Node::replicate`], failing unless at least `min_acks` peers acknowledged; with
@@ -1030,7 +1058,7 @@ impl Node {
         self: &Arc<Self>,
         records: Vec<Record>,
         min_acks: usize,
-    ) -> StoreResult<()> {
+    ) -> Result<(), Unmade> {
         let records: Vec<Record> = records
             .into_iter()
             .filter(|r| !is_local_keyspace(&r.ks))
@@ -1040,7 +1068,7 @@ impl Node {
         }
         let peers = self.live_peers();
         if peers.len() < min_acks {
-            return Err(self.no_majority(1 + peers.len()));
+            return Err(self.no_majority(1 + peers.len()).into());
         }
         if peers.is_empty() {
             return Ok(());
@@ -1049,20 +1077,26 @@ impl Node {
         // or the decision, in the background: a stalled peer does not hold the transition up)
         // (a plain write does not wait for suspect peers beyond one acknowledgement: they get it
         // in the background like any replica past the factor)
+        let trusted = peers.iter().filter(|(id, _)| !self.is_suspect(id)).count();
         let need = if min_acks > 0 {
             min_acks
         } else {
-            let trusted = peers.iter().filter(|(id, _)| !self.is_suspect(id)).count();
             self.replication_factor(peers.len() + 1)
                 .saturating_sub(1)
                 .min(trusted.max(1))
         };
+        // a suspect's call is capped only when the others can give what this waits for
+        let capped = trusted >= need;
         let started = Instant::now();
         let req = Arc::new(ApplyReq { records });
         let mut pending: FuturesUnordered<_> = peers
             .into_iter()
             .filter_map(|(id, addr)| {
-                let slot = self.background_slot(&id)?;
+                let slot = if capped {
+                    self.background_slot(&id)?
+                } else {
+                    None
+                };
                 let req = req.clone();
                 let node = self.clone();
                 Some(tokio::spawn(async move {
@@ -1093,9 +1127,14 @@ impl Node {
             .replication_seconds
             .observe(started.elapsed().as_secs_f64());
         if refused > 0 && acks < min_acks {
-            return Err(StoreError::Unavailable(format!(
-                "single-use transition refused by {refused} node(s) holding a competing one; retry"
-            )));
+            return Err(Unmade {
+                error: StoreError::Unavailable(format!(
+                    "single-use transition refused by {refused} node(s) holding a competing one; retry"
+                )),
+                // every call answered, none with an acknowledgement (the loop runs them all out
+                // unless enough acknowledged)
+                held_nowhere: acks == 0 && answered == 0,
+            });
         }
         if need > 0 && acks == 0 {
             self.set_write_block(Some(format!(
@@ -1103,11 +1142,12 @@ impl Node {
             )));
             return Err(StoreError::Unavailable(format!(
                 "write not acknowledged by any other live node ({answered} failed); retry"
-            )));
+            ))
+            .into());
         }
         self.set_write_block(None);
         if acks < min_acks {
-            return Err(self.no_majority(1 + acks));
+            return Err(self.no_majority(1 + acks).into());
         }
         Ok(())
     }
@@ -1561,9 +1601,25 @@ impl Node {
             if self.live_count() < self.majority() {
                 return Err(self.no_majority(self.live_count()));
             }
-            let serial = self.transition_lock(ks, key).await;
-            self.quorum_read(ks, key).await?;
-            return self.cas_consistent(ks, key, expected, new, serial).await;
+            let mut retries = 0;
+            loop {
+                let serial = self.transition_lock(ks, key).await;
+                self.quorum_read(ks, key).await?;
+                match self
+                    .cas_consistent(ks, key, expected.clone(), new.clone(), serial)
+                    .await
+                {
+                    // a competing transition (another executor) holds the key: decided within a
+                    // round trip or two; then this one is compared again, on what it left
+                    Err(u) if u.held_nowhere && retries < COMPETING_RETRIES => {
+                        retries += 1;
+                        self.metrics.competing_retries.inc();
+                        let jitter = 10 + rand::random::<u64>() % 40;
+                        tokio::time::sleep(Duration::from_millis(jitter)).await;
+                    }
+                    other => return other.map_err(|u| u.error),
+                }
+            }
         }
         if self.standing_in(ks, key) {
             self.fetch_from_peers(ks, key).await?;
@@ -1644,7 +1700,7 @@ impl Node {
         expected: Option<Vec<u8>>,
         new: Option<(Vec<u8>, Option<Duration>)>,
         serial: tokio::sync::OwnedMutexGuard<()>,
-    ) -> StoreResult<(Cas, Option<Versioned>)> {
+    ) -> Result<(Cas, Option<Versioned>), Unmade> {
         self.await_provisional(ks, key).await;
         let rec = {
             let _g = self.replica.lock([(ks, key)]).await;
@@ -1658,10 +1714,13 @@ impl Node {
             let base = cur.map(|c| c.version).unwrap_or_default();
             let rec = self.new_record(new);
             if !self.replica.prepare_locked(ks, key, &rec, &base).await? {
-                return Err(StoreError::Unavailable(
-                    "transition refused: another transition of this key is being decided; retry"
-                        .into(),
-                ));
+                return Err(Unmade {
+                    error: StoreError::Unavailable(
+                        "transition refused: another transition of this key is being decided; retry"
+                            .into(),
+                    ),
+                    held_nowhere: true,
+                });
             }
             (rec, base)
         };
@@ -1689,19 +1748,21 @@ impl Node {
                     if let Err(e) = node.replica.commit(ks, &key, &rec).await {
                         node.replica.abort(ks, &key, &rec.version).await;
                         node.decide(ks, &key, &rec, false).await;
-                        return Err(e);
+                        return Err(e.into());
                     }
                     node.decide(ks, &key, &rec, true).await;
                     Ok((Cas::Swapped, Some(rec)))
                 }
-                Err(e) => {
+                Err(u) => {
                     node.replica.abort(ks, &key, &rec.version).await;
                     node.decide(ks, &key, &rec, false).await;
                     tracing::warn!(
                         keyspace = ks,
+                        error = %u.error,
+                        held_nowhere = u.held_nowhere,
                         "single-use transition not prepared by a majority: aborted"
                     );
-                    Err(e)
+                    Err(u)
                 }
             }
         })

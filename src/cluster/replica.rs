@@ -389,6 +389,10 @@ impl Replica {
         rec: &Versioned,
         base: &Version,
     ) -> StoreResult<()> {
+        if rec.version.node == self.node_id {
+            // this node's own transition is not reloaded (see `load_provisionals`)
+            return Ok(());
+        }
         let kept = Kept {
             ks: ks.to_string(),
             key: key.to_string(),
@@ -408,7 +412,10 @@ impl Replica {
 
     /// Drops the disk copy of a key's prepared transition (the decision arrived, or it was
     /// replaced); the caller holds the key's stripe lock.
-    async fn forget_provisional(&self, ks: &str, key: &str) {
+    async fn forget_provisional(&self, ks: &str, key: &str, rec: &Versioned) {
+        if rec.version.node == self.node_id {
+            return; // never kept
+        }
         if let Err(e) = self.inner.delete(LOCAL_KEYSPACE, &kept_key(ks, key)).await {
             // reloaded after a restart it is settled again (asked of its executor): harmless
             tracing::warn!(keyspace = ks, error = %e, "could not drop a decided transition's disk copy");
@@ -432,17 +439,30 @@ impl Replica {
                 let _ = self.inner.delete(LOCAL_KEYSPACE, &k).await;
                 continue;
             };
-            let Ok(ks) = intern(&p.ks) else { continue };
+            let ks = match intern(&p.ks) {
+                Ok(ks) if kept_key(ks, &p.key) == k => ks,
+                _ => {
+                    let _ = self.inner.delete(LOCAL_KEYSPACE, &k).await;
+                    continue;
+                }
+            };
             let _g = self.lock([(ks, p.key.as_str())]).await;
-            // this node's own transition: the task that was deciding it is gone with the
-            // restart, so it was not committed (its record would be here) — aborted; peers that
-            // ask this node find neither and drop their copies
+            // An insert is made on "no version": a tombstone older than it is a delete from
+            // before it, not what replaced it (as `Held::of` judges a peer's answer).
+            let before_insert = |r: &Versioned| {
+                p.base == Version::default() && r.value.is_none() && r.version < p.rec.version
+            };
+            // (this node's own transition is never kept: the task that was deciding it is gone
+            // with the restart, so it was not committed — its record would be here — and the
+            // peers that ask this node find neither and drop their copies)
             let moot = p.rec.version.node == self.node_id
-                || self
-                    .version_of(ks, &p.key)
-                    .is_some_and(|v| v == p.rec.version || v > p.base);
+                || self.read(ks, &p.key).await?.is_some_and(|cur| {
+                    cur.version == p.rec.version || (cur.version > p.base && !before_insert(&cur))
+                });
             if moot {
-                self.forget_provisional(ks, &p.key).await;
+                if let Err(e) = self.inner.delete(LOCAL_KEYSPACE, &k).await {
+                    tracing::warn!(key = %k, error = %e, "could not drop a decided transition's disk copy");
+                }
                 continue;
             }
             if let Ok(mut map) = self.provisional.lock() {
@@ -469,14 +489,15 @@ impl Replica {
         self.merge(ks, key, rec).await?;
         let _g = self.lock([(ks, key)]).await;
         let held = self.version_of(ks, key);
-        let dropped = self.provisional.lock().is_ok_and(|mut p| {
+        let dropped = self.provisional.lock().ok().and_then(|mut p| {
             let k = (ks, key.to_string());
-            p.get(&k).is_some_and(|pr| {
+            let decided = p.get(&k).is_some_and(|pr| {
                 pr.rec.version == rec.version || held.as_ref().is_some_and(|h| *h > pr.base)
-            }) && p.remove(&k).is_some()
+            });
+            decided.then(|| p.remove(&k)).flatten()
         });
-        if dropped {
-            self.forget_provisional(ks, key).await;
+        if let Some(pr) = dropped {
+            self.forget_provisional(ks, key, &pr.rec).await;
         }
         Ok(())
     }
@@ -486,12 +507,13 @@ impl Replica {
     pub async fn abort(&self, ks: &str, key: &str, version: &Version) {
         let Ok(ks) = intern(ks) else { return };
         let _g = self.lock([(ks, key)]).await;
-        let dropped = self.provisional.lock().is_ok_and(|mut p| {
+        let dropped = self.provisional.lock().ok().and_then(|mut p| {
             let k = (ks, key.to_string());
-            p.get(&k).is_some_and(|pr| pr.rec.version == *version) && p.remove(&k).is_some()
+            let this = p.get(&k).is_some_and(|pr| pr.rec.version == *version);
+            this.then(|| p.remove(&k)).flatten()
         });
-        if dropped {
-            self.forget_provisional(ks, key).await;
+        if let Some(pr) = dropped {
+            self.forget_provisional(ks, key, &pr.rec).await;
         }
     }
 
@@ -856,15 +878,48 @@ mod tests {
             deadline_ms: None,
         };
         assert!(b.prepare(ks, "own", &own, &base.version).await.unwrap());
+        // an insert (made on "no version"), and a delete from before it that b has not seen
+        let older_delete = Versioned {
+            version: executor.new_version(),
+            value: None,
+            deadline_ms: None,
+        };
+        let insert = transition(b"new");
+        let none = Version::default();
+        assert!(b.prepare(ks, "inserted", &insert, &none).await.unwrap());
         b.commit(ks, "committed", &made["committed"]).await.unwrap();
         b.abort(ks, "aborted", &made["aborted"].version).await;
+        // a decided transition's disk copy goes with the decision; b's own is never kept
+        let on_disk = |k: &str| {
+            let inner = inner.clone();
+            let key = kept_key("things", k);
+            async move { inner.get(LOCAL_KEYSPACE, &key).await.unwrap().is_some() }
+        };
+        for (k, kept) in [
+            ("pending", true),
+            ("replaced", true),
+            ("inserted", true),
+            ("committed", false),
+            ("aborted", false),
+            ("own", false),
+        ] {
+            assert_eq!(on_disk(k).await, kept, "{k}");
+        }
         // the restart: what was in memory is gone
         drop(b);
         let b = open();
         b.load_index().await.unwrap();
-        // a newer version of "replaced" arrived (anti-entropy) before the copy was reloaded
+        // before the copies are reloaded, anti-entropy brought: a newer version of "replaced"
+        // (the transition can no longer apply), and the delete from before the insert (it
+        // still can)
         b.merge(ks, "replaced", &transition(b"v2")).await.unwrap();
-        assert_eq!(b.load_provisionals().await.unwrap(), 1);
+        b.merge(ks, "inserted", &older_delete).await.unwrap();
+        assert_eq!(b.load_provisionals().await.unwrap(), 2);
+        assert_eq!(
+            b.provisional_of(ks, "inserted"),
+            Some(insert.version.clone())
+        );
+        assert!(!on_disk("replaced").await);
         assert_eq!(
             b.provisional_of(ks, "pending"),
             Some(made["pending"].version.clone())
@@ -880,6 +935,7 @@ mod tests {
             .unwrap());
         // decided after the restart: gone from disk too
         b.commit(ks, "pending", &made["pending"]).await.unwrap();
+        b.abort(ks, "inserted", &insert.version).await;
         let again = open();
         again.load_index().await.unwrap();
         assert_eq!(again.load_provisionals().await.unwrap(), 0);

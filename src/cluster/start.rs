@@ -1505,28 +1505,71 @@ mod tests {
         assert_eq!(history.as_deref(), Some(&b"revoked-2"[..]));
     }
 
+    /// The three nodes a, b, c, once `key` holds `v0` (written through a).
+    async fn abc_with(
+        nodes: &[TestNode],
+        ks: &'static str,
+        key: &str,
+    ) -> (Arc<Node>, Arc<Node>, Arc<Node>) {
+        nodes[0]
+            .opened
+            .store
+            .put(ks, key, b"v0".to_vec(), None)
+            .await
+            .unwrap();
+        let node = |i: usize| nodes[i].cluster.node.clone();
+        (node(0), node(1), node(2))
+    }
+
+    /// Two executors of one key's transitions (membership views that disagree for a moment):
+    /// b and c hold a competing transition (by "z") prepared when a makes its own, so both
+    /// refuse a's. No node holds a's, so a makes it again shortly instead of answering 503;
+    /// once z's is decided, a compares again on what it left and answers a definite conflict.
+    async fn a_transition_every_peer_refused_for_a_competing_one_is_made_again(nodes: &[TestNode]) {
+        let (ks, key) = ("unit_things", "competed");
+        let (a, b, c) = abc_with(nodes, ks, key).await;
+        let (rec, base) = gone_executors_transition(&b, ks, key, b"by-z").await;
+        for n in [&b, &c] {
+            assert!(n.replica.prepare(ks, key, &rec, &base).await.unwrap());
+        }
+        let retried = a.metrics.competing_retries.get();
+        let made = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                a.cas_local(ks, key, Some(b"v0".to_vec()), Some((b"v1".to_vec(), None)))
+                    .await
+            })
+        };
+        let until = std::time::Instant::now() + Duration::from_secs(15);
+        while a.metrics.competing_retries.get() == retried && !made.is_finished() {
+            assert!(std::time::Instant::now() < until, "never refused");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // z's is decided (committed) while a waits to make its own again
+        for n in [&b, &c] {
+            n.replica.commit(ks, key, &rec).await.unwrap();
+        }
+        let got = made.await.unwrap().map(|(cas, _)| cas);
+        assert!(
+            matches!(got, Ok(Cas::Conflict(Some(ref v))) if v == b"by-z"),
+            "{got:?}"
+        );
+    }
+
     /// Review of the suspect skipping: a suspects c, both healthy. c committed a transition
     /// and answered its client; its decision to b is still on the way, so b holds it only
     /// prepared. a's majority read has a majority without c — but b's answer holds a
     /// transition undecided, so a waits for c too and reads c's committed value, not the
     /// version from before it (which a read that stopped at the majority would answer).
     async fn a_read_that_meets_an_undecided_copy_waits_for_a_suspect(nodes: &[TestNode]) {
-        let (a, b, c) = (
-            nodes[0].cluster.node.clone(),
-            nodes[1].cluster.node.clone(),
-            nodes[2].cluster.node.clone(),
-        );
         let ks = "unit_things";
         // several keys: c's answer, still asked for, may come before b's and be counted anyway
         let keys: Vec<String> = (0..8).map(|i| format!("undecided-at-b-{i}")).collect();
         for key in &keys {
-            nodes[0]
-                .opened
-                .store
-                .put(ks, key, b"v0".to_vec(), None)
-                .await
-                .unwrap();
+            let (a, b, c) = abc_with(nodes, ks, key).await;
             let base = b.replica.read(ks, key).await.unwrap().unwrap().version;
+            // (c's clock past v0's, should v0 still be on its way to c)
+            c.replica.hlc.observe(base.hlc);
             let rec = Versioned {
                 version: c.replica.new_version(),
                 value: Some(b"by-c".to_vec()),
@@ -1544,6 +1587,7 @@ mod tests {
             );
         }
         // b settles its copies with c (the decisions "lost")
+        let b = nodes[1].cluster.node.clone();
         let until = std::time::Instant::now() + Duration::from_secs(15);
         while keys
             .iter()
@@ -2560,6 +2604,7 @@ mod tests {
         peers_settle_what_a_dead_executor_left_prepared(&nodes).await;
         a_settled_commit_reaches_the_peers_that_did_not_prepare_it(&nodes).await;
         a_read_that_meets_an_undecided_copy_waits_for_a_suspect(&nodes).await;
+        a_transition_every_peer_refused_for_a_competing_one_is_made_again(&nodes).await;
         an_unrelated_key_does_not_queue_behind_a_stuck_one(&nodes).await;
         a_delete_is_not_undone_by_an_update_decided_after_it(&nodes).await;
         a_settled_read_answers_the_primarys_value_over_a_lagging_copy(&nodes).await;
