@@ -110,9 +110,10 @@ pub const EXCLUSIVE_INSERT_KEYSPACES: [&str; 13] = [
 /// prepare returns once a majority has it.
 const FORWARDED_TRANSITION_TIMEOUTS: u32 = 2;
 
-/// How many times an executor makes a consistent transition again after every peer refused it
-/// for a competing one (membership views that disagree for a moment: two nodes both executing
-/// transitions of one key), before it answers 503.
+/// How many times an executor makes a consistent transition again after every peer it was sent
+/// to answered and refused it (a competing transition, or a newer version, there: membership
+/// views that disagree for a moment make two nodes execute transitions of one key), within one
+/// RPC timeout of the first attempt, before it answers 503.
 const COMPETING_RETRIES: u32 = 5;
 
 /// A consistent transition that was not made: why, and whether it is **held nowhere** — refused
@@ -1601,7 +1602,9 @@ impl Node {
             if self.live_count() < self.majority() {
                 return Err(self.no_majority(self.live_count()));
             }
-            let mut retries = 0;
+            // made again only within one RPC timeout of the first attempt: with the attempts'
+            // own rounds that stays inside the forwarder's wait and the balancer's read timeout
+            let (started, mut retries) = (Instant::now(), 0);
             loop {
                 let serial = self.transition_lock(ks, key).await;
                 self.quorum_read(ks, key).await?;
@@ -1611,7 +1614,11 @@ impl Node {
                 {
                     // a competing transition (another executor) holds the key: decided within a
                     // round trip or two; then this one is compared again, on what it left
-                    Err(u) if u.held_nowhere && retries < COMPETING_RETRIES => {
+                    Err(u)
+                        if u.held_nowhere
+                            && retries < COMPETING_RETRIES
+                            && started.elapsed() < self.settings.rpc_timeout =>
+                    {
                         retries += 1;
                         self.metrics.competing_retries.inc();
                         let jitter = 10 + rand::random::<u64>() % 40;
@@ -1701,7 +1708,9 @@ impl Node {
         new: Option<(Vec<u8>, Option<Duration>)>,
         serial: tokio::sync::OwnedMutexGuard<()>,
     ) -> Result<(Cas, Option<Versioned>), Unmade> {
-        self.await_provisional(ks, key).await;
+        // false: another executor's transition of the key is still undecided here after the
+        // wait (its executor cannot be asked): making this one again would only wait again
+        let none_left = self.await_provisional(ks, key).await;
         let rec = {
             let _g = self.replica.lock([(ks, key)]).await;
             let cur = self.replica.read(ks, key).await?;
@@ -1719,7 +1728,7 @@ impl Node {
                         "transition refused: another transition of this key is being decided; retry"
                             .into(),
                     ),
-                    held_nowhere: true,
+                    held_nowhere: none_left,
                 });
             }
             (rec, base)
