@@ -357,6 +357,13 @@ async fn get(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse
         Ok(opened) => opened,
         Err(resp) => return resp,
     };
+    if is_local_keyspace(ks) {
+        // this node's own bookkeeping (its generation, prepared copies): nobody else's to read
+        return problem(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "a node-local keyspace is not replicated",
+        );
+    }
     // the provisional copy first: a commit writes the record before dropping it, so a reader
     // never misses a transition that is between the two
     let provisional = node.replica.provisional_of(ks, &r.key);

@@ -1505,6 +1505,26 @@ mod tests {
         assert_eq!(history.as_deref(), Some(&b"revoked-2"[..]));
     }
 
+    /// A node's own bookkeeping (its generation, its prepared copies) is read by no peer,
+    /// through either read.
+    async fn a_node_local_keyspace_is_read_by_no_peer(nodes: &[TestNode]) {
+        use crate::cluster::node::RpcError;
+        use crate::cluster::wire::{GetResp, KeyReq, PATH_GET, PATH_GET_SETTLED};
+        let a = nodes[0].cluster.node.clone();
+        let b_addr = nodes[1].cluster.node.settings.rpc_advertise.clone();
+        for path in [PATH_GET, PATH_GET_SETTLED] {
+            let req = KeyReq {
+                ks: LOCAL_KEYSPACE.into(),
+                key: GENERATION_KEY.into(),
+            };
+            let got = a.call::<_, GetResp>("b", &b_addr, path, &req).await;
+            assert!(
+                matches!(got, Err(RpcError::Remote(ref e)) if e.contains("not replicated")),
+                "{path}: {got:?}"
+            );
+        }
+    }
+
     /// The three nodes a, b, c, once `key` holds `v0` (written through a).
     async fn abc_with(
         nodes: &[TestNode],
@@ -2605,6 +2625,7 @@ mod tests {
         a_settled_commit_reaches_the_peers_that_did_not_prepare_it(&nodes).await;
         a_read_that_meets_an_undecided_copy_waits_for_a_suspect(&nodes).await;
         a_transition_every_peer_refused_for_a_competing_one_is_made_again(&nodes).await;
+        a_node_local_keyspace_is_read_by_no_peer(&nodes).await;
         an_unrelated_key_does_not_queue_behind_a_stuck_one(&nodes).await;
         a_delete_is_not_undone_by_an_update_decided_after_it(&nodes).await;
         a_settled_read_answers_the_primarys_value_over_a_lagging_copy(&nodes).await;

@@ -550,6 +550,74 @@ mod tests {
         assert!(svc.list_wallets(bob.account()).await.unwrap().is_empty());
     }
 
+    /// Holds back the first batch that deletes a membership index entry once armed, until
+    /// released: the index write of a removal landing after a later re-add's.
+    struct HeldRemoval {
+        inner: Arc<dyn crate::store::Store>,
+        armed: std::sync::atomic::AtomicBool,
+        entered: tokio::sync::Notify,
+        release: tokio::sync::Notify,
+    }
+
+    crate::store::test_wrapper::store_wrapper!(HeldRemoval, only batch {
+        async fn batch(&self, ops: Vec<crate::store::BatchOp>) -> crate::store::StoreResult<()> {
+            let removal = ops.iter().any(|op| {
+                matches!(op, crate::store::BatchOp::Delete { keyspace, key }
+                    if *keyspace == ks::MEMBERS && key.starts_with("a/"))
+            });
+            if removal && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                self.entered.notify_one();
+                self.release.notified().await;
+            }
+            self.inner.batch(ops).await
+        }
+    });
+
+    /// Two owners at once: Alice removes Bob, Carol invites him back and he accepts, and the
+    /// removal's index write lands last. Bob is in the roster, so he must be able to open the
+    /// wallet and find it in his list: the removal's index write, read back against the
+    /// roster, is written again. Before, the index kept the removal: the roster named Bob, the
+    /// index did not, and the lesser of the two gave him a 404.
+    #[tokio::test]
+    async fn a_removal_whose_index_write_lands_after_a_re_add_does_not_lock_the_member_out() {
+        let mut ctx = RoleContext::for_tests(FakeClock::new(1_700_000_000_000));
+        let held = Arc::new(HeldRemoval {
+            inner: ctx.store.clone(),
+            armed: false.into(),
+            entered: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
+        });
+        ctx.store = held.clone();
+        let svc = WalletService::new(ctx, crate::config::WalletConfig::default());
+        let alice = sign_up(&svc, "alice@example.org").await;
+        let bob = sign_up(&svc, "bob@example.org").await;
+        let carol = sign_up(&svc, "carol@example.org").await;
+        let w = svc
+            .create_wallet(alice.account(), "home")
+            .await
+            .unwrap()
+            .wallet
+            .id;
+        let alices = svc.owner(&alice, &w).await.unwrap();
+        share_with(&svc, &alices, &bob, MemberRole::Viewer).await;
+        share_with(&svc, &alices, &carol, MemberRole::Owner).await;
+        held.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let bob_id = bob.account().id.clone();
+        let re_add = async {
+            // the removal's roster swap is done; its index write waits
+            held.entered.notified().await;
+            let carols = svc.owner(&carol, &w).await.unwrap();
+            share_with(&svc, &carols, &bob, MemberRole::Viewer).await;
+            held.release.notify_one();
+        };
+        let (removed, ()) = tokio::join!(svc.remove_member(&alices, &bob_id), re_add);
+        removed.unwrap();
+        let opened = svc.viewer(&bob, &w).await;
+        assert!(opened.is_ok(), "{:?}", opened.err());
+        let listed = svc.list_wallets(bob.account()).await.unwrap();
+        assert!(listed.iter().any(|v| v.wallet.id == w), "{listed:?}");
+    }
+
     /// The roster decides access, not the index: an index entry that outlived its membership
     /// (a change or a delete that failed half-way, a lagging replica) opens nothing and lists
     /// nothing.

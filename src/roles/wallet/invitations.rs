@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use super::access::{Owner, SignedIn};
 use super::error::{OrNotFound, WalletError, WalletResult};
 use super::ks;
-use super::members::{member_ops, owner_in, MAX_MEMBERS};
+use super::members::{owner_in, MAX_MEMBERS};
 use super::model::*;
 use super::service::WalletService;
 use crate::error::ErrorCode;
@@ -126,8 +126,7 @@ impl WalletService {
                     .await?
             }
             None => {
-                store
-                    .batch(member_ops(owner.id(), &account, Some(req.role))?)
+                self.write_member_index(owner.id(), &account, Some(req.role), Vec::new())
                     .await?
             }
         }
@@ -262,12 +261,12 @@ impl WalletService {
                 crate::error::Code::NotFound => none(),
                 _ => e,
             })?;
-        let mut ops = member_ops(wallet, me, Some(role))?;
-        ops.push(BatchOp::Delete {
+        let invitation = BatchOp::Delete {
             keyspace: ks::MEMBERS,
             key: index_key(me, wallet),
-        });
-        store.batch(ops).await?;
+        };
+        self.write_member_index(wallet, me, Some(role), vec![invitation])
+            .await?;
         Ok(WalletView {
             wallet: rec.wallet,
             role,

@@ -8,7 +8,9 @@
 //! swap finds the record changed and judges again. (A lease record did this before; a holder
 //! paused past its TTL between renewing it and writing could still race.) A change to a deleted
 //! wallet finds no record (404). The `a/`/`w/` membership index is written after the swap, for
-//! listing an account's wallets; access takes the lesser of the two roles (`viewer`), so a member
+//! listing an account's wallets, and written again while the roster read back says otherwise (two
+//! changes' index writes can land out of order); access takes the lesser of the two roles
+//! (`viewer`), so a member
 //! the roster does not name gets nothing, and a removal made in the index only — by a node of the
 //! release before rosters — holds.
 
@@ -64,8 +66,9 @@ impl WalletService {
     /// on the way cannot add itself back), 403 when `caller` is not an owner (leaving excepted),
     /// 409 when no owner would remain or the wallet is full, 404 when removing a non-member.
     ///
-    /// The membership index follows the swap; if writing it fails the change stands and the
-    /// caller gets the error: asking again writes the index again.
+    /// The membership index follows the swap ([`Self::write_member_index`]); if writing it
+    /// fails the change stands and the caller gets the error: asking again writes the index
+    /// again.
     pub(super) async fn set_role(
         &self,
         wallet: &str,
@@ -77,10 +80,49 @@ impl WalletService {
             change_roster(roster, caller, account, role)
         })
         .await?;
-        self.ctx
-            .store
-            .batch(member_ops(wallet, account, role)?)
-            .await?;
+        self.write_member_index(wallet, account, role, Vec::new())
+            .await
+    }
+
+    /// Writes `account`'s entries of the `a/`/`w/` membership index after a change of its role
+    /// in `wallet` (`extra`: more index operations of that change, written with the first
+    /// round), then reads the roster again and writes them anew while it says otherwise. The
+    /// index writes of two changes can land in the other order than their swaps (a removal
+    /// and a re-add by two owners at once: the removal's delete landing last): the index then
+    /// no longer named a member the roster does, who could open nothing — now whoever writes
+    /// last sees the last roster. (A record without a roster, written by a node of the release
+    /// before rosters, is left to its index: `role` is written once.)
+    pub(super) async fn write_member_index(
+        &self,
+        wallet: &str,
+        account: &str,
+        role: Option<MemberRole>,
+        extra: Vec<BatchOp>,
+    ) -> WalletResult<()> {
+        let store = &self.ctx.store;
+        let mut ops = member_ops(wallet, account, role)?;
+        ops.extend(extra);
+        store.batch(ops).await?;
+        let mut written = role;
+        // a few rounds: each one follows a membership change of this account made meanwhile
+        for _ in 0..4 {
+            // at the primary: this node's copy may lag a change just made on another node
+            let now = match store
+                .get_settled_json::<WalletRecord>(ks::WALLETS, wallet)
+                .await?
+            {
+                Some(rec) => match rec.roster {
+                    Some(roster) => roster.get(account).copied(),
+                    None => return Ok(()),
+                },
+                None => None,
+            };
+            if now == written {
+                return Ok(());
+            }
+            store.batch(member_ops(wallet, account, now)?).await?;
+            written = now;
+        }
         Ok(())
     }
 
