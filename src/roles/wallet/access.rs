@@ -550,22 +550,35 @@ mod tests {
         assert!(svc.list_wallets(bob.account()).await.unwrap().is_empty());
     }
 
-    /// Holds back the first batch that deletes a membership index entry once armed, until
-    /// released: the index write of a removal landing after a later re-add's.
-    struct HeldRemoval {
+    /// Holds back the first batch with an `a/` membership index write of the armed kind (a
+    /// delete, or a put), until released: one change's index write landing after a later
+    /// change's.
+    struct HeldIndexWrite {
         inner: Arc<dyn crate::store::Store>,
-        armed: std::sync::atomic::AtomicBool,
+        /// `Some(true)`: hold a delete; `Some(false)`: hold a put; `None`: hold nothing
+        armed: std::sync::Mutex<Option<bool>>,
         entered: tokio::sync::Notify,
         release: tokio::sync::Notify,
     }
 
-    crate::store::test_wrapper::store_wrapper!(HeldRemoval, only batch {
+    crate::store::test_wrapper::store_wrapper!(HeldIndexWrite, only batch {
         async fn batch(&self, ops: Vec<crate::store::BatchOp>) -> crate::store::StoreResult<()> {
-            let removal = ops.iter().any(|op| {
-                matches!(op, crate::store::BatchOp::Delete { keyspace, key }
-                    if *keyspace == ks::MEMBERS && key.starts_with("a/"))
+            use crate::store::BatchOp;
+            let index = |ks: &str, key: &str| ks == ks::MEMBERS && key.starts_with("a/");
+            let kind = ops.iter().find_map(|op| match op {
+                BatchOp::Delete { keyspace, key } if index(keyspace, key) => Some(true),
+                BatchOp::Put { keyspace, key, .. } if index(keyspace, key) => Some(false),
+                _ => None,
             });
-            if removal && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let hold = kind.is_some() && {
+                let mut armed = self.armed.lock().unwrap();
+                let hit = *armed == kind;
+                if hit {
+                    *armed = None;
+                }
+                hit
+            };
+            if hold {
                 self.entered.notify_one();
                 self.release.notified().await;
             }
@@ -573,17 +586,20 @@ mod tests {
         }
     });
 
-    /// Two owners at once: Alice removes Bob, Carol invites him back and he accepts, and the
-    /// removal's index write lands last. Bob is in the roster, so he must be able to open the
-    /// wallet and find it in his list: the removal's index write, read back against the
-    /// roster, is written again. Before, the index kept the removal: the roster named Bob, the
-    /// index did not, and the lesser of the two gave him a 404.
-    #[tokio::test]
-    async fn a_removal_whose_index_write_lands_after_a_re_add_does_not_lock_the_member_out() {
+    /// A wallet service on a [`HeldIndexWrite`] store, Alice's wallet "home" on it with Carol
+    /// as a second owner, and Bob signed up (not a member).
+    async fn held_home() -> (
+        WalletService,
+        Arc<HeldIndexWrite>,
+        SignedIn,
+        SignedIn,
+        SignedIn,
+        String,
+    ) {
         let mut ctx = RoleContext::for_tests(FakeClock::new(1_700_000_000_000));
-        let held = Arc::new(HeldRemoval {
+        let held = Arc::new(HeldIndexWrite {
             inner: ctx.store.clone(),
-            armed: false.into(),
+            armed: std::sync::Mutex::new(None),
             entered: tokio::sync::Notify::new(),
             release: tokio::sync::Notify::new(),
         });
@@ -592,16 +608,23 @@ mod tests {
         let alice = sign_up(&svc, "alice@example.org").await;
         let bob = sign_up(&svc, "bob@example.org").await;
         let carol = sign_up(&svc, "carol@example.org").await;
-        let w = svc
-            .create_wallet(alice.account(), "home")
-            .await
-            .unwrap()
-            .wallet
-            .id;
+        let w = svc.create_wallet(alice.account(), "home").await.unwrap();
+        let alices = svc.owner(&alice, &w.wallet.id).await.unwrap();
+        share_with(&svc, &alices, &carol, MemberRole::Owner).await;
+        (svc, held, alice, bob, carol, w.wallet.id)
+    }
+
+    /// Two owners at once: Alice removes Bob, Carol invites him back and he accepts, and the
+    /// removal's index write lands last. Bob is in the roster, so he must be able to open the
+    /// wallet and find it in his list: the removal's index write, read back against the
+    /// roster, is written again. Before, the index kept the removal: the roster named Bob, the
+    /// index did not, and the lesser of the two gave him a 404.
+    #[tokio::test]
+    async fn a_removal_whose_index_write_lands_after_a_re_add_does_not_lock_the_member_out() {
+        let (svc, held, alice, bob, carol, w) = held_home().await;
         let alices = svc.owner(&alice, &w).await.unwrap();
         share_with(&svc, &alices, &bob, MemberRole::Viewer).await;
-        share_with(&svc, &alices, &carol, MemberRole::Owner).await;
-        held.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        *held.armed.lock().unwrap() = Some(true);
         let bob_id = bob.account().id.clone();
         let re_add = async {
             // the removal's roster swap is done; its index write waits
@@ -616,6 +639,41 @@ mod tests {
         assert!(opened.is_ok(), "{:?}", opened.err());
         let listed = svc.list_wallets(bob.account()).await.unwrap();
         assert!(listed.iter().any(|v| v.wallet.id == w), "{listed:?}");
+    }
+
+    /// The other way round: Bob accepts Carol's invitation while Alice removes him, and the
+    /// accept's index write lands after the removal. The roster no longer names Bob: he opens
+    /// nothing, lists nothing, and no index entry of his is left behind (the accept's write, read
+    /// back against the roster, is deleted again).
+    #[tokio::test]
+    async fn an_accept_whose_index_write_lands_after_a_removal_leaves_no_entry() {
+        let (svc, held, alice, bob, carol, w) = held_home().await;
+        let carols = svc.owner(&carol, &w).await.unwrap();
+        let invite = AddMember {
+            email: "bob@example.org".into(),
+            role: MemberRole::Viewer,
+        };
+        assert!(svc.add_member(&carols, invite).await.unwrap().is_some());
+        *held.armed.lock().unwrap() = Some(false);
+        let alices = svc.owner(&alice, &w).await.unwrap();
+        let bob_id = bob.account().id.clone();
+        let removal = async {
+            // the accept's roster swap is done; its index write waits
+            held.entered.notified().await;
+            svc.remove_member(&alices, &bob_id).await.unwrap();
+            held.release.notify_one();
+        };
+        let (accepted, ()) = tokio::join!(svc.accept_invitation(&bob, &w), removal);
+        accepted.unwrap();
+        assert!(svc.viewer(&bob, &w).await.is_err());
+        assert!(svc.list_wallets(bob.account()).await.unwrap().is_empty());
+        let entry: Option<MemberRole> = svc
+            .ctx
+            .store
+            .get_json(ks::MEMBERS, &format!("a/{bob_id}/{w}"))
+            .await
+            .unwrap();
+        assert_eq!(entry, None);
     }
 
     /// The roster decides access, not the index: an index entry that outlived its membership

@@ -90,8 +90,10 @@ impl WalletService {
     /// index writes of two changes can land in the other order than their swaps (a removal
     /// and a re-add by two owners at once: the removal's delete landing last): the index then
     /// no longer named a member the roster does, who could open nothing — now whoever writes
-    /// last sees the last roster. (A record without a roster, written by a node of the release
-    /// before rosters, is left to its index: `role` is written once.)
+    /// last sees the last roster. (In cluster mode "last" is by version stamp: two nodes whose
+    /// clocks are apart can still order an index write against real time and lose an entry,
+    /// which the next change of that member writes again. A record without a roster, written
+    /// by a node of the release before rosters, is left to its index: `role` is written once.)
     pub(super) async fn write_member_index(
         &self,
         wallet: &str,
