@@ -11,7 +11,7 @@ pub const WALLET_SCHEME: &str = "wallet_session";
 #[openapi(
     info(
         title = "idstack",
-        description = "Identity server stack: OpenID4VCI issuer, OpenID4VP verifier, cloud wallet and DIDComm mediator in one binary. Management endpoints (`/api/...`) need `Authorization: Bearer <admin token>`; the cloud wallet's `/wallet/...` endpoints need a wallet session token from `POST /wallet/auth/login`.",
+        description = "Identity server stack: OpenID4VCI issuer, OpenID4VP verifier, cloud wallet and DIDComm mediator in one binary. Management endpoints (`/api/...`) need `Authorization: Bearer <admin token>`; the cloud wallet's `/wallet/...` endpoints need a wallet session token from `POST /wallet/auth/login`. Any endpoint may answer 503 (`service_unavailable`, with `Retry-After`): retry after it. In cluster mode a 503 whose detail says **the outcome is unknown** means a single-use step (a code, nonce or session result) may have been made anyway, so a retry answered \"already used\" (e.g. `invalid_grant`) may be the client's own first attempt (docs/errors.md).",
         license(name = "Apache-2.0")
     ),
     modifiers(&SecurityAddon),
