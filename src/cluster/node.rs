@@ -139,6 +139,9 @@ impl From<StoreError> for Unmade {
 /// connection per transition and write for an RPC timeout each.
 const MAX_BACKGROUND_TO_SUSPECT: usize = 32;
 
+/// Peers as (node id, RPC address).
+type Peers = Vec<(String, String)>;
+
 /// A member as this node sees it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Member {
@@ -638,19 +641,25 @@ impl Node {
         }
     }
 
-    /// A slot for a background call to `peer`: `Some(None)` when it is not suspect (no limit),
-    /// `Some(permit)` while fewer than [`MAX_BACKGROUND_TO_SUSPECT`] are in flight to it, `None`
-    /// (do not send) when that many are.
-    fn background_slot(&self, peer: &str) -> Option<Option<tokio::sync::OwnedSemaphorePermit>> {
-        if !self.is_suspect(peer) {
-            return Some(None);
+    /// `peers` split into those not suspect and the suspects (one look at the suspect set).
+    fn split_by_trust(&self, peers: Peers) -> (Peers, Peers) {
+        match self.suspects.lock() {
+            Ok(suspects) => peers
+                .into_iter()
+                .partition(|(id, _)| !suspects.contains(id)),
+            Err(_) => (peers, Vec::new()),
         }
+    }
+
+    /// A slot for a background call to the suspect `peer`, while fewer than
+    /// [`MAX_BACKGROUND_TO_SUSPECT`] are in flight to it; `None` (do not send) when that many are.
+    fn suspect_slot(&self, peer: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let slots = self.background.lock().ok().map(|mut m| {
             m.entry(peer.to_string())
                 .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_TO_SUSPECT)))
                 .clone()
         })?;
-        slots.try_acquire_owned().ok().map(Some)
+        slots.try_acquire_owned().ok()
     }
 
     fn trust(&self, id: &str) {
@@ -998,11 +1007,11 @@ impl Node {
         // forgotten by a restart) is seen as long as that executor answers (attacker review).
         // A suspect peer is waited for only while the others are not a majority: one whose
         // RPC hangs (gossip still calling it alive) would cost every transition a timeout.
-        let flagged: Vec<bool> = peers.iter().map(|(id, _)| self.is_suspect(id)).collect();
-        let mut trusted_left = flagged.iter().filter(|s| !**s).count();
-        let mut calls: FuturesUnordered<_> = peers
-            .iter()
-            .zip(flagged)
+        let (trusted, suspects) = self.split_by_trust(peers);
+        let mut trusted_left = trusted.len();
+        let flagged = trusted.iter().map(|p| (p, false));
+        let mut calls: FuturesUnordered<_> = flagged
+            .chain(suspects.iter().map(|p| (p, true)))
             .map(|((id, addr), suspect)| {
                 let req = &req;
                 async move {
@@ -1078,29 +1087,31 @@ impl Node {
         // or the decision, in the background: a stalled peer does not hold the transition up)
         // (a plain write does not wait for suspect peers beyond one acknowledgement: they get it
         // in the background like any replica past the factor)
-        let trusted = peers.iter().filter(|(id, _)| !self.is_suspect(id)).count();
+        let live = peers.len();
+        let (trusted, suspects) = self.split_by_trust(peers);
         let need = if min_acks > 0 {
             min_acks
         } else {
-            self.replication_factor(peers.len() + 1)
+            self.replication_factor(live + 1)
                 .saturating_sub(1)
-                .min(trusted.max(1))
+                .min(trusted.len().max(1))
         };
         // a suspect's call is capped only when the others can give what this waits for
-        let capped = trusted >= need;
+        let capped = trusted.len() >= need;
         let started = Instant::now();
         let req = Arc::new(ApplyReq { records });
-        let mut pending: FuturesUnordered<_> = peers
+        let suspects = suspects.into_iter().filter_map(|p| match capped {
+            true => self.suspect_slot(&p.0).map(|slot| (p, Some(slot))),
+            false => Some((p, None)),
+        });
+        let mut pending: FuturesUnordered<_> = trusted
             .into_iter()
-            .filter_map(|(id, addr)| {
-                let slot = if capped {
-                    self.background_slot(&id)?
-                } else {
-                    None
-                };
+            .map(|p| (p, None))
+            .chain(suspects)
+            .map(|((id, addr), slot)| {
                 let req = req.clone();
                 let node = self.clone();
-                Some(tokio::spawn(async move {
+                tokio::spawn(async move {
                     let _slot = slot;
                     // Some(true): acknowledged; Some(false): answered but refused a conditional
                     // record (a competing transition); None: no answer
@@ -1108,7 +1119,7 @@ impl Node {
                         .await
                         .ok()
                         .map(|r| r.rejected == 0)
-                }))
+                })
             })
             .collect();
         let mut acks = 0usize;
@@ -1161,10 +1172,7 @@ impl Node {
     ) -> StoreResult<Option<Versioned>> {
         // the peers that answer; every live one when all are suspect (suspicion lasts until a
         // call succeeds: this one may be it)
-        let (suspects, mut peers): (Vec<_>, Vec<_>) = self
-            .live_peers()
-            .into_iter()
-            .partition(|(id, _)| self.is_suspect(id));
+        let (mut peers, suspects) = self.split_by_trust(self.live_peers());
         if peers.is_empty() {
             peers = suspects;
         }
@@ -1253,12 +1261,9 @@ impl Node {
         };
         // awaited at every live peer not suspect (a stalled one costs one RPC timeout, then it
         // is suspect); a suspect gets it in the background
-        let (suspects, trusted): (Vec<_>, Vec<_>) = self
-            .live_peers()
-            .into_iter()
-            .partition(|(id, _)| self.is_suspect(id));
+        let (trusted, suspects) = self.split_by_trust(self.live_peers());
         for (id, addr) in suspects {
-            let Some(slot) = self.background_slot(&id) else {
+            let Some(slot) = self.suspect_slot(&id) else {
                 continue;
             };
             let (node, req) = (self.clone(), req.clone());

@@ -393,32 +393,34 @@ impl Replica {
             // this node's own transition is not reloaded (see `load_provisionals`)
             return Ok(());
         }
-        let kept = Kept {
+        // gone with the record's deadline at the latest, as the copy in memory
+        let Some(ttl) = self.ttl_until(rec.deadline_ms) else {
+            return Ok(());
+        };
+        let kept = crate::store::to_json(&Kept {
             ks: ks.to_string(),
             key: key.to_string(),
             rec: rec.clone(),
             base: base.clone(),
-        };
-        let bytes = serde_json::to_vec(&kept).map_err(|e| StoreError::Backend(e.to_string()))?;
-        // gone with the record's deadline at the latest, as the copy in memory
-        let ttl = match self.ttl_until(rec.deadline_ms) {
-            Some(ttl) => ttl,
-            None => return Ok(()),
-        };
+        })?;
         self.inner
-            .put(LOCAL_KEYSPACE, &kept_key(ks, key), bytes, ttl)
+            .put(LOCAL_KEYSPACE, &kept_key(ks, key), kept, ttl)
             .await
     }
 
     /// Drops the disk copy of a key's prepared transition (the decision arrived, or it was
     /// replaced); the caller holds the key's stripe lock.
     async fn forget_provisional(&self, ks: &str, key: &str, rec: &Versioned) {
-        if rec.version.node == self.node_id {
-            return; // never kept
+        if rec.version.node != self.node_id {
+            self.drop_kept(&kept_key(ks, key)).await;
         }
-        if let Err(e) = self.inner.delete(LOCAL_KEYSPACE, &kept_key(ks, key)).await {
-            // reloaded after a restart it is settled again (asked of its executor): harmless
-            tracing::warn!(keyspace = ks, error = %e, "could not drop a decided transition's disk copy");
+    }
+
+    /// Deletes one disk copy (`p/…` key). A copy left behind is reloaded after a restart and
+    /// settled again (asked of its executor): harmless, so a failure is only logged.
+    async fn drop_kept(&self, kept_key: &str) {
+        if let Err(e) = self.inner.delete(LOCAL_KEYSPACE, kept_key).await {
+            tracing::warn!(key = kept_key, error = %e, "could not drop a prepared transition's disk copy");
         }
     }
 
@@ -436,13 +438,13 @@ impl Replica {
         for (k, bytes) in kept {
             let Ok(p) = serde_json::from_slice::<Kept>(&bytes) else {
                 tracing::warn!(key = %k, "dropping an unreadable prepared transition");
-                let _ = self.inner.delete(LOCAL_KEYSPACE, &k).await;
+                self.drop_kept(&k).await;
                 continue;
             };
             let ks = match intern(&p.ks) {
                 Ok(ks) if kept_key(ks, &p.key) == k => ks,
                 _ => {
-                    let _ = self.inner.delete(LOCAL_KEYSPACE, &k).await;
+                    self.drop_kept(&k).await;
                     continue;
                 }
             };
@@ -460,9 +462,7 @@ impl Replica {
                     cur.version == p.rec.version || (cur.version > p.base && !before_insert(&cur))
                 });
             if moot {
-                if let Err(e) = self.inner.delete(LOCAL_KEYSPACE, &k).await {
-                    tracing::warn!(key = %k, error = %e, "could not drop a decided transition's disk copy");
-                }
+                self.drop_kept(&k).await;
                 continue;
             }
             if let Ok(mut map) = self.provisional.lock() {

@@ -2293,6 +2293,46 @@ mod tests {
         second.cluster.leave().await;
     }
 
+    /// `n` keys `<prefix>-<i>` whose first primary, as `a` sees it, is `primary` — once `a`
+    /// sees all three nodes live and caught up (a node not caught up is never first).
+    async fn keys_led_by(
+        a: &Node,
+        ks: &'static str,
+        prefix: &str,
+        primary: &str,
+        n: usize,
+    ) -> Vec<String> {
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let led: Vec<String> = (0..1000)
+                .map(|i| format!("{prefix}-{i}"))
+                .filter(|k| {
+                    a.primary_order(ks, k).first().map(|(id, _)| id.as_str()) == Some(primary)
+                })
+                .take(n)
+                .collect();
+            // every member caught up in a's view: one that is not is ranked last, and a key
+            // found led by another would change hands when it catches up
+            let settled = a
+                .members()
+                .iter()
+                .all(|m| m.state == "alive" && (m.caught_up || m.node_id == a.id()));
+            if a.is_caught_up() && a.live_count() == 3 && settled && led.len() == n {
+                return led;
+            }
+            assert!(std::time::Instant::now() < until, "{:?}", a.health());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The end of a scenario: every node cancelled and gone.
+    async fn leave_all(nodes: &[TestNode]) {
+        for n in nodes {
+            n.token.cancel();
+            n.cluster.leave().await;
+        }
+    }
+
     /// A consistent compare-and-swap whose primary cannot be connected to (stopped, its death
     /// not gossiped yet) never reached it: the next node in line decides, and its answer is
     /// definite — a conflict is a conflict, not "the outcome is unknown" (which is for a primary
@@ -2302,18 +2342,7 @@ mod tests {
         let nodes = three().await;
         let ks = "unit_things";
         let a = nodes[0].cluster.node.clone();
-        // a key whose primary is c, once a counts c among the primaries (c caught up)
-        let until = std::time::Instant::now() + Duration::from_secs(30);
-        let key = loop {
-            let held_by_c = (0..1000)
-                .map(|i| format!("held-by-c-{i}"))
-                .find(|k| a.primary_order(ks, k).first().map(|(id, _)| id.as_str()) == Some("c"));
-            match held_by_c {
-                Some(k) if a.is_caught_up() && a.live_count() == 3 => break k,
-                _ => assert!(std::time::Instant::now() < until, "{:?}", a.health()),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let key = keys_led_by(&a, ks, "held-by-c", "c", 1).await.remove(0);
         nodes[0]
             .opened
             .store
@@ -2346,10 +2375,7 @@ mod tests {
             .compare_and_swap(ks, &key, Some(b"v0".to_vec()), Some((b"v1".to_vec(), None)))
             .await;
         assert!(matches!(swapped, Ok(Cas::Swapped)), "{swapped:?}");
-        for n in &nodes {
-            n.token.cancel();
-            n.cluster.leave().await;
-        }
+        leave_all(&nodes).await;
     }
 
     /// A grey failure: c's RPC accepts connections and never answers while its gossip goes on,
@@ -2364,25 +2390,8 @@ mod tests {
         let nodes = three().await;
         let ks = "unit_things";
         let a = nodes[0].cluster.node.clone();
-        let first = |k: &str| a.primary_order(ks, k).first().map(|(id, _)| id.clone());
-        let until = std::time::Instant::now() + Duration::from_secs(30);
-        let (mine, at_c) = loop {
-            let keys: Vec<String> = (0..1000).map(|i| format!("grey-{i}")).collect();
-            let mine: Vec<String> = keys
-                .iter()
-                .filter(|k| first(k).as_deref() == Some("a"))
-                .take(8)
-                .cloned()
-                .collect();
-            let at_c = keys.iter().find(|k| first(k).as_deref() == Some("c"));
-            match at_c {
-                Some(c) if a.is_caught_up() && a.live_count() == 3 && mine.len() == 8 => {
-                    break (mine, c.clone())
-                }
-                _ => assert!(std::time::Instant::now() < until, "{:?}", a.health()),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let mine = keys_led_by(&a, ks, "grey-a", "a", 8).await;
+        let at_c = keys_led_by(&a, ks, "grey-c", "c", 1).await.remove(0);
         let store = nodes[0].opened.store.clone();
         for k in mine.iter().chain([&at_c]) {
             store.put(ks, k, b"v0".to_vec(), None).await.unwrap();
@@ -2450,10 +2459,7 @@ mod tests {
             );
         }
         hang.abort();
-        for n in &nodes {
-            n.token.cancel();
-            n.cluster.leave().await;
-        }
+        leave_all(&nodes).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -2630,9 +2636,6 @@ mod tests {
         a_delete_is_not_undone_by_an_update_decided_after_it(&nodes).await;
         a_settled_read_answers_the_primarys_value_over_a_lagging_copy(&nodes).await;
         process_without_the_secret_does_not_join(&nodes).await;
-        for n in &nodes {
-            n.token.cancel();
-            n.cluster.leave().await;
-        }
+        leave_all(&nodes).await;
     }
 }
