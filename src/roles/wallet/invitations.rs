@@ -11,8 +11,6 @@
 //! has at most [`MAX_RECEIVED`] pending. `i/<account>/<wallet>` in `wallet_members` finds an
 //! account's invitations; the record decides.
 
-use std::collections::BTreeMap;
-
 use super::access::{Owner, SignedIn};
 use super::error::{OrNotFound, WalletError, WalletResult};
 use super::ks;
@@ -31,15 +29,10 @@ pub const MAX_INVITATIONS: usize = 64;
 /// listed, and sign-up is open (anyone can make wallets that invite anyone).
 pub const MAX_RECEIVED: usize = 100;
 
-/// Whether `inv` can still be accepted: unexpired, and its inviter still an owner.
-pub(super) fn is_live(roster: &BTreeMap<String, MemberRole>, inv: &Invitation, now: i64) -> bool {
-    inv.expires_at > now && roster.get(&inv.invited_by) == Some(&MemberRole::Owner)
-}
-
 /// The live invitation of `account` in `rec`.
 fn live_invitation<'r>(rec: &'r WalletRecord, account: &str, now: i64) -> Option<&'r Invitation> {
     let inv = rec.invitations.get(account)?;
-    is_live(rec.roster.as_ref()?, inv, now).then_some(inv)
+    inv.is_live(rec.roster.as_ref()?, now).then_some(inv)
 }
 
 /// Where `account`'s invitation to `wallet` is found.
@@ -240,7 +233,7 @@ impl WalletService {
         let rec = self
             .change_record(wallet, |roster, rec| {
                 let inv = rec.invitations.get(me).cloned().ok_or_else(none)?;
-                if !is_live(roster, &inv, now) || inv.invited_by != pending {
+                if !inv.is_live(roster, now) || inv.invited_by != pending {
                     return Err(none());
                 }
                 rec.invitations.remove(me);

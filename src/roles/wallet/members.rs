@@ -169,12 +169,9 @@ impl WalletService {
                                 retry_after: 1,
                             })?;
                     // before `f` too: a lapsed invitation takes no place under the limit
-                    let live = |roster: &BTreeMap<_, _>, i: &Invitation| {
-                        super::invitations::is_live(roster, i, now)
-                    };
-                    rec.invitations.retain(|_, i| live(&roster, i));
+                    rec.invitations.retain(|_, i| i.is_live(&roster, now));
                     f(&mut roster, &mut rec)?;
-                    rec.invitations.retain(|_, i| live(&roster, i));
+                    rec.invitations.retain(|_, i| i.is_live(&roster, now));
                     rec.roster = Some(roster);
                     Ok(rec)
                 },

@@ -157,6 +157,13 @@ pub struct Invitation {
     pub expires_at: i64,
 }
 
+impl Invitation {
+    /// Whether it can still be accepted: unexpired, and its inviter still an owner in `roster`.
+    pub fn is_live(&self, roster: &BTreeMap<String, MemberRole>, now: i64) -> bool {
+        self.expires_at > now && roster.get(&self.invited_by) == Some(&MemberRole::Owner)
+    }
+}
+
 /// A pending invitation, as the wallet's owners see it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct InvitationView {
