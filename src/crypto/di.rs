@@ -337,6 +337,7 @@ fn verify_with(
     work: &mut Work<'_>,
 ) -> CryptoResult<Vec<Value>> {
     check_size(document, work.limits)?;
+    check_plain_json(document)?;
     let proofs = proofs_of(document)?;
     for proof in &proofs {
         let mut input = document.as_object().cloned().unwrap_or_default();
@@ -485,12 +486,10 @@ pub fn issue_credential(
         == Some(&json!("https://www.w3.org/2018/credentials/v1"));
     vc.entry(if v1 { "issuanceDate" } else { "validFrom" })
         .or_insert_with(|| json!(super::rfc3339(now)));
-    sign(
-        key,
-        vm,
-        Value::Object(vc),
-        options(vm, ProofPurpose::Assertion, now)?,
-    )
+    // what the verifiers here would refuse is not signed
+    let vc = Value::Object(vc);
+    check_plain_json(&vc)?;
+    sign(key, vm, vc, options(vm, ProofPurpose::Assertion, now)?)
 }
 
 /// Verifies a Data Integrity credential: proof, issuer = the proof's DID. Returns it without `proof`.
@@ -791,6 +790,61 @@ fn check_size(document: &Value, limits: &JsonLdConfig) -> CryptoResult<()> {
         )));
     }
     Ok(())
+}
+
+/// The signature covers the RDF a document expands to, while policies, queries and the result
+/// read its JSON; this keeps the two saying the same thing. JSON-LD can spell one statement many
+/// ways — under a full or compact IRI key, as an `@value` object, through a term an inline context
+/// maps to `null` (dropped from the RDF: a JSON claim nothing signed) — so a document is refused
+/// unless every key other than `@context` is a plain term (no `@`, no `:`): a term of a bundled
+/// context or of an `@vocab`. Inline contexts may set only `@vocab` (an absolute IRI) and
+/// `@version` (what credo writes): no term definitions, so no null mappings, no redefinitions and
+/// no scoped contexts, which expansion would process again for every node they apply to.
+fn check_plain_json(document: &Value) -> CryptoResult<()> {
+    fn refuse(what: String) -> CryptoResult<()> {
+        Err(err(format!(
+            "{what}: only plain JSON-LD is verified here (terms of bundled contexts or an inline @vocab)"
+        )))
+    }
+    fn context(c: &Value) -> CryptoResult<()> {
+        match c {
+            Value::String(_) => Ok(()),
+            Value::Array(a) => a.iter().try_for_each(context),
+            Value::Object(o) => {
+                for (k, v) in o {
+                    let ok = match k.as_str() {
+                        "@vocab" => v.as_str().is_some_and(|i| i.contains(':')),
+                        "@version" => v.as_f64() == Some(1.1),
+                        _ => false,
+                    };
+                    if !ok {
+                        return refuse(format!(
+                            "the inline @context sets `{k}` (only @vocab, an absolute IRI, and @version)"
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            _ => refuse("an @context that is neither a URL nor an object".into()),
+        }
+    }
+    match document {
+        Value::Object(o) => {
+            for (k, v) in o {
+                if k == "@context" {
+                    context(v)?;
+                    continue;
+                }
+                if k.starts_with('@') || k.contains(':') {
+                    return refuse(format!("the key `{k}` is a keyword or an IRI"));
+                }
+                check_plain_json(v)?;
+            }
+            Ok(())
+        }
+        Value::Array(a) => a.iter().try_for_each(check_plain_json),
+        _ => Ok(()),
+    }
 }
 
 /// What the proof's verification canonicalizes, each within the limits: the unsecured document
@@ -1417,5 +1471,104 @@ mod tests {
             .await
             .expect("the abandoned work did not stop");
         drop(slot);
+    }
+
+    /// The signature covers the RDF a credential expands to, while every policy reads its JSON:
+    /// JSON that expands to the same RDF but says something else must not verify (attacker review:
+    /// a claim forged through a term mapped to null, validity and status hidden behind full-IRI
+    /// keys — all `verified: true` before).
+    #[test]
+    fn json_re_expressed_to_say_what_was_not_signed_is_refused() {
+        let issuer = SigningKey::generate(KeyType::Ed25519);
+        let vm = did::verification_method(&did::did_key(&issuer.verifying_key()));
+        let mut cred = Map::new();
+        cred.insert(
+            "type".into(),
+            json!(["VerifiableCredential", "IdentityCredential"]),
+        );
+        cred.insert("validUntil".into(), json!("2028-01-15T08:00:00Z"));
+        cred.insert(
+            "credentialStatus".into(),
+            json!({"id": "https://issuer.example/status/1#7", "type": "BitstringStatusListEntry",
+                   "statusPurpose": "revocation", "statusListIndex": "7",
+                   "statusListCredential": "https://issuer.example/status/1"}),
+        );
+        cred.insert(
+            "credentialSubject".into(),
+            json!({"id": "did:example:holder", "birthdate": "2015-01-01"}),
+        );
+        let vc = issue_credential(&issuer, &vm, cred, NOW).unwrap();
+        verify_credential(&vc, NOW).unwrap();
+
+        let mut forged = vc.clone();
+        forged["@context"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"birthdate": null}));
+        let subject = forged["credentialSubject"].as_object_mut().unwrap();
+        subject.remove("birthdate");
+        subject.insert("https://schema.org/birthDate".into(), json!("2015-01-01"));
+        subject.insert("birthdate".into(), json!("1990-01-01"));
+
+        let mut unexpiring = vc.clone();
+        let until = unexpiring
+            .as_object_mut()
+            .unwrap()
+            .remove("validUntil")
+            .unwrap();
+        unexpiring["https://www.w3.org/2018/credentials#validUntil"] =
+            json!({"@value": until, "@type": "http://www.w3.org/2001/XMLSchema#dateTime"});
+
+        let mut unrevocable = vc.clone();
+        let status = unrevocable
+            .as_object_mut()
+            .unwrap()
+            .remove("credentialStatus")
+            .unwrap();
+        unrevocable["https://www.w3.org/2018/credentials#credentialStatus"] = status;
+
+        let mut aliased = vc.clone();
+        aliased["@context"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"@vocab": "https://schema.org/"}));
+        let subject = aliased["credentialSubject"].as_object_mut().unwrap();
+        let b = subject.remove("birthdate").unwrap();
+        subject.insert("schema:birthDate".into(), b);
+
+        for (what, doc) in [
+            ("a claim forged through a null term", forged),
+            ("validity behind a full-IRI key", unexpiring),
+            ("status behind a full-IRI key", unrevocable),
+            ("a claim behind a compact IRI", aliased),
+        ] {
+            match verify_credential(&doc, NOW) {
+                Err(CryptoError::Malformed(e)) => assert!(e.contains("JSON-LD"), "{what}: {e}"),
+                other => panic!("{what}: expected a refusal, got {other:?}"),
+            }
+        }
+    }
+
+    /// An inline type-scoped context is processed again for every node of its type: expansion
+    /// cost S × N within `jsonld.max_bytes`, before any work bound (12–64 s per request before).
+    /// Only `@vocab` (and `@version`) may be inline; such a document is refused before expansion.
+    #[test]
+    fn an_inline_scoped_context_is_refused_before_expansion() {
+        let terms: Map<String, Value> = (0..2000)
+            .map(|i| (format!("a{i}"), json!("urn:x:i")))
+            .collect();
+        let mut vc = ordinary_credential();
+        vc["@context"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"T": {"@id": "urn:t", "@context": terms}}));
+        vc["credentialSubject"]["urn:p"] = json!(vec![json!({"type": "T"}); 3000]);
+        let started = std::time::Instant::now();
+        match verify_credential(&vc, NOW) {
+            Err(CryptoError::Malformed(e)) => assert!(e.contains("inline"), "{e}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        eprintln!("refused in {:?}", started.elapsed());
+        // what real clients send inline stays accepted: credo's `@vocab` (CREDO_ED25519_2018)
     }
 }
