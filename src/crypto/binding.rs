@@ -314,12 +314,14 @@ pub fn jwt_vc_issuer_metadata_url(iss: &str) -> Result<String, BindingError> {
 const METADATA_MAX: usize = 64 * 1024;
 
 async fn fetch_json(http: &reqwest::Client, url: &str) -> Result<Value, BindingError> {
-    let mut resp = http
-        .get(url)
-        .timeout(std::time::Duration::from_secs(5))
-        .send()
-        .await
-        .map_err(|_| BindingError::Metadata(format!("{url} could not be fetched")))?;
+    // through the guard's URL check first: an IP-literal host it refuses is never connected to
+    let mut resp =
+        crate::http::outbound::send(http.get(url).timeout(std::time::Duration::from_secs(5)))
+            .await
+            .map_err(|e| match e {
+                e if e.is_refused() => BindingError::Refused(e.to_string()),
+                _ => BindingError::Metadata(format!("{url} could not be fetched")),
+            })?;
     if !resp.status().is_success() {
         return Err(BindingError::Metadata(format!(
             "{url}: HTTP {}",

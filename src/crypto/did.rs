@@ -24,9 +24,9 @@ fn from_did_key(did: &str) -> CryptoResult<VerifyingKey> {
     let mb = did
         .strip_prefix("did:key:z")
         .ok_or_else(|| CryptoError::Did(format!("not a base58btc did:key: {did}")))?;
-    let bytes = bs58::decode(mb)
-        .into_vec()
-        .map_err(|e| CryptoError::Did(format!("did:key base58: {e}")))?;
+    // a multicodec prefix and a key (65 bytes uncompressed at most)
+    let bytes =
+        super::bs58_decode(mb, 80).map_err(|e| CryptoError::Did(format!("did:key base58: {e}")))?;
     if bytes.len() < 3 {
         return Err(CryptoError::Did("did:key too short".into()));
     }
@@ -259,6 +259,23 @@ pub async fn resolve(kid: &str, http: &reqwest::Client) -> CryptoResult<Verifyin
 mod tests {
     use super::*;
     use crate::crypto::{KeyType, SigningKey};
+
+    /// Base58 decoding costs the square of its length: a 200,000-character did:key (any JWS
+    /// `kid`, any credential's `iss`, before any signature or trust check) took seconds of a
+    /// worker's CPU (attacker review). It is refused for its length, undecoded.
+    #[test]
+    fn a_long_did_key_is_refused_for_its_length() {
+        let e = resolve_offline(&format!("did:key:z{}", "2".repeat(200_000))).unwrap_err();
+        assert!(e.to_string().contains("longer than"), "{e}");
+        for (b58, max) in [("2".repeat(45), 32), ("1".repeat(33), 32)] {
+            assert!(crate::crypto::bs58_decode(&b58, max).is_err(), "{b58}");
+        }
+        // the longest 32 bytes (all 0xff) and the all-zero key stay within the bound
+        for bytes in [[0xffu8; 32], [0u8; 32]] {
+            let b58 = bs58::encode(bytes).into_string();
+            assert_eq!(crate::crypto::bs58_decode(&b58, 32).unwrap(), bytes);
+        }
+    }
 
     #[test]
     fn did_key_spec_vector() {

@@ -56,6 +56,24 @@ pub fn b64url_decode(s: &str) -> CryptoResult<Vec<u8>> {
         .map_err(|e| CryptoError::Malformed(format!("base64url: {e}")))
 }
 
+/// Base58 (bitcoin alphabet) of at most `max_bytes` decoded bytes. Decoding costs the square of
+/// the input's length, so a longer input is refused before any work: every base58 an outsider
+/// sends (did:key, verkeys, sealed senders, did:peer:4 documents) goes through here.
+pub fn bs58_decode(s: &str, max_bytes: usize) -> Result<Vec<u8>, String> {
+    // each output byte takes at most log(256)/log(58) < 1.366 characters, a leading zero one
+    if s.len() > max_bytes * 1366 / 1000 + 2 {
+        return Err(format!(
+            "base58 of {} characters is longer than {max_bytes} bytes can be",
+            s.len()
+        ));
+    }
+    let bytes = bs58::decode(s).into_vec().map_err(|e| e.to_string())?;
+    if bytes.len() > max_bytes {
+        return Err(format!("base58 decodes to more than {max_bytes} bytes"));
+    }
+    Ok(bytes)
+}
+
 pub fn sha256(data: impl AsRef<[u8]>) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(data.as_ref()).into()

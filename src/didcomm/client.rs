@@ -500,8 +500,8 @@ pub fn didexchange_request(label: &str, did: &str, invitation_id: &str) -> Value
 }
 
 fn key32(b58: &str) -> anyhow::Result<[u8; 32]> {
-    bs58::decode(b58)
-        .into_vec()?
+    crate::crypto::bs58_decode(b58, 32)
+        .map_err(|e| anyhow!(e))?
         .try_into()
         .map_err(|_| anyhow!("key is not 32 bytes"))
 }

@@ -372,8 +372,7 @@ pub fn unpack(
                 .map_err(|_| EnvelopeError::Decryption("sealed sender"))?;
             let sender_b58 = String::from_utf8(sender_b58)
                 .map_err(|_| EnvelopeError::Malformed("sender is not UTF-8".into()))?;
-            let sender_bytes: [u8; 32] = bs58::decode(&sender_b58)
-                .into_vec()
+            let sender_bytes: [u8; 32] = crate::crypto::bs58_decode(&sender_b58, 32)
                 .ok()
                 .and_then(|v| v.try_into().ok())
                 .ok_or_else(|| EnvelopeError::Malformed("sender is not a base58 verkey".into()))?;

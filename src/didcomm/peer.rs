@@ -9,6 +9,8 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::crypto::bs58_decode;
+
 /// What we keep of a peer's DID document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
@@ -25,6 +27,11 @@ pub struct PeerInfo {
 
 const ED25519_CODEC: [u8; 2] = [0xed, 0x01];
 const X25519_CODEC: [u8; 2] = [0xec, 0x01];
+/// A did:peer:4 long form's encoded document, decoded: a few keys and services fit in 2 KiB.
+const MAX_PEER4_DOCUMENT_BYTES: usize = 8 * 1024;
+/// Verification methods read from a document, and keys read from its DIDComm service: each key
+/// reference is looked up among the methods, so both are bounded.
+const MAX_DOCUMENT_KEYS: usize = 64;
 
 fn err(m: impl Into<String>) -> String {
     m.into()
@@ -64,7 +71,7 @@ pub fn verkey_from_fingerprint(fp: &str) -> Result<String, String> {
     let mb = fp
         .strip_prefix('z')
         .ok_or_else(|| err("fingerprint is not base58btc"))?;
-    let bytes = bs58::decode(mb).into_vec().map_err(|e| e.to_string())?;
+    let bytes = bs58_decode(mb, 34)?;
     if bytes.len() != 34 || bytes[..2] != ED25519_CODEC {
         return Err(err("not an Ed25519 multikey"));
     }
@@ -78,9 +85,7 @@ pub fn normalize_key(k: &str) -> Result<String, String> {
         let fp = rest.split('#').next().unwrap_or(rest);
         return verkey_from_fingerprint(fp);
     }
-    let raw = bs58::decode(k)
-        .into_vec()
-        .map_err(|_| err("key is neither did:key nor base58"))?;
+    let raw = bs58_decode(k, 32).map_err(|_| err("key is neither did:key nor base58"))?;
     if raw.len() != 32 {
         return Err(err("a base58 verkey must be 32 bytes"));
     }
@@ -93,9 +98,7 @@ pub fn did_key_of(verkey_b58: &str) -> Result<String, String> {
 }
 
 fn fingerprint(verkey_b58: &str) -> Result<String, String> {
-    let raw = bs58::decode(verkey_b58)
-        .into_vec()
-        .map_err(|e| e.to_string())?;
+    let raw = bs58_decode(verkey_b58, 32)?;
     let mut b = ED25519_CODEC.to_vec();
     b.extend_from_slice(&raw);
     Ok(format!("z{}", bs58::encode(b).into_string()))
@@ -174,13 +177,12 @@ fn resolve_peer4(did: &str, rest: &str) -> Result<PeerInfo, String> {
     if hash != format!("z{}", bs58::encode(mh).into_string()) {
         return Err(err("did:peer:4 hash does not match its document"));
     }
-    let data = bs58::decode(
+    let data = bs58_decode(
         encoded
             .strip_prefix('z')
             .ok_or_else(|| err("did:peer:4 document is not base58btc"))?,
-    )
-    .into_vec()
-    .map_err(|e| e.to_string())?;
+        MAX_PEER4_DOCUMENT_BYTES,
+    )?;
     if data.len() < 2 || data[..2] != [0x80, 0x04] {
         return Err(err("did:peer:4 document is not JSON multicodec"));
     }
@@ -200,7 +202,12 @@ fn resolve_peer2(did: &str) -> Result<PeerInfo, String> {
         .split('.')
         .filter(|e| !e.is_empty())
     {
-        let (purpose, content) = entry.split_at(1);
+        // (split_at would panic inside a multi-byte character)
+        let Some((purpose, content)) = entry.split_at_checked(1) else {
+            return Err(err(
+                "did:peer:2 element does not start with a purpose letter",
+            ));
+        };
         match purpose {
             "S" => {
                 let raw = URL_SAFE_NO_PAD
@@ -322,6 +329,11 @@ pub fn from_document(did: &str, doc: &Value) -> Result<PeerInfo, String> {
             }
         }
     }
+    if methods.len() > MAX_DOCUMENT_KEYS {
+        return Err(err(format!(
+            "the DID document has over {MAX_DOCUMENT_KEYS} verification methods"
+        )));
+    }
     let find = |reference: &str| -> Option<String> {
         let frag = reference.rsplit('#').next().unwrap_or(reference);
         methods
@@ -356,6 +368,13 @@ pub fn from_document(did: &str, doc: &Value) -> Result<PeerInfo, String> {
         .collect();
     if let Some(svc) = pick_service(&didcomm) {
         info.endpoint = service_uri(svc);
+        let listed = |field: &str| svc.get(field).and_then(Value::as_array).map_or(0, Vec::len);
+        if listed("recipientKeys") > MAX_DOCUMENT_KEYS || listed("routingKeys") > MAX_DOCUMENT_KEYS
+        {
+            return Err(err(format!(
+                "the DIDComm service lists over {MAX_DOCUMENT_KEYS} keys"
+            )));
+        }
         for rk in svc
             .get("recipientKeys")
             .and_then(Value::as_array)
@@ -421,6 +440,31 @@ mod tests {
         ed25519_dalek::SigningKey::from_bytes(&[7u8; 32])
             .verifying_key()
             .to_bytes()
+    }
+
+    /// Attacker review: a did:peer:2 element starting inside a multi-byte character panicked
+    /// (a 500, or a WebSocket task gone without closing); every key form is read within bounds.
+    #[test]
+    fn hostile_peer_dids_and_documents_are_refused_not_panicked_on() {
+        assert!(resolve("did:peer:2.\u{e9}x", None).is_err());
+        assert!(normalize_key(&"2".repeat(200_000)).is_err());
+        assert!(verkey_from_fingerprint(&format!("z{}", "2".repeat(200_000))).is_err());
+        let methods: Vec<Value> = (0..=MAX_DOCUMENT_KEYS)
+            .map(|i| {
+                json!({"id": format!("#k{i}"), "type": "Ed25519VerificationKey2018",
+                            "publicKeyBase58": bs58::encode(vk()).into_string()})
+            })
+            .collect();
+        let doc = json!({"verificationMethod": methods, "service": [{"type": "did-communication",
+            "serviceEndpoint": "https://a.example", "recipientKeys": ["#k0"]}]});
+        let e = from_document("did:peer:1x", &doc).unwrap_err();
+        assert!(e.contains("verification methods"), "{e}");
+        let doc = json!({"service": [{"type": "did-communication",
+            "serviceEndpoint": "https://a.example",
+            "recipientKeys": vec![json!("#k0"); MAX_DOCUMENT_KEYS + 1]}]});
+        assert!(from_document("did:peer:1x", &doc)
+            .unwrap_err()
+            .contains("keys"));
     }
 
     #[test]

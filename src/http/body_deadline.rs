@@ -32,6 +32,17 @@ fn has_body(req: &ServiceRequest) -> bool {
         .is_some_and(|n| n > 0)
 }
 
+/// A WebSocket opening handshake (RFC 6455 §4.1: a GET with `Upgrade: websocket`): the socket
+/// handlers bound what comes after it themselves.
+fn is_websocket_handshake(req: &ServiceRequest) -> bool {
+    req.method() == actix_web::http::Method::GET
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+}
+
 /// The request is for the cluster RPC routes this app mounts (see the module doc).
 fn is_cluster_rpc(req: &ServiceRequest) -> bool {
     #[cfg(feature = "cluster")]
@@ -56,7 +67,13 @@ pub async fn body_deadline(
         return next.call(req).await;
     };
     let (timeout_ms, limit) = (server.body_read_timeout_ms, server.body_limit_bytes);
-    if !has_body(&req) || req.headers().contains_key(header::UPGRADE) || is_cluster_rpc(&req) {
+    if is_websocket_handshake(&req) || is_cluster_rpc(&req) {
+        return next.call(req).await;
+    }
+    // actix hands a request with any other `Upgrade` the rest of the connection as its body,
+    // announced or not: read under the deadline like any body (attacker review: `Upgrade: h2c`
+    // on a POST kept a dripping body open for ever)
+    if !has_body(&req) && !req.headers().contains_key(header::UPGRADE) {
         return next.call(req).await;
     }
     let declared = req

@@ -1458,3 +1458,47 @@ async fn production_issuer_imports_its_mdoc_document_signer_chain() {
 mod mdoc_documents;
 mod mdoc_trust;
 mod pex_format;
+
+/// An SD-JWT VC naming an `https` issuer on an internal IP literal: its JWT VC Issuer Metadata is
+/// not fetched — the outbound guard refuses the URL before any connection (attacker review: the
+/// metadata fetch bypassed the pre-connect check, so the verifier opened TCP and sent a TLS
+/// hello to any internal port an outsider named, and timing told open ports from filtered ones).
+#[tokio::test]
+async fn an_sd_jwt_issuer_on_an_internal_address_is_not_contacted() {
+    let internal = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = internal.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = internal.accept().await {
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(sock);
+        }
+    });
+    let s = Server::builder()
+        .env("IDSTACK__HTTP__OUTBOUND__ALLOW_PRIVATE", "none")
+        .start()
+        .await;
+    let (issuer, holder) = (
+        SigningKey::generate(KeyType::P256),
+        SigningKey::generate(KeyType::P256),
+    );
+    let iss = format!("https://127.0.0.1:{port}");
+    let (jwt, disclosures) = self_issued_sd(&issuer, &iss, "k1", &holder, json!({}));
+    let req = open(&s, "default", sd_query()).await;
+    let (status, r) = respond(
+        &s,
+        &req,
+        "pid",
+        json!(sd_present(&holder, &jwt, &disclosures, &req)),
+    )
+    .await;
+    assert_eq!(status, 400, "{r}");
+    assert_eq!(r["verified"], false, "{r}");
+    assert!(r.to_string().contains("not allowed"), "{r}");
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the internal address was connected to"
+    );
+}

@@ -20,7 +20,11 @@ pub(crate) enum Held {
 }
 
 impl Held {
-    pub(super) fn of(resp: &GetResp, rec: &Versioned, base: &crate::cluster::version::Version) -> Self {
+    pub(super) fn of(
+        resp: &GetResp,
+        rec: &Versioned,
+        base: &crate::cluster::version::Version,
+    ) -> Self {
         // An insert is made on "no version" (its executor's majority read found nothing): a
         // tombstone older than it is a delete from before it — one the executor's read missed,
         // which it would have made the insert on anyway — not a competing transition.

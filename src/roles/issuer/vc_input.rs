@@ -246,7 +246,7 @@ fn digest_multibase_ok(s: &str) -> bool {
         Some(("u", rest)) => base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(rest)
             .ok(),
-        Some(("z", rest)) => bs58::decode(rest).into_vec().ok(),
+        Some(("z", rest)) => crate::crypto::bs58_decode(rest, 66).ok(),
         _ => None,
     };
     bytes.is_some_and(|b| matches!(b.len(), 32 | 48 | 64 | 34 | 50 | 66))

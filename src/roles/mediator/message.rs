@@ -49,8 +49,7 @@ pub(super) fn wants_return_route_all(msg: &Value) -> bool {
 
 /// The 32 bytes of a base58 Ed25519 verkey.
 pub(super) fn verkey_bytes(b58: &str) -> MediatorResult<[u8; 32]> {
-    bs58::decode(b58)
-        .into_vec()
+    crate::crypto::bs58_decode(b58, 32)
         .ok()
         .and_then(|v| <[u8; 32]>::try_from(v).ok())
         .ok_or_else(|| MediatorError::BadMessage("not a base58 Ed25519 verkey".into()))
