@@ -15,6 +15,86 @@ pub struct CredentialView {
     pub doctype: Option<String>,
 }
 
+/// Most credential queries, claims per query, claim sets per query (and claim ids per set),
+/// credential sets (and options per set, ids per option), values per claim and path segments a
+/// query may have: a query comes from whoever a wallet talks to, and the wallet matches it
+/// against every credential it holds (attacker review: 14,000 claims × 39,000 claim sets, one
+/// unsigned request, cost ~5×10⁸ comparisons per held credential on the worker).
+pub const MAX_QUERIES: usize = 32;
+pub const MAX_CLAIMS: usize = 128;
+pub const MAX_SETS: usize = 32;
+pub const MAX_VALUES: usize = 64;
+pub const MAX_PATH: usize = 16;
+
+/// Refuses a query over the bounds above (before anything is matched against it).
+pub fn check_bounds(q: &Value) -> Result<(), String> {
+    let len = |v: &Value| v.as_array().map_or(0, Vec::len);
+    let over = |what: &str, n: usize, max: usize| {
+        (n > max).then(|| format!("dcql_query: {n} {what} (at most {max})"))
+    };
+    let mut problems = vec![over(
+        "credential queries",
+        len(&q["credentials"]),
+        MAX_QUERIES,
+    )];
+    for set in q["credential_sets"].as_array().into_iter().flatten() {
+        problems.push(over(
+            "credential sets",
+            len(&q["credential_sets"]),
+            MAX_SETS,
+        ));
+        problems.push(over(
+            "options in a credential set",
+            len(&set["options"]),
+            MAX_SETS,
+        ));
+        for option in set["options"].as_array().into_iter().flatten() {
+            problems.push(over(
+                "ids in a credential set option",
+                len(option),
+                MAX_QUERIES,
+            ));
+        }
+    }
+    for cq in q["credentials"].as_array().into_iter().flatten() {
+        problems.push(over(
+            "claims in a credential query",
+            len(&cq["claims"]),
+            MAX_CLAIMS,
+        ));
+        problems.push(over(
+            "claim sets in a credential query",
+            len(&cq["claim_sets"]),
+            MAX_SETS,
+        ));
+        for set in cq["claim_sets"].as_array().into_iter().flatten() {
+            problems.push(over("claim ids in a claim set", len(set), MAX_CLAIMS));
+        }
+        for claim in cq["claims"].as_array().into_iter().flatten() {
+            problems.push(over(
+                "segments in a claim path",
+                len(&claim["path"]),
+                MAX_PATH,
+            ));
+            problems.push(over("values of a claim", len(&claim["values"]), MAX_VALUES));
+        }
+    }
+    problems.into_iter().flatten().next().map_or(Ok(()), Err)
+}
+
+/// A credential query's claims by their `id`.
+fn claims_by_id(cq: &Value) -> std::collections::HashMap<&str, &Value> {
+    cq["claims"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|cl| Some((cl["id"].as_str()?, cl)))
+        .fold(std::collections::HashMap::new(), |mut m, (id, cl)| {
+            m.entry(id).or_insert(cl); // the first of equal ids, as a scan would find it
+            m
+        })
+}
+
 /// Resolves a claims path (strings = keys, numbers = indexes, null = every element).
 pub fn resolve_path<'v>(root: &'v Value, path: &[Value]) -> Vec<&'v Value> {
     let mut current = vec![root];
@@ -120,27 +200,31 @@ pub fn mismatch(c: &CredentialView, cq: &Value) -> Option<String> {
             return Some(format!("{id}: credential types {:?} do not match", c.types));
         }
     }
-    let claims = cq["claims"].as_array().cloned().unwrap_or_default();
     match cq["claim_sets"].as_array() {
         Some(sets) => {
+            let by_id = claims_by_id(cq);
             let ok = sets.iter().any(|set| {
                 set.as_array().is_some_and(|ids| {
                     ids.iter().all(|cid| {
-                        claims
-                            .iter()
-                            .find(|cl| cl["id"] == *cid)
+                        cid.as_str()
+                            .and_then(|cid| by_id.get(cid))
                             .is_some_and(|cl| claim_ok(c, cl))
                     })
                 })
             });
             (!ok).then(|| format!("{id}: no claim set is satisfied"))
         }
-        None => claims.iter().find(|cl| !claim_ok(c, cl)).map(|cl| {
-            format!(
-                "{id}: requested claim {} missing or not an allowed value",
-                cl["path"]
-            )
-        }),
+        None => cq["claims"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|cl| !claim_ok(c, cl))
+            .map(|cl| {
+                format!(
+                    "{id}: requested claim {} missing or not an allowed value",
+                    cl["path"]
+                )
+            }),
     }
 }
 
@@ -169,10 +253,11 @@ pub fn selected_claims<'q>(c: &CredentialView, cq: &'q Value) -> Vec<&'q Value> 
     let Some(sets) = cq["claim_sets"].as_array() else {
         return claims;
     };
-    let set_claims = |set: &Value| -> Option<Vec<&'q Value>> {
+    let by_id = claims_by_id(cq);
+    let set_claims = |set: &'q Value| -> Option<Vec<&'q Value>> {
         set.as_array()?
             .iter()
-            .map(|cid| claims.iter().copied().find(|cl| cl["id"] == *cid))
+            .map(|cid| by_id.get(cid.as_str()?).copied())
             .collect()
     };
     sets.iter()

@@ -72,6 +72,7 @@ pub async fn resolve_request(http: &reqwest::Client, uri: &str) -> ClientResult<
     if payload["response_type"].as_str() != Some("vp_token") {
         return Err(ClientError::Remote("response_type must be vp_token".into()));
     }
+    check_query_bounds(&payload)?;
     let resolved = ResolvedRequest {
         client_id: outer_client_id,
         params: payload,
@@ -79,6 +80,35 @@ pub async fn resolve_request(http: &reqwest::Client, uri: &str) -> ClientResult<
     };
     check_response_uri(&resolved)?;
     Ok(resolved)
+}
+
+/// Most input descriptors, and fields per descriptor, of a presentation definition a wallet
+/// matches against what it holds (DCQL's bounds: [`crate::dcql::check_bounds`]).
+const MAX_INPUT_DESCRIPTORS: usize = crate::dcql::MAX_QUERIES;
+const MAX_FIELDS: usize = crate::dcql::MAX_CLAIMS;
+
+/// Refuses a request whose query is larger than any real one: the wallet matches it against
+/// every credential it holds, on a request an outsider can make it resolve.
+fn check_query_bounds(payload: &Value) -> ClientResult<()> {
+    if let Some(q) = payload.get("dcql_query") {
+        crate::dcql::check_bounds(q).map_err(ClientError::Remote)?;
+    }
+    if let Some(pd) = payload.get("presentation_definition") {
+        let len = |v: &Value| v.as_array().map_or(0, Vec::len);
+        let descriptors = &pd["input_descriptors"];
+        let too_many = len(descriptors) > MAX_INPUT_DESCRIPTORS
+            || descriptors
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|d| len(&d["constraints"]["fields"]) > MAX_FIELDS);
+        if too_many {
+            return Err(ClientError::Remote(format!(
+                "presentation_definition: over {MAX_INPUT_DESCRIPTORS} input descriptors or {MAX_FIELDS} fields in one"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The client identifier prefix (OpenID4VP 1.0 §5.9) and what it implies for the wallet.
@@ -406,4 +436,71 @@ pub async fn submit(
         summary["redirect_uri"] = json!(r);
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn by_value(query: (&str, Value)) -> String {
+        let cb = "https://rp.example/cb";
+        serde_urlencoded::to_string([
+            ("client_id", format!("redirect_uri:{cb}")),
+            ("response_uri", cb.to_string()),
+            ("response_type", "vp_token".to_string()),
+            ("response_mode", "direct_post".to_string()),
+            ("nonce", "n".to_string()),
+            (query.0, query.1.to_string()),
+        ])
+        .map(|q| format!("openid4vp://?{q}"))
+        .unwrap()
+    }
+
+    /// Attacker review: a request's query is matched against every held credential on the
+    /// worker; 14,000 claims × 39,000 claim sets in one unsigned request was accepted. A query
+    /// past the bounds is refused when the request is resolved, before anything is matched.
+    #[tokio::test]
+    async fn an_oversized_query_is_refused_when_the_request_is_resolved() {
+        let http = reqwest::Client::new();
+        let claims: Vec<Value> = (0..=crate::dcql::MAX_CLAIMS)
+            .map(|i| json!({"id": format!("c{i}"), "path": ["x"]}))
+            .collect();
+        let sets = vec![json!(["c0"]); crate::dcql::MAX_SETS + 1];
+        let descriptors = vec![json!({"id": "d"}); MAX_INPUT_DESCRIPTORS + 1];
+        for (what, query) in [
+            (
+                "claims",
+                (
+                    "dcql_query",
+                    json!({"credentials": [{"id": "q", "format": "dc+sd-jwt", "claims": claims}]}),
+                ),
+            ),
+            (
+                "claim sets",
+                (
+                    "dcql_query",
+                    json!({"credentials": [{"id": "q", "format": "dc+sd-jwt", "claims": [{"id": "c0", "path": ["x"]}], "claim_sets": sets}]}),
+                ),
+            ),
+            (
+                "input descriptors",
+                (
+                    "presentation_definition",
+                    json!({"id": "p", "input_descriptors": descriptors}),
+                ),
+            ),
+        ] {
+            let e = resolve_request(&http, &by_value(query)).await.unwrap_err();
+            assert!(
+                e.to_string().contains("at most") || e.to_string().contains("over"),
+                "{what}: {e}"
+            );
+        }
+        // a query within the bounds resolves
+        let ok = (
+            "dcql_query",
+            json!({"credentials": [{"id": "q", "format": "dc+sd-jwt", "claims": [{"id": "c0", "path": ["x"]}], "claim_sets": [["c0"]]}]}),
+        );
+        resolve_request(&http, &by_value(ok)).await.unwrap();
+    }
 }

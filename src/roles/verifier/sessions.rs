@@ -293,6 +293,7 @@ pub(super) fn client_metadata(
 }
 
 fn validate_dcql(q: &Value) -> Result<(), VerifierError> {
+    crate::dcql::check_bounds(q).map_err(invalid)?;
     let creds = q["credentials"]
         .as_array()
         .filter(|a| !a.is_empty())
