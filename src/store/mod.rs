@@ -236,6 +236,27 @@ impl dyn Store {
         keyspace: &'static str,
         key: &str,
         ttl: Option<Duration>,
+        current: Option<Vec<u8>>,
+        f: F,
+    ) -> Result<Option<T>, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<StoreError>,
+        F: FnMut(T) -> Result<T, E>,
+    {
+        self.update_json_with_ttl(keyspace, key, |_: &T| ttl, current, f)
+            .await
+    }
+
+    /// [`update_json_from`](Self::update_json_from) whose TTL is taken from the new value: for a
+    /// record whose lifetime is part of its content (`ttl_of` gives what is left of it). A TTL of
+    /// `None` stores the record without expiry, so an update of an expiring record must say how
+    /// long it has left — or it lives for ever.
+    pub async fn update_json_with_ttl<T, E, F, L>(
+        &self,
+        keyspace: &'static str,
+        key: &str,
+        ttl_of: L,
         mut current: Option<Vec<u8>>,
         mut f: F,
     ) -> Result<Option<T>, E>
@@ -243,6 +264,7 @@ impl dyn Store {
         T: Serialize + DeserializeOwned,
         E: From<StoreError>,
         F: FnMut(T) -> Result<T, E>,
+        L: Fn(&T) -> Option<Duration>,
     {
         // The value a failed compare-and-swap found: the next attempt starts from it instead of
         // reading again (in cluster mode the local copy may lag the key's primary, and re-reading
@@ -270,6 +292,7 @@ impl dyn Store {
             })?;
             let new = f(value)?;
             let bytes = to_json(&new)?;
+            let ttl = ttl_of(&new);
             match self
                 .compare_and_swap(keyspace, key, Some(old), Some((bytes, ttl)))
                 .await?

@@ -11,6 +11,7 @@ use super::error::{internal, IssuerError};
 use super::formats::{self, IssueInput, StatusRef};
 use super::ks;
 use super::model::*;
+use super::offers::update_offer;
 use super::outcome::Watched;
 use super::proofs::proof_jwts;
 use super::service::*;
@@ -246,25 +247,24 @@ impl IssuerService {
         // (the update's first read) rather than a value a compare-and-swap reported
         let mut found = None;
         let mut reads = 0u32;
-        let recorded = store
-            .update_json::<Offer, IssuerError, _>(ks::OFFERS, offer_key, None, |mut o| {
-                reads += 1;
-                if mine(&o) {
-                    // a retried compare-and-swap meets its own earlier write: already recorded
-                    return Ok(o);
-                }
-                if o.issued_configs.iter().any(|c| c == config_id) {
-                    found = Some((o, reads == 1));
-                    return Err(InvalidToken
-                        .because("this access token was already used for this credential")
-                        .into());
-                }
-                o.issued_configs.push(config_id.to_string());
-                o.issued.extend(ids.iter().cloned());
-                o.state = OfferState::CredentialIssued;
-                Ok(o)
-            })
-            .await;
+        let recorded = update_offer(store.as_ref(), offer_key, self.now(), None, |mut o| {
+            reads += 1;
+            if mine(&o) {
+                // a retried compare-and-swap meets its own earlier write: already recorded
+                return Ok(o);
+            }
+            if o.issued_configs.iter().any(|c| c == config_id) {
+                found = Some((o, reads == 1));
+                return Err(InvalidToken
+                    .because("this access token was already used for this credential")
+                    .into());
+            }
+            o.issued_configs.push(config_id.to_string());
+            o.issued.extend(ids.iter().cloned());
+            o.state = OfferState::CredentialIssued;
+            Ok(o)
+        })
+        .await;
         match recorded {
             Ok(Some(o)) => Ok(Recording::Recorded(o)),
             Ok(None) => {
@@ -317,6 +317,7 @@ impl IssuerService {
         let (checked, checked_issuer) = (records.clone(), issuer.clone());
         let (settled_config, restored_config) = (config.clone(), config.clone());
         let key = offer_key.to_string();
+        let clock = self.ctx.clock.clone();
         let kept = Arc::new(AtomicBool::new(false));
         let (seen, kept) = (kept.clone(), kept);
         // a take-back was written, maybe applied even if its answer was lost (then the watch ends
@@ -360,7 +361,7 @@ impl IssuerService {
                 let left = withdraw_records(store.as_ref(), &issuer, &records).await;
                 let attempted = outcome == Watched::Undone || took_back.load(Ordering::SeqCst);
                 if attempted && !left.is_empty() {
-                    restore_issuance(store.as_ref(), &key, &restored_config, &left).await;
+                    restore_issuance(store.as_ref(), &clock, &key, &restored_config, &left).await;
                 }
             },
         );
@@ -556,25 +557,24 @@ impl IssuerService {
         let ids: Vec<String> = pairs.iter().map(|(_, _, c)| c.id.clone()).collect();
         // made on the primary's value; a conflict goes on from the value it reports (the
         // primary's too)
-        let marked = store
-            .update_json_from::<Offer, IssuerError, _>(
-                ks::OFFERS,
-                &r.grant.offer_id,
-                None,
-                Some(raw),
-                |mut o| {
-                    if !ids.iter().all(|id| o.issued.contains(id)) {
-                        return Err(InvalidToken.because("taken back").into());
+        let marked = update_offer(
+            store.as_ref(),
+            &r.grant.offer_id,
+            self.now(),
+            Some(raw),
+            |mut o| {
+                if !ids.iter().all(|id| o.issued.contains(id)) {
+                    return Err(InvalidToken.because("taken back").into());
+                }
+                for id in &ids {
+                    if !o.resent.contains(id) {
+                        o.resent.push(id.clone());
                     }
-                    for id in &ids {
-                        if !o.resent.contains(id) {
-                            o.resent.push(id.clone());
-                        }
-                    }
-                    Ok(o)
-                },
-            )
-            .await;
+                }
+                Ok(o)
+            },
+        )
+        .await;
         match marked {
             Ok(Some(_)) => {}
             Ok(None) => return Err(expired()),
@@ -849,28 +849,28 @@ fn still_valid(raw: &[u8]) -> bool {
 /// fails, for up to about a minute.
 async fn restore_issuance(
     store: &dyn crate::store::Store,
+    clock: &crate::clock::SharedClock,
     offer_key: &str,
     config_id: &str,
     ids: &[String],
 ) {
     let mut wait = Duration::from_millis(100);
     for _ in 0..16 {
-        let restored = store
-            .update_json::<Offer, IssuerError, _>(ks::OFFERS, offer_key, None, |mut o| {
-                if !o.issued_configs.iter().any(|c| c == config_id) {
-                    o.issued_configs.push(config_id.to_string());
+        let restored = update_offer(store, offer_key, clock.now_secs(), None, |mut o| {
+            if !o.issued_configs.iter().any(|c| c == config_id) {
+                o.issued_configs.push(config_id.to_string());
+            }
+            for id in ids {
+                if !o.issued.contains(id) {
+                    o.issued.push(id.clone());
                 }
-                for id in ids {
-                    if !o.issued.contains(id) {
-                        o.issued.push(id.clone());
-                    }
-                }
-                if o.state == OfferState::TokenIssued {
-                    o.state = OfferState::CredentialIssued;
-                }
-                Ok(o)
-            })
-            .await;
+            }
+            if o.state == OfferState::TokenIssued {
+                o.state = OfferState::CredentialIssued;
+            }
+            Ok(o)
+        })
+        .await;
         match restored {
             Ok(_) => {
                 tracing::warn!(

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use super::error::*;
 use super::ks;
 use super::model::*;
+use super::offers::update_offer;
 use super::service::*;
 use crate::clock::random_token;
 use crate::error::{unless_unavailable, ErrorCode, OAuthCode::*};
@@ -198,16 +199,15 @@ impl IssuerService {
                 .because("too many wrong transaction codes; the offer is locked")
                 .into()
         };
-        let taken = store
-            .update_json::<Offer, IssuerError, _>(ks::OFFERS, offer_key_s, None, |mut o| {
-                if o.tx_code_failures >= MAX_TX_CODE_FAILURES {
-                    return Err(locked());
-                }
-                o.tx_code_failures += 1;
-                Ok(o)
-            })
-            .await?
-            .ok_or_else(|| InvalidGrant.because("the offer has expired"))?;
+        let taken = update_offer(store.as_ref(), offer_key_s, self.now(), None, |mut o| {
+            if o.tx_code_failures >= MAX_TX_CODE_FAILURES {
+                return Err(locked());
+            }
+            o.tx_code_failures += 1;
+            Ok(o)
+        })
+        .await?
+        .ok_or_else(|| InvalidGrant.because("the offer has expired"))?;
         let given = given.unwrap_or("");
         let ok = !given.is_empty()
             && super::offers::tx_code_matches(&self.ctx.sealer, offer_key_s, expected, given);
@@ -233,14 +233,17 @@ impl IssuerService {
     /// Returns the attempt a right transaction code took ([`Self::check_tx_code`]) when the
     /// redemption after it failed. Best effort: if this fails too, the attempt stays used.
     async fn give_back_tx_code_attempt(&self, offer_key_s: &str) {
-        let given_back = self
-            .ctx
-            .store
-            .update_json::<Offer, IssuerError, _>(ks::OFFERS, offer_key_s, None, |mut o| {
+        let given_back = update_offer(
+            self.ctx.store.as_ref(),
+            offer_key_s,
+            self.now(),
+            None,
+            |mut o| {
                 o.tx_code_failures = o.tx_code_failures.saturating_sub(1);
                 Ok(o)
-            })
-            .await;
+            },
+        )
+        .await;
         if let Err(e) = given_back {
             tracing::debug!(error = %e, "tx_code attempt of a failed redemption not given back");
         }
@@ -361,21 +364,20 @@ impl IssuerService {
         // Set when the offer turns out redeemed by this very attempt: a retried compare-and-swap
         // (the first one applied, its answer lost) meets its own write as the "conflict".
         let ours = std::sync::atomic::AtomicBool::new(false);
-        let redeemed = store
-            .update_json::<Offer, IssuerError, _>(ks::OFFERS, offer_key_s, None, |mut o| {
-                if o.state != OfferState::Offered {
-                    if o.token_hash.as_deref() == Some(token_hash.as_str()) {
-                        ours.store(true, std::sync::atomic::Ordering::SeqCst);
-                    }
-                    return Err(InvalidGrant
-                        .because("the offer was already redeemed")
-                        .into());
+        let redeemed = update_offer(store.as_ref(), offer_key_s, self.now(), None, |mut o| {
+            if o.state != OfferState::Offered {
+                if o.token_hash.as_deref() == Some(token_hash.as_str()) {
+                    ours.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
-                o.state = OfferState::TokenIssued;
-                o.token_hash = Some(token_hash.clone());
-                Ok(o)
-            })
-            .await;
+                return Err(InvalidGrant
+                    .because("the offer was already redeemed")
+                    .into());
+            }
+            o.state = OfferState::TokenIssued;
+            o.token_hash = Some(token_hash.clone());
+            Ok(o)
+        })
+        .await;
         let updated = match redeemed {
             Ok(Some(o)) => Some(o),
             Ok(None) => {

@@ -280,7 +280,18 @@ pub struct OfferView {
     pub issued_credentials: Vec<String>,
 }
 
+/// How long an offer's record outlives the offer, so its final state stays visible.
+pub const OFFER_RECORD_GRACE_SECS: i64 = 86_400;
+
 impl Offer {
+    /// What is left at `now` of the record's lifetime (the offer's, and a day): every write of the
+    /// record passes it on (attacker review: updates stored without it made every redeemed offer,
+    /// and every offer that met one wrong tx_code, live for ever, its claims included).
+    pub fn record_ttl(&self, now: i64) -> std::time::Duration {
+        let left = self.expires_at + OFFER_RECORD_GRACE_SECS - now;
+        std::time::Duration::from_secs(left.max(1) as u64)
+    }
+
     pub fn view(&self, now_ms: i64) -> OfferView {
         let expired = self.expires_at * 1000 <= now_ms && self.state == OfferState::Offered;
         OfferView {

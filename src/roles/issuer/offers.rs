@@ -225,7 +225,30 @@ impl IssuerService {
     }
 }
 
-fn offer_key(issuer: &str, id: &str) -> String {
+/// [`crate::store::Store::update_json_with_ttl`] of the offer record at `key`, which keeps its
+/// lifetime ([`Offer::record_ttl`] at `now`, unix seconds).
+pub(super) async fn update_offer<F>(
+    store: &dyn crate::store::Store,
+    key: &str,
+    now: i64,
+    current: Option<Vec<u8>>,
+    f: F,
+) -> Result<Option<Offer>, IssuerError>
+where
+    F: FnMut(Offer) -> Result<Offer, IssuerError>,
+{
+    store
+        .update_json_with_ttl(
+            ks::OFFERS,
+            key,
+            |o: &Offer| Some(o.record_ttl(now)),
+            current,
+            f,
+        )
+        .await
+}
+
+pub(super) fn offer_key(issuer: &str, id: &str) -> String {
     format!("{issuer}/{id}")
 }
 
@@ -380,8 +403,7 @@ fn offer_records(
     ttl: u64,
 ) -> Result<Vec<crate::store::BatchOp>, IssuerError> {
     let (issuer_id, id) = (offer.issuer.as_str(), offer.id.as_str());
-    // The offer record outlives the offer by a day so its final state stays visible.
-    let record_ttl = secs(ttl + 86_400);
+    let record_ttl = secs(ttl + OFFER_RECORD_GRACE_SECS as u64);
     let mut ops = vec![
         crate::store::BatchOp::Put {
             keyspace: ks::OFFERS,

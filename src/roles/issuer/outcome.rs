@@ -8,9 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::error::IssuerError;
-use super::ks;
 use super::model::Offer;
+use super::offers::update_offer;
 use super::service::IssuerService;
 use crate::error::{ErrorCode, OAuthCode::InvalidGrant};
 use crate::store::{Store, StoreResult};
@@ -90,15 +89,20 @@ impl IssuerService {
                     }
                 };
                 let moved_on = AtomicBool::new(false);
-                let undone = store
-                    .update_json::<Offer, IssuerError, _>(ks::OFFERS, &offer_key, None, |mut o| {
+                let undone = update_offer(
+                    store.as_ref(),
+                    &offer_key,
+                    clock.now_secs(),
+                    None,
+                    |mut o| {
                         if undo(&mut o, &checked) {
                             return Ok(o);
                         }
                         moved_on.store(settled(&o), Ordering::SeqCst);
                         Err(InvalidGrant.because("not this attempt's update").into())
-                    })
-                    .await;
+                    },
+                )
+                .await;
                 match undone {
                     Ok(Some(_)) => {
                         outcome = Watched::Undone;

@@ -1707,3 +1707,69 @@ async fn a_recreated_issuer_does_not_inherit_the_deleted_ones_offers_or_tokens()
     );
     assert_eq!(e.error, "invalid_nonce");
 }
+
+/// Attacker review: every offer update was stored without a TTL, so a redeemed offer, an offer
+/// that met one wrong tx_code and an issued one lived for ever (claims included, never swept).
+/// Each keeps its record's lifetime: the offer's and a day.
+#[tokio::test]
+async fn an_updated_offer_record_still_expires() {
+    let (svc, clock) = issuer().await;
+    let redeemed = svc
+        .create_offer("default", offer_req(Some(60)))
+        .await
+        .unwrap();
+    svc.token("default", token_req(&pre_auth_code(&redeemed)))
+        .await
+        .unwrap();
+    let mut guarded = offer_req(Some(60));
+    guarded.tx_code = Some(numeric_tx_code(6));
+    let guessed = svc.create_offer("default", guarded).await.unwrap();
+    let right = guessed.tx_code.clone().unwrap();
+    let wrong = if right == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    let mut req = token_req(&pre_auth_code(&guessed));
+    req.tx_code = Some(wrong.into());
+    svc.token("default", req).await.unwrap_err();
+    let issued = svc
+        .create_offer("default", offer_req(Some(60)))
+        .await
+        .unwrap();
+    let t = svc
+        .token("default", token_req(&pre_auth_code(&issued)))
+        .await
+        .unwrap();
+    svc.credential(
+        "default",
+        Some(&t.access_token),
+        credential_req(&svc, &clock).await,
+    )
+    .await
+    .unwrap();
+
+    let record = |id: String| {
+        let store = svc.ctx.store.clone();
+        async move {
+            store
+                .get(ks::OFFERS, &super::offers::offer_key("default", &id))
+                .await
+                .unwrap()
+        }
+    };
+    for o in [&redeemed, &guessed, &issued] {
+        assert!(record(o.id.clone()).await.is_some());
+    }
+    clock.advance_ms((60 + OFFER_RECORD_GRACE_SECS + 1) * 1000);
+    for (what, o) in [
+        ("redeemed", &redeemed),
+        ("guessed", &guessed),
+        ("issued", &issued),
+    ] {
+        assert!(
+            record(o.id.clone()).await.is_none(),
+            "the {what} offer's record never expires"
+        );
+    }
+}
