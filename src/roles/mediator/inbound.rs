@@ -229,10 +229,14 @@ impl MediatorService {
     async fn send_to_peer(&self, verkey: &str, packed: Vec<u8>) -> MediatorResult<()> {
         let conn = self.connection_by_key(verkey).await.ok();
         let endpoint = conn.as_ref().and_then(|c| c.their_endpoint.clone());
-        match endpoint {
-            Some(ep) if ep.starts_with("http://") || ep.starts_with("https://") => {
+        // a POST holds a connection and a task for up to the outbound timeout: past the bounds
+        // the reply waits in the peer's queue instead
+        let slot = conn.as_ref().and_then(|c| self.reply_posts.take(&c.id));
+        match (endpoint, slot) {
+            (Some(ep), Some(slot)) if ep.starts_with("http://") || ep.starts_with("https://") => {
                 let http = self.ctx.http.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let res = crate::http::outbound::send(
                         http.post(&ep)
                             .header("content-type", "application/didcomm-envelope-enc")
@@ -245,8 +249,9 @@ impl MediatorService {
                 });
                 Ok(())
             }
-            _ => match conn {
+            (_, slot) => match conn {
                 Some(c) => {
+                    drop(slot);
                     let msg: Value = serde_json::from_slice(&packed).or_internal()?;
                     self.enqueue(&c.id, &c.their_verkey, msg).await
                 }
@@ -274,5 +279,56 @@ impl MediatorService {
             }
         }
         Ok(())
+    }
+}
+
+/// Most reply POSTs in flight to peers' own endpoints, in all and per connection.
+const MAX_REPLY_POSTS: usize = 256;
+const MAX_REPLY_POSTS_PER_CONNECTION: usize = 4;
+
+/// Reply POSTs in flight ([`MAX_REPLY_POSTS`], [`MAX_REPLY_POSTS_PER_CONNECTION`]). Each holds a
+/// connection and a task until its peer answers or the outbound timeout ends (attacker review: a
+/// peer whose endpoint accepts and never answers, sent trust pings at socket speed, ran the node
+/// out of file descriptors: 24,000 pings in 9 s, every role refused connections).
+#[derive(Default)]
+pub(super) struct ReplyPosts {
+    in_flight: Arc<std::sync::Mutex<(usize, std::collections::HashMap<String, usize>)>>,
+}
+
+/// One reply POST's place, given back when it is dropped.
+pub(super) struct ReplyPost {
+    in_flight: Arc<std::sync::Mutex<(usize, std::collections::HashMap<String, usize>)>>,
+    conn: String,
+}
+
+impl ReplyPosts {
+    /// A place for a POST to `conn`'s endpoint, if one is free.
+    pub(super) fn take(&self, conn: &str) -> Option<ReplyPost> {
+        let mut g = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, per) = &mut *g;
+        let mine = per.get(conn).copied().unwrap_or(0);
+        if *total >= MAX_REPLY_POSTS || mine >= MAX_REPLY_POSTS_PER_CONNECTION {
+            return None;
+        }
+        *total += 1;
+        per.insert(conn.to_string(), mine + 1);
+        Some(ReplyPost {
+            in_flight: self.in_flight.clone(),
+            conn: conn.to_string(),
+        })
+    }
+}
+
+impl Drop for ReplyPost {
+    fn drop(&mut self) {
+        let mut g = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, per) = &mut *g;
+        *total = total.saturating_sub(1);
+        if let Some(n) = per.get_mut(&self.conn) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per.remove(&self.conn);
+            }
+        }
     }
 }

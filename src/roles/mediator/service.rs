@@ -49,6 +49,8 @@ pub struct MediatorService {
     /// This node's id on the bus (tells its own events from other nodes').
     pub(super) origin: String,
     pub(super) counters: Counters,
+    /// Reply POSTs in flight to peers' endpoints.
+    pub(super) reply_posts: super::inbound::ReplyPosts,
 }
 
 impl MediatorService {
@@ -80,6 +82,7 @@ impl MediatorService {
                 metrics,
                 ..Counters::default()
             },
+            reply_posts: Default::default(),
         })
     }
 

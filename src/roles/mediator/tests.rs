@@ -130,3 +130,47 @@ async fn the_public_pointer_is_not_a_second_invitation() {
         "{by_pointer:?}"
     );
 }
+
+/// Attacker review: every reply to a message without a return route was POSTed to the peer's
+/// endpoint from a task of its own, unbounded; an endpoint that accepts and never answers, sent
+/// trust pings at socket speed, ran the node out of file descriptors. At most four POSTs per
+/// connection are in flight; the other replies wait in the peer's queue.
+#[tokio::test]
+async fn replies_to_an_endpoint_that_never_answers_are_bounded() {
+    let tarpit = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/", tarpit.local_addr().unwrap());
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = tarpit.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            held.push(sock); // never answered
+        }
+    });
+    let (svc, _store, _clock, alice) = mediated().await;
+    let mut conn = svc.connection_by_key(&alice.verkey).await.unwrap();
+    conn.their_endpoint = Some(endpoint);
+    svc.save_connection(&conn).await.unwrap();
+    let queued_before = svc.stats().await.unwrap().queued_messages;
+    for i in 0..40 {
+        let ping = json!({"@type": "https://didcomm.org/trust_ping/1.0/ping",
+                          "@id": format!("ping-{i}"), "response_requested": true});
+        let packed = alice
+            .pack(&ping, &svc.key.verifying_key().to_bytes())
+            .unwrap();
+        svc.answer_http(&packed).await.unwrap();
+    }
+    // the POSTs in flight reach the tarpit; give any others the time to (there must be none)
+    for _ in 0..50 {
+        if accepted.load(Ordering::SeqCst) >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 4, "reply POSTs in flight");
+    // the rest wait for alice's pickup
+    let queued = svc.stats().await.unwrap().queued_messages;
+    assert_eq!(queued - queued_before, 36);
+}
