@@ -366,6 +366,68 @@ mod tests {
         assert_eq!(svc.list_keys(&owner_a).await.unwrap().len(), 1);
     }
 
+    /// Attacker review: a wallet took keys and credentials without end, and every list, key
+    /// change and presentation request reads all of them. Keys, credentials and a credential's
+    /// size are bounded, with a 409 / 422 that says so.
+    #[tokio::test]
+    async fn a_wallet_holds_bounded_keys_and_credentials() {
+        use crate::roles::wallet::credentials::{MAX_CREDENTIALS, MAX_CREDENTIAL_BYTES};
+        use crate::roles::wallet::keys::MAX_KEYS;
+        use crate::roles::wallet::model::CredentialSummary;
+        let svc = service();
+        let alice = sign_up(&svc, "alice@example.org").await;
+        let w = svc
+            .create_wallet(alice.account(), "a")
+            .await
+            .unwrap()
+            .wallet
+            .id;
+        let owner = svc.open_owner(&alice, &w).await.unwrap();
+        for _ in 0..MAX_KEYS {
+            svc.generate_key(&owner, crate::crypto::KeyType::Ed25519)
+                .await
+                .unwrap();
+        }
+        let e = svc
+            .generate_key(&owner, crate::crypto::KeyType::Ed25519)
+            .await
+            .unwrap_err();
+        assert_eq!(code(e), Code::Conflict);
+
+        let summary = || CredentialSummary {
+            id: String::new(),
+            format: "jwt_vc_json".into(),
+            issuer: "did:example:issuer".into(),
+            credential_type: "T".into(),
+            configuration_id: None,
+            issued_at: None,
+            expires_at: None,
+            received_at: 0,
+            mdoc: None,
+        };
+        let big = "a".repeat(MAX_CREDENTIAL_BYTES + 1);
+        let e = svc
+            .put_credential(&owner, summary(), &big, "k", None)
+            .await
+            .unwrap_err();
+        assert_eq!(code(e), Code::Validation);
+        svc.put_credential(&owner, summary(), "a.b.c", "k", None)
+            .await
+            .unwrap();
+        let store = svc.ctx.store.clone();
+        for i in 1..MAX_CREDENTIALS {
+            store
+                .put(ks::CREDS, &format!("{w}/filler-{i}"), b"{}".to_vec(), None)
+                .await
+                .unwrap();
+        }
+        let e = svc
+            .put_credential(&owner, summary(), "a.b.c", "k", None)
+            .await
+            .unwrap_err();
+        assert_eq!(code(e), Code::Conflict);
+    }
+
     #[tokio::test]
     async fn a_revoked_or_unknown_token_is_unauthorized() {
         let svc = service();

@@ -17,6 +17,12 @@ use crate::dcql::{self, CredentialView};
 /// A held credential, unsealed: its record, the raw credential and the view queries match on.
 pub(super) type HeldCredential = (CredentialRecord, String, CredentialView);
 
+/// The largest credential a wallet keeps (an mdoc with a portrait fits), and the most it holds:
+/// every list and every presentation request reads all of a wallet's credentials (attacker review:
+/// an issuer of the attacker's own sent 4 MB credentials, 56 MB per accepted offer, without end).
+pub const MAX_CREDENTIAL_BYTES: usize = 256 * 1024;
+pub const MAX_CREDENTIALS: usize = 500;
+
 impl WalletService {
     /// Credentials, filtered by format, issuer and type (`type` also matches a type URI's last
     /// segment).
@@ -201,6 +207,7 @@ impl WalletService {
 
     /// Seals and stores a verified credential under a new id, with its own device key (mso_mdoc)
     /// sealed next to it. The stored summary never holds claim values (`mdoc` is left out).
+    /// At most [`MAX_CREDENTIAL_BYTES`] each and [`MAX_CREDENTIALS`] per wallet.
     pub(super) async fn put_credential(
         &self,
         owner: &Owner,
@@ -210,6 +217,22 @@ impl WalletService {
         device_key: Option<&SigningKey>,
     ) -> WalletResult<CredentialSummary> {
         let wallet = owner.id();
+        if raw.len() > MAX_CREDENTIAL_BYTES {
+            return Err(WalletError::invalid(format!(
+                "the credential is {} bytes; a wallet keeps credentials of at most {MAX_CREDENTIAL_BYTES}",
+                raw.len()
+            )));
+        }
+        let held = self
+            .ctx
+            .store
+            .count_prefix(ks::CREDS, &format!("{wallet}/"), MAX_CREDENTIALS)
+            .await?;
+        if held >= MAX_CREDENTIALS {
+            return Err(WalletError::conflict(format!(
+                "this wallet holds {MAX_CREDENTIALS} credentials, the most it can: delete some first"
+            )));
+        }
         let id = random_id();
         summary.id = id.clone();
         let device_key = device_key

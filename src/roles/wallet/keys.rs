@@ -10,9 +10,24 @@ use super::model::*;
 use super::service::{key_aad, WalletService};
 use crate::crypto::{did, sha256_hex, KeyType, SigningKey, VerifyingKey};
 
+/// The most keys a wallet holds: a change of its keys has every one of them unsealed and parsed
+/// again on the next use (attacker review: generating keys without end cost work quadratic in
+/// their number, an hour of CPU for 10,000).
+pub const MAX_KEYS: usize = 100;
+
 impl WalletService {
     async fn store_key(&self, owner: &Owner, key: &SigningKey) -> WalletResult<KeyRecord> {
         let wallet = owner.id();
+        let held = self
+            .ctx
+            .store
+            .count_prefix(ks::KEYS, &format!("{wallet}/"), MAX_KEYS)
+            .await?;
+        if held >= MAX_KEYS {
+            return Err(WalletError::conflict(format!(
+                "this wallet holds {MAX_KEYS} keys, the most it can: delete some first"
+            )));
+        }
         let id = key.verifying_key().thumbprint();
         let rec = KeyRecord {
             id: id.clone(),
