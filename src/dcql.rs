@@ -297,21 +297,14 @@ pub fn jwt_payload(format: &str, raw: &str) -> Value {
 pub fn credential_view(format: &str, raw: &str) -> (CredentialView, Vec<String>) {
     match format {
         "dc+sd-jwt" | "vc+sd-jwt" => {
-            let mut root = Map::new();
-            let mut disclosable = Vec::new();
-            if let Ok(p) = crate::crypto::sdjwt::parse(raw) {
-                if let Ok((_, payload, _, _)) = crate::crypto::jws::decode_unverified(&p.jwt) {
-                    root = payload.as_object().cloned().unwrap_or_default();
-                }
-                for d in &p.disclosures {
-                    if let Ok((name, value)) = crate::crypto::sdjwt::decode_disclosure(d) {
-                        disclosable.push(name.clone());
-                        root.insert(name, value);
-                    }
-                }
-            }
-            root.remove("_sd");
-            root.remove("_sd_alg");
+            // the holder's own credential, every disclosure in its place (nested ones too)
+            let (root, disclosable) = crate::crypto::sdjwt::parse(raw)
+                .and_then(|p| {
+                    let (_, payload, _, _) = crate::crypto::jws::decode_unverified(&p.jwt)?;
+                    let payload = payload.as_object().cloned().unwrap_or_default();
+                    crate::crypto::sdjwt::reveal(payload, &p.disclosures)
+                })
+                .unwrap_or_default();
             let vct = root.get("vct").and_then(Value::as_str).map(str::to_string);
             (
                 CredentialView {

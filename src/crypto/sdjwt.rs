@@ -89,19 +89,211 @@ pub fn decode_disclosure(d: &str) -> CryptoResult<(String, Value)> {
     }
 }
 
-/// Holder side: keeps only the disclosures whose claim names are in `names`.
+/// One disclosure: an object property (`[salt, name, value]`) or an array element (`[salt,
+/// value]`).
+fn open_disclosure(d: &str) -> CryptoResult<(Option<String>, Value)> {
+    let v: Value = serde_json::from_slice(&b64url_decode(d)?)
+        .map_err(|e| CryptoError::Malformed(format!("disclosure: {e}")))?;
+    match v.as_array().map(Vec::as_slice) {
+        Some([Value::String(_), Value::String(name), value]) => {
+            Ok((Some(name.clone()), value.clone()))
+        }
+        Some([Value::String(_), value]) => Ok((None, value.clone())),
+        _ => Err(CryptoError::Malformed(
+            "a disclosure must be [salt, name, value] or [salt, value]".into(),
+        )),
+    }
+}
+
+/// The digests a value refers to, at any depth: `_sd` entries and array-element `...` ones.
+fn digests_in(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            if let Some(Value::Array(sd)) = o.get("_sd") {
+                out.extend(sd.iter().filter_map(Value::as_str).map(str::to_string));
+            }
+            if let (1, Some(Value::String(d))) = (o.len(), o.get("...")) {
+                out.push(d.clone());
+            }
+            o.values().for_each(|x| digests_in(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| digests_in(x, out)),
+        _ => {}
+    }
+}
+
+/// Holder side: keeps the disclosures of the first-level claims in `names`, and every disclosure
+/// nested in what they disclose (or in those claims when they are in the clear): a claim is
+/// presented whole, its nested and array-element disclosures with it.
 pub fn select(sd_jwt: &str, names: &[&str]) -> CryptoResult<String> {
     let p = parse(sd_jwt)?;
-    let mut out = p.jwt.clone();
-    out.push('~');
-    for d in &p.disclosures {
-        let (name, _) = decode_disclosure(d)?;
-        if names.contains(&name.as_str()) {
-            out.push_str(d);
-            out.push('~');
+    let (_, payload, _, _) = jws::decode_unverified(&p.jwt)?;
+    let opened = p
+        .disclosures
+        .iter()
+        .map(|d| Ok((digest(d), open_disclosure(d)?)))
+        .collect::<CryptoResult<std::collections::HashMap<_, _>>>()?;
+    let mut pending = Vec::new();
+    for name in names {
+        if let Some(v) = payload.get(*name) {
+            digests_in(v, &mut pending);
         }
     }
+    let mut top = Vec::new();
+    if let Some(Value::Array(sd)) = payload.get("_sd") {
+        top.extend(sd.iter().filter_map(Value::as_str).map(str::to_string));
+    }
+    for dg in top {
+        if let Some((Some(name), _)) = opened.get(&dg) {
+            if names.contains(&name.as_str()) {
+                pending.push(dg);
+            }
+        }
+    }
+    let mut keep = HashSet::new();
+    while let Some(dg) = pending.pop() {
+        if let Some((_, value)) = opened.get(&dg) {
+            if keep.insert(dg) {
+                digests_in(value, &mut pending);
+            }
+        }
+    }
+    let mut out = p.jwt.clone();
+    out.push('~');
+    for d in p.disclosures.iter().filter(|d| keep.contains(&digest(d))) {
+        out.push_str(d);
+        out.push('~');
+    }
     Ok(out)
+}
+
+/// How deep disclosures may nest inside disclosures.
+const MAX_NESTING: usize = 32;
+
+/// RFC 9901 §7.1: `payload` with every disclosure in its place — object properties from `_sd`
+/// digests, array elements from `{"...": digest}` — at any depth; `_sd` and `_sd_alg` removed,
+/// and array elements whose disclosure is withheld dropped (a placeholder is no claim). Every
+/// disclosure must be referenced, by a digest of its kind; a digest met twice refuses the whole.
+/// Returns the claims and the names of the first-level claims that were disclosed.
+pub fn reveal(
+    mut payload: Map<String, Value>,
+    disclosures: &[String],
+) -> CryptoResult<(Map<String, Value>, Vec<String>)> {
+    if let Some(alg) = payload.remove("_sd_alg") {
+        if alg != "sha-256" {
+            return Err(CryptoError::Unsupported(format!("_sd_alg {alg}")));
+        }
+    }
+    let mut r = Reveal {
+        pending: std::collections::HashMap::new(),
+        seen: HashSet::new(),
+        top: Vec::new(),
+    };
+    for d in disclosures {
+        if r.pending.insert(digest(d), open_disclosure(d)?).is_some() {
+            return Err(CryptoError::Malformed("duplicate disclosure".into()));
+        }
+    }
+    let claims = r.object(payload, 0)?;
+    if !r.pending.is_empty() {
+        return Err(CryptoError::Malformed(
+            "a disclosure is not referenced by the issuer JWT".into(),
+        ));
+    }
+    Ok((claims, r.top))
+}
+
+struct Reveal {
+    pending: std::collections::HashMap<String, (Option<String>, Value)>,
+    seen: HashSet<String>,
+    top: Vec<String>,
+}
+
+impl Reveal {
+    fn once(&mut self, dg: &str) -> CryptoResult<Option<(Option<String>, Value)>> {
+        if !self.seen.insert(dg.to_string()) {
+            return Err(CryptoError::Malformed(
+                "a digest appears twice in the SD-JWT".into(),
+            ));
+        }
+        Ok(self.pending.remove(dg))
+    }
+
+    fn object(
+        &mut self,
+        mut o: Map<String, Value>,
+        depth: usize,
+    ) -> CryptoResult<Map<String, Value>> {
+        if depth > MAX_NESTING {
+            return Err(CryptoError::Malformed(format!(
+                "disclosures nest deeper than {MAX_NESTING}"
+            )));
+        }
+        let sd = match o.remove("_sd") {
+            None => Vec::new(),
+            Some(Value::Array(a)) => a,
+            Some(_) => return Err(CryptoError::Malformed("_sd must be an array".into())),
+        };
+        let mut out = Map::new();
+        for (k, v) in o {
+            out.insert(k, self.value(v, depth)?);
+        }
+        for dg in sd {
+            let dg = dg
+                .as_str()
+                .ok_or_else(|| CryptoError::Malformed("an _sd digest is not a string".into()))?;
+            let Some((name, value)) = self.once(dg)? else {
+                continue; // a decoy, or withheld
+            };
+            let name = name.ok_or_else(|| {
+                CryptoError::Malformed("an array-element disclosure is named in _sd".into())
+            })?;
+            if name == "_sd" || name == "..." || out.contains_key(&name) {
+                return Err(CryptoError::Malformed(format!(
+                    "disclosure for `{name}` collides"
+                )));
+            }
+            let value = self.value(value, depth + 1)?;
+            if depth == 0 {
+                self.top.push(name.clone());
+            }
+            out.insert(name, value);
+        }
+        Ok(out)
+    }
+
+    fn value(&mut self, v: Value, depth: usize) -> CryptoResult<Value> {
+        match v {
+            Value::Object(o) => Ok(Value::Object(self.object(o, depth + 1)?)),
+            Value::Array(a) => {
+                let mut out = Vec::with_capacity(a.len());
+                for el in a {
+                    let placeholder = match &el {
+                        Value::Object(o) if o.len() == 1 => o.get("...").cloned(),
+                        _ => None,
+                    };
+                    let Some(dg) = placeholder else {
+                        out.push(self.value(el, depth)?);
+                        continue;
+                    };
+                    let dg = dg.as_str().ok_or_else(|| {
+                        CryptoError::Malformed("an array-element digest is not a string".into())
+                    })?;
+                    match self.once(dg)? {
+                        None => {} // withheld: no element
+                        Some((None, value)) => out.push(self.value(value, depth + 1)?),
+                        Some((Some(_), _)) => {
+                            return Err(CryptoError::Malformed(
+                                "an object-property disclosure is named in an array".into(),
+                            ))
+                        }
+                    }
+                }
+                Ok(Value::Array(out))
+            }
+            other => Ok(other),
+        }
+    }
 }
 
 /// `sd_hash` over a presentation without its KB-JWT (`<jwt>~<d>~...~`).
@@ -147,44 +339,10 @@ pub struct Verified {
 pub fn verify(sd_jwt: &str, issuer_key: &VerifyingKey) -> CryptoResult<Verified> {
     let p = parse(sd_jwt)?;
     let (header, payload) = jws::verify(&p.jwt, issuer_key)?;
-    let mut claims = payload.as_object().cloned().unwrap_or_default();
-    if let Some(alg) = claims.get("_sd_alg") {
-        if alg != "sha-256" {
-            return Err(CryptoError::Unsupported(format!("_sd_alg {alg}")));
-        }
-    }
-    let digests: HashSet<String> = claims
-        .get("_sd")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|d| d.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut seen = HashSet::new();
-    let mut disclosed = Vec::new();
-    for d in &p.disclosures {
-        let dg = digest(d);
-        if !digests.contains(&dg) {
-            return Err(CryptoError::Malformed(
-                "a disclosure is not referenced by the issuer JWT".into(),
-            ));
-        }
-        if !seen.insert(dg) {
-            return Err(CryptoError::Malformed("duplicate disclosure".into()));
-        }
-        let (name, value) = decode_disclosure(d)?;
-        if name == "_sd" || name == "..." || claims.contains_key(&name) {
-            return Err(CryptoError::Malformed(format!(
-                "disclosure for `{name}` collides"
-            )));
-        }
-        claims.insert(name.clone(), value);
-        disclosed.push(name);
-    }
-    claims.remove("_sd");
-    claims.remove("_sd_alg");
+    let (claims, disclosed) = reveal(
+        payload.as_object().cloned().unwrap_or_default(),
+        &p.disclosures,
+    )?;
     let key_binding = match &p.kb_jwt {
         None => None,
         Some(kb) => {
@@ -281,5 +439,74 @@ mod tests {
         assert!(verify(&bad, &issuer.verifying_key()).is_err());
         // wrong issuer key
         assert!(verify(&s, &SigningKey::generate(KeyType::Ed25519).verifying_key()).is_err());
+    }
+
+    /// RFC 9901 §7.1 at every depth (attacker review: nested `_sd` objects and array-element
+    /// placeholders were left in the claims, so a query for `nationalities` or `address` was
+    /// satisfied by digests the holder never disclosed; an honest wallet's nested disclosures
+    /// were refused as unreferenced).
+    #[test]
+    fn nested_and_array_element_disclosures_are_revealed_or_dropped() {
+        let d = |v: Value| b64url(v.to_string());
+        let nat_de = d(json!(["s1", "DE"]));
+        let nat_fr = d(json!(["s2", "FR"]));
+        let street = d(json!(["s3", "street", "Heidestraße 17"]));
+        let locality = d(json!(["s4", "locality", "Berlin"]));
+        let birth = d(json!(["s5", "place_of_birth", {"_sd": [digest(&locality)]}]));
+        let issuer = SigningKey::generate(KeyType::Ed25519);
+        let payload = json!({
+            "iss": "did:example:issuer", "vct": "https://example.com/pid",
+            "nationalities": [{"...": digest(&nat_de)}, {"...": digest(&nat_fr)}, "XX"],
+            "address": {"_sd": [digest(&street), digest("a decoy")], "country": "DE"},
+            "_sd": [digest(&birth)], "_sd_alg": "sha-256",
+        });
+        let jwt = jws::sign(&issuer, json!({"typ": "dc+sd-jwt"}), &payload);
+        let all = [&nat_de, &nat_fr, &street, &locality, &birth];
+        let full = format!("{jwt}~{}~", all.map(String::as_str).join("~"));
+        let v = verify(&full, &issuer.verifying_key()).unwrap();
+        assert_eq!(v.claims["nationalities"], json!(["DE", "FR", "XX"]));
+        assert_eq!(
+            v.claims["address"],
+            json!({"street": "Heidestraße 17", "country": "DE"})
+        );
+        assert_eq!(v.claims["place_of_birth"], json!({"locality": "Berlin"}));
+        assert_eq!(v.disclosed, vec!["place_of_birth".to_string()]);
+
+        // withheld: no placeholder and no `_sd` is read as a claim
+        let none = verify(&format!("{jwt}~"), &issuer.verifying_key()).unwrap();
+        assert_eq!(none.claims["nationalities"], json!(["XX"]));
+        assert_eq!(none.claims["address"], json!({"country": "DE"}));
+        assert!(!none.claims.contains_key("place_of_birth"));
+        let view = crate::dcql::CredentialView {
+            format: "dc+sd-jwt".into(),
+            root: Value::Object(none.claims),
+            vct: None,
+            types: Vec::new(),
+            doctype: None,
+        };
+        let q = json!({"id": "q", "format": "dc+sd-jwt",
+                       "claims": [{"path": ["address", "street"]}]});
+        assert!(crate::dcql::mismatch(&view, &q).is_some());
+
+        // a nested disclosure without its parent is unreferenced; a digest met twice refuses
+        assert!(verify(&format!("{jwt}~{locality}~"), &issuer.verifying_key()).is_err());
+        let twice = json!({"iss": "i", "a": [{"...": digest(&nat_de)}, {"...": digest(&nat_de)}]});
+        let jwt2 = jws::sign(&issuer, json!({"typ": "dc+sd-jwt"}), &twice);
+        assert!(verify(&format!("{jwt2}~{nat_de}~"), &issuer.verifying_key()).is_err());
+        // an array-element disclosure named in `_sd`, or a property one in an array: refused
+        let wrong = json!({"iss": "i", "_sd": [digest(&nat_de)], "a": [{"...": digest(&street)}]});
+        let jwt3 = jws::sign(&issuer, json!({"typ": "dc+sd-jwt"}), &wrong);
+        assert!(verify(&format!("{jwt3}~{nat_de}~"), &issuer.verifying_key()).is_err());
+        assert!(verify(&format!("{jwt3}~{street}~"), &issuer.verifying_key()).is_err());
+
+        // the holder presents a claim whole: its nested disclosures go with it
+        let chosen = select(&full, &["place_of_birth", "address"]).unwrap();
+        let got = parse(&chosen).unwrap().disclosures;
+        let mut want = vec![street.clone(), locality.clone(), birth.clone()];
+        want.sort();
+        let mut got_sorted = got.clone();
+        got_sorted.sort();
+        assert_eq!(got_sorted, want);
+        verify(&chosen, &issuer.verifying_key()).unwrap();
     }
 }
