@@ -25,7 +25,6 @@ impl MediatorService {
         version: &str,
     ) -> MediatorResult<Value> {
         let pthid = msg.pointer("/~thread/pthid").and_then(Value::as_str);
-        let invitation = self.use_invitation(pthid).await?;
         let did = msg
             .get("did")
             .and_then(Value::as_str)
@@ -39,11 +38,14 @@ impl MediatorService {
             }
             None => None,
         };
+        // checked before the invitation counts it: a refused request takes no place
+        let info = self.sender_of(did, attached.as_ref(), sender)?;
+        let invitation = self.use_invitation(pthid).await?;
         self.open_connection(
             msg,
             sender,
             did,
-            attached.as_ref(),
+            info,
             format!("didexchange/{version}"),
             invitation,
         )
@@ -95,7 +97,6 @@ impl MediatorService {
         sender: &str,
     ) -> MediatorResult<Value> {
         let pthid = msg.pointer("/~thread/pthid").and_then(Value::as_str);
-        let invitation = self.use_invitation(pthid).await?;
         let c = msg
             .get("connection")
             .required(self, "connection request without connection")?;
@@ -105,7 +106,9 @@ impl MediatorService {
             .and_then(Value::as_str)
             .required(self, "connection request without DID")?;
         let doc = c.get("DIDDoc").or_else(|| c.get("did_doc"));
-        self.open_connection(msg, sender, did, doc, "connections/1.0".into(), invitation)
+        let info = self.sender_of(did, doc, sender)?;
+        let invitation = self.use_invitation(pthid).await?;
+        self.open_connection(msg, sender, did, info, "connections/1.0".into(), invitation)
             .await?;
         let connection = self.legacy_connection();
         let mut sig_data = (self.now() / 1000).to_be_bytes().to_vec();
@@ -160,23 +163,33 @@ impl MediatorService {
         })
     }
 
-    /// Records a connection from a handshake request, after checking that the authcrypt sender
-    /// is a key of the DID the request presents.
-    async fn open_connection(
+    /// The DID a handshake request presents, resolved, once the authcrypt sender is checked to
+    /// be one of its keys.
+    fn sender_of(
         &self,
-        msg: &Value,
-        sender: &str,
         did: &str,
         attached_doc: Option<&Value>,
-        protocol: String,
-        (invitation_id, via_single_use): (String, bool),
-    ) -> MediatorResult<Connection> {
+        sender: &str,
+    ) -> MediatorResult<peer::PeerInfo> {
         let info = peer::resolve(did, attached_doc).or_refused(self)?;
         if !info.verkeys.iter().any(|k| k == sender) {
             return Err(
                 self.refuse("the request was not authcrypted with a key of the DID it presents")
             );
         }
+        Ok(info)
+    }
+
+    /// Records a connection from a checked handshake request ([`Self::sender_of`]).
+    async fn open_connection(
+        &self,
+        msg: &Value,
+        sender: &str,
+        did: &str,
+        info: peer::PeerInfo,
+        protocol: String,
+        (invitation_id, via_single_use): (String, bool),
+    ) -> MediatorResult<Connection> {
         let conn = Connection {
             id: random_id(),
             their_did: did.to_string(),

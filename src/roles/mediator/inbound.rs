@@ -128,6 +128,21 @@ impl MediatorService {
     ) -> MediatorResult<Handled> {
         let proto = ty.rsplit_once('/').map(|(p, _)| p).unwrap_or(ty);
         let name = ty.rsplit('/').next().unwrap_or(ty);
+        let handshake = matches!(
+            (proto, name),
+            (
+                "didexchange/1.1" | "didexchange/1.0" | "connections/1.0",
+                "request"
+            )
+        );
+        if let Some(s) = socket.filter(|_| handshake) {
+            if !s.count_handshake() {
+                return Err(super::error::bad_message(format!(
+                    "a socket opens at most {} connections: open another socket",
+                    super::socket::MAX_HANDSHAKES_PER_SOCKET
+                )));
+            }
+        }
         let reply = match (proto, name) {
             ("didexchange/1.1" | "didexchange/1.0", "request") => {
                 let v = if proto.ends_with("1.1") { "1.1" } else { "1.0" };

@@ -37,6 +37,12 @@ pub(super) enum Mode {
     Implicit,
 }
 
+/// Handshakes (DID exchange, connections 1.0) one socket may carry: an agent opens one
+/// connection. The upgrade is rate limited per client address, frames are not (attacker review:
+/// 2,000 handshakes on one socket in 0.8 s, each a connection record and a place of the public
+/// invitation's `max_connections_per_invitation`).
+pub(super) const MAX_HANDSHAKES_PER_SOCKET: usize = 4;
+
 /// A live WebSocket, as the engine sees it.
 pub struct Socket {
     pub(super) id: u64,
@@ -56,12 +62,19 @@ pub struct Socket {
     pump_at: Mutex<Option<Instant>>,
     /// The client spoke a pickup protocol on this socket: it picks up explicitly, never implicitly.
     pickup_client: AtomicBool,
+    /// Handshake requests answered on this socket ([`MAX_HANDSHAKES_PER_SOCKET`]).
+    handshakes: AtomicUsize,
     closed: AtomicBool,
     /// Woken when the pump has something to do (a message queued, an acknowledgement, a mode).
     pub wake: Notify,
 }
 
 impl Socket {
+    /// Counts a handshake request on this socket: `false` past [`MAX_HANDSHAKES_PER_SOCKET`].
+    pub(super) fn count_handshake(&self) -> bool {
+        self.handshakes.fetch_add(1, Ordering::SeqCst) < MAX_HANDSHAKES_PER_SOCKET
+    }
+
     pub(super) fn new(id: u64, tx: mpsc::Sender<Outgoing>) -> Self {
         Self {
             id,
@@ -72,6 +85,7 @@ impl Socket {
             last_delivery: Mutex::new(None),
             pump_at: Mutex::new(None),
             pickup_client: AtomicBool::new(false),
+            handshakes: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             wake: Notify::new(),
         }

@@ -102,10 +102,8 @@ async fn a_failed_dequeue_after_the_message_was_handled_is_not_an_error() {
     assert_eq!(svc.stats().await.unwrap().queued_messages, 0);
 }
 
-/// The public invitation's pointer record (`public`) is not an invitation of its own: a
-/// handshake naming it is refused, so the connections counted stay the configured number.
-#[tokio::test]
-async fn the_public_pointer_is_not_a_second_invitation() {
+/// A mediator whose public invitation takes one connection, and that invitation's id.
+async fn one_place_invitation() -> (Arc<MediatorService>, String) {
     let ctx = RoleContext::for_tests(FakeClock::new(1_800_000_000_000));
     let cfg = crate::config::MediatorConfig {
         max_connections_per_invitation: 1,
@@ -114,7 +112,16 @@ async fn the_public_pointer_is_not_a_second_invitation() {
     let svc = super::init(&ctx, &cfg).await.unwrap();
     let q = serde_json::from_value(json!({})).unwrap();
     let inv = svc.invitation(&q).await.unwrap();
-    let id = inv.invitation["@id"].as_str().unwrap();
+    let id = inv.invitation["@id"].as_str().unwrap().to_string();
+    (svc, id)
+}
+
+/// The public invitation's pointer record (`public`) is not an invitation of its own: a
+/// handshake naming it is refused, so the connections counted stay the configured number.
+#[tokio::test]
+async fn the_public_pointer_is_not_a_second_invitation() {
+    let (svc, id) = one_place_invitation().await;
+    let id = id.as_str();
     assert_eq!(
         svc.use_invitation(Some(id)).await.unwrap(),
         (id.to_string(), false)
@@ -173,4 +180,39 @@ async fn replies_to_an_endpoint_that_never_answers_are_bounded() {
     // the rest wait for alice's pickup
     let queued = svc.stats().await.unwrap().queued_messages;
     assert_eq!(queued - queued_before, 36);
+}
+
+/// Attacker review: a handshake was counted against its invitation before it was checked, so
+/// refused requests used up the public invitation's places. Now only a request whose authcrypt
+/// sender is a key of the DID it presents takes one; and a socket carries at most
+/// `MAX_HANDSHAKES_PER_SOCKET` handshakes.
+#[tokio::test]
+async fn a_refused_handshake_takes_no_place_of_its_invitation() {
+    let (svc, id) = one_place_invitation().await;
+    let id = id.as_str();
+    let (alice, mallory) = (AgentKey::generate(), AgentKey::generate());
+    let request = |did: String| {
+        json!({"@type": "https://didcomm.org/didexchange/1.1/request", "@id": "r",
+               "~thread": {"pthid": id}, "did": did, "label": "a"})
+    };
+    for _ in 0..3 {
+        let refused = svc
+            .didexchange_request(&request(mallory.did_key()), &alice.verkey, "1.1")
+            .await
+            .unwrap_err();
+        assert!(
+            !matches!(refused, super::error::MediatorError::InvitationFull(_)),
+            "{refused:?}"
+        );
+    }
+    svc.didexchange_request(&request(alice.did_key()), &alice.verkey, "1.1")
+        .await
+        .unwrap();
+
+    let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    let socket = svc.new_socket(tx);
+    for _ in 0..super::socket::MAX_HANDSHAKES_PER_SOCKET {
+        assert!(socket.count_handshake());
+    }
+    assert!(!socket.count_handshake());
 }
