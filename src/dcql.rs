@@ -129,9 +129,10 @@ fn claim_ok(c: &CredentialView, claim: &Value) -> bool {
         }
 }
 
-/// The IRIs a W3C credential's type term expands to under its `@context`, for the contexts
-/// idstack knows (VCDM 1.1 and 2.0, idstack's own; the last `@vocab` wins as in JSON-LD). Terms
-/// that are already IRIs stand for themselves.
+/// The IRI a W3C credential's type term expands to under its `@context`, for the contexts
+/// idstack knows: the last `@vocab` wins as in JSON-LD — an inline one, or idstack's context's;
+/// the bundled VCDM contexts set none. Behind a context whose vocabulary is not known here: not
+/// known (`None`; only the short name matches). Terms that are already IRIs stand for themselves.
 fn expanded_type(term: &str, root: &Value) -> Option<String> {
     if term.contains(':') {
         return Some(term.to_string());
@@ -139,20 +140,31 @@ fn expanded_type(term: &str, root: &Value) -> Option<String> {
     if matches!(term, "VerifiableCredential" | "VerifiablePresentation") {
         return Some(format!("https://www.w3.org/2018/credentials#{term}"));
     }
-    let contexts: Vec<&str> = match &root["@context"] {
-        Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
-        Value::String(s) => vec![s.as_str()],
-        _ => Vec::new(),
+    let contexts: Vec<&Value> = match &root["@context"] {
+        Value::Array(a) => a.iter().collect(),
+        one => vec![one],
     };
-    contexts.iter().rev().find_map(|c| match *c {
-        c if crate::crypto::di::is_idstack_context(c) => {
-            Some(format!("https://w3id.org/idstack/vocab#{term}"))
+    for c in contexts.iter().rev() {
+        match c {
+            Value::Object(o) => {
+                if let Some(vocab) = o.get("@vocab").and_then(Value::as_str) {
+                    return Some(format!("{vocab}{term}"));
+                }
+            }
+            Value::String(url) if crate::crypto::di::is_idstack_context(url) => {
+                return Some(format!("https://w3id.org/idstack/vocab#{term}"));
+            }
+            Value::String(url)
+                if matches!(
+                    url.as_str(),
+                    crate::crypto::di::VCDM2_CONTEXT
+                        | "https://www.w3.org/2018/credentials/v1"
+                        | "https://w3id.org/security/data-integrity/v2"
+                ) => {}
+            _ => return None,
         }
-        crate::crypto::di::VCDM2_CONTEXT => Some(format!(
-            "https://www.w3.org/ns/credentials/issuer-dependent#{term}"
-        )),
-        _ => None,
-    })
+    }
+    None
 }
 
 /// Whether the credential has type `wanted`: the same term, or the IRI it expands to (OID4VP 1.0
@@ -433,6 +445,38 @@ mod tests {
             &q(json!([["https://evil.example/vocab#IdentityCredential"]]))
         )
         .is_some());
+        // attacker review: with the contexts reordered (the same RDF: the bundled VCDM 2.0
+        // context sets no @vocab) the type was taken for an issuer-dependent one
+        let reordered = CredentialView {
+            root: json!({"@context": [crate::crypto::di::IDSTACK_CONTEXT_URL, crate::crypto::di::VCDM2_CONTEXT], "type": ["VerifiableCredential", "IdentityCredential"]}),
+            ..c.clone()
+        };
+        let dependent = "https://www.w3.org/ns/credentials/issuer-dependent#IdentityCredential";
+        assert!(mismatch(&reordered, &q(json!([[dependent]]))).is_some());
+        assert!(mismatch(
+            &reordered,
+            &q(json!([[
+                "https://w3id.org/idstack/vocab#IdentityCredential"
+            ]]))
+        )
+        .is_none());
+        // an inline @vocab is the last word; behind a context of unknown vocabulary, only the
+        // short name matches
+        let inline = CredentialView {
+            root: json!({"@context": [crate::crypto::di::VCDM2_CONTEXT, {"@vocab": "https://v.example/#"}], "type": ["VerifiableCredential", "IdentityCredential"]}),
+            ..c.clone()
+        };
+        assert!(mismatch(
+            &inline,
+            &q(json!([["https://v.example/#IdentityCredential"]]))
+        )
+        .is_none());
+        let unknown = CredentialView {
+            root: json!({"@context": [crate::crypto::di::VCDM2_CONTEXT, "https://schema.org/"], "type": ["VerifiableCredential", "IdentityCredential"]}),
+            ..c.clone()
+        };
+        assert!(mismatch(&unknown, &q(json!([[dependent]]))).is_some());
+        assert!(mismatch(&unknown, &q(json!([["IdentityCredential"]]))).is_none());
     }
 
     /// t_issuer_crafted (mso-other-doctype): the presented doc type is quoted cut, not as Debug.

@@ -792,57 +792,103 @@ fn check_size(document: &Value, limits: &JsonLdConfig) -> CryptoResult<()> {
     Ok(())
 }
 
+/// Context entries a document may name in all (its own, its proofs', embedded credentials'):
+/// each is processed again where it appears, and a bundled context can be large (schema.org,
+/// 171 KB).
+const MAX_CONTEXT_ENTRIES: usize = 16;
+/// The longest `proofValue`: a multibase Ed25519 signature is 89 characters (ssi decodes it
+/// with quadratic base58, before the signature is checked).
+const MAX_PROOF_VALUE: usize = 128;
+
 /// The signature covers the RDF a document expands to, while policies, queries and the result
 /// read its JSON; this keeps the two saying the same thing. JSON-LD can spell one statement many
 /// ways — under a full or compact IRI key, as an `@value` object, through a term an inline context
-/// maps to `null` (dropped from the RDF: a JSON claim nothing signed) — so a document is refused
-/// unless every key other than `@context` is a plain term (no `@`, no `:`): a term of a bundled
-/// context or of an `@vocab`. Inline contexts may set only `@vocab` (an absolute IRI) and
-/// `@version` (what credo writes): no term definitions, so no null mappings, no redefinitions and
-/// no scoped contexts, which expansion would process again for every node they apply to.
+/// maps to `null` (dropped from the RDF: a JSON claim nothing signed), under a short key an
+/// `@vocab` glues onto the rest of a signed property's IRI — so a document is refused unless:
+/// - every key other than `@context` is a plain name: no `@`, `:`, `#` or `/`;
+/// - `@context` appears only at the root of the document, of its proofs and of the credentials a
+///   presentation embeds (no property- or type-scoped contexts), at most
+///   [`MAX_CONTEXT_ENTRIES`] entries in all, none twice in one list;
+/// - an inline context sets only `@vocab` (an absolute IRI ending in `#` or `/`, so a key is the
+///   whole last segment of the IRI it makes) and `@version` (what credo writes): no term
+///   definitions, hence no null mappings, redefinitions or scoped contexts.
+///
+/// Also bounded here, before ssi sees it: a proof's `proofValue` ([`MAX_PROOF_VALUE`]).
 fn check_plain_json(document: &Value) -> CryptoResult<()> {
-    fn refuse(what: String) -> CryptoResult<()> {
-        Err(err(format!(
-            "{what}: only plain JSON-LD is verified here (terms of bundled contexts or an inline @vocab)"
-        )))
-    }
-    fn context(c: &Value) -> CryptoResult<()> {
-        match c {
-            Value::String(_) => Ok(()),
-            Value::Array(a) => a.iter().try_for_each(context),
+    let mut entries = 0;
+    plain(document, true, &mut entries)
+}
+
+fn refuse_json_ld(what: String) -> CryptoResult<()> {
+    Err(err(format!(
+        "{what}: only plain JSON-LD is verified here (terms of bundled contexts or an inline @vocab)"
+    )))
+}
+
+fn plain_context(c: &Value, entries: &mut usize) -> CryptoResult<()> {
+    let list = match c {
+        Value::Array(a) => a.iter().collect(),
+        one => vec![one],
+    };
+    for (i, entry) in list.iter().enumerate() {
+        *entries += 1;
+        if *entries > MAX_CONTEXT_ENTRIES {
+            return refuse_json_ld(format!("over {MAX_CONTEXT_ENTRIES} @context entries"));
+        }
+        if list[..i].contains(entry) {
+            return refuse_json_ld("an @context names one entry twice".into());
+        }
+        match entry {
+            Value::String(_) => {}
             Value::Object(o) => {
                 for (k, v) in o {
                     let ok = match k.as_str() {
-                        "@vocab" => v.as_str().is_some_and(|i| i.contains(':')),
+                        "@vocab" => v.as_str().is_some_and(|i| {
+                            i.contains(':') && (i.ends_with('#') || i.ends_with('/'))
+                        }),
                         "@version" => v.as_f64() == Some(1.1),
                         _ => false,
                     };
                     if !ok {
-                        return refuse(format!(
-                            "the inline @context sets `{k}` (only @vocab, an absolute IRI, and @version)"
+                        return refuse_json_ld(format!(
+                            "the inline @context sets `{k}` (only @vocab, an absolute IRI ending in # or /, and @version)"
                         ));
                     }
                 }
-                Ok(())
             }
-            _ => refuse("an @context that is neither a URL nor an object".into()),
+            _ => return refuse_json_ld("an @context that is neither a URL nor an object".into()),
         }
     }
-    match document {
+    Ok(())
+}
+
+/// [`check_plain_json`] of `v`; `root`: a place where an `@context` may stand.
+fn plain(v: &Value, root: bool, entries: &mut usize) -> CryptoResult<()> {
+    match v {
         Value::Object(o) => {
             for (k, v) in o {
                 if k == "@context" {
-                    context(v)?;
+                    if !root {
+                        return refuse_json_ld("an @context below the root of a document".into());
+                    }
+                    plain_context(v, entries)?;
                     continue;
                 }
-                if k.starts_with('@') || k.contains(':') {
-                    return refuse(format!("the key `{k}` is a keyword or an IRI"));
+                if k.starts_with('@') || k.contains([':', '#', '/']) {
+                    return refuse_json_ld(format!("the key `{k}` is a keyword or an IRI"));
                 }
-                check_plain_json(v)?;
+                if k == "proofValue" && v.as_str().is_some_and(|p| p.len() > MAX_PROOF_VALUE) {
+                    return Err(err(format!(
+                        "proofValue is over {MAX_PROOF_VALUE} characters"
+                    )));
+                }
+                // a proof, and a credential a presentation embeds, are documents of their own
+                let child_root = matches!(k.as_str(), "proof" | "verifiableCredential");
+                plain(v, child_root, entries)?;
             }
             Ok(())
         }
-        Value::Array(a) => a.iter().try_for_each(check_plain_json),
+        Value::Array(a) => a.iter().try_for_each(|x| plain(x, root, entries)),
         _ => Ok(()),
     }
 }
@@ -1536,7 +1582,24 @@ mod tests {
         let b = subject.remove("birthdate").unwrap();
         subject.insert("schema:birthDate".into(), b);
 
+        // attacker review of the first rule: an @vocab glued onto a short key made the signed
+        // credentialStatus IRI, and the nested context restored the claims
+        let mut vocab_glued = vc.clone();
+        vocab_glued["@context"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"@vocab": "https://www.w3.org/2018/credentials#credentialStatu"}));
+        let status = vocab_glued
+            .as_object_mut()
+            .unwrap()
+            .remove("credentialStatus")
+            .unwrap();
+        vocab_glued["s"] = status;
+        vocab_glued["credentialSubject"]["@context"] =
+            json!({"@vocab": "https://w3id.org/idstack/vocab#"});
+
         for (what, doc) in [
+            ("status behind a glued @vocab", vocab_glued),
             ("a claim forged through a null term", forged),
             ("validity behind a full-IRI key", unexpiring),
             ("status behind a full-IRI key", unrevocable),
@@ -1570,5 +1633,33 @@ mod tests {
         }
         eprintln!("refused in {:?}", started.elapsed());
         // what real clients send inline stays accepted: credo's `@vocab` (CREDO_ED25519_2018)
+
+        // a bundled context named again below the root is processed again each time: 1,500
+        // nested schema.org references cost 14 s (attacker review of the first rule)
+        let mut nested = ordinary_credential();
+        nested["credentialSubject"]["knows"] = json!(vec![
+            json!({"@context": "https://schema.org/", "id": "urn:a"});
+            100
+        ]);
+        match verify_credential(&nested, NOW) {
+            Err(CryptoError::Malformed(e)) => assert!(e.contains("below the root"), "{e}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let mut many = ordinary_credential();
+        let list: Vec<Value> = (0..=MAX_CONTEXT_ENTRIES)
+            .map(|i| json!({"@vocab": format!("urn:v{i}#")}))
+            .collect();
+        many["@context"] = json!(list);
+        match verify_credential(&many, NOW) {
+            Err(CryptoError::Malformed(e)) => assert!(e.contains("entries"), "{e}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // and ssi's base58 of proofValue is quadratic too
+        let mut long = ordinary_credential();
+        long["proof"]["proofValue"] = json!(format!("z{}", "2".repeat(240_000)));
+        match verify_credential(&long, NOW) {
+            Err(CryptoError::Malformed(e)) => assert!(e.contains("proofValue"), "{e}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
 }
