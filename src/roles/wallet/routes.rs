@@ -244,7 +244,7 @@ pub async fn list_keys(
 }
 
 /// Generate a key (Ed25519 by default); the private part is sealed.
-#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = GenerateKey, responses((status = 201, body = KeyView), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = GenerateKey, responses((status = 201, body = KeyView), (status = 404, body = Problem), (status = 409, body = Problem, description = "The wallet holds its most keys (100)")))]
 #[post("/wallet/wallets/{w}/keys")]
 pub async fn generate_key(
     svc: Svc,
@@ -312,7 +312,7 @@ pub async fn list_dids(
 }
 
 /// Create a DID (did:key, did:jwk or did:web) on an existing or new key; the first is the default.
-#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = CreateDid, responses((status = 201, body = DidRecord), (status = 404, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = CreateDid, responses((status = 201, body = DidRecord), (status = 404, body = Problem), (status = 409, body = Problem, description = "The DID exists, or a new key would pass the wallet's 100")))]
 #[post("/wallet/wallets/{w}/dids")]
 pub async fn create_did(
     svc: Svc,
@@ -445,7 +445,7 @@ pub async fn resolve_offer(
 /// Accept an offer: run the OpenID4VCI flow with the wallet's DID key (mso_mdoc: a new P-256
 /// device key per credential; the IssuerSigned must chain to a trusted IACA) and store the
 /// credentials.
-#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = OfferInput, responses((status = 200, body = Vec<CredentialSummary>), (status = 422, body = Problem), (status = 424, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = OfferInput, responses((status = 200, body = Vec<CredentialSummary>), (status = 409, body = Problem, description = "The wallet holds its most credentials (500)"), (status = 422, body = Problem, description = "Invalid offer, or a credential over 256 KiB"), (status = 424, body = Problem)))]
 #[post("/wallet/wallets/{w}/exchange/accept-offer")]
 pub async fn accept_offer(
     svc: Svc,
