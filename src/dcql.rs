@@ -130,9 +130,12 @@ fn claim_ok(c: &CredentialView, claim: &Value) -> bool {
 }
 
 /// The IRI a W3C credential's type term expands to under its `@context`, for the contexts
-/// idstack knows: the last `@vocab` wins as in JSON-LD — an inline one, or idstack's context's;
-/// the bundled VCDM contexts set none. Behind a context whose vocabulary is not known here: not
-/// known (`None`; only the short name matches). Terms that are already IRIs stand for themselves.
+/// idstack knows: idstack's context (its terms and its `@vocab` give one namespace), after which
+/// the bundled VCDM contexts set no `@vocab`. Otherwise not known (`None`: only the short name
+/// matches) — behind a context whose vocabulary is not known here, and under an inline `@vocab`,
+/// which names no type a context defines (a defined term wins over it: a holder appending one
+/// made a credential match any namespace's type of the same short name). Terms that are already
+/// IRIs stand for themselves.
 fn expanded_type(term: &str, root: &Value) -> Option<String> {
     if term.contains(':') {
         return Some(term.to_string());
@@ -146,11 +149,7 @@ fn expanded_type(term: &str, root: &Value) -> Option<String> {
     };
     for c in contexts.iter().rev() {
         match c {
-            Value::Object(o) => {
-                if let Some(vocab) = o.get("@vocab").and_then(Value::as_str) {
-                    return Some(format!("{vocab}{term}"));
-                }
-            }
+            Value::Object(o) if !o.contains_key("@vocab") => {}
             Value::String(url) if crate::crypto::di::is_idstack_context(url) => {
                 return Some(format!("https://w3id.org/idstack/vocab#{term}"));
             }
@@ -460,17 +459,15 @@ mod tests {
             ]]))
         )
         .is_none());
-        // an inline @vocab is the last word; behind a context of unknown vocabulary, only the
-        // short name matches
+        // under an inline @vocab (which a defined term overrides in the signed RDF) and behind a
+        // context of unknown vocabulary, only the short name matches
         let inline = CredentialView {
-            root: json!({"@context": [crate::crypto::di::VCDM2_CONTEXT, {"@vocab": "https://v.example/#"}], "type": ["VerifiableCredential", "IdentityCredential"]}),
+            root: json!({"@context": [crate::crypto::di::VCDM2_CONTEXT, crate::crypto::di::IDSTACK_CONTEXT_URL, {"@vocab": "https://gov.example/#"}], "type": ["VerifiableCredential", "IdentityCredential"]}),
             ..c.clone()
         };
-        assert!(mismatch(
-            &inline,
-            &q(json!([["https://v.example/#IdentityCredential"]]))
-        )
-        .is_none());
+        let gov = "https://gov.example/#IdentityCredential";
+        assert!(mismatch(&inline, &q(json!([[gov]]))).is_some());
+        assert!(mismatch(&inline, &q(json!([["IdentityCredential"]]))).is_none());
         let unknown = CredentialView {
             root: json!({"@context": [crate::crypto::di::VCDM2_CONTEXT, "https://schema.org/"], "type": ["VerifiableCredential", "IdentityCredential"]}),
             ..c.clone()

@@ -799,6 +799,19 @@ const MAX_CONTEXT_ENTRIES: usize = 16;
 /// The longest `proofValue`: a multibase Ed25519 signature is 89 characters (ssi decodes it
 /// with quadratic base58, before the signature is checked).
 const MAX_PROOF_VALUE: usize = 128;
+/// The most JSON objects (RDF nodes and values) a document may hold: json-ld copies the active
+/// context for each node under a type-scoped context, so expansion costs nodes × context size,
+/// before any work bound. Credentials hold tens.
+const MAX_OBJECTS: usize = 1000;
+/// Bundled contexts too large to expand under: schema.org (171 KB) and traceability (110 KB),
+/// each copied for every node (attacker review: several seconds of CPU for one request naming
+/// schema.org once, with 5,700 small nodes).
+const REFUSED_CONTEXTS: [&str; 4] = [
+    "https://schema.org/",
+    "https://schema.org",
+    "http://schema.org/",
+    "https://w3id.org/traceability/v1",
+];
 
 /// The signature covers the RDF a document expands to, while policies, queries and the result
 /// read its JSON; this keeps the two saying the same thing. JSON-LD can spell one statement many
@@ -815,8 +828,14 @@ const MAX_PROOF_VALUE: usize = 128;
 ///
 /// Also bounded here, before ssi sees it: a proof's `proofValue` ([`MAX_PROOF_VALUE`]).
 fn check_plain_json(document: &Value) -> CryptoResult<()> {
-    let mut entries = 0;
-    plain(document, true, &mut entries)
+    plain(document, true, &mut Counts::default())
+}
+
+/// What [`check_plain_json`] has met so far.
+#[derive(Default)]
+struct Counts {
+    context_entries: usize,
+    objects: usize,
 }
 
 fn refuse_json_ld(what: String) -> CryptoResult<()> {
@@ -825,20 +844,23 @@ fn refuse_json_ld(what: String) -> CryptoResult<()> {
     )))
 }
 
-fn plain_context(c: &Value, entries: &mut usize) -> CryptoResult<()> {
+fn plain_context(c: &Value, counts: &mut Counts) -> CryptoResult<()> {
     let list = match c {
         Value::Array(a) => a.iter().collect(),
         one => vec![one],
     };
     for (i, entry) in list.iter().enumerate() {
-        *entries += 1;
-        if *entries > MAX_CONTEXT_ENTRIES {
+        counts.context_entries += 1;
+        if counts.context_entries > MAX_CONTEXT_ENTRIES {
             return refuse_json_ld(format!("over {MAX_CONTEXT_ENTRIES} @context entries"));
         }
         if list[..i].contains(entry) {
             return refuse_json_ld("an @context names one entry twice".into());
         }
         match entry {
+            Value::String(url) if REFUSED_CONTEXTS.contains(&url.as_str()) => {
+                return refuse_json_ld(format!("the context {url} is too large to expand here"));
+            }
             Value::String(_) => {}
             Value::Object(o) => {
                 for (k, v) in o {
@@ -863,15 +885,19 @@ fn plain_context(c: &Value, entries: &mut usize) -> CryptoResult<()> {
 }
 
 /// [`check_plain_json`] of `v`; `root`: a place where an `@context` may stand.
-fn plain(v: &Value, root: bool, entries: &mut usize) -> CryptoResult<()> {
+fn plain(v: &Value, root: bool, counts: &mut Counts) -> CryptoResult<()> {
     match v {
         Value::Object(o) => {
+            counts.objects += 1;
+            if counts.objects > MAX_OBJECTS {
+                return refuse_json_ld(format!("over {MAX_OBJECTS} JSON objects"));
+            }
             for (k, v) in o {
                 if k == "@context" {
                     if !root {
                         return refuse_json_ld("an @context below the root of a document".into());
                     }
-                    plain_context(v, entries)?;
+                    plain_context(v, counts)?;
                     continue;
                 }
                 if k.starts_with('@') || k.contains([':', '#', '/']) {
@@ -884,11 +910,11 @@ fn plain(v: &Value, root: bool, entries: &mut usize) -> CryptoResult<()> {
                 }
                 // a proof, and a credential a presentation embeds, are documents of their own
                 let child_root = matches!(k.as_str(), "proof" | "verifiableCredential");
-                plain(v, child_root, entries)?;
+                plain(v, child_root, counts)?;
             }
             Ok(())
         }
-        Value::Array(a) => a.iter().try_for_each(|x| plain(x, root, entries)),
+        Value::Array(a) => a.iter().try_for_each(|x| plain(x, root, counts)),
         _ => Ok(()),
     }
 }
@@ -1652,6 +1678,22 @@ mod tests {
         many["@context"] = json!(list);
         match verify_credential(&many, NOW) {
             Err(CryptoError::Malformed(e)) => assert!(e.contains("entries"), "{e}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // a large bundled context at the root, and more nodes than any credential has
+        let mut large = ordinary_credential();
+        large["@context"]
+            .as_array_mut()
+            .unwrap()
+            .insert(0, json!("https://schema.org/"));
+        match verify_credential(&large, NOW) {
+            Err(CryptoError::Malformed(e)) => assert!(e.contains("too large"), "{e}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let mut nodes = ordinary_credential();
+        nodes["credentialSubject"]["knows"] = json!(vec![json!({"id": "urn:a"}); MAX_OBJECTS]);
+        match verify_credential(&nodes, NOW) {
+            Err(CryptoError::Malformed(e)) => assert!(e.contains("JSON objects"), "{e}"),
             other => panic!("expected a refusal, got {other:?}"),
         }
         // and ssi's base58 of proofValue is quadratic too

@@ -167,8 +167,11 @@ pub fn select(sd_jwt: &str, names: &[&str]) -> CryptoResult<String> {
     Ok(out)
 }
 
-/// How deep disclosures may nest inside disclosures.
-const MAX_NESTING: usize = 32;
+/// How deep claims may nest: every object, array and disclosure inside another counts one (a
+/// chain of disclosures nests without end within any single one's JSON depth limit).
+const MAX_NESTING: usize = 64;
+/// The most disclosures one SD-JWT may carry.
+const MAX_DISCLOSURES: usize = 512;
 
 /// RFC 9901 §7.1: `payload` with every disclosure in its place — object properties from `_sd`
 /// digests, array elements from `{"...": digest}` — at any depth; `_sd` and `_sd_alg` removed,
@@ -189,6 +192,11 @@ pub fn reveal(
         seen: HashSet::new(),
         top: Vec::new(),
     };
+    if disclosures.len() > MAX_DISCLOSURES {
+        return Err(CryptoError::Malformed(format!(
+            "over {MAX_DISCLOSURES} disclosures"
+        )));
+    }
     for d in disclosures {
         if r.pending.insert(digest(d), open_disclosure(d)?).is_some() {
             return Err(CryptoError::Malformed("duplicate disclosure".into()));
@@ -263,6 +271,11 @@ impl Reveal {
     }
 
     fn value(&mut self, v: Value, depth: usize) -> CryptoResult<Value> {
+        if depth > MAX_NESTING {
+            return Err(CryptoError::Malformed(format!(
+                "disclosures nest deeper than {MAX_NESTING}"
+            )));
+        }
         match v {
             Value::Object(o) => Ok(Value::Object(self.object(o, depth + 1)?)),
             Value::Array(a) => {
@@ -273,7 +286,7 @@ impl Reveal {
                         _ => None,
                     };
                     let Some(dg) = placeholder else {
-                        out.push(self.value(el, depth)?);
+                        out.push(self.value(el, depth + 1)?);
                         continue;
                     };
                     let dg = dg.as_str().ok_or_else(|| {
@@ -508,5 +521,36 @@ mod tests {
         got_sorted.sort();
         assert_eq!(got_sorted, want);
         verify(&chosen, &issuer.verifying_key()).unwrap();
+    }
+
+    /// Attacker review of `reveal`: a chain of array-element disclosures, each nested in arrays
+    /// within its own JSON depth limit, recursed without a depth check: one presentation would
+    /// overflow a worker's stack and abort the process. The chain is refused at the nesting bound.
+    #[test]
+    fn a_chain_of_nested_disclosures_is_refused_not_recursed_without_end() {
+        let issuer = SigningKey::generate(KeyType::Ed25519);
+        let mut next = b64url(json!(["s", 1]).to_string());
+        let mut chain = vec![next.clone()];
+        for i in 0..300 {
+            let mut v = json!([{"...": digest(&next)}]);
+            for _ in 0..100 {
+                v = json!([v]);
+            }
+            next = b64url(json!([format!("s{i}"), v]).to_string());
+            chain.push(next.clone());
+        }
+        let payload = json!({"iss": "i", "a": [{"...": digest(&next)}]});
+        let jwt = jws::sign(&issuer, json!({"typ": "dc+sd-jwt"}), &payload);
+        let sd = format!("{jwt}~{}~", chain.join("~"));
+        let e = verify(&sd, &issuer.verifying_key()).unwrap_err();
+        assert!(e.to_string().contains("nest deeper"), "{e}");
+        // and no more than MAX_DISCLOSURES disclosures are read at all
+        let many = vec![b64url(json!(["s", "n", 1]).to_string()); MAX_DISCLOSURES + 1];
+        let e = verify(
+            &format!("{jwt}~{}~", many.join("~")),
+            &issuer.verifying_key(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("disclosures"), "{e}");
     }
 }
