@@ -216,3 +216,23 @@ async fn a_refused_handshake_takes_no_place_of_its_invitation() {
     }
     assert!(!socket.count_handshake());
 }
+
+/// Attacker review: 64 connections holding 4 reply POSTs each took every place, and the next
+/// agent's handshake response went to a queue it does not read. A connection with nothing in
+/// flight still gets a place, from a reserve.
+#[tokio::test]
+async fn peers_holding_every_reply_place_leave_one_for_the_next_agent() {
+    let (svc, _store, _clock, _alice) = mediated().await;
+    let held: Vec<_> = (0..64)
+        .flat_map(|c| (0..4).map(move |_| c))
+        .map(|c| svc.reply_posts.take(&format!("greedy-{c}")).unwrap())
+        .collect();
+    assert!(svc.reply_posts.take("greedy-0").is_none());
+    let first = svc.reply_posts.take("newcomer");
+    assert!(
+        first.is_some(),
+        "no place for a connection with nothing in flight"
+    );
+    assert!(svc.reply_posts.take("newcomer").is_none());
+    drop((held, first));
+}
