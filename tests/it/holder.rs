@@ -37,6 +37,15 @@ pub async fn sandbox_iaca_file(s: &Server) -> (tempfile::TempDir, std::path::Pat
     (dir, path)
 }
 
+/// The last path segment of an offer's `credential_offer_uri` (`<id>.<secret>`): what fetches
+/// it from `/issuers/{issuer}/offers/{reference}` (the id alone does not).
+pub fn offer_reference(offer: &Value) -> String {
+    let uri = offer["offer_uri"].as_str().unwrap();
+    let (_, encoded) = uri.split_once("credential_offer_uri=").unwrap();
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&format!("u={encoded}")).unwrap();
+    pairs[0].1.rsplit('/').next().unwrap().to_string()
+}
+
 pub fn pre_auth_code(offer: &Value) -> String {
     offer["credential_offer"]["grants"][PRE_AUTH]["pre-authorized_code"]
         .as_str()

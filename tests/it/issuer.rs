@@ -99,10 +99,19 @@ async fn sd_jwt_flow_with_tx_code_and_single_use_everything() {
         .anon()
         .get(&format!(
             "/issuers/default/offers/{}",
-            offer["id"].as_str().unwrap()
+            offer_reference(&offer)
         ))
         .await;
     assert_eq!(by_ref, offer["credential_offer"]);
+    // the id alone (in clear in the store) fetches nothing
+    let r = s
+        .anon()
+        .get_resp(&format!(
+            "/issuers/default/offers/{}",
+            offer["id"].as_str().unwrap()
+        ))
+        .await;
+    expect_problem(r, 404, "not_found").await;
     let code = pre_auth_code(&offer);
 
     // missing and wrong tx_code
@@ -175,7 +184,7 @@ async fn sd_jwt_flow_with_tx_code_and_single_use_everything() {
         .anon()
         .get_resp(&format!(
             "/issuers/default/offers/{}",
-            offer["id"].as_str().unwrap()
+            offer_reference(&offer)
         ))
         .await;
     expect_problem(r, 410, "gone").await;

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::balancer;
 use crate::common::{expect_problem, redis_url, run_cli, RedisServer, Server, ADMIN_TOKEN};
-use crate::holder::{create_offer, pre_auth_code, token};
+use crate::holder::{create_offer, offer_reference, pre_auth_code, token};
 
 fn identity() -> Value {
     json!({"given_name": "Erika", "family_name": "Mustermann", "email": "erika@example.org"})
@@ -75,7 +75,7 @@ async fn redis_outage_answers_503_problems_then_recovers_with_nothing_acknowledg
     redis.kill();
 
     // Reads and writes fail with 503 problem+json (and Retry-After), not a hang or a 500.
-    let id = offers[0]["id"].as_str().unwrap();
+    let id = offer_reference(&offers[0]);
     let r = c
         .get(s.url(&format!("/issuers/default/offers/{id}")))
         .send()
@@ -136,7 +136,7 @@ async fn redis_outage_answers_503_problems_then_recovers_with_nothing_acknowledg
     redis.restart();
     wait_ready(&s.base, 200).await;
     for o in &offers {
-        let id = o["id"].as_str().unwrap();
+        let id = offer_reference(o);
         let r = c
             .get(s.url(&format!("/issuers/default/offers/{id}")))
             .send()
@@ -201,7 +201,7 @@ async fn store_migrate_moves_a_sled_node_into_redis() {
         )
         .start()
         .await;
-    let id = offer["id"].as_str().unwrap();
+    let id = offer_reference(&offer);
     let r = reqwest::get(node.url(&format!("/issuers/default/offers/{id}")))
         .await
         .unwrap();

@@ -246,6 +246,11 @@ pub struct Offer {
     /// (backup, export, a read-only Redis user) must not find them in clear.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed_offer: Option<String>,
+    /// SHA-256 of the secret half of the offer's `credential_offer_uri` (`<id>.<secret>`): the id
+    /// is in clear in the store, so it alone must not fetch the offer (and its pre-authorized
+    /// code). `None`: a record written before, fetched by its id until it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_hash: Option<String>,
     /// SHA-256 of the access token its redemption handed out: the token is usable only when its
     /// offer names it (the token is stored first, the offer's transition to `TokenIssued` with
     /// this hash is the redemption — one store operation).

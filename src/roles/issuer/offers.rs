@@ -47,6 +47,7 @@ impl IssuerService {
             }
         };
         let code = random_token(32);
+        let reference = random_token(24);
         let issuer_state = req.authorization_code.then(|| random_token(24));
         let mut pre_auth = json!({"pre-authorized_code": code});
         if let Some(t) = &stored_tx {
@@ -81,13 +82,14 @@ impl IssuerService {
             resent: Vec::new(),
             credential_offer: None,
             sealed_offer: Some(seal_offer(&self.ctx.sealer, &place, &credential_offer)?),
+            reference_hash: Some(hash(&reference)),
             token_hash: None,
         };
         let ops = offer_records(&offer, issuer_state.as_deref(), ttl)?;
         self.ctx.store.batch(ops).await?;
-        let by_ref = format!("{}/offers/{id}", self.issuer_url(issuer_id));
-        // Not the id: until it is redeemed it fetches the offer, pre-authorized code included,
-        // from `/issuers/{issuer}/offers/{id}`. A digest still matches the admin's copy.
+        let by_ref = format!("{}/offers/{id}.{reference}", self.issuer_url(issuer_id));
+        // Not the id: the admin API shows it, and with the secret half of the reference it
+        // fetches the offer, pre-authorized code included. A digest still matches the admin's.
         tracing::info!(issuer = issuer_id, offer_sha256 = %&crate::crypto::sha256_hex(&id)[..16], "offer created");
         Ok(OfferCreated {
             id,
@@ -134,13 +136,36 @@ impl IssuerService {
             .collect())
     }
 
-    /// The offer by reference (`credential_offer_uri`): only while it can still be redeemed.
+    /// The offer by reference (`credential_offer_uri`, `<id>.<secret>`): only while it can still
+    /// be redeemed. The id alone, which the store holds in clear, does not fetch an offer made
+    /// with a secret (attacker review: a reader of the store — export, backup, a read-only Redis
+    /// user — fetched a live offer's pre-authorized code by its record key and redeemed it).
     pub async fn offer_by_reference(
         &self,
         issuer_id: &str,
-        id: &str,
+        reference: &str,
     ) -> Result<Value, IssuerError> {
-        let offer = self.load_offer(issuer_id, id).await?;
+        let (id, secret) = match reference.split_once('.') {
+            Some((id, secret)) => (id, Some(secret)),
+            None => (reference, None),
+        };
+        // the answer (which may be logged) does not repeat the reference
+        let unknown = || IssuerError::NoOffer("named by this reference".into());
+        let offer = match self.load_offer(issuer_id, id).await {
+            Err(IssuerError::NoOffer(_)) => return Err(unknown()),
+            other => other?,
+        };
+        let known = match (&offer.reference_hash, secret) {
+            (Some(want), Some(secret)) => {
+                use subtle::ConstantTimeEq as _;
+                bool::from(hash(secret).as_bytes().ct_eq(want.as_bytes()))
+            }
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        if !known {
+            return Err(unknown());
+        }
         if offer.state != OfferState::Offered || offer.expires_at <= self.now() {
             return Err(IssuerError::OfferGone);
         }

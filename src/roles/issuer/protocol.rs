@@ -62,7 +62,7 @@ pub async fn did_document(svc: Svc, path: web::Path<String>) -> ApiResult<HttpRe
 }
 
 /// A credential offer by reference (`credential_offer_uri`).
-#[utoipa::path(tag = "issuer", params(("issuer" = String, Path), ("id" = String, Path)), responses((status = 200, description = "Credential offer"), (status = 404, body = crate::error::Problem), (status = 410, body = crate::error::Problem)))]
+#[utoipa::path(tag = "issuer", params(("issuer" = String, Path), ("id" = String, Path, description = "The last segment of the offer's credential_offer_uri: `<offer id>.<secret>` (the offer id alone fetches nothing)")), responses((status = 200, description = "Credential offer"), (status = 404, body = crate::error::Problem), (status = 410, body = crate::error::Problem)))]
 #[get("/issuers/{issuer}/offers/{id}")]
 pub async fn offer_by_reference(
     svc: Svc,

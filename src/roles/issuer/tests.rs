@@ -48,6 +48,20 @@ fn pre_auth_code(o: &OfferCreated) -> String {
         .to_string()
 }
 
+/// The last path segment of an offer's `credential_offer_uri` (`<id>.<secret>`).
+fn reference(o: &OfferCreated) -> String {
+    let uri = o
+        .offer_uri
+        .split_once("credential_offer_uri=")
+        .map(|(_, u)| u)
+        .unwrap();
+    let uri: String = serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("u={uri}"))
+        .unwrap()
+        .remove(0)
+        .1;
+    uri.rsplit('/').next().unwrap().to_string()
+}
+
 fn token_req(code: &str) -> TokenRequest {
     TokenRequest {
         grant_type: Some(PRE_AUTH_GRANT.into()),
@@ -465,7 +479,10 @@ async fn expired_offers_and_nonces_are_refused() {
         svc.offer_view("default", &o.id).await.unwrap().state,
         OfferState::Expired
     );
-    let e = svc.offer_by_reference("default", &o.id).await.unwrap_err();
+    let e = svc
+        .offer_by_reference("default", &reference(&o))
+        .await
+        .unwrap_err();
     assert_eq!(e.error_code(), Code::Gone);
 
     // a nonce older than its TTL is gone
@@ -1296,9 +1313,16 @@ async fn an_offer_record_holds_no_redeemable_secret() {
         seen += usize::from(r.keyspace == ks::OFFERS);
     }
     assert_eq!(seen, 2, "the offer records were scanned");
+    // the id, which the store holds in clear (record key and field), fetches nothing
+    for r in records.iter().filter(|r| r.keyspace == ks::OFFERS) {
+        let id = r.key.trim_start_matches("default/");
+        assert!(svc.offer_by_reference("default", id).await.is_err(), "{id}");
+        let guessed = format!("{id}.{}", crate::clock::random_token(24));
+        assert!(svc.offer_by_reference("default", &guessed).await.is_err());
+    }
 
     let by_ref = svc
-        .offer_by_reference("default", &created.id)
+        .offer_by_reference("default", &reference(&created))
         .await
         .unwrap();
     assert_eq!(by_ref, created.credential_offer);
@@ -1360,7 +1384,7 @@ async fn an_offer_record_of_the_previous_version_still_redeems() {
         .unwrap();
 
     let by_ref = svc
-        .offer_by_reference("default", &created.id)
+        .offer_by_reference("default", &reference(&created))
         .await
         .unwrap();
     assert_eq!(by_ref, created.credential_offer);
@@ -1402,10 +1426,15 @@ async fn a_sealed_offer_does_not_open_in_another_record() {
         .put_json(ks::OFFERS, &format!("default/{}", b.id), &rec_b, None)
         .await
         .unwrap();
-    let e = svc.offer_by_reference("default", &b.id).await.unwrap_err();
+    let e = svc
+        .offer_by_reference("default", &reference(&b))
+        .await
+        .unwrap_err();
     assert!(matches!(e, super::error::IssuerError::Internal(_)), "{e:?}");
     assert_eq!(
-        svc.offer_by_reference("default", &a.id).await.unwrap(),
+        svc.offer_by_reference("default", &reference(&a))
+            .await
+            .unwrap(),
         a.credential_offer
     );
 }
