@@ -129,13 +129,14 @@ fn claim_ok(c: &CredentialView, claim: &Value) -> bool {
         }
 }
 
-/// The IRI a W3C credential's type term expands to under its `@context`, for the contexts
-/// idstack knows: idstack's context (its terms and its `@vocab` give one namespace), after which
-/// the bundled VCDM contexts set no `@vocab`. Otherwise not known (`None`: only the short name
-/// matches) — behind a context whose vocabulary is not known here, and under an inline `@vocab`,
-/// which names no type a context defines (a defined term wins over it: a holder appending one
-/// made a credential match any namespace's type of the same short name). Terms that are already
-/// IRIs stand for themselves.
+/// The IRI a W3C credential's type term expands to under its `@context`, where idstack can
+/// tell without expanding: a term idstack's context defines (`IdentityCredential`), under a
+/// context list of nothing but that context and the VCDM / Data Integrity contexts (which define
+/// no such term and set no `@vocab`). Anything else — another context, whose terms win over
+/// idstack's `@vocab` in the signed RDF, an inline `@vocab`, a term idstack's context leaves to
+/// its `@vocab` (a VCDM context may define it) — is not known (`None`: only the short name
+/// matches; attacker review: a reordered or appended context made a type match another
+/// namespace's type of the same short name). Terms that are already IRIs stand for themselves.
 fn expanded_type(term: &str, root: &Value) -> Option<String> {
     if term.contains(':') {
         return Some(term.to_string());
@@ -147,23 +148,20 @@ fn expanded_type(term: &str, root: &Value) -> Option<String> {
         Value::Array(a) => a.iter().collect(),
         one => vec![one],
     };
-    for c in contexts.iter().rev() {
-        match c {
-            Value::Object(o) if !o.contains_key("@vocab") => {}
-            Value::String(url) if crate::crypto::di::is_idstack_context(url) => {
-                return Some(format!("https://w3id.org/idstack/vocab#{term}"));
-            }
-            Value::String(url)
-                if matches!(
-                    url.as_str(),
-                    crate::crypto::di::VCDM2_CONTEXT
-                        | "https://www.w3.org/2018/credentials/v1"
-                        | "https://w3id.org/security/data-integrity/v2"
-                ) => {}
+    let mut idstack = false;
+    for c in contexts {
+        match c.as_str() {
+            Some(url) if crate::crypto::di::is_idstack_context(url) => idstack = true,
+            Some(
+                crate::crypto::di::VCDM2_CONTEXT
+                | "https://www.w3.org/2018/credentials/v1"
+                | "https://w3id.org/security/data-integrity/v2",
+            ) => {}
             _ => return None,
         }
     }
-    None
+    (idstack && crate::crypto::di::idstack_context_defines(term))
+        .then(|| format!("https://w3id.org/idstack/vocab#{term}"))
 }
 
 /// Whether the credential has type `wanted`: the same term, or the IRI it expands to (OID4VP 1.0
@@ -468,6 +466,17 @@ mod tests {
         let gov = "https://gov.example/#IdentityCredential";
         assert!(mismatch(&inline, &q(json!([[gov]]))).is_some());
         assert!(mismatch(&inline, &q(json!([["IdentityCredential"]]))).is_none());
+        // a context between VCDM and idstack's whose terms win over idstack's @vocab
+        let vdl = CredentialView {
+            root: json!({"@context": [crate::crypto::di::VCDM2_CONTEXT, "https://w3id.org/vdl/v1", crate::crypto::di::IDSTACK_CONTEXT_URL], "type": ["VerifiableCredential", "Iso18013DriversLicenseCredential"]}),
+            types: vec![
+                "VerifiableCredential".into(),
+                "Iso18013DriversLicenseCredential".into(),
+            ],
+            ..c.clone()
+        };
+        let as_idstack = "https://w3id.org/idstack/vocab#Iso18013DriversLicenseCredential";
+        assert!(mismatch(&vdl, &q(json!([[as_idstack]]))).is_some());
         let unknown = CredentialView {
             root: json!({"@context": [crate::crypto::di::VCDM2_CONTEXT, "https://schema.org/"], "type": ["VerifiableCredential", "IdentityCredential"]}),
             ..c.clone()

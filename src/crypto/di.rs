@@ -57,6 +57,21 @@ pub const IDSTACK_CONTEXT: &str = r#"{
   }
 }"#;
 
+/// Whether [`IDSTACK_CONTEXT`] defines `term` itself (not through its `@vocab`).
+pub fn idstack_context_defines(term: &str) -> bool {
+    static TERMS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    TERMS
+        .get_or_init(|| {
+            serde_json::from_str::<Value>(IDSTACK_CONTEXT)
+                .ok()
+                .and_then(|v| v["@context"].as_object().cloned())
+                .map(|o| o.keys().filter(|k| !k.starts_with('@')).cloned().collect())
+                .unwrap_or_default()
+        })
+        .iter()
+        .any(|t| t == term)
+}
+
 /// The context URL a node with this public URL serves [`IDSTACK_CONTEXT`] at.
 pub fn context_url(public_url: &str) -> String {
     format!("{}{IDSTACK_CONTEXT_PATH}", public_url.trim_end_matches('/'))
@@ -803,14 +818,38 @@ const MAX_PROOF_VALUE: usize = 128;
 /// context for each node under a type-scoped context, so expansion costs nodes × context size,
 /// before any work bound. Credentials hold tens.
 const MAX_OBJECTS: usize = 1000;
-/// Bundled contexts too large to expand under: schema.org (171 KB) and traceability (110 KB),
-/// each copied for every node (attacker review: several seconds of CPU for one request naming
-/// schema.org once, with 5,700 small nodes).
-const REFUSED_CONTEXTS: [&str; 4] = [
-    "https://schema.org/",
-    "https://schema.org",
-    "http://schema.org/",
-    "https://w3id.org/traceability/v1",
+/// The context URLs a document may name, each spelled exactly as here (the loader compares IRIs
+/// normalised — percent-decoded, dot segments removed — so a list of refused spellings could be
+/// walked around): ssi's bundled credential, security and vocabulary contexts, and idstack's own
+/// ([`is_idstack_context`]). Not schema.org (171 KB) nor traceability (110 KB): json-ld copies
+/// the active context for every node, and either made one request cost seconds of CPU
+/// (attacker review; `https://%73chema.org/` loaded schema.org past a list of refused ones).
+const KNOWN_CONTEXTS: [&str; 25] = [
+    "https://www.w3.org/2018/credentials/v1",
+    "https://www.w3.org/ns/credentials/v2",
+    "https://www.w3.org/2018/credentials/examples/v1",
+    "https://www.w3.org/ns/credentials/examples/v2",
+    "https://w3id.org/security/data-integrity/v1",
+    "https://w3id.org/security/data-integrity/v2",
+    "https://w3id.org/security/v1",
+    "https://w3id.org/security/v2",
+    "https://w3id.org/security/multikey/v1",
+    "https://w3id.org/security/suites/ed25519-2020/v1",
+    "https://w3id.org/security/suites/jws-2020/v1",
+    "https://w3id.org/security/bbs/v1",
+    "https://w3id.org/vc/status-list/2021/v1",
+    "https://w3id.org/vc-revocation-list-2020/v1",
+    "https://w3id.org/citizenship/v1",
+    "https://w3id.org/vaccination/v1",
+    "https://w3id.org/vdl/v1",
+    "https://w3id.org/age/v1",
+    "https://w3id.org/did/v1",
+    "https://www.w3.org/ns/did/v1",
+    "https://identity.foundation/presentation-exchange/submission/v1",
+    "https://purl.imsglobal.org/spec/ob/v3p0/context.json",
+    "https://w3c-ccg.github.io/vc-ed/plugfest-1-2022/jff-vc-edu-plugfest-1-context.json",
+    "https://w3c-ccg.github.io/lds-jws2020/contexts/lds-jws2020-v1.json",
+    "https://w3id.org/security/suites/secp256k1recovery-2020/v2",
 ];
 
 /// The signature covers the RDF a document expands to, while policies, queries and the result
@@ -858,10 +897,14 @@ fn plain_context(c: &Value, counts: &mut Counts) -> CryptoResult<()> {
             return refuse_json_ld("an @context names one entry twice".into());
         }
         match entry {
-            Value::String(url) if REFUSED_CONTEXTS.contains(&url.as_str()) => {
-                return refuse_json_ld(format!("the context {url} is too large to expand here"));
+            Value::String(url)
+                if KNOWN_CONTEXTS.contains(&url.as_str()) || is_idstack_context(url) => {}
+            Value::String(url) => {
+                return refuse_json_ld(format!(
+                    "the context {} is not one verified here",
+                    crate::crypto::mdoc::clip(url)
+                ));
             }
-            Value::String(_) => {}
             Value::Object(o) => {
                 for (k, v) in o {
                     let ok = match k.as_str() {
@@ -1681,14 +1724,22 @@ mod tests {
             other => panic!("expected a refusal, got {other:?}"),
         }
         // a large bundled context at the root, and more nodes than any credential has
-        let mut large = ordinary_credential();
-        large["@context"]
-            .as_array_mut()
-            .unwrap()
-            .insert(0, json!("https://schema.org/"));
-        match verify_credential(&large, NOW) {
-            Err(CryptoError::Malformed(e)) => assert!(e.contains("too large"), "{e}"),
-            other => panic!("expected a refusal, got {other:?}"),
+        for spelling in [
+            "https://schema.org/",
+            "https://%73chema.org/",
+            "https://w3id.org/%74raceability/v1",
+            "https://w3id.org/traceability/./v1",
+            "https://www.w3.org/ns/credentials/../credentials/v2",
+        ] {
+            let mut large = ordinary_credential();
+            large["@context"]
+                .as_array_mut()
+                .unwrap()
+                .insert(0, json!(spelling));
+            match verify_credential(&large, NOW) {
+                Err(CryptoError::Malformed(e)) => assert!(e.contains("not one verified"), "{e}"),
+                other => panic!("{spelling}: expected a refusal, got {other:?}"),
+            }
         }
         let mut nodes = ordinary_credential();
         nodes["credentialSubject"]["knows"] = json!(vec![json!({"id": "urn:a"}); MAX_OBJECTS]);

@@ -737,6 +737,31 @@ async fn jwt_vc_and_vc_api_forgeries_are_refused() {
         assert_eq!(st, 400, "{v}");
         assert!(v["errors"].to_string().contains("signature"), "{v}");
     }
+
+    // Attacker review: a self-issued credential whose subject nests 120 deep was stored with the
+    // session past serde_json's read limit, and the session (and the tenant's whole session
+    // list) answered 500 until the record expired. Its claims are not kept.
+    // (the depths around the limit: the payload itself must still parse)
+    let (a, a_did, avm) = attacker_did(KeyType::P256, false);
+    for levels in 121..=125 {
+        let mut deep = json!("x");
+        for _ in 0..levels {
+            deep = json!([deep]);
+        }
+        let p = json!({"iss": a_did, "sub": a_did, "vc": {"@context": ["https://www.w3.org/2018/credentials/v1"], "type": ["VerifiableCredential", "IdentityCredential"], "issuer": a_did, "credentialSubject": {"id": a_did, "deep": deep}}});
+        let t = jws::sign(&a, json!({"typ": "JWT", "kid": avm}), &p);
+        let req = open(&s, "default", jwt_query()).await;
+        for _ in 0..3 {
+            respond(&s, &req, "idc", json!(jwt_vp(&a, &t, &req))).await;
+        }
+        let r = s
+            .admin()
+            .get_resp(&format!("/api/verifiers/default/sessions/{}", req.id))
+            .await;
+        assert_eq!(r.status(), 200, "{levels}: {}", r.text().await.unwrap());
+        let r = s.admin().get_resp("/api/verifiers/default/sessions").await;
+        assert_eq!(r.status(), 200, "{levels}: {}", r.text().await.unwrap());
+    }
     s.stop();
 }
 
