@@ -43,10 +43,18 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     .await?;
             let records = opened.store.export_all().await?;
             let mut w: Box<dyn Write> = match out {
-                Some(p) => Box::new(
-                    std::fs::File::create(&p)
-                        .with_context(|| format!("creating {}", p.display()))?,
-                ),
+                // every record, as stored: readable by this user only
+                Some(p) => Box::new({
+                    let mut opts = std::fs::OpenOptions::new();
+                    opts.write(true).create(true).truncate(true);
+                    #[cfg(unix)]
+                    {
+                        use std::os::unix::fs::OpenOptionsExt;
+                        opts.mode(0o600);
+                    }
+                    opts.open(&p)
+                        .with_context(|| format!("creating {}", p.display()))?
+                }),
                 None => Box::new(std::io::stdout().lock()),
             };
             for r in &records {

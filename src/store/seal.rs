@@ -215,13 +215,27 @@ pub fn load_or_generate_master_key(data_dir: &Path) -> Result<(Sealer, KeySource
             crate::config::read_secret_file(&path).map_err(|e| StoreError::Seal(e.to_string()))?;
         return Ok((Sealer::from_secret(&secret)?, KeySource::ExistingFile));
     }
-    std::fs::create_dir_all(data_dir)
+    create_private_dir(data_dir)
         .map_err(|e| StoreError::Seal(format!("cannot create {}: {e}", data_dir.display())))?;
     let mut key = Zeroizing::new([0u8; 32]);
     rand::rngs::OsRng.fill_bytes(key.as_mut());
     let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(key.as_ref()));
     write_private_file(&path, encoded.as_bytes())?;
     Ok((Sealer::new(&key), KeySource::Generated))
+}
+
+/// Creates `dir` (and its parents) readable by this user only, as the data directory must be:
+/// the store holds claims, account emails and password hashes (attacker review: 0755 and 0644
+/// under the usual umask). A directory that exists keeps its mode.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
 }
 
 fn write_private_file(path: &Path, data: &[u8]) -> Result<(), StoreError> {
@@ -353,5 +367,26 @@ mod tests {
         assert_eq!(src, KeySource::ExistingFile);
         let sealed = a.seal(b"x", b"y").unwrap();
         assert_eq!(b.open(b"x", &sealed).unwrap().as_slice(), b"y");
+    }
+
+    /// Attacker review: the data directory (sled's files, the store's claims, emails and
+    /// password hashes) was created 0755 under the usual umask, readable by every local user.
+    #[test]
+    fn a_created_data_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        load_or_generate_master_key(&data).unwrap();
+        let store = dir.path().join("store");
+        crate::store::sled_store::SledStore::open(
+            &store,
+            1 << 20,
+            std::sync::Arc::new(crate::clock::SystemClock),
+        )
+        .unwrap();
+        for d in [data, store] {
+            let mode = std::fs::metadata(&d).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} is {:o}", d.display(), mode & 0o777);
+        }
     }
 }

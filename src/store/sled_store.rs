@@ -155,7 +155,7 @@ impl GroupFlush {
 impl SledStore {
     /// Opens (or creates) the store under `data_dir/sled-v<LAYOUT_VERSION>`.
     pub fn open(data_dir: &Path, cache_capacity: u64, clock: SharedClock) -> StoreResult<Self> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
+        super::seal::create_private_dir(data_dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
         })?;
         let path = data_dir.join(format!("sled-v{LAYOUT_VERSION}"));
