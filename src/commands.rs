@@ -52,8 +52,17 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         use std::os::unix::fs::OpenOptionsExt;
                         opts.mode(0o600);
                     }
-                    opts.open(&p)
-                        .with_context(|| format!("creating {}", p.display()))?
+                    let f = opts
+                        .open(&p)
+                        .with_context(|| format!("creating {}", p.display()))?;
+                    // a file that was there keeps its mode on open: made private too
+                    #[cfg(unix)]
+                    {
+                        use std::os::unix::fs::PermissionsExt;
+                        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                            .with_context(|| format!("making {} private", p.display()))?;
+                    }
+                    f
                 }),
                 None => Box::new(std::io::stdout().lock()),
             };

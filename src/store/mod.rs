@@ -341,6 +341,23 @@ pub(crate) fn decode_json<T: DeserializeOwned>(
     })
 }
 
+/// How deeply `v` nests (a scalar is 0), without recursion. A record is read back with
+/// serde_json's limit of 128 levels: outsider JSON stored a few levels down must be bounded
+/// below it, or the record is written and never read again.
+pub fn json_depth(v: &serde_json::Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        deepest = deepest.max(d);
+        match v {
+            serde_json::Value::Object(o) => stack.extend(o.values().map(|x| (x, d + 1))),
+            serde_json::Value::Array(a) => stack.extend(a.iter().map(|x| (x, d + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 pub fn to_json<T: Serialize + ?Sized>(value: &T) -> StoreResult<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| StoreError::Backend(format!("encode: {e}")))
 }

@@ -384,7 +384,27 @@ mod tests {
             std::sync::Arc::new(crate::clock::SystemClock),
         )
         .unwrap();
-        for d in [data, store] {
+        // sled's own directory too, under a data directory that was already there, open to all
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+        crate::store::sled_store::SledStore::open(
+            &shared,
+            1 << 20,
+            std::sync::Arc::new(crate::clock::SystemClock),
+        )
+        .unwrap();
+        let sled_dir = std::fs::read_dir(&shared)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("sled-v")
+            })
+            .unwrap();
+        for d in [data, store, sled_dir] {
             let mode = std::fs::metadata(&d).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0, "{} is {:o}", d.display(), mode & 0o777);
         }

@@ -159,6 +159,11 @@ impl SledStore {
             StoreError::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
         })?;
         let path = data_dir.join(format!("sled-v{LAYOUT_VERSION}"));
+        // sled creates its own directory 0755: made here first, private (the data directory of
+        // an install from before, or a container's, may be 0755)
+        super::seal::create_private_dir(&path).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", path.display()))
+        })?;
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(cache_capacity)

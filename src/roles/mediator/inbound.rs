@@ -300,10 +300,10 @@ impl MediatorService {
 /// Most reply POSTs in flight to peers' own endpoints, in all and per connection.
 const MAX_REPLY_POSTS: usize = 256;
 const MAX_REPLY_POSTS_PER_CONNECTION: usize = 4;
-/// Past [`MAX_REPLY_POSTS`], a connection with nothing in flight still gets one, up to this many
-/// in all: peers holding every place cannot make other agents' replies (a handshake response
-/// expected at their endpoint) wait in queues those agents do not read.
-const MAX_REPLY_POSTS_WITH_RESERVE: usize = 1024;
+/// The last of the [`MAX_REPLY_POSTS`] places go only to connections with nothing in flight:
+/// peers holding the others cannot make other agents' replies (a handshake response expected at
+/// their endpoint) wait in queues those agents do not read.
+const RESERVED_REPLY_POSTS: usize = 64;
 
 /// Reply POSTs in flight ([`MAX_REPLY_POSTS`], [`MAX_REPLY_POSTS_PER_CONNECTION`]). Each holds a
 /// connection and a task until its peer answers or the outbound timeout ends (attacker review: a
@@ -326,7 +326,8 @@ impl ReplyPosts {
         let mut g = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         let (total, per) = &mut *g;
         let mine = per.get(conn).copied().unwrap_or(0);
-        let room = *total < MAX_REPLY_POSTS || (mine == 0 && *total < MAX_REPLY_POSTS_WITH_RESERVE);
+        let room = *total < MAX_REPLY_POSTS - RESERVED_REPLY_POSTS
+            || (mine == 0 && *total < MAX_REPLY_POSTS);
         if !room || mine >= MAX_REPLY_POSTS_PER_CONNECTION {
             return None;
         }

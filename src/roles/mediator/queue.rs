@@ -31,6 +31,9 @@ fn ms(secs: u64) -> i64 {
     i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
+/// The deepest forwarded message taken (an encrypted envelope nests three or four levels).
+const MAX_FORWARDED_DEPTH: usize = 64;
+
 impl MediatorService {
     /// Routing 1.0 `forward`: the inner message goes, untouched, into the queue of the
     /// connection that registered the `to` key.
@@ -48,6 +51,14 @@ impl MediatorService {
             Value::String(s) => serde_json::from_str(s).or_refused_in(self, "forward msg")?,
             v => v.clone(),
         };
+        // stored a level down in its queue record: past serde_json's read limit the record would
+        // never be read again, and the recipient's pickup would stall behind it (attacker
+        // review: a 127-deep string `msg` blocked an agent's queue for the message TTL)
+        if crate::store::json_depth(&inner) > MAX_FORWARDED_DEPTH {
+            return Err(self.refuse(format!(
+                "the forwarded message nests deeper than {MAX_FORWARDED_DEPTH}"
+            )));
+        }
         let conn_id = self
             .ctx
             .store

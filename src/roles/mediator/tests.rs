@@ -218,21 +218,53 @@ async fn a_refused_handshake_takes_no_place_of_its_invitation() {
 }
 
 /// Attacker review: 64 connections holding 4 reply POSTs each took every place, and the next
-/// agent's handshake response went to a queue it does not read. A connection with nothing in
-/// flight still gets a place, from a reserve.
+/// agent's handshake response went to a queue it does not read. The last 64 of the 256 places go
+/// only to connections with nothing in flight; the total never passes 256 (a larger reserve
+/// brought the descriptor exhaustion back).
 #[tokio::test]
 async fn peers_holding_every_reply_place_leave_one_for_the_next_agent() {
     let (svc, _store, _clock, _alice) = mediated().await;
-    let held: Vec<_> = (0..64)
+    let mut held: Vec<_> = (0..48)
         .flat_map(|c| (0..4).map(move |_| c))
         .map(|c| svc.reply_posts.take(&format!("greedy-{c}")).unwrap())
         .collect();
     assert!(svc.reply_posts.take("greedy-0").is_none());
-    let first = svc.reply_posts.take("newcomer");
-    assert!(
-        first.is_some(),
-        "no place for a connection with nothing in flight"
+    held.push(
+        svc.reply_posts
+            .take("greedy-49")
+            .expect("a first place from the reserve"),
     );
-    assert!(svc.reply_posts.take("newcomer").is_none());
-    drop((held, first));
+    assert!(
+        svc.reply_posts.take("greedy-49").is_none(),
+        "one from the reserve"
+    );
+    for c in 0..63 {
+        held.push(svc.reply_posts.take(&format!("newcomer-{c}")).unwrap());
+    }
+    assert!(svc.reply_posts.take("one-too-many").is_none(), "256 in all");
+}
+
+/// Attacker review: a forward whose `msg` is a string of 127 nested arrays parsed, was stored a
+/// level deeper in its queue record — past serde_json's read limit — and stalled the recipient's
+/// pickup behind a record nobody could read, for the message TTL. It is refused.
+#[tokio::test]
+async fn a_forward_nested_past_the_read_limit_is_refused() {
+    let (svc, store, _clock, alice) = mediated().await;
+    store
+        .put(ks::ROUTES, &alice.verkey, b"conn-alice".to_vec(), None)
+        .await
+        .unwrap();
+    let deep = format!("{}{}", "[".repeat(127), "]".repeat(127));
+    let e = svc
+        .forward(&json!({"to": alice.verkey, "msg": deep}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, super::error::MediatorError::BadMessage(_)),
+        "{e:?}"
+    );
+    svc.forward(&json!({"to": alice.verkey, "msg": {"protected": "p", "ciphertext": "c"}}))
+        .await
+        .unwrap();
+    assert_eq!(svc.stats().await.unwrap().queued_messages, 2);
 }

@@ -146,21 +146,6 @@ fn types_of(vc: &Value) -> Vec<String> {
 /// `sdjwt::reveal`, mdoc by its CBOR depth).
 const MAX_CLAIM_DEPTH: usize = 32;
 
-/// How deeply `v` nests (a scalar is 0), without recursion.
-fn json_depth(v: &Value) -> usize {
-    let mut deepest = 0;
-    let mut stack = vec![(v, 0usize)];
-    while let Some((v, d)) = stack.pop() {
-        deepest = deepest.max(d);
-        match v {
-            Value::Object(o) => stack.extend(o.values().map(|x| (x, d + 1))),
-            Value::Array(a) => stack.extend(a.iter().map(|x| (x, d + 1))),
-            _ => {}
-        }
-    }
-    deepest
-}
-
 /// A verified W3C credential (`vc`, the credential object): its subject's claims go into the
 /// result, and it is returned for the query matcher.
 fn w3c_checked(
@@ -178,7 +163,7 @@ fn w3c_checked(
     // The claims are stored with the session, a few levels down: past serde_json's read limit
     // (128) the record could be written but never read again (attacker review: a self-issued
     // credential nested 127 deep made the tenant's session list a 500 for the record's TTL).
-    if json_depth(&Value::Object(claims.clone())) > MAX_CLAIM_DEPTH {
+    if crate::store::json_depth(&Value::Object(claims.clone())) > MAX_CLAIM_DEPTH {
         out.fail(
             "disclosure_integrity",
             format!("{query_id}: its claims nest deeper than {MAX_CLAIM_DEPTH}"),
