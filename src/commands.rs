@@ -46,7 +46,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 // every record, as stored: readable by this user only
                 Some(p) => Box::new({
                     let mut opts = std::fs::OpenOptions::new();
-                    opts.write(true).create(true).truncate(true);
+                    opts.write(true).create(true);
                     #[cfg(unix)]
                     {
                         use std::os::unix::fs::OpenOptionsExt;
@@ -55,12 +55,19 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     let f = opts
                         .open(&p)
                         .with_context(|| format!("creating {}", p.display()))?;
-                    // a file that was there keeps its mode on open: made private too
-                    #[cfg(unix)]
-                    {
-                        use std::os::unix::fs::PermissionsExt;
-                        f.set_permissions(std::fs::Permissions::from_mode(0o600))
-                            .with_context(|| format!("making {} private", p.display()))?;
+                    // a regular file that was there keeps its mode on open: made private before
+                    // anything is written or cut (a device such as /dev/null is left alone)
+                    let meta = f.metadata()?;
+                    if meta.is_file() {
+                        #[cfg(unix)]
+                        {
+                            use std::os::unix::fs::PermissionsExt;
+                            if meta.permissions().mode() & 0o077 != 0 {
+                                f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                                    .with_context(|| format!("making {} private", p.display()))?;
+                            }
+                        }
+                        f.set_len(0)?;
                     }
                     f
                 }),

@@ -76,7 +76,7 @@ impl MediatorService {
             if wants_return_route(&msg) {
                 out.envelopes.push(packed);
             } else {
-                self.send_to_peer(&sender, packed).await?;
+                self.send_to_peer(&sender, packed, is_handshake(ty)).await?;
             }
         }
         if let Some(conn_id) = handled.implicit {
@@ -128,14 +128,7 @@ impl MediatorService {
     ) -> MediatorResult<Handled> {
         let proto = ty.rsplit_once('/').map(|(p, _)| p).unwrap_or(ty);
         let name = ty.rsplit('/').next().unwrap_or(ty);
-        let handshake = matches!(
-            (proto, name),
-            (
-                "didexchange/1.1" | "didexchange/1.0" | "connections/1.0",
-                "request"
-            )
-        );
-        if let Some(s) = socket.filter(|_| handshake) {
+        if let Some(s) = socket.filter(|_| is_handshake(ty)) {
             if !s.count_handshake() {
                 return Err(super::error::bad_message(format!(
                     "a socket opens at most {} connections: open another socket",
@@ -241,12 +234,20 @@ impl MediatorService {
 
     /// A reply that cannot go back on the inbound transport: POSTed to an http(s) endpoint, else
     /// queued for the peer's own pickup.
-    async fn send_to_peer(&self, verkey: &str, packed: Vec<u8>) -> MediatorResult<()> {
+    /// `handshake`: the reply to a handshake request, which may take a reserved place.
+    async fn send_to_peer(
+        &self,
+        verkey: &str,
+        packed: Vec<u8>,
+        handshake: bool,
+    ) -> MediatorResult<()> {
         let conn = self.connection_by_key(verkey).await.ok();
         let endpoint = conn.as_ref().and_then(|c| c.their_endpoint.clone());
         // a POST holds a connection and a task for up to the outbound timeout: past the bounds
         // the reply waits in the peer's queue instead
-        let slot = conn.as_ref().and_then(|c| self.reply_posts.take(&c.id));
+        let slot = conn
+            .as_ref()
+            .and_then(|c| self.reply_posts.take(&c.id, handshake));
         match (endpoint, slot) {
             (Some(ep), Some(slot)) if ep.starts_with("http://") || ep.starts_with("https://") => {
                 let http = self.ctx.http.clone();
@@ -300,9 +301,9 @@ impl MediatorService {
 /// Most reply POSTs in flight to peers' own endpoints, in all and per connection.
 const MAX_REPLY_POSTS: usize = 256;
 const MAX_REPLY_POSTS_PER_CONNECTION: usize = 4;
-/// The last of the [`MAX_REPLY_POSTS`] places go only to connections with nothing in flight:
-/// peers holding the others cannot make other agents' replies (a handshake response expected at
-/// their endpoint) wait in queues those agents do not read.
+/// The last of the [`MAX_REPLY_POSTS`] places go only to handshake responses of connections with
+/// nothing in flight: peers holding the others (trust pings to endpoints that never answer)
+/// cannot make a new agent's handshake response wait in a queue it does not read yet.
 const RESERVED_REPLY_POSTS: usize = 64;
 
 /// Reply POSTs in flight ([`MAX_REPLY_POSTS`], [`MAX_REPLY_POSTS_PER_CONNECTION`]). Each holds a
@@ -321,13 +322,14 @@ pub(super) struct ReplyPost {
 }
 
 impl ReplyPosts {
-    /// A place for a POST to `conn`'s endpoint, if one is free.
-    pub(super) fn take(&self, conn: &str) -> Option<ReplyPost> {
+    /// A place for a POST to `conn`'s endpoint, if one is free (`handshake`: a handshake
+    /// response, which may take one of the reserved places).
+    pub(super) fn take(&self, conn: &str, handshake: bool) -> Option<ReplyPost> {
         let mut g = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         let (total, per) = &mut *g;
         let mine = per.get(conn).copied().unwrap_or(0);
         let room = *total < MAX_REPLY_POSTS - RESERVED_REPLY_POSTS
-            || (mine == 0 && *total < MAX_REPLY_POSTS);
+            || (handshake && mine == 0 && *total < MAX_REPLY_POSTS);
         if !room || mine >= MAX_REPLY_POSTS_PER_CONNECTION {
             return None;
         }
@@ -352,4 +354,17 @@ impl Drop for ReplyPost {
             }
         }
     }
+}
+
+/// A handshake request (DID exchange, connections 1.0) of type `ty` (`<protocol>/<version>/<name>`).
+fn is_handshake(ty: &str) -> bool {
+    let proto = ty.rsplit_once('/').map(|(p, _)| p).unwrap_or(ty);
+    let name = ty.rsplit('/').next().unwrap_or(ty);
+    matches!(
+        (proto, name),
+        (
+            "didexchange/1.1" | "didexchange/1.0" | "connections/1.0",
+            "request"
+        )
+    )
 }

@@ -219,29 +219,35 @@ async fn a_refused_handshake_takes_no_place_of_its_invitation() {
 
 /// Attacker review: 64 connections holding 4 reply POSTs each took every place, and the next
 /// agent's handshake response went to a queue it does not read. The last 64 of the 256 places go
-/// only to connections with nothing in flight; the total never passes 256 (a larger reserve
-/// brought the descriptor exhaustion back).
+/// only to handshake responses of connections with nothing in flight; the total never passes 256
+/// (a larger reserve brought the descriptor exhaustion back), and replies to pings cannot take
+/// the reserve.
 #[tokio::test]
 async fn peers_holding_every_reply_place_leave_one_for_the_next_agent() {
     let (svc, _store, _clock, _alice) = mediated().await;
+    let posts = &svc.reply_posts;
     let mut held: Vec<_> = (0..48)
         .flat_map(|c| (0..4).map(move |_| c))
-        .map(|c| svc.reply_posts.take(&format!("greedy-{c}")).unwrap())
+        .map(|c| posts.take(&format!("greedy-{c}"), false).unwrap())
         .collect();
-    assert!(svc.reply_posts.take("greedy-0").is_none());
+    assert!(posts.take("greedy-0", false).is_none());
+    assert!(
+        posts.take("pinger", false).is_none(),
+        "a ping reply takes no reserved place"
+    );
     held.push(
-        svc.reply_posts
-            .take("greedy-49")
-            .expect("a first place from the reserve"),
+        posts
+            .take("greedy-49", true)
+            .expect("a handshake reply from the reserve"),
     );
     assert!(
-        svc.reply_posts.take("greedy-49").is_none(),
+        posts.take("greedy-49", true).is_none(),
         "one from the reserve"
     );
     for c in 0..63 {
-        held.push(svc.reply_posts.take(&format!("newcomer-{c}")).unwrap());
+        held.push(posts.take(&format!("newcomer-{c}"), true).unwrap());
     }
-    assert!(svc.reply_posts.take("one-too-many").is_none(), "256 in all");
+    assert!(posts.take("one-too-many", true).is_none(), "256 in all");
 }
 
 /// Attacker review: a forward whose `msg` is a string of 127 nested arrays parsed, was stored a
