@@ -77,13 +77,9 @@ pub fn parse(sd_jwt: &str) -> CryptoResult<Parsed> {
 
 /// Decodes one disclosure into (name, value).
 pub fn decode_disclosure(d: &str) -> CryptoResult<(String, Value)> {
-    let v: Value = serde_json::from_slice(&b64url_decode(d)?)
-        .map_err(|e| CryptoError::Malformed(format!("disclosure: {e}")))?;
-    match v.as_array().map(Vec::as_slice) {
-        Some([Value::String(_salt), Value::String(name), value]) => {
-            Ok((name.clone(), value.clone()))
-        }
-        _ => Err(CryptoError::Malformed(
+    match open_disclosure(d)? {
+        (Some(name), value) => Ok((name, value)),
+        (None, _) => Err(CryptoError::Malformed(
             "object-property disclosure must be [salt, name, value]".into(),
         )),
     }

@@ -312,12 +312,15 @@ const RESERVED_REPLY_POSTS: usize = 64;
 /// out of file descriptors: 24,000 pings in 9 s, every role refused connections).
 #[derive(Default)]
 pub(super) struct ReplyPosts {
-    in_flight: Arc<std::sync::Mutex<(usize, std::collections::HashMap<String, usize>)>>,
+    in_flight: InFlight,
 }
+
+/// Reply POSTs in flight: in all, and per connection id.
+type InFlight = Arc<std::sync::Mutex<(usize, std::collections::HashMap<String, usize>)>>;
 
 /// One reply POST's place, given back when it is dropped.
 pub(super) struct ReplyPost {
-    in_flight: Arc<std::sync::Mutex<(usize, std::collections::HashMap<String, usize>)>>,
+    in_flight: InFlight,
     conn: String,
 }
 

@@ -163,7 +163,12 @@ fn w3c_checked(
     // The claims are stored with the session, a few levels down: past serde_json's read limit
     // (128) the record could be written but never read again (attacker review: a self-issued
     // credential nested 127 deep made the tenant's session list a 500 for the record's TTL).
-    if crate::store::json_depth(&Value::Object(claims.clone())) > MAX_CLAIM_DEPTH {
+    let depth = 1 + claims
+        .values()
+        .map(crate::store::json_depth)
+        .max()
+        .unwrap_or(0);
+    if depth > MAX_CLAIM_DEPTH {
         out.fail(
             "disclosure_integrity",
             format!("{query_id}: its claims nest deeper than {MAX_CLAIM_DEPTH}"),
