@@ -6,9 +6,15 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 
+use tokio::sync::watch;
+
 use super::index::{Change, ConnQueue};
-use super::model::QueuedMessage;
 use super::socket::Socket;
+
+/// How long an index is trusted once another node is known to change queues (cluster, Redis):
+/// bus events are best effort, so an index older than this is rebuilt from the store on next use.
+/// A single node never rebuilds: every change to its queues is its own.
+pub(super) const SHARED_INDEX_MAX_AGE_MS: i64 = 10_000;
 
 /// Who holds a message handed out and not yet acknowledged.
 #[derive(Clone)]
@@ -40,19 +46,22 @@ impl Holder {
 pub(super) type Leases = HashMap<String, Holder>;
 
 enum Slot {
-    /// Being built from a store scan; changes made meanwhile are applied when it is done.
-    Loading(Vec<Change>),
-    Ready(ConnQueue),
+    /// Being built from a store scan; changes made meanwhile are applied when it is done. Callers
+    /// that find it wait for the build: `done` is dropped when the slot leaves this state.
+    Loading {
+        pending: Vec<Change>,
+        done: watch::Sender<()>,
+    },
+    /// Built at `built_ms`.
+    Ready { queue: ConnQueue, built_ms: i64 },
 }
 
-/// What [`Book::lookup`] found for a connection's index.
-pub(super) enum Lookup<'a> {
-    /// The index, with the connection's leases.
-    Ready(&'a mut ConnQueue, Option<&'a Leases>),
-    /// Another caller is building it: scan for yourself, keep nothing.
-    Loading,
-    /// Nobody was: this caller builds it ([`Book::finish_index`] keeps it).
+/// Why [`Book::try_run`] did not run: nobody had the index (this caller builds it and
+/// [`Book::finish_index`] keeps it), or another caller is building it (wait on the receiver:
+/// it returns once that build is over, kept or not).
+pub(super) enum Pending {
     Started,
+    Loading(watch::Receiver<()>),
 }
 
 /// The node's bookkeeping of queues and leases, per connection.
@@ -62,84 +71,165 @@ pub(super) struct Book {
     /// Connection → message id → holder. Kept apart from `queues` (which other nodes' changes
     /// invalidate) so a lease outlives an index rebuild.
     leases: HashMap<String, Leases>,
+    /// Another node changes queues too (a bus event from another origin, or missed events):
+    /// indexes are then rebuilt once older than [`SHARED_INDEX_MAX_AGE_MS`].
+    shared: bool,
 }
 
 /// The ids among `leases` whose holder is still alive at `now`.
-pub(super) fn live_ids(leases: Option<&Leases>, now: i64) -> HashSet<&str> {
+pub(super) fn live_ids(leases: &Leases, now: i64) -> HashSet<&str> {
     leases
-        .into_iter()
-        .flatten()
+        .iter()
         .filter(|(_, h)| h.alive(now))
         .map(|(id, _)| id.as_str())
         .collect()
+}
+
+/// Runs `f` on `conn_id`'s leases (an empty set when it has none; only a set left non-empty
+/// is kept).
+fn with_leases<R>(
+    leases: &mut HashMap<String, Leases>,
+    conn_id: &str,
+    f: impl FnOnce(&mut Leases) -> R,
+) -> R {
+    match leases.get_mut(conn_id) {
+        Some(l) => {
+            let out = f(l);
+            if l.is_empty() {
+                leases.remove(conn_id);
+            }
+            out
+        }
+        None => {
+            let mut l = Leases::new();
+            let out = f(&mut l);
+            if !l.is_empty() {
+                leases.insert(conn_id.to_string(), l);
+            }
+            out
+        }
+    }
+}
+
+/// Leases to `holder` up to `limit` of the messages in `q` (oldest first) that no live lease
+/// holds and that are for `recipient` (when given); their ids. A walk of the index in memory:
+/// what is leased already costs a map lookup, not a store read. Leases that ran out, or whose
+/// socket closed, end first.
+pub(super) fn lease_from(
+    q: &ConnQueue,
+    leases: &mut Leases,
+    limit: usize,
+    recipient: Option<&str>,
+    holder: &Holder,
+    now: i64,
+) -> Vec<String> {
+    leases.retain(|_, h| h.alive(now));
+    let mut out = Vec::new();
+    for (id, e) in q.entries() {
+        if out.len() >= limit {
+            break;
+        }
+        if recipient.is_some_and(|r| r != e.recipient) {
+            continue;
+        }
+        if leases.contains_key(id) {
+            continue;
+        }
+        leases.insert(id.clone(), holder.clone());
+        out.push(id.clone());
+    }
+    out
 }
 
 impl Book {
     /// Records a change this node made to a queue in its index (if it has one, or is building one).
     pub(super) fn note(&mut self, conn_id: &str, c: Change) {
         match self.queues.get_mut(conn_id) {
-            Some(Slot::Ready(q)) => q.apply(c),
-            Some(Slot::Loading(pending)) => pending.push(c),
+            Some(Slot::Ready { queue, .. }) => queue.apply(c),
+            Some(Slot::Loading { pending, .. }) => pending.push(c),
             None => {}
         }
     }
 
-    /// The index of `conn_id`'s queue, or who builds it (a caller finding none starts it).
-    pub(super) fn lookup(&mut self, conn_id: &str) -> Lookup<'_> {
-        let Book { queues, leases } = self;
-        if !queues.contains_key(conn_id) {
-            queues.insert(conn_id.to_string(), Slot::Loading(Vec::new()));
-            return Lookup::Started;
-        }
+    /// Runs `f` on the index of `conn_id`'s queue and the connection's leases, or says who builds
+    /// the index (a caller finding none, or one too old to trust, starts it).
+    pub(super) fn try_run<R, F>(&mut self, conn_id: &str, now: i64, f: F) -> Result<R, (F, Pending)>
+    where
+        F: FnOnce(&mut ConnQueue, &mut Leases) -> R,
+    {
+        let Book {
+            queues,
+            leases,
+            shared,
+        } = self;
         match queues.get_mut(conn_id) {
-            Some(Slot::Ready(q)) => Lookup::Ready(q, leases.get(conn_id)),
-            _ => Lookup::Loading,
+            Some(Slot::Ready { queue, built_ms })
+                if !*shared || now.saturating_sub(*built_ms) < SHARED_INDEX_MAX_AGE_MS =>
+            {
+                Ok(with_leases(leases, conn_id, |l| f(queue, l)))
+            }
+            Some(Slot::Loading { done, .. }) => Err((f, Pending::Loading(done.subscribe()))),
+            _ => {
+                let (done, _) = watch::channel(());
+                queues.insert(
+                    conn_id.to_string(),
+                    Slot::Loading {
+                        pending: Vec::new(),
+                        done,
+                    },
+                );
+                Err((f, Pending::Started))
+            }
         }
     }
 
     /// The scan that was to build `conn_id`'s index failed: nobody is building it any more.
     pub(super) fn abandon_index(&mut self, conn_id: &str) {
-        if matches!(self.queues.get(conn_id), Some(Slot::Loading(_))) {
+        if matches!(self.queues.get(conn_id), Some(Slot::Loading { .. })) {
             self.queues.remove(conn_id);
         }
     }
 
-    /// Runs `run` on the index `q` a scan built, with the connection's leases. The builder
-    /// (`started`) applies the changes made while the scan ran on top and keeps it; if the
-    /// index was dropped meanwhile (another node changed the queue), it answers once and is not
-    /// kept.
+    /// Runs `run` on the index `q` a scan built (started at `built_ms`), with the connection's
+    /// leases. The builder (`started`) applies the changes made while the scan ran on top and
+    /// keeps it; if the index was dropped meanwhile (another node changed the queue), it answers
+    /// once and is not kept.
     pub(super) fn finish_index<R>(
         &mut self,
         conn_id: &str,
         mut q: ConnQueue,
         started: bool,
-        run: impl FnOnce(&mut ConnQueue, Option<&Leases>) -> R,
+        built_ms: i64,
+        run: impl FnOnce(&mut ConnQueue, &mut Leases) -> R,
     ) -> R {
-        let Book { queues, leases } = self;
+        let Book { queues, leases, .. } = self;
         if started {
-            if let Some(Slot::Loading(pending)) = queues.remove(conn_id) {
+            if let Some(Slot::Loading { pending, .. }) = queues.remove(conn_id) {
                 for c in pending {
                     q.apply(c);
                 }
-                let out = run(&mut q, leases.get(conn_id));
-                queues.insert(conn_id.to_string(), Slot::Ready(q));
+                let out = with_leases(leases, conn_id, |l| run(&mut q, l));
+                queues.insert(conn_id.to_string(), Slot::Ready { queue: q, built_ms });
                 return out;
             }
         }
-        run(&mut q, leases.get(conn_id))
+        with_leases(leases, conn_id, |l| run(&mut q, l))
     }
 
     /// Another node changed `conn_id`'s queue: its index is stale.
     pub(super) fn drop_index(&mut self, conn_id: &str) {
+        self.shared = true;
         self.queues.remove(conn_id);
     }
 
     /// Every index may be stale.
     pub(super) fn drop_indexes(&mut self) {
+        self.shared = true;
         self.queues.clear();
     }
 
     /// Ends the leases on `conn_id` that ran out or whose socket closed; how many are left.
+    #[cfg(test)]
     pub(super) fn live_leases(&mut self, conn_id: &str, now: i64) -> usize {
         match self.leases.get_mut(conn_id) {
             Some(l) => {
@@ -150,39 +240,22 @@ impl Book {
         }
     }
 
-    /// Leases to `holder` up to `limit` of the messages in `rows` (a queue scan, oldest first)
-    /// that no live lease holds and that are for `recipient` (when given).
-    pub(super) fn lease(
-        &mut self,
-        conn_id: &str,
-        rows: Vec<(String, Vec<u8>)>,
-        limit: usize,
-        recipient: Option<&str>,
-        holder: Holder,
-        now: i64,
-    ) -> Vec<QueuedMessage> {
-        let mut out = Vec::new();
-        let leases = self.leases.entry(conn_id.to_string()).or_default();
-        for (_, raw) in rows {
-            if out.len() >= limit {
-                break;
+    /// Ends the leases on `ids` whatever holds them (leased and then not handed out).
+    pub(super) fn unlease(&mut self, conn_id: &str, ids: &[String]) {
+        with_leases(&mut self.leases, conn_id, |l| {
+            for id in ids {
+                l.remove(id);
             }
-            let Ok(m) = serde_json::from_slice::<QueuedMessage>(&raw) else {
-                continue;
-            };
-            if recipient.is_some_and(|r| r != m.recipient_key) {
-                continue;
-            }
-            if leases.get(&m.id).is_some_and(|h| h.alive(now)) {
-                continue;
-            }
-            leases.insert(m.id.clone(), holder.clone());
-            out.push(m);
+        });
+    }
+
+    /// `ids` are no longer in the store (acknowledged elsewhere, expired, unreadable): out of the
+    /// index, and their leases ended.
+    pub(super) fn forget(&mut self, conn_id: &str, ids: &[String]) {
+        for id in ids {
+            self.note(conn_id, Change::Remove(id.clone()));
         }
-        if leases.is_empty() {
-            self.leases.remove(conn_id);
-        }
-        out
+        self.unlease(conn_id, ids);
     }
 
     /// When (ms) the first HTTP lease on `conn_id`'s messages still running at `now` runs out.
@@ -215,14 +288,14 @@ impl Book {
         conn_id: &str,
         ids: &[&String],
     ) -> Vec<(u64, Weak<Socket>)> {
-        let Book { queues, leases } = self;
+        let Book { queues, leases, .. } = self;
         match queues.get_mut(conn_id) {
-            Some(Slot::Ready(q)) => {
+            Some(Slot::Ready { queue, .. }) => {
                 for id in ids {
-                    q.remove(id);
+                    queue.remove(id);
                 }
             }
-            Some(Slot::Loading(pending)) => {
+            Some(Slot::Loading { pending, .. }) => {
                 pending.extend(ids.iter().map(|id| Change::Remove((*id).clone())))
             }
             None => {}
@@ -270,14 +343,12 @@ mod tests {
     use super::*;
     use crate::roles::mediator::index::Entry;
 
-    fn row(id: &str, recipient: &str) -> (String, Vec<u8>) {
-        let m = QueuedMessage {
-            id: id.into(),
-            recipient_key: recipient.into(),
-            received_at_ms: 0,
-            msg: serde_json::json!({}),
-        };
-        (format!("c/{id}"), serde_json::to_vec(&m).unwrap())
+    fn e(bytes: u64, recipient: &str) -> Entry {
+        Entry {
+            bytes,
+            recipient: recipient.into(),
+            at_ms: 0,
+        }
     }
 
     fn socket(id: u64) -> Arc<Socket> {
@@ -285,27 +356,45 @@ mod tests {
         Arc::new(Socket::new(id, tx))
     }
 
-    fn ids(ms: &[QueuedMessage]) -> Vec<&str> {
-        ms.iter().map(|m| m.id.as_str()).collect()
+    /// A book whose index of "c" holds `entries`.
+    fn ready(entries: &[(&str, &str)]) -> Book {
+        let mut b = Book::default();
+        assert!(matches!(
+            b.try_run("c", 0, |_, _| ()),
+            Err((_, Pending::Started))
+        ));
+        let q = ConnQueue::from_entries(entries.iter().map(|(id, r)| (id.to_string(), e(1, r))));
+        b.finish_index("c", q, true, 0, |_, _| ());
+        b
+    }
+
+    fn lease(
+        b: &mut Book,
+        limit: usize,
+        recipient: Option<&str>,
+        holder: &Holder,
+        now: i64,
+    ) -> Vec<String> {
+        b.try_run("c", now, |q, l| {
+            lease_from(q, l, limit, recipient, holder, now)
+        })
+        .ok()
+        .expect("the index is ready")
     }
 
     #[test]
     fn a_message_is_leased_once_until_its_lease_ends() {
-        let mut b = Book::default();
-        let rows = || vec![row("1", "a"), row("2", "b"), row("3", "a")];
+        let mut b = ready(&[("1", "a"), ("2", "b"), ("3", "a")]);
         let http = Holder::Http { until_ms: 100 };
-        assert_eq!(
-            ids(&b.lease("c", rows(), 10, Some("a"), http.clone(), 0)),
-            ["1", "3"]
-        );
-        assert_eq!(ids(&b.lease("c", rows(), 10, None, http, 0)), ["2"]);
+        assert_eq!(lease(&mut b, 10, Some("a"), &http, 0), ["1", "3"]);
+        assert_eq!(lease(&mut b, 10, None, &http, 0), ["2"]);
         assert_eq!(b.live_leases("c", 50), 3);
         assert_eq!(b.first_http_lease_end("c", 50), Some(100));
         // the HTTP leases run out: offered again, this time to a socket
         assert_eq!(b.live_leases("c", 100), 0);
         let s = socket(7);
-        let held = b.lease("c", rows(), 2, None, Holder::of(Some(&s), 0), 100);
-        assert_eq!(ids(&held), ["1", "2"]);
+        let held = lease(&mut b, 2, None, &Holder::of(Some(&s), 0), 100);
+        assert_eq!(held, ["1", "2"]);
         // the socket gives one back; a closed socket holds nothing
         b.release("c", 7, &["2".to_string()]);
         assert_eq!(b.live_leases("c", 100), 1);
@@ -314,45 +403,53 @@ mod tests {
     }
 
     #[test]
+    fn a_filtered_lease_is_not_starved_by_other_keys_messages() {
+        // 600 messages for key "b" ahead of the two for "a": a filtered pickup still finds "a"'s
+        let mut entries: Vec<(String, &str)> =
+            (0..600).map(|i| (format!("0{i:04}"), "b")).collect();
+        entries.push(("1".into(), "a"));
+        entries.push(("2".into(), "a"));
+        let entries: Vec<(&str, &str)> = entries.iter().map(|(i, r)| (i.as_str(), *r)).collect();
+        let mut b = ready(&entries);
+        let http = Holder::Http { until_ms: 100 };
+        assert_eq!(lease(&mut b, 10, Some("a"), &http, 0), ["1", "2"]);
+        // and what another caller holds is skipped without reading it
+        assert_eq!(lease(&mut b, 600, None, &http, 0).len(), 600);
+        assert!(lease(&mut b, 10, None, &http, 0).is_empty());
+        // forgotten messages (gone from the store) leave the index and their leases
+        b.forget("c", &["1".to_string()]);
+        assert_eq!(b.live_leases("c", 0), 601);
+        assert_eq!(b.try_run("c", 0, |q, _| q.len()).ok(), Some(601));
+    }
+
+    #[test]
     fn an_acknowledgement_ends_leases_and_updates_the_index() {
         let mut b = Book::default();
-        assert!(matches!(b.lookup("c"), Lookup::Started));
-        assert!(matches!(b.lookup("c"), Lookup::Loading));
-        let e = |n| Entry {
-            bytes: n,
-            recipient: "a".into(),
-            at_ms: 0,
-        };
-        b.note("c", Change::Add("2".into(), e(20)));
-        let scanned = ConnQueue::from_entries([("1".to_string(), e(10))]);
-        assert_eq!(b.finish_index("c", scanned, true, |q, _| q.len()), 2);
+        assert!(matches!(
+            b.try_run("c", 0, |_, _| ()),
+            Err((_, Pending::Started))
+        ));
+        assert!(matches!(
+            b.try_run("c", 0, |_, _| ()),
+            Err((_, Pending::Loading(_)))
+        ));
+        b.note("c", Change::Add("2".into(), e(20, "a")));
+        let scanned = ConnQueue::from_entries([("1".to_string(), e(10, "a"))]);
+        assert_eq!(b.finish_index("c", scanned, true, 0, |q, _| q.len()), 2);
         let (s, t) = (socket(1), socket(2));
-        b.lease(
-            "c",
-            vec![row("1", "a")],
-            1,
-            None,
-            Holder::of(Some(&s), 0),
-            0,
-        );
-        b.lease(
-            "c",
-            vec![row("2", "a")],
-            1,
-            None,
-            Holder::of(Some(&t), 0),
-            0,
-        );
+        assert_eq!(lease(&mut b, 1, None, &Holder::of(Some(&s), 0), 0), ["1"]);
+        assert_eq!(lease(&mut b, 1, None, &Holder::of(Some(&t), 0), 0), ["2"]);
         let one = "1".to_string();
         let holders = b.acknowledged("c", &[&one]);
         assert_eq!(holders.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [1]);
-        match b.lookup("c") {
-            Lookup::Ready(q, leases) => {
-                assert_eq!((q.len(), q.bytes()), (1, 20));
-                assert_eq!(live_ids(leases, 0), HashSet::from(["2"]));
-            }
-            _ => panic!("the index was kept"),
-        }
+        let (len, bytes, live) = b
+            .try_run("c", 0, |q, l| {
+                let live: Vec<String> = live_ids(l, 0).into_iter().map(String::from).collect();
+                (q.len(), q.bytes(), live)
+            })
+            .ok()
+            .expect("the index was kept");
+        assert_eq!((len, bytes, live), (1, 20, vec!["2".to_string()]));
         // live mode moves to socket 1: socket 2's lease ends
         let taken = b.take_over("c", 1);
         assert_eq!(taken.len(), 1);
@@ -363,14 +460,43 @@ mod tests {
     #[test]
     fn an_index_dropped_during_its_scan_answers_once_and_is_not_kept() {
         let mut b = Book::default();
-        assert!(matches!(b.lookup("c"), Lookup::Started));
+        let Err((_, Pending::Started)) = b.try_run("c", 0, |_, _| ()) else {
+            panic!("nobody was building it");
+        };
+        let Err((_, Pending::Loading(waiter))) = b.try_run("c", 0, |_, _| ()) else {
+            panic!("it is being built");
+        };
         b.drop_index("c");
+        // a caller waiting on the build is released when the build ends, kept or not
+        assert!(waiter.has_changed().is_err());
         assert_eq!(
-            b.finish_index("c", ConnQueue::default(), true, |q, _| q.len()),
+            b.finish_index("c", ConnQueue::default(), true, 0, |q, _| q.len()),
             0
         );
-        assert!(matches!(b.lookup("c"), Lookup::Started));
+        assert!(matches!(
+            b.try_run("c", 0, |_, _| ()),
+            Err((_, Pending::Started))
+        ));
         b.abandon_index("c");
-        assert!(matches!(b.lookup("c"), Lookup::Started));
+        assert!(matches!(
+            b.try_run("c", 0, |_, _| ()),
+            Err((_, Pending::Started))
+        ));
+    }
+
+    #[test]
+    fn an_index_is_rebuilt_when_old_only_once_other_nodes_change_queues() {
+        let mut b = ready(&[("1", "a")]);
+        let old = SHARED_INDEX_MAX_AGE_MS + 1;
+        // a single node trusts its index however old
+        assert!(b.try_run("c", old, |_, _| ()).is_ok());
+        // another node's change: this index goes, and the next one is trusted only so long
+        b.drop_index("other");
+        assert!(matches!(
+            b.try_run("c", old, |_, _| ()),
+            Err((_, Pending::Started))
+        ));
+        b.finish_index("c", ConnQueue::default(), true, old, |_, _| ());
+        assert!(b.try_run("c", old + 1, |_, _| ()).is_ok());
     }
 }

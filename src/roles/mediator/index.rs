@@ -83,6 +83,11 @@ impl ConnQueue {
         }
     }
 
+    /// The queued messages, oldest first.
+    pub fn entries(&self) -> impl Iterator<Item = (&String, &Entry)> {
+        self.entries.iter()
+    }
+
     pub fn len(&self) -> u64 {
         self.entries.len() as u64
     }

@@ -4,12 +4,11 @@
 //! [`super::book`]). Every change is announced on the bus, so the node holding the recipient's
 //! live socket pumps and other nodes drop their index of that queue.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::book::{live_ids, Holder, Leases, Lookup};
+use super::book::{lease_from, live_ids, Holder, Leases, Pending};
 use super::error::{MediatorError, MediatorResult, OrInternal as _};
 use super::index::{Change, ConnQueue, Entry};
 use super::message::recipient_filter;
@@ -133,23 +132,40 @@ impl MediatorService {
         Ok(())
     }
 
-    /// Runs `f` on the index of `conn_id`'s queue (with its live leases' ids), building the index
-    /// with one store scan when this node has none.
+    /// Runs `f` on the index of `conn_id`'s queue and the connection's leases, building the index
+    /// with one store scan when this node has none. Callers that find a build under way wait for
+    /// it instead of scanning too (a few times at most: under a stream of other nodes' changes
+    /// each build may be dropped before it is kept, and then they scan for themselves).
     async fn with_queue<R>(
         &self,
         conn_id: &str,
-        f: impl FnOnce(&mut ConnQueue, &HashSet<&str>) -> R,
+        f: impl FnOnce(&mut ConnQueue, &mut Leases) -> R,
     ) -> MediatorResult<R> {
         let now = self.now();
         let horizon = now.saturating_sub(ms(self.cfg.message_ttl_seconds));
-        let run = |q: &mut ConnQueue, leases: Option<&Leases>| {
+        let mut run = move |q: &mut ConnQueue, l: &mut Leases| {
             q.expire(horizon);
-            f(q, &live_ids(leases, now))
+            f(q, l)
         };
-        let started = match self.book().lookup(conn_id) {
-            Lookup::Ready(q, leases) => return Ok(run(q, leases)),
-            Lookup::Loading => false,
-            Lookup::Started => true,
+        let mut waits = 0;
+        let started = loop {
+            let tried = self.book().try_run(conn_id, now, run);
+            match tried {
+                Ok(r) => return Ok(r),
+                Err((f, Pending::Started)) => {
+                    run = f;
+                    break true;
+                }
+                Err((f, Pending::Loading(mut done))) => {
+                    run = f;
+                    if waits == 3 {
+                        break false;
+                    }
+                    waits += 1;
+                    // returns once the build is over: its sender is dropped then
+                    let _ = done.changed().await;
+                }
+            }
         };
         let rows = match self
             .ctx
@@ -165,16 +181,51 @@ impl MediatorService {
                 return Err(e.into());
             }
         };
-        let q = ConnQueue::from_entries(rows.into_iter().filter_map(|(_, raw)| {
-            let m = serde_json::from_slice::<QueuedMessage>(&raw).ok()?;
-            let entry = Entry {
-                bytes: raw.len() as u64,
-                recipient: m.recipient_key,
-                at_ms: m.received_at_ms,
-            };
-            Some((m.id, entry))
+        let mut unreadable = Vec::new();
+        let q = ConnQueue::from_entries(rows.into_iter().filter_map(|(key, raw)| {
+            match serde_json::from_slice::<QueuedMessage>(&raw) {
+                Ok(m)
+                    if key.strip_prefix(conn_id).and_then(|k| k.strip_prefix('/'))
+                        == Some(m.id.as_str()) =>
+                {
+                    let entry = Entry {
+                        bytes: raw.len() as u64,
+                        recipient: m.recipient_key,
+                        at_ms: m.received_at_ms,
+                    };
+                    Some((m.id, entry))
+                }
+                _ => {
+                    unreadable.push(key);
+                    None
+                }
+            }
         }));
-        Ok(self.book().finish_index(conn_id, q, started, run))
+        self.delete_unreadable(conn_id, unreadable).await;
+        Ok(self.book().finish_index(conn_id, q, started, now, run))
+    }
+
+    /// Deletes queue records that cannot be read as a message of their key (a message nobody can
+    /// hand out would otherwise wait its whole TTL, and be scanned at every index build).
+    async fn delete_unreadable(&self, conn_id: &str, keys: Vec<String>) {
+        if keys.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            connection = conn_id,
+            records = keys.len(),
+            "unreadable mediator queue records deleted"
+        );
+        let ops = keys
+            .into_iter()
+            .map(|key| crate::store::BatchOp::Delete {
+                keyspace: ks::QUEUE,
+                key,
+            })
+            .collect();
+        if let Err(e) = self.ctx.store.batch(ops).await {
+            tracing::warn!(error = %e, "unreadable mediator queue records could not be deleted");
+        }
     }
 
     /// A bus event: wake the local socket holding the connection; if another node changed the
@@ -195,8 +246,9 @@ impl MediatorService {
     }
 
     /// Messages not handed out (to any socket or HTTP lease), oldest first, leased to `socket`
-    /// (until it closes) or to an HTTP lease (`pickup_lease_seconds`). Reads at most
-    /// `limit` + the connection's leases rows.
+    /// (until it closes) or to an HTTP lease (`pickup_lease_seconds`). Chosen from the index
+    /// (what is leased already, or for another recipient key, costs no store read), then read:
+    /// `limit` store reads at most, whatever the queue holds.
     pub(super) async fn claim(
         &self,
         conn_id: &str,
@@ -205,21 +257,52 @@ impl MediatorService {
         recipient: Option<&str>,
     ) -> MediatorResult<Vec<QueuedMessage>> {
         let now = self.now();
-        let leased = self.book().live_leases(conn_id, now);
-        let rows = self
-            .ctx
-            .store
-            .scan_prefix(
-                ks::QUEUE,
-                &format!("{conn_id}/"),
-                limit.saturating_add(leased),
-            )
-            .await?;
         let until_ms = now.saturating_add(ms(self.cfg.pickup_lease_seconds));
         let holder = Holder::of(socket, until_ms);
-        let out = self
-            .book()
-            .lease(conn_id, rows, limit, recipient, holder, now);
+        let ids = self
+            .with_queue(conn_id, |q, l| {
+                lease_from(q, l, limit, recipient, &holder, now)
+            })
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| format!("{conn_id}/{id}")).collect();
+        let store = &self.ctx.store;
+        let read =
+            futures_util::future::join_all(keys.iter().map(|k| store.get(ks::QUEUE, k))).await;
+        let mut out = Vec::with_capacity(ids.len());
+        let (mut gone, mut unreadable, mut failed) = (Vec::new(), Vec::new(), None);
+        for ((id, key), r) in ids.into_iter().zip(keys).zip(read) {
+            match r {
+                Ok(Some(raw)) => match serde_json::from_slice::<QueuedMessage>(&raw) {
+                    Ok(m) if m.id == id => out.push(m),
+                    _ => {
+                        unreadable.push(key);
+                        gone.push(id);
+                    }
+                },
+                // acknowledged on another node, or expired, since the index was built
+                Ok(None) => gone.push(id),
+                Err(e) => {
+                    gone.push(id);
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            // nothing handed out: every lease taken here ends, and the index is rebuilt
+            let mut all: Vec<String> = out.into_iter().map(|m| m.id).collect();
+            all.extend(gone);
+            let mut book = self.book();
+            book.unlease(conn_id, &all);
+            book.drop_index(conn_id);
+            return Err(e.into());
+        }
+        if !gone.is_empty() {
+            self.book().forget(conn_id, &gone);
+        }
+        self.delete_unreadable(conn_id, unreadable).await;
         if let Some(s) = socket {
             s.hold(out.iter().map(|m| m.id.clone()));
         }
@@ -291,8 +374,11 @@ impl MediatorService {
         socket: Option<&Arc<Socket>>,
     ) -> MediatorResult<Value> {
         let filter = recipient_filter(req);
+        let now = self.now();
         let sum = self
-            .with_queue(conn_id, |q, leased| q.summary(leased, filter.as_deref()))
+            .with_queue(conn_id, |q, l| {
+                q.summary(&live_ids(l, now), filter.as_deref())
+            })
             .await?;
         let mut s = json!({"message_count": sum.count, "total_bytes": sum.bytes});
         if let Some(o) = sum.oldest_ms {

@@ -274,3 +274,69 @@ async fn a_forward_nested_past_the_read_limit_is_refused() {
         .unwrap();
     assert_eq!(svc.stats().await.unwrap().queued_messages, 2);
 }
+
+/// `m` from `alice` over HTTP with return route: the answer, unpacked.
+async fn ask(svc: &MediatorService, alice: &AgentKey, m: serde_json::Value) -> serde_json::Value {
+    let env = alice.pack(&m, &svc.key.verifying_key().to_bytes()).unwrap();
+    let got = svc.answer_http(&env).await.unwrap().unwrap();
+    alice.unpack(&got).unwrap().0
+}
+
+/// A pickup is not starved by what sits ahead of the messages it may take: queue records nobody
+/// can read (deleted when the index is built, not skipped at every pickup for the message TTL),
+/// and, for a `delivery-request` filtered by `recipient_key`, another key's messages (the keys
+/// are public: anyone can fill that window). Before, `claim` read the first `limit + leased`
+/// rows and filtered them afterwards.
+#[tokio::test]
+async fn a_pickup_is_not_starved_by_unreadable_rows_or_another_keys_messages() {
+    let (svc, _store, clock, alice) = mediated().await;
+    let other = AgentKey::generate();
+    for i in 0..5 {
+        clock.advance_ms(1);
+        svc.enqueue("conn-alice", &other.verkey, json!({"for": "other", "n": i}))
+            .await
+            .unwrap();
+    }
+    clock.advance_ms(1);
+    svc.enqueue(
+        "conn-alice",
+        &alice.verkey,
+        json!({"queued": "again for alice"}),
+    )
+    .await
+    .unwrap();
+    // records older than every message that cannot be read as one; the index is rebuilt (as
+    // after missed bus events)
+    for i in 0..3 {
+        svc.ctx
+            .store
+            .put(
+                ks::QUEUE,
+                &format!("conn-alice/0000000000000bad{i}"),
+                b"not a queued message".to_vec(),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    svc.forget_indexes();
+    let mut req = pickup::delivery_request(2);
+    req["recipient_key"] = json!(alice.did_key());
+    let delivery = ask(&svc, &alice, req).await;
+    let got: Vec<serde_json::Value> = pickup::attachments(&delivery)
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(
+        got,
+        [
+            json!({"queued": "for alice"}),
+            json!({"queued": "again for alice"})
+        ],
+        "{delivery}"
+    );
+    // the unreadable records are gone; the other key's five wait
+    assert_eq!(svc.stats().await.unwrap().queued_messages, 7);
+    let delivery = ask(&svc, &alice, pickup::delivery_request(10)).await;
+    assert_eq!(pickup::attachments(&delivery).len(), 5, "{delivery}");
+}
