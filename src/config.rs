@@ -208,17 +208,29 @@ pub struct RateLimitConfig {
     pub nonce_burst: u32,
     pub didcomm_per_minute: u32,
     pub didcomm_burst: u32,
+    /// Frames received on the mediator's WebSockets (`GET /didcomm/ws`), per client address
+    /// across all its sockets; a frame counts one more per started 64 KiB. Over the rate the
+    /// sockets are not closed: the server stops reading them until the budget refills.
+    pub didcomm_frame_per_minute: u32,
+    pub didcomm_frame_burst: u32,
+    /// Mediator WebSockets one client address may hold open at once (per node).
+    pub didcomm_sockets_per_address: u32,
 }
 
 impl RateLimitConfig {
     /// `(key, per_minute, burst)` of every endpoint group, in the order of `http::ratelimit::Endpoint`.
-    pub fn rates(&self) -> [(&'static str, u32, u32); 5] {
+    pub fn rates(&self) -> [(&'static str, u32, u32); 6] {
         [
             ("signup", self.signup_per_minute, self.signup_burst),
             ("login", self.login_per_minute, self.login_burst),
             ("token", self.token_per_minute, self.token_burst),
             ("nonce", self.nonce_per_minute, self.nonce_burst),
             ("didcomm", self.didcomm_per_minute, self.didcomm_burst),
+            (
+                "didcomm_frame",
+                self.didcomm_frame_per_minute,
+                self.didcomm_frame_burst,
+            ),
         ]
     }
 
@@ -247,6 +259,9 @@ impl ServerConfig {
                 ));
             }
         }
+        if self.rate_limit.didcomm_sockets_per_address == 0 {
+            return Err("rate_limit.didcomm_sockets_per_address must be at least 1 (set rate_limit.enabled = false to turn limits off)".into());
+        }
         self.rate_limit.trusted_proxy_nets()?;
         if self.client_request_timeout_ms == 0 || self.body_read_timeout_ms == 0 {
             return Err(
@@ -272,6 +287,9 @@ impl Default for RateLimitConfig {
             nonce_burst: 100,
             didcomm_per_minute: 1200,
             didcomm_burst: 200,
+            didcomm_frame_per_minute: 12_000,
+            didcomm_frame_burst: 1000,
+            didcomm_sockets_per_address: 256,
         }
     }
 }

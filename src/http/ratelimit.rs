@@ -1,6 +1,7 @@
 //! Per-client-IP rate limits on the unauthenticated endpoints that cost the server something
 //! (`server.rate_limit`): wallet sign-up and login (argon2id), the issuer's token and nonce
-//! endpoints, and the mediator's inbound endpoint and WebSocket upgrade.
+//! endpoints, the mediator's inbound endpoint and WebSocket upgrade, and the frames on its
+//! WebSockets and how many one address holds open ([`SocketBudget`]).
 //!
 //! Buckets are `governor` GCRA limiters keyed by client address, one per endpoint group, shared
 //! by every worker of a node (counted per node, not per cluster). The client address is the TCP
@@ -12,9 +13,11 @@
 //! Routes opt in with `wrap = "from_fn(crate::http::ratelimit::login)"` (and friends) on their
 //! route macro, so the limit is visible where the route is declared.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::body::MessageBody;
@@ -40,15 +43,18 @@ pub enum Endpoint {
     Nonce,
     /// `POST /didcomm` and `GET /didcomm/ws` together.
     Didcomm,
+    /// Frames on `GET /didcomm/ws` sockets (see [`SocketBudget`]).
+    DidcommFrame,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 5] = [
+    const ALL: [Endpoint; 6] = [
         Endpoint::Signup,
         Endpoint::Login,
         Endpoint::Token,
         Endpoint::Nonce,
         Endpoint::Didcomm,
+        Endpoint::DidcommFrame,
     ];
 
     /// The endpoint's `(key, per_minute, burst)` from `server.rate_limit` (which validates them).
@@ -72,8 +78,12 @@ const CLEANUP_EVERY: u64 = 4096;
 pub struct RateLimits<C: Clock = DefaultClock> {
     enabled: bool,
     trusted: Vec<IpNet>,
-    buckets: Vec<(Bucket<C>, AtomicU64)>,
+    /// Each endpoint group's bucket, its check count and its burst.
+    buckets: Vec<(Bucket<C>, AtomicU64, u32)>,
     clock: C,
+    /// Open mediator WebSockets per client bucket key, and how many one may hold.
+    sockets: Mutex<HashMap<IpAddr, u32>>,
+    max_sockets: u32,
 }
 
 impl RateLimits<DefaultClock> {
@@ -93,6 +103,7 @@ impl<C: Clock + Clone> RateLimits<C> {
                 Ok((
                     RateLimiter::new(quota, HashMapStateStore::default(), clock.clone()),
                     AtomicU64::new(0),
+                    burst,
                 ))
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -101,6 +112,8 @@ impl<C: Clock + Clone> RateLimits<C> {
             trusted: c.trusted_proxy_nets()?,
             buckets,
             clock,
+            sockets: Mutex::default(),
+            max_sockets: c.didcomm_sockets_per_address.max(1),
         })
     }
 
@@ -135,24 +148,148 @@ impl<C: Clock + Clone> RateLimits<C> {
 
     /// Takes one request of `ep` for `client`; `Err(wait)` when over the limit.
     pub fn check(&self, ep: Endpoint, client: IpAddr) -> Result<(), Duration> {
+        self.check_n(ep, client, 1)
+    }
+
+    /// Takes `n` units of `ep` for `client` at once (at most the burst: a larger `n` is taken
+    /// as a whole burst); `Err(wait)` when they do not fit yet, and then nothing is taken.
+    pub fn check_n(&self, ep: Endpoint, client: IpAddr, n: u32) -> Result<(), Duration> {
         if !self.enabled {
             return Ok(());
         }
-        let Some((bucket, checks)) = self.buckets.get(ep as usize) else {
+        let Some((bucket, checks, burst)) = self.buckets.get(ep as usize) else {
             return Ok(());
         };
         if checks.fetch_add(1, Ordering::Relaxed) % CLEANUP_EVERY == CLEANUP_EVERY - 1 {
             bucket.retain_recent();
             bucket.shrink_to_fit();
         }
-        bucket
-            .check_key(&bucket_key(client))
-            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+        let n = NonZeroU32::new(n.clamp(1, *burst)).unwrap_or(NonZeroU32::MIN);
+        match bucket.check_key_n(&bucket_key(client), n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(not_until.wait_time_from(self.clock.now())),
+            // not reachable (n is at most the burst); refuse for a second rather than let through
+            Err(_) => Err(Duration::from_secs(1)),
+        }
     }
 
     /// Clients currently tracked for `ep` (tests, metrics).
     pub fn tracked(&self, ep: Endpoint) -> usize {
-        self.buckets.get(ep as usize).map_or(0, |(b, _)| b.len())
+        self.buckets.get(ep as usize).map_or(0, |(b, _, _)| b.len())
+    }
+}
+
+impl RateLimits<DefaultClock> {
+    /// The client address of `req` (the TCP peer, or what a trusted proxy forwarded for).
+    pub fn client_of(&self, req: &actix_web::HttpRequest) -> Option<IpAddr> {
+        let peer = req.peer_addr()?.ip();
+        Some(self.client_ip(peer, forwarded_values(req.headers())))
+    }
+
+    /// One more open WebSocket for `client`, held until the slot is dropped; `Err(max)` when the
+    /// address holds `didcomm_sockets_per_address` already. Always granted with limits off.
+    pub fn open_socket(self: &Arc<Self>, client: IpAddr) -> Result<SocketSlot, u32> {
+        let key = bucket_key(client);
+        if self.enabled {
+            let mut open = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+            let n = open.entry(key).or_insert(0);
+            if *n >= self.max_sockets {
+                return Err(self.max_sockets);
+            }
+            *n += 1;
+        }
+        Ok(SocketSlot {
+            limits: self.clone(),
+            key,
+        })
+    }
+
+    /// Open WebSockets of `client`'s address (tests).
+    pub fn open_sockets(&self, client: IpAddr) -> u32 {
+        let open = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        open.get(&bucket_key(client)).copied().unwrap_or(0)
+    }
+}
+
+/// One open mediator WebSocket of a client address ([`RateLimits::open_socket`]).
+pub struct SocketSlot {
+    limits: Arc<RateLimits>,
+    key: IpAddr,
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        if !self.limits.enabled {
+            return;
+        }
+        let mut open = self
+            .limits
+            .sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What a mediator WebSocket may receive: its address's share of the open sockets (held for
+/// the socket's life) and of the frame budget (`didcomm_frame_*`, shared by the address's
+/// sockets). Without the node's limits (unit tests) everything is allowed.
+pub struct SocketBudget {
+    limits: Option<Arc<RateLimits>>,
+    client: IpAddr,
+    _slot: Option<SocketSlot>,
+}
+
+impl SocketBudget {
+    /// The budget of the socket `req` upgrades to, or 429 `rate_limited` when its address holds
+    /// its share of sockets already.
+    pub fn for_upgrade(req: &actix_web::HttpRequest) -> Result<Self, ApiError> {
+        let Some(limits) = req
+            .app_data::<web::Data<RateLimits>>()
+            .map(|d| d.clone().into_inner())
+        else {
+            return Ok(Self::unlimited());
+        };
+        let Some(client) = limits.client_of(req) else {
+            return Ok(Self::unlimited());
+        };
+        let slot = limits.open_socket(client).map_err(|max| ApiError {
+            retry_after: Some(10),
+            ..ApiError::new(
+                Code::RateLimited,
+                format!("this address holds {max} mediator WebSockets already; close one first"),
+            )
+        })?;
+        Ok(Self {
+            limits: Some(limits),
+            client,
+            _slot: Some(slot),
+        })
+    }
+
+    fn unlimited() -> Self {
+        Self {
+            limits: None,
+            client: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            _slot: None,
+        }
+    }
+
+    /// Charges a received frame of `len` bytes (one unit, plus one per started 64 KiB past the
+    /// first); `Err(wait)`: not yet, nothing charged — read nothing more until then.
+    pub fn take(&self, len: usize) -> Result<(), Duration> {
+        match &self.limits {
+            Some(l) => {
+                let units = 1 + u32::try_from(len.saturating_sub(1) / 65_536).unwrap_or(u32::MAX);
+                l.check_n(Endpoint::DidcommFrame, self.client, units)
+            }
+            None => Ok(()),
+        }
     }
 }
 
@@ -381,5 +518,54 @@ mod tests {
             "{}",
             l.tracked(Endpoint::Login)
         );
+    }
+
+    #[test]
+    fn weighted_checks_take_all_or_nothing_and_at_most_a_burst() {
+        let clock = FakeRelativeClock::default();
+        let c = RateLimitConfig {
+            didcomm_frame_per_minute: 60,
+            didcomm_frame_burst: 4,
+            ..RateLimitConfig::default()
+        };
+        let l = RateLimits::with_clock(&c, clock.clone()).unwrap();
+        let a = ip("203.0.113.7");
+        assert!(l.check_n(Endpoint::DidcommFrame, a, 3).is_ok());
+        // two more do not fit: nothing is taken, and one still fits
+        assert!(l.check_n(Endpoint::DidcommFrame, a, 2).is_err());
+        assert!(l.check_n(Endpoint::DidcommFrame, a, 1).is_ok());
+        assert!(l.check_n(Endpoint::DidcommFrame, a, 1).is_err());
+        // more than the burst counts as the whole burst (it would never fit otherwise)
+        clock.advance(Duration::from_secs(4));
+        assert!(l.check_n(Endpoint::DidcommFrame, a, 1000).is_ok());
+        assert!(l.check_n(Endpoint::DidcommFrame, a, 1).is_err());
+    }
+
+    #[test]
+    fn an_address_holds_its_share_of_sockets_until_they_close() {
+        let c = RateLimitConfig {
+            didcomm_sockets_per_address: 2,
+            ..RateLimitConfig::default()
+        };
+        let l = Arc::new(RateLimits::new(&c).unwrap());
+        let a = ip("2001:db8:1:2::1");
+        let first = l.open_socket(a).unwrap();
+        // the same /64 is the same client
+        let _second = l.open_socket(ip("2001:db8:1:2::9")).unwrap();
+        assert_eq!(l.open_socket(a).err(), Some(2));
+        assert!(l.open_socket(ip("2001:db8:1:3::1")).is_ok());
+        drop(first);
+        assert_eq!(l.open_sockets(a), 1);
+        assert!(l.open_socket(a).is_ok());
+        // with limits off every socket is let through
+        let off = Arc::new(
+            RateLimits::new(&RateLimitConfig {
+                enabled: false,
+                ..c
+            })
+            .unwrap(),
+        );
+        let held: Vec<_> = (0..10).map(|_| off.open_socket(a).unwrap()).collect();
+        assert_eq!(held.len(), 10);
     }
 }

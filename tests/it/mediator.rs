@@ -1047,3 +1047,67 @@ async fn a_huge_websocket_frame_is_refused_before_it_is_buffered() {
             .join("\n")
     );
 }
+
+/// One client address holds at most `didcomm_sockets_per_address` mediator WebSockets (the next
+/// upgrade is 429 while they are open, and there is room again once one closes), and frames past
+/// the address's frame budget are neither refused nor dropped: the server reads them later, as
+/// the budget refills. Before, frames were not limited at all: one socket could make the mediator
+/// unpack envelopes as fast as it could send them, past the per-address DIDComm limit on HTTP.
+#[tokio::test]
+async fn websocket_frames_and_sockets_per_address_are_bounded() {
+    let s = Server::builder()
+        .env("IDSTACK__SERVER__RATE_LIMIT__ENABLED", "true")
+        .env(
+            "IDSTACK__SERVER__RATE_LIMIT__DIDCOMM_SOCKETS_PER_ADDRESS",
+            "2",
+        )
+        .env(
+            "IDSTACK__SERVER__RATE_LIMIT__DIDCOMM_FRAME_PER_MINUTE",
+            "60",
+        )
+        .env("IDSTACK__SERVER__RATE_LIMIT__DIDCOMM_FRAME_BURST", "3")
+        .start()
+        .await;
+    let (conn, _) = mediated(&s).await;
+    let mut a = conn.websocket().await.unwrap();
+    let b = conn.websocket().await.unwrap();
+    let err = format!(
+        "{:#}",
+        conn.websocket()
+            .await
+            .err()
+            .expect("a third socket from one address must be refused")
+    );
+    assert!(err.contains("429"), "{err}");
+    b.close().await;
+    // the place comes back once the server has seen the socket close
+    let mut c = None;
+    for _ in 0..100 {
+        if let Ok(ws) = conn.websocket().await {
+            c = Some(ws);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let c = c.expect("a closed socket's place was not given back");
+    // Five pings at once on a budget of 3 and then one frame per second: all five answered,
+    // the last two only once the budget has refilled for them (about 2 s after the first).
+    let start = std::time::Instant::now();
+    for _ in 0..5 {
+        a.send(pickup::ping()).await.unwrap();
+    }
+    for i in 0..5 {
+        let r = a.recv(Duration::from_secs(60)).await.unwrap();
+        assert!(
+            r["@type"].as_str().unwrap_or("").ends_with("ping_response"),
+            "answer {i}: {r}"
+        );
+    }
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500),
+        "five frames on a budget of three answered in {took:?}: the budget did not hold them"
+    );
+    c.close().await;
+    a.close().await;
+}

@@ -17,6 +17,9 @@ use crate::store::Cas;
 /// Most keys a `keylist-query` reads.
 const KEYLIST_LIMIT: usize = 10_000;
 
+/// Updates one `keylist-update` may carry (wallets send one per key they add or remove).
+const MAX_KEYLIST_UPDATES: usize = 100;
+
 impl MediatorService {
     /// `mediate-request`: a `mediate-grant` with our endpoint and routing key, or a
     /// `mediate-deny`.
@@ -42,15 +45,21 @@ impl MediatorService {
         conn: &Connection,
         msg: &Value,
     ) -> MediatorResult<Value> {
+        let updates = msg
+            .get("updates")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        // each update is up to two store writes: one message may not ask for thousands
+        if updates.len() > MAX_KEYLIST_UPDATES {
+            return Err(self.refuse(format!(
+                "keylist-update carries more than {MAX_KEYLIST_UPDATES} updates"
+            )));
+        }
         let start = self.key_count(conn).await?;
         let mut have = start;
         let mut updated = Vec::new();
-        for u in msg
-            .get("updates")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for u in updates {
             let given = u
                 .get("recipient_key")
                 .and_then(Value::as_str)

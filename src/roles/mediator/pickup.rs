@@ -57,6 +57,12 @@ impl MediatorService {
             .flatten()
             .filter_map(|v| v.as_str().map(str::to_string))
             .collect();
+        // one delivery hands out at most MAX_BATCH; each id named is a store delete
+        if ids.len() as u64 > MAX_BATCH {
+            return Err(self.refuse(format!(
+                "message_id_list names more than {MAX_BATCH} messages"
+            )));
+        }
         self.acknowledge(&conn.id, &ids, socket).await?;
         let live_here = socket.is_some_and(|s| s.live_connection().as_deref() == Some(&conn.id));
         let status = if live_here {

@@ -27,6 +27,7 @@ use super::service::MediatorService;
 use super::socket::{Outgoing, Socket};
 use crate::error::{ApiError, ApiResult, Code, Problem};
 use crate::http::auth::Admin;
+use crate::http::ratelimit::SocketBudget;
 use crate::readiness::Sessions;
 
 type Svc = web::Data<MediatorService>;
@@ -102,7 +103,7 @@ pub async fn inbound(
 }
 
 /// Open the DIDComm WebSocket (pickup 2.0 live mode; any message with return-route).
-#[utoipa::path(tag = "mediator", responses((status = 101, description = "Switching protocols"), (status = 400, description = "Not a WebSocket upgrade"), (status = 503, body = Problem, content_type = "application/problem+json", description = "The node is stopping, or a rolling upgrade holds it back: connect again (the balancer picks a node that serves)")))]
+#[utoipa::path(tag = "mediator", responses((status = 101, description = "Switching protocols"), (status = 400, description = "Not a WebSocket upgrade"), (status = 429, body = Problem, content_type = "application/problem+json", description = "Too many upgrades from this address, or it holds `server.rate_limit.didcomm_sockets_per_address` WebSockets already (`rate_limited`, Retry-After)"), (status = 503, body = Problem, content_type = "application/problem+json", description = "The node is stopping, or a rolling upgrade holds it back: connect again (the balancer picks a node that serves)")))]
 #[get(
     "/didcomm/ws",
     wrap = "actix_web::middleware::from_fn(crate::http::ratelimit::didcomm)"
@@ -113,6 +114,7 @@ pub async fn websocket(
     body: web::Payload,
 ) -> actix_web::Result<HttpResponse> {
     svc.accept_socket().map_err(ApiError::from)?;
+    let budget = SocketBudget::for_upgrade(&req)?;
     let max = svc.max_message_bytes();
     // Frame lengths are checked as headers arrive, before actix-ws buffers a frame's payload.
     let limited: actix_web::dev::Payload = actix_web::dev::Payload::Stream {
@@ -125,7 +127,7 @@ pub async fn websocket(
         .aggregate_continuations()
         .max_continuation_size(max);
     let svc = svc.into_inner();
-    actix_web::rt::spawn(run_socket(svc, session, stream));
+    actix_web::rt::spawn(run_socket(svc, session, stream, budget));
     Ok(response)
 }
 
@@ -133,6 +135,7 @@ async fn run_socket(
     svc: Arc<MediatorService>,
     mut session: actix_ws::Session,
     mut stream: actix_ws::AggregatedMessageStream,
+    budget: SocketBudget,
 ) {
     let (tx, mut rx) = mpsc::channel::<Outgoing>(64);
     let socket = svc.new_socket(tx);
@@ -145,6 +148,9 @@ async fn run_socket(
     let mut watching = true;
     sessions.mark_changed();
     // Inbound frames are handled one at a time, in order, so a client's flood only delays itself.
+    // A frame over its address's budget is held, and the socket not read, until the budget has
+    // room for it (TCP then pushes back on the client); deliveries and pings go on meanwhile.
+    let mut held: Option<(Vec<u8>, tokio::time::Instant)> = None;
     let close_reason = loop {
         let pump_at = socket.pump_deadline();
         tokio::select! {
@@ -162,7 +168,15 @@ async fn run_socket(
                     Sessions::HeldBack => break Some(actix_ws::CloseReason { code: actix_ws::CloseCode::Again, description: Some("not serving during a rolling upgrade".into()) }),
                 }
             }
-            frame = stream.recv() => {
+            _ = async { if let Some((_, until)) = &held { tokio::time::sleep_until(*until).await } }, if held.is_some() => {
+                let Some((bytes, _)) = held.take() else { continue };
+                last_seen = tokio::time::Instant::now();
+                match budget.take(bytes.len()) {
+                    Ok(()) => if !answer_frame(&svc, &mut session, &socket, &bytes).await { break None },
+                    Err(wait) => held = Some((bytes, tokio::time::Instant::now() + wait)),
+                }
+            }
+            frame = stream.recv(), if held.is_none() => {
                 let Some(frame) = frame else { break None };
                 last_seen = tokio::time::Instant::now();
                 let bytes = match frame {
@@ -185,7 +199,10 @@ async fn run_socket(
                         })
                     }
                 };
-                if !answer_frame(&svc, &mut session, &socket, &bytes).await { break None }
+                match budget.take(bytes.len()) {
+                    Ok(()) => if !answer_frame(&svc, &mut session, &socket, &bytes).await { break None },
+                    Err(wait) => held = Some((bytes, tokio::time::Instant::now() + wait)),
+                }
             }
             out = rx.recv() => {
                 let Some(out) = out else { break None };

@@ -340,3 +340,33 @@ async fn a_pickup_is_not_starved_by_unreadable_rows_or_another_keys_messages() {
     let delivery = ask(&svc, &alice, pickup::delivery_request(10)).await;
     assert_eq!(pickup::attachments(&delivery).len(), 5, "{delivery}");
 }
+
+/// One message may not ask for unbounded store work: a `keylist-update` carries at most 100
+/// updates (each is up to two writes) and a `messages-received` names at most 1,000 messages
+/// (each a delete); past that the whole message is refused and nothing is changed.
+#[tokio::test]
+async fn one_message_asks_for_bounded_store_work() {
+    let (svc, _store, _clock, alice) = mediated().await;
+    let send = |m: serde_json::Value| {
+        let env = alice.pack(&m, &svc.key.verifying_key().to_bytes()).unwrap();
+        let svc = svc.clone();
+        async move { svc.answer_http(&env).await }
+    };
+    let updates: Vec<serde_json::Value> = (0..101)
+        .map(|_| json!({"recipient_key": AgentKey::generate().verkey, "action": "add"}))
+        .collect();
+    let mut m = crate::didcomm::client::new_message(
+        "coordinate-mediation/1.0/keylist-update",
+        json!({"updates": updates}),
+    );
+    m["~transport"] = json!({"return_route": "all"});
+    let err = send(m).await.expect_err("101 updates must be refused");
+    assert!(err.to_string().contains("more than 100 updates"), "{err}");
+    assert_eq!(svc.stats().await.unwrap().registered_keys, 0);
+    let ids: Vec<String> = (0..1001).map(|i| format!("id-{i}")).collect();
+    let err = send(pickup::messages_received(&ids))
+        .await
+        .expect_err("1,001 ids must be refused");
+    assert!(err.to_string().contains("more than 1000"), "{err}");
+    assert_eq!(svc.stats().await.unwrap().queued_messages, 1);
+}
