@@ -216,6 +216,14 @@ impl Book {
         with_leases(leases, conn_id, |l| run(&mut q, l))
     }
 
+    /// `conn_id`'s index may not say what the store holds (a read of it failed): rebuilt on next
+    /// use.
+    pub(super) fn abandon_ready_index(&mut self, conn_id: &str) {
+        if matches!(self.queues.get(conn_id), Some(Slot::Ready { .. })) {
+            self.queues.remove(conn_id);
+        }
+    }
+
     /// Another node changed `conn_id`'s queue: its index is stale.
     pub(super) fn drop_index(&mut self, conn_id: &str) {
         self.shared = true;
@@ -256,6 +264,29 @@ impl Book {
             self.note(conn_id, Change::Remove(id.clone()));
         }
         self.unlease(conn_id, ids);
+    }
+
+    /// `ids` were in the index but not in the store when read: their leases end, and they leave
+    /// the index — unless other nodes change queues and the message is younger than
+    /// [`SHARED_INDEX_MAX_AGE_MS`]: another node's enqueue reaches the index on the bus, maybe
+    /// before its record reaches this node's copy of the store.
+    pub(super) fn missing(&mut self, conn_id: &str, ids: &[String], now: i64) {
+        let young = |b: &Book, id: &str| {
+            b.shared
+                && matches!(b.queues.get(conn_id), Some(Slot::Ready { queue, .. })
+                    if queue.get(id).is_some_and(|e| now.saturating_sub(e.at_ms) < SHARED_INDEX_MAX_AGE_MS))
+        };
+        let gone: Vec<String> = ids.iter().filter(|id| !young(self, id)).cloned().collect();
+        self.unlease(conn_id, ids);
+        self.forget(conn_id, &gone);
+    }
+
+    /// Changes another node made to `conn_id`'s queue, from its bus event.
+    pub(super) fn note_remote(&mut self, conn_id: &str, changes: Vec<Change>) {
+        self.shared = true;
+        for c in changes {
+            self.note(conn_id, c);
+        }
     }
 
     /// When (ms) the first HTTP lease on `conn_id`'s messages still running at `now` runs out.
@@ -498,5 +529,24 @@ mod tests {
         ));
         b.finish_index("c", ConnQueue::default(), true, old, |_, _| ());
         assert!(b.try_run("c", old + 1, |_, _| ()).is_ok());
+    }
+
+    #[test]
+    fn a_message_missing_from_the_store_stays_indexed_only_while_another_nodes_record_may_lag() {
+        let http = Holder::Http { until_ms: 100 };
+        let len = |b: &mut Book| b.try_run("c", 5, |q, _| q.len()).ok();
+        // a single node: what the store lacks is gone
+        let mut b = ready(&[("1", "a")]);
+        assert_eq!(lease(&mut b, 1, None, &http, 0), ["1"]);
+        b.missing("c", &["1".to_string()], 5);
+        assert_eq!((len(&mut b), b.live_leases("c", 5)), (Some(0), 0));
+        // other nodes change queues: a young message may not have reached this copy yet
+        let mut b = ready(&[("1", "a")]);
+        b.note_remote("c", vec![]);
+        assert_eq!(lease(&mut b, 1, None, &http, 0), ["1"]);
+        b.missing("c", &["1".to_string()], 5);
+        assert_eq!((len(&mut b), b.live_leases("c", 5)), (Some(1), 0));
+        b.missing("c", &["1".to_string()], SHARED_INDEX_MAX_AGE_MS);
+        assert_eq!(len(&mut b), Some(0));
     }
 }

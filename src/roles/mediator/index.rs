@@ -3,13 +3,15 @@
 //! cost O(1) or O(batch) instead of a scan and parse of the whole queue.
 //!
 //! The store stays the source of truth. An index is built by one scan the first time a connection
-//! is asked about, kept current by this node's own enqueues and acknowledgements, and dropped (to be
-//! rebuilt on next use) when the bus reports a change made by another node.
+//! is asked about and kept current by this node's own enqueues and acknowledgements and by the
+//! changes other nodes announce on the bus. Bus events are best effort: once another node is
+//! known to change queues, an index older than 10 s is rebuilt on next use, and all are dropped
+//! when events were missed.
 
 use std::collections::{BTreeMap, HashSet};
 
 /// One queued message, as the index remembers it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
     /// Bytes of the stored record.
     pub bytes: u64,
@@ -33,8 +35,10 @@ pub struct Summary {
     pub oldest_ms: Option<i64>,
 }
 
-/// A change to apply to an index; recorded while the index is being built from the store.
-#[derive(Debug, Clone)]
+/// A change to apply to an index; recorded while the index is being built from the store, and
+/// carried on the bus to the other nodes' indexes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Change {
     Add(String, Entry),
     Remove(String),
@@ -81,6 +85,10 @@ impl ConnQueue {
             let (_, gone) = e.remove_entry();
             self.bytes -= gone.bytes;
         }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Entry> {
+        self.entries.get(id)
     }
 
     /// The queued messages, oldest first.

@@ -1,8 +1,8 @@
 //! The stored queue, `{connection}/{time-ordered id}` in [`ks::QUEUE`]: routing forwards into it
 //! (durably, before the sender's 202), handing messages out under leases, deleting them when
 //! acknowledged, and `status` from the in-memory index ([`super::index`], kept in
-//! [`super::book`]). Every change is announced on the bus, so the node holding the recipient's
-//! live socket pumps and other nodes drop their index of that queue.
+//! [`super::book`]). Every change is announced on the bus with what changed, so the node holding
+//! the recipient's live socket pumps and other nodes apply it to their index of that queue.
 
 use std::sync::Arc;
 
@@ -19,10 +19,12 @@ use super::socket::Socket;
 use crate::clock::random_id;
 use crate::didcomm::peer;
 
-/// Bus topic of a message queued (payload `{connection}\n{origin node}`): wakes the socket that
-/// holds the connection live; other nodes also drop their index of that queue.
+/// Bus topic of a message queued (payload `{connection}\n{origin node}\n{changes}`, see
+/// [`MediatorService::on_event`]): wakes the socket that holds the connection live; other nodes
+/// also add the message to their index of that queue.
 pub(super) const BUS_TOPIC: &str = "mediator.queued";
-/// Bus topic of messages acknowledged (same payload): other nodes drop their index of that queue.
+/// Bus topic of messages acknowledged (same payload): other nodes take them out of their index
+/// of that queue and end their leases.
 pub(super) const BUS_TOPIC_ACKED: &str = "mediator.acked";
 
 /// `secs` as milliseconds, saturating.
@@ -103,11 +105,10 @@ impl MediatorService {
             recipient: recipient_key.to_string(),
             at_ms: now,
         };
-        self.book().note(conn_id, Change::Add(id, entry));
-        self.ctx
-            .bus
-            .publish(BUS_TOPIC, &format!("{conn_id}\n{}", self.origin))
-            .await;
+        let change = Change::Add(id, entry);
+        let event = self.event(conn_id, std::slice::from_ref(&change));
+        self.book().note(conn_id, change);
+        self.ctx.bus.publish(BUS_TOPIC, &event).await;
         Ok(())
     }
 
@@ -228,12 +229,51 @@ impl MediatorService {
         }
     }
 
-    /// A bus event: wake the local socket holding the connection; if another node changed the
-    /// queue, drop this node's index of it.
+    /// The bus payload of `changes` to `conn_id`'s queue: `{connection}\n{origin}\n{changes as
+    /// JSON}` (nodes from before the changes were carried read the first two lines only, and
+    /// drop their index).
+    fn event(&self, conn_id: &str, changes: &[Change]) -> String {
+        let changes = serde_json::to_string(changes).unwrap_or_default();
+        format!("{conn_id}\n{}\n{changes}", self.origin)
+    }
+
+    /// A bus event: wake the local socket holding the connection. Another node's change is
+    /// applied to this node's index of the queue (without the changes, from an older node, or
+    /// unreadable: the index is dropped, to be rebuilt on next use); its acknowledgements also
+    /// end the leases this node's sockets hold on those messages, which frees their windows.
     pub(super) fn on_event(&self, topic: &str, payload: &str) {
-        let (conn_id, origin) = payload.split_once('\n').unwrap_or((payload, ""));
+        let mut parts = payload.splitn(3, '\n');
+        let conn_id = parts.next().unwrap_or_default();
+        let origin = parts.next().unwrap_or_default();
         if origin != self.origin {
-            self.book().drop_index(conn_id);
+            let changes = parts
+                .next()
+                .and_then(|c| serde_json::from_str::<Vec<Change>>(c).ok());
+            match changes {
+                Some(changes) => {
+                    let removed: Vec<String> = changes
+                        .iter()
+                        .filter_map(|c| match c {
+                            Change::Remove(id) => Some(id.clone()),
+                            Change::Add(..) => None,
+                        })
+                        .collect();
+                    let mut book = self.book();
+                    book.note_remote(conn_id, changes);
+                    if !removed.is_empty() {
+                        let ids: Vec<&String> = removed.iter().collect();
+                        let holders = book.acknowledged(conn_id, &ids);
+                        drop(book);
+                        for (_, w) in holders {
+                            if let Some(h) = w.upgrade() {
+                                h.acknowledged(removed.iter().map(String::as_str));
+                                h.wake.notify_one();
+                            }
+                        }
+                    }
+                }
+                None => self.book().drop_index(conn_id),
+            }
         }
         if topic == BUS_TOPIC {
             self.wake(conn_id);
@@ -272,7 +312,8 @@ impl MediatorService {
         let read =
             futures_util::future::join_all(keys.iter().map(|k| store.get(ks::QUEUE, k))).await;
         let mut out = Vec::with_capacity(ids.len());
-        let (mut gone, mut unreadable, mut failed) = (Vec::new(), Vec::new(), None);
+        let (mut gone, mut missing, mut unreadable, mut failed) =
+            (Vec::new(), Vec::new(), Vec::new(), None);
         for ((id, key), r) in ids.into_iter().zip(keys).zip(read) {
             match r {
                 Ok(Some(raw)) => match serde_json::from_slice::<QueuedMessage>(&raw) {
@@ -282,8 +323,9 @@ impl MediatorService {
                         gone.push(id);
                     }
                 },
-                // acknowledged on another node, or expired, since the index was built
-                Ok(None) => gone.push(id),
+                // acknowledged on another node, or expired, since the index was built (or, from
+                // another node, not in this node's copy yet)
+                Ok(None) => missing.push(id),
                 Err(e) => {
                     gone.push(id);
                     failed.get_or_insert(e);
@@ -294,13 +336,16 @@ impl MediatorService {
             // nothing handed out: every lease taken here ends, and the index is rebuilt
             let mut all: Vec<String> = out.into_iter().map(|m| m.id).collect();
             all.extend(gone);
+            all.extend(missing);
             let mut book = self.book();
             book.unlease(conn_id, &all);
-            book.drop_index(conn_id);
+            book.abandon_ready_index(conn_id);
             return Err(e.into());
         }
-        if !gone.is_empty() {
-            self.book().forget(conn_id, &gone);
+        if !gone.is_empty() || !missing.is_empty() {
+            let mut book = self.book();
+            book.forget(conn_id, &gone);
+            book.missing(conn_id, &missing, now);
         }
         self.delete_unreadable(conn_id, unreadable).await;
         if let Some(s) = socket {
@@ -359,10 +404,9 @@ impl MediatorService {
             h.wake.notify_one();
         }
         self.counters.acknowledged(n);
-        self.ctx
-            .bus
-            .publish(BUS_TOPIC_ACKED, &format!("{conn_id}\n{}", self.origin))
-            .await;
+        let removed: Vec<Change> = ids.iter().map(|id| Change::Remove((*id).clone())).collect();
+        let event = self.event(conn_id, &removed);
+        self.ctx.bus.publish(BUS_TOPIC_ACKED, &event).await;
         Ok(())
     }
 

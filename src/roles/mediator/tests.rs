@@ -370,3 +370,70 @@ async fn one_message_asks_for_bounded_store_work() {
     assert!(err.to_string().contains("more than 1000"), "{err}");
     assert_eq!(svc.stats().await.unwrap().queued_messages, 1);
 }
+
+/// Two nodes on one store and bus (as on Redis, or a cluster): a message one queues, and its
+/// acknowledgement on the other, reach the other node's index of that queue as changes on the
+/// bus, not as a signal to rebuild it from the store (each rebuild read the whole queue, once per
+/// message another node queued). A record written straight into the store, which only a
+/// rebuild would find, shows which happened.
+#[tokio::test]
+async fn another_nodes_queue_changes_update_the_index_without_a_rescan() {
+    let clock = FakeClock::new(1_800_000_000_000);
+    let ctx = RoleContext::for_tests(clock.clone());
+    let cfg = crate::config::MediatorConfig::default();
+    let (a, b) = (
+        super::init(&ctx, &cfg).await.unwrap(),
+        super::init(&ctx, &cfg).await.unwrap(),
+    );
+    let alice = AgentKey::generate();
+    let count = |svc: Arc<MediatorService>| async move {
+        svc.status("conn-alice", &json!({}), None).await.unwrap()["message_count"]
+            .as_u64()
+            .unwrap()
+    };
+    // both nodes have built their index of the (empty) queue
+    assert_eq!((count(a.clone()).await, count(b.clone()).await), (0, 0));
+    let hidden = super::model::QueuedMessage {
+        id: "0000000000001hidden".into(),
+        recipient_key: alice.verkey.clone(),
+        received_at_ms: 1_800_000_000_000,
+        msg: json!({"only": "a rebuild finds me"}),
+    };
+    ctx.store
+        .put(
+            ks::QUEUE,
+            "conn-alice/0000000000001hidden",
+            serde_json::to_vec(&hidden).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    a.enqueue("conn-alice", &alice.verkey, json!({"n": 1}))
+        .await
+        .unwrap();
+    let until = |svc: Arc<MediatorService>, want: u64| async move {
+        for _ in 0..200 {
+            if count(svc.clone()).await == want {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!(
+            "the index says {} messages, not {want}",
+            count(svc.clone()).await
+        );
+    };
+    until(b.clone(), 1).await;
+    // acknowledged on b: out of a's index too
+    let id = b
+        .claim("conn-alice", None, 10, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .find(|id| id != "0000000000001hidden")
+        .expect("the message a queued");
+    b.acknowledge("conn-alice", &[id], None).await.unwrap();
+    until(a.clone(), 0).await;
+    assert_eq!(count(b.clone()).await, 0);
+}
