@@ -280,14 +280,13 @@ impl SocketBudget {
         }
     }
 
-    /// Charges a received frame of `len` bytes (one unit, plus one per started 64 KiB past the
-    /// first); `Err(wait)`: not yet, nothing charged — read nothing more until then.
-    pub fn take(&self, len: usize) -> Result<(), Duration> {
+    /// Charges one received frame (of any kind: a ping costs an answer too); `Err(wait)`: not
+    /// yet, nothing charged — read nothing more until then. One unit whatever its size (frames
+    /// are bounded by `mediator.max_message_bytes`): a large frame needing several units at once
+    /// could wait for ever behind small ones from the same address.
+    pub fn take(&self) -> Result<(), Duration> {
         match &self.limits {
-            Some(l) => {
-                let units = 1 + u32::try_from(len.saturating_sub(1) / 65_536).unwrap_or(u32::MAX);
-                l.check_n(Endpoint::DidcommFrame, self.client, units)
-            }
+            Some(l) => l.check(Endpoint::DidcommFrame, self.client),
             None => Ok(()),
         }
     }

@@ -2,7 +2,8 @@
 
 /// `impl Store for $ty` with the methods given, and every other one passed to `self.inner`
 /// unchanged. The plain form takes `get`, `put` and `compare_and_swap`; `own get_settled` adds the
-/// read at the primary, `own get_settled batch` batches too; `only batch` takes `batch` alone.
+/// read at the primary, `own get_settled batch` batches too; `only batch` takes `batch` alone,
+/// `only scan_prefix` `scan_prefix` alone.
 /// Unless given, `get_settled` is `self.inner`'s, never the trait's default, which would read
 /// through the wrapper's `get`.
 // not every feature set has a test that wraps a store
@@ -29,7 +30,21 @@ macro_rules! store_wrapper {
         });
     };
     ($ty:ty, only batch { $($custom:tt)* }) => {
-        $crate::store::test_wrapper::store_wrapper!($ty, own get_settled batch {
+        $crate::store::test_wrapper::store_wrapper!(@point_ops $ty, own get_settled batch {
+            $($custom)*
+        });
+    };
+    ($ty:ty, only scan_prefix { $($custom:tt)* }) => {
+        $crate::store::test_wrapper::store_wrapper!(@point_ops $ty, own get_settled batch scan_prefix {
+            async fn batch(&self, ops: Vec<crate::store::BatchOp>) -> crate::store::StoreResult<()> {
+                self.inner.batch(ops).await
+            }
+            $($custom)*
+        });
+    };
+    // get, get_settled, put and compare_and_swap passed through, into the form named
+    (@point_ops $ty:ty, $($form:ident)* { $($custom:tt)* }) => {
+        $crate::store::test_wrapper::store_wrapper!($ty, $($form)* {
             async fn get(
                 &self,
                 ks: &'static str,
@@ -66,12 +81,7 @@ macro_rules! store_wrapper {
         });
     };
     ($ty:ty, own get_settled batch { $($custom:tt)* }) => {
-        #[async_trait::async_trait]
-        impl crate::store::Store for $ty {
-            $($custom)*
-            async fn delete(&self, ks: &'static str, key: &str) -> crate::store::StoreResult<bool> {
-                self.inner.delete(ks, key).await
-            }
+        $crate::store::test_wrapper::store_wrapper!($ty, own get_settled batch scan_prefix {
             async fn scan_prefix(
                 &self,
                 ks: &'static str,
@@ -79,6 +89,16 @@ macro_rules! store_wrapper {
                 limit: usize,
             ) -> crate::store::StoreResult<Vec<(String, Vec<u8>)>> {
                 self.inner.scan_prefix(ks, prefix, limit).await
+            }
+            $($custom)*
+        });
+    };
+    ($ty:ty, own get_settled batch scan_prefix { $($custom:tt)* }) => {
+        #[async_trait::async_trait]
+        impl crate::store::Store for $ty {
+            $($custom)*
+            async fn delete(&self, ks: &'static str, key: &str) -> crate::store::StoreResult<bool> {
+                self.inner.delete(ks, key).await
             }
             async fn sweep_expired(&self) -> crate::store::StoreResult<u64> {
                 self.inner.sweep_expired().await

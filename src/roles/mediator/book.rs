@@ -51,16 +51,18 @@ enum Slot {
     Loading {
         pending: Vec<Change>,
         done: watch::Sender<()>,
+        /// Which build (a later build may replace a dropped one: only its own builder keeps it).
+        build: u64,
     },
     /// Built at `built_ms`.
     Ready { queue: ConnQueue, built_ms: i64 },
 }
 
-/// Why [`Book::try_run`] did not run: nobody had the index (this caller builds it and
-/// [`Book::finish_index`] keeps it), or another caller is building it (wait on the receiver:
-/// it returns once that build is over, kept or not).
+/// Why [`Book::try_run`] did not run: nobody had the index (this caller builds it, as build
+/// number `n`, and [`Book::finish_index`] keeps it), or another caller is building it (wait on
+/// the receiver: it returns once that build is over, kept or not).
 pub(super) enum Pending {
-    Started,
+    Started(u64),
     Loading(watch::Receiver<()>),
 }
 
@@ -71,10 +73,15 @@ pub(super) struct Book {
     /// Connection → message id → holder. Kept apart from `queues` (which other nodes' changes
     /// invalidate) so a lease outlives an index rebuild.
     leases: HashMap<String, Leases>,
-    /// Another node changes queues too (a bus event from another origin, or missed events):
-    /// indexes are then rebuilt once older than [`SHARED_INDEX_MAX_AGE_MS`].
+    /// Another node changes queues too (a bus event from another origin): indexes are then
+    /// rebuilt once older than [`SHARED_INDEX_MAX_AGE_MS`].
     shared: bool,
+    next_build: u64,
 }
+
+/// How long a message the index holds but the store did not (yet) is skipped before it is
+/// tried again, when another node may have queued it and its record not reached this node.
+const MISSING_RETRY_MS: i64 = 1000;
 
 /// The ids among `leases` whose holder is still alive at `now`.
 pub(super) fn live_ids(leases: &Leases, now: i64) -> HashSet<&str> {
@@ -161,6 +168,7 @@ impl Book {
             queues,
             leases,
             shared,
+            next_build,
         } = self;
         match queues.get_mut(conn_id) {
             Some(Slot::Ready { queue, built_ms })
@@ -171,39 +179,43 @@ impl Book {
             Some(Slot::Loading { done, .. }) => Err((f, Pending::Loading(done.subscribe()))),
             _ => {
                 let (done, _) = watch::channel(());
+                *next_build += 1;
                 queues.insert(
                     conn_id.to_string(),
                     Slot::Loading {
                         pending: Vec::new(),
                         done,
+                        build: *next_build,
                     },
                 );
-                Err((f, Pending::Started))
+                Err((f, Pending::Started(*next_build)))
             }
         }
     }
 
-    /// The scan that was to build `conn_id`'s index failed: nobody is building it any more.
-    pub(super) fn abandon_index(&mut self, conn_id: &str) {
-        if matches!(self.queues.get(conn_id), Some(Slot::Loading { .. })) {
+    /// Build `build` of `conn_id`'s index failed or was dropped: nobody is building it any more
+    /// (those waiting for it are released, and the next caller builds anew).
+    pub(super) fn abandon_index(&mut self, conn_id: &str, build: u64) {
+        if matches!(self.queues.get(conn_id), Some(Slot::Loading { build: b, .. }) if *b == build) {
             self.queues.remove(conn_id);
         }
     }
 
     /// Runs `run` on the index `q` a scan built (started at `built_ms`), with the connection's
-    /// leases. The builder (`started`) applies the changes made while the scan ran on top and
-    /// keeps it; if the index was dropped meanwhile (another node changed the queue), it answers
-    /// once and is not kept.
+    /// leases. The builder (`started`: its build number) applies the changes made while the scan
+    /// ran on top and keeps it; if the index was dropped meanwhile (another node changed the
+    /// queue), or another build replaced this one, it answers once and is not kept.
     pub(super) fn finish_index<R>(
         &mut self,
         conn_id: &str,
         mut q: ConnQueue,
-        started: bool,
+        started: Option<u64>,
         built_ms: i64,
         run: impl FnOnce(&mut ConnQueue, &mut Leases) -> R,
     ) -> R {
         let Book { queues, leases, .. } = self;
-        if started {
+        let mine = |slot: Option<&Slot>| matches!((slot, started), (Some(Slot::Loading { build, .. }), Some(s)) if *build == s);
+        if mine(queues.get(conn_id)) {
             if let Some(Slot::Loading { pending, .. }) = queues.remove(conn_id) {
                 for c in pending {
                     q.apply(c);
@@ -230,9 +242,8 @@ impl Book {
         self.queues.remove(conn_id);
     }
 
-    /// Every index may be stale.
+    /// Every index may be stale (missed bus events).
     pub(super) fn drop_indexes(&mut self) {
-        self.shared = true;
         self.queues.clear();
     }
 
@@ -270,15 +281,26 @@ impl Book {
     /// the index — unless other nodes change queues and the message is younger than
     /// [`SHARED_INDEX_MAX_AGE_MS`]: another node's enqueue reaches the index on the bus, maybe
     /// before its record reaches this node's copy of the store.
+    /// A young one is skipped for [`MISSING_RETRY_MS`] (an HTTP lease of that length: a live
+    /// socket pumps again when it ends), so the messages behind it are not held up.
     pub(super) fn missing(&mut self, conn_id: &str, ids: &[String], now: i64) {
         let young = |b: &Book, id: &str| {
             b.shared
                 && matches!(b.queues.get(conn_id), Some(Slot::Ready { queue, .. })
                     if queue.get(id).is_some_and(|e| now.saturating_sub(e.at_ms) < SHARED_INDEX_MAX_AGE_MS))
         };
-        let gone: Vec<String> = ids.iter().filter(|id| !young(self, id)).cloned().collect();
+        let (young, gone): (Vec<String>, Vec<String>) =
+            ids.iter().cloned().partition(|id| young(self, id));
         self.unlease(conn_id, ids);
         self.forget(conn_id, &gone);
+        let retry = Holder::Http {
+            until_ms: now.saturating_add(MISSING_RETRY_MS),
+        };
+        with_leases(&mut self.leases, conn_id, |l| {
+            for id in young {
+                l.insert(id, retry.clone());
+            }
+        });
     }
 
     /// Changes another node made to `conn_id`'s queue, from its bus event.
@@ -387,15 +409,20 @@ mod tests {
         Arc::new(Socket::new(id, tx))
     }
 
+    /// Starts a build of "c"'s index: its number.
+    fn start(b: &mut Book, now: i64) -> u64 {
+        match b.try_run("c", now, |_, _| ()) {
+            Err((_, Pending::Started(n))) => n,
+            _ => panic!("a build should start"),
+        }
+    }
+
     /// A book whose index of "c" holds `entries`.
     fn ready(entries: &[(&str, &str)]) -> Book {
         let mut b = Book::default();
-        assert!(matches!(
-            b.try_run("c", 0, |_, _| ()),
-            Err((_, Pending::Started))
-        ));
+        let n = start(&mut b, 0);
         let q = ConnQueue::from_entries(entries.iter().map(|(id, r)| (id.to_string(), e(1, r))));
-        b.finish_index("c", q, true, 0, |_, _| ());
+        b.finish_index("c", q, Some(n), 0, |_, _| ());
         b
     }
 
@@ -456,17 +483,14 @@ mod tests {
     #[test]
     fn an_acknowledgement_ends_leases_and_updates_the_index() {
         let mut b = Book::default();
-        assert!(matches!(
-            b.try_run("c", 0, |_, _| ()),
-            Err((_, Pending::Started))
-        ));
+        let n = start(&mut b, 0);
         assert!(matches!(
             b.try_run("c", 0, |_, _| ()),
             Err((_, Pending::Loading(_)))
         ));
         b.note("c", Change::Add("2".into(), e(20, "a")));
         let scanned = ConnQueue::from_entries([("1".to_string(), e(10, "a"))]);
-        assert_eq!(b.finish_index("c", scanned, true, 0, |q, _| q.len()), 2);
+        assert_eq!(b.finish_index("c", scanned, Some(n), 0, |q, _| q.len()), 2);
         let (s, t) = (socket(1), socket(2));
         assert_eq!(lease(&mut b, 1, None, &Holder::of(Some(&s), 0), 0), ["1"]);
         assert_eq!(lease(&mut b, 1, None, &Holder::of(Some(&t), 0), 0), ["2"]);
@@ -491,28 +515,28 @@ mod tests {
     #[test]
     fn an_index_dropped_during_its_scan_answers_once_and_is_not_kept() {
         let mut b = Book::default();
-        let Err((_, Pending::Started)) = b.try_run("c", 0, |_, _| ()) else {
-            panic!("nobody was building it");
-        };
+        let first = start(&mut b, 0);
         let Err((_, Pending::Loading(waiter))) = b.try_run("c", 0, |_, _| ()) else {
             panic!("it is being built");
         };
         b.drop_index("c");
         // a caller waiting on the build is released when the build ends, kept or not
         assert!(waiter.has_changed().is_err());
+        // a second build starts; the first one's late answer neither keeps its older scan nor
+        // ends the second build
+        let second = start(&mut b, 0);
         assert_eq!(
-            b.finish_index("c", ConnQueue::default(), true, 0, |q, _| q.len()),
+            b.finish_index("c", ConnQueue::default(), Some(first), 0, |q, _| q.len()),
             0
         );
+        b.abandon_index("c", first);
         assert!(matches!(
             b.try_run("c", 0, |_, _| ()),
-            Err((_, Pending::Started))
+            Err((_, Pending::Loading(_)))
         ));
-        b.abandon_index("c");
-        assert!(matches!(
-            b.try_run("c", 0, |_, _| ()),
-            Err((_, Pending::Started))
-        ));
+        // its own builder's abandon (a failed scan, or a builder dropped mid-scan) ends it
+        b.abandon_index("c", second);
+        start(&mut b, 0);
     }
 
     #[test]
@@ -523,12 +547,15 @@ mod tests {
         assert!(b.try_run("c", old, |_, _| ()).is_ok());
         // another node's change: this index goes, and the next one is trusted only so long
         b.drop_index("other");
-        assert!(matches!(
-            b.try_run("c", old, |_, _| ()),
-            Err((_, Pending::Started))
-        ));
-        b.finish_index("c", ConnQueue::default(), true, old, |_, _| ());
+        let n = start(&mut b, old);
+        b.finish_index("c", ConnQueue::default(), Some(n), old, |_, _| ());
         assert!(b.try_run("c", old + 1, |_, _| ()).is_ok());
+        // missed events drop every index, but do not make a single node "shared"
+        let mut single = ready(&[("1", "a")]);
+        single.drop_indexes();
+        let n = start(&mut single, 0);
+        single.finish_index("c", ConnQueue::default(), Some(n), 0, |_, _| ());
+        assert!(single.try_run("c", old, |_, _| ()).is_ok());
     }
 
     #[test]
@@ -545,7 +572,9 @@ mod tests {
         b.note_remote("c", vec![]);
         assert_eq!(lease(&mut b, 1, None, &http, 0), ["1"]);
         b.missing("c", &["1".to_string()], 5);
-        assert_eq!((len(&mut b), b.live_leases("c", 5)), (Some(1), 0));
+        // kept, and skipped for a second (the messages behind it go first)
+        assert_eq!((len(&mut b), b.live_leases("c", 5)), (Some(1), 1));
+        assert_eq!(b.live_leases("c", 5 + MISSING_RETRY_MS), 0);
         b.missing("c", &["1".to_string()], SHARED_INDEX_MAX_AGE_MS);
         assert_eq!(len(&mut b), Some(0));
     }

@@ -14,7 +14,7 @@ use super::index::{Change, ConnQueue, Entry};
 use super::message::recipient_filter;
 use super::model::ks;
 use super::model::QueuedMessage;
-use super::service::{MediatorService, OrRefused as _, Required as _};
+use super::service::{lock_book, MediatorService, OrRefused as _, Required as _};
 use super::socket::Socket;
 use crate::clock::random_id;
 use crate::didcomm::peer;
@@ -26,6 +26,35 @@ pub(super) const BUS_TOPIC: &str = "mediator.queued";
 /// Bus topic of messages acknowledged (same payload): other nodes take them out of their index
 /// of that queue and end their leases.
 pub(super) const BUS_TOPIC_ACKED: &str = "mediator.acked";
+
+/// Longest a caller waits for another caller's build of an index before scanning for itself.
+const INDEX_BUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Gives build `build` of `conn_id`'s index up when dropped unfinished (build 0: finished).
+struct AbandonOnDrop<'a> {
+    svc: &'a MediatorService,
+    conn_id: &'a str,
+    build: u64,
+}
+
+impl Drop for AbandonOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.build != 0 {
+            self.svc.book().abandon_index(self.conn_id, self.build);
+        }
+    }
+}
+
+/// A queued message's id as this mediator makes them: 13 digits of milliseconds, then a
+/// base64url random part. Acknowledgements name nothing else (an id is a store key part, and
+/// travels in bus events).
+fn is_message_id(id: &str) -> bool {
+    (14..=64).contains(&id.len())
+        && id.as_bytes()[..13].iter().all(u8::is_ascii_digit)
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
 
 /// `secs` as milliseconds, saturating.
 fn ms(secs: u64) -> i64 {
@@ -93,22 +122,34 @@ impl MediatorService {
         let len = raw.len() as u64;
         self.check_room(conn_id, len).await?;
         let ttl = std::time::Duration::from_secs(self.cfg.message_ttl_seconds);
-        self.ctx
-            .store
-            .put(ks::QUEUE, &format!("{conn_id}/{id}"), raw, Some(ttl))
-            .await?;
-        if self.cfg.flush_before_ack {
-            self.ctx.store.flush().await?;
-        }
         let entry = Entry {
             bytes: len,
             recipient: recipient_key.to_string(),
             at_ms: now,
         };
-        let change = Change::Add(id, entry);
+        let change = Change::Add(id.clone(), entry);
         let event = self.event(conn_id, std::slice::from_ref(&change));
-        self.book().note(conn_id, change);
-        self.ctx.bus.publish(BUS_TOPIC, &event).await;
+        // The write, its index entry and its announcement run as one task: a sender that drops
+        // the request mid-write must not leave a stored message that no index knows (a claim
+        // hands out only what the index holds, and the caps count it).
+        let (store, bus, book) = (
+            self.ctx.store.clone(),
+            self.ctx.bus.clone(),
+            self.shared_book(),
+        );
+        let (conn, flush) = (conn_id.to_string(), self.cfg.flush_before_ack);
+        let stored = tokio::spawn(async move {
+            store
+                .put(ks::QUEUE, &format!("{conn}/{id}"), raw, Some(ttl))
+                .await?;
+            if flush {
+                store.flush().await?;
+            }
+            lock_book(&book).note(&conn, change);
+            bus.publish(BUS_TOPIC, &event).await;
+            Ok::<_, crate::store::StoreError>(())
+        });
+        stored.await.or_internal()??;
         Ok(())
     }
 
@@ -153,35 +194,34 @@ impl MediatorService {
             let tried = self.book().try_run(conn_id, now, run);
             match tried {
                 Ok(r) => return Ok(r),
-                Err((f, Pending::Started)) => {
+                Err((f, Pending::Started(n))) => {
                     run = f;
-                    break true;
+                    break Some(n);
                 }
                 Err((f, Pending::Loading(mut done))) => {
                     run = f;
                     if waits == 3 {
-                        break false;
+                        break None;
                     }
                     waits += 1;
-                    // returns once the build is over: its sender is dropped then
-                    let _ = done.changed().await;
+                    // returns once the build is over (its sender is dropped then); bounded all
+                    // the same, so no caller waits on a build for long whatever became of it
+                    let _ = tokio::time::timeout(INDEX_BUILD_WAIT, done.changed()).await;
                 }
             }
         };
-        let rows = match self
+        // A builder dropped mid-scan (its request cancelled) gives the build up, so callers
+        // waiting for it are released and the next one builds anew.
+        let mut build = started.map(|n| AbandonOnDrop {
+            svc: self,
+            conn_id,
+            build: n,
+        });
+        let rows = self
             .ctx
             .store
             .scan_prefix(ks::QUEUE, &format!("{conn_id}/"), usize::MAX)
-            .await
-        {
-            Ok(rows) => rows,
-            Err(e) => {
-                if started {
-                    self.book().abandon_index(conn_id);
-                }
-                return Err(e.into());
-            }
-        };
+            .await?;
         let mut unreadable = Vec::new();
         let q = ConnQueue::from_entries(rows.into_iter().filter_map(|(key, raw)| {
             match serde_json::from_slice::<QueuedMessage>(&raw) {
@@ -202,8 +242,12 @@ impl MediatorService {
                 }
             }
         }));
+        let out = self.book().finish_index(conn_id, q, started, now, run);
+        if let Some(b) = build.as_mut() {
+            b.build = 0;
+        }
         self.delete_unreadable(conn_id, unreadable).await;
-        Ok(self.book().finish_index(conn_id, q, started, now, run))
+        Ok(out)
     }
 
     /// Deletes queue records that cannot be read as a message of their key (a message nobody can
@@ -288,7 +332,9 @@ impl MediatorService {
     /// Messages not handed out (to any socket or HTTP lease), oldest first, leased to `socket`
     /// (until it closes) or to an HTTP lease (`pickup_lease_seconds`). Chosen from the index
     /// (what is leased already, or for another recipient key, costs no store read), then read:
-    /// `limit` store reads at most, whatever the queue holds.
+    /// `limit` store reads at most per round, whatever the queue holds. When every message chosen
+    /// was missing from the store (announced by another node, its record not here yet), the
+    /// messages behind them are tried too (a few rounds at most).
     pub(super) async fn claim(
         &self,
         conn_id: &str,
@@ -296,6 +342,24 @@ impl MediatorService {
         limit: usize,
         recipient: Option<&str>,
     ) -> MediatorResult<Vec<QueuedMessage>> {
+        for _ in 0..3 {
+            let (out, missed) = self.claim_once(conn_id, socket, limit, recipient).await?;
+            if !out.is_empty() || !missed {
+                return Ok(out);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// One round of [`claim`](Self::claim): what it handed out, and whether a message chosen
+    /// was missing from the store.
+    async fn claim_once(
+        &self,
+        conn_id: &str,
+        socket: Option<&Arc<Socket>>,
+        limit: usize,
+        recipient: Option<&str>,
+    ) -> MediatorResult<(Vec<QueuedMessage>, bool)> {
         let now = self.now();
         let until_ms = now.saturating_add(ms(self.cfg.pickup_lease_seconds));
         let holder = Holder::of(socket, until_ms);
@@ -305,7 +369,7 @@ impl MediatorService {
             })
             .await?;
         if ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         }
         let keys: Vec<String> = ids.iter().map(|id| format!("{conn_id}/{id}")).collect();
         let store = &self.ctx.store;
@@ -342,17 +406,18 @@ impl MediatorService {
             book.abandon_ready_index(conn_id);
             return Err(e.into());
         }
-        if !gone.is_empty() || !missing.is_empty() {
+        let missed = !missing.is_empty();
+        if !gone.is_empty() || missed {
             let mut book = self.book();
             book.forget(conn_id, &gone);
             book.missing(conn_id, &missing, now);
         }
-        self.delete_unreadable(conn_id, unreadable).await;
         if let Some(s) = socket {
             s.hold(out.iter().map(|m| m.id.clone()));
         }
         self.counters.delivered(out.len() as u64);
-        Ok(out)
+        self.delete_unreadable(conn_id, unreadable).await;
+        Ok((out, missed))
     }
 
     /// When the first HTTP lease on `conn_id`'s messages runs out (they are offered again then).
@@ -377,10 +442,7 @@ impl MediatorService {
         ids: &[String],
         socket: Option<&Arc<Socket>>,
     ) -> MediatorResult<()> {
-        let ids: Vec<&String> = ids
-            .iter()
-            .filter(|id| !id.is_empty() && !id.contains('/'))
-            .collect();
+        let ids: Vec<&String> = ids.iter().filter(|id| is_message_id(id)).collect();
         let n = ids.len() as u64;
         if ids.is_empty() {
             return Ok(());

@@ -150,7 +150,7 @@ async fn run_socket(
     // Inbound frames are handled one at a time, in order, so a client's flood only delays itself.
     // A frame over its address's budget is held, and the socket not read, until the budget has
     // room for it (TCP then pushes back on the client); deliveries and pings go on meanwhile.
-    let mut held: Option<(Vec<u8>, tokio::time::Instant)> = None;
+    let mut held: Option<(actix_ws::AggregatedMessage, tokio::time::Instant)> = None;
     let close_reason = loop {
         let pump_at = socket.pump_deadline();
         tokio::select! {
@@ -169,25 +169,18 @@ async fn run_socket(
                 }
             }
             _ = async { if let Some((_, until)) = &held { tokio::time::sleep_until(*until).await } }, if held.is_some() => {
-                let Some((bytes, _)) = held.take() else { continue };
+                let Some((frame, _)) = held.take() else { continue };
                 last_seen = tokio::time::Instant::now();
-                match budget.take(bytes.len()) {
-                    Ok(()) => if !answer_frame(&svc, &mut session, &socket, &bytes).await { break None },
-                    Err(wait) => held = Some((bytes, tokio::time::Instant::now() + wait)),
+                match budget.take() {
+                    Ok(()) => if let Some(end) = handle_frame(&svc, &mut session, &socket, frame, idle).await { break end },
+                    Err(wait) => held = Some((frame, tokio::time::Instant::now() + wait)),
                 }
             }
             frame = stream.recv(), if held.is_none() => {
                 let Some(frame) = frame else { break None };
                 last_seen = tokio::time::Instant::now();
-                let bytes = match frame {
-                    Ok(actix_ws::AggregatedMessage::Binary(b)) => b.to_vec(),
-                    Ok(actix_ws::AggregatedMessage::Text(t)) => t.as_bytes().to_vec(),
-                    Ok(actix_ws::AggregatedMessage::Ping(p)) => {
-                        if session.pong(&p).await.is_err() { break None }
-                        continue;
-                    }
-                    Ok(actix_ws::AggregatedMessage::Pong(_)) => continue,
-                    Ok(actix_ws::AggregatedMessage::Close(_)) => break None,
+                let frame = match frame {
+                    Ok(frame) => frame,
                     Err(e) => {
                         let too_large = is_size_error(&e);
                         if too_large {
@@ -199,14 +192,14 @@ async fn run_socket(
                         })
                     }
                 };
-                match budget.take(bytes.len()) {
-                    Ok(()) => if !answer_frame(&svc, &mut session, &socket, &bytes).await { break None },
-                    Err(wait) => held = Some((bytes, tokio::time::Instant::now() + wait)),
+                match budget.take() {
+                    Ok(()) => if let Some(end) = handle_frame(&svc, &mut session, &socket, frame, idle).await { break end },
+                    Err(wait) => held = Some((frame, tokio::time::Instant::now() + wait)),
                 }
             }
             out = rx.recv() => {
                 let Some(out) = out else { break None };
-                if session.binary(out.frame).await.is_err() { break None }
+                if !written(session.binary(out.frame), idle).await { break None }
                 if let Some((conn, id)) = out.implicit {
                     if let Err(e) = svc.implicit_written(&conn, id, &socket).await {
                         tracing::warn!(error = %ApiError::from(e), "implicit pickup: could not dequeue a sent message");
@@ -222,7 +215,7 @@ async fn run_socket(
                 if last_seen.elapsed() > idle {
                     break Some(actix_ws::CloseReason { code: actix_ws::CloseCode::Away, description: Some("idle".into()) });
                 }
-                if session.ping(b"").await.is_err() { break None }
+                if !written(session.ping(b""), idle).await { break None }
             }
             // A delivery held back waiting for `messages-received` goes out after a short wait
             // even without it; messages an HTTP pickup leased come back when the lease ends.
@@ -235,6 +228,37 @@ async fn run_socket(
     };
     svc.close_socket(&socket);
     let _ = session.close(close_reason).await;
+}
+
+/// Whether a write to the socket finished within `within`: a client that stops reading fills the
+/// socket's outgoing buffer, and its task must not wait on it for ever (holding its leases and its
+/// address's place) — it is closed instead.
+async fn written(
+    write: impl std::future::Future<Output = Result<(), actix_ws::Closed>>,
+    within: std::time::Duration,
+) -> bool {
+    matches!(tokio::time::timeout(within, write).await, Ok(Ok(())))
+}
+
+/// What one received frame does: `None` when the socket goes on, else how it ends (the close
+/// reason, if any).
+async fn handle_frame(
+    svc: &MediatorService,
+    session: &mut actix_ws::Session,
+    socket: &Arc<Socket>,
+    frame: actix_ws::AggregatedMessage,
+    within: std::time::Duration,
+) -> Option<Option<actix_ws::CloseReason>> {
+    let bytes = match frame {
+        actix_ws::AggregatedMessage::Binary(b) => b.to_vec(),
+        actix_ws::AggregatedMessage::Text(t) => t.as_bytes().to_vec(),
+        actix_ws::AggregatedMessage::Ping(p) => {
+            return (!written(session.pong(&p), within).await).then_some(None)
+        }
+        actix_ws::AggregatedMessage::Pong(_) => return None,
+        actix_ws::AggregatedMessage::Close(_) => return Some(None),
+    };
+    (!answer_frame(svc, session, socket, &bytes, within).await).then_some(None)
 }
 
 /// Whether the WebSocket stream failed on a frame or message above `max_message_bytes` (refused
@@ -263,13 +287,14 @@ async fn answer_frame(
     session: &mut actix_ws::Session,
     socket: &Arc<Socket>,
     bytes: &[u8],
+    within: std::time::Duration,
 ) -> bool {
     // Boxed: the engine's futures are large, and inlined they would make every idle socket's
     // task as big as the deepest message handler.
     match Box::pin(svc.receive(bytes, Some(socket))).await {
         Ok(replies) => {
             for r in replies.envelopes {
-                if session.binary(r).await.is_err() {
+                if !written(session.binary(r), within).await {
                     return false;
                 }
             }
@@ -286,7 +311,7 @@ async fn answer_frame(
                 Some(e.detail.as_str())
             };
             let problem = serde_json::json!({"type": format!("{}{}", crate::error::PROBLEM_TYPE_BASE, e.code.as_str()), "code": e.code.as_str(), "status": e.code.status().as_u16(), "detail": detail});
-            session.text(problem.to_string()).await.is_ok()
+            written(session.text(problem.to_string()), within).await
         }
     }
 }

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use ed25519_dalek::SigningKey;
 use serde_json::Value;
@@ -45,12 +45,16 @@ pub struct MediatorService {
     pub(super) next_socket: AtomicU64,
     /// Queue indexes and leases: each message is handed out once per socket or HTTP lease,
     /// whichever transport asks.
-    book: Mutex<Book>,
+    book: Arc<Mutex<Book>>,
     /// This node's id on the bus (tells its own events from other nodes').
     pub(super) origin: String,
     pub(super) counters: Counters,
     /// Reply POSTs in flight to peers' endpoints.
     pub(super) reply_posts: super::inbound::ReplyPosts,
+}
+
+pub(super) fn lock_book(book: &Mutex<Book>) -> MutexGuard<'_, Book> {
+    book.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl MediatorService {
@@ -76,7 +80,7 @@ impl MediatorService {
             live: Mutex::default(),
             open_sockets: AtomicU64::new(0),
             next_socket: AtomicU64::new(1),
-            book: Mutex::default(),
+            book: Arc::default(),
             origin: random_id(),
             counters: Counters {
                 metrics,
@@ -91,7 +95,12 @@ impl MediatorService {
     }
 
     pub(super) fn book(&self) -> MutexGuard<'_, Book> {
-        self.book.lock().unwrap_or_else(|p| p.into_inner())
+        lock_book(&self.book)
+    }
+
+    /// The book, shared (a task that must finish even if its caller is dropped).
+    pub(super) fn shared_book(&self) -> Arc<Mutex<Book>> {
+        self.book.clone()
     }
 
     /// Counts one inbound message (or frame, or request body) refused with `code` in

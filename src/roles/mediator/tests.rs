@@ -369,6 +369,11 @@ async fn one_message_asks_for_bounded_store_work() {
         .expect_err("1,001 ids must be refused");
     assert!(err.to_string().contains("more than 1000"), "{err}");
     assert_eq!(svc.stats().await.unwrap().queued_messages, 1);
+    // ids are ours or nothing: a 100 KB "id" is not deleted, counted, nor carried to other nodes
+    send(pickup::messages_received(&["0".repeat(100_000)]))
+        .await
+        .unwrap();
+    assert_eq!(svc.stats().await.unwrap().acknowledged_total, 0);
 }
 
 /// Two nodes on one store and bus (as on Redis, or a cluster): a message one queues, and its
@@ -436,4 +441,160 @@ async fn another_nodes_queue_changes_update_the_index_without_a_rescan() {
     b.acknowledge("conn-alice", &[id], None).await.unwrap();
     until(a.clone(), 0).await;
     assert_eq!(count(b.clone()).await, 0);
+}
+
+/// A store that parks queue writes (after they land) and queue scans at a gate while `hold` is
+/// set, and says when one got there: a request cancelled at that point (its client went away).
+struct Gated {
+    inner: Arc<dyn Store>,
+    hold: AtomicBool,
+    entered: tokio::sync::Notify,
+    gate: tokio::sync::Semaphore,
+}
+
+impl Gated {
+    async fn park(&self, keyspace: &str) {
+        if keyspace == ks::QUEUE && self.hold.load(Ordering::SeqCst) {
+            self.entered.notify_one();
+            let _ = self.gate.acquire().await.map(|p| p.forget());
+        }
+    }
+}
+
+struct GatedScans(Gated);
+struct GatedPuts(Gated);
+
+impl std::ops::Deref for GatedScans {
+    type Target = Gated;
+    fn deref(&self) -> &Gated {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for GatedPuts {
+    type Target = Gated;
+    fn deref(&self) -> &Gated {
+        &self.0
+    }
+}
+
+store_wrapper!(GatedScans, only scan_prefix {
+    async fn scan_prefix(
+        &self,
+        keyspace: &'static str,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        self.park(keyspace).await;
+        self.inner.scan_prefix(keyspace, prefix, limit).await
+    }
+});
+
+store_wrapper!(GatedPuts {
+    async fn get(&self, keyspace: &'static str, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.inner.get(keyspace, key).await
+    }
+    async fn put(
+        &self,
+        keyspace: &'static str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<std::time::Duration>,
+    ) -> StoreResult<()> {
+        let written = self.inner.put(keyspace, key, value, ttl).await;
+        self.park(keyspace).await;
+        written
+    }
+    async fn compare_and_swap(
+        &self,
+        keyspace: &'static str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Option<(Vec<u8>, Option<std::time::Duration>)>,
+    ) -> StoreResult<crate::store::Cas> {
+        self.inner.compare_and_swap(keyspace, key, expected, new).await
+    }
+});
+
+fn gated(inner: Arc<dyn Store>) -> Gated {
+    Gated {
+        inner,
+        hold: AtomicBool::new(false),
+        entered: tokio::sync::Notify::new(),
+        gate: tokio::sync::Semaphore::new(0),
+    }
+}
+
+async fn count_of(svc: &MediatorService, conn: &str) -> u64 {
+    svc.status(conn, &json!({}), None).await.unwrap()["message_count"]
+        .as_u64()
+        .unwrap()
+}
+
+/// A request cancelled while it builds a queue's index (a forward or pickup whose client reset
+/// the connection mid-scan) does not leave the index "being built" for ever: the next caller
+/// builds it itself. Before, every later caller for that queue — forwards, pickups, the live
+/// socket's pump — waited on a build nobody would finish.
+#[tokio::test]
+async fn an_index_build_whose_caller_went_away_holds_nobody_up() {
+    let mut ctx = RoleContext::for_tests(FakeClock::new(1_800_000_000_000));
+    let store = Arc::new(GatedScans(gated(ctx.store.clone())));
+    ctx.store = store.clone();
+    let svc = super::init(&ctx, &crate::config::MediatorConfig::default())
+        .await
+        .unwrap();
+    store.hold.store(true, Ordering::SeqCst);
+    let builder = tokio::spawn({
+        let svc = svc.clone();
+        async move { count_of(&svc, "conn-x").await }
+    });
+    store.entered.notified().await;
+    builder.abort();
+    assert!(builder.await.is_err(), "the build was to be cancelled");
+    store.hold.store(false, Ordering::SeqCst);
+    assert!(
+        matches!(
+            svc.book().try_run("conn-x", 0, |_, _| ()),
+            Err((_, super::book::Pending::Started(_)))
+        ),
+        "the cancelled build still holds the index"
+    );
+    svc.book().abandon_index("conn-x", u64::MAX);
+    svc.forget_indexes();
+    assert_eq!(count_of(&svc, "conn-x").await, 0);
+}
+
+/// A forward whose sender goes away after the message is stored (during the flush, say) still
+/// gets the message into the index: a claim hands out only what the index holds, so a stored
+/// message the index did not know would wait unseen (and uncounted by the queue caps) until a
+/// restart.
+#[tokio::test]
+async fn a_forward_cancelled_after_its_write_is_still_indexed() {
+    let mut ctx = RoleContext::for_tests(FakeClock::new(1_800_000_000_000));
+    let store = Arc::new(GatedPuts(gated(ctx.store.clone())));
+    ctx.store = store.clone();
+    let svc = super::init(&ctx, &crate::config::MediatorConfig::default())
+        .await
+        .unwrap();
+    let alice = AgentKey::generate();
+    assert_eq!(count_of(&svc, "conn-alice").await, 0);
+    store.hold.store(true, Ordering::SeqCst);
+    let sender = tokio::spawn({
+        let (svc, key) = (svc.clone(), alice.verkey.clone());
+        async move { svc.enqueue("conn-alice", &key, json!({"n": 1})).await }
+    });
+    store.entered.notified().await;
+    sender.abort();
+    let _ = sender.await;
+    store.hold.store(false, Ordering::SeqCst);
+    store.gate.add_permits(1);
+    for _ in 0..200 {
+        if count_of(&svc, "conn-alice").await == 1 {
+            let got = svc.claim("conn-alice", None, 10, None).await.unwrap();
+            assert_eq!(got.len(), 1);
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("the stored message never reached the index");
 }
