@@ -208,9 +208,9 @@ pub struct RateLimitConfig {
     pub nonce_burst: u32,
     pub didcomm_per_minute: u32,
     pub didcomm_burst: u32,
-    /// Frames received on the mediator's WebSockets (`GET /didcomm/ws`), per client address
-    /// across all its sockets; a frame counts one more per started 64 KiB. Over the rate the
-    /// sockets are not closed: the server stops reading them until the budget refills.
+    /// Frames received on the mediator's WebSockets (`GET /didcomm/ws`), pings included, per
+    /// client address across all its sockets. Over the rate the sockets are not closed: the
+    /// server stops reading them until the budget refills.
     pub didcomm_frame_per_minute: u32,
     pub didcomm_frame_burst: u32,
     /// Mediator WebSockets one client address may hold open at once (per node).
@@ -493,6 +493,10 @@ pub struct VerifierConfig {
     /// Production mode: fetch status lists over plain `http` too (default: `https` only; sandbox
     /// mode always allows `http`).
     pub status_lists_over_http: bool,
+    /// A status list signed longer ago than this (its `iat`) fails the `status` policy, even
+    /// before its `exp`: an old list replayed at its URI must not hide a revocation for long.
+    /// 0: no maximum age (only `exp`).
+    pub status_list_max_age_seconds: u64,
 }
 
 impl Default for VerifierConfig {
@@ -501,6 +505,17 @@ impl Default for VerifierConfig {
             default_session_ttl_seconds: 300,
             trust: VerifierTrust::Configured,
             status_lists_over_http: false,
+            status_list_max_age_seconds: 86_400,
+        }
+    }
+}
+
+impl VerifierConfig {
+    /// `status_list_max_age_seconds` as the verifier applies it (`None`: no maximum).
+    pub fn status_max_age(&self) -> Option<i64> {
+        match self.status_list_max_age_seconds {
+            0 => None,
+            s => Some(i64::try_from(s).unwrap_or(i64::MAX)),
         }
     }
 }

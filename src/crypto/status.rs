@@ -100,6 +100,9 @@ impl StatusArray {
     }
 
     pub fn from_token_lst(bits: u8, lst: &str) -> CryptoResult<Self> {
+        if ![1, 2, 4, 8].contains(&bits) {
+            return Err(CryptoError::Unsupported(format!("{bits} bits per status")));
+        }
         let bytes = inflate(flate2::read::ZlibDecoder::new(
             b64url_decode(lst)?.as_slice(),
         ))?;
@@ -122,6 +125,48 @@ impl StatusArray {
         ))?;
         Ok(Self { bits: 1, bytes })
     }
+}
+
+/// Clock skew allowed for a status list token's `iat` ahead of the verifier's clock.
+const IAT_SKEW_SECS: i64 = 300;
+
+/// Whether a status list token signed at `iat` and expiring at `exp` may be used at `now`, and
+/// until when (`None`: no end): not expired (a relying party must check `exp` when present), not
+/// signed in the future, and — with a `max_age` — signed at most that long ago, so a list from
+/// before a revocation, replayed by a cache or anyone on the path, stops counting. `iat_required`:
+/// the token must carry `iat` (a Token Status List token must; a Bitstring Status List credential
+/// need not).
+pub fn freshness(
+    iat: Option<i64>,
+    exp: Option<i64>,
+    now: i64,
+    max_age: Option<i64>,
+    iat_required: bool,
+) -> Result<Option<i64>, String> {
+    if exp.is_some_and(|exp| exp <= now) {
+        return Err("the status list token expired".into());
+    }
+    let Some(iat) = iat else {
+        if iat_required {
+            return Err("the status list token has no iat".into());
+        }
+        return Ok(exp);
+    };
+    if iat > now.saturating_add(IAT_SKEW_SECS) {
+        return Err("the status list token was issued in the future".into());
+    }
+    let aged_out = max_age.map(|age| iat.saturating_add(age));
+    if aged_out.is_some_and(|t| t <= now) {
+        return Err(format!(
+            "the status list token was issued {} s ago, more than the {} s this verifier accepts",
+            now - iat,
+            max_age.unwrap_or_default()
+        ));
+    }
+    Ok(match (exp, aged_out) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
 }
 
 /// Decompresses with a ceiling (a status list is never above 16 MiB).
@@ -183,5 +228,45 @@ mod tests {
         assert!(b.get_msb(0).unwrap() && b.get_msb(9).unwrap() && !b.get_msb(1).unwrap());
         a.set_msb(9, false).unwrap();
         assert!(!a.get_msb(9).unwrap());
+    }
+
+    #[test]
+    fn a_token_status_list_of_an_impossible_width_is_refused_not_divided_by() {
+        let lst = StatusArray::new(1, 8).unwrap().to_token_lst();
+        for bits in [0u8, 3, 5, 16, 255] {
+            assert!(StatusArray::from_token_lst(bits, &lst).is_err(), "{bits}");
+        }
+        assert_eq!(
+            StatusArray::from_token_lst(2, &lst)
+                .unwrap()
+                .get_lsb(3)
+                .unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn freshness_bounds_a_status_list_by_exp_iat_and_age() {
+        let day = 86_400;
+        // fresh: good until the earlier of exp and iat + max age
+        assert_eq!(
+            freshness(Some(1000), Some(9000), 2000, Some(day), true),
+            Ok(Some(9000))
+        );
+        assert_eq!(
+            freshness(Some(1000), None, 2000, Some(day), true),
+            Ok(Some(1000 + day))
+        );
+        assert_eq!(freshness(Some(1000), None, 2000, None, true), Ok(None));
+        // expired, too old, from the future, or without the iat it must carry
+        assert!(freshness(Some(1000), Some(2000), 2000, None, true).is_err());
+        assert!(freshness(Some(1000), None, 1000 + day, Some(day), true).is_err());
+        assert!(freshness(Some(5000), None, 2000, None, true).is_err());
+        assert!(freshness(None, Some(9000), 2000, Some(day), true).is_err());
+        // a Bitstring list need not carry iat: only exp counts then
+        assert_eq!(
+            freshness(None, Some(9000), 2000, Some(day), false),
+            Ok(Some(9000))
+        );
     }
 }

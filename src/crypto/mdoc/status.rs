@@ -29,6 +29,7 @@ pub const MAX_TOKEN_BYTES: usize = 2 * 1024 * 1024;
 pub fn sign(
     uri: &str,
     iat: i64,
+    exp: Option<i64>,
     ttl: Option<u64>,
     list: &StatusArray,
     signer: &SigningKey,
@@ -45,6 +46,9 @@ pub fn sign(
             ]),
         ),
     ];
+    if let Some(exp) = exp {
+        claims.push((Value::Integer(EXP.into()), Value::Integer(exp.into())));
+    }
     if let Some(ttl) = ttl {
         claims.push((Value::Integer(TTL.into()), Value::Integer(ttl.into())));
     }
@@ -69,14 +73,17 @@ pub fn sign(
 
 /// Verifies a status list token fetched from `uri` for an mdoc signed by `signer` (the
 /// document signer's key): the token's x5chain chains to `anchors`, its leaf key is `signer`,
-/// the signature verifies, `sub` is `uri`, it has not expired. Returns the status array.
+/// the signature verifies, `sub` is `uri`, it carries `iat` and is fresh
+/// ([`crate::crypto::status::freshness`]: not expired, not older than `max_age`). Returns the
+/// status array and until when the token may be used.
 pub fn verify(
     bytes: &[u8],
     uri: &str,
     mdoc: &super::verify::Verified,
     anchors: &TrustAnchors,
     now: i64,
-) -> MdocResult<StatusArray> {
+    max_age: Option<i64>,
+) -> MdocResult<(StatusArray, Option<i64>)> {
     if bytes.len() > MAX_TOKEN_BYTES {
         return Err(MdocError::TooLarge("status list token".into()));
     }
@@ -140,11 +147,19 @@ pub fn verify(
             "status list token `sub` is not its URI".into(),
         ));
     }
-    if let Some(Value::Integer(exp)) = int(EXP) {
-        if i128::from(*exp) <= i128::from(now) {
-            return Err(MdocError::Validity("the status list token expired".into()));
-        }
-    }
+    // a time must be an integer: a float or text `exp` is not skipped but refused
+    let time = |k: i64, name: &str| match int(k) {
+        None => Ok(None),
+        Some(Value::Integer(t)) => i64::try_from(*t)
+            .map(Some)
+            .map_err(|_| MdocError::Malformed(format!("status list token `{name}` out of range"))),
+        Some(_) => Err(MdocError::Malformed(format!(
+            "status list token `{name}` is not an integer"
+        ))),
+    };
+    let (iat, exp) = (time(IAT, "iat")?, time(EXP, "exp")?);
+    let good_until = crate::crypto::status::freshness(iat, exp, now, max_age, true)
+        .map_err(MdocError::Validity)?;
     let list = int(STATUS_LIST).ok_or_else(|| MdocError::Malformed("no status_list".into()))?;
     let bits = match get(list, "bits") {
         Some(Value::Integer(b)) => u8::try_from(*b).unwrap_or(0),
@@ -158,7 +173,9 @@ pub fn verify(
             ))
         }
     };
-    StatusArray::from_zlib(bits, lst).map_err(|e| MdocError::Malformed(e.to_string()))
+    let list =
+        StatusArray::from_zlib(bits, lst).map_err(|e| MdocError::Malformed(e.to_string()))?;
+    Ok((list, good_until))
 }
 
 #[cfg(test)]
@@ -195,28 +212,39 @@ mod tests {
             signer_key,
             anchor: root_der.clone(),
         };
-        let t = sign(uri, now, Some(3600), &list, &key, &chain).unwrap();
-        let got = verify(&t, uri, &by(key.verifying_key()), &anchors, now).unwrap();
+        let t = sign(uri, now, None, Some(3600), &list, &key, &chain).unwrap();
+        let (got, until) = verify(&t, uri, &by(key.verifying_key()), &anchors, now, None).unwrap();
+        assert_eq!(until, None);
         assert_eq!((got.get_lsb(7).unwrap(), got.get_lsb(6).unwrap()), (1, 0));
+        // exp is checked, and a list older than the verifier's maximum age is refused: an old
+        // list replayed at its URI (a cache, anyone on the path) stops hiding a revocation
+        let day = 86_400;
+        let with_exp = sign(uri, now, Some(now + day), Some(60), &list, &key, &chain).unwrap();
+        let mine = by(key.verifying_key());
+        let (_, until) = verify(&with_exp, uri, &mine, &anchors, now + 10, Some(3600)).unwrap();
+        assert_eq!(until, Some(now + 3600));
+        assert!(verify(&with_exp, uri, &mine, &anchors, now + 3600, Some(3600)).is_err());
+        assert!(verify(&with_exp, uri, &mine, &anchors, now + day, None).is_err());
         // another URI, another signer, another anchor, a truncated token
         assert!(verify(
             &t,
             "https://issuer.example/status/2",
             &by(key.verifying_key()),
             &anchors,
-            now
+            now,
+            None
         )
         .is_err());
         let other = SigningKey::generate(KeyType::P256).verifying_key();
         assert_eq!(
-            verify(&t, uri, &by(other), &anchors, now)
+            verify(&t, uri, &by(other), &anchors, now, None)
                 .unwrap_err()
                 .code(),
             "mdoc_untrusted_signer"
         );
         let elsewhere = TrustAnchors::from_pem(ca("other", None).cert.pem().as_bytes()).unwrap();
         assert_eq!(
-            verify(&t, uri, &by(key.verifying_key()), &elsewhere, now)
+            verify(&t, uri, &by(key.verifying_key()), &elsewhere, now, None)
                 .unwrap_err()
                 .code(),
             "mdoc_untrusted_signer"
@@ -226,7 +254,8 @@ mod tests {
             uri,
             &by(key.verifying_key()),
             &anchors,
-            now
+            now,
+            None
         )
         .is_err());
         // the attacker's key with the genuine chain
@@ -234,13 +263,14 @@ mod tests {
             uri,
             now,
             None,
+            None,
             &StatusArray::new(2, 1024).unwrap(),
             &SigningKey::generate(KeyType::P256),
             &chain,
         )
         .unwrap();
         assert_eq!(
-            verify(&forged, uri, &by(key.verifying_key()), &anchors, now)
+            verify(&forged, uri, &by(key.verifying_key()), &anchors, now, None)
                 .unwrap_err()
                 .code(),
             "mdoc_bad_issuer_signature"
@@ -284,8 +314,16 @@ mod tests {
             signer_key: old.verifying_key(),
             anchor,
         };
-        let by_new = sign(uri, now, None, &list, &new_key, &[der(&new_ds)]).unwrap();
-        verify(&by_new, uri, &mdoc(root.cert.der().to_vec()), &anchors, now).unwrap();
+        let by_new = sign(uri, now, None, None, &list, &new_key, &[der(&new_ds)]).unwrap();
+        verify(
+            &by_new,
+            uri,
+            &mdoc(root.cert.der().to_vec()),
+            &anchors,
+            now,
+            None,
+        )
+        .unwrap();
         let other_iaca = ca("other", None);
         assert_eq!(
             verify(
@@ -293,20 +331,22 @@ mod tests {
                 uri,
                 &mdoc(other_iaca.cert.der().to_vec()),
                 &anchors,
-                now
+                now,
+                None
             )
             .unwrap_err()
             .code(),
             "mdoc_untrusted_signer"
         );
-        let by_plain = sign(uri, now, None, &list, &plain_key, &[der(&plain)]).unwrap();
+        let by_plain = sign(uri, now, None, None, &list, &plain_key, &[der(&plain)]).unwrap();
         assert_eq!(
             verify(
                 &by_plain,
                 uri,
                 &mdoc(root.cert.der().to_vec()),
                 &anchors,
-                now
+                now,
+                None
             )
             .unwrap_err()
             .code(),

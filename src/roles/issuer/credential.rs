@@ -379,8 +379,14 @@ impl IssuerService {
             .credential_configurations
             .get(&config_id)
             .ok_or_else(|| {
-                UnknownCredentialConfiguration
-                    .because(format!("unknown credential configuration `{config_id}`"))
+                // named by the parameter the request used
+                if req.credential_identifier.is_some() {
+                    UnknownCredentialIdentifier
+                        .because(format!("unknown credential identifier `{config_id}`"))
+                } else {
+                    UnknownCredentialConfiguration
+                        .because(format!("unknown credential configuration `{config_id}`"))
+                }
             })?
             .clone();
         if !grant.credential_configuration_ids.contains(&config_id) {

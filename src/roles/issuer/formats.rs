@@ -206,7 +206,7 @@ pub fn token_status_list(
         &json!({
             "sub": uri,
             "iat": now,
-            "exp": now + 24 * 3600,
+            "exp": now + super::status::STATUS_LIST_LIFETIME_SECS,
             "ttl": ttl,
             "status_list": {"bits": bits, "lst": lst},
         }),
@@ -231,6 +231,7 @@ pub fn bitstring_status_credential(
             "type": ["VerifiableCredential", "BitstringStatusListCredential"],
             "issuer": issuer.did,
             "validFrom": rfc3339(now),
+            "validUntil": rfc3339(now + super::status::STATUS_LIST_LIFETIME_SECS),
             "credentialSubject": {
                 "id": format!("{uri}#list"),
                 "type": "BitstringStatusList",
@@ -239,6 +240,7 @@ pub fn bitstring_status_credential(
             },
             "iss": issuer.did,
             "iat": now,
+            "exp": now + super::status::STATUS_LIST_LIFETIME_SECS,
         }),
     )
 }

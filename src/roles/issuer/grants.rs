@@ -364,7 +364,13 @@ impl IssuerService {
         // Set when the offer turns out redeemed by this very attempt: a retried compare-and-swap
         // (the first one applied, its answer lost) meets its own write as the "conflict".
         let ours = std::sync::atomic::AtomicBool::new(false);
-        let redeemed = update_offer(store.as_ref(), offer_key_s, self.now(), None, |mut o| {
+        let now = self.now();
+        let redeemed = update_offer(store.as_ref(), offer_key_s, now, None, |mut o| {
+            // an authorization code outlives the check at /authorize by up to its lifetime, and
+            // the offer record its expiry by a day: an expired offer is not redeemed
+            if o.state == OfferState::Offered && o.expires_at <= now {
+                return Err(InvalidGrant.because("the offer has expired").into());
+            }
             if o.state != OfferState::Offered {
                 if o.token_hash.as_deref() == Some(token_hash.as_str()) {
                     ours.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -11,6 +11,10 @@ use crate::store::Cas;
 /// Entries per status list (the W3C minimum for herd privacy).
 pub const STATUS_LIST_SIZE: u64 = 131_072;
 pub const TOKEN_STATUS_BITS: u8 = 2;
+/// How long a signed status list is valid (`exp`, `validUntil`): a day, while its ETag changes
+/// every half-day, so a revalidated copy never outlives it. Verifiers (ours by
+/// `verifier.status_list_max_age_seconds`) refuse a list older than that.
+pub const STATUS_LIST_LIFETIME_SECS: i64 = 24 * 3600;
 
 /// Status-list indices are reserved from the issuer's shared counter in blocks of this many, one
 /// compare-and-swap per block instead of one per credential: with every credential taking the
@@ -221,6 +225,7 @@ impl IssuerService {
                 let token = crate::crypto::mdoc::status::sign(
                     &uri,
                     now,
+                    Some(now + STATUS_LIST_LIFETIME_SECS),
                     Some(60),
                     &arr,
                     &ds.key,

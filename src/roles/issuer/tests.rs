@@ -1802,3 +1802,66 @@ async fn an_updated_offer_record_still_expires() {
         );
     }
 }
+
+/// An authorization code outlives the offer check at `/authorize` (by up to its own lifetime),
+/// and the offer record outlives the offer by a day: a code obtained just before the offer
+/// expired does not redeem it afterwards.
+#[tokio::test]
+async fn an_authorization_code_does_not_redeem_an_offer_that_expired_since() {
+    use super::authorize::AuthorizeRequest;
+    let (svc, clock) = issuer().await;
+    let mut req = offer_req(Some(60));
+    req.authorization_code = true;
+    let o = svc.create_offer("default", req).await.unwrap();
+    let issuer_state = o.credential_offer["grants"]["authorization_code"]["issuer_state"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let verifier = "v".repeat(43);
+    let challenge = crate::crypto::b64url(crate::crypto::sha256(verifier.as_bytes()));
+    clock.advance_ms(50_000);
+    let redirect = svc
+        .authorize(
+            "default",
+            AuthorizeRequest {
+                response_type: Some("code".into()),
+                client_id: Some("wallet".into()),
+                redirect_uri: Some("https://wallet.example/cb".into()),
+                code_challenge: Some(challenge),
+                code_challenge_method: Some("S256".into()),
+                issuer_state: Some(issuer_state),
+                state: None,
+                scope: None,
+                authorization_details: None,
+            },
+        )
+        .await
+        .unwrap();
+    let code = reqwest::Url::parse(&redirect)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    clock.advance_ms(20_000);
+    let e = OAuthError::from(
+        svc.token(
+            "default",
+            TokenRequest {
+                grant_type: Some("authorization_code".into()),
+                pre_authorized_code: None,
+                code: Some(code),
+                code_verifier: Some(verifier),
+                redirect_uri: Some("https://wallet.example/cb".into()),
+                client_id: Some("wallet".into()),
+                tx_code: None,
+                authorization_details: None,
+            },
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(e.error, "invalid_grant");
+    assert!(e.description.contains("expired"), "{}", e.description);
+}

@@ -174,6 +174,7 @@ async fn evaluate_in(
         mdoc_transcript: Some(&st),
         fetched: Default::default(),
         https_only: production,
+        status_max_age: Some(86_400),
     };
     let out: Outcome = super::query::evaluate(&ctx, &json!({ "mdl": pres }), None).await;
     let all: Vec<String> = ALL_POLICIES.iter().map(|s| s.to_string()).collect();

@@ -206,6 +206,7 @@ impl VerifierService {
             fetched: Default::default(),
             https_only: self.ctx.mode == crate::config::Mode::Production
                 && !self.cfg.status_lists_over_http,
+            status_max_age: self.cfg.status_max_age(),
         };
         Ok(query::evaluate(&ctx, &vp_token, submission.as_ref()).await)
     }

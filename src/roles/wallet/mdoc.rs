@@ -135,7 +135,8 @@ impl WalletService {
             Duration::from_secs(10),
         )
         .await?;
-        let list = status::verify(&token, &uri, &v, &anchors, self.now())
+        // (the holder's own view: no maximum age beyond the token's own exp)
+        let (list, _) = status::verify(&token, &uri, &v, &anchors, self.now(), None)
             .map_err(|e| WalletError::Remote(format!("status list: {e}")))?;
         Ok(match list.get_lsb(idx).or_remote()? {
             0 => "valid",

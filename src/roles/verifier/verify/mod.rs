@@ -72,6 +72,8 @@ pub struct Ctx<'a> {
     /// Production mode: status lists only over `https` (a list fetched over plain HTTP could be
     /// an old, validly signed one replayed by anyone on the path).
     pub https_only: bool,
+    /// `verifier.status_list_max_age_seconds` (`None`: no maximum age).
+    pub status_max_age: Option<i64>,
 }
 
 /// Most credentials verified out of one presentation (each may cost a DID resolution and a

@@ -23,7 +23,8 @@ pub struct StatusCache {
 
 #[derive(Default)]
 struct CacheInner {
-    /// "<form> <uri>" → (etag, token, generation, the token's `exp` if it has one)
+    /// "<form> <uri>" → (etag, token, generation, until when the token may be used: its `exp`,
+    /// or `iat` + the maximum age, whichever comes first)
     entries: std::collections::HashMap<String, (String, Vec<u8>, u64, Option<i64>)>,
     /// Insertion order for eviction: (uri, generation); stale generations are skipped.
     order: std::collections::VecDeque<(String, u64)>,
@@ -32,8 +33,9 @@ struct CacheInner {
 }
 
 impl StatusCache {
-    /// The cached token and its ETag, unless it has expired by `now`: a server whose ETag does
-    /// not change when it re-signs would answer 304 to it, and an expired token fails.
+    /// The cached token and its ETag, unless it has expired (or aged out) by `now`: a server
+    /// whose ETag does not change when it re-signs would answer 304 to it, and such a token
+    /// fails.
     fn get(&self, uri: &str, now: i64) -> Option<(String, Vec<u8>)> {
         let m = self.inner.lock().ok()?;
         m.entries
@@ -96,6 +98,13 @@ impl StatusCache {
     }
 }
 
+/// Most distinct status lists one evaluation fetches (each is an outbound request whose URI
+/// the presentation's author chose, issuer trusted or not).
+const MAX_STATUS_LISTS_PER_EVALUATION: usize = 16;
+
+/// Most `credentialStatus` entries read from one W3C credential (one per purpose is the norm).
+const MAX_STATUS_ENTRIES: usize = 4;
+
 /// Status list bodies fetched during one evaluation, by URI: a response presenting many
 /// credentials under one list fetches it once (each is still verified on its own). Bounded by
 /// the presentations one evaluation takes.
@@ -114,8 +123,16 @@ impl Fetched {
         F: std::future::Future<Output = Result<Body, String>>,
     {
         let key = format!("{kind} {uri}");
-        if let Some(got) = self.0.lock().ok().and_then(|m| m.get(&key).cloned()) {
-            return got;
+        let known = self.0.lock().ok().map(|m| (m.get(&key).cloned(), m.len()));
+        match known {
+            Some((Some(got), _)) => return got,
+            // every new list is an outbound request a presentation's author chose
+            Some((None, n)) if n >= MAX_STATUS_LISTS_PER_EVALUATION => {
+                return Err(format!(
+                "the presentation names more than {MAX_STATUS_LISTS_PER_EVALUATION} status lists"
+            ))
+            }
+            _ => {}
         }
         let got = fetch.await;
         if let Ok(mut m) = self.0.lock() {
@@ -156,7 +173,16 @@ fn list_issuer_ok(list: &Value, issuer: &IssuerKey) -> Result<(), String> {
         Ok(i) if i != issuer.issuer => Err(format!(
             "the status list is issued by {i}, not by the credential's issuer"
         )),
-        _ => Ok(()),
+        Ok(_) => Ok(()),
+        // a list that names no issuer at all is the signer's (its key is the issuer's)
+        Err(binding::BindingError::NoIssuer)
+            if ["iss", "issuer"]
+                .iter()
+                .all(|k| list[*k].is_null() && list["vc"][*k].is_null()) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(format!("the status list's issuer: {e}")),
     }
 }
 
@@ -207,31 +233,33 @@ async fn fetch_list(
         .await
 }
 
-/// Keeps a fetched list whose signature verified, for revalidation next time (until `exp`).
+/// Keeps a fetched list whose signature verified, for revalidation next time (until `until`).
 fn keep(
     ctx: &Ctx<'_>,
     form: &str,
     uri: &str,
     fresh_etag: Option<String>,
     body: Vec<u8>,
-    exp: Option<i64>,
+    until: Option<i64>,
 ) {
     // (a second credential under the same list puts the same token again: harmless)
     if let Some(etag) = fresh_etag {
         let budget = crate::http::outbound::limits().status_list_cache_bytes;
         ctx.status_cache
-            .put(&format!("{form} {uri}"), etag, body, exp, budget);
+            .put(&format!("{form} {uri}"), etag, body, until, budget);
     }
 }
 
 /// Fetches a status list token (JWT form) and verifies it with the issuer's key, and that it
-/// has not expired (Token Status List: a relying party must check `exp` when present; a
-/// Bitstring Status List credential as a JWT carries its `exp` likewise). Only a verified token
-/// is cached.
+/// is fresh ([`crate::crypto::status::freshness`]: `exp` — which a relying party must check —
+/// and `iat` against `verifier.status_list_max_age_seconds`). A Token Status List token must
+/// carry `iat` (`token_list`); a Bitstring Status List credential is aged by its `iat`, else
+/// its `nbf`, when it has one. Only a verified token is cached.
 async fn fetch_status(
     ctx: &Ctx<'_>,
     uri: &str,
     key: &VerifyingKey,
+    token_list: bool,
 ) -> Result<(Value, Value), String> {
     let max = crate::http::outbound::limits().max_body_bytes;
     let (body, fresh_etag) = fetch_list(ctx, "jwt", uri, None, max).await?;
@@ -239,18 +267,25 @@ async fn fetch_status(
     let checked = (|| {
         let (header, payload) =
             jws::verify(&token, key).map_err(|e| format!("status list signature: {e}"))?;
-        let exp = match payload.get("exp") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_i64().ok_or("status list token: exp is not a number")?),
+        let time = |name: &str| match payload.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .map(Some)
+                .ok_or(format!("status list token: {name} is not an integer")),
         };
-        if exp.is_some_and(|exp| exp <= ctx.now) {
-            return Err("the status list token expired".to_string());
-        }
-        Ok((header, payload, exp))
+        let exp = time("exp")?;
+        let iat = match time("iat")? {
+            None if !token_list => time("nbf")?,
+            iat => iat,
+        };
+        let until =
+            crate::crypto::status::freshness(iat, exp, ctx.now, ctx.status_max_age, token_list)?;
+        Ok((header, payload, until))
     })();
     match checked {
-        Ok((header, payload, exp)) => {
-            keep(ctx, "jwt", uri, fresh_etag, body, exp);
+        Ok((header, payload, until)) => {
+            keep(ctx, "jwt", uri, fresh_etag, body, until);
             Ok((header, payload))
         }
         Err(e) => {
@@ -299,7 +334,7 @@ pub(super) async fn token_status(
     };
     let idx = sl.get("idx").and_then(Value::as_u64);
     let uri = sl.get("uri").and_then(Value::as_str).unwrap_or_default();
-    let list = match (idx, fetch_status(ctx, uri, &issuer.key).await) {
+    let list = match (idx, fetch_status(ctx, uri, &issuer.key, true).await) {
         (None, _) => return out.fail("status", format!("{query_id}: status entry has no idx")),
         (_, Err(e)) => return out.fail("status", format!("{query_id}: {e}")),
         (Some(idx), Ok(list)) => (idx, list),
@@ -308,7 +343,16 @@ pub(super) async fn token_status(
     if let Err(e) = list_issuer_ok(&list, issuer).and_then(|_| token_list_ok(&header, &list, uri)) {
         return out.fail("status", format!("{query_id}: {e}"));
     }
-    let bits = list["status_list"]["bits"].as_u64().unwrap_or(1) as u8;
+    // `bits` is required, and one of 1, 2, 4, 8 (`from_token_lst`): 0 divided by zero once
+    let Some(bits) = list["status_list"]["bits"]
+        .as_u64()
+        .and_then(|b| u8::try_from(b).ok())
+    else {
+        return out.fail(
+            "status",
+            format!("{query_id}: status list: bits missing or out of range"),
+        );
+    };
     let lst = list["status_list"]["lst"].as_str().unwrap_or_default();
     match StatusArray::from_token_lst(bits, lst).and_then(|a| a.get_lsb(idx)) {
         Ok(0) => out.pass("status"),
@@ -331,14 +375,28 @@ pub(super) async fn w3c_status(
         Value::Object(_) => vec![status],
         _ => return no_status(ctx, out, query_id),
     };
+    if entries.len() > MAX_STATUS_ENTRIES {
+        return out.fail(
+            "status",
+            format!("{query_id}: more than {MAX_STATUS_ENTRIES} credentialStatus entries"),
+        );
+    }
     for e in entries {
         let purpose = e["statusPurpose"].as_str().unwrap_or("revocation");
+        // one bit per credential: a wider entry would read the wrong bit
+        if e.get("statusSize").is_some_and(|s| s.as_u64() != Some(1)) {
+            out.fail(
+                "status",
+                format!("{query_id}: statusSize other than 1 is not supported"),
+            );
+            continue;
+        }
         let idx = e["statusListIndex"]
             .as_str()
             .and_then(|s| s.parse::<u64>().ok())
             .or(e["statusListIndex"].as_u64());
         let uri = e["statusListCredential"].as_str().unwrap_or_default();
-        let list = match (idx, fetch_status(ctx, uri, &issuer.key).await) {
+        let list = match (idx, fetch_status(ctx, uri, &issuer.key, false).await) {
             (None, _) => {
                 out.fail("status", format!("{query_id}: status entry without index"));
                 continue;
@@ -359,6 +417,16 @@ pub(super) async fn w3c_status(
         } else {
             &list["vc"]["credentialSubject"]
         };
+        // a revocation list does not answer for suspension, nor the other way round
+        if let Some(p) = subject.get("statusPurpose").and_then(Value::as_str) {
+            if p != purpose {
+                out.fail(
+                    "status",
+                    format!("{query_id}: the status list is for {p}, the entry for {purpose}"),
+                );
+                continue;
+            }
+        }
         match StatusArray::from_encoded_list(subject["encodedList"].as_str().unwrap_or_default())
             .and_then(|a| a.get_msb(idx))
         {
@@ -399,12 +467,15 @@ pub(super) async fn mdoc_status(
     )
     .await;
     let list = fetched.and_then(|(body, fresh_etag)| {
-        let list = status::verify(&body, uri, mdoc, ctx.anchors, ctx.now).map_err(|e| {
-            // an expired CWT under an unchanged ETag would fail from the cache for ever
-            ctx.status_cache.forget(&format!("cwt {uri}"));
-            e.to_string()
-        })?;
-        keep(ctx, "cwt", uri, fresh_etag, body, None);
+        let (list, until) =
+            status::verify(&body, uri, mdoc, ctx.anchors, ctx.now, ctx.status_max_age).map_err(
+                |e| {
+                    // an expired CWT under an unchanged ETag would fail from the cache for ever
+                    ctx.status_cache.forget(&format!("cwt {uri}"));
+                    e.to_string()
+                },
+            )?;
+        keep(ctx, "cwt", uri, fresh_etag, body, until);
         Ok(list)
     });
     match list.and_then(|l| l.get_lsb(idx).map_err(|e| e.to_string())) {
@@ -485,6 +556,30 @@ mod list_checks {
         assert!(bitstring_list_ok(&json!({"id": "https://i.example/other"}), uri).is_err());
     }
 
+    /// An evaluation at `now` that fetches over plain http, with a day's maximum list age.
+    fn ctx_at<'a>(
+        now: i64,
+        http: &'a reqwest::Client,
+        cache: &'a StatusCache,
+        anchors: &'a crate::crypto::x509::TrustAnchors,
+    ) -> Ctx<'a> {
+        Ctx {
+            dcql_query: None,
+            presentation_definition: None,
+            audience: None,
+            now,
+            http,
+            trust: &super::super::policy::Trust::Any,
+            status_cache: cache,
+            anchors,
+            require_status: false,
+            mdoc_transcript: None,
+            fetched: Default::default(),
+            https_only: false,
+            status_max_age: Some(86_400),
+        }
+    }
+
     /// An expired status list token fails, and is not kept to be revalidated (a server whose
     /// ETag ignores the signing time would answer 304 to it forever).
     #[tokio::test]
@@ -518,21 +613,8 @@ mod list_checks {
         });
         let http = reqwest::Client::new();
         let (cache, anchors) = (StatusCache::default(), Default::default());
-        let ctx = Ctx {
-            dcql_query: None,
-            presentation_definition: None,
-            audience: None,
-            now,
-            http: &http,
-            trust: &super::super::policy::Trust::Any,
-            status_cache: &cache,
-            anchors: &anchors,
-            require_status: false,
-            mdoc_transcript: None,
-            fetched: Default::default(),
-            https_only: false,
-        };
-        let e = fetch_status(&ctx, &uri, &key.verifying_key())
+        let ctx = ctx_at(now, &http, &cache, &anchors);
+        let e = fetch_status(&ctx, &uri, &key.verifying_key(), true)
             .await
             .unwrap_err();
         assert!(e.contains("expired"), "{e}");
@@ -543,10 +625,174 @@ mod list_checks {
             fetched: Default::default(),
             ..ctx
         };
-        fetch_status(&ctx, &uri, &key.verifying_key())
+        fetch_status(&ctx, &uri, &key.verifying_key(), true)
             .await
             .unwrap();
         assert!(cache.get(&format!("jwt {uri}"), now - 50).is_some());
         assert!(cache.get(&format!("jwt {uri}"), now).is_none());
+    }
+
+    /// The `status` policy's verdict: `None` passed, else why not.
+    fn verdict(out: &Outcome) -> Option<String> {
+        let r = out.results(&["status".to_string()]).remove(0);
+        assert!(r.passed || r.reason.is_some());
+        r.reason
+    }
+
+    /// What a status list says is believed only within bounds an attacker cannot stretch: the
+    /// list must be recent (`iat` within `status_list_max_age_seconds`; a Token Status List must
+    /// carry `iat`), name no other issuer, have a real width (`bits` 0 used to divide by zero: a
+    /// 500), answer for the entry's purpose and size; and one credential names at most 4 lists.
+    #[tokio::test]
+    async fn status_lists_are_believed_only_fresh_well_formed_and_bounded() {
+        let key = SigningKey::generate(KeyType::Ed25519);
+        let now = 1_800_000_000;
+        let day = 86_400;
+        let issuer = IssuerKey {
+            issuer: "did:example:issuer".into(),
+            method: "did:example:issuer#k".into(),
+            key: key.verifying_key(),
+        };
+        let lst = StatusArray::new(1, 1024).unwrap().to_token_lst();
+        let encoded = StatusArray::new(1, 1024).unwrap().to_encoded_list();
+        let token = |path: &str, claims: Value| (path.to_string(), claims);
+        let tsl = |sub: &str, extra: Value| {
+            let mut c = json!({"sub": sub, "status_list": {"bits": 1, "lst": lst}});
+            for (k, v) in extra.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            c
+        };
+        let paths = [
+            "/fresh",
+            "/old",
+            "/no-iat",
+            "/bits0",
+            "/other-issuer",
+            "/revocation",
+            "/w3c-old",
+        ];
+        // a server answering each path with its token; the tokens name the server's URIs, so
+        // they are made once it listens
+        let table: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>> = Default::default();
+        let base = {
+            let table = table.clone();
+            use std::io::{Read, Write};
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+            std::thread::spawn(move || {
+                for s in listener.incoming() {
+                    let Ok(mut s) = s else { break };
+                    let mut buf = [0u8; 4096];
+                    let n = s.read(&mut buf).unwrap_or(0);
+                    let head = String::from_utf8_lossy(&buf[..n]);
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let body = table
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .find(|(p, _)| *p == path)
+                        .map(|(_, t)| t.clone())
+                        .unwrap_or_default();
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+            });
+            base
+        };
+        let uri = |p: &str| format!("{base}{p}");
+        let jwt = |typ: &str, claims: Value| jws::sign(&key, json!({"typ": typ}), &claims);
+        let mut entries = vec![
+            token("/fresh", tsl(&uri("/fresh"), json!({"iat": now - 100}))),
+            token("/old", tsl(&uri("/old"), json!({"iat": now - 2 * day}))),
+            token("/no-iat", tsl(&uri("/no-iat"), json!({"exp": now + day}))),
+            token(
+                "/bits0",
+                json!({"sub": uri("/bits0"), "iat": now, "status_list": {"bits": 0, "lst": lst}}),
+            ),
+            token(
+                "/other-issuer",
+                tsl(
+                    &uri("/other-issuer"),
+                    json!({"iat": now, "iss": "did:example:other"}),
+                ),
+            ),
+        ];
+        let mut table_rows: Vec<(String, String)> = entries
+            .drain(..)
+            .map(|(p, c)| (p, jwt("statuslist+jwt", c)))
+            .collect();
+        let bitstring = |p: &str, purpose: &str, iat: i64| {
+            jwt(
+                "vc+jwt",
+                json!({"id": uri(p), "iat": iat, "credentialSubject": {
+                    "type": "BitstringStatusList", "statusPurpose": purpose, "encodedList": encoded}}),
+            )
+        };
+        table_rows.push((
+            "/revocation".into(),
+            bitstring("/revocation", "revocation", now),
+        ));
+        table_rows.push((
+            "/w3c-old".into(),
+            bitstring("/w3c-old", "revocation", now - 2 * day),
+        ));
+        assert_eq!(table_rows.len(), paths.len());
+        *table.lock().unwrap() = table_rows;
+
+        let http = reqwest::Client::new();
+        let (cache, anchors) = (StatusCache::default(), Default::default());
+        let ctx = ctx_at(now, &http, &cache, &anchors);
+        let token_verdict = |p: &str| {
+            let status = json!({"status_list": {"idx": 3, "uri": uri(p)}});
+            let (ctx, issuer) = (&ctx, &issuer);
+            async move {
+                let mut out = Outcome::default();
+                token_status(ctx, &mut out, "q", &status, issuer).await;
+                verdict(&out)
+            }
+        };
+        assert_eq!(token_verdict("/fresh").await, None);
+        let why = token_verdict("/old").await.expect("a two-day-old list");
+        assert!(why.contains("ago"), "{why}");
+        let why = token_verdict("/no-iat").await.expect("a list without iat");
+        assert!(why.contains("no iat"), "{why}");
+        let why = token_verdict("/bits0").await.expect("a list of 0 bits");
+        assert!(why.contains("bits"), "{why}");
+        let why = token_verdict("/other-issuer")
+            .await
+            .expect("another issuer's list");
+        assert!(why.contains("did:example:other"), "{why}");
+
+        let w3c = |status: Value| {
+            let (ctx, issuer) = (&ctx, &issuer);
+            async move {
+                let mut out = Outcome::default();
+                w3c_status(ctx, &mut out, "q", &status, issuer).await;
+                verdict(&out)
+            }
+        };
+        let entry = |p: &str, purpose: &str| {
+            json!({"type": "BitstringStatusListEntry", "statusPurpose": purpose,
+                "statusListIndex": "3", "statusListCredential": uri(p)})
+        };
+        assert_eq!(w3c(entry("/revocation", "revocation")).await, None);
+        let why = w3c(entry("/revocation", "suspension"))
+            .await
+            .expect("purpose");
+        assert!(why.contains("for revocation"), "{why}");
+        let why = w3c(entry("/w3c-old", "revocation")).await.expect("old");
+        assert!(why.contains("ago"), "{why}");
+        let mut wide = entry("/revocation", "revocation");
+        wide["statusSize"] = json!(2);
+        assert!(w3c(wide)
+            .await
+            .expect("statusSize 2")
+            .contains("statusSize"));
+        let five = Value::Array((0..5).map(|_| entry("/revocation", "revocation")).collect());
+        assert!(w3c(five).await.expect("5 entries").contains("more than 4"));
     }
 }
