@@ -729,13 +729,11 @@ async fn issue_ldp(
     .map_err(internal)
 }
 
-/// Whether a request's access token is usable: its offer's redemption names it (grant_access);
-/// offers redeemed before tokens were named carry no hash and are still `TokenIssued` or later.
+/// Whether a request's access token is usable: its offer's redemption names it (grant_access).
+/// (Offers redeemed before tokens were named carried no hash; their tokens lived 10 minutes, so
+/// none is left, and an offer without the hash accepts no token.)
 fn names_token(offer: &Offer, token_key: &str) -> bool {
-    match &offer.token_hash {
-        Some(h) => h == token_key,
-        None => offer.state != OfferState::Offered,
-    }
+    offer.token_hash.as_deref() == Some(token_key)
 }
 
 /// What [`IssuerService::issue_for`] did.

@@ -262,7 +262,9 @@ async fn fetch_status(
     token_list: bool,
 ) -> Result<(Value, Value), String> {
     let max = crate::http::outbound::limits().max_body_bytes;
-    let (body, fresh_etag) = fetch_list(ctx, "jwt", uri, None, max).await?;
+    // (the draft: a Token Status List is asked for by its media type)
+    let accept = token_list.then_some("application/statuslist+jwt");
+    let (body, fresh_etag) = fetch_list(ctx, "jwt", uri, accept, max).await?;
     let token = String::from_utf8_lossy(&body).trim().to_string();
     let checked = (|| {
         let (header, payload) =
