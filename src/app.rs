@@ -172,7 +172,21 @@ pub async fn run(
     if tokens.is_empty() {
         match raw.server.mode {
             Mode::Sandbox => {
-                let t = crate::server::first_start::sandbox_admin_token(&opened).await?;
+                // Created under the cluster's init lease, as the first-start roles are: nodes
+                // starting together must agree on one token (each used the one it made, and
+                // only one of them was stored: the others' printed tokens worked on their node
+                // alone).
+                #[cfg(feature = "cluster")]
+                let lease = match &cluster {
+                    Some(c) => Some(c.init_lease().await?),
+                    None => None,
+                };
+                let t = crate::server::first_start::sandbox_admin_token(&opened).await;
+                #[cfg(feature = "cluster")]
+                if let (Some(c), Some(lease)) = (&cluster, lease) {
+                    c.release_init_lease(lease).await;
+                }
+                let t = t?;
                 sandbox_token = Some(t.clone());
                 tokens.push(t);
             }

@@ -23,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Mode, Secret};
 use crate::roles::Services;
 use crate::server::state::AppState;
-use anyhow::Context;
 
 use crate::clock::random_token;
 use crate::store::open::Opened;
@@ -206,12 +205,18 @@ pub fn spawn_guard(
 const ADMIN_TOKEN_KEY: &str = "sandbox_admin_token";
 
 /// Sandbox: one admin token generated on first start, stored sealed, printed once.
+/// Read where compare-and-swaps run (in cluster mode the key's primary, not a local copy that may
+/// lag): a node must not make a second token because its copy had not seen the first yet.
 pub async fn sandbox_admin_token(opened: &Opened) -> anyhow::Result<Secret> {
-    if let Some(t) = stored_admin_token(opened).await? {
+    if let Some(sealed) = opened
+        .store
+        .get_settled(keyspaces::SYSTEM, ADMIN_TOKEN_KEY)
+        .await?
+    {
         tracing::info!(
             "sandbox admin token loaded from the store (print it with `idstack admin-token`)"
         );
-        return Ok(t);
+        return open_admin_token(opened, &sealed);
     }
     let token = random_token(24);
     let sealed = opened
@@ -234,10 +239,15 @@ pub async fn sandbox_admin_token(opened: &Opened) -> anyhow::Result<Secret> {
             );
             Ok(Secret::new(token))
         }
-        Cas::Conflict(_) => stored_admin_token(opened)
-            .await?
-            .context("admin token vanished"),
+        // another node stored one first: this node uses that one
+        Cas::Conflict(Some(sealed)) => open_admin_token(opened, &sealed),
+        Cas::Conflict(None) => anyhow::bail!("the sandbox admin token vanished while it was made"),
     }
+}
+
+fn open_admin_token(opened: &Opened, sealed: &[u8]) -> anyhow::Result<Secret> {
+    let plain = opened.sealer.open(ADMIN_TOKEN_KEY.as_bytes(), sealed)?;
+    Ok(Secret::new(String::from_utf8_lossy(&plain).into_owned()))
 }
 
 /// Puts the sandbox admin token this node uses back into a store that lost it (insert-only: the
@@ -262,12 +272,7 @@ pub async fn restore_sandbox_admin_token(
 pub async fn stored_admin_token(opened: &Opened) -> anyhow::Result<Option<Secret>> {
     match opened.store.get(keyspaces::SYSTEM, ADMIN_TOKEN_KEY).await? {
         None => Ok(None),
-        Some(sealed) => {
-            let plain = opened.sealer.open(ADMIN_TOKEN_KEY.as_bytes(), &sealed)?;
-            Ok(Some(Secret::new(
-                String::from_utf8_lossy(&plain).into_owned(),
-            )))
-        }
+        Some(sealed) => open_admin_token(opened, &sealed).map(Some),
     }
 }
 

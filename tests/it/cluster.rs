@@ -788,6 +788,42 @@ fn three_specs() -> (Vec<Spec>, String) {
     (specs, seeds)
 }
 
+/// Three sandbox nodes started together with no admin token configured agree on one sandbox
+/// admin token: it is made once, under the cluster's init lease, printed by the node that made
+/// it, and works on every node (before, each node used a token of its own making when their
+/// first starts overlapped, and the one `idstack admin-token` printed worked on one node only).
+#[tokio::test]
+async fn nodes_starting_together_agree_on_the_sandbox_admin_token() {
+    let lb = Balancer::start(Vec::new()).await;
+    let (specs, seeds) = three_specs();
+    let (a, b, c) = tokio::join!(
+        node_builder(&specs[0], &seeds, &lb.url())
+            .no_admin_token()
+            .start(),
+        node_builder(&specs[1], &seeds, &lb.url())
+            .no_admin_token()
+            .start(),
+        node_builder(&specs[2], &seeds, &lb.url())
+            .no_admin_token()
+            .start(),
+    );
+    let printed: Vec<String> = [&a, &b, &c]
+        .iter()
+        .filter_map(|s| {
+            s.log()
+                .lines()
+                .skip_while(|l| !l.contains("sandbox admin token (shown once"))
+                .nth(2)
+                .map(|t| t.trim().to_string())
+        })
+        .collect();
+    assert_eq!(printed.len(), 1, "tokens printed: {printed:?}");
+    for s in [&a, &b, &c] {
+        let r = s.bearer(&printed[0]).get_resp("/api/cluster").await;
+        assert_eq!(r.status(), 200, "the token on {}", s.base);
+    }
+}
+
 /// Starts three nodes at once behind `lb` (public URL = the proxy).
 async fn start_three(lb: &Balancer) -> (Vec<Spec>, String, Server, Server, Server) {
     let (specs, seeds) = three_specs();
