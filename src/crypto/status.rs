@@ -148,7 +148,7 @@ pub fn freshness(
     }
     let Some(iat) = iat else {
         if iat_required {
-            return Err("the status list token has no iat".into());
+            return Err("the status list token has no iat: when it was made is not known".into());
         }
         return Ok(exp);
     };
@@ -159,7 +159,7 @@ pub fn freshness(
     if aged_out.is_some_and(|t| t <= now) {
         return Err(format!(
             "the status list token was issued {} s ago, more than the {} s this verifier accepts",
-            now - iat,
+            now.saturating_sub(iat),
             max_age.unwrap_or_default()
         ));
     }

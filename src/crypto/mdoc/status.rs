@@ -148,13 +148,16 @@ pub fn verify(
         ));
     }
     // a time must be an integer: a float or text `exp` is not skipped but refused
+    // a time is a NumericDate (RFC 8392): an integer, or a float (floored); anything else is
+    // refused, not skipped
     let time = |k: i64, name: &str| match int(k) {
         None => Ok(None),
         Some(Value::Integer(t)) => i64::try_from(*t)
             .map(Some)
             .map_err(|_| MdocError::Malformed(format!("status list token `{name}` out of range"))),
+        Some(Value::Float(f)) if f.is_finite() => Ok(Some(f.floor() as i64)),
         Some(_) => Err(MdocError::Malformed(format!(
-            "status list token `{name}` is not an integer"
+            "status list token `{name}` is not a NumericDate"
         ))),
     };
     let (iat, exp) = (time(IAT, "iat")?, time(EXP, "exp")?);

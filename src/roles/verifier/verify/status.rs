@@ -269,20 +269,28 @@ async fn fetch_status(
     let checked = (|| {
         let (header, payload) =
             jws::verify(&token, key).map_err(|e| format!("status list signature: {e}"))?;
-        let time = |name: &str| match payload.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_i64()
-                .map(Some)
-                .ok_or(format!("status list token: {name} is not an integer")),
+        let numeric = |name: &str| {
+            super::policy::numeric(&payload[name], name)
+                .map_err(|e| format!("status list token: {e}"))
         };
-        let exp = time("exp")?;
-        let iat = match time("iat")? {
-            None if !token_list => time("nbf")?,
-            iat => iat,
+        let (iat, exp) = if token_list {
+            (numeric("iat")?, numeric("exp")?)
+        } else {
+            // a Bitstring Status List credential: its JWT times and its own validity window
+            let vc = if payload["vc"].is_object() {
+                &payload["vc"]
+            } else {
+                &payload
+            };
+            let (from, until) = super::policy::window(&payload, vc)
+                .map_err(|e| format!("status list credential: {e}"))?;
+            (numeric("iat")?.or(from), until)
         };
+        // a list that says nothing of when it was made cannot be aged: with a maximum age set,
+        // it is not believed (it could be any old list, replayed)
+        let when_required = token_list || ctx.status_max_age.is_some();
         let until =
-            crate::crypto::status::freshness(iat, exp, ctx.now, ctx.status_max_age, token_list)?;
+            crate::crypto::status::freshness(iat, exp, ctx.now, ctx.status_max_age, when_required)?;
         Ok((header, payload, until))
     })();
     match checked {
@@ -332,16 +340,24 @@ pub(super) async fn token_status(
     issuer: &IssuerKey,
 ) {
     let Some(sl) = status["status_list"].as_object() else {
-        return no_status(ctx, out, query_id);
+        if status.is_null() {
+            return no_status(ctx, out, query_id);
+        }
+        // a status this verifier cannot read (another mechanism, a malformed status_list) is
+        // not "no status"
+        return out.fail(
+            "status",
+            format!("{query_id}: a status without a readable status_list"),
+        );
     };
-    let idx = sl.get("idx").and_then(Value::as_u64);
+    let Some(idx) = sl.get("idx").and_then(Value::as_u64) else {
+        return out.fail("status", format!("{query_id}: status entry has no idx"));
+    };
     let uri = sl.get("uri").and_then(Value::as_str).unwrap_or_default();
-    let list = match (idx, fetch_status(ctx, uri, &issuer.key, true).await) {
-        (None, _) => return out.fail("status", format!("{query_id}: status entry has no idx")),
-        (_, Err(e)) => return out.fail("status", format!("{query_id}: {e}")),
-        (Some(idx), Ok(list)) => (idx, list),
+    let (header, list) = match fetch_status(ctx, uri, &issuer.key, true).await {
+        Err(e) => return out.fail("status", format!("{query_id}: {e}")),
+        Ok(list) => list,
     };
-    let (idx, (header, list)) = list;
     if let Err(e) = list_issuer_ok(&list, issuer).and_then(|_| token_list_ok(&header, &list, uri)) {
         return out.fail("status", format!("{query_id}: {e}"));
     }
@@ -398,18 +414,17 @@ pub(super) async fn w3c_status(
             .and_then(|s| s.parse::<u64>().ok())
             .or(e["statusListIndex"].as_u64());
         let uri = e["statusListCredential"].as_str().unwrap_or_default();
-        let list = match (idx, fetch_status(ctx, uri, &issuer.key, false).await) {
-            (None, _) => {
-                out.fail("status", format!("{query_id}: status entry without index"));
-                continue;
-            }
-            (_, Err(e)) => {
+        let Some(idx) = idx else {
+            out.fail("status", format!("{query_id}: status entry without index"));
+            continue;
+        };
+        let list = match fetch_status(ctx, uri, &issuer.key, false).await {
+            Err(e) => {
                 out.fail("status", format!("{query_id}: {e}"));
                 continue;
             }
-            (Some(idx), Ok(list)) => (idx, list),
+            Ok((_, list)) => list,
         };
-        let (idx, (_, list)) = list;
         if let Err(e) = list_issuer_ok(&list, issuer).and_then(|_| bitstring_list_ok(&list, uri)) {
             out.fail("status", format!("{query_id}: {e}"));
             continue;
@@ -419,15 +434,19 @@ pub(super) async fn w3c_status(
         } else {
             &list["vc"]["credentialSubject"]
         };
-        // a revocation list does not answer for suspension, nor the other way round
-        if let Some(p) = subject.get("statusPurpose").and_then(Value::as_str) {
-            if p != purpose {
-                out.fail(
-                    "status",
-                    format!("{query_id}: the status list is for {p}, the entry for {purpose}"),
-                );
-                continue;
-            }
+        // a revocation list does not answer for suspension, nor the other way round (the list
+        // names one purpose or several)
+        let answers_for = match &subject["statusPurpose"] {
+            Value::String(p) => p == purpose,
+            Value::Array(ps) => ps.iter().any(|p| p.as_str() == Some(purpose)),
+            _ => false,
+        };
+        if !answers_for {
+            out.fail(
+                "status",
+                format!("{query_id}: the status list does not answer for the purpose {purpose}"),
+            );
+            continue;
         }
         match StatusArray::from_encoded_list(subject["encodedList"].as_str().unwrap_or_default())
             .and_then(|a| a.get_msb(idx))
@@ -673,6 +692,10 @@ mod list_checks {
             "/other-issuer",
             "/revocation",
             "/w3c-old",
+            "/w3c-expired",
+            "/w3c-timeless",
+            "/w3c-both",
+            "/min-iat",
         ];
         // a server answering each path with its token; the tokens name the server's URIs, so
         // they are made once it listens
@@ -742,6 +765,37 @@ mod list_checks {
             "/w3c-old".into(),
             bitstring("/w3c-old", "revocation", now - 2 * day),
         ));
+        // a VCDM 2.0 list whose own validity ended, one that says nothing of its age, one
+        // answering for two purposes, and a Token Status List from the beginning of time
+        let vcdm = |p: &str, extra: Value| {
+            let mut c = json!({"id": uri(p), "credentialSubject": {"type": "BitstringStatusList",
+                "statusPurpose": "revocation", "encodedList": encoded}});
+            for (k, v) in extra.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            jwt("vc+jwt", c)
+        };
+        table_rows.push((
+            "/w3c-expired".into(),
+            vcdm(
+                "/w3c-expired",
+                json!({"validFrom": "2026-12-01T00:00:00Z", "validUntil": "2026-12-02T00:00:00Z"}),
+            ),
+        ));
+        table_rows.push(("/w3c-timeless".into(), vcdm("/w3c-timeless", json!({}))));
+        let both = vcdm(
+            "/w3c-both",
+            json!({"iat": now, "credentialSubject": {"type": "BitstringStatusList",
+                "statusPurpose": ["revocation", "suspension"], "encodedList": encoded}}),
+        );
+        table_rows.push(("/w3c-both".into(), both));
+        table_rows.push((
+            "/min-iat".into(),
+            jwt(
+                "statuslist+jwt",
+                tsl(&uri("/min-iat"), json!({"iat": i64::MIN})),
+            ),
+        ));
         assert_eq!(table_rows.len(), paths.len());
         *table.lock().unwrap() = table_rows;
 
@@ -768,6 +822,24 @@ mod list_checks {
             .await
             .expect("another issuer's list");
         assert!(why.contains("did:example:other"), "{why}");
+        // (an age past i64 is refused, not overflowed)
+        let why = token_verdict("/min-iat")
+            .await
+            .expect("iat at the beginning of time");
+        assert!(why.contains("ago"), "{why}");
+        // a status the verifier cannot read is no pass
+        let mut out = Outcome::default();
+        token_status(
+            &ctx,
+            &mut out,
+            "q",
+            &json!({"identifier_list": {}}),
+            &issuer,
+        )
+        .await;
+        assert!(verdict(&out)
+            .expect("unreadable status")
+            .contains("readable"));
 
         let w3c = |status: Value| {
             let (ctx, issuer) = (&ctx, &issuer);
@@ -785,7 +857,16 @@ mod list_checks {
         let why = w3c(entry("/revocation", "suspension"))
             .await
             .expect("purpose");
-        assert!(why.contains("for revocation"), "{why}");
+        assert!(why.contains("purpose suspension"), "{why}");
+        assert_eq!(w3c(entry("/w3c-both", "suspension")).await, None);
+        let why = w3c(entry("/w3c-expired", "revocation"))
+            .await
+            .expect("validUntil past");
+        assert!(why.contains("expired"), "{why}");
+        let why = w3c(entry("/w3c-timeless", "revocation"))
+            .await
+            .expect("no time");
+        assert!(why.contains("not known"), "{why}");
         let why = w3c(entry("/w3c-old", "revocation")).await.expect("old");
         assert!(why.contains("ago"), "{why}");
         let mut wide = entry("/revocation", "revocation");
