@@ -110,11 +110,40 @@ pub fn check_url(url: &str) -> Result<(), OutboundError> {
     }
 }
 
-/// Sends a request built on the guarded client, checking its URL first ([`check_url`]).
+tokio::task_local! {
+    /// Requests [`send`] may still make in this task ([`with_budget`]).
+    static BUDGET: std::cell::Cell<u32>;
+}
+
+/// Runs `f` allowing it at most `n` requests through [`send`]; the next ones are refused
+/// (`outbound_refused`). For work whose URLs an outsider chooses (one verification: DID
+/// documents, issuer metadata, status lists), so one request cannot fan out into hundreds.
+pub async fn with_budget<F: std::future::Future>(n: u32, f: F) -> F::Output {
+    BUDGET.scope(std::cell::Cell::new(n), f).await
+}
+
+/// Takes one request from the task's budget, if it has one.
+fn take_budget() -> Result<(), OutboundError> {
+    BUDGET
+        .try_with(|left| match left.get() {
+            0 => Err(OutboundError::Refused(
+                "this task has made all the outbound requests it may".into(),
+            )),
+            n => {
+                left.set(n - 1);
+                Ok(())
+            }
+        })
+        .unwrap_or(Ok(()))
+}
+
+/// Sends a request built on the guarded client, checking its URL first ([`check_url`]) and
+/// taking it from the task's budget ([`with_budget`]).
 pub async fn send(req: reqwest::RequestBuilder) -> Result<reqwest::Response, OutboundError> {
     let (client, request) = req.build_split();
     let request = request.map_err(|e| OutboundError::from_reqwest(&e))?;
     check_url(request.url().as_str())?;
+    take_budget()?;
     client
         .execute(request)
         .await
@@ -744,5 +773,42 @@ mod tests {
             .await
             .unwrap_err();
         assert!(OutboundError::from_reqwest(&e).is_refused(), "{e:?}");
+    }
+
+    /// Inside [`with_budget`] a task makes at most its budget of requests through [`send`]; the
+    /// next are refused before any connection. Outside one, nothing is counted.
+    #[tokio::test]
+    async fn a_budget_bounds_the_requests_of_one_task() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = served.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { break };
+                let _ = s.read(&mut [0u8; 2048]);
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        let http = reqwest::Client::new();
+        let answers = with_budget(2, async {
+            let mut answers = Vec::new();
+            for _ in 0..3 {
+                answers.push(send(http.get(&url)).await.map(|_| ()));
+            }
+            answers
+        })
+        .await;
+        assert!(answers[0].is_ok() && answers[1].is_ok(), "{answers:?}");
+        assert!(
+            matches!(answers[2], Err(OutboundError::Refused(_))),
+            "{answers:?}"
+        );
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert!(send(http.get(&url)).await.is_ok());
     }
 }

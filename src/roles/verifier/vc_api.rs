@@ -3,6 +3,8 @@
 //! every check passed; otherwise 400 with a problem document that carries the same `checks` /
 //! `errors` result.
 
+use super::verify::MAX_OUTBOUND_PER_EVALUATION;
+use crate::http::outbound::with_budget;
 use actix_web::{http::StatusCode, post, web, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
@@ -72,9 +74,11 @@ pub async fn verify_credential(
     svc: web::Data<VerifierService>,
     body: web::Json<VerifyCredential>,
 ) -> ApiResult<HttpResponse> {
-    let r = svc
-        .vc_api_verify_credential(&body.verifiable_credential)
-        .await?;
+    let r = with_budget(
+        MAX_OUTBOUND_PER_EVALUATION,
+        svc.vc_api_verify_credential(&body.verifiable_credential),
+    )
+    .await?;
     Ok(answer(r))
 }
 
@@ -88,12 +92,14 @@ pub async fn verify_presentation(
 ) -> ApiResult<HttpResponse> {
     let challenge = string_option(&body.options, "challenge")?;
     let domain = string_option(&body.options, "domain")?;
-    let r = svc
-        .vc_api_verify_presentation(
+    let r = with_budget(
+        MAX_OUTBOUND_PER_EVALUATION,
+        svc.vc_api_verify_presentation(
             &body.verifiable_presentation,
             challenge.as_deref(),
             domain.as_deref(),
-        )
-        .await?;
+        ),
+    )
+    .await?;
     Ok(answer(r))
 }

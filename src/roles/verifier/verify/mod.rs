@@ -76,6 +76,11 @@ pub struct Ctx<'a> {
     pub status_max_age: Option<i64>,
 }
 
+/// Most outbound requests one evaluation makes (DID documents, issuer metadata, status lists:
+/// URLs the presenter chose). An honest response needs a few; 10 presentations of 10
+/// credentials each could otherwise have made hundreds, each up to its timeout.
+pub const MAX_OUTBOUND_PER_EVALUATION: u32 = 64;
+
 /// Most credentials verified out of one presentation (each may cost a DID resolution and a
 /// status list fetch); a presentation carrying more is refused before any is verified.
 pub const MAX_CREDENTIALS_PER_PRESENTATION: usize = 10;
