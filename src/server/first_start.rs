@@ -222,26 +222,32 @@ pub async fn sandbox_admin_token(opened: &Opened) -> anyhow::Result<Secret> {
     let sealed = opened
         .sealer
         .seal(ADMIN_TOKEN_KEY.as_bytes(), token.as_bytes())?;
-    match opened
+    let cas = opened
         .store
         .compare_and_swap(
             keyspaces::SYSTEM,
             ADMIN_TOKEN_KEY,
             None,
-            Some((sealed, None)),
+            Some((sealed.clone(), None)),
         )
-        .await?
-    {
-        Cas::Swapped => {
+        .await?;
+    let theirs = match cas {
+        Cas::Swapped => None,
+        // a retried compare-and-swap whose first attempt applied finds its own write
+        Cas::Conflict(Some(found)) if found == sealed => None,
+        // another node stored one first: this node uses that one
+        Cas::Conflict(Some(found)) => Some(found),
+        Cas::Conflict(None) => anyhow::bail!("the sandbox admin token vanished while it was made"),
+    };
+    match theirs {
+        Some(found) => open_admin_token(opened, &found),
+        None => {
             // Printed once, to stderr, on purpose: the operator needs it.
             eprintln!(
                 "\n  idstack sandbox admin token (shown once; `idstack admin-token` prints it again):\n\n      {token}\n"
             );
             Ok(Secret::new(token))
         }
-        // another node stored one first: this node uses that one
-        Cas::Conflict(Some(sealed)) => open_admin_token(opened, &sealed),
-        Cas::Conflict(None) => anyhow::bail!("the sandbox admin token vanished while it was made"),
     }
 }
 

@@ -147,7 +147,6 @@ pub fn verify(
             "status list token `sub` is not its URI".into(),
         ));
     }
-    // a time must be an integer: a float or text `exp` is not skipped but refused
     // a time is a NumericDate (RFC 8392): an integer, or a float (floored); anything else is
     // refused, not skipped
     let time = |k: i64, name: &str| match int(k) {

@@ -81,7 +81,11 @@ pub(super) fn numeric(v: &Value, name: &str) -> Result<Option<i64>, String> {
         Value::Null => Ok(None),
         Value::Number(n) => n
             .as_i64()
-            .or_else(|| n.as_f64().map(|f| f as i64))
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.is_finite())
+                    .map(|f| f.floor() as i64)
+            })
             .map(Some)
             .ok_or_else(|| format!("{name} is not a NumericDate")),
         _ => Err(format!("{name} is not a NumericDate")),

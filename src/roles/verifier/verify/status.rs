@@ -264,7 +264,9 @@ async fn fetch_status(
     let max = crate::http::outbound::limits().max_body_bytes;
     // (the draft: a Token Status List is asked for by its media type)
     let accept = token_list.then_some("application/statuslist+jwt");
-    let (body, fresh_etag) = fetch_list(ctx, "jwt", uri, accept, max).await?;
+    // the two JWT forms are asked for differently: fetched and cached apart
+    let form = if token_list { "tsl" } else { "jwt" };
+    let (body, fresh_etag) = fetch_list(ctx, form, uri, accept, max).await?;
     let token = String::from_utf8_lossy(&body).trim().to_string();
     let checked = (|| {
         let (header, payload) =
@@ -295,11 +297,11 @@ async fn fetch_status(
     })();
     match checked {
         Ok((header, payload, until)) => {
-            keep(ctx, "jwt", uri, fresh_etag, body, until);
+            keep(ctx, form, uri, fresh_etag, body, until);
             Ok((header, payload))
         }
         Err(e) => {
-            ctx.status_cache.forget(&format!("jwt {uri}"));
+            ctx.status_cache.forget(&format!("{form} {uri}"));
             Err(e)
         }
     }
@@ -389,9 +391,16 @@ pub(super) async fn w3c_status(
     issuer: &IssuerKey,
 ) {
     let entries: Vec<&Value> = match status {
+        Value::Null => return no_status(ctx, out, query_id),
         Value::Array(a) if !a.is_empty() => a.iter().collect(),
         Value::Object(_) => vec![status],
-        _ => return no_status(ctx, out, query_id),
+        // a credentialStatus this verifier cannot read is not "no status"
+        _ => {
+            return out.fail(
+                "status",
+                format!("{query_id}: a credentialStatus that is no status entry"),
+            )
+        }
     };
     if entries.len() > MAX_STATUS_ENTRIES {
         return out.fail(
@@ -649,8 +658,8 @@ mod list_checks {
         fetch_status(&ctx, &uri, &key.verifying_key(), true)
             .await
             .unwrap();
-        assert!(cache.get(&format!("jwt {uri}"), now - 50).is_some());
-        assert!(cache.get(&format!("jwt {uri}"), now).is_none());
+        assert!(cache.get(&format!("tsl {uri}"), now - 50).is_some());
+        assert!(cache.get(&format!("tsl {uri}"), now).is_none());
     }
 
     /// The `status` policy's verdict: `None` passed, else why not.
