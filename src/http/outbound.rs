@@ -111,28 +111,50 @@ pub fn check_url(url: &str) -> Result<(), OutboundError> {
 }
 
 tokio::task_local! {
-    /// Requests [`send`] may still make in this task ([`with_budget`]).
-    static BUDGET: std::cell::Cell<u32>;
+    /// What [`send`] may still fetch in this task ([`with_budget`]).
+    static BUDGET: std::cell::RefCell<Budget>;
 }
 
-/// Runs `f` allowing it at most `n` requests through [`send`]; the next ones are refused
-/// (`outbound_refused`). For work whose URLs an outsider chooses (one verification: DID
-/// documents, issuer metadata, status lists), so one request cannot fan out into hundreds.
-pub async fn with_budget<F: std::future::Future>(n: u32, f: F) -> F::Output {
-    BUDGET.scope(std::cell::Cell::new(n), f).await
+/// Requests one task may still make: distinct URLs (outsiders it may be sent to) and requests in
+/// all (the same document asked for once per credential that names it).
+struct Budget {
+    distinct_left: u32,
+    total_left: u32,
+    seen: std::collections::HashSet<String>,
 }
 
-/// Takes one request from the task's budget, if it has one.
-fn take_budget() -> Result<(), OutboundError> {
+/// Runs `f` allowing it requests through [`send`] to at most `distinct` URLs, and at most four
+/// times that many requests in all; the next ones are refused (`outbound_refused`). For work
+/// whose URLs an outsider chooses (one verification: DID documents, issuer metadata, status
+/// lists), so one request cannot fan out into hundreds.
+pub async fn with_budget<F: std::future::Future>(distinct: u32, f: F) -> F::Output {
+    let budget = Budget {
+        distinct_left: distinct,
+        total_left: distinct.saturating_mul(4),
+        seen: Default::default(),
+    };
+    BUDGET.scope(std::cell::RefCell::new(budget), f).await
+}
+
+/// Takes a request to `url` from the task's budget, if it has one.
+fn take_budget(url: &str) -> Result<(), OutboundError> {
+    let spent =
+        || OutboundError::Refused("this task has made all the outbound requests it may".into());
     BUDGET
-        .try_with(|left| match left.get() {
-            0 => Err(OutboundError::Refused(
-                "this task has made all the outbound requests it may".into(),
-            )),
-            n => {
-                left.set(n - 1);
-                Ok(())
+        .try_with(|b| {
+            let mut b = b.borrow_mut();
+            if b.total_left == 0 {
+                return Err(spent());
             }
+            if !b.seen.contains(url) {
+                if b.distinct_left == 0 {
+                    return Err(spent());
+                }
+                b.distinct_left -= 1;
+                b.seen.insert(url.to_string());
+            }
+            b.total_left -= 1;
+            Ok(())
         })
         .unwrap_or(Ok(()))
 }
@@ -143,7 +165,7 @@ pub async fn send(req: reqwest::RequestBuilder) -> Result<reqwest::Response, Out
     let (client, request) = req.build_split();
     let request = request.map_err(|e| OutboundError::from_reqwest(&e))?;
     check_url(request.url().as_str())?;
-    take_budget()?;
+    take_budget(request.url().as_str())?;
     client
         .execute(request)
         .await
@@ -795,20 +817,21 @@ mod tests {
             }
         });
         let http = reqwest::Client::new();
+        // two distinct URLs (eight requests in all): a third URL is refused, the same two are
+        // not until eight requests were made
         let answers = with_budget(2, async {
             let mut answers = Vec::new();
-            for _ in 0..3 {
-                answers.push(send(http.get(&url)).await.map(|_| ()));
+            for path in ["a", "b", "c", "a", "b", "a", "b", "a", "b", "a"] {
+                answers.push(send(http.get(format!("{url}{path}"))).await.map(|_| ()));
             }
             answers
         })
         .await;
-        assert!(answers[0].is_ok() && answers[1].is_ok(), "{answers:?}");
-        assert!(
-            matches!(answers[2], Err(OutboundError::Refused(_))),
-            "{answers:?}"
-        );
-        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let refused: Vec<usize> = (0..answers.len())
+            .filter(|i| matches!(answers[*i], Err(OutboundError::Refused(_))))
+            .collect();
+        assert_eq!(refused, [2, 9], "{answers:?}");
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 8);
         assert!(send(http.get(&url)).await.is_ok());
     }
 }

@@ -76,9 +76,10 @@ pub struct Ctx<'a> {
     pub status_max_age: Option<i64>,
 }
 
-/// Most outbound requests one evaluation makes (DID documents, issuer metadata, status lists:
-/// URLs the presenter chose). An honest response needs a few; 10 presentations of 10
-/// credentials each could otherwise have made hundreds, each up to its timeout.
+/// Most distinct URLs one evaluation fetches (DID documents, issuer metadata, status lists: URLs
+/// the presenter chose), and four times that many requests in all (the same issuer's metadata
+/// is read again for each of its credentials). An honest response needs a few; 10 presentations
+/// of 10 credentials each could otherwise have made hundreds, each up to its timeout.
 pub const MAX_OUTBOUND_PER_EVALUATION: u32 = 64;
 
 /// Most credentials verified out of one presentation (each may cost a DID resolution and a
