@@ -3,7 +3,7 @@
 //! not yet acknowledged. Each message is handed out once per socket or HTTP lease, whichever
 //! transport asks; the store stays the source of truth (`queue.rs` reads and writes it).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Weak};
 
 use tokio::sync::watch;
@@ -77,7 +77,15 @@ pub(super) struct Book {
     /// rebuilt once older than [`SHARED_INDEX_MAX_AGE_MS`].
     shared: bool,
     next_build: u64,
+    /// Once shared: ids removed from each connection's queue in the last
+    /// [`SHARED_INDEX_MAX_AGE_MS`] (oldest first), so another node's announcement of one that
+    /// arrives after its removal (events from different nodes have no common order) does not
+    /// bring it back into the index.
+    removed: HashMap<String, VecDeque<(String, i64)>>,
 }
+
+/// Most removals remembered per connection (a burst of acknowledgements within the window).
+const REMOVED_KEPT: usize = 4096;
 
 /// How long a message the index holds but the store did not (yet) is skipped before it is
 /// tried again, when another node may have queued it and its record not reached this node.
@@ -169,6 +177,7 @@ impl Book {
             leases,
             shared,
             next_build,
+            ..
         } = self;
         match queues.get_mut(conn_id) {
             Some(Slot::Ready { queue, built_ms })
@@ -303,11 +312,59 @@ impl Book {
         });
     }
 
-    /// Changes another node made to `conn_id`'s queue, from its bus event.
-    pub(super) fn note_remote(&mut self, conn_id: &str, changes: Vec<Change>) {
+    /// Changes another node made to `conn_id`'s queue, from its bus event (at `now`). An added
+    /// message this node saw removed already stays out.
+    pub(super) fn note_remote(&mut self, conn_id: &str, changes: Vec<Change>, now: i64) {
         self.shared = true;
         for c in changes {
+            match &c {
+                Change::Add(id, _) if self.was_removed(conn_id, id, now) => continue,
+                Change::Remove(id) => self.remember_removed(conn_id, [id.as_str()], now),
+                Change::Add(..) => {}
+            }
             self.note(conn_id, c);
+        }
+    }
+
+    /// Remembers (once shared) that `ids` left `conn_id`'s queue at `now`.
+    fn remember_removed<'a>(
+        &mut self,
+        conn_id: &str,
+        ids: impl IntoIterator<Item = &'a str>,
+        now: i64,
+    ) {
+        if !self.shared {
+            return;
+        }
+        let kept = self.removed.entry(conn_id.to_string()).or_default();
+        for id in ids {
+            if kept.len() == REMOVED_KEPT {
+                kept.pop_front();
+            }
+            kept.push_back((id.to_string(), now));
+        }
+        self.prune_removed(conn_id, now);
+    }
+
+    /// Whether `id` left `conn_id`'s queue within the window.
+    fn was_removed(&mut self, conn_id: &str, id: &str, now: i64) -> bool {
+        self.prune_removed(conn_id, now);
+        self.removed
+            .get(conn_id)
+            .is_some_and(|kept| kept.iter().any(|(r, _)| r == id))
+    }
+
+    fn prune_removed(&mut self, conn_id: &str, now: i64) {
+        if let Some(kept) = self.removed.get_mut(conn_id) {
+            while kept
+                .front()
+                .is_some_and(|(_, at)| now.saturating_sub(*at) >= SHARED_INDEX_MAX_AGE_MS)
+            {
+                kept.pop_front();
+            }
+            if kept.is_empty() {
+                self.removed.remove(conn_id);
+            }
         }
     }
 
@@ -340,7 +397,9 @@ impl Book {
         &mut self,
         conn_id: &str,
         ids: &[&String],
+        now: i64,
     ) -> Vec<(u64, Weak<Socket>)> {
+        self.remember_removed(conn_id, ids.iter().map(|id| id.as_str()), now);
         let Book { queues, leases, .. } = self;
         match queues.get_mut(conn_id) {
             Some(Slot::Ready { queue, .. }) => {
@@ -495,7 +554,7 @@ mod tests {
         assert_eq!(lease(&mut b, 1, None, &Holder::of(Some(&s), 0), 0), ["1"]);
         assert_eq!(lease(&mut b, 1, None, &Holder::of(Some(&t), 0), 0), ["2"]);
         let one = "1".to_string();
-        let holders = b.acknowledged("c", &[&one]);
+        let holders = b.acknowledged("c", &[&one], 0);
         assert_eq!(holders.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [1]);
         let (len, bytes, live) = b
             .try_run("c", 0, |q, l| {
@@ -569,7 +628,7 @@ mod tests {
         assert_eq!((len(&mut b), b.live_leases("c", 5)), (Some(0), 0));
         // other nodes change queues: a young message may not have reached this copy yet
         let mut b = ready(&[("1", "a")]);
-        b.note_remote("c", vec![]);
+        b.note_remote("c", vec![], 0);
         assert_eq!(lease(&mut b, 1, None, &http, 0), ["1"]);
         b.missing("c", &["1".to_string()], 5);
         // kept, and skipped for a second (the messages behind it go first)
@@ -577,5 +636,21 @@ mod tests {
         assert_eq!(b.live_leases("c", 5 + MISSING_RETRY_MS), 0);
         b.missing("c", &["1".to_string()], SHARED_INDEX_MAX_AGE_MS);
         assert_eq!(len(&mut b), Some(0));
+    }
+
+    #[test]
+    fn another_nodes_late_announcement_of_a_removed_message_does_not_bring_it_back() {
+        let mut b = ready(&[("1", "a")]);
+        // from another node, out of order: the removal first, then the addition
+        b.note_remote("c", vec![Change::Remove("2".into())], 0);
+        b.note_remote("c", vec![Change::Add("2".into(), e(5, "a"))], 10);
+        let one = "1".to_string();
+        b.acknowledged("c", &[&one], 20);
+        b.note_remote("c", vec![Change::Add("1".into(), e(5, "a"))], 30);
+        assert_eq!(b.try_run("c", 30, |q, _| q.len()).ok(), Some(0));
+        // what is remembered goes once the window has passed
+        assert!(b.was_removed("c", "1", 30));
+        assert!(!b.was_removed("c", "1", 20 + SHARED_INDEX_MAX_AGE_MS));
+        assert!(b.removed.is_empty());
     }
 }

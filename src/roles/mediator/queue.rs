@@ -290,6 +290,7 @@ impl MediatorService {
         let conn_id = parts.next().unwrap_or_default();
         let origin = parts.next().unwrap_or_default();
         if origin != self.origin {
+            let now = self.now();
             let changes = parts
                 .next()
                 .and_then(|c| serde_json::from_str::<Vec<Change>>(c).ok());
@@ -303,10 +304,10 @@ impl MediatorService {
                         })
                         .collect();
                     let mut book = self.book();
-                    book.note_remote(conn_id, changes);
+                    book.note_remote(conn_id, changes, now);
                     if !removed.is_empty() {
                         let ids: Vec<&String> = removed.iter().collect();
-                        let holders = book.acknowledged(conn_id, &ids);
+                        let holders = book.acknowledged(conn_id, &ids, now);
                         drop(book);
                         for (_, w) in holders {
                             if let Some(h) = w.upgrade() {
@@ -456,7 +457,8 @@ impl MediatorService {
             .collect();
         self.ctx.store.batch(ops).await?;
         let mut holders: Vec<Arc<Socket>> = socket.into_iter().cloned().collect();
-        for (sid, w) in self.book().acknowledged(conn_id, &ids) {
+        let now = self.now();
+        for (sid, w) in self.book().acknowledged(conn_id, &ids, now) {
             if !holders.iter().any(|h| h.id == sid) {
                 holders.extend(w.upgrade());
             }
