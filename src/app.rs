@@ -178,7 +178,11 @@ pub async fn run(
                 // alone).
                 #[cfg(feature = "cluster")]
                 let lease = match &cluster {
-                    Some(c) => Some(c.init_lease().await?),
+                    Some(c) => match c.init_lease_until(&shutdown).await? {
+                        Some(lease) => Some(lease),
+                        // stopped while another node initialised
+                        None => return Ok(()),
+                    },
                     None => None,
                 };
                 let t = crate::server::first_start::sandbox_admin_token(&opened).await;
@@ -448,7 +452,9 @@ async fn init_roles(
     if let Some(c) = &state.cluster {
         use std::sync::atomic::Ordering;
         loop {
-            let lease = c.init_lease().await?;
+            let Some(lease) = c.init_lease_until(shutdown).await? else {
+                return Ok(None);
+            };
             let refused_before = c.node.held_back_refusals.load(Ordering::SeqCst);
             let res = init().await;
             c.release_init_lease(lease).await;

@@ -495,6 +495,17 @@ impl Cluster {
     /// their signing keys) are created by exactly one node; the others find them when they get the
     /// lease. The lease is a compare-and-swap at its key's primary, with a TTL in case its holder dies.
     pub async fn init_lease(&self) -> anyhow::Result<Vec<u8>> {
+        self.init_lease_until(&tokio_util::sync::CancellationToken::new())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("stopped"))
+    }
+
+    /// [`init_lease`](Self::init_lease), given up when `shutdown` comes first (`None`): a node
+    /// asked to stop while another one initialises does not wait for it.
+    pub async fn init_lease_until(
+        &self,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Option<Vec<u8>>> {
         let me = format!("{}/{}", self.node.id(), crate::clock::random_id()).into_bytes();
         let store = super::store::ClusterStore::new(self.node.clone());
         let mut waited = 0u32;
@@ -508,9 +519,9 @@ impl Cluster {
                 )
                 .await
             {
-                Ok(Cas::Swapped) => return Ok(me),
+                Ok(Cas::Swapped) => return Ok(Some(me)),
                 // this node's own earlier attempt, applied though its answer was lost
-                Ok(Cas::Conflict(Some(held))) if held == me => return Ok(me),
+                Ok(Cas::Conflict(Some(held))) if held == me => return Ok(Some(me)),
                 Ok(Cas::Conflict(_)) => {}
                 Err(e) => tracing::warn!(error = %e, "cluster: init lease attempt failed"),
             }
@@ -518,7 +529,10 @@ impl Cluster {
             if waited % 50 == 0 {
                 tracing::info!("cluster: waiting for another node to finish initialising");
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
         }
     }
 
@@ -938,6 +952,13 @@ mod tests {
             .unwrap();
         assert!(cluster.node.settings.updates_consistent);
         let lease = cluster.init_lease().await.unwrap();
+        // another attempt while it is held gives up once the node is asked to stop
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let waited = tokio::time::timeout(Duration::from_secs(30), cluster.init_lease_until(&stop))
+            .await
+            .expect("a stopping node kept waiting for the init lease");
+        assert!(waited.unwrap().is_none());
         cluster.release_init_lease(lease).await;
         let held = opened
             .store
