@@ -43,6 +43,10 @@ struct Batch<'a> {
     expires_at: Option<i64>,
 }
 
+/// Credential requests one access token may make (an honest wallet makes one per configuration
+/// it was offered, a few more on retries; each request may carry 10 proofs).
+pub(super) const MAX_CREDENTIAL_REQUESTS_PER_TOKEN: u32 = 32;
+
 impl IssuerService {
     pub async fn nonce(&self, issuer_id: &str) -> Result<String, IssuerError> {
         let issuer = self.get_issuer(issuer_id).await.map_err(|e| {
@@ -412,18 +416,35 @@ impl IssuerService {
         let token =
             access_token.ok_or_else(|| InvalidToken.because("an access token is required"))?;
         let token_key = hash(token);
-        let grant: AccessGrant =
-            store
-                .get_json(ks::TOKENS, &token_key)
-                .await?
-                .ok_or_else(|| {
-                    InvalidToken.because("the access token is unknown, expired or used up")
-                })?;
-        if grant.issuer != issuer_id {
-            return Err(InvalidToken
-                .because("the access token belongs to another issuer")
-                .into());
-        }
+        let unknown = || InvalidToken.because("the access token is unknown, expired or used up");
+        // each request is counted on the grant: a token holder may not make the issuer sign
+        // batch after batch for the token's whole life
+        let now = self.now();
+        let grant: AccessGrant = store
+            .update_json_with_ttl(
+                ks::TOKENS,
+                &token_key,
+                |g: &AccessGrant| Some(secs(u64::try_from(g.expires_at - now).unwrap_or(0).max(1))),
+                None,
+                |mut g: AccessGrant| {
+                    if g.issuer != issuer_id {
+                        return Err(InvalidToken
+                            .because("the access token belongs to another issuer")
+                            .into());
+                    }
+                    if g.requests >= MAX_CREDENTIAL_REQUESTS_PER_TOKEN {
+                        return Err(InvalidToken
+                            .because(format!(
+                                "this access token has made its {MAX_CREDENTIAL_REQUESTS_PER_TOKEN} credential requests"
+                            ))
+                            .into());
+                    }
+                    g.requests += 1;
+                    Ok::<_, IssuerError>(g)
+                },
+            )
+            .await?
+            .ok_or_else(unknown)?;
         Ok((token_key, grant))
     }
 

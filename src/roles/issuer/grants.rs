@@ -352,6 +352,7 @@ impl IssuerService {
             issuer: issuer_id.to_string(),
             credential_configuration_ids: config_ids,
             expires_at: self.now() + ACCESS_TOKEN_TTL as i64,
+            requests: 0,
         };
         store
             .put_json(

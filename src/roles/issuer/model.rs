@@ -322,6 +322,9 @@ pub struct AccessGrant {
     pub issuer: String,
     pub credential_configuration_ids: Vec<String>,
     pub expires_at: i64,
+    /// Credential requests made with the token so far (each may ask for a batch of signatures).
+    #[serde(default)]
+    pub requests: u32,
 }
 
 /// Authorization-code flow state between /authorize and /token.

@@ -421,6 +421,7 @@ async fn a_token_its_offer_does_not_name_is_refused() {
         issuer: "default".into(),
         credential_configuration_ids: vec!["IdentityCredential_dc_sd_jwt".into()],
         expires_at: 1_800_000_600,
+        requests: 0,
     };
     let store = svc.ctx.store.clone();
     let orphan = |t: &'static str| {
@@ -1864,4 +1865,35 @@ async fn an_authorization_code_does_not_redeem_an_offer_that_expired_since() {
     );
     assert_eq!(e.error, "invalid_grant");
     assert!(e.description.contains("expired"), "{}", e.description);
+}
+
+/// One access token makes at most 32 credential requests: its holder may not make the issuer sign
+/// batch after batch (up to 10 credentials each, again for a configuration already issued to the
+/// same key) for the token's whole life.
+#[tokio::test]
+async fn an_access_token_makes_a_bounded_number_of_credential_requests() {
+    let (svc, clock) = issuer().await;
+    let o = svc.create_offer("default", offer_req(None)).await.unwrap();
+    let t = svc
+        .token("default", token_req(&pre_auth_code(&o)))
+        .await
+        .unwrap();
+    // the same holder asking again is sent the credential again (a retry after a lost answer)
+    let holder = SigningKey::generate(KeyType::Ed25519);
+    for i in 0..super::credential::MAX_CREDENTIAL_REQUESTS_PER_TOKEN {
+        credential_by(&svc, &clock, &t.access_token, &holder)
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: {e:?}"));
+    }
+    let e = OAuthError::from(
+        credential_by(&svc, &clock, &t.access_token, &holder)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.error, "invalid_token");
+    assert!(
+        e.description.contains("credential requests"),
+        "{}",
+        e.description
+    );
 }
