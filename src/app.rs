@@ -180,8 +180,17 @@ pub async fn run(
                 let lease = match &cluster {
                     Some(c) => match c.init_lease_until(&shutdown).await? {
                         Some(lease) => Some(lease),
-                        // stopped while another node initialised
-                        None => return Ok(()),
+                        // stopped while another node initialised: leave as any stop does
+                        None => {
+                            c.leave().await;
+                            tasks
+                                .shutdown(Duration::from_secs(
+                                    raw.server.shutdown_timeout_seconds.max(1),
+                                ))
+                                .await;
+                            opened.store.flush().await.context("final store flush")?;
+                            return Ok(());
+                        }
                     },
                     None => None,
                 };

@@ -509,6 +509,8 @@ impl Cluster {
         let me = format!("{}/{}", self.node.id(), crate::clock::random_id()).into_bytes();
         let store = super::store::ClusterStore::new(self.node.clone());
         let mut waited = 0u32;
+        // an attempt that failed may have taken the lease all the same (its answer lost)
+        let mut uncertain = false;
         loop {
             match store
                 .compare_and_swap(
@@ -523,14 +525,23 @@ impl Cluster {
                 // this node's own earlier attempt, applied though its answer was lost
                 Ok(Cas::Conflict(Some(held))) if held == me => return Ok(Some(me)),
                 Ok(Cas::Conflict(_)) => {}
-                Err(e) => tracing::warn!(error = %e, "cluster: init lease attempt failed"),
+                Err(e) => {
+                    uncertain = true;
+                    tracing::warn!(error = %e, "cluster: init lease attempt failed")
+                }
             }
             waited += 1;
             if waited % 50 == 0 {
                 tracing::info!("cluster: waiting for another node to finish initialising");
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return Ok(None),
+                _ = shutdown.cancelled() => {
+                    if uncertain {
+                        // (released only if it holds this node's value)
+                        self.release_init_lease(me).await;
+                    }
+                    return Ok(None);
+                }
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
         }

@@ -65,13 +65,32 @@ impl IssuerService {
         access_token: Option<&str>,
         req: CredentialRequest,
     ) -> Result<Value, IssuerError> {
-        let store = &self.ctx.store;
         let (token_key, grant) = self.access_grant(issuer_id, access_token).await?;
+        let answer = self
+            .credential_for(issuer_id, &token_key, &grant, req)
+            .await;
+        if answer.as_ref().is_err_and(IssuerError::is_server_error) {
+            // our failure, not the wallet's: the request it will retry is not counted
+            self.give_back_request(&token_key).await;
+        }
+        answer
+    }
+
+    /// [`credential`](Self::credential) once the token's grant is known (and this request
+    /// counted on it).
+    async fn credential_for(
+        &self,
+        issuer_id: &str,
+        token_key: &str,
+        grant: &AccessGrant,
+        req: CredentialRequest,
+    ) -> Result<Value, IssuerError> {
+        let store = &self.ctx.store;
         let offer: Offer = store
             .get_json(ks::OFFERS, &grant.offer_id)
             .await?
             .ok_or_else(|| InvalidToken.because("the offer behind this token has expired"))?;
-        if !names_token(&offer, &token_key) {
+        if !names_token(&offer, token_key) {
             return Err(InvalidToken
                 .because("the access token is unknown, expired or used up")
                 .into());
@@ -80,20 +99,20 @@ impl IssuerService {
             .get_issuer(issuer_id)
             .await
             .map_err(|e| unless_unavailable(e, || InvalidToken.because("unknown issuer").into()))?;
-        let (config_id, config) = self.covered_config(&issuer, &grant, &req)?;
+        let (config_id, config) = self.covered_config(&issuer, grant, &req)?;
         let jwts = proof_jwts(&req)?;
         let now = self.now();
         let proven = self.check_proofs(&issuer, &jwts, now).await?;
         let r = Request {
             issuer: &issuer,
-            grant: &grant,
+            grant,
             offer: &offer,
             config_id: &config_id,
             config: &config,
             holders: &proven.holders,
             now,
         };
-        match self.deliver(&r, &token_key).await {
+        match self.deliver(&r, token_key).await {
             Ok(credentials) => Ok(json!({"credentials": credentials})),
             Err(e) => {
                 if e.is_server_error() {
@@ -427,6 +446,9 @@ impl IssuerService {
                 |g: &AccessGrant| Some(secs(u64::try_from(g.expires_at - now).unwrap_or(0).max(1))),
                 None,
                 |mut g: AccessGrant| {
+                    if g.expires_at <= now {
+                        return Err(unknown().into());
+                    }
                     if g.issuer != issuer_id {
                         return Err(InvalidToken
                             .because("the access token belongs to another issuer")
@@ -446,6 +468,29 @@ impl IssuerService {
             .await?
             .ok_or_else(unknown)?;
         Ok((token_key, grant))
+    }
+
+    /// Takes back the count of a request that failed on this side (best effort: a lost give-back
+    /// costs the token one of its requests).
+    async fn give_back_request(&self, token_key: &str) {
+        let now = self.now();
+        let given = self
+            .ctx
+            .store
+            .update_json_with_ttl(
+                ks::TOKENS,
+                token_key,
+                |g: &AccessGrant| Some(secs(u64::try_from(g.expires_at - now).unwrap_or(0).max(1))),
+                None,
+                |mut g: AccessGrant| {
+                    g.requests = g.requests.saturating_sub(1);
+                    Ok::<_, IssuerError>(g)
+                },
+            )
+            .await;
+        if let Err(e) = given {
+            tracing::warn!(error = %crate::error::ApiError::from(e), "a failed credential request stays counted on its token");
+        }
     }
 
     /// One credential of a request, for one proven holder key; recorded for status management.

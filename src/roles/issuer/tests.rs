@@ -1897,3 +1897,29 @@ async fn an_access_token_makes_a_bounded_number_of_credential_requests() {
         e.description
     );
 }
+
+/// A request that fails on the issuer's side (a store outage) is not counted against its token:
+/// a wallet retrying through an outage does not use up its 32 requests and lose the credential.
+#[tokio::test]
+async fn requests_that_fail_on_the_issuers_side_are_not_counted_on_the_token() {
+    let (svc, faulty, clock) = faulty_issuer(ks::CREDS, false).await;
+    let o = svc.create_offer("default", offer_req(None)).await.unwrap();
+    let t = svc
+        .token("default", token_req(&pre_auth_code(&o)))
+        .await
+        .unwrap();
+    let holder = SigningKey::generate(KeyType::Ed25519);
+    for i in 0..super::credential::MAX_CREDENTIAL_REQUESTS_PER_TOKEN + 8 {
+        faulty.fail.store(1, std::sync::atomic::Ordering::SeqCst);
+        let e = OAuthError::from(
+            credential_by(&svc, &clock, &t.access_token, &holder)
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(e.status.as_u16(), 503, "request {i}: {e:?}");
+    }
+    let got = credential_by(&svc, &clock, &t.access_token, &holder)
+        .await
+        .unwrap();
+    assert!(got["credentials"][0]["credential"].is_string());
+}

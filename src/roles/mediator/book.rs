@@ -77,15 +77,55 @@ pub(super) struct Book {
     /// rebuilt once older than [`SHARED_INDEX_MAX_AGE_MS`].
     shared: bool,
     next_build: u64,
-    /// Once shared: ids removed from each connection's queue in the last
-    /// [`SHARED_INDEX_MAX_AGE_MS`] (oldest first), so another node's announcement of one that
-    /// arrives after its removal (events from different nodes have no common order) does not
-    /// bring it back into the index.
-    removed: HashMap<String, VecDeque<(String, i64)>>,
+    /// Once shared: the (connection, id) pairs removed from queues in the last
+    /// [`SHARED_INDEX_MAX_AGE_MS`], so another node's announcement of one that arrives after its
+    /// removal (events from different nodes have no common order) does not bring it back into
+    /// the index. Node-wide and bounded ([`REMOVED_KEPT`]), oldest first out.
+    removed: Removed,
 }
 
-/// Most removals remembered per connection (a burst of acknowledgements within the window).
-const REMOVED_KEPT: usize = 4096;
+/// Most removals remembered node-wide (acknowledgements within the window; past it the oldest
+/// are forgotten first, and a late announcement of one of those makes a ghost entry that the
+/// 10 s rebuild clears).
+const REMOVED_KEPT: usize = 65_536;
+
+#[derive(Default)]
+struct Removed {
+    order: VecDeque<(i64, String, String)>,
+    set: HashSet<(String, String)>,
+}
+
+impl Removed {
+    fn prune(&mut self, now: i64) {
+        while let Some((at, _, _)) = self.order.front() {
+            if now.saturating_sub(*at) < SHARED_INDEX_MAX_AGE_MS && self.order.len() <= REMOVED_KEPT
+            {
+                break;
+            }
+            if let Some((_, conn, id)) = self.order.pop_front() {
+                self.set.remove(&(conn, id));
+            }
+        }
+    }
+
+    fn remember(&mut self, conn_id: &str, id: &str, now: i64) {
+        let key = (conn_id.to_string(), id.to_string());
+        if self.set.insert(key.clone()) {
+            self.order.push_back((now, key.0, key.1));
+        }
+        self.prune(now);
+    }
+
+    fn contains(&mut self, conn_id: &str, id: &str, now: i64) -> bool {
+        self.prune(now);
+        self.set.contains(&(conn_id.to_string(), id.to_string()))
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
 
 /// How long a message the index holds but the store did not (yet) is skipped before it is
 /// tried again, when another node may have queued it and its record not reached this node.
@@ -313,14 +353,15 @@ impl Book {
     }
 
     /// Changes another node made to `conn_id`'s queue, from its bus event (at `now`). An added
-    /// message this node saw removed already stays out.
+    /// message this node saw removed already stays out. (Its removals are remembered by
+    /// [`Book::acknowledged`], which the event handler calls for them.)
     pub(super) fn note_remote(&mut self, conn_id: &str, changes: Vec<Change>, now: i64) {
         self.shared = true;
         for c in changes {
-            match &c {
-                Change::Add(id, _) if self.was_removed(conn_id, id, now) => continue,
-                Change::Remove(id) => self.remember_removed(conn_id, [id.as_str()], now),
-                Change::Add(..) => {}
+            if let Change::Add(id, _) = &c {
+                if self.removed.contains(conn_id, id, now) {
+                    continue;
+                }
             }
             self.note(conn_id, c);
         }
@@ -336,36 +377,14 @@ impl Book {
         if !self.shared {
             return;
         }
-        let kept = self.removed.entry(conn_id.to_string()).or_default();
         for id in ids {
-            if kept.len() == REMOVED_KEPT {
-                kept.pop_front();
-            }
-            kept.push_back((id.to_string(), now));
+            self.removed.remember(conn_id, id, now);
         }
-        self.prune_removed(conn_id, now);
     }
 
-    /// Whether `id` left `conn_id`'s queue within the window.
+    #[cfg(test)]
     fn was_removed(&mut self, conn_id: &str, id: &str, now: i64) -> bool {
-        self.prune_removed(conn_id, now);
-        self.removed
-            .get(conn_id)
-            .is_some_and(|kept| kept.iter().any(|(r, _)| r == id))
-    }
-
-    fn prune_removed(&mut self, conn_id: &str, now: i64) {
-        if let Some(kept) = self.removed.get_mut(conn_id) {
-            while kept
-                .front()
-                .is_some_and(|(_, at)| now.saturating_sub(*at) >= SHARED_INDEX_MAX_AGE_MS)
-            {
-                kept.pop_front();
-            }
-            if kept.is_empty() {
-                self.removed.remove(conn_id);
-            }
-        }
+        self.removed.contains(conn_id, id, now)
     }
 
     /// When (ms) the first HTTP lease on `conn_id`'s messages still running at `now` runs out.
@@ -641,8 +660,11 @@ mod tests {
     #[test]
     fn another_nodes_late_announcement_of_a_removed_message_does_not_bring_it_back() {
         let mut b = ready(&[("1", "a")]);
-        // from another node, out of order: the removal first, then the addition
+        // from another node, out of order: the removal first (its event handler notes it and
+        // then ends its leases: `acknowledged`), then the addition
         b.note_remote("c", vec![Change::Remove("2".into())], 0);
+        let two = "2".to_string();
+        b.acknowledged("c", &[&two], 0);
         b.note_remote("c", vec![Change::Add("2".into(), e(5, "a"))], 10);
         let one = "1".to_string();
         b.acknowledged("c", &[&one], 20);
@@ -652,5 +674,12 @@ mod tests {
         assert!(b.was_removed("c", "1", 30));
         assert!(!b.was_removed("c", "1", 20 + SHARED_INDEX_MAX_AGE_MS));
         assert!(b.removed.is_empty());
+        // however many removals one window holds, the node remembers a bounded number
+        let ids: Vec<String> = (0..REMOVED_KEPT + 100).map(|i| format!("{i}")).collect();
+        let refs: Vec<&String> = ids.iter().collect();
+        b.acknowledged("c", &refs, 50_000);
+        assert_eq!(b.removed.order.len(), REMOVED_KEPT);
+        assert_eq!(b.removed.set.len(), REMOVED_KEPT);
+        assert!(!b.was_removed("c", "0", 50_000) && b.was_removed("c", "100", 50_000));
     }
 }
