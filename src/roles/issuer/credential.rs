@@ -43,6 +43,11 @@ struct Batch<'a> {
     expires_at: Option<i64>,
 }
 
+/// An access grant updated at `now` keeps its expiry: what is left of it.
+fn grant_ttl(now: i64) -> impl Fn(&AccessGrant) -> Option<std::time::Duration> {
+    move |g| Some(secs(u64::try_from(g.expires_at - now).unwrap_or(0).max(1)))
+}
+
 /// Credential requests one access token may make (an honest wallet makes one per configuration
 /// it was offered, a few more on retries; each request may carry 10 proofs).
 pub(super) const MAX_CREDENTIAL_REQUESTS_PER_TOKEN: u32 = 32;
@@ -443,7 +448,7 @@ impl IssuerService {
             .update_json_with_ttl(
                 ks::TOKENS,
                 &token_key,
-                |g: &AccessGrant| Some(secs(u64::try_from(g.expires_at - now).unwrap_or(0).max(1))),
+                grant_ttl(now),
                 None,
                 |mut g: AccessGrant| {
                     if g.expires_at <= now {
@@ -480,7 +485,7 @@ impl IssuerService {
             .update_json_with_ttl(
                 ks::TOKENS,
                 token_key,
-                |g: &AccessGrant| Some(secs(u64::try_from(g.expires_at - now).unwrap_or(0).max(1))),
+                grant_ttl(now),
                 None,
                 |mut g: AccessGrant| {
                     g.requests = g.requests.saturating_sub(1);

@@ -1867,17 +1867,21 @@ async fn an_authorization_code_does_not_redeem_an_offer_that_expired_since() {
     assert!(e.description.contains("expired"), "{}", e.description);
 }
 
+/// The access token of a new offer of the default issuer, redeemed.
+async fn redeemed_token(svc: &IssuerService) -> super::grants::TokenResponse {
+    let o = svc.create_offer("default", offer_req(None)).await.unwrap();
+    svc.token("default", token_req(&pre_auth_code(&o)))
+        .await
+        .unwrap()
+}
+
 /// One access token makes at most 32 credential requests: its holder may not make the issuer sign
 /// batch after batch (up to 10 credentials each, again for a configuration already issued to the
 /// same key) for the token's whole life.
 #[tokio::test]
 async fn an_access_token_makes_a_bounded_number_of_credential_requests() {
     let (svc, clock) = issuer().await;
-    let o = svc.create_offer("default", offer_req(None)).await.unwrap();
-    let t = svc
-        .token("default", token_req(&pre_auth_code(&o)))
-        .await
-        .unwrap();
+    let t = redeemed_token(&svc).await;
     // the same holder asking again is sent the credential again (a retry after a lost answer)
     let holder = SigningKey::generate(KeyType::Ed25519);
     for i in 0..super::credential::MAX_CREDENTIAL_REQUESTS_PER_TOKEN {
@@ -1903,11 +1907,7 @@ async fn an_access_token_makes_a_bounded_number_of_credential_requests() {
 #[tokio::test]
 async fn requests_that_fail_on_the_issuers_side_are_not_counted_on_the_token() {
     let (svc, faulty, clock) = faulty_issuer(ks::CREDS, false).await;
-    let o = svc.create_offer("default", offer_req(None)).await.unwrap();
-    let t = svc
-        .token("default", token_req(&pre_auth_code(&o)))
-        .await
-        .unwrap();
+    let t = redeemed_token(&svc).await;
     let holder = SigningKey::generate(KeyType::Ed25519);
     for i in 0..super::credential::MAX_CREDENTIAL_REQUESTS_PER_TOKEN + 8 {
         faulty.fail.store(1, std::sync::atomic::Ordering::SeqCst);
