@@ -358,8 +358,47 @@ pub fn json_depth(v: &serde_json::Value) -> usize {
     deepest
 }
 
+/// Deepest nesting a stored JSON record may have: serde_json refuses to read text nested deeper
+/// than 128, so a deeper record could be written and then never read again (every read of it,
+/// and every scan it is part of, would fail for its whole lifetime).
+pub const MAX_STORED_DEPTH: usize = 120;
+
 pub fn to_json<T: Serialize + ?Sized>(value: &T) -> StoreResult<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| StoreError::Backend(format!("encode: {e}")))
+    let bytes =
+        serde_json::to_vec(value).map_err(|e| StoreError::Backend(format!("encode: {e}")))?;
+    if text_depth(&bytes) > MAX_STORED_DEPTH {
+        return Err(StoreError::Backend(format!(
+            "encode: the record nests deeper than {MAX_STORED_DEPTH}, past what can be read back"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// How deep the JSON text `bytes` nests (objects and arrays), read without parsing it.
+fn text_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Keyspaces the foundation owns. Roles declare their own next to their code.
@@ -370,4 +409,35 @@ pub mod keyspaces {
     pub const HEALTH: &str = "health";
     /// Leases of jobs that run on one node at a time ([`super::lease::Lease`]).
     pub const JOBS: &str = "jobs";
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+
+    fn nested(depth: usize) -> serde_json::Value {
+        let mut v = serde_json::json!("leaf with [brackets] and {braces} and \"quotes\\\\");
+        for i in 0..depth {
+            v = if i % 2 == 0 {
+                serde_json::json!([v])
+            } else {
+                serde_json::json!({ "k[{": v })
+            };
+        }
+        v
+    }
+
+    /// A record nested past what serde_json reads back is refused when written, not stored to
+    /// fail every later read; one within the bound is written and read back. Brackets inside
+    /// strings do not count.
+    #[test]
+    fn a_record_too_deep_to_read_back_is_not_written() {
+        let ok = to_json(&nested(MAX_STORED_DEPTH)).unwrap();
+        assert_eq!(text_depth(&ok), MAX_STORED_DEPTH);
+        serde_json::from_slice::<serde_json::Value>(&ok).unwrap();
+        assert!(to_json(&nested(MAX_STORED_DEPTH + 1)).is_err());
+        let deep = nested(200);
+        assert!(to_json(&deep).is_err());
+        assert_eq!(text_depth(br#"{"a":"]]]}}}[[[","b":[1,{"c":"\"["}]}"#), 3);
+    }
 }
