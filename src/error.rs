@@ -261,11 +261,13 @@ impl<E: ErrorCode> From<E> for ApiError {
     }
 }
 
-/// An unavailable store is a 503 (retry in a second); anything else is ours (500).
+/// An unavailable store is a 503 (retry in a second); a value too deep to store was the input's
+/// fault (422); anything else is ours (500).
 impl ErrorCode for crate::store::StoreError {
     fn error_code(&self) -> Code {
         match self {
             crate::store::StoreError::Unavailable(_) => Code::Unavailable,
+            crate::store::StoreError::TooDeep(_) => Code::Validation,
             _ => Code::Internal,
         }
     }

@@ -48,6 +48,10 @@ pub enum StoreError {
     Seal(String),
     #[error("store layout: {0}")]
     Layout(String),
+    /// A value that could be written but not read back ([`MAX_STORED_DEPTH`]): the input that
+    /// made it is refused (422), nothing is stored.
+    #[error("{0}")]
+    TooDeep(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -367,8 +371,8 @@ pub fn to_json<T: Serialize + ?Sized>(value: &T) -> StoreResult<Vec<u8>> {
     let bytes =
         serde_json::to_vec(value).map_err(|e| StoreError::Backend(format!("encode: {e}")))?;
     if text_depth(&bytes) > MAX_STORED_DEPTH {
-        return Err(StoreError::Backend(format!(
-            "encode: the record nests deeper than {MAX_STORED_DEPTH}, past what can be read back"
+        return Err(StoreError::TooDeep(format!(
+            "the data nests deeper than {MAX_STORED_DEPTH} levels, past what can be stored and read back"
         )));
     }
     Ok(bytes)
@@ -436,6 +440,12 @@ mod depth_tests {
         assert_eq!(text_depth(&ok), MAX_STORED_DEPTH);
         serde_json::from_slice::<serde_json::Value>(&ok).unwrap();
         assert!(to_json(&nested(MAX_STORED_DEPTH + 1)).is_err());
+        // the input that made it is refused, not a server error
+        let e = to_json(&nested(MAX_STORED_DEPTH + 1)).unwrap_err();
+        assert_eq!(
+            crate::error::ApiError::from(e).code,
+            crate::error::Code::Validation
+        );
         let deep = nested(200);
         assert!(to_json(&deep).is_err());
         assert_eq!(text_depth(br#"{"a":"]]]}}}[[[","b":[1,{"c":"\"["}]}"#), 3);
