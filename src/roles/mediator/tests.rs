@@ -525,6 +525,17 @@ fn gated(inner: Arc<dyn Store>) -> Gated {
     }
 }
 
+/// A mediator on a [`Gated`] store (`wrap` picks what is gated), and that store.
+async fn on_gated_store<W: Store>(wrap: fn(Gated) -> W) -> (Arc<MediatorService>, Arc<W>) {
+    let mut ctx = RoleContext::for_tests(FakeClock::new(1_800_000_000_000));
+    let store = Arc::new(wrap(gated(ctx.store.clone())));
+    ctx.store = store.clone();
+    let svc = super::init(&ctx, &crate::config::MediatorConfig::default())
+        .await
+        .unwrap();
+    (svc, store)
+}
+
 async fn count_of(svc: &MediatorService, conn: &str) -> u64 {
     svc.status(conn, &json!({}), None).await.unwrap()["message_count"]
         .as_u64()
@@ -537,12 +548,7 @@ async fn count_of(svc: &MediatorService, conn: &str) -> u64 {
 /// socket's pump — waited on a build nobody would finish.
 #[tokio::test]
 async fn an_index_build_whose_caller_went_away_holds_nobody_up() {
-    let mut ctx = RoleContext::for_tests(FakeClock::new(1_800_000_000_000));
-    let store = Arc::new(GatedScans(gated(ctx.store.clone())));
-    ctx.store = store.clone();
-    let svc = super::init(&ctx, &crate::config::MediatorConfig::default())
-        .await
-        .unwrap();
+    let (svc, store) = on_gated_store(GatedScans).await;
     store.hold.store(true, Ordering::SeqCst);
     let builder = tokio::spawn({
         let svc = svc.clone();
@@ -570,12 +576,7 @@ async fn an_index_build_whose_caller_went_away_holds_nobody_up() {
 /// restart.
 #[tokio::test]
 async fn a_forward_cancelled_after_its_write_is_still_indexed() {
-    let mut ctx = RoleContext::for_tests(FakeClock::new(1_800_000_000_000));
-    let store = Arc::new(GatedPuts(gated(ctx.store.clone())));
-    ctx.store = store.clone();
-    let svc = super::init(&ctx, &crate::config::MediatorConfig::default())
-        .await
-        .unwrap();
+    let (svc, store) = on_gated_store(GatedPuts).await;
     let alice = AgentKey::generate();
     assert_eq!(count_of(&svc, "conn-alice").await, 0);
     store.hold.store(true, Ordering::SeqCst);
