@@ -25,11 +25,14 @@ pub fn is_local_keyspace(ks: &str) -> bool {
 /// first start), the **first created** (lowest version) wins on every node — never the last
 /// writer — and a node that held the other one is flagged ([`Replica::replaced_keys`]): what it
 /// has in memory is no longer the cluster's key, so it is not ready until restarted.
-const INSERT_ONLY: [&str; 4] = [
+/// The sandbox admin token is one too: a node that made another one (its own in memory) is not
+/// ready until restarted with the cluster's.
+const INSERT_ONLY: [&str; 5] = [
     "issuer_keys",
     "verifier_keys",
     "mediator_keys",
     "wallet_keys",
+    crate::store::keyspaces::ADMIN,
 ];
 
 pub fn is_insert_only(ks: &str) -> bool {
@@ -779,6 +782,35 @@ mod tests {
         let other = intern("issuer_offers").unwrap();
         a.merge(other, "o", &first).await.unwrap();
         assert!(a.merge(other, "o", &later).await.unwrap());
+    }
+
+    /// The sandbox admin token is insert-only as key records are: two nodes that each made one
+    /// (their views of the init lease's primary disagreed) end up with the first made, and the
+    /// node that held the other, in memory too, is flagged.
+    #[tokio::test]
+    async fn the_sandbox_admin_token_is_insert_only_like_key_records() {
+        let clock = FakeClock::new(1_000_000);
+        let a = replica("a", clock.clone());
+        let b = replica("b", clock.clone());
+        let ks = intern(crate::store::keyspaces::ADMIN).unwrap();
+        let key = "sandbox_admin_token";
+        let first = Versioned {
+            version: a.new_version(),
+            value: Some(b"token-of-a".to_vec()),
+            deadline_ms: None,
+        };
+        clock.advance_ms(5);
+        let later = Versioned {
+            version: b.new_version(),
+            value: Some(b"token-of-b".to_vec()),
+            deadline_ms: None,
+        };
+        a.merge(ks, key, &first).await.unwrap();
+        b.merge(ks, key, &later).await.unwrap();
+        assert!(!a.merge(ks, key, &later).await.unwrap());
+        assert!(b.merge(ks, key, &first).await.unwrap());
+        assert_eq!(b.replaced_keys(), vec![format!("{ks}/{key}")]);
+        assert_eq!(a.digest(), b.digest());
     }
 
     #[tokio::test]

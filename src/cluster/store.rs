@@ -61,10 +61,11 @@ impl ClusterStore {
 
     /// Refuses this node's own writes while it holds back for older nodes in a rolling upgrade
     /// ([`Node::held_back`]): only they may change how records are used until they have left.
-    /// The `system` keyspace's leases and markers stay writable; writes peers send (replication,
+    /// The `system` keyspace's leases and markers and the sandbox admin token stay writable; writes peers send (replication,
     /// a compare-and-swap executed here as its primary) are not made through this store.
     fn writable(&self, keyspace: &str) -> StoreResult<()> {
-        if keyspace == crate::store::keyspaces::SYSTEM {
+        if keyspace == crate::store::keyspaces::SYSTEM || keyspace == crate::store::keyspaces::ADMIN
+        {
             return Ok(());
         }
         match self.node.held_back() {

@@ -206,11 +206,15 @@ const ADMIN_TOKEN_KEY: &str = "sandbox_admin_token";
 
 /// Sandbox: one admin token generated on first start, stored sealed, printed once.
 /// Read where compare-and-swaps run (in cluster mode the key's primary, not a local copy that may
-/// lag): a node must not make a second token because its copy had not seen the first yet.
+/// lag): a node must not make a second token because its copy had not seen the first yet. It is
+/// kept in [`keyspaces::ADMIN`], insert-only in cluster mode: should two nodes still make one each
+/// (their views of the init lease's primary disagreed), the first made wins on every node and the
+/// other node is not ready until restarted. A token an earlier release kept in the `system`
+/// keyspace is moved there, unchanged.
 pub async fn sandbox_admin_token(opened: &Opened) -> anyhow::Result<Secret> {
     if let Some(sealed) = opened
         .store
-        .get_settled(keyspaces::SYSTEM, ADMIN_TOKEN_KEY)
+        .get_settled(keyspaces::ADMIN, ADMIN_TOKEN_KEY)
         .await?
     {
         tracing::info!(
@@ -218,14 +222,28 @@ pub async fn sandbox_admin_token(opened: &Opened) -> anyhow::Result<Secret> {
         );
         return open_admin_token(opened, &sealed);
     }
-    let token = random_token(24);
-    let sealed = opened
-        .sealer
-        .seal(ADMIN_TOKEN_KEY.as_bytes(), token.as_bytes())?;
+    let legacy = opened
+        .store
+        .get_settled(keyspaces::SYSTEM, ADMIN_TOKEN_KEY)
+        .await?;
+    let made = legacy.is_none();
+    let (sealed, token) = match legacy {
+        Some(sealed) => {
+            let token = open_admin_token(opened, &sealed)?;
+            (sealed, token)
+        }
+        None => {
+            let token = random_token(24);
+            let sealed = opened
+                .sealer
+                .seal(ADMIN_TOKEN_KEY.as_bytes(), token.as_bytes())?;
+            (sealed, Secret::new(token))
+        }
+    };
     let cas = opened
         .store
         .compare_and_swap(
-            keyspaces::SYSTEM,
+            keyspaces::ADMIN,
             ADMIN_TOKEN_KEY,
             None,
             Some((sealed.clone(), None)),
@@ -241,12 +259,19 @@ pub async fn sandbox_admin_token(opened: &Opened) -> anyhow::Result<Secret> {
     };
     match theirs {
         Some(found) => open_admin_token(opened, &found),
-        None => {
+        None if made => {
             // Printed once, to stderr, on purpose: the operator needs it.
             eprintln!(
-                "\n  idstack sandbox admin token (shown once; `idstack admin-token` prints it again):\n\n      {token}\n"
+                "\n  idstack sandbox admin token (shown once; `idstack admin-token` prints it again):\n\n      {}\n",
+                token.expose()
             );
-            Ok(Secret::new(token))
+            Ok(token)
+        }
+        None => {
+            tracing::info!(
+                "sandbox admin token loaded from the store (print it with `idstack admin-token`)"
+            );
+            Ok(token)
         }
     }
 }
@@ -266,7 +291,7 @@ pub async fn restore_sandbox_admin_token(
     let sealed = sealer.seal(ADMIN_TOKEN_KEY.as_bytes(), token.expose().as_bytes())?;
     store
         .compare_and_swap(
-            keyspaces::SYSTEM,
+            keyspaces::ADMIN,
             ADMIN_TOKEN_KEY,
             None,
             Some((sealed, None)),
@@ -275,11 +300,13 @@ pub async fn restore_sandbox_admin_token(
     Ok(())
 }
 
+/// The stored sandbox admin token (where an earlier release kept it, if it was not moved yet).
 pub async fn stored_admin_token(opened: &Opened) -> anyhow::Result<Option<Secret>> {
-    match opened.store.get(keyspaces::SYSTEM, ADMIN_TOKEN_KEY).await? {
-        None => Ok(None),
-        Some(sealed) => open_admin_token(opened, &sealed).map(Some),
-    }
+    let sealed = match opened.store.get(keyspaces::ADMIN, ADMIN_TOKEN_KEY).await? {
+        Some(sealed) => Some(sealed),
+        None => opened.store.get(keyspaces::SYSTEM, ADMIN_TOKEN_KEY).await?,
+    };
+    sealed.map(|s| open_admin_token(opened, &s)).transpose()
 }
 
 #[cfg(test)]
@@ -288,6 +315,68 @@ mod tests {
 
     use super::*;
     use crate::clock::FakeClock;
+
+    fn opened(state: &AppState) -> Opened {
+        Opened {
+            store: state.store.clone(),
+            sealer: state.sealer.clone(),
+            bus: state.bus.clone(),
+            collectors: Vec::new(),
+        }
+    }
+
+    /// The sandbox admin token is made once, in the `admin` keyspace (insert-only in cluster
+    /// mode); a token an earlier release kept in `system` is moved there unchanged, not replaced.
+    #[tokio::test]
+    async fn the_sandbox_admin_token_is_made_once_and_an_earlier_releases_token_is_kept() {
+        let state = AppState::for_tests(FakeClock::new(1_000_000));
+        let o = opened(&state);
+        let made = sandbox_admin_token(&o).await.unwrap();
+        let stored = |o: &Opened, ks: &'static str| {
+            let store = o.store.clone();
+            async move { store.get(ks, ADMIN_TOKEN_KEY).await.unwrap() }
+        };
+        assert!(stored(&o, keyspaces::ADMIN).await.is_some());
+        assert!(stored(&o, keyspaces::SYSTEM).await.is_none());
+        assert_eq!(
+            sandbox_admin_token(&o).await.unwrap().expose(),
+            made.expose()
+        );
+        assert_eq!(
+            stored_admin_token(&o).await.unwrap().unwrap().expose(),
+            made.expose()
+        );
+
+        // a store an earlier release started
+        let older = AppState::for_tests(FakeClock::new(1_000_000));
+        let o = opened(&older);
+        let sealed = o
+            .sealer
+            .seal(ADMIN_TOKEN_KEY.as_bytes(), b"token-of-an-earlier-release")
+            .unwrap();
+        o.store
+            .compare_and_swap(
+                keyspaces::SYSTEM,
+                ADMIN_TOKEN_KEY,
+                None,
+                Some((sealed, None)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            stored_admin_token(&o).await.unwrap().unwrap().expose(),
+            "token-of-an-earlier-release"
+        );
+        assert_eq!(
+            sandbox_admin_token(&o).await.unwrap().expose(),
+            "token-of-an-earlier-release"
+        );
+        let moved = stored(&o, keyspaces::ADMIN).await.unwrap();
+        assert_eq!(
+            open_admin_token(&o, &moved).unwrap().expose(),
+            "token-of-an-earlier-release"
+        );
+    }
 
     /// A node on a store that loses everything: not ready, then (sandbox) the defaults are
     /// back, with one key stored for two nodes recovering at once.

@@ -407,8 +407,11 @@ fn text_depth(bytes: &[u8]) -> usize {
 
 /// Keyspaces the foundation owns. Roles declare their own next to their code.
 pub mod keyspaces {
-    /// Server-wide records: admin token, key fingerprints, layout version.
+    /// Server-wide records: leases, markers, the seal canary, layout version.
     pub const SYSTEM: &str = "system";
+    /// The sandbox admin token, sealed. Created once (in cluster mode insert-only like key
+    /// records: the token created first wins on every node).
+    pub const ADMIN: &str = "admin";
     /// Readiness write probe.
     pub const HEALTH: &str = "health";
     /// Leases of jobs that run on one node at a time ([`super::lease::Lease`]).

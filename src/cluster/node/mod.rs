@@ -96,9 +96,9 @@ pub const SINGLE_USE_KEYSPACES: [&str; 6] = [
 /// counter (a second creation at 0 after blocks were reserved hands indices out twice); a status
 /// list's first write (two first writes of one list keep one revocation); an email's account; a
 /// recipient key's route (whoever holds it gets the key's messages) and the mediator's default
-/// invitation. Inserts elsewhere (random ids) stay one write at the primary. (Data protocol 3:
+/// invitation; the sandbox admin token. Inserts elsewhere (random ids) stay one write at the primary. (Data protocol 3:
 /// nodes of earlier releases insert with one write, so this holds once every node runs it.)
-pub const EXCLUSIVE_INSERT_KEYSPACES: [&str; 13] = [
+pub const EXCLUSIVE_INSERT_KEYSPACES: [&str; 14] = [
     "issuer_tenants",
     "issuer_keys",
     "verifier_tenants",
@@ -112,6 +112,7 @@ pub const EXCLUSIVE_INSERT_KEYSPACES: [&str; 13] = [
     "wallet_emails",
     "mediator_routes",
     "mediator_invitations",
+    crate::store::keyspaces::ADMIN,
 ];
 
 /// Calls at most in flight in the background (replication past what a write waits for,
