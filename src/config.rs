@@ -106,6 +106,10 @@ fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
     })
 }
 
+fn opt_string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    string_list(d).map(Some)
+}
+
 fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
     Ok(string_list(d)?.into_iter().map(Secret).collect())
 }
@@ -422,6 +426,15 @@ pub struct AdminConfig {
 pub struct IssuerConfig {
     pub default_offer_ttl_seconds: u64,
     pub max_offer_ttl_seconds: u64,
+    /// The redirect URIs the authorization endpoint answers to: exact URIs (for
+    /// `http://127.0.0.1` and `http://[::1]` any port, RFC 8252), or `*` for any absolute URI
+    /// without user-info (`http` only to loopback). Unset: `*` in sandbox mode, none in
+    /// production mode (the authorization code grant is then off).
+    #[serde(
+        deserialize_with = "opt_string_list",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub redirect_uris: Option<Vec<String>>,
 }
 
 impl Default for IssuerConfig {
@@ -429,6 +442,7 @@ impl Default for IssuerConfig {
         Self {
             default_offer_ttl_seconds: 600,
             max_offer_ttl_seconds: 7 * 24 * 3600,
+            redirect_uris: None,
         }
     }
 }
@@ -831,8 +845,14 @@ pub fn known_keys() -> Vec<String> {
     if let Ok(v) = toml::Value::try_from(Config::default()) {
         walk("", &v, &mut out);
     }
+    // keys unset by default (`None` is not in the defaults' TOML)
+    out.extend(UNSET_BY_DEFAULT.iter().map(|k| k.to_string()));
     out
 }
+
+/// Keys whose default is "unset" (an `Option` field): known although the defaults do not show
+/// them.
+const UNSET_BY_DEFAULT: [&str; 1] = ["issuer.redirect_uris"];
 
 /// The validated configuration the server runs on.
 #[derive(Debug, Clone)]
@@ -1311,6 +1331,16 @@ mod tests {
         assert_eq!(parsed.version, CONFIG_VERSION);
         let table: toml::Value = toml::from_str(&body).unwrap();
         for key in known_keys() {
+            if UNSET_BY_DEFAULT.contains(&key.as_str()) {
+                // shown commented out, with an example value
+                let leaf = key.rsplit('.').next().unwrap();
+                assert!(
+                    body.lines()
+                        .any(|l| l.trim_start().starts_with(&format!("# {leaf} ="))),
+                    "config.toml lacks a commented-out `{key}`"
+                );
+                continue;
+            }
             let mut v = &table;
             for part in key.split('.') {
                 v = v

@@ -585,9 +585,13 @@ async fn authorization_code_flow_with_pkce() {
     assert_eq!(r.status(), 302);
     // A redirect_uri with a line break (a header smuggled into Location, or a 500 once the code
     // was stored) or a javascript: one is refused.
+    // So is one outside issuer.redirect_uris (sandbox default `*`: no user-info, no plain http
+    // off loopback): an error, never a redirect.
     for bad in [
         "https://wallet.example/cb\nX-Injected: 1",
         "javascript:alert(1)",
+        "https://wallet.example@evil.example/cb",
+        "http://evil.example/cb",
     ] {
         let r = no_redirect
             .get(s.url("/issuers/default/authorize"))
@@ -603,6 +607,7 @@ async fn authorization_code_flow_with_pkce() {
             .await
             .unwrap();
         assert_eq!(r.status(), 400, "{bad:?}");
+        assert!(r.headers().get("location").is_none(), "{bad:?}");
     }
     let loc = r.headers()["location"].to_str().unwrap().to_string();
     assert!(loc.starts_with("https://wallet.example/cb?code="), "{loc}");

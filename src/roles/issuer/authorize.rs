@@ -47,7 +47,12 @@ impl IssuerService {
             .redirect_uri
             .clone()
             .or_bad_authorization("redirect_uri is required")?;
-        validate_redirect(&redirect_uri)?;
+        let parsed = validate_redirect(&redirect_uri)?;
+        if !self.redirect_uris().allows(&redirect_uri, &parsed) {
+            return Err(bad_authorization(
+                "redirect_uri is not one this issuer sends authorization codes to (issuer.redirect_uris)",
+            ));
+        }
         let challenge = req
             .code_challenge
             .clone()
@@ -123,7 +128,7 @@ impl IssuerService {
 /// well as `https`) without fragment, whitespace or control characters — those would break the
 /// `Location` header (a 500, after the code was stored) or smuggle a header in — and not a
 /// `javascript:`, `data:` or `vbscript:` one.
-fn validate_redirect(u: &str) -> Result<(), IssuerError> {
+fn validate_redirect(u: &str) -> Result<reqwest::Url, IssuerError> {
     let refused = || {
         bad_authorization(
             "redirect_uri must be an absolute URI without fragment, whitespace or control characters",
@@ -136,7 +141,71 @@ fn validate_redirect(u: &str) -> Result<(), IssuerError> {
     if matches!(parsed.scheme(), "javascript" | "data" | "vbscript") {
         return Err(refused());
     }
-    Ok(())
+    Ok(parsed)
+}
+
+/// The redirect URIs the authorization endpoint answers to (`issuer.redirect_uris`). There is
+/// no client registration, so this list stands in for one: a request naming another URI gets an
+/// error, never a redirect (RFC 9700 §4.11).
+pub(super) enum RedirectUris {
+    /// `*`: any absolute URI without user-info, `http` only to loopback.
+    Any,
+    /// Exactly these (empty: the authorization code grant is off).
+    Listed(Vec<String>),
+}
+
+impl RedirectUris {
+    pub(super) fn new(configured: Option<&[String]>, mode: crate::config::Mode) -> Self {
+        match configured {
+            None if mode == crate::config::Mode::Sandbox => Self::Any,
+            None => Self::Listed(Vec::new()),
+            Some(l) if l.iter().any(|u| u == "*") => Self::Any,
+            Some(l) => Self::Listed(l.to_vec()),
+        }
+    }
+
+    /// Whether the authorization code grant can be used at all.
+    pub(super) fn any_allowed(&self) -> bool {
+        !matches!(self, Self::Listed(l) if l.is_empty())
+    }
+
+    /// Whether `raw` (already checked by [`validate_redirect`], parsed as `parsed`) is allowed.
+    fn allows(&self, raw: &str, parsed: &reqwest::Url) -> bool {
+        match self {
+            Self::Any => {
+                parsed.username().is_empty()
+                    && parsed.password().is_none()
+                    && (parsed.scheme() != "http" || loopback(parsed))
+            }
+            Self::Listed(listed) => listed.iter().any(|l| {
+                l == raw
+                    // a native app's loopback redirect: any port (RFC 8252 §7.3)
+                    || reqwest::Url::parse(l).is_ok_and(|l| {
+                        l.scheme() == "http" && loopback(&l) && {
+                            let mut p = parsed.clone();
+                            p.set_port(l.port()).is_ok() && p == l
+                        }
+                    })
+            }),
+        }
+    }
+}
+
+fn loopback(u: &reqwest::Url) -> bool {
+    u.host_str()
+        .and_then(|h| {
+            h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .ok()
+        })
+        .is_some_and(|ip| ip.is_loopback())
+}
+
+impl IssuerService {
+    pub(super) fn redirect_uris(&self) -> RedirectUris {
+        RedirectUris::new(self.cfg.redirect_uris.as_deref(), self.ctx.mode)
+    }
 }
 
 /// What an authorization request asks for: its authorization_details (openid_credential) or

@@ -99,18 +99,24 @@ impl IssuerService {
 
     pub fn authorization_server_metadata(&self, issuer: &Issuer) -> Value {
         let base = self.issuer_url(&issuer.id);
-        json!({
+        let mut m = json!({
             "issuer": base,
             "token_endpoint": format!("{base}/token"),
-            "authorization_endpoint": format!("{base}/authorize"),
-            "grant_types_supported": ["authorization_code", PRE_AUTH_GRANT],
-            "response_types_supported": ["code"],
-            "code_challenge_methods_supported": ["S256"],
+            "grant_types_supported": [PRE_AUTH_GRANT],
             "token_endpoint_auth_methods_supported": ["none"],
             "pre-authorized_grant_anonymous_access_supported": true,
             "scopes_supported": issuer.credential_configurations.keys().collect::<Vec<_>>(),
             "authorization_details_types_supported": ["openid_credential"],
-        })
+        });
+        // the authorization code grant only when some redirect URI is allowed
+        if self.redirect_uris().any_allowed() {
+            m["authorization_endpoint"] = json!(format!("{base}/authorize"));
+            m["grant_types_supported"] = json!(["authorization_code", PRE_AUTH_GRANT]);
+            m["response_types_supported"] = json!(["code"]);
+            m["code_challenge_methods_supported"] = json!(["S256"]);
+            m["authorization_response_iss_parameter_supported"] = json!(true);
+        }
+        m
     }
 
     pub async fn did_document(&self, id: &str) -> Result<Value, IssuerError> {

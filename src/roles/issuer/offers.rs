@@ -28,6 +28,11 @@ impl IssuerService {
                 "tx_code protects the pre-authorized code grant; an offer with one cannot also offer the authorization code grant (its issuer_state would redeem it without the code)",
             ));
         }
+        if req.authorization_code && !self.redirect_uris().any_allowed() {
+            return Err(invalid(
+                "the authorization code grant is off: issuer.redirect_uris lists no redirect URI",
+            ));
+        }
         let cfg = &self.cfg;
         let ttl = req.ttl_seconds.unwrap_or(cfg.default_offer_ttl_seconds);
         if ttl == 0 || ttl > cfg.max_offer_ttl_seconds {

@@ -1804,12 +1804,30 @@ async fn an_updated_offer_record_still_expires() {
     }
 }
 
+/// An authorization request of client `wallet` for an offer's issuer_state (PKCE S256).
+fn authorize_request(
+    redirect_uri: &str,
+    challenge: String,
+    issuer_state: String,
+) -> super::authorize::AuthorizeRequest {
+    super::authorize::AuthorizeRequest {
+        response_type: Some("code".into()),
+        client_id: Some("wallet".into()),
+        redirect_uri: Some(redirect_uri.into()),
+        code_challenge: Some(challenge),
+        code_challenge_method: Some("S256".into()),
+        issuer_state: Some(issuer_state),
+        state: None,
+        scope: None,
+        authorization_details: None,
+    }
+}
+
 /// An authorization code outlives the offer check at `/authorize` (by up to its own lifetime),
 /// and the offer record outlives the offer by a day: a code obtained just before the offer
 /// expired does not redeem it afterwards.
 #[tokio::test]
 async fn an_authorization_code_does_not_redeem_an_offer_that_expired_since() {
-    use super::authorize::AuthorizeRequest;
     let (svc, clock) = issuer().await;
     let mut req = offer_req(Some(60));
     req.authorization_code = true;
@@ -1824,17 +1842,7 @@ async fn an_authorization_code_does_not_redeem_an_offer_that_expired_since() {
     let redirect = svc
         .authorize(
             "default",
-            AuthorizeRequest {
-                response_type: Some("code".into()),
-                client_id: Some("wallet".into()),
-                redirect_uri: Some("https://wallet.example/cb".into()),
-                code_challenge: Some(challenge),
-                code_challenge_method: Some("S256".into()),
-                issuer_state: Some(issuer_state),
-                state: None,
-                scope: None,
-                authorization_details: None,
-            },
+            authorize_request("https://wallet.example/cb", challenge, issuer_state),
         )
         .await
         .unwrap();
@@ -1922,4 +1930,116 @@ async fn requests_that_fail_on_the_issuers_side_are_not_counted_on_the_token() {
         .await
         .unwrap();
     assert!(got["credentials"][0]["credential"].is_string());
+}
+
+/// There is no client registration, so `/authorize` would send its answer wherever its caller
+/// asks (an open redirector on the issuer's origin for anyone holding an offer's issuer_state):
+/// it answers only to the redirect URIs `issuer.redirect_uris` allows. Another one gets an error,
+/// with no redirect and no code stored; a listed loopback URI matches on any port; `*` refuses
+/// user-info and plain `http` off loopback; production mode without the key turns the grant off
+/// (offers with it refused, the metadata without it).
+#[tokio::test]
+async fn authorize_redirects_only_to_allowed_redirect_uris() {
+    use super::error::IssuerError;
+    use crate::config::Mode;
+    async fn service(uris: Option<&[&str]>, mode: Mode) -> IssuerService {
+        let mut ctx = RoleContext::for_tests(FakeClock::new(1_800_000_000_000));
+        ctx.mode = mode;
+        let cfg = IssuerConfig {
+            redirect_uris: uris.map(|l| l.iter().map(|u| u.to_string()).collect()),
+            ..IssuerConfig::default()
+        };
+        let svc = IssuerService::new(ctx, cfg);
+        svc.init().await.unwrap();
+        svc
+    }
+    async fn authorize(svc: &IssuerService, redirect_uri: &str) -> Result<String, IssuerError> {
+        let mut req = offer_req(None);
+        req.authorization_code = true;
+        let o = svc.create_offer("default", req).await.unwrap();
+        let issuer_state = o.credential_offer["grants"]["authorization_code"]["issuer_state"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        svc.authorize(
+            "default",
+            authorize_request(redirect_uri, "c".repeat(43), issuer_state),
+        )
+        .await
+    }
+    async fn codes(svc: &IssuerService) -> usize {
+        svc.ctx
+            .store
+            .scan_prefix(ks::CODES, "authz/", 100)
+            .await
+            .unwrap()
+            .len()
+    }
+
+    let listed = service(
+        Some(&["https://wallet.example/cb", "http://127.0.0.1:4000/cb"]),
+        Mode::Production,
+    )
+    .await;
+    for ok in [
+        "https://wallet.example/cb",
+        "http://127.0.0.1:4000/cb",
+        "http://127.0.0.1:53211/cb",
+    ] {
+        let to = authorize(&listed, ok).await.unwrap();
+        assert!(to.starts_with(ok), "{to}");
+    }
+    assert_eq!(codes(&listed).await, 3);
+    for refused in [
+        "https://evil.example/cb",
+        "https://wallet.example/cb/../x",
+        "https://wallet.example/cb?x=1",
+        "https://wallet.example@evil.example/cb",
+        "http://127.0.0.1:4000/other",
+        "http://localhost:4000/cb",
+    ] {
+        let e = authorize(&listed, refused).await.unwrap_err();
+        assert!(
+            matches!(e, IssuerError::BadAuthorization(_)),
+            "{refused}: {e:?}"
+        );
+    }
+    assert_eq!(codes(&listed).await, 3, "a refused request stores no code");
+    let meta = listed.authorization_server_metadata(&listed.get_issuer("default").await.unwrap());
+    assert_eq!(meta["authorization_response_iss_parameter_supported"], true);
+
+    // `*` (the sandbox default): any absolute URI but user-info and plain http off loopback
+    for any in [
+        service(None, Mode::Sandbox).await,
+        service(Some(&["*"]), Mode::Production).await,
+    ] {
+        for ok in [
+            "https://elsewhere.example/cb",
+            "eudi-openid4ci://authorize",
+            "http://[::1]:8/cb",
+        ] {
+            authorize(&any, ok).await.unwrap();
+        }
+        for refused in [
+            "https://wallet.example@evil.example/cb",
+            "http://plain.example/cb",
+        ] {
+            assert!(authorize(&any, refused).await.is_err(), "{refused}");
+        }
+    }
+
+    // production mode, nothing listed: no authorization code grant at all
+    let off = service(None, Mode::Production).await;
+    let mut req = offer_req(None);
+    req.authorization_code = true;
+    assert!(matches!(
+        off.create_offer("default", req).await.unwrap_err(),
+        IssuerError::Invalid(_)
+    ));
+    let meta = off.authorization_server_metadata(&off.get_issuer("default").await.unwrap());
+    assert!(meta.get("authorization_endpoint").is_none());
+    assert_eq!(
+        meta["grant_types_supported"],
+        json!([super::service::PRE_AUTH_GRANT])
+    );
 }
