@@ -26,8 +26,124 @@ pub const MAX_SETS: usize = 32;
 pub const MAX_VALUES: usize = 64;
 pub const MAX_PATH: usize = 16;
 
-/// Refuses a query over the bounds above (before anything is matched against it).
-pub fn check_bounds(q: &Value) -> Result<(), String> {
+/// Refuses a query over the bounds above, or of a shape whose constraints matching could not
+/// enforce (before anything is matched against it): [`check_shape`].
+pub fn check_query(q: &Value) -> Result<(), String> {
+    check_bounds(q)?;
+    check_shape(q)
+}
+
+/// The shapes OpenID4VP 1.0 §6 allows wherever a constraint hangs on them, so that none is
+/// silently skipped (attacker review: `"values": true` matched any value, an empty claim set or
+/// credential set option was satisfied by nothing): `claims` a non-empty array of claims, each
+/// with a non-empty `path` of strings, nulls and indexes and, if any, non-empty `values` of
+/// strings, numbers and booleans; `claim_sets` non-empty arrays naming claims by `id`;
+/// `credential_sets` with non-empty `options` naming credential queries by `id`, `required` a
+/// boolean.
+fn check_shape(q: &Value) -> Result<(), String> {
+    let ids = |v: &Value| -> Option<Vec<String>> {
+        let a = v.as_array().filter(|a| !a.is_empty())?;
+        a.iter()
+            .map(|x| x.as_str().filter(|s| !s.is_empty()).map(str::to_string))
+            .collect()
+    };
+    let query_ids: Vec<&str> = q["credentials"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["id"].as_str())
+        .collect();
+    for cq in q["credentials"].as_array().into_iter().flatten() {
+        let id = cq["id"].as_str().unwrap_or("?");
+        let bad = |what: &str| format!("dcql_query: credential query `{id}`: {what}");
+        let mut claim_ids: Vec<&str> = Vec::new();
+        if let Some(claims) = cq.get("claims") {
+            let claims = claims
+                .as_array()
+                .filter(|a| !a.is_empty())
+                .ok_or_else(|| bad("claims must be a non-empty array"))?;
+            for cl in claims {
+                let path_ok = cl["path"].as_array().is_some_and(|p| {
+                    !p.is_empty()
+                        && p.iter()
+                            .all(|s| s.is_string() || s.is_null() || s.as_u64().is_some())
+                });
+                if !path_ok {
+                    return Err(bad(
+                        "every claim needs a non-empty path of strings, nulls and non-negative integers",
+                    ));
+                }
+                if let Some(values) = cl.get("values") {
+                    let ok = values.as_array().is_some_and(|v| {
+                        !v.is_empty()
+                            && v.iter()
+                                .all(|x| x.is_string() || x.is_number() || x.is_boolean())
+                    });
+                    if !ok {
+                        return Err(bad(
+                            "a claim's values must be a non-empty array of strings, numbers and booleans",
+                        ));
+                    }
+                }
+                if let Some(cid) = cl.get("id") {
+                    let cid = cid
+                        .as_str()
+                        .filter(|c| !c.is_empty())
+                        .ok_or_else(|| bad("a claim id must be a non-empty string"))?;
+                    if claim_ids.contains(&cid) {
+                        return Err(bad(&format!("duplicate claim id `{cid}`")));
+                    }
+                    claim_ids.push(cid);
+                }
+            }
+        }
+        if let Some(sets) = cq.get("claim_sets") {
+            let sets = sets
+                .as_array()
+                .filter(|a| !a.is_empty())
+                .ok_or_else(|| bad("claim_sets must be a non-empty array"))?;
+            for set in sets {
+                let named = ids(set)
+                    .ok_or_else(|| bad("each claim set must be a non-empty array of claim ids"))?;
+                if let Some(unknown) = named.iter().find(|n| !claim_ids.contains(&n.as_str())) {
+                    return Err(bad(&format!("claim set names no claim `{unknown}`")));
+                }
+            }
+        }
+    }
+    if let Some(sets) = q.get("credential_sets") {
+        let sets = sets
+            .as_array()
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| "dcql_query: credential_sets must be a non-empty array".to_string())?;
+        for set in sets {
+            if set.get("required").is_some_and(|r| !r.is_boolean()) {
+                return Err("dcql_query: a credential set's required must be a boolean".into());
+            }
+            let options = set["options"]
+                .as_array()
+                .filter(|a| !a.is_empty())
+                .ok_or_else(|| {
+                    "dcql_query: a credential set needs a non-empty array of options".to_string()
+                })?;
+            for option in options {
+                let named = ids(option).ok_or_else(|| {
+                    "dcql_query: each credential set option must be a non-empty array of credential query ids"
+                        .to_string()
+                })?;
+                if let Some(unknown) = named.iter().find(|n| !query_ids.contains(&n.as_str())) {
+                    return Err(format!(
+                        "dcql_query: a credential set option names no credential query `{unknown}`"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a query over the bounds above.
+fn check_bounds(q: &Value) -> Result<(), String> {
     let len = |v: &Value| v.as_array().map_or(0, Vec::len);
     let over = |what: &str, n: usize, max: usize| {
         (n > max).then(|| format!("dcql_query: {n} {what} (at most {max})"))
@@ -78,6 +194,17 @@ pub fn check_bounds(q: &Value) -> Result<(), String> {
             ));
             problems.push(over("values of a claim", len(&claim["values"]), MAX_VALUES));
         }
+        // meta.vct_values and meta.type_values are compared with every held credential too
+        let meta = &cq["meta"];
+        problems.push(over("vct_values", len(&meta["vct_values"]), MAX_VALUES));
+        problems.push(over(
+            "type_values sets",
+            len(&meta["type_values"]),
+            MAX_SETS,
+        ));
+        for set in meta["type_values"].as_array().into_iter().flatten() {
+            problems.push(over("types in a type_values set", len(set), MAX_VALUES));
+        }
     }
     problems.into_iter().flatten().next().map_or(Ok(()), Err)
 }
@@ -122,10 +249,14 @@ fn claim_ok(c: &CredentialView, claim: &Value) -> bool {
         return false;
     };
     let found = resolve_path(&c.root, path);
+    // values of another shape than an array constrain nothing a match could check: no match
+    // (check_query refuses such a query first)
     !found.is_empty()
-        && match claim["values"].as_array() {
+        && match claim.get("values") {
             None => true,
-            Some(allowed) => found.iter().any(|v| allowed.contains(v)),
+            Some(allowed) => allowed
+                .as_array()
+                .is_some_and(|allowed| found.iter().any(|v| allowed.contains(v))),
         }
 }
 
@@ -214,11 +345,12 @@ pub fn mismatch(c: &CredentialView, cq: &Value) -> Option<String> {
             let by_id = claims_by_id(cq);
             let ok = sets.iter().any(|set| {
                 set.as_array().is_some_and(|ids| {
-                    ids.iter().all(|cid| {
-                        cid.as_str()
-                            .and_then(|cid| by_id.get(cid))
-                            .is_some_and(|cl| claim_ok(c, cl))
-                    })
+                    !ids.is_empty()
+                        && ids.iter().all(|cid| {
+                            cid.as_str()
+                                .and_then(|cid| by_id.get(cid))
+                                .is_some_and(|cl| claim_ok(c, cl))
+                        })
                 })
             });
             (!ok).then(|| format!("{id}: no claim set is satisfied"))
@@ -412,6 +544,72 @@ pub fn credential_view(format: &str, raw: &str) -> (CredentialView, Vec<String>)
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A query whose constraint matching could not enforce is refused, not matched loosely
+    /// (attacker review: `"values": true` let `age_over_18: false` answer an age check; an empty
+    /// claim set or credential set option was satisfied by nothing); the matcher fails closed on
+    /// such shapes too.
+    #[test]
+    fn queries_whose_constraints_cannot_be_enforced_are_refused() {
+        let adult = CredentialView {
+            format: "dc+sd-jwt".into(),
+            root: json!({"age_over_18": false, "given_name": "A"}),
+            vct: Some("urn:eu.europa.ec.eudi:pid:1".into()),
+            types: Vec::new(),
+            doctype: None,
+        };
+        let with = |cq: Value| json!({"credentials": [cq]});
+        let base = json!({"id": "pid", "format": "dc+sd-jwt", "meta": {}});
+        let cq = |extra: Value| {
+            let mut q = base.clone();
+            for (k, v) in extra.as_object().unwrap() {
+                q[k] = v.clone();
+            }
+            q
+        };
+        let good = cq(
+            json!({"claims": [{"id": "a", "path": ["age_over_18"], "values": [true]},
+                                          {"id": "n", "path": ["given_name"]}],
+                             "claim_sets": [["a"], ["n"]]}),
+        );
+        check_query(&with(good.clone())).unwrap();
+        for bad in [
+            cq(json!({"claims": [{"path": ["age_over_18"], "values": true}]})),
+            cq(json!({"claims": [{"path": ["age_over_18"], "values": []}]})),
+            cq(json!({"claims": [{"path": ["age_over_18"], "values": [{"x": 1}]}]})),
+            cq(json!({"claims": [{"path": ["a", -1]}]})),
+            cq(json!({"claims": [{"path": ["a", {"k": 1}]}]})),
+            cq(json!({"claims": []})),
+            cq(json!({"claims": {"path": ["a"]}})),
+            cq(json!({"claims": [{"id": "a", "path": ["a"]}], "claim_sets": [[]]})),
+            cq(json!({"claims": [{"id": "a", "path": ["a"]}], "claim_sets": [["b"]]})),
+            cq(json!({"claims": [{"id": "a", "path": ["a"]}, {"id": "a", "path": ["b"]}]})),
+            cq(json!({"claims": [{"id": "a", "path": ["a"]}], "claim_sets": "a"})),
+            cq(json!({"meta": {"vct_values": vec!["v"; MAX_VALUES + 1]}})),
+            cq(json!({"meta": {"type_values": vec![vec!["T"]; MAX_SETS + 1]}})),
+        ] {
+            assert!(check_query(&with(bad.clone())).is_err(), "{bad}");
+        }
+        for sets in [
+            json!([]),
+            json!([{"options": []}]),
+            json!([{"options": [[]]}]),
+            json!([{"options": [["other"]]}]),
+            json!([{"options": [["pid"]], "required": "yes"}]),
+        ] {
+            let q = json!({"credentials": [good], "credential_sets": sets});
+            assert!(check_query(&q).is_err(), "{sets}");
+        }
+        check_query(&json!({"credentials": [good], "credential_sets": [{"options": [["pid"]]}]}))
+            .unwrap();
+
+        // the matcher fails closed on what check_query refuses
+        let values_true = cq(json!({"claims": [{"path": ["age_over_18"], "values": true}]}));
+        assert!(mismatch(&adult, &values_true).is_some());
+        let empty_set = cq(json!({"claims": [{"id": "a", "path": ["nope"]}], "claim_sets": [[]]}));
+        assert!(mismatch(&adult, &empty_set).is_some());
+        assert!(mismatch(&adult, &good).is_none());
+    }
 
     #[test]
     fn type_values_match_short_names_and_expanded_iris() {

@@ -83,7 +83,7 @@ pub async fn resolve_request(http: &reqwest::Client, uri: &str) -> ClientResult<
 }
 
 /// Most input descriptors, and fields per descriptor, of a presentation definition a wallet
-/// matches against what it holds (DCQL's bounds: [`crate::dcql::check_bounds`]).
+/// matches against what it holds (DCQL's bounds: [`crate::dcql::check_query`]).
 const MAX_INPUT_DESCRIPTORS: usize = crate::dcql::MAX_QUERIES;
 const MAX_FIELDS: usize = crate::dcql::MAX_CLAIMS;
 
@@ -91,7 +91,7 @@ const MAX_FIELDS: usize = crate::dcql::MAX_CLAIMS;
 /// every credential it holds, on a request an outsider can make it resolve.
 fn check_query_bounds(payload: &Value) -> ClientResult<()> {
     if let Some(q) = payload.get("dcql_query") {
-        crate::dcql::check_bounds(q).map_err(ClientError::Remote)?;
+        crate::dcql::check_query(q).map_err(ClientError::Remote)?;
     }
     if let Some(pd) = payload.get("presentation_definition") {
         let len = |v: &Value| v.as_array().map_or(0, Vec::len);

@@ -139,10 +139,11 @@ async fn dcql(ctx: &Ctx<'_>, out: &mut Outcome, query: &Value, vp_token: &Value)
                 !s["options"].as_array().is_some_and(|opts| {
                     opts.iter().any(|o| {
                         o.as_array().is_some_and(|ids| {
-                            ids.iter().all(|id| {
-                                id.as_str()
-                                    .is_some_and(|id| satisfied.iter().any(|x| x == id))
-                            })
+                            !ids.is_empty()
+                                && ids.iter().all(|id| {
+                                    id.as_str()
+                                        .is_some_and(|id| satisfied.iter().any(|x| x == id))
+                                })
                         })
                     })
                 })

@@ -293,7 +293,7 @@ pub(super) fn client_metadata(
 }
 
 fn validate_dcql(q: &Value) -> Result<(), VerifierError> {
-    crate::dcql::check_bounds(q).map_err(invalid)?;
+    crate::dcql::check_query(q).map_err(invalid)?;
     let creds = q["credentials"]
         .as_array()
         .filter(|a| !a.is_empty())
