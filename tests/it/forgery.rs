@@ -372,6 +372,14 @@ async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
         "typ",
     )
     .await;
+    // Nor is it a jwt_vc_json credential, nor is the SD-JWT's issuer JWT without its
+    // disclosures, for a query that waives holder binding and asks for nothing more.
+    let bare_w3c = json!({"dcql_query": {"credentials": [{"id": "pid", "format": "jwt_vc_json",
+        "meta": {}, "require_cryptographic_holder_binding": false}]}});
+    for (token, why) in [(&list, "status list"), (&parsed.jwt, "typ")] {
+        let req = open(&s, "default", bare_w3c.clone()).await;
+        refused(&s, &req, "pid", json!(token), "signature", why).await;
+    }
     let (a0, _, a0vm) = attacker_did(KeyType::P256, false);
     let forged = jws::sign(&a0, json!({"typ": "dc+sd-jwt", "kid": a0vm}), &no_status);
     let req = open(&s, "default", waived).await;

@@ -28,8 +28,18 @@ pub async fn jwt_credential(
     query_id: &str,
     vc: &str,
 ) -> Option<(Checked, Option<String>)> {
+    if let Some(why) = not_a_jwt_credential(vc) {
+        out.fail("signature", format!("{query_id}: {why}"));
+        return None;
+    }
     let (issuer, p) = issuer_jwt(ctx, out, query_id, vc, Issuers::Did).await?;
     let vc_obj = jwt_vc_object(&p);
+    if let Some(why) = super::not_a_presentable_credential(&vc_obj)
+        .or_else(|| super::not_a_presentable_credential(&p))
+    {
+        out.fail("signature", format!("{query_id}: {why}"));
+        return None;
+    }
     check_time(out, &p, &vc_obj, ctx.now, query_id);
     check_issuer(out, ctx, &issuer.issuer);
     w3c_status(ctx, out, query_id, &vc_obj["credentialStatus"], &issuer).await;
@@ -42,6 +52,27 @@ pub async fn jwt_credential(
         w3c_checked(out, query_id, "jwt_vc_json", issuer.issuer, vc_obj),
         subject,
     ))
+}
+
+/// Why a JWT is not a JWT-secured W3C credential by its own header and payload: its `typ` (absent,
+/// `JWT`, `vc+jwt` or `vc+ld+json+jwt`, bare or as `application/…`) or the marks of an SD-JWT's
+/// issuer JWT (`_sd`, `_sd_alg`). Another JWT its issuer signed — an SD-JWT VC stripped of its
+/// key binding, a status list — would otherwise answer a `jwt_vc_json` query that waives holder
+/// binding (attacker review; SD-JWT checks its own `typ` the same way).
+fn not_a_jwt_credential(jwt: &str) -> Option<String> {
+    let (header, payload, _, _) = jws::decode_unverified(jwt).ok()?;
+    if let Some(typ) = header.get("typ") {
+        let t = typ.as_str().unwrap_or_default().to_ascii_lowercase();
+        let t = t.strip_prefix("application/").unwrap_or(&t);
+        if !matches!(t, "jwt" | "vc+jwt" | "vc+ld+json+jwt") {
+            return Some(format!(
+                "typ {} is not that of a JWT credential (vc+jwt)",
+                crate::crypto::mdoc::clip(&typ.to_string())
+            ));
+        }
+    }
+    (payload.get("_sd").is_some() || payload.get("_sd_alg").is_some())
+        .then(|| "an SD-JWT's issuer JWT is not a jwt_vc_json credential".to_string())
 }
 
 /// The `nonce_audience` policy of a JWT presentation.

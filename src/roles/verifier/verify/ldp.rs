@@ -24,6 +24,10 @@ async fn ld_credential(
             return None;
         }
     };
+    if let Some(why) = super::not_a_presentable_credential(&vc) {
+        out.fail("signature", format!("{query_id}: {why}"));
+        return None;
+    }
     out.pass("signature");
     out.pass("disclosure_integrity");
     check_time(out, &Value::Null, &vc, ctx.now, query_id);

@@ -138,6 +138,24 @@ async fn issuer_jwt(
     }
 }
 
+/// Why a signed W3C credential object is not one a holder may present as a credential: a status
+/// list its issuer publishes for everyone (`*StatusListCredential`, or a Token Status List's
+/// `status_list`) — signed by a trusted issuer, it would otherwise answer a query that waives
+/// holder binding and asks for little (attacker review).
+fn not_a_presentable_credential(vc: &Value) -> Option<String> {
+    if let Some(t) = types_of(vc)
+        .into_iter()
+        .find(|t| t.ends_with("StatusListCredential"))
+    {
+        return Some(format!(
+            "a {} is a status list, not a credential",
+            crate::crypto::mdoc::clip(&t)
+        ));
+    }
+    vc.get("status_list")
+        .map(|_| "a status list token is not a credential".to_string())
+}
+
 /// A W3C credential's `type` (a string or a list).
 fn types_of(vc: &Value) -> Vec<String> {
     match &vc["type"] {
