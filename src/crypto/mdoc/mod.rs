@@ -140,7 +140,12 @@ pub const MAX_QUOTED: usize = 200;
 /// `s` cut to [`MAX_QUOTED`] characters (with an ellipsis when cut): error reasons are shown to
 /// the caller and stored with the session, so they never carry an attacker's text whole.
 pub fn clip(s: &str) -> String {
-    match s.char_indices().nth(MAX_QUOTED) {
+    clip_to(s, MAX_QUOTED)
+}
+
+/// `s` cut to `max` characters, on a character boundary, with an ellipsis when cut.
+pub fn clip_to(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
         Some((at, _)) => format!("{}…", &s[..at]),
         None => s.to_string(),
     }

@@ -64,13 +64,13 @@ impl VerifierService {
         }
         // What this response says: declined by the wallet, or the evaluation of its presentation.
         let answer = match fields.get("error").and_then(Value::as_str) {
-            Some(err) => Answer::Declined(format!(
+            Some(err) => Answer::Declined(super::verify::clip_reason(format!(
                 "{err}: {}",
                 fields
                     .get("error_description")
                     .and_then(Value::as_str)
                     .unwrap_or("")
-            )),
+            ))),
             None => {
                 let outcome = self.evaluate(&v, &session, &fields, now).await?;
                 let results = outcome.results(&session.policies);

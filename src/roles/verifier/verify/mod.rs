@@ -21,7 +21,7 @@ use crate::crypto::binding::{self, IssuerKey, Issuers};
 pub use jwt_vc::{jwt_credential, jwt_vp};
 pub use ldp::{ldp_credential, ldp_vp};
 pub use mdoc::{aki_entry, mdoc};
-pub use policy::{Outcome, Trust};
+pub use policy::{clip_reason, Outcome, Trust};
 pub use sd_jwt::sd_jwt;
 pub use status::StatusCache;
 

@@ -13,6 +13,19 @@ pub(super) const SKEW: i64 = 60;
 /// How old a key-binding JWT (`iat`) may be, in seconds.
 pub(super) const KB_MAX_AGE: i64 = 300;
 
+/// The longest reason a failed policy keeps, in characters.
+pub const MAX_REASON_CHARS: usize = 512;
+/// The most reasons one policy keeps (then "and more").
+pub const MAX_REASONS: usize = 16;
+
+/// `reason` cut to [`MAX_REASON_CHARS`] characters.
+pub fn clip_reason(reason: String) -> String {
+    if reason.len() <= MAX_REASON_CHARS {
+        return reason;
+    }
+    crate::crypto::mdoc::clip_to(&reason, MAX_REASON_CHARS)
+}
+
 /// Accumulates policy outcomes: a policy passes when it ran and nothing failed it.
 #[derive(Default)]
 pub struct Outcome {
@@ -35,9 +48,18 @@ impl Outcome {
     pub fn pass(&mut self, policy: &'static str) {
         self.ran.insert(policy);
     }
+    /// Records why `policy` failed. Reasons quote what the presentation says (a `kid`, a type,
+    /// an issuer) and are stored with the session and answered to the wallet: each is cut to
+    /// [`MAX_REASON_CHARS`] and a policy keeps [`MAX_REASONS`] of them (attacker review: a
+    /// 700 KB `kid`, refused before any signature check, was stored twice per attempt).
     pub fn fail(&mut self, policy: &'static str, reason: impl Into<String>) {
         self.ran.insert(policy);
-        self.failures.entry(policy).or_default().push(reason.into());
+        let reasons = self.failures.entry(policy).or_default();
+        match reasons.len() {
+            n if n < MAX_REASONS => reasons.push(clip_reason(reason.into())),
+            n if n == MAX_REASONS => reasons.push("and more".into()),
+            _ => {}
+        }
     }
     pub fn results(&self, enabled: &[String]) -> Vec<PolicyResult> {
         ALL_POLICIES
@@ -146,5 +168,39 @@ pub(super) fn check_issuer(out: &mut Outcome, ctx: &Ctx<'_>, iss: &str) {
             format!("issuer {iss}: this verifier trusts no issuer (set trusted_issuers)"),
         ),
         Trust::Only(_) => out.fail("issuer_allowlist", format!("issuer {iss} is not trusted")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a presentation says is quoted in its failure reasons, which are stored with the
+    /// session and answered to the wallet: a huge `kid` or a thousand failing credentials leave
+    /// bounded reasons (attacker review: a 700 KB `kid` was stored twice per attempt).
+    #[test]
+    fn failure_reasons_are_bounded() {
+        let mut out = Outcome::default();
+        out.fail(
+            "signature",
+            format!("kid {} is not the issuer's", "k".repeat(700_000)),
+        );
+        for i in 0..1000 {
+            out.fail("query_match", format!("credential {i} does not match"));
+        }
+        let results = out.results(&["signature".to_string(), "query_match".to_string()]);
+        let reason = |name: &str| {
+            results
+                .iter()
+                .find(|r| r.name == name)
+                .and_then(|r| r.reason.clone())
+                .unwrap()
+        };
+        assert!(reason("signature").chars().count() <= MAX_REASON_CHARS + 1);
+        assert!(reason("signature").ends_with('…'));
+        let matches = reason("query_match");
+        assert_eq!(matches.split("; ").count(), MAX_REASONS + 1);
+        assert!(matches.ends_with("and more"), "{matches}");
+        assert!(results.iter().all(|r| !r.passed));
     }
 }
