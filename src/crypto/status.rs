@@ -1,6 +1,7 @@
 //! Status lists: IETF Token Status List (`status_list: {bits, lst}`, zlib, LSB-first) and W3C
 //! Bitstring Status List (`encodedList`, gzip + multibase base64url, MSB-first).
 
+use serde_json::Value;
 use std::io::{Read, Write};
 
 use super::{b64url, b64url_decode, CryptoError, CryptoResult};
@@ -167,6 +168,32 @@ pub fn freshness(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     })
+}
+
+/// A Token Status List token is one (`typ` `statuslist+jwt`) and is the list at `uri` (`sub`):
+/// another token the issuer signed — a credential, or another of its lists — is not this list.
+pub fn token_list_ok(header: &Value, list: &Value, uri: &str) -> Result<(), String> {
+    if header["typ"].as_str() != Some("statuslist+jwt") {
+        return Err(format!(
+            "the status list token's typ is {}, not statuslist+jwt",
+            header["typ"]
+        ));
+    }
+    if list["sub"].as_str() != Some(uri) {
+        return Err("the status list token's sub is not the URI it was fetched from".into());
+    }
+    Ok(())
+}
+
+/// A Bitstring Status List credential that names itself (`id`) names the URI it came from.
+pub fn bitstring_list_ok(list: &Value, uri: &str) -> Result<(), String> {
+    let id = list.get("id").or_else(|| list["vc"].get("id"));
+    match id {
+        Some(id) if id.as_str() != Some(uri) => {
+            Err("the status list credential's id is not the URI it was fetched from".into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Decompresses with a ceiling (a status list is never above 16 MiB).

@@ -136,6 +136,20 @@ pub async fn with_budget<F: std::future::Future>(distinct: u32, f: F) -> F::Outp
     BUDGET.scope(std::cell::RefCell::new(budget), f).await
 }
 
+/// Distinct URLs one client request may have the server fetch ([`budgeted`]).
+pub const REQUEST_BUDGET: u32 = 64;
+
+/// Middleware for routes whose fetches an outsider steers (a wallet accepting an offer, opening
+/// a presentation request, checking a credential's status): the request's fetches share one
+/// [`with_budget`] of [`REQUEST_BUDGET`] (attacker review: one accepted offer could fetch a
+/// did:web document per received credential, each naming another host, about 250 requests).
+pub async fn budgeted(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    with_budget(REQUEST_BUDGET, next.call(req)).await
+}
+
 /// Takes a request to `url` from the task's budget, if it has one.
 fn take_budget(url: &str) -> Result<(), OutboundError> {
     let spent =
@@ -833,5 +847,41 @@ mod tests {
         assert_eq!(refused, [2, 9], "{answers:?}");
         assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 8);
         assert!(send(http.get(&url)).await.is_ok());
+    }
+
+    /// A route wrapped in [`budgeted`] (the wallet's exchange and status routes) runs its handler
+    /// under one budget of [`REQUEST_BUDGET`] distinct URLs per request; the next request gets a
+    /// fresh one.
+    #[actix_web::test]
+    async fn a_budgeted_route_has_one_budget_per_request() {
+        use actix_web::{test, web, App, HttpResponse};
+        async fn fan_out() -> HttpResponse {
+            let http = reqwest::Client::new();
+            let mut refused = 0;
+            for i in 0..REQUEST_BUDGET + 6 {
+                // port 9 (discard) on loopback: refused by the budget or by the connection
+                let r = send(http.get(format!("http://127.0.0.1:9/{i}"))).await;
+                if matches!(&r, Err(OutboundError::Refused(m)) if m.contains("all the outbound requests"))
+                {
+                    refused += 1;
+                }
+            }
+            HttpResponse::Ok().body(refused.to_string())
+        }
+        let app = test::init_service(
+            App::new().route(
+                "/",
+                web::get()
+                    .to(fan_out)
+                    .wrap(actix_web::middleware::from_fn(budgeted)),
+            ),
+        )
+        .await;
+        for _ in 0..2 {
+            let body =
+                test::call_and_read_body(&app, test::TestRequest::get().uri("/").to_request())
+                    .await;
+            assert_eq!(body, "6");
+        }
     }
 }

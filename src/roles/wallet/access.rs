@@ -232,7 +232,22 @@ mod tests {
         WalletService::new(ctx, crate::config::WalletConfig::default())
     }
 
-    async fn sign_up(svc: &WalletService, email: &str) -> SignedIn {
+    /// The summary of a credential stored without being received (for the caps).
+    pub(super) fn stored_summary() -> crate::roles::wallet::model::CredentialSummary {
+        crate::roles::wallet::model::CredentialSummary {
+            id: String::new(),
+            format: "jwt_vc_json".into(),
+            issuer: "did:example:issuer".into(),
+            credential_type: "T".into(),
+            configuration_id: None,
+            issued_at: None,
+            expires_at: None,
+            received_at: 0,
+            mdoc: None,
+        }
+    }
+
+    pub(super) async fn sign_up(svc: &WalletService, email: &str) -> SignedIn {
         let creds = || Credentials {
             email: email.into(),
             password: "correct horse".into(),
@@ -373,7 +388,6 @@ mod tests {
     async fn a_wallet_holds_bounded_keys_and_credentials() {
         use crate::roles::wallet::credentials::{MAX_CREDENTIALS, MAX_CREDENTIAL_BYTES};
         use crate::roles::wallet::keys::MAX_KEYS;
-        use crate::roles::wallet::model::CredentialSummary;
         let svc = service();
         let alice = sign_up(&svc, "alice@example.org").await;
         let w = svc
@@ -394,17 +408,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(code(e), Code::Conflict);
 
-        let summary = || CredentialSummary {
-            id: String::new(),
-            format: "jwt_vc_json".into(),
-            issuer: "did:example:issuer".into(),
-            credential_type: "T".into(),
-            configuration_id: None,
-            issued_at: None,
-            expires_at: None,
-            received_at: 0,
-            mdoc: None,
-        };
+        let summary = stored_summary;
         let big = "a".repeat(MAX_CREDENTIAL_BYTES + 1);
         let e = svc
             .put_credential(&owner, summary(), &big, "k", None)
@@ -1090,5 +1094,90 @@ mod tests {
                 .unwrap();
             assert!(left.is_empty(), "{keyspace}: {} records left", left.len());
         }
+    }
+}
+
+#[cfg(test)]
+mod credential_cap_tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::FakeClock;
+    use crate::roles::wallet::credentials::MAX_CREDENTIALS;
+    use crate::roles::RoleContext;
+
+    /// A store whose next count of the wallet's credentials misses one write: what a count sees
+    /// when another credential of the wallet is written at the same moment.
+    struct StaleCount {
+        inner: Arc<dyn crate::store::Store>,
+        stale: AtomicBool,
+    }
+
+    crate::store::test_wrapper::store_wrapper!(StaleCount, only batch {
+        async fn batch(&self, ops: Vec<crate::store::BatchOp>) -> crate::store::StoreResult<()> {
+            self.inner.batch(ops).await
+        }
+        async fn count_prefix(
+            &self,
+            ks: &'static str,
+            prefix: &str,
+            limit: usize,
+        ) -> crate::store::StoreResult<usize> {
+            let n = self.inner.count_prefix(ks, prefix, limit).await?;
+            Ok(if self.stale.swap(false, Ordering::SeqCst) {
+                n.saturating_sub(1)
+            } else {
+                n
+            })
+        }
+    });
+
+    /// The credential cap holds when writes race: a credential whose count missed another
+    /// write (both counted under the cap) is counted again once written and goes again when the
+    /// wallet is over its cap. Before, racing writes (an issuer releasing many responses at once)
+    /// each passed the count and the cap meant nothing.
+    #[tokio::test]
+    async fn racing_credential_writes_do_not_pass_the_cap() {
+        let mut ctx = RoleContext::for_tests(FakeClock::new(1_700_000_000_000));
+        let stale = Arc::new(StaleCount {
+            inner: ctx.store.clone(),
+            stale: AtomicBool::new(false),
+        });
+        ctx.store = stale.clone();
+        let svc = WalletService::new(ctx, crate::config::WalletConfig::default());
+        let alice = super::tests::sign_up(&svc, "alice@example.org").await;
+        let w = svc.create_wallet(alice.account(), "home").await.unwrap();
+        let owner = svc.owner(&alice, &w.wallet.id).await.unwrap();
+        let summary = super::tests::stored_summary;
+        for _ in 0..MAX_CREDENTIALS {
+            svc.put_credential(&owner, summary(), "x", "k", None)
+                .await
+                .unwrap();
+        }
+        let count = || {
+            let store = stale.inner.clone();
+            let wallet = w.wallet.id.clone();
+            async move {
+                store
+                    .count_prefix(ks::CREDS, &format!("{wallet}/"), 10 * MAX_CREDENTIALS)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(count().await, MAX_CREDENTIALS);
+        // a full wallet refuses the next one...
+        assert!(svc
+            .put_credential(&owner, summary(), "x", "k", None)
+            .await
+            .is_err());
+        // ...also when its count misses a racing write
+        stale.stale.store(true, Ordering::SeqCst);
+        let e = svc
+            .put_credential(&owner, summary(), "x", "k", None)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("the most it can"), "{e}");
+        assert_eq!(count().await, MAX_CREDENTIALS);
     }
 }

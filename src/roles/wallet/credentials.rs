@@ -10,7 +10,7 @@ use super::ks;
 use super::model::*;
 use super::service::{cred_aad, device_key_aad, WalletService};
 use crate::clock::random_id;
-use crate::crypto::status::StatusArray;
+use crate::crypto::status::{self, StatusArray};
 use crate::crypto::{binding, jws, sdjwt, SigningKey, VerifyingKey};
 use crate::dcql::{self, CredentialView};
 
@@ -21,6 +21,26 @@ pub(super) type HeldCredential = (CredentialRecord, String, CredentialView);
 /// every list and every presentation request reads all of a wallet's credentials (attacker review:
 /// an issuer of the attacker's own sent 4 MB credentials, 56 MB per accepted offer, without end).
 pub const MAX_CREDENTIAL_BYTES: usize = 256 * 1024;
+
+/// How many requests of a node read all of a wallet's credentials at once ([`WalletService::held`]).
+pub const HELD_AT_ONCE: usize = 4;
+
+/// A credential the wallet can keep by size: checked before anything about it is fetched.
+pub(super) fn fits(raw: &str) -> WalletResult<()> {
+    if raw.len() > MAX_CREDENTIAL_BYTES {
+        return Err(WalletError::invalid(format!(
+            "the credential is {} bytes; a wallet keeps credentials of at most {MAX_CREDENTIAL_BYTES}",
+            raw.len()
+        )));
+    }
+    Ok(())
+}
+
+fn full() -> WalletError {
+    WalletError::conflict(format!(
+        "this wallet holds {MAX_CREDENTIALS} credentials, the most it can: delete some first"
+    ))
+}
 pub const MAX_CREDENTIALS: usize = 500;
 
 impl WalletService {
@@ -124,6 +144,7 @@ impl WalletService {
         let lists = StatusLists {
             http: &self.ctx.http,
             key: &key,
+            now: self.now(),
         };
         let status = if rec.format == "dc+sd-jwt" {
             lists.token_status(&view.root).await?
@@ -176,6 +197,7 @@ impl WalletService {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
+        fits(&raw)?;
         // The issuer's key, proven to be the issuer's (crypto::binding), before anything is stored.
         let bound = self.bound_issuer_key(format, &raw).await?;
         verify_issued(format, &raw, &bound.key, self.now()).await?;
@@ -217,21 +239,14 @@ impl WalletService {
         device_key: Option<&SigningKey>,
     ) -> WalletResult<CredentialSummary> {
         let wallet = owner.id();
-        if raw.len() > MAX_CREDENTIAL_BYTES {
-            return Err(WalletError::invalid(format!(
-                "the credential is {} bytes; a wallet keeps credentials of at most {MAX_CREDENTIAL_BYTES}",
-                raw.len()
-            )));
-        }
+        fits(raw)?;
         let held = self
             .ctx
             .store
             .count_prefix(ks::CREDS, &format!("{wallet}/"), MAX_CREDENTIALS)
             .await?;
         if held >= MAX_CREDENTIALS {
-            return Err(WalletError::conflict(format!(
-                "this wallet holds {MAX_CREDENTIALS} credentials, the most it can: delete some first"
-            )));
+            return Err(full());
         }
         let id = random_id();
         summary.id = id.clone();
@@ -253,11 +268,30 @@ impl WalletService {
         let key = format!("{wallet}/{id}");
         self.ctx.store.put_json(ks::CREDS, &key, &rec, None).await?;
         self.unless_deleted(wallet, ks::CREDS, &key).await?;
+        // Counted again once written: writes at once (an issuer releasing many responses
+        // together) each counted the others out. Over the cap, this one goes again.
+        let now_held = self
+            .ctx
+            .store
+            .count_prefix(ks::CREDS, &format!("{wallet}/"), MAX_CREDENTIALS + 1)
+            .await?;
+        if now_held > MAX_CREDENTIALS {
+            self.ctx.store.delete(ks::CREDS, &key).await?;
+            return Err(full());
+        }
         Ok(summary)
     }
 
     /// Every credential of the wallet, unsealed, for matching against a presentation request.
+    /// Up to [`MAX_CREDENTIALS`] of [`MAX_CREDENTIAL_BYTES`] each, unsealed and parsed: a few at
+    /// a time per node ([`HELD_AT_ONCE`]; attacker review: ten requests at once on one full
+    /// wallet held gigabytes), and without their sealed copies.
     pub(super) async fn held(&self, viewer: &Viewer) -> WalletResult<Vec<HeldCredential>> {
+        static PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(HELD_AT_ONCE);
+        let _permit = PERMITS
+            .acquire()
+            .await
+            .map_err(|_| WalletError::Internal("the wallet is shutting down".into()))?;
         let wallet = viewer.id();
         let mut out = Vec::new();
         for (_, rec) in self
@@ -266,7 +300,9 @@ impl WalletService {
             .scan_json::<CredentialRecord>(ks::CREDS, &format!("{wallet}/"), 100_000)
             .await?
         {
+            let mut rec = rec;
             let raw = self.unseal(&cred_aad(wallet, &rec.id), &rec.sealed)?;
+            rec.sealed = String::new();
             let raw = String::from_utf8_lossy(&raw).into_owned();
             let (view, _) = dcql::credential_view(&rec.format, &raw);
             out.push((rec, raw, view));
@@ -376,19 +412,36 @@ fn issued_to(
     }
 }
 
-/// Status lists of one issuer, fetched through the guarded client and checked with its key.
+/// The most status entries of one credential the wallet checks (each is a fetch and up to 16 MiB
+/// inflated): a credential naming more is answered `unknown` (attacker review: 4,000 entries in
+/// one credential, one fetch each).
+pub const MAX_STATUS_ENTRIES: usize = 4;
+
+/// Status lists of one issuer, fetched through the guarded client and checked with its key: the
+/// list must be the one at the URI it came from and not expired (`exp`, and a Token Status List
+/// must say when it was made) — [`crate::crypto::status`]'s rules, as the verifier applies them.
 struct StatusLists<'a> {
     http: &'a reqwest::Client,
     key: &'a VerifyingKey,
+    now: i64,
 }
 
 impl StatusLists<'_> {
-    /// The list's JWT payload, if the issuer's key signed it.
-    async fn fetch(&self, uri: &str) -> WalletResult<Value> {
+    /// The list's JWT header and payload, if the issuer's key signed it and it is fresh.
+    async fn fetch(&self, uri: &str, token_list: bool) -> WalletResult<(Value, Value)> {
         let token = crate::client::get_text(self.http, uri).await?;
-        jws::verify(token.trim(), self.key)
-            .map(|(_, p)| p)
-            .map_err(|e| WalletError::Remote(format!("status list: {e}")))
+        let refused = |e: String| WalletError::Remote(format!("status list: {e}"));
+        let (header, list) =
+            jws::verify(token.trim(), self.key).map_err(|e| refused(e.to_string()))?;
+        let numeric = |name: &str| list[name].as_f64().map(|n| n.floor() as i64);
+        if token_list {
+            status::token_list_ok(&header, &list, uri).map_err(refused)?;
+        } else {
+            status::bitstring_list_ok(&list, uri).map_err(refused)?;
+        }
+        status::freshness(numeric("iat"), numeric("exp"), self.now, None, token_list)
+            .map_err(refused)?;
+        Ok((header, list))
     }
 
     /// IETF Token Status List (SD-JWT VC `status.status_list`).
@@ -397,8 +450,12 @@ impl StatusLists<'_> {
         let (Some(uri), Some(idx)) = (sl["uri"].as_str(), sl["idx"].as_u64()) else {
             return Ok("no_status");
         };
-        let list = self.fetch(uri).await?;
-        let bits = list["status_list"]["bits"].as_u64().unwrap_or(1) as u8;
+        let (_, list) = self.fetch(uri, true).await?;
+        let bits = list["status_list"]["bits"].as_u64().unwrap_or(1);
+        let bits = u8::try_from(bits)
+            .ok()
+            .filter(|b| [1, 2, 4, 8].contains(b))
+            .ok_or_else(|| WalletError::Remote("status list: bits must be 1, 2, 4 or 8".into()))?;
         let v = StatusArray::from_token_lst(
             bits,
             list["status_list"]["lst"].as_str().unwrap_or_default(),
@@ -420,6 +477,9 @@ impl StatusLists<'_> {
             Value::Null => Vec::new(),
             other => vec![other.clone()],
         };
+        if entries.len() > MAX_STATUS_ENTRIES {
+            return Ok("unknown");
+        }
         let mut result = if entries.is_empty() {
             "no_status"
         } else {
@@ -431,14 +491,16 @@ impl StatusLists<'_> {
                 .as_str()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
-            let list = self.fetch(uri).await?;
-            let set = StatusArray::from_encoded_list(
-                list["credentialSubject"]["encodedList"]
-                    .as_str()
-                    .unwrap_or_default(),
-            )
-            .and_then(|a| a.get_msb(idx))
-            .or_remote()?;
+            let (_, list) = self.fetch(uri, false).await?;
+            let subject = if list["vc"].is_object() {
+                &list["vc"]["credentialSubject"]
+            } else {
+                &list["credentialSubject"]
+            };
+            let set =
+                StatusArray::from_encoded_list(subject["encodedList"].as_str().unwrap_or_default())
+                    .and_then(|a| a.get_msb(idx))
+                    .or_remote()?;
             if set {
                 result = if e["statusPurpose"] == "suspension" {
                     "suspended"
@@ -454,6 +516,97 @@ impl StatusLists<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// Serves `bodies(base)[path]` for each GET path on a loopback port; returns its base URL
+    /// and how many requests it answered.
+    fn serve(bodies: impl FnOnce(&str) -> HashMap<String, String>) -> (String, Arc<AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let bodies = bodies(&base);
+        let served = Arc::new(AtomicUsize::new(0));
+        let counter = served.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { break };
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                counter.fetch_add(1, Ordering::SeqCst);
+                let body = bodies.get(&path).cloned().unwrap_or_default();
+                let _ = s.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            }
+        });
+        (base, served)
+    }
+
+    /// The wallet's status check believes a list only as the verifier does: the list at the URI
+    /// it came from (`sub`), saying when it was made, not expired, with a sound `bits`; and it
+    /// reads a few entries of a credential, not thousands (attacker review: one fetch per entry,
+    /// 4,000 entries in a 256 KiB credential).
+    #[tokio::test]
+    async fn status_lists_are_believed_only_when_they_are_the_right_fresh_list() {
+        let key = SigningKey::generate(crate::crypto::KeyType::P256);
+        let now = 1_800_000_000;
+        let lst = StatusArray::new(1, 16).unwrap().to_token_lst();
+        let token = |sub: String, iat: Option<i64>, exp: i64, bits: u8| {
+            let mut p = json!({"sub": sub, "exp": exp, "status_list": {"bits": bits, "lst": lst}});
+            if let Some(iat) = iat {
+                p["iat"] = iat.into();
+            }
+            jws::sign(&key, json!({"typ": "statuslist+jwt"}), &p)
+        };
+        let (base, served) = serve(|base| {
+            let at = |p: &str| format!("{base}{p}");
+            [
+                ("/ok", token(at("/ok"), Some(now - 10), now + 100, 1)),
+                ("/moved", token(at("/ok"), Some(now - 10), now + 100, 1)),
+                (
+                    "/expired",
+                    token(at("/expired"), Some(now - 10), now - 1, 1),
+                ),
+                ("/undated", token(at("/undated"), None, now + 100, 1)),
+                ("/bits", token(at("/bits"), Some(now - 10), now + 100, 3)),
+            ]
+            .into_iter()
+            .map(|(p, t)| (p.to_string(), t))
+            .collect()
+        });
+        let http = reqwest::Client::new();
+        let vk = key.verifying_key();
+        let lists = StatusLists {
+            http: &http,
+            key: &vk,
+            now,
+        };
+        let entry =
+            |p: &str| json!({"status": {"status_list": {"uri": format!("{base}{p}"), "idx": 3}}});
+        assert_eq!(lists.token_status(&entry("/ok")).await.unwrap(), "valid");
+        for bad in ["/moved", "/expired", "/undated", "/bits"] {
+            assert!(lists.token_status(&entry(bad)).await.is_err(), "{bad}");
+        }
+        // more entries than are checked: not fetched at all
+        let before = served.load(Ordering::SeqCst);
+        let many: Vec<Value> = (0..=MAX_STATUS_ENTRIES)
+            .map(|i| json!({"statusListCredential": format!("{base}/bsl/{i}"), "statusListIndex": "0", "statusPurpose": "revocation"}))
+            .collect();
+        let status = lists
+            .bitstring_status(&json!({"credentialStatus": many}))
+            .await
+            .unwrap();
+        assert_eq!(status, "unknown");
+        assert_eq!(served.load(Ordering::SeqCst), before);
+    }
 
     #[tokio::test]
     async fn an_unknown_format_is_the_issuers_failure() {

@@ -54,6 +54,7 @@ impl WalletService {
                     "an mso_mdoc credential is a base64url string".into(),
                 )
             })?;
+            super::credentials::fits(raw)?;
             let v = check_issued(raw, &doctype, &device.verifying_key(), &anchors, self.now())?;
             let summary = CredentialSummary {
                 id: String::new(),

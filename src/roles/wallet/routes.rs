@@ -404,7 +404,10 @@ pub async fn delete_credential(
 
 /// Check a credential against its issuer's status list (mso_mdoc: the MSO's CWT status list).
 #[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path), ("c" = String, Path)), responses((status = 200, description = "{id, status: valid|revoked|suspended|no_status}"), (status = 404, body = Problem), (status = 424, body = Problem)))]
-#[post("/wallet/wallets/{w}/credentials/{c}/status")]
+#[post(
+    "/wallet/wallets/{w}/credentials/{c}/status",
+    wrap = "actix_web::middleware::from_fn(crate::http::outbound::budgeted)"
+)]
 pub async fn credential_status(
     svc: Svc,
     user: SignedIn,
@@ -430,7 +433,10 @@ pub async fn history(
 
 /// Show what an OpenID4VCI offer contains (issuer display, offered credentials, grants).
 #[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = OfferInput, responses((status = 200, description = "Resolved offer"), (status = 422, body = Problem), (status = 424, body = Problem)))]
-#[post("/wallet/wallets/{w}/exchange/resolve-offer")]
+#[post(
+    "/wallet/wallets/{w}/exchange/resolve-offer",
+    wrap = "actix_web::middleware::from_fn(crate::http::outbound::budgeted)"
+)]
 pub async fn resolve_offer(
     svc: Svc,
     user: SignedIn,
@@ -446,7 +452,10 @@ pub async fn resolve_offer(
 /// device key per credential; the IssuerSigned must chain to a trusted IACA) and store the
 /// credentials.
 #[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = OfferInput, responses((status = 200, body = Vec<CredentialSummary>), (status = 409, body = Problem, description = "The wallet holds its most credentials (500)"), (status = 422, body = Problem, description = "Invalid offer, or a credential over 256 KiB"), (status = 424, body = Problem)))]
-#[post("/wallet/wallets/{w}/exchange/accept-offer")]
+#[post(
+    "/wallet/wallets/{w}/exchange/accept-offer",
+    wrap = "actix_web::middleware::from_fn(crate::http::outbound::budgeted)"
+)]
 pub async fn accept_offer(
     svc: Svc,
     user: SignedIn,
@@ -460,7 +469,10 @@ pub async fn accept_offer(
 
 /// Resolve an OpenID4VP request (verifying a signed request) and list matching credentials.
 #[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = RequestInput, responses((status = 200, description = "Request and matches"), (status = 422, body = Problem), (status = 424, body = Problem)))]
-#[post("/wallet/wallets/{w}/exchange/resolve-request")]
+#[post(
+    "/wallet/wallets/{w}/exchange/resolve-request",
+    wrap = "actix_web::middleware::from_fn(crate::http::outbound::budgeted)"
+)]
 pub async fn resolve_request(
     svc: Svc,
     user: SignedIn,
@@ -474,7 +486,10 @@ pub async fn resolve_request(
 
 /// Present: build the vp_token from the chosen credentials (disclosing only what is chosen) and post it.
 #[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = RequestInput, responses((status = 200, description = "Verifier answer"), (status = 422, body = Problem), (status = 424, body = Problem)))]
-#[post("/wallet/wallets/{w}/exchange/present")]
+#[post(
+    "/wallet/wallets/{w}/exchange/present",
+    wrap = "actix_web::middleware::from_fn(crate::http::outbound::budgeted)"
+)]
 pub async fn present(
     svc: Svc,
     user: SignedIn,

@@ -80,7 +80,7 @@ pub struct Ctx<'a> {
 /// the presenter chose), and four times that many requests in all (the same issuer's metadata
 /// is read again for each of its credentials). An honest response needs a few; 10 presentations
 /// of 10 credentials each could otherwise have made hundreds, each up to its timeout.
-pub const MAX_OUTBOUND_PER_EVALUATION: u32 = 64;
+pub const MAX_OUTBOUND_PER_EVALUATION: u32 = crate::http::outbound::REQUEST_BUDGET;
 
 /// Most credentials verified out of one presentation (each may cost a DID resolution and a
 /// status list fetch); a presentation carrying more is refused before any is verified.

@@ -9,7 +9,8 @@ use serde_json::Value;
 use super::policy::Outcome;
 use super::Ctx;
 use crate::crypto::binding::{self, IssuerKey};
-use crate::crypto::{jws, status::StatusArray, VerifyingKey};
+use crate::crypto::status::{bitstring_list_ok, token_list_ok, StatusArray};
+use crate::crypto::{jws, VerifyingKey};
 
 /// Fetched status-list tokens (JWT and CWT forms, keyed by form and URI) with their ETag: every
 /// use revalidates with `If-None-Match` (a revocation is seen at once; an unchanged list costs a
@@ -304,32 +305,6 @@ async fn fetch_status(
             ctx.status_cache.forget(&format!("{form} {uri}"));
             Err(e)
         }
-    }
-}
-
-/// A Token Status List token is one (`typ` `statuslist+jwt`) and is the list at `uri` (`sub`):
-/// another token the issuer signed — a credential, or another of its lists — is not this list.
-fn token_list_ok(header: &Value, list: &Value, uri: &str) -> Result<(), String> {
-    if header["typ"].as_str() != Some("statuslist+jwt") {
-        return Err(format!(
-            "the status list token's typ is {}, not statuslist+jwt",
-            header["typ"]
-        ));
-    }
-    if list["sub"].as_str() != Some(uri) {
-        return Err("the status list token's sub is not the URI it was fetched from".into());
-    }
-    Ok(())
-}
-
-/// A Bitstring Status List credential that names itself (`id`) names the URI it came from.
-fn bitstring_list_ok(list: &Value, uri: &str) -> Result<(), String> {
-    let id = list.get("id").or_else(|| list["vc"].get("id"));
-    match id {
-        Some(id) if id.as_str() != Some(uri) => {
-            Err("the status list credential's id is not the URI it was fetched from".into())
-        }
-        _ => Ok(()),
     }
 }
 
