@@ -208,11 +208,11 @@ impl VerifierService {
                 && !self.cfg.status_lists_over_http,
             status_max_age: self.cfg.status_max_age(),
         };
-        Ok(crate::http::outbound::with_budget(
-            super::verify::MAX_OUTBOUND_PER_EVALUATION,
-            query::evaluate(&ctx, &vp_token, submission.as_ref()),
+        Ok(
+            super::verify::bounded(query::evaluate(&ctx, &vp_token, submission.as_ref()))
+                .await
+                .unwrap_or_else(super::verify::too_slow),
         )
-        .await)
     }
 }
 

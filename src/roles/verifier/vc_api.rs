@@ -3,8 +3,7 @@
 //! every check passed; otherwise 400 with a problem document that carries the same `checks` /
 //! `errors` result.
 
-use super::verify::MAX_OUTBOUND_PER_EVALUATION;
-use crate::http::outbound::with_budget;
+use super::verify::{bounded, EVALUATION_DEADLINE};
 use actix_web::{http::StatusCode, post, web, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
@@ -67,24 +66,34 @@ fn string_option(options: &Value, name: &str) -> ApiResult<Option<String>> {
     }
 }
 
+/// A verification that passed [`EVALUATION_DEADLINE`]: the remote parties it fetched from were
+/// too slow (424).
+fn too_slow() -> crate::error::ApiError {
+    crate::error::ApiError::new(
+        crate::error::Code::RemoteFailed,
+        format!(
+            "the verification took longer than {} s (the documents it fetched answered too slowly)",
+            EVALUATION_DEADLINE.as_secs()
+        ),
+    )
+}
+
 /// Verify a credential (VC-API): 200 when verified, 400 with the failed checks otherwise.
-#[utoipa::path(tag = "verifier", request_body = VerifyCredential, responses((status = 200, body = VerifyResult), (status = 400, description = "verification failed (a problem document with `verified`, `checks`, `errors`) or malformed input", body = crate::error::Problem)))]
+#[utoipa::path(tag = "verifier", request_body = VerifyCredential, responses((status = 200, body = VerifyResult), (status = 400, description = "verification failed (a problem document with `verified`, `checks`, `errors`) or malformed input", body = crate::error::Problem), (status = 424, description = "the documents the verification fetched answered too slowly (30 s in all)", body = crate::error::Problem)))]
 #[post("/vc-api/credentials/verify")]
 pub async fn verify_credential(
     svc: web::Data<VerifierService>,
     body: web::Json<VerifyCredential>,
 ) -> ApiResult<HttpResponse> {
-    let r = with_budget(
-        MAX_OUTBOUND_PER_EVALUATION,
-        svc.vc_api_verify_credential(&body.verifiable_credential),
-    )
-    .await?;
+    let r = bounded(svc.vc_api_verify_credential(&body.verifiable_credential))
+        .await
+        .ok_or_else(too_slow)??;
     Ok(answer(r))
 }
 
 /// Verify a presentation and the credentials in it (VC-API). `options.challenge` / `options.domain`
 /// are checked against the proof (Data Integrity) or `nonce` / `aud` (JWT).
-#[utoipa::path(tag = "verifier", request_body = VerifyPresentation, responses((status = 200, body = VerifyResult), (status = 400, description = "verification failed (a problem document with `verified`, `checks`, `errors`) or malformed input", body = crate::error::Problem)))]
+#[utoipa::path(tag = "verifier", request_body = VerifyPresentation, responses((status = 200, body = VerifyResult), (status = 400, description = "verification failed (a problem document with `verified`, `checks`, `errors`) or malformed input", body = crate::error::Problem), (status = 424, description = "the documents the verification fetched answered too slowly (30 s in all)", body = crate::error::Problem)))]
 #[post("/vc-api/presentations/verify")]
 pub async fn verify_presentation(
     svc: web::Data<VerifierService>,
@@ -92,14 +101,12 @@ pub async fn verify_presentation(
 ) -> ApiResult<HttpResponse> {
     let challenge = string_option(&body.options, "challenge")?;
     let domain = string_option(&body.options, "domain")?;
-    let r = with_budget(
-        MAX_OUTBOUND_PER_EVALUATION,
-        svc.vc_api_verify_presentation(
-            &body.verifiable_presentation,
-            challenge.as_deref(),
-            domain.as_deref(),
-        ),
-    )
-    .await?;
+    let r = bounded(svc.vc_api_verify_presentation(
+        &body.verifiable_presentation,
+        challenge.as_deref(),
+        domain.as_deref(),
+    ))
+    .await
+    .ok_or_else(too_slow)??;
     Ok(answer(r))
 }

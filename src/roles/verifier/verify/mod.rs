@@ -82,6 +82,38 @@ pub struct Ctx<'a> {
 /// of 10 credentials each could otherwise have made hundreds, each up to its timeout.
 pub const MAX_OUTBOUND_PER_EVALUATION: u32 = crate::http::outbound::REQUEST_BUDGET;
 
+/// The longest one evaluation may take, its fetches included: within its budget, URLs that
+/// answer slowly (a tarpit, each fetch just under its timeout) could otherwise hold it for
+/// minutes (attacker review).
+pub const EVALUATION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs one evaluation under its outbound budget ([`MAX_OUTBOUND_PER_EVALUATION`]) and its
+/// [`EVALUATION_DEADLINE`]; `None` when the deadline passed first.
+pub async fn bounded<T>(evaluation: impl std::future::Future<Output = T>) -> Option<T> {
+    bounded_by(EVALUATION_DEADLINE, evaluation).await
+}
+
+async fn bounded_by<T>(
+    deadline: std::time::Duration,
+    evaluation: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let budgeted = crate::http::outbound::with_budget(MAX_OUTBOUND_PER_EVALUATION, evaluation);
+    tokio::time::timeout(deadline, budgeted).await.ok()
+}
+
+/// What a presentation whose evaluation passed [`EVALUATION_DEADLINE`] answers: not verified.
+pub fn too_slow() -> Outcome {
+    let mut out = Outcome::default();
+    out.fail(
+        "signature",
+        format!(
+            "the evaluation took longer than {} s (the documents it fetched answered too slowly)",
+            EVALUATION_DEADLINE.as_secs()
+        ),
+    );
+    out
+}
+
 /// Most credentials verified out of one presentation (each may cost a DID resolution and a
 /// status list fetch); a presentation carrying more is refused before any is verified.
 pub const MAX_CREDENTIALS_PER_PRESENTATION: usize = 10;
@@ -229,5 +261,25 @@ fn subject_is_signer(out: &mut policy::Outcome, query_id: &str, bound: bool) {
             "holder_binding",
             format!("{query_id}: the presentation signer is not the credential subject"),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An evaluation that outlasts its deadline (its fetches answered slowly) ends there, and
+    /// fails: it is not held for as long as its fetches would take.
+    #[tokio::test]
+    async fn an_evaluation_ends_at_its_deadline() {
+        assert_eq!(bounded(async { 7 }).await, Some(7));
+        let deadline = std::time::Duration::from_millis(20);
+        let slow = bounded_by(
+            deadline,
+            tokio::time::sleep(std::time::Duration::from_secs(600)),
+        );
+        assert!(slow.await.is_none());
+        let results = too_slow().results(&["signature".to_string()]);
+        assert!(!results[0].passed);
     }
 }
