@@ -1180,4 +1180,38 @@ mod credential_cap_tests {
         assert!(e.to_string().contains("the most it can"), "{e}");
         assert_eq!(count().await, MAX_CREDENTIALS);
     }
+
+    /// The history keeps the newest entries, and lists them: before, it listed the oldest
+    /// 10,000 and never a later one, so an owner who filled it hid later exchanges from the
+    /// others.
+    #[tokio::test]
+    async fn the_history_keeps_and_lists_the_newest_entries() {
+        let clock = FakeClock::new(1_700_000_000_000);
+        let svc = WalletService::new(
+            RoleContext::for_tests(clock.clone()),
+            crate::config::WalletConfig::default(),
+        );
+        let alice = super::tests::sign_up(&svc, "alice@example.org").await;
+        let w = svc.create_wallet(alice.account(), "home").await.unwrap();
+        let owner = svc.owner(&alice, &w.wallet.id).await.unwrap();
+        for i in 0..8 {
+            clock.advance_ms(1000);
+            let entry = crate::roles::wallet::model::HistoryEntry {
+                at: i,
+                kind: "present".into(),
+                counterparty: format!("verifier {i}"),
+                credential_ids: Vec::new(),
+                outcome: "failed".into(),
+            };
+            svc.record_keeping(&owner, entry, 3).await.unwrap();
+        }
+        let listed: Vec<i64> = svc
+            .history(&owner)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.at)
+            .collect();
+        assert_eq!(listed, [7, 6, 5]);
+    }
 }

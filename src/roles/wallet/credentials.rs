@@ -22,6 +22,11 @@ pub(super) type HeldCredential = (CredentialRecord, String, CredentialView);
 /// an issuer of the attacker's own sent 4 MB credentials, 56 MB per accepted offer, without end).
 pub const MAX_CREDENTIAL_BYTES: usize = 256 * 1024;
 
+/// The history entries a wallet keeps (the newest; older ones are deleted as new ones come).
+/// Before, the list read the oldest 10,000 and never showed a later one: an owner who filled the
+/// history (cheap failing presentations) hid what came after from the others (attacker review).
+pub const MAX_HISTORY: usize = 10_000;
+
 /// How many requests of a node read all of a wallet's credentials at once ([`WalletService::held`]).
 pub const HELD_AT_ONCE: usize = 4;
 
@@ -159,7 +164,7 @@ impl WalletService {
         let mut h: Vec<HistoryEntry> = self
             .ctx
             .store
-            .scan_json::<HistoryEntry>(ks::HISTORY, &format!("{}/", viewer.id()), 10_000)
+            .scan_json::<HistoryEntry>(ks::HISTORY, &format!("{}/", viewer.id()), MAX_HISTORY)
             .await?
             .into_iter()
             .map(|(_, e)| e)
@@ -169,6 +174,16 @@ impl WalletService {
     }
 
     pub(super) async fn record(&self, owner: &Owner, entry: HistoryEntry) -> WalletResult<()> {
+        self.record_keeping(owner, entry, MAX_HISTORY).await
+    }
+
+    /// Records `entry` and keeps the newest `keep` entries of the wallet's history.
+    pub(super) async fn record_keeping(
+        &self,
+        owner: &Owner,
+        entry: HistoryEntry,
+        keep: usize,
+    ) -> WalletResult<()> {
         let key = format!(
             "{}/{:020}-{}",
             owner.id(),
@@ -179,7 +194,18 @@ impl WalletService {
             .store
             .put_json(ks::HISTORY, &key, &entry, None)
             .await?;
-        self.unless_deleted(owner.id(), ks::HISTORY, &key).await
+        self.unless_deleted(owner.id(), ks::HISTORY, &key).await?;
+        // the newest `keep` are kept: older ones go, so the list (oldest first in the store)
+        // always shows the latest exchanges
+        let prefix = format!("{}/", owner.id());
+        let store = &self.ctx.store;
+        let n = store.count_prefix(ks::HISTORY, &prefix, keep + 16).await?;
+        if n > keep {
+            for (old, _) in store.scan_prefix(ks::HISTORY, &prefix, n - keep).await? {
+                store.delete(ks::HISTORY, &old).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Verifies the issuer's signature, that the credential is bound to the holder the wallet
