@@ -665,6 +665,16 @@ pub async fn verify_presentation_bounded(
     .await
 }
 
+/// Runs Data Integrity work that has no canonicalization budget of its own (signing a
+/// presentation of a credential that was verified within the limits when it was received) on
+/// the blocking pool, holding one of the `jsonld.max_concurrent` slots the verifications share:
+/// a wallet request answering many queries cannot take every blocking thread (attacker review).
+pub async fn run_in_slot<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> CryptoResult<T> {
+    run_bounded(move |_| Ok(f())).await
+}
+
 // ------------------------------------------------------------------------------------ limits
 
 struct Bounds {

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use super::access::{Owner, Viewer};
 use super::credentials::HeldCredential;
-use super::error::{OrInternal, WalletError, WalletResult};
+use super::error::{WalletError, WalletResult};
 use super::mdoc;
 use super::model::*;
 use super::service::{WalletService, WalletSession};
@@ -236,7 +236,9 @@ impl WalletService {
                 rec.format.clone(),
                 rec.id.clone(),
             );
-            let presented = tokio::task::spawn_blocking(move || {
+            // Data Integrity signing is CPU-heavy: off the async workers, in one of the
+            // JSON-LD slots verifications share
+            let presented = crate::crypto::di::run_in_slot(move || {
                 let held = Held {
                     id,
                     format,
@@ -248,7 +250,13 @@ impl WalletService {
                 oid4vp::presentation(&req, &held, &names, now)
             })
             .await
-            .or_internal()?;
+            .map_err(|e| match e {
+                crate::crypto::CryptoError::Busy(_) => WalletError::Busy {
+                    detail: "every JSON-LD slot is busy; try again",
+                    retry_after: 1,
+                },
+                other => WalletError::Internal(other.to_string()),
+            })?;
             return Ok(presented?);
         }
         let held = Held {
