@@ -146,7 +146,8 @@ impl WalletService {
             "request_digest": request_digest(&req),
             "client_id": req.client_id,
             "verified_signer": req.signed_by,
-            "verifier": req.params["client_metadata"]["client_name"],
+            // the name the verifier gives itself: nothing vouches for it (show client_id)
+            "client_name_unverified": req.params["client_metadata"]["client_name"],
             "response_mode": req.params["response_mode"],
             "dcql_query": req.params.get("dcql_query"),
             "presentation_definition": req.params.get("presentation_definition"),
