@@ -167,8 +167,9 @@ fn with_leases<R>(
 }
 
 /// Leases to `holder` up to `limit` of the messages in `q` (oldest first) that no live lease
-/// holds and that are for `recipient` (when given); their ids. A walk of the index in memory:
-/// what is leased already costs a map lookup, not a store read. Leases that ran out, or whose
+/// holds and that are for `recipient` (when given); their ids. A walk of the index in memory (of
+/// that recipient's messages only, when given): what is leased already costs a map lookup, not a
+/// store read. Leases that ran out, or whose
 /// socket closed, end first.
 pub(super) fn lease_from(
     q: &ConnQueue,
@@ -180,12 +181,9 @@ pub(super) fn lease_from(
 ) -> Vec<String> {
     leases.retain(|_, h| h.alive(now));
     let mut out = Vec::new();
-    for (id, e) in q.entries() {
+    for (id, _) in q.entries_for(recipient) {
         if out.len() >= limit {
             break;
-        }
-        if recipient.is_some_and(|r| r != e.recipient) {
-            continue;
         }
         if leases.contains_key(id) {
             continue;

@@ -8,7 +8,7 @@
 //! known to change queues, an index older than 10 s is rebuilt on next use, and all are dropped
 //! when events were missed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// One queued message, as the index remembers it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -20,10 +20,20 @@ pub struct Entry {
     pub at_ms: i64,
 }
 
-/// A connection's queue. Ids sort by arrival (they start with the arrival time).
+/// A connection's queue. Ids sort by arrival (they start with the arrival time). Kept per
+/// recipient key too, so a pickup or a status filtered by one key walks that key's messages, not
+/// the whole queue (a queue of up to 10,000 messages under the node's index lock).
 #[derive(Debug, Default)]
 pub struct ConnQueue {
     entries: BTreeMap<String, Entry>,
+    bytes: u64,
+    by_recipient: HashMap<String, Recipient>,
+}
+
+/// The messages of one recipient key in a queue.
+#[derive(Debug, Default)]
+struct Recipient {
+    ids: BTreeSet<String>,
     bytes: u64,
 }
 
@@ -64,8 +74,11 @@ impl ConnQueue {
 
     /// Adds `id` unless present (adding twice is harmless: a scan and a local enqueue may both see it).
     pub fn add(&mut self, id: String, e: Entry) {
-        if let std::collections::btree_map::Entry::Vacant(v) = self.entries.entry(id) {
+        if let std::collections::btree_map::Entry::Vacant(v) = self.entries.entry(id.clone()) {
             self.bytes += e.bytes;
+            let r = self.by_recipient.entry(e.recipient.clone()).or_default();
+            r.ids.insert(id);
+            r.bytes += e.bytes;
             v.insert(e);
         }
     }
@@ -73,7 +86,19 @@ impl ConnQueue {
     pub fn remove(&mut self, id: &str) -> Option<Entry> {
         let e = self.entries.remove(id)?;
         self.bytes -= e.bytes;
+        self.unlist(id, &e);
         Some(e)
+    }
+
+    /// Takes a removed message out of its recipient's list.
+    fn unlist(&mut self, id: &str, e: &Entry) {
+        if let Some(r) = self.by_recipient.get_mut(&e.recipient) {
+            r.ids.remove(id);
+            r.bytes -= e.bytes;
+            if r.ids.is_empty() {
+                self.by_recipient.remove(&e.recipient);
+            }
+        }
     }
 
     /// Forgets messages that arrived before `before_ms` (the store expires them by TTL).
@@ -82,8 +107,9 @@ impl ConnQueue {
             if e.get().at_ms >= before_ms {
                 break;
             }
-            let (_, gone) = e.remove_entry();
+            let (id, gone) = e.remove_entry();
             self.bytes -= gone.bytes;
+            self.unlist(&id, &gone);
         }
     }
 
@@ -92,8 +118,27 @@ impl ConnQueue {
     }
 
     /// The queued messages, oldest first.
+    #[cfg(test)]
     pub fn entries(&self) -> impl Iterator<Item = (&String, &Entry)> {
         self.entries.iter()
+    }
+
+    /// The queued messages for `recipient` (all of them when `None`), oldest first: with a
+    /// recipient, a walk of that key's messages only.
+    pub fn entries_for<'a>(
+        &'a self,
+        recipient: Option<&str>,
+    ) -> Box<dyn Iterator<Item = (&'a String, &'a Entry)> + 'a> {
+        match recipient {
+            None => Box::new(self.entries.iter()),
+            Some(r) => Box::new(
+                self.by_recipient
+                    .get(r)
+                    .into_iter()
+                    .flat_map(|r| r.ids.iter())
+                    .filter_map(|id| self.entries.get_key_value(id)),
+            ),
+        }
     }
 
     pub fn len(&self) -> u64 {
@@ -104,42 +149,34 @@ impl ConnQueue {
         self.bytes
     }
 
-    /// What waits, leaving out `leased`. Without a recipient filter it costs O(|leased|); with one,
-    /// a walk over the index in memory (no store reads).
+    /// What waits, leaving out `leased`: O(|leased|), with a recipient filter or without.
     pub fn summary(&self, leased: &HashSet<&str>, recipient: Option<&str>) -> Summary {
-        match recipient {
-            None => {
-                let mut s = Summary {
-                    count: self.len(),
-                    bytes: self.bytes,
-                    oldest_ms: None,
-                };
-                for id in leased {
-                    if let Some(e) = self.entries.get(*id) {
-                        s.count -= 1;
-                        s.bytes -= e.bytes;
-                    }
+        let (count, bytes) = match recipient {
+            None => (self.len(), self.bytes),
+            Some(r) => self
+                .by_recipient
+                .get(r)
+                .map_or((0, 0), |r| (r.ids.len() as u64, r.bytes)),
+        };
+        let mut s = Summary {
+            count,
+            bytes,
+            oldest_ms: None,
+        };
+        for id in leased {
+            match self.entries.get(*id) {
+                Some(e) if recipient.is_none_or(|r| r == e.recipient) => {
+                    s.count -= 1;
+                    s.bytes -= e.bytes;
                 }
-                s.oldest_ms = self
-                    .entries
-                    .iter()
-                    .find(|(id, _)| !leased.contains(id.as_str()))
-                    .map(|(_, e)| e.at_ms);
-                s
-            }
-            Some(r) => {
-                let mut s = Summary::default();
-                for (id, e) in &self.entries {
-                    if e.recipient != r || leased.contains(id.as_str()) {
-                        continue;
-                    }
-                    s.count += 1;
-                    s.bytes += e.bytes;
-                    s.oldest_ms.get_or_insert(e.at_ms);
-                }
-                s
+                _ => {}
             }
         }
+        s.oldest_ms = self
+            .entries_for(recipient)
+            .find(|(id, _)| !leased.contains(id.as_str()))
+            .map(|(_, e)| e.at_ms);
+        s
     }
 }
 
@@ -188,5 +225,51 @@ mod tests {
         assert_eq!((q.len(), q.bytes()), (1, 30));
         q.apply(Change::Add("004".into(), e(5, "a", 4)));
         assert_eq!(q.summary(&HashSet::new(), None).count, 2);
+    }
+
+    /// The per-recipient lists agree with a walk of the whole queue through adds, removes and
+    /// expiry, for status and for the order pickups take messages in.
+    #[test]
+    fn the_per_recipient_lists_agree_with_the_queue() {
+        let mut q = ConnQueue::default();
+        let keys = ["a", "b", "c"];
+        for i in 0..300u64 {
+            q.add(
+                format!("{i:05}"),
+                e(i % 7 + 1, keys[(i % 3) as usize], i as i64),
+            );
+        }
+        for i in (0..300u64).step_by(4) {
+            q.apply(Change::Remove(format!("{i:05}")));
+        }
+        q.expire(50);
+        q.add("00100".into(), e(99, "c", 100)); // present already: ignored
+        let leased: HashSet<&str> = ["00101", "00102", "00250", "99999"].into_iter().collect();
+        for r in keys {
+            let walked: Vec<&String> = q
+                .entries()
+                .filter(|(_, x)| x.recipient == r)
+                .map(|(id, _)| id)
+                .collect();
+            let listed: Vec<&String> = q.entries_for(Some(r)).map(|(id, _)| id).collect();
+            assert_eq!(walked, listed, "{r}");
+            let mut want = Summary::default();
+            for (id, x) in q.entries().filter(|(_, x)| x.recipient == r) {
+                if !leased.contains(id.as_str()) {
+                    want.count += 1;
+                    want.bytes += x.bytes;
+                    want.oldest_ms.get_or_insert(x.at_ms);
+                }
+            }
+            assert_eq!(q.summary(&leased, Some(r)), want, "{r}");
+        }
+        assert_eq!(q.entries_for(Some("nobody")).count(), 0);
+        assert_eq!(q.summary(&leased, Some("nobody")), Summary::default());
+        // emptied recipients leave no list behind
+        for id in q.entries().map(|(id, _)| id.clone()).collect::<Vec<_>>() {
+            q.remove(&id);
+        }
+        assert!(q.by_recipient.is_empty());
+        assert_eq!((q.len(), q.bytes()), (0, 0));
     }
 }
