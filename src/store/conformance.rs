@@ -295,6 +295,42 @@ pub async fn scan_skips_expired_and_counts_only_live(s: Arc<dyn Store>, clock: A
     assert_eq!(s.count_prefix(KS, "q/", 100).await.unwrap(), 5);
     assert_eq!(s.count_prefix(KS, "q/", 3).await.unwrap(), 3);
     assert_eq!(s.count_prefix(KS, "none/", 3).await.unwrap(), 0);
+
+    // past one page of a backend's scan (Redis pages by 256 members): every live record once,
+    // in key order, with deleted and expired ones in between, and counted alike
+    for i in 0..700u32 {
+        let ttl = (i % 5 == 0).then_some(Duration::from_secs(5));
+        s.put(KS, &format!("p/{i:04}"), vec![1], ttl).await.unwrap();
+    }
+    for i in (0..700u32).step_by(3) {
+        s.delete(KS, &format!("p/{i:04}")).await.unwrap();
+    }
+    clock.advance_ms(5_000);
+    let want: Vec<String> = (0..700u32)
+        .filter(|i| i % 3 != 0 && i % 5 != 0)
+        .map(|i| format!("p/{i:04}"))
+        .collect();
+    let got: Vec<String> = s
+        .scan_prefix(KS, "p/", usize::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(got, want);
+    let first: Vec<String> = s
+        .scan_prefix(KS, "p/", 300)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(first, want[..300]);
+    assert_eq!(
+        s.count_prefix(KS, "p/", usize::MAX).await.unwrap(),
+        want.len()
+    );
+    assert_eq!(s.count_prefix(KS, "p/", 300).await.unwrap(), 300);
 }
 
 pub async fn ttl_is_replaced_by_a_later_put(s: Arc<dyn Store>, clock: Arc<FakeClock>) {

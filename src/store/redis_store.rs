@@ -165,6 +165,7 @@ struct Scripts {
     delete: Script,
     cas: Script,
     scan: Script,
+    count: Script,
     batch: Script,
     sweep: Script,
 }
@@ -242,20 +243,20 @@ return {1}
 "#;
 
 /// ARGV: base, ks, min, max, limit, now → flat {key, payload, ...}
-/// Index members whose record Redis expired are removed on the way (lazy cleanup).
+/// Index members whose record Redis expired are removed on the way (lazy cleanup). Pages by the
+/// last member seen, not by an offset (which Redis walks again for every page: a scan of N
+/// members cost N²/512 steps inside one script; attacker review).
 const LUA_SCAN: &str = r#"
 local ks, min, max, limit, now = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
-local out, n, offset, chunk = {}, 0, 0, 256
+local out, n, chunk = {}, 0, 256
 while n < limit do
-  local members = redis.call('ZRANGEBYLEX', ikey(ks), min, max, 'LIMIT', offset, chunk)
+  local members = redis.call('ZRANGEBYLEX', ikey(ks), min, max, 'LIMIT', 0, chunk)
   if #members == 0 then break end
-  local dead = 0
   for _, m in ipairs(members) do
     local raw = redis.call('GET', rkey(ks, m))
     if not raw then
       redis.call('ZREM', ikey(ks), m)
       redis.call('ZREM', ekey(ks), m)
-      dead = dead + 1
     else
       local v = live(raw, now)
       if v and n < limit then
@@ -266,9 +267,34 @@ while n < limit do
     end
   end
   if #members < chunk then break end
-  offset = offset + #members - dead
+  min = '(' .. members[#members]
 end
 return out
+"#;
+
+/// ARGV: base, ks, min, max, limit, now → how many live records (at most `limit`): the scan's
+/// walk without reading or returning any value (a record's deadline is its expiry score).
+const LUA_COUNT: &str = r#"
+local ks, min, max, limit, now = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local n, chunk = 0, 256
+while n < limit do
+  local members = redis.call('ZRANGEBYLEX', ikey(ks), min, max, 'LIMIT', 0, chunk)
+  if #members == 0 then break end
+  for _, m in ipairs(members) do
+    if redis.call('EXISTS', rkey(ks, m)) == 0 then
+      redis.call('ZREM', ikey(ks), m)
+      redis.call('ZREM', ekey(ks), m)
+    else
+      local d = redis.call('ZSCORE', ekey(ks), m)
+      if (not d or tonumber(d) > now) and n < limit then
+        n = n + 1
+      end
+    end
+  end
+  if #members < chunk then break end
+  min = '(' .. members[#members]
+end
+return n
 "#;
 
 /// ARGV: base, count, then per op: 'p', ks, key, framed, px, deadline | 'd', ks, key
@@ -348,7 +374,9 @@ fn classify(e: &redis::RedisError) -> StoreError {
                 | K::ClusterConnectionNotFound
                 | K::AuthenticationFailed
         )
-        || e.to_string().contains("OOM");
+        || e.to_string().contains("OOM")
+        // a script over Redis's busy threshold: others are refused until it ends; retry
+        || e.to_string().contains("BUSY");
     if unavailable {
         StoreError::Unavailable(format!("redis: {e}"))
     } else {
@@ -388,6 +416,18 @@ fn ttl_args(now: i64, ttl: Option<Duration>) -> (u64, Option<i64>) {
                 .max(1);
             (ms, Some(deadline))
         }
+    }
+}
+
+/// The index range of the keys starting with `prefix` (ZRANGEBYLEX bounds).
+fn prefix_range(prefix: &str) -> (Vec<u8>, Vec<u8>) {
+    if prefix.is_empty() {
+        (b"-".to_vec(), b"+".to_vec())
+    } else {
+        // Keys are UTF-8, which never contains 0xff: [prefix, prefix 0xff] is the prefix range.
+        let mut max = format!("[{prefix}").into_bytes();
+        max.push(0xff);
+        (format!("[{prefix}").into_bytes(), max)
     }
 }
 
@@ -461,6 +501,7 @@ impl RedisStore {
                 delete: script(LUA_DELETE),
                 cas: script(LUA_CAS),
                 scan: script(LUA_SCAN),
+                count: script(LUA_COUNT),
                 batch: script(LUA_BATCH),
                 sweep: script(LUA_SWEEP),
             }),
@@ -468,7 +509,35 @@ impl RedisStore {
             opts,
         };
         store.probe().await?;
+        store.check_eviction_policy().await;
         Ok(store)
+    }
+
+    /// Says loudly when Redis may evict records: nonce and login markers carry a TTL and most
+    /// eviction policies drop those first (a used nonce evicted can be used again), and under an
+    /// `allkeys-*` policy status lists and indexes can go too (attacker review). idstack needs
+    /// `maxmemory-policy noeviction`. A Redis that refuses `CONFIG` (managed services) is not
+    /// asked again.
+    async fn check_eviction_policy(&self) {
+        let policy: Result<Vec<String>, StoreError> = self
+            .run("config", |mut c| async move {
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await;
+        match policy.ok().and_then(|v| v.get(1).cloned()) {
+            Some(p) if p == "noeviction" => {}
+            Some(p) => tracing::error!(
+                policy = %p,
+                "redis maxmemory-policy is not noeviction: under memory pressure Redis may evict used nonces, login lockouts, status lists or indexes, and single use would no longer hold; set maxmemory-policy noeviction"
+            ),
+            None => tracing::warn!(
+                "could not read redis maxmemory-policy (CONFIG refused?): make sure it is noeviction"
+            ),
+        }
     }
 
     pub fn metrics(&self) -> &RedisMetrics {
@@ -659,14 +728,7 @@ impl Store for RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let (min, max) = if prefix.is_empty() {
-            (b"-".to_vec(), b"+".to_vec())
-        } else {
-            // Keys are UTF-8, which never contains 0xff: [prefix, prefix 0xff] is the prefix range.
-            let mut max = format!("[{prefix}").into_bytes();
-            max.push(0xff);
-            (format!("[{prefix}").into_bytes(), max)
-        };
+        let (min, max) = prefix_range(prefix);
         let now = self.clock.now_ms();
         let s = self.scripts.clone();
         let (base, anchor) = (self.base.clone(), self.anchor());
@@ -690,6 +752,40 @@ impl Store for RedisStore {
             out.push((String::from_utf8_lossy(&k).into_owned(), v));
         }
         Ok(out)
+    }
+
+    /// Counted in Redis: no value is read or sent back (the default would copy every record of
+    /// the range out of Redis to count it; attacker review: a full wallet's 500 credentials of
+    /// 256 KiB, copied twice per credential write).
+    async fn count_prefix(
+        &self,
+        keyspace: &'static str,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<usize> {
+        check_keyspace(keyspace)?;
+        if limit == 0 {
+            return Ok(0);
+        }
+        let (min, max) = prefix_range(prefix);
+        let now = self.clock.now_ms();
+        let s = self.scripts.clone();
+        let (base, anchor) = (self.base.clone(), self.anchor());
+        let n: i64 = self
+            .run("count", |mut c| async move {
+                s.count
+                    .key(&anchor)
+                    .arg(&base)
+                    .arg(keyspace)
+                    .arg(min)
+                    .arg(max)
+                    .arg(limit)
+                    .arg(now)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(usize::try_from(n).unwrap_or(0))
     }
 
     async fn batch(&self, ops: Vec<BatchOp>) -> StoreResult<()> {
