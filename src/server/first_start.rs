@@ -205,43 +205,61 @@ pub fn spawn_guard(
 const ADMIN_TOKEN_KEY: &str = "sandbox_admin_token";
 
 /// Sandbox: one admin token generated on first start, stored sealed, printed once.
-/// Read where compare-and-swaps run (in cluster mode the key's primary, not a local copy that may
-/// lag): a node must not make a second token because its copy had not seen the first yet. It is
-/// kept in [`keyspaces::ADMIN`], insert-only in cluster mode: should two nodes still make one each
-/// (their views of the init lease's primary disagreed), the first made wins on every node and the
-/// other node is not ready until restarted. A token an earlier release kept in the `system`
-/// keyspace is moved there, unchanged.
+///
+/// Kept in [`keyspaces::ADMIN`], insert-only in cluster mode: should two nodes still make one
+/// each (their views of the init lease's primary disagreed), the first made wins on every node
+/// and the other node is not ready until restarted. So a copy this node holds is used as it is
+/// (a node restarted alone, its peers down, still starts); without one, it is read where
+/// compare-and-swaps run (in cluster mode the key's primary, not a local copy that may lag): a
+/// node must not make a second token because its copy had not seen the first yet. A token an
+/// earlier release kept in the `system` keyspace is moved there unchanged, and a new token is
+/// written there too, so those releases find it after a rollback.
 pub async fn sandbox_admin_token(opened: &Opened) -> anyhow::Result<Secret> {
-    if let Some(sealed) = opened
-        .store
-        .get_settled(keyspaces::ADMIN, ADMIN_TOKEN_KEY)
-        .await?
-    {
+    let store = &opened.store;
+    if let Some(sealed) = store.get(keyspaces::ADMIN, ADMIN_TOKEN_KEY).await? {
+        return loaded(opened, &sealed);
+    }
+    // an earlier release's token, here or where compare-and-swaps run
+    let legacy = match store.get(keyspaces::SYSTEM, ADMIN_TOKEN_KEY).await? {
+        Some(sealed) => Some(sealed),
+        None => {
+            if let Some(sealed) = store.get_settled(keyspaces::ADMIN, ADMIN_TOKEN_KEY).await? {
+                return loaded(opened, &sealed);
+            }
+            store
+                .get_settled(keyspaces::SYSTEM, ADMIN_TOKEN_KEY)
+                .await?
+        }
+    };
+    if let Some(sealed) = legacy {
+        let token = open_admin_token(opened, &sealed)?;
+        // moved where this release keeps it; a node that cannot write it now (restarted alone)
+        // uses it all the same and moves it next time
+        match store
+            .compare_and_swap(
+                keyspaces::ADMIN,
+                ADMIN_TOKEN_KEY,
+                None,
+                Some((sealed.clone(), None)),
+            )
+            .await
+        {
+            Ok(Cas::Conflict(Some(found))) if found != sealed => return loaded(opened, &found),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "the sandbox admin token could not be moved to the admin keyspace yet")
+            }
+        }
         tracing::info!(
             "sandbox admin token loaded from the store (print it with `idstack admin-token`)"
         );
-        return open_admin_token(opened, &sealed);
+        return Ok(token);
     }
-    let legacy = opened
-        .store
-        .get_settled(keyspaces::SYSTEM, ADMIN_TOKEN_KEY)
-        .await?;
-    let made = legacy.is_none();
-    let (sealed, token) = match legacy {
-        Some(sealed) => {
-            let token = open_admin_token(opened, &sealed)?;
-            (sealed, token)
-        }
-        None => {
-            let token = random_token(24);
-            let sealed = opened
-                .sealer
-                .seal(ADMIN_TOKEN_KEY.as_bytes(), token.as_bytes())?;
-            (sealed, Secret::new(token))
-        }
-    };
-    let cas = opened
-        .store
+    let token = random_token(24);
+    let sealed = opened
+        .sealer
+        .seal(ADMIN_TOKEN_KEY.as_bytes(), token.as_bytes())?;
+    let cas = store
         .compare_and_swap(
             keyspaces::ADMIN,
             ADMIN_TOKEN_KEY,
@@ -249,31 +267,39 @@ pub async fn sandbox_admin_token(opened: &Opened) -> anyhow::Result<Secret> {
             Some((sealed.clone(), None)),
         )
         .await?;
-    let theirs = match cas {
-        Cas::Swapped => None,
+    match cas {
+        Cas::Swapped => {}
         // a retried compare-and-swap whose first attempt applied finds its own write
-        Cas::Conflict(Some(found)) if found == sealed => None,
+        Cas::Conflict(Some(found)) if found == sealed => {}
         // another node stored one first: this node uses that one
-        Cas::Conflict(Some(found)) => Some(found),
+        Cas::Conflict(Some(found)) => return loaded(opened, &found),
         Cas::Conflict(None) => anyhow::bail!("the sandbox admin token vanished while it was made"),
-    };
-    match theirs {
-        Some(found) => open_admin_token(opened, &found),
-        None if made => {
-            // Printed once, to stderr, on purpose: the operator needs it.
-            eprintln!(
-                "\n  idstack sandbox admin token (shown once; `idstack admin-token` prints it again):\n\n      {}\n",
-                token.expose()
-            );
-            Ok(token)
-        }
-        None => {
-            tracing::info!(
-                "sandbox admin token loaded from the store (print it with `idstack admin-token`)"
-            );
-            Ok(token)
-        }
     }
+    // where earlier releases look (best effort: only a rollback needs it)
+    if let Err(e) = store
+        .compare_and_swap(
+            keyspaces::SYSTEM,
+            ADMIN_TOKEN_KEY,
+            None,
+            Some((sealed, None)),
+        )
+        .await
+    {
+        tracing::debug!(error = %e, "the sandbox admin token was not copied for earlier releases");
+    }
+    // Printed once, to stderr, on purpose: the operator needs it.
+    eprintln!(
+        "\n  idstack sandbox admin token (shown once; `idstack admin-token` prints it again):\n\n      {token}\n"
+    );
+    Ok(Secret::new(token))
+}
+
+/// A stored token, opened.
+fn loaded(opened: &Opened, sealed: &[u8]) -> anyhow::Result<Secret> {
+    tracing::info!(
+        "sandbox admin token loaded from the store (print it with `idstack admin-token`)"
+    );
+    open_admin_token(opened, sealed)
 }
 
 fn open_admin_token(opened: &Opened, sealed: &[u8]) -> anyhow::Result<Secret> {
@@ -336,8 +362,9 @@ mod tests {
             let store = o.store.clone();
             async move { store.get(ks, ADMIN_TOKEN_KEY).await.unwrap() }
         };
-        assert!(stored(&o, keyspaces::ADMIN).await.is_some());
-        assert!(stored(&o, keyspaces::SYSTEM).await.is_none());
+        // kept in `admin`, and copied where earlier releases look (for a rollback)
+        let kept = stored(&o, keyspaces::ADMIN).await.unwrap();
+        assert_eq!(stored(&o, keyspaces::SYSTEM).await, Some(kept));
         assert_eq!(
             sandbox_admin_token(&o).await.unwrap().expose(),
             made.expose()
