@@ -56,6 +56,27 @@ fn check_shape(q: &Value) -> Result<(), String> {
     for cq in q["credentials"].as_array().into_iter().flatten() {
         let id = cq["id"].as_str().unwrap_or("?");
         let bad = |what: &str| format!("dcql_query: credential query `{id}`: {what}");
+        // meta: the constraints matching reads, each of the shape it can enforce
+        let meta = &cq["meta"];
+        if meta.get("vct_values").is_some() && ids(&meta["vct_values"]).is_none() {
+            return Err(bad("meta.vct_values must be a non-empty array of strings"));
+        }
+        if let Some(sets) = meta.get("type_values") {
+            let ok = sets
+                .as_array()
+                .is_some_and(|a| !a.is_empty() && a.iter().all(|set| ids(set).is_some()));
+            if !ok {
+                return Err(bad(
+                    "meta.type_values must be a non-empty array of non-empty arrays of strings",
+                ));
+            }
+        }
+        if meta
+            .get("doctype_value")
+            .is_some_and(|d| d.as_str().is_none_or(str::is_empty))
+        {
+            return Err(bad("meta.doctype_value must be a non-empty string"));
+        }
         let mut claim_ids: Vec<&str> = Vec::new();
         if let Some(claims) = cq.get("claims") {
             let claims = claims
@@ -314,8 +335,13 @@ pub fn mismatch(c: &CredentialView, cq: &Value) -> Option<String> {
             c.format
         ));
     }
-    if let Some(vcts) = cq["meta"]["vct_values"].as_array() {
-        if !vcts.iter().any(|v| v.as_str() == c.vct.as_deref()) {
+    if let Some(vcts) = cq["meta"].get("vct_values") {
+        // (of another shape than an array: no match; check_query refuses it first)
+        let listed = vcts.as_array().into_iter().flatten();
+        if !listed
+            .into_iter()
+            .any(|v| v.as_str().is_some() && v.as_str() == c.vct.as_deref())
+        {
             return Some(format!("{id}: vct {:?} not among the requested", c.vct));
         }
     }
@@ -329,11 +355,13 @@ pub fn mismatch(c: &CredentialView, cq: &Value) -> Option<String> {
             ));
         }
     }
-    if let Some(sets) = cq["meta"]["type_values"].as_array() {
-        let ok = sets.iter().any(|set| {
+    if let Some(sets) = cq["meta"].get("type_values") {
+        let ok = sets.as_array().into_iter().flatten().any(|set| {
             set.as_array().is_some_and(|ts| {
-                ts.iter()
-                    .all(|t| t.as_str().is_some_and(|t| has_type(c, t)))
+                !ts.is_empty()
+                    && ts
+                        .iter()
+                        .all(|t| t.as_str().is_some_and(|t| has_type(c, t)))
             })
         });
         if !ok {
@@ -587,6 +615,11 @@ mod tests {
             cq(json!({"claims": [{"id": "a", "path": ["a"]}], "claim_sets": "a"})),
             cq(json!({"meta": {"vct_values": vec!["v"; MAX_VALUES + 1]}})),
             cq(json!({"meta": {"type_values": vec![vec!["T"]; MAX_SETS + 1]}})),
+            cq(json!({"meta": {"vct_values": "urn:eu.europa.ec.eudi:pid:1"}})),
+            cq(json!({"meta": {"vct_values": []}})),
+            cq(json!({"meta": {"type_values": [[]]}})),
+            cq(json!({"meta": {"type_values": ["VerifiableCredential"]}})),
+            cq(json!({"meta": {"doctype_value": 1}})),
         ] {
             assert!(check_query(&with(bad.clone())).is_err(), "{bad}");
         }
@@ -609,6 +642,16 @@ mod tests {
         let empty_set = cq(json!({"claims": [{"id": "a", "path": ["nope"]}], "claim_sets": [[]]}));
         assert!(mismatch(&adult, &empty_set).is_some());
         assert!(mismatch(&adult, &good).is_none());
+        for meta in [
+            json!({"vct_values": "urn:eu.europa.ec.eudi:pid:1"}),
+            json!({"type_values": [[]]}),
+            json!({"type_values": "VerifiableCredential"}),
+        ] {
+            assert!(
+                mismatch(&adult, &cq(json!({"meta": meta}))).is_some(),
+                "{meta}"
+            );
+        }
     }
 
     #[test]

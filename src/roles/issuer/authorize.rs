@@ -148,7 +148,7 @@ fn validate_redirect(u: &str) -> Result<reqwest::Url, IssuerError> {
 /// no client registration, so this list stands in for one: a request naming another URI gets an
 /// error, never a redirect (RFC 9700 §4.11).
 pub(super) enum RedirectUris {
-    /// `*`: any absolute URI without user-info, `http` only to loopback.
+    /// `*`: any absolute URI without user-info, `http` only to loopback (`localhost` too).
     Any,
     /// Exactly these (empty: the authorization code grant is off).
     Listed(Vec<String>),
@@ -175,7 +175,9 @@ impl RedirectUris {
             Self::Any => {
                 parsed.username().is_empty()
                     && parsed.password().is_none()
-                    && (parsed.scheme() != "http" || loopback(parsed))
+                    && (parsed.scheme() != "http"
+                        || loopback(parsed)
+                        || parsed.host_str() == Some("localhost"))
             }
             Self::Listed(listed) => listed.iter().any(|l| {
                 l == raw

@@ -2017,6 +2017,7 @@ async fn authorize_redirects_only_to_allowed_redirect_uris() {
             "https://elsewhere.example/cb",
             "eudi-openid4ci://authorize",
             "http://[::1]:8/cb",
+            "http://localhost:3000/cb",
         ] {
             authorize(&any, ok).await.unwrap();
         }

@@ -34,9 +34,13 @@ pub async fn jwt_credential(
     }
     let (issuer, p) = issuer_jwt(ctx, out, query_id, vc, Issuers::Did).await?;
     let vc_obj = jwt_vc_object(&p);
-    if let Some(why) = super::not_a_presentable_credential(&vc_obj)
-        .or_else(|| super::not_a_presentable_credential(&p))
-    {
+    if let Some(why) = super::not_a_presentable_credential(ctx, &vc_obj).or_else(|| {
+        // a Token Status List token has no `type` to tell it by
+        ctx.audience
+            .as_ref()
+            .and(p.get("status_list"))
+            .map(|_| "a status list is not a credential".into())
+    }) {
         out.fail("signature", format!("{query_id}: {why}"));
         return None;
     }
@@ -55,7 +59,8 @@ pub async fn jwt_credential(
 }
 
 /// Why a JWT is not a JWT-secured W3C credential by its own header and payload: its `typ` (absent,
-/// `JWT`, `vc+jwt` or `vc+ld+json+jwt`, bare or as `application/…`) or the marks of an SD-JWT's
+/// `JWT`, `JOSE`, `vc+jwt`, or the drafts' `vc+ld+jwt` / `vc+ld+json+jwt`, bare or as
+/// `application/…`) or the marks of an SD-JWT's
 /// issuer JWT (`_sd`, `_sd_alg`). Another JWT its issuer signed — an SD-JWT VC stripped of its
 /// key binding, a status list — would otherwise answer a `jwt_vc_json` query that waives holder
 /// binding (attacker review; SD-JWT checks its own `typ` the same way).
@@ -64,7 +69,10 @@ fn not_a_jwt_credential(jwt: &str) -> Option<String> {
     if let Some(typ) = header.get("typ") {
         let t = typ.as_str().unwrap_or_default().to_ascii_lowercase();
         let t = t.strip_prefix("application/").unwrap_or(&t);
-        if !matches!(t, "jwt" | "vc+jwt" | "vc+ld+json+jwt") {
+        if !matches!(
+            t,
+            "jwt" | "jose" | "vc+jwt" | "vc+ld+jwt" | "vc+ld+json+jwt"
+        ) {
             return Some(format!(
                 "typ {} is not that of a JWT credential (vc+jwt)",
                 crate::crypto::mdoc::clip(&typ.to_string())

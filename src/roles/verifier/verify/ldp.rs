@@ -24,7 +24,7 @@ async fn ld_credential(
             return None;
         }
     };
-    if let Some(why) = super::not_a_presentable_credential(&vc) {
+    if let Some(why) = super::not_a_presentable_credential(ctx, &vc) {
         out.fail("signature", format!("{query_id}: {why}"));
         return None;
     }

@@ -170,22 +170,35 @@ async fn issuer_jwt(
     }
 }
 
-/// Why a signed W3C credential object is not one a holder may present as a credential: a status
-/// list its issuer publishes for everyone (`*StatusListCredential`, or a Token Status List's
-/// `status_list`) — signed by a trusted issuer, it would otherwise answer a query that waives
-/// holder binding and asks for little (attacker review).
-fn not_a_presentable_credential(vc: &Value) -> Option<String> {
-    if let Some(t) = types_of(vc)
-        .into_iter()
-        .find(|t| t.ends_with("StatusListCredential"))
+/// Why a signed W3C credential object is not one a holder may present as a credential: not a
+/// `VerifiableCredential` at all, or a status list its issuer publishes for everyone
+/// (`*StatusList*Credential`, `RevocationList2020Credential`, an `encodedList` subject, or a
+/// Token Status List's `status_list`) — signed by a trusted issuer, it would otherwise answer a
+/// query that waives holder binding and asks for little (attacker review). Only for what answers
+/// a presentation request (`ctx.audience`): a VC-API call may verify a status list as such.
+fn not_a_presentable_credential(ctx: &Ctx<'_>, vc: &Value) -> Option<String> {
+    ctx.audience.as_ref()?;
+    let types = types_of(vc);
+    if !types.iter().any(|t| t == "VerifiableCredential") {
+        return Some("its type does not say VerifiableCredential".into());
+    }
+    if let Some(t) = types
+        .iter()
+        .find(|t| t.contains("StatusList") || t.contains("RevocationList"))
     {
         return Some(format!(
             "a {} is a status list, not a credential",
-            crate::crypto::mdoc::clip(&t)
+            crate::crypto::mdoc::clip(t)
         ));
     }
-    vc.get("status_list")
-        .map(|_| "a status list token is not a credential".to_string())
+    let subject_is_list = match &vc["credentialSubject"] {
+        Value::Array(a) => a.iter().any(|s| s.get("encodedList").is_some()),
+        s => s.get("encodedList").is_some(),
+    };
+    if subject_is_list || vc.get("status_list").is_some() {
+        return Some("a status list is not a credential".into());
+    }
+    None
 }
 
 /// A W3C credential's `type` (a string or a list).
