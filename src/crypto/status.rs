@@ -196,6 +196,49 @@ pub fn bitstring_list_ok(list: &Value, uri: &str) -> Result<(), String> {
     }
 }
 
+/// A Bitstring Status List entry (`credentialStatus`): its purpose and the index it names. One
+/// bit per credential (`statusSize` 1: a wider entry would read the wrong bit); the index as the
+/// spec's string or a number, never a default (a missing index read bit 0).
+pub fn bitstring_entry(entry: &Value) -> Result<(String, u64), String> {
+    if entry
+        .get("statusSize")
+        .is_some_and(|s| s.as_u64() != Some(1))
+    {
+        return Err("statusSize other than 1 is not supported".into());
+    }
+    let idx = entry["statusListIndex"]
+        .as_str()
+        .and_then(|s| s.parse::<u64>().ok())
+        .or(entry["statusListIndex"].as_u64())
+        .ok_or("status entry without index")?;
+    let purpose = entry["statusPurpose"].as_str().unwrap_or("revocation");
+    Ok((purpose.to_string(), idx))
+}
+
+/// Whether the bit at `idx` is set in a Bitstring Status List credential (signature, issuer and
+/// freshness already checked) for `purpose`: the list must answer for that purpose (a revocation
+/// list does not answer for suspension; it names one purpose or several).
+pub fn bitstring_bit(list: &Value, purpose: &str, idx: u64) -> Result<bool, String> {
+    let subject = if list["credentialSubject"].is_object() {
+        &list["credentialSubject"]
+    } else {
+        &list["vc"]["credentialSubject"]
+    };
+    let answers_for = match &subject["statusPurpose"] {
+        Value::String(p) => p == purpose,
+        Value::Array(ps) => ps.iter().any(|p| p.as_str() == Some(purpose)),
+        _ => false,
+    };
+    if !answers_for {
+        return Err(format!(
+            "the status list does not answer for the purpose {purpose}"
+        ));
+    }
+    StatusArray::from_encoded_list(subject["encodedList"].as_str().unwrap_or_default())
+        .and_then(|a| a.get_msb(idx))
+        .map_err(|e| format!("status list: {e}"))
+}
+
 /// Decompresses with a ceiling (a status list is never above 16 MiB).
 fn inflate(r: impl Read) -> CryptoResult<Vec<u8>> {
     let mut out = Vec::new();

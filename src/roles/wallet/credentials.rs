@@ -465,8 +465,23 @@ impl StatusLists<'_> {
         } else {
             status::bitstring_list_ok(&list, uri).map_err(refused)?;
         }
-        status::freshness(numeric("iat"), numeric("exp"), self.now, None, token_list)
-            .map_err(refused)?;
+        // a Bitstring Status List credential ends at its validUntil (expirationDate) too
+        let vc = if list["vc"].is_object() {
+            &list["vc"]
+        } else {
+            &list
+        };
+        let until = ["validUntil", "expirationDate"]
+            .iter()
+            .filter_map(|k| vc[*k].as_str())
+            .map(|t| {
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map(|d| d.timestamp())
+                    .map_err(|_| refused(format!("{t} is not a date-time")))
+            })
+            .collect::<WalletResult<Vec<i64>>>()?;
+        let exp = numeric("exp").into_iter().chain(until).min();
+        status::freshness(numeric("iat"), exp, self.now, None, token_list).map_err(refused)?;
         Ok((header, list))
     }
 
@@ -512,23 +527,11 @@ impl StatusLists<'_> {
             "valid"
         };
         for e in entries {
+            let (purpose, idx) = status::bitstring_entry(&e).map_err(WalletError::Remote)?;
             let uri = e["statusListCredential"].as_str().unwrap_or_default();
-            let idx: u64 = e["statusListIndex"]
-                .as_str()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
             let (_, list) = self.fetch(uri, false).await?;
-            let subject = if list["vc"].is_object() {
-                &list["vc"]["credentialSubject"]
-            } else {
-                &list["credentialSubject"]
-            };
-            let set =
-                StatusArray::from_encoded_list(subject["encodedList"].as_str().unwrap_or_default())
-                    .and_then(|a| a.get_msb(idx))
-                    .or_remote()?;
-            if set {
-                result = if e["statusPurpose"] == "suspension" {
+            if status::bitstring_bit(&list, &purpose, idx).map_err(WalletError::Remote)? {
+                result = if purpose == "suspension" {
                     "suspended"
                 } else {
                     "revoked"
@@ -592,9 +595,31 @@ mod tests {
             }
             jws::sign(&key, json!({"typ": "statuslist+jwt"}), &p)
         };
+        let mut bits = StatusArray::new(1, 16 * 1024).unwrap();
+        bits.set_msb(5, true).unwrap();
+        let encoded = bits.to_encoded_list();
+        let bsl = |id: String, purpose: &str, valid_until: &str| {
+            let p = json!({"id": id, "type": ["VerifiableCredential", "BitstringStatusListCredential"],
+                "validUntil": valid_until, "exp": now + 100,
+                "credentialSubject": {"type": "BitstringStatusList", "statusPurpose": purpose,
+                    "encodedList": encoded}});
+            jws::sign(&key, json!({"typ": "vc+jwt"}), &p)
+        };
         let (base, served) = serve(|base| {
             let at = |p: &str| format!("{base}{p}");
             [
+                (
+                    "/bsl",
+                    bsl(at("/bsl"), "revocation", "2099-01-01T00:00:00Z"),
+                ),
+                (
+                    "/bsl-susp",
+                    bsl(at("/bsl-susp"), "suspension", "2099-01-01T00:00:00Z"),
+                ),
+                (
+                    "/bsl-old",
+                    bsl(at("/bsl-old"), "revocation", "2020-01-01T00:00:00Z"),
+                ),
                 ("/ok", token(at("/ok"), Some(now - 10), now + 100, 1)),
                 ("/moved", token(at("/ok"), Some(now - 10), now + 100, 1)),
                 (
@@ -620,6 +645,33 @@ mod tests {
         assert_eq!(lists.token_status(&entry("/ok")).await.unwrap(), "valid");
         for bad in ["/moved", "/expired", "/undated", "/bits"] {
             assert!(lists.token_status(&entry(bad)).await.is_err(), "{bad}");
+        }
+        // Bitstring: the bit of the entry's index, in a list for the entry's purpose, not past
+        // its validUntil; an entry without an index is no answer (it read bit 0)
+        let w3c = |p: &str, idx: Value, purpose: &str| {
+            json!({"credentialStatus": {"statusListCredential": format!("{base}{p}"),
+                "statusListIndex": idx, "statusPurpose": purpose}})
+        };
+        let lists = &lists;
+        let check = |c: Value| async move { lists.bitstring_status(&c).await };
+        assert_eq!(
+            check(w3c("/bsl", json!("4"), "revocation")).await.unwrap(),
+            "valid"
+        );
+        assert_eq!(
+            check(w3c("/bsl", json!("5"), "revocation")).await.unwrap(),
+            "revoked"
+        );
+        assert_eq!(
+            check(w3c("/bsl", json!(5), "revocation")).await.unwrap(),
+            "revoked"
+        );
+        for bad in [
+            w3c("/bsl", Value::Null, "revocation"),
+            w3c("/bsl-susp", json!("5"), "revocation"),
+            w3c("/bsl-old", json!("5"), "revocation"),
+        ] {
+            assert!(check(bad.clone()).await.is_err(), "{bad}");
         }
         // more entries than are checked: not fetched at all
         let before = served.load(Ordering::SeqCst);

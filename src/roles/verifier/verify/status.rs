@@ -384,24 +384,14 @@ pub(super) async fn w3c_status(
         );
     }
     for e in entries {
-        let purpose = e["statusPurpose"].as_str().unwrap_or("revocation");
-        // one bit per credential: a wider entry would read the wrong bit
-        if e.get("statusSize").is_some_and(|s| s.as_u64() != Some(1)) {
-            out.fail(
-                "status",
-                format!("{query_id}: statusSize other than 1 is not supported"),
-            );
-            continue;
-        }
-        let idx = e["statusListIndex"]
-            .as_str()
-            .and_then(|s| s.parse::<u64>().ok())
-            .or(e["statusListIndex"].as_u64());
-        let uri = e["statusListCredential"].as_str().unwrap_or_default();
-        let Some(idx) = idx else {
-            out.fail("status", format!("{query_id}: status entry without index"));
-            continue;
+        let (purpose, idx) = match crate::crypto::status::bitstring_entry(e) {
+            Ok(entry) => entry,
+            Err(why) => {
+                out.fail("status", format!("{query_id}: {why}"));
+                continue;
+            }
         };
+        let uri = e["statusListCredential"].as_str().unwrap_or_default();
         let list = match fetch_status(ctx, uri, &issuer.key, false).await {
             Err(e) => {
                 out.fail("status", format!("{query_id}: {e}"));
@@ -413,28 +403,7 @@ pub(super) async fn w3c_status(
             out.fail("status", format!("{query_id}: {e}"));
             continue;
         }
-        let subject = if list["credentialSubject"].is_object() {
-            &list["credentialSubject"]
-        } else {
-            &list["vc"]["credentialSubject"]
-        };
-        // a revocation list does not answer for suspension, nor the other way round (the list
-        // names one purpose or several)
-        let answers_for = match &subject["statusPurpose"] {
-            Value::String(p) => p == purpose,
-            Value::Array(ps) => ps.iter().any(|p| p.as_str() == Some(purpose)),
-            _ => false,
-        };
-        if !answers_for {
-            out.fail(
-                "status",
-                format!("{query_id}: the status list does not answer for the purpose {purpose}"),
-            );
-            continue;
-        }
-        match StatusArray::from_encoded_list(subject["encodedList"].as_str().unwrap_or_default())
-            .and_then(|a| a.get_msb(idx))
-        {
+        match crate::crypto::status::bitstring_bit(&list, &purpose, idx) {
             Ok(false) => out.pass("status"),
             Ok(true) => out.fail(
                 "status",
@@ -447,7 +416,7 @@ pub(super) async fn w3c_status(
                     }
                 ),
             ),
-            Err(e) => out.fail("status", format!("{query_id}: status list: {e}")),
+            Err(e) => out.fail("status", format!("{query_id}: {e}")),
         }
     }
 }
