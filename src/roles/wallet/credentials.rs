@@ -29,6 +29,22 @@ pub const MAX_HISTORY: usize = 10_000;
 
 /// How many requests of a node read all of a wallet's credentials at once ([`WalletService::held`]).
 pub const HELD_AT_ONCE: usize = 4;
+/// How long a request waits for one of those places.
+pub const HELD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A wallet's credentials, unsealed ([`WalletService::held`]), and the place they take: dropped
+/// together.
+pub(super) struct HeldSet {
+    pub creds: Vec<HeldCredential>,
+    _permit: tokio::sync::SemaphorePermit<'static>,
+}
+
+impl std::ops::Deref for HeldSet {
+    type Target = Vec<HeldCredential>;
+    fn deref(&self) -> &Self::Target {
+        &self.creds
+    }
+}
 
 /// A credential the wallet can keep by size: checked before anything about it is fetched.
 pub(super) fn fits(raw: &str) -> WalletResult<()> {
@@ -309,15 +325,20 @@ impl WalletService {
     }
 
     /// Every credential of the wallet, unsealed, for matching against a presentation request.
-    /// Up to [`MAX_CREDENTIALS`] of [`MAX_CREDENTIAL_BYTES`] each, unsealed and parsed: a few at
-    /// a time per node ([`HELD_AT_ONCE`]; attacker review: ten requests at once on one full
-    /// wallet held gigabytes), and without their sealed copies.
-    pub(super) async fn held(&self, viewer: &Viewer) -> WalletResult<Vec<HeldCredential>> {
+    /// Up to [`MAX_CREDENTIALS`] of [`MAX_CREDENTIAL_BYTES`] each, unsealed and parsed: a few
+    /// sets at a time per node ([`HELD_AT_ONCE`], each held until the set is dropped; a request
+    /// waiting longer than [`HELD_WAIT`] gets 503), without their sealed copies (attacker
+    /// review: ten requests at once on one full wallet held gigabytes).
+    pub(super) async fn held(&self, viewer: &Viewer) -> WalletResult<HeldSet> {
         static PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(HELD_AT_ONCE);
-        let _permit = PERMITS
-            .acquire()
+        let busy = || WalletError::Busy {
+            detail: "too many presentation requests are being matched on this node; try again",
+            retry_after: 1,
+        };
+        let permit = tokio::time::timeout(HELD_WAIT, PERMITS.acquire())
             .await
-            .map_err(|_| WalletError::Internal("the wallet is shutting down".into()))?;
+            .map_err(|_| busy())?
+            .map_err(|_| busy())?;
         let wallet = viewer.id();
         let mut out = Vec::new();
         for (_, rec) in self
@@ -333,7 +354,10 @@ impl WalletService {
             let (view, _) = dcql::credential_view(&rec.format, &raw);
             out.push((rec, raw, view));
         }
-        Ok(out)
+        Ok(HeldSet {
+            creds: out,
+            _permit: permit,
+        })
     }
 
     /// The issuer's key for a credential, bound to the issuer it names by [`binding`]'s rule

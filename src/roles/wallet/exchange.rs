@@ -188,6 +188,9 @@ impl WalletService {
         drop(session);
         let used: Vec<String> = chosen.iter().map(|(r, _, _)| r.id.clone()).collect();
         let (vp_token, submission) = asks.vp_token(tokens, &chosen);
+        // the unsealed wallet (and its place) is not kept while the verifier answers
+        drop(chosen);
+        drop(held);
         let result = oid4vp::submit(http, &req, vp_token, submission).await;
         let outcome = match &result {
             Ok(_) => "accepted".to_string(),
