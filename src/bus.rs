@@ -12,6 +12,11 @@
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
+/// Published to this node's own subscribers when events from other nodes may have been missed
+/// (the Redis subscription was lost and is back): subscribers treat it as `RecvError::Lagged`
+/// and fall back to reading the store.
+pub const GAP_TOPIC: &str = "bus.gap";
+
 /// One notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {

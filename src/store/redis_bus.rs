@@ -106,6 +106,7 @@ async fn subscriber(
 ) {
     let mut attempt = 0usize;
     let mut backoff = Duration::from_millis(100);
+    let mut subscribed_before = false;
     loop {
         let url = &opts.urls[attempt % opts.urls.len().max(1)];
         attempt += 1;
@@ -113,6 +114,14 @@ async fn subscriber(
             Ok(mut pubsub) => {
                 tracing::debug!("redis bus: subscribed");
                 backoff = Duration::from_millis(100);
+                if subscribed_before {
+                    // what was published while the subscription was down never arrives
+                    local.deliver_local(Event {
+                        topic: crate::bus::GAP_TOPIC.to_string(),
+                        payload: String::new(),
+                    });
+                }
+                subscribed_before = true;
                 let mut stream = pubsub.on_message();
                 loop {
                     tokio::select! {
@@ -173,6 +182,10 @@ mod tests {
         let url = tokio::task::spawn_blocking(crate::store::conformance::test_redis_url)
             .await
             .unwrap();
+        node_at(url, prefix).await
+    }
+
+    async fn node_at(url: String, prefix: &str) -> (RedisBus, RedisStore) {
         let opts = RedisOptions {
             urls: vec![url],
             cluster: false,
@@ -240,5 +253,64 @@ mod tests {
                 break;
             }
         }
+    }
+
+    /// A subscription that was lost and is back tells this node's subscribers that events may
+    /// have been missed (the mediator then rebuilds its queue indexes from the store).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_subscription_is_reported_as_a_gap_when_it_is_back() {
+        // a user of its own, so that only this test's subscription is dropped (the Redis server
+        // is shared by the tests)
+        let (_, admin) = node("gap-admin").await;
+        let user = format!("gap-{}", crate::clock::random_id());
+        let mut c = admin.conn();
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&user)
+            .arg("on")
+            .arg(">pw")
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let url = tokio::task::spawn_blocking(crate::store::conformance::test_redis_url)
+            .await
+            .unwrap()
+            .replacen("redis://", &format!("redis://{user}:pw@"), 1);
+        let (a, _store) = node_at(url, &format!("bus-{}", crate::clock::random_id())).await;
+        let mut rx = a.subscribe();
+        // subscribed: its own events come back
+        loop {
+            a.publish("t", "up").await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if std::iter::from_fn(|| rx.try_recv().ok()).any(|e| e.payload == "up") {
+                break;
+            }
+        }
+        // Redis drops the subscription (a restart, a failover)
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .arg("USER")
+            .arg(&user)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let gap = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match rx.recv().await {
+                    Ok(e) if e.topic == crate::bus::GAP_TOPIC => break,
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            gap.is_ok(),
+            "no gap reported after the subscription came back"
+        );
     }
 }

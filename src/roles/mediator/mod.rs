@@ -60,10 +60,14 @@ pub async fn init(ctx: &RoleContext, cfg: &MediatorConfig) -> anyhow::Result<Arc
                         None => break,
                     }
                 }
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                Ok(ev) if ev.topic != crate::bus::GAP_TOPIC => {}
+                gap @ (Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
                     // Missed wake-ups: poke every live socket so none waits for the next event.
-                    tracing::warn!(missed = n, "mediator fell behind on bus events");
+                    let missed = match gap {
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => n,
+                        _ => 0,
+                    };
+                    tracing::warn!(missed, "mediator fell behind on bus events");
                     match weak.upgrade() {
                         Some(svc) => {
                             svc.forget_indexes();
