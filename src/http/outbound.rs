@@ -584,7 +584,11 @@ fn build(cfg: &OutboundConfig, mode: Mode, follow: bool) -> anyhow::Result<reqwe
         if let Err(e) = no_downgrade(attempt.previous(), attempt.url()) {
             return attempt.error(e);
         }
-        match hops.check_url(attempt.url()) {
+        // each hop is a request of the task's budget too (a redirect chain is not one request)
+        match hops
+            .check_url(attempt.url())
+            .and_then(|()| take_budget(attempt.url().as_str()))
+        {
             Ok(()) => attempt.follow(),
             Err(e) => attempt.error(e),
         }
@@ -847,6 +851,52 @@ mod tests {
         assert_eq!(refused, [2, 9], "{answers:?}");
         assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 8);
         assert!(send(http.get(&url)).await.is_ok());
+    }
+
+    /// Redirect hops are requests of the budget too: a chain of redirects cannot make one
+    /// budgeted request into several.
+    #[tokio::test]
+    async fn redirect_hops_are_taken_from_the_budget() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = served.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { break };
+                let mut buf = [0u8; 2048];
+                let n = s.read(&mut buf).unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let hop: u32 = head
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|p| p.strip_prefix("/r"))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = s.write_all(
+                    format!(
+                        "HTTP/1.1 302 Found\r\nlocation: /r{}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        hop + 1
+                    )
+                    .as_bytes(),
+                );
+            }
+        });
+        let cfg = OutboundConfig {
+            allow_private: AllowPrivate::Loopback,
+            max_redirects: 5,
+            ..OutboundConfig::default()
+        };
+        let http = build(&cfg, Mode::Sandbox, true).unwrap();
+        let r = with_budget(3, send(http.get(format!("{base}/r0")))).await;
+        assert!(
+            matches!(&r, Err(OutboundError::Refused(m)) if m.contains("all the outbound requests")),
+            "{r:?}"
+        );
+        // /r0, /r1, /r2 were fetched; the hop to /r3 was refused by the budget
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
     /// A route wrapped in [`budgeted`] (the wallet's exchange and status routes) runs its handler
