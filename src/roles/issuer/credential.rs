@@ -208,7 +208,7 @@ impl IssuerService {
             claims: &claims,
             offer_id: &offer.id,
             now,
-            expires_at: validity.map(|v| now + v as i64),
+            expires_at: validity.map(|v| now.saturating_add(i64::try_from(v).unwrap_or(i64::MAX))),
         };
         let mut credentials = Vec::new();
         let mut issued_ids = Vec::new();
@@ -790,13 +790,18 @@ async fn issue_ldp(
         status.clone(),
     );
     let now = b.now;
-    tokio::task::spawn_blocking(move || {
+    // Data Integrity signing: in one of the JSON-LD slots verifications share, so a token's
+    // concurrent requests cannot take every blocking thread (attacker review)
+    crate::crypto::di::run_in_slot(move || {
         formats::ldp_vc(
             args.0, args.1, args.2, args.3, args.4, args.5, now, args.6, args.7,
         )
     })
     .await
-    .map_err(internal)?
+    .map_err(|e| match e {
+        crate::crypto::CryptoError::Busy(d) => IssuerError::Busy(d),
+        other => internal(other),
+    })?
     .map_err(internal)
 }
 

@@ -49,6 +49,9 @@ pub enum IssuerError {
     /// A token, nonce or credential request refused in the protocol's own terms.
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// Every slot for Data Integrity work stayed busy (`jsonld.max_concurrent`): 503, retry.
+    #[error("{0}")]
+    Busy(String),
     /// Ours, not the client's (a record that does not decode, a failed signing task): logged,
     /// never sent.
     #[error("{0}")]
@@ -70,6 +73,7 @@ impl ErrorCode for IssuerError {
             IssuerError::OfferGone => Code::Gone,
             IssuerError::Revoked | IssuerError::SignerChanged => Code::Conflict,
             IssuerError::Refused(r) => r.error_code(),
+            IssuerError::Busy(_) => Code::Unavailable,
             IssuerError::NoKey(_)
             | IssuerError::StatusList(_)
             | IssuerError::Mdoc(_)
@@ -86,6 +90,7 @@ impl ErrorCode for IssuerError {
         match self {
             IssuerError::Tenant(e) => e.retry_after(),
             IssuerError::Store(e) => e.retry_after(),
+            IssuerError::Busy(_) => Some(1),
             _ => None,
         }
     }

@@ -152,6 +152,16 @@ pub fn vc_jwt(key: &SigningKey, kid: &str, vc: Value, claims: Option<Value>) -> 
     }
 }
 
+/// Claim names of an SD-JWT VC that only the issuer sets (RFC 7519 registered claims it uses,
+/// SD-JWT VC's `vct`, `cnf`, `status`) or that SD-JWT itself reserves (`_sd`, `_sd_alg`, `...`):
+/// an offer's claim of one of these names never reaches the credential (attacker review: a
+/// non-disclosable `cnf` in the offer replaced the proven holder key). Configurations and offers
+/// naming one are refused when they are made.
+pub const SD_JWT_RESERVED: [&str; 13] = [
+    "iss", "sub", "aud", "iat", "nbf", "exp", "jti", "vct", "cnf", "status", "_sd", "_sd_alg",
+    "...",
+];
+
 /// SD-JWT VC (`dc+sd-jwt`) bound to the holder key, with a Token Status List reference.
 fn sd_jwt_vc(input: &IssueInput<'_>) -> String {
     let mut payload = Map::new();
@@ -169,6 +179,11 @@ fn sd_jwt_vc(input: &IssueInput<'_>) -> String {
     );
     let mut disclosable = Map::new();
     for (name, value) in input.claims {
+        // the issuer's own claims (binding, status, validity, type) and SD-JWT's names are not
+        // the offer's to set, disclosable or not
+        if SD_JWT_RESERVED.contains(&name.as_str()) {
+            continue;
+        }
         let sd = input
             .config
             .claims

@@ -12,6 +12,10 @@ use super::service::*;
 use crate::clock::{random_id, random_token};
 use crate::http::urlencode;
 
+/// The longest validity an offer or configuration may give a credential (100 years): beyond
+/// it, `exp` would overflow.
+pub const MAX_VALIDITY_SECS: u64 = 100 * 365 * 86_400;
+
 impl IssuerService {
     pub async fn create_offer(
         &self,
@@ -27,6 +31,14 @@ impl IssuerService {
             return Err(invalid(
                 "tx_code protects the pre-authorized code grant; an offer with one cannot also offer the authorization code grant (its issuer_state would redeem it without the code)",
             ));
+        }
+        if req
+            .credential_validity_seconds
+            .is_some_and(|v| v == 0 || v > MAX_VALIDITY_SECS)
+        {
+            return Err(invalid(format!(
+                "credential_validity_seconds must be 1..={MAX_VALIDITY_SECS}"
+            )));
         }
         if req.authorization_code && !self.redirect_uris().any_allowed() {
             return Err(invalid(

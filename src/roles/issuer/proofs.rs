@@ -69,7 +69,20 @@ fn verify_proof(
         return Err("proof typ must be openid4vci-proof+jwt".into());
     }
     let (vk, kid) = jws::header_key(&header).map_err(|e| format!("proof key: {e}"))?;
+    // a critical extension this issuer does not know cannot be understood: refused (RFC 7515)
+    if header.get("crit").is_some() {
+        return Err("proof crit extensions are not supported".into());
+    }
     let (_, claims) = jws::verify(jwt, &vk).map_err(|e| format!("proof signature: {e}"))?;
+    if claims["exp"].as_i64().is_some_and(|exp| exp <= now) {
+        return Err("proof has expired (exp)".into());
+    }
+    if claims["nbf"]
+        .as_i64()
+        .is_some_and(|nbf| nbf > now + PROOF_MAX_SKEW)
+    {
+        return Err("proof is not valid yet (nbf)".into());
+    }
     let aud_ok = match &claims["aud"] {
         Value::String(s) => s == aud,
         Value::Array(a) => a.iter().any(|x| x == aud),

@@ -196,6 +196,26 @@ fn validate_configs(
                 "credential configuration `{id}` needs credential_type and claims"
             ));
         }
+        if c.validity_seconds
+            .is_some_and(|v| v == 0 || v > super::offers::MAX_VALIDITY_SECS)
+        {
+            return Err(format!(
+                "credential configuration `{id}`: validity_seconds must be 1..={}",
+                super::offers::MAX_VALIDITY_SECS
+            ));
+        }
+        if c.format == Format::SdJwt {
+            if let Some(cl) = c
+                .claims
+                .iter()
+                .find(|cl| super::formats::SD_JWT_RESERVED.contains(&cl.name.as_str()))
+            {
+                return Err(format!(
+                    "credential configuration `{id}`: claim `{}` is set by the issuer in an SD-JWT VC",
+                    cl.name
+                ));
+            }
+        }
     }
     Ok(())
 }

@@ -2044,3 +2044,71 @@ async fn authorize_redirects_only_to_allowed_redirect_uris() {
         json!([super::service::PRE_AUTH_GRANT])
     );
 }
+
+/// A key proof past its `exp`, not yet valid by its `nbf`, or with a `crit` extension is refused
+/// (RFC 7519 / 7515), and nothing is issued on it.
+#[tokio::test]
+async fn expired_or_critical_proofs_are_refused() {
+    let (svc, clock) = issuer().await;
+    let o = svc.create_offer("default", offer_req(None)).await.unwrap();
+    let t = svc
+        .token("default", token_req(&pre_auth_code(&o)))
+        .await
+        .unwrap();
+    let holder = SigningKey::generate(KeyType::Ed25519);
+    let now = clock.now_secs();
+    for (extra_header, extra_claims) in [
+        (json!({}), json!({"exp": now - 1})),
+        (json!({}), json!({"nbf": now + 3600})),
+        (json!({"crit": ["b64"], "b64": true}), json!({})),
+    ] {
+        let n = svc.nonce("default").await.unwrap();
+        let mut header =
+            json!({"typ": "openid4vci-proof+jwt", "jwk": holder.verifying_key().to_jwk()});
+        let mut claims = json!({"aud": svc.issuer_url("default"), "iat": now, "nonce": n});
+        for (k, v) in extra_header.as_object().unwrap() {
+            header[k] = v.clone();
+        }
+        for (k, v) in extra_claims.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        let proof = jws::sign(&holder, header, &claims);
+        let e = OAuthError::from(
+            svc.credential("default", Some(&t.access_token), proof_req(proof))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(
+            (e.status.as_u16(), e.error),
+            (400, "invalid_proof"),
+            "{claims}"
+        );
+    }
+}
+
+/// The claims an SD-JWT VC's issuer sets (its holder binding, status, validity, type) are not the
+/// offer's: a configuration naming one is refused, and an offer's claim of such a name never
+/// replaces the issuer's (attacker review: a non-disclosable `cnf` bound the credential to a key
+/// the wallet never proved).
+#[tokio::test]
+async fn an_sd_jwt_vcs_own_claims_and_an_overflowing_validity_are_refused() {
+    let (svc, _) = issuer().await;
+    let mut req = super::tenants::default_issuer_request();
+    req.id = "acme".into();
+    let sd = req
+        .credential_configurations
+        .get_mut("IdentityCredential_dc_sd_jwt")
+        .unwrap();
+    sd.claims.push(ClaimSpec {
+        name: "cnf".into(),
+        mandatory: false,
+        selectively_disclosable: false,
+        display_name: None,
+    });
+    let e = svc.create_issuer(req).await.unwrap_err();
+    assert!(e.to_string().contains("cnf"), "{e}");
+    // a validity whose exp would overflow is refused where it is given
+    let mut o = offer_req(None);
+    o.credential_validity_seconds = Some(u64::MAX);
+    assert!(svc.create_offer("default", o).await.is_err());
+}

@@ -41,11 +41,14 @@ impl IssuerService {
         match format {
             "ldp" => {
                 let vm = issuer.verification_method.clone();
-                let out = tokio::task::spawn_blocking(move || {
+                let out = crate::crypto::di::run_in_slot(move || {
                     crate::crypto::di::issue_credential(&key, &vm, vc, now)
                 })
                 .await
-                .map_err(internal)?;
+                .map_err(|e| match e {
+                    crate::crypto::CryptoError::Busy(d) => IssuerError::Busy(d),
+                    other => internal(other),
+                })?;
                 out.map_err(|e| malformed(format!("cannot secure this credential: {e}")))
             }
             "jwt" | "enveloped" => {
