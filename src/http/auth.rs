@@ -80,7 +80,9 @@ impl FromRequest for Admin {
                 "send Authorization: Bearer <admin token>",
             )),
             Some(t) if tokens.check(t) => Ok(Admin(())),
-            Some(_) => Err(ApiError::new(Code::Unauthorized, "invalid admin token")),
+            Some(_) => Err(crate::http::ratelimit::charge_failed_token(req)
+                .err()
+                .unwrap_or_else(|| ApiError::new(Code::Unauthorized, "invalid admin token"))),
         })
     }
 }
@@ -88,6 +90,48 @@ impl FromRequest for Admin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Wrong admin tokens are charged to the client's `login` budget: past it they get 429, so a
+    /// weak token cannot be guessed online; the right token still passes.
+    #[actix_web::test]
+    async fn wrong_admin_tokens_are_rate_limited() {
+        use actix_web::{test, App, HttpResponse};
+        let cfg = crate::config::RateLimitConfig {
+            login_per_minute: 1,
+            login_burst: 3,
+            ..crate::config::RateLimitConfig::default()
+        };
+        let limits = crate::http::ratelimit::RateLimits::new(&cfg).unwrap();
+        let good = "the-right-admin-token-0123456789";
+        let app = test::init_service(
+            App::new()
+                .app_data(web::Data::new(AdminTokens::new(&[Secret::new(good)])))
+                .app_data(web::Data::new(limits))
+                .route(
+                    "/",
+                    web::get().to(|_: Admin| async { HttpResponse::Ok().finish() }),
+                ),
+        )
+        .await;
+        let call = |token: &str| {
+            test::TestRequest::get()
+                .uri("/")
+                .peer_addr("192.0.2.7:4000".parse().unwrap())
+                .insert_header(("authorization", format!("Bearer {token}")))
+                .to_request()
+        };
+        let mut statuses = Vec::new();
+        for _ in 0..5 {
+            statuses.push(
+                test::call_service(&app, call("a-wrong-guess-0123456789"))
+                    .await
+                    .status()
+                    .as_u16(),
+            );
+        }
+        assert_eq!(statuses, [401, 401, 401, 429, 429]);
+        assert_eq!(test::call_service(&app, call(good)).await.status(), 200);
+    }
 
     #[test]
     fn tokens_match_exactly() {

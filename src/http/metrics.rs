@@ -14,13 +14,17 @@ pub fn authorize(
 ) -> crate::error::ApiResult<()> {
     let Some(token) = token else { return Ok(()) };
     let accepted = super::auth::AdminTokens::new(std::slice::from_ref(token));
-    if super::auth::bearer_token(req).is_some_and(|t| accepted.check(t)) {
-        Ok(())
-    } else {
-        Err(crate::error::ApiError::new(
-            crate::error::Code::Unauthorized,
-            "/metrics needs the metrics token (metrics.token) as a bearer token",
-        ))
+    match super::auth::bearer_token(req) {
+        Some(t) if accepted.check(t) => Ok(()),
+        sent => {
+            if sent.is_some() {
+                super::ratelimit::charge_failed_token(req)?;
+            }
+            Err(crate::error::ApiError::new(
+                crate::error::Code::Unauthorized,
+                "/metrics needs the metrics token (metrics.token) as a bearer token",
+            ))
+        }
     }
 }
 

@@ -361,6 +361,29 @@ async fn limit(
     next.call(req).await
 }
 
+/// Charges one failed credential (a wrong admin or metrics token) to the client's `login`
+/// budget: `Err` with the wait once its failures are over the limit, so a weak token cannot be
+/// guessed online at the server's speed. A correct token is never charged nor refused.
+pub fn charge_failed_token(req: &actix_web::HttpRequest) -> Result<(), ApiError> {
+    let (Some(limits), Some(peer)) = (
+        req.app_data::<web::Data<RateLimits>>(),
+        req.peer_addr().map(|a| a.ip()),
+    ) else {
+        return Ok(());
+    };
+    let client = limits.client_ip(peer, forwarded_values(req.headers()));
+    limits.check(Endpoint::Login, client).map_err(|wait| {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        ApiError {
+            retry_after: Some(secs.max(1)),
+            ..ApiError::new(
+                Code::RateLimited,
+                "too many failed tokens from this address; retry later",
+            )
+        }
+    })
+}
+
 /// `server.rate_limit.signup_*`.
 pub async fn signup(
     req: ServiceRequest,
