@@ -209,6 +209,15 @@ pub async fn run(
         }
     }
 
+    if raw.server.mode == Mode::Production
+        && settings.metrics_token.is_none()
+        && !settings.bind.ip().is_loopback()
+    {
+        tracing::warn!(
+            "no metrics.token in production mode: /metrics (route patterns, store and process figures) is open to anyone who reaches {}",
+            settings.bind
+        );
+    }
     // On a shared RPC/HTTP address the bootstrap RPC server holds it until the roles are up.
     #[cfg(feature = "cluster")]
     let rpc_on_http = cluster.as_ref().is_some_and(|c| c.rpc_on_http);

@@ -1065,7 +1065,8 @@ fn validate_redis(r: &RedisConfig, has_master_key: bool) -> Result<(), ConfigErr
     for u in &r.url {
         if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
             return Err(ConfigError::Invalid(format!(
-                "store.redis.url `{u}` must start with redis:// or rediss://"
+                "store.redis.url `{}` must start with redis:// or rediss://",
+                redact_url(u)
             )));
         }
     }
