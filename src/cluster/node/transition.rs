@@ -250,10 +250,11 @@ impl Node {
                     if !resp.swapped && last_err.is_some() {
                         // an earlier candidate may have executed this very call and not answered
                         // in time: the conflict may be our own transition. Unknown outcome: 503.
-                        return Err(StoreError::Unavailable(format!(
-                            "compare-and-swap: the primary did not answer ({}) and the next one reports a conflict; the outcome is unknown, retry",
-                            last_err.unwrap_or_default()
-                        )));
+                        // (node ids and peers' errors go to the log, not to clients)
+                        tracing::warn!(lost = %last_err.unwrap_or_default(), "compare-and-swap: the primary did not answer and the next one reports a conflict");
+                        return Err(StoreError::Unavailable(
+                            "compare-and-swap: the primary did not answer and the next one reports a conflict; the outcome is unknown, retry".into(),
+                        ));
                     }
                     return Ok(if resp.swapped {
                         Cas::Swapped
@@ -268,21 +269,22 @@ impl Node {
                 Err(RpcError::Transport(e)) if consistent => {
                     // the primary got it and may still be deciding it: a transition of our own
                     // here would compete with it (and outlast the balancer's read timeout)
-                    return Err(StoreError::Unavailable(format!(
-                        "compare-and-swap: the primary {id} did not answer ({e}); the outcome is unknown, retry"
-                    )));
+                    tracing::warn!(primary = %id, error = %e, "compare-and-swap: the primary did not answer");
+                    return Err(StoreError::Unavailable(
+                        "compare-and-swap: the primary did not answer; the outcome is unknown, retry"
+                            .into(),
+                    ));
                 }
                 Err(RpcError::Transport(e)) => {
                     tracing::warn!(primary = %id, error = %e, "primary did not answer; next replica takes over");
                     last_err = Some(e);
                 }
                 Err(RpcError::Remote(e)) => {
+                    tracing::warn!(primary = %id, error = %e, lost = ?last_err, "compare-and-swap failed at the primary");
                     return Err(StoreError::Unavailable(match last_err {
                         // the earlier candidate may have executed it: whatever this one says
-                        Some(lost) => format!(
-                            "compare-and-swap: the primary did not answer ({lost}) and the next one failed ({e}); the outcome is unknown, retry"
-                        ),
-                        None => format!("compare-and-swap at primary {id}: {e}"),
+                        Some(_) => "compare-and-swap: the primary did not answer and the next one failed; the outcome is unknown, retry".into(),
+                        None => "compare-and-swap failed at the key's primary; retry".into(),
                     }));
                 }
             }
@@ -290,14 +292,20 @@ impl Node {
         // this node is next in line (or every node ranked above it was suspect)
         let got = self.cas_local(ks, key, expected, new).await.map(|(c, _)| c);
         match (got, last_err) {
-            (Ok(Cas::Conflict(_)), Some(e)) => Err(StoreError::Unavailable(format!(
-                "compare-and-swap: the primary did not answer ({e}) and this node reports a conflict; the outcome is unknown, retry"
-            ))),
+            (Ok(Cas::Conflict(_)), Some(e)) => {
+                tracing::warn!(lost = %e, "compare-and-swap: the primary did not answer and this node reports a conflict");
+                Err(StoreError::Unavailable(
+                    "compare-and-swap: the primary did not answer and this node reports a conflict; the outcome is unknown, retry".into(),
+                ))
+            }
             // (not consistent: that returned at the lost forward) e.g. a write no replica
             // acknowledged here, after the primary may have made it
-            (Err(StoreError::Unavailable(why)), Some(e)) => Err(StoreError::Unavailable(format!(
-                "compare-and-swap: the primary did not answer ({e}) and this node could not decide ({why}); the outcome is unknown, retry"
-            ))),
+            (Err(StoreError::Unavailable(why)), Some(e)) => {
+                tracing::warn!(lost = %e, why = %why, "compare-and-swap: the primary did not answer and this node could not decide");
+                Err(StoreError::Unavailable(
+                    "compare-and-swap: the primary did not answer and this node could not decide; the outcome is unknown, retry".into(),
+                ))
+            }
             (got, _) => got,
         }
     }
@@ -339,9 +347,10 @@ impl Node {
                     tracing::warn!(primary = %id, error = %e, "primary unreachable; next replica answers the read");
                 }
                 Err(RpcError::Remote(e)) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "read at primary {id}: {e}"
-                    )))
+                    tracing::warn!(primary = %id, error = %e, "read failed at the primary");
+                    return Err(StoreError::Unavailable(
+                        "read failed at the key's primary; retry".into(),
+                    ));
                 }
             }
         }
