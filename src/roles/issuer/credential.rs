@@ -721,7 +721,12 @@ impl IssuerService {
             },
         )
         .await
-        .map_err(|e| InvalidCredentialRequest.because(e))?;
+        .map_err(|e| match e {
+            super::mdoc::MdocIssueError::Refused(why) => {
+                InvalidCredentialRequest.because(why).into()
+            }
+            super::mdoc::MdocIssueError::Store(e) => IssuerError::Store(e),
+        })?;
         Ok(Value::String(cred))
     }
 

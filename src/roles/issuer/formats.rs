@@ -152,14 +152,13 @@ pub fn vc_jwt(key: &SigningKey, kid: &str, vc: Value, claims: Option<Value>) -> 
     }
 }
 
-/// Claim names of an SD-JWT VC that only the issuer sets (RFC 7519 registered claims it uses,
-/// SD-JWT VC's `vct`, `cnf`, `status`) or that SD-JWT itself reserves (`_sd`, `_sd_alg`, `...`):
-/// an offer's claim of one of these names never reaches the credential (attacker review: a
-/// non-disclosable `cnf` in the offer replaced the proven holder key). Configurations and offers
-/// naming one are refused when they are made.
-pub const SD_JWT_RESERVED: [&str; 13] = [
-    "iss", "sub", "aud", "iat", "nbf", "exp", "jti", "vct", "cnf", "status", "_sd", "_sd_alg",
-    "...",
+/// Claim names of an SD-JWT VC that only the issuer sets (RFC 7519 registered claims it uses;
+/// not `sub`, which SD-JWT VC leaves to the credential; SD-JWT VC's `vct`, `cnf`, `status`) or
+/// that SD-JWT itself reserves (`_sd`, `_sd_alg`, `...`): an offer's claim of one of these names
+/// never reaches the credential (attacker review: a non-disclosable `cnf` in the offer replaced
+/// the proven holder key). A configuration naming one is refused when it is made.
+pub const SD_JWT_RESERVED: [&str; 12] = [
+    "iss", "aud", "iat", "nbf", "exp", "jti", "vct", "cnf", "status", "_sd", "_sd_alg", "...",
 ];
 
 /// SD-JWT VC (`dc+sd-jwt`) bound to the holder key, with a Token Status List reference.

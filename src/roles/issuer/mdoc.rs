@@ -176,17 +176,24 @@ pub struct MdocIssue<'a> {
 const DEFAULT_VALIDITY: i64 = 365 * 86_400;
 
 /// The base64url IssuerSigned for one holder.
-pub async fn issue(ctx: &RoleContext, req: &MdocIssue<'_>) -> Result<String, String> {
+pub async fn issue(ctx: &RoleContext, req: &MdocIssue<'_>) -> Result<String, MdocIssueError> {
     if !matches!(req.holder, VerifyingKey::P256(_)) {
         return Err("an mdoc's device key must be P-256: send a proof signed with ES256".into());
     }
     let signer = crate::roles::mdoc_pki::document_signer(ctx, req.issuer_id)
         .await
-        .map_err(|e| format!("document signer: {e}"))?;
+        .map_err(|e| match e.downcast_ref::<crate::store::StoreError>() {
+            // the store, not the request: 503, retried (attacker review: was a 400 that used
+            // up the wallet's nonce)
+            Some(crate::store::StoreError::Unavailable(d)) => {
+                MdocIssueError::Store(crate::store::StoreError::Unavailable(d.clone()))
+            }
+            _ => MdocIssueError::Refused(format!("document signer: {e}")),
+        })?;
     if let Some(c) = req.claims.get("issuing_country") {
         let country = signer.country();
         if c.as_str() != country.as_deref() {
-            return Err(wrong_country(country.as_deref()));
+            return Err(wrong_country(country.as_deref()).into());
         }
     }
     let mut elements = Vec::new();
@@ -199,7 +206,7 @@ pub async fn issue(ctx: &RoleContext, req: &MdocIssue<'_>) -> Result<String, Str
         .validity()
         .ok_or("document signer: unreadable certificate validity")?;
     if req.now < ds_from || req.now >= ds_until {
-        return Err(ds_expired());
+        return Err(ds_expired().into());
     }
     let valid_until = req
         .expires_at
@@ -218,6 +225,27 @@ pub async fn issue(ctx: &RoleContext, req: &MdocIssue<'_>) -> Result<String, Str
     })
     .map_err(|e| e.to_string())?;
     Ok(crate::crypto::b64url(bytes))
+}
+
+/// Why an mdoc was not issued: the request's fault, or the store's.
+#[derive(Debug, thiserror::Error)]
+pub enum MdocIssueError {
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(crate::store::StoreError),
+}
+
+impl From<String> for MdocIssueError {
+    fn from(s: String) -> Self {
+        MdocIssueError::Refused(s)
+    }
+}
+
+impl From<&str> for MdocIssueError {
+    fn from(s: &str) -> Self {
+        MdocIssueError::Refused(s.to_string())
+    }
 }
 
 /// The `credential_configurations_supported` members particular to mso_mdoc (OID4VCI 1.0
@@ -320,7 +348,75 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(e.contains("P-256"), "{e}");
+        assert!(e.to_string().contains("P-256"), "{e}");
+    }
+
+    /// A store that cannot be read (every get: unavailable).
+    struct Unreadable {
+        inner: std::sync::Arc<dyn crate::store::Store>,
+    }
+
+    crate::store::test_wrapper::store_wrapper!(Unreadable {
+        async fn get(
+            &self,
+            _: &'static str,
+            _: &str,
+        ) -> crate::store::StoreResult<Option<Vec<u8>>> {
+            Err(crate::store::StoreError::Unavailable("down".into()))
+        }
+        async fn put(
+            &self,
+            keyspace: &'static str,
+            key: &str,
+            value: Vec<u8>,
+            ttl: Option<std::time::Duration>,
+        ) -> crate::store::StoreResult<()> {
+            self.inner.put(keyspace, key, value, ttl).await
+        }
+        async fn compare_and_swap(
+            &self,
+            keyspace: &'static str,
+            key: &str,
+            expected: Option<Vec<u8>>,
+            new: Option<(Vec<u8>, Option<std::time::Duration>)>,
+        ) -> crate::store::StoreResult<crate::store::Cas> {
+            self.inner.compare_and_swap(keyspace, key, expected, new).await
+        }
+    });
+
+    /// A document signer the store cannot give now is the store's failure (503, retried), not
+    /// the request's (it was a 400 that used up the wallet's nonce).
+    #[tokio::test]
+    async fn a_store_outage_is_not_the_requests_fault() {
+        let now = 1_800_000_000;
+        let mut ctx = RoleContext::for_tests(FakeClock::new(now * 1000));
+        ctx.store = std::sync::Arc::new(Unreadable {
+            inner: ctx.store.clone(),
+        });
+        let holder = SigningKey::generate(KeyType::P256);
+        let claims = serde_json::Map::new();
+        let e = issue(
+            &ctx,
+            &MdocIssue {
+                issuer_id: "default",
+                doctype: MDL_DOCTYPE,
+                namespace: MDL_NAMESPACE,
+                claims: &claims,
+                holder: &holder.verifying_key(),
+                now,
+                expires_at: None,
+                status: None,
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                MdocIssueError::Store(crate::store::StoreError::Unavailable(_))
+            ),
+            "{e:?}"
+        );
     }
 
     /// The very next mdoc after its document signer was replaced (here by another node: the

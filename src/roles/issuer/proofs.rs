@@ -74,7 +74,10 @@ fn verify_proof(
         return Err("proof crit extensions are not supported".into());
     }
     let (_, claims) = jws::verify(jwt, &vk).map_err(|e| format!("proof signature: {e}"))?;
-    if claims["exp"].as_i64().is_some_and(|exp| exp <= now) {
+    if claims["exp"]
+        .as_i64()
+        .is_some_and(|exp| exp.saturating_add(PROOF_MAX_SKEW) <= now)
+    {
         return Err("proof has expired (exp)".into());
     }
     if claims["nbf"]
