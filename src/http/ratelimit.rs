@@ -45,16 +45,20 @@ pub enum Endpoint {
     Didcomm,
     /// Frames on `GET /didcomm/ws` sockets (see [`SocketBudget`]).
     DidcommFrame,
+    /// Wrong admin or metrics tokens ([`charge_failed_token`]): the `login` numbers, in a bucket
+    /// of their own so a stale scraper token does not use up wallet logins behind one address.
+    FailedToken,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 6] = [
+    const ALL: [Endpoint; 7] = [
         Endpoint::Signup,
         Endpoint::Login,
         Endpoint::Token,
         Endpoint::Nonce,
         Endpoint::Didcomm,
         Endpoint::DidcommFrame,
+        Endpoint::FailedToken,
     ];
 
     /// The endpoint's `(key, per_minute, burst)` from `server.rate_limit` (which validates them).
@@ -361,8 +365,8 @@ async fn limit(
     next.call(req).await
 }
 
-/// Charges one failed credential (a wrong admin or metrics token) to the client's `login`
-/// budget: `Err` with the wait once its failures are over the limit, so a weak token cannot be
+/// Charges one failed credential (a wrong admin or metrics token) to the client's budget of
+/// them (the `login` numbers, a bucket of its own): `Err` with the wait once its failures are over the limit, so a weak token cannot be
 /// guessed online at the server's speed. A correct token is never charged nor refused.
 pub fn charge_failed_token(req: &actix_web::HttpRequest) -> Result<(), ApiError> {
     let (Some(limits), Some(peer)) = (
@@ -372,7 +376,7 @@ pub fn charge_failed_token(req: &actix_web::HttpRequest) -> Result<(), ApiError>
         return Ok(());
     };
     let client = limits.client_ip(peer, forwarded_values(req.headers()));
-    limits.check(Endpoint::Login, client).map_err(|wait| {
+    limits.check(Endpoint::FailedToken, client).map_err(|wait| {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         ApiError {
             retry_after: Some(secs.max(1)),

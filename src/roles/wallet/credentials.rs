@@ -554,12 +554,12 @@ impl StatusLists<'_> {
             let (purpose, idx) = status::bitstring_entry(&e).map_err(WalletError::Remote)?;
             let uri = e["statusListCredential"].as_str().unwrap_or_default();
             let (_, list) = self.fetch(uri, false).await?;
-            if status::bitstring_bit(&list, &purpose, idx).map_err(WalletError::Remote)? {
-                result = if purpose == "suspension" {
-                    "suspended"
-                } else {
-                    "revoked"
-                };
+            let set = status::bitstring_bit(&list, &purpose, idx).map_err(WalletError::Remote)?;
+            // (a set bit of another purpose, `refresh` or `message`, revokes nothing)
+            match purpose.as_str() {
+                "revocation" if set => result = "revoked",
+                "suspension" if set && result != "revoked" => result = "suspended",
+                _ => {}
             }
         }
         Ok(result)

@@ -404,7 +404,12 @@ pub(super) async fn w3c_status(
             continue;
         }
         match crate::crypto::status::bitstring_bit(&list, &purpose, idx) {
+            // a set bit means revoked or suspended for those purposes only (`refresh`,
+            // `message`: something to fetch, not a refusal)
             Ok(false) => out.pass("status"),
+            Ok(true) if !matches!(purpose.as_str(), "revocation" | "suspension") => {
+                out.pass("status")
+            }
             Ok(true) => out.fail(
                 "status",
                 format!(
