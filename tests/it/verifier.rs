@@ -255,10 +255,21 @@ async fn sse_events_and_signed_webhook() {
     assert_eq!(bad["status"], 400, "{bad}");
     tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
     let out = present(&sess, &cred, &[]);
-    assert_eq!(
-        out["body"]["redirect_uri"], "https://rp.example/done",
-        "{out}"
-    );
+    // the redirect carries a response_code the RP finds in the result (OpenID4VP 1.0 §13.3):
+    // only the browser the wallet sends back has it
+    let to = out["body"]["redirect_uri"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let code = to
+        .strip_prefix("https://rp.example/done?response_code=")
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(code.len() >= 32, "{to}");
+    let result: Value = s
+        .admin()
+        .get(&format!("/api/verifiers/default/sessions/{id}"))
+        .await;
+    assert_eq!(result["response_code"], code, "{result}");
     let body = tokio::time::timeout(std::time::Duration::from_secs(15), events.text())
         .await
         .expect("SSE stream ends when the session finishes")

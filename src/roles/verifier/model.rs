@@ -207,6 +207,11 @@ pub struct Session {
     #[serde(default)]
     pub failed_attempts: Vec<String>,
     pub completed_at: Option<i64>,
+    /// Made when a verified response sends the user to `success_redirect` (OpenID4VP 1.0
+    /// `response_code`): it rides on that redirect, so only the browser the wallet sends back
+    /// carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_code: Option<String>,
 }
 
 /// `GET /api/verifiers/{verifier}/sessions/{id}`
@@ -224,6 +229,12 @@ pub struct SessionView {
     pub expires_at: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<i64>,
+    /// With `success_redirect`, once verified: the `response_code` the wallet's redirect carries
+    /// to that URL. Accept the result only in the browser session that comes back with it
+    /// (OpenID4VP 1.0 §13.3): a session started by someone else and answered by a victim's
+    /// wallet sends the victim's browser there, never the one that started it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_code: Option<String>,
 }
 
 impl Session {
@@ -244,6 +255,7 @@ impl Session {
             created_at: self.created_at,
             expires_at: self.expires_at,
             completed_at: self.completed_at,
+            response_code: self.response_code.clone(),
         }
     }
 }

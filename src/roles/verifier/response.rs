@@ -12,8 +12,10 @@ use super::model::*;
 use super::query;
 use super::service::*;
 use super::verify::{Audience, Ctx, Outcome};
+use crate::clock::random_token;
 use crate::crypto::jwe::{self};
 use crate::error::{unless_unavailable, OAuthCode::*};
+use crate::http::urlencode;
 
 const MAX_FAILED_ATTEMPTS: usize = 3;
 
@@ -84,13 +86,14 @@ impl VerifierService {
         // the evaluation may have taken a while (status list fetches): the session must still be
         // live when it is answered, as `view` would show it
         let now = self.now();
+        let code = random_token(24);
         let updated = store
             .update_json_from::<Session, VerifierError, _>(
                 ks::SESSIONS,
                 &key,
                 Some(ttl),
                 Some(raw),
-                |s| answer.apply(s, now),
+                |s| answer.apply(s, now, &code),
             )
             .await?
             .ok_or_else(|| {
@@ -107,10 +110,12 @@ impl VerifierService {
         }
         tracing::info!(verifier = verifier_id, session = id, verified = updated.verified, state = ?updated.state, "verification session finished");
         Ok(ResponseOutcome {
-            redirect_uri: if updated.verified {
-                updated.success_redirect.clone()
-            } else {
-                None
+            redirect_uri: match (&updated.success_redirect, &updated.response_code) {
+                (Some(to), Some(code)) if updated.verified => {
+                    let sep = if to.contains('?') { '&' } else { '?' };
+                    Some(format!("{to}{sep}response_code={}", urlencode(code)))
+                }
+                _ => None,
             },
         })
     }
@@ -228,7 +233,7 @@ impl Answer {
     /// The session record `s` (its latest value) with this answer: a rejected presentation while
     /// attempts are left keeps it pending and adds the failure to `failed_attempts`; anything
     /// else finishes it. A session already finished is not changed (another response won).
-    fn apply(&self, mut s: Session, now: i64) -> Result<Session, VerifierError> {
+    fn apply(&self, mut s: Session, now: i64, code: &str) -> Result<Session, VerifierError> {
         if s.state != SessionState::Pending {
             return Err(InvalidRequest
                 .because("this verification session has already been answered")
@@ -265,6 +270,8 @@ impl Answer {
                 s.credentials = outcome.credentials.clone();
                 if !verified {
                     s.error = Some("verification failed".into());
+                } else if s.success_redirect.is_some() {
+                    s.response_code = Some(code.to_string());
                 }
             }
         }

@@ -43,9 +43,14 @@ impl VerifierService {
             .into_iter()
             .flatten()
         {
-            if !(u.starts_with("https://") || u.starts_with("http://")) || u.len() > 2048 {
+            // (no fragment: the response_code is added to the query)
+            if !(u.starts_with("https://") || u.starts_with("http://"))
+                || u.len() > 2048
+                || u.contains('#')
+                || reqwest::Url::parse(u).is_err()
+            {
                 return Err(invalid(
-                    "webhook_url and success_redirect must be http(s) URLs",
+                    "webhook_url and success_redirect must be http(s) URLs without a fragment",
                 ));
             }
         }
@@ -90,6 +95,7 @@ impl VerifierService {
             error: None,
             failed_attempts: Vec::new(),
             completed_at: None,
+            response_code: None,
         };
         // Kept a day past expiry so the result (or "expired") stays readable.
         self.ctx
