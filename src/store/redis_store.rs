@@ -591,6 +591,35 @@ impl RedisStore {
         res
     }
 
+    /// Runs a range script (`LUA_SCAN`, `LUA_COUNT`) over the live records of `keyspace` whose
+    /// keys start with `prefix`, up to `limit`.
+    async fn range<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        op: &'static str,
+        script: fn(&Scripts) -> &Script,
+        keyspace: &'static str,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<T> {
+        let (min, max) = prefix_range(prefix);
+        let now = self.clock.now_ms();
+        let s = self.scripts.clone();
+        let (base, anchor) = (self.base.clone(), self.anchor());
+        self.run(op, |mut c| async move {
+            script(&s)
+                .key(&anchor)
+                .arg(&base)
+                .arg(keyspace)
+                .arg(min)
+                .arg(max)
+                .arg(limit)
+                .arg(now)
+                .invoke_async(&mut c)
+                .await
+        })
+        .await
+    }
+
     async fn keyspace_names(&self) -> StoreResult<Vec<String>> {
         let anchor = self.anchor();
         let mut names: Vec<String> = self
@@ -728,23 +757,8 @@ impl Store for RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let (min, max) = prefix_range(prefix);
-        let now = self.clock.now_ms();
-        let s = self.scripts.clone();
-        let (base, anchor) = (self.base.clone(), self.anchor());
         let flat: Vec<Vec<u8>> = self
-            .run("scan", |mut c| async move {
-                s.scan
-                    .key(&anchor)
-                    .arg(&base)
-                    .arg(keyspace)
-                    .arg(min)
-                    .arg(max)
-                    .arg(limit)
-                    .arg(now)
-                    .invoke_async(&mut c)
-                    .await
-            })
+            .range("scan", |s| &s.scan, keyspace, prefix, limit)
             .await?;
         let mut out = Vec::with_capacity(flat.len() / 2);
         let mut it = flat.into_iter();
@@ -767,23 +781,8 @@ impl Store for RedisStore {
         if limit == 0 {
             return Ok(0);
         }
-        let (min, max) = prefix_range(prefix);
-        let now = self.clock.now_ms();
-        let s = self.scripts.clone();
-        let (base, anchor) = (self.base.clone(), self.anchor());
         let n: i64 = self
-            .run("count", |mut c| async move {
-                s.count
-                    .key(&anchor)
-                    .arg(&base)
-                    .arg(keyspace)
-                    .arg(min)
-                    .arg(max)
-                    .arg(limit)
-                    .arg(now)
-                    .invoke_async(&mut c)
-                    .await
-            })
+            .range("count", |s| &s.count, keyspace, prefix, limit)
             .await?;
         Ok(usize::try_from(n).unwrap_or(0))
     }

@@ -280,6 +280,24 @@ mod tests {
     use crate::clock::FakeClock;
     use crate::crypto::{KeyType, SigningKey};
 
+    /// An mDL request of the default issuer for `holder`, without status or expiry.
+    fn mdl_request<'a>(
+        claims: &'a serde_json::Map<String, serde_json::Value>,
+        holder: &'a VerifyingKey,
+        now: i64,
+    ) -> MdocIssue<'a> {
+        MdocIssue {
+            issuer_id: "default",
+            doctype: MDL_DOCTYPE,
+            namespace: MDL_NAMESPACE,
+            claims,
+            holder,
+            now,
+            expires_at: None,
+            status: None,
+        }
+    }
+
     /// An mDL issued with the tenant's document signer verifies against the sandbox IACA, with
     /// dates as full-dates and the portrait as bytes.
     #[tokio::test]
@@ -330,24 +348,9 @@ mod tests {
         assert_eq!(v.valid_until, now + DEFAULT_VALIDITY);
         // a holder key that cannot be an mdoc device key
         let ed = SigningKey::generate(KeyType::Ed25519).verifying_key();
-        let e = issue(
-            &ctx,
-            &MdocIssue {
-                holder: &ed,
-                ..MdocIssue {
-                    issuer_id: "default",
-                    doctype: MDL_DOCTYPE,
-                    namespace: MDL_NAMESPACE,
-                    claims: &claims,
-                    holder: &holder.verifying_key(),
-                    now,
-                    expires_at: None,
-                    status: None,
-                }
-            },
-        )
-        .await
-        .unwrap_err();
+        let e = issue(&ctx, &mdl_request(&claims, &ed, now))
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("P-256"), "{e}");
     }
 
@@ -393,23 +396,11 @@ mod tests {
         ctx.store = std::sync::Arc::new(Unreadable {
             inner: ctx.store.clone(),
         });
-        let holder = SigningKey::generate(KeyType::P256);
+        let holder = SigningKey::generate(KeyType::P256).verifying_key();
         let claims = serde_json::Map::new();
-        let e = issue(
-            &ctx,
-            &MdocIssue {
-                issuer_id: "default",
-                doctype: MDL_DOCTYPE,
-                namespace: MDL_NAMESPACE,
-                claims: &claims,
-                holder: &holder.verifying_key(),
-                now,
-                expires_at: None,
-                status: None,
-            },
-        )
-        .await
-        .unwrap_err();
+        let e = issue(&ctx, &mdl_request(&claims, &holder, now))
+            .await
+            .unwrap_err();
         assert!(
             matches!(
                 e,
