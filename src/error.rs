@@ -246,6 +246,12 @@ pub trait ErrorCode: std::fmt::Display {
     fn oauth_code(&self) -> Option<OAuthCode> {
         None
     }
+    /// What the client is told: the `Display` text, except where that text names our internals
+    /// (an unreachable store's backend error: a Redis host, a peer, a key). Those log the full
+    /// text here and answer with less.
+    fn public_detail(&self) -> String {
+        self.to_string()
+    }
     /// A failure on our side (5xx): the client did nothing wrong.
     fn is_server_error(&self) -> bool {
         self.error_code().status().is_server_error()
@@ -256,7 +262,7 @@ impl<E: ErrorCode> From<E> for ApiError {
     fn from(e: E) -> Self {
         ApiError {
             retry_after: e.retry_after(),
-            ..ApiError::new(e.error_code(), e.to_string())
+            ..ApiError::new(e.error_code(), e.public_detail())
         }
     }
 }
@@ -274,7 +280,21 @@ impl ErrorCode for crate::store::StoreError {
     fn retry_after(&self) -> Option<u64> {
         matches!(self, crate::store::StoreError::Unavailable(_)).then_some(1)
     }
+    /// An unreachable store's text is the backend's own (a Redis error naming its host, a cluster
+    /// peer, a record key): logged, never sent.
+    fn public_detail(&self) -> String {
+        match self {
+            crate::store::StoreError::Unavailable(why) => {
+                tracing::warn!(detail = %why, "store unavailable");
+                STORE_UNAVAILABLE.to_string()
+            }
+            _ => self.to_string(),
+        }
+    }
 }
+
+/// What a client is told when the store cannot answer: the cause is in the log.
+pub const STORE_UNAVAILABLE: &str = "the store is temporarily unavailable; retry shortly";
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
@@ -314,5 +334,46 @@ mod tests {
         let s = String::from_utf8(body.to_vec()).unwrap();
         assert!(!s.contains("/etc/x"));
         assert!(s.contains("internal_error"));
+    }
+
+    /// A Redis or cluster error names hosts, peers and keys: a 503 says the store is unavailable
+    /// and nothing more, through every role's error and the OAuth error format alike.
+    #[cfg(feature = "verifier")]
+    #[actix_web::test]
+    async fn an_unavailable_stores_cause_is_not_sent() {
+        use crate::roles::verifier::error::VerifierError;
+        use crate::store::StoreError;
+        let cause = || {
+            StoreError::Unavailable(
+                "redis: Connection refused (10.0.3.7:6379) key nonce/abc".into(),
+            )
+        };
+        #[allow(unused_mut)]
+        let mut errors = vec![
+            ApiError::from(cause()),
+            ApiError::from(VerifierError::Store(cause())),
+        ];
+        #[cfg(feature = "wallet")]
+        errors.push(ApiError::from(
+            crate::roles::wallet::error::WalletError::Store(cause()),
+        ));
+        for api in errors {
+            assert_eq!((api.code, api.retry_after), (Code::Unavailable, Some(1)));
+            let body = actix_web::body::to_bytes(api.error_response().into_body())
+                .await
+                .unwrap();
+            let s = String::from_utf8(body.to_vec()).unwrap();
+            assert!(s.contains(STORE_UNAVAILABLE), "{s}");
+            assert!(
+                !s.contains("10.0.3.7") && !s.contains("redis") && !s.contains("nonce/"),
+                "{s}"
+            );
+        }
+        let oauth = crate::http::oauth::OAuthError::from(VerifierError::Store(cause()));
+        assert_eq!(oauth.error, "temporarily_unavailable");
+        assert_eq!(oauth.description, STORE_UNAVAILABLE);
+        // other errors keep their text
+        let api = ApiError::from(StoreError::TooDeep("nested too deep".into()));
+        assert_eq!(api.detail, "nested too deep");
     }
 }

@@ -49,7 +49,7 @@ impl<E: ErrorCode> From<E> for OAuthError {
             }
             (None, _) => "invalid_request",
         };
-        Self::new(status, error, e.to_string())
+        Self::new(status, error, e.public_detail())
     }
 }
 

@@ -48,6 +48,12 @@ impl ErrorCode for KeyError {
             _ => None,
         }
     }
+    fn public_detail(&self) -> String {
+        match self {
+            KeyError::Store(e) => e.public_detail(),
+            _ => self.to_string(),
+        }
+    }
 }
 
 pub struct TenantKeys {

@@ -98,6 +98,13 @@ impl ErrorCode for TenantError {
             _ => None,
         }
     }
+    fn public_detail(&self) -> String {
+        match self {
+            TenantError::Key(e) => e.public_detail(),
+            TenantError::Store(e) => e.public_detail(),
+            _ => self.to_string(),
+        }
+    }
 }
 
 /// 1-64 characters of a-z, 0-9, `-` and `_` (tenant ids, which appear in URLs and store keys).

@@ -94,6 +94,13 @@ impl ErrorCode for IssuerError {
             _ => None,
         }
     }
+    fn public_detail(&self) -> String {
+        match self {
+            IssuerError::Tenant(e) => e.public_detail(),
+            IssuerError::Store(e) => e.public_detail(),
+            _ => self.to_string(),
+        }
+    }
 }
 
 /// [`IssuerError::Invalid`], for the many checks of a request.

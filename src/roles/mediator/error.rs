@@ -84,6 +84,12 @@ impl ErrorCode for MediatorError {
             _ => None,
         }
     }
+    fn public_detail(&self) -> String {
+        match self {
+            MediatorError::Store(e) => e.public_detail(),
+            _ => self.to_string(),
+        }
+    }
 }
 
 /// [`MediatorError::BadMessage`].

@@ -71,6 +71,15 @@ impl ErrorCode for VerifierError {
             _ => None,
         }
     }
+    fn public_detail(&self) -> String {
+        match self {
+            VerifierError::Tenant(e) => e.public_detail(),
+            VerifierError::Store(e) => e.public_detail(),
+            VerifierError::Key(e) => e.public_detail(),
+            VerifierError::Limit(e) => e.public_detail(),
+            _ => self.to_string(),
+        }
+    }
 }
 
 /// [`VerifierError::Invalid`], for the many checks of a session request.

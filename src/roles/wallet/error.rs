@@ -95,6 +95,12 @@ impl ErrorCode for WalletError {
             _ => None,
         }
     }
+    fn public_detail(&self) -> String {
+        match self {
+            WalletError::Store(e) => e.public_detail(),
+            _ => self.to_string(),
+        }
+    }
 }
 
 /// The holder-side OpenID4VCI / OpenID4VP clients: bad input is the caller's (422), a refusal by
