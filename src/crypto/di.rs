@@ -188,7 +188,7 @@ fn sign_secured(
         ));
     }
     let jwk: ssi::JWK = serde_json::from_str(&key.to_private_jwk()).map_err(err)?;
-    let doc: DataIntegrityDocument = serde_json::from_value(document).map_err(err)?;
+    let doc = ld_document(document)?;
     let env = SignatureEnvironment {
         json_ld_loader: loader()?,
         eip712_loader: (),
@@ -402,7 +402,7 @@ fn verify_one(
     if ed25519_2018 {
         return verify_ed25519_signature_2018(unsecured, proof, &key);
     }
-    let claims: DataIntegrityDocument = serde_json::from_value(unsecured.clone()).map_err(err)?;
+    let claims = ld_document(unsecured.clone())?;
     let proof: ssi::claims::data_integrity::Proof<AnySuite> =
         serde_json::from_value(proof.clone()).map_err(err)?;
     let secured = DataIntegrity::new(claims, proof.into());
@@ -469,7 +469,7 @@ fn verify_ed25519_signature_2018(
 fn canonical_nquads(doc: Value) -> CryptoResult<Vec<String>> {
     use ssi::json_ld::Expandable as _;
     use ssi::rdf::AnyLdEnvironment as _;
-    let doc: DataIntegrityDocument = serde_json::from_value(doc).map_err(err)?;
+    let doc = ld_document(doc)?;
     let mut ld = ssi::rdf::LdEnvironment::default();
     let loader = loader()?;
     let expanded = futures_executor::block_on(doc.expand_with(&mut ld, &loader)).map_err(err)?;
@@ -880,6 +880,35 @@ fn check_plain_json(document: &Value) -> CryptoResult<()> {
     plain(document, true, &mut Counts::default())
 }
 
+/// A document as ssi takes it, once its numbers are ones ssi can carry ([`check_numbers`]).
+fn ld_document(v: Value) -> CryptoResult<DataIntegrityDocument> {
+    check_numbers(&v)?;
+    serde_json::from_value(v).map_err(err)
+}
+
+/// ssi 0.16 keeps JSON numbers as json-number text and panics (an `unwrap` in
+/// ssi-data-integrity-core's expansion) on one it cannot serialize again: written without a
+/// decimal point and outside i64/u64, such as `1e20` or `1e-7`. Such a number is refused before a
+/// document reaches ssi.
+fn check_numbers(v: &Value) -> CryptoResult<()> {
+    match v {
+        Value::Number(n) if !(n.is_i64() || n.is_u64()) => {
+            let Some(f) = n.as_f64() else { return Ok(()) };
+            match ssi::json_ld::syntax::NumberBuf::try_from(f) {
+                Ok(j) if !(j.has_decimal_point() || j.as_i64().is_some() || j.as_u64().is_some()) => {
+                    Err(err(format!(
+                        "the number {n} cannot be carried through JSON-LD canonicalization here (an exponent without a fraction, outside 64-bit integers)"
+                    )))
+                }
+                _ => Ok(()),
+            }
+        }
+        Value::Array(a) => a.iter().try_for_each(check_numbers),
+        Value::Object(o) => o.values().try_for_each(check_numbers),
+        _ => Ok(()),
+    }
+}
+
 /// What [`check_plain_json`] has met so far.
 #[derive(Default)]
 struct Counts {
@@ -992,7 +1021,7 @@ fn precheck(document: &Value, proof: &Value, work: &mut Work<'_>) -> CryptoResul
 fn rdf_quads(doc: Value) -> CryptoResult<Vec<ssi::rdf::LexicalQuad>> {
     use ssi::json_ld::Expandable as _;
     use ssi::rdf::AnyLdEnvironment as _;
-    let doc: DataIntegrityDocument = serde_json::from_value(doc).map_err(err)?;
+    let doc = ld_document(doc)?;
     let mut ld = ssi::rdf::LdEnvironment::default();
     let loader = loader()?;
     let expanded = futures_executor::block_on(doc.expand_with(&mut ld, &loader)).map_err(err)?;
@@ -1171,6 +1200,49 @@ mod rdfc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// ssi panicked on numbers it could not serialize again (`1e20`, `1e-7`, `-1e21`): a
+    /// credential carrying one, presented or about to be signed, is refused, not a panic.
+    #[test]
+    fn numbers_ssi_cannot_carry_are_refused_not_a_panic() {
+        let now = 1_800_000_000;
+        let issuer = SigningKey::generate(KeyType::Ed25519);
+        let vm = did::verification_method(&did::did_key(&issuer.verifying_key()));
+        let cred = |a: Value| {
+            let mut c = Map::new();
+            c.insert("type".into(), json!(["VerifiableCredential", "X"]));
+            c.insert(
+                "credentialSubject".into(),
+                json!({"id": "did:example:h", "a": a}),
+            );
+            c
+        };
+        let vc = issue_credential(&issuer, &vm, cred(json!(1)), now).unwrap();
+        for bad in [json!(1e20), json!(1e-7), json!(-1e21), json!(1e300)] {
+            let mut t = vc.clone();
+            t["credentialSubject"]["a"] = bad.clone();
+            let got = std::panic::catch_unwind(|| verify_credential(&t, now))
+                .unwrap_or_else(|_| panic!("verifying {bad} panicked"));
+            assert!(
+                got.unwrap_err().to_string().contains("cannot be carried"),
+                "{bad}"
+            );
+            let got =
+                std::panic::catch_unwind(|| issue_credential(&issuer, &vm, cred(bad.clone()), now))
+                    .unwrap_or_else(|_| panic!("signing {bad} panicked"));
+            assert!(got.is_err(), "{bad}");
+        }
+        for fine in [
+            json!(1.5),
+            json!(-7),
+            json!(u64::MAX),
+            json!(2.5e20),
+            json!(0.001),
+        ] {
+            let v = issue_credential(&issuer, &vm, cred(fine.clone()), now).unwrap();
+            verify_credential(&v, now).unwrap();
+        }
+    }
 
     #[test]
     fn credential_and_presentation_round_trip_and_tamper() {
