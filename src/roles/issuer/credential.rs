@@ -841,8 +841,15 @@ enum Resend {
 
 /// The offer's claims a configuration carries.
 fn offer_claims(offer: &Offer, config: &CredentialConfig) -> Map<String, Value> {
-    offer
-        .claims
+    config_claims(&offer.claims, config)
+}
+
+/// The claims of `claims` a configuration carries.
+pub(super) fn config_claims(
+    claims: &Map<String, Value>,
+    config: &CredentialConfig,
+) -> Map<String, Value> {
+    claims
         .iter()
         .filter(|(k, _)| config.claims.iter().any(|c| &c.name == *k))
         .map(|(k, v)| (k.clone(), v.clone()))

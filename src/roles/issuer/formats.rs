@@ -56,12 +56,67 @@ pub fn ldp_vc(
     expires_at: Option<i64>,
     status: StatusRef,
 ) -> Result<Value, String> {
+    let vc = ldp_vc_document(
+        credential_type,
+        claims,
+        holder_did,
+        &credential_id,
+        now,
+        expires_at,
+        &status,
+    );
+    crate::crypto::di::issue_credential(&key, &issuer.verification_method, vc, now)
+        .map_err(|e| e.to_string())
+}
+
+/// Whether an `ldp_vc` of this type with these claims can be signed: the same document, signed
+/// with a throwaway key (an offer is refused when its credential could never be issued, rather
+/// than each wallet's request failing at the credential endpoint). CPU-heavy like [`ldp_vc`].
+pub fn ldp_vc_signable(
+    credential_type: String,
+    claims: Map<String, Value>,
+    now: i64,
+) -> Result<(), String> {
+    let key = SigningKey::generate(crate::crypto::KeyType::Ed25519);
+    let vm = did::verification_method(&did::did_key(&key.verifying_key()));
+    let list = "https://issuer.invalid/status/1".to_string();
+    let status = StatusRef {
+        list: 1,
+        index: 0,
+        token_list: list.clone(),
+        revocation_list: list.clone(),
+        suspension_list: list,
+    };
+    let vc = ldp_vc_document(
+        credential_type,
+        claims,
+        did::did_key(&key.verifying_key()),
+        "trial",
+        now,
+        Some(now + 1),
+        &status,
+    );
+    crate::crypto::di::issue_credential(&key, &vm, vc, now)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The unsigned VCDM 2.0 credential of an `ldp_vc`.
+fn ldp_vc_document(
+    credential_type: String,
+    claims: Map<String, Value>,
+    holder_did: String,
+    credential_id: &str,
+    now: i64,
+    expires_at: Option<i64>,
+    status: &StatusRef,
+) -> Map<String, Value> {
     let mut subject = claims;
     subject.insert("id".into(), json!(holder_did));
     let mut vc = Map::new();
     vc.insert(
         "id".into(),
-        json!(format!("urn:uuid:{}", uuid_like(&credential_id))),
+        json!(format!("urn:uuid:{}", uuid_like(credential_id))),
     );
     vc.insert(
         "type".into(),
@@ -79,8 +134,7 @@ pub fn ldp_vc(
             {"id": format!("{}#{}", status.suspension_list, status.index), "type": "BitstringStatusListEntry", "statusPurpose": "suspension", "statusListIndex": status.index.to_string(), "statusListCredential": status.suspension_list}
         ]),
     );
-    crate::crypto::di::issue_credential(&key, &issuer.verification_method, vc, now)
-        .map_err(|e| e.to_string())
+    vc
 }
 
 /// The holder DID a credential is bound to: the proof's DID, or did:jwk of the proof key.

@@ -25,6 +25,7 @@ impl IssuerService {
         let issuer = self.get_issuer(issuer_id).await?;
         check_claims(&issuer, &req)?;
         self.check_mdoc_offer(&issuer, &req).await?;
+        self.check_ldp_offer(&issuer, &req).await?;
         if req.tx_code.is_some() && req.authorization_code {
             // The authorization code flow here has no login: its issuer_state alone would
             // redeem the offer, without the transaction code meant to protect it.
@@ -223,6 +224,39 @@ impl IssuerService {
             };
             crate::http::webhook::deliver(&ctx.http, &ctx.sealer, &url, &event).await;
         });
+    }
+
+    /// An offer of ldp_vc configurations is one whose credentials can be signed: each is tried
+    /// now with the offer's claims (type and claim names the JSON-LD contexts do not map, values
+    /// such as an object with `type: 1`), so the admin hears of it, not each wallet at the
+    /// credential endpoint.
+    async fn check_ldp_offer(&self, issuer: &Issuer, req: &CreateOffer) -> Result<(), IssuerError> {
+        let now = self.now();
+        for id in &req.credential_configuration_ids {
+            let Some(c) = issuer
+                .credential_configurations
+                .get(id)
+                .filter(|c| c.format == Format::LdpVc)
+            else {
+                continue;
+            };
+            let claims = super::credential::config_claims(&req.claims, c);
+            let credential_type = c.credential_type.clone();
+            crate::crypto::di::run_in_slot(move || {
+                super::formats::ldp_vc_signable(credential_type, claims, now)
+            })
+            .await
+            .map_err(|e| match e {
+                crate::crypto::CryptoError::Busy(d) => IssuerError::Busy(d),
+                other => IssuerError::Internal(other.to_string()),
+            })?
+            .map_err(|e| {
+                invalid(format!(
+                    "credential configuration `{id}`: an ldp_vc with these claims cannot be signed: {e}"
+                ))
+            })?;
+        }
+        Ok(())
     }
 
     /// An offer of mso_mdoc configurations needs a document signer (imported, in production

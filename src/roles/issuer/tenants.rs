@@ -186,6 +186,30 @@ fn validate_configs(
                 "credential configuration `{id}`: ldp_vc (eddsa-rdfc-2022) needs an Ed25519 key with did:key or did:jwk"
             ));
         }
+        if c.format == Format::LdpVc {
+            // what JSON-LD expansion refuses or reads as a keyword or an IRI: such a credential
+            // could never be signed (the offer's values are tried when an offer is made)
+            let term = |t: &str| {
+                !t.is_empty()
+                    && !t.starts_with('@')
+                    && !t.chars().any(|ch| ch.is_whitespace() || ch.is_control())
+            };
+            if !term(&c.credential_type) {
+                return Err(format!(
+                    "credential configuration `{id}`: an ldp_vc credential_type is a JSON-LD term (no spaces, not starting with @)"
+                ));
+            }
+            if let Some(cl) = c
+                .claims
+                .iter()
+                .find(|cl| !term(&cl.name) || cl.name.contains([':', '#', '/']) || cl.name == "id")
+            {
+                return Err(format!(
+                    "credential configuration `{id}`: ldp_vc claim `{}` is not a plain JSON-LD term (no spaces, :, #, /, leading @, nor `id`, which is the holder's)",
+                    cl.name
+                ));
+            }
+        }
         if c.format == Format::MsoMdoc && c.doctype.as_deref().is_none_or(str::is_empty) {
             return Err(format!(
                 "credential configuration `{id}`: mso_mdoc needs a doctype (e.g. org.iso.18013.5.1.mDL)"

@@ -2112,3 +2112,65 @@ async fn an_sd_jwt_vcs_own_claims_and_an_overflowing_validity_are_refused() {
     o.credential_validity_seconds = Some(u64::MAX);
     assert!(svc.create_offer("default", o).await.is_err());
 }
+
+/// An ldp_vc offer whose credential could never be signed (claims the JSON-LD contexts do not
+/// map, a number ssi cannot carry, a type that is not a term) is refused when it is made (422),
+/// not at each wallet's credential request (500, with the request given back to retry).
+#[tokio::test]
+async fn an_ldp_vc_offer_that_cannot_be_signed_is_refused_when_made() {
+    let (svc, _clock) = issuer().await;
+    let ldp = |claims: serde_json::Value| CreateOffer {
+        credential_configuration_ids: vec!["IdentityCredential_ldp_vc".into()],
+        claims: serde_json::from_value(claims).unwrap(),
+        ..offer_req(Some(600))
+    };
+    for bad in [
+        json!({"given_name": {"type": 1}}),
+        json!({"given_name": {"a b": "x"}}),
+        json!({"given_name": {"@id": "x"}}),
+        json!({"given_name": 1e20}),
+        json!({"given_name": [1e-7]}),
+    ] {
+        let e = svc
+            .create_offer("default", ldp(bad.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.error_code(), Code::Validation, "{bad}: {e}");
+        assert!(e.to_string().contains("cannot be signed"), "{e}");
+    }
+    svc.create_offer(
+        "default",
+        ldp(json!({"given_name": "Erika", "family_name": {"x": 2.5}})),
+    )
+    .await
+    .unwrap();
+    // a type or claim name that is not a term is refused with the configuration
+    let issuer = svc.get_issuer("default").await.unwrap();
+    let update = |credential_type: &str, claim: &str| {
+        let mut configs = issuer.credential_configurations.clone();
+        let c = configs.get_mut("IdentityCredential_ldp_vc").unwrap();
+        c.credential_type = credential_type.into();
+        c.claims[0].name = claim.into();
+        UpdateIssuer {
+            display_name: None,
+            credential_configurations: Some(configs),
+            webhook_url: None,
+        }
+    };
+    for (t, claim) in [
+        ("Identity Credential", "given_name"),
+        ("@id", "given_name"),
+        ("Identity", "given name"),
+        ("Identity", "ex:name"),
+        ("Identity", "id"),
+    ] {
+        let e = svc
+            .update_issuer("default", update(t, claim))
+            .await
+            .unwrap_err();
+        assert_eq!(e.error_code(), Code::Validation, "{t} {claim}: {e}");
+    }
+    svc.update_issuer("default", update("Identity_v2", "given_name"))
+        .await
+        .unwrap();
+}
