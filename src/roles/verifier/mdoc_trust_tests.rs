@@ -301,26 +301,8 @@ async fn an_unreadable_mdoc_status_reference_is_not_a_pass() {
 /// ten presentations are refused the same way, and up to ten under one list fetch it once.
 #[tokio::test]
 async fn copies_of_one_mdoc_do_not_each_fetch_the_status_list() {
-    use std::io::{Read, Write};
-    use std::sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    };
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    std::thread::spawn(move || {
-        for s in listener.incoming() {
-            let Ok(mut s) = s else { break };
-            let mut buf = [0u8; 2048];
-            let _ = s.read(&mut buf);
-            h.fetch_add(1, Ordering::SeqCst);
-            let _ = s.write_all(
-                b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-            );
-        }
-    });
+    use std::sync::atomic::Ordering;
+    let (port, hits) = super::verify::testing::counting_503_server();
     let p = pki("IACA");
     let pres = present_b64(
         &p,
@@ -348,6 +330,17 @@ async fn copies_of_one_mdoc_do_not_each_fetch_the_status_list() {
     )
     .await;
     assert!(r["status"].1.contains("not https"), "{r:?}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // nor is the list of an issuer the verifier does not trust (it fails already)
+    let r = evaluate_all(
+        &p.anchors,
+        Trust::Only(vec!["aki:bm90LXRoaXMtb25l".into()]),
+        mdl_query(json!({})),
+        copies(1),
+    )
+    .await;
+    assert!(!r["issuer_allowlist"].0, "{r:?}");
+    assert!(r["status"].1.contains("not checked"), "{r:?}");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
 

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::policy::{check_issuer, check_time, Outcome};
-use super::status::w3c_status;
+use super::status::{status_not_checked, w3c_status};
 use super::{issuer_jwt, subject_is_signer, types_of, w3c_checked, Checked, Ctx};
 use crate::crypto::binding::Issuers;
 use crate::crypto::{did, jws, VerifyingKey};
@@ -45,8 +45,11 @@ pub async fn jwt_credential(
         return None;
     }
     check_time(out, &p, &vc_obj, ctx.now, query_id);
-    check_issuer(out, ctx, &issuer.issuer);
-    w3c_status(ctx, out, query_id, &vc_obj["credentialStatus"], &issuer).await;
+    if check_issuer(out, ctx, &issuer.issuer) {
+        w3c_status(ctx, out, query_id, &vc_obj["credentialStatus"], &issuer).await;
+    } else {
+        status_not_checked(out, query_id);
+    }
     out.pass("disclosure_integrity");
     let subject = vc_obj["credentialSubject"]["id"]
         .as_str()
@@ -261,4 +264,66 @@ async fn header_holder(
     let (key, _) = jws::header_key(header).map_err(|e| e.to_string())?;
     let did = did::did_jwk(&key);
     Ok((key, Some(did)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::policy::Trust;
+    use super::super::testing::{counting_503_server, ctx_at};
+    use super::*;
+    use crate::crypto::{KeyType, SigningKey};
+    use serde_json::json;
+    use std::sync::atomic::Ordering;
+
+    /// The status list of a credential whose issuer the verifier does not trust is not fetched:
+    /// the presenter chose its URL, and the credential fails `issuer_allowlist` anyway.
+    #[tokio::test]
+    async fn an_untrusted_issuers_status_list_is_not_fetched() {
+        let (port, hits) = counting_503_server();
+        let now = 1_800_000_000;
+        let key = SigningKey::generate(KeyType::Ed25519);
+        let issuer = did::did_jwk(&key.verifying_key());
+        let vc = jws::sign(
+            &key,
+            json!({"typ": "JWT", "kid": did::verification_method(&issuer)}),
+            &json!({"iss": issuer, "nbf": now - 10, "vc": {
+                "@context": ["https://www.w3.org/2018/credentials/v1"],
+                "type": ["VerifiableCredential", "X"],
+                "credentialSubject": {"id": "did:example:holder"},
+                "credentialStatus": {"id": format!("http://127.0.0.1:{port}/s#3"),
+                    "type": "BitstringStatusListEntry", "statusPurpose": "revocation",
+                    "statusListIndex": "3",
+                    "statusListCredential": format!("http://127.0.0.1:{port}/s")}}}),
+        );
+        let http = reqwest::Client::new();
+        let (cache, anchors) = (Default::default(), Default::default());
+        let run = |trust: Trust| {
+            let (http, cache, anchors, vc) = (&http, &cache, &anchors, &vc);
+            async move {
+                let ctx = ctx_at(now, http, cache, anchors, &trust);
+                let mut out = Outcome::default();
+                assert!(jwt_credential(&ctx, &mut out, "q", vc).await.is_some());
+                out
+            }
+        };
+        let out = run(Trust::Only(vec!["did:example:other".into()])).await;
+        let results = out.results(&["issuer_allowlist".into(), "status".into()]);
+        let by = |n: &str| results.iter().find(|r| r.name == n).unwrap();
+        assert!(!by("issuer_allowlist").passed, "{results:?}");
+        let status = by("status");
+        assert!(!status.passed, "{results:?}");
+        assert!(
+            status
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("not checked")),
+            "{results:?}"
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), 0);
+        // trusted: the list is fetched (here it answers 503)
+        let out = run(Trust::Any).await;
+        let results = out.results(&["status".into()]);
+        assert!(!results[0].passed, "{results:?}");
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+    }
 }

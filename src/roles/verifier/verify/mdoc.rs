@@ -3,7 +3,7 @@
 use serde_json::{Map, Value};
 
 use super::policy::{Outcome, Trust};
-use super::status::mdoc_status;
+use super::status::{mdoc_status, status_not_checked};
 use super::{Checked, Ctx};
 use crate::roles::verifier::model::PresentedCredential;
 
@@ -58,7 +58,11 @@ pub async fn mdoc(
     }
     let mut checked = Vec::new();
     for d in docs {
-        check_mdoc_issuer(out, ctx, query_id, &d);
+        if !check_mdoc_issuer(out, ctx, query_id, &d) {
+            status_not_checked(out, query_id);
+            checked.push(presented(out, query_id, d));
+            continue;
+        }
         match &d.status {
             Ok(Some((idx, uri))) => mdoc_status(ctx, out, query_id, *idx, uri, &d).await,
             Ok(None) if ctx.require_status => out.fail(
@@ -83,13 +87,15 @@ fn check_mdoc_issuer(
     ctx: &Ctx<'_>,
     query_id: &str,
     d: &crate::crypto::mdoc::verify::Verified,
-) {
+) -> bool {
     let Trust::Only(list) = ctx.trust else {
-        return out.pass("issuer_allowlist");
+        out.pass("issuer_allowlist");
+        return true;
     };
     let ids: Vec<String> = d.authorities.iter().map(|k| aki_entry(k)).collect();
     if list.iter().any(|t| ids.contains(t)) {
-        return out.pass("issuer_allowlist");
+        out.pass("issuer_allowlist");
+        return true;
     }
     let named = if ids.is_empty() {
         "its chain names no key identifier".to_string()
@@ -106,6 +112,7 @@ fn check_mdoc_issuer(
             clip(&d.signer)
         ),
     );
+    false
 }
 
 /// How `trusted_issuers` names an X.509 authority: `aki:` and its key identifier, base64url.

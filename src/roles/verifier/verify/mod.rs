@@ -277,6 +277,60 @@ fn subject_is_signer(out: &mut policy::Outcome, query_id: &str, bound: bool) {
     }
 }
 
+/// Test helpers shared by the verifier's tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A context at `now` with nothing to match (VC-API shape), fetching over plain http, with a
+    /// day's maximum list age and the given trust.
+    pub(crate) fn ctx_at<'a>(
+        now: i64,
+        http: &'a reqwest::Client,
+        cache: &'a StatusCache,
+        anchors: &'a crate::crypto::x509::TrustAnchors,
+        trust: &'a Trust,
+    ) -> Ctx<'a> {
+        Ctx {
+            dcql_query: None,
+            presentation_definition: None,
+            audience: None,
+            now,
+            http,
+            trust,
+            status_cache: cache,
+            anchors,
+            require_status: false,
+            mdoc_transcript: None,
+            fetched: Default::default(),
+            https_only: false,
+            status_max_age: Some(86_400),
+        }
+    }
+
+    /// A local HTTP server that answers every request 503 and counts them: its port and count.
+    pub(crate) fn counting_503_server() -> (u16, Arc<AtomicUsize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { break };
+                let _ = s.read(&mut [0u8; 2048]);
+                h.fetch_add(1, Ordering::SeqCst);
+                let _ = s.write_all(
+                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        (port, hits)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -159,16 +159,24 @@ pub enum Trust {
     Only(Vec<String>),
 }
 
-pub(super) fn check_issuer(out: &mut Outcome, ctx: &Ctx<'_>, iss: &str) {
+/// The `issuer_allowlist` policy; whether the issuer is trusted.
+pub(super) fn check_issuer(out: &mut Outcome, ctx: &Ctx<'_>, iss: &str) -> bool {
     match ctx.trust {
         Trust::Any => out.pass("issuer_allowlist"),
         Trust::Only(list) if list.iter().any(|t| t == iss) => out.pass("issuer_allowlist"),
-        Trust::Only(list) if list.is_empty() => out.fail(
-            "issuer_allowlist",
-            format!("issuer {iss}: this verifier trusts no issuer (set trusted_issuers)"),
-        ),
-        Trust::Only(_) => out.fail("issuer_allowlist", format!("issuer {iss} is not trusted")),
+        Trust::Only(list) if list.is_empty() => {
+            out.fail(
+                "issuer_allowlist",
+                format!("issuer {iss}: this verifier trusts no issuer (set trusted_issuers)"),
+            );
+            return false;
+        }
+        Trust::Only(_) => {
+            out.fail("issuer_allowlist", format!("issuer {iss} is not trusted"));
+            return false;
+        }
     }
+    true
 }
 
 #[cfg(test)]

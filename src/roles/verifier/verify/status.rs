@@ -358,6 +358,15 @@ pub(super) async fn token_status(
     }
 }
 
+/// The `status` policy of a credential whose issuer is not trusted: it fails already, and its
+/// status list (a URL the presenter chose) is not fetched.
+pub(super) fn status_not_checked(out: &mut Outcome, query_id: &str) {
+    out.fail(
+        "status",
+        format!("{query_id}: not checked: the issuer is not trusted"),
+    );
+}
+
 pub(super) async fn w3c_status(
     ctx: &Ctx<'_>,
     out: &mut Outcome,
@@ -515,6 +524,8 @@ mod status_cache_tests {
 
 #[cfg(test)]
 mod list_checks {
+    use super::super::policy::Trust;
+    use super::super::testing::ctx_at;
     use super::*;
     use crate::crypto::{KeyType, SigningKey};
     use serde_json::json;
@@ -533,30 +544,6 @@ mod list_checks {
         assert!(bitstring_list_ok(&json!({"vc": {"id": uri}}), uri).is_ok());
         assert!(bitstring_list_ok(&json!({}), uri).is_ok());
         assert!(bitstring_list_ok(&json!({"id": "https://i.example/other"}), uri).is_err());
-    }
-
-    /// An evaluation at `now` that fetches over plain http, with a day's maximum list age.
-    fn ctx_at<'a>(
-        now: i64,
-        http: &'a reqwest::Client,
-        cache: &'a StatusCache,
-        anchors: &'a crate::crypto::x509::TrustAnchors,
-    ) -> Ctx<'a> {
-        Ctx {
-            dcql_query: None,
-            presentation_definition: None,
-            audience: None,
-            now,
-            http,
-            trust: &super::super::policy::Trust::Any,
-            status_cache: cache,
-            anchors,
-            require_status: false,
-            mdoc_transcript: None,
-            fetched: Default::default(),
-            https_only: false,
-            status_max_age: Some(86_400),
-        }
     }
 
     /// An expired status list token fails, and is not kept to be revalidated (a server whose
@@ -592,7 +579,7 @@ mod list_checks {
         });
         let http = reqwest::Client::new();
         let (cache, anchors) = (StatusCache::default(), Default::default());
-        let ctx = ctx_at(now, &http, &cache, &anchors);
+        let ctx = ctx_at(now, &http, &cache, &anchors, &Trust::Any);
         let e = fetch_status(&ctx, &uri, &key.verifying_key(), true)
             .await
             .unwrap_err();
@@ -759,7 +746,7 @@ mod list_checks {
 
         let http = reqwest::Client::new();
         let (cache, anchors) = (StatusCache::default(), Default::default());
-        let ctx = ctx_at(now, &http, &cache, &anchors);
+        let ctx = ctx_at(now, &http, &cache, &anchors, &Trust::Any);
         let token_verdict = |p: &str| {
             let status = json!({"status_list": {"idx": 3, "uri": uri(p)}});
             let (ctx, issuer) = (&ctx, &issuer);
