@@ -115,6 +115,45 @@ pub fn decode(bytes: &[u8]) -> MdocResult<Value> {
     Ok(v)
 }
 
+/// COSE header label of counter signatures (RFC 9052 §3.1; mdoc uses none).
+const COUNTER_SIGNATURE: i64 = 7;
+
+/// A COSE_Sign1 from its CBOR value (`what` names it in errors). Counter signatures are refused
+/// before coset sees the structure: coset parses each one's protected header with a fresh CBOR
+/// decode, so nested counter signatures recurse once per level past any depth bound of ours (a
+/// stack overflow aborted the process); without one at the top, coset never recurses.
+pub(super) fn sign1(v: &Value, what: &str) -> MdocResult<coset::CoseSign1> {
+    use coset::AsCborValue;
+    let parts = match v {
+        Value::Array(a) if a.len() == 4 => a,
+        _ => return Err(malformed(format!("{what} is not a COSE_Sign1"))),
+    };
+    let protected = match &parts[0] {
+        Value::Bytes(b) if b.is_empty() => None,
+        Value::Bytes(b) => Some(decode(b)?),
+        _ => {
+            return Err(malformed(format!(
+                "{what}: the protected header is not a byte string"
+            )))
+        }
+    };
+    for header in protected.iter().chain([&parts[1]]) {
+        let Value::Map(entries) = header else {
+            return Err(malformed(format!("{what}: a header that is not a map")));
+        };
+        if entries
+            .iter()
+            .any(|(k, _)| *k == Value::Integer(COUNTER_SIGNATURE.into()))
+        {
+            return Err(MdocError::Unsupported(format!(
+                "{what}: counter signatures are not supported"
+            )));
+        }
+    }
+    coset::CoseSign1::from_cbor_value(v.clone())
+        .map_err(|e| malformed(format!("{what} is not a COSE_Sign1: {}", cose_error(&e))))
+}
+
 /// A decoding failure as short text (ciborium's own Display is its Debug form).
 fn cbor_error<T>(e: &ciborium::de::Error<T>) -> String {
     use ciborium::de::Error;

@@ -9,7 +9,7 @@
 //! same key, chain to a trust anchor.
 
 use ciborium::Value;
-use coset::{iana, CborSerializable, Label, TaggedCborSerializable};
+use coset::{iana, Label, TaggedCborSerializable};
 
 use super::{get, MdocError, MdocResult, X5CHAIN};
 use crate::crypto::status::StatusArray;
@@ -76,6 +76,23 @@ pub fn sign(
 /// the signature verifies, `sub` is `uri`, it carries `iat` and is fresh
 /// ([`crate::crypto::status::freshness`]: not expired, not older than `max_age`). Returns the
 /// status array and until when the token may be used.
+/// A status list token's COSE_Sign1, tagged (18) or not, read within the mdoc bounds
+/// ([`super::sign1`]: no counter signatures).
+pub(super) fn token_sign1(bytes: &[u8]) -> MdocResult<coset::CoseSign1> {
+    let v = super::decode(bytes)
+        .map_err(|e| MdocError::Malformed(format!("status list token: {e}")))?;
+    let untagged = match v {
+        Value::Tag(18, inner) => *inner,
+        Value::Tag(..) => {
+            return Err(MdocError::Malformed(
+                "status list token: a tag other than COSE_Sign1's".into(),
+            ))
+        }
+        other => other,
+    };
+    super::sign1(&untagged, "status list token")
+}
+
 pub fn verify(
     bytes: &[u8],
     uri: &str,
@@ -87,11 +104,7 @@ pub fn verify(
     if bytes.len() > MAX_TOKEN_BYTES {
         return Err(MdocError::TooLarge("status list token".into()));
     }
-    let sign1 = coset::CoseSign1::from_tagged_slice(bytes)
-        .or_else(|_| coset::CoseSign1::from_slice(bytes))
-        .map_err(|e| {
-            MdocError::Malformed(format!("status list token: {}", super::cose_error(&e)))
-        })?;
+    let sign1 = token_sign1(bytes)?;
     let typ_ok = sign1
         .protected
         .header

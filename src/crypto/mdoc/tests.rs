@@ -484,3 +484,67 @@ fn only_a_document_signer_certificate_may_sign_an_mso() {
 }
 
 mod signer;
+
+/// `[protected bstr, {}, h'']` counter signatures nested `levels` deep, as the header map
+/// `{7: COSE_Signature}`: coset parses each level's protected header afresh (a new CBOR decode,
+/// a new depth limit), so the nesting is invisible to a depth-bounded decoder.
+fn nested_counter_signatures(levels: usize) -> Vec<u8> {
+    let bstr = |b: &[u8]| encode(&Value::Bytes(b.to_vec()));
+    let mut header = vec![0xa0]; // {}
+    for _ in 0..levels {
+        let mut next = vec![0xa1, 0x07, 0x83]; // {7: [
+        next.extend(bstr(&header));
+        next.extend([0xa0, 0x40]); // {}, h'' ]}
+        header = next;
+    }
+    header
+}
+
+/// A COSE_Sign1 whose headers carry counter signatures is refused before coset parses it: coset
+/// recursed once per nested counter signature (a stack overflow aborted the process for ~10,000
+/// levels in ~90 KB, reached before any trust or signature check), and mdoc uses none.
+#[test]
+fn counter_signatures_are_refused_before_coset_recurses_into_them() {
+    let deep = nested_counter_signatures(10_000);
+    let top: Value = decode(&deep).unwrap(); // {7: [bstr, {}, h'']}
+                                             // in the unprotected header, and in the protected one
+    let unprotected = Value::Array(vec![
+        Value::Bytes(vec![]),
+        top.clone(),
+        Value::Null,
+        Value::Bytes(vec![]),
+    ]);
+    let protected = Value::Array(vec![
+        Value::Bytes(deep.clone()),
+        Value::Map(vec![]),
+        Value::Null,
+        Value::Bytes(vec![]),
+    ]);
+    for auth in [unprotected, protected] {
+        let issuer_signed = Value::Map(vec![
+            (Value::Text("nameSpaces".into()), Value::Map(vec![])),
+            (Value::Text("issuerAuth".into()), auth.clone()),
+        ]);
+        let e =
+            verify::issuer_signed(&issuer_signed, None, &TrustAnchors::default(), NOW).unwrap_err();
+        assert!(e.to_string().contains("counter signature"), "{e}");
+        let e = verify::parse_unverified(&encode(&issuer_signed)).unwrap_err();
+        assert!(e.to_string().contains("counter signature"), "{e}");
+        let response = Value::Map(vec![
+            (Value::Text("version".into()), Value::Text("1.0".into())),
+            (Value::Text("status".into()), Value::Integer(0.into())),
+            (
+                Value::Text("documents".into()),
+                Value::Array(vec![Value::Map(vec![
+                    (Value::Text("docType".into()), Value::Text(MDL.into())),
+                    (Value::Text("issuerSigned".into()), issuer_signed),
+                ])]),
+            ),
+        ]);
+        let f = fixture();
+        assert!(verify_resp(&f, &encode(&response), "n").is_err());
+        // a status list token is read the same way (tagged or not)
+        let e = status::token_sign1(&encode(&auth)).unwrap_err();
+        assert!(e.to_string().contains("counter signature"), "{e}");
+    }
+}

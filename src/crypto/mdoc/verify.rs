@@ -4,12 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ciborium::Value;
-use coset::{AsCborValue, Label};
+use coset::Label;
 use sha2::{Digest, Sha256};
 
 use super::{
-    array, clip, cose_error, decode, encode, get, key_from_cose, malformed, map_entries,
-    parse_tdate, tag24, text, untag24, MdocError, MdocResult, MAX_DOCUMENTS, MAX_ELEMENTS, X5CHAIN,
+    array, clip, decode, encode, get, key_from_cose, malformed, map_entries, parse_tdate, tag24,
+    text, untag24, MdocError, MdocResult, MAX_DOCUMENTS, MAX_ELEMENTS, X5CHAIN,
 };
 use crate::crypto::x509::TrustAnchors;
 use crate::crypto::VerifyingKey;
@@ -57,12 +57,7 @@ pub fn issuer_signed(
     now: i64,
 ) -> MdocResult<Verified> {
     let auth = get(issuer_signed, "issuerAuth").ok_or_else(|| malformed("no issuerAuth"))?;
-    let sign1 = coset::CoseSign1::from_cbor_value(auth.clone()).map_err(|e| {
-        malformed(format!(
-            "issuerAuth is not a COSE_Sign1: {}",
-            cose_error(&e)
-        ))
-    })?;
+    let sign1 = super::sign1(auth, "issuerAuth")?;
     let alg = sign1.protected.header.alg.clone();
     if alg
         != Some(coset::RegisteredLabelWithPrivate::Assigned(
@@ -209,12 +204,7 @@ fn check_country(
 pub fn parse_unverified(issuer_signed_bytes: &[u8]) -> MdocResult<(String, Claims)> {
     let signed = decode(issuer_signed_bytes)?;
     let auth = get(&signed, "issuerAuth").ok_or_else(|| malformed("no issuerAuth"))?;
-    let sign1 = coset::CoseSign1::from_cbor_value(auth.clone()).map_err(|e| {
-        malformed(format!(
-            "issuerAuth is not a COSE_Sign1: {}",
-            cose_error(&e)
-        ))
-    })?;
+    let sign1 = super::sign1(auth, "issuerAuth")?;
     let payload = sign1
         .payload
         .as_deref()
@@ -422,12 +412,7 @@ fn document(
         ));
     }
     let sig = get(auth, "deviceSignature").ok_or_else(|| malformed("no deviceSignature"))?;
-    let sign1 = coset::CoseSign1::from_cbor_value(sig.clone()).map_err(|e| {
-        malformed(format!(
-            "deviceSignature is not a COSE_Sign1: {}",
-            cose_error(&e)
-        ))
-    })?;
+    let sign1 = super::sign1(sig, "deviceSignature")?;
     if sign1.protected.header.alg
         != Some(coset::RegisteredLabelWithPrivate::Assigned(
             coset::iana::Algorithm::ES256,
