@@ -398,6 +398,18 @@ fn verify_one(
     // accepts a forged signature under a small-order key for any document. Our resolution refuses
     // such keys (and anything not did:key / did:jwk), so ssi only ever sees keys that passed it.
     let key = did::resolve_offline(vm)?;
+    // ssi reads these as xsd dates and panics on a year past i32 (xsd-types `unwrap`s it)
+    for field in ["created", "expires"] {
+        match &proof[field] {
+            Value::Null => {}
+            Value::String(t) if chrono::DateTime::parse_from_rfc3339(t).is_ok() => {}
+            _ => {
+                return Err(CryptoError::Malformed(format!(
+                    "the proof's {field} is not an RFC 3339 date-time"
+                )))
+            }
+        }
+    }
     precheck(unsecured, proof, work)?;
     if ed25519_2018 {
         return verify_ed25519_signature_2018(unsecured, proof, &key);
@@ -739,14 +751,34 @@ async fn run_within<T: Send + 'static>(
     let cancelled = Arc::new(AtomicBool::new(false));
     let _cancel_on_drop = CancelOnDrop(cancelled.clone());
     let limits = b.limits.clone();
-    tokio::task::spawn_blocking(move || {
-        // The slot is released when the work ends, not when the caller stops waiting for it.
-        let _slot = slot;
-        f(&mut Work::new(&limits, Some(&cancelled)))
-    })
-    .await
-    .map_err(|e| CryptoError::Malformed(format!("verification task: {e}")))?
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // A thread of its own rather than the blocking pool: JSON-LD expansion recurses with large
+    // frames (objects nested 14 deep overflowed a 2 MiB stack in a debug build, and an overflow
+    // aborts the process); stack pages are only committed as they are used.
+    std::thread::Builder::new()
+        .name("idstack-jsonld".into())
+        .stack_size(JSONLD_STACK_BYTES)
+        .spawn(move || {
+            // The slot is released when the work ends, not when the caller stops waiting for it.
+            let _slot = slot;
+            let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                f(&mut Work::new(&limits, Some(&cancelled)))
+            }));
+            let _ = tx.send(done);
+        })
+        .map_err(|e| CryptoError::Busy(format!("no thread for JSON-LD work: {e}")))?;
+    match rx.await {
+        Ok(Ok(result)) => result,
+        // the panic's message went to the log (the panic hook); the caller is told less
+        _ => Err(CryptoError::Malformed(
+            "the JSON-LD processing of this document failed".into(),
+        )),
+    }
 }
+
+/// Stack of a JSON-LD work thread ([`run_within`]): documents nest at most [`MAX_NESTING`] deep,
+/// which takes a few MiB in a debug build.
+const JSONLD_STACK_BYTES: usize = 32 << 20;
 
 fn too_complex(what: impl std::fmt::Display) -> CryptoError {
     CryptoError::TooComplex(what.to_string())
@@ -828,6 +860,11 @@ const MAX_PROOF_VALUE: usize = 128;
 /// context for each node under a type-scoped context, so expansion costs nodes × context size,
 /// before any work bound. Credentials hold tens.
 const MAX_OBJECTS: usize = 1000;
+/// Deepest nesting of objects and arrays in a document, from its root (a presentation's
+/// credentials included): JSON-LD expansion recurses per level with large frames, so the
+/// nesting bounds the stack a document takes ([`JSONLD_STACK_BYTES`]). A credential rarely nests
+/// more than 8.
+const MAX_NESTING: usize = 32;
 /// The context URLs a document may name, each spelled exactly as here (the loader compares IRIs
 /// normalised — percent-decoded, dot segments removed — so a list of refused spellings could be
 /// walked around): ssi's bundled credential, security and vocabulary contexts, and idstack's own
@@ -877,36 +914,22 @@ const KNOWN_CONTEXTS: [&str; 25] = [
 ///
 /// Also bounded here, before ssi sees it: a proof's `proofValue` ([`MAX_PROOF_VALUE`]).
 fn check_plain_json(document: &Value) -> CryptoResult<()> {
-    plain(document, true, &mut Counts::default())
+    plain(document, true, 0, &mut Counts::default())
 }
 
-/// A document as ssi takes it, once its numbers are ones ssi can carry ([`check_numbers`]).
+/// A document as ssi takes it, once ssi can serialize it again. ssi 0.16 keeps JSON numbers as
+/// their text (serde_json's `arbitrary_precision`, which ssi turns on) and its expansion
+/// `unwrap`s their serialization (ssi-data-integrity-core `document.rs`), which fails for a
+/// number written without a fraction outside i64/u64: `1e2`, `5e-1`, `1e400`. The same
+/// serialization is run here first, so such a document is refused instead of panicking ssi.
 fn ld_document(v: Value) -> CryptoResult<DataIntegrityDocument> {
-    check_numbers(&v)?;
-    serde_json::from_value(v).map_err(err)
-}
-
-/// ssi 0.16 keeps JSON numbers as json-number text and panics (an `unwrap` in
-/// ssi-data-integrity-core's expansion) on one it cannot serialize again: written without a
-/// decimal point and outside i64/u64, such as `1e20` or `1e-7`. Such a number is refused before a
-/// document reaches ssi.
-fn check_numbers(v: &Value) -> CryptoResult<()> {
-    match v {
-        Value::Number(n) if !(n.is_i64() || n.is_u64()) => {
-            let Some(f) = n.as_f64() else { return Ok(()) };
-            match ssi::json_ld::syntax::NumberBuf::try_from(f) {
-                Ok(j) if !(j.has_decimal_point() || j.as_i64().is_some() || j.as_u64().is_some()) => {
-                    Err(err(format!(
-                        "the number {n} cannot be carried through JSON-LD canonicalization here (an exponent without a fraction, outside 64-bit integers)"
-                    )))
-                }
-                _ => Ok(()),
-            }
-        }
-        Value::Array(a) => a.iter().try_for_each(check_numbers),
-        Value::Object(o) => o.values().try_for_each(check_numbers),
-        _ => Ok(()),
-    }
+    let doc: DataIntegrityDocument = serde_json::from_value(v).map_err(err)?;
+    ssi::json_ld::syntax::to_value(&doc).map_err(|e| {
+        err(format!(
+            "a value JSON-LD canonicalization here cannot carry ({e}): numbers outside 64-bit integers need a fraction"
+        ))
+    })?;
+    Ok(doc)
 }
 
 /// What [`check_plain_json`] has met so far.
@@ -967,7 +990,10 @@ fn plain_context(c: &Value, counts: &mut Counts) -> CryptoResult<()> {
 }
 
 /// [`check_plain_json`] of `v`; `root`: a place where an `@context` may stand.
-fn plain(v: &Value, root: bool, counts: &mut Counts) -> CryptoResult<()> {
+fn plain(v: &Value, root: bool, depth: usize, counts: &mut Counts) -> CryptoResult<()> {
+    if matches!(v, Value::Object(_) | Value::Array(_)) && depth >= MAX_NESTING {
+        return refuse_json_ld(format!("objects and arrays nested over {MAX_NESTING} deep"));
+    }
     match v {
         Value::Object(o) => {
             counts.objects += 1;
@@ -992,11 +1018,11 @@ fn plain(v: &Value, root: bool, counts: &mut Counts) -> CryptoResult<()> {
                 }
                 // a proof, and a credential a presentation embeds, are documents of their own
                 let child_root = matches!(k.as_str(), "proof" | "verifiableCredential");
-                plain(v, child_root, counts)?;
+                plain(v, child_root, depth + 1, counts)?;
             }
             Ok(())
         }
-        Value::Array(a) => a.iter().try_for_each(|x| plain(x, root, counts)),
+        Value::Array(a) => a.iter().try_for_each(|x| plain(x, root, depth + 1, counts)),
         _ => Ok(()),
     }
 }
@@ -1218,13 +1244,18 @@ mod tests {
             c
         };
         let vc = issue_credential(&issuer, &vm, cred(json!(1)), now).unwrap();
-        for bad in [json!(1e20), json!(1e-7), json!(-1e21), json!(1e300)] {
+        // as received: a number keeps its text (serde_json's arbitrary_precision, which ssi
+        // turns on), so `1e2` is not `100`
+        for text in [
+            "1e20", "1e-7", "-1e21", "1e300", "1e2", "5e-1", "1E2", "1e+2", "1e400",
+        ] {
+            let bad: Value = serde_json::from_str(text).unwrap();
             let mut t = vc.clone();
             t["credentialSubject"]["a"] = bad.clone();
             let got = std::panic::catch_unwind(|| verify_credential(&t, now))
                 .unwrap_or_else(|_| panic!("verifying {bad} panicked"));
             assert!(
-                got.unwrap_err().to_string().contains("cannot be carried"),
+                got.unwrap_err().to_string().contains("cannot carry"),
                 "{bad}"
             );
             let got =
@@ -1242,6 +1273,80 @@ mod tests {
             let v = issue_credential(&issuer, &vm, cred(fine.clone()), now).unwrap();
             verify_credential(&v, now).unwrap();
         }
+        // a proof date ssi would read as a year past i32 (xsd-types unwraps it)
+        for created in [
+            json!("99999999999-01-01T00:00:00Z"),
+            json!(5),
+            json!("yesterday"),
+        ] {
+            let mut t = vc.clone();
+            t["proof"]["created"] = created.clone();
+            let got = std::panic::catch_unwind(|| verify_credential(&t, now))
+                .unwrap_or_else(|_| panic!("verifying created {created} panicked"));
+            assert!(got.is_err(), "{created}");
+        }
+    }
+
+    /// JSON-LD expansion recursed deep enough to overflow a 2 MiB blocking-pool stack (an abort,
+    /// not a panic) for objects nested 14 deep in a debug build: the work runs on threads with a
+    /// larger stack, documents nest at most [`MAX_NESTING`] deep, and the deepest allowed
+    /// credential and presentation are signed and verified there.
+    #[tokio::test]
+    async fn deeply_nested_documents_are_refused_and_the_deepest_allowed_fit_the_stack() {
+        let now = 1_800_000_000;
+        let issuer = SigningKey::generate(KeyType::Ed25519);
+        let vm = did::verification_method(&did::did_key(&issuer.verifying_key()));
+        let holder = SigningKey::generate(KeyType::Ed25519);
+        let hvm = did::verification_method(&did::did_key(&holder.verifying_key()));
+        // `levels` objects {"b": …} around 1 as claim `a`: its innermost object is at depth
+        // levels + 1 in the credential, levels + 3 in a presentation
+        let nested = |levels: usize| (0..levels).fold(json!(1), |inner, _| json!({ "b": inner }));
+        let cred = move |a: Value| {
+            let mut c = Map::new();
+            c.insert("type".into(), json!(["VerifiableCredential", "X"]));
+            c.insert(
+                "credentialSubject".into(),
+                json!({"id": "did:example:h", "a": a}),
+            );
+            c
+        };
+        let sign = |levels: usize| {
+            let (issuer, vm, c) = (issuer.clone(), vm.clone(), cred(nested(levels)));
+            run_in_slot(move || issue_credential(&issuer, &vm, c, now))
+        };
+        let deepest = sign(MAX_NESTING - 2).await.unwrap().unwrap();
+        verify_credential_bounded(deepest.clone(), now)
+            .await
+            .unwrap();
+        let c = sign(MAX_NESTING - 4).await.unwrap().unwrap();
+        let (h, v) = (holder.clone(), hvm.clone());
+        let vp = run_in_slot(move || issue_presentation(&h, &v, &[c], "n", "d", now))
+            .await
+            .unwrap()
+            .unwrap();
+        verify_presentation_bounded(vp, Some("n".into()), Some("d".into()), now)
+            .await
+            .unwrap();
+        // the deepest credential is two levels too deep in a presentation
+        let (h, v, d) = (holder.clone(), hvm.clone(), deepest.clone());
+        let vp = run_in_slot(move || issue_presentation(&h, &v, &[d], "n", "d", now))
+            .await
+            .unwrap()
+            .unwrap();
+        let got = verify_presentation_bounded(vp, Some("n".into()), Some("d".into()), now).await;
+        refused_as_not_plain(got.map(|(d, _)| json!(d)), "nested", "presentation");
+        let mut deeper = deepest.clone();
+        deeper["credentialSubject"]["a"] = nested(MAX_NESTING - 1);
+        refused_as_not_plain(verify_credential(&deeper, now), "nested", "objects");
+        let arrays: Value = serde_json::from_str(&format!(
+            "{}1{}",
+            "[".repeat(MAX_NESTING),
+            "]".repeat(MAX_NESTING)
+        ))
+        .unwrap();
+        deeper["credentialSubject"]["a"] = arrays;
+        refused_as_not_plain(verify_credential(&deeper, now), "nested", "arrays");
+        assert!(sign(MAX_NESTING - 1).await.unwrap().is_err());
     }
 
     #[test]
