@@ -380,8 +380,25 @@ async fn nonce_replay_and_proof_checks() {
         "{e}"
     );
 
-    // batch: three proofs → three credentials
+    // batch: two proofs on one key are refused before the c_nonce is used
     let n = nonce(&s, "default").await;
+    let twice = vec![
+        proof(&holder, &aud, &n, false),
+        proof(&holder, &aud, &n, false),
+    ];
+    let (st, e) = credential(
+        &s,
+        "default",
+        &at2,
+        json!({"credential_configuration_id": cfg, "proofs": {"jwt": twice}}),
+    )
+    .await;
+    assert_eq!(
+        (st, e["error"].as_str()),
+        (400, Some("invalid_proof")),
+        "{e}"
+    );
+    // three proofs → three credentials
     let keys: Vec<SigningKey> = (0..3)
         .map(|_| SigningKey::generate(KeyType::Ed25519))
         .collect();

@@ -30,6 +30,15 @@ impl IssuerService {
             if !nonces.contains(&nonce) {
                 nonces.push(nonce);
             }
+            // a batch is for credentials that cannot be linked by their key: one key per
+            // credential (a repeated proof would only buy copies on one key)
+            if holders.iter().any(|(k, _)| *k == vk) {
+                return Err(InvalidProof
+                    .because(
+                        "two proofs for one key: each credential of a batch needs a key of its own",
+                    )
+                    .into());
+            }
             holders.push((vk, holder_did));
         }
         // Each c_nonce is single-use: use it before issuing anything.
