@@ -717,6 +717,9 @@ impl Default for ClusterConfig {
     }
 }
 
+/// Highest `jsonld.max_recursion_depth` accepted.
+pub const MAX_JSONLD_RECURSION: usize = 256;
+
 /// Limits on verifying Data Integrity (JSON-LD) credentials and presentations, whose RDF
 /// canonicalization is exponential in the worst case (src/crypto/di.rs; docs/security.md).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1033,6 +1036,12 @@ impl Config {
                 "jsonld.*: every limit must be positive (max_concurrent 0 = one per CPU)".into(),
             ));
         }
+        // the recursion runs on a JSON-LD thread's stack (crypto::di): a bound it can hold
+        if j.max_recursion_depth > MAX_JSONLD_RECURSION {
+            return Err(ConfigError::Invalid(format!(
+                "jsonld.max_recursion_depth must be at most {MAX_JSONLD_RECURSION}"
+            )));
+        }
         Ok(Settings {
             raw: self,
             bind,
@@ -1253,6 +1262,13 @@ mod tests {
         let mut c = Config::default();
         c.admin.tokens = vec![Secret::new("short")];
         assert!(c.finish().is_err());
+        // a canonicalization recursion the JSON-LD threads' stack could not hold
+        let mut c = Config::default();
+        c.jsonld.max_recursion_depth = MAX_JSONLD_RECURSION + 1;
+        assert!(c.finish().unwrap_err().to_string().contains("at most"));
+        let mut c = Config::default();
+        c.jsonld.max_recursion_depth = MAX_JSONLD_RECURSION;
+        assert!(c.finish().is_ok());
     }
 
     #[test]

@@ -145,6 +145,7 @@ impl TrustAnchors {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let (key, leaf) = self.chain_key(&der, now)?;
+        check_issuer_signer(&leaf)?;
         if !leaf_names(&leaf, iss)? {
             return Err(format!(
                 "the x5c leaf certificate does not name the issuer {iss} (SAN URI or DNS name)"
@@ -366,12 +367,19 @@ fn extension<'a>(c: &'a Certificate, oid: &str) -> Option<&'a x509_cert::ext::Ex
         .find(|e| oid_str(&e.extn_id) == oid)
 }
 
+/// Unknown critical extensions, and any extension twice (RFC 5280 §4.2: a certificate MUST NOT
+/// include more than one instance of an extension; the first would be read, the other ignored).
 fn check_critical(c: &Certificate) -> Result<(), String> {
+    let mut seen: Vec<String> = Vec::new();
     for e in c.tbs_certificate.extensions.iter().flatten() {
         let id = oid_str(&e.extn_id);
         if e.critical && !KNOWN_CRITICAL.contains(&id.as_str()) {
             return Err(format!("unknown critical extension {id}"));
         }
+        if seen.contains(&id) {
+            return Err(format!("extension {id} appears twice"));
+        }
+        seen.push(id);
     }
     Ok(())
 }
@@ -390,7 +398,7 @@ fn decoded<'a, T: x509_cert::der::Decode<'a>>(
 /// The key identifiers of the authorities over a verified chain: DCQL `trusted_authorities` of
 /// type `aki`, and a verifier's `aki:` entries in `trusted_issuers`, name one of these. Only
 /// identifiers that stand for a key that signed something in the path count: the configured
-/// anchor's own Subject Key Identifier (the operator chose that certificate), and for each CA
+/// anchor's own Subject Key Identifier when it is a hash of the anchor's key, and for each CA
 /// above the leaf (the anchor included) the RFC 5280 method-1 key identifier computed from its
 /// public key. Never an identifier a certificate merely declares for another (a leaf's Authority
 /// Key Identifier, an intermediate's Subject Key Identifier): any trusted CA could write another
@@ -398,7 +406,7 @@ fn decoded<'a, T: x509_cert::der::Decode<'a>>(
 pub fn authority_key_ids(path: &ChainPath) -> Vec<Vec<u8>> {
     use sha1::Digest as _;
     let mut out: Vec<Vec<u8>> = Vec::new();
-    out.extend(path.above.last().and_then(subject_key_id));
+    out.extend(path.above.last().and_then(own_subject_key_id));
     for c in &path.above {
         let spk = c
             .tbs_certificate
@@ -411,6 +419,28 @@ pub fn authority_key_ids(path: &ChainPath) -> Vec<Vec<u8>> {
     out.sort();
     out.dedup();
     out
+}
+
+/// An anchor's Subject Key Identifier when it identifies the anchor's own key: a hash of its
+/// public key by one of the usual methods (RFC 5280 §4.2.1.2 method 1, RFC 7093 methods 1–4).
+/// Any other value is merely declared, and another trusted CA could declare the same.
+fn own_subject_key_id(c: &Certificate) -> Option<Vec<u8>> {
+    use sha2::Digest as _;
+    let ski = subject_key_id(c)?;
+    let spki = &c.tbs_certificate.subject_public_key_info;
+    let spk = spki.subject_public_key.raw_bytes();
+    let spki_der = x509_cert::der::Encode::to_der(spki).ok()?;
+    let t = |d: &[u8]| d[..20].to_vec();
+    let own = [
+        sha1::Sha1::digest(spk).to_vec(),
+        t(&sha2::Sha256::digest(spk)),
+        t(&sha2::Sha384::digest(spk)),
+        t(&sha2::Sha512::digest(spk)),
+        t(&sha2::Sha256::digest(&spki_der)),
+        t(&sha2::Sha384::digest(&spki_der)),
+        t(&sha2::Sha512::digest(&spki_der)),
+    ];
+    own.contains(&ski).then_some(ski)
 }
 
 /// A certificate's Subject Key Identifier, when it has one that decodes.
@@ -491,20 +521,39 @@ fn check_ca(c: &Certificate, below: usize) -> Result<(), String> {
 /// digitalSignature. Anything else under the same anchor (an SD-JWT issuer's or a TLS server's
 /// certificate, an intermediate, the IACA itself) does not sign MSOs.
 pub fn check_document_signer(c: &Certificate) -> Result<(), String> {
-    let bc: Option<BasicConstraints> = decoded(c, OID_BASIC_CONSTRAINTS, "basicConstraints")?;
-    if bc.is_some_and(|bc| bc.ca) {
-        return Err("a CA certificate is not a document signer".into());
-    }
-    let ku: Option<KeyUsage> = decoded(c, OID_KEY_USAGE, "keyUsage")?;
-    if ku.is_some_and(|ku| !ku.digital_signature()) {
-        return Err("the document signer's keyUsage lacks digitalSignature".into());
-    }
+    check_end_entity_signer(c, "a document signer")?;
     let eku: ExtendedKeyUsage = decoded(c, OID_EXT_KEY_USAGE, "extendedKeyUsage")?
         .ok_or("the certificate has no extendedKeyUsage: not an mdoc document signer")?;
     if !eku.0.iter().any(|o| oid_str(o) == OID_MDL_DS) {
         return Err(format!(
             "the certificate's extendedKeyUsage lacks mdlDS ({OID_MDL_DS}): not an mdoc document signer"
         ));
+    }
+    Ok(())
+}
+
+/// An SD-JWT VC issuer's leaf certificate signs credentials: not a CA, keyUsage (when present)
+/// allows digitalSignature, and not an mdoc document signer's (a document signer under a trusted
+/// IACA signs MSOs for its IACA's country, not SD-JWT VCs).
+fn check_issuer_signer(c: &Certificate) -> Result<(), String> {
+    check_end_entity_signer(c, "an issuer's signing certificate")?;
+    let eku: Option<ExtendedKeyUsage> = decoded(c, OID_EXT_KEY_USAGE, "extendedKeyUsage")?;
+    if eku.is_some_and(|eku| eku.0.iter().any(|o| oid_str(o) == OID_MDL_DS)) {
+        return Err("the x5c leaf is an mdoc document signer's certificate".into());
+    }
+    Ok(())
+}
+
+/// A certificate that signs data, not certificates: not a CA, and keyUsage (when present) allows
+/// digitalSignature. `what` names the role in errors.
+fn check_end_entity_signer(c: &Certificate, what: &str) -> Result<(), String> {
+    let bc: Option<BasicConstraints> = decoded(c, OID_BASIC_CONSTRAINTS, "basicConstraints")?;
+    if bc.is_some_and(|bc| bc.ca) {
+        return Err(format!("a CA certificate is not {what}"));
+    }
+    let ku: Option<KeyUsage> = decoded(c, OID_KEY_USAGE, "keyUsage")?;
+    if ku.is_some_and(|ku| !ku.digital_signature()) {
+        return Err(format!("the keyUsage of {what} lacks digitalSignature"));
     }
     Ok(())
 }
@@ -516,8 +565,16 @@ fn leaf_names(leaf: &Certificate, iss: &str) -> Result<bool, String> {
     };
     let san = SubjectAltName::from_der(ext.extn_value.as_bytes())
         .map_err(|e| format!("subjectAltName: {e}"))?;
+    // a DNS name speaks for an https issuer on that host: not one with user-info
+    // (`https://issuer.example@evil.example` is evil.example's) or on another port
     let host = reqwest::Url::parse(iss)
         .ok()
+        .filter(|u| {
+            u.scheme() == "https"
+                && u.username().is_empty()
+                && u.password().is_none()
+                && u.port().is_none()
+        })
         .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
     Ok(san.0.iter().any(|n| match n {
         GeneralName::UniformResourceIdentifier(u) => u.as_str() == iss,

@@ -1127,13 +1127,15 @@ async fn consistent_single_use_needs_a_majority_and_a_minority_keeps_the_code_us
     assert_eq!(r.status(), 503);
     assert!(r.headers().get("retry-after").is_some());
     let e: Value = r.json().await.unwrap();
+    // the client is told the store is unavailable; why (and the cluster's size) is in the log
     assert!(
         e["error_description"]
             .as_str()
             .unwrap()
-            .contains("consistent"),
+            .contains("temporarily unavailable"),
         "{e}"
     );
+    assert!(c.log().contains("consistent"), "{}", c.log());
     // everything else is still served on the minority side
     let r = c
         .anon()

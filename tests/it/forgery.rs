@@ -526,10 +526,19 @@ async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
     .await;
 
     // 9. Status: no status reference while the session requires one; a status list that is not
-    //    signed by the credential's issuer (the attacker points at the real issuer's list).
+    //    signed by the credential's issuer (the attacker points at the real issuer's list). A
+    //    verifier trusting the attacker's issuer: an untrusted issuer's status is not checked.
+    let r = s
+        .admin()
+        .post_resp(
+            "/api/verifiers",
+            &json!({"id": "trusts-a", "signing_key_type": "P-256", "trusted_issuers": [a_did]}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
     let mut q = sd_query();
     q["require_status"] = json!(true);
-    let req = open(&s, "default", q).await;
+    let req = open(&s, "trusts-a", q).await;
     refused(
         &s,
         &req,
@@ -546,7 +555,7 @@ async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
         &holder,
         json!({"status": victim["status"].clone()}),
     );
-    let req = open(&s, "default", sd_query()).await;
+    let req = open(&s, "trusts-a", sd_query()).await;
     refused(
         &s,
         &req,

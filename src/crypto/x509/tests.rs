@@ -249,3 +249,90 @@ fn a_remembered_anchor_signature_keeps_every_other_check() {
     let (forged, _) = leaf(&impostor, vec![dns("issuer.example")], |_| {});
     assert!(anchors.leaf_key(&[forged], ISS, NOW).is_err());
 }
+
+/// An SD-JWT issuer's x5c leaf signs credentials, and names the issuer as a URL a person reads
+/// the same way (attacker review): not a CA or an mdoc document signer, no user-info or other
+/// port matched by a DNS name, no extension twice.
+#[test]
+fn an_issuer_leaf_is_a_signing_certificate_that_names_the_issuer_plainly() {
+    let root = ca("root", None);
+    let anchors = TrustAnchors::from_pem(root.cert.pem().as_bytes()).unwrap();
+    let err = |chain: &[String], iss: &str| anchors.leaf_key(chain, iss, NOW).unwrap_err();
+    let (good, _) = leaf(&root, vec![dns("issuer.example")], |_| {});
+    assert!(anchors
+        .leaf_key(std::slice::from_ref(&good), ISS, NOW)
+        .is_ok());
+    for iss in [
+        "https://issuer.gov@issuer.example/",
+        "https://issuer.example:8443/tenant",
+        "http://issuer.example/tenant",
+    ] {
+        assert!(
+            err(std::slice::from_ref(&good), iss).contains("does not name"),
+            "{iss}"
+        );
+    }
+    let (ca_leaf, _) = leaf(&root, vec![dns("issuer.example")], |p| {
+        p.is_ca = IsCa::Ca(Bc::Unconstrained);
+    });
+    assert!(err(&[ca_leaf], ISS).contains("CA certificate"));
+    let (no_signing, _) = leaf(&root, vec![dns("issuer.example")], |p| {
+        p.key_usages = vec![KeyUsagePurpose::KeyEncipherment];
+    });
+    assert!(err(&[no_signing], ISS).contains("digitalSignature"));
+    let (ds, _) = leaf(&root, vec![dns("issuer.example")], |p| {
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::Other(vec![
+            1, 0, 18013, 5, 1, 2,
+        ])];
+    });
+    assert!(err(&[ds], ISS).contains("document signer"));
+    let (twice, _) = leaf(&root, vec![dns("issuer.example")], |p| {
+        let ext = rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 17], {
+            // subjectAltName { dNSName "issuer.example" }, the same extension again
+            let name = b"issuer.example";
+            let mut v = vec![0x30, (name.len() + 2) as u8, 0x82, name.len() as u8];
+            v.extend_from_slice(name);
+            v
+        });
+        p.custom_extensions = vec![ext];
+    });
+    assert!(err(&[twice], ISS).contains("twice"));
+}
+
+/// An anchor's Subject Key Identifier names it (for `aki:` trust) only when it is a hash of its
+/// own key: a trusted IACA that declares another's identifier does not pass for that one.
+#[test]
+fn an_anchors_declared_key_identifier_counts_only_when_it_is_its_own() {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, "B");
+    p.is_ca = IsCa::Ca(Bc::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(vec![0xAA; 20]);
+    let b = Ca {
+        cert: p.self_signed(&key).unwrap(),
+        key,
+    };
+    let anchors = TrustAnchors::from_pem(b.cert.pem().as_bytes()).unwrap();
+    let (l, _) = leaf(&b, vec![dns("issuer.example")], |_| {});
+    use base64::Engine;
+    let der = base64::engine::general_purpose::STANDARD.decode(l).unwrap();
+    let path = anchors.chain_path(&[der], NOW).unwrap();
+    let ids = authority_key_ids(&path);
+    assert!(
+        !ids.contains(&vec![0xAA; 20]),
+        "a declared identifier counted"
+    );
+    assert!(!ids.is_empty());
+    // rcgen's own identifier (a hash of the key) does count
+    let own = ca("root", None);
+    let anchors = TrustAnchors::from_pem(own.cert.pem().as_bytes()).unwrap();
+    let (l, _) = leaf(&own, vec![dns("issuer.example")], |_| {});
+    let der = base64::engine::general_purpose::STANDARD.decode(l).unwrap();
+    let path = anchors.chain_path(&[der], NOW).unwrap();
+    let ski = subject_key_id(path.above.last().unwrap()).unwrap();
+    assert!(authority_key_ids(&path).contains(&ski));
+}
