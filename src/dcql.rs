@@ -53,6 +53,14 @@ fn check_shape(q: &Value) -> Result<(), String> {
         .flatten()
         .filter_map(|c| c["id"].as_str())
         .collect();
+    // the vp_token is keyed by these ids: a second query of one id would go unanswered
+    if let Some(dup) = query_ids
+        .iter()
+        .enumerate()
+        .find_map(|(i, id)| query_ids[..i].contains(id).then_some(id))
+    {
+        return Err(format!("dcql_query: duplicate credential query id `{dup}`"));
+    }
     for cq in q["credentials"].as_array().into_iter().flatten() {
         let id = cq["id"].as_str().unwrap_or("?");
         let bad = |what: &str| format!("dcql_query: credential query `{id}`: {what}");

@@ -73,6 +73,18 @@ pub async fn resolve_request(http: &reqwest::Client, uri: &str) -> ClientResult<
         return Err(ClientError::Remote("response_type must be vp_token".into()));
     }
     check_query_bounds(&payload)?;
+    // they are shown, recorded in the history and posted to: no longer than a real one
+    for (name, v) in [
+        ("client_id", Some(outer_client_id.as_str())),
+        ("response_uri", payload["response_uri"].as_str()),
+        ("redirect_uri", payload["redirect_uri"].as_str()),
+    ] {
+        if v.is_some_and(|v| v.len() > MAX_URI_CHARS) {
+            return Err(ClientError::Remote(format!(
+                "{name} is over {MAX_URI_CHARS} characters"
+            )));
+        }
+    }
     let resolved = ResolvedRequest {
         client_id: outer_client_id,
         params: payload,
@@ -81,6 +93,9 @@ pub async fn resolve_request(http: &reqwest::Client, uri: &str) -> ClientResult<
     check_response_uri(&resolved)?;
     Ok(resolved)
 }
+
+/// Longest `client_id`, `response_uri` or `redirect_uri` a request may carry.
+const MAX_URI_CHARS: usize = 2048;
 
 /// Most input descriptors, and fields per descriptor, of a presentation definition a wallet
 /// matches against what it holds (DCQL's bounds: [`crate::dcql::check_query`]).
@@ -502,5 +517,35 @@ mod tests {
             json!({"credentials": [{"id": "q", "format": "dc+sd-jwt", "claims": [{"id": "c0", "path": ["x"]}], "claim_sets": [["c0"]]}]}),
         );
         resolve_request(&http, &by_value(ok)).await.unwrap();
+        // two credential queries of one id (the vp_token answers one of them)
+        let twice = (
+            "dcql_query",
+            json!({"credentials": [{"id": "q", "format": "dc+sd-jwt"}, {"id": "q", "format": "jwt_vc_json"}]}),
+        );
+        let e = resolve_request(&http, &by_value(twice)).await.unwrap_err();
+        assert!(e.to_string().contains("duplicate"), "{e}");
+    }
+
+    /// A client_id or response_uri is shown, recorded in the wallet's history and posted to:
+    /// one of 500 KB made each presentation attempt store half a megabyte (attacker review).
+    #[tokio::test]
+    async fn an_oversized_client_id_is_refused_when_the_request_is_resolved() {
+        let http = reqwest::Client::new();
+        let cb = format!("https://rp.example/{}", "a".repeat(MAX_URI_CHARS));
+        let uri = serde_urlencoded::to_string([
+            ("client_id", format!("redirect_uri:{cb}")),
+            ("response_uri", cb.clone()),
+            ("response_type", "vp_token".to_string()),
+            ("response_mode", "direct_post".to_string()),
+            ("nonce", "n".to_string()),
+            (
+                "dcql_query",
+                json!({"credentials": [{"id": "q", "format": "dc+sd-jwt"}]}).to_string(),
+            ),
+        ])
+        .map(|q| format!("openid4vp://?{q}"))
+        .unwrap();
+        let e = resolve_request(&http, &uri).await.unwrap_err();
+        assert!(e.to_string().contains("characters"), "{e}");
     }
 }

@@ -1213,5 +1213,17 @@ mod credential_cap_tests {
             .map(|e| e.at)
             .collect();
         assert_eq!(listed, [7, 6, 5]);
+        // what the other party chose is kept bounded
+        let long = crate::roles::wallet::model::HistoryEntry {
+            at: 9,
+            kind: "present".into(),
+            counterparty: "v".repeat(500_000),
+            credential_ids: Vec::new(),
+            outcome: format!("rejected: {}", "e".repeat(500_000)),
+        };
+        svc.record_keeping(&owner, long, 3).await.unwrap();
+        let h = svc.history(&owner).await.unwrap();
+        assert!(h[0].counterparty.len() <= 4 * crate::roles::wallet::credentials::MAX_HISTORY_TEXT);
+        assert!(h[0].outcome.len() <= 4 * crate::roles::wallet::credentials::MAX_HISTORY_TEXT);
     }
 }

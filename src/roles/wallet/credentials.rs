@@ -62,6 +62,8 @@ fn full() -> WalletError {
         "this wallet holds {MAX_CREDENTIALS} credentials, the most it can: delete some first"
     ))
 }
+/// Longest counterparty and outcome text a history entry keeps, in bytes (then clipped).
+pub const MAX_HISTORY_TEXT: usize = 512;
 pub const MAX_CREDENTIALS: usize = 500;
 
 impl WalletService {
@@ -200,6 +202,13 @@ impl WalletService {
         entry: HistoryEntry,
         keep: usize,
     ) -> WalletResult<()> {
+        // what the other party chose (its client_id, its error text) is kept bounded
+        let mut entry = entry;
+        for text in [&mut entry.counterparty, &mut entry.outcome] {
+            if text.len() > MAX_HISTORY_TEXT {
+                *text = crate::crypto::mdoc::clip_to(text, MAX_HISTORY_TEXT);
+            }
+        }
         let key = format!(
             "{}/{:020}-{}",
             owner.id(),
