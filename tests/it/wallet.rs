@@ -168,6 +168,55 @@ async fn receive_and_present_every_format_with_selective_disclosure() {
     assert_eq!(history.len(), 6);
     assert_eq!(history[0]["kind"], "present");
 
+    // DCQL credential_sets: one option per required set (the first this wallet answers: no
+    // mDL here, so the PID), an optional set only when selected
+    let sets_query = json!({"dcql_query": {"credentials": [
+            {"id": "mdl", "format": "mso_mdoc", "meta": {"doctype_value": "org.iso.18013.5.1.mDL"}},
+            {"id": "pid", "format": "dc+sd-jwt", "meta": {}, "claims": [{"path": ["family_name"]}]},
+            {"id": "mail", "format": "jwt_vc_json", "meta": {"type_values": [["VerifiableCredential"]]},
+                "claims": [{"path": ["credentialSubject", "email"]}]}],
+        "credential_sets": [{"options": [["mdl"], ["pid"]]}, {"required": false, "options": [["mail"]]}]}});
+    let jwt_vc = all.iter().find(|c| c["format"] == "jwt_vc_json").unwrap()["id"].clone();
+    for (selections, presented) in [(json!({}), 1), (json!({"mail": jwt_vc}), 2)] {
+        let sess = verify_session(&s, sets_query.clone()).await;
+        let req = sess["authorization_request"].as_str().unwrap();
+        let matches: Value = u
+            .send(
+                &s,
+                M::POST,
+                "/exchange/resolve-request",
+                Some(json!({"request": req})),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(matches["satisfiable"], true, "{matches}");
+        let r = u
+            .send(
+                &s,
+                M::POST,
+                "/exchange/present",
+                Some(json!({"request": req, "selections": selections,
+                    "request_digest": matches["request_digest"]})),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        let out: Value = r.json().await.unwrap();
+        assert_eq!(
+            out["presented"].as_array().unwrap().len(),
+            presented,
+            "{out}"
+        );
+        let result = session_result(&s, sess["id"].as_str().unwrap()).await;
+        assert_eq!(result["verified"], true, "{result}");
+        assert_eq!(
+            result["credentials"].as_array().unwrap().len(),
+            presented,
+            "{result}"
+        );
+    }
+
     // status check follows revocation at the issuer
     let status: Value = u
         .send(

@@ -132,14 +132,20 @@ impl WalletService {
         let req = oid4vp::resolve_request(&self.ctx.http, request).await?;
         let held = self.held(viewer).await?;
         let mut matches = Map::new();
-        let mut satisfiable = true;
+        // with credential_sets: whether every required set has an option this wallet answers
+        let mut asks = Asks::of(&req);
+        let mut satisfiable = match asks.as_mut() {
+            Some(a) if a.sets.is_some() => a.narrow_to_sets(&held, &Map::new()).is_ok(),
+            _ => true,
+        };
+        let by_sets = asks.as_ref().is_some_and(|a| a.sets.is_some());
         for ask in Asks::of(&req).map(|a| a.list).unwrap_or_default() {
             let ids: Vec<Value> = held
                 .iter()
                 .filter(|(_, _, v)| ask.matches(v))
                 .map(|(r, _, _)| json!(r.id))
                 .collect();
-            satisfiable &= !ids.is_empty();
+            satisfiable &= by_sets || !ids.is_empty();
             matches.insert(ask.id.to_string(), Value::Array(ids));
         }
         Ok(json!({
@@ -170,11 +176,13 @@ impl WalletService {
         }
         let held = self.held(o).await?;
         let now = self.now();
-        let asks = Asks::of(&req).ok_or_else(|| {
+        let mut asks = Asks::of(&req).ok_or_else(|| {
             WalletError::invalid(
                 "the request carries neither dcql_query nor presentation_definition",
             )
         })?;
+        asks.narrow_to_sets(&held, &input.selections)
+            .map_err(WalletError::invalid)?;
         let mut chosen = Vec::new();
         let mut tokens = Vec::new();
         // The keys are needed for signing only: the session ends before the verifier is called.
@@ -281,6 +289,8 @@ struct Asks<'a> {
     list: Vec<Ask<'a>>,
     /// The presentation definition, when the request uses PEX.
     pex: Option<&'a Value>,
+    /// DCQL `credential_sets`, when the query has them.
+    sets: Option<&'a Vec<Value>>,
 }
 
 /// One DCQL credential query or one PEX input descriptor.
@@ -293,11 +303,11 @@ struct Ask<'a> {
 impl<'a> Asks<'a> {
     /// DCQL when the request has a `dcql_query`, else PEX, else nothing to answer.
     fn of(req: &'a ResolvedRequest) -> Option<Self> {
-        let (items, pex) = if let Some(q) = req.dcql() {
-            (&q["credentials"], None)
+        let (items, pex, sets) = if let Some(q) = req.dcql() {
+            (&q["credentials"], None, q["credential_sets"].as_array())
         } else {
             let pd = req.params.get("presentation_definition")?;
-            (&pd["input_descriptors"], Some(pd))
+            (&pd["input_descriptors"], Some(pd), None)
         };
         let list = items
             .as_array()
@@ -310,7 +320,60 @@ impl<'a> Asks<'a> {
                 pex: pex.is_some(),
             })
             .collect();
-        Some(Self { list, pex })
+        Some(Self { list, pex, sets })
+    }
+
+    /// DCQL `credential_sets` (OpenID4VP 1.0 §6.2): only the credential queries of one option
+    /// per required set are answered — the first option whose every query the caller selected a
+    /// credential for, else the first whose every query a held credential answers — and an
+    /// optional set only when the caller selected credentials for one of its options entirely.
+    /// Without `credential_sets` every query is answered. Err: a required set no option of
+    /// which can be answered.
+    fn narrow_to_sets(
+        &mut self,
+        held: &[HeldCredential],
+        selections: &Map<String, Value>,
+    ) -> Result<(), String> {
+        let Some(sets) = self.sets else {
+            return Ok(());
+        };
+        let answerable = |id: &str| {
+            self.list
+                .iter()
+                .find(|a| a.id == id)
+                .is_some_and(|a| held.iter().any(|(_, _, v)| a.matches(v)))
+        };
+        let mut wanted: Vec<String> = Vec::new();
+        for (n, set) in sets.iter().enumerate() {
+            let options: Vec<Vec<&str>> = set["options"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|o| {
+                    o.as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect()
+                })
+                .collect();
+            let selected = options
+                .iter()
+                .find(|o| o.iter().all(|id| selections.contains_key(*id)));
+            let chosen = if set["required"] == Value::Bool(false) {
+                selected
+            } else {
+                let first = options.iter().find(|o| o.iter().all(|id| answerable(id)));
+                Some(selected.or(first).ok_or_else(|| {
+                    format!(
+                        "no option of required credential set {n} can be answered from this wallet"
+                    )
+                })?)
+            };
+            wanted.extend(chosen.into_iter().flatten().map(|id| id.to_string()));
+        }
+        self.list.retain(|a| wanted.iter().any(|w| w == a.id));
+        Ok(())
     }
 
     /// The vp_token (and, for PEX, the presentation submission) from one presentation per ask.
