@@ -11,7 +11,7 @@ use super::{check_url, ok_body, query_params, send, truncate, ClientError, Clien
 use crate::crypto::{did, jwe, jws, sdjwt, SigningKey};
 use crate::dcql::CredentialView;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ResolvedRequest {
     pub params: Value,
     pub client_id: String,

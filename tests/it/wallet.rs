@@ -622,3 +622,113 @@ async fn accounts_isolation_roles_keys_and_dids() {
     expect_problem(c2.send(&s, M::GET, "/keys", None).await, 404, "not_found").await;
     s.stop();
 }
+
+/// A verifier that answers its `request_uri` with a harmless query to resolve-request and a
+/// greedier one to present (attacker review: present fetched the request again, and without
+/// `request_digest` answered whatever came back): present answers the request that was resolved
+/// and shown, without fetching it again.
+#[tokio::test]
+async fn present_answers_the_request_that_was_resolved() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start().await;
+    let u = WalletUser::signup(&s, "shown@example.org").await;
+    let offer = create_offer(&s, "default", json!({"credential_configuration_ids": ["IdentityCredential_dc_sd_jwt"], "claims": identity()})).await;
+    let (st, body) = u
+        .call(
+            &s,
+            "/exchange/accept-offer",
+            json!({"offer": offer["offer_uri"]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    let ask = |claims: Value| json!({"dcql_query": {"credentials": [{"id": "pid", "format": "dc+sd-jwt", "meta": {}, "claims": claims}]}});
+    let shown = verify_session(&s, ask(json!([{"path": ["family_name"]}]))).await;
+    let greedy = verify_session(
+        &s,
+        ask(json!([{"path": ["family_name"]}, {"path": ["given_name"]}, {"path": ["email"]}])),
+    )
+    .await;
+    let param = |sess: &Value, name: &str| {
+        let url = reqwest::Url::parse(sess["authorization_request"].as_str().unwrap()).unwrap();
+        url.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+            .unwrap()
+    };
+    let object = |sess: &Value| {
+        let uri = param(sess, "request_uri");
+        async move {
+            crate::common::client()
+                .get(uri)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    // the relay: the shown request first, the greedy one after
+    let answers = Arc::new([object(&shown).await, object(&greedy).await]);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = l.accept().await {
+            let n = h.fetch_add(1, Ordering::SeqCst).min(1);
+            let body = answers[n].clone();
+            tokio::spawn(async move {
+                let _ = sock.read(&mut [0u8; 8192]).await;
+                let _ = sock
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/oauth-authz-req+jwt\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    let request = serde_urlencoded::to_string([
+        ("client_id", param(&shown, "client_id")),
+        ("request_uri", format!("http://127.0.0.1:{port}/request")),
+    ])
+    .map(|q| format!("openid4vp://?{q}"))
+    .unwrap();
+    let (st, matches) = u
+        .call(&s, "/exchange/resolve-request", json!({"request": request}))
+        .await;
+    assert_eq!(st, 200, "{matches}");
+    assert_eq!(
+        matches["dcql_query"]["credentials"][0]["claims"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // no request_digest sent: what was resolved is what is answered
+    let (st, out) = u
+        .call(&s, "/exchange/present", json!({"request": request}))
+        .await;
+    assert_eq!(st, 200, "{out}");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the request was fetched again"
+    );
+    let result = session_result(&s, shown["id"].as_str().unwrap()).await;
+    assert_eq!(result["verified"], true, "{result}");
+    let claims = &result["credentials"][0]["claims"];
+    assert!(
+        claims.get("given_name").is_none() && claims.get("email").is_none(),
+        "{claims}"
+    );
+    let result = session_result(&s, greedy["id"].as_str().unwrap()).await;
+    assert_ne!(result["verified"], true, "{result}");
+    s.stop();
+}

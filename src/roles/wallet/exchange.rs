@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 use super::access::{Owner, Viewer};
 use super::credentials::HeldCredential;
 use super::error::{WalletError, WalletResult};
+use super::ks;
 use super::mdoc;
 use super::model::*;
 use super::service::{WalletService, WalletSession};
@@ -130,6 +131,7 @@ impl WalletService {
     /// exactly this request.
     pub async fn resolve_request(&self, viewer: &Viewer, request: &str) -> WalletResult<Value> {
         let req = oid4vp::resolve_request(&self.ctx.http, request).await?;
+        self.keep_resolved(viewer.id(), request, &req).await?;
         let held = self.held(viewer).await?;
         let mut matches = Map::new();
         // with credential_sets: whether every required set has an option this wallet answers
@@ -166,7 +168,16 @@ impl WalletService {
     /// it to the verifier and records the outcome in the history either way.
     pub async fn present(&self, o: &Owner, input: RequestInput) -> WalletResult<Value> {
         let http = &self.ctx.http;
-        let req = oid4vp::resolve_request(http, &input.request).await?;
+        // the request as resolve-request fetched it (what the user was shown), else fetched now
+        let kept = self
+            .ctx
+            .store
+            .get_json::<ResolvedRequest>(ks::RESOLVED, &resolved_key(o.id(), &input.request))
+            .await?;
+        let req = match kept {
+            Some(req) => req,
+            None => oid4vp::resolve_request(http, &input.request).await?,
+        };
         if let Some(shown) = &input.request_digest {
             if *shown != request_digest(&req) {
                 return Err(WalletError::conflict(
@@ -194,6 +205,11 @@ impl WalletService {
             chosen.push(h);
         }
         drop(session);
+        // answered: the next presentation of this link fetches it again
+        self.ctx
+            .store
+            .delete(ks::RESOLVED, &resolved_key(o.id(), &input.request))
+            .await?;
         let used: Vec<String> = chosen.iter().map(|(r, _, _)| r.id.clone()).collect();
         let (vp_token, submission) = asks.vp_token(tokens, &chosen);
         // the unsealed wallet (and its place) is not kept while the verifier answers
@@ -504,6 +520,47 @@ fn pex_match(v: &CredentialView, d: &Value) -> bool {
         };
         root.get(name).is_some()
     })
+}
+
+/// Where a wallet keeps a request it resolved: by a digest of the request text the caller sent.
+fn resolved_key(wallet: &str, request: &str) -> String {
+    format!("{wallet}/{}", crate::crypto::sha256_hex(request.trim()))
+}
+
+/// How long a resolved request is kept for present, in seconds.
+const RESOLVED_TTL_SECS: u64 = 600;
+/// Most resolved requests a wallet keeps at once (past it, present fetches the request again).
+const MAX_RESOLVED: usize = 32;
+
+impl WalletService {
+    /// Keeps `req` as resolve-request fetched it for `request` ([`RESOLVED_TTL_SECS`]): present
+    /// answers exactly what was shown, without fetching the request again. A verifier could
+    /// otherwise answer its `request_uri` with a harmless query to resolve-request and another
+    /// one to present (attacker review); and a `request_uri` some verifiers serve only once still
+    /// works.
+    async fn keep_resolved(
+        &self,
+        wallet: &str,
+        request: &str,
+        req: &ResolvedRequest,
+    ) -> WalletResult<()> {
+        let store = &self.ctx.store;
+        let held = store
+            .count_prefix(ks::RESOLVED, &format!("{wallet}/"), MAX_RESOLVED)
+            .await?;
+        if held >= MAX_RESOLVED {
+            return Ok(());
+        }
+        store
+            .put_json(
+                ks::RESOLVED,
+                &resolved_key(wallet, request),
+                req,
+                Some(std::time::Duration::from_secs(RESOLVED_TTL_SECS)),
+            )
+            .await?;
+        Ok(())
+    }
 }
 
 /// What binds a presentation to the request a user was shown: SHA-256 over who asks

@@ -50,6 +50,9 @@ pub mod ks {
     pub const DIDS: &str = "wallet_dids";
     pub const CREDS: &str = "wallet_credentials";
     pub const HISTORY: &str = "wallet_history";
+    /// `<wallet>/<sha256 of the request text>` → the OpenID4VP request as resolve-request
+    /// fetched it (shown to the user), which present answers instead of fetching it again.
+    pub const RESOLVED: &str = "wallet_resolved_requests";
 }
 
 pub fn init(ctx: &RoleContext, cfg: &WalletConfig) -> anyhow::Result<Arc<WalletService>> {

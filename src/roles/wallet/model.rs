@@ -395,10 +395,10 @@ pub struct RequestInput {
     #[schema(value_type = Object)]
     pub disclose: Map<String, Value>,
     /// `present` only: the `request_digest` that `resolve-request` returned for what was shown
-    /// to the user. The verifier's request is fetched again to present; if it is not the one
-    /// shown (a verifier can answer its `request_uri` differently each time), the presentation
-    /// is refused (409) instead of answering a request nobody saw. A UI that shows the request
-    /// before presenting must send it.
+    /// to the user. `present` answers the request as `resolve-request` fetched it (kept 10
+    /// minutes for the same request text), else fetches it; if that is not the request this
+    /// digest names, the presentation is refused (409) instead of answering a request nobody
+    /// saw.
     #[serde(default)]
     pub request_digest: Option<String>,
 }

@@ -213,7 +213,7 @@ impl WalletService {
     async fn delete_contents(&self, wallet: &str) -> WalletResult<()> {
         let store = &self.ctx.store;
         let mut contents = vec![];
-        for keyspace in [ks::KEYS, ks::DIDS, ks::CREDS, ks::HISTORY] {
+        for keyspace in [ks::KEYS, ks::DIDS, ks::CREDS, ks::HISTORY, ks::RESOLVED] {
             for (k, _) in store
                 .scan_prefix(keyspace, &format!("{wallet}/"), 1_000_000)
                 .await?
