@@ -420,6 +420,22 @@ pub fn requested_claim_names(c: &CredentialView, cq: &Value) -> Vec<String> {
     names
 }
 
+/// The full claim paths a credential query asks `c` to disclose, each as JSON array text (what
+/// [`crate::crypto::sdjwt::select_paths`] discloses: the parts of a claim on the path, not the
+/// whole first-level claim), chosen as in [`requested_claim_names`].
+pub fn requested_claim_paths(c: &CredentialView, cq: &Value) -> Vec<String> {
+    let mut paths: Vec<String> = Vec::new();
+    for cl in selected_claims(c, cq) {
+        if let Some(p) = cl["path"].as_array().filter(|p| !p.is_empty()) {
+            let text = Value::Array(p.clone()).to_string();
+            if !paths.contains(&text) {
+                paths.push(text);
+            }
+        }
+    }
+    paths
+}
+
 /// The claim queries of `cq` to answer from `c`: those of the first claim set `c` satisfies
 /// (OpenID4VP 1.0 §6.4.1: only what one set needs), else all of them.
 pub fn selected_claims<'q>(c: &CredentialView, cq: &'q Value) -> Vec<&'q Value> {
@@ -779,6 +795,7 @@ mod tests {
         either["claims"] = json!([{"id": "a", "path": ["given_name"]}, {"id": "g", "path": ["age"]}, {"id": "b", "path": ["email"]}]);
         either["claim_sets"] = json!([["b"], ["g"], ["a", "g"]]);
         assert_eq!(requested_claim_names(&c, &either), vec!["age"]);
+        assert_eq!(requested_claim_paths(&c, &either), vec![r#"["age"]"#]);
     }
 
     /// An mdoc query discloses `namespace/element` per claim path; with claim sets, only the

@@ -244,7 +244,8 @@ pub struct Held<'a> {
     pub kid: Option<String>,
 }
 
-/// Builds one presentation of `held` for the request, disclosing `disclose` (SD-JWT claim names).
+/// Builds one presentation of `held` for the request, disclosing `disclose` (SD-JWT claim names
+/// or claim paths as JSON array text; mso_mdoc `namespace/element`).
 /// JWT and SD-JWT presentations are strings; `ldp_vc` ones are JSON objects (Data Integrity VP).
 /// Data Integrity signing is CPU-heavy: call this on the blocking pool for `ldp_vc`.
 pub fn presentation(
@@ -289,8 +290,8 @@ fn presentation_jwt(
         .ok_or_else(|| ClientError::Remote("request without nonce".into()))?;
     match held.format.as_str() {
         "dc+sd-jwt" | "vc+sd-jwt" => {
-            let names: Vec<&str> = disclose.iter().map(String::as_str).collect();
-            let selected = sdjwt::select(&held.raw, &names)
+            let paths: Vec<Vec<Value>> = disclose.iter().map(|d| claim_path(d)).collect();
+            let selected = sdjwt::select_paths(&held.raw, &paths)
                 .map_err(|e| ClientError::Input(format!("stored SD-JWT: {e}")))?;
             Ok(sdjwt::add_key_binding(
                 &selected,
@@ -321,6 +322,15 @@ fn presentation_jwt(
         other => Err(ClientError::Input(format!(
             "cannot present {other} credentials"
         ))),
+    }
+}
+
+/// An SD-JWT claim to disclose: a claim path as JSON array text (`["address","country"]`), else
+/// a first-level claim name.
+fn claim_path(d: &str) -> Vec<Value> {
+    match serde_json::from_str(d) {
+        Ok(Value::Array(path)) if d.starts_with('[') && !path.is_empty() => path,
+        _ => vec![json!(d)],
     }
 }
 
@@ -524,6 +534,22 @@ mod tests {
         );
         let e = resolve_request(&http, &by_value(twice)).await.unwrap_err();
         assert!(e.to_string().contains("duplicate"), "{e}");
+    }
+
+    /// What the wallet asks an SD-JWT to disclose: claim paths as JSON array text (a DCQL claim
+    /// path, down to the member asked for), else first-level names.
+    #[test]
+    fn disclosures_are_claim_paths_or_names() {
+        assert_eq!(
+            claim_path(r#"["address","country"]"#),
+            vec![json!("address"), json!("country")]
+        );
+        assert_eq!(
+            claim_path(r#"["nationalities",null]"#),
+            vec![json!("nationalities"), Value::Null]
+        );
+        assert_eq!(claim_path("given_name"), vec![json!("given_name")]);
+        assert_eq!(claim_path("[]"), vec![json!("[]")]);
     }
 
     /// A client_id or response_uri is shown, recorded in the wallet's history and posted to:

@@ -122,6 +122,16 @@ fn digests_in(v: &Value, out: &mut Vec<String>) {
 /// nested in what they disclose (or in those claims when they are in the clear): a claim is
 /// presented whole, its nested and array-element disclosures with it.
 pub fn select(sd_jwt: &str, names: &[&str]) -> CryptoResult<String> {
+    let paths: Vec<Vec<Value>> = names.iter().map(|n| vec![json!(n)]).collect();
+    select_paths(sd_jwt, &paths)
+}
+
+/// Holder side: keeps what discloses each claim path (OpenID4VP claim paths: names, array
+/// indexes, `null` for every element) — the disclosures along the path, and at its end the
+/// claim whole, its nested disclosures with it. A path into `address` discloses that part of
+/// `address`, not its other members (attacker review: a query for `["address", "country"]`
+/// disclosed the whole address).
+pub fn select_paths(sd_jwt: &str, paths: &[Vec<Value>]) -> CryptoResult<String> {
     let p = parse(sd_jwt)?;
     let (_, payload, _, _) = jws::decode_unverified(&p.jwt)?;
     let opened = p
@@ -129,24 +139,12 @@ pub fn select(sd_jwt: &str, names: &[&str]) -> CryptoResult<String> {
         .iter()
         .map(|d| Ok((digest(d), open_disclosure(d)?)))
         .collect::<CryptoResult<std::collections::HashMap<_, _>>>()?;
-    let mut pending = Vec::new();
-    for name in names {
-        if let Some(v) = payload.get(*name) {
-            digests_in(v, &mut pending);
-        }
-    }
-    let mut top = Vec::new();
-    if let Some(Value::Array(sd)) = payload.get("_sd") {
-        top.extend(sd.iter().filter_map(Value::as_str).map(str::to_string));
-    }
-    for dg in top {
-        if let Some((Some(name), _)) = opened.get(&dg) {
-            if names.contains(&name.as_str()) {
-                pending.push(dg);
-            }
-        }
-    }
     let mut keep = HashSet::new();
+    // digests whose claims are disclosed whole
+    let mut pending = Vec::new();
+    for path in paths {
+        along(&payload, path, &opened, &mut keep, &mut pending);
+    }
     while let Some(dg) = pending.pop() {
         if let Some((_, value)) = opened.get(&dg) {
             if keep.insert(dg) {
@@ -161,6 +159,62 @@ pub fn select(sd_jwt: &str, names: &[&str]) -> CryptoResult<String> {
         out.push('~');
     }
     Ok(out)
+}
+
+/// The disclosures along `path` from `node` go to `keep`; at its end, the digests of the claim
+/// (disclosed whole) go to `whole`. The path's length bounds the recursion.
+fn along(
+    node: &Value,
+    path: &[Value],
+    opened: &std::collections::HashMap<String, (Option<String>, Value)>,
+    keep: &mut HashSet<String>,
+    whole: &mut Vec<String>,
+) {
+    let Some((seg, rest)) = path.split_first() else {
+        digests_in(node, whole);
+        return;
+    };
+    match (seg, node) {
+        (Value::String(name), Value::Object(o)) => {
+            if let Some(v) = o.get(name) {
+                along(v, rest, opened, keep, whole);
+            }
+            for dg in o
+                .get("_sd")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                if let Some((Some(n), v)) = opened.get(dg) {
+                    if n == name {
+                        keep.insert(dg.to_string());
+                        along(v, rest, opened, keep, whole);
+                    }
+                }
+            }
+        }
+        (Value::Null | Value::Number(_), Value::Array(items)) => {
+            let wanted = |i: usize| seg.is_null() || seg.as_u64() == Some(i as u64);
+            for (_, item) in items.iter().enumerate().filter(|(i, _)| wanted(*i)) {
+                let hidden = item
+                    .as_object()
+                    .filter(|o| o.len() == 1)
+                    .and_then(|o| o.get("..."))
+                    .and_then(Value::as_str);
+                match hidden {
+                    Some(dg) => {
+                        if let Some((None, v)) = opened.get(dg) {
+                            keep.insert(dg.to_string());
+                            along(v, rest, opened, keep, whole);
+                        }
+                    }
+                    None => along(item, rest, opened, keep, whole),
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// How deep claims may nest: every object, array and disclosure inside another counts one (a
@@ -517,6 +571,25 @@ mod tests {
         got_sorted.sort();
         assert_eq!(got_sorted, want);
         verify(&chosen, &issuer.verifying_key()).unwrap();
+        // a path discloses what is on it: one member of a disclosed object, one element
+        let path = |p: Value| p.as_array().unwrap().clone();
+        let chosen = select_paths(&full, &[path(json!(["place_of_birth", "locality"]))]).unwrap();
+        let mut got = parse(&chosen).unwrap().disclosures;
+        got.sort();
+        let mut want = vec![birth.clone(), locality.clone()];
+        want.sort();
+        assert_eq!(got, want);
+        let chosen = select_paths(&full, &[path(json!(["address", "country"]))]).unwrap();
+        assert!(
+            parse(&chosen).unwrap().disclosures.is_empty(),
+            "street stays hidden"
+        );
+        let chosen = select_paths(&full, &[path(json!(["nationalities", 1]))]).unwrap();
+        assert_eq!(parse(&chosen).unwrap().disclosures, vec![nat_fr.clone()]);
+        let chosen = select_paths(&full, &[path(json!(["nationalities", null]))]).unwrap();
+        assert_eq!(parse(&chosen).unwrap().disclosures.len(), 2);
+        let v = verify(&chosen, &issuer.verifying_key()).unwrap();
+        assert_eq!(v.claims["nationalities"], json!(["DE", "FR", "XX"]));
     }
 
     /// Attacker review of `reveal`: a chain of array-element disclosures, each nested in arrays

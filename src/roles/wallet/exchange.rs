@@ -451,7 +451,7 @@ impl Ask<'_> {
         match (self.pex, v.format == mdoc::FORMAT) {
             (true, _) => pex_claim_names(self.query),
             (false, true) => dcql::requested_mdoc_elements(v, self.query),
-            (false, false) => dcql::requested_claim_names(v, self.query),
+            (false, false) => dcql::requested_claim_paths(v, self.query),
         }
     }
 }
@@ -476,7 +476,8 @@ fn pick(input: &RequestInput, held: &[HeldCredential], ask: &Ask<'_>) -> WalletR
     }
 }
 
-/// The claim names to disclose for a query: the caller's choice, else `default`.
+/// The claims to disclose for a query: the caller's choice (names, or claim paths as arrays,
+/// passed on as JSON array text), else `default`.
 fn disclose_for(input: &RequestInput, qid: &str, default: Vec<String>) -> Vec<String> {
     input
         .disclose
@@ -484,7 +485,11 @@ fn disclose_for(input: &RequestInput, qid: &str, default: Vec<String>) -> Vec<St
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
+                .filter_map(|v| match v {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Array(_) => Some(v.to_string()),
+                    _ => None,
+                })
                 .collect()
         })
         .unwrap_or(default)

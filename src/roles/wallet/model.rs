@@ -389,8 +389,9 @@ pub struct RequestInput {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub selections: Map<String, Value>,
-    /// Claims to disclose per query id (default: what the query asks for): SD-JWT claim names,
-    /// mso_mdoc `namespace/element`.
+    /// Claims to disclose per query id (default: what the query asks for, down to its claim
+    /// paths: `["address", "country"]` discloses that member of `address`, not the whole
+    /// address): SD-JWT claim names or claim paths (arrays), mso_mdoc `namespace/element`.
     #[serde(default)]
     #[schema(value_type = Object)]
     pub disclose: Map<String, Value>,
