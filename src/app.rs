@@ -275,8 +275,12 @@ pub async fn run(
         clock: opts.clock.clone(),
         http,
         x509_anchors: Arc::new(
-            crate::crypto::x509::TrustAnchors::load(&raw.x509.trust_anchors)
-                .map_err(|e| anyhow::anyhow!("x509.trust_anchors: {e}"))?,
+            crate::crypto::x509::TrustAnchors::load(&raw.x509.sd_jwt_files())
+                .map_err(|e| anyhow::anyhow!("x509.trust_anchors / sd_jwt_anchors: {e}"))?,
+        ),
+        iaca_anchors: Arc::new(
+            crate::crypto::x509::TrustAnchors::load(&raw.x509.iaca_files())
+                .map_err(|e| anyhow::anyhow!("x509.trust_anchors / iaca_anchors: {e}"))?,
         ),
         mdoc_pki: Arc::default(),
         metrics: metrics.clone(),

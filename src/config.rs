@@ -761,10 +761,30 @@ pub struct MetricsConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct X509Config {
-    /// PEM files of the CA certificates an `x5c` chain must end at (SD-JWT VC with an `https`
-    /// issuer). Empty: no `x5c` is trusted.
+    /// PEM files of CA certificates trusted for both purposes below (an SD-JWT VC issuer's
+    /// `x5c`, an mdoc's document signer). Prefer the two lists of one purpose each: an IACA
+    /// listed here can also vouch for any `https` SD-JWT VC issuer.
     #[serde(deserialize_with = "string_list")]
     pub trust_anchors: Vec<String>,
+    /// PEM files of CA certificates an SD-JWT VC issuer's `x5c` chain (with an `https` issuer)
+    /// may end at, and nothing else.
+    #[serde(deserialize_with = "string_list")]
+    pub sd_jwt_anchors: Vec<String>,
+    /// PEM files of IACA certificates an mdoc's document signer (and its status list's signer)
+    /// must chain to, and nothing else.
+    #[serde(deserialize_with = "string_list")]
+    pub iaca_anchors: Vec<String>,
+}
+
+impl X509Config {
+    /// The anchor files of SD-JWT VC issuers: `trust_anchors` and `sd_jwt_anchors`.
+    pub fn sd_jwt_files(&self) -> Vec<String> {
+        [&self.trust_anchors[..], &self.sd_jwt_anchors[..]].concat()
+    }
+    /// The anchor files of mdoc document signers: `trust_anchors` and `iaca_anchors`.
+    pub fn iaca_files(&self) -> Vec<String> {
+        [&self.trust_anchors[..], &self.iaca_anchors[..]].concat()
+    }
 }
 
 /// Where the config came from, for error messages.

@@ -31,8 +31,13 @@ pub struct RoleContext {
     /// Sandbox or production (`server.mode`): sandbox conveniences such as trusting this node's
     /// own issuers.
     pub mode: Mode,
-    /// CA certificates an issuer's `x5c` chain may end at (`x509.trust_anchors`).
+    /// CA certificates an SD-JWT VC issuer's `x5c` chain may end at (`x509.trust_anchors`,
+    /// `x509.sd_jwt_anchors`).
     pub x509_anchors: Arc<TrustAnchors>,
+    /// IACAs an mdoc's document signer may chain to (`x509.trust_anchors`,
+    /// `x509.iaca_anchors`; in sandbox mode [`crate::roles::mdoc_pki::trust_anchors`] adds the
+    /// deployment's own).
+    pub iaca_anchors: Arc<TrustAnchors>,
     /// Whether long-lived sessions (WebSockets) may stay open: the node stops, or a rolling
     /// upgrade holds it back.
     pub sessions: tokio::sync::watch::Receiver<Sessions>,
@@ -60,6 +65,7 @@ impl RoleContext {
             metrics: Arc::new(Metrics::new().unwrap()),
             mode: settings.raw.server.mode,
             x509_anchors: Arc::default(),
+            iaca_anchors: Arc::default(),
             sessions: crate::readiness::Readiness::default().sessions(),
             mdoc_pki: Arc::default(),
         }

@@ -295,18 +295,19 @@ pub async fn sandbox_anchor(ctx: &RoleContext) -> Option<Vec<u8>> {
     record_cert(&ctx.store.get(KEYSPACE, "iaca").await.ok()??)
 }
 
-/// The anchors an mdoc's document signer must chain to on this node: `x509.trust_anchors`, plus
+/// The anchors an mdoc's document signer must chain to on this node: `x509.trust_anchors` and
+/// `x509.iaca_anchors`, plus
 /// this deployment's sandbox IACA in sandbox mode (as sandbox verifiers and wallets trust the
 /// deployment's own issuers). Never an IACA an issuer serves: that would trust whoever answers.
 /// Built once per sandbox IACA record: a created or replaced one is trusted on the next call.
 pub async fn trust_anchors(ctx: &RoleContext) -> Arc<TrustAnchors> {
     if ctx.mode != crate::config::Mode::Sandbox {
-        return ctx.x509_anchors.clone();
+        return ctx.iaca_anchors.clone();
     }
     match ctx.store.get(KEYSPACE, "iaca").await {
-        Ok(iaca) => ctx.mdoc_pki.anchors(&ctx.x509_anchors, iaca),
+        Ok(iaca) => ctx.mdoc_pki.anchors(&ctx.iaca_anchors, iaca),
         // (unreadable: the configured anchors alone, as when there is no sandbox IACA)
-        Err(_) => ctx.x509_anchors.clone(),
+        Err(_) => ctx.iaca_anchors.clone(),
     }
 }
 

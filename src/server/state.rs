@@ -25,8 +25,12 @@ pub struct AppState {
     /// Outbound HTTP (did:web, status lists, webhooks, other issuers): the guarded client of
     /// [`crate::http::outbound`] (destination checks, timeouts, no proxy).
     pub http: reqwest::Client,
-    /// CA certificates an issuer's `x5c` chain may end at (`x509.trust_anchors`).
+    /// CA certificates an SD-JWT VC issuer's `x5c` chain may end at (`x509.trust_anchors`,
+    /// `x509.sd_jwt_anchors`).
     pub x509_anchors: Arc<crate::crypto::x509::TrustAnchors>,
+    /// IACAs an mdoc's document signer may chain to (`x509.trust_anchors`,
+    /// `x509.iaca_anchors`).
+    pub iaca_anchors: Arc<crate::crypto::x509::TrustAnchors>,
     /// What the roles keep opened of the mdoc PKI (see [`RoleContext::mdoc_pki`]).
     pub mdoc_pki: Arc<crate::roles::mdoc_pki::Cache>,
     pub metrics: Arc<Metrics>,
@@ -53,6 +57,7 @@ impl AppState {
             metrics: self.metrics.clone(),
             mode: self.settings.raw.server.mode,
             x509_anchors: self.x509_anchors.clone(),
+            iaca_anchors: self.iaca_anchors.clone(),
             sessions: self.readiness.sessions(),
             mdoc_pki: self.mdoc_pki.clone(),
         }
@@ -92,6 +97,7 @@ impl AppState {
             clock: ctx.clock,
             http: ctx.http,
             x509_anchors: ctx.x509_anchors,
+            iaca_anchors: ctx.iaca_anchors,
             mdoc_pki: ctx.mdoc_pki,
             metrics: ctx.metrics,
             readiness: Arc::default(),

@@ -148,6 +148,24 @@ fn self_issued_sd(
     holder: &SigningKey,
     extra: Value,
 ) -> (String, Vec<String>) {
+    sd_jwt_by(
+        key,
+        json!({"typ": "dc+sd-jwt", "kid": vm}),
+        iss,
+        holder,
+        extra,
+    )
+}
+
+/// An SD-JWT VC (issuer JWT, disclosures) signed by `key` under `header` as `iss`, bound to
+/// `holder`, disclosing `given_name`, with `extra` merged into the payload.
+fn sd_jwt_by(
+    key: &SigningKey,
+    header: Value,
+    iss: &str,
+    holder: &SigningKey,
+    extra: Value,
+) -> (String, Vec<String>) {
     let mut payload = Map::new();
     payload.insert("iss".into(), json!(iss));
     payload.insert("vct".into(), json!("https://example.org/identity"));
@@ -161,7 +179,7 @@ fn self_issued_sd(
     }
     let mut sd = Map::new();
     sd.insert("given_name".into(), json!("Erika"));
-    let issued = sdjwt::issue(key, json!({"typ": "dc+sd-jwt", "kid": vm}), payload, &sd);
+    let issued = sdjwt::issue(key, header, payload, &sd);
     let p = sdjwt::parse(&issued).unwrap();
     (p.jwt, p.disclosures)
 }
@@ -903,11 +921,16 @@ fn x509_leaf_with(
 /// A node with `root` as its one `x509.trust_anchors` IACA, whose default verifier trusts mdocs
 /// under it (`aki:` of its key identifier) besides the node's own default issuer.
 async fn anchored_server(root: &Cert) -> (Server, tempfile::TempDir) {
+    anchored_server_by(root, "IDSTACK__X509__TRUST_ANCHORS").await
+}
+
+/// [`anchored_server`] with `root` in the anchor list `var` names.
+async fn anchored_server_by(root: &Cert, var: &str) -> (Server, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let pem = dir.path().join("anchors.pem");
     std::fs::write(&pem, root.cert.pem()).unwrap();
     let s = Server::builder()
-        .env("IDSTACK__X509__TRUST_ANCHORS", pem.to_str().unwrap())
+        .env(var, pem.to_str().unwrap())
         .start()
         .await;
     let own = s.default_issuer_did().await;
@@ -920,6 +943,63 @@ async fn anchored_server(root: &Cert) -> (Server, tempfile::TempDir) {
         .await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     (s, dir)
+}
+
+/// An SD-JWT VC (issuer JWT, disclosures) by `signer` as `iss`, with `chain` as its `x5c`, bound
+/// to `holder`.
+fn x5c_sd_jwt(
+    signer: &SigningKey,
+    chain: &str,
+    iss: &str,
+    holder: &SigningKey,
+) -> (String, Vec<String>) {
+    sd_jwt_by(
+        signer,
+        json!({"typ": "dc+sd-jwt", "x5c": [chain]}),
+        iss,
+        holder,
+        json!({}),
+    )
+}
+
+/// Anchors serve their purpose only (attacker review: one list served SD-JWT VC issuers and mdoc
+/// IACAs, so any trusted IACA could certify a key for any `https` issuer): a CA in
+/// `x509.iaca_anchors` vouches for mdoc document signers, not SD-JWT issuers; one in
+/// `x509.sd_jwt_anchors` for SD-JWT issuers, not mdocs.
+#[tokio::test]
+async fn anchors_serve_their_own_purpose_only() {
+    let root = x509_root("Test IACA");
+    let iss = "https://issuer.example";
+    let holder = SigningKey::generate(KeyType::P256);
+    let device = SigningKey::generate(KeyType::P256);
+    let mdl = "org.iso.18013.5.1.mDL";
+    let mdl_query = json!({"dcql_query": {"credentials": [{"id": "mdl", "format": "mso_mdoc",
+        "meta": {"doctype_value": mdl}, "claims": [{"path": ["org.iso.18013.5.1", "family_name"]}]}]}});
+    let (cert, sk) = x509_leaf(&root, "issuer.example");
+    let signed = mdoc_issue(&mdoc_ds(&root), &device, mdl, now() + 3600);
+    for (var, sd_jwt_ok, mdoc_ok) in [
+        ("IDSTACK__X509__IACA_ANCHORS", false, true),
+        ("IDSTACK__X509__SD_JWT_ANCHORS", true, false),
+    ] {
+        let (s, _dir) = anchored_server_by(&root, var).await;
+        let r = s
+            .admin()
+            .post_resp(
+                "/api/verifiers",
+                &json!({"id": "pki", "signing_key_type": "P-256", "trusted_issuers": [iss, iaca_entry(&root)]}),
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+        let (jwt, ds) = x5c_sd_jwt(&sk, &cert, iss, &holder);
+        let req = open(&s, "pki", sd_query()).await;
+        let (_, r) = respond(&s, &req, "pid", json!(sd_present(&holder, &jwt, &ds, &req))).await;
+        assert_eq!(r["verified"] == json!(true), sd_jwt_ok, "{var}: {r}");
+        let req = open(&s, "pki", mdl_query.clone()).await;
+        let pres = mdoc_present(&device, &signed, mdl, &req);
+        let (_, r) = respond(&s, &req, "mdl", json!(pres)).await;
+        assert_eq!(r["verified"] == json!(true), mdoc_ok, "{var}: {r}");
+        s.stop();
+    }
 }
 
 /// How a verifier's trusted_issuers names the IACA `root`: `aki:` and its key identifier.
@@ -1014,26 +1094,8 @@ async fn sd_jwt_x5c_chain_must_end_at_a_configured_anchor() {
         .await;
     assert_eq!(r.status(), 201);
     let holder = SigningKey::generate(KeyType::P256);
-    let issue = |signer: &SigningKey, chain: &str, iss: &str| {
-        let mut payload = Map::new();
-        payload.insert("iss".into(), json!(iss));
-        payload.insert("vct".into(), json!("https://example.org/identity"));
-        payload.insert("iat".into(), json!(now()));
-        payload.insert(
-            "cnf".into(),
-            json!({"jwk": holder.verifying_key().to_jwk()}),
-        );
-        let mut sd = Map::new();
-        sd.insert("given_name".into(), json!("Erika"));
-        let issued = sdjwt::issue(
-            signer,
-            json!({"typ": "dc+sd-jwt", "x5c": [chain]}),
-            payload,
-            &sd,
-        );
-        let p = sdjwt::parse(&issued).unwrap();
-        (p.jwt, p.disclosures)
-    };
+    let issue =
+        |signer: &SigningKey, chain: &str, iss: &str| x5c_sd_jwt(signer, chain, iss, &holder);
 
     let (cert, sk) = x509_leaf(&root, "issuer.example");
     let (jwt, ds) = issue(&sk, &cert, iss);

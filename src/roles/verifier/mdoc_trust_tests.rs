@@ -158,6 +158,7 @@ async fn evaluate_in(
     let http = reqwest::Client::new();
     let cache = StatusCache::default();
     let st = transcript::oid4vp(CLIENT, NONCE, None, RESPONSE_URI);
+    let no_sd_jwt_anchors = TrustAnchors::default();
     let ctx = Ctx {
         dcql_query: Some(&dcql),
         presentation_definition: None,
@@ -169,7 +170,9 @@ async fn evaluate_in(
         http: &http,
         trust: &trust,
         status_cache: &cache,
-        anchors,
+        // IACAs serve mdocs only: none of them is an SD-JWT VC issuer anchor
+        anchors: &no_sd_jwt_anchors,
+        mdoc_anchors: anchors,
         require_status: false,
         mdoc_transcript: Some(&st),
         fetched: Default::default(),

@@ -190,9 +190,9 @@ impl VerifierService {
         } else {
             None
         };
-        let anchors = match transcript {
+        let mdoc_anchors = match transcript {
             Some(_) => self.anchors().await,
-            None => self.ctx.x509_anchors.clone(),
+            None => self.ctx.iaca_anchors.clone(),
         };
         let ctx = Ctx {
             dcql_query: session.dcql_query.as_ref(),
@@ -205,7 +205,8 @@ impl VerifierService {
             http: &self.ctx.http,
             trust: &trust,
             status_cache: &self.status_cache,
-            anchors: &anchors,
+            anchors: &self.ctx.x509_anchors,
+            mdoc_anchors: &mdoc_anchors,
             require_status: session.require_status,
             mdoc_transcript: transcript.as_deref(),
             fetched: Default::default(),
@@ -281,8 +282,8 @@ impl Answer {
 }
 
 impl VerifierService {
-    /// The X.509 anchors: `x509.trust_anchors`, plus this deployment's sandbox mdoc IACA in
-    /// sandbox mode (as the sandbox verifier trusts its own issuers).
+    /// The mdoc anchors: `x509.trust_anchors` and `x509.iaca_anchors`, plus this deployment's
+    /// sandbox mdoc IACA in sandbox mode (as the sandbox verifier trusts its own issuers).
     async fn anchors(&self) -> std::sync::Arc<crate::crypto::x509::TrustAnchors> {
         crate::roles::mdoc_pki::trust_anchors(&self.ctx).await
     }

@@ -113,6 +113,7 @@ impl VerifierService {
             trust,
             status_cache: &self.status_cache,
             anchors: &self.ctx.x509_anchors,
+            mdoc_anchors: &self.ctx.iaca_anchors,
             require_status: false,
             mdoc_transcript: None,
             fetched: Default::default(),

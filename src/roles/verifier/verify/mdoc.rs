@@ -38,7 +38,7 @@ pub async fn mdoc(
     let docs = match crate::crypto::mdoc::verify::device_response(
         &bytes,
         transcript,
-        ctx.anchors,
+        ctx.mdoc_anchors,
         ctx.now,
     ) {
         Ok(d) => d,

@@ -60,8 +60,13 @@ pub struct Ctx<'a> {
     pub http: &'a reqwest::Client,
     pub trust: &'a Trust,
     pub status_cache: &'a StatusCache,
-    /// CA certificates an SD-JWT VC issuer's `x5c` may chain to (`x509.trust_anchors`).
+    /// CA certificates an SD-JWT VC issuer's `x5c` may chain to (`x509.trust_anchors`,
+    /// `x509.sd_jwt_anchors`).
     pub anchors: &'a crate::crypto::x509::TrustAnchors,
+    /// IACAs an mdoc's document signer (and its status list's signer) must chain to
+    /// (`x509.trust_anchors`, `x509.iaca_anchors`, the sandbox IACA): never used for SD-JWT VCs,
+    /// so an IACA cannot vouch for an `https` issuer.
+    pub mdoc_anchors: &'a crate::crypto::x509::TrustAnchors,
     /// The `status` policy fails for a credential that carries no status reference.
     pub require_status: bool,
     /// mso_mdoc: the encoded SessionTranscript a device signature must cover (OID4VP 1.0
@@ -303,6 +308,7 @@ pub(crate) mod testing {
             trust,
             status_cache: cache,
             anchors,
+            mdoc_anchors: anchors,
             require_status: false,
             mdoc_transcript: None,
             fetched: Default::default(),

@@ -455,14 +455,19 @@ pub(super) async fn mdoc_status(
     )
     .await;
     let list = fetched.and_then(|(body, fresh_etag)| {
-        let (list, until) =
-            status::verify(&body, uri, mdoc, ctx.anchors, ctx.now, ctx.status_max_age).map_err(
-                |e| {
-                    // an expired CWT under an unchanged ETag would fail from the cache for ever
-                    ctx.status_cache.forget(&format!("cwt {uri}"));
-                    e.to_string()
-                },
-            )?;
+        let (list, until) = status::verify(
+            &body,
+            uri,
+            mdoc,
+            ctx.mdoc_anchors,
+            ctx.now,
+            ctx.status_max_age,
+        )
+        .map_err(|e| {
+            // an expired CWT under an unchanged ETag would fail from the cache for ever
+            ctx.status_cache.forget(&format!("cwt {uri}"));
+            e.to_string()
+        })?;
         keep(ctx, "cwt", uri, fresh_etag, body, until);
         Ok(list)
     });
