@@ -381,8 +381,25 @@ impl Policy {
     }
 
     /// Whether connecting to `ip` on `port` is allowed. Without a port (at DNS resolution), only
-    /// allow-list entries without a port admit a non-public address.
+    /// allow-list entries without a port admit a non-public address. Also admits an address an
+    /// allow-listed host name resolved to: for the connection made to that name (only the
+    /// resolver hands such an address out, and only for that name).
     pub fn ip_allowed(&self, ip: IpAddr, port: Option<u16>) -> bool {
+        let ip = canonical(ip);
+        let port_ok = |p: &Option<u16>| p.is_none() || *p == port;
+        self.ip_listed(ip, port)
+            || self
+                .vetted
+                .lock()
+                .map(|v| v.iter().any(|(a, p)| *a == ip && port_ok(p)))
+                .unwrap_or(false)
+    }
+
+    /// [`Self::ip_allowed`] by class and allow-list alone: for an address a URL names, or another
+    /// name resolves to. An address an allow-listed name resolved to is that name's, not every
+    /// URL's (attacker review: `allow = ["issuer.corp"]` resolving to 10.0.0.5 admitted
+    /// `http://10.0.0.5:6379/` and any hostile name resolving to 10.0.0.5).
+    fn ip_listed(&self, ip: IpAddr, port: Option<u16>) -> bool {
         let ip = canonical(ip);
         match classify(ip) {
             Class::Public => return true,
@@ -391,16 +408,10 @@ impl Policy {
             _ => {}
         }
         let port_ok = |p: &Option<u16>| p.is_none() || *p == port;
-        let listed = self.allowed.iter().any(|a| match a {
+        self.allowed.iter().any(|a| match a {
             Allowed::Net(net, p) => net.contains(&ip) && port_ok(p),
             Allowed::Host(..) => false,
-        });
-        listed
-            || self
-                .vetted
-                .lock()
-                .map(|v| v.iter().any(|(a, p)| *a == ip && port_ok(p)))
-                .unwrap_or(false)
+        })
     }
 
     fn host_entries(&self, name: &str) -> Vec<Option<u16>> {
@@ -432,7 +443,7 @@ impl Policy {
             .ok_or_else(|| OutboundError::Refused("URL without host".into()))?;
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         match IpAddr::from_str(bare) {
-            Ok(ip) if !self.ip_allowed(ip, port) => Err(OutboundError::Refused(format!(
+            Ok(ip) if !self.ip_listed(ip, port) => Err(OutboundError::Refused(format!(
                 "address {ip} is not allowed"
             ))),
             // Names are checked when resolved, and every connection is checked again.
@@ -456,7 +467,7 @@ impl Policy {
                     }
                 }
                 kept.push(a);
-            } else if self.ip_allowed(ip, None) {
+            } else if self.ip_listed(ip, None) {
                 kept.push(a);
             }
         }
@@ -757,6 +768,22 @@ mod tests {
         assert!(!listed.resolve("localhost").await.unwrap().is_empty());
         assert!(listed.ip_allowed(ip("127.0.0.1"), Some(9000)));
         assert!(!listed.ip_allowed(ip("127.0.0.1"), Some(9001)));
+        // what the listed name resolved to is that name's: not a URL naming the address, nor
+        // another name resolving to it
+        let any_port =
+            Policy::new(&cfg(AllowPrivate::None, &["localhost"]), Mode::Sandbox).unwrap();
+        assert!(!any_port.resolve("localhost").await.unwrap().is_empty());
+        assert!(
+            any_port.ip_allowed(ip("127.0.0.1"), Some(6379)),
+            "the name's connection"
+        );
+        let u = |s: &str| reqwest::Url::parse(s).unwrap();
+        assert!(any_port
+            .check_url(&u("http://127.0.0.1:6379/"))
+            .unwrap_err()
+            .is_refused());
+        // (another name resolving to it is checked as this is: by class and list alone)
+        assert!(!any_port.ip_listed(ip("127.0.0.1"), None));
     }
 
     #[tokio::test]
