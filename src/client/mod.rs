@@ -56,6 +56,12 @@ pub(crate) async fn get_json(http: &reqwest::Client, url: &str) -> ClientResult<
 }
 
 pub(crate) fn check_url(url: &str) -> ClientResult<()> {
+    if url.starts_with("http://") && !crate::http::outbound::plain_http_allowed(url) {
+        return Err(ClientError::Input(format!(
+            "plain http in production mode: {} (the other party must use https, or be listed in http.outbound.allow)",
+            truncate(url)
+        )));
+    }
     if url.starts_with("https://") || url.starts_with("http://") {
         Ok(())
     } else {

@@ -97,6 +97,15 @@ static LIMITS: OnceLock<Limits> = OnceLock::new();
 static NO_REDIRECT: OnceLock<reqwest::Client> = OnceLock::new();
 static POLICY: OnceLock<Arc<Policy>> = OnceLock::new();
 
+/// [`Policy::plain_http_allowed`] of this node (no policy, as in CLI tools: allowed).
+pub fn plain_http_allowed(url: &str) -> bool {
+    match (POLICY.get(), reqwest::Url::parse(url)) {
+        (Some(p), Ok(u)) => p.plain_http_allowed(&u),
+        (None, _) => true,
+        (Some(_), Err(_)) => false,
+    }
+}
+
 /// Checks a URL against the node's policy before anything is sent, so that an IP-literal host
 /// that is refused is never even connected to (no probing of internal ports by timing). Names
 /// are checked by the resolver, every connection and redirect hop by the client itself. In a
@@ -355,6 +364,8 @@ fn parse_allowed(s: &str) -> Result<Allowed, String> {
 pub struct Policy {
     loopback_ok: bool,
     internal_ok: bool,
+    /// Sandbox mode: plain `http` to anyone the policy admits.
+    plain_http_ok: bool,
     allowed: Vec<Allowed>,
     /// Addresses an allow-listed host name resolved to (with that entry's port, if any).
     vetted: Mutex<HashSet<(IpAddr, Option<u16>)>>,
@@ -377,6 +388,7 @@ impl Policy {
             internal_ok,
             allowed,
             vetted: Mutex::default(),
+            plain_http_ok: mode == Mode::Sandbox,
         })
     }
 
@@ -407,11 +419,7 @@ impl Policy {
             Class::Internal if self.internal_ok => return true,
             _ => {}
         }
-        let port_ok = |p: &Option<u16>| p.is_none() || *p == port;
-        self.allowed.iter().any(|a| match a {
-            Allowed::Net(net, p) => net.contains(&ip) && port_ok(p),
-            Allowed::Host(..) => false,
-        })
+        self.ip_listed_by_entry(ip, port)
     }
 
     fn host_entries(&self, name: &str) -> Vec<Option<u16>> {
@@ -423,6 +431,36 @@ impl Policy {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Whether the wallet may send to `url` over plain `http`: in sandbox mode, yes; in
+    /// production only to a host `http.outbound.allow` names (an operator's choice). What the
+    /// wallet sends (pre-authorized codes, transaction codes, access tokens, proofs, vp_tokens)
+    /// must not cross the network in clear because a link said `http://`.
+    pub fn plain_http_allowed(&self, url: &reqwest::Url) -> bool {
+        if self.plain_http_ok || url.scheme() != "http" {
+            return true;
+        }
+        let port = url.port_or_known_default();
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        match IpAddr::from_str(bare) {
+            Ok(ip) => self.ip_listed_by_entry(canonical(ip), port),
+            Err(_) => self
+                .host_entries(bare)
+                .iter()
+                .any(|p| p.is_none() || *p == port),
+        }
+    }
+
+    /// Whether an allow-list network entry names `ip` (on `port`).
+    fn ip_listed_by_entry(&self, ip: IpAddr, port: Option<u16>) -> bool {
+        self.allowed.iter().any(|a| match a {
+            Allowed::Net(net, p) => net.contains(&ip) && (p.is_none() || *p == port),
+            Allowed::Host(..) => false,
+        })
     }
 
     /// Checks a URL before a request or a redirect hop: http(s) only, and an IP-literal host
@@ -782,6 +820,21 @@ mod tests {
             .check_url(&u("http://127.0.0.1:6379/"))
             .unwrap_err()
             .is_refused());
+        // in production, plain http only to what the allow list names
+        let prod = Policy::new(
+            &cfg(AllowPrivate::None, &["issuer.corp", "10.9.0.0/16"]),
+            Mode::Production,
+        )
+        .unwrap();
+        assert!(!prod.plain_http_allowed(&u("http://wallet-link.example/offer")));
+        assert!(prod.plain_http_allowed(&u("https://wallet-link.example/offer")));
+        assert!(prod.plain_http_allowed(&u("http://issuer.corp/token")));
+        assert!(prod.plain_http_allowed(&u("http://10.9.1.2:8080/token")));
+        assert!(!prod.plain_http_allowed(&u("http://10.8.1.2/token")));
+        assert!(
+            any_port.plain_http_allowed(&u("http://wallet-link.example/offer")),
+            "sandbox"
+        );
         // (another name resolving to it is checked as this is: by class and list alone)
         assert!(!any_port.ip_listed(ip("127.0.0.1"), None));
     }
