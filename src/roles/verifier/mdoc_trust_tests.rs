@@ -169,6 +169,7 @@ async fn evaluate_in(
         now: NOW,
         http: &http,
         trust: &trust,
+        issuer_allowlist: true,
         status_cache: &cache,
         // IACAs serve mdocs only: none of them is an SD-JWT VC issuer anchor
         anchors: &no_sd_jwt_anchors,

@@ -204,6 +204,7 @@ impl VerifierService {
             now,
             http: &self.ctx.http,
             trust: &trust,
+            issuer_allowlist: session.policies.iter().any(|p| p == "issuer_allowlist"),
             status_cache: &self.status_cache,
             anchors: &self.ctx.x509_anchors,
             mdoc_anchors: &mdoc_anchors,

@@ -111,6 +111,8 @@ impl VerifierService {
             now: self.ctx.clock.now_secs(),
             http: &self.ctx.http,
             trust,
+            // VC-API always runs it
+            issuer_allowlist: true,
             status_cache: &self.status_cache,
             anchors: &self.ctx.x509_anchors,
             mdoc_anchors: &self.ctx.iaca_anchors,

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::policy::{check_issuer, check_time, Outcome};
-use super::status::{status_not_checked, w3c_status};
+use super::status::{status_checked, status_not_checked, w3c_status};
 use super::{issuer_jwt, subject_is_signer, types_of, w3c_checked, Checked, Ctx};
 use crate::crypto::binding::Issuers;
 use crate::crypto::{did, jws, VerifyingKey};
@@ -45,7 +45,8 @@ pub async fn jwt_credential(
         return None;
     }
     check_time(out, &p, &vc_obj, ctx.now, query_id);
-    if check_issuer(out, ctx, &issuer.issuer) {
+    let trusted = check_issuer(out, ctx, &issuer.issuer);
+    if status_checked(ctx, trusted, &vc_obj["credentialStatus"]) {
         w3c_status(ctx, out, query_id, &vc_obj["credentialStatus"], &issuer).await;
     } else {
         status_not_checked(out, query_id);
@@ -297,16 +298,17 @@ mod tests {
         );
         let http = reqwest::Client::new();
         let (cache, anchors) = (Default::default(), Default::default());
-        let run = |trust: Trust| {
+        let run = |trust: Trust, issuer_allowlist: bool| {
             let (http, cache, anchors, vc) = (&http, &cache, &anchors, &vc);
             async move {
-                let ctx = ctx_at(now, http, cache, anchors, &trust);
+                let mut ctx = ctx_at(now, http, cache, anchors, &trust);
+                ctx.issuer_allowlist = issuer_allowlist;
                 let mut out = Outcome::default();
                 assert!(jwt_credential(&ctx, &mut out, "q", vc).await.is_some());
                 out
             }
         };
-        let out = run(Trust::Only(vec!["did:example:other".into()])).await;
+        let out = run(Trust::Only(vec!["did:example:other".into()]), true).await;
         let results = out.results(&["issuer_allowlist".into(), "status".into()]);
         let by = |n: &str| results.iter().find(|r| r.name == n).unwrap();
         assert!(!by("issuer_allowlist").passed, "{results:?}");
@@ -321,9 +323,12 @@ mod tests {
         );
         assert_eq!(hits.load(Ordering::SeqCst), 0);
         // trusted: the list is fetched (here it answers 503)
-        let out = run(Trust::Any).await;
+        let out = run(Trust::Any, true).await;
         let results = out.results(&["status".into()]);
         assert!(!results[0].passed, "{results:?}");
         assert_eq!(hits.load(Ordering::SeqCst), 1);
+        // a session that turns issuer_allowlist off checks every credential's status
+        run(Trust::Only(vec!["did:example:other".into()]), false).await;
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
     }
 }

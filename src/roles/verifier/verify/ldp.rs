@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::policy::{check_issuer, check_time, over_limit, Outcome};
-use super::status::{status_not_checked, w3c_status};
+use super::status::{status_checked, status_not_checked, w3c_status};
 use super::{subject_is_signer, w3c_checked, Checked, Ctx};
 use crate::crypto::binding;
 
@@ -31,7 +31,8 @@ async fn ld_credential(
     out.pass("signature");
     out.pass("disclosure_integrity");
     check_time(out, &Value::Null, &vc, ctx.now, query_id);
-    if check_issuer(out, ctx, &issuer.issuer) {
+    let trusted = check_issuer(out, ctx, &issuer.issuer);
+    if status_checked(ctx, trusted, &vc["credentialStatus"]) {
         w3c_status(ctx, out, query_id, &vc["credentialStatus"], &issuer).await;
     } else {
         status_not_checked(out, query_id);

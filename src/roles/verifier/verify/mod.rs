@@ -59,6 +59,9 @@ pub struct Ctx<'a> {
     pub now: i64,
     pub http: &'a reqwest::Client,
     pub trust: &'a Trust,
+    /// Whether `issuer_allowlist` decides the verdict (a session may turn it off): then a
+    /// credential of an issuer outside `trust` has its status list left unfetched.
+    pub issuer_allowlist: bool,
     pub status_cache: &'a StatusCache,
     /// CA certificates an SD-JWT VC issuer's `x5c` may chain to (`x509.trust_anchors`,
     /// `x509.sd_jwt_anchors`).
@@ -306,6 +309,7 @@ pub(crate) mod testing {
             now,
             http,
             trust,
+            issuer_allowlist: true,
             status_cache: cache,
             anchors,
             mdoc_anchors: anchors,

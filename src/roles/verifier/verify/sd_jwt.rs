@@ -3,7 +3,7 @@
 use serde_json::{Map, Value};
 
 use super::policy::{check_issuer, check_time, numeric, Outcome, KB_MAX_AGE, SKEW};
-use super::status::{status_not_checked, token_status};
+use super::status::{status_checked, status_not_checked, token_status};
 use super::{issuer_jwt, Checked, Ctx};
 use crate::crypto::binding::Issuers;
 use crate::crypto::sdjwt;
@@ -87,7 +87,8 @@ pub async fn sd_jwt(
         holder_binding,
     );
     check_time(out, &payload, &Value::Null, ctx.now, query_id);
-    if check_issuer(out, ctx, &issuer.issuer) {
+    let trusted = check_issuer(out, ctx, &issuer.issuer);
+    if status_checked(ctx, trusted, &payload["status"]) {
         token_status(ctx, out, query_id, &payload["status"], &issuer).await;
     } else {
         status_not_checked(out, query_id);

@@ -358,6 +358,13 @@ pub(super) async fn token_status(
     }
 }
 
+/// Whether a credential's status is checked: unless it names a status list (a URL the presenter
+/// chose) and its issuer is one `issuer_allowlist` refuses — the credential fails already, and
+/// nothing is fetched for it. A session that turns `issuer_allowlist` off checks every status.
+pub(super) fn status_checked(ctx: &Ctx<'_>, trusted: bool, status: &Value) -> bool {
+    trusted || !ctx.issuer_allowlist || status.is_null()
+}
+
 /// The `status` policy of a credential whose issuer is not trusted: it fails already, and its
 /// status list (a URL the presenter chose) is not fetched.
 pub(super) fn status_not_checked(out: &mut Outcome, query_id: &str) {
