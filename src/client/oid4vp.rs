@@ -73,6 +73,13 @@ pub async fn resolve_request(http: &reqwest::Client, uri: &str) -> ClientResult<
         return Err(ClientError::Remote("response_type must be vp_token".into()));
     }
     check_query_bounds(&payload)?;
+    // a wallet keeps what it resolved until it is answered: no bigger than a real request
+    let size = payload.to_string().len();
+    if size > MAX_REQUEST_BYTES {
+        return Err(ClientError::Remote(format!(
+            "the request is {size} bytes, over {MAX_REQUEST_BYTES}"
+        )));
+    }
     // they are shown, recorded in the history and posted to: no longer than a real one
     for (name, v) in [
         ("client_id", Some(outer_client_id.as_str())),
@@ -93,6 +100,9 @@ pub async fn resolve_request(http: &reqwest::Client, uri: &str) -> ClientResult<
     check_response_uri(&resolved)?;
     Ok(resolved)
 }
+
+/// Largest request (its parameters as JSON) a wallet resolves.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Longest `client_id`, `response_uri` or `redirect_uri` a request may carry.
 const MAX_URI_CHARS: usize = 2048;
@@ -573,5 +583,12 @@ mod tests {
         .unwrap();
         let e = resolve_request(&http, &uri).await.unwrap_err();
         assert!(e.to_string().contains("characters"), "{e}");
+        // nor a request bigger than any real one (the wallet keeps what it resolved)
+        let big = (
+            "client_metadata",
+            json!({"client_name": "x".repeat(MAX_REQUEST_BYTES)}),
+        );
+        let e = resolve_request(&http, &by_value(big)).await.unwrap_err();
+        assert!(e.to_string().contains("bytes"), "{e}");
     }
 }

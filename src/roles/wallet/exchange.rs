@@ -553,8 +553,12 @@ impl WalletService {
         let held = store
             .count_prefix(ks::RESOLVED, &format!("{wallet}/"), MAX_RESOLVED)
             .await?;
+        // full: refused rather than not kept (present would then fetch the request again)
         if held >= MAX_RESOLVED {
-            return Ok(());
+            return Err(WalletError::Busy {
+                detail: "this wallet has 32 resolved requests waiting to be answered (each is kept 10 minutes); present or wait",
+                retry_after: 60,
+            });
         }
         store
             .put_json(
