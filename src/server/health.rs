@@ -26,8 +26,9 @@ pub struct Ready {
 #[derive(Serialize, ToSchema)]
 pub struct Failing {
     component: String,
-    /// Why, for a caller with the metrics token (`metrics.token`; anyone when none is set): the
-    /// reasons name peers, keys and store errors, which are not for every client.
+    /// Why, for a caller with the metrics token (`metrics.token`; without one: anyone in sandbox
+    /// mode, no one in production): the reasons name peers, keys and store errors, which are not
+    /// for every client.
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
 }
@@ -98,9 +99,12 @@ pub async fn ready(req: actix_web::HttpRequest, state: web::Data<AppState>) -> H
         Ok(Err(e)) => failing.push(("store".into(), e.to_string())),
         Err(_) => failing.push(("store".into(), "write probe timed out".into())),
     }
-    // The reasons go to whoever may read /metrics; the rest see which components fail.
-    let detailed =
-        crate::http::metrics::authorize(&req, state.settings.metrics_token.as_ref()).is_ok();
+    // The reasons go to whoever holds the metrics token (without one: to anyone in sandbox
+    // mode, to no one in production); the rest see which components fail.
+    let detailed = match state.settings.metrics_token.as_ref() {
+        Some(token) => crate::http::metrics::authorize(&req, Some(token)).is_ok(),
+        None => state.settings.raw.server.mode == crate::config::Mode::Sandbox,
+    };
     let failing: Vec<Failing> = failing
         .into_iter()
         .map(|(component, reason)| Failing {
@@ -197,5 +201,21 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("10.0.0.7"));
+        // production without a metrics token: nobody reads them
+        let mut state = AppState::for_tests(crate::clock::FakeClock::new(1_700_000_000_000));
+        let mut cfg = crate::config::Config::default();
+        cfg.server.mode = crate::config::Mode::Production;
+        cfg.admin.tokens = vec![crate::config::Secret::new("admin-token-0123456789abcdef")];
+        cfg.store.master_key = crate::config::Secret::new("m".repeat(32));
+        state.settings = Arc::new(cfg.finish().unwrap());
+        state
+            .readiness
+            .set_not_ready("store", "redis: 10.0.3.7:6379 refused");
+        let app =
+            test::init_service(App::new().app_data(web::Data::new(state)).service(ready)).await;
+        let r = test::call_service(&app, get(None)).await;
+        let body: serde_json::Value = test::read_body_json(r).await;
+        assert_eq!(body["failing"][0]["component"], "store", "{body}");
+        assert!(body["failing"][0].get("reason").is_none(), "{body}");
     }
 }

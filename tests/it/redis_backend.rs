@@ -757,6 +757,9 @@ async fn redis_data_loss_recreates_the_defaults_once_in_sandbox_mode() {
 /// The same loss in production mode: nothing is recreated, the nodes stay not ready (naming the
 /// lost state) and serve nothing stale; restoring the data (`idstack store import` of an export
 /// taken before) makes them ready again with the keys they had.
+/// The production nodes' metrics token (their `/health/ready` reasons are its holder's).
+const PROD_METRICS_TOKEN: &str = "metrics-token-0123456789";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_data_loss_in_production_mode_stays_not_ready_until_the_data_is_restored() {
     let redis = RedisServer::start(false);
@@ -764,7 +767,8 @@ async fn redis_data_loss_in_production_mode_stays_not_ready_until_the_data_is_re
     let node = |dir: Option<tempfile::TempDir>| {
         let mut b = Server::builder()
             .redis(&redis.url(), &prefix)
-            .env("IDSTACK__SERVER__MODE", "production");
+            .env("IDSTACK__SERVER__MODE", "production")
+            .env("IDSTACK__METRICS__TOKEN", PROD_METRICS_TOKEN);
         if let Some(d) = dir {
             b = b.dir(d);
         }
@@ -800,8 +804,10 @@ async fn redis_data_loss_in_production_mode_stays_not_ready_until_the_data_is_re
             assert!(Instant::now() < deadline, "{}", n.log());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // (the reasons are the metrics token holder's in production)
         let r = guarded_client()
             .get(n.url("/health/ready"))
+            .bearer_auth(PROD_METRICS_TOKEN)
             .send()
             .await
             .unwrap();
