@@ -402,7 +402,7 @@ fn verify_one(
     for field in ["created", "expires"] {
         match &proof[field] {
             Value::Null => {}
-            Value::String(t) if chrono::DateTime::parse_from_rfc3339(t).is_ok() => {}
+            Value::String(t) if xsd_date_time_ok(t) => {}
             _ => {
                 return Err(CryptoError::Malformed(format!(
                     "the proof's {field} is not an RFC 3339 date-time"
@@ -917,6 +917,13 @@ fn check_plain_json(document: &Value) -> CryptoResult<()> {
     plain(document, true, 0, &mut Counts::default())
 }
 
+/// An xsd:dateTime chrono reads (RFC 3339, or without an offset, which ssi takes as UTC): its
+/// year then fits ssi's i32.
+fn xsd_date_time_ok(t: &str) -> bool {
+    chrono::DateTime::parse_from_rfc3339(t).is_ok()
+        || chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S%.f").is_ok()
+}
+
 /// A document as ssi takes it, once ssi can serialize it again. ssi 0.16 keeps JSON numbers as
 /// their text (serde_json's `arbitrary_precision`, which ssi turns on) and its expansion
 /// `unwrap`s their serialization (ssi-data-integrity-core `document.rs`), which fails for a
@@ -1273,6 +1280,13 @@ mod tests {
             let v = issue_credential(&issuer, &vm, cred(fine.clone()), now).unwrap();
             verify_credential(&v, now).unwrap();
         }
+        // (without an offset, as ssi reads it, is a date-time still)
+        let mut naive = vc.clone();
+        naive["proof"]["created"] = json!("2027-01-15T10:00:00");
+        assert!(!verify_credential(&naive, now)
+            .unwrap_err()
+            .to_string()
+            .contains("RFC 3339"));
         // a proof date ssi would read as a year past i32 (xsd-types unwraps it)
         for created in [
             json!("99999999999-01-01T00:00:00Z"),

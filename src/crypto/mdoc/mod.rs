@@ -100,9 +100,14 @@ fn malformed(what: impl Into<String>) -> MdocError {
 
 /// Decodes one CBOR item from `bytes` (bounded size and depth; trailing bytes refused).
 pub fn decode(bytes: &[u8]) -> MdocResult<Value> {
-    if bytes.len() > MAX_BYTES {
+    decode_within(bytes, MAX_BYTES)
+}
+
+/// [`decode`] of at most `max` bytes.
+pub fn decode_within(bytes: &[u8], max: usize) -> MdocResult<Value> {
+    if bytes.len() > max {
         return Err(MdocError::TooLarge(format!(
-            "{} bytes (at most {MAX_BYTES})",
+            "{} bytes (at most {max})",
             bytes.len()
         )));
     }

@@ -79,7 +79,7 @@ pub fn sign(
 /// A status list token's COSE_Sign1, tagged (18) or not, read within the mdoc bounds
 /// ([`super::sign1`]: no counter signatures).
 pub(super) fn token_sign1(bytes: &[u8]) -> MdocResult<coset::CoseSign1> {
-    let v = super::decode(bytes)
+    let v = super::decode_within(bytes, MAX_TOKEN_BYTES)
         .map_err(|e| MdocError::Malformed(format!("status list token: {e}")))?;
     let untagged = match v {
         Value::Tag(18, inner) => *inner,
