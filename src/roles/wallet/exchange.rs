@@ -313,7 +313,8 @@ struct Asks<'a> {
 struct Ask<'a> {
     id: &'a str,
     query: &'a Value,
-    pex: bool,
+    /// PEX: the presentation definition the descriptor belongs to.
+    pex: Option<&'a Value>,
 }
 
 impl<'a> Asks<'a> {
@@ -333,7 +334,7 @@ impl<'a> Asks<'a> {
             .map(|query| Ask {
                 id: query["id"].as_str().unwrap_or_default(),
                 query,
-                pex: pex.is_some(),
+                pex,
             })
             .collect();
         Some(Self { list, pex, sets })
@@ -439,8 +440,8 @@ impl<'a> Asks<'a> {
 
 impl Ask<'_> {
     fn matches(&self, v: &CredentialView) -> bool {
-        if self.pex {
-            pex_match(v, self.query)
+        if let Some(pd) = self.pex {
+            pex_match(v, self.query, pd)
         } else {
             dcql::mismatch(v, self.query).is_none()
         }
@@ -448,7 +449,7 @@ impl Ask<'_> {
 
     /// The claims `v` discloses when the caller does not choose (mso_mdoc: `namespace/element`).
     fn claim_names(&self, v: &CredentialView) -> Vec<String> {
-        match (self.pex, v.format == mdoc::FORMAT) {
+        match (self.pex.is_some(), v.format == mdoc::FORMAT) {
             (true, _) => pex_claim_names(self.query),
             (false, true) => dcql::requested_mdoc_elements(v, self.query),
             (false, false) => dcql::requested_claim_paths(v, self.query),
@@ -467,6 +468,12 @@ fn pick(input: &RequestInput, held: &[HeldCredential], ask: &Ask<'_>) -> WalletR
             .ok_or_else(|| {
                 WalletError::invalid(format!("credential `{chosen}` does not answer `{qid}`"))
             }),
+        // a PEX descriptor that names no field matches any credential: not one picked unasked
+        None if ask.pex.is_some() && pex_claim_names(ask.query).is_empty() => {
+            Err(WalletError::invalid(format!(
+                "input descriptor `{qid}` names no field: select the credential to present"
+            )))
+        }
         None => held
             .iter()
             .position(|(_, _, v)| ask.matches(v))
@@ -515,8 +522,18 @@ fn pex_claim_names(d: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Whether a held credential has every required field of an input descriptor.
-fn pex_match(v: &CredentialView, d: &Value) -> bool {
+/// Whether a held credential has every required field of an input descriptor, in a format the
+/// descriptor (else the definition) names when it names any.
+fn pex_match(v: &CredentialView, d: &Value, pd: &Value) -> bool {
+    let formats = d.get("format").or_else(|| pd.get("format"));
+    if let Some(named) = formats.and_then(Value::as_object) {
+        if !named
+            .keys()
+            .any(|k| pex_formats(&v.format).contains(&k.as_str()))
+        {
+            return false;
+        }
+    }
     pex_claim_names(d).iter().all(|name| {
         let root = if v.format == "dc+sd-jwt" {
             &v.root
@@ -572,6 +589,17 @@ impl WalletService {
     }
 }
 
+/// The PEX format names (of credentials and of their presentations) a held format answers.
+fn pex_formats(format: &str) -> &'static [&'static str] {
+    match format {
+        "dc+sd-jwt" | "vc+sd-jwt" => &["vc+sd-jwt", "dc+sd-jwt"],
+        "jwt_vc_json" => &["jwt_vc_json", "jwt_vc", "jwt_vp_json", "jwt_vp"],
+        "ldp_vc" => &["ldp_vc", "ldp_vp", "ldp"],
+        "mso_mdoc" => &["mso_mdoc"],
+        _ => &[],
+    }
+}
+
 /// What binds a presentation to the request a user was shown: SHA-256 over who asks
 /// (`client_id`), where the answer goes (`response_uri` / `redirect_uri`, `response_mode`) and
 /// what it asks for (`dcql_query` / `presentation_definition`). Fields a verifier may renew on
@@ -588,4 +616,50 @@ fn request_digest(req: &oid4vp::ResolvedRequest) -> String {
         p.get("presentation_definition"),
     ]);
     crate::crypto::sha256_hex(bound.to_string().as_bytes())
+}
+
+#[cfg(test)]
+mod pex_tests {
+    use super::*;
+
+    fn view(format: &str, root: Value) -> CredentialView {
+        CredentialView {
+            format: format.into(),
+            root,
+            vct: None,
+            types: vec![],
+            doctype: None,
+        }
+    }
+
+    /// A PEX descriptor is answered only in a format it (or its definition) names, and one
+    /// that names no field is never answered by a credential picked unasked (wallet review:
+    /// format and fields were ignored, so the first credential held went out whole).
+    #[test]
+    fn pex_descriptors_are_matched_by_format_and_fields() {
+        let sd = view("dc+sd-jwt", json!({"family_name": "M"}));
+        let jwt = view(
+            "jwt_vc_json",
+            json!({"credentialSubject": {"family_name": "M"}}),
+        );
+        let fields = json!({"fields": [{"path": ["$.family_name"]}]});
+        let pd = json!({"id": "pd"});
+        let d = json!({"id": "in", "format": {"vc+sd-jwt": {}}, "constraints": fields});
+        assert!(pex_match(&sd, &d, &pd));
+        assert!(!pex_match(&jwt, &d, &pd), "another format");
+        let pd_jwt = json!({"id": "pd", "format": {"jwt_vc_json": {}}});
+        let any = json!({"id": "in", "constraints": fields});
+        assert!(pex_match(&jwt, &any, &pd_jwt));
+        assert!(!pex_match(&sd, &any, &pd_jwt), "the definition's format");
+        // no field: listed as matching, never picked unasked
+        let bare = json!({"id": "in"});
+        assert!(pex_match(&sd, &bare, &pd));
+        let ask = Ask {
+            id: "in",
+            query: &bare,
+            pex: Some(&pd),
+        };
+        let input: RequestInput = serde_json::from_value(json!({"request": "x"})).unwrap();
+        assert!(pick(&input, &[], &ask).is_err());
+    }
 }
