@@ -20,6 +20,7 @@ pub mod didcomm;
 pub mod error;
 pub mod http;
 pub mod load;
+pub mod pex_filter;
 pub mod readiness;
 pub mod role;
 pub mod roles;

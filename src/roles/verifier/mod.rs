@@ -5,7 +5,6 @@ pub mod error;
 #[cfg(test)]
 mod mdoc_trust_tests;
 pub mod model;
-mod pex_filter;
 pub mod protocol;
 pub mod query;
 pub mod response;

@@ -3,10 +3,10 @@
 
 use serde_json::Value;
 
-use super::pex_filter::Filter;
 use super::verify::{self, Checked, Ctx, Outcome};
 use crate::crypto::mdoc::clip;
 use crate::dcql::{mismatch, resolve_path, CredentialView};
+use crate::pex_filter::Filter;
 
 /// Verifies every presentation in `vp_token` and checks the query is satisfied.
 pub async fn evaluate(ctx: &Ctx<'_>, vp_token: &Value, submission: Option<&Value>) -> Outcome {

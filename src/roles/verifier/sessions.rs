@@ -8,7 +8,6 @@ use serde_json::{json, Value};
 use super::error::{invalid, VerifierError};
 use super::ks;
 use super::model::*;
-use super::pex_filter::Filter;
 use super::service::*;
 use super::verify::Trust;
 use crate::clock::{random_id, random_token};
@@ -16,6 +15,7 @@ use crate::crypto::jwe::EncryptionKey;
 use crate::crypto::jws;
 use crate::crypto::mdoc::clip;
 use crate::http::urlencode;
+use crate::pex_filter::Filter;
 
 impl VerifierService {
     /// A new session and the authorization request that starts it. (About 100 lines: most of it

@@ -534,14 +534,42 @@ fn pex_match(v: &CredentialView, d: &Value, pd: &Value) -> bool {
             return false;
         }
     }
-    pex_claim_names(d).iter().all(|name| {
-        let root = if v.format == "dc+sd-jwt" {
-            &v.root
-        } else {
-            &v.root["credentialSubject"]
-        };
-        root.get(name).is_some()
-    })
+    let root = if v.format == "dc+sd-jwt" {
+        &v.root
+    } else {
+        &v.root["credentialSubject"]
+    };
+    pex_claim_names(d)
+        .iter()
+        .all(|name| root.get(name).is_some())
+        && pex_filters_hold(root, d)
+}
+
+/// Every field `filter` of a descriptor holds for the value its first path names (a dotted
+/// path below the credential's claims); a filter that cannot be compiled, or whose value cannot
+/// be found, is no match (the verifier would refuse the answer anyway).
+fn pex_filters_hold(root: &Value, d: &Value) -> bool {
+    d["constraints"]["fields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f.get("filter").is_some() && f["optional"] != json!(true))
+        .all(|f| {
+            let Ok(filter) = crate::pex_filter::Filter::compile(&f["filter"]) else {
+                return false;
+            };
+            let Some(path) = f["path"][0].as_str() else {
+                return false;
+            };
+            let dotted = path
+                .trim_start_matches("$.")
+                .trim_start_matches("vc.")
+                .trim_start_matches("credentialSubject.");
+            dotted
+                .split('.')
+                .try_fold(root, |node, seg| node.get(seg))
+                .is_some_and(|value| filter.accepts(value))
+        })
 }
 
 /// Where a wallet keeps a request it resolved: by a digest of the request text the caller sent.
@@ -651,6 +679,24 @@ mod pex_tests {
         let any = json!({"id": "in", "constraints": fields});
         assert!(pex_match(&jwt, &any, &pd_jwt));
         assert!(!pex_match(&sd, &any, &pd_jwt), "the definition's format");
+        // a field's filter must hold for the value
+        let filtered = |f: Value| json!({"id": "in", "constraints": {"fields": [{"path": ["$.family_name"], "filter": f}]}});
+        assert!(pex_match(
+            &sd,
+            &filtered(json!({"type": "string", "const": "M"})),
+            &pd
+        ));
+        assert!(!pex_match(&sd, &filtered(json!({"const": "X"})), &pd));
+        assert!(
+            !pex_match(&sd, &filtered(json!({"no_such_keyword": 1})), &pd),
+            "unenforceable"
+        );
+        let nested = json!({"id": "in", "constraints": {"fields": [{"path": ["$.credentialSubject.address.country"], "filter": {"const": "DE"}}]}});
+        let w3c = view(
+            "jwt_vc_json",
+            json!({"credentialSubject": {"address": {"country": "DE"}}}),
+        );
+        assert!(pex_match(&w3c, &nested, &pd));
         // no field: listed as matching, never picked unasked
         let bare = json!({"id": "in"});
         assert!(pex_match(&sd, &bare, &pd));
