@@ -3,7 +3,7 @@
 /// `impl Store for $ty` with the methods given, and every other one passed to `self.inner`
 /// unchanged. The plain form takes `get`, `put` and `compare_and_swap`; `own get_settled` adds the
 /// read at the primary, `own get_settled batch` batches too; `only batch` takes `batch` alone,
-/// `only scan_prefix` `scan_prefix` alone.
+/// `only scan_prefix` `scan_prefix` alone, `only get` `get` alone.
 /// Unless given, `get_settled` is `self.inner`'s, never the trait's default, which would read
 /// through the wrapper's `get`.
 // not every feature set has a test that wraps a store
@@ -29,6 +29,9 @@ macro_rules! store_wrapper {
             $($custom)*
         });
     };
+    ($ty:ty, only get { $($custom:tt)* }) => {
+        $crate::store::test_wrapper::store_wrapper!(@writes $ty, [] { $($custom)* });
+    };
     ($ty:ty, only batch { $($custom:tt)* }) => {
         $crate::store::test_wrapper::store_wrapper!(@point_ops $ty, own get_settled batch {
             $($custom)*
@@ -44,7 +47,7 @@ macro_rules! store_wrapper {
     };
     // get, get_settled, put and compare_and_swap passed through, into the form named
     (@point_ops $ty:ty, $($form:ident)* { $($custom:tt)* }) => {
-        $crate::store::test_wrapper::store_wrapper!($ty, $($form)* {
+        $crate::store::test_wrapper::store_wrapper!(@writes $ty, [, $($form)*] {
             async fn get(
                 &self,
                 ks: &'static str,
@@ -59,6 +62,12 @@ macro_rules! store_wrapper {
             ) -> crate::store::StoreResult<Option<Vec<u8>>> {
                 self.inner.get_settled(ks, key).await
             }
+            $($custom)*
+        });
+    };
+    // put and compare_and_swap passed through, into the form `[…]` names (empty: the plain one)
+    (@writes $ty:ty, [$($form:tt)*] { $($custom:tt)* }) => {
+        $crate::store::test_wrapper::store_wrapper!($ty $($form)* {
             async fn put(
                 &self,
                 ks: &'static str,

@@ -529,8 +529,7 @@ async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
     )
     .await;
     //    And with an explicit list, only that list.
-    let r = s.admin().post_resp("/api/verifiers", &json!({"id": "only-default", "signing_key_type": "P-256", "trusted_issuers": [victim_iss]})).await;
-    assert_eq!(r.status(), 201);
+    verifier_trusting(&s, "only-default", json!([victim_iss])).await;
     let (jwt, ds) = self_issued_sd(&a, &a_did, &avm, &holder, json!({}));
     let req = open(&s, "only-default", sd_query()).await;
     refused(
@@ -546,14 +545,7 @@ async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
     // 9. Status: no status reference while the session requires one; a status list that is not
     //    signed by the credential's issuer (the attacker points at the real issuer's list). A
     //    verifier trusting the attacker's issuer: an untrusted issuer's status is not checked.
-    let r = s
-        .admin()
-        .post_resp(
-            "/api/verifiers",
-            &json!({"id": "trusts-a", "signing_key_type": "P-256", "trusted_issuers": [a_did]}),
-        )
-        .await;
-    assert_eq!(r.status(), 201);
+    verifier_trusting(&s, "trusts-a", json!([a_did])).await;
     let mut q = sd_query();
     q["require_status"] = json!(true);
     let req = open(&s, "trusts-a", q).await;
@@ -982,14 +974,7 @@ async fn anchors_serve_their_own_purpose_only() {
         ("IDSTACK__X509__SD_JWT_ANCHORS", true, false),
     ] {
         let (s, _dir) = anchored_server_by(&root, var).await;
-        let r = s
-            .admin()
-            .post_resp(
-                "/api/verifiers",
-                &json!({"id": "pki", "signing_key_type": "P-256", "trusted_issuers": [iss, iaca_entry(&root)]}),
-            )
-            .await;
-        assert_eq!(r.status(), 201);
+        verifier_trusting(&s, "pki", json!([iss, iaca_entry(&root)])).await;
         let (jwt, ds) = x5c_sd_jwt(&sk, &cert, iss, &holder);
         let req = open(&s, "pki", sd_query()).await;
         let (_, r) = respond(&s, &req, "pid", json!(sd_present(&holder, &jwt, &ds, &req))).await;
@@ -1085,14 +1070,7 @@ async fn sd_jwt_x5c_chain_must_end_at_a_configured_anchor() {
     let root = x509_root("Test IACA");
     let (s, _dir) = anchored_server(&root).await;
     let iss = "https://issuer.example";
-    let r = s
-        .admin()
-        .post_resp(
-            "/api/verifiers",
-            &json!({"id": "pki", "signing_key_type": "P-256", "trusted_issuers": [iss]}),
-        )
-        .await;
-    assert_eq!(r.status(), 201);
+    verifier_trusting(&s, "pki", json!([iss])).await;
     let holder = SigningKey::generate(KeyType::P256);
     let issue =
         |signer: &SigningKey, chain: &str, iss: &str| x5c_sd_jwt(signer, chain, iss, &holder);
@@ -1289,11 +1267,16 @@ async fn mdoc_presentation_definition_descriptor_id_is_the_doctype() {
 /// Creates verifier `id` trusting the default issuer (production mode trusts no issuer unasked).
 async fn trusting_verifier(s: &Server, id: &str) {
     let issuer: Value = s.admin().get("/api/issuers/default").await;
+    verifier_trusting(s, id, json!([issuer["did"]])).await;
+}
+
+/// Creates verifier `id` (P-256) whose `trusted_issuers` are `trusted`.
+async fn verifier_trusting(s: &Server, id: &str, trusted: Value) {
     let r = s
         .admin()
         .post_resp(
             "/api/verifiers",
-            &json!({"id": id, "signing_key_type": "P-256", "trusted_issuers": [issuer["did"]]}),
+            &json!({"id": id, "signing_key_type": "P-256", "trusted_issuers": trusted}),
         )
         .await;
     assert_eq!(r.status(), 201);

@@ -20,6 +20,20 @@ pub(crate) async fn verify_session(s: &Server, query: Value) -> Value {
     r.json().await.unwrap()
 }
 
+/// What `u`'s wallet answers `POST /exchange/resolve-request` for `request` (any status).
+async fn resolve_request(s: &Server, u: &WalletUser, request: &str) -> Value {
+    u.send(
+        s,
+        reqwest::Method::POST,
+        "/exchange/resolve-request",
+        Some(json!({"request": request})),
+    )
+    .await
+    .json()
+    .await
+    .unwrap()
+}
+
 pub(crate) async fn session_result(s: &Server, id: &str) -> Value {
     s.admin()
         .get(format!("/api/verifiers/default/sessions/{id}"))
@@ -89,17 +103,7 @@ async fn receive_and_present_every_format_with_selective_disclosure() {
 
         let sess = verify_session(&s, query).await;
         let req = sess["authorization_request"].as_str().unwrap();
-        let matches: Value = u
-            .send(
-                &s,
-                M::POST,
-                "/exchange/resolve-request",
-                Some(json!({"request": req})),
-            )
-            .await
-            .json()
-            .await
-            .unwrap();
+        let matches = resolve_request(&s, &u, req).await;
         assert_eq!(matches["satisfiable"], true, "{matches}");
         assert!(matches["verified_signer"]
             .as_str()
@@ -180,17 +184,7 @@ async fn receive_and_present_every_format_with_selective_disclosure() {
     for (selections, presented) in [(json!({}), 1), (json!({"mail": jwt_vc}), 2)] {
         let sess = verify_session(&s, sets_query.clone()).await;
         let req = sess["authorization_request"].as_str().unwrap();
-        let matches: Value = u
-            .send(
-                &s,
-                M::POST,
-                "/exchange/resolve-request",
-                Some(json!({"request": req})),
-            )
-            .await
-            .json()
-            .await
-            .unwrap();
+        let matches = resolve_request(&s, &u, req).await;
         assert_eq!(matches["satisfiable"], true, "{matches}");
         let r = u
             .send(

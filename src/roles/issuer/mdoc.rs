@@ -359,31 +359,13 @@ mod tests {
         inner: std::sync::Arc<dyn crate::store::Store>,
     }
 
-    crate::store::test_wrapper::store_wrapper!(Unreadable {
+    crate::store::test_wrapper::store_wrapper!(Unreadable, only get {
         async fn get(
             &self,
             _: &'static str,
             _: &str,
         ) -> crate::store::StoreResult<Option<Vec<u8>>> {
             Err(crate::store::StoreError::Unavailable("down".into()))
-        }
-        async fn put(
-            &self,
-            keyspace: &'static str,
-            key: &str,
-            value: Vec<u8>,
-            ttl: Option<std::time::Duration>,
-        ) -> crate::store::StoreResult<()> {
-            self.inner.put(keyspace, key, value, ttl).await
-        }
-        async fn compare_and_swap(
-            &self,
-            keyspace: &'static str,
-            key: &str,
-            expected: Option<Vec<u8>>,
-            new: Option<(Vec<u8>, Option<std::time::Duration>)>,
-        ) -> crate::store::StoreResult<crate::store::Cas> {
-            self.inner.compare_and_swap(keyspace, key, expected, new).await
         }
     });
 
