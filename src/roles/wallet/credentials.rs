@@ -235,12 +235,14 @@ impl WalletService {
 
     /// Verifies the issuer's signature, that the credential is bound to the holder the wallet
     /// proved (`holder`: its key and DID) and not expired, then seals and stores it.
+    /// `config`: the configuration's id and whether the issuer's metadata says it binds its
+    /// credentials to a key; then a credential naming no holder (a bearer credential) is refused.
     pub(super) async fn store_credential(
         &self,
         owner: &Owner,
         holder: (&VerifyingKey, &str),
         key_id: &str,
-        config_id: &str,
+        (config_id, binding): (&str, Binding),
         format: &str,
         credential: &Value,
     ) -> WalletResult<CredentialSummary> {
@@ -254,7 +256,7 @@ impl WalletService {
         verify_issued(format, &raw, &bound.key, self.now()).await?;
         let (view, _) = dcql::credential_view(format, &raw);
         let payload = dcql::jwt_payload(format, &raw);
-        issued_to(format, &raw, &payload, holder, self.now())?;
+        issued_to(format, &raw, &payload, holder, binding, self.now())?;
         let summary = CredentialSummary {
             id: String::new(),
             format: if format == "vc+sd-jwt" {
@@ -419,22 +421,49 @@ async fn verify_issued(format: &str, raw: &str, key: &VerifyingKey, now: i64) ->
     }
 }
 
+/// Whether a credential configuration binds its credentials to the holder's key (the issuer's
+/// metadata names `cryptographic_binding_methods_supported`), or issues bearer credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Binding {
+    Bound,
+    Bearer,
+}
+
+impl Binding {
+    /// What an issuer's metadata says of one of its credential configurations.
+    pub(super) fn of_config(config: &Value) -> Self {
+        match config["cryptographic_binding_methods_supported"].as_array() {
+            Some(methods) if !methods.is_empty() => Binding::Bound,
+            _ => Binding::Bearer,
+        }
+    }
+}
+
 /// A received credential must be this wallet's: bound to the key it proved (SD-JWT `cnf.jwk`)
-/// or naming its DID as the subject (`sub`, `credentialSubject.id`) when it names one, and not
-/// expired. Otherwise an issuer could hand over another holder's credential (valid, from a
-/// trusted issuer) and the wallet would present it as its own. A credential that names no holder
-/// is a bearer credential and is kept.
+/// or naming its DID as the subject (`sub`, `credentialSubject.id`), and not expired. Otherwise
+/// an issuer could hand over another holder's credential (valid, from a trusted issuer) and the
+/// wallet would present it as its own. A credential that names no holder is a bearer credential:
+/// kept only from a configuration that says it issues bearer credentials. From one that binds,
+/// it would be someone else's credential stripped of its binding, or a hostile issuer's way to
+/// make the holder carry a token anyone may present.
 fn issued_to(
     format: &str,
     raw: &str,
     payload: &Value,
     (key, did): (&VerifyingKey, &str),
+    binding: Binding,
     now: i64,
 ) -> WalletResult<()> {
     let refused = |why: String| Err(WalletError::CredentialRejected(why));
     if payload["exp"].as_i64().is_some_and(|exp| exp <= now) {
         return refused("the credential has already expired".into());
     }
+    let unbound = || {
+        refused(
+            "the configuration binds credentials to the holder's key, but this one names no holder"
+                .into(),
+        )
+    };
     match format {
         "dc+sd-jwt" | "vc+sd-jwt" => match payload["cnf"].get("jwk") {
             Some(jwk) => match VerifyingKey::from_jwk(jwk) {
@@ -443,6 +472,11 @@ fn issued_to(
                     "the credential is bound (cnf) to another key than this wallet's".into(),
                 ),
             },
+            // a `cnf` by another method (kid, jku, x5t) is not this wallet's key either
+            None if payload.get("cnf").is_some() => {
+                refused("the credential is bound (cnf) by a method other than jwk".into())
+            }
+            None if binding == Binding::Bound => unbound(),
             None => Ok(()),
         },
         _ => {
@@ -460,7 +494,9 @@ fn issued_to(
                 .collect();
             // a key named by JWK (a did:web holder, for issuers that cannot resolve it) is did:jwk
             let as_jwk = crate::crypto::did::did_jwk(key);
-            if subjects.iter().all(|s| *s == did || *s == as_jwk) {
+            if subjects.is_empty() && binding == Binding::Bound {
+                unbound()
+            } else if subjects.iter().all(|s| *s == did || *s == as_jwk) {
                 Ok(())
             } else {
                 refused(format!(
@@ -750,11 +786,52 @@ mod issued_to_tests {
             } else {
                 String::new()
             };
-            issued_to(format, &raw, &payload, (&mine, did), now).is_ok()
+            issued_to(format, &raw, &payload, (&mine, did), Binding::Bound, now).is_ok()
+        };
+        let bearer_ok = |format: &str, payload: Value| {
+            let raw = payload.to_string();
+            issued_to(format, &raw, &payload, (&mine, did), Binding::Bearer, now).is_ok()
         };
         assert!(check("dc+sd-jwt", json!({"cnf": {"jwk": mine.to_jwk()}})));
         assert!(!check("dc+sd-jwt", json!({"cnf": {"jwk": other.to_jwk()}})));
-        assert!(check("dc+sd-jwt", json!({"vct": "bearer"})));
+        // a bearer credential only from a configuration that issues bearer credentials
+        let methods = |m: Value| json!({"cryptographic_binding_methods_supported": m});
+        assert_eq!(Binding::of_config(&methods(json!(["jwk"]))), Binding::Bound);
+        assert_eq!(Binding::of_config(&methods(json!([]))), Binding::Bearer);
+        assert_eq!(
+            Binding::of_config(&json!({"format": "jwt_vc_json"})),
+            Binding::Bearer
+        );
+        assert!(!check("dc+sd-jwt", json!({"vct": "bearer"})));
+        assert!(bearer_ok("dc+sd-jwt", json!({"vct": "bearer"})));
+        assert!(!check(
+            "jwt_vc_json",
+            json!({"vc": {"credentialSubject": {"name": "x"}}})
+        ));
+        assert!(bearer_ok(
+            "jwt_vc_json",
+            json!({"vc": {"credentialSubject": {"name": "x"}}})
+        ));
+        assert!(!check(
+            "ldp_vc",
+            json!({"credentialSubject": {"name": "x"}})
+        ));
+        assert!(bearer_ok(
+            "ldp_vc",
+            json!({"credentialSubject": {"name": "x"}})
+        ));
+        // bound to the holder, but not by a key this wallet can use: refused either way
+        let by_kid = json!({"cnf": {"kid": "did:key:z6Mkmine#0"}});
+        assert!(!check("dc+sd-jwt", by_kid.clone()));
+        assert!(!bearer_ok("dc+sd-jwt", by_kid));
+        assert!(!bearer_ok(
+            "dc+sd-jwt",
+            json!({"cnf": {"jwk": other.to_jwk()}})
+        ));
+        assert!(!bearer_ok(
+            "jwt_vc_json",
+            json!({"sub": "did:key:z6Mkother"})
+        ));
         assert!(!check(
             "dc+sd-jwt",
             json!({"cnf": {"jwk": mine.to_jwk()}, "exp": now - 1})

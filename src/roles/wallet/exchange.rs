@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use super::access::{Owner, Viewer};
-use super::credentials::HeldCredential;
+use super::credentials::{Binding, HeldCredential};
 use super::error::{WalletError, WalletResult};
 use super::ks;
 use super::mdoc;
@@ -72,13 +72,16 @@ impl WalletService {
             let holder = Holder { key, kid };
             let received =
                 oid4vci::credential(http, &r, &token, &config_id, &holder, self.now()).await?;
+            let binding = Binding::of_config(
+                &r.issuer_metadata["credential_configurations_supported"][&config_id],
+            );
             for rc in received {
                 let summary = self
                     .store_credential(
                         o,
                         (&key.verifying_key(), &didrec.did),
                         &didrec.key_id,
-                        &config_id,
+                        (&config_id, binding),
                         &rc.format,
                         &rc.credential,
                     )
