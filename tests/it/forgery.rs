@@ -575,6 +575,20 @@ async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
         "status list signature",
     )
     .await;
+
+    // 10. A genuine presentation made for another session, replayed until the session fails:
+    //     the failed session keeps none of its claims (they would reach the admin API, SSE and
+    //     the webhook as this session's answer). Before, the final failure stored them.
+    let elsewhere = open(&s, "default", sd_query()).await;
+    let replayed = json!(sd_present(&holder, &parsed.jwt, &given, &elsewhere));
+    let req = open(&s, "default", sd_query()).await;
+    let mut last = Value::Null;
+    for _ in 0..3 {
+        // two are refused as attempts; the third is the session's (failed) answer
+        last = respond(&s, &req, "pid", replayed.clone()).await.1;
+    }
+    assert_eq!(last["state"], "failed", "{last}");
+    assert_eq!(last["credentials"], json!([]), "{last}");
     s.stop();
 }
 

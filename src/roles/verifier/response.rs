@@ -269,7 +269,12 @@ impl Answer {
                 } else {
                     SessionState::Failed
                 };
-                s.credentials = outcome.credentials.clone();
+                // claims are kept only from a presentation that verified: a failed one's are an
+                // attacker's (or a replayed victim's) words, and would reach the admin API,
+                // SSE and the webhook as this session's
+                if verified {
+                    s.credentials = outcome.credentials.clone();
+                }
                 if !verified {
                     s.error = Some("verification failed".into());
                 } else if s.success_redirect.is_some() {
