@@ -187,6 +187,29 @@ pub struct Problem {
     pub detail: Option<String>,
 }
 
+/// Longest error detail sent or logged per response, in characters: a detail may quote what the
+/// client sent (a parameter, a serde message with the offending string), and a 1 MiB body must
+/// not come back whole, nor fill the log at the request rate.
+pub const MAX_DETAIL_CHARS: usize = 2048;
+
+/// An error detail as it leaves the process (response body and log line): at most
+/// [`MAX_DETAIL_CHARS`] characters, and control characters (a newline would forge a log line
+/// in the plain log format) replaced by spaces.
+pub fn outward_detail(detail: &str) -> String {
+    let clipped = match detail.char_indices().nth(MAX_DETAIL_CHARS) {
+        Some((at, _)) => format!("{}…", &detail[..at]),
+        None => detail.to_string(),
+    };
+    if clipped.chars().any(char::is_control) {
+        clipped
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
+    } else {
+        clipped
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         self.code.status()
@@ -194,18 +217,19 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let status = self.code.status();
+        let shown = outward_detail(&self.detail);
         // 5xx bodies expose no internals: the detail goes to the log only.
         let detail = if status.is_server_error() {
             if self.code == Code::Internal {
-                tracing::error!(detail = %self.detail, "internal error");
+                tracing::error!(detail = %shown, "internal error");
                 None
             } else {
-                tracing::warn!(code = self.code.as_str(), detail = %self.detail, "unavailable");
-                Some(self.detail.clone())
+                tracing::warn!(code = self.code.as_str(), detail = %shown, "unavailable");
+                Some(shown)
             }
         } else {
-            tracing::info!(code = self.code.as_str(), detail = %self.detail, "client error");
-            Some(self.detail.clone())
+            tracing::info!(code = self.code.as_str(), detail = %shown, "client error");
+            Some(shown)
         };
         let body = Problem {
             type_: format!("{PROBLEM_TYPE_BASE}{}", self.code.as_str()),
@@ -302,6 +326,45 @@ pub type ApiResult<T> = Result<T, ApiError>;
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    /// A detail quoting what a client sent (1 MiB of it, with newlines) leaves the process clipped
+    /// and on one line, in both error formats: problem+json and the OAuth JSON (attacker review:
+    /// a 1 MiB `grant_type` came back whole and was logged whole, with its newlines, at the
+    /// token endpoint's rate limit).
+    #[actix_web::test]
+    async fn details_quoting_the_client_are_clipped_to_one_line() {
+        let sent = "x\nforged log line\r".repeat(60_000);
+        let bodies = [
+            ApiError::bad_request(format!("bad `{sent}`")).error_response(),
+            crate::http::oauth::OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                format!("grant_type `{sent}` is not supported"),
+            )
+            .error_response(),
+        ];
+        for resp in bodies {
+            let body = actix_web::body::to_bytes(resp.into_body()).await.unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let text = v["detail"]
+                .as_str()
+                .or(v["error_description"].as_str())
+                .unwrap();
+            assert!(
+                text.chars().count() <= MAX_DETAIL_CHARS + 1,
+                "{}",
+                text.len()
+            );
+            assert!(text.starts_with("bad `x forged") || text.starts_with("grant_type `x forged"));
+            assert!(!text.chars().any(char::is_control));
+        }
+        // short, printable details are sent as they are
+        assert_eq!(
+            outward_detail("state does not match"),
+            "state does not match"
+        );
+        assert_eq!(outward_detail("été"), "été");
+    }
 
     #[test]
     fn oauth_codes_are_snake_case_client_errors() {

@@ -58,8 +58,9 @@ impl ResponseError for OAuthError {
         self.status
     }
     fn error_response(&self) -> HttpResponse {
+        let description = crate::error::outward_detail(&self.description);
         if self.status.is_client_error() {
-            tracing::info!(error = self.error, detail = %self.description, "protocol error");
+            tracing::info!(error = self.error, detail = %description, "protocol error");
         }
         let mut b = HttpResponse::build(self.status);
         b.insert_header((header::CACHE_CONTROL, "no-store"));
@@ -74,7 +75,7 @@ impl ResponseError for OAuthError {
         }
         b.json(Body {
             error: self.error,
-            error_description: &self.description,
+            error_description: &description,
         })
     }
 }
