@@ -4,6 +4,13 @@
 //! retried with back-off. Delivery is best effort and never blocks the request that caused it.
 //! It goes through the outbound guard (the role context's `http`, `http.outbound`): a webhook URL on a
 //! non-public address is refused unless allowed there.
+//!
+//! Every body carries `delivery_id` (the same on each retry of one event) and `sent_at` (unix
+//! seconds), inside what the signature covers: a receiver refuses an old `sent_at` and a
+//! `delivery_id` it has seen, so a captured delivery cannot be played to it again. In production
+//! mode a webhook goes over plain http only to a host `http.outbound.allow` names (the body
+//! carries disclosed claims and `response_code`s). Logs name only the URL's origin: webhook URLs
+//! often carry a secret in their path or query.
 
 use std::time::Duration;
 
@@ -28,14 +35,58 @@ pub fn sign(sealer: &Sealer, body: &[u8]) -> String {
     )
 }
 
-/// POSTs `event` to `url` through the guarded outbound client `http`, signed with a subkey of
-/// `sealer`'s master key.
+/// Longest webhook (or redirect) URL accepted.
+pub const MAX_URL_CHARS: usize = 2048;
+
+/// Whether `url` may be a webhook or a redirect target: an http(s) URL of at most
+/// [`MAX_URL_CHARS`] without a fragment, and in production mode plain http only to a host
+/// `http.outbound.allow` names ([`crate::http::outbound::plain_http_allowed`]).
+pub fn check_target(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).ok().filter(|u| {
+        matches!(u.scheme(), "https" | "http") && u.host_str().is_some() && u.fragment().is_none()
+    });
+    if parsed.is_none() || url.len() > MAX_URL_CHARS {
+        return Err(format!(
+            "URLs must be http(s), without a fragment, and at most {MAX_URL_CHARS} characters"
+        ));
+    }
+    if !crate::http::outbound::plain_http_allowed(url) {
+        return Err(
+            "plain http in production mode: use https, or list the host in http.outbound.allow"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// `url` as logged: its origin only (`https://host:port`), never its path, query or user-info.
+pub fn origin_of(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => u.origin().ascii_serialization(),
+        Err(_) => "(not a URL)".into(),
+    }
+}
+
+/// POSTs `event` (a JSON object) to `url` through the guarded outbound client `http`, with
+/// `delivery_id` and `sent_at` (`now`) added, signed with a subkey of `sealer`'s master key.
 pub async fn deliver(
     http: &reqwest::Client,
     sealer: &Sealer,
     url: &str,
     event: &serde_json::Value,
+    now: i64,
 ) {
+    let origin = origin_of(url);
+    // a URL stored before production mode (or before this rule) is held to it at sending time
+    if let Err(why) = check_target(url) {
+        tracing::warn!(url = %origin, %why, "webhook not sent");
+        return;
+    }
+    let mut event = event.clone();
+    if let Some(o) = event.as_object_mut() {
+        o.insert("delivery_id".into(), crate::clock::random_token(16).into());
+        o.insert("sent_at".into(), now.into());
+    }
     let body = event.to_string();
     let signature = sign(sealer, body.as_bytes());
     for attempt in 0..4u32 {
@@ -53,9 +104,11 @@ pub async fn deliver(
         match res {
             Ok(r) if r.status().is_success() => return,
             // Only the status: the receiver's body is neither read nor logged.
-            Ok(r) => tracing::warn!(%url, status = %r.status(), attempt, "webhook rejected"),
+            Ok(r) => {
+                tracing::warn!(url = %origin, status = %r.status(), attempt, "webhook rejected")
+            }
             Err(e) => {
-                tracing::warn!(%url, error = %e, attempt, "webhook failed");
+                tracing::warn!(url = %origin, error = %e, attempt, "webhook failed");
                 if e.is_refused() {
                     // The destination is not allowed (`http.outbound`): retrying cannot help.
                     return;
@@ -63,5 +116,32 @@ pub async fn deliver(
             }
         }
     }
-    tracing::warn!(%url, "webhook given up after 4 attempts");
+    tracing::warn!(url = %origin, "webhook given up after 4 attempts");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Logs name a webhook by its origin: a secret in its path, query or user-info stays out.
+    #[test]
+    fn webhook_urls_are_logged_by_origin_and_checked_for_shape() {
+        assert_eq!(
+            origin_of("https://user:pw@hooks.example:8443/T0/B1/s3cr3t?token=t"),
+            "https://hooks.example:8443"
+        );
+        assert_eq!(origin_of("http://10.0.0.5/x"), "http://10.0.0.5");
+        assert_eq!(origin_of("not a url"), "(not a URL)");
+        assert!(check_target("https://hooks.example/x?y=1").is_ok());
+        for bad in [
+            "ftp://hooks.example/x",
+            "https://hooks.example/x#frag",
+            "https://",
+            "javascript:alert(1)",
+        ] {
+            assert!(check_target(bad).is_err(), "{bad}");
+        }
+        let long = format!("https://hooks.example/{}", "a".repeat(MAX_URL_CHARS));
+        assert!(check_target(&long).is_err());
+    }
 }

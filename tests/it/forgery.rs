@@ -883,6 +883,31 @@ async fn production_verifier_without_trust_refuses_sessions() {
     );
     trusting_verifier(&s, "trusting").await;
     open(&s, "trusting", sd_query()).await;
+    // Webhooks and the success redirect carry disclosed claims and the response_code: in
+    // production, not over plain http to a host http.outbound.allow does not name.
+    for field in ["webhook_url", "success_redirect"] {
+        let mut q = sd_query();
+        q[field] = json!("http://rp.example/hook?secret=s3");
+        let r = s
+            .admin()
+            .post_resp("/api/verifiers/trusting/sessions", &q)
+            .await;
+        assert_eq!(r.status(), 422, "{field}");
+        let p: Value = r.json().await.unwrap();
+        assert!(p["detail"].as_str().unwrap().contains("plain http"), "{p}");
+        q[field] = json!("https://rp.example/hook?secret=s3");
+        open(&s, "trusting", q).await;
+    }
+    let r = s
+        .admin()
+        .post_resp(
+            "/api/issuers",
+            &json!({"id": "hooked", "webhook_url": "http://rp.example/hook"}),
+        )
+        .await;
+    assert_eq!(r.status(), 422);
+    let p: Value = r.json().await.unwrap();
+    assert!(p["detail"].as_str().unwrap().contains("plain http"), "{p}");
     s.stop();
 }
 

@@ -312,6 +312,12 @@ async fn sse_events_and_signed_webhook() {
     assert_eq!(sig.trim(), format!("sha256={expected}"));
     let event: Value = serde_json::from_str(body).unwrap();
     assert_eq!(event["session"]["verified"], true);
+    // what a receiver refuses replays by, inside what the signature covers
+    assert!(
+        event["delivery_id"].as_str().unwrap().len() >= 16,
+        "{event}"
+    );
+    assert!(event["sent_at"].as_i64().unwrap() >= result["created_at"].as_i64().unwrap());
     // A stream open when the node stops ends at once (within its 1 s re-read), not at the end
     // of the drain (server.shutdown_timeout_seconds, 10 s); the process still exits 0.
     let sess = session(&s, "default", sd_query()).await;

@@ -134,6 +134,10 @@ pub struct CreateIssuer {
     pub did_method: Option<DidMethod>,
     #[serde(default)]
     pub credential_configurations: BTreeMap<String, CredentialConfig>,
+    /// Receives a signed JSON event when the state of one of its offers changes (`X-Idstack-Signature: sha256=<hex HMAC of the
+    /// body>` under `GET /api/system/webhook-secret`; the body's `delivery_id` and `sent_at` let
+    /// the receiver refuse replays). http(s), no fragment; in production mode plain http only to
+    /// a host `http.outbound.allow` names.
     pub webhook_url: Option<String>,
 }
 
@@ -143,7 +147,7 @@ pub struct CreateIssuer {
 pub struct UpdateIssuer {
     pub display_name: Option<String>,
     pub credential_configurations: Option<BTreeMap<String, CredentialConfig>>,
-    /// Empty string clears it.
+    /// As on creation; an empty string clears it.
     pub webhook_url: Option<String>,
 }
 

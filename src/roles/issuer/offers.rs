@@ -213,6 +213,7 @@ impl IssuerService {
     pub(super) fn offer_changed(&self, issuer_id: &str, offer: &Offer) {
         let ctx = self.ctx.clone();
         let issuer_id = issuer_id.to_string();
+        let now = self.now();
         let event = json!({"type": "offer.state", "issuer": issuer_id, "offer_id": offer.id, "state": offer.state, "issued_credentials": offer.issued});
         tokio::spawn(async move {
             let Ok(Some(issuer)) = ctx.store.get_json::<Issuer>(ks::TENANTS, &issuer_id).await
@@ -222,7 +223,7 @@ impl IssuerService {
             let Some(url) = issuer.webhook_url else {
                 return;
             };
-            crate::http::webhook::deliver(&ctx.http, &ctx.sealer, &url, &event).await;
+            crate::http::webhook::deliver(&ctx.http, &ctx.sealer, &url, &event, now).await;
         });
     }
 

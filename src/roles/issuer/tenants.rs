@@ -34,7 +34,9 @@ impl Tenant for Issuer {
         let key_type = req.key_type.unwrap_or(KeyType::Ed25519);
         let did_method = req.did_method.unwrap_or(DidMethod::Key);
         validate_configs(key_type, did_method, &req.credential_configurations)?;
-        req.webhook_url.as_deref().map_or(Ok(()), validate_url)
+        req.webhook_url
+            .as_deref()
+            .map_or(Ok(()), crate::http::webhook::check_target)
     }
     fn build(
         req: CreateIssuer,
@@ -66,7 +68,7 @@ impl Tenant for Issuer {
             validate_configs(self.key_type, self.did_method, c)?;
         }
         match req.webhook_url.as_deref().filter(|w| !w.is_empty()) {
-            Some(w) => validate_url(w),
+            Some(w) => crate::http::webhook::check_target(w),
             None => Ok(()),
         }
     }
@@ -242,14 +244,6 @@ fn validate_configs(
         }
     }
     Ok(())
-}
-
-fn validate_url(u: &str) -> Result<(), String> {
-    if (u.starts_with("https://") || u.starts_with("http://")) && u.len() <= 2048 {
-        Ok(())
-    } else {
-        Err("URLs must be http(s) and at most 2048 characters".into())
-    }
 }
 
 /// The built-in mdoc configurations: the ISO mDL and the EUDI PID.

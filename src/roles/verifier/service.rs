@@ -84,9 +84,10 @@ impl VerifierService {
         }
         if let Some(url) = s.webhook_url.clone() {
             let ctx = self.ctx.clone();
-            let event = json!({"type": "verification.finished", "verifier": s.verifier, "session": s.view(self.now())});
+            let now = self.now();
+            let event = json!({"type": "verification.finished", "verifier": s.verifier, "session": s.view(now)});
             tokio::spawn(async move {
-                crate::http::webhook::deliver(&ctx.http, &ctx.sealer, &url, &event).await
+                crate::http::webhook::deliver(&ctx.http, &ctx.sealer, &url, &event, now).await
             });
         }
     }
