@@ -423,6 +423,12 @@ pub struct AdminConfig {
     pub tokens_file: PathBuf,
 }
 
+/// Longest offer lifetime the configuration may allow (a year).
+pub const MAX_TTL_SECONDS: u64 = 365 * 86_400;
+
+/// Longest verification session a request may ask for (a week).
+pub const MAX_SESSION_TTL_SECONDS: u64 = 7 * 86_400;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IssuerConfig {
@@ -927,6 +933,22 @@ impl Config {
         self.server
             .validate_limits()
             .map_err(|e| ConfigError::Invalid(format!("server: {e}")))?;
+        // lifetimes the issuer and verifier add to `now`: bounded, and a default a request
+        // without one can be given (a default over the maximum refused every such request)
+        let (offer_default, offer_max) = (
+            self.issuer.default_offer_ttl_seconds,
+            self.issuer.max_offer_ttl_seconds,
+        );
+        if offer_default == 0 || offer_default > offer_max || offer_max > MAX_TTL_SECONDS {
+            return Err(ConfigError::Invalid(format!(
+                "issuer: 1 <= default_offer_ttl_seconds <= max_offer_ttl_seconds <= {MAX_TTL_SECONDS} is required"
+            )));
+        }
+        if !(1..=MAX_SESSION_TTL_SECONDS).contains(&self.verifier.default_session_ttl_seconds) {
+            return Err(ConfigError::Invalid(format!(
+                "verifier.default_session_ttl_seconds must be 1..={MAX_SESSION_TTL_SECONDS}"
+            )));
+        }
         if self.wallet.login_lock_after == 0 || self.wallet.login_lock_seconds == 0 {
             return Err(ConfigError::Invalid(
                 "wallet.login_lock_after and wallet.login_lock_seconds must be at least 1".into(),
@@ -1268,6 +1290,31 @@ mod tests {
         assert_eq!(s.admin_tokens[0].expose(), "tok-from-file-0123456789");
         std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(c.finish().is_err());
+    }
+
+    /// Lifetimes are bounded and a default can be given: a default over the maximum refused
+    /// every offer that named none, and a huge maximum wrapped `now + ttl` (attacker review).
+    #[test]
+    fn lifetimes_are_bounded_and_defaults_within_them() {
+        assert!(Config::default().finish().is_ok());
+        for (default, max) in [
+            (0, 600),
+            (700, 600),
+            (600, MAX_TTL_SECONDS + 1),
+            (1, u64::MAX),
+        ] {
+            let mut c = Config::default();
+            c.issuer.default_offer_ttl_seconds = default;
+            c.issuer.max_offer_ttl_seconds = max;
+            let e = c.finish().unwrap_err().to_string();
+            assert!(e.contains("max_offer_ttl_seconds"), "{default} {max}: {e}");
+        }
+        for ttl in [0, MAX_SESSION_TTL_SECONDS + 1] {
+            let mut c = Config::default();
+            c.verifier.default_session_ttl_seconds = ttl;
+            let e = c.finish().unwrap_err().to_string();
+            assert!(e.contains("default_session_ttl_seconds"), "{ttl}: {e}");
+        }
     }
 
     #[test]

@@ -237,7 +237,14 @@ fn requested_in(
         .iter()
         .find(|r| !offer.credential_configuration_ids.contains(r))
     {
-        return Err(bad_authorization(format!("`{bad}` was not offered")));
+        return Err(bad_authorization(format!(
+            "`{}` was not offered",
+            crate::crypto::mdoc::clip(bad)
+        )));
     }
+    // each once: `scope=a a a …` (or the same detail repeated) is one configuration, not a
+    // list the code, the token and the token response carry as often as it was written
+    let mut seen = std::collections::HashSet::<String>::new();
+    requested.retain(|r| seen.insert(r.clone()));
     Ok(requested)
 }

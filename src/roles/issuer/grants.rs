@@ -310,6 +310,8 @@ impl IssuerService {
                 .because("redirect_uri does not match the authorization request")
                 .into());
         }
+        // RFC 6749 §4.1.3 wants a public client to name itself here, but wallets in use do not
+        // (Animo's @openid4vc/oauth2 sends no client_id): PKCE binds the code to its client.
         if req
             .client_id
             .as_deref()

@@ -1875,6 +1875,74 @@ async fn an_authorization_code_does_not_redeem_an_offer_that_expired_since() {
     assert!(e.description.contains("expired"), "{}", e.description);
 }
 
+/// A token request of the authorization code grant that names a client names the one the code
+/// was issued to (one naming none is answered: wallets in use send none, and PKCE binds the
+/// code); a configuration asked for more than once is granted once (before, `scope=a a a …` was
+/// carried by the code, the token and the answer as often as it was written).
+#[tokio::test]
+async fn authorization_code_token_requests_name_no_other_client_and_grant_each_configuration_once()
+{
+    let (svc, _clock) = issuer().await;
+    let verifier = "v".repeat(43);
+    let code_for = |details: Option<String>| {
+        let svc = &svc;
+        let verifier = verifier.clone();
+        async move {
+            let mut req = offer_req(None);
+            req.authorization_code = true;
+            let o = svc.create_offer("default", req).await.unwrap();
+            let issuer_state = o.credential_offer["grants"]["authorization_code"]["issuer_state"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let challenge = crate::crypto::b64url(crate::crypto::sha256(verifier.as_bytes()));
+            let mut a = authorize_request("https://wallet.example/cb", challenge, issuer_state);
+            if details.is_some() {
+                let id = "IdentityCredential_dc_sd_jwt";
+                a.scope = Some(format!("{id} {id} {id}"));
+            }
+            a.authorization_details = details;
+            let redirect = svc.authorize("default", a).await.unwrap();
+            reqwest::Url::parse(&redirect)
+                .unwrap()
+                .query_pairs()
+                .find(|(k, _)| k == "code")
+                .unwrap()
+                .1
+                .into_owned()
+        }
+    };
+    let token = |code: String, client_id: Option<&str>| TokenRequest {
+        grant_type: Some("authorization_code".into()),
+        pre_authorized_code: None,
+        code: Some(code),
+        code_verifier: Some(verifier.clone()),
+        redirect_uri: Some("https://wallet.example/cb".into()),
+        client_id: client_id.map(str::to_string),
+        tx_code: None,
+        authorization_details: None,
+    };
+    let code = code_for(None).await;
+    let e = OAuthError::from(
+        svc.token("default", token(code, Some("other")))
+            .await
+            .unwrap_err(),
+    );
+    assert!(e.description.contains("client_id"), "{}", e.description);
+    let code = code_for(None).await;
+    svc.token("default", token(code, None)).await.unwrap();
+    // asked for in authorization_details, and three times again in scope
+    let details = json!([
+        {"type": "openid_credential", "credential_configuration_id": "IdentityCredential_dc_sd_jwt"},
+    ]);
+    let code = code_for(Some(details.to_string())).await;
+    let t = svc
+        .token("default", token(code, Some("wallet")))
+        .await
+        .unwrap();
+    assert_eq!(t.authorization_details.unwrap().len(), 1);
+}
+
 /// The access token of a new offer of the default issuer, redeemed.
 async fn redeemed_token(svc: &IssuerService) -> super::grants::TokenResponse {
     let o = svc.create_offer("default", offer_req(None)).await.unwrap();

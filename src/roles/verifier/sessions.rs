@@ -35,8 +35,11 @@ impl VerifierService {
         let ttl = req
             .ttl_seconds
             .unwrap_or(self.cfg.default_session_ttl_seconds);
-        if ttl == 0 || ttl > 7 * 86_400 {
-            return Err(invalid("ttl_seconds must be 1..=604800"));
+        if ttl == 0 || ttl > crate::config::MAX_SESSION_TTL_SECONDS {
+            return Err(invalid(format!(
+                "ttl_seconds must be 1..={}",
+                crate::config::MAX_SESSION_TTL_SECONDS
+            )));
         }
         let policies = session_policies(req.policies)?;
         // (no fragment: the response_code is added to the query; no plain http in production:
