@@ -3,7 +3,8 @@
 /// `impl Store for $ty` with the methods given, and every other one passed to `self.inner`
 /// unchanged. The plain form takes `get`, `put` and `compare_and_swap`; `own get_settled` adds the
 /// read at the primary, `own get_settled batch` batches too; `only batch` takes `batch` alone,
-/// `only scan_prefix` `scan_prefix` alone, `only get` `get` alone.
+/// `only scan_prefix` `scan_prefix` alone, `only get` `get` alone, `only compare_and_swap`
+/// `compare_and_swap` alone.
 /// Unless given, `get_settled` is `self.inner`'s, never the trait's default, which would read
 /// through the wrapper's `get`.
 // not every feature set has a test that wraps a store
@@ -32,6 +33,9 @@ macro_rules! store_wrapper {
     ($ty:ty, only get { $($custom:tt)* }) => {
         $crate::store::test_wrapper::store_wrapper!(@writes $ty, [] { $($custom)* });
     };
+    ($ty:ty, only compare_and_swap { $($custom:tt)* }) => {
+        $crate::store::test_wrapper::store_wrapper!(@add_get [@add_put [$ty]] { $($custom)* });
+    };
     ($ty:ty, only batch { $($custom:tt)* }) => {
         $crate::store::test_wrapper::store_wrapper!(@point_ops $ty, own get_settled batch {
             $($custom)*
@@ -47,14 +51,7 @@ macro_rules! store_wrapper {
     };
     // get, get_settled, put and compare_and_swap passed through, into the form named
     (@point_ops $ty:ty, $($form:ident)* { $($custom:tt)* }) => {
-        $crate::store::test_wrapper::store_wrapper!(@writes $ty, [, $($form)*] {
-            async fn get(
-                &self,
-                ks: &'static str,
-                key: &str,
-            ) -> crate::store::StoreResult<Option<Vec<u8>>> {
-                self.inner.get(ks, key).await
-            }
+        $crate::store::test_wrapper::store_wrapper!(@add_get [@writes $ty, [, $($form)*]] {
             async fn get_settled(
                 &self,
                 ks: &'static str,
@@ -67,16 +64,7 @@ macro_rules! store_wrapper {
     };
     // put and compare_and_swap passed through, into the form `[…]` names (empty: the plain one)
     (@writes $ty:ty, [$($form:tt)*] { $($custom:tt)* }) => {
-        $crate::store::test_wrapper::store_wrapper!($ty $($form)* {
-            async fn put(
-                &self,
-                ks: &'static str,
-                key: &str,
-                value: Vec<u8>,
-                ttl: Option<std::time::Duration>,
-            ) -> crate::store::StoreResult<()> {
-                self.inner.put(ks, key, value, ttl).await
-            }
+        $crate::store::test_wrapper::store_wrapper!(@add_put [$ty $($form)*] {
             async fn compare_and_swap(
                 &self,
                 ks: &'static str,
@@ -85,6 +73,34 @@ macro_rules! store_wrapper {
                 new: Option<(Vec<u8>, Option<std::time::Duration>)>,
             ) -> crate::store::StoreResult<crate::store::Cas> {
                 self.inner.compare_and_swap(ks, key, expected, new).await
+            }
+            $($custom)*
+        });
+    };
+    // `get` passed through, then on to the arm `[…]` names
+    (@add_get [$($next:tt)*] { $($custom:tt)* }) => {
+        $crate::store::test_wrapper::store_wrapper!($($next)* {
+            async fn get(
+                &self,
+                ks: &'static str,
+                key: &str,
+            ) -> crate::store::StoreResult<Option<Vec<u8>>> {
+                self.inner.get(ks, key).await
+            }
+            $($custom)*
+        });
+    };
+    // `put` passed through, then on to the arm `[…]` names
+    (@add_put [$($next:tt)*] { $($custom:tt)* }) => {
+        $crate::store::test_wrapper::store_wrapper!($($next)* {
+            async fn put(
+                &self,
+                ks: &'static str,
+                key: &str,
+                value: Vec<u8>,
+                ttl: Option<std::time::Duration>,
+            ) -> crate::store::StoreResult<()> {
+                self.inner.put(ks, key, value, ttl).await
             }
             $($custom)*
         });

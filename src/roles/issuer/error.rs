@@ -34,6 +34,10 @@ pub enum IssuerError {
     NoCredential(String),
     #[error("a revoked credential cannot change status")]
     Revoked,
+    /// A `jwt_vc_json` credential carries a revocation entry only (VCDM 1.1 allows one
+    /// `credentialStatus`): a suspension no verifier could see is refused.
+    #[error("a {0} credential has no suspension status: revoke it instead")]
+    NoSuspension(&'static str),
     #[error("no such status list")]
     NoStatusList,
     #[error("no mdoc document signer here (production mode: import the issuer's chain with PUT /api/issuers/{{issuer}}/mdoc-signer)")]
@@ -71,7 +75,9 @@ impl ErrorCode for IssuerError {
             | IssuerError::NoStatusList
             | IssuerError::NoMdocIaca => Code::NotFound,
             IssuerError::OfferGone => Code::Gone,
-            IssuerError::Revoked | IssuerError::SignerChanged => Code::Conflict,
+            IssuerError::Revoked | IssuerError::NoSuspension(_) | IssuerError::SignerChanged => {
+                Code::Conflict
+            }
             IssuerError::Refused(r) => r.error_code(),
             IssuerError::Busy(_) => Code::Unavailable,
             IssuerError::NoKey(_)

@@ -159,15 +159,19 @@ pub async fn status_list(
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok());
     let (etag, signed) = svc.status_list(&issuer, &list, cwt, if_none_match).await?;
+    // the body depends on Accept (JWT or CWT): a shared cache must not hand one form to a
+    // client asking for the other
     let Some((content_type, token)) = signed else {
         return Ok(HttpResponse::NotModified()
             .insert_header((header::ETAG, etag))
+            .insert_header((header::VARY, "Accept"))
             .finish());
     };
     Ok(HttpResponse::Ok()
         .content_type(content_type)
         .insert_header((header::CACHE_CONTROL, "public, max-age=0, must-revalidate"))
         .insert_header((header::ETAG, etag))
+        .insert_header((header::VARY, "Accept"))
         .body(token))
 }
 

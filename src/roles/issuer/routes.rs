@@ -126,7 +126,8 @@ pub async fn revoke(
     ))
 }
 
-/// Suspend a credential (reversible with reinstate).
+/// Suspend a credential (reversible with reinstate). A `jwt_vc_json` credential names a
+/// revocation list only (VCDM 1.1 has one `credentialStatus`): 409, revoke it instead.
 #[utoipa::path(tag = "issuer", security(("admin_token" = [])), params(("issuer" = String, Path), ("id" = String, Path)), responses((status = 200, body = IssuedCredential), (status = 404, body = Problem), (status = 409, body = Problem)))]
 #[post("/api/issuers/{issuer}/credentials/{id}/suspend")]
 pub async fn suspend(

@@ -16,6 +16,11 @@ pub const TOKEN_STATUS_BITS: u8 = 2;
 /// `verifier.status_list_max_age_seconds`) refuse a list older than that.
 pub const STATUS_LIST_LIFETIME_SECS: i64 = 24 * 3600;
 
+/// Most times one status change writes the lists (each after another change of the same
+/// credential won the record): changes of one credential are admin calls, so two or three
+/// rounds are already a contest.
+const MAX_LIST_ROUNDS: usize = 8;
+
 /// Status-list indices are reserved from the issuer's shared counter in blocks of this many, one
 /// compare-and-swap per block instead of one per credential: with every credential taking the
 /// next index from one record, concurrent issuance (and, in a cluster, every node) contended on
@@ -64,6 +69,10 @@ impl IssuerService {
                 })
                 .await?;
             if let Some(end) = end {
+                // durable before any index of the block is handed out: a crash that rolled the
+                // counter back would give the next credentials the same indices as ones already
+                // delivered (revoking one would revoke the other)
+                self.ctx.store.flush().await?;
                 return Ok(end - STATUS_BLOCK);
             }
             // first credential of this issuer: create the counter at 0, then reserve through
@@ -91,7 +100,14 @@ impl IssuerService {
             .collect())
     }
 
-    /// revoke | suspend | reinstate. Revocation is final.
+    /// revoke | suspend | reinstate. Revocation is final; a `jwt_vc_json` credential cannot be
+    /// suspended (it names no suspension list).
+    ///
+    /// The record changes first (one compare-and-swap), then the three lists are written from
+    /// it, then the record is read again: if another change won meanwhile (two admins at once),
+    /// the lists are written again from the record as it now is. Whichever change writes the
+    /// lists last has read the record after its own writes, so the lists end as the record says
+    /// (before, a reinstate racing a revoke could leave a confirmed revocation out of the lists).
     pub async fn set_status(
         &self,
         issuer_id: &str,
@@ -100,14 +116,15 @@ impl IssuerService {
     ) -> Result<IssuedCredential, IssuerError> {
         self.get_issuer(issuer_id).await?;
         let key = format!("{issuer_id}/{credential_id}");
-        let updated = self
-            .ctx
-            .store
+        let store = &self.ctx.store;
+        let updated = store
             .update_json::<IssuedCredential, IssuerError, _>(ks::CREDS, &key, None, |mut c| {
                 match (c.status, to) {
                     (CredentialStatus::Revoked, CredentialStatus::Revoked) => {}
                     (CredentialStatus::Revoked, _) => return Err(IssuerError::Revoked),
-                    (CredentialStatus::Valid, CredentialStatus::Valid) => {}
+                    (_, CredentialStatus::Suspended) if c.format == Format::JwtVcJson => {
+                        return Err(IssuerError::NoSuspension("jwt_vc_json"))
+                    }
                     _ => {}
                 }
                 c.status = to;
@@ -115,13 +132,38 @@ impl IssuerService {
             })
             .await?
             .ok_or_else(|| IssuerError::NoCredential(credential_id.to_string()))?;
-        let list = status_list_number_from(&updated);
-        let token_value: u8 = match to {
+        let mut written = updated.status;
+        for _ in 0..MAX_LIST_ROUNDS {
+            self.write_status_bits(issuer_id, &updated, written).await?;
+            let now = store
+                .get_settled_json::<IssuedCredential>(ks::CREDS, &key)
+                .await?
+                .map_or(written, |c| c.status);
+            if now == written {
+                break;
+            }
+            written = now;
+        }
+        // durable before it is confirmed: a revocation must not be lost to a crash
+        store.flush().await?;
+        tracing::info!(issuer = issuer_id, credential = credential_id, status = ?to, "credential status changed");
+        Ok(updated)
+    }
+
+    /// The bits of credential `c` in its three lists, set to say `status`.
+    async fn write_status_bits(
+        &self,
+        issuer_id: &str,
+        c: &IssuedCredential,
+        status: CredentialStatus,
+    ) -> Result<(), IssuerError> {
+        let list = status_list_number_from(c);
+        let token_value: u8 = match status {
             CredentialStatus::Valid => 0,
             CredentialStatus::Revoked => 1,
             CredentialStatus::Suspended => 2,
         };
-        let idx = updated.status_index;
+        let idx = c.status_index;
         self.update_list(
             issuer_id,
             &format!("token-{list}"),
@@ -130,15 +172,13 @@ impl IssuerService {
         )
         .await?;
         self.update_list(issuer_id, &format!("revocation-{list}"), 1, |a| {
-            a.set_msb(idx, to == CredentialStatus::Revoked)
+            a.set_msb(idx, status == CredentialStatus::Revoked)
         })
         .await?;
         self.update_list(issuer_id, &format!("suspension-{list}"), 1, |a| {
-            a.set_msb(idx, to == CredentialStatus::Suspended)
+            a.set_msb(idx, status == CredentialStatus::Suspended)
         })
-        .await?;
-        tracing::info!(issuer = issuer_id, credential = credential_id, status = ?to, "credential status changed");
-        Ok(updated)
+        .await
     }
 
     pub(super) async fn update_list(
@@ -185,17 +225,24 @@ impl IssuerService {
     ) -> Result<(String, Option<(&'static str, Vec<u8>)>), IssuerError> {
         let issuer = self.get_issuer(issuer_id).await?;
         let (kind, number) = list.rsplit_once('-').ok_or(IssuerError::NoStatusList)?;
-        let number: u64 = number.parse().map_err(|_| IssuerError::NoStatusList)?;
+        // one name per list: `token-01` or `token-+1` would be signed as lists of their own
+        let number: u64 = number
+            .parse()
+            .ok()
+            .filter(|n: &u64| n.to_string() == number)
+            .ok_or(IssuerError::NoStatusList)?;
         self.check_allocated(issuer_id, number).await?;
         let bits = if kind == "token" {
             TOKEN_STATUS_BITS
         } else {
             1
         };
+        // the primary's copy (cluster mode): a node that has not yet received a revocation must
+        // not sign a fresh list without it
         let arr = match self
             .ctx
             .store
-            .get(ks::STATUS, &format!("{issuer_id}/{list}"))
+            .get_settled(ks::STATUS, &format!("{issuer_id}/{list}"))
             .await?
         {
             Some(bytes) => StatusArray { bits, bytes },

@@ -626,19 +626,8 @@ async fn a_credential_of_a_later_status_list_is_revoked_in_that_list() {
     svc.set_status("default", &second.id, CredentialStatus::Revoked)
         .await
         .unwrap();
-    let list = |n: u64| {
-        let svc = &svc;
-        async move {
-            svc.ctx
-                .store
-                .get(ks::STATUS, &format!("default/revocation-{n}"))
-                .await
-                .unwrap()
-        }
-    };
-    let bit = |raw: Option<Vec<u8>>, i: u64| {
-        raw.is_some_and(|b| b[(i / 8) as usize] & (0x80 >> (i % 8)) != 0)
-    };
+    let list = |n: u64| stored_list(&svc, format!("revocation-{n}"));
+    let bit = |raw: Option<Vec<u8>>, i: u64| raw.is_some_and(|b| revocation_bit(&b, i));
     assert!(
         bit(list(2).await, second.status_index),
         "list 2's bit is not set"
@@ -647,6 +636,138 @@ async fn a_credential_of_a_later_status_list_is_revoked_in_that_list() {
         !bit(list(1).await, first.status_index),
         "the first credential was revoked instead"
     );
+}
+
+/// A store on which another admin's status change lands between this change's record write and
+/// its list writes: at the first status-list write armed, the credential record `record` is
+/// changed to revoked (the other change; its own list writes happened before, overwritten).
+struct RacingStatus {
+    inner: Arc<dyn crate::store::Store>,
+    record: std::sync::Mutex<Option<String>>,
+}
+
+store_wrapper!(RacingStatus, only compare_and_swap {
+    async fn compare_and_swap(
+        &self,
+        ks: &'static str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Option<(Vec<u8>, Option<Duration>)>,
+    ) -> crate::store::StoreResult<Cas> {
+        let armed = (ks == ks::STATUS)
+            .then(|| self.record.lock().unwrap().take())
+            .flatten();
+        if let Some(record) = armed {
+            let raw = self.inner.get(ks::CREDS, &record).await?.unwrap();
+            let mut c: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+            c["status"] = json!("revoked");
+            self.inner
+                .put(ks::CREDS, &record, c.to_string().into_bytes(), None)
+                .await?;
+        }
+        self.inner.compare_and_swap(ks, key, expected, new).await
+    }
+});
+
+/// Two admins change one credential at once: a reinstate writes its record, a revocation writes
+/// its record and lists, then the reinstate writes its lists. The lists end as the record says
+/// (revoked): the reinstate reads the record again after its writes and writes them again.
+/// Before, the lists said valid while the API had confirmed the revocation.
+#[tokio::test]
+async fn racing_status_changes_leave_the_lists_as_the_record_says() {
+    let clock = FakeClock::new(1_800_000_000_000);
+    let mut ctx = RoleContext::for_tests(clock.clone());
+    let racing = Arc::new(RacingStatus {
+        inner: ctx.store.clone(),
+        record: Default::default(),
+    });
+    ctx.store = racing.clone();
+    let svc = IssuerService::new(ctx, IssuerConfig::default());
+    svc.init().await.unwrap();
+    let t = redeemed_token(&svc).await;
+    let holder = SigningKey::generate(KeyType::Ed25519);
+    credential_by(&svc, &clock, &t.access_token, &holder)
+        .await
+        .unwrap();
+    let c = svc.list_credentials("default").await.unwrap().remove(0);
+    *racing.record.lock().unwrap() = Some(format!("default/{}", c.id));
+    svc.set_status("default", &c.id, CredentialStatus::Valid)
+        .await
+        .unwrap();
+    let now = svc.list_credentials("default").await.unwrap().remove(0);
+    assert_eq!(now.status, CredentialStatus::Revoked);
+    let list = |name: &str| stored_list(&svc, format!("{name}-{}", c.status_list));
+    let (token, i) = (list("token").await.unwrap(), c.status_index as usize);
+    assert_eq!(
+        (token[i / 4] >> ((i % 4) * 2)) & 0b11,
+        1,
+        "token list says valid"
+    );
+    let revocation = list("revocation").await.unwrap();
+    assert!(
+        revocation_bit(&revocation, c.status_index),
+        "revocation list says valid"
+    );
+}
+
+/// The stored bits of the default issuer's status list `name` (`revocation-1`, …).
+async fn stored_list(svc: &IssuerService, name: String) -> Option<Vec<u8>> {
+    svc.ctx
+        .store
+        .get(ks::STATUS, &format!("default/{name}"))
+        .await
+        .unwrap()
+}
+
+/// Bit `i` of a Bitstring Status List (most significant bit first).
+fn revocation_bit(bits: &[u8], i: u64) -> bool {
+    bits[(i / 8) as usize] & (0x80 >> (i % 8)) != 0
+}
+
+/// A `jwt_vc_json` credential names its revocation list only: suspending it would change a
+/// list no verifier reads (a 200 and a record saying "suspended" for a credential that stays
+/// valid everywhere). It is refused (409); revoking it works.
+#[tokio::test]
+async fn a_credential_without_a_suspension_list_cannot_be_suspended() {
+    let (svc, clock) = issuer().await;
+    let mut req = offer_req(None);
+    req.credential_configuration_ids = vec!["IdentityCredential_jwt_vc_json".into()];
+    let o = svc.create_offer("default", req).await.unwrap();
+    let t = svc
+        .token("default", token_req(&pre_auth_code(&o)))
+        .await
+        .unwrap();
+    let mut creq = credential_req(&svc, &clock).await;
+    creq.credential_configuration_id = Some("IdentityCredential_jwt_vc_json".into());
+    svc.credential("default", Some(&t.access_token), creq)
+        .await
+        .unwrap();
+    let c = svc.list_credentials("default").await.unwrap().remove(0);
+    let e = svc
+        .set_status("default", &c.id, CredentialStatus::Suspended)
+        .await
+        .unwrap_err();
+    assert_eq!(crate::error::ErrorCode::error_code(&e), Code::Conflict);
+    assert_eq!(
+        svc.list_credentials("default").await.unwrap()[0].status,
+        CredentialStatus::Valid
+    );
+    svc.set_status("default", &c.id, CredentialStatus::Revoked)
+        .await
+        .unwrap();
+    // one name per list: an alias of list 1 is no list
+    for alias in ["token-01", "token-+1", "revocation-001"] {
+        assert!(
+            matches!(
+                svc.status_list("default", alias, false, None).await,
+                Err(super::error::IssuerError::NoStatusList)
+            ),
+            "{alias}"
+        );
+    }
+    svc.status_list("default", "token-1", false, None)
+        .await
+        .unwrap();
 }
 
 /// The status entry of an SD-JWT VC: (list URI, index).
