@@ -43,9 +43,14 @@ impl AgentKey {
 
     /// Authcrypts `msg` to `to`.
     pub fn pack(&self, msg: &Value, to: &[u8; 32]) -> anyhow::Result<Vec<u8>> {
+        self.pack_to_all(msg, &[*to])
+    }
+
+    /// Authcrypts `msg` to every key of `to` (one envelope they all open).
+    pub fn pack_to_all(&self, msg: &Value, to: &[[u8; 32]]) -> anyhow::Result<Vec<u8>> {
         Ok(envelope::pack(
             msg.to_string().as_bytes(),
-            &[*to],
+            to,
             Some(&self.key),
         )?)
     }

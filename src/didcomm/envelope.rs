@@ -91,6 +91,11 @@ pub struct Unpacked {
     pub recipient_verkey: String,
     /// Base58 verkey of the authenticated sender (authcrypt); `None` for anoncrypt.
     pub sender_verkey: Option<String>,
+    /// How many recipients the envelope names. Every one of them learns the content key and
+    /// can re-encrypt any message under it as this same authcrypted sender (RFC 0019 has no
+    /// per-recipient authentication of the content): a receiver that acts on the sender's
+    /// authority accepts only envelopes naming it alone.
+    pub recipients: usize,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -199,23 +204,46 @@ fn pair_box(
     our_secret: &BoxSecretKey,
     theirs: &[u8; 32],
 ) -> Result<PairBox, EnvelopeError> {
+    let (made, fresh) = pair_box_uncached(ours, our_secret, theirs)?;
+    if fresh {
+        remember_pair_box(ours, theirs, &made);
+    }
+    Ok(made)
+}
+
+/// The pair box from the cache, or made (`true`: not cached yet). Unpacking caches it only once
+/// it has opened the content key: a sealed sender costs an outsider nothing to forge, and would
+/// otherwise let bogus envelopes flush the senders that are real.
+fn pair_box_uncached(
+    ours: &SigningKey,
+    our_secret: &BoxSecretKey,
+    theirs: &[u8; 32],
+) -> Result<(PairBox, bool), EnvelopeError> {
     let id = (ours.verifying_key().to_bytes(), *theirs);
-    let cache = box_cache();
-    if let Some(hit) = cache.entries.lock().ok().and_then(|m| m.get(&id).cloned()) {
-        return Ok(hit);
+    if let Some(hit) = box_cache()
+        .entries
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&id).cloned())
+    {
+        return Ok((hit, false));
     }
     let their_pk = box_public(&verifying_key(theirs)?);
     let made = (
         std::sync::Arc::new(SalsaBox::new(&their_pk, our_secret)),
         their_pk,
     );
-    if let Ok(mut m) = cache.entries.lock() {
+    Ok((made, true))
+}
+
+fn remember_pair_box(ours: &SigningKey, theirs: &[u8; 32], made: &PairBox) {
+    let id = (ours.verifying_key().to_bytes(), *theirs);
+    if let Ok(mut m) = box_cache().entries.lock() {
         if m.len() >= BOX_CACHE_MAX {
             m.clear();
         }
         m.insert(id, made.clone());
     }
-    Ok(made)
 }
 
 fn box_public(vk: &VerifyingKey) -> BoxPublicKey {
@@ -376,13 +404,17 @@ pub fn unpack(
                 .ok()
                 .and_then(|v| v.try_into().ok())
                 .ok_or_else(|| EnvelopeError::Malformed("sender is not a base58 verkey".into()))?;
-            let (pair, _) = pair_box(&signing_key, &my_sk, &sender_bytes)?;
+            let (made, fresh) = pair_box_uncached(&signing_key, &my_sk, &sender_bytes)?;
             let iv: [u8; BOX_NONCE_LEN] = unb64("iv", iv)?
                 .try_into()
                 .map_err(|_| EnvelopeError::Malformed("recipient iv is not 24 bytes".into()))?;
-            let cek = pair
+            let cek = made
+                .0
                 .decrypt(&iv.into(), enc_cek.as_slice())
                 .map_err(|_| EnvelopeError::Decryption("content key box"))?;
+            if fresh {
+                remember_pair_box(&signing_key, &sender_bytes, &made);
+            }
             (Zeroizing::new(cek), Some(sender_b58))
         }
         (true, _, _) => {
@@ -437,6 +469,7 @@ pub fn unpack(
         message,
         recipient_verkey: recipient.header.kid.clone(),
         sender_verkey,
+        recipients: protected.recipients.len(),
     })
 }
 

@@ -8,32 +8,41 @@ use super::error::{MediatorError, MediatorResult, OrInternal as _};
 use super::model::ks;
 use super::model::*;
 use super::service::MediatorService;
-use crate::store::{BatchOp, Cas};
+use crate::store::Cas;
 
 /// Compare-and-swap attempts on a connection record before answering `conflict`.
 const UPDATE_TRIES: usize = 16;
 
 impl MediatorService {
+    /// Stores a new connection and claims its peer's verkey for it. A key has one connection:
+    /// a second handshake from the same key is refused, not made the key's connection (which
+    /// cut the agent off from its mediated inbox: its pickups read the new, empty queue while
+    /// forwards kept filling the old one, and its routing keys stayed the old one's). A request
+    /// replayed from a captured envelope is refused the same way. The record is written first
+    /// and is unreachable until the claim; a lost claim deletes it.
     pub(super) async fn save_connection(&self, conn: &Connection) -> MediatorResult<()> {
         let bytes = serde_json::to_vec(conn).or_internal()?;
-        self.ctx
-            .store
-            .batch(vec![
-                BatchOp::Put {
-                    keyspace: ks::CONNECTIONS,
-                    key: conn.id.clone(),
-                    value: bytes,
-                    ttl: None,
-                },
-                BatchOp::Put {
-                    keyspace: ks::BY_KEY,
-                    key: conn.their_verkey.clone(),
-                    value: conn.id.clone().into_bytes(),
-                    ttl: None,
-                },
-            ])
-            .await?;
+        let store = &self.ctx.store;
+        store.put(ks::CONNECTIONS, &conn.id, bytes, None).await?;
+        let claim = Some((conn.id.clone().into_bytes(), None));
+        if store
+            .compare_and_swap(ks::BY_KEY, &conn.their_verkey, None, claim)
+            .await?
+            != Cas::Swapped
+        {
+            store.delete(ks::CONNECTIONS, &conn.id).await?;
+            return Err(key_taken(self));
+        }
         Ok(())
+    }
+
+    /// Refuses a handshake from a key that already has a connection, before the request spends
+    /// an invitation ([`Self::save_connection`] decides; this only spares the invitation).
+    pub(super) async fn key_is_free(&self, verkey: &str) -> MediatorResult<()> {
+        match self.ctx.store.get(ks::BY_KEY, verkey).await? {
+            Some(_) => Err(key_taken(self)),
+            None => Ok(()),
+        }
     }
 
     /// The connection whose peer authcrypts with `verkey` (a refusal when none).
@@ -127,4 +136,10 @@ impl MediatorService {
             acknowledged_total: acknowledged,
         })
     }
+}
+
+fn key_taken(svc: &MediatorService) -> MediatorError {
+    svc.refuse(
+        "a connection with this key exists: keep using it (out-of-band handshake-reuse), or connect with a new key",
+    )
 }

@@ -39,6 +39,7 @@ impl MediatorService {
             None => None,
         };
         // checked before the invitation counts it: a refused request takes no place
+        self.key_is_free(sender).await?;
         let info = self.sender_of(did, attached.as_ref(), sender)?;
         let invitation = self.use_invitation(pthid).await?;
         self.open_connection(
@@ -106,6 +107,7 @@ impl MediatorService {
             .and_then(Value::as_str)
             .required(self, "connection request without DID")?;
         let doc = c.get("DIDDoc").or_else(|| c.get("did_doc"));
+        self.key_is_free(sender).await?;
         let info = self.sender_of(did, doc, sender)?;
         let invitation = self.use_invitation(pthid).await?;
         self.open_connection(msg, sender, did, info, "connections/1.0".into(), invitation)

@@ -58,7 +58,7 @@ impl MediatorService {
     }
 
     async fn handle(&self, body: &[u8], socket: Option<&Arc<Socket>>) -> MediatorResult<Replies> {
-        let (msg, typ, sender) = self.open(body)?;
+        let (msg, typ, sender, recipients) = self.open(body)?;
         let ty = typ.strip_prefix(DIDCOMM).unwrap_or(&typ);
         if ty == "routing/1.0/forward" {
             self.forward(&msg).await?;
@@ -69,6 +69,13 @@ impl MediatorService {
                 "only forward messages may be anoncrypted; everything else must be authcrypted",
             ));
         };
+        // every recipient of an envelope can re-encrypt any message as its sender (RFC 0019): a
+        // message that acts on the sender's connection names the mediator alone, or another
+        // recipient could speak for the sender (remove its keys, take its messages)
+        if recipients != 1 {
+            return Err(self
+                .refuse("a message to the mediator must name the mediator as its only recipient"));
+        }
         let handled = self.dispatch(&msg, ty, &sender, socket).await?;
         let mut out = Replies::default();
         if let Some(reply) = handled.reply {
@@ -98,8 +105,9 @@ impl MediatorService {
     }
 
     /// Unpacks an envelope for the mediator key: the plaintext message, its `@type` (legacy
-    /// prefix mapped) and the authcrypt sender's verkey (`None`: anoncrypted).
-    fn open(&self, body: &[u8]) -> MediatorResult<(Value, String, Option<String>)> {
+    /// prefix mapped), the authcrypt sender's verkey (`None`: anoncrypted) and how many
+    /// recipients the envelope names.
+    fn open(&self, body: &[u8]) -> MediatorResult<(Value, String, Option<String>, usize)> {
         if body.len() > self.cfg.max_message_bytes {
             return Err(MediatorError::TooLarge);
         }
@@ -115,7 +123,7 @@ impl MediatorService {
             .map(normalize_type)
             .required(self, "message has no @type")?;
         tracing::debug!(%typ, sender = ?unpacked.sender_verkey, "didcomm message");
-        Ok((msg, typ, unpacked.sender_verkey))
+        Ok((msg, typ, unpacked.sender_verkey, unpacked.recipients))
     }
 
     /// Runs message `msg` of type `ty` (`<protocol>/<version>/<name>`) from `sender`.

@@ -104,9 +104,14 @@ async fn a_failed_dequeue_after_the_message_was_handled_is_not_an_error() {
 
 /// A mediator whose public invitation takes one connection, and that invitation's id.
 async fn one_place_invitation() -> (Arc<MediatorService>, String) {
+    invitation_with_places(1).await
+}
+
+/// A mediator whose public invitation takes `places` connections, and that invitation's id.
+async fn invitation_with_places(places: u64) -> (Arc<MediatorService>, String) {
     let ctx = RoleContext::for_tests(FakeClock::new(1_800_000_000_000));
     let cfg = crate::config::MediatorConfig {
-        max_connections_per_invitation: 1,
+        max_connections_per_invitation: places,
         ..Default::default()
     };
     let svc = super::init(&ctx, &cfg).await.unwrap();
@@ -156,9 +161,10 @@ async fn replies_to_an_endpoint_that_never_answers_are_bounded() {
         }
     });
     let (svc, _store, _clock, alice) = mediated().await;
-    let mut conn = svc.connection_by_key(&alice.verkey).await.unwrap();
-    conn.their_endpoint = Some(endpoint);
-    svc.save_connection(&conn).await.unwrap();
+    let conn = svc.connection_by_key(&alice.verkey).await.unwrap();
+    svc.update_connection(&conn.id, |c| c.their_endpoint = Some(endpoint.clone()))
+        .await
+        .unwrap();
     let queued_before = svc.stats().await.unwrap().queued_messages;
     for i in 0..40 {
         let ping = json!({"@type": "https://didcomm.org/trust_ping/1.0/ping",
@@ -215,6 +221,69 @@ async fn a_refused_handshake_takes_no_place_of_its_invitation() {
         assert!(socket.count_handshake());
     }
     assert!(!socket.count_handshake());
+}
+
+/// Attacker review (DIDComm): a second handshake from a key that has a connection made the key
+/// point at a new, empty connection: the agent's pickups read that one while forwards kept
+/// filling the old one and its routing keys stayed there (a replayed request did the same). A
+/// key has one connection: the second request is refused before it spends an invitation, and a
+/// racing one loses at the claim. And an authcrypted message naming another recipient besides
+/// the mediator is refused: that recipient could re-encrypt anything as its sender (RFC 0019).
+#[tokio::test]
+async fn a_key_has_one_connection_and_speaks_for_itself_alone() {
+    let (svc, id) = invitation_with_places(2).await;
+    let request = |who: &AgentKey| {
+        json!({"@type": "https://didcomm.org/didexchange/1.1/request", "@id": "r",
+               "~thread": {"pthid": id}, "did": who.did_key(), "label": "a"})
+    };
+    let (alice, bob) = (AgentKey::generate(), AgentKey::generate());
+    svc.didexchange_request(&request(&alice), &alice.verkey, "1.1")
+        .await
+        .unwrap();
+    let first = svc.connection_by_key(&alice.verkey).await.unwrap();
+    let again = svc
+        .didexchange_request(&request(&alice), &alice.verkey, "1.1")
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{again}").contains("connection with this key"),
+        "{again}"
+    );
+    // the refused request took no place: the invitation's second place is bob's
+    svc.didexchange_request(&request(&bob), &bob.verkey, "1.1")
+        .await
+        .unwrap();
+    // a request that passed the check at the same time loses at the claim, and leaves nothing
+    let racing = Connection {
+        id: "conn-racing".into(),
+        ..first.clone()
+    };
+    assert!(svc.save_connection(&racing).await.is_err());
+    assert_eq!(
+        svc.connection_by_key(&alice.verkey).await.unwrap().id,
+        first.id
+    );
+    assert!(svc
+        .ctx
+        .store
+        .get(super::model::ks::CONNECTIONS, "conn-racing")
+        .await
+        .unwrap()
+        .is_none());
+    // alice's connection answers her; an envelope naming bob too is refused
+    let ping = json!({"@type": "https://didcomm.org/trust_ping/1.0/ping", "@id": "p",
+                      "response_requested": true, "~transport": {"return_route": "all"}});
+    let answer = ask(&svc, &alice, ping.clone()).await;
+    assert_eq!(
+        answer["@type"],
+        "https://didcomm.org/trust_ping/1.0/ping_response"
+    );
+    let med = svc.key.verifying_key().to_bytes();
+    let shared = alice
+        .pack_to_all(&ping, &[med, bob.verkey_bytes()])
+        .unwrap();
+    let e = svc.answer_http(&shared).await.unwrap_err();
+    assert!(format!("{e}").contains("only recipient"), "{e}");
 }
 
 /// Attacker review: 64 connections holding 4 reply POSTs each took every place, and the next
