@@ -455,6 +455,32 @@ impl Policy {
         }
     }
 
+    /// A redirect to plain `http` in production mode stays on the host (and port) it was
+    /// already speaking plain http with, or goes to one [`Self::plain_http_allowed`] admits:
+    /// otherwise an allow-listed plain-http host could send the request (a wallet's codes and
+    /// tokens, a verifier's status-list fetch) on in clear to anyone.
+    fn plain_http_hop(
+        &self,
+        previous: &[reqwest::Url],
+        next: &reqwest::Url,
+    ) -> Result<(), OutboundError> {
+        if next.scheme() != "http" || self.plain_http_allowed(next) {
+            return Ok(());
+        }
+        let same_host = previous.last().is_some_and(|p| {
+            p.scheme() == "http"
+                && p.host_str() == next.host_str()
+                && p.port_or_known_default() == next.port_or_known_default()
+        });
+        if same_host {
+            Ok(())
+        } else {
+            Err(OutboundError::Refused(
+                "a redirect to plain http on another host (production mode)".into(),
+            ))
+        }
+    }
+
     /// Whether an allow-list network entry names `ip` (on `port`).
     fn ip_listed_by_entry(&self, ip: IpAddr, port: Option<u16>) -> bool {
         self.allowed.iter().any(|a| match a {
@@ -630,7 +656,9 @@ fn build(cfg: &OutboundConfig, mode: Mode, follow: bool) -> anyhow::Result<reqwe
         if attempt.previous().len() > max_redirects {
             return attempt.error(OutboundError::Refused("too many redirects".into()));
         }
-        if let Err(e) = no_downgrade(attempt.previous(), attempt.url()) {
+        if let Err(e) = no_downgrade(attempt.previous(), attempt.url())
+            .and_then(|()| hops.plain_http_hop(attempt.previous(), attempt.url()))
+        {
             return attempt.error(e);
         }
         // each hop is a request of the task's budget too (a redirect chain is not one request)
@@ -779,6 +807,47 @@ mod tests {
         .is_err());
         assert!(no_downgrade(&[u("https://a.example/x")], &u("https://b.example/y")).is_ok());
         assert!(no_downgrade(&[u("http://a.example/x")], &u("http://b.example/y")).is_ok());
+    }
+
+    /// In production, a plain-http redirect chain that starts at an allowed host does not go on
+    /// in clear to another host (the wallet's codes and tokens would follow it); it may stay on
+    /// its host, or go to another allowed one. Sandbox mode allows plain http anywhere.
+    #[test]
+    fn a_plain_http_redirect_stays_on_its_host_in_production() {
+        let u = |s: &str| reqwest::Url::parse(s).unwrap();
+        let prod = Policy::new(
+            &cfg(AllowPrivate::None, &["issuer.corp:80", "other.corp:8080"]),
+            Mode::Production,
+        )
+        .unwrap();
+        let from = [u("http://issuer.corp/offer")];
+        assert!(prod
+            .plain_http_hop(&from, &u("http://evil.example/x"))
+            .is_err());
+        assert!(prod
+            .plain_http_hop(&from, &u("http://issuer.corp:8081/x"))
+            .is_err());
+        assert!(prod
+            .plain_http_hop(&from, &u("http://issuer.corp/next"))
+            .is_ok());
+        assert!(prod
+            .plain_http_hop(&from, &u("http://other.corp:8080/x"))
+            .is_ok());
+        assert!(prod
+            .plain_http_hop(&from, &u("https://evil.example/x"))
+            .is_ok());
+        // a status list fetched over http by configuration: same host only
+        let status = [u("http://status.example/list")];
+        assert!(prod
+            .plain_http_hop(&status, &u("http://status.example/list2"))
+            .is_ok());
+        assert!(prod
+            .plain_http_hop(&status, &u("http://else.example/list"))
+            .is_err());
+        let sandbox = Policy::new(&cfg(AllowPrivate::None, &[]), Mode::Sandbox).unwrap();
+        assert!(sandbox
+            .plain_http_hop(&from, &u("http://evil.example/x"))
+            .is_ok());
     }
 
     #[test]
