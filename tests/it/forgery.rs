@@ -216,6 +216,38 @@ async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["verified"], true);
 
+    // 0b. The wallet's answer is lost and it posts the same response again: the same answer,
+    //     redirect and response_code included (before: 400 "already answered", and the user
+    //     never reached the relying party). Another response is still refused.
+    let mut q = sd_query();
+    q["success_redirect"] = json!("https://rp.example/done");
+    let req = open(&s, "default", q).await;
+    let vp_token = json!({"pid": [sd_present(&holder, &parsed.jwt, &given, &req)]}).to_string();
+    let post = |vp: String| {
+        let req = &req;
+        async move {
+            let r = client()
+                .post(&req.response_uri)
+                .form(&[("vp_token", vp.as_str()), ("state", req.state.as_str())])
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let first = post(vp_token.clone()).await;
+    assert_eq!(first.0, 200, "{first:?}");
+    assert!(first.1["redirect_uri"]
+        .as_str()
+        .unwrap()
+        .contains("response_code="));
+    assert_eq!(post(vp_token.clone()).await, first);
+    let other = json!({"pid": [sd_present(&holder, &parsed.jwt, &[], &req)]}).to_string();
+    assert_eq!(post(other).await.0, 400);
+
     // 1. The reported forgery: payload kept, status dropped, re-signed by the attacker's did:key /
     //    did:jwk named in the header kid.
     let mut no_status = victim.clone();

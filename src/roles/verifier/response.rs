@@ -51,7 +51,14 @@ impl VerifierService {
                 .because("this verification session has expired")
                 .into());
         }
+        let digest = answer_digest(&form);
         if session.state != SessionState::Pending {
+            // the very post that completed it, again (its answer was lost): the same answer
+            if session.verified && session.answer_digest.as_deref() == Some(digest.as_str()) {
+                return Ok(ResponseOutcome {
+                    redirect_uri: redirect_of(&session),
+                });
+            }
             return Err(InvalidRequest
                 .because("this verification session has already been answered")
                 .into());
@@ -93,7 +100,7 @@ impl VerifierService {
                 &key,
                 Some(ttl),
                 Some(raw),
-                |s| answer.apply(s, now, &code),
+                |s| answer.apply(s, now, (&code, &digest)),
             )
             .await?
             .ok_or_else(|| {
@@ -110,13 +117,7 @@ impl VerifierService {
         }
         tracing::info!(verifier = verifier_id, session = id, verified = updated.verified, state = ?updated.state, "verification session finished");
         Ok(ResponseOutcome {
-            redirect_uri: match (&updated.success_redirect, &updated.response_code) {
-                (Some(to), Some(code)) if updated.verified => {
-                    let sep = if to.contains('?') { '&' } else { '?' };
-                    Some(format!("{to}{sep}response_code={}", urlencode(code)))
-                }
-                _ => None,
-            },
+            redirect_uri: redirect_of(&updated),
         })
     }
 
@@ -235,7 +236,12 @@ impl Answer {
     /// The session record `s` (its latest value) with this answer: a rejected presentation while
     /// attempts are left keeps it pending and adds the failure to `failed_attempts`; anything
     /// else finishes it. A session already finished is not changed (another response won).
-    fn apply(&self, mut s: Session, now: i64, code: &str) -> Result<Session, VerifierError> {
+    fn apply(
+        &self,
+        mut s: Session,
+        now: i64,
+        (code, digest): (&str, &str),
+    ) -> Result<Session, VerifierError> {
         if s.state != SessionState::Pending {
             return Err(InvalidRequest
                 .because("this verification session has already been answered")
@@ -274,6 +280,7 @@ impl Answer {
                 // SSE and the webhook as this session's
                 if verified {
                     s.credentials = outcome.credentials.clone();
+                    s.answer_digest = Some(digest.to_string());
                 }
                 if !verified {
                     s.error = Some("verification failed".into());
@@ -285,6 +292,28 @@ impl Answer {
         s.completed_at = Some(now);
         Ok(s)
     }
+}
+
+/// Where a verified session sends the wallet's user: `success_redirect` with its
+/// `response_code`.
+fn redirect_of(s: &Session) -> Option<String> {
+    match (&s.success_redirect, &s.response_code) {
+        (Some(to), Some(code)) if s.verified => {
+            let sep = if to.contains('?') { '&' } else { '?' };
+            Some(format!("{to}{sep}response_code={}", urlencode(code)))
+        }
+        _ => None,
+    }
+}
+
+/// A digest of a response as posted: what identifies the same post sent again.
+fn answer_digest(form: &HashMap<String, String>) -> String {
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
+    crate::crypto::sha256_hex(
+        [field("vp_token"), field("state"), field("response")]
+            .join("\u{0}")
+            .as_bytes(),
+    )
 }
 
 impl VerifierService {
