@@ -472,12 +472,27 @@ fn issued_to(
                     "the credential is bound (cnf) to another key than this wallet's".into(),
                 ),
             },
-            // a `cnf` by another method (kid, jku, x5t) is not this wallet's key either
-            None if payload.get("cnf").is_some() => {
-                refused("the credential is bound (cnf) by a method other than jwk".into())
-            }
-            None if binding == Binding::Bound => unbound(),
-            None => Ok(()),
+            // bound by a DID URL (credo binds so to a holder that proved with a `kid`): a key of
+            // this wallet's DID
+            None => match payload["cnf"].get("kid").map(Value::as_str) {
+                Some(Some(kid)) => {
+                    let of = kid.split('#').next().unwrap_or_default();
+                    if of == did || of == crate::crypto::did::did_jwk(key) {
+                        Ok(())
+                    } else {
+                        refused(
+                            "the credential is bound (cnf) to another DID than this wallet's"
+                                .into(),
+                        )
+                    }
+                }
+                // a `cnf` by another method (jku, x5t, …) names no key this wallet can use
+                _ if payload.get("cnf").is_some() => refused(
+                    "the credential is bound (cnf) by a method other than jwk or kid".into(),
+                ),
+                _ if binding == Binding::Bound => unbound(),
+                _ => Ok(()),
+            },
         },
         _ => {
             let vc: Value = if format == "ldp_vc" {
@@ -820,10 +835,18 @@ mod issued_to_tests {
             "ldp_vc",
             json!({"credentialSubject": {"name": "x"}})
         ));
-        // bound to the holder, but not by a key this wallet can use: refused either way
-        let by_kid = json!({"cnf": {"kid": "did:key:z6Mkmine#0"}});
-        assert!(!check("dc+sd-jwt", by_kid.clone()));
-        assert!(!bearer_ok("dc+sd-jwt", by_kid));
+        // bound by a DID URL of this wallet's DID (as credo binds), or of another's
+        assert!(check(
+            "dc+sd-jwt",
+            json!({"cnf": {"kid": "did:key:z6Mkmine#z6Mkmine"}})
+        ));
+        let theirs = json!({"cnf": {"kid": "did:key:z6Mkother#z6Mkother"}});
+        assert!(!check("dc+sd-jwt", theirs.clone()));
+        assert!(!bearer_ok("dc+sd-jwt", theirs));
+        // bound by a method that names no key this wallet can use: refused either way
+        let by_thumbprint = json!({"cnf": {"jkt": "abc"}});
+        assert!(!check("dc+sd-jwt", by_thumbprint.clone()));
+        assert!(!bearer_ok("dc+sd-jwt", by_thumbprint));
         assert!(!bearer_ok(
             "dc+sd-jwt",
             json!({"cnf": {"jwk": other.to_jwk()}})
