@@ -32,7 +32,13 @@ fn json_param(v: &str) -> Value {
     serde_json::from_str(v).unwrap_or(Value::String(v.to_string()))
 }
 
-pub async fn resolve_request(http: &reqwest::Client, uri: &str) -> ClientResult<ResolvedRequest> {
+/// Resolves an OpenID4VP authorization request (by value, `request` or `request_uri`) at time
+/// `now` (unix seconds: a signed request object's `exp` and `nbf` are held to it).
+pub async fn resolve_request(
+    http: &reqwest::Client,
+    uri: &str,
+    now: i64,
+) -> ClientResult<ResolvedRequest> {
     let params = query_params(uri.trim());
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let outer_client_id = get("client_id")
@@ -45,9 +51,9 @@ pub async fn resolve_request(http: &reqwest::Client, uri: &str) -> ClientResult<
             http.get(&request_uri)
         };
         let text = ok_body(send(req.timeout(Duration::from_secs(10))).await?).await?;
-        verify_request_object(http, text.trim(), &outer_client_id).await?
+        verify_request_object(http, text.trim(), &outer_client_id, now).await?
     } else if let Some(jwt) = get("request") {
-        verify_request_object(http, &jwt, &outer_client_id).await?
+        verify_request_object(http, &jwt, &outer_client_id, now).await?
     } else {
         let mut obj = serde_json::Map::new();
         for (k, v) in &params {
@@ -195,10 +201,14 @@ fn check_response_uri(req: &ResolvedRequest) -> ClientResult<()> {
     Ok(())
 }
 
+/// Clock skew allowed on a request object's `exp` and `nbf`, in seconds.
+const REQUEST_OBJECT_LEEWAY: i64 = 60;
+
 async fn verify_request_object(
     http: &reqwest::Client,
     jwt: &str,
     client_id: &str,
+    now: i64,
 ) -> ClientResult<(Value, Option<String>)> {
     let (header, payload, _, _) = jws::decode_unverified(jwt)
         .map_err(|_| ClientError::Remote("the request object is not a JWS".into()))?;
@@ -240,7 +250,39 @@ async fn verify_request_object(
         })?;
     let (_, payload) = jws::verify(jwt, &key)
         .map_err(|e| ClientError::Remote(format!("request object signature: {e}")))?;
+    check_request_object_claims(&header, &payload, now)?;
     Ok((payload, Some(did.to_string())))
+}
+
+/// A signed request object is one (RFC 9101 explicit typing: a `typ` other than
+/// `oauth-authz-req+jwt` is another kind of JWT signed by the same key, not a request; none is
+/// accepted, as older verifiers send none) and is current (`exp`, `nbf`, with
+/// [`REQUEST_OBJECT_LEEWAY`]): an old request replayed into the wallet is not answered.
+fn check_request_object_claims(header: &Value, payload: &Value, now: i64) -> ClientResult<()> {
+    let refused = |why: &str| Err(ClientError::Remote(why.to_string()));
+    match header.get("typ") {
+        None => {}
+        Some(t) if t.as_str() == Some("oauth-authz-req+jwt") => {}
+        Some(_) => return refused("the request object's typ is not oauth-authz-req+jwt"),
+    }
+    for claim in ["exp", "nbf"] {
+        if payload.get(claim).is_some_and(|v| v.as_i64().is_none()) {
+            return refused("the request object's exp and nbf must be numbers");
+        }
+    }
+    if payload["exp"]
+        .as_i64()
+        .is_some_and(|exp| exp + REQUEST_OBJECT_LEEWAY <= now)
+    {
+        return refused("the request object has expired");
+    }
+    if payload["nbf"]
+        .as_i64()
+        .is_some_and(|nbf| nbf - REQUEST_OBJECT_LEEWAY > now)
+    {
+        return refused("the request object is not valid yet");
+    }
+    Ok(())
 }
 
 /// A held credential as the presenter needs it.
@@ -525,7 +567,9 @@ mod tests {
                 ),
             ),
         ] {
-            let e = resolve_request(&http, &by_value(query)).await.unwrap_err();
+            let e = resolve_request(&http, &by_value(query), 0)
+                .await
+                .unwrap_err();
             assert!(
                 e.to_string().contains("at most") || e.to_string().contains("over"),
                 "{what}: {e}"
@@ -536,13 +580,15 @@ mod tests {
             "dcql_query",
             json!({"credentials": [{"id": "q", "format": "dc+sd-jwt", "claims": [{"id": "c0", "path": ["x"]}], "claim_sets": [["c0"]]}]}),
         );
-        resolve_request(&http, &by_value(ok)).await.unwrap();
+        resolve_request(&http, &by_value(ok), 0).await.unwrap();
         // two credential queries of one id (the vp_token answers one of them)
         let twice = (
             "dcql_query",
             json!({"credentials": [{"id": "q", "format": "dc+sd-jwt"}, {"id": "q", "format": "jwt_vc_json"}]}),
         );
-        let e = resolve_request(&http, &by_value(twice)).await.unwrap_err();
+        let e = resolve_request(&http, &by_value(twice), 0)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("duplicate"), "{e}");
     }
 
@@ -581,14 +627,64 @@ mod tests {
         ])
         .map(|q| format!("openid4vp://?{q}"))
         .unwrap();
-        let e = resolve_request(&http, &uri).await.unwrap_err();
+        let e = resolve_request(&http, &uri, 0).await.unwrap_err();
         assert!(e.to_string().contains("characters"), "{e}");
         // nor a request bigger than any real one (the wallet keeps what it resolved)
         let big = (
             "client_metadata",
             json!({"client_name": "x".repeat(MAX_REQUEST_BYTES)}),
         );
-        let e = resolve_request(&http, &by_value(big)).await.unwrap_err();
+        let e = resolve_request(&http, &by_value(big), 0).await.unwrap_err();
         assert!(e.to_string().contains("bytes"), "{e}");
+    }
+
+    /// A signed request object is a request object (`typ` `oauth-authz-req+jwt`, or none) and
+    /// current (`exp`, `nbf`): another JWT the verifier's key signed, or an old request
+    /// replayed into the wallet, is not answered.
+    #[tokio::test]
+    async fn signed_request_objects_are_typed_and_current() {
+        let http = reqwest::Client::new();
+        let key = SigningKey::generate(crate::crypto::KeyType::Ed25519);
+        let d = did::did_key(&key.verifying_key());
+        let client_id = format!("decentralized_identifier:{d}");
+        let now = 1_800_000_000;
+        let signed = |typ: Option<&str>, claims: Value| {
+            let mut header = json!({"kid": did::verification_method(&d)});
+            if let Some(t) = typ {
+                header["typ"] = json!(t);
+            }
+            let mut payload = json!({"client_id": client_id, "response_type": "vp_token",
+                "response_mode": "direct_post", "response_uri": "https://rp.example/cb",
+                "nonce": "n", "dcql_query": {"credentials": [{"id": "q", "format": "dc+sd-jwt"}]}});
+            payload
+                .as_object_mut()
+                .unwrap()
+                .extend(claims.as_object().unwrap().clone());
+            let jwt = jws::sign(&key, header, &payload);
+            let q = serde_urlencoded::to_string([("client_id", &client_id), ("request", &jwt)]);
+            format!("openid4vp://?{}", q.unwrap())
+        };
+        let typed = Some("oauth-authz-req+jwt");
+        for (typ, claims) in [
+            (typed, json!({"exp": now + 300, "iat": now})),
+            (None, json!({})),
+            (typed, json!({"exp": now - 30, "nbf": now + 30})),
+        ] {
+            resolve_request(&http, &signed(typ, claims.clone()), now)
+                .await
+                .unwrap_or_else(|e| panic!("{typ:?} {claims}: {e}"));
+        }
+        for (typ, claims, why) in [
+            (Some("JWT"), json!({}), "typ"),
+            (Some("kb+jwt"), json!({"exp": now + 300}), "typ"),
+            (typed, json!({"exp": now - 61}), "expired"),
+            (typed, json!({"nbf": now + 61}), "not valid yet"),
+            (typed, json!({"exp": "tomorrow"}), "numbers"),
+        ] {
+            let e = resolve_request(&http, &signed(typ, claims.clone()), now)
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains(why), "{typ:?} {claims}: {e}");
+        }
     }
 }

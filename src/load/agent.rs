@@ -197,7 +197,7 @@ impl Agent {
             "presentRequest" => {
                 let key = self.key.clone().ok_or("send start first")?;
                 let uri = cmd["requestUrl"].as_str().ok_or("requestUrl is required")?;
-                let req = oid4vp::resolve_request(&self.http, uri)
+                let req = oid4vp::resolve_request(&self.http, uri, now())
                     .await
                     .map_err(|e| e.to_string())?;
                 let query = req

@@ -433,7 +433,7 @@ async fn present_flow(
     let req = timed(
         s,
         "resolve request (signed)",
-        oid4vp::resolve_request(&ctx.http, &uri),
+        oid4vp::resolve_request(&ctx.http, &uri, unix_now()),
     )
     .await?;
     let pres = match oid4vp::presentation(&req, held, disclose, unix_now()) {

@@ -133,7 +133,7 @@ impl WalletService {
     /// credentials that answer it, with the `request_digest` that binds a later `present` to
     /// exactly this request.
     pub async fn resolve_request(&self, viewer: &Viewer, request: &str) -> WalletResult<Value> {
-        let req = oid4vp::resolve_request(&self.ctx.http, request).await?;
+        let req = oid4vp::resolve_request(&self.ctx.http, request, self.now()).await?;
         self.keep_resolved(viewer.id(), request, &req).await?;
         let held = self.held(viewer).await?;
         let mut matches = Map::new();
@@ -179,7 +179,7 @@ impl WalletService {
             .await?;
         let req = match kept {
             Some(req) => req,
-            None => oid4vp::resolve_request(http, &input.request).await?,
+            None => oid4vp::resolve_request(http, &input.request, self.now()).await?,
         };
         if let Some(shown) = &input.request_digest {
             if *shown != request_digest(&req) {
