@@ -705,21 +705,39 @@ async fn authorization_code_flow_with_pkce() {
     assert_eq!((st, e["error"].as_str()), (400, Some("invalid_request")));
     let (st, e) = tok("wrong-verifier-wrong-verifier-wrong-verifier-00000", code).await;
     assert_eq!((st, e["error"].as_str()), (400, Some("invalid_grant")));
-    // plain PKCE refused
-    let r = no_redirect
-        .get(s.url("/issuers/default/authorize"))
-        .query(&[
+    // Refusals after the redirect URI is accepted go back to the client there (RFC 6749
+    // §4.1.2.1), with its state and our iss; before, the wallet's user was left on a 400 page.
+    // Plain PKCE, another response_type, an unknown issuer_state:
+    for (param, value, error) in [
+        ("code_challenge_method", "plain", "invalid_request"),
+        ("response_type", "token", "unsupported_response_type"),
+        ("issuer_state", "no-such-state", "invalid_request"),
+    ] {
+        let mut q = vec![
             ("response_type", "code"),
             ("client_id", "w"),
             ("redirect_uri", "https://w/cb"),
             ("code_challenge", challenge.as_str()),
-            ("code_challenge_method", "plain"),
+            ("code_challenge_method", "S256"),
             ("issuer_state", is),
-        ])
-        .send()
-        .await
-        .unwrap();
-    expect_problem(r, 400, "bad_request").await;
+            ("state", "st-1"),
+        ];
+        q.iter_mut().find(|(k, _)| *k == param).unwrap().1 = value;
+        let r = no_redirect
+            .get(s.url("/issuers/default/authorize"))
+            .query(&q)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 302, "{param}");
+        let loc = reqwest::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+        let got: std::collections::HashMap<_, _> = loc.query_pairs().into_owned().collect();
+        assert!(loc.as_str().starts_with("https://w/cb?error="), "{loc}");
+        assert_eq!(got["error"], error, "{param}: {loc}");
+        assert_eq!(got["state"], "st-1");
+        assert_eq!(got["iss"], s.url("/issuers/default"));
+        assert!(!got.contains_key("code"), "{loc}");
+    }
     s.stop();
 }
 

@@ -10,6 +10,7 @@ use super::ks;
 use super::model::*;
 use super::service::*;
 use crate::clock::random_token;
+use crate::error::ErrorCode as _;
 use crate::http::urlencode;
 
 /// Authorization request query (authorization code flow with PKCE).
@@ -29,15 +30,18 @@ pub struct AuthorizeRequest {
 impl IssuerService {
     /// Authorization code flow: the offer's `issuer_state` pre-identifies the holder, so consent is
     /// immediate. Returns the redirect URL carrying the code.
+    ///
+    /// An error found before the redirect URI is known to be one this issuer answers to (the
+    /// client, the redirect URI itself) is this endpoint's own answer (400), never a redirect:
+    /// that would make the issuer an open redirector. Any later error goes back to the client at
+    /// its redirect URI (RFC 6749 §4.1.2.1: `error`, `error_description`, `state`, and `iss`,
+    /// RFC 9207), so the wallet's user is not left on the issuer's error page.
     pub async fn authorize(
         &self,
         issuer_id: &str,
         req: AuthorizeRequest,
     ) -> Result<String, IssuerError> {
         let issuer = self.get_issuer(issuer_id).await?;
-        if req.response_type.as_deref() != Some("code") {
-            return Err(bad_authorization("response_type must be `code`"));
-        }
         let client_id = req
             .client_id
             .clone()
@@ -52,6 +56,42 @@ impl IssuerService {
             return Err(bad_authorization(
                 "redirect_uri is not one this issuer sends authorization codes to (issuer.redirect_uris)",
             ));
+        }
+        let sep = if redirect_uri.contains('?') { '&' } else { '?' };
+        let answer = match self
+            .grant_code(&issuer, &req, client_id, &redirect_uri)
+            .await
+        {
+            Ok(code) => format!("code={}", urlencode(&code)),
+            Err(e) => {
+                let error = authorize_error(&e);
+                tracing::info!(issuer = issuer_id, error, detail = %e, "authorization refused");
+                // ours (a 500) is logged, not sent; a store outage says only that
+                let detail = match error {
+                    "server_error" => "internal error".to_string(),
+                    _ => crate::crypto::mdoc::clip(&e.public_detail()),
+                };
+                format!("error={error}&error_description={}", urlencode(&detail))
+            }
+        };
+        let mut url = format!("{redirect_uri}{sep}{answer}");
+        if let Some(s) = &req.state {
+            url.push_str(&format!("&state={}", urlencode(s)));
+        }
+        url.push_str(&format!("&iss={}", urlencode(&self.issuer_url(&issuer.id))));
+        Ok(url)
+    }
+
+    /// The checks after the redirect URI, and the code they earn (stored for the token endpoint).
+    async fn grant_code(
+        &self,
+        issuer: &Issuer,
+        req: &AuthorizeRequest,
+        client_id: String,
+        redirect_uri: &str,
+    ) -> Result<String, IssuerError> {
+        if req.response_type.as_deref() != Some("code") {
+            return Err(bad_authorization("response_type must be `code`"));
         }
         let challenge = req
             .code_challenge
@@ -94,13 +134,13 @@ impl IssuerService {
                 "this offer is protected by a transaction code: redeem it with the pre-authorized code grant",
             ));
         }
-        let requested = requested_in(&issuer, &offer, &req)?;
+        let requested = requested_in(issuer, &offer, req)?;
         let code = random_token(32);
         let grant = AuthCodeGrant {
             offer_id: offer_key_s,
             issuer: issuer.id.clone(),
             client_id,
-            redirect_uri: redirect_uri.clone(),
+            redirect_uri: redirect_uri.to_string(),
             code_challenge: challenge,
             credential_configuration_ids: requested,
             authorization_details: req.authorization_details.is_some(),
@@ -114,13 +154,26 @@ impl IssuerService {
                 Some(secs(120)),
             )
             .await?;
-        let sep = if redirect_uri.contains('?') { '&' } else { '?' };
-        let mut url = format!("{redirect_uri}{sep}code={}", urlencode(&code));
-        if let Some(s) = &req.state {
-            url.push_str(&format!("&state={}", urlencode(s)));
+        Ok(code)
+    }
+}
+
+/// The OAuth `error` an authorization refusal is sent back with (RFC 6749 §4.1.2.1, RFC 9396).
+fn authorize_error(e: &IssuerError) -> &'static str {
+    use crate::error::Code;
+    match e {
+        IssuerError::BadAuthorization(why) if why.starts_with("response_type") => {
+            "unsupported_response_type"
         }
-        url.push_str(&format!("&iss={}", urlencode(&self.issuer_url(&issuer.id))));
-        Ok(url)
+        IssuerError::BadAuthorization(why) if why.contains("not offered") => "invalid_scope",
+        _ => match e.oauth_code() {
+            Some(c) => c.as_str(),
+            None => match e.error_code() {
+                Code::Unavailable => "temporarily_unavailable",
+                c if c.status().is_server_error() => "server_error",
+                _ => "invalid_request",
+            },
+        },
     }
 }
 
