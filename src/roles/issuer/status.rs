@@ -5,7 +5,7 @@ use super::formats::{self, StatusRef};
 use super::ks;
 use super::model::*;
 use super::service::*;
-use crate::crypto::{sha256_hex, status::StatusArray};
+use crate::crypto::{b64url, sha256_hex, status::StatusArray};
 use crate::store::Cas;
 
 /// Entries per status list (the W3C minimum for herd privacy).
@@ -29,6 +29,60 @@ const MAX_LIST_ROUNDS: usize = 8;
 /// two lists.
 pub(super) const STATUS_BLOCK: u64 = 64;
 
+/// Where, within its list, the `n`-th credential of an issuer gets its index. Bitstring Status
+/// List v1.0 (§ privacy) asks for indices assigned at random: in order, an index tells a
+/// verifier when the credential was issued relative to others, and how many the issuer issued.
+/// Here they are a keyed permutation of the order of issuance: every index of a list exactly
+/// once, so no two credentials share one, in an order only the key tells. Issuers whose first
+/// index was handed out before this (no key) keep the order of issuance, so old and new
+/// credentials never meet on one index.
+#[derive(Clone)]
+pub(super) struct IndexOrder(Option<[u8; 32]>);
+
+impl IndexOrder {
+    pub(super) fn index(&self, n: u64) -> u64 {
+        let i = n % STATUS_LIST_SIZE;
+        match &self.0 {
+            None => i,
+            Some(key) => permuted(key, i),
+        }
+    }
+}
+
+/// Bits of the Feistel network [`permuted`] runs on: the smallest even width holding a list.
+const FEISTEL_BITS: u32 = 18;
+const FEISTEL_HALF: u32 = FEISTEL_BITS / 2;
+const FEISTEL_ROUNDS: u8 = 4;
+
+/// `i` (below [`STATUS_LIST_SIZE`]) through a keyed permutation of `0..STATUS_LIST_SIZE`: a
+/// four-round Feistel network on 18 bits (HMAC-SHA256 rounds), walked along its cycle until it
+/// lands inside the list (cycle walking keeps it a bijection of the smaller domain).
+fn permuted(key: &[u8; 32], i: u64) -> u64 {
+    use hmac::Mac;
+    let mask = (1u64 << FEISTEL_HALF) - 1;
+    // (HMAC takes a key of any length: new_from_slice cannot fail)
+    let keyed = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key).ok();
+    let round = |r: u8, half: u64| -> u64 {
+        keyed.clone().map_or(0, |mut mac| {
+            mac.update(&[r]);
+            mac.update(&half.to_be_bytes());
+            let out = mac.finalize().into_bytes();
+            u64::from(u16::from_be_bytes([out[0], out[1]])) & mask
+        })
+    };
+    let mut x = i;
+    loop {
+        let (mut left, mut right) = (x >> FEISTEL_HALF, x & mask);
+        for r in 0..FEISTEL_ROUNDS {
+            (left, right) = (right, left ^ round(r, right));
+        }
+        x = (left << FEISTEL_HALF) | right;
+        if x < STATUS_LIST_SIZE {
+            return x;
+        }
+    }
+}
+
 impl IssuerService {
     pub(super) async fn allocate_status(&self, issuer: &Issuer) -> Result<StatusRef, IssuerError> {
         let n = {
@@ -42,7 +96,34 @@ impl IssuerService {
             block.start += 1;
             n
         };
-        Ok(self.status_ref(&issuer.id, status_list_number(n), n % STATUS_LIST_SIZE))
+        let order = self.index_order(&issuer.id).await?;
+        Ok(self.status_ref(&issuer.id, status_list_number(n), order.index(n)))
+    }
+
+    /// The issuer's [`IndexOrder`], read once per process (it never changes once the issuer's
+    /// counter exists, which it does by now: it is written before the counter).
+    pub(super) async fn index_order(&self, issuer_id: &str) -> Result<IndexOrder, IssuerError> {
+        if let Some(o) = self.status_orders.lock().await.get(issuer_id) {
+            return Ok(o.clone());
+        }
+        let key = self
+            .ctx
+            .store
+            .get_settled_json::<String>(ks::COUNTERS, &order_key(issuer_id))
+            .await?
+            .map(|b64| {
+                let raw = crate::crypto::b64url_decode(&b64)
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok());
+                raw.ok_or_else(|| IssuerError::Internal("status index order: bad key".into()))
+            })
+            .transpose()?;
+        let order = IndexOrder(key);
+        self.status_orders
+            .lock()
+            .await
+            .insert(issuer_id.to_string(), order.clone());
+        Ok(order)
     }
 
     /// Where index `index` of list `list` (1-based) of an issuer's status lists is published.
@@ -75,9 +156,15 @@ impl IssuerService {
                 self.ctx.store.flush().await?;
                 return Ok(end - STATUS_BLOCK);
             }
-            // first credential of this issuer: create the counter at 0, then reserve through
-            // the update above like every later block (in a cluster's consistent mode that
-            // update is held by a majority; two inserts of 0 at once cannot both hand out 0)
+            // first credential of this issuer: its index order (kept if another process wrote
+            // one first; always read back from the store), then the counter at 0, then reserve
+            // through the update above like every later block (in a cluster's consistent mode
+            // that update is held by a majority; two inserts of 0 at once cannot both hand out 0)
+            let order: [u8; 32] = rand::random();
+            self.ctx
+                .store
+                .insert_new_json(ks::COUNTERS, &order_key(issuer_id), &b64url(order), None)
+                .await?;
             self.ctx
                 .store
                 .insert_new_json(ks::COUNTERS, &key, &0u64, None)
@@ -133,6 +220,7 @@ impl IssuerService {
             .await?
             .ok_or_else(|| IssuerError::NoCredential(credential_id.to_string()))?;
         let mut written = updated.status;
+        let mut settled = false;
         for _ in 0..MAX_LIST_ROUNDS {
             self.write_status_bits(issuer_id, &updated, written).await?;
             let now = store
@@ -140,9 +228,17 @@ impl IssuerService {
                 .await?
                 .map_or(written, |c| c.status);
             if now == written {
+                settled = true;
                 break;
             }
             written = now;
+        }
+        if !settled {
+            // never confirmed while the lists may say otherwise than the record: the last
+            // change to finish writes them
+            return Err(IssuerError::Busy(
+                "the credential's status kept changing; retry".into(),
+            ));
         }
         // durable before it is confirmed: a revocation must not be lost to a crash
         store.flush().await?;
@@ -237,12 +333,13 @@ impl IssuerService {
         } else {
             1
         };
-        // the primary's copy (cluster mode): a node that has not yet received a revocation must
-        // not sign a fresh list without it
+        // this node's copy: a public endpoint must not need a majority (nor queue every fetch
+        // at the primary); a revocation reaches every node with its replication, or within the
+        // anti-entropy interval for one that missed it (docs/cluster.md)
         let arr = match self
             .ctx
             .store
-            .get_settled(ks::STATUS, &format!("{issuer_id}/{list}"))
+            .get(ks::STATUS, &format!("{issuer_id}/{list}"))
             .await?
         {
             Some(bytes) => StatusArray { bits, bytes },
@@ -354,10 +451,40 @@ fn list_etag(list: &str, arr: &StatusArray, signed_by: &str, cwt: bool, now: i64
     format!("\"{}\"", &sha256_hex(tag)[..32])
 }
 
+/// Where an issuer's [`IndexOrder`] key is kept (next to its counter, kept as long).
+fn order_key(issuer_id: &str) -> String {
+    format!("{issuer_id}/status-order")
+}
+
 fn status_list_number(n: u64) -> u64 {
     n / STATUS_LIST_SIZE + 1
 }
 
 fn status_list_number_from(c: &IssuedCredential) -> String {
     c.status_list.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The keyed order is a permutation of a whole list (every index exactly once: no two
+    /// credentials share one), differs by key, and is not the order of issuance; an issuer
+    /// without a key keeps that order (its credentials issued before keep their indices).
+    #[test]
+    fn index_orders_are_permutations_of_a_list() {
+        let (a, b) = (IndexOrder(Some([1; 32])), IndexOrder(Some([2; 32])));
+        let mut seen = vec![false; STATUS_LIST_SIZE as usize];
+        for n in 0..STATUS_LIST_SIZE {
+            let i = a.index(n);
+            assert!(i < STATUS_LIST_SIZE, "{n} -> {i}");
+            assert!(!std::mem::replace(&mut seen[i as usize], true), "{i} twice");
+        }
+        // the next list runs through the same order
+        assert_eq!(a.index(STATUS_LIST_SIZE + 7), a.index(7));
+        let first: Vec<u64> = (0..64).map(|n| a.index(n)).collect();
+        assert_ne!(first, (0..64).map(|n| b.index(n)).collect::<Vec<_>>());
+        assert_ne!(first, (0..64).collect::<Vec<u64>>());
+        assert_eq!(IndexOrder(None).index(STATUS_LIST_SIZE + 5), 5);
+    }
 }
