@@ -254,32 +254,32 @@ async fn verify_request_object(
     Ok((payload, Some(did.to_string())))
 }
 
-/// A signed request object is one (RFC 9101 explicit typing: a `typ` other than
-/// `oauth-authz-req+jwt` is another kind of JWT signed by the same key, not a request; none is
-/// accepted, as older verifiers send none) and is current (`exp`, `nbf`, with
+/// A signed request object is one (RFC 9101 explicit typing: a `typ` naming another kind of JWT
+/// — a key binding JWT, a credential, a proof — signed by the same key is not a request; none,
+/// and the generic `JWT` that deployed verifiers send (did-jwt, Sphereon), are accepted, as by
+/// Animo's `@openid4vc`) and is current (`exp`, `nbf`: NumericDates, with
 /// [`REQUEST_OBJECT_LEEWAY`]): an old request replayed into the wallet is not answered.
 fn check_request_object_claims(header: &Value, payload: &Value, now: i64) -> ClientResult<()> {
     let refused = |why: &str| Err(ClientError::Remote(why.to_string()));
-    match header.get("typ") {
-        None => {}
-        Some(t) if t.as_str() == Some("oauth-authz-req+jwt") => {}
-        Some(_) => return refused("the request object's typ is not oauth-authz-req+jwt"),
-    }
-    for claim in ["exp", "nbf"] {
-        if payload.get(claim).is_some_and(|v| v.as_i64().is_none()) {
-            return refused("the request object's exp and nbf must be numbers");
+    if let Some(t) = header.get("typ") {
+        let t = t.as_str().unwrap_or_default().to_ascii_lowercase();
+        let t = t.strip_prefix("application/").unwrap_or(&t);
+        if !matches!(t, "oauth-authz-req+jwt" | "jwt") {
+            return refused("the request object's typ is not oauth-authz-req+jwt");
         }
     }
-    if payload["exp"]
-        .as_i64()
-        .is_some_and(|exp| exp + REQUEST_OBJECT_LEEWAY <= now)
-    {
+    let time = |claim: &str| match payload.get(claim) {
+        None => Ok(None),
+        Some(v) => v.as_f64().map(Some).ok_or(()),
+    };
+    let (Ok(exp), Ok(nbf)) = (time("exp"), time("nbf")) else {
+        return refused("the request object's exp and nbf must be numbers");
+    };
+    let (now, leeway) = (now as f64, REQUEST_OBJECT_LEEWAY as f64);
+    if exp.is_some_and(|exp| exp + leeway <= now) {
         return refused("the request object has expired");
     }
-    if payload["nbf"]
-        .as_i64()
-        .is_some_and(|nbf| nbf - REQUEST_OBJECT_LEEWAY > now)
-    {
+    if nbf.is_some_and(|nbf| nbf - leeway > now) {
         return refused("the request object is not valid yet");
     }
     Ok(())
@@ -638,7 +638,7 @@ mod tests {
         assert!(e.to_string().contains("bytes"), "{e}");
     }
 
-    /// A signed request object is a request object (`typ` `oauth-authz-req+jwt`, or none) and
+    /// A signed request object is a request object (`typ` `oauth-authz-req+jwt`, `JWT` or none) and
     /// current (`exp`, `nbf`): another JWT the verifier's key signed, or an old request
     /// replayed into the wallet, is not answered.
     #[tokio::test]
@@ -669,13 +669,16 @@ mod tests {
             (typed, json!({"exp": now + 300, "iat": now})),
             (None, json!({})),
             (typed, json!({"exp": now - 30, "nbf": now + 30})),
+            // what deployed verifiers send: the generic type, the media type, fractional times
+            (Some("JWT"), json!({"exp": now as f64 + 0.5})),
+            (Some("application/oauth-authz-req+jwt"), json!({})),
         ] {
             resolve_request(&http, &signed(typ, claims.clone()), now)
                 .await
                 .unwrap_or_else(|e| panic!("{typ:?} {claims}: {e}"));
         }
         for (typ, claims, why) in [
-            (Some("JWT"), json!({}), "typ"),
+            (Some("dc+sd-jwt"), json!({}), "typ"),
             (Some("kb+jwt"), json!({"exp": now + 300}), "typ"),
             (typed, json!({"exp": now - 61}), "expired"),
             (typed, json!({"nbf": now + 61}), "not valid yet"),

@@ -43,13 +43,22 @@ pub const MAX_URL_CHARS: usize = 2048;
 /// `http.outbound.allow` names ([`crate::http::outbound::plain_http_allowed`]).
 pub fn check_target(url: &str) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).ok().filter(|u| {
-        matches!(u.scheme(), "https" | "http") && u.host_str().is_some() && u.fragment().is_none()
+        matches!(u.scheme(), "https" | "http")
+            && u.host_str().is_some()
+            && u.fragment().is_none()
+            && u.username().is_empty()
+            && u.password().is_none()
     });
     if parsed.is_none() || url.len() > MAX_URL_CHARS {
         return Err(format!(
-            "URLs must be http(s), without a fragment, and at most {MAX_URL_CHARS} characters"
+            "URLs must be http(s), without user-info or a fragment, and at most {MAX_URL_CHARS} characters"
         ));
     }
+    plain_http_rule(url)
+}
+
+/// In production mode, plain http only to a host `http.outbound.allow` names.
+fn plain_http_rule(url: &str) -> Result<(), String> {
     if !crate::http::outbound::plain_http_allowed(url) {
         return Err(
             "plain http in production mode: use https, or list the host in http.outbound.allow"
@@ -78,7 +87,8 @@ pub async fn deliver(
 ) {
     let origin = origin_of(url);
     // a URL stored before production mode (or before this rule) is held to it at sending time
-    if let Err(why) = check_target(url) {
+    // (only to it: one stored with a fragment before is still sent to)
+    if let Err(why) = plain_http_rule(url) {
         tracing::warn!(url = %origin, %why, "webhook not sent");
         return;
     }
@@ -136,6 +146,7 @@ mod tests {
         for bad in [
             "ftp://hooks.example/x",
             "https://hooks.example/x#frag",
+            "https://user:pw@hooks.example/x",
             "https://",
             "javascript:alert(1)",
         ] {

@@ -46,9 +46,8 @@ async fn open(s: &Server, verifier: &str, body: Value) -> Request {
     }
 }
 
-/// Posts `vp_token` for query `q`; returns (HTTP status, session result).
-async fn respond(s: &Server, req: &Request, q: &str, presentation: Value) -> (u16, Value) {
-    let vp_token = json!({ q: [presentation] }).to_string();
+/// Posts `vp_token` (as it is) with the session's state; returns (HTTP status, its JSON answer).
+async fn post_vp_token(req: &Request, vp_token: String) -> (u16, Value) {
     let r = client()
         .post(&req.response_uri)
         .form(&[
@@ -58,7 +57,16 @@ async fn respond(s: &Server, req: &Request, q: &str, presentation: Value) -> (u1
         .send()
         .await
         .unwrap();
-    let status = r.status().as_u16();
+    (
+        r.status().as_u16(),
+        r.json::<Value>().await.unwrap_or_default(),
+    )
+}
+
+/// Posts `vp_token` for query `q`; returns (HTTP status, session result).
+async fn respond(s: &Server, req: &Request, q: &str, presentation: Value) -> (u16, Value) {
+    let vp_token = json!({ q: [presentation] }).to_string();
+    let (status, _) = post_vp_token(req, vp_token).await;
     assert!(status < 500, "a forged presentation caused a {status}");
     let result: Value = s
         .admin()
@@ -223,21 +231,7 @@ async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
     q["success_redirect"] = json!("https://rp.example/done");
     let req = open(&s, "default", q).await;
     let vp_token = json!({"pid": [sd_present(&holder, &parsed.jwt, &given, &req)]}).to_string();
-    let post = |vp: String| {
-        let req = &req;
-        async move {
-            let r = client()
-                .post(&req.response_uri)
-                .form(&[("vp_token", vp.as_str()), ("state", req.state.as_str())])
-                .send()
-                .await
-                .unwrap();
-            (
-                r.status().as_u16(),
-                r.json::<Value>().await.unwrap_or_default(),
-            )
-        }
-    };
+    let post = |vp: String| post_vp_token(&req, vp);
     let first = post(vp_token.clone()).await;
     assert_eq!(first.0, 200, "{first:?}");
     assert!(first.1["redirect_uri"]
@@ -247,6 +241,16 @@ async fn sd_jwt_forgeries_are_refused_by_the_right_policy() {
     assert_eq!(post(vp_token.clone()).await, first);
     let other = json!({"pid": [sd_present(&holder, &parsed.jwt, &[], &req)]}).to_string();
     assert_eq!(post(other).await.0, 400);
+    // a retry racing the first post (both evaluated before either is written) gets its answer
+    // too, not "already answered"
+    let mut q = sd_query();
+    q["success_redirect"] = json!("https://rp.example/done");
+    let req = open(&s, "default", q).await;
+    let vp_token = json!({"pid": [sd_present(&holder, &parsed.jwt, &given, &req)]}).to_string();
+    let post = |vp: String| post_vp_token(&req, vp);
+    let (a, b) = tokio::join!(post(vp_token.clone()), post(vp_token));
+    assert_eq!((a.0, b.0), (200, 200), "{a:?} {b:?}");
+    assert_eq!(a, b);
 
     // 1. The reported forgery: payload kept, status dropped, re-signed by the attacker's did:key /
     //    did:jwk named in the header kid.

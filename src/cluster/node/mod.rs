@@ -95,10 +95,11 @@ pub const SINGLE_USE_KEYSPACES: [&str; 6] = [
 /// (its marker: a second insert is a second issuance on one nonce); an issuer's status-list
 /// counter (a second creation at 0 after blocks were reserved hands indices out twice); a status
 /// list's first write (two first writes of one list keep one revocation); an email's account; a
-/// recipient key's route (whoever holds it gets the key's messages) and the mediator's default
+/// recipient key's route (whoever holds it gets the key's messages), a peer key's connection (the
+/// one its messages act on) and the mediator's default
 /// invitation; the sandbox admin token. Inserts elsewhere (random ids) stay one write at the primary. (Data protocol 3:
 /// nodes of earlier releases insert with one write, so this holds once every node runs it.)
-pub const EXCLUSIVE_INSERT_KEYSPACES: [&str; 14] = [
+pub const EXCLUSIVE_INSERT_KEYSPACES: [&str; 15] = [
     "issuer_tenants",
     "issuer_keys",
     "verifier_tenants",
@@ -111,6 +112,7 @@ pub const EXCLUSIVE_INSERT_KEYSPACES: [&str; 14] = [
     "issuer_status",
     "wallet_emails",
     "mediator_routes",
+    "mediator_conn_by_key",
     "mediator_invitations",
     crate::store::keyspaces::ADMIN,
 ];

@@ -65,7 +65,8 @@ impl IssuerService {
             Ok(code) => format!("code={}", urlencode(&code)),
             Err(e) => {
                 let error = authorize_error(&e);
-                tracing::info!(issuer = issuer_id, error, detail = %e, "authorization refused");
+                let logged = crate::error::outward_detail(&e.to_string());
+                tracing::info!(issuer = issuer_id, error, detail = %logged, "authorization refused");
                 // ours (a 500) is logged, not sent; a store outage says only that
                 let detail = match error {
                     "server_error" => "internal error".to_string(),

@@ -15,11 +15,11 @@ const UPDATE_TRIES: usize = 16;
 
 impl MediatorService {
     /// Stores a new connection and claims its peer's verkey for it. A key has one connection:
-    /// a second handshake from the same key is refused, not made the key's connection (which
+    /// a second connection from the same key is refused, not made the key's connection (which
     /// cut the agent off from its mediated inbox: its pickups read the new, empty queue while
-    /// forwards kept filling the old one, and its routing keys stayed the old one's). A request
-    /// replayed from a captured envelope is refused the same way. The record is written first
-    /// and is unreachable until the claim; a lost claim deletes it.
+    /// forwards kept filling the old one, and its routing keys stayed the old one's; a request
+    /// replayed from a captured envelope did the same). The record is written first and is
+    /// unreachable until the claim; a lost claim deletes it.
     pub(super) async fn save_connection(&self, conn: &Connection) -> MediatorResult<()> {
         let bytes = serde_json::to_vec(conn).or_internal()?;
         let store = &self.ctx.store;
@@ -36,12 +36,18 @@ impl MediatorService {
         Ok(())
     }
 
-    /// Refuses a handshake from a key that already has a connection, before the request spends
-    /// an invitation ([`Self::save_connection`] decides; this only spares the invitation).
-    pub(super) async fn key_is_free(&self, verkey: &str) -> MediatorResult<()> {
-        match self.ctx.store.get(ks::BY_KEY, verkey).await? {
-            Some(_) => Err(key_taken(self)),
-            None => Ok(()),
+    /// Whether `verkey` already has a connection, to `did`: then a handshake request is that
+    /// connection's own, asked again (its answer was lost, or it is a replay), and is answered
+    /// again without a new connection or a place of an invitation. A key connected to another
+    /// DID is refused before the request spends an invitation ([`Self::save_connection`]
+    /// decides; this only spares the invitation).
+    pub(super) async fn already_connected(&self, verkey: &str, did: &str) -> MediatorResult<bool> {
+        if self.ctx.store.get(ks::BY_KEY, verkey).await?.is_none() {
+            return Ok(false);
+        }
+        match self.connection_by_key(verkey).await {
+            Ok(c) if c.their_did == did => Ok(true),
+            _ => Err(key_taken(self)),
         }
     }
 

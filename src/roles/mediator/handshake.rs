@@ -38,19 +38,21 @@ impl MediatorService {
             }
             None => None,
         };
-        // checked before the invitation counts it: a refused request takes no place
-        self.key_is_free(sender).await?;
-        let info = self.sender_of(did, attached.as_ref(), sender)?;
-        let invitation = self.use_invitation(pthid).await?;
-        self.open_connection(
-            msg,
-            sender,
-            did,
-            info,
-            format!("didexchange/{version}"),
-            invitation,
-        )
-        .await?;
+        // checked before the invitation counts it: a refused request takes no place; the key's
+        // own connection asked again (its answer lost, or the request replayed) is answered again
+        if !self.already_connected(sender, did).await? {
+            let info = self.sender_of(did, attached.as_ref(), sender)?;
+            let invitation = self.use_invitation(pthid).await?;
+            self.open_connection(
+                msg,
+                sender,
+                did,
+                info,
+                format!("didexchange/{version}"),
+                invitation,
+            )
+            .await?;
+        }
         let rotate = self.signed_attachment(self.did.as_bytes(), None);
         Ok(json!({
             "@type": format!("{DIDCOMM}didexchange/{version}/response"),
@@ -107,11 +109,12 @@ impl MediatorService {
             .and_then(Value::as_str)
             .required(self, "connection request without DID")?;
         let doc = c.get("DIDDoc").or_else(|| c.get("did_doc"));
-        self.key_is_free(sender).await?;
-        let info = self.sender_of(did, doc, sender)?;
-        let invitation = self.use_invitation(pthid).await?;
-        self.open_connection(msg, sender, did, info, "connections/1.0".into(), invitation)
-            .await?;
+        if !self.already_connected(sender, did).await? {
+            let info = self.sender_of(did, doc, sender)?;
+            let invitation = self.use_invitation(pthid).await?;
+            self.open_connection(msg, sender, did, info, "connections/1.0".into(), invitation)
+                .await?;
+        }
         let connection = self.legacy_connection();
         let mut sig_data = (self.now() / 1000).to_be_bytes().to_vec();
         sig_data.extend_from_slice(connection.to_string().as_bytes());

@@ -226,8 +226,8 @@ async fn a_refused_handshake_takes_no_place_of_its_invitation() {
 /// Attacker review (DIDComm): a second handshake from a key that has a connection made the key
 /// point at a new, empty connection: the agent's pickups read that one while forwards kept
 /// filling the old one and its routing keys stayed there (a replayed request did the same). A
-/// key has one connection: the second request is refused before it spends an invitation, and a
-/// racing one loses at the claim. And an authcrypted message naming another recipient besides
+/// key has one connection: the same request again is answered again on it, another DID is
+/// refused, neither spends an invitation, and a racing one loses at the claim. And an authcrypted message naming another recipient besides
 /// the mediator is refused: that recipient could re-encrypt anything as its sender (RFC 0019).
 #[tokio::test]
 async fn a_key_has_one_connection_and_speaks_for_itself_alone() {
@@ -241,15 +241,28 @@ async fn a_key_has_one_connection_and_speaks_for_itself_alone() {
         .await
         .unwrap();
     let first = svc.connection_by_key(&alice.verkey).await.unwrap();
+    // the same request again (its answer lost, or replayed): answered again, same connection
     let again = svc
         .didexchange_request(&request(&alice), &alice.verkey, "1.1")
         .await
-        .unwrap_err();
-    assert!(
-        format!("{again}").contains("connection with this key"),
-        "{again}"
+        .unwrap();
+    assert_eq!(
+        again["@type"],
+        "https://didcomm.org/didexchange/1.1/response"
     );
-    // the refused request took no place: the invitation's second place is bob's
+    assert_eq!(
+        svc.connection_by_key(&alice.verkey).await.unwrap().id,
+        first.id
+    );
+    // the key presenting another DID: refused
+    let mut other = request(&alice);
+    other["did"] = json!("did:example:another");
+    let e = svc
+        .didexchange_request(&other, &alice.verkey, "1.1")
+        .await
+        .unwrap_err();
+    assert!(format!("{e}").contains("connection with this key"), "{e}");
+    // neither took a place: the invitation's second place is bob's
     svc.didexchange_request(&request(&bob), &bob.verkey, "1.1")
         .await
         .unwrap();

@@ -94,7 +94,7 @@ impl VerifierService {
         // live when it is answered, as `view` would show it
         let now = self.now();
         let code = random_token(24);
-        let updated = store
+        let written = store
             .update_json_from::<Session, VerifierError, _>(
                 ks::SESSIONS,
                 &key,
@@ -102,10 +102,24 @@ impl VerifierService {
                 Some(raw),
                 |s| answer.apply(s, now, (&code, &digest)),
             )
-            .await?
-            .ok_or_else(|| {
+            .await;
+        let updated = match written {
+            Ok(updated) => updated.ok_or_else(|| {
                 VerifierError::from(UnknownSession.because("unknown verification session"))
-            })?;
+            })?,
+            Err(e) => {
+                // a wallet's retry that raced its own first post, which won: the same answer
+                let won = store.get_settled_json::<Session>(ks::SESSIONS, &key).await;
+                if let Ok(Some(s)) = won {
+                    if s.verified && s.answer_digest.as_deref() == Some(digest.as_str()) {
+                        return Ok(ResponseOutcome {
+                            redirect_uri: redirect_of(&s),
+                        });
+                    }
+                }
+                return Err(e);
+            }
+        };
         self.notify(&updated);
         if updated.state == SessionState::Pending {
             return Err(InvalidRequest
