@@ -218,11 +218,6 @@ pub struct Session {
     /// carries it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_code: Option<String>,
-    /// A digest of the verified response as posted (its `vp_token`, `state` and `response`):
-    /// the same post again (a wallet retrying after a lost answer) is answered as it was, with
-    /// the redirect, instead of "already answered".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub answer_digest: Option<String>,
 }
 
 /// `GET /api/verifiers/{verifier}/sessions/{id}`

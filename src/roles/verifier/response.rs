@@ -51,14 +51,7 @@ impl VerifierService {
                 .because("this verification session has expired")
                 .into());
         }
-        let digest = answer_digest(&form);
         if session.state != SessionState::Pending {
-            // the very post that completed it, again (its answer was lost): the same answer
-            if session.verified && session.answer_digest.as_deref() == Some(digest.as_str()) {
-                return Ok(ResponseOutcome {
-                    redirect_uri: redirect_of(&session),
-                });
-            }
             return Err(InvalidRequest
                 .because("this verification session has already been answered")
                 .into());
@@ -100,26 +93,12 @@ impl VerifierService {
                 &key,
                 Some(ttl),
                 Some(raw),
-                |s| answer.apply(s, now, (&code, &digest)),
+                |s| answer.apply(s, now, &code),
             )
             .await;
-        let updated = match written {
-            Ok(updated) => updated.ok_or_else(|| {
-                VerifierError::from(UnknownSession.because("unknown verification session"))
-            })?,
-            Err(e) => {
-                // a wallet's retry that raced its own first post, which won: the same answer
-                let won = store.get_settled_json::<Session>(ks::SESSIONS, &key).await;
-                if let Ok(Some(s)) = won {
-                    if s.verified && s.answer_digest.as_deref() == Some(digest.as_str()) {
-                        return Ok(ResponseOutcome {
-                            redirect_uri: redirect_of(&s),
-                        });
-                    }
-                }
-                return Err(e);
-            }
-        };
+        let updated = written?.ok_or_else(|| {
+            VerifierError::from(UnknownSession.because("unknown verification session"))
+        })?;
         self.notify(&updated);
         if updated.state == SessionState::Pending {
             return Err(InvalidRequest
@@ -250,12 +229,7 @@ impl Answer {
     /// The session record `s` (its latest value) with this answer: a rejected presentation while
     /// attempts are left keeps it pending and adds the failure to `failed_attempts`; anything
     /// else finishes it. A session already finished is not changed (another response won).
-    fn apply(
-        &self,
-        mut s: Session,
-        now: i64,
-        (code, digest): (&str, &str),
-    ) -> Result<Session, VerifierError> {
+    fn apply(&self, mut s: Session, now: i64, code: &str) -> Result<Session, VerifierError> {
         if s.state != SessionState::Pending {
             return Err(InvalidRequest
                 .because("this verification session has already been answered")
@@ -294,7 +268,6 @@ impl Answer {
                 // SSE and the webhook as this session's
                 if verified {
                     s.credentials = outcome.credentials.clone();
-                    s.answer_digest = Some(digest.to_string());
                 }
                 if !verified {
                     s.error = Some("verification failed".into());
@@ -318,16 +291,6 @@ fn redirect_of(s: &Session) -> Option<String> {
         }
         _ => None,
     }
-}
-
-/// A digest of a response as posted: what identifies the same post sent again.
-fn answer_digest(form: &HashMap<String, String>) -> String {
-    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
-    crate::crypto::sha256_hex(
-        [field("vp_token"), field("state"), field("response")]
-            .join("\u{0}")
-            .as_bytes(),
-    )
 }
 
 impl VerifierService {

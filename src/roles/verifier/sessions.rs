@@ -95,7 +95,6 @@ impl VerifierService {
             failed_attempts: Vec::new(),
             completed_at: None,
             response_code: None,
-            answer_digest: None,
         };
         // Kept a day past expiry so the result (or "expired") stays readable.
         self.ctx
