@@ -663,16 +663,26 @@ async fn authorization_code_flow_with_pkce() {
         t["authorization_details"],
         json!([{"type": "openid_credential", "credential_configuration_id": "IdentityCredential_jwt_vc_json", "credential_identifiers": ["IdentityCredential_jwt_vc_json"]}])
     );
+    let holder = SigningKey::generate(KeyType::Ed25519);
+    let fetch = || async {
+        let n = nonce(&s, "default").await;
+        credential(&s, "default", t["access_token"].as_str().unwrap(), json!({"credential_identifier": "IdentityCredential_jwt_vc_json", "proofs": {"jwt": [proof(&holder, &s.url("/issuers/default"), &n, false)]}})).await
+    };
+    let (st, cred) = fetch().await;
+    assert_eq!(st, 200, "{cred}");
     let (st, e) = tok(verifier, code.clone()).await;
     assert_eq!(
         (st, e["error"].as_str()),
         (400, Some("invalid_grant")),
         "code replay"
     );
-    let holder = SigningKey::generate(KeyType::Ed25519);
-    let n = nonce(&s, "default").await;
-    let (st, cred) = credential(&s, "default", t["access_token"].as_str().unwrap(), json!({"credential_identifier": "IdentityCredential_jwt_vc_json", "proofs": {"jwt": [proof(&holder, &s.url("/issuers/default"), &n, false)]}})).await;
-    assert_eq!(st, 200, "{cred}");
+    // the replay revoked the token the code's first use got (RFC 6749 §4.1.2)
+    let (st, e) = fetch().await;
+    assert_eq!(
+        (st, e["error"].as_str()),
+        (401, Some("invalid_token")),
+        "{e}"
+    );
     // wrong PKCE verifier on a fresh authorization
     let offer = create_offer(&s, "default", json!({"credential_configuration_ids": ["IdentityCredential_jwt_vc_json"], "claims": identity(), "authorization_code": true})).await;
     let is = offer["credential_offer"]["grants"]["authorization_code"]["issuer_state"]

@@ -280,10 +280,19 @@ impl IssuerService {
                 .because("the authorization code is unknown, expired or already used")
                 .into());
         };
+        if let Ok(used) = serde_json::from_slice::<UsedCode>(&raw) {
+            return Err(self.code_reused(used).await);
+        }
         let grant: AuthCodeGrant = serde_json::from_slice(&raw).map_err(internal)?;
-        // consume first: a wrong verifier also burns the code (RFC 6749 §10.5 single use)
+        // consume first: a wrong verifier also burns the code (RFC 6749 §10.5 single use); what
+        // stays is the mark of its use, so that a second use revokes the token the first got
+        let used = UsedCode {
+            used: true,
+            token_hash: None,
+        };
+        let mark = Some((to_json(&used)?, Some(secs(ACCESS_TOKEN_TTL))));
         if store
-            .compare_and_swap(ks::CODES, &key, Some(raw), None)
+            .compare_and_swap(ks::CODES, &key, Some(raw), mark)
             .await?
             != Cas::Swapped
         {
@@ -321,13 +330,43 @@ impl IssuerService {
                 .because("client_id does not match the authorization request")
                 .into());
         }
-        self.grant_access(
-            issuer_id,
-            &grant.offer_id,
-            grant.credential_configuration_ids,
-            grant.authorization_details,
-        )
-        .await
+        let granted = self
+            .grant_access(
+                issuer_id,
+                &grant.offer_id,
+                grant.credential_configuration_ids,
+                grant.authorization_details,
+            )
+            .await?;
+        let used = UsedCode {
+            used: true,
+            token_hash: Some(hash(&granted.access_token)),
+        };
+        let marked = store
+            .put(
+                ks::CODES,
+                &key,
+                to_json(&used)?,
+                Some(secs(ACCESS_TOKEN_TTL)),
+            )
+            .await;
+        if let Err(e) = marked {
+            tracing::warn!(error = %e, "the token of a used authorization code is not recorded");
+        }
+        Ok(granted)
+    }
+
+    /// An authorization code used a second time (RFC 6749 §4.1.2: refused, and the token the
+    /// first use got is revoked — whoever replays a code may have taken it from the client that
+    /// redeemed it).
+    async fn code_reused(&self, used: UsedCode) -> IssuerError {
+        if let Some(token_hash) = &used.token_hash {
+            self.drop_grant(token_hash).await;
+            tracing::warn!("authorization code reused: the token from its first use is revoked");
+        }
+        InvalidGrant
+            .because("the authorization code was already used")
+            .into()
     }
 
     /// Redeems offer `offer_key_s` for an access token covering `config_ids`, in one store
@@ -460,6 +499,19 @@ impl IssuerService {
             tracing::debug!(error = %e, "grant of an unreturned token not deleted");
         }
     }
+}
+
+/// What stays of an authorization code once used (as long as a token from it lives).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct UsedCode {
+    /// Always true: a grant has no such field, so a grant never reads as this.
+    used: bool,
+    /// The token its use got, once granted.
+    token_hash: Option<String>,
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, IssuerError> {
+    serde_json::to_vec(v).map_err(internal)
 }
 
 /// The configurations a pre-authorized grant covers: all the offer's, or those its
