@@ -1005,6 +1005,15 @@ impl Config {
                 }
                 Some(_) => {}
             }
+            // Without store.master_key the master key is derived from cluster.secret: anyone who
+            // guesses the secret offline (from a MAC'd gossip or RPC message seen on the wire, or
+            // a copied store's canary) opens every sealed key; and the secret could never be
+            // rotated without losing them.
+            if self.server.mode == Mode::Production && master_key.is_none() {
+                return Err(ConfigError::Invalid(
+                    "production cluster mode needs store.master_key (or store.master_key_file), the same on every node: a master key derived from cluster.secret is only as strong as that secret".into(),
+                ));
+            }
             let c = &self.cluster;
             if c.gossip_interval_ms < 20 || c.rpc_timeout_ms < 50 || c.pause_threshold_ms < 100 {
                 return Err(ConfigError::Invalid(
@@ -1290,6 +1299,25 @@ mod tests {
         assert_eq!(s.admin_tokens[0].expose(), "tok-from-file-0123456789");
         std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(c.finish().is_err());
+    }
+
+    /// Production cluster mode needs its own master key (sealing review): derived from
+    /// cluster.secret, it was only as strong as a secret whose MACs cross the network.
+    #[test]
+    fn production_cluster_mode_needs_a_master_key() {
+        let mut c = Config::default();
+        c.cluster.enabled = true;
+        c.cluster.secret = Secret::new("a-cluster-secret-of-some-length");
+        c.server.mode = Mode::Production;
+        c.admin.tokens = vec![Secret::new("an-admin-token-0123456789")];
+        if cfg!(feature = "cluster") {
+            let e = c.clone().finish().unwrap_err().to_string();
+            assert!(e.contains("store.master_key"), "{e}");
+        }
+        c.store.master_key = Secret::new("k".repeat(44));
+        if let Err(e) = c.finish() {
+            assert!(!e.to_string().contains("master_key"), "{e}");
+        }
     }
 
     /// Lifetimes are bounded and a default can be given: a default over the maximum refused

@@ -466,7 +466,10 @@ pub fn requested_mdoc_elements(c: &CredentialView, cq: &Value) -> Vec<String> {
         .iter()
         .filter_map(
             |cl| match (cl["path"][0].as_str(), cl["path"][1].as_str()) {
-                (Some(ns), Some(element)) => Some(format!("{ns}/{element}")),
+                // (a `/` in either part would make the joined name ambiguous)
+                (Some(ns), Some(element)) if !ns.contains('/') && !element.contains('/') => {
+                    Some(format!("{ns}/{element}"))
+                }
                 _ => None,
             },
         )
@@ -823,6 +826,15 @@ mod tests {
         let none = json!({"id": "m", "format": "mso_mdoc", "meta": {"doctype_value": "org.iso.18013.5.1.mDL"}});
         assert!(mismatch(&c, &none).is_none());
         assert!(requested_mdoc_elements(&c, &none).is_empty());
+        // a `/` inside a namespace or element would make `namespace/element` name two elements
+        // (`ns` + `x/y`, `ns/x` + `y`): such a path asks for nothing (sealing review)
+        let slashed = CredentialView {
+            root: json!({"ns": {"x/y": 1}, "ns/x": {"y": 2}}),
+            ..c.clone()
+        };
+        let q = json!({"id": "m", "format": "mso_mdoc", "meta": {"doctype_value": "org.iso.18013.5.1.mDL"},
+            "claims": [{"path": ["ns", "x/y"]}, {"path": ["ns/x", "y"]}]});
+        assert!(requested_mdoc_elements(&slashed, &q).is_empty());
         let mut other = none.clone();
         other["meta"]["doctype_value"] = json!("eu.europa.ec.eudi.pid.1");
         assert!(mismatch(&c, &other).is_some());

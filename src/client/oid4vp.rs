@@ -402,7 +402,13 @@ fn mdoc_presentation(
     let issuer_signed = crate::crypto::b64url_decode(&held.raw)
         .map_err(|_| ClientError::Input("stored mdoc: not base64url".into()))?;
     let transcript = mdoc_session_transcript(req)?;
-    let wanted = |ns: &str, element: &str| disclose.iter().any(|d| *d == format!("{ns}/{element}"));
+    // `namespace/element` names one element only when neither part holds a `/` (else `ns` +
+    // `x/y` and `ns/x` + `y` would be one name): an element named so is never disclosed
+    let wanted = |ns: &str, element: &str| {
+        !ns.contains('/')
+            && !element.contains('/')
+            && disclose.iter().any(|d| *d == format!("{ns}/{element}"))
+    };
     present::device_response(&issuer_signed, doc_type, wanted, held.key, &transcript)
         .map(crate::crypto::b64url)
         .map_err(|e| ClientError::Input(format!("mdoc presentation: {e}")))

@@ -128,7 +128,7 @@ impl VerifierService {
                     .encryption_key
                     .as_deref()
                     .ok_or_else(|| encryption_key_broken("the session has none"))?;
-                let k = self.encryption_key(&session.id, sealed)?;
+                let k = self.encryption_key(&session.verifier, &session.id, sealed)?;
                 let (_, plain) = jwe::decrypt(jwe_s, &k)
                     .map_err(|e| InvalidRequest.because(format!("response JWE: {e}")))?;
                 let v: Value = serde_json::from_slice(&plain)
@@ -305,7 +305,10 @@ impl VerifierService {
     /// thumbprint (direct_post.jwt) and the response_uri.
     fn mdoc_transcript(&self, s: &Session) -> Result<Vec<u8>, super::error::VerifierError> {
         let thumbprint = match &s.encryption_key {
-            Some(sealed) => Some(self.encryption_key(&s.id, sealed)?.thumbprint()),
+            Some(sealed) => Some(
+                self.encryption_key(&s.verifier, &s.id, sealed)?
+                    .thumbprint(),
+            ),
             None => None,
         };
         Ok(crate::crypto::mdoc::transcript::oid4vp(

@@ -62,16 +62,20 @@ impl VerifierService {
         Ok(self.tenants.signing_key(v).await?)
     }
 
+    /// Session `id`'s response encryption key, opened from its record. Sealed to the verifier,
+    /// the session and the field; a key sealed before that binding (`session-enc/{id}`, sessions
+    /// made by an earlier release, gone with their TTL) opens as it was.
     pub(super) fn encryption_key(
         &self,
+        verifier_id: &str,
         id: &str,
         sealed_b64: &str,
     ) -> Result<EncryptionKey, VerifierError> {
         let sealed = crate::crypto::b64url_decode(sealed_b64).map_err(encryption_key_broken)?;
-        let raw = self
-            .ctx
-            .sealer
-            .open(format!("session-enc/{id}").as_bytes(), &sealed)
+        let sealer = &self.ctx.sealer;
+        let raw = sealer
+            .open(session_key_aad(verifier_id, id).as_bytes(), &sealed)
+            .or_else(|_| sealer.open(format!("session-enc/{id}").as_bytes(), &sealed))
             .map_err(encryption_key_broken)?;
         EncryptionKey::from_bytes(&raw).map_err(encryption_key_broken)
     }
@@ -95,4 +99,10 @@ impl VerifierService {
 
 pub(super) fn session_key(verifier: &str, id: &str) -> String {
     format!("{verifier}/{id}")
+}
+
+/// What a session's response encryption key is sealed to: its keyspace, verifier, session and
+/// field (a sealed key copied to another verifier's or session's record does not open).
+pub(super) fn session_key_aad(verifier: &str, id: &str) -> String {
+    format!("{}/{verifier}/{id}/encryption_key", super::ks::SESSIONS)
 }

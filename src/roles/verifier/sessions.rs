@@ -67,7 +67,7 @@ impl VerifierService {
         let response_mode = req.response_mode.unwrap_or(ResponseMode::DirectPost);
         let encryption_key = match response_mode {
             ResponseMode::DirectPost => None,
-            ResponseMode::DirectPostJwt => Some(self.new_encryption_key(&id)?),
+            ResponseMode::DirectPostJwt => Some(self.new_encryption_key(verifier_id, &id)?),
         };
         let now = self.now();
         let session = Session {
@@ -125,12 +125,12 @@ impl VerifierService {
     }
 
     /// A fresh response encryption key for session `id`, sealed (base64url) for its record.
-    fn new_encryption_key(&self, id: &str) -> Result<String, VerifierError> {
+    fn new_encryption_key(&self, verifier_id: &str, id: &str) -> Result<String, VerifierError> {
         let k = EncryptionKey::generate();
         let sealed = self
             .ctx
             .sealer
-            .seal(format!("session-enc/{id}").as_bytes(), &k.to_bytes())?;
+            .seal(session_key_aad(verifier_id, id).as_bytes(), &k.to_bytes())?;
         Ok(crate::crypto::b64url(sealed))
     }
 
@@ -287,7 +287,7 @@ pub(super) fn client_metadata(
         })
     };
     if let Some(sealed) = &s.encryption_key {
-        let k = svc.encryption_key(&s.id, sealed)?;
+        let k = svc.encryption_key(&s.verifier, &s.id, sealed)?;
         m["jwks"] = json!({"keys": [k.public_jwk(&format!("enc-{}", s.id))]});
         m["encrypted_response_enc_values_supported"] = json!(["A128GCM", "A256GCM"]);
         // pre-1.0 wallets read these

@@ -31,6 +31,19 @@ async fn verifier(clock: &std::sync::Arc<FakeClock>) -> VerifierService {
     svc
 }
 
+/// The default verifier's stored session `id`.
+async fn stored_session(svc: &VerifierService, id: &str) -> Session {
+    svc.ctx
+        .store
+        .get_json(
+            super::ks::SESSIONS,
+            &super::service::session_key("default", id),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// A session asking for one SD-JWT, living `ttl` seconds.
 fn sd_jwt_session(ttl: u64) -> CreateSession {
     CreateSession {
@@ -93,16 +106,7 @@ async fn concurrent_bad_responses_each_count_as_an_attempt() {
     let req = sd_jwt_session(300);
     for round in 0..5 {
         let created = svc.create_session("default", req.clone()).await.unwrap();
-        let session: Session = svc
-            .ctx
-            .store
-            .get_json(
-                super::ks::SESSIONS,
-                &super::service::session_key("default", &created.id),
-            )
-            .await
-            .unwrap()
-            .unwrap();
+        let session = stored_session(&svc, &created.id).await;
         let answers = (0..3).map(|_| {
             let (svc, id) = (svc.clone(), created.id.clone());
             let mut form = HashMap::new();
@@ -163,4 +167,34 @@ async fn a_recreated_verifier_does_not_inherit_the_deleted_ones_sessions() {
             .unwrap(),
     );
     assert!(e.status.is_client_error(), "{e:?}");
+}
+
+/// A session's response encryption key is sealed to its verifier and session: copied into
+/// another verifier's or session's record it does not open (sealing review: it was sealed to
+/// the session id alone). One sealed by an earlier release still opens.
+#[tokio::test]
+async fn a_sessions_encryption_key_opens_for_that_session_only() {
+    let clock = FakeClock::new(1_800_000_000_000);
+    let svc = verifier(&clock).await;
+    let mut req = sd_jwt_session(300);
+    req.response_mode = Some(ResponseMode::DirectPostJwt);
+    let created = svc.create_session("default", req).await.unwrap();
+    let session = stored_session(&svc, &created.id).await;
+    let sealed = session.encryption_key.unwrap();
+    let key = svc.encryption_key("default", &created.id, &sealed).unwrap();
+    assert!(svc.encryption_key("other", &created.id, &sealed).is_err());
+    assert!(svc
+        .encryption_key("default", "another-id", &sealed)
+        .is_err());
+    let legacy = svc
+        .ctx
+        .sealer
+        .seal(
+            format!("session-enc/{}", created.id).as_bytes(),
+            &key.to_bytes(),
+        )
+        .unwrap();
+    let legacy = crate::crypto::b64url(legacy);
+    let opened = svc.encryption_key("default", &created.id, &legacy).unwrap();
+    assert_eq!(opened.thumbprint(), key.thumbprint());
 }
