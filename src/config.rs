@@ -1011,7 +1011,7 @@ impl Config {
             // rotated without losing them.
             if self.server.mode == Mode::Production && master_key.is_none() {
                 return Err(ConfigError::Invalid(
-                    "production cluster mode needs store.master_key (or store.master_key_file), the same on every node: a master key derived from cluster.secret is only as strong as that secret".into(),
+                    "production cluster mode needs store.master_key (or store.master_key_file), the same on every node: a master key derived from cluster.secret is only as strong as that secret (a cluster that ran on the derived key pins it: docs/cluster.md, 'Keys that must be equal on every node')".into(),
                 ));
             }
             let c = &self.cluster;

@@ -71,7 +71,12 @@ pub mod wire;
 /// index alone and rewrites the record without the roster. And in `consistent` mode an insert in
 /// [`node::EXCLUSIVE_INSERT_KEYSPACES`] takes the prepare round on "no version" (a protocol-2
 /// executor makes it one write at the primary).
-pub const DATA_PROTOCOL: u32 = 3;
+/// 4: an issuer's status counter created since carries its index order (`{next, order}`; a
+/// protocol-3 node reads only a bare number and could not issue); a used authorization code
+/// leaves a mark in its place (a protocol-3 node would take it for a broken grant); a verifier
+/// session's encryption key is sealed to its verifier and session (a protocol-3 node cannot open
+/// it); a peer key's connection is an exclusive insert.
+pub const DATA_PROTOCOL: u32 = 4;
 
 #[cfg(feature = "cluster")]
 mod start;

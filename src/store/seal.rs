@@ -258,6 +258,18 @@ fn write_private_file(path: &Path, data: &[u8]) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests {
+
+    /// The derived master key a production cluster must now pin as `store.master_key` is what
+    /// docs/cluster.md's shell command computes (printf + openssl dgst -hmac), as hex.
+    #[test]
+    fn the_derived_master_key_is_what_the_documented_command_prints() {
+        let k = derive_master_key("it-cluster-secret-0123", "it-cluster");
+        let hex: String = k.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "74a0948eadd344cbf08da9f9c5e6ecbc1dc3a012f13cd5d56725e6cb9fc7ed60"
+        );
+    }
     use super::*;
 
     /// A subkey is the bytes the AEAD encrypts 32 zero bytes with under the label's nonce (the

@@ -715,13 +715,12 @@ async fn authorization_code_flow_with_pkce() {
     assert_eq!((st, e["error"].as_str()), (400, Some("invalid_request")));
     let (st, e) = tok("wrong-verifier-wrong-verifier-wrong-verifier-00000", code).await;
     assert_eq!((st, e["error"].as_str()), (400, Some("invalid_grant")));
-    // Refusals after the redirect URI is accepted go back to the client there (RFC 6749
-    // §4.1.2.1), with its state and our iss; before, the wallet's user was left on a 400 page.
-    // Plain PKCE, another response_type, an unknown issuer_state:
+    // Refusals once the redirect URI is accepted and the issuer_state names a live offer go back
+    // to the client there (RFC 6749 §4.1.2.1), with its state and our iss; before, the wallet's
+    // user was left on a 400 page. Plain PKCE, another response_type:
     for (param, value, error) in [
         ("code_challenge_method", "plain", "invalid_request"),
         ("response_type", "token", "unsupported_response_type"),
-        ("issuer_state", "no-such-state", "invalid_request"),
     ] {
         let mut q = vec![
             ("response_type", "code"),
@@ -747,7 +746,27 @@ async fn authorization_code_flow_with_pkce() {
         assert_eq!(got["state"], "st-1");
         assert_eq!(got["iss"], s.url("/issuers/default"));
         assert!(!got.contains_key("code"), "{loc}");
+        assert!(got["error_description"]
+            .chars()
+            .all(|c| (' '..='~').contains(&c)));
     }
+    // Without a live offer's issuer_state nothing is sent back: under `*` anyone could make the
+    // issuer's origin redirect to any URI with an error (an open redirector)
+    let r = no_redirect
+        .get(s.url("/issuers/default/authorize"))
+        .query(&[
+            ("response_type", "code"),
+            ("client_id", "w"),
+            ("redirect_uri", "https://evil.example/login"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("issuer_state", "no-such-state"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("location").is_none());
+    expect_problem(r, 400, "bad_request").await;
     s.stop();
 }
 

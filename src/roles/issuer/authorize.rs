@@ -57,9 +57,13 @@ impl IssuerService {
                 "redirect_uri is not one this issuer sends authorization codes to (issuer.redirect_uris)",
             ));
         }
+        // The offer its issuer_state names, before anything is sent back: under `*` (any
+        // redirect URI) an error redirect for whoever asks would make the issuer's origin an open
+        // redirector (RFC 9700 §4.11.2), so until a live offer is named, errors are a 400 here.
+        let offer = self.offer_of_state(&issuer, &req).await?;
         let sep = if redirect_uri.contains('?') { '&' } else { '?' };
         let answer = match self
-            .grant_code(&issuer, &req, client_id, &redirect_uri)
+            .grant_code(&issuer, &req, client_id, &redirect_uri, offer)
             .await
         {
             Ok(code) => format!("code={}", urlencode(&code)),
@@ -70,7 +74,7 @@ impl IssuerService {
                 // ours (a 500) is logged, not sent; a store outage says only that
                 let detail = match error {
                     "server_error" => "internal error".to_string(),
-                    _ => crate::crypto::mdoc::clip(&e.public_detail()),
+                    _ => description_text(&e.public_detail()),
                 };
                 format!("error={error}&error_description={}", urlencode(&detail))
             }
@@ -83,25 +87,13 @@ impl IssuerService {
         Ok(url)
     }
 
-    /// The checks after the redirect URI, and the code they earn (stored for the token endpoint).
-    async fn grant_code(
+    /// The redeemable offer (its key and record) of this issuer that the request's
+    /// `issuer_state` names.
+    async fn offer_of_state(
         &self,
         issuer: &Issuer,
         req: &AuthorizeRequest,
-        client_id: String,
-        redirect_uri: &str,
-    ) -> Result<String, IssuerError> {
-        if req.response_type.as_deref() != Some("code") {
-            return Err(bad_authorization("response_type must be `code`"));
-        }
-        let challenge = req
-            .code_challenge
-            .clone()
-            .filter(|c| (43..=128).contains(&c.len()))
-            .or_bad_authorization("code_challenge (S256) is required")?;
-        if req.code_challenge_method.as_deref() != Some("S256") {
-            return Err(bad_authorization("code_challenge_method must be S256"));
-        }
+    ) -> Result<(String, Offer), IssuerError> {
         let issuer_state = req.issuer_state.as_deref().or_bad_authorization(
             "issuer_state from the credential offer is required (no interactive login is configured)",
         )?;
@@ -125,6 +117,30 @@ impl IssuerService {
             || offer.expires_at <= self.now()
         {
             return Err(bad_authorization("the offer is not redeemable"));
+        }
+        Ok((offer_key_s, offer))
+    }
+
+    /// The checks after the offer is known, and the code they earn (stored for the token
+    /// endpoint).
+    async fn grant_code(
+        &self,
+        issuer: &Issuer,
+        req: &AuthorizeRequest,
+        client_id: String,
+        redirect_uri: &str,
+        (offer_key_s, offer): (String, Offer),
+    ) -> Result<String, IssuerError> {
+        if req.response_type.as_deref() != Some("code") {
+            return Err(bad_authorization("response_type must be `code`"));
+        }
+        let challenge = req
+            .code_challenge
+            .clone()
+            .filter(|c| (43..=128).contains(&c.len()))
+            .or_bad_authorization("code_challenge (S256) is required")?;
+        if req.code_challenge_method.as_deref() != Some("S256") {
+            return Err(bad_authorization("code_challenge_method must be S256"));
         }
         // A transaction code protects the offer against whoever intercepts it, and this flow has
         // no login to stand in for it: the issuer_state alone would redeem the offer without the
@@ -157,6 +173,19 @@ impl IssuerService {
             .await?;
         Ok(code)
     }
+}
+
+/// An `error_description` as RFC 6749 §4.1.2.1 allows it: printable ASCII without `"` and `\`
+/// (anything else a space), at most 200 characters.
+fn description_text(detail: &str) -> String {
+    detail
+        .chars()
+        .take(crate::crypto::mdoc::MAX_QUOTED)
+        .map(|c| match c {
+            ' '..='~' if c != '"' && c != '\\' => c,
+            _ => ' ',
+        })
+        .collect()
 }
 
 /// The OAuth `error` an authorization refusal is sent back with (RFC 6749 §4.1.2.1, RFC 9396).

@@ -74,8 +74,9 @@ pub async fn offer_by_reference(
 
 /// Authorization endpoint (authorization code flow with PKCE S256). The offer's `issuer_state`
 /// identifies the holder, so consent is immediate and the answer is a redirect carrying the code.
-/// A refusal once `client_id` and `redirect_uri` are accepted is a redirect too, carrying
-/// `error` and `error_description` (RFC 6749 §4.1.2.1); before that, a 400 and no redirect.
+/// A refusal once `client_id`, `redirect_uri` and the `issuer_state` of a live offer are
+/// accepted is a redirect too, carrying `error` and `error_description` (RFC 6749 §4.1.2.1);
+/// before that, a 400 and no redirect.
 #[utoipa::path(tag = "issuer", params(("issuer" = String, Path)), responses((status = 302, description = "Redirect to redirect_uri with code (or error), state and iss"), (status = 400, body = crate::error::Problem)))]
 #[get(
     "/issuers/{issuer}/authorize",

@@ -25,9 +25,10 @@ pub struct IssuerService {
     pub(super) tenants: Tenants<Issuer>,
     /// Status-list indices this process has reserved but not yet handed out, per issuer
     /// (`next..end`). See [`super::status::STATUS_BLOCK`].
-    pub(super) status_blocks: tokio::sync::Mutex<HashMap<String, std::ops::Range<u64>>>,
-    /// Each issuer's order of indices within a list, read once ([`super::status::IndexOrder`]).
-    pub(super) status_orders: tokio::sync::Mutex<HashMap<String, super::status::IndexOrder>>,
+    /// With each block, the issuer's order of indices its counter record holds.
+    #[allow(clippy::type_complexity)]
+    pub(super) status_blocks:
+        tokio::sync::Mutex<HashMap<String, (std::ops::Range<u64>, super::status::IndexOrder)>>,
     /// Watches of unknown outcomes still running ([`IssuerService::watch_unknown_outcome`]).
     pub(super) watches: Arc<AtomicUsize>,
     /// How they ended, by [`super::outcome::Watched`] (`None`: the metric could not be
@@ -52,7 +53,6 @@ impl IssuerService {
             ctx,
             cfg,
             status_blocks: Default::default(),
-            status_orders: Default::default(),
             watches,
         }
     }

@@ -35,9 +35,50 @@ pub(super) const STATUS_BLOCK: u64 = 64;
 /// Here they are a keyed permutation of the order of issuance: every index of a list exactly
 /// once, so no two credentials share one, in an order only the key tells. Issuers whose first
 /// index was handed out before this (no key) keep the order of issuance, so old and new
-/// credentials never meet on one index.
+/// credentials never meet on one index. The key is part of the counter record itself
+/// ([`StatusCounter`]): every reservation reads it with the block it takes, so no process can
+/// hold another order than the record's.
 #[derive(Clone)]
 pub(super) struct IndexOrder(Option<[u8; 32]>);
+
+/// An issuer's status-list counter: the next index to reserve and, for counters created since
+/// indices are permuted, the key of the issuer's [`IndexOrder`]. A bare number is a counter of
+/// an earlier release (issuance order); it never gains a key.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub(super) enum StatusCounter {
+    Ordered(u64),
+    Keyed { next: u64, order: String },
+}
+
+impl StatusCounter {
+    fn next(&self) -> u64 {
+        match self {
+            StatusCounter::Ordered(n) | StatusCounter::Keyed { next: n, .. } => *n,
+        }
+    }
+
+    fn advanced(self, by: u64) -> Self {
+        match self {
+            StatusCounter::Ordered(n) => StatusCounter::Ordered(n + by),
+            StatusCounter::Keyed { next, order } => StatusCounter::Keyed {
+                next: next + by,
+                order,
+            },
+        }
+    }
+
+    pub(super) fn order(&self) -> Result<IndexOrder, IssuerError> {
+        match self {
+            StatusCounter::Ordered(_) => Ok(IndexOrder(None)),
+            StatusCounter::Keyed { order, .. } => crate::crypto::b64url_decode(order)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .map(|k| IndexOrder(Some(k)))
+                .ok_or_else(|| IssuerError::Internal("status counter: bad order key".into())),
+        }
+    }
+}
 
 impl IndexOrder {
     pub(super) fn index(&self, n: u64) -> u64 {
@@ -85,45 +126,35 @@ fn permuted(key: &[u8; 32], i: u64) -> u64 {
 
 impl IssuerService {
     pub(super) async fn allocate_status(&self, issuer: &Issuer) -> Result<StatusRef, IssuerError> {
-        let n = {
+        let (n, order) = {
             let mut blocks = self.status_blocks.lock().await;
-            let block = blocks.entry(issuer.id.clone()).or_insert(0..0);
-            if block.is_empty() {
-                let start = self.reserve_status_block(&issuer.id).await?;
-                *block = start..start + STATUS_BLOCK;
-            }
+            let (block, order) = match blocks.get_mut(&issuer.id) {
+                Some(b) if !b.0.is_empty() => b,
+                _ => {
+                    let (start, order) = self.reserve_status_block(&issuer.id).await?;
+                    blocks.insert(issuer.id.clone(), (start..start + STATUS_BLOCK, order));
+                    blocks
+                        .get_mut(&issuer.id)
+                        .ok_or(IssuerError::NoStatusList)?
+                }
+            };
             let n = block.start;
             block.start += 1;
-            n
+            (n, order.clone())
         };
-        let order = self.index_order(&issuer.id).await?;
         Ok(self.status_ref(&issuer.id, status_list_number(n), order.index(n)))
     }
 
-    /// The issuer's [`IndexOrder`], read once per process (it never changes once the issuer's
-    /// counter exists, which it does by now: it is written before the counter).
+    /// The issuer's [`IndexOrder`], as its counter record holds it (issuance order before the
+    /// first credential).
+    #[cfg(test)]
     pub(super) async fn index_order(&self, issuer_id: &str) -> Result<IndexOrder, IssuerError> {
-        if let Some(o) = self.status_orders.lock().await.get(issuer_id) {
-            return Ok(o.clone());
-        }
-        let key = self
+        let counter = self
             .ctx
             .store
-            .get_settled_json::<String>(ks::COUNTERS, &order_key(issuer_id))
-            .await?
-            .map(|b64| {
-                let raw = crate::crypto::b64url_decode(&b64)
-                    .ok()
-                    .and_then(|b| <[u8; 32]>::try_from(b).ok());
-                raw.ok_or_else(|| IssuerError::Internal("status index order: bad key".into()))
-            })
-            .transpose()?;
-        let order = IndexOrder(key);
-        self.status_orders
-            .lock()
-            .await
-            .insert(issuer_id.to_string(), order.clone());
-        Ok(order)
+            .get_json::<StatusCounter>(ks::COUNTERS, &format!("{issuer_id}/status"))
+            .await?;
+        counter.map_or(Ok(IndexOrder(None)), |c| c.order())
     }
 
     /// Where index `index` of list `list` (1-based) of an issuer's status lists is published.
@@ -138,36 +169,39 @@ impl IssuerService {
         }
     }
 
-    /// Reserves the next [`STATUS_BLOCK`] indices of an issuer's status lists; returns the first.
-    pub(super) async fn reserve_status_block(&self, issuer_id: &str) -> Result<u64, IssuerError> {
+    /// Reserves the next [`STATUS_BLOCK`] indices of an issuer's status lists; returns the first
+    /// and the issuer's index order, from the very record the reservation changed.
+    pub(super) async fn reserve_status_block(
+        &self,
+        issuer_id: &str,
+    ) -> Result<(u64, IndexOrder), IssuerError> {
         let key = format!("{issuer_id}/status");
         loop {
-            let end = self
+            let updated = self
                 .ctx
                 .store
-                .update_json::<u64, IssuerError, _>(ks::COUNTERS, &key, None, |n| {
-                    Ok(n + STATUS_BLOCK)
+                .update_json::<StatusCounter, IssuerError, _>(ks::COUNTERS, &key, None, |c| {
+                    Ok(c.advanced(STATUS_BLOCK))
                 })
                 .await?;
-            if let Some(end) = end {
+            if let Some(c) = updated {
                 // durable before any index of the block is handed out: a crash that rolled the
                 // counter back would give the next credentials the same indices as ones already
                 // delivered (revoking one would revoke the other)
                 self.ctx.store.flush().await?;
-                return Ok(end - STATUS_BLOCK);
+                return Ok((c.next() - STATUS_BLOCK, c.order()?));
             }
-            // first credential of this issuer: its index order (kept if another process wrote
-            // one first; always read back from the store), then the counter at 0, then reserve
-            // through the update above like every later block (in a cluster's consistent mode
-            // that update is held by a majority; two inserts of 0 at once cannot both hand out 0)
-            let order: [u8; 32] = rand::random();
+            // first credential of this issuer: create the counter at 0 with a fresh index order,
+            // then reserve through the update above like every later block (in a cluster's
+            // consistent mode that update is held by a majority; two inserts at once cannot both
+            // hand out 0, and the order is the one of the insert that won)
+            let first = StatusCounter::Keyed {
+                next: 0,
+                order: b64url(rand::random::<[u8; 32]>()),
+            };
             self.ctx
                 .store
-                .insert_new_json(ks::COUNTERS, &order_key(issuer_id), &b64url(order), None)
-                .await?;
-            self.ctx
-                .store
-                .insert_new_json(ks::COUNTERS, &key, &0u64, None)
+                .insert_new_json(ks::COUNTERS, &key, &first, None)
                 .await?;
         }
     }
@@ -407,9 +441,9 @@ impl IssuerService {
         let allocated = self
             .ctx
             .store
-            .get_json::<u64>(ks::COUNTERS, &format!("{issuer_id}/status"))
+            .get_json::<StatusCounter>(ks::COUNTERS, &format!("{issuer_id}/status"))
             .await?
-            .unwrap_or(0);
+            .map_or(0, |c| c.next());
         let start = number
             .checked_sub(1)
             .and_then(|n| n.checked_mul(STATUS_LIST_SIZE));
@@ -449,11 +483,6 @@ fn list_etag(list: &str, arr: &StatusArray, signed_by: &str, cwt: bool, now: i64
     ]
     .concat();
     format!("\"{}\"", &sha256_hex(tag)[..32])
-}
-
-/// Where an issuer's [`IndexOrder`] key is kept (next to its counter, kept as long).
-fn order_key(issuer_id: &str) -> String {
-    format!("{issuer_id}/status-order")
 }
 
 fn status_list_number(n: u64) -> u64 {

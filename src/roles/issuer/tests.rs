@@ -589,6 +589,46 @@ async fn a_changed_signing_key_is_refused() {
     assert!(e.contains("not the one recorded"), "{e}");
 }
 
+/// An issuer's index order lives in its counter record (review: a separate record, read apart
+/// from the counter and cached, let two processes hold different orders): a counter of an
+/// earlier release (a bare number) keeps issuance order as blocks are reserved and never gains a
+/// key; a new counter is created with one, and the order used is the record's.
+#[tokio::test]
+async fn the_index_order_lives_in_the_counter_record() {
+    let (svc, _) = issuer().await;
+    let issuer = svc.get_issuer("default").await.unwrap();
+    let counter = || async {
+        svc.ctx
+            .store
+            .get_json::<serde_json::Value>(ks::COUNTERS, "default/status")
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let block = super::status::STATUS_BLOCK;
+    svc.ctx
+        .store
+        .put_json(ks::COUNTERS, "default/status", &(10 * block), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        svc.allocate_status(&issuer).await.unwrap().index,
+        10 * block
+    );
+    assert_eq!(counter().await, json!(11 * block));
+    svc.ctx
+        .store
+        .delete(ks::COUNTERS, "default/status")
+        .await
+        .unwrap();
+    svc.status_blocks.lock().await.clear();
+    let first = svc.allocate_status(&issuer).await.unwrap().index;
+    let c = counter().await;
+    assert_eq!(c["next"], json!(block), "{c}");
+    assert!(c["order"].is_string(), "{c}");
+    assert_eq!(first, svc.index_order("default").await.unwrap().index(0));
+}
+
 /// A credential of the second status list (index ≥ one list's size) records that list: revoking
 /// it sets its own bit in its own list — before, every record named list 1, so revoking the
 /// 131,073rd credential revoked the first one instead and left itself valid.

@@ -47,7 +47,9 @@ impl MediatorService {
         }
         match self.connection_by_key(verkey).await {
             Ok(c) if c.their_did == did => Ok(true),
-            _ => Err(key_taken(self)),
+            Ok(_) | Err(MediatorError::NoConnection(_)) => Err(key_taken(self)),
+            // (a store outage says so, not "taken")
+            Err(e) => Err(e),
         }
     }
 
