@@ -205,8 +205,14 @@ pub struct Session {
     pub verified: bool,
     #[serde(default)]
     pub policy_results: Vec<PolicyResult>,
-    #[serde(default)]
+    /// The disclosed claims, in clear: only in records written by releases before
+    /// `sealed_credentials` (read, never written).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<PresentedCredential>,
+    /// The disclosed claims of a verified presentation, sealed to this verifier and session
+    /// (base64url): personal data is not kept (nor replicated between nodes) in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_credentials: Option<String>,
     #[serde(default)]
     pub error: Option<String>,
     /// Rejected responses (kept pending for the real wallet), with why.

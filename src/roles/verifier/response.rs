@@ -87,13 +87,21 @@ impl VerifierService {
         // live when it is answered, as `view` would show it
         let now = self.now();
         let code = random_token(24);
+        // the claims a verified answer keeps, sealed before the write (the update cannot fail
+        // half way on a sealing error)
+        let sealed = match &answer {
+            Answer::Evaluated(outcome, _) if !outcome.credentials.is_empty() => {
+                Some(self.seal_credentials(verifier_id, id, &outcome.credentials)?)
+            }
+            _ => None,
+        };
         let written = store
             .update_json_from::<Session, VerifierError, _>(
                 ks::SESSIONS,
                 &key,
                 Some(ttl),
                 Some(raw),
-                |s| answer.apply(s, now, &code),
+                |s| answer.apply(s, now, (&code, sealed.as_deref())),
             )
             .await;
         let updated = written?.ok_or_else(|| {
@@ -229,7 +237,12 @@ impl Answer {
     /// The session record `s` (its latest value) with this answer: a rejected presentation while
     /// attempts are left keeps it pending and adds the failure to `failed_attempts`; anything
     /// else finishes it. A session already finished is not changed (another response won).
-    fn apply(&self, mut s: Session, now: i64, code: &str) -> Result<Session, VerifierError> {
+    fn apply(
+        &self,
+        mut s: Session,
+        now: i64,
+        (code, sealed): (&str, Option<&str>),
+    ) -> Result<Session, VerifierError> {
         if s.state != SessionState::Pending {
             return Err(InvalidRequest
                 .because("this verification session has already been answered")
@@ -245,7 +258,7 @@ impl Answer {
                 s.state = SessionState::Failed;
                 s.error = Some(why.clone());
             }
-            Answer::Evaluated(outcome, results) => {
+            Answer::Evaluated(_, results) => {
                 let verified = results.iter().all(|r| r.passed);
                 s.policy_results = results.clone();
                 if !verified && s.failed_attempts.len() + 1 < MAX_FAILED_ATTEMPTS {
@@ -267,7 +280,7 @@ impl Answer {
                 // attacker's (or a replayed victim's) words, and would reach the admin API,
                 // SSE and the webhook as this session's
                 if verified {
-                    s.credentials = outcome.credentials.clone();
+                    s.sealed_credentials = sealed.map(str::to_string);
                 }
                 if !verified {
                     s.error = Some("verification failed".into());

@@ -89,6 +89,13 @@ impl VerifierService {
         if let Some(url) = s.webhook_url.clone() {
             let ctx = self.ctx.clone();
             let now = self.now();
+            let s = match self.opened(s) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(session = s.id, error = %e, "webhook not sent: the session's claims do not open");
+                    return;
+                }
+            };
             let event = json!({"type": "verification.finished", "verifier": s.verifier, "session": s.view(now)});
             tokio::spawn(async move {
                 crate::http::webhook::deliver(&ctx.http, &ctx.sealer, &url, &event, now).await
@@ -99,6 +106,45 @@ impl VerifierService {
 
 pub(super) fn session_key(verifier: &str, id: &str) -> String {
     format!("{verifier}/{id}")
+}
+
+/// What a session's disclosed claims are sealed to: its keyspace, verifier, session and field.
+fn credentials_aad(verifier: &str, id: &str) -> String {
+    format!("{}/{verifier}/{id}/credentials", super::ks::SESSIONS)
+}
+
+impl VerifierService {
+    /// `credentials` sealed for session `id` of `verifier` (base64url), as the record keeps them.
+    pub(super) fn seal_credentials(
+        &self,
+        verifier: &str,
+        id: &str,
+        credentials: &[PresentedCredential],
+    ) -> Result<String, VerifierError> {
+        let plain =
+            serde_json::to_vec(credentials).map_err(|e| VerifierError::Internal(e.to_string()))?;
+        let sealed = self
+            .ctx
+            .sealer
+            .seal(credentials_aad(verifier, id).as_bytes(), &plain)?;
+        Ok(crate::crypto::b64url(sealed))
+    }
+
+    /// The session with its disclosed claims opened (for its view, SSE and the webhook).
+    pub(super) fn opened(&self, s: &Session) -> Result<Session, VerifierError> {
+        let mut s = s.clone();
+        if let Some(sealed) = s.sealed_credentials.take() {
+            let broken = |e: String| VerifierError::Internal(format!("session claims: {e}"));
+            let raw = crate::crypto::b64url_decode(&sealed).map_err(|e| broken(e.to_string()))?;
+            let plain = self
+                .ctx
+                .sealer
+                .open(credentials_aad(&s.verifier, &s.id).as_bytes(), &raw)
+                .map_err(|e| broken(e.to_string()))?;
+            s.credentials = serde_json::from_slice(&plain).map_err(|e| broken(e.to_string()))?;
+        }
+        Ok(s)
+    }
 }
 
 /// What a session's response encryption key is sealed to: its keyspace, verifier, session and

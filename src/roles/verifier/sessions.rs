@@ -91,6 +91,7 @@ impl VerifierService {
             verified: false,
             policy_results: Vec::new(),
             credentials: Vec::new(),
+            sealed_credentials: None,
             error: None,
             failed_attempts: Vec::new(),
             completed_at: None,
@@ -152,7 +153,8 @@ impl VerifierService {
         id: &str,
     ) -> Result<SessionView, VerifierError> {
         self.get_verifier(verifier_id).await?;
-        Ok(self.load_session(verifier_id, id).await?.view(self.now()))
+        let s = self.load_session(verifier_id, id).await?;
+        Ok(self.opened(&s)?.view(self.now()))
     }
 
     pub async fn list_sessions(
@@ -161,14 +163,13 @@ impl VerifierService {
     ) -> Result<Vec<SessionView>, VerifierError> {
         self.get_verifier(verifier_id).await?;
         let now = self.now();
-        Ok(self
-            .ctx
+        self.ctx
             .store
             .scan_json::<Session>(ks::SESSIONS, &format!("{verifier_id}/"), 1000)
             .await?
             .into_iter()
-            .map(|(_, s)| s.view(now))
-            .collect())
+            .map(|(_, s)| Ok(self.opened(&s)?.view(now)))
+            .collect()
     }
 
     /// The request object (`request_uri`): signed when the verifier has a key, else `alg: none`.

@@ -198,3 +198,65 @@ async fn a_sessions_encryption_key_opens_for_that_session_only() {
     let opened = svc.encryption_key("default", &created.id, &legacy).unwrap();
     assert_eq!(opened.thumbprint(), key.thumbprint());
 }
+
+/// A session's disclosed claims are kept sealed to its verifier and session: the stored record
+/// (and what replicates between nodes) holds no claim in clear; the view opens them; copied to
+/// another session's record they do not open. A record of an earlier release (plain claims) is
+/// still shown.
+#[tokio::test]
+async fn disclosed_claims_are_sealed_in_the_session_record() {
+    let clock = FakeClock::new(1_800_000_000_000);
+    let svc = verifier(&clock).await;
+    let a = svc
+        .create_session("default", sd_jwt_session(300))
+        .await
+        .unwrap();
+    let b = svc
+        .create_session("default", sd_jwt_session(300))
+        .await
+        .unwrap();
+    let claims: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_value(json!({"given_name": "Erika-Secret"})).unwrap();
+    let presented = vec![PresentedCredential {
+        query_id: "a".into(),
+        format: "dc+sd-jwt".into(),
+        issuer: None,
+        claims,
+    }];
+    let sealed = svc.seal_credentials("default", &a.id, &presented).unwrap();
+    let store = |id: &str| {
+        let key = super::service::session_key("default", id);
+        (svc.ctx.store.clone(), key)
+    };
+    for (id, sealed) in [(&a.id, sealed.clone()), (&b.id, sealed)] {
+        let (st, key) = store(id);
+        let mut s: Session = st
+            .get_json(super::ks::SESSIONS, &key)
+            .await
+            .unwrap()
+            .unwrap();
+        s.sealed_credentials = Some(sealed);
+        st.put_json(super::ks::SESSIONS, &key, &s, None)
+            .await
+            .unwrap();
+        let raw = st.get(super::ks::SESSIONS, &key).await.unwrap().unwrap();
+        assert!(!String::from_utf8_lossy(&raw).contains("Erika-Secret"));
+    }
+    let view = svc.session_view("default", &a.id).await.unwrap();
+    assert_eq!(view.credentials[0].claims["given_name"], "Erika-Secret");
+    assert!(svc.session_view("default", &b.id).await.is_err());
+    // an earlier release's record: claims in clear, shown as they are
+    let (st, key) = store(&b.id);
+    let mut s: Session = st
+        .get_json(super::ks::SESSIONS, &key)
+        .await
+        .unwrap()
+        .unwrap();
+    s.sealed_credentials = None;
+    s.credentials = presented;
+    st.put_json(super::ks::SESSIONS, &key, &s, None)
+        .await
+        .unwrap();
+    let view = svc.session_view("default", &b.id).await.unwrap();
+    assert_eq!(view.credentials[0].claims["given_name"], "Erika-Secret");
+}
