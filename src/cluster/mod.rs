@@ -75,8 +75,9 @@ pub mod wire;
 /// protocol-3 node reads only a bare number and could not issue); a used authorization code
 /// leaves a mark in its place (a protocol-3 node would take it for a broken grant); a verifier
 /// session's encryption key is sealed to its verifier and session (a protocol-3 node cannot open
-/// it), and so are its disclosed claims (a protocol-3 node would show none); a peer key's
-/// connection is an exclusive insert.
+/// it), and so are its disclosed claims (a protocol-3 node would show none); an offer's claims
+/// are sealed (a protocol-3 node cannot read the record); a peer key's connection is an
+/// exclusive insert.
 pub const DATA_PROTOCOL: u32 = 4;
 
 #[cfg(feature = "cluster")]

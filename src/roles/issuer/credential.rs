@@ -199,7 +199,7 @@ impl IssuerService {
         let validity = offer
             .credential_validity_seconds
             .or(config.validity_seconds);
-        let claims = offer_claims(offer, config);
+        let claims = config_claims(&self.offer_claims_of(offer)?, config);
         let batch = Batch {
             issuer,
             key: &key,
@@ -659,7 +659,7 @@ impl IssuerService {
             Err(_) => return Ok(Resend::TakenBack),
         }
         let key = self.signing_key(r.issuer).await.map_err(internal)?;
-        let claims = offer_claims(&offer, r.config);
+        let claims = config_claims(&self.offer_claims_of(&offer)?, r.config);
         let (issued_at, expires_at) = (pairs[0].2.issued_at, pairs[0].2.expires_at);
         let batch = Batch {
             issuer: r.issuer,
@@ -837,11 +837,6 @@ enum Resend {
     Sent(Vec<Value>),
     NotTheHolder,
     TakenBack,
-}
-
-/// The offer's claims a configuration carries.
-fn offer_claims(offer: &Offer, config: &CredentialConfig) -> Map<String, Value> {
-    config_claims(&offer.claims, config)
 }
 
 /// The claims of `claims` a configuration carries.

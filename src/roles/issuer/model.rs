@@ -220,7 +220,14 @@ pub struct Offer {
     pub id: String,
     pub issuer: String,
     pub credential_configuration_ids: Vec<String>,
+    /// The claims in clear: only in records written before `sealed_claims` (read, never
+    /// written).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub claims: serde_json::Map<String, Value>,
+    /// The claims the offer's credentials carry (personal data), sealed to the offer's record
+    /// (base64url): not kept, nor replicated between nodes, in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_claims: Option<String>,
     /// SHA-256 of the pre-authorized code (the code itself is never stored).
     pub pre_auth_code_hash: String,
     pub tx_code: Option<StoredTxCode>,

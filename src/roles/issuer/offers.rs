@@ -87,7 +87,8 @@ impl IssuerService {
             id: id.clone(),
             issuer: issuer_id.to_string(),
             credential_configuration_ids: req.credential_configuration_ids.clone(),
-            claims: req.claims,
+            claims: serde_json::Map::new(),
+            sealed_claims: Some(seal_claims(&self.ctx.sealer, &place, &req.claims)?),
             pre_auth_code_hash: hash(&code),
             tx_code: stored_tx,
             tx_code_failures: 0,
@@ -200,14 +201,34 @@ impl IssuerService {
                 .clone()
                 .ok_or_else(|| internal("the offer record holds no credential offer"));
         };
+        self.open_sealed(&offer_aad(&offer_key(&offer.issuer, &offer.id)), sealed)
+    }
+
+    /// A JSON value sealed (base64url) to `aad`; one that does not open is the server's fault.
+    fn open_sealed<T: serde::de::DeserializeOwned>(
+        &self,
+        aad: &str,
+        sealed: &str,
+    ) -> Result<T, IssuerError> {
         let raw = crate::crypto::b64url_decode(sealed).map_err(internal)?;
-        let aad = offer_aad(&offer_key(&offer.issuer, &offer.id));
         let plain = self
             .ctx
             .sealer
             .open(aad.as_bytes(), &raw)
             .map_err(internal)?;
         serde_json::from_slice(&plain).map_err(internal)
+    }
+
+    /// The offer's claims: opened from their sealed form, or as a record written before sealing
+    /// holds them. A record that cannot be opened is the server's fault.
+    pub(super) fn offer_claims_of(
+        &self,
+        offer: &Offer,
+    ) -> Result<serde_json::Map<String, Value>, IssuerError> {
+        let Some(sealed) = &offer.sealed_claims else {
+            return Ok(offer.claims.clone());
+        };
+        self.open_sealed(&claims_aad(&offer_key(&offer.issuer, &offer.id)), sealed)
     }
 
     pub(super) fn offer_changed(&self, issuer_id: &str, offer: &Offer) {
@@ -333,6 +354,23 @@ pub(super) fn offer_key(issuer: &str, id: &str) -> String {
 /// into another record does not open there.
 fn offer_aad(offer_key: &str) -> String {
     format!("{}/{offer_key}/credential_offer", ks::OFFERS)
+}
+
+/// What an offer's sealed claims are bound to: its record's place and the field.
+fn claims_aad(offer_key: &str) -> String {
+    format!("{}/{offer_key}/claims", ks::OFFERS)
+}
+
+fn seal_claims(
+    sealer: &crate::store::Sealer,
+    offer_key: &str,
+    claims: &serde_json::Map<String, Value>,
+) -> Result<String, IssuerError> {
+    let plain = serde_json::to_vec(claims).map_err(internal)?;
+    let sealed = sealer
+        .seal(claims_aad(offer_key).as_bytes(), &plain)
+        .map_err(internal)?;
+    Ok(crate::crypto::b64url(sealed))
 }
 
 fn seal_offer(

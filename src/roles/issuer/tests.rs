@@ -645,18 +645,7 @@ async fn a_credential_of_a_later_status_list_is_revoked_in_that_list() {
             .unwrap();
         svc.status_blocks.lock().await.clear();
         let o = svc.create_offer("default", offer_req(None)).await.unwrap();
-        let t = svc
-            .token("default", token_req(&pre_auth_code(&o)))
-            .await
-            .unwrap();
-        let c = svc
-            .credential(
-                "default",
-                Some(&t.access_token),
-                credential_req(&svc, &clock).await,
-            )
-            .await
-            .unwrap();
+        let c = issued_from(&svc, &clock, &o).await;
         let sd_jwt = c["credentials"][0]["credential"].as_str().unwrap();
         let payload = crate::crypto::jws::decode_unverified(sd_jwt.split('~').next().unwrap())
             .unwrap()
@@ -815,6 +804,26 @@ async fn a_credential_without_a_suspension_list_cannot_be_suspended() {
     svc.status_list("default", "token-1", false, None)
         .await
         .unwrap();
+}
+
+/// The credential response to redeeming `offer` (its pre-authorized code) and asking with a
+/// fresh proof.
+async fn issued_from(
+    svc: &IssuerService,
+    clock: &FakeClock,
+    offer: &OfferCreated,
+) -> serde_json::Value {
+    let t = svc
+        .token("default", token_req(&pre_auth_code(offer)))
+        .await
+        .unwrap();
+    svc.credential(
+        "default",
+        Some(&t.access_token),
+        credential_req(svc, clock).await,
+    )
+    .await
+    .unwrap()
 }
 
 /// The status entry of an SD-JWT VC: (list URI, index).
@@ -2409,4 +2418,35 @@ async fn an_ldp_vc_offer_that_cannot_be_signed_is_refused_when_made() {
     svc.update_issuer("default", update("Identity_v2", "given_name"))
         .await
         .unwrap();
+}
+
+/// An offer's claims (personal data) are sealed to its record: the stored bytes (and what
+/// replicates between nodes) hold none in clear, the issuance reads them, and sealed claims
+/// copied into another offer's record do not open there.
+#[tokio::test]
+async fn an_offers_claims_are_sealed_in_its_record() {
+    let (svc, clock) = issuer().await;
+    let mut req = offer_req(None);
+    req.claims = serde_json::from_value(json!({"given_name": "Erika-Secret"})).unwrap();
+    let a = svc.create_offer("default", req).await.unwrap();
+    let b = svc.create_offer("default", offer_req(None)).await.unwrap();
+    let raw = |id: String| {
+        let svc = &svc;
+        async move {
+            let key = format!("default/{id}");
+            svc.ctx.store.get(ks::OFFERS, &key).await.unwrap().unwrap()
+        }
+    };
+    assert!(!String::from_utf8_lossy(&raw(a.id.clone()).await).contains("Erika-Secret"));
+    let c = issued_from(&svc, &clock, &a).await;
+    let sd =
+        crate::crypto::sdjwt::parse(c["credentials"][0]["credential"].as_str().unwrap()).unwrap();
+    assert!(sd
+        .disclosures
+        .iter()
+        .any(|d| crate::crypto::sdjwt::decode_disclosure(d).unwrap().1 == json!("Erika-Secret")));
+    let stored_a: Offer = serde_json::from_slice(&raw(a.id.clone()).await).unwrap();
+    let mut stored_b: Offer = serde_json::from_slice(&raw(b.id.clone()).await).unwrap();
+    stored_b.sealed_claims = stored_a.sealed_claims;
+    assert!(svc.offer_claims_of(&stored_b).is_err());
 }
