@@ -95,7 +95,7 @@ impl VerifierService {
             }
             _ => None,
         };
-        let written = store
+        let updated = store
             .update_json_from::<Session, VerifierError, _>(
                 ks::SESSIONS,
                 &key,
@@ -103,10 +103,10 @@ impl VerifierService {
                 Some(raw),
                 |s| answer.apply(s, now, (&code, sealed.as_deref())),
             )
-            .await;
-        let updated = written?.ok_or_else(|| {
-            VerifierError::from(UnknownSession.because("unknown verification session"))
-        })?;
+            .await?
+            .ok_or_else(|| {
+                VerifierError::from(UnknownSession.because("unknown verification session"))
+            })?;
         self.notify(&updated);
         if updated.state == SessionState::Pending {
             return Err(InvalidRequest
