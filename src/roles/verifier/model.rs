@@ -247,6 +247,11 @@ pub struct SessionView {
     /// wallet sends the victim's browser there, never the one that started it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_code: Option<String>,
+    /// Set in a session list when this session's sealed claims could not be opened (its record
+    /// was damaged, or sealed under another master key): the list shows the session without
+    /// them instead of failing as a whole.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub claims_unavailable: bool,
 }
 
 impl Session {
@@ -268,6 +273,7 @@ impl Session {
             expires_at: self.expires_at,
             completed_at: self.completed_at,
             response_code: self.response_code.clone(),
+            claims_unavailable: false,
         }
     }
 }

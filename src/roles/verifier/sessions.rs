@@ -168,7 +168,16 @@ impl VerifierService {
             .scan_json::<Session>(ks::SESSIONS, &format!("{verifier_id}/"), 1000)
             .await?
             .into_iter()
-            .map(|(_, s)| Ok(self.opened(&s)?.view(now)))
+            .map(|(_, s)| match self.opened(&s) {
+                Ok(s) => Ok(s.view(now)),
+                // One damaged record does not hide the others: listed without its claims.
+                Err(e) => {
+                    tracing::warn!(verifier = %verifier_id, session = %s.id, error = %e, "session claims do not open");
+                    let mut view = s.view(now);
+                    view.claims_unavailable = true;
+                    Ok(view)
+                }
+            })
             .collect()
     }
 

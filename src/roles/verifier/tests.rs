@@ -245,6 +245,16 @@ async fn disclosed_claims_are_sealed_in_the_session_record() {
     let view = svc.session_view("default", &a.id).await.unwrap();
     assert_eq!(view.credentials[0].claims["given_name"], "Erika-Secret");
     assert!(svc.session_view("default", &b.id).await.is_err());
+    // the list still answers: a shown without a flag, b without its claims and flagged
+    let list = svc.list_sessions("default").await.unwrap();
+    let listed = |id: &str| list.iter().find(|v| v.id == id).unwrap();
+    assert_eq!(
+        listed(&a.id).credentials[0].claims["given_name"],
+        "Erika-Secret"
+    );
+    assert!(!listed(&a.id).claims_unavailable);
+    assert!(listed(&b.id).credentials.is_empty());
+    assert!(listed(&b.id).claims_unavailable);
     // an earlier release's record: claims in clear, shown as they are
     let (st, key) = store(&b.id);
     let mut s: Session = st
