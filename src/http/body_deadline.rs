@@ -81,12 +81,13 @@ pub async fn body_deadline(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
+    let path = req.path().to_string();
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::new(
+        let e = ApiError::new(
             Code::PayloadTooLarge,
             format!("the request body is larger than {limit} bytes"),
-        )
-        .into());
+        );
+        return Err(crate::http::oauth::middleware_error(&path, e));
     }
     let mut payload = req.take_payload();
     let read = async move {
@@ -107,13 +108,13 @@ pub async fn body_deadline(
     let body = match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), read).await
     {
         Ok(Ok(body)) => body,
-        Ok(Err(e)) => return Err(e.into()),
+        Ok(Err(e)) => return Err(crate::http::oauth::middleware_error(&path, e)),
         Err(_) => {
-            return Err(ApiError::new(
+            let e = ApiError::new(
                 Code::RequestTimeout,
                 format!("the request body did not arrive within {timeout_ms} ms"),
-            )
-            .into())
+            );
+            return Err(crate::http::oauth::middleware_error(&path, e));
         }
     };
     let stream: std::pin::Pin<

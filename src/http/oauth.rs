@@ -14,6 +14,8 @@ pub struct OAuthError {
     pub status: StatusCode,
     pub error: &'static str,
     pub description: String,
+    /// Seconds for `Retry-After` (429, 503); a 503 without one says a second.
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -28,7 +30,55 @@ impl OAuthError {
             status,
             error,
             description: description.into(),
+            retry_after: None,
         }
+    }
+
+    /// An error raised before the endpoint's handler (a rate limit, a body over the limit or
+    /// late), in the protocol's JSON: `temporarily_unavailable` for a rate limit or an
+    /// unreachable store (RFC 6749 §4.1.2.1: "temporary overloading"), `server_error` for a
+    /// failure of ours, else `invalid_request`. Status and `Retry-After` are the error's own.
+    pub fn from_api(e: crate::error::ApiError) -> Self {
+        let status = e.code.status();
+        let error = match e.code {
+            Code::RateLimited | Code::TooManyRequests | Code::Unavailable => {
+                "temporarily_unavailable"
+            }
+            _ if status.is_server_error() => {
+                tracing::error!(detail = %e.detail, "protocol endpoint failure");
+                return Self::new(status, "server_error", "internal error");
+            }
+            _ => "invalid_request",
+        };
+        Self {
+            retry_after: e.retry_after,
+            ..Self::new(status, error, e.detail)
+        }
+    }
+}
+
+/// Whether `path` is a protocol endpoint whose errors wallets parse as OAuth JSON (the token,
+/// nonce and credential endpoints of an issuer, a verifier's response endpoint) rather than
+/// problem+json: errors raised by middleware before its handler are answered in that format too.
+pub fn is_protocol_endpoint(path: &str) -> bool {
+    let segments: Vec<&str> = path.split('/').collect();
+    matches!(
+        segments.as_slice(),
+        ["", "issuers", issuer, "token" | "nonce" | "credential"] if !issuer.is_empty()
+    ) || matches!(
+        segments.as_slice(),
+        ["", "verifiers", verifier, "responses", session]
+            if !verifier.is_empty() && !session.is_empty()
+    )
+}
+
+/// `e`, raised by middleware for a request to `path`, as that endpoint answers errors: OAuth JSON
+/// at a protocol endpoint ([`is_protocol_endpoint`]), else problem+json.
+pub fn middleware_error(path: &str, e: crate::error::ApiError) -> actix_web::Error {
+    if is_protocol_endpoint(path) {
+        OAuthError::from_api(e).into()
+    } else {
+        e.into()
     }
 }
 
@@ -49,7 +99,10 @@ impl<E: ErrorCode> From<E> for OAuthError {
             }
             (None, _) => "invalid_request",
         };
-        Self::new(status, error, e.public_detail())
+        Self {
+            retry_after: e.retry_after(),
+            ..Self::new(status, error, e.public_detail())
+        }
     }
 }
 
@@ -70,12 +123,67 @@ impl ResponseError for OAuthError {
                 format!("Bearer error=\"{}\"", self.error),
             ));
         }
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            b.insert_header((header::RETRY_AFTER, "1"));
+        match self.retry_after {
+            Some(secs) => {
+                b.insert_header((header::RETRY_AFTER, secs.to_string()));
+            }
+            None if self.status == StatusCode::SERVICE_UNAVAILABLE => {
+                b.insert_header((header::RETRY_AFTER, "1"));
+            }
+            None => {}
         }
         b.json(Body {
             error: self.error,
             error_description: &description,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_endpoints_are_recognised_by_path() {
+        for p in [
+            "/issuers/default/token",
+            "/issuers/x/nonce",
+            "/issuers/x/credential",
+            "/verifiers/default/responses/abc",
+        ] {
+            assert!(is_protocol_endpoint(p), "{p}");
+        }
+        for p in [
+            "/issuers//token",
+            "/issuers/x/token/more",
+            "/issuers/x/offers/y",
+            "/api/issuers/x/token",
+            "/verifiers/x/responses/",
+            "/verifiers/x/requests/abc",
+            "/wallet/auth/login",
+        ] {
+            assert!(!is_protocol_endpoint(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn middleware_errors_keep_status_and_retry_after() {
+        let e = OAuthError::from_api(crate::error::ApiError {
+            retry_after: Some(7),
+            ..crate::error::ApiError::new(Code::RateLimited, "slow down")
+        });
+        assert_eq!(
+            (e.status.as_u16(), e.error, e.retry_after),
+            (429, "temporarily_unavailable", Some(7))
+        );
+        let r = e.error_response();
+        assert_eq!(r.headers().get(header::RETRY_AFTER).unwrap(), "7");
+        let e = OAuthError::from_api(crate::error::ApiError::new(Code::PayloadTooLarge, "big"));
+        assert_eq!((e.status.as_u16(), e.error), (413, "invalid_request"));
+        let e = OAuthError::from_api(crate::error::ApiError::internal("disk on fire"));
+        assert_eq!(
+            (e.error, e.description.as_str()),
+            ("server_error", "internal error")
+        );
     }
 }

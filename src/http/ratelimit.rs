@@ -349,7 +349,7 @@ async fn limit(
         let client = limits.client_ip(peer, forwarded_values(req.headers()));
         if let Err(wait) = limits.check(ep, client) {
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            return Err(ApiError {
+            let refusal = ApiError {
                 retry_after: Some(secs.max(1)),
                 ..ApiError::new(
                     Code::RateLimited,
@@ -358,8 +358,8 @@ async fn limit(
                         ep.key()
                     ),
                 )
-            }
-            .into());
+            };
+            return Err(crate::http::oauth::middleware_error(req.path(), refusal));
         }
     }
     next.call(req).await

@@ -195,6 +195,21 @@ async fn lockout_holds_across_nodes_sharing_a_store() {
 }
 
 async fn expect_rate_limited(r: reqwest::Response) {
+    assert!(retry_after(&r) >= 1);
+    expect_problem(r, 429, "rate_limited").await;
+}
+
+/// A protocol endpoint's 429 (token, nonce): OAuth JSON, which wallets parse, with Retry-After.
+async fn expect_oauth_rate_limited(r: reqwest::Response) {
+    assert!(retry_after(&r) >= 1);
+    assert_eq!(r.status(), 429);
+    let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ct.starts_with("application/json"), "{ct}");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "temporarily_unavailable", "{v}");
+}
+
+fn retry_after(r: &reqwest::Response) -> u64 {
     let retry: u64 = r
         .headers()
         .get("retry-after")
@@ -204,7 +219,7 @@ async fn expect_rate_limited(r: reqwest::Response) {
         .parse()
         .unwrap();
     assert!(retry >= 1, "Retry-After {retry}");
-    expect_problem(r, 429, "rate_limited").await;
+    retry
 }
 
 /// Every limited endpoint: its burst passes (whatever the handler answers), the next request is
@@ -286,14 +301,23 @@ async fn bursts_over_the_per_ip_limit_get_429() {
             .send()
             .await
             .unwrap();
-        expect_rate_limited(r).await;
+        let oauth = matches!(*name, "token" | "nonce");
+        if oauth {
+            expect_oauth_rate_limited(r).await;
+        } else {
+            expect_rate_limited(r).await;
+        }
         // a client-written prefix does not make another client
         let r = req()
             .header("x-forwarded-for", "203.0.113.50, 198.51.100.1")
             .send()
             .await
             .unwrap();
-        expect_rate_limited(r).await;
+        if oauth {
+            expect_oauth_rate_limited(r).await;
+        } else {
+            expect_rate_limited(r).await;
+        }
         // another client behind the proxy has its own bucket
         let r = req()
             .header("x-forwarded-for", "198.51.100.2")
@@ -371,6 +395,17 @@ async fn a_slow_body_is_cut_off() {
         assert!(text.contains("application/problem+json"), "{extra}: {text}");
         assert!(text.contains("\"request_timeout\""), "{extra}: {text}");
     }
+    // a protocol endpoint answers a body over the limit in OAuth JSON, which wallets parse
+    let r = client()
+        .post(s.url("/issuers/default/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("grant_type={}", "x".repeat(2 * 1024 * 1024)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "invalid_request", "{v}");
     // a normal request is still served
     let r = login(&s.base, "nobody@example.org", "wrong password!").await;
     let v: Value = r.json().await.unwrap();

@@ -121,7 +121,7 @@ pub async fn nonce_endpoint(svc: Svc, path: web::Path<String>) -> Result<HttpRes
 }
 
 /// Credential endpoint: validates the JWT proof(s) and issues credential(s) bound to the holder key.
-#[utoipa::path(tag = "issuer", params(("issuer" = String, Path)), request_body(content = Object, content_type = "application/json"), responses((status = 200, description = "{\"credentials\": [{\"credential\": ...}]}"), (status = 400, description = "OAuth error (invalid_proof, invalid_nonce, unknown_credential_configuration, ...)"), (status = 401, description = "invalid_token"), (status = 429, body = crate::error::Problem, content_type = "application/problem+json", description = "Too many token and credential requests from this address (`rate_limited`, Retry-After)")))]
+#[utoipa::path(tag = "issuer", params(("issuer" = String, Path)), request_body(content = Object, content_type = "application/json"), responses((status = 200, description = "{\"credentials\": [{\"credential\": ...}]}"), (status = 400, description = "OAuth error (invalid_proof, invalid_nonce, unknown_credential_configuration, ...)"), (status = 401, description = "invalid_token"), (status = 429, description = "OAuth error temporarily_unavailable: too many token and credential requests from this address (Retry-After)")))]
 #[post(
     "/issuers/{issuer}/credential",
     wrap = "actix_web::middleware::from_fn(crate::http::ratelimit::token)"
