@@ -381,13 +381,8 @@ mod tests {
         assert_eq!(svc.list_keys(&owner_a).await.unwrap().len(), 1);
     }
 
-    /// Attacker review: a wallet took keys and credentials without end, and every list, key
-    /// change and presentation request reads all of them. Keys, credentials and a credential's
-    /// size are bounded, with a 409 / 422 that says so.
-    #[tokio::test]
-    async fn a_wallet_holds_bounded_keys_and_credentials() {
-        use crate::roles::wallet::credentials::{MAX_CREDENTIALS, MAX_CREDENTIAL_BYTES};
-        use crate::roles::wallet::keys::MAX_KEYS;
+    /// A service with alice's wallet `a`: its id and its owner's capability.
+    async fn alices_wallet() -> (WalletService, String, Opened<Owner>) {
         let svc = service();
         let alice = sign_up(&svc, "alice@example.org").await;
         let w = svc
@@ -397,6 +392,17 @@ mod tests {
             .wallet
             .id;
         let owner = svc.open_owner(&alice, &w).await.unwrap();
+        (svc, w, owner)
+    }
+
+    /// Attacker review: a wallet took keys and credentials without end, and every list, key
+    /// change and presentation request reads all of them. Keys, credentials and a credential's
+    /// size are bounded, with a 409 / 422 that says so.
+    #[tokio::test]
+    async fn a_wallet_holds_bounded_keys_and_credentials() {
+        use crate::roles::wallet::credentials::{MAX_CREDENTIALS, MAX_CREDENTIAL_BYTES};
+        use crate::roles::wallet::keys::MAX_KEYS;
+        let (svc, w, owner) = alices_wallet().await;
         for _ in 0..MAX_KEYS {
             svc.generate_key(&owner, crate::crypto::KeyType::Ed25519)
                 .await
@@ -430,6 +436,52 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(code(e), Code::Conflict);
+    }
+
+    /// A wallet's credentials are bounded in bytes too: credentials of the largest size fill
+    /// it long before their number does, and the one over the budget is not kept.
+    #[tokio::test]
+    async fn a_wallets_credentials_are_bounded_in_bytes() {
+        use crate::roles::wallet::credentials::{MAX_CREDENTIAL_BYTES, MAX_WALLET_BYTES};
+        let (svc, w, owner) = alices_wallet().await;
+        let big = "a".repeat(MAX_CREDENTIAL_BYTES);
+        svc.put_credential(&owner, stored_summary(), &big, "k", None)
+            .await
+            .unwrap();
+        // what earlier credentials take: all but 100 KB of the budget
+        let store = svc.ctx.store.clone();
+        let prefix = format!("{w}/");
+        let used = |store: Arc<dyn crate::store::Store>| {
+            let prefix = prefix.clone();
+            async move {
+                let all = store.scan_prefix(ks::CREDS, &prefix, 10_000).await.unwrap();
+                (all.len(), all.iter().map(|(_, v)| v.len()).sum::<usize>())
+            }
+        };
+        let (_, first) = used(store.clone()).await;
+        let filler = MAX_WALLET_BYTES - first - 100 * 1024;
+        for (i, part) in [filler / 2, filler - filler / 2].into_iter().enumerate() {
+            let value = vec![b' '; part];
+            store
+                .put(ks::CREDS, &format!("{w}/filler-{i}"), value, None)
+                .await
+                .unwrap();
+        }
+        let e = svc
+            .put_credential(&owner, stored_summary(), &big, "k", None)
+            .await
+            .unwrap_err();
+        assert_eq!(code(e), Code::Conflict);
+        assert_eq!(
+            used(store.clone()).await.0,
+            3,
+            "the refused one is not kept"
+        );
+        // a small one still fits
+        svc.put_credential(&owner, stored_summary(), "a.b.c", "k", None)
+            .await
+            .unwrap();
+        assert!(used(store).await.1 <= MAX_WALLET_BYTES);
     }
 
     #[tokio::test]

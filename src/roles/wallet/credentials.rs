@@ -22,6 +22,12 @@ pub(super) type HeldCredential = (CredentialRecord, String, CredentialView);
 /// an issuer of the attacker's own sent 4 MB credentials, 56 MB per accepted offer, without end).
 pub const MAX_CREDENTIAL_BYTES: usize = 256 * 1024;
 
+/// The most a wallet's stored credential records take together, in bytes (sealed, with their
+/// summaries): [`MAX_CREDENTIALS`] of [`MAX_CREDENTIAL_BYTES`] were 170 MB per wallet, and every
+/// presentation request unseals all of a wallet's credentials ([`WalletService::held`]), four
+/// wallets at a time per node. Typical credentials take 1–10 KB, an mdoc with a portrait 50–100 KB.
+pub const MAX_WALLET_BYTES: usize = 32 * 1024 * 1024;
+
 /// The history entries a wallet keeps (the newest; older ones are deleted as new ones come).
 /// Before, the list read the oldest 10,000 and never showed a later one: an owner who filled the
 /// history (cheap failing presentations) hid what came after from the others (attacker review).
@@ -282,7 +288,8 @@ impl WalletService {
 
     /// Seals and stores a verified credential under a new id, with its own device key (mso_mdoc)
     /// sealed next to it. The stored summary never holds claim values (`mdoc` is left out).
-    /// At most [`MAX_CREDENTIAL_BYTES`] each and [`MAX_CREDENTIALS`] per wallet.
+    /// At most [`MAX_CREDENTIAL_BYTES`] each, [`MAX_CREDENTIALS`] and [`MAX_WALLET_BYTES`] per
+    /// wallet.
     pub(super) async fn put_credential(
         &self,
         owner: &Owner,
@@ -321,16 +328,24 @@ impl WalletService {
         let key = format!("{wallet}/{id}");
         self.ctx.store.put_json(ks::CREDS, &key, &rec, None).await?;
         self.unless_deleted(wallet, ks::CREDS, &key).await?;
-        // Counted again once written: writes at once (an issuer releasing many responses
-        // together) each counted the others out. Over the cap, this one goes again.
+        // Counted (and weighed) again once written: writes at once (an issuer releasing many
+        // responses together) each counted the others out. Over a cap, this one goes again.
         let now_held = self
             .ctx
             .store
-            .count_prefix(ks::CREDS, &format!("{wallet}/"), MAX_CREDENTIALS + 1)
+            .scan_prefix(ks::CREDS, &format!("{wallet}/"), MAX_CREDENTIALS + 1)
             .await?;
-        if now_held > MAX_CREDENTIALS {
+        let bytes: usize = now_held.iter().map(|(_, v)| v.len()).sum();
+        if now_held.len() > MAX_CREDENTIALS {
             self.ctx.store.delete(ks::CREDS, &key).await?;
             return Err(full());
+        }
+        if bytes > MAX_WALLET_BYTES {
+            self.ctx.store.delete(ks::CREDS, &key).await?;
+            return Err(WalletError::conflict(format!(
+                "this wallet's credentials would take {bytes} bytes, over the {MAX_WALLET_BYTES} \
+                 a wallet keeps: delete some first"
+            )));
         }
         Ok(summary)
     }

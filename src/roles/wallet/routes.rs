@@ -451,7 +451,7 @@ pub async fn resolve_offer(
 /// Accept an offer: run the OpenID4VCI flow with the wallet's DID key (mso_mdoc: a new P-256
 /// device key per credential; the IssuerSigned must chain to a trusted IACA) and store the
 /// credentials.
-#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = OfferInput, responses((status = 200, body = Vec<CredentialSummary>), (status = 409, body = Problem, description = "The wallet holds its most credentials (500)"), (status = 422, body = Problem, description = "Invalid offer, or a credential over 256 KiB"), (status = 424, body = Problem)))]
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = OfferInput, responses((status = 200, body = Vec<CredentialSummary>), (status = 409, body = Problem, description = "The wallet holds its most credentials (500, or 32 MiB of them)"), (status = 422, body = Problem, description = "Invalid offer, or a credential over 256 KiB"), (status = 424, body = Problem)))]
 #[post(
     "/wallet/wallets/{w}/exchange/accept-offer",
     wrap = "actix_web::middleware::from_fn(crate::http::outbound::budgeted)"
