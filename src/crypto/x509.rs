@@ -24,7 +24,7 @@
 //! idstack verifies elsewhere. No revocation checking (CRL/OCSP) yet: anchors should issue
 //! short-lived document signers.
 
-use x509_cert::der::{self, Decode, Encode};
+use x509_cert::der::{self, Decode};
 use x509_cert::ext::pkix::{
     name::GeneralName, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAltName,
     SubjectKeyIdentifier,
@@ -200,7 +200,7 @@ impl TrustAnchors {
             if i > 0 {
                 // the CAs between it and the leaf: x5c[1..i]
                 check_ca(c, i - 1).map_err(|e| format!("x5c[{i}]: {e}"))?;
-                issued_by(&chain[i - 1], c)
+                issued_by(&chain[i - 1], &der[i - 1], c)
                     .map_err(|e| format!("x5c[{}] is not signed by x5c[{i}]: {e}", i - 1))?;
             }
         }
@@ -250,7 +250,7 @@ impl TrustAnchors {
         if seen == Some(i) {
             return true;
         }
-        if verify_signed_by(child, anchor).is_err() {
+        if verify_signed_by(child, child_der, anchor).is_err() {
             return false;
         }
         if let Ok(mut m) = self.signed.write() {
@@ -302,34 +302,53 @@ fn spki_key(c: &Certificate) -> Result<VerifyingKey, String> {
 }
 
 /// `child` names `parent` as its issuer (RFC 5280 6.1.3 (a)(4)) and is signed by it.
-fn issued_by(child: &Certificate, parent: &Certificate) -> Result<(), String> {
+/// (`child_der`: `child` as received.)
+fn issued_by(child: &Certificate, child_der: &[u8], parent: &Certificate) -> Result<(), String> {
     if child.tbs_certificate.issuer != parent.tbs_certificate.subject {
         return Err("its issuer name is not the signing certificate's subject".into());
     }
-    verify_signed_by(child, parent)
+    verify_signed_by(child, child_der, parent)
 }
 
-/// `child`'s signature verifies under `parent`'s key, with an algorithm that fits the key.
-fn verify_signed_by(child: &Certificate, parent: &Certificate) -> Result<(), String> {
+/// The bytes a certificate's signature covers: its `tbsCertificate` exactly as received in
+/// `der`. Encoding the decoded certificate again is not the same: the der crate sorts a SET OF
+/// (a multi-valued RDN) as it decodes, so a certificate whose CA wrote one in another order
+/// would not verify.
+fn signed_part(der: &[u8]) -> Result<&[u8], String> {
+    use der::Reader;
+    let mut r = der::SliceReader::new(der).map_err(|e| format!("certificate: {e}"))?;
+    r.sequence(|c| {
+        let tbs = c.tlv_bytes()?;
+        c.tlv_bytes()?; // signatureAlgorithm
+        c.tlv_bytes()?; // signatureValue
+        Ok(tbs)
+    })
+    .map_err(|e| format!("certificate: {e}"))
+}
+
+/// `child`'s signature verifies under `parent`'s key, with an algorithm that fits the key
+/// (`child_der`: `child` as received, whose `tbsCertificate` bytes are what was signed).
+fn verify_signed_by(
+    child: &Certificate,
+    child_der: &[u8],
+    parent: &Certificate,
+) -> Result<(), String> {
     if child.signature_algorithm != child.tbs_certificate.signature {
         return Err("the signature algorithm fields disagree".into());
     }
     let key = spki_key(parent)?;
-    let tbs = child
-        .tbs_certificate
-        .to_der()
-        .map_err(|e| format!("tbs: {e}"))?;
+    let tbs = signed_part(child_der)?;
     let sig = child
         .signature
         .as_bytes()
         .ok_or("signature bits not octet-aligned")?;
     let alg = oid_str(&child.signature_algorithm.oid);
     let ok = match (&key, alg.as_str()) {
-        (VerifyingKey::Ed25519(_), OID_ED25519) => key.verify(&tbs, sig).is_ok(),
+        (VerifyingKey::Ed25519(_), OID_ED25519) => key.verify(tbs, sig).is_ok(),
         (VerifyingKey::P256(k), OID_ECDSA_SHA256) => {
             use signature::Verifier;
             p256::ecdsa::Signature::from_der(sig)
-                .map(|s| k.verify(&tbs, &s).is_ok())
+                .map(|s| k.verify(tbs, &s).is_ok())
                 .unwrap_or(false)
         }
         (VerifyingKey::Secp256k1(k), OID_ECDSA_SHA256) => {
@@ -337,7 +356,7 @@ fn verify_signed_by(child: &Certificate, parent: &Certificate) -> Result<(), Str
             k256::ecdsa::Signature::from_der(sig)
                 .map(|s| {
                     let s = s.normalize_s().unwrap_or(s);
-                    k.verify(&tbs, &s).is_ok()
+                    k.verify(tbs, &s).is_ok()
                 })
                 .unwrap_or(false)
         }
@@ -487,11 +506,41 @@ pub fn subject_and_expiry(c: &Certificate) -> (String, i64) {
     )
 }
 
-/// Whether `c` is a self-signed CA certificate (a root such as an IACA).
-pub fn is_self_signed_ca(c: &Certificate) -> bool {
+/// Whether `c` is a self-signed CA certificate (a root such as an IACA); `der`: `c` as received.
+pub fn is_self_signed_ca(c: &Certificate, der: &[u8]) -> bool {
     c.tbs_certificate.subject == c.tbs_certificate.issuer
         && check_ca(c, 0).is_ok()
-        && verify_signed_by(c, c).is_ok()
+        && verify_signed_by(c, der, c).is_ok()
+}
+
+/// The certificates of PEM text (one or more `CERTIFICATE` blocks, at most [`MAX_CHAIN`]), each
+/// decoded and with its DER as written: what is passed on or verified must be those bytes, not
+/// the decoded certificate encoded again ([`signed_part`]).
+pub fn pem_chain(pem: &str) -> Result<Vec<(Certificate, Vec<u8>)>, String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = pem.trim();
+    while !rest.is_empty() {
+        if out.len() == MAX_CHAIN {
+            return Err(format!("more than {MAX_CHAIN} certificates"));
+        }
+        let end = rest
+            .find(END)
+            .ok_or("a CERTIFICATE block has no END line")?
+            + END.len();
+        let (label, der) =
+            der::pem::decode_vec(rest[..end].trim().as_bytes()).map_err(|e| format!("PEM: {e}"))?;
+        if label != "CERTIFICATE" {
+            return Err(format!("a PEM block is a {label}, not a CERTIFICATE"));
+        }
+        if der.len() > MAX_CERT_BYTES {
+            return Err("a certificate is too large".into());
+        }
+        let cert = Certificate::from_der(&der).map_err(|e| format!("certificate: {e}"))?;
+        out.push((cert, der));
+        rest = rest[end..].trim_start();
+    }
+    Ok(out)
 }
 
 /// A certificate that signs another must be a CA allowed to sign certificates, with `below`

@@ -464,7 +464,6 @@ pub async fn import_document_signer(
     chain_pem: &str,
 ) -> Result<SignerInfo, ImportError> {
     use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-    use x509_cert::der::Encode;
     let invalid = |m: String| ImportError::Invalid(m);
     if private_key_pem.len() > MAX_PEM || chain_pem.len() > MAX_PEM {
         return Err(invalid(format!(
@@ -475,10 +474,9 @@ pub async fn import_document_signer(
         invalid("private_key_pem must be a PKCS#8 PEM P-256 private key (ES256)".into())
     })?;
     if chain_pem.trim().is_empty() {
-        // (x509-cert's PEM chain reader panics on an empty input)
         return Err(invalid("certificate_chain_pem is empty".into()));
     }
-    let certs = x509_cert::Certificate::load_pem_chain(chain_pem.as_bytes())
+    let certs = crate::crypto::x509::pem_chain(chain_pem)
         .map_err(|e| invalid(format!("certificate_chain_pem: {e}")))?;
     if certs.len() < 2 || certs.len() > crate::crypto::x509::MAX_CHAIN {
         return Err(invalid(format!(
@@ -486,17 +484,15 @@ pub async fn import_document_signer(
             crate::crypto::x509::MAX_CHAIN
         )));
     }
-    let (iaca, below) = certs
+    let ((iaca, iaca_der), below) = certs
         .split_last()
         .ok_or_else(|| invalid("empty chain".into()))?;
-    if !crate::crypto::x509::is_self_signed_ca(iaca) {
+    if !crate::crypto::x509::is_self_signed_ca(iaca, iaca_der) {
         return Err(invalid(
             "the last certificate must be the IACA: a self-signed CA certificate".into(),
         ));
     }
-    let der =
-        |c: &x509_cert::Certificate| c.to_der().map_err(|e| invalid(format!("certificate: {e}")));
-    let below_der = below.iter().map(der).collect::<Result<Vec<_>, _>>()?;
+    let below_der: Vec<Vec<u8>> = below.iter().map(|(_, d)| d.clone()).collect();
     let anchors = crate::crypto::x509::TrustAnchors::default().with([iaca.clone()]);
     let (leaf_key, leaf) = anchors
         .chain_key(&below_der, ctx.clock.now_secs())
@@ -528,7 +524,7 @@ pub async fn import_document_signer(
         chain: below_der[1..]
             .iter()
             .cloned()
-            .chain([der(iaca)?])
+            .chain([iaca_der.clone()])
             .map(|d| b64().encode(d))
             .collect(),
     };

@@ -336,3 +336,91 @@ fn an_anchors_declared_key_identifier_counts_only_when_it_is_its_own() {
     let ski = subject_key_id(path.above.last().unwrap()).unwrap();
     assert!(authority_key_ids(&path).contains(&ski));
 }
+
+/// A certificate whose CA wrote a multi-valued RDN in another order than DER's (BER-sorted
+/// sets are common in the wild) verifies: the signature is checked over the `tbsCertificate`
+/// as received. The der crate sorts a SET OF as it decodes, so the decoded certificate encoded
+/// again is not what its CA signed (it was refused before).
+#[test]
+fn a_certificate_is_verified_over_its_bytes_as_received() {
+    use der::{Encode, Tag};
+    use p256::pkcs8::DecodePrivateKey;
+    use signature::Signer;
+    use std::str::FromStr;
+    let root = ca("root", None);
+    let (leaf_b64, _) = leaf(&root, vec![dns("issuer.example")], |_| {});
+    let leaf_der = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(leaf_b64)
+            .unwrap()
+    };
+    let mut cert = Certificate::from_der(&leaf_der).unwrap();
+    // subject: one RDN of two values; DER puts CN (its encoding is shorter) first
+    let name = x509_cert::name::Name::from_str("CN=b+C=AT").unwrap();
+    let rdn = name.0[0].to_der().unwrap();
+    let atvs: Vec<Vec<u8>> = name.0[0].0.iter().map(|a| a.to_der().unwrap()).collect();
+    assert_eq!(atvs.len(), 2);
+    let unsorted = [&rdn[..2], &atvs[1][..], &atvs[0][..]].concat();
+    assert_ne!(unsorted, rdn);
+    cert.tbs_certificate.subject = name;
+    let sorted_tbs = cert.tbs_certificate.to_der().unwrap();
+    let at = sorted_tbs
+        .windows(rdn.len())
+        .position(|w| w == rdn.as_slice())
+        .unwrap();
+    let mut tbs = sorted_tbs.clone();
+    tbs[at..at + rdn.len()].copy_from_slice(&unsorted);
+    let ca_key = p256::ecdsa::SigningKey::from_pkcs8_der(&root.key.serialize_der()).unwrap();
+    let sig: p256::ecdsa::DerSignature = ca_key.sign(&tbs);
+    let body = [
+        tbs.clone(),
+        cert.signature_algorithm.to_der().unwrap(),
+        der::asn1::BitString::from_bytes(sig.as_bytes())
+            .unwrap()
+            .to_der()
+            .unwrap(),
+    ]
+    .concat();
+    let der = [
+        der::Header::new(Tag::Sequence, der::Length::try_from(body.len()).unwrap())
+            .unwrap()
+            .to_der()
+            .unwrap(),
+        body,
+    ]
+    .concat();
+    // what is checked: the bytes as received are not the decoded certificate encoded again
+    let decoded = Certificate::from_der(&der).unwrap();
+    assert_eq!(signed_part(&der).unwrap(), tbs.as_slice());
+    assert_eq!(decoded.tbs_certificate.to_der().unwrap(), sorted_tbs);
+    let anchors = TrustAnchors::default().with([Certificate::from_der(root.cert.der()).unwrap()]);
+    anchors.chain_path(std::slice::from_ref(&der), NOW).unwrap();
+    // and one byte changed in what was signed still fails
+    let mut forged = der;
+    let i = forged.len() - sig.as_bytes().len() - 20;
+    forged[i] ^= 1;
+    assert!(anchors.chain_path(&[forged], NOW).is_err());
+}
+
+#[test]
+fn pem_chains_keep_each_certificates_bytes() {
+    let root = ca("root", None);
+    let inter = ca("intermediate", Some(&root));
+    let pem = format!("{}\n\n{}", inter.cert.pem(), root.cert.pem());
+    let chain = pem_chain(&pem).unwrap();
+    assert_eq!(chain.len(), 2);
+    assert_eq!(chain[0].1, inter.cert.der().to_vec());
+    assert_eq!(chain[1].1, root.cert.der().to_vec());
+    assert!(is_self_signed_ca(&chain[1].0, &chain[1].1));
+    assert!(!is_self_signed_ca(&chain[0].0, &chain[0].1));
+    assert!(pem_chain("").unwrap().is_empty());
+    for bad in [
+        "-----BEGIN CERTIFICATE-----\nAAAA\n",
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    ] {
+        assert!(pem_chain(bad).is_err(), "{bad}");
+    }
+    let many = root.cert.pem().repeat(MAX_CHAIN + 1);
+    assert!(pem_chain(&many).is_err());
+}
