@@ -217,6 +217,11 @@ pub struct RateLimitConfig {
     /// server stops reading them until the budget refills.
     pub didcomm_frame_per_minute: u32,
     pub didcomm_frame_burst: u32,
+    /// The VC-API verification endpoints (`POST /vc-api/credentials/verify`,
+    /// `/vc-api/presentations/verify`): open to anyone, and each call may fetch DID documents and
+    /// status lists (up to 64 URLs).
+    pub verify_per_minute: u32,
+    pub verify_burst: u32,
     /// Mediator WebSockets one client address may hold open at once (per node).
     pub didcomm_sockets_per_address: u32,
 }
@@ -224,7 +229,7 @@ pub struct RateLimitConfig {
 impl RateLimitConfig {
     /// `(key, per_minute, burst)` of every endpoint group, in the order of `http::ratelimit::Endpoint`.
     /// Wrong admin or metrics tokens take the `login` numbers in a bucket of their own.
-    pub fn rates(&self) -> [(&'static str, u32, u32); 7] {
+    pub fn rates(&self) -> [(&'static str, u32, u32); 8] {
         [
             ("signup", self.signup_per_minute, self.signup_burst),
             ("login", self.login_per_minute, self.login_burst),
@@ -237,6 +242,7 @@ impl RateLimitConfig {
                 self.didcomm_frame_burst,
             ),
             ("login", self.login_per_minute, self.login_burst),
+            ("verify", self.verify_per_minute, self.verify_burst),
         ]
     }
 
@@ -295,6 +301,8 @@ impl Default for RateLimitConfig {
             didcomm_burst: 200,
             didcomm_frame_per_minute: 12_000,
             didcomm_frame_burst: 1000,
+            verify_per_minute: 120,
+            verify_burst: 30,
             didcomm_sockets_per_address: 256,
         }
     }

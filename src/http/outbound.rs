@@ -304,6 +304,11 @@ fn classify_v6(ip: Ipv6Addr) -> Class {
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         return classify_v4(embedded_v4(s[6], s[7]));
     }
+    // 64:ff9b:1::/48 (local-use NAT64, RFC 8215) and ::ffff:0:a.b.c.d (IPv4-translated, SIIT):
+    // the IPv4 address is the last 32 bits
+    if (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) || s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        return classify_v4(embedded_v4(s[6], s[7]));
+    }
     // 2002:a.b.c.d::/48 (6to4)
     if s[0] == 0x2002 {
         return classify_v4(embedded_v4(s[1], s[2]));
@@ -314,6 +319,8 @@ fn classify_v6(ip: Ipv6Addr) -> Class {
         || (s[0] & 0xffc0) == 0xfe80 // fe80::/10 link local
         || (s[0] & 0xffc0) == 0xfec0 // fec0::/10 site local (deprecated)
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] & 0xfff0) == 0x3ff0 // 3fff::/20 documentation (RFC 9637)
+        || (s[0] == 0x2001 && s[1] == 0) // 2001::/32 Teredo (an IPv4 address in disguise)
         || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]); // 100::/64 discard
     if internal {
         Class::Internal
@@ -510,16 +517,34 @@ impl Policy {
             Ok(ip) if !self.ip_listed(ip, port) => Err(OutboundError::Refused(format!(
                 "address {ip} is not allowed"
             ))),
-            // Names are checked when resolved, and every connection is checked again.
-            _ => Ok(()),
+            Ok(_) => Ok(()),
+            // Names are checked when resolved, and every connection is checked again. A name
+            // the allow list admits only on some ports is refused on any other before anything
+            // is sent: its internal addresses would be connected to first and refused after
+            // (attacker review: "connection failed" against "refused" scanned that host's ports).
+            Err(_) => {
+                let entries = self.host_entries(bare);
+                if !entries.is_empty() && entries.iter().all(|p| p.is_some_and(|p| Some(p) != port))
+                {
+                    Err(OutboundError::Refused(format!(
+                        "{bare} is allowed on other ports only"
+                    )))
+                } else {
+                    Ok(())
+                }
+            }
         }
     }
 
     async fn resolve(&self, name: &str) -> Result<Vec<SocketAddr>, OutboundError> {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name, 0))
-            .await
-            .map_err(|_| OutboundError::Upstream(format!("cannot resolve {name}")))?
-            .collect();
+        // One answer for a name that does not resolve and one that resolves only to addresses
+        // we may not reach: two would tell an outsider which internal names exist.
+        let unreachable = || {
+            OutboundError::Refused(format!(
+                "{name} does not resolve to an address this server may reach"
+            ))
+        };
+        let addrs = lookup(name).await?.ok_or_else(unreachable)?;
         let entries = self.host_entries(name);
         let mut kept = Vec::new();
         for a in addrs {
@@ -536,11 +561,39 @@ impl Policy {
             }
         }
         if kept.is_empty() {
-            return Err(OutboundError::Refused(format!(
-                "{name} resolves only to addresses that are not allowed"
-            )));
+            return Err(unreachable());
         }
         Ok(kept)
+    }
+}
+
+/// System-resolver lookups running at once on this node. Each holds a thread of the blocking
+/// pool until the resolver answers, whoever stopped waiting for it (attacker review: names under
+/// a slow DNS server, one per request, filled the pool that store calls and password hashing
+/// share). A permit is given back when the lookup itself ends.
+const MAX_LOOKUPS: usize = 32;
+/// How long a request waits for a lookup place, and for its lookup.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The addresses of `name` (`None`: it does not resolve), by the system resolver, at most
+/// [`MAX_LOOKUPS`] at once on this node.
+async fn lookup(name: &str) -> Result<Option<Vec<SocketAddr>>, OutboundError> {
+    static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_LOOKUPS);
+    let busy = || OutboundError::Upstream("too many name lookups on this node; retry".into());
+    let permit = tokio::time::timeout(LOOKUP_TIMEOUT, LOOKUPS.acquire())
+        .await
+        .map_err(|_| busy())?
+        .map_err(|_| busy())?;
+    let host = name.to_string();
+    let running = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), 0))
+            .map(|a| a.collect::<Vec<_>>())
+            .ok()
+    });
+    match tokio::time::timeout(LOOKUP_TIMEOUT, running).await {
+        Ok(Ok(addrs)) => Ok(addrs),
+        Ok(Err(_)) | Err(_) => Err(OutboundError::Upstream("name lookup timed out".into())),
     }
 }
 
@@ -721,6 +774,10 @@ mod tests {
             "64:ff9b::a9fe:a9fe",
             "2002:a00:1::1",
             "::10.0.0.1",
+            "64:ff9b:1::a9fe:a9fe",
+            "::ffff:0:a00:1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "3fff::1",
         ] {
             assert_eq!(classify(ip(s)), Class::Internal, "{s}");
         }
@@ -736,6 +793,9 @@ mod tests {
         // NAT64 / 6to4 / mapped forms of loopback are loopback
         assert_eq!(classify(ip("64:ff9b::7f00:1")), Class::Loopback);
         assert_eq!(classify(ip("2002:7f00:1::1")), Class::Loopback);
+        assert_eq!(classify(ip("64:ff9b:1::7f00:1")), Class::Loopback);
+        assert_eq!(classify(ip("::ffff:0:7f00:1")), Class::Loopback);
+        assert_eq!(classify(ip("64:ff9b:1::808:808")), Class::Public);
     }
 
     fn cfg(allow_private: AllowPrivate, allow: &[&str]) -> OutboundConfig {
@@ -875,6 +935,21 @@ mod tests {
         assert!(!listed.resolve("localhost").await.unwrap().is_empty());
         assert!(listed.ip_allowed(ip("127.0.0.1"), Some(9000)));
         assert!(!listed.ip_allowed(ip("127.0.0.1"), Some(9001)));
+        // a name allowed on one port is refused on another before anything is sent to it
+        let u = |s: &str| reqwest::Url::parse(s).unwrap();
+        assert!(listed.check_url(&u("http://localhost:9000/")).is_ok());
+        assert!(listed
+            .check_url(&u("http://localhost:6379/"))
+            .unwrap_err()
+            .is_refused());
+        assert!(listed.check_url(&u("http://LOCALHOST.:6379/")).is_err());
+        // an unknown name and one resolving only to refused addresses read alike
+        let unknown = p.resolve("no-such-name.invalid").await.unwrap_err();
+        let internal = p.resolve("localhost").await.unwrap_err();
+        assert_eq!(
+            unknown.to_string().replace("no-such-name.invalid", "N"),
+            internal.to_string().replace("localhost", "N")
+        );
         // what the listed name resolved to is that name's: not a URL naming the address, nor
         // another name resolving to it
         let any_port =
@@ -884,7 +959,6 @@ mod tests {
             any_port.ip_allowed(ip("127.0.0.1"), Some(6379)),
             "the name's connection"
         );
-        let u = |s: &str| reqwest::Url::parse(s).unwrap();
         assert!(any_port
             .check_url(&u("http://127.0.0.1:6379/"))
             .unwrap_err()

@@ -48,10 +48,12 @@ pub enum Endpoint {
     /// Wrong admin or metrics tokens ([`charge_failed_token`]): the `login` numbers, in a bucket
     /// of their own so a stale scraper token does not use up wallet logins behind one address.
     FailedToken,
+    /// The VC-API verification endpoints.
+    Verify,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 7] = [
+    const ALL: [Endpoint; 8] = [
         Endpoint::Signup,
         Endpoint::Login,
         Endpoint::Token,
@@ -59,6 +61,7 @@ impl Endpoint {
         Endpoint::Didcomm,
         Endpoint::DidcommFrame,
         Endpoint::FailedToken,
+        Endpoint::Verify,
     ];
 
     /// The endpoint's `(key, per_minute, burst)` from `server.rate_limit` (which validates them).
@@ -418,6 +421,14 @@ pub async fn nonce(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     limit(Endpoint::Nonce, req, next).await
+}
+
+/// `server.rate_limit.verify_*`.
+pub async fn verify(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    limit(Endpoint::Verify, req, next).await
 }
 
 /// `server.rate_limit.didcomm_*`.

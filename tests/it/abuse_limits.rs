@@ -230,7 +230,7 @@ async fn bursts_over_the_per_ip_limit_get_429() {
     let mut b = Server::builder()
         .env("IDSTACK__SERVER__RATE_LIMIT__ENABLED", "true")
         .env("IDSTACK__SERVER__RATE_LIMIT__TRUSTED_PROXIES", "127.0.0.1");
-    for group in ["SIGNUP", "LOGIN", "TOKEN", "NONCE", "DIDCOMM"] {
+    for group in ["SIGNUP", "LOGIN", "TOKEN", "NONCE", "DIDCOMM", "VERIFY"] {
         b = b
             .env(
                 &format!("IDSTACK__SERVER__RATE_LIMIT__{group}_PER_MINUTE"),
@@ -241,7 +241,8 @@ async fn bursts_over_the_per_ip_limit_get_429() {
     let s = b.start().await;
     let c = client();
     type Req = Box<dyn Fn() -> reqwest::RequestBuilder>;
-    let (c1, c2, c3, c4, c5, c6) = (
+    let (c1, c2, c3, c4, c5, c6, c7) = (
+        c.clone(),
         c.clone(),
         c.clone(),
         c.clone(),
@@ -249,13 +250,14 @@ async fn bursts_over_the_per_ip_limit_get_429() {
         c.clone(),
         c.clone(),
     );
-    let (u1, u2, u3, u4, u5, u6) = (
+    let (u1, u2, u3, u4, u5, u6, u7) = (
         s.url("/wallet/auth/register"),
         s.url("/wallet/auth/login"),
         s.url("/issuers/default/token"),
         s.url("/issuers/default/nonce"),
         s.url("/didcomm"),
         s.url("/didcomm/ws"),
+        s.url("/vc-api/credentials/verify"),
     );
     let endpoints: Vec<(&str, Req)> = vec![
         (
@@ -285,6 +287,10 @@ async fn bursts_over_the_per_ip_limit_get_429() {
                     .header("content-type", "application/didcomm-envelope-enc")
                     .body("{}")
             }),
+        ),
+        (
+            "verify",
+            Box::new(move || c7.post(&u7).json(&json!({"verifiableCredential": {}}))),
         ),
     ];
     for (name, req) in &endpoints {

@@ -79,8 +79,11 @@ fn too_slow() -> crate::error::ApiError {
 }
 
 /// Verify a credential (VC-API): 200 when verified, 400 with the failed checks otherwise.
-#[utoipa::path(tag = "verifier", request_body = VerifyCredential, responses((status = 200, body = VerifyResult), (status = 400, description = "verification failed (a problem document with `verified`, `checks`, `errors`) or malformed input", body = crate::error::Problem), (status = 424, description = "the documents the verification fetched answered too slowly (30 s in all)", body = crate::error::Problem)))]
-#[post("/vc-api/credentials/verify")]
+#[utoipa::path(tag = "verifier", request_body = VerifyCredential, responses((status = 200, body = VerifyResult), (status = 400, description = "verification failed (a problem document with `verified`, `checks`, `errors`) or malformed input", body = crate::error::Problem), (status = 424, description = "the documents the verification fetched answered too slowly (30 s in all)", body = crate::error::Problem), (status = 429, description = "too many verification requests from this address (`rate_limited`, Retry-After)", body = crate::error::Problem)))]
+#[post(
+    "/vc-api/credentials/verify",
+    wrap = "actix_web::middleware::from_fn(crate::http::ratelimit::verify)"
+)]
 pub async fn verify_credential(
     svc: web::Data<VerifierService>,
     body: web::Json<VerifyCredential>,
@@ -93,8 +96,11 @@ pub async fn verify_credential(
 
 /// Verify a presentation and the credentials in it (VC-API). `options.challenge` / `options.domain`
 /// are checked against the proof (Data Integrity) or `nonce` / `aud` (JWT).
-#[utoipa::path(tag = "verifier", request_body = VerifyPresentation, responses((status = 200, body = VerifyResult), (status = 400, description = "verification failed (a problem document with `verified`, `checks`, `errors`) or malformed input", body = crate::error::Problem), (status = 424, description = "the documents the verification fetched answered too slowly (30 s in all)", body = crate::error::Problem)))]
-#[post("/vc-api/presentations/verify")]
+#[utoipa::path(tag = "verifier", request_body = VerifyPresentation, responses((status = 200, body = VerifyResult), (status = 400, description = "verification failed (a problem document with `verified`, `checks`, `errors`) or malformed input", body = crate::error::Problem), (status = 424, description = "the documents the verification fetched answered too slowly (30 s in all)", body = crate::error::Problem), (status = 429, description = "too many verification requests from this address (`rate_limited`, Retry-After)", body = crate::error::Problem)))]
+#[post(
+    "/vc-api/presentations/verify",
+    wrap = "actix_web::middleware::from_fn(crate::http::ratelimit::verify)"
+)]
 pub async fn verify_presentation(
     svc: web::Data<VerifierService>,
     body: web::Json<VerifyPresentation>,
