@@ -136,8 +136,31 @@ pub(crate) fn loader() -> CryptoResult<ContextLoader> {
         .map_err(err)
 }
 
-fn resolver() -> VerificationMethodDIDResolver<AnyDidMethod, AnyMethod> {
-    VerificationMethodDIDResolver::new(AnyDidMethod::default())
+/// The DID methods ssi may resolve for us: did:key and did:jwk, which need no network.
+/// `AnyDidMethod` alone would also fetch (did:web, did:ion, ...) with a client of its own that
+/// the outbound guard does not see, honours `HTTPS_PROXY` and reads bodies uncapped. Every path
+/// resolves the verification method with [`did::resolve_offline`] first, so this only makes sure
+/// nothing here ever depends on that order.
+#[derive(Default)]
+struct OfflineDids(AnyDidMethod);
+
+impl ssi::dids::DIDResolver for OfflineDids {
+    async fn resolve_representation<'a>(
+        &'a self,
+        did: &'a ssi::dids::DID,
+        options: ssi::dids::resolution::Options,
+    ) -> Result<ssi::dids::resolution::Output<Vec<u8>>, ssi::dids::resolution::Error> {
+        match did.method_name() {
+            "key" | "jwk" => self.0.resolve_representation(did, options).await,
+            other => Err(ssi::dids::resolution::Error::MethodNotSupported(
+                other.to_string(),
+            )),
+        }
+    }
+}
+
+fn resolver() -> VerificationMethodDIDResolver<OfflineDids, AnyMethod> {
+    VerificationMethodDIDResolver::new(OfflineDids::default())
 }
 
 fn timestamp(now: i64) -> CryptoResult<DateTime<Utc>> {
@@ -1233,6 +1256,28 @@ mod rdfc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// ssi's resolver here answers did:key and did:jwk only: nothing it does can fetch.
+    #[test]
+    fn ssi_resolves_only_dids_that_need_no_network() {
+        use ssi::dids::{resolution::Error, DIDBuf, DIDResolver};
+        let r = OfflineDids::default();
+        let resolve = |d: &str| {
+            let did = DIDBuf::from_string(d.to_string()).unwrap();
+            futures_executor::block_on(r.resolve_representation(&did, Default::default())).map(drop)
+        };
+        resolve("did:key:z6Mkin7GCtk21cLBwGc6AbuBNHBVLUMkZ3V1cPMc8YQ6a538").unwrap();
+        for d in [
+            "did:web:127.0.0.1%3A1",
+            "did:ion:abc",
+            "did:pkh:eip155:1:0xb9c5714089478a327f09197987f16f9e5d936e8a",
+        ] {
+            assert!(
+                matches!(resolve(d), Err(Error::MethodNotSupported(_))),
+                "{d}"
+            );
+        }
+    }
 
     /// ssi panicked on numbers it could not serialize again (`1e20`, `1e-7`, `-1e21`): a
     /// credential carrying one, presented or about to be signed, is refused, not a panic.
