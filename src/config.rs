@@ -653,6 +653,10 @@ pub struct ClusterConfig {
     pub replication_factor: usize,
     /// A node with an empty data dir waits until this many members (itself included) are live before creating anything. 0 = every seed plus this node.
     pub bootstrap_expect: usize,
+    /// Node ids retired for good: no longer counted among the configured nodes a majority is
+    /// counted against (every node id this node has ever listed as a member is, otherwise).
+    #[serde(deserialize_with = "string_list")]
+    pub retired_nodes: Vec<String>,
     /// A node that has joined before waits this long for a live peer from its seeds before going on alone.
     pub join_timeout_seconds: u64,
     /// Gossip round interval in milliseconds (failure detection takes roughly 20 rounds).
@@ -718,6 +722,7 @@ impl Default for ClusterConfig {
             advertise_host: String::new(),
             replication_factor: 0,
             bootstrap_expect: 0,
+            retired_nodes: Vec::new(),
             join_timeout_seconds: 10,
             gossip_interval_ms: 250,
             phi_threshold: 8.0,

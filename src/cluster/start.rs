@@ -174,6 +174,7 @@ async fn start_speaking(
         seeds: c.seeds.clone(),
         replication_factor: c.replication_factor,
         bootstrap_expect,
+        retired: c.retired_nodes.iter().cloned().collect(),
         join_timeout: Duration::from_secs(c.join_timeout_seconds),
         gossip_interval: Duration::from_millis(c.gossip_interval_ms),
         phi_threshold: c.phi_threshold,
@@ -258,6 +259,9 @@ async fn start_speaking(
     let node = Arc::new(Node::new(
         ns, replica, chitchat, rpc_key, local_bus, metrics,
     )?);
+    node.load_seen()
+        .await
+        .context("reading the member ids seen before")?;
 
     let rpc_server = super::rpc::server(node.clone(), rpc_listener)?;
     let rpc_handle = rpc_server.handle();
@@ -1565,6 +1569,51 @@ mod tests {
         assert_eq!(history.as_deref(), Some(&b"revoked-2"[..]));
     }
 
+    /// The member ids a node has seen are kept in its local keyspace and counted after they
+    /// leave gossip's list (cluster review: gossip forgets a dead node after an hour and starts
+    /// empty after a restart, and the majority shrank with it); retired ids are not counted.
+    async fn the_members_seen_are_remembered(nodes: &[TestNode]) {
+        let x = &nodes[0].cluster.node;
+        let stored = |x: &Node| {
+            let inner = x.replica.inner.clone();
+            async move {
+                let raw = inner
+                    .get(LOCAL_KEYSPACE, "members_seen")
+                    .await
+                    .unwrap()
+                    .unwrap();
+                serde_json::from_slice::<std::collections::BTreeSet<String>>(&raw).unwrap()
+            }
+        };
+        let ids: std::collections::BTreeSet<String> = nodes
+            .iter()
+            .map(|n| n.cluster.node.id().to_string())
+            .collect();
+        assert_eq!(stored(x).await, ids);
+        // a node gossip no longer lists (gone for an hour, or unseen since a restart)
+        x.remember(["gone".to_string()].into_iter()).await;
+        assert!(stored(x).await.contains("gone"));
+        assert_eq!((x.configured_nodes(), x.majority()), (4, 3));
+        // what a restart reads back
+        x.load_seen().await.unwrap();
+        assert_eq!((x.configured_nodes(), x.majority()), (4, 3));
+        // forgotten again, as `cluster.retired_nodes = ["gone"]` does at the next start
+        let mut kept = stored(x).await;
+        kept.remove("gone");
+        x.replica
+            .inner
+            .put(
+                LOCAL_KEYSPACE,
+                "members_seen",
+                serde_json::to_vec(&kept).unwrap(),
+                None,
+            )
+            .await
+            .unwrap();
+        x.load_seen().await.unwrap();
+        assert_eq!((x.configured_nodes(), x.majority()), (3, 2));
+    }
+
     /// A node's own bookkeeping (its generation, its prepared copies) is read by no peer,
     /// through either read.
     async fn a_node_local_keyspace_is_read_by_no_peer(nodes: &[TestNode]) {
@@ -2696,6 +2745,7 @@ mod tests {
         a_delete_is_not_undone_by_an_update_decided_after_it(&nodes).await;
         a_settled_read_answers_the_primarys_value_over_a_lagging_copy(&nodes).await;
         process_without_the_secret_does_not_join(&nodes).await;
+        the_members_seen_are_remembered(&nodes).await;
         leave_all(&nodes).await;
     }
 }

@@ -2,7 +2,7 @@
 //! protocol on top of the local [`Replica`]: synchronous replication of writes, compare-and-swap
 //! at the key's primary, read fall-back to peers, and anti-entropy.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::auth;
-use super::replica::{intern, is_insert_only, is_local_keyspace, Replica};
+use super::replica::{intern, is_insert_only, is_local_keyspace, Replica, LOCAL_KEYSPACE};
 use super::ring;
 use super::version::Versioned;
 use super::wire::*;
@@ -42,6 +42,8 @@ pub struct NodeSettings {
     pub seeds: Vec<String>,
     pub replication_factor: usize,
     pub bootstrap_expect: usize,
+    /// `cluster.retired_nodes`: ids not counted among the configured nodes.
+    pub retired: BTreeSet<String>,
     pub join_timeout: Duration,
     pub gossip_interval: Duration,
     pub phi_threshold: f64,
@@ -61,6 +63,26 @@ pub struct NodeSettings {
     /// This incarnation's chitchat generation (new on every start): RPC requests to this node
     /// must be signed for it ([`auth::Target::Incarnation`]).
     pub generation: u64,
+}
+
+/// Where a node keeps the member ids it has seen ([`Node::remember`]), in [`LOCAL_KEYSPACE`].
+const SEEN_KEY: &str = "members_seen";
+
+/// [`Node::configured_nodes`] of what it reads: the listed members, the remembered ids and this
+/// node, less the retired ids, at least `bootstrap_expect` and 1.
+fn configured_count<'a>(
+    members: impl Iterator<Item = &'a str>,
+    seen: &'a BTreeSet<String>,
+    me: &'a str,
+    retired: &BTreeSet<String>,
+    bootstrap_expect: usize,
+) -> usize {
+    let ids: BTreeSet<&str> = members
+        .chain(seen.iter().map(String::as_str))
+        .filter(|id| !retired.contains(*id))
+        .chain([me])
+        .collect();
+    ids.len().max(bootstrap_expect).max(1)
 }
 
 /// The per-key lock a consistent transition holds at its executor from its majority read to its
@@ -163,6 +185,10 @@ pub struct Node {
     rpc_key: [u8; 32],
     http: reqwest::Client,
     members: RwLock<Arc<Vec<Member>>>,
+    /// Every node id this node has listed as a member, kept in [`LOCAL_KEYSPACE`] across
+    /// restarts (not retired ones): what a majority is counted against
+    /// ([`Node::configured_nodes`]).
+    seen: Mutex<BTreeSet<String>>,
     suspects: Mutex<HashSet<String>>,
     /// Per suspect peer, the slots of [`MAX_BACKGROUND_TO_SUSPECT`].
     background: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
@@ -221,6 +247,7 @@ impl Node {
             rpc_key,
             http,
             members: RwLock::default(),
+            seen: Mutex::default(),
             suspects: Mutex::default(),
             background: Mutex::default(),
             caught_up: AtomicBool::new(false),
@@ -478,6 +505,8 @@ impl Node {
             }
             by_id.into_values().collect::<Vec<_>>()
         };
+        self.remember(snapshot.iter().map(|m| m.node_id.clone()))
+            .await;
         let live = snapshot.iter().filter(|m| m.state == "alive").count();
         self.metrics.members_live.set(live as i64);
         if let Ok(mut w) = self.members.write() {
@@ -585,16 +614,78 @@ impl Node {
 
     // ---------------------------------------------------------------- replication
 
-    /// Nodes a majority is counted against: `bootstrap_expect`, or every node gossip has ever
-    /// listed (dead ones included) when that is more, so a grown cluster's two sides can never
-    /// both count a majority.
+    /// Nodes a majority is counted against: `bootstrap_expect`, or every node this node has
+    /// ever listed as a member (kept across restarts, [`Node::remember`]) but those
+    /// `cluster.retired_nodes` names, when that is more. Gossip's own list forgets a dead node
+    /// after an hour and starts empty on a restart: counted on it, the two sides of a partition
+    /// of a grown cluster could each count a majority once a side restarted (cluster review).
     pub fn configured_nodes(&self) -> usize {
         let members = self.members();
-        let mut ids: Vec<&str> = members.iter().map(|m| m.node_id.as_str()).collect();
-        ids.push(self.id());
-        ids.sort_unstable();
-        ids.dedup();
-        ids.len().max(self.settings.bootstrap_expect).max(1)
+        let seen = self.seen.lock().map(|s| s.clone()).unwrap_or_default();
+        configured_count(
+            members.iter().map(|m| m.node_id.as_str()),
+            &seen,
+            self.id(),
+            &self.settings.retired,
+            self.settings.bootstrap_expect,
+        )
+    }
+
+    /// Loads the node ids remembered before this start (retired ones dropped).
+    pub async fn load_seen(&self) -> Result<(), crate::store::StoreError> {
+        let remembered: BTreeSet<String> = self
+            .replica
+            .inner
+            .get(LOCAL_KEYSPACE, SEEN_KEY)
+            .await?
+            .and_then(|raw| serde_json::from_slice(&raw).ok())
+            .unwrap_or_default();
+        let kept: BTreeSet<String> = remembered
+            .iter()
+            .filter(|id| !self.settings.retired.contains(*id))
+            .cloned()
+            .collect();
+        if let Ok(mut s) = self.seen.lock() {
+            *s = kept.clone();
+        }
+        if kept.len() != remembered.len() {
+            self.store_seen(&kept).await;
+        }
+        Ok(())
+    }
+
+    /// Adds `ids` to the node ids this node remembers (not retired ones), and stores the set
+    /// when it grew.
+    pub(in crate::cluster) async fn remember(&self, ids: impl Iterator<Item = String>) {
+        let grown = {
+            let Ok(mut seen) = self.seen.lock() else {
+                return;
+            };
+            let mut grew = false;
+            for id in ids.chain([self.id().to_string()]) {
+                if !self.settings.retired.contains(&id) {
+                    grew |= seen.insert(id);
+                }
+            }
+            grew.then(|| seen.clone())
+        };
+        if let Some(all) = grown {
+            self.store_seen(&all).await;
+        }
+    }
+
+    async fn store_seen(&self, ids: &BTreeSet<String>) {
+        let Ok(bytes) = serde_json::to_vec(ids) else {
+            return;
+        };
+        let stored = self
+            .replica
+            .inner
+            .put(LOCAL_KEYSPACE, SEEN_KEY, bytes, None)
+            .await;
+        if let Err(e) = stored.and(self.replica.inner.flush().await) {
+            tracing::warn!(error = %e, "cluster: the member ids seen could not be stored");
+        }
     }
 
     /// Nodes (this one included) that must hold a single-use transition in consistent mode.
@@ -784,5 +875,35 @@ pub(super) mod tests {
         let update = v(3, Some(b"x")).version;
         assert_eq!(held(Some(v(5, None)), &update), Replaced);
         assert_eq!(held(Some(v(3, Some(b"x"))), &update), Without);
+    }
+}
+
+#[cfg(test)]
+mod seen_tests {
+    use super::*;
+
+    #[test]
+    fn the_configured_count_holds_every_node_seen_but_retired_ones() {
+        let set = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let none = BTreeSet::new();
+        // gossip lists two of five after a restart on a minority side: five are counted
+        let seen = set(&["a", "b", "c", "d", "e"]);
+        assert_eq!(
+            configured_count(["a", "b"].into_iter(), &seen, "a", &none, 3),
+            5
+        );
+        // a retired node is not
+        assert_eq!(
+            configured_count(["a", "b"].into_iter(), &seen, "a", &set(&["e"]), 3),
+            4
+        );
+        // nothing seen yet: bootstrap_expect, and never less than this node
+        assert_eq!(configured_count([].into_iter(), &none, "a", &none, 3), 3);
+        assert_eq!(configured_count([].into_iter(), &none, "a", &none, 0), 1);
+        // this node counts even if listed as retired by mistake
+        assert_eq!(
+            configured_count([].into_iter(), &none, "a", &set(&["a"]), 0),
+            1
+        );
     }
 }
