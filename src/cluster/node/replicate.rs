@@ -241,15 +241,29 @@ impl Node {
         all_ok
     }
 
-    pub async fn broadcast(&self, topic: &str, payload: &str) {
-        let req = PublishReq {
+    /// An event to every live peer (best effort): awaited at the peers not suspect, sent to a
+    /// suspect in the background within its [`MAX_BACKGROUND_TO_SUSPECT`] slots (cluster
+    /// review: every mediator forward and acknowledgement waited a whole RPC timeout for a peer
+    /// whose RPC hung while its gossip went on, and held a connection to it per message).
+    pub async fn broadcast(self: &Arc<Self>, topic: &str, payload: &str) {
+        let req = Arc::new(PublishReq {
             topic: topic.to_string(),
             payload: payload.to_string(),
-        };
-        let peers = self.live_peers();
-        let calls = peers
+        });
+        let (trusted, suspects) = self.split_by_trust(self.live_peers());
+        for (id, addr) in suspects {
+            let Some(slot) = self.suspect_slot(&id) else {
+                continue;
+            };
+            let (node, req) = (self.clone(), req.clone());
+            tokio::spawn(async move {
+                let _slot = slot;
+                let _ = node.call::<_, Empty>(&id, &addr, PATH_PUBLISH, &*req).await;
+            });
+        }
+        let calls = trusted
             .iter()
-            .map(|(id, addr)| self.call::<_, Empty>(id, addr, PATH_PUBLISH, &req));
+            .map(|(id, addr)| self.call::<_, Empty>(id, addr, PATH_PUBLISH, &*req));
         futures_util::future::join_all(calls).await;
     }
 }
