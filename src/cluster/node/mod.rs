@@ -562,6 +562,33 @@ impl Node {
         slots.try_acquire_owned().ok()
     }
 
+    /// Sends `req` to `path` at every live peer: awaited at those not suspect (a stalled one
+    /// costs one RPC timeout, then it is suspect); a suspect gets it in the background, within
+    /// its [`MAX_BACKGROUND_TO_SUSPECT`] slots.
+    pub(in crate::cluster) async fn tell_live_peers<Req>(
+        self: &Arc<Self>,
+        path: &'static str,
+        req: Arc<Req>,
+    ) where
+        Req: Serialize + Send + Sync + 'static,
+    {
+        let (trusted, suspects) = self.split_by_trust(self.live_peers());
+        for (id, addr) in suspects {
+            let Some(slot) = self.suspect_slot(&id) else {
+                continue;
+            };
+            let (node, req) = (self.clone(), req.clone());
+            tokio::spawn(async move {
+                let _slot = slot;
+                node.call::<_, Empty>(&id, &addr, path, &*req).await
+            });
+        }
+        let calls = trusted
+            .iter()
+            .map(|(id, addr)| self.call::<_, Empty>(id, addr, path, &*req));
+        futures_util::future::join_all(calls).await;
+    }
+
     fn trust(&self, id: &str) {
         if let Ok(mut m) = self.suspects.lock() {
             if m.remove(id) {

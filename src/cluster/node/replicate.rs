@@ -241,29 +241,14 @@ impl Node {
         all_ok
     }
 
-    /// An event to every live peer (best effort): awaited at the peers not suspect, sent to a
-    /// suspect in the background within its [`MAX_BACKGROUND_TO_SUSPECT`] slots (cluster
-    /// review: every mediator forward and acknowledgement waited a whole RPC timeout for a peer
-    /// whose RPC hung while its gossip went on, and held a connection to it per message).
+    /// An event to every live peer (best effort, [`Node::tell_live_peers`]: a peer whose RPC
+    /// hung while its gossip went on added an RPC timeout to every mediator forward and
+    /// acknowledgement, and held a connection per message; cluster review).
     pub async fn broadcast(self: &Arc<Self>, topic: &str, payload: &str) {
-        let req = Arc::new(PublishReq {
+        let req = PublishReq {
             topic: topic.to_string(),
             payload: payload.to_string(),
-        });
-        let (trusted, suspects) = self.split_by_trust(self.live_peers());
-        for (id, addr) in suspects {
-            let Some(slot) = self.suspect_slot(&id) else {
-                continue;
-            };
-            let (node, req) = (self.clone(), req.clone());
-            tokio::spawn(async move {
-                let _slot = slot;
-                let _ = node.call::<_, Empty>(&id, &addr, PATH_PUBLISH, &*req).await;
-            });
-        }
-        let calls = trusted
-            .iter()
-            .map(|(id, addr)| self.call::<_, Empty>(id, addr, PATH_PUBLISH, &*req));
-        futures_util::future::join_all(calls).await;
+        };
+        self.tell_live_peers(PATH_PUBLISH, Arc::new(req)).await;
     }
 }

@@ -183,23 +183,7 @@ impl Node {
             rec: rec.clone(),
             commit,
         };
-        // awaited at every live peer not suspect (a stalled one costs one RPC timeout, then it
-        // is suspect); a suspect gets it in the background
-        let (trusted, suspects) = self.split_by_trust(self.live_peers());
-        for (id, addr) in suspects {
-            let Some(slot) = self.suspect_slot(&id) else {
-                continue;
-            };
-            let (node, req) = (self.clone(), req.clone());
-            tokio::spawn(async move {
-                let _slot = slot;
-                node.call::<_, Empty>(&id, &addr, PATH_DECIDE, &req).await
-            });
-        }
-        let calls = trusted
-            .iter()
-            .map(|(id, addr)| self.call::<_, Empty>(id, addr, PATH_DECIDE, &req));
-        futures_util::future::join_all(calls).await;
+        self.tell_live_peers(PATH_DECIDE, Arc::new(req)).await;
     }
 
     /// Compare-and-swap executed at the key's current primary (forwarded if that is another node).
