@@ -433,6 +433,17 @@ fn verify_one(
             }
         }
     }
+    // ssi 0.16 enforces neither: a proof past its `expires` (an issuer that limits a credential
+    // by its proof) or made later than now (beyond clock skew) does not verify (review)
+    let at = |field: &str| proof[field].as_str().and_then(xsd_unix_seconds);
+    if at("expires").is_some_and(|t| t <= now) {
+        return Err(CryptoError::Malformed("the proof has expired".into()));
+    }
+    if at("created").is_some_and(|t| t > now + PROOF_CLOCK_SKEW_SECONDS) {
+        return Err(CryptoError::Malformed(
+            "the proof was created in the future".into(),
+        ));
+    }
     precheck(unsecured, proof, work)?;
     if ed25519_2018 {
         return verify_ed25519_signature_2018(unsecured, proof, &key);
@@ -940,6 +951,21 @@ fn check_plain_json(document: &Value) -> CryptoResult<()> {
     plain(document, true, 0, &mut Counts::default())
 }
 
+/// How far a proof's `created` may be ahead of our clock.
+const PROOF_CLOCK_SKEW_SECONDS: i64 = 300;
+
+/// An xsd:dateTime as Unix seconds (without an offset: UTC, as ssi takes it).
+fn xsd_unix_seconds(t: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(t)
+        .map(|d| d.timestamp())
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S%.f")
+                .ok()
+                .map(|d| d.and_utc().timestamp())
+        })
+}
+
 /// An xsd:dateTime chrono reads (RFC 3339, or without an offset, which ssi takes as UTC): its
 /// year then fits ssi's i32.
 fn xsd_date_time_ok(t: &str) -> bool {
@@ -1052,7 +1078,15 @@ fn plain(v: &Value, root: bool, depth: usize, counts: &mut Counts) -> CryptoResu
             }
             Ok(())
         }
+        Value::Array(a) if a.is_empty() => {
+            refuse_json_ld("an empty array (it is not signed)".into())
+        }
         Value::Array(a) => a.iter().try_for_each(|x| plain(x, root, depth + 1, counts)),
+        // JSON-LD expansion drops a null and an empty array, so they are outside what a proof
+        // signs, yet a query reads them as present claims (review: a holder added
+        // `"family_name": null` to a signed credential and a claim asked for without values
+        // was satisfied)
+        Value::Null => refuse_json_ld("a null value (it is not signed)".into()),
         _ => Ok(()),
     }
 }
@@ -1442,6 +1476,25 @@ mod tests {
         let p = SigningKey::generate(KeyType::P256);
         let pvm = did::verification_method(&did::did_key(&p.verifying_key()));
         assert!(issue_credential(&p, &pvm, Map::new(), now).is_err());
+    }
+
+    /// ssi checks neither: a proof past its `expires`, or created later than now beyond the
+    /// clock skew, does not verify (both are read before the signature is).
+    #[test]
+    fn a_proof_is_held_to_its_expires_and_created() {
+        let vc = ordinary_credential();
+        verify_credential(&vc, NOW).unwrap();
+        let with = |field: &str, at: i64| {
+            let mut v = vc.clone();
+            v["proof"][field] = json!(DateTime::<Utc>::from_timestamp(at, 0).unwrap().to_rfc3339());
+            verify_credential(&v, NOW).unwrap_err().to_string()
+        };
+        assert!(with("expires", NOW - 1).contains("expired"));
+        assert!(with("expires", NOW).contains("expired"));
+        assert!(with("created", NOW + PROOF_CLOCK_SKEW_SECONDS + 1).contains("future"));
+        // within the skew, or expiring later: only the signature (changed here) fails
+        assert!(!with("created", NOW + 60).contains("future"));
+        assert!(!with("expires", NOW + 60).contains("expired"));
     }
 
     #[test]
@@ -1922,7 +1975,22 @@ mod tests {
         vocab_glued["credentialSubject"]["@context"] =
             json!({"@vocab": "https://w3id.org/idstack/vocab#"});
 
+        // review: JSON-LD expansion drops a null and an empty array, so a holder could add
+        // unsigned members a query reads as present claims
+        let mut null_claim = vc.clone();
+        null_claim["credentialSubject"]["family_name"] = Value::Null;
+        let mut empty_claim = vc.clone();
+        empty_claim["credentialSubject"]["is_student"] = json!([]);
+        let mut null_in_array = vc.clone();
+        null_in_array["type"]
+            .as_array_mut()
+            .unwrap()
+            .push(Value::Null);
+
         for (what, doc) in [
+            ("an unsigned null claim", null_claim),
+            ("an unsigned empty-array claim", empty_claim),
+            ("a null in an array", null_in_array),
             ("status behind a glued @vocab", vocab_glued),
             ("a claim forged through a null term", forged),
             ("validity behind a full-IRI key", unexpiring),

@@ -137,6 +137,12 @@ pub fn verify(
         .and_then(|a| x509_cert::der::Encode::to_der(a).ok())
         .is_some_and(|a| !mdoc.anchor.is_empty() && a == mdoc.anchor);
     let key = path.key;
+    // `alg` says ES256: a signer of another key type must not verify under that label
+    if !matches!(key, crate::crypto::VerifyingKey::P256(_)) {
+        return Err(MdocError::Unsupported(
+            "the status list signer's key is not P-256 (ES256)".into(),
+        ));
+    }
     if key != mdoc.signer_key
         && !(same_anchor && crate::crypto::x509::check_document_signer(&path.leaf).is_ok())
     {

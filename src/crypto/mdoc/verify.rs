@@ -238,7 +238,9 @@ fn check_mso_header(mso: &Value, doc_type: Option<&str>) -> MdocResult<()> {
     Ok(())
 }
 
-/// The chain in the `x5chain` header (unprotected or protected): one bstr or an array of them.
+/// The chain in the `x5chain` header (protected, else unprotected, where ISO 18013-5 puts it):
+/// one bstr or an array of them. The signed one wins when both are there (review: an
+/// unprotected chain could stand in for the issuer's protected one over the same key).
 pub(super) fn x5chain(sign1: &coset::CoseSign1) -> MdocResult<Vec<Vec<u8>>> {
     let find = |h: &coset::Header| {
         h.rest
@@ -246,8 +248,8 @@ pub(super) fn x5chain(sign1: &coset::CoseSign1) -> MdocResult<Vec<Vec<u8>>> {
             .find(|(l, _)| *l == Label::Int(X5CHAIN))
             .map(|(_, v)| v.clone())
     };
-    let v = find(&sign1.unprotected)
-        .or_else(|| find(&sign1.protected.header))
+    let v = find(&sign1.protected.header)
+        .or_else(|| find(&sign1.unprotected))
         .ok_or_else(|| MdocError::Untrusted("issuerAuth carries no x5chain".into()))?;
     match v {
         Value::Bytes(b) => Ok(vec![b]),
@@ -444,4 +446,21 @@ fn document(
             )
         })?;
     Ok(verified)
+}
+
+#[cfg(test)]
+mod x5chain_tests {
+    use super::*;
+
+    #[test]
+    fn the_protected_x5chain_wins_over_an_unprotected_one() {
+        let chain = |b: &[u8]| (Label::Int(X5CHAIN), Value::Bytes(b.to_vec()));
+        let mut sign1 = coset::CoseSign1Builder::new()
+            .protected(coset::HeaderBuilder::new().build())
+            .build();
+        sign1.unprotected.rest.push(chain(b"unprotected"));
+        assert_eq!(x5chain(&sign1).unwrap(), vec![b"unprotected".to_vec()]);
+        sign1.protected.header.rest.push(chain(b"protected"));
+        assert_eq!(x5chain(&sign1).unwrap(), vec![b"protected".to_vec()]);
+    }
 }
