@@ -2375,6 +2375,10 @@ async fn an_ldp_vc_offer_that_cannot_be_signed_is_refused_when_made() {
         json!({"given_name": {"@id": "x"}}),
         json!({"given_name": 1e20}),
         json!({"given_name": [1e-7]}),
+        // JSON-LD drops these: unsigned, and refused by verifiers
+        json!({"given_name": null}),
+        json!({"given_name": []}),
+        json!({"given_name": {"x": null}}),
     ] {
         let e = svc
             .create_offer("default", ldp(bad.clone()))
