@@ -65,6 +65,15 @@ pub const HEADER_RESP_SIG: &str = "x-idstack-cluster-resp-sig";
 /// How far a request's timestamp may be from this node's clock.
 pub const WINDOW_MS: i64 = 30_000;
 
+/// Whether a replay-cache entry made at `at_ms` by the wall clock and at `since` by the
+/// monotonic one may go, at `now_ms`: both say it is older than twice the window. By the wall
+/// clock alone, a clock stepped forward and back emptied the cache while captured requests fell
+/// inside the window again (cluster review).
+pub(crate) fn expired(at_ms: i64, since: std::time::Instant, now_ms: i64) -> bool {
+    let twice = 2 * WINDOW_MS;
+    at_ms < now_ms - twice && since.elapsed().as_millis() > twice as u128
+}
+
 pub use crate::store::seal::derive_cluster_key as derive_key;
 
 /// Whom a request's MACs are signed for.
@@ -312,7 +321,10 @@ enum NonceUse {
 }
 
 /// Nonces seen inside the window (when first seen, and how), and the order they expire in.
-type Seen = (HashMap<String, (i64, NonceUse)>, VecDeque<(i64, String)>);
+type Seen = (
+    HashMap<String, (i64, NonceUse)>,
+    VecDeque<(i64, std::time::Instant, String)>,
+);
 
 /// A nonce reserved by [`Verifier::verify_head`] for one request: only [`Verifier::verify`] of
 /// that request, handed this value, may turn it into a used nonce. Not `Clone`: the RPC server
@@ -421,14 +433,15 @@ impl Verifier {
 
     /// The replay cache, entries older than twice the window dropped: by then a request with
     /// their nonce is stale (its timestamp was within the window of when the entry was made).
+    /// Old by the wall clock and by the monotonic one ([`expired`]).
     fn seen(&self, now_ms: i64) -> Result<std::sync::MutexGuard<'_, Seen>, AuthError> {
         let Ok(mut guard) = self.seen.lock() else {
             return Err(AuthError::Replay);
         };
         let (set, order) = &mut *guard;
-        while let Some((t, _)) = order.front() {
-            if *t < now_ms - 2 * WINDOW_MS {
-                if let Some((_, n)) = order.pop_front() {
+        while let Some((t, since, _)) = order.front() {
+            if expired(*t, *since, now_ms) {
+                if let Some((_, _, n)) = order.pop_front() {
                     set.remove(&n);
                 }
             } else {
@@ -496,7 +509,7 @@ impl Verifier {
         }
         let id = self.reservations.fetch_add(1, Ordering::Relaxed);
         set.insert(nonce.to_string(), (now_ms, NonceUse::Reserved(id)));
-        order.push_back((now_ms, nonce.to_string()));
+        order.push_back((now_ms, std::time::Instant::now(), nonce.to_string()));
         Ok(Reservation {
             nonce: nonce.to_string(),
             id,
@@ -556,7 +569,7 @@ impl Verifier {
             // at the very edge of the window, whose timestamp check just passed)
             (_, None) => {
                 set.insert(nonce.to_string(), (now_ms, NonceUse::Used));
-                order.push_back((now_ms, nonce.to_string()));
+                order.push_back((now_ms, std::time::Instant::now(), nonce.to_string()));
                 Ok(())
             }
             // used, or reserved by another request's head
@@ -628,6 +641,19 @@ mod tests {
             Some(sig),
             body,
         )
+    }
+
+    #[test]
+    fn replay_entries_expire_by_both_clocks() {
+        let now = 1_700_000_000_000;
+        let made = std::time::Instant::now();
+        // the wall clock jumped far ahead: the entry stays (it was made a moment ago)
+        assert!(!expired(now, made, now + 10 * WINDOW_MS));
+        // old by both clocks: it goes
+        let long_ago = made - std::time::Duration::from_millis(3 * WINDOW_MS as u64);
+        assert!(expired(now, long_ago, now + 3 * WINDOW_MS));
+        // old by the monotonic clock only (the wall clock stepped back): it stays
+        assert!(!expired(now, long_ago, now + WINDOW_MS));
     }
 
     #[test]

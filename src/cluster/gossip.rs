@@ -50,7 +50,7 @@ pub enum Dropped {
 /// Random parts seen inside the window, and the order they expire in.
 type Seen = (
     HashMap<[u8; NONCE_LEN], i64>,
-    VecDeque<(i64, [u8; NONCE_LEN])>,
+    VecDeque<(i64, std::time::Instant, [u8; NONCE_LEN])>,
 );
 
 /// Seals and opens datagrams; remembers the random parts seen inside the window.
@@ -107,16 +107,16 @@ impl Sealer {
         let (set, order) = &mut *guard;
         while order
             .front()
-            .is_some_and(|(t, _)| *t < now_ms - 2 * auth::WINDOW_MS)
+            .is_some_and(|(t, since, _)| auth::expired(*t, *since, now_ms))
         {
-            if let Some((_, n)) = order.pop_front() {
+            if let Some((_, _, n)) = order.pop_front() {
                 set.remove(&n);
             }
         }
         if set.insert(nonce, now_ms).is_some() {
             return Err(Dropped::Replay);
         }
-        order.push_back((now_ms, nonce));
+        order.push_back((now_ms, std::time::Instant::now(), nonce));
         Ok(&signed[HEADER_LEN..])
     }
 }
