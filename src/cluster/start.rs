@@ -9,7 +9,7 @@ use anyhow::Context;
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use tokio_util::sync::CancellationToken;
 
-use super::node::{Node, NodeSettings};
+use super::node::{remembered_members, Node, NodeSettings};
 use super::replica::{Replica, LOCAL_KEYSPACE};
 use crate::clock::SharedClock;
 use crate::config::Settings;
@@ -155,6 +155,12 @@ async fn start_speaking(
         0 => auto_bootstrap_expect(&c.seeds, gossip_advertise).await,
         n => n,
     };
+    // `auto` consistency is decided by the nodes this node has counted before (a grown cluster
+    // whose seed list names fewer), not by the seeds alone (cluster review)
+    let seen_before = remembered_members(&opened.store, &c.retired_nodes)
+        .await
+        .context("reading the member ids seen before")?;
+    let configured_at_start = bootstrap_expect.max(seen_before);
     let roles: Vec<String> = settings
         .roles
         .iter()
@@ -182,8 +188,8 @@ async fn start_speaking(
         anti_entropy_interval: Duration::from_secs(c.anti_entropy_interval_seconds.max(1)),
         roles: roles.clone(),
         pause_threshold: Duration::from_millis(c.pause_threshold_ms.max(1)),
-        single_use_consistent: c.single_use.is_consistent(bootstrap_expect),
-        updates_consistent: c.updates.is_consistent(bootstrap_expect),
+        single_use_consistent: c.single_use.is_consistent(configured_at_start),
+        updates_consistent: c.updates.is_consistent(configured_at_start),
         protocol,
         generation,
     };
@@ -1590,6 +1596,15 @@ mod tests {
             .map(|n| n.cluster.node.id().to_string())
             .collect();
         assert_eq!(stored(x).await, ids);
+        // what the next start decides `auto` consistency by
+        let retired = [x.id().to_string()];
+        assert_eq!(remembered_members(&x.replica.inner, &[]).await.unwrap(), 3);
+        assert_eq!(
+            remembered_members(&x.replica.inner, &retired)
+                .await
+                .unwrap(),
+            2
+        );
         // a node gossip no longer lists (gone for an hour, or unseen since a restart)
         x.remember(["gone".to_string()].into_iter()).await;
         assert!(stored(x).await.contains("gone"));

@@ -68,6 +68,26 @@ pub struct NodeSettings {
 /// Where a node keeps the member ids it has seen ([`Node::remember`]), in [`LOCAL_KEYSPACE`].
 const SEEN_KEY: &str = "members_seen";
 
+/// How many node ids `store` remembers as members ([`Node::remember`]), less `retired`.
+pub async fn remembered_members(
+    store: &Arc<dyn crate::store::Store>,
+    retired: &[String],
+) -> Result<usize, crate::store::StoreError> {
+    let seen = remembered(store).await?;
+    Ok(seen.iter().filter(|id| !retired.contains(id)).count())
+}
+
+/// The node ids `store` remembers as members.
+async fn remembered(
+    store: &Arc<dyn crate::store::Store>,
+) -> Result<BTreeSet<String>, crate::store::StoreError> {
+    Ok(store
+        .get(LOCAL_KEYSPACE, SEEN_KEY)
+        .await?
+        .and_then(|raw| serde_json::from_slice(&raw).ok())
+        .unwrap_or_default())
+}
+
 /// [`Node::configured_nodes`] of what it reads: the listed members, the remembered ids and this
 /// node, less the retired ids, at least `bootstrap_expect` and 1.
 fn configured_count<'a>(
@@ -660,13 +680,7 @@ impl Node {
 
     /// Loads the node ids remembered before this start (retired ones dropped).
     pub async fn load_seen(&self) -> Result<(), crate::store::StoreError> {
-        let remembered: BTreeSet<String> = self
-            .replica
-            .inner
-            .get(LOCAL_KEYSPACE, SEEN_KEY)
-            .await?
-            .and_then(|raw| serde_json::from_slice(&raw).ok())
-            .unwrap_or_default();
+        let remembered = remembered(&self.replica.inner).await?;
         let kept: BTreeSet<String> = remembered
             .iter()
             .filter(|id| !self.settings.retired.contains(*id))
