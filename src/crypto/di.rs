@@ -547,9 +547,14 @@ pub fn issue_credential(
         == Some(&json!("https://www.w3.org/2018/credentials/v1"));
     vc.entry(if v1 { "issuanceDate" } else { "validFrom" })
         .or_insert_with(|| json!(super::rfc3339(now)));
-    // what the verifiers here would refuse is not signed
+    // what the verifiers here would refuse is not signed, nor what no proof signs
     let vc = Value::Object(vc);
     check_plain_json(&vc)?;
+    if holds_unsigned(&vc) {
+        return Err(err(
+            "a null or an empty array: JSON-LD leaves it out of what is signed (leave it out)",
+        ));
+    }
     sign(key, vm, vc, options(vm, ProofPurpose::Assertion, now)?)
 }
 
@@ -587,7 +592,46 @@ fn verify_credential_with(
     }
     let mut out = vc.as_object().cloned().unwrap_or_default();
     out.remove("proof");
-    Ok(Value::Object(out))
+    let mut out = Value::Object(out);
+    strip_unsigned(&mut out);
+    Ok(out)
+}
+
+/// Whether `v` holds a null or an empty array outside `@context`: JSON-LD expansion drops both,
+/// so no proof signs them.
+fn holds_unsigned(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty() || a.iter().any(holds_unsigned),
+        Value::Object(o) => o.iter().any(|(k, v)| k != "@context" && holds_unsigned(v)),
+        _ => false,
+    }
+}
+
+/// Removes the nulls and empty arrays ([`holds_unsigned`]) from a verified credential: what a
+/// query then reads is what the proof signed. A holder could add `"family_name": null` to a
+/// signed credential and a claim asked for without values was satisfied (review). Arrays left
+/// empty by the removal go too.
+fn strip_unsigned(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            for (k, child) in o.iter_mut() {
+                if k != "@context" {
+                    strip_unsigned(child);
+                }
+            }
+            o.retain(|k, child| k == "@context" || !is_unsigned(child));
+        }
+        Value::Array(a) => {
+            a.iter_mut().for_each(strip_unsigned);
+            a.retain(|x| !is_unsigned(x));
+        }
+        _ => {}
+    }
+}
+
+fn is_unsigned(v: &Value) -> bool {
+    v.is_null() || v.as_array().is_some_and(Vec::is_empty)
 }
 
 /// The verification method of the credential's proof by its issuer: the first proof (of one, or
@@ -1078,15 +1122,7 @@ fn plain(v: &Value, root: bool, depth: usize, counts: &mut Counts) -> CryptoResu
             }
             Ok(())
         }
-        Value::Array(a) if a.is_empty() => {
-            refuse_json_ld("an empty array (it is not signed)".into())
-        }
         Value::Array(a) => a.iter().try_for_each(|x| plain(x, root, depth + 1, counts)),
-        // JSON-LD expansion drops a null and an empty array, so they are outside what a proof
-        // signs, yet a query reads them as present claims (review: a holder added
-        // `"family_name": null` to a signed credential and a claim asked for without values
-        // was satisfied)
-        Value::Null => refuse_json_ld("a null value (it is not signed)".into()),
         _ => Ok(()),
     }
 }
@@ -1472,6 +1508,11 @@ mod tests {
         assert!(verify_presentation(&vp, Some("nonce-1"), Some("other"), now).is_err());
         // neither given: only the proof is checked
         verify_presentation(&vp, None, None, now).unwrap();
+        // a presentation with no credential (ACA-Py's DID authentication sends
+        // `"verifiableCredential": []`): judged on its own proof
+        let empty = issue_presentation(&holder, &hvm, &[], "nonce-1", "verifier", now).unwrap();
+        assert_eq!(empty["verifiableCredential"], json!([]));
+        verify_presentation(&empty, Some("nonce-1"), Some("verifier"), now).unwrap();
         // P-256 keys are refused for this suite
         let p = SigningKey::generate(KeyType::P256);
         let pvm = did::verification_method(&did::did_key(&p.verifying_key()));
@@ -1976,21 +2017,25 @@ mod tests {
             json!({"@vocab": "https://w3id.org/idstack/vocab#"});
 
         // review: JSON-LD expansion drops a null and an empty array, so a holder could add
-        // unsigned members a query reads as present claims
-        let mut null_claim = vc.clone();
-        null_claim["credentialSubject"]["family_name"] = Value::Null;
-        let mut empty_claim = vc.clone();
-        empty_claim["credentialSubject"]["is_student"] = json!([]);
-        let mut null_in_array = vc.clone();
-        null_in_array["type"]
-            .as_array_mut()
-            .unwrap()
-            .push(Value::Null);
+        // unsigned members a query reads as present claims: they verify (nothing signed
+        // changed) and are gone from what the verification returns
+        let mut unsigned = vc.clone();
+        unsigned["credentialSubject"]["family_name"] = Value::Null;
+        unsigned["credentialSubject"]["is_student"] = json!([]);
+        unsigned["credentialSubject"]["degrees"] = json!([null, []]);
+        let read = verify_credential(&unsigned, NOW).unwrap();
+        let mut expected = vc.clone();
+        expected.as_object_mut().unwrap().remove("proof");
+        assert_eq!(read, expected);
+        // and nothing holding them is signed here
+        let mut cred = Map::new();
+        cred.insert(
+            "credentialSubject".into(),
+            json!({"id": "did:example:holder", "x": null}),
+        );
+        assert!(issue_credential(&issuer, &vm, cred, NOW).is_err());
 
         for (what, doc) in [
-            ("an unsigned null claim", null_claim),
-            ("an unsigned empty-array claim", empty_claim),
-            ("a null in an array", null_in_array),
             ("status behind a glued @vocab", vocab_glued),
             ("a claim forged through a null term", forged),
             ("validity behind a full-IRI key", unexpiring),
