@@ -32,8 +32,12 @@ pub struct ClusterView {
     pub single_use: &'static str,
     /// `cluster.updates` in force: `consistent` or `available`.
     pub updates: &'static str,
-    /// Nodes a majority is counted against (`bootstrap_expect`, or every node ever listed).
+    /// Nodes a majority is counted against (`bootstrap_expect`, or every node this node has
+    /// ever listed as a member, less `cluster.retired_nodes`).
     pub configured_nodes: usize,
+    /// The node ids this node remembers as members (kept across restarts): a node retired for
+    /// good stays among them until `cluster.retired_nodes` names it.
+    pub remembered_nodes: Vec<String>,
     /// Nodes (this one included) a single-use transition needs in consistent mode.
     pub majority: usize,
     /// Live nodes, this one included.
@@ -72,6 +76,7 @@ pub async fn cluster_info(
             single_use: "available",
             updates: "available",
             configured_nodes: 1,
+            remembered_nodes: Vec::new(),
             majority: 1,
             live: 1,
             members: Vec::new(),
@@ -108,6 +113,7 @@ pub async fn cluster_info(
             "available"
         },
         configured_nodes: node.configured_nodes(),
+        remembered_nodes: node.remembered_ids(),
         majority: node.majority(),
         live: node.live_count(),
         members,

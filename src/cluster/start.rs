@@ -45,6 +45,28 @@ async fn next_generation(store: &Arc<dyn Store>, now_ms: i64) -> anyhow::Result<
         .await?;
     Ok(generation)
 }
+/// The node id this data dir took from its gossip address ([`derived_node_id`]).
+const NODE_ID_KEY: &str = "node_id";
+
+/// Without `cluster.node_id`: the id this data dir took at its first start, its gossip address
+/// then. Derived again on every start, a node whose address changed (a container given a new IP)
+/// came back as another node, and the one it had been stayed counted among the configured nodes
+/// a majority is counted against (review).
+async fn derived_node_id(store: &Arc<dyn Store>, gossip: SocketAddr) -> anyhow::Result<String> {
+    if let Some(id) = store.get(LOCAL_KEYSPACE, NODE_ID_KEY).await? {
+        if let Ok(id) = String::from_utf8(id) {
+            if !id.is_empty() {
+                return Ok(id);
+            }
+        }
+    }
+    let id = gossip.to_string();
+    store
+        .put(LOCAL_KEYSPACE, NODE_ID_KEY, id.clone().into_bytes(), None)
+        .await?;
+    Ok(id)
+}
+
 const INIT_LOCK_KEY: &str = "cluster_init_lock";
 
 pub struct Cluster {
@@ -147,7 +169,7 @@ async fn start_speaking(
         format!("{advertise_host}:{}", rpc_bound.port())
     };
     let node_id = if c.node_id.is_empty() {
-        gossip_advertise.to_string()
+        derived_node_id(&opened.store, gossip_advertise).await?
     } else {
         c.node_id.clone()
     };

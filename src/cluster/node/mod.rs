@@ -209,6 +209,9 @@ pub struct Node {
     /// restarts (not retired ones): what a majority is counted against
     /// ([`Node::configured_nodes`]).
     seen: Mutex<BTreeSet<String>>,
+    /// Held while the set is stored: each write stores the set as it is then, so a smaller,
+    /// older copy is never written after a larger one (review).
+    seen_write: tokio::sync::Mutex<()>,
     suspects: Mutex<HashSet<String>>,
     /// Per suspect peer, the slots of [`MAX_BACKGROUND_TO_SUSPECT`].
     background: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
@@ -268,6 +271,7 @@ impl Node {
             http,
             members: RwLock::default(),
             seen: Mutex::default(),
+            seen_write: tokio::sync::Mutex::default(),
             suspects: Mutex::default(),
             background: Mutex::default(),
             caught_up: AtomicBool::new(false),
@@ -678,6 +682,14 @@ impl Node {
         )
     }
 
+    /// The node ids this node remembers as members ([`Node::remember`]).
+    pub fn remembered_ids(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Loads the node ids remembered before this start (retired ones dropped).
     pub async fn load_seen(&self) -> Result<(), crate::store::StoreError> {
         let remembered = remembered(&self.replica.inner).await?;
@@ -690,7 +702,7 @@ impl Node {
             *s = kept.clone();
         }
         if kept.len() != remembered.len() {
-            self.store_seen(&kept).await;
+            self.store_seen().await;
         }
         Ok(())
     }
@@ -698,7 +710,7 @@ impl Node {
     /// Adds `ids` to the node ids this node remembers (not retired ones), and stores the set
     /// when it grew.
     pub(in crate::cluster) async fn remember(&self, ids: impl Iterator<Item = String>) {
-        let grown = {
+        let grew = {
             let Ok(mut seen) = self.seen.lock() else {
                 return;
             };
@@ -708,15 +720,20 @@ impl Node {
                     grew |= seen.insert(id);
                 }
             }
-            grew.then(|| seen.clone())
+            grew
         };
-        if let Some(all) = grown {
-            self.store_seen(&all).await;
+        if grew {
+            self.store_seen().await;
         }
     }
 
-    async fn store_seen(&self, ids: &BTreeSet<String>) {
-        let Ok(bytes) = serde_json::to_vec(ids) else {
+    /// Stores the remembered set as it is once this writer's turn comes.
+    async fn store_seen(&self) {
+        let _turn = self.seen_write.lock().await;
+        let Some(ids) = self.seen.lock().ok().map(|s| s.clone()) else {
+            return;
+        };
+        let Ok(bytes) = serde_json::to_vec(&ids) else {
             return;
         };
         let stored = self
