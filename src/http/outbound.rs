@@ -39,6 +39,11 @@ pub enum OutboundError {
     /// The destination is not allowed (`outbound_refused`).
     #[error("outbound request refused: {0}")]
     Refused(String),
+    /// The destination's name resolves to no address we may reach: unknown (perhaps only for
+    /// now) or internal only, one answer for both so an outsider cannot tell which internal names
+    /// exist. A refusal like [`OutboundError::Refused`], but not final: a webhook tries again.
+    #[error("outbound request refused: {0}")]
+    Unreachable(String),
     /// The answer is larger than the configured cap.
     #[error("the response is larger than {0} bytes")]
     TooLarge(usize),
@@ -69,6 +74,14 @@ impl OutboundError {
     }
 
     pub fn is_refused(&self) -> bool {
+        matches!(
+            self,
+            OutboundError::Refused(_) | OutboundError::Unreachable(_)
+        )
+    }
+
+    /// A refusal that trying again cannot change (the destination is not allowed).
+    pub fn is_final(&self) -> bool {
         matches!(self, OutboundError::Refused(_))
     }
 }
@@ -304,10 +317,14 @@ fn classify_v6(ip: Ipv6Addr) -> Class {
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         return classify_v4(embedded_v4(s[6], s[7]));
     }
-    // 64:ff9b:1::/48 (local-use NAT64, RFC 8215) and ::ffff:0:a.b.c.d (IPv4-translated, SIIT):
-    // the IPv4 address is the last 32 bits
-    if (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) || s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+    // ::ffff:0:a.b.c.d (IPv4-translated, SIIT): the IPv4 address is the last 32 bits
+    if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
         return classify_v4(embedded_v4(s[6], s[7]));
+    }
+    // 64:ff9b:1::/48 (local-use NAT64, RFC 8215): a site's own translator, whose prefix length
+    // (and so where the IPv4 address sits, RFC 6052) we cannot know: internal
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+        return Class::Internal;
     }
     // 2002:a.b.c.d::/48 (6to4)
     if s[0] == 0x2002 {
@@ -319,7 +336,7 @@ fn classify_v6(ip: Ipv6Addr) -> Class {
         || (s[0] & 0xffc0) == 0xfe80 // fe80::/10 link local
         || (s[0] & 0xffc0) == 0xfec0 // fec0::/10 site local (deprecated)
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-        || (s[0] & 0xfff0) == 0x3ff0 // 3fff::/20 documentation (RFC 9637)
+        || (s[0] == 0x3fff && s[1] < 0x1000) // 3fff::/20 documentation (RFC 9637)
         || (s[0] == 0x2001 && s[1] == 0) // 2001::/32 Teredo (an IPv4 address in disguise)
         || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]); // 100::/64 discard
     if internal {
@@ -540,7 +557,7 @@ impl Policy {
         // One answer for a name that does not resolve and one that resolves only to addresses
         // we may not reach: two would tell an outsider which internal names exist.
         let unreachable = || {
-            OutboundError::Refused(format!(
+            OutboundError::Unreachable(format!(
                 "{name} does not resolve to an address this server may reach"
             ))
         };
@@ -793,9 +810,9 @@ mod tests {
         // NAT64 / 6to4 / mapped forms of loopback are loopback
         assert_eq!(classify(ip("64:ff9b::7f00:1")), Class::Loopback);
         assert_eq!(classify(ip("2002:7f00:1::1")), Class::Loopback);
-        assert_eq!(classify(ip("64:ff9b:1::7f00:1")), Class::Loopback);
         assert_eq!(classify(ip("::ffff:0:7f00:1")), Class::Loopback);
-        assert_eq!(classify(ip("64:ff9b:1::808:808")), Class::Public);
+        assert_eq!(classify(ip("64:ff9b:1::808:808")), Class::Internal);
+        assert_eq!(classify(ip("3fff:1000::1")), Class::Public);
     }
 
     fn cfg(allow_private: AllowPrivate, allow: &[&str]) -> OutboundConfig {
@@ -943,9 +960,12 @@ mod tests {
             .unwrap_err()
             .is_refused());
         assert!(listed.check_url(&u("http://LOCALHOST.:6379/")).is_err());
-        // an unknown name and one resolving only to refused addresses read alike
+        // an unknown name and one resolving only to refused addresses read alike: refused, but
+        // not for good (a webhook tries again: the name may resolve later)
         let unknown = p.resolve("no-such-name.invalid").await.unwrap_err();
         let internal = p.resolve("localhost").await.unwrap_err();
+        assert!(unknown.is_refused() && !unknown.is_final());
+        assert!(internal.is_refused() && !internal.is_final());
         assert_eq!(
             unknown.to_string().replace("no-such-name.invalid", "N"),
             internal.to_string().replace("localhost", "N")

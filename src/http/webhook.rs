@@ -119,7 +119,7 @@ pub async fn deliver(
             }
             Err(e) => {
                 tracing::warn!(url = %origin, error = %e, attempt, "webhook failed");
-                if e.is_refused() {
+                if e.is_final() {
                     // The destination is not allowed (`http.outbound`): retrying cannot help.
                     return;
                 }
