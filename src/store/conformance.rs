@@ -295,6 +295,11 @@ pub async fn scan_skips_expired_and_counts_only_live(s: Arc<dyn Store>, clock: A
     assert_eq!(s.count_prefix(KS, "q/", 100).await.unwrap(), 5);
     assert_eq!(s.count_prefix(KS, "q/", 3).await.unwrap(), 3);
     assert_eq!(s.count_prefix(KS, "none/", 3).await.unwrap(), 0);
+    let (n, bytes) = s.measure_prefix(KS, "q/", 100).await.unwrap();
+    let rows = s.scan_prefix(KS, "q/", 100).await.unwrap();
+    assert_eq!((n, bytes), (5, rows.iter().map(|(_, v)| v.len()).sum()));
+    assert_eq!(s.measure_prefix(KS, "q/", 3).await.unwrap().0, 3);
+    assert_eq!(s.measure_prefix(KS, "none/", 3).await.unwrap(), (0, 0));
 
     // past one page of a backend's scan (Redis pages by 256 members): every live record once,
     // in key order, with deleted and expired ones in between, and counted alike

@@ -144,6 +144,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<usize> {
         Ok(self.scan_prefix(keyspace, prefix, limit).await?.len())
     }
+    /// How many live records `scan_prefix` would return and the bytes of their values, counting
+    /// stops at `limit` records. Backends override it to measure without copying values (a
+    /// wallet's credentials are weighed on every credential it stores).
+    async fn measure_prefix(
+        &self,
+        keyspace: &'static str,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<(usize, usize)> {
+        let rows = self.scan_prefix(keyspace, prefix, limit).await?;
+        Ok((rows.len(), rows.iter().map(|(_, v)| v.len()).sum()))
+    }
     async fn batch(&self, ops: Vec<BatchOp>) -> StoreResult<()>;
     /// Deletes expired records; returns how many.
     async fn sweep_expired(&self) -> StoreResult<u64>;

@@ -353,6 +353,25 @@ impl Store for SledStore {
             .await
     }
 
+    async fn measure_prefix(
+        &self,
+        keyspace: &'static str,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<(usize, usize)> {
+        self.walk_prefix(
+            keyspace,
+            prefix,
+            (0, 0),
+            move |(n, _)| *n >= limit,
+            |(n, bytes), _, v| {
+                *n += 1;
+                *bytes += v.len();
+            },
+        )
+        .await
+    }
+
     async fn batch(&self, ops: Vec<BatchOp>) -> StoreResult<()> {
         use sled::Transactional;
         if let [_] = ops.as_slice() {

@@ -330,13 +330,12 @@ impl WalletService {
         self.unless_deleted(wallet, ks::CREDS, &key).await?;
         // Counted (and weighed) again once written: writes at once (an issuer releasing many
         // responses together) each counted the others out. Over a cap, this one goes again.
-        let now_held = self
+        let (now_held, bytes) = self
             .ctx
             .store
-            .scan_prefix(ks::CREDS, &format!("{wallet}/"), MAX_CREDENTIALS + 1)
+            .measure_prefix(ks::CREDS, &format!("{wallet}/"), MAX_CREDENTIALS + 1)
             .await?;
-        let bytes: usize = now_held.iter().map(|(_, v)| v.len()).sum();
-        if now_held.len() > MAX_CREDENTIALS {
+        if now_held > MAX_CREDENTIALS {
             self.ctx.store.delete(ks::CREDS, &key).await?;
             return Err(full());
         }
