@@ -370,6 +370,10 @@ pub struct Verifier {
     /// incarnation form).
     generation: u64,
     seen: Mutex<Seen>,
+    /// Timestamps at or below this are refused: a request whose nonce left the replay cache
+    /// carried one (it was within the window of when the entry was made), so a wall clock
+    /// stepped back cannot bring it inside the window again (review).
+    forgotten_until: std::sync::atomic::AtomicI64,
     /// Source of [`Reservation::id`]: distinct for every reservation this verifier makes.
     reservations: AtomicU64,
 }
@@ -382,6 +386,7 @@ impl Verifier {
             me: me.to_string(),
             generation,
             seen: Mutex::default(),
+            forgotten_until: std::sync::atomic::AtomicI64::new(i64::MIN),
             reservations: AtomicU64::new(0),
         }
     }
@@ -407,6 +412,9 @@ impl Verifier {
         // (no subtraction of an outsider's number: i64::MIN overflowed it, or wrapped into the window)
         if now_ms.abs_diff(ts) > WINDOW_MS.unsigned_abs() {
             return Err(AuthError::Stale);
+        }
+        if ts <= self.forgotten_until.load(Ordering::SeqCst) {
+            return Err(AuthError::Replay);
         }
         let sig_bytes = hex_decode(sig).ok_or(AuthError::Malformed)?;
         let mut mac = HmacSha256::new_from_slice(&self.key).map_err(|_| AuthError::Malformed)?;
@@ -441,6 +449,8 @@ impl Verifier {
         let (set, order) = &mut *guard;
         while let Some((t, since, _)) = order.front() {
             if expired(*t, *since, now_ms) {
+                self.forgotten_until
+                    .fetch_max(t.saturating_add(WINDOW_MS), Ordering::SeqCst);
                 if let Some((_, _, n)) = order.pop_front() {
                     set.remove(&n);
                 }
@@ -654,6 +664,52 @@ mod tests {
         assert!(expired(now, long_ago, now + 3 * WINDOW_MS));
         // old by the monotonic clock only (the wall clock stepped back): it stays
         assert!(!expired(now, long_ago, now + WINDOW_MS));
+    }
+
+    /// A request whose nonce has left the replay cache stays refused when the wall clock steps
+    /// back far enough to bring its timestamp inside the window again.
+    #[test]
+    fn a_forgotten_nonce_stays_refused_after_the_clock_steps_back() {
+        let key = key();
+        let v = Verifier::new(key, "a", GEN);
+        let now = 1_700_000_000_000;
+        let body = br#"{"records":[]}"#;
+        let p = "/cluster/v1/apply";
+        let ts = now.to_string();
+        let head = sign_head(&key, at("a"), "POST", p, now, "n1");
+        let sig = sign(&key, at("a"), "POST", p, now, "n1", body);
+        assert_eq!(
+            head_then_body(&v, now, p, &ts, "n1", (&head, &sig), body),
+            Ok(())
+        );
+        // its entry is old by both clocks (as if made three windows ago) and goes
+        if let Ok(mut g) = v.seen.lock() {
+            let (_, order) = &mut *g;
+            for e in order.iter_mut() {
+                e.1 -= std::time::Duration::from_millis(3 * WINDOW_MS as u64);
+            }
+        }
+        let later = now + 3 * WINDOW_MS;
+        let other = sign_head(&key, at("a"), "POST", p, later, "n2");
+        let other_sig = sign(&key, at("a"), "POST", p, later, "n2", body);
+        assert_eq!(
+            head_then_body(
+                &v,
+                later,
+                p,
+                &later.to_string(),
+                "n2",
+                (&other, &other_sig),
+                body
+            ),
+            Ok(())
+        );
+        assert!(v.seen.lock().unwrap().0.get("n1").is_none(), "n1 forgotten");
+        // the clock steps back to when n1 was sent: it is still refused
+        assert_eq!(
+            head_then_body(&v, now + 1, p, &ts, "n1", (&head, &sig), body),
+            Err(AuthError::Replay)
+        );
     }
 
     #[test]
