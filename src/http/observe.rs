@@ -140,6 +140,7 @@ pub async fn observe(
     // the log must not be able to use them. The pattern comes from the app's resource map, known
     // before routing.
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let path = req.path().to_string();
     let span = tracing::info_span!("request", %method, %route, request_id = %request_id);
 
     let outcome = AssertUnwindSafe(next.call(req).instrument(span.clone()))
@@ -155,7 +156,8 @@ pub async fn observe(
             if let Some(m) = &metrics {
                 m.panics.inc();
             }
-            return Err(ApiError::internal(format!("handler panic (request {request_id})")).into());
+            let e = ApiError::internal(format!("handler panic (request {request_id})"));
+            return Err(crate::http::oauth::middleware_error(&path, e));
         }
     };
 
