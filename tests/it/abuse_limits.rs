@@ -340,6 +340,22 @@ async fn bursts_over_the_per_ip_limit_get_429() {
         .await
         .unwrap();
     expect_rate_limited(r).await;
+    // A relying party's backend with the admin token is not held to the verify limit (the
+    // same client is over it above); a wrong token is
+    let verify = |token: &str| {
+        c.post(s.url("/vc-api/credentials/verify"))
+            .bearer_auth(token)
+            .header("x-forwarded-for", "198.51.100.1")
+            .json(&json!({"verifiableCredential": {}}))
+            .send()
+    };
+    for _ in 0..5 {
+        assert_ne!(
+            verify(crate::common::ADMIN_TOKEN).await.unwrap().status(),
+            429
+        );
+    }
+    expect_rate_limited(verify("not-the-admin-token").await.unwrap()).await;
     // Endpoints without a limit are not affected.
     let r = c
         .get(s.url("/health/live"))
