@@ -540,7 +540,10 @@ pub fn credential_view(format: &str, raw: &str) -> (CredentialView, Vec<String>)
             )
         }
         "ldp_vc" => {
-            let v: Value = serde_json::from_str(raw).unwrap_or(Value::Null);
+            // as a verifier reads it: without what no proof signs (the holder's wallet must not
+            // offer a credential for a claim the verifier will not find)
+            let mut v: Value = serde_json::from_str(raw).unwrap_or(Value::Null);
+            crate::crypto::di::strip_unsigned(&mut v);
             let types = v["type"]
                 .as_array()
                 .map(|a| {

@@ -603,24 +603,42 @@ fn holds_unsigned(v: &Value) -> bool {
     match v {
         Value::Null => true,
         Value::Array(a) => a.is_empty() || a.iter().any(holds_unsigned),
-        Value::Object(o) => o.iter().any(|(k, v)| k != "@context" && holds_unsigned(v)),
+        Value::Object(o) => o.iter().any(|(k, v)| !signed_whole(k) && holds_unsigned(v)),
         _ => false,
     }
+}
+
+/// Keys whose value is signed as it is: `@context`, and the terms the verified contexts define as
+/// JSON literals (`@json`: nulls and empty arrays inside are signed) or lists (`@list`: an empty
+/// list is signed). Found by reading ssi-contexts 0.1.10 for the contexts in `KNOWN_CONTEXTS`.
+fn signed_whole(key: &str) -> bool {
+    matches!(
+        key,
+        "@context"
+            | "_sd"
+            | "capabilityChain"
+            | "driving_privileges"
+            | "jsonSchema"
+            | "jwk"
+            | "presentation_submission"
+            | "privateKeyJwk"
+            | "publicKeyJwk"
+    )
 }
 
 /// Removes the nulls and empty arrays ([`holds_unsigned`]) from a verified credential: what a
 /// query then reads is what the proof signed. A holder could add `"family_name": null` to a
 /// signed credential and a claim asked for without values was satisfied (review). Arrays left
-/// empty by the removal go too.
-fn strip_unsigned(v: &mut Value) {
+/// empty by the removal go too; what [`signed_whole`] names is kept as it is.
+pub fn strip_unsigned(v: &mut Value) {
     match v {
         Value::Object(o) => {
             for (k, child) in o.iter_mut() {
-                if k != "@context" {
+                if !signed_whole(k) {
                     strip_unsigned(child);
                 }
             }
-            o.retain(|k, child| k == "@context" || !is_unsigned(child));
+            o.retain(|k, child| signed_whole(k) || !is_unsigned(child));
         }
         Value::Array(a) => {
             a.iter_mut().for_each(strip_unsigned);
@@ -2027,6 +2045,15 @@ mod tests {
         let mut expected = vc.clone();
         expected.as_object_mut().unwrap().remove("proof");
         assert_eq!(read, expected);
+        // a JSON-literal term keeps them: they are signed there
+        let mut literal = json!({"credentialSubject": {"a": null, "b": [1, null, []],
+            "jsonSchema": {"enum": [null], "x": []}}, "proof": {"capabilityChain": []}});
+        strip_unsigned(&mut literal);
+        assert_eq!(
+            literal,
+            json!({"credentialSubject": {"b": [1], "jsonSchema": {"enum": [null], "x": []}},
+                   "proof": {"capabilityChain": []}})
+        );
         // and nothing holding them is signed here
         let mut cred = Map::new();
         cred.insert(
