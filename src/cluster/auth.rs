@@ -413,7 +413,18 @@ impl Verifier {
         if now_ms.abs_diff(ts) > WINDOW_MS.unsigned_abs() {
             return Err(AuthError::Stale);
         }
-        if ts <= self.forgotten_until.load(Ordering::SeqCst) {
+        let floor = self.forgotten_until.load(Ordering::SeqCst);
+        if ts <= floor {
+            // said once: after a wall clock corrected backwards by D, every peer's requests are
+            // refused for about D (review)
+            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !SAID.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    request_ms = ts,
+                    refused_until_ms = floor,
+                    "cluster: a request older than what the replay cache has forgotten was refused; if this node's clock was stepped back, requests are refused until it passes that time again (a restart clears it)"
+                );
+            }
             return Err(AuthError::Replay);
         }
         let sig_bytes = hex_decode(sig).ok_or(AuthError::Malformed)?;

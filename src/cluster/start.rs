@@ -48,8 +48,8 @@ async fn next_generation(store: &Arc<dyn Store>, now_ms: i64) -> anyhow::Result<
 /// The node id this data dir took from its gossip address ([`derived_node_id`]).
 const NODE_ID_KEY: &str = "node_id";
 
-/// Without `cluster.node_id`: the id this data dir took at its first start, its gossip address
-/// then. Derived again on every start, a node whose address changed (a container given a new IP)
+/// Without `cluster.node_id`: the id this data dir took at its first start (its gossip address
+/// then, and a random part). Derived again on every start, a node whose address changed (a container given a new IP)
 /// came back as another node, and the one it had been stayed counted among the configured nodes
 /// a majority is counted against (review).
 async fn derived_node_id(store: &Arc<dyn Store>, gossip: SocketAddr) -> anyhow::Result<String> {
@@ -60,7 +60,15 @@ async fn derived_node_id(store: &Arc<dyn Store>, gossip: SocketAddr) -> anyhow::
             }
         }
     }
-    let id = gossip.to_string();
+    // A data dir that started in cluster mode before kept its address as its id: it keeps it. A
+    // new one adds a random part, so a node given an address another node had (IPs are reused)
+    // does not take that node's id.
+    let started_before = store.get(LOCAL_KEYSPACE, GENERATION_KEY).await?.is_some();
+    let id = if started_before {
+        gossip.to_string()
+    } else {
+        format!("{gossip}-{}", &crate::clock::random_id()[..8])
+    };
     store
         .put(LOCAL_KEYSPACE, NODE_ID_KEY, id.clone().into_bytes(), None)
         .await?;
@@ -1595,6 +1603,31 @@ mod tests {
         // z's committed value was seen before the updates replaced it
         let history = nodes[2].opened.store.get(ks, key).await.unwrap();
         assert_eq!(history.as_deref(), Some(&b"revoked-2"[..]));
+    }
+
+    /// Without `cluster.node_id` a data dir keeps the id it took at its first start: a new one
+    /// gets its address and a random part (an address another node had does not give its id),
+    /// one that started in cluster mode before keeps its bare address.
+    #[tokio::test]
+    async fn a_derived_node_id_is_kept_by_its_data_dir() {
+        let clock = crate::clock::FakeClock::new(1_700_000_000_000);
+        let addr: SocketAddr = "10.0.0.2:7946".parse().unwrap();
+        let fresh: Arc<dyn Store> =
+            Arc::new(crate::store::sled_store::SledStore::temporary(clock.clone()).unwrap());
+        let id = derived_node_id(&fresh, addr).await.unwrap();
+        assert!(id.starts_with("10.0.0.2:7946-") && id.len() == "10.0.0.2:7946-".len() + 8);
+        let moved: SocketAddr = "10.0.0.5:7946".parse().unwrap();
+        assert_eq!(derived_node_id(&fresh, moved).await.unwrap(), id);
+        let other: Arc<dyn Store> =
+            Arc::new(crate::store::sled_store::SledStore::temporary(clock.clone()).unwrap());
+        assert_ne!(derived_node_id(&other, addr).await.unwrap(), id);
+        let earlier: Arc<dyn Store> =
+            Arc::new(crate::store::sled_store::SledStore::temporary(clock).unwrap());
+        next_generation(&earlier, 1_700_000_000_000).await.unwrap();
+        assert_eq!(
+            derived_node_id(&earlier, addr).await.unwrap(),
+            "10.0.0.2:7946"
+        );
     }
 
     /// The member ids a node has seen are kept in its local keyspace and counted after they
