@@ -429,12 +429,16 @@ pub async fn verify(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
-    let admin = req
-        .app_data::<web::Data<crate::http::auth::AdminTokens>>()
-        .zip(crate::http::auth::bearer_token(req.request()))
-        .is_some_and(|(tokens, token)| tokens.is_enabled() && tokens.check(token));
-    if admin {
-        return Ok(next.call(req).await?.map_into_boxed_body());
+    let token = crate::http::auth::bearer_token(req.request());
+    let tokens = req.app_data::<web::Data<crate::http::auth::AdminTokens>>();
+    match (tokens, token) {
+        (Some(tokens), Some(token)) if tokens.is_enabled() && tokens.check(token) => {
+            return Ok(next.call(req).await?.map_into_boxed_body());
+        }
+        // a wrong token costs what it costs at the admin API (review: once the verify budget
+        // was spent, 429 for a wrong token and an answer for the right one was a free oracle)
+        (Some(_), Some(_)) => charge_failed_token(req.request())?,
+        _ => {}
     }
     Ok(limit(Endpoint::Verify, req, next)
         .await?
