@@ -74,6 +74,9 @@ impl FromRequest for Admin {
                 "set admin.tokens (IDSTACK__ADMIN__TOKENS) to enable the management API",
             )));
         }
+        if let Err(locked) = crate::http::ratelimit::tokens_locked(req) {
+            return ready(Err(locked));
+        }
         ready(match bearer_token(req) {
             None => Err(ApiError::new(
                 Code::Unauthorized,
@@ -91,8 +94,10 @@ impl FromRequest for Admin {
 mod tests {
     use super::*;
 
-    /// Wrong admin tokens are charged to the client's `login` budget: past it they get 429, so a
-    /// weak token cannot be guessed online; the right token still passes.
+    /// Wrong admin tokens are charged to the client's `login` budget: past it every token from
+    /// that address gets 429 until the budget refills, the right one too (were it let through,
+    /// 429 against 200 would tell a guesser which token is right); other addresses are not
+    /// affected.
     #[actix_web::test]
     async fn wrong_admin_tokens_are_rate_limited() {
         use actix_web::{test, App, HttpResponse};
@@ -130,7 +135,26 @@ mod tests {
             );
         }
         assert_eq!(statuses, [401, 401, 401, 429, 429]);
-        assert_eq!(test::call_service(&app, call(good)).await.status(), 200);
+        assert_eq!(test::call_service(&app, call(good)).await.status(), 429);
+        let elsewhere = test::TestRequest::get()
+            .uri("/")
+            .peer_addr("198.51.100.9:4000".parse().unwrap())
+            .insert_header(("authorization", format!("Bearer {good}")))
+            .to_request();
+        assert_eq!(test::call_service(&app, elsewhere).await.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_token_lock_ends() {
+        let limits =
+            crate::http::ratelimit::RateLimits::new(&crate::config::RateLimitConfig::default())
+                .unwrap();
+        let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(limits.token_lock_left(ip).is_none());
+        limits.lock_tokens(ip, std::time::Duration::from_millis(20));
+        assert!(limits.token_lock_left(ip).is_some());
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+        assert!(limits.token_lock_left(ip).is_none());
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub fn authorize(
     token: Option<&crate::config::Secret>,
 ) -> crate::error::ApiResult<()> {
     let Some(token) = token else { return Ok(()) };
+    super::ratelimit::tokens_locked(req)?;
     let accepted = super::auth::AdminTokens::new(std::slice::from_ref(token));
     match super::auth::bearer_token(req) {
         Some(t) if accepted.check(t) => Ok(()),

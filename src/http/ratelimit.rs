@@ -77,6 +77,10 @@ impl Endpoint {
 type Bucket<C> =
     RateLimiter<IpAddr, HashMapStateStore<IpAddr>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
+/// Most clients whose tokens are locked at once (expired ones are dropped first; past it, no new
+/// lock: the failed-token bucket still answers each wrong token).
+const MAX_TOKEN_LOCKS: usize = 100_000;
+
 /// Stale entries (clients whose bucket has refilled) are dropped every this many checks of a
 /// bucket, so the maps stay as small as the set of recently active clients.
 const CLEANUP_EVERY: u64 = 4096;
@@ -90,6 +94,9 @@ pub struct RateLimits<C: Clock = DefaultClock> {
     clock: C,
     /// Open mediator WebSockets per client bucket key, and how many one may hold.
     sockets: Mutex<HashMap<IpAddr, u32>>,
+    /// Clients (bucket keys) whose failed-token budget ran out, and until when every token they
+    /// send is refused, the right one too ([`tokens_locked`]).
+    token_locks: Mutex<HashMap<IpAddr, std::time::Instant>>,
     max_sockets: u32,
 }
 
@@ -120,6 +127,7 @@ impl<C: Clock + Clone> RateLimits<C> {
             buckets,
             clock,
             sockets: Mutex::default(),
+            token_locks: Mutex::default(),
             max_sockets: c.didcomm_sockets_per_address.max(1),
         })
     }
@@ -178,6 +186,32 @@ impl<C: Clock + Clone> RateLimits<C> {
             // not reachable (n is at most the burst); refuse for a second rather than let through
             Err(_) => Err(Duration::from_secs(1)),
         }
+    }
+
+    /// Refuses every token `client` sends for `wait` (its failed-token budget ran out).
+    pub fn lock_tokens(&self, client: IpAddr, wait: Duration) {
+        if let Ok(mut m) = self.token_locks.lock() {
+            let now = std::time::Instant::now();
+            if m.len() >= MAX_TOKEN_LOCKS {
+                m.retain(|_, until| *until > now);
+            }
+            if m.len() < MAX_TOKEN_LOCKS {
+                m.insert(bucket_key(client), now + wait);
+            }
+        }
+    }
+
+    /// How long every token from `client` is still refused, if it is.
+    pub fn token_lock_left(&self, client: IpAddr) -> Option<Duration> {
+        let mut m = self.token_locks.lock().ok()?;
+        let key = bucket_key(client);
+        let left = m
+            .get(&key)?
+            .checked_duration_since(std::time::Instant::now());
+        if left.is_none() {
+            m.remove(&key);
+        }
+        left
     }
 
     /// Clients currently tracked for `ep` (tests, metrics).
@@ -368,27 +402,53 @@ async fn limit(
     next.call(req).await
 }
 
+/// The node's limits and the client of `req`, when both are known.
+fn limits_and_client(req: &actix_web::HttpRequest) -> Option<(&RateLimits, IpAddr)> {
+    let limits = req.app_data::<web::Data<RateLimits>>()?;
+    let peer = req.peer_addr()?.ip();
+    Some((
+        limits,
+        limits.client_ip(peer, forwarded_values(req.headers())),
+    ))
+}
+
 /// Charges one failed credential (a wrong admin or metrics token) to the client's budget of
-/// them (the `login` numbers, a bucket of its own): `Err` with the wait once its failures are over the limit, so a weak token cannot be
-/// guessed online at the server's speed. A correct token is never charged nor refused.
+/// them (the `login` numbers, a bucket of its own): `Err` with the wait once its failures are
+/// over the limit, and then every token from the client is refused for that wait
+/// ([`tokens_locked`]), so a weak token cannot be guessed online at the server's speed. A correct
+/// token is never charged.
 pub fn charge_failed_token(req: &actix_web::HttpRequest) -> Result<(), ApiError> {
-    let (Some(limits), Some(peer)) = (
-        req.app_data::<web::Data<RateLimits>>(),
-        req.peer_addr().map(|a| a.ip()),
-    ) else {
+    let Some((limits, client)) = limits_and_client(req) else {
         return Ok(());
     };
-    let client = limits.client_ip(peer, forwarded_values(req.headers()));
     limits.check(Endpoint::FailedToken, client).map_err(|wait| {
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        ApiError {
-            retry_after: Some(secs.max(1)),
-            ..ApiError::new(
-                Code::RateLimited,
-                "too many failed tokens from this address; retry later",
-            )
-        }
+        limits.lock_tokens(client, wait);
+        too_many_failed_tokens(wait)
     })
+}
+
+/// `Err` (429) while the client's failed-token budget is spent: then every token it sends is
+/// refused, the right one too. Were the right one let through, 429 for a wrong guess and an
+/// answer for the right one would tell a guesser which token is right at full speed (review).
+pub fn tokens_locked(req: &actix_web::HttpRequest) -> Result<(), ApiError> {
+    let Some((limits, client)) = limits_and_client(req) else {
+        return Ok(());
+    };
+    match limits.token_lock_left(client) {
+        Some(wait) => Err(too_many_failed_tokens(wait)),
+        None => Ok(()),
+    }
+}
+
+fn too_many_failed_tokens(wait: Duration) -> ApiError {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    ApiError {
+        retry_after: Some(secs.max(1)),
+        ..ApiError::new(
+            Code::RateLimited,
+            "too many failed tokens from this address; retry later",
+        )
+    }
 }
 
 /// `server.rate_limit.signup_*`.
@@ -431,6 +491,9 @@ pub async fn verify(
 ) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
     let token = crate::http::auth::bearer_token(req.request());
     let tokens = req.app_data::<web::Data<crate::http::auth::AdminTokens>>();
+    if token.is_some() {
+        tokens_locked(req.request())?;
+    }
     match (tokens, token) {
         (Some(tokens), Some(token)) if tokens.is_enabled() && tokens.check(token) => {
             return Ok(next.call(req).await?.map_into_boxed_body());
