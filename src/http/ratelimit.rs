@@ -500,7 +500,7 @@ pub async fn verify(
         }
         // a wrong token costs what it costs at the admin API (review: once the verify budget
         // was spent, 429 for a wrong token and an answer for the right one was a free oracle)
-        (Some(_), Some(_)) => charge_failed_token(req.request())?,
+        (Some(tokens), Some(_)) if tokens.is_enabled() => charge_failed_token(req.request())?,
         _ => {}
     }
     Ok(limit(Endpoint::Verify, req, next)
