@@ -58,6 +58,10 @@ pub struct Sealer {
     /// HMAC keyed with the gossip key, cloned for each datagram.
     mac: HmacSha256,
     seen: Mutex<Seen>,
+    /// Timestamps at or below this are refused: a datagram whose random part left the cache
+    /// carried one (as the RPC verifier's `forgotten_until`: a wall clock stepped back cannot
+    /// bring it inside the window again).
+    forgotten_until: std::sync::atomic::AtomicI64,
 }
 
 impl Sealer {
@@ -65,6 +69,7 @@ impl Sealer {
         Ok(Self {
             mac: HmacSha256::new_from_slice(&key).context("gossip key")?,
             seen: Mutex::default(),
+            forgotten_until: std::sync::atomic::AtomicI64::new(i64::MIN),
         })
     }
 
@@ -101,6 +106,13 @@ impl Sealer {
         if (now_ms - ts).abs() > auth::WINDOW_MS {
             return Err(Dropped::Stale);
         }
+        if ts
+            <= self
+                .forgotten_until
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(Dropped::Replay);
+        }
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&signed[MAGIC.len() + 8..HEADER_LEN]);
         let mut guard = self.seen.lock().map_err(|_| Dropped::Replay)?;
@@ -109,7 +121,11 @@ impl Sealer {
             .front()
             .is_some_and(|(t, since, _)| auth::expired(*t, *since, now_ms))
         {
-            if let Some((_, _, n)) = order.pop_front() {
+            if let Some((t, _, n)) = order.pop_front() {
+                self.forgotten_until.fetch_max(
+                    t.saturating_add(auth::WINDOW_MS),
+                    std::sync::atomic::Ordering::SeqCst,
+                );
                 set.remove(&n);
             }
         }
@@ -397,5 +413,26 @@ mod tests {
         assert_eq!(s.open(now, &old), Err(Dropped::Stale));
         let future = s.seal(now + auth::WINDOW_MS + 1, b"x");
         assert_eq!(s.open(now, &future), Err(Dropped::Stale));
+    }
+
+    /// A datagram whose random part left the cache stays refused when the wall clock steps back.
+    #[test]
+    fn a_forgotten_datagram_stays_refused_after_the_clock_steps_back() {
+        let key = auth::derive_key(b"a cluster secret of some length", "idstack", "gossip");
+        let s = Sealer::new(key).unwrap();
+        let now = 1_700_000_000_000;
+        let d = s.seal(now, b"chitchat bytes");
+        assert!(s.open(now, &d).is_ok());
+        // its entry is old by both clocks and goes with the next datagram
+        if let Ok(mut g) = s.seen.lock() {
+            for e in g.1.iter_mut() {
+                e.1 -= std::time::Duration::from_millis(3 * auth::WINDOW_MS as u64);
+            }
+        }
+        let later = now + 3 * auth::WINDOW_MS;
+        assert!(s.open(later, &s.seal(later, b"next")).is_ok());
+        assert_eq!(s.seen.lock().unwrap().0.len(), 1);
+        // the clock steps back to when `d` was sent
+        assert_eq!(s.open(now + 1, &d), Err(Dropped::Replay));
     }
 }
