@@ -35,25 +35,28 @@ impl OAuthError {
     }
 
     /// An error raised before the endpoint's handler (a rate limit, a body over the limit or
-    /// late), in the protocol's JSON: `temporarily_unavailable` for a rate limit or an
-    /// unreachable store (RFC 6749 §4.1.2.1: "temporary overloading"), `server_error` for a
-    /// failure of ours, else `invalid_request`. Status and `Retry-After` are the error's own.
+    /// late, a panic), in the protocol's JSON by the one mapping below.
     pub fn from_api(e: crate::error::ApiError) -> Self {
-        let status = e.code.status();
-        let error = match e.code {
-            Code::RateLimited | Code::TooManyRequests | Code::Unavailable => {
-                "temporarily_unavailable"
-            }
-            _ if status.is_server_error() => {
-                tracing::error!(detail = %e.detail, "protocol endpoint failure");
-                return Self::new(status, "server_error", "internal error");
-            }
-            _ => "invalid_request",
-        };
-        Self {
-            retry_after: e.retry_after,
-            ..Self::new(status, error, e.detail)
-        }
+        Self::from(Raised(e))
+    }
+}
+
+/// An [`ApiError`](crate::error::ApiError) as a role error, so middleware refusals take the same
+/// mapping to OAuth JSON as the handlers' errors.
+struct Raised(crate::error::ApiError);
+
+impl std::fmt::Display for Raised {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.detail)
+    }
+}
+
+impl ErrorCode for Raised {
+    fn error_code(&self) -> Code {
+        self.0.code
+    }
+    fn retry_after(&self) -> Option<u64> {
+        self.0.retry_after
     }
 }
 
@@ -83,7 +86,7 @@ pub fn middleware_error(path: &str, e: crate::error::ApiError) -> actix_web::Err
 }
 
 /// The one mapping from a role's error to the protocol's JSON: the error's own OAuth code when it
-/// has one ([`ErrorCode::oauth_code`]), else `temporarily_unavailable` for an unreachable store,
+/// has one ([`ErrorCode::oauth_code`]), else `temporarily_unavailable` for an unreachable store or a rate limit,
 /// `server_error` for anything else on our side (the detail is logged, not sent), and
 /// `invalid_request` for the remaining client errors. The status is the error's code's.
 impl<E: ErrorCode> From<E> for OAuthError {
@@ -92,7 +95,10 @@ impl<E: ErrorCode> From<E> for OAuthError {
         let status = code.status();
         let error = match (e.oauth_code(), code) {
             (Some(o), _) => o.as_str(),
-            (None, Code::Unavailable) => "temporarily_unavailable",
+            // RFC 6749 §4.1.2.1: "temporary overloading"
+            (None, Code::Unavailable | Code::RateLimited | Code::TooManyRequests) => {
+                "temporarily_unavailable"
+            }
             (None, _) if status.is_server_error() => {
                 tracing::error!(detail = %e, "protocol endpoint failure");
                 return Self::new(status, "server_error", "internal error");
