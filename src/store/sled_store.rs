@@ -348,11 +348,10 @@ impl Store for SledStore {
         prefix: &str,
         limit: usize,
     ) -> StoreResult<usize> {
-        // Values are not copied: sled hands out shared buffers.
-        self.walk_prefix(keyspace, prefix, 0, move |n| *n >= limit, |n, _, _| *n += 1)
-            .await
+        Ok(self.measure_prefix(keyspace, prefix, limit).await?.0)
     }
 
+    /// Values are not copied: sled hands out shared buffers.
     async fn measure_prefix(
         &self,
         keyspace: &'static str,
