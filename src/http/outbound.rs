@@ -584,23 +584,128 @@ impl Policy {
     }
 }
 
-/// System-resolver lookups running at once on this node. Each holds a thread of the blocking
-/// pool until the resolver answers, whoever stopped waiting for it (attacker review: names under
-/// a slow DNS server, one per request, filled the pool that store calls and password hashing
-/// share). A permit is given back when the lookup itself ends.
-const MAX_LOOKUPS: usize = 32;
 /// How long a request waits for a lookup place, and for its lookup.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Lookups running at once on this node with the async resolver: each is a few UDP exchanges
+/// and holds no thread, so the cap only bounds the queries one node sends at once.
+const MAX_LOOKUPS: usize = 256;
+/// Lookups running at once on the system resolver (the fallback where `/etc/resolv.conf` cannot
+/// be read). Each holds a thread of the blocking pool until the resolver answers, whoever stopped
+/// waiting for it (attacker review: names under a slow DNS server, one per request, filled the
+/// pool that store calls and password hashing share). A permit is given back when the lookup
+/// itself ends.
+const MAX_SYSTEM_LOOKUPS: usize = 32;
 
-/// The addresses of `name` (`None`: it does not resolve), by the system resolver, at most
-/// [`MAX_LOOKUPS`] at once on this node.
+/// The addresses of `name` (`None`: it does not resolve). By hickory's async resolver on the
+/// system's configuration (`/etc/resolv.conf`, `/etc/hosts`): a lookup holds no thread and ends
+/// at [`LOOKUP_TIMEOUT`], so names under a slow nameserver cost a pending future each, not a
+/// thread (attacker review: with the system resolver, one client within the VC-API rate limit
+/// kept every lookup place busy). Where that configuration cannot be read, the system resolver
+/// on the blocking pool.
 async fn lookup(name: &str) -> Result<Option<Vec<SocketAddr>>, OutboundError> {
-    static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_LOOKUPS);
+    match resolver() {
+        Some(r) => lookup_with(&r, name, LOOKUP_TIMEOUT).await,
+        None => lookup_system(name).await,
+    }
+}
+
+/// A lookup place (waiting at most [`LOOKUP_TIMEOUT`] for one).
+async fn lookup_place(
+    places: &'static tokio::sync::Semaphore,
+) -> Result<tokio::sync::SemaphorePermit<'static>, OutboundError> {
     let busy = || OutboundError::Upstream("too many name lookups on this node; retry".into());
-    let permit = tokio::time::timeout(LOOKUP_TIMEOUT, LOOKUPS.acquire())
+    tokio::time::timeout(LOOKUP_TIMEOUT, places.acquire())
         .await
         .map_err(|_| busy())?
-        .map_err(|_| busy())?;
+        .map_err(|_| busy())
+}
+
+fn lookup_timed_out() -> OutboundError {
+    OutboundError::Upstream("name lookup timed out".into())
+}
+
+/// [`lookup`] with `resolver`, given up after `timeout`. Every failure other than a timeout is
+/// "does not resolve", as the system resolver reports it: one answer for a name that does not
+/// exist and one whose nameserver refuses (see [`Policy::resolve`]).
+async fn lookup_with(
+    resolver: &hickory_resolver::TokioResolver,
+    name: &str,
+    timeout: Duration,
+) -> Result<Option<Vec<SocketAddr>>, OutboundError> {
+    static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_LOOKUPS);
+    let _place = lookup_place(&LOOKUPS).await?;
+    match tokio::time::timeout(timeout, resolver.lookup_ip(name)).await {
+        Err(_) => Err(lookup_timed_out()),
+        Ok(Ok(ips)) => Ok(Some(ips.iter().map(|ip| SocketAddr::new(ip, 0)).collect())),
+        Ok(Err(e)) => match e.proto().map(|p| p.kind()) {
+            Some(hickory_resolver::proto::ProtoErrorKind::Timeout) => Err(lookup_timed_out()),
+            _ => Ok(None),
+        },
+    }
+}
+
+/// The system's resolver configuration, read once, with our bounds on what one lookup costs
+/// (`None`: it cannot be read; lookups fall back to the system resolver).
+fn system_config() -> Option<&'static (
+    hickory_resolver::config::ResolverConfig,
+    hickory_resolver::config::ResolverOpts,
+)> {
+    static SYSTEM: OnceLock<
+        Option<(
+            hickory_resolver::config::ResolverConfig,
+            hickory_resolver::config::ResolverOpts,
+        )>,
+    > = OnceLock::new();
+    SYSTEM
+        .get_or_init(|| match hickory_resolver::system_conf::read_system_conf() {
+            Ok((config, mut opts)) => {
+                opts.timeout = opts.timeout.min(Duration::from_secs(2));
+                opts.attempts = opts.attempts.clamp(1, 2);
+                opts.ip_strategy = hickory_resolver::config::LookupIpStrategy::Ipv4AndIpv6;
+                opts.cache_size = 1024;
+                Some((config, opts))
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "the system's resolver configuration cannot be read; name lookups use the \
+                     system resolver, at most {MAX_SYSTEM_LOOKUPS} at once"
+                );
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// The async resolver for the current tokio runtime. Its nameserver connections are tasks of
+/// the runtime that first used them, so each runtime gets its own (a node runs one; tests run
+/// many, one after another).
+fn resolver() -> Option<hickory_resolver::TokioResolver> {
+    static BUILT: Mutex<Vec<(tokio::runtime::Id, hickory_resolver::TokioResolver)>> =
+        Mutex::new(Vec::new());
+    let (config, opts) = system_config()?;
+    let runtime = tokio::runtime::Handle::try_current().ok()?.id();
+    let mut built = BUILT.lock().ok()?;
+    if let Some((_, r)) = built.iter().find(|(id, _)| *id == runtime) {
+        return Some(r.clone());
+    }
+    if built.len() >= 8 {
+        built.clear();
+    }
+    let r = hickory_resolver::Resolver::builder_with_config(
+        config.clone(),
+        hickory_resolver::name_server::TokioConnectionProvider::default(),
+    )
+    .with_options(opts.clone())
+    .build();
+    built.push((runtime, r.clone()));
+    Some(r)
+}
+
+/// [`lookup`] by the system resolver, at most [`MAX_SYSTEM_LOOKUPS`] at once on this node.
+async fn lookup_system(name: &str) -> Result<Option<Vec<SocketAddr>>, OutboundError> {
+    static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_SYSTEM_LOOKUPS);
+    let permit = lookup_place(&LOOKUPS).await?;
     let host = name.to_string();
     let running = tokio::task::spawn_blocking(move || {
         let _permit = permit;
@@ -610,7 +715,7 @@ async fn lookup(name: &str) -> Result<Option<Vec<SocketAddr>>, OutboundError> {
     });
     match tokio::time::timeout(LOOKUP_TIMEOUT, running).await {
         Ok(Ok(addrs)) => Ok(addrs),
-        Ok(Err(_)) | Err(_) => Err(OutboundError::Upstream("name lookup timed out".into())),
+        Ok(Err(_)) | Err(_) => Err(lookup_timed_out()),
     }
 }
 
@@ -622,7 +727,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The DNS resolver: resolves with the system resolver, then keeps only allowed addresses.
+/// The DNS resolver: resolves with [`lookup`], then keeps only allowed addresses.
 struct GuardResolver(Arc<Policy>);
 
 impl reqwest::dns::Resolve for GuardResolver {
@@ -1000,6 +1105,83 @@ mod tests {
         );
         // (another name resolving to it is checked as this is: by class and list alone)
         assert!(!any_port.ip_listed(ip("127.0.0.1"), None));
+    }
+
+    /// A lookup under a nameserver that never answers holds no thread: with one blocking thread
+    /// in the runtime and lookups pending, blocking work still runs (with the system resolver each
+    /// pending lookup held a thread of that pool); the lookup ends as a timeout, not as "does
+    /// not resolve".
+    #[test]
+    fn a_pending_lookup_holds_no_thread() {
+        use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(1)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            // a nameserver that reads every query and answers none
+            let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let port = silent.local_addr().unwrap().port();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 512];
+                while silent.recv_from(&mut buf).await.is_ok() {}
+            });
+            let config = ResolverConfig::from_parts(
+                None,
+                vec![],
+                NameServerConfigGroup::from_ips_clear(&[ip("127.0.0.1")], port, true),
+            );
+            let mut opts = ResolverOpts::default();
+            opts.timeout = Duration::from_secs(600);
+            opts.attempts = 1;
+            opts.try_tcp_on_error = false;
+            let resolver = hickory_resolver::Resolver::builder_with_config(
+                config,
+                hickory_resolver::name_server::TokioConnectionProvider::default(),
+            )
+            .with_options(opts)
+            .build();
+            let pending: Vec<_> = (0..4)
+                .map(|i| {
+                    let r = resolver.clone();
+                    tokio::spawn(async move {
+                        lookup_with(&r, &format!("n{i}.example.org."), Duration::from_secs(600))
+                            .await
+                    })
+                })
+                .collect();
+            tokio::task::yield_now().await;
+            assert_eq!(tokio::task::spawn_blocking(|| 7).await.unwrap(), 7);
+            assert!(pending.iter().all(|p| !p.is_finished()), "still waiting");
+            for p in pending {
+                p.abort();
+            }
+            // given up after its timeout: "timed out", so a webhook tries again
+            let r = lookup_with(&resolver, "late.example.org.", Duration::from_millis(50)).await;
+            assert!(r.unwrap_err().to_string().contains("timed out"));
+        });
+    }
+
+    /// The resolver of a node answers what the system's would: loopback for `localhost`, nothing
+    /// for a reserved name.
+    #[tokio::test]
+    async fn the_async_resolver_answers_like_the_system_one() {
+        if system_config().is_none() {
+            return; // no resolv.conf: lookups are the system resolver's (the test above covers hickory)
+        }
+        let r = resolver().expect("a resolver for this runtime");
+        let local = lookup_with(&r, "localhost", LOOKUP_TIMEOUT)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!local.is_empty() && local.iter().all(|a| a.ip().is_loopback()));
+        assert_eq!(
+            lookup_with(&r, "no-such-name.invalid", LOOKUP_TIMEOUT)
+                .await
+                .unwrap(),
+            None
+        );
     }
 
     #[tokio::test]
