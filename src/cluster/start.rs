@@ -2401,6 +2401,61 @@ mod tests {
     /// naming a's new generation. A caller whose view still names the old generation (gossip
     /// not yet propagated) gets through: it retries once, signed for the generation in the
     /// answer. (The restarted a listens on another port here; the node id is what counts.)
+    /// Two processes under one node id (a copied data dir, a cloned machine): each sees the
+    /// other's heartbeat advancing and reports not ready, naming it; a peer is not affected.
+    /// Once the copy stops, the node is ready again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_processes_under_one_node_id_report_it() {
+        let (pa, pb) = (free_port(), free_port());
+        let a = node("a", pa, &[], 1).await;
+        let b = node("b", pb, &[pa], 2).await;
+        let copy = node("a", free_port(), &[pb], 1).await;
+        let twin = |n: &TestNode| {
+            n.cluster
+                .node
+                .health()
+                .iter()
+                .any(|h| h.contains("another process runs with this node's id"))
+        };
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            for n in [&a, &b, &copy] {
+                n.cluster.node.refresh_members().await;
+            }
+            if twin(&a) && twin(&copy) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "a: {:?}, copy: {:?}",
+                a.cluster.node.health(),
+                copy.cluster.node.health()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            a.cluster.node.twins(),
+            vec![(
+                copy.cluster.node.settings.gossip_advertise.to_string(),
+                copy.cluster.node.settings.generation
+            )]
+        );
+        assert!(!twin(&b), "{:?}", b.cluster.node.health());
+        // the copy stops: a is itself again
+        copy.token.cancel();
+        copy.cluster.leave().await;
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        while twin(&a) {
+            assert!(
+                std::time::Instant::now() < until,
+                "{:?}",
+                a.cluster.node.health()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            a.cluster.node.refresh_members().await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_captured_before_a_restart_is_refused_after_it() {
         use crate::cluster::auth;

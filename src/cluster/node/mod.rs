@@ -27,6 +27,7 @@ mod metrics;
 mod replicate;
 mod settle;
 mod transition;
+mod twins;
 
 pub use call::RpcError;
 pub use metrics::ClusterMetrics;
@@ -238,6 +239,10 @@ pub struct Node {
     /// Consistent transitions of one key executed here run one after the other: a second one
     /// waits for the first's decision instead of finding its provisional copy and failing.
     transitions: TransitionLocks,
+    /// Other incarnations gossiping under this node's id ([`twins`]).
+    twins: Mutex<twins::Twins>,
+    /// Whether a twin was running at the last membership refresh (it is logged when this changes).
+    twin_running: AtomicBool,
     /// Tests: answer first-round (prepare) requests only after this many ms — accepted, but the
     /// acknowledgement arrives after the executor's RPC timeout.
     #[cfg(test)]
@@ -285,6 +290,8 @@ impl Node {
             gossiped_ready: tokio::sync::Mutex::default(),
             held_back_refusals: AtomicU64::new(0),
             transitions: Mutex::default(),
+            twins: Mutex::default(),
+            twin_running: AtomicBool::new(false),
             #[cfg(test)]
             stall_prepares_ms: AtomicU64::new(0),
         })
@@ -478,6 +485,11 @@ impl Node {
         if let Some(w) = self.write_block.lock().ok().and_then(|w| w.clone()) {
             out.push(w);
         }
+        for (addr, generation) in self.twins() {
+            out.push(format!(
+                "another process runs with this node's id (gossip address {addr}, generation {generation}): a copied data dir or a cloned machine; give each node its own"
+            ));
+        }
         if let Some(why) = self.held_back() {
             out.push(why);
         }
@@ -495,6 +507,16 @@ impl Node {
     pub async fn refresh_members(&self) {
         let snapshot = {
             let cc = self.chitchat.lock().await;
+            let me = cc.self_chitchat_id();
+            let others_as_me = cc
+                .node_states()
+                .iter()
+                .filter(|(id, _)| *id.node_id == *self.settings.node_id && *id != me)
+                .map(|(id, st)| {
+                    let who = (id.gossip_advertise_addr.to_string(), id.generation_id);
+                    (who, u64::from(st.heartbeat()))
+                });
+            self.observe_twins(others_as_me);
             let live: std::collections::HashSet<_> = cc.live_nodes().cloned().collect();
             let mut by_id: BTreeMap<String, Member> = BTreeMap::new();
             for (id, st) in cc.node_states() {
@@ -539,6 +561,41 @@ impl Node {
         self.metrics
             .held_back
             .set(i64::from(self.held_back().is_some()));
+    }
+
+    /// Notes what gossip shows of other incarnations under this node's id and logs a twin that
+    /// starts or stops running ([`twins`]).
+    fn observe_twins(&self, round: impl Iterator<Item = (twins::Incarnation, u64)>) {
+        let now = self.mono_ms();
+        let interval = u64::try_from(self.settings.gossip_interval.as_millis()).unwrap_or(1000);
+        let running = match self.twins.lock() {
+            Ok(mut t) => {
+                t.observe(round, now);
+                t.running(now, interval)
+            }
+            Err(_) => return,
+        };
+        let was = self
+            .twin_running
+            .swap(!running.is_empty(), Ordering::SeqCst);
+        if !running.is_empty() && !was {
+            tracing::error!(
+                node = %self.settings.node_id,
+                others = ?running,
+                "cluster: another process is running with this node's id (a copied data dir or a cloned machine?); this node reports not ready until it stops. Give each node its own data dir, or its own cluster.node_id"
+            );
+        } else if running.is_empty() && was {
+            tracing::info!("cluster: no other process runs with this node's id any more");
+        }
+    }
+
+    /// The other processes running with this node's id (gossip address, generation).
+    pub fn twins(&self) -> Vec<(String, u64)> {
+        let interval = u64::try_from(self.settings.gossip_interval.as_millis()).unwrap_or(1000);
+        self.twins
+            .lock()
+            .map(|t| t.running(self.mono_ms(), interval))
+            .unwrap_or_default()
     }
 
     pub fn members(&self) -> Arc<Vec<Member>> {
