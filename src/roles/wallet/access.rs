@@ -264,6 +264,41 @@ mod tests {
         svc.authenticate(&login.token).await.unwrap()
     }
 
+    /// A login with an email no account can have (here 300 KiB) is refused like a wrong
+    /// password, and leaves nothing in the store: the failure counter is keyed by the email.
+    #[tokio::test]
+    async fn a_login_with_an_impossible_email_stores_nothing() {
+        let svc = service();
+        sign_up(&svc, "dave@example.org").await;
+        for email in [
+            format!("{}@example.org", "a".repeat(300 * 1024)),
+            "no-at-sign".into(),
+        ] {
+            let e = svc
+                .login(LoginRequest {
+                    email,
+                    password: "x".into(),
+                    device_token: None,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(ApiError::from(e).code, Code::Unauthorized);
+        }
+        let stored = svc.ctx.store.count_prefix(ks::LOGIN_FAILURES, "", 10).await;
+        assert_eq!(stored.unwrap(), 0);
+        // a possible email is counted as before
+        let _ = svc
+            .login(LoginRequest {
+                email: "dave@example.org".into(),
+                password: "wrong".into(),
+                device_token: None,
+            })
+            .await
+            .unwrap_err();
+        let stored = svc.ctx.store.count_prefix(ks::LOGIN_FAILURES, "", 10).await;
+        assert_eq!(stored.unwrap(), 1);
+    }
+
     /// An email claimed for an account that was never written (a claim applied but answered
     /// 503 in a cluster, or one from before accounts were written first) is taken over by the
     /// next sign-up, instead of the email being lost for good (attacker review); an email whose

@@ -86,6 +86,12 @@ impl WalletService {
 
     pub async fn login(&self, req: LoginRequest) -> WalletResult<LoginResponse> {
         let email = req.email.trim().to_ascii_lowercase();
+        // No account has an email sign-up refuses: answered before anything is stored (attacker
+        // review: the failure counter is keyed by the email, so a 1 MiB "email" per request kept
+        // 1 MiB in the store for an hour each).
+        if !valid_email(&email) {
+            return Err(WalletError::Unauthorized("wrong email or password"));
+        }
         let now = self.now();
         let store = &self.ctx.store;
         let account_id: Option<String> = store.get_json(ks::EMAILS, &email).await?;
