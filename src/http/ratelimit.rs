@@ -143,6 +143,9 @@ impl<C: Clock + Clone> RateLimits<C> {
     pub fn client_ip<'a>(&self, peer: IpAddr, forwarded: impl Iterator<Item = &'a str>) -> IpAddr {
         let peer = canonical(peer);
         if !self.is_trusted(peer) {
+            if self.trusted.is_empty() {
+                warn_unused_forwarded_for(peer, forwarded);
+            }
             return peer;
         }
         let entries: Vec<&str> = forwarded.flat_map(|v| v.split(',')).collect();
@@ -369,6 +372,19 @@ fn parse_forwarded(s: &str) -> Option<IpAddr> {
     s.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())
 }
 
+/// Says once per process that `X-Forwarded-For` arrives while no proxy is trusted: behind a
+/// balancer that is a misconfiguration (every client is the balancer, one rate-limit bucket that
+/// one outsider can spend for everyone, admin included; attacker review of the shipped examples).
+fn warn_unused_forwarded_for<'a>(peer: IpAddr, mut forwarded: impl Iterator<Item = &'a str>) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if forwarded.next().is_some() && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            %peer,
+            "requests carry X-Forwarded-For but server.rate_limit.trusted_proxies is empty: every client behind this proxy is limited as one; list the proxy's addresses there"
+        );
+    }
+}
+
 fn forwarded_values(h: &HeaderMap) -> impl Iterator<Item = &str> {
     h.get_all("x-forwarded-for").filter_map(|v| v.to_str().ok())
 }
@@ -521,6 +537,8 @@ mod tests {
     use super::*;
     use governor::clock::FakeRelativeClock;
 
+    use std::path::Path;
+
     fn cfg(per_minute: u32, burst: u32, proxies: &[&str]) -> RateLimitConfig {
         RateLimitConfig {
             trusted_proxies: proxies.iter().map(|s| s.to_string()).collect(),
@@ -653,6 +671,51 @@ mod tests {
         clock.advance(Duration::from_secs(4));
         assert!(l.check_n(Endpoint::DidcommFrame, a, 1000).is_ok());
         assert!(l.check_n(Endpoint::DidcommFrame, a, 1).is_err());
+    }
+
+    /// The shipped examples behind a balancer trust it: an outsider who spends the failed-token
+    /// budget through it locks only its own address, not every client of the balancer (attacker
+    /// review: with `trusted_proxies` unset, one bucket for the whole internet, admin included).
+    #[test]
+    fn the_shipped_examples_limit_clients_behind_their_balancer_apart() {
+        for example in [
+            "deploy/cluster/docker-compose.yml",
+            "deploy/role-split/docker-compose.yml",
+            "deploy/kubernetes/idstack.yaml",
+            "deploy/kubernetes/idstack-cluster.yaml",
+        ] {
+            let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(example))
+                .unwrap();
+            let line = text
+                .lines()
+                .find(|l| l.contains("IDSTACK__SERVER__RATE_LIMIT__TRUSTED_PROXIES"))
+                .unwrap_or_else(|| panic!("{example}: no trusted proxies"));
+            let value = line.rsplit(':').next().unwrap();
+            let value = value
+                .trim()
+                .trim_matches(|c| c == '"' || c == '}' || c == ' ');
+            let proxies: Vec<&str> = value.split(',').collect();
+            let balancer = text
+                .lines()
+                .find_map(|l| l.split("ipv4_address: ").nth(1))
+                .map(|a| a.split_whitespace().next().unwrap().to_string())
+                .unwrap_or_else(|| "10.1.2.3".into()); // an ingress pod in 10.0.0.0/8
+            let l = RateLimits::with_clock(&cfg(60, 5, &proxies), FakeRelativeClock::default())
+                .unwrap_or_else(|e| panic!("{example}: {e}"));
+            let through = |client: &str| l.client_ip(ip(&balancer), [client].into_iter());
+            let guesser = through("198.51.100.66");
+            for _ in 0..5 {
+                assert!(l.check(Endpoint::FailedToken, guesser).is_ok());
+            }
+            let wait = l.check(Endpoint::FailedToken, guesser).unwrap_err();
+            l.lock_tokens(guesser, wait);
+            assert!(l.token_lock_left(guesser).is_some(), "{example}");
+            assert_eq!(
+                l.token_lock_left(through("203.0.113.5")),
+                None,
+                "{example}: the admin behind the same balancer"
+            );
+        }
     }
 
     #[test]
