@@ -300,20 +300,30 @@ async fn answer_frame(
             }
             true
         }
-        Err(e) => {
-            let e = ApiError::from(e);
-            // as on HTTP: an internal error's detail goes to the log only
-            let detail = if e.code == Code::Internal {
-                tracing::error!(error = %e, "DIDComm message failed on WebSocket");
-                None
-            } else {
-                tracing::info!(error = %e, "DIDComm message refused on WebSocket");
-                Some(e.detail.as_str())
-            };
-            let problem = serde_json::json!({"type": format!("{}{}", crate::error::PROBLEM_TYPE_BASE, e.code.as_str()), "code": e.code.as_str(), "status": e.code.status().as_u16(), "detail": detail});
-            written(session.text(problem.to_string()), within).await
-        }
+        Err(e) => written(session.text(refusal(ApiError::from(e))), within).await,
     }
+}
+
+/// Logs a message refused on a WebSocket and gives the problem document sent back in its place.
+/// The detail is clipped as on HTTP (it may quote the sender's input: a 256 KiB frame of control
+/// characters was a 1.5 MiB log line; attacker review); an internal error's detail goes to the
+/// log only.
+fn refusal(e: ApiError) -> String {
+    let clipped = crate::error::outward_detail(&e.detail);
+    let detail = if e.code == Code::Internal {
+        tracing::error!(code = e.code.as_str(), detail = %clipped, "DIDComm message failed on WebSocket");
+        None
+    } else {
+        tracing::info!(code = e.code.as_str(), detail = %clipped, "DIDComm message refused on WebSocket");
+        Some(clipped.as_str())
+    };
+    serde_json::json!({
+        "type": format!("{}{}", crate::error::PROBLEM_TYPE_BASE, e.code.as_str()),
+        "code": e.code.as_str(),
+        "status": e.code.status().as_u16(),
+        "detail": detail,
+    })
+    .to_string()
 }
 
 /// Get the mediator's out-of-band invitation.
@@ -347,4 +357,56 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(invitation)
         .service(stats)
         .service(connections);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A refusal that quotes 200 KiB of the sender's control characters is logged and answered
+    /// clipped, not escaped whole into the log.
+    #[test]
+    fn a_refusal_on_a_websocket_is_logged_clipped() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let quoted = "\u{1}".repeat(200 * 1024);
+        let frame = tracing::subscriber::with_default(subscriber, || {
+            refusal(ApiError::new(
+                Code::BadRequest,
+                format!("not a JSON JWE: invalid type: string {quoted:?}"),
+            ))
+        });
+        let logged = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            logged.contains("DIDComm message refused on WebSocket"),
+            "{logged}"
+        );
+        assert!(
+            logged.len() < 2 * crate::error::MAX_DETAIL_CHARS + 500,
+            "{}",
+            logged.len()
+        );
+        let problem: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(problem["code"], Code::BadRequest.as_str());
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.chars().count() <= crate::error::MAX_DETAIL_CHARS + 1);
+    }
 }
