@@ -104,6 +104,7 @@ pub fn build_app(
                 .route("/openapi.json", web::get().to(openapi_json))
                 .default_service(web::to(http::route_not_found))
                 .wrap(middleware::from_fn(http::body_deadline::body_deadline))
+                .wrap(middleware::from_fn(http::web::response_headers))
                 .wrap(middleware::from_fn(http::observe::observe))
         })
         .split_for_parts()

@@ -68,6 +68,42 @@ async fn asset(path: web::Path<String>) -> HttpResponse {
     serve(&path.into_inner())
 }
 
+/// Swagger UI's policy: never framed, no plugins, `<base>` pinned (its own scripts and styles
+/// are left alone: the console's `script-src 'self'`-only policy would break them).
+pub const DOCS_CSP: &str = "frame-ancestors 'none'; object-src 'none'; base-uri 'none'";
+
+/// Response headers by path. Swagger UI, where admins paste the admin token, is never framed or
+/// sniffed, like the console; an API answer without a cache rule of its own is `no-store` (login
+/// sessions, the webhook secret, wallet contents: nothing a shared cache should keep; attacker
+/// review).
+pub async fn response_headers(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    use actix_web::http::header::{self, HeaderName, HeaderValue};
+    let path = req.path();
+    let docs = path == "/docs" || path.starts_with("/docs/");
+    let api = path.starts_with("/api/") || path.starts_with("/wallet/");
+    let mut res = next.call(req).await?;
+    let h = res.headers_mut();
+    if docs {
+        for (name, value) in [
+            ("content-security-policy", DOCS_CSP),
+            ("x-frame-options", "DENY"),
+            ("x-content-type-options", "nosniff"),
+            ("referrer-policy", "no-referrer"),
+        ] {
+            let name = HeaderName::from_static(name);
+            if !h.contains_key(&name) {
+                h.insert(name, HeaderValue::from_static(value));
+            }
+        }
+    } else if api && !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    Ok(res)
+}
+
 /// Mounts the console (outside the OpenAPI document: these are pages, not API).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(index).service(qr).service(asset);
@@ -79,5 +115,46 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             ),
         );
         cfg.service(web::redirect("/docs", "/docs/"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::{test, App};
+
+    #[actix_web::test]
+    async fn swagger_is_never_framed_and_api_answers_are_not_cached() {
+        let app = test::init_service(
+            App::new()
+                .route("/docs/index.html", web::get().to(HttpResponse::Ok))
+                .route(
+                    "/api/system/webhook-secret",
+                    web::get().to(HttpResponse::Ok),
+                )
+                .route(
+                    "/api/cached",
+                    web::get().to(|| async {
+                        HttpResponse::Ok()
+                            .insert_header(("Cache-Control", "max-age=60"))
+                            .finish()
+                    }),
+                )
+                .route("/.well-known/x", web::get().to(HttpResponse::Ok))
+                .wrap(actix_web::middleware::from_fn(response_headers)),
+        )
+        .await;
+        let get = |p: &'static str| test::TestRequest::get().uri(p).to_request();
+        let docs = test::call_service(&app, get("/docs/index.html")).await;
+        let h = docs.headers();
+        assert_eq!(h.get("x-frame-options").unwrap(), "DENY");
+        assert_eq!(h.get("content-security-policy").unwrap(), DOCS_CSP);
+        assert_eq!(h.get("x-content-type-options").unwrap(), "nosniff");
+        let secret = test::call_service(&app, get("/api/system/webhook-secret")).await;
+        assert_eq!(secret.headers().get("cache-control").unwrap(), "no-store");
+        let own = test::call_service(&app, get("/api/cached")).await;
+        assert_eq!(own.headers().get("cache-control").unwrap(), "max-age=60");
+        let public = test::call_service(&app, get("/.well-known/x")).await;
+        assert!(public.headers().get("cache-control").is_none());
     }
 }
