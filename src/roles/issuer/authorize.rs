@@ -47,6 +47,14 @@ impl IssuerService {
             .clone()
             .filter(|c| !c.is_empty())
             .or_bad_authorization("client_id is required")?;
+        // Stored with the code: bounded before anything is (attacker review: a 64 KiB client_id
+        // of control characters, escaped, was a 128 KiB record per call). RFC 6749 VSCHAR; long
+        // enough for a did:jwk.
+        if client_id.len() > MAX_CLIENT_ID || !client_id.chars().all(|c| (' '..='~').contains(&c)) {
+            return Err(bad_authorization(
+                "client_id must be at most 1024 printable ASCII characters",
+            ));
+        }
         let redirect_uri = req
             .redirect_uri
             .clone()
@@ -211,6 +219,9 @@ fn authorize_error(e: &IssuerError) -> &'static str {
 /// well as `https`) without fragment, whitespace or control characters — those would break the
 /// `Location` header (a 500, after the code was stored) or smuggle a header in — and not a
 /// `javascript:`, `data:` or `vbscript:` one.
+/// Longest `client_id` the authorization endpoint takes.
+const MAX_CLIENT_ID: usize = 1024;
+
 fn validate_redirect(u: &str) -> Result<reqwest::Url, IssuerError> {
     let refused = || {
         bad_authorization(

@@ -2250,6 +2250,21 @@ async fn authorize_redirects_only_to_allowed_redirect_uris() {
         );
     }
     assert_eq!(codes(&listed).await, 3, "a refused request stores no code");
+    // the client_id is stored with the code: bounded, printable (attacker review)
+    for client_id in ["\u{1}".repeat(30_000), "w".repeat(1025), "wallet\n".into()] {
+        let mut req = offer_req(None);
+        req.authorization_code = true;
+        let o = listed.create_offer("default", req).await.unwrap();
+        let state = o.credential_offer["grants"]["authorization_code"]["issuer_state"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut a = authorize_request("https://wallet.example/cb", "c".repeat(43), state);
+        a.client_id = Some(client_id);
+        let e = listed.authorize("default", a).await.unwrap_err();
+        assert!(matches!(e, IssuerError::BadAuthorization(_)), "{e:?}");
+    }
+    assert_eq!(codes(&listed).await, 3);
     let meta = listed.authorization_server_metadata(&listed.get_issuer("default").await.unwrap());
     assert_eq!(meta["authorization_response_iss_parameter_supported"], true);
 
