@@ -281,7 +281,7 @@ impl IssuerService {
                 .into());
         };
         if let Ok(used) = serde_json::from_slice::<UsedCode>(&raw) {
-            return Err(self.code_reused(used).await);
+            return Err(self.code_reused(&key, raw, used, verifier).await);
         }
         let grant: AuthCodeGrant = serde_json::from_slice(&raw).map_err(internal)?;
         // consume first: a wrong verifier also burns the code (RFC 6749 §10.5 single use); what
@@ -289,8 +289,11 @@ impl IssuerService {
         let used = UsedCode {
             used: true,
             token_hash: None,
+            code_challenge: Some(grant.code_challenge.clone()),
+            replayed: false,
         };
-        let mark = Some((to_json(&used)?, Some(secs(ACCESS_TOKEN_TTL))));
+        let consumed = to_json(&used)?;
+        let mark = Some((consumed.clone(), Some(secs(ACCESS_TOKEN_TTL))));
         if store
             .compare_and_swap(ks::CODES, &key, Some(raw), mark)
             .await?
@@ -338,35 +341,97 @@ impl IssuerService {
                 grant.authorization_details,
             )
             .await?;
+        // The token's hash goes into the mark only if no replay came in meanwhile: a replay that
+        // found no hash yet marked the code replayed, and this token is then revoked here
+        // (attacker review: a replay in that window revoked nothing).
+        let token_hash = hash(&granted.access_token);
         let used = UsedCode {
-            used: true,
-            token_hash: Some(hash(&granted.access_token)),
+            token_hash: Some(token_hash.clone()),
+            ..used
         };
         let marked = store
-            .put(
+            .compare_and_swap(
                 ks::CODES,
                 &key,
-                to_json(&used)?,
-                Some(secs(ACCESS_TOKEN_TTL)),
+                Some(consumed),
+                Some((to_json(&used)?, Some(secs(ACCESS_TOKEN_TTL)))),
             )
             .await;
-        if let Err(e) = marked {
-            tracing::warn!(error = %e, "the token of a used authorization code is not recorded");
+        match marked {
+            Ok(Cas::Swapped) => {}
+            Ok(_) => {
+                self.drop_grant(&token_hash).await;
+                tracing::warn!("authorization code reused while its first use was granted: the token is revoked");
+                return Err(InvalidGrant
+                    .because("the authorization code was already used")
+                    .into());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the token of a used authorization code is not recorded")
+            }
         }
         Ok(granted)
     }
 
     /// An authorization code used a second time (RFC 6749 §4.1.2: refused, and the token the
-    /// first use got is revoked — whoever replays a code may have taken it from the client that
-    /// redeemed it).
-    async fn code_reused(&self, used: UsedCode) -> IssuerError {
-        if let Some(token_hash) = &used.token_hash {
-            self.drop_grant(token_hash).await;
-            tracing::warn!("authorization code reused: the token from its first use is revoked");
+    /// first use got is revoked — whoever replays a code with its verifier may have taken both
+    /// from the client that redeemed it). A replay without the right verifier proves nothing and
+    /// revokes nothing (attacker review: anyone who saw the code, not the verifier, could take
+    /// the holder's token and, the offer being redeemed, its credential). One that comes while the
+    /// first use is still being granted marks the code, and that grant is revoked as it ends.
+    async fn code_reused(
+        &self,
+        key: &str,
+        raw: Vec<u8>,
+        used: UsedCode,
+        verifier: &str,
+    ) -> IssuerError {
+        let refused = || {
+            InvalidGrant
+                .because("the authorization code was already used")
+                .into()
+        };
+        let proven = match &used.code_challenge {
+            Some(c) => {
+                let challenge = crate::crypto::b64url(crate::crypto::sha256(verifier.as_bytes()));
+                bool::from(subtle::ConstantTimeEq::ct_eq(
+                    challenge.as_bytes(),
+                    c.as_bytes(),
+                ))
+            }
+            None => true, // marked before the challenge was kept
+        };
+        if !proven {
+            return refused();
         }
-        InvalidGrant
-            .because("the authorization code was already used")
-            .into()
+        match &used.token_hash {
+            Some(token_hash) => {
+                self.drop_grant(token_hash).await;
+                tracing::warn!(
+                    "authorization code reused: the token from its first use is revoked"
+                );
+            }
+            None if !used.replayed => {
+                let replayed = UsedCode {
+                    replayed: true,
+                    ..used
+                };
+                if let Ok(bytes) = to_json(&replayed) {
+                    let _ = self
+                        .ctx
+                        .store
+                        .compare_and_swap(
+                            ks::CODES,
+                            key,
+                            Some(raw),
+                            Some((bytes, Some(secs(ACCESS_TOKEN_TTL)))),
+                        )
+                        .await;
+                }
+            }
+            None => {}
+        }
+        refused()
     }
 
     /// Redeems offer `offer_key_s` for an access token covering `config_ids`, in one store
@@ -508,6 +573,12 @@ struct UsedCode {
     used: bool,
     /// The token its use got, once granted.
     token_hash: Option<String>,
+    /// The code's PKCE challenge: a replay revokes the token only with the right verifier.
+    #[serde(default)]
+    code_challenge: Option<String>,
+    /// A replay with the right verifier came before the token was recorded.
+    #[serde(default)]
+    replayed: bool,
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, IssuerError> {

@@ -2120,6 +2120,90 @@ async fn authorization_code_token_requests_name_no_other_client_and_grant_each_c
     assert_eq!(t.authorization_details.unwrap().len(), 1);
 }
 
+/// A used authorization code replayed: with the right verifier, the token of its first use is
+/// revoked (whoever has both may have taken them from the wallet); with another verifier nothing
+/// is (attacker review: anyone who saw only the code could revoke the holder's token and, the
+/// offer being redeemed, cost them the credential). A replay with the right verifier while the
+/// first use is still being granted marks the code, so that grant is revoked as it ends.
+#[tokio::test]
+async fn a_replayed_authorization_code_revokes_only_with_its_verifier() {
+    let (svc, _clock) = issuer().await;
+    let verifier = "v".repeat(43);
+    let challenge = crate::crypto::b64url(crate::crypto::sha256(verifier.as_bytes()));
+    let mut req = offer_req(None);
+    req.authorization_code = true;
+    let o = svc.create_offer("default", req).await.unwrap();
+    let issuer_state = o.credential_offer["grants"]["authorization_code"]["issuer_state"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let redirect = svc
+        .authorize(
+            "default",
+            authorize_request("https://wallet.example/cb", challenge.clone(), issuer_state),
+        )
+        .await
+        .unwrap();
+    let code = reqwest::Url::parse(&redirect)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let token = |verifier: &str| TokenRequest {
+        grant_type: Some("authorization_code".into()),
+        pre_authorized_code: None,
+        code: Some(code.clone()),
+        code_verifier: Some(verifier.into()),
+        redirect_uri: Some("https://wallet.example/cb".into()),
+        client_id: None,
+        tx_code: None,
+        authorization_details: None,
+    };
+    let t = svc.token("default", token(&verifier)).await.unwrap();
+    let grant_key = super::service::hash(&t.access_token);
+    let held = || async {
+        svc.ctx
+            .store
+            .get(ks::TOKENS, &grant_key)
+            .await
+            .unwrap()
+            .is_some()
+    };
+    assert!(held().await);
+    let e = OAuthError::from(
+        svc.token("default", token(&"x".repeat(43)))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.error, "invalid_grant");
+    assert!(
+        held().await,
+        "a replay without the verifier revokes nothing"
+    );
+    let e = OAuthError::from(svc.token("default", token(&verifier)).await.unwrap_err());
+    assert_eq!(e.error, "invalid_grant");
+    assert!(!held().await, "a replay with it revokes the token");
+
+    // a code consumed, its token not recorded yet: a replay with the verifier marks it
+    let key = format!("authz/{}", super::service::hash("in-flight"));
+    let consumed = json!({"used": true, "token_hash": null, "code_challenge": challenge});
+    svc.ctx
+        .store
+        .put(ks::CODES, &key, consumed.to_string().into_bytes(), None)
+        .await
+        .unwrap();
+    let mut replay = token(&verifier);
+    replay.code = Some("in-flight".into());
+    let e = OAuthError::from(svc.token("default", replay).await.unwrap_err());
+    assert_eq!(e.error, "invalid_grant");
+    let marked: serde_json::Value =
+        serde_json::from_slice(&svc.ctx.store.get(ks::CODES, &key).await.unwrap().unwrap())
+            .unwrap();
+    assert_eq!(marked["replayed"], true);
+}
+
 /// The access token of a new offer of the default issuer, redeemed.
 async fn redeemed_token(svc: &IssuerService) -> super::grants::TokenResponse {
     let o = svc.create_offer("default", offer_req(None)).await.unwrap();
