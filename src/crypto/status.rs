@@ -80,14 +80,14 @@ impl StatusArray {
 
     /// `lst` of a Token Status List: base64url(zlib(bytes)).
     pub fn to_token_lst(&self) -> String {
-        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
         let _ = enc.write_all(&self.bytes);
         b64url(enc.finish().unwrap_or_default())
     }
 
     /// zlib(bytes): the `lst` of a Token Status List in CWT form (a byte string).
     pub fn to_zlib(&self) -> Vec<u8> {
-        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
         let _ = enc.write_all(&self.bytes);
         enc.finish().unwrap_or_default()
     }
@@ -112,7 +112,7 @@ impl StatusArray {
 
     /// `encodedList` of a Bitstring Status List: multibase base64url ("u") of gzip(bytes).
     pub fn to_encoded_list(&self) -> String {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         let _ = enc.write_all(&self.bytes);
         format!("u{}", b64url(enc.finish().unwrap_or_default()))
     }

@@ -34,6 +34,8 @@ pub struct IssuerService {
     /// How they ended, by [`super::outcome::Watched`] (`None`: the metric could not be
     /// registered, as when a second service shares a test context).
     pub(super) watch_outcomes: Option<prometheus::IntCounterVec>,
+    /// Status lists as last signed here ([`super::status::ServedLists`]).
+    pub(super) served_lists: super::status::ServedLists,
 }
 
 pub(super) fn hash(secret: &str) -> String {
@@ -53,6 +55,7 @@ impl IssuerService {
             ctx,
             cfg,
             status_blocks: Default::default(),
+            served_lists: Default::default(),
             watches,
         }
     }

@@ -394,6 +394,10 @@ impl IssuerService {
         if if_none_match == Some(etag.as_str()) {
             return Ok((etag, None));
         }
+        let cache_key = (issuer_id.to_string(), list.to_string(), cwt);
+        if let Some(signed) = self.served_lists.get(&cache_key, &etag) {
+            return Ok((etag, Some(signed)));
+        }
         let key = self.signing_key(&issuer).await?;
         let uri = format!("{}/status-lists/{list}", self.issuer_url(issuer_id));
         let now = self.now();
@@ -432,6 +436,7 @@ impl IssuerService {
                 .into_bytes(),
             ),
         };
+        self.served_lists.put(cache_key, &etag, &signed);
         Ok((etag, Some(signed)))
     }
 
@@ -472,6 +477,39 @@ impl IssuerService {
 /// the half-day it was signed in, not the exact signing time: unchanged → 304, a rotated signer
 /// → a new ETag. The half-day keeps a revalidated copy well inside the JWT's 24 h `exp`: a 304
 /// never hands back an expired token.
+/// Status lists as last signed on this node, by (issuer, list, CWT form), with their ETag. The
+/// ETag names everything a signed list says but its `iat` (content, signer, form, half-day), so
+/// a request for the same ETag gets the same bytes: a list is compressed and signed at most once
+/// per change, signer and half-day on each node, not on every anonymous GET (attacker review:
+/// milliseconds of CPU each, with no rate limit). At most [`MAX_SERVED_LISTS`] are kept.
+#[derive(Default)]
+pub struct ServedLists(std::sync::Mutex<std::collections::HashMap<ListKey, SignedList>>);
+
+/// (issuer, list, CWT form).
+type ListKey = (String, String, bool);
+/// (ETag, media type, signed bytes).
+type SignedList = (String, &'static str, Vec<u8>);
+
+/// Signed lists kept per node (each a few KiB).
+const MAX_SERVED_LISTS: usize = 1024;
+
+impl ServedLists {
+    fn get(&self, key: &ListKey, etag: &str) -> Option<(&'static str, Vec<u8>)> {
+        let held = self.0.lock().ok()?;
+        let (tag, media, bytes) = held.get(key)?;
+        (tag == etag).then(|| (*media, bytes.clone()))
+    }
+
+    fn put(&self, key: ListKey, etag: &str, signed: &(&'static str, Vec<u8>)) {
+        if let Ok(mut held) = self.0.lock() {
+            if held.len() >= MAX_SERVED_LISTS && !held.contains_key(&key) {
+                held.clear();
+            }
+            held.insert(key, (etag.to_string(), signed.0, signed.1.clone()));
+        }
+    }
+}
+
 fn list_etag(list: &str, arr: &StatusArray, signed_by: &str, cwt: bool, now: i64) -> String {
     let half_day = now.div_euclid(12 * 3600).to_be_bytes();
     let tag = [

@@ -674,6 +674,36 @@ async fn a_credential_of_a_later_status_list_is_revoked_in_that_list() {
     );
 }
 
+/// A status list is compressed and signed once per change (and half-day): the same ETag is the
+/// same bytes, even a minute later, without If-None-Match (attacker review: every anonymous GET
+/// compressed at level 9 and signed again); a revocation is a new list at once.
+#[tokio::test]
+async fn a_status_list_is_signed_once_per_version() {
+    let (svc, clock) = issuer().await;
+    let o = svc.create_offer("default", offer_req(None)).await.unwrap();
+    issued_from(&svc, &clock, &o).await;
+    let served = |list: &'static str| {
+        let svc = &svc;
+        async move {
+            let (etag, signed) = svc.status_list("default", list, false, None).await.unwrap();
+            (etag, signed.unwrap().1)
+        }
+    };
+    for list in ["token-1", "revocation-1"] {
+        let first = served(list).await;
+        clock.advance_ms(60_000);
+        assert_eq!(served(list).await, first, "{list}: signed again");
+    }
+    let before = served("revocation-1").await;
+    let cred = svc.list_credentials("default").await.unwrap().remove(0);
+    svc.set_status("default", &cred.id, CredentialStatus::Revoked)
+        .await
+        .unwrap();
+    let after = served("revocation-1").await;
+    assert_ne!(after.0, before.0);
+    assert_ne!(after.1, before.1);
+}
+
 /// A store on which another admin's status change lands between this change's record write and
 /// its list writes: at the first status-list write armed, the credential record `record` is
 /// changed to revoked (the other change; its own list writes happened before, overwritten).
