@@ -126,7 +126,10 @@ pub async fn delete_wallet(
 /// its role changed at once (204). 404 when no account has the email; 409 when the last owner
 /// would be made a viewer, or too many invitations are pending (64 per wallet, 100 per account).
 #[utoipa::path(tag = "wallet", security(("wallet_session" = [])), params(("w" = String, Path)), request_body = AddMember, responses((status = 202, body = Invited), (status = 204), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
-#[post("/wallet/wallets/{w}/members")]
+#[post(
+    "/wallet/wallets/{w}/members",
+    wrap = "actix_web::middleware::from_fn(crate::http::ratelimit::signup)"
+)]
 pub async fn add_member(
     svc: Svc,
     user: SignedIn,
