@@ -614,6 +614,8 @@ pub struct MediatorConfig {
     /// Grant mediation only to connections made through a single-use invitation an admin created
     /// (`GET /api/mediator/invitation?single_use=true`), not the reusable public one.
     pub grant_requires_single_use_invitation: bool,
+    /// Most WebSockets open on this node at once (all clients together).
+    pub max_sockets: usize,
 }
 
 impl Default for MediatorConfig {
@@ -631,6 +633,7 @@ impl Default for MediatorConfig {
             max_keys_per_connection: 1_000,
             max_connections_per_invitation: 100_000,
             grant_requires_single_use_invitation: false,
+            max_sockets: 20_000,
         }
     }
 }

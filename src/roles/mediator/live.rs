@@ -52,9 +52,13 @@ impl MediatorService {
 
     /// Whether a new WebSocket may open here: not while the node stops or a rolling upgrade holds
     /// it back (its readiness is failing then, so a balancer sends the client to another node).
-    pub fn accept_socket(&self) -> MediatorResult<()> {
+    pub fn accept_socket(&self) -> MediatorResult<tokio::sync::OwnedSemaphorePermit> {
         match *self.ctx.sessions.borrow() {
-            Sessions::Open => Ok(()),
+            Sessions::Open => self.socket_places.clone().try_acquire_owned().map_err(|_| {
+                MediatorError::NotServing(
+                    "this node holds as many WebSockets as it takes (mediator.max_sockets); connect again later, or to another node",
+                )
+            }),
             Sessions::Stopping => Err(MediatorError::NotServing(
                 "this node is stopping; connect again (to another node)",
             )),

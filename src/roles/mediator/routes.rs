@@ -113,7 +113,7 @@ pub async fn websocket(
     svc: Svc,
     body: web::Payload,
 ) -> actix_web::Result<HttpResponse> {
-    svc.accept_socket().map_err(ApiError::from)?;
+    let place = svc.accept_socket().map_err(ApiError::from)?;
     let budget = SocketBudget::for_upgrade(&req)?;
     let max = svc.max_message_bytes();
     // Frame lengths are checked as headers arrive, before actix-ws buffers a frame's payload.
@@ -127,7 +127,10 @@ pub async fn websocket(
         .aggregate_continuations()
         .max_continuation_size(max);
     let svc = svc.into_inner();
-    actix_web::rt::spawn(run_socket(svc, session, stream, budget));
+    actix_web::rt::spawn(async move {
+        run_socket(svc, session, stream, budget).await;
+        drop(place);
+    });
     Ok(response)
 }
 

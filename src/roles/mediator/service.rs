@@ -42,6 +42,8 @@ pub struct MediatorService {
     /// Connection id → the socket that has live mode on for it (last one wins).
     pub(super) live: Mutex<HashMap<String, Weak<Socket>>>,
     pub(super) open_sockets: AtomicU64,
+    /// Places for WebSockets on this node (`mediator.max_sockets`): each socket holds one.
+    pub(super) socket_places: Arc<tokio::sync::Semaphore>,
     pub(super) next_socket: AtomicU64,
     /// Queue indexes and leases: each message is handed out once per socket or HTTP lease,
     /// whichever transport asks.
@@ -70,6 +72,7 @@ impl MediatorService {
         let did = peer::did_peer_2(&vk, &endpoints, &[]).map_err(anyhow::Error::msg)?;
         let did_key = peer::did_key_of(&verkey).map_err(anyhow::Error::msg)?;
         let metrics = register_metrics(&ctx).ok();
+        let socket_places = Arc::new(tokio::sync::Semaphore::new(cfg.max_sockets.max(1)));
         Ok(Self {
             ctx,
             cfg,
@@ -79,6 +82,7 @@ impl MediatorService {
             did_key,
             live: Mutex::default(),
             open_sockets: AtomicU64::new(0),
+            socket_places,
             next_socket: AtomicU64::new(1),
             book: Arc::default(),
             origin: random_id(),

@@ -681,3 +681,24 @@ async fn a_forward_cancelled_after_its_write_is_still_indexed() {
     }
     panic!("the stored message never reached the index");
 }
+
+/// A node takes at most `mediator.max_sockets` WebSockets, all clients together (an outsider
+/// with many addresses could otherwise open them without end, each able to hold a message's
+/// fragments): beyond it an upgrade is refused 503 with Retry-After, and a closed socket's place
+/// is taken again.
+#[tokio::test]
+async fn a_node_takes_at_most_max_sockets_websockets() {
+    let ctx = RoleContext::for_tests(FakeClock::new(1_800_000_000_000));
+    let cfg = crate::config::MediatorConfig {
+        max_sockets: 2,
+        ..Default::default()
+    };
+    let svc = super::init(&ctx, &cfg).await.unwrap();
+    let first = svc.accept_socket().unwrap();
+    let _second = svc.accept_socket().unwrap();
+    let full = crate::error::ApiError::from(svc.accept_socket().unwrap_err());
+    assert_eq!(full.code, crate::error::Code::Unavailable);
+    assert!(full.retry_after.is_some());
+    drop(first);
+    assert!(svc.accept_socket().is_ok());
+}

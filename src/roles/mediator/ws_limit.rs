@@ -6,9 +6,16 @@
 //! [`FrameLimit`] sits between the connection and actix-ws and reads the frame headers
 //! (RFC 6455 §5.2) itself: a frame declaring more than the limit ends the stream with
 //! `PayloadError::Overflow` as soon as its header is in, before any of its payload is kept.
+//!
+//! It also times fragmented messages: actix-ws keeps the fragments of a message until its last
+//! one (up to `max_message_bytes`) and passes pings and pongs through meanwhile, so a client that
+//! sent all fragments but the last and then only answered pings held that memory for as long as
+//! the socket lived (attacker review). A message still unfinished [`FRAGMENT_DEADLINE`] after its
+//! first fragment ends the stream at the next frame header.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use actix_web::error::PayloadError;
 use actix_web::web::Bytes;
@@ -23,11 +30,25 @@ enum State {
     Payload { left: u64 },
 }
 
+/// How long the fragments of one message may take, from the first to the last.
+pub const FRAGMENT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Why the scanner ends the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// A frame declares this many payload bytes, over the limit.
+    TooLarge(u64),
+    /// A fragmented message was not finished within [`FRAGMENT_DEADLINE`].
+    Unfinished,
+}
+
 /// Follows frame boundaries in a client→server WebSocket byte stream.
 #[derive(Debug, Clone)]
 pub struct FrameScanner {
     max: u64,
     state: State,
+    /// When the fragmented message in progress began (its first frame's header).
+    fragmented_since: Option<Instant>,
 }
 
 impl FrameScanner {
@@ -38,11 +59,14 @@ impl FrameScanner {
                 buf: [0; 14],
                 have: 0,
             },
+            fragmented_since: None,
         }
     }
 
-    /// Feeds the next bytes; `Err(declared length)` when a frame declares more than the limit.
-    pub fn feed(&mut self, mut chunk: &[u8]) -> Result<(), u64> {
+    /// Feeds the next bytes, arrived at `now`: `Err` when a frame declares more than the limit,
+    /// or a frame header comes while a fragmented message has been unfinished for longer than
+    /// [`FRAGMENT_DEADLINE`].
+    pub fn feed(&mut self, mut chunk: &[u8], now: Instant) -> Result<(), Refused> {
         while !chunk.is_empty() {
             match &mut self.state {
                 State::Payload { left } => {
@@ -68,7 +92,23 @@ impl FrameScanner {
                     }
                     let len = payload_len(&buf[..*have]);
                     if len > self.max {
-                        return Err(len);
+                        return Err(Refused::TooLarge(len));
+                    }
+                    let (fin, opcode) = (buf[0] & 0x80 != 0, buf[0] & 0x0f);
+                    match (opcode, fin) {
+                        // a text or binary frame without FIN opens a fragmented message
+                        (1 | 2, false) => {
+                            self.fragmented_since = self.fragmented_since.or(Some(now))
+                        }
+                        // a final continuation (or a whole data frame) ends it
+                        (0..=2, true) => self.fragmented_since = None,
+                        _ => {}
+                    }
+                    if self
+                        .fragmented_since
+                        .is_some_and(|t| now.saturating_duration_since(t) > FRAGMENT_DEADLINE)
+                    {
+                        return Err(Refused::Unfinished);
                     }
                     self.state = if len == 0 {
                         State::Header {
@@ -136,15 +176,23 @@ where
             return Poll::Ready(None);
         }
         match Pin::new(&mut self.inner).poll_next(cx) {
-            Poll::Ready(Some(Ok(bytes))) => match self.scanner.feed(&bytes) {
+            Poll::Ready(Some(Ok(bytes))) => match self.scanner.feed(&bytes, Instant::now()) {
                 Ok(()) => Poll::Ready(Some(Ok(bytes))),
-                Err(declared) => {
+                Err(Refused::TooLarge(declared)) => {
                     tracing::info!(
                         declared,
                         "WebSocket frame above max_message_bytes refused at its header"
                     );
                     self.failed = true;
                     Poll::Ready(Some(Err(PayloadError::Overflow)))
+                }
+                Err(Refused::Unfinished) => {
+                    tracing::info!("WebSocket message left unfinished: the socket is closed");
+                    self.failed = true;
+                    Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "a fragmented message was not finished in time",
+                    )))))
                 }
             },
             other => other,
@@ -184,7 +232,7 @@ mod tests {
         for split in [1, 2, 3, 7, 1000, stream.len()] {
             let mut s = FrameScanner::new(70_000);
             for c in stream.chunks(split) {
-                s.feed(c).unwrap();
+                s.feed(c, Instant::now()).unwrap();
             }
             assert!(matches!(s.state, State::Header { have: 0, .. }), "{split}");
         }
@@ -199,16 +247,55 @@ mod tests {
             stream.extend(frame(200 * 1024 * 1024, true));
             let mut res = Ok(());
             for c in stream.chunks(split) {
-                res = s.feed(c);
+                res = s.feed(c, Instant::now());
                 if res.is_err() {
                     break;
                 }
             }
-            assert_eq!(res, Err(200 * 1024 * 1024), "{split}");
+            assert_eq!(res, Err(Refused::TooLarge(200 * 1024 * 1024)), "{split}");
         }
         let mut s = FrameScanner::new(1024);
-        assert_eq!(s.feed(&frame(1025, true)), Err(1025));
+        let now = Instant::now();
+        assert_eq!(
+            s.feed(&frame(1025, true), now),
+            Err(Refused::TooLarge(1025))
+        );
         let mut s = FrameScanner::new(1024);
-        assert_eq!(s.feed(&frame(1024, true)), Ok(()));
+        assert_eq!(s.feed(&frame(1024, true), now), Ok(()));
+    }
+
+    /// A header with FIN and opcode as given, masked, with `len` payload bytes after it.
+    fn frame_op(first: u8, len: u8) -> Vec<u8> {
+        let mut f = vec![first, 0x80 | len, 1, 2, 3, 4];
+        f.extend(std::iter::repeat_n(0u8, len as usize));
+        f
+    }
+
+    /// A fragmented message must be finished within the deadline: pings and pongs meanwhile do
+    /// not keep it open; one finished in time, and whole messages, are never refused.
+    #[test]
+    fn an_unfinished_fragmented_message_ends_the_stream_at_the_deadline() {
+        let t0 = Instant::now();
+        let late = t0 + FRAGMENT_DEADLINE + Duration::from_secs(1);
+        let (first, cont, last, pong, whole) = (0x02, 0x00, 0x80, 0x8a, 0x82);
+        let mut s = FrameScanner::new(1024);
+        s.feed(&frame_op(first, 10), t0).unwrap();
+        s.feed(&frame_op(cont, 10), t0 + Duration::from_secs(1))
+            .unwrap();
+        s.feed(&frame_op(pong, 0), t0 + Duration::from_secs(20))
+            .unwrap();
+        assert_eq!(s.feed(&frame_op(pong, 0), late), Err(Refused::Unfinished));
+        // finished in time: the clock starts again with the next message
+        let mut s = FrameScanner::new(1024);
+        s.feed(&frame_op(first, 10), t0).unwrap();
+        s.feed(&frame_op(last, 10), t0 + Duration::from_secs(5))
+            .unwrap();
+        s.feed(&frame_op(pong, 0), late).unwrap();
+        s.feed(&frame_op(whole, 10), late + FRAGMENT_DEADLINE * 3)
+            .unwrap();
+        s.feed(&frame_op(first, 10), late + FRAGMENT_DEADLINE * 3)
+            .unwrap();
+        s.feed(&frame_op(last, 10), late + FRAGMENT_DEADLINE * 3)
+            .unwrap();
     }
 }
