@@ -1,7 +1,9 @@
-//! Outbound webhooks: JSON POSTs signed with HMAC-SHA256 over the body (header
-//! `X-Idstack-Signature: sha256=<hex>`, keyed by a subkey of the master key, so every node of a
-//! deployment signs alike and receivers configure one secret),
-//! retried with back-off. Delivery is best effort and never blocks the request that caused it.
+//! Outbound webhooks: JSON POSTs signed with HMAC-SHA256 over the body, twice: under the
+//! deployment's key (`X-Idstack-Signature: sha256=<hex>`) and under the sending tenant's own key
+//! (`X-Idstack-Tenant-Signature`). Both are subkeys of the master key, so every node of a
+//! deployment signs alike. A receiver that serves one tenant is given that tenant's key: with the
+//! deployment's, the receiver of one tenant's events could forge another tenant's (attacker
+//! review), e.g. a `verification.finished` for a session that never verified. Retried with back-off. Delivery is best effort and never blocks the request that caused it.
 //! It goes through the outbound guard (the role context's `http`, `http.outbound`): a webhook URL on a
 //! non-public address is refused unless allowed there.
 //!
@@ -19,8 +21,44 @@ use hmac::Mac;
 use crate::store::Sealer;
 
 pub const SIGNATURE_HEADER: &str = "X-Idstack-Signature";
+/// The signature under the sending tenant's own key ([`tenant_key`]).
+pub const TENANT_SIGNATURE_HEADER: &str = "X-Idstack-Tenant-Signature";
 
 const LABEL: &[u8] = b"idstack webhook signing v1";
+
+/// Whose events a webhook carries: a role's tenant.
+#[derive(Debug, Clone, Copy)]
+pub struct Sender<'a> {
+    /// `issuer` or `verifier`.
+    pub role: &'static str,
+    /// The tenant's id.
+    pub tenant: &'a str,
+}
+
+/// The HMAC key of one tenant's webhooks: a subkey of the master key under a label naming the
+/// role and the tenant (lengths prefixed, so no two pairs give one label).
+pub fn tenant_key(sealer: &Sealer, sender: Sender<'_>) -> Vec<u8> {
+    let label = format!(
+        "idstack webhook signing v1 tenant/{}:{}/{}:{}",
+        sender.role.len(),
+        sender.role,
+        sender.tenant.len(),
+        sender.tenant
+    );
+    sealer.derive_subkey(label.as_bytes())
+}
+
+/// `sha256=<hex HMAC-SHA256 of body under key>`.
+fn signature_with(key: &[u8], body: &[u8]) -> String {
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(body);
+    let tag = mac.finalize().into_bytes();
+    format!(
+        "sha256={}",
+        tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
 
 /// The HMAC key: derived from the master-key sealer so every node of a deployment signs alike.
 pub fn signing_key(sealer: &Sealer) -> Vec<u8> {
@@ -28,11 +66,7 @@ pub fn signing_key(sealer: &Sealer) -> Vec<u8> {
 }
 
 pub fn sign(sealer: &Sealer, body: &[u8]) -> String {
-    let tag = sealer.mac_key(LABEL).over(&[body]).finalize().into_bytes();
-    format!(
-        "sha256={}",
-        tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    signature_with(&signing_key(sealer), body)
 }
 
 /// Longest webhook (or redirect) URL accepted.
@@ -76,11 +110,13 @@ pub fn origin_of(url: &str) -> String {
     }
 }
 
-/// POSTs `event` (a JSON object) to `url` through the guarded outbound client `http`, with
-/// `delivery_id` and `sent_at` (`now`) added, signed with a subkey of `sealer`'s master key.
+/// POSTs `event` (a JSON object) of `sender` to `url` through the guarded outbound client
+/// `http`, with `delivery_id` and `sent_at` (`now`) added, signed with subkeys of `sealer`'s
+/// master key: the deployment's and the sender's.
 pub async fn deliver(
     http: &reqwest::Client,
     sealer: &Sealer,
+    sender: Sender<'_>,
     url: &str,
     event: &serde_json::Value,
     now: i64,
@@ -99,6 +135,7 @@ pub async fn deliver(
     }
     let body = event.to_string();
     let signature = sign(sealer, body.as_bytes());
+    let tenant_signature = signature_with(&tenant_key(sealer, sender), body.as_bytes());
     for attempt in 0..4u32 {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(250 * 4u64.pow(attempt - 1))).await;
@@ -107,6 +144,7 @@ pub async fn deliver(
             http.post(url)
                 .header("Content-Type", "application/json")
                 .header(SIGNATURE_HEADER, &signature)
+                .header(TENANT_SIGNATURE_HEADER, &tenant_signature)
                 .timeout(Duration::from_secs(5))
                 .body(body.clone()),
         )
@@ -132,6 +170,37 @@ pub async fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each tenant's key is its own (per role and id, and not the deployment's); the
+    /// deployment's signature is what it was (an HMAC under the subkey receivers were given).
+    #[test]
+    fn each_tenant_signs_with_a_key_of_its_own() {
+        let sealer = Sealer::new(&[7u8; 32]);
+        let s = |role, tenant| tenant_key(&sealer, Sender { role, tenant });
+        let keys = [
+            s("verifier", "a"),
+            s("verifier", "b"),
+            s("issuer", "a"),
+            s("verifier", "a:1"),
+            s("verifier:a", "1"),
+            signing_key(&sealer),
+        ];
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(k.len(), 32);
+            for other in &keys[i + 1..] {
+                assert_ne!(k, other);
+            }
+        }
+        assert_eq!(s("verifier", "a"), s("verifier", "a"));
+        let body = br#"{"type":"verification.finished"}"#;
+        let deployment = sealer.mac_key(LABEL).over(&[body]).finalize().into_bytes();
+        let hex: String = deployment.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(sign(&sealer, body), format!("sha256={hex}"));
+        assert_ne!(
+            signature_with(&keys[0], body),
+            signature_with(&keys[1], body)
+        );
+    }
 
     /// Logs name a webhook by its origin: a secret in its path, query or user-info stays out.
     #[test]

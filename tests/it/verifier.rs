@@ -310,6 +310,44 @@ async fn sse_events_and_signed_webhook() {
         .map(|b| format!("{b:02x}"))
         .collect();
     assert_eq!(sig.trim(), format!("sha256={expected}"));
+    // and under the tenant's own key, which another tenant's receiver does not have
+    let header_value = |name: &str| {
+        request
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix(&format!("{name}: "))
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    let tenant_sig = header_value("x-idstack-tenant-signature");
+    let hmac_hex = |secret: &Value| {
+        let hex = secret["secret"].as_str().unwrap();
+        let key: Vec<u8> = (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(body.as_bytes());
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("sha256={hex}")
+    };
+    let own: Value = s
+        .admin()
+        .get("/api/system/webhook-secret?verifier=default")
+        .await;
+    assert_eq!(own["header"], "X-Idstack-Tenant-Signature");
+    assert_eq!(tenant_sig.trim(), hmac_hex(&own));
+    let other: Value = s
+        .admin()
+        .get("/api/system/webhook-secret?verifier=other")
+        .await;
+    assert_ne!(tenant_sig.trim(), hmac_hex(&other));
     let event: Value = serde_json::from_str(body).unwrap();
     assert_eq!(event["session"]["verified"], true);
     // what a receiver refuses replays by, inside what the signature covers

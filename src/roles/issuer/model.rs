@@ -134,8 +134,9 @@ pub struct CreateIssuer {
     pub did_method: Option<DidMethod>,
     #[serde(default)]
     pub credential_configurations: BTreeMap<String, CredentialConfig>,
-    /// Receives a signed JSON event when the state of one of its offers changes (`X-Idstack-Signature: sha256=<hex HMAC of the
-    /// body>` under `GET /api/system/webhook-secret`; the body's `delivery_id` and `sent_at` let
+    /// Receives a signed JSON event when the state of one of its offers changes (`X-Idstack-Tenant-Signature: sha256=<hex HMAC of
+    /// the body>` under this tenant's key, `GET /api/system/webhook-secret?issuer=<id>`, and
+    /// `X-Idstack-Signature` under the deployment's; the body's `delivery_id` and `sent_at` let
     /// the receiver refuse replays). http(s), no fragment; in production mode plain http only to
     /// a host `http.outbound.allow` names.
     pub webhook_url: Option<String>,

@@ -244,7 +244,11 @@ impl IssuerService {
             let Some(url) = issuer.webhook_url else {
                 return;
             };
-            crate::http::webhook::deliver(&ctx.http, &ctx.sealer, &url, &event, now).await;
+            let sender = crate::http::webhook::Sender {
+                role: "issuer",
+                tenant: &issuer_id,
+            };
+            crate::http::webhook::deliver(&ctx.http, &ctx.sealer, sender, &url, &event, now).await;
         });
     }
 

@@ -100,8 +100,9 @@ pub struct CreateSession {
     /// The `status` policy fails for a credential without a status reference (default false:
     /// a credential that was issued without one passes `status`).
     pub require_status: Option<bool>,
-    /// Receives a signed JSON event when the session finishes (`X-Idstack-Signature: sha256=<hex HMAC of the
-    /// body>` under `GET /api/system/webhook-secret`; the body's `delivery_id` and `sent_at` let
+    /// Receives a signed JSON event when the session finishes (`X-Idstack-Tenant-Signature: sha256=<hex HMAC of
+    /// the body>` under this tenant's key, `GET /api/system/webhook-secret?verifier=<id>`, and
+    /// `X-Idstack-Signature` under the deployment's; the body's `delivery_id` and `sent_at` let
     /// the receiver refuse replays). http(s), no fragment; in production mode plain http only to
     /// a host `http.outbound.allow` names.
     pub webhook_url: Option<String>,

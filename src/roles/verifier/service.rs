@@ -97,8 +97,14 @@ impl VerifierService {
                 }
             };
             let event = json!({"type": "verification.finished", "verifier": s.verifier, "session": s.view(now)});
+            let verifier = s.verifier.clone();
             tokio::spawn(async move {
-                crate::http::webhook::deliver(&ctx.http, &ctx.sealer, &url, &event, now).await
+                let sender = crate::http::webhook::Sender {
+                    role: "verifier",
+                    tenant: &verifier,
+                };
+                crate::http::webhook::deliver(&ctx.http, &ctx.sealer, sender, &url, &event, now)
+                    .await
             });
         }
     }
