@@ -285,32 +285,7 @@ async fn sse_events_and_signed_webhook() {
     assert!(frames.last().unwrap().contains("\"state\":\"completed\""));
 
     let request = receiver.join().unwrap();
-    let secret: Value = s.admin().get("/api/system/webhook-secret").await;
-    let sig = request
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("x-idstack-signature: ")
-                .map(str::to_string)
-        })
-        .expect("signature header");
     let body = &request[request.find("\r\n\r\n").unwrap() + 4..];
-    use hmac::Mac;
-    let key: Vec<u8> = (0..secret["secret"].as_str().unwrap().len() / 2)
-        .map(|i| {
-            u8::from_str_radix(&secret["secret"].as_str().unwrap()[2 * i..2 * i + 2], 16).unwrap()
-        })
-        .collect();
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
-    mac.update(body.as_bytes());
-    let expected: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    assert_eq!(sig.trim(), format!("sha256={expected}"));
-    // and under the tenant's own key, which another tenant's receiver does not have
     let header_value = |name: &str| {
         request
             .lines()
@@ -321,7 +296,8 @@ async fn sse_events_and_signed_webhook() {
             })
             .unwrap_or_else(|| panic!("no {name}"))
     };
-    let tenant_sig = header_value("x-idstack-tenant-signature");
+    use hmac::Mac;
+    // `sha256=<hex HMAC of the body>` under the key `GET /api/system/webhook-secret` gave
     let hmac_hex = |secret: &Value| {
         let hex = secret["secret"].as_str().unwrap();
         let key: Vec<u8> = (0..hex.len() / 2)
@@ -337,6 +313,12 @@ async fn sse_events_and_signed_webhook() {
             .collect();
         format!("sha256={hex}")
     };
+    let secret: Value = s.admin().get("/api/system/webhook-secret").await;
+    assert_eq!(secret["header"], "X-Idstack-Signature");
+    let sig = header_value("x-idstack-signature");
+    assert_eq!(sig.trim(), hmac_hex(&secret));
+    // and under the tenant's own key, which another tenant's receiver does not have
+    let tenant_sig = header_value("x-idstack-tenant-signature");
     let own: Value = s
         .admin()
         .get("/api/system/webhook-secret?verifier=default")
