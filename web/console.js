@@ -81,8 +81,19 @@ async function refreshActivity() {
   } catch { /* shown elsewhere */ }
 }
 
+// The QR code is fetched by POST and shown from a blob: URL, so what it encodes (an offer's
+// pre-authorized code, say) never appears in a URL a proxy would log.
+let qrCount = 0;
 function qr(data) {
-  return `<img class="qr" alt="QR code" width="240" height="240" src="/console/qr.svg?data=${encodeURIComponent(data)}">`;
+  const id = `qr-${++qrCount}`;
+  fetch('/console/qr.svg', { method: 'POST', headers: { 'Content-Type': 'text/plain' }, body: data })
+    .then((r) => (r.ok ? r.blob() : null))
+    .then((blob) => {
+      const img = document.getElementById(id);
+      if (img && blob) img.src = URL.createObjectURL(blob);
+    })
+    .catch(() => { /* no QR code: the text is shown beside it */ });
+  return `<img class="qr" id="${id}" alt="QR code" width="240" height="240">`;
 }
 
 // ---- guided demo ----------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 //! The embedded console (web/) and Swagger UI, served from the binary: no CDN, no network.
 
-use actix_web::{get, web, HttpResponse};
+use actix_web::{get, post, web, HttpResponse};
 use rust_embed::RustEmbed;
 
 #[derive(RustEmbed)]
@@ -10,7 +10,7 @@ struct Assets;
 /// The console's Content-Security-Policy: everything from this origin only, no inline script or
 /// style, no plugins, never framed (clickjacking), forms and `<base>` pinned.
 pub const CONSOLE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
-img-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+img-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
 frame-ancestors 'none'";
 
 /// Security headers on every console response (pages, assets, QR codes).
@@ -39,18 +39,15 @@ async fn index() -> HttpResponse {
     serve("index.html")
 }
 
-#[derive(serde::Deserialize)]
-struct QrQuery {
-    data: String,
-}
-
-/// A QR code (SVG) of `data`, for the console to show offers and requests; no network, no CDN.
-#[get("/console/qr.svg")]
-async fn qr(q: web::Query<QrQuery>) -> HttpResponse {
-    if q.data.len() > 2953 {
+/// A QR code (SVG) of the posted text, for the console to show offers, requests and invitations;
+/// no network, no CDN. POSTed, not in a URL: an offer URI carries its pre-authorized code, and a
+/// query string ends up in proxy access logs (attacker review of `GET /console/qr.svg?data=`).
+#[post("/console/qr.svg")]
+async fn qr(data: web::Bytes) -> HttpResponse {
+    if data.len() > 2953 {
         return secured(HttpResponse::PayloadTooLarge()).finish();
     }
-    match qrcode::QrCode::new(q.data.as_bytes()) {
+    match qrcode::QrCode::new(&data) {
         Ok(code) => secured(HttpResponse::Ok())
             .content_type("image/svg+xml")
             .insert_header(("Cache-Control", "no-store"))
