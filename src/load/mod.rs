@@ -22,6 +22,9 @@ use crate::dcql::CredentialView;
 pub enum Scenario {
     /// GET /health/ready.
     Health,
+    /// GET the default issuer's Token Status List (`/issuers/default/status-lists/token-1`) as an
+    /// anonymous verifier would, without If-None-Match: what serving a list costs.
+    StatusList,
     /// Full OpenID4VCI pre-authorized flow (offer via the admin API, token, nonce, proof, credential).
     Issue,
     /// OpenID4VP: session via the admin API, resolve the signed request, present an SD-JWT with key
@@ -335,21 +338,11 @@ async fn user_loop(
         pace_wait(pace, &mut next).await;
         let t = Instant::now();
         let ok = match scenario {
-            Scenario::Health => timed(s, "GET /health/ready", async {
-                let r = ctx
-                    .http
-                    .get(format!("{}/health/ready", ctx.target))
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if r.status().is_success() {
-                    Ok(())
-                } else {
-                    Err(format!("HTTP {}", r.status()))
-                }
-            })
-            .await
-            .is_some(),
+            Scenario::Health => get_ok(&ctx, "GET /health/ready", "/health/ready").await,
+            Scenario::StatusList => {
+                let list = "/issuers/default/status-lists/token-1";
+                get_ok(&ctx, "GET status list", list).await
+            }
             Scenario::Issue => issue_flow(
                 &ctx,
                 &key,
@@ -390,6 +383,24 @@ async fn user_loop(
             s.done.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// One timed GET of `path` that must answer 2xx (its body read).
+async fn get_ok(ctx: &Ctx, op: &'static str, path: &str) -> bool {
+    timed(&ctx.stats, op, async {
+        let r = ctx
+            .http
+            .get(format!("{}{path}", ctx.target))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !r.status().is_success() {
+            return Err(format!("HTTP {}", r.status()));
+        }
+        r.bytes().await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await
+    .is_some()
 }
 
 async fn verify_flow(ctx: &Ctx, key: &SigningKey, credential: &str) -> Option<()> {
