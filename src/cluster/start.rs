@@ -2395,12 +2395,6 @@ mod tests {
         n.cluster.leave().await;
     }
 
-    /// Attack, end to end: a request to node a captured on the wire just before a restarts,
-    /// replayed to the restarted a (same id, new generation, empty replay cache) inside the
-    /// window. Before, a took it again; now it is refused before its body, with a signed answer
-    /// naming a's new generation. A caller whose view still names the old generation (gossip
-    /// not yet propagated) gets through: it retries once, signed for the generation in the
-    /// answer. (The restarted a listens on another port here; the node id is what counts.)
     /// Two processes under one node id (a copied data dir, a cloned machine): each sees the
     /// other's heartbeat advancing and reports not ready, naming it; a peer is not affected.
     /// Once the copy stops, the node is ready again.
@@ -2456,6 +2450,12 @@ mod tests {
         }
     }
 
+    /// Attack, end to end: a request to node a captured on the wire just before a restarts,
+    /// replayed to the restarted a (same id, new generation, empty replay cache) inside the
+    /// window. Before, a took it again; now it is refused before its body, with a signed answer
+    /// naming a's new generation. A caller whose view still names the old generation (gossip
+    /// not yet propagated) gets through: it retries once, signed for the generation in the
+    /// answer. (The restarted a listens on another port here; the node id is what counts.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_captured_before_a_restart_is_refused_after_it() {
         use crate::cluster::auth;

@@ -215,13 +215,13 @@ fn authorize_error(e: &IssuerError) -> &'static str {
     }
 }
 
+/// Longest `client_id` the authorization endpoint takes.
+const MAX_CLIENT_ID: usize = 1024;
+
 /// A redirect URI the answer can be sent to: an absolute URI (wallets use their own schemes as
 /// well as `https`) without fragment, whitespace or control characters — those would break the
 /// `Location` header (a 500, after the code was stored) or smuggle a header in — and not a
 /// `javascript:`, `data:` or `vbscript:` one.
-/// Longest `client_id` the authorization endpoint takes.
-const MAX_CLIENT_ID: usize = 1024;
-
 fn validate_redirect(u: &str) -> Result<reqwest::Url, IssuerError> {
     let refused = || {
         bad_authorization(

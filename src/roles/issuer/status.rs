@@ -395,7 +395,7 @@ impl IssuerService {
             return Ok((etag, None));
         }
         let cache_key = (issuer_id.to_string(), list.to_string(), cwt);
-        if let Some(signed) = self.served_lists.get(&cache_key, &etag) {
+        if let Some(signed) = self.served_lists.get(&cache_key, &etag, self.now()) {
             return Ok((etag, Some(signed)));
         }
         let key = self.signing_key(&issuer).await?;
@@ -408,7 +408,7 @@ impl IssuerService {
                     &uri,
                     now,
                     Some(now + STATUS_LIST_LIFETIME_SECS),
-                    Some(60),
+                    Some(REUSE_SECS.unsigned_abs()),
                     &arr,
                     &ds.key,
                     &ds.x5chain(),
@@ -420,8 +420,16 @@ impl IssuerService {
             }
             "token" => (
                 "application/statuslist+jwt",
-                formats::token_status_list(&issuer, &key, &uri, bits, arr.to_token_lst(), now, 60)
-                    .into_bytes(),
+                formats::token_status_list(
+                    &issuer,
+                    &key,
+                    &uri,
+                    bits,
+                    arr.to_token_lst(),
+                    now,
+                    REUSE_SECS,
+                )
+                .into_bytes(),
             ),
             _ => (
                 "application/vc+jwt",
@@ -436,7 +444,7 @@ impl IssuerService {
                 .into_bytes(),
             ),
         };
-        self.served_lists.put(cache_key, &etag, &signed);
+        self.served_lists.put(cache_key, &etag, now, &signed);
         Ok((etag, Some(signed)))
     }
 
@@ -473,43 +481,51 @@ impl IssuerService {
     }
 }
 
-/// A status list's ETag: its name, content and signer (key or document signer certificate), and
-/// the half-day it was signed in, not the exact signing time: unchanged → 304, a rotated signer
-/// → a new ETag. The half-day keeps a revalidated copy well inside the JWT's 24 h `exp`: a 304
-/// never hands back an expired token.
-/// Status lists as last signed on this node, by (issuer, list, CWT form), with their ETag. The
-/// ETag names everything a signed list says but its `iat` (content, signer, form, half-day), so
-/// a request for the same ETag gets the same bytes: a list is compressed and signed at most once
-/// per change, signer and half-day on each node, not on every anonymous GET (attacker review:
-/// milliseconds of CPU each, with no rate limit). At most [`MAX_SERVED_LISTS`] are kept.
+/// Status lists as last signed on this node, by (issuer, list, CWT form), with their ETag and
+/// when they were signed. The ETag names everything a signed list says but its `iat` (content,
+/// signer, form, half-day), so a request for the same ETag within [`REUSE_SECS`] of the signing
+/// gets the same bytes: a list is compressed and signed at most once a minute per node, not on
+/// every anonymous GET (attacker review: milliseconds of CPU each, with no rate limit). Not
+/// longer: a verifier that wants lists younger than some age fetches again past it and must get
+/// a fresh `iat` (review: reused for the whole half-day, a verifier with a one-hour maximum age
+/// refused every list). The minute is the `ttl` the token states. At most [`MAX_SERVED_LISTS`]
+/// are kept.
 #[derive(Default)]
 pub struct ServedLists(std::sync::Mutex<std::collections::HashMap<ListKey, SignedList>>);
 
 /// (issuer, list, CWT form).
 type ListKey = (String, String, bool);
-/// (ETag, media type, signed bytes).
-type SignedList = (String, &'static str, Vec<u8>);
+/// (ETag, signed at, media type, signed bytes).
+type SignedList = (String, i64, &'static str, Vec<u8>);
 
 /// Signed lists kept per node (each a few KiB).
 const MAX_SERVED_LISTS: usize = 1024;
 
+/// How long a signed list is handed out again (seconds; the token's `ttl`).
+pub const REUSE_SECS: i64 = 60;
+
 impl ServedLists {
-    fn get(&self, key: &ListKey, etag: &str) -> Option<(&'static str, Vec<u8>)> {
+    fn get(&self, key: &ListKey, etag: &str, now: i64) -> Option<(&'static str, Vec<u8>)> {
         let held = self.0.lock().ok()?;
-        let (tag, media, bytes) = held.get(key)?;
-        (tag == etag).then(|| (*media, bytes.clone()))
+        let (tag, signed_at, media, bytes) = held.get(key)?;
+        let young = (0..REUSE_SECS).contains(&(now - signed_at));
+        (tag == etag && young).then(|| (*media, bytes.clone()))
     }
 
-    fn put(&self, key: ListKey, etag: &str, signed: &(&'static str, Vec<u8>)) {
+    fn put(&self, key: ListKey, etag: &str, now: i64, signed: &(&'static str, Vec<u8>)) {
         if let Ok(mut held) = self.0.lock() {
             if held.len() >= MAX_SERVED_LISTS && !held.contains_key(&key) {
                 held.clear();
             }
-            held.insert(key, (etag.to_string(), signed.0, signed.1.clone()));
+            held.insert(key, (etag.to_string(), now, signed.0, signed.1.clone()));
         }
     }
 }
 
+/// A status list's ETag: its name, content and signer (key or document signer certificate), and
+/// the half-day it was signed in, not the exact signing time: unchanged → 304, a rotated signer
+/// → a new ETag. The half-day keeps a revalidated copy well inside the JWT's 24 h `exp`: a 304
+/// never hands back an expired token.
 fn list_etag(list: &str, arr: &StatusArray, signed_by: &str, cwt: bool, now: i64) -> String {
     let half_day = now.div_euclid(12 * 3600).to_be_bytes();
     let tag = [
