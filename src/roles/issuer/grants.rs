@@ -404,20 +404,26 @@ impl IssuerService {
         if !proven {
             return refused();
         }
-        match &used.token_hash {
-            Some(token_hash) => {
-                self.drop_grant(token_hash).await;
-                tracing::warn!(
-                    "authorization code reused: the token from its first use is revoked"
-                );
-            }
-            None if !used.replayed => {
-                let replayed = UsedCode {
-                    replayed: true,
-                    ..used
-                };
-                if let Ok(bytes) = to_json(&replayed) {
-                    let _ = self
+        // The mark changes under this replay only once (the first use records its token): a
+        // failed compare-and-swap reads it again, so that token is revoked (diff review).
+        let (mut raw, mut used) = (raw, used);
+        for _ in 0..4 {
+            match &used.token_hash {
+                Some(token_hash) => {
+                    self.drop_grant(token_hash).await;
+                    tracing::warn!(
+                        "authorization code reused: the token from its first use is revoked"
+                    );
+                    break;
+                }
+                None if used.replayed => break,
+                None => {
+                    let replayed = UsedCode {
+                        replayed: true,
+                        ..used
+                    };
+                    let Ok(bytes) = to_json(&replayed) else { break };
+                    let swapped = self
                         .ctx
                         .store
                         .compare_and_swap(
@@ -427,9 +433,15 @@ impl IssuerService {
                             Some((bytes, Some(secs(ACCESS_TOKEN_TTL)))),
                         )
                         .await;
+                    let Ok(Cas::Conflict(Some(current))) = swapped else {
+                        break;
+                    };
+                    let Ok(next) = serde_json::from_slice::<UsedCode>(&current) else {
+                        break;
+                    };
+                    (raw, used) = (current, next);
                 }
             }
-            None => {}
         }
         refused()
     }

@@ -2241,6 +2241,96 @@ async fn a_replayed_authorization_code_revokes_only_with_its_verifier() {
     assert_eq!(marked["replayed"], true);
 }
 
+/// A store on which the first use of an authorization code records its token (`mark`) just
+/// before a replay's compare-and-swap of the code's mark lands.
+struct FirstUseFinishes {
+    inner: Arc<dyn crate::store::Store>,
+    mark: std::sync::Mutex<Option<(String, Vec<u8>)>>,
+}
+
+store_wrapper!(FirstUseFinishes, only compare_and_swap {
+    async fn compare_and_swap(
+        &self,
+        ks: &'static str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Option<(Vec<u8>, Option<Duration>)>,
+    ) -> crate::store::StoreResult<Cas> {
+        let armed = (ks == ks::CODES).then(|| self.mark.lock().unwrap().take()).flatten();
+        if let Some((k, mark)) = armed {
+            self.inner.put(ks, &k, mark, None).await?;
+        }
+        self.inner.compare_and_swap(ks, key, expected, new).await
+    }
+});
+
+/// A replay with the right verifier that reads the code's mark before the first use recorded its
+/// token, and tries to mark it after: its compare-and-swap fails, it reads the token now
+/// recorded, and revokes it (diff review: it gave up and the first use's token stayed valid).
+#[tokio::test]
+async fn a_replay_racing_the_first_use_still_revokes_its_token() {
+    let clock = FakeClock::new(1_800_000_000_000);
+    let mut ctx = RoleContext::for_tests(clock.clone());
+    let racing = Arc::new(FirstUseFinishes {
+        inner: ctx.store.clone(),
+        mark: Default::default(),
+    });
+    ctx.store = racing.clone();
+    let svc = IssuerService::new(ctx, IssuerConfig::default());
+    svc.init().await.unwrap();
+    let verifier = "v".repeat(43);
+    let challenge = crate::crypto::b64url(crate::crypto::sha256(verifier.as_bytes()));
+    let mut req = offer_req(None);
+    req.authorization_code = true;
+    let o = svc.create_offer("default", req).await.unwrap();
+    let issuer_state = o.credential_offer["grants"]["authorization_code"]["issuer_state"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let redirect = svc
+        .authorize(
+            "default",
+            authorize_request("https://wallet.example/cb", challenge.clone(), issuer_state),
+        )
+        .await
+        .unwrap();
+    let code = reqwest::Url::parse(&redirect)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let token = || TokenRequest {
+        grant_type: Some("authorization_code".into()),
+        pre_authorized_code: None,
+        code: Some(code.clone()),
+        code_verifier: Some(verifier.clone()),
+        redirect_uri: Some("https://wallet.example/cb".into()),
+        client_id: None,
+        tx_code: None,
+        authorization_details: None,
+    };
+    let t = svc.token("default", token()).await.unwrap();
+    let grant_key = super::service::hash(&t.access_token);
+    let store = svc.ctx.store.clone();
+    // back to the moment between the first use's consume and its token's record
+    let key = format!("authz/{}", super::service::hash(&code));
+    let recorded = store.get(ks::CODES, &key).await.unwrap().unwrap();
+    let consumed = json!({"used": true, "token_hash": null, "code_challenge": challenge});
+    store
+        .put(ks::CODES, &key, consumed.to_string().into_bytes(), None)
+        .await
+        .unwrap();
+    *racing.mark.lock().unwrap() = Some((key, recorded));
+    let e = OAuthError::from(svc.token("default", token()).await.unwrap_err());
+    assert_eq!(e.error, "invalid_grant");
+    assert!(
+        store.get(ks::TOKENS, &grant_key).await.unwrap().is_none(),
+        "the first use's token is revoked"
+    );
+}
+
 /// The access token of a new offer of the default issuer, redeemed.
 async fn redeemed_token(svc: &IssuerService) -> super::grants::TokenResponse {
     let o = svc.create_offer("default", offer_req(None)).await.unwrap();
