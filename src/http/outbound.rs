@@ -677,20 +677,26 @@ fn system_config() -> Option<&'static (
         .as_ref()
 }
 
+/// Resolvers kept, one per tokio runtime: a node runs one per HTTP worker (one per core) and the
+/// main one; tests run many, one after another.
+const MAX_RESOLVERS: usize = 64;
+
 /// The async resolver for the current tokio runtime. Its nameserver connections are tasks of
-/// the runtime that first used them, so each runtime gets its own (a node runs one; tests run
-/// many, one after another).
+/// the runtime that first used them, so each runtime gets its own; past [`MAX_RESOLVERS`] the
+/// oldest is dropped (review: cleared all at once at 8, a node on 8 cores rebuilt them over
+/// and over, losing their caches).
 fn resolver() -> Option<hickory_resolver::TokioResolver> {
-    static BUILT: Mutex<Vec<(tokio::runtime::Id, hickory_resolver::TokioResolver)>> =
-        Mutex::new(Vec::new());
+    static BUILT: Mutex<
+        std::collections::VecDeque<(tokio::runtime::Id, hickory_resolver::TokioResolver)>,
+    > = Mutex::new(std::collections::VecDeque::new());
     let (config, opts) = system_config()?;
     let runtime = tokio::runtime::Handle::try_current().ok()?.id();
     let mut built = BUILT.lock().ok()?;
     if let Some((_, r)) = built.iter().find(|(id, _)| *id == runtime) {
         return Some(r.clone());
     }
-    if built.len() >= 8 {
-        built.clear();
+    if built.len() >= MAX_RESOLVERS {
+        built.pop_front();
     }
     let r = hickory_resolver::Resolver::builder_with_config(
         config.clone(),
@@ -698,7 +704,7 @@ fn resolver() -> Option<hickory_resolver::TokioResolver> {
     )
     .with_options(opts.clone())
     .build();
-    built.push((runtime, r.clone()));
+    built.push_back((runtime, r.clone()));
     Some(r)
 }
 
