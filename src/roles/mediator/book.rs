@@ -167,7 +167,11 @@ fn with_leases<R>(
 }
 
 /// Leases to `holder` up to `limit` of the messages in `q` (oldest first) that no live lease
-/// holds and that are for `recipient` (when given); their ids. A walk of the index in memory (of
+/// holds and that are for `recipient` (when given), and no more than `max_bytes` of them (the
+/// first always: a message the mediator took is never too big to hand out); their ids. The byte
+/// bound keeps one delivery near one message's size (attacker review: `limit` 1,000 on a full
+/// queue made one delivery of the whole queue, 85 MB, POSTed to the connection's endpoint each
+/// time the lease ended). A walk of the index in memory (of
 /// that recipient's messages only, when given): what is leased already costs a map lookup, not a
 /// store read. Leases that ran out, or whose
 /// socket closed, end first.
@@ -175,18 +179,24 @@ pub(super) fn lease_from(
     q: &ConnQueue,
     leases: &mut Leases,
     limit: usize,
+    max_bytes: u64,
     recipient: Option<&str>,
     holder: &Holder,
     now: i64,
 ) -> Vec<String> {
     leases.retain(|_, h| h.alive(now));
     let mut out = Vec::new();
-    for (id, _) in q.entries_for(recipient) {
+    let mut bytes = 0u64;
+    for (id, entry) in q.entries_for(recipient) {
         if out.len() >= limit {
             break;
         }
         if leases.contains_key(id) {
             continue;
+        }
+        bytes = bytes.saturating_add(entry.bytes);
+        if !out.is_empty() && bytes > max_bytes {
+            break;
         }
         leases.insert(id.clone(), holder.clone());
         out.push(id.clone());
@@ -510,10 +520,39 @@ mod tests {
         now: i64,
     ) -> Vec<String> {
         b.try_run("c", now, |q, l| {
-            lease_from(q, l, limit, recipient, holder, now)
+            lease_from(q, l, limit, u64::MAX, recipient, holder, now)
         })
         .ok()
         .expect("the index is ready")
+    }
+
+    /// One delivery holds at most `max_bytes` of messages (the first one always), whatever
+    /// `limit` asks for; the rest wait for the next request.
+    #[test]
+    fn a_delivery_is_bounded_in_bytes() {
+        let mut b = Book::default();
+        let n = start(&mut b, 0);
+        let sizes = [100u64, 100, 100, 500, 100];
+        let q = ConnQueue::from_entries(
+            sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &bytes)| (format!("m{i}"), e(bytes, "k"))),
+        );
+        b.finish_index("c", q, Some(n), 0, |_, _| ());
+        let holder = Holder::Http { until_ms: i64::MAX };
+        let mut take = |max_bytes| {
+            b.try_run("c", 0, |q, l| {
+                lease_from(q, l, 1000, max_bytes, None, &holder, 0)
+            })
+            .ok()
+            .unwrap()
+        };
+        assert_eq!(take(250), vec!["m0", "m1"]);
+        assert_eq!(take(250), vec!["m2"], "the next one would pass the bound");
+        assert_eq!(take(250), vec!["m3"], "one over the bound goes alone");
+        assert_eq!(take(250), vec!["m4"]);
+        assert!(take(250).is_empty());
     }
 
     #[test]

@@ -364,9 +364,10 @@ impl MediatorService {
         let now = self.now();
         let until_ms = now.saturating_add(ms(self.cfg.pickup_lease_seconds));
         let holder = Holder::of(socket, until_ms);
+        let max_bytes = self.cfg.max_message_bytes as u64;
         let ids = self
             .with_queue(conn_id, |q, l| {
-                lease_from(q, l, limit, recipient, &holder, now)
+                lease_from(q, l, limit, max_bytes, recipient, &holder, now)
             })
             .await?;
         if ids.is_empty() {
