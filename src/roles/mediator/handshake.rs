@@ -15,6 +15,12 @@ use super::service::{endpoints, MediatorService, OrRefused as _, Required as _};
 use crate::clock::random_id;
 use crate::didcomm::peer;
 
+/// Longest DID a handshake may present (a did:peer:2 with a few keys and a service is under
+/// 1 KiB; did:peer:4 long forms a few KiB).
+const MAX_DID_BYTES: usize = 8192;
+/// A connection's label is kept to this many characters.
+const MAX_LABEL_CHARS: usize = 256;
+
 impl MediatorService {
     /// DID exchange `request` (`version` 1.1 or 1.0) from `sender`: the connection, and our
     /// `response`.
@@ -176,7 +182,23 @@ impl MediatorService {
         attached_doc: Option<&Value>,
         sender: &str,
     ) -> MediatorResult<peer::PeerInfo> {
+        // Kept in the connection record, read with every message on it, and the endpoint logged
+        // when a reply fails: bounded before anything is resolved (attacker review: a 190 KB
+        // did:peer:2 with a 140 KB service endpoint made a 330 KB record).
+        if did.len() > MAX_DID_BYTES {
+            return Err(self.refuse(format!("a DID is at most {MAX_DID_BYTES} bytes here")));
+        }
         let info = peer::resolve(did, attached_doc).or_refused(self)?;
+        if info
+            .endpoint
+            .as_deref()
+            .is_some_and(|e| e.len() > crate::http::webhook::MAX_URL_CHARS)
+        {
+            return Err(self.refuse(format!(
+                "a DIDComm service endpoint is at most {} characters",
+                crate::http::webhook::MAX_URL_CHARS
+            )));
+        }
         if !info.verkeys.iter().any(|k| k == sender) {
             return Err(
                 self.refuse("the request was not authcrypted with a key of the DID it presents")
@@ -204,7 +226,9 @@ impl MediatorService {
                 .get("label")
                 .and_then(Value::as_str)
                 .unwrap_or_default()
-                .to_string(),
+                .chars()
+                .take(MAX_LABEL_CHARS)
+                .collect(),
             protocol,
             state: "response-sent".into(),
             mediation: "none".into(),

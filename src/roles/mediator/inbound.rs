@@ -268,7 +268,10 @@ impl MediatorService {
                     )
                     .await;
                     if let Err(e) = res {
-                        tracing::warn!(endpoint = %ep, error = %e, "could not deliver a DIDComm reply");
+                        // the origin only: an endpoint is the peer's to choose (its length, a
+                        // secret in its path)
+                        let origin = crate::http::webhook::origin_of(&ep);
+                        tracing::warn!(endpoint = %origin, error = %e, "could not deliver a DIDComm reply");
                     }
                 });
                 Ok(())

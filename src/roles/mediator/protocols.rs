@@ -84,7 +84,11 @@ impl MediatorService {
                 | "messagepickup/2.0",
                 "problem-report",
             ) => {
-                tracing::info!(connection = %conn.id, report = %msg, "problem report from peer");
+                let code = msg
+                    .pointer("/description/code")
+                    .and_then(Value::as_str)
+                    .map(crate::error::outward_detail);
+                tracing::info!(connection = %conn.id, code = ?code, "problem report from peer");
                 None
             }
             ("discover-features/1.0", "query") => Some(disclose(&m)),

@@ -702,3 +702,44 @@ async fn a_node_takes_at_most_max_sockets_websockets() {
     drop(first);
     assert!(svc.accept_socket().is_ok());
 }
+
+/// What a handshake leaves in the connection record is bounded (attacker review: a 190 KB
+/// did:peer:2 with a 140 KB service endpoint was stored, read with every message on the
+/// connection, and its endpoint logged whole each time a reply failed): a DID over 8 KiB or an
+/// endpoint over 2,048 characters is refused, a label is kept to 256 characters.
+#[tokio::test]
+async fn a_handshake_stores_no_outsized_did_endpoint_or_label() {
+    let (svc, id) = invitation_with_places(10).await;
+    let alice = AgentKey::generate();
+    let request = |did: String, label: String| {
+        json!({"@type": "https://didcomm.org/didexchange/1.1/request", "@id": "r",
+               "~thread": {"pthid": id}, "did": did, "label": label})
+    };
+    let peer_did = |endpoint: String| {
+        crate::didcomm::peer::did_peer_2(&alice.verkey_bytes(), &[endpoint], &[]).unwrap()
+    };
+    let long_endpoint = format!("https://agent.example/{}", "a".repeat(3000));
+    for did in [
+        peer_did(long_endpoint),
+        format!("did:key:z{}", "1".repeat(9000)),
+    ] {
+        let e = svc
+            .didexchange_request(&request(did, "a".into()), &alice.verkey, "1.1")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, super::error::MediatorError::BadMessage(_)),
+            "{e:?}"
+        );
+    }
+    let did = peer_did("https://agent.example/didcomm".into());
+    svc.didexchange_request(&request(did, "l".repeat(5000)), &alice.verkey, "1.1")
+        .await
+        .unwrap();
+    let conn = svc.connection_by_key(&alice.verkey).await.unwrap();
+    assert_eq!(conn.their_label.chars().count(), 256);
+    assert_eq!(
+        conn.their_endpoint.as_deref(),
+        Some("https://agent.example/didcomm")
+    );
+}
