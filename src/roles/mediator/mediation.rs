@@ -20,6 +20,13 @@ const KEYLIST_LIMIT: usize = 10_000;
 /// Updates one `keylist-update` may carry (wallets send one per key they add or remove).
 const MAX_KEYLIST_UPDATES: usize = 100;
 
+/// A keylist update's places: reserved and not yet used (`room`), and keys removed.
+#[derive(Default)]
+struct Tally {
+    room: u64,
+    removed: u64,
+}
+
 impl MediatorService {
     /// `mediate-request`: a `mediate-grant` with our endpoint and routing key, or a
     /// `mediate-deny`.
@@ -56,8 +63,31 @@ impl MediatorService {
                 "keylist-update carries more than {MAX_KEYLIST_UPDATES} updates"
             )));
         }
+        // Room for the adds is reserved on the connection's count first (compare-and-swap), so
+        // concurrent updates cannot each pass the cap on one stale count and write their keys
+        // (attacker review: 200 at once, each adding 100, all passed and went uncounted when
+        // the count's update gave up); what is not used, and what is removed, is given back.
         let start = self.key_count(conn).await?;
-        let mut have = start;
+        let wanted = updates
+            .iter()
+            .filter(|u| u.get("action").and_then(Value::as_str) == Some("add"))
+            .count() as u64;
+        let max = self.cfg.max_keys_per_connection;
+        let granted = std::sync::atomic::AtomicU64::new(0);
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        if wanted > 0 && conn.mediation == "granted" {
+            self.update_connection(&conn.id, |c| {
+                let cur = c.keys.unwrap_or(start);
+                let room = wanted.min(max.saturating_sub(cur));
+                granted.store(room, relaxed);
+                c.keys = Some(cur + room);
+            })
+            .await?;
+        }
+        let mut tally = Tally {
+            room: granted.load(relaxed),
+            ..Tally::default()
+        };
         let mut updated = Vec::new();
         for u in updates {
             let given = u
@@ -65,14 +95,21 @@ impl MediatorService {
                 .and_then(Value::as_str)
                 .unwrap_or_default();
             let action = u.get("action").and_then(Value::as_str).unwrap_or_default();
-            let result = self.keylist_change(conn, given, action, &mut have).await?;
+            let result = self.keylist_change(conn, given, action, &mut tally).await;
+            let result = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    self.give_back(conn, start, tally.room + tally.removed)
+                        .await;
+                    return Err(e);
+                }
+            };
             updated.push(json!({"recipient_key": given, "action": action, "result": result}));
         }
-        if have != start || conn.keys.is_none() {
-            let delta = have as i64 - start as i64;
+        let back = tally.room + tally.removed;
+        if back > 0 || conn.keys.is_none() {
             self.update_connection(&conn.id, |c| {
-                let base = c.keys.unwrap_or(start) as i64;
-                c.keys = Some((base + delta).max(0) as u64);
+                c.keys = Some(c.keys.unwrap_or(start).saturating_sub(back));
             })
             .await?;
         }
@@ -98,31 +135,52 @@ impl MediatorService {
         Ok(n as u64)
     }
 
-    /// One keylist update: `action` (`add` / `remove`) on key `given`; `have` counts the
-    /// connection's keys.
+    /// Gives `n` back to the connection's key count (best effort: a count left high only lowers
+    /// what the connection may add).
+    async fn give_back(&self, conn: &Connection, start: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let res = self
+            .update_connection(&conn.id, |c| {
+                c.keys = Some(c.keys.unwrap_or(start).saturating_sub(n));
+            })
+            .await;
+        if let Err(e) = res {
+            tracing::debug!(error = %e, "reserved key places not given back");
+        }
+    }
+
+    /// One keylist update: `action` (`add` / `remove`) on key `given`, an add taking one of the
+    /// places reserved in `tally`.
     async fn keylist_change(
         &self,
         conn: &Connection,
         given: &str,
         action: &str,
-        have: &mut u64,
+        tally: &mut Tally,
     ) -> MediatorResult<&'static str> {
         if conn.mediation != "granted" {
             return Ok("client_error");
         }
         Ok(match (peer::normalize_key(given), action) {
             (Err(_), _) => "client_error",
-            (Ok(_), "add") if *have >= self.cfg.max_keys_per_connection => "client_error",
+            // a place reserved, or one a remove in this message freed
+            (Ok(_), "add") if tally.room == 0 && tally.removed == 0 => "client_error",
             (Ok(k), "add") => {
                 let result = self.add_route(&conn.id, &k).await?;
                 if result == "success" {
-                    *have += 1;
+                    if tally.room > 0 {
+                        tally.room -= 1;
+                    } else {
+                        tally.removed -= 1;
+                    }
                 }
                 result
             }
             (Ok(k), "remove") => {
                 if self.remove_route(&conn.id, &k).await? {
-                    *have = have.saturating_sub(1);
+                    tally.removed += 1;
                     "success"
                 } else {
                     "no_change"

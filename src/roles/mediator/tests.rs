@@ -743,3 +743,34 @@ async fn a_handshake_stores_no_outsized_did_endpoint_or_label() {
         Some("https://agent.example/didcomm")
     );
 }
+
+/// Concurrent `keylist-update`s cannot pass `max_keys_per_connection` together: each reserves
+/// its adds on the connection's count before writing a route (attacker review: each message
+/// checked the cap on the count its connection record had when it arrived, so messages in
+/// flight together all passed it, and routes whose count update gave up went uncounted). Here
+/// every update is judged with one record read before any of them, as racing messages are.
+#[tokio::test]
+async fn concurrent_keylist_updates_stay_within_the_key_cap() {
+    let (svc, _store, _clock, alice) = mediated().await;
+    let max = crate::config::MediatorConfig::default().max_keys_per_connection;
+    svc.update_connection("conn-alice", |c| c.keys = Some(0))
+        .await
+        .unwrap();
+    let stale = svc.connection_by_key(&alice.verkey).await.unwrap();
+    for _ in 0..20 {
+        let updates: Vec<serde_json::Value> = (0..100)
+            .map(|_| json!({"recipient_key": AgentKey::generate().verkey, "action": "add"}))
+            .collect();
+        svc.keylist_update(&stale, &json!({"updates": updates}))
+            .await
+            .unwrap();
+    }
+    let registered = svc.stats().await.unwrap().registered_keys;
+    assert!(registered <= max, "{registered} keys for a cap of {max}");
+    let conn = svc.connection_by_key(&alice.verkey).await.unwrap();
+    assert_eq!(
+        conn.keys,
+        Some(registered),
+        "the count is what is registered"
+    );
+}
