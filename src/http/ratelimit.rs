@@ -695,6 +695,14 @@ mod tests {
                 .trim()
                 .trim_matches(|c| c == '"' || c == '}' || c == ' ');
             let proxies: Vec<&str> = value.split(',').collect();
+            // a trusted range wider than the balancer's own address comes with a policy that
+            // lets only the ingress reach the HTTP port (any other pod in it could name any client)
+            if proxies.iter().any(|p| p.contains('/')) {
+                assert!(
+                    text.contains("kind: NetworkPolicy") && text.contains("port: 8080"),
+                    "{example}: a trusted range without a NetworkPolicy"
+                );
+            }
             let balancer = text
                 .lines()
                 .find_map(|l| l.split("ipv4_address: ").nth(1))
