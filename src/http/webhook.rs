@@ -26,26 +26,60 @@ pub const TENANT_SIGNATURE_HEADER: &str = "X-Idstack-Tenant-Signature";
 
 const LABEL: &[u8] = b"idstack webhook signing v1";
 
-/// Whose events a webhook carries: a role's tenant.
+/// Whose events a webhook carries: a role's tenant, in one incarnation.
 #[derive(Debug, Clone, Copy)]
 pub struct Sender<'a> {
     /// `issuer` or `verifier`.
     pub role: &'static str,
     /// The tenant's id.
     pub tenant: &'a str,
+    /// When the tenant was created: a tenant deleted and created again under its id (for
+    /// someone else, say) signs with another key, which the old one's receiver does not hold
+    /// (diff review).
+    pub created_at: i64,
 }
 
 /// The HMAC key of one tenant's webhooks: a subkey of the master key under a label naming the
-/// role and the tenant (lengths prefixed, so no two pairs give one label).
+/// role, the tenant and its creation (lengths prefixed, so no two triples give one label).
 pub fn tenant_key(sealer: &Sealer, sender: Sender<'_>) -> Vec<u8> {
     let label = format!(
-        "idstack webhook signing v1 tenant/{}:{}/{}:{}",
+        "idstack webhook signing v1 tenant/{}:{}/{}:{}/{}",
         sender.role.len(),
         sender.role,
         sender.tenant.len(),
-        sender.tenant
+        sender.tenant,
+        sender.created_at
     );
     sealer.derive_subkey(label.as_bytes())
+}
+
+/// A webhook signing key as the admin API gives it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct WebhookSecret {
+    /// Hex HMAC-SHA256 key: webhook bodies carry `<header>: sha256=<hex HMAC of the body>`.
+    pub secret: String,
+    /// The header whose signature this key checks: `X-Idstack-Signature` (the deployment's key,
+    /// every tenant's events) or `X-Idstack-Tenant-Signature` (one tenant's key, its events only).
+    pub header: &'static str,
+}
+
+impl WebhookSecret {
+    /// The deployment's key.
+    pub fn deployment(sealer: &Sealer) -> Self {
+        Self::of(&signing_key(sealer), SIGNATURE_HEADER)
+    }
+
+    /// `sender`'s own key.
+    pub fn tenant(sealer: &Sealer, sender: Sender<'_>) -> Self {
+        Self::of(&tenant_key(sealer, sender), TENANT_SIGNATURE_HEADER)
+    }
+
+    fn of(key: &[u8], header: &'static str) -> Self {
+        Self {
+            secret: key.iter().map(|b| format!("{b:02x}")).collect(),
+            header,
+        }
+    }
 }
 
 /// `sha256=<hex HMAC-SHA256 of body under key>`.
@@ -176,13 +210,23 @@ mod tests {
     #[test]
     fn each_tenant_signs_with_a_key_of_its_own() {
         let sealer = Sealer::new(&[7u8; 32]);
-        let s = |role, tenant| tenant_key(&sealer, Sender { role, tenant });
+        let s = |role, tenant, created_at| {
+            tenant_key(
+                &sealer,
+                Sender {
+                    role,
+                    tenant,
+                    created_at,
+                },
+            )
+        };
         let keys = [
-            s("verifier", "a"),
-            s("verifier", "b"),
-            s("issuer", "a"),
-            s("verifier", "a:1"),
-            s("verifier:a", "1"),
+            s("verifier", "a", 1),
+            s("verifier", "b", 1),
+            s("issuer", "a", 1),
+            s("verifier", "a:1", 1),
+            s("verifier:a", "1", 1),
+            s("verifier", "a", 2),
             signing_key(&sealer),
         ];
         for (i, k) in keys.iter().enumerate() {
@@ -191,7 +235,7 @@ mod tests {
                 assert_ne!(k, other);
             }
         }
-        assert_eq!(s("verifier", "a"), s("verifier", "a"));
+        assert_eq!(s("verifier", "a", 1), s("verifier", "a", 1));
         let body = br#"{"type":"verification.finished"}"#;
         let deployment = sealer.mac_key(LABEL).over(&[body]).finalize().into_bytes();
         let hex: String = deployment.iter().map(|b| format!("{b:02x}")).collect();

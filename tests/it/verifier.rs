@@ -319,17 +319,15 @@ async fn sse_events_and_signed_webhook() {
     assert_eq!(sig.trim(), hmac_hex(&secret));
     // and under the tenant's own key, which another tenant's receiver does not have
     let tenant_sig = header_value("x-idstack-tenant-signature");
-    let own: Value = s
-        .admin()
-        .get("/api/system/webhook-secret?verifier=default")
-        .await;
+    let own: Value = s.admin().get("/api/verifiers/default/webhook-secret").await;
     assert_eq!(own["header"], "X-Idstack-Tenant-Signature");
     assert_eq!(tenant_sig.trim(), hmac_hex(&own));
-    let other: Value = s
+    assert_ne!(tenant_sig.trim(), sig.trim());
+    let unknown = s
         .admin()
-        .get("/api/system/webhook-secret?verifier=other")
+        .get_resp("/api/verifiers/no-such-verifier/webhook-secret")
         .await;
-    assert_ne!(tenant_sig.trim(), hmac_hex(&other));
+    assert_eq!(unknown.status(), 404);
     let event: Value = serde_json::from_str(body).unwrap();
     assert_eq!(event["session"]["verified"], true);
     // what a receiver refuses replays by, inside what the signature covers

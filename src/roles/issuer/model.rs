@@ -135,7 +135,7 @@ pub struct CreateIssuer {
     #[serde(default)]
     pub credential_configurations: BTreeMap<String, CredentialConfig>,
     /// Receives a signed JSON event when the state of one of its offers changes (`X-Idstack-Tenant-Signature: sha256=<hex HMAC of
-    /// the body>` under this tenant's key, `GET /api/system/webhook-secret?issuer=<id>`, and
+    /// the body>` under this tenant's key, `GET /api/issuers/{id}/webhook-secret`, and
     /// `X-Idstack-Signature` under the deployment's; the body's `delivery_id` and `sent_at` let
     /// the receiver refuse replays). http(s), no fragment; in production mode plain http only to
     /// a host `http.outbound.allow` names.

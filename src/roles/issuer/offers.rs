@@ -241,13 +241,10 @@ impl IssuerService {
             else {
                 return;
             };
-            let Some(url) = issuer.webhook_url else {
+            let Some(url) = issuer.webhook_url.clone() else {
                 return;
             };
-            let sender = crate::http::webhook::Sender {
-                role: "issuer",
-                tenant: &issuer_id,
-            };
+            let sender = webhook_sender(&issuer);
             crate::http::webhook::deliver(&ctx.http, &ctx.sealer, sender, &url, &event, now).await;
         });
     }
@@ -546,4 +543,20 @@ fn offer_records(
         });
     }
     Ok(ops)
+}
+
+/// Who signs `issuer`'s webhooks ([`crate::http::webhook::Sender`]).
+fn webhook_sender(issuer: &Issuer) -> crate::http::webhook::Sender<'_> {
+    crate::http::webhook::Sender {
+        role: "issuer",
+        tenant: &issuer.id,
+        created_at: issuer.created_at,
+    }
+}
+
+impl IssuerService {
+    /// The key of `issuer`'s own webhook signature.
+    pub fn webhook_secret(&self, issuer: &Issuer) -> crate::http::webhook::WebhookSecret {
+        crate::http::webhook::WebhookSecret::tenant(&self.ctx.sealer, webhook_sender(issuer))
+    }
 }

@@ -39,6 +39,19 @@ pub async fn get_issuer(
     Ok(web::Json(svc.get_issuer(&path).await?))
 }
 
+/// The key of this issuer's own webhook signature (`X-Idstack-Tenant-Signature`): give it to a
+/// receiver that serves this issuer alone.
+#[utoipa::path(tag = "issuer", security(("admin_token" = [])), params(("issuer" = String, Path)), responses((status = 200, body = crate::http::webhook::WebhookSecret), (status = 404, body = Problem)))]
+#[get("/api/issuers/{issuer}/webhook-secret")]
+pub async fn issuer_webhook_secret(
+    _a: Admin,
+    svc: Svc,
+    path: web::Path<String>,
+) -> ApiResult<web::Json<crate::http::webhook::WebhookSecret>> {
+    let issuer = svc.get_issuer(&path).await?;
+    Ok(web::Json(svc.webhook_secret(&issuer)))
+}
+
 /// Update an issuer's display name, credential configurations or webhook (key and DID are fixed).
 #[utoipa::path(tag = "issuer", security(("admin_token" = [])), params(("issuer" = String, Path)), request_body = UpdateIssuer, responses((status = 200, body = Issuer), (status = 404, body = Problem), (status = 422, body = Problem)))]
 #[put("/api/issuers/{issuer}")]
@@ -187,6 +200,7 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(create_issuer)
         .service(list_issuers)
         .service(get_issuer)
+        .service(issuer_webhook_secret)
         .service(update_issuer)
         .service(delete_issuer)
         .service(create_offer)

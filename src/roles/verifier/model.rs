@@ -101,7 +101,7 @@ pub struct CreateSession {
     /// a credential that was issued without one passes `status`).
     pub require_status: Option<bool>,
     /// Receives a signed JSON event when the session finishes (`X-Idstack-Tenant-Signature: sha256=<hex HMAC of
-    /// the body>` under this tenant's key, `GET /api/system/webhook-secret?verifier=<id>`, and
+    /// the body>` under this tenant's key, `GET /api/verifiers/{id}/webhook-secret`, and
     /// `X-Idstack-Signature` under the deployment's; the body's `delivery_id` and `sent_at` let
     /// the receiver refuse replays). http(s), no fragment; in production mode plain http only to
     /// a host `http.outbound.allow` names.

@@ -41,6 +41,19 @@ pub async fn get_verifier(
     Ok(web::Json(svc.get_verifier(&path).await?))
 }
 
+/// The key of this verifier's own webhook signature (`X-Idstack-Tenant-Signature`): give it to
+/// a receiver that serves this verifier alone.
+#[utoipa::path(tag = "verifier", security(("admin_token" = [])), params(("verifier" = String, Path)), responses((status = 200, body = crate::http::webhook::WebhookSecret), (status = 404, body = Problem)))]
+#[get("/api/verifiers/{verifier}/webhook-secret")]
+pub async fn verifier_webhook_secret(
+    _a: Admin,
+    svc: Svc,
+    path: web::Path<String>,
+) -> ApiResult<web::Json<crate::http::webhook::WebhookSecret>> {
+    let verifier = svc.get_verifier(&path).await?;
+    Ok(web::Json(svc.webhook_secret(&verifier)))
+}
+
 /// Update a verifier's display name or trusted issuers.
 #[utoipa::path(tag = "verifier", security(("admin_token" = [])), params(("verifier" = String, Path)), request_body = UpdateVerifier, responses((status = 200, body = Verifier), (status = 404, body = Problem)))]
 #[put("/api/verifiers/{verifier}")]
@@ -183,6 +196,7 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(create_verifier)
         .service(list_verifiers)
         .service(get_verifier)
+        .service(verifier_webhook_secret)
         .service(update_verifier)
         .service(delete_verifier)
         .service(create_session)

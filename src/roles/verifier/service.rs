@@ -97,12 +97,21 @@ impl VerifierService {
                 }
             };
             let event = json!({"type": "verification.finished", "verifier": s.verifier, "session": s.view(now)});
-            let verifier = s.verifier.clone();
+            let verifier_id = s.verifier.clone();
             tokio::spawn(async move {
-                let sender = crate::http::webhook::Sender {
-                    role: "verifier",
-                    tenant: &verifier,
+                let verifier = match ctx
+                    .store
+                    .get_json::<Verifier>(super::ks::TENANTS, &verifier_id)
+                    .await
+                {
+                    Ok(Some(v)) => v,
+                    Ok(None) => return, // the verifier was deleted meanwhile
+                    Err(e) => {
+                        tracing::warn!(error = %e, "webhook not sent: the verifier could not be read");
+                        return;
+                    }
                 };
+                let sender = webhook_sender(&verifier);
                 crate::http::webhook::deliver(&ctx.http, &ctx.sealer, sender, &url, &event, now)
                     .await
             });
@@ -157,4 +166,20 @@ impl VerifierService {
 /// field (a sealed key copied to another verifier's or session's record does not open).
 pub(super) fn session_key_aad(verifier: &str, id: &str) -> String {
     format!("{}/{verifier}/{id}/encryption_key", super::ks::SESSIONS)
+}
+
+/// Who signs `verifier`'s webhooks ([`crate::http::webhook::Sender`]).
+fn webhook_sender(verifier: &Verifier) -> crate::http::webhook::Sender<'_> {
+    crate::http::webhook::Sender {
+        role: "verifier",
+        tenant: &verifier.id,
+        created_at: verifier.created_at,
+    }
+}
+
+impl VerifierService {
+    /// The key of `verifier`'s own webhook signature.
+    pub fn webhook_secret(&self, verifier: &Verifier) -> crate::http::webhook::WebhookSecret {
+        crate::http::webhook::WebhookSecret::tenant(&self.ctx.sealer, webhook_sender(verifier))
+    }
 }
