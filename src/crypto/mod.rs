@@ -80,7 +80,12 @@ pub fn sha256(data: impl AsRef<[u8]>) -> [u8; 32] {
 }
 
 pub fn sha256_hex(data: impl AsRef<[u8]>) -> String {
-    sha256(data).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&sha256(data))
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Unix seconds → RFC 3339 UTC (`2026-01-01T00:00:00Z`).

@@ -76,7 +76,7 @@ impl WebhookSecret {
 
     fn of(key: &[u8], header: &'static str) -> Self {
         Self {
-            secret: key.iter().map(|b| format!("{b:02x}")).collect(),
+            secret: crate::crypto::hex(key),
             header,
         }
     }
@@ -87,10 +87,9 @@ fn signature_with(key: &[u8], body: &[u8]) -> String {
     let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key)
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
     mac.update(body);
-    let tag = mac.finalize().into_bytes();
     format!(
         "sha256={}",
-        tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        crate::crypto::hex(&mac.finalize().into_bytes())
     )
 }
 
@@ -238,7 +237,7 @@ mod tests {
         assert_eq!(s("verifier", "a", 1), s("verifier", "a", 1));
         let body = br#"{"type":"verification.finished"}"#;
         let deployment = sealer.mac_key(LABEL).over(&[body]).finalize().into_bytes();
-        let hex: String = deployment.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::crypto::hex(&deployment);
         assert_eq!(sign(&sealer, body), format!("sha256={hex}"));
         assert_ne!(
             signature_with(&keys[0], body),

@@ -2157,16 +2157,9 @@ async fn authorization_code_token_requests_name_no_other_client_and_grant_each_c
     assert_eq!(t.authorization_details.unwrap().len(), 1);
 }
 
-/// A used authorization code replayed: with the right verifier, the token of its first use is
-/// revoked (whoever has both may have taken them from the wallet); with another verifier nothing
-/// is (attacker review: anyone who saw only the code could revoke the holder's token and, the
-/// offer being redeemed, cost them the credential). A replay with the right verifier while the
-/// first use is still being granted marks the code, so that grant is revoked as it ends.
-#[tokio::test]
-async fn a_replayed_authorization_code_revokes_only_with_its_verifier() {
-    let (svc, _clock) = issuer().await;
-    let verifier = "v".repeat(43);
-    let challenge = crate::crypto::b64url(crate::crypto::sha256(verifier.as_bytes()));
+/// The code `/authorize` gives for a new offer of the default issuer with the authorization
+/// code grant, under PKCE `challenge` (redirect `https://wallet.example/cb`).
+async fn authorization_code(svc: &IssuerService, challenge: &str) -> String {
     let mut req = offer_req(None);
     req.authorization_code = true;
     let o = svc.create_offer("default", req).await.unwrap();
@@ -2177,17 +2170,30 @@ async fn a_replayed_authorization_code_revokes_only_with_its_verifier() {
     let redirect = svc
         .authorize(
             "default",
-            authorize_request("https://wallet.example/cb", challenge.clone(), issuer_state),
+            authorize_request("https://wallet.example/cb", challenge.into(), issuer_state),
         )
         .await
         .unwrap();
-    let code = reqwest::Url::parse(&redirect)
+    reqwest::Url::parse(&redirect)
         .unwrap()
         .query_pairs()
         .find(|(k, _)| k == "code")
         .unwrap()
         .1
-        .into_owned();
+        .into_owned()
+}
+
+/// A used authorization code replayed: with the right verifier, the token of its first use is
+/// revoked (whoever has both may have taken them from the wallet); with another verifier nothing
+/// is (attacker review: anyone who saw only the code could revoke the holder's token and, the
+/// offer being redeemed, cost them the credential). A replay with the right verifier while the
+/// first use is still being granted marks the code, so that grant is revoked as it ends.
+#[tokio::test]
+async fn a_replayed_authorization_code_revokes_only_with_its_verifier() {
+    let (svc, _clock) = issuer().await;
+    let verifier = "v".repeat(43);
+    let challenge = crate::crypto::b64url(crate::crypto::sha256(verifier.as_bytes()));
+    let code = authorization_code(&svc, &challenge).await;
     let token = |verifier: &str| TokenRequest {
         grant_type: Some("authorization_code".into()),
         pre_authorized_code: None,
@@ -2280,27 +2286,7 @@ async fn a_replay_racing_the_first_use_still_revokes_its_token() {
     svc.init().await.unwrap();
     let verifier = "v".repeat(43);
     let challenge = crate::crypto::b64url(crate::crypto::sha256(verifier.as_bytes()));
-    let mut req = offer_req(None);
-    req.authorization_code = true;
-    let o = svc.create_offer("default", req).await.unwrap();
-    let issuer_state = o.credential_offer["grants"]["authorization_code"]["issuer_state"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let redirect = svc
-        .authorize(
-            "default",
-            authorize_request("https://wallet.example/cb", challenge.clone(), issuer_state),
-        )
-        .await
-        .unwrap();
-    let code = reqwest::Url::parse(&redirect)
-        .unwrap()
-        .query_pairs()
-        .find(|(k, _)| k == "code")
-        .unwrap()
-        .1
-        .into_owned();
+    let code = authorization_code(&svc, &challenge).await;
     let token = || TokenRequest {
         grant_type: Some("authorization_code".into()),
         pre_authorized_code: None,
