@@ -280,8 +280,11 @@ pub async fn run(
                 .map_err(|e| anyhow::anyhow!("x509.trust_anchors / sd_jwt_anchors: {e}"))?,
         ),
         iaca_anchors: Arc::new(
-            crate::crypto::x509::TrustAnchors::load(&raw.x509.iaca_files())
-                .map_err(|e| anyhow::anyhow!("x509.trust_anchors / iaca_anchors: {e}"))?,
+            crate::crypto::x509::TrustAnchors::load_scoped(
+                &raw.x509.iaca_files(),
+                &raw.x509.iaca_doc_types,
+            )
+            .map_err(|e| anyhow::anyhow!("x509.trust_anchors / iaca_anchors: {e}"))?,
         ),
         mdoc_pki: Arc::default(),
         metrics: metrics.clone(),

@@ -796,6 +796,9 @@ pub struct X509Config {
     /// must chain to, and nothing else.
     #[serde(deserialize_with = "string_list")]
     pub iaca_anchors: Vec<String>,
+    /// Anchor files (of `trust_anchors` or `iaca_anchors`) whose IACAs vouch for these mdoc
+    /// doc types only (exact, or a prefix ending in `*`); a file not named here vouches for any.
+    pub iaca_doc_types: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl X509Config {
@@ -875,6 +878,10 @@ fn env_provider(vars: impl Iterator<Item = (String, String)>) -> figment::provid
 pub fn known_keys() -> Vec<String> {
     fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
         match v {
+            // an empty map (e.g. x509.iaca_doc_types) is one key, set whole
+            toml::Value::Table(t) if t.is_empty() && !prefix.is_empty() => {
+                out.push(prefix.to_string())
+            }
             toml::Value::Table(t) => {
                 for (k, v) in t {
                     let key = if prefix.is_empty() {
@@ -1259,6 +1266,35 @@ mod tests {
         assert_eq!(c.store.path, PathBuf::from("/tmp/x")); // file over default
         assert_eq!(c.server.roles, "issuer");
         assert_eq!(c.server.body_limit_bytes, 1024 * 1024); // default
+    }
+
+    /// `x509.iaca_doc_types` in both forms config.toml documents: a table keyed by file, and
+    /// the env form (a dict literal).
+    #[test]
+    fn iaca_doc_types_from_file_and_env() {
+        let c = extract(
+            "[x509.iaca_doc_types]\n\"/etc/a.pem\" = [\"org.iso.18013.5.1.mDL\"]\n",
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.x509.iaca_doc_types.get("/etc/a.pem").unwrap(),
+            &["org.iso.18013.5.1.mDL".to_string()]
+        );
+        let c = extract(
+            "",
+            &[(
+                "IDSTACK__X509__IACA_DOC_TYPES",
+                r#"{"/etc/b.pem"=["eu.europa.ec.eudi.pid.*", "x.y"]}"#,
+            )],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.x509.iaca_doc_types.get("/etc/b.pem").unwrap(),
+            &["eu.europa.ec.eudi.pid.*".to_string(), "x.y".to_string()]
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //! idstack verifies elsewhere. No revocation checking (CRL/OCSP) yet: anchors should issue
 //! short-lived document signers.
 
+use std::sync::Arc;
 use x509_cert::der::{self, Decode};
 use x509_cert::ext::pkix::{
     name::GeneralName, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAltName,
@@ -74,6 +75,9 @@ const MAX_SIGNED_BY_ANCHOR: usize = 1024;
 #[derive(Default)]
 pub struct TrustAnchors {
     anchors: Vec<Certificate>,
+    /// What `anchors[i]` may vouch for (`x509.iaca_doc_types`): the mdoc doc types, exact or a
+    /// prefix ending in `*`; `None` (or no entry): anything.
+    scopes: Vec<Option<Arc<[String]>>>,
     /// Certificates (exact DER) whose signature verified under `anchors[i]` → `i`. Only an
     /// anchor's real signature puts one here, so an outsider cannot fill it.
     signed: std::sync::RwLock<std::collections::HashMap<Vec<u8>, usize>>,
@@ -83,6 +87,7 @@ impl Clone for TrustAnchors {
     fn clone(&self) -> Self {
         Self {
             anchors: self.anchors.clone(),
+            scopes: self.scopes.clone(),
             signed: Default::default(),
         }
     }
@@ -103,6 +108,7 @@ impl TrustAnchors {
             spki_key(a).map_err(|e| format!("trust anchor: {e}"))?;
         }
         Ok(Self {
+            scopes: vec![None; anchors.len()],
             anchors,
             signed: Default::default(),
         })
@@ -110,13 +116,50 @@ impl TrustAnchors {
 
     /// Anchors from PEM files (`x509.trust_anchors`).
     pub fn load(paths: &[String]) -> Result<Self, String> {
+        Self::load_scoped(paths, &Default::default())
+    }
+
+    /// Anchors from PEM files, the certificates of a file named in `scopes` trusted for those
+    /// mdoc doc types only (exact, or a prefix ending in `*`; `x509.iaca_doc_types`). A file
+    /// named there but not in `paths`, or given no doc type, is a configuration error.
+    pub fn load_scoped(
+        paths: &[String],
+        scopes: &std::collections::BTreeMap<String, Vec<String>>,
+    ) -> Result<Self, String> {
+        for (file, types) in scopes {
+            if !paths.contains(file) {
+                return Err(format!(
+                    "iaca_doc_types names {file}, which is not an anchor file"
+                ));
+            }
+            if types.is_empty() || types.iter().any(|t| t.is_empty() || t == "*") {
+                return Err(format!(
+                    "iaca_doc_types for {file}: name one or more doc types (a prefix ends in *)"
+                ));
+            }
+        }
         let mut all = Self::default();
         for p in paths {
             let pem = std::fs::read(p).map_err(|e| format!("{p}: {e}"))?;
             let more = Self::from_pem(&pem).map_err(|e| format!("{p}: {e}"))?;
+            let scope: Option<Arc<[String]>> = scopes.get(p).map(|t| t.clone().into());
+            all.scopes
+                .extend(std::iter::repeat_n(scope, more.anchors.len()));
             all.anchors.extend(more.anchors);
         }
         Ok(all)
+    }
+
+    /// Whether `anchors[i]` may vouch for `doc_type` (`None`: the caller asks for no doc type,
+    /// e.g. an SD-JWT VC issuer or a status list under an already checked mdoc).
+    fn permits(&self, i: usize, doc_type: Option<&str>) -> bool {
+        let (Some(want), Some(Some(scope))) = (doc_type, self.scopes.get(i)) else {
+            return true;
+        };
+        scope.iter().any(|t| match t.strip_suffix('*') {
+            Some(prefix) => want.starts_with(prefix),
+            None => t == want,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -170,6 +213,17 @@ impl TrustAnchors {
     /// is issued by an anchor (which obeys the same rules). Names are the caller's business (an
     /// x5c JWT issuer: SAN = `iss`; an mdoc document signer: any, its IACA is the anchor).
     pub fn chain_path(&self, der: &[Vec<u8>], now: i64) -> Result<ChainPath, String> {
+        self.chain_path_for(der, now, None)
+    }
+
+    /// [`TrustAnchors::chain_path`] through the anchors trusted for the mdoc doc type
+    /// `doc_type` (`x509.iaca_doc_types`; `None`: any anchor).
+    pub fn chain_path_for(
+        &self,
+        der: &[Vec<u8>],
+        now: i64,
+        doc_type: Option<&str>,
+    ) -> Result<ChainPath, String> {
         if self.anchors.is_empty() {
             return Err("no X.509 trust anchor is configured (x509.trust_anchors)".into());
         }
@@ -187,12 +241,21 @@ impl TrustAnchors {
             .collect::<Result<Vec<_>, _>>()?;
         let last = chain.last().ok_or("empty chain")?;
         // by name first: a chain no anchor could have issued costs no signature check
+        let named =
+            |a: &Certificate| a == last || a.tbs_certificate.subject == last.tbs_certificate.issuer;
+        if !self.anchors.iter().any(named) {
+            return Err("the x5c chain does not end at a configured trust anchor".into());
+        }
         if !self
             .anchors
             .iter()
-            .any(|a| a == last || a.tbs_certificate.subject == last.tbs_certificate.issuer)
+            .enumerate()
+            .any(|(i, a)| named(a) && self.permits(i, doc_type))
         {
-            return Err("the x5c chain does not end at a configured trust anchor".into());
+            return Err(format!(
+                "the chain's trust anchor is not trusted for doc type {} (x509.iaca_doc_types)",
+                doc_type.map(clip_type).unwrap_or_default()
+            ));
         }
         for (i, c) in chain.iter().enumerate() {
             check_validity(c, now).map_err(|e| format!("x5c[{i}]: {e}"))?;
@@ -210,10 +273,11 @@ impl TrustAnchors {
             .iter()
             .enumerate()
             .find(|(i, a)| {
-                *a == last
-                    || (check_validity(a, now).is_ok()
-                        && check_ca(a, chain.len() - 1).is_ok()
-                        && self.issued_by_anchor(last, last_der, *i))
+                self.permits(*i, doc_type)
+                    && (*a == last
+                        || (check_validity(a, now).is_ok()
+                            && check_ca(a, chain.len() - 1).is_ok()
+                            && self.issued_by_anchor(last, last_der, *i)))
             })
             .map(|(_, a)| a.clone())
             .ok_or("the x5c chain does not end at a configured trust anchor")?;
@@ -229,9 +293,10 @@ impl TrustAnchors {
         })
     }
 
-    /// Adds anchors (e.g. the sandbox IACA this node created).
+    /// Adds anchors trusted for anything (e.g. the sandbox IACA this node created).
     pub fn with(mut self, more: impl IntoIterator<Item = Certificate>) -> Self {
         self.anchors.extend(more);
+        self.scopes.resize(self.anchors.len(), None);
         self
     }
 
@@ -261,6 +326,11 @@ impl TrustAnchors {
         }
         true
     }
+}
+
+/// A doc type from an untrusted MSO, short and printable, for an error message.
+fn clip_type(s: &str) -> String {
+    s.chars().take(64).flat_map(char::escape_debug).collect()
 }
 
 fn oid_str(o: &der::asn1::ObjectIdentifier) -> String {

@@ -180,6 +180,72 @@ fn a_document_signer_outside_the_trust_anchors_is_refused() {
     assert_eq!(e.code(), "mdoc_untrusted_signer");
 }
 
+/// `x509.iaca_doc_types`: an IACA trusted for mDLs vouches for no other doc type, though its
+/// document signer signs one; a prefix takes the doc types under it; an unscoped file, any; a
+/// scope naming no anchor file, or no doc type, is a configuration error.
+#[test]
+fn an_iaca_scoped_to_doc_types_vouches_for_those_only() {
+    const PID: &str = "eu.europa.ec.eudi.pid.1";
+    let root = ca("test IACA", None);
+    let f = fixture_under(&root, document_signer);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("iaca.pem");
+    std::fs::write(&file, root.cert.pem()).unwrap();
+    let file = file.to_string_lossy().to_string();
+    let scoped = |types: &[&str]| {
+        let scope = [(file.clone(), types.iter().map(|t| t.to_string()).collect())];
+        TrustAnchors::load_scoped(std::slice::from_ref(&file), &scope.into_iter().collect())
+    };
+    let issued = |doc_type: &str| {
+        let elements = vec![("family_name".to_string(), Value::Text("Mustermann".into()))];
+        let bytes = issue::issuer_signed(&issue::IssueRequest {
+            doc_type,
+            namespaces: &[(NS.to_string(), elements)],
+            device_key: &f.device.verifying_key(),
+            signer: &f.signer,
+            x5chain: &f.chain,
+            signed: NOW - 10,
+            valid_from: NOW - 10,
+            valid_until: NOW + 3600,
+            status: None,
+        })
+        .unwrap();
+        decode(&bytes).unwrap()
+    };
+    let (mdl, pid) = (issued(MDL), issued(PID));
+
+    let mdl_only = scoped(&[MDL]).unwrap();
+    let v = verify::issuer_signed(&mdl, Some(MDL), &mdl_only, NOW).unwrap();
+    assert_eq!(v.doc_type, MDL);
+    let e = verify::issuer_signed(&pid, Some(PID), &mdl_only, NOW).unwrap_err();
+    assert_eq!(e.code(), "mdoc_untrusted_signer");
+    assert!(e.to_string().contains("not trusted for doc type"), "{e}");
+    // not by leaving the expected doc type out either
+    let e = verify::issuer_signed(&pid, None, &mdl_only, NOW).unwrap_err();
+    assert_eq!(e.code(), "mdoc_untrusted_signer");
+
+    let pids = scoped(&["eu.europa.ec.eudi.pid.*"]).unwrap();
+    verify::issuer_signed(&pid, Some(PID), &pids, NOW).unwrap();
+    assert!(verify::issuer_signed(&mdl, Some(MDL), &pids, NOW).is_err());
+    // the sandbox IACA and unscoped files vouch for any doc type
+    let any = TrustAnchors::load_scoped(std::slice::from_ref(&file), &Default::default()).unwrap();
+    verify::issuer_signed(&pid, Some(PID), &any, NOW).unwrap();
+    let sandbox = mdl_only.clone().with([
+        <x509_cert::Certificate as x509_cert::der::Decode>::from_der(root.cert.der()).unwrap(),
+    ]);
+    verify::issuer_signed(&pid, Some(PID), &sandbox, NOW).unwrap();
+
+    assert!(scoped(&[]).is_err());
+    assert!(scoped(&["*"]).is_err());
+    let elsewhere = [("/etc/other.pem".to_string(), vec![MDL.to_string()])];
+    let e = TrustAnchors::load_scoped(
+        std::slice::from_ref(&file),
+        &elsewhere.into_iter().collect(),
+    )
+    .unwrap_err();
+    assert!(e.contains("/etc/other.pem"), "{e}");
+}
+
 /// Rewrites the one issuer-signed item of the response through `edit` (on its decoded map),
 /// re-wrapping it, so its bytes change while the MSO's digest stays.
 fn edit_first_item(resp: &[u8], edit: impl Fn(&mut Vec<(Value, Value)>)) -> Vec<u8> {

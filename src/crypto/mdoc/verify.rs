@@ -68,9 +68,16 @@ pub fn issuer_signed(
             "issuerAuth must be ES256 (alg in the protected header)".into(),
         ));
     }
+    let payload = sign1
+        .payload
+        .as_deref()
+        .ok_or_else(|| malformed("issuerAuth has no payload"))?;
+    let (_, mso) = untag24(&super::decode(payload)?)?;
+    // the doc type picks the anchors that may vouch for it (x509.iaca_doc_types); the
+    // signature checked below covers it
     let chain = x5chain(&sign1)?;
     let path = anchors
-        .chain_path(&chain, now)
+        .chain_path_for(&chain, now, Some(text(&mso, "docType")?))
         .map_err(MdocError::Untrusted)?;
     let authorities = crate::crypto::x509::authority_key_ids(&path);
     let (signer, signer_cert) = (path.key, path.leaf);
@@ -83,11 +90,6 @@ pub fn issuer_signed(
     sign1
         .verify_signature(b"", |sig, data| signer.verify(data, sig))
         .map_err(|_| MdocError::IssuerSignature)?;
-    let payload = sign1
-        .payload
-        .as_deref()
-        .ok_or_else(|| malformed("issuerAuth has no payload"))?;
-    let (_, mso) = untag24(&super::decode(payload)?)?;
     check_mso_header(&mso, doc_type)?;
     let (valid_from, valid_until) = validity_window(&mso, &signer_cert, now)?;
     let device_key = key_from_cose(
