@@ -133,9 +133,17 @@ impl Truth {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Filters compiled on this thread (a test's runtime runs its tasks on its own).
+    pub static COMPILED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 impl Filter {
     /// Compiles `filter`, or says why it cannot be enforced (the keyword at fault is named).
     pub fn compile(filter: &Value) -> Result<Filter, String> {
+        #[cfg(test)]
+        COMPILED.with(|n| n.set(n.get() + 1));
         let size = serde_json::to_vec(filter).map_or(usize::MAX, |b| b.len());
         if size > MAX_FILTER_BYTES {
             return Err(format!(

@@ -138,8 +138,40 @@ fn check_query_bounds(payload: &Value) -> ClientResult<()> {
                 "presentation_definition: over {MAX_INPUT_DESCRIPTORS} input descriptors or {MAX_FIELDS} fields in one"
             )));
         }
+        let patterns: usize = descriptors
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|d| d["constraints"]["fields"].as_array().into_iter().flatten())
+            .map(|f| patterns_in(&f["filter"], 0))
+            .sum();
+        if patterns > MAX_PATTERNS {
+            return Err(ClientError::Remote(format!(
+                "presentation_definition: over {MAX_PATTERNS} filter patterns"
+            )));
+        }
     }
     Ok(())
+}
+
+/// Most regular expressions (filter `pattern`s) one presentation definition may ask a wallet to
+/// compile: each may take milliseconds (a `\pL{0,40}` is near the 1 MiB program limit).
+const MAX_PATTERNS: usize = 16;
+
+/// How many `pattern` keywords a filter holds, at any depth (a filter nests at most 8 deep;
+/// deeper ones are counted as far as that and refused when compiled).
+fn patterns_in(v: &Value, depth: usize) -> usize {
+    if depth > 16 {
+        return 0;
+    }
+    match v {
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| usize::from(k == "pattern") + patterns_in(v, depth + 1))
+            .sum(),
+        Value::Array(a) => a.iter().map(|v| patterns_in(v, depth + 1)).sum(),
+        _ => 0,
+    }
 }
 
 /// The client identifier prefix (OpenID4VP 1.0 §5.9) and what it implies for the wallet.
@@ -550,6 +582,10 @@ mod tests {
             .collect();
         let sets = vec![json!(["c0"]); crate::dcql::MAX_SETS + 1];
         let descriptors = vec![json!({"id": "d"}); MAX_INPUT_DESCRIPTORS + 1];
+        // patterns nested in a filter count too
+        let field =
+            json!({"path": ["$.vct"], "filter": {"not": {"pattern": "^a"}, "pattern": "b"}});
+        let patterned = vec![field; MAX_PATTERNS / 2 + 1];
         for (what, query) in [
             (
                 "claims",
@@ -572,6 +608,13 @@ mod tests {
                     json!({"id": "p", "input_descriptors": descriptors}),
                 ),
             ),
+            (
+                "filter patterns",
+                (
+                    "presentation_definition",
+                    json!({"id": "p", "input_descriptors": [{"id": "d", "constraints": {"fields": patterned}}]}),
+                ),
+            ),
         ] {
             let e = resolve_request(&http, &by_value(query), 0)
                 .await
@@ -582,6 +625,12 @@ mod tests {
             );
         }
         // a query within the bounds resolves
+        let fields = vec![json!({"path": ["$.vct"], "filter": {"pattern": "^a"}}); MAX_PATTERNS];
+        let ok = (
+            "presentation_definition",
+            json!({"id": "p", "input_descriptors": [{"id": "d", "constraints": {"fields": fields}}]}),
+        );
+        resolve_request(&http, &by_value(ok), 0).await.unwrap();
         let ok = (
             "dcql_query",
             json!({"credentials": [{"id": "q", "format": "dc+sd-jwt", "claims": [{"id": "c0", "path": ["x"]}], "claim_sets": [["c0"]]}]}),

@@ -318,6 +318,24 @@ struct Ask<'a> {
     query: &'a Value,
     /// PEX: the presentation definition the descriptor belongs to.
     pex: Option<&'a Value>,
+    /// PEX: the descriptor's required filters, compiled once for every credential held
+    /// ([`pex_filters`]).
+    filters: Vec<Option<PexFilter>>,
+}
+
+impl<'a> Ask<'a> {
+    fn new(query: &'a Value, pex: Option<&'a Value>) -> Self {
+        Ask {
+            id: query["id"].as_str().unwrap_or_default(),
+            query,
+            pex,
+            filters: if pex.is_some() {
+                pex_filters(query)
+            } else {
+                Vec::new()
+            },
+        }
+    }
 }
 
 impl<'a> Asks<'a> {
@@ -334,11 +352,7 @@ impl<'a> Asks<'a> {
             .map(|a| a.as_slice())
             .unwrap_or_default()
             .iter()
-            .map(|query| Ask {
-                id: query["id"].as_str().unwrap_or_default(),
-                query,
-                pex,
-            })
+            .map(|query| Ask::new(query, pex))
             .collect();
         Some(Self { list, pex, sets })
     }
@@ -444,7 +458,7 @@ impl<'a> Asks<'a> {
 impl Ask<'_> {
     fn matches(&self, v: &CredentialView) -> bool {
         if let Some(pd) = self.pex {
-            pex_match(v, self.query, pd)
+            pex_match(v, self.query, pd, &self.filters)
         } else {
             dcql::mismatch(v, self.query).is_none()
         }
@@ -507,10 +521,16 @@ fn disclose_for(input: &RequestInput, qid: &str, default: Vec<String>) -> Vec<St
 
 /// Presentation-definition input descriptor fields → first-level claim names.
 fn pex_claim_names(d: &Value) -> Vec<String> {
+    pex_field_names(d, false)
+}
+
+/// The first-level claim names of a descriptor's fields (`required_only`: not `optional` ones).
+fn pex_field_names(d: &Value, required_only: bool) -> Vec<String> {
     d["constraints"]["fields"]
         .as_array()
         .map(|fs| {
             fs.iter()
+                .filter(|f| !required_only || f["optional"] != json!(true))
                 .filter_map(|f| f["path"][0].as_str())
                 .filter_map(|p| {
                     p.trim_start_matches("$.")
@@ -526,8 +546,9 @@ fn pex_claim_names(d: &Value) -> Vec<String> {
 }
 
 /// Whether a held credential has every required field of an input descriptor, in a format the
-/// descriptor (else the definition) names when it names any.
-fn pex_match(v: &CredentialView, d: &Value, pd: &Value) -> bool {
+/// descriptor (else the definition) names when it names any, and its `filters` ([`pex_filters`]
+/// of the descriptor) hold.
+fn pex_match(v: &CredentialView, d: &Value, pd: &Value, filters: &[Option<PexFilter>]) -> bool {
     let formats = d.get("format").or_else(|| pd.get("format"));
     if let Some(named) = formats.and_then(Value::as_object) {
         if !named
@@ -542,37 +563,42 @@ fn pex_match(v: &CredentialView, d: &Value, pd: &Value) -> bool {
     } else {
         &v.root["credentialSubject"]
     };
-    pex_claim_names(d)
+    pex_field_names(d, true)
         .iter()
         .all(|name| root.get(name).is_some())
-        && pex_filters_hold(root, d)
+        && filters.iter().all(|f| {
+            f.as_ref().is_some_and(|(dotted, filter)| {
+                dotted
+                    .split('.')
+                    .try_fold(root, |node, seg| node.get(seg))
+                    .is_some_and(|value| filter.accepts(value))
+            })
+        })
 }
 
-/// Every field `filter` of a descriptor holds for the value its first path names (a dotted
-/// path below the credential's claims); a filter that cannot be compiled, or whose value cannot
-/// be found, is no match (the verifier would refuse the answer anyway).
-fn pex_filters_hold(root: &Value, d: &Value) -> bool {
+/// A required field's filter and the dotted path below the credential's claims it applies to.
+type PexFilter = (String, crate::pex_filter::Filter);
+
+/// The required field filters of a descriptor, each compiled once per request, not once per
+/// credential held (attacker review: a verifier's hundreds of `pattern`s, recompiled for each
+/// of 500 credentials, held a worker for minutes). `None`: a filter that cannot be compiled or
+/// names no path, which no credential answers (the verifier would refuse the answer anyway).
+fn pex_filters(d: &Value) -> Vec<Option<PexFilter>> {
     d["constraints"]["fields"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|f| f.get("filter").is_some() && f["optional"] != json!(true))
-        .all(|f| {
-            let Ok(filter) = crate::pex_filter::Filter::compile(&f["filter"]) else {
-                return false;
-            };
-            let Some(path) = f["path"][0].as_str() else {
-                return false;
-            };
+        .map(|f| {
+            let path = f["path"][0].as_str()?;
+            let filter = crate::pex_filter::Filter::compile(&f["filter"]).ok()?;
             let dotted = path
                 .trim_start_matches("$.")
                 .trim_start_matches("vc.")
                 .trim_start_matches("credentialSubject.");
-            dotted
-                .split('.')
-                .try_fold(root, |node, seg| node.get(seg))
-                .is_some_and(|value| filter.accepts(value))
+            Some((dotted.to_string(), filter))
         })
+        .collect()
 }
 
 /// Where a wallet keeps a request it resolved: by a digest of the request text the caller sent.
@@ -676,6 +702,8 @@ mod pex_tests {
         let fields = json!({"fields": [{"path": ["$.family_name"]}]});
         let pd = json!({"id": "pd"});
         let d = json!({"id": "in", "format": {"vc+sd-jwt": {}}, "constraints": fields});
+        let pex_match =
+            |v: &CredentialView, d: &Value, pd: &Value| pex_match(v, d, pd, &pex_filters(d));
         assert!(pex_match(&sd, &d, &pd));
         assert!(!pex_match(&jwt, &d, &pd), "another format");
         let pd_jwt = json!({"id": "pd", "format": {"jwt_vc_json": {}}});
@@ -703,12 +731,35 @@ mod pex_tests {
         // no field: listed as matching, never picked unasked
         let bare = json!({"id": "in"});
         assert!(pex_match(&sd, &bare, &pd));
-        let ask = Ask {
-            id: "in",
-            query: &bare,
-            pex: Some(&pd),
-        };
+        let ask = Ask::new(&bare, Some(&pd));
         let input: RequestInput = serde_json::from_value(json!({"request": "x"})).unwrap();
         assert!(pick(&input, &[], &ask).is_err());
+    }
+
+    /// A descriptor's filters are compiled once per request, however many credentials the
+    /// wallet holds (attacker review: recompiled per credential, a verifier's patterns held a
+    /// worker for minutes).
+    #[test]
+    fn a_descriptors_filters_are_compiled_once_not_per_credential_held() {
+        let pd = json!({"id": "pd", "input_descriptors": [{"id": "in", "constraints": {"fields": [
+            {"path": ["$.vct"], "filter": {"type": "string", "pattern": "^urn:a"}},
+            {"path": ["$.family_name"], "filter": {"type": "string"}},
+            {"path": ["$.nickname"], "filter": {"pattern": "x"}, "optional": true},
+        ]}}]});
+        let compiled = || crate::pex_filter::COMPILED.with(|n| n.get());
+        let before = compiled();
+        let ask = Ask::new(&pd["input_descriptors"][0], Some(&pd));
+        let matched = (0..50)
+            .filter(|i| {
+                let vct = if i % 2 == 0 { "urn:a" } else { "urn:b" };
+                ask.matches(&view("dc+sd-jwt", json!({"vct": vct, "family_name": "M"})))
+            })
+            .count();
+        assert_eq!(matched, 25);
+        assert_eq!(
+            compiled() - before,
+            2,
+            "the two required filters, once each"
+        );
     }
 }
