@@ -219,6 +219,11 @@ pub struct Session {
     /// Rejected responses (kept pending for the real wallet), with why.
     #[serde(default)]
     pub failed_attempts: Vec<String>,
+    /// Presentations whose evaluation began: each response takes one before it is evaluated, so
+    /// responses sent at once cannot all be evaluated (its fetches and signature checks) before
+    /// any of them counts as an attempt.
+    #[serde(default)]
+    pub evaluations: u32,
     pub completed_at: Option<i64>,
     /// Made when a verified response sends the user to `success_redirect` (OpenID4VP 1.0
     /// `response_code`): it rides on that redirect, so only the browser the wallet sends back

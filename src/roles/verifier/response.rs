@@ -74,6 +74,10 @@ impl VerifierService {
                     .unwrap_or("")
             ))),
             None => {
+                if !fields.contains_key("vp_token") {
+                    return Err(InvalidRequest.because("vp_token is missing").into());
+                }
+                self.take_evaluation(&key, &session, raw).await?;
                 let outcome = self.evaluate(&v, &session, &fields, now).await?;
                 let results = outcome.results(&session.policies);
                 Answer::Evaluated(outcome, results)
@@ -100,7 +104,7 @@ impl VerifierService {
                 ks::SESSIONS,
                 &key,
                 Some(ttl),
-                Some(raw),
+                None,
                 |s| answer.apply(s, now, (&code, sealed.as_deref())),
             )
             .await?
@@ -120,6 +124,46 @@ impl VerifierService {
         Ok(ResponseOutcome {
             redirect_uri: redirect_of(&updated),
         })
+    }
+
+    /// Takes one of the session's [`MAX_FAILED_ATTEMPTS`] evaluations before a presentation is
+    /// evaluated (a compare-and-swap, so on every node): attacker review: the attempt count was
+    /// only kept after the evaluation, so any number of responses sent at once to one session
+    /// were each evaluated in full, each with its own budget of outbound fetches.
+    async fn take_evaluation(
+        &self,
+        key: &str,
+        session: &Session,
+        raw: Vec<u8>,
+    ) -> Result<(), VerifierError> {
+        let ttl = Duration::from_secs((session.expires_at - self.now()).max(1) as u64 + 86_400);
+        self.ctx
+            .store
+            .update_json_from::<Session, VerifierError, _>(
+                ks::SESSIONS,
+                key,
+                Some(ttl),
+                Some(raw),
+                |mut s| {
+                    if s.state != SessionState::Pending {
+                        return Err(InvalidRequest
+                            .because("this verification session has already been answered")
+                            .into());
+                    }
+                    if s.evaluations as usize >= MAX_FAILED_ATTEMPTS {
+                        return Err(InvalidRequest
+                            .because("this verification session has evaluated all the presentations it may; wait for the ones in progress")
+                            .into());
+                    }
+                    s.evaluations += 1;
+                    Ok(s)
+                },
+            )
+            .await?
+            .ok_or_else(|| {
+                VerifierError::from(UnknownSession.because("unknown verification session"))
+            })?;
+        Ok(())
     }
 
     /// The response's fields: the form itself, or (direct_post.jwt) what the encrypted `response`

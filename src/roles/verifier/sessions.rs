@@ -94,6 +94,7 @@ impl VerifierService {
             sealed_credentials: None,
             error: None,
             failed_attempts: Vec::new(),
+            evaluations: 0,
             completed_at: None,
             response_code: None,
         };

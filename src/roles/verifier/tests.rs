@@ -95,6 +95,57 @@ async fn expired_sessions_are_410_and_reported_expired() {
     );
 }
 
+/// `n` responses with an unverifiable vp_token (and the right state) sent to session `id` at once.
+async fn bad_responses_at_once(
+    svc: &std::sync::Arc<VerifierService>,
+    id: &str,
+    n: usize,
+) -> Vec<
+    Result<
+        Result<super::response::ResponseOutcome, super::error::VerifierError>,
+        tokio::task::JoinError,
+    >,
+> {
+    let session = stored_session(svc, id).await;
+    let answers = (0..n).map(|_| {
+        let (svc, id) = (svc.clone(), id.to_string());
+        let mut form = HashMap::new();
+        form.insert(
+            "vp_token".to_string(),
+            json!({"a": ["not an sd-jwt"]}).to_string(),
+        );
+        form.insert("state".to_string(), session.state_param.clone());
+        tokio::spawn(async move { svc.handle_response("default", &id, form).await })
+    });
+    futures_util::future::join_all(answers).await
+}
+
+/// Responses sent to one session at once are evaluated at most `MAX_FAILED_ATTEMPTS` times: the
+/// others are refused before their presentation is evaluated (attacker review: each was
+/// evaluated in full, with its own budget of outbound fetches, before any counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn responses_sent_at_once_are_evaluated_at_most_three_times() {
+    let clock = FakeClock::new(1_800_000_000_000);
+    let svc = std::sync::Arc::new(verifier(&clock).await);
+    let created = svc
+        .create_session("default", sd_jwt_session(300))
+        .await
+        .unwrap();
+    let answers = bad_responses_at_once(&svc, &created.id, 12).await;
+    let refused_unevaluated = answers
+        .iter()
+        .filter_map(|a| a.as_ref().unwrap().as_ref().err())
+        .filter(|e| {
+            let e = e.to_string();
+            e.contains("evaluated all") || e.contains("already been answered")
+        })
+        .count();
+    assert_eq!(refused_unevaluated, 9);
+    let stored = stored_session(&svc, &created.id).await;
+    assert_eq!(stored.evaluations, 3);
+    assert_eq!(stored.state, SessionState::Failed);
+}
+
 /// Bad responses sent to one session at once each count: two are rejected as failed attempts and
 /// the third fails the session. Before, a failure whose write lost the race was dropped (and a
 /// final answer that lost one was refused as "already answered" with the session left pending),
@@ -106,19 +157,8 @@ async fn concurrent_bad_responses_each_count_as_an_attempt() {
     let req = sd_jwt_session(300);
     for round in 0..5 {
         let created = svc.create_session("default", req.clone()).await.unwrap();
-        let session = stored_session(&svc, &created.id).await;
-        let answers = (0..3).map(|_| {
-            let (svc, id) = (svc.clone(), created.id.clone());
-            let mut form = HashMap::new();
-            form.insert(
-                "vp_token".to_string(),
-                json!({"a": ["not an sd-jwt"]}).to_string(),
-            );
-            form.insert("state".to_string(), session.state_param.clone());
-            tokio::spawn(async move { svc.handle_response("default", &id, form).await })
-        });
         // two are rejected while attempts are left, the last is the final (failed) answer
-        let answers = futures_util::future::join_all(answers).await;
+        let answers = bad_responses_at_once(&svc, &created.id, 3).await;
         let rejected = answers
             .into_iter()
             .filter(|a| a.as_ref().unwrap().is_err())
