@@ -102,6 +102,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("line {}: not an export record", i + 1))?;
                 records.push(r);
             }
+            let records = without_canary(records, |sealed| {
+                opened.sealer.open(CANARY.as_bytes(), sealed).is_ok()
+            })
+            .map_err(|e| anyhow::anyhow!("{e}: nothing was imported. If this data directory is new, remove it, put the exporting store's master.key in it (or set store.master_key_file to its key) and import again"))?;
             let n = opened.store.import(records).await?;
             opened.store.flush().await?;
             eprintln!("imported {n} records");
@@ -288,37 +292,86 @@ async fn open_spec(
     anyhow::bail!("`{spec}`: expected sled:DATA_DIR, redis://… or rediss://…")
 }
 
+/// The key of the sealed canary every store holds (`store::open::check_master_key`).
+const CANARY: &str = "seal_canary";
+
+/// The records of an export to import into a store whose own canary stays: the export's canary
+/// must open with the target's master key (`opens`), else its sealed records would sit beside
+/// ones no single key opens (secrets review: an import into a new data dir without the exporting
+/// store's master.key overwrote the canary, and the node never started again).
+fn without_canary(
+    records: Vec<ExportRecord>,
+    opens: impl Fn(&[u8]) -> bool,
+) -> Result<Vec<ExportRecord>, String> {
+    let sys = crate::store::keyspaces::SYSTEM;
+    let (canaries, rest): (Vec<_>, Vec<_>) = records
+        .into_iter()
+        .partition(|r| r.keyspace == sys && r.key == CANARY);
+    let [canary] = canaries.as_slice() else {
+        return Err(format!(
+            "the export holds {} seal canaries ({sys}/{CANARY}), not one: not a whole export of an idstack store",
+            canaries.len()
+        ));
+    };
+    let sealed = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        &canary.value_b64,
+    )
+    .map_err(|_| "the export's seal canary is not base64".to_string())?;
+    if !opens(&sealed) {
+        return Err(
+            "the export was sealed under another master key than this store's (store.master_key, or the data directory's master.key)"
+                .into(),
+        );
+    }
+    Ok(rest)
+}
+
 /// `idstack store migrate`: export from one store, import into the other. Refuses a target that
-/// already holds data sealed under a different master key (its seal canary differs).
+/// already holds data sealed under a different master key: both canaries must open with one key
+/// (the configured one, or the source data directory's master.key).
 async fn migrate(
     settings: &Settings,
     from: &str,
     to: &str,
     key_prefix: Option<&str>,
 ) -> anyhow::Result<()> {
-    const CANARY: &str = "seal_canary";
     let src = open_spec(settings, from, key_prefix).await?;
     let dst = open_spec(settings, to, key_prefix).await?;
     let sys = crate::store::keyspaces::SYSTEM;
-    if let (Some(a), Some(b)) = (src.get(sys, CANARY).await?, dst.get(sys, CANARY).await?) {
-        if a != b {
-            anyhow::bail!(
-                "the target already holds data sealed under another master key; use an empty target (or another key prefix)"
+    let src_key = from
+        .strip_prefix("sled:")
+        .map(|dir| std::path::Path::new(dir).join(crate::store::seal::MASTER_KEY_FILE))
+        .filter(|k| k.exists());
+    let mut records = src.export_all().await?;
+    if let Some(b) = dst.get(sys, CANARY).await? {
+        // sealed with random nonces: two canaries under one key differ byte for byte
+        let mut sealers = Vec::new();
+        if let Some(k) = &settings.master_key {
+            sealers.push(crate::store::Sealer::from_secret(k).context("store.master_key")?);
+        }
+        if let Some(dir) = from.strip_prefix("sled:").filter(|_| src_key.is_some()) {
+            sealers.push(
+                crate::store::seal::load_or_generate_master_key(std::path::Path::new(dir))?.0,
             );
         }
+        let opens = |sealed: &[u8]| {
+            sealers.iter().any(|s| {
+                s.open(CANARY.as_bytes(), sealed).is_ok() && s.open(CANARY.as_bytes(), &b).is_ok()
+            })
+        };
+        records = without_canary(records, opens).map_err(|e| {
+            anyhow::anyhow!("{e}: the target already holds data sealed under another key, or this node's key opens neither; use an empty target (or another key prefix), or set store.master_key to the key of both")
+        })?;
     }
-    let records = src.export_all().await?;
     let n = dst.import(records).await?;
     dst.flush().await?;
     eprintln!("migrated {n} records");
-    if let Some(dir) = from.strip_prefix("sled:") {
-        let key = std::path::Path::new(dir).join(crate::store::seal::MASTER_KEY_FILE);
-        if key.exists() {
-            eprintln!(
-                "note: the data was sealed with the sandbox key {}; give the target's nodes that key (store.master_key_file)",
-                key.display()
-            );
-        }
+    if let Some(key) = src_key {
+        eprintln!(
+            "note: the data was sealed with the sandbox key {}; give the target's nodes that key (store.master_key_file)",
+            key.display()
+        );
     }
     Ok(())
 }

@@ -157,20 +157,21 @@ impl Store for OfflineStore {
         super::store::export_decoded(self.inner()).await
     }
 
+    /// As `ClusterStore::import`: imported records carry the lowest version there is.
     async fn import(&self, records: Vec<ExportRecord>) -> StoreResult<u64> {
+        use super::store::{decode_import, imported};
         let now = self.replica.clock.now_ms();
         let mut n = 0;
         for r in records {
-            let ks = super::replica::intern(&r.keyspace)?;
-            let value =
-                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &r.value_b64)
-                    .map_err(|e| crate::store::StoreError::Backend(e.to_string()))?;
-            let ttl = match r.expires_at_ms {
-                Some(d) if d <= now => continue,
-                Some(d) => Some(Duration::from_millis((d - now) as u64)),
-                None => None,
+            let Some((ks, key, value, ttl)) = decode_import(r, now)? else {
+                continue;
             };
-            self.put(ks, &r.key, value, ttl).await?;
+            if is_local_keyspace(ks) {
+                self.inner().put(ks, &key, value, ttl).await?;
+            } else {
+                let deadline = self.replica.deadline(ttl);
+                self.write(ks, &key, imported(value, deadline)).await?;
+            }
             n += 1;
         }
         Ok(n)
@@ -226,5 +227,48 @@ mod tests {
         assert_eq!(exported.len(), 1, "tombstones are not exported");
         assert_eq!(exported[0].value_b64, "Mg==");
         assert_eq!(s.scan_prefix("things", "", 10).await.unwrap().len(), 1);
+    }
+
+    /// One node restored from an export must not roll the cluster back to it: what the cluster
+    /// wrote since (here: a newer value of `a`) wins over the imported copy on every node.
+    #[tokio::test]
+    async fn imported_records_lose_to_anything_the_cluster_wrote_since() {
+        use crate::cluster::replica::replaces;
+        let clock = FakeClock::new(1_000_000);
+        let inner: Arc<dyn Store> = Arc::new(SledStore::temporary(clock.clone()).unwrap());
+        let replica = Arc::new(Replica::new(
+            inner,
+            "n1".into(),
+            clock.clone(),
+            Duration::from_secs(3600),
+        ));
+        let s = OfflineStore {
+            replica: replica.clone(),
+        };
+        s.put("things", "a", b"revoked".to_vec(), None)
+            .await
+            .unwrap();
+        let newer = replica.read("things", "a").await.unwrap().unwrap();
+        clock.advance_ms(60_000);
+        let rec = |key: &str, v: &[u8]| ExportRecord {
+            keyspace: "things".into(),
+            key: key.into(),
+            value_b64: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, v),
+            expires_at_ms: None,
+        };
+        s.import(vec![rec("a", b"valid"), rec("b", b"only exported")])
+            .await
+            .unwrap();
+        let imported = replica.read("things", "a").await.unwrap().unwrap();
+        assert_eq!(imported.version, super::super::version::Version::default());
+        assert!(
+            replaces("things", &imported, &newer),
+            "the peers' copy wins here"
+        );
+        assert!(!replaces("things", &newer, &imported), "and stays theirs");
+        assert_eq!(
+            s.get("things", "b").await.unwrap().unwrap(),
+            b"only exported"
+        );
     }
 }

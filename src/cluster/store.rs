@@ -277,23 +277,55 @@ impl Store for ClusterStore {
         export_decoded(self.inner()).await
     }
 
+    /// Imported records carry the lowest version there is: whatever the cluster wrote since the
+    /// export (an update, a revocation, a delete's tombstone) wins over them on every node
+    /// (cluster review: stamped at import time, one node restored from last night's export
+    /// rolled every node back to it — revocations undone, status-list counters rewound). A key
+    /// the cluster does not hold still reaches every node; an insert-only key record (a tenant's
+    /// signing key) still wins as the first created.
     async fn import(&self, records: Vec<ExportRecord>) -> StoreResult<u64> {
         let now = self.node.now_ms();
         let mut n = 0;
         for r in records {
-            let ks = super::replica::intern(&r.keyspace)?;
-            let value = B64
-                .decode(&r.value_b64)
-                .map_err(|e| crate::store::StoreError::Backend(e.to_string()))?;
-            let ttl = match r.expires_at_ms {
-                Some(d) if d <= now => continue,
-                Some(d) => Some(Duration::from_millis((d - now) as u64)),
-                None => None,
+            let Some((ks, key, value, ttl)) = decode_import(r, now)? else {
+                continue;
             };
-            self.put(ks, &r.key, value, ttl).await?;
+            if is_local_keyspace(ks) {
+                self.inner().put(ks, &key, value, ttl).await?;
+            } else {
+                let deadline = self.node.replica.deadline(ttl);
+                self.write(ks, &key, imported(value, deadline)).await?;
+            }
             n += 1;
         }
         Ok(n)
+    }
+}
+
+/// One record of an export to import: its keyspace, key, value and time left (`None`: it has
+/// expired since the export).
+pub(super) type Imported = (&'static str, String, Vec<u8>, Option<Duration>);
+
+/// Decodes an export record for [`Store::import`] at `now` (unix ms).
+pub(super) fn decode_import(r: ExportRecord, now: i64) -> StoreResult<Option<Imported>> {
+    let ks = super::replica::intern(&r.keyspace)?;
+    let value = B64
+        .decode(&r.value_b64)
+        .map_err(|e| crate::store::StoreError::Backend(e.to_string()))?;
+    let ttl = match r.expires_at_ms {
+        Some(d) if d <= now => return Ok(None),
+        Some(d) => Some(Duration::from_millis((d - now) as u64)),
+        None => None,
+    };
+    Ok(Some((ks, r.key, value, ttl)))
+}
+
+/// An imported record: the lowest version there is (see `ClusterStore::import`).
+pub(super) fn imported(value: Vec<u8>, deadline_ms: Option<i64>) -> Versioned {
+    Versioned {
+        version: super::version::Version::default(),
+        value: Some(value),
+        deadline_ms,
     }
 }
 

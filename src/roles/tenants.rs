@@ -71,8 +71,6 @@ pub enum TenantError {
     Exists { kind: &'static str, id: String },
     #[error("the default {kind} cannot be deleted")]
     DefaultKept { kind: &'static str },
-    #[error("{kind} `{id}` is being created concurrently with another key type")]
-    KeyTypeRace { kind: &'static str, id: String },
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error(transparent)]
@@ -84,9 +82,7 @@ impl ErrorCode for TenantError {
         match self {
             TenantError::BadId { .. } | TenantError::Invalid(_) => Code::Validation,
             TenantError::NotFound { .. } => Code::NotFound,
-            TenantError::Exists { .. }
-            | TenantError::DefaultKept { .. }
-            | TenantError::KeyTypeRace { .. } => Code::Conflict,
+            TenantError::Exists { .. } | TenantError::DefaultKept { .. } => Code::Conflict,
             TenantError::Key(e) => e.error_code(),
             TenantError::Store(e) => e.error_code(),
         }
@@ -223,16 +219,12 @@ impl<T: Tenant> Tenants<T> {
         if self.ctx.store.get(self.keyspace, &id).await?.is_some() {
             return Err(Self::exists(&id));
         }
-        // Key first (insert-only), then the tenant. A key already stored under this id (a
-        // concurrent creation of the same tenant, or one that crashed before its record) is used
-        // instead of ours, so whichever record wins names the key that is stored.
+        // Key first (its own record, insert-only), then the tenant, inserted once: a concurrent
+        // creation of the same tenant stores its own key and loses the record, and removes it.
         let key = match T::requested_key(&req) {
             None => None,
             Some(kt) => {
                 let key = self.keys.put_new(&id, SigningKey::generate(kt)).await?;
-                if key.key_type() != kt {
-                    return Err(TenantError::KeyTypeRace { kind: T::KIND, id });
-                }
                 Some(key.verifying_key())
             }
         };
@@ -247,6 +239,13 @@ impl<T: Tenant> Tenants<T> {
             .insert_new_json(self.keyspace, &id, &record, None)
             .await?
         {
+            // ours unless the record that is there names it (an insert that was retried)
+            if let Some(fp) = key.as_ref().map(|k| k.thumbprint()) {
+                let stored: Option<T> = self.ctx.store.get_json(self.keyspace, &id).await?;
+                if stored.is_some_and(|t| t.key_fingerprint() != Some(fp.as_str())) {
+                    self.keys.discard(&id, &fp).await;
+                }
+            }
             return Err(Self::exists(&id));
         }
         tracing::info!(kind = T::KIND, id = %id, "tenant created");

@@ -283,6 +283,30 @@ async fn healthcheck_command_and_store_export_import() {
     let lines = std::fs::read_to_string(&dump).unwrap();
     assert!(lines.lines().count() >= 1);
     assert!(lines.contains("seal_canary"));
+    // into a new data dir without the exporting store's master key: refused, nothing written
+    // (it overwrote the canary, and that node never started again)
+    let keyless = tempfile::tempdir().unwrap();
+    let (status, _, err) = run_cli(
+        keyless.path(),
+        &[
+            "store",
+            "import",
+            "--data-dir",
+            "data",
+            "--in",
+            dump.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!status.success());
+    assert!(err.contains("another master key"), "{err}");
+    let (status, out, err) = run_cli(
+        keyless.path(),
+        &["store", "export", "--data-dir", "data"],
+        &[],
+    );
+    assert!(status.success(), "{err}");
+    assert_eq!(out.lines().count(), 1, "its own canary only: {out}");
     // import into a new data dir that shares the master key
     let fresh = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(fresh.path().join("data")).unwrap();
@@ -310,9 +334,16 @@ async fn healthcheck_command_and_store_export_import() {
         &[],
     );
     assert!(status.success());
-    let mut a: Vec<&str> = lines.lines().collect();
-    let mut b: Vec<&str> = again.lines().collect();
-    a.sort();
-    b.sort();
-    assert_eq!(a, b);
+    // every record back, but the target keeps its own seal canary (same key, its own nonce)
+    let records = |dump: &str| {
+        let mut v: Vec<String> = dump
+            .lines()
+            .filter(|l| !l.contains("seal_canary"))
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(again.contains("seal_canary"));
+    assert!(records(&lines) == records(&again), "the records differ");
 }

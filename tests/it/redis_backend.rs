@@ -161,20 +161,23 @@ async fn store_migrate_moves_a_sled_node_into_redis() {
     let data = dir.path().join("data");
     let url = redis_url();
     let prefix = unique("migrated");
-    let (st, _, err) = run_cli(
-        dir.path(),
-        &[
-            "store",
-            "migrate",
-            "--from",
-            &format!("sled:{}", data.display()),
-            "--to",
-            &url,
-            "--key-prefix",
-            &prefix,
-        ],
-        &[],
-    );
+    let migrate_into = |prefix: &str| {
+        run_cli(
+            dir.path(),
+            &[
+                "store",
+                "migrate",
+                "--from",
+                &format!("sled:{}", data.display()),
+                "--to",
+                &url,
+                "--key-prefix",
+                prefix,
+            ],
+            &[],
+        )
+    };
+    let (st, _, err) = migrate_into(&prefix);
     assert!(st.success(), "{err}");
     assert!(err.contains("migrated"), "{err}");
     assert!(
@@ -190,8 +193,36 @@ async fn store_migrate_moves_a_sled_node_into_redis() {
     assert!(!st.success());
     assert!(err.contains("expected sled:"), "{err}");
 
-    // A node on Redis with the source's master key serves the migrated data.
+    // A target whose nodes already started: under the source's key it takes the data (the two
+    // canaries differ byte for byte, sealed with their own nonces); under another key, nothing.
     let key_file = data.join("master.key");
+    let (same, other) = (unique("same-key"), unique("other-key"));
+    Server::builder()
+        .redis(&url, &same)
+        .env("IDSTACK__STORE__MASTER_KEY", "")
+        .env(
+            "IDSTACK__STORE__MASTER_KEY_FILE",
+            key_file.to_str().unwrap(),
+        )
+        .start()
+        .await
+        .stop();
+    let (st, _, err) = migrate_into(&same);
+    assert!(st.success(), "{err}");
+    Server::builder()
+        .redis(&url, &other)
+        .env(
+            "IDSTACK__STORE__MASTER_KEY",
+            "0303030303030303030303030303030303030303030303030303030303030303",
+        )
+        .start()
+        .await
+        .stop();
+    let (st, _, err) = migrate_into(&other);
+    assert!(!st.success());
+    assert!(err.contains("another key"), "{err}");
+
+    // A node on Redis with the source's master key serves the migrated data.
     let node = Server::builder()
         .redis(&url, &prefix)
         .env("IDSTACK__STORE__MASTER_KEY", "")

@@ -570,18 +570,20 @@ async fn a_changed_signing_key_is_refused() {
     let state = RoleContext::for_tests(clock);
     let svc = IssuerService::new(state.clone(), IssuerConfig::default());
     svc.init().await.unwrap();
-    // someone swaps the sealed key behind the issuer's back
+    // someone swaps the sealed key behind the issuer's back, in its record
+    let fp = svc.get_issuer("default").await.unwrap().key_fingerprint;
+    let place = format!("default/{fp}");
     let other = SigningKey::generate(KeyType::Ed25519);
     let sealed = state
         .sealer
         .seal(
-            format!("{}/default", ks::KEYS).as_bytes(),
+            format!("{}/{place}", ks::KEYS).as_bytes(),
             other.to_private_jwk().as_bytes(),
         )
         .unwrap();
     state
         .store
-        .put(ks::KEYS, "default", sealed, None)
+        .put(ks::KEYS, &place, sealed, None)
         .await
         .unwrap();
     let fresh = IssuerService::new(state, IssuerConfig::default());
