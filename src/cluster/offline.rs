@@ -79,7 +79,8 @@ impl Store for OfflineStore {
 
     async fn delete(&self, keyspace: &'static str, key: &str) -> StoreResult<bool> {
         let existed = self.get(keyspace, key).await?.is_some();
-        self.write(keyspace, key, self.replica.tombstone()).await?;
+        self.write(keyspace, key, self.replica.tombstone_of(keyspace, key))
+            .await?;
         Ok(existed)
     }
 
@@ -105,7 +106,7 @@ impl Store for OfflineStore {
                 value: Some(v),
                 deadline_ms: self.replica.deadline(ttl),
             },
-            None => self.replica.tombstone(),
+            None => self.replica.tombstone_of(keyspace, key),
         };
         self.replica.write_locked(keyspace, key, &rec).await?;
         Ok(Cas::Swapped)

@@ -215,6 +215,22 @@ impl Replica {
         }
     }
 
+    /// A tombstone for deleting `ks`/`key` now: kept `tombstone_ttl`, and at least as long as the
+    /// record it deletes would have lived (cluster review: an acknowledged mediator message lives
+    /// 14 days, a tombstone 7, so a node back after 7–14 days delivered it again).
+    pub fn tombstone_of(&self, ks: &str, key: &str) -> Versioned {
+        let mut t = self.tombstone();
+        let record_deadline = self.index.lock().ok().and_then(|idx| {
+            idx.get(ks)
+                .and_then(|m| m.get(key))
+                .and_then(|e| e.deadline)
+        });
+        if let (Some(d), Some(r)) = (t.deadline_ms, record_deadline) {
+            t.deadline_ms = Some(d.max(r));
+        }
+        t
+    }
+
     fn stripe_of(&self, ks: &str, key: &str) -> usize {
         (super::ring::weight("", ks, key) % self.stripes.len() as u64) as usize
     }
@@ -681,6 +697,39 @@ mod tests {
     fn replica(node: &str, clock: Arc<FakeClock>) -> Replica {
         let inner: Arc<dyn Store> = Arc::new(SledStore::temporary(clock.clone()).unwrap());
         Replica::new(inner, node.into(), clock, Duration::from_secs(3600))
+    }
+
+    /// A delete is remembered at least as long as the record it deletes would have lived: a node
+    /// away longer than `tombstone_ttl` but less than the record's own life cannot bring it back.
+    #[tokio::test]
+    async fn a_tombstone_outlives_the_record_it_deletes() {
+        let clock = FakeClock::new(1_000_000);
+        let a = replica("a", clock.clone());
+        let ks = intern("things").unwrap();
+        let ttl_ms = a.tombstone_ttl.as_millis() as i64;
+        let long = Versioned {
+            version: a.new_version(),
+            value: Some(b"message".to_vec()),
+            deadline_ms: Some(1_000_000 + 2 * ttl_ms),
+        };
+        assert!(a.merge(ks, "long", &long).await.unwrap());
+        let t = a.tombstone_of(ks, "long");
+        assert!(t.is_tombstone());
+        assert_eq!(t.deadline_ms, Some(1_000_000 + 2 * ttl_ms));
+        // a record without a deadline, or a short one: the tombstone's own ttl
+        let short = Versioned {
+            deadline_ms: Some(1_000_000 + 5),
+            ..long.clone()
+        };
+        assert!(a.merge(ks, "short", &short).await.unwrap());
+        assert_eq!(
+            a.tombstone_of(ks, "short").deadline_ms,
+            Some(1_000_000 + ttl_ms)
+        );
+        assert_eq!(
+            a.tombstone_of(ks, "absent").deadline_ms,
+            Some(1_000_000 + ttl_ms)
+        );
     }
 
     #[tokio::test]

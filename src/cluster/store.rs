@@ -161,7 +161,7 @@ impl Store for ClusterStore {
             return self.delete_fenced(keyspace, key).await;
         }
         let existed = self.get(keyspace, key).await?.is_some();
-        let rec = self.node.replica.tombstone();
+        let rec = self.node.replica.tombstone_of(keyspace, key);
         self.write(keyspace, key, rec).await?;
         Ok(existed)
     }
@@ -221,7 +221,8 @@ impl Store for ClusterStore {
                     },
                 )),
                 BatchOp::Delete { keyspace, key } => {
-                    recs.push((keyspace, key, self.node.replica.tombstone()))
+                    let t = self.node.replica.tombstone_of(keyspace, &key);
+                    recs.push((keyspace, key, t))
                 }
             }
         }

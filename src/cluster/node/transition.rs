@@ -438,7 +438,7 @@ impl Node {
             if cur_value != expected {
                 return Ok((Cas::Conflict(cur_value), cur));
             }
-            let rec = self.new_record(new);
+            let rec = self.new_record(ks, key, new);
             self.replica.write_locked(ks, key, &rec).await?;
             rec
         };
@@ -452,14 +452,19 @@ impl Node {
         Ok((Cas::Swapped, Some(rec)))
     }
 
-    pub(super) fn new_record(&self, new: Option<(Vec<u8>, Option<Duration>)>) -> Versioned {
+    pub(super) fn new_record(
+        &self,
+        ks: &str,
+        key: &str,
+        new: Option<(Vec<u8>, Option<Duration>)>,
+    ) -> Versioned {
         match new {
             Some((v, ttl)) => Versioned {
                 version: self.replica.new_version(),
                 value: Some(v),
                 deadline_ms: self.replica.deadline(ttl),
             },
-            None => self.replica.tombstone(),
+            None => self.replica.tombstone_of(ks, key),
         }
     }
 
@@ -516,7 +521,7 @@ impl Node {
             // An insert where a majority holds nothing: made on "no version", the least of all,
             // so a peer holding any record of the key (or another provisional insert) refuses it.
             let base = cur.map(|c| c.version).unwrap_or_default();
-            let rec = self.new_record(new);
+            let rec = self.new_record(ks, key, new);
             if !self.replica.prepare_locked(ks, key, &rec, &base).await? {
                 return Err(Unmade {
                     error: StoreError::Unavailable(
