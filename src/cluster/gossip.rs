@@ -41,8 +41,9 @@ pub enum Dropped {
     Malformed,
     #[error("bad tag (another cluster secret or id, or forged)")]
     BadTag,
-    #[error("timestamp outside the accepted window")]
-    Stale,
+    /// Authentic, but stamped `offset_ms` away from this node's clock (beyond the window).
+    #[error("timestamp outside the accepted window ({offset_ms} ms from this node's clock)")]
+    Stale { offset_ms: i64 },
     #[error("replayed datagram")]
     Replay,
 }
@@ -103,8 +104,9 @@ impl Sealer {
         let mut ts = [0u8; 8];
         ts.copy_from_slice(&signed[MAGIC.len()..MAGIC.len() + 8]);
         let ts = i64::from_be_bytes(ts);
-        if (now_ms - ts).abs() > auth::WINDOW_MS {
-            return Err(Dropped::Stale);
+        let offset_ms = ts.saturating_sub(now_ms);
+        if offset_ms.saturating_abs() > auth::WINDOW_MS {
+            return Err(Dropped::Stale { offset_ms });
         }
         if ts
             <= self
@@ -269,6 +271,21 @@ impl Shared {
             };
             let payload = match self.sealer.open(self.clock.now_ms(), &buf[..n]) {
                 Ok(p) => p.to_vec(),
+                Err(Dropped::Stale { offset_ms }) => {
+                    self.dropped.inc();
+                    // authentic (its MAC verified): a peer whose clock is off by more than the
+                    // window, whose gossip and calls are all refused — said once a minute, not
+                    // at debug level only (cluster review: a node silently cut off)
+                    static SAID_AT: std::sync::atomic::AtomicI64 =
+                        std::sync::atomic::AtomicI64::new(i64::MIN);
+                    let now = self.clock.now_ms();
+                    let said = SAID_AT.load(std::sync::atomic::Ordering::Relaxed);
+                    if now.saturating_sub(said) >= 60_000 {
+                        SAID_AT.store(now, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(%from, offset_ms, window_ms = auth::WINDOW_MS, "a cluster peer's clock differs from this node's by more than the window: its gossip and calls are refused, so each side sees the other as dead. Synchronize the clocks (NTP)");
+                    }
+                    continue;
+                }
                 Err(e) => {
                     self.dropped.inc();
                     tracing::debug!(%from, reason = %e, "gossip datagram dropped");
@@ -410,9 +427,13 @@ mod tests {
         assert_eq!(s.open(now, b"\x00\x01plain"), Err(Dropped::Malformed));
         // too old, too new
         let old = s.seal(now - auth::WINDOW_MS - 1, b"x");
-        assert_eq!(s.open(now, &old), Err(Dropped::Stale));
+        assert!(
+            matches!(s.open(now, &old), Err(Dropped::Stale { offset_ms }) if offset_ms < -auth::WINDOW_MS)
+        );
         let future = s.seal(now + auth::WINDOW_MS + 1, b"x");
-        assert_eq!(s.open(now, &future), Err(Dropped::Stale));
+        assert!(
+            matches!(s.open(now, &future), Err(Dropped::Stale { offset_ms }) if offset_ms > auth::WINDOW_MS)
+        );
     }
 
     /// A datagram whose random part left the cache stays refused when the wall clock steps back.
