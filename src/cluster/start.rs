@@ -2435,6 +2435,19 @@ mod tests {
             )]
         );
         assert!(!twin(&b), "{:?}", b.cluster.node.health());
+        // neither copy writes for its clients meanwhile; b does
+        let store = |n: &TestNode| crate::cluster::store::ClusterStore::new(n.cluster.node.clone());
+        for n in [&a, &copy] {
+            let e = store(n)
+                .put("things", "twin", b"x".to_vec(), None)
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains("another process"), "{e}");
+        }
+        store(&b)
+            .put("things", "b", b"x".to_vec(), None)
+            .await
+            .unwrap();
         // the copy stops: a is itself again
         copy.token.cancel();
         copy.cluster.leave().await;
@@ -2448,6 +2461,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
             a.cluster.node.refresh_members().await;
         }
+        store(&a)
+            .put("things", "a", b"x".to_vec(), None)
+            .await
+            .unwrap();
     }
 
     /// Attack, end to end: a request to node a captured on the wire just before a restarts,

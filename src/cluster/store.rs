@@ -60,13 +60,25 @@ impl ClusterStore {
     }
 
     /// Refuses this node's own writes while it holds back for older nodes in a rolling upgrade
-    /// ([`Node::held_back`]): only they may change how records are used until they have left.
+    /// ([`Node::held_back`]): only they may change how records are used until they have left;
+    /// and while another process runs under its node id ([`Node::twins`]).
     /// The `system` keyspace's leases and markers and the sandbox admin token stay writable; writes peers send (replication,
     /// a compare-and-swap executed here as its primary) are not made through this store.
     fn writable(&self, keyspace: &str) -> StoreResult<()> {
         if keyspace == crate::store::keyspaces::SYSTEM || keyspace == crate::store::keyspaces::ADMIN
         {
             return Ok(());
+        }
+        // two processes under one node id (a copied data dir): each would count itself and a
+        // different peer as a majority and stamp versions that tie, so neither writes for its
+        // clients until one is stopped (cluster review: both could redeem one code)
+        if !self.node.twins().is_empty() {
+            self.node
+                .held_back_refusals
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(crate::store::StoreError::Unavailable(
+                "another process runs with this node's id; this node writes nothing until one of them is stopped".into(),
+            ));
         }
         match self.node.held_back() {
             None => Ok(()),
