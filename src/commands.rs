@@ -52,6 +52,13 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         use std::os::unix::fs::OpenOptionsExt;
                         opts.mode(0o600);
                     }
+                    // not through a symbolic link someone planted (secrets review)
+                    if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+                        anyhow::bail!(
+                            "{} is a symbolic link: export to a file of your own",
+                            p.display()
+                        );
+                    }
                     let f = opts
                         .open(&p)
                         .with_context(|| format!("creating {}", p.display()))?;
@@ -61,7 +68,15 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     if meta.is_file() {
                         #[cfg(unix)]
                         {
-                            use std::os::unix::fs::PermissionsExt;
+                            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+                            // another user's file (made in a shared directory ahead of us)
+                            // would stay theirs to read, whatever its mode
+                            if effective_uid().is_some_and(|me| me != meta.uid()) {
+                                anyhow::bail!(
+                                    "{} belongs to another user: export to a file of your own",
+                                    p.display()
+                                );
+                            }
                             if meta.permissions().mode() & 0o077 != 0 {
                                 f.set_permissions(std::fs::Permissions::from_mode(0o600))
                                     .with_context(|| format!("making {} private", p.display()))?;
@@ -290,6 +305,14 @@ async fn open_spec(
         }
     }
     anyhow::bail!("`{spec}`: expected sled:DATA_DIR, redis://… or rediss://…")
+}
+
+/// This process's effective user id, from `/proc/self/status` (Linux; `None` elsewhere).
+#[cfg(unix)]
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let ids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    ids.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The key of the sealed canary every store holds (`store::open::check_master_key`).

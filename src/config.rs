@@ -1198,9 +1198,15 @@ pub fn read_secret_file(path: &Path) -> Result<Secret, ConfigError> {
         use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(path)
             .map_err(|e| ConfigError::Invalid(format!("secret file {}: {e}", path.display())))?;
-        if meta.permissions().mode() & 0o077 != 0 {
+        use std::os::unix::fs::MetadataExt;
+        let mode = meta.permissions().mode();
+        // group-readable is fine when the group is this process's own (Kubernetes makes a
+        // secret 0440 with the pod's fsGroup, whatever defaultMode says; a root-owned 0640 file
+        // of the service's group is the same), never group-writable or for others
+        let own_group_reads = mode & 0o037 == 0 && process_groups().contains(&meta.gid());
+        if mode & 0o077 != 0 && !own_group_reads {
             return Err(ConfigError::Invalid(format!(
-                "secret file {} is readable by group or others; chmod 600 it",
+                "secret file {} is readable by others or by a group this process is not in; chmod 600 it",
                 path.display()
             )));
         }
@@ -1208,6 +1214,29 @@ pub fn read_secret_file(path: &Path) -> Result<Secret, ConfigError> {
     let s = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::Invalid(format!("secret file {}: {e}", path.display())))?;
     Ok(Secret::new(s.trim_end_matches(['\n', '\r']).to_string()))
+}
+
+/// The groups this process runs with (effective and supplementary), from `/proc/self/status`
+/// (Linux); none elsewhere, so a group-readable secret file is refused there.
+#[cfg(unix)]
+fn process_groups() -> Vec<u32> {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for line in status.lines() {
+        if let Some(ids) = line.strip_prefix("Gid:") {
+            // real, effective, saved, filesystem: the effective one
+            out.extend(
+                ids.split_whitespace()
+                    .nth(1)
+                    .and_then(|g| g.parse::<u32>().ok()),
+            );
+        } else if let Some(ids) = line.strip_prefix("Groups:") {
+            out.extend(ids.split_whitespace().filter_map(|g| g.parse::<u32>().ok()));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -1350,7 +1379,14 @@ mod tests {
         let s = c.clone().finish().unwrap();
         assert_eq!(s.admin_tokens[0].expose(), "tok-from-file-0123456789");
         std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(c.finish().is_err());
+        assert!(c.clone().finish().is_err());
+        // readable by this process's own group (Kubernetes: 0440 with the pod's fsGroup)
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o440)).unwrap();
+        assert!(c.clone().finish().is_ok(), "our own group may read it");
+        for loose in [0o460, 0o640 | 0o004, 0o444] {
+            std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(loose)).unwrap();
+            assert!(c.clone().finish().is_err(), "{loose:o}");
+        }
     }
 
     /// Production cluster mode needs its own master key (sealing review): derived from

@@ -416,7 +416,18 @@ mod tests {
                     .starts_with("sled-v")
             })
             .unwrap();
-        for d in [data, store, sled_dir] {
+        // and one an earlier release let sled make 0755 is made private when opened
+        let old = dir.path().join("old");
+        let old_sled = old.join(format!("sled-v{}", crate::store::LAYOUT_VERSION));
+        std::fs::create_dir_all(&old_sled).unwrap();
+        std::fs::set_permissions(&old_sled, std::fs::Permissions::from_mode(0o755)).unwrap();
+        crate::store::sled_store::SledStore::open(
+            &old,
+            1 << 20,
+            std::sync::Arc::new(crate::clock::SystemClock),
+        )
+        .unwrap();
+        for d in [data, store, sled_dir, old_sled] {
             let mode = std::fs::metadata(&d).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0, "{} is {:o}", d.display(), mode & 0o777);
         }

@@ -164,6 +164,20 @@ impl SledStore {
         super::seal::create_private_dir(&path).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", path.display()))
         })?;
+        // one that sled made 0755 before (an install from an earlier release) is made private
+        // too (secrets review: its files stayed readable by every local user)
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).map(|m| m.permissions().mode());
+            if mode.is_ok_and(|m| m & 0o077 != 0) {
+                if let Err(e) =
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
+                {
+                    tracing::warn!(path = %path.display(), error = %e, "the store directory is readable by other users and could not be made private (chmod 700 it)");
+                }
+            }
+        }
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(cache_capacity)

@@ -266,38 +266,28 @@ async fn healthcheck_command_and_store_export_import() {
     );
     assert!(!status.success());
 
+    // `idstack store <verb> --data-dir data <flag> <file>` in `dir`
+    let store_cmd = |dir: &std::path::Path, verb: &str, flag: &str, file: &str| {
+        run_cli(dir, &["store", verb, "--data-dir", "data", flag, file], &[])
+    };
     let dump = dir.path().join("dump.jsonl");
-    let (status, _, err) = run_cli(
-        data.path(),
-        &[
-            "store",
-            "export",
-            "--data-dir",
-            "data",
-            "--out",
-            dump.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (status, _, err) = store_cmd(data.path(), "export", "--out", dump.to_str().unwrap());
     assert!(status.success(), "{err}");
     let lines = std::fs::read_to_string(&dump).unwrap();
     assert!(lines.lines().count() >= 1);
+    // never through a symbolic link (one planted in a shared directory would take the export)
+    let link = dir.path().join("link.jsonl");
+    let target = dir.path().join("elsewhere.jsonl");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let (status, _, err) = store_cmd(data.path(), "export", "--out", link.to_str().unwrap());
+    assert!(!status.success());
+    assert!(err.contains("symbolic link"), "{err}");
+    assert!(!target.exists());
     assert!(lines.contains("seal_canary"));
     // into a new data dir without the exporting store's master key: refused, nothing written
     // (it overwrote the canary, and that node never started again)
     let keyless = tempfile::tempdir().unwrap();
-    let (status, _, err) = run_cli(
-        keyless.path(),
-        &[
-            "store",
-            "import",
-            "--data-dir",
-            "data",
-            "--in",
-            dump.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (status, _, err) = store_cmd(keyless.path(), "import", "--in", dump.to_str().unwrap());
     assert!(!status.success());
     assert!(err.contains("another master key"), "{err}");
     let (status, out, err) = run_cli(
@@ -315,18 +305,7 @@ async fn healthcheck_command_and_store_export_import() {
         fresh.path().join("data/master.key"),
     )
     .unwrap();
-    let (status, _, err) = run_cli(
-        fresh.path(),
-        &[
-            "store",
-            "import",
-            "--data-dir",
-            "data",
-            "--in",
-            dump.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (status, _, err) = store_cmd(fresh.path(), "import", "--in", dump.to_str().unwrap());
     assert!(status.success(), "{err}");
     let (status, again, _) = run_cli(
         fresh.path(),

@@ -120,6 +120,11 @@ impl WalletService {
             .get_json(ks::SESSIONS, &sha256_hex(token))
             .await?
             .ok_or(UNAUTHORIZED)?;
+        // the record's own expiry too, not only the store's: a record without a store ttl (an
+        // edited import, a backend that lost it) must not make a session for ever
+        if s.expires_at <= self.now() {
+            return Err(UNAUTHORIZED);
+        }
         let account: Account = store
             .get_json(ks::ACCOUNTS, &s.account)
             .await?
@@ -528,6 +533,18 @@ mod tests {
         let e = svc.authenticate(&token).await.err().unwrap();
         assert_eq!(code(e), Code::Unauthorized);
         let e = svc.authenticate("nonsense").await.err().unwrap();
+        assert_eq!(code(e), Code::Unauthorized);
+        // a session record whose store ttl is gone (an edited import) ends at its expires_at
+        let bob = sign_up(&svc, "bob@example.org").await;
+        let key = crate::crypto::sha256_hex(bob.token());
+        let store = svc.ctx.store.clone();
+        let mut rec: SessionRecord = store.get_json(ks::SESSIONS, &key).await.unwrap().unwrap();
+        rec.expires_at = svc.now();
+        store
+            .put_json(ks::SESSIONS, &key, &rec, None)
+            .await
+            .unwrap();
+        let e = svc.authenticate(bob.token()).await.err().unwrap();
         assert_eq!(code(e), Code::Unauthorized);
     }
 
