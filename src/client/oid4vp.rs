@@ -274,7 +274,7 @@ async fn verify_request_object(
             "the request object is signed by a key of another DID".into(),
         ));
     }
-    let key = did::resolve(kid, http)
+    let key = did::resolve(kid, &["authentication", "assertionMethod"], http)
         .await
         .map_err(|e| match did::outbound_error(&e) {
             Some(o) => ClientError::Outbound(o),

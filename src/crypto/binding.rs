@@ -169,14 +169,38 @@ fn absolute(doc_id: &str, reference: &str) -> String {
 /// The key of verification method `method` (absolute DID URL), which must be listed under
 /// `assertionMethod` in `doc` (by reference or embedded).
 pub fn assertion_key(doc: &Value, method: &str) -> Result<VerifyingKey, BindingError> {
+    related_key(doc, method, &["assertionMethod"]).map_err(|e| match e {
+        Unrelated::NotListed(m) => BindingError::NotAssertionMethod(m),
+        Unrelated::Resolve(m) => BindingError::Resolve(m),
+    })
+}
+
+/// Why a verification method is not a DID's key for a purpose.
+#[derive(Debug)]
+pub enum Unrelated {
+    /// Not listed under the relationship, or controlled by another DID.
+    NotListed(String),
+    Resolve(String),
+}
+
+/// The key of verification method `method` (absolute DID URL), which must be listed under one of
+/// `relationships` in `doc` (by reference or embedded) and be controlled by the document's DID:
+/// a key the document lists for another purpose, or holds for another controller, is not the
+/// DID's key for this one.
+pub fn related_key(
+    doc: &Value,
+    method: &str,
+    relationships: &[&str],
+) -> Result<VerifyingKey, Unrelated> {
     let doc_id = doc["id"].as_str().unwrap_or_default();
-    let listed = doc["assertionMethod"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let listed: Vec<&Value> = relationships
+        .iter()
+        .filter_map(|r| doc[*r].as_array())
+        .flatten()
+        .collect();
     let mut embedded = None;
     let mut referenced = false;
-    for m in &listed {
+    for m in listed {
         match m {
             Value::String(r) if absolute(doc_id, r) == method => referenced = true,
             Value::Object(o)
@@ -199,17 +223,34 @@ pub fn assertion_key(doc: &Value, method: &str) -> Result<VerifyingKey, BindingE
                     .find(|m| m["id"].as_str().map(|i| absolute(doc_id, i)) == Some(method.into()))
             })
             .cloned()
-            .ok_or_else(|| BindingError::Resolve(format!("{method} is not in the DID document")))?,
-        (None, false) => return Err(BindingError::NotAssertionMethod(method.to_string())),
+            .ok_or_else(|| Unrelated::Resolve(format!("{method} is not in the DID document")))?,
+        (None, false) => return Err(Unrelated::NotListed(method.to_string())),
     };
     if let Some(c) = vm["controller"].as_str() {
         if c != doc_id {
-            return Err(BindingError::NotAssertionMethod(format!(
+            return Err(Unrelated::NotListed(format!(
                 "{method} (controlled by {c})"
             )));
         }
     }
-    method_key(&vm).map_err(BindingError::Resolve)
+    method_key(&vm).map_err(Unrelated::Resolve)
+}
+
+/// The one method `doc` lists under `relationships` (absolute), for a kid without a fragment;
+/// `None` when there is none or more than one.
+pub fn only_related_method(doc: &Value, relationships: &[&str]) -> Option<String> {
+    let doc_id = doc["id"].as_str().unwrap_or_default();
+    let ids: Vec<String> = relationships
+        .iter()
+        .filter_map(|r| doc[*r].as_array())
+        .flatten()
+        .filter_map(id_of)
+        .map(|i| absolute(doc_id, i))
+        .collect();
+    match ids.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    }
 }
 
 /// The public key of a verification method: `publicKeyJwk` or a Multikey `publicKeyMultibase`.
@@ -654,6 +695,41 @@ mod tests {
             Err(BindingError::NotAssertionMethod(_))
         ));
         assert_eq!(only_assertion_method(&doc), Err(BindingError::KidRequired));
+        // a holder's or a verifier's key (did::resolve): listed under the relationship asked
+        // for, and the DID's own
+        let auth = format!("{d}#auth");
+        assert_eq!(
+            related_key(&doc, &auth, &["authentication"]).unwrap(),
+            other.verifying_key()
+        );
+        for (method, rels) in [
+            (format!("{d}#key-1"), &["authentication"][..]),
+            (
+                format!("{d}#foreign"),
+                &["authentication", "assertionMethod"][..],
+            ),
+        ] {
+            assert!(
+                matches!(
+                    related_key(&doc, &method, rels),
+                    Err(Unrelated::NotListed(_))
+                ),
+                "{method}"
+            );
+        }
+        assert_eq!(
+            related_key(
+                &doc,
+                &format!("{d}#key-1"),
+                &["authentication", "assertionMethod"]
+            )
+            .unwrap(),
+            k.verifying_key()
+        );
+        // a kid without a fragment: the one method listed, never the first of several
+        assert_eq!(only_related_method(&doc, &["authentication"]), Some(auth));
+        assert_eq!(only_related_method(&doc, &["assertionMethod"]), None);
+        assert_eq!(only_related_method(&doc, &["capabilityInvocation"]), None);
     }
 
     #[test]

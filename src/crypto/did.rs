@@ -230,29 +230,43 @@ pub fn outbound_error(e: &CryptoError) -> Option<crate::http::outbound::Outbound
     }
 }
 
-/// Resolves any supported DID URL, fetching did:web documents (bounded size and time).
-pub async fn resolve(kid: &str, http: &reqwest::Client) -> CryptoResult<VerifyingKey> {
+/// Resolves any supported DID URL, fetching did:web documents (bounded size and time): a did:web
+/// key must be listed under one of `relationships` (`authentication` for a holder's
+/// presentation; `authentication` or `assertionMethod` for a verifier's request object) and
+/// controlled by the DID itself; a kid without a fragment names the one method listed there
+/// (attacker review: any method of the document was taken, the first for a bare DID, whatever
+/// its purpose or controller). did:key and did:jwk have one key, for every purpose.
+pub async fn resolve(
+    kid: &str,
+    relationships: &[&str],
+    http: &reqwest::Client,
+) -> CryptoResult<VerifyingKey> {
     let did = kid.split('#').next().unwrap_or(kid);
     if !did.starts_with("did:web:") {
         return resolve_offline(kid);
     }
     let doc = fetch_did_web_document(did, http).await?;
-    let methods = doc["verificationMethod"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let vm = methods
-        .iter()
-        .find(|m| kid.contains('#') && m["id"].as_str() == Some(kid))
-        .or_else(|| {
-            if kid.contains('#') {
-                None
-            } else {
-                methods.first()
+    let method = if kid.contains('#') {
+        kid.to_string()
+    } else {
+        super::binding::only_related_method(&doc, relationships).ok_or_else(|| {
+            CryptoError::Did(format!(
+                "{kid} lists no single {} method: the kid must name one",
+                relationships.join(" or ")
+            ))
+        })?
+    };
+    super::binding::related_key(&doc, &method, relationships).map_err(|e| {
+        CryptoError::Did(match e {
+            super::binding::Unrelated::NotListed(m) => {
+                format!(
+                    "{m} is not a {} method of the DID",
+                    relationships.join(" or ")
+                )
             }
+            super::binding::Unrelated::Resolve(m) => m,
         })
-        .ok_or_else(|| CryptoError::Did(format!("{kid} not in the DID document")))?;
-    VerifyingKey::from_jwk(&vm["publicKeyJwk"])
+    })
 }
 
 #[cfg(test)]

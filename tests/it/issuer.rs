@@ -804,6 +804,7 @@ async fn issuer_tenants_crud_did_web_and_bad_input() {
     assert_eq!(st, 200, "{cred}");
     let key = did::resolve(
         acme["verification_method"].as_str().unwrap(),
+        &["assertionMethod"],
         &reqwest::Client::new(),
     )
     .await

@@ -492,6 +492,7 @@ async fn accounts_isolation_roles_keys_and_dids() {
         .unwrap();
     let resolved = idstack::crypto::did::resolve(
         d3["verification_method"].as_str().unwrap(),
+        &["authentication"],
         &reqwest::Client::new(),
     )
     .await;

@@ -258,7 +258,9 @@ async fn header_holder(
                     return Err(format!("kid {kid} does not belong to the holder {iss}"));
                 }
             }
-            let key = did::resolve(&kid, http).await.map_err(|e| e.to_string())?;
+            let key = did::resolve(&kid, &["authentication"], http)
+                .await
+                .map_err(|e| e.to_string())?;
             return Ok((key, Some(kid_did)));
         }
     }
