@@ -143,6 +143,39 @@ async fn the_public_pointer_is_not_a_second_invitation() {
     );
 }
 
+/// A single-use invitation is stored under a digest of its id, never the id (a copy of the store
+/// must not hand out unused ones), and is taken once by its id.
+#[tokio::test]
+async fn a_single_use_invitation_is_stored_by_digest_and_taken_once() {
+    let (svc, _) = one_place_invitation().await;
+    let q = serde_json::from_value(json!({"single_use": true})).unwrap();
+    let inv = svc.invitation(&q).await.unwrap();
+    let id = inv.invitation["@id"].as_str().unwrap().to_string();
+    let stored = svc
+        .ctx
+        .store
+        .scan_prefix(super::model::ks::INVITATIONS, "", 100)
+        .await
+        .unwrap();
+    assert!(stored
+        .iter()
+        .all(|(k, v)| !k.contains(&id) && !String::from_utf8_lossy(v).contains(&id)));
+    // the digest a copy of the store shows is not the id
+    let digest = format!("sha256:{}", crate::crypto::sha256_hex(&id));
+    let e = svc.use_invitation(Some(&digest)).await.unwrap_err();
+    assert!(
+        matches!(e, super::error::MediatorError::BadMessage(_)),
+        "{e:?}"
+    );
+    let (_, single) = svc.use_invitation(Some(&id)).await.unwrap();
+    assert!(single);
+    let again = svc.use_invitation(Some(&id)).await.unwrap_err();
+    assert!(
+        matches!(again, super::error::MediatorError::InvitationUsed),
+        "{again:?}"
+    );
+}
+
 /// Attacker review: every reply to a message without a return route was POSTed to the peer's
 /// endpoint from a task of its own, unbounded; an endpoint that accepts and never answers, sent
 /// trust pings at socket speed, ran the node out of file descriptors. At most four POSTs per
