@@ -219,11 +219,13 @@ pub struct Session {
     /// Rejected responses (kept pending for the real wallet), with why.
     #[serde(default)]
     pub failed_attempts: Vec<String>,
-    /// Presentations whose evaluation began: each response takes one before it is evaluated, so
-    /// responses sent at once cannot all be evaluated (its fetches and signature checks) before
-    /// any of them counts as an attempt.
-    #[serde(default)]
-    pub evaluations: u32,
+    /// Presentations being evaluated, each by the time (unix seconds) its place lapses: a
+    /// response takes a place before its presentation is evaluated, so responses sent at once
+    /// cannot all be evaluated (their fetches and signature checks) before any counts as an
+    /// attempt; its answer gives the place back, and one whose handler never answered (dropped,
+    /// failed) lapses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evaluating: Vec<i64>,
     pub completed_at: Option<i64>,
     /// Made when a verified response sends the user to `success_redirect` (OpenID4VP 1.0
     /// `response_code`): it rides on that redirect, so only the browser the wallet sends back

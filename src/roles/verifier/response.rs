@@ -19,6 +19,11 @@ use crate::http::urlencode;
 
 const MAX_FAILED_ATTEMPTS: usize = 3;
 
+/// How long a presentation's place among those being evaluated is held (the evaluation itself
+/// is bounded to 30 s by `verify::bounded`): a response whose handler never answered gives its
+/// place back after this.
+const EVALUATION_PLACE_SECS: i64 = 60;
+
 /// What the response endpoint answers the wallet.
 pub struct ResponseOutcome {
     pub redirect_uri: Option<String>,
@@ -126,17 +131,21 @@ impl VerifierService {
         })
     }
 
-    /// Takes one of the session's [`MAX_FAILED_ATTEMPTS`] evaluations before a presentation is
-    /// evaluated (a compare-and-swap, so on every node): attacker review: the attempt count was
-    /// only kept after the evaluation, so any number of responses sent at once to one session
-    /// were each evaluated in full, each with its own budget of outbound fetches.
+    /// Takes a place among the session's presentations being evaluated before one is evaluated
+    /// (a compare-and-swap, so on every node): the places taken and the failed attempts together
+    /// stay within [`MAX_FAILED_ATTEMPTS`] (attacker review: the attempt count was only kept
+    /// after the evaluation, so any number of responses sent at once to one session were each
+    /// evaluated in full, each with its own budget of outbound fetches). A place is given back
+    /// by the answer, or lapses after [`EVALUATION_PLACE_SECS`] (a dropped or failed handler
+    /// must not leave the session unanswerable).
     async fn take_evaluation(
         &self,
         key: &str,
         session: &Session,
         raw: Vec<u8>,
     ) -> Result<(), VerifierError> {
-        let ttl = Duration::from_secs((session.expires_at - self.now()).max(1) as u64 + 86_400);
+        let now = self.now();
+        let ttl = Duration::from_secs((session.expires_at - now).max(1) as u64 + 86_400);
         self.ctx
             .store
             .update_json_from::<Session, VerifierError, _>(
@@ -150,12 +159,13 @@ impl VerifierService {
                             .because("this verification session has already been answered")
                             .into());
                     }
-                    if s.evaluations as usize >= MAX_FAILED_ATTEMPTS {
+                    s.evaluating.retain(|lapses| *lapses > now);
+                    if s.evaluating.len() + s.failed_attempts.len() >= MAX_FAILED_ATTEMPTS {
                         return Err(InvalidRequest
-                            .because("this verification session has evaluated all the presentations it may; wait for the ones in progress")
+                            .because("this verification session is evaluating as many presentations as it has attempts left; retry once they are answered")
                             .into());
                     }
-                    s.evaluations += 1;
+                    s.evaluating.push(now + EVALUATION_PLACE_SECS);
                     Ok(s)
                 },
             )
@@ -303,6 +313,11 @@ impl Answer {
                 s.error = Some(why.clone());
             }
             Answer::Evaluated(_, results) => {
+                // its place among those being evaluated is given back (the earliest to lapse)
+                s.evaluating.sort_unstable();
+                if !s.evaluating.is_empty() {
+                    s.evaluating.remove(0);
+                }
                 let verified = results.iter().all(|r| r.passed);
                 s.policy_results = results.clone();
                 if !verified && s.failed_attempts.len() + 1 < MAX_FAILED_ATTEMPTS {

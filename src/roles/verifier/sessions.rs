@@ -94,7 +94,7 @@ impl VerifierService {
             sealed_credentials: None,
             error: None,
             failed_attempts: Vec::new(),
-            evaluations: 0,
+            evaluating: Vec::new(),
             completed_at: None,
             response_code: None,
         };

@@ -120,6 +120,18 @@ async fn bad_responses_at_once(
     futures_util::future::join_all(answers).await
 }
 
+/// The refusal the one answer of `answers` is.
+fn refusal(
+    mut answers: Vec<
+        Result<
+            Result<super::response::ResponseOutcome, super::error::VerifierError>,
+            tokio::task::JoinError,
+        >,
+    >,
+) -> String {
+    answers.remove(0).unwrap().err().unwrap().to_string()
+}
+
 /// Responses sent to one session at once are evaluated at most `MAX_FAILED_ATTEMPTS` times: the
 /// others are refused before their presentation is evaluated (attacker review: each was
 /// evaluated in full, with its own budget of outbound fetches, before any counted).
@@ -137,13 +149,43 @@ async fn responses_sent_at_once_are_evaluated_at_most_three_times() {
         .filter_map(|a| a.as_ref().unwrap().as_ref().err())
         .filter(|e| {
             let e = e.to_string();
-            e.contains("evaluated all") || e.contains("already been answered")
+            e.contains("as many presentations") || e.contains("already been answered")
         })
         .count();
     assert_eq!(refused_unevaluated, 9);
     let stored = stored_session(&svc, &created.id).await;
-    assert_eq!(stored.evaluations, 3);
     assert_eq!(stored.state, SessionState::Failed);
+    assert!(stored.evaluating.is_empty(), "{:?}", stored.evaluating);
+}
+
+/// A place taken by a response whose handler never answered (dropped mid-evaluation, or failed
+/// after taking it) lapses: the session does not stay pending and unanswerable (diff review).
+#[tokio::test]
+async fn a_place_a_response_never_gave_back_lapses() {
+    let clock = FakeClock::new(1_800_000_000_000);
+    let svc = std::sync::Arc::new(verifier(&clock).await);
+    let created = svc
+        .create_session("default", sd_jwt_session(300))
+        .await
+        .unwrap();
+    // three places taken, none given back
+    let key = super::service::session_key("default", &created.id);
+    let mut stuck = stored_session(&svc, &created.id).await;
+    stuck.evaluating = vec![crate::clock::Clock::now_secs(&*clock) + 60; 3];
+    svc.ctx
+        .store
+        .put_json(super::ks::SESSIONS, &key, &stuck, None)
+        .await
+        .unwrap();
+    let e = refusal(bad_responses_at_once(&svc, &created.id, 1).await);
+    assert!(e.contains("as many presentations"), "{e}");
+    clock.advance_ms(61_000);
+    let e = refusal(bad_responses_at_once(&svc, &created.id, 1).await);
+    assert!(e.contains("presentation rejected"), "evaluated again: {e}");
+    assert_eq!(
+        stored_session(&svc, &created.id).await.evaluating,
+        Vec::<i64>::new()
+    );
 }
 
 /// Bad responses sent to one session at once each count: two are rejected as failed attempts and
