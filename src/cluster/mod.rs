@@ -78,7 +78,11 @@ pub mod wire;
 /// it), and so are its disclosed claims (a protocol-3 node would show none); an offer's claims
 /// are sealed (a protocol-3 node cannot read the record); a peer key's connection is an
 /// exclusive insert.
-pub const DATA_PROTOCOL: u32 = 4;
+/// 5: a tenant's signing key is stored in a record of its own, `{tenant}/{fingerprint}` (a
+/// protocol-4 node reads only `{tenant}` and could neither sign for a tenant created since nor
+/// start with one); a single-use mediator invitation is stored under the digest of its id (a
+/// protocol-4 node would not find it).
+pub const DATA_PROTOCOL: u32 = 5;
 
 #[cfg(feature = "cluster")]
 mod start;

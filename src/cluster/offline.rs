@@ -261,7 +261,7 @@ mod tests {
             .await
             .unwrap();
         let imported = replica.read("things", "a").await.unwrap().unwrap();
-        assert_eq!(imported.version, super::super::version::Version::default());
+        assert_eq!(imported.version.hlc, 0);
         assert!(
             replaces("things", &imported, &newer),
             "the peers' copy wins here"
@@ -271,5 +271,13 @@ mod tests {
             s.get("things", "b").await.unwrap().unwrap(),
             b"only exported"
         );
+        // two different values imported on two nodes: one replaces the other, the same way on
+        // both (not two equal versions that anti-entropy would take for the same record)
+        let (x, y) = (
+            super::super::store::imported(b"x".to_vec(), None),
+            super::super::store::imported(b"y".to_vec(), None),
+        );
+        assert_ne!(x.version, y.version);
+        assert_ne!(replaces("things", &x, &y), replaces("things", &y, &x));
     }
 }

@@ -333,10 +333,16 @@ pub(super) fn decode_import(r: ExportRecord, now: i64) -> StoreResult<Option<Imp
     Ok(Some((ks, r.key, value, ttl)))
 }
 
-/// An imported record: the lowest version there is (see `ClusterStore::import`).
+/// An imported record: the lowest clock there is (see `ClusterStore::import`), its value's
+/// digest as the writer, so two different values imported on two nodes still differ in version
+/// and converge on one (diff review: with one version for both, anti-entropy took them for equal).
 pub(super) fn imported(value: Vec<u8>, deadline_ms: Option<i64>) -> Versioned {
+    let digest = crate::crypto::sha256_hex(&value);
     Versioned {
-        version: super::version::Version::default(),
+        version: super::version::Version {
+            hlc: 0,
+            node: format!("import:{}", &digest[..16]),
+        },
         value: Some(value),
         deadline_ms,
     }

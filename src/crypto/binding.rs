@@ -240,13 +240,16 @@ pub fn related_key(
 /// `None` when there is none or more than one.
 pub fn only_related_method(doc: &Value, relationships: &[&str]) -> Option<String> {
     let doc_id = doc["id"].as_str().unwrap_or_default();
-    let ids: Vec<String> = relationships
+    let mut ids: Vec<String> = relationships
         .iter()
         .filter_map(|r| doc[*r].as_array())
         .flatten()
         .filter_map(id_of)
         .map(|i| absolute(doc_id, i))
         .collect();
+    // one key listed under both relationships (idstack's own did:web documents) is one method
+    ids.sort();
+    ids.dedup();
     match ids.as_slice() {
         [one] => Some(one.clone()),
         _ => None,
@@ -730,6 +733,11 @@ mod tests {
         assert_eq!(only_related_method(&doc, &["authentication"]), Some(auth));
         assert_eq!(only_related_method(&doc, &["assertionMethod"]), None);
         assert_eq!(only_related_method(&doc, &["capabilityInvocation"]), None);
+        let ours = crate::crypto::did::did_web_document(d, &k.verifying_key());
+        assert_eq!(
+            only_related_method(&ours, &["authentication", "assertionMethod"]),
+            Some(crate::crypto::did::verification_method(d))
+        );
     }
 
     #[test]

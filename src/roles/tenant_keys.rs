@@ -202,7 +202,7 @@ mod tests {
     use crate::crypto::KeyType;
 
     #[tokio::test]
-    async fn first_key_stored_wins_and_fingerprint_is_checked_on_every_use() {
+    async fn each_creator_stores_its_own_key_and_the_fingerprint_is_checked_on_every_use() {
         let keys = TenantKeys::new(
             &RoleContext::for_tests(FakeClock::new(0)),
             "test_keys",
