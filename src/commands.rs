@@ -44,48 +44,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let records = opened.store.export_all().await?;
             let mut w: Box<dyn Write> = match out {
                 // every record, as stored: readable by this user only
-                Some(p) => Box::new({
-                    let mut opts = std::fs::OpenOptions::new();
-                    opts.write(true).create(true);
-                    #[cfg(unix)]
-                    {
-                        use std::os::unix::fs::OpenOptionsExt;
-                        opts.mode(0o600);
-                    }
-                    // not through a symbolic link someone planted (secrets review)
-                    if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
-                        anyhow::bail!(
-                            "{} is a symbolic link: export to a file of your own",
-                            p.display()
-                        );
-                    }
-                    let f = opts
-                        .open(&p)
-                        .with_context(|| format!("creating {}", p.display()))?;
-                    // a regular file that was there keeps its mode on open: made private before
-                    // anything is written or cut (a device such as /dev/null is left alone)
-                    let meta = f.metadata()?;
-                    if meta.is_file() {
-                        #[cfg(unix)]
-                        {
-                            use std::os::unix::fs::{MetadataExt, PermissionsExt};
-                            // another user's file (made in a shared directory ahead of us)
-                            // would stay theirs to read, whatever its mode
-                            if effective_uid().is_some_and(|me| me != meta.uid()) {
-                                anyhow::bail!(
-                                    "{} belongs to another user: export to a file of your own",
-                                    p.display()
-                                );
-                            }
-                            if meta.permissions().mode() & 0o077 != 0 {
-                                f.set_permissions(std::fs::Permissions::from_mode(0o600))
-                                    .with_context(|| format!("making {} private", p.display()))?;
-                            }
-                        }
-                        f.set_len(0)?;
-                    }
-                    f
-                }),
+                Some(p) => Box::new(open_export_file(&p)?),
                 None => Box::new(std::io::stdout().lock()),
             };
             for r in &records {
@@ -305,6 +264,60 @@ async fn open_spec(
         }
     }
     anyhow::bail!("`{spec}`: expected sled:DATA_DIR, redis://… or rediss://…")
+}
+
+/// Opens `p` to write an export to (every record, as stored), readable by this user only: a
+/// new file 0600, a regular file of this user's made private and cut, or a character device
+/// (`/dev/null`, a terminal). Never through a symbolic link, into another user's file, or into a
+/// FIFO or socket (secrets review: each of those, planted in a shared directory, would hand the
+/// export to whoever made it).
+fn open_export_file(p: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    #[cfg(unix)]
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+    let refuse =
+        |what: &str| anyhow::anyhow!("{} is {what}: export to a file of your own", p.display());
+    #[cfg(unix)]
+    let writable = |t: std::fs::FileType| t.is_file() || t.is_char_device();
+    #[cfg(not(unix))]
+    let writable = |t: std::fs::FileType| t.is_file();
+    if let Ok(m) = std::fs::symlink_metadata(p) {
+        if m.file_type().is_symlink() {
+            return Err(refuse("a symbolic link"));
+        }
+        // (opening a FIFO would also wait for its reader)
+        if !writable(m.file_type()) {
+            return Err(refuse("neither a regular file nor a device"));
+        }
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true);
+    #[cfg(unix)]
+    opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    let f = opts
+        .open(p)
+        .with_context(|| format!("creating {}", p.display()))?;
+    let meta = f.metadata()?;
+    if !writable(meta.file_type()) {
+        return Err(refuse("neither a regular file nor a device"));
+    }
+    if meta.is_file() {
+        #[cfg(unix)]
+        {
+            // another user's file (made in a shared directory ahead of us) would stay theirs to
+            // read, whatever its mode
+            if effective_uid().is_some_and(|me| me != meta.uid()) {
+                return Err(refuse("another user's file"));
+            }
+            // a regular file that was there keeps its mode on open: made private before
+            // anything is written or cut
+            if meta.permissions().mode() & 0o077 != 0 {
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("making {} private", p.display()))?;
+            }
+        }
+        f.set_len(0)?;
+    }
+    Ok(f)
 }
 
 /// This process's effective user id, from `/proc/self/status` (Linux; `None` elsewhere).

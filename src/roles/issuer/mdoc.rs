@@ -138,12 +138,22 @@ impl super::IssuerService {
 }
 
 /// An issuer's own mdoc document signer and chain (production mode; admin API).
-#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 pub struct ImportMdocSigner {
     /// The document signer's P-256 private key, PKCS#8 PEM. Sealed at rest; never returned.
     pub private_key_pem: String,
     /// PEM certificates: the document signer first, any intermediates, the IACA last.
     pub certificate_chain_pem: String,
+}
+
+/// Without the private key: a request logged or put in an error by `{:?}` must not carry it.
+impl std::fmt::Debug for ImportMdocSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportMdocSigner")
+            .field("private_key_pem", &"[redacted]")
+            .field("certificate_chain_pem", &self.certificate_chain_pem)
+            .finish()
+    }
 }
 
 /// The error for a document signer outside its validity.
