@@ -134,6 +134,12 @@ impl Store for ClusterStore {
     }
 
     /// At the key's primary ([`Node::get_settled`]), merged here.
+    fn current(&self) -> StoreResult<()> {
+        self.node
+            .current()
+            .map_err(crate::store::StoreError::Unavailable)
+    }
+
     async fn get_settled(&self, keyspace: &'static str, key: &str) -> StoreResult<Option<Vec<u8>>> {
         if is_local_keyspace(keyspace) {
             return self.inner().get(keyspace, key).await;

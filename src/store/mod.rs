@@ -165,6 +165,12 @@ pub trait Store: Send + Sync + 'static {
     fn shared_by_nodes(&self) -> bool {
         false
     }
+    /// Whether this store's copy may be read where a missed write must not be served as if
+    /// current (a revocation in a status list): `Unavailable` on a cluster node in consistent
+    /// mode that is cut off from a majority of the nodes or catching up. Everywhere else `Ok`.
+    fn current(&self) -> StoreResult<()> {
+        Ok(())
+    }
     /// A real write + read + flush, for readiness.
     async fn probe(&self) -> StoreResult<()>;
     async fn flush(&self) -> StoreResult<()>;

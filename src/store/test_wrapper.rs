@@ -128,6 +128,9 @@ macro_rules! store_wrapper {
             async fn sweep_expired(&self) -> crate::store::StoreResult<u64> {
                 self.inner.sweep_expired().await
             }
+            fn current(&self) -> crate::store::StoreResult<()> {
+                self.inner.current()
+            }
             async fn probe(&self) -> crate::store::StoreResult<()> {
                 self.inner.probe().await
             }

@@ -808,6 +808,26 @@ impl Node {
         self.configured_nodes() / 2 + 1
     }
 
+    /// Whether this node may serve reads that must not miss a write made elsewhere (a
+    /// revocation) as current: in consistent mode, only while it reaches a majority of the nodes
+    /// and has caught up (cluster review: a node cut off by a partition signed status lists
+    /// that still showed revoked credentials valid, with a fresh `iat`).
+    pub fn current(&self) -> Result<(), String> {
+        if !self.settings.updates_consistent {
+            return Ok(());
+        }
+        if !self.is_caught_up() {
+            return Err("this node is catching up with the cluster; retry".into());
+        }
+        if self.live_count() < self.majority() {
+            return Err(
+                "this node is cut off from most of the cluster: what was changed elsewhere may not be here; retry"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     // ---------------------------------------------------------------- compare-and-swap
 
     /// Candidates to execute a CAS on the key, best first: live, caught-up members in rendezvous

@@ -367,9 +367,12 @@ impl IssuerService {
         } else {
             1
         };
-        // this node's copy: a public endpoint must not need a majority (nor queue every fetch
-        // at the primary); a revocation reaches every node with its replication, or within the
-        // anti-entropy interval for one that missed it (docs/cluster.md)
+        // this node's copy: a public endpoint must not queue every fetch at the primary; a
+        // revocation reaches every node with its replication, or within the anti-entropy
+        // interval for one that missed it (docs/cluster.md). A node cut off from a majority in
+        // consistent mode answers 503 instead: its copy may lack a revocation made on the other
+        // side, and a list it signs now would show it valid
+        self.ctx.store.current()?;
         let arr = match self
             .ctx
             .store
