@@ -496,6 +496,9 @@ pub struct OutboundConfig {
     pub max_body_bytes: usize,
     pub did_document_max_bytes: usize,
     pub status_list_cache_bytes: usize,
+    /// Requests this node makes at once, all callers together; the next waits up to 2 s for one
+    /// to end, then fails as the other party's failure would.
+    pub max_in_flight: usize,
 }
 
 impl Default for OutboundConfig {
@@ -509,6 +512,7 @@ impl Default for OutboundConfig {
             max_body_bytes: 4 * 1024 * 1024,
             did_document_max_bytes: 256 * 1024,
             status_list_cache_bytes: 64 * 1024 * 1024,
+            max_in_flight: 256,
         }
     }
 }

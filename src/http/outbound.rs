@@ -195,17 +195,62 @@ fn take_budget(url: &str) -> Result<(), OutboundError> {
         .unwrap_or(Ok(()))
 }
 
-/// Sends a request built on the guarded client, checking its URL first ([`check_url`]) and
-/// taking it from the task's budget ([`with_budget`]).
+/// The node's places for outbound requests in flight (`http.outbound.max_in_flight`; the
+/// default until the server has built its client).
+static IN_FLIGHT: OnceLock<Arc<tokio::sync::Semaphore>> = OnceLock::new();
+
+/// How long a request waits for a place in flight before it fails.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(2);
+
+fn in_flight() -> &'static Arc<tokio::sync::Semaphore> {
+    IN_FLIGHT.get_or_init(|| {
+        Arc::new(tokio::sync::Semaphore::new(
+            OutboundConfig::default().max_in_flight,
+        ))
+    })
+}
+
+#[cfg(test)]
+tokio::task_local! {
+    /// Tests: the places in flight of this task, instead of the node's.
+    static TEST_PLACES: Arc<tokio::sync::Semaphore>;
+}
+
+fn places() -> Arc<tokio::sync::Semaphore> {
+    #[cfg(test)]
+    if let Ok(p) = TEST_PLACES.try_with(Arc::clone) {
+        return p;
+    }
+    in_flight().clone()
+}
+
+/// A place in flight, held by the response (in its extensions) until the response is dropped,
+/// so a body read slowly keeps it.
+#[derive(Clone)]
+struct InFlight(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
+
+/// Sends a request built on the guarded client, checking its URL first ([`check_url`]), taking
+/// it from the task's budget ([`with_budget`]) and taking one of the node's places in flight
+/// (`http.outbound.max_in_flight`: every task's budget is its own, so requests from many tasks
+/// at once had no bound but file descriptors).
 pub async fn send(req: reqwest::RequestBuilder) -> Result<reqwest::Response, OutboundError> {
     let (client, request) = req.build_split();
     let request = request.map_err(|e| OutboundError::from_reqwest(&e))?;
     check_url(request.url().as_str())?;
     take_budget(request.url().as_str())?;
-    client
+    let place = tokio::time::timeout(IN_FLIGHT_WAIT, places().acquire_owned())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            OutboundError::Upstream("this node has too many outbound requests in flight".into())
+        })?;
+    let mut resp = client
         .execute(request)
         .await
-        .map_err(|e| OutboundError::from_reqwest(&e))
+        .map_err(|e| OutboundError::from_reqwest(&e))?;
+    resp.extensions_mut().insert(InFlight(Arc::new(place)));
+    Ok(resp)
 }
 
 /// The same guard without following redirects (for flows that read `Location` themselves, like
@@ -808,6 +853,9 @@ where
 /// limits ([`limits`]) and the node's [`no_redirect_client`].
 pub fn client(cfg: &OutboundConfig, mode: Mode) -> anyhow::Result<reqwest::Client> {
     let _ = LIMITS.set(limits_of(cfg));
+    let _ = IN_FLIGHT.set(Arc::new(tokio::sync::Semaphore::new(
+        cfg.max_in_flight.max(1),
+    )));
     let _ = POLICY.set(Arc::new(
         Policy::new(cfg, mode).map_err(anyhow::Error::msg)?,
     ));
@@ -1244,6 +1292,43 @@ mod tests {
             .await
             .unwrap_err();
         assert!(OutboundError::from_reqwest(&e).is_refused(), "{e:?}");
+    }
+
+    /// The node's requests in flight are bounded (`max_in_flight`), and a place is held by the
+    /// response until it is dropped: an answer whose body never ends keeps its place, the next
+    /// request fails after its wait, and one is made again once the answer is dropped.
+    #[tokio::test]
+    async fn requests_in_flight_are_bounded_until_their_answers_are_dropped() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                // headers and two bytes of a ten-byte body, then nothing
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")
+                    .await;
+                held.push(s);
+            }
+        });
+        let c = client(&OutboundConfig::default(), Mode::Sandbox).unwrap();
+        let places = Arc::new(tokio::sync::Semaphore::new(1));
+        TEST_PLACES
+            .scope(places.clone(), async {
+                let first = send(c.get(&url)).await.unwrap();
+                assert_eq!(places.available_permits(), 0);
+                let e = send(c.get(&url)).await.unwrap_err();
+                assert!(e.to_string().contains("too many outbound requests"), "{e}");
+                drop(first);
+                assert_eq!(places.available_permits(), 1);
+                let again = send(c.get(&url)).await.unwrap();
+                assert_eq!(places.available_permits(), 0);
+                drop(again);
+            })
+            .await;
     }
 
     /// Inside [`with_budget`] a task makes at most its budget of requests through [`send`]; the
