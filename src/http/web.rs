@@ -65,9 +65,11 @@ async fn asset(path: web::Path<String>) -> HttpResponse {
     serve(&path.into_inner())
 }
 
-/// Swagger UI's policy: never framed, no plugins, `<base>` pinned (its own scripts and styles
-/// are left alone: the console's `script-src 'self'`-only policy would break them).
-pub const DOCS_CSP: &str = "frame-ancestors 'none'; object-src 'none'; base-uri 'none'";
+/// Swagger UI's policy: never framed, no plugins, `<base>` pinned, images and requests to this
+/// origin only (its stylesheet's `data:` images aside: no third party learns when an admin has
+/// the page open, or the node's address); its own scripts and styles are left alone: the
+/// console's `script-src 'self'`-only policy would break them.
+pub const DOCS_CSP: &str = "frame-ancestors 'none'; object-src 'none'; base-uri 'none'; img-src 'self' data:; connect-src 'self'";
 
 /// Response headers by path. Swagger UI, where admins paste the admin token, is never framed or
 /// sniffed, like the console; an API answer without a cache rule of its own is `no-store` (login
@@ -108,7 +110,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     {
         cfg.service(
             utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}").config(
-                utoipa_swagger_ui::Config::from("/openapi.json").persist_authorization(false),
+                // no "online validator" badge: it loaded validator.swagger.io with this node's
+                // address in the query (console review)
+                utoipa_swagger_ui::Config::from("/openapi.json")
+                    .persist_authorization(false)
+                    .validator_url("none"),
             ),
         );
         cfg.service(web::redirect("/docs", "/docs/"));
@@ -153,5 +159,22 @@ mod tests {
         assert_eq!(own.headers().get("cache-control").unwrap(), "max-age=60");
         let public = test::call_service(&app, get("/.well-known/x")).await;
         assert!(public.headers().get("cache-control").is_none());
+        assert!(
+            DOCS_CSP.contains("img-src 'self' data:") && DOCS_CSP.contains("connect-src 'self'")
+        );
+    }
+
+    /// Swagger UI as served draws no "online validator" badge, which loaded validator.swagger.io
+    /// with this node's address in the query whenever an admin opened the page.
+    #[cfg(feature = "swagger-ui")]
+    #[actix_web::test]
+    async fn swagger_ui_calls_no_validator() {
+        let app = test::init_service(App::new().configure(configure)).await;
+        let req = test::TestRequest::get()
+            .uri("/docs/swagger-initializer.js")
+            .to_request();
+        let body = test::call_and_read_body(&app, req).await;
+        let js = String::from_utf8_lossy(&body);
+        assert!(js.contains("\"validatorUrl\": \"none\""), "{js}");
     }
 }

@@ -31,12 +31,17 @@ impl WalletService {
             .iter()
             .map(|id| {
                 let c = &configs[id];
-                json!({"id": id, "format": c["format"], "display": c["credential_metadata"]["display"].as_array().or(c["display"].as_array()).cloned().unwrap_or_default()})
+                let display = c["credential_metadata"]["display"]
+                    .as_array()
+                    .or(c["display"].as_array())
+                    .cloned()
+                    .unwrap_or_default();
+                json!({"id": id, "format": c["format"], "display": safe_display(Value::Array(display))})
             })
             .collect();
         Ok(json!({
             "credential_issuer": r.issuer(),
-            "display": r.issuer_metadata["display"],
+            "display": safe_display(r.issuer_metadata["display"].clone()),
             "credentials": offered,
             "tx_code": r.tx_code(),
             "grants": r.offer["grants"].as_object().map(|g| g.keys().cloned().collect::<Vec<_>>()).unwrap_or_default(),
@@ -601,6 +606,39 @@ fn pex_filters(d: &Value) -> Vec<Option<PexFilter>> {
         .collect()
 }
 
+/// An issuer's `display` entries as a front-end may render them (console review: they came
+/// from the outsider's metadata as they were): a logo or background image only at an `https`
+/// URI, colours only as `#` and 3 to 8 hex digits; everything else as sent (text is text).
+fn safe_display(mut display: Value) -> Value {
+    let colour = |v: &Value| {
+        v.as_str().is_some_and(|c| {
+            c.strip_prefix('#').is_some_and(|h| {
+                (3..=8).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit())
+            })
+        })
+    };
+    for d in display.as_array_mut().into_iter().flatten() {
+        let Some(d) = d.as_object_mut() else { continue };
+        for image in ["logo", "background_image"] {
+            let https = d
+                .get(image)
+                .and_then(|i| i["uri"].as_str())
+                .is_some_and(|u| u.len() <= 2048 && u.starts_with("https://"));
+            if let Some(i) = d.get_mut(image).and_then(Value::as_object_mut) {
+                if !https {
+                    i.remove("uri");
+                }
+            }
+        }
+        for key in ["background_color", "text_color"] {
+            if d.get(key).is_some_and(|c| !colour(c)) {
+                d.remove(key);
+            }
+        }
+    }
+    display
+}
+
 /// Where a wallet keeps a request it resolved: by a digest of the request text the caller sent.
 fn resolved_key(wallet: &str, request: &str) -> String {
     format!("{wallet}/{}", crate::crypto::sha256_hex(request.trim()))
@@ -734,6 +772,27 @@ mod pex_tests {
         let ask = Ask::new(&bare, Some(&pd));
         let input: RequestInput = serde_json::from_value(json!({"request": "x"})).unwrap();
         assert!(pick(&input, &[], &ask).is_err());
+    }
+
+    /// Issuer display metadata reaches the wallet's API only in forms a front-end can render
+    /// safely: no `javascript:` logo, no CSS in a colour.
+    #[test]
+    fn issuer_display_is_cleaned_for_front_ends() {
+        let d = safe_display(json!([
+            {"name": "<b>ok</b>", "logo": {"uri": "javascript:alert(1)", "alt_text": "x"},
+             "background_color": "red;background:url(https://t.example)", "text_color": "#FFF"},
+            {"logo": {"uri": "https://issuer.example/logo.png"}, "background_image": {"uri": "data:image/svg+xml,<svg/>"},
+             "background_color": "#12345678"},
+            "not an object"
+        ]));
+        assert_eq!(
+            d,
+            json!([
+                {"name": "<b>ok</b>", "logo": {"alt_text": "x"}, "text_color": "#FFF"},
+                {"logo": {"uri": "https://issuer.example/logo.png"}, "background_image": {}, "background_color": "#12345678"},
+                "not an object"
+            ])
+        );
     }
 
     /// A descriptor's filters are compiled once per request, however many credentials the
