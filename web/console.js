@@ -90,7 +90,13 @@ function qr(data) {
     .then((r) => (r.ok ? r.blob() : null))
     .then((blob) => {
       const img = document.getElementById(id);
-      if (img && blob) img.src = URL.createObjectURL(blob);
+      if (img && blob) {
+        const url = URL.createObjectURL(blob);
+        // the image holds its own copy once decoded: the blob is not kept for the page's life
+        img.addEventListener("load", () => URL.revokeObjectURL(url), { once: true });
+        img.addEventListener("error", () => URL.revokeObjectURL(url), { once: true });
+        img.src = url;
+      }
     })
     .catch(() => { /* no QR code: the text is shown beside it */ });
   return `<img class="qr" id="${id}" alt="QR code" width="240" height="240">`;

@@ -9,7 +9,7 @@
 //! (`cluster::rpc::admit`); a 413 or 408 from here would be unsigned, which a peer takes for a
 //! forged answer (and a batch above 1 MiB would never replicate).
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::header;
 use actix_web::middleware::Next;
@@ -35,7 +35,11 @@ fn has_body(req: &ServiceRequest) -> bool {
 /// A WebSocket opening handshake (RFC 6455 §4.1: a GET with `Upgrade: websocket`): the socket
 /// handlers bound what comes after it themselves.
 fn is_websocket_handshake(req: &ServiceRequest) -> bool {
+    // a handshake has no body of its own: one that announces one (a chunked GET carrying
+    // `Upgrade: websocket` to any route skipped the deadline) is read under it like any other
     req.method() == actix_web::http::Method::GET
+        && !req.headers().contains_key(header::TRANSFER_ENCODING)
+        && !req.headers().contains_key(header::CONTENT_LENGTH)
         && req
             .headers()
             .get(header::UPGRADE)
@@ -59,22 +63,66 @@ fn is_cluster_rpc(req: &ServiceRequest) -> bool {
     }
 }
 
-pub async fn body_deadline(
+/// The refusal of a body that was not read to its end, on a connection that is then closed
+/// (connections review: with the rest of a chunked body unread, actix kept the connection to
+/// drain it, with no timer left, for ever). The unread `payload` is held by the refusal's body
+/// until it has been written: actix closes a connection whose payload is unread then, and
+/// drains (for ever) one whose payload was dropped before.
+fn refuse_and_close<B>(
+    req: ServiceRequest,
+    e: actix_web::Error,
+    payload: Payload,
+) -> ServiceResponse<EitherBody<B>> {
+    let mut resp = e.error_response();
+    resp.head_mut()
+        .set_connection_type(actix_web::http::ConnectionType::Close);
+    let resp = resp.map_body(|_, body| {
+        actix_web::body::BoxBody::new(Holding {
+            body,
+            _payload: payload,
+        })
+    });
+    req.into_response(resp).map_into_right_body()
+}
+
+/// A response body that holds the request's unread payload until it is dropped.
+struct Holding {
+    body: actix_web::body::BoxBody,
+    _payload: Payload,
+}
+
+impl MessageBody for Holding {
+    type Error = <actix_web::body::BoxBody as MessageBody>::Error;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Bytes, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_next(cx)
+    }
+}
+
+pub async fn body_deadline<B: MessageBody + 'static>(
     mut req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    next: Next<B>,
+) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
+    let pass = |r: ServiceResponse<B>| r.map_into_left_body();
     let Some(server) = req.app_data::<web::Data<ServerConfig>>() else {
-        return next.call(req).await;
+        return next.call(req).await.map(pass);
     };
     let (timeout_ms, limit) = (server.body_read_timeout_ms, server.body_limit_bytes);
     if is_websocket_handshake(&req) || is_cluster_rpc(&req) {
-        return next.call(req).await;
+        return next.call(req).await.map(pass);
     }
     // actix hands a request with any other `Upgrade` the rest of the connection as its body,
     // announced or not: read under the deadline like any body (attacker review: `Upgrade: h2c`
     // on a POST kept a dripping body open for ever)
     if !has_body(&req) && !req.headers().contains_key(header::UPGRADE) {
-        return next.call(req).await;
+        return next.call(req).await.map(pass);
     }
     let declared = req
         .headers()
@@ -87,10 +135,15 @@ pub async fn body_deadline(
             Code::PayloadTooLarge,
             format!("the request body is larger than {limit} bytes"),
         );
-        return Err(crate::http::oauth::middleware_error(&path, e));
+        let payload = req.take_payload();
+        return Ok(refuse_and_close(
+            req,
+            crate::http::oauth::middleware_error(&path, e),
+            payload,
+        ));
     }
     let mut payload = req.take_payload();
-    let read = async move {
+    let read = async {
         let mut buf = BytesMut::new();
         while let Some(chunk) = payload.next().await {
             let chunk =
@@ -108,18 +161,28 @@ pub async fn body_deadline(
     let body = match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), read).await
     {
         Ok(Ok(body)) => body,
-        Ok(Err(e)) => return Err(crate::http::oauth::middleware_error(&path, e)),
+        Ok(Err(e)) => {
+            return Ok(refuse_and_close(
+                req,
+                crate::http::oauth::middleware_error(&path, e),
+                payload,
+            ))
+        }
         Err(_) => {
             let e = ApiError::new(
                 Code::RequestTimeout,
                 format!("the request body did not arrive within {timeout_ms} ms"),
             );
-            return Err(crate::http::oauth::middleware_error(&path, e));
+            return Ok(refuse_and_close(
+                req,
+                crate::http::oauth::middleware_error(&path, e),
+                payload,
+            ));
         }
     };
     let stream: std::pin::Pin<
         Box<dyn futures_util::Stream<Item = Result<Bytes, actix_web::error::PayloadError>>>,
     > = Box::pin(futures_util::stream::once(async move { Ok(body) }));
     req.set_payload(Payload::Stream { payload: stream });
-    next.call(req).await
+    next.call(req).await.map(pass)
 }
