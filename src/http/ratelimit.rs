@@ -85,15 +85,24 @@ const MAX_TOKEN_LOCKS: usize = 100_000;
 /// bucket, so the maps stay as small as the set of recently active clients.
 const CLEANUP_EVERY: u64 = 4096;
 
+/// How many times a /64's budget (requests and WebSockets) one IPv6 /48 has in all: a /48 (or
+/// a /56) is one holder's, and per-/64 budgets alone gave it 256 or 65,536 of them (connections
+/// review: one /56 took every mediator socket of a node).
+const WIDE_FACTOR: u32 = 16;
+
 /// The rate limiters of one node.
 pub struct RateLimits<C: Clock = DefaultClock> {
     enabled: bool,
     trusted: Vec<IpNet>,
     /// Each endpoint group's bucket, its check count and its burst.
     buckets: Vec<(Bucket<C>, AtomicU64, u32)>,
+    /// The same per IPv6 /48, at [`WIDE_FACTOR`] times the rate and burst.
+    wide_buckets: Vec<(Bucket<C>, AtomicU64, u32)>,
     clock: C,
     /// Open mediator WebSockets per client bucket key, and how many one may hold.
     sockets: Mutex<HashMap<IpAddr, u32>>,
+    /// Open mediator WebSockets per IPv6 /48 ([`WIDE_FACTOR`] times a /64's).
+    wide_sockets: Mutex<HashMap<IpAddr, u32>>,
     /// Clients (bucket keys) whose failed-token budget ran out, and until when every token they
     /// send is refused, the right one too ([`tokens_locked`]).
     token_locks: Mutex<HashMap<IpAddr, std::time::Instant>>,
@@ -108,25 +117,33 @@ impl RateLimits<DefaultClock> {
 
 impl<C: Clock + Clone> RateLimits<C> {
     pub fn with_clock(c: &RateLimitConfig, clock: C) -> Result<Self, String> {
-        let buckets = Endpoint::ALL
-            .iter()
-            .map(|ep| {
-                let (key, per_minute, burst) = ep.rate(c);
-                let quota = quota(per_minute, burst)
-                    .ok_or_else(|| format!("rate_limit.{key}: rate must be positive"))?;
-                Ok((
-                    RateLimiter::new(quota, HashMapStateStore::default(), clock.clone()),
-                    AtomicU64::new(0),
-                    burst,
-                ))
-            })
-            .collect::<Result<Vec<_>, String>>()?;
+        let buckets_at = |factor: u32| {
+            Endpoint::ALL
+                .iter()
+                .map(|ep| {
+                    let (key, per_minute, burst) = ep.rate(c);
+                    let (per_minute, burst) = (
+                        per_minute.saturating_mul(factor),
+                        burst.saturating_mul(factor),
+                    );
+                    let quota = quota(per_minute, burst)
+                        .ok_or_else(|| format!("rate_limit.{key}: rate must be positive"))?;
+                    Ok((
+                        RateLimiter::new(quota, HashMapStateStore::default(), clock.clone()),
+                        AtomicU64::new(0),
+                        burst,
+                    ))
+                })
+                .collect::<Result<Vec<_>, String>>()
+        };
         Ok(Self {
             enabled: c.enabled,
             trusted: c.trusted_proxy_nets()?,
-            buckets,
+            buckets: buckets_at(1)?,
+            wide_buckets: buckets_at(WIDE_FACTOR)?,
             clock,
             sockets: Mutex::default(),
+            wide_sockets: Mutex::default(),
             token_locks: Mutex::default(),
             max_sockets: c.didcomm_sockets_per_address.max(1),
         })
@@ -175,19 +192,27 @@ impl<C: Clock + Clone> RateLimits<C> {
         if !self.enabled {
             return Ok(());
         }
-        let Some((bucket, checks, burst)) = self.buckets.get(ep as usize) else {
-            return Ok(());
+        let take = |buckets: &[(Bucket<C>, AtomicU64, u32)], key: &IpAddr| {
+            let Some((bucket, checks, burst)) = buckets.get(ep as usize) else {
+                return Ok(());
+            };
+            if checks.fetch_add(1, Ordering::Relaxed) % CLEANUP_EVERY == CLEANUP_EVERY - 1 {
+                bucket.retain_recent();
+                bucket.shrink_to_fit();
+            }
+            let n = NonZeroU32::new(n.clamp(1, *burst)).unwrap_or(NonZeroU32::MIN);
+            match bucket.check_key_n(key, n) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(not_until)) => Err(not_until.wait_time_from(self.clock.now())),
+                // not reachable (n is at most the burst); refuse for a second rather than let
+                // it through
+                Err(_) => Err(Duration::from_secs(1)),
+            }
         };
-        if checks.fetch_add(1, Ordering::Relaxed) % CLEANUP_EVERY == CLEANUP_EVERY - 1 {
-            bucket.retain_recent();
-            bucket.shrink_to_fit();
-        }
-        let n = NonZeroU32::new(n.clamp(1, *burst)).unwrap_or(NonZeroU32::MIN);
-        match bucket.check_key_n(&bucket_key(client), n) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(not_until)) => Err(not_until.wait_time_from(self.clock.now())),
-            // not reachable (n is at most the burst); refuse for a second rather than let through
-            Err(_) => Err(Duration::from_secs(1)),
+        take(&self.buckets, &bucket_key(client))?;
+        match wide_key(client) {
+            Some(wide) => take(&self.wide_buckets, &wide),
+            None => Ok(()),
         }
     }
 
@@ -234,17 +259,26 @@ impl RateLimits<DefaultClock> {
     /// address holds `didcomm_sockets_per_address` already. Always granted with limits off.
     pub fn open_socket(self: &Arc<Self>, client: IpAddr) -> Result<SocketSlot, u32> {
         let key = bucket_key(client);
+        let wide = wide_key(client);
         if self.enabled {
             let mut open = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
-            let n = open.entry(key).or_insert(0);
-            if *n >= self.max_sockets {
+            let mut wide_open = self.wide_sockets.lock().unwrap_or_else(|p| p.into_inner());
+            let max_wide = self.max_sockets.saturating_mul(WIDE_FACTOR);
+            if open.get(&key).is_some_and(|n| *n >= self.max_sockets) {
                 return Err(self.max_sockets);
             }
-            *n += 1;
+            if let Some(w) = wide {
+                if wide_open.get(&w).is_some_and(|n| *n >= max_wide) {
+                    return Err(max_wide);
+                }
+                *wide_open.entry(w).or_insert(0) += 1;
+            }
+            *open.entry(key).or_insert(0) += 1;
         }
         Ok(SocketSlot {
             limits: self.clone(),
             key,
+            wide,
         })
     }
 
@@ -259,6 +293,8 @@ impl RateLimits<DefaultClock> {
 pub struct SocketSlot {
     limits: Arc<RateLimits>,
     key: IpAddr,
+    /// Its IPv6 /48, counted too.
+    wide: Option<IpAddr>,
 }
 
 impl Drop for SocketSlot {
@@ -266,16 +302,18 @@ impl Drop for SocketSlot {
         if !self.limits.enabled {
             return;
         }
-        let mut open = self
-            .limits
-            .sockets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                open.remove(&self.key);
+        let release = |map: &Mutex<HashMap<IpAddr, u32>>, key: &IpAddr| {
+            let mut open = map.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = open.get_mut(key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    open.remove(key);
+                }
             }
+        };
+        release(&self.limits.sockets, &self.key);
+        if let Some(w) = &self.wide {
+            release(&self.limits.wide_sockets, w);
         }
     }
 }
@@ -361,6 +399,17 @@ fn bucket_key(ip: IpAddr) -> IpAddr {
             IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
         }
         v4 => v4,
+    }
+}
+
+/// The wider bucket of an IPv6 client: its /48 (none for IPv4).
+fn wide_key(ip: IpAddr) -> Option<IpAddr> {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            Some(IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0)))
+        }
+        IpAddr::V4(_) => None,
     }
 }
 
@@ -752,5 +801,40 @@ mod tests {
         );
         let held: Vec<_> = (0..10).map(|_| off.open_socket(a).unwrap()).collect();
         assert_eq!(held.len(), 10);
+    }
+
+    /// An IPv6 /48 (one holder's) has WIDE_FACTOR times a /64's budget in all, however many
+    /// /64s it spreads over: requests and sockets (connections review: one /56 took every
+    /// mediator socket of a node, 256 /64s of 256 sockets each).
+    #[test]
+    fn an_ipv6_slash_48_has_a_budget_of_its_own_across_its_slash_64s() {
+        let l = RateLimits::with_clock(&cfg(1, 1, &[]), FakeRelativeClock::default()).unwrap();
+        let in_48 = |i: u32| ip(&format!("2001:db8:7:{i:x}::1"));
+        let taken = (0..40)
+            .filter(|i| l.check(Endpoint::Login, in_48(*i)).is_ok())
+            .count();
+        assert_eq!(taken, WIDE_FACTOR as usize);
+        // another /48 has its own
+        assert!(l.check(Endpoint::Login, ip("2001:db8:8::1")).is_ok());
+        // IPv4 has no wider tier
+        assert!((0..40).all(|i| l
+            .check(Endpoint::Login, ip(&format!("198.51.100.{i}")))
+            .is_ok()));
+
+        let c = RateLimitConfig {
+            didcomm_sockets_per_address: 1,
+            ..RateLimitConfig::default()
+        };
+        let l = Arc::new(RateLimits::new(&c).unwrap());
+        let held: Vec<_> = (0..40)
+            .filter_map(|i| l.open_socket(in_48(i)).ok())
+            .collect();
+        assert_eq!(held.len(), WIDE_FACTOR as usize);
+        assert!(l.open_socket(ip("2001:db8:8::1")).is_ok());
+        drop(held);
+        assert!(
+            l.open_socket(in_48(39)).is_ok(),
+            "places come back when sockets close"
+        );
     }
 }
