@@ -224,6 +224,9 @@ pub struct RateLimitConfig {
     pub verify_burst: u32,
     /// Mediator WebSockets one client address may hold open at once (per node).
     pub didcomm_sockets_per_address: u32,
+    /// How many times a /64's budget (every rate above, and the WebSockets) one IPv6 /48 has in
+    /// all; 0: no /48 tier.
+    pub ipv6_wide_factor: u32,
 }
 
 impl RateLimitConfig {
@@ -304,6 +307,7 @@ impl Default for RateLimitConfig {
             verify_per_minute: 120,
             verify_burst: 30,
             didcomm_sockets_per_address: 256,
+            ipv6_wide_factor: 16,
         }
     }
 }

@@ -133,13 +133,14 @@ impl Store for ClusterStore {
         }
     }
 
-    /// At the key's primary ([`Node::get_settled`]), merged here.
+    /// Whether this node reaches a majority and has caught up ([`Node::current`]).
     fn current(&self) -> StoreResult<()> {
         self.node
             .current()
             .map_err(crate::store::StoreError::Unavailable)
     }
 
+    /// At the key's primary ([`Node::get_settled`]), merged here.
     async fn get_settled(&self, keyspace: &'static str, key: &str) -> StoreResult<Option<Vec<u8>>> {
         if is_local_keyspace(keyspace) {
             return self.inner().get(keyspace, key).await;

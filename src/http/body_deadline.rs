@@ -38,8 +38,7 @@ fn is_websocket_handshake(req: &ServiceRequest) -> bool {
     // a handshake has no body of its own: one that announces one (a chunked GET carrying
     // `Upgrade: websocket` to any route skipped the deadline) is read under it like any other
     req.method() == actix_web::http::Method::GET
-        && !req.headers().contains_key(header::TRANSFER_ENCODING)
-        && !req.headers().contains_key(header::CONTENT_LENGTH)
+        && !has_body(req)
         && req
             .headers()
             .get(header::UPGRADE)

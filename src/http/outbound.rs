@@ -234,10 +234,32 @@ struct InFlight(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
 /// (`http.outbound.max_in_flight`: every task's budget is its own, so requests from many tasks
 /// at once had no bound but file descriptors).
 pub async fn send(req: reqwest::RequestBuilder) -> Result<reqwest::Response, OutboundError> {
+    send_placed(req, true).await
+}
+
+/// [`send`] outside the node's places in flight, for a caller whose requests have a bound of
+/// their own (the mediator's reply POSTs: anonymous peers must not fill the places every other
+/// role's fetches and webhooks wait for).
+pub async fn send_own_bound(
+    req: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, OutboundError> {
+    send_placed(req, false).await
+}
+
+async fn send_placed(
+    req: reqwest::RequestBuilder,
+    placed: bool,
+) -> Result<reqwest::Response, OutboundError> {
     let (client, request) = req.build_split();
     let request = request.map_err(|e| OutboundError::from_reqwest(&e))?;
     check_url(request.url().as_str())?;
     take_budget(request.url().as_str())?;
+    if !placed {
+        return client
+            .execute(request)
+            .await
+            .map_err(|e| OutboundError::from_reqwest(&e));
+    }
     let place = tokio::time::timeout(IN_FLIGHT_WAIT, places().acquire_owned())
         .await
         .ok()

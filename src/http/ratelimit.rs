@@ -85,23 +85,22 @@ const MAX_TOKEN_LOCKS: usize = 100_000;
 /// bucket, so the maps stay as small as the set of recently active clients.
 const CLEANUP_EVERY: u64 = 4096;
 
-/// How many times a /64's budget (requests and WebSockets) one IPv6 /48 has in all: a /48 (or
-/// a /56) is one holder's, and per-/64 budgets alone gave it 256 or 65,536 of them (connections
-/// review: one /56 took every mediator socket of a node).
-const WIDE_FACTOR: u32 = 16;
-
 /// The rate limiters of one node.
 pub struct RateLimits<C: Clock = DefaultClock> {
     enabled: bool,
     trusted: Vec<IpNet>,
     /// Each endpoint group's bucket, its check count and its burst.
     buckets: Vec<(Bucket<C>, AtomicU64, u32)>,
-    /// The same per IPv6 /48, at [`WIDE_FACTOR`] times the rate and burst.
+    /// The same per IPv6 /48, at `wide_factor` times the rate and burst (none when it is 0):
+    /// per-/64 budgets alone gave the holder of a /56 256 of them (connections review: one /56
+    /// took every mediator socket of a node).
     wide_buckets: Vec<(Bucket<C>, AtomicU64, u32)>,
+    /// `server.rate_limit.ipv6_wide_factor`.
+    wide_factor: u32,
     clock: C,
     /// Open mediator WebSockets per client bucket key, and how many one may hold.
     sockets: Mutex<HashMap<IpAddr, u32>>,
-    /// Open mediator WebSockets per IPv6 /48 ([`WIDE_FACTOR`] times a /64's).
+    /// Open mediator WebSockets per IPv6 /48 (`wide_factor` times a /64's).
     wide_sockets: Mutex<HashMap<IpAddr, u32>>,
     /// Clients (bucket keys) whose failed-token budget ran out, and until when every token they
     /// send is refused, the right one too ([`tokens_locked`]).
@@ -140,13 +139,28 @@ impl<C: Clock + Clone> RateLimits<C> {
             enabled: c.enabled,
             trusted: c.trusted_proxy_nets()?,
             buckets: buckets_at(1)?,
-            wide_buckets: buckets_at(WIDE_FACTOR)?,
+            wide_buckets: match c.ipv6_wide_factor {
+                0 => Vec::new(),
+                f => buckets_at(f)?,
+            },
+            wide_factor: c.ipv6_wide_factor,
             clock,
             sockets: Mutex::default(),
             wide_sockets: Mutex::default(),
             token_locks: Mutex::default(),
             max_sockets: c.didcomm_sockets_per_address.max(1),
         })
+    }
+
+    /// The wider bucket of an IPv6 client: its /48 (none for IPv4, or with no /48 tier).
+    fn wide_key(&self, ip: IpAddr) -> Option<IpAddr> {
+        match canonical(ip) {
+            IpAddr::V6(v6) if self.wide_factor > 0 => {
+                let s = v6.segments();
+                Some(IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0)))
+            }
+            _ => None,
+        }
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -187,7 +201,8 @@ impl<C: Clock + Clone> RateLimits<C> {
     }
 
     /// Takes `n` units of `ep` for `client` at once (at most the burst: a larger `n` is taken
-    /// as a whole burst); `Err(wait)` when they do not fit yet, and then nothing is taken.
+    /// as a whole burst); `Err(wait)` when they do not fit yet, and then nothing is taken from
+    /// the client's /64 — unless it is its /48 they do not fit (then the /64's are spent).
     pub fn check_n(&self, ep: Endpoint, client: IpAddr, n: u32) -> Result<(), Duration> {
         if !self.enabled {
             return Ok(());
@@ -210,7 +225,7 @@ impl<C: Clock + Clone> RateLimits<C> {
             }
         };
         take(&self.buckets, &bucket_key(client))?;
-        match wide_key(client) {
+        match self.wide_key(client) {
             Some(wide) => take(&self.wide_buckets, &wide),
             None => Ok(()),
         }
@@ -259,11 +274,11 @@ impl RateLimits<DefaultClock> {
     /// address holds `didcomm_sockets_per_address` already. Always granted with limits off.
     pub fn open_socket(self: &Arc<Self>, client: IpAddr) -> Result<SocketSlot, u32> {
         let key = bucket_key(client);
-        let wide = wide_key(client);
+        let wide = self.wide_key(client);
         if self.enabled {
             let mut open = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
             let mut wide_open = self.wide_sockets.lock().unwrap_or_else(|p| p.into_inner());
-            let max_wide = self.max_sockets.saturating_mul(WIDE_FACTOR);
+            let max_wide = self.max_sockets.saturating_mul(self.wide_factor);
             if open.get(&key).is_some_and(|n| *n >= self.max_sockets) {
                 return Err(self.max_sockets);
             }
@@ -363,9 +378,10 @@ impl SocketBudget {
     }
 
     /// Charges one received frame (of any kind: a ping costs an answer too); `Err(wait)`: not
-    /// yet, nothing charged — read nothing more until then. One unit whatever its size (frames
-    /// are bounded by `mediator.max_message_bytes`): a large frame needing several units at once
-    /// could wait for ever behind small ones from the same address.
+    /// yet (its /64 may be charged when its /48 is the one out) — read nothing more until then.
+    /// One unit whatever its size (frames are bounded by `mediator.max_message_bytes`): a large
+    /// frame needing several units at once could wait for ever behind small ones from the same
+    /// address.
     pub fn take(&self) -> Result<(), Duration> {
         match &self.limits {
             Some(l) => l.check(Endpoint::DidcommFrame, self.client),
@@ -399,17 +415,6 @@ fn bucket_key(ip: IpAddr) -> IpAddr {
             IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
         }
         v4 => v4,
-    }
-}
-
-/// The wider bucket of an IPv6 client: its /48 (none for IPv4).
-fn wide_key(ip: IpAddr) -> Option<IpAddr> {
-    match canonical(ip) {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            Some(IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0)))
-        }
-        IpAddr::V4(_) => None,
     }
 }
 
@@ -803,7 +808,7 @@ mod tests {
         assert_eq!(held.len(), 10);
     }
 
-    /// An IPv6 /48 (one holder's) has WIDE_FACTOR times a /64's budget in all, however many
+    /// An IPv6 /48 has `ipv6_wide_factor` (16) times a /64's budget in all, however many
     /// /64s it spreads over: requests and sockets (connections review: one /56 took every
     /// mediator socket of a node, 256 /64s of 256 sockets each).
     #[test]
@@ -813,7 +818,7 @@ mod tests {
         let taken = (0..40)
             .filter(|i| l.check(Endpoint::Login, in_48(*i)).is_ok())
             .count();
-        assert_eq!(taken, WIDE_FACTOR as usize);
+        assert_eq!(taken, 16);
         // another /48 has its own
         assert!(l.check(Endpoint::Login, ip("2001:db8:8::1")).is_ok());
         // IPv4 has no wider tier
@@ -829,12 +834,17 @@ mod tests {
         let held: Vec<_> = (0..40)
             .filter_map(|i| l.open_socket(in_48(i)).ok())
             .collect();
-        assert_eq!(held.len(), WIDE_FACTOR as usize);
+        assert_eq!(held.len(), 16);
         assert!(l.open_socket(ip("2001:db8:8::1")).is_ok());
         drop(held);
         assert!(
             l.open_socket(in_48(39)).is_ok(),
             "places come back when sockets close"
         );
+        // 0: no /48 tier
+        let mut off = cfg(1, 1, &[]);
+        off.ipv6_wide_factor = 0;
+        let l = RateLimits::with_clock(&off, FakeRelativeClock::default()).unwrap();
+        assert!((0..40).all(|i| l.check(Endpoint::Login, in_48(i)).is_ok()));
     }
 }

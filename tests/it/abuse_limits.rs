@@ -449,6 +449,24 @@ async fn a_slow_body_is_cut_off() {
             "{head}: the connection stayed open after the 408: {text}"
         );
     }
+    // a WebSocket handshake a proxy gave an empty body (`Content-Length: 0`) is still one
+    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    sock.write_all(
+        format!(
+            "GET /didcomm/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nContent-Length: 0\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(20), sock.read(&mut buf))
+        .await
+        .expect("no answer to the handshake")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    drop(sock);
     // a protocol endpoint answers a body over the limit in OAuth JSON, which wallets parse
     let r = client()
         .post(s.url("/issuers/default/token"))

@@ -261,7 +261,8 @@ impl MediatorService {
                 let http = self.ctx.http.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
-                    let res = crate::http::outbound::send(
+                    // bounded by `reply_posts` itself, outside the node's outbound places
+                    let res = crate::http::outbound::send_own_bound(
                         http.post(&ep)
                             .header("content-type", "application/didcomm-envelope-enc")
                             .body(packed),

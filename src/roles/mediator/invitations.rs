@@ -175,7 +175,9 @@ impl MediatorService {
                 return Err(unknown());
             }
             if !rec.multi_use {
-                return self.spend_single_use(key, raw, rec).await;
+                // the connection names the id the admin handed out, not its digest
+                let (_, single) = self.spend_single_use(key, raw, rec).await?;
+                return Ok((pthid.to_string(), single));
             }
             if let Some(id) = self.count_connection(key, raw, rec).await? {
                 return Ok((id, false));

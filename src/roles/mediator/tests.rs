@@ -167,8 +167,8 @@ async fn a_single_use_invitation_is_stored_by_digest_and_taken_once() {
         matches!(e, super::error::MediatorError::BadMessage(_)),
         "{e:?}"
     );
-    let (_, single) = svc.use_invitation(Some(&id)).await.unwrap();
-    assert!(single);
+    let (named, single) = svc.use_invitation(Some(&id)).await.unwrap();
+    assert_eq!((named.as_str(), single), (id.as_str(), true));
     let again = svc.use_invitation(Some(&id)).await.unwrap_err();
     assert!(
         matches!(again, super::error::MediatorError::InvitationUsed),

@@ -137,7 +137,7 @@ impl VerifierService {
     /// after the evaluation, so any number of responses sent at once to one session were each
     /// evaluated in full, each with its own budget of outbound fetches). A place is given back
     /// by the answer, or lapses after [`EVALUATION_PLACE_SECS`] (a dropped or failed handler
-    /// must not leave the session unanswerable).
+    /// must not leave the session unanswerable) and then counts as a failed attempt.
     async fn take_evaluation(
         &self,
         key: &str,
@@ -146,7 +146,8 @@ impl VerifierService {
     ) -> Result<(), VerifierError> {
         let now = self.now();
         let ttl = Duration::from_secs((session.expires_at - now).max(1) as u64 + 86_400);
-        self.ctx
+        let updated = self
+            .ctx
             .store
             .update_json_from::<Session, VerifierError, _>(
                 ks::SESSIONS,
@@ -159,7 +160,21 @@ impl VerifierService {
                             .because("this verification session has already been answered")
                             .into());
                     }
+                    // a lapsed place is an attempt that never answered: it counts as a failed
+                    // one, so responses dropped mid-evaluation get no more evaluations than
+                    // failed ones (diff review: three every minute, for the session's life)
+                    let lapsed = s.evaluating.iter().filter(|l| **l <= now).count();
                     s.evaluating.retain(|lapses| *lapses > now);
+                    for _ in 0..lapsed {
+                        s.failed_attempts
+                            .push("a presentation whose evaluation never answered".into());
+                    }
+                    if s.failed_attempts.len() >= MAX_FAILED_ATTEMPTS {
+                        s.state = SessionState::Failed;
+                        s.error = Some("verification failed".into());
+                        s.completed_at = Some(now);
+                        return Ok(s);
+                    }
                     if s.evaluating.len() + s.failed_attempts.len() >= MAX_FAILED_ATTEMPTS {
                         return Err(InvalidRequest
                             .because("this verification session is evaluating as many presentations as it has attempts left; retry once they are answered")
@@ -173,6 +188,12 @@ impl VerifierService {
             .ok_or_else(|| {
                 VerifierError::from(UnknownSession.because("unknown verification session"))
             })?;
+        if updated.state != SessionState::Pending {
+            self.notify(&updated);
+            return Err(InvalidRequest
+                .because("this verification session has already been answered")
+                .into());
+        }
         Ok(())
     }
 

@@ -159,32 +159,49 @@ async fn responses_sent_at_once_are_evaluated_at_most_three_times() {
 }
 
 /// A place taken by a response whose handler never answered (dropped mid-evaluation, or failed
-/// after taking it) lapses: the session does not stay pending and unanswerable (diff review).
+/// after taking it) lapses and counts as a failed attempt: the session neither stays pending and
+/// unanswerable, nor gives such responses more evaluations than failed ones (diff reviews).
 #[tokio::test]
-async fn a_place_a_response_never_gave_back_lapses() {
+async fn a_place_a_response_never_gave_back_lapses_as_a_failed_attempt() {
     let clock = FakeClock::new(1_800_000_000_000);
     let svc = std::sync::Arc::new(verifier(&clock).await);
-    let created = svc
-        .create_session("default", sd_jwt_session(300))
-        .await
-        .unwrap();
-    // three places taken, none given back
-    let key = super::service::session_key("default", &created.id);
-    let mut stuck = stored_session(&svc, &created.id).await;
-    stuck.evaluating = vec![crate::clock::Clock::now_secs(&*clock) + 60; 3];
-    svc.ctx
-        .store
-        .put_json(super::ks::SESSIONS, &key, &stuck, None)
-        .await
-        .unwrap();
-    let e = refusal(bad_responses_at_once(&svc, &created.id, 1).await);
+    let now = crate::clock::Clock::now_secs(&*clock);
+    let stuck = |places: usize| {
+        let svc = svc.clone();
+        async move {
+            let created = svc
+                .create_session("default", sd_jwt_session(300))
+                .await
+                .unwrap();
+            let key = super::service::session_key("default", &created.id);
+            let mut s = stored_session(&svc, &created.id).await;
+            s.evaluating = vec![now + 60; places];
+            svc.ctx
+                .store
+                .put_json(super::ks::SESSIONS, &key, &s, None)
+                .await
+                .unwrap();
+            created.id
+        }
+    };
+    let (one, three) = (stuck(1).await, stuck(3).await);
+    let e = refusal(bad_responses_at_once(&svc, &three, 1).await);
     assert!(e.contains("as many presentations"), "{e}");
     clock.advance_ms(61_000);
-    let e = refusal(bad_responses_at_once(&svc, &created.id, 1).await);
-    assert!(e.contains("presentation rejected"), "evaluated again: {e}");
+    // one lapsed place: a failed attempt, and this response is evaluated (and rejected)
+    let e = refusal(bad_responses_at_once(&svc, &one, 1).await);
+    assert!(e.contains("presentation rejected"), "evaluated: {e}");
+    let s = stored_session(&svc, &one).await;
+    assert_eq!(s.state, SessionState::Pending);
+    assert_eq!(s.failed_attempts.len(), 2, "{:?}", s.failed_attempts);
+    assert!(s.failed_attempts[0].contains("never answered"));
+    assert!(s.evaluating.is_empty());
+    // three lapsed places: the session has failed
+    let e = refusal(bad_responses_at_once(&svc, &three, 1).await);
+    assert!(e.contains("already been answered"), "{e}");
     assert_eq!(
-        stored_session(&svc, &created.id).await.evaluating,
-        Vec::<i64>::new()
+        stored_session(&svc, &three).await.state,
+        SessionState::Failed
     );
 }
 

@@ -620,15 +620,21 @@ fn safe_display(mut display: Value) -> Value {
     for d in display.as_array_mut().into_iter().flatten() {
         let Some(d) = d.as_object_mut() else { continue };
         for image in ["logo", "background_image"] {
-            let https = d
-                .get(image)
-                .and_then(|i| i["uri"].as_str())
-                .is_some_and(|u| u.len() <= 2048 && u.starts_with("https://"));
-            if let Some(i) = d.get_mut(image).and_then(Value::as_object_mut) {
-                if !https {
-                    i.remove("uri");
+            let Some(given) = d.remove(image) else {
+                continue;
+            };
+            // rebuilt from what is known to be safe: `uri` (https only) and `alt_text`; a
+            // draft's `url`, a bare string or anything else is left out
+            let mut kept = serde_json::Map::new();
+            if let Some(u) = given["uri"].as_str() {
+                if u.len() <= 2048 && u.starts_with("https://") {
+                    kept.insert("uri".into(), u.into());
                 }
             }
+            if let Some(a) = given["alt_text"].as_str() {
+                kept.insert("alt_text".into(), a.into());
+            }
+            d.insert(image.into(), Value::Object(kept));
         }
         for key in ["background_color", "text_color"] {
             if d.get(key).is_some_and(|c| !colour(c)) {
@@ -781,8 +787,9 @@ mod pex_tests {
         let d = safe_display(json!([
             {"name": "<b>ok</b>", "logo": {"uri": "javascript:alert(1)", "alt_text": "x"},
              "background_color": "red;background:url(https://t.example)", "text_color": "#FFF"},
-            {"logo": {"uri": "https://issuer.example/logo.png"}, "background_image": {"uri": "data:image/svg+xml,<svg/>"},
+            {"logo": {"uri": "https://issuer.example/logo.png", "url": "javascript:x", "onload": "x"}, "background_image": {"uri": "data:image/svg+xml,<svg/>"},
              "background_color": "#12345678"},
+            {"logo": "javascript:alert(1)"},
             "not an object"
         ]));
         assert_eq!(
@@ -790,6 +797,7 @@ mod pex_tests {
             json!([
                 {"name": "<b>ok</b>", "logo": {"alt_text": "x"}, "text_color": "#FFF"},
                 {"logo": {"uri": "https://issuer.example/logo.png"}, "background_image": {}, "background_color": "#12345678"},
+                {"logo": {}},
                 "not an object"
             ])
         );
