@@ -320,12 +320,10 @@ fn open_export_file(p: &std::path::Path) -> anyhow::Result<std::fs::File> {
     Ok(f)
 }
 
-/// This process's effective user id, from `/proc/self/status` (Linux; `None` elsewhere).
+/// This process's effective user id (Linux; `None` elsewhere).
 #[cfg(unix)]
 fn effective_uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let ids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
-    ids.split_whitespace().nth(1)?.parse().ok()
+    config::process_ids("Uid:").get(1).copied()
 }
 
 /// The key of the sealed canary every store holds (`store::open::check_master_key`).

@@ -1224,26 +1224,32 @@ pub fn read_secret_file(path: &Path) -> Result<Secret, ConfigError> {
     Ok(Secret::new(s.trim_end_matches(['\n', '\r']).to_string()))
 }
 
-/// The groups this process runs with (effective and supplementary), from `/proc/self/status`
-/// (Linux); none elsewhere, so a group-readable secret file is refused there.
+/// The ids a `/proc/self/status` line lists (`Uid:`, `Gid:`, `Groups:`), in order: for
+/// `Uid:`/`Gid:` real, effective, saved, filesystem. Empty where there is no such file (not
+/// Linux): callers then refuse what they would have allowed.
+#[cfg(unix)]
+pub(crate) fn process_ids(field: &str) -> Vec<u32> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .map(|ids| {
+                    ids.split_whitespace()
+                        .filter_map(|i| i.parse().ok())
+                        .collect()
+                })
+        })
+        .unwrap_or_default()
+}
+
+/// The groups this process runs with (effective and supplementary); none off Linux, so a
+/// group-readable secret file is refused there.
 #[cfg(unix)]
 fn process_groups() -> Vec<u32> {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for line in status.lines() {
-        if let Some(ids) = line.strip_prefix("Gid:") {
-            // real, effective, saved, filesystem: the effective one
-            out.extend(
-                ids.split_whitespace()
-                    .nth(1)
-                    .and_then(|g| g.parse::<u32>().ok()),
-            );
-        } else if let Some(ids) = line.strip_prefix("Groups:") {
-            out.extend(ids.split_whitespace().filter_map(|g| g.parse::<u32>().ok()));
-        }
-    }
+    let mut out: Vec<u32> = process_ids("Gid:").get(1).copied().into_iter().collect();
+    out.extend(process_ids("Groups:"));
     out
 }
 
