@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
-use actix_web::{middleware, web, App, HttpResponse, HttpServer};
+use actix_web::{middleware, web, App, HttpResponse};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
@@ -106,6 +106,7 @@ pub fn build_app(
                 .wrap(middleware::from_fn(http::body_deadline::body_deadline))
                 .wrap(middleware::from_fn(http::web::response_headers))
                 .wrap(middleware::from_fn(http::observe::observe))
+                .wrap(middleware::from_fn(http::connection::mark_request))
         })
         .split_for_parts()
 }
@@ -336,28 +337,20 @@ pub async fn run(
         #[cfg(not(feature = "cluster"))]
         None => anyhow::bail!("no listener"),
     };
-    let app_data = data.clone();
-    let app_services = services.clone();
-    let server = HttpServer::new(move || {
-        // runs once per worker, on its thread: its heartbeat ticks on its own event loop
-        app_data.workers.start_worker();
-        build_app(app_data.clone(), &app_services)
-            .0
-            .app_data(doc.clone())
-    })
-    .workers(workers)
-    .keep_alive(KEEP_ALIVE)
-    .client_request_timeout(Duration::from_millis(raw.server.client_request_timeout_ms))
-    .client_disconnect_timeout(Duration::from_millis(
-        raw.server.client_disconnect_timeout_ms,
-    ))
-    // Small request/response exchanges (a WebSocket DIDComm round trip) must not wait ~40 ms
-    // for Nagle and delayed ACKs.
-    .tcp_nodelay(true)
-    .disable_signals()
-    .shutdown_timeout(raw.server.shutdown_timeout_seconds)
-    .listen(listener)?
-    .run();
+    // Connections from one address are counted unless cluster peers share this listener: their
+    // connections cannot be told apart from a client's when they are accepted.
+    #[cfg(feature = "cluster")]
+    let count_connections = !state.cluster.as_ref().is_some_and(|c| c.rpc_on_http);
+    #[cfg(not(feature = "cluster"))]
+    let count_connections = true;
+    let server = public_server(PublicServer {
+        listener,
+        workers,
+        state: data.clone(),
+        services: services.clone(),
+        doc,
+        limits: count_connections.then(|| state.rate_limits.clone()),
+    })?;
     let handle = server.handle();
     let server_task = tokio::spawn(server);
 
@@ -407,6 +400,95 @@ pub async fn run(
     leave_and_flush(&state, tasks).await?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// What the public HTTP server is built from ([`public_server`]).
+struct PublicServer {
+    listener: std::net::TcpListener,
+    workers: usize,
+    state: web::Data<AppState>,
+    services: Services,
+    doc: web::Data<OpenApiJson>,
+    /// Counts connections per address (`None`: not counted).
+    limits: Option<Arc<http::ratelimit::RateLimits>>,
+}
+
+/// The public HTTP/1.1 server: what `HttpServer` builds, with each accepted connection admitted
+/// and wrapped by [`http::connection::Guarded`] (per-address connection counts, later request
+/// heads and stalled writes timed), which `HttpServer` has no place for.
+fn public_server(p: PublicServer) -> std::io::Result<actix_server::Server> {
+    use actix_http::{HttpService, Request};
+    use actix_service::{fn_service, map_config, ServiceFactoryExt};
+    use actix_web::dev::{AppConfig, Extensions};
+    use http::connection::{Guarded, Timeouts};
+
+    let server_cfg = &p.state.settings.raw.server;
+    let timeouts = Timeouts {
+        head: Duration::from_millis(server_cfg.client_request_timeout_ms),
+        write_stall: Duration::from_millis(server_cfg.write_stall_timeout_ms),
+    };
+    let request_timeout = Duration::from_millis(server_cfg.client_request_timeout_ms);
+    let disconnect_timeout = Duration::from_millis(server_cfg.client_disconnect_timeout_ms);
+    let shutdown_timeout = server_cfg.shutdown_timeout_seconds;
+    let local_addr = p.listener.local_addr()?;
+    let builder = actix_server::Server::build();
+    let shutdown_signal = builder.graceful_shutdown_signal();
+    let PublicServer {
+        listener,
+        workers,
+        state,
+        services,
+        doc,
+        limits,
+    } = p;
+    Ok(builder
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(shutdown_timeout)
+        .listen("idstack-http", listener, move || {
+            // runs once per worker, on its thread: its heartbeat ticks on its own event loop
+            state.workers.start_worker();
+            let app = build_app(state.clone(), &services).0.app_data(doc.clone());
+            let signal = shutdown_signal.clone();
+            let http = HttpService::<Guarded, _, _>::build()
+                // keep-alive connections close when the server stops, as HttpServer's do
+                .graceful_shutdown_signal(move || {
+                    let signal = signal.clone();
+                    async move { signal.notified().await }
+                })
+                .keep_alive(KEEP_ALIVE)
+                .client_request_timeout(request_timeout)
+                .client_disconnect_timeout(disconnect_timeout)
+                .local_addr(local_addr)
+                .on_connect_ext(|io: &Guarded, ext: &mut Extensions| {
+                    ext.insert(io.watch());
+                })
+                .h1(map_config(
+                    actix_service::IntoServiceFactory::<_, Request>::into_factory(app)
+                        .map_err(|err| err.error_response()),
+                    // nothing here reads the host or address of the app config
+                    |_| AppConfig::default(),
+                ));
+            let limits = limits.clone();
+            fn_service(move |io: tokio::net::TcpStream| {
+                // Small request/response exchanges (a WebSocket DIDComm round trip) must not
+                // wait ~40 ms for Nagle and delayed ACKs.
+                let _ = io.set_nodelay(true);
+                let peer = io.peer_addr().ok();
+                let admitted = Guarded::admit(io, peer.map(|a| a.ip()), limits.as_ref(), timeouts);
+                std::future::ready(match admitted {
+                    Ok(io) => Ok((io, peer)),
+                    Err(max) => {
+                        tracing::debug!(peer = ?peer, max, "connection refused: its address holds server.rate_limit.connections_per_address");
+                        Err(actix_http::error::DispatchError::Io(std::io::Error::other(
+                            "too many connections from this address",
+                        )))
+                    }
+                })
+            })
+            .and_then(http)
+        })?
+        .run())
 }
 
 /// The end of every stop: the cluster left, background tasks stopped (with a deadline), the

@@ -181,12 +181,17 @@ pub struct ServerConfig {
     /// Public URLs of other idstack deployments whose `<url>/contexts/credentials/v1` the JSON-LD
     /// loader resolves offline to the bundled idstack context (never fetched).
     pub trusted_context_origins: Vec<String>,
-    /// A client must send the request head within this many ms of connecting (else 408).
+    /// A client must send a request head within this many ms: of connecting for its first
+    /// request (else 408), of the head's first byte for later ones on a kept-alive connection
+    /// (else the connection is closed).
     pub client_request_timeout_ms: u64,
     /// After the response, a closing connection gets this long to shut down cleanly, in ms.
     pub client_disconnect_timeout_ms: u64,
     /// The whole request body must arrive within this many ms of the head (slow bodies get 408).
     pub body_read_timeout_ms: u64,
+    /// A connection whose client takes nothing of what the node writes (a response, a WebSocket
+    /// frame) for this many ms is closed.
+    pub write_stall_timeout_ms: u64,
     /// Readiness is 503 while an HTTP worker's event loop has not run for this many ms (a
     /// blocked handler); 0 = not checked.
     pub worker_stall_ms: u64,
@@ -224,6 +229,10 @@ pub struct RateLimitConfig {
     pub verify_burst: u32,
     /// Mediator WebSockets one client address may hold open at once (per node).
     pub didcomm_sockets_per_address: u32,
+    /// TCP connections one peer address (IPv4 address, IPv6 /64) may hold open to this node at
+    /// once, its WebSockets included; further ones are closed as they are accepted. Trusted
+    /// proxies are not counted.
+    pub connections_per_address: u32,
     /// How many times a /64's budget (every rate above, and the WebSockets) one IPv6 /48 has in
     /// all; 0: no /48 tier.
     pub ipv6_wide_factor: u32,
@@ -266,7 +275,7 @@ impl RateLimitConfig {
 
 impl ServerConfig {
     /// Checks the `server.*` limit settings.
-    fn validate_limits(&self) -> Result<(), String> {
+    pub(crate) fn validate_limits(&self) -> Result<(), String> {
         for (key, per_minute, burst) in self.rate_limit.rates() {
             if per_minute == 0 || burst == 0 {
                 return Err(format!(
@@ -277,10 +286,17 @@ impl ServerConfig {
         if self.rate_limit.didcomm_sockets_per_address == 0 {
             return Err("rate_limit.didcomm_sockets_per_address must be at least 1 (set rate_limit.enabled = false to turn limits off)".into());
         }
+        if self.rate_limit.connections_per_address <= self.rate_limit.didcomm_sockets_per_address {
+            return Err("rate_limit.connections_per_address must be more than rate_limit.didcomm_sockets_per_address (a client's WebSockets are connections too)".into());
+        }
         self.rate_limit.trusted_proxy_nets()?;
-        if self.client_request_timeout_ms == 0 || self.body_read_timeout_ms == 0 {
+        if self.client_request_timeout_ms == 0
+            || self.body_read_timeout_ms == 0
+            || self.write_stall_timeout_ms == 0
+        {
             return Err(
-                "client_request_timeout_ms and body_read_timeout_ms must be at least 1".into(),
+                "client_request_timeout_ms, body_read_timeout_ms and write_stall_timeout_ms must be at least 1"
+                    .into(),
             );
         }
         Ok(())
@@ -307,6 +323,7 @@ impl Default for RateLimitConfig {
             verify_per_minute: 120,
             verify_burst: 30,
             didcomm_sockets_per_address: 256,
+            connections_per_address: 512,
             ipv6_wide_factor: 16,
         }
     }
@@ -326,6 +343,7 @@ impl Default for ServerConfig {
             client_request_timeout_ms: 5_000,
             client_disconnect_timeout_ms: 2_000,
             body_read_timeout_ms: 10_000,
+            write_stall_timeout_ms: 30_000,
             worker_stall_ms: 2000,
             rate_limit: RateLimitConfig::default(),
         }

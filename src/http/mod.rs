@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod body_deadline;
+pub mod connection;
 pub mod metrics;
 pub mod oauth;
 pub mod observe;

@@ -98,14 +98,40 @@ pub struct RateLimits<C: Clock = DefaultClock> {
     /// `server.rate_limit.ipv6_wide_factor`.
     wide_factor: u32,
     clock: C,
-    /// Open mediator WebSockets per client bucket key, and how many one may hold.
-    sockets: Mutex<HashMap<IpAddr, u32>>,
-    /// Open mediator WebSockets per IPv6 /48 (`wide_factor` times a /64's).
-    wide_sockets: Mutex<HashMap<IpAddr, u32>>,
+    /// Open mediator WebSockets per client (`didcomm_sockets_per_address`).
+    sockets: Held,
+    /// Open TCP connections per peer address (`connections_per_address`; not the trusted
+    /// proxies'): [`crate::http::connection`].
+    connections: Held,
     /// Clients (bucket keys) whose failed-token budget ran out, and until when every token they
     /// send is refused, the right one too ([`tokens_locked`]).
     token_locks: Mutex<HashMap<IpAddr, std::time::Instant>>,
-    max_sockets: u32,
+}
+
+/// Things a client address holds open at once (WebSockets, connections): per bucket key (IPv4
+/// address or IPv6 /64) at most `max`, per IPv6 /48 at most `wide_factor` times that.
+struct Held {
+    open: Mutex<HashMap<IpAddr, u32>>,
+    /// Per IPv6 /48.
+    wide_open: Mutex<HashMap<IpAddr, u32>>,
+    max: u32,
+}
+
+impl Held {
+    fn new(max: u32) -> Self {
+        Self {
+            open: Mutex::default(),
+            wide_open: Mutex::default(),
+            max: max.max(1),
+        }
+    }
+}
+
+/// Which [`Held`] of [`RateLimits`] a [`HeldSlot`] counts in.
+#[derive(Clone, Copy)]
+enum Kind {
+    Socket,
+    Connection,
 }
 
 impl RateLimits<DefaultClock> {
@@ -145,10 +171,9 @@ impl<C: Clock + Clone> RateLimits<C> {
             },
             wide_factor: c.ipv6_wide_factor,
             clock,
-            sockets: Mutex::default(),
-            wide_sockets: Mutex::default(),
+            sockets: Held::new(c.didcomm_sockets_per_address),
+            connections: Held::new(c.connections_per_address),
             token_locks: Mutex::default(),
-            max_sockets: c.didcomm_sockets_per_address.max(1),
         })
     }
 
@@ -270,53 +295,94 @@ impl RateLimits<DefaultClock> {
         Some(self.client_ip(peer, forwarded_values(req.headers())))
     }
 
-    /// One more open WebSocket for `client`, held until the slot is dropped; `Err(max)` when the
-    /// address holds `didcomm_sockets_per_address` already. Always granted with limits off.
-    pub fn open_socket(self: &Arc<Self>, client: IpAddr) -> Result<SocketSlot, u32> {
+    fn held(&self, kind: Kind) -> &Held {
+        match kind {
+            Kind::Socket => &self.sockets,
+            Kind::Connection => &self.connections,
+        }
+    }
+
+    /// One more `kind` held by `client` until the slot is dropped; `Err(max)` when its /64 (or
+    /// /48) holds its share already. Always granted with limits off.
+    fn hold(self: &Arc<Self>, kind: Kind, client: IpAddr) -> Result<HeldSlot, u32> {
         let key = bucket_key(client);
         let wide = self.wide_key(client);
-        if self.enabled {
-            let mut open = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
-            let mut wide_open = self.wide_sockets.lock().unwrap_or_else(|p| p.into_inner());
-            let max_wide = self.max_sockets.saturating_mul(self.wide_factor);
-            if open.get(&key).is_some_and(|n| *n >= self.max_sockets) {
-                return Err(self.max_sockets);
-            }
-            if let Some(w) = wide {
-                if wide_open.get(&w).is_some_and(|n| *n >= max_wide) {
-                    return Err(max_wide);
-                }
-                *wide_open.entry(w).or_insert(0) += 1;
-            }
-            *open.entry(key).or_insert(0) += 1;
+        if !self.enabled {
+            return Ok(HeldSlot { counted: None });
         }
-        Ok(SocketSlot {
-            limits: self.clone(),
-            key,
-            wide,
+        let held = self.held(kind);
+        let mut open = held.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut wide_open = held.wide_open.lock().unwrap_or_else(|p| p.into_inner());
+        let max_wide = held.max.saturating_mul(self.wide_factor);
+        if open.get(&key).is_some_and(|n| *n >= held.max) {
+            return Err(held.max);
+        }
+        if let Some(w) = wide {
+            if wide_open.get(&w).is_some_and(|n| *n >= max_wide) {
+                return Err(max_wide);
+            }
+            *wide_open.entry(w).or_insert(0) += 1;
+        }
+        *open.entry(key).or_insert(0) += 1;
+        Ok(HeldSlot {
+            counted: Some((self.clone(), kind, key, wide)),
         })
+    }
+
+    /// One more open WebSocket for `client`, held until the slot is dropped; `Err(max)` when the
+    /// address holds `didcomm_sockets_per_address` already. Always granted with limits off.
+    pub fn open_socket(self: &Arc<Self>, client: IpAddr) -> Result<HeldSlot, u32> {
+        self.hold(Kind::Socket, client)
+    }
+
+    /// One more TCP connection from `peer` (the TCP peer itself: nothing of the request is known
+    /// yet), held until the slot is dropped; `Err(max)` when its address holds
+    /// `connections_per_address` already. A trusted proxy's connections are not counted: they
+    /// carry everybody's requests.
+    pub fn open_connection(self: &Arc<Self>, peer: IpAddr) -> Result<HeldSlot, u32> {
+        if self.is_trusted(canonical(peer)) {
+            return Ok(HeldSlot { counted: None });
+        }
+        self.hold(Kind::Connection, peer)
     }
 
     /// Open WebSockets of `client`'s address (tests).
     pub fn open_sockets(&self, client: IpAddr) -> u32 {
-        let open = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        let open = self.sockets.open.lock().unwrap_or_else(|p| p.into_inner());
         open.get(&bucket_key(client)).copied().unwrap_or(0)
+    }
+
+    /// Open connections of `peer`'s address (tests).
+    pub fn open_connections(&self, peer: IpAddr) -> u32 {
+        let open = self
+            .connections
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        open.get(&bucket_key(peer)).copied().unwrap_or(0)
     }
 }
 
-/// One open mediator WebSocket of a client address ([`RateLimits::open_socket`]).
-pub struct SocketSlot {
-    limits: Arc<RateLimits>,
-    key: IpAddr,
-    /// Its IPv6 /48, counted too.
-    wide: Option<IpAddr>,
+/// One WebSocket or connection a client address holds ([`RateLimits::open_socket`],
+/// [`RateLimits::open_connection`]); given back when dropped.
+pub struct HeldSlot {
+    /// Where it is counted: the limits, which count, its bucket key and its IPv6 /48 (`None`:
+    /// not counted — limits off, or a trusted proxy).
+    counted: Option<(Arc<RateLimits>, Kind, IpAddr, Option<IpAddr>)>,
 }
 
-impl Drop for SocketSlot {
+impl HeldSlot {
+    /// A slot counted nowhere (no limits known, e.g. no peer address).
+    pub fn uncounted() -> Self {
+        Self { counted: None }
+    }
+}
+
+impl Drop for HeldSlot {
     fn drop(&mut self) {
-        if !self.limits.enabled {
+        let Some((limits, kind, key, wide)) = &self.counted else {
             return;
-        }
+        };
         let release = |map: &Mutex<HashMap<IpAddr, u32>>, key: &IpAddr| {
             let mut open = map.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(n) = open.get_mut(key) {
@@ -326,9 +392,10 @@ impl Drop for SocketSlot {
                 }
             }
         };
-        release(&self.limits.sockets, &self.key);
-        if let Some(w) = &self.wide {
-            release(&self.limits.wide_sockets, w);
+        let held = limits.held(*kind);
+        release(&held.open, key);
+        if let Some(w) = wide {
+            release(&held.wide_open, w);
         }
     }
 }
@@ -339,7 +406,7 @@ impl Drop for SocketSlot {
 pub struct SocketBudget {
     limits: Option<Arc<RateLimits>>,
     client: IpAddr,
-    _slot: Option<SocketSlot>,
+    _slot: Option<HeldSlot>,
 }
 
 impl SocketBudget {
@@ -806,6 +873,42 @@ mod tests {
         );
         let held: Vec<_> = (0..10).map(|_| off.open_socket(a).unwrap()).collect();
         assert_eq!(held.len(), 10);
+    }
+
+    /// Connections are counted per address like sockets, in a count of their own; a trusted
+    /// proxy's are not counted (they carry everybody's requests).
+    #[test]
+    fn connections_are_counted_per_address_except_a_trusted_proxys() {
+        let c = RateLimitConfig {
+            didcomm_sockets_per_address: 1,
+            connections_per_address: 2,
+            trusted_proxies: vec!["10.0.0.0/8".into()],
+            ..RateLimitConfig::default()
+        };
+        let l = Arc::new(RateLimits::new(&c).unwrap());
+        let a = ip("198.51.100.7");
+        let first = l.open_connection(a).unwrap();
+        let _second = l.open_connection(a).unwrap();
+        assert_eq!(l.open_connection(a).err(), Some(2));
+        // sockets are a count of their own
+        let _socket = l.open_socket(a).unwrap();
+        assert_eq!(l.open_connections(a), 2);
+        drop(first);
+        assert!(l.open_connection(a).is_ok());
+        // the balancer's connections are not counted, however many
+        let proxy = ip("10.1.2.3");
+        let held: Vec<_> = (0..50).map(|_| l.open_connection(proxy).unwrap()).collect();
+        assert_eq!((held.len(), l.open_connections(proxy)), (50, 0));
+        // a /48 holds 16 times a /64's
+        let in_48 = |i: u32| ip(&format!("2001:db8:7:{i:x}::1"));
+        let held: Vec<_> = (0..40)
+            .filter_map(|i| l.open_connection(in_48(i)).ok())
+            .collect();
+        assert_eq!(held.len(), 32);
+        // connections_per_address must leave room above a client's WebSockets
+        let mut s = crate::config::ServerConfig::default();
+        s.rate_limit.connections_per_address = s.rate_limit.didcomm_sockets_per_address;
+        assert!(s.validate_limits().is_err());
     }
 
     /// An IPv6 /48 has `ipv6_wide_factor` (16) times a /64's budget in all, however many

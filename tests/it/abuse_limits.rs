@@ -483,3 +483,214 @@ async fn a_slow_body_is_cut_off() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["code"], "unauthorized", "{v}");
 }
+
+/// Reads until the server closes the connection (EOF or reset); `None` if it is still open after
+/// `patience`.
+async fn read_to_close(sock: &mut tokio::net::TcpStream, patience: Duration) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(patience, sock.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A served request on a fresh connection, kept open; `None` when the server closed it instead.
+async fn served_connection(addr: &str) -> Option<tokio::net::TcpStream> {
+    let mut sock = tokio::net::TcpStream::connect(addr).await.ok()?;
+    sock.write_all(format!("GET /health/live HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = [0u8; 4096];
+    match tokio::time::timeout(Duration::from_secs(20), sock.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 && buf.starts_with(b"HTTP/1.1 200") => Some(sock),
+        Ok(_) => None,
+        Err(_) => panic!("no answer and no close on a new connection"),
+    }
+}
+
+/// What one connection may hold below HTTP (connections review, F1): a later request head that
+/// trickles in on a kept-alive connection, a client that stops reading, and more connections
+/// from one address than `connections_per_address` are all cut off — while a kept-alive
+/// connection that waits between requests and a WebSocket that is quiet for a while are not.
+#[tokio::test]
+async fn a_connection_holds_nothing_for_ever() {
+    let s = Server::builder()
+        .env("IDSTACK__SERVER__CLIENT_REQUEST_TIMEOUT_MS", "1000")
+        .env("IDSTACK__SERVER__WRITE_STALL_TIMEOUT_MS", "1000")
+        .env("IDSTACK__SERVER__RATE_LIMIT__ENABLED", "true")
+        .env(
+            "IDSTACK__SERVER__RATE_LIMIT__DIDCOMM_SOCKETS_PER_ADDRESS",
+            "1",
+        )
+        .env("IDSTACK__SERVER__RATE_LIMIT__CONNECTIONS_PER_ADDRESS", "3")
+        .start()
+        .await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+
+    // 1. a second head sent a byte at a time: the connection is closed (actix timed only the
+    //    first head of a connection)
+    let mut sock = served_connection(&addr)
+        .await
+        .expect("first request served");
+    let head = format!("GET /health/live HTTP/1.1\r\nHost: {addr}\r\nX-Drip: ");
+    let mut closed = false;
+    for b in head.bytes().chain(std::iter::repeat(b'a')).take(120) {
+        if sock.write_all(&[b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(250), sock.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(n)) => panic!("answered a head never finished: {:?}", &buf[..n]),
+            Err(_) => {}
+        }
+    }
+    assert!(closed, "a head trickling in for 30 s kept its connection");
+    drop(sock);
+
+    // 2. a kept-alive connection idle between two requests is served both
+    let mut sock = served_connection(&addr).await.expect("served");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    sock.write_all(format!("GET /health/live HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(20), sock.read(&mut buf))
+        .await
+        .expect("no answer after an idle pause")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    drop(sock);
+
+    // 2b. a body (after `100 Continue` or not) is no request head: it arrives within the body
+    //     deadline (10 s here), slower than the 1 s a head has, and is answered
+    for expect in ["Expect: 100-continue\r\n", ""] {
+        let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        sock.write_all(
+            format!(
+                "POST /wallet/auth/login HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 8\r\n{expect}\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        if !expect.is_empty() {
+            let n = tokio::time::timeout(Duration::from_secs(20), sock.read(&mut buf))
+                .await
+                .expect("no 100 Continue")
+                .unwrap();
+            assert!(buf[..n].starts_with(b"HTTP/1.1 100"), "{:?}", &buf[..n]);
+        }
+        for b in b"{\"a\": 1}" {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            sock.write_all(&[*b]).await.unwrap();
+        }
+        let n = tokio::time::timeout(Duration::from_secs(20), sock.read(&mut buf))
+            .await
+            .expect("no answer to a slow body")
+            .unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 4"),
+            "{expect}: {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+
+    // 3. a quiet WebSocket is no slow request head: pings before and after a pause are answered
+    let mut ws = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    ws.write_all(
+        format!(
+            "GET /didcomm/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(20), ws.read(&mut buf))
+        .await
+        .expect("no answer to the handshake")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 101"), "{:?}", &buf[..n]);
+    for pause in [0, 2500] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        // a masked, empty ping
+        ws.write_all(&[0x89, 0x80, 1, 2, 3, 4]).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(20), ws.read(&mut buf))
+            .await
+            .expect("no pong")
+            .unwrap();
+        assert!(
+            buf[..n].windows(2).any(|w| w == [0x8A, 0x00]),
+            "after {pause} ms: {:?}",
+            &buf[..n]
+        );
+    }
+    drop(ws);
+
+    // 4. a client that asks for much and reads nothing: the node stops waiting for it
+    let doc_len = client()
+        .get(s.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .len();
+    let asks = 200;
+    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let one = format!("GET /openapi.json HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    sock.write_all(one.repeat(asks).as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let got = read_to_close(&mut sock, Duration::from_secs(30))
+        .await
+        .expect("a client that did not read for 5 s still had its connection");
+    assert!(
+        got.len() < asks * doc_len,
+        "all {} bytes were written to a client that did not read",
+        got.len()
+    );
+    drop(sock);
+
+    // 5. connections per address: the fourth is closed as it is accepted (the harness may hold
+    //    one of the three), and a place comes back when one closes
+    let mut held = Vec::new();
+    let mut refused = false;
+    for _ in 0..10 {
+        match served_connection(&addr).await {
+            Some(c) => held.push(c),
+            None => {
+                refused = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        refused,
+        "{} connections from one address, none refused",
+        held.len()
+    );
+    assert!((1..=3).contains(&held.len()), "{}", held.len());
+    held.pop();
+    let mut again = None;
+    for _ in 0..50 {
+        // the server learns of the close when it reads the FIN
+        again = served_connection(&addr).await;
+        if again.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        again.is_some(),
+        "the closed connection's place did not come back"
+    );
+}
