@@ -427,6 +427,7 @@ fn public_server(p: PublicServer) -> std::io::Result<actix_server::Server> {
         head: Duration::from_millis(server_cfg.client_request_timeout_ms),
         write_stall: Duration::from_millis(server_cfg.write_stall_timeout_ms),
     };
+    let closed = p.state.metrics.connections_closed.clone();
     let request_timeout = Duration::from_millis(server_cfg.client_request_timeout_ms);
     let disconnect_timeout = Duration::from_millis(server_cfg.client_disconnect_timeout_ms);
     let shutdown_timeout = server_cfg.shutdown_timeout_seconds;
@@ -470,20 +471,24 @@ fn public_server(p: PublicServer) -> std::io::Result<actix_server::Server> {
                     |_| AppConfig::default(),
                 ));
             let limits = limits.clone();
+            let closed = closed.clone();
             fn_service(move |io: tokio::net::TcpStream| {
                 // Small request/response exchanges (a WebSocket DIDComm round trip) must not
                 // wait ~40 ms for Nagle and delayed ACKs.
                 let _ = io.set_nodelay(true);
                 let peer = io.peer_addr().ok();
-                let admitted = Guarded::admit(io, peer.map(|a| a.ip()), limits.as_ref(), timeouts);
+                let admitted = Guarded::admit(
+                    io,
+                    peer.map(|a| a.ip()),
+                    limits.as_ref(),
+                    timeouts,
+                    Some(closed.clone()),
+                );
                 std::future::ready(match admitted {
                     Ok(io) => Ok((io, peer)),
-                    Err(max) => {
-                        tracing::debug!(peer = ?peer, max, "connection refused: its address holds server.rate_limit.connections_per_address");
-                        Err(actix_http::error::DispatchError::Io(std::io::Error::other(
-                            "too many connections from this address",
-                        )))
-                    }
+                    Err(_) => Err(actix_http::error::DispatchError::Io(std::io::Error::other(
+                        "too many connections from this address",
+                    ))),
                 })
             })
             .and_then(http)

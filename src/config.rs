@@ -231,7 +231,8 @@ pub struct RateLimitConfig {
     pub didcomm_sockets_per_address: u32,
     /// TCP connections one peer address (IPv4 address, IPv6 /64) may hold open to this node at
     /// once, its WebSockets included; further ones are closed as they are accepted. Trusted
-    /// proxies are not counted.
+    /// proxies are not counted. 0: twice `didcomm_sockets_per_address`, at least 512
+    /// ([`RateLimitConfig::connections_cap`]).
     pub connections_per_address: u32,
     /// How many times a /64's budget (every rate above, and the WebSockets) one IPv6 /48 has in
     /// all; 0: no /48 tier.
@@ -256,6 +257,15 @@ impl RateLimitConfig {
             ("login", self.login_per_minute, self.login_burst),
             ("verify", self.verify_per_minute, self.verify_burst),
         ]
+    }
+
+    /// The connections one address may hold: `connections_per_address`, or when 0 twice
+    /// `didcomm_sockets_per_address` and at least 512.
+    pub fn connections_cap(&self) -> u32 {
+        match self.connections_per_address {
+            0 => self.didcomm_sockets_per_address.saturating_mul(2).max(512),
+            n => n,
+        }
     }
 
     /// `trusted_proxies` parsed: each an IP address or a CIDR.
@@ -286,8 +296,9 @@ impl ServerConfig {
         if self.rate_limit.didcomm_sockets_per_address == 0 {
             return Err("rate_limit.didcomm_sockets_per_address must be at least 1 (set rate_limit.enabled = false to turn limits off)".into());
         }
-        if self.rate_limit.connections_per_address <= self.rate_limit.didcomm_sockets_per_address {
-            return Err("rate_limit.connections_per_address must be more than rate_limit.didcomm_sockets_per_address (a client's WebSockets are connections too)".into());
+        let connections = self.rate_limit.connections_per_address;
+        if connections != 0 && connections <= self.rate_limit.didcomm_sockets_per_address {
+            return Err("rate_limit.connections_per_address must be more than rate_limit.didcomm_sockets_per_address (a client's WebSockets are connections too), or 0 (twice that, at least 512)".into());
         }
         self.rate_limit.trusted_proxy_nets()?;
         if self.client_request_timeout_ms == 0
@@ -323,7 +334,7 @@ impl Default for RateLimitConfig {
             verify_per_minute: 120,
             verify_burst: 30,
             didcomm_sockets_per_address: 256,
-            connections_per_address: 512,
+            connections_per_address: 0,
             ipv6_wide_factor: 16,
         }
     }

@@ -1,35 +1,40 @@
 //! What one TCP connection to the public listener may hold, below HTTP: actix bounds the first
 //! request head of a connection (`client_request_timeout`) and idle time between requests
-//! (keep-alive), but not a later head sent a byte at a time, nor a client that stops reading what
-//! the node writes (a response, a WebSocket's frames), nor how many connections one address
-//! holds. Each accepted connection is therefore wrapped in a [`Guarded`] stream:
+//! (keep-alive, which also ends a partial head left behind a pipelined request), but not a
+//! later head sent a byte at a time, nor a client that stops reading what the node writes (a
+//! response, a WebSocket's frames), nor how many connections one address holds. Each accepted connection is therefore wrapped in a
+//! [`Guarded`] stream:
 //!
 //! - **per address**: at most `server.rate_limit.connections_per_address` open connections per
 //!   IPv4 address or IPv6 /64 (the /48 `ipv6_wide_factor` times that); further ones are closed as
 //!   they are accepted ([`RateLimits::open_connection`]; trusted proxies are not counted);
-//! - **later heads**: once a request's first byte arrives on a kept-alive connection, its head must
-//!   reach the app within `server.client_request_timeout_ms` ([`mark_request`] tells the stream it
-//!   did), else the connection is closed; not after a WebSocket handshake;
+//! - **later heads**: a head whose first byte arrives while no request is with the app must reach
+//!   the app within `server.client_request_timeout_ms`; not after a WebSocket handshake;
 //! - **write stalls**: a write that makes no progress for `server.write_stall_timeout_ms` closes
 //!   the connection.
 //!
-//! The stream knows nothing of HTTP framing: it learns from [`mark_request`] (the outermost
-//! middleware) when a head reached the app and when the app answered it. A byte read while the
-//! app has answered every head it received begins the next request's head.
+//! The stream knows nothing of HTTP framing: [`mark_request`] (the outermost middleware) tells it
+//! when a head reached the app and when its response ended. Bytes read while a request is with
+//! the app (its body, under `body_deadline`, or a request pipelined behind it, which actix reads
+//! after the response and times with its keep-alive) are not timed as a head: a pipelining client
+//! is not cut off while a long response streams. Each close is counted in
+//! `idstack_http_connections_closed_total{reason}`.
 
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::middleware::Next;
+use actix_web::web::Bytes;
+use prometheus::IntCounterVec;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
@@ -42,34 +47,74 @@ use crate::http::ratelimit::{HeldSlot, RateLimits};
 pub struct ConnWatch {
     /// Request heads the app has received on this connection.
     heads: AtomicU64,
-    /// Of those, the ones it has answered (its response produced; the body may still stream).
-    answered: AtomicU64,
+    /// Of those, the ones whose response has ended (its body written, or dropped).
+    finished: AtomicU64,
     /// A WebSocket handshake was answered (101): what follows is no HTTP request.
     upgraded: AtomicBool,
 }
 
-/// The outermost middleware: counts the request's head and its answer on its connection's
-/// [`ConnWatch`], and marks the connection upgraded when the answer is 101. A request without a
-/// watch (the unit tests' service calls) passes untouched.
+/// The outermost middleware: counts the request's head and the end of its response on its
+/// connection's [`ConnWatch`], and marks the connection upgraded when the answer is 101. A
+/// request without a watch (the unit tests' service calls) passes untouched.
 pub async fn mark_request(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let watch = req.conn_data::<Arc<ConnWatch>>().cloned();
-    if let Some(w) = &watch {
-        w.heads.fetch_add(1, Ordering::Release);
-    }
-    let res = next.call(req).await;
-    if let Some(w) = &watch {
-        if res
-            .as_ref()
-            .is_ok_and(|r| r.status() == StatusCode::SWITCHING_PROTOCOLS)
-        {
-            w.upgraded.store(true, Ordering::Release);
+    let Some(watch) = req.conn_data::<Arc<ConnWatch>>().cloned() else {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body);
+    };
+    watch.heads.fetch_add(1, Ordering::Release);
+    match next.call(req).await {
+        Ok(res) => {
+            if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+                watch.upgraded.store(true, Ordering::Release);
+            }
+            Ok(res.map_body(|_, body| {
+                BoxBody::new(Watched {
+                    body: body.boxed(),
+                    watch: Some(watch),
+                })
+            }))
         }
-        w.answered.fetch_add(1, Ordering::Release);
+        Err(e) => {
+            // actix renders the error into a small response of its own right away
+            watch.finished.fetch_add(1, Ordering::Release);
+            Err(e)
+        }
     }
-    res
+}
+
+/// A response body that counts its response as ended when it is dropped (written whole, or the
+/// connection gone).
+struct Watched {
+    body: BoxBody,
+    watch: Option<Arc<ConnWatch>>,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let Some(w) = self.watch.take() {
+            w.finished.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+impl MessageBody for Watched {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_next(cx)
+    }
 }
 
 /// The timeouts of [`Guarded`] streams.
@@ -81,6 +126,13 @@ pub struct Timeouts {
     pub write_stall: Duration,
 }
 
+/// A deadline for a request head: met once the app has received more than `after` heads.
+#[derive(Debug, Clone, Copy)]
+struct HeadDeadline {
+    after: u64,
+    at: Instant,
+}
+
 /// A TCP connection of the public listener with the bounds of the module doc.
 pub struct Guarded {
     io: TcpStream,
@@ -88,46 +140,52 @@ pub struct Guarded {
     timeouts: Timeouts,
     /// A WebSocket handshake was answered: what follows is no request (and no head is timed).
     upgraded: bool,
-    /// A request's first byte was read when the app had received this many heads: one more
-    /// must reach it by `head_deadline`.
-    head_after: Option<u64>,
-    /// When the head being read must have reached the app.
-    head_deadline: Option<Instant>,
+    /// The head whose first byte was read while no request was with the app.
+    head: Option<HeadDeadline>,
     /// When a write pending since then fails.
     stall_deadline: Option<Instant>,
-    /// Fires at the earlier of the two deadlines (and wakes the connection's task then).
+    /// Fires at the earliest deadline (and wakes the connection's task then).
     timer: Pin<Box<Sleep>>,
+    /// Closes counted here, by reason (`None` in tests without metrics).
+    closed: Option<IntCounterVec>,
+    /// A deadline has passed (counted once).
+    timed_out: bool,
     /// The connection's place among its address's ([`RateLimits::open_connection`]).
     _slot: HeldSlot,
 }
 
 impl Guarded {
-    /// Admits a connection from `peer` (`Err(max)`: its address holds `max` already).
+    /// Admits a connection from `peer` (`Err(max)`: its address holds `max` already; counted
+    /// in `closed` and said in a warning at most once a minute).
     pub fn admit(
         io: TcpStream,
         peer: Option<IpAddr>,
         limits: Option<&Arc<RateLimits>>,
         timeouts: Timeouts,
+        closed: Option<IntCounterVec>,
     ) -> Result<Self, u32> {
         let slot = match (limits, peer) {
-            (Some(l), Some(p)) => l.open_connection(p)?,
+            (Some(l), Some(p)) => match l.open_connection(p) {
+                Ok(slot) => slot,
+                Err(max) => {
+                    refused(p, max, closed.as_ref());
+                    return Err(max);
+                }
+            },
             _ => HeldSlot::uncounted(),
         };
-        Ok(Self::new(io, slot, timeouts))
-    }
-
-    fn new(io: TcpStream, slot: HeldSlot, timeouts: Timeouts) -> Self {
-        Self {
+        Ok(Self {
             io,
             watch: Arc::default(),
             timeouts,
             upgraded: false,
-            head_after: None,
-            head_deadline: None,
+            head: None,
             stall_deadline: None,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            closed,
+            timed_out: false,
             _slot: slot,
-        }
+        })
     }
 
     /// The watch [`mark_request`] updates (put into the connection's extensions).
@@ -135,19 +193,22 @@ impl Guarded {
         self.watch.clone()
     }
 
-    /// Ends the head deadline once the head it waits for has reached the app (or the
-    /// connection has become a WebSocket).
+    /// Brings the head deadline up to date with what the app has seen: a head received meets
+    /// it, a WebSocket handshake ends it.
     fn refresh(&mut self) {
-        if !self.upgraded && self.watch.upgraded.load(Ordering::Acquire) {
-            self.upgraded = true;
-            self.head_after = None;
-            self.head_deadline = None;
+        if self.upgraded {
+            return;
         }
-        if let Some(seen) = self.head_after {
-            if self.watch.heads.load(Ordering::Acquire) > seen {
-                self.head_after = None;
-                self.head_deadline = None;
-            }
+        if self.watch.upgraded.load(Ordering::Acquire) {
+            self.upgraded = true;
+            self.head = None;
+            return;
+        }
+        if self
+            .head
+            .is_some_and(|d| self.watch.heads.load(Ordering::Acquire) > d.after)
+        {
+            self.head = None;
         }
     }
 
@@ -155,55 +216,92 @@ impl Guarded {
     /// and registered with `cx`, so the connection's task is polled again then.
     fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         self.refresh();
-        let Some(deadline) = [self.head_deadline, self.stall_deadline]
-            .into_iter()
-            .flatten()
-            .min()
-        else {
+        let head_at = self.head.map(|d| d.at);
+        let Some(at) = [head_at, self.stall_deadline].into_iter().flatten().min() else {
             return Ok(());
         };
-        let what = if Some(deadline) == self.head_deadline {
-            "request head not received in time"
+        let reason = if Some(at) == head_at {
+            "head_timeout"
         } else {
-            "client took nothing written for too long"
+            "write_stall"
         };
-        if Instant::now() >= deadline {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, what));
+        if Instant::now() < at {
+            if self.timer.deadline() != at {
+                self.timer.as_mut().reset(at);
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Ok(());
+            }
         }
-        if self.timer.deadline() != deadline {
-            self.timer.as_mut().reset(deadline);
+        if !std::mem::replace(&mut self.timed_out, true) {
+            if let Some(c) = &self.closed {
+                c.with_label_values(&[reason]).inc();
+            }
+            tracing::debug!(reason, "connection closed");
         }
-        match self.timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Err(io::Error::new(io::ErrorKind::TimedOut, what)),
-            Poll::Pending => Ok(()),
-        }
+        Err(io::Error::new(io::ErrorKind::TimedOut, reason))
     }
 
-    /// Bytes read while the app has answered every head it received begin a new request's
-    /// head (actix times a connection's first head itself, from the connection's start; this
-    /// times it too). Bytes read while a request is with the app are its body (`body_deadline`)
-    /// or a pipelined request, which the app reads after answering.
+    /// Bytes read while no request is with the app begin a new request's head (actix times a
+    /// connection's first head itself, from the connection's start; this times it too).
     fn on_read(&mut self, n: usize) {
-        if n == 0 || self.upgraded || self.head_after.is_some() {
+        if n == 0 || self.upgraded || self.head.is_some() {
             return;
         }
         let heads = self.watch.heads.load(Ordering::Acquire);
-        if self.watch.answered.load(Ordering::Acquire) >= heads {
-            self.head_after = Some(heads);
-            self.head_deadline = Some(Instant::now() + self.timeouts.head);
+        if self.watch.finished.load(Ordering::Acquire) >= heads {
+            self.head = Some(HeadDeadline {
+                after: heads,
+                at: Instant::now() + self.timeouts.head,
+            });
         }
     }
 
-    fn on_write(&mut self, n: usize) {
-        if n > 0 {
-            self.stall_deadline = None;
+    /// A write through `write`, timed: progress ends a stall, a pending write starts one.
+    fn timed_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        self.check(cx)?;
+        match write(Pin::new(&mut self.io), cx) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.stall_deadline = None;
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => {
+                if self.stall_deadline.is_none() {
+                    self.stall_deadline = Some(Instant::now() + self.timeouts.write_stall);
+                }
+                self.check(cx)?;
+                Poll::Pending
+            }
+            other => other,
         }
     }
+}
 
-    fn on_write_pending(&mut self) {
-        if self.stall_deadline.is_none() {
-            self.stall_deadline = Some(Instant::now() + self.timeouts.write_stall);
-        }
+/// Counts a connection refused for its address's share, and says so at most once a minute (an
+/// operator whose clients all arrive from one address — an untrusted balancer, a NAT — sees why).
+fn refused(peer: IpAddr, max: u32, closed: Option<&IntCounterVec>) {
+    static LAST_WARNED_S: AtomicI64 = AtomicI64::new(i64::MIN);
+    if let Some(c) = closed {
+        c.with_label_values(&["refused"]).inc();
+    }
+    let now = crate::clock::Clock::now_secs(&crate::clock::SystemClock);
+    let last = LAST_WARNED_S.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 60
+        && LAST_WARNED_S
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            %peer,
+            max,
+            "connections refused: this address holds server.rate_limit.connections_per_address; if it is a balancer or proxy, list it in server.rate_limit.trusted_proxies"
+        );
     }
 }
 
@@ -214,42 +312,15 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Err(e) = this.check(cx) {
-            return Poll::Ready(Err(e));
-        }
+        this.check(cx)?;
         let before = buf.filled().len();
         let res = Pin::new(&mut this.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = res {
             this.on_read(buf.filled().len() - before);
             // a head deadline just set must wake the task even if nothing more arrives
-            if let Err(e) = this.check(cx) {
-                return Poll::Ready(Err(e));
-            }
+            this.check(cx)?;
         }
         res
-    }
-}
-
-impl Guarded {
-    /// A write through `write`, timed: progress ends a stall, a pending write starts one.
-    fn timed_write(
-        &mut self,
-        cx: &mut Context<'_>,
-        write: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<usize>>,
-    ) -> Poll<io::Result<usize>> {
-        self.check(cx)?;
-        match write(Pin::new(&mut self.io), cx) {
-            Poll::Ready(Ok(n)) => {
-                self.on_write(n);
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending => {
-                self.on_write_pending();
-                self.check(cx)?;
-                Poll::Pending
-            }
-            other => other,
-        }
     }
 }
 

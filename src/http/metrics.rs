@@ -42,6 +42,8 @@ pub struct Metrics {
     pub panics: IntCounter,
     pub store_size_bytes: IntGauge,
     pub store_swept: IntCounter,
+    /// Connections the node closed below HTTP (`http::connection`), by reason.
+    pub connections_closed: IntCounterVec,
 }
 
 impl Metrics {
@@ -67,6 +69,14 @@ impl Metrics {
         let panics = IntCounter::new("handler_panics_total", "handler panics caught")?;
         let store_size_bytes = IntGauge::new("store_size_bytes", "store size on disk")?;
         let store_swept = IntCounter::new("store_expired_swept_total", "expired records swept")?;
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "http_connections_closed_total",
+                "connections closed below HTTP: refused (the address holds its share), head_timeout (a request head not received in time), write_stall (the client took nothing written)",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(connections_closed.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(panics.clone()))?;
@@ -87,6 +97,7 @@ impl Metrics {
             panics,
             store_size_bytes,
             store_swept,
+            connections_closed,
         })
     }
 

@@ -172,7 +172,7 @@ impl<C: Clock + Clone> RateLimits<C> {
             wide_factor: c.ipv6_wide_factor,
             clock,
             sockets: Held::new(c.didcomm_sockets_per_address),
-            connections: Held::new(c.connections_per_address),
+            connections: Held::new(c.connections_cap()),
             token_locks: Mutex::default(),
         })
     }
@@ -905,9 +905,14 @@ mod tests {
             .filter_map(|i| l.open_connection(in_48(i)).ok())
             .collect();
         assert_eq!(held.len(), 32);
-        // connections_per_address must leave room above a client's WebSockets
+        // connections_per_address must leave room above a client's WebSockets; 0 (the
+        // default) is twice those, at least 512
         let mut s = crate::config::ServerConfig::default();
-        s.rate_limit.connections_per_address = s.rate_limit.didcomm_sockets_per_address;
+        assert_eq!(s.rate_limit.connections_cap(), 512);
+        s.rate_limit.didcomm_sockets_per_address = 1000;
+        assert_eq!(s.rate_limit.connections_cap(), 2000);
+        assert!(s.validate_limits().is_ok());
+        s.rate_limit.connections_per_address = 1000;
         assert!(s.validate_limits().is_err());
     }
 
