@@ -227,11 +227,18 @@ pub struct Session {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub evaluating: Vec<i64>,
     pub completed_at: Option<i64>,
-    /// Made when a verified response sends the user to `success_redirect` (OpenID4VP 1.0
-    /// `response_code`): it rides on that redirect, so only the browser the wallet sends back
-    /// carries it.
+    /// The `response_code` in clear: only in records written by releases before
+    /// `sealed_response_code` (read, never written), and in a session [`opened`] for its view.
+    ///
+    /// [`opened`]: super::service::VerifierService::opened
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_code: Option<String>,
+    /// Made when a verified response sends the user to `success_redirect` (OpenID4VP 1.0
+    /// `response_code`): it rides on that redirect, so only the browser the wallet sends back
+    /// carries it. Sealed to this verifier and session like the claims: whoever reads the store
+    /// could otherwise finish, with it, a session they started and a victim's wallet answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_response_code: Option<String>,
 }
 
 /// `GET /api/verifiers/{verifier}/sessions/{id}`

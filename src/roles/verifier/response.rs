@@ -104,13 +104,18 @@ impl VerifierService {
             }
             _ => None,
         };
+        // and the response code a verified answer sends the user to `success_redirect` with
+        let sealed_code = match session.success_redirect {
+            Some(_) => Some(self.seal_response_code(verifier_id, id, &code)?),
+            None => None,
+        };
         let updated = store
             .update_json_from::<Session, VerifierError, _>(
                 ks::SESSIONS,
                 &key,
                 Some(ttl),
                 None,
-                |s| answer.apply(s, now, (&code, sealed.as_deref())),
+                |s| answer.apply(s, now, (sealed_code.as_deref(), sealed.as_deref())),
             )
             .await?
             .ok_or_else(|| {
@@ -127,7 +132,7 @@ impl VerifierService {
         }
         tracing::info!(verifier = verifier_id, session = id, verified = updated.verified, state = ?updated.state, "verification session finished");
         Ok(ResponseOutcome {
-            redirect_uri: redirect_of(&updated),
+            redirect_uri: redirect_of(&updated, &code),
         })
     }
 
@@ -316,7 +321,7 @@ impl Answer {
         &self,
         mut s: Session,
         now: i64,
-        (code, sealed): (&str, Option<&str>),
+        (sealed_code, sealed): (Option<&str>, Option<&str>),
     ) -> Result<Session, VerifierError> {
         if s.state != SessionState::Pending {
             return Err(InvalidRequest
@@ -365,7 +370,7 @@ impl Answer {
                 if !verified {
                     s.error = Some("verification failed".into());
                 } else if s.success_redirect.is_some() {
-                    s.response_code = Some(code.to_string());
+                    s.sealed_response_code = sealed_code.map(str::to_string);
                 }
             }
         }
@@ -375,10 +380,10 @@ impl Answer {
 }
 
 /// Where a verified session sends the wallet's user: `success_redirect` with its
-/// `response_code`.
-fn redirect_of(s: &Session) -> Option<String> {
-    match (&s.success_redirect, &s.response_code) {
-        (Some(to), Some(code)) if s.verified => {
+/// `response_code`, `code` (the one this response sealed into the record).
+fn redirect_of(s: &Session, code: &str) -> Option<String> {
+    match (&s.success_redirect, &s.sealed_response_code) {
+        (Some(to), Some(_)) if s.verified => {
             let sep = if to.contains('?') { '&' } else { '?' };
             Some(format!("{to}{sep}response_code={}", urlencode(code)))
         }

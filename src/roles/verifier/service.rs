@@ -123,12 +123,42 @@ pub(super) fn session_key(verifier: &str, id: &str) -> String {
     format!("{verifier}/{id}")
 }
 
-/// What a session's disclosed claims are sealed to: its keyspace, verifier, session and field.
-fn credentials_aad(verifier: &str, id: &str) -> String {
-    format!("{}/{verifier}/{id}/credentials", super::ks::SESSIONS)
+/// What a session's sealed `field` (its disclosed claims, its response code) is sealed to: its
+/// keyspace, verifier, session and field.
+fn field_aad(verifier: &str, id: &str, field: &str) -> String {
+    format!("{}/{verifier}/{id}/{field}", super::ks::SESSIONS)
 }
 
 impl VerifierService {
+    /// `plain` sealed as `field` of session `id` of `verifier` (base64url), as the record keeps it.
+    fn seal_field(
+        &self,
+        verifier: &str,
+        id: &str,
+        field: &str,
+        plain: &[u8],
+    ) -> Result<String, VerifierError> {
+        let sealed = self
+            .ctx
+            .sealer
+            .seal(field_aad(verifier, id, field).as_bytes(), plain)?;
+        Ok(crate::crypto::b64url(sealed))
+    }
+
+    fn open_field(
+        &self,
+        s: &Session,
+        field: &str,
+        sealed: &str,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, VerifierError> {
+        let broken = |e: String| VerifierError::Internal(format!("session {field}: {e}"));
+        let raw = crate::crypto::b64url_decode(sealed).map_err(|e| broken(e.to_string()))?;
+        self.ctx
+            .sealer
+            .open(field_aad(&s.verifier, &s.id, field).as_bytes(), &raw)
+            .map_err(|e| broken(e.to_string()))
+    }
+
     /// `credentials` sealed for session `id` of `verifier` (base64url), as the record keeps them.
     pub(super) fn seal_credentials(
         &self,
@@ -138,25 +168,34 @@ impl VerifierService {
     ) -> Result<String, VerifierError> {
         let plain =
             serde_json::to_vec(credentials).map_err(|e| VerifierError::Internal(e.to_string()))?;
-        let sealed = self
-            .ctx
-            .sealer
-            .seal(credentials_aad(verifier, id).as_bytes(), &plain)?;
-        Ok(crate::crypto::b64url(sealed))
+        self.seal_field(verifier, id, "credentials", &plain)
     }
 
-    /// The session with its disclosed claims opened (for its view, SSE and the webhook).
+    /// `code` sealed as the `response_code` of session `id` of `verifier`.
+    pub(super) fn seal_response_code(
+        &self,
+        verifier: &str,
+        id: &str,
+        code: &str,
+    ) -> Result<String, VerifierError> {
+        self.seal_field(verifier, id, "response_code", code.as_bytes())
+    }
+
+    /// The session with its disclosed claims and response code opened (for its view, SSE and
+    /// the webhook).
     pub(super) fn opened(&self, s: &Session) -> Result<Session, VerifierError> {
         let mut s = s.clone();
         if let Some(sealed) = s.sealed_credentials.take() {
-            let broken = |e: String| VerifierError::Internal(format!("session claims: {e}"));
-            let raw = crate::crypto::b64url_decode(&sealed).map_err(|e| broken(e.to_string()))?;
-            let plain = self
-                .ctx
-                .sealer
-                .open(credentials_aad(&s.verifier, &s.id).as_bytes(), &raw)
-                .map_err(|e| broken(e.to_string()))?;
-            s.credentials = serde_json::from_slice(&plain).map_err(|e| broken(e.to_string()))?;
+            let plain = self.open_field(&s, "credentials", &sealed)?;
+            s.credentials = serde_json::from_slice(&plain)
+                .map_err(|e| VerifierError::Internal(format!("session claims: {e}")))?;
+        }
+        if let Some(sealed) = s.sealed_response_code.take() {
+            let plain = self.open_field(&s, "response_code", &sealed)?;
+            s.response_code = Some(
+                String::from_utf8(plain.to_vec())
+                    .map_err(|e| VerifierError::Internal(format!("session response_code: {e}")))?,
+            );
         }
         Ok(s)
     }

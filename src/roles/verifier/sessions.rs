@@ -97,6 +97,7 @@ impl VerifierService {
             evaluating: Vec::new(),
             completed_at: None,
             response_code: None,
+            sealed_response_code: None,
         };
         // Kept a day past expiry so the result (or "expired") stays readable.
         self.ctx

@@ -298,10 +298,10 @@ async fn a_sessions_encryption_key_opens_for_that_session_only() {
     assert_eq!(opened.thumbprint(), key.thumbprint());
 }
 
-/// A session's disclosed claims are kept sealed to its verifier and session: the stored record
-/// (and what replicates between nodes) holds no claim in clear; the view opens them; copied to
-/// another session's record they do not open. A record of an earlier release (plain claims) is
-/// still shown.
+/// A session's disclosed claims and response code are kept sealed to its verifier and session:
+/// the stored record (and what replicates between nodes) holds neither in clear; the view opens
+/// them; copied to another session's record they do not open. A record of an earlier release
+/// (plain claims) is still shown.
 #[tokio::test]
 async fn disclosed_claims_are_sealed_in_the_session_record() {
     let clock = FakeClock::new(1_800_000_000_000);
@@ -323,6 +323,9 @@ async fn disclosed_claims_are_sealed_in_the_session_record() {
         claims,
     }];
     let sealed = svc.seal_credentials("default", &a.id, &presented).unwrap();
+    // the response code too: whoever reads the store must not find it
+    let code = "response-code-Secret";
+    let sealed_code = svc.seal_response_code("default", &a.id, code).unwrap();
     let store = |id: &str| {
         let key = super::service::session_key("default", id);
         (svc.ctx.store.clone(), key)
@@ -335,14 +338,17 @@ async fn disclosed_claims_are_sealed_in_the_session_record() {
             .unwrap()
             .unwrap();
         s.sealed_credentials = Some(sealed);
+        s.sealed_response_code = Some(sealed_code.clone());
         st.put_json(super::ks::SESSIONS, &key, &s, None)
             .await
             .unwrap();
         let raw = st.get(super::ks::SESSIONS, &key).await.unwrap().unwrap();
         assert!(!String::from_utf8_lossy(&raw).contains("Erika-Secret"));
+        assert!(!String::from_utf8_lossy(&raw).contains(code));
     }
     let view = svc.session_view("default", &a.id).await.unwrap();
     assert_eq!(view.credentials[0].claims["given_name"], "Erika-Secret");
+    assert_eq!(view.response_code.as_deref(), Some(code));
     assert!(svc.session_view("default", &b.id).await.is_err());
     // the list still answers: a shown without a flag, b without its claims and flagged
     let list = svc.list_sessions("default").await.unwrap();
@@ -362,6 +368,7 @@ async fn disclosed_claims_are_sealed_in_the_session_record() {
         .unwrap()
         .unwrap();
     s.sealed_credentials = None;
+    s.sealed_response_code = None;
     s.credentials = presented;
     st.put_json(super::ks::SESSIONS, &key, &s, None)
         .await
