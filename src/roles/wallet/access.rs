@@ -125,10 +125,7 @@ impl WalletService {
         if s.expires_at <= self.now() {
             return Err(UNAUTHORIZED);
         }
-        let account: Account = store
-            .get_json(ks::ACCOUNTS, &s.account)
-            .await?
-            .ok_or(UNAUTHORIZED)?;
+        let account: Account = self.get_account(&s.account).await?.ok_or(UNAUTHORIZED)?;
         if account.disabled {
             return Err(WalletError::Forbidden("this account is disabled"));
         }
@@ -304,6 +301,81 @@ mod tests {
         assert_eq!(stored.unwrap(), 1);
     }
 
+    /// A second sign-up with `email` is refused (409).
+    async fn assert_sign_up_refused(svc: &WalletService, email: &str) {
+        let again = svc
+            .register(Credentials {
+                email: email.into(),
+                password: "another password".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(ApiError::from(again).code, Code::Conflict);
+    }
+
+    /// Whoever reads the store finds no email: the index and the login counters are keyed by
+    /// a MAC of it, the account keeps it sealed. An account an earlier release stored (email in
+    /// clear, indexed by the email itself) still logs in, shows its email, and its email cannot
+    /// be signed up again.
+    #[tokio::test]
+    async fn the_store_keeps_no_email_in_clear() {
+        let svc = service();
+        let store = svc.ctx.store.clone();
+        let erin = sign_up(&svc, "erin@example.org").await;
+        let _ = svc
+            .login(LoginRequest {
+                email: "erin@example.org".into(),
+                password: "wrong password".into(),
+                device_token: None,
+            })
+            .await
+            .unwrap_err();
+        for keyspace in [ks::ACCOUNTS, ks::EMAILS, ks::LOGIN_FAILURES] {
+            let records = store.scan_prefix(keyspace, "", 100).await.unwrap();
+            assert!(!records.is_empty(), "{keyspace}");
+            for (key, value) in records {
+                let all = format!("{key} {}", String::from_utf8_lossy(&value));
+                assert!(!all.contains("erin"), "{keyspace}: {all}");
+            }
+        }
+        let accounts = svc.list_accounts().await.unwrap();
+        assert_eq!(accounts[0].email, "erin@example.org");
+        assert_eq!(erin.account().email, "erin@example.org");
+        // an earlier release's account
+        let legacy = Account {
+            id: "legacy-frank".into(),
+            email: "frank@example.org".into(),
+            sealed_email: None,
+            password_hash: svc
+                .get_account(&erin.account().id)
+                .await
+                .unwrap()
+                .unwrap()
+                .password_hash,
+            created_at: 1,
+            disabled: false,
+        };
+        store
+            .put_json(ks::ACCOUNTS, &legacy.id, &legacy, None)
+            .await
+            .unwrap();
+        store
+            .insert_new_json(ks::EMAILS, "frank@example.org", &legacy.id, None)
+            .await
+            .unwrap();
+        let frank = svc
+            .login(LoginRequest {
+                email: "frank@example.org".into(),
+                password: "correct horse".into(),
+                device_token: None,
+            })
+            .await
+            .unwrap();
+        let signed_in = svc.authenticate(&frank.token).await.unwrap();
+        assert_eq!(signed_in.account().email, "frank@example.org");
+        assert_sign_up_refused(&svc, "frank@example.org").await;
+    }
+
     /// An email claimed for an account that was never written (a claim applied but answered
     /// 503 in a cluster, or one from before accounts were written first) is taken over by the
     /// next sign-up, instead of the email being lost for good (attacker review); an email whose
@@ -312,25 +384,16 @@ mod tests {
     async fn an_email_claimed_for_no_account_is_taken_over_by_the_next_sign_up() {
         let svc = service();
         let store = svc.ctx.store.clone();
+        let key = svc.email_key("carol@example.org");
         store
-            .insert_new_json(ks::EMAILS, "carol@example.org", "never-written", None)
+            .insert_new_json(ks::EMAILS, &key, "never-written", None)
             .await
             .unwrap();
         let carol = sign_up(&svc, "carol@example.org").await;
-        let named: Option<String> = store
-            .get_json(ks::EMAILS, "carol@example.org")
-            .await
-            .unwrap();
+        let named: Option<String> = store.get_json(ks::EMAILS, &key).await.unwrap();
         assert_eq!(named.as_deref(), Some(carol.account().id.as_str()));
         let before = store.count_prefix(ks::ACCOUNTS, "", 100).await.unwrap();
-        let again = svc
-            .register(Credentials {
-                email: "carol@example.org".into(),
-                password: "another password".into(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(ApiError::from(again).code, Code::Conflict);
+        assert_sign_up_refused(&svc, "carol@example.org").await;
         assert_eq!(
             store.count_prefix(ks::ACCOUNTS, "", 100).await.unwrap(),
             before
@@ -1317,6 +1380,54 @@ mod credential_cap_tests {
             .map(|e| e.at)
             .collect();
         assert_eq!(listed, [7, 6, 5]);
+        // kept sealed: no counterparty in the stored records; an entry of an earlier release
+        // (plain) is still listed, one that does not open is left out
+        let prefix = format!("{}/", owner.id());
+        let stored = svc
+            .ctx
+            .store
+            .scan_prefix(ks::HISTORY, &prefix, 100)
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 3);
+        for (_, raw) in &stored {
+            assert!(!String::from_utf8_lossy(raw).contains("verifier"));
+        }
+        let plain = crate::roles::wallet::model::HistoryEntry {
+            at: 8,
+            kind: "receive".into(),
+            counterparty: "an older issuer".into(),
+            credential_ids: Vec::new(),
+            outcome: "ok".into(),
+        };
+        let store = &svc.ctx.store;
+        store
+            .put_json(
+                ks::HISTORY,
+                &format!("{prefix}{:020}-old", 1_800_000_000_000_i64),
+                &plain,
+                None,
+            )
+            .await
+            .unwrap();
+        // a sealed entry moved to another place does not open there
+        store
+            .put(
+                ks::HISTORY,
+                &format!("{prefix}{:020}-moved", 1_800_000_000_001_i64),
+                stored[0].1.clone(),
+                None,
+            )
+            .await
+            .unwrap();
+        let listed: Vec<i64> = svc
+            .history(&owner)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.at)
+            .collect();
+        assert_eq!(listed, [8, 7, 6, 5]);
         // what the other party chose is kept bounded
         let long = crate::roles::wallet::model::HistoryEntry {
             at: 9,
@@ -1325,9 +1436,11 @@ mod credential_cap_tests {
             credential_ids: Vec::new(),
             outcome: format!("rejected: {}", "e".repeat(500_000)),
         };
+        clock.advance_ms(1000);
         svc.record_keeping(&owner, long, 3).await.unwrap();
         let h = svc.history(&owner).await.unwrap();
-        assert!(h[0].counterparty.len() <= 4 * crate::roles::wallet::credentials::MAX_HISTORY_TEXT);
-        assert!(h[0].outcome.len() <= 4 * crate::roles::wallet::credentials::MAX_HISTORY_TEXT);
+        let long = h.iter().find(|e| e.at == 9).unwrap();
+        assert!(long.counterparty.len() <= 4 * crate::roles::wallet::credentials::MAX_HISTORY_TEXT);
+        assert!(long.outcome.len() <= 4 * crate::roles::wallet::credentials::MAX_HISTORY_TEXT);
     }
 }

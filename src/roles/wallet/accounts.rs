@@ -41,6 +41,7 @@ impl WalletService {
         let account = Account {
             id: random_id(),
             email: email.clone(),
+            sealed_email: None,
             password_hash: hash,
             created_at: self.now(),
             disabled: false,
@@ -51,16 +52,28 @@ impl WalletService {
         // never written, names none: the next sign-up takes it over (a compare-and-swap from
         // the id it names), instead of the email being lost for good.
         let store = &self.ctx.store;
+        // an email an earlier release indexed in clear is taken as well
+        if let Some(id) = store.get_json::<String>(ks::EMAILS, &email).await? {
+            if store.get_settled(ks::ACCOUNTS, &id).await?.is_some() {
+                return Err(WalletError::conflict("an account with this email exists"));
+            }
+        }
         store
-            .put_json(ks::ACCOUNTS, &account.id, &account, None)
+            .put_json(
+                ks::ACCOUNTS,
+                &account.id,
+                &self.stored_account(&account)?,
+                None,
+            )
             .await?;
         let mine = crate::store::to_json(&account.id)?;
+        let email_key = self.email_key(&email);
         let mut expected = None;
         for _ in 0..3 {
             match store
                 .compare_and_swap(
                     ks::EMAILS,
-                    &email,
+                    &email_key,
                     expected.clone(),
                     Some((mine.clone(), None)),
                 )
@@ -94,7 +107,8 @@ impl WalletService {
         }
         let now = self.now();
         let store = &self.ctx.store;
-        let account_id: Option<String> = store.get_json(ks::EMAILS, &email).await?;
+        let account_id = self.account_for_email(&email).await?;
+        let email_key = self.email_key(&email);
         // A device this account signed in on before counts its own attempts; every other client
         // shares the email's (see `devices`).
         let device = match (&req.device_token, &account_id) {
@@ -103,13 +117,13 @@ impl WalletService {
         };
         let (counter, counter_key) = match &device {
             Some(d) => (ks::DEVICE_LOGIN_FAILURES, d.counter_key.as_str()),
-            None => (ks::LOGIN_FAILURES, email.as_str()),
+            None => (ks::LOGIN_FAILURES, email_key.as_str()),
         };
         // Counted before the password is checked, atomically in the store: parallel guesses (on
         // any node) each take one of the allowed attempts, and a locked email costs no hashing.
         self.take_login_attempt(counter, counter_key, now).await?;
         let account: Option<Account> = match &account_id {
-            Some(id) => store.get_json(ks::ACCOUNTS, id).await?,
+            Some(id) => self.get_account(id).await?,
             None => None,
         };
         // Verify against a real hash even for unknown emails, so timing does not reveal accounts.
@@ -229,14 +243,13 @@ impl WalletService {
 
     /// All accounts (the admin API; its `Admin` proof is checked at the HTTP edge).
     pub async fn list_accounts(&self) -> WalletResult<Vec<AccountView>> {
-        Ok(self
-            .ctx
+        self.ctx
             .store
             .scan_json::<Account>(ks::ACCOUNTS, "", 100_000)
             .await?
-            .iter()
-            .map(|(_, a)| AccountView::from(a))
-            .collect())
+            .into_iter()
+            .map(|(_, a)| Ok(AccountView::from(&self.opened_account(a)?)))
+            .collect()
     }
 
     /// Disables or enables an account (the admin API). A disabled account's sessions stop
@@ -251,7 +264,7 @@ impl WalletService {
             })
             .await?
             .or_not_found(format!("no account `{id}`"))?;
-        Ok(AccountView::from(&a))
+        Ok(AccountView::from(&self.opened_account(a)?))
     }
 }
 

@@ -8,7 +8,7 @@ use super::access::{Owner, Viewer};
 use super::error::{OrNotFound, OrRemote, WalletError, WalletResult};
 use super::ks;
 use super::model::*;
-use super::service::{cred_aad, device_key_aad, WalletService};
+use super::service::{cred_aad, device_key_aad, SealedRecord, WalletService};
 use crate::clock::random_id;
 use crate::crypto::status::{self, StatusArray};
 use crate::crypto::{binding, jws, sdjwt, SigningKey, VerifyingKey};
@@ -183,15 +183,28 @@ impl WalletService {
         Ok(json!({"id": id, "status": status, "checked_at": self.now()}))
     }
 
-    /// Exchanges of the wallet, newest first.
+    /// Exchanges of the wallet, newest first. An entry that does not open (damaged, or sealed
+    /// under another master key) is left out, with a warning, rather than failing the list.
     pub async fn history(&self, viewer: &Viewer) -> WalletResult<Vec<HistoryEntry>> {
         let mut h: Vec<HistoryEntry> = self
             .ctx
             .store
-            .scan_json::<HistoryEntry>(ks::HISTORY, &format!("{}/", viewer.id()), MAX_HISTORY)
+            .scan_json::<SealedRecord<HistoryEntry>>(
+                ks::HISTORY,
+                &format!("{}/", viewer.id()),
+                MAX_HISTORY,
+            )
             .await?
             .into_iter()
-            .map(|(_, e)| e)
+            .filter_map(
+                |(key, stored)| match self.open_sealed(ks::HISTORY, &key, stored) {
+                    Ok(entry) => Some(entry),
+                    Err(e) => {
+                        tracing::warn!(wallet = %viewer.id(), error = %e, "a history entry does not open");
+                        None
+                    }
+                },
+            )
             .collect();
         h.reverse();
         Ok(h)
@@ -221,10 +234,9 @@ impl WalletService {
             self.ctx.clock.now_ms(),
             random_id()
         );
-        self.ctx
-            .store
-            .put_json(ks::HISTORY, &key, &entry, None)
-            .await?;
+        // sealed: who the user dealt with, and when, is personal data (kept only sealed in the
+        // store and in what replicates between nodes)
+        self.put_sealed(ks::HISTORY, &key, &entry, None).await?;
         self.unless_deleted(owner.id(), ks::HISTORY, &key).await?;
         // the newest `keep` are kept: older ones go, so the list (oldest first in the store)
         // always shows the latest exchanges

@@ -178,9 +178,7 @@ impl WalletService {
         let http = &self.ctx.http;
         // the request as resolve-request fetched it (what the user was shown), else fetched now
         let kept = self
-            .ctx
-            .store
-            .get_json::<ResolvedRequest>(ks::RESOLVED, &resolved_key(o.id(), &input.request))
+            .get_sealed::<ResolvedRequest>(ks::RESOLVED, &resolved_key(o.id(), &input.request))
             .await?;
         let req = match kept {
             Some(req) => req,
@@ -678,15 +676,15 @@ impl WalletService {
                 retry_after: 60,
             });
         }
-        store
-            .put_json(
-                ks::RESOLVED,
-                &resolved_key(wallet, request),
-                req,
-                Some(std::time::Duration::from_secs(RESOLVED_TTL_SECS)),
-            )
-            .await?;
-        Ok(())
+        // sealed: which verifier asked what (and its `state`, with which anyone could answer
+        // the request with an error) is kept only sealed
+        self.put_sealed(
+            ks::RESOLVED,
+            &resolved_key(wallet, request),
+            req,
+            Some(std::time::Duration::from_secs(RESOLVED_TTL_SECS)),
+        )
+        .await
     }
 }
 

@@ -52,13 +52,13 @@ impl WalletService {
     pub async fn add_member(&self, owner: &Owner, req: AddMember) -> WalletResult<Option<Invited>> {
         let email = req.email.trim().to_ascii_lowercase();
         let store = &self.ctx.store;
-        let account: String = store
-            .get_json(ks::EMAILS, &email)
+        let account: String = self
+            .account_for_email(&email)
             .await?
             .or_not_found("no account with this email")?;
         let caller = owner.member();
-        let inviter: Account = store
-            .get_json(ks::ACCOUNTS, caller)
+        let inviter: Account = self
+            .get_account(caller)
             .await?
             .or_not_found("no such wallet")?;
         let received = store
@@ -225,7 +225,7 @@ impl WalletService {
             .await?
             .and_then(|rec| rec.invitations.get(me).map(|i| i.invited_by.clone()))
             .ok_or_else(none)?;
-        let inviter: Option<Account> = store.get_json(ks::ACCOUNTS, &pending).await?;
+        let inviter: Option<Account> = self.get_account(&pending).await?;
         if inviter.is_none_or(|a| a.disabled) {
             return Err(none());
         }

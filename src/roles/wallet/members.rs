@@ -32,12 +32,7 @@ impl WalletService {
         let mut out = Vec::new();
         for (account, role) in self.members(owner.id()).await? {
             // A member whose account is gone (none is deleted today) is left out.
-            if let Some(a) = self
-                .ctx
-                .store
-                .get_json::<Account>(ks::ACCOUNTS, &account)
-                .await?
-            {
+            if let Some(a) = self.get_account(&account).await? {
                 out.push(MemberView {
                     account,
                     email: a.email,

@@ -11,7 +11,13 @@ use crate::crypto::KeyType;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Account {
     pub id: String,
+    /// In clear only in memory (and in records of earlier releases): the store keeps
+    /// `sealed_email` ([`crate::roles::wallet::WalletService::get_account`] opens it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub email: String,
+    /// The email, sealed to the account's record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_email: Option<String>,
     pub password_hash: String,
     pub created_at: i64,
     #[serde(default)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::error::{OrInternal, OrNotFound, WalletError, WalletResult};
 use super::ks;
-use super::model::KeyRecord;
+use super::model::{Account, KeyRecord};
 use crate::config::WalletConfig;
 use crate::crypto::SigningKey;
 use crate::roles::RoleContext;
@@ -31,6 +31,8 @@ pub struct WalletService {
     pub coordinator: Arc<Coordinator<WalletContext>>,
     /// Makes and checks login device tokens.
     pub(super) devices: super::devices::DeviceKey,
+    /// Keys the email index and login counters ([`WalletService::email_key`]).
+    emails: crate::store::MacKey,
 }
 
 impl WalletService {
@@ -44,6 +46,7 @@ impl WalletService {
         Self {
             coordinator: Coordinator::new(coordinator),
             devices: super::devices::DeviceKey::new(&ctx.sealer),
+            emails: ctx.sealer.mac_key(b"idstack wallet email v1"),
             ctx,
             cfg,
         }
@@ -109,6 +112,116 @@ impl WalletService {
     }
 }
 
+impl WalletService {
+    /// What the store knows an email by (the email index, the login failure counters): a MAC
+    /// under a key of this deployment, so a store reader gets no list of the users' emails.
+    /// Emails an earlier release indexed are keyed by the email itself ([`Self::account_for_email`]).
+    pub(super) fn email_key(&self, email: &str) -> String {
+        use hmac::Mac;
+        let mac = self.emails.over(&[email.as_bytes()]);
+        format!("h:{}", crate::crypto::hex(&mac.finalize().into_bytes()))
+    }
+
+    /// The account registered under `email` (lowercased), if any.
+    pub(super) async fn account_for_email(&self, email: &str) -> WalletResult<Option<String>> {
+        let store = &self.ctx.store;
+        if let Some(id) = store.get_json(ks::EMAILS, &self.email_key(email)).await? {
+            return Ok(Some(id));
+        }
+        Ok(store.get_json(ks::EMAILS, email).await?)
+    }
+
+    /// `a` as the store keeps it: its email sealed to its record.
+    pub(super) fn stored_account(&self, a: &Account) -> WalletResult<Account> {
+        let mut stored = a.clone();
+        stored.sealed_email = Some(self.seal(&account_email_aad(&a.id), a.email.as_bytes())?);
+        stored.email = String::new();
+        Ok(stored)
+    }
+
+    /// A stored account with its email opened.
+    pub(super) fn opened_account(&self, mut a: Account) -> WalletResult<Account> {
+        if let Some(sealed) = a.sealed_email.take() {
+            let plain = self.unseal(&account_email_aad(&a.id), &sealed)?;
+            a.email = String::from_utf8(plain.to_vec()).or_internal()?;
+        }
+        Ok(a)
+    }
+
+    /// The account `id`, its email opened.
+    pub async fn get_account(&self, id: &str) -> WalletResult<Option<Account>> {
+        match self.ctx.store.get_json::<Account>(ks::ACCOUNTS, id).await? {
+            Some(a) => self.opened_account(a).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// What an account's email is sealed to.
+fn account_email_aad(id: &str) -> String {
+    format!("{}/{id}/email", ks::ACCOUNTS)
+}
+
+/// A record kept sealed to its place (`{keyspace}/{key}`: a copy moved elsewhere does not open),
+/// or, written by an earlier release, the plain value.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub(super) enum SealedRecord<T> {
+    Sealed { sealed: String },
+    Plain(T),
+}
+
+impl WalletService {
+    /// Stores `value` at `key` of `keyspace`, sealed to that place.
+    pub(super) async fn put_sealed<T: serde::Serialize>(
+        &self,
+        keyspace: &'static str,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> WalletResult<()> {
+        let plain = zeroize::Zeroizing::new(serde_json::to_vec(value).or_internal()?);
+        let stored: SealedRecord<T> = SealedRecord::Sealed {
+            sealed: self.seal(&format!("{keyspace}/{key}"), &plain)?,
+        };
+        self.ctx.store.put_json(keyspace, key, &stored, ttl).await?;
+        Ok(())
+    }
+
+    /// The value of a record read from `key` of `keyspace` ([`WalletService::put_sealed`]).
+    pub(super) fn open_sealed<T: serde::de::DeserializeOwned>(
+        &self,
+        keyspace: &str,
+        key: &str,
+        stored: SealedRecord<T>,
+    ) -> WalletResult<T> {
+        match stored {
+            SealedRecord::Sealed { sealed } => {
+                let plain = self.unseal(&format!("{keyspace}/{key}"), &sealed)?;
+                serde_json::from_slice(&plain).or_internal()
+            }
+            SealedRecord::Plain(value) => Ok(value),
+        }
+    }
+
+    /// The record at `key` of `keyspace`, opened.
+    pub(super) async fn get_sealed<T: serde::de::DeserializeOwned>(
+        &self,
+        keyspace: &'static str,
+        key: &str,
+    ) -> WalletResult<Option<T>> {
+        match self
+            .ctx
+            .store
+            .get_json::<SealedRecord<T>>(keyspace, key)
+            .await?
+        {
+            Some(stored) => self.open_sealed(keyspace, key, stored).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
 fn seal(ctx: &RoleContext, aad: &str, data: &[u8]) -> WalletResult<String> {
     let sealed = ctx.sealer.seal(aad.as_bytes(), data).or_internal()?;
     Ok(crate::crypto::b64url(sealed))
@@ -160,4 +273,59 @@ pub(super) async fn load_context(ctx: &RoleContext, wallet: &str) -> WalletResul
         wallet: wallet.to_string(),
         keys,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FakeClock;
+
+    /// A record kept with `put_sealed` holds nothing of its value in clear, opens only at its own
+    /// place, and a plain record of an earlier release is still read (the history and resolved
+    /// presentation requests are kept this way: who the user dealt with, a verifier's `state`).
+    #[tokio::test]
+    async fn sealed_records_open_only_at_their_place() {
+        let svc = WalletService::new(
+            RoleContext::for_tests(FakeClock::new(1_700_000_000_000)),
+            WalletConfig::default(),
+        );
+        let value =
+            serde_json::json!({"client_id": "https://verifier.example", "state": "s3cr3t-state"});
+        svc.put_sealed(ks::RESOLVED, "w/a", &value, None)
+            .await
+            .unwrap();
+        let store = &svc.ctx.store;
+        let raw = store.get(ks::RESOLVED, "w/a").await.unwrap().unwrap();
+        let text = String::from_utf8_lossy(&raw);
+        assert!(
+            !text.contains("verifier.example") && !text.contains("s3cr3t"),
+            "{text}"
+        );
+        let opened: Option<serde_json::Value> = svc.get_sealed(ks::RESOLVED, "w/a").await.unwrap();
+        assert_eq!(opened, Some(value.clone()));
+        // moved to another place (or keyspace) it does not open
+        store
+            .put(ks::RESOLVED, "w/b", raw.clone(), None)
+            .await
+            .unwrap();
+        assert!(svc
+            .get_sealed::<serde_json::Value>(ks::RESOLVED, "w/b")
+            .await
+            .is_err());
+        store
+            .put(ks::HISTORY, "w/a", raw.clone(), None)
+            .await
+            .unwrap();
+        assert!(svc
+            .get_sealed::<serde_json::Value>(ks::HISTORY, "w/a")
+            .await
+            .is_err());
+        // an earlier release's plain record
+        store
+            .put_json(ks::RESOLVED, "w/c", &value, None)
+            .await
+            .unwrap();
+        let plain: Option<serde_json::Value> = svc.get_sealed(ks::RESOLVED, "w/c").await.unwrap();
+        assert_eq!(plain, Some(value));
+    }
 }
