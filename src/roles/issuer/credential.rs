@@ -498,6 +498,20 @@ impl IssuerService {
         }
     }
 
+    /// What an issued credential's record knows its holder key by: an HMAC-SHA256 of the key's
+    /// thumbprint under a master-key subkey, over the issuer too. A bare hash let whoever reads
+    /// the store link a credential (issuer, offer, time, status) to the wallet holding the key,
+    /// on a node that runs both roles (the wallet keeps its public keys in clear).
+    fn subject_mac(&self, issuer: &str, holder: &VerifyingKey) -> String {
+        use hmac::Mac;
+        let mac = self
+            .ctx
+            .sealer
+            .mac_key(b"idstack issuer subject v1")
+            .over(&[issuer.as_bytes(), holder.thumbprint().as_bytes()]);
+        crate::crypto::hex(&mac.finalize().into_bytes())
+    }
+
     /// One credential of a request, for one proven holder key; recorded for status management.
     /// Returns the credential and its id.
     async fn issue_one(
@@ -517,7 +531,7 @@ impl IssuerService {
             credential_configuration_id: b.config_id.to_string(),
             format: b.config.format,
             offer_id: b.offer_id.to_string(),
-            subject_hash: sha256_hex(holder.thumbprint()),
+            subject_hash: self.subject_mac(&b.issuer.id, holder),
             status_list: status.list.to_string(),
             status_index: status.index,
             status: CredentialStatus::Valid,
@@ -618,8 +632,13 @@ impl IssuerService {
         // each proven key is the subject of one of them, and each of them has its key
         let mut pairs = Vec::new();
         for (holder, holder_did) in r.holders {
-            let subject = sha256_hex(holder.thumbprint());
-            let Some(i) = records.iter().position(|c| c.subject_hash == subject) else {
+            let subject = self.subject_mac(issuer_id, holder);
+            // records of earlier releases: a bare SHA-256 of the thumbprint
+            let legacy = sha256_hex(holder.thumbprint());
+            let Some(i) = records
+                .iter()
+                .position(|c| c.subject_hash == subject || c.subject_hash == legacy)
+            else {
                 return Ok(Resend::NotTheHolder);
             };
             pairs.push((holder, holder_did, records.swap_remove(i)));

@@ -369,7 +369,8 @@ pub struct IssuedCredential {
     pub credential_configuration_id: String,
     pub format: Format,
     pub offer_id: String,
-    /// SHA-256 of the holder key / subject, hex.
+    /// The holder key, as an HMAC-SHA256 of its JWK thumbprint under a key of this deployment
+    /// (credentials issued by earlier releases: a bare SHA-256), hex.
     pub subject_hash: String,
     pub status_list: String,
     pub status_index: u64,

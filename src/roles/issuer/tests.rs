@@ -919,15 +919,27 @@ async fn an_immediate_retry_after_an_unknown_outcome_gets_the_credential() {
     assert_eq!(view.issued_credentials, vec![creds[0].id.clone()]);
     assert_eq!(svc.list_credentials("default").await.unwrap().len(), 1);
     // the same holder later (an answer that never arrived): the same credential again
-    let again = svc
-        .credential(
+    let resend = || async {
+        svc.credential(
             "default",
             Some(&t.access_token),
             credential_req_by(&svc, &clock, &holder).await,
         )
         .await
-        .unwrap();
-    assert_eq!(sd_jwt_status(&again), (uri, idx));
+        .unwrap()
+    };
+    assert_eq!(sd_jwt_status(&resend().await), (uri.clone(), idx));
+    // the record knows the holder key by an HMAC, not by a bare hash that whoever reads the
+    // store could match against a wallet's public keys; a record of an earlier release (the
+    // bare hash) still resends
+    let place = format!("default/{}", creds[0].id);
+    let store = svc.ctx.store.clone();
+    let mut rec: IssuedCredential = store.get_json(ks::CREDS, &place).await.unwrap().unwrap();
+    let bare = crate::crypto::sha256_hex(holder.verifying_key().thumbprint());
+    assert_ne!(rec.subject_hash, bare);
+    rec.subject_hash = bare;
+    store.put_json(ks::CREDS, &place, &rec, None).await.unwrap();
+    assert_eq!(sd_jwt_status(&resend().await), (uri, idx));
     // anyone else with the token: used
     let other = OAuthError::from(
         svc.credential(
