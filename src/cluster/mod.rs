@@ -82,7 +82,13 @@ pub mod wire;
 /// protocol-4 node reads only `{tenant}` and could neither sign for a tenant created since nor
 /// start with one); a single-use mediator invitation is stored under the digest of its id (a
 /// protocol-4 node would not find it).
-pub const DATA_PROTOCOL: u32 = 5;
+/// 6: a wallet account's email is sealed and indexed by its HMAC, and so are the login failure
+/// counters (a protocol-5 node finds no account for an email registered since, counts failures
+/// apart, and could register that email again); the wallet history and resolved requests are
+/// sealed (a protocol-5 node cannot read them); a verifier session's response code is sealed (a
+/// protocol-5 node would show none); an issued credential names its holder key by an HMAC (a
+/// protocol-5 node would not resend it).
+pub const DATA_PROTOCOL: u32 = 6;
 
 #[cfg(feature = "cluster")]
 mod start;

@@ -77,6 +77,10 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(connections_closed.clone()))?;
+        // every reason shows from the start (at 0), so a rate over it has a series to read
+        for reason in ["refused", "head_timeout", "write_stall"] {
+            connections_closed.with_label_values(&[reason]);
+        }
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(panics.clone()))?;

@@ -315,8 +315,8 @@ mod tests {
 
     /// Whoever reads the store finds no email: the index and the login counters are keyed by
     /// a MAC of it, the account keeps it sealed. An account an earlier release stored (email in
-    /// clear, indexed by the email itself) still logs in, shows its email, and its email cannot
-    /// be signed up again.
+    /// clear, indexed by the email itself) still logs in, shows its email, is moved to the sealed
+    /// form by that login, and its email cannot be signed up again.
     #[tokio::test]
     async fn the_store_keeps_no_email_in_clear() {
         let svc = service();
@@ -343,7 +343,7 @@ mod tests {
         assert_eq!(erin.account().email, "erin@example.org");
         // an earlier release's account
         let legacy = Account {
-            id: "legacy-frank".into(),
+            id: "legacy-1".into(),
             email: "frank@example.org".into(),
             sealed_email: None,
             password_hash: svc
@@ -363,16 +363,25 @@ mod tests {
             .insert_new_json(ks::EMAILS, "frank@example.org", &legacy.id, None)
             .await
             .unwrap();
-        let frank = svc
-            .login(LoginRequest {
+        let log_in = || {
+            svc.login(LoginRequest {
                 email: "frank@example.org".into(),
                 password: "correct horse".into(),
                 device_token: None,
             })
-            .await
-            .unwrap();
+        };
+        let frank = log_in().await.unwrap();
         let signed_in = svc.authenticate(&frank.token).await.unwrap();
         assert_eq!(signed_in.account().email, "frank@example.org");
+        // and that login moved it to the sealed form: nothing of its email in clear any more
+        for keyspace in [ks::ACCOUNTS, ks::EMAILS] {
+            for (key, value) in store.scan_prefix(keyspace, "", 100).await.unwrap() {
+                let all = format!("{key} {}", String::from_utf8_lossy(&value));
+                assert!(!all.contains("frank"), "{keyspace}: {all}");
+            }
+        }
+        let again = log_in().await.unwrap();
+        assert_eq!(again.account.email, "frank@example.org");
         assert_sign_up_refused(&svc, "frank@example.org").await;
     }
 

@@ -107,7 +107,10 @@ impl WalletService {
         }
         let now = self.now();
         let store = &self.ctx.store;
-        let account_id = self.account_for_email(&email).await?;
+        let (account_id, legacy_index) = match self.account_for_email(&email).await? {
+            Some((id, legacy)) => (Some(id), legacy),
+            None => (None, false),
+        };
         let email_key = self.email_key(&email);
         // A device this account signed in on before counts its own attempts; every other client
         // shares the email's (see `devices`).
@@ -153,6 +156,11 @@ impl WalletService {
         // Only the counter this attempt came from is cleared: signing in on a known device
         // leaves the email's lock (someone else's guesses) in place.
         store.delete(counter, counter_key).await?;
+        if legacy_index {
+            if let Err(e) = self.seal_legacy_email(&account.id, &email).await {
+                tracing::warn!(account = %account.id, error = %e, "an account of an earlier release keeps its email in clear until its next login");
+            }
+        }
         let device_token = match (device, req.device_token) {
             (Some(d), Some(token)) if !d.due_for_renewal(now) => token,
             _ => self.devices.mint(&account.id, now),
@@ -248,7 +256,7 @@ impl WalletService {
             .scan_json::<Account>(ks::ACCOUNTS, "", 100_000)
             .await?
             .into_iter()
-            .map(|(_, a)| Ok(AccountView::from(&self.opened_account(a)?)))
+            .map(|(_, a)| Ok(AccountView::from(&self.opened_or_unreadable(a))))
             .collect()
     }
 
@@ -264,7 +272,7 @@ impl WalletService {
             })
             .await?
             .or_not_found(format!("no account `{id}`"))?;
-        Ok(AccountView::from(&self.opened_account(a)?))
+        Ok(AccountView::from(&self.opened_or_unreadable(a)))
     }
 }
 

@@ -179,7 +179,12 @@ impl WalletService {
         // the request as resolve-request fetched it (what the user was shown), else fetched now
         let kept = self
             .get_sealed::<ResolvedRequest>(ks::RESOLVED, &resolved_key(o.id(), &input.request))
-            .await?;
+            .await
+            .unwrap_or_else(|e| {
+                // (damaged, or sealed under another master key): fetched again below
+                tracing::warn!(wallet = %o.id(), error = %e, "a resolved request does not open");
+                None
+            });
         let req = match kept {
             Some(req) => req,
             None => oid4vp::resolve_request(http, &input.request, self.now()).await?,

@@ -52,7 +52,7 @@ impl WalletService {
     pub async fn add_member(&self, owner: &Owner, req: AddMember) -> WalletResult<Option<Invited>> {
         let email = req.email.trim().to_ascii_lowercase();
         let store = &self.ctx.store;
-        let account: String = self
+        let (account, _) = self
             .account_for_email(&email)
             .await?
             .or_not_found("no account with this email")?;

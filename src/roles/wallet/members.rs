@@ -32,7 +32,13 @@ impl WalletService {
         let mut out = Vec::new();
         for (account, role) in self.members(owner.id()).await? {
             // A member whose account is gone (none is deleted today) is left out.
-            if let Some(a) = self.get_account(&account).await? {
+            if let Some(a) = self
+                .ctx
+                .store
+                .get_json::<Account>(ks::ACCOUNTS, &account)
+                .await?
+                .map(|a| self.opened_or_unreadable(a))
+            {
                 out.push(MemberView {
                     account,
                     email: a.email,

@@ -12,8 +12,9 @@ use crate::crypto::KeyType;
 pub struct Account {
     pub id: String,
     /// In clear only in memory (and in records of earlier releases): the store keeps
-    /// `sealed_email` ([`crate::roles::wallet::WalletService::get_account`] opens it).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    /// `sealed_email` ([`crate::roles::wallet::WalletService::get_account`] opens it) and an
+    /// empty `email`, which an earlier release still reads (after a rollback).
+    #[serde(default)]
     pub email: String,
     /// The email, sealed to the account's record.
     #[serde(default, skip_serializing_if = "Option::is_none")]

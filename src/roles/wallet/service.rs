@@ -122,13 +122,46 @@ impl WalletService {
         format!("h:{}", crate::crypto::hex(&mac.finalize().into_bytes()))
     }
 
-    /// The account registered under `email` (lowercased), if any.
-    pub(super) async fn account_for_email(&self, email: &str) -> WalletResult<Option<String>> {
+    /// The account registered under `email` (lowercased), if any, and whether an earlier
+    /// release indexed it (by the email in clear: [`Self::seal_legacy_email`] moves it).
+    pub(super) async fn account_for_email(
+        &self,
+        email: &str,
+    ) -> WalletResult<Option<(String, bool)>> {
         let store = &self.ctx.store;
         if let Some(id) = store.get_json(ks::EMAILS, &self.email_key(email)).await? {
-            return Ok(Some(id));
+            return Ok(Some((id, false)));
         }
-        Ok(store.get_json(ks::EMAILS, email).await?)
+        Ok(store
+            .get_json::<String>(ks::EMAILS, email)
+            .await?
+            .map(|id| (id, true)))
+    }
+
+    /// Moves an account an earlier release stored (email in clear in its record and as its
+    /// index key) to the sealed form: the record rewritten with its email sealed, the index
+    /// entry put under the email's HMAC, the clear one deleted. Done at the account's next
+    /// successful login; a step that fails is done at the next one.
+    pub(super) async fn seal_legacy_email(&self, id: &str, email: &str) -> WalletResult<()> {
+        let store = &self.ctx.store;
+        store
+            .update_json::<Account, WalletError, _>(ks::ACCOUNTS, id, None, |a| {
+                if a.sealed_email.is_some() || a.email.is_empty() {
+                    return Ok(a);
+                }
+                self.stored_account(&a)
+            })
+            .await?;
+        let key = self.email_key(email);
+        match store.get_json::<String>(ks::EMAILS, &key).await? {
+            Some(named) if named != id => return Ok(()),
+            Some(_) => {}
+            None => {
+                store.insert_new_json(ks::EMAILS, &key, &id, None).await?;
+            }
+        }
+        store.delete(ks::EMAILS, email).await?;
+        Ok(())
     }
 
     /// `a` as the store keeps it: its email sealed to its record.
@@ -146,6 +179,22 @@ impl WalletService {
             a.email = String::from_utf8(plain.to_vec()).or_internal()?;
         }
         Ok(a)
+    }
+
+    /// A stored account with its email opened; one whose email does not open (a damaged record,
+    /// another master key) is shown without it, and a warning says so, rather than failing a
+    /// whole list.
+    pub(super) fn opened_or_unreadable(&self, a: Account) -> Account {
+        let id = a.id.clone();
+        let fallback = Account {
+            email: String::new(),
+            sealed_email: None,
+            ..a.clone()
+        };
+        self.opened_account(a).unwrap_or_else(|e| {
+            tracing::warn!(account = %id, error = %e, "an account's email does not open");
+            fallback
+        })
     }
 
     /// The account `id`, its email opened.
