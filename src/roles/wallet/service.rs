@@ -175,26 +175,27 @@ impl WalletService {
     /// A stored account with its email opened.
     pub(super) fn opened_account(&self, mut a: Account) -> WalletResult<Account> {
         if let Some(sealed) = a.sealed_email.take() {
-            let plain = self.unseal(&account_email_aad(&a.id), &sealed)?;
-            a.email = String::from_utf8(plain.to_vec()).or_internal()?;
+            a.email = self.open_email(&a.id, &sealed)?;
         }
         Ok(a)
+    }
+
+    fn open_email(&self, id: &str, sealed: &str) -> WalletResult<String> {
+        let plain = self.unseal(&account_email_aad(id), sealed)?;
+        String::from_utf8(plain.to_vec()).or_internal()
     }
 
     /// A stored account with its email opened; one whose email does not open (a damaged record,
     /// another master key) is shown without it, and a warning says so, rather than failing a
     /// whole list.
-    pub(super) fn opened_or_unreadable(&self, a: Account) -> Account {
-        let id = a.id.clone();
-        let fallback = Account {
-            email: String::new(),
-            sealed_email: None,
-            ..a.clone()
-        };
-        self.opened_account(a).unwrap_or_else(|e| {
-            tracing::warn!(account = %id, error = %e, "an account's email does not open");
-            fallback
-        })
+    pub(super) fn opened_or_unreadable(&self, mut a: Account) -> Account {
+        if let Some(sealed) = a.sealed_email.take() {
+            a.email = self.open_email(&a.id, &sealed).unwrap_or_else(|e| {
+                tracing::warn!(account = %a.id, error = %e, "an account's email does not open");
+                String::new()
+            });
+        }
+        a
     }
 
     /// The account `id`, its email opened.
