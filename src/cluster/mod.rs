@@ -88,7 +88,11 @@ pub mod wire;
 /// sealed (a protocol-5 node cannot read them); a verifier session's response code is sealed (a
 /// protocol-5 node would show none); an issued credential names its holder key by an HMAC (a
 /// protocol-5 node would not resend it).
-pub const DATA_PROTOCOL: u32 = 6;
+/// 7: a wallet password hash made or renewed since is keyed with a master-key subkey (a
+/// protocol-6 node refuses the account's password); a pending wallet invitation's emails, a
+/// verifier session's webhook and success redirect and an issuer's webhook URL are sealed (a
+/// protocol-6 node cannot read the wallet record, sends no webhook and no redirect).
+pub const DATA_PROTOCOL: u32 = 7;
 
 #[cfg(feature = "cluster")]
 mod start;

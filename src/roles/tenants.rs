@@ -15,13 +15,13 @@ use crate::crypto::{KeyType, SigningKey, VerifyingKey};
 use crate::error::{Code, ErrorCode};
 use crate::roles::tenant_keys::{KeyError, TenantKeys};
 use crate::roles::RoleContext;
-use crate::store::StoreError;
+use crate::store::{Sealer, StoreError};
 
 /// The tenant that exists from the first start and cannot be deleted.
 pub const DEFAULT: &str = "default";
 
 /// A tenant record and its API shapes.
-pub trait Tenant: Serialize + DeserializeOwned + Send + Sync {
+pub trait Tenant: Serialize + DeserializeOwned + Clone + Send + Sync {
     /// What the tenants are called in messages ("issuer", "verifier").
     const KIND: &'static str;
     type Create: Send + Sync + Clone;
@@ -51,6 +51,14 @@ pub trait Tenant: Serialize + DeserializeOwned + Send + Sync {
         Ok(())
     }
     fn apply(&mut self, req: &Self::Update);
+    /// The record as the store keeps it: fields a store reader must not get sealed (under
+    /// `sealer`, to this record). Every write goes through it.
+    fn seal(&mut self, _sealer: &Sealer) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The stored record with its sealed fields opened (a field that does not open is left
+    /// out, with an error logged: the tenant stays usable). Every read goes through it.
+    fn open(&mut self, _sealer: &Sealer) {}
 }
 
 /// Where and when a tenant is created.
@@ -191,11 +199,18 @@ impl<T: Tenant> Tenants<T> {
         }
     }
 
+    /// `t` as read from the store, opened.
+    fn opened(&self, mut t: T) -> T {
+        t.open(&self.ctx.sealer);
+        t
+    }
+
     pub async fn get(&self, id: &str) -> Result<T, TenantError> {
         self.ctx
             .store
             .get_json::<T>(self.keyspace, id)
             .await?
+            .map(|t| self.opened(t))
             .ok_or_else(|| Self::not_found(id))
     }
 
@@ -206,7 +221,7 @@ impl<T: Tenant> Tenants<T> {
             .scan_json::<T>(self.keyspace, "", 10_000)
             .await?
             .into_iter()
-            .map(|(_, t)| t)
+            .map(|(_, t)| self.opened(t))
             .collect())
     }
 
@@ -233,10 +248,12 @@ impl<T: Tenant> Tenants<T> {
             public_url: &self.ctx.public_url,
         };
         let record = T::build(req, key.as_ref(), &at).map_err(TenantError::Invalid)?;
+        let mut stored = record.clone();
+        stored.seal(&self.ctx.sealer)?;
         if !self
             .ctx
             .store
-            .insert_new_json(self.keyspace, &id, &record, None)
+            .insert_new_json(self.keyspace, &id, &stored, None)
             .await?
         {
             // ours unless the record that is there names it (an insert that was retried)
@@ -257,11 +274,14 @@ impl<T: Tenant> Tenants<T> {
         current.check_update(&req).map_err(TenantError::Invalid)?;
         self.ctx
             .store
-            .update_json::<T, TenantError, _>(self.keyspace, id, None, |mut t| {
+            .update_json::<T, TenantError, _>(self.keyspace, id, None, |t| {
+                let mut t = self.opened(t);
                 t.apply(&req);
+                t.seal(&self.ctx.sealer)?;
                 Ok(t)
             })
             .await?
+            .map(|t| self.opened(t))
             .ok_or_else(|| Self::not_found(id))
     }
 

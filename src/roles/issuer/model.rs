@@ -119,8 +119,17 @@ pub struct Issuer {
     pub verification_method: String,
     pub key_fingerprint: String,
     pub credential_configurations: BTreeMap<String, CredentialConfig>,
+    // (in the store only in records of releases before `sealed_webhook_url`: read, never
+    // written)
+    /// Receives a signed JSON event when the state of one of its offers changes. Kept sealed at
+    /// rest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
+    /// `webhook_url` as the store keeps it: sealed to this issuer (base64url). A webhook URL
+    /// can carry its receiver's secret (a token in its path or query). Never in the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
+    pub sealed_webhook_url: Option<String>,
     pub created_at: i64,
 }
 

@@ -237,10 +237,11 @@ impl IssuerService {
         let now = self.now();
         let event = json!({"type": "offer.state", "issuer": issuer_id, "offer_id": offer.id, "state": offer.state, "issued_credentials": offer.issued});
         tokio::spawn(async move {
-            let Ok(Some(issuer)) = ctx.store.get_json::<Issuer>(ks::TENANTS, &issuer_id).await
+            let Ok(Some(mut issuer)) = ctx.store.get_json::<Issuer>(ks::TENANTS, &issuer_id).await
             else {
                 return;
             };
+            crate::roles::tenants::Tenant::open(&mut issuer, &ctx.sealer);
             let Some(url) = issuer.webhook_url.clone() else {
                 return;
             };

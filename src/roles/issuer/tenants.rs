@@ -11,7 +11,7 @@ use super::model::*;
 use super::service::IssuerService;
 use crate::crypto::{did, KeyType, SigningKey, VerifyingKey};
 use crate::roles::tenants::{id_ok, purge_tenant_records, Creation, Tenant, TenantError};
-use crate::store::BatchOp;
+use crate::store::{BatchOp, Sealer, StoreError};
 
 impl Tenant for Issuer {
     const KIND: &'static str = "issuer";
@@ -60,6 +60,7 @@ impl Tenant for Issuer {
             key_fingerprint: vk.thumbprint(),
             credential_configurations: req.credential_configurations,
             webhook_url: req.webhook_url,
+            sealed_webhook_url: None,
             created_at: at.now,
         })
     }
@@ -83,6 +84,39 @@ impl Tenant for Issuer {
             self.webhook_url = (!w.is_empty()).then(|| w.clone());
         }
     }
+    fn seal(&mut self, sealer: &Sealer) -> Result<(), StoreError> {
+        self.sealed_webhook_url = match self.webhook_url.take() {
+            Some(url) => Some(crate::crypto::b64url(
+                sealer.seal(webhook_aad(&self.id).as_bytes(), url.as_bytes())?,
+            )),
+            None => None,
+        };
+        Ok(())
+    }
+    fn open(&mut self, sealer: &Sealer) {
+        let Some(sealed) = self.sealed_webhook_url.take() else {
+            return;
+        };
+        let opened = crate::crypto::b64url_decode(&sealed)
+            .map_err(|e| e.to_string())
+            .and_then(|raw| {
+                sealer
+                    .open(webhook_aad(&self.id).as_bytes(), &raw)
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|plain| String::from_utf8(plain.to_vec()).map_err(|e| e.to_string()));
+        match opened {
+            Ok(url) => self.webhook_url = Some(url),
+            Err(e) => {
+                tracing::error!(issuer = %self.id, error = %e, "the issuer's webhook URL does not open: no webhook is sent until it is set again")
+            }
+        }
+    }
+}
+
+/// What an issuer's webhook URL is sealed to: its keyspace, issuer and field.
+fn webhook_aad(issuer: &str) -> String {
+    format!("{}/{issuer}/webhook_url", ks::TENANTS)
 }
 
 impl IssuerService {

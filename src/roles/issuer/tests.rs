@@ -2680,3 +2680,77 @@ async fn an_offers_claims_are_sealed_in_its_record() {
     stored_b.sealed_claims = stored_a.sealed_claims;
     assert!(svc.offer_claims_of(&stored_b).is_err());
 }
+
+/// An issuer's webhook URL (it can carry its receiver's secret) is kept sealed to its record:
+/// not in the store in clear, shown opened to the admin API, sealed again by an update, not
+/// opened when copied to another issuer's record (the issuer stays usable, without a webhook).
+/// A record of an earlier release (URL in clear) is read as it is and sealed at its next update.
+#[tokio::test]
+async fn an_issuers_webhook_url_is_sealed_in_its_record() {
+    let (svc, _clock) = issuer().await;
+    let hook = "https://hooks.example/services/T0/B0/hook-Secret";
+    let create = |id: &str, webhook_url: Option<&str>| CreateIssuer {
+        credential_configurations: default_issuer_request().credential_configurations,
+        id: id.into(),
+        display_name: None,
+        key_type: None,
+        did_method: None,
+        webhook_url: webhook_url.map(str::to_string),
+    };
+    let shown = svc.create_issuer(create("acme", Some(hook))).await.unwrap();
+    assert_eq!(shown.webhook_url.as_deref(), Some(hook));
+    svc.create_issuer(create("other", None)).await.unwrap();
+    let store = svc.ctx.store.clone();
+    let raw = |id: &'static str| {
+        let store = store.clone();
+        async move {
+            let raw = store.get(ks::TENANTS, id).await.unwrap().unwrap();
+            String::from_utf8_lossy(&raw).to_string()
+        }
+    };
+    assert!(!raw("acme").await.contains("hooks.example"));
+    assert_eq!(
+        svc.get_issuer("acme").await.unwrap().webhook_url.as_deref(),
+        Some(hook)
+    );
+    let listed = svc.list_issuers().await.unwrap();
+    let acme = listed.iter().find(|i| i.id == "acme").unwrap();
+    assert_eq!(acme.webhook_url.as_deref(), Some(hook));
+    assert!(acme.sealed_webhook_url.is_none());
+    // an update (of another field) keeps it, sealed
+    let update = |webhook_url: Option<&str>| UpdateIssuer {
+        display_name: Some("Acme".into()),
+        credential_configurations: None,
+        webhook_url: webhook_url.map(str::to_string),
+    };
+    let updated = svc.update_issuer("acme", update(None)).await.unwrap();
+    assert_eq!(updated.webhook_url.as_deref(), Some(hook));
+    assert!(!raw("acme").await.contains("hooks.example"));
+    // copied to another issuer's record it does not open there
+    let mut acme_stored: Issuer = store.get_json(ks::TENANTS, "acme").await.unwrap().unwrap();
+    let mut other: Issuer = store.get_json(ks::TENANTS, "other").await.unwrap().unwrap();
+    other.sealed_webhook_url = acme_stored.sealed_webhook_url.clone();
+    store
+        .put_json(ks::TENANTS, "other", &other, None)
+        .await
+        .unwrap();
+    assert!(svc.get_issuer("other").await.unwrap().webhook_url.is_none());
+    // an earlier release's record: in clear, read as it is, sealed by the next update
+    acme_stored.sealed_webhook_url = None;
+    acme_stored.webhook_url = Some(hook.into());
+    store
+        .put_json(ks::TENANTS, "acme", &acme_stored, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        svc.get_issuer("acme").await.unwrap().webhook_url.as_deref(),
+        Some(hook)
+    );
+    svc.update_issuer("acme", update(None)).await.unwrap();
+    assert!(!raw("acme").await.contains("hooks.example"));
+    // cleared
+    let cleared = svc.update_issuer("acme", update(Some(""))).await.unwrap();
+    assert!(cleared.webhook_url.is_none());
+    let stored: Issuer = store.get_json(ks::TENANTS, "acme").await.unwrap().unwrap();
+    assert!(stored.sealed_webhook_url.is_none() && stored.webhook_url.is_none());
+}

@@ -180,6 +180,15 @@ pub struct PresentedCredential {
     pub claims: Map<String, Value>,
 }
 
+/// Where a session's result goes, sealed together in its record (`Session::sealed_targets`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Targets {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_redirect: Option<String>,
+}
+
 /// A stored session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {
@@ -195,8 +204,18 @@ pub struct Session {
     pub policies: Vec<String>,
     #[serde(default)]
     pub require_status: bool,
+    /// Where the result is posted, and where a verified wallet's user is sent: in clear only in
+    /// records written by releases before `sealed_targets` (read, never written), and in a
+    /// session [`opened`] for its view.
+    ///
+    /// [`opened`]: super::service::VerifierService::opened
     pub webhook_url: Option<String>,
     pub success_redirect: Option<String>,
+    /// `webhook_url` and `success_redirect`, sealed to this verifier and session (base64url): a
+    /// webhook or redirect URL can carry its receiver's secret (a token in its path or query),
+    /// and the store must not give it away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_targets: Option<String>,
     /// Sealed ephemeral encryption key (direct_post.jwt).
     pub encryption_key: Option<String>,
     pub created_at: i64,

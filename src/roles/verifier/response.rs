@@ -105,7 +105,8 @@ impl VerifierService {
             _ => None,
         };
         // and the response code a verified answer sends the user to `success_redirect` with
-        let sealed_code = match session.success_redirect {
+        let success_redirect = self.targets(&session)?.success_redirect;
+        let sealed_code = match success_redirect {
             Some(_) => Some(self.seal_response_code(verifier_id, id, &code)?),
             None => None,
         };
@@ -132,7 +133,7 @@ impl VerifierService {
         }
         tracing::info!(verifier = verifier_id, session = id, verified = updated.verified, state = ?updated.state, "verification session finished");
         Ok(ResponseOutcome {
-            redirect_uri: redirect_of(&updated, &code),
+            redirect_uri: redirect_of(&updated, success_redirect.as_deref(), &code),
         })
     }
 
@@ -369,7 +370,8 @@ impl Answer {
                 }
                 if !verified {
                     s.error = Some("verification failed".into());
-                } else if s.success_redirect.is_some() {
+                } else {
+                    // (a code was sealed only for a session with a success redirect)
                     s.sealed_response_code = sealed_code.map(str::to_string);
                 }
             }
@@ -379,10 +381,10 @@ impl Answer {
     }
 }
 
-/// Where a verified session sends the wallet's user: `success_redirect` with its
+/// Where a verified session sends the wallet's user: its `success_redirect` with its
 /// `response_code`, `code` (the one this response sealed into the record).
-fn redirect_of(s: &Session, code: &str) -> Option<String> {
-    match (&s.success_redirect, &s.sealed_response_code) {
+fn redirect_of(s: &Session, success_redirect: Option<&str>, code: &str) -> Option<String> {
+    match (success_redirect, &s.sealed_response_code) {
         (Some(to), Some(_)) if s.verified => {
             let sep = if to.contains('?') { '&' } else { '?' };
             Some(format!("{to}{sep}response_code={}", urlencode(code)))

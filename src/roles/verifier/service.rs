@@ -86,7 +86,14 @@ impl VerifierService {
         if s.state == SessionState::Pending {
             return;
         }
-        if let Some(url) = s.webhook_url.clone() {
+        let webhook = match self.targets(s) {
+            Ok(t) => t.webhook_url,
+            Err(e) => {
+                tracing::error!(session = s.id, error = %e, "no webhook sent: the session's targets do not open");
+                return;
+            }
+        };
+        if let Some(url) = webhook {
             let ctx = self.ctx.clone();
             let now = self.now();
             let s = match self.opened(s) {
@@ -159,6 +166,38 @@ impl VerifierService {
             .map_err(|e| broken(e.to_string()))
     }
 
+    /// `targets` sealed for session `id` of `verifier` (base64url), as the record keeps them;
+    /// `None` when there are none.
+    pub(super) fn seal_targets(
+        &self,
+        verifier: &str,
+        id: &str,
+        targets: &Targets,
+    ) -> Result<Option<String>, VerifierError> {
+        if targets.webhook_url.is_none() && targets.success_redirect.is_none() {
+            return Ok(None);
+        }
+        let plain =
+            serde_json::to_vec(targets).map_err(|e| VerifierError::Internal(e.to_string()))?;
+        self.seal_field(verifier, id, "targets", &plain).map(Some)
+    }
+
+    /// Session `s`'s webhook and success redirect: opened from the record, or in clear in a
+    /// record of an earlier release.
+    pub(super) fn targets(&self, s: &Session) -> Result<Targets, VerifierError> {
+        match &s.sealed_targets {
+            Some(sealed) => {
+                let plain = self.open_field(s, "targets", sealed)?;
+                serde_json::from_slice(&plain)
+                    .map_err(|e| VerifierError::Internal(format!("session targets: {e}")))
+            }
+            None => Ok(Targets {
+                webhook_url: s.webhook_url.clone(),
+                success_redirect: s.success_redirect.clone(),
+            }),
+        }
+    }
+
     /// `credentials` sealed for session `id` of `verifier` (base64url), as the record keeps them.
     pub(super) fn seal_credentials(
         &self,
@@ -190,6 +229,9 @@ impl VerifierService {
             s.credentials = serde_json::from_slice(&plain)
                 .map_err(|e| VerifierError::Internal(format!("session claims: {e}")))?;
         }
+        let targets = self.targets(&s)?;
+        s.sealed_targets = None;
+        (s.webhook_url, s.success_redirect) = (targets.webhook_url, targets.success_redirect);
         if let Some(sealed) = s.sealed_response_code.take() {
             let plain = self.open_field(&s, "response_code", &sealed)?;
             s.response_code = Some(

@@ -82,8 +82,16 @@ impl VerifierService {
             response_mode,
             policies,
             require_status: req.require_status.unwrap_or(false),
-            webhook_url: req.webhook_url,
-            success_redirect: req.success_redirect,
+            webhook_url: None,
+            success_redirect: None,
+            sealed_targets: self.seal_targets(
+                verifier_id,
+                &id,
+                &Targets {
+                    webhook_url: req.webhook_url,
+                    success_redirect: req.success_redirect,
+                },
+            )?,
             encryption_key,
             created_at: now,
             expires_at: now + ttl as i64,

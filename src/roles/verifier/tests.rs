@@ -376,3 +376,51 @@ async fn disclosed_claims_are_sealed_in_the_session_record() {
     let view = svc.session_view("default", &b.id).await.unwrap();
     assert_eq!(view.credentials[0].claims["given_name"], "Erika-Secret");
 }
+
+/// A session's webhook and success redirect (either can carry its receiver's secret) are kept
+/// sealed to its verifier and session: not in the stored record in clear, opened for use, not
+/// opened when copied to another session's record. A record of an earlier release (in clear)
+/// is still used as it is.
+#[tokio::test]
+async fn webhook_and_redirect_urls_are_sealed_in_the_session_record() {
+    let clock = FakeClock::new(1_800_000_000_000);
+    let svc = verifier(&clock).await;
+    let hook = "https://rp.example/hook?token=hook-Secret";
+    let done = "https://rp.example/done/redirect-Secret";
+    let mut req = sd_jwt_session(300);
+    req.webhook_url = Some(hook.into());
+    req.success_redirect = Some(done.into());
+    let a = svc.create_session("default", req).await.unwrap();
+    let b = svc
+        .create_session("default", sd_jwt_session(300))
+        .await
+        .unwrap();
+    let store = svc.ctx.store.clone();
+    let key = |id: &str| super::service::session_key("default", id);
+    let raw = store.get(super::ks::SESSIONS, &key(&a.id)).await.unwrap();
+    let raw = String::from_utf8_lossy(raw.as_deref().unwrap()).to_string();
+    assert!(
+        !raw.contains("Secret") && !raw.contains("rp.example"),
+        "{raw}"
+    );
+    let stored_a = stored_session(&svc, &a.id).await;
+    let targets = svc.targets(&stored_a).unwrap();
+    assert_eq!(targets.webhook_url.as_deref(), Some(hook));
+    assert_eq!(targets.success_redirect.as_deref(), Some(done));
+    let opened = svc.opened(&stored_a).unwrap();
+    assert_eq!(opened.webhook_url.as_deref(), Some(hook));
+    // none sealed for a session without either
+    let mut stored_b = stored_session(&svc, &b.id).await;
+    assert!(stored_b.sealed_targets.is_none());
+    assert!(svc.targets(&stored_b).unwrap().webhook_url.is_none());
+    // a's sealed targets copied to b's record do not open there
+    stored_b.sealed_targets = stored_a.sealed_targets.clone();
+    assert!(svc.targets(&stored_b).is_err());
+    // an earlier release's record: in clear, used as it is
+    stored_b.sealed_targets = None;
+    stored_b.webhook_url = Some(hook.into());
+    assert_eq!(
+        svc.targets(&stored_b).unwrap().webhook_url.as_deref(),
+        Some(hook)
+    );
+}

@@ -385,6 +385,56 @@ mod tests {
         assert_sign_up_refused(&svc, "frank@example.org").await;
     }
 
+    /// A password hash is keyed with the deployment's password key: the stored hash does not
+    /// check a guess without it. An account of an earlier release (unkeyed hash) still logs in,
+    /// that login replaces its hash by a keyed one of the same password, and a wrong password
+    /// changes nothing.
+    #[tokio::test]
+    async fn password_hashes_are_keyed_and_an_earlier_releases_is_keyed_at_login() {
+        use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+        let svc = service();
+        let grace = sign_up(&svc, "grace@example.org").await;
+        let id = grace.account().id.clone();
+        let stored_hash = || async { svc.get_account(&id).await.unwrap().unwrap().password_hash };
+        let unkeyed_check = |hash: &str| {
+            argon2::Argon2::default()
+                .verify_password(b"correct horse", &PasswordHash::new(hash).unwrap())
+                .is_ok()
+        };
+        let keyed = stored_hash().await;
+        assert!(keyed.contains(",keyid="), "{keyed}");
+        assert!(!unkeyed_check(&keyed), "a store reader checks no guess");
+        // an earlier release's hash of the same password
+        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        let legacy = argon2::Argon2::default()
+            .hash_password(b"correct horse", &salt)
+            .unwrap()
+            .to_string();
+        svc.ctx
+            .store
+            .update_json::<Account, WalletError, _>(ks::ACCOUNTS, &id, None, |mut a| {
+                a.password_hash = legacy.clone();
+                Ok(a)
+            })
+            .await
+            .unwrap();
+        let log_in = |password: &str| {
+            svc.login(LoginRequest {
+                email: "grace@example.org".into(),
+                password: password.into(),
+                device_token: None,
+            })
+        };
+        log_in("wrong horse").await.unwrap_err();
+        assert_eq!(stored_hash().await, legacy, "a wrong password keys nothing");
+        log_in("correct horse").await.unwrap();
+        let rekeyed = stored_hash().await;
+        assert!(rekeyed.contains(",keyid="), "{rekeyed}");
+        assert!(!unkeyed_check(&rekeyed));
+        log_in("correct horse").await.unwrap();
+        log_in("wrong horse").await.unwrap_err();
+    }
+
     /// An email claimed for an account that was never written (a claim applied but answered
     /// 503 in a cluster, or one from before accounts were written first) is taken over by the
     /// next sign-up, instead of the email being lost for good (attacker review); an email whose
@@ -430,6 +480,19 @@ mod tests {
         let alice = sign_up(&svc, "alice@example.org").await;
         let w = svc.create_wallet(alice.account(), "home").await.unwrap();
         (svc, clock, alice, w.wallet.id)
+    }
+
+    /// `owner` invites the account of `email` to its wallet as a viewer.
+    async fn invite_viewer(
+        svc: &WalletService,
+        owner: &Owner,
+        email: &str,
+    ) -> Option<crate::roles::wallet::model::Invited> {
+        let invite = AddMember {
+            email: email.into(),
+            role: MemberRole::Viewer,
+        };
+        svc.add_member(owner, invite).await.unwrap()
     }
 
     /// `owner` invites `invitee` to its wallet as `role`, and the invitee accepts.
@@ -980,6 +1043,69 @@ mod tests {
         assert!(listed[0].get("roster").is_none(), "{listed}");
     }
 
+    /// A pending invitation's emails (the invitee's, the inviter's) are sealed to the wallet and
+    /// the invitee: the wallet record holds neither in clear; the owners and the invitee see them
+    /// opened; an invitation copied to another invitee's place does not open there; one of an
+    /// earlier release (emails in clear) is still shown and revoked by its email.
+    #[tokio::test]
+    async fn an_invitations_emails_are_sealed_in_the_wallet_record() {
+        let (svc, alice, bob, w) = alice_home_and("bob@example.org").await;
+        let owner = svc.owner(&alice, &w).await.unwrap();
+        let store = svc.ctx.store.clone();
+        let raw_record = || async {
+            let raw = store.get(ks::WALLETS, &w).await.unwrap().unwrap();
+            String::from_utf8_lossy(&raw).to_string()
+        };
+        invite_viewer(&svc, &owner, "bob@example.org")
+            .await
+            .expect("an invitation");
+        let raw = raw_record().await;
+        assert!(!raw.contains("bob@") && !raw.contains("alice@"), "{raw}");
+        // shown opened to the owners and to the invitee
+        assert_eq!(
+            svc.list_invitations(&owner).await.unwrap()[0].email,
+            "bob@example.org"
+        );
+        assert_eq!(
+            svc.received_invitations(&bob).await.unwrap()[0].invited_by_email,
+            "alice@example.org"
+        );
+        // copied to another invitee's place they do not open (shown empty, the list answers)
+        let mut rec: WalletRecord = store.get_json(ks::WALLETS, &w).await.unwrap().unwrap();
+        let bobs = rec.invitations[&bob.account().id].clone();
+        rec.invitations.insert("someone-else".into(), bobs.clone());
+        store.put_json(ks::WALLETS, &w, &rec, None).await.unwrap();
+        let listed = svc.list_invitations(&owner).await.unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(listed.iter().any(|i| i.email.is_empty()));
+        // revoked by its email
+        svc.revoke_invitation(&owner, "Bob@example.org")
+            .await
+            .unwrap();
+        assert!(svc.received_invitations(&bob).await.unwrap().is_empty());
+        // an earlier release's invitation (emails in clear) is shown and revoked the same way
+        let mut rec: WalletRecord = store.get_json(ks::WALLETS, &w).await.unwrap().unwrap();
+        rec.invitations.clear();
+        rec.invitations.insert(
+            bob.account().id.clone(),
+            crate::roles::wallet::model::Invitation {
+                email: "bob@example.org".into(),
+                invited_by_email: "alice@example.org".into(),
+                sealed_emails: None,
+                ..bobs
+            },
+        );
+        store.put_json(ks::WALLETS, &w, &rec, None).await.unwrap();
+        assert_eq!(
+            svc.list_invitations(&owner).await.unwrap()[0].email,
+            "bob@example.org"
+        );
+        svc.revoke_invitation(&owner, "bob@example.org")
+            .await
+            .unwrap();
+        assert!(svc.list_invitations(&owner).await.unwrap().is_empty());
+    }
+
     /// A share is an invitation until its invitee accepts: before, the invitee sees no wallet
     /// and opens nothing. Declined or revoked, it is gone; an invitation whose inviter is no
     /// longer an owner lapses; someone else cannot accept it.
@@ -1215,15 +1341,7 @@ mod tests {
         let (svc, clock, alice, w) = clocked_alice_home().await;
         let bob = sign_up(&svc, "bob@example.org").await;
         let owner = svc.owner(&alice, &w).await.unwrap();
-        svc.add_member(
-            &owner,
-            AddMember {
-                email: "bob@example.org".into(),
-                role: MemberRole::Viewer,
-            },
-        )
-        .await
-        .unwrap();
+        invite_viewer(&svc, &owner, "bob@example.org").await;
         clock.advance_ms((super::super::invitations::INVITATION_TTL_SECS + 1) * 1000);
         assert!(svc.received_invitations(&bob).await.unwrap().is_empty());
         assert_eq!(

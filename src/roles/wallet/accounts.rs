@@ -1,16 +1,13 @@
 //! Accounts: sign-up, login with lockout, logout, and the admin's list / disable / enable.
 //! Checking a session token is [`super::access`]'s (it makes the [`SignedIn`] proof).
 
-use std::sync::Arc;
 use std::time::Duration;
-
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 
 use super::access::SignedIn;
 use super::error::{OrInternal, OrNotFound, WalletError, WalletResult};
 use super::ks;
 use super::model::*;
+use super::passwords::Checked;
 use super::service::WalletService;
 use crate::clock::{random_id, random_token};
 use crate::crypto::sha256_hex;
@@ -29,15 +26,7 @@ impl WalletService {
                 "the password needs 8 to 256 characters",
             ));
         }
-        let password = req.password.clone();
-        let hash = password_work(move || {
-            let salt = SaltString::generate(&mut rand::rngs::OsRng);
-            Argon2::default()
-                .hash_password(password.as_bytes(), &salt)
-                .map(|h| h.to_string())
-        })
-        .await?
-        .or_internal()?;
+        let hash = self.passwords.hash(req.password.clone()).await?;
         let account = Account {
             id: random_id(),
             email: email.clone(),
@@ -129,24 +118,16 @@ impl WalletService {
             Some(id) => self.get_account(id).await?,
             None => None,
         };
-        // Verify against a real hash even for unknown emails, so timing does not reveal accounts.
-        let hash = account
-            .as_ref()
-            .map(|a| a.password_hash.clone())
-            .unwrap_or_else(|| DUMMY_HASH.to_string());
-        let password = req.password.clone();
-        let ok = password_work(move || {
-            PasswordHash::new(&hash)
-                .map(|h| {
-                    Argon2::default()
-                        .verify_password(password.as_bytes(), &h)
-                        .is_ok()
-                })
-                .unwrap_or(false)
-        })
-        .await?;
+        // Checked against a real hash even for unknown emails, so timing does not reveal accounts.
+        let checked = self
+            .passwords
+            .check(
+                account.as_ref().map(|a| a.password_hash.clone()),
+                req.password.clone(),
+            )
+            .await?;
         let account = match account {
-            Some(a) if ok => a,
+            Some(a) if checked != Checked::Wrong => a,
             // The failure was counted when the attempt was taken.
             _ => return Err(WalletError::Unauthorized("wrong email or password")),
         };
@@ -159,6 +140,11 @@ impl WalletService {
         if legacy_index {
             if let Err(e) = self.seal_legacy_email(&account.id, &email).await {
                 tracing::warn!(account = %account.id, error = %e, "an account of an earlier release keeps its email in clear until its next login");
+            }
+        }
+        if checked == Checked::RightUnkeyed {
+            if let Err(e) = self.key_password_hash(&account, req.password.clone()).await {
+                tracing::warn!(account = %account.id, error = %e, "an account of an earlier release keeps its unkeyed password hash until its next login");
             }
         }
         let device_token = match (device, req.device_token) {
@@ -240,6 +226,23 @@ impl WalletService {
         })
     }
 
+    /// Replaces `account`'s unkeyed password hash (an earlier release's) by a keyed one of the
+    /// password it was just signed in with, unless the hash changed meanwhile.
+    async fn key_password_hash(&self, account: &Account, password: String) -> WalletResult<()> {
+        let old = account.password_hash.clone();
+        let new = self.passwords.hash(password).await?;
+        self.ctx
+            .store
+            .update_json::<Account, WalletError, _>(ks::ACCOUNTS, &account.id, None, |mut a| {
+                if a.password_hash == old {
+                    a.password_hash = new.clone();
+                }
+                Ok(a)
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Revokes the session token the caller signed in with.
     pub async fn logout(&self, who: &SignedIn) -> WalletResult<()> {
         self.ctx
@@ -285,38 +288,6 @@ pub(super) fn valid_email(e: &str) -> bool {
         && !e.contains(char::is_whitespace)
 }
 
-/// Runs an argon2id hash or verification on the blocking pool, at most one per core at a time.
-/// Each one holds 19 MiB (the default memory cost): without the bound a burst of logins would
-/// allocate that 512 times over (tokio's blocking pool) instead of queueing. The permit lives in
-/// the blocking task, so a request cancelled while hashing (client gone) does not free a slot for
-/// another hash before its own has finished. A request that waits more than 10 s for a slot gets a
-/// 503 with Retry-After instead of an unbounded queue.
-async fn password_work<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> WalletResult<T> {
-    static PERMITS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
-    let permits = PERMITS.get_or_init(|| {
-        Arc::new(tokio::sync::Semaphore::new(
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
-        ))
-    });
-    let permit = tokio::time::timeout(Duration::from_secs(10), permits.clone().acquire_owned())
-        .await
-        .map_err(|_| WalletError::Busy {
-            detail: "too many logins in progress; try again shortly",
-            retry_after: 2,
-        })?
-        .or_internal()?;
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        f()
-    })
-    .await
-    .or_internal()
-}
-
 /// The failure record after one more failed attempt: from the `lock_after`-th failure on, the
 /// email is locked for `lock_secs`, doubling per further failure, at most `max_lock_secs`.
 fn next_login_failures(
@@ -341,9 +312,6 @@ fn next_login_failures(
         locked_until,
     }
 }
-
-/// A valid argon2id hash of a random password, to spend the same time on unknown accounts.
-const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0Mo2cmtJYmzd1tkd8kQbvo+X+2JXTuvUjBGi0XXpUn8";
 
 #[cfg(test)]
 mod lockout_tests {

@@ -12,7 +12,7 @@
 //! account's invitations; the record decides.
 
 use super::access::{Owner, SignedIn};
-use super::error::{OrNotFound, WalletError, WalletResult};
+use super::error::{OrInternal, OrNotFound, WalletError, WalletResult};
 use super::ks;
 use super::members::{owner_in, MAX_MEMBERS};
 use super::model::*;
@@ -65,6 +65,8 @@ impl WalletService {
             .count_prefix(ks::MEMBERS, &index_prefix(&account), MAX_RECEIVED)
             .await?;
         let expires_at = self.now() + INVITATION_TTL_SECS;
+        let sealed_emails =
+            self.seal_invitation_emails(owner.id(), &account, &email, &inviter.email)?;
         let mut invited = None;
         self.change_record(owner.id(), |roster, rec| {
             invited = None;
@@ -91,10 +93,11 @@ impl WalletService {
             rec.invitations.insert(
                 account.clone(),
                 Invitation {
-                    email: email.clone(),
+                    email: String::new(),
                     role: req.role,
                     invited_by: caller.to_string(),
-                    invited_by_email: inviter.email.clone(),
+                    invited_by_email: String::new(),
+                    sealed_emails: Some(sealed_emails.clone()),
                     expires_at,
                 },
             );
@@ -139,11 +142,15 @@ impl WalletService {
             .invitations
             .iter()
             .filter(|(account, _)| live_invitation(&rec, account, now).is_some())
-            .map(|(_, i)| InvitationView {
-                email: i.email.clone(),
-                role: i.role,
-                invited_by_email: i.invited_by_email.clone(),
-                expires_at: i.expires_at,
+            .map(|(account, i)| {
+                let (email, invited_by_email) =
+                    self.shown_invitation_emails(owner.id(), account, i);
+                InvitationView {
+                    email,
+                    role: i.role,
+                    invited_by_email,
+                    expires_at: i.expires_at,
+                }
             })
             .collect())
     }
@@ -159,7 +166,7 @@ impl WalletService {
             let account = rec
                 .invitations
                 .iter()
-                .find(|(_, i)| i.email == email)
+                .find(|(a, i)| self.shown_invitation_emails(owner.id(), a, i).0 == email)
                 .map(|(a, _)| a.clone())
                 .ok_or_else(none)?;
             rec.invitations.remove(&account);
@@ -198,7 +205,7 @@ impl WalletService {
                     wallet: rec.wallet.id.clone(),
                     wallet_name: rec.wallet.name.clone(),
                     role: inv.role,
-                    invited_by_email: inv.invited_by_email.clone(),
+                    invited_by_email: self.shown_invitation_emails(wallet, me, inv).1,
                     expires_at: inv.expires_at,
                 });
             }
@@ -284,6 +291,50 @@ impl WalletService {
             .await?;
         Ok(())
     }
+}
+
+impl WalletService {
+    /// An invitation's `[email, invited_by_email]` as its record keeps them: sealed to the
+    /// wallet and the invitee's account.
+    fn seal_invitation_emails(
+        &self,
+        wallet: &str,
+        account: &str,
+        email: &str,
+        invited_by_email: &str,
+    ) -> WalletResult<String> {
+        let plain = serde_json::to_vec(&[email, invited_by_email]).or_internal()?;
+        self.seal(&invitation_aad(wallet, account), &plain)
+    }
+
+    /// Invitation `i` of `account` to `wallet`: (the invitee's email, the inviter's), opened, or
+    /// in clear in a record of an earlier release. Emails that do not open (a damaged record)
+    /// are shown empty, with a warning, rather than failing the lists.
+    fn shown_invitation_emails(
+        &self,
+        wallet: &str,
+        account: &str,
+        i: &Invitation,
+    ) -> (String, String) {
+        let Some(sealed) = &i.sealed_emails else {
+            return (i.email.clone(), i.invited_by_email.clone());
+        };
+        let opened = self
+            .unseal(&invitation_aad(wallet, account), sealed)
+            .and_then(|plain| serde_json::from_slice::<[String; 2]>(&plain).or_internal());
+        match opened {
+            Ok([email, invited_by_email]) => (email, invited_by_email),
+            Err(e) => {
+                tracing::warn!(wallet, error = %e, "an invitation's emails do not open");
+                (String::new(), String::new())
+            }
+        }
+    }
+}
+
+/// What an invitation's emails are sealed to: the wallet record's place and the invitee.
+fn invitation_aad(wallet: &str, account: &str) -> String {
+    format!("{}/{wallet}/invitations/{account}", ks::WALLETS)
 }
 
 /// The index entries of a deleted wallet's invitations.

@@ -18,6 +18,7 @@ mod keys;
 mod mdoc;
 mod members;
 pub mod model;
+mod passwords;
 pub mod routes;
 pub mod service;
 mod wallets;

@@ -154,13 +154,20 @@ pub struct WalletRecord {
 /// or expired.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Invitation {
-    /// The invitee's email, as the owners named it.
+    /// The invitee's email, as the owners named it: in clear only in records written by
+    /// releases before `sealed_emails` (read, never written).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub email: String,
     pub role: MemberRole,
     /// The inviting owner's account: the invitation lapses when it is no longer an owner.
     pub invited_by: String,
-    /// Its email, shown to the invitee.
+    /// Its email, shown to the invitee: in clear only in records of earlier releases, as above.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub invited_by_email: String,
+    /// `[email, invited_by_email]`, sealed to this wallet and invitee (base64url): the wallet
+    /// record must not give a store reader its members' emails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_emails: Option<String>,
     pub expires_at: i64,
 }
 

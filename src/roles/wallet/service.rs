@@ -33,6 +33,8 @@ pub struct WalletService {
     pub(super) devices: super::devices::DeviceKey,
     /// Keys the email index and login counters ([`WalletService::email_key`]).
     emails: crate::store::MacKey,
+    /// Keys the account password hashes ([`super::passwords`]).
+    pub(super) passwords: super::passwords::PasswordKey,
 }
 
 impl WalletService {
@@ -47,6 +49,7 @@ impl WalletService {
             coordinator: Coordinator::new(coordinator),
             devices: super::devices::DeviceKey::new(&ctx.sealer),
             emails: ctx.sealer.mac_key(b"idstack wallet email v1"),
+            passwords: super::passwords::PasswordKey::new(&ctx.sealer),
             ctx,
             cfg,
         }
