@@ -90,8 +90,9 @@ pub mod wire;
 /// protocol-5 node would not resend it).
 /// 7: a wallet password hash made or renewed since is keyed with a master-key subkey (a
 /// protocol-6 node refuses the account's password); a pending wallet invitation's emails, a
-/// verifier session's webhook and success redirect and an issuer's webhook URL are sealed (a
-/// protocol-6 node cannot read the wallet record, sends no webhook and no redirect).
+/// wallet credential's summary, a verifier session's webhook and success redirect and an
+/// issuer's webhook URL are sealed (a protocol-6 node shows no emails, issuers or types, sends
+/// no webhook and no redirect).
 pub const DATA_PROTOCOL: u32 = 7;
 
 #[cfg(feature = "cluster")]

@@ -82,22 +82,25 @@ impl Tenant for Issuer {
         }
         if let Some(w) = &req.webhook_url {
             self.webhook_url = (!w.is_empty()).then(|| w.clone());
+            // a new value (or none) replaces one that did not open
+            self.sealed_webhook_url = None;
         }
     }
+    /// A sealed URL that did not open stays as it was (an update of another field must not
+    /// erase what a node with the right master key still opens).
     fn seal(&mut self, sealer: &Sealer) -> Result<(), StoreError> {
-        self.sealed_webhook_url = match self.webhook_url.take() {
-            Some(url) => Some(crate::crypto::b64url(
+        if let Some(url) = self.webhook_url.take() {
+            self.sealed_webhook_url = Some(crate::crypto::b64url(
                 sealer.seal(webhook_aad(&self.id).as_bytes(), url.as_bytes())?,
-            )),
-            None => None,
-        };
+            ));
+        }
         Ok(())
     }
     fn open(&mut self, sealer: &Sealer) {
-        let Some(sealed) = self.sealed_webhook_url.take() else {
+        let Some(sealed) = &self.sealed_webhook_url else {
             return;
         };
-        let opened = crate::crypto::b64url_decode(&sealed)
+        let opened = crate::crypto::b64url_decode(sealed)
             .map_err(|e| e.to_string())
             .and_then(|raw| {
                 sealer
@@ -106,9 +109,13 @@ impl Tenant for Issuer {
             })
             .and_then(|plain| String::from_utf8(plain.to_vec()).map_err(|e| e.to_string()));
         match opened {
-            Ok(url) => self.webhook_url = Some(url),
+            Ok(url) => {
+                self.webhook_url = Some(url);
+                self.sealed_webhook_url = None;
+            }
+            // (every read of the issuer comes here: a warning, not an error per request)
             Err(e) => {
-                tracing::error!(issuer = %self.id, error = %e, "the issuer's webhook URL does not open: no webhook is sent until it is set again")
+                tracing::warn!(issuer = %self.id, error = %e, "the issuer's webhook URL does not open: no webhook is sent until it is set again")
             }
         }
     }

@@ -2735,6 +2735,10 @@ async fn an_issuers_webhook_url_is_sealed_in_its_record() {
         .await
         .unwrap();
     assert!(svc.get_issuer("other").await.unwrap().webhook_url.is_none());
+    // and an update of another field keeps it as it was (a node with the right key may open it)
+    svc.update_issuer("other", update(None)).await.unwrap();
+    let kept: Issuer = store.get_json(ks::TENANTS, "other").await.unwrap().unwrap();
+    assert_eq!(kept.sealed_webhook_url, acme_stored.sealed_webhook_url);
     // an earlier release's record: in clear, read as it is, sealed by the next update
     acme_stored.sealed_webhook_url = None;
     acme_stored.webhook_url = Some(hook.into());

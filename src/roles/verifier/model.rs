@@ -205,10 +205,10 @@ pub struct Session {
     #[serde(default)]
     pub require_status: bool,
     /// Where the result is posted, and where a verified wallet's user is sent: in clear only in
-    /// records written by releases before `sealed_targets` (read, never written), and in a
-    /// session [`opened`] for its view.
+    /// records written by releases before `sealed_targets` (read, never written); see
+    /// [`targets`].
     ///
-    /// [`opened`]: super::service::VerifierService::opened
+    /// [`targets`]: super::service::VerifierService::targets
     pub webhook_url: Option<String>,
     pub success_redirect: Option<String>,
     /// `webhook_url` and `success_redirect`, sealed to this verifier and session (base64url): a

@@ -105,7 +105,7 @@ impl VerifierService {
             _ => None,
         };
         // and the response code a verified answer sends the user to `success_redirect` with
-        let success_redirect = self.targets(&session)?.success_redirect;
+        let success_redirect = self.targets_or_none(&session).success_redirect;
         let sealed_code = match success_redirect {
             Some(_) => Some(self.seal_response_code(verifier_id, id, &code)?),
             None => None,

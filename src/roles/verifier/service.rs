@@ -86,14 +86,7 @@ impl VerifierService {
         if s.state == SessionState::Pending {
             return;
         }
-        let webhook = match self.targets(s) {
-            Ok(t) => t.webhook_url,
-            Err(e) => {
-                tracing::error!(session = s.id, error = %e, "no webhook sent: the session's targets do not open");
-                return;
-            }
-        };
-        if let Some(url) = webhook {
+        if let Some(url) = self.targets_or_none(s).webhook_url {
             let ctx = self.ctx.clone();
             let now = self.now();
             let s = match self.opened(s) {
@@ -183,7 +176,17 @@ impl VerifierService {
     }
 
     /// Session `s`'s webhook and success redirect: opened from the record, or in clear in a
-    /// record of an earlier release.
+    /// record of an earlier release. Sealed ones that do not open (a damaged record, another
+    /// master key) are none, logged as an error: the session is still answered and its result
+    /// read, without a webhook or a redirect.
+    pub(super) fn targets_or_none(&self, s: &Session) -> Targets {
+        self.targets(s).unwrap_or_else(|e| {
+            tracing::error!(session = s.id, error = %e, "the session's webhook and redirect do not open: none is used");
+            Targets::default()
+        })
+    }
+
+    /// [`Self::targets_or_none`], failing when they do not open.
     pub(super) fn targets(&self, s: &Session) -> Result<Targets, VerifierError> {
         match &s.sealed_targets {
             Some(sealed) => {
@@ -229,9 +232,6 @@ impl VerifierService {
             s.credentials = serde_json::from_slice(&plain)
                 .map_err(|e| VerifierError::Internal(format!("session claims: {e}")))?;
         }
-        let targets = self.targets(&s)?;
-        s.sealed_targets = None;
-        (s.webhook_url, s.success_redirect) = (targets.webhook_url, targets.success_redirect);
         if let Some(sealed) = s.sealed_response_code.take() {
             let plain = self.open_field(&s, "response_code", &sealed)?;
             s.response_code = Some(

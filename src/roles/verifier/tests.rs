@@ -407,15 +407,15 @@ async fn webhook_and_redirect_urls_are_sealed_in_the_session_record() {
     let targets = svc.targets(&stored_a).unwrap();
     assert_eq!(targets.webhook_url.as_deref(), Some(hook));
     assert_eq!(targets.success_redirect.as_deref(), Some(done));
-    let opened = svc.opened(&stored_a).unwrap();
-    assert_eq!(opened.webhook_url.as_deref(), Some(hook));
     // none sealed for a session without either
     let mut stored_b = stored_session(&svc, &b.id).await;
     assert!(stored_b.sealed_targets.is_none());
     assert!(svc.targets(&stored_b).unwrap().webhook_url.is_none());
-    // a's sealed targets copied to b's record do not open there
+    // a's sealed targets copied to b's record do not open there: none is used
     stored_b.sealed_targets = stored_a.sealed_targets.clone();
     assert!(svc.targets(&stored_b).is_err());
+    let none = svc.targets_or_none(&stored_b);
+    assert!(none.webhook_url.is_none() && none.success_redirect.is_none());
     // an earlier release's record: in clear, used as it is
     stored_b.sealed_targets = None;
     stored_b.webhook_url = Some(hook.into());

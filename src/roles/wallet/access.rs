@@ -570,6 +570,89 @@ mod tests {
         (svc, w, owner)
     }
 
+    /// Which credentials a user holds (issuer, type, dates) is sealed to each credential's place:
+    /// not in the store in clear, listed and filtered opened. A summary copied to another
+    /// credential does not open there (that one is listed by its id and format alone); a record
+    /// of an earlier release (summary in clear) is listed as it is.
+    #[tokio::test]
+    async fn a_credentials_summary_is_sealed_in_its_record() {
+        use crate::roles::wallet::model::{CredentialFilter, CredentialRecord, CredentialSummary};
+        let (svc, w, owner) = alices_wallet().await;
+        let summary = CredentialSummary {
+            issuer: "did:example:Health-Issuer".into(),
+            credential_type: "DisabilityCard".into(),
+            ..stored_summary()
+        };
+        let a = svc
+            .put_credential(&owner, summary.clone(), "a.b.c", "k", None)
+            .await
+            .unwrap();
+        let b = svc
+            .put_credential(&owner, stored_summary(), "d.e.f", "k", None)
+            .await
+            .unwrap();
+        let store = svc.ctx.store.clone();
+        for (key, value) in store.scan_prefix(ks::CREDS, "", 100).await.unwrap() {
+            let all = format!("{key} {}", String::from_utf8_lossy(&value));
+            assert!(
+                !all.contains("Health-Issuer") && !all.contains("DisabilityCard"),
+                "{all}"
+            );
+        }
+        let by_type = |t: &str| CredentialFilter {
+            credential_type: Some(t.into()),
+            issuer: None,
+            format: None,
+        };
+        let listed = svc
+            .list_credentials(&owner, &by_type("DisabilityCard"))
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].id, a.id);
+        assert_eq!(listed[0].issuer, "did:example:Health-Issuer");
+        // a's sealed summary copied to b's record: b is listed without it
+        let key = |id: &str| format!("{w}/{id}");
+        let rec_a: CredentialRecord = store
+            .get_json(ks::CREDS, &key(&a.id))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut rec_b: CredentialRecord = store
+            .get_json(ks::CREDS, &key(&b.id))
+            .await
+            .unwrap()
+            .unwrap();
+        rec_b.sealed_summary = rec_a.sealed_summary.clone();
+        store
+            .put_json(ks::CREDS, &key(&b.id), &rec_b, None)
+            .await
+            .unwrap();
+        let all = CredentialFilter {
+            credential_type: None,
+            issuer: None,
+            format: None,
+        };
+        let listed = svc.list_credentials(&owner, &all).await.unwrap();
+        let shown_b = listed.iter().find(|c| c.id == b.id).unwrap();
+        assert!(shown_b.issuer.is_empty() && shown_b.credential_type.is_empty());
+        // an earlier release's record: the summary in clear, listed as it is
+        rec_b.sealed_summary = None;
+        rec_b.summary = Some(CredentialSummary {
+            id: b.id.clone(),
+            ..summary
+        });
+        store
+            .put_json(ks::CREDS, &key(&b.id), &rec_b, None)
+            .await
+            .unwrap();
+        let listed = svc
+            .list_credentials(&owner, &by_type("DisabilityCard"))
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 2);
+    }
+
     /// Attacker review: a wallet took keys and credentials without end, and every list, key
     /// change and presentation request reads all of them. Keys, credentials and a credential's
     /// size are bounded, with a 409 / 422 that says so.

@@ -1,7 +1,10 @@
 //! Accounts: sign-up, login with lockout, logout, and the admin's list / disable / enable.
 //! Checking a session token is [`super::access`]'s (it makes the [`SignedIn`] proof).
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use zeroize::Zeroizing;
 
 use super::access::SignedIn;
 use super::error::{OrInternal, OrNotFound, WalletError, WalletResult};
@@ -16,7 +19,7 @@ use crate::store::Cas;
 const SESSION_TTL: i64 = 24 * 3600;
 
 impl WalletService {
-    pub async fn register(&self, req: Credentials) -> WalletResult<AccountView> {
+    pub async fn register(&self, mut req: Credentials) -> WalletResult<AccountView> {
         let email = req.email.trim().to_ascii_lowercase();
         if !valid_email(&email) {
             return Err(WalletError::invalid("a valid email address is required"));
@@ -26,7 +29,8 @@ impl WalletService {
                 "the password needs 8 to 256 characters",
             ));
         }
-        let hash = self.passwords.hash(req.password.clone()).await?;
+        let password = Arc::new(Zeroizing::new(std::mem::take(&mut req.password)));
+        let hash = self.passwords.hash(password).await?;
         let account = Account {
             id: random_id(),
             email: email.clone(),
@@ -86,7 +90,8 @@ impl WalletService {
         Err(WalletError::conflict("an account with this email exists"))
     }
 
-    pub async fn login(&self, req: LoginRequest) -> WalletResult<LoginResponse> {
+    pub async fn login(&self, mut req: LoginRequest) -> WalletResult<LoginResponse> {
+        let password = Arc::new(Zeroizing::new(std::mem::take(&mut req.password)));
         let email = req.email.trim().to_ascii_lowercase();
         // No account has an email sign-up refuses: answered before anything is stored (attacker
         // review: the failure counter is keyed by the email, so a 1 MiB "email" per request kept
@@ -123,7 +128,7 @@ impl WalletService {
             .passwords
             .check(
                 account.as_ref().map(|a| a.password_hash.clone()),
-                req.password.clone(),
+                password.clone(),
             )
             .await?;
         let account = match account {
@@ -143,7 +148,7 @@ impl WalletService {
             }
         }
         if checked == Checked::RightUnkeyed {
-            if let Err(e) = self.key_password_hash(&account, req.password.clone()).await {
+            if let Err(e) = self.key_password_hash(&account, password).await {
                 tracing::warn!(account = %account.id, error = %e, "an account of an earlier release keeps its unkeyed password hash until its next login");
             }
         }
@@ -228,7 +233,11 @@ impl WalletService {
 
     /// Replaces `account`'s unkeyed password hash (an earlier release's) by a keyed one of the
     /// password it was just signed in with, unless the hash changed meanwhile.
-    async fn key_password_hash(&self, account: &Account, password: String) -> WalletResult<()> {
+    async fn key_password_hash(
+        &self,
+        account: &Account,
+        password: Arc<Zeroizing<String>>,
+    ) -> WalletResult<()> {
         let old = account.password_hash.clone();
         let new = self.passwords.hash(password).await?;
         self.ctx

@@ -5,10 +5,10 @@
 use serde_json::{json, Value};
 
 use super::access::{Owner, Viewer};
-use super::error::{OrNotFound, OrRemote, WalletError, WalletResult};
+use super::error::{OrInternal, OrNotFound, OrRemote, WalletError, WalletResult};
 use super::ks;
 use super::model::*;
-use super::service::{cred_aad, device_key_aad, SealedRecord, WalletService};
+use super::service::{cred_aad, device_key_aad, summary_aad, SealedRecord, WalletService};
 use crate::clock::random_id;
 use crate::crypto::status::{self, StatusArray};
 use crate::crypto::{binding, jws, sdjwt, SigningKey, VerifyingKey};
@@ -72,6 +72,21 @@ fn full() -> WalletError {
 pub const MAX_HISTORY_TEXT: usize = 512;
 pub const MAX_CREDENTIALS: usize = 500;
 
+/// A credential's summary without what it says of its holder: what the record keeps in clear.
+fn blank_summary(id: &str, format: &str, received_at: i64) -> CredentialSummary {
+    CredentialSummary {
+        id: id.to_string(),
+        format: format.to_string(),
+        issuer: String::new(),
+        credential_type: String::new(),
+        configuration_id: None,
+        issued_at: None,
+        expires_at: None,
+        received_at,
+        mdoc: None,
+    }
+}
+
 impl WalletService {
     /// Credentials, filtered by format, issuer and type (`type` also matches a type URI's last
     /// segment).
@@ -87,7 +102,7 @@ impl WalletService {
             .scan_json::<CredentialRecord>(ks::CREDS, &format!("{}/", viewer.id()), 100_000)
             .await?
         {
-            let c = &rec.summary;
+            let c = self.summary_of(viewer.id(), &rec);
             let wanted = f.format.as_deref().is_none_or(|x| x == c.format)
                 && f.issuer.as_deref().is_none_or(|x| x == c.issuer)
                 && f.credential_type.as_deref().is_none_or(|x| {
@@ -95,10 +110,7 @@ impl WalletService {
                 });
             if wanted {
                 let mdoc = self.mdoc_contents(viewer, &rec)?;
-                out.push(CredentialSummary {
-                    mdoc,
-                    ..rec.summary
-                });
+                out.push(CredentialSummary { mdoc, ..c });
             }
         }
         Ok(out)
@@ -140,11 +152,28 @@ impl WalletService {
         Ok(CredentialDetail {
             summary: CredentialSummary {
                 mdoc,
-                ..rec.summary
+                ..self.summary_of(viewer.id(), &rec)
             },
             claims,
             disclosable,
             raw: raw_value,
+        })
+    }
+
+    /// Credential `rec`'s summary in `wallet`: opened, or in clear in a record of an earlier
+    /// release. One that does not open (a damaged record) is shown by its id, format and
+    /// arrival alone, with a warning, rather than failing the list; it can still be deleted.
+    fn summary_of(&self, wallet: &str, rec: &CredentialRecord) -> CredentialSummary {
+        let opened = match (&rec.sealed_summary, &rec.summary) {
+            (Some(sealed), _) => self
+                .unseal(&summary_aad(wallet, &rec.id), sealed)
+                .and_then(|plain| serde_json::from_slice(&plain).or_internal()),
+            (None, Some(clear)) => Ok(clear.clone()),
+            (None, None) => Err(WalletError::Internal("no summary".into())),
+        };
+        opened.unwrap_or_else(|e| {
+            tracing::warn!(wallet, credential = %rec.id, error = %e, "a credential's summary does not open");
+            blank_summary(&rec.id, &rec.format, rec.received_at)
         })
     }
 
@@ -329,10 +358,17 @@ impl WalletService {
             id: id.clone(),
             format: summary.format.clone(),
             sealed: self.seal(&cred_aad(wallet, &id), raw.as_bytes())?,
-            summary: CredentialSummary {
-                mdoc: None,
-                ..summary.clone()
-            },
+            summary: Some(blank_summary(&id, &summary.format, summary.received_at)),
+            sealed_summary: Some(
+                self.seal(
+                    &summary_aad(wallet, &id),
+                    &serde_json::to_vec(&CredentialSummary {
+                        mdoc: None,
+                        ..summary.clone()
+                    })
+                    .or_internal()?,
+                )?,
+            ),
             key_id: key_id.to_string(),
             received_at: summary.received_at,
             device_key,

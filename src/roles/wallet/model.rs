@@ -155,14 +155,15 @@ pub struct WalletRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Invitation {
     /// The invitee's email, as the owners named it: in clear only in records written by
-    /// releases before `sealed_emails` (read, never written).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    /// releases before `sealed_emails`; written empty (a release before it still reads the
+    /// record after a rollback, and shows no email).
+    #[serde(default)]
     pub email: String,
     pub role: MemberRole,
     /// The inviting owner's account: the invitation lapses when it is no longer an owner.
     pub invited_by: String,
     /// Its email, shown to the invitee: in clear only in records of earlier releases, as above.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(default)]
     pub invited_by_email: String,
     /// `[email, invited_by_email]`, sealed to this wallet and invitee (base64url): the wallet
     /// record must not give a store reader its members' emails.
@@ -313,7 +314,16 @@ pub struct CredentialRecord {
     pub id: String,
     pub format: String,
     pub sealed: String,
-    pub summary: CredentialSummary,
+    /// In clear only in records written by releases before `sealed_summary`; written with its
+    /// id, format and arrival alone (a release before it still lists the credential after a
+    /// rollback, without issuer or type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<CredentialSummary>,
+    /// The summary (issuer, type, dates), sealed to the credential's place (base64url): which
+    /// credentials a user holds is personal data (a health or benefits credential says more
+    /// than its claims), and the store must not list it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_summary: Option<String>,
     pub key_id: String,
     pub received_at: i64,
     /// mso_mdoc: the credential's own P-256 device key (private JWK), sealed; `key_id` is its

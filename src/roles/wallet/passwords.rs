@@ -42,9 +42,8 @@ impl PasswordKey {
     }
 
     /// A new hash of `password`, keyed.
-    pub(super) async fn hash(&self, password: String) -> WalletResult<String> {
+    pub(super) async fn hash(&self, password: Arc<Zeroizing<String>>) -> WalletResult<String> {
         let key = self.0.clone();
-        let password = Zeroizing::new(password);
         password_work(move || keyed_hash(&key, password.as_bytes()))
             .await?
             .or_internal()
@@ -55,10 +54,9 @@ impl PasswordKey {
     pub(super) async fn check(
         &self,
         stored: Option<String>,
-        password: String,
+        password: Arc<Zeroizing<String>>,
     ) -> WalletResult<Checked> {
         let key = self.0.clone();
-        let password = Zeroizing::new(password);
         let real = stored.is_some();
         let hash = stored.unwrap_or_else(|| DUMMY_HASH.to_string());
         let checked = password_work(move || check(&key, &hash, password.as_bytes())).await?;
@@ -90,8 +88,10 @@ fn keyed_hash(key: &[u8], password: &[u8]) -> Result<String, argon2::password_ha
 }
 
 /// `password` against `hash`: keyed hashes with the key, unkeyed ones (earlier releases) without;
-/// a hash keyed under another id, or that does not parse, matches nothing. The hash's own
-/// parameters are used either way (argon2's verify takes them from the PHC string).
+/// a hash keyed under another id, or that does not parse, matches nothing. argon2's verify takes
+/// the cost parameters from the PHC string: only the ones every release has used are checked
+/// (argon2id v19, the default m/t/p, 32 bytes, no associated data), so a hash with others — a
+/// planted `m=4294967295` would allocate 4 TiB — costs nothing and matches nothing.
 fn check(key: &[u8], hash: &str, password: &[u8]) -> Checked {
     let Ok(parsed) = PasswordHash::new(hash) else {
         return Checked::Wrong;
@@ -99,6 +99,18 @@ fn check(key: &[u8], hash: &str, password: &[u8]) -> Checked {
     let Ok(params) = Params::try_from(&parsed) else {
         return Checked::Wrong;
     };
+    let ours = parsed.algorithm == argon2::ARGON2ID_IDENT
+        && parsed.version == Some(u32::from(Version::V0x13))
+        && params.m_cost() == Params::DEFAULT_M_COST
+        && params.t_cost() == Params::DEFAULT_T_COST
+        && params.p_cost() == Params::DEFAULT_P_COST
+        && params.data().is_empty()
+        && parsed
+            .hash
+            .is_some_and(|h| h.len() == Params::DEFAULT_OUTPUT_LEN);
+    if !ours {
+        return Checked::Wrong;
+    }
     let (hasher, found) = match params.keyid() {
         PASSWORD_KEY_ID => match keyed(key, Params::default()) {
             Ok(a) => (a, Checked::Right),
@@ -181,6 +193,28 @@ mod tests {
         let other = h.replace("keyid=aWRzazE", "keyid=aWRzazI");
         assert_eq!(check(&k, &other, b"correct horse"), Checked::Wrong);
         assert_eq!(check(&k, "not a hash", b"correct horse"), Checked::Wrong);
+    }
+
+    /// Costs other than the ones every release used are not computed: a stored hash asking for
+    /// 4 TiB or a billion passes (a planted record) matches nothing, at once.
+    #[test]
+    fn a_hash_with_other_costs_is_not_computed() {
+        let k = key(1);
+        let h = keyed_hash(&k, b"correct horse").unwrap();
+        for (from, to) in [
+            ("m=19456", "m=4294967295"),
+            ("t=2", "t=1000000000"),
+            ("p=1", "p=16"),
+            ("$argon2id$", "$argon2i$"),
+            ("$v=19$", "$v=16$"),
+            (",keyid=aWRzazE", ",keyid=aWRzazE,data=YWJj"),
+        ] {
+            let odd = h.replacen(from, to, 1);
+            assert_ne!(odd, h, "{from}");
+            assert_eq!(check(&k, &odd, b"correct horse"), Checked::Wrong, "{odd}");
+        }
+        let unkeyed = unkeyed_hash(b"correct horse").replacen("m=19456", "m=4294967295", 1);
+        assert_eq!(check(&k, &unkeyed, b"correct horse"), Checked::Wrong);
     }
 
     #[test]

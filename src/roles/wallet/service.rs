@@ -294,6 +294,11 @@ pub(super) fn cred_aad(wallet: &str, id: &str) -> String {
     format!("{}/{wallet}/{id}", ks::CREDS)
 }
 
+/// What a credential's sealed summary is bound to.
+pub(super) fn summary_aad(wallet: &str, id: &str) -> String {
+    format!("{}/{wallet}/{id}/summary", ks::CREDS)
+}
+
 /// What a credential's sealed device key (mso_mdoc) is bound to.
 pub(super) fn device_key_aad(wallet: &str, id: &str) -> String {
     format!("{}/{wallet}/{id}/device-key", ks::CREDS)
