@@ -61,6 +61,14 @@ pub const GENERATION_SINCE_PROTOCOL: u32 = 3;
 pub const OTHER_INCARNATION_CODE: &str = "cluster_rpc_generation";
 /// On responses: HMAC over the request's path and nonce, the status and the body's SHA-256.
 pub const HEADER_RESP_SIG: &str = "x-idstack-cluster-resp-sig";
+/// On responses since data protocol 7 ([`RESP_LEN_SINCE_PROTOCOL`]): `<body length>:<HMAC over
+/// the request's path and nonce, the status and that length>` ([`sign_response_len`]). The
+/// caller checks it before it reads the body and reads no more than it says, so an answer that
+/// is not a member's costs it its head, not whatever body an address on the path sends.
+pub const HEADER_RESP_LEN: &str = "x-idstack-cluster-resp-len";
+/// The first data protocol ([`super::DATA_PROTOCOL`]) whose nodes send [`HEADER_RESP_LEN`]; an
+/// answer from one of them without it is no answer.
+pub const RESP_LEN_SINCE_PROTOCOL: u32 = 7;
 
 /// How far a request's timestamp may be from this node's clock.
 pub const WINDOW_MS: i64 = 30_000;
@@ -211,12 +219,14 @@ pub fn sign_legacy(
     mac_hex(key, &legacy_mac_input(method, path, ts, nonce, body))
 }
 
-fn response_mac(
+/// The MAC of the answer to the request with `nonce` on `path`, with `status`: over `last`, the
+/// body's SHA-256 ("RESPONSE\n", [`HEADER_RESP_SIG`]) or its declared length ("RESPONSE
+/// LENGTH\n", [`HEADER_RESP_LEN`]).
+fn answer_mac(
     key: &[u8; 32],
-    path: &str,
-    nonce: &str,
-    status: u16,
-    body: &[u8],
+    domain: &[u8],
+    (path, nonce, status): (&str, &str, u16),
+    last: &[u8],
 ) -> Option<HmacSha256> {
     let mut mac = HmacSha256::new_from_slice(key).ok()?;
     // domain-separated from requests (whose inputs start with the method or "idstack"), and bound
@@ -229,15 +239,81 @@ fn response_mac(
     // nodes of protocol 2 (the answers of protocol-1 nodes could not carry a responder anyway).
     // Nor to the responder's incarnation: a request signed for one incarnation is answered with
     // success by that incarnation only (any other refuses it, see `AuthError::OtherIncarnation`).
-    mac.update(b"RESPONSE\n");
+    // The two domains differ at their ninth byte ("\n" against " ").
+    mac.update(domain);
     mac.update(path.as_bytes());
     mac.update(b"\n");
     mac.update(status.to_string().as_bytes());
     mac.update(b"\n");
     mac.update(nonce.as_bytes());
     mac.update(b"\n");
-    mac.update(&Sha256::digest(body));
+    mac.update(last);
     Some(mac)
+}
+
+fn response_mac(
+    key: &[u8; 32],
+    path: &str,
+    nonce: &str,
+    status: u16,
+    body: &[u8],
+) -> Option<HmacSha256> {
+    answer_mac(
+        key,
+        b"RESPONSE\n",
+        (path, nonce, status),
+        &Sha256::digest(body),
+    )
+}
+
+fn response_len_mac(
+    key: &[u8; 32],
+    path: &str,
+    nonce: &str,
+    status: u16,
+    len: u64,
+) -> Option<HmacSha256> {
+    let len = len.to_string();
+    answer_mac(
+        key,
+        b"RESPONSE LENGTH\n",
+        (path, nonce, status),
+        len.as_bytes(),
+    )
+}
+
+/// [`HEADER_RESP_LEN`] of a response of `len` bytes to the request with `nonce` on `path`.
+pub fn sign_response_len(key: &[u8; 32], path: &str, nonce: &str, status: u16, len: u64) -> String {
+    let mac = response_len_mac(key, path, nonce, status, len)
+        .map(|m| hex(&m.finalize().into_bytes()))
+        .unwrap_or_default();
+    format!("{len}:{mac}")
+}
+
+/// The body length a response head declares in [`HEADER_RESP_LEN`], if its MAC verifies for
+/// this request and status (constant-time comparison).
+pub fn verify_response_len(
+    key: &[u8; 32],
+    path: &str,
+    nonce: &str,
+    status: u16,
+    header: Option<&str>,
+) -> Option<u64> {
+    let (len, sig) = header?.split_once(':')?;
+    // the one way `sign_response_len` writes a number: digits, no sign, no leading zero
+    if len.is_empty()
+        || len.len() > 20
+        || (len.len() > 1 && len.starts_with('0'))
+        || !len.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let len: u64 = len.parse().ok()?;
+    let sig = hex_decode(sig)?;
+    response_len_mac(key, path, nonce, status, len)?
+        .verify_slice(&sig)
+        .ok()
+        .map(|()| len)
 }
 
 /// Hex signature of a response to the request with `nonce` on `path`.
@@ -860,6 +936,44 @@ mod tests {
         ] {
             assert!(!ok(p, "nonce-1", 200, body, Some(&req_sig)));
         }
+    }
+
+    /// The length a response head declares is believed only under the cluster key, for that
+    /// request, path and status, written in digits alone; no other signature passes for it.
+    #[test]
+    fn a_response_length_is_bound_to_key_request_and_status() {
+        let key = key();
+        let p = "/cluster/v1/versions";
+        let head = sign_response_len(&key, p, "nonce-1", 200, 1234);
+        assert!(head.starts_with("1234:"), "{head}");
+        let len = |path: &str, nonce: &str, status: u16, h: Option<&str>| {
+            verify_response_len(&key, path, nonce, status, h)
+        };
+        assert_eq!(len(p, "nonce-1", 200, Some(&head)), Some(1234));
+        assert_eq!(len(p, "nonce-2", 200, Some(&head)), None);
+        assert_eq!(len(p, "nonce-1", 503, Some(&head)), None);
+        assert_eq!(len("/cluster/v1/get", "nonce-1", 200, Some(&head)), None);
+        let mac = head.split_once(':').unwrap().1;
+        // another length with this MAC; the same number written otherwise
+        for other in ["99999999", "+1234", "01234", " 1234", ""] {
+            assert_eq!(
+                len(p, "nonce-1", 200, Some(&format!("{other}:{mac}"))),
+                None,
+                "{other}"
+            );
+        }
+        assert_eq!(len(p, "nonce-1", 200, None), None);
+        assert_eq!(len(p, "nonce-1", 200, Some(mac)), None);
+        let other = derive_key(b"another secret of some length!!", "idstack", "rpc");
+        let forged = sign_response_len(&other, p, "nonce-1", 200, 1234);
+        assert_eq!(len(p, "nonce-1", 200, Some(&forged)), None);
+        // a body's response signature is not a length signature, nor the other way round
+        let body_sig = sign_response(&key, p, "nonce-1", 200, b"1234");
+        assert_eq!(
+            len(p, "nonce-1", 200, Some(&format!("1234:{body_sig}"))),
+            None
+        );
+        assert!(!verify_response(&key, p, "nonce-1", 200, b"", Some(mac)));
     }
 
     #[test]

@@ -92,7 +92,8 @@ pub mod wire;
 /// protocol-6 node refuses the account's password); a pending wallet invitation's emails, a
 /// wallet credential's summary, a verifier session's webhook and success redirect and an
 /// issuer's webhook URL are sealed (a protocol-6 node shows no emails, issuers or types, sends
-/// no webhook and no redirect).
+/// no webhook and no redirect). Every RPC answer carries its signed length
+/// ([`auth::HEADER_RESP_LEN`]): one without it, from a node that gossips 7 or later, is no answer.
 pub const DATA_PROTOCOL: u32 = 7;
 
 #[cfg(feature = "cluster")]

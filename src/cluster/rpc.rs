@@ -304,6 +304,14 @@ async fn sign_responses(
             head.headers_mut()
                 .insert(HeaderName::from_static(auth::HEADER_RESP_SIG), v);
         }
+        // (a test node of an earlier protocol answers as that protocol did)
+        if node.settings.protocol >= auth::RESP_LEN_SINCE_PROTOCOL {
+            let len = node.sign_response_len(&path, &nonce, status.as_u16(), bytes.len() as u64);
+            if let Ok(v) = HeaderValue::from_str(&len) {
+                head.headers_mut()
+                    .insert(HeaderName::from_static(auth::HEADER_RESP_LEN), v);
+            }
+        }
     }
     Ok(ServiceResponse::new(
         req,

@@ -1005,6 +1005,26 @@ mod tests {
         // alone of three: what it holds may lack a revocation made by the other two
         let e = opened.store.current().unwrap_err();
         assert!(e.to_string().contains("cut off"), "{e}");
+        // and a wallet session is not judged on its copy (ended on the other side, it would go
+        // on working here): 503, not the 401 an unknown token gets on a node that is current
+        #[cfg(feature = "wallet")]
+        {
+            let ctx = crate::roles::RoleContext {
+                store: opened.store.clone(),
+                ..crate::roles::RoleContext::for_tests(Arc::new(SystemClock))
+            };
+            let wallet = crate::roles::wallet::WalletService::new(
+                ctx,
+                crate::config::WalletConfig::default(),
+            );
+            let Err(refused) = wallet.authenticate("any-token").await else {
+                panic!("a cut-off node judged a wallet session on its copy");
+            };
+            assert_eq!(
+                crate::error::ErrorCode::error_code(&refused),
+                crate::error::Code::Unavailable
+            );
+        }
         let lease = cluster.init_lease().await.unwrap();
         // another attempt while it is held gives up once the node is asked to stop
         let stop = CancellationToken::new();
@@ -2632,6 +2652,110 @@ mod tests {
         leave_all(&nodes).await;
     }
 
+    /// `n`'s RPC address, listened on by the test once its server stopped (a peer's port taken).
+    async fn take_rpc_address(n: &TestNode) -> (String, tokio::net::TcpListener) {
+        n.cluster.stop_rpc_server().await;
+        let rpc_addr = n.cluster.node.settings.rpc_advertise.clone();
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::net::TcpListener::bind(&rpc_addr).await {
+                Ok(l) => return (rpc_addr, l),
+                Err(e) => assert!(std::time::Instant::now() < until, "{e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// An address on the path to a peer answers its RPC instead of the peer (its server down, its
+    /// port taken): a head claiming a body of 256 MiB, then bytes as fast as they are taken. The
+    /// call fails on the head (no signed length: only a refusal's few bytes are read) and the
+    /// body is not read on; the same answer with a signed length it then exceeds is cut off at
+    /// that length. (Before, the whole body was read into memory, and only then found unsigned.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn an_answer_is_read_no_further_than_its_signed_head_says() {
+        use crate::cluster::{auth, wire::PATH_DIGEST};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const OFFERED: u64 = 256 << 20;
+        let nodes = three().await;
+        let a = nodes[0].cluster.node.clone();
+        let (rpc_addr, listener) = take_rpc_address(&nodes[2]).await;
+        // a's digest calls get a head (with a length signed under the cluster key when told so,
+        // far below what follows), then zeros until a goes away, and what was written is
+        // reported; every other call (b's, a's background ones) is closed unanswered
+        let key = crate::cluster::derive_rpc_key(
+            "unit-test-cluster-secret",
+            &crate::config::Config::default().cluster.id,
+        );
+        let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        let signed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let serving = signed.clone();
+        let fake = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let (sent_tx, signed) = (sent_tx.clone(), serving.load(Ordering::SeqCst));
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                        match socket.read(&mut buf).await {
+                            Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).to_string();
+                    let header = |name: &str| {
+                        text.lines().find_map(|l| {
+                            let (n, v) = l.split_once(':')?;
+                            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                        })
+                    };
+                    let from_a = header(auth::HEADER_NODE).as_deref() == Some("a");
+                    if !from_a || !text.starts_with(&format!("POST {PATH_DIGEST} ")) {
+                        return;
+                    }
+                    let nonce = header(auth::HEADER_NONCE).unwrap_or_default();
+                    let len = if signed {
+                        let h = auth::sign_response_len(&key, PATH_DIGEST, &nonce, 200, 1000);
+                        format!("{}: {h}\r\n", auth::HEADER_RESP_LEN)
+                    } else {
+                        String::new()
+                    };
+                    let answer =
+                        format!("HTTP/1.1 200 OK\r\ncontent-length: {OFFERED}\r\n{len}\r\n");
+                    let mut sent = 0u64;
+                    if socket.write_all(answer.as_bytes()).await.is_ok() {
+                        let zeros = vec![0u8; 64 * 1024];
+                        while sent < OFFERED && socket.write_all(&zeros).await.is_ok() {
+                            sent += zeros.len() as u64;
+                        }
+                    }
+                    let _ = sent_tx.send(sent);
+                });
+            }
+        });
+        for (sign, expect) in [(false, "over 65536 bytes"), (true, "over 1000 bytes")] {
+            signed.store(sign, Ordering::SeqCst);
+            let e = a
+                .call::<_, crate::cluster::wire::DigestResp>(
+                    "c",
+                    &rpc_addr,
+                    PATH_DIGEST,
+                    &crate::cluster::wire::Empty {},
+                )
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains(expect), "{e}");
+            // the fake stops once a has gone: far short of what it offered (the socket buffers
+            // hold a few MiB at most)
+            let sent = tokio::time::timeout(Duration::from_secs(60), sent_rx.recv())
+                .await
+                .expect("the caller kept reading")
+                .unwrap();
+            assert!(sent < OFFERED / 4, "{sent} bytes taken");
+        }
+        fake.abort();
+        leave_all(&nodes).await;
+    }
+
     /// A grey failure: c's RPC accepts connections and never answers while its gossip goes on,
     /// so every node keeps listing it alive. The first call that times out makes c suspect, and
     /// it stays suspect (no call to it succeeds): transitions whose primary is `a` no longer
@@ -2651,16 +2775,7 @@ mod tests {
             store.put(ks, k, b"v0".to_vec(), None).await.unwrap();
         }
         // c's RPC address now accepts and never answers
-        nodes[2].cluster.stop_rpc_server().await;
-        let rpc_addr = nodes[2].cluster.node.settings.rpc_advertise.clone();
-        let until = std::time::Instant::now() + Duration::from_secs(10);
-        let listener = loop {
-            match tokio::net::TcpListener::bind(&rpc_addr).await {
-                Ok(l) => break l,
-                Err(e) => assert!(std::time::Instant::now() < until, "{e}"),
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let (_, listener) = take_rpc_address(&nodes[2]).await;
         let hang = tokio::spawn(async move {
             let mut held = Vec::new();
             while let Ok((socket, _)) = listener.accept().await {

@@ -14,9 +14,25 @@ pub(super) enum SignFor {
     Incarnation(u64),
 }
 
+/// Most bytes read of an answer whose head declares no signed length ([`auth::HEADER_RESP_LEN`])
+/// from a node of an earlier data protocol (a rolling upgrade): the RPC body limit, and for the
+/// anti-entropy calls, which run one at a time and list or fetch a keyspace, 1 GiB.
+fn unsigned_answer_limit(path: &str) -> u64 {
+    if path == PATH_VERSIONS || path == PATH_FETCH {
+        1 << 30
+    } else {
+        64 << 20
+    }
+}
+
+/// Most bytes read of an answer without a signed length from a node listed at a protocol that
+/// sends one: a signed refusal is smaller (an incarnation that gossip has not yet shown to be of
+/// an earlier release, after a rollback), anything larger is not a member's.
+const UNLISTED_FORM_LIMIT: u64 = 64 * 1024;
+
 /// A signed answer to one request.
 pub(super) enum Sent {
-    Answer(actix_web::web::Bytes),
+    Answer(Vec<u8>),
     /// The peer's signed refusal: the request named another of its incarnations; this is its
     /// current generation.
     OtherIncarnation(u64),
@@ -98,16 +114,21 @@ impl Node {
         let body = serde_json::to_vec(req).map_err(|e| RpcError::Remote(e.to_string()))?;
         // Nodes of data protocols 1 and 2 (rolling upgrade) know only their own forms; every
         // other peer, and one not (yet) listed, gets and needs the incarnation-bound one.
-        let form = match self.members().iter().find(|m| m.node_id == peer) {
-            Some(m) if m.protocol < auth::HEAD_SIG_SINCE_PROTOCOL => SignFor::Legacy,
-            Some(m) if m.protocol < auth::GENERATION_SINCE_PROTOCOL => SignFor::Node,
-            Some(m) => SignFor::Incarnation(m.generation),
+        let listed = self
+            .members()
+            .iter()
+            .find(|m| m.node_id == peer)
+            .map(|m| (m.protocol, m.generation));
+        let form = match listed {
+            Some((p, _)) if p < auth::HEAD_SIG_SINCE_PROTOCOL => SignFor::Legacy,
+            Some((p, _)) if p < auth::GENERATION_SINCE_PROTOCOL => SignFor::Node,
+            Some((_, generation)) => SignFor::Incarnation(generation),
             None => SignFor::Incarnation(0),
         };
-        let bytes = match self
-            .send_signed(peer, addr, path, &body, form, timeout)
-            .await?
-        {
+        // a node of an earlier protocol answers without a signed length
+        let unsigned_len = listed.is_some_and(|(p, _)| p < auth::RESP_LEN_SINCE_PROTOCOL);
+        let send = |form| self.send_signed(peer, addr, path, &body, form, unsigned_len, timeout);
+        let bytes = match send(form).await? {
             Sent::Answer(bytes) => bytes,
             Sent::OtherIncarnation(current) => {
                 tracing::debug!(
@@ -115,17 +136,7 @@ impl Node {
                     current,
                     "cluster rpc: peer restarted; signing for its new generation"
                 );
-                match self
-                    .send_signed(
-                        peer,
-                        addr,
-                        path,
-                        &body,
-                        SignFor::Incarnation(current),
-                        timeout,
-                    )
-                    .await?
-                {
+                match send(SignFor::Incarnation(current)).await? {
                     Sent::Answer(bytes) => bytes,
                     // once only: two restarts during one call, or a peer that answers oddly
                     Sent::OtherIncarnation(again) => {
@@ -140,7 +151,11 @@ impl Node {
     }
 
     /// Sends one request (new timestamp and nonce) signed in `form`, and checks the answer's
-    /// signature: an answer not signed for this request is no answer.
+    /// signatures: an answer not signed for this request is no answer. Its head's signed length
+    /// is checked before the body is read, and no more is read (`unsigned_len`: the peer is of
+    /// a data protocol that sends none, and at most [`unsigned_answer_limit`] is read; from any
+    /// other peer an answer without one is read to [`UNLISTED_FORM_LIMIT`]).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn send_signed(
         &self,
         peer: &str,
@@ -148,6 +163,7 @@ impl Node {
         path: &'static str,
         body: &[u8],
         form: SignFor,
+        unsigned_len: bool,
         timeout: Duration,
     ) -> Result<Sent, RpcError> {
         let ts = self.now_ms();
@@ -193,10 +209,28 @@ impl Node {
             .get(auth::HEADER_RESP_SIG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| RpcError::Transport(e.to_string()))?;
+        let declared = auth::verify_response_len(
+            &self.rpc_key,
+            path,
+            &nonce,
+            status.as_u16(),
+            resp.headers()
+                .get(auth::HEADER_RESP_LEN)
+                .and_then(|v| v.to_str().ok()),
+        );
+        // a signed length is a member's word (read as said); otherwise a bound, and the body's
+        // own signature below decides
+        let (cap, reserve) = match declared {
+            Some(n) => (n, n.min(64 << 20)),
+            None if unsigned_len => (unsigned_answer_limit(path), 64 * 1024),
+            None => (UNLISTED_FORM_LIMIT, 4 * 1024),
+        };
+        let bytes = read_at_most(resp, cap, reserve).await?;
+        if declared.is_some_and(|n| n != bytes.len() as u64) {
+            return Err(RpcError::Transport(format!(
+                "{status} answer shorter than its head said"
+            )));
+        }
         // An answer not signed for this request is not from a member: treated like no answer
         // (the address does not reach the peer), so nothing it says is believed.
         if !auth::verify_response(
@@ -228,4 +262,25 @@ impl Node {
         }
         Ok(Sent::Answer(bytes))
     }
+}
+
+/// The body of `resp` (`reserve` bytes reserved first), refused (a transport failure) as soon as
+/// it passes `cap` bytes.
+async fn read_at_most(
+    mut resp: reqwest::Response,
+    cap: u64,
+    reserve: u64,
+) -> Result<Vec<u8>, RpcError> {
+    let mut out = Vec::with_capacity(reserve as usize);
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| RpcError::Transport(e.to_string()))?
+    {
+        if out.len() as u64 + chunk.len() as u64 > cap {
+            return Err(RpcError::Transport(format!("answer over {cap} bytes")));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }

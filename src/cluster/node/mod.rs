@@ -341,6 +341,11 @@ impl Node {
         auth::sign_response(&self.rpc_key, path, nonce, status, body)
     }
 
+    /// [`auth::HEADER_RESP_LEN`] of an answer of `len` bytes.
+    pub fn sign_response_len(&self, path: &str, nonce: &str, status: u16, len: u64) -> String {
+        auth::sign_response_len(&self.rpc_key, path, nonce, status, len)
+    }
+
     // ---------------------------------------------------------------- standing
 
     /// Monotonic ms, counted from an origin well before this node started (so a stamp moved back

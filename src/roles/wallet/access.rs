@@ -116,6 +116,10 @@ impl WalletService {
             "log in: the wallet session token is missing, expired or revoked",
         );
         let store = &self.ctx.store;
+        // A node cut off from most of the cluster (consistent mode) answers 503: a logout, an
+        // account disabled or a member removed on the other side is not here, and the session
+        // must not go on working on this side until the partition heals (cluster review).
+        store.current()?;
         let s: SessionRecord = store
             .get_json(ks::SESSIONS, &sha256_hex(token))
             .await?
