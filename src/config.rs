@@ -437,11 +437,6 @@ pub struct RedisConfig {
     pub connect_timeout_ms: u64,
     /// Upper bound for one store operation; past it the request fails with 503.
     pub command_timeout_ms: u64,
-    /// Replicas that must hold a compare-and-swap (every single-use transition: a code, a
-    /// nonce, a session answered) before it is acknowledged (Redis `WAIT`); 0 = none.
-    pub wait_replicas: u32,
-    /// How long a compare-and-swap waits for them; fewer by then is a 503.
-    pub wait_timeout_ms: u64,
     pub password: Secret,
     pub password_file: PathBuf,
 }
@@ -455,8 +450,6 @@ impl Default for RedisConfig {
             pool_size: 4,
             connect_timeout_ms: 1_000,
             command_timeout_ms: 2_000,
-            wait_replicas: 0,
-            wait_timeout_ms: 500,
             password: Secret::default(),
             password_file: PathBuf::new(),
         }
@@ -1215,12 +1208,6 @@ fn validate_redis(r: &RedisConfig, has_master_key: bool) -> Result<(), ConfigErr
             "store.redis.command_timeout_ms and connect_timeout_ms must be positive".into(),
         ));
     }
-    if r.wait_replicas > 0 && (r.wait_timeout_ms == 0 || r.wait_timeout_ms >= r.command_timeout_ms)
-    {
-        return Err(ConfigError::Invalid(
-            "store.redis.wait_timeout_ms must be positive and below command_timeout_ms".into(),
-        ));
-    }
     // Every node seals and opens the same records: a per-node generated key cannot work.
     if !has_master_key {
         return Err(ConfigError::Invalid(
@@ -1524,14 +1511,6 @@ mod tests {
             c.store.redis.url = vec![];
             assert!(c.clone().finish().is_err());
             c.store.redis.url = vec!["redis://a:1".into()];
-            // a wait for replicas that the command timeout would cut short
-            c.store.redis.wait_replicas = 1;
-            c.clone().finish().unwrap();
-            c.store.redis.wait_timeout_ms = c.store.redis.command_timeout_ms;
-            let e = c.clone().finish().unwrap_err().to_string();
-            assert!(e.contains("wait_timeout_ms"), "{e}");
-            c.store.redis.wait_replicas = 0;
-            c.clone().finish().unwrap();
             c.store.redis.key_prefix = "a{b}".into();
             assert!(c.finish().is_err());
         } else {

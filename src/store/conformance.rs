@@ -410,9 +410,11 @@ pub async fn concurrent_probes_all_pass(s: Arc<dyn Store>) {
 }
 
 /// A redis-server for tests: `IDSTACK_TEST_REDIS_URL` when set, else one started once per test
-/// process ([`spawn_test_redis`]). Fails loudly when `redis-server` is not installed
-/// (scripts/test.sh installs it).
+/// process on a free 127.0.0.1 port in a temp dir (no persistence), stopped by a watchdog when
+/// the test process exits. Fails loudly when `redis-server` is not installed (scripts/test.sh
+/// installs it).
 #[cfg(feature = "redis")]
+#[allow(clippy::disallowed_methods)]
 pub fn test_redis_url() -> String {
     use std::sync::OnceLock;
     static URL: OnceLock<String> = OnceLock::new();
@@ -422,65 +424,50 @@ pub fn test_redis_url() -> String {
                 return u;
             }
         }
-        format!("redis://127.0.0.1:{}", spawn_test_redis(&[]))
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("idstack-test-redis-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = format!(
+            "redis-server --port {port} --bind 127.0.0.1 --dir '{}' --save '' --appendonly no --loglevel warning & r=$!; \
+             while kill -0 {pid} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 1; done; kill $r 2>/dev/null; rm -rf '{}'",
+            dir.display(),
+            dir.display(),
+            pid = std::process::id()
+        );
+        // The watchdog shell outlives this call on purpose (it stops redis when we exit).
+        #[allow(clippy::zombie_processes)]
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("sh");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::{Read, Write};
+                let mut buf = [0u8; 7];
+                if c.write_all(b"PING\r\n").is_ok()
+                    && c.read_exact(&mut buf).is_ok()
+                    && &buf == b"+PONG\r\n"
+                {
+                    break;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start on port {port}: is it installed? (scripts/test.sh installs it)"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        format!("redis://127.0.0.1:{port}")
     })
     .clone()
-}
-
-/// Runs `script` in a shell left running (its watchdog loop stops the servers it started when
-/// the test process exits), with no inherited pipes: the servers must not keep the test runner's
-/// output open.
-#[cfg(feature = "redis")]
-#[allow(clippy::disallowed_methods, clippy::zombie_processes)]
-fn detached_shell(script: String) {
-    std::process::Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("sh");
-}
-
-/// A redis-server started with `args` on a free 127.0.0.1 port in a temp dir (no persistence),
-/// stopped by a watchdog when the test process exits; its port once it answers PING.
-#[cfg(feature = "redis")]
-#[allow(clippy::disallowed_methods)]
-pub fn spawn_test_redis(args: &[&str]) -> u16 {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = std::env::temp_dir().join(format!("idstack-test-redis-{port}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let args: String = args.iter().map(|a| format!(" '{a}'")).collect();
-    let script = format!(
-        "redis-server --port {port} --bind 127.0.0.1 --dir '{}' --save '' --appendonly no --loglevel warning{args} & r=$!; \
-         while kill -0 {pid} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 1; done; kill $r 2>/dev/null; rm -rf '{}'",
-        dir.display(),
-        dir.display(),
-        pid = std::process::id()
-    );
-    detached_shell(script);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            use std::io::{Read, Write};
-            let mut buf = [0u8; 7];
-            if c.write_all(b"PING\r\n").is_ok()
-                && c.read_exact(&mut buf).is_ok()
-                && &buf == b"+PONG\r\n"
-            {
-                return port;
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "redis-server did not start on port {port}: is it installed? (scripts/test.sh installs it)"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A 3-master Redis Cluster for tests on free 127.0.0.1 ports, started once per test process
@@ -521,7 +508,14 @@ pub fn test_redis_cluster_urls() -> Vec<String> {
             dir.display(),
             pid = std::process::id()
         ));
-        detached_shell(script);
+        // No inherited pipes: the servers must not keep the test runner's output open.
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("sh");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         for p in &ports {
             while std::net::TcpStream::connect(("127.0.0.1", *p)).is_err() {

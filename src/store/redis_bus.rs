@@ -193,8 +193,6 @@ mod tests {
             pool_size: 1,
             connect_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_secs(5),
-            wait_replicas: 0,
-            wait_timeout: Duration::from_millis(500),
             password: None,
         };
         let store = RedisStore::connect(opts.clone(), FakeClock::new(0))

@@ -49,9 +49,6 @@ pub struct RedisOptions {
     pub pool_size: usize,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
-    /// Replicas a compare-and-swap must reach before it is acknowledged (`WAIT`); 0 = none.
-    pub wait_replicas: u32,
-    pub wait_timeout: Duration,
     pub password: Option<String>,
 }
 
@@ -65,8 +62,6 @@ impl RedisOptions {
             pool_size: r.pool_size.max(1),
             connect_timeout: Duration::from_millis(r.connect_timeout_ms.max(1)),
             command_timeout: Duration::from_millis(r.command_timeout_ms.max(1)),
-            wait_replicas: r.wait_replicas,
-            wait_timeout: Duration::from_millis(r.wait_timeout_ms.max(1)),
             password: s.redis_password.as_ref().map(|p| p.expose().to_string()),
         }
     }
@@ -724,11 +719,9 @@ impl Store for RedisStore {
         };
         let s = self.scripts.clone();
         let (base, anchor) = (self.base.clone(), self.anchor());
-        let (wanted, wait_ms) = (self.opts.wait_replicas, self.opts.wait_timeout.as_millis());
-        let (reply, reached): (Vec<Value>, Option<i64>) = self
+        let reply: Vec<Value> = self
             .run("cas", |mut c| async move {
-                let reply: Vec<Value> = s
-                    .cas
+                s.cas
                     .key(&anchor)
                     .arg(&base)
                     .arg(keyspace)
@@ -741,32 +734,9 @@ impl Store for RedisStore {
                     .arg(px)
                     .arg(deadline)
                     .invoke_async(&mut c)
-                    .await?;
-                // a swap is a single-use transition: on the replicas before it is acknowledged
-                // (WAIT on the connection that wrote it: a failover to a replica that missed it
-                // would let a used code or nonce be used once more)
-                let reached = match reply.as_slice() {
-                    [Value::Int(1)] if wanted > 0 => Some(
-                        redis::cmd("WAIT")
-                            .arg(wanted)
-                            .arg(wait_ms as u64)
-                            .query_async::<i64>(&mut c)
-                            .await?,
-                    ),
-                    _ => None,
-                };
-                Ok((reply, reached))
+                    .await
             })
             .await?;
-        if let Some(n) = reached.filter(|n| *n < i64::from(wanted)) {
-            self.metrics
-                .errors
-                .with_label_values(&["cas", "replicas"])
-                .inc();
-            return Err(StoreError::Unavailable(format!(
-                "redis: a compare-and-swap reached {n} of the {wanted} replicas store.redis.wait_replicas asks for within {wait_ms} ms (it may still hold: retry)"
-            )));
-        }
         match reply.as_slice() {
             [Value::Int(1)] => Ok(Cas::Swapped),
             [Value::Int(0)] => Ok(Cas::Conflict(None)),
@@ -1068,68 +1038,8 @@ mod tests {
             pool_size: 2,
             connect_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_secs(10),
-            wait_replicas: 0,
-            wait_timeout: Duration::from_millis(500),
             password: None,
         }
-    }
-
-    /// With `store.redis.wait_replicas`, a swap is acknowledged only once that many replicas hold
-    /// it: on a Redis without a replica it is a 503 (it may still hold, like any write whose
-    /// answer was lost), with one attached it is acknowledged, and the replica has it.
-    #[tokio::test]
-    async fn a_swap_is_acknowledged_once_its_replicas_hold_it() {
-        let spawn = |args: &'static [&'static str]| {
-            tokio::task::spawn_blocking(move || crate::store::conformance::spawn_test_redis(args))
-        };
-        let primary = spawn(&[]).await.unwrap();
-        let mut opts = options(format!("redis://127.0.0.1:{primary}"));
-        opts.wait_replicas = 1;
-        opts.wait_timeout = Duration::from_millis(200);
-        let clock = FakeClock::new(1_000_000);
-        let s = RedisStore::connect(opts, clock.clone()).await.unwrap();
-        let swap = |key: String| {
-            let s = &s;
-            async move {
-                s.compare_and_swap("unit_things", &key, None, Some((b"used".to_vec(), None)))
-                    .await
-            }
-        };
-        let e = swap("code-0".into()).await.unwrap_err();
-        assert!(
-            matches!(&e, StoreError::Unavailable(m) if m.contains("0 of the 1 replicas")),
-            "{e:?}"
-        );
-        // a replica of it: once in sync, swaps are acknowledged, and it holds them
-        let replica_of = format!("127.0.0.1 {primary}");
-        let replica_of: &'static str = Box::leak(replica_of.into_boxed_str());
-        let args: &'static [&'static str] = Box::leak(Box::new(["--replicaof", replica_of]));
-        let replica = spawn(args).await.unwrap();
-        let until = std::time::Instant::now() + Duration::from_secs(30);
-        let mut i = 0;
-        let key = loop {
-            i += 1;
-            let key = format!("code-{i}");
-            match swap(key.clone()).await {
-                Ok(Cas::Swapped) => break key,
-                Err(StoreError::Unavailable(_)) if std::time::Instant::now() < until => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                other => panic!("{other:?}"),
-            }
-        };
-        let record = s.rkey("unit_things", &key);
-        let held = tokio::task::spawn_blocking(move || {
-            use std::io::{BufRead, Write};
-            let mut c = std::net::TcpStream::connect(("127.0.0.1", replica)).unwrap();
-            write!(c, "EXISTS {record}\r\n").unwrap();
-            let mut line = String::new();
-            std::io::BufReader::new(c).read_line(&mut line).unwrap();
-            line
-        })
-        .await
-        .unwrap();
-        assert_eq!(held.trim_end(), ":1");
     }
 
     async fn store() -> (Arc<dyn Store>, Arc<FakeClock>) {
