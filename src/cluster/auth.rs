@@ -67,7 +67,8 @@ pub const HEADER_RESP_SIG: &str = "x-idstack-cluster-resp-sig";
 /// is not a member's costs it its head, not whatever body an address on the path sends.
 pub const HEADER_RESP_LEN: &str = "x-idstack-cluster-resp-len";
 /// The first data protocol ([`super::DATA_PROTOCOL`]) whose nodes send [`HEADER_RESP_LEN`]; an
-/// answer from one of them without it is no answer.
+/// answer from one of them without it is read to a small bound only (a signed refusal fits),
+/// then its body signature decides.
 pub const RESP_LEN_SINCE_PROTOCOL: u32 = 7;
 
 /// How far a request's timestamp may be from this node's clock.

@@ -93,7 +93,8 @@ pub mod wire;
 /// wallet credential's summary, a verifier session's webhook and success redirect and an
 /// issuer's webhook URL are sealed (a protocol-6 node shows no emails, issuers or types, sends
 /// no webhook and no redirect). Every RPC answer carries its signed length
-/// ([`auth::HEADER_RESP_LEN`]): one without it, from a node that gossips 7 or later, is no answer.
+/// ([`auth::HEADER_RESP_LEN`]): one without it, from a node that gossips 7 or later, is read to
+/// 64 KiB at most.
 pub const DATA_PROTOCOL: u32 = 7;
 
 #[cfg(feature = "cluster")]

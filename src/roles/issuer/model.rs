@@ -126,7 +126,8 @@ pub struct Issuer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
     /// `webhook_url` as the store keeps it: sealed to this issuer (base64url). A webhook URL
-    /// can carry its receiver's secret (a token in its path or query). Never in the API.
+    /// can carry its receiver's secret (a token in its path or query). In the API only when it
+    /// does not open (then shown as stored, and kept by updates until the URL is set again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(ignore)]
     pub sealed_webhook_url: Option<String>,
