@@ -229,7 +229,9 @@ mod tests {
     use super::*;
     use crate::clock::FakeClock;
     use crate::error::{ApiError, Code};
-    use crate::roles::wallet::model::{AddMember, Credentials, LoginRequest, WalletRecord};
+    use crate::roles::wallet::model::{
+        AddMember, Credentials, LoginRequest, LoginResponse, WalletRecord,
+    };
     use crate::roles::RoleContext;
     use std::sync::Arc;
 
@@ -259,15 +261,22 @@ mod tests {
             password: "correct horse".into(),
         };
         svc.register(creds()).await.unwrap();
-        let login = svc
-            .login(LoginRequest {
-                email: email.into(),
-                password: "correct horse".into(),
-                device_token: None,
-            })
-            .await
-            .unwrap();
+        let login = log_in(svc, email, "correct horse").await.unwrap();
         svc.authenticate(&login.token).await.unwrap()
+    }
+
+    /// A login of `email` with `password`, from no device signed in on before.
+    async fn log_in(
+        svc: &WalletService,
+        email: impl Into<String>,
+        password: &str,
+    ) -> WalletResult<LoginResponse> {
+        svc.login(LoginRequest {
+            email: email.into(),
+            password: password.into(),
+            device_token: None,
+        })
+        .await
     }
 
     /// A login with an email no account can have (here 300 KiB) is refused like a wrong
@@ -293,14 +302,7 @@ mod tests {
         let stored = svc.ctx.store.count_prefix(ks::LOGIN_FAILURES, "", 10).await;
         assert_eq!(stored.unwrap(), 0);
         // a possible email is counted as before
-        let _ = svc
-            .login(LoginRequest {
-                email: "dave@example.org".into(),
-                password: "wrong".into(),
-                device_token: None,
-            })
-            .await
-            .unwrap_err();
+        let _ = log_in(&svc, "dave@example.org", "wrong").await.unwrap_err();
         let stored = svc.ctx.store.count_prefix(ks::LOGIN_FAILURES, "", 10).await;
         assert_eq!(stored.unwrap(), 1);
     }
@@ -326,12 +328,7 @@ mod tests {
         let svc = service();
         let store = svc.ctx.store.clone();
         let erin = sign_up(&svc, "erin@example.org").await;
-        let _ = svc
-            .login(LoginRequest {
-                email: "erin@example.org".into(),
-                password: "wrong password".into(),
-                device_token: None,
-            })
+        let _ = log_in(&svc, "erin@example.org", "wrong password")
             .await
             .unwrap_err();
         for keyspace in [ks::ACCOUNTS, ks::EMAILS, ks::LOGIN_FAILURES] {
@@ -367,13 +364,7 @@ mod tests {
             .insert_new_json(ks::EMAILS, "frank@example.org", &legacy.id, None)
             .await
             .unwrap();
-        let log_in = || {
-            svc.login(LoginRequest {
-                email: "frank@example.org".into(),
-                password: "correct horse".into(),
-                device_token: None,
-            })
-        };
+        let log_in = || log_in(&svc, "frank@example.org", "correct horse");
         let frank = log_in().await.unwrap();
         let signed_in = svc.authenticate(&frank.token).await.unwrap();
         assert_eq!(signed_in.account().email, "frank@example.org");
@@ -422,21 +413,15 @@ mod tests {
             })
             .await
             .unwrap();
-        let log_in = |password: &str| {
-            svc.login(LoginRequest {
-                email: "grace@example.org".into(),
-                password: password.into(),
-                device_token: None,
-            })
-        };
-        log_in("wrong horse").await.unwrap_err();
+        let grace = "grace@example.org";
+        log_in(&svc, grace, "wrong horse").await.unwrap_err();
         assert_eq!(stored_hash().await, legacy, "a wrong password keys nothing");
-        log_in("correct horse").await.unwrap();
+        log_in(&svc, grace, "correct horse").await.unwrap();
         let rekeyed = stored_hash().await;
         assert!(rekeyed.contains(",keyid="), "{rekeyed}");
         assert!(!unkeyed_check(&rekeyed));
-        log_in("correct horse").await.unwrap();
-        log_in("wrong horse").await.unwrap_err();
+        log_in(&svc, grace, "correct horse").await.unwrap();
+        log_in(&svc, grace, "wrong horse").await.unwrap_err();
     }
 
     /// An email claimed for an account that was never written (a claim applied but answered
