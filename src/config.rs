@@ -779,7 +779,7 @@ impl Default for ClusterConfig {
 /// Highest `jsonld.max_recursion_depth` accepted.
 pub const MAX_JSONLD_RECURSION: usize = 256;
 
-/// Limits on verifying Data Integrity (JSON-LD) credentials and presentations, whose RDF
+/// Limits on verifying and signing Data Integrity (JSON-LD) credentials and presentations, whose RDF
 /// canonicalization is exponential in the worst case (src/crypto/di.rs; docs/security.md).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -526,12 +526,37 @@ fn vm_did(vm: &str) -> &str {
     vm.split('#').next().unwrap_or(vm)
 }
 
-/// Secures a VCDM 2.0 credential (`issuer` set to the method's DID, `validFrom` defaulted).
+/// Secures a VCDM 2.0 credential (`issuer` set to the method's DID, `validFrom` defaulted),
+/// within the `jsonld.*` limits (but neither the concurrency bound nor cancellation: handlers use
+/// [`issue_credential_bounded`]).
 pub fn issue_credential(
     key: &SigningKey,
     vm: &str,
     credential: Map<String, Value>,
     now: i64,
+) -> CryptoResult<Value> {
+    let limits = bounds().limits.clone();
+    issue_credential_with(key, vm, credential, now, &mut Work::new(&limits, None))
+}
+
+/// [`issue_credential`] for request handlers: in one of the `jsonld.max_concurrent` slots
+/// verifications share, stopped when the caller goes away or the time budget runs out
+/// ([`CryptoError::TooComplex`]).
+pub async fn issue_credential_bounded(
+    key: Arc<SigningKey>,
+    vm: String,
+    credential: Map<String, Value>,
+    now: i64,
+) -> CryptoResult<Value> {
+    run_bounded(move |work| issue_credential_with(&key, &vm, credential, now, work)).await
+}
+
+fn issue_credential_with(
+    key: &SigningKey,
+    vm: &str,
+    credential: Map<String, Value>,
+    now: i64,
+    work: &mut Work<'_>,
 ) -> CryptoResult<Value> {
     let mut vc = credential;
     vc.entry("@context").or_insert_with(credential_contexts);
@@ -555,6 +580,10 @@ pub fn issue_credential(
             "a null or an empty array: JSON-LD leaves it out of what is signed (leave it out)",
         ));
     }
+    // Signing canonicalizes as verifying does: the same `jsonld.*` bounds first (ssi's own
+    // canonicalization has none; nine linked blank nodes took it more than 15 minutes).
+    check_size(&vc, work.limits)?;
+    rdfc::check(&rdf_quads(vc.clone())?, work)?;
     sign(key, vm, vc, options(vm, ProofPurpose::Assertion, now)?)
 }
 
@@ -1772,6 +1801,30 @@ mod tests {
             assert!(serde_json::to_string(&bomb).unwrap().len() < 4096);
             too_complex_mentioning(verify_credential(&bomb, NOW), "jsonld.max_work");
         }
+    }
+
+    /// Signing canonicalizes too: a credential an admin (or an issuer tenant's offer claims)
+    /// hands in is held to the same work bound as one a wallet presents.
+    #[test]
+    fn blank_node_bombs_are_not_signed() {
+        let issuer = SigningKey::generate(KeyType::Ed25519);
+        let vm = did::verification_method(&did::did_key(&issuer.verifying_key()));
+        for n in [9, 12] {
+            let mut bomb = linked_blank_nodes(n);
+            let bomb = bomb.as_object_mut().unwrap();
+            bomb.remove("proof");
+            bomb.remove("issuer");
+            too_complex_mentioning(
+                issue_credential(&issuer, &vm, bomb.clone(), NOW),
+                "jsonld.max_work",
+            );
+        }
+        // what verifies within the bound is still signed
+        let mut small = linked_blank_nodes(3);
+        small.as_object_mut().unwrap().remove("proof");
+        let small = small.as_object().unwrap().clone();
+        let signed = issue_credential(&issuer, &vm, small, NOW).unwrap();
+        verify_credential(&signed, NOW).unwrap();
     }
 
     #[test]

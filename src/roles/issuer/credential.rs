@@ -16,7 +16,7 @@ use super::outcome::Watched;
 use super::proofs::proof_jwts;
 use super::service::*;
 use crate::clock::random_id;
-use crate::crypto::{sha256_hex, SigningKey, VerifyingKey};
+use crate::crypto::{sha256_hex, CryptoError, SigningKey, VerifyingKey};
 use crate::error::{unless_unavailable, ErrorCode, OAuthCode::*};
 use crate::store::Cas;
 
@@ -795,7 +795,9 @@ impl IssuerService {
     }
 }
 
-/// An ldp_vc (Data Integrity): canonicalization is CPU-heavy, so it runs on the blocking pool.
+/// An ldp_vc (Data Integrity), within the `jsonld.*` bounds. Its claims were signed within them
+/// when the offer was made ([`formats::ldp_vc_signable`]), so running out of slots or time here
+/// is the node's load: 503, retry.
 async fn issue_ldp(
     b: &Batch<'_>,
     holder: &VerifyingKey,
@@ -803,30 +805,22 @@ async fn issue_ldp(
     credential_id: &str,
     status: &StatusRef,
 ) -> Result<Value, IssuerError> {
-    let args = (
-        b.issuer.clone(),
+    formats::ldp_vc(
+        b.issuer,
         b.key.clone(),
         b.config.credential_type.clone(),
         b.claims.clone(),
         formats::holder_did_of(holder, holder_did),
-        credential_id.to_string(),
+        credential_id,
+        b.now,
         b.expires_at,
-        status.clone(),
-    );
-    let now = b.now;
-    // Data Integrity signing: in one of the JSON-LD slots verifications share, so a token's
-    // concurrent requests cannot take every blocking thread (attacker review)
-    crate::crypto::di::run_in_slot(move || {
-        formats::ldp_vc(
-            args.0, args.1, args.2, args.3, args.4, args.5, now, args.6, args.7,
-        )
-    })
+        status,
+    )
     .await
     .map_err(|e| match e {
-        crate::crypto::CryptoError::Busy(d) => IssuerError::Busy(d),
+        CryptoError::Busy(d) | CryptoError::TooComplex(d) => IssuerError::Busy(d),
         other => internal(other),
-    })?
-    .map_err(internal)
+    })
 }
 
 /// Whether a request's access token is usable: its offer's redemption names it (grant_access).

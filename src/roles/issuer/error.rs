@@ -56,6 +56,9 @@ pub enum IssuerError {
     /// Every slot for Data Integrity work stayed busy (`jsonld.max_concurrent`): 503, retry.
     #[error("{0}")]
     Busy(String),
+    /// A credential to sign whose canonicalization is over the `jsonld.*` limits: 422.
+    #[error("{0}")]
+    TooComplex(String),
     /// Ours, not the client's (a record that does not decode, a failed signing task): logged,
     /// never sent.
     #[error("{0}")]
@@ -80,6 +83,7 @@ impl ErrorCode for IssuerError {
             }
             IssuerError::Refused(r) => r.error_code(),
             IssuerError::Busy(_) => Code::Unavailable,
+            IssuerError::TooComplex(_) => Code::JsonLdTooComplex,
             IssuerError::NoKey(_)
             | IssuerError::StatusList(_)
             | IssuerError::Mdoc(_)

@@ -3,7 +3,7 @@
 use serde_json::{json, Map, Value};
 
 use super::model::{CredentialConfig, Format, Issuer};
-use crate::crypto::{did, jws, sdjwt, SigningKey, VerifyingKey};
+use crate::crypto::{did, jws, sdjwt, CryptoResult, SigningKey, VerifyingKey};
 
 /// Where a credential's status lives.
 #[derive(Debug, Clone)]
@@ -42,41 +42,42 @@ pub fn issue(input: &IssueInput<'_>) -> Result<Value, String> {
     }
 }
 
-/// VCDM 2.0 credential with a Data Integrity `eddsa-rdfc-2022` proof (`ldp_vc`). CPU-heavy (RDF
-/// canonicalization): call it on the blocking pool. Owned arguments for that reason.
+/// VCDM 2.0 credential with a Data Integrity `eddsa-rdfc-2022` proof (`ldp_vc`): signed within
+/// the `jsonld.*` bounds, in one of the JSON-LD slots verifications share (RDF canonicalization
+/// is CPU-heavy), so a token's concurrent requests cannot take every thread (attacker review).
 #[allow(clippy::too_many_arguments)]
-pub fn ldp_vc(
-    issuer: Issuer,
+pub async fn ldp_vc(
+    issuer: &Issuer,
     key: std::sync::Arc<SigningKey>,
     credential_type: String,
     claims: Map<String, Value>,
     holder_did: String,
-    credential_id: String,
+    credential_id: &str,
     now: i64,
     expires_at: Option<i64>,
-    status: StatusRef,
-) -> Result<Value, String> {
+    status: &StatusRef,
+) -> CryptoResult<Value> {
     let vc = ldp_vc_document(
         credential_type,
         claims,
         holder_did,
-        &credential_id,
+        credential_id,
         now,
         expires_at,
-        &status,
+        status,
     );
-    crate::crypto::di::issue_credential(&key, &issuer.verification_method, vc, now)
-        .map_err(|e| e.to_string())
+    let vm = issuer.verification_method.clone();
+    crate::crypto::di::issue_credential_bounded(key, vm, vc, now).await
 }
 
 /// Whether an `ldp_vc` of this type with these claims can be signed: the same document, signed
 /// with a throwaway key (an offer is refused when its credential could never be issued, rather
-/// than each wallet's request failing at the credential endpoint). CPU-heavy like [`ldp_vc`].
-pub fn ldp_vc_signable(
+/// than each wallet's request failing at the credential endpoint), within the same bounds.
+pub async fn ldp_vc_signable(
     credential_type: String,
     claims: Map<String, Value>,
     now: i64,
-) -> Result<(), String> {
+) -> CryptoResult<()> {
     let key = SigningKey::generate(crate::crypto::KeyType::Ed25519);
     let vm = did::verification_method(&did::did_key(&key.verifying_key()));
     let list = "https://issuer.invalid/status/1".to_string();
@@ -96,9 +97,9 @@ pub fn ldp_vc_signable(
         Some(now + 1),
         &status,
     );
-    crate::crypto::di::issue_credential(&key, &vm, vc, now)
+    crate::crypto::di::issue_credential_bounded(std::sync::Arc::new(key), vm, vc, now)
+        .await
         .map(|_| ())
-        .map_err(|e| e.to_string())
 }
 
 /// The unsigned VCDM 2.0 credential of an `ldp_vc`.

@@ -10,6 +10,7 @@ use super::ks;
 use super::model::*;
 use super::service::*;
 use crate::clock::{random_id, random_token};
+use crate::crypto::CryptoError;
 use crate::http::urlencode;
 
 /// The longest validity an offer or configuration may give a credential (100 years): beyond
@@ -266,19 +267,18 @@ impl IssuerService {
             };
             let claims = super::credential::config_claims(&req.claims, c);
             let credential_type = c.credential_type.clone();
-            crate::crypto::di::run_in_slot(move || {
-                super::formats::ldp_vc_signable(credential_type, claims, now)
-            })
-            .await
-            .map_err(|e| match e {
-                crate::crypto::CryptoError::Busy(d) => IssuerError::Busy(d),
-                other => IssuerError::Internal(other.to_string()),
-            })?
-            .map_err(|e| {
-                invalid(format!(
-                    "credential configuration `{id}`: an ldp_vc with these claims cannot be signed: {e}"
-                ))
-            })?;
+            super::formats::ldp_vc_signable(credential_type, claims, now)
+                .await
+                .map_err(|e| {
+                    let detail = format!(
+                        "credential configuration `{id}`: an ldp_vc with these claims cannot be signed: {e}"
+                    );
+                    match e {
+                        CryptoError::Busy(_) => IssuerError::Busy(detail),
+                        CryptoError::TooComplex(_) => IssuerError::TooComplex(detail),
+                        _ => invalid(detail),
+                    }
+                })?;
         }
         Ok(())
     }

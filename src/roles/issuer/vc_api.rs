@@ -23,7 +23,7 @@ pub struct IssueRequest {
 /// `jwt` (VCDM 1.1 `vc` claim when the context is v1, else VC-JOSE `vc+jwt` with the credential as
 /// payload) or `enveloped` (VCDM 2.0 only: that `vc+jwt` as an `EnvelopedVerifiableCredential`).
 #[utoipa::path(tag = "issuer", security(("admin_token" = [])), request_body = IssueRequest, responses(
-    (status = 201, description = "{\"verifiableCredential\": ...}"), (status = 400, description = "the credential is malformed (VC Data Model) or names an issuer this node does not hold", body = Problem), (status = 422, body = Problem), (status = 401, body = Problem)))]
+    (status = 201, description = "{\"verifiableCredential\": ...}"), (status = 400, description = "the credential is malformed (VC Data Model) or names an issuer this node does not hold", body = Problem), (status = 422, description = "a `jsonld_too_complex` credential: canonicalizing it is over the `jsonld.*` limits", body = Problem), (status = 401, body = Problem), (status = 503, description = "every JSON-LD slot stayed busy; retry", body = Problem)))]
 #[post("/vc-api/credentials/issue")]
 pub async fn issue(
     _a: Admin,

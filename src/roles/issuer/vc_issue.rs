@@ -5,11 +5,12 @@
 
 use serde_json::{json, Map, Value};
 
-use super::error::{internal, IssuerError};
+use super::error::IssuerError;
 use super::formats;
 use super::model::Issuer;
 use super::service::IssuerService;
 use super::vc_input::{self, Model, VCDM1_CONTEXT};
+use crate::crypto::CryptoError;
 
 const DATA_INTEGRITY_CONTEXT: &str = "https://w3id.org/security/data-integrity/v2";
 
@@ -41,15 +42,16 @@ impl IssuerService {
         match format {
             "ldp" => {
                 let vm = issuer.verification_method.clone();
-                let out = crate::crypto::di::run_in_slot(move || {
-                    crate::crypto::di::issue_credential(&key, &vm, vc, now)
-                })
-                .await
-                .map_err(|e| match e {
-                    crate::crypto::CryptoError::Busy(d) => IssuerError::Busy(d),
-                    other => internal(other),
-                })?;
-                out.map_err(|e| malformed(format!("cannot secure this credential: {e}")))
+                crate::crypto::di::issue_credential_bounded(key, vm, vc, now)
+                    .await
+                    .map_err(|e| {
+                        let detail = format!("cannot secure this credential: {e}");
+                        match e {
+                            CryptoError::Busy(_) => IssuerError::Busy(detail),
+                            CryptoError::TooComplex(_) => IssuerError::TooComplex(detail),
+                            _ => malformed(detail),
+                        }
+                    })
             }
             "jwt" | "enveloped" => {
                 let v1 = vc["@context"]
