@@ -395,6 +395,11 @@ impl Book {
         self.removed.contains(conn_id, id, now)
     }
 
+    /// Whether another node changes queues too (indexes may lag its changes by a bus event).
+    pub(super) fn is_shared(&self) -> bool {
+        self.shared
+    }
+
     /// When (ms) the first HTTP lease on `conn_id`'s messages still running at `now` runs out.
     pub(super) fn first_http_lease_end(&self, conn_id: &str, now: i64) -> Option<i64> {
         self.leases

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::book::{lease_from, live_ids, Holder, Leases, Pending};
+use super::book::{lease_from, live_ids, Holder, Leases, Pending, SHARED_INDEX_MAX_AGE_MS};
 use super::error::{MediatorError, MediatorResult, OrInternal as _};
 use super::index::{Change, ConnQueue, Entry};
 use super::message::recipient_filter;
@@ -55,6 +55,21 @@ fn is_message_id(id: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
+
+/// When a message arrived, from its id (which starts with it: [`is_message_id`]).
+fn arrival_ms(id: &str) -> i64 {
+    id.get(..13).and_then(|t| t.parse().ok()).unwrap_or(0)
+}
+
+/// An acknowledged id this node's index does not know is looked up in the store only when it
+/// arrived this recently (ms): an index is at most [`SHARED_INDEX_MAX_AGE_MS`] old once other
+/// nodes change queues, and nodes' clocks may differ (the cluster's ±30 s window).
+const UNKNOWN_ACK_WINDOW_MS: i64 = SHARED_INDEX_MAX_AGE_MS + 60_000;
+
+/// Store reads one acknowledgement may cost for ids the index does not know (each a read of
+/// every replica in a cluster when absent). A message past them stays queued and is delivered
+/// again; its client acknowledges it again.
+const MAX_UNKNOWN_ACK_READS: usize = 8;
 
 /// `secs` as milliseconds, saturating.
 fn ms(secs: u64) -> i64 {
@@ -438,6 +453,13 @@ impl MediatorService {
 
     /// Deletes acknowledged messages and ends their leases, wherever they were handed out (a
     /// socket's delivery may be acknowledged over HTTP, as credo does). O(acknowledged).
+    ///
+    /// Only what the connection holds is deleted: an id neither its index nor its leases know
+    /// writes nothing (in a cluster each delete is a tombstone on every node, kept for
+    /// `tombstone_ttl_seconds`: a client naming made-up ids filled every node's disk and memory
+    /// for a week; attacker review). Once other nodes change queues too, a message one of them
+    /// queued may be acknowledged here before its bus event arrived: an unknown id that arrived
+    /// recently is looked up in the store ([`MAX_UNKNOWN_ACK_READS`] per acknowledgement).
     pub(super) async fn acknowledge(
         &self,
         conn_id: &str,
@@ -445,6 +467,28 @@ impl MediatorService {
         socket: Option<&Arc<Socket>>,
     ) -> MediatorResult<()> {
         let ids: Vec<&String> = ids.iter().filter(|id| is_message_id(id)).collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let (mut ids, unknown) = self
+            .with_queue(conn_id, |q, l| {
+                ids.into_iter()
+                    .partition::<Vec<&String>, _>(|id| q.get(id).is_some() || l.contains_key(*id))
+            })
+            .await?;
+        if !unknown.is_empty() && self.book().is_shared() {
+            let since = self.now().saturating_sub(UNKNOWN_ACK_WINDOW_MS);
+            let recent = unknown
+                .into_iter()
+                .filter(|id| arrival_ms(id) >= since)
+                .take(MAX_UNKNOWN_ACK_READS);
+            for id in recent {
+                let key = format!("{conn_id}/{id}");
+                if self.ctx.store.get(ks::QUEUE, &key).await?.is_some() {
+                    ids.push(id);
+                }
+            }
+        }
         let n = ids.len() as u64;
         if ids.is_empty() {
             return Ok(());

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::model::{ks, Connection};
 use super::MediatorService;
+use crate::clock::Clock as _;
 use crate::clock::FakeClock;
 use crate::didcomm::client::{pickup, AgentKey};
 use crate::roles::RoleContext;
@@ -19,6 +20,8 @@ use crate::store::{BatchOp, Store, StoreError, StoreResult};
 struct FailingAcks {
     inner: Arc<dyn Store>,
     fail: AtomicBool,
+    /// Deletes on the queue passed on to `inner`.
+    queue_deletes: std::sync::atomic::AtomicUsize,
 }
 
 store_wrapper!(FailingAcks, only batch {
@@ -29,6 +32,11 @@ store_wrapper!(FailingAcks, only batch {
         if on_queue && self.fail.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("queue writes fail".into()));
         }
+        let deletes = ops
+            .iter()
+            .filter(|op| matches!(op, BatchOp::Delete { keyspace, .. } if *keyspace == ks::QUEUE))
+            .count();
+        self.queue_deletes.fetch_add(deletes, Ordering::SeqCst);
         self.inner.batch(ops).await
     }
 });
@@ -46,6 +54,7 @@ async fn mediated() -> (
     let store = Arc::new(FailingAcks {
         inner: ctx.store.clone(),
         fail: AtomicBool::new(false),
+        queue_deletes: Default::default(),
     });
     ctx.store = store.clone();
     let svc = super::init(&ctx, &crate::config::MediatorConfig::default())
@@ -491,6 +500,46 @@ async fn one_message_asks_for_bounded_store_work() {
     assert_eq!(svc.stats().await.unwrap().acknowledged_total, 0);
 }
 
+/// An acknowledgement deletes what the connection holds and writes nothing for other ids: in a
+/// cluster each delete, of a key that exists or not, is a tombstone every node keeps for a week
+/// (attacker review: a client naming made-up ids filled every node's disk and memory).
+#[tokio::test]
+async fn acknowledging_what_is_not_queued_writes_nothing() {
+    let (svc, store, clock, alice) = mediated().await;
+    let now = clock.now_ms();
+    let made_up: Vec<String> = [now, now - 1_000, 1_700_000_000_000]
+        .iter()
+        .map(|t| format!("{t}madeUp"))
+        .collect();
+    ask_ack(&svc, &alice, &made_up).await;
+    assert_eq!(store.queue_deletes.load(Ordering::SeqCst), 0);
+    let stats = svc.stats().await.unwrap();
+    assert_eq!((stats.acknowledged_total, stats.queued_messages), (0, 1));
+    // the queued message, named with them, is deleted alone
+    let delivery = ask(&svc, &alice, pickup::delivery_request(10)).await;
+    let mut ids: Vec<String> = pickup::attachments(&delivery)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(ids.len(), 1, "{delivery}");
+    ids.extend(made_up);
+    ask_ack(&svc, &alice, &ids).await;
+    assert_eq!(store.queue_deletes.load(Ordering::SeqCst), 1);
+    let stats = svc.stats().await.unwrap();
+    assert_eq!((stats.acknowledged_total, stats.queued_messages), (1, 0));
+}
+
+/// `messages-received` naming `ids`, from `alice`, answered with a status.
+async fn ask_ack(svc: &MediatorService, alice: &AgentKey, ids: &[String]) {
+    let mut m = pickup::messages_received(ids);
+    m["~transport"] = json!({"return_route": "all"});
+    let status = ask(svc, alice, m).await;
+    assert!(
+        status["@type"].as_str().unwrap().ends_with("/status"),
+        "{status}"
+    );
+}
+
 /// Two nodes on one store and bus (as on Redis, or a cluster): a message one queues, and its
 /// acknowledgement on the other, reach the other node's index of that queue as changes on the
 /// bus, not as a signal to rebuild it from the store (each rebuild read the whole queue, once per
@@ -556,6 +605,36 @@ async fn another_nodes_queue_changes_update_the_index_without_a_rescan() {
     b.acknowledge("conn-alice", &[id], None).await.unwrap();
     until(a.clone(), 0).await;
     assert_eq!(count(b.clone()).await, 0);
+    // A message another node queued and b's index has not heard of yet (its bus event still on
+    // the way: here, a record written straight into the store) is still deleted when it is
+    // acknowledged on b; an unknown id of no queued message writes nothing.
+    let now = clock.now_ms();
+    let late = super::model::QueuedMessage {
+        id: format!("{now}late"),
+        recipient_key: alice.verkey.clone(),
+        received_at_ms: now,
+        msg: json!({"n": 2}),
+    };
+    let late_key = format!("conn-alice/{}", late.id);
+    ctx.store
+        .put(
+            ks::QUEUE,
+            &late_key,
+            serde_json::to_vec(&late).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    let before = b.stats().await.unwrap().acknowledged_total;
+    b.acknowledge(
+        "conn-alice",
+        &[late.id.clone(), format!("{now}madeUp")],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ctx.store.get(ks::QUEUE, &late_key).await.unwrap(), None);
+    assert_eq!(b.stats().await.unwrap().acknowledged_total, before + 1);
 }
 
 /// A store that parks queue writes (after they land) and queue scans at a gate while `hold` is
