@@ -50,12 +50,48 @@ pub fn did_jwk(key: &VerifyingKey) -> String {
     format!("did:jwk:{}", b64url(key.to_jwk().to_string()))
 }
 
+/// Longest did:jwk resolved (a P-256 JWK with `alg`, `use` and a thumbprint `kid` is ~340
+/// characters).
+const MAX_DID_JWK: usize = 1024;
+
+/// The JWK members a did:jwk may carry: a public signing key's. Any other — a private key's `d`,
+/// or data a holder wants an issuer to sign into its subject id — is refused (attacker review: a
+/// wallet's proof `kid` carried hundreds of KB of its own JSON into the credential's subject).
+const DID_JWK_MEMBERS: [&str; 8] = ["kty", "crv", "x", "y", "alg", "use", "kid", "key_ops"];
+
 fn from_did_jwk(did: &str) -> CryptoResult<VerifyingKey> {
     let enc = did
         .strip_prefix("did:jwk:")
         .ok_or_else(|| CryptoError::Did("not a did:jwk".into()))?;
+    if did.len() > MAX_DID_JWK {
+        return Err(CryptoError::Did(format!(
+            "a did:jwk longer than {MAX_DID_JWK} characters"
+        )));
+    }
     let jwk: Value = serde_json::from_slice(&b64url_decode(enc)?)
         .map_err(|e| CryptoError::Did(format!("did:jwk JSON: {e}")))?;
+    let members = jwk
+        .as_object()
+        .ok_or_else(|| CryptoError::Did("a did:jwk's JWK is an object".into()))?;
+    if let Some(m) = members
+        .keys()
+        .find(|m| !DID_JWK_MEMBERS.contains(&m.as_str()))
+    {
+        return Err(CryptoError::Did(format!(
+            "a did:jwk's JWK carries `{m}`, not a public signing key's member"
+        )));
+    }
+    // did:jwk: a key whose `use` is `enc` has key agreement only, no authentication or assertion
+    let signs = members.get("use").is_none_or(|u| u == "sig")
+        && members.get("key_ops").is_none_or(|o| {
+            o.as_array()
+                .is_some_and(|o| o.iter().any(|x| x == "verify"))
+        });
+    if !signs {
+        return Err(CryptoError::Did(
+            "this did:jwk's key is not for signatures (use / key_ops)".into(),
+        ));
+    }
     VerifyingKey::from_jwk(&jwk)
 }
 
@@ -288,6 +324,34 @@ mod tests {
         for bytes in [[0xffu8; 32], [0u8; 32]] {
             let b58 = bs58::encode(bytes).into_string();
             assert_eq!(crate::crypto::bs58_decode(&b58, 32).unwrap(), bytes);
+        }
+    }
+
+    /// A did:jwk resolves only to a public signing key with nothing else in it.
+    #[test]
+    fn a_did_jwk_carries_a_public_signing_key_only() {
+        let key = SigningKey::generate(KeyType::P256).verifying_key();
+        let jwk = key.to_jwk();
+        let with = |extra: Value| {
+            let mut j = jwk.clone();
+            j.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            format!("did:jwk:{}", b64url(j.to_string()))
+        };
+        assert_eq!(resolve_offline(&did_jwk(&key)).unwrap(), key);
+        let honest =
+            with(json!({"alg": "ES256", "use": "sig", "kid": "k1", "key_ops": ["verify"]}));
+        assert_eq!(resolve_offline(&format!("{honest}#0")).unwrap(), key);
+        for (extra, says) in [
+            (json!({"given_name": "Alice"}), "given_name"),
+            (json!({"d": b64url([7u8; 32])}), "`d`"),
+            (json!({"use": "enc"}), "not for signatures"),
+            (json!({"key_ops": ["deriveKey"]}), "not for signatures"),
+            (json!({"kid": "k".repeat(1024)}), "longer than"),
+        ] {
+            let e = resolve_offline(&with(extra.clone())).unwrap_err();
+            assert!(e.to_string().contains(says), "{extra}: {e}");
         }
     }
 

@@ -294,11 +294,17 @@ impl IssuerService {
         };
         let consumed = to_json(&used)?;
         let mark = Some((consumed.clone(), Some(secs(ACCESS_TOKEN_TTL))));
-        if store
+        if let Cas::Conflict(now) = store
             .compare_and_swap(ks::CODES, &key, Some(raw), mark)
             .await?
-            != Cas::Swapped
         {
+            // Another use marked it between the read and the swap: a replay all the same, which
+            // revokes what that use got (attacker review: answered without revoking it).
+            if let Some((now, used)) =
+                now.and_then(|n| Some((n.clone(), serde_json::from_slice::<UsedCode>(&n).ok()?)))
+            {
+                return Err(self.code_reused(&key, now, used, verifier).await);
+            }
             return Err(InvalidGrant
                 .because("the authorization code was already used")
                 .into());

@@ -111,6 +111,13 @@ fn verify_proof(
         .as_str()
         .ok_or("proof nonce is missing (get a c_nonce from the nonce endpoint)")?;
     let holder_did = kid.map(|k| k.split('#').next().unwrap_or(&k).to_string());
+    // The subject's id is the DID as the wallet wrote it: one spelling per key (a P-256 did:key
+    // may also be written uncompressed), so a holder is one subject id.
+    if let Some(d) = holder_did.as_deref() {
+        if d.starts_with("did:key:") && d != crate::crypto::did::did_key(&vk) {
+            return Err("the proof's did:key is not its key's did:key form (compressed, as did:key specifies)".into());
+        }
+    }
     Ok((vk, holder_did, nonce.to_string()))
 }
 

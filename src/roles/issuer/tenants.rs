@@ -10,7 +10,7 @@ use super::ks;
 use super::model::*;
 use super::service::IssuerService;
 use crate::crypto::{did, KeyType, SigningKey, VerifyingKey};
-use crate::roles::tenants::{id_ok, purge_tenant_records, Creation, Tenant, TenantError};
+use crate::roles::tenants::{purge_tenant_records, Creation, Tenant, TenantError};
 use crate::store::{BatchOp, Sealer, StoreError};
 
 impl Tenant for Issuer {
@@ -207,19 +207,23 @@ impl IssuerService {
     }
 }
 
+/// Longest credential configuration id (they appear in offers, metadata and every credential
+/// request).
+const MAX_CONFIG_ID: usize = 128;
+
 fn validate_configs(
     key_type: KeyType,
     did_method: DidMethod,
     configs: &BTreeMap<String, CredentialConfig>,
 ) -> Result<(), String> {
     for (id, c) in configs {
-        if !id_ok(&id.to_ascii_lowercase())
-            && !id
+        let plain = (1..=MAX_CONFIG_ID).contains(&id.len())
+            && id
                 .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-' || ch == '.')
-        {
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-' || ch == '.');
+        if !plain {
             return Err(format!(
-                "credential configuration id `{id}`: use letters, digits, ., - and _"
+                "credential configuration id `{id}`: 1 to {MAX_CONFIG_ID} letters, digits, ., - and _"
             ));
         }
         if c.format == Format::LdpVc

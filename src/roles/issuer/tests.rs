@@ -2284,51 +2284,102 @@ store_wrapper!(FirstUseFinishes, only compare_and_swap {
     }
 });
 
-/// A replay with the right verifier that reads the code's mark before the first use recorded its
-/// token, and tries to mark it after: its compare-and-swap fails, it reads the token now
-/// recorded, and revokes it (diff review: it gave up and the first use's token stayed valid).
+/// A replay with the right verifier racing the first use still revokes the token the first use
+/// got, whichever way it raced: it read the code's mark before the first use recorded its token
+/// and tries to mark it after (its swap fails, it reads the token now recorded; diff review), or
+/// it read the code still unused, both requests before either marked it, and loses the swap to
+/// the first use's mark (attacker review: it answered "already used" and left the token valid).
 #[tokio::test]
 async fn a_replay_racing_the_first_use_still_revokes_its_token() {
-    let clock = FakeClock::new(1_800_000_000_000);
-    let mut ctx = RoleContext::for_tests(clock.clone());
-    let racing = Arc::new(FirstUseFinishes {
-        inner: ctx.store.clone(),
-        mark: Default::default(),
-    });
-    ctx.store = racing.clone();
-    let svc = IssuerService::new(ctx, IssuerConfig::default());
-    svc.init().await.unwrap();
-    let verifier = "v".repeat(43);
-    let challenge = crate::crypto::b64url(crate::crypto::sha256(verifier.as_bytes()));
-    let code = authorization_code(&svc, &challenge).await;
-    let token = || TokenRequest {
-        grant_type: Some("authorization_code".into()),
-        pre_authorized_code: None,
-        code: Some(code.clone()),
-        code_verifier: Some(verifier.clone()),
-        redirect_uri: Some("https://wallet.example/cb".into()),
-        client_id: None,
-        tx_code: None,
-        authorization_details: None,
+    for read_unused in [false, true] {
+        let clock = FakeClock::new(1_800_000_000_000);
+        let mut ctx = RoleContext::for_tests(clock.clone());
+        let racing = Arc::new(FirstUseFinishes {
+            inner: ctx.store.clone(),
+            mark: Default::default(),
+        });
+        ctx.store = racing.clone();
+        let svc = IssuerService::new(ctx, IssuerConfig::default());
+        svc.init().await.unwrap();
+        let verifier = "v".repeat(43);
+        let challenge = crate::crypto::b64url(crate::crypto::sha256(verifier.as_bytes()));
+        let code = authorization_code(&svc, &challenge).await;
+        let token = || TokenRequest {
+            grant_type: Some("authorization_code".into()),
+            pre_authorized_code: None,
+            code: Some(code.clone()),
+            code_verifier: Some(verifier.clone()),
+            redirect_uri: Some("https://wallet.example/cb".into()),
+            client_id: None,
+            tx_code: None,
+            authorization_details: None,
+        };
+        let store = svc.ctx.store.clone();
+        let key = format!("authz/{}", super::service::hash(&code));
+        let unused = store.get(ks::CODES, &key).await.unwrap().unwrap();
+        let t = svc.token("default", token()).await.unwrap();
+        let grant_key = super::service::hash(&t.access_token);
+        // back to what the replay read: the unused code, or the first use's mark before its
+        // token was recorded; the recorded mark lands just before the replay's swap
+        let recorded = store.get(ks::CODES, &key).await.unwrap().unwrap();
+        let seen = match read_unused {
+            true => unused,
+            false => json!({"used": true, "token_hash": null, "code_challenge": challenge})
+                .to_string()
+                .into_bytes(),
+        };
+        store.put(ks::CODES, &key, seen, None).await.unwrap();
+        *racing.mark.lock().unwrap() = Some((key, recorded));
+        let e = OAuthError::from(svc.token("default", token()).await.unwrap_err());
+        assert_eq!(e.error, "invalid_grant");
+        assert!(
+            store.get(ks::TOKENS, &grant_key).await.unwrap().is_none(),
+            "read unused: {read_unused}: the first use's token is revoked"
+        );
+    }
+}
+
+/// A proof's DID becomes the credential's subject id: a did:jwk carrying JSON of the wallet's
+/// own (signed into the subject by the issuer), or a did:key in another spelling of its key, is
+/// refused (attacker review); the plain forms still get the credential.
+#[tokio::test]
+async fn a_proofs_did_is_the_plain_spelling_of_its_key() {
+    let (svc, clock) = issuer().await;
+    let t = redeemed_token(&svc).await;
+    let holder = SigningKey::generate(KeyType::P256);
+    let vk = holder.verifying_key();
+    let mut jwk = vk.to_jwk();
+    jwk["given_name"] = json!("Alice");
+    let mut uncompressed = vec![0x80, 0x24, 0x04];
+    uncompressed.extend(crate::crypto::b64url_decode(vk.to_jwk()["x"].as_str().unwrap()).unwrap());
+    uncompressed.extend(crate::crypto::b64url_decode(vk.to_jwk()["y"].as_str().unwrap()).unwrap());
+    let long_key = format!("did:key:z{}", bs58::encode(uncompressed).into_string());
+    let token = &t.access_token;
+    let with_kid = |did: String| {
+        let svc = &svc;
+        let holder = &holder;
+        let clock = &clock;
+        async move {
+            let n = svc.nonce("default").await.unwrap();
+            let header = json!({"typ": "openid4vci-proof+jwt", "kid": format!("{did}#0")});
+            let payload =
+                json!({"aud": svc.issuer_url("default"), "iat": clock.now_secs(), "nonce": n});
+            let req = proof_req(jws::sign(holder, header, &payload));
+            svc.credential("default", Some(token), req).await
+        }
     };
-    let t = svc.token("default", token()).await.unwrap();
-    let grant_key = super::service::hash(&t.access_token);
-    let store = svc.ctx.store.clone();
-    // back to the moment between the first use's consume and its token's record
-    let key = format!("authz/{}", super::service::hash(&code));
-    let recorded = store.get(ks::CODES, &key).await.unwrap().unwrap();
-    let consumed = json!({"used": true, "token_hash": null, "code_challenge": challenge});
-    store
-        .put(ks::CODES, &key, consumed.to_string().into_bytes(), None)
-        .await
-        .unwrap();
-    *racing.mark.lock().unwrap() = Some((key, recorded));
-    let e = OAuthError::from(svc.token("default", token()).await.unwrap_err());
-    assert_eq!(e.error, "invalid_grant");
-    assert!(
-        store.get(ks::TOKENS, &grant_key).await.unwrap().is_none(),
-        "the first use's token is revoked"
-    );
+    for did in [
+        format!("did:jwk:{}", crate::crypto::b64url(jwk.to_string())),
+        long_key,
+    ] {
+        let e = OAuthError::from(with_kid(did.clone()).await.unwrap_err());
+        assert_eq!(
+            (e.status.as_u16(), e.error),
+            (400, "invalid_proof"),
+            "{did}"
+        );
+    }
+    with_kid(crate::crypto::did::did_jwk(&vk)).await.unwrap();
 }
 
 /// The access token of a new offer of the default issuer, redeemed.
@@ -2646,6 +2697,34 @@ async fn an_ldp_vc_offer_that_cannot_be_signed_is_refused_when_made() {
         assert_eq!(e.error_code(), Code::Validation, "{t} {claim}: {e}");
     }
     svc.update_issuer("default", update("Identity_v2", "given_name"))
+        .await
+        .unwrap();
+}
+
+/// A credential configuration id is 1 to 128 letters, digits, `.`, `-` and `_` (the check let
+/// through anything that failed only one of its two halves: an empty id, any length).
+#[tokio::test]
+async fn credential_configuration_ids_are_short_plain_names() {
+    let (svc, _clock) = issuer().await;
+    let issuer = svc.get_issuer("default").await.unwrap();
+    let renamed = |id: String| {
+        let mut configs = issuer.credential_configurations.clone();
+        let c = configs.remove("IdentityCredential_ldp_vc").unwrap();
+        configs.insert(id, c);
+        UpdateIssuer {
+            display_name: None,
+            credential_configurations: Some(configs),
+            webhook_url: None,
+        }
+    };
+    for bad in [String::new(), "a".repeat(129), "a b".into(), "a/b".into()] {
+        let e = svc
+            .update_issuer("default", renamed(bad.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.error_code(), Code::Validation, "{bad:?}: {e}");
+    }
+    svc.update_issuer("default", renamed("org.Example-ID_2".into()))
         .await
         .unwrap();
 }
