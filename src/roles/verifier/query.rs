@@ -212,7 +212,7 @@ fn untrusted_authority(c: &Checked, cq: &Value) -> Option<String> {
 
 /// Formats verified the same way: a PEX `format` key and a descriptor_map `format` may name the
 /// credential or the presentation around it.
-fn format_family(format: &str) -> Option<&'static str> {
+pub(super) fn format_family(format: &str) -> Option<&'static str> {
     match format {
         "dc+sd-jwt" | "vc+sd-jwt" => Some("sd-jwt"),
         "jwt_vc_json" | "jwt_vp" | "jwt_vp_json" | "jwt_vc" => Some("jwt"),

@@ -459,15 +459,82 @@ fn check_credential_query(id: &str, c: &Value) -> Result<(), VerifierError> {
     Ok(())
 }
 
+/// The `constraints` members a definition may carry: `fields` (enforced) and `limit_disclosure`
+/// (what the holder may disclose: the wallet's rule, nothing a verifier checks). Any other —
+/// `same_subject`, `is_holder`, `subject_is_issuer`, `statuses` — the matcher would ignore, so it
+/// is refused (attacker review: a `same_subject` definition was answered by two holders'
+/// credentials, each bound to its own holder).
+const CONSTRAINT_MEMBERS: [&str; 2] = ["fields", "limit_disclosure"];
+
+/// JWS algorithms the verifier accepts from issuers and holders (the keys it verifies with).
+const JWS_ALGS: [&str; 3] = ["EdDSA", "ES256", "ES256K"];
+
+/// What the verifier accepts for one restriction of a `format` entry (`alg`, `proof_type`,
+/// `sd-jwt_alg_values`, `kb-jwt_alg_values`), `None` for a restriction it does not know.
+fn accepted_values(format: &str, restriction: &str) -> Option<&'static [&'static str]> {
+    match (super::query::format_family(format)?, restriction) {
+        ("jwt", "alg") => Some(&JWS_ALGS),
+        ("sd-jwt", "sd-jwt_alg_values" | "kb-jwt_alg_values") => Some(&JWS_ALGS),
+        ("mso_mdoc", "alg") => Some(&["ES256"]),
+        ("ldp", "proof_type") => Some(&["DataIntegrityProof"]),
+        _ => None,
+    }
+}
+
+/// A definition's or a descriptor's `format`: an object of formats, each an object of
+/// restrictions. A restriction is not enforced one by one; it is accepted when it excludes
+/// nothing the verifier accepts for that format (ISO 18013-7's `mso_mdoc: {alg: [ES256]}`),
+/// and refused otherwise rather than ignored.
+fn validate_format(whose: &str, format: &Value) -> Result<(), VerifierError> {
+    let formats = format
+        .as_object()
+        .ok_or_else(|| invalid(format!("{whose}: format must be an object")))?;
+    for (name, restrictions) in formats {
+        let restrictions = restrictions.as_object().ok_or_else(|| {
+            invalid(format!(
+                "{whose}: format `{}` must map to an object",
+                clip(name)
+            ))
+        })?;
+        for (r, values) in restrictions {
+            let Some(accepted) = accepted_values(name, r) else {
+                return Err(invalid(format!(
+                    "{whose}: format `{}` restriction `{}` is not supported",
+                    clip(name),
+                    clip(r)
+                )));
+            };
+            let listed: Vec<&str> = values
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if let Some(missing) = accepted.iter().find(|a| !listed.contains(a)) {
+                return Err(invalid(format!(
+                    "{whose}: format `{}` restriction `{}` leaves out {missing}, which this verifier accepts: restrictions are not enforced one by one, so list every one of {} or leave it out",
+                    clip(name),
+                    clip(r),
+                    accepted.join(", ")
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A presentation definition whose every field can be enforced: `constraints.fields` an array of
 /// fields, each with a non-empty `path` of strings and, if any, a `filter` of the JSON Schema
 /// subset [`Filter`] evaluates. Enforced, never ignored: a constraint the matcher would skip
-/// (a `fields` that is not an array, an unknown filter keyword) is refused here instead.
+/// (a `fields` that is not an array, an unknown filter keyword, a constraint other than `fields`
+/// and `limit_disclosure`, a `format` restriction that excludes what it accepts) is refused here
+/// instead.
 fn validate_definition(pd: &Value) -> Result<(), VerifierError> {
     let descriptors = pd["input_descriptors"]
         .as_array()
         .filter(|d| !d.is_empty())
         .ok_or_else(|| invalid("presentation_definition needs input_descriptors"))?;
+    if let Some(f) = pd.get("format") {
+        validate_format("presentation_definition", f)?;
+    }
     // Every input descriptor is required here; submission requirements (pick n of a group)
     // would be silently stricter than asked, so a definition with them is refused.
     if pd.get("submission_requirements").is_some() {
@@ -477,12 +544,24 @@ fn validate_definition(pd: &Value) -> Result<(), VerifierError> {
     }
     for d in descriptors {
         let id = clip(d["id"].as_str().unwrap_or_default());
+        if let Some(f) = d.get("format") {
+            validate_format(&format!("input descriptor `{id}`"), f)?;
+        }
         let Some(constraints) = d.get("constraints") else {
             continue;
         };
-        if !constraints.is_object() {
+        let Some(members) = constraints.as_object() else {
             return Err(invalid(format!(
                 "input descriptor `{id}`: constraints must be an object"
+            )));
+        };
+        if let Some(m) = members
+            .keys()
+            .find(|m| !CONSTRAINT_MEMBERS.contains(&m.as_str()))
+        {
+            return Err(invalid(format!(
+                "input descriptor `{id}`: constraints.{} is not supported (it would be ignored); use DCQL, or leave it out",
+                clip(m)
             )));
         }
         let Some(fields) = constraints.get("fields") else {
