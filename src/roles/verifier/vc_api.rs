@@ -28,8 +28,9 @@ pub struct VerifyPresentation {
     #[serde(rename = "verifiablePresentation")]
     #[schema(value_type = Object)]
     pub verifiable_presentation: Value,
-    /// `challenge` (the presentation's nonce) and `domain` (its audience); when either is given,
-    /// both must match the presentation's proof.
+    /// `challenge` (the presentation's nonce) and `domain` (its audience): each one given must
+    /// match the presentation's proof; one left out is not checked. Give both: with `challenge`
+    /// alone, a presentation a holder made for another audience with that nonce verifies.
     #[serde(default)]
     #[schema(value_type = Object)]
     pub options: Value,
