@@ -963,6 +963,38 @@ mod tests {
         }
     });
 
+    /// Listing a wallet's credentials or its history reads the whole wallet (up to 32 MiB of
+    /// sealed credentials): it takes one of the node's places for that, as matching a
+    /// presentation request does, and answers 503 when none frees up (attacker review: 64
+    /// concurrent listings of one full wallet held gigabytes). Time is paused: the 10 s wait
+    /// passes at once.
+    #[tokio::test(start_paused = true)]
+    async fn whole_wallet_reads_wait_for_one_of_the_nodes_places() {
+        let svc = service();
+        let alice = sign_up(&svc, "alice@example.org").await;
+        let w = svc.create_wallet(alice.account(), "home").await.unwrap();
+        let owner = svc.owner(&alice, &w.wallet.id).await.unwrap();
+        let all = crate::roles::wallet::model::CredentialFilter {
+            credential_type: None,
+            issuer: None,
+            format: None,
+        };
+        let mut places = Vec::new();
+        for _ in 0..crate::roles::wallet::credentials::HELD_AT_ONCE {
+            places.push(
+                crate::roles::wallet::credentials::whole_wallet_place()
+                    .await
+                    .unwrap(),
+            );
+        }
+        let busy = |e: WalletError| assert!(matches!(e, WalletError::Busy { .. }), "{e}");
+        busy(svc.list_credentials(&owner, &all).await.unwrap_err());
+        busy(svc.history(&owner).await.unwrap_err());
+        drop(places);
+        svc.list_credentials(&owner, &all).await.unwrap();
+        svc.history(&owner).await.unwrap();
+    }
+
     /// A wallet service on a [`HeldIndexWrite`] store, Alice's wallet "home" on it with Carol
     /// as a second owner, and Bob signed up (not a member).
     async fn held_home() -> (

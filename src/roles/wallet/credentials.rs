@@ -33,10 +33,27 @@ pub const MAX_WALLET_BYTES: usize = 32 * 1024 * 1024;
 /// history (cheap failing presentations) hid what came after from the others (attacker review).
 pub const MAX_HISTORY: usize = 10_000;
 
-/// How many requests of a node read all of a wallet's credentials at once ([`WalletService::held`]).
+/// How many requests of a node read all of a wallet's credentials (or its history) at once
+/// ([`whole_wallet_place`]).
 pub const HELD_AT_ONCE: usize = 4;
 /// How long a request waits for one of those places.
 pub const HELD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One of the node's [`HELD_AT_ONCE`] places for a request that reads a whole wallet (its
+/// credentials to match or list, its history): a wallet holds up to 32 MiB of sealed credentials,
+/// and each such request held all of it at once (attacker review: 64 concurrent listings of one
+/// full wallet held gigabytes). Waiting longer than [`HELD_WAIT`] is a 503.
+pub(super) async fn whole_wallet_place() -> WalletResult<tokio::sync::SemaphorePermit<'static>> {
+    static PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(HELD_AT_ONCE);
+    let busy = || WalletError::Busy {
+        detail: "too many requests are reading whole wallets on this node; try again",
+        retry_after: 1,
+    };
+    tokio::time::timeout(HELD_WAIT, PERMITS.acquire())
+        .await
+        .map_err(|_| busy())?
+        .map_err(|_| busy())
+}
 
 /// A wallet's credentials, unsealed ([`WalletService::held`]), and the place they take: dropped
 /// together.
@@ -95,6 +112,7 @@ impl WalletService {
         viewer: &Viewer,
         f: &CredentialFilter,
     ) -> WalletResult<Vec<CredentialSummary>> {
+        let _place = whole_wallet_place().await?;
         let mut out = Vec::new();
         for (_, rec) in self
             .ctx
@@ -215,6 +233,7 @@ impl WalletService {
     /// Exchanges of the wallet, newest first. An entry that does not open (damaged, or sealed
     /// under another master key) is left out, with a warning, rather than failing the list.
     pub async fn history(&self, viewer: &Viewer) -> WalletResult<Vec<HistoryEntry>> {
+        let _place = whole_wallet_place().await?;
         let mut h: Vec<HistoryEntry> = self
             .ctx
             .store
@@ -403,15 +422,7 @@ impl WalletService {
     /// waiting longer than [`HELD_WAIT`] gets 503), without their sealed copies (attacker
     /// review: ten requests at once on one full wallet held gigabytes).
     pub(super) async fn held(&self, viewer: &Viewer) -> WalletResult<HeldSet> {
-        static PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(HELD_AT_ONCE);
-        let busy = || WalletError::Busy {
-            detail: "too many presentation requests are being matched on this node; try again",
-            retry_after: 1,
-        };
-        let permit = tokio::time::timeout(HELD_WAIT, PERMITS.acquire())
-            .await
-            .map_err(|_| busy())?
-            .map_err(|_| busy())?;
+        let permit = whole_wallet_place().await?;
         let wallet = viewer.id();
         let mut out = Vec::new();
         for (_, rec) in self
