@@ -963,6 +963,67 @@ mod tests {
         }
     });
 
+    /// `present` refuses choices it cannot read (422) before anything else: read as no choice,
+    /// `null` for "not selected" answered an optional credential set with the first match, and a
+    /// disclosure that was not a list disclosed every claim asked for (attacker review).
+    #[tokio::test]
+    async fn present_refuses_choices_it_cannot_read() {
+        let svc = service();
+        let alice = sign_up(&svc, "alice@example.org").await;
+        let w = svc.create_wallet(alice.account(), "home").await.unwrap();
+        let owner = svc.owner(&alice, &w.wallet.id).await.unwrap();
+        let input = |choices: serde_json::Value| {
+            let mut i: crate::roles::wallet::model::RequestInput =
+                serde_json::from_value(choices).unwrap();
+            i.request = "openid4vp://?client_id=x".into();
+            i
+        };
+        for (choices, says) in [
+            (
+                serde_json::json!({"request": "", "selections": {"q": null}}),
+                "selections.q",
+            ),
+            (
+                serde_json::json!({"request": "", "selections": {"q": ["c1"]}}),
+                "selections.q",
+            ),
+            (
+                serde_json::json!({"request": "", "disclose": {"q": "given_name"}}),
+                "disclose.q",
+            ),
+            (
+                serde_json::json!({"request": "", "disclose": {"q": [1]}}),
+                "disclose.q",
+            ),
+            (
+                serde_json::json!({"request": "", "disclose": {"q": [[]]}}),
+                "disclose.q",
+            ),
+        ] {
+            let e = svc
+                .present(&owner, input(choices.clone()))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                crate::error::ErrorCode::error_code(&e),
+                Code::Validation,
+                "{choices}: {e}"
+            );
+            assert!(e.to_string().contains(says), "{choices}: {e}");
+        }
+        // well-formed choices get past it (to the request, which this one is not)
+        let e = svc
+            .present(
+                &owner,
+                input(serde_json::json!({"request": "", "selections": {"q": "c1"},
+                    "disclose": {"q": ["given_name", ["address", "country"], ["degrees", null, "name"], ["list", 0]]}})),
+            )
+            .await
+            .unwrap_err();
+        assert!(!e.to_string().contains("disclose.q"), "{e}");
+        assert!(!e.to_string().contains("selections.q"), "{e}");
+    }
+
     /// Listing a wallet's credentials or its history reads the whole wallet (up to 32 MiB of
     /// sealed credentials): it takes one of the node's places for that, as matching a
     /// presentation request does, and answers 503 when none frees up (attacker review: 64

@@ -175,6 +175,7 @@ impl WalletService {
     /// Builds the vp_token from the chosen credentials (disclosing only what is chosen), posts
     /// it to the verifier and records the outcome in the history either way.
     pub async fn present(&self, o: &Owner, input: RequestInput) -> WalletResult<Value> {
+        check_choices(&input)?;
         let http = &self.ctx.http;
         // the request as resolve-request fetched it (what the user was shown), else fetched now
         let kept = self
@@ -480,6 +481,32 @@ impl Ask<'_> {
             (false, false) => dcql::requested_claim_paths(v, self.query),
         }
     }
+}
+
+/// The caller's choices are refused unless well-formed: a selection is a credential id (a
+/// string), a disclosure list an array of claim names (strings) or claim paths (arrays of names,
+/// indexes and null). Anything else was read as no choice, and no choice answers an optional
+/// credential set with the first match, or discloses every claim asked for (attacker review: a
+/// client writing `null` for "not selected" presented it).
+fn check_choices(input: &RequestInput) -> WalletResult<()> {
+    if let Some((qid, _)) = input.selections.iter().find(|(_, v)| !v.is_string()) {
+        return Err(WalletError::invalid(format!(
+            "selections.{qid}: a credential id (a string)"
+        )));
+    }
+    let path_step = |v: &Value| v.is_string() || v.is_u64() || v.is_null();
+    let claim = |v: &Value| match v {
+        Value::String(_) => true,
+        Value::Array(steps) => !steps.is_empty() && steps.iter().all(path_step),
+        _ => false,
+    };
+    let listed = |v: &Value| v.as_array().is_some_and(|a| a.iter().all(claim));
+    if let Some((qid, _)) = input.disclose.iter().find(|(_, v)| !listed(v)) {
+        return Err(WalletError::invalid(format!(
+            "disclose.{qid}: an array of claim names or claim paths (arrays)"
+        )));
+    }
+    Ok(())
 }
 
 /// The held credential answering `ask`: the caller's selection (which must answer it), else the

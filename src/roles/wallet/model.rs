@@ -409,13 +409,15 @@ pub struct OfferInput {
 pub struct RequestInput {
     /// `openid4vp://...` authorization request (by value or with `request_uri`).
     pub request: String,
-    /// Chosen credential per credential query id (default: the first match).
+    /// Chosen credential id (a string) per credential query id (default: the first match; an
+    /// optional DCQL credential set is answered only when one of its queries is selected).
     #[serde(default)]
     #[schema(value_type = Object)]
     pub selections: Map<String, Value>,
     /// Claims to disclose per query id (default: what the query asks for, down to its claim
     /// paths: `["address", "country"]` discloses that member of `address`, not the whole
-    /// address): SD-JWT claim names or claim paths (arrays), mso_mdoc `namespace/element`.
+    /// address): an array of SD-JWT claim names or claim paths (arrays of names, indexes and
+    /// null), mso_mdoc `namespace/element`. Other shapes of either member are refused (422).
     #[serde(default)]
     #[schema(value_type = Object)]
     pub disclose: Map<String, Value>,
