@@ -1448,6 +1448,57 @@ mod tests {
         svc.add_member(&owner, invite(n)).await.unwrap();
     }
 
+    /// An account's limit of pending invitations counts live ones: index entries of invitations
+    /// that lapsed, were revoked or whose wallet is gone (which the account can neither see nor
+    /// decline) are dropped at the limit, and declining one drops its entry (attacker review:
+    /// anyone could block invitations to a chosen account for a week, renewably).
+    #[tokio::test]
+    async fn stale_invitation_entries_do_not_block_an_account() {
+        let (svc, alice, bob, w) = alice_home_and("bob@example.org").await;
+        let owner = svc.owner(&alice, &w).await.unwrap();
+        let bob_id = bob.account().id.clone();
+        let store = svc.ctx.store.clone();
+        for i in 0..super::super::invitations::MAX_RECEIVED {
+            let key = format!("i/{bob_id}/gone{i}");
+            store
+                .put_json(ks::MEMBERS, &key, &MemberRole::Viewer, None)
+                .await
+                .unwrap();
+        }
+        assert!(svc.received_invitations(&bob).await.unwrap().is_empty());
+        // the listing dropped the entries of wallets that are gone; fill them again
+        for i in 0..super::super::invitations::MAX_RECEIVED {
+            let key = format!("i/{bob_id}/gone{i}");
+            store
+                .put_json(ks::MEMBERS, &key, &MemberRole::Viewer, None)
+                .await
+                .unwrap();
+        }
+        svc.add_member(
+            &owner,
+            AddMember {
+                email: "bob@example.org".into(),
+                role: MemberRole::Viewer,
+            },
+        )
+        .await
+        .unwrap();
+        let left = store
+            .count_prefix(ks::MEMBERS, &format!("i/{bob_id}/"), 1000)
+            .await
+            .unwrap();
+        assert_eq!(left, 1, "only the live invitation's entry is left");
+        // declining a wallet with no pending invitation is 404 and drops a stale entry
+        let key = format!("i/{bob_id}/gone0");
+        store
+            .put_json(ks::MEMBERS, &key, &MemberRole::Viewer, None)
+            .await
+            .unwrap();
+        let e = svc.decline_invitation(&bob, "gone0").await.unwrap_err();
+        assert_eq!(code(e), Code::NotFound);
+        assert!(store.get(ks::MEMBERS, &key).await.unwrap().is_none());
+    }
+
     /// An owner removed while its delete was on the way deletes nothing (attacker review: the
     /// delete's swap did not check the caller, and the contents went before it).
     #[tokio::test]

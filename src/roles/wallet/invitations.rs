@@ -61,9 +61,7 @@ impl WalletService {
             .get_account(caller)
             .await?
             .or_not_found("no such wallet")?;
-        let received = store
-            .count_prefix(ks::MEMBERS, &index_prefix(&account), MAX_RECEIVED)
-            .await?;
+        let received = self.received_count(&account).await?;
         let expires_at = self.now() + INVITATION_TTL_SECS;
         let sealed_emails =
             self.seal_invitation_emails(owner.id(), &account, &email, &inviter.email)?;
@@ -183,7 +181,39 @@ impl WalletService {
         Ok(())
     }
 
-    /// The invitations pending for the signed-in account (at most [`MAX_RECEIVED`]).
+    /// How many invitations `account` has pending, up to [`MAX_RECEIVED`]. At the limit, index
+    /// entries of invitations that are no longer live (lapsed, revoked, their wallet deleted;
+    /// the entries outlive them by their TTL) are dropped and the rest counted again: anyone
+    /// could otherwise fill an account's limit with invitations it can neither see nor decline
+    /// (attacker review). At most [`MAX_RECEIVED`] wallet reads, only at the limit.
+    async fn received_count(&self, account: &str) -> WalletResult<usize> {
+        let store = &self.ctx.store;
+        let prefix = index_prefix(account);
+        let n = store
+            .count_prefix(ks::MEMBERS, &prefix, MAX_RECEIVED)
+            .await?;
+        if n < MAX_RECEIVED {
+            return Ok(n);
+        }
+        let now = self.now();
+        let mut live = 0;
+        for (key, _) in store
+            .scan_prefix(ks::MEMBERS, &prefix, MAX_RECEIVED)
+            .await?
+        {
+            let wallet = key.rsplit('/').next().unwrap_or_default();
+            let rec = store.get_json::<WalletRecord>(ks::WALLETS, wallet).await?;
+            if rec.is_some_and(|r| live_invitation(&r, account, now).is_some()) {
+                live += 1;
+            } else {
+                store.delete(ks::MEMBERS, &key).await?;
+            }
+        }
+        Ok(live)
+    }
+
+    /// The invitations pending for the signed-in account (at most [`MAX_RECEIVED`]); index
+    /// entries of ones no longer live are dropped on the way.
     pub async fn received_invitations(
         &self,
         who: &SignedIn,
@@ -198,6 +228,7 @@ impl WalletService {
         {
             let wallet = key.rsplit('/').next().unwrap_or_default();
             let Some(rec) = store.get_json::<WalletRecord>(ks::WALLETS, wallet).await? else {
+                store.delete(ks::MEMBERS, &key).await?;
                 continue;
             };
             if let Some(inv) = live_invitation(&rec, me, now) {
@@ -277,19 +308,22 @@ impl WalletService {
     pub async fn decline_invitation(&self, who: &SignedIn, wallet: &str) -> WalletResult<()> {
         let me = who.account().id.as_str();
         let none = || WalletError::not_found("no pending invitation to this wallet");
-        self.change_record(wallet, |_, rec| {
-            rec.invitations.remove(me).map(|_| ()).ok_or_else(none)
-        })
-        .await
-        .map_err(|e| match e.error_code() {
-            crate::error::Code::NotFound => none(),
-            _ => e,
-        })?;
-        self.ctx
-            .store
-            .delete(ks::MEMBERS, &index_key(me, wallet))
-            .await?;
-        Ok(())
+        let declined = self
+            .change_record(wallet, |_, rec| {
+                rec.invitations.remove(me).map(|_| ()).ok_or_else(none)
+            })
+            .await;
+        match declined {
+            Err(e) if e.error_code() != crate::error::Code::NotFound => return Err(e),
+            // none pending: an index entry left of one that lapsed goes all the same
+            _ => {
+                self.ctx
+                    .store
+                    .delete(ks::MEMBERS, &index_key(me, wallet))
+                    .await?;
+            }
+        }
+        declined.map(|_| ()).map_err(|_| none())
     }
 }
 
