@@ -1458,22 +1458,20 @@ mod tests {
         let owner = svc.owner(&alice, &w).await.unwrap();
         let bob_id = bob.account().id.clone();
         let store = svc.ctx.store.clone();
-        for i in 0..super::super::invitations::MAX_RECEIVED {
-            let key = format!("i/{bob_id}/gone{i}");
-            store
-                .put_json(ks::MEMBERS, &key, &MemberRole::Viewer, None)
-                .await
-                .unwrap();
-        }
+        // entries of 100 invitations to wallets that are gone, as lapsed ones leave
+        let plant = || async {
+            for i in 0..super::super::invitations::MAX_RECEIVED {
+                let key = format!("i/{bob_id}/gone{i}");
+                store
+                    .put_json(ks::MEMBERS, &key, &MemberRole::Viewer, None)
+                    .await
+                    .unwrap();
+            }
+        };
+        plant().await;
         assert!(svc.received_invitations(&bob).await.unwrap().is_empty());
-        // the listing dropped the entries of wallets that are gone; fill them again
-        for i in 0..super::super::invitations::MAX_RECEIVED {
-            let key = format!("i/{bob_id}/gone{i}");
-            store
-                .put_json(ks::MEMBERS, &key, &MemberRole::Viewer, None)
-                .await
-                .unwrap();
-        }
+        // the listing dropped them; planted again, the limit drops them
+        plant().await;
         svc.add_member(
             &owner,
             AddMember {
