@@ -963,6 +963,49 @@ mod tests {
         }
     });
 
+    /// A resolved request is kept per member: a viewer's resolutions fill its own places, not
+    /// the owner's (attacker review: a viewer resolving 32 requests made the owner's
+    /// resolve-request answer 503 for ten minutes, renewably, and re-resolving the owner's
+    /// request text replaced the copy the owner was shown).
+    #[tokio::test]
+    async fn a_members_resolved_requests_are_its_own() {
+        let (svc, alice, bob, w) = alice_home_and("bob@example.org").await;
+        let alices = svc.owner(&alice, &w).await.unwrap();
+        share_with(&svc, &alices, &bob, MemberRole::Viewer).await;
+        let bobs = svc.viewer(&bob, &w).await.unwrap();
+        let request = |nonce: usize| {
+            let cb = "https://rp.example/cb";
+            let q = serde_urlencoded::to_string([
+                ("client_id", format!("redirect_uri:{cb}")),
+                ("response_uri", cb.to_string()),
+                ("response_type", "vp_token".to_string()),
+                ("response_mode", "direct_post".to_string()),
+                ("nonce", format!("n{nonce}")),
+                (
+                    "dcql_query",
+                    serde_json::json!({"credentials": [{"id": "q", "format": "dc+sd-jwt", "meta": {}}]})
+                        .to_string(),
+                ),
+            ])
+            .unwrap();
+            format!("openid4vp://?{q}")
+        };
+        for i in 0..32 {
+            svc.resolve_request(&bobs, &request(i)).await.unwrap();
+        }
+        let e = svc.resolve_request(&bobs, &request(32)).await.unwrap_err();
+        assert_eq!(code(e), Code::Unavailable);
+        // the owner's places are untouched, and the same request text is kept apart for each
+        svc.resolve_request(&alices, &request(0)).await.unwrap();
+        let kept = svc
+            .ctx
+            .store
+            .count_prefix(ks::RESOLVED, &format!("{w}/{}/", alice.account().id), 100)
+            .await
+            .unwrap();
+        assert_eq!(kept, 1);
+    }
+
     /// `present` refuses choices it cannot read (422) before anything else: read as no choice,
     /// `null` for "not selected" answered an optional credential set with the first match, and a
     /// disclosure that was not a list disclosed every claim asked for (attacker review).

@@ -139,7 +139,7 @@ impl WalletService {
     /// exactly this request.
     pub async fn resolve_request(&self, viewer: &Viewer, request: &str) -> WalletResult<Value> {
         let req = oid4vp::resolve_request(&self.ctx.http, request, self.now()).await?;
-        self.keep_resolved(viewer.id(), request, &req).await?;
+        self.keep_resolved(viewer, request, &req).await?;
         let held = self.held(viewer).await?;
         let mut matches = Map::new();
         // with credential_sets: whether every required set has an option this wallet answers
@@ -179,7 +179,7 @@ impl WalletService {
         let http = &self.ctx.http;
         // the request as resolve-request fetched it (what the user was shown), else fetched now
         let kept = self
-            .get_sealed::<ResolvedRequest>(ks::RESOLVED, &resolved_key(o.id(), &input.request))
+            .get_sealed::<ResolvedRequest>(ks::RESOLVED, &resolved_key(o, &input.request))
             .await
             .unwrap_or_else(|e| {
                 // (damaged, or sealed under another master key): fetched again below
@@ -220,7 +220,7 @@ impl WalletService {
         // answered: the next presentation of this link fetches it again
         self.ctx
             .store
-            .delete(ks::RESOLVED, &resolved_key(o.id(), &input.request))
+            .delete(ks::RESOLVED, &resolved_key(o, &input.request))
             .await?;
         let used: Vec<String> = chosen.iter().map(|(r, _, _)| r.id.clone()).collect();
         let (vp_token, submission) = asks.vp_token(tokens, &chosen);
@@ -676,13 +676,24 @@ fn safe_display(mut display: Value) -> Value {
 }
 
 /// Where a wallet keeps a request it resolved: by a digest of the request text the caller sent.
-fn resolved_key(wallet: &str, request: &str) -> String {
-    format!("{wallet}/{}", crate::crypto::sha256_hex(request.trim()))
+/// Where the request `viewer` resolved is kept: under the wallet and the member, so one member's
+/// resolutions neither fill another's places nor replace the request another was shown
+/// (attacker review: a viewer could keep the owner's present from its own resolutions).
+fn resolved_key(viewer: &Viewer, request: &str) -> String {
+    format!(
+        "{}{}",
+        resolved_prefix(viewer),
+        crate::crypto::sha256_hex(request.trim())
+    )
+}
+
+fn resolved_prefix(viewer: &Viewer) -> String {
+    format!("{}/{}/", viewer.id(), viewer.member())
 }
 
 /// How long a resolved request is kept for present, in seconds.
 const RESOLVED_TTL_SECS: u64 = 600;
-/// Most resolved requests a wallet keeps at once (past it, present fetches the request again).
+/// Most resolved requests a member of a wallet keeps at once.
 const MAX_RESOLVED: usize = 32;
 
 impl WalletService {
@@ -693,18 +704,18 @@ impl WalletService {
     /// works.
     async fn keep_resolved(
         &self,
-        wallet: &str,
+        viewer: &Viewer,
         request: &str,
         req: &ResolvedRequest,
     ) -> WalletResult<()> {
         let store = &self.ctx.store;
         let held = store
-            .count_prefix(ks::RESOLVED, &format!("{wallet}/"), MAX_RESOLVED)
+            .count_prefix(ks::RESOLVED, &resolved_prefix(viewer), MAX_RESOLVED)
             .await?;
         // full: refused rather than not kept (present would then fetch the request again)
         if held >= MAX_RESOLVED {
             return Err(WalletError::Busy {
-                detail: "this wallet has 32 resolved requests waiting to be answered (each is kept 10 minutes); present or wait",
+                detail: "you have 32 resolved requests in this wallet waiting to be answered (each is kept 10 minutes); present or wait",
                 retry_after: 60,
             });
         }
@@ -712,7 +723,7 @@ impl WalletService {
         // the request with an error) is kept only sealed
         self.put_sealed(
             ks::RESOLVED,
-            &resolved_key(wallet, request),
+            &resolved_key(viewer, request),
             req,
             Some(std::time::Duration::from_secs(RESOLVED_TTL_SECS)),
         )
