@@ -22,6 +22,11 @@ use crate::readiness::Sessions;
 const DELIVERY_BATCH: usize = 50;
 /// Most messages handed to one socket and not yet acknowledged; beyond it the pump waits.
 const MAX_INFLIGHT: usize = 500;
+/// Most bytes (as stored) of those messages, in largest messages (`max_message_bytes`): beyond
+/// it the pump waits too. Counted in messages only, a socket that never read held up to 500
+/// large messages' frames in memory (attacker review: ~11–17 MB per socket, 256 sockets per
+/// address).
+const MAX_INFLIGHT_LARGEST_MESSAGES: u64 = 4;
 
 impl MediatorService {
     pub(super) fn new_socket(&self, tx: mpsc::Sender<Outgoing>) -> Arc<Socket> {
@@ -169,10 +174,12 @@ impl MediatorService {
                 }
             }
             let room = MAX_INFLIGHT.saturating_sub(s.inflight_len());
+            let max_bytes =
+                MAX_INFLIGHT_LARGEST_MESSAGES.saturating_mul(self.cfg.max_message_bytes as u64);
             // The socket task that drains `tx` is the one running this pump: never wait on a full
             // channel; what is left goes out on the next wake (every acknowledgement wakes it).
             let free = s.tx.capacity();
-            if room == 0 || free == 0 {
+            if room == 0 || free == 0 || s.inflight_bytes() >= max_bytes {
                 return Ok(());
             }
             let want = match mode {

@@ -398,7 +398,7 @@ impl MediatorService {
         for ((id, key), r) in ids.into_iter().zip(keys).zip(read) {
             match r {
                 Ok(Some(raw)) => match serde_json::from_slice::<QueuedMessage>(&raw) {
-                    Ok(m) if m.id == id => out.push(m),
+                    Ok(m) if m.id == id => out.push((m, raw.len() as u64)),
                     _ => {
                         unreadable.push(key);
                         gone.push(id);
@@ -415,7 +415,7 @@ impl MediatorService {
         }
         if let Some(e) = failed {
             // nothing handed out: every lease taken here ends, and the index is rebuilt
-            let mut all: Vec<String> = out.into_iter().map(|m| m.id).collect();
+            let mut all: Vec<String> = out.into_iter().map(|(m, _)| m.id).collect();
             all.extend(gone);
             all.extend(missing);
             let mut book = self.book();
@@ -430,8 +430,9 @@ impl MediatorService {
             book.missing(conn_id, &missing, now);
         }
         if let Some(s) = socket {
-            s.hold(out.iter().map(|m| m.id.clone()));
+            s.hold(out.iter().map(|(m, bytes)| (m.id.clone(), *bytes)));
         }
+        let out: Vec<QueuedMessage> = out.into_iter().map(|(m, _)| m).collect();
         self.counters.delivered(out.len() as u64);
         self.delete_unreadable(conn_id, unreadable).await;
         Ok((out, missed))

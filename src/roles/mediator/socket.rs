@@ -2,7 +2,7 @@
 //! handed and not yet acknowledged, and when its pump must run again. Transport-free: `routes.rs`
 //! owns the real socket and drains [`Socket::tx`]; `live.rs` fills it.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -43,6 +43,32 @@ pub(super) enum Mode {
 /// invitation's `max_connections_per_invitation`).
 pub(super) const MAX_HANDSHAKES_PER_SOCKET: usize = 4;
 
+/// The messages a socket was handed and has not acknowledged, and their bytes.
+#[derive(Default)]
+struct Inflight {
+    sizes: HashMap<String, u64>,
+    bytes: u64,
+}
+
+impl Inflight {
+    fn add(&mut self, id: String, bytes: u64) {
+        if let Some(old) = self.sizes.insert(id, bytes) {
+            self.bytes = self.bytes.saturating_sub(old);
+        }
+        self.bytes = self.bytes.saturating_add(bytes);
+    }
+
+    fn remove(&mut self, id: &str) -> bool {
+        match self.sizes.remove(id) {
+            Some(bytes) => {
+                self.bytes = self.bytes.saturating_sub(bytes);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// A live WebSocket, as the engine sees it.
 pub struct Socket {
     pub(super) id: u64,
@@ -50,8 +76,8 @@ pub struct Socket {
     pub(super) tx: mpsc::Sender<Outgoing>,
     /// The connection whose queue is pushed here, and how.
     mode: Mutex<Option<(String, Mode)>>,
-    /// Message ids delivered on this socket and not yet acknowledged.
-    inflight: Mutex<HashSet<String>>,
+    /// Messages delivered on this socket and not yet acknowledged.
+    inflight: Mutex<Inflight>,
     /// Live mode: deliveries sent on this socket and not yet answered by `messages-received`, and
     /// when the last one went out.
     unanswered: AtomicUsize,
@@ -124,13 +150,20 @@ impl Socket {
     }
 
     pub(super) fn inflight_len(&self) -> usize {
-        self.inflight.lock().map(|g| g.len()).unwrap_or(0)
+        self.inflight.lock().map(|g| g.sizes.len()).unwrap_or(0)
     }
 
-    /// These ids were handed to this socket.
-    pub(super) fn hold(&self, ids: impl IntoIterator<Item = String>) {
+    /// Bytes (as stored) of the messages delivered here and not yet acknowledged.
+    pub(super) fn inflight_bytes(&self) -> u64 {
+        self.inflight.lock().map(|g| g.bytes).unwrap_or(0)
+    }
+
+    /// These messages (id, stored bytes) were handed to this socket.
+    pub(super) fn hold(&self, messages: impl IntoIterator<Item = (String, u64)>) {
         if let Ok(mut g) = self.inflight.lock() {
-            g.extend(ids);
+            for (id, bytes) in messages {
+                g.add(id, bytes);
+            }
         }
     }
 
@@ -151,7 +184,7 @@ impl Socket {
             for id in ids {
                 held |= g.remove(id);
             }
-            empty = g.is_empty();
+            empty = g.sizes.is_empty();
         }
         if held {
             self.delivery_answered(empty);

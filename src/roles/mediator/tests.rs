@@ -529,6 +529,31 @@ async fn acknowledging_what_is_not_queued_writes_nothing() {
     assert_eq!((stats.acknowledged_total, stats.queued_messages), (1, 0));
 }
 
+/// A socket that does not read holds a bounded weight of unacknowledged messages: four
+/// `max_message_bytes` (and one more delivery), not 500 messages of any size (attacker review:
+/// 11–17 MB per socket that never read, 256 sockets per address).
+#[tokio::test]
+async fn a_socket_holds_a_bounded_weight_of_unacknowledged_messages() {
+    let (svc, _store, _clock, alice) = mediated().await;
+    let pad = "x".repeat(120_000);
+    for _ in 0..20 {
+        svc.enqueue("conn-alice", &alice.verkey, json!({ "pad": pad }))
+            .await
+            .unwrap();
+    }
+    let (tx, _rx) = tokio::sync::mpsc::channel(64);
+    let s = svc.new_socket(tx);
+    svc.set_mode("conn-alice", &s, Some(super::socket::Mode::Implicit));
+    svc.pump(&s).await.unwrap();
+    let one = crate::config::MediatorConfig::default().max_message_bytes as u64;
+    let (held, bytes) = (s.inflight_len(), s.inflight_bytes());
+    assert!(bytes <= 5 * one, "{held} messages, {bytes} bytes held");
+    assert!(
+        (8..21).contains(&held),
+        "{held} messages, {bytes} bytes held"
+    );
+}
+
 /// `messages-received` naming `ids`, from `alice`, answered with a status.
 async fn ask_ack(svc: &MediatorService, alice: &AgentKey, ids: &[String]) {
     let mut m = pickup::messages_received(ids);
