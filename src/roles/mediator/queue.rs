@@ -67,9 +67,11 @@ fn arrival_ms(id: &str) -> i64 {
 const UNKNOWN_ACK_WINDOW_MS: i64 = SHARED_INDEX_MAX_AGE_MS + 60_000;
 
 /// Store reads one acknowledgement may cost for ids the index does not know (each a read of
-/// every replica in a cluster when absent). A message past them stays queued and is delivered
-/// again; its client acknowledges it again.
-const MAX_UNKNOWN_ACK_READS: usize = 8;
+/// every replica in a cluster when absent), and only for a connection another node queued for
+/// lately: one live delivery's worth (a socket on another node acknowledged over HTTP here, as
+/// credo does: leases left unreleased there would stall its pump). A message past them stays
+/// queued and is delivered again; its client acknowledges it again.
+const MAX_UNKNOWN_ACK_READS: usize = 50;
 
 /// `secs` as milliseconds, saturating.
 fn ms(secs: u64) -> i64 {
@@ -477,15 +479,21 @@ impl MediatorService {
                     .partition::<Vec<&String>, _>(|id| q.get(id).is_some() || l.contains_key(*id))
             })
             .await?;
-        if !unknown.is_empty() && self.book().is_shared() {
-            let since = self.now().saturating_sub(UNKNOWN_ACK_WINDOW_MS);
-            let recent = unknown
+        let now = self.now();
+        if !unknown.is_empty() && self.book().queued_elsewhere(conn_id, now) {
+            let since = now.saturating_sub(UNKNOWN_ACK_WINDOW_MS);
+            let recent: Vec<&String> = unknown
                 .into_iter()
                 .filter(|id| arrival_ms(id) >= since)
-                .take(MAX_UNKNOWN_ACK_READS);
-            for id in recent {
-                let key = format!("{conn_id}/{id}");
-                if self.ctx.store.get(ks::QUEUE, &key).await?.is_some() {
+                .take(MAX_UNKNOWN_ACK_READS)
+                .collect();
+            let store = &self.ctx.store;
+            let keys: Vec<String> = recent.iter().map(|id| format!("{conn_id}/{id}")).collect();
+            let read =
+                futures_util::future::join_all(keys.iter().map(|k| store.get(ks::QUEUE, k))).await;
+            // a read that failed leaves its message queued (delivered again, acknowledged again)
+            for (id, r) in recent.into_iter().zip(read) {
+                if matches!(r, Ok(Some(_))) {
                     ids.push(id);
                 }
             }
