@@ -195,21 +195,32 @@ impl WalletService {
         if n < MAX_RECEIVED {
             return Ok(n);
         }
-        let now = self.now();
         let mut live = 0;
         for (key, _) in store
             .scan_prefix(ks::MEMBERS, &prefix, MAX_RECEIVED)
             .await?
         {
             let wallet = key.rsplit('/').next().unwrap_or_default();
-            let rec = store.get_json::<WalletRecord>(ks::WALLETS, wallet).await?;
-            if rec.is_some_and(|r| live_invitation(&r, account, now).is_some()) {
+            if !self.drop_if_stale(account, wallet, &key).await? {
                 live += 1;
-            } else {
-                store.delete(ks::MEMBERS, &key).await?;
             }
         }
         Ok(live)
+    }
+
+    /// Drops `account`'s invitation index entry `key` for `wallet` when the wallet, read at its
+    /// primary (a node's own copy may lag the invitation: review), holds no live invitation for
+    /// it; whether it did.
+    async fn drop_if_stale(&self, account: &str, wallet: &str, key: &str) -> WalletResult<bool> {
+        let store = &self.ctx.store;
+        let rec = store
+            .get_settled_json::<WalletRecord>(ks::WALLETS, wallet)
+            .await?;
+        if rec.is_some_and(|r| live_invitation(&r, account, self.now()).is_some()) {
+            return Ok(false);
+        }
+        store.delete(ks::MEMBERS, key).await?;
+        Ok(true)
     }
 
     /// The invitations pending for the signed-in account (at most [`MAX_RECEIVED`]); index
@@ -228,7 +239,8 @@ impl WalletService {
         {
             let wallet = key.rsplit('/').next().unwrap_or_default();
             let Some(rec) = store.get_json::<WalletRecord>(ks::WALLETS, wallet).await? else {
-                store.delete(ks::MEMBERS, &key).await?;
+                // not here: gone, or not replicated here yet (then it stays)
+                self.drop_if_stale(me, wallet, &key).await?;
                 continue;
             };
             if let Some(inv) = live_invitation(&rec, me, now) {
