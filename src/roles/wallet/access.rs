@@ -1069,9 +1069,9 @@ mod tests {
 
     /// Listing a wallet's credentials or its history reads the whole wallet (up to 32 MiB of
     /// sealed credentials): it takes one of the node's places for that, as matching a
-    /// presentation request does, and answers 503 when none frees up (attacker review: 64
-    /// concurrent listings of one full wallet held gigabytes). Time is paused: the 10 s wait
-    /// passes at once.
+    /// presentation request does — four in all, two per account — and answers 503 when none
+    /// frees up (attacker review: 64 concurrent listings of one full wallet held gigabytes).
+    /// Time is paused: the 10 s wait passes at once.
     #[tokio::test(start_paused = true)]
     async fn whole_wallet_reads_wait_for_one_of_the_nodes_places() {
         let svc = service();
@@ -1083,20 +1083,36 @@ mod tests {
             issuer: None,
             format: None,
         };
-        let mut places = Vec::new();
-        for _ in 0..crate::roles::wallet::credentials::HELD_AT_ONCE {
-            places.push(
-                crate::roles::wallet::credentials::whole_wallet_place()
-                    .await
-                    .unwrap(),
-            );
-        }
-        let busy = |e: WalletError| assert!(matches!(e, WalletError::Busy { .. }), "{e}");
-        busy(svc.list_credentials(&owner, &all).await.unwrap_err());
-        busy(svc.history(&owner).await.unwrap_err());
-        drop(places);
-        svc.list_credentials(&owner, &all).await.unwrap();
-        svc.history(&owner).await.unwrap();
+        let busy = |r: WalletResult<()>| match r {
+            Err(WalletError::Busy { .. }) => {}
+            other => panic!("expected 503, got {other:?}"),
+        };
+        let list = || async { svc.list_credentials(&owner, &all).await.map(|_| ()) };
+        let history = || async { svc.history(&owner).await.map(|_| ()) };
+        // another account holds its share, two places; a third request of it is refused at once
+        let others = [
+            svc.whole_reads.take("other").await.unwrap(),
+            svc.whole_reads.take("other").await.unwrap(),
+        ];
+        busy(svc.whole_reads.take("other").await.map(|_| ()));
+        // Alice's own two requests hold her share: a third waits for none
+        let alices = [
+            svc.whole_reads.take(owner.member()).await.unwrap(),
+            svc.whole_reads.take(owner.member()).await.unwrap(),
+        ];
+        busy(list().await);
+        busy(history().await);
+        drop(alices);
+        list().await.unwrap();
+        history().await.unwrap();
+        // every place of the node taken: she waits, then 503
+        let more = [
+            svc.whole_reads.take("third").await.unwrap(),
+            svc.whole_reads.take("fourth").await.unwrap(),
+        ];
+        busy(list().await);
+        drop((others, more));
+        list().await.unwrap();
     }
 
     /// A wallet service on a [`HeldIndexWrite`] store, Alice's wallet "home" on it with Carol

@@ -34,35 +34,105 @@ pub const MAX_WALLET_BYTES: usize = 32 * 1024 * 1024;
 pub const MAX_HISTORY: usize = 10_000;
 
 /// How many requests of a node read all of a wallet's credentials (or its history) at once
-/// ([`whole_wallet_place`]).
+/// ([`WholeReads`]).
 pub const HELD_AT_ONCE: usize = 4;
+/// Of those, how many one account's requests may hold (past it: 503 at once).
+pub const HELD_PER_ACCOUNT: usize = 2;
 /// How long a request waits for one of those places.
 pub const HELD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// One of the node's [`HELD_AT_ONCE`] places for a request that reads a whole wallet (its
-/// credentials to match or list, its history): a wallet holds up to 32 MiB of sealed credentials,
-/// and each such request held all of it at once (attacker review: 64 concurrent listings of one
-/// full wallet held gigabytes). Waiting longer than [`HELD_WAIT`] is a 503.
-pub(super) async fn whole_wallet_place() -> WalletResult<tokio::sync::SemaphorePermit<'static>> {
-    static PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(HELD_AT_ONCE);
-    let busy = || WalletError::Busy {
-        detail: "too many requests are reading whole wallets on this node; try again",
-        retry_after: 1,
-    };
-    tokio::time::timeout(HELD_WAIT, PERMITS.acquire())
-        .await
-        .map_err(|_| busy())?
-        .map_err(|_| busy())
+/// The node's places for requests that read a whole wallet (its credentials to match or list,
+/// its history): a wallet holds up to 32 MiB of sealed credentials, and each such request held
+/// all of it at once (attacker review: 64 concurrent listings of one full wallet held
+/// gigabytes). [`HELD_AT_ONCE`] in all, [`HELD_PER_ACCOUNT`] of them for one account, so one
+/// account cannot keep every other waiting (review).
+pub(super) struct WholeReads {
+    places: tokio::sync::Semaphore,
+    per_account: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One of the places of [`WholeReads`], given back when dropped.
+pub(super) struct WholeRead<'a> {
+    _place: tokio::sync::SemaphorePermit<'a>,
+    _share: AccountShare<'a>,
+}
+
+/// One account's count of places taken, decremented when dropped.
+struct AccountShare<'a> {
+    reads: &'a WholeReads,
+    account: String,
+}
+
+impl Drop for AccountShare<'_> {
+    fn drop(&mut self) {
+        let mut g = self
+            .reads
+            .per_account
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = g.get_mut(&self.account) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                g.remove(&self.account);
+            }
+        }
+    }
+}
+
+impl Default for WholeReads {
+    fn default() -> Self {
+        Self {
+            places: tokio::sync::Semaphore::new(HELD_AT_ONCE),
+            per_account: Default::default(),
+        }
+    }
+}
+
+impl WholeReads {
+    /// A place for `account`'s request: 503 at once past its share, or after [`HELD_WAIT`]
+    /// without a free place.
+    pub(super) async fn take(&self, account: &str) -> WalletResult<WholeRead<'_>> {
+        let busy = |detail| WalletError::Busy {
+            detail,
+            retry_after: 1,
+        };
+        let share = {
+            let mut g = self.per_account.lock().unwrap_or_else(|e| e.into_inner());
+            let n = g.entry(account.to_string()).or_insert(0);
+            if *n >= HELD_PER_ACCOUNT {
+                return Err(busy(
+                    "your other requests are reading whole wallets on this node; try again",
+                ));
+            }
+            *n += 1;
+            AccountShare {
+                reads: self,
+                account: account.to_string(),
+            }
+        };
+        let place = tokio::time::timeout(HELD_WAIT, self.places.acquire())
+            .await
+            .map_err(|_| {
+                busy("too many requests are reading whole wallets on this node; try again")
+            })?
+            .map_err(|_| {
+                busy("too many requests are reading whole wallets on this node; try again")
+            })?;
+        Ok(WholeRead {
+            _place: place,
+            _share: share,
+        })
+    }
 }
 
 /// A wallet's credentials, unsealed ([`WalletService::held`]), and the place they take: dropped
 /// together.
-pub(super) struct HeldSet {
+pub(super) struct HeldSet<'a> {
     pub creds: Vec<HeldCredential>,
-    _permit: tokio::sync::SemaphorePermit<'static>,
+    _place: WholeRead<'a>,
 }
 
-impl std::ops::Deref for HeldSet {
+impl std::ops::Deref for HeldSet<'_> {
     type Target = Vec<HeldCredential>;
     fn deref(&self) -> &Self::Target {
         &self.creds
@@ -112,7 +182,7 @@ impl WalletService {
         viewer: &Viewer,
         f: &CredentialFilter,
     ) -> WalletResult<Vec<CredentialSummary>> {
-        let _place = whole_wallet_place().await?;
+        let _place = self.whole_reads.take(viewer.member()).await?;
         let mut out = Vec::new();
         for (_, rec) in self
             .ctx
@@ -233,7 +303,7 @@ impl WalletService {
     /// Exchanges of the wallet, newest first. An entry that does not open (damaged, or sealed
     /// under another master key) is left out, with a warning, rather than failing the list.
     pub async fn history(&self, viewer: &Viewer) -> WalletResult<Vec<HistoryEntry>> {
-        let _place = whole_wallet_place().await?;
+        let _place = self.whole_reads.take(viewer.member()).await?;
         let mut h: Vec<HistoryEntry> = self
             .ctx
             .store
@@ -421,8 +491,8 @@ impl WalletService {
     /// sets at a time per node ([`HELD_AT_ONCE`], each held until the set is dropped; a request
     /// waiting longer than [`HELD_WAIT`] gets 503), without their sealed copies (attacker
     /// review: ten requests at once on one full wallet held gigabytes).
-    pub(super) async fn held(&self, viewer: &Viewer) -> WalletResult<HeldSet> {
-        let permit = whole_wallet_place().await?;
+    pub(super) async fn held(&self, viewer: &Viewer) -> WalletResult<HeldSet<'_>> {
+        let place = self.whole_reads.take(viewer.member()).await?;
         let wallet = viewer.id();
         let mut out = Vec::new();
         for (_, rec) in self
@@ -440,7 +510,7 @@ impl WalletService {
         }
         Ok(HeldSet {
             creds: out,
-            _permit: permit,
+            _place: place,
         })
     }
 

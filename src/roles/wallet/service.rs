@@ -35,6 +35,8 @@ pub struct WalletService {
     emails: crate::store::MacKey,
     /// Keys the account password hashes ([`super::passwords`]).
     pub(super) passwords: super::passwords::PasswordKey,
+    /// Places for requests that read a whole wallet.
+    pub(super) whole_reads: super::credentials::WholeReads,
 }
 
 impl WalletService {
@@ -50,6 +52,7 @@ impl WalletService {
             devices: super::devices::DeviceKey::new(&ctx.sealer),
             emails: ctx.sealer.mac_key(b"idstack wallet email v1"),
             passwords: super::passwords::PasswordKey::new(&ctx.sealer),
+            whole_reads: Default::default(),
             ctx,
             cfg,
         }
