@@ -57,7 +57,10 @@ const MAX_DID_JWK: usize = 1024;
 /// The JWK members a did:jwk may carry: a public signing key's. Any other — a private key's `d`,
 /// or data a holder wants an issuer to sign into its subject id — is refused (attacker review: a
 /// wallet's proof `kid` carried hundreds of KB of its own JSON into the credential's subject).
-const DID_JWK_MEMBERS: [&str; 8] = ["kty", "crv", "x", "y", "alg", "use", "kid", "key_ops"];
+/// (`ext`: WebCrypto's `exportKey('jwk')` writes it; a boolean.)
+const DID_JWK_MEMBERS: [&str; 9] = [
+    "kty", "crv", "x", "y", "alg", "use", "kid", "key_ops", "ext",
+];
 
 fn from_did_jwk(did: &str) -> CryptoResult<VerifyingKey> {
     let enc = did
@@ -82,6 +85,9 @@ fn from_did_jwk(did: &str) -> CryptoResult<VerifyingKey> {
         )));
     }
     // did:jwk: a key whose `use` is `enc` has key agreement only, no authentication or assertion
+    if members.get("ext").is_some_and(|e| !e.is_boolean()) {
+        return Err(CryptoError::Did("a did:jwk's `ext` is a boolean".into()));
+    }
     let signs = members.get("use").is_none_or(|u| u == "sig")
         && members.get("key_ops").is_none_or(|o| {
             o.as_array()
@@ -349,6 +355,7 @@ mod tests {
             (json!({"use": "enc"}), "not for signatures"),
             (json!({"key_ops": ["deriveKey"]}), "not for signatures"),
             (json!({"kid": "k".repeat(1024)}), "longer than"),
+            (json!({"ext": "given_name=Alice"}), "boolean"),
         ] {
             let e = resolve_offline(&with(extra.clone())).unwrap_err();
             assert!(e.to_string().contains(says), "{extra}: {e}");

@@ -797,7 +797,8 @@ impl IssuerService {
 
 /// An ldp_vc (Data Integrity), within the `jsonld.*` bounds. Its claims were signed within them
 /// when the offer was made ([`formats::ldp_vc_signable`]), so running out of slots or time here
-/// is the node's load: 503, retry.
+/// is the node's load: 503, retry. A document over a limit (the configuration named more claims
+/// since) is not retried: 422.
 async fn issue_ldp(
     b: &Batch<'_>,
     holder: &VerifyingKey,
@@ -818,7 +819,11 @@ async fn issue_ldp(
     )
     .await
     .map_err(|e| match e {
-        CryptoError::Busy(d) | CryptoError::TooComplex(d) => IssuerError::Busy(d),
+        CryptoError::TooComplex(_) if crate::crypto::di::ran_out_of_time(&e) => {
+            IssuerError::Busy(e.to_string())
+        }
+        CryptoError::Busy(d) => IssuerError::Busy(d),
+        CryptoError::TooComplex(d) => IssuerError::TooComplex(d),
         other => internal(other),
     })
 }
