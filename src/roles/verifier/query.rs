@@ -243,6 +243,54 @@ fn format_refusal(pd: &Value, d: &Value, submitted: &str) -> Option<String> {
     })
 }
 
+/// Why credential `c`, submitted as `submitted`, does not meet the algorithm restrictions of the
+/// descriptor's `format` (else the definition's) for its format family: `alg` (a JWT VC's issuer
+/// signature, a JWT presentation's holder signature for `jwt_vp*` entries, mdoc's issuerAuth),
+/// `sd-jwt_alg_values` / `kb-jwt_alg_values` (an SD-JWT's issuer JWT and KB-JWT), `proof_type`
+/// (Data Integrity: `DataIntegrityProof`, the only one verified). Session creation accepts no
+/// other restriction.
+fn restriction_refusal(pd: &Value, d: &Value, submitted: &str, c: &Checked) -> Option<String> {
+    let allowed = d["format"]
+        .as_object()
+        .or_else(|| pd["format"].as_object())?;
+    let family = format_family(submitted)?;
+    let id = clip(d["id"].as_str().unwrap_or_default());
+    for (name, restrictions) in allowed {
+        if format_family(name) != Some(family) {
+            continue;
+        }
+        let vp_entry = name.starts_with("jwt_vp");
+        for (r, listed) in restrictions.as_object().into_iter().flatten() {
+            let used: Option<&str> = match (family, r.as_str()) {
+                ("jwt", "alg") if vp_entry => match c.holder_alg.as_deref() {
+                    Some(a) => Some(a),
+                    None => continue, // no presentation around it
+                },
+                ("jwt" | "mso_mdoc", "alg") | ("sd-jwt", "sd-jwt_alg_values") => {
+                    c.issuer_alg.as_deref()
+                }
+                ("sd-jwt", "kb-jwt_alg_values") => c.holder_alg.as_deref(),
+                ("ldp", "proof_type") => Some("DataIntegrityProof"),
+                _ => None,
+            };
+            let ok = used.is_some_and(|u| {
+                listed
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|x| x.as_str() == Some(u)))
+            });
+            if !ok {
+                return Some(format!(
+                    "{id}: signed with {}, which format `{}` {} does not list",
+                    used.unwrap_or("nothing that can be told"),
+                    clip(name),
+                    clip(r)
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// Whether the matcher evaluates JSONPath `p` as written: `$`, names (`.a`, `['a']`), indexes
 /// and `[*]`. Recursive descent (`..`), `.*`, filter and script expressions parse into segments
 /// that select nothing, which would quietly drop an optional field's filter: refused when a
@@ -352,6 +400,9 @@ async fn pex(
             );
         }
         for c in checked {
+            if let Some(why) = restriction_refusal(pd, d, format, &c) {
+                out.fail("query_match", why);
+            }
             // ISO 18013-7 Annex B: an mso_mdoc input descriptor's id is the doc type it asks for
             if let Some(doctype) = c.doctype.as_deref().filter(|dt| *dt != id) {
                 out.fail(
@@ -428,6 +479,89 @@ fn filter_ok(filter: &Value, vals: &[&Value]) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A `format` entry's algorithm restrictions are checked against what signed each
+    /// credential: the issuer's signature (`alg` of a VC entry, `sd-jwt_alg_values`, mdoc), the
+    /// holder's (`alg` of a `jwt_vp*` entry, `kb-jwt_alg_values`), the proof type (Data
+    /// Integrity); an entry of another format family does not apply.
+    #[test]
+    fn algorithm_restrictions_are_checked_per_credential() {
+        let checked = |format: &str, issuer_alg: Option<&str>, holder_alg: Option<&str>| Checked {
+            query_id: "d".into(),
+            format: format.into(),
+            root: json!({}),
+            vct: None,
+            types: Vec::new(),
+            doctype: None,
+            issuer: None,
+            authorities: Vec::new(),
+            issuer_alg: issuer_alg.map(str::to_string),
+            holder_alg: holder_alg.map(str::to_string),
+        };
+        let refused = |format: Value, submitted: &str, c: &Checked| {
+            let d = json!({"id": "d", "format": format});
+            restriction_refusal(&json!({}), &d, submitted, c)
+        };
+        let es256_by_eddsa = checked("jwt_vc_json", Some("ES256"), Some("EdDSA"));
+        let vc = json!({"jwt_vc_json": {"alg": ["ES256"]}});
+        assert!(refused(vc.clone(), "jwt_vp_json", &es256_by_eddsa).is_none());
+        let eddsa = checked("jwt_vc_json", Some("EdDSA"), Some("EdDSA"));
+        let why = refused(vc, "jwt_vp_json", &eddsa).unwrap();
+        assert!(
+            why.contains("EdDSA") && why.contains("jwt_vc_json"),
+            "{why}"
+        );
+        let vp = json!({"jwt_vp_json": {"alg": ["ES256"]}});
+        assert!(refused(vp.clone(), "jwt_vp_json", &es256_by_eddsa).is_some());
+        // a bare credential has no presentation for a jwt_vp entry to restrict
+        let bare = checked("jwt_vc_json", Some("ES256"), None);
+        assert!(refused(vp, "jwt_vc_json", &bare).is_none());
+        let sd =
+            json!({"dc+sd-jwt": {"sd-jwt_alg_values": ["ES256"], "kb-jwt_alg_values": ["ES256"]}});
+        assert!(refused(
+            sd.clone(),
+            "dc+sd-jwt",
+            &checked("dc+sd-jwt", Some("ES256"), Some("ES256"))
+        )
+        .is_none());
+        assert!(refused(
+            sd.clone(),
+            "dc+sd-jwt",
+            &checked("dc+sd-jwt", Some("EdDSA"), Some("ES256"))
+        )
+        .is_some());
+        assert!(refused(
+            sd.clone(),
+            "dc+sd-jwt",
+            &checked("dc+sd-jwt", Some("ES256"), Some("ES256K"))
+        )
+        .is_some());
+        // no key binding: a kb-jwt restriction is not met
+        assert!(refused(sd, "dc+sd-jwt", &checked("dc+sd-jwt", Some("ES256"), None)).is_some());
+        let mdoc = checked("mso_mdoc", Some("ES256"), Some("ES256"));
+        assert!(refused(json!({"mso_mdoc": {"alg": ["ES256"]}}), "mso_mdoc", &mdoc).is_none());
+        assert!(refused(json!({"mso_mdoc": {"alg": ["ES384"]}}), "mso_mdoc", &mdoc).is_some());
+        let ldp = checked("ldp_vc", None, None);
+        assert!(refused(
+            json!({"ldp_vc": {"proof_type": ["DataIntegrityProof"]}}),
+            "ldp_vc",
+            &ldp
+        )
+        .is_none());
+        assert!(refused(
+            json!({"ldp_vc": {"proof_type": ["Ed25519Signature2018"]}}),
+            "ldp_vc",
+            &ldp
+        )
+        .is_some());
+        // another family's entry does not apply
+        assert!(refused(
+            json!({"mso_mdoc": {"alg": ["ES384"]}}),
+            "jwt_vp_json",
+            &eddsa
+        )
+        .is_none());
+    }
 
     #[test]
     fn json_paths() {

@@ -466,25 +466,21 @@ fn check_credential_query(id: &str, c: &Value) -> Result<(), VerifierError> {
 /// credentials, each bound to its own holder).
 const CONSTRAINT_MEMBERS: [&str; 2] = ["fields", "limit_disclosure"];
 
-/// JWS algorithms the verifier accepts from issuers and holders (the keys it verifies with).
-const JWS_ALGS: [&str; 3] = ["EdDSA", "ES256", "ES256K"];
-
-/// What the verifier accepts for one restriction of a `format` entry (`alg`, `proof_type`,
-/// `sd-jwt_alg_values`, `kb-jwt_alg_values`), `None` for a restriction it does not know.
-fn accepted_values(format: &str, restriction: &str) -> Option<&'static [&'static str]> {
-    match (super::query::format_family(format)?, restriction) {
-        ("jwt", "alg") => Some(&JWS_ALGS),
-        ("sd-jwt", "sd-jwt_alg_values" | "kb-jwt_alg_values") => Some(&JWS_ALGS),
-        ("mso_mdoc", "alg") => Some(&["ES256"]),
-        ("ldp", "proof_type") => Some(&["DataIntegrityProof"]),
-        _ => None,
-    }
+/// Whether the verifier enforces restriction `restriction` of a `format` entry for `format`
+/// (per credential, `query::restriction_refusal`): `alg` (JWT VCs and presentations, mso_mdoc),
+/// `sd-jwt_alg_values` and `kb-jwt_alg_values` (SD-JWT), `proof_type` (Data Integrity).
+fn restriction_enforced(format: &str, restriction: &str) -> bool {
+    matches!(
+        (super::query::format_family(format), restriction),
+        (Some("jwt" | "mso_mdoc"), "alg")
+            | (Some("sd-jwt"), "sd-jwt_alg_values" | "kb-jwt_alg_values")
+            | (Some("ldp"), "proof_type")
+    )
 }
 
 /// A definition's or a descriptor's `format`: an object of formats, each an object of
-/// restrictions. A restriction is not enforced one by one; it is accepted when it excludes
-/// nothing the verifier accepts for that format (ISO 18013-7's `mso_mdoc: {alg: [ES256]}`),
-/// and refused otherwise rather than ignored.
+/// restrictions the verifier enforces, each a non-empty list of names; any other restriction
+/// would be ignored, so it is refused.
 fn validate_format(whose: &str, format: &Value) -> Result<(), VerifierError> {
     let formats = format
         .as_object()
@@ -497,23 +493,21 @@ fn validate_format(whose: &str, format: &Value) -> Result<(), VerifierError> {
             ))
         })?;
         for (r, values) in restrictions {
-            let Some(accepted) = accepted_values(name, r) else {
+            if !restriction_enforced(name, r) {
                 return Err(invalid(format!(
-                    "{whose}: format `{}` restriction `{}` is not supported",
+                    "{whose}: format `{}` restriction `{}` is not supported (it would be ignored)",
                     clip(name),
                     clip(r)
                 )));
-            };
-            let listed: Vec<&str> = values
+            }
+            let listed = values
                 .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            if let Some(missing) = accepted.iter().find(|a| !listed.contains(a)) {
+                .is_some_and(|a| !a.is_empty() && a.iter().all(Value::is_string));
+            if !listed {
                 return Err(invalid(format!(
-                    "{whose}: format `{}` restriction `{}` leaves out {missing}, which this verifier accepts: restrictions are not enforced one by one, so list every one of {} or leave it out",
+                    "{whose}: format `{}` restriction `{}` must be a non-empty array of names",
                     clip(name),
-                    clip(r),
-                    accepted.join(", ")
+                    clip(r)
                 )));
             }
         }
@@ -525,8 +519,7 @@ fn validate_format(whose: &str, format: &Value) -> Result<(), VerifierError> {
 /// fields, each with a non-empty `path` of strings and, if any, a `filter` of the JSON Schema
 /// subset [`Filter`] evaluates. Enforced, never ignored: a constraint the matcher would skip
 /// (a `fields` that is not an array, an unknown filter keyword, a constraint other than `fields`
-/// and `limit_disclosure`, a `format` restriction that excludes what it accepts) is refused here
-/// instead.
+/// and `limit_disclosure`, a `format` restriction it does not check) is refused here instead.
 fn validate_definition(pd: &Value) -> Result<(), VerifierError> {
     let descriptors = pd["input_descriptors"]
         .as_array()

@@ -57,7 +57,14 @@ pub async fn jwt_credential(
         .or(p["sub"].as_str())
         .map(str::to_string);
     Some((
-        w3c_checked(out, query_id, "jwt_vc_json", issuer.issuer, vc_obj),
+        w3c_checked(
+            out,
+            query_id,
+            "jwt_vc_json",
+            issuer.issuer,
+            Some(issuer.key.alg().to_string()),
+            vc_obj,
+        ),
         subject,
     ))
 }
@@ -188,7 +195,9 @@ pub async fn jwt_vp(
             continue;
         };
         subject_is_signer(out, query_id, subject.is_some() && holder_did == subject);
-        checked.push(c);
+        // verified with the holder's key, whose algorithm it must name
+        let holder_alg = header["alg"].as_str().map(str::to_string);
+        checked.push(Checked { holder_alg, ..c });
     }
     checked
 }

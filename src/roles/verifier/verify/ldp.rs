@@ -37,7 +37,14 @@ async fn ld_credential(
     } else {
         status_not_checked(out, query_id);
     }
-    Some(w3c_checked(out, query_id, "ldp_vc", issuer.issuer, vc))
+    Some(w3c_checked(
+        out,
+        query_id,
+        "ldp_vc",
+        issuer.issuer,
+        None,
+        vc,
+    ))
 }
 
 /// Verifies one Data Integrity credential object end to end.

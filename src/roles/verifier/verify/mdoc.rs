@@ -166,5 +166,8 @@ fn presented(
         doctype: Some(d.doc_type),
         issuer: Some(d.signer),
         authorities: d.authorities,
+        // issuerAuth and deviceSignature are ES256 or refused
+        issuer_alg: Some("ES256".into()),
+        holder_alg: Some("ES256".into()),
     }
 }

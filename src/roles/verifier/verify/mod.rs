@@ -155,6 +155,11 @@ pub struct Checked {
     /// mso_mdoc: the key identifiers of the authorities over its document signer (DCQL
     /// `trusted_authorities` of type `aki`); empty for other formats.
     pub authorities: Vec<Vec<u8>>,
+    /// The JWS / COSE algorithm of the issuer's signature (`None`: a Data Integrity proof).
+    pub issuer_alg: Option<String>,
+    /// The algorithm of the holder's signature around it (KB-JWT, JWT presentation, mdoc
+    /// device signature), when there is one.
+    pub holder_alg: Option<String>,
 }
 
 /// The `signature` policy for an issuer-signed JWT: the key is bound to the issuer the token names
@@ -232,6 +237,7 @@ fn w3c_checked(
     query_id: &str,
     format: &str,
     issuer: String,
+    issuer_alg: Option<String>,
     vc: Value,
 ) -> Checked {
     let mut claims = vc["credentialSubject"]
@@ -269,6 +275,8 @@ fn w3c_checked(
         doctype: None,
         issuer: Some(issuer),
         authorities: Vec::new(),
+        issuer_alg,
+        holder_alg: None,
     }
 }
 

@@ -105,7 +105,15 @@ pub async fn sd_jwt(
         issuer: Some(issuer.issuer.clone()),
         claims: claims.clone(),
     });
+    // the KB-JWT was verified with the `cnf` key, whose algorithm it must name
+    let holder_alg = verified.key_binding.as_ref().and_then(|_| {
+        crate::crypto::VerifyingKey::from_jwk(&payload["cnf"]["jwk"])
+            .ok()
+            .map(|k| k.alg().to_string())
+    });
     Some(Checked {
+        issuer_alg: Some(issuer.key.alg().to_string()),
+        holder_alg,
         query_id: query_id.to_string(),
         format: "dc+sd-jwt".into(),
         root: Value::Object(verified.claims),
