@@ -77,22 +77,12 @@ pub(super) struct Book {
     /// rebuilt once older than [`SHARED_INDEX_MAX_AGE_MS`].
     shared: bool,
     next_build: u64,
-    /// Connection → when (ms) another node last announced a message it queued for it: an
-    /// acknowledgement here may name one this node has not heard of yet ([`Book::queued_elsewhere`]).
-    remote_adds: HashMap<String, i64>,
     /// Once shared: the (connection, id) pairs removed from queues in the last
     /// [`SHARED_INDEX_MAX_AGE_MS`], so another node's announcement of one that arrives after its
     /// removal (events from different nodes have no common order) does not bring it back into
     /// the index. Node-wide and bounded ([`REMOVED_KEPT`]), oldest first out.
     removed: Removed,
 }
-
-/// How long after another node announced a message for a connection an acknowledgement of an
-/// id this node does not know is looked up in the store (ms): the index lags by one bus event,
-/// and indexes are rebuilt when older than [`SHARED_INDEX_MAX_AGE_MS`].
-pub(super) const REMOTE_ADD_WINDOW_MS: i64 = SHARED_INDEX_MAX_AGE_MS + 60_000;
-/// Connections whose last remote announcement is remembered before old ones are dropped.
-const REMOTE_ADDS_KEPT: usize = 65_536;
 
 /// Most removals remembered node-wide (acknowledgements within the window; past it the oldest
 /// are forgotten first, and a late announcement of one of those makes a ghost entry that the
@@ -384,13 +374,6 @@ impl Book {
     /// [`Book::acknowledged`], which the event handler calls for them.)
     pub(super) fn note_remote(&mut self, conn_id: &str, changes: Vec<Change>, now: i64) {
         self.shared = true;
-        if changes.iter().any(|c| matches!(c, Change::Add(..))) {
-            if self.remote_adds.len() >= REMOTE_ADDS_KEPT {
-                self.remote_adds
-                    .retain(|_, at| now.saturating_sub(*at) < REMOTE_ADD_WINDOW_MS);
-            }
-            self.remote_adds.insert(conn_id.to_string(), now);
-        }
         for c in changes {
             if let Change::Add(id, _) = &c {
                 if self.removed.contains(conn_id, id, now) {
@@ -421,12 +404,25 @@ impl Book {
         self.removed.contains(conn_id, id, now)
     }
 
-    /// Whether another node queued a message for `conn_id` in the last
-    /// [`REMOTE_ADD_WINDOW_MS`] (as of `now`): this node's index of it may lag by a bus event.
-    pub(super) fn queued_elsewhere(&self, conn_id: &str, now: i64) -> bool {
-        self.remote_adds
-            .get(conn_id)
-            .is_some_and(|at| now.saturating_sub(*at) < REMOTE_ADD_WINDOW_MS)
+    /// Whether another node changes queues too (indexes may lag its changes by a bus event).
+    pub(super) fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Of `ids`, those `conn_id`'s ready index or its leases hold (no index is built).
+    pub(super) fn known(&self, conn_id: &str, ids: &[String]) -> Vec<String> {
+        let queue = match self.queues.get(conn_id) {
+            Some(Slot::Ready { queue, .. }) => Some(queue),
+            _ => None,
+        };
+        let leases = self.leases.get(conn_id);
+        ids.iter()
+            .filter(|id| {
+                queue.is_some_and(|q| q.get(id).is_some())
+                    || leases.is_some_and(|l| l.contains_key(*id))
+            })
+            .cloned()
+            .collect()
     }
 
     /// When (ms) the first HTTP lease on `conn_id`'s messages still running at `now` runs out.

@@ -54,7 +54,11 @@ pub async fn init(ctx: &RoleContext, cfg: &MediatorConfig) -> anyhow::Result<Arc
     tokio::spawn(async move {
         loop {
             match rx.recv().await {
-                Ok(ev) if ev.topic == queue::BUS_TOPIC || ev.topic == queue::BUS_TOPIC_ACKED => {
+                Ok(ev)
+                    if ev.topic == queue::BUS_TOPIC
+                        || ev.topic == queue::BUS_TOPIC_ACKED
+                        || ev.topic == queue::BUS_TOPIC_ACK_ELSEWHERE =>
+                {
                     match weak.upgrade() {
                         Some(svc) => svc.on_event(&ev.topic, &ev.payload),
                         None => break,

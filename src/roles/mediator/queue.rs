@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::book::{lease_from, live_ids, Holder, Leases, Pending, SHARED_INDEX_MAX_AGE_MS};
+use super::book::{lease_from, live_ids, Holder, Leases, Pending};
 use super::error::{MediatorError, MediatorResult, OrInternal as _};
 use super::index::{Change, ConnQueue, Entry};
 use super::message::recipient_filter;
@@ -26,6 +26,9 @@ pub(super) const BUS_TOPIC: &str = "mediator.queued";
 /// Bus topic of messages acknowledged (same payload): other nodes take them out of their index
 /// of that queue and end their leases.
 pub(super) const BUS_TOPIC_ACKED: &str = "mediator.acked";
+/// Bus topic of acknowledged ids the acknowledging node did not know (same payload, `remove`
+/// changes): the node that handed them out — its socket's leases, its index — acknowledges them.
+pub(super) const BUS_TOPIC_ACK_ELSEWHERE: &str = "mediator.ack-elsewhere";
 
 /// Longest a caller waits for another caller's build of an index before scanning for itself.
 const INDEX_BUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -55,23 +58,6 @@ fn is_message_id(id: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
-
-/// When a message arrived, from its id (which starts with it: [`is_message_id`]).
-fn arrival_ms(id: &str) -> i64 {
-    id.get(..13).and_then(|t| t.parse().ok()).unwrap_or(0)
-}
-
-/// An acknowledged id this node's index does not know is looked up in the store only when it
-/// arrived this recently (ms): an index is at most [`SHARED_INDEX_MAX_AGE_MS`] old once other
-/// nodes change queues, and nodes' clocks may differ (the cluster's ±30 s window).
-const UNKNOWN_ACK_WINDOW_MS: i64 = SHARED_INDEX_MAX_AGE_MS + 60_000;
-
-/// Store reads one acknowledgement may cost for ids the index does not know (each a read of
-/// every replica in a cluster when absent), and only for a connection another node queued for
-/// lately: one live delivery's worth (a socket on another node acknowledged over HTTP here, as
-/// credo does: leases left unreleased there would stall its pump). A message past them stays
-/// queued and is delivered again; its client acknowledges it again.
-const MAX_UNKNOWN_ACK_READS: usize = 50;
 
 /// `secs` as milliseconds, saturating.
 fn ms(secs: u64) -> i64 {
@@ -302,10 +288,20 @@ impl MediatorService {
     /// applied to this node's index of the queue (without the changes, from an older node, or
     /// unreadable: the index is dropped, to be rebuilt on next use); its acknowledgements also
     /// end the leases this node's sockets hold on those messages, which frees their windows.
-    pub(super) fn on_event(&self, topic: &str, payload: &str) {
+    pub(super) fn on_event(self: &Arc<Self>, topic: &str, payload: &str) {
         let mut parts = payload.splitn(3, '\n');
         let conn_id = parts.next().unwrap_or_default();
         let origin = parts.next().unwrap_or_default();
+        if topic == BUS_TOPIC_ACK_ELSEWHERE {
+            if origin != self.origin {
+                let ids = parts
+                    .next()
+                    .and_then(|c| serde_json::from_str::<Vec<Change>>(c).ok())
+                    .unwrap_or_default();
+                self.on_ack_elsewhere(conn_id, ids);
+            }
+            return;
+        }
         if origin != self.origin {
             let now = self.now();
             let changes = parts
@@ -340,6 +336,30 @@ impl MediatorService {
         if topic == BUS_TOPIC {
             self.wake(conn_id);
         }
+    }
+
+    /// Ids another node was asked to acknowledge and did not know: those this node's index or
+    /// leases hold (without building an index: a node that handed a message out has one) are
+    /// acknowledged here, the same way.
+    fn on_ack_elsewhere(self: &Arc<Self>, conn_id: &str, changes: Vec<Change>) {
+        let ids: Vec<String> = changes
+            .into_iter()
+            .filter_map(|c| match c {
+                Change::Remove(id) if is_message_id(&id) => Some(id),
+                _ => None,
+            })
+            .collect();
+        let known = self.book().known(conn_id, &ids);
+        if known.is_empty() {
+            return;
+        }
+        let svc = self.clone();
+        let conn_id = conn_id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = svc.acknowledge_here(&conn_id, &known, None, false).await {
+                tracing::warn!(error = %e, "an acknowledgement passed on by another node failed");
+            }
+        });
     }
 
     /// Missed bus events: every index may be stale.
@@ -460,43 +480,46 @@ impl MediatorService {
     /// Only what the connection holds is deleted: an id neither its index nor its leases know
     /// writes nothing (in a cluster each delete is a tombstone on every node, kept for
     /// `tombstone_ttl_seconds`: a client naming made-up ids filled every node's disk and memory
-    /// for a week; attacker review). Once other nodes change queues too, a message one of them
-    /// queued may be acknowledged here before its bus event arrived: an unknown id that arrived
-    /// recently is looked up in the store ([`MAX_UNKNOWN_ACK_READS`] per acknowledgement).
+    /// for a week; attacker review). Once other nodes change queues too, the ids this node does
+    /// not know are passed on the bus: a node that handed them out and has not been heard from
+    /// yet acknowledges them ([`Self::on_ack_elsewhere`]) — no store read for made-up ids.
     pub(super) async fn acknowledge(
         &self,
         conn_id: &str,
         ids: &[String],
         socket: Option<&Arc<Socket>>,
     ) -> MediatorResult<()> {
+        self.acknowledge_here(conn_id, ids, socket, true).await
+    }
+
+    /// [`Self::acknowledge`]; the ids this node does not know are passed on when `pass_on`
+    /// (not when they were passed on to it: once only).
+    async fn acknowledge_here(
+        &self,
+        conn_id: &str,
+        ids: &[String],
+        socket: Option<&Arc<Socket>>,
+        pass_on: bool,
+    ) -> MediatorResult<()> {
         let ids: Vec<&String> = ids.iter().filter(|id| is_message_id(id)).collect();
         if ids.is_empty() {
             return Ok(());
         }
-        let (mut ids, unknown) = self
+        let (ids, unknown) = self
             .with_queue(conn_id, |q, l| {
                 ids.into_iter()
                     .partition::<Vec<&String>, _>(|id| q.get(id).is_some() || l.contains_key(*id))
             })
             .await?;
-        let now = self.now();
-        if !unknown.is_empty() && self.book().queued_elsewhere(conn_id, now) {
-            let since = now.saturating_sub(UNKNOWN_ACK_WINDOW_MS);
-            let recent: Vec<&String> = unknown
+        // Another node may have handed these out (a socket there, acknowledged over HTTP here,
+        // as credo does) before its bus event reached this node's index: that node applies them.
+        if pass_on && !unknown.is_empty() && self.book().is_shared() {
+            let elsewhere: Vec<Change> = unknown
                 .into_iter()
-                .filter(|id| arrival_ms(id) >= since)
-                .take(MAX_UNKNOWN_ACK_READS)
+                .map(|id| Change::Remove(id.clone()))
                 .collect();
-            let store = &self.ctx.store;
-            let keys: Vec<String> = recent.iter().map(|id| format!("{conn_id}/{id}")).collect();
-            let read =
-                futures_util::future::join_all(keys.iter().map(|k| store.get(ks::QUEUE, k))).await;
-            // a read that failed leaves its message queued (delivered again, acknowledged again)
-            for (id, r) in recent.into_iter().zip(read) {
-                if matches!(r, Ok(Some(_))) {
-                    ids.push(id);
-                }
-            }
+            let event = self.event(conn_id, &elsewhere);
+            self.ctx.bus.publish(BUS_TOPIC_ACK_ELSEWHERE, &event).await;
         }
         let n = ids.len() as u64;
         if ids.is_empty() {
