@@ -1089,20 +1089,22 @@ mod tests {
         };
         let list = || async { svc.list_credentials(&owner, &all).await.map(|_| ()) };
         let history = || async { svc.history(&owner).await.map(|_| ()) };
-        // another account holds its share, two places; a third request of it is refused at once
+        // Alice's own two requests hold her share: a third is refused at once, places free
+        let alices = [
+            svc.whole_reads.take(owner.member()).await.unwrap(),
+            svc.whole_reads.take(owner.member()).await.unwrap(),
+        ];
+        let at = tokio::time::Instant::now();
+        busy(list().await);
+        busy(history().await);
+        assert_eq!(tokio::time::Instant::now(), at, "refused without waiting");
+        drop(alices);
+        // another account holds its share, two places
         let others = [
             svc.whole_reads.take("other").await.unwrap(),
             svc.whole_reads.take("other").await.unwrap(),
         ];
         busy(svc.whole_reads.take("other").await.map(|_| ()));
-        // Alice's own two requests hold her share: a third waits for none
-        let alices = [
-            svc.whole_reads.take(owner.member()).await.unwrap(),
-            svc.whole_reads.take(owner.member()).await.unwrap(),
-        ];
-        busy(list().await);
-        busy(history().await);
-        drop(alices);
         list().await.unwrap();
         history().await.unwrap();
         // every place of the node taken: she waits, then 503

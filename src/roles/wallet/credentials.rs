@@ -53,8 +53,10 @@ pub(super) struct WholeReads {
 
 /// One of the places of [`WholeReads`], given back when dropped.
 pub(super) struct WholeRead<'a> {
-    _place: tokio::sync::SemaphorePermit<'a>,
+    // dropped in this order: the account's share before the place, so the account's next
+    // request never finds its share taken by one whose place is free already
     _share: AccountShare<'a>,
+    _place: tokio::sync::SemaphorePermit<'a>,
 }
 
 /// One account's count of places taken, decremented when dropped.
@@ -119,8 +121,8 @@ impl WholeReads {
                 busy("too many requests are reading whole wallets on this node; try again")
             })?;
         Ok(WholeRead {
-            _place: place,
             _share: share,
+            _place: place,
         })
     }
 }

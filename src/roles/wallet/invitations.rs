@@ -201,7 +201,12 @@ impl WalletService {
             .await?
         {
             let wallet = key.rsplit('/').next().unwrap_or_default();
-            if !self.drop_if_stale(account, wallet, &key).await? {
+            // live in this node's copy: live (only a stale-looking one is read at the primary)
+            let here = store.get_json::<WalletRecord>(ks::WALLETS, wallet).await?;
+            let now = self.now();
+            if here.is_some_and(|r| live_invitation(&r, account, now).is_some())
+                || !self.drop_if_stale(account, wallet, &key).await?
+            {
                 live += 1;
             }
         }
