@@ -247,45 +247,72 @@ fn format_refusal(pd: &Value, d: &Value, submitted: &str) -> Option<String> {
 /// descriptor's `format` (else the definition's) for its format family: `alg` (a JWT VC's issuer
 /// signature, a JWT presentation's holder signature for `jwt_vp*` entries, mdoc's issuerAuth),
 /// `sd-jwt_alg_values` / `kb-jwt_alg_values` (an SD-JWT's issuer JWT and KB-JWT), `proof_type`
-/// (Data Integrity: `DataIntegrityProof`, the only one verified). Session creation accepts no
-/// other restriction.
+/// (Data Integrity: `DataIntegrityProof`, the only one verified). Entries of one family and one
+/// level (the credential's, or the presentation's: `jwt_vp*`, `ldp_vp`) are alternatives
+/// (`jwt_vc` or `jwt_vc_json`): one whose restrictions all hold is enough. Session creation
+/// accepts no other restriction.
 fn restriction_refusal(pd: &Value, d: &Value, submitted: &str, c: &Checked) -> Option<String> {
     let allowed = d["format"]
         .as_object()
         .or_else(|| pd["format"].as_object())?;
     let family = format_family(submitted)?;
     let id = clip(d["id"].as_str().unwrap_or_default());
-    for (name, restrictions) in allowed {
-        if format_family(name) != Some(family) {
+    let mut why = None;
+    for presentation_level in [false, true] {
+        let entries: Vec<(&String, &Value)> = allowed
+            .iter()
+            .filter(|(name, _)| format_family(name) == Some(family))
+            .filter(|(name, _)| {
+                (name.starts_with("jwt_vp") || name.starts_with("ldp_vp")) == presentation_level
+            })
+            .collect();
+        // a credential presented bare has no presentation for those entries to restrict
+        if entries.is_empty() || (presentation_level && family == "jwt" && c.holder_alg.is_none()) {
             continue;
         }
-        let vp_entry = name.starts_with("jwt_vp");
-        for (r, listed) in restrictions.as_object().into_iter().flatten() {
-            let used: Option<&str> = match (family, r.as_str()) {
-                ("jwt", "alg") if vp_entry => match c.holder_alg.as_deref() {
-                    Some(a) => Some(a),
-                    None => continue, // no presentation around it
-                },
-                ("jwt" | "mso_mdoc", "alg") | ("sd-jwt", "sd-jwt_alg_values") => {
-                    c.issuer_alg.as_deref()
-                }
-                ("sd-jwt", "kb-jwt_alg_values") => c.holder_alg.as_deref(),
-                ("ldp", "proof_type") => Some("DataIntegrityProof"),
-                _ => None,
-            };
-            let ok = used.is_some_and(|u| {
-                listed
-                    .as_array()
-                    .is_some_and(|l| l.iter().any(|x| x.as_str() == Some(u)))
-            });
-            if !ok {
-                return Some(format!(
-                    "{id}: signed with {}, which format `{}` {} does not list",
-                    used.unwrap_or("nothing that can be told"),
-                    clip(name),
-                    clip(r)
-                ));
+        let refusals: Vec<String> = entries
+            .iter()
+            .filter_map(|(name, restrictions)| {
+                entry_refusal(family, presentation_level, name, restrictions, c)
+            })
+            .collect();
+        if refusals.len() == entries.len() {
+            why = Some(format!("{id}: {}", refusals.join("; ")));
+        }
+    }
+    why
+}
+
+/// Why `c` does not meet every restriction of one `format` entry `name`.
+fn entry_refusal(
+    family: &str,
+    presentation_level: bool,
+    name: &str,
+    restrictions: &Value,
+    c: &Checked,
+) -> Option<String> {
+    for (r, listed) in restrictions.as_object().into_iter().flatten() {
+        let used: Option<&str> = match (family, r.as_str()) {
+            ("jwt", "alg") if presentation_level => c.holder_alg.as_deref(),
+            ("jwt" | "mso_mdoc", "alg") | ("sd-jwt", "sd-jwt_alg_values") => {
+                c.issuer_alg.as_deref()
             }
+            ("sd-jwt", "kb-jwt_alg_values") => c.holder_alg.as_deref(),
+            ("ldp", "proof_type") => Some("DataIntegrityProof"),
+            _ => None,
+        };
+        let ok = used.is_some_and(|u| {
+            listed
+                .as_array()
+                .is_some_and(|l| l.iter().any(|x| x.as_str() == Some(u)))
+        });
+        if !ok {
+            return Some(format!(
+                "signed with {}, which format `{}` {} does not list",
+                used.unwrap_or("nothing that can be told"),
+                clip(name),
+                clip(r)
+            ));
         }
     }
     None
@@ -561,6 +588,11 @@ mod tests {
             &eddsa
         )
         .is_none());
+        // entries of one family and level are alternatives: one that holds is enough
+        let either = json!({"jwt_vc": {"alg": ["ES256"]}, "jwt_vc_json": {"alg": ["EdDSA"]}});
+        assert!(refused(either.clone(), "jwt_vp_json", &eddsa).is_none());
+        let es256k = checked("jwt_vc_json", Some("ES256K"), None);
+        assert!(refused(either, "jwt_vp_json", &es256k).is_some());
     }
 
     #[test]

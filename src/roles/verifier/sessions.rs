@@ -512,7 +512,41 @@ fn validate_format(whose: &str, format: &Value) -> Result<(), VerifierError> {
             }
         }
     }
+    // A family's entries of one level are alternatives (`jwt_vc` or `jwt_vc_json`): when none
+    // can ever be met, no session could verify — said now rather than at every response.
+    let level = |name: &str| name.starts_with("jwt_vp") || name.starts_with("ldp_vp");
+    for (name, _) in formats {
+        let family = super::query::format_family(name);
+        let group = formats
+            .iter()
+            .filter(|(n, _)| super::query::format_family(n) == family && level(n) == level(name));
+        if group.clone().all(|(n, rs)| !can_be_met(n, rs)) {
+            return Err(invalid(format!(
+                "{whose}: format `{}`: no credential this verifier accepts is signed as it asks (JWTs: EdDSA, ES256, ES256K; mso_mdoc: ES256; Data Integrity: DataIntegrityProof)",
+                clip(name)
+            )));
+        }
+    }
     Ok(())
+}
+
+/// Whether some credential the verifier accepts meets every restriction of entry `name`.
+fn can_be_met(name: &str, restrictions: &Value) -> bool {
+    let possible: &[&str] = match super::query::format_family(name) {
+        Some("mso_mdoc") => &["ES256"],
+        Some("ldp") => &["DataIntegrityProof"],
+        _ => &["EdDSA", "ES256", "ES256K"],
+    };
+    restrictions
+        .as_object()
+        .into_iter()
+        .flatten()
+        .all(|(_, listed)| {
+            listed.as_array().is_some_and(|l| {
+                l.iter()
+                    .any(|x| x.as_str().is_some_and(|x| possible.contains(&x)))
+            })
+        })
 }
 
 /// A presentation definition whose every field can be enforced: `constraints.fields` an array of

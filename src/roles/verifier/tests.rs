@@ -464,6 +464,10 @@ async fn a_definition_asks_only_for_what_is_enforced() {
         json!({"format": {"jwt_vc_json": {"alg": []}}}),
         json!({"format": {"jwt_vc_json": {"alg": "ES256"}}}),
         json!({"format": {"jwt_vc_json": ["ES256"]}}),
+        // met by no credential this verifier accepts
+        json!({"format": {"mso_mdoc": {"alg": ["ES384"]}}}),
+        json!({"format": {"ldp_vc": {"proof_type": ["Ed25519Signature2018"]}}}),
+        json!({"format": {"jwt_vc": {"alg": ["RS256"]}, "jwt_vc_json": {"alg": ["PS256"]}}}),
     ] {
         let e = create(descriptor(extra.clone())).await.unwrap_err();
         assert_eq!(e.error_code(), Code::Validation, "{extra}: {e}");
@@ -478,7 +482,9 @@ async fn a_definition_asks_only_for_what_is_enforced() {
         json!({"format": {"mso_mdoc": {"alg": ["ES256"]}}}),
         json!({"format": {"jwt_vc_json": {"alg": ["EdDSA"]}, "jwt_vp_json": {"alg": ["ES256"]}}}),
         json!({"format": {"vc+sd-jwt": {"sd-jwt_alg_values": ["ES256", "ES384", "ES512"], "kb-jwt_alg_values": ["ES256"]}}}),
-        json!({"format": {"ldp_vc": {"proof_type": ["Ed25519Signature2018"]}}}),
+        json!({"format": {"ldp_vc": {"proof_type": ["Ed25519Signature2018", "DataIntegrityProof"]}}}),
+        // one alternative that can be met is enough
+        json!({"format": {"jwt_vc": {"alg": ["RS256"]}, "jwt_vc_json": {"alg": ["ES256"]}}}),
     ] {
         create(descriptor(extra.clone()))
             .await

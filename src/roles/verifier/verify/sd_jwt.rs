@@ -107,7 +107,7 @@ pub async fn sd_jwt(
     });
     // the KB-JWT was verified with the `cnf` key, whose algorithm it must name
     let holder_alg = verified.key_binding.as_ref().and_then(|_| {
-        crate::crypto::VerifyingKey::from_jwk(&payload["cnf"]["jwk"])
+        crate::crypto::VerifyingKey::from_jwk(&verified.claims["cnf"]["jwk"])
             .ok()
             .map(|k| k.alg().to_string())
     });
