@@ -30,6 +30,10 @@ pub(super) const BUS_TOPIC_ACKED: &str = "mediator.acked";
 /// changes): the node that handed them out — its socket's leases, its index — acknowledges them.
 pub(super) const BUS_TOPIC_ACK_ELSEWHERE: &str = "mediator.ack-elsewhere";
 
+/// Most unknown ids one acknowledgement passes on the bus (to every node): two live deliveries'
+/// worth; made-up ids past them cost nothing. A message past them stays queued and comes again.
+const MAX_PASSED_ON: usize = 100;
+
 /// Longest a caller waits for another caller's build of an index before scanning for itself.
 const INDEX_BUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -516,6 +520,7 @@ impl MediatorService {
         if pass_on && !unknown.is_empty() && self.book().is_shared() {
             let elsewhere: Vec<Change> = unknown
                 .into_iter()
+                .take(MAX_PASSED_ON)
                 .map(|id| Change::Remove(id.clone()))
                 .collect();
             let event = self.event(conn_id, &elsewhere);
