@@ -37,6 +37,12 @@ pub enum CryptoError {
     /// `jsonld.*` in config.toml.
     #[error("JSON-LD too complex: {0}")]
     TooComplex(String),
+    /// JSON-LD work that ran out of its time budget (`jsonld.time_budget_ms`) or whose caller
+    /// went away: unlike [`CryptoError::TooComplex`], the same document may pass on a less busy
+    /// node. Answered like `TooComplex` (422 `jsonld_too_complex`) unless the caller knows the
+    /// document already passed (the issuer's credential endpoint answers 503).
+    #[error("JSON-LD too complex: {0}")]
+    OutOfTime(String),
     /// Every JSON-LD verification slot stayed busy for `jsonld.queue_timeout_ms`.
     #[error("busy: {0}")]
     Busy(String),
@@ -102,7 +108,7 @@ impl crate::error::ErrorCode for CryptoError {
     fn error_code(&self) -> crate::error::Code {
         use crate::error::Code;
         match self {
-            CryptoError::TooComplex(_) => Code::JsonLdTooComplex,
+            CryptoError::TooComplex(_) | CryptoError::OutOfTime(_) => Code::JsonLdTooComplex,
             CryptoError::Busy(_) => Code::Unavailable,
             _ => Code::Validation,
         }

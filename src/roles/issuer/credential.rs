@@ -819,9 +819,7 @@ async fn issue_ldp(
     )
     .await
     .map_err(|e| match e {
-        CryptoError::TooComplex(_) if crate::crypto::di::ran_out_of_time(&e) => {
-            IssuerError::Busy(e.to_string())
-        }
+        CryptoError::OutOfTime(_) => IssuerError::Busy(e.to_string()),
         CryptoError::Busy(d) => IssuerError::Busy(d),
         CryptoError::TooComplex(d) => IssuerError::TooComplex(d),
         other => internal(other),

@@ -275,7 +275,9 @@ impl IssuerService {
                     );
                     match e {
                         CryptoError::Busy(_) => IssuerError::Busy(detail),
-                        CryptoError::TooComplex(_) => IssuerError::TooComplex(detail),
+                        CryptoError::TooComplex(_) | CryptoError::OutOfTime(_) => {
+                                IssuerError::TooComplex(detail)
+                            }
                         _ => invalid(detail),
                     }
                 })?;

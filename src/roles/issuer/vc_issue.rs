@@ -48,7 +48,9 @@ impl IssuerService {
                         let detail = format!("cannot secure this credential: {e}");
                         match e {
                             CryptoError::Busy(_) => IssuerError::Busy(detail),
-                            CryptoError::TooComplex(_) => IssuerError::TooComplex(detail),
+                            CryptoError::TooComplex(_) | CryptoError::OutOfTime(_) => {
+                                IssuerError::TooComplex(detail)
+                            }
                             _ => malformed(detail),
                         }
                     })

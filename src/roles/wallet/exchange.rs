@@ -295,6 +295,11 @@ impl WalletService {
                     detail: "every JSON-LD slot is busy; try again",
                     retry_after: 1,
                 },
+                // a held credential over the JSON-LD limits is the input's, not ours: 422
+                e @ (crate::crypto::CryptoError::TooComplex(_)
+                | crate::crypto::CryptoError::OutOfTime(_)) => {
+                    WalletError::invalid(format!("cannot sign this presentation: {e}"))
+                }
                 other => WalletError::Internal(other.to_string()),
             })?;
             return Ok(presented?);

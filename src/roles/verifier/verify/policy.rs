@@ -39,7 +39,10 @@ pub struct Outcome {
 
 pub(super) fn over_limit(out: &mut Outcome, e: &crate::crypto::CryptoError) {
     use crate::crypto::CryptoError;
-    if matches!(e, CryptoError::TooComplex(_) | CryptoError::Busy(_)) {
+    if matches!(
+        e,
+        CryptoError::TooComplex(_) | CryptoError::OutOfTime(_) | CryptoError::Busy(_)
+    ) {
         out.limit = Some(e.clone());
     }
 }
