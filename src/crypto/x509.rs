@@ -493,21 +493,25 @@ fn decoded<'a, T: x509_cert::der::Decode<'a>>(
 /// Key Identifier, an intermediate's Subject Key Identifier): any trusted CA could write another
 /// CA's identifier there and pass for it.
 pub fn authority_key_ids(path: &ChainPath) -> Vec<Vec<u8>> {
-    use sha1::Digest as _;
     let mut out: Vec<Vec<u8>> = Vec::new();
     out.extend(path.above.last().and_then(own_subject_key_id));
-    for c in &path.above {
-        let spk = c
-            .tbs_certificate
-            .subject_public_key_info
-            .subject_public_key
-            .raw_bytes();
-        out.push(sha1::Sha1::digest(spk).to_vec());
-    }
+    out.extend(path.above.iter().map(computed_key_id));
     out.retain(|k| !k.is_empty());
     out.sort();
     out.dedup();
     out
+}
+
+/// The RFC 5280 §4.2.1.2 method-1 key identifier of `c`'s public key (SHA-1 of the key's bits),
+/// computed, never read from the certificate.
+pub fn computed_key_id(c: &Certificate) -> Vec<u8> {
+    use sha1::Digest as _;
+    let spk = c
+        .tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .raw_bytes();
+    sha1::Sha1::digest(spk).to_vec()
 }
 
 /// An anchor's Subject Key Identifier when it identifies the anchor's own key: a hash of its

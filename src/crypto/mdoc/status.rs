@@ -232,6 +232,7 @@ mod tests {
             signer: String::new(),
             signer_key,
             anchor: root_der.clone(),
+            anchor_key_id: Vec::new(),
         };
         let t = sign(uri, now, None, Some(3600), &list, &key, &chain).unwrap();
         let (got, until) = verify(&t, uri, &by(key.verifying_key()), &anchors, now, None).unwrap();
@@ -334,6 +335,7 @@ mod tests {
             signer: String::new(),
             signer_key: old.verifying_key(),
             anchor,
+            anchor_key_id: Vec::new(),
         };
         let by_new = sign(uri, now, None, None, &list, &new_key, &[der(&new_ds)]).unwrap();
         verify(

@@ -45,6 +45,10 @@ pub struct Verified {
     /// ([`crate::crypto::x509::authority_key_ids`]): what a verifier's trusted issuers and DCQL
     /// `trusted_authorities` (`aki`) name an mdoc issuer by.
     pub authorities: Vec<Vec<u8>>,
+    /// The computed key identifier of the anchor its chain ends at
+    /// ([`crate::crypto::x509::computed_key_id`]): the issuer a result names, since the signer's
+    /// subject is whatever a document signer wrote.
+    pub anchor_key_id: Vec<u8>,
 }
 
 /// The issuer-signed part of one document: `issuerAuth` signed by a document signer chaining to
@@ -106,6 +110,11 @@ pub fn issuer_signed(
         .last()
         .and_then(|a| x509_cert::der::Encode::to_der(a).ok())
         .unwrap_or_default();
+    let anchor_key_id = path
+        .above
+        .last()
+        .map(crate::crypto::x509::computed_key_id)
+        .unwrap_or_default();
     Ok(Verified {
         doc_type: text(&mso, "docType")?.to_string(),
         claims,
@@ -117,6 +126,7 @@ pub fn issuer_signed(
         signer_key: signer,
         anchor,
         authorities,
+        anchor_key_id,
     })
 }
 

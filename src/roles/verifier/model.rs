@@ -173,8 +173,15 @@ pub struct PolicyResult {
 pub struct PresentedCredential {
     pub query_id: String,
     pub format: String,
+    /// Who issued it, as trust was decided: a DID or `https` issuer identifier, or for mso_mdoc
+    /// the `aki:<base64url key identifier>` of the authority its document signer chains to (the
+    /// `trusted_issuers` entry that matched).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
+    /// mso_mdoc: the document signer certificate's subject (RFC 4514), as the signer wrote it.
+    /// Informative only: nothing checks it against `issuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_name: Option<String>,
     /// The disclosed claims.
     #[schema(value_type = Object)]
     pub claims: Map<String, Value>,

@@ -320,6 +320,7 @@ async fn disclosed_claims_are_sealed_in_the_session_record() {
         query_id: "a".into(),
         format: "dc+sd-jwt".into(),
         issuer: None,
+        issuer_name: None,
         claims,
     }];
     let sealed = svc.seal_credentials("default", &a.id, &presented).unwrap();

@@ -1,7 +1,7 @@
 //! Whom an mdoc's issuer is trusted by, end to end (attacker review): a verifier tenant trusts an
 //! mDL only when its trusted_issuers name an authority over the document signer (`aki:…`), not
 //! because its IACA is one of the node's anchors; DCQL `trusted_authorities` is enforced for
-//! mso_mdoc and refused where it cannot be.
+//! mso_mdoc and refused where it cannot be; the result names the matched authority as issuer.
 
 use super::*;
 
@@ -45,6 +45,16 @@ async fn an_mdl_is_trusted_only_by_verifiers_that_name_its_iaca() {
     assert_ne!((status, &r["verified"]), (200, &json!(true)), "{r}");
     let (status, r) = answer("iaca", query(json!({}))).await;
     assert_eq!((status, &r["verified"]), (200, &json!(true)), "{r}");
+    // the result names the issuer trust was decided on, not what the document signer calls
+    // itself (a signer under a trusted IACA could write another authority's name there)
+    let presented = &r["credentials"][0];
+    assert_eq!(presented["issuer"], json!(iaca_entry(&root)), "{r}");
+    assert!(
+        presented["issuer_name"]
+            .as_str()
+            .is_some_and(|n| n.contains("C=UT")),
+        "{r}"
+    );
     // trusted_authorities: another IACA's key identifier is not answered by this mDL
     let elsewhere = json!({"trusted_authorities": [{"type": "aki", "values": ["s9tIpPmhxdiuNkHMEWNpYim8S8Y"]}]});
     let (status, r) = answer("iaca", query(elsewhere)).await;

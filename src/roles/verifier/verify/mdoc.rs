@@ -59,9 +59,12 @@ pub async fn mdoc(
     let mut checked = Vec::new();
     for d in docs {
         let trusted = check_mdoc_issuer(out, ctx, query_id, &d);
-        if !trusted && ctx.issuer_allowlist && matches!(d.status, Ok(Some(_))) {
+        let issuer = trusted
+            .clone()
+            .unwrap_or_else(|| aki_entry(&d.anchor_key_id));
+        if trusted.is_none() && ctx.issuer_allowlist && matches!(d.status, Ok(Some(_))) {
             status_not_checked(out, query_id);
-            checked.push(presented(out, query_id, d));
+            checked.push(presented(out, query_id, issuer, d));
             continue;
         }
         match &d.status {
@@ -73,7 +76,7 @@ pub async fn mdoc(
             Ok(None) => out.pass("status"),
             Err(why) => out.fail("status", format!("{query_id}: {why}")),
         }
-        checked.push(presented(out, query_id, d));
+        checked.push(presented(out, query_id, issuer, d));
     }
     checked
 }
@@ -83,20 +86,25 @@ pub async fn mdoc(
 /// must name one of the authorities over its document signer as `aki:<base64url key identifier>`
 /// (its IACA's, in sandbox mode listed for a verifier with no list of its own). The reason names
 /// the identifiers, so an operator can list the IACA they mean to trust.
+///
+/// Returns the trusted issuer the result names: the entry that matched, or under `trust = "any"`
+/// the anchor's key identifier; `None` when no entry matched. Never the document signer's
+/// subject, which is whatever the signer wrote: under `trust = "any"`, or with two trusted IACAs,
+/// a signer could name another authority there.
 fn check_mdoc_issuer(
     out: &mut Outcome,
     ctx: &Ctx<'_>,
     query_id: &str,
     d: &crate::crypto::mdoc::verify::Verified,
-) -> bool {
+) -> Option<String> {
     let Trust::Only(list) = ctx.trust else {
         out.pass("issuer_allowlist");
-        return true;
+        return Some(aki_entry(&d.anchor_key_id));
     };
     let ids: Vec<String> = d.authorities.iter().map(|k| aki_entry(k)).collect();
-    if list.iter().any(|t| ids.contains(t)) {
+    if let Some(entry) = list.iter().find(|t| ids.contains(t)) {
         out.pass("issuer_allowlist");
-        return true;
+        return Some(entry.clone());
     }
     let named = if ids.is_empty() {
         "its chain names no key identifier".to_string()
@@ -113,7 +121,7 @@ fn check_mdoc_issuer(
             clip(&d.signer)
         ),
     );
-    false
+    None
 }
 
 /// How `trusted_issuers` names an X.509 authority: `aki:` and its key identifier, base64url.
@@ -137,11 +145,13 @@ fn policy_broken(e: &crate::crypto::mdoc::MdocError) -> &'static str {
     }
 }
 
-/// A verified document as the session result shows it (claims by namespace, plus `doctype`) and
-/// as the query matcher sees it.
+/// A verified document as the session result shows it (claims by namespace, plus `doctype`;
+/// `issuer` the `aki:` identifier trust was decided on, `issuer_name` the signer's own subject)
+/// and as the query matcher sees it.
 fn presented(
     out: &mut Outcome,
     query_id: &str,
+    issuer: String,
     d: crate::crypto::mdoc::verify::Verified,
 ) -> Checked {
     let mut claims = Map::new();
@@ -154,7 +164,8 @@ fn presented(
     out.credentials.push(PresentedCredential {
         query_id: query_id.to_string(),
         format: "mso_mdoc".into(),
-        issuer: Some(d.signer.clone()),
+        issuer: Some(issuer.clone()),
+        issuer_name: Some(clip(&d.signer)),
         claims,
     });
     Checked {
@@ -164,7 +175,7 @@ fn presented(
         vct: None,
         types: Vec::new(),
         doctype: Some(d.doc_type),
-        issuer: Some(d.signer),
+        issuer: Some(issuer),
         authorities: d.authorities,
         // issuerAuth and deviceSignature are ES256 or refused
         issuer_alg: Some("ES256".into()),

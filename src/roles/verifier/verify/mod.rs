@@ -264,6 +264,7 @@ fn w3c_checked(
         query_id: query_id.to_string(),
         format: format.to_string(),
         issuer: Some(issuer.clone()),
+        issuer_name: None,
         claims,
     });
     Checked {

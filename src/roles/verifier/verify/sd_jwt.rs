@@ -103,6 +103,7 @@ pub async fn sd_jwt(
         query_id: query_id.to_string(),
         format: "dc+sd-jwt".into(),
         issuer: Some(issuer.issuer.clone()),
+        issuer_name: None,
         claims: claims.clone(),
     });
     // the KB-JWT was verified with the `cnf` key, whose algorithm it must name
