@@ -308,6 +308,12 @@ async fn nonce_replay_and_proof_checks() {
             json!({"typ": "openid4vci-proof+jwt", "jwk": SigningKey::generate(KeyType::P256).verifying_key().to_jwk()}),
             &json!({"aud": aud, "iat": now(), "nonce": n}),
         ),
+        // iss, when present, is a client_id (OID4VCI 1.0 F.1)
+        jws::sign(
+            &holder,
+            json!({"typ": "openid4vci-proof+jwt", "jwk": holder.verifying_key().to_jwk()}),
+            &json!({"aud": aud, "iat": now(), "nonce": n, "iss": 7}),
+        ),
         "not.a.jwt".to_string(),
     ];
     for p in cases {
@@ -318,6 +324,19 @@ async fn nonce_replay_and_proof_checks() {
             "{e}"
         );
     }
+    // credential_identifier is only for a token whose response gave identifiers out (§8.2)
+    let (st, e) = credential(
+        &s,
+        "default",
+        &at,
+        json!({"credential_identifier": cfg, "proofs": {"jwt": [proof(&holder, &aud, &n, false)]}}),
+    )
+    .await;
+    assert_eq!(
+        (st, e["error"].as_str()),
+        (400, Some("invalid_credential_request")),
+        "{e}"
+    );
     let (st, e) = credential(
         &s,
         "default",
@@ -664,6 +683,23 @@ async fn authorization_code_flow_with_pkce() {
         json!([{"type": "openid_credential", "credential_configuration_id": "IdentityCredential_jwt_vc_json", "credential_identifiers": ["IdentityCredential_jwt_vc_json"]}])
     );
     let holder = SigningKey::generate(KeyType::Ed25519);
+    // a proof made for another client is refused (OID4VCI 1.0 F.1: iss is the client_id)
+    let n = nonce(&s, "default").await;
+    let for_client = |iss: &str| {
+        jws::sign(
+            &holder,
+            json!({"typ": "openid4vci-proof+jwt", "jwk": holder.verifying_key().to_jwk()}),
+            &json!({"aud": s.url("/issuers/default"), "iat": now(), "nonce": n, "iss": iss}),
+        )
+    };
+    let (st, e) = credential(&s, "default", t["access_token"].as_str().unwrap(), json!({"credential_identifier": "IdentityCredential_jwt_vc_json", "proofs": {"jwt": [for_client("another-wallet")]}})).await;
+    assert_eq!(
+        (st, e["error"].as_str()),
+        (400, Some("invalid_proof")),
+        "{e}"
+    );
+    let (st, cred) = credential(&s, "default", t["access_token"].as_str().unwrap(), json!({"credential_identifier": "IdentityCredential_jwt_vc_json", "proofs": {"jwt": [for_client("wallet-1")]}})).await;
+    assert_eq!(st, 200, "{cred}");
     let fetch = || async {
         let n = nonce(&s, "default").await;
         credential(&s, "default", t["access_token"].as_str().unwrap(), json!({"credential_identifier": "IdentityCredential_jwt_vc_json", "proofs": {"jwt": [proof(&holder, &s.url("/issuers/default"), &n, false)]}})).await

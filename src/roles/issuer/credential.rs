@@ -107,7 +107,9 @@ impl IssuerService {
         let (config_id, config) = self.covered_config(&issuer, grant, &req)?;
         let jwts = proof_jwts(&req)?;
         let now = self.now();
-        let proven = self.check_proofs(&issuer, &jwts, now).await?;
+        let proven = self
+            .check_proofs(&issuer, grant.client_id.as_deref(), &jwts, now)
+            .await?;
         let r = Request {
             issuer: &issuer,
             grant,
@@ -759,6 +761,14 @@ impl IssuerService {
         Ok(
             match (&req.credential_configuration_id, &req.credential_identifier) {
                 (Some(c), None) => c.clone(),
+                // an identifier is what the token response's authorization_details gave out
+                (None, Some(_)) if !grant.authorization_details => {
+                    return Err(InvalidCredentialRequest
+                        .because(
+                            "credential_identifier is only for a token whose response carried authorization_details: send credential_configuration_id",
+                        )
+                        .into())
+                }
                 (None, Some(i)) => i.clone(),
                 (Some(_), Some(_)) => {
                     return Err(InvalidCredentialRequest

@@ -129,7 +129,13 @@ impl IssuerService {
         // failure can burn it: until that transition the offer is `Offered` and the code
         // redeemable; after it, the offer admits no second token.
         let granted = match self
-            .grant_access(issuer_id, &offer_key_s, granted, details)
+            .grant_access(
+                issuer_id,
+                &offer_key_s,
+                granted,
+                details,
+                req.client_id.clone(),
+            )
             .await
         {
             Ok(granted) => granted,
@@ -345,6 +351,7 @@ impl IssuerService {
                 &grant.offer_id,
                 grant.credential_configuration_ids,
                 grant.authorization_details,
+                Some(grant.client_id.clone()),
             )
             .await?;
         // The token's hash goes into the mark only if no replay came in meanwhile: a replay that
@@ -466,6 +473,7 @@ impl IssuerService {
         offer_key_s: &str,
         config_ids: Vec<String>,
         with_details: bool,
+        client_id: Option<String>,
     ) -> Result<TokenResponse, IssuerError> {
         let store = &self.ctx.store;
         let token = random_token(32);
@@ -477,6 +485,8 @@ impl IssuerService {
             credential_configuration_ids: config_ids,
             expires_at: self.now() + ACCESS_TOKEN_TTL as i64,
             requests: 0,
+            client_id,
+            authorization_details: with_details,
         };
         store
             .put_json(

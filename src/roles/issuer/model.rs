@@ -347,6 +347,14 @@ pub struct AccessGrant {
     /// Credential requests made with the token so far (each may ask for a batch of signatures).
     #[serde(default)]
     pub requests: u32,
+    /// The client the token was issued to, when the token request (or the authorization request
+    /// behind its code) named one: a proof's `iss`, when present, must be it (OID4VCI 1.0 F.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The token response carried `authorization_details`: only then may a credential request
+    /// name a `credential_identifier` (OID4VCI 1.0 §8.2).
+    #[serde(default)]
+    pub authorization_details: bool,
 }
 
 /// Authorization-code flow state between /authorize and /token.

@@ -18,6 +18,7 @@ impl IssuerService {
     pub(super) async fn check_proofs(
         &self,
         issuer: &Issuer,
+        client_id: Option<&str>,
         jwts: &[String],
         now: i64,
     ) -> Result<Proven, IssuerError> {
@@ -26,7 +27,7 @@ impl IssuerService {
         let mut nonces: Vec<String> = Vec::new();
         for jwt in jwts {
             let (vk, holder_did, nonce) =
-                verify_proof(jwt, &aud, now).map_err(|e| InvalidProof.because(e))?;
+                verify_proof(jwt, &aud, client_id, now).map_err(|e| InvalidProof.because(e))?;
             if !nonces.contains(&nonce) {
                 nonces.push(nonce);
             }
@@ -68,9 +69,11 @@ pub(super) struct Proven {
 }
 
 /// Checks one proof JWT; returns (holder key, holder DID when named by kid, nonce).
+/// `client_id`: the client the access token was issued to, when it named one.
 fn verify_proof(
     jwt: &str,
     aud: &str,
+    client_id: Option<&str>,
     now: i64,
 ) -> Result<(VerifyingKey, Option<String>, String), String> {
     let (header, _, _, _) = jws::decode_unverified(jwt).map_err(|e| e.to_string())?;
@@ -102,6 +105,19 @@ fn verify_proof(
     };
     if !aud_ok {
         return Err(format!("proof aud must be {aud}"));
+    }
+    // OID4VCI 1.0 F.1: `iss` is the client_id of the client making the request. It is not
+    // required (wallets in use leave it out, and an anonymous pre-authorized client has none),
+    // but a proof that names another client, or names one when the token's client named none,
+    // was made for someone else.
+    match (&claims["iss"], client_id) {
+        (Value::Null, _) => {}
+        (Value::String(iss), Some(c)) if iss == c => {}
+        (Value::String(_), Some(_)) => {
+            return Err("proof iss is not the client_id the access token was issued to".into())
+        }
+        (Value::String(_), None) => {}
+        _ => return Err("proof iss must be a string".into()),
     }
     let iat = claims["iat"].as_i64().ok_or("proof iat is missing")?;
     if iat < now - PROOF_MAX_AGE || iat > now + PROOF_MAX_SKEW {

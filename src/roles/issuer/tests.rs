@@ -429,6 +429,8 @@ async fn a_token_its_offer_does_not_name_is_refused() {
         credential_configuration_ids: vec!["IdentityCredential_dc_sd_jwt".into()],
         expires_at: 1_800_000_600,
         requests: 0,
+        client_id: None,
+        authorization_details: false,
     };
     let store = svc.ctx.store.clone();
     let orphan = |t: &'static str| {
