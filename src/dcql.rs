@@ -26,6 +26,73 @@ pub const MAX_SETS: usize = 32;
 pub const MAX_VALUES: usize = 64;
 pub const MAX_PATH: usize = 16;
 
+/// Work one request's matching may do (claim nodes visited, values compared, types compared,
+/// PEX filter steps: [`spend`]), well past what real queries over a full wallet take. The bounds
+/// above limit a query's size, not what it costs against what is held (attacker review: a
+/// claim `[..., null]` with 64 `values` over a 120,000-element array, in 128 claims named by 32
+/// claim sets of 4 queries, was ~10¹¹ comparisons per credential held, on the event loop).
+pub const MATCH_WORK: u64 = 20_000_000;
+
+/// Matching ran out of [`MATCH_WORK`]: its answers were cut short, so none may be relied on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooCostly;
+
+impl std::fmt::Display for TooCostly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "matching this query needs more than {MATCH_WORK} steps (claims visited, values compared)"
+        )
+    }
+}
+
+thread_local! {
+    /// Work left for the matching running on this thread ([`bounded`]); `None`: unbounded.
+    static WORK_LEFT: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+    /// Whether that matching ran out.
+    static WORK_OUT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Spends `units` of this thread's matching work ([`bounded`]): false once it has run out, and
+/// the caller then answers "no match" (which [`bounded`] turns into [`TooCostly`]).
+pub fn spend(units: u64) -> bool {
+    WORK_LEFT.with(|left| match left.get() {
+        None => true,
+        Some(l) if l >= units => {
+            left.set(Some(l - units));
+            true
+        }
+        Some(_) => {
+            left.set(Some(0));
+            WORK_OUT.with(|o| o.set(true));
+            false
+        }
+    })
+}
+
+/// Runs the matching `f` with at most `units` of work ([`spend`]): `Err(TooCostly)` when it ran
+/// out, since its answers were then cut short. `f` must not await: the budget is the thread's.
+pub fn bounded<T>(units: u64, f: impl FnOnce() -> T) -> Result<T, TooCostly> {
+    /// Puts back the budget around this one (also when `f` panics).
+    struct Restore(Option<u64>, bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            WORK_LEFT.with(|l| l.set(self.0));
+            WORK_OUT.with(|o| o.set(self.1));
+        }
+    }
+    let _restore = Restore(
+        WORK_LEFT.with(|l| l.replace(Some(units))),
+        WORK_OUT.with(|o| o.replace(false)),
+    );
+    let answer = f();
+    if WORK_OUT.with(|o| o.get()) {
+        Err(TooCostly)
+    } else {
+        Ok(answer)
+    }
+}
+
 /// Refuses a query over the bounds above, or of a shape whose constraints matching could not
 /// enforce (before anything is matched against it): [`check_shape`].
 pub fn check_query(q: &Value) -> Result<(), String> {
@@ -137,6 +204,13 @@ fn check_shape(q: &Value) -> Result<(), String> {
                 if let Some(unknown) = named.iter().find(|n| !claim_ids.contains(&n.as_str())) {
                     return Err(bad(&format!("claim set names no claim `{unknown}`")));
                 }
+                if let Some(twice) = named
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, n)| named[..i].contains(n).then_some(n))
+                {
+                    return Err(bad(&format!("a claim set names claim `{twice}` twice")));
+                }
             }
         }
     }
@@ -238,6 +312,30 @@ fn check_bounds(q: &Value) -> Result<(), String> {
     problems.into_iter().flatten().next().map_or(Ok(()), Err)
 }
 
+/// Whether each claim of a credential query (by `id`) holds for one credential, each evaluated
+/// once however many claim sets name it.
+struct ClaimResults<'q> {
+    by_id: std::collections::HashMap<&'q str, &'q Value>,
+    known: std::collections::HashMap<&'q str, bool>,
+}
+
+impl<'q> ClaimResults<'q> {
+    fn new(cq: &'q Value) -> Self {
+        Self {
+            by_id: claims_by_id(cq),
+            known: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Whether claim `id` holds for `c` (an id no claim has: no).
+    fn ok(&mut self, c: &CredentialView, id: &str) -> bool {
+        let Some((&key, &claim)) = self.by_id.get_key_value(id) else {
+            return false;
+        };
+        *self.known.entry(key).or_insert_with(|| claim_ok(c, claim))
+    }
+}
+
 /// A credential query's claims by their `id`.
 fn claims_by_id(cq: &Value) -> std::collections::HashMap<&str, &Value> {
     cq["claims"]
@@ -252,9 +350,13 @@ fn claims_by_id(cq: &Value) -> std::collections::HashMap<&str, &Value> {
 }
 
 /// Resolves a claims path (strings = keys, numbers = indexes, null = every element).
+/// Each node reached costs a unit of matching work ([`spend`]); none is found once it ran out.
 pub fn resolve_path<'v>(root: &'v Value, path: &[Value]) -> Vec<&'v Value> {
     let mut current = vec![root];
     for seg in path {
+        if !spend(current.len() as u64) {
+            return Vec::new();
+        }
         let mut next = Vec::new();
         for v in current {
             match seg {
@@ -262,6 +364,9 @@ pub fn resolve_path<'v>(root: &'v Value, path: &[Value]) -> Vec<&'v Value> {
                 Value::Number(n) => next.extend(n.as_u64().and_then(|i| v.get(i as usize))),
                 Value::Null => {
                     if let Some(a) = v.as_array() {
+                        if !spend(a.len() as u64) {
+                            return Vec::new();
+                        }
                         next.extend(a.iter());
                     }
                 }
@@ -283,9 +388,10 @@ fn claim_ok(c: &CredentialView, claim: &Value) -> bool {
     !found.is_empty()
         && match claim.get("values") {
             None => true,
-            Some(allowed) => allowed
-                .as_array()
-                .is_some_and(|allowed| found.iter().any(|v| allowed.contains(v))),
+            Some(allowed) => allowed.as_array().is_some_and(|allowed| {
+                spend((found.len() * allowed.len()) as u64)
+                    && found.iter().any(|v| allowed.contains(v))
+            }),
         }
 }
 
@@ -327,9 +433,19 @@ fn expanded_type(term: &str, root: &Value) -> Option<String> {
 /// Whether the credential has type `wanted`: the same term, or the IRI it expands to (OID4VP 1.0
 /// Appendix B.1.1 asks for fully expanded type IRIs; short names stay accepted for older wallets).
 fn has_type(c: &CredentialView, wanted: &str) -> bool {
-    c.types
-        .iter()
-        .any(|x| x == wanted || expanded_type(x, &c.root).as_deref() == Some(wanted))
+    spend(c.types.len() as u64 + 1)
+        && c.types
+            .iter()
+            .any(|x| x == wanted || expanded_type(x, &c.root).as_deref() == Some(wanted))
+}
+
+/// Whether credential query `cq` constrains nothing but the format (no claims, no `vct_values`,
+/// `type_values` or `doctype_value`): any credential of that format answers it.
+pub fn names_nothing(cq: &Value) -> bool {
+    cq.get("claims").is_none()
+        && ["vct_values", "type_values", "doctype_value"]
+            .iter()
+            .all(|k| cq["meta"].get(*k).is_none())
 }
 
 /// `None` when `c` satisfies credential query `cq`, else why not.
@@ -378,15 +494,13 @@ pub fn mismatch(c: &CredentialView, cq: &Value) -> Option<String> {
     }
     match cq["claim_sets"].as_array() {
         Some(sets) => {
-            let by_id = claims_by_id(cq);
+            let mut ok_by_id = ClaimResults::new(cq);
             let ok = sets.iter().any(|set| {
                 set.as_array().is_some_and(|ids| {
                     !ids.is_empty()
-                        && ids.iter().all(|cid| {
-                            cid.as_str()
-                                .and_then(|cid| by_id.get(cid))
-                                .is_some_and(|cl| claim_ok(c, cl))
-                        })
+                        && ids
+                            .iter()
+                            .all(|cid| cid.as_str().is_some_and(|cid| ok_by_id.ok(c, cid)))
                 })
             });
             (!ok).then(|| format!("{id}: no claim set is satisfied"))
@@ -447,16 +561,21 @@ pub fn selected_claims<'q>(c: &CredentialView, cq: &'q Value) -> Vec<&'q Value> 
         return claims;
     };
     let by_id = claims_by_id(cq);
+    let mut results = ClaimResults::new(cq);
     let set_claims = |set: &'q Value| -> Option<Vec<&'q Value>> {
         set.as_array()?
             .iter()
             .map(|cid| by_id.get(cid.as_str()?).copied())
             .collect()
     };
-    sets.iter()
-        .filter_map(set_claims)
-        .find(|cls| cls.iter().all(|cl| claim_ok(c, cl)))
-        .unwrap_or(claims)
+    let chosen = sets.iter().find(|set| {
+        set_claims(set).is_some()
+            && set.as_array().is_some_and(|ids| {
+                ids.iter()
+                    .all(|cid| cid.as_str().is_some_and(|cid| results.ok(c, cid)))
+            })
+    });
+    chosen.and_then(set_claims).unwrap_or(claims)
 }
 
 /// mso_mdoc: the elements a credential query asks `c` to disclose, as `namespace/element`
@@ -602,6 +721,67 @@ pub fn credential_view(format: &str, raw: &str) -> (CredentialView, Vec<String>)
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Matching is bounded work however large what is held (attacker review: a claim over a
+    /// 120,000-element array with 64 values, named by 32 claim sets of 4 queries, was ~10¹¹
+    /// comparisons per credential on the event loop): each claim is evaluated once per
+    /// credential whatever the sets name, a set may not name a claim twice, and running out of
+    /// work is an answer of its own, not a silent "no match".
+    #[test]
+    fn matching_is_bounded_work() {
+        let mut big = vec![json!(0); 120_000];
+        big.push(json!(1));
+        let held = CredentialView {
+            format: "jwt_vc_json".into(),
+            root: json!({"credentialSubject": {"a": big, "name": "Erika"}}),
+            vct: None,
+            types: vec![],
+            doctype: None,
+        };
+        let values: Vec<Value> = (2..65).map(|n| json!(n)).chain([json!(1)]).collect();
+        let query = |sets: Value| {
+            json!({"id": "q", "format": "jwt_vc_json", "claims": [
+                {"id": "t", "path": ["credentialSubject", "a", null], "values": values},
+                {"id": "n", "path": ["credentialSubject", "name"]},
+                {"id": "f", "path": ["nope"]},
+            ], "claim_sets": sets})
+        };
+        // a set naming one claim twice is refused
+        let twice = query(json!([["t", "t", "f"]]));
+        assert!(check_query(&json!({"credentials": [twice]}))
+            .unwrap_err()
+            .contains("twice"));
+        // one evaluation of `t` costs 121,001 × 64 comparisons plus the nodes visited: over a
+        // small budget it is TooCostly, not "no claim set is satisfied"
+        let heavy = query(json!([["t", "f"], ["n", "f"], ["t", "n"]]));
+        check_query(&json!({"credentials": [heavy.clone()]})).unwrap();
+        assert_eq!(
+            bounded(1_000_000, || mismatch(&held, &heavy)),
+            Err(TooCostly)
+        );
+        // within the real budget it matches (the third set), `t` evaluated once for three sets
+        let work = |f: &dyn Fn() -> Option<String>| {
+            bounded(u64::MAX, || {
+                let answer = f();
+                (answer, u64::MAX - WORK_LEFT.with(|l| l.get().unwrap()))
+            })
+            .unwrap()
+        };
+        let (answer, all_sets) = work(&|| mismatch(&held, &heavy));
+        assert_eq!(answer, None);
+        assert!(all_sets < MATCH_WORK, "{all_sets}");
+        let once = query(json!([["t", "n"]]));
+        let (_, one_set) = work(&|| mismatch(&held, &once));
+        assert!(all_sets < one_set + 1_000, "{all_sets} vs {one_set}");
+        // the claims a presentation discloses are chosen with the same single evaluation
+        let (paths, _) = work(&|| Some(requested_claim_paths(&held, &heavy).join(" ")));
+        assert_eq!(
+            paths.unwrap(),
+            r#"["credentialSubject","a",null] ["credentialSubject","name"]"#
+        );
+        // without a budget (as before any request set one) nothing is cut short
+        assert_eq!(mismatch(&held, &heavy), None);
+    }
 
     /// A query whose constraint matching could not enforce is refused, not matched loosely
     /// (attacker review: `"values": true` let `age_over_18: false` answer an age check; an empty

@@ -159,6 +159,16 @@ impl Filter {
     }
 
     fn eval(&self, v: &Value) -> Truth {
+        // a step of matching work ([`crate::dcql::spend`]): one, plus one per `enum` choice
+        // compared and per 64 bytes a `pattern` scans; out of work, nothing is accepted
+        let pattern_bytes = match (&self.pattern, v.as_str()) {
+            (Some(_), Some(s)) => s.len() / 64,
+            _ => 0,
+        };
+        let cost = 1 + self.choices.as_ref().map_or(0, Vec::len) + pattern_bytes;
+        if !crate::dcql::spend(cost as u64) {
+            return Truth::Unknown;
+        }
         let mut t = Truth::True;
         if let Some(types) = &self.types {
             t = t.and(Truth::from(types.iter().any(|ty| is_type(ty, v))));

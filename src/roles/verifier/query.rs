@@ -116,7 +116,11 @@ async fn dcql(ctx: &Ctx<'_>, out: &mut Outcome, query: &Value, vp_token: &Value)
             }
             documents += checked.len();
             for c in &checked {
-                if let Some(why) = mismatch(&view(c), cq).or_else(|| untrusted_authority(c, cq)) {
+                // bounded work: the credential's content is the presenter's
+                let matched =
+                    crate::dcql::bounded(crate::dcql::MATCH_WORK, || mismatch(&view(c), cq))
+                        .unwrap_or_else(|e| Some(format!("{}: {e}", clip(qid))));
+                if let Some(why) = matched.or_else(|| untrusted_authority(c, cq)) {
                     out.fail("query_match", why);
                     all_ok = false;
                 }
@@ -399,7 +403,10 @@ async fn pex(
             continue;
         };
         let path = parse_json_path(entry["path"].as_str().unwrap_or("$")).unwrap_or_default();
-        let Some(p) = resolve_path(vp_token, &path).first().cloned().cloned() else {
+        let found = crate::dcql::bounded(crate::dcql::MATCH_WORK, || {
+            resolve_path(vp_token, &path).first().cloned().cloned()
+        });
+        let Some(p) = found.ok().flatten() else {
             out.fail(
                 "query_match",
                 format!("{id}: descriptor path does not resolve in vp_token"),
@@ -444,13 +451,17 @@ async fn pex(
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
-            for f in fields {
-                if !field_ok(&f, &c.root) {
-                    out.fail(
-                        "query_match",
-                        format!("{id}: field {} not satisfied", f["path"]),
-                    );
-                }
+            // bounded work: the credential's content is the presenter's
+            let unmet = crate::dcql::bounded(crate::dcql::MATCH_WORK, || {
+                fields
+                    .iter()
+                    .filter(|f| !field_ok(f, &c.root))
+                    .map(|f| format!("{id}: field {} not satisfied", f["path"]))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_else(|e| vec![format!("{id}: {e}")]);
+            for why in unmet {
+                out.fail("query_match", why);
             }
         }
     }

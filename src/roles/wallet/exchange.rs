@@ -141,23 +141,28 @@ impl WalletService {
         let req = oid4vp::resolve_request(&self.ctx.http, request, self.now()).await?;
         self.keep_resolved(viewer, request, &req).await?;
         let held = self.held(viewer).await?;
-        let mut matches = Map::new();
-        // with credential_sets: whether every required set has an option this wallet answers
-        let mut asks = Asks::of(&req);
-        let mut satisfiable = match asks.as_mut() {
-            Some(a) if a.sets.is_some() => a.narrow_to_sets(&held, &Map::new()).is_ok(),
-            _ => true,
-        };
-        let by_sets = asks.as_ref().is_some_and(|a| a.sets.is_some());
-        for ask in Asks::of(&req).map(|a| a.list).unwrap_or_default() {
-            let ids: Vec<Value> = held
-                .iter()
-                .filter(|(_, _, v)| ask.matches(v))
-                .map(|(r, _, _)| json!(r.id))
-                .collect();
-            satisfiable &= by_sets || !ids.is_empty();
-            matches.insert(ask.id.to_string(), Value::Array(ids));
-        }
+        // matching is bounded work on this thread (no await inside)
+        let (matches, satisfiable) = dcql::bounded(dcql::MATCH_WORK, || {
+            let mut matches = Map::new();
+            // with credential_sets: whether every required set has an option this wallet answers
+            let mut asks = Asks::of(&req);
+            let mut satisfiable = match asks.as_mut() {
+                Some(a) if a.sets.is_some() => a.narrow_to_sets(&held, &Map::new()).is_ok(),
+                _ => true,
+            };
+            let by_sets = asks.as_ref().is_some_and(|a| a.sets.is_some());
+            for ask in Asks::of(&req).map(|a| a.list).unwrap_or_default() {
+                let ids: Vec<Value> = held
+                    .iter()
+                    .filter(|(_, _, v)| ask.matches(v))
+                    .map(|(r, _, _)| json!(r.id))
+                    .collect();
+                satisfiable &= by_sets || !ids.is_empty();
+                matches.insert(ask.id.to_string(), Value::Array(ids));
+            }
+            (matches, satisfiable)
+        })
+        .map_err(too_costly)?;
         Ok(json!({
             "request_digest": request_digest(&req),
             "client_id": req.client_id,
@@ -204,15 +209,24 @@ impl WalletService {
                 "the request carries neither dcql_query nor presentation_definition",
             )
         })?;
-        asks.narrow_to_sets(&held, &input.selections)
-            .map_err(WalletError::invalid)?;
+        // what answers each query, and what it discloses: bounded work on this thread
+        let picked = dcql::bounded(dcql::MATCH_WORK, || -> WalletResult<Vec<_>> {
+            asks.narrow_to_sets(&held, &input.selections)
+                .map_err(WalletError::invalid)?;
+            asks.list
+                .iter()
+                .map(|ask| {
+                    let h = &held[pick(&input, &held, ask)?];
+                    Ok((h, disclose_for(&input, ask.id, ask.claim_names(&h.2))))
+                })
+                .collect()
+        })
+        .map_err(too_costly)??;
         let mut chosen = Vec::new();
         let mut tokens = Vec::new();
         // The keys are needed for signing only: the session ends before the verifier is called.
         let session = self.session_for(o).await?;
-        for ask in &asks.list {
-            let h = &held[pick(&input, &held, ask)?];
-            let names = disclose_for(&input, ask.id, ask.claim_names(&h.2));
+        for (h, names) in picked {
             tokens.push(self.present_one(o, &session, &req, h, &names, now).await?);
             chosen.push(h);
         }
@@ -481,11 +495,17 @@ impl Ask<'_> {
     /// The claims `v` discloses when the caller does not choose (mso_mdoc: `namespace/element`).
     fn claim_names(&self, v: &CredentialView) -> Vec<String> {
         match (self.pex.is_some(), v.format == mdoc::FORMAT) {
-            (true, _) => pex_claim_names(self.query),
+            (true, _) => pex_disclosure(self.query),
             (false, true) => dcql::requested_mdoc_elements(v, self.query),
             (false, false) => dcql::requested_claim_paths(v, self.query),
         }
     }
+}
+
+/// A request whose matching ran out of [`dcql::MATCH_WORK`] against this wallet: 422, since its
+/// queries (or what they ask of what is held) cost more than any real request does.
+fn too_costly(e: dcql::TooCostly) -> WalletError {
+    WalletError::invalid(format!("the verifier's request: {e}"))
 }
 
 /// The caller's choices are refused unless well-formed: a selection is a credential id (a
@@ -525,10 +545,17 @@ fn pick(input: &RequestInput, held: &[HeldCredential], ask: &Ask<'_>) -> WalletR
             .ok_or_else(|| {
                 WalletError::invalid(format!("credential `{chosen}` does not answer `{qid}`"))
             }),
-        // a PEX descriptor that names no field matches any credential: not one picked unasked
+        // a PEX descriptor that names no field, or a DCQL query that constrains nothing but the
+        // format, matches any credential: not one picked unasked (attacker review: the first
+        // jwt_vc_json held was sent whole)
         None if ask.pex.is_some() && pex_claim_names(ask.query).is_empty() => {
             Err(WalletError::invalid(format!(
                 "input descriptor `{qid}` names no field: select the credential to present"
+            )))
+        }
+        None if ask.pex.is_none() && dcql::names_nothing(ask.query) => {
+            Err(WalletError::invalid(format!(
+                "credential query `{qid}` asks for no claim, type or doctype: select the credential to present"
             )))
         }
         None => held
@@ -562,6 +589,49 @@ fn disclose_for(input: &RequestInput, qid: &str, default: Vec<String>) -> Vec<St
 /// Presentation-definition input descriptor fields → first-level claim names.
 fn pex_claim_names(d: &Value) -> Vec<String> {
     pex_field_names(d, false)
+}
+
+/// What a descriptor discloses when the caller does not choose: each required field's claim
+/// path down to the member it names (`$.address.country` → `["address","country"]`, passed on as
+/// JSON array text), not the whole first-level claim, and no `optional` field (attacker review:
+/// a field for the country disclosed the whole address, and optional fields went unasked). A
+/// path of another form (brackets, wildcards) stays its first-level name.
+fn pex_disclosure(d: &Value) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for f in d["constraints"]["fields"].as_array().into_iter().flatten() {
+        if f["optional"] == json!(true) {
+            continue;
+        }
+        let Some(p) = f["path"][0].as_str() else {
+            continue;
+        };
+        let dotted = p
+            .trim_start_matches("$.")
+            .trim_start_matches("vc.")
+            .trim_start_matches("credentialSubject.");
+        let plain = |seg: &str| {
+            !seg.is_empty()
+                && seg
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+        };
+        let segments: Vec<&str> = dotted.split('.').collect();
+        let claim = if p.starts_with("$.") && segments.iter().all(|s| plain(s)) {
+            match segments.as_slice() {
+                [one] => one.to_string(),
+                many => json!(many).to_string(),
+            }
+        } else {
+            match segments.first() {
+                Some(first) => first.to_string(),
+                None => continue,
+            }
+        };
+        if !out.contains(&claim) {
+            out.push(claim);
+        }
+    }
+    out
 }
 
 /// The first-level claim names of a descriptor's fields (`required_only`: not `optional` ones).
@@ -824,6 +894,23 @@ mod pex_tests {
         let ask = Ask::new(&bare, Some(&pd));
         let input: RequestInput = serde_json::from_value(json!({"request": "x"})).unwrap();
         assert!(pick(&input, &[], &ask).is_err());
+        // nor is a DCQL query that names nothing but a format (attacker review: the first
+        // jwt_vc_json held was sent whole); one that names a claim is
+        let rec: CredentialRecord = serde_json::from_value(json!({"id": "c1",
+            "format": "jwt_vc_json", "sealed": "", "key_id": "k", "received_at": 0}))
+        .unwrap();
+        let held = vec![(rec, String::new(), w3c.clone())];
+        let only_format = json!({"id": "q", "format": "jwt_vc_json", "meta": {}});
+        let ask = Ask::new(&only_format, None);
+        assert!(ask.matches(&w3c), "listed as matching");
+        let refused = pick(&input, &held, &ask).unwrap_err().to_string();
+        assert!(refused.contains("select the credential"), "{refused}");
+        let chosen: RequestInput =
+            serde_json::from_value(json!({"request": "x", "selections": {"q": "c1"}})).unwrap();
+        assert_eq!(pick(&chosen, &held, &ask).unwrap(), 0);
+        let named = json!({"id": "q", "format": "jwt_vc_json", "meta": {},
+            "claims": [{"path": ["credentialSubject", "address", "country"]}]});
+        assert_eq!(pick(&input, &held, &Ask::new(&named, None)).unwrap(), 0);
     }
 
     /// Issuer display metadata reaches the wallet's API only in forms a front-end can render
@@ -846,6 +933,52 @@ mod pex_tests {
                 {"logo": {}},
                 "not an object"
             ])
+        );
+    }
+
+    /// A PEX answer discloses what the required fields name, down to the member (attacker
+    /// review: `$.address.country` disclosed the whole address, and optional fields were
+    /// disclosed unasked).
+    #[test]
+    fn a_descriptor_discloses_the_members_its_required_fields_name() {
+        let d = json!({"id": "in", "constraints": {"fields": [
+            {"path": ["$.address.country"]},
+            {"path": ["$.vct"], "filter": {"const": "urn:pid"}},
+            {"path": ["$.credentialSubject.given_name"]},
+            {"path": ["$.birthdate"], "optional": true},
+            {"path": ["$.address.country", "$.country"]},
+        ]}});
+        assert_eq!(
+            pex_disclosure(&d),
+            vec![r#"["address","country"]"#, "vct", "given_name"]
+        );
+        let pd = json!({"id": "pd", "input_descriptors": [d.clone()]});
+        let ask = Ask::new(&pd["input_descriptors"][0], Some(&pd));
+        assert_eq!(
+            ask.claim_names(&view("dc+sd-jwt", json!({}))),
+            pex_disclosure(&d)
+        );
+    }
+
+    /// A descriptor's filters cost matching work per value they inspect (attacker review: an
+    /// `items` `enum` of hundreds of choices over a credential's 100,000-element array, for
+    /// every credential held): past [`dcql::MATCH_WORK`] the match is TooCostly (422), not a
+    /// worker held for minutes.
+    #[test]
+    fn filters_over_large_arrays_are_bounded_work() {
+        let choices: Vec<Value> = (0..300).map(|n| json!(format!("c{n}"))).collect();
+        let pd = json!({"id": "pd", "input_descriptors": [{"id": "in", "constraints": {"fields": [
+            {"path": ["$.a"], "filter": {"type": "array", "items": {"enum": choices}}},
+        ]}}]});
+        let ask = Ask::new(&pd["input_descriptors"][0], Some(&pd));
+        let held = |n: usize| view("dc+sd-jwt", json!({"a": vec![json!("c299"); n]}));
+        assert_eq!(
+            dcql::bounded(dcql::MATCH_WORK, || ask.matches(&held(10))),
+            Ok(true)
+        );
+        assert_eq!(
+            dcql::bounded(dcql::MATCH_WORK, || ask.matches(&held(100_000))),
+            Err(dcql::TooCostly)
         );
     }
 
