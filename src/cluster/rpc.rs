@@ -253,7 +253,7 @@ async fn admit(
                 } else {
                     tracing::warn!(peer = ?req.peer_addr(), error = %e, "cluster RPC refused before its body");
                 }
-                return Ok(req.into_response(refused_head(&e)));
+                return Ok(unread_and_closed(req, refused_head(&e)));
             }
         }
     };
@@ -266,16 +266,34 @@ async fn admit(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
-        return Ok(req.into_response(problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("the request body is larger than {BODY_LIMIT} bytes"),
-        )));
+        return Ok(unread_and_closed(
+            req,
+            problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the request body is larger than {BODY_LIMIT} bytes"),
+            ),
+        ));
     }
     let payload = req.take_payload();
     req.set_payload(Payload::Stream {
         payload: with_deadline(payload, node.settings.rpc_timeout),
     });
     Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+/// A request's unread body, held by its refusal until [`sign_responses`] has signed it and it is
+/// written (`body_deadline::closing`).
+struct Unread(Payload);
+
+/// A refusal before the body was read, on a connection closed after it (attacker review: a
+/// refused chunked request whose body never came kept its connection open for ever, actix
+/// draining the dropped payload with no timer; thousands of them, unauthenticated, exhausted
+/// the RPC listener).
+fn unread_and_closed(mut req: ServiceRequest, mut resp: HttpResponse) -> ServiceResponse<BoxBody> {
+    resp.head_mut()
+        .set_connection_type(actix_web::http::ConnectionType::Close);
+    resp.extensions_mut().insert(Unread(req.take_payload()));
+    req.into_response(resp).map_into_boxed_body()
 }
 
 /// Signs every answer to a request that carried a nonce (accepted or refused alike): the caller
@@ -313,10 +331,13 @@ async fn sign_responses(
             }
         }
     }
-    Ok(ServiceResponse::new(
-        req,
-        head.set_body(bytes).map_into_boxed_body(),
-    ))
+    let unread = head.extensions_mut().remove::<Unread>();
+    let resp = head.set_body(bytes).map_into_boxed_body();
+    let resp = match unread {
+        Some(Unread(payload)) => crate::http::body_deadline::closing(resp, payload),
+        None => resp,
+    };
+    Ok(ServiceResponse::new(req, resp))
 }
 
 async fn apply(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse {
@@ -528,10 +549,14 @@ pub fn server(
     Ok(HttpServer::new(move || {
         App::new()
             .configure(|cfg| configure(cfg, node.clone()))
-            .default_service(web::to(|| async {
-                problem(
-                    actix_web::http::StatusCode::NOT_FOUND,
-                    "no such cluster RPC",
+            // (the body of a request to no route is never read: held, and the connection closed)
+            .default_service(web::to(|payload: web::Payload| async move {
+                crate::http::body_deadline::closing(
+                    problem(
+                        actix_web::http::StatusCode::NOT_FOUND,
+                        "no such cluster RPC",
+                    ),
+                    payload.into_inner(),
                 )
             }))
     })

@@ -17,6 +17,21 @@ pub const PATH_DECIDE: &str = "/cluster/v1/decide";
 /// `provisional`).
 pub const PATH_GET_SETTLED: &str = "/cluster/v1/get-settled";
 
+/// Every RPC route: the only paths the public listener leaves to the RPC's own checks when it
+/// also serves them (`cluster.rpc_addr` = the HTTP address); any other `/cluster/v1/…` is an
+/// ordinary public request, body deadline included.
+pub const PATHS: [&str; 9] = [
+    PATH_APPLY,
+    PATH_GET,
+    PATH_GET_SETTLED,
+    PATH_CAS,
+    PATH_DIGEST,
+    PATH_VERSIONS,
+    PATH_FETCH,
+    PATH_PUBLISH,
+    PATH_DECIDE,
+];
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
     pub ks: String,

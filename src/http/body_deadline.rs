@@ -50,7 +50,7 @@ fn is_websocket_handshake(req: &ServiceRequest) -> bool {
 fn is_cluster_rpc(req: &ServiceRequest) -> bool {
     #[cfg(feature = "cluster")]
     {
-        req.path().starts_with("/cluster/v1/")
+        crate::cluster::wire::PATHS.contains(&req.path())
             && req
                 .app_data::<web::Data<crate::cluster::Cluster>>()
                 .is_some_and(|c| c.rpc_on_http)
@@ -72,16 +72,24 @@ fn refuse_and_close<B>(
     e: actix_web::Error,
     payload: Payload,
 ) -> ServiceResponse<EitherBody<B>> {
-    let mut resp = e.error_response();
+    req.into_response(closing(e.error_response(), payload))
+        .map_into_right_body()
+}
+
+/// `resp` on a connection closed after it, holding the request's unread `payload` until the
+/// response is written (see [`refuse_and_close`]): for any refusal that leaves a body unread.
+pub(crate) fn closing(
+    mut resp: actix_web::HttpResponse,
+    payload: Payload,
+) -> actix_web::HttpResponse {
     resp.head_mut()
         .set_connection_type(actix_web::http::ConnectionType::Close);
-    let resp = resp.map_body(|_, body| {
+    resp.map_body(|_, body| {
         actix_web::body::BoxBody::new(Holding {
             body,
             _payload: payload,
         })
-    });
-    req.into_response(resp).map_into_right_body()
+    })
 }
 
 /// A response body that holds the request's unread payload until it is dropped.

@@ -673,6 +673,22 @@ async fn internal_rpc_can_share_the_http_listener() {
         dropped > 0.0,
         "the rogue's gossip reached n1 and was dropped"
     );
+    // an unauthenticated RPC whose chunked body never comes is refused and its connection
+    // closed, on a dedicated RPC listener (the rogue's) and on a shared one (b's): actix kept
+    // such connections open for ever, draining the unread body with no timer
+    let rogue_rpc = format!("127.0.0.1:{}", rogue_spec.port);
+    let b_http = b.base.trim_start_matches("http://").to_string();
+    for (addr, path, status) in [
+        (&rogue_rpc, "/cluster/v1/apply", "401"),
+        (&rogue_rpc, "/cluster/v1/no-such-rpc", "404"),
+        (&b_http, "/cluster/v1/apply", "401"),
+    ] {
+        let answer = stalled_chunked_post(addr, path).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{addr}{path}: {answer}"
+        );
+    }
     drop(rogue);
     // a session written on a, read on b and c (fetched or replicated over the shared port)
     let session = new_session(&a).await;
@@ -734,6 +750,32 @@ async fn internal_rpc_can_share_the_http_listener() {
         String::from_utf8_lossy(&refusal)
     );
     drop((a, b, c));
+}
+
+/// Sends `POST path` with a chunked body that stops after its first chunk and reads the answer
+/// until the server closes the connection (a connection still open after 30 s fails).
+async fn stalled_chunked_post(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(
+        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{{\"rec\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), sock.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "{addr}{path}: the connection stayed open after the answer: {}",
+                String::from_utf8_lossy(&answer)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// A request signed as a peer would sign it for node `target` in its incarnation `generation`
