@@ -263,10 +263,13 @@ mod tests {
         let imported = replica.read("things", "a").await.unwrap().unwrap();
         assert_eq!(imported.version.hlc, 0);
         assert!(
-            replaces("things", &imported, &newer),
+            replaces("things", "k", &imported, &newer),
             "the peers' copy wins here"
         );
-        assert!(!replaces("things", &newer, &imported), "and stays theirs");
+        assert!(
+            !replaces("things", "k", &newer, &imported),
+            "and stays theirs"
+        );
         assert_eq!(
             s.get("things", "b").await.unwrap().unwrap(),
             b"only exported"
@@ -278,6 +281,9 @@ mod tests {
             super::super::store::imported(b"y".to_vec(), None),
         );
         assert_ne!(x.version, y.version);
-        assert_ne!(replaces("things", &x, &y), replaces("things", &y, &x));
+        assert_ne!(
+            replaces("things", "k", &x, &y),
+            replaces("things", "k", &y, &x)
+        );
     }
 }

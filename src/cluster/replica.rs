@@ -27,24 +27,36 @@ pub fn is_local_keyspace(ks: &str) -> bool {
 /// has in memory is no longer the cluster's key, so it is not ready until restarted.
 /// The sandbox admin token is one too: a node that made another one (its own in memory) is not
 /// ready until restarted with the cluster's.
-const INSERT_ONLY: [&str; 5] = [
+///
+/// Only records whose id does not already name their key: a wallet key is stored at
+/// `{wallet}/{thumbprint}` and an issuer's or verifier's at `{tenant}/{thumbprint}`, so two
+/// values under one such id hold the same key (sealed twice), and "first created wins" would
+/// only bring back a value deleted and stored again while a node was away (attacker review: a
+/// wallet key deleted and re-imported during a node's absence came back from that node, every
+/// other node flagged itself not ready, and the deleted copy won). Those are last writer wins,
+/// as every other record is; tenant keys stored at `{tenant}` (before keys had their own places)
+/// stay insert-only.
+const INSERT_ONLY: [&str; 4] = [
     "issuer_keys",
     "verifier_keys",
     "mediator_keys",
-    "wallet_keys",
     crate::store::keyspaces::ADMIN,
 ];
 
-pub fn is_insert_only(ks: &str) -> bool {
-    INSERT_ONLY.contains(&ks)
+/// Whether record `key` of `ks` is insert-only (above).
+pub fn is_insert_only(ks: &str, key: &str) -> bool {
+    match ks {
+        "issuer_keys" | "verifier_keys" => !key.contains('/'),
+        _ => INSERT_ONLY.contains(&ks),
+    }
 }
 
-/// Whether `rec` from a peer replaces `cur` here: last writer wins, except that in an insert-only
-/// keyspace a live value is only ever replaced by the same value or by an older (first-created)
-/// different one; deletes (tombstones) still apply by version.
-pub fn replaces(ks: &str, cur: &Versioned, rec: &Versioned) -> bool {
+/// Whether `rec` from a peer replaces `cur` (record `key` of `ks`) here: last writer wins, except
+/// that an insert-only record's live value is only ever replaced by the same value or by an older
+/// (first-created) different one; deletes (tombstones) still apply by version.
+pub fn replaces(ks: &str, key: &str, cur: &Versioned, rec: &Versioned) -> bool {
     match (&cur.value, &rec.value) {
-        (Some(a), Some(b)) if a != b && is_insert_only(ks) => rec.version < cur.version,
+        (Some(a), Some(b)) if a != b && is_insert_only(ks, key) => rec.version < cur.version,
         _ => rec.version > cur.version,
     }
 }
@@ -592,9 +604,9 @@ impl Replica {
         let _g = self.lock([(ks, key)]).await;
         let take = match self.read(ks, key).await? {
             Some(cur) => {
-                let take = replaces(ks, &cur, rec);
+                let take = replaces(ks, key, &cur, rec);
                 if take
-                    && is_insert_only(ks)
+                    && is_insert_only(ks, key)
                     && cur.value.is_some()
                     && rec.value.is_some()
                     && cur.value != rec.value
@@ -860,6 +872,51 @@ mod tests {
         assert!(b.merge(ks, key, &first).await.unwrap());
         assert_eq!(b.replaced_keys(), vec![format!("{ks}/{key}")]);
         assert_eq!(a.digest(), b.digest());
+    }
+
+    /// A key record whose id names its key (a wallet's `{wallet}/{thumbprint}`, a tenant's
+    /// `{tenant}/{thumbprint}`) is last writer wins (attacker review: a key deleted and stored
+    /// again while a node was away came back from that node as the "first created", every other
+    /// node was flagged not ready, and the deleted copy won). Legacy `{tenant}` places and the
+    /// mediator's key stay first-created-wins.
+    #[tokio::test]
+    async fn a_key_stored_again_after_a_delete_is_not_undone_by_a_node_that_was_away() {
+        for (ks, key) in [("wallet_keys", "w1/thumb"), ("issuer_keys", "iss/thumb")] {
+            let clock = FakeClock::new(1_000_000);
+            let a = replica("a", clock.clone());
+            let c = replica("c", clock.clone());
+            let ks = intern(ks).unwrap();
+            let x = Versioned {
+                version: a.new_version(),
+                value: Some(b"sealed-once".to_vec()),
+                deadline_ms: None,
+            };
+            a.merge(ks, key, &x).await.unwrap();
+            c.merge(ks, key, &x).await.unwrap();
+            // c is away: deleted, then the same key stored again (sealed anew) on a
+            clock.advance_ms(5);
+            let gone = Versioned {
+                version: a.new_version(),
+                value: None,
+                deadline_ms: None,
+            };
+            assert!(a.merge(ks, key, &gone).await.unwrap());
+            clock.advance_ms(5);
+            let y = Versioned {
+                version: a.new_version(),
+                value: Some(b"sealed-again".to_vec()),
+                deadline_ms: None,
+            };
+            assert!(a.merge(ks, key, &y).await.unwrap());
+            // c comes back: it takes y, and a keeps y
+            assert!(c.merge(ks, key, &y).await.unwrap(), "{ks}");
+            assert!(!a.merge(ks, key, &x).await.unwrap(), "{ks}");
+            assert!(a.replaced_keys().is_empty() && c.replaced_keys().is_empty());
+            assert_eq!(a.digest(), c.digest());
+        }
+        assert!(is_insert_only("issuer_keys", "legacy-tenant"));
+        assert!(is_insert_only("mediator_keys", "mediator/key"));
+        assert!(!is_insert_only("wallet_keys", "w1/thumb"));
     }
 
     #[tokio::test]

@@ -181,7 +181,7 @@ impl Node {
                     // node that holds a later one (see `replica::replaces`)
                     self.replica
                         .version_of(&ks, k)
-                        .is_none_or(|mine| *ver > mine || (is_insert_only(&ks) && *ver != mine))
+                        .is_none_or(|mine| *ver > mine || (is_insert_only(&ks, k) && *ver != mine))
                 })
                 .map(|(k, _)| k)
                 .collect();
