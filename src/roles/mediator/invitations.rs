@@ -14,9 +14,14 @@ use super::service::{endpoints, MediatorService};
 use crate::clock::random_id;
 use crate::store::Cas;
 
-/// How long a single-use invitation waits for its handshake, and how long a used one is kept.
+/// How long a single-use invitation waits for its handshake, and how long a used one is kept:
+/// at least as long as the unused one could still be live. In a cluster a version lives only
+/// until its own deadline, and a node away while the invitation was used still holds the unused
+/// one until its deadline; a used mark that expired first let that node's copy come back, and
+/// the invitation be used again (cluster review: used marks lived 1 day, unused invitations 7).
 const SINGLE_USE_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 86400);
-const USED_TTL: std::time::Duration = std::time::Duration::from_secs(86400);
+const USED_TTL: std::time::Duration = SINGLE_USE_TTL;
+const _: () = assert!(USED_TTL.as_secs() >= SINGLE_USE_TTL.as_secs());
 /// Compare-and-swap attempts on a reusable invitation's counter before answering `conflict`.
 const COUNT_TRIES: u32 = 64;
 
