@@ -71,7 +71,12 @@ impl MediatorService {
         };
         // every recipient of an envelope can re-encrypt any message as its sender (RFC 0019): a
         // message that acts on the sender's connection names the mediator alone, or another
-        // recipient could speak for the sender (remove its keys, take its messages)
+        // recipient could speak for the sender (remove its keys, take its messages). This is a
+        // partial defence only: nothing binds the recipient list to the key boxes, so a
+        // co-recipient of any envelope the sender's connection key authcrypted to the mediator
+        // and to it can cut the list down to the mediator's entry (attacker review). Agents in
+        // use keep one key per connection, which never meets a third party; the sound fix is a
+        // mediator key per connection (left for planning: see the closing notes).
         if recipients != 1 {
             return Err(self
                 .refuse("a message to the mediator must name the mediator as its only recipient"));
