@@ -52,6 +52,13 @@ pub fn verify(token: &str, key: &VerifyingKey) -> CryptoResult<(Value, Value)> {
             key.key_type()
         )));
     }
+    // RFC 7515 §4.1.11: a critical extension this verifier does not understand makes the JWS
+    // invalid; it understands none (`b64: false`, say, changes what was signed)
+    if header.get("crit").is_some() {
+        return Err(CryptoError::Unsupported(
+            "crit extensions are not supported".into(),
+        ));
+    }
     key.verify(input.as_bytes(), &sig)?;
     Ok((header, payload))
 }
@@ -125,6 +132,21 @@ mod tests {
         let p = input.split('.').nth(1).unwrap();
         let none = format!("{h}.{p}.{}", b64url(sig));
         assert!(verify(&none, &ed.verifying_key()).is_err());
+    }
+
+    /// A critical extension is not understood, so the JWS is invalid (RFC 7515 §4.1.11), even
+    /// when its signature holds.
+    #[test]
+    fn critical_extensions_are_refused() {
+        let ed = SigningKey::generate(KeyType::Ed25519);
+        let t = sign(
+            &ed,
+            json!({"crit": ["b64"], "b64": false}),
+            &json!({"a": 1}),
+        );
+        let err = verify(&t, &ed.verifying_key()).unwrap_err().to_string();
+        assert!(err.contains("crit"), "{err}");
+        assert!(verify(&sign(&ed, json!({}), &json!({"a": 1})), &ed.verifying_key()).is_ok());
     }
 
     #[test]
