@@ -154,3 +154,38 @@ macro_rules! store_wrapper {
 }
 #[allow(unused_imports)]
 pub(crate) use store_wrapper;
+
+#[cfg(test)]
+/// A store that yields to the scheduler before every read and write, as a networked one (Redis,
+/// the cluster) does: concurrent requests interleave between their store steps.
+pub struct Yielding {
+    pub inner: std::sync::Arc<dyn crate::store::Store>,
+}
+
+#[cfg(test)]
+store_wrapper!(Yielding {
+    async fn get(&self, ks: &'static str, key: &str) -> crate::store::StoreResult<Option<Vec<u8>>> {
+        tokio::task::yield_now().await;
+        self.inner.get(ks, key).await
+    }
+    async fn put(
+        &self,
+        ks: &'static str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<std::time::Duration>,
+    ) -> crate::store::StoreResult<()> {
+        tokio::task::yield_now().await;
+        self.inner.put(ks, key, value, ttl).await
+    }
+    async fn compare_and_swap(
+        &self,
+        ks: &'static str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Option<(Vec<u8>, Option<std::time::Duration>)>,
+    ) -> crate::store::StoreResult<crate::store::Cas> {
+        tokio::task::yield_now().await;
+        self.inner.compare_and_swap(ks, key, expected, new).await
+    }
+});

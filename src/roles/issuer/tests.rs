@@ -1670,38 +1670,7 @@ async fn a_sealed_offer_does_not_open_in_another_record() {
     );
 }
 
-/// A store that yields to the scheduler before every read and write, as a networked one (Redis,
-/// the cluster) does: concurrent requests interleave between their store steps.
-struct Yielding {
-    inner: Arc<dyn crate::store::Store>,
-}
-
-store_wrapper!(Yielding {
-    async fn get(&self, ks: &'static str, key: &str) -> crate::store::StoreResult<Option<Vec<u8>>> {
-        tokio::task::yield_now().await;
-        self.inner.get(ks, key).await
-    }
-    async fn put(
-        &self,
-        ks: &'static str,
-        key: &str,
-        value: Vec<u8>,
-        ttl: Option<Duration>,
-    ) -> crate::store::StoreResult<()> {
-        tokio::task::yield_now().await;
-        self.inner.put(ks, key, value, ttl).await
-    }
-    async fn compare_and_swap(
-        &self,
-        ks: &'static str,
-        key: &str,
-        expected: Option<Vec<u8>>,
-        new: Option<(Vec<u8>, Option<Duration>)>,
-    ) -> crate::store::StoreResult<Cas> {
-        tokio::task::yield_now().await;
-        self.inner.compare_and_swap(ks, key, expected, new).await
-    }
-});
+use crate::store::test_wrapper::Yielding;
 
 /// The right transaction code followed by a redemption that fails (503, the holder retries)
 /// costs no attempt: after more such failures than there are attempts, the right code still

@@ -963,6 +963,25 @@ mod tests {
         }
     });
 
+    /// A by-value OpenID4VP request (no fetch), told apart by `nonce`.
+    fn by_value_request(nonce: usize) -> String {
+        let cb = "https://rp.example/cb";
+        let q = serde_urlencoded::to_string([
+            ("client_id", format!("redirect_uri:{cb}")),
+            ("response_uri", cb.to_string()),
+            ("response_type", "vp_token".to_string()),
+            ("response_mode", "direct_post".to_string()),
+            ("nonce", format!("n{nonce}")),
+            (
+                "dcql_query",
+                serde_json::json!({"credentials": [{"id": "q", "format": "dc+sd-jwt", "meta": {}}]})
+                    .to_string(),
+            ),
+        ])
+        .unwrap();
+        format!("openid4vp://?{q}")
+    }
+
     /// A resolved request is kept per member: a viewer's resolutions fill its own places, not
     /// the owner's (attacker review: a viewer resolving 32 requests made the owner's
     /// resolve-request answer 503 for ten minutes, renewably, and re-resolving the owner's
@@ -973,30 +992,20 @@ mod tests {
         let alices = svc.owner(&alice, &w).await.unwrap();
         share_with(&svc, &alices, &bob, MemberRole::Viewer).await;
         let bobs = svc.viewer(&bob, &w).await.unwrap();
-        let request = |nonce: usize| {
-            let cb = "https://rp.example/cb";
-            let q = serde_urlencoded::to_string([
-                ("client_id", format!("redirect_uri:{cb}")),
-                ("response_uri", cb.to_string()),
-                ("response_type", "vp_token".to_string()),
-                ("response_mode", "direct_post".to_string()),
-                ("nonce", format!("n{nonce}")),
-                (
-                    "dcql_query",
-                    serde_json::json!({"credentials": [{"id": "q", "format": "dc+sd-jwt", "meta": {}}]})
-                        .to_string(),
-                ),
-            ])
-            .unwrap();
-            format!("openid4vp://?{q}")
-        };
         for i in 0..32 {
-            svc.resolve_request(&bobs, &request(i)).await.unwrap();
+            svc.resolve_request(&bobs, &by_value_request(i))
+                .await
+                .unwrap();
         }
-        let e = svc.resolve_request(&bobs, &request(32)).await.unwrap_err();
+        let e = svc
+            .resolve_request(&bobs, &by_value_request(32))
+            .await
+            .unwrap_err();
         assert_eq!(code(e), Code::Unavailable);
         // the owner's places are untouched, and the same request text is kept apart for each
-        svc.resolve_request(&alices, &request(0)).await.unwrap();
+        svc.resolve_request(&alices, &by_value_request(0))
+            .await
+            .unwrap();
         let kept = svc
             .ctx
             .store
@@ -1004,6 +1013,32 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(kept, 1);
+    }
+
+    /// Requests resolved at once stay within a member's 32 places (attacker review: each
+    /// counted the others out before writing, and concurrent 64 KB requests went past the cap).
+    #[tokio::test]
+    async fn concurrent_resolutions_stay_within_the_places() {
+        let mut ctx = RoleContext::for_tests(FakeClock::new(1_700_000_000_000));
+        ctx.store = Arc::new(crate::store::test_wrapper::Yielding {
+            inner: ctx.store.clone(),
+        });
+        let svc = WalletService::new(ctx, crate::config::WalletConfig::default());
+        let alice = sign_up(&svc, "alice@example.org").await;
+        let w = svc.create_wallet(alice.account(), "home").await.unwrap();
+        let owner = svc.owner(&alice, &w.wallet.id).await.unwrap();
+        let texts: Vec<String> = (0..40).map(by_value_request).collect();
+        let answers =
+            futures_util::future::join_all(texts.iter().map(|t| svc.resolve_request(&owner, t)))
+                .await;
+        assert!(answers.iter().any(|a| a.is_err()), "40 at once, 32 places");
+        let kept = svc
+            .ctx
+            .store
+            .count_prefix(ks::RESOLVED, &format!("{}/", w.wallet.id), 100)
+            .await
+            .unwrap();
+        assert!(kept <= 32, "{kept} kept");
     }
 
     /// `present` refuses choices it cannot read (422) before anything else: read as no choice,

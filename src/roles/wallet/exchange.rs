@@ -784,25 +784,39 @@ impl WalletService {
         req: &ResolvedRequest,
     ) -> WalletResult<()> {
         let store = &self.ctx.store;
+        let full = || {
+            WalletError::Busy {
+            detail: "you have 32 resolved requests in this wallet waiting to be answered (each is kept 10 minutes); present or wait",
+            retry_after: 60,
+        }
+        };
         let held = store
             .count_prefix(ks::RESOLVED, &resolved_prefix(viewer), MAX_RESOLVED)
             .await?;
         // full: refused rather than not kept (present would then fetch the request again)
         if held >= MAX_RESOLVED {
-            return Err(WalletError::Busy {
-                detail: "you have 32 resolved requests in this wallet waiting to be answered (each is kept 10 minutes); present or wait",
-                retry_after: 60,
-            });
+            return Err(full());
         }
         // sealed: which verifier asked what (and its `state`, with which anyone could answer
         // the request with an error) is kept only sealed
+        let key = resolved_key(viewer, request);
         self.put_sealed(
             ks::RESOLVED,
-            &resolved_key(viewer, request),
+            &key,
             req,
             Some(std::time::Duration::from_secs(RESOLVED_TTL_SECS)),
         )
-        .await
+        .await?;
+        // counted again once written: requests resolved at once each counted the others out
+        // (attacker review: concurrent 64 KB requests went past the 32 per member)
+        let now_held = store
+            .count_prefix(ks::RESOLVED, &resolved_prefix(viewer), MAX_RESOLVED + 1)
+            .await?;
+        if now_held > MAX_RESOLVED {
+            store.delete(ks::RESOLVED, &key).await?;
+            return Err(full());
+        }
+        Ok(())
     }
 }
 
