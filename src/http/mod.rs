@@ -90,6 +90,13 @@ pub async fn route_not_found(req: HttpRequest) -> Result<actix_web::HttpResponse
     ))
 }
 
+/// The path a request is routed by: percent-decoded as the router decodes it (all but `%`, `/`
+/// and `+`), so a rule chosen by path holds for every spelling of it (attacker review:
+/// `/%64ocs/` reached Swagger UI without its headers, since `req.path()` is the raw path).
+pub fn routed_path(req: &actix_web::dev::ServiceRequest) -> &str {
+    req.match_info().as_str()
+}
+
 #[cfg(test)]
 mod tests {
     use actix_web::{middleware::from_fn, test, web, App, HttpResponse};

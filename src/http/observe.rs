@@ -140,7 +140,7 @@ pub async fn observe(
     // the log must not be able to use them. The pattern comes from the app's resource map, known
     // before routing.
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-    let path = req.path().to_string();
+    let path = crate::http::routed_path(&req).to_string();
     let span = tracing::info_span!("request", %method, %route, request_id = %request_id);
 
     let outcome = AssertUnwindSafe(next.call(req).instrument(span.clone()))

@@ -533,7 +533,10 @@ async fn limit(
                     ),
                 )
             };
-            return Err(crate::http::oauth::middleware_error(req.path(), refusal));
+            return Err(crate::http::oauth::middleware_error(
+                crate::http::routed_path(&req),
+                refusal,
+            ));
         }
     }
     next.call(req).await

@@ -80,7 +80,7 @@ pub async fn response_headers(
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
     use actix_web::http::header::{self, HeaderName, HeaderValue};
-    let path = req.path();
+    let path = crate::http::routed_path(&req);
     let docs = path == "/docs" || path.starts_with("/docs/");
     let api = path.starts_with("/api/") || path.starts_with("/wallet/");
     let mut res = next.call(req).await?;
@@ -155,6 +155,14 @@ mod tests {
         assert_eq!(h.get("x-content-type-options").unwrap(), "nosniff");
         let secret = test::call_service(&app, get("/api/system/webhook-secret")).await;
         assert_eq!(secret.headers().get("cache-control").unwrap(), "no-store");
+        // a percent-encoded spelling routes to the same page, and gets the same headers
+        // (attacker review: `/%64ocs/` was Swagger UI without them)
+        let encoded = test::call_service(&app, get("/%64ocs/index.html")).await;
+        assert_eq!(encoded.status(), 200);
+        assert_eq!(encoded.headers().get("x-frame-options").unwrap(), "DENY");
+        let encoded = test::call_service(&app, get("/%61pi/system/webhook-secret")).await;
+        assert_eq!(encoded.status(), 200);
+        assert_eq!(encoded.headers().get("cache-control").unwrap(), "no-store");
         let own = test::call_service(&app, get("/api/cached")).await;
         assert_eq!(own.headers().get("cache-control").unwrap(), "max-age=60");
         let public = test::call_service(&app, get("/.well-known/x")).await;
