@@ -130,6 +130,11 @@ impl WalletService {
             return Err(UNAUTHORIZED);
         }
         let account: Account = self.get_account(&s.account).await?.ok_or(UNAUTHORIZED)?;
+        // ended by a password change or a logout everywhere (sessions of earlier releases are
+        // of epoch 0, and end with the first such change)
+        if s.epoch != account.session_epoch {
+            return Err(UNAUTHORIZED);
+        }
         if account.disabled {
             return Err(WalletError::Forbidden("this account is disabled"));
         }
@@ -279,6 +284,70 @@ mod tests {
         .await
     }
 
+    /// A password change ends every session of the account (a leaked password, and every
+    /// session made with it, stop working), after checking the current password under the
+    /// email's failure count; logging out everywhere ends them without a change (security
+    /// review: neither existed, so a leaked password was an account lost).
+    #[tokio::test]
+    async fn a_password_change_ends_every_session() {
+        let svc = service();
+        let mine = sign_up(&svc, "gina@example.org").await;
+        let thief = log_in(&svc, "gina@example.org", "correct horse")
+            .await
+            .unwrap();
+        svc.authenticate(&thief.token).await.unwrap();
+        let change = |current: &str, new: &str| crate::roles::wallet::model::ChangePassword {
+            current_password: current.into(),
+            new_password: new.into(),
+        };
+        let e = svc
+            .change_password(&mine, change("wrong guess!", "battery staple"))
+            .await
+            .unwrap_err();
+        assert_eq!(code(e), Code::Forbidden);
+        let e = svc
+            .change_password(&mine, change("correct horse", "short"))
+            .await
+            .unwrap_err();
+        assert_eq!(code(e), Code::Validation);
+        // nothing changed so far
+        svc.authenticate(&thief.token).await.unwrap();
+        svc.change_password(&mine, change("correct horse", "battery staple"))
+            .await
+            .unwrap();
+        for token in [mine.token(), thief.token.as_str()] {
+            let refused = svc.authenticate(token).await.err().map(code);
+            assert_eq!(refused, Some(Code::Unauthorized));
+        }
+        assert!(log_in(&svc, "gina@example.org", "correct horse")
+            .await
+            .is_err());
+        let fresh = log_in(&svc, "gina@example.org", "battery staple")
+            .await
+            .unwrap();
+        let fresh = svc.authenticate(&fresh.token).await.unwrap();
+        // logging out everywhere ends the sessions and keeps the password
+        svc.logout_everywhere(&fresh).await.unwrap();
+        assert!(svc.authenticate(fresh.token()).await.is_err());
+        let again = log_in(&svc, "gina@example.org", "battery staple")
+            .await
+            .unwrap();
+        svc.authenticate(&again.token).await.unwrap();
+        // wrong current passwords count against the email like failed logins
+        let again = svc.authenticate(&again.token).await.unwrap();
+        let locked = loop {
+            match svc
+                .change_password(&again, change("wrong guess!", "battery staple 2"))
+                .await
+            {
+                Err(WalletError::LoginLocked { .. }) => break true,
+                Err(_) => continue,
+                Ok(()) => break false,
+            }
+        };
+        assert!(locked);
+    }
+
     /// A login with an email no account can have (here 300 KiB) is refused like a wrong
     /// password, and leaves nothing in the store: the failure counter is keyed by the email.
     #[tokio::test]
@@ -355,6 +424,7 @@ mod tests {
                 .password_hash,
             created_at: 1,
             disabled: false,
+            session_epoch: 0,
         };
         store
             .put_json(ks::ACCOUNTS, &legacy.id, &legacy, None)

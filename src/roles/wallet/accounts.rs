@@ -38,6 +38,7 @@ impl WalletService {
             password_hash: hash,
             created_at: self.now(),
             disabled: false,
+            session_epoch: 0,
         };
         // The account first, then the email index, the uniqueness guard (insert-only): an email
         // always names an account that exists. A claim that was applied but answered 503 (its
@@ -165,6 +166,7 @@ impl WalletService {
                 &SessionRecord {
                     account: account.id.clone(),
                     expires_at,
+                    epoch: account.session_epoch,
                 },
                 Some(Duration::from_secs(SESSION_TTL as u64)),
             )
@@ -249,6 +251,65 @@ impl WalletService {
                 Ok(a)
             })
             .await?;
+        Ok(())
+    }
+
+    /// Changes the caller's password and ends every session of the account, the caller's too
+    /// (a password that leaked stops working, and so does every session made with it). The
+    /// current password is checked as a login is, under the email's failure count: a stolen
+    /// session token buys no more guesses than the login form.
+    pub async fn change_password(
+        &self,
+        who: &SignedIn,
+        mut req: ChangePassword,
+    ) -> WalletResult<()> {
+        let current = Arc::new(Zeroizing::new(std::mem::take(&mut req.current_password)));
+        let new = Arc::new(Zeroizing::new(std::mem::take(&mut req.new_password)));
+        if new.len() < 8 || new.len() > 256 {
+            return Err(WalletError::invalid(
+                "the new password needs 8 to 256 characters",
+            ));
+        }
+        let account = who.account();
+        let email_key = self.email_key(&account.email);
+        self.take_login_attempt(ks::LOGIN_FAILURES, &email_key, self.now())
+            .await?;
+        let checked = self
+            .passwords
+            .check(Some(account.password_hash.clone()), current)
+            .await?;
+        if checked == Checked::Wrong {
+            // 403, not 401: the session itself is good
+            return Err(WalletError::Forbidden("the current password is wrong"));
+        }
+        self.ctx
+            .store
+            .delete(ks::LOGIN_FAILURES, &email_key)
+            .await?;
+        let hash = self.passwords.hash(new).await?;
+        self.end_sessions(&account.id, Some(hash)).await
+    }
+
+    /// Ends every session of the caller's account, the caller's too.
+    pub async fn logout_everywhere(&self, who: &SignedIn) -> WalletResult<()> {
+        self.end_sessions(&who.account().id, None).await
+    }
+
+    /// Ends every session of account `id` so far, moving its session epoch on
+    /// ([`Self::authenticate`] refuses sessions of another), and sets its password hash to
+    /// `hash` when given.
+    async fn end_sessions(&self, id: &str, hash: Option<String>) -> WalletResult<()> {
+        self.ctx
+            .store
+            .update_json::<Account, WalletError, _>(ks::ACCOUNTS, id, None, |mut a| {
+                a.session_epoch += 1;
+                if let Some(h) = &hash {
+                    a.password_hash = h.clone();
+                }
+                Ok(a)
+            })
+            .await?
+            .or_not_found("no such account")?;
         Ok(())
     }
 

@@ -23,6 +23,14 @@ pub struct Account {
     pub created_at: i64,
     #[serde(default)]
     pub disabled: bool,
+    /// The generation of its sessions: a session made under another one has ended. A password
+    /// change and logging out everywhere move it on.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub session_epoch: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -50,6 +58,21 @@ impl From<&Account> for AccountView {
 pub struct Credentials {
     pub email: String,
     pub password: String,
+}
+
+/// `POST /wallet/auth/password`
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    pub current_password: String,
+    /// 8 to 256 characters.
+    pub new_password: String,
+}
+
+impl std::fmt::Debug for ChangePassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangePassword").finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Credentials {
@@ -113,6 +136,9 @@ pub struct LoginFailures {
 pub struct SessionRecord {
     pub account: String,
     pub expires_at: i64,
+    /// The account's `session_epoch` when it was made (0 in sessions of earlier releases).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]

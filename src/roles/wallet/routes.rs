@@ -68,6 +68,31 @@ pub async fn logout(svc: Svc, user: SignedIn) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// Change the password: every session of the account ends, this one too (log in again). The
+/// current password is counted against the email's failed logins (429 when locked); a wrong one
+/// is 403.
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), request_body = ChangePassword, responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem), (status = 429, body = Problem)))]
+#[post(
+    "/wallet/auth/password",
+    wrap = "actix_web::middleware::from_fn(crate::http::ratelimit::login)"
+)]
+pub async fn change_password(
+    svc: Svc,
+    user: SignedIn,
+    body: web::Json<ChangePassword>,
+) -> ApiResult<HttpResponse> {
+    svc.change_password(&user, body.into_inner()).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// End every session of the account, this one too (a device lost, a session token leaked).
+#[utoipa::path(tag = "wallet", security(("wallet_session" = [])), responses((status = 204), (status = 401, body = Problem)))]
+#[post("/wallet/auth/logout-everywhere")]
+pub async fn logout_everywhere(svc: Svc, user: SignedIn) -> ApiResult<HttpResponse> {
+    svc.logout_everywhere(&user).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
 /// The logged-in account.
 #[utoipa::path(tag = "wallet", security(("wallet_session" = [])), responses((status = 200, body = AccountView), (status = 401, body = Problem)))]
 #[get("/wallet/auth/me")]
@@ -537,6 +562,8 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(register)
         .service(login)
         .service(logout)
+        .service(change_password)
+        .service(logout_everywhere)
         .service(me)
         .service(list_wallets)
         .service(create_wallet)
