@@ -1236,21 +1236,27 @@ mod tests {
         (s, clock)
     }
 
+    /// `n` puts of `value` into keyspace `ks`, at `w/00`, `w/01`, …
+    fn puts(n: usize, value: &[u8], ttl: Option<Duration>) -> Vec<BatchOp> {
+        (0..n)
+            .map(|i| BatchOp::Put {
+                keyspace: "ks",
+                key: format!("w/{i:02}"),
+                value: value.to_vec(),
+                ttl,
+            })
+            .collect()
+    }
+
     /// One sweep drains a backlog of index entries past one script call's 1,000 per keyspace
     /// (attacker review: one call per 30 s drained 33 a second, outrun by logins with new
     /// emails, and the index sets grew for ever).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_sweep_drains_a_backlog_past_one_script_call() {
         let (s, clock) = redis_store().await;
-        let ops = (0..2_500)
-            .map(|i| BatchOp::Put {
-                keyspace: "ks",
-                key: format!("k{i}"),
-                value: b"x".to_vec(),
-                ttl: Some(Duration::from_secs(1)),
-            })
-            .collect();
-        s.batch(ops).await.unwrap();
+        s.batch(puts(2_500, b"x", Some(Duration::from_secs(1))))
+            .await
+            .unwrap();
         clock.advance_ms(2_000);
         assert_eq!(s.sweep_expired().await.unwrap(), 2_500);
         let mut c = s.conn();
@@ -1267,15 +1273,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn measuring_a_prefix_copies_no_value() {
         let (s, _) = redis_store().await;
-        let ops = (0..40)
-            .map(|i| BatchOp::Put {
-                keyspace: "ks",
-                key: format!("w/{i:02}"),
-                value: vec![7u8; 256 << 10],
-                ttl: None,
-            })
-            .collect();
-        s.batch(ops).await.unwrap();
+        s.batch(puts(40, &[7u8; 256 << 10], None)).await.unwrap();
         let c = s.conn();
         let sent = |mut c: Conn| async move {
             let info: String = redis::cmd("INFO")

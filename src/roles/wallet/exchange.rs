@@ -591,6 +591,14 @@ fn pex_claim_names(d: &Value) -> Vec<String> {
     pex_field_names(d, false)
 }
 
+/// A descriptor field's path below the credential's claims, dotted (`$.vc.credentialSubject.a.b`
+/// → `a.b`): what the wallet's PEX matching and disclosure read.
+fn below_claims(path: &str) -> &str {
+    path.trim_start_matches("$.")
+        .trim_start_matches("vc.")
+        .trim_start_matches("credentialSubject.")
+}
+
 /// What a descriptor discloses when the caller does not choose: each required field's claim
 /// path down to the member it names (`$.address.country` → `["address","country"]`, passed on as
 /// JSON array text), not the whole first-level claim, and no `optional` field (attacker review:
@@ -605,10 +613,7 @@ fn pex_disclosure(d: &Value) -> Vec<String> {
         let Some(p) = f["path"][0].as_str() else {
             continue;
         };
-        let dotted = p
-            .trim_start_matches("$.")
-            .trim_start_matches("vc.")
-            .trim_start_matches("credentialSubject.");
+        let dotted = below_claims(p);
         let plain = |seg: &str| {
             !seg.is_empty()
                 && seg
@@ -642,14 +647,7 @@ fn pex_field_names(d: &Value, required_only: bool) -> Vec<String> {
             fs.iter()
                 .filter(|f| !required_only || f["optional"] != json!(true))
                 .filter_map(|f| f["path"][0].as_str())
-                .filter_map(|p| {
-                    p.trim_start_matches("$.")
-                        .trim_start_matches("vc.")
-                        .trim_start_matches("credentialSubject.")
-                        .split('.')
-                        .next()
-                        .map(str::to_string)
-                })
+                .filter_map(|p| below_claims(p).split('.').next().map(str::to_string))
                 .collect()
         })
         .unwrap_or_default()
@@ -702,11 +700,7 @@ fn pex_filters(d: &Value) -> Vec<Option<PexFilter>> {
         .map(|f| {
             let path = f["path"][0].as_str()?;
             let filter = crate::pex_filter::Filter::compile(&f["filter"]).ok()?;
-            let dotted = path
-                .trim_start_matches("$.")
-                .trim_start_matches("vc.")
-                .trim_start_matches("credentialSubject.");
-            Some((dotted.to_string(), filter))
+            Some((below_claims(path).to_string(), filter))
         })
         .collect()
 }
