@@ -211,6 +211,14 @@ pub async fn run(
         }
     }
 
+    if raw.server.mode == Mode::Sandbox && !settings.bind.ip().is_loopback() {
+        // (secrets review: the container image and the all-in-one compose file run sandbox mode
+        // on 0.0.0.0 unless told otherwise, and nothing said so)
+        tracing::warn!(
+            bind = %settings.bind,
+            "sandbox mode on a non-loopback address: the master key is a file in the data directory (a copy of the data opens every sealed key), the admin token is printed on first start, an empty trusted_issuers list trusts this node's own issuers, outbound fetches may reach loopback over plain http, and any origin may redirect to the authorization endpoint. Set server.mode = \"production\" (with store.master_key_file and admin.tokens_file) for anything but a developer's machine"
+        );
+    }
     if raw.server.mode == Mode::Production
         && settings.metrics_token.is_none()
         && !settings.bind.ip().is_loopback()

@@ -42,16 +42,18 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 app::open_store_offline(&settings, std::sync::Arc::new(crate::clock::SystemClock))
                     .await?;
             let records = opened.store.export_all().await?;
-            let mut w: Box<dyn Write> = match out {
-                // every record, as stored: readable by this user only
-                Some(p) => Box::new(open_export_file(&p)?),
-                None => Box::new(std::io::stdout().lock()),
+            let write = |w: &mut dyn Write| -> anyhow::Result<()> {
+                for r in &records {
+                    serde_json::to_writer(&mut *w, r)?;
+                    w.write_all(b"\n")?;
+                }
+                Ok(w.flush()?)
             };
-            for r in &records {
-                serde_json::to_writer(&mut w, r)?;
-                w.write_all(b"\n")?;
+            match out {
+                // every record, as stored: readable by this user only
+                Some(p) => write_export_file(&p, write)?,
+                None => write(&mut std::io::stdout().lock())?,
             }
-            w.flush()?;
             eprintln!("exported {} records", records.len());
             Ok(ExitCode::SUCCESS)
         }
@@ -266,58 +268,72 @@ async fn open_spec(
     anyhow::bail!("`{spec}`: expected sled:DATA_DIR, redis://… or rediss://…")
 }
 
-/// Opens `p` to write an export to (every record, as stored), readable by this user only: a
-/// new file 0600, a regular file of this user's made private and cut, or a character device
-/// (`/dev/null`, a terminal). Never through a symbolic link, into another user's file, or into a
-/// FIFO or socket (secrets review: each of those, planted in a shared directory, would hand the
-/// export to whoever made it).
-fn open_export_file(p: &std::path::Path) -> anyhow::Result<std::fs::File> {
+/// Writes an export (every record, as stored) to `p`, readable by this user only. A regular file
+/// is written as a new 0600 file beside `p` and renamed over it once complete, so a reader who
+/// opened the old file before (secrets review: it kept its inode) never sees the export, and an
+/// export cut short leaves the old file whole. A character device (`/dev/null`, a terminal) is
+/// written in place. Never through a symbolic link, into another user's file, or into a FIFO or
+/// socket (each of those, planted in a shared directory, would hand the export to whoever made it).
+fn write_export_file(
+    p: &std::path::Path,
+    write: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     #[cfg(unix)]
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
     let refuse =
         |what: &str| anyhow::anyhow!("{} is {what}: export to a file of your own", p.display());
-    #[cfg(unix)]
-    let writable = |t: std::fs::FileType| t.is_file() || t.is_char_device();
-    #[cfg(not(unix))]
-    let writable = |t: std::fs::FileType| t.is_file();
     if let Ok(m) = std::fs::symlink_metadata(p) {
-        if m.file_type().is_symlink() {
+        let t = m.file_type();
+        if t.is_symlink() {
             return Err(refuse("a symbolic link"));
         }
+        #[cfg(unix)]
+        if t.is_char_device() {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(p)
+                .with_context(|| format!("opening {}", p.display()))?;
+            return write(&mut f);
+        }
         // (opening a FIFO would also wait for its reader)
-        if !writable(m.file_type()) {
+        if !t.is_file() {
             return Err(refuse("neither a regular file nor a device"));
         }
+        // another user's file (made in a shared directory ahead of us): not ours to replace
+        #[cfg(unix)]
+        if effective_uid().is_some_and(|me| me != m.uid()) {
+            return Err(refuse("another user's file"));
+        }
     }
+    let name = p
+        .file_name()
+        .ok_or_else(|| anyhow::anyhow!("{}: not a file name", p.display()))?;
+    let mut part_name = std::ffi::OsString::from(".");
+    part_name.push(name);
+    part_name.push(format!(
+        ".{}.{:016x}.part",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let part = p.with_file_name(part_name);
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true);
+    // a new file (never one planted under this name), private from its first byte
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
-    let f = opts
-        .open(p)
-        .with_context(|| format!("creating {}", p.display()))?;
-    let meta = f.metadata()?;
-    if !writable(meta.file_type()) {
-        return Err(refuse("neither a regular file nor a device"));
+    let mut f = opts
+        .open(&part)
+        .with_context(|| format!("creating {}", part.display()))?;
+    let written = write(&mut f)
+        .and_then(|()| Ok(f.sync_all()?))
+        .and_then(|()| {
+            std::fs::rename(&part, p).with_context(|| format!("replacing {}", p.display()))
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&part);
     }
-    if meta.is_file() {
-        #[cfg(unix)]
-        {
-            // another user's file (made in a shared directory ahead of us) would stay theirs to
-            // read, whatever its mode
-            if effective_uid().is_some_and(|me| me != meta.uid()) {
-                return Err(refuse("another user's file"));
-            }
-            // a regular file that was there keeps its mode on open: made private before
-            // anything is written or cut
-            if meta.permissions().mode() & 0o077 != 0 {
-                f.set_permissions(std::fs::Permissions::from_mode(0o600))
-                    .with_context(|| format!("making {} private", p.display()))?;
-            }
-        }
-        f.set_len(0)?;
-    }
-    Ok(f)
+    written
 }
 
 /// This process's effective user id (Linux; `None` elsewhere).

@@ -870,9 +870,11 @@ pub fn load(file: Option<&Path>, cli: &[(&str, toml::Value)]) -> Result<Config, 
                     p.display()
                 )));
             }
+            check_inline_secrets(p)?;
             fig = fig.merge(Toml::file_exact(p));
         }
         None if Path::new("config.toml").exists() => {
+            check_inline_secrets(Path::new("config.toml"))?;
             fig = fig.merge(Toml::file_exact("config.toml"))
         }
         None => {}
@@ -1228,20 +1230,102 @@ fn secret_from(value: &Secret, file: &Path, key: &str) -> Result<Option<Secret>,
     }
 }
 
+/// The secrets a config file holds inline (their keys), read from its TOML: `admin.tokens`,
+/// `store.master_key`, `cluster.secret`, `store.redis.password`, `metrics.token`, and a Redis URL
+/// with a password in it. A file that is not TOML holds none here (figment reports it).
+fn inline_secrets(text: &str) -> Vec<&'static str> {
+    let Ok(doc) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    let at = |path: &[&str]| {
+        let (last, tables) = path.split_last()?;
+        let mut t = &doc;
+        for k in tables {
+            t = t.get(*k)?.as_table()?;
+        }
+        t.get(*last).cloned()
+    };
+    let filled = |v: Option<toml::Value>| match v {
+        Some(toml::Value::String(s)) => !s.is_empty(),
+        Some(toml::Value::Array(a)) => a.iter().any(|t| t.as_str().is_some_and(|s| !s.is_empty())),
+        _ => false,
+    };
+    let mut out = Vec::new();
+    for (key, path) in [
+        ("admin.tokens", &["admin", "tokens"][..]),
+        ("store.master_key", &["store", "master_key"]),
+        ("cluster.secret", &["cluster", "secret"]),
+        ("store.redis.password", &["store", "redis", "password"]),
+        ("metrics.token", &["metrics", "token"]),
+    ] {
+        if filled(at(path)) {
+            out.push(key);
+        }
+    }
+    let urls = match at(&["store", "redis", "url"]) {
+        Some(toml::Value::Array(a)) => a,
+        Some(v) => vec![v],
+        None => Vec::new(),
+    };
+    // redis://user:password@host (as `redact_url` finds the credentials)
+    let with_password = |u: &str| match (u.find("://"), u.rfind('@')) {
+        (Some(s), Some(at)) if at > s + 3 => u[s + 3..at]
+            .split_once(':')
+            .is_some_and(|(_, p)| !p.is_empty()),
+        _ => false,
+    };
+    if urls.iter().any(|u| u.as_str().is_some_and(with_password)) {
+        out.push("store.redis.url");
+    }
+    out
+}
+
+/// Refuses a config file that holds secrets inline (`inline_secrets`) and that other users can
+/// read, as a `*_file` secret with those permissions is refused (secrets review: only the
+/// `*_file` keys were checked, so a world-readable config.toml with `admin.tokens` in it was
+/// accepted). A file without secrets may be readable by anyone.
+fn check_inline_secrets(path: &Path) -> Result<(), ConfigError> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(()); // unreadable: figment reports it
+    };
+    let keys = inline_secrets(&text);
+    if keys.is_empty() {
+        return Ok(());
+    }
+    #[cfg(unix)]
+    {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| ConfigError::Invalid(format!("config file {}: {e}", path.display())))?;
+        if !private_to_this_process(&meta) {
+            return Err(ConfigError::Invalid(format!(
+                "config file {} holds secrets ({}) and is readable by others or by a group this process is not in; chmod 600 it, or move them to the *_file keys",
+                path.display(),
+                keys.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a file's mode keeps it from other users: group-readable is fine when the group is this
+/// process's own (Kubernetes makes a secret 0440 with the pod's fsGroup, whatever defaultMode
+/// says; a root-owned 0640 file of the service's group is the same), never group-writable or for
+/// others.
+#[cfg(unix)]
+fn private_to_this_process(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = meta.permissions().mode();
+    let own_group_reads = mode & 0o037 == 0 && process_groups().contains(&meta.gid());
+    mode & 0o077 == 0 || own_group_reads
+}
+
 /// Reads a secret file, refusing one that other users can read.
 pub fn read_secret_file(path: &Path) -> Result<Secret, ConfigError> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(path)
             .map_err(|e| ConfigError::Invalid(format!("secret file {}: {e}", path.display())))?;
-        use std::os::unix::fs::MetadataExt;
-        let mode = meta.permissions().mode();
-        // group-readable is fine when the group is this process's own (Kubernetes makes a
-        // secret 0440 with the pod's fsGroup, whatever defaultMode says; a root-owned 0640 file
-        // of the service's group is the same), never group-writable or for others
-        let own_group_reads = mode & 0o037 == 0 && process_groups().contains(&meta.gid());
-        if mode & 0o077 != 0 && !own_group_reads {
+        if !private_to_this_process(&meta) {
             return Err(ConfigError::Invalid(format!(
                 "secret file {} is readable by others or by a group this process is not in; chmod 600 it",
                 path.display()
@@ -1410,6 +1494,38 @@ mod tests {
         assert!(!out.contains("another-secret"), "{out}");
         assert!(out.contains("<redacted>"));
         assert!(!format!("{c:?}").contains("super-secret"));
+    }
+
+    #[test]
+    fn a_config_file_with_secrets_in_it_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        assert!(
+            inline_secrets("[server]\nbind = \"127.0.0.1:1\"\n[admin]\ntokens = []\n").is_empty()
+        );
+        assert_eq!(
+            inline_secrets(
+                "[admin]\ntokens = [\"tok-0123456789abcdef\"]\n[metrics]\ntoken = \"\"\n"
+            ),
+            vec!["admin.tokens"]
+        );
+        assert_eq!(
+            inline_secrets("[store.redis]\nurl = [\"redis://:pw@h:6379\", \"redis://u@h\"]\n[cluster]\nsecret = \"s\"\n"),
+            vec!["cluster.secret", "store.redis.url"]
+        );
+        assert!(inline_secrets("[store.redis]\nurl = [\"redis://u@h:6379\"]\n").is_empty());
+        let f = with_file("[store]\nmaster_key = \"00112233445566778899aabbccddeeff\"\n");
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("store.master_key") && e.contains("chmod 600"),
+            "{e}"
+        );
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(load(Some(f.path()), &[]).is_ok());
+        // no secrets in it: anyone may read it
+        let f = with_file("[server]\nmode = \"sandbox\"\n");
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(load(Some(f.path()), &[]).is_ok());
     }
 
     #[test]

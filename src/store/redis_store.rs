@@ -40,8 +40,8 @@ use crate::config::redact_url as redact;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-/// Connection settings, resolved from `store.redis`.
-#[derive(Debug, Clone)]
+/// Connection settings, resolved from `store.redis`. `Debug` leaves the password out.
+#[derive(Clone)]
 pub struct RedisOptions {
     pub urls: Vec<String>,
     pub cluster: bool,
@@ -50,6 +50,23 @@ pub struct RedisOptions {
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
     pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field(
+                "urls",
+                &self.urls.iter().map(|u| redact(u)).collect::<Vec<_>>(),
+            )
+            .field("cluster", &self.cluster)
+            .field("key_prefix", &self.key_prefix)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("password", &self.password.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
 }
 
 impl RedisOptions {

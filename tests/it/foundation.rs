@@ -271,10 +271,30 @@ async fn healthcheck_command_and_store_export_import() {
         run_cli(dir, &["store", verb, "--data-dir", "data", flag, file], &[])
     };
     let dump = dir.path().join("dump.jsonl");
+    use std::os::unix::fs::PermissionsExt;
+    // onto a file that was there, readable by others and held open by a reader: the export is a
+    // new private file put in its place, and the reader keeps what it opened (secrets review: it
+    // was the same inode, cut and rewritten, so the reader read the export)
+    std::fs::write(&dump, "old\n").unwrap();
+    std::fs::set_permissions(&dump, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut before = std::fs::File::open(&dump).unwrap();
     let (status, _, err) = store_cmd(data.path(), "export", "--out", dump.to_str().unwrap());
     assert!(status.success(), "{err}");
     let lines = std::fs::read_to_string(&dump).unwrap();
     assert!(lines.lines().count() >= 1);
+    let mut held = String::new();
+    std::io::Read::read_to_string(&mut before, &mut held).unwrap();
+    assert_eq!(held, "old\n");
+    assert_eq!(
+        std::fs::metadata(&dump).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     // never through a symbolic link (one planted in a shared directory would take the export)
     let link = dir.path().join("link.jsonl");
     let target = dir.path().join("elsewhere.jsonl");
