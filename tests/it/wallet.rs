@@ -615,6 +615,66 @@ async fn accounts_isolation_roles_keys_and_dids() {
         204
     );
     expect_problem(c2.send(&s, M::GET, "/keys", None).await, 404, "not_found").await;
+    // a password change over HTTP ends every session of the account, the caller's too, and
+    // logging out everywhere keeps the password
+    let login = |password: &'static str| {
+        let s = &s;
+        async move {
+            s.anon()
+                .post_resp(
+                    "/wallet/auth/login",
+                    &json!({"email": "c@example.org", "password": password}),
+                )
+                .await
+        }
+    };
+    let r = login(crate::api::PASSWORD).await;
+    assert_eq!(r.status(), 200);
+    let other: Value = r.json().await.unwrap();
+    let other = other["token"].as_str().unwrap().to_string();
+    let change =
+        |current: &str, new: &str| json!({"current_password": current, "new_password": new});
+    let r = s
+        .bearer(&c2.token)
+        .post_resp(
+            "/wallet/auth/password",
+            &change("wrong password!", "a new passphrase"),
+        )
+        .await;
+    expect_problem(r, 403, "forbidden").await;
+    let r = s
+        .anon()
+        .post_resp(
+            "/wallet/auth/password",
+            &change(crate::api::PASSWORD, "a new passphrase"),
+        )
+        .await;
+    expect_problem(r, 401, "unauthorized").await;
+    let r = s
+        .bearer(&c2.token)
+        .post_resp(
+            "/wallet/auth/password",
+            &change(crate::api::PASSWORD, "a new passphrase"),
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+    for token in [&c2.token, &other] {
+        let r = s.bearer(token).get_resp("/wallet/auth/me").await;
+        expect_problem(r, 401, "unauthorized").await;
+    }
+    expect_problem(login(crate::api::PASSWORD).await, 401, "unauthorized").await;
+    let r = login("a new passphrase").await;
+    assert_eq!(r.status(), 200);
+    let fresh: Value = r.json().await.unwrap();
+    let fresh = fresh["token"].as_str().unwrap().to_string();
+    let r = s
+        .bearer(&fresh)
+        .post_resp("/wallet/auth/logout-everywhere", &json!({}))
+        .await;
+    assert_eq!(r.status(), 204);
+    let r = s.bearer(&fresh).get_resp("/wallet/auth/me").await;
+    expect_problem(r, 401, "unauthorized").await;
+    assert_eq!(login("a new passphrase").await.status(), 200);
     s.stop();
 }
 
