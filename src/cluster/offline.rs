@@ -69,11 +69,7 @@ impl Store for OfflineStore {
         value: Vec<u8>,
         ttl: Option<Duration>,
     ) -> StoreResult<()> {
-        let rec = Versioned {
-            version: self.replica.new_version(),
-            value: Some(value),
-            deadline_ms: self.replica.deadline(ttl),
-        };
+        let rec = self.replica.record_of(keyspace, key, value, ttl);
         self.write(keyspace, key, rec).await
     }
 
@@ -101,11 +97,7 @@ impl Store for OfflineStore {
             return Ok(Cas::Conflict(cur));
         }
         let rec = match new {
-            Some((v, ttl)) => Versioned {
-                version: self.replica.new_version(),
-                value: Some(v),
-                deadline_ms: self.replica.deadline(ttl),
-            },
+            Some((v, ttl)) => self.replica.record_of(keyspace, key, v, ttl),
             None => self.replica.tombstone_of(keyspace, key),
         };
         self.replica.write_locked(keyspace, key, &rec).await?;

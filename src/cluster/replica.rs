@@ -141,6 +141,14 @@ struct Kept {
     base: Version,
 }
 
+/// Key prefix of fences (in [`LOCAL_KEYSPACE`], `f/<keyspace>/<key>`): the tombstone a version
+/// with a `keep_until_ms` leaves behind once its deadline has passed ([`Replica::write_locked`]).
+const FENCE_PREFIX: &str = "f/";
+
+fn fence_key(ks: &str, key: &str) -> String {
+    format!("{FENCE_PREFIX}{ks}/{key}")
+}
+
 /// Key prefix of prepared transitions kept on disk (`p/<keyspace>/<key>`).
 const PROVISIONAL_PREFIX: &str = "p/";
 
@@ -198,8 +206,154 @@ impl Replica {
                 n += 1;
             }
         }
+        // fences outlast their versions' records: what they remember is the newest version
+        // held of their key (a newer record that replaced it keeps its own entry)
+        for (k, raw) in self
+            .inner
+            .scan_prefix(LOCAL_KEYSPACE, FENCE_PREFIX, usize::MAX)
+            .await?
+        {
+            let Some((ks, key)) = k
+                .strip_prefix(FENCE_PREFIX)
+                .and_then(|rest| rest.split_once('/'))
+            else {
+                continue;
+            };
+            let ks = intern(ks)?;
+            let fence = decode(&raw);
+            max_hlc = max_hlc.max(fence.version.hlc);
+            if let Ok(mut idx) = self.index.lock() {
+                let m = idx.entry(ks).or_default();
+                if m.get(key).is_none_or(|e| e.version <= fence.version) {
+                    m.insert(
+                        key.to_string(),
+                        Entry {
+                            hash: entry_hash(key, &fence.version),
+                            version: fence.version,
+                            deadline: fence.deadline_ms,
+                        },
+                    );
+                }
+            }
+        }
         self.hlc.observe(max_hlc);
         Ok(n)
+    }
+
+    /// A new version of `ks`/`key` with `value`, living `ttl`: remembered past its deadline as
+    /// long as the version this node holds of the key would have lived ([`Replica::outlives`]).
+    pub fn record_of(
+        &self,
+        ks: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Versioned {
+        let version = self.new_version();
+        let deadline_ms = self.deadline(ttl);
+        let keep_until_ms = self.outlives(ks, key, &version, deadline_ms);
+        Versioned {
+            version,
+            value: Some(value),
+            deadline_ms,
+            keep_until_ms,
+        }
+    }
+
+    /// Until when a version `version` of `ks`/`key` ending at `deadline` must be remembered (as a
+    /// tombstone) once it has ended, for what this node holds of the key: the end of the version
+    /// held (its deadline, or `tombstone_ttl` from now for one without, as a delete is
+    /// remembered), when that is later. A node that was away holding that version would otherwise
+    /// bring it back once the new one has expired, everywhere, until the old one's own deadline:
+    /// an offer's unredeemed state, say, after its redeemed state expired. `None`: the deadline
+    /// is the end (no deadline, nothing held, or nothing held longer).
+    fn outlives(
+        &self,
+        ks: &str,
+        key: &str,
+        version: &Version,
+        deadline: Option<i64>,
+    ) -> Option<i64> {
+        let deadline = deadline?;
+        let held_until = self.index.lock().ok().and_then(|idx| {
+            idx.get(ks)
+                .and_then(|m| m.get(key))
+                .filter(|e| e.version != *version)
+                .map(|e| e.deadline)
+        })?;
+        let until = held_until.unwrap_or_else(|| {
+            self.clock
+                .now_ms()
+                .saturating_add(i64::try_from(self.tombstone_ttl.as_millis()).unwrap_or(i64::MAX))
+        });
+        (until > deadline).then_some(until)
+    }
+
+    /// `rec` as this node keeps it: its `keep_until_ms` raised to what this node's own copy of
+    /// the key calls for, and a tombstone's deadline raised to it (a tombstone is its own fence).
+    fn kept(&self, ks: &str, key: &str, rec: &Versioned) -> Versioned {
+        let mut rec = rec.clone();
+        let keep = rec
+            .keep_until_ms
+            .max(self.outlives(ks, key, &rec.version, rec.deadline_ms))
+            .filter(|k| rec.deadline_ms.is_some_and(|d| *k > d));
+        if rec.is_tombstone() {
+            rec.deadline_ms = rec.deadline_ms.max(keep);
+            rec.keep_until_ms = None;
+        } else {
+            rec.keep_until_ms = keep;
+        }
+        rec
+    }
+
+    /// The store operations that keep `rec` here (already [`Replica::kept`]): the record until
+    /// its deadline (deleted if that has passed), and while it has a later `keep_until_ms` a
+    /// fence: a tombstone of its version until then, read in its place once the record has gone
+    /// ([`Replica::read`]).
+    fn ops_for(&self, ks: &'static str, key: &str, rec: &Versioned) -> Vec<BatchOp> {
+        let mut ops = Vec::with_capacity(2);
+        ops.push(match self.ttl_until(rec.deadline_ms) {
+            Some(ttl) => BatchOp::Put {
+                keyspace: ks,
+                key: key.to_string(),
+                value: encode(rec),
+                ttl,
+            },
+            None => BatchOp::Delete {
+                keyspace: ks,
+                key: key.to_string(),
+            },
+        });
+        let fence = rec
+            .keep_until_ms
+            .and_then(|k| Some((k, self.ttl_until(Some(k))??)));
+        ops.push(match fence {
+            Some((keep, ttl)) => BatchOp::Put {
+                keyspace: LOCAL_KEYSPACE,
+                key: fence_key(ks, key),
+                value: encode(&Versioned {
+                    version: rec.version.clone(),
+                    value: None,
+                    deadline_ms: Some(keep),
+                    keep_until_ms: None,
+                }),
+                ttl: Some(ttl),
+            },
+            // a fence of an older version, if any, has nothing left to remember
+            None => BatchOp::Delete {
+                keyspace: LOCAL_KEYSPACE,
+                key: fence_key(ks, key),
+            },
+        });
+        ops
+    }
+
+    /// Until when this node remembers `rec` (its deadline, or its fence's).
+    fn held_until(rec: &Versioned) -> Option<i64> {
+        match (rec.deadline_ms, rec.keep_until_ms) {
+            (Some(d), Some(k)) => Some(d.max(k)),
+            (d, _) => d,
+        }
     }
 
     pub fn new_version(&self) -> Version {
@@ -224,6 +378,7 @@ impl Replica {
             version: self.new_version(),
             value: None,
             deadline_ms: self.deadline(Some(self.tombstone_ttl)),
+            keep_until_ms: None,
         }
     }
 
@@ -268,8 +423,20 @@ impl Replica {
     }
 
     /// What this node holds for the key: value, tombstone, or nothing (never held, or expired).
+    /// A version whose deadline has passed while its fence lasts reads as the fence's tombstone.
     pub async fn read(&self, ks: &'static str, key: &str) -> StoreResult<Option<Versioned>> {
-        Ok(self.inner.get(ks, key).await?.map(|raw| decode(&raw)))
+        if let Some(raw) = self.inner.get(ks, key).await? {
+            return Ok(Some(decode(&raw)));
+        }
+        // only a key the index still remembers can have a fence
+        if self.version_of(ks, key).is_none() {
+            return Ok(None);
+        }
+        Ok(self
+            .inner
+            .get(LOCAL_KEYSPACE, &fence_key(ks, key))
+            .await?
+            .map(|raw| decode(&raw)))
     }
 
     fn ttl_until(&self, deadline: Option<i64>) -> Option<Option<Duration>> {
@@ -292,7 +459,7 @@ impl Replica {
                         Entry {
                             hash: entry_hash(key, &r.version),
                             version: r.version.clone(),
-                            deadline: r.deadline_ms,
+                            deadline: Self::held_until(r),
                         },
                     );
                 }
@@ -311,23 +478,28 @@ impl Replica {
         rec: &Versioned,
     ) -> StoreResult<()> {
         self.hlc.observe(rec.version.hlc);
-        match self.ttl_until(rec.deadline_ms) {
-            Some(ttl) => {
-                self.inner.put(ks, key, encode(rec), ttl).await?;
-                self.index_set(ks, key, Some(rec));
-            }
-            None => {
-                // already past its deadline: absent everywhere
-                self.inner.delete(ks, key).await?;
-                self.index_set(ks, key, None);
-            }
-        }
+        let rec = self.kept(ks, key, rec);
+        self.inner.batch(self.ops_for(ks, key, &rec)).await?;
+        // past its deadline and its fence's: absent everywhere
+        let live = self.ttl_until(Self::held_until(&rec)).is_some();
+        self.index_set(ks, key, live.then_some(&rec));
         Ok(())
     }
 
     /// Forgets the key on this node entirely (no tombstone; the caller holds the stripe lock).
     pub async fn remove_locked(&self, ks: &'static str, key: &str) -> StoreResult<()> {
-        self.inner.delete(ks, key).await?;
+        self.inner
+            .batch(vec![
+                BatchOp::Delete {
+                    keyspace: ks,
+                    key: key.to_string(),
+                },
+                BatchOp::Delete {
+                    keyspace: LOCAL_KEYSPACE,
+                    key: fence_key(ks, key),
+                },
+            ])
+            .await?;
         self.index_set(ks, key, None);
         Ok(())
     }
@@ -337,26 +509,18 @@ impl Replica {
         &self,
         recs: &[(&'static str, String, Versioned)],
     ) -> StoreResult<()> {
-        let mut ops = Vec::with_capacity(recs.len());
+        let mut ops = Vec::with_capacity(recs.len() * 2);
+        let mut kept = Vec::with_capacity(recs.len());
         for (ks, key, rec) in recs {
             self.hlc.observe(rec.version.hlc);
-            ops.push(match self.ttl_until(rec.deadline_ms) {
-                Some(ttl) => BatchOp::Put {
-                    keyspace: ks,
-                    key: key.clone(),
-                    value: encode(rec),
-                    ttl,
-                },
-                None => BatchOp::Delete {
-                    keyspace: ks,
-                    key: key.clone(),
-                },
-            });
+            let rec = self.kept(ks, key, rec);
+            ops.extend(self.ops_for(ks, key, &rec));
+            kept.push((*ks, key, rec));
         }
         self.inner.batch(ops).await?;
-        for (ks, key, rec) in recs {
-            let live = self.ttl_until(rec.deadline_ms).is_some();
-            self.index_set(ks, key, live.then_some(rec));
+        for (ks, key, rec) in kept {
+            let live = self.ttl_until(Self::held_until(&rec)).is_some();
+            self.index_set(ks, key, live.then_some(&rec));
         }
         Ok(())
     }
@@ -723,6 +887,7 @@ mod tests {
             version: a.new_version(),
             value: Some(b"message".to_vec()),
             deadline_ms: Some(1_000_000 + 2 * ttl_ms),
+            keep_until_ms: None,
         };
         assert!(a.merge(ks, "long", &long).await.unwrap());
         let t = a.tombstone_of(ks, "long");
@@ -744,6 +909,75 @@ mod tests {
         );
     }
 
+    /// An update that expires before the version it replaced is remembered, as a tombstone,
+    /// until that version would have ended (cluster review: a node away while an offer was
+    /// redeemed brought the unredeemed offer back once the redeemed one had expired, on every
+    /// node, for the rest of the offer's life). Also on a node that never held the old version
+    /// (the writer's `keep_until_ms` travels with the update) and after a restart.
+    #[tokio::test]
+    async fn an_update_that_expires_first_is_not_undone_by_the_version_it_replaced() {
+        let clock = FakeClock::new(1_000_000);
+        let a = replica("a", clock.clone());
+        let b = replica("b", clock.clone());
+        let ks = intern("things").unwrap();
+        let v1 = Versioned {
+            version: a.new_version(),
+            value: Some(b"unredeemed".to_vec()),
+            deadline_ms: Some(1_100_000),
+            keep_until_ms: None,
+        };
+        assert!(a.merge(ks, "offer", &v1).await.unwrap());
+        clock.advance_ms(1);
+        let v2 = a.record_of(
+            ks,
+            "offer",
+            b"redeemed".to_vec(),
+            Some(Duration::from_secs(10)),
+        );
+        assert_eq!(v2.keep_until_ms, Some(1_100_000));
+        assert!(a.merge(ks, "offer", &v2).await.unwrap());
+        assert!(b.merge(ks, "offer", &v2).await.unwrap());
+        // an update that outlives what it replaces needs nothing more
+        let longer = a.record_of(ks, "offer", b"x".to_vec(), Some(Duration::from_secs(500)));
+        assert_eq!(longer.keep_until_ms, None);
+
+        clock.advance_ms(20_000); // v2 has expired; v1 would still live 80 s
+        for r in [&a, &b] {
+            r.inner.sweep_expired().await.unwrap();
+            r.prune_index();
+            let held = r.read(ks, "offer").await.unwrap().unwrap();
+            assert!(held.is_tombstone());
+            assert_eq!(held.version, v2.version);
+            assert!(
+                !r.merge(ks, "offer", &v1).await.unwrap(),
+                "the version a node that was away held came back"
+            );
+            assert!(r
+                .versions(ks)
+                .iter()
+                .any(|(k, v)| k == "offer" && *v == v2.version));
+        }
+        // the node that was away takes the tombstone from a peer's answer
+        let c = replica("c", clock.clone());
+        assert!(c.merge(ks, "offer", &v1).await.unwrap());
+        let answer = a.read(ks, "offer").await.unwrap().unwrap();
+        assert!(c.merge(ks, "offer", &answer).await.unwrap());
+        assert!(c.read(ks, "offer").await.unwrap().unwrap().is_tombstone());
+        assert_eq!(c.digest(), a.digest());
+        // a restart reads the fence back
+        let again = Replica::new(a.inner.clone(), "a".into(), clock.clone(), a.tombstone_ttl);
+        again.load_index().await.unwrap();
+        assert!(!again.merge(ks, "offer", &v1).await.unwrap());
+        // once v1's own life is over, nothing is left
+        clock.advance_ms(80_001);
+        for r in [&a, &b, &c, &again] {
+            r.inner.sweep_expired().await.unwrap();
+            r.prune_index();
+            assert!(r.read(ks, "offer").await.unwrap().is_none());
+            assert_eq!(r.record_count(), 0);
+        }
+    }
+
     #[tokio::test]
     async fn merge_keeps_the_newest_version_and_tombstones_win_over_older_writes() {
         let clock = FakeClock::new(1_000_000);
@@ -754,12 +988,14 @@ mod tests {
             version: a.new_version(),
             value: Some(b"one".to_vec()),
             deadline_ms: None,
+            keep_until_ms: None,
         };
         clock.advance_ms(1);
         let v2 = Versioned {
             version: b.new_version(),
             value: Some(b"two".to_vec()),
             deadline_ms: None,
+            keep_until_ms: None,
         };
         // arrival order does not matter: both converge on v2
         assert!(a.merge(ks, "k", &v1).await.unwrap());
@@ -798,12 +1034,14 @@ mod tests {
             version: a.new_version(),
             value: Some(b"key-of-a".to_vec()),
             deadline_ms: None,
+            keep_until_ms: None,
         };
         clock.advance_ms(5);
         let later = Versioned {
             version: b.new_version(),
             value: Some(b"key-of-b".to_vec()),
             deadline_ms: None,
+            keep_until_ms: None,
         };
         a.merge(ks, "mediator", &first).await.unwrap();
         b.merge(ks, "mediator", &later).await.unwrap();
@@ -837,6 +1075,7 @@ mod tests {
             version: a.new_version(),
             value: Some(b"new-key".to_vec()),
             deadline_ms: None,
+            keep_until_ms: None,
         };
         assert!(b.merge(ks, "mediator", &again).await.unwrap());
         // an ordinary keyspace stays last-writer-wins
@@ -859,12 +1098,14 @@ mod tests {
             version: a.new_version(),
             value: Some(b"token-of-a".to_vec()),
             deadline_ms: None,
+            keep_until_ms: None,
         };
         clock.advance_ms(5);
         let later = Versioned {
             version: b.new_version(),
             value: Some(b"token-of-b".to_vec()),
             deadline_ms: None,
+            keep_until_ms: None,
         };
         a.merge(ks, key, &first).await.unwrap();
         b.merge(ks, key, &later).await.unwrap();
@@ -890,6 +1131,7 @@ mod tests {
                 version: a.new_version(),
                 value: Some(b"sealed-once".to_vec()),
                 deadline_ms: None,
+                keep_until_ms: None,
             };
             a.merge(ks, key, &x).await.unwrap();
             c.merge(ks, key, &x).await.unwrap();
@@ -899,6 +1141,7 @@ mod tests {
                 version: a.new_version(),
                 value: None,
                 deadline_ms: None,
+                keep_until_ms: None,
             };
             assert!(a.merge(ks, key, &gone).await.unwrap());
             clock.advance_ms(5);
@@ -906,6 +1149,7 @@ mod tests {
                 version: a.new_version(),
                 value: Some(b"sealed-again".to_vec()),
                 deadline_ms: None,
+                keep_until_ms: None,
             };
             assert!(a.merge(ks, key, &y).await.unwrap());
             // c comes back: it takes y, and a keeps y
@@ -928,6 +1172,7 @@ mod tests {
             version: a.new_version(),
             value: Some(b"x".to_vec()),
             deadline_ms: Some(999_000),
+            keep_until_ms: None,
         };
         a.merge(ks, "gone", &old).await.unwrap();
         assert!(a.read(ks, "gone").await.unwrap().is_none());
@@ -935,6 +1180,7 @@ mod tests {
             version: a.new_version(),
             value: Some(b"x".to_vec()),
             deadline_ms: Some(1_060_000),
+            keep_until_ms: None,
         };
         a.merge(ks, "live", &soon).await.unwrap();
         assert_eq!(a.digest()["sessions"].0, 1);
@@ -960,6 +1206,7 @@ mod tests {
             version: a.new_version(),
             value: Some(b"v".to_vec()),
             deadline_ms: None,
+            keep_until_ms: None,
         };
         a.merge(ks, "k1", &rec).await.unwrap();
         let b = Replica::new(inner, "a".into(), clock, Duration::from_secs(60));
@@ -992,6 +1239,7 @@ mod tests {
             version: b.new_version(),
             value: Some(b"v0".to_vec()),
             deadline_ms: None,
+            keep_until_ms: None,
         };
         for k in ["pending", "committed", "aborted", "replaced", "own"] {
             b.merge(ks, k, &base).await.unwrap();
@@ -1002,6 +1250,7 @@ mod tests {
             version: executor.new_version(),
             value: Some(value.to_vec()),
             deadline_ms: None,
+            keep_until_ms: None,
         };
         let mut made = BTreeMap::new();
         for k in ["pending", "committed", "aborted", "replaced"] {
@@ -1014,6 +1263,7 @@ mod tests {
             version: b.new_version(),
             value: Some(b"mine".to_vec()),
             deadline_ms: None,
+            keep_until_ms: None,
         };
         assert!(b.prepare(ks, "own", &own, &base.version).await.unwrap());
         // an insert (made on "no version"), and a delete from before it that b has not seen
@@ -1021,6 +1271,7 @@ mod tests {
             version: executor.new_version(),
             value: None,
             deadline_ms: None,
+            keep_until_ms: None,
         };
         let insert = transition(b"new");
         let none = Version::default();

@@ -1050,6 +1050,7 @@ mod tests {
                 version: cluster.node.replica.new_version(),
                 value: Some(sealed),
                 deadline_ms: None,
+                keep_until_ms: None,
             };
             let ks = crate::cluster::replica::intern(ks).unwrap();
             cluster
@@ -1169,6 +1170,7 @@ mod tests {
             version,
             value: Some(value.to_vec()),
             deadline_ms: None,
+            keep_until_ms: None,
         };
         (rec, base)
     }
@@ -1501,6 +1503,7 @@ mod tests {
             version: a.replica.new_version(),
             value: None,
             deadline_ms: a.replica.deadline(Some(Duration::from_secs(60))),
+            keep_until_ms: None,
         };
         let (commit, abort, pending) = (by_a(0), by_a(1), by_a(2));
         for (key, rec, base) in [
@@ -1520,6 +1523,7 @@ mod tests {
             version: b.replica.new_version(),
             value: None,
             deadline_ms: None,
+            keep_until_ms: None,
         };
         assert!(!c
             .replica
@@ -1796,6 +1800,7 @@ mod tests {
                 version: c.replica.new_version(),
                 value: Some(b"by-c".to_vec()),
                 deadline_ms: None,
+                keep_until_ms: None,
             };
             assert!(b.replica.prepare(ks, key, &rec, &base).await.unwrap());
             c.replica.commit(ks, key, &rec).await.unwrap();
@@ -1936,6 +1941,7 @@ mod tests {
             version: v,
             value: Some(b"B".to_vec()),
             deadline_ms: None,
+            keep_until_ms: None,
         };
         for n in [&b, &c] {
             assert!(n.replica.prepare(ks, key, &rec, &base).await.unwrap());
@@ -2002,6 +2008,7 @@ mod tests {
                 version: nodes[1].cluster.node.replica.new_version(),
                 value: Some(b"v2".to_vec()),
                 deadline_ms: None,
+                keep_until_ms: None,
             };
             for n in &nodes[1..] {
                 n.cluster.node.replica.merge(ks, &key, &v2).await.unwrap();
@@ -2040,6 +2047,7 @@ mod tests {
             version: c.replica.new_version(),
             value: Some(b"v2".to_vec()),
             deadline_ms: None,
+            keep_until_ms: None,
         };
         for n in [&b, &c] {
             assert!(n.replica.prepare(ks, &key, &rec, &base).await.unwrap());
@@ -2939,6 +2947,7 @@ mod tests {
             version: nodes[0].cluster.node.replica.new_version(),
             value: Some(b"missed".to_vec()),
             deadline_ms: None,
+            keep_until_ms: None,
         };
         for i in 0..5 {
             nodes[0]

@@ -163,11 +163,7 @@ impl Store for ClusterStore {
             return self.inner().put(keyspace, key, value, ttl).await;
         }
         self.writable(keyspace)?;
-        let rec = Versioned {
-            version: self.node.replica.new_version(),
-            value: Some(value),
-            deadline_ms: self.node.replica.deadline(ttl),
-        };
+        let rec = self.node.replica.record_of(keyspace, key, value, ttl);
         self.write(keyspace, key, rec).await
     }
 
@@ -230,15 +226,10 @@ impl Store for ClusterStore {
                     key,
                     value,
                     ttl,
-                } => recs.push((
-                    keyspace,
-                    key,
-                    Versioned {
-                        version: self.node.replica.new_version(),
-                        value: Some(value),
-                        deadline_ms: self.node.replica.deadline(ttl),
-                    },
-                )),
+                } => {
+                    let rec = self.node.replica.record_of(keyspace, &key, value, ttl);
+                    recs.push((keyspace, key, rec))
+                }
                 BatchOp::Delete { keyspace, key } => {
                     let t = self.node.replica.tombstone_of(keyspace, &key);
                     recs.push((keyspace, key, t))
@@ -352,6 +343,7 @@ pub(super) fn imported(value: Vec<u8>, deadline_ms: Option<i64>) -> Versioned {
         },
         value: Some(value),
         deadline_ms,
+        keep_until_ms: None,
     }
 }
 

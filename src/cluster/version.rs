@@ -75,6 +75,13 @@ pub struct Versioned {
     /// Unix milliseconds after which the record is absent everywhere; `None` = no expiry.
     #[serde(default)]
     pub deadline_ms: Option<i64>,
+    /// Unix milliseconds until which this version is remembered as a tombstone once its deadline
+    /// has passed: the end of a longer-lived version it replaced. A node that was away holding
+    /// that version cannot bring it back when this one expires first (cluster review: an update
+    /// with an earlier deadline was undone that way). Not part of the on-disk envelope: a node
+    /// keeps it as a fence of its own ([`crate::cluster::replica`]). `None`: the deadline is the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_until_ms: Option<i64>,
 }
 
 impl Versioned {
@@ -119,12 +126,14 @@ pub fn decode(raw: &[u8]) -> Versioned {
             },
             value: (tomb == 0).then(|| value.to_vec()),
             deadline_ms: (deadline != 0).then_some(deadline),
+            keep_until_ms: None,
         })
     }
     parse(raw).unwrap_or_else(|| Versioned {
         version: Version::default(),
         value: Some(raw.to_vec()),
         deadline_ms: None,
+        keep_until_ms: None,
     })
 }
 
@@ -186,16 +195,19 @@ mod tests {
                 version: v(77, "node-1"),
                 value: Some(b"{\"a\":1}".to_vec()),
                 deadline_ms: Some(123),
+                keep_until_ms: None,
             },
             Versioned {
                 version: v(78, "n2"),
                 value: None,
                 deadline_ms: None,
+                keep_until_ms: None,
             },
             Versioned {
                 version: v(79, ""),
                 value: Some(Vec::new()),
                 deadline_ms: None,
+                keep_until_ms: None,
             },
         ] {
             assert_eq!(decode(&encode(&rec)), rec);

@@ -994,6 +994,7 @@ pub(super) mod tests {
             },
             value: value.map(<[u8]>::to_vec),
             deadline_ms: None,
+            keep_until_ms: None,
         };
         let rec = v(10, Some(b"new"));
         let held = |record: Option<Versioned>, base: &Version| {

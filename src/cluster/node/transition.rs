@@ -459,11 +459,7 @@ impl Node {
         new: Option<(Vec<u8>, Option<Duration>)>,
     ) -> Versioned {
         match new {
-            Some((v, ttl)) => Versioned {
-                version: self.replica.new_version(),
-                value: Some(v),
-                deadline_ms: self.replica.deadline(ttl),
-            },
+            Some((v, ttl)) => self.replica.record_of(ks, key, v, ttl),
             None => self.replica.tombstone_of(ks, key),
         }
     }
