@@ -226,11 +226,20 @@ pub fn related_key(
             .ok_or_else(|| Unrelated::Resolve(format!("{method} is not in the DID document")))?,
         (None, false) => return Err(Unrelated::NotListed(method.to_string())),
     };
-    if let Some(c) = vm["controller"].as_str() {
-        if c != doc_id {
+    // a controller is one DID, this document's (a list or an object is no controller to check:
+    // refused rather than passed over)
+    match &vm["controller"] {
+        Value::Null => {}
+        Value::String(c) if c == doc_id => {}
+        Value::String(c) => {
             return Err(Unrelated::NotListed(format!(
                 "{method} (controlled by {c})"
-            )));
+            )))
+        }
+        _ => {
+            return Err(Unrelated::NotListed(format!(
+                "{method} (its controller is not one DID)"
+            )))
         }
     }
     method_key(&vm).map_err(Unrelated::Resolve)
@@ -678,9 +687,10 @@ mod tests {
             "verificationMethod": [
                 {"id": "#key-1", "type": "JsonWebKey2020", "controller": d, "publicKeyJwk": k.verifying_key().to_jwk()},
                 {"id": format!("{d}#auth"), "type": "JsonWebKey2020", "controller": d, "publicKeyJwk": other.verifying_key().to_jwk()},
-                {"id": format!("{d}#foreign"), "type": "JsonWebKey2020", "controller": "did:web:evil.example", "publicKeyJwk": other.verifying_key().to_jwk()}
+                {"id": format!("{d}#foreign"), "type": "JsonWebKey2020", "controller": "did:web:evil.example", "publicKeyJwk": other.verifying_key().to_jwk()},
+                {"id": format!("{d}#many"), "type": "JsonWebKey2020", "controller": [d, "did:web:evil.example"], "publicKeyJwk": other.verifying_key().to_jwk()}
             ],
-            "assertionMethod": ["#key-1", format!("{d}#foreign")],
+            "assertionMethod": ["#key-1", format!("{d}#foreign"), format!("{d}#many")],
             "authentication": [format!("{d}#auth")]
         });
         assert_eq!(
@@ -692,11 +702,13 @@ mod tests {
             assertion_key(&doc, &format!("{d}#auth")),
             Err(BindingError::NotAssertionMethod(_))
         ));
-        // a method controlled by someone else does not count
-        assert!(matches!(
-            assertion_key(&doc, &format!("{d}#foreign")),
-            Err(BindingError::NotAssertionMethod(_))
-        ));
+        // a method controlled by someone else does not count, nor one whose controller is a list
+        for m in ["foreign", "many"] {
+            assert!(matches!(
+                assertion_key(&doc, &format!("{d}#{m}")),
+                Err(BindingError::NotAssertionMethod(_))
+            ));
+        }
         assert_eq!(only_assertion_method(&doc), Err(BindingError::KidRequired));
         // a holder's or a verifier's key (did::resolve): listed under the relationship asked
         // for, and the DID's own

@@ -71,6 +71,13 @@ fn from_did_jwk(did: &str) -> CryptoResult<VerifyingKey> {
             "a did:jwk longer than {MAX_DID_JWK} characters"
         )));
     }
+    // base64url without padding (as did:jwk specifies): padded, one key had any number of
+    // spellings, each a subject id of its own (attacker review)
+    if enc.contains('=') {
+        return Err(CryptoError::Did(
+            "a did:jwk is unpadded base64url: no `=`".into(),
+        ));
+    }
     let jwk: Value = serde_json::from_slice(&b64url_decode(enc)?)
         .map_err(|e| CryptoError::Did(format!("did:jwk JSON: {e}")))?;
     let members = jwk
@@ -346,6 +353,10 @@ mod tests {
             format!("did:jwk:{}", b64url(j.to_string()))
         };
         assert_eq!(resolve_offline(&did_jwk(&key)).unwrap(), key);
+        // one spelling of the encoding: padded forms are refused
+        for pad in ["=", "==", "==="] {
+            assert!(resolve_offline(&format!("{}{pad}", did_jwk(&key))).is_err());
+        }
         let honest =
             with(json!({"alg": "ES256", "use": "sig", "kid": "k1", "key_ops": ["verify"]}));
         assert_eq!(resolve_offline(&format!("{honest}#0")).unwrap(), key);

@@ -261,6 +261,8 @@ impl Node {
         let http = reqwest::Client::builder()
             // straight to the peer: never through an HTTP(S)_PROXY from the environment
             .no_proxy()
+            // a peer answers itself; a redirect would re-send the signed call elsewhere
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(settings.rpc_timeout)
             .timeout(settings.rpc_timeout)
             .pool_idle_timeout(Duration::from_secs(20))

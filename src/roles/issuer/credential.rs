@@ -74,7 +74,7 @@ impl IssuerService {
         let answer = self
             .credential_for(issuer_id, &token_key, &grant, req)
             .await;
-        if answer.as_ref().is_err_and(IssuerError::is_server_error) {
+        if answer.as_ref().is_err_and(IssuerError::given_back) {
             // our failure, not the wallet's: the request it will retry is not counted
             self.give_back_request(&token_key).await;
         }
@@ -122,7 +122,7 @@ impl IssuerService {
         match self.deliver(&r, token_key).await {
             Ok(credentials) => Ok(json!({"credentials": credentials})),
             Err(e) => {
-                if e.is_server_error() {
+                if e.given_back() {
                     // nothing was issued: the proofs stay good for the retry
                     self.restore_nonces(&proven.nonces).await;
                 }
@@ -747,6 +747,7 @@ impl IssuerService {
                 InvalidCredentialRequest.because(why).into()
             }
             super::mdoc::MdocIssueError::Store(e) => IssuerError::Store(e),
+            super::mdoc::MdocIssueError::Signer(why) => IssuerError::Mdoc(why),
         })?;
         Ok(Value::String(cred))
     }

@@ -113,6 +113,17 @@ impl ErrorCode for IssuerError {
     }
 }
 
+impl IssuerError {
+    /// Whether a credential request that failed so is not counted on its token and keeps its
+    /// proofs' nonces for the retry: a failure on the issuer's side that the caller cannot have
+    /// brought about. Not [`IssuerError::Busy`]: overload is what a caller with many requests in
+    /// flight causes, and given back it made every request free (attacker review: one token's
+    /// requests, replayed in parallel until the JSON-LD slots stayed busy, signed without end).
+    pub fn given_back(&self) -> bool {
+        self.is_server_error() && !matches!(self, IssuerError::Busy(_))
+    }
+}
+
 /// [`IssuerError::Invalid`], for the many checks of a request.
 pub(super) fn invalid(detail: impl Into<String>) -> IssuerError {
     IssuerError::Invalid(detail.into())
@@ -136,5 +147,19 @@ pub(super) trait Required<T> {
 impl<T> Required<T> for Option<T> {
     fn or_bad_authorization(self, detail: &str) -> Result<T, IssuerError> {
         self.ok_or_else(|| IssuerError::BadAuthorization(detail.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_the_caller_cannot_cause_are_given_back() {
+        assert!(IssuerError::Store(StoreError::Unavailable("down".into())).given_back());
+        assert!(IssuerError::Internal("a record".into()).given_back());
+        assert!(!IssuerError::Busy("every slot".into()).given_back());
+        assert!(!IssuerError::Invalid("bad".into()).given_back());
+        assert!(!IssuerError::TooComplex("big".into()).given_back());
     }
 }

@@ -198,7 +198,9 @@ pub async fn issue(ctx: &RoleContext, req: &MdocIssue<'_>) -> Result<String, Mdo
             Some(crate::store::StoreError::Unavailable(d)) => {
                 MdocIssueError::Store(crate::store::StoreError::Unavailable(d.clone()))
             }
-            _ => MdocIssueError::Refused(format!("document signer: {e}")),
+            // nothing the wallet sent decides which document signer there is: ours, logged and
+            // not shown (attacker review: a 400 carrying record names and seal failures)
+            _ => MdocIssueError::Signer(format!("document signer: {e:#}")),
         })?;
     if let Some(c) = req.claims.get("issuing_country") {
         let country = signer.country();
@@ -244,6 +246,9 @@ pub enum MdocIssueError {
     Refused(String),
     #[error(transparent)]
     Store(crate::store::StoreError),
+    /// The issuer's document signer could not be had: ours (500, the detail logged only).
+    #[error("{0}")]
+    Signer(String),
 }
 
 impl From<String> for MdocIssueError {

@@ -20,6 +20,9 @@ use crate::store::{Cas, Sealer};
 
 /// How long a c_nonce is good for.
 pub(super) const NONCE_TTL: u64 = 300;
+
+/// Seconds a used-nonce marker outlives its nonce (clock skew between nodes).
+const MARKER_SLACK: u64 = 3600;
 const VERSION: &str = "n1";
 /// Longer strings are not parsed.
 const MAX_NONCE_LEN: usize = 128;
@@ -88,9 +91,12 @@ impl IssuerService {
             // Named by its MAC'd body (which holds its random part): one marker per nonce,
             // however its tag is spelt.
             let marker = format!("{issuer_id}/used/{}", sha256_hex(body));
-            // A minute past the nonce's expiry: a node whose clock runs behind this one's still
-            // sees the marker for as long as it takes the nonce for unexpired.
-            let ttl = secs(u64::try_from(exp - now).unwrap_or(1).max(1) + 60);
+            // An hour past the nonce's expiry: a node whose clock runs behind this one's still
+            // sees the marker for as long as it takes the nonce for unexpired. Cluster nodes
+            // refuse each other past 30 s of skew; Redis nodes share no such bound, and a minute
+            // let a node 60 s behind take a nonce again (cluster review). Markers are one per
+            // credential request, which needs an access token.
+            let ttl = secs(u64::try_from(exp - now).unwrap_or(1).max(1) + MARKER_SLACK);
             let fresh = store
                 .compare_and_swap(ks::NONCES, &marker, None, Some((b"1".to_vec(), Some(ttl))))
                 .await?;

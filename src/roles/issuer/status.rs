@@ -355,6 +355,10 @@ impl IssuerService {
     ) -> Result<(String, Option<(&'static str, Vec<u8>)>), IssuerError> {
         let issuer = self.get_issuer(issuer_id).await?;
         let (kind, number) = list.rsplit_once('-').ok_or(IssuerError::NoStatusList)?;
+        // before any read: a name of no list costs nothing
+        if !matches!(kind, "token" | "revocation" | "suspension") {
+            return Err(IssuerError::NoStatusList);
+        }
         // one name per list: `token-01` or `token-+1` would be signed as lists of their own
         let number: u64 = number
             .parse()
@@ -391,9 +395,6 @@ impl IssuerService {
             None => issuer.key_fingerprint.clone(),
         };
         let etag = list_etag(list, &arr, &signed_by, cwt, self.now());
-        if !matches!(kind, "token" | "revocation" | "suspension") {
-            return Err(IssuerError::NoStatusList);
-        }
         if if_none_match == Some(etag.as_str()) {
             return Ok((etag, None));
         }
