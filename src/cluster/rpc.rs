@@ -196,6 +196,24 @@ async fn admit(
     let Some(node) = req.app_data::<NodeData>().cloned() else {
         return Ok(next.call(req).await?.map_into_boxed_body());
     };
+    // a node listed in `cluster.retired_nodes` that still runs (its operator stopped it later,
+    // or it came back) is no member: none of its calls is taken, so it can neither vote in
+    // this node's transitions nor execute its own with this node's acknowledgement (cluster
+    // review: counted out of the majority but still voting, two sides of a partition each had
+    // one). The header is the caller's own word; a retired node that tells the truth is the case
+    // this stops, not a key holder that lies.
+    if let Some(caller) = header(req.request(), auth::HEADER_NODE)
+        .filter(|c| *c != node.id() && node.settings.retired.contains(*c))
+    {
+        tracing::warn!(
+            caller,
+            "cluster RPC refused: the caller is a retired node (cluster.retired_nodes)"
+        );
+        return Ok(unread_and_closed(
+            req,
+            problem(StatusCode::FORBIDDEN, "this node id is retired"),
+        ));
+    }
     let head_sig = req
         .headers()
         .get(auth::HEADER_HEAD_SIG)

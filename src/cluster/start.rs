@@ -2131,6 +2131,76 @@ mod tests {
         assert_eq!(next_generation(&store, 9_000).await.unwrap(), 9_000);
     }
 
+    /// A node listed in `cluster.retired_nodes` that still runs (stopped later than the docs
+    /// say, or back from a restored VM) is no member of the nodes that retired it: not in their
+    /// member list — never live, a primary or a voter — and its calls are refused (cluster
+    /// review: it was counted out of the majority but still voted, so both sides of a partition
+    /// could make one).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_retired_node_that_still_runs_is_no_member() {
+        use crate::cluster::{auth, wire::PATH_DIGEST};
+        let secret = "unit-test-cluster-secret";
+        let key =
+            crate::cluster::derive_rpc_key(secret, &crate::config::Config::default().cluster.id);
+        let ap = free_port();
+        let mut cfg = test_config("a", ap, &[], 1, secret);
+        cfg.cluster.retired_nodes = vec!["r".into()];
+        let a = start_test_node(
+            super::super::DATA_PROTOCOL,
+            cfg.finish().unwrap(),
+            Arc::new(SystemClock),
+            Arc::new(Readiness::default()),
+            CancellationToken::new(),
+        )
+        .await;
+        let node = a.cluster.node.clone();
+        let addr = node.settings.rpc_advertise.clone();
+        let call = |nonce: &str, caller: &str| {
+            let ts = node.now_ms();
+            let to = auth::Target::Incarnation("a", node.settings.generation);
+            let headers = vec![
+                (auth::HEADER_TS, ts.to_string()),
+                (auth::HEADER_NONCE, nonce.to_string()),
+                (
+                    auth::HEADER_GENERATION,
+                    node.settings.generation.to_string(),
+                ),
+                (
+                    auth::HEADER_HEAD_SIG,
+                    auth::sign_head(&key, to, "POST", PATH_DIGEST, ts, nonce),
+                ),
+                (
+                    auth::HEADER_SIG,
+                    auth::sign(&key, to, "POST", PATH_DIGEST, ts, nonce, b"{}"),
+                ),
+                (auth::HEADER_NODE, caller.to_string()),
+            ];
+            let addr = addr.clone();
+            async move { raw_rpc(&addr, PATH_DIGEST, &headers, 2, b"{}").await.0 }
+        };
+        assert_eq!(call("n1", "q").await, 200);
+        assert_eq!(call("n2", "r").await, 403);
+        // r gossips with a (it does not know it is retired): a sees it and does not count it
+        let r = tokio::spawn(start_test_node(
+            super::super::DATA_PROTOCOL,
+            test_config("r", free_port(), &[ap], 1, secret)
+                .finish()
+                .unwrap(),
+            Arc::new(SystemClock),
+            Arc::new(Readiness::default()),
+            CancellationToken::new(),
+        ));
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        while node.metrics.retired_alive.get() != 1 {
+            assert!(std::time::Instant::now() < until, "a never heard r");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            node.refresh_members().await;
+        }
+        assert!(node.members().iter().all(|m| m.node_id != "r"));
+        assert_eq!(node.live_count(), 1);
+        r.abort();
+    }
+
     /// The older (node-only) form of a request is taken only from a live member of an older
     /// protocol, and who is calling is an unauthenticated header. Attacker review: (1) a request
     /// captured while a node ran protocol 2, replayed after its restart as protocol 3 with the

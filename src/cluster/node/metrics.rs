@@ -12,6 +12,7 @@ pub struct ClusterMetrics {
     pub gossip_dropped: IntCounter,
     pub standing_lost: IntCounter,
     pub held_back: IntGauge,
+    pub retired_alive: IntGauge,
 }
 
 impl ClusterMetrics {
@@ -50,6 +51,10 @@ impl ClusterMetrics {
                 "cluster_held_back",
                 "1 while a live member of an older data protocol holds this node back (a rolling upgrade): it does not serve",
             )?,
+            retired_alive: IntGauge::new(
+                "cluster_retired_alive",
+                "nodes listed in cluster.retired_nodes that still gossip (no members: stop them)",
+            )?,
             gossip_dropped: IntCounter::new(
                 "cluster_gossip_dropped_total",
                 "gossip datagrams dropped: not sealed under this cluster's key, stale, or replayed",
@@ -71,6 +76,7 @@ impl ClusterMetrics {
         r.register(Box::new(self.gossip_dropped.clone()))?;
         r.register(Box::new(self.standing_lost.clone()))?;
         r.register(Box::new(self.held_back.clone()))?;
+        r.register(Box::new(self.retired_alive.clone()))?;
         Ok(())
     }
 }

@@ -526,8 +526,18 @@ impl Node {
             self.observe_twins(others_as_me);
             let live: std::collections::HashSet<_> = cc.live_nodes().cloned().collect();
             let mut by_id: BTreeMap<String, Member> = BTreeMap::new();
+            let mut retired_alive = 0usize;
             for (id, st) in cc.node_states() {
                 let Some(rpc) = st.get("rpc") else { continue };
+                // a retired node still gossiping is no member: never live, never a primary, never
+                // a voter (cluster review: it no longer counted toward the majority but its
+                // acknowledgements still made one)
+                if *id.node_id != *self.settings.node_id
+                    && self.settings.retired.contains(&*id.node_id)
+                {
+                    retired_alive += usize::from(live.contains(id));
+                    continue;
+                }
                 let m = Member {
                     node_id: id.node_id.to_string(),
                     state: if live.contains(id) { "alive" } else { "dead" },
@@ -556,6 +566,7 @@ impl Node {
                     by_id.insert(m.node_id.clone(), m);
                 }
             }
+            self.metrics.retired_alive.set(retired_alive as i64);
             by_id.into_values().collect::<Vec<_>>()
         };
         self.remember(snapshot.iter().map(|m| m.node_id.clone()))

@@ -160,59 +160,35 @@ impl Node {
         Ok(newest)
     }
 
-    /// Pulls from one peer what this node misses or holds older; returns records repaired.
+    /// Pulls from one peer what this node misses or holds older; returns records repaired. A
+    /// keyspace that fails is passed over for the next, and the round fails once all were tried
+    /// (cluster review: the first keyspace whose listing outgrew the RPC timeout ended every
+    /// round there, and no keyspace after it in name order was ever repaired from that peer).
     pub async fn sync_with(&self, id: &str, addr: &str) -> Result<u64, RpcError> {
         let theirs: DigestResp = self.call(id, addr, PATH_DIGEST, &Empty {}).await?;
         let mine = self.replica.digest();
         let mut repaired = 0u64;
+        let mut failed = None;
         for (ks, d) in theirs.keyspaces {
             if mine.get(&ks) == Some(&d) || is_local_keyspace(&ks) {
                 continue;
             }
             let Ok(ks_static) = intern(&ks) else { continue };
-            let v: VersionsResp = self
-                .call(id, addr, PATH_VERSIONS, &VersionsReq { ks: ks.clone() })
-                .await?;
-            let want: Vec<String> = v
-                .entries
-                .into_iter()
-                .filter(|(k, ver)| {
-                    // key records: any other version, so the first-created one reaches the
-                    // node that holds a later one (see `replica::replaces`)
-                    self.replica
-                        .version_of(&ks, k)
-                        .is_none_or(|mine| *ver > mine || (is_insert_only(&ks, k) && *ver != mine))
-                })
-                .map(|(k, _)| k)
-                .collect();
-            for chunk in want.chunks(256) {
-                let f: FetchResp = self
-                    .call(
-                        id,
-                        addr,
-                        PATH_FETCH,
-                        &FetchReq {
-                            ks: ks.clone(),
-                            keys: chunk.to_vec(),
-                        },
-                    )
-                    .await?;
-                for r in f.records {
-                    if r.ks != ks {
-                        continue;
-                    }
-                    if self
-                        .replica
-                        .merge(ks_static, &r.key, &r.rec)
-                        .await
-                        .map_err(|e| RpcError::Remote(e.to_string()))?
-                    {
-                        repaired += 1;
-                    }
+            match self.sync_keyspace(id, addr, &ks, ks_static).await {
+                Ok(n) => repaired += n,
+                Err(e) => {
+                    tracing::warn!(peer = id, keyspace = %ks, error = %e, "anti-entropy could not repair a keyspace from this peer");
+                    failed = Some(e);
                 }
             }
         }
         self.metrics.repairs.inc_by(repaired);
+        if repaired > 0 {
+            tracing::info!(peer = id, repaired, "anti-entropy repaired records");
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
         let now = self.now_ms();
         if let Ok(mut m) = self.sync.lock() {
             m.insert(
@@ -223,8 +199,58 @@ impl Node {
                 },
             );
         }
-        if repaired > 0 {
-            tracing::info!(peer = id, repaired, "anti-entropy repaired records");
+        Ok(repaired)
+    }
+
+    /// [`Node::sync_with`] of one keyspace whose digest differs: records repaired.
+    async fn sync_keyspace(
+        &self,
+        id: &str,
+        addr: &str,
+        ks: &str,
+        ks_static: &'static str,
+    ) -> Result<u64, RpcError> {
+        let mut repaired = 0u64;
+        let v: VersionsResp = self
+            .call(id, addr, PATH_VERSIONS, &VersionsReq { ks: ks.to_string() })
+            .await?;
+        let want: Vec<String> = v
+            .entries
+            .into_iter()
+            .filter(|(k, ver)| {
+                // key records: any other version, so the first-created one reaches the
+                // node that holds a later one (see `replica::replaces`)
+                self.replica
+                    .version_of(ks, k)
+                    .is_none_or(|mine| *ver > mine || (is_insert_only(ks, k) && *ver != mine))
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for chunk in want.chunks(256) {
+            let f: FetchResp = self
+                .call(
+                    id,
+                    addr,
+                    PATH_FETCH,
+                    &FetchReq {
+                        ks: ks.to_string(),
+                        keys: chunk.to_vec(),
+                    },
+                )
+                .await?;
+            for r in f.records {
+                if r.ks != ks {
+                    continue;
+                }
+                if self
+                    .replica
+                    .merge(ks_static, &r.key, &r.rec)
+                    .await
+                    .map_err(|e| RpcError::Remote(e.to_string()))?
+                {
+                    repaired += 1;
+                }
+            }
         }
         Ok(repaired)
     }
