@@ -19,6 +19,7 @@ pub mod dcql;
 pub mod didcomm;
 pub mod error;
 pub mod http;
+pub mod json_cost;
 pub mod load;
 pub mod pex_filter;
 pub mod readiness;

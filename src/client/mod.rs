@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::http::outbound::{limits, read_capped, OutboundError};
+use crate::json_cost;
 
 /// What went wrong talking to the other party. Texts never carry what the other party sent (no
 /// bodies, no upstream error text): they reach API callers and logs.
@@ -32,25 +33,37 @@ pub(crate) async fn send(req: reqwest::RequestBuilder) -> ClientResult<reqwest::
     Ok(crate::http::outbound::send(req).await?)
 }
 
-/// Reads a bounded response body (`http.outbound.max_body_bytes`, enforced while reading).
-pub(crate) async fn body(resp: reqwest::Response) -> ClientResult<(u16, String)> {
-    let status = resp.status().as_u16();
-    let bytes = read_capped(resp, limits().max_body_bytes).await?;
-    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+/// A 2xx body, or [`ClientError::Status`] (the body of an error answer is not kept). Refused
+/// when its JSON would cost more than [`json_cost::FETCHED_MAX`] parsed.
+pub(crate) async fn ok_body(resp: reqwest::Response) -> ClientResult<String> {
+    ok_body_within(resp, limits().max_body_bytes).await
 }
 
-/// A 2xx body, or [`ClientError::Status`] (the body of an error answer is not kept).
-pub(crate) async fn ok_body(resp: reqwest::Response) -> ClientResult<String> {
-    let (status, text) = body(resp).await?;
+/// [`ok_body`] of at most `max` bytes (or `http.outbound.max_body_bytes`, if less).
+pub(crate) async fn ok_body_within(resp: reqwest::Response, max: usize) -> ClientResult<String> {
+    let status = resp.status().as_u16();
+    let bytes = read_capped(resp, max.min(limits().max_body_bytes)).await?;
     if !(200..300).contains(&status) {
         return Err(ClientError::Status { status });
     }
-    Ok(text)
+    json_cost::check(&bytes, json_cost::FETCHED_MAX)
+        .map_err(|why| ClientError::Remote(format!("the other party's answer: {why}")))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 pub(crate) async fn get_json(http: &reqwest::Client, url: &str) -> ClientResult<Value> {
+    get_json_within(http, url, limits().max_body_bytes).await
+}
+
+/// [`get_json`] of a document of at most `max` bytes.
+pub(crate) async fn get_json_within(
+    http: &reqwest::Client,
+    url: &str,
+    max: usize,
+) -> ClientResult<Value> {
     check_url(url)?;
-    let text = ok_body(send(http.get(url).timeout(Duration::from_secs(10))).await?).await?;
+    let resp = send(http.get(url).timeout(Duration::from_secs(10))).await?;
+    let text = ok_body_within(resp, max).await?;
     serde_json::from_str(&text)
         .map_err(|_| ClientError::Remote(format!("GET {}: not JSON", truncate(url))))
 }

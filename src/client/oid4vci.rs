@@ -84,6 +84,9 @@ async fn well_known(http: &reqwest::Client, url: &str, name: &str) -> ClientResu
     }
 }
 
+/// Largest credential offer fetched by reference.
+const MAX_OFFER_BYTES: usize = 64 * 1024;
+
 pub async fn resolve_offer(http: &reqwest::Client, offer: &str) -> ClientResult<ResolvedOffer> {
     let offer = offer.trim();
     let obj: Value = if offer.starts_with('{') {
@@ -95,7 +98,8 @@ pub async fn resolve_offer(http: &reqwest::Client, offer: &str) -> ClientResult<
             serde_json::from_str(v)
                 .map_err(|e| ClientError::Input(format!("credential_offer: {e}")))?
         } else if let Some((_, u)) = params.iter().find(|(k, _)| k == "credential_offer_uri") {
-            get_json(http, u).await?
+            // an offer is a few hundred bytes: no more than MAX_OFFER_BYTES of one is read
+            super::get_json_within(http, u, MAX_OFFER_BYTES).await?
         } else {
             return Err(ClientError::Input(
                 "not a credential offer: needs credential_offer or credential_offer_uri".into(),

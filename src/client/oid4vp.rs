@@ -50,7 +50,10 @@ pub async fn resolve_request(
         } else {
             http.get(&request_uri)
         };
-        let text = ok_body(send(req.timeout(Duration::from_secs(10))).await?).await?;
+        // a request object of MAX_REQUEST_BYTES, signed, with its certificate chain: the rest
+        // is not read (it was read up to the outbound cap, 4 MiB, and parsed)
+        let resp = send(req.timeout(Duration::from_secs(10))).await?;
+        let text = super::ok_body_within(resp, MAX_REQUEST_OBJECT_BYTES).await?;
         verify_request_object(http, text.trim(), &outer_client_id, now).await?
     } else if let Some(jwt) = get("request") {
         verify_request_object(http, &jwt, &outer_client_id, now).await?
@@ -109,6 +112,10 @@ pub async fn resolve_request(
 
 /// Largest request (its parameters as JSON) a wallet resolves.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Largest request object fetched from a `request_uri`: a payload of [`MAX_REQUEST_BYTES`]
+/// encoded, with a header carrying a certificate chain (5 certificates of at most 16 KiB).
+const MAX_REQUEST_OBJECT_BYTES: usize = 256 * 1024;
 
 /// Longest `client_id`, `response_uri` or `redirect_uri` a request may carry.
 const MAX_URI_CHARS: usize = 2048;

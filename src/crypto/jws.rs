@@ -30,10 +30,16 @@ pub fn decode_unverified(token: &str) -> CryptoResult<(Value, Value, String, Vec
             "a compact JWS has three parts".into(),
         ));
     };
-    let header: Value = serde_json::from_slice(&b64url_decode(h)?)
-        .map_err(|e| CryptoError::Malformed(format!("header: {e}")))?;
-    let payload: Value = serde_json::from_slice(&b64url_decode(p)?)
-        .map_err(|e| CryptoError::Malformed(format!("payload: {e}")))?;
+    // bounded by what they cost parsed, not only by the length of the text they came in
+    // (base64 hides their structure from a request body's check: `crate::json_cost`)
+    let parse = |part: &str, what: &str| -> CryptoResult<Value> {
+        let bytes = b64url_decode(part)?;
+        crate::json_cost::check(&bytes, crate::json_cost::FETCHED_MAX)
+            .map_err(|why| CryptoError::Malformed(format!("{what}: {why}")))?;
+        serde_json::from_slice(&bytes).map_err(|e| CryptoError::Malformed(format!("{what}: {e}")))
+    };
+    let header = parse(h, "header")?;
+    let payload = parse(p, "payload")?;
     if !header.is_object() || !payload.is_object() {
         return Err(CryptoError::Malformed(
             "header and payload must be JSON objects".into(),

@@ -143,7 +143,14 @@ struct Budget {
     distinct_left: u32,
     total_left: u32,
     seen: std::collections::HashSet<String>,
+    /// No request is started after this.
+    until: std::time::Instant,
 }
+
+/// How long the requests of one [`with_budget`] may go on starting: each takes at most the
+/// client's 15 s, and 256 of them one after the other held a wallet request (and what it had
+/// read) for an hour (attacker review).
+pub const BUDGET_TIME: Duration = Duration::from_secs(60);
 
 /// Runs `f` allowing it requests through [`send`] to at most `distinct` URLs, and at most four
 /// times that many requests in all; the next ones are refused (`outbound_refused`). For work
@@ -154,6 +161,7 @@ pub async fn with_budget<F: std::future::Future>(distinct: u32, f: F) -> F::Outp
         distinct_left: distinct,
         total_left: distinct.saturating_mul(4),
         seen: Default::default(),
+        until: std::time::Instant::now() + BUDGET_TIME,
     };
     BUDGET.scope(std::cell::RefCell::new(budget), f).await
 }
@@ -181,6 +189,12 @@ fn take_budget(url: &str) -> Result<(), OutboundError> {
             let mut b = b.borrow_mut();
             if b.total_left == 0 {
                 return Err(spent());
+            }
+            if std::time::Instant::now() >= b.until {
+                return Err(OutboundError::Refused(format!(
+                    "this task has made outbound requests for {} s, all it may",
+                    BUDGET_TIME.as_secs()
+                )));
             }
             if !b.seen.contains(url) {
                 if b.distinct_left == 0 {

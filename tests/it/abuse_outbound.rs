@@ -26,6 +26,8 @@ enum Answer {
     Fixed(String),
     /// 300 MB chunked, no Content-Length.
     Huge,
+    /// Nothing, for 30 s.
+    Stall,
 }
 
 async fn listen(answer: Answer) -> Listener {
@@ -50,6 +52,9 @@ async fn listen(answer: Answer) -> Listener {
                 match answer {
                     Answer::Fixed(a) => {
                         let _ = sock.write_all(a.as_bytes()).await;
+                    }
+                    Answer::Stall => {
+                        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
                     }
                     Answer::Huge => {
                         let _ = sock
@@ -257,6 +262,90 @@ fn rss_kb(pid: u32, field: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap()
+}
+
+/// One account runs at most four exchanges with other parties at once on a node (each holds
+/// outbound places the verifier and webhooks share, and what the other party sent), and JSON is
+/// bounded by what it costs parsed, fetched or received (attacker review: a 4 MiB document of
+/// `{"":0}` was about 420 MB parsed, held across slow fetches; 256 stalled exchanges of one
+/// account took every outbound place of the node).
+#[tokio::test]
+async fn an_account_runs_few_exchanges_and_json_is_bounded_by_its_cost() {
+    let stall = listen(Answer::Stall).await;
+    let heavy = format!(
+        r#"{{"credential_issuer":"x","p":[{}]}}"#,
+        vec![r#"{"":0}"#; 40_000].join(",")
+    );
+    let metadata = listen(ok_json(&heavy)).await;
+    let s = Server::start().await; // sandbox: loopback allowed
+    let u = WalletUser::signup(&s, "erin@example.org").await;
+    // fetched: the issuer's metadata, 280 KB of text, ~27 MB parsed
+    let offer = json!({"offer": json!({
+        "credential_issuer": format!("http://127.0.0.1:{}", metadata.port),
+        "credential_configuration_ids": ["x"],
+    }).to_string()});
+    let body = expect_problem(
+        exchange(&s, &u, "resolve-offer", offer).await,
+        424,
+        "remote_party_failed",
+    )
+    .await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("too many objects"),
+        "{body}"
+    );
+    // received: a login with 15,000 objects in it (105 KB, ~10 MB parsed)
+    let r = s
+        .anon()
+        .post_resp(
+            "/wallet/auth/login",
+            &json!({"email": "erin@example.org", "password": "x", "p": vec![json!({"": 0}); 15_000]}),
+        )
+        .await;
+    expect_problem(r, 413, "payload_too_large").await;
+    // four exchanges of one account stall on a slow issuer: a fifth is refused at once, another
+    // account's is not
+    let url = format!("http://127.0.0.1:{}/offer", stall.port);
+    let stalled: Vec<_> = (0..4)
+        .map(|_| {
+            let (base, token, wallet, body) = (
+                s.base.clone(),
+                u.token.clone(),
+                u.wallet.clone(),
+                offer_at(&url),
+            );
+            tokio::spawn(async move {
+                reqwest::Client::new()
+                    .post(format!(
+                        "{base}/wallet/wallets/{wallet}/exchange/resolve-offer"
+                    ))
+                    .bearer_auth(token)
+                    .json(&body)
+                    .send()
+                    .await
+            })
+        })
+        .collect();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while stall.hits.load(Ordering::SeqCst) < 4 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the four never reached the issuer"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let r = exchange(&s, &u, "resolve-offer", offer_at(&url)).await;
+    expect_problem(r, 503, "service_unavailable").await;
+    assert_eq!(stall.hits.load(Ordering::SeqCst), 4);
+    let other = WalletUser::signup(&s, "frank@example.org").await;
+    let r = exchange(&s, &other, "resolve-offer", json!({"offer": "{}"})).await;
+    assert_ne!(r.status(), 503);
+    for t in stalled {
+        t.abort();
+    }
 }
 
 #[tokio::test]

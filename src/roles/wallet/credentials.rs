@@ -46,13 +46,30 @@ pub const HELD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// all of it at once (attacker review: 64 concurrent listings of one full wallet held
 /// gigabytes). [`HELD_AT_ONCE`] in all, [`HELD_PER_ACCOUNT`] of them for one account, so one
 /// account cannot keep every other waiting (review).
-pub(super) struct WholeReads {
+pub(super) type WholeReads = Places;
+
+/// How many exchanges (resolve or accept an offer, resolve or answer a request, check a status)
+/// a node runs at once, and how many of them for one account: each holds what the other party
+/// sent (offers, metadata, request objects, several MiB parsed) across slow fetches, and each
+/// takes the node's outbound places, which the verifier and webhooks share (attacker review: one
+/// account's 256 concurrent exchanges against a slow server took every outbound place on the
+/// node, so status checks failed and presentations with them).
+pub const EXCHANGES_AT_ONCE: usize = 64;
+pub const EXCHANGES_PER_ACCOUNT: usize = 4;
+
+/// Places a node has for one kind of request: so many in all, so many of them for one account
+/// (past its share: 503 at once; no free place within [`HELD_WAIT`]: 503).
+pub(super) struct Places {
     places: tokio::sync::Semaphore,
     per_account: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    account_max: usize,
+    /// 503 details: past the account's share, and no place free.
+    yours: &'static str,
+    full: &'static str,
 }
 
-/// One of the places of [`WholeReads`], given back when dropped.
-pub(super) struct WholeRead<'a> {
+/// One of the places of [`Places`], given back when dropped.
+pub(super) struct Place<'a> {
     // dropped in this order: the account's share before the place, so the account's next
     // request never finds its share taken by one whose place is free already
     _share: AccountShare<'a>,
@@ -61,14 +78,14 @@ pub(super) struct WholeRead<'a> {
 
 /// One account's count of places taken, decremented when dropped.
 struct AccountShare<'a> {
-    reads: &'a WholeReads,
+    places: &'a Places,
     account: String,
 }
 
 impl Drop for AccountShare<'_> {
     fn drop(&mut self) {
         let mut g = self
-            .reads
+            .places
             .per_account
             .lock()
             .unwrap_or_else(|e| e.into_inner());
@@ -81,19 +98,40 @@ impl Drop for AccountShare<'_> {
     }
 }
 
-impl Default for WholeReads {
-    fn default() -> Self {
+impl Places {
+    /// The places for requests that read a whole wallet ([`WholeReads`]).
+    pub(super) fn whole_reads() -> Self {
+        Self::new(
+            HELD_AT_ONCE,
+            HELD_PER_ACCOUNT,
+            "your other requests are reading whole wallets on this node; try again",
+            "too many requests are reading whole wallets on this node; try again",
+        )
+    }
+
+    /// The places for exchanges with other parties ([`EXCHANGES_AT_ONCE`]).
+    pub(super) fn exchanges() -> Self {
+        Self::new(
+            EXCHANGES_AT_ONCE,
+            EXCHANGES_PER_ACCOUNT,
+            "your other exchanges with issuers and verifiers are still running on this node; try again",
+            "too many exchanges with issuers and verifiers are running on this node; try again",
+        )
+    }
+
+    fn new(at_once: usize, account_max: usize, yours: &'static str, full: &'static str) -> Self {
         Self {
-            places: tokio::sync::Semaphore::new(HELD_AT_ONCE),
+            places: tokio::sync::Semaphore::new(at_once),
             per_account: Default::default(),
+            account_max,
+            yours,
+            full,
         }
     }
-}
 
-impl WholeReads {
     /// A place for `account`'s request: 503 at once past its share, or after [`HELD_WAIT`]
     /// without a free place.
-    pub(super) async fn take(&self, account: &str) -> WalletResult<WholeRead<'_>> {
+    pub(super) async fn take(&self, account: &str) -> WalletResult<Place<'_>> {
         let busy = |detail| WalletError::Busy {
             detail,
             retry_after: 1,
@@ -101,26 +139,20 @@ impl WholeReads {
         let share = {
             let mut g = self.per_account.lock().unwrap_or_else(|e| e.into_inner());
             let n = g.entry(account.to_string()).or_insert(0);
-            if *n >= HELD_PER_ACCOUNT {
-                return Err(busy(
-                    "your other requests are reading whole wallets on this node; try again",
-                ));
+            if *n >= self.account_max {
+                return Err(busy(self.yours));
             }
             *n += 1;
             AccountShare {
-                reads: self,
+                places: self,
                 account: account.to_string(),
             }
         };
         let place = tokio::time::timeout(HELD_WAIT, self.places.acquire())
             .await
-            .map_err(|_| {
-                busy("too many requests are reading whole wallets on this node; try again")
-            })?
-            .map_err(|_| {
-                busy("too many requests are reading whole wallets on this node; try again")
-            })?;
-        Ok(WholeRead {
+            .map_err(|_| busy(self.full))?
+            .map_err(|_| busy(self.full))?;
+        Ok(Place {
             _share: share,
             _place: place,
         })
@@ -131,7 +163,7 @@ impl WholeReads {
 /// together.
 pub(super) struct HeldSet<'a> {
     pub creds: Vec<HeldCredential>,
-    _place: WholeRead<'a>,
+    _place: Place<'a>,
 }
 
 impl std::ops::Deref for HeldSet<'_> {

@@ -444,6 +444,7 @@ pub async fn credential_status(
     let (w, c) = path.into_inner();
     // no tenant session: it needs no key, and a slow status list must not hold a session slot
     let v = svc.viewer(&user, &w).await?;
+    let _place = svc.exchanges.take(&user.account().id).await?;
     Ok(web::Json(svc.credential_status(&v, &c).await?))
 }
 
@@ -473,6 +474,7 @@ pub async fn resolve_offer(
 ) -> ApiResult<web::Json<serde_json::Value>> {
     // no tenant session: it needs no key, and a slow issuer must not hold a session slot
     let v = svc.viewer(&user, &path).await?;
+    let _place = svc.exchanges.take(&user.account().id).await?;
     Ok(web::Json(svc.resolve_offer(&v, &body.offer).await?))
 }
 
@@ -492,6 +494,7 @@ pub async fn accept_offer(
 ) -> ApiResult<web::Json<Vec<CredentialSummary>>> {
     // no tenant session here: the flow takes one only while it reads the key and signs
     let o = svc.owner(&user, &path).await?;
+    let _place = svc.exchanges.take(&user.account().id).await?;
     Ok(web::Json(svc.accept_offer(&o, body.into_inner()).await?))
 }
 
@@ -509,6 +512,7 @@ pub async fn resolve_request(
 ) -> ApiResult<web::Json<serde_json::Value>> {
     // no tenant session: it needs no key, and a slow verifier must not hold a session slot
     let v = svc.viewer(&user, &path).await?;
+    let _place = svc.exchanges.take(&user.account().id).await?;
     Ok(web::Json(svc.resolve_request(&v, &body.request).await?))
 }
 
@@ -526,6 +530,7 @@ pub async fn present(
 ) -> ApiResult<web::Json<serde_json::Value>> {
     // no tenant session here: presenting takes one only while it signs
     let o = svc.owner(&user, &path).await?;
+    let _place = svc.exchanges.take(&user.account().id).await?;
     Ok(web::Json(svc.present(&o, body.into_inner()).await?))
 }
 

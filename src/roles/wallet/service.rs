@@ -37,6 +37,8 @@ pub struct WalletService {
     pub(super) passwords: super::passwords::PasswordKey,
     /// Places for requests that read a whole wallet.
     pub(super) whole_reads: super::credentials::WholeReads,
+    /// Places for exchanges with issuers and verifiers ([`super::credentials::EXCHANGES_AT_ONCE`]).
+    pub(super) exchanges: super::credentials::Places,
 }
 
 impl WalletService {
@@ -52,7 +54,8 @@ impl WalletService {
             devices: super::devices::DeviceKey::new(&ctx.sealer),
             emails: ctx.sealer.mac_key(b"idstack wallet email v1"),
             passwords: super::passwords::PasswordKey::new(&ctx.sealer),
-            whole_reads: Default::default(),
+            whole_reads: super::credentials::Places::whole_reads(),
+            exchanges: super::credentials::Places::exchanges(),
             ctx,
             cfg,
         }
