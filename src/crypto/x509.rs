@@ -661,11 +661,30 @@ pub fn check_document_signer(c: &Certificate) -> Result<(), String> {
 fn check_issuer_signer(c: &Certificate) -> Result<(), String> {
     check_end_entity_signer(c, "an issuer's signing certificate")?;
     let eku: Option<ExtendedKeyUsage> = decoded(c, OID_EXT_KEY_USAGE, "extendedKeyUsage")?;
-    if eku.is_some_and(|eku| eku.0.iter().any(|o| oid_str(o) == OID_MDL_DS)) {
-        return Err("the x5c leaf is an mdoc document signer's certificate".into());
+    if let Some(eku) = eku {
+        if eku.0.iter().any(|o| oid_str(o) == OID_MDL_DS) {
+            return Err("the x5c leaf is an mdoc document signer's certificate".into());
+        }
+        // a TLS server's or client's certificate (every usage it names is one of those) is
+        // for TLS: it signs no credentials, whatever host it names (verifier review)
+        if !eku.0.is_empty()
+            && eku
+                .0
+                .iter()
+                .all(|o| [OID_SERVER_AUTH, OID_CLIENT_AUTH].contains(&oid_str(o).as_str()))
+        {
+            return Err(
+                "the x5c leaf is a TLS certificate (extendedKeyUsage serverAuth/clientAuth only)"
+                    .into(),
+            );
+        }
     }
     Ok(())
 }
+
+/// extendedKeyUsage id-kp-serverAuth and id-kp-clientAuth (RFC 5280 §4.2.1.12).
+const OID_SERVER_AUTH: &str = "1.3.6.1.5.5.7.3.1";
+const OID_CLIENT_AUTH: &str = "1.3.6.1.5.5.7.3.2";
 
 /// A certificate that signs data, not certificates: not a CA, and keyUsage (when present) allows
 /// digitalSignature. `what` names the role in errors.
@@ -681,29 +700,49 @@ fn check_end_entity_signer(c: &Certificate, what: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether the leaf's subjectAltName names `iss`: a URI equal to it, or its host as a DNS name.
+/// Whether the leaf's subjectAltName names `iss` (SD-JWT VC §3.5): a URI equal to it; for a
+/// `dns:` issuer (RFC 4501) that DNS name; and for an https issuer that is a bare origin
+/// (`https://host`, no path, user-info or port) also its host as a DNS name, as HAIP's SD-JWT VC
+/// profile had it and issuers in use name themselves. An https issuer with a path is named by a
+/// URI only: a certificate for the host is no certificate for every issuer under it (verifier
+/// review: one tenant's signing certificate on a shared platform, or the site's TLS
+/// certificate, signed for `https://host/issuers/pid`).
 fn leaf_names(leaf: &Certificate, iss: &str) -> Result<bool, String> {
     let Some(ext) = extension(leaf, OID_SAN) else {
         return Ok(false);
     };
     let san = SubjectAltName::from_der(ext.extn_value.as_bytes())
         .map_err(|e| format!("subjectAltName: {e}"))?;
-    // a DNS name speaks for an https issuer on that host: not one with user-info
-    // (`https://issuer.example@evil.example` is evil.example's) or on another port
-    let host = reqwest::Url::parse(iss)
+    let host = dns_name_of(iss);
+    Ok(san.0.iter().any(|n| match n {
+        GeneralName::UniformResourceIdentifier(u) => u.as_str() == iss,
+        GeneralName::DnsName(d) => host.as_deref() == Some(&d.as_str().to_ascii_lowercase()),
+        _ => false,
+    }))
+}
+
+/// The DNS name a `dNSName` SAN must carry to name issuer `iss` ([`leaf_names`]), if any.
+fn dns_name_of(iss: &str) -> Option<String> {
+    if let Some(name) = iss.strip_prefix("dns:") {
+        // `dns:host`, or `dns://authority/host` (RFC 4501 §3)
+        let name = name.rsplit('/').next().unwrap_or(name);
+        return (!name.is_empty() && !name.contains(['?', ';', '@', ':']))
+            .then(|| name.trim_end_matches('.').to_ascii_lowercase());
+    }
+    // not one with user-info (`https://issuer.example@evil.example` is evil.example's), on
+    // another port, or with anything after the origin
+    reqwest::Url::parse(iss)
         .ok()
         .filter(|u| {
             u.scheme() == "https"
                 && u.username().is_empty()
                 && u.password().is_none()
                 && u.port().is_none()
+                && u.path() == "/"
+                && u.query().is_none()
+                && u.fragment().is_none()
         })
-        .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
-    Ok(san.0.iter().any(|n| match n {
-        GeneralName::UniformResourceIdentifier(u) => u.as_str() == iss,
-        GeneralName::DnsName(d) => host.as_deref() == Some(&d.as_str().to_ascii_lowercase()),
-        _ => false,
-    }))
+        .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
 }
 
 #[cfg(test)]

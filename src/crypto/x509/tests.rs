@@ -52,8 +52,63 @@ pub(crate) fn dns(name: &str) -> SanType {
     SanType::DnsName(name.try_into().unwrap())
 }
 
-const ISS: &str = "https://issuer.example/tenant";
+const ISS: &str = "https://issuer.example";
 const NOW: i64 = 1_800_000_000;
+
+/// A DNS name names a `dns:` issuer and an https issuer that is a bare origin, never one with a
+/// path: a certificate for the host is no certificate for every issuer under it (verifier
+/// review: a shared platform's tenants, or the site's TLS certificate). A URI names exactly
+/// itself; a TLS-only certificate names no issuer.
+#[test]
+fn a_dns_name_speaks_for_the_host_not_for_every_issuer_under_it() {
+    let root = ca("root", None);
+    let anchors = TrustAnchors::from_pem(root.cert.pem().as_bytes()).unwrap();
+    let (by_dns, _) = leaf(&root, vec![dns("issuer.example")], |_| {});
+    for iss in [
+        "https://issuer.example",
+        "https://issuer.example/",
+        "dns:issuer.example",
+        "dns://ns.example/issuer.example",
+    ] {
+        assert!(
+            anchors
+                .leaf_key(std::slice::from_ref(&by_dns), iss, NOW)
+                .is_ok(),
+            "{iss}"
+        );
+    }
+    for iss in [
+        "https://issuer.example/tenant",
+        "https://issuer.example/?x",
+        "https://issuer.example:8443",
+        "https://issuer.example.evil.example",
+        "dns:evil.example",
+        "http://issuer.example",
+    ] {
+        let e = anchors
+            .leaf_key(std::slice::from_ref(&by_dns), iss, NOW)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("does not name the issuer"),
+            "{iss}: {e}"
+        );
+    }
+    let path = "https://issuer.example/tenant";
+    let uri = SanType::URI(path.try_into().unwrap());
+    let (by_uri, _) = leaf(&root, vec![uri], |_| {});
+    assert!(anchors
+        .leaf_key(std::slice::from_ref(&by_uri), path, NOW)
+        .is_ok());
+    assert!(anchors
+        .leaf_key(&[by_uri], "https://issuer.example/other", NOW)
+        .is_err());
+    // a TLS server's certificate signs no credentials, even for its own host
+    let (tls, _) = leaf(&root, vec![dns("issuer.example")], |p| {
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    });
+    let e = anchors.leaf_key(&[tls], ISS, NOW).unwrap_err();
+    assert!(e.to_string().contains("TLS"), "{e}");
+}
 
 #[test]
 fn chains_to_an_anchor_and_names_the_issuer() {
