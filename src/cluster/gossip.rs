@@ -139,6 +139,52 @@ impl Sealer {
     }
 }
 
+/// Peers whose authentic gossip was refused as stale (their clock is off by more than the
+/// window from this node's), by gossip address, with when that was last seen (unix ms).
+#[derive(Debug, Default)]
+pub struct SkewSeen(Mutex<HashMap<SocketAddr, i64>>);
+
+/// How long a peer counts as skewed after its last stale datagram.
+pub const SKEW_MEMORY_MS: i64 = 30_000;
+
+impl SkewSeen {
+    pub fn note(&self, from: SocketAddr, now_ms: i64) {
+        if let Ok(mut m) = self.0.lock() {
+            m.retain(|_, at| now_ms.saturating_sub(*at) < SKEW_MEMORY_MS);
+            // bounded as the relays are: a handful of nodes, MAX_RELAYS at most
+            if m.len() < MAX_RELAYS || m.contains_key(&from) {
+                m.insert(from, now_ms);
+            }
+        }
+    }
+
+    /// How many peers were seen skewed within [`SKEW_MEMORY_MS`].
+    pub fn recent(&self, now_ms: i64) -> usize {
+        self.0
+            .lock()
+            .map(|m| {
+                m.values()
+                    .filter(|at| now_ms.saturating_sub(**at) < SKEW_MEMORY_MS)
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// Why this node takes no traffic for its clock, given how many peers' gossip it refuses as
+/// stale (`skewed`) and how many it hears (`live_peers`): when its clock disagrees with more
+/// peers than agree with it (itself counted), the clock that is off is its own (cluster review:
+/// a node whose clock stepped past the window was cut off from every peer and went on alone, its
+/// readiness green). With as many on each side (two nodes) neither can tell: each logs it.
+pub fn skew_verdict(skewed: usize, live_peers: usize) -> Option<String> {
+    (skewed > live_peers + 1).then(|| {
+        format!(
+            "this node's clock differs by more than {} s from {skewed} cluster peers' (their gossip is authentic but refused as stale), more than agree with it: fix this node's clock (NTP)",
+            auth::WINDOW_MS / 1000
+        )
+    })
+}
+
 /// chitchat [`Transport`] over UDP with every datagram sealed by a [`Sealer`].
 ///
 /// chitchat 0.13 keeps its wire encoding private, so the transport does not re-encode messages:
@@ -155,6 +201,8 @@ pub struct AuthUdpTransport {
     pub clock: SharedClock,
     /// Datagrams dropped (`idstack_cluster_gossip_dropped_total`).
     pub dropped: IntCounter,
+    /// Peers seen with a skewed clock.
+    pub skewed: Arc<SkewSeen>,
 }
 
 /// Most relays one node keeps (cluster mode targets a handful of nodes). When full, the relay
@@ -173,6 +221,7 @@ struct Shared {
     sealer: Arc<Sealer>,
     clock: SharedClock,
     dropped: IntCounter,
+    skewed: Arc<SkewSeen>,
     /// chitchat's own (loopback) socket address.
     inner_addr: SocketAddr,
     /// peer → its relay socket; relay address → peer.
@@ -273,6 +322,7 @@ impl Shared {
                 Ok(p) => p.to_vec(),
                 Err(Dropped::Stale { offset_ms }) => {
                     self.dropped.inc();
+                    self.skewed.note(from, self.clock.now_ms());
                     // authentic (its MAC verified): a peer whose clock is off by more than the
                     // window, whose gossip and calls are all refused — said once a minute, not
                     // at debug level only (cluster review: a node silently cut off)
@@ -323,6 +373,7 @@ impl Transport for AuthUdpTransport {
             sealer: self.sealer.clone(),
             clock: self.clock.clone(),
             dropped: self.dropped.clone(),
+            skewed: self.skewed.clone(),
             inner_addr: inner.local_addr()?,
             relays: Mutex::default(),
             peers: Mutex::default(),
@@ -400,6 +451,26 @@ impl Socket for AuthUdpSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_whose_clock_disagrees_with_most_peers_says_so() {
+        let seen = SkewSeen::default();
+        let now = 1_700_000_000_000;
+        for port in [1, 2] {
+            seen.note(SocketAddr::from(([127, 0, 0, 1], port)), now);
+        }
+        assert_eq!(seen.recent(now + 1), 2);
+        assert_eq!(seen.recent(now + SKEW_MEMORY_MS), 0);
+        // three nodes, this one's clock off: both peers refused, none heard
+        assert!(skew_verdict(seen.recent(now), 0).is_some());
+        // three nodes, a peer's clock off: one refused, one heard
+        assert!(skew_verdict(1, 1).is_none());
+        // two nodes: neither can tell
+        assert!(skew_verdict(1, 0).is_none());
+        // five nodes, this one off
+        assert!(skew_verdict(4, 0).is_some());
+        assert!(skew_verdict(1, 3).is_none());
+    }
 
     #[test]
     fn only_fresh_datagrams_under_the_cluster_key_open_once() {

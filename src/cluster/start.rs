@@ -284,6 +284,7 @@ async fn start_speaking(
         ))?),
         clock: clock.clone(),
         dropped: metrics.gossip_dropped.clone(),
+        skewed: metrics.skewed.clone(),
     };
     let handle = spawn_chitchat(cc_config, initial, &transport)
         .await

@@ -13,6 +13,8 @@ pub struct ClusterMetrics {
     pub standing_lost: IntCounter,
     pub held_back: IntGauge,
     pub retired_alive: IntGauge,
+    /// Peers whose authentic gossip this node refuses as stale (shared with the transport).
+    pub skewed: std::sync::Arc<crate::cluster::gossip::SkewSeen>,
 }
 
 impl ClusterMetrics {
@@ -51,6 +53,7 @@ impl ClusterMetrics {
                 "cluster_held_back",
                 "1 while a live member of an older data protocol holds this node back (a rolling upgrade): it does not serve",
             )?,
+            skewed: Default::default(),
             retired_alive: IntGauge::new(
                 "cluster_retired_alive",
                 "nodes listed in cluster.retired_nodes that still gossip (no members: stop them)",

@@ -489,6 +489,10 @@ impl Node {
         if !self.is_caught_up() {
             out.push("catching up".to_string());
         }
+        let skewed = self.metrics.skewed.recent(self.now_ms());
+        if let Some(why) = super::gossip::skew_verdict(skewed, self.live_peers().len()) {
+            out.push(why);
+        }
         if let Some(w) = self.write_block.lock().ok().and_then(|w| w.clone()) {
             out.push(w);
         }
