@@ -492,9 +492,14 @@ async fn versions(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpRes
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    ok(&VersionsResp {
-        entries: node.replica.versions(&r.ks),
-    })
+    let (entries, next) = match r.limit {
+        Some(limit) => {
+            node.replica
+                .versions_page(&r.ks, r.after.as_deref(), limit.clamp(1, MAX_VERSIONS_PAGE))
+        }
+        None => (node.replica.versions(&r.ks), None),
+    };
+    ok(&VersionsResp { entries, next })
 }
 
 async fn fetch(node: NodeData, req: HttpRequest, body: web::Bytes) -> HttpResponse {

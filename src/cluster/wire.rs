@@ -111,11 +111,24 @@ pub struct DigestResp {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct VersionsReq {
     pub ks: String,
+    /// Page: the keys after this one (in key order). A node of an earlier release reads neither
+    /// field and answers the whole keyspace (with no `next`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Page: at most this many entries ([`MAX_VERSIONS_PAGE`] at most). `None`: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
 }
+
+/// Most entries one page of a `versions` listing holds.
+pub const MAX_VERSIONS_PAGE: usize = 10_000;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct VersionsResp {
     pub entries: Vec<(String, Version)>,
+    /// The key to ask for the next page after; `None`: the listing is complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

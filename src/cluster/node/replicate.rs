@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// Entries asked for per page of a peer's `versions` listing: far inside one RPC timeout.
+const VERSIONS_PAGE: usize = 5_000;
+
 impl Node {
     pub(super) fn replication_factor(&self, live: usize) -> usize {
         match self.settings.replication_factor {
@@ -211,9 +214,40 @@ impl Node {
         ks_static: &'static str,
     ) -> Result<u64, RpcError> {
         let mut repaired = 0u64;
-        let v: VersionsResp = self
-            .call(id, addr, PATH_VERSIONS, &VersionsReq { ks: ks.to_string() })
-            .await?;
+        let mut after = None;
+        loop {
+            let v: VersionsResp = self
+                .call(
+                    id,
+                    addr,
+                    PATH_VERSIONS,
+                    &VersionsReq {
+                        ks: ks.to_string(),
+                        after: after.take(),
+                        limit: Some(VERSIONS_PAGE),
+                    },
+                )
+                .await?;
+            let next = v.next.clone();
+            repaired += self.repair_page(id, addr, ks, ks_static, v).await?;
+            match next {
+                Some(n) => after = Some(n),
+                None => return Ok(repaired),
+            }
+        }
+    }
+
+    /// Pulls the entries of one page of a peer's `versions` listing that this node misses or
+    /// holds older: records repaired.
+    async fn repair_page(
+        &self,
+        id: &str,
+        addr: &str,
+        ks: &str,
+        ks_static: &'static str,
+        v: VersionsResp,
+    ) -> Result<u64, RpcError> {
+        let mut repaired = 0u64;
         let want: Vec<String> = v
             .entries
             .into_iter()
