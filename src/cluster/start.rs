@@ -343,26 +343,36 @@ async fn start_speaking(
     // Catch up with every live peer before taking part as a primary or reporting ready.
     readiness.set_not_ready("cluster", "catching up");
     let until = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    let synced = loop {
         if node.anti_entropy_round().await {
-            break;
+            break true;
         }
         if tokio::time::Instant::now() > until || shutdown.is_cancelled() {
-            tracing::warn!(
-                "cluster: could not sync with every peer; going on with what was reached"
-            );
-            break;
+            break false;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         node.refresh_members().await;
+    };
+    if synced {
+        node.set_caught_up().await;
+    } else {
+        // the roles start, but the node is not caught up (not ready, no primary of its own
+        // copy) until a round with every live peer succeeds
+        tracing::warn!(
+            "cluster: could not sync with every peer within 60 s; going on, not ready until a round with each of them succeeds"
+        );
+        node.catch_up_in_background("after a late start");
     }
-    node.set_caught_up().await;
     inner
         .put(LOCAL_KEYSPACE, JOINED_KEY, b"1".to_vec(), None)
         .await?;
     spawn_anti_entropy(tasks, shutdown, node.clone());
     spawn_heartbeat(tasks, shutdown, node.clone());
-    tracing::info!(live = node.live_count(), "cluster: joined and caught up");
+    tracing::info!(
+        live = node.live_count(),
+        caught_up = synced,
+        "cluster: joined"
+    );
 
     // A rolling upgrade: while a live node of an older data protocol serves, this one replicates
     // (it is a full member for RPC and anti-entropy) but does not initialise its roles or open

@@ -424,23 +424,39 @@ impl Node {
             gap_ms,
             "cluster: this node was paused or stalled (or cut off); catching up before acting as a primary again"
         );
+        self.catch_up_in_background("after the pause");
+    }
+
+    /// Runs anti-entropy rounds until one succeeds with every live peer, then reports this node
+    /// caught up; until then it is not (readiness 503, no primary of its own copy). Once started,
+    /// not started again while it runs. Rounds are 200 ms apart for a minute, 2 s after: a round
+    /// that keeps failing is no reason to report caught up (cluster review: after 60 s a node
+    /// that had not caught up said it had, and served a stale status list as current).
+    pub fn catch_up_in_background(self: &Arc<Self>, what: &'static str) {
         if self.recovering.swap(true, Ordering::SeqCst) {
             return;
         }
         let node = self.clone();
         tokio::spawn(async move {
             node.set_gossip("caught_up", "false").await;
-            let until = Instant::now() + Duration::from_secs(60);
+            let started = Instant::now();
+            let mut said = false;
             loop {
                 node.refresh_members().await;
-                if node.anti_entropy_round().await || Instant::now() > until {
+                if node.anti_entropy_round().await {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                let slow = started.elapsed() > Duration::from_secs(60);
+                if slow && !said {
+                    said = true;
+                    tracing::warn!("cluster: still not synced with every live peer after 60 s; not ready until a round with each of them succeeds");
+                }
+                let pause = if slow { 2_000 } else { 200 };
+                tokio::time::sleep(Duration::from_millis(pause)).await;
             }
             node.recovering.store(false, Ordering::SeqCst);
             node.set_caught_up().await;
-            tracing::info!("cluster: caught up again after the pause");
+            tracing::info!("cluster: caught up {what}");
         });
     }
 
