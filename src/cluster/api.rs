@@ -42,6 +42,9 @@ pub struct ClusterView {
     pub majority: usize,
     /// Live nodes, this one included.
     pub live: usize,
+    /// Live peers whose admin tokens, `retired_nodes`, `single_use` or `updates` differ from
+    /// this node's (a keyed fingerprint of them is gossiped): set them the same on every node.
+    pub settings_differ: Vec<String>,
     pub members: Vec<MemberView>,
 }
 
@@ -79,6 +82,7 @@ pub async fn cluster_info(
             remembered_nodes: Vec::new(),
             majority: 1,
             live: 1,
+            settings_differ: Vec::new(),
             members: Vec::new(),
         });
     };
@@ -116,6 +120,7 @@ pub async fn cluster_info(
         remembered_nodes: node.remembered_ids(),
         majority: node.majority(),
         live: node.live_count(),
+        settings_differ: node.settings_differ(),
         members,
     })
 }

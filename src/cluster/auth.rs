@@ -174,7 +174,7 @@ fn head_mac_input(target: Target, method: &str, path: &str, ts: i64, nonce: &str
 
 use crate::crypto::hex;
 
-fn mac_hex(key: &[u8; 32], input: &[u8]) -> String {
+pub(crate) fn mac_hex(key: &[u8; 32], input: &[u8]) -> String {
     let Ok(mut mac) = HmacSha256::new_from_slice(key) else {
         return String::new();
     };

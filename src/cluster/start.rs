@@ -222,6 +222,7 @@ async fn start_speaking(
         updates_consistent: c.updates.is_consistent(configured_at_start),
         protocol,
         generation,
+        settings_fingerprint: String::new(),
     };
 
     let inner = opened.store.clone();
@@ -268,8 +269,15 @@ async fn start_speaking(
     };
     // `protocol` first: chitchat sends a node's keys in the order they were set, so a peer that
     // holds its `rpc` (and so lists it) holds its protocol too, and never takes it for 0.
+    let rpc_key = super::derive_rpc_key(secret.expose(), &c.id);
+    let settings_fp = super::node::settings_fingerprint(
+        &rpc_key,
+        settings.admin_tokens.iter().map(|t| t.expose()),
+        &ns,
+    );
     let initial = vec![
         ("protocol".to_string(), protocol.to_string()),
+        ("settings".to_string(), settings_fp.clone()),
         ("rpc".to_string(), rpc_advertise.clone()),
         ("roles".to_string(), roles.join(",")),
         ("ready".to_string(), "false".to_string()),
@@ -292,7 +300,10 @@ async fn start_speaking(
     let chitchat = handle.chitchat();
 
     let local_bus = Arc::new(crate::bus::LocalBus::new());
-    let rpc_key = super::derive_rpc_key(secret.expose(), &c.id);
+    let ns = NodeSettings {
+        settings_fingerprint: settings_fp,
+        ..ns
+    };
     let node = Arc::new(Node::new(
         ns, replica, chitchat, rpc_key, local_bus, metrics,
     )?);
@@ -2140,6 +2151,83 @@ mod tests {
         assert_eq!(next_generation(&store, 4_000).await.unwrap(), 5_001);
         assert_eq!(next_generation(&store, 5_001).await.unwrap(), 5_002);
         assert_eq!(next_generation(&store, 9_000).await.unwrap(), 9_000);
+    }
+
+    /// Nodes whose admin tokens (or retired ids, or consistency modes) differ each name the
+    /// other in `settings_differ` (cluster review: a token revoked on two nodes of three stayed
+    /// good on the third, and nothing said so); the fingerprint depends on the set of tokens,
+    /// not their order, and on the cluster's key.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn nodes_whose_shared_settings_differ_say_so() {
+        let secret = "unit-test-cluster-secret";
+        let tok = |t: &str| crate::config::Secret::new(t);
+        let start = |id: &str, port, seeds: Vec<u16>, tokens: Vec<&str>| {
+            let mut cfg = test_config(id, port, &seeds, 1, secret);
+            cfg.admin.tokens = tokens.into_iter().map(tok).collect();
+            start_test_node(
+                super::super::DATA_PROTOCOL,
+                cfg.finish().unwrap(),
+                Arc::new(SystemClock),
+                Arc::new(Readiness::default()),
+                CancellationToken::new(),
+            )
+        };
+        let ap = free_port();
+        let a = start(
+            "a",
+            ap,
+            vec![],
+            vec!["token-one-0123456789", "token-two-0123456789"],
+        )
+        .await;
+        let b = start(
+            "b",
+            free_port(),
+            vec![ap],
+            vec!["token-two-0123456789", "token-one-0123456789"],
+        )
+        .await;
+        let c = start("c", free_port(), vec![ap], vec!["token-one-0123456789"]).await;
+        let (an, bn, cn) = (&a.cluster.node, &b.cluster.node, &c.cluster.node);
+        assert_eq!(
+            an.settings.settings_fingerprint,
+            bn.settings.settings_fingerprint
+        );
+        assert_ne!(
+            an.settings.settings_fingerprint,
+            cn.settings.settings_fingerprint
+        );
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            for n in [an, bn, cn] {
+                n.refresh_members().await;
+            }
+            if an.settings_differ() == ["c"]
+                && bn.settings_differ() == ["c"]
+                && cn.settings_differ() == ["a", "b"]
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "{:?} {:?} {:?}",
+                an.settings_differ(),
+                bn.settings_differ(),
+                cn.settings_differ()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(an.metrics.settings_differ.get(), 1);
+        // keyed: the same settings under another cluster key give another fingerprint
+        let other = crate::cluster::derive_rpc_key("another-cluster-secret", "idstack");
+        assert_ne!(
+            crate::cluster::node::settings_fingerprint(
+                &other,
+                ["token-one-0123456789"].into_iter(),
+                &cn.settings
+            ),
+            cn.settings.settings_fingerprint
+        );
     }
 
     /// A node listed in `cluster.retired_nodes` that still runs (stopped later than the docs

@@ -13,6 +13,7 @@ pub struct ClusterMetrics {
     pub standing_lost: IntCounter,
     pub held_back: IntGauge,
     pub retired_alive: IntGauge,
+    pub settings_differ: IntGauge,
     /// Peers whose authentic gossip this node refuses as stale (shared with the transport).
     pub skewed: std::sync::Arc<crate::cluster::gossip::SkewSeen>,
 }
@@ -54,6 +55,10 @@ impl ClusterMetrics {
                 "1 while a live member of an older data protocol holds this node back (a rolling upgrade): it does not serve",
             )?,
             skewed: Default::default(),
+            settings_differ: IntGauge::new(
+                "cluster_settings_differ",
+                "live peers whose admin tokens, retired_nodes, single_use or updates differ from this node's",
+            )?,
             retired_alive: IntGauge::new(
                 "cluster_retired_alive",
                 "nodes listed in cluster.retired_nodes that still gossip (no members: stop them)",
@@ -80,6 +85,7 @@ impl ClusterMetrics {
         r.register(Box::new(self.standing_lost.clone()))?;
         r.register(Box::new(self.held_back.clone()))?;
         r.register(Box::new(self.retired_alive.clone()))?;
+        r.register(Box::new(self.settings_differ.clone()))?;
         Ok(())
     }
 }

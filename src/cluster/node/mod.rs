@@ -64,6 +64,8 @@ pub struct NodeSettings {
     /// This incarnation's chitchat generation (new on every start): RPC requests to this node
     /// must be signed for it ([`auth::Target::Incarnation`]).
     pub generation: u64,
+    /// [`settings_fingerprint`] of this node's settings, gossiped as `settings`.
+    pub settings_fingerprint: String,
 }
 
 /// Where a node keeps the member ids it has seen ([`Node::remember`]), in [`LOCAL_KEYSPACE`].
@@ -87,6 +89,32 @@ async fn remembered(
         .await?
         .and_then(|raw| serde_json::from_slice(&raw).ok())
         .unwrap_or_default())
+}
+
+/// A keyed fingerprint of the settings every node must share (the admin tokens, which ids are
+/// retired, `single_use` and `updates`), gossiped so that a node whose settings differ from a
+/// live peer's says so (cluster review: an admin token revoked on two nodes of three stayed good
+/// for every request the balancer sent to the third). Keyed by the cluster's RPC key, so the
+/// gossip gives nothing away about the tokens.
+pub fn settings_fingerprint<'a>(
+    rpc_key: &[u8; 32],
+    admin_tokens: impl Iterator<Item = &'a str>,
+    ns: &NodeSettings,
+) -> String {
+    let mut tokens: Vec<String> = admin_tokens.map(crate::crypto::sha256_hex).collect();
+    tokens.sort();
+    tokens.dedup();
+    let retired: Vec<&str> = ns.retired.iter().map(String::as_str).collect();
+    let canonical = serde_json::json!({
+        "admin_tokens": tokens,
+        "retired_nodes": retired,
+        "single_use_consistent": ns.single_use_consistent,
+        "updates_consistent": ns.updates_consistent,
+    });
+    let input = format!("idstack cluster settings v1\0{canonical}");
+    let mut fp = auth::mac_hex(rpc_key, input.as_bytes());
+    fp.truncate(16);
+    fp
 }
 
 /// [`Node::configured_nodes`] of what it reads: the listed members, the remembered ids and this
@@ -224,6 +252,9 @@ pub struct Node {
     last_beat_ms: AtomicU64,
     /// A catch-up after a detected gap is running.
     recovering: AtomicBool,
+    /// Live peers whose gossiped settings fingerprint differs from this node's
+    /// ([`settings_fingerprint`]).
+    settings_differ: Mutex<Vec<String>>,
     /// Fewer than a majority of the configured nodes were live at the last heartbeat.
     cut_off: AtomicBool,
     /// Why writes cannot reach their replicas (`None`: they can).
@@ -286,6 +317,7 @@ impl Node {
             started: Instant::now(),
             last_beat_ms: AtomicU64::new(1 << 32),
             recovering: AtomicBool::new(false),
+            settings_differ: Mutex::default(),
             cut_off: AtomicBool::new(false),
             write_block: Mutex::default(),
             serving: AtomicBool::new(false),
@@ -494,6 +526,15 @@ impl Node {
         }
     }
 
+    /// Live peers whose settings that must be shared differ from this node's
+    /// ([`settings_fingerprint`]).
+    pub fn settings_differ(&self) -> Vec<String> {
+        self.settings_differ
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default()
+    }
+
     /// Why this node must not be sent traffic now (empty: it may): paused or stalled, catching
     /// up, writes that cannot reach a replica, or a key record replaced under what it holds in memory.
     pub fn health(&self) -> Vec<String> {
@@ -547,8 +588,18 @@ impl Node {
             let live: std::collections::HashSet<_> = cc.live_nodes().cloned().collect();
             let mut by_id: BTreeMap<String, Member> = BTreeMap::new();
             let mut retired_alive = 0usize;
+            let mut differ = Vec::new();
             for (id, st) in cc.node_states() {
                 let Some(rpc) = st.get("rpc") else { continue };
+                // (a node of an earlier release gossips no fingerprint)
+                if live.contains(id)
+                    && *id.node_id != *self.settings.node_id
+                    && st
+                        .get("settings")
+                        .is_some_and(|fp| fp != self.settings.settings_fingerprint)
+                {
+                    differ.push(id.node_id.to_string());
+                }
                 // a retired node still gossiping is no member: never live, never a primary, never
                 // a voter (cluster review: it no longer counted toward the majority but its
                 // acknowledgements still made one)
@@ -587,6 +638,15 @@ impl Node {
                 }
             }
             self.metrics.retired_alive.set(retired_alive as i64);
+            differ.sort();
+            differ.dedup();
+            self.metrics.settings_differ.set(differ.len() as i64);
+            if let Ok(mut d) = self.settings_differ.lock() {
+                if *d != differ && !differ.is_empty() {
+                    tracing::warn!(peers = ?differ, "cluster: these live peers run with other admin tokens, retired_nodes, single_use or updates than this node: set them the same on every node (a token revoked here still works there)");
+                }
+                *d = differ;
+            }
             by_id.into_values().collect::<Vec<_>>()
         };
         self.remember(snapshot.iter().map(|m| m.node_id.clone()))
