@@ -1245,10 +1245,16 @@ fn inline_secrets(text: &str) -> Vec<&'static str> {
         }
         t.get(*last).cloned()
     };
+    // (a secret may be written as a number or a boolean: `Secret` takes any scalar)
+    let scalar = |v: &toml::Value| match v {
+        toml::Value::String(s) => !s.is_empty(),
+        toml::Value::Array(_) | toml::Value::Table(_) => false,
+        _ => true,
+    };
     let filled = |v: Option<toml::Value>| match v {
-        Some(toml::Value::String(s)) => !s.is_empty(),
-        Some(toml::Value::Array(a)) => a.iter().any(|t| t.as_str().is_some_and(|s| !s.is_empty())),
-        _ => false,
+        Some(toml::Value::Array(a)) => a.iter().any(scalar),
+        Some(v) => scalar(&v),
+        None => false,
     };
     let mut out = Vec::new();
     for (key, path) in [
@@ -1513,6 +1519,12 @@ mod tests {
             vec!["cluster.secret", "store.redis.url"]
         );
         assert!(inline_secrets("[store.redis]\nurl = [\"redis://u@h:6379\"]\n").is_empty());
+        assert_eq!(
+            inline_secrets(
+                "[cluster]\nsecret = 1234567890123456\n[admin]\ntokens = [12345678901234567]\n"
+            ),
+            vec!["admin.tokens", "cluster.secret"]
+        );
         let f = with_file("[store]\nmaster_key = \"00112233445566778899aabbccddeeff\"\n");
         std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = load(Some(f.path()), &[]).unwrap_err().to_string();

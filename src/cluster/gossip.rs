@@ -158,13 +158,19 @@ impl SkewSeen {
         }
     }
 
-    /// How many peers were seen skewed within [`SKEW_MEMORY_MS`].
-    pub fn recent(&self, now_ms: i64) -> usize {
+    /// How many of the gossip addresses `known` (members and seeds) were seen skewed within
+    /// [`SKEW_MEMORY_MS`]. Only those count: a datagram captured once is authentic and stale for
+    /// ever, and replayed from a few ports of the attacker's own it made every node take itself
+    /// for the skewed one (review).
+    pub fn recent(&self, now_ms: i64, known: &std::collections::HashSet<String>) -> usize {
         self.0
             .lock()
             .map(|m| {
-                m.values()
-                    .filter(|at| now_ms.saturating_sub(**at) < SKEW_MEMORY_MS)
+                m.iter()
+                    .filter(|(from, at)| {
+                        now_ms.saturating_sub(**at) < SKEW_MEMORY_MS
+                            && known.contains(&from.to_string())
+                    })
                     .count()
             })
             .unwrap_or(0)
@@ -456,13 +462,17 @@ mod tests {
     fn a_node_whose_clock_disagrees_with_most_peers_says_so() {
         let seen = SkewSeen::default();
         let now = 1_700_000_000_000;
-        for port in [1, 2] {
+        for port in [1, 2, 3, 4, 5] {
             seen.note(SocketAddr::from(([127, 0, 0, 1], port)), now);
         }
-        assert_eq!(seen.recent(now + 1), 2);
-        assert_eq!(seen.recent(now + SKEW_MEMORY_MS), 0);
+        // only members' and seeds' addresses count: a replayed datagram comes from anywhere
+        let known: std::collections::HashSet<String> =
+            ["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()].into();
+        assert_eq!(seen.recent(now + 1, &known), 2);
+        assert_eq!(seen.recent(now + 1, &Default::default()), 0);
+        assert_eq!(seen.recent(now + SKEW_MEMORY_MS, &known), 0);
         // three nodes, this one's clock off: both peers refused, none heard
-        assert!(skew_verdict(seen.recent(now), 0).is_some());
+        assert!(skew_verdict(seen.recent(now, &known), 0).is_some());
         // three nodes, a peer's clock off: one refused, one heard
         assert!(skew_verdict(1, 1).is_none());
         // two nodes: neither can tell

@@ -263,8 +263,8 @@ pub async fn fetch_did_web_document(did: &str, http: &reqwest::Client) -> Crypto
     let body = read_capped(resp, limits().did_document_max_bytes)
         .await
         .map_err(CryptoError::Outbound)?;
-    let doc: Value = serde_json::from_slice(&body)
-        .map_err(|_| CryptoError::Did(format!("{url}: not a JSON document")))?;
+    let doc: Value = crate::json_cost::parse(&body, crate::json_cost::FETCHED_MAX)
+        .map_err(|_| CryptoError::Did(format!("{url}: not a JSON document, or too complex")))?;
     if doc["id"].as_str() != Some(did) {
         return Err(CryptoError::Did("DID document id does not match".into()));
     }

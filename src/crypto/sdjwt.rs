@@ -85,6 +85,22 @@ pub fn decode_disclosure(d: &str) -> CryptoResult<(String, Value)> {
     }
 }
 
+/// Refuses disclosures that together would cost more than [`crate::json_cost::FETCHED_MAX`]
+/// parsed: base64 hides their structure from a request body's check.
+fn check_disclosures_cost(disclosures: &[String]) -> CryptoResult<()> {
+    let mut cost = 0usize;
+    for d in disclosures {
+        cost = cost.saturating_add(crate::json_cost::estimate(&b64url_decode(d)?));
+    }
+    if cost > crate::json_cost::FETCHED_MAX {
+        return Err(CryptoError::Malformed(format!(
+            "the disclosures are too complex: about {} MiB once read",
+            cost >> 20
+        )));
+    }
+    Ok(())
+}
+
 /// One disclosure: an object property (`[salt, name, value]`) or an array element (`[salt,
 /// value]`).
 fn open_disclosure(d: &str) -> CryptoResult<(Option<String>, Value)> {
@@ -134,6 +150,7 @@ pub fn select(sd_jwt: &str, names: &[&str]) -> CryptoResult<String> {
 pub fn select_paths(sd_jwt: &str, paths: &[Vec<Value>]) -> CryptoResult<String> {
     let p = parse(sd_jwt)?;
     let (_, payload, _, _) = jws::decode_unverified(&p.jwt)?;
+    check_disclosures_cost(&p.disclosures)?;
     let opened = p
         .disclosures
         .iter()
@@ -247,6 +264,7 @@ pub fn reveal(
             "over {MAX_DISCLOSURES} disclosures"
         )));
     }
+    check_disclosures_cost(disclosures)?;
     for d in disclosures {
         if r.pending.insert(digest(d), open_disclosure(d)?).is_some() {
             return Err(CryptoError::Malformed("duplicate disclosure".into()));

@@ -149,8 +149,9 @@ struct Budget {
 
 /// How long the requests of one [`with_budget`] may go on starting: each takes at most the
 /// client's 15 s, and 256 of them one after the other held a wallet request (and what it had
-/// read) for an hour (attacker review).
-pub const BUDGET_TIME: Duration = Duration::from_secs(60);
+/// read) for an hour (attacker review). Room for an offer of 10 configurations from a slow
+/// issuer (metadata, token, nonce and ten credential requests).
+pub const BUDGET_TIME: Duration = Duration::from_secs(180);
 
 /// Runs `f` allowing it requests through [`send`] to at most `distinct` URLs, and at most four
 /// times that many requests in all; the next ones are refused (`outbound_refused`). For work

@@ -546,7 +546,13 @@ impl Node {
         if !self.is_caught_up() {
             out.push("catching up".to_string());
         }
-        let skewed = self.metrics.skewed.recent(self.now_ms());
+        let known: std::collections::HashSet<String> = self
+            .members()
+            .iter()
+            .map(|m| m.gossip_addr.clone())
+            .chain(self.settings.seeds.iter().cloned())
+            .collect();
+        let skewed = self.metrics.skewed.recent(self.now_ms(), &known);
         if let Some(why) = super::gossip::skew_verdict(skewed, self.live_peers().len()) {
             out.push(why);
         }

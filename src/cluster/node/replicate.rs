@@ -164,7 +164,8 @@ impl Node {
     }
 
     /// Pulls from one peer what this node misses or holds older; returns records repaired. A
-    /// keyspace that fails is passed over for the next, and the round fails once all were tried
+    /// keyspace the peer answers with an error is passed over for the next (a peer that does not
+    /// answer at all ends the round), and the round fails once all were tried
     /// (cluster review: the first keyspace whose listing outgrew the RPC timeout ended every
     /// round there, and no keyspace after it in name order was ever repaired from that peer).
     pub async fn sync_with(&self, id: &str, addr: &str) -> Result<u64, RpcError> {
@@ -179,6 +180,12 @@ impl Node {
             let Ok(ks_static) = intern(&ks) else { continue };
             match self.sync_keyspace(id, addr, &ks, ks_static).await {
                 Ok(n) => repaired += n,
+                // the peer gone (no answer, no connection): the rest of the round would cost a
+                // timeout per keyspace, so it ends here
+                Err(e @ (RpcError::Transport(_) | RpcError::Unsent(_))) => {
+                    failed = Some(e);
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(peer = id, keyspace = %ks, error = %e, "anti-entropy could not repair a keyspace from this peer");
                     failed = Some(e);

@@ -122,8 +122,9 @@ impl IssuerService {
         match self.deliver(&r, token_key).await {
             Ok(credentials) => Ok(json!({"credentials": credentials})),
             Err(e) => {
-                if e.given_back() {
-                    // nothing was issued: the proofs stay good for the retry
+                if e.is_server_error() {
+                    // nothing was issued: the proofs stay good for the retry (also when Busy,
+                    // which counts on the token, so an honest wallet's retry still works)
                     self.restore_nonces(&proven.nonces).await;
                 }
                 Err(e)

@@ -114,11 +114,12 @@ impl ErrorCode for IssuerError {
 }
 
 impl IssuerError {
-    /// Whether a credential request that failed so is not counted on its token and keeps its
-    /// proofs' nonces for the retry: a failure on the issuer's side that the caller cannot have
-    /// brought about. Not [`IssuerError::Busy`]: overload is what a caller with many requests in
-    /// flight causes, and given back it made every request free (attacker review: one token's
-    /// requests, replayed in parallel until the JSON-LD slots stayed busy, signed without end).
+    /// Whether a credential request that failed so is not counted on its token: a failure on the
+    /// issuer's side that the caller cannot have brought about. Not [`IssuerError::Busy`]:
+    /// overload is what a caller with many requests in flight causes, and given back it made
+    /// every request free (attacker review: one token's requests, replayed in parallel until the
+    /// JSON-LD slots stayed busy, signed without end). Its proofs' nonces are kept for the retry
+    /// on every server error, Busy too: nothing was signed, and an honest wallet retries.
     pub fn given_back(&self) -> bool {
         self.is_server_error() && !matches!(self, IssuerError::Busy(_))
     }

@@ -220,7 +220,7 @@ impl VerifierService {
                 let k = self.encryption_key(&session.verifier, &session.id, sealed)?;
                 let (_, plain) = jwe::decrypt(jwe_s, &k)
                     .map_err(|e| InvalidRequest.because(format!("response JWE: {e}")))?;
-                let v: Value = serde_json::from_slice(&plain)
+                let v: Value = crate::json_cost::parse(&plain, crate::json_cost::INBOUND_MAX)
                     .map_err(|e| InvalidRequest.because(format!("decrypted response: {e}")))?;
                 v.as_object()
                     .cloned()
