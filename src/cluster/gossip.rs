@@ -151,10 +151,14 @@ impl SkewSeen {
     pub fn note(&self, from: SocketAddr, now_ms: i64) {
         if let Ok(mut m) = self.0.lock() {
             m.retain(|_, at| now_ms.saturating_sub(*at) < SKEW_MEMORY_MS);
-            // bounded as the relays are: a handful of nodes, MAX_RELAYS at most
-            if m.len() < MAX_RELAYS || m.contains_key(&from) {
-                m.insert(from, now_ms);
+            // bounded as the relays are; when full the oldest goes, so replays from many ports
+            // cannot keep a real peer's stale datagrams out (review)
+            if m.len() >= MAX_RELAYS && !m.contains_key(&from) {
+                if let Some(oldest) = m.iter().min_by_key(|(_, at)| **at).map(|(a, _)| *a) {
+                    m.remove(&oldest);
+                }
             }
+            m.insert(from, now_ms);
         }
     }
 

@@ -579,7 +579,8 @@ impl Replica {
         for (ks, key, rec) in recs {
             self.hlc.observe(rec.version.hlc);
             let rec = self.kept(ks, key, rec);
-            ops.extend(self.ops_for(ks, key, &rec, self.fenced(ks, key)));
+            // (a batch anyway: a fence an earlier op of this batch made for the key goes too)
+            ops.extend(self.ops_for(ks, key, &rec, true));
             kept.push((*ks, key, rec));
         }
         self.inner.batch(ops).await?;

@@ -270,10 +270,16 @@ async fn start_speaking(
     // `protocol` first: chitchat sends a node's keys in the order they were set, so a peer that
     // holds its `rpc` (and so lists it) holds its protocol too, and never takes it for 0.
     let rpc_key = super::derive_rpc_key(secret.expose(), &c.id);
+    // as configured (`auto` resolves per node, by what it has seen), and the mode: a sandbox
+    // node accepts a token a production node does not
     let settings_fp = super::node::settings_fingerprint(
         &rpc_key,
         settings.admin_tokens.iter().map(|t| t.expose()),
-        &ns,
+        &ns.retired,
+        &format!(
+            "single_use={:?};updates={:?};mode={:?}",
+            c.single_use, c.updates, settings.raw.server.mode
+        ),
     );
     let initial = vec![
         ("protocol".to_string(), protocol.to_string()),
@@ -2218,16 +2224,21 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(an.metrics.settings_differ.get(), 1);
-        // keyed: the same settings under another cluster key give another fingerprint
+        // keyed: the same settings under another cluster key give another fingerprint; the
+        // tokens' order does not count
+        let key = crate::cluster::derive_rpc_key(secret, "idstack");
         let other = crate::cluster::derive_rpc_key("another-cluster-secret", "idstack");
-        assert_ne!(
+        let fp = |k: &[u8; 32], toks: &[&str]| {
             crate::cluster::node::settings_fingerprint(
-                &other,
-                ["token-one-0123456789"].into_iter(),
-                &cn.settings
-            ),
-            cn.settings.settings_fingerprint
-        );
+                k,
+                toks.iter().copied(),
+                &Default::default(),
+                "x",
+            )
+        };
+        assert_eq!(fp(&key, &["t1", "t2"]), fp(&key, &["t2", "t1"]));
+        assert_ne!(fp(&key, &["t1"]), fp(&other, &["t1"]));
+        assert_ne!(fp(&key, &["t1"]), fp(&key, &["t1", "t2"]));
     }
 
     /// A node listed in `cluster.retired_nodes` that still runs (stopped later than the docs

@@ -216,7 +216,10 @@ pub async fn body_deadline<B: MessageBody + 'static>(
     // bytes: refused before any handler builds it (see `json_cost`). Every body, whatever its
     // Content-Type says: handlers parse forms and envelopes from the bytes (review: a response
     // posted without a form type skipped the check)
-    if let Err(why) = crate::json_cost::check(&body, crate::json_cost::INBOUND_MAX) {
+    // (at least 8× the body limit: an operator who raised the limit for large envelopes, which
+    // cost about their length, keeps them)
+    let max_cost = crate::json_cost::INBOUND_MAX.max(limit.saturating_mul(8));
+    if let Err(why) = crate::json_cost::check(&body, max_cost) {
         let e = ApiError::new(Code::PayloadTooLarge, format!("the request body: {why}"));
         return Ok(refuse_and_close(
             req,

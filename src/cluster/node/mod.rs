@@ -92,24 +92,24 @@ async fn remembered(
 }
 
 /// A keyed fingerprint of the settings every node must share (the admin tokens, which ids are
-/// retired, `single_use` and `updates`), gossiped so that a node whose settings differ from a
-/// live peer's says so (cluster review: an admin token revoked on two nodes of three stayed good
-/// for every request the balancer sent to the third). Keyed by the cluster's RPC key, so the
-/// gossip gives nothing away about the tokens.
+/// retired, `single_use` and `updates` as configured, the server mode), gossiped so that a node
+/// whose settings differ from a live peer's says so (cluster review: an admin token revoked on
+/// two nodes of three stayed good for every request the balancer sent to the third). Keyed by the
+/// cluster's RPC key, so the gossip gives nothing away about the tokens. `shared`: the other
+/// settings, spelt alike on every node.
 pub fn settings_fingerprint<'a>(
     rpc_key: &[u8; 32],
     admin_tokens: impl Iterator<Item = &'a str>,
-    ns: &NodeSettings,
+    retired: &std::collections::BTreeSet<String>,
+    shared: &str,
 ) -> String {
     let mut tokens: Vec<String> = admin_tokens.map(crate::crypto::sha256_hex).collect();
     tokens.sort();
     tokens.dedup();
-    let retired: Vec<&str> = ns.retired.iter().map(String::as_str).collect();
     let canonical = serde_json::json!({
         "admin_tokens": tokens,
         "retired_nodes": retired,
-        "single_use_consistent": ns.single_use_consistent,
-        "updates_consistent": ns.updates_consistent,
+        "shared": shared,
     });
     let input = format!("idstack cluster settings v1\0{canonical}");
     let mut fp = auth::mac_hex(rpc_key, input.as_bytes());

@@ -164,8 +164,8 @@ impl Node {
     }
 
     /// Pulls from one peer what this node misses or holds older; returns records repaired. A
-    /// keyspace the peer answers with an error is passed over for the next (a peer that does not
-    /// answer at all ends the round), and the round fails once all were tried
+    /// keyspace that fails is passed over for the next (a peer that cannot be reached at all ends
+    /// the round), and the round fails once all were tried
     /// (cluster review: the first keyspace whose listing outgrew the RPC timeout ended every
     /// round there, and no keyspace after it in name order was ever repaired from that peer).
     pub async fn sync_with(&self, id: &str, addr: &str) -> Result<u64, RpcError> {
@@ -180,9 +180,11 @@ impl Node {
             let Ok(ks_static) = intern(&ks) else { continue };
             match self.sync_keyspace(id, addr, &ks, ks_static).await {
                 Ok(n) => repaired += n,
-                // the peer gone (no answer, no connection): the rest of the round would cost a
-                // timeout per keyspace, so it ends here
-                Err(e @ (RpcError::Transport(_) | RpcError::Unsent(_))) => {
+                // the peer gone (no connection could be made): the rest of the round would cost
+                // a connect timeout per keyspace, so it ends here. Not on a timeout: one slow
+                // keyspace (a fetch of large records) would keep every keyspace after it from
+                // being repaired (review)
+                Err(e @ RpcError::Unsent(_)) => {
                     failed = Some(e);
                     break;
                 }

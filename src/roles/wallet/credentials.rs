@@ -56,6 +56,9 @@ pub(super) type WholeReads = Places;
 /// node, so status checks failed and presentations with them).
 pub const EXCHANGES_AT_ONCE: usize = 64;
 pub const EXCHANGES_PER_ACCOUNT: usize = 4;
+/// Credential status checks a node runs at once, and of them one account's.
+pub const STATUS_CHECKS_AT_ONCE: usize = 32;
+pub const STATUS_CHECKS_PER_ACCOUNT: usize = 4;
 
 /// Places a node has for one kind of request: so many in all, so many of them for one account
 /// (past its share: 503 at once; no free place within [`HELD_WAIT`]: 503).
@@ -106,6 +109,17 @@ impl Places {
             HELD_PER_ACCOUNT,
             "your other requests are reading whole wallets on this node; try again",
             "too many requests are reading whole wallets on this node; try again",
+        )
+    }
+
+    /// The places for credential status checks: each fetches a status list another party
+    /// chose, and took the node's outbound places without bound (review).
+    pub(super) fn status_checks() -> Self {
+        Self::new(
+            STATUS_CHECKS_AT_ONCE,
+            STATUS_CHECKS_PER_ACCOUNT,
+            "your other status checks are still running on this node; try again",
+            "too many status checks are running on this node; try again",
         )
     }
 

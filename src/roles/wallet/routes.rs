@@ -444,6 +444,7 @@ pub async fn credential_status(
     let (w, c) = path.into_inner();
     // no tenant session: it needs no key, and a slow status list must not hold a session slot
     let v = svc.viewer(&user, &w).await?;
+    let _place = svc.status_checks.take(&user.account().id).await?;
     Ok(web::Json(svc.credential_status(&v, &c).await?))
 }
 

@@ -39,6 +39,8 @@ pub struct WalletService {
     pub(super) whole_reads: super::credentials::WholeReads,
     /// Places for exchanges with issuers and verifiers ([`super::credentials::EXCHANGES_AT_ONCE`]).
     pub(super) exchanges: super::credentials::Places,
+    /// Places for credential status checks.
+    pub(super) status_checks: super::credentials::Places,
 }
 
 impl WalletService {
@@ -56,6 +58,7 @@ impl WalletService {
             passwords: super::passwords::PasswordKey::new(&ctx.sealer),
             whole_reads: super::credentials::Places::whole_reads(),
             exchanges: super::credentials::Places::exchanges(),
+            status_checks: super::credentials::Places::status_checks(),
             ctx,
             cfg,
         }
