@@ -166,19 +166,26 @@ impl SkewSeen {
     /// [`SKEW_MEMORY_MS`]. Only those count: a datagram captured once is authentic and stale for
     /// ever, and replayed from a few ports of the attacker's own it made every node take itself
     /// for the skewed one (review).
-    pub fn recent(&self, now_ms: i64, known: &std::collections::HashSet<String>) -> usize {
+    /// (`known` in [`canonical`] form.)
+    pub fn recent(&self, now_ms: i64, known: &std::collections::HashSet<SocketAddr>) -> usize {
         self.0
             .lock()
             .map(|m| {
                 m.iter()
                     .filter(|(from, at)| {
                         now_ms.saturating_sub(**at) < SKEW_MEMORY_MS
-                            && known.contains(&from.to_string())
+                            && known.contains(&canonical(**from))
                     })
                     .count()
             })
             .unwrap_or(0)
     }
+}
+
+/// `a` with an IPv4-mapped IPv6 address as IPv4 (a dual-stack socket receives IPv4 peers so) and
+/// no scope id: one spelling per peer address.
+pub fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
 /// Why this node takes no traffic for its clock, given how many peers' gossip it refuses as
@@ -470,8 +477,12 @@ mod tests {
             seen.note(SocketAddr::from(([127, 0, 0, 1], port)), now);
         }
         // only members' and seeds' addresses count: a replayed datagram comes from anywhere
-        let known: std::collections::HashSet<String> =
-            ["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()].into();
+        let known: std::collections::HashSet<SocketAddr> = [
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            // as a dual-stack socket would report it
+            canonical("[::ffff:127.0.0.1]:2".parse().unwrap()),
+        ]
+        .into();
         assert_eq!(seen.recent(now + 1, &known), 2);
         assert_eq!(seen.recent(now + 1, &Default::default()), 0);
         assert_eq!(seen.recent(now + SKEW_MEMORY_MS, &known), 0);

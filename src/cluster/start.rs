@@ -208,6 +208,7 @@ async fn start_speaking(
         rpc_listen: rpc_bound,
         rpc_advertise: rpc_advertise.clone(),
         seeds: c.seeds.clone(),
+        seed_addrs: resolved_seeds(&c.seeds).await,
         replication_factor: c.replication_factor,
         bootstrap_expect,
         retired: c.retired_nodes.iter().cloned().collect(),
@@ -496,6 +497,18 @@ fn spawn_membership(
             node.gossip_ready().await;
         }
     });
+}
+
+/// The seeds that resolve now, as socket addresses (for telling a member's stale gossip from a
+/// stranger's: [`super::gossip::SkewSeen`]).
+async fn resolved_seeds(seeds: &[String]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for seed in seeds {
+        if let Ok(Ok(a)) = tokio::time::timeout(Duration::from_secs(2), resolve(seed)).await {
+            out.push(a);
+        }
+    }
+    out
 }
 
 /// The number of distinct nodes among the seeds and this node: the initial cluster a node with an

@@ -66,6 +66,8 @@ pub struct NodeSettings {
     pub generation: u64,
     /// [`settings_fingerprint`] of this node's settings, gossiped as `settings`.
     pub settings_fingerprint: String,
+    /// The seeds' gossip addresses, resolved at start (those that resolved).
+    pub seed_addrs: Vec<SocketAddr>,
 }
 
 /// Where a node keeps the member ids it has seen ([`Node::remember`]), in [`LOCAL_KEYSPACE`].
@@ -546,11 +548,12 @@ impl Node {
         if !self.is_caught_up() {
             out.push("catching up".to_string());
         }
-        let known: std::collections::HashSet<String> = self
+        let known: std::collections::HashSet<SocketAddr> = self
             .members()
             .iter()
-            .map(|m| m.gossip_addr.clone())
-            .chain(self.settings.seeds.iter().cloned())
+            .filter_map(|m| m.gossip_addr.parse().ok())
+            .chain(self.settings.seed_addrs.iter().copied())
+            .map(super::gossip::canonical)
             .collect();
         let skewed = self.metrics.skewed.recent(self.now_ms(), &known);
         if let Some(why) = super::gossip::skew_verdict(skewed, self.live_peers().len()) {
