@@ -889,19 +889,7 @@ impl Replica {
 
     /// Every (key, version) of a keyspace, for anti-entropy.
     pub fn versions(&self, ks: &str) -> Vec<(String, Version)> {
-        let horizon = self.clock.now_ms() + NEAR_EXPIRY_MS;
-        self.index
-            .lock()
-            .ok()
-            .and_then(|idx| {
-                idx.get(ks).map(|m| {
-                    m.iter()
-                        .filter(|(_, e)| e.deadline.is_none_or(|d| d > horizon))
-                        .map(|(k, e)| (k.clone(), e.version.clone()))
-                        .collect()
-                })
-            })
-            .unwrap_or_default()
+        self.versions_page(ks, None, usize::MAX).0
     }
 
     /// [`Replica::versions`] a page at a time: at most `limit` entries of keys after `after`,
